@@ -1,0 +1,1 @@
+"""vrtwist tests."""

@@ -1,0 +1,1 @@
+"""The vRouter agent: REST port API, persisted ports and the ksync sync."""

@@ -1,0 +1,1 @@
+"""Command-line utilities that behave like their vRouter and vpnkit namesakes."""

@@ -1,0 +1,1 @@
+"""The forwarding extension: tables served over ksync, and later the packet path."""

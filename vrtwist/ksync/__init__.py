@@ -1,0 +1,1 @@
+"""The ksync channel: netlink-framed Sandesh between agent/utilities and the datapath."""

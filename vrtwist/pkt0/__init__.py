@@ -1,0 +1,1 @@
+"""The pkt0 packet channel between datapath and agent."""

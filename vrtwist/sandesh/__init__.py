@@ -1,0 +1,1 @@
+"""Sans-IO Sandesh binary codec for the vRouter's vr.sandesh schema."""

@@ -1,0 +1,1 @@
+"""VMware VIC guest channels: vSPC serial relay and guestinfo."""

@@ -1,0 +1,1 @@
+"""vpnkit's multiplexed port-forwarding protocol, forwarder and host sides."""

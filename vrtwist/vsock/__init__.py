@@ -1,0 +1,1 @@
+"""AF_VSOCK endpoints for Twisted and the vsock relay."""

@@ -1,0 +1,1 @@
+"""Runner for the real vRouter's vtest XML suite over ksync."""

@@ -1,0 +1,1 @@
+"""The XMPP controller link (agent side) and a reflecting control node."""
