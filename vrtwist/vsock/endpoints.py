@@ -45,7 +45,7 @@ from twisted.internet.interfaces import (
 from twisted.logger import Logger
 from zope.interface import implementer
 
-AF_VSOCK: socket.AddressFamily = getattr(socket, "AF_VSOCK", 40)
+AF_VSOCK: socket.AddressFamily = socket.AF_VSOCK  # Linux only, like vsock itself
 VMADDR_CID_ANY: int = 0xFFFFFFFF
 VMADDR_PORT_ANY: int = 0xFFFFFFFF
 VMADDR_CID_HYPERVISOR: int = 0
