@@ -1,0 +1,804 @@
+"""Sans-IO builders and parsers for the stanzas of the Contrail XMPP dialect.
+
+Every stanza framed by :mod:`vrtwist.xmpp.framing` is parsed alone, with the C
+ElementTree parser (expat) after refusing any markup declaration: without a DTD no
+entity can be declared, so an entity reference other than the five predefined ones is a
+parse error and nothing can expand.  Builders write elements in the order of the
+``xmpp_unicast.xsd`` / ``xmpp_enet.xsd`` generated encoders, which the real peers use.
+
+No Twisted imports: bytes in, records out; records in, bytes out.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import xml.etree.ElementTree as ET
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "PUBSUB_NS",
+    "TLS_NS",
+    "EOR_NODE",
+    "CONTROL_NODE_JID",
+    "AFI_INET",
+    "AFI_INET6",
+    "AFI_L2VPN",
+    "SAFI_UNICAST",
+    "SAFI_ENET",
+    "ENCAP_NAMES",
+    "StanzaError",
+    "NextHop",
+    "RouteEntry",
+    "Subscribe",
+    "Unsubscribe",
+    "Publish",
+    "Collection",
+    "RouteUpdate",
+    "EndOfRib",
+    "ConfigNode",
+    "ConfigLink",
+    "ConfigUpdate",
+    "StreamFeatures",
+    "StartTls",
+    "TlsProceed",
+    "TlsFailure",
+    "Stanza",
+    "parse_stanza",
+    "build_subscribe",
+    "build_unsubscribe",
+    "build_route_publish",
+    "build_eor_iq_pair",
+    "build_eor_message",
+    "build_route_update",
+    "build_retract",
+    "build_config",
+    "build_features",
+    "STARTTLS",
+    "PROCEED",
+    "items_node",
+    "publish_node",
+]
+
+PUBSUB_NS = "http://jabber.org/protocol/pubsub"
+TLS_NS = "urn:ietf:params:xml:ns:xmpp-tls"
+CONTROL_NODE_JID = "network-control@contrailsystems.com"
+EOR_NODE = "0/0/EndOfRib"
+
+AFI_INET = 1
+AFI_INET6 = 2
+AFI_L2VPN = 25
+SAFI_UNICAST = 1
+SAFI_ENET = 242
+
+#: Wire names of the tunnel encapsulations and the names the agent's config uses.
+ENCAP_NAMES = {"udp": "MPLSoUDP", "gre": "MPLSoGRE", "vxlan": "VXLAN"}
+
+_STRIP_NS = (
+    (b' xmlns="http://jabber.org/protocol/pubsub"', b""),
+    (b" xmlns='http://jabber.org/protocol/pubsub'", b""),
+)
+_BAD_DECL = re.compile(rb"<!(?!--|\[CDATA\[)")
+_XML_DECL = b'<?xml version="1.0"?>\n'
+
+
+class StanzaError(ValueError):
+    """A framed stanza is not well formed or not a shape this dialect allows."""
+
+
+# ---------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True, slots=True)
+class NextHop:
+    """One next hop of a route: the tunnel endpoint, label and allowed encapsulations."""
+
+    address: str
+    label: int
+    encapsulations: tuple[str, ...] = ("gre", "udp")
+    mac: str = ""
+    virtual_network: str = ""
+    l3_label: int = 0
+    tags: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RouteEntry:
+    """A route item: inet/inet6 (``address`` is the prefix) or EVPN (``mac`` + address)."""
+
+    afi: int
+    safi: int
+    address: str
+    next_hops: tuple[NextHop, ...]
+    mac: str = ""
+    ethernet_tag: int = 0
+    virtual_network: str = ""
+    sequence_number: int = 0
+    local_preference: int = 100
+    med: int = 0
+    security_groups: tuple[int, ...] = ()
+    sub_protocol: str = "interface"
+
+    @property
+    def item_id(self) -> str:
+        """The key the control node uses for ``<item id>`` and ``<retract id>``."""
+        if self.afi == AFI_L2VPN:
+            prefix = f"{self.ethernet_tag}-" if self.ethernet_tag else ""
+            return f"{prefix}{self.mac},{self.address}"
+        return self.address
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    """``<subscribe node>``: a routing instance (bgp-peer) or a config object (config)."""
+
+    node: str
+    service: str
+    instance_id: int | None = None
+    no_ribout: bool = False
+    sender: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    node: str
+    service: str
+    sender: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    """First half of a route update; ``node == ""`` with no entry is half an EoR."""
+
+    node: str
+    entry: RouteEntry | None
+    sender: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Collection:
+    """Second half: ``node`` is the VRF, ``associate``/``dissociate`` the publish node."""
+
+    node: str
+    associate: str | None = None
+    dissociate: str | None = None
+    sender: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RouteUpdate:
+    """A control-node message: reach items or retracts for one ``afi/safi/vrf`` node."""
+
+    node: str
+    items: tuple[RouteEntry, ...] = ()
+    retracts: tuple[str, ...] = ()
+
+    @property
+    def family(self) -> tuple[int, int]:
+        afi, safi, _ = self.node.split("/", 2)
+        return int(afi), int(safi)
+
+    @property
+    def vrf(self) -> str:
+        return self.node.split("/", 2)[2]
+
+
+@dataclass(frozen=True, slots=True)
+class EndOfRib:
+    """End-of-RIB in the ``<message>`` form (node ``0/0/EndOfRib``)."""
+
+    sender: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigNode:
+    """One IFMap object: its type, fq name and properties as plain Python values."""
+
+    type: str
+    name: str
+    properties: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigLink:
+    """A reference between two IFMap objects (``metadata`` names the link type)."""
+
+    left: tuple[str, str]
+    right: tuple[str, str]
+    metadata: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigUpdate:
+    """``<config>`` with its ``<update>`` and ``<delete>`` blocks, in document order."""
+
+    updates: tuple[ConfigNode | ConfigLink, ...] = ()
+    deletes: tuple[ConfigNode | ConfigLink, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class StreamFeatures:
+    starttls: bool
+    required: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StartTls:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class TlsProceed:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class TlsFailure:
+    pass
+
+
+Stanza = (
+    Subscribe
+    | Unsubscribe
+    | Publish
+    | Collection
+    | RouteUpdate
+    | EndOfRib
+    | ConfigUpdate
+    | StreamFeatures
+    | StartTls
+    | TlsProceed
+    | TlsFailure
+)
+
+# ---------------------------------------------------------------------------- parsing
+
+
+def _local(tag: str) -> str:
+    return tag.rpartition("}")[2] if tag[:1] == "{" else tag
+
+
+def _parse_xml(data: bytes) -> ET.Element:
+    m = _BAD_DECL.search(data)
+    if m is not None:
+        raise StanzaError(f"DTD or entity declaration refused at byte {m.start()}")
+    for old, new in _STRIP_NS:
+        data = data.replace(old, new)
+    parser = ET.XMLParser()
+    try:
+        parser.feed(data.lstrip(b" \t\r\n\xc8\x80"))
+        return parser.close()
+    except ET.ParseError as exc:
+        raise StanzaError(f"malformed XML: {exc}") from None
+
+
+def _text(elem: ET.Element | None, default: str = "") -> str:
+    if elem is None or elem.text is None:
+        return default
+    return elem.text.strip()
+
+
+def _int(elem: ET.Element | None, what: str, default: int = 0) -> int:
+    text = _text(elem)
+    if not text:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise StanzaError(f"{what} is not an integer: {text[:40]!r}") from None
+
+
+def _service(to: str) -> str:
+    # The real mux dispatches on a substring of "to".
+    if "bgp-peer" in to:
+        return "bgp-peer"
+    if "config" in to:
+        return "config"
+    return "bgp-peer" if not to else to.rpartition("/")[2]
+
+
+def parse_stanza(data: bytes) -> Stanza:
+    """Parse one framed stanza into a record; :class:`StanzaError` says what is wrong."""
+    if b"stream:features" in data:
+        data = data.replace(b"<stream:features", b"<features").replace(
+            b"</stream:features", b"</features"
+        )
+    root = _parse_xml(data)
+    tag = _local(root.tag)
+    if tag == "iq":
+        return _parse_iq(root)
+    if tag == "message":
+        return _parse_message(root)
+    if tag == "features":
+        tls = None
+        for child in root:
+            if _local(child.tag) == "starttls":
+                tls = child
+        if tls is None:
+            return StreamFeatures(False, False)
+        required = any(_local(c.tag) == "required" for c in tls)
+        return StreamFeatures(True, required)
+    if tag == "starttls":
+        return StartTls()
+    if tag == "proceed":
+        return TlsProceed()
+    if tag == "failure":
+        return TlsFailure()
+    raise StanzaError(f"unexpected stanza <{tag}>")
+
+
+def _parse_iq(root: ET.Element) -> Stanza:
+    sender = root.get("from", "")
+    to = root.get("to", "")
+    iq_type = root.get("type", "")
+    children = list(root)
+    if not children:
+        raise StanzaError("iq without a payload")
+    payload = children[0]
+    kind = _local(payload.tag)
+    if kind == "config":
+        if iq_type != "set":
+            raise StanzaError(f"config iq of type {iq_type!r}")
+        return _parse_config(payload)
+    if kind != "pubsub":
+        raise StanzaError(f"iq with unexpected payload <{kind}>")
+    if iq_type != "set":
+        raise StanzaError(f"pubsub iq of type {iq_type!r} (only 'set' is used)")
+    ops = list(payload)
+    if not ops:
+        raise StanzaError("pubsub iq without an operation")
+    op = ops[0]
+    name = _local(op.tag)
+    node = op.get("node")
+    if name == "subscribe" or name == "unsubscribe":
+        if not node:
+            raise StanzaError(f"{name} without a node")
+        service = _service(to)
+        if name == "unsubscribe":
+            return Unsubscribe(node, service, sender)
+        instance_id = None
+        no_ribout = False
+        for opts in root.iter("options"):
+            iid = opts.find("instance-id")
+            if iid is not None:
+                instance_id = _int(iid, "instance-id")
+            nr = opts.find("no-ribout")
+            if nr is not None:
+                no_ribout = _text(nr).lower() in ("true", "1")
+        return Subscribe(node, service, instance_id, no_ribout, sender)
+    if name == "publish":
+        items = op.findall("item")
+        if not node and not items:
+            return Publish("", None, sender)
+        if not node:
+            raise StanzaError("publish without a node")
+        if len(items) != 1:
+            raise StanzaError(f"publish with {len(items)} items (exactly 1 expected)")
+        entry = items[0].find("entry")
+        if entry is None:
+            raise StanzaError("publish item without an entry")
+        return Publish(node, _parse_entry(entry), sender)
+    if name == "collection":
+        assoc = op.find("associate")
+        dissoc = op.find("dissociate")
+        if assoc is None and dissoc is None:
+            if not node:
+                return Collection("", None, None, sender)
+            raise StanzaError("collection without associate or dissociate")
+        if not node:
+            raise StanzaError("collection without a node")
+        return Collection(
+            node,
+            assoc.get("node", "") if assoc is not None else None,
+            dissoc.get("node", "") if dissoc is not None else None,
+            sender,
+        )
+    raise StanzaError(f"unknown pubsub operation <{name}>")
+
+
+def _parse_message(root: ET.Element) -> Stanza:
+    event = root.find("event")
+    if event is None:
+        raise StanzaError("message without an event")
+    items = event.find("items")
+    if items is None:
+        raise StanzaError("event without items")
+    node = items.get("node", "")
+    if node == EOR_NODE:
+        return EndOfRib(root.get("from", ""))
+    parts = node.split("/", 2)
+    if len(parts) != 3 or not parts[0].isdigit() or not parts[1].isdigit() or not parts[2]:
+        raise StanzaError(f"items node {node[:80]!r} is not afi/safi/vrf")
+    retracts = tuple(r.get("id", "") for r in items.iter("retract"))
+    if retracts:
+        # Like the real agent: a message with retracts is handled as retracts only.
+        if any(not r for r in retracts):
+            raise StanzaError("retract without an id")
+        return RouteUpdate(node, (), retracts)
+    entries = []
+    for item in items.iter("item"):
+        entry = item.find("entry")
+        if entry is None:
+            raise StanzaError(f"item {item.get('id', '')!r} without an entry")
+        entries.append(_parse_entry(entry))
+    return RouteUpdate(node, tuple(entries), ())
+
+
+def _parse_entry(entry: ET.Element) -> RouteEntry:
+    nlri = entry.find("nlri")
+    if nlri is None:
+        raise StanzaError("entry without nlri")
+    afi = _int(nlri.find("af"), "nlri af")
+    safi = _int(nlri.find("safi"), "nlri safi")
+    address = _text(nlri.find("address"))
+    mac = ""
+    etag = 0
+    if afi == AFI_L2VPN:
+        mac = _text(nlri.find("mac")).lower()
+        etag = _int(nlri.find("ethernet-tag"), "ethernet-tag")
+        if not _valid_mac(mac):
+            raise StanzaError(f"EVPN route with bad mac {mac[:40]!r}")
+        if address and address != "0.0.0.0/0":
+            _check_prefix(address, None)
+    elif afi in (AFI_INET, AFI_INET6):
+        _check_prefix(address, afi)
+    else:
+        raise StanzaError(f"unsupported address family {afi}/{safi}")
+    hops = []
+    nhs = entry.find("next-hops")
+    if nhs is not None:
+        for nh in nhs.findall("next-hop"):
+            addr = _text(nh.find("address"))
+            try:
+                ipaddress.IPv4Address(addr)
+            except ValueError:
+                raise StanzaError(f"next-hop address {addr[:40]!r} is not IPv4") from None
+            label = _int(nh.find("label"), "next-hop label")
+            if not 0 <= label < (1 << 24):
+                raise StanzaError(f"next-hop label {label} out of range")
+            encl = nh.find("tunnel-encapsulation-list")
+            encaps = (
+                tuple(_text(e) for e in encl.findall("tunnel-encapsulation"))
+                if encl is not None
+                else ()
+            )
+            if not encaps and label:
+                encaps = ("gre",)  # what the control node assumes
+            tags = nh.find("tag-list")
+            hops.append(
+                NextHop(
+                    addr,
+                    label,
+                    encaps,
+                    _text(nh.find("mac")),
+                    _text(nh.find("virtual-network")),
+                    _int(nh.find("l3-label"), "l3-label"),
+                    tuple(_int(t, "tag") for t in tags.findall("tag")) if tags is not None else (),
+                )
+            )
+    sgl = entry.find("security-group-list")
+    return RouteEntry(
+        afi,
+        safi,
+        address,
+        tuple(hops),
+        mac,
+        etag,
+        _text(entry.find("virtual-network")),
+        _int(entry.find("sequence-number"), "sequence-number"),
+        _int(entry.find("local-preference"), "local-preference", 100),
+        _int(entry.find("med"), "med"),
+        tuple(_int(s, "security-group") for s in sgl.findall("security-group"))
+        if sgl is not None
+        else (),
+        _text(entry.find("sub-protocol")),
+    )
+
+
+def _valid_mac(mac: str) -> bool:
+    parts = mac.split(":")
+    return len(parts) == 6 and all(len(p) == 2 and _is_hex(p) for p in parts)
+
+
+def _is_hex(text: str) -> bool:
+    try:
+        int(text, 16)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_prefix(prefix: str, afi: int | None) -> None:
+    try:
+        net = ipaddress.ip_network(prefix, strict=False)
+    except ValueError:
+        raise StanzaError(f"bad prefix {prefix[:60]!r}") from None
+    if "/" not in prefix:
+        raise StanzaError(f"prefix {prefix[:60]!r} without a length")
+    if afi is not None and net.version != (4 if afi == AFI_INET else 6):
+        raise StanzaError(f"prefix {prefix[:60]!r} does not match address family {afi}")
+
+
+def _plain(elem: ET.Element) -> Any:
+    """An element as plain data: leaf text, or a dict of children (repeats become lists)."""
+    children = list(elem)
+    if not children:
+        if elem.attrib:
+            return dict(elem.attrib) | ({"#text": elem.text.strip()} if elem.text else {})
+        return (elem.text or "").strip()
+    out: dict[str, Any] = {}
+    for child in children:
+        key = _local(child.tag)
+        value = _plain(child)
+        if key in out:
+            prev = out[key]
+            if isinstance(prev, list):
+                prev.append(value)
+            else:
+                out[key] = [prev, value]
+        else:
+            out[key] = value
+    return out
+
+
+def _parse_config_items(block: ET.Element) -> tuple[ConfigNode | ConfigLink, ...]:
+    out: list[ConfigNode | ConfigLink] = []
+    for child in block:
+        kind = _local(child.tag)
+        if kind == "node":
+            ctype = child.get("type", "")
+            name = _text(child.find("name"))
+            if not ctype or not name:
+                raise StanzaError("config node without type or name")
+            props = {
+                _local(p.tag): _plain(p) for p in child if _local(p.tag) != "name"
+            }
+            out.append(ConfigNode(ctype, name, props))
+        elif kind == "link":
+            nodes = child.findall("node")
+            meta = child.find("metadata")
+            if len(nodes) != 2 or meta is None:
+                raise StanzaError("config link needs two nodes and a metadata")
+            out.append(
+                ConfigLink(
+                    (nodes[0].get("type", ""), _text(nodes[0].find("name"))),
+                    (nodes[1].get("type", ""), _text(nodes[1].find("name"))),
+                    meta.get("type", ""),
+                )
+            )
+        else:
+            raise StanzaError(f"unexpected <{kind}> in config")
+    return tuple(out)
+
+
+def _parse_config(config: ET.Element) -> ConfigUpdate:
+    updates: list[ConfigNode | ConfigLink] = []
+    deletes: list[ConfigNode | ConfigLink] = []
+    for block in config:
+        kind = _local(block.tag)
+        if kind == "update":
+            updates.extend(_parse_config_items(block))
+        elif kind == "delete":
+            deletes.extend(_parse_config_items(block))
+        else:
+            raise StanzaError(f"unexpected <{kind}> in config")
+    return ConfigUpdate(tuple(updates), tuple(deletes))
+
+
+# ---------------------------------------------------------------------------- building
+
+
+def _esc(value: object) -> str:
+    text = str(value)
+    if "&" in text or "<" in text or ">" in text or '"' in text or "'" in text:
+        text = (
+            text.replace("&", "&amp;")
+            .replace("<", "&lt;")
+            .replace(">", "&gt;")
+            .replace('"', "&quot;")
+            .replace("'", "&apos;")
+        )
+    return text
+
+
+def _iq_head(sender: str, service: str, iq_id: str | None) -> str:
+    ident = f' id="{_esc(iq_id)}"' if iq_id is not None else ""
+    return (
+        f'<iq type="set" from="{_esc(sender)}" to="{CONTROL_NODE_JID}/{service}"{ident}>'
+        f'<pubsub xmlns="{PUBSUB_NS}">'
+    )
+
+
+def build_subscribe(
+    sender: str,
+    node: str,
+    instance_id: int | None = None,
+    service: str = "bgp-peer",
+    iq_id: str | None = None,
+    no_ribout: bool = False,
+) -> bytes:
+    """A routing-instance subscribe (with ``instance-id``) or a config subscribe."""
+    if instance_id is None:
+        body = f'<subscribe node="{_esc(node)}" />'
+    else:
+        extra = "<no-ribout>true</no-ribout>" if no_ribout else ""
+        body = (
+            f'<subscribe node="{_esc(node)}"><options><instance-id>{int(instance_id)}'
+            f"</instance-id>{extra}</options></subscribe>"
+        )
+    return (_iq_head(sender, service, iq_id) + body + "</pubsub></iq>").encode()
+
+
+def build_unsubscribe(
+    sender: str, node: str, service: str = "bgp-peer", iq_id: str | None = None
+) -> bytes:
+    return (
+        _iq_head(sender, service, iq_id) + f'<unsubscribe node="{_esc(node)}" /></pubsub></iq>'
+    ).encode()
+
+
+def publish_node(vrf: str, entry: RouteEntry) -> str:
+    """The publish node the real agent uses (EVPN carries no VRF in it)."""
+    if entry.afi == AFI_L2VPN:
+        return f"{entry.afi}/{entry.safi}/{entry.item_id}"
+    return f"{entry.afi}/{entry.safi}/{vrf}/{entry.address}"
+
+
+def items_node(vrf: str, afi: int, safi: int) -> str:
+    return f"{afi}/{safi}/{vrf}"
+
+
+def _next_hop_xml(nh: NextHop, evpn: bool) -> str:
+    encaps = "".join(
+        f"<tunnel-encapsulation>{_esc(e)}</tunnel-encapsulation>" for e in nh.encapsulations
+    )
+    tags = "".join(f"<tag>{int(t)}</tag>" for t in nh.tags)
+    tag_list = f"<tag-list>{tags}</tag-list>" if tags else "<tag-list />"
+    if evpn:
+        return (
+            f"<next-hop><af>1</af><address>{_esc(nh.address)}</address>"
+            f"<mac>{_esc(nh.mac)}</mac><label>{int(nh.label)}</label>"
+            f"<l3-label>{int(nh.l3_label)}</l3-label>"
+            f"<tunnel-encapsulation-list>{encaps}</tunnel-encapsulation-list>{tag_list}"
+            "</next-hop>"
+        )
+    return (
+        f"<next-hop><af>1</af><address>{_esc(nh.address)}</address>"
+        f"<mac>{_esc(nh.mac)}</mac><label>{int(nh.label)}</label><vni>0</vni>"
+        f"<tunnel-encapsulation-list>{encaps}</tunnel-encapsulation-list>"
+        f"<virtual-network>{_esc(nh.virtual_network)}</virtual-network>{tag_list}"
+        "</next-hop>"
+    )
+
+
+def entry_xml(entry: RouteEntry) -> str:
+    """The ``<entry>`` of a route, elements in XSD order (empty ones included)."""
+    sgs = "".join(f"<security-group>{int(s)}</security-group>" for s in entry.security_groups)
+    sgl = f"<security-group-list>{sgs}</security-group-list>" if sgs else "<security-group-list />"
+    if entry.afi == AFI_L2VPN:
+        hops = "".join(_next_hop_xml(nh, True) for nh in entry.next_hops)
+        return (
+            f"<entry><nlri><af>{entry.afi}</af><safi>{entry.safi}</safi>"
+            f"<ethernet-tag>{int(entry.ethernet_tag)}</ethernet-tag><mac>{_esc(entry.mac)}</mac>"
+            f"<address>{_esc(entry.address)}</address></nlri>"
+            f"<next-hops>{hops}</next-hops><olist /><virtual-network>"
+            f"{_esc(entry.virtual_network)}</virtual-network>"
+            f'<mobility seqno="0" sticky="false" /><sequence-number>{int(entry.sequence_number)}'
+            f"</sequence-number>{sgl}<local-preference>{int(entry.local_preference)}"
+            f"</local-preference><med>{int(entry.med)}</med>"
+            "<edge-replication-not-supported>false</edge-replication-not-supported>"
+            "<assisted-replication-supported>false</assisted-replication-supported>"
+            "<leaf-olist /><replicator-address></replicator-address>"
+            "<etree-leaf>true</etree-leaf></entry>"
+        )
+    hops = "".join(_next_hop_xml(nh, False) for nh in entry.next_hops)
+    return (
+        f"<entry><nlri><af>{entry.afi}</af><safi>{entry.safi}</safi>"
+        f"<address>{_esc(entry.address)}</address></nlri><next-hops>{hops}</next-hops>"
+        f"<version>1</version><virtual-network>{_esc(entry.virtual_network)}</virtual-network>"
+        f'<mobility seqno="0" sticky="false" /><sequence-number>{int(entry.sequence_number)}'
+        f"</sequence-number>{sgl}<community-tag-list />"
+        f"<local-preference>{int(entry.local_preference)}</local-preference>"
+        f"<med>{int(entry.med)}</med><load-balance><load-balance-fields />"
+        "<load-balance-decision>field-hash</load-balance-decision></load-balance>"
+        f"<sub-protocol>{_esc(entry.sub_protocol)}</sub-protocol></entry>"
+    )
+
+
+def build_route_publish(
+    sender: str, vrf: str, entry: RouteEntry, add: bool = True, seq: int = 0
+) -> bytes:
+    """The publish + collection iq pair for one route; ``add=False`` withdraws it."""
+    node = publish_node(vrf, entry)
+    l2 = "_l2" if entry.afi == AFI_L2VPN else ""
+    op = "associate" if add else "dissociate"
+    enode = _esc(node)
+    return (
+        _iq_head(sender, "bgp-peer", f"pubsub{l2}{seq}")
+        + f'<publish node="{enode}"><item>{entry_xml(entry)}</item></publish></pubsub></iq>'
+        + _iq_head(sender, "bgp-peer", f"collection{l2}{seq}")
+        + f'<collection node="{_esc(vrf)}"><{op} node="{enode}" /></collection></pubsub></iq>'
+    ).encode()
+
+
+def build_eor_iq_pair(sender: str) -> bytes:
+    """End-of-RIB as the control node reads it: an empty publish then an empty collection."""
+    return (
+        _iq_head(sender, "bgp-peer", None)
+        + "<publish></publish></pubsub></iq>"
+        + _iq_head(sender, "bgp-peer", None)
+        + "<collection></collection></pubsub></iq>"
+    ).encode()
+
+
+def build_eor_message(sender: str, to: str) -> bytes:
+    """End-of-RIB in the ``<message>`` form (what both real peers send)."""
+    return (
+        f'<message from="{_esc(sender)}" to="{_esc(to)}">\n\t<event xmlns="{PUBSUB_NS}">\n'
+        f'<items node="{EOR_NODE}"></items>\n\t</event>\n</message>'
+    ).encode()
+
+
+def _message_head(sender: str, to: str, node: str) -> str:
+    return (
+        f'<message from="{_esc(sender)}" to="{_esc(to)}">'
+        f'<event xmlns="{PUBSUB_NS}"><items node="{_esc(node)}">'
+    )
+
+
+def build_route_update(sender: str, to: str, node: str, entries: Iterable[RouteEntry]) -> bytes:
+    """A control-node reach message: one ``<item>`` per entry for an ``afi/safi/vrf`` node."""
+    body = "".join(f'<item id="{_esc(e.item_id)}">{entry_xml(e)}</item>' for e in entries)
+    return (_message_head(sender, to, node) + body + "</items></event></message>").encode()
+
+
+def build_retract(sender: str, to: str, node: str, item_ids: Iterable[str]) -> bytes:
+    body = "".join(f'<retract id="{_esc(i)}" />' for i in item_ids)
+    return (_message_head(sender, to, node) + body + "</items></event></message>").encode()
+
+
+def _config_xml(item: ConfigNode | ConfigLink) -> str:
+    if isinstance(item, ConfigLink):
+        return (
+            f'<link><node type="{_esc(item.left[0])}"><name>{_esc(item.left[1])}</name></node>'
+            f'<node type="{_esc(item.right[0])}"><name>{_esc(item.right[1])}</name></node>'
+            f'<metadata type="{_esc(item.metadata)}" /></link>'
+        )
+    props = "".join(_plain_xml(k, v) for k, v in item.properties.items())
+    return f'<node type="{_esc(item.type)}"><name>{_esc(item.name)}</name>{props}</node>'
+
+
+def _plain_xml(tag: str, value: Any) -> str:
+    if isinstance(value, list):
+        return "".join(_plain_xml(tag, v) for v in value)
+    if isinstance(value, dict):
+        return f"<{tag}>" + "".join(_plain_xml(k, v) for k, v in value.items()) + f"</{tag}>"
+    return f"<{tag}>{_esc(value)}</{tag}>"
+
+
+def build_config(
+    to: str,
+    updates: Sequence[ConfigNode | ConfigLink] = (),
+    deletes: Sequence[ConfigNode | ConfigLink] = (),
+    sender: str = CONTROL_NODE_JID,
+) -> bytes:
+    """A config iq as the control node sends it, XML declaration in front (mid-stream)."""
+    body = ""
+    if updates:
+        body += "<update>" + "".join(_config_xml(i) for i in updates) + "</update>"
+    if deletes:
+        body += "<delete>" + "".join(_config_xml(i) for i in deletes) + "</delete>"
+    return _XML_DECL + (
+        f'<iq type="set" from="{_esc(sender)}" to="{_esc(to)}/config"><config>{body}</config></iq>'
+    ).encode()
+
+
+def build_features(starttls: bool = True) -> bytes:
+    inner = f'<starttls xmlns="{TLS_NS}"><required/></starttls>' if starttls else ""
+    return f"<stream:features>{inner}</stream:features>".encode()
+
+
+STARTTLS = f'<starttls xmlns="{TLS_NS}"/>'.encode()
+PROCEED = f'<proceed xmlns="{TLS_NS}"/>'.encode()
