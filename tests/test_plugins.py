@@ -1,0 +1,80 @@
+"""The twistd plugins are discoverable and each builds a service from its options."""
+
+from __future__ import annotations
+
+import importlib
+
+from twisted.application.service import IService, IServiceMaker
+from twisted.plugin import IPlugin, getPlugins
+from twisted.trial.unittest import SynchronousTestCase
+
+import twisted.plugins
+
+EXPECTED = {
+    "vrouter": "vrtwist.agent.tap",
+    "vrouter-dp": "vrtwist.datapath.tap",
+    "vrouter-control": "vrtwist.xmpp.control_tap",
+    "vpnkit-forwarder": "vrtwist.vpnkit.forwarder_tap",
+    "vpnkit-host": "vrtwist.vpnkit.host_tap",
+    "vspc": "vrtwist.vic.vspc_tap",
+    "vsock-relay": "vrtwist.vsock.relay_tap",
+}
+
+
+class PluginDiscoveryTests(SynchronousTestCase):
+    """``twistd --help`` lists exactly what ``getPlugins`` finds, so test that."""
+
+    def test_every_plugin_is_found(self) -> None:
+        makers = {p.tapname: p for p in getPlugins(IServiceMaker, twisted.plugins)}
+        for name, module in EXPECTED.items():
+            self.assertIn(name, makers)
+            self.assertEqual(makers[name].module, module)
+
+    def test_every_tap_module_has_options_and_makeService(self) -> None:
+        for module in EXPECTED.values():
+            mod = importlib.import_module(module)
+            self.assertTrue(callable(mod.makeService), module)
+            mod.Options()  # constructing the options must not fail
+
+    def test_vsock_endpoint_parsers_are_plugins(self) -> None:
+        prefixes = [getattr(p, "prefix", None) for p in getPlugins(IPlugin, twisted.plugins)]
+        self.assertGreaterEqual(prefixes.count("vsock"), 2)
+
+
+class ServiceConstructionTests(SynchronousTestCase):
+    """``makeService`` returns an IService without starting anything."""
+
+    def _make(self, module: str, argv: list[str]) -> IService:
+        mod = importlib.import_module(module)
+        opts = mod.Options()
+        opts.parseOptions(argv)
+        svc = mod.makeService(opts)
+        self.assertTrue(IService.providedBy(svc))
+        return svc
+
+    def test_vrouter_dp(self) -> None:
+        self._make("vrtwist.datapath.tap", ["--run-dir", self.mktemp()])
+
+    def test_vrouter(self) -> None:
+        self._make("vrtwist.agent.tap", ["--run-dir", self.mktemp(), "--state-dir", self.mktemp()])
+
+    def test_vrouter_control(self) -> None:
+        self._make("vrtwist.xmpp.control_tap", ["--xmpp", "tcp:0:interface=127.0.0.1"])
+
+    def test_vpnkit_forwarder(self) -> None:
+        self._make("vrtwist.vpnkit.forwarder_tap", ["--data-listen", "unix:" + self.mktemp()])
+
+    def test_vpnkit_host(self) -> None:
+        self._make("vrtwist.vpnkit.host_tap", ["--data-connect", "unix:" + self.mktemp()])
+
+    def test_vspc(self) -> None:
+        self._make(
+            "vrtwist.vic.vspc_tap",
+            ["--listen", "tcp:0:interface=127.0.0.1", "--backend", "tcp:127.0.0.1:1"],
+        )
+
+    def test_vsock_relay(self) -> None:
+        self._make(
+            "vrtwist.vsock.relay_tap",
+            ["--listen", "unix:" + self.mktemp(), "--backend", "tcp:127.0.0.1:1"],
+        )
