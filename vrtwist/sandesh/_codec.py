@@ -1,0 +1,584 @@
+"""Sandesh binary encoder and decoder (spec section 1), sans-IO.
+
+Two paths produce identical results:
+
+* a fast path generated once per message type from the schema: one precompiled
+  ``struct.Struct`` per run of fixed-size fields (field headers included), used when
+  the fields arrive in declaration order, which is what every real encoder emits;
+* a generic field walker that follows the C decoder's rules (any order, unknown ids
+  and mismatched wire types skipped, missing fields zero-filled) and reports precise
+  errors. The fast path hands over to it whenever anything looks unusual.
+
+Every length read from the wire is checked against the bytes actually present before
+it is used, so hostile input can neither over-read nor make us allocate more than a
+small multiple of its own size. The thriftpy2 Cython decoder is never used.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from vrtwist.sandesh._schema import (
+    SCALAR_FORMAT,
+    SCALAR_SIZE,
+    SPECS_BY_CLASS,
+    SPECS_BY_NAME,
+    T_BOOL,
+    T_BYTE,
+    T_DOUBLE,
+    T_I16,
+    T_I32,
+    T_I64,
+    T_IPADDR,
+    T_IPV4,
+    T_LIST,
+    T_MAP,
+    T_SET,
+    T_STOP,
+    T_STRING,
+    T_STRUCT,
+    T_U16,
+    T_U32,
+    T_U64,
+    T_UUID,
+    T_XML,
+    FieldSpec,
+    MessageSpec,
+)
+
+__all__ = [
+    "SandeshDecodeError",
+    "SandeshEncodeError",
+    "encode",
+    "encode_many",
+    "decode",
+    "decode_one",
+    "MAX_NAME_LEN",
+    "MAX_NESTING",
+]
+
+#: Longest sandesh name accepted on decode (the longest in vr.sandesh is 20).
+MAX_NAME_LEN = 128
+#: Deepest struct/list nesting the skipper follows before giving up.
+MAX_NESTING = 16
+
+
+class SandeshDecodeError(ValueError):
+    """Input is not valid Sandesh; ``offset`` is where in the buffer the problem is."""
+
+    def __init__(self, message: str, offset: int) -> None:
+        super().__init__("%s (at offset %d)" % (message, offset))
+        self.reason = message
+        self.offset = offset
+
+
+class SandeshEncodeError(ValueError):
+    """A message cannot be encoded: unknown type, or a field value of the wrong type/range."""
+
+
+_I32 = struct.Struct(">i")
+_I16 = struct.Struct(">h")
+_FIELD_HDR = struct.Struct(">Bh")
+_LIST_HDR = struct.Struct(">Bi")
+
+_BITS = {T_BYTE: 8, T_I16: 16, T_U16: 16, T_I32: 32, T_U32: 32, T_I64: 64, T_U64: 64}
+_SIGNED = {
+    T_BYTE: False,
+    T_I16: True,
+    T_U16: False,
+    T_I32: True,
+    T_U32: False,
+    T_I64: True,
+    T_U64: False,
+}
+
+# ---------------------------------------------------------------------------------------------
+# Structs for lists of n elements, cached for small n.
+
+_LIST_CACHE_MAX = 512
+_list_structs: dict[tuple[str, int], struct.Struct] = {}
+
+
+def _list_struct(fmt: str, n: int) -> struct.Struct:
+    key = (fmt, n)
+    s = _list_structs.get(key)
+    if s is None:
+        s = struct.Struct(">%d%s" % (n, fmt))
+        if n <= _LIST_CACHE_MAX:
+            _list_structs[key] = s
+    return s
+
+
+# ---------------------------------------------------------------------------------------------
+# Generic (slow, exact) encoder.
+
+
+def _norm_int(f: FieldSpec, code: int, v: Any) -> int:
+    """Accept either signedness of the declared width; return the value for the format."""
+    if v is None:
+        return 0
+    if not isinstance(v, int):
+        raise SandeshEncodeError(
+            "field %s: expected an integer, got %r" % (f.name, type(v).__name__)
+        )
+    bits = _BITS[code]
+    if not -(1 << (bits - 1)) <= v < (1 << bits):
+        raise SandeshEncodeError("field %s: %d does not fit in %s" % (f.name, v, f.type_name))
+    if _SIGNED[code]:
+        if v >= 1 << (bits - 1):
+            v -= 1 << bits
+    elif v < 0:
+        v += 1 << bits
+    return int(v)
+
+
+def _string_bytes(f: FieldSpec, v: Any) -> bytes:
+    if v is None:
+        return b""
+    if isinstance(v, str):
+        return v.encode("utf-8", "surrogateescape")
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        return bytes(v)
+    raise SandeshEncodeError("field %s: expected a string, got %r" % (f.name, type(v).__name__))
+
+
+def _encode_field_slow(f: FieldSpec, v: Any, out: list[bytes]) -> None:
+    if f.wire == T_STRING:
+        b = _string_bytes(f, v)
+        if len(b) > 0x7FFFFFFF:
+            raise SandeshEncodeError("field %s: string too long" % f.name)
+        out.append(_FIELD_HDR.pack(T_STRING, f.fid) + _I32.pack(len(b)) + b)
+    elif f.wire == T_LIST:
+        if v is None:
+            items: list[Any] = []
+        elif isinstance(v, (bytes, bytearray, memoryview)) and f.elem == T_BYTE:
+            items = list(bytes(v))
+        elif isinstance(v, (list, tuple)):
+            items = list(v)
+        else:
+            raise SandeshEncodeError(
+                "field %s: expected a list, got %r" % (f.name, type(v).__name__)
+            )
+        vals = [_norm_int(f, f.elem, x) for x in items]
+        fmt = SCALAR_FORMAT[f.elem]
+        out.append(
+            _FIELD_HDR.pack(T_LIST, f.fid)
+            + _LIST_HDR.pack(f.elem, len(vals))
+            + _list_struct(fmt, len(vals)).pack(*vals)
+        )
+    else:
+        out.append(
+            _FIELD_HDR.pack(f.wire, f.fid)
+            + struct.pack(">" + SCALAR_FORMAT[f.wire], _norm_int(f, f.wire, v))
+        )
+
+
+def _encode_slow(spec: MessageSpec, msg: Any) -> bytes:
+    name = spec.name.encode()
+    out = [_I32.pack(len(name)), name]
+    for f in spec.fields:
+        try:
+            v = getattr(msg, f.name)
+        except AttributeError:
+            v = None
+        _encode_field_slow(f, v, out)
+    out.append(b"\x00")
+    return b"".join(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Code generation of the fast paths.
+
+
+class _Fallback(Exception):
+    """Raised inside a generated encoder when a value needs the generic path."""
+
+
+def _segments(spec: MessageSpec) -> list[tuple[list[FieldSpec], FieldSpec | None]]:
+    """Split the fields into runs of fixed-size fields, each closed by one variable field."""
+    segs: list[tuple[list[FieldSpec], FieldSpec | None]] = []
+    run: list[FieldSpec] = []
+    for f in spec.fields:
+        if f.wire in (T_STRING, T_LIST):
+            segs.append((run, f))
+            run = []
+        else:
+            run.append(f)
+    segs.append((run, None))
+    return segs
+
+
+def _gen_encoder(spec: MessageSpec) -> Callable[[Any], bytes]:
+    name = spec.name.encode()
+    ns: dict[str, Any] = {
+        "_Fallback": _Fallback,
+        "_ls": _list_struct,
+        "_PREFIX": _I32.pack(len(name)) + name,
+    }
+    lines = ["def enc(o):"]
+    parts = ["_PREFIX"]
+    for k, (run, var) in enumerate(_segments(spec)):
+        fmt = ">"
+        args: list[str] = []
+        for f in run:
+            fmt += "Bh" + SCALAR_FORMAT[f.wire]
+            args += [str(f.wire), str(f.fid), "o.%s" % f.name]
+        if var is None:
+            fmt += "x"
+        elif var.wire == T_STRING:
+            v = "v%d" % var.fid
+            lines.append("    %s = o.%s" % (v, var.name))
+            lines.append("    if %s.__class__ is not str: raise _Fallback" % v)
+            lines.append("    b%d = %s.encode('utf-8', 'surrogateescape')" % (var.fid, v))
+            fmt += "Bhi"
+            args += [str(T_STRING), str(var.fid), "len(b%d)" % var.fid]
+        else:
+            v = "v%d" % var.fid
+            lines.append("    %s = o.%s" % (v, var.name))
+            lines.append("    if %s.__class__ is not list: raise _Fallback" % v)
+            if var.elem == T_BYTE:
+                lines.append("    b%d = bytes(%s)" % (var.fid, v))
+            else:
+                lines.append(
+                    "    b%d = _ls(%r, len(%s)).pack(*%s) if %s else b''"
+                    % (var.fid, SCALAR_FORMAT[var.elem], v, v, v)
+                )
+            fmt += "BhBi"
+            args += [str(T_LIST), str(var.fid), str(var.elem), "len(%s)" % v]
+        s = struct.Struct(fmt)
+        ns["S%d" % k] = s
+        parts.append("S%d.pack(%s)" % (k, ", ".join(args)))
+        if var is not None:
+            parts.append("b%d" % var.fid)
+    lines.append("    return b''.join((%s,))" % ", ".join(parts))
+    src = "\n".join(lines) + "\n"
+    exec(compile(src, "<vrtwist.sandesh encode %s>" % spec.name, "exec"), ns)
+    fn: Callable[[Any], bytes] = ns["enc"]
+    return fn
+
+
+_FastDecoder = Callable[[bytes, int, int], "tuple[Any, int] | None"]
+
+
+def _gen_decoder(spec: MessageSpec) -> _FastDecoder:
+    """Decoder for fields in declaration order; returns None to ask for the generic path."""
+    ns: dict[str, Any] = {"_ls": _list_struct, "_new": object.__new__, "_cls": spec.cls}
+    lines = ["def dec(buf, o, end):"]
+    entries: list[str] = []
+    for k, (run, var) in enumerate(_segments(spec)):
+        fmt = ">"
+        types: list[int] = []
+        ids: list[int] = []
+        for f in run:
+            fmt += "Bh" + SCALAR_FORMAT[f.wire]
+            types.append(f.wire)
+            ids.append(f.fid)
+        if var is not None:
+            fmt += "Bhi" if var.wire == T_STRING else "Bhxi"
+            types.append(var.wire)
+            ids.append(var.fid)
+        if not types:
+            continue
+        s = struct.Struct(fmt)
+        ns["S%d" % k] = s
+        ns["TY%d" % k] = tuple(types)
+        ns["ID%d" % k] = tuple(ids)
+        lines.append("    t%d = S%d.unpack_from(buf, o)" % (k, k))
+        lines.append("    if t%d[0::3] != TY%d or t%d[1::3] != ID%d: return None" % (k, k, k, k))
+        lines.append("    o += %d" % s.size)
+        for i, f in enumerate(run):
+            entries.append("%r: t%d[%d]" % (f.name, k, 3 * i + 2))
+        if var is None:
+            continue
+        n = "t%d[%d]" % (k, 3 * len(run) + 2)
+        v = "v%d" % var.fid
+        lines.append("    n = %s" % n)
+        if var.wire == T_STRING:
+            lines.append("    if n > 0:")
+            lines.append("        e = o + n")
+            lines.append("        if e > end: return None")
+            lines.append("        %s = buf[o:e].decode('utf-8', 'surrogateescape')" % v)
+            lines.append("        o = e")
+            lines.append("    else:")
+            lines.append("        %s = ''" % v)
+        elif var.elem == T_BYTE:
+            lines.append("    e = o + n")
+            lines.append("    if n < 0 or e > end: return None")
+            lines.append("    %s = list(buf[o:e])" % v)
+            lines.append("    o = e")
+        else:
+            size = SCALAR_SIZE[var.elem]
+            lines.append("    if n:")
+            lines.append("        e = o + %d * n" % size)
+            lines.append("        if n < 0 or e > end: return None")
+            lines.append(
+                "        %s = list(_ls(%r, n).unpack_from(buf, o))" % (v, SCALAR_FORMAT[var.elem])
+            )
+            lines.append("        o = e")
+            lines.append("    else:")
+            lines.append("        %s = []" % v)
+        entries.append("%r: %s" % (var.name, v))
+    lines.append("    if o >= end or buf[o] != 0: return None")
+    lines.append("    ob = _new(_cls)")
+    lines.append("    ob.__dict__ = {%s}" % ", ".join(entries))
+    lines.append("    return ob, o + 1")
+    src = "\n".join(lines) + "\n"
+    exec(compile(src, "<vrtwist.sandesh decode %s>" % spec.name, "exec"), ns)
+    fn: _FastDecoder = ns["dec"]
+    return fn
+
+
+# ---------------------------------------------------------------------------------------------
+# Generic (slow, exact) decoder.
+
+_FIXED_SKIP = {
+    T_BOOL: 1,
+    T_BYTE: 1,
+    T_I16: 2,
+    T_U16: 2,
+    T_I32: 4,
+    T_U32: 4,
+    T_IPV4: 4,
+    T_I64: 8,
+    T_U64: 8,
+    T_DOUBLE: 8,
+    T_UUID: 16,
+}
+_SKIPPABLE = frozenset(_FIXED_SKIP) | {T_STRING, T_XML, T_STRUCT, T_LIST, T_SET, T_MAP, T_IPADDR}
+_AF_INET = 2
+_AF_INET6 = 10
+
+
+def _need(o: int, n: int, end: int, what: str) -> None:
+    if n > end - o:
+        raise SandeshDecodeError(
+            "truncated %s: need %d bytes, %d left" % (what, n, max(end - o, 0)), o
+        )
+
+
+def _skip(t: int, buf: bytes, o: int, end: int, depth: int) -> int:
+    """Return the offset after one value of wire type ``t`` (thrift_protocol.c skip rules)."""
+    if depth > MAX_NESTING:
+        raise SandeshDecodeError("nesting deeper than %d" % MAX_NESTING, o)
+    size = _FIXED_SKIP.get(t)
+    if size is not None:
+        _need(o, size, end, "value of type %d" % t)
+        return o + size
+    if t in (T_STRING, T_XML):
+        _need(o, 4, end, "string length")
+        n = _I32.unpack_from(buf, o)[0]
+        o += 4
+        if n > 0:
+            _need(o, n, end, "string")
+            o += n
+        return o
+    if t == T_STRUCT:
+        while True:
+            _need(o, 1, end, "struct field type")
+            ft = buf[o]
+            if ft == T_STOP:
+                return o + 1
+            _need(o + 1, 2, end, "struct field id")
+            o = _skip(ft, buf, o + 3, end, depth + 1)
+    if t in (T_LIST, T_SET):
+        _need(o, 5, end, "list header")
+        et, n = _LIST_HDR.unpack_from(buf, o)
+        if n < 0:
+            raise SandeshDecodeError("negative list size %d" % n, o + 1)
+        o += 5
+        return _skip_n(et, n, buf, o, end, depth)
+    if t == T_MAP:
+        _need(o, 6, end, "map header")
+        kt, vt = buf[o], buf[o + 1]
+        n = _I32.unpack_from(buf, o + 2)[0]
+        if n < 0:
+            raise SandeshDecodeError("negative map size %d" % n, o + 2)
+        o += 6
+        ks, vs = _FIXED_SKIP.get(kt), _FIXED_SKIP.get(vt)
+        if ks is not None and vs is not None:
+            _need(o, n * (ks + vs), end, "map")
+            return o + n * (ks + vs)
+        for _ in range(n):
+            o = _skip(kt, buf, o, end, depth + 1)
+            o = _skip(vt, buf, o, end, depth + 1)
+        return o
+    if t == T_IPADDR:
+        _need(o, 1, end, "ipaddr family")
+        fam = buf[o]
+        if fam == _AF_INET:
+            _need(o + 1, 4, end, "ipaddr")
+            return o + 5
+        if fam == _AF_INET6:
+            _need(o + 1, 16, end, "ipaddr")
+            return o + 17
+        raise SandeshDecodeError("unknown ipaddr family %d" % fam, o)
+    raise SandeshDecodeError("unknown wire type %d" % t, o)
+
+
+def _skip_n(et: int, n: int, buf: bytes, o: int, end: int, depth: int) -> int:
+    size = _FIXED_SKIP.get(et)
+    if size is not None:
+        _need(o, n * size, end, "list of %d elements" % n)
+        return o + n * size
+    if n and et not in _SKIPPABLE:
+        raise SandeshDecodeError("unknown list element type %d" % et, o - 5)
+    # Every variable-size element takes at least one byte, so this loop is bounded by the input.
+    for _ in range(n):
+        o = _skip(et, buf, o, end, depth + 1)
+    return o
+
+
+def _zero_values(spec: MessageSpec) -> dict[str, Any]:
+    d: dict[str, Any] = {}
+    for f in spec.fields:
+        d[f.name] = [] if f.wire == T_LIST else ("" if f.wire == T_STRING else 0)
+    return d
+
+
+def _decode_fields_slow(spec: MessageSpec, buf: bytes, o: int, end: int) -> tuple[Any, int]:
+    by_id = spec.by_id
+    values = _zero_values(spec)
+    while True:
+        if o >= end:
+            raise SandeshDecodeError("truncated %s: no T_STOP" % spec.name, o)
+        t = buf[o]
+        if t == T_STOP:
+            o += 1
+            break
+        _need(o + 1, 2, end, "field header")
+        fid = _I16.unpack_from(buf, o + 1)[0]
+        start = o
+        o += 3
+        f = by_id.get(fid)
+        if f is None or f.wire != t:
+            if t not in _SKIPPABLE:
+                raise SandeshDecodeError("unknown wire type %d (field id %d)" % (t, fid), start)
+            o = _skip(t, buf, o, end, 0)
+            continue
+        if t == T_STRING:
+            _need(o, 4, end, "length of %s" % f.name)
+            n = _I32.unpack_from(buf, o)[0]
+            o += 4
+            if n > 0:
+                _need(o, n, end, "%s" % f.name)
+                values[f.name] = buf[o : o + n].decode("utf-8", "surrogateescape")
+                o += n
+            else:
+                values[f.name] = ""
+        elif t == T_LIST:
+            _need(o, 5, end, "list header of %s" % f.name)
+            n = _I32.unpack_from(buf, o + 1)[0]  # element type byte ignored, as in C
+            if n < 0:
+                raise SandeshDecodeError("negative list size %d in %s" % (n, f.name), o + 1)
+            o += 5
+            size = SCALAR_SIZE[f.elem]
+            _need(o, n * size, end, "%s (%d elements)" % (f.name, n))
+            if f.elem == T_BYTE:
+                values[f.name] = list(buf[o : o + n])
+            else:
+                values[f.name] = list(_list_struct(SCALAR_FORMAT[f.elem], n).unpack_from(buf, o))
+            o += n * size
+        else:
+            size = SCALAR_SIZE[t]
+            _need(o, size, end, "%s" % f.name)
+            values[f.name] = struct.unpack_from(">" + SCALAR_FORMAT[t], buf, o)[0]
+            o += size
+        del start
+    ob: Any = object.__new__(spec.cls)
+    ob.__dict__ = values
+    return ob, o
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables and the public functions.
+
+_ENCODERS: dict[type, tuple[Callable[[Any], bytes], MessageSpec]] = {}
+_DECODERS: dict[bytes, tuple[_FastDecoder, MessageSpec]] = {}
+
+for _spec in SPECS_BY_NAME.values():
+    _ENCODERS[_spec.cls] = (_gen_encoder(_spec), _spec)
+    _DECODERS[_spec.name.encode()] = (_gen_decoder(_spec), _spec)
+del _spec
+
+_FAST_ERRORS = (struct.error, _Fallback, ValueError, TypeError, AttributeError, OverflowError)
+
+
+def encode(msg: Any) -> bytes:
+    """Encode one vr.sandesh message: name, every field in declaration order, T_STOP.
+
+    Integer fields accept either signedness of their width (so a ``u32`` address may be
+    given as a negative ``i32`` and vice versa); ``None`` encodes as zero/empty.
+    """
+    try:
+        fast, spec = _ENCODERS[msg.__class__]
+    except KeyError:
+        raise SandeshEncodeError("not a vr.sandesh message: %r" % type(msg).__name__) from None
+    try:
+        return fast(msg)
+    except _FAST_ERRORS:
+        return _encode_slow(spec, msg)
+
+
+def encode_many(msgs: Iterable[Any]) -> bytes:
+    """Encode several messages back to back, as one netlink attribute carries them."""
+    return b"".join([encode(m) for m in msgs])
+
+
+def decode_one(buf: bytes, offset: int = 0) -> tuple[Any, int]:
+    """Decode the message starting at ``offset``; return it and the offset after it."""
+    end = len(buf)
+    if end - offset < 4:
+        raise SandeshDecodeError("truncated sandesh name length", offset)
+    n = _I32.unpack_from(buf, offset)[0]
+    if n <= 0:
+        raise SandeshDecodeError("Read sandesh begin: Length INVALID (%d)" % n, offset)
+    if n > MAX_NAME_LEN:
+        raise SandeshDecodeError("sandesh name length %d too long" % n, offset)
+    o = offset + 4
+    if n > end - o:
+        raise SandeshDecodeError("truncated sandesh name", o)
+    name = buf[o : o + n]
+    entry = _DECODERS.get(name)
+    if entry is None:
+        raise SandeshDecodeError("unknown sandesh %r" % name.decode("ascii", "replace"), o)
+    o += n
+    fast, spec = entry
+    try:
+        r = fast(buf, o, end)
+    except (struct.error, IndexError):
+        r = None
+    if r is not None:
+        return r
+    return _decode_fields_slow(spec, buf, o, end)
+
+
+def decode(buf: bytes | bytearray | memoryview, pad: int = 3) -> list[Any]:
+    """Decode every message in ``buf``.
+
+    Up to ``pad`` trailing zero bytes are accepted (netlink pads responses to 4 bytes;
+    the Agent stops when 3 or fewer bytes remain). Use ``pad=0`` to require the buffer
+    to be consumed exactly, as the vRouter does with requests. Raises
+    ``SandeshDecodeError`` with the offset of the first problem.
+    """
+    data = buf if isinstance(buf, bytes) else bytes(buf)
+    end = len(data)
+    out = []
+    o = 0
+    while o < end:
+        if end - o <= pad:
+            if data.count(0, o) != end - o:
+                raise SandeshDecodeError("non-zero trailing bytes", o)
+            break
+        msg, o = decode_one(data, o)
+        out.append(msg)
+    return out
+
+
+def message_name(msg: Any) -> str:
+    """The sandesh name of a message object (its thriftpy2 struct name)."""
+    spec = SPECS_BY_CLASS.get(msg.__class__)
+    if spec is None:
+        raise SandeshEncodeError("not a vr.sandesh message: %r" % type(msg).__name__)
+    return spec.name
