@@ -1,0 +1,343 @@
+"""What each side does with a channel: splice it to a local stream, or relay UDP records.
+
+A :class:`Splice` joins a channel and a local TCP/unix connection the way Go's
+``ProxyStream`` does (each EOF becomes a half-close on the other side, both EOFs close
+both), but with push producers both ways instead of copy loops, so a slow end pauses
+only its own channel.  :class:`ForwardingAcceptor` is the forwarder role: it accepts
+every channel at once (sending our Window before dialling, as Go does) and connects it
+to its destination; a destination that refuses is answered with Close.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import struct
+from typing import Any
+
+from twisted.internet import error
+from twisted.internet.endpoints import (
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    UNIXClientEndpoint,
+)
+from twisted.internet.interfaces import IHalfCloseableProtocol, ITransport
+from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from vrtwist.vpnkit.frames import (
+    MAX_UDP_PAYLOAD,
+    Destination,
+    Proto,
+    UDPDecoder,
+    UDPRecordError,
+    encode_udp_record,
+)
+from vrtwist.vpnkit.interfaces import IChannel, IChannelAcceptor
+from vrtwist.vpnkit.mux import MuxStats
+
+__all__ = ["Splice", "ForwardingAcceptor", "UDPChannelRelay", "reset_on_close"]
+
+#: Go retries a refused unix destination every 5 s for up to 120 s (a service starting).
+UNIX_RETRY_INTERVAL = 5.0
+UNIX_RETRY_LIMIT = 120.0
+
+
+def reset_on_close(transport: Any) -> None:
+    """Make the next close of a TCP socket send RST (SO_LINGER 0) instead of FIN."""
+    sock = getattr(transport, "socket", None)
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+
+
+@implementer(IHalfCloseableProtocol)
+class _End(Protocol):
+    """One end of a splice; forwards everything to the other end's transport."""
+
+    def __init__(self, splice: Splice, name: str) -> None:
+        self.splice = splice
+        self.name = name
+        self.eof = False
+        self.lost = False
+
+    def connectionMade(self) -> None:
+        self.splice._connected(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        other = self.splice._other(self)
+        if other.transport is not None and not other.lost:
+            other.transport.write(data)
+
+    def readConnectionLost(self) -> None:
+        self.eof = True
+        self.splice._eof(self)
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
+        self.lost = True
+        self.splice._lost(self, reason)
+
+
+class Splice:
+    """A channel joined to a local stream connection, both ways, with backpressure."""
+
+    _log = Logger()
+
+    def __init__(self, resetOnRefused: bool = False, opener: Any = None) -> None:
+        self.channel_end = _End(self, "channel")
+        self.local_end = _End(self, "local")
+        self.resetOnRefused = resetOnRefused
+        #: host side: called with the splice once the local client is connected,
+        #: to open the channel (``mux.openChannel(dest, splice.channel_end)``).
+        self.opener = opener
+        self._wired = False
+        self._got_channel_data = False
+
+    def _other(self, end: _End) -> _End:
+        return self.local_end if end is self.channel_end else self.channel_end
+
+    def _connected(self, end: _End) -> None:
+        if end is self.local_end and self.opener is not None:
+            try:
+                self.opener(self)
+            except Exception as e:
+                self._log.info(
+                    "cannot open a channel for {peer}: {err}",
+                    peer=str(end.transport.getPeer()),  # type: ignore[union-attr]
+                    err=str(e),
+                )
+                end.transport.loseConnection()  # type: ignore[union-attr]
+            return
+        other = self._other(end)
+        if other.transport is None:
+            if end is self.channel_end:
+                # Local side not connected yet (forwarder still dialling): hold the
+                # peer's bytes in the channel, bounded by our window.
+                end.transport.pauseProducing()  # type: ignore[union-attr]
+            return
+        self._wire()
+
+    def _wire(self) -> None:
+        if self._wired:
+            return
+        self._wired = True
+        ch = self.channel_end.transport
+        local = self.local_end.transport
+        assert ch is not None and local is not None
+        if self.local_end.lost or self.channel_end.lost:
+            self._lost(self.local_end if self.local_end.lost else self.channel_end, None)
+            return
+        ch.registerProducer(local, True)  # type: ignore[attr-defined]
+        local.registerProducer(ch, True)  # type: ignore[attr-defined]
+        ch.resumeProducing()  # type: ignore[attr-defined]
+        if self.channel_end.eof and not self.local_end.lost:
+            self._eof(self.channel_end)
+
+    def _eof(self, end: _End) -> None:
+        if not self._wired:
+            return  # applied by _wire once the other end exists
+        other = self._other(end)
+        if other.lost:
+            return
+        if end.eof and other.eof:
+            self.local_end.transport.loseConnection()  # type: ignore[union-attr]
+            self.channel_end.transport.loseConnection()  # type: ignore[union-attr]
+            return
+        try:
+            other.transport.loseWriteConnection()  # type: ignore[union-attr]
+        except Exception:
+            other.transport.loseConnection()  # type: ignore[union-attr]
+
+    def _lost(self, end: _End, reason: Failure | None) -> None:
+        other = self._other(end)
+        if other.transport is None or other.lost:
+            return
+        if (
+            end is self.channel_end
+            and self.resetOnRefused
+            and self.channel_end.transport is not None
+            and self.channel_end.transport.bytes_in == 0  # type: ignore[attr-defined]
+            and not self.channel_end.eof
+        ):
+            # The far side closed before a single byte or EOF: the destination refused.
+            # Reset the client rather than a clean FIN ("Empty reply from server").
+            reset_on_close(other.transport)
+            abort = getattr(other.transport, "abortConnection", None)
+            if abort is not None:
+                abort()
+                return
+        other.transport.loseConnection()  # type: ignore[union-attr]
+
+    def abandon(self) -> None:
+        """The local side could not be connected: close the channel."""
+        self.local_end.lost = True
+        ch = self.channel_end.transport
+        if ch is not None and not self.channel_end.lost:
+            ch.loseConnection()
+
+
+class _LocalFactory(Factory):
+    def __init__(self, splice: Splice) -> None:
+        self.splice = splice
+
+    def buildProtocol(self, addr: Any) -> Protocol:
+        return self.splice.local_end
+
+
+def destination_endpoint(reactor: Any, dest: Destination, timeout: float = 30) -> Any:
+    """The client endpoint that reaches a stream destination (v4-mapped already mapped)."""
+    if dest.proto == Proto.UNIX:
+        assert dest.path is not None
+        return UNIXClientEndpoint(reactor, dest.path, timeout=timeout)
+    assert dest.ip is not None
+    if isinstance(dest.ip, ipaddress.IPv6Address):
+        return TCP6ClientEndpoint(reactor, str(dest.ip), dest.port, timeout=timeout)
+    return TCP4ClientEndpoint(reactor, str(dest.ip), dest.port, timeout=timeout)
+
+
+@implementer(IChannelAcceptor)
+class ForwardingAcceptor:
+    """The forwarder role: connect each channel the peer opens to its destination."""
+
+    _log = Logger()
+
+    def __init__(self, reactor: Any, stats: MuxStats | None = None) -> None:
+        self.reactor = reactor
+        self.stats = stats if stats is not None else MuxStats()
+        self.refused = 0
+
+    def channelOpened(self, channel: IChannel) -> None:
+        dest: Destination = channel.destination
+        if dest.proto == Proto.UDP:
+            self._udp(channel, dest)
+            return
+        splice = Splice()
+        channel.accept(splice.channel_end)
+        self._dial(channel, dest, splice, self.reactor.seconds())
+
+    def _dial(self, channel: IChannel, dest: Destination, splice: Splice, started: float) -> None:
+        d = destination_endpoint(self.reactor, dest).connect(_LocalFactory(splice))
+
+        def failed(f: Failure) -> None:
+            if splice.channel_end.lost:
+                return
+            if (
+                dest.proto == Proto.UNIX
+                and f.check(error.ConnectionRefusedError, error.ConnectError)
+                and self.reactor.seconds() - started + UNIX_RETRY_INTERVAL <= UNIX_RETRY_LIMIT
+            ):
+                self._log.info(
+                    "{dest} refused, retrying in {t}s", dest=str(dest), t=UNIX_RETRY_INTERVAL
+                )
+                self.reactor.callLater(
+                    UNIX_RETRY_INTERVAL, self._dial, channel, dest, splice, started
+                )
+                return
+            self.refused += 1
+            self._log.info(
+                "connection refused to destination {dest} for channel {id:#x}: {err}",
+                dest=str(dest),
+                id=channel.id,
+                err=f.getErrorMessage(),
+            )
+            splice.abandon()
+
+        def connected(proto: Any) -> None:
+            if splice.channel_end.lost:
+                proto.transport.loseConnection()
+
+        d.addCallbacks(connected, failed)
+
+    def _udp(self, channel: IChannel, dest: Destination) -> None:
+        assert dest.ip is not None
+        relay = UDPChannelRelay(self.stats, connected=(str(dest.ip), dest.port))
+        try:
+            if isinstance(dest.ip, ipaddress.IPv6Address):
+                port = self.reactor.listenUDP(0, relay, interface="::")
+            else:
+                port = self.reactor.listenUDP(0, relay)
+            port.connect(str(dest.ip), dest.port)
+        except Exception as e:
+            channel.refuse(f"udp to {dest}: {e}")
+            return
+        channel.accept(relay.channel_protocol)
+
+
+class _UDPChannelProtocol(Protocol):
+    """Decodes the UDP records arriving on a channel and hands them to the relay."""
+
+    def __init__(self, relay: UDPChannelRelay) -> None:
+        self.relay = relay
+        self.decoder = UDPDecoder()
+
+    def dataReceived(self, data: bytes) -> None:
+        try:
+            records = self.decoder.feed(data)
+        except UDPRecordError as e:
+            self.relay._log.warn("malformed UDP record on channel: {err}; closing it", err=str(e))
+            assert self.transport is not None
+            self.transport.loseConnection()
+            return
+        for rec in records:
+            self.relay.stats.datagrams_in += 1
+            self.relay.fromChannel(rec.payload)
+
+    def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
+        self.relay.channelLost()
+
+
+class UDPChannelRelay(DatagramProtocol):
+    """Forwarder side of a UDP channel: a connected UDP socket to the destination.
+
+    Outbound datagrams that do not fit the channel's send buffer are dropped and counted
+    (UDP semantics), so one slow flow never blocks anything else.
+    """
+
+    _log = Logger()
+
+    def __init__(self, stats: MuxStats, connected: tuple[str, int]) -> None:
+        self.stats = stats
+        self.connected_to = connected
+        self.channel_protocol = _UDPChannelProtocol(self)
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        ch = self.channel_protocol.transport
+        if ch is None:
+            return
+        send_datagram(ch, datagram, self.stats)  # type: ignore[arg-type]
+
+    def connectionRefused(self) -> None:
+        # ICMP port unreachable: keep the flow; the service may come up (Go TestUDPWriteError).
+        pass
+
+    def fromChannel(self, payload: bytes) -> None:
+        if self.transport is not None:
+            try:
+                self.transport.write(payload)  # type: ignore[call-arg]
+            except OSError:
+                self.stats.datagrams_dropped += 1
+
+    def channelLost(self) -> None:
+        if self.transport is not None:
+            self.transport.stopListening()  # type: ignore[attr-defined]
+
+
+def send_datagram(channel: ITransport, datagram: bytes, stats: MuxStats) -> bool:
+    """Write one datagram as a UDP record, or drop it (counted) when it does not fit."""
+    if len(datagram) > MAX_UDP_PAYLOAD:
+        stats.datagrams_dropped += 1
+        return False
+    rec = encode_udp_record(datagram)
+    if channel.sendBufferFree() < len(rec):  # type: ignore[attr-defined]
+        stats.datagrams_dropped += 1
+        return False
+    channel.write(rec)
+    stats.datagrams_out += 1
+    return True
