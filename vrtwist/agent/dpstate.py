@@ -1,0 +1,462 @@
+"""The desired datapath state: what every local port (and remote route) needs in the vRouter.
+
+Plain state, no I/O (ARCHITECTURE layer 3).  For each port it derives the objects the real
+agent installs over ksync and keeps them in one dictionary keyed by the object's identity
+in the datapath; a synchroniser (``vrtwist.agent.ksync_sync``) turns the differences
+between this and the datapath into ksync requests.
+
+Per port: a virtual interface, an L3 and an L2 interface next hop, an MPLS label on the L3
+next hop, the /32 (and /128) route of the VM and its bridge entry.  Per VRF: a receive and
+a resolve next hop, the gateway and DNS /32 routes and the subnet route.  A virtual
+network (vn-id) maps to one VRF.  Ids are allocated round robin, so a freed id is not
+reused at once, and they are reserved again when adopted from a datapath dump.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from vrtwist.agent.interfaces import (
+    IControllerLink,
+    IPortObserver,
+    IRouteProgrammer,
+    LocalRoute,
+)
+from vrtwist.agent.model import Port, ResourceExhausted, parse_mac
+from vrtwist.datapath import constants as C
+
+#: The vRouter's own MAC, source of every L2 rewrite towards a VM.
+VROUTER_MAC = bytes.fromhex("00005e000100")
+#: vif index of the agent's packet interface (pkt0); VM interfaces come after it.
+AGENT_VIF = 2
+FIRST_VM_VIF = 3
+#: First label the agent allocates (0-15 are reserved MPLS labels).
+FIRST_LABEL = 16
+DEFAULT_MTU = 1500
+VM_VIF_FLAGS = (C.VIF_FLAG_POLICY_ENABLED | C.VIF_FLAG_L3_ENABLED | C.VIF_FLAG_L2_ENABLED
+                | C.VIF_FLAG_DHCP_ENABLED)
+
+# kinds, in the order objects must be added (deletes run in reverse)
+VIF, NH, MPLS, ROUTE = "vif", "nh", "mpls", "route"
+RANK = {VIF: 0, NH: 1, MPLS: 2, ROUTE: 3}
+
+Key = tuple[Any, ...]
+
+
+def host_u32(addr: str) -> int:
+    """An IPv4 address as network-order bytes held in a host integer (spec 1.7)."""
+    return int.from_bytes(ipaddress.IPv4Address(addr).packed, sys.byteorder)
+
+
+def host_u64_pair(addr: str) -> tuple[int, int]:
+    """An IPv6 address as the (upper, lower) halves under the spec 1.7 rule."""
+    packed = ipaddress.IPv6Address(addr).packed
+    return (int.from_bytes(packed[:8], sys.byteorder), int.from_bytes(packed[8:], sys.byteorder))
+
+
+def vrf_name_for(vn_id: str) -> str:
+    """Routing-instance name of a virtual network when no controller config names it."""
+    return f"default-domain:vrtwist:{vn_id}:{vn_id}"
+
+
+class IdAllocator:
+    """Ids in ``[lo, hi)`` handed out round robin; ``reserve`` adopts an id already in use."""
+
+    def __init__(self, what: str, lo: int, hi: int) -> None:
+        self.what = what
+        self.lo, self.hi = lo, hi
+        self.used: set[int] = set()
+        self._next = lo
+
+    def alloc(self) -> int:
+        size = self.hi - self.lo
+        if len(self.used) >= size:
+            raise ResourceExhausted(f"no free {self.what} left ({size} in use)")
+        i = self._next
+        while i in self.used:
+            i = i + 1 if i + 1 < self.hi else self.lo
+        self.used.add(i)
+        self._next = i + 1 if i + 1 < self.hi else self.lo
+        return i
+
+    def reserve(self, i: int) -> bool:
+        """Mark ``i`` used (adoption at restart); False if outside the range or taken."""
+        if not self.lo <= i < self.hi or i in self.used:
+            return False
+        self.used.add(i)
+        return True
+
+    def free(self, i: int) -> None:
+        self.used.discard(i)
+
+    def __len__(self) -> int:
+        return len(self.used)
+
+
+@dataclass
+class _Vrf:
+    name: str
+    vrf_id: int
+    rcv_nh: int
+    resolve_nh: int
+    ports: set[str] = field(default_factory=set)
+    # VRF-wide route key -> reference count (gateway/DNS/subnet routes shared by ports)
+    shared: dict[Key, int] = field(default_factory=dict)
+
+
+@dataclass
+class _PortIds:
+    vif: int
+    l3_nh: int
+    l2_nh: int
+    label: int
+    vrf: str
+    keys: list[Key]
+    shared: list[tuple[Key, dict[str, Any]]]
+    route: LocalRoute
+
+
+@dataclass(frozen=True)
+class Adopted:
+    """Ids found in the datapath for a port's TAP at start-up (``--datapath=external``)."""
+
+    vif: int
+    vrf_id: int
+    l3_nh: int
+    l2_nh: int | None
+    label: int | None
+    rcv_nh: int | None = None
+    resolve_nh: int | None = None
+
+
+@implementer(IPortObserver, IRouteProgrammer)
+class DatapathModel:
+    """Desired ksync objects for the local ports; observers are told which keys changed."""
+
+    _log = Logger()
+
+    def __init__(self, *, fabric_ip: str = "0.0.0.0", fabric_vif: int = 0,
+                 mtu: int = DEFAULT_MTU, max_vifs: int = C.VR_DEF_INTERFACES,
+                 max_nhs: int = C.VR_DEF_NEXTHOPS, max_labels: int = C.VR_DEF_LABELS,
+                 max_vrfs: int = C.VR_DEF_VRFS,
+                 os_index: Callable[[str], int] | None = None) -> None:
+        self.fabric_ip = fabric_ip
+        self.fabric_vif = fabric_vif
+        self.mtu = mtu
+        self.vifs = IdAllocator("interface index", FIRST_VM_VIF, max_vifs)
+        self.nhs = IdAllocator("next-hop id", 1, max_nhs)
+        self.labels = IdAllocator("MPLS label", FIRST_LABEL, max_labels)
+        self.vrf_ids = IdAllocator("VRF id", 1, max_vrfs)
+        self.desired: dict[Key, tuple[str, dict[str, Any]]] = {}
+        self._vrfs: dict[str, _Vrf] = {}
+        self._ports: dict[str, _PortIds] = {}
+        self._tunnels: dict[tuple[str, str], tuple[int, int]] = {}  # (dip, encap) -> nh, refs
+        self._remote: dict[tuple[str, str, int], tuple[list[Key], tuple[str, str]]] = {}
+        self._adopted: dict[str, Adopted] = {}
+        self._os_index = os_index or _if_index
+        self.listeners: list[Callable[[Iterable[Key]], None]] = []
+        self.controller: IControllerLink | None = None
+        self._base()
+
+    # plumbing --------------------------------------------------------------------------
+
+    def _base(self) -> None:
+        """The agent's own interface (pkt0), which receive next hops point at."""
+        self._set((VIF, AGENT_VIF), "vr_interface_req", {
+            "vifr_idx": AGENT_VIF, "vifr_type": C.VIF_TYPE_AGENT, "vifr_name": "pkt0",
+            "vifr_transport": C.VIF_TRANSPORT_SOCKET, "vifr_vrf": 0,
+            "vifr_mac": list(VROUTER_MAC), "vifr_mtu": self.mtu, "vifr_flags": 0,
+        })
+
+    def _set(self, key: Key, name: str, fields: dict[str, Any]) -> None:
+        self.desired[key] = (name, fields)
+
+    def _notify(self, keys: Iterable[Key]) -> None:
+        ks = list(keys)
+        for listener in self.listeners:
+            listener(ks)
+
+    def adopt(self, system_name: str, ids: Adopted) -> None:
+        """Remember ids found in the datapath for a TAP so its port keeps them."""
+        self._adopted[system_name] = ids
+
+    def vrf_id_of(self, vn_id: str) -> int | None:
+        v = self._vrfs.get(vrf_name_for(vn_id))
+        return v.vrf_id if v else None
+
+    # VRFs ------------------------------------------------------------------------------
+
+    def _vrf(self, name: str, adopted: Adopted | None) -> _Vrf:
+        v = self._vrfs.get(name)
+        if v is not None:
+            return v
+        vrf_id = None
+        if adopted is not None and self.vrf_ids.reserve(adopted.vrf_id):
+            vrf_id = adopted.vrf_id
+        if vrf_id is None:
+            vrf_id = self.vrf_ids.alloc()
+        rcv = self._take_nh(adopted.rcv_nh if adopted else None)
+        res = self._take_nh(adopted.resolve_nh if adopted else None)
+        v = _Vrf(name, vrf_id, rcv, res)
+        self._vrfs[name] = v
+        self._set((NH, rcv), "vr_nexthop_req", {
+            "nhr_id": rcv, "nhr_type": C.NH_RCV, "nhr_family": C.AF_INET, "nhr_vrf": vrf_id,
+            "nhr_encap_oif_id": AGENT_VIF, "nhr_flags": C.NH_FLAG_VALID})
+        self._set((NH, res), "vr_nexthop_req", {
+            "nhr_id": res, "nhr_type": C.NH_RESOLVE, "nhr_family": C.AF_INET,
+            "nhr_vrf": vrf_id, "nhr_flags": C.NH_FLAG_VALID})
+        return v
+
+    def _take_nh(self, want: int | None) -> int:
+        if want is not None and self.nhs.reserve(want):
+            return want
+        return self.nhs.alloc()
+
+    def _drop_vrf(self, v: _Vrf) -> list[Key]:
+        del self._vrfs[v.name]
+        keys: list[Key] = [(NH, v.rcv_nh), (NH, v.resolve_nh)]
+        for k in keys:
+            self.desired.pop(k, None)
+        self.nhs.free(v.rcv_nh)
+        self.nhs.free(v.resolve_nh)
+        self.vrf_ids.free(v.vrf_id)
+        return keys
+
+    # IPortObserver ---------------------------------------------------------------------
+
+    def portAdded(self, port: Port) -> None:
+        if port.id in self._ports:
+            self.portDeleted(port)
+        adopted = self._adopted.pop(port.system_name, None)
+        name = vrf_name_for(port.vn_id)
+        new_vrf = name not in self._vrfs
+        v = self._vrf(name, adopted)
+        taken: list[tuple[IdAllocator, int]] = []
+        try:
+            def take(alloc: IdAllocator, want: int | None) -> int:
+                i = want if want is not None and alloc.reserve(want) else alloc.alloc()
+                taken.append((alloc, i))
+                return i
+            vif = take(self.vifs, adopted.vif if adopted else None)
+            l3 = take(self.nhs, adopted.l3_nh if adopted else None)
+            l2 = take(self.nhs, adopted.l2_nh if adopted else None)
+            label = take(self.labels, adopted.label if adopted else None)
+        except ResourceExhausted:
+            for alloc, i in taken:
+                alloc.free(i)
+            if new_vrf and not v.ports:
+                self._drop_vrf(v)
+            raise
+        mac = parse_mac(port.mac_address)
+        keys: list[Key] = []
+        vif_fields: dict[str, Any] = {
+            "vifr_idx": vif, "vifr_type": C.VIF_TYPE_VIRTUAL, "vifr_name": port.system_name,
+            "vifr_transport": C.VIF_TRANSPORT_VIRTUAL, "vifr_vrf": v.vrf_id,
+            "vifr_mcast_vrf": v.vrf_id, "vifr_mac": list(mac), "vifr_mtu": self.mtu,
+            "vifr_flags": VM_VIF_FLAGS, "vifr_nh_id": l3,
+            "vifr_os_idx": self._os_index(port.system_name),
+            "vifr_ip": host_u32(port.ip_address) if port.ip_address else 0,
+        }
+        if port.ip6_address:
+            vifr_ip6_u, vifr_ip6_l = host_u64_pair(port.ip6_address)
+            vif_fields.update(vifr_ip6_u=vifr_ip6_u, vifr_ip6_l=vifr_ip6_l)
+        self._set((VIF, vif), "vr_interface_req", vif_fields)
+        keys.append((VIF, vif))
+        self._set((NH, l3), "vr_nexthop_req", {
+            "nhr_id": l3, "nhr_type": C.NH_ENCAP, "nhr_family": C.AF_INET, "nhr_vrf": v.vrf_id,
+            "nhr_encap_oif_id": vif, "nhr_encap": list(mac + VROUTER_MAC + b"\x08\x00"),
+            "nhr_flags": C.NH_FLAG_VALID | C.NH_FLAG_POLICY_ENABLED})
+        self._set((NH, l2), "vr_nexthop_req", {
+            "nhr_id": l2, "nhr_type": C.NH_ENCAP, "nhr_family": C.AF_BRIDGE,
+            "nhr_vrf": v.vrf_id, "nhr_encap_oif_id": vif, "nhr_encap": [],
+            "nhr_flags": C.NH_FLAG_VALID})
+        keys += [(NH, l3), (NH, l2)]
+        self._set((MPLS, label), "vr_mpls_req", {"mr_label": label, "mr_nhid": l3})
+        keys.append((MPLS, label))
+        route_flags = C.VR_RT_LABEL_VALID_FLAG
+        if port.ip_address:
+            k = _inet_key(v.vrf_id, port.ip_address, 32)
+            self._set(k, "vr_route_req", _route_fields(k, l3, label, route_flags, mac))
+            keys.append(k)
+        if port.ip6_address:
+            k = _inet_key(v.vrf_id, port.ip6_address, 128)
+            self._set(k, "vr_route_req", _route_fields(k, l3, label, route_flags, mac))
+            keys.append(k)
+        bk: Key = (ROUTE, C.AF_BRIDGE, v.vrf_id, mac)
+        self._set(bk, "vr_route_req", {
+            "rtr_vrf_id": v.vrf_id, "rtr_family": C.AF_BRIDGE, "rtr_mac": list(mac),
+            "rtr_nh_id": l2, "rtr_label": label,
+            "rtr_label_flags": C.VR_BE_LABEL_VALID_FLAG, "rtr_prefix": [], "rtr_prefix_len": 0})
+        keys.append(bk)
+        shared = self._shared_routes(port, v)
+        for sk, fields in shared:
+            if v.shared.get(sk, 0) == 0:
+                self._set(sk, "vr_route_req", fields)
+                keys.append(sk)
+            v.shared[sk] = v.shared.get(sk, 0) + 1
+        v.ports.add(port.id)
+        route = LocalRoute(port_id=port.id, vm_id=port.instance_id, vn_id=port.vn_id,
+                           vrf_name=name, mac=port.mac_address, ip4=port.ip_address,
+                           ip6=port.ip6_address, label=label, nexthop=self.fabric_ip)
+        self._ports[port.id] = _PortIds(vif, l3, l2, label, name, keys, shared, route)
+        if new_vrf:
+            keys = [(NH, v.rcv_nh), (NH, v.resolve_nh)] + keys
+        self._notify(keys)
+        if self.controller is not None:
+            self.controller.localRouteAdded(route)
+
+    def _shared_routes(self, port: Port, v: _Vrf) -> list[tuple[Key, dict[str, Any]]]:
+        out: list[tuple[Key, dict[str, Any]]] = []
+        flags = C.VR_RT_ARP_PROXY_FLAG
+        for addr in {port.gateway, port.dns_server} - {None, "0.0.0.0"}:
+            assert addr is not None
+            k = _inet_key(v.vrf_id, addr, 32)
+            out.append((k, _route_fields(k, v.rcv_nh, 0, flags, VROUTER_MAC)))
+        if port.ip_address and port.plen is not None and port.plen <= 30:
+            net = ipaddress.IPv4Network(f"{port.ip_address}/{port.plen}", strict=False)
+            k = _inet_key(v.vrf_id, str(net.network_address), net.prefixlen)
+            out.append((k, _route_fields(k, v.resolve_nh, 0, C.VR_RT_ARP_FLOOD_FLAG, None)))
+        return out
+
+    def portDeleted(self, port: Port) -> None:
+        ids = self._ports.pop(port.id, None)
+        if ids is None:
+            return
+        keys = list(ids.keys)
+        for k in keys:
+            self.desired.pop(k, None)
+        v = self._vrfs[ids.vrf]
+        v.ports.discard(port.id)
+        for sk, _fields in ids.shared:
+            n = v.shared.get(sk, 0) - 1
+            if n <= 0:
+                v.shared.pop(sk, None)
+                self.desired.pop(sk, None)
+                keys.append(sk)
+            else:
+                v.shared[sk] = n
+        self.vifs.free(ids.vif)
+        self.nhs.free(ids.l3_nh)
+        self.nhs.free(ids.l2_nh)
+        self.labels.free(ids.label)
+        if not v.ports and not self._remote_in(v.vrf_id):
+            keys += self._drop_vrf(v)
+        self._notify(keys)
+        if self.controller is not None:
+            self.controller.localRouteDeleted(ids.route)
+
+    def _remote_in(self, vrf_id: int) -> bool:
+        return any(k[0][2] == vrf_id for k, _ in self._remote.values() if k)
+
+    def port_ids(self, uuid: str) -> dict[str, int] | None:
+        """The ids a port got (vif, l3_nh, l2_nh, label, vrf), for tests and GET extras."""
+        ids = self._ports.get(uuid)
+        if ids is None:
+            return None
+        return {"vif": ids.vif, "l3_nh": ids.l3_nh, "l2_nh": ids.l2_nh, "label": ids.label,
+                "vrf": self._vrfs[ids.vrf].vrf_id}
+
+    # IRouteProgrammer ------------------------------------------------------------------
+
+    def vrfNames(self) -> list[str]:
+        return sorted(self._vrfs)
+
+    def addRemoteRoute(self, vrf_name: str, prefix: str, plen: int, nexthop: str, label: int,
+                       encap: str = "udp", mac: str | None = None) -> None:
+        v = self._vrfs.get(vrf_name)
+        if v is None:
+            raise KeyError(f"unknown routing instance {vrf_name!r}")
+        flag = {"udp": C.NH_FLAG_TUNNEL_UDP_MPLS, "gre": C.NH_FLAG_TUNNEL_GRE,
+                "vxlan": C.NH_FLAG_TUNNEL_VXLAN}.get(encap)
+        if flag is None:
+            raise ValueError(f"encap {encap!r} is not udp, gre or vxlan")
+        if not 0 <= label < 1 << 24:
+            raise ValueError(f"label {label} is not a 20/24-bit label")
+        net = ipaddress.ip_network(f"{prefix}/{plen}", strict=False)
+        ipaddress.IPv4Address(nexthop)
+        rkey = (vrf_name, str(net.network_address), net.prefixlen)
+        if rkey in self._remote:
+            self.deleteRemoteRoute(vrf_name, prefix, plen)
+        tkey = (nexthop, encap)
+        nh, refs = self._tunnels.get(tkey, (0, 0))
+        keys: list[Key] = []
+        if refs == 0:
+            nh = self.nhs.alloc()
+            self._set((NH, nh), "vr_nexthop_req", {
+                "nhr_id": nh, "nhr_type": C.NH_TUNNEL, "nhr_family": C.AF_INET, "nhr_vrf": 0,
+                "nhr_encap_oif_id": self.fabric_vif,
+                "nhr_encap": list(bytes(6) + VROUTER_MAC + b"\x08\x00"),
+                "nhr_tun_sip": host_u32(self.fabric_ip), "nhr_tun_dip": host_u32(nexthop),
+                "nhr_flags": C.NH_FLAG_VALID | flag})
+            keys.append((NH, nh))
+        self._tunnels[tkey] = (nh, refs + 1)
+        rk = _inet_key(v.vrf_id, str(net.network_address), net.prefixlen)
+        rmac = parse_mac(mac) if mac else None
+        self._set(rk, "vr_route_req", _route_fields(rk, nh, label, C.VR_RT_LABEL_VALID_FLAG,
+                                                    rmac))
+        route_keys = [rk]
+        if rmac is not None:
+            bk: Key = (ROUTE, C.AF_BRIDGE, v.vrf_id, rmac)
+            self._set(bk, "vr_route_req", {
+                "rtr_vrf_id": v.vrf_id, "rtr_family": C.AF_BRIDGE, "rtr_mac": list(rmac),
+                "rtr_nh_id": nh, "rtr_label": label,
+                "rtr_label_flags": C.VR_BE_LABEL_VALID_FLAG, "rtr_prefix": [],
+                "rtr_prefix_len": 0})
+            route_keys.append(bk)
+        self._remote[rkey] = (route_keys, tkey)
+        self._notify(keys + route_keys)
+
+    def deleteRemoteRoute(self, vrf_name: str, prefix: str, plen: int) -> None:
+        try:
+            net = ipaddress.ip_network(f"{prefix}/{plen}", strict=False)
+        except ValueError:
+            return
+        entry = self._remote.pop((vrf_name, str(net.network_address), net.prefixlen), None)
+        if entry is None:
+            return
+        route_keys, tkey = entry
+        keys = list(route_keys)
+        for k in route_keys:
+            self.desired.pop(k, None)
+        nh, refs = self._tunnels[tkey]
+        if refs <= 1:
+            del self._tunnels[tkey]
+            self.desired.pop((NH, nh), None)
+            self.nhs.free(nh)
+            keys.append((NH, nh))
+        else:
+            self._tunnels[tkey] = (nh, refs - 1)
+        v = self._vrfs.get(vrf_name)
+        if v is not None and not v.ports and not self._remote_in(v.vrf_id):
+            keys += self._drop_vrf(v)
+        self._notify(keys)
+
+
+def _inet_key(vrf: int, addr: str, plen: int) -> Key:
+    ip = ipaddress.ip_address(addr)
+    fam = C.AF_INET if ip.version == 4 else C.AF_INET6
+    return (ROUTE, fam, vrf, ip.packed, plen)
+
+
+def _route_fields(key: Key, nh: int, label: int, flags: int,
+                  mac: bytes | None) -> dict[str, Any]:
+    _, fam, vrf, packed, plen = key
+    return {"rtr_vrf_id": vrf, "rtr_family": fam, "rtr_prefix": list(packed),
+            "rtr_prefix_len": plen, "rtr_nh_id": nh, "rtr_label": label,
+            "rtr_label_flags": flags, "rtr_mac": list(mac) if mac else []}
+
+
+def _if_index(name: str) -> int:
+    import socket
+
+    try:
+        return socket.if_nametoindex(name)
+    except OSError:
+        return 0

@@ -1,0 +1,109 @@
+"""The agent's seams.
+
+* :class:`IPortStore` - the port files (``<state-dir>/ports``).
+* :class:`IPortObserver` - told about every port add/delete of the port table; the
+  datapath model and the controller link both observe the table through it.
+* :class:`IControllerLink` / :class:`IRouteProgrammer` - the seam to the control node
+  (issue 5).  The agent calls ``IControllerLink`` to announce its local ports; the link
+  calls ``IRouteProgrammer`` to install or withdraw routes learnt from the controller.
+  The link module is ``vrtwist.xmpp.agent_link`` and must offer
+  ``makeControllerLink(reactor, endpoints, hostname, fabric_ip, routes)`` returning an
+  object that provides both ``IControllerLink`` and ``twisted.application.service.IService``
+  (see ``docs/agent.md``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from zope.interface import Attribute, Interface
+
+
+class IPortStore(Interface):
+    """Durable storage of port records, one JSON document per port uuid."""
+
+    def exists(uuid: str) -> bool:
+        """True when a file for ``uuid`` is on disk."""
+
+    def read(uuid: str) -> Any:
+        """The parsed JSON of ``uuid``'s file (None if unreadable)."""
+
+    def write(uuid: str, body: dict[str, Any]) -> None:
+        """Atomically replace ``uuid``'s file; raise ``PortFileError`` on failure."""
+
+    def remove(uuid: str) -> None:
+        """Remove ``uuid``'s file if present; raise ``PortFileError`` on failure."""
+
+    def write_vm(vm_name: str, vmi_uuid: str, body: dict[str, Any]) -> None:
+        """Atomically write ``vm/<vm_name>/<vmi_uuid>``."""
+
+    def remove_vm(vm_name: str, vmi_uuid: str) -> None:
+        """Remove ``vm/<vm_name>/<vmi_uuid>`` (and the directory once empty)."""
+
+    def load_ports() -> Any:
+        """Iterate ``LoadedFile`` records of the top-level port files."""
+
+    def load_vm_ports() -> Any:
+        """Iterate ``LoadedFile`` records of the ``vm/*/`` files."""
+
+
+class IPortObserver(Interface):
+    """Something that follows the set of local ports (datapath model, controller link)."""
+
+    def portAdded(port: Any) -> None:
+        """``port`` (a ``vrtwist.agent.model.Port``) is now wanted on this node."""
+
+    def portDeleted(port: Any) -> None:
+        """``port`` is no longer wanted; undo what ``portAdded`` did."""
+
+
+@dataclass(frozen=True)
+class LocalRoute:
+    """What the agent announces to the controller for one local port.
+
+    ``vrf_name`` is the routing instance (``default-domain:vrtwist:<vn-uuid>:<vn-uuid>`` when
+    no controller config names it), ``label`` the MPLS label that reaches the port's
+    interface next hop on this node, ``nexthop`` the node's fabric address.
+    """
+
+    port_id: str
+    vm_id: str
+    vn_id: str
+    vrf_name: str
+    mac: str
+    ip4: str | None
+    ip6: str | None
+    label: int
+    nexthop: str
+
+
+class IControllerLink(Interface):
+    """The agent's side of the control-node session (provided by ``vrtwist.xmpp``)."""
+
+    def localRouteAdded(route: LocalRoute) -> None:
+        """Publish ``route`` (inet /32, inet6 /128 and the EVPN MAC) to the control node."""
+
+    def localRouteDeleted(route: LocalRoute) -> None:
+        """Withdraw what ``localRouteAdded`` published for this port."""
+
+
+class IRouteProgrammer(Interface):
+    """Installs routes learnt from the controller into the datapath (provided by the agent)."""
+
+    fabric_ip = Attribute("this node's fabric (tunnel source) address, a dotted quad")
+
+    def vrfNames() -> list[str]:
+        """Names of the routing instances that currently have local ports."""
+
+    def addRemoteRoute(vrf_name: str, prefix: str, plen: int, nexthop: str, label: int,
+                       encap: str = "udp", mac: str | None = None) -> None:
+        """Route ``prefix/plen`` in ``vrf_name`` through a tunnel to ``nexthop`` with ``label``.
+
+        ``encap`` is ``"udp"`` (MPLS over UDP), ``"gre"`` (MPLS over GRE) or ``"vxlan"``;
+        ``mac`` is the remote VM's MAC: a bridge entry for it is installed too.  Raises
+        ``KeyError`` for an unknown VRF and ``ValueError`` for a bad prefix or label.
+        """
+
+    def deleteRemoteRoute(vrf_name: str, prefix: str, plen: int) -> None:
+        """Withdraw a route added with :meth:`addRemoteRoute` (unknown routes are ignored)."""

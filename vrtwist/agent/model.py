@@ -1,0 +1,442 @@
+"""The port record of the agent's REST API and port files, with strict validation.
+
+The real agent (``port_ipc_handler.cc``) checks JSON types loosely: a malformed address
+silently becomes 0.0.0.0 and a malformed uuid the nil uuid.  Here every field is checked
+and a bad one names itself in :class:`PortValidationError`, so the REST layer can answer
+400 with ``{"error": "<field>: <problem>"}``.  The JSON produced for files keeps the real
+agent's field names so that files written by either side load in the other.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import time as _time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+NIL_UUID = "00000000-0000-0000-0000-000000000000"
+_UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+_IFNAME_RE = re.compile(r"^[^\s/:]{1,15}$")
+
+#: ``type`` values of the port API (``PortSubscribeEntry::Type``).
+PORT_TYPE_VM = 0
+PORT_TYPE_NAMESPACE = 1
+PORT_TYPE_REMOTE = 2
+PORT_TYPES = {PORT_TYPE_VM: "NovaVMPort", PORT_TYPE_NAMESPACE: "NameSpacePort",
+              PORT_TYPE_REMOTE: "ESXiPort"}
+
+AUTHOR = "vrtwist-agent"
+
+
+class PortValidationError(ValueError):
+    """A port body or field that cannot be accepted; ``problems`` lists each field's fault."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+class ResourceExhausted(RuntimeError):
+    """An id space (vif index, next hop, label, VRF) has no free id left."""
+
+
+def normalise_uuid(value: str) -> str | None:
+    """Return the lowercase canonical form of a dashed uuid, or None if it is not one."""
+    low = value.strip().lower()
+    return low if _UUID_RE.match(low) else None
+
+
+def dashed_uuid(value: str) -> str:
+    """vrouter-port-control's rule: 32 hex digits become the dashed form, else ``""``."""
+    v = value.strip().lower()
+    if re.fullmatch(r"[0-9a-f]{32}", v):
+        return f"{v[0:8]}-{v[8:12]}-{v[12:16]}-{v[16:20]}-{v[20:32]}"
+    return v if _UUID_RE.match(v) else ""
+
+
+@dataclass(frozen=True)
+class Port:
+    """One virtual machine interface as the orchestrator announced it."""
+
+    id: str
+    instance_id: str
+    vn_id: str
+    vm_project_id: str
+    display_name: str
+    ip_address: str | None  # None: no IPv4 address
+    ip6_address: str | None  # None: no IPv6 address
+    type: int
+    system_name: str
+    mac_address: str
+    rx_vlan_id: int = -1
+    tx_vlan_id: int = -1
+    vhostuser_mode: int | None = None
+    link_state: int | None = None
+    plen: int | None = None
+    gateway: str | None = None
+    dns_server: str | None = None
+    author: str = AUTHOR
+    time: str = ""
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def to_file_json(self) -> dict[str, Any]:
+        """The body of a port file / ``POST /port``, with the real agent's names."""
+        out: dict[str, Any] = {
+            "id": self.id,
+            "instance-id": self.instance_id,
+            "vn-id": self.vn_id,
+            "vm-project-id": self.vm_project_id,
+            "display-name": self.display_name,
+            "ip-address": self.ip_address or "0.0.0.0",
+            "ip6-address": self.ip6_address or "None",
+            "type": self.type,
+            "system-name": self.system_name,
+            "mac-address": self.mac_address,
+            "rx-vlan-id": self.rx_vlan_id,
+            "tx-vlan-id": self.tx_vlan_id,
+            "author": self.author,
+            "time": self.time,
+        }
+        if self.vhostuser_mode is not None:
+            out["vhostuser-mode"] = self.vhostuser_mode
+        if self.link_state is not None:
+            out["link-state"] = self.link_state
+        if self.plen is not None:
+            out["plen"] = self.plen
+        if self.gateway is not None:
+            out["gateway"] = self.gateway
+        if self.dns_server is not None:
+            out["dns-server"] = self.dns_server
+        return out
+
+    def to_oper_json(self) -> dict[str, Any]:
+        """What ``GET /port/<uuid>`` answers (``MakeJsonFromVmi``).
+
+        Without a controller the IPAM comes from the port's own ``plen``/``gateway``/
+        ``dns-server`` (a /32 with no gateway when they were not given).
+        """
+        out: dict[str, Any] = {
+            "id": self.id,
+            "instance-id": self.instance_id,
+            "vn-id": self.vn_id,
+            "vm-project-id": self.vm_project_id,
+            "mac-address": self.mac_address,
+            "system-name": self.system_name,
+            "rx-vlan-id": self.rx_vlan_id,
+            "tx-vlan-id": self.tx_vlan_id,
+            "vhostuser-mode": self.vhostuser_mode or 0,
+        }
+        if self.ip_address is not None:
+            out["ip-address"] = self.ip_address
+            out["plen"] = self.plen if self.plen is not None else 32
+            out["dns-server"] = self.dns_server or "0.0.0.0"
+            out["gateway"] = self.gateway or "0.0.0.0"
+        if self.ip6_address is not None:
+            out["v6-ip-address"] = self.ip6_address
+            out["v6-dns-server"] = "::"
+            out["v6-gateway"] = "::"
+        out["author"] = self.author
+        out["time"] = self.time
+        return out
+
+    def with_link_state(self, state: int) -> Port:
+        return replace(self, link_state=state)
+
+    def same_config(self, other: Port) -> bool:
+        """True when two records describe the same port (metadata ignored)."""
+        return replace(self, author="", time="") == replace(other, author="", time="")
+
+
+def _uuid_field(body: dict[str, Any], name: str, problems: list[str], *,
+                allow_empty: bool = False) -> str:
+    if name not in body:
+        problems.append(f"{name}: missing")
+        return ""
+    value = body[name]
+    if value is None:
+        problems.append(f"{name}: must not be null")
+        return ""
+    if not isinstance(value, str):
+        problems.append(f"{name}: must be a string uuid, got {type(value).__name__}")
+        return ""
+    if allow_empty and value == "":
+        return ""
+    norm = normalise_uuid(value)
+    if norm is None:
+        problems.append(f"{name}: {value!r} is not a uuid (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)")
+        return ""
+    return norm
+
+
+def _str_field(body: dict[str, Any], name: str, problems: list[str], *,
+               required: bool = True) -> str | None:
+    if name not in body:
+        if required:
+            problems.append(f"{name}: missing")
+        return None
+    value = body[name]
+    if value is None:
+        if required:
+            problems.append(f"{name}: must not be null")
+        return None
+    if not isinstance(value, str):
+        problems.append(f"{name}: must be a string, got {type(value).__name__}")
+        return None
+    return value
+
+
+def _int_field(body: dict[str, Any], name: str, problems: list[str], *, required: bool,
+               lo: int, hi: int) -> int | None:
+    if name not in body:
+        if required:
+            problems.append(f"{name}: missing")
+        return None
+    value = body[name]
+    if value is None:
+        if required:
+            problems.append(f"{name}: must not be null")
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        problems.append(f"{name}: must be an integer, got {type(value).__name__}")
+        return None
+    if not lo <= value <= hi:
+        problems.append(f"{name}: {value} is out of range {lo}..{hi}")
+        return None
+    return value
+
+
+def _ipv4(value: str, name: str, problems: list[str], *, allow_none: bool) -> str | None:
+    if allow_none and value in ("", "None", "0.0.0.0"):
+        return None
+    try:
+        return str(ipaddress.IPv4Address(value))
+    except ValueError:
+        problems.append(f"{name}: {value!r} is not an IPv4 address")
+        return None
+
+
+def parse_mac(value: str) -> bytes:
+    """``xx:xx:xx:xx:xx:xx`` to 6 bytes; ValueError with the reason otherwise."""
+    low = value.strip().lower()
+    if not _MAC_RE.match(low):
+        raise ValueError(f"{value!r} is not a MAC, use xx:xx:xx:xx:xx:xx format")
+    raw = bytes(int(p, 16) for p in low.split(":"))
+    if raw == b"\0" * 6:
+        raise ValueError("00:00:00:00:00:00 is not a usable MAC")
+    if raw[0] & 1:
+        raise ValueError(f"{low} is a multicast MAC, a port needs a unicast one")
+    return raw
+
+
+def port_from_json(body: Any, *, now: float | None = None) -> Port:
+    """Validate one ``POST /port`` object (or port file) and build the :class:`Port`.
+
+    Raises :class:`PortValidationError` naming every bad field at once.
+    """
+    if not isinstance(body, dict):
+        raise PortValidationError([f"port: expected a JSON object, got {type(body).__name__}"])
+    problems: list[str] = []
+    port_id = _uuid_field(body, "id", problems)
+    if port_id == NIL_UUID:
+        problems.append("id: the nil uuid is not a port id")
+    instance_id = _uuid_field(body, "instance-id", problems)
+    vn_id = _uuid_field(body, "vn-id", problems)
+    if vn_id == NIL_UUID:
+        problems.append("vn-id: the nil uuid names no virtual network")
+    project = _uuid_field(body, "vm-project-id", problems, allow_empty=True)
+    display = _str_field(body, "display-name", problems) or ""
+    ptype = _int_field(body, "type", problems, required=True, lo=0, hi=2)
+
+    ip4: str | None = None
+    raw_ip = _str_field(body, "ip-address", problems)
+    if raw_ip is not None:
+        ip4 = _ipv4(raw_ip, "ip-address", problems, allow_none=True)
+    ip6: str | None = None
+    raw_ip6 = _str_field(body, "ip6-address", problems)
+    if raw_ip6 is not None and raw_ip6 not in ("", "None", "::"):
+        try:
+            ip6 = str(ipaddress.IPv6Address(raw_ip6))
+        except ValueError:
+            problems.append(f"ip6-address: {raw_ip6!r} is not an IPv6 address")
+
+    system_name = _str_field(body, "system-name", problems)
+    if system_name is not None and not _IFNAME_RE.match(system_name):
+        problems.append(f"system-name: {system_name!r} is not an interface name "
+                        "(1-15 characters, no space, '/' or ':')")
+        system_name = None
+    mac = _str_field(body, "mac-address", problems)
+    if mac is not None:
+        try:
+            parse_mac(mac)
+            mac = mac.strip().lower()
+        except ValueError as e:
+            problems.append(f"mac-address: {e}")
+            mac = None
+    rx = _int_field(body, "rx-vlan-id", problems, required=True, lo=-1, hi=4095)
+    tx = _int_field(body, "tx-vlan-id", problems, required=True, lo=-1, hi=4095)
+    vhu = _int_field(body, "vhostuser-mode", problems, required=False, lo=0, hi=1)
+    link = _int_field(body, "link-state", problems, required=False, lo=0, hi=1)
+    plen = _int_field(body, "plen", problems, required=False, lo=0, hi=32)
+    gw = dns = None
+    raw_gw = _str_field(body, "gateway", problems, required=False)
+    if raw_gw is not None:
+        gw = _ipv4(raw_gw, "gateway", problems, allow_none=True)
+    raw_dns = _str_field(body, "dns-server", problems, required=False)
+    if raw_dns is not None:
+        dns = _ipv4(raw_dns, "dns-server", problems, allow_none=True)
+    author = _str_field(body, "author", problems, required=False) or AUTHOR
+    when = _str_field(body, "time", problems, required=False)
+    if ip4 is not None and gw is not None and plen is not None:
+        net = ipaddress.IPv4Network(f"{ip4}/{plen}", strict=False)
+        if ipaddress.IPv4Address(gw) not in net:
+            problems.append(f"gateway: {gw} is outside the port's subnet {net}")
+    if problems:
+        raise PortValidationError(problems)
+    assert ptype is not None and system_name is not None and mac is not None
+    assert rx is not None and tx is not None
+    if when is None:
+        when = _time.strftime("%a %b %d %H:%M:%S %Y", _time.localtime(now))
+    known = {"id", "instance-id", "vn-id", "vm-project-id", "display-name", "ip-address",
+             "ip6-address", "type", "system-name", "mac-address", "rx-vlan-id", "tx-vlan-id",
+             "vhostuser-mode", "link-state", "plen", "gateway", "dns-server", "author", "time"}
+    return Port(
+        id=port_id, instance_id=instance_id, vn_id=vn_id, vm_project_id=project,
+        display_name=display, ip_address=ip4, ip6_address=ip6, type=ptype,
+        system_name=system_name, mac_address=mac, rx_vlan_id=rx, tx_vlan_id=tx,
+        vhostuser_mode=vhu, link_state=link, plen=plen, gateway=gw, dns_server=dns,
+        author=author, time=when,
+        extra={k: v for k, v in body.items() if k not in known},
+    )
+
+
+@dataclass(frozen=True)
+class VmPort:
+    """A port added through the CNI/Mesos ``POST /vm`` API (vm + vn in one object)."""
+
+    vm_uuid: str
+    vmi_uuid: str
+    vn_uuid: str
+    vm_name: str
+    host_ifname: str
+    vm_ifname: str = ""
+    vm_namespace: str = ""
+    vm_id: str = ""
+    time: str = ""
+
+
+def vm_port_from_json(body: Any) -> VmPort:
+    """Validate a ``POST /vm`` body."""
+    if not isinstance(body, dict):
+        raise PortValidationError([f"vm: expected a JSON object, got {type(body).__name__}"])
+    problems: list[str] = []
+    vm_uuid = _uuid_field(body, "vm-uuid", problems)
+    vmi = _uuid_field(body, "vmi-uuid", problems)
+    vn = _uuid_field(body, "vn-uuid", problems)
+    if vn == NIL_UUID:
+        problems.append("vn-uuid: the nil uuid names no virtual network")
+    name = _str_field(body, "vm-name", problems)
+    if name is not None and (not name or "/" in name or name in (".", "..")):
+        problems.append(f"vm-name: {name!r} cannot name a directory")
+    host = _str_field(body, "host-ifname", problems)
+    if host is not None and not _IFNAME_RE.match(host):
+        problems.append(f"host-ifname: {host!r} is not an interface name")
+    opt = {k: _str_field(body, k, problems, required=False) or ""
+           for k in ("vm-ifname", "vm-namespace", "vm-id", "time")}
+    if problems:
+        raise PortValidationError(problems)
+    assert name is not None and host is not None
+    return VmPort(vm_uuid=vm_uuid, vmi_uuid=vmi, vn_uuid=vn, vm_name=name, host_ifname=host,
+                  vm_ifname=opt["vm-ifname"], vm_namespace=opt["vm-namespace"],
+                  vm_id=opt["vm-id"], time=opt["time"])
+
+
+def vm_port_to_json(vp: VmPort) -> dict[str, Any]:
+    return {"vm-uuid": vp.vm_uuid, "vmi-uuid": vp.vmi_uuid, "vn-uuid": vp.vn_uuid,
+            "vm-name": vp.vm_name, "host-ifname": vp.host_ifname, "vm-ifname": vp.vm_ifname,
+            "vm-namespace": vp.vm_namespace, "vm-id": vp.vm_id, "time": vp.time}
+
+
+def mac_for_vmi(vmi_uuid: str) -> str:
+    """A locally administered MAC derived from a VMI uuid (``02:`` + first 5 bytes).
+
+    The real agent takes a ``/vm`` port's MAC from config pushed by the controller; with no
+    controller we derive it the way Contrail's Nova driver names MACs (``02:`` + uuid).
+    """
+    h = vmi_uuid.replace("-", "")
+    return "02:" + ":".join(h[i:i + 2] for i in range(0, 10, 2))
+
+
+def port_from_vm(vp: VmPort) -> Port:
+    """The port record a ``POST /vm`` body stands for (namespace-type, no address yet)."""
+    return Port(id=vp.vmi_uuid, instance_id=vp.vm_uuid, vn_id=vp.vn_uuid, vm_project_id="",
+                display_name=vp.vm_name, ip_address=None, ip6_address=None,
+                type=PORT_TYPE_NAMESPACE, system_name=vp.host_ifname,
+                mac_address=mac_for_vmi(vp.vmi_uuid), time=vp.time)
+
+
+@dataclass(frozen=True)
+class Gateway:
+    """A simple-gateway interface (``POST /gateway``): vgw name, VRF name, subnets, routes."""
+
+    interface: str
+    routing_instance: str
+    subnets: tuple[tuple[str, int], ...]
+    routes: tuple[tuple[str, int], ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"interface": self.interface, "routing-instance": self.routing_instance,
+                "subnets": [{"ip-address": a, "prefix-len": p} for a, p in self.subnets],
+                "routes": [{"ip-address": a, "prefix-len": p} for a, p in self.routes]}
+
+
+def _prefixes(value: Any, name: str, problems: list[str]) -> tuple[tuple[str, int], ...]:
+    if not isinstance(value, list):
+        problems.append(f"{name}: must be an array")
+        return ()
+    out = []
+    for i, item in enumerate(value):
+        where = f"{name}[{i}]"
+        if not isinstance(item, dict):
+            problems.append(f"{where}: must be an object")
+            continue
+        before = len(problems)
+        addr = _str_field(item, "ip-address", problems)
+        plen = _int_field(item, "prefix-len", problems, required=True, lo=0, hi=128)
+        if addr is None or plen is None:
+            problems[before:] = [f"{where}.{p}" for p in problems[before:]]
+            continue
+        try:
+            net = ipaddress.ip_network(f"{addr}/{plen}", strict=False)
+        except ValueError:
+            problems.append(f"{where}: {addr}/{plen} is not a prefix")
+            continue
+        out.append((str(net.network_address), net.prefixlen))
+    return tuple(out)
+
+
+def gateways_from_json(body: Any) -> list[Gateway]:
+    """Validate a ``POST /gateway`` array."""
+    if not isinstance(body, list):
+        raise PortValidationError(["gateway: expected a JSON array of gateway objects"])
+    problems: list[str] = []
+    out = []
+    for i, item in enumerate(body):
+        if not isinstance(item, dict):
+            problems.append(f"[{i}]: expected an object")
+            continue
+        before = len(problems)
+        intf = _str_field(item, "interface", problems)
+        ri = _str_field(item, "routing-instance", problems)
+        if intf is not None and not _IFNAME_RE.match(intf):
+            problems.append(f"interface: {intf!r} is not an interface name")
+        subnets = _prefixes(item.get("subnets"), "subnets", problems)
+        routes = _prefixes(item.get("routes", []), "routes", problems)
+        problems[before:] = [f"[{i}].{p}" for p in problems[before:]]
+        if len(problems) == before:
+            assert intf is not None and ri is not None
+            out.append(Gateway(intf, ri, subnets, routes))
+    if problems:
+        raise PortValidationError(problems)
+    return out

@@ -1,0 +1,261 @@
+"""The agent's REST port API (``port_ipc``) as a Klein application.
+
+Same paths, methods, JSON field names and success bodies as the real agent (spec B.2), so
+``vrouter-port-control``, os-vif and the CNI keep working.  Errors are better than the
+original: 400 with ``{"error": "<field>: <problem>"}`` for a bad body, 404 for an unknown
+uuid on GET, 500 when a port file cannot be written (never a silent 200), standard reason
+phrases.  Uppercase uuids in paths and bodies are accepted and normalised.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from klein import Klein
+from twisted.logger import Logger
+from twisted.web.iweb import IRequest
+from werkzeug.exceptions import MethodNotAllowed, NotFound
+
+from vrtwist.agent.model import (
+    Gateway,
+    Port,
+    PortValidationError,
+    ResourceExhausted,
+    gateways_from_json,
+    normalise_uuid,
+    port_from_json,
+    vm_port_from_json,
+)
+from vrtwist.agent.ports import PortNotFound, PortTable, WrongPortType
+from vrtwist.agent.store import PortFileError
+
+#: Largest request body accepted (a 1,000-port array is about 500 KB).
+MAX_BODY = 8 * 1024 * 1024
+
+
+class ApiError(Exception):
+    """An HTTP error answer: status code and the ``error`` text."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _json(request: IRequest, code: int, body: Any) -> bytes:
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", b"application/json; charset=UTF-8")
+    return (json.dumps(body, indent=4) if body else json.dumps(body)).encode()
+
+
+def _read_body(request: IRequest) -> Any:
+    content = request.content
+    if content is None:
+        raise ApiError(400, "body: empty, expected JSON")
+    content.seek(0, 2)
+    size = content.tell()
+    if size > MAX_BODY:
+        raise ApiError(413, f"body: {size} bytes is larger than the {MAX_BODY} byte limit")
+    content.seek(0)
+    raw = content.read()
+    if not raw.strip():
+        raise ApiError(400, "body: empty, expected JSON")
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ApiError(400, f"body: invalid JSON ({e})") from e
+
+
+def _uuid(value: str, what: str = "uuid") -> str:
+    norm = normalise_uuid(value)
+    if norm is None:
+        raise ApiError(400, f"{what}: {value!r} is not a uuid")
+    return norm
+
+
+class PortApi:
+    """REST resource over a :class:`PortTable`; ``PortApi(table).app.resource()`` serves it."""
+
+    app = Klein()
+    _log = Logger()
+
+    def __init__(self, table: PortTable) -> None:
+        self.table = table
+        self.gateways: dict[str, Gateway] = {}
+
+    def _call(self, request: IRequest, fn: Any, *args: Any) -> bytes:
+        try:
+            result = fn(*args)
+        except ApiError as e:
+            return _json(request, e.code, {"error": e.message})
+        except PortValidationError as e:
+            return _json(request, 400, {"error": str(e)})
+        except PortFileError as e:
+            self._log.error("port file error: {e}", e=e)
+            return _json(request, 500, {"error": f"port file: {e.strerror or e}"})
+        except ResourceExhausted as e:
+            return _json(request, 503, {"error": str(e)})
+        except PortNotFound as e:
+            return _json(request, 404, {"error": f"port {e.args[0]} not found"})
+        except WrongPortType as e:
+            return _json(request, 400, {"error": str(e)})
+        return _json(request, 200, result)
+
+    # ports -----------------------------------------------------------------------------
+
+    @app.route("/port", methods=["POST"])
+    def post_port(self, request: IRequest) -> bytes:
+        return self._call(request, self._post_port, request)
+
+    def _post_port(self, request: IRequest) -> dict[str, Any]:
+        body = _read_body(request)
+        if isinstance(body, list):
+            ports: list[Port] = []
+            problems: list[str] = []
+            for i, item in enumerate(body):
+                try:
+                    ports.append(port_from_json(item))
+                except PortValidationError as e:
+                    problems.extend(f"[{i}].{p}" for p in e.problems)
+            if problems:
+                raise PortValidationError(problems)
+            self.table.add_many(ports)
+        elif isinstance(body, dict):
+            self.table.add(port_from_json(body))
+        else:
+            raise ApiError(400, "body: expected a port object or an array of port objects")
+        return {}
+
+    @app.route("/port/<string:uuid>", methods=["GET"])
+    def get_port(self, request: IRequest, uuid: str) -> bytes:
+        def get() -> dict[str, Any]:
+            port = self.table.get(_uuid(uuid))
+            if port is None:
+                raise ApiError(404, f"port {uuid.lower()} not found")
+            return port.to_oper_json()
+        return self._call(request, get)
+
+    @app.route("/port/<string:uuid>", methods=["DELETE"])
+    def delete_port(self, request: IRequest, uuid: str) -> bytes:
+        def delete() -> dict[str, Any]:
+            self.table.delete(_uuid(uuid))
+            return {}
+        return self._call(request, delete)
+
+    @app.route("/syncports", methods=["POST"])
+    def syncports(self, request: IRequest) -> bytes:
+        def sync() -> dict[str, Any]:
+            self.table.sync()
+            return {}
+        return self._call(request, sync)
+
+    @app.route("/enable-port/<string:uuid>", methods=["PUT"])
+    def enable_port(self, request: IRequest, uuid: str) -> bytes:
+        return self._call(request, self._link, uuid, True)
+
+    @app.route("/disable-port/<string:uuid>", methods=["PUT"])
+    def disable_port(self, request: IRequest, uuid: str) -> bytes:
+        return self._call(request, self._link, uuid, False)
+
+    def _link(self, uuid: str, up: bool) -> dict[str, Any]:
+        self.table.set_link_state(_uuid(uuid), up)
+        return {}
+
+    # gateway ---------------------------------------------------------------------------
+
+    @app.route("/gateway", methods=["POST"])
+    def post_gateway(self, request: IRequest) -> bytes:
+        def add() -> dict[str, Any]:
+            for gw in gateways_from_json(_read_body(request)):
+                self.gateways[gw.interface] = gw
+            return {}
+        return self._call(request, add)
+
+    @app.route("/gateway", methods=["DELETE"])
+    def delete_gateway(self, request: IRequest) -> bytes:
+        def delete() -> dict[str, Any]:
+            body = _read_body(request)
+            if not isinstance(body, list):
+                raise ApiError(400, "body: expected a JSON array of {\"interface\": name}")
+            names = []
+            for i, item in enumerate(body):
+                if not isinstance(item, dict) or not isinstance(item.get("interface"), str):
+                    raise ApiError(400, f"[{i}].interface: missing or not a string")
+                names.append(item["interface"])
+            for name in names:
+                self.gateways.pop(name, None)
+            return {}
+        return self._call(request, delete)
+
+    # vm + vn API (CNI / Mesos) ---------------------------------------------------------
+
+    @app.route("/vm", methods=["POST"])
+    def post_vm(self, request: IRequest) -> bytes:
+        def add() -> dict[str, Any]:
+            body = _read_body(request)
+            if isinstance(body, list):
+                raise ApiError(400, "body: /vm takes one object, not an array")
+            self.table.add_vm(vm_port_from_json(body))
+            return {}
+        return self._call(request, add)
+
+    @app.route("/vm/<string:vm_uuid>", methods=["GET"])
+    def get_vm(self, request: IRequest, vm_uuid: str) -> bytes:
+        return self._call(request, self._get_vm, vm_uuid, None)
+
+    @app.route("/vm/<string:vm_uuid>/<string:vmi_uuid>", methods=["GET"])
+    def get_vm_vmi(self, request: IRequest, vm_uuid: str, vmi_uuid: str) -> bytes:
+        return self._call(request, self._get_vm, vm_uuid, vmi_uuid)
+
+    def _get_vm(self, vm_uuid: str, vmi_uuid: str | None) -> list[dict[str, Any]]:
+        vm = _uuid(vm_uuid, "vm-uuid")
+        vmi = _uuid(vmi_uuid, "vmi-uuid") if vmi_uuid is not None else None
+        found = [p.to_oper_json() for p in self.table.ports_of_vm(vm)
+                 if vmi is None or p.id == vmi]
+        if not found:
+            raise ApiError(404, f"vm {vm} has no port" + (f" {vmi}" if vmi else "s"))
+        return found
+
+    @app.route("/vm/<string:vm_uuid>", methods=["DELETE"])
+    def delete_vm(self, request: IRequest, vm_uuid: str) -> bytes:
+        def delete() -> dict[str, Any]:
+            self.table.delete_vm(_uuid(vm_uuid, "vm-uuid"))
+            return {}
+        return self._call(request, delete)
+
+    @app.route("/vm/<string:vm_uuid>/<string:vmi_uuid>", methods=["DELETE"])
+    def delete_vm_vmi(self, request: IRequest, vm_uuid: str, vmi_uuid: str) -> bytes:
+        def delete() -> dict[str, Any]:
+            self.table.delete_vm(_uuid(vm_uuid, "vm-uuid"), _uuid(vmi_uuid, "vmi-uuid"))
+            return {}
+        return self._call(request, delete)
+
+    @app.route("/vm-cfg/<string:vm_name>", methods=["GET"])
+    def vm_cfg(self, request: IRequest, vm_name: str) -> bytes:
+        def cfg() -> list[dict[str, Any]]:
+            found = [{
+                "id": p.id, "vm-uuid": p.instance_id, "vn-id": p.vn_id,
+                "vn-name": vn_name(p.vn_id), "mac-address": p.mac_address,
+                "sub-interface": False, "vlan-id": -1, "annotations": [],
+            } for p in self.table.ports() if p.display_name == vm_name]
+            if not found:
+                raise ApiError(404, f"vm {vm_name!r} has no ports")
+            return found
+        return self._call(request, cfg)
+
+    # errors ----------------------------------------------------------------------------
+
+    @app.handle_errors(NotFound)
+    def not_found(self, request: IRequest, failure: Any) -> bytes:
+        return _json(request, 404, {"error": "Unknown Request"})
+
+    @app.handle_errors(MethodNotAllowed)
+    def not_allowed(self, request: IRequest, failure: Any) -> bytes:
+        return _json(request, 405, {"error": f"method {request.method.decode()} not allowed "
+                                             "on this path"})
+
+
+def vn_name(vn_id: str) -> str:
+    """The virtual network's fq-name when no controller names it."""
+    return f"default-domain:vrtwist:{vn_id}"

@@ -1,0 +1,143 @@
+"""The agent as a Twisted service: port table, REST API, datapath sync, controller link.
+
+Start-up order matters: the port files are replayed before the REST endpoint listens (the
+real agent opens 9091 only at ``InitDone``), and the datapath synchroniser first reads the
+datapath (``--datapath=external``) so replayed ports keep the ids they already have.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort
+from twisted.logger import Logger
+from twisted.web.server import Site
+
+from vrtwist.agent.dpstate import DatapathModel
+from vrtwist.agent.ports import DEFAULT_STALE_TIMEOUT, PortTable
+from vrtwist.agent.rest import PortApi
+from vrtwist.agent.store import PortStore
+
+
+class AgentService(MultiService):
+    """The vRouter agent: owns the port table and wires REST, ksync and XMPP to it."""
+
+    _log = Logger()
+
+    def __init__(self, reactor: Any, *, run_dir: str, state_dir: str, rest: str,
+                 datapath: str = "embedded", tap_check: bool = True,
+                 stale_timeout: float = DEFAULT_STALE_TIMEOUT, fabric_ip: str = "0.0.0.0",
+                 hostname: str = "", controllers: list[str] | None = None) -> None:
+        super().__init__()
+        self.reactor = reactor
+        self.run_dir = run_dir
+        self.state_dir = state_dir
+        self.rest_description = rest
+        self.datapath = datapath
+        self.tap_check = tap_check
+        self.stale_timeout = stale_timeout
+        self.fabric_ip = fabric_ip
+        self.hostname = hostname
+        self.controllers = controllers or []
+        self.model = DatapathModel(fabric_ip=fabric_ip)
+        self.table: PortTable | None = None
+        self.api: PortApi | None = None
+        self.sync: Any = None
+        self.link: Any = None
+        self.rest_port: IListeningPort | None = None
+        self.ready: Deferred[None] = Deferred()
+
+    def startService(self) -> None:
+        super().startService()
+        d = ensureDeferred(self._start())
+
+        def failed(f: Any) -> None:
+            self._log.failure("agent start-up failed", f)
+            if not self.ready.called:
+                self.ready.errback(f)
+        d.addErrback(failed)
+
+    async def _start(self) -> None:
+        store = PortStore(_usable_state_dir(self.state_dir, self.run_dir))
+        table = PortTable(store, self.reactor, tap_check=self.tap_check,
+                          stale_timeout=self.stale_timeout)
+        self.table = table
+        if self.controllers:
+            self._attach_controller()
+        sync = self._make_sync()
+        if sync is not None:
+            self.sync = sync
+            await sync.prepare()  # external datapath: dump, adopt ids
+        table.observe(self.model)
+        added, skipped = table.replay()
+        self._log.info("replayed {added} port(s) from {dir}, skipped {skipped}",
+                       added=added, dir=str(store.ports_dir), skipped=len(skipped))
+        if sync is not None:
+            sync.start()
+        self.api = PortApi(table)
+        endpoint = serverFromString(self.reactor, self.rest_description)
+        site = Site(self.api.app.resource())
+        site.noisy = False
+        site.log = lambda request: None  # type: ignore[method-assign]  # no access log
+        self.rest_port = await endpoint.listen(site)
+        self._log.info("REST port API listening on {addr}", addr=self.rest_port.getHost())
+        self.ready.callback(None)
+
+    def _make_sync(self) -> Any:
+        try:
+            from vrtwist.agent.ksync_sync import KsyncSynchroniser
+        except ImportError as e:  # the ksync client is not available
+            self._log.warn("datapath programming disabled: {e}", e=e)
+            return None
+        sock = os.path.join(self.run_dir, "dpdk_netlink")
+        return KsyncSynchroniser(self.reactor, self.model, f"unix:{sock}",
+                                 adopt=self.datapath == "external")
+
+    def _attach_controller(self) -> None:
+        try:
+            from vrtwist.xmpp.agent_link import makeControllerLink  # type: ignore[import-not-found]
+        except ImportError as e:
+            self._log.error("--controller given but the XMPP link is unavailable: {e}", e=e)
+            return
+        link = makeControllerLink(self.reactor, self.controllers, self.hostname,
+                                  self.fabric_ip, self.model)
+        self.model.controller = link
+        link.setServiceParent(self)
+        self.link = link
+
+    async def _stop(self) -> None:
+        if self.rest_port is not None:
+            stopping = self.rest_port.stopListening()
+            if stopping is not None:
+                await stopping
+        if self.table is not None:
+            self.table.stop()
+        if self.sync is not None:
+            await self.sync.stop()
+
+    def stopService(self) -> Deferred[None]:
+        d1 = ensureDeferred(self._stop())
+        d1.addBoth(lambda _: super(AgentService, self).stopService())
+        return d1
+
+
+def _usable_state_dir(state_dir: str, run_dir: str) -> str:
+    """``state_dir``, or ``<run-dir>/state`` when the default cannot be created (non-root)."""
+    try:
+        Path(state_dir, "ports").mkdir(parents=True, exist_ok=True)
+        return state_dir
+    except PermissionError:
+        if state_dir != DEFAULT_STATE_DIR:
+            raise
+        fallback = os.path.join(run_dir, "state")
+        AgentService._log.warn("cannot create {dir}; keeping port files in {fallback}",
+                               dir=state_dir, fallback=fallback)
+        return fallback
+
+
+DEFAULT_STATE_DIR = "/var/lib/contrail"

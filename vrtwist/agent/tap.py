@@ -1,0 +1,88 @@
+"""``twistd -n vrouter``: the agent, with the forwarding extension in-process by default.
+
+``--datapath=embedded`` (the default) adds the forwarding extension's service
+(``vrtwist.datapath.service.makeDatapathService``) before the agent, so its ksync socket
+``<run-dir>/dpdk_netlink`` exists when the agent connects; ``--datapath=external`` expects a
+``twistd vrouter-dp`` on the same run directory and leaves it untouched across restarts.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from twisted.application.service import IService, MultiService
+from twisted.python import usage
+
+from vrtwist.agent.service import DEFAULT_STATE_DIR, AgentService
+
+try:  # the forwarding extension's own options (--flow-entries, --bridge-entries, --fabric)
+    from vrtwist.datapath.service import DatapathOptionsMixin as _DatapathOptions
+except ImportError:  # pragma: no cover - until the datapath lands
+    class _DatapathOptions:  # type: ignore[no-redef]
+        optParameters: list[list[Any]] = [
+            ["run-dir", None, "/var/run/vrouter", "run directory (dpdk_netlink, shm files)"],
+        ]
+
+
+class Options(_DatapathOptions, usage.Options):  # type: ignore[misc]
+    """Options of ``twistd vrouter`` (ARCHITECTURE.md, "twistd plugins")."""
+
+    synopsis = "[options]"
+    optParameters = [
+        ["datapath", None, "embedded", "embedded (forwarding extension in-process) or external"],
+        ["rest", None, "tcp:9091:interface=127.0.0.1", "endpoint of the REST port API"],
+        ["state-dir", None, DEFAULT_STATE_DIR, "directory holding ports/<uuid> files"],
+        ["hostname", None, socket.gethostname(), "this node's name towards the controller"],
+        ["fabric-ip", None, "0.0.0.0", "this node's fabric address (tunnel source)"],
+        ["stale-timeout", None, 60.0, "seconds after /syncports before unconfirmed ports go",
+         float],
+    ]
+    optFlags = [
+        ["no-tap-check", None, "accept ports whose TAP does not exist (tests, DPDK)"],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["controller"] = []
+
+    def opt_controller(self, endpoint: str) -> None:
+        """XMPP endpoint of a control node (repeatable), e.g. tcp:10.0.0.1:5269."""
+        self["controller"].append(endpoint)
+
+    def postOptions(self) -> None:
+        parent = getattr(super(), "postOptions", None)
+        if parent is not None:
+            parent()
+        if self["datapath"] not in ("embedded", "external"):
+            raise usage.UsageError("--datapath must be embedded or external")
+        if self["stale-timeout"] < 0:
+            raise usage.UsageError("--stale-timeout must not be negative")
+
+
+def makeService(options: Options) -> MultiService:
+    """The agent's service tree: [datapath,] agent."""
+    from twisted.internet import reactor
+
+    top = MultiService()
+    if options["datapath"] == "embedded":
+        _embedded_datapath(options).setServiceParent(top)
+    agent = AgentService(
+        reactor, run_dir=options["run-dir"], state_dir=options["state-dir"],
+        rest=options["rest"], datapath=options["datapath"],
+        tap_check=not options["no-tap-check"], stale_timeout=options["stale-timeout"],
+        fabric_ip=options["fabric-ip"], hostname=options["hostname"],
+        controllers=list(options["controller"]))
+    agent.setName("agent")
+    agent.setServiceParent(top)
+    return top
+
+
+def _embedded_datapath(options: Options) -> IService:
+    try:
+        from vrtwist.datapath.service import makeDatapathService
+    except ImportError as e:  # pragma: no cover - until the datapath lands
+        AgentService._log.error("embedded datapath unavailable: {e}", e=e)
+        return MultiService()
+    svc: IService = makeDatapathService(options)
+    return svc
