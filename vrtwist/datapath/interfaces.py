@@ -1,0 +1,54 @@
+"""Seams of the forwarding extension.
+
+The ksync server hands each decoded request to an :class:`IRequestHandler` chosen by
+Sandesh message name; other packages (``vrtwist.shmem`` for flows and bridge routes)
+plug their own handlers into the datapath through :class:`IDatapath`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from zope.interface import Attribute, Interface
+
+
+class IRequestHandler(Interface):
+    """Answers one decoded Sandesh request."""
+
+    def handle(request: Any) -> list[list[Any]]:
+        """Return the reply as transport messages, each a list of Sandesh objects.
+
+        The first object of the first message is the request's one ``vr_response``.
+        A GET answers ``[[vr_response, object]]``; a DUMP answers
+        ``[[vr_response], [objects...]]`` (the second message only if not empty).
+        """
+
+
+class IBridgeRoutes(IRequestHandler):
+    """Answers ``vr_route_req`` for AF_BRIDGE, and resolves MACs for stitched routes."""
+
+    def index_of(vrf: int, mac: bytes) -> int | None:
+        """Bridge-table index of (vrf, mac), or None when it has no entry."""
+
+
+class IDatapath(Interface):
+    """The forwarding extension as other packages see it."""
+
+    tables = Attribute("vrtwist.datapath.tables.Tables: interfaces, next hops, labels ...")
+    routes = Attribute("vrtwist.datapath.routes.RouteTables: inet and inet6 routes")
+    config = Attribute("vrtwist.datapath.tables.DatapathConfig: table sizes")
+
+    def register(name: str, handler: IRequestHandler) -> None:
+        """Answer requests named ``name`` with ``handler`` (replaces the built-in one)."""
+
+    def register_bridge(handler: IBridgeRoutes) -> None:
+        """Answer AF_BRIDGE ``vr_route_req`` with ``handler``."""
+
+    def handle(request: Any) -> list[list[Any]]:
+        """Answer one request, whoever handles it."""
+
+    def response(code: int) -> Any:
+        """A ``vr_response`` with this resp_code."""
+
+    def dump_reply(objects: Any) -> list[list[Any]]:
+        """Page an iterable of Sandesh objects into a DUMP reply (3968-byte pages)."""
