@@ -1,0 +1,219 @@
+"""Sans-IO, binary-clean TELNET codec for the vSPC (no Twisted imports).
+
+Why not ``twisted.conch.telnet``: it applies NVT newline rules on receive
+(``CR LF`` -> ``LF``, ``CR NUL`` -> ``CR``) even in BINARY mode, and walks the
+input byte by byte. A serial console carries SSH and arbitrary bytes, so this
+parser only undoes IAC doubling and splits out commands. It scans with
+``bytes.find``/``bytes.replace`` (C loops); Python code runs once per IAC that
+starts a command, not once per byte.
+
+Events returned by :meth:`TelnetParser.feed`:
+
+* ``bytes`` -- application data, already IAC-unescaped;
+* :class:`Negotiation` -- ``IAC WILL/WONT/DO/DONT <option>``;
+* :class:`Subnegotiation` -- ``IAC SB <option> <payload> IAC SE``, payload unescaped;
+* :class:`Command` -- any other two-byte command (NOP, AYT, BRK, ...).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+IAC = 255
+DONT = 254
+DO = 253
+WONT = 252
+WILL = 251
+SB = 250
+GA = 249
+NOP = 241
+SE = 240
+
+BINARY = 0
+ECHO = 1
+SGA = 3
+AUTHENTICATION = 37
+COM_PORT = 44
+VMWARE_EXT = 232
+
+_IAC = b"\xff"
+_IAC2 = b"\xff\xff"
+
+VERB_NAMES = {WILL: "WILL", WONT: "WONT", DO: "DO", DONT: "DONT"}
+
+#: Default hard limit on one subnegotiation (IAC SB ... IAC SE), escaped size.
+MAX_SUBNEGOTIATION = 4096
+
+__all__ = [
+    "Command",
+    "Negotiation",
+    "Subnegotiation",
+    "TelnetParser",
+    "TelnetProtocolError",
+    "encodeData",
+    "encodeNegotiation",
+    "encodeSubnegotiation",
+]
+
+
+class TelnetProtocolError(ValueError):
+    """The peer sent bytes that are not valid TELNET; ``offset`` counts from stream start."""
+
+    def __init__(self, message: str, offset: int) -> None:
+        super().__init__(f"{message} at stream offset {offset}")
+        self.offset = offset
+
+
+class Negotiation(NamedTuple):
+    """``IAC <verb> <option>`` with verb one of WILL, WONT, DO, DONT."""
+
+    verb: int
+    option: int
+
+
+class Subnegotiation(NamedTuple):
+    """``IAC SB <option> <payload> IAC SE``; ``payload`` has IAC IAC undone."""
+
+    option: int
+    payload: bytes
+
+
+class Command(NamedTuple):
+    """Any other ``IAC <code>`` (NOP, BRK, AYT, ...)."""
+
+    code: int
+
+
+Event = bytes | Negotiation | Subnegotiation | Command
+
+
+def encodeData(data: bytes) -> bytes:
+    """Escape application data for the wire (double every 0xFF)."""
+    return data.replace(_IAC, _IAC2)
+
+
+def encodeNegotiation(verb: int, option: int) -> bytes:
+    return bytes((IAC, verb, option))
+
+
+def encodeSubnegotiation(option: int, payload: bytes) -> bytes:
+    return bytes((IAC, SB, option)) + payload.replace(_IAC, _IAC2) + bytes((IAC, SE))
+
+
+class TelnetParser:
+    """Incremental TELNET decoder: feed any chunking, get the same events."""
+
+    def __init__(self, maxSubnegotiation: int = MAX_SUBNEGOTIATION) -> None:
+        self._pending = b""  # an incomplete command carried to the next feed
+        self._consumed = 0  # stream offset of the start of the current chunk
+        self._max = maxSubnegotiation
+
+    @property
+    def pendingBytes(self) -> int:
+        """Bytes held back because a command is not complete yet."""
+        return len(self._pending)
+
+    def feed(self, data: bytes) -> list[Event]:
+        if self._pending:
+            data = self._pending + data
+            self._pending = b""
+        elif _IAC not in data:
+            self._consumed += len(data)
+            return [data] if data else []
+        else:
+            # Pure data with escaped 0xFF only: a lone IAC survives this removal
+            # exactly when the chunk holds a command (pairing is left to right).
+            if _IAC not in data.replace(_IAC2, b""):
+                self._consumed += len(data)
+                return [data.replace(_IAC2, _IAC)]
+        return self._slowFeed(data)
+
+    def _slowFeed(self, data: bytes) -> list[Event]:
+        events: list[Event] = []
+        pieces: list[bytes] = []
+        n = len(data)
+        pos = 0
+        find = data.find
+        while pos < n:
+            i = find(_IAC, pos)
+            if i < 0:
+                pieces.append(data[pos:])
+                pos = n
+                break
+            if i > pos:
+                pieces.append(data[pos:i])
+            if i + 1 >= n:
+                pos = i
+                break
+            code = data[i + 1]
+            if code == IAC:
+                pieces.append(_IAC)
+                pos = i + 2
+                continue
+            if pieces:
+                events.append(b"".join(pieces))
+                pieces = []
+            if code in VERB_NAMES:
+                if i + 2 >= n:
+                    pos = i
+                    break
+                events.append(Negotiation(code, data[i + 2]))
+                pos = i + 3
+            elif code == SB:
+                end = self._subnegotiation(data, i, events)
+                if end < 0:
+                    pos = i
+                    break
+                pos = end
+            elif code == SE:
+                raise TelnetProtocolError("IAC SE outside a subnegotiation", self._consumed + i)
+            else:
+                events.append(Command(code))
+                pos = i + 2
+        if pieces:
+            events.append(b"".join(pieces))
+        if pos < n:
+            self._pending = data[pos:]
+            if len(self._pending) > self._max + 8:
+                raise TelnetProtocolError(
+                    f"subnegotiation longer than {self._max} bytes", self._consumed + pos
+                )
+        self._consumed += pos
+        return events
+
+    def _subnegotiation(self, data: bytes, start: int, events: list[Event]) -> int:
+        """Parse ``IAC SB`` at ``start``; return the end offset, or -1 if incomplete."""
+        n = len(data)
+        if start + 2 >= n:
+            return -1
+        option = data[start + 2]
+        pos = start + 3
+        parts: list[bytes] = []
+        while True:
+            j = data.find(_IAC, pos)
+            if j < 0 or j + 1 >= n:
+                if (n - start) > self._max + 8:
+                    raise TelnetProtocolError(
+                        f"subnegotiation longer than {self._max} bytes",
+                        self._consumed + start,
+                    )
+                return -1
+            parts.append(data[pos:j])
+            nxt = data[j + 1]
+            if nxt == IAC:
+                parts.append(_IAC)
+                pos = j + 2
+            elif nxt == SE:
+                payload = b"".join(parts)
+                if j + 2 - start > self._max + 8:
+                    raise TelnetProtocolError(
+                        f"subnegotiation longer than {self._max} bytes",
+                        self._consumed + start,
+                    )
+                events.append(Subnegotiation(option, payload))
+                return j + 2
+            else:
+                raise TelnetProtocolError(
+                    f"IAC {nxt} inside a subnegotiation of option {option}",
+                    self._consumed + j,
+                )

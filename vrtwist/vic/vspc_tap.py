@@ -1,0 +1,109 @@
+"""``twistd -n vspc``: the vSPC relay for ESX network serial ports.
+
+Example::
+
+    twistd -n vspc --listen tcp:2377 --backend 'unix:/run/vic/{uuid}.sock' \\
+        --service-uri '*' --api tcp:2378:interface=127.0.0.1
+
+TLS (``telnets://`` in the VM's proxyURI) is a Twisted ``ssl:`` endpoint:
+``--listen ssl:13370:privateKey=key.pem:certKey=cert.pem``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application import internet, service
+from twisted.internet.endpoints import serverFromString
+from twisted.python import usage
+
+from vrtwist.vic.vspc import VMPortTable, VSPCConfig, VSPCFactory, checkTemplate
+
+
+class Options(usage.Options):
+    """Command line of ``twistd vspc``."""
+
+    optParameters = [
+        [
+            "listen",
+            "l",
+            "tcp:2377",
+            "endpoint ESX hosts connect to (tcp:..., ssl:... for telnets://)",
+        ],
+        [
+            "backend",
+            "b",
+            "tcp:127.0.0.1:2379",
+            "client endpoint template per VM serial port; {uuid} and {label} are filled in",
+        ],
+        [
+            "service-uri",
+            "s",
+            "vSPC.py",
+            "service URI expected in DO-PROXY ('*' accepts any; a ?port=LABEL query names the port)",
+        ],
+        ["api", "a", None, "endpoint for the JSON API (e.g. tcp:2378:interface=127.0.0.1)"],
+        ["buffer", None, "262144", "bytes held per direction per VM before pausing the sender"],
+        [
+            "handoff-timeout",
+            None,
+            "30",
+            "seconds before an unfinished vMotion hand-off is abandoned",
+        ],
+        [
+            "vm-expire",
+            None,
+            "60",
+            "seconds a VM's state and backend outlive its last ESX connection",
+        ],
+    ]
+
+    def postOptions(self) -> None:
+        try:
+            checkTemplate(self["backend"])
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+        for key in ("buffer",):
+            try:
+                self[key] = int(self[key])
+            except ValueError:
+                raise usage.UsageError(f"--{key} must be an integer") from None
+            if self[key] <= 0:
+                raise usage.UsageError(f"--{key} must be positive")
+        for key in ("handoff-timeout", "vm-expire"):
+            try:
+                self[key] = float(self[key])
+            except ValueError:
+                raise usage.UsageError(f"--{key} must be a number of seconds") from None
+
+
+def makeService(options: Options, reactor: Any = None) -> service.MultiService:
+    """The listener, the port table (stops backends on shutdown) and the optional API."""
+    if reactor is None:
+        from twisted.internet import reactor as _reactor
+
+        reactor = _reactor
+    config = VSPCConfig(
+        backendTemplate=options["backend"],
+        serviceURI=options["service-uri"],
+        bufferLimit=int(options["buffer"]),
+        handoffTimeout=float(options["handoff-timeout"]),
+        vmExpire=float(options["vm-expire"]),
+    )
+    top = service.MultiService()
+    table = VMPortTable(reactor, config)
+    table.setServiceParent(top)
+    listen = internet.StreamServerEndpointService(
+        serverFromString(reactor, options["listen"]), VSPCFactory(table)
+    )
+    listen.setServiceParent(top)
+    if options["api"]:
+        from twisted.web.server import Site
+
+        from vrtwist.vic.api import VSPCApi
+
+        site = Site(VSPCApi(table).resource())
+        internet.StreamServerEndpointService(
+            serverFromString(reactor, options["api"]), site
+        ).setServiceParent(top)
+    return top
