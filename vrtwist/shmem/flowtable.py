@@ -1,0 +1,589 @@
+"""The flow table in ``flow.shmem``: owner side (forwarding extension).
+
+``FlowTable`` keeps the real layout (spec 5.2-5.6) in a shared mapping and
+implements ``vr_flow_req`` FLOW_SET with the semantics and error codes of
+``dp-core/vr_flow.c`` (``vr_flow_set``), plus the in-process datapath API the
+packet pipeline uses (lookup by key, HOLD on miss, statistics, eviction).
+
+Publication discipline (stricter than the real vRouter, which sets ACTIVE
+before it copies the key): an entry's fields are written while ``fe_flags``
+has ACTIVE clear, and ``fe_flags`` is written last; a delete or eviction
+clears ACTIVE first.  The generation id changes on every reuse of a slot.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from zope.interface import implementer
+
+from vrtwist.shmem import layout as L
+from vrtwist.shmem.entries import FlowEntry, parse_flow_entry
+from vrtwist.shmem.htable import Buffer, HashTable
+from vrtwist.shmem.interfaces import IFlowDatapath, IFlowTable
+from vrtwist.shmem.jhash import jhash
+
+__all__ = [
+    "FlowTable",
+    "FlowSetResult",
+    "FlowTableFull",
+    "fields_of",
+    "key_from_request",
+    "rkey_from_request",
+]
+
+_U16 = L.U16
+_A = L.FLOW_PART_A
+_B = L.FLOW_PART_B
+_STATS = L.FLOW_STATS
+_KEY_PAD = bytes(L.FLOW_KEY_SIZE)
+_NO_MIRROR = 0xFF  # VR_MAX_MIRROR_INDICES: "no mirror" in fe_mirror_id
+
+
+class FlowTableFull(Exception):
+    """No free main or overflow entry for the key's bucket (the vRouter's -ENOSPC)."""
+
+
+@dataclass(slots=True)
+class FlowSetResult:
+    """Outcome of one FLOW_SET: ``errno`` is 0 or a negative errno; the rest is vr_flow_response."""
+
+    errno: int
+    index: int
+    gen_id: int = 0
+    flags: int = 0
+    bytes: int = 0
+    packets: int = 0
+    stats_oflow: int = 0
+
+    def response_fields(self, op: int = 0) -> dict[str, int]:
+        """The fields of the ``vr_flow_response`` to send back."""
+        return {
+            "fresp_op": op,
+            "fresp_rid": 0,
+            "fresp_flags": self.flags,
+            "fresp_index": self.index & 0xFFFFFFFF,
+            "fresp_bytes": self.bytes,
+            "fresp_packets": self.packets,
+            "fresp_stats_oflow": self.stats_oflow,
+            "fresp_gen_id": self.gen_id,
+        }
+
+
+def _signed32(v: int) -> int:
+    v &= 0xFFFFFFFF
+    return v - (1 << 32) if v & 0x80000000 else v
+
+
+def _key(family: int, proto: int, sport_w: int, dport_w: int, nh: int,
+         sip_u: int, sip_l: int, dip_u: int, dip_l: int) -> tuple[bytes, int] | None:
+    if family == L.AF_INET:
+        return (
+            L.FLOW_KEY4.pack(
+                family, proto & 0xFF, 0, sport_w & 0xFFFF, dport_w & 0xFFFF, nh & 0xFFFFFFFF,
+                (sip_l & 0xFFFFFFFF).to_bytes(4, "little"),
+                (dip_l & 0xFFFFFFFF).to_bytes(4, "little"),
+            ),
+            L.VP_TYPE_IP,
+        )
+    if family == L.AF_INET6:
+        return (
+            L.FLOW_KEY6.pack(
+                family, proto & 0xFF, 0, sport_w & 0xFFFF, dport_w & 0xFFFF, nh & 0xFFFFFFFF,
+                (sip_u & (2**64 - 1)).to_bytes(8, "little") + (sip_l & (2**64 - 1)).to_bytes(8, "little"),
+                (dip_u & (2**64 - 1)).to_bytes(8, "little") + (dip_l & (2**64 - 1)).to_bytes(8, "little"),
+            ),
+            L.VP_TYPE_IP6,
+        )
+    return None
+
+
+def fields_of(req: Any) -> Any:
+    """A ``get(name, default)`` over a decoded Sandesh object or a plain mapping."""
+    if isinstance(req, Mapping):
+        return req.get
+    return lambda name, default=None: getattr(req, name, default)
+
+
+def key_from_request(req: Any) -> tuple[bytes, int] | None:
+    """Hashed key bytes and entry type of a vr_flow_req's forward key (None: bad family)."""
+    g = fields_of(req)
+    return _key(
+        g("fr_family", 0) or 0, g("fr_flow_proto", 0) or 0, g("fr_flow_sport", 0) or 0,
+        g("fr_flow_dport", 0) or 0, g("fr_flow_nh_id", 0) or 0, g("fr_flow_sip_u", 0) or 0,
+        g("fr_flow_sip_l", 0) or 0, g("fr_flow_dip_u", 0) or 0, g("fr_flow_dip_l", 0) or 0,
+    )
+
+
+def rkey_from_request(req: Any) -> tuple[bytes, int] | None:
+    """Key of the reverse flow described by the ``fr_rflow_*`` fields."""
+    g = fields_of(req)
+    return _key(
+        g("fr_family", 0) or 0, g("fr_flow_proto", 0) or 0, g("fr_rflow_sport", 0) or 0,
+        g("fr_rflow_dport", 0) or 0, g("fr_rflow_nh_id", 0) or 0, g("fr_rflow_sip_u", 0) or 0,
+        g("fr_rflow_sip_l", 0) or 0, g("fr_rflow_dip_u", 0) or 0, g("fr_rflow_dip_l", 0) or 0,
+    )
+
+
+@dataclass
+class FlowCounters:
+    """``vr_flow_table_info``: the counters ``vr_flow_table_data`` reports."""
+
+    added: int = 0
+    deleted: int = 0
+    changed: int = 0
+    action_count: int = 0  # "processed": HOLD entries given a verdict
+    hold_oflows: int = 0
+    hold_count: list[int] = field(default_factory=lambda: [0])
+
+
+@implementer(IFlowTable, IFlowDatapath)
+class FlowTable:
+    """Owner of the flow table mapping (one writer: the reactor thread)."""
+
+    def __init__(
+        self,
+        buf: Buffer,
+        entries: int = L.DEFAULT_FLOW_ENTRIES,
+        oentries: int | None = None,
+        *,
+        initialise: bool = True,
+        path: str = "",
+        max_vrfs: int = L.DEFAULT_MAX_VRFS,
+        max_mirrors: int = L.DEFAULT_MAX_MIRRORS,
+        cpus: int = 1,
+    ) -> None:
+        entries = L.round_entries(entries)
+        if oentries is None:
+            oentries = L.default_overflow(entries)
+        self.ht = HashTable(buf, entries, oentries, L.FLOW_ENTRY_SIZE, initialise=initialise)
+        self.buf = buf
+        self.path = path
+        self.max_vrfs = max_vrfs
+        self.max_mirrors = max_mirrors
+        self.cpus = max(1, min(cpus, L.FLOW_MAX_CPUS))
+        self.counters = FlowCounters(hold_count=[0] * self.cpus)
+        self._index: dict[bytes, int] = {}
+        self._hashrnd = int.from_bytes(os.urandom(4), "little")
+
+    # -- sizes -----------------------------------------------------------------
+    @property
+    def entries(self) -> int:
+        return self.ht.entries
+
+    @property
+    def oentries(self) -> int:
+        return self.ht.oentries
+
+    @property
+    def size(self) -> int:
+        """Bytes of main + overflow table (``ftable_size``)."""
+        return self.ht.total * L.FLOW_ENTRY_SIZE
+
+    @property
+    def used_entries(self) -> int:
+        return self.ht.used_main + self.ht.used_oflow
+
+    @property
+    def used_oflow_entries(self) -> int:
+        return self.ht.used_oflow
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    # -- reading -----------------------------------------------------------------
+    def entry(self, index: int) -> FlowEntry:
+        """Parsed copy of entry ``index`` (any state)."""
+        if not 0 <= index < self.ht.total:
+            raise IndexError("flow index %d out of range 0..%d" % (index, self.ht.total - 1))
+        off = index * L.FLOW_ENTRY_SIZE
+        return parse_flow_entry(self.buf[off : off + L.FLOW_ENTRY_SIZE], index)
+
+    def _valid(self, index: int) -> bool:
+        return 0 <= index < self.ht.total and bool(
+            self.buf[index * L.FLOW_ENTRY_SIZE + L.OFF_HENTRY_FLAGS] & L.HENTRY_FLAG_VALID
+        )
+
+    def _flags(self, index: int) -> int:
+        return _U16.unpack_from(self.buf, index * L.FLOW_ENTRY_SIZE + L.OFF_FE_FLAGS)[0]
+
+    def _set_flags(self, index: int, flags: int) -> None:
+        _U16.pack_into(self.buf, index * L.FLOW_ENTRY_SIZE + L.OFF_FE_FLAGS, flags & 0xFFFF)
+
+    # -- datapath API ------------------------------------------------------------
+    def lookup(self, key: bytes) -> int:
+        """Index of the live flow with hashed key ``key``, or -1."""
+        return self._index.get(key, -1)
+
+    def hold_on_miss(self, key: bytes, vrf: int = 0, src_info: int = 0) -> tuple[int, int]:
+        """Create a HOLD entry for a packet that missed (ACTIVE|NEW_FLOW); return (index, gen).
+
+        Raises FlowTableFull.  An existing entry for the key is returned as is.
+        """
+        idx = self._index.get(key, -1)
+        if idx >= 0:
+            return idx, self.buf[idx * L.FLOW_ENTRY_SIZE + L.OFF_FE_GEN_ID]
+        etype = L.VP_TYPE_IP6 if len(key) == L.FLOW_KEY6_LEN else L.VP_TYPE_IP
+        idx = self._allocate(key)
+        gen = self._write_new(idx, key, etype, L.ACTION_HOLD, vrf, 0, -1, src_info)
+        self._count_hold()
+        self._set_flags(idx, L.FLAG_ACTIVE | L.FLAG_NEW_FLOW)
+        return idx, gen
+
+    def take_new_flow(self, index: int) -> bool:
+        """Clear NEW_FLOW when the first packet is trapped; True if it was a new flow."""
+        if not self._valid(index):
+            return False
+        flags = self._flags(index)
+        if flags & L.FLAG_NEW_FLOW:
+            self._set_flags(index, flags & ~L.FLAG_NEW_FLOW)
+            return True
+        return False
+
+    def add_stats(self, index: int, nbytes: int, npackets: int = 1) -> None:
+        """Account packets to a flow; 32-bit counters carry into the overflow fields."""
+        off = index * L.FLOW_ENTRY_SIZE + L.OFF_FE_STATS
+        b, p, bo, po = _STATS.unpack_from(self.buf, off)
+        tb = ((bo << 32) | b) + nbytes
+        tp = ((po << 32) | p) + npackets
+        _STATS.pack_into(
+            self.buf, off, tb & 0xFFFFFFFF, tp & 0xFFFFFFFF, (tb >> 32) & 0xFFFF, (tp >> 32) & 0xFF
+        )
+
+    def stats(self, index: int) -> tuple[int, int]:
+        """(bytes, packets) of entry ``index`` including the overflow bits."""
+        b, p, bo, po = _STATS.unpack_from(self.buf, index * L.FLOW_ENTRY_SIZE + L.OFF_FE_STATS)
+        return (bo << 32) | b, (po << 32) | p
+
+    def set_tcp_flags(self, index: int, tcp_flags: int) -> None:
+        """OR TCP state bits into ``fe_tcp_flags`` (the datapath's TCP tracking)."""
+        off = index * L.FLOW_ENTRY_SIZE + L.OFF_FE_TCP_FLAGS
+        _U16.pack_into(self.buf, off, (_U16.unpack_from(self.buf, off)[0] | tcp_flags) & 0xFFFF)
+
+    def mark_evict(self, index: int) -> bool:
+        """Evict a closed flow and its reverse, as ``vr_flow_mark_evict`` does; True if evicted.
+
+        The forward flow is evicted once its reverse is dead too (or absent);
+        a HOLD reverse is never evicted.
+        """
+        if not self._valid(index):
+            return False
+        flags = self._flags(index)
+        if not flags & L.FLAG_ACTIVE or flags & (L.FLAG_MODIFIED | L.FLAG_EVICTED | L.FLAG_NEW_FLOW):
+            return False
+        e = self.entry(index)
+        r = e.rflow
+        if r >= 0 and self._valid(r):
+            re = self.entry(r)
+            if not re.tcp_flags & L.TCP_DEAD or re.action == L.ACTION_HOLD:
+                return False
+            if re.rflow not in (index, -1):
+                return False
+            if re.flags & (L.FLAG_MODIFIED | L.FLAG_EVICTED | L.FLAG_NEW_FLOW):
+                return False
+            self._evict(r)
+        self._evict(index)
+        return True
+
+    # -- ksync: vr_flow_req FLOW_SET -------------------------------------------
+    def flow_set(self, req: Any) -> FlowSetResult:
+        """Apply one vr_flow_req (decoded object or mapping); returns the errno, never raises."""
+        g = fields_of(req)
+        index = _signed32(g("fr_index", -1) if g("fr_index") is not None else -1)
+        res = FlowSetResult(0, index)
+        if (g("fr_op", 0) or 0) != 0:
+            res.errno = -errno.EINVAL
+            return res
+        rflags = (g("fr_flags", 0) or 0) & 0xFFFF
+        if (g("fr_extflags", 0) or 0) & L.EXT_FLAG_FORCE_EVICT:
+            res.errno = self._force_evict(index)
+            return res
+        valid = self._valid(index)
+        if valid:
+            cur = self._flags(index)
+            if cur & (L.FLAG_MODIFIED | L.FLAG_EVICTED | L.FLAG_NEW_FLOW):
+                res.errno = -errno.EBUSY
+                return res
+        err = self._check(req, index if valid else -1, index, rflags)
+        if err:
+            res.errno = err
+            return res
+        rindex = self._resolved_rindex
+        action = (g("fr_action", 0) or 0) & 0xFFFF
+        if valid:
+            cur_action = _U16.unpack_from(self.buf, index * L.FLOW_ENTRY_SIZE + L.OFF_FE_ACTION)[0]
+            if cur_action == L.ACTION_HOLD and (action != cur_action or not rflags & L.FLAG_ACTIVE):
+                self.counters.action_count += 1
+            else:
+                self.counters.changed += 1
+        if not rflags & L.FLAG_ACTIVE:
+            if not valid:
+                res.errno = -errno.ENOENT
+                return res
+            self.counters.deleted += 1
+            res.flags |= L.RESP_FLAG_DELETED
+            res.gen_id = self.buf[index * L.FLOW_ENTRY_SIZE + L.OFF_FE_GEN_ID]
+            self.delete(index)
+            return res
+        if action not in L.ACTIONS:
+            res.errno = -errno.EINVAL
+            return res
+        if not valid:
+            kt = key_from_request(req)
+            if kt is None:
+                res.errno = -errno.EINVAL
+                return res
+            key, etype = kt
+            existing = self._index.get(key, -1)
+            if existing >= 0:
+                res.index = existing
+                res.gen_id = self.buf[existing * L.FLOW_ENTRY_SIZE + L.OFF_FE_GEN_ID]
+                res.errno = -errno.EEXIST
+                return res
+            try:
+                index = self._allocate(key)
+            except FlowTableFull:
+                res.errno = -errno.ENOSPC
+                return res
+            gen = self._write_new(index, key, etype, L.ACTION_DROP, 0, 0, -1, 0)
+            self.counters.added += 1
+            new_flow = True
+            old_flags = 0
+        else:
+            gen = self.buf[index * L.FLOW_ENTRY_SIZE + L.OFF_FE_GEN_ID]
+            new_flow = False
+            old_flags = self._flags(index)
+        res.index = index
+        res.gen_id = gen
+        self._apply(index, req, rflags, action, rindex, new_flow, old_flags)
+        return res
+
+    _resolved_rindex = -1
+
+    def _check(self, req: Any, fe_index: int, index: int, rflags: int) -> int:
+        """``vr_flow_set_req_is_invalid``: 0 or the negative errno."""
+        g = fields_of(req)
+        self._resolved_rindex = _signed32(g("fr_rindex", -1) if g("fr_rindex") is not None else -1)
+        if fe_index >= 0:
+            e = self.entry(fe_index)
+            if e.flags & L.FLAG_DELETE_MARKED:
+                return -errno.EINVAL
+            if e.type in (L.VP_TYPE_IP, L.VP_TYPE_IP6):
+                if (g("fr_gen_id", 0) or 0) & 0xFF != e.gen_id:
+                    return -errno.EBADF
+                kt = key_from_request(req)
+                off = fe_index * L.FLOW_ENTRY_SIZE + L.OFF_FE_KEY
+                if kt is None:
+                    return -errno.EFAULT
+                key = kt[0]
+                if bytes(self.buf[off : off + len(key)]) != key:
+                    return -errno.EFAULT
+        elif rflags & L.FLAG_ACTIVE and index >= 0:
+            return -errno.ENOENT
+        if rflags & L.FLAG_VRFT and ((g("fr_flow_dvrf", 0) or 0) & 0xFFFF) >= self.max_vrfs:
+            return -errno.EINVAL
+        if rflags & L.FLAG_MIRROR:
+            if ((g("fr_mir_id", 0) or 0) & 0xFFFF) >= self.max_mirrors and (
+                (g("fr_sec_mir_id", 0) or 0) & 0xFFFF
+            ) >= self.max_mirrors:
+                return -errno.EINVAL
+        if rflags & L.RFLOW_VALID:
+            if self._resolved_rindex != -1:
+                if not self._valid(self._resolved_rindex):
+                    return -errno.EINVAL
+            else:
+                kt = rkey_from_request(req)
+                found = self._index.get(kt[0], -1) if kt else -1
+                if found < 0:
+                    return -errno.EINVAL
+                self._resolved_rindex = found
+        return 0
+
+    def _apply(
+        self, index: int, req: Any, rflags: int, action: int, rindex: int,
+        new_flow: bool, old_flags: int,
+    ) -> None:
+        g = fields_of(req)
+        off = index * L.FLOW_ENTRY_SIZE
+        buf = self.buf
+        (ttl, qos, key45, gen, tcp_flags, hold, tcp_seq, rflow) = _A.unpack_from(buf, off + L.OFF_FE_PART_A)
+        (flags1, cur_action, vrf, dvrf, mir, smir, src_nh, nb, npk, bo, po, ecmp, drop, etype,
+         udp_sport, src_info, mme) = _B.unpack_from(buf, off + L.OFF_FE_PART_B)
+        if rflags & L.FLAG_MIRROR:
+            mir = (g("fr_mir_id", 0) or 0) & 0xFF
+            smir = (g("fr_sec_mir_id", 0) or 0) & 0xFF
+        else:
+            mir = smir = _NO_MIRROR
+        rflow = rindex if rflags & L.RFLOW_VALID else -1
+        vrf = (g("fr_flow_vrf", 0) or 0) & 0xFFFF
+        if rflags & L.FLAG_VRFT:
+            dvrf = (g("fr_flow_dvrf", 0) or 0) & 0xFFFF
+        if ecmp == -1:
+            e = (g("fr_ecmp_nh_index", 0) or 0) & 0xFF
+            ecmp = e - 256 if e >= 128 else e
+        src_nh = (g("fr_src_nh_index", 0) or 0) & 0xFFFFFFFF
+        qos = _signed16(g("fr_qos_id", 0) or 0)
+        if action == L.ACTION_HOLD and cur_action != L.ACTION_HOLD:
+            self._count_hold()
+        cur_action = action
+        ttl = (g("fr_ttl", 0) or 0) & 0xFF
+        if cur_action == L.ACTION_DROP:
+            drop = (g("fr_drop_reason", 0) or 0) & 0xFF
+        flags = (old_flags & L.DP_FLAGS) | (rflags & ~L.DP_FLAGS)
+        flags1 = (g("fr_flags1", 0) or 0) & 0xFFFF
+        if new_flow and rflags & L.RFLOW_VALID and self._valid(rflow):
+            rt = _U16.unpack_from(buf, rflow * L.FLOW_ENTRY_SIZE + L.OFF_FE_TCP_FLAGS)[0]
+            tcp_flags |= _reverse_tcp(rt)
+        if not udp_sport:
+            udp_sport = self._udp_src_port(vrf, key45, etype)
+        if (g("fr_extflags", 0) or 0) & L.EXT_FLAG_MOCK_SRC_UDP:
+            udp_sport = L.MOCK_SRC_UDP_PORT
+        flags &= ~L.FLAG_NEW_FLOW
+        _A.pack_into(buf, off + L.OFF_FE_PART_A, ttl, qos, key45, gen, tcp_flags, hold, tcp_seq, rflow)
+        _B.pack_into(buf, off + L.OFF_FE_PART_B, flags1, cur_action, vrf, dvrf, mir, smir, src_nh,
+                     nb, npk, bo, po, ecmp, drop, etype, udp_sport, src_info, mme)
+        # published (or re-published) last
+        _U16.pack_into(buf, off + L.OFF_FE_FLAGS, flags & 0xFFFF)
+
+    def _udp_src_port(self, vrf: int, key45: bytes, etype: int) -> int:
+        """MPLS-over-UDP source port from the flow tuple, as ``vr_flow_udp_src_port``."""
+        alen = 16 if etype == L.VP_TYPE_IP6 else 4
+        data = (
+            (vrf & 0xFFFFFFFF).to_bytes(4, "little")
+            + ((int.from_bytes(key45[4:6], "little") << 16) | int.from_bytes(key45[6:8], "little")).to_bytes(4, "little")
+            + key45[12 : 12 + 2 * alen]
+        )
+        h = jhash(data, self._hashrnd)
+        rng = L.MUDP_PORT_RANGE_END - L.MUDP_PORT_RANGE_START
+        port = (h * rng) >> 32
+        return L.MUDP_PORT_RANGE_START + (port if port <= rng else 0)
+
+    def _count_hold(self) -> None:
+        c = self.counters
+        if c.hold_count[0] + 1 > 0xFFFFFFFF:
+            c.hold_oflows += 1
+            c.hold_count[0] = 0
+        c.hold_count[0] += 1
+
+    # -- entry lifecycle ---------------------------------------------------------
+    def _allocate(self, key: bytes) -> int:
+        idx = self.ht.allocate(key)
+        if idx is None:
+            raise FlowTableFull("no free entry in the bucket of this key and no overflow entry left")
+        return idx
+
+    def _write_new(
+        self, index: int, key: bytes, etype: int, action: int, vrf: int, dvrf: int, rflow: int,
+        src_info: int,
+    ) -> int:
+        """Fill a freshly allocated slot with ACTIVE clear; the caller publishes flags."""
+        off = index * L.FLOW_ENTRY_SIZE
+        buf = self.buf
+        _U16.pack_into(buf, off + L.OFF_FE_FLAGS, 0)
+        gen = (buf[off + L.OFF_FE_GEN_ID] + 1) & 0xFF
+        key45 = key + _KEY_PAD[len(key) : L.FLOW_KEY_SIZE - 1] + bytes((len(key),))
+        _A.pack_into(buf, off + L.OFF_FE_PART_A, 0, 0, key45, gen, 0, 0, 0, rflow)
+        _B.pack_into(buf, off + L.OFF_FE_PART_B, 0, action, vrf, dvrf, _NO_MIRROR, _NO_MIRROR, 0,
+                     0, 0, 0, 0, -1, 0, etype, 0, src_info, 0)
+        self._index[key] = index
+        return gen
+
+    def delete(self, index: int) -> None:
+        """Remove a flow: clear ACTIVE first, reset the fields, free the slot."""
+        off = index * L.FLOW_ENTRY_SIZE
+        buf = self.buf
+        _U16.pack_into(buf, off + L.OFF_FE_FLAGS, 0)
+        klen = buf[off + L.OFF_FE_KEYLEN]
+        key = bytes(buf[off + L.OFF_FE_KEY : off + L.OFF_FE_KEY + klen])
+        if self._index.get(key) == index:
+            del self._index[key]
+        self._reset_fields(off, keep_stats=False)
+        self.ht.release(index)
+
+    def _reset_fields(self, off: int, keep_stats: bool) -> None:
+        buf = self.buf
+        (ttl, qos, key45, gen, tcp_flags, hold, tcp_seq, rflow) = _A.unpack_from(buf, off + L.OFF_FE_PART_A)
+        (flags1, action, vrf, dvrf, mir, smir, src_nh, nb, npk, bo, po, ecmp, drop, etype,
+         udp_sport, src_info, mme) = _B.unpack_from(buf, off + L.OFF_FE_PART_B)
+        key45 = key45[:-1] + b"\x00"
+        _A.pack_into(buf, off + L.OFF_FE_PART_A, 0, qos, key45, gen, 0, 0, tcp_seq, -1)
+        if not keep_stats:
+            nb = npk = bo = po = 0
+            etype = L.VP_TYPE_NULL
+        _B.pack_into(buf, off + L.OFF_FE_PART_B, flags1 & ~(L.FLAG1_HBS_LEFT | L.FLAG1_HBS_RIGHT),
+                     L.ACTION_DROP, vrf, dvrf, _NO_MIRROR, _NO_MIRROR, 0, nb, npk, bo, po, -1, drop,
+                     etype, 0, 0, mme)
+
+    def _evict(self, index: int) -> None:
+        """Evict: ACTIVE off, fields reset (key kept, stats kept), slot freed, then ACTIVE|EVICTED."""
+        off = index * L.FLOW_ENTRY_SIZE
+        flags = self._flags(index)
+        _U16.pack_into(self.buf, off + L.OFF_FE_FLAGS, 0)
+        klen = self.buf[off + L.OFF_FE_KEYLEN]
+        key = bytes(self.buf[off + L.OFF_FE_KEY : off + L.OFF_FE_KEY + klen])
+        if self._index.get(key) == index:
+            del self._index[key]
+        self._reset_fields(off, keep_stats=True)
+        self.ht.release(index)
+        kept = flags & (L.FLAG_ACTIVE | L.FLAG_NEW_FLOW | L.FLAG_DELETE_MARKED)
+        _U16.pack_into(self.buf, off + L.OFF_FE_FLAGS, kept | L.FLAG_ACTIVE | L.FLAG_EVICTED)
+
+    def _force_evict(self, index: int) -> int:
+        """``vr_flow_force_evict``: only an active, dead TCP flow; -EINVAL otherwise."""
+        if not self._valid(index):
+            return -errno.EINVAL
+        e = self.entry(index)
+        if e.proto != L.IPPROTO_TCP or not e.tcp_flags & L.TCP_DEAD or not e.flags & L.FLAG_ACTIVE:
+            return -errno.EINVAL
+        self._evict(index)
+        return 0
+
+    # -- vr_flow_table_data ------------------------------------------------------
+    def table_data(self, op: int = 2) -> dict[str, Any]:
+        """Fields of the ``vr_flow_table_data`` reply."""
+        c = self.counters
+        created = sum(c.hold_count)
+        return {
+            "ftable_op": op,
+            "ftable_rid": 0,
+            "ftable_size": self.size,
+            "ftable_dev": 0,
+            "ftable_file_path": self.path,
+            "ftable_used_entries": self.used_entries,
+            "ftable_processed": c.action_count,
+            "ftable_deleted": c.deleted,
+            "ftable_added": c.added,
+            "ftable_created": created,
+            "ftable_changed": c.changed,
+            "ftable_hold_oflows": c.hold_oflows,
+            "ftable_cpus": self.cpus,
+            "ftable_oflow_entries": self.used_oflow_entries,
+            "ftable_hold_stat": list(c.hold_count),
+            "ftable_burst_free_tokens": 0,
+            "ftable_hold_entries": max(0, created - c.action_count),
+        }
+
+
+def _signed16(v: int) -> int:
+    v &= 0xFFFF
+    return v - 0x10000 if v & 0x8000 else v
+
+
+def _reverse_tcp(rt: int) -> int:
+    """TCP bits a new flow inherits from its reverse (``vr_flow_tcp_rflow_set``)."""
+    f = 0
+    if rt & L.TCP_SYN:
+        f |= L.TCP_SYN_R
+    if rt & L.TCP_RST:
+        f |= L.TCP_RST
+    if rt & L.TCP_DEAD:
+        f |= L.TCP_DEAD
+    if rt & L.TCP_FIN:
+        f |= L.TCP_FIN_R
+    if rt & L.TCP_ESTABLISHED:
+        f |= L.TCP_ESTABLISHED | L.TCP_ESTABLISHED_R
+    return f

@@ -1,0 +1,186 @@
+"""ksync request handlers for the shared-memory tables, plugged into the datapath.
+
+``vr_flow_req`` (FLOW_SET), ``vr_flow_table_data``, ``vr_bridge_table_data`` and
+AF_BRIDGE ``vr_route_req`` are answered here; the datapath dispatcher routes them by
+message name (``IDatapath.register`` / ``register_bridge``).  Replies follow spec 2.4:
+one ``vr_response`` first, the object (if any) in the same transport message.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Iterator
+from typing import Any
+
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from vrtwist.datapath.interfaces import IBridgeRoutes, IDatapath, IRequestHandler
+from vrtwist.sandesh import SPECS_BY_NAME, schema
+from vrtwist.shmem import layout as L
+from vrtwist.shmem.bridgetable import BridgeTable
+from vrtwist.shmem.entries import BridgeEntry
+from vrtwist.shmem.flowtable import FlowTable
+
+__all__ = ["FlowRequests", "FlowTableData", "BridgeTableData", "BridgeRoutes", "make"]
+
+Reply = list[list[Any]]
+_OP_ADD, _OP_GET, _OP_DEL, _OP_DUMP, _OP_RESPONSE = 0, 1, 2, 3, 4
+
+
+def make(name: str, fields: dict[str, Any]) -> Any:
+    """A Sandesh object from a dict (unknown keys dropped, bytes become list<byte>)."""
+    spec = SPECS_BY_NAME[name]
+    known = {f.name for f in spec.fields}
+    values = {
+        k: (list(v) if isinstance(v, (bytes, bytearray)) else v)
+        for k, v in fields.items()
+        if k in known
+    }
+    return spec.cls(**values)
+
+
+def _response(code: int) -> Any:
+    return schema.vr_response(h_op=_OP_RESPONSE, resp_code=code)
+
+
+@implementer(IRequestHandler)
+class FlowRequests:
+    """``vr_flow_req``: FLOW_SET only; the reply is vr_response + vr_flow_response, always."""
+
+    _log = Logger()
+
+    def __init__(self, flows: FlowTable) -> None:
+        self.flows = flows
+
+    def handle(self, request: Any) -> Reply:
+        op = int(getattr(request, "fr_op", 0) or 0)
+        if op != 0:
+            resp = {"fresp_op": op, "fresp_index": int(getattr(request, "fr_index", 0)) & 0xFFFFFFFF}
+            return [[_response(-errno.EINVAL), make("vr_flow_response", resp)]]
+        result = self.flows.flow_set(request)
+        if result.errno:
+            self._log.debug(
+                "flow set refused: {errno} index {index}", errno=result.errno, index=result.index
+            )
+        return [[_response(result.errno), make("vr_flow_response", result.response_fields(op))]]
+
+
+@implementer(IRequestHandler)
+class FlowTableData:
+    """``vr_flow_table_data``: path, size and counters (the op is not checked, as in the vRouter)."""
+
+    def __init__(self, flows: FlowTable) -> None:
+        self.flows = flows
+
+    def handle(self, request: Any) -> Reply:
+        op = int(getattr(request, "ftable_op", 2) or 0)
+        return [[_response(0), make("vr_flow_table_data", self.flows.table_data(op))]]
+
+
+@implementer(IRequestHandler)
+class BridgeTableData:
+    """``vr_bridge_table_data`` GET: size and path of ``bridge.shmem``; other ops -EINVAL."""
+
+    def __init__(self, bridge: BridgeTable) -> None:
+        self.bridge = bridge
+
+    def handle(self, request: Any) -> Reply:
+        op = int(getattr(request, "btable_op", 0) or 0)
+        if op != _OP_GET:
+            return [[_response(-errno.EINVAL)]]
+        fields = {
+            "btable_op": op,
+            "btable_rid": 0,
+            "btable_size": self.bridge.size,
+            "btable_dev": 0,
+            "btable_file_path": self.bridge.path,
+        }
+        return [[_response(0), make("vr_bridge_table_data", fields)]]
+
+
+def _mac(value: Any) -> bytes:
+    return bytes(int(v) & 0xFF for v in (value or []))
+
+
+@implementer(IBridgeRoutes)
+class BridgeRoutes:
+    """AF_BRIDGE ``vr_route_req`` over the shared bridge table, with next-hop references."""
+
+    _log = Logger()
+
+    def __init__(self, bridge: BridgeTable, datapath: IDatapath) -> None:
+        self.bridge = bridge
+        self.datapath = datapath
+        bridge.nexthop_exists = lambda nh_id: datapath.tables.get_nexthop(nh_id) is not None
+
+    def index_of(self, vrf: int, mac: bytes) -> int | None:
+        idx = self.bridge.lookup(vrf, bytes(mac))
+        return idx if idx >= 0 else None
+
+    def _route(self, e: BridgeEntry) -> Any:
+        return make(
+            "vr_route_req",
+            {
+                "h_op": 0,
+                "rtr_family": L.AF_BRIDGE,
+                "rtr_vrf_id": e.vrf,
+                "rtr_mac": e.mac,
+                "rtr_nh_id": e.nh_id,
+                "rtr_label": e.label,
+                "rtr_label_flags": e.flags,
+                "rtr_index": e.index,
+            },
+        )
+
+    def handle(self, request: Any) -> Reply:
+        dp = self.datapath
+        op = int(getattr(request, "h_op", 0))
+        vrf = int(getattr(request, "rtr_vrf_id", 0))
+        mac = _mac(getattr(request, "rtr_mac", None))
+        if op == _OP_DUMP:
+            if mac and len(mac) != 6:
+                return [[_response(-errno.EINVAL)]]
+            return dp.dump_reply(self._dump(vrf, mac or bytes(6)))
+        if not 0 <= vrf < dp.config.vrfs:
+            return [[_response(-errno.EINVAL)]]
+        tables = dp.tables
+        if op == _OP_ADD:
+            if len(mac) != 6 or mac == bytes(6):
+                return [[_response(-errno.EINVAL)]]
+            nh_id = int(getattr(request, "rtr_nh_id", 0))
+            if tables.get_nexthop(nh_id) is None:
+                return [[_response(-errno.ENOENT)]]
+            old = self.bridge.get(vrf, mac)
+            code, _idx = self.bridge.add(
+                vrf,
+                mac,
+                nh_id,
+                int(getattr(request, "rtr_label", 0)) & 0xFFFFFFFF,
+                int(getattr(request, "rtr_label_flags", 0)) & 0xFFFF,
+            )
+            if code == 0 and (old is None or old.nh_id != nh_id):
+                tables.hold_nexthop(nh_id)
+                if old is not None:
+                    tables.release_nexthop(tables.get_nexthop(old.nh_id))
+            return [[_response(code)]]
+        if op == _OP_DEL:
+            if len(mac) != 6:
+                return [[_response(-errno.EINVAL)]]
+            old = self.bridge.get(vrf, mac)
+            code = self.bridge.delete(vrf, mac)
+            if code == 0 and old is not None:
+                tables.release_nexthop(tables.get_nexthop(old.nh_id))
+            return [[_response(code)]]
+        if op == _OP_GET:
+            index = int(getattr(request, "rtr_index", -1))
+            index = -1 if index in (-1, L.INVALID_INDEX) else index
+            found = self.bridge.get(vrf, mac if len(mac) == 6 else None, index)
+            if found is None or not found.valid:
+                return [[_response(-errno.ENOENT)]]
+            return [[_response(0), self._route(found)]]
+        return [[_response(-errno.EOPNOTSUPP)]]
+
+    def _dump(self, vrf: int, marker: bytes) -> Iterator[Any]:
+        for e in self.bridge.dump(vrf, marker):
+            yield self._route(e)
