@@ -318,7 +318,7 @@ class DatapathModel:
         for addr in {port.gateway, port.dns_server} - {None, "0.0.0.0"}:
             assert addr is not None
             k = _inet_key(v.vrf_id, addr, 32)
-            out.append((k, _route_fields(k, v.rcv_nh, 0, flags, VROUTER_MAC)))
+            out.append((k, _route_fields(k, v.rcv_nh, 0, flags, None)))
         if port.ip_address and port.plen is not None and port.plen <= 30:
             net = ipaddress.IPv4Network(f"{port.ip_address}/{port.plen}", strict=False)
             k = _inet_key(v.vrf_id, str(net.network_address), net.prefixlen)

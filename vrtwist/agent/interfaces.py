@@ -107,3 +107,11 @@ class IRouteProgrammer(Interface):
 
     def deleteRemoteRoute(vrf_name: str, prefix: str, plen: int) -> None:
         """Withdraw a route added with :meth:`addRemoteRoute` (unknown routes are ignored)."""
+
+
+class IKsyncChannel(Interface):
+    """One request/response channel to the datapath (a ksync session, or in-process)."""
+
+    def request(msg: Any) -> Any:
+        """Send one Sandesh request; a Deferred firing with every Sandesh object of the
+        reply in order, ``vr_response`` first (a DUMP's page of objects included)."""

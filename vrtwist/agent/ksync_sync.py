@@ -1,0 +1,377 @@
+"""The agent's ksync synchroniser: desired datapath state in, ksync requests out.
+
+:class:`DatapathSync` keeps what it believes the datapath holds (``applied``) next to the
+model's ``desired`` objects and sends the difference, in dependency order: deletes of
+routes, labels, next hops, interfaces first, then adds of interfaces, next hops, labels,
+routes.  The datapath answers the requests of one session in order, so they are
+pipelined (a window of outstanding requests) instead of waited for one by one.
+
+At start with ``--datapath=external`` it first dumps the datapath (interfaces, next hops,
+labels, inet/inet6/bridge routes of every VRF in use), lets the model adopt the ids a TAP
+already has, and afterwards adds only what is missing or different and deletes only what
+is stale - never flows, never objects outside the agent's id ranges.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Iterable
+from typing import Any
+
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from vrtwist.agent.dpstate import (
+    AGENT_VIF,
+    FIRST_LABEL,
+    FIRST_VM_VIF,
+    MPLS,
+    NH,
+    RANK,
+    ROUTE,
+    VIF,
+    Adopted,
+    DatapathModel,
+    Key,
+)
+from vrtwist.agent.interfaces import IKsyncChannel
+from vrtwist.datapath import constants as C
+from vrtwist.sandesh import SPECS_BY_NAME
+
+#: Fields compared to decide whether a dumped object still matches the desired one.
+COMPARED = {
+    "vr_interface_req": ("vifr_type", "vifr_name", "vifr_vrf", "vifr_mac", "vifr_nh_id",
+                         "vifr_ip", "vifr_transport"),
+    "vr_nexthop_req": ("nhr_type", "nhr_family", "nhr_vrf", "nhr_encap_oif_id", "nhr_encap",
+                       "nhr_tun_dip"),
+    "vr_mpls_req": ("mr_nhid",),
+    "vr_route_req": ("rtr_nh_id", "rtr_label"),
+}
+_KEY_FIELD = {"vr_interface_req": "vifr_idx", "vr_nexthop_req": "nhr_id",
+              "vr_mpls_req": "mr_label", "vr_route_req": None}
+_OP_FIELD = "h_op"
+
+
+class KsyncError(Exception):
+    """The datapath refused a request; ``code`` is the negative errno of ``vr_response``."""
+
+    def __init__(self, code: int, what: str) -> None:
+        name = errno.errorcode.get(-code, str(code)) if code < 0 else str(code)
+        super().__init__(f"{what}: vRouter answered {name} ({code}): "
+                         f"{os.strerror(-code) if code < 0 else ''}")
+        self.code = code
+
+
+def make(name: str, fields: dict[str, Any]) -> Any:
+    """A Sandesh request object of ``name`` from a dict of its fields."""
+    spec = SPECS_BY_NAME[name]
+    return spec.cls(**{k: (list(v) if isinstance(v, (bytes, bytearray)) else v)
+                       for k, v in fields.items()})
+
+
+def _norm(v: Any) -> Any:
+    if isinstance(v, (list, bytes, bytearray)):
+        return bytes(x & 0xFF for x in v)
+    return v
+
+
+def matches(name: str, want: dict[str, Any], have: dict[str, Any]) -> bool:
+    """True when ``have`` (from the datapath) agrees with ``want`` on the compared fields."""
+    for f in COMPARED[name]:
+        if f in want and _norm(want[f]) != _norm(have.get(f, 0)):
+            return False
+    return True
+
+
+def key_of(name: str, obj: Any) -> Key:
+    if name == "vr_interface_req":
+        return (VIF, int(obj.vifr_idx))
+    if name == "vr_nexthop_req":
+        return (NH, int(obj.nhr_id))
+    if name == "vr_mpls_req":
+        return (MPLS, int(obj.mr_label))
+    fam = int(obj.rtr_family)
+    if fam == C.AF_BRIDGE:
+        return (ROUTE, fam, int(obj.rtr_vrf_id), _norm(obj.rtr_mac))
+    return (ROUTE, fam, int(obj.rtr_vrf_id), _norm(obj.rtr_prefix), int(obj.rtr_prefix_len))
+
+
+def fields_of(obj: Any) -> dict[str, Any]:
+    spec = SPECS_BY_NAME[type(obj).__name__]
+    return {f.name: getattr(obj, f.name) for f in spec.fields}
+
+
+def owned(key: Key, name: str, fields: dict[str, Any]) -> bool:
+    """Objects the agent may delete as stale: its own id ranges, never VRF 0 routes."""
+    kind = key[0]
+    if kind == VIF:
+        return bool(key[1] >= FIRST_VM_VIF)
+    if kind == NH:
+        return bool(fields.get("nhr_vrf", 0) >= 1 or fields.get("nhr_type") == C.NH_TUNNEL)
+    if kind == MPLS:
+        return bool(key[1] >= FIRST_LABEL)
+    return bool(key[2] >= 1)
+
+
+@implementer(IKsyncChannel)
+class LocalChannel:
+    """An in-process channel straight into a ``vrtwist.datapath`` dispatcher (no socket)."""
+
+    def __init__(self, datapath: Any) -> None:
+        self.datapath = datapath
+
+    def request(self, msg: Any) -> Deferred[list[Any]]:
+        return succeed([obj for part in self.datapath.handle(msg) for obj in part])
+
+
+class DatapathSync:
+    """Keeps a datapath in step with a :class:`DatapathModel` over an IKsyncChannel."""
+
+    _log = Logger()
+
+    def __init__(self, model: DatapathModel, *, window: int = 64) -> None:
+        self.model = model
+        self.window = window
+        self.channel: IKsyncChannel | None = None
+        self.applied: dict[Key, tuple[str, dict[str, Any]]] = {}
+        self.dirty: set[Key] = set()
+        self.errors: dict[Key, str] = {}
+        self._running = False
+        self._idle: list[Deferred[None]] = []
+        self.requests_sent = 0
+        model.listeners.append(self.changed)
+
+    # change intake ---------------------------------------------------------------------
+
+    def changed(self, keys: Iterable[Key]) -> None:
+        self.dirty.update(keys)
+        self._kick()
+
+    def attach(self, channel: IKsyncChannel | None) -> None:
+        """Use ``channel`` (None while disconnected); everything desired is re-checked."""
+        self.channel = channel
+        if channel is not None:
+            self.dirty.update(self.model.desired)
+            self.dirty.update(self.applied)
+            self._kick()
+
+    def whenIdle(self) -> Deferred[None]:
+        """Fires once nothing is left to send (or immediately)."""
+        if not self._running and (not self.dirty or self.channel is None):
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._idle.append(d)
+        return d
+
+    # reading the datapath ---------------------------------------------------------------
+
+    async def call(self, name: str, fields: dict[str, Any]) -> list[Any]:
+        assert self.channel is not None
+        self.requests_sent += 1
+        reply = await self.channel.request(make(name, fields))
+        if not reply or type(reply[0]).__name__ != "vr_response":
+            raise KsyncError(-errno.EPROTO, f"{name}: reply without vr_response")
+        code = int(reply[0].resp_code)
+        if code < 0:
+            raise KsyncError(code, name)
+        return list(reply)
+
+    async def dump(self, name: str, fields: dict[str, Any]) -> list[Any]:
+        """A whole DUMP, page after page with the marker of the last object received."""
+        out: list[Any] = []
+        req = dict(fields, h_op=C.OP_DUMP)
+        if name == "vr_route_req":
+            pass
+        else:
+            req.setdefault({"vr_interface_req": "vifr_marker", "vr_nexthop_req": "nhr_marker",
+                            "vr_mpls_req": "mr_marker"}[name], -1)
+        for _ in range(1_000_000):
+            reply = await self.call(name, req)
+            code = int(reply[0].resp_code)
+            objs = [o for o in reply[1:] if type(o).__name__ == name]
+            out.extend(objs)
+            if not code & C.DUMP_INCOMPLETE or not objs:
+                break
+            last = objs[-1]
+            if name == "vr_interface_req":
+                req["vifr_marker"] = int(last.vifr_idx)
+            elif name == "vr_nexthop_req":
+                req["nhr_marker"] = int(last.nhr_id)
+            elif name == "vr_mpls_req":
+                req["mr_marker"] = int(last.mr_label)
+            elif int(fields.get("rtr_family", 0)) == C.AF_BRIDGE:
+                req["rtr_mac"] = list(last.rtr_mac)
+            else:
+                req["rtr_marker"] = list(last.rtr_prefix)
+                req["rtr_marker_plen"] = int(last.rtr_prefix_len)
+        return out
+
+    async def read_datapath(self) -> dict[Key, tuple[str, dict[str, Any]]]:
+        """Everything the agent could own in the datapath, keyed like ``model.desired``."""
+        present: dict[Key, tuple[str, dict[str, Any]]] = {}
+        vrfs: set[int] = set()
+        for name in ("vr_interface_req", "vr_nexthop_req", "vr_mpls_req"):
+            for obj in await self.dump(name, {}):
+                f = fields_of(obj)
+                present[key_of(name, obj)] = (name, f)
+                if name == "vr_interface_req":
+                    vrfs.add(int(obj.vifr_vrf))
+                elif name == "vr_nexthop_req":
+                    vrfs.add(int(obj.nhr_vrf))
+        for vrf in sorted(v for v in vrfs if v >= 1):
+            for fam in (C.AF_INET, C.AF_INET6, C.AF_BRIDGE):
+                try:
+                    objs = await self.dump("vr_route_req", {"rtr_vrf_id": vrf,
+                                                            "rtr_family": fam})
+                except KsyncError as e:
+                    self._log.warn("cannot dump family {fam} of VRF {vrf}: {e}", fam=fam,
+                                   vrf=vrf, e=e)
+                    continue
+                for obj in objs:
+                    present[key_of("vr_route_req", obj)] = ("vr_route_req", fields_of(obj))
+        return present
+
+    async def adopt(self) -> int:
+        """Dump the datapath and let the model keep the ids each TAP already has.
+
+        Returns the number of interfaces adopted.  ``applied`` becomes what was found, so
+        the first pass afterwards sends only the differences.
+        """
+        present = await self.read_datapath()
+        nhs = {k[1]: f for k, (n, f) in present.items() if k[0] == NH}
+        label_of = {f["mr_nhid"]: k[1] for k, (n, f) in present.items() if k[0] == MPLS}
+        count = 0
+        for key, (_name, f) in present.items():
+            if key[0] != VIF or key[1] < FIRST_VM_VIF:
+                continue
+            idx, vrf, l3 = key[1], int(f["vifr_vrf"]), int(f["vifr_nh_id"])
+            l2 = next((i for i, n in nhs.items() if n["nhr_type"] == C.NH_ENCAP
+                       and n["nhr_family"] == C.AF_BRIDGE and n["nhr_encap_oif_id"] == idx),
+                      None)
+            rcv = next((i for i, n in nhs.items() if n["nhr_type"] == C.NH_RCV
+                        and n["nhr_vrf"] == vrf), None)
+            res = next((i for i, n in nhs.items() if n["nhr_type"] == C.NH_RESOLVE
+                        and n["nhr_vrf"] == vrf), None)
+            self.model.adopt(str(f["vifr_name"]), Adopted(
+                vif=idx, vrf_id=vrf, l3_nh=l3, l2_nh=l2, label=label_of.get(l3),
+                rcv_nh=rcv, resolve_nh=res))
+            count += 1
+        self.applied = {k: v for k, v in present.items()
+                        if owned(k, v[0], v[1]) or k == (VIF, AGENT_VIF)}
+        self._log.info("datapath holds {n} agent object(s); {vifs} interface(s) adopted",
+                       n=len(self.applied), vifs=count)
+        return count
+
+    # writing ---------------------------------------------------------------------------
+
+    def _plan(self) -> list[tuple[int, str, Key, str, dict[str, Any]]]:
+        """(order, op, key, name, fields) for every dirty key that needs a request."""
+        ops = []
+        for key in self.dirty:
+            want = self.model.desired.get(key)
+            have = self.applied.get(key)
+            rank = rank_of(key)
+            if want is None:
+                if have is not None:
+                    ops.append((5 - rank, "del", key, have[0], have[1]))
+                continue
+            name, fields = want
+            if have is None or not matches(name, fields, have[1]) or key in self.errors:
+                if have is not None and key[0] == NH and \
+                        int(have[1].get("nhr_type", -1)) != fields["nhr_type"]:
+                    ops.append((5 - rank, "del", key, have[0], have[1]))
+                ops.append((6 + rank, "add", key, name, fields))
+        ops.sort(key=lambda o: (o[0], _sort_key(o[2])))
+        return ops
+
+    def _kick(self) -> None:
+        if not self._running and self.channel is not None and self.dirty:
+            self._running = True
+            d = Deferred.fromCoroutine(self._run())
+            d.addErrback(lambda f: self._log.failure("ksync sync failed", f))
+
+    async def _run(self) -> None:
+        try:
+            while self.dirty and self.channel is not None:
+                ops = self._plan()
+                self.dirty.clear()
+                await self._send(ops)
+        finally:
+            self._running = False
+            if not self.dirty or self.channel is None:
+                idle, self._idle = self._idle, []
+                for d in idle:
+                    d.callback(None)
+            else:
+                self._kick()
+
+    async def _send(self, ops: list[tuple[int, str, Key, str, dict[str, Any]]]) -> None:
+        pending: list[Deferred[Any]] = []
+        for _order, op, key, name, fields in ops:
+            if self.channel is None:
+                self.dirty.add(key)
+                continue
+            req = dict(_identity(name, fields)) if op == "del" else dict(fields)
+            req[_OP_FIELD] = C.OP_DEL if op == "del" else C.OP_ADD
+            d = Deferred.fromCoroutine(self.call(name, req))
+            d.addCallbacks(self._done, self._failed, callbackArgs=(op, key, name, fields),
+                           errbackArgs=(op, key, name))
+            pending.append(d)
+            if len(pending) >= self.window:
+                await pending.pop(0)
+        if pending:
+            await DeferredList(pending)
+
+    def _done(self, _reply: Any, op: str, key: Key, name: str, fields: dict[str, Any]) -> None:
+        self.errors.pop(key, None)
+        if op == "del":
+            self.applied.pop(key, None)
+        else:
+            self.applied[key] = (name, fields)
+
+    def _failed(self, f: Any, op: str, key: Key, name: str) -> None:
+        err = f.value
+        if isinstance(err, KsyncError) and op == "del" and err.code == -errno.ENOENT:
+            self.applied.pop(key, None)
+            return None
+        if not isinstance(err, KsyncError):
+            # the channel went away: try again when it is back
+            self.dirty.add(key)
+            return None
+        self.errors[key] = str(err)
+        self._log.error("ksync {op} of {key} failed: {err}", op=op, key=key, err=str(err))
+        return None
+
+
+def rank_of(key: Key) -> int:
+    """Add order: interfaces, next hops, labels, bridge entries, then inet routes (which
+    may name a stitched MAC that must already be in the bridge table)."""
+    if key[0] == ROUTE:
+        return 3 if key[1] == C.AF_BRIDGE else 4
+    return RANK[key[0]]
+
+
+def _identity(name: str, fields: dict[str, Any]) -> dict[str, Any]:
+    """The fields that name an object for DEL."""
+    if name == "vr_route_req":
+        keep = ("rtr_vrf_id", "rtr_family", "rtr_prefix", "rtr_prefix_len", "rtr_mac",
+                "rtr_nh_id", "rtr_label")
+        out = {k: fields[k] for k in keep if k in fields}
+        # on DEL the vRouter writes the covering route into the hole: none (discard)
+        out["rtr_nh_id"] = C.NH_DISCARD_ID
+        out["rtr_label"] = 0
+        out["rtr_replace_plen"] = 0
+        out["rtr_label_flags"] = 0
+        return out
+    field = _KEY_FIELD[name]
+    assert field is not None
+    out = {field: fields[field]}
+    if name == "vr_interface_req":
+        out["vifr_type"] = fields.get("vifr_type", 0)
+    return out
+
+
+def _sort_key(key: Key) -> tuple[Any, ...]:
+    return tuple(str(x) if isinstance(x, bytes) else x for x in key)
