@@ -22,12 +22,15 @@ import re
 import stat
 from typing import Any
 
+from twisted.internet import defer
 from twisted.internet.endpoints import (
     UNIXClientEndpoint,
     UNIXServerEndpoint,
     clientFromString,
     serverFromString,
 )
+from twisted.internet.interfaces import IStreamServerEndpoint
+from zope.interface import implementer
 
 __all__ = ["AddressError", "parse_listen_addr", "parse_connect_addr", "VSOCK_HOST_CID"]
 
@@ -78,6 +81,22 @@ def _remove_stale_socket(path: str) -> None:
     os.unlink(path)
 
 
+@implementer(IStreamServerEndpoint)
+class _StaleSocketUNIXServerEndpoint:
+    """A unix listener that first removes a stale socket file (never a regular file)."""
+
+    def __init__(self, reactor: Any, path: str) -> None:
+        self.path = path
+        self._inner = UNIXServerEndpoint(reactor, path)
+
+    def listen(self, protocolFactory: Any) -> Any:
+        try:
+            _remove_stale_socket(self.path)
+        except AddressError:
+            return defer.fail()
+        return self._inner.listen(protocolFactory)
+
+
 def parse_listen_addr(reactor: Any, addr: str) -> Any:
     """An ``IStreamServerEndpoint`` for ``--data-listen ADDR``."""
     kind, value = _classify(addr)
@@ -88,8 +107,7 @@ def parse_listen_addr(reactor: Any, addr: str) -> Any:
         return VSockServerEndpoint(reactor, port, VMADDR_CID_ANY if cid is None else cid)
     if kind == "endpoint":
         return serverFromString(reactor, value)
-    _remove_stale_socket(value)
-    return UNIXServerEndpoint(reactor, value)
+    return _StaleSocketUNIXServerEndpoint(reactor, value)
 
 
 def parse_connect_addr(reactor: Any, addr: str) -> Any:

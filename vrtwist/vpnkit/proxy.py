@@ -83,6 +83,8 @@ class _End(Protocol):
     def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
         self.lost = True
         self.splice._lost(self, reason)
+        if self is self.splice.local_end and self.splice.onLocalLost is not None:
+            self.splice.onLocalLost()
 
 
 class Splice:
@@ -97,6 +99,8 @@ class Splice:
         #: host side: called with the splice once the local client is connected,
         #: to open the channel (``mux.openChannel(dest, splice.channel_end)``).
         self.opener = opener
+        #: called once the local connection is gone (bookkeeping of the owner)
+        self.onLocalLost: Any = None
         self._wired = False
         self._got_channel_data = False
 

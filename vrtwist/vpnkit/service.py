@@ -1,0 +1,197 @@
+"""Services shared by ``twistd vpnkit-forwarder`` and ``twistd vpnkit-host``.
+
+Both processes are the same machine with different defaults, as in Go (one ``Control``
+object plays either role): a data link (listening, or connecting with backoff through
+``ClientService``), a :class:`ForwardingAcceptor` for channels the peer opens, and
+optionally the HTTP expose API and a list of ports exposed at start.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Any
+
+from twisted.application.internet import ClientService, StreamServerEndpointService, backoffPolicy
+from twisted.application.service import MultiService, Service
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+from twisted.python import usage
+from twisted.web.server import Site
+
+from vrtwist.vpnkit.addr import AddressError, parse_connect_addr, parse_listen_addr
+from vrtwist.vpnkit.api import ExposeAPI
+from vrtwist.vpnkit.host import ForwardTable, Links, Port, PortError
+from vrtwist.vpnkit.mux import DEFAULT_WINDOW, MultiplexerFactory
+from vrtwist.vpnkit.proxy import ForwardingAcceptor
+
+__all__ = ["VpnkitOptions", "VpnkitService", "makeVpnkitService"]
+
+_ADDR_HELP = (
+    "ADDR: unix socket path, integer AF_VSOCK port, CID/PORT, vsock:CID:PORT, "
+    "or a Twisted endpoint string (tcp:..., unix:...)"
+)
+
+
+class VpnkitOptions(usage.Options):
+    """Options common to both roles."""
+
+    optParameters: list[Any] = [
+        ["data-listen", None, None, "accept data connections on ADDR. " + _ADDR_HELP],
+        [
+            "data-connect",
+            None,
+            None,
+            "connect the data link to ADDR (reconnects with backoff). " + _ADDR_HELP,
+        ],
+        [
+            "window",
+            None,
+            DEFAULT_WINDOW,
+            "bytes each side may have in flight per channel (we advertise this)",
+            int,
+        ],
+        ["api", None, None, "serve the HTTP/JSON expose API on this endpoint string"],
+        ["retry-max", None, 5.0, "longest pause between reconnection attempts, seconds", float],
+    ]
+    optFlags: list[Any] = [
+        ["no-handshake", None, "speak to the OCaml multiplexer, which sends no preamble"],
+        ["no-reset", None, "close a refused client with FIN (Go's way) instead of RST"],
+        ["debug", None, "log every channel event"],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["expose"] = []
+
+    def opt_expose(self, spec: str) -> None:
+        """proto:outip:outport:inip:inport or unix:outpath:inpath, repeatable"""
+        try:
+            self["expose"].append(Port.parse(spec))
+        except PortError as e:
+            raise usage.UsageError(f"--expose {spec}: {e}") from None
+
+    def opt_control_listen(self, endpoint: str) -> None:
+        """alias of --api (Go's -control-listen)"""
+        self["api"] = endpoint
+
+    def postOptions(self) -> None:
+        if bool(self["data-listen"]) == bool(self["data-connect"]):
+            raise usage.UsageError("give exactly one of --data-listen ADDR or --data-connect ADDR")
+        if not 1024 <= self["window"] <= 0xFFFFFFFF:
+            raise usage.UsageError("--window must be between 1024 and 2^32-1")
+
+
+class _ExposeAtStart(Service):
+    """Exposes the --expose ports when started, unexposes everything when stopped."""
+
+    _log = Logger()
+
+    def __init__(self, table: ForwardTable, ports: list[Port]) -> None:
+        self.table = table
+        self.ports = ports
+
+    def startService(self) -> None:
+        super().startService()
+        from twisted.internet import defer
+
+        for p in self.ports:
+            d = defer.ensureDeferred(self.table.expose(p))
+            d.addErrback(self._failed, p)
+
+    def _failed(self, f: Any, port: Port) -> None:
+        self._log.error("cannot expose {port}: {err}", port=str(port), err=f.getErrorMessage())
+
+    def stopService(self) -> Any:
+        super().stopService()
+        from twisted.internet import defer
+
+        return defer.ensureDeferred(self.table.unexposeAll())
+
+
+class _DumpOnSignal(Service):
+    """SIGUSR1 logs the multiplexer state dump (the trace users paste into issues)."""
+
+    _log = Logger()
+
+    def __init__(self, reactor: Any, table: ForwardTable) -> None:
+        self.reactor = reactor
+        self.table = table
+        self._old: Any = None
+
+    def startService(self) -> None:
+        super().startService()
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGUSR1, self._handler)
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        self.reactor.callFromThread(
+            lambda: self._log.info("state dump:\n{dump}", dump=self.table.dump())
+        )
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._old is not None:
+            signal.signal(signal.SIGUSR1, self._old)
+            self._old = None
+
+
+class VpnkitService(MultiService):
+    """One role's services, with the objects tests and tools want to reach."""
+
+    def __init__(self, links: Links, table: ForwardTable) -> None:
+        super().__init__()
+        self.links = links
+        self.table = table
+        self.apiService: StreamServerEndpointService | None = None
+        self.dataService: Any = None
+
+
+def makeVpnkitService(
+    options: VpnkitOptions, reactor: Any = None, role: str = "forwarder"
+) -> VpnkitService:
+    if reactor is None:
+        from twisted.internet import reactor as _reactor
+
+        reactor = _reactor
+    links = Links()
+    table = ForwardTable(reactor, links, resetOnRefused=not options["no-reset"])
+    acceptor = ForwardingAcceptor(reactor, table.udp_stats)
+    svc = VpnkitService(links, table)
+    window = options["window"]
+    handshake = not options["no-handshake"]
+    try:
+        if options["data-listen"]:
+            ep = parse_listen_addr(reactor, options["data-listen"])
+            factory = MultiplexerFactory(
+                acceptor, backwards=False, window=window, handshake=handshake, onLink=links.add
+            )
+            data: Any = StreamServerEndpointService(ep, factory)
+        else:
+            ep = parse_connect_addr(reactor, options["data-connect"])
+            factory = MultiplexerFactory(
+                acceptor, backwards=True, window=window, handshake=handshake, onLink=links.add
+            )
+            data = ClientService(
+                ep,
+                factory,
+                retryPolicy=backoffPolicy(
+                    initialDelay=0.2, factor=1.5, maxDelay=options["retry-max"]
+                ),
+                clock=reactor,
+            )
+    except (AddressError, ValueError) as e:
+        raise usage.UsageError(str(e)) from None
+    data.setName("data")
+    data.setServiceParent(svc)
+    svc.dataService = data
+    if options["api"]:
+        site = Site(ExposeAPI(table).resource())
+        site.noisy = False
+        api = StreamServerEndpointService(serverFromString(reactor, options["api"]), site)
+        api.setName("api")
+        api.setServiceParent(svc)
+        svc.apiService = api
+    _ExposeAtStart(table, options["expose"]).setServiceParent(svc)
+    _DumpOnSignal(reactor, table).setServiceParent(svc)
+    return svc
