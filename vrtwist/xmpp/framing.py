@@ -295,7 +295,7 @@ class StanzaSplitter:
         self._off = self._scan_from = stop
         return StanzaBytes(tag.decode("ascii"), bytes(self._buf[start:stop]))
 
-    def _need_more(self, unit_start: int, end: int) -> None:
+    def _need_more(self, unit_start: int, end: int) -> FramingEvent | None:
         if end - unit_start > self.max_stanza:
             raise self._error(
                 f"incomplete stanza exceeds the limit of {self.max_stanza} bytes", unit_start

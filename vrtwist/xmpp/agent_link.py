@@ -1,0 +1,661 @@
+"""The agent's XMPP link to the control node.
+
+:func:`makeControllerLink` is what ``twistd vrouter`` calls: it returns a
+:class:`ControllerLink`, an ``IService`` that keeps a session to one of up to two control
+nodes through ``ClientService`` (backoff 0, 1, 2, 4, 8, 16, 30 s with +-10 % jitter;
+the next controller after 4 failed attempts) and an ``IControllerLink`` through which the
+agent announces its local routes.  Routes received from the control node go through a
+:class:`~vrtwist.xmpp.remote_routes.RemoteRouteTable` into the agent's ``IRouteProgrammer``.
+
+When a session drops, learnt routes are kept (headless vRouter) but marked stale; the
+next session's End-of-RIB, or the stale timer, sweeps those not re-advertised.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.application.internet import ClientService
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import clientFromString
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IProtocol,
+    IProtocolFactory,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
+from twisted.internet.protocol import Factory
+from twisted.internet.ssl import CertificateOptions
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import Interface, implementer
+
+from .framing import StreamHeader, build_stream_open
+from .remote_routes import DEFAULT_ENCAP_PRIORITY, IRemoteRouteSink, RemoteRouteTable
+from .session import DEFAULT_HOLD_TIME, ProtocolViolation, XmppSession, check_hold_time
+from .stanzas import (
+    AFI_INET,
+    AFI_INET6,
+    AFI_L2VPN,
+    SAFI_ENET,
+    SAFI_UNICAST,
+    STARTTLS,
+    Collection,
+    ConfigLink,
+    ConfigNode,
+    ConfigUpdate,
+    EndOfRib,
+    NextHop,
+    Publish,
+    RouteEntry,
+    RouteUpdate,
+    Stanza,
+    StartTls,
+    StreamFeatures,
+    Subscribe,
+    TlsFailure,
+    TlsProceed,
+    Unsubscribe,
+    build_eor_iq_pair,
+    build_route_publish,
+    build_subscribe,
+    build_unsubscribe,
+)
+from .tls import mutual_tls_options
+
+try:  # the agent's seam (issue 4); the link works with any object of the same shape
+    from vrtwist.agent.interfaces import IControllerLink
+except ImportError:  # pragma: no cover - before the agent lands
+
+    class IControllerLink(Interface):  # type: ignore[no-redef]
+        def localRouteAdded(route: Any) -> None:
+            """Publish a local route."""
+
+        def localRouteDeleted(route: Any) -> None:
+            """Withdraw a local route."""
+
+
+__all__ = [
+    "makeControllerLink",
+    "ControllerLink",
+    "AgentSession",
+    "FailoverEndpoint",
+    "ConfigStore",
+    "LocalRouteInfo",
+    "backoff_delay",
+    "MAX_ATTEMPTS",
+    "DEFAULT_STALE_TIME",
+    "LINK_OPT_PARAMETERS",
+    "linkKwargsFromOptions",
+]
+
+#: Failed connection attempts before moving on to the next controller (``kMaxAttempts``).
+MAX_ATTEMPTS = 4
+#: Seconds learnt routes stay stale after the session drops (EoR-Rx fallback of the agent).
+DEFAULT_STALE_TIME = 60.0
+#: The agent accepts larger stanzas than the control node: config iqs can be big.
+CONTROLLER_MAX_STANZA = 4 << 20
+
+
+def backoff_delay(attempt: int, rng: random.Random | None = None) -> float:
+    """Delay before reconnect attempt ``attempt`` (1-based): 0, 1, 2, 4, 8, 16, 30, 30...
+
+    The real agent's "0" is 50 ms; every value gets +-10 % jitter.
+    """
+    base = 0.05 if attempt <= 1 else float(min(2 ** (attempt - 2), 30))
+    jitter = (rng or random).uniform(-0.1, 0.1)
+    return base * (1.0 + jitter)
+
+
+def _endpoint_description(text: str) -> str:
+    """Endpoint strings pass through; ``host[:port]`` (the agent.conf form) becomes tcp."""
+    head = text.split(":", 1)[0]
+    if head.isalpha() and ":" in text and head not in ("localhost",):
+        return text
+    host, _, port = text.rpartition(":") if text.count(":") == 1 else (text, "", "")
+    if not host:
+        host, port = text, ""
+    return f"tcp:{host}:{port or 5269}"
+
+
+@implementer(IStreamClientEndpoint)
+class FailoverEndpoint:
+    """Connects to ``endpoints[current]``; after ``max_attempts`` failures, to the next."""
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        endpoints: Sequence[IStreamClientEndpoint],
+        names: Sequence[str] | None = None,
+        max_attempts: int = MAX_ATTEMPTS,
+    ) -> None:
+        if not endpoints:
+            raise ValueError("at least one controller endpoint is needed")
+        self.endpoints = list(endpoints)
+        self.names = list(names) if names else [repr(e) for e in endpoints]
+        self.max_attempts = max_attempts
+        self.current = 0
+        self.failures = 0
+
+    @property
+    def currentName(self) -> str:
+        return self.names[self.current]
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+        index = self.current
+        d = self.endpoints[index].connect(protocolFactory)
+
+        def ok(proto: IProtocol) -> IProtocol:
+            self.failures = 0
+            return proto
+
+        def failed(reason: Failure) -> Failure:
+            if self.current == index:
+                self.failures += 1
+                if self.failures >= self.max_attempts and len(self.endpoints) > 1:
+                    self.current = (index + 1) % len(self.endpoints)
+                    self.failures = 0
+                    self._log.warn(
+                        "controller {old} unreachable after {n} attempts; trying {new}",
+                        old=self.names[index],
+                        n=self.max_attempts,
+                        new=self.names[self.current],
+                    )
+            return reason
+
+        d.addCallbacks(ok, failed)
+        return d
+
+    def sessionFailed(self) -> None:
+        """A connection that never became a session counts as a failed attempt."""
+        self.failures += 1
+        if self.failures >= self.max_attempts and len(self.endpoints) > 1:
+            old = self.current
+            self.current = (old + 1) % len(self.endpoints)
+            self.failures = 0
+            self._log.warn(
+                "controller {old} refused {n} sessions; trying {new}",
+                old=self.names[old],
+                n=self.max_attempts,
+                new=self.names[self.current],
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class LocalRouteInfo:
+    """The fields of ``vrtwist.agent.interfaces.LocalRoute`` this link reads."""
+
+    port_id: str
+    vm_id: str
+    vn_id: str
+    vrf_name: str
+    mac: str
+    ip4: str | None
+    ip6: str | None
+    label: int
+    nexthop: str
+
+
+class ConfigStore:
+    """IFMap objects received on the config channel, by type and name.
+
+    The agent reads virtual networks, routing instances, IPAM subnets and VM interfaces
+    here when a controller sends them, and keeps using its REST data otherwise.  Objects
+    without ``id-perms`` are ignored, as the real agent does.
+    """
+
+    def __init__(self) -> None:
+        self.nodes: dict[tuple[str, str], ConfigNode] = {}
+        self.links: set[ConfigLink] = set()
+        self.listeners: list[Callable[[ConfigUpdate], None]] = []
+
+    def apply(self, update: ConfigUpdate) -> None:
+        for item in update.updates:
+            if isinstance(item, ConfigLink):
+                self.links.add(item)
+            elif "id-perms" in item.properties:
+                self.nodes[(item.type, item.name)] = item
+        for item in update.deletes:
+            if isinstance(item, ConfigLink):
+                self.links.discard(item)
+            else:
+                self.nodes.pop((item.type, item.name), None)
+        for listener in self.listeners:
+            listener(update)
+
+    def objects(self, type_: str) -> list[ConfigNode]:
+        return [n for (t, _), n in self.nodes.items() if t == type_]
+
+    def get(self, type_: str, name: str) -> ConfigNode | None:
+        return self.nodes.get((type_, name))
+
+    def linked(self, type_: str, name: str) -> list[tuple[str, str]]:
+        """Objects referenced from or to ``(type_, name)``."""
+        me = (type_, name)
+        out = []
+        for link in self.links:
+            if link.left == me:
+                out.append(link.right)
+            elif link.right == me:
+                out.append(link.left)
+        return out
+
+
+class AgentSession(XmppSession):
+    """The agent's end of one XMPP stream (client)."""
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        link: ControllerLink,
+        clock: IReactorTime,
+        hold_time: float = DEFAULT_HOLD_TIME,
+        tls: CertificateOptions | None = None,
+    ) -> None:
+        super().__init__(clock, hold_time, CONTROLLER_MAX_STANZA)
+        self.link = link
+        self.tls = tls
+        self.tls_started = False
+        self.peer_name = "control-node"
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.send(build_stream_open(self.link.hostname))
+
+    def headerReceived(self, header: StreamHeader) -> None:
+        if self.established:
+            raise ProtocolViolation("second stream header on an established stream")
+        if header.from_:
+            self.peer_name = header.from_
+        if self.tls is not None and not self.tls_started:
+            return  # wait for <stream:features>
+        self.established = True
+        self.startTimers()
+        self.link.sessionReady(self)
+
+    def stanzaReceived(self, stanza: Stanza) -> None:
+        if not self.established:
+            if isinstance(stanza, StreamFeatures):
+                if self.tls is None:
+                    raise ProtocolViolation("control node requires TLS; no --xmpp-cert given")
+                self.send(STARTTLS)
+                return
+            if isinstance(stanza, TlsProceed) and self.tls is not None:
+                self.tls_started = True
+                self.restartFraming()
+                self.transport.startTLS(self.tls)  # type: ignore[union-attr]
+                self.send(build_stream_open(self.link.hostname))
+                return
+            if isinstance(stanza, TlsFailure):
+                raise ProtocolViolation("control node refused STARTTLS")
+            raise ProtocolViolation(f"{type(stanza).__name__} before the stream is established")
+        if isinstance(stanza, RouteUpdate):
+            self.link.routesReceived(stanza)
+        elif isinstance(stanza, EndOfRib):
+            self.link.endOfRibReceived()
+        elif isinstance(stanza, ConfigUpdate):
+            self.link.config.apply(stanza)
+        elif isinstance(stanza, Subscribe | Unsubscribe | Publish | Collection):
+            raise ProtocolViolation(f"control node sent an agent stanza ({type(stanza).__name__})")
+        elif isinstance(stanza, StreamFeatures | StartTls | TlsProceed | TlsFailure):
+            raise ProtocolViolation(f"unexpected {type(stanza).__name__} on an established stream")
+
+    def sessionClosed(self, reason: str) -> None:
+        self.link.sessionLost(self, reason)
+
+
+class _SessionFactory(Factory):
+    def __init__(self, link: ControllerLink) -> None:
+        self.link = link
+
+    def buildProtocol(self, addr: IAddress | None) -> AgentSession:
+        session = AgentSession(self.link, self.link.clock, self.link.hold_time, self.link.tls)
+        session.factory = self
+        return session
+
+
+@implementer(IControllerLink)
+class ControllerLink(MultiService):
+    """The controller link service: one session at a time, local routes, learnt routes."""
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        endpoints: Sequence[IStreamClientEndpoint],
+        hostname: str,
+        fabric_ip: str,
+        routes: IRemoteRouteSink,
+        *,
+        names: Sequence[str] | None = None,
+        hold_time: float = DEFAULT_HOLD_TIME,
+        tls: CertificateOptions | None = None,
+        stale_time: float = DEFAULT_STALE_TIME,
+        encapsulations: tuple[str, ...] = ("gre", "udp"),
+        encap_priority: tuple[str, ...] = DEFAULT_ENCAP_PRIORITY,
+        rng: random.Random | None = None,
+    ) -> None:
+        super().__init__()
+        self.clock = clock
+        self.hostname = hostname
+        self.fabric_ip = fabric_ip
+        self.hold_time = check_hold_time(hold_time)
+        self.tls = tls
+        self.stale_time = stale_time
+        self.encapsulations = encapsulations
+        self.remote = RemoteRouteTable(routes, encap_priority)
+        self.config = ConfigStore()
+        self.endpoint = FailoverEndpoint(endpoints, names)
+        self.session: AgentSession | None = None
+        self.sessions_established = 0
+        self.end_of_ribs = 0
+        self._rng = rng or random.Random()
+        self._local: dict[str, LocalRouteInfo] = {}
+        self._vrf_ports: dict[str, set[str]] = {}
+        self._vrf_ids: dict[str, int] = {}
+        self._vm_ports: dict[str, set[str]] = {}
+        self._seq = 0
+        self._stale_call: IDelayedCall | None = None
+        self._ready_waiters: list[Deferred[None]] = []
+        self.client = ClientService(
+            self.endpoint,
+            _SessionFactory(self),
+            retryPolicy=lambda n: backoff_delay(n, self._rng),
+            clock=clock,
+        )
+        self.client.setName("xmpp-client")
+        self.client.setServiceParent(self)
+
+    # -- IControllerLink ------------------------------------------------------------------
+
+    def localRouteAdded(self, route: Any) -> None:
+        """Publish a local port's routes (subscribing to its VRF / VM first if new)."""
+        info = _info(route)
+        old = self._local.get(info.port_id)
+        if old is not None:
+            self.localRouteDeleted(old)
+        self._local[info.port_id] = info
+        ports = self._vrf_ports.setdefault(info.vrf_name, set())
+        new_vrf = not ports
+        ports.add(info.port_id)
+        if new_vrf:
+            self._vrf_ids[info.vrf_name] = self._vrf_id_for(info)
+        vm_ports = self._vm_ports.setdefault(info.vm_id, set()) if info.vm_id else None
+        new_vm = vm_ports is not None and not vm_ports
+        if vm_ports is not None:
+            vm_ports.add(info.port_id)
+        session = self._live()
+        if session is None:
+            return
+        out = []
+        if new_vm:
+            out.append(self._vm_subscribe(info.vm_id, True))
+        if new_vrf:
+            out.append(build_subscribe(self.hostname, info.vrf_name,
+                                       self._vrf_ids[info.vrf_name], iq_id=self._id("subscribe")))
+        out.extend(self._publish(info, True))
+        session.send(b"".join(out))
+
+    def localRouteDeleted(self, route: Any) -> None:
+        """Withdraw a port's routes; unsubscribe its VRF / VM when it was the last."""
+        info = self._local.pop(_info(route).port_id, None)
+        if info is None:
+            return
+        session = self._live()
+        out = []
+        if session is not None:
+            out.extend(self._publish(info, False))
+        ports = self._vrf_ports.get(info.vrf_name, set())
+        ports.discard(info.port_id)
+        if not ports:
+            self._vrf_ports.pop(info.vrf_name, None)
+            self._vrf_ids.pop(info.vrf_name, None)
+            if session is not None:
+                out.append(build_unsubscribe(self.hostname, info.vrf_name,
+                                             iq_id=self._id("unsubscribe")))
+            self.remote.dropVrf(info.vrf_name)
+        if info.vm_id:
+            vm_ports = self._vm_ports.get(info.vm_id, set())
+            vm_ports.discard(info.port_id)
+            if not vm_ports:
+                self._vm_ports.pop(info.vm_id, None)
+                if session is not None:
+                    out.append(self._vm_subscribe(info.vm_id, False))
+        if session is not None and out:
+            session.send(b"".join(out))
+
+    # -- session events -------------------------------------------------------------------
+
+    def _live(self) -> AgentSession | None:
+        s = self.session
+        return s if s is not None and s.established and not s.closing else None
+
+    def sessionReady(self, session: AgentSession) -> None:
+        """Established: config subscribe, VM subscribes, VRF subscribes, routes, EoR."""
+        self.session = session
+        self.sessions_established += 1
+        self._log.info(
+            "XMPP session to {cn} ({ep}) established; {n} local routes to publish",
+            cn=session.peer_name,
+            ep=self.endpoint.currentName,
+            n=len(self._local),
+        )
+        out = [
+            build_subscribe(
+                self.hostname,
+                f"virtual-router:default-global-system-config:{self.hostname}",
+                service="config",
+            )
+        ]
+        out.extend(self._vm_subscribe(vm, True) for vm in self._vm_ports)
+        for vrf, vrf_id in self._vrf_ids.items():
+            out.append(build_subscribe(self.hostname, vrf, vrf_id, iq_id=self._id("subscribe")))
+        for info in self._local.values():
+            out.extend(self._publish(info, True))
+        out.append(build_eor_iq_pair(self.hostname))
+        session.send(b"".join(out))
+        waiters, self._ready_waiters = self._ready_waiters, []
+        for d in waiters:
+            d.callback(None)
+
+    def sessionLost(self, session: AgentSession, reason: str) -> None:
+        if not session.established and session.keepalives_received == 0:
+            self.endpoint.sessionFailed()
+        if self.session is not session:
+            return
+        self.session = None
+        n = self.remote.markAllStale()
+        self._log.warn(
+            "XMPP session to {cn} lost ({reason}); {n} learnt routes kept stale for {t} s",
+            cn=session.peer_name,
+            reason=reason,
+            n=n,
+            t=self.stale_time,
+        )
+        self._arm_stale()
+
+    def _arm_stale(self) -> None:
+        if self._stale_call is not None and self._stale_call.active():
+            self._stale_call.cancel()
+        self._stale_call = None
+        if self.remote.stale_count:
+            self._stale_call = self.clock.callLater(self.stale_time, self._stale_expired)
+
+    def _stale_expired(self) -> None:
+        self._stale_call = None
+        n = self.remote.sweepStale()
+        if n:
+            self._log.info("stale timer expired: {n} learnt routes removed", n=n)
+
+    def endOfRibReceived(self) -> None:
+        self.end_of_ribs += 1
+        if self._stale_call is not None and self._stale_call.active():
+            self._stale_call.cancel()
+        self._stale_call = None
+        n = self.remote.sweepStale()
+        if n:
+            self._log.info("End-of-RIB: {n} stale routes not re-advertised were removed", n=n)
+
+    def routesReceived(self, update: RouteUpdate) -> None:
+        vrf = update.vrf
+        if vrf not in self._vrf_ports:
+            self._log.warn(
+                "routes for {vrf}, which this agent did not subscribe to, ignored", vrf=vrf
+            )
+            return
+        family = update.family
+        if update.retracts:
+            self.remote.retract(vrf, family, update.retracts)
+        else:
+            self.remote.reach(vrf, family, update.items)
+
+    def whenReady(self) -> Deferred[None]:
+        """Fires when the next (or current) session is established."""
+        d: Deferred[None] = Deferred()
+        if self._live() is not None:
+            d.callback(None)
+        else:
+            self._ready_waiters.append(d)
+        return d
+
+    def stopService(self) -> Deferred[None] | None:
+        if self._stale_call is not None and self._stale_call.active():
+            self._stale_call.cancel()
+        self._stale_call = None
+        session = self._live()
+        if session is not None:
+            session.closeSession("agent stopping")
+        return super().stopService()  # type: ignore[no-any-return]
+
+    # -- stanza building ------------------------------------------------------------------
+
+    def _id(self, prefix: str) -> str:
+        self._seq += 1
+        return f"{prefix}{self._seq}"
+
+    def _vrf_id_for(self, info: LocalRouteInfo) -> int:
+        """The instance-id of a subscribe is the agent's VRF id (the RD's second half)."""
+        get = getattr(self.remote.sink, "vrf_id_of", None)
+        if get is not None:
+            try:
+                value = get(info.vn_id)
+                if value is not None:
+                    return int(value)
+            except (KeyError, ValueError, TypeError):
+                pass
+        return 0
+
+    def _vm_subscribe(self, vm_id: str, sub: bool) -> bytes:
+        node = f"virtual-machine:{vm_id}"
+        if sub:
+            return build_subscribe(self.hostname, node, service="config")
+        return build_unsubscribe(self.hostname, node, service="config")
+
+    def _publish(self, info: LocalRouteInfo, add: bool) -> list[bytes]:
+        nexthop = info.nexthop or self.fabric_ip
+        nh = NextHop(nexthop, info.label, self.encapsulations, virtual_network=info.vn_id)
+        out = []
+        vn = info.vn_id
+        if info.ip4:
+            entry = RouteEntry(AFI_INET, SAFI_UNICAST, f"{info.ip4}/32", (nh,), virtual_network=vn)
+            self._seq += 1
+            out.append(build_route_publish(self.hostname, info.vrf_name, entry, add, self._seq))
+        if info.ip6:
+            entry = RouteEntry(AFI_INET6, SAFI_UNICAST, f"{info.ip6}/128", (nh,),
+                               virtual_network=vn)
+            self._seq += 1
+            out.append(build_route_publish(self.hostname, info.vrf_name, entry, add, self._seq))
+        if info.mac:
+            addr = f"{info.ip4}/32" if info.ip4 else "0.0.0.0/32"
+            evpn_nh = NextHop(nexthop, info.label, self.encapsulations)
+            entry = RouteEntry(AFI_L2VPN, SAFI_ENET, addr, (evpn_nh,), mac=info.mac.lower(),
+                               virtual_network=vn)
+            self._seq += 1
+            out.append(build_route_publish(self.hostname, info.vrf_name, entry, add, self._seq))
+        return out
+
+    # -- inspection ---------------------------------------------------------------------
+
+    @property
+    def subscribedVrfs(self) -> list[str]:
+        return sorted(self._vrf_ports)
+
+
+def _info(route: Any) -> LocalRouteInfo:
+    if isinstance(route, LocalRouteInfo):
+        return route
+    return LocalRouteInfo(
+        route.port_id, route.vm_id or "", route.vn_id, route.vrf_name, route.mac or "",
+        route.ip4 or None, route.ip6 or None, int(route.label), route.nexthop or "",
+    )
+
+
+#: Options ``twistd vrouter`` can add to its ``optParameters`` for the link.
+LINK_OPT_PARAMETERS: list[list[Any]] = [
+    ["xmpp-hold-time", None, DEFAULT_HOLD_TIME, "XMPP hold time in seconds (1..90)",
+     check_hold_time],
+    ["xmpp-stale-time", None, DEFAULT_STALE_TIME,
+     "seconds learnt routes survive a lost controller session", float],
+    ["xmpp-cert", None, None, "PEM client certificate: turns on STARTTLS (mutual)"],
+    ["xmpp-key", None, None, "PEM private key of --xmpp-cert"],
+    ["xmpp-ca", None, None, "PEM CA that signs the control node's certificate"],
+]
+
+
+def linkKwargsFromOptions(options: Any) -> dict[str, Any]:
+    """Keyword arguments for :func:`makeControllerLink` from options holding the above."""
+    kwargs: dict[str, Any] = {}
+    get = options.get if hasattr(options, "get") else lambda k, d=None: d
+    if get("xmpp-hold-time", None) is not None:
+        kwargs["hold_time"] = float(get("xmpp-hold-time"))
+    if get("xmpp-stale-time", None) is not None:
+        kwargs["stale_time"] = float(get("xmpp-stale-time"))
+    for key in ("xmpp-cert", "xmpp-key", "xmpp-ca"):
+        if get(key, None):
+            kwargs[key.replace("-", "_")] = get(key)
+    return kwargs
+
+
+def makeControllerLink(
+    reactor: Any,
+    endpoints: Sequence[str],
+    hostname: str,
+    fabric_ip: str,
+    routes: IRemoteRouteSink,
+    *,
+    hold_time: float = DEFAULT_HOLD_TIME,
+    stale_time: float = DEFAULT_STALE_TIME,
+    xmpp_cert: str | None = None,
+    xmpp_key: str | None = None,
+    xmpp_ca: str | None = None,
+    **kwargs: Any,
+) -> ControllerLink:
+    """The link service for ``twistd vrouter``: add it under the agent's MultiService.
+
+    ``endpoints`` are client endpoint strings (``tcp:10.0.0.1:5269``) or ``host[:port]``;
+    only the first two are used, as the real agent keeps two controllers.
+    """
+    if len(endpoints) > 2:
+        Logger().warn("only the first two of {n} controllers are used", n=len(endpoints))
+    descriptions = [_endpoint_description(e) for e in endpoints[:2]]
+    eps = [clientFromString(reactor, d) for d in descriptions]
+    tls = None
+    if xmpp_cert or xmpp_key or xmpp_ca:
+        if not (xmpp_cert and xmpp_key and xmpp_ca):
+            raise ValueError("--xmpp-cert, --xmpp-key and --xmpp-ca go together")
+        tls = mutual_tls_options(xmpp_cert, xmpp_key, xmpp_ca)
+    link = ControllerLink(
+        reactor, eps, hostname, fabric_ip, routes, names=descriptions, hold_time=hold_time,
+        tls=tls, stale_time=stale_time, **kwargs,
+    )
+    link.setName("xmpp")
+    return link

@@ -1,0 +1,76 @@
+"""``twistd vrouter-control``: the built-in control node.
+
+Standalone: it needs nothing else from vrtwist.  Agents connect to ``--xmpp`` (an
+endpoint string, default ``tcp:5269``) and the node reflects their routes.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService
+from twisted.internet.endpoints import serverFromString
+from twisted.python import usage
+
+from .control import AGENT_MAX_STANZA, ControlNode, ControlNodeFactory
+from .session import check_hold_time
+from .tls import mutual_tls_options
+
+__all__ = ["Options", "makeService"]
+
+
+def _gr_time(value: str) -> float:
+    gr = float(value)
+    if gr < 0:
+        raise ValueError("graceful-restart time must be >= 0")
+    return gr
+
+
+class Options(usage.Options):
+    """Command line of ``twistd vrouter-control``."""
+
+    optParameters: list[list[Any]] = [
+        ["xmpp", None, "tcp:5269", "XMPP listening endpoint (string description)"],
+        ["hostname", None, None, "host name announced in the stream header"],
+        ["hold-time", None, 90.0, "XMPP hold time in seconds (1..90)", check_hold_time],
+        [
+            "gr-time",
+            None,
+            30.0,
+            "graceful-restart time: routes of a lost agent are kept this many seconds",
+            _gr_time,
+        ],
+        ["xmpp-cert", None, None, "PEM certificate: turns on STARTTLS (mutual)"],
+        ["xmpp-key", None, None, "PEM private key of --xmpp-cert"],
+        ["xmpp-ca", None, None, "PEM CA that signs the agents' certificates"],
+        ["max-stanza", None, AGENT_MAX_STANZA, "largest stanza accepted from an agent", int],
+    ]
+
+    def postOptions(self) -> None:
+        tls = [self["xmpp-cert"], self["xmpp-key"], self["xmpp-ca"]]
+        if any(tls) and not all(tls):
+            raise usage.UsageError("--xmpp-cert, --xmpp-key and --xmpp-ca go together")
+        if not self["hostname"]:
+            self["hostname"] = socket.gethostname()
+
+
+def makeService(options: Options, reactor: Any = None) -> MultiService:
+    """The control node service: one listening endpoint, one shared routing state."""
+    if reactor is None:
+        from twisted.internet import reactor as _reactor
+
+        reactor = _reactor
+    tls = None
+    if options["xmpp-cert"]:
+        tls = mutual_tls_options(options["xmpp-cert"], options["xmpp-key"], options["xmpp-ca"])
+    node = ControlNode(reactor, options["hostname"], options["gr-time"])
+    factory = ControlNodeFactory(node, options["hold-time"], tls, options["max-stanza"])
+    top = MultiService()
+    top.setName("vrouter-control")
+    server = StreamServerEndpointService(serverFromString(reactor, options["xmpp"]), factory)
+    server.setName("xmpp")
+    server.setServiceParent(top)
+    top.node = node  # type: ignore[attr-defined]
+    return top

@@ -1,0 +1,223 @@
+"""Routes learnt from the control node, turned into datapath programming calls.
+
+The control node sends inet, inet6 and EVPN items separately; the datapath wants one
+route per prefix (tunnel next hop + label) plus a bridge entry for the VM's MAC.  This
+object merges the items per ``(vrf, prefix)``, picks the encapsulation by priority, keeps
+graceful-restart stale marks, and calls an ``IRouteProgrammer`` (the agent's datapath
+model: it shares tunnel next hops by remote node and encapsulation, with reference counts,
+and turns everything into ksync requests) only when the wanted state of a prefix changes.
+It does no I/O and knows nothing about XMPP sessions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from twisted.logger import Logger
+from zope.interface import Attribute, Interface
+
+from .stanzas import AFI_L2VPN, RouteEntry
+
+__all__ = ["IRemoteRouteSink", "RemoteRouteTable", "Programmed", "DEFAULT_ENCAP_PRIORITY"]
+
+#: The real agent's default encapsulation priority (global-vrouter-config).
+DEFAULT_ENCAP_PRIORITY = ("udp", "gre", "vxlan")
+
+Family = tuple[int, int]
+ItemKey = tuple[str, Family, str]  # (vrf, (afi, safi), item id)
+PrefixKey = tuple[str, str]  # (vrf, "addr/len")
+
+
+class IRemoteRouteSink(Interface):
+    """The programming seam this table drives.
+
+    Same method names and arguments as ``vrtwist.agent.interfaces.IRouteProgrammer`` (the
+    agent's datapath model provides it); restated here so this package does not depend on
+    the agent for its own tests.
+    """
+
+    fabric_ip = Attribute("this node's fabric address")
+
+    def vrfNames() -> list[str]:
+        """Routing instances that have local ports."""
+
+    def addRemoteRoute(
+        vrf_name: str,
+        prefix: str,
+        plen: int,
+        nexthop: str,
+        label: int,
+        encap: str = "udp",
+        mac: str | None = None,
+    ) -> None:
+        """Install or replace a route through a tunnel (and a bridge entry for ``mac``)."""
+
+    def deleteRemoteRoute(vrf_name: str, prefix: str, plen: int) -> None:
+        """Remove a route installed by ``addRemoteRoute``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Programmed:
+    """What is installed for one prefix."""
+
+    nexthop: str
+    label: int
+    encap: str
+    mac: str | None
+
+
+class RemoteRouteTable:
+    """Items and retracts in, minimal ``addRemoteRoute``/``deleteRemoteRoute`` calls out."""
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        sink: IRemoteRouteSink,
+        encap_priority: tuple[str, ...] = DEFAULT_ENCAP_PRIORITY,
+    ) -> None:
+        self.sink = sink
+        self.encap_priority = encap_priority
+        self._items: dict[ItemKey, RouteEntry] = {}
+        self._by_prefix: dict[PrefixKey, set[ItemKey]] = {}
+        self._stale: set[ItemKey] = set()
+        self.programmed: dict[PrefixKey, Programmed] = {}
+        self.errors = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def stale_count(self) -> int:
+        return len(self._stale)
+
+    # -- updates ------------------------------------------------------------------------
+
+    def reach(self, vrf: str, family: Family, entries: tuple[RouteEntry, ...]) -> None:
+        """Items received for ``vrf``: add or replace each one."""
+        touched: set[PrefixKey] = set()
+        items = self._items
+        for entry in entries:
+            key = (vrf, family, entry.item_id)
+            pkey = _prefix_key(vrf, entry)
+            self._stale.discard(key)
+            old = items.get(key)
+            if old is not None:
+                if old == entry:
+                    continue
+                old_pkey = _prefix_key(vrf, old)
+                if old_pkey != pkey and old_pkey is not None:
+                    self._unlink(key, old_pkey)
+                    touched.add(old_pkey)
+            items[key] = entry
+            if pkey is not None:
+                self._by_prefix.setdefault(pkey, set()).add(key)
+                touched.add(pkey)
+        for pkey in touched:
+            self._reprogram(pkey)
+
+    def retract(self, vrf: str, family: Family, item_ids: tuple[str, ...]) -> None:
+        touched: set[PrefixKey] = set()
+        for item_id in item_ids:
+            key = (vrf, family, item_id)
+            entry = self._items.pop(key, None)
+            self._stale.discard(key)
+            if entry is None:
+                continue
+            pkey = _prefix_key(vrf, entry)
+            if pkey is not None:
+                self._unlink(key, pkey)
+                touched.add(pkey)
+        for pkey in touched:
+            self._reprogram(pkey)
+
+    def dropVrf(self, vrf: str) -> int:
+        """Forget every route of ``vrf`` (its last local port went, we unsubscribed)."""
+        keys = [k for k in self._items if k[0] == vrf]
+        by_family: dict[Family, list[str]] = {}
+        for _, family, item_id in keys:
+            by_family.setdefault(family, []).append(item_id)
+        for family, ids in by_family.items():
+            self.retract(vrf, family, tuple(ids))
+        return len(keys)
+
+    def markAllStale(self) -> int:
+        """The session dropped: everything learnt is kept, but stale until re-advertised."""
+        self._stale = set(self._items)
+        return len(self._stale)
+
+    def sweepStale(self) -> int:
+        """Remove what the new session did not re-advertise (End-of-RIB or stale timer)."""
+        stale, self._stale = self._stale, set()
+        by_vrf_family: dict[tuple[str, Family], list[str]] = {}
+        for vrf, family, item_id in stale:
+            by_vrf_family.setdefault((vrf, family), []).append(item_id)
+        for (vrf, family), ids in by_vrf_family.items():
+            self.retract(vrf, family, tuple(ids))
+        return len(stale)
+
+    # -- programming --------------------------------------------------------------------
+
+    def _unlink(self, key: ItemKey, pkey: PrefixKey | None) -> None:
+        if pkey is None:
+            return
+        keys = self._by_prefix.get(pkey)
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self._by_prefix[pkey]
+
+    def _choose(self, entry: RouteEntry) -> tuple[str, int, str] | None:
+        for nh in entry.next_hops:
+            for encap in self.encap_priority:
+                if encap in nh.encapsulations:
+                    return nh.address, nh.label, encap
+        return None
+
+    def _wanted(self, pkey: PrefixKey) -> Programmed | None:
+        inet: tuple[str, int, str] | None = None
+        evpn: tuple[str, int, str] | None = None
+        mac: str | None = None
+        for key in self._by_prefix.get(pkey, ()):
+            entry = self._items[key]
+            chosen = self._choose(entry)
+            if chosen is None:
+                continue
+            if entry.afi == AFI_L2VPN:
+                evpn, mac = chosen, entry.mac
+            else:
+                inet = chosen
+        best = inet or evpn
+        if best is None:
+            return None
+        return Programmed(best[0], best[1], best[2], mac)
+
+    def _reprogram(self, pkey: PrefixKey) -> None:
+        want = self._wanted(pkey)
+        have = self.programmed.get(pkey)
+        if want == have:
+            return
+        vrf, prefix = pkey
+        addr, _, plen = prefix.partition("/")
+        try:
+            if want is None:
+                del self.programmed[pkey]
+                self.sink.deleteRemoteRoute(vrf, addr, int(plen))
+            else:
+                self.sink.addRemoteRoute(
+                    vrf, addr, int(plen), want.nexthop, want.label, want.encap, want.mac
+                )
+                self.programmed[pkey] = want
+        except (KeyError, ValueError) as exc:
+            self.errors += 1
+            self.programmed.pop(pkey, None)
+            self._log.warn(
+                "cannot program {prefix} in {vrf}: {error}", prefix=prefix, vrf=vrf, error=exc
+            )
+
+
+def _prefix_key(vrf: str, entry: RouteEntry) -> PrefixKey | None:
+    address = entry.address
+    if entry.afi == AFI_L2VPN and (not address or address.startswith("0.0.0.0/")):
+        return None  # a MAC-only EVPN route has no prefix to program
+    return (vrf, address)
