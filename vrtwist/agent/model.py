@@ -254,7 +254,9 @@ def port_from_json(body: Any, *, now: float | None = None) -> Port:
     if raw_ip is not None:
         ip4 = _ipv4(raw_ip, "ip-address", problems, allow_none=True)
     ip6: str | None = None
-    raw_ip6 = _str_field(body, "ip6-address", problems)
+    # null is "no IPv6" here; the real agent refuses it although its own script sends it
+    raw_ip6 = _str_field(body, "ip6-address", problems) if body.get("ip6-address",
+                                                                    "") is not None else None
     if raw_ip6 is not None and raw_ip6 not in ("", "None", "::"):
         try:
             ip6 = str(ipaddress.IPv6Address(raw_ip6))
@@ -274,8 +276,11 @@ def port_from_json(body: Any, *, now: float | None = None) -> Port:
         except ValueError as e:
             problems.append(f"mac-address: {e}")
             mac = None
-    rx = _int_field(body, "rx-vlan-id", problems, required=True, lo=-1, hi=4095)
-    tx = _int_field(body, "tx-vlan-id", problems, required=True, lo=-1, hi=4095)
+    # null vlan ids (what vrouter-port-control sends when not given) mean "no VLAN"
+    rx = _int_field(body, "rx-vlan-id", problems, required=True, lo=-1, hi=4095) \
+        if body.get("rx-vlan-id", 0) is not None else -1
+    tx = _int_field(body, "tx-vlan-id", problems, required=True, lo=-1, hi=4095) \
+        if body.get("tx-vlan-id", 0) is not None else -1
     vhu = _int_field(body, "vhostuser-mode", problems, required=False, lo=0, hi=1)
     link = _int_field(body, "link-state", problems, required=False, lo=0, hi=1)
     plen = _int_field(body, "plen", problems, required=False, lo=0, hi=32)

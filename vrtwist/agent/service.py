@@ -104,8 +104,9 @@ class AgentService(MultiService):
         except ImportError as e:
             self._log.error("--controller given but the XMPP link is unavailable: {e}", e=e)
             return
+        routes: Any = self.model  # provides IRouteProgrammer == xmpp's IRemoteRouteSink
         link = makeControllerLink(self.reactor, self.controllers, self.hostname,
-                                  self.fabric_ip, self.model)
+                                  self.fabric_ip, routes)
         self.model.controller = link
         link.setServiceParent(self)
         self.link = link
