@@ -25,9 +25,23 @@ from vrtwist.datapath import constants as C
 from vrtwist.datapath.interfaces import IBridgeRoutes, IDatapath, IRequestHandler
 from vrtwist.datapath.routes import RouteTables
 from vrtwist.datapath.tables import DatapathConfig, Fields, TableError, Tables
+from vrtwist.ksync.interfaces import IKsyncDispatcher, KsyncReply
 from vrtwist.sandesh import SPECS_BY_CLASS, SPECS_BY_NAME, encode, schema
 
 Reply = list[list[Any]]
+
+
+class DumpReply(list[list[Any]]):
+    """A DUMP reply not paged yet: ``objects`` are every object after the marker, lazily.
+
+    The ksync server pages it itself (``KsyncReply(dump=True)``); :meth:`Datapath.handle`
+    pages it for in-process callers.
+    """
+
+    def __init__(self, objects: Iterable[Any]) -> None:
+        super().__init__()
+        self.objects: Iterator[Any] = iter(objects)
+
 
 BUILD_INFO = json.dumps(
     {
@@ -197,7 +211,7 @@ class BridgeRoutesInMemory:
             yield make("vr_route_req", fields)
 
 
-@implementer(IDatapath)
+@implementer(IDatapath, IKsyncDispatcher)
 class Datapath:
     """All tables of one forwarding extension behind one ``handle(request)`` call."""
 
@@ -261,6 +275,10 @@ class Datapath:
         return schema.vr_response(h_op=C.OP_RESPONSE, resp_code=code)
 
     def dump_reply(self, objects: Iterable[Any]) -> Reply:
+        """A DUMP reply over ``objects`` (every object after the marker, in key order)."""
+        return DumpReply(objects)
+
+    def page(self, objects: Iterator[Any]) -> Reply:
         """One dump page: as many objects as fit in 3968 bytes, bit 30 if more remain."""
         page: list[Any] = []
         size = 0
@@ -281,7 +299,7 @@ class Datapath:
     def _get_reply(self, name: str, fields: Fields) -> Reply:
         return [[self.response(0), make(name, fields)]]
 
-    def handle(self, request: Any) -> Reply:
+    def _answer(self, request: Any) -> Reply:
         spec = SPECS_BY_CLASS.get(type(request))
         handler = self.handlers.get(spec.name) if spec is not None else None
         if handler is None:
@@ -290,6 +308,22 @@ class Datapath:
             return handler.handle(request)
         except TableError as e:
             return [[self.response(e.resp_code)]]
+
+    def handle(self, request: Any) -> Reply:
+        """The reply as transport messages, dumps paged (first page only)."""
+        reply = self._answer(request)
+        if isinstance(reply, DumpReply):
+            return self.page(reply.objects)
+        return reply
+
+    def dispatch(self, request: Any) -> KsyncReply:
+        """:class:`IKsyncDispatcher`: the same answer for the ksync server to frame."""
+        reply = self._answer(request)
+        if isinstance(reply, DumpReply):
+            return KsyncReply(code=0, objects=reply.objects, dump=True)
+        first = reply[0]
+        objects = [obj for message in reply for obj in message][1:]
+        return KsyncReply(code=int(first[0].resp_code), objects=objects)
 
     # -- per message -----------------------------------------------------------------
 

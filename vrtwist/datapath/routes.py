@@ -256,13 +256,14 @@ class RouteTables:
             raise TableError(errno.EINVAL, f"VRF {vrf} out of range")
         table = self._table(family, vrf, create=False)
         if table is None:
-            return
+            return iter(())
         marker = _bytes(req.get("rtr_marker"))
-        started = bool(marker)
         address = int.from_bytes(marker, "big") if marker else 0
         plen = int(req.get("rtr_marker_plen") or 0)
-        for entry in table.after(address, plen, started):
-            yield self.entry_fields(family, vrf, entry)
+        return (
+            self.entry_fields(family, vrf, entry)
+            for entry in table.after(address, plen, bool(marker))
+        )
 
     def route_count(self, family: int, vrf: int) -> int:
         table = self.vrfs.get((family, vrf))

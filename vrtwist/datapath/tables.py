@@ -799,10 +799,14 @@ class Tables:
         }
 
     def vrf_assign_dump(self, req: Request) -> Iterator[Fields]:
+        """The VLAN assignments of one vif after ``var_marker`` (checked before iterating)."""
         vif = self.interfaces.get(_i(req, "var_vif_index"))
         if vif is None:
             raise TableError(errno.EINVAL, "VRF assignment names a missing interface")
-        marker = _i(req, "var_marker")
+        return self._vrf_assign_iter(vif, _i(req, "var_marker"))
+
+    @staticmethod
+    def _vrf_assign_iter(vif: Interface, marker: int) -> Iterator[Fields]:
         for vlan in sorted(vif.vrf_assign):
             if vlan > marker:
                 vrf, nh_id = vif.vrf_assign[vlan]
