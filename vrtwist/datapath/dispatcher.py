@@ -219,6 +219,8 @@ class Datapath:
 
     def __init__(self, config: DatapathConfig | None = None) -> None:
         self.config = config if config is not None else DatapathConfig()
+        #: fabric interface the overlay leaves by (``--fabric``), for the packet path
+        self.fabric: str | None = None
         self.tables = Tables(self.config)
         self.routes = RouteTables(self.tables)
         self.ops: dict[str, int] = dict(_OPS_KNOBS)

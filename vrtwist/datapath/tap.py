@@ -1,0 +1,24 @@
+"""``twistd -n vrouter-dp``: the forwarding extension alone.
+
+It serves ksync on ``<run-dir>/dpdk_netlink`` and keeps the flow and bridge tables in
+``<run-dir>/flow.shmem`` and ``<run-dir>/bridge.shmem``, as the DPDK vRouter does with
+``--no-huge``; an agent started with ``--datapath=external`` talks to it.
+"""
+
+from __future__ import annotations
+
+from twisted.application.service import MultiService
+from twisted.python import usage
+
+from vrtwist.datapath.service import DatapathOptionsMixin, makeDatapathService
+
+
+class Options(DatapathOptionsMixin, usage.Options):
+    """Options of ``twistd vrouter-dp``: ``--run-dir``, ``--flow-entries``, ...."""
+
+    synopsis = "[--run-dir DIR] [--flow-entries N] [--bridge-entries N] [--fabric IFNAME]"
+
+
+def makeService(options: Options) -> MultiService:
+    """The forwarding extension's service tree."""
+    return makeDatapathService(options)
