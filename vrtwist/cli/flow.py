@@ -1,0 +1,445 @@
+"""``flow``: list and manipulate the vRouter flow table (``utils/flow.c``).
+
+It asks ``vr_flow_table_data`` over ksync for the file and size, maps
+``flow.shmem`` read-only for listings, and sends ``vr_flow_req`` FLOW_SET for
+changes, exactly as the real tool does.  Output formats follow spec 5.9.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Any, TextIO
+
+from vrtwist.sandesh import SPECS_BY_CLASS, schema
+from vrtwist.shmem import layout as L
+from vrtwist.shmem.client import BlockingKsyncClient, KsyncError, response_code
+from vrtwist.shmem.entries import FlowEntry, ip4_to_wire, port_to_wire
+from vrtwist.shmem.listing import FlowTableView, MatchError, parse_match, write_flow_table
+
+DEFAULT_SOCK_DIR = "/var/run/vrouter"
+MAX_FLOWS = 1_000_000
+MAX_BUNCH = 15
+FIELD = 30
+
+_PROTO_STR = {6: "TCP", 17: "UDP", 1: "ICMP", 58: "ICMPV6", 132: "SCTP"}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="flow", add_help=False)
+    g = p.add_argument
+    g("-f", dest="forward", type=lambda s: int(s, 0))
+    g("-d", dest="drop", type=lambda s: int(s, 0))
+    g("-i", dest="invalidate", type=lambda s: int(s, 0))
+    g("-e", "--force-evict", dest="evict", type=lambda s: int(s, 0))
+    g("-g", "--get", dest="get", type=lambda s: int(s, 0))
+    g("-l", dest="list", action="store_true")
+    g("-r", dest="rate", action="store_true")
+    g("-s", dest="stats", action="store_true")
+    g("-F", dest="flush", action="store_true")
+    g("-p", dest="perf", type=lambda s: int(s, 0), default=0)
+    g("-b", dest="bunch", type=lambda s: int(s, 0), default=1)
+    g("-u", "--sock-dir", dest="sock_dir", default=None)
+    g("--match", dest="match")
+    g("--show-evicted", dest="show_evicted", action="store_true")
+    g("--mirror", dest="mirror", type=lambda s: int(s, 0), default=-1)
+    g("--dvrf", dest="dvrf", type=lambda s: int(s, 0), default=-1)
+    g("--iterations", dest="iterations", type=int, default=0, help=argparse.SUPPRESS)
+    g("--help", dest="help", action="store_true")
+    return p
+
+
+USAGE = """Usage:flow [-f flow_index]
+           [-d flow_index]
+           [-i flow_index]
+           [-e flow_index]
+           [--sock-dir <netlink socket dir>
+           [--mirror=mirror table index]
+           [--match "match_string"
+           [-l]
+           [--show-evicted]
+           [-r]
+           [-s]
+           [-p flow_count]
+           [-b bunch_count]
+           [-F]
+
+-f <flow_index>  Set forward action for flow at flow_index <flow_index>
+-d <flow_index>  Set drop action for flow at flow_index <flow_index>
+-i <flow_index>  Invalidate flow at flow_index <flow_index>
+-e <flow_index>  force evict flow at flow_index <flow_index>
+-p <flow_count>  Profile time to add/delete flow entries
+-b <bunch_count> Bunch flow messages in one netlink message
+-F               Flush all the flows
+--get            Get and print flow entry in a particular index
+                 e.g.: --get <flow_index>
+--mirror         Mirror index to mirror to
+--match          Match criteria separated by a '&'; IP:PORT separated by a ','
+                 e.g.: --match 1.1.1.1:20
+                       --match "1.1.1.1:20,2.2.2.2:22"
+                       --match "[fe80::225:90ff:fec3:afa]:22"
+                       --match "10.204.217.10:56910 & vrf 0 & proto tcp"
+                       --match "10.204.217.10:56910,169.254.0.3:22 & vrf 0 & proto tcp"
+                               proto {tcp, udp, icmp, icmp6, sctp}
+-l               List flows
+--show-evicted   Show evicted flows too
+-r               Start dumping flow setup rate
+-s               Start dumping flow stats
+--help           Print this help
+"""
+
+
+def _usage() -> int:
+    sys.stdout.write(USAGE)
+    return 22
+
+
+class FlowTool:
+    """State of one ``flow`` run: the ksync session, the table data and the mapping."""
+
+    def __init__(self, sock_dir: str, out: TextIO) -> None:
+        self.client = BlockingKsyncClient(sock_dir)
+        self.out = out
+        self.data: dict[str, Any] = {}
+        self.view: FlowTableView | None = None
+
+    def close(self) -> None:
+        if self.view is not None:
+            self.view.close()
+        self.client.close()
+
+    def table_get(self) -> int:
+        reply = self.client.request(schema.vr_flow_table_data(ftable_op=2))
+        code = response_code(reply)
+        if code < 0:
+            return code
+        obj = next(o for o in reply if type(o).__name__ == "vr_flow_table_data")
+        self.data = {f.name: getattr(obj, f.name) for f in SPECS_BY_CLASS[type(obj)].fields}
+        return 0
+
+    def map(self) -> FlowTableView:
+        if self.view is None:
+            path = self.data.get("ftable_file_path") or ""
+            if not path:
+                raise KsyncError("the vRouter reported no flow table file")
+            self.view = FlowTableView(path, int(self.data.get("ftable_size") or 0) or None)
+        return self.view
+
+    # -- FLOW_SET ------------------------------------------------------------------
+    def request_for(self, index: int, action: str, mirror: int) -> Any | None:
+        view = self.map()
+        e = view.raw_entry(index)
+        if e.type not in (L.VP_TYPE_IP, L.VP_TYPE_IP6):
+            return None
+        f: dict[str, Any] = {
+            "fr_op": 0, "fr_index": index, "fr_family": L.AF_INET6 if e.type == L.VP_TYPE_IP6 else L.AF_INET,
+            "fr_flags": L.FLAG_ACTIVE, "fr_flow_proto": e.proto, "fr_flow_sport": port_to_wire(e.sport),
+            "fr_flow_dport": port_to_wire(e.dport), "fr_flow_nh_id": e.nh_id, "fr_gen_id": e.gen_id,
+        }
+        off = index * L.FLOW_ENTRY_SIZE + L.OFF_FE_KEY
+        raw = bytes(view.map[off + 12 : off + 44])
+        if e.type == L.VP_TYPE_IP:
+            f["fr_flow_sip_l"] = int.from_bytes(raw[0:4], "little")
+            f["fr_flow_dip_l"] = int.from_bytes(raw[4:8], "little")
+        else:
+            f["fr_flow_sip_u"] = int.from_bytes(raw[0:8], "little")
+            f["fr_flow_sip_l"] = int.from_bytes(raw[8:16], "little")
+            f["fr_flow_dip_u"] = int.from_bytes(raw[16:24], "little")
+            f["fr_flow_dip_l"] = int.from_bytes(raw[24:32], "little")
+        if action == "d":
+            f["fr_action"] = L.ACTION_DROP
+        elif action == "f":
+            f["fr_action"] = L.ACTION_FORWARD
+        elif action == "i":
+            f["fr_flags"] = 0
+            f["fr_action"] = L.ACTION_DROP
+        elif action == "e":
+            f["fr_extflags"] = L.EXT_FLAG_FORCE_EVICT
+        if mirror >= 0:
+            f["fr_mir_id"] = mirror
+            f["fr_flags"] |= L.FLAG_MIRROR
+        return schema.vr_flow_req(**f)
+
+    def do_op(self, index: int, action: str, mirror: int) -> int:
+        req = self.request_for(index, action, mirror)
+        if req is None:
+            return 0
+        code = response_code(self.client.request(req))
+        if code < 0:
+            self.out.write("vRouter(Response): %s (%d)\n" % (os.strerror(-code), -code))
+            return 1
+        return 0
+
+    # -- --get ---------------------------------------------------------------------
+    def get(self, index: int, show_evicted: bool) -> int:
+        view = self.map()
+        e = view.get(index)
+        if e is None:
+            self.out.write("Flow index %d is not active\n" % index)
+            return 1
+        if e.flags & L.FLAG_EVICTED and not show_evicted:
+            self.out.write("Flow at index %d is EVICTED. Use --show-evicted\n" % index)
+            return 1
+        self.out.write(format_detail(e))
+        return 0
+
+    # -- -p / -b -------------------------------------------------------------------
+    def perf(self, count: int, bunch: int) -> int:
+        sip, dip = ip4_to_wire("1.1.1.1"), ip4_to_wire("2.2.2.2")
+        base = dict(fr_op=0, fr_family=L.AF_INET, fr_flags=L.FLAG_ACTIVE, fr_flow_proto=0xFF,
+                    fr_flow_nh_id=1, fr_gen_id=0)
+        sport = 1000
+        md: list[tuple[int, int]] = []
+        t0 = time.monotonic()
+        for i in range(count):
+            req = schema.vr_flow_req(**base, fr_action=L.ACTION_HOLD, fr_index=-1,
+                                     fr_flow_sip_l=sip, fr_flow_dip_l=dip,
+                                     fr_flow_sport=port_to_wire(sport + i // 65535),
+                                     fr_flow_dport=port_to_wire(i % 65535))
+            resp = [o for o in self.client.request(req) if type(o).__name__ == "vr_flow_response"]
+            md.append((int(resp[0].fresp_index), int(resp[0].fresp_gen_id)) if resp else (-1, 0))
+        ms = int((time.monotonic() - t0) * 1000)
+        self.out.write("Created %d HOLD entries in %d msec\n" % (count, ms))
+        t0 = time.monotonic()
+        pending: list[Any] = []
+        for i in range(count):
+            pending.append(schema.vr_flow_req(
+                **base, fr_action=L.ACTION_FORWARD, fr_index=-1, fr_flow_sip_l=dip,
+                fr_flow_dip_l=sip, fr_flow_sport=port_to_wire(i % 65535),
+                fr_flow_dport=port_to_wire(sport + i // 65535)))
+            self._flush_if(pending, bunch, False)
+            idx, gen = md[i]
+            pending.append(schema.vr_flow_req(
+                **{**base, "fr_gen_id": gen}, fr_action=L.ACTION_FORWARD, fr_index=idx,
+                fr_flow_sip_l=sip, fr_flow_dip_l=dip, fr_flow_sport=port_to_wire(sport + i // 65535),
+                fr_flow_dport=port_to_wire(i % 65535)))
+            self._flush_if(pending, bunch, i == count - 1)
+        ms = int((time.monotonic() - t0) * 1000)
+        self.out.write("Created %d HOLD and %d FWD entries in %d msec\n" % (count, count, ms))
+        return 0
+
+    def _flush_if(self, pending: list[Any], bunch: int, last: bool) -> None:
+        if pending and (len(pending) >= bunch or last):
+            self.client.send(pending)
+            self.client.receive()
+            pending.clear()
+
+    # -- -F --------------------------------------------------------------------------
+    def flush(self) -> int:
+        view = self.map()
+        self.out.write("Scanning flow table\n")
+        t0 = time.monotonic()
+        reqs = []
+        for i in view.active_indices():
+            r = self.request_for(i, "i", -1)
+            if r is not None:
+                reqs.append(r)
+        self.out.write("Found %d entries in %d msec\n" % (len(reqs), int((time.monotonic() - t0) * 1000)))
+        self.out.write("Deleting %d entries in flow-table\n" % len(reqs))
+        t0 = time.monotonic()
+        for r in reqs:
+            self.client.request(r)
+        self.out.write("Deleted %d entries in %d msec\n" % (len(reqs), int((time.monotonic() - t0) * 1000)))
+        return 0
+
+    # -- -r / -s -----------------------------------------------------------------------
+    def rate(self, iterations: int) -> int:
+        old = dict(self.data)
+        last = time.monotonic()
+        n = 0
+        while not iterations or n < iterations:
+            n += 1
+            time.sleep(0.5)
+            self.table_get()
+            now = time.monotonic()
+            diff_ms = max(1, int((now - last) * 1000))
+            d = self.data
+            hold = int(d["ftable_hold_entries"])
+            processed = int(d["ftable_processed"]) - int(old.get("ftable_processed", 0))
+            added = int(d["ftable_added"]) - int(old.get("ftable_added", 0))
+            deleted = int(d["ftable_deleted"]) - int(old.get("ftable_deleted", 0))
+            hold_rate = hold * 1000 // diff_ms
+            p_rate, a_rate, d_rate = (processed * 1000 // diff_ms, added * 1000 // diff_ms,
+                                      deleted * 1000 // diff_ms)
+            if hold_rate or p_rate or a_rate or d_rate:
+                stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())
+                self.out.write(
+                    "%s.%03d:  Entries = %8d Rate = %6d (Fwd = %8d Rev = %8d Del = %8d) "
+                    "Hold = %8d Free Burst Tokens = %8d Total Hold Entries %8d\n"
+                    % (stamp, int((time.time() % 1) * 1000), int(d["ftable_used_entries"]),
+                       p_rate + a_rate + d_rate, processed, added, deleted, hold,
+                       int(d["ftable_burst_free_tokens"]), hold)
+                )
+                self.out.flush()
+            last = now
+            old = dict(d)
+        return 0
+
+    def stats(self, iterations: int) -> int:
+        view = self.map()
+        prev_active = prev_total = prev_hold = 0
+        n = 0
+        last = time.monotonic()
+        while not iterations or n < iterations:
+            time.sleep(0.5)
+            total = active = drop = fwd = nat = 0
+            for i in view.active_indices():
+                e = view.get(i)
+                if e is None or e.flags & L.FLAG_EVICTED:
+                    continue
+                total += 1
+                if e.action != L.ACTION_HOLD:
+                    active += 1
+                if e.action == L.ACTION_DROP:
+                    drop += 1
+                elif e.action == L.ACTION_FORWARD:
+                    fwd += 1
+                elif e.action == L.ACTION_NAT:
+                    nat += 1
+            self.table_get()
+            hold = int(self.data["ftable_hold_entries"])
+            now = time.monotonic()
+            diff_ms = max(1, int((now - last) * 1000))
+            rate = 0 if n == 0 else (active - prev_active) * 1000 // diff_ms
+            total_rate = 0 if n == 0 else (total - prev_total) * 1000 // diff_ms
+            n += 1
+            w = self.out.write
+            if self.out.isatty():
+                w("\x1b[H\x1b[2J")
+            w(time.strftime("%Y-%m-%d %H:%M:%S %z") + "\n")
+            w("Flow Statistics\n---------------\n")
+            w("    Total  Entries  --- Total = %7d, new = %7d \n" % (total, total - prev_total))
+            w("    Active Entries  --- Total = %7d, new = %7d \n" % (active, active - prev_active))
+            w("    Hold   Entries  --- Total = %7d, new = %7d \n" % (hold, hold - prev_hold))
+            w("    Fwd flow Entries  - Total = %7d\n" % fwd)
+            w("    drop flow Entries - Total = %7d\n" % drop)
+            w("    NAT flow Entries  - Total = %7d\n\n" % nat)
+            w("    Rate of change of Active Entries\n    --------------------------------\n")
+            w("        current rate      = %8d\n" % rate)
+            w("    Rate of change of Flow Entries\n    ------------------------------\n")
+            w("        current rate      = %8d\n" % total_rate)
+            self.out.flush()
+            last = now
+            prev_active, prev_total, prev_hold = active, total, hold
+        return 0
+
+
+def _field(name: str) -> str:
+    s = name + ":"
+    return s + " " * max(0, FIELD - len(s))
+
+
+def format_detail(e: FlowEntry) -> str:
+    """``flow --get``: the entry's own fields in the real tool's 30-column layout."""
+    lines = [
+        _field("Flow Index") + "%d" % e.index,
+        _field("Flow Generation ID") + "%u" % e.gen_id,
+        _field("Reverse Flow Index") + ("%u" % e.rflow if e.flags & L.RFLOW_VALID and e.rflow >= 0 else "-1"),
+        _field("VRF") + "%d" % e.vrf,
+        _field("Destination VRF") + "%d" % (e.dvrf if e.flags & L.FLAG_VRFT else e.vrf),
+        _field("Flow Source") + "[%s]:%-5u" % (e.sip, e.sport),
+        _field("Flow Destination") + "[%s]:%-5u" % (e.dip, e.dport),
+        _field("Flow Protocol") + _PROTO_STR.get(e.proto, str(e.proto)),
+    ]
+    if e.action == L.ACTION_HOLD:
+        act = "HOLD"
+    elif e.action == L.ACTION_FORWARD:
+        act = "FORWARD"
+    elif e.action == L.ACTION_DROP:
+        act = "DROP:" + " " * FIELD + L.DROP_REASONS.get(e.drop_reason, str(e.drop_reason))
+    elif e.action == L.ACTION_NAT:
+        names = ((L.FLAG_SNAT, "SourceNAT"), (L.FLAG_SPAT, "SourcePortNAT"),
+                 (L.FLAG_DNAT, "DestinationNAT"), (L.FLAG_DPAT, "DestinationPortNAT"),
+                 (L.FLAG_LINK_LOCAL, "LinkLocalNAT"))
+        act = "NAT: " + "".join(n + ", " for bit, n in names if e.flags & bit)
+    else:
+        act = "Unknown"
+    lines.append(_field("Flow Action") + act)
+    lines.append(_field("Key Nexthop") + "%u" % e.nh_id)
+    lines.append(_field("RPF Nexthop") + "%u" % e.src_nh_index)
+    lines.append(_field("Flow Flags") + "0x%x" % e.flags)
+    lines.append(_field("TCP Flags") + "0x%x" % e.tcp_flags)
+    lines.append(_field("Flow Statistics") + "%u/%u" % (e.total_packets, e.total_bytes))
+    lines.append(_field("UDP Source Port") + "%u" % e.udp_src_port)
+    lines.append(_field("TTL") + "%u" % e.ttl)
+    lines.append(_field("QOS") + "%d" % e.qos_id)
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
+    out = out if out is not None else sys.stdout
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit:
+        return _usage()
+    if args.help:
+        return _usage()
+    cmd = None
+    index = 0
+    for name, letter in (("forward", "f"), ("drop", "d"), ("invalidate", "i"), ("evict", "e"),
+                         ("get", "g")):
+        v = getattr(args, name)
+        if v is not None:
+            cmd, index = letter, v
+    match = None
+    if args.match is not None:
+        try:
+            match = parse_match(args.match)
+        except MatchError as e:
+            out.write("%s\n" % e)
+            return 22
+        args.list = True
+    if cmd is None and not (args.list or args.rate or args.stats or args.perf or args.flush):
+        return _usage()
+    if args.show_evicted and not args.list and cmd != "g":
+        return _usage()
+    if args.perf > MAX_FLOWS:
+        out.write("Invalid perf count %d. Max value %d\n" % (args.perf, MAX_FLOWS))
+        return 1
+    bunch = max(1, args.bunch)
+    if bunch > MAX_BUNCH:
+        out.write("Max NETLINK messages in a bunch cannot exceed %u.\n" % MAX_BUNCH)
+        bunch = MAX_BUNCH
+    sock_dir = args.sock_dir or os.environ.get("VRTWIST_RUN_DIR") or DEFAULT_SOCK_DIR
+    try:
+        tool = FlowTool(sock_dir, out)
+    except KsyncError as e:
+        sys.stderr.write("%s\n" % e)
+        return 1
+    try:
+        code = tool.table_get()
+        if code < 0:
+            out.write("vRouter(Response): %s (%d)\n" % (os.strerror(-code), -code))
+            return 1
+        if args.list:
+            write_flow_table(out, tool.map(), tool.data, match, args.show_evicted)
+            return 0
+        if args.rate:
+            return tool.rate(args.iterations)
+        if args.stats:
+            return tool.stats(args.iterations)
+        if args.perf:
+            return tool.perf(args.perf, bunch)
+        if args.flush:
+            return tool.flush()
+        view = tool.map()
+        if index >= view.num_entries or index < 0:
+            out.write("Flow index %d is greater than available indices (%u)\n" % (index, view.num_entries - 1))
+            return 1
+        assert cmd is not None
+        if cmd == "g":
+            return tool.get(index, args.show_evicted)
+        return tool.do_op(index, cmd, args.mirror)
+    except (KsyncError, OSError) as e:
+        sys.stderr.write("flow: %s\n" % e)
+        return 1
+    except BrokenPipeError:
+        return 0
+    finally:
+        tool.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
