@@ -487,7 +487,7 @@ class ControllerLink(MultiService):
         if self._stale_call is not None and self._stale_call.active():
             self._stale_call.cancel()
         self._stale_call = None
-        if self.remote.stale_count:
+        if self.remote.stale_count and self.running:
             self._stale_call = self.clock.callLater(self.stale_time, self._stale_expired)
 
     def _stale_expired(self) -> None:

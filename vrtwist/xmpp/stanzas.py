@@ -493,7 +493,7 @@ def _parse_entry(entry: ET.Element) -> RouteEntry:
         tuple(_int(s, "security-group") for s in sgl.findall("security-group"))
         if sgl is not None
         else (),
-        _text(entry.find("sub-protocol")),
+        _text(entry.find("sub-protocol")) or "interface",
     )
 
 
