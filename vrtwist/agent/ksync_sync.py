@@ -80,6 +80,10 @@ def _norm(v: Any) -> Any:
 def matches(name: str, want: dict[str, Any], have: dict[str, Any]) -> bool:
     """True when ``have`` (from the datapath) agrees with ``want`` on the compared fields."""
     for f in COMPARED[name]:
+        if f == "rtr_label" and not int(want.get("rtr_label_flags", 0)) & (
+                C.VR_RT_LABEL_VALID_FLAG if want.get("rtr_family") != C.AF_BRIDGE
+                else C.VR_BE_LABEL_VALID_FLAG):
+            continue  # no valid label: the datapath stores its "invalid label" value
         if f in want and _norm(want[f]) != _norm(have.get(f, 0)):
             return False
     return True

@@ -1,0 +1,223 @@
+"""Desired state -> the real datapath tables (in process): what a port installs and removes."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from tests.agent.helpers import VN, InMemoryAgent, port_body
+from vrtwist.agent.dpstate import DatapathModel, IdAllocator
+from vrtwist.agent.interfaces import IKsyncChannel, IPortObserver, IRouteProgrammer
+from vrtwist.agent.ksync_sync import DatapathSync, LocalChannel
+from vrtwist.agent.model import ResourceExhausted
+from vrtwist.datapath import constants as C
+from vrtwist.datapath.dispatcher import Datapath
+
+OTHER_VN = "77777777-5553-4e6a-b87f-8423afc21e9d"
+
+
+def route(dp: Datapath, vrf: int, addr: str, plen: int) -> object:
+    ip = ipaddress.ip_address(addr)
+    fam = C.AF_INET if ip.version == 4 else C.AF_INET6
+    table = dp.routes.vrfs.get((fam, vrf))
+    if table is None:
+        return None
+    for bucket in table.by_len.values():
+        for entry in bucket.values():
+            if entry.plen == plen and entry.prefix == int(ip):
+                return entry
+    return None
+
+
+class ProgrammingTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.agent = InMemoryAgent(self.mktemp())
+        self.dp = self.agent.datapath
+
+    def test_interfaces(self) -> None:
+        verifyObject(IPortObserver, self.agent.model)
+        verifyObject(IRouteProgrammer, self.agent.model)
+        verifyObject(IKsyncChannel, LocalChannel(self.dp))
+
+    def test_port_installs_everything(self) -> None:
+        b = port_body(1, plen=24, gateway="10.0.0.254", **{"dns-server": "10.0.0.253",
+                                                           "ip6-address": "fd00::1"})
+        self.assertEqual(self.agent.call("POST", "/port", b), (200, {}))
+        self.assertEqual(self.agent.sync.errors, {})
+        ids = self.agent.model.port_ids(b["id"])
+        assert ids is not None
+        vif = self.dp.tables.interfaces[ids["vif"]]
+        self.assertEqual((vif.name, vif.type, vif.vrf, vif.mac),
+                         ("tapv1", C.VIF_TYPE_VIRTUAL, ids["vrf"], bytes.fromhex("020000000001")))
+        l3 = self.dp.tables.nexthops[ids["l3_nh"]]
+        self.assertEqual((l3.type, l3.family), (C.NH_ENCAP, C.AF_INET))
+        l2 = self.dp.tables.nexthops[ids["l2_nh"]]
+        self.assertEqual((l2.type, l2.family), (C.NH_ENCAP, C.AF_BRIDGE))
+        self.assertEqual(self.dp.tables.mpls_get({"mr_label": ids["label"]})["mr_nhid"],
+                         ids["l3_nh"])
+        r = route(self.dp, ids["vrf"], "10.0.0.1", 32)
+        self.assertIsNotNone(r)
+        self.assertEqual((r.nh.id, r.label), (ids["l3_nh"], ids["label"]))
+        self.assertIsNotNone(route(self.dp, ids["vrf"], "fd00::1", 128))
+        self.assertIsNotNone(route(self.dp, ids["vrf"], "10.0.0.254", 32))
+        self.assertIsNotNone(route(self.dp, ids["vrf"], "10.0.0.253", 32))
+        self.assertIsNotNone(route(self.dp, ids["vrf"], "10.0.0.0", 24))
+        self.assertIsNotNone(self.dp.bridge.index_of(ids["vrf"], bytes.fromhex("020000000001")))
+        types = sorted(nh.type for nh in self.dp.tables.nexthops.values()
+                       if nh.vrf == ids["vrf"])
+        self.assertIn(C.NH_RCV, types)
+        self.assertIn(C.NH_RESOLVE, types)
+
+    def test_delete_removes_everything_without_leaks(self) -> None:
+        before_nh = set(self.dp.tables.nexthops)
+        bodies = [port_body(i, plen=24, gateway="10.0.0.254") for i in range(1, 21)]
+        self.agent.call("POST", "/port", bodies)
+        self.assertEqual(self.agent.sync.errors, {})
+        self.assertEqual(len(self.dp.tables.interfaces), 1 + 20 + 0 * 1)  # pkt0 + 20
+        for b in bodies:
+            self.assertEqual(self.agent.call("DELETE", f"/port/{b['id']}"), (200, {}))
+        self.assertEqual(self.agent.sync.errors, {})
+        self.assertEqual(sorted(self.dp.tables.interfaces), [2])
+        self.assertEqual(set(self.dp.tables.nexthops), before_nh)
+        m = self.agent.model
+        self.assertEqual((len(m.vifs), len(m.nhs), len(m.labels), len(m.vrf_ids)), (0, 0, 0, 0))
+        self.assertEqual([k for k in self.dp.routes.vrfs if len(self.dp.routes.vrfs[k])], [])
+
+    def test_one_vrf_per_virtual_network(self) -> None:
+        a, b, c = port_body(1), port_body(2), port_body(3, vn=OTHER_VN)
+        self.agent.call("POST", "/port", [a, b, c])
+        ids = [self.agent.model.port_ids(x["id"]) for x in (a, b, c)]
+        self.assertEqual(ids[0]["vrf"], ids[1]["vrf"])
+        self.assertNotEqual(ids[0]["vrf"], ids[2]["vrf"])
+        self.assertEqual(self.agent.model.vrf_id_of(VN), ids[0]["vrf"])
+        # deleting one port of the network keeps the VRF for the other
+        self.agent.call("DELETE", f"/port/{a['id']}")
+        self.assertEqual(self.agent.model.vrf_id_of(VN), ids[1]["vrf"])
+        self.assertIsNotNone(route(self.dp, ids[1]["vrf"], b["ip-address"], 32))
+
+    def test_datapath_refusal_is_recorded_not_fatal(self) -> None:
+        # a vif index the datapath rejects: the model gets an id beyond its table
+        self.agent.model.vifs = IdAllocator("interface index", 10_000, 10_002)
+        self.agent.call("POST", "/port", port_body(1))
+        self.assertTrue(self.agent.sync.errors)
+        self.assertEqual(self.agent.call("POST", "/port", port_body(2))[0], 200)
+
+    def test_exhausted_ids_answer_503_and_roll_back(self) -> None:
+        self.agent.model.labels = IdAllocator("MPLS label", 16, 17)
+        self.assertEqual(self.agent.call("POST", "/port", port_body(1))[0], 200)
+        code, body = self.agent.call("POST", "/port", port_body(2))
+        self.assertEqual(code, 503)
+        self.assertIn("MPLS label", body["error"])
+        self.assertIsNone(self.agent.table.get(port_body(2)["id"]))
+        self.assertEqual(len(self.agent.model.vifs), 1)
+        self.assertFalse(self.agent.store.exists(port_body(2)["id"]))
+
+    def test_allocator_round_robin(self) -> None:
+        a = IdAllocator("x", 1, 4)
+        self.assertEqual([a.alloc(), a.alloc()], [1, 2])
+        a.free(1)
+        self.assertEqual(a.alloc(), 3)
+        self.assertEqual(a.alloc(), 1)
+        self.assertRaises(ResourceExhausted, a.alloc)
+        self.assertFalse(a.reserve(2))
+        self.assertFalse(a.reserve(9))
+
+
+class RestartTests(SynchronousTestCase):
+    """A new agent on the same datapath keeps ids, re-adds nothing, deletes only stale."""
+
+    def test_adopt_keeps_ids_and_sends_nothing_new(self) -> None:
+        d = self.mktemp()
+        first = InMemoryAgent(d)
+        bodies = [port_body(i, plen=24, gateway="10.0.0.254") for i in range(1, 6)]
+        bodies.append(port_body(9, vn=OTHER_VN))
+        first.call("POST", "/port", bodies)
+        ids = {b["id"]: first.model.port_ids(b["id"]) for b in bodies}
+        dp = first.datapath
+        objects_before = (dict(dp.tables.interfaces), dict(dp.tables.nexthops))
+
+        second = _restarted(d, dp)
+        self.assertEqual({b["id"]: second.model.port_ids(b["id"]) for b in bodies}, ids)
+        # only the dumps were sent, no ADD or DEL
+        self.assertEqual(second.sync.errors, {})
+        self.assertEqual(second.writes, 0)
+        self.assertEqual((dict(dp.tables.interfaces), dict(dp.tables.nexthops)),
+                         objects_before)
+
+    def test_stale_objects_are_deleted_missing_ones_added(self) -> None:
+        d = self.mktemp()
+        first = InMemoryAgent(d)
+        a, b = port_body(1), port_body(2)
+        first.call("POST", "/port", [a, b])
+        dp = first.datapath
+        gone_vif = first.model.port_ids(b["id"])["vif"]
+        # b's file disappears while the agent is down; a's route is lost from the datapath
+        first.store.remove(b["id"])
+        ida = first.model.port_ids(a["id"])
+        dp.routes.delete({"rtr_family": C.AF_INET, "rtr_vrf_id": ida["vrf"],
+                          "rtr_prefix": list(ipaddress.ip_address(a["ip-address"]).packed),
+                          "rtr_prefix_len": 32, "rtr_nh_id": 0})
+        self.assertIsNone(route(dp, ida["vrf"], a["ip-address"], 32))
+        second = _restarted(d, dp)
+        self.assertEqual(second.sync.errors, {})
+        self.assertNotIn(gone_vif, dp.tables.interfaces)
+        self.assertIsNotNone(route(dp, ida["vrf"], a["ip-address"], 32))
+        self.assertEqual(second.model.port_ids(a["id"]), ida)
+
+    def test_objects_outside_the_agent_ranges_are_left_alone(self) -> None:
+        dp = Datapath()
+        dp.tables.interface_add({"vifr_idx": 0, "vifr_type": C.VIF_TYPE_PHYSICAL,
+                                 "vifr_name": "eth0", "vifr_transport": C.VIF_TRANSPORT_ETH,
+                                 "vifr_mac": list(bytes(6))})
+        second = _restarted(self.mktemp(), dp)
+        self.assertIn(0, dp.tables.interfaces)
+        self.assertEqual(second.sync.errors, {})
+
+
+class _Restarted(InMemoryAgent):
+    writes = 0
+
+
+def _restarted(state_dir: str, dp: Datapath) -> _Restarted:
+    """What AgentService does at start with --datapath=external, in memory."""
+    agent = _Restarted.__new__(_Restarted)
+    InMemoryAgent.__init__(agent, state_dir + "-unused", datapath=Datapath())
+    from twisted.internet.testing import MemoryReactorClock
+
+    from vrtwist.agent.ports import PortTable
+    from vrtwist.agent.rest import PortApi
+    from vrtwist.agent.store import PortStore
+
+    agent.clock = MemoryReactorClock()
+    agent.store = PortStore(state_dir)
+    agent.table = PortTable(agent.store, agent.clock, tap_check=False)
+    agent.model = DatapathModel(os_index=lambda name: 0)
+    agent.datapath = dp
+    agent.sync = DatapathSync(agent.model)
+    counting = _CountingChannel(dp, agent)
+    agent.sync.channel = counting
+    done: list[object] = []
+    agent.sync.adopt_deferred = None
+    from twisted.internet.defer import Deferred
+
+    Deferred.fromCoroutine(agent.sync.adopt()).addBoth(done.append)
+    assert done and not hasattr(done[0], "raiseException"), done
+    agent.sync.channel = None
+    agent.table.observe(agent.model)
+    agent.table.replay()
+    agent.sync.attach(counting)
+    agent.api = PortApi(agent.table)
+    return agent
+
+
+class _CountingChannel(LocalChannel):
+    def __init__(self, dp: Datapath, agent: _Restarted) -> None:
+        super().__init__(dp)
+        self.agent = agent
+
+    def request(self, msg: object):  # type: ignore[override]
+        if getattr(msg, "h_op", None) in (C.OP_ADD, C.OP_DEL):
+            self.agent.writes += 1
+        return super().request(msg)

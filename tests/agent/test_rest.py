@@ -1,0 +1,267 @@
+"""The REST port API through StubTreq: every endpoint, its success bodies and its errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.agent.helpers import SAMPLE, InMemoryAgent, port_body
+from vrtwist.agent.model import port_from_json
+
+UUID = SAMPLE["id"]
+
+
+class PortEndpointTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.dir = self.mktemp()
+        self.agent = InMemoryAgent(self.dir)
+
+    def file(self, uuid: str) -> str:
+        return os.path.join(self.dir, "ports", uuid)
+
+    def test_post_get_delete(self) -> None:
+        self.assertEqual(self.agent.call("POST", "/port", SAMPLE), (200, {}))
+        code, body = self.agent.call("GET", f"/port/{UUID}")
+        self.assertEqual(code, 200)
+        for k in ("id", "instance-id", "vn-id", "vm-project-id", "mac-address", "system-name",
+                  "rx-vlan-id", "tx-vlan-id", "ip-address"):
+            self.assertEqual(body[k], SAMPLE[k])
+        self.assertEqual(body["plen"], 32)
+        self.assertIn("author", body)
+        self.assertTrue(os.path.isfile(self.file(UUID)))
+        with open(self.file(UUID)) as f:
+            self.assertEqual(port_from_json(json.load(f)), port_from_json(SAMPLE))
+        self.assertEqual(self.agent.call("DELETE", f"/port/{UUID}"), (200, {}))
+        self.assertFalse(os.path.exists(self.file(UUID)))
+        code, body = self.agent.call("GET", f"/port/{UUID}")
+        self.assertEqual(code, 404)
+        self.assertIn(UUID, body["error"])
+
+    def test_subnet_gateway_dns_from_the_body(self) -> None:
+        b = dict(SAMPLE, plen=24, gateway="11.0.0.1", **{"dns-server": "11.0.0.2"})
+        self.assertEqual(self.agent.call("POST", "/port", b)[0], 200)
+        body = self.agent.call("GET", f"/port/{UUID}")[1]
+        self.assertEqual((body["plen"], body["gateway"], body["dns-server"]),
+                         (24, "11.0.0.1", "11.0.0.2"))
+
+    def test_ipv6_fields(self) -> None:
+        b = dict(SAMPLE, **{"ip6-address": "FD00::3"})
+        self.assertEqual(self.agent.call("POST", "/port", b)[0], 200)
+        body = self.agent.call("GET", f"/port/{UUID}")[1]
+        self.assertEqual(body["v6-ip-address"], "fd00::3")
+
+    def test_uppercase_uuids_are_normalised(self) -> None:
+        b = dict(SAMPLE, id=UUID.upper())
+        self.assertEqual(self.agent.call("POST", "/port", b)[0], 200)
+        self.assertTrue(os.path.isfile(self.file(UUID)))
+        self.assertEqual(self.agent.call("GET", f"/port/{UUID.upper()}")[0], 200)
+        self.assertEqual(self.agent.call("DELETE", f"/port/{UUID.upper()}")[0], 200)
+        self.assertIsNone(self.agent.table.get(UUID))
+
+    def test_delete_unknown_is_200(self) -> None:
+        self.assertEqual(self.agent.call("DELETE", f"/port/{port_body(9)['id']}"), (200, {}))
+
+    def test_bad_uuid_in_path(self) -> None:
+        code, body = self.agent.call("GET", "/port/not-a-uuid")
+        self.assertEqual(code, 400)
+        self.assertIn("not-a-uuid", body["error"])
+
+    def test_array_all_or_nothing(self) -> None:
+        good = [port_body(i) for i in range(1, 4)]
+        bad = good + [port_body(4, **{"mac-address": "zz"})]
+        code, body = self.agent.call("POST", "/port", bad)
+        self.assertEqual(code, 400)
+        self.assertIn("[3].mac-address", body["error"])
+        self.assertEqual(len(self.agent.table), 0)
+        self.assertEqual(os.listdir(os.path.join(self.dir, "ports")), ["vm"])
+        self.assertEqual(self.agent.call("POST", "/port", good), (200, {}))
+        self.assertEqual(len(self.agent.table), 3)
+
+    def test_array_with_duplicate_ids(self) -> None:
+        code, body = self.agent.call("POST", "/port", [port_body(1), port_body(1)])
+        self.assertEqual(code, 400)
+        self.assertIn("twice", body["error"])
+        self.assertEqual(len(self.agent.table), 0)
+
+    def test_repost_same_vm_is_idempotent(self) -> None:
+        self.agent.call("POST", "/port", SAMPLE)
+        ids = self.agent.model.port_ids(UUID)
+        self.assertEqual(self.agent.call("POST", "/port", SAMPLE), (200, {}))
+        self.assertEqual(self.agent.model.port_ids(UUID), ids)
+
+    def test_repost_other_vm_replaces(self) -> None:
+        self.agent.call("POST", "/port", SAMPLE)
+        moved = dict(SAMPLE, **{"instance-id": port_body(7)["instance-id"]})
+        self.assertEqual(self.agent.call("POST", "/port", moved), (200, {}))
+        self.assertEqual(self.agent.table.get(UUID).instance_id, moved["instance-id"])
+        with open(self.file(UUID)) as f:
+            self.assertEqual(json.load(f)["instance-id"], moved["instance-id"])
+
+    def test_body_errors(self) -> None:
+        cases = [
+            (b"", "body: empty"),
+            (b"{not json", "invalid JSON"),
+            (b"42", "expected a port object or an array"),
+            (b"\xff\xfe", "invalid JSON"),
+        ]
+        for raw, text in cases:
+            code, body = self.agent.call("POST", "/port", raw=raw)
+            self.assertEqual(code, 400, raw)
+            self.assertIn(text, body["error"])
+        self.assertEqual(len(self.agent.table), 0)
+
+    def test_unknown_path_and_method(self) -> None:
+        self.assertEqual(self.agent.call("GET", "/nothing"), (404, {"error": "Unknown Request"}))
+        code, body = self.agent.call("PUT", "/port")
+        self.assertEqual(code, 405)
+        self.assertIn("PUT", body["error"])
+
+    def test_file_write_failure_is_500_and_nothing_added(self) -> None:
+        self.agent.call("POST", "/port", port_body(1))
+        ports = os.path.join(self.dir, "ports")
+        shutil.rmtree(ports)
+        with open(ports, "w") as f:  # the directory is now a file: every write fails
+            f.write("x")
+        code, body = self.agent.call("POST", "/port", SAMPLE)
+        self.assertEqual(code, 500)
+        self.assertIn("port file", body["error"])
+        self.assertIsNone(self.agent.table.get(UUID))
+        self.assertIsNone(self.agent.model.port_ids(UUID))
+        # what was there before is untouched
+        self.assertIsNotNone(self.agent.table.get(port_body(1)["id"]))
+
+    def test_missing_tap_names_the_interface(self) -> None:
+        agent = InMemoryAgent(self.mktemp(), tap_check=True, exists=lambda n: n == "tapok")
+        code, body = agent.call("POST", "/port", SAMPLE)
+        self.assertEqual(code, 400)
+        self.assertIn("tap93c2c386-6e", body["error"])
+        self.assertIn("does not exist", body["error"])
+        self.assertEqual(agent.call("POST", "/port", dict(SAMPLE, **{"system-name": "tapok"})),
+                         (200, {}))
+        # ESXi ports (type 2) have no TAP on this host
+        b = port_body(2, type=2)
+        self.assertEqual(agent.call("POST", "/port", b), (200, {}))
+
+
+class LinkStateTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.dir = self.mktemp()
+        self.agent = InMemoryAgent(self.dir)
+
+    def test_enable_disable_esxi_port(self) -> None:
+        b = port_body(1, type=2)
+        self.agent.call("POST", "/port", b)
+        self.assertEqual(self.agent.call("PUT", f"/disable-port/{b['id']}"), (200, {}))
+        with open(os.path.join(self.dir, "ports", b["id"])) as f:
+            self.assertEqual(json.load(f)["link-state"], 0)
+        self.assertEqual(self.agent.call("PUT", f"/enable-port/{b['id']}"), (200, {}))
+        with open(os.path.join(self.dir, "ports", b["id"])) as f:
+            self.assertEqual(json.load(f)["link-state"], 1)
+
+    def test_unknown_and_wrong_type(self) -> None:
+        code, body = self.agent.call("PUT", f"/enable-port/{UUID}")
+        self.assertEqual(code, 404)
+        self.agent.call("POST", "/port", SAMPLE)
+        code, body = self.agent.call("PUT", f"/disable-port/{UUID}")
+        self.assertEqual(code, 400)
+        self.assertIn("type 2", body["error"])
+
+
+class SyncPortsTests(SynchronousTestCase):
+    def test_unconfirmed_ports_go_with_their_files(self) -> None:
+        d = self.mktemp()
+        agent = InMemoryAgent(d)
+        a, b, ns = port_body(1), port_body(2), port_body(3, type=1)
+        agent.call("POST", "/port", [a, b, ns])
+        self.assertEqual(agent.call("POST", "/syncports"), (200, {}))
+        agent.call("POST", "/port", a)  # only a is re-confirmed
+        agent.clock.advance(59)
+        self.assertEqual(len(agent.table), 3)
+        agent.clock.advance(1)
+        self.assertIsNotNone(agent.table.get(a["id"]))
+        self.assertIsNone(agent.table.get(b["id"]))
+        self.assertIsNotNone(agent.table.get(ns["id"]))  # namespace ports are exempt
+        self.assertFalse(os.path.exists(os.path.join(d, "ports", b["id"])))
+        self.assertTrue(os.path.exists(os.path.join(d, "ports", a["id"])))
+        self.assertIsNone(agent.model.port_ids(b["id"]))
+
+    def test_second_sync_restarts_the_timer(self) -> None:
+        agent = InMemoryAgent(self.mktemp())
+        agent.call("POST", "/port", port_body(1))
+        agent.call("POST", "/syncports")
+        agent.clock.advance(50)
+        agent.call("POST", "/syncports")
+        agent.clock.advance(50)
+        self.assertEqual(len(agent.table), 1)
+        agent.clock.advance(10)
+        self.assertEqual(len(agent.table), 0)
+
+
+class GatewayTests(SynchronousTestCase):
+    BODY = [{"interface": "vgw1", "routing-instance": "default-domain:admin:public:public",
+             "subnets": [{"ip-address": "10.1.1.0", "prefix-len": 24}],
+             "routes": [{"ip-address": "0.0.0.0", "prefix-len": 0}]}]
+
+    def test_add_delete(self) -> None:
+        agent = InMemoryAgent(self.mktemp())
+        self.assertEqual(agent.call("POST", "/gateway", self.BODY), (200, {}))
+        self.assertIn("vgw1", agent.api.gateways)
+        self.assertEqual(agent.call("DELETE", "/gateway", [{"interface": "vgw1"}]), (200, {}))
+        self.assertEqual(agent.api.gateways, {})
+
+    def test_errors(self) -> None:
+        agent = InMemoryAgent(self.mktemp())
+        code, body = agent.call("POST", "/gateway", self.BODY[0])
+        self.assertEqual(code, 400)
+        self.assertIn("array", body["error"])
+        bad = [dict(self.BODY[0], subnets=[{"ip-address": "10.1.1.x", "prefix-len": 24}])]
+        code, body = agent.call("POST", "/gateway", bad)
+        self.assertEqual(code, 400)
+        self.assertIn("subnets[0]", body["error"])
+        bad = [{k: v for k, v in self.BODY[0].items() if k != "routing-instance"}]
+        code, body = agent.call("POST", "/gateway", bad)
+        self.assertIn("routing-instance: missing", body["error"])
+        code, body = agent.call("DELETE", "/gateway", [{"name": "x"}])
+        self.assertEqual(code, 400)
+        self.assertEqual(agent.api.gateways, {})
+
+
+class VmApiTests(SynchronousTestCase):
+    VM = {"vm-uuid": "11111111-2222-3333-4444-555555555555", "host-ifname": "veth1",
+          "vm-name": "pod-a", "vn-uuid": SAMPLE["vn-id"],
+          "vmi-uuid": "aaaaaaaa-2222-3333-4444-555555555555", "vm-namespace": "ns1"}
+
+    def test_lifecycle(self) -> None:
+        d = self.mktemp()
+        agent = InMemoryAgent(d)
+        self.assertEqual(agent.call("POST", "/vm", self.VM), (200, {}))
+        path = os.path.join(d, "ports", "vm", "pod-a", self.VM["vmi-uuid"])
+        self.assertTrue(os.path.isfile(path))
+        code, body = agent.call("GET", f"/vm/{self.VM['vm-uuid']}")
+        self.assertEqual(code, 200)
+        self.assertEqual(body[0]["id"], self.VM["vmi-uuid"])
+        code, body = agent.call("GET", f"/vm/{self.VM['vm-uuid']}/{self.VM['vmi-uuid']}")
+        self.assertEqual(len(body), 1)
+        code, body = agent.call("GET", "/vm-cfg/pod-a")
+        self.assertEqual(code, 200)
+        self.assertEqual(body[0]["vm-uuid"], self.VM["vm-uuid"])
+        self.assertEqual(body[0]["sub-interface"], False)
+        self.assertEqual(agent.call("GET", "/vm-cfg/nobody")[0], 404)
+        self.assertEqual(agent.call("DELETE", f"/vm/{self.VM['vm-uuid']}"), (200, {}))
+        self.assertFalse(os.path.exists(path))  # the real agent's name/uuid bug is fixed
+        self.assertEqual(agent.call("GET", f"/vm/{self.VM['vm-uuid']}")[0], 404)
+
+    def test_errors(self) -> None:
+        agent = InMemoryAgent(self.mktemp())
+        for field, value, text in [("vm-uuid", "x", "vm-uuid"),
+                                   ("vm-name", "../x", "vm-name"),
+                                   ("host-ifname", "a b", "host-ifname"),
+                                   ("vn-uuid", None, "vn-uuid")]:
+            code, body = agent.call("POST", "/vm", dict(self.VM, **{field: value}))
+            self.assertEqual(code, 400, field)
+            self.assertIn(text, body["error"])
+        self.assertEqual(agent.call("POST", "/vm", [self.VM])[0], 400)
+        self.assertEqual(len(agent.table), 0)
