@@ -25,6 +25,7 @@ from typing import Any
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import Service
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import clientFromString
 from twisted.internet.interfaces import IDelayedCall, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
@@ -490,6 +491,7 @@ class SerialPort:
         self._backendFull = False
         self._backendReadPaused = False
         self._expireTimer: IDelayedCall | None = None
+        self._timers: list[IDelayedCall] = []
         self.backendAddress = self.config.backendFor(uuid, label)
         endpoint = clientFromString(table.clock, self.backendAddress)
         self.service = ClientService(
@@ -574,17 +576,22 @@ class SerialPort:
                 )
             self.table.remove(self)
 
-    def close(self) -> None:
+    def close(self) -> Deferred[None]:
         """Forget the port: stop its backend and close its ESX connections."""
         if self._expireTimer is not None and self._expireTimer.active():
             self._expireTimer.cancel()
+        for t in self._timers:
+            if t.active():
+                t.cancel()
+        self._timers = []
         if self.handoff is not None:
             self._endHandoff()
         for c in self.connections():
             c.port = None
             c.transport.loseConnection()  # type: ignore[union-attr]
         self.esx = None
-        self.service.stopService()
+        d: Deferred[None] = self.service.stopService()
+        return d
 
     # data VM -> backend
 
@@ -732,7 +739,9 @@ class SerialPort:
                 # Keep reading the source until ESX closes it (nothing it sent is
                 # lost), never write to it again; close it after a grace period.
                 self.retiring.append(gone)
-                self.table.clock.callLater(self.config.sourceGrace, self._retire, gone)
+                self._timers.append(
+                    self.table.clock.callLater(self.config.sourceGrace, self._retire, gone)
+                )
         self._log.info(
             "VM {uuid}/{label}: vMotion complete, now on {peer}",
             uuid=self.uuid,
@@ -743,6 +752,7 @@ class SerialPort:
         self._updateFlow()
 
     def _retire(self, conn: VSPCConnection) -> None:
+        self._timers = [t for t in self._timers if t.active()]
         if conn in self.retiring and not conn.closed:
             conn.transport.loseConnection()  # type: ignore[union-attr]
 
@@ -866,10 +876,10 @@ class VMPortTable(Service):
         port.peerArrived(connection)
         return port
 
-    def remove(self, port: SerialPort) -> None:
+    def remove(self, port: SerialPort) -> Deferred[None]:
         if self.byKey.get(port.key) is port:
             del self.byKey[port.key]
-        port.close()
+        return port.close()
 
     def ports(self) -> list[SerialPort]:  # type: ignore[override]
         return list(self.byKey.values())
@@ -877,12 +887,13 @@ class VMPortTable(Service):
     def snapshot(self) -> list[dict[str, object]]:
         return [p.describe() for p in self.byKey.values()]
 
-    def stopService(self) -> None:  # type: ignore[override]
+    def stopService(self) -> Deferred[Any]:
+        """Stop every backend link and close every ESX connection."""
         Service.stopService(self)
-        for port in list(self.byKey.values()):
-            self.remove(port)
+        stopped = [self.remove(port) for port in list(self.byKey.values())]
         for conn in list(self.connections):
             conn.transport.loseConnection()  # type: ignore[union-attr]
+        return gatherResults(stopped)
 
 
 class VSPCFactory(Factory):
