@@ -38,6 +38,7 @@ from vrtwist.agent.dpstate import (
 )
 from vrtwist.agent.interfaces import IKsyncChannel
 from vrtwist.datapath import constants as C
+from vrtwist.ksync.client import KsyncClientProtocol
 from vrtwist.sandesh import SPECS_BY_NAME
 
 #: Fields compared to decide whether a dumped object still matches the desired one.
@@ -139,6 +140,7 @@ class DatapathSync:
         self.model = model
         self.window = window
         self.channel: IKsyncChannel | None = None
+        self.reader: IKsyncChannel | None = None  # used for reads before attach()
         self.applied: dict[Key, tuple[str, dict[str, Any]]] = {}
         self.dirty: set[Key] = set()
         self.errors: dict[Key, str] = {}
@@ -172,9 +174,11 @@ class DatapathSync:
     # reading the datapath ---------------------------------------------------------------
 
     async def call(self, name: str, fields: dict[str, Any]) -> list[Any]:
-        assert self.channel is not None
+        channel = self.reader or self.channel
+        if channel is None:
+            raise KsyncError(-errno.ENOTCONN, f"{name}: no ksync session")
         self.requests_sent += 1
-        reply = await self.channel.request(make(name, fields))
+        reply = await channel.request(make(name, fields))
         if not reply or type(reply[0]).__name__ != "vr_response":
             raise KsyncError(-errno.EPROTO, f"{name}: reply without vr_response")
         code = int(reply[0].resp_code)
@@ -379,3 +383,145 @@ def _identity(name: str, fields: dict[str, Any]) -> dict[str, Any]:
 
 def _sort_key(key: Key) -> tuple[Any, ...]:
     return tuple(str(x) if isinstance(x, bytes) else x for x in key)
+
+
+@implementer(IKsyncChannel)
+class ProtocolChannel:
+    """IKsyncChannel over a connected ``vrtwist.ksync.client.KsyncClientProtocol``."""
+
+    def __init__(self, proto: Any) -> None:
+        self.proto = proto
+
+    def request(self, msg: Any) -> Deferred[list[Any]]:
+        from vrtwist.ksync.client import KsyncError as ClientKsyncError
+        from vrtwist.sandesh import schema
+
+        def ok(resp: Any) -> list[Any]:
+            return [schema.vr_response(h_op=C.OP_RESPONSE, resp_code=resp.code),
+                    *resp.objects]
+
+        def refused(f: Any) -> list[Any]:
+            f.trap(ClientKsyncError)
+            return [schema.vr_response(h_op=C.OP_RESPONSE, resp_code=f.value.code),
+                    *f.value.objects]
+
+        d: Deferred[list[Any]] = self.proto.request(msg).addCallbacks(ok, refused)
+        return d
+
+
+class KsyncSynchroniser:
+    """Keeps a ksync session to ``<run-dir>/dpdk_netlink`` and a :class:`DatapathSync` on it.
+
+    Every (re)connection reads the datapath first, so a datapath that restarted empty is
+    refilled and one that kept its state is only corrected.  The first read also lets the
+    model adopt the ids each TAP already has (``prepare``, before the ports are replayed).
+    """
+
+    _log = Logger()
+
+    def __init__(self, reactor: Any, model: DatapathModel, endpoint: str, *,
+                 adopt: bool = True, first_connect_timeout: float = 10.0) -> None:
+        from twisted.application.internet import ClientService
+        from twisted.internet.endpoints import clientFromString
+        from twisted.internet.protocol import Factory
+
+        self.reactor = reactor
+        self.model = model
+        self.sync = DatapathSync(model)
+        self.adopt_ids = adopt
+        self.first_connect_timeout = first_connect_timeout
+        self._stopping = False
+        self._prepared: Any = None
+        factory = Factory.forProtocol(_SyncProtocol)
+        self.client = ClientService(clientFromString(reactor, endpoint), factory,
+                                    retryPolicy=_retry_policy)
+        self._loop: Deferred[None] | None = None
+
+    async def prepare(self) -> None:
+        """Start connecting; wait (bounded) for the first session and adopt ids from it."""
+        self.client.startService()
+        d = self.client.whenConnected(failAfterFailures=None)
+        timer = self.reactor.callLater(self.first_connect_timeout, d.cancel)
+        try:
+            proto: Any = await d
+        except Exception:
+            self._log.warn("datapath not reachable after {t} s; ports are replayed and "
+                           "programmed once it is", t=self.first_connect_timeout)
+            return
+        finally:
+            if timer.active():
+                timer.cancel()
+        await self._session(proto, adopt=self.adopt_ids, attach=False)
+
+    def start(self) -> None:
+        """Follow connections from now on (call after the ports were replayed)."""
+        self._loop = Deferred.fromCoroutine(self._follow())
+        self._loop.addErrback(lambda f: self._log.failure("ksync follower failed", f))
+
+    async def _follow(self) -> None:
+        while not self._stopping:
+            try:
+                proto: Any = await self.client.whenConnected(failAfterFailures=None)
+            except Exception:
+                return
+            if self._stopping:
+                return
+            if proto is self._prepared:
+                self.sync.attach(ProtocolChannel(proto))
+            else:
+                await self._session(proto, adopt=False)
+            self._prepared = None
+            await proto.lost_d
+            self.sync.attach(None)
+            self._log.warn("ksync session to the datapath lost; reconnecting")
+
+    async def _session(self, proto: Any, adopt: bool, attach: bool = True) -> bool:
+        """Read the datapath over a new session, then (``attach``) start writing to it."""
+        channel = ProtocolChannel(proto)
+        self.sync.reader = channel
+        try:
+            if adopt:
+                await self.sync.adopt()
+            else:
+                present = await self.sync.read_datapath()
+                self.sync.applied = {k: v for k, v in present.items()
+                                     if owned(k, v[0], v[1]) or k == (VIF, AGENT_VIF)}
+        except Exception as e:
+            self._log.error("cannot read the datapath: {e}", e=e)
+            return False
+        finally:
+            self.sync.reader = None
+        if attach:
+            self.sync.attach(channel)
+        else:
+            self._prepared = proto
+        return True
+
+    def whenIdle(self) -> Deferred[None]:
+        return self.sync.whenIdle()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        stopped = self.client.stopService()
+        if stopped is not None:
+            await stopped
+
+
+def _retry_policy(attempt: int) -> float:
+    return float(min(0.05 * (2 ** min(attempt, 6)), 2.0))
+
+
+class _SyncProtocol(KsyncClientProtocol):
+    """The ksync client protocol plus a Deferred that fires when the session ends."""
+
+    def __init__(self) -> None:
+        super().__init__(pid=os.getpid())
+        self.lost_d: Deferred[None] = Deferred()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if reason is None:
+            super().connectionLost()
+        else:
+            super().connectionLost(reason)
+        if not self.lost_d.called:
+            self.lost_d.callback(None)

@@ -94,7 +94,8 @@ class AgentService(MultiService):
         except ImportError as e:  # the ksync client is not available
             self._log.warn("datapath programming disabled: {e}", e=e)
             return None
-        sock = os.path.join(self.run_dir, "dpdk_netlink")
+        sock = os.path.join(self.run_dir, "dpdk_netlink").replace("\\", "\\\\")
+        sock = sock.replace(":", "\\:")
         return KsyncSynchroniser(self.reactor, self.model, f"unix:{sock}",
                                  adopt=self.datapath == "external")
 
