@@ -1,0 +1,147 @@
+"""Twisted ksync client protocol, shared by the Agent, the vtest runner and the utilities.
+
+``request(msg)`` sends one Sandesh request and fires with a ``KsyncResponse`` (or fails
+with ``KsyncError`` carrying errno/strerror); requests pipeline freely and are matched
+by netlink seq. ``request_many(msgs)`` bunches several into one netlink message as the
+Agent does. ``dump(req)`` follows the dump marker until the vRouter stops setting the
+"more" bit.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IReactorUNIX
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from vrtwist.ksync.clientcore import (
+    CLIENT_MAX_FRAME,
+    ClientCore,
+    KsyncError,
+    KsyncProtocolError,
+    KsyncResponse,
+    next_dump_request,
+)
+from vrtwist.ksync.netlink import GENL_ID_VROUTER
+from vrtwist.sandesh.constants import DUMP
+
+__all__ = [
+    "KsyncClientProtocol",
+    "KsyncConnectionLost",
+    "connect_ksync",
+    "KsyncError",
+    "KsyncProtocolError",
+    "KsyncResponse",
+    "MAX_DUMP_PAGES",
+]
+
+_CONNECTION_DONE = Failure(ConnectionDone())
+
+#: Safety net against a server that keeps answering "more" (each page has >= 1 object).
+MAX_DUMP_PAGES = 1 << 20
+
+
+class KsyncConnectionLost(Exception):
+    """The connection closed while a request was outstanding."""
+
+
+class KsyncClientProtocol(Protocol):
+    """Pipelined ksync requests over one stream connection."""
+
+    _log = Logger()
+
+    def __init__(
+        self, nl_type: int = GENL_ID_VROUTER, pid: int = 0, max_frame: int = CLIENT_MAX_FRAME
+    ) -> None:
+        self._core = ClientCore(nl_type, pid, max_frame)
+        self._waiting: dict[int, list[Deferred[KsyncResponse]]] = {}
+        self._lost: Failure | None = None
+        self.connected_d: Deferred[None] = Deferred()
+
+    @property
+    def outstanding(self) -> int:
+        """Netlink requests sent and not yet fully answered."""
+        return len(self._waiting)
+
+    def connectionMade(self) -> None:
+        d, self.connected_d = self.connected_d, Deferred()
+        d.callback(None)
+
+    def request(self, msg: Any) -> Deferred[KsyncResponse]:
+        """Send one request; fires with its KsyncResponse, fails with KsyncError (errno < 0)."""
+        return self.request_many([msg])[0]
+
+    def request_many(self, msgs: Sequence[Any]) -> list[Deferred[KsyncResponse]]:
+        """Bunch ``msgs`` into one netlink message; one Deferred per request, in order."""
+        if self._lost is not None or self.transport is None:
+            return [fail(KsyncConnectionLost("ksync connection is closed")) for _ in msgs]
+        seq, data = self._core.build(msgs)
+        ds: list[Deferred[KsyncResponse]] = [Deferred() for _ in msgs]
+        self._waiting[seq] = ds
+        self.transport.write(data)
+        return ds
+
+    def dump(self, req: Any) -> Deferred[list[Any]]:
+        """All objects of a DUMP, following the marker page by page."""
+        req = type(req)(**vars(req))
+        if hasattr(req, "h_op"):
+            req.h_op = DUMP
+        return Deferred.fromCoroutine(self._dump(req))
+
+    async def _dump(self, req: Any) -> list[Any]:
+        out: list[Any] = []
+        for _ in range(MAX_DUMP_PAGES):
+            resp = await self.request(req)
+            out.extend(resp.objects)
+            if not resp.more:
+                return out
+            if not resp.objects:
+                raise KsyncProtocolError("dump page with no objects but the more bit set")
+            req = next_dump_request(req, resp.objects[-1])
+        raise KsyncProtocolError("dump did not finish after %d pages" % MAX_DUMP_PAGES)
+
+    def dataReceived(self, data: bytes) -> None:
+        try:
+            done = self._core.feed(data)
+        except KsyncProtocolError as e:
+            self._log.error("ksync: broken reply stream: {error}", error=str(e))
+            self._fail_all(Failure(e))
+            if self.transport is not None:
+                self.transport.loseConnection()
+            return
+        for seq, results in done:
+            ds = self._waiting.pop(seq, None)
+            if ds is None:
+                continue
+            for d, r in zip(ds, results, strict=True):
+                if isinstance(r, Exception):
+                    d.errback(Failure(r))
+                else:
+                    d.callback(r)
+
+    def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:
+        self._lost = reason
+        self._fail_all(Failure(KsyncConnectionLost(str(reason.value))))
+
+    def _fail_all(self, f: Failure) -> None:
+        waiting, self._waiting = self._waiting, {}
+        self._core.pending.clear()
+        for ds in waiting.values():
+            for d in ds:
+                d.errback(f)
+
+
+def connect_ksync(
+    reactor: IReactorUNIX, sock_dir: str, nl_type: int = GENL_ID_VROUTER, timeout: float = 10
+) -> Deferred[KsyncClientProtocol]:
+    """Connect to ``<sock-dir>/dpdk_netlink``; fires with a connected KsyncClientProtocol."""
+    path = os.path.join(sock_dir, "dpdk_netlink")
+    ep = UNIXClientEndpoint(reactor, path, timeout=timeout)
+    return connectProtocol(ep, KsyncClientProtocol(nl_type=nl_type, pid=os.getpid()))

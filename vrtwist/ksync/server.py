@@ -1,0 +1,373 @@
+"""The ksync server: the forwarding extension's end of ``<run-dir>/dpdk_netlink``.
+
+One ``KsyncServerProtocol`` per connection is one session with its own response queue
+(the transport's write buffer, which pauses request processing when full). A client that
+sends an impossible frame, or disconnects half way, loses only its own session.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import stat
+from collections import deque
+from collections.abc import Iterator
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import UNIXServerEndpoint
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IAddress, IListeningPort, IPushProducer, IReactorUNIX
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from vrtwist.ksync.interfaces import IKsyncDispatcher, IKsyncSession, KsyncReply
+from vrtwist.ksync.netlink import (
+    HEADERS_LEN,
+    NL_REPLY_MAX,
+    NL_REQUEST_MAX,
+    NLM_F_MULTI,
+    FrameReader,
+    NetlinkFrameError,
+    NetlinkMessage,
+    build_done,
+    build_response,
+    parse_message,
+)
+from vrtwist.sandesh import (
+    RESPONSE,
+    VR_MESSAGE_DUMP_INCOMPLETE,
+    VR_MESSAGE_PAGE_SIZE,
+    SandeshDecodeError,
+    SandeshEncodeError,
+    decode_one,
+    encode,
+    schema,
+)
+
+__all__ = [
+    "KSYNC_SOCKET_NAME",
+    "STYLE_LINUX",
+    "STYLE_DPDK",
+    "KsyncServerProtocol",
+    "KsyncServerFactory",
+    "KsyncServerService",
+    "ksync_socket_path",
+    "listen_ksync",
+    "remove_stale_socket",
+]
+
+KSYNC_SOCKET_NAME = "dpdk_netlink"
+#: Multi-part replies: NLM_F_MULTI on every message, then NLMSG_DONE (kernel, Windows).
+STYLE_LINUX = "linux"
+#: Multi-part replies: NLM_F_MULTI on all but the last message, no DONE (DPDK vRouter).
+STYLE_DPDK = "dpdk"
+
+#: Room for Sandesh in one reply.
+_REPLY_PAYLOAD_MAX = NL_REPLY_MAX - HEADERS_LEN
+#: Requests that fail to decode are answered with resp_code -1 (sandesh_decode's -1).
+_UNDECODABLE = -1
+
+_CONNECTION_DONE = Failure(ConnectionDone())
+
+_response_cache: dict[int, bytes] = {}
+
+
+def _response(code: int) -> bytes:
+    """Encoded vr_response, memoised for the common codes."""
+    b = _response_cache.get(code)
+    if b is None:
+        b = encode(schema.vr_response(h_op=RESPONSE, resp_code=code))
+        if len(_response_cache) < 4096:
+            _response_cache[code] = b
+    return b
+
+
+def ksync_socket_path(run_dir: str) -> str:
+    """``<run-dir>/dpdk_netlink``."""
+    return os.path.join(run_dir, KSYNC_SOCKET_NAME)
+
+
+@implementer(IKsyncSession, IPushProducer)
+class KsyncServerProtocol(Protocol):
+    """One ksync session: reassembles netlink requests, dispatches, frames the replies."""
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        dispatcher: IKsyncDispatcher,
+        style: str = STYLE_LINUX,
+        max_frame: int = NL_REQUEST_MAX,
+    ) -> None:
+        self.dispatcher = dispatcher
+        self.style = style
+        self.requests = 0
+        self.peer: IAddress | None = None
+        self._reader = FrameReader(max_frame=max_frame, min_frame=HEADERS_LEN)
+        self._pending: deque[bytes] = deque()
+        self._paused = False
+        self._closed = False
+        self.factory: KsyncServerFactory | None = None
+
+    # -- IProtocol ------------------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self.peer = self.transport.getPeer() if self.transport else None
+        if self.transport is not None:
+            self.transport.registerProducer(self, True)  # type: ignore[attr-defined]
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closed:
+            return
+        try:
+            self._pending.extend(self._reader.feed(data))
+        except NetlinkFrameError as e:
+            self._log.warn("ksync: dropping session {peer}: {error}", peer=self.peer, error=str(e))
+            self._drop()
+            return
+        self._run()
+
+    def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:
+        self._closed = True
+        self._pending.clear()
+        if self.factory is not None:
+            self.factory.sessions.discard(self)
+
+    # -- IPushProducer: the transport's buffer is this session's response queue ---------------
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+        if self.transport is not None:
+            self.transport.pauseProducing()  # type: ignore[attr-defined]
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        if self.transport is not None and not self._closed:
+            self.transport.resumeProducing()  # type: ignore[attr-defined]
+        self._run()
+
+    def stopProducing(self) -> None:
+        self._drop()
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _drop(self) -> None:
+        self._closed = True
+        self._pending.clear()
+        if self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+
+    def _run(self) -> None:
+        pending = self._pending
+        while pending and not self._paused and not self._closed:
+            self._handle(pending.popleft())
+
+    def _handle(self, frame: bytes) -> None:
+        msg = parse_message(frame)
+        replies = self.process(msg.payload)
+        assert self.transport is not None
+        self.transport.write(frame_replies(replies, msg, self.style))
+
+    def process(self, payload: bytes) -> list[bytes]:
+        """Decode and dispatch every Sandesh message of one request; return reply payloads.
+
+        Each element of the result becomes one netlink message. Messages decoded before a
+        decoding error have been dispatched and answered, as the C decoder does; the error
+        itself is answered with one vr_response of -1.
+        """
+        out: list[bytes] = []
+        end = len(payload)
+        o = 0
+        while o < end:
+            if end - o <= 3 and not any(payload[o:]):
+                break
+            try:
+                req, o = decode_one(payload, o)
+            except SandeshDecodeError as e:
+                self._log.warn(
+                    "ksync: undecodable request from {peer}: {error}", peer=self.peer, error=str(e)
+                )
+                out.append(_response(_UNDECODABLE))
+                break
+            self.requests += 1
+            out.extend(execute(self.dispatcher, req, self._log))
+        if not out:
+            out.append(_response(_UNDECODABLE))
+        return out
+
+
+def execute(dispatcher: IKsyncDispatcher, request: Any, log: Logger | None = None) -> list[bytes]:
+    """Run one request through ``dispatcher`` and lay out the reply payloads (spec 2.4)."""
+    log = log or KsyncServerProtocol._log
+    try:
+        reply = dispatcher.dispatch(request)
+        if not isinstance(reply, KsyncReply):
+            raise TypeError("dispatch returned %r, not a KsyncReply" % (reply,))
+    except Exception:
+        log.failure("ksync: dispatcher failed on {request}", request=request)
+        return [_response(-errno.EINVAL)]
+    try:
+        if reply.dump and reply.code >= 0:
+            return _dump_page(reply.objects, log)
+        if not reply.objects:
+            return [_response(reply.code)]
+        payload = _response(reply.code) + b"".join([encode(o) for o in reply.objects])
+    except SandeshEncodeError:
+        log.failure(
+            "ksync: dispatcher returned an unencodable object for {request}", request=request
+        )
+        return [_response(-errno.EINVAL)]
+    if len(payload) > _REPLY_PAYLOAD_MAX:
+        log.error(
+            "ksync: reply of {size} bytes to {request} exceeds one netlink message",
+            size=len(payload),
+            request=request,
+        )
+        return [_response(-errno.ENOSPC)]
+    return [payload]
+
+
+def _dump_page(objects: Any, log: Logger) -> list[bytes]:
+    page: list[bytes] = []
+    size = 0
+    more = False
+    it: Iterator[Any] = iter(objects)
+    for obj in it:
+        b = encode(obj)
+        if size + len(b) > VR_MESSAGE_PAGE_SIZE:
+            if not page:
+                log.error("ksync: one dump object of {size} bytes exceeds a page", size=len(b))
+                return [_response(-errno.ENOSPC)]
+            more = True
+            break
+        page.append(b)
+        size += len(b)
+    code = len(page) | (VR_MESSAGE_DUMP_INCOMPLETE if more else 0)
+    if not page:
+        return [_response(code)]
+    return [_response(code), b"".join(page)]
+
+
+def frame_replies(replies: list[bytes], request: NetlinkMessage, style: str = STYLE_LINUX) -> bytes:
+    """Frame reply payloads for ``request``: one message, or a multi-part sequence."""
+    if len(replies) == 1:
+        return build_response(replies[0], request, 0)
+    if style == STYLE_DPDK:
+        last = len(replies) - 1
+        return b"".join(
+            [
+                build_response(p, request, NLM_F_MULTI if i < last else 0)
+                for i, p in enumerate(replies)
+            ]
+        )
+    return b"".join([build_response(p, request, NLM_F_MULTI) for p in replies]) + build_done(
+        request
+    )
+
+
+class KsyncServerFactory(Factory):
+    """Builds one session per connection; refuses connections beyond ``max_sessions``."""
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        dispatcher: IKsyncDispatcher,
+        style: str = STYLE_LINUX,
+        max_sessions: int = 256,
+        max_frame: int = NL_REQUEST_MAX,
+    ) -> None:
+        if style not in (STYLE_LINUX, STYLE_DPDK):
+            raise ValueError("style must be %r or %r" % (STYLE_LINUX, STYLE_DPDK))
+        self.dispatcher = dispatcher
+        self.style = style
+        self.max_sessions = max_sessions
+        self.max_frame = max_frame
+        self.sessions: set[KsyncServerProtocol] = set()
+
+    def buildProtocol(self, addr: IAddress) -> KsyncServerProtocol | None:  # type: ignore[override]
+        if len(self.sessions) >= self.max_sessions:
+            self._log.warn(
+                "ksync: refusing connection, {count} sessions open", count=len(self.sessions)
+            )
+            return None
+        p = KsyncServerProtocol(self.dispatcher, self.style, self.max_frame)
+        p.factory = self
+        self.sessions.add(p)
+        return p
+
+
+def remove_stale_socket(path: str) -> None:
+    """Remove a unix socket left by a dead server; refuse to touch anything else or a live one."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise OSError(errno.EEXIST, "%s exists and is not a socket" % path)
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError:
+        os.unlink(path)
+        return
+    finally:
+        probe.close()
+    raise OSError(errno.EADDRINUSE, "another ksync server is listening on %s" % path)
+
+
+def listen_ksync(
+    reactor: IReactorUNIX,
+    run_dir: str,
+    dispatcher: IKsyncDispatcher,
+    style: str = STYLE_LINUX,
+    max_sessions: int = 256,
+) -> Deferred[IListeningPort]:
+    """Listen on ``<run-dir>/dpdk_netlink`` (stale socket removed first)."""
+    path = ksync_socket_path(run_dir)
+    remove_stale_socket(path)
+    ep = UNIXServerEndpoint(reactor, path, backlog=128, mode=0o666)
+    return ep.listen(KsyncServerFactory(dispatcher, style, max_sessions))
+
+
+class KsyncServerService(StreamServerEndpointService):
+    """``IService`` serving ksync on ``<run-dir>/dpdk_netlink``; for ``makeService``."""
+
+    def __init__(
+        self,
+        reactor: IReactorUNIX,
+        run_dir: str,
+        dispatcher: IKsyncDispatcher,
+        style: str = STYLE_LINUX,
+        max_sessions: int = 256,
+    ) -> None:
+        self.path = ksync_socket_path(run_dir)
+        self.factory = KsyncServerFactory(dispatcher, style, max_sessions)
+        super().__init__(
+            UNIXServerEndpoint(reactor, self.path, backlog=128, mode=0o666), self.factory
+        )
+
+    def privilegedStartService(self) -> None:
+        remove_stale_socket(self.path)
+        super().privilegedStartService()
+
+    def stopService(self) -> Deferred[None] | None:
+        d = super().stopService()
+
+        def _unlink(result: object) -> object:
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+            return result
+
+        if d is not None:
+            d.addBoth(_unlink)
+        else:
+            _unlink(None)
+        return d
