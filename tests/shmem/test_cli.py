@@ -1,0 +1,173 @@
+"""End to end: ``twistd vrouter-dp`` in a subprocess, the ``flow`` utility as a subprocess,
+bridge routes over ksync and ``rt``'s bridge dump reading the shared table."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from vrtwist.sandesh import schema
+from vrtwist.shmem import layout as L
+from vrtwist.shmem.cli_bridge import dump_bridge
+from vrtwist.shmem.client import BlockingKsyncClient, KsyncError
+from vrtwist.shmem.listing import FlowTableView
+
+TWISTD = "from twisted.scripts.twistd import run; run()"
+
+
+class FlowUtility(SynchronousTestCase):
+    run_dir = ""
+    proc: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.run_dir = tempfile.mkdtemp(prefix="vrtwist-shmem-")
+        cls.proc = subprocess.Popen(
+            [sys.executable, "-c", TWISTD, "-n", "--pidfile=", "-l",
+             os.path.join(cls.run_dir, "log"), "vrouter-dp", "--run-dir", cls.run_dir,
+             "--flow-entries", "2048", "--bridge-entries", "512"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                BlockingKsyncClient(cls.run_dir).close()
+                return
+            except KsyncError:
+                time.sleep(0.05)
+        cls.tearDownClass()
+        raise RuntimeError("vrouter-dp did not start; see %s/log" % cls.run_dir)
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        if cls.proc is not None:
+            cls.proc.terminate()
+            try:
+                cls.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                cls.proc.kill()
+            cls.proc = None
+        shutil.rmtree(cls.run_dir, ignore_errors=True)
+
+    def flow(self, *args: str) -> tuple[int, str]:
+        p = subprocess.run(
+            [sys.executable, "-m", "vrtwist.cli.flow", "--sock-dir", self.run_dir, *args],
+            capture_output=True, text=True, timeout=60,
+        )
+        return p.returncode, p.stdout + p.stderr
+
+    def test_1_perf_creates_pairs_and_list_shows_them(self) -> None:
+        code, out = self.flow("-p", "50", "-b", "15")
+        self.assertEqual(code, 0, out)
+        self.assertIn("Created 50 HOLD entries in ", out)
+        self.assertIn("Created 50 HOLD and 50 FWD entries in ", out)
+        code, out = self.flow("-l")
+        self.assertEqual(code, 0, out)
+        entries = (2048 + L.default_overflow(2048))
+        self.assertTrue(out.startswith("Flow table(size %d, entries %d)\n" % (entries * 256, entries)))
+        self.assertIn("Entries: Created 50 Added 100 Deleted 0 Changed 0Processed 50 ", out)
+        self.assertEqual(out.count("Action:F,"), 100)
+        self.assertIn("    Index                Source:Port/Destination:Port                      Proto(V)\n", out)
+
+    def test_2_match_get_drop_invalidate(self) -> None:
+        code, out = self.flow("--match", "2.2.2.2:7 & proto udp")
+        self.assertEqual(code, 0)
+        self.assertEqual(out.count("(Gen: "), 0)
+        code, out = self.flow("--match", "2.2.2.2:7,1.1.1.1:1000 & vrf 0")
+        self.assertEqual(code, 0, out)
+        self.assertIn("Listing flows matching ([2.2.2.2]:7, [1.1.1.1]:1000, VRF 0)", out)
+        self.assertEqual(out.count("Action:F,"), 2)  # both directions match
+        view = self._view()
+        try:
+            idx = next(e.index for e in view if e.sip == "2.2.2.2" and e.sport == 7)
+        finally:
+            view.close()
+        code, out = self.flow("-d", str(idx))
+        self.assertEqual(code, 0, out)
+        code, out = self.flow("--get", str(idx))
+        self.assertIn("Flow Action:                  DROP:", out)
+        self.assertIn("Flow Source:                  [2.2.2.2]:7", out)
+        code, out = self.flow("-i", str(idx))
+        self.assertEqual(code, 0, out)
+        code, out = self.flow("--get", str(idx))
+        self.assertEqual(code, 1)
+        self.assertIn("Flow index %d is not active" % idx, out)
+
+    def test_3_errors(self) -> None:
+        code, out = self.flow("-f", "999999")
+        self.assertEqual(code, 1)
+        self.assertIn("Flow index 999999 is greater than available indices", out)
+        code, out = self.flow("--match", "1.1.1.1 & proto gre")
+        self.assertNotEqual(code, 0)
+        self.assertIn('Unsupported protocol "gre"', out)
+        code, out = self.flow()
+        self.assertNotEqual(code, 0)
+        self.assertIn("Usage:flow", out)
+        code, out = self.flow("-e", "3071")  # never used: no request is sent
+        self.assertEqual(code, 0, out)
+
+    def test_4_flush(self) -> None:
+        code, out = self.flow("-F")
+        self.assertEqual(code, 0, out)
+        self.assertIn("Scanning flow table", out)
+        self.assertRegex(out, r"Deleted \d+ entries in \d+ msec")
+        view = self._view()
+        try:
+            self.assertEqual(view.active_indices(), [])
+        finally:
+            view.close()
+
+    def test_5_rate_and_stats_once(self) -> None:
+        code, out = self.flow("-s", "--iterations", "1")
+        self.assertEqual(code, 0, out)
+        self.assertIn("Flow Statistics", out)
+        code, out = self.flow("-r", "--iterations", "1")
+        self.assertEqual(code, 0, out)
+
+    def test_bridge_routes_and_rt_dump(self) -> None:
+        with BlockingKsyncClient(self.run_dir) as c:
+            r = c.request(schema.vr_nexthop_req(h_op=0, nhr_id=12, nhr_type=5, nhr_family=7))
+            self.assertEqual(r[0].resp_code, 0)
+            for i in range(3):
+                r = c.request(schema.vr_route_req(
+                    h_op=0, rtr_family=7, rtr_vrf_id=2, rtr_mac=[0, 0x5E, 0, 1, 0, i + 1],
+                    rtr_nh_id=12, rtr_label=100 + i, rtr_label_flags=L.BE_LABEL_VALID))
+                self.assertEqual(r[0].resp_code, 0)
+            bad = c.request(schema.vr_route_req(h_op=0, rtr_family=7, rtr_vrf_id=2,
+                                                rtr_mac=[0, 0x5E, 0, 1, 0, 9], rtr_nh_id=4000))
+            self.assertEqual(bad[0].resp_code, -2)
+            zero = c.request(schema.vr_route_req(h_op=0, rtr_family=7, rtr_vrf_id=2,
+                                                 rtr_mac=[0] * 6, rtr_nh_id=12))
+            self.assertEqual(zero[0].resp_code, -22)
+            got = c.request(schema.vr_route_req(h_op=1, rtr_family=7, rtr_vrf_id=2,
+                                                rtr_mac=[0, 0x5E, 0, 1, 0, 2], rtr_index=-1))
+            self.assertEqual((got[0].resp_code, got[1].rtr_label, got[1].rtr_nh_id), (0, 101, 12))
+            dumped = c.request(schema.vr_route_req(h_op=3, rtr_family=7, rtr_vrf_id=2, rtr_mac=[0] * 6))
+            self.assertEqual(dumped[0].resp_code, 3)
+            d = c.request(schema.vr_route_req(h_op=2, rtr_family=7, rtr_vrf_id=2,
+                                              rtr_mac=[0, 0x5E, 0, 1, 0, 3]))
+            self.assertEqual(d[0].resp_code, 0)
+            d = c.request(schema.vr_route_req(h_op=2, rtr_family=7, rtr_vrf_id=2,
+                                              rtr_mac=[0, 0x5E, 0, 1, 0, 3]))
+            self.assertEqual(d[0].resp_code, -2)
+        out = io.StringIO()
+        self.assertEqual(dump_bridge(self.run_dir, 2, out), 0)
+        text = out.getvalue()
+        self.assertIn("vRouter bridge table 0/2\n", text)
+        self.assertIn("Index       DestMac                  Flags           Label/VNID      Nexthop           Stats\n", text)
+        rows = [line for line in text.splitlines() if ":5e:" in line]
+        self.assertEqual(len(rows), 2)
+        self.assertRegex(rows[0], r"^\d+ +0:5e:0:1:0:[12] +L +10[01] +12 +0$")
+        other = io.StringIO()
+        dump_bridge(self.run_dir, 3, other)
+        self.assertNotIn(":5e:", other.getvalue())
+
+    def _view(self) -> FlowTableView:
+        return FlowTableView(os.path.join(self.run_dir, "flow.shmem"))
