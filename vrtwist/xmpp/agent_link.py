@@ -282,6 +282,8 @@ class AgentSession(XmppSession):
         self.link.sessionReady(self)
 
     def stanzaReceived(self, stanza: Stanza) -> None:
+        if isinstance(stanza, StreamFeatures) and stanza.starttls and self.tls is None:
+            raise ProtocolViolation("control node requires TLS; no --xmpp-cert given")
         if not self.established:
             if isinstance(stanza, StreamFeatures):
                 if self.tls is None:

@@ -28,12 +28,12 @@ ItemKey = tuple[str, Family, str]  # (vrf, (afi, safi), item id)
 PrefixKey = tuple[str, str]  # (vrf, "addr/len")
 
 
-class IRemoteRouteSink(Interface):
+class _RouteProgrammerSeam(Interface):
     """The programming seam this table drives.
 
-    Same method names and arguments as ``vrtwist.agent.interfaces.IRouteProgrammer`` (the
-    agent's datapath model provides it); restated here so this package does not depend on
-    the agent for its own tests.
+    This is ``vrtwist.agent.interfaces.IRouteProgrammer`` (the agent's datapath model
+    provides it) whenever the agent package is importable; this copy, with the same
+    methods, only stands in when it is not, so the XMPP package can be tested alone.
     """
 
     fabric_ip = Attribute("this node's fabric address")
@@ -54,6 +54,12 @@ class IRemoteRouteSink(Interface):
 
     def deleteRemoteRoute(vrf_name: str, prefix: str, plen: int) -> None:
         """Remove a route installed by ``addRemoteRoute``."""
+
+
+try:
+    from vrtwist.agent.interfaces import IRouteProgrammer as IRemoteRouteSink
+except ImportError:  # pragma: no cover - the agent package is not installed
+    IRemoteRouteSink = _RouteProgrammerSeam  # type: ignore[misc, assignment]
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,466 @@
+"""The agent side of the link on in-memory transports: what it sends, what it programs,
+backoff, failover, graceful restart of learnt routes, config, bad input."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import capturedLogs, formatEvent
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from vrtwist.xmpp.agent_link import (
+    MAX_ATTEMPTS,
+    AgentSession,
+    ControllerLink,
+    FailoverEndpoint,
+    LocalRouteInfo,
+    _endpoint_description,
+    backoff_delay,
+    linkKwargsFromOptions,
+    makeControllerLink,
+)
+from vrtwist.xmpp.framing import (
+    KEEPALIVE,
+    StanzaBytes,
+    StanzaSplitter,
+    build_stream_open,
+    build_stream_response,
+)
+from vrtwist.xmpp.remote_routes import IRemoteRouteSink, RemoteRouteTable
+from vrtwist.xmpp.stanzas import (
+    Collection,
+    ConfigLink,
+    ConfigNode,
+    NextHop,
+    Publish,
+    RouteEntry,
+    Subscribe,
+    Unsubscribe,
+    build_config,
+    build_eor_message,
+    build_retract,
+    build_route_update,
+    parse_stanza,
+)
+
+from .helpers import RecordingSink, inet
+
+CN = "network-control@contrailsystems.com"
+
+
+def port(i: int, vrf: str = "blue", ip6: str | None = None) -> LocalRouteInfo:
+    return LocalRouteInfo(f"port{i}", f"vm{i}", "vn1", vrf, f"02:00:00:00:00:{i:02x}",
+                          f"10.0.0.{i}", ip6, 20 + i, "127.0.0.2")
+
+
+@implementer(IStreamClientEndpoint)
+class MemEndpoint:
+    """Connects a protocol to a fresh StringTransport (or fails, when told to)."""
+
+    def __init__(self, clock: MemoryReactorClock, fail: bool = False) -> None:
+        self.clock = clock
+        self.fail = fail
+        self.attempts: list[float] = []
+        self.transports: list[StringTransport] = []
+        self.protocols: list[Any] = []
+
+    def connect(self, factory: Any) -> defer.Deferred[Any]:
+        self.attempts.append(self.clock.seconds())
+        if self.fail:
+            return defer.fail(ConnectionRefusedError("refused"))
+        proto = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5269))
+        tr = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 5269))
+        proto.makeConnection(tr)
+        self.transports.append(tr)
+        self.protocols.append(proto)
+        return defer.succeed(proto)
+
+
+def parsed(data: bytes) -> list[Any]:
+    return [parse_stanza(e.data) for e in StanzaSplitter().feed(data) if isinstance(e, StanzaBytes)]
+
+
+class LinkHarness:
+    def __init__(self, hold: float = 90, stale: float = 60, sink: Any = None) -> None:
+        self.clock = MemoryReactorClock()
+        self.sink = sink or RecordingSink()
+        self.ep = MemEndpoint(self.clock)
+        self.link = ControllerLink(self.clock, [self.ep], "host1", "127.0.0.2", self.sink,
+                                   hold_time=hold, stale_time=stale, rng=random.Random(1))
+        self.link.startService()
+
+    @property
+    def tr(self) -> StringTransport:
+        return self.ep.transports[-1]
+
+    @property
+    def session(self) -> AgentSession:
+        return self.ep.protocols[-1]._protocol if hasattr(self.ep.protocols[-1], "_protocol") \
+            else self.ep.protocols[-1]
+
+    def establish(self) -> None:
+        self.tr.clear()
+        self.feed(build_stream_response("cn1", "host1"))
+
+    def lose(self) -> None:
+        from twisted.internet.error import ConnectionDone
+        from twisted.python.failure import Failure
+
+        self.ep.protocols[-1].connectionLost(Failure(ConnectionDone()))
+
+    def feed(self, data: bytes) -> None:
+        self.ep.protocols[-1].dataReceived(data)
+
+    def sent(self) -> list[Any]:
+        data = self.tr.value()
+        self.tr.clear()
+        return parsed(data)
+
+
+class SessionStartTests(SynchronousTestCase):
+    def test_stream_open_is_the_first_thing_sent(self) -> None:
+        h = LinkHarness()
+        self.assertEqual(h.tr.value(), build_stream_open("host1"))
+
+    def test_established_sends_subscribes_routes_and_eor(self) -> None:
+        h = LinkHarness()
+        h.link.localRouteAdded(port(1))
+        h.link.localRouteAdded(port(2, ip6="fd00::2"))
+        self.assertEqual(h.tr.value(), build_stream_open("host1"))  # nothing before the session
+        h.establish()
+        data = h.tr.value()
+        self.assertTrue(data.startswith(KEEPALIVE))
+        out = h.sent()
+        self.assertEqual(out[0], Subscribe("virtual-router:default-global-system-config:host1",
+                                           "config", None, False, "host1"))
+        self.assertEqual({s.node for s in out[1:3]}, {"virtual-machine:vm1", "virtual-machine:vm2"})
+        self.assertEqual(out[3], Subscribe("blue", "bgp-peer", 0, False, "host1"))
+        pubs = [s for s in out if isinstance(s, Publish) and s.entry is not None]
+        self.assertEqual(sorted(p.node for p in pubs), sorted([
+            "1/1/blue/10.0.0.1/32", "25/242/02:00:00:00:00:01,10.0.0.1/32",
+            "1/1/blue/10.0.0.2/32", "2/1/blue/fd00::2/128", "25/242/02:00:00:00:00:02,10.0.0.2/32"]))
+        for p in pubs:
+            assert p.entry is not None
+            self.assertEqual(p.entry.next_hops[0].address, "127.0.0.2")
+            self.assertEqual(p.entry.next_hops[0].encapsulations, ("gre", "udp"))
+        colls = [s for s in out if isinstance(s, Collection) and s.node]
+        self.assertTrue(all(c.node == "blue" and c.associate for c in colls))
+        # EoR as the control node reads it: an empty publish + collection pair, last.
+        self.assertEqual(out[-2:], [Publish("", None, "host1"), Collection("", None, None, "host1")])
+
+    def test_port_added_while_up_and_deleted(self) -> None:
+        h = LinkHarness()
+        h.establish()
+        h.sent()
+        h.link.localRouteAdded(port(1))
+        out = h.sent()
+        self.assertEqual(out[0], Subscribe("virtual-machine:vm1", "config", None, False, "host1"))
+        self.assertEqual(out[1], Subscribe("blue", "bgp-peer", 0, False, "host1"))
+        self.assertEqual(len(out), 2 + 4)
+        h.link.localRouteAdded(port(2))  # same VRF: no second subscribe
+        self.assertFalse(any(isinstance(s, Subscribe) and s.node == "blue" for s in h.sent()))
+        h.link.localRouteDeleted(port(1))
+        out = h.sent()
+        self.assertEqual([c.dissociate for c in out if isinstance(c, Collection)],
+                         ["1/1/blue/10.0.0.1/32", "25/242/02:00:00:00:00:01,10.0.0.1/32"])
+        self.assertNotIn(Unsubscribe("blue", "bgp-peer", "host1"), out)
+        self.assertIn(Unsubscribe("virtual-machine:vm1", "config", "host1"), out)
+        h.link.localRouteDeleted(port(2))
+        self.assertIn(Unsubscribe("blue", "bgp-peer", "host1"), h.sent())
+        self.assertEqual(h.link.subscribedVrfs, [])
+
+    def test_instance_id_from_the_agent_model(self) -> None:
+        sink = RecordingSink()
+        sink.vrf_id_of = lambda vn: 7  # type: ignore[attr-defined]
+        h = LinkHarness(sink=sink)
+        h.establish()
+        h.sent()
+        h.link.localRouteAdded(port(1))
+        self.assertEqual(h.sent()[1], Subscribe("blue", "bgp-peer", 7, False, "host1"))
+
+    def test_keepalives_and_hold_timer(self) -> None:
+        h = LinkHarness(hold=3)
+        h.establish()
+        h.tr.clear()
+        h.clock.advance(1)
+        self.assertEqual(h.tr.value(), KEEPALIVE)
+        h.feed(KEEPALIVE)
+        h.clock.advance(2.5)
+        self.assertFalse(h.tr.disconnecting)
+        with capturedLogs() as logs:
+            h.clock.advance(1)
+        self.assertTrue(h.tr.disconnecting)
+        self.assertIn("hold timer expired", "\n".join(formatEvent(e) for e in logs))
+
+
+class ReceiveTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.h = LinkHarness(stale=30)
+        self.h.link.localRouteAdded(port(1))
+        self.h.establish()
+        self.h.sent()
+
+    def update(self, *entries: RouteEntry, node: str = "1/1/blue") -> None:
+        self.h.feed(build_route_update(CN, "host1/bgp-peer", node, entries))
+
+    def test_items_are_programmed(self) -> None:
+        self.update(inet("10.0.0.7/32", "127.0.0.3", 33))
+        self.assertEqual(self.h.sink.table, {("blue", "10.0.0.7", 32): ("127.0.0.3", 33, "udp", None)})
+
+    def test_evpn_item_adds_the_mac(self) -> None:
+        self.update(inet("10.0.0.7/32", "127.0.0.3", 33))
+        evpn = RouteEntry(25, 242, "10.0.0.7/32", (NextHop("127.0.0.3", 33, ("gre", "udp")),),
+                          mac="02:aa:00:00:00:07")
+        self.update(evpn, node="25/242/blue")
+        self.assertEqual(self.h.sink.table[("blue", "10.0.0.7", 32)],
+                         ("127.0.0.3", 33, "udp", "02:aa:00:00:00:07"))
+
+    def test_retract_removes(self) -> None:
+        self.update(inet("10.0.0.7/32", "127.0.0.3", 33))
+        self.h.feed(build_retract(CN, "host1/bgp-peer", "1/1/blue", ["10.0.0.7/32"]))
+        self.assertEqual(self.h.sink.table, {})
+
+    def test_unknown_vrf_is_ignored_with_a_log_line(self) -> None:
+        with capturedLogs() as logs:
+            self.update(inet("10.0.0.7/32"), node="1/1/red")
+        self.assertEqual(self.h.sink.table, {})
+        self.assertIn("did not subscribe to", "\n".join(formatEvent(e) for e in logs))
+        self.assertFalse(self.h.tr.disconnecting)
+
+    def test_malformed_closes_but_keeps_routes(self) -> None:
+        self.update(inet("10.0.0.7/32", "127.0.0.3", 33))
+        with capturedLogs() as logs:
+            self.h.feed(b"<message><event><items node='1/1/blue'><item id='x'></message>")
+        self.assertTrue(self.h.tr.disconnecting)
+        self.assertIn("malformed XML", "\n".join(formatEvent(e) for e in logs))
+        self.h.lose()
+        self.assertEqual(len(self.h.sink.table), 1)
+
+    def test_stale_routes_swept_after_stale_time(self) -> None:
+        self.update(inet("10.0.0.7/32", "127.0.0.3", 33))
+        self.h.lose()
+        self.h.clock.advance(29)
+        self.assertEqual(len(self.h.sink.table), 1)  # headless: still forwarding
+        self.h.clock.advance(1.1)
+        self.assertEqual(self.h.sink.table, {})
+
+    def test_new_session_eor_sweeps_what_was_not_readvertised(self) -> None:
+        self.update(inet("10.0.0.7/32", "127.0.0.3", 33), inet("10.0.0.8/32", "127.0.0.3", 34))
+        self.h.lose()
+        self.h.clock.advance(0.1)  # ClientService reconnects (first retry: ~50 ms)
+        self.assertEqual(len(self.h.ep.transports), 2)
+        self.h.establish()
+        out = self.h.sent()
+        self.assertIn(Subscribe("blue", "bgp-peer", 0, False, "host1"), out)
+        self.update(inet("10.0.0.7/32", "127.0.0.3", 33))
+        self.assertEqual(len(self.h.sink.table), 2)
+        calls = len(self.h.sink.calls)
+        self.h.feed(build_eor_message(CN, "host1/bgp-peer"))
+        self.assertEqual(list(self.h.sink.table), [("blue", "10.0.0.7", 32)])
+        # The re-advertised route was not re-programmed (same state).
+        self.assertEqual(self.h.sink.calls[calls:], [("del", "blue", "10.0.0.8", 32)])
+        self.h.clock.advance(60)
+        self.assertEqual(list(self.h.sink.table), [("blue", "10.0.0.7", 32)])
+
+    def test_config_applied(self) -> None:
+        vn = ConfigNode("virtual-network", "d:p:vn1", {"id-perms": {"uuid": "1"},
+                                                       "virtual-network-network-id": "5"})
+        noperms = ConfigNode("routing-instance", "d:p:vn1:vn1", {})
+        link = ConfigLink(("virtual-network", "d:p:vn1"), ("routing-instance", "d:p:vn1:vn1"),
+                          "virtual-network-routing-instance")
+        seen: list[Any] = []
+        self.h.link.config.listeners.append(seen.append)
+        self.h.feed(build_config("host1", (vn, noperms, link)))
+        self.assertEqual(self.h.link.config.get("virtual-network", "d:p:vn1"), vn)
+        self.assertIsNone(self.h.link.config.get("routing-instance", "d:p:vn1:vn1"))
+        self.assertEqual(self.h.link.config.linked("virtual-network", "d:p:vn1"),
+                         [("routing-instance", "d:p:vn1:vn1")])
+        self.h.feed(build_config("host1", (), (vn,)))
+        self.assertEqual(self.h.link.config.objects("virtual-network"), [])
+        self.assertEqual(len(seen), 2)
+
+    def test_control_node_sending_agent_stanzas_is_a_violation(self) -> None:
+        from vrtwist.xmpp.stanzas import build_subscribe
+
+        self.h.feed(build_subscribe("cn", "blue", 1))
+        self.assertTrue(self.h.tr.disconnecting)
+        self.assertIn("agent stanza", self.h.session.close_reason)
+
+    def test_features_without_tls_configured(self) -> None:
+        from vrtwist.xmpp.stanzas import build_features
+
+        h = LinkHarness()
+        h.feed(build_stream_response("cn1", "host1") + build_features(True))
+        self.assertIn("requires TLS", h.session.close_reason)
+
+
+class RemoteRouteTableTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.sink = RecordingSink(vrfs=("blue",))
+        self.t = RemoteRouteTable(self.sink)
+
+    def test_sink_provides_the_seam(self) -> None:
+        verifyObject(IRemoteRouteSink, self.sink)
+
+    def test_the_agent_model_provides_the_seam(self) -> None:
+        try:
+            from vrtwist.agent.dpstate import DatapathModel
+            from vrtwist.agent.interfaces import IRouteProgrammer
+        except ImportError as e:  # pragma: no cover
+            self.skipTest(f"agent model not available: {e}")
+        self.assertIs(IRemoteRouteSink, IRouteProgrammer)
+        verifyObject(IRemoteRouteSink, DatapathModel(fabric_ip="127.0.0.2"))
+
+    def test_encap_priority(self) -> None:
+        self.t.reach("blue", (1, 1), (inet("10.0.0.1/32", encaps=("gre",)),
+                                      inet("10.0.0.2/32", encaps=("vxlan", "gre", "udp"))))
+        self.assertEqual(self.sink.table[("blue", "10.0.0.1", 32)][2], "gre")
+        self.assertEqual(self.sink.table[("blue", "10.0.0.2", 32)][2], "udp")
+
+    def test_no_usable_encap_is_not_programmed(self) -> None:
+        self.t.reach("blue", (1, 1), (inet("10.0.0.1/32", encaps=("mpls-o-mpls",)),))
+        self.assertEqual(self.sink.table, {})
+
+    def test_same_item_twice_programs_once(self) -> None:
+        self.t.reach("blue", (1, 1), (inet("10.0.0.1/32"),))
+        self.t.reach("blue", (1, 1), (inet("10.0.0.1/32"),))
+        self.assertEqual(len(self.sink.calls), 1)
+
+    def test_changed_item_reprograms(self) -> None:
+        self.t.reach("blue", (1, 1), (inet("10.0.0.1/32", label=5),))
+        self.t.reach("blue", (1, 1), (inet("10.0.0.1/32", label=6),))
+        self.assertEqual(self.sink.table[("blue", "10.0.0.1", 32)][1], 6)
+
+    def test_inet6(self) -> None:
+        e = RouteEntry(2, 1, "fd00::5/128", (NextHop("127.0.0.4", 9, ("udp",)),))
+        self.t.reach("blue", (2, 1), (e,))
+        self.assertEqual(self.sink.table[("blue", "fd00::5", 128)], ("127.0.0.4", 9, "udp", None))
+        self.t.retract("blue", (2, 1), ("fd00::5/128",))
+        self.assertEqual(self.sink.table, {})
+
+    def test_evpn_without_ip_is_kept_but_not_programmed(self) -> None:
+        e = RouteEntry(25, 242, "0.0.0.0/32", (NextHop("127.0.0.4", 9),), mac="02:00:00:00:00:01")
+        self.t.reach("blue", (25, 242), (e,))
+        self.assertEqual(len(self.t), 1)
+        self.assertEqual(self.sink.table, {})
+
+    def test_evpn_retract_keeps_inet_route(self) -> None:
+        evpn = RouteEntry(25, 242, "10.0.0.1/32", (NextHop("192.0.2.1", 16, ("udp",)),),
+                          mac="02:00:00:00:00:01")
+        self.t.reach("blue", (1, 1), (inet("10.0.0.1/32"),))
+        self.t.reach("blue", (25, 242), (evpn,))
+        self.assertEqual(self.sink.table[("blue", "10.0.0.1", 32)][3], "02:00:00:00:00:01")
+        self.t.retract("blue", (25, 242), (evpn.item_id,))
+        self.assertEqual(self.sink.table[("blue", "10.0.0.1", 32)][3], None)
+
+    def test_unknown_vrf_error_is_counted_and_logged(self) -> None:
+        with capturedLogs() as logs:
+            self.t.reach("red", (1, 1), (inet("10.0.0.1/32"),))
+        self.assertEqual(self.t.errors, 1)
+        self.assertIn("cannot program 10.0.0.1/32 in red", "\n".join(formatEvent(e) for e in logs))
+        self.t.reach("blue", (1, 1), (inet("10.0.0.1/32"),))
+        self.assertEqual(len(self.sink.table), 1)
+
+    def test_drop_vrf(self) -> None:
+        self.t.reach("blue", (1, 1), (inet("10.0.0.1/32"), inet("10.0.0.2/32")))
+        self.assertEqual(self.t.dropVrf("blue"), 2)
+        self.assertEqual(self.sink.table, {})
+
+    def test_stale_sweep(self) -> None:
+        self.t.reach("blue", (1, 1), (inet("10.0.0.1/32"), inet("10.0.0.2/32")))
+        self.assertEqual(self.t.markAllStale(), 2)
+        self.t.reach("blue", (1, 1), (inet("10.0.0.2/32"),))
+        self.assertEqual(self.t.sweepStale(), 1)
+        self.assertEqual(list(self.sink.table), [("blue", "10.0.0.2", 32)])
+
+
+@implementer(IStreamClientEndpoint)
+class FailingEndpoint:
+    def __init__(self, clock: MemoryReactorClock, name: str, log: list) -> None:
+        self.clock, self.name, self.log = clock, name, log
+
+    def connect(self, factory: Any) -> defer.Deferred[Any]:
+        self.log.append((self.name, round(self.clock.seconds(), 2)))
+        return defer.fail(ConnectionRefusedError(self.name))
+
+
+class ReconnectTests(SynchronousTestCase):
+    def test_backoff_sequence(self) -> None:
+        rng = random.Random(7)
+        bases = [0.05, 1, 2, 4, 8, 16, 30, 30, 30]
+        for attempt, base in enumerate(bases, start=1):
+            d = backoff_delay(attempt, rng)
+            self.assertGreaterEqual(d, base * 0.9)
+            self.assertLessEqual(d, base * 1.1)
+
+    def test_jitter_varies(self) -> None:
+        rng = random.Random(3)
+        self.assertGreater(len({backoff_delay(5, rng) for _ in range(20)}), 10)
+
+    def test_failover_after_four_attempts_with_client_service(self) -> None:
+        clock = MemoryReactorClock()
+        log: list = []
+        eps = [FailingEndpoint(clock, "cn1", log), FailingEndpoint(clock, "cn2", log)]
+        link = ControllerLink(clock, eps, "h", "127.0.0.2", RecordingSink(),
+                              names=["cn1", "cn2"], rng=random.Random(0))
+        with capturedLogs() as logs:
+            link.startService()
+            for _ in range(2000):
+                clock.advance(0.05)
+        names = [n for n, _ in log]
+        self.assertEqual(names[:MAX_ATTEMPTS], ["cn1"] * MAX_ATTEMPTS)
+        self.assertEqual(names[MAX_ATTEMPTS:2 * MAX_ATTEMPTS], ["cn2"] * MAX_ATTEMPTS)
+        gaps = [round(b[1] - a[1]) for a, b in zip(log, log[1:])]
+        self.assertEqual(gaps[:5], [0, 1, 2, 4, 8])
+        self.assertIn("controller cn1 unreachable after 4 attempts; trying cn2",
+                      "\n".join(formatEvent(e) for e in logs))
+        link.stopService()
+
+    def test_success_resets_failures(self) -> None:
+        clock = MemoryReactorClock()
+        log: list = []
+        good = MemEndpoint(clock)
+        ep = FailoverEndpoint([FailingEndpoint(clock, "a", log), good], ["a", "b"])
+        for _ in range(3):
+            ep.connect(None).addErrback(lambda f: None)  # type: ignore[arg-type]
+        self.assertEqual((ep.current, ep.failures), (0, 3))
+        ep.connect(None).addErrback(lambda f: None)  # type: ignore[arg-type]
+        self.assertEqual((ep.current, ep.failures), (1, 0))
+
+    def test_endpoint_descriptions(self) -> None:
+        self.assertEqual(_endpoint_description("tcp:10.0.0.1:5269"), "tcp:10.0.0.1:5269")
+        self.assertEqual(_endpoint_description("10.0.0.1:5270"), "tcp:10.0.0.1:5270")
+        self.assertEqual(_endpoint_description("10.0.0.1"), "tcp:10.0.0.1:5269")
+        self.assertEqual(_endpoint_description("localhost:5269"), "tcp:localhost:5269")
+
+    def test_make_controller_link(self) -> None:
+        from twisted.application.service import IService
+
+        from vrtwist.xmpp.agent_link import IControllerLink
+
+        clock = MemoryReactorClock()
+        link = makeControllerLink(clock, ["tcp:127.0.0.1:5269", "127.0.0.1:5270", "x:1"], "h",
+                                  "127.0.0.2", RecordingSink(), hold_time=30)
+        self.assertEqual(link.endpoint.names, ["tcp:127.0.0.1:5269", "tcp:127.0.0.1:5270"])
+        verifyObject(IService, link)
+        verifyObject(IControllerLink, link)
+        with self.assertRaises(ValueError):
+            makeControllerLink(clock, ["tcp:127.0.0.1:5269"], "h", "1.2.3.4", RecordingSink(),
+                               hold_time=91)
+        with self.assertRaises(ValueError):
+            makeControllerLink(clock, ["tcp:127.0.0.1:5269"], "h", "1.2.3.4", RecordingSink(),
+                               xmpp_cert="/c")
+
+    def test_link_kwargs_from_options(self) -> None:
+        opts = {"xmpp-hold-time": 30.0, "xmpp-stale-time": 5.0, "xmpp-cert": "c", "xmpp-key": "k",
+                "xmpp-ca": None}
+        self.assertEqual(linkKwargsFromOptions(opts), {"hold_time": 30.0, "stale_time": 5.0,
+                                                       "xmpp_cert": "c", "xmpp_key": "k"})
