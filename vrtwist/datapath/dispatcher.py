@@ -15,6 +15,8 @@ from __future__ import annotations
 import errno
 import json
 import os
+import socket
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -47,8 +49,8 @@ BUILD_INFO = json.dumps(
     {
         "build-info": [
             {
-                "build-time": "",
-                "build-hostname": "",
+                "build-time": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+                "build-hostname": socket.gethostname(),
                 "build-user": "vrtwist",
                 "build-version": "vrtwist-0.1.0",
             }

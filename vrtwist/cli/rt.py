@@ -1,0 +1,186 @@
+"""``rt``: dump and look up routes, in the real ``rt``'s table format.
+
+``--dump VRF`` lists the inet (default), inet6 or bridge table of one VRF; ``--get
+ADDR/PLEN --vrf VRF`` shows the longest-prefix match. The bridge table is read from the
+shared memory by ``vrtwist.shmem.cli_bridge.dump_bridge`` when that module is present
+(as the real tool maps ``bridge.shmem``), else it is dumped over ksync.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+from collections.abc import Sequence
+from typing import Any
+
+from vrtwist.cli import _common as cli
+from vrtwist.datapath import constants as C
+from vrtwist.sandesh import DUMP, GET, schema
+
+INET_FLAGS = [
+    (C.VR_RT_LABEL_VALID_FLAG, "L", "Label Valid"),
+    (C.VR_RT_ARP_PROXY_FLAG, "P", "Proxy ARP"),
+    (C.VR_RT_ARP_TRAP_FLAG, "T", "Trap ARP"),
+    (C.VR_RT_ARP_FLOOD_FLAG, "F", "Flood ARP"),
+]
+BRIDGE_FLAGS = [
+    (C.VR_BE_LABEL_VALID_FLAG, "L", "Label Valid"),
+    (C.VR_BE_FLOOD_DHCP_FLAG, "Df", "DHCP flood"),
+    (C.VR_BE_MAC_MOVED_FLAG, "Mm", "Mac Moved"),
+    (C.VR_BE_L2_CONTROL_DATA_FLAG, "L2c", "L2 Evpn Control Word"),
+    (C.VR_BE_MAC_NEW_FLAG, "N", "New Entry"),
+    (C.VR_BE_EVPN_CONTROL_PROCESSING_FLAG, "Ec", "EvpnControlProcessing"),
+]
+FAMILIES = {"inet": C.AF_INET, "inet6": C.AF_INET6, "bridge": C.AF_BRIDGE}
+
+
+def legend(family: int) -> str:
+    flags = BRIDGE_FLAGS if family == C.AF_BRIDGE else INET_FLAGS
+    return "Flags: " + ", ".join("%s=%s" % (s, m) for _, s, m in flags) + "\n"
+
+
+def table_header(family: int, vrf: int) -> str:
+    if family == C.AF_BRIDGE:
+        return legend(family) + (
+            "vRouter bridge table 0/%d\n"
+            "Index       DestMac                  Flags           Label/VNID      Nexthop"
+            "           Stats\n" % vrf
+        )
+    return legend(family) + (
+        "vRouter inet%c routing table 0/%d/unicast\n"
+        "Destination           PPL        Flags        Label         Nexthop    "
+        "Stitched MAC(Index)\n" % ("4" if family == C.AF_INET else "6", vrf)
+    )
+
+
+def _addr(family: int, raw: Sequence[int]) -> str:
+    data = bytes(b & 0xFF for b in raw)
+    if family == C.AF_INET6:
+        return str(ipaddress.IPv6Address(data.ljust(16, b"\0")[:16]))
+    return str(ipaddress.IPv4Address(data.ljust(4, b"\0")[:4]))
+
+
+def format_inet_route(rt: Any) -> str:
+    """One row of ``route_req_process`` for inet/inet6."""
+    line = ""
+    if rt.rtr_prefix:
+        line = "%s/%-2d" % (_addr(rt.rtr_family, rt.rtr_prefix), rt.rtr_prefix_len)
+    line = line.ljust(21)
+    line += "%4d" % rt.rtr_replace_plen + " " * 8
+    flags = "".join(s for bit, s, _ in INET_FLAGS if rt.rtr_label_flags & bit)
+    line += "%5s" % flags + " " * 6
+    if rt.rtr_label_flags & C.VR_RT_LABEL_VALID_FLAG:
+        line += "%5d" % rt.rtr_label
+    else:
+        line += "%5c" % "-"
+    line += " " * 8 + "%7d" % rt.rtr_nh_id + " " * 8
+    if rt.rtr_mac:
+        line += "%s(%d)" % (cli.ether_ntoa(rt.rtr_mac), rt.rtr_index)
+    else:
+        line += "-"
+    return line + "\n"
+
+
+def format_bridge_route(
+    index: int, mac: Sequence[int], flags: int, label: int, nh_id: int, packets: int = 0
+) -> str:
+    """One row of ``vr_bridge_print_route``."""
+    flag_string = "".join(s for bit, s, _ in BRIDGE_FLAGS if flags & bit)
+    line = ("%-9d" % index).ljust(12)
+    line += cli.ether_ntoa(mac).ljust(20)
+    line += " %9s" % flag_string + " " * 11
+    line += " %9d" % label if flags & C.VR_BE_LABEL_VALID_FLAG else " %9c" % "-"
+    line += " " * 6 + "%7d" % nh_id + " " * 4 + "%12d" % packets
+    return line + "\n"
+
+
+def _dump_bridge(sock_dir: str, vrf: int) -> int:
+    try:
+        from vrtwist.shmem.cli_bridge import dump_bridge
+    except ImportError:
+        pass
+    else:
+        return int(dump_bridge(sock_dir, vrf) or 0)
+    cli.write(table_header(C.AF_BRIDGE, vrf))
+    with cli.connect(sock_dir) as ks:
+        req = schema.vr_route_req(h_op=DUMP, rtr_family=C.AF_BRIDGE, rtr_vrf_id=vrf)
+        for rt in ks.dump(req):
+            cli.write(
+                format_bridge_route(
+                    rt.rtr_index, rt.rtr_mac, rt.rtr_label_flags, rt.rtr_label, rt.rtr_nh_id
+                )
+            )
+    return 0
+
+
+def _family(args: argparse.Namespace) -> int:
+    if args.family is None:
+        return C.AF_INET
+    try:
+        return FAMILIES[args.family]
+    except KeyError:
+        raise cli.UsageError("--family must be inet, inet6 or bridge") from None
+
+
+def _body(args: argparse.Namespace) -> int:
+    if args.monitor:
+        print("rt: --monitor needs netlink multicast, which the DPDK-style channel does not carry")
+        return cli.EXIT_RESPONSE
+    if args.dump is not None:
+        family = _family(args)
+        if family == C.AF_BRIDGE:
+            return _dump_bridge(args.sock_dir, args.dump)
+        with cli.connect(args.sock_dir) as ks:
+            req = schema.vr_route_req(h_op=DUMP, rtr_family=family, rtr_vrf_id=args.dump, rtr_rid=0)
+            routes = ks.dump(req)
+        cli.write(table_header(family, args.dump))
+        for rt in routes:
+            cli.write(format_inet_route(rt))
+        return 0
+    if args.get is not None:
+        if args.vrf is None:
+            raise cli.UsageError("--get needs --vrf")
+        try:
+            net = ipaddress.ip_network(args.get, strict=False)
+        except ValueError:
+            raise cli.UsageError("invalid prefix %r" % args.get) from None
+        family = C.AF_INET if net.version == 4 else C.AF_INET6
+        address = ipaddress.ip_address(args.get.split("/")[0])
+        with cli.connect(args.sock_dir) as ks:
+            objects = cli.request(
+                ks,
+                schema.vr_route_req(
+                    h_op=GET,
+                    rtr_family=family,
+                    rtr_vrf_id=args.vrf,
+                    rtr_prefix=list(address.packed),
+                    rtr_prefix_len=net.prefixlen,
+                ),
+            )
+        cli.write(
+            "Match %s in vRouter inet%c table 0/%d/unicast\n\n"
+            % (args.get, "4" if family == C.AF_INET else "6", args.vrf)
+        )
+        cli.write(table_header(family, args.vrf))
+        for rt in objects:
+            cli.write(format_inet_route(rt))
+        return 0
+    raise cli.UsageError("one of --dump, --get, --monitor is needed")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = cli.parser("rt", "Dump and look up vRouter routes.")
+    p.add_argument("--dump", type=cli.int0, metavar="VRF", help="dump the routes of a VRF")
+    p.add_argument("--family", help="inet (default), inet6 or bridge")
+    p.add_argument("--get", metavar="ADDR/PLEN", help="longest-prefix match in --vrf")
+    p.add_argument("--vrf", type=cli.int0)
+    p.add_argument("--monitor", action="store_true", help="follow route changes (not carried)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return cli.run(_body, build_parser(), argv)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

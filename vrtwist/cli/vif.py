@@ -1,0 +1,322 @@
+"""``vif``: list, read, add and delete vRouter interfaces, as the real ``vif`` does.
+
+Output follows ``utils/vif.c`` on the DPDK platform: the "Vrouter Interface Table"
+header with its flag legend, then one block per vif (``vif0/<idx>  <transport>: <name>``,
+``Type: HWaddr: IPaddr:``, ``Vrf: Mcast Vrf: Flags: QOS: Ref:``, RX/TX counters, Drops).
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+from collections.abc import Sequence
+from typing import Any
+
+from vrtwist.cli import _common as cli
+from vrtwist.cli.dropstats import format_drop_stats
+from vrtwist.datapath import constants as C
+from vrtwist.sandesh import ADD, DEL, DUMP, GET, int_to_ipv4, schema, u64_pair_to_ipv6
+
+#: (flag, symbol, meaning) in the real tool's order
+FLAGS: list[tuple[int, str, str]] = [
+    (C.VIF_FLAG_POLICY_ENABLED, "P", "Policy"),
+    (C.VIF_FLAG_XCONNECT, "X", "Cross Connect"),
+    (C.VIF_FLAG_SERVICE_IF, "S", "Service Chain"),
+    (C.VIF_FLAG_MIRROR_RX, "Mr", "Receive Mirror"),
+    (C.VIF_FLAG_MIRROR_TX, "Mt", "Transmit Mirror"),
+    (C.VIF_FLAG_TX_CSUM_OFFLOAD, "Tc", "Transmit Checksum Offload"),
+    (C.VIF_FLAG_L3_ENABLED, "L3", "Layer 3"),
+    (C.VIF_FLAG_L2_ENABLED, "L2", "Layer 2"),
+    (C.VIF_FLAG_DHCP_ENABLED, "D", "DHCP"),
+    (C.VIF_FLAG_VHOST_PHYS, "Vp", "Vhost Physical"),
+    (C.VIF_FLAG_PROMISCOUS, "Pr", "Promiscuous"),
+    (C.VIF_FLAG_NATIVE_VLAN_TAG, "Vnt", "Native Vlan Tagged"),
+    (C.VIF_FLAG_NO_ARP_PROXY, "Mnp", "No MAC Proxy"),
+    (C.VIF_FLAG_PMD, "Dpdk", "DPDK PMD Interface"),
+    (C.VIF_FLAG_FILTERING_OFFLOAD, "Rfl", "Receive Filtering Offload"),
+    (C.VIF_FLAG_MONITORED, "Mon", "Interface is Monitored"),
+    (C.VIF_FLAG_UNKNOWN_UC_FLOOD, "Uuf", "Unknown Unicast Flood"),
+    (C.VIF_FLAG_VLAN_OFFLOAD, "Vof", "VLAN insert/strip offload"),
+    (C.VIF_FLAG_DROP_NEW_FLOWS, "Df", "Drop New Flows"),
+    (C.VIF_FLAG_MAC_LEARN, "L", "MAC Learning Enabled"),
+    (C.VIF_FLAG_MAC_PROXY, "Proxy", "MAC Requests Proxied Always"),
+    (C.VIF_FLAG_ETREE_ROOT, "Er", "Etree Root"),
+    (C.VIF_FLAG_MIRROR_NOTAG, "Mn", "Mirror without Vlan Tag"),
+    (C.VIF_FLAG_HBS_LEFT, "HbsL", "HBS Left Intf"),
+    (C.VIF_FLAG_HBS_RIGHT, "HbsR", "HBS Right Intf"),
+    (C.VIF_FLAG_IGMP_ENABLED, "Ig", "Igmp Trap Enabled"),
+]
+
+TYPES = {
+    "vhost": C.VIF_TYPE_HOST,
+    "agent": C.VIF_TYPE_AGENT,
+    "physical": C.VIF_TYPE_PHYSICAL,
+    "virtual-vlan": C.VIF_TYPE_VIRTUAL_VLAN,
+    "virtual": C.VIF_TYPE_VIRTUAL,
+    "xenll": C.VIF_TYPE_XEN_LL_HOST,
+    "gateway": C.VIF_TYPE_GATEWAY,
+    "stats": C.VIF_TYPE_STATS,
+    "monitoring": C.VIF_TYPE_MONITORING,
+}
+TRANSPORTS = {
+    "eth": C.VIF_TRANSPORT_ETH,
+    "pmd": C.VIF_TRANSPORT_PMD,
+    "virtual": C.VIF_TRANSPORT_VIRTUAL,
+    "socket": C.VIF_TRANSPORT_SOCKET,
+}
+_PAD = " " * 12
+
+
+def _prefix_lookup(table: dict[str, int], text: str, what: str) -> int:
+    """The real tool matches by prefix of the known words (``strncmp``)."""
+    for word, value in table.items():
+        if text.startswith(word):
+            return value
+    raise cli.UsageError("invalid %s %r (one of %s)" % (what, text, ", ".join(table)))
+
+
+def header() -> str:
+    out = ["Vrouter Interface Table\n\n", "Flags: "]
+    for i, (_, symbol, meaning) in enumerate(FLAGS):
+        if i:
+            out.append("\n       " if i % 4 == 0 else ", ")
+        out.append("%s=%s" % (symbol, meaning))
+    out.append("\n\n")
+    return "".join(out)
+
+
+def flag_string(flags: int) -> str:
+    if not flags:
+        return "NULL"
+    return "".join(symbol for bit, symbol, _ in FLAGS if flags & bit)[:63]
+
+
+def _counter_line(title: str, packets: int, bytes_: int, errors: int) -> str:
+    return "%s%s packets:%d  bytes:%d errors:%d\n" % (_PAD, title, packets, bytes_, errors)
+
+
+def format_vif(v: Any) -> str:
+    """One vif block as ``list_get_print`` prints it (DPDK platform)."""
+    first = "vif%d/%d" % (v.vifr_rid, v.vifr_idx)
+    first = first.ljust(12)
+    flags = v.vifr_flags & 0xFFFFFFFF
+    if flags & C.VIF_FLAG_PMD:
+        first += "PMD: %d" % v.vifr_os_idx
+    elif v.vifr_type == C.VIF_TYPE_PHYSICAL:
+        if flags & C.VIF_FLAG_MOCK_DEVICE:
+            first += "PCI: Mock"
+        else:
+            o = v.vifr_os_idx & 0xFFFFFFFF
+            first += "PCI: %.4x:%.2x:%.2x.%x" % (o >> 16, (o >> 8) & 0xFF, (o >> 3) & 0x1F, o & 7)
+    elif v.vifr_type == C.VIF_TYPE_MONITORING:
+        first += "Monitoring: %s for vif%d/%d" % (v.vifr_name, v.vifr_rid, v.vifr_os_idx)
+    else:
+        if v.vifr_name:
+            transport = C.VIF_TRANSPORT_NAMES.get(v.vifr_transport, "Unknown")
+            first += "%s: %s" % (transport, v.vifr_name)
+        if flags & C.VIF_FLAG_MOCK_DEVICE:
+            first += " Mock"
+    if v.vifr_type == C.VIF_TYPE_PHYSICAL and not flags & C.VIF_FLAG_MOCK_DEVICE:
+        if v.vifr_speed >= 0:
+            first += " (Speed %d," % v.vifr_speed
+            if v.vifr_duplex >= 0:
+                first += " Duplex %d" % v.vifr_duplex
+            first += ")"
+    elif v.vifr_type == C.VIF_TYPE_VIRTUAL_VLAN:
+        first += " Vlan(o/i)(,S): %d/%d" % (v.vifr_ovlan_id, v.vifr_vlan_id)
+    if v.vifr_parent_vif_idx >= 0:
+        first += " Parent:vif0/%d" % v.vifr_parent_vif_idx
+    if v.vifr_nh_id != 0:
+        first += " NH: %d" % v.vifr_nh_id
+    lines = [first + "\n"]
+    vtype = C.VIF_TYPE_NAMES.get(v.vifr_type, "Invalid")
+    lines.append(
+        "%sType:%s HWaddr:%s IPaddr:%s\n"
+        % (_PAD, vtype, cli.mac_text(v.vifr_mac), int_to_ipv4(v.vifr_ip))
+    )
+    if v.vifr_ip6_u or v.vifr_ip6_l:
+        lines.append("%sIP6addr:%s\n" % (_PAD, u64_pair_to_ipv6(v.vifr_ip6_u, v.vifr_ip6_l)))
+    line = "%sVrf:%d Mcast Vrf:%d Flags:%s QOS:%d Ref:%d" % (
+        _PAD,
+        v.vifr_vrf,
+        v.vifr_mcast_vrf,
+        flag_string(flags),
+        v.vifr_qos_map_index,
+        v.vifr_ref_cnt,
+    )
+    if flags & (C.VIF_FLAG_MIRROR_TX | C.VIF_FLAG_MIRROR_RX):
+        line += " Mirror index %d" % v.vifr_mir_id
+    lines.append(line + "\n")
+    if v.vifr_dev_ipackets or v.vifr_dev_ibytes or v.vifr_dev_ierrors:
+        lines.append(
+            _counter_line("RX device", v.vifr_dev_ipackets, v.vifr_dev_ibytes, v.vifr_dev_ierrors)
+        )
+    if v.vifr_port_ipackets or v.vifr_port_ierrors:
+        lines.append(
+            "%sRX port   packets:%d errors:%d\n" % (_PAD, v.vifr_port_ipackets, v.vifr_port_ierrors)
+        )
+    if v.vifr_queue_ipackets or v.vifr_queue_ierrors:
+        lines.append(
+            "%sRX queue  packets:%d errors:%d\n"
+            % (_PAD, v.vifr_queue_ipackets, v.vifr_queue_ierrors)
+        )
+    lines.append(_counter_line("RX", v.vifr_ipackets, v.vifr_ibytes, v.vifr_ierrors))
+    lines.append(_counter_line("TX", v.vifr_opackets, v.vifr_obytes, v.vifr_oerrors))
+    if v.vifr_isid or v.vifr_pbb_mac:
+        lines.append("%sISID: %d Bmac: %s\n" % (_PAD, v.vifr_isid, cli.mac_text(v.vifr_pbb_mac)))
+    lines.append("%sDrops:%d\n" % (_PAD, v.vifr_dpackets))
+    lines.append("\n")
+    return "".join(lines)
+
+
+def _free_index(ks: Any) -> int:
+    used = {v.vifr_idx for v in ks.dump(schema.vr_interface_req(h_op=DUMP, vifr_marker=-1))}
+    idx = 0
+    while idx in used:
+        idx += 1
+    return idx
+
+
+def _os_index(name: str) -> int:
+    try:
+        return socket.if_nametoindex(name)
+    except OSError:
+        return 0
+
+
+def _body(args: argparse.Namespace) -> int:
+    core = args.core if args.core is not None else -1
+    with cli.connect(args.sock_dir) as ks:
+        if args.list:
+            cli.write(header())
+            for v in ks.dump(
+                schema.vr_interface_req(h_op=DUMP, vifr_marker=-1, vifr_core=core + 1)
+            ):
+                cli.write(format_vif(v))
+            return 0
+        if args.get is not None:
+            flags = C.VIF_FLAG_GET_DROP_STATS if args.get_drop_stats else 0
+            req = schema.vr_interface_req(h_op=GET, vifr_core=core + 1, vifr_flags=flags)
+            if args.kernel:
+                req.vifr_idx = -1
+                req.vifr_os_idx = args.get
+            else:
+                req.vifr_idx = args.get
+            objects = cli.request(ks, req)
+            cli.write(header())
+            for obj in objects:
+                if type(obj) is schema.vr_interface_req:
+                    cli.write(format_vif(obj))
+                elif type(obj) is schema.vr_drop_stats_req:
+                    cli.write(format_drop_stats(obj, args.core))
+            return 0
+        if args.add is not None:
+            return _add(ks, args)
+        if args.delete is not None:
+            req = schema.vr_interface_req(h_op=DEL)
+            try:
+                req.vifr_idx = cli.int0(args.delete)
+            except argparse.ArgumentTypeError:
+                req.vifr_name = args.delete
+            cli.request(ks, req)
+            return 0
+        if args.set is not None:
+            if args.vlan is None or args.vrf is None:
+                raise cli.UsageError("--set needs --vlan and --vrf")
+            cli.request(
+                ks,
+                schema.vr_vrf_assign_req(
+                    h_op=ADD, var_vif_index=args.set, var_vlan_id=args.vlan, var_vif_vrf=args.vrf
+                ),
+            )
+            return 0
+    raise cli.UsageError("one of --list, --get, --add, --delete, --set is needed")
+
+
+def _add(ks: Any, args: argparse.Namespace) -> int:
+    if args.type is None:
+        raise cli.UsageError("--add needs --type")
+    vtype = _prefix_lookup(TYPES, args.type, "type")
+    transport = 0
+    if args.transport is not None:
+        transport = _prefix_lookup(TRANSPORTS, args.transport, "transport")
+    os_idx = _os_index(args.add)
+    if args.pmd or args.pci:
+        os_idx = args.id if args.id is not None else os_idx
+    flags = 0
+    if args.policy:
+        flags |= C.VIF_FLAG_POLICY_ENABLED
+    if args.vhost_phys:
+        flags |= C.VIF_FLAG_VHOST_PHYS
+    if args.dhcp_enable:
+        flags |= C.VIF_FLAG_DHCP_ENABLED
+    if args.pmd:
+        flags |= C.VIF_FLAG_PMD
+    if args.vif is not None:
+        idx = args.vif
+    elif os_idx > 0:
+        idx = os_idx
+    else:
+        # not an OS interface (DPDK, vtest): take the lowest free vif index
+        idx = _free_index(ks)
+    req = schema.vr_interface_req(
+        h_op=ADD,
+        vifr_name=args.add,
+        vifr_mac=args.mac if args.mac is not None else [0] * 6,
+        vifr_vrf=args.vrf if args.vrf is not None else 0,
+        vifr_mcast_vrf=0xFFFF,
+        vifr_os_idx=os_idx if os_idx > 0 else 0,
+        vifr_idx=idx,
+        vifr_type=vtype,
+        vifr_flags=flags,
+        vifr_transport=transport,
+    )
+    if vtype == C.VIF_TYPE_HOST:
+        if args.xconnect is None:
+            req.vifr_cross_connect_idx = -1
+        else:
+            xc = _os_index(args.xconnect)
+            if xc <= 0:
+                try:
+                    xc = cli.int0(args.xconnect)
+                except argparse.ArgumentTypeError:
+                    raise cli.UsageError(
+                        "%s does not seem to be a valid physical interface name" % args.xconnect
+                    ) from None
+            req.vifr_cross_connect_idx = xc
+    cli.request(ks, req)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = cli.parser("vif", "List, read, add and delete vRouter interfaces.")
+    p.add_argument("--list", action="store_true", help="list every interface")
+    p.add_argument("--get", type=cli.int0, metavar="IDX", help="show one interface")
+    p.add_argument("--kernel", action="store_true", help="--get by OS interface index")
+    p.add_argument("--core", type=cli.int0, help="counters of one forwarding core")
+    p.add_argument("--get-drop-stats", action="store_true", help="--get also the drop stats")
+    p.add_argument("--add", metavar="NAME", help="add an interface")
+    p.add_argument("--mac", type=cli.mac)
+    p.add_argument("--vrf", type=cli.int0)
+    p.add_argument("--type", help="vhost|agent|physical|virtual|monitoring|virtual-vlan")
+    p.add_argument("--transport", help="eth|pmd|virtual|socket")
+    p.add_argument("--xconnect", metavar="PHYS", help="physical interface of a vhost")
+    p.add_argument("--policy", action="store_true")
+    p.add_argument("--vhost-phys", action="store_true")
+    p.add_argument("--dhcp-enable", action="store_true")
+    p.add_argument("--vif", type=cli.int0, help="vif index to add at")
+    p.add_argument("--id", type=cli.int0, help="PMD/PCI id (OS index)")
+    p.add_argument("--pmd", action="store_true")
+    p.add_argument("--pci", action="store_true")
+    p.add_argument("--delete", metavar="IDX|NAME", help="delete an interface")
+    p.add_argument("--set", type=cli.int0, metavar="IDX", help="assign --vlan of IDX to --vrf")
+    p.add_argument("--vlan", type=cli.int0)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return cli.run(_body, build_parser(), argv)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
