@@ -345,6 +345,7 @@ class ControllerLink(MultiService):
         encapsulations: tuple[str, ...] = ("gre", "udp"),
         encap_priority: tuple[str, ...] = DEFAULT_ENCAP_PRIORITY,
         rng: random.Random | None = None,
+        retry_policy: Callable[[int], float] | None = None,
     ) -> None:
         super().__init__()
         self.clock = clock
@@ -371,7 +372,7 @@ class ControllerLink(MultiService):
         self.client = ClientService(
             self.endpoint,
             _SessionFactory(self),
-            retryPolicy=lambda n: backoff_delay(n, self._rng),
+            retryPolicy=retry_policy or (lambda n: backoff_delay(n, self._rng)),
             clock=clock,
         )
         self.client.setName("xmpp-client")

@@ -354,6 +354,16 @@ class ControlNode:
         session.send(build_config(agent, updates, deletes))
         return True
 
+    def stop(self) -> None:
+        """Cancel pending timers (service stop); sessions are closed by their transports."""
+        for call in self._gr_timers.values():
+            if call.active():
+                call.cancel()
+        self._gr_timers.clear()
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self._flush_call = None
+
     def routeCount(self) -> int:
         return sum(inst.count() for inst in self.instances.values())
 
