@@ -10,7 +10,7 @@ import socket
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
@@ -56,6 +56,17 @@ class Options(usage.Options):
             self["hostname"] = socket.gethostname()
 
 
+class _NodeTimers(Service):
+    """Stops the node's graceful-restart and flush timers with the service."""
+
+    def __init__(self, node: ControlNode) -> None:
+        self.node = node
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.node.stop()
+
+
 def makeService(options: Options, reactor: Any = None) -> MultiService:
     """The control node service: one listening endpoint, one shared routing state."""
     if reactor is None:
@@ -72,5 +83,6 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     server = StreamServerEndpointService(serverFromString(reactor, options["xmpp"]), factory)
     server.setName("xmpp")
     server.setServiceParent(top)
+    _NodeTimers(node).setServiceParent(top)
     top.node = node  # type: ignore[attr-defined]
     return top

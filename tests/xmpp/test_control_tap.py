@@ -1,0 +1,95 @@
+"""``twistd vrouter-control``: options, service tree, and the real twistd process."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+
+from twisted.application.service import IService
+from twisted.internet import reactor, task
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface.verify import verifyObject
+
+from vrtwist.xmpp import control_tap
+from vrtwist.xmpp.agent_link import LocalRouteInfo, makeControllerLink
+
+from .helpers import RecordingSink
+from .test_loopback import until
+
+
+class OptionsTests(SynchronousTestCase):
+    def test_defaults(self) -> None:
+        o = control_tap.Options()
+        o.parseOptions([])
+        self.assertEqual(o["xmpp"], "tcp:5269")
+        self.assertEqual(o["hold-time"], 90.0)
+        self.assertEqual(o["hostname"], socket.gethostname())
+
+    def test_hold_time_range(self) -> None:
+        with self.assertRaises(usage.UsageError):
+            control_tap.Options().parseOptions(["--hold-time", "0.5"])
+        with self.assertRaises(usage.UsageError):
+            control_tap.Options().parseOptions(["--hold-time", "91"])
+
+    def test_tls_options_go_together(self) -> None:
+        with self.assertRaises(usage.UsageError) as cm:
+            control_tap.Options().parseOptions(["--xmpp-cert", "/x.pem"])
+        self.assertIn("go together", str(cm.exception))
+
+    def test_make_service(self) -> None:
+        o = control_tap.Options()
+        o.parseOptions(["--xmpp", "tcp:0:interface=127.0.0.1", "--gr-time", "5"])
+        svc = control_tap.makeService(o, MemoryReactorClock())
+        verifyObject(IService, svc)
+        self.assertEqual(svc.getServiceNamed("xmpp").name, "xmpp")
+        self.assertEqual(svc.node.gr_time, 5.0)  # type: ignore[attr-defined]
+
+    def test_plugin_is_found(self) -> None:
+        from twisted.application.service import IServiceMaker
+        from twisted.plugin import getPlugins
+
+        names = {p.tapname: p for p in getPlugins(IServiceMaker)}
+        self.assertIn("vrouter-control", names)
+        self.assertEqual(names["vrouter-control"].module, "vrtwist.xmpp.control_tap")
+
+
+class TwistdProcessTests(TestCase):
+    timeout = 30
+
+    async def test_twistd_vrouter_control_reflects_routes(self) -> None:
+        twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+        if not os.path.exists(twistd):
+            self.skipTest("twistd console script not installed next to the interpreter")
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        p = s.getsockname()[1]
+        s.close()
+        run = tempfile.mkdtemp(prefix="vrtwist-cn-")
+        log = open(os.path.join(run, "cn.log"), "wb")
+        proc = subprocess.Popen(
+            [twistd, "-n", "--pidfile=", "vrouter-control", "--xmpp",
+             f"tcp:{p}:interface=127.0.0.1", "--hostname", "cn-proc", "--gr-time", "0"],
+            cwd=run, stdout=log, stderr=subprocess.STDOUT)
+        self.addCleanup(log.close)
+        self.addCleanup(proc.wait)
+        self.addCleanup(proc.terminate)
+        links = []
+        for i in (1, 2):
+            link = makeControllerLink(reactor, [f"tcp:127.0.0.1:{p}"], f"h{i}", f"127.0.0.{i + 1}",
+                                      RecordingSink(), retry_policy=lambda n: 0.2)
+            link.localRouteAdded(LocalRouteInfo(f"p{i}", f"vm{i}", "vn", "blue",
+                                                f"02:00:00:00:00:0{i}", f"10.0.0.{i}", None,
+                                                16 + i, f"127.0.0.{i + 1}"))
+            link.startService()
+            self.addCleanup(link.stopService)
+            links.append(link)
+        await until(lambda: all(len(lk.remote.sink.table) == 1 for lk in links),
+                    "both agents to learn each other's route through twistd", timeout=20)
+        self.assertEqual(links[0].session.peer_name, "cn-proc")  # type: ignore[union-attr]
+        self.assertEqual(links[0].remote.sink.table[("blue", "10.0.0.2", 32)][:2], ("127.0.0.3", 18))
+        await task.deferLater(reactor, 0, lambda: None)
