@@ -1,0 +1,256 @@
+"""The vRouter utilities against a real ``twistd -n vrouter-dp`` subprocess.
+
+Each test starts its own forwarding extension in a temporary run directory. Most checks
+call the tools' ``main()`` in this process (fast); ``RealProcessTests`` also runs every
+console script as a subprocess, as a user would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from vrtwist.cli import dropstats, mirror, mpls, nh, rt, vif, vrfstats, vrouter, vxlan
+from vrtwist.datapath import constants as C
+from vrtwist.ksync.blocking import open_ksync
+from vrtwist.sandesh import ADD, schema
+from vrtwist.vtest.runner import spawned_vrouter
+
+MAC1 = "de:ad:be:ef:00:02"
+
+
+class VrouterDpCase(SynchronousTestCase):
+    """Starts a vrouter-dp subprocess for the test; ``self.sock`` is its run dir."""
+
+    def setUp(self) -> None:
+        self._stack = contextlib.ExitStack()
+        self.sock = self._stack.enter_context(spawned_vrouter())
+        self.addCleanup(self._stack.close)
+
+    def tool(self, main: Callable[[Sequence[str] | None], int], *args: str) -> tuple[int, str]:
+        out = io.StringIO()
+        err = io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(["--sock-dir", self.sock, *args])
+        return code, out.getvalue() + err.getvalue()
+
+    def ok(self, main: Callable[[Sequence[str] | None], int], *args: str) -> str:
+        code, text = self.tool(main, *args)
+        self.assertEqual(code, 0, text)
+        return text
+
+    def request(self, msg: Any) -> Any:
+        with open_ksync(self.sock) as ks:
+            return ks.request(msg)
+
+
+class VifTests(VrouterDpCase):
+    def test_lifecycle(self) -> None:
+        self.ok(vif.main, "--add", "tap1", "--mac", MAC1, "--vrf", "2", "--type", "virtual",
+                "--transport", "pmd", "--vif", "3", "--policy")  # fmt: skip
+        # no --vif and no such OS interface: the lowest free index
+        self.ok(vif.main, "--add", "nosuchdev0", "--type", "virtual")
+        self.ok(vif.main, "--add", "phys", "--type", "physical", "--vif", "7")
+        text = self.ok(vif.main, "--list")
+        self.assertTrue(text.startswith("Vrouter Interface Table\n\nFlags: P=Policy, "))
+        self.assertIn("vif0/3      PMD: tap1\n", text)
+        self.assertIn("            Type:Virtual HWaddr:de:ad:be:ef:00:02 IPaddr:0.0.0.0\n", text)
+        self.assertIn("            Vrf:2 Mcast Vrf:65535 Flags:PL3L2 QOS:0 Ref:1\n", text)
+        self.assertIn("            RX packets:0  bytes:0 errors:0\n", text)
+        self.assertIn("vif0/0      Virtual: nosuchdev0\n", text)
+        self.assertIn("vif0/7      PCI: Mock\n", text)
+        text = self.ok(vif.main, "--get", "3", "--get-drop-stats")
+        self.assertIn("vif0/3 ", text)
+        self.assertIn("Invalid IF                    0\n", text)
+        self.ok(vif.main, "--set", "3", "--vlan", "5", "--vrf", "9")
+        self.ok(vif.main, "--delete", "tap1")
+        self.ok(vif.main, "--delete", "0")
+        code, text = self.tool(vif.main, "--get", "3")
+        self.assertEqual((code, text), (1, "vRouter(Response): No such file or directory (2)\n"))
+        code, text = self.tool(vif.main, "--delete", "3")
+        self.assertEqual((code, text), (1, "vRouter(Response): No such device (19)\n"))
+        # the failed requests lost nothing
+        self.assertIn("vif0/7", self.ok(vif.main, "--list"))
+
+    def test_usage_errors(self) -> None:
+        code, text = self.tool(vif.main, "--add", "x")
+        self.assertEqual(code, 2)
+        self.assertIn("--add needs --type", text)
+        code, text = self.tool(vif.main, "--add", "x", "--type", "bogus")
+        self.assertEqual(code, 2)
+        self.assertIn("invalid type", text)
+        with contextlib.redirect_stderr(io.StringIO()):
+            self.assertRaises(SystemExit, vif.main, ["--sock-dir", self.sock, "--mac", "zz"])
+
+
+class NexthopLabelTests(VrouterDpCase):
+    def setUp(self) -> None:
+        super().setUp()
+        self.ok(vif.main, "--add", "tap1", "--type", "virtual", "--vif", "1", "--mac", MAC1)
+
+    def test_nh_kinds(self) -> None:
+        self.ok(nh.main, "--create", "21", "--type", "2", "--oif", "1", "--vrf", "0",
+                "--smac", MAC1, "--dmac", "de:ad:be:ef:00:01")  # fmt: skip
+        self.ok(nh.main, "--create", "12", "--type", "3", "--oif", "1", "--vrf", "0",
+                "--sip", "1.1.2.2", "--dip", "2.2.1.1")  # fmt: skip
+        self.ok(nh.main, "--create", "13", "--type", "3", "--oif", "1", "--vrf", "0",
+                "--sip", "1.1.2.2", "--dip", "2.2.1.1", "--udp", "--sport", "60166",
+                "--dport", "6635")  # fmt: skip
+        self.ok(nh.main, "--create", "30", "--type", "6", "--cni", "21", "--lbl", "5",
+                "--cni", "12", "--lbl", "6", "--ecmp")  # fmt: skip
+        for nh_type, nh_id in ((1, 40), (4, 41), (5, 42), (7, 43), (8, 44)):
+            self.ok(nh.main, "--create", str(nh_id), "--type", str(nh_type), "--oif", "1")
+        text = self.ok(nh.main, "--list")
+        self.assertIn(
+            "Id:21         Type:Encap          Fmly:AF_BRIDGE  Rid:0  Ref_cnt:2          Vrf:0\n"
+            "              Flags:Valid, \n"
+            "              EncapFmly:0806 Oif:1 Len:14\n"
+            "              Encap Data: de ad be ef 00 01 de ad be ef 00 02 08 00 \n\n",
+            text,
+        )
+        self.assertIn("Flags:Valid, MPLSoGRE, \n", text)
+        self.assertIn("Sip:1.1.2.2 Dip:2.2.1.1", text)
+        self.assertIn("Sport:60166 Dport:6635\n", text)
+        self.assertIn("Sub NH(label): 21(5) 12(6)\n", text)
+        for name in ("Receive", "Resolve", "Drop", "Vrf_Translate", "L2 Receive"):
+            self.assertIn("Type:%-13s" % name, text)
+        text = self.ok(nh.main, "--get", "30")
+        self.assertEqual(text.count("Id:"), 3)  # the composite and its two members
+        code, text = self.tool(nh.main, "--create", "50", "--type", "2", "--oif", "9")
+        self.assertEqual((code, text), (1, "vRouter(Response): Invalid argument (22)\n"))
+        code, text = self.tool(nh.main, "--delete", "99")
+        self.assertEqual(code, 1)
+        self.ok(nh.main, "--delete", "30")
+        self.assertNotIn("Id:30 ", self.ok(nh.main, "--list"))
+
+    def test_mpls_vxlan_mirror(self) -> None:
+        self.ok(nh.main, "--create", "21", "--type", "2", "--oif", "1")
+        self.ok(mpls.main, "--create", "4", "--nh", "21")
+        self.assertEqual(
+            self.ok(mpls.main, "--dump"),
+            "MPLS Input Label Map\n\n   Label    NextHop\n-------------------\n"
+            "       4        21\n",
+        )
+        self.assertIn("       4        21\n", self.ok(mpls.main, "--get", "4"))
+        self.ok(mpls.main, "--delete", "4")
+        code, text = self.tool(mpls.main, "--get", "4")
+        self.assertEqual((code, text), (1, "vRouter(Response): No such file or directory (2)\n"))
+        code, text = self.tool(mpls.main, "--create", "9999", "--nh", "21")
+        self.assertEqual(code, 1)
+        self.ok(vxlan.main, "--create", "100", "--nh", "21")
+        self.assertEqual(
+            self.ok(vxlan.main, "--dump"),
+            "VXLAN Table\n\n VNID    NextHop\n----------------\n    100    21\n",
+        )
+        self.ok(vxlan.main, "--delete", "100")
+        self.ok(mirror.main, "--create", "2", "--nh", "21", "--vni", "77", "--dyn")
+        text = self.ok(mirror.main, "--dump")
+        self.assertIn("    2         21       D         77       0\n", text)
+        self.ok(mirror.main, "--delete", "2")
+        self.assertEqual(self.tool(mirror.main, "--delete", "2")[0], 1)
+
+
+class RouteAndStatsTests(VrouterDpCase):
+    def test_rt(self) -> None:
+        self.ok(vif.main, "--add", "tap1", "--type", "virtual", "--vif", "1", "--mac", MAC1)
+        self.ok(nh.main, "--create", "21", "--type", "2", "--oif", "1")
+        self.request(
+            schema.vr_route_req(h_op=ADD, rtr_family=C.AF_INET, rtr_vrf_id=0,
+                                rtr_prefix=[10, 1, 0, 0], rtr_prefix_len=16, rtr_nh_id=21,
+                                rtr_label=48, rtr_label_flags=C.VR_RT_LABEL_VALID_FLAG)
+        )  # fmt: skip
+        self.request(
+            schema.vr_route_req(h_op=ADD, rtr_family=C.AF_INET6, rtr_vrf_id=0,
+                                rtr_prefix=[0x20, 1, 0xD, 0xB8] + [0] * 12, rtr_prefix_len=32,
+                                rtr_nh_id=21)
+        )  # fmt: skip
+        self.request(
+            schema.vr_route_req(h_op=ADD, rtr_family=C.AF_BRIDGE, rtr_vrf_id=0,
+                                rtr_mac=[0xDE, 0xAD, 0xBE, 0xEF, 0, 1], rtr_nh_id=21)
+        )  # fmt: skip
+        text = self.ok(rt.main, "--dump", "0")
+        self.assertIn("vRouter inet4 routing table 0/0/unicast\n", text)
+        self.assertIn(
+            "10.1.0.0/16            16            L         48             21        -\n",
+            text,
+        )
+        text = self.ok(rt.main, "--dump", "0", "--family", "inet6")
+        self.assertIn("2001:db8::/32", text)
+        text = self.ok(rt.main, "--get", "10.1.2.3/32", "--vrf", "0")
+        self.assertIn("Match 10.1.2.3/32 in vRouter inet4 table 0/0/unicast", text)
+        self.assertIn("10.1.0.0/16", text)
+        text = self.ok(rt.main, "--dump", "0", "--family", "bridge")
+        self.assertIn("vRouter bridge table 0/0", text)
+        self.assertIn("de:ad:be:ef:0:1", text)
+        code, text = self.tool(rt.main, "--dump", "0", "--family", "mpls")
+        self.assertEqual(code, 2)
+
+    def test_stats_and_ops(self) -> None:
+        text = self.ok(dropstats.main)
+        self.assertTrue(text.startswith("Invalid IF                    0\n"))
+        self.assertIn("Cloned Original               0\n", text)
+        self.assertIn("Statistics for core 0", self.ok(dropstats.main, "--core", "0"))
+        self.ok(dropstats.main, "--clear")
+        text = self.ok(vrouter.main, "--info")
+        self.assertTrue(text.startswith("vRouter/DPDK version         vrtwist-0.1.0 (Built by "))
+        self.assertIn("    Interfaces limit                     4352\n", text)
+        self.assertIn("    Flow Table limit                     4096\n", text)
+        self.assertIn("    MPLS over UDP globally               0\n", text)
+        self.ok(vrouter.main, "--set-mudp", "1", "--flow_hold_limit", "7")
+        text = self.ok(vrouter.main, "--info")
+        self.assertIn("    MPLS over UDP globally               1\n", text)
+        self.assertIn("    Flow hold limit:                     7\n", text)
+        self.assertIn("    TCP MSS on packets from VM           1\n", text)  # untouched
+        self.ok(vif.main, "--add", "tap1", "--type", "virtual", "--vif", "1", "--vrf", "3")
+        self.assertEqual(self.ok(vrfstats.main, "--dump").count("Vrf: "), 1)
+        self.assertIn("Vrf: 3\nDiscards 0, ", self.ok(vrfstats.main, "--get", "3"))
+
+
+class ChannelErrorTests(SynchronousTestCase):
+    def test_no_vrouter(self) -> None:
+        empty = tempfile.mkdtemp()
+        self.addCleanup(os.rmdir, empty)
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            self.assertEqual(vif.main(["--sock-dir", empty, "--list"]), 1)
+        self.assertIn("cannot connect to %s/dpdk_netlink" % empty, err.getvalue())
+
+
+class RealProcessTests(VrouterDpCase):
+    """Every console script, run the way a user runs it."""
+
+    def run_script(self, name: str, *args: str) -> subprocess.CompletedProcess[str]:
+        exe = os.path.join(os.path.dirname(sys.executable), name)
+        return subprocess.run(
+            [exe, "--sock-dir", self.sock, *args], capture_output=True, text=True, timeout=60
+        )
+
+    def test_scripts(self) -> None:
+        steps: list[tuple[str, list[str], int, str]] = [
+            ("vif", ["--add", "tap0", "--mac", "00:00:5e:00:01:00", "--vrf", "0",
+                     "--type", "virtual"], 0, ""),
+            ("vif", ["--list"], 0, "vif0/0      Virtual: tap0"),
+            ("nh", ["--create", "10", "--type", "2", "--oif", "0"], 0, ""),
+            ("nh", ["--list"], 0, "Id:10         Type:Encap"),
+            ("rt", ["--dump", "0"], 0, "Destination           PPL"),
+            ("mpls", ["--create", "5", "--nh", "10"], 0, ""),
+            ("mpls", ["--dump"], 0, "       5        10"),
+            ("vxlan", ["--dump"], 0, "VXLAN Table"),
+            ("mirror", ["--dump"], 0, "Mirror Table"),
+            ("vrfstats", ["--get", "0"], 0, "Vrf: 0"),
+            ("dropstats", [], 0, "Invalid IF"),
+            ("vrouter", ["--info"], 0, "Startup parameters"),
+            ("mpls", ["--get", "6"], 1, "vRouter(Response): No such file or directory (2)"),
+        ]  # fmt: skip
+        for name, args, status, needle in steps:
+            done = self.run_script(name, *args)
+            self.assertEqual(done.returncode, status, (name, args, done.stdout, done.stderr))
+            self.assertIn(needle, done.stdout)
