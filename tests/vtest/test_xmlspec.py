@@ -1,0 +1,121 @@
+"""Reading vtest XML: value syntax per field type, structure, and bad files."""
+
+from __future__ import annotations
+
+import glob
+import os
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from vrtwist.sandesh import encode
+from vrtwist.vtest.xmlspec import VtestFormatError, normalize, parse_bytes, parse_file
+
+PEER = "/work/shared/peer/vtest"
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if not os.path.isdir(PEER):  # a clean clone next to ../shared
+    PEER = os.path.join(os.path.dirname(_ROOT), "shared", "peer", "vtest")
+
+
+def doc(body: str) -> bytes:
+    return ("<?xml version='1.0'?><test><test_name>t</test_name>%s</test>" % body).encode()
+
+
+class ValueTests(SynchronousTestCase):
+    def one(self, request: str, extra: str = "") -> object:
+        test = parse_bytes(doc("<message>%s%s</message>" % (request, extra)))
+        self.assertEqual(len(test.messages), 1)
+        return test.messages[0]
+
+    def test_values(self) -> None:
+        msg = self.one(
+            "<vr_nexthop_req><h_op>Delete</h_op><nhr_id>0x15</nhr_id>"
+            "<nhr_tun_sport>-18398</nhr_tun_sport><nhr_tun_sip>33685761</nhr_tun_sip>"
+            "<nhr_encap>de:ad:be:ef:00:02:de:ad:be:ef:00:01:08:00</nhr_encap>"
+            "<nhr_nh_list>1:0x2:010</nhr_nh_list><!-- comment --><unknown>1</unknown>"
+            "</vr_nexthop_req>"
+        )
+        req = msg.request  # type: ignore[attr-defined]
+        self.assertEqual(req.h_op, 2)
+        self.assertEqual(req.nhr_id, 21)
+        self.assertEqual(req.nhr_tun_sport, -18398)
+        self.assertEqual(req.nhr_tun_sip, 33685761)
+        self.assertEqual(req.nhr_encap[:2], [0xDE, 0xAD])
+        self.assertEqual(len(req.nhr_encap), 14)
+        self.assertEqual(req.nhr_nh_list, [1, 2, 8])
+        self.assertEqual(msg.expect_return, 0)  # type: ignore[attr-defined]
+        encode(req)  # every parsed request is encodable
+
+    def test_wrap_and_ops(self) -> None:
+        msg = self.one(
+            "<vr_flow_req><fr_op>flow_set</fr_op><fr_index>-1</fr_index>"
+            "<fr_flow_sport>-1</fr_flow_sport></vr_flow_req>",
+            "<return>-22</return>",
+        )
+        req = msg.request  # type: ignore[attr-defined]
+        self.assertEqual((req.fr_op, req.fr_index, req.fr_flow_sport), (0, -1, 0xFFFF))
+        self.assertEqual(msg.expect_return, -22)  # type: ignore[attr-defined]
+        self.assertEqual(normalize(8, 0xFFFFFFFF), -1)
+
+    def test_pysandesh_list_and_expect_prefix(self) -> None:
+        msg = self.one(
+            "<vr_interface_req><h_op>get</h_op><vifr_mac><list type='byte' size='2'>"
+            "<element>-34</element><element>173</element></list></vifr_mac></vr_interface_req>",
+            "<expect><vr_interface_req_expect><vifr_name>1</vifr_name><vifr_flags>67109057"
+            "</vifr_flags></vr_interface_req_expect></expect>",
+        )
+        self.assertEqual(msg.request.vifr_mac, [0xDE, 0xAD])  # type: ignore[attr-defined]
+        self.assertEqual(msg.expect_name, "vr_interface_req")  # type: ignore[attr-defined]
+        self.assertEqual(
+            msg.expect_fields,  # type: ignore[attr-defined]
+            {"vifr_name": "1", "vifr_flags": 67109057},
+        )
+
+    def test_flow_count_control(self) -> None:
+        test = parse_bytes(
+            doc(
+                "<control><flow_count>3</flow_count></control><message><vr_flow_req>"
+                "<fr_op>flow_set</fr_op><fr_flow_sip_l>16843009</fr_flow_sip_l></vr_flow_req>"
+                "</message>"
+            )
+        )
+        self.assertEqual(
+            [m.request.fr_flow_sip_l for m in test.messages], [16843009, 16843010, 16843011]
+        )
+
+    def test_bad_files(self) -> None:
+        cases = {
+            b"<test><message>": "not well-formed",
+            doc("<bogus/>"): "unexpected element <bogus>",
+            doc("<message><return>0</return></message>"): "no Sandesh request element",
+            doc("<message><vr_mpls_req><mr_label>x</mr_label></vr_mpls_req></message>"): (
+                "is not a number"
+            ),
+            doc("<message><vr_mpls_req/><expect><nothing/></expect></message>"): (
+                "names no Sandesh struct"
+            ),
+            doc(
+                "<message><vr_interface_req><vifr_mac>zz</vifr_mac></vr_interface_req></message>"
+            ): ("not a hex byte"),
+            b"<!DOCTYPE x [<!ENTITY a 'b'>]><test/>": "DTDs and entities",
+            b"x" * (1 << 21): "larger than",
+        }
+        for data, why in cases.items():
+            e = self.assertRaises(VtestFormatError, parse_bytes, data, "f.xml")
+            self.assertIn(why, str(e))
+        e = self.assertRaises(VtestFormatError, parse_file, "/nonexistent/x.xml")
+        self.assertIn("No such file", str(e))
+
+
+class PeerSuiteTests(SynchronousTestCase):
+    def test_every_peer_file_parses(self) -> None:
+        files = sorted(glob.glob(os.path.join(PEER, "*.xml")))
+        if not files:
+            self.skipTest("peer vtest suite not found at %s" % PEER)
+        total = 0
+        for path in files:
+            test = parse_file(path)
+            total += len({m.index for m in test.messages})
+            for m in test.messages:
+                encode(m.request)
+        self.assertEqual(len(files), 28)
+        self.assertEqual(total, 125)
