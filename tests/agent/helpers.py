@@ -78,3 +78,14 @@ class InMemoryAgent:
             results[0].raiseException()
         out: tuple[int, Any] = results[0]
         return out
+
+
+def tempdir(case: Any) -> str:
+    """A short private directory under /tmp (AF_UNIX paths are limited to 107 bytes),
+    removed when the test ends."""
+    import shutil
+    import tempfile
+
+    d = tempfile.mkdtemp(prefix="vra-")
+    case.addCleanup(shutil.rmtree, d, True)
+    return d

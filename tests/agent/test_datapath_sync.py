@@ -7,7 +7,7 @@ import ipaddress
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from tests.agent.helpers import VN, InMemoryAgent, port_body
+from tests.agent.helpers import VN, InMemoryAgent, port_body, tempdir
 from vrtwist.agent.dpstate import DatapathModel, IdAllocator
 from vrtwist.agent.interfaces import IKsyncChannel, IPortObserver, IRouteProgrammer
 from vrtwist.agent.ksync_sync import DatapathSync, LocalChannel
@@ -33,7 +33,7 @@ def route(dp: Datapath, vrf: int, addr: str, plen: int) -> object:
 
 class ProgrammingTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.agent = InMemoryAgent(self.mktemp())
+        self.agent = InMemoryAgent(tempdir(self))
         self.dp = self.agent.datapath
 
     def test_interfaces(self) -> None:
@@ -129,7 +129,7 @@ class RestartTests(SynchronousTestCase):
     """A new agent on the same datapath keeps ids, re-adds nothing, deletes only stale."""
 
     def test_adopt_keeps_ids_and_sends_nothing_new(self) -> None:
-        d = self.mktemp()
+        d = tempdir(self)
         first = InMemoryAgent(d)
         bodies = [port_body(i, plen=24, gateway="10.0.0.254") for i in range(1, 6)]
         bodies.append(port_body(9, vn=OTHER_VN))
@@ -147,7 +147,7 @@ class RestartTests(SynchronousTestCase):
                          objects_before)
 
     def test_stale_objects_are_deleted_missing_ones_added(self) -> None:
-        d = self.mktemp()
+        d = tempdir(self)
         first = InMemoryAgent(d)
         a, b = port_body(1), port_body(2)
         first.call("POST", "/port", [a, b])
@@ -171,7 +171,7 @@ class RestartTests(SynchronousTestCase):
         dp.tables.interface_add({"vifr_idx": 0, "vifr_type": C.VIF_TYPE_PHYSICAL,
                                  "vifr_name": "eth0", "vifr_transport": C.VIF_TRANSPORT_ETH,
                                  "vifr_mac": list(bytes(6))})
-        second = _restarted(self.mktemp(), dp)
+        second = _restarted(tempdir(self), dp)
         self.assertIn(0, dp.tables.interfaces)
         self.assertEqual(second.sync.errors, {})
 

@@ -8,7 +8,7 @@ import shutil
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.agent.helpers import SAMPLE, InMemoryAgent, port_body
+from tests.agent.helpers import SAMPLE, InMemoryAgent, port_body, tempdir
 from vrtwist.agent.model import port_from_json
 
 UUID = SAMPLE["id"]
@@ -16,7 +16,7 @@ UUID = SAMPLE["id"]
 
 class PortEndpointTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.dir = self.mktemp()
+        self.dir = tempdir(self)
         self.agent = InMemoryAgent(self.dir)
 
     def file(self, uuid: str) -> str:
@@ -134,7 +134,7 @@ class PortEndpointTests(SynchronousTestCase):
         self.assertIsNotNone(self.agent.table.get(port_body(1)["id"]))
 
     def test_missing_tap_names_the_interface(self) -> None:
-        agent = InMemoryAgent(self.mktemp(), tap_check=True, exists=lambda n: n == "tapok")
+        agent = InMemoryAgent(tempdir(self), tap_check=True, exists=lambda n: n == "tapok")
         code, body = agent.call("POST", "/port", SAMPLE)
         self.assertEqual(code, 400)
         self.assertIn("tap93c2c386-6e", body["error"])
@@ -148,7 +148,7 @@ class PortEndpointTests(SynchronousTestCase):
 
 class LinkStateTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.dir = self.mktemp()
+        self.dir = tempdir(self)
         self.agent = InMemoryAgent(self.dir)
 
     def test_enable_disable_esxi_port(self) -> None:
@@ -172,7 +172,7 @@ class LinkStateTests(SynchronousTestCase):
 
 class SyncPortsTests(SynchronousTestCase):
     def test_unconfirmed_ports_go_with_their_files(self) -> None:
-        d = self.mktemp()
+        d = tempdir(self)
         agent = InMemoryAgent(d)
         a, b, ns = port_body(1), port_body(2), port_body(3, type=1)
         agent.call("POST", "/port", [a, b, ns])
@@ -189,7 +189,7 @@ class SyncPortsTests(SynchronousTestCase):
         self.assertIsNone(agent.model.port_ids(b["id"]))
 
     def test_second_sync_restarts_the_timer(self) -> None:
-        agent = InMemoryAgent(self.mktemp())
+        agent = InMemoryAgent(tempdir(self))
         agent.call("POST", "/port", port_body(1))
         agent.call("POST", "/syncports")
         agent.clock.advance(50)
@@ -206,14 +206,14 @@ class GatewayTests(SynchronousTestCase):
              "routes": [{"ip-address": "0.0.0.0", "prefix-len": 0}]}]
 
     def test_add_delete(self) -> None:
-        agent = InMemoryAgent(self.mktemp())
+        agent = InMemoryAgent(tempdir(self))
         self.assertEqual(agent.call("POST", "/gateway", self.BODY), (200, {}))
         self.assertIn("vgw1", agent.api.gateways)
         self.assertEqual(agent.call("DELETE", "/gateway", [{"interface": "vgw1"}]), (200, {}))
         self.assertEqual(agent.api.gateways, {})
 
     def test_errors(self) -> None:
-        agent = InMemoryAgent(self.mktemp())
+        agent = InMemoryAgent(tempdir(self))
         code, body = agent.call("POST", "/gateway", self.BODY[0])
         self.assertEqual(code, 400)
         self.assertIn("array", body["error"])
@@ -235,7 +235,7 @@ class VmApiTests(SynchronousTestCase):
           "vmi-uuid": "aaaaaaaa-2222-3333-4444-555555555555", "vm-namespace": "ns1"}
 
     def test_lifecycle(self) -> None:
-        d = self.mktemp()
+        d = tempdir(self)
         agent = InMemoryAgent(d)
         self.assertEqual(agent.call("POST", "/vm", self.VM), (200, {}))
         path = os.path.join(d, "ports", "vm", "pod-a", self.VM["vmi-uuid"])
@@ -255,7 +255,7 @@ class VmApiTests(SynchronousTestCase):
         self.assertEqual(agent.call("GET", f"/vm/{self.VM['vm-uuid']}")[0], 404)
 
     def test_errors(self) -> None:
-        agent = InMemoryAgent(self.mktemp())
+        agent = InMemoryAgent(tempdir(self))
         for field, value, text in [("vm-uuid", "x", "vm-uuid"),
                                    ("vm-name", "../x", "vm-name"),
                                    ("host-ifname", "a b", "host-ifname"),

@@ -1,0 +1,82 @@
+"""Subprocess helpers for end-to-end agent tests: twistd vrouter / vrouter-dp, polling."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+BIN = os.path.dirname(sys.executable)
+TWISTD = os.path.join(BIN, "twistd")
+PORT_CONTROL = os.path.join(BIN, "vrouter-port-control")
+SMALL_TABLES = ["--flow-entries", "1024", "--bridge-entries", "1024"]
+_REST_RE = re.compile(r"REST port API listening on .*port=(\d+)")
+
+
+def wait_until(check: Any, what: str, timeout: float = 20.0) -> Any:
+    """Poll ``check`` until it returns something true; AssertionError naming ``what``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except Exception as e:  # noqa: BLE001 - a poll may fail while things start
+            last = e
+        else:
+            if last:
+                return last
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
+
+
+class Twistd:
+    """One ``twistd -n <plugin>`` subprocess with its log file."""
+
+    def __init__(self, workdir: str, plugin: str, args: list[str], name: str) -> None:
+        self.log = os.path.join(workdir, f"{name}.log")
+        self.argv = [TWISTD, "-n", "--pidfile=", "--logfile", self.log, plugin, *args]
+        self.proc = subprocess.Popen(self.argv, cwd=workdir, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+
+    def text(self) -> str:
+        try:
+            with open(self.log) as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+    def rest_port(self, timeout: float = 30.0) -> int:
+        def found() -> int | None:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"twistd exited {self.proc.returncode}:\n{self.text()}")
+            m = _REST_RE.search(self.text())
+            return int(m.group(1)) if m else None
+        try:
+            return int(wait_until(found, "the REST port", timeout))
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n{self.text()}") from None
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def stop(self) -> None:
+        self.kill(signal.SIGTERM)
+
+
+def agent_args(run_dir: str, state_dir: str, *extra: str) -> list[str]:
+    return ["--run-dir", run_dir, "--state-dir", state_dir,
+            "--rest", "tcp:0:interface=127.0.0.1", *SMALL_TABLES, *extra]
+
+
+def port_control(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([PORT_CONTROL, *args], capture_output=True, text=True, timeout=60)

@@ -1,0 +1,202 @@
+"""End to end: ``twistd -n vrouter`` subprocesses driven by vrouter-port-control and HTTP,
+the datapath read back over ksync from a separate session."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import threading
+import time
+from typing import Any
+
+from twisted.trial.unittest import TestCase
+
+from tests.agent.dpview import snapshot, vif_names
+from tests.agent.helpers import SAMPLE, port_body, tempdir
+from tests.agent.procs import SMALL_TABLES, Twistd, agent_args, port_control, wait_until
+
+
+def http_call(port: int, method: str, path: str, body: Any = None) -> tuple[int, str, Any]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        data = json.dumps(body).encode() if body is not None else None
+        conn.request(method, path, body=data,
+                     headers={"Content-Type": "application/json"} if data else {})
+        r = conn.getresponse()
+        raw = r.read()
+        return r.status, r.reason, json.loads(raw) if raw else None
+    finally:
+        conn.close()
+
+
+def control_args(port: int, json_dir: str, body: dict[str, Any], *extra: str) -> list[str]:
+    return ["--oper", "add", "--uuid", body["id"], "--instance_uuid", body["instance-id"],
+            "--vn_uuid", body["vn-id"].replace("-", ""), "--vm_project_uuid",
+            body["vm-project-id"], "--ip_address", body["ip-address"], "--ipv6_address=",
+            "--mac", body["mac-address"], "--tap_name", body["system-name"],
+            "--vm_name", body["display-name"], "--rx_vlan_id=-1", "--tx_vlan_id", "-1",
+            "--agent_port", str(port), "--port_json_path", json_dir, *extra]
+
+
+class EmbeddedAgentTests(TestCase):
+    """One embedded agent; ports added with the real script's options."""
+
+    def setUp(self) -> None:
+        self.dir = tempdir(self)
+        self.run_dir = os.path.join(self.dir, "run")
+        self.state = os.path.join(self.dir, "state")
+        self.agent = Twistd(self.dir, "vrouter",
+                            agent_args(self.run_dir, self.state, "--no-tap-check"), "agent")
+        self.addCleanup(self.agent.stop)
+        self.port = self.agent.rest_port()
+
+    def test_port_control_add_then_delete(self) -> None:
+        json_dir = os.path.join(self.dir, "json")
+        b = port_body(1)
+        r = port_control(*control_args(self.port, json_dir, b))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        with open(os.path.join(json_dir, b["id"])) as f:
+            self.assertEqual(json.load(f)["mac-address"], b["mac-address"])
+        snap = wait_until(lambda: (s := snapshot(self.run_dir)) and
+                          any(v[0] == "tapv1" for v in s["vifs"].values()) and
+                          s["routes"] and s["bridge"] and s, "the port in the datapath")
+        idx = next(i for i, v in snap["vifs"].items() if v[0] == "tapv1")
+        name, vrf, nh = snap["vifs"][idx]
+        self.assertEqual(snap["nhs"][nh][3], idx)  # interface NH points at the vif
+        label = next(lbl for lbl, n in snap["labels"].items() if n == nh)
+        self.assertEqual(snap["routes"][(vrf, bytes([10, 0, 0, 1]), 32)], (nh, label))
+        self.assertIn((vrf, bytes.fromhex("020000000001")), snap["bridge"])
+        status, reason, body = http_call(self.port, "GET", f"/port/{b['id']}")
+        self.assertEqual((status, reason, body["system-name"]), (200, "OK", "tapv1"))
+
+        r = port_control("--oper", "delete", "--uuid", b["id"], "--agent_port", str(self.port),
+                         "--port_json_path", json_dir)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertFalse(os.path.exists(os.path.join(json_dir, b["id"])))
+        wait_until(lambda: "tapv1" not in vif_names(self.run_dir), "the vif to go")
+        snap = snapshot(self.run_dir)
+        self.assertEqual(snap["labels"], {})
+        self.assertEqual(snap["routes"], {})
+        self.assertEqual(snap["bridge"], {})
+        self.assertEqual(http_call(self.port, "GET", f"/port/{b['id']}")[0], 404)
+
+    def test_errors_over_a_real_socket(self) -> None:
+        status, reason, body = http_call(self.port, "POST", "/port",
+                                         dict(SAMPLE, **{"ip-address": "11.0.0"}))
+        self.assertEqual((status, reason), (400, "Bad Request"))
+        self.assertIn("ip-address", body["error"])
+        status, reason, body = http_call(self.port, "GET", f"/port/{SAMPLE['id']}")
+        self.assertEqual((status, reason), (404, "Not Found"))
+        # the agent refuses the port: exit code 4, and the agent still serves
+        r = port_control(*control_args(self.port, os.path.join(self.dir, "j"),
+                                       port_body(2, **{"mac-address": "01:00:00:00:00:01"})))
+        self.assertEqual(r.returncode, 4)
+        self.assertIn("multicast", r.stdout + r.stderr)
+        self.assertEqual(http_call(self.port, "POST", "/port", SAMPLE)[0], 200)
+
+    def test_port_control_arguments(self) -> None:
+        r = port_control("--oper", "add")  # --uuid missing
+        self.assertEqual(r.returncode, 1)
+        r = port_control("--oper", "add", "--uuid", "x" * 5)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("not a uuid", r.stderr)
+        r = port_control(*control_args(self.port, os.path.join(self.dir, "j"), port_body(3),
+                                       "--rx_vlan_id", "abc"))
+        self.assertEqual(r.returncode, 1)
+        r = port_control(*control_args(self.port, os.path.join(self.dir, "j"), port_body(3),
+                                       "--vif_type", "VhostUser"))
+        self.assertEqual(r.returncode, 1)  # VhostUser without a socket
+        self.assertIsNone(wait_until(lambda: http_call(self.port, "GET",
+                                                       f"/port/{port_body(3)['id']}")[0]
+                                     == 404 or None, "no port", 5) and None)
+
+
+class AgentDownTests(TestCase):
+    def test_add_with_the_agent_down_writes_the_file_and_exits_0(self) -> None:
+        d = tempdir(self)
+        json_dir = os.path.join(d, "ports")
+        b = port_body(5)
+        r = port_control(*control_args(1, json_dir, b))  # nothing listens on port 1
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertTrue(os.path.isfile(os.path.join(json_dir, b["id"])))
+        # ... and an agent started later on that state directory picks it up
+        run_dir = os.path.join(d, "run")
+        agent = Twistd(d, "vrouter", agent_args(run_dir, d, "--no-tap-check"), "agent")
+        self.addCleanup(agent.stop)
+        port = agent.rest_port()
+        self.assertEqual(http_call(port, "GET", f"/port/{b['id']}")[0], 200)
+        wait_until(lambda: "tapv5" in vif_names(run_dir), "the replayed port's vif")
+        r = port_control("--oper", "delete", "--uuid", b["id"], "--agent_port", "1",
+                         "--port_json_path", json_dir)
+        self.assertEqual(r.returncode, 0)
+        self.assertFalse(os.path.exists(os.path.join(json_dir, b["id"])))
+        r = port_control(*control_args(1, "/proc/forbidden", b))  # unwritable, agent down
+        self.assertEqual(r.returncode, 1)
+
+
+class Watcher(threading.Thread):
+    """A utility watching the datapath: snapshots over its own ksync session until stopped."""
+
+    def __init__(self, run_dir: str) -> None:
+        super().__init__(daemon=True)
+        self.run_dir = run_dir
+        self.snaps: list[dict[str, Any]] = []
+        self.errors: list[str] = []
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            try:
+                self.snaps.append(snapshot(self.run_dir))
+            except Exception as e:  # noqa: BLE001
+                self.errors.append(repr(e))
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(30)
+
+
+class ExternalRestartTests(TestCase):
+    """--datapath=external: killing and restarting the agent disturbs nothing."""
+
+    def test_kill_and_restart_disturbs_nothing(self) -> None:
+        d = tempdir(self)
+        run_dir, state = os.path.join(d, "run"), os.path.join(d, "state")
+        dp = Twistd(d, "vrouter-dp", ["--run-dir", run_dir, *SMALL_TABLES], "dp")
+        self.addCleanup(dp.stop)
+        wait_until(lambda: os.path.exists(os.path.join(run_dir, "dpdk_netlink")),
+                   "the datapath socket")
+        args = agent_args(run_dir, state, "--no-tap-check", "--datapath", "external")
+        agent = Twistd(d, "vrouter", args, "agent1")
+        port = agent.rest_port()
+        bodies = [port_body(i, plen=24, gateway="10.0.0.254") for i in range(1, 5)]
+        bodies.append(port_body(9, vn="77777777-5553-4e6a-b87f-8423afc21e9d"))
+        self.assertEqual(http_call(port, "POST", "/port", bodies)[0], 200)
+        before = wait_until(lambda: (s := snapshot(run_dir)) and len(s["labels"]) == 5
+                            and len(s["bridge"]) == 5 and len(s["routes"]) == 7 and s,
+                            "five ports programmed")
+        watcher = Watcher(run_dir)
+        watcher.start()
+        self.addCleanup(watcher.stop)
+        wait_until(lambda: len(watcher.snaps) >= 2, "the watcher")
+        agent.kill()  # SIGKILL: no clean-up at all
+        agent2 = Twistd(d, "vrouter", args, "agent2")
+        self.addCleanup(agent2.stop)
+        port2 = agent2.rest_port()
+        wait_until(lambda: "datapath holds" in agent2.text(), "adoption")
+        # a new port after the restart is programmed next to the old ones
+        self.assertEqual(http_call(port2, "POST", "/port", port_body(6))[0], 200)
+        wait_until(lambda: "tapv6" in vif_names(run_dir), "the new port")
+        n = len(watcher.snaps)
+        wait_until(lambda: len(watcher.snaps) >= n + 2, "more snapshots")
+        watcher.stop()
+        self.assertEqual(watcher.errors, [])
+        for snap in watcher.snaps:
+            for table in ("vifs", "nhs", "labels", "routes", "bridge"):
+                for k, v in before[table].items():
+                    self.assertEqual(snap[table].get(k), v, f"{table} {k} disturbed")
+        for b in bodies:
+            self.assertEqual(http_call(port2, "GET", f"/port/{b['id']}")[0], 200)
+        self.assertNotIn("failed", agent2.text())
