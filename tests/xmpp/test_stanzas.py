@@ -432,3 +432,68 @@ class BadStanzaTests(SynchronousTestCase):
     def test_collection_without_target(self) -> None:
         self.check(b'<iq type="set"><pubsub xmlns="http://jabber.org/protocol/pubsub">'
                    b'<collection node="v"></collection></pubsub></iq>', "without associate")
+
+
+texts = st.text(alphabet=st.characters(min_codepoint=9, max_codepoint=0x2FF,
+                                       blacklist_categories=("Cs",)), max_size=12)
+
+
+class FastPathTests(SynchronousTestCase):
+    """The canonical-form fast path must agree with the full parser, or step aside."""
+
+    @settings(max_examples=150, deadline=None)
+    @given(prefix=prefixes4, label=st.integers(0, (1 << 24) - 1), vrf=texts, vn=texts,
+           sender=texts, encaps=st.lists(st.sampled_from(["gre", "udp", "vxlan"]), max_size=3),
+           sgs=st.lists(st.integers(0, 1 << 31), max_size=3),
+           tags=st.lists(st.integers(0, 1 << 31), max_size=3), lp=st.integers(0, 1 << 31),
+           mac=st.one_of(st.none(), st.binary(min_size=6, max_size=6)),
+           sub=st.sampled_from(["interface", "", "static"]), add=st.booleans())
+    def test_fast_equals_full(self, prefix: str, label: int, vrf: str, vn: str, sender: str,
+                              encaps: list[str], sgs: list[int], tags: list[int], lp: int,
+                              mac: bytes | None, sub: str, add: bool) -> None:
+        from vrtwist.xmpp.stanzas import parse_fast, parse_stanza_full
+
+        macs = ":".join(f"{b:02x}" for b in mac) if mac is not None else ""
+        entry = RouteEntry(25 if mac is not None else 1, 242 if mac is not None else 1, prefix,
+                           (NextHop("10.1.2.3", label, tuple(encaps), "", vn if mac is None else "",
+                                    0, tuple(tags)),),
+                           mac=macs, virtual_network=vn, security_groups=tuple(sgs),
+                           local_preference=lp, sub_protocol=sub if mac is None else "interface")
+        stanzas = frame(build_route_publish(sender, vrf, entry, add, 1))
+        stanzas.append(build_route_update(sender, "x/bgp-peer", f"1/1/{vrf}", [entry, entry]))
+        stanzas.append(build_retract(sender, "x/bgp-peer", f"1/1/{vrf}", [prefix, "a"]))
+        for data in stanzas:
+            try:
+                full = parse_stanza_full(data)
+            except StanzaError:
+                self.assertIsNone(parse_fast(data))
+                continue
+            fast = parse_fast(data)
+            if fast is not None:
+                self.assertEqual(fast, full)
+            self.assertEqual(parse_stanza(data), full)
+
+    def test_canonical_stanzas_take_the_fast_path(self) -> None:
+        from vrtwist.xmpp.stanzas import parse_fast
+
+        e = RouteEntry(1, 1, "10.0.0.1/32", (NextHop("10.1.1.1", 5),))
+        pub, coll = frame(build_route_publish("a", "v", e, True, 1))
+        self.assertIsNotNone(parse_fast(pub))
+        self.assertIsNotNone(parse_fast(coll))
+        self.assertIsNotNone(parse_fast(build_route_update("cn", "a", "1/1/v", [e])))
+        self.assertIsNotNone(parse_fast(build_retract("cn", "a", "1/1/v", ["10.0.0.1/32"])))
+
+    def test_non_canonical_forms_go_to_the_full_parser(self) -> None:
+        from vrtwist.xmpp.stanzas import parse_fast
+
+        e = RouteEntry(1, 1, "10.0.0.1/32", (NextHop("10.1.1.1", 5),), virtual_network="a&b")
+        pub, _ = frame(build_route_publish("a", "v", e, True, 1))
+        self.assertIsNone(parse_fast(pub))  # an escaped value
+        p = parse_stanza(pub)
+        assert isinstance(p, Publish) and p.entry is not None
+        self.assertEqual(p.entry.virtual_network, "a&b")
+        self.assertIsNone(parse_fast(INET_PUBLISH.split(b"</iq>")[0] + b"</iq>"))  # real agent form
+        bad = build_route_update("cn", "a", "1/1/v", [e]).replace(b"10.0.0.1/32", b"10.0.0.1/33")
+        self.assertIsNone(parse_fast(bad))
+        with self.assertRaises(StanzaError):
+            parse_stanza(bad)

@@ -47,6 +47,8 @@ __all__ = [
     "TlsFailure",
     "Stanza",
     "parse_stanza",
+    "parse_stanza_full",
+    "parse_fast",
     "build_subscribe",
     "build_unsubscribe",
     "build_route_publish",
@@ -301,6 +303,14 @@ def _service(to: str) -> str:
 
 def parse_stanza(data: bytes) -> Stanza:
     """Parse one framed stanza into a record; :class:`StanzaError` says what is wrong."""
+    fast = parse_fast(data)
+    if fast is not None:
+        return fast
+    return parse_stanza_full(data)
+
+
+def parse_stanza_full(data: bytes) -> Stanza:
+    """The general parser (expat, no DTD): every shape, every formatting, every error."""
     if b"stream:features" in data:
         data = data.replace(b"<stream:features", b"<features").replace(
             b"</stream:features", b"</features"
@@ -426,59 +436,66 @@ def _parse_message(root: ET.Element) -> Stanza:
     return RouteUpdate(node, tuple(entries), ())
 
 
+def _children(elem: ET.Element) -> dict[str, ET.Element]:
+    """Children by tag in one pass (the first of repeated tags wins)."""
+    out: dict[str, ET.Element] = {}
+    for child in elem:
+        out.setdefault(child.tag, child)
+    return out
+
+
 def _parse_entry(entry: ET.Element) -> RouteEntry:
-    nlri = entry.find("nlri")
-    if nlri is None:
+    f = _children(entry)
+    nlri_elem = f.get("nlri")
+    if nlri_elem is None:
         raise StanzaError("entry without nlri")
-    afi = _int(nlri.find("af"), "nlri af")
-    safi = _int(nlri.find("safi"), "nlri safi")
-    address = _text(nlri.find("address"))
+    nlri = _children(nlri_elem)
+    afi = _int(nlri.get("af"), "nlri af")
+    safi = _int(nlri.get("safi"), "nlri safi")
+    address = _text(nlri.get("address"))
     mac = ""
     etag = 0
     if afi == AFI_L2VPN:
-        mac = _text(nlri.find("mac")).lower()
-        etag = _int(nlri.find("ethernet-tag"), "ethernet-tag")
-        if not _valid_mac(mac):
+        mac = _text(nlri.get("mac")).lower()
+        etag = _int(nlri.get("ethernet-tag"), "ethernet-tag")
+        if not _MAC.fullmatch(mac):
             raise StanzaError(f"EVPN route with bad mac {mac[:40]!r}")
         if address and address != "0.0.0.0/0":
             _check_prefix(address, None)
-    elif afi in (AFI_INET, AFI_INET6):
+    elif afi == AFI_INET or afi == AFI_INET6:
         _check_prefix(address, afi)
     else:
         raise StanzaError(f"unsupported address family {afi}/{safi}")
     hops = []
-    nhs = entry.find("next-hops")
+    nhs = f.get("next-hops")
     if nhs is not None:
-        for nh in nhs.findall("next-hop"):
-            addr = _text(nh.find("address"))
-            try:
-                ipaddress.IPv4Address(addr)
-            except ValueError:
-                raise StanzaError(f"next-hop address {addr[:40]!r} is not IPv4") from None
-            label = _int(nh.find("label"), "next-hop label")
+        for nh_elem in nhs:
+            if nh_elem.tag != "next-hop":
+                continue
+            nh = _children(nh_elem)
+            addr = _text(nh.get("address"))
+            if not _IPV4.fullmatch(addr):
+                raise StanzaError(f"next-hop address {addr[:40]!r} is not IPv4")
+            label = _int(nh.get("label"), "next-hop label")
             if not 0 <= label < (1 << 24):
                 raise StanzaError(f"next-hop label {label} out of range")
-            encl = nh.find("tunnel-encapsulation-list")
-            encaps = (
-                tuple(_text(e) for e in encl.findall("tunnel-encapsulation"))
-                if encl is not None
-                else ()
-            )
+            encl = nh.get("tunnel-encapsulation-list")
+            encaps = tuple(_text(e) for e in encl) if encl is not None else ()
             if not encaps and label:
                 encaps = ("gre",)  # what the control node assumes
-            tags = nh.find("tag-list")
+            tags = nh.get("tag-list")
             hops.append(
                 NextHop(
                     addr,
                     label,
                     encaps,
-                    _text(nh.find("mac")),
-                    _text(nh.find("virtual-network")),
-                    _int(nh.find("l3-label"), "l3-label"),
-                    tuple(_int(t, "tag") for t in tags.findall("tag")) if tags is not None else (),
+                    _text(nh.get("mac")),
+                    _text(nh.get("virtual-network")),
+                    _int(nh.get("l3-label"), "l3-label"),
+                    tuple(_int(t, "tag") for t in tags) if tags is not None and len(tags) else (),
                 )
             )
-    sgl = entry.find("security-group-list")
+    sgl = f.get("security-group-list")
     return RouteEntry(
         afi,
         safi,
@@ -486,37 +503,32 @@ def _parse_entry(entry: ET.Element) -> RouteEntry:
         tuple(hops),
         mac,
         etag,
-        _text(entry.find("virtual-network")),
-        _int(entry.find("sequence-number"), "sequence-number"),
-        _int(entry.find("local-preference"), "local-preference", 100),
-        _int(entry.find("med"), "med"),
-        tuple(_int(s, "security-group") for s in sgl.findall("security-group"))
-        if sgl is not None
-        else (),
-        _text(entry.find("sub-protocol")) or "interface",
+        _text(f.get("virtual-network")),
+        _int(f.get("sequence-number"), "sequence-number"),
+        _int(f.get("local-preference"), "local-preference", 100),
+        _int(f.get("med"), "med"),
+        tuple(_int(sg, "security-group") for sg in sgl) if sgl is not None and len(sgl) else (),
+        _text(f.get("sub-protocol")) or "interface",
     )
 
 
-def _valid_mac(mac: str) -> bool:
-    parts = mac.split(":")
-    return len(parts) == 6 and all(len(p) == 2 and _is_hex(p) for p in parts)
-
-
-def _is_hex(text: str) -> bool:
-    try:
-        int(text, 16)
-    except ValueError:
-        return False
-    return True
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
+_IPV4_PREFIX = re.compile(rf"({_OCTET}(?:\.{_OCTET}){{3}})/(3[0-2]|[12]?[0-9])")
+_MAC = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}")
 
 
 def _check_prefix(prefix: str, afi: int | None) -> None:
+    if _IPV4_PREFIX.fullmatch(prefix):
+        if afi is not None and afi != AFI_INET:
+            raise StanzaError(f"prefix {prefix[:60]!r} does not match address family {afi}")
+        return
+    if "/" not in prefix:
+        raise StanzaError(f"prefix {prefix[:60]!r} without a length")
     try:
         net = ipaddress.ip_network(prefix, strict=False)
     except ValueError:
         raise StanzaError(f"bad prefix {prefix[:60]!r}") from None
-    if "/" not in prefix:
-        raise StanzaError(f"prefix {prefix[:60]!r} without a length")
     if afi is not None and net.version != (4 if afi == AFI_INET else 6):
         raise StanzaError(f"prefix {prefix[:60]!r} does not match address family {afi}")
 
@@ -802,3 +814,189 @@ def build_features(starttls: bool = True) -> bytes:
 
 STARTTLS = f'<starttls xmlns="{TLS_NS}"/>'.encode()
 PROCEED = f'<proceed xmlns="{TLS_NS}"/>'.encode()
+
+
+# ---------------------------------------------------------------------------- fast path
+#
+# The hot stanzas (route publish, collection, control-node items) are matched against
+# the exact canonical form the builders above write.  The patterns accept only text and
+# attribute values without markup, entity references or characters an XML parser would
+# normalise, so a match is well-formed XML that parses to the same record; anything else
+# (another peer's formatting, escapes, errors) returns None and takes the full parser.
+
+_A = r'([^"<&>\x00-\x1f]*)'  # an attribute value that needs no unescaping/normalising
+_TX = r"([^<&>\x00-\x08\x0b\x0c\x0d\x0e-\x1f]*)"  # element text, same rule
+_NUM = r"([0-9]{1,10})"
+_ENCS = r"((?:<tunnel-encapsulation>[a-z]{1,16}</tunnel-encapsulation>){0,8})"
+_TAGS = r"(?:<tag-list />|<tag-list>((?:<tag>[0-9]{1,10}</tag>){0,64})</tag-list>)"
+_SGL = (
+    r"(?:<security-group-list />|<security-group-list>"
+    r"((?:<security-group>[0-9]{1,10}</security-group>){0,64})</security-group-list>)"
+)
+_INET_ENTRY = (
+    r"<entry><nlri><af>([12])</af><safi>1</safi><address>" + _TX + r"</address></nlri>"
+    r"<next-hops><next-hop><af>1</af><address>" + _TX + r"</address><mac>" + _TX + r"</mac>"
+    r"<label>" + _NUM + r"</label><vni>0</vni><tunnel-encapsulation-list>" + _ENCS
+    + r"</tunnel-encapsulation-list><virtual-network>" + _TX + r"</virtual-network>" + _TAGS
+    + r"</next-hop></next-hops><version>1</version><virtual-network>" + _TX
+    + r'</virtual-network><mobility seqno="0" sticky="false" /><sequence-number>' + _NUM
+    + r"</sequence-number>" + _SGL + r"<community-tag-list /><local-preference>" + _NUM
+    + r"</local-preference><med>" + _NUM + r"</med><load-balance><load-balance-fields />"
+    r"<load-balance-decision>field-hash</load-balance-decision></load-balance>"
+    r"<sub-protocol>" + _TX + r"</sub-protocol></entry>"
+)
+_EVPN_ENTRY = (
+    r"<entry><nlri><af>25</af><safi>242</safi><ethernet-tag>" + _NUM + r"</ethernet-tag>"
+    r"<mac>([0-9a-f]{2}(?::[0-9a-f]{2}){5})</mac><address>" + _TX + r"</address></nlri>"
+    r"<next-hops><next-hop><af>1</af><address>" + _TX + r"</address><mac>" + _TX + r"</mac>"
+    r"<label>" + _NUM + r"</label><l3-label>" + _NUM + r"</l3-label>"
+    r"<tunnel-encapsulation-list>" + _ENCS + r"</tunnel-encapsulation-list>" + _TAGS
+    + r"</next-hop></next-hops><olist /><virtual-network>" + _TX + r"</virtual-network>"
+    r'<mobility seqno="0" sticky="false" /><sequence-number>' + _NUM + r"</sequence-number>"
+    + _SGL + r"<local-preference>" + _NUM + r"</local-preference><med>" + _NUM + r"</med>"
+    r"<edge-replication-not-supported>false</edge-replication-not-supported>"
+    r"<assisted-replication-supported>false</assisted-replication-supported>"
+    r"<leaf-olist /><replicator-address></replicator-address><etree-leaf>true</etree-leaf>"
+    r"</entry>"
+)
+_IQ_HEAD = (
+    r'<iq type="set" from="' + _A + r'" to="' + _A + r'"(?: id="' + _A + r'")?>'
+    r'<pubsub xmlns="http://jabber.org/protocol/pubsub">'
+)
+_FAST_PUBLISH = re.compile(_IQ_HEAD + r'<publish node="' + _A + r'"><item>')
+_FAST_PUBLISH_TAIL = "</item></publish></pubsub></iq>"
+_FAST_COLLECTION = re.compile(
+    _IQ_HEAD + r'<collection node="' + _A + r'"><(associate|dissociate) node="' + _A
+    + r'" /></collection></pubsub></iq>'
+)
+_FAST_INET = re.compile(_INET_ENTRY)
+_FAST_EVPN = re.compile(_EVPN_ENTRY)
+_FAST_MESSAGE = re.compile(
+    r'<message from="' + _A + r'" to="' + _A + r'"><event xmlns="http://jabber.org/protocol'
+    r'/pubsub"><items node="' + _A + r'">'
+)
+_FAST_ITEM = re.compile(r'<item id="' + _A + r'">')
+_FAST_RETRACT = re.compile(r'<retract id="' + _A + r'" />')
+_FAST_MESSAGE_TAIL = "</items></event></message>"
+_TAG_VALUES = re.compile(r">([0-9]+)<")
+_ENC_VALUES = re.compile(r">([a-z]+)<")
+
+
+def _fast_entry(text: str, pos: int) -> tuple[RouteEntry, int] | None:
+    m = _FAST_INET.match(text, pos)
+    if m is not None:
+        (af, address, nh_addr, nh_mac, label, encs, nh_vn, tags, vn, seq, sgs, lp, med,
+         sub) = m.groups()
+        afi = int(af)
+        mac = ""
+        etag = 0
+        l3_label = 0
+    else:
+        m = _FAST_EVPN.match(text, pos)
+        if m is None:
+            return None
+        (etag_s, mac, address, nh_addr, nh_mac, label, l3, encs, tags, vn, seq, sgs, lp,
+         med) = m.groups()
+        afi, etag, nh_vn, sub, l3_label = AFI_L2VPN, int(etag_s), "", "", int(l3)
+    lab = int(label)
+    if lab >= 1 << 24 or not _IPV4.fullmatch(nh_addr):
+        return None
+    try:
+        if afi == AFI_L2VPN:
+            if address and address != "0.0.0.0/0":
+                _check_prefix(address, None)
+        else:
+            _check_prefix(address, afi)
+    except StanzaError:
+        return None
+    enc_t = tuple(_ENC_VALUES.findall(encs)) if encs else ()
+    if not enc_t and lab:
+        enc_t = ("gre",)
+    nh = NextHop(
+        nh_addr,
+        lab,
+        enc_t,
+        nh_mac.strip(),
+        nh_vn.strip(),
+        l3_label,
+        tuple(int(t) for t in _TAG_VALUES.findall(tags)) if tags else (),
+    )
+    entry = RouteEntry(
+        afi,
+        AFI_SAFI[afi],
+        address,
+        (nh,),
+        mac,
+        etag,
+        vn.strip(),
+        int(seq),
+        int(lp),
+        int(med),
+        tuple(int(s) for s in _TAG_VALUES.findall(sgs)) if sgs else (),
+        sub.strip() or "interface",
+    )
+    return entry, m.end()
+
+
+AFI_SAFI = {AFI_INET: SAFI_UNICAST, AFI_INET6: SAFI_UNICAST, AFI_L2VPN: SAFI_ENET}
+
+
+def parse_fast(data: bytes) -> Stanza | None:
+    """The record for a canonical hot stanza, or None to use the full parser."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    head = text[:4]
+    if head == "<iq ":
+        m = _FAST_COLLECTION.fullmatch(text)
+        if m is not None:
+            sender, _to, _id, node, op, target = m.groups()
+            if not node:
+                return None
+            if op == "associate":
+                return Collection(node, target, None, sender)
+            return Collection(node, None, target, sender)
+        m = _FAST_PUBLISH.match(text)
+        if m is None or not m.group(4):
+            return None
+        got = _fast_entry(text, m.end())
+        if got is None or text[got[1]:] != _FAST_PUBLISH_TAIL:
+            return None
+        return Publish(m.group(4), got[0], m.group(1))
+    if head == "<mes":
+        m = _FAST_MESSAGE.match(text)
+        if m is None:
+            return None
+        node = m.group(3)
+        parts = node.split("/", 2)
+        if len(parts) != 3 or not parts[0].isdigit() or not parts[1].isdigit() or not parts[2]:
+            return None
+        pos = m.end()
+        if text.startswith("<retract ", pos):
+            ids = []
+            while True:
+                r = _FAST_RETRACT.match(text, pos)
+                if r is None:
+                    break
+                if not r.group(1):
+                    return None
+                ids.append(r.group(1))
+                pos = r.end()
+            if text[pos:] != _FAST_MESSAGE_TAIL:
+                return None
+            return RouteUpdate(node, (), tuple(ids))
+        entries = []
+        while True:
+            it = _FAST_ITEM.match(text, pos)
+            if it is None:
+                break
+            got = _fast_entry(text, it.end())
+            if got is None or not text.startswith("</item>", got[1]):
+                return None
+            entries.append(got[0])
+            pos = got[1] + 7
+        if not entries or text[pos:] != _FAST_MESSAGE_TAIL or node == EOR_NODE:
+            return None
+        return RouteUpdate(node, tuple(entries), ())
+    return None

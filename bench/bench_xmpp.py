@@ -1,0 +1,241 @@
+"""XMPP convergence benchmark (issue 5).
+
+Processes: one ``twistd -n vrouter-control`` (the control node), one publishing agent
+(this process) and ``--receivers`` receiving agents spread over ``--procs`` child
+processes.  Each receiving agent runs the real agent link with the agent's datapath model
+(``vrtwist.agent.dpstate.DatapathModel``: tunnel next hops, routes and bridge entries are
+computed there; the ksync synchroniser is not attached, see ``docs/xmpp.md``).
+
+Measured: from the publisher writing its first route to the moment the last receiver has
+all ``--routes`` routes programmed (routes/s and seconds to converge).  Timestamps come
+from ``time.time()`` in each process (same host).  Codec figures (parse/build items per
+second in one process) are printed too, as a breakdown.
+
+    python bench/bench_xmpp.py --routes 10000 --receivers 1
+    python bench/bench_xmpp.py --routes 10000 --receivers 10 --procs 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+VRF = "default-domain:bench:vn1:vn1"
+
+
+def free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def make_sink(fabric_ip: str) -> tuple[Any, list[int]]:
+    """The agent's datapath model with one local port (so the VRF exists) + a route counter."""
+    from vrtwist.agent.dpstate import DatapathModel, vrf_name_for
+    from vrtwist.agent.model import Port
+
+    model = DatapathModel(fabric_ip=fabric_ip, os_index=lambda name: 0, max_nhs=1 << 20)
+    counter = [0]
+    port = Port(id="00000000-0000-0000-0000-000000000001", instance_id="vm-local",
+                vn_id="11111111-1111-1111-1111-111111111111", vm_project_id="p",
+                display_name="local", ip_address="10.255.0.1", ip6_address=None, type=0,
+                system_name="tapbench0", mac_address="02:ff:00:00:00:01")
+    model.portAdded(port)
+    assert vrf_name_for(port.vn_id) in model.vrfNames()
+
+    def listener(keys: Any) -> None:
+        counter[0] = len(model._remote)
+
+    model.listeners.append(listener)
+    return model, counter
+
+
+def receiver(args: argparse.Namespace) -> None:
+    from twisted.internet import reactor
+
+    from vrtwist.agent.dpstate import vrf_name_for
+    from vrtwist.xmpp.agent_link import LocalRouteInfo, makeControllerLink
+
+    vn = "11111111-1111-1111-1111-111111111111"
+    vrf = vrf_name_for(vn)
+    state: dict[str, Any] = {"done": 0, "ready": 0}
+    links = []
+    counters = []
+    for i in range(args.agents):
+        fabric = f"127.0.1.{args.index * args.agents + i + 1}"
+        model, counter = make_sink(fabric)
+        counters.append(counter)
+        link = makeControllerLink(reactor, [f"tcp:127.0.0.1:{args.port}"],
+                                  f"rx{args.index}-{i}", fabric, model)
+        link.localRouteAdded(LocalRouteInfo("p", "vm", vn, vrf, "", f"10.254.{args.index}.{i}",
+                                            None, 16, fabric))
+        links.append(link)
+        link.startService()
+
+    def ready(_: Any) -> None:
+        state["ready"] += 1
+        if state["ready"] == args.agents:
+            print("READY", flush=True)
+
+    for link in links:
+        link.whenReady().addCallback(ready)
+
+    def poll() -> None:
+        if all(c[0] >= args.routes for c in counters):
+            print(f"DONE {time.time():.6f}", flush=True)
+            reactor.stop()
+            return
+        reactor.callLater(0.001, poll)
+
+    reactor.callLater(0.01, poll)
+    reactor.run()
+
+
+def codec_figures(n: int) -> dict[str, float]:
+    from vrtwist.xmpp.stanzas import (
+        NextHop,
+        RouteEntry,
+        build_route_publish,
+        build_route_update,
+        parse_stanza,
+    )
+
+    entries = [RouteEntry(1, 1, f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}/32",
+                          (NextHop("127.0.0.2", 16 + i % 1000, ("gre", "udp")),))
+               for i in range(n)]
+    t = time.perf_counter()
+    pubs = [build_route_publish("h", VRF, e, True, i) for i, e in enumerate(entries)]
+    build_pub = n / (time.perf_counter() - t)
+    t = time.perf_counter()
+    for p in pubs:
+        cut = p.index(b"</iq>") + 5
+        parse_stanza(p[:cut])
+        parse_stanza(p[cut:])
+    parse_pub = n / (time.perf_counter() - t)
+    msgs = [build_route_update("cn", "h/bgp-peer", f"1/1/{VRF}", entries[i:i + 128])
+            for i in range(0, n, 128)]
+    t = time.perf_counter()
+    for m in msgs:
+        parse_stanza(m)
+    parse_items = n / (time.perf_counter() - t)
+    return {"build publish pairs/s": build_pub, "parse publish pairs/s": parse_pub,
+            "parse CN items/s": parse_items}
+
+
+def run(args: argparse.Namespace) -> dict[str, float]:
+    from twisted.internet import defer, reactor, task
+
+    from vrtwist.xmpp.agent_link import LocalRouteInfo, makeControllerLink
+
+    port = free_port()
+    tmp = tempfile.mkdtemp(prefix="bench-xmpp-")
+    twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+    cn = subprocess.Popen([twistd, "-n", "--pidfile=", "vrouter-control", "--xmpp",
+                           f"tcp:{port}:interface=127.0.0.1", "--gr-time", "0"],
+                          cwd=tmp, stdout=open(os.path.join(tmp, "cn.log"), "wb"),
+                          stderr=subprocess.STDOUT)
+    time.sleep(1.0)
+    per = [args.receivers // args.procs + (1 if i < args.receivers % args.procs else 0)
+           for i in range(args.procs)]
+    kids = []
+    for i, n in enumerate(per):
+        if n == 0:
+            continue
+        kids.append(subprocess.Popen(
+            [sys.executable, __file__, "--mode", "receiver", "--port", str(port), "--routes",
+             str(args.routes), "--agents", str(n), "--index", str(i)],
+            stdout=subprocess.PIPE, text=True))
+    for k in kids:
+        line = k.stdout.readline()  # type: ignore[union-attr]
+        assert line.startswith("READY"), line
+    from vrtwist.agent.dpstate import vrf_name_for
+
+    vn = "11111111-1111-1111-1111-111111111111"
+    vrf = vrf_name_for(vn)
+    result: dict[str, float] = {}
+
+    async def publish() -> None:
+        model, _ = make_sink("127.0.0.2")
+        link = makeControllerLink(reactor, [f"tcp:127.0.0.1:{port}"], "publisher", "127.0.0.2",
+                                  model)
+        link.localRouteAdded(LocalRouteInfo("p0", "vm0", vn, vrf, "", "10.253.0.1", None, 16,
+                                            "127.0.0.2"))
+        link.startService()
+        await link.whenReady()
+        await task.deferLater(reactor, 0.5, lambda: None)
+        mac = args.evpn
+        t0 = time.time()
+        for i in range(args.routes):
+            ip = f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}"
+            link.localRouteAdded(LocalRouteInfo(
+                f"port{i}", f"vm{i}", vn, vrf,
+                f"02:00:00:{i >> 16 & 255:02x}:{i >> 8 & 255:02x}:{i & 255:02x}" if mac else "",
+                ip, None, 16 + i % 5000, "127.0.0.2"))
+        t_sent = time.time()
+        done = []
+        for k in kids:
+            line = await _readline(reactor, k)
+            done.append(float(line.split()[1]))
+        t_end = max(done)
+        result["publish (s)"] = t_sent - t0
+        result["converge (s)"] = t_end - t0
+        result["routes/s"] = args.routes * args.receivers / (t_end - t0)
+        result["routes/s per receiver"] = args.routes / (t_end - t0)
+        await link.stopService()
+
+    def stop(_: Any) -> None:
+        reactor.stop()
+
+    defer.ensureDeferred(publish()).addBoth(lambda r: (print(r) if r else None, stop(r)))
+    reactor.run()
+    cn.terminate()
+    cn.wait()
+    for k in kids:
+        k.wait()
+    return result
+
+
+async def _readline(reactor: Any, proc: subprocess.Popen) -> str:
+    from twisted.internet import threads
+
+    return await threads.deferToThread(proc.stdout.readline)  # type: ignore[no-any-return]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--mode", default="main", choices=["main", "receiver", "codec"])
+    p.add_argument("--routes", type=int, default=10000)
+    p.add_argument("--receivers", type=int, default=1)
+    p.add_argument("--procs", type=int, default=1)
+    p.add_argument("--evpn", action="store_true", help="publish the EVPN MAC route too")
+    p.add_argument("--port", type=int)
+    p.add_argument("--agents", type=int, default=1)
+    p.add_argument("--index", type=int, default=0)
+    args = p.parse_args()
+    if args.mode == "receiver":
+        receiver(args)
+        return
+    print(f"load: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}")
+    if args.mode == "codec":
+        for k, v in codec_figures(args.routes).items():
+            print(f"{k:28s} {v:12,.0f}")
+        return
+    res = run(args)
+    print(f"routes={args.routes} receivers={args.receivers} procs={args.procs} evpn={args.evpn}")
+    for k, v in res.items():
+        print(f"{k:28s} {v:12,.3f}")
+
+
+if __name__ == "__main__":
+    main()
