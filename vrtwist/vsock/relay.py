@@ -1,0 +1,357 @@
+"""The vsock relay: each accepted connection is spliced to a backend chosen by caller CID.
+
+One :class:`RelayInbound` per caller, one :class:`RelayOutbound` per backend
+connection. Bytes go straight from one transport to the other; each transport
+is registered as the other's streaming producer, so a slow reader on either
+side stops reading on the other (kernel buffers hold the rest, nothing grows
+without bound). EOF is passed on as a half-close (``loseWriteConnection``) in
+each direction, and the pair closes when both directions are done.
+
+Identity: the caller's CID from ``getPeer()`` on a vsock listener; on a
+stand-in listener (unix/TCP) or behind another relay, the CID carried in an
+incoming PROXY v2 header when ``acceptProxy`` is on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import clientFromString, connectProtocol
+from twisted.internet.interfaces import IAddress, IDelayedCall, IHalfCloseableProtocol
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import Interface, implementer
+
+from vrtwist.vsock import proxyv2 as P
+from vrtwist.vsock.endpoints import VSockAddress, parseCID
+
+
+class RouteError(ValueError):
+    """A ``--backend`` specification that cannot be used."""
+
+
+class IBackendRoutes(Interface):
+    """Which backend endpoint serves a caller, by the caller's CID."""
+
+    def endpointFor(cid: int | None) -> str | None:
+        """The client endpoint string for ``cid`` (None: unknown caller), or None to refuse."""
+
+
+@implementer(IBackendRoutes)
+@dataclass
+class BackendRoutes:
+    """``CID=ENDPOINT`` routes plus an optional default."""
+
+    byCID: dict[int, str] = field(default_factory=dict)
+    default: str | None = None
+
+    def add(self, spec: str) -> None:
+        """Add ``CID=ENDPOINT`` or a bare ``ENDPOINT`` (the default).
+
+        An endpoint string may itself contain ``=`` (``tcp:host=h:port=p``); a
+        prefix is a CID only when it has no ``:`` before the first ``=``.
+        """
+        head, sep, rest = spec.partition("=")
+        if sep and ":" not in head:
+            try:
+                cid = parseCID(head)
+            except ValueError as e:
+                raise RouteError(f"--backend {spec!r}: {e}") from None
+            if not rest:
+                raise RouteError(f"--backend {spec!r}: no endpoint after '='")
+            if cid in self.byCID:
+                raise RouteError(f"--backend {spec!r}: CID {cid} already has a backend")
+            self.byCID[cid] = rest
+        else:
+            if self.default is not None:
+                raise RouteError(f"--backend {spec!r}: a default backend is already set")
+            self.default = spec
+
+    def endpointFor(self, cid: int | None) -> str | None:
+        if cid is not None and cid in self.byCID:
+            return self.byCID[cid]
+        return self.default
+
+
+@dataclass
+class RelayConfig:
+    """Knobs of one relay."""
+
+    routes: BackendRoutes
+    proxyProtocol: bool = False
+    acceptProxy: bool = False
+    bufferLimit: int = 256 * 1024
+    headerTimeout: float = 10.0
+
+
+@dataclass
+class RelayStats:
+    accepted: int = 0
+    active: int = 0
+    backendsOpen: int = 0
+    refused: int = 0
+    backendFailures: int = 0
+    bytesToBackend: int = 0
+    bytesToCaller: int = 0
+
+
+def headerFor(peer: IAddress, host: IAddress) -> P.ProxyHeader:
+    """Describe a caller for the backend as a PROXY v2 header."""
+    if isinstance(peer, VSockAddress) and isinstance(host, VSockAddress):
+        return P.ProxyHeader(
+            source=(peer.cid, peer.port), destination=(host.cid, host.port), vsock=True
+        )
+    if isinstance(peer, IPv4Address | IPv6Address) and isinstance(host, IPv4Address | IPv6Address):
+        fam = P.AF_INET6 if isinstance(peer, IPv6Address) else P.AF_INET
+        return P.ProxyHeader(
+            family=fam,
+            source=(peer.host, peer.port),
+            destination=(host.host, host.port),
+        )
+    if hasattr(peer, "name"):
+        src = peer.name or b""
+        dst = getattr(host, "name", b"") or b""
+        return P.ProxyHeader(
+            family=P.AF_UNIX,
+            source=src.decode() if isinstance(src, bytes) else str(src),
+            destination=dst.decode() if isinstance(dst, bytes) else str(dst),
+        )
+    return P.ProxyHeader()
+
+
+@implementer(IHalfCloseableProtocol)
+class RelayInbound(Protocol):
+    """The caller's side (the guest, or an upstream relay)."""
+
+    _log = Logger()
+
+    def __init__(self, relay: VSockRelayFactory) -> None:
+        self.relay = relay
+        self.config = relay.config
+        self.outbound: RelayOutbound | None = None
+        self.header: P.ProxyHeader | None = None
+        self._waitingHeader = relay.config.acceptProxy
+        self._headerBuf = b""
+        self._headerTimer: IDelayedCall | None = None
+        self._pending: list[bytes] = []
+        self._pendingLen = 0
+        self._paused = False
+        self._connecting: Deferred[Any] | None = None
+        self.readClosed = False
+        self.closed = False
+        self.cid: int | None = None
+        self.bytesIn = 0
+        self.bytesOut = 0
+
+    def connectionMade(self) -> None:
+        self.relay.stats.accepted += 1
+        self.relay.stats.active += 1
+        self.peer = self.transport.getPeer()  # type: ignore[union-attr]
+        self.host = self.transport.getHost()  # type: ignore[union-attr]
+        if isinstance(self.peer, VSockAddress):
+            self.cid = self.peer.cid
+        if self._waitingHeader:
+            self._headerTimer = self.relay.clock.callLater(
+                self.config.headerTimeout, self._headerExpired
+            )
+        else:
+            self._route(headerFor(self.peer, self.host))
+
+    def _headerExpired(self) -> None:
+        self._headerTimer = None
+        self._log.warn("caller {peer} sent no PROXY v2 header; closing", peer=str(self.peer))
+        self.transport.abortConnection()  # type: ignore[union-attr]
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._waitingHeader:
+            self._headerBuf += data
+            try:
+                got = P.decode(self._headerBuf)
+            except P.ProxyProtocolError as e:
+                self._log.warn("caller {peer}: {error}; closing", peer=str(self.peer), error=str(e))
+                self.relay.stats.refused += 1
+                self.transport.abortConnection()  # type: ignore[union-attr]
+                return
+            if got is None:
+                return
+            header, used = got
+            rest = self._headerBuf[used:]
+            self._headerBuf = b""
+            self._waitingHeader = False
+            if self._headerTimer is not None and self._headerTimer.active():
+                self._headerTimer.cancel()
+            self._headerTimer = None
+            if header.command == P.CMD_LOCAL:
+                header = headerFor(self.peer, self.host)
+            elif header.sourceCID is not None:
+                self.cid = header.sourceCID
+            self._route(header)
+            if rest:
+                self._toBackend(rest)
+            return
+        self._toBackend(data)
+
+    def _toBackend(self, data: bytes) -> None:
+        self.bytesIn += len(data)
+        out = self.outbound
+        if out is not None and not self._pending:
+            out.transport.write(data)  # type: ignore[union-attr]
+            return
+        self._pending.append(data)
+        self._pendingLen += len(data)
+        if self._pendingLen >= self.config.bufferLimit and not self._paused:
+            self._paused = True
+            self.transport.pauseProducing()  # type: ignore[union-attr]
+
+    def _route(self, header: P.ProxyHeader) -> None:
+        self.header = header
+        where = self.relay.routes.endpointFor(self.cid)
+        if where is None:
+            self._log.warn(
+                "no backend for caller {peer} (CID {cid}); closing",
+                peer=str(self.peer),
+                cid=self.cid,
+            )
+            self.relay.stats.refused += 1
+            self.transport.loseConnection()  # type: ignore[union-attr]
+            return
+        try:
+            ep = self.relay.endpoint(where)
+        except Exception as e:
+            self._log.error("backend {where!r} is not a usable endpoint: {e}", where=where, e=e)
+            self.transport.loseConnection()  # type: ignore[union-attr]
+            return
+        self.where = where
+        d = connectProtocol(ep, RelayOutbound(self))
+        self._connecting = d
+        d.addCallbacks(self._connected, self._failed)
+
+    def _connected(self, out: RelayOutbound) -> None:
+        self._connecting = None
+        if self.closed:
+            out.transport.loseConnection()  # type: ignore[union-attr]
+            return
+        self.outbound = out
+        if self.config.proxyProtocol and self.header is not None:
+            out.transport.write(P.encode(self.header))  # type: ignore[union-attr]
+        if self._pending:
+            out.transport.write(b"".join(self._pending))  # type: ignore[union-attr]
+            self._pending = []
+            self._pendingLen = 0
+        if self._paused:
+            self._paused = False
+            self.transport.resumeProducing()  # type: ignore[union-attr]
+        # Each side throttles the other: a full write buffer stops the other's reads.
+        self.transport.registerProducer(out.transport, True)  # type: ignore[union-attr]
+        out.transport.registerProducer(self.transport, True)  # type: ignore[union-attr]
+        if self.readClosed:
+            out.transport.loseWriteConnection()  # type: ignore[union-attr]
+
+    def _failed(self, reason: Failure) -> None:
+        self._connecting = None
+        self.relay.stats.backendFailures += 1
+        if not self.closed:
+            self._log.warn(
+                "backend {where} for caller {peer} failed: {why}",
+                where=self.where,
+                peer=str(self.peer),
+                why=reason.getErrorMessage(),
+            )
+            self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def readConnectionLost(self) -> None:
+        if self.readClosed:
+            return
+        self.readClosed = True
+        if self.outbound is not None:
+            self.outbound.transport.loseWriteConnection()  # type: ignore[union-attr]
+            self._maybeDone()
+
+    def writeConnectionLost(self) -> None:
+        """Our write side is shut: nothing to do, the backend's EOF caused it."""
+
+    def _maybeDone(self) -> None:
+        out = self.outbound
+        if out is not None and self.readClosed and out.readClosed:
+            self.transport.loseConnection()  # type: ignore[union-attr]
+            out.transport.loseConnection()  # type: ignore[union-attr]
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.relay.stats.active -= 1
+        if self._headerTimer is not None and self._headerTimer.active():
+            self._headerTimer.cancel()
+        if self._connecting is not None:
+            self._connecting.cancel()
+        out = self.outbound
+        if out is not None and not out.closed:
+            out.transport.loseConnection()  # type: ignore[union-attr]
+        self._log.debug(
+            "caller {peer} done: {i} bytes to backend, {o} bytes back",
+            peer=str(self.peer) if hasattr(self, "peer") else "?",
+            i=self.bytesIn,
+            o=self.bytesOut,
+        )
+
+
+@implementer(IHalfCloseableProtocol)
+class RelayOutbound(Protocol):
+    """The backend's side of one relayed connection."""
+
+    def __init__(self, inbound: RelayInbound) -> None:
+        self.inbound = inbound
+        self.readClosed = False
+        self.closed = False
+
+    def connectionMade(self) -> None:
+        self.inbound.relay.stats.backendsOpen += 1
+
+    def dataReceived(self, data: bytes) -> None:
+        self.inbound.bytesOut += len(data)
+        self.inbound.relay.stats.bytesToCaller += len(data)
+        self.inbound.transport.write(data)  # type: ignore[union-attr]
+
+    def readConnectionLost(self) -> None:
+        if self.readClosed:
+            return
+        self.readClosed = True
+        self.inbound.transport.loseWriteConnection()  # type: ignore[union-attr]
+        self.inbound._maybeDone()
+
+    def writeConnectionLost(self) -> None:
+        """Our write side is shut because the caller sent EOF."""
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self.closed = True
+        self.inbound.relay.stats.backendsOpen -= 1
+        self.inbound.relay.stats.bytesToBackend += self.inbound.bytesIn
+        if not self.inbound.closed:
+            self.inbound.transport.loseConnection()  # type: ignore[union-attr]
+
+
+class VSockRelayFactory(Factory):
+    """Accepts callers for one listener; shares the routes, endpoints and stats."""
+
+    noisy = False
+
+    def __init__(self, clock: Any, config: RelayConfig) -> None:
+        self.clock = clock
+        self.config = config
+        self.routes: IBackendRoutes = config.routes
+        self.stats = RelayStats()
+        self._endpoints: dict[str, Any] = {}
+
+    def endpoint(self, where: str) -> Any:
+        ep = self._endpoints.get(where)
+        if ep is None:
+            ep = self._endpoints[where] = clientFromString(self.clock, where)
+        return ep
+
+    def buildProtocol(self, addr: Any) -> RelayInbound:
+        return RelayInbound(self)

@@ -1,0 +1,90 @@
+"""``twistd -n vsock-relay``: relay vsock (or a unix/TCP stand-in) callers to backends.
+
+Examples::
+
+    # guests dial host port 1024; CID 3 goes to one appliance, the rest to another
+    twistd -n vsock-relay --listen vsock:1024 \\
+        --backend 3=tcp:10.0.0.5:2377 --backend unix:/run/vic/default.sock --proxy-protocol
+
+    # peer-to-peer chaining: this relay forwards to the relay on the appliance's host,
+    # which routes by the CID carried in the PROXY v2 header
+    twistd -n vsock-relay --listen vsock:1024 --backend tcp:apphost:7000 --proxy-protocol
+    twistd -n vsock-relay --listen tcp:7000 --accept-proxy-protocol --backend vsock:5:2377
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application import internet, service
+from twisted.internet.endpoints import serverFromString
+from twisted.python import usage
+
+from vrtwist.vsock.relay import BackendRoutes, RelayConfig, RouteError, VSockRelayFactory
+
+
+class Options(usage.Options):
+    """Command line of ``twistd vsock-relay``."""
+
+    optParameters = [
+        [
+            "listen",
+            "l",
+            "vsock:1024",
+            "server endpoint: vsock:PORT, vsock:CID:PORT, unix:PATH, tcp:PORT",
+        ],
+        ["buffer", None, "262144", "bytes held per caller while its backend connects"],
+        ["header-timeout", None, "10", "seconds to wait for an incoming PROXY v2 header"],
+    ]
+    optFlags = [
+        ["proxy-protocol", "p", "send a PROXY v2 header naming the caller to each backend"],
+        [
+            "accept-proxy-protocol",
+            "a",
+            "expect a PROXY v2 header from each caller (from an upstream relay) and route by it",
+        ],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["routes"] = BackendRoutes()
+
+    def opt_backend(self, spec: str) -> None:
+        """[CID=]ENDPOINT: backend for callers with that CID, or the default (repeatable)."""
+        try:
+            self["routes"].add(spec)
+        except RouteError as e:
+            raise usage.UsageError(str(e)) from None
+
+    opt_b = opt_backend
+
+    def postOptions(self) -> None:
+        routes: BackendRoutes = self["routes"]
+        if routes.default is None and not routes.byCID:
+            raise usage.UsageError("at least one --backend is required")
+        try:
+            self["buffer"] = int(self["buffer"])
+            self["header-timeout"] = float(self["header-timeout"])
+        except ValueError as e:
+            raise usage.UsageError(f"bad number: {e}") from None
+
+
+def makeService(options: Options, reactor: Any = None) -> service.MultiService:
+    """The listener with its relay factory."""
+    if reactor is None:
+        from twisted.internet import reactor as _reactor
+
+        reactor = _reactor
+    config = RelayConfig(
+        routes=options["routes"],
+        proxyProtocol=bool(options["proxy-protocol"]),
+        acceptProxy=bool(options["accept-proxy-protocol"]),
+        bufferLimit=int(options["buffer"]),
+        headerTimeout=float(options["header-timeout"]),
+    )
+    top = service.MultiService()
+    factory = VSockRelayFactory(reactor, config)
+    internet.StreamServerEndpointService(
+        serverFromString(reactor, options["listen"]), factory
+    ).setServiceParent(top)
+    return top
