@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import subprocess
 import threading
 import time
 from typing import Any
@@ -14,7 +15,7 @@ from twisted.trial.unittest import TestCase
 
 from tests.agent.dpview import snapshot, vif_names
 from tests.agent.helpers import SAMPLE, port_body, tempdir
-from tests.agent.procs import SMALL_TABLES, Twistd, agent_args, port_control, wait_until
+from tests.agent.procs import BIN, SMALL_TABLES, Twistd, agent_args, port_control, wait_until
 
 
 def http_call(port: int, method: str, path: str, body: Any = None) -> tuple[int, str, Any]:
@@ -28,6 +29,14 @@ def http_call(port: int, method: str, path: str, body: Any = None) -> tuple[int,
         return r.status, r.reason, json.loads(raw) if raw else None
     finally:
         conn.close()
+
+
+def utility(name: str, *args: str) -> str:
+    """Run a vRouter utility (``vif``, ``nh``, ``rt``, ``mpls``) and return its stdout."""
+    r = subprocess.run([os.path.join(BIN, name), *args], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, (name, args, r.stdout, r.stderr)
+    return r.stdout
 
 
 def control_args(port: int, json_dir: str, body: dict[str, Any], *extra: str) -> list[str]:
@@ -69,6 +78,22 @@ class EmbeddedAgentTests(TestCase):
         self.assertIn((vrf, bytes.fromhex("020000000001")), snap["bridge"])
         status, reason, body = http_call(self.port, "GET", f"/port/{b['id']}")
         self.assertEqual((status, reason, body["system-name"]), (200, "OK", "tapv1"))
+        # what the vRouter utilities print about it
+        out = utility("vif", "--sock-dir", self.run_dir, "--list")
+        self.assertIn(f"vif0/{idx}      Virtual: tapv1 NH: {nh}", out)
+        self.assertIn("Type:Virtual HWaddr:02:00:00:00:00:01 IPaddr:10.0.0.1", out)
+        self.assertIn(f"Vrf:{vrf} Mcast Vrf:{vrf} Flags:PL3L2D", out)
+        out = utility("nh", "--sock-dir", self.run_dir, "--list")
+        self.assertIn("Encap Data: 02 00 00 00 00 01 00 00 5e 00 01 00 08 00", out)
+        self.assertIn("Type:Receive", out)
+        self.assertIn("Type:Resolve", out)
+        out = utility("rt", "--sock-dir", self.run_dir, "--dump", str(vrf))
+        self.assertRegex(out, rf"10\.0\.0\.1/32 +32 +L +{label} +{nh} ")
+        out = utility("rt", "--sock-dir", self.run_dir, "--dump", str(vrf), "--family",
+                      "bridge")
+        self.assertRegex(out, rf"2:0:0:0:0:1 +L +{label} ")
+        out = utility("mpls", "--sock-dir", self.run_dir, "--dump")
+        self.assertRegex(out, rf" +{label} +{nh}\n")
 
         r = port_control("--oper", "delete", "--uuid", b["id"], "--agent_port", str(self.port),
                          "--port_json_path", json_dir)

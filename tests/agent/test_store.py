@@ -1,0 +1,65 @@
+"""Port files: atomic writes, replay of good files, clear reasons for bad ones."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from tests.agent.helpers import SAMPLE, InMemoryAgent, port_body, tempdir
+from vrtwist.agent.interfaces import IPortStore
+from vrtwist.agent.store import MAX_PORT_FILE, PortFileError, PortStore, write_json_atomic
+
+
+class StoreTests(SynchronousTestCase):
+    def test_interface(self) -> None:
+        verifyObject(IPortStore, PortStore(tempdir(self)))
+
+    def test_atomic_write_leaves_no_temporary_file(self) -> None:
+        d = tempdir(self)
+        store = PortStore(d)
+        store.write(SAMPLE["id"], SAMPLE)
+        store.write(SAMPLE["id"], dict(SAMPLE, **{"display-name": "vm2"}))
+        self.assertEqual(sorted(os.listdir(store.ports_dir)), [SAMPLE["id"], "vm"])
+        self.assertEqual(store.read(SAMPLE["id"])["display-name"], "vm2")
+
+    def test_write_failure_raises_and_keeps_the_old_file(self) -> None:
+        d = tempdir(self)
+        path = os.path.join(d, "x")
+        write_json_atomic(__import__("pathlib").Path(path), {"a": 1})
+        os.makedirs(os.path.join(d, ".x.%d.tmp" % os.getpid()))  # the temp name is taken
+        with self.assertRaises(PortFileError):
+            write_json_atomic(__import__("pathlib").Path(path), {"a": 2})
+        with open(path) as f:
+            self.assertEqual(json.load(f), {"a": 1})
+
+    def test_replay_loads_good_files_and_reports_bad_ones(self) -> None:
+        d = tempdir(self)
+        first = InMemoryAgent(d)
+        first.call("POST", "/port", [port_body(1), port_body(2)])
+        ports = os.path.join(d, "ports")
+        bad = {
+            "11111111-1111-1111-1111-111111111111": b"{not json",
+            "22222222-2222-2222-2222-222222222222": json.dumps(
+                port_body(3, **{"mac-address": "nope"})).encode(),
+            "33333333-3333-3333-3333-333333333333": b" " * (MAX_PORT_FILE + 1),
+        }
+        for name, data in bad.items():
+            with open(os.path.join(ports, name), "wb") as f:
+                f.write(data)
+        with open(os.path.join(ports, "README"), "w") as f:  # not a uuid: ignored
+            f.write("x")
+        second = InMemoryAgent(d)
+        added, skipped = second.table.replay()
+        self.assertEqual(added, 2)
+        self.assertEqual(len(skipped), 3)
+        text = "\n".join(skipped)
+        self.assertIn("not JSON", text)
+        self.assertIn("mac-address", text)
+        self.assertIn("larger than", text)
+        # bad files stay for the operator to look at
+        for name in bad:
+            self.assertTrue(os.path.exists(os.path.join(ports, name)))
+        self.assertEqual(len(second.datapath.tables.interfaces), 3)  # pkt0 + 2 ports
