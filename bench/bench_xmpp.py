@@ -91,9 +91,13 @@ def receiver(args: argparse.Namespace) -> None:
     for link in links:
         link.whenReady().addCallback(ready)
 
+    first: list[float] = []
+
     def poll() -> None:
+        if not first and any(c[0] > 1 for c in counters):
+            first.append(time.time())
         if all(c[0] >= args.routes for c in counters):
-            print(f"DONE {time.time():.6f}", flush=True)
+            print(f"DONE {time.time():.6f} {first[0] if first else 0:.6f}", flush=True)
             reactor.stop()
             return
         reactor.callLater(0.001, poll)
@@ -184,10 +188,13 @@ def run(args: argparse.Namespace) -> dict[str, float]:
                 ip, None, 16 + i % 5000, "127.0.0.2"))
         t_sent = time.time()
         done = []
+        firsts = []
         for k in kids:
             line = await _readline(reactor, k)
             done.append(float(line.split()[1]))
+            firsts.append(float(line.split()[2]))
         t_end = max(done)
+        result["first route programmed (s)"] = min(firsts) - t0
         result["publish (s)"] = t_sent - t0
         result["converge (s)"] = t_end - t0
         result["routes/s"] = args.routes * args.receivers / (t_end - t0)

@@ -474,7 +474,7 @@ class FastPathTests(SynchronousTestCase):
             self.assertEqual(parse_stanza(data), full)
 
     def test_canonical_stanzas_take_the_fast_path(self) -> None:
-        from vrtwist.xmpp.stanzas import parse_fast
+        from vrtwist.xmpp.stanzas import parse_fast, parse_stanza_full
 
         e = RouteEntry(1, 1, "10.0.0.1/32", (NextHop("10.1.1.1", 5),))
         pub, coll = frame(build_route_publish("a", "v", e, True, 1))
@@ -482,6 +482,10 @@ class FastPathTests(SynchronousTestCase):
         self.assertIsNotNone(parse_fast(coll))
         self.assertIsNotNone(parse_fast(build_route_update("cn", "a", "1/1/v", [e])))
         self.assertIsNotNone(parse_fast(build_retract("cn", "a", "1/1/v", ["10.0.0.1/32"])))
+        sub = build_subscribe("a", "virtual-machine:x", service="config")
+        self.assertEqual(parse_fast(sub), parse_stanza_full(sub))
+        unsub = build_unsubscribe("a", "blue", iq_id="u1")
+        self.assertEqual(parse_fast(unsub), parse_stanza_full(unsub))
 
     def test_non_canonical_forms_go_to_the_full_parser(self) -> None:
         from vrtwist.xmpp.stanzas import parse_fast

@@ -869,6 +869,9 @@ _FAST_COLLECTION = re.compile(
     _IQ_HEAD + r'<collection node="' + _A + r'"><(associate|dissociate) node="' + _A
     + r'" /></collection></pubsub></iq>'
 )
+_FAST_SUBSCRIBE = re.compile(
+    _IQ_HEAD + r'<(subscribe|unsubscribe) node="' + _A + r'" /></pubsub></iq>'
+)
 _FAST_INET = re.compile(_INET_ENTRY)
 _FAST_EVPN = re.compile(_EVPN_ENTRY)
 _FAST_MESSAGE = re.compile(
@@ -957,6 +960,14 @@ def parse_fast(data: bytes) -> Stanza | None:
             if op == "associate":
                 return Collection(node, target, None, sender)
             return Collection(node, None, target, sender)
+        m = _FAST_SUBSCRIBE.fullmatch(text)
+        if m is not None:
+            sender, to, _id, op, node = m.groups()
+            if not node:
+                return None
+            if op == "subscribe":
+                return Subscribe(node, _service(to), None, False, sender)
+            return Unsubscribe(node, _service(to), sender)
         m = _FAST_PUBLISH.match(text)
         if m is None or not m.group(4):
             return None
