@@ -25,7 +25,6 @@ from vrtwist.shmem import layout as L
 from vrtwist.shmem.entries import FlowEntry, parse_flow_entry
 from vrtwist.shmem.htable import Buffer, HashTable
 from vrtwist.shmem.interfaces import IFlowDatapath, IFlowTable
-from vrtwist.shmem.jhash import jhash
 
 __all__ = [
     "FlowTable",
@@ -40,6 +39,7 @@ _U16 = L.U16
 _A = L.FLOW_PART_A
 _B = L.FLOW_PART_B
 _STATS = L.FLOW_STATS
+_BODY = L.FLOW_BODY
 _KEY_PAD = bytes(L.FLOW_KEY_SIZE)
 _NO_MIRROR = 0xFF  # VR_MAX_MIRROR_INDICES: "no mirror" in fe_mirror_id
 
@@ -104,6 +104,9 @@ def _key(family: int, proto: int, sport_w: int, dport_w: int, nh: int,
 
 def fields_of(req: Any) -> Any:
     """A ``get(name, default)`` over a decoded Sandesh object or a plain mapping."""
+    d = getattr(req, "__dict__", None)
+    if d is not None:
+        return d.get  # thriftpy2 objects keep their fields in __dict__
     if isinstance(req, Mapping):
         return req.get
     return lambda name, default=None: getattr(req, name, default)
@@ -111,7 +114,10 @@ def fields_of(req: Any) -> Any:
 
 def key_from_request(req: Any) -> tuple[bytes, int] | None:
     """Hashed key bytes and entry type of a vr_flow_req's forward key (None: bad family)."""
-    g = fields_of(req)
+    return _key_of(fields_of(req))
+
+
+def _key_of(g: Any) -> tuple[bytes, int] | None:
     return _key(
         g("fr_family", 0) or 0, g("fr_flow_proto", 0) or 0, g("fr_flow_sport", 0) or 0,
         g("fr_flow_dport", 0) or 0, g("fr_flow_nh_id", 0) or 0, g("fr_flow_sip_u", 0) or 0,
@@ -121,7 +127,10 @@ def key_from_request(req: Any) -> tuple[bytes, int] | None:
 
 def rkey_from_request(req: Any) -> tuple[bytes, int] | None:
     """Key of the reverse flow described by the ``fr_rflow_*`` fields."""
-    g = fields_of(req)
+    return _rkey_of(fields_of(req))
+
+
+def _rkey_of(g: Any) -> tuple[bytes, int] | None:
     return _key(
         g("fr_family", 0) or 0, g("fr_flow_proto", 0) or 0, g("fr_rflow_sport", 0) or 0,
         g("fr_rflow_dport", 0) or 0, g("fr_rflow_nh_id", 0) or 0, g("fr_rflow_sip_u", 0) or 0,
@@ -224,15 +233,33 @@ class FlowTable:
 
         Raises FlowTableFull.  An existing entry for the key is returned as is.
         """
+        buf = self.buf
         idx = self._index.get(key, -1)
         if idx >= 0:
-            return idx, self.buf[idx * L.FLOW_ENTRY_SIZE + L.OFF_FE_GEN_ID]
-        etype = L.VP_TYPE_IP6 if len(key) == L.FLOW_KEY6_LEN else L.VP_TYPE_IP
-        idx = self._allocate(key)
-        gen = self._write_new(idx, key, etype, L.ACTION_HOLD, vrf, 0, -1, src_info)
-        self._count_hold()
-        self._set_flags(idx, L.FLAG_ACTIVE | L.FLAG_NEW_FLOW)
-        return idx, gen
+            return idx, buf[idx * L.FLOW_ENTRY_SIZE + L.OFF_FE_GEN_ID]
+        got = self.ht.allocate(key)
+        if got is None:
+            raise FlowTableFull("no free entry in the bucket of this key and no overflow entry left")
+        off = got * L.FLOW_ENTRY_SIZE
+        if buf[off + L.OFF_FE_FLAGS] or buf[off + L.OFF_FE_FLAGS + 1]:
+            _U16.pack_into(buf, off + L.OFF_FE_FLAGS, 0)  # a reused (evicted) slot: unpublish first
+        gen = (buf[off + L.OFF_FE_GEN_ID] + 1) & 0xFF
+        klen = len(key)
+        etype = L.VP_TYPE_IP6 if klen == L.FLOW_KEY6_LEN else L.VP_TYPE_IP
+        _BODY.pack_into(
+            buf, off + L.OFF_FE_BODY, 0, 0, key + _KEY_PAD[klen : L.FLOW_KEY_SIZE - 1] + bytes((klen,)),
+            gen, 0, 0, 0, -1, 0, 0, L.ACTION_HOLD, vrf, 0, _NO_MIRROR, _NO_MIRROR, 0,
+            0, 0, 0, 0, -1, 0, etype, 0, src_info, 0,
+        )
+        self._index[key] = got
+        c = self.counters
+        if c.hold_count[0] >= 0xFFFFFFFF:
+            c.hold_oflows += 1
+            c.hold_count[0] = 0
+        c.hold_count[0] += 1
+        # published last
+        _U16.pack_into(buf, off + L.OFF_FE_FLAGS, L.FLAG_ACTIVE | L.FLAG_NEW_FLOW)
+        return got, gen
 
     def take_new_flow(self, index: int) -> bool:
         """Clear NEW_FLOW when the first packet is trapped; True if it was a new flow."""
@@ -308,7 +335,7 @@ class FlowTable:
             if cur & (L.FLAG_MODIFIED | L.FLAG_EVICTED | L.FLAG_NEW_FLOW):
                 res.errno = -errno.EBUSY
                 return res
-        err = self._check(req, index if valid else -1, index, rflags)
+        err = self._check(g, index if valid else -1, index, rflags)
         if err:
             res.errno = err
             return res
@@ -333,7 +360,7 @@ class FlowTable:
             res.errno = -errno.EINVAL
             return res
         if not valid:
-            kt = key_from_request(req)
+            kt = _key_of(g)
             if kt is None:
                 res.errno = -errno.EINVAL
                 return res
@@ -359,14 +386,13 @@ class FlowTable:
             old_flags = self._flags(index)
         res.index = index
         res.gen_id = gen
-        self._apply(index, req, rflags, action, rindex, new_flow, old_flags)
+        self._apply(index, g, rflags, action, rindex, new_flow, old_flags)
         return res
 
     _resolved_rindex = -1
 
-    def _check(self, req: Any, fe_index: int, index: int, rflags: int) -> int:
+    def _check(self, g: Any, fe_index: int, index: int, rflags: int) -> int:
         """``vr_flow_set_req_is_invalid``: 0 or the negative errno."""
-        g = fields_of(req)
         self._resolved_rindex = _signed32(g("fr_rindex", -1) if g("fr_rindex") is not None else -1)
         if fe_index >= 0:
             e = self.entry(fe_index)
@@ -375,7 +401,7 @@ class FlowTable:
             if e.type in (L.VP_TYPE_IP, L.VP_TYPE_IP6):
                 if (g("fr_gen_id", 0) or 0) & 0xFF != e.gen_id:
                     return -errno.EBADF
-                kt = key_from_request(req)
+                kt = _key_of(g)
                 off = fe_index * L.FLOW_ENTRY_SIZE + L.OFF_FE_KEY
                 if kt is None:
                     return -errno.EFAULT
@@ -396,7 +422,7 @@ class FlowTable:
                 if not self._valid(self._resolved_rindex):
                     return -errno.EINVAL
             else:
-                kt = rkey_from_request(req)
+                kt = _rkey_of(g)
                 found = self._index.get(kt[0], -1) if kt else -1
                 if found < 0:
                     return -errno.EINVAL
@@ -404,10 +430,9 @@ class FlowTable:
         return 0
 
     def _apply(
-        self, index: int, req: Any, rflags: int, action: int, rindex: int,
+        self, index: int, g: Any, rflags: int, action: int, rindex: int,
         new_flow: bool, old_flags: int,
     ) -> None:
-        g = fields_of(req)
         off = index * L.FLOW_ENTRY_SIZE
         buf = self.buf
         (ttl, qos, key45, gen, tcp_flags, hold, tcp_seq, rflow) = _A.unpack_from(buf, off + L.OFF_FE_PART_A)
@@ -450,17 +475,15 @@ class FlowTable:
         _U16.pack_into(buf, off + L.OFF_FE_FLAGS, flags & 0xFFFF)
 
     def _udp_src_port(self, vrf: int, key45: bytes, etype: int) -> int:
-        """MPLS-over-UDP source port from the flow tuple, as ``vr_flow_udp_src_port``."""
+        """MPLS-over-UDP source port from the flow tuple (``vr_flow_udp_src_port``).
+
+        The vRouter hashes (vrf, ports, addresses) with a random seed; Python's keyed
+        string hash (random per process) plays the seed's part.
+        """
         alen = 16 if etype == L.VP_TYPE_IP6 else 4
-        data = (
-            (vrf & 0xFFFFFFFF).to_bytes(4, "little")
-            + ((int.from_bytes(key45[4:6], "little") << 16) | int.from_bytes(key45[6:8], "little")).to_bytes(4, "little")
-            + key45[12 : 12 + 2 * alen]
-        )
-        h = jhash(data, self._hashrnd)
+        h = hash((vrf, key45[4:8], key45[12 : 12 + 2 * alen], self._hashrnd)) & 0xFFFFFFFF
         rng = L.MUDP_PORT_RANGE_END - L.MUDP_PORT_RANGE_START
-        port = (h * rng) >> 32
-        return L.MUDP_PORT_RANGE_START + (port if port <= rng else 0)
+        return L.MUDP_PORT_RANGE_START + ((h * rng) >> 32)
 
     def _count_hold(self) -> None:
         c = self.counters
@@ -483,12 +506,13 @@ class FlowTable:
         """Fill a freshly allocated slot with ACTIVE clear; the caller publishes flags."""
         off = index * L.FLOW_ENTRY_SIZE
         buf = self.buf
-        _U16.pack_into(buf, off + L.OFF_FE_FLAGS, 0)
+        if buf[off + L.OFF_FE_FLAGS] or buf[off + L.OFF_FE_FLAGS + 1]:
+            _U16.pack_into(buf, off + L.OFF_FE_FLAGS, 0)  # a reused (evicted) slot: unpublish first
         gen = (buf[off + L.OFF_FE_GEN_ID] + 1) & 0xFF
         key45 = key + _KEY_PAD[len(key) : L.FLOW_KEY_SIZE - 1] + bytes((len(key),))
-        _A.pack_into(buf, off + L.OFF_FE_PART_A, 0, 0, key45, gen, 0, 0, 0, rflow)
-        _B.pack_into(buf, off + L.OFF_FE_PART_B, 0, action, vrf, dvrf, _NO_MIRROR, _NO_MIRROR, 0,
-                     0, 0, 0, 0, -1, 0, etype, 0, src_info, 0)
+        _BODY.pack_into(buf, off + L.OFF_FE_BODY, 0, 0, key45, gen, 0, 0, 0, rflow, 0, 0, action,
+                        vrf, dvrf, _NO_MIRROR, _NO_MIRROR, 0, 0, 0, 0, 0, -1, 0, etype, 0,
+                        src_info, 0)
         self._index[key] = index
         return gen
 

@@ -13,7 +13,7 @@ import mmap
 from collections.abc import Iterator
 
 from vrtwist.shmem import layout as L
-from vrtwist.shmem.jhash import jhash
+from vrtwist.shmem.jhash import jhash, jhash_flow4
 
 __all__ = ["HashTable", "map_file", "create_file"]
 
@@ -104,7 +104,8 @@ class HashTable:
         """Take a free slot for ``key`` as ``vr_htable_find_free_hentry`` does, or None if full."""
         buf = self.buf
         size = self.entry_size
-        b = (jhash(key) % self.entries) & ~3
+        h = jhash_flow4(key) if len(key) == 20 else jhash(key)
+        b = (h % self.entries) & ~3
         for ind in range(b, b + 4):
             off = ind * size + L.OFF_HENTRY_FLAGS
             if not buf[off] & L.HENTRY_FLAG_VALID:

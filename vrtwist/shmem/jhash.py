@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import struct
 
-__all__ = ["jhash", "JHASH_INITVAL"]
+__all__ = ["jhash", "jhash_flow4", "jhash_flow6", "jhash_bridge", "JHASH_INITVAL"]
 
 JHASH_INITVAL = 0xDEADBEEF
 _M = 0xFFFFFFFF
@@ -20,9 +20,122 @@ _WORDS = {n: struct.Struct("<%dI" % n) for n in range(3, 3 * 24 + 1, 3)}
 _PAD = bytes(12)
 
 
+_W2 = struct.Struct("<2I")
+_W5 = struct.Struct("<5I")
+_W11 = struct.Struct("<11I")
+
+
+def _final(a: int, b: int, c: int) -> int:
+    c ^= b
+    c = (c - (((b << 14) | (b >> 18)) & _M)) & _M
+    a ^= c
+    a = (a - (((c << 11) | (c >> 21)) & _M)) & _M
+    b ^= a
+    b = (b - (((a << 25) | (a >> 7)) & _M)) & _M
+    c ^= b
+    c = (c - (((b << 16) | (b >> 16)) & _M)) & _M
+    a ^= c
+    a = (a - (((c << 4) | (c >> 28)) & _M)) & _M
+    b ^= a
+    b = (b - (((a << 14) | (a >> 18)) & _M)) & _M
+    c ^= b
+    return (c - (((b << 24) | (b >> 8)) & _M)) & _M
+
+
+def _mix(a: int, b: int, c: int) -> tuple[int, int, int]:
+    a = (a - c) & _M
+    a ^= ((c << 4) | (c >> 28)) & _M
+    c = (c + b) & _M
+    b = (b - a) & _M
+    b ^= ((a << 6) | (a >> 26)) & _M
+    a = (a + c) & _M
+    c = (c - b) & _M
+    c ^= ((b << 8) | (b >> 24)) & _M
+    b = (b + a) & _M
+    a = (a - c) & _M
+    a ^= ((c << 16) | (c >> 16)) & _M
+    c = (c + b) & _M
+    b = (b - a) & _M
+    b ^= ((a << 19) | (a >> 13)) & _M
+    a = (a + c) & _M
+    c = (c - b) & _M
+    c ^= ((b << 4) | (b >> 28)) & _M
+    b = (b + a) & _M
+    return a, b, c
+
+
+def jhash_bridge(key: bytes) -> int:
+    """``jhash`` of an 8-byte bridge key, initval 0 (one tail block, no mix)."""
+    w0, w1 = _W2.unpack(key)
+    a = b = c = (JHASH_INITVAL + 8) & _M
+    return _final((a + w0) & _M, (b + w1) & _M, c)
+
+
+def jhash_flow4(key: bytes) -> int:
+    """``jhash`` of a 20-byte IPv4 flow key, initval 0 (one mix, 8-byte tail)."""
+    w0, w1, w2, w3, w4 = _W5.unpack(key)
+    a = b = c = (JHASH_INITVAL + 20) & _M
+    a = (a + w0) & _M
+    b = (b + w1) & _M
+    c = (c + w2) & _M
+    # __jhash_mix, inlined: this is the insert hot path
+    a = (a - c) & _M
+    a ^= ((c << 4) | (c >> 28)) & _M
+    c = (c + b) & _M
+    b = (b - a) & _M
+    b ^= ((a << 6) | (a >> 26)) & _M
+    a = (a + c) & _M
+    c = (c - b) & _M
+    c ^= ((b << 8) | (b >> 24)) & _M
+    b = (b + a) & _M
+    a = (a - c) & _M
+    a ^= ((c << 16) | (c >> 16)) & _M
+    c = (c + b) & _M
+    b = (b - a) & _M
+    b ^= ((a << 19) | (a >> 13)) & _M
+    a = (a + c) & _M
+    c = (c - b) & _M
+    c ^= ((b << 4) | (b >> 28)) & _M
+    b = (b + a) & _M
+    a = (a + w3) & _M
+    b = (b + w4) & _M
+    # __jhash_final, inlined
+    c ^= b
+    c = (c - (((b << 14) | (b >> 18)) & _M)) & _M
+    a ^= c
+    a = (a - (((c << 11) | (c >> 21)) & _M)) & _M
+    b ^= a
+    b = (b - (((a << 25) | (a >> 7)) & _M)) & _M
+    c ^= b
+    c = (c - (((b << 16) | (b >> 16)) & _M)) & _M
+    a ^= c
+    a = (a - (((c << 4) | (c >> 28)) & _M)) & _M
+    b ^= a
+    b = (b - (((a << 14) | (a >> 18)) & _M)) & _M
+    c ^= b
+    return (c - (((b << 24) | (b >> 8)) & _M)) & _M
+
+
+def jhash_flow6(key: bytes) -> int:
+    """``jhash`` of a 44-byte IPv6 flow key, initval 0 (three mixes, 8-byte tail)."""
+    w = _W11.unpack(key)
+    a = b = c = (JHASH_INITVAL + 44) & _M
+    a, b, c = _mix((a + w[0]) & _M, (b + w[1]) & _M, (c + w[2]) & _M)
+    a, b, c = _mix((a + w[3]) & _M, (b + w[4]) & _M, (c + w[5]) & _M)
+    a, b, c = _mix((a + w[6]) & _M, (b + w[7]) & _M, (c + w[8]) & _M)
+    return _final((a + w[9]) & _M, (b + w[10]) & _M, c)
+
+
 def jhash(key: bytes, initval: int = 0) -> int:
     """Return ``vr_hash(key, len(key), initval)`` as an unsigned 32-bit int."""
     length = len(key)
+    if not initval:
+        if length == 20:
+            return jhash_flow4(key)
+        if length == 8:
+            return jhash_bridge(key)
+        if length == 44:
+            return jhash_flow6(key)
     a = b = c = (JHASH_INITVAL + length + initval) & _M
     if length == 0:
         return c

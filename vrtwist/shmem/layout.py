@@ -44,6 +44,9 @@ OFF_FE_PART_A = 21
 # bytes_oflow, packets_oflow, ecmp, drop_reason, type, udp_src_port, src_info, mme
 FLOW_PART_B = struct.Struct("<HHHHBBIIIHBbBBHIQ")
 OFF_FE_PART_B = 90
+# 21..132 in one go (flags at 88 included): used to fill a new entry with ACTIVE clear
+FLOW_BODY = struct.Struct("<Bh45sBHQIi" "H" "HHHHBBIIIHBbBBHIQ")
+OFF_FE_BODY = 21
 FLOW_STATS = struct.Struct("<IIHB")  # bytes, packets, bytes_oflow, packets_oflow
 U16 = struct.Struct("<H")
 U32 = struct.Struct("<I")

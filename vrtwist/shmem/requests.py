@@ -40,8 +40,12 @@ def make(name: str, fields: dict[str, Any]) -> Any:
     return spec.cls(**values)
 
 
+_RESPONSE = schema.vr_response
+_FLOW_RESPONSE = schema.vr_flow_response
+
+
 def _response(code: int) -> Any:
-    return schema.vr_response(h_op=_OP_RESPONSE, resp_code=code)
+    return _RESPONSE(h_op=_OP_RESPONSE, resp_code=code)
 
 
 @implementer(IRequestHandler)
@@ -58,12 +62,15 @@ class FlowRequests:
         if op != 0:
             resp = {"fresp_op": op, "fresp_index": int(getattr(request, "fr_index", 0)) & 0xFFFFFFFF}
             return [[_response(-errno.EINVAL), make("vr_flow_response", resp)]]
-        result = self.flows.flow_set(request)
-        if result.errno:
-            self._log.debug(
-                "flow set refused: {errno} index {index}", errno=result.errno, index=result.index
-            )
-        return [[_response(result.errno), make("vr_flow_response", result.response_fields(op))]]
+        r = self.flows.flow_set(request)
+        return [[
+            _response(r.errno),
+            _FLOW_RESPONSE(
+                fresp_op=op, fresp_rid=0, fresp_flags=r.flags, fresp_index=r.index & 0xFFFFFFFF,
+                fresp_bytes=r.bytes, fresp_packets=r.packets, fresp_stats_oflow=r.stats_oflow,
+                fresp_gen_id=r.gen_id,
+            ),
+        ]]
 
 
 @implementer(IRequestHandler)
