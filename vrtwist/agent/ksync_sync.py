@@ -39,7 +39,8 @@ from vrtwist.agent.dpstate import (
 from vrtwist.agent.interfaces import IKsyncChannel
 from vrtwist.datapath import constants as C
 from vrtwist.ksync.client import KsyncClientProtocol
-from vrtwist.sandesh import SPECS_BY_NAME
+from vrtwist.ksync.client import KsyncError as ClientKsyncError
+from vrtwist.sandesh import SPECS_BY_NAME, schema
 
 #: Fields compared to decide whether a dumped object still matches the desired one.
 COMPARED = {
@@ -130,13 +131,16 @@ class LocalChannel:
     def request(self, msg: Any) -> Deferred[list[Any]]:
         return succeed([obj for part in self.datapath.handle(msg) for obj in part])
 
+    def request_many(self, msgs: list[Any]) -> list[Deferred[list[Any]]]:
+        return [self.request(m) for m in msgs]
+
 
 class DatapathSync:
     """Keeps a datapath in step with a :class:`DatapathModel` over an IKsyncChannel."""
 
     _log = Logger()
 
-    def __init__(self, model: DatapathModel, *, window: int = 64) -> None:
+    def __init__(self, model: DatapathModel, *, window: int = 128) -> None:
         self.model = model
         self.window = window
         self.channel: IKsyncChannel | None = None
@@ -178,13 +182,7 @@ class DatapathSync:
         if channel is None:
             raise KsyncError(-errno.ENOTCONN, f"{name}: no ksync session")
         self.requests_sent += 1
-        reply = await channel.request(make(name, fields))
-        if not reply or type(reply[0]).__name__ != "vr_response":
-            raise KsyncError(-errno.EPROTO, f"{name}: reply without vr_response")
-        code = int(reply[0].resp_code)
-        if code < 0:
-            raise KsyncError(code, name)
-        return list(reply)
+        return _checked(name, await channel.request(make(name, fields)))
 
     async def dump(self, name: str, fields: dict[str, Any]) -> list[Any]:
         """A whole DUMP, page after page with the marker of the last object received."""
@@ -316,18 +314,29 @@ class DatapathSync:
                 self._kick()
 
     async def _send(self, ops: list[tuple[int, str, Key, str, dict[str, Any]]]) -> None:
+        """Send ``ops`` in order, bunched (up to BUNCH per netlink message, as the real
+        agent does) with at most ``window`` requests unanswered."""
         pending: list[Deferred[Any]] = []
-        for _order, op, key, name, fields in ops:
-            if self.channel is None:
-                self.dirty.add(key)
+        for start in range(0, len(ops), BUNCH):
+            chunk = ops[start:start + BUNCH]
+            channel = self.channel
+            if channel is None:
+                self.dirty.update(o[2] for o in chunk)
                 continue
-            req = dict(_identity(name, fields)) if op == "del" else dict(fields)
-            req[_OP_FIELD] = C.OP_DEL if op == "del" else C.OP_ADD
-            d = Deferred.fromCoroutine(self.call(name, req))
-            d.addCallbacks(self._done, self._failed, callbackArgs=(op, key, name, fields),
-                           errbackArgs=(op, key, name))
-            pending.append(d)
-            if len(pending) >= self.window:
+            msgs = []
+            for _order, op, _key, name, fields in chunk:
+                req = dict(_identity(name, fields)) if op == "del" else dict(fields)
+                req[_OP_FIELD] = C.OP_DEL if op == "del" else C.OP_ADD
+                msgs.append(make(name, req))
+            self.requests_sent += len(msgs)
+            many = getattr(channel, "request_many", None)
+            ds = many(msgs) if many is not None else [channel.request(m) for m in msgs]
+            for d, (_order, op, key, name, fields) in zip(ds, chunk, strict=True):
+                d.addCallback(lambda reply, n=name: _checked(n, reply))
+                d.addCallbacks(self._done, self._failed, callbackArgs=(op, key, name, fields),
+                               errbackArgs=(op, key, name))
+                pending.append(d)
+            while len(pending) >= self.window:
                 await pending.pop(0)
         if pending:
             await DeferredList(pending)
@@ -351,6 +360,20 @@ class DatapathSync:
         self.errors[key] = str(err)
         self._log.error("ksync {op} of {key} failed: {err}", op=op, key=key, err=str(err))
         return None
+
+
+#: Requests bunched into one netlink message (the agent's ``kMaxBulkMsgCount``).
+BUNCH = 16
+
+
+def _checked(name: str, reply: list[Any]) -> list[Any]:
+    """The reply if its vr_response is not negative, else KsyncError."""
+    if not reply or type(reply[0]).__name__ != "vr_response":
+        raise KsyncError(-errno.EPROTO, f"{name}: reply without vr_response")
+    code = int(reply[0].resp_code)
+    if code < 0:
+        raise KsyncError(code, name)
+    return list(reply)
 
 
 def rank_of(key: Key) -> int:
@@ -393,20 +416,21 @@ class ProtocolChannel:
         self.proto = proto
 
     def request(self, msg: Any) -> Deferred[list[Any]]:
-        from vrtwist.ksync.client import KsyncError as ClientKsyncError
-        from vrtwist.sandesh import schema
+        return self.request_many([msg])[0]
 
-        def ok(resp: Any) -> list[Any]:
-            return [schema.vr_response(h_op=C.OP_RESPONSE, resp_code=resp.code),
-                    *resp.objects]
+    def request_many(self, msgs: list[Any]) -> list[Deferred[list[Any]]]:
+        """Bunch ``msgs`` into one netlink message; one Deferred per request, in order."""
+        return [d.addCallbacks(_as_reply, _refused_reply)
+                for d in self.proto.request_many(msgs)]
 
-        def refused(f: Any) -> list[Any]:
-            f.trap(ClientKsyncError)
-            return [schema.vr_response(h_op=C.OP_RESPONSE, resp_code=f.value.code),
-                    *f.value.objects]
 
-        d: Deferred[list[Any]] = self.proto.request(msg).addCallbacks(ok, refused)
-        return d
+def _as_reply(resp: Any) -> list[Any]:
+    return [schema.vr_response(h_op=C.OP_RESPONSE, resp_code=resp.code), *resp.objects]
+
+
+def _refused_reply(f: Any) -> list[Any]:
+    f.trap(ClientKsyncError)
+    return [schema.vr_response(h_op=C.OP_RESPONSE, resp_code=f.value.code), *f.value.objects]
 
 
 class KsyncSynchroniser:

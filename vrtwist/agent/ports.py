@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from twisted.internet.defer import Deferred, DeferredLock, maybeDeferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
@@ -59,8 +60,12 @@ class PortTable:
     def __init__(self, store: IPortStore, clock: IReactorTime, *,
                  tap_check: bool = True,
                  stale_timeout: float = DEFAULT_STALE_TIMEOUT,
-                 exists: Callable[[str], bool] = interface_exists) -> None:
+                 exists: Callable[[str], bool] = interface_exists,
+                 run_io: Callable[..., Deferred[Any]] | None = None) -> None:
         self.store = store
+        # how blocking file I/O is run: in a thread pool by the service, inline in tests
+        self._run_io = run_io or maybeDeferred
+        self._locks: dict[str, DeferredLock] = {}
         self.clock = clock
         self.tap_check = tap_check
         self.stale_timeout = stale_timeout
@@ -119,6 +124,58 @@ class PortTable:
         VM or other settings the old port is replaced.  Raises PortValidationError (nothing
         changed) or PortFileError (files written by this call are removed again).
         """
+        batch = self._checked(ports)
+        written = self._write_files(batch) if persist else []
+        self._apply_batch(batch, written)
+
+    async def add_many_async(self, ports: Iterable[Port]) -> None:
+        """:meth:`add_many` with the file writes off the reactor thread.
+
+        Requests touching the same uuids are serialised, so files and table agree.
+        """
+        batch = self._checked(ports)
+
+        async def go() -> None:
+            todo = [p for p in batch if not self._known_same(p)]
+            written = await self._run_io(self._write_files, todo) if todo else []
+            self._apply_batch(batch, written)
+        await self._locked([p.id for p in batch], go)
+
+    async def delete_async(self, uuid: str) -> Port | None:
+        """:meth:`delete` with the unlink off the reactor thread (file first, then table)."""
+        async def go() -> Port | None:
+            entry = self._ports.get(uuid)
+            vm = entry.vm if entry is not None else None
+            await self._run_io(self._remove_files, uuid, vm)
+            return self._remove(uuid)
+        result: Port | None = await self._locked([uuid], go)
+        return result
+
+    def _remove_files(self, uuid: str, vm: VmPort | None) -> None:
+        if vm is not None:
+            self.store.remove_vm(vm.vm_name, uuid)
+        self.store.remove(uuid)
+
+    async def _locked(self, uuids: list[str], fn: Callable[[], Any]) -> Any:
+        keys = sorted(set(uuids))
+        locks = [self._locks.setdefault(k, DeferredLock()) for k in keys]
+        for lock in locks:
+            await lock.acquire()
+        try:
+            return await fn()
+        finally:
+            for k, lock in zip(keys, locks, strict=True):
+                lock.release()
+                if not lock.locked and not lock.waiting:
+                    self._locks.pop(k, None)
+
+    def _known_same(self, port: Port) -> bool:
+        """A re-POST of a port already held with the same settings needs no file write."""
+        entry = self._ports.get(port.id)
+        return entry is not None and entry.port.same_config(port) and \
+            self.store.exists(port.id)
+
+    def _checked(self, ports: Iterable[Port]) -> list[Port]:
         batch = list(ports)
         problems: list[str] = []
         seen: set[str] = set()
@@ -132,7 +189,9 @@ class PortTable:
                 problems.extend(e.problems)
         if problems:
             raise PortValidationError(problems)
-        written = self._write_files(batch) if persist else []
+        return batch
+
+    def _apply_batch(self, batch: list[Port], written: list[str]) -> None:
         for i, p in enumerate(batch):
             try:
                 self._apply(p)

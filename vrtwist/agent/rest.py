@@ -10,9 +10,11 @@ phrases.  Uppercase uuids in paths and bodies are accepted and normalised.
 from __future__ import annotations
 
 import json
+from collections.abc import Coroutine
 from typing import Any
 
 from klein import Klein
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import MethodNotAllowed, NotFound
@@ -84,9 +86,15 @@ class PortApi:
         self.table = table
         self.gateways: dict[str, Gateway] = {}
 
-    def _call(self, request: IRequest, fn: Any, *args: Any) -> bytes:
+    def _call(self, request: IRequest, fn: Any, *args: Any) -> Deferred[bytes]:
+        """Run a handler; map its exceptions to JSON error answers."""
+        return Deferred.fromCoroutine(self._answer(request, fn, *args))
+
+    async def _answer(self, request: IRequest, fn: Any, *args: Any) -> bytes:
         try:
             result = fn(*args)
+            if isinstance(result, (Deferred, Coroutine)):
+                result = await result
         except ApiError as e:
             return _json(request, e.code, {"error": e.message})
         except PortValidationError as e:
@@ -105,10 +113,10 @@ class PortApi:
     # ports -----------------------------------------------------------------------------
 
     @app.route("/port", methods=["POST"])
-    def post_port(self, request: IRequest) -> bytes:
+    def post_port(self, request: IRequest) -> Any:
         return self._call(request, self._post_port, request)
 
-    def _post_port(self, request: IRequest) -> dict[str, Any]:
+    async def _post_port(self, request: IRequest) -> dict[str, Any]:
         body = _read_body(request)
         if isinstance(body, list):
             ports: list[Port] = []
@@ -120,15 +128,15 @@ class PortApi:
                     problems.extend(f"[{i}].{p}" for p in e.problems)
             if problems:
                 raise PortValidationError(problems)
-            self.table.add_many(ports)
+            await self.table.add_many_async(ports)
         elif isinstance(body, dict):
-            self.table.add(port_from_json(body))
+            await self.table.add_many_async([port_from_json(body)])
         else:
             raise ApiError(400, "body: expected a port object or an array of port objects")
         return {}
 
     @app.route("/port/<string:uuid>", methods=["GET"])
-    def get_port(self, request: IRequest, uuid: str) -> bytes:
+    def get_port(self, request: IRequest, uuid: str) -> Any:
         def get() -> dict[str, Any]:
             port = self.table.get(_uuid(uuid))
             if port is None:
@@ -137,25 +145,25 @@ class PortApi:
         return self._call(request, get)
 
     @app.route("/port/<string:uuid>", methods=["DELETE"])
-    def delete_port(self, request: IRequest, uuid: str) -> bytes:
-        def delete() -> dict[str, Any]:
-            self.table.delete(_uuid(uuid))
+    def delete_port(self, request: IRequest, uuid: str) -> Any:
+        async def delete() -> dict[str, Any]:
+            await self.table.delete_async(_uuid(uuid))
             return {}
         return self._call(request, delete)
 
     @app.route("/syncports", methods=["POST"])
-    def syncports(self, request: IRequest) -> bytes:
+    def syncports(self, request: IRequest) -> Any:
         def sync() -> dict[str, Any]:
             self.table.sync()
             return {}
         return self._call(request, sync)
 
     @app.route("/enable-port/<string:uuid>", methods=["PUT"])
-    def enable_port(self, request: IRequest, uuid: str) -> bytes:
+    def enable_port(self, request: IRequest, uuid: str) -> Any:
         return self._call(request, self._link, uuid, True)
 
     @app.route("/disable-port/<string:uuid>", methods=["PUT"])
-    def disable_port(self, request: IRequest, uuid: str) -> bytes:
+    def disable_port(self, request: IRequest, uuid: str) -> Any:
         return self._call(request, self._link, uuid, False)
 
     def _link(self, uuid: str, up: bool) -> dict[str, Any]:
@@ -165,7 +173,7 @@ class PortApi:
     # gateway ---------------------------------------------------------------------------
 
     @app.route("/gateway", methods=["POST"])
-    def post_gateway(self, request: IRequest) -> bytes:
+    def post_gateway(self, request: IRequest) -> Any:
         def add() -> dict[str, Any]:
             for gw in gateways_from_json(_read_body(request)):
                 self.gateways[gw.interface] = gw
@@ -173,7 +181,7 @@ class PortApi:
         return self._call(request, add)
 
     @app.route("/gateway", methods=["DELETE"])
-    def delete_gateway(self, request: IRequest) -> bytes:
+    def delete_gateway(self, request: IRequest) -> Any:
         def delete() -> dict[str, Any]:
             body = _read_body(request)
             if not isinstance(body, list):
@@ -191,7 +199,7 @@ class PortApi:
     # vm + vn API (CNI / Mesos) ---------------------------------------------------------
 
     @app.route("/vm", methods=["POST"])
-    def post_vm(self, request: IRequest) -> bytes:
+    def post_vm(self, request: IRequest) -> Any:
         def add() -> dict[str, Any]:
             body = _read_body(request)
             if isinstance(body, list):
@@ -201,11 +209,11 @@ class PortApi:
         return self._call(request, add)
 
     @app.route("/vm/<string:vm_uuid>", methods=["GET"])
-    def get_vm(self, request: IRequest, vm_uuid: str) -> bytes:
+    def get_vm(self, request: IRequest, vm_uuid: str) -> Any:
         return self._call(request, self._get_vm, vm_uuid, None)
 
     @app.route("/vm/<string:vm_uuid>/<string:vmi_uuid>", methods=["GET"])
-    def get_vm_vmi(self, request: IRequest, vm_uuid: str, vmi_uuid: str) -> bytes:
+    def get_vm_vmi(self, request: IRequest, vm_uuid: str, vmi_uuid: str) -> Any:
         return self._call(request, self._get_vm, vm_uuid, vmi_uuid)
 
     def _get_vm(self, vm_uuid: str, vmi_uuid: str | None) -> list[dict[str, Any]]:
@@ -218,21 +226,21 @@ class PortApi:
         return found
 
     @app.route("/vm/<string:vm_uuid>", methods=["DELETE"])
-    def delete_vm(self, request: IRequest, vm_uuid: str) -> bytes:
+    def delete_vm(self, request: IRequest, vm_uuid: str) -> Any:
         def delete() -> dict[str, Any]:
             self.table.delete_vm(_uuid(vm_uuid, "vm-uuid"))
             return {}
         return self._call(request, delete)
 
     @app.route("/vm/<string:vm_uuid>/<string:vmi_uuid>", methods=["DELETE"])
-    def delete_vm_vmi(self, request: IRequest, vm_uuid: str, vmi_uuid: str) -> bytes:
+    def delete_vm_vmi(self, request: IRequest, vm_uuid: str, vmi_uuid: str) -> Any:
         def delete() -> dict[str, Any]:
             self.table.delete_vm(_uuid(vm_uuid, "vm-uuid"), _uuid(vmi_uuid, "vmi-uuid"))
             return {}
         return self._call(request, delete)
 
     @app.route("/vm-cfg/<string:vm_name>", methods=["GET"])
-    def vm_cfg(self, request: IRequest, vm_name: str) -> bytes:
+    def vm_cfg(self, request: IRequest, vm_name: str) -> Any:
         def cfg() -> list[dict[str, Any]]:
             found = [{
                 "id": p.id, "vm-uuid": p.instance_id, "vn-id": p.vn_id,

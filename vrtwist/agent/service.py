@@ -15,6 +15,7 @@ from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.web.server import Site
 
@@ -64,8 +65,12 @@ class AgentService(MultiService):
 
     async def _start(self) -> None:
         store = PortStore(_usable_state_dir(self.state_dir, self.run_dir))
+        pool = self.reactor.getThreadPool()
+
+        def run_io(f: Any, *args: Any) -> Deferred[Any]:
+            return deferToThreadPool(self.reactor, pool, f, *args)
         table = PortTable(store, self.reactor, tap_check=self.tap_check,
-                          stale_timeout=self.stale_timeout)
+                          stale_timeout=self.stale_timeout, run_io=run_io)
         self.table = table
         if self.controllers:
             self._attach_controller()
