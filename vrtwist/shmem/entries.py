@@ -13,7 +13,7 @@ from __future__ import annotations
 import socket
 import struct
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from typing_extensions import Buffer
 
@@ -68,11 +68,10 @@ def flow_key_bytes(
     )
 
 
-@dataclass(frozen=True, slots=True)
-class FlowEntry:
+class FlowEntry(NamedTuple):
     """One ``struct vr_flow_entry`` as a reader sees it (ports in host order)."""
 
-    index: int
+    index: int  # type: ignore[assignment]
     hentry_index: int
     bucket_index: int
     next_index: int

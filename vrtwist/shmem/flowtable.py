@@ -371,22 +371,32 @@ class FlowTable:
                 res.gen_id = self.buf[existing * L.FLOW_ENTRY_SIZE + L.OFF_FE_GEN_ID]
                 res.errno = -errno.EEXIST
                 return res
-            try:
-                index = self._allocate(key)
-            except FlowTableFull:
+            got = self.ht.allocate(key)
+            if got is None:
                 res.errno = -errno.ENOSPC
                 return res
-            gen = self._write_new(index, key, etype, L.ACTION_DROP, 0, 0, -1, 0)
+            index = got
+            off = index * L.FLOW_ENTRY_SIZE
+            buf = self.buf
+            if buf[off + L.OFF_FE_FLAGS] or buf[off + L.OFF_FE_FLAGS + 1]:
+                _U16.pack_into(buf, off + L.OFF_FE_FLAGS, 0)  # reused (evicted) slot
+            gen = (buf[off + L.OFF_FE_GEN_ID] + 1) & 0xFF
+            klen = len(key)
+            body: list[Any] = [0, 0, key + _KEY_PAD[klen : L.FLOW_KEY_SIZE - 1] + bytes((klen,)), gen, 0, 0, 0,
+                    -1, 0, 0, L.ACTION_DROP, 0, 0, _NO_MIRROR, _NO_MIRROR, 0, 0, 0, 0, 0, -1, 0,
+                    etype, 0, 0, 0]
+            self._index[key] = index
             self.counters.added += 1
             new_flow = True
             old_flags = 0
         else:
-            gen = self.buf[index * L.FLOW_ENTRY_SIZE + L.OFF_FE_GEN_ID]
+            body = list(_BODY.unpack_from(self.buf, index * L.FLOW_ENTRY_SIZE + L.OFF_FE_BODY))
+            gen = body[3]
             new_flow = False
-            old_flags = self._flags(index)
+            old_flags = body[8]
         res.index = index
         res.gen_id = gen
-        self._apply(index, g, rflags, action, rindex, new_flow, old_flags)
+        self._apply(index, g, rflags, action, rindex, new_flow, old_flags, body)
         return res
 
     _resolved_rindex = -1
@@ -431,48 +441,47 @@ class FlowTable:
 
     def _apply(
         self, index: int, g: Any, rflags: int, action: int, rindex: int,
-        new_flow: bool, old_flags: int,
+        new_flow: bool, old_flags: int, body: list[Any],
     ) -> None:
+        """Write the request's fields into ``body`` (fields 21..132), then publish flags."""
         off = index * L.FLOW_ENTRY_SIZE
         buf = self.buf
-        (ttl, qos, key45, gen, tcp_flags, hold, tcp_seq, rflow) = _A.unpack_from(buf, off + L.OFF_FE_PART_A)
-        (flags1, cur_action, vrf, dvrf, mir, smir, src_nh, nb, npk, bo, po, ecmp, drop, etype,
-         udp_sport, src_info, mme) = _B.unpack_from(buf, off + L.OFF_FE_PART_B)
+        # body: ttl qos key45 gen tcp hold seq rflow flags flags1 action vrf dvrf mir smir src_nh
+        #       bytes packets boflow poflow ecmp drop type udp_sport src_info mme
         if rflags & L.FLAG_MIRROR:
-            mir = (g("fr_mir_id", 0) or 0) & 0xFF
-            smir = (g("fr_sec_mir_id", 0) or 0) & 0xFF
+            body[13] = (g("fr_mir_id", 0) or 0) & 0xFF
+            body[14] = (g("fr_sec_mir_id", 0) or 0) & 0xFF
         else:
-            mir = smir = _NO_MIRROR
+            body[13] = body[14] = _NO_MIRROR
         rflow = rindex if rflags & L.RFLOW_VALID else -1
-        vrf = (g("fr_flow_vrf", 0) or 0) & 0xFFFF
+        body[7] = rflow
+        vrf = body[11] = (g("fr_flow_vrf", 0) or 0) & 0xFFFF
         if rflags & L.FLAG_VRFT:
-            dvrf = (g("fr_flow_dvrf", 0) or 0) & 0xFFFF
-        if ecmp == -1:
+            body[12] = (g("fr_flow_dvrf", 0) or 0) & 0xFFFF
+        if body[20] == -1:
             e = (g("fr_ecmp_nh_index", 0) or 0) & 0xFF
-            ecmp = e - 256 if e >= 128 else e
-        src_nh = (g("fr_src_nh_index", 0) or 0) & 0xFFFFFFFF
-        qos = _signed16(g("fr_qos_id", 0) or 0)
-        if action == L.ACTION_HOLD and cur_action != L.ACTION_HOLD:
+            body[20] = e - 256 if e >= 128 else e
+        body[15] = (g("fr_src_nh_index", 0) or 0) & 0xFFFFFFFF
+        body[1] = _signed16(g("fr_qos_id", 0) or 0)
+        if action == L.ACTION_HOLD and body[10] != L.ACTION_HOLD:
             self._count_hold()
-        cur_action = action
-        ttl = (g("fr_ttl", 0) or 0) & 0xFF
-        if cur_action == L.ACTION_DROP:
-            drop = (g("fr_drop_reason", 0) or 0) & 0xFF
-        flags = (old_flags & L.DP_FLAGS) | (rflags & ~L.DP_FLAGS)
-        flags1 = (g("fr_flags1", 0) or 0) & 0xFFFF
+        body[10] = action
+        body[0] = (g("fr_ttl", 0) or 0) & 0xFF
+        if action == L.ACTION_DROP:
+            body[21] = (g("fr_drop_reason", 0) or 0) & 0xFF
+        flags = ((old_flags & L.DP_FLAGS) | (rflags & ~L.DP_FLAGS)) & ~L.FLAG_NEW_FLOW & 0xFFFF
+        body[9] = (g("fr_flags1", 0) or 0) & 0xFFFF
         if new_flow and rflags & L.RFLOW_VALID and self._valid(rflow):
             rt = _U16.unpack_from(buf, rflow * L.FLOW_ENTRY_SIZE + L.OFF_FE_TCP_FLAGS)[0]
-            tcp_flags |= _reverse_tcp(rt)
-        if not udp_sport:
-            udp_sport = self._udp_src_port(vrf, key45, etype)
+            body[4] |= _reverse_tcp(rt)
+        if not body[23]:
+            body[23] = self._udp_src_port(vrf, body[2], body[22])
         if (g("fr_extflags", 0) or 0) & L.EXT_FLAG_MOCK_SRC_UDP:
-            udp_sport = L.MOCK_SRC_UDP_PORT
-        flags &= ~L.FLAG_NEW_FLOW
-        _A.pack_into(buf, off + L.OFF_FE_PART_A, ttl, qos, key45, gen, tcp_flags, hold, tcp_seq, rflow)
-        _B.pack_into(buf, off + L.OFF_FE_PART_B, flags1, cur_action, vrf, dvrf, mir, smir, src_nh,
-                     nb, npk, bo, po, ecmp, drop, etype, udp_sport, src_info, mme)
+            body[23] = L.MOCK_SRC_UDP_PORT
+        body[8] = old_flags  # unchanged inside the body write
+        _BODY.pack_into(buf, off + L.OFF_FE_BODY, *body)
         # published (or re-published) last
-        _U16.pack_into(buf, off + L.OFF_FE_FLAGS, flags & 0xFFFF)
+        _U16.pack_into(buf, off + L.OFF_FE_FLAGS, flags)
 
     def _udp_src_port(self, vrf: int, key45: bytes, etype: int) -> int:
         """MPLS-over-UDP source port from the flow tuple (``vr_flow_udp_src_port``).
