@@ -52,6 +52,7 @@ class VSPCConfig:
     backoffInitial: float = 0.2
     backoffMax: float = 10.0
     secretLength: int = 8
+    readSize: int = 256 * 1024
 
     def backendFor(self, uuid: str, label: str) -> str:
         return self.backendTemplate.format(uuid=uuid, label=label or "default")
@@ -79,6 +80,13 @@ _OFFERS = (
     (T.DO, T.SGA),
     (T.DO, T.VMWARE_EXT),
 )
+
+
+def _setReadSize(transport: Any, size: int) -> None:
+    """Read up to ``size`` bytes per wakeup (Twisted's default 64 KiB is also its
+    write high-water mark; a larger one means fewer pause/resume flips in bulk)."""
+    if hasattr(transport, "bufferSize"):
+        transport.bufferSize = size
 
 
 @implementer(IPushProducer)
@@ -129,6 +137,7 @@ class VSPCConnection(Protocol):
     # connection life
 
     def connectionMade(self) -> None:
+        _setReadSize(self.transport, self.config.readSize)
         self.table.connections.add(self)
         peer = self.transport.getPeer()  # type: ignore[union-attr]
         self.peerText = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
@@ -414,6 +423,7 @@ class BackendProtocol(Protocol):
         self.serialPort = port
 
     def connectionMade(self) -> None:
+        _setReadSize(self.transport, self.serialPort.config.readSize)
         self.transport.registerProducer(  # type: ignore[union-attr]
             _WritePressure(self._writeFull), True
         )

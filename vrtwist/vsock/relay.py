@@ -86,6 +86,7 @@ class RelayConfig:
     acceptProxy: bool = False
     bufferLimit: int = 256 * 1024
     headerTimeout: float = 10.0
+    readSize: int = 256 * 1024
 
 
 @dataclass
@@ -123,6 +124,13 @@ def headerFor(peer: IAddress, host: IAddress) -> P.ProxyHeader:
     return P.ProxyHeader()
 
 
+def _setReadSize(transport: Any, size: int) -> None:
+    """Read up to ``size`` bytes per wakeup (Twisted's default is 64 KiB): fewer
+    trips through the reactor per megabyte on a bulk splice."""
+    if hasattr(transport, "bufferSize"):
+        transport.bufferSize = size
+
+
 @implementer(IHalfCloseableProtocol)
 class RelayInbound(Protocol):
     """The caller's side (the guest, or an upstream relay)."""
@@ -148,6 +156,7 @@ class RelayInbound(Protocol):
         self.bytesOut = 0
 
     def connectionMade(self) -> None:
+        _setReadSize(self.transport, self.config.readSize)
         self.relay.stats.accepted += 1
         self.relay.stats.active += 1
         self.peer = self.transport.getPeer()  # type: ignore[union-attr]
@@ -310,6 +319,7 @@ class RelayOutbound(Protocol):
         self.closed = False
 
     def connectionMade(self) -> None:
+        _setReadSize(self.transport, self.inbound.config.readSize)
         self.inbound.relay.stats.backendsOpen += 1
 
     def dataReceived(self, data: bytes) -> None:

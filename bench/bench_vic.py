@@ -1,0 +1,327 @@
+"""Throughput of the vSPC and the vsock relay beside a direct loopback TCP transfer.
+
+Every figure comes from one run of this script: the relay under test runs as a
+real ``twistd -n vspc`` / ``twistd -n vsock-relay`` process (as deployed); the
+sender and receiver share the benchmark's reactor, in the direct case too, so
+the ratio compares like with like.
+
+    /work/venv/bin/python bench/bench_vic.py [--mib 512] [--runs 3] [--vms 50]
+
+Cases:
+  direct      TCP loopback sender -> receiver
+  vsock-relay unix stand-in listener -> relay -> TCP backend
+  vspc up     fake ESX (telnet, IAC doubled) -> vSPC -> unix backend   (unescape path)
+  vspc down   unix backend -> vSPC -> fake ESX                         (escape path)
+  vspc 50 VMs every VM sends at once; min/median/max per-VM MB/s and the aggregate
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+from twisted.internet import defer, reactor
+from twisted.internet.endpoints import (
+    TCP4ClientEndpoint,
+    UNIXClientEndpoint,
+    UNIXServerEndpoint,
+    connectProtocol,
+    serverFromString,
+)
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import deferLater
+from zope.interface import implementer
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from vrtwist.vic import telnet as T  # noqa: E402
+from vrtwist.vic import vmware_ext as X  # noqa: E402
+from vrtwist.vic.testing import FakeESX, uuidText  # noqa: E402
+
+CHUNK = 65536
+MB = 1e6
+
+
+@implementer(IPushProducer)
+class Sender:
+    """Writes ``total`` bytes of ``block`` (pre-encoded) as fast as flow control allows."""
+
+    def __init__(self, transport: Any, block: bytes, payloadPerBlock: int, total: int) -> None:
+        self.t = transport
+        self.block = block
+        self.per = payloadPerBlock
+        self.left = total
+        self.paused = False
+        transport.registerProducer(self, True)
+        reactor.callLater(0, self.resumeProducing)
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        while not self.paused and self.left > 0:
+            self.t.write(self.block)
+            self.left -= self.per
+        if self.left <= 0 and not self.paused:
+            self.t.unregisterProducer()
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def stopProducing(self) -> None:
+        self.paused = True
+        self.left = 0
+
+
+class Counter(Protocol):
+    """Counts bytes; fires ``done`` with (first byte time, last byte time) at ``total``."""
+
+    def __init__(self, total: int, decode: bool = False) -> None:
+        self.total = total
+        self.got = 0
+        self.first = 0.0
+        self.done: defer.Deferred[tuple[float, float]] = defer.Deferred()
+        self.parser = T.TelnetParser() if decode else None
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self.got:
+            self.first = time.perf_counter()
+        if self.parser is not None:
+            n = sum(len(e) for e in self.parser.feed(data) if isinstance(e, bytes))
+        else:
+            n = len(data)
+        self.got += n
+        if self.got >= self.total and not self.done.called:
+            self.done.callback((self.first, time.perf_counter()))
+
+
+class OneShot(Factory):
+    def __init__(self, make: Any) -> None:
+        self.make = make
+        self.protocols: list[Any] = []
+        self.arrived: defer.Deferred[Any] = defer.Deferred()
+
+    def buildProtocol(self, addr: Any) -> Any:
+        p = self.make()
+        self.protocols.append(p)
+        if len(self.protocols) == 1:
+            # fire after makeConnection, so the waiter sees a connected protocol
+            reactor.callLater(0, self.arrived.callback, p)
+        return p
+
+
+def block() -> bytes:
+    return random.Random(42).randbytes(CHUNK)
+
+
+def twistd(*args: str) -> subprocess.Popen[bytes]:
+    exe = os.path.join(os.path.dirname(sys.executable), "twistd")
+    return subprocess.Popen([exe, "-n", "--pidfile=", "-l", "/dev/null", *args])
+
+
+async def waitPath(path: str) -> None:
+    for _ in range(400):
+        if os.path.exists(path):
+            return
+        await deferLater(reactor, 0.025, lambda: None)
+    raise RuntimeError(f"{path} never appeared")
+
+
+async def direct(total: int) -> float:
+    f = OneShot(lambda: Counter(total))
+    port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(f)
+    client = await connectProtocol(
+        TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port), Protocol()
+    )
+    t0 = time.perf_counter()
+    Sender(client.transport, block(), CHUNK, total)
+    recv = await f.arrived
+    _, end = await recv.done
+    client.transport.loseConnection()
+    await port.stopListening()
+    return total / (end - t0) / MB
+
+
+async def vsockRelay(total: int, workdir: str) -> float:
+    f = OneShot(lambda: Counter(total))
+    port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(f)
+    sock = os.path.join(workdir, "relay.sock")
+    proc = twistd(
+        "vsock-relay",
+        "--listen",
+        f"unix:{sock}",
+        "--backend",
+        f"tcp:127.0.0.1:{port.getHost().port}",
+    )
+    try:
+        await waitPath(sock)
+        client = await connectProtocol(UNIXClientEndpoint(reactor, sock), Protocol())
+        t0 = time.perf_counter()
+        Sender(client.transport, block(), CHUNK, total)
+        recv = await f.arrived
+        _, end = await recv.done
+        client.transport.loseConnection()
+    finally:
+        proc.terminate()
+        proc.wait()
+        await port.stopListening()
+    return total / (end - t0) / MB
+
+
+async def startVSPC(workdir: str) -> tuple[subprocess.Popen[bytes], str]:
+    sock = os.path.join(workdir, "vspc.sock")
+    proc = twistd(
+        "vspc",
+        "--listen",
+        f"unix:{sock}",
+        "--backend",
+        f"unix:{workdir}/{{uuid}}.sock",
+        "--service-uri",
+        "*",
+        "--buffer",
+        str(1024 * 1024),
+    )
+    await waitPath(sock)
+    return proc, sock
+
+
+async def vspcOnce(
+    total: int, workdir: str, vms: int, up: bool
+) -> list[tuple[float, float, float]]:
+    """Returns per-VM (start, first byte, last byte)."""
+    proc, sock = await startVSPC(workdir)
+    ports = []
+    factories = []
+    try:
+        for n in range(vms):
+            uuid = X.normaliseUUID(uuidText(n + 1))
+            f = OneShot((lambda: Counter(total)) if up else Protocol)
+            ports.append(await UNIXServerEndpoint(reactor, f"{workdir}/{uuid}.sock").listen(f))
+            factories.append(f)
+        esxs = []
+        for n in range(vms):
+            e = FakeESX(uuid=uuidText(n + 1))
+            if not up:
+                e.counter = Counter(total)  # type: ignore[attr-defined]
+            esxs.append(await connectProtocol(UNIXClientEndpoint(reactor, sock), e))
+        await defer.gatherResults([e.proxied() for e in esxs])
+        backends = [await f.arrived for f in factories]
+        data = block()
+        t0 = time.perf_counter()
+        if up:
+            enc = T.encodeData(data)
+            for e in esxs:
+                Sender(e.transport, enc, CHUNK, total)
+            results = await defer.gatherResults([b.done for b in backends])
+        else:
+            for e in esxs:
+                c = e.counter  # type: ignore[attr-defined]
+                e.dataReceived = c.dataReceived  # count the decoded serial bytes only
+                c.parser = T.TelnetParser()
+            for b in backends:
+                Sender(b.transport, data, CHUNK, total)
+            results = await defer.gatherResults([e.counter.done for e in esxs])  # type: ignore[attr-defined]
+        out = [(t0, first, last) for first, last in results]
+        for e in esxs:
+            e.transport.loseConnection()
+    finally:
+        proc.terminate()
+        proc.wait()
+        for p in ports:
+            await p.stopListening()
+    return out
+
+
+async def main(args: argparse.Namespace) -> None:
+    total = args.mib * 1024 * 1024
+    work = tempfile.mkdtemp(prefix="bvic")
+    rows: dict[str, list[float]] = {
+        k: [] for k in ("direct", "vsock-relay", "vspc up", "vspc down")
+    }
+    many: list[tuple[float, float, float, float]] = []
+    try:
+        for run in range(args.runs):
+            rows["direct"].append(await direct(total))
+            if "relay" in args.only:
+                rows["vsock-relay"].append(await vsockRelay(total, work))
+            if "vspc" in args.only:
+                (r,) = await vspcOnce(total, work, 1, up=True)
+                rows["vspc up"].append(total / (r[2] - r[0]) / MB)
+                (r,) = await vspcOnce(total, work, 1, up=False)
+                rows["vspc down"].append(total / (r[2] - r[0]) / MB)
+            if "vms" in args.only:
+                per = max(1, total // args.vms // 4)
+                res = await vspcOnce(per, work, args.vms, up=True)
+                t0 = res[0][0]
+                end = max(x[2] for x in res)
+                rates = sorted(per / (x[2] - x[0]) / MB for x in res)
+                many.append(
+                    (
+                        per * args.vms / (end - t0) / MB,
+                        rates[0],
+                        statistics.median(rates),
+                        rates[-1],
+                    )
+                )
+            print(
+                f"run {run + 1}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in rows.items() if v),
+                flush=True,
+            )
+    finally:
+        shutil.rmtree(work, True)
+    d = statistics.median(rows["direct"])
+    load = open("/proc/loadavg").read().split()[:3]
+    print()
+    print(
+        f"payload {args.mib} MiB per single-stream case, {args.runs} runs, medians; loadavg {' '.join(load)}"
+    )
+    print("| path | MB/s (median) | runs | vs direct | goal |")
+    print("|---|---|---|---|---|")
+    goals = {"direct": "", "vsock-relay": ">= 0.50", "vspc up": ">= 0.25", "vspc down": ">= 0.25"}
+    for k, v in rows.items():
+        if not v:
+            continue
+        m = statistics.median(v)
+        print(
+            f"| {k} | {m:,.0f} | {' / '.join(f'{x:,.0f}' for x in v)} | {m / d:.2f} | {goals[k]} |"
+        )
+    if not many:
+        return
+    agg = statistics.median(x[0] for x in many)
+    print()
+    print(
+        f"{args.vms} VMs at once through the vSPC, {max(1, total // args.vms // 4) / 2**20:.1f} MiB each (up):"
+    )
+    print(
+        "| aggregate MB/s | slowest VM MB/s | median VM MB/s | fastest VM MB/s | slowest/fastest |"
+    )
+    print("|---|---|---|---|---|")
+    lo = statistics.median(x[1] for x in many)
+    med = statistics.median(x[2] for x in many)
+    hi = statistics.median(x[3] for x in many)
+    print(f"| {agg:,.0f} | {lo:,.1f} | {med:,.1f} | {hi:,.1f} | {lo / hi:.2f} |")
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--mib", type=int, default=512)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--vms", type=int, default=50)
+    ap.add_argument("--only", default="relay,vspc,vms", help="subset: relay, vspc, vms")
+    a = ap.parse_args()
+
+    def run() -> defer.Deferred[None]:
+        d = defer.ensureDeferred(main(a))
+        d.addErrback(lambda f: f.printTraceback(sys.stderr))
+        d.addBoth(lambda _: reactor.stop())
+        return d
+
+    reactor.callWhenRunning(run)
+    reactor.run()
