@@ -10,6 +10,7 @@ import tempfile
 from typing import Any
 
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import (
     TCP4ClientEndpoint,
     UNIXServerEndpoint,
@@ -300,3 +301,75 @@ def _selfSignedPEM(path: str) -> None:
             )
         )
         f.write(cert.public_bytes(serialization.Encoding.PEM))
+
+
+class TwistdTests(VSPCNetTestCase):
+    async def test_twistd_vspc_process(self) -> None:
+        """``twistd -n vspc`` as a real process: relay bytes, then read the JSON API."""
+        import json
+        import sys
+
+        from twisted.internet.endpoints import UNIXClientEndpoint
+        from twisted.internet.protocol import ProcessProtocol, Protocol
+
+        backend = await self.backend(11)
+        listen = os.path.join(self.dir, "vspc.sock")
+        api = os.path.join(self.dir, "api.sock")
+        twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+        argv = [
+            twistd,
+            "-n",
+            "--pidfile=",
+            "-l",
+            os.path.join(self.dir, "log"),
+            "vspc",
+            "--listen",
+            f"unix:{listen}",
+            "--backend",
+            f"unix:{self.dir}/{{uuid}}.sock",
+            "--api",
+            f"unix:{api}",
+        ]
+        ended: Any = Deferred()
+
+        class PP(ProcessProtocol):
+            def processEnded(self, reason: Any) -> None:
+                ended.callback(None)
+
+        proc = reactor.spawnProcess(PP(), twistd, argv, env=dict(os.environ))  # type: ignore[attr-defined]
+        try:
+            for _ in range(200):
+                if os.path.exists(listen) and os.path.exists(api):
+                    break
+                await deferLater(reactor, 0.05, lambda: None)
+            esx = await connectProtocol(
+                UNIXClientEndpoint(reactor, listen), FakeESX(uuid=uuidText(11))
+            )
+            self.addCleanup(self._close, esx)
+            await esx.proxied()
+            esx.sendSerial(bytes(range(256)))
+            await backend.waitFor(lambda: len(backend.received()) >= 256)
+            self.assertEqual(backend.received(), bytes(range(256)))
+
+            class HTTP(Protocol):
+                def __init__(self) -> None:
+                    self.data = b""
+                    self.done: Any = Deferred()
+
+                def connectionMade(self) -> None:
+                    self.transport.write(b"GET /vms HTTP/1.0\r\nHost: vspc\r\n\r\n")  # type: ignore[union-attr]
+
+                def dataReceived(self, data: bytes) -> None:
+                    self.data += data
+
+                def connectionLost(self, reason: Any = None) -> None:
+                    self.done.callback(self.data)
+
+            h = await connectProtocol(UNIXClientEndpoint(reactor, api), HTTP())
+            raw = await h.done
+            body = json.loads(raw.split(b"\r\n\r\n", 1)[1])
+            self.assertEqual(body["vms"][0]["uuid"], canonical(11))
+            self.assertEqual(body["vms"][0]["bytes_from_vm"], 256)
+        finally:
+            proc.signalProcess("TERM")
+            await ended

@@ -389,3 +389,64 @@ class VMotionTests(SynchronousTestCase):
         tr.clear()
         conn.dataReceived(X.command(X.VMOTION_BEGIN, b"1234"))
         self.assertEqual(ext(events(tr)), [(X.VMOTION_NOTNOW, b"1234")])
+
+
+class APITests(SynchronousTestCase):
+    def test_vms_json(self) -> None:
+        import json
+
+        from treq.testing import StubTreq
+
+        from vrtwist.vic.api import VSPCApi
+
+        h = Harness()
+        conn, tr = h.proxied(uri=b"vSPC.py")
+        bproto, btr = h.backend()
+        conn.dataReceived(b"12345")
+        bproto.dataReceived(b"abc")
+        stub = StubTreq(VSPCApi(h.table).resource())
+        resp = self.successResultOf(stub.get("http://vspc/vms"))
+        self.assertEqual(resp.code, 200)
+        self.assertEqual(resp.headers.getRawHeaders(b"content-type"), [b"application/json"])
+        body = json.loads(self.successResultOf(resp.content()))
+        self.assertEqual(body["count"], 1)
+        (vm,) = body["vms"]
+        self.assertEqual(vm["uuid"], UUID)
+        self.assertEqual(vm["name"], "vm-00000")
+        self.assertEqual(vm["esx"], "10.0.0.2:40000")
+        self.assertEqual(vm["backend"]["state"], "connected")
+        self.assertEqual((vm["bytes_from_vm"], vm["bytes_to_vm"]), (5, 3))
+        self.assertEqual(vm["handoffs"], 0)
+        resp = self.successResultOf(stub.get(f"http://vspc/vms/{UUID.upper()}"))
+        self.assertEqual(resp.code, 200)
+        resp = self.successResultOf(stub.get("http://vspc/vms/nope"))
+        self.assertEqual(resp.code, 404)
+        self.assertIn(b"no VM", self.successResultOf(resp.content()))
+
+
+class TapTests(SynchronousTestCase):
+    def test_options(self) -> None:
+        from twisted.python import usage
+
+        from vrtwist.vic import vspc_tap
+
+        o = vspc_tap.Options()
+        o.parseOptions(
+            [
+                "--backend",
+                "unix:/run/vic/{uuid}-{label}.sock",
+                "--service-uri",
+                "*",
+                "--api",
+                "tcp:0",
+            ]
+        )
+        svc = vspc_tap.makeService(o, MemoryReactorClock())
+        self.assertEqual(len(list(svc)), 3)
+        self.assertRaises(
+            usage.UsageError, vspc_tap.Options().parseOptions, ["--backend", "unix:/{vm}.sock"]
+        )
+        self.assertRaises(usage.UsageError, vspc_tap.Options().parseOptions, ["--buffer", "-1"])
+        self.assertRaises(
+            usage.UsageError, vspc_tap.Options().parseOptions, ["--vm-expire", "soon"]
+        )
