@@ -37,6 +37,9 @@ __all__ = ["Port", "PortError", "ExposeError", "Links", "ForwardTable", "UDP_CON
 
 #: Go's ``UDPConnTrackTimeout``: a UDP flow with no traffic for this long is closed.
 UDP_CONNTRACK_TIMEOUT = 90.0
+#: Listen backlog of exposed ports (Go's net.Listen takes somaxconn; bursts of clients
+#: must not see SYNs dropped).
+LISTEN_BACKLOG = 1024
 
 
 class PortError(ValueError):
@@ -195,6 +198,8 @@ class Links:
 
 
 class _StreamForwardFactory(Factory):
+    noisy = False
+
     def __init__(self, fwd: _Forward) -> None:
         self.fwd = fwd
 
@@ -399,11 +404,11 @@ class ForwardTable:
                 if not stat.S_ISSOCK(st.st_mode):
                     raise ExposeError(f"{port.out_path} exists and is not a socket")
                 os.unlink(port.out_path)  # stale socket (Go TestUnixForwardAlreadyExists2)
-            ep: Any = UNIXServerEndpoint(self.reactor, port.out_path)
+            ep: Any = UNIXServerEndpoint(self.reactor, port.out_path, backlog=LISTEN_BACKLOG)
         elif ":" in port.out_ip:
-            ep = TCP6ServerEndpoint(self.reactor, port.out_port, interface=port.out_ip)
+            ep = TCP6ServerEndpoint(self.reactor, port.out_port, LISTEN_BACKLOG, port.out_ip)
         else:
-            ep = TCP4ServerEndpoint(self.reactor, port.out_port, interface=port.out_ip)
+            ep = TCP4ServerEndpoint(self.reactor, port.out_port, LISTEN_BACKLOG, port.out_ip)
         return await ep.listen(factory)  # type: ignore[no-any-return]
 
     async def unexpose(self, port: Port, closeConnections: bool = False) -> None:  # type: ignore[override]

@@ -839,6 +839,8 @@ class Multiplexer(Protocol):
 class MultiplexerFactory(Factory):
     """Builds a Multiplexer per link and tells ``onLink`` about each."""
 
+    noisy = False
+
     def __init__(
         self,
         acceptor: IChannelAcceptor | None,

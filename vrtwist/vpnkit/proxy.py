@@ -188,6 +188,8 @@ class Splice:
 
 
 class _LocalFactory(Factory):
+    noisy = False
+
     def __init__(self, splice: Splice) -> None:
         self.splice = splice
 
@@ -264,10 +266,9 @@ class ForwardingAcceptor:
         relay = UDPChannelRelay(self.stats, connected=(str(dest.ip), dest.port))
         try:
             if isinstance(dest.ip, ipaddress.IPv6Address):
-                port = self.reactor.listenUDP(0, relay, interface="::")
+                self.reactor.listenUDP(0, relay, interface="::")
             else:
-                port = self.reactor.listenUDP(0, relay)
-            port.connect(str(dest.ip), dest.port)
+                self.reactor.listenUDP(0, relay)
         except Exception as e:
             channel.refuse(f"udp to {dest}: {e}")
             return
@@ -298,7 +299,12 @@ class _UDPChannelProtocol(Protocol):
 
 
 class UDPChannelRelay(DatagramProtocol):
-    """Forwarder side of a UDP channel: a connected UDP socket to the destination.
+    """Forwarder side of a UDP channel: a UDP socket talking to the destination only.
+
+    The socket is deliberately not ``connect()``ed: Twisted's connected UDP port drops
+    itself when an ICMP port-unreachable arrives, and Go's TestUDPWriteError wants the
+    flow to survive a backend that is not there yet.  Replies from other addresses are
+    ignored, as a connected socket would.
 
     Outbound datagrams that do not fit the channel's send buffer are dropped and counted
     (UDP semantics), so one slow flow never blocks anything else.
@@ -312,6 +318,8 @@ class UDPChannelRelay(DatagramProtocol):
         self.channel_protocol = _UDPChannelProtocol(self)
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        if (addr[0], addr[1]) != self.connected_to:
+            return  # what a connected socket would filter out
         ch = self.channel_protocol.transport
         if ch is None:
             return
@@ -324,7 +332,7 @@ class UDPChannelRelay(DatagramProtocol):
     def fromChannel(self, payload: bytes) -> None:
         if self.transport is not None:
             try:
-                self.transport.write(payload)  # type: ignore[call-arg]
+                self.transport.write(payload, self.connected_to)
             except OSError:
                 self.stats.datagrams_dropped += 1
 

@@ -146,6 +146,16 @@ class VpnkitService(MultiService):
         self.apiService: StreamServerEndpointService | None = None
         self.dataService: Any = None
 
+    def stopService(self) -> Any:
+        """Stop listening and also drop established data links (their channels close)."""
+        from twisted.internet import defer
+
+        d = defer.maybeDeferred(super().stopService)
+        lost = [m.whenLost for m in self.links.muxes if not m.whenLost.called]
+        for m in list(self.links.muxes):
+            m.loseLink("service stopping")
+        return defer.gatherResults([d, *lost], consumeErrors=True)
+
 
 def makeVpnkitService(
     options: VpnkitOptions, reactor: Any = None, role: str = "forwarder"

@@ -1,0 +1,257 @@
+"""Both services over a real unix-socket link, real TCP/UDP/unix clients and servers."""
+
+from __future__ import annotations
+
+import gc
+import os
+import random
+import socket
+
+from twisted.internet import defer, error, reactor, task
+from twisted.internet.endpoints import UNIXClientEndpoint, UNIXServerEndpoint
+from twisted.internet.protocol import Factory
+from twisted.trial.unittest import TestCase
+
+from tests.vpnkit.realnet import (
+    BlobPeer,
+    BlobServerFactory,
+    Collect,
+    Echo,
+    Pair,
+    UDPClient,
+    UDPEcho,
+    blob,
+    connect_tcp,
+    listen_tcp,
+    open_fds,
+)
+from vrtwist.vpnkit.host import ExposeError, Port
+from vrtwist.vpnkit.mux import Channel
+
+
+class ForwardingTests(TestCase):
+    timeout = 60
+
+    async def setUp(self) -> None:  # type: ignore[override]
+        self.pair = Pair()
+        await self.pair.start()
+        self.echo = await listen_tcp(Factory.forProtocol(Echo))
+        self.table = self.pair.host.table  # type: ignore[union-attr]
+
+    async def tearDown(self) -> None:  # type: ignore[override]
+        await self.echo.stopListening()
+        await self.pair.stop()
+
+    async def expose_echo(self) -> Port:
+        return await self.table.expose(
+            Port.parse(f"tcp:127.0.0.1:0:127.0.0.1:{self.echo.getHost().port}")
+        )
+
+    async def test_tcp_echo_and_port_zero(self) -> None:
+        """TestTCP / TestRandomPortsTCP: port 0 reports the concrete port."""
+        granted = await self.expose_echo()
+        self.assertNotEqual(granted.out_port, 0)
+        self.assertEqual(self.table.list(), [granted])
+        c = Collect(b"hello through vpnkit")
+        await connect_tcp(granted.out_port, c)
+        data, _ = await c.done
+        self.assertEqual(data, b"hello through vpnkit")
+
+    async def test_half_close_both_ways_large(self) -> None:
+        """Client writes 300 kB and half-closes, then reads a 1 MiB reply (spec 1.8)."""
+        reply = os.urandom(1 << 20)
+
+        class Replier(Collect):
+            def readConnectionLost(self) -> None:
+                self.got = b"".join(self.chunks)
+                self.transport.write(reply)  # type: ignore[union-attr]
+                self.transport.loseConnection()  # type: ignore[union-attr]
+
+        servers: list[Replier] = []
+
+        def build() -> Replier:
+            r = Replier(half_close=False)
+            servers.append(r)
+            return r
+
+        srv = await listen_tcp(Factory.forProtocol(build))
+        self.addCleanup(srv.stopListening)
+        granted = await self.table.expose(
+            Port.parse(f"tcp:127.0.0.1:0:127.0.0.1:{srv.getHost().port}")
+        )
+        up = os.urandom(300_000)
+        c = Collect(up)
+        await connect_tcp(granted.out_port, c)
+        data, _ = await c.done
+        self.assertEqual(data, reply)
+        self.assertEqual(servers[0].got, up)
+
+    async def test_refused_destination_resets_client(self) -> None:
+        """Nothing listens: Close comes back and the client sees a reset, not a clean EOF."""
+        port = await self.table.expose(Port.parse("tcp:127.0.0.1:0:127.0.0.1:1"))
+        c = Collect(half_close=False)
+        await connect_tcp(port.out_port, c)
+        data, reason = await c.done
+        self.assertEqual(data, b"")
+        self.assertTrue(reason.check(error.ConnectionLost), reason)
+        mux = self.pair.host.links.current()  # type: ignore[union-attr]
+        await task.deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(mux.liveChannels(), 0)
+        self.assertEqual(self.pair.fwd.table.links.current().liveChannels(), 0)  # type: ignore[union-attr]
+
+    async def test_address_in_use(self) -> None:
+        """TestAddressInUse: the bind error surfaces."""
+        with self.assertRaises(ExposeError) as cm:
+            await self.table.expose(
+                Port.parse(f"tcp:127.0.0.1:{self.echo.getHost().port}:127.0.0.1:80")
+            )
+        self.assertIn("Address already in use", str(cm.exception))
+        self.assertEqual(self.table.list(), [])
+
+    async def test_interface_does_not_exist(self) -> None:
+        with self.assertRaises(ExposeError) as cm:
+            await self.table.expose(Port.parse("tcp:192.0.2.77:0:127.0.0.1:80"))
+        self.assertIn("assign requested address", str(cm.exception))
+
+    async def test_expose_idempotent_and_unexpose_closes_listener(self) -> None:
+        """TestExposeIdempotent, TestExposeAnyThenListAndUnexpose."""
+        granted = await self.expose_echo()
+        again = await self.table.expose(granted)
+        self.assertEqual(again, granted)
+        self.assertEqual(len(self.table.list()), 1)
+        live = Collect(half_close=False)
+        await connect_tcp(granted.out_port, live)
+        await task.deferLater(reactor, 0.05, lambda: None)
+        await self.table.unexpose(granted, closeConnections=True)
+        await self.table.unexpose(granted)  # idempotent
+        self.assertEqual(self.table.list(), [])
+        await live.done  # its connection was closed too
+        with self.assertRaises(error.ConnectionRefusedError):
+            await connect_tcp(granted.out_port, Collect())
+
+    async def test_tcp_leak_2000_expose_cycles(self) -> None:
+        """TestTCPLeak: 2000 expose/unexpose cycles leave no listener or fd behind."""
+        before = open_fds()
+        for _ in range(2000):
+            p = await self.expose_echo()
+            await self.table.unexpose(p)
+        self.assertEqual(self.table.list(), [])
+        self.assertEqual(open_fds(), before)
+
+    async def test_unix_forward(self) -> None:
+        """TestUnixForward, and a stale socket at the out path is replaced."""
+        inner = os.path.join(self.pair.dir, "inner.sock")
+        outer = os.path.join(self.pair.dir, "outer.sock")
+        srv = await UNIXServerEndpoint(reactor, inner).listen(Factory.forProtocol(Echo))
+        self.addCleanup(srv.stopListening)
+        stale = socket.socket(socket.AF_UNIX)
+        stale.bind(outer)  # a socket file nobody listens on any more
+        stale.close()
+        open(outer + ".x", "w").close()
+        await self.table.expose(Port("unix", out_path=outer, in_path=inner))
+        c = Collect(b"over unix")
+        await UNIXClientEndpoint(reactor, outer).connect(Factory.forProtocol(lambda: c))
+        data, _ = await c.done
+        self.assertEqual(data, b"over unix")
+        # TestUnixForwardAlreadyExists: a regular file is never removed
+        with self.assertRaises(ExposeError):
+            await self.table.expose(Port("unix", out_path=outer + ".x", in_path=inner))
+        self.assertTrue(os.path.exists(outer + ".x"))
+
+    async def test_udp_round_trip_and_backend_appearing_later(self) -> None:
+        """TestUDP + TestUDPWriteError: datagrams before the backend exists are lost, then it works."""
+        probe = reactor.listenUDP(0, UDPEcho(), interface="127.0.0.1")
+        backend_port = probe.getHost().port
+        await probe.stopListening()
+        granted = await self.table.expose(Port.parse(f"udp:127.0.0.1:0:127.0.0.1:{backend_port}"))
+        client = UDPClient()
+        cport = reactor.listenUDP(0, client, interface="127.0.0.1")
+        self.addCleanup(cport.stopListening)
+        client.transport.write(b"nobody home", ("127.0.0.1", granted.out_port))  # type: ignore[union-attr]
+        await task.deferLater(reactor, 0.1, lambda: None)
+        backend = reactor.listenUDP(backend_port, UDPEcho(), interface="127.0.0.1")
+        self.addCleanup(backend.stopListening)
+        got = None
+        for i in range(50):
+            d = client.next()
+            client.transport.write(b"ping%d" % i, ("127.0.0.1", granted.out_port))  # type: ignore[union-attr]
+            d.addTimeout(0.2, reactor)
+            try:
+                got = await d
+                break
+            except defer.TimeoutError:
+                continue
+        self.assertIsNotNone(got)
+        assert got is not None
+        self.assertTrue(got.startswith(b"echo:ping"))
+        self.assertIn("datagrams_in=", self.table.dump())
+
+    async def test_link_drop_closes_channels_and_host_reconnects(self) -> None:
+        granted = await self.expose_echo()
+        live = Collect(half_close=False)
+        await connect_tcp(granted.out_port, live)
+        await task.deferLater(reactor, 0.05, lambda: None)
+        old = self.pair.host.links.current()  # type: ignore[union-attr]
+        self.assertEqual(old.liveChannels(), 1)
+        await defer.maybeDeferred(self.pair.fwd.stopService)  # type: ignore[union-attr]
+        data, reason = await live.done  # the client's connection was closed
+        self.assertEqual(old.liveChannels(), 0)
+        await self.pair.start_forwarder()
+        mux = await self.pair.link_ready()
+        self.assertIsNot(mux, old)
+        c = Collect(b"again")
+        await connect_tcp(granted.out_port, c)
+        self.assertEqual((await c.done)[0], b"again")
+
+    async def test_no_link_means_clean_refusal(self) -> None:
+        granted = await self.expose_echo()
+        await defer.maybeDeferred(self.pair.fwd.stopService)  # type: ignore[union-attr]
+        await task.deferLater(reactor, 0.05, lambda: None)
+        c = Collect(b"x")
+        await connect_tcp(granted.out_port, c)
+        data, _ = await c.done
+        self.assertEqual(data, b"")
+        self.assertIsNone(self.pair.host.links.current())  # type: ignore[union-attr]
+
+
+class StressTests(TestCase):
+    """The OCaml stress test: 2000 concurrent connections, 10 rounds, random sizes each way."""
+
+    timeout = 170
+
+    async def test_2000_concurrent_x10_no_leaks(self) -> None:
+        pair = Pair()
+        await pair.start()
+        servers = BlobServerFactory(seed=6)
+        srv = await listen_tcp(servers)
+        try:
+            table = pair.host.table  # type: ignore[union-attr]
+            granted = await table.expose(
+                Port.parse(f"tcp:127.0.0.1:0:127.0.0.1:{srv.getHost().port}")
+            )
+            gc.collect()
+            base_fds = open_fds()
+            rng = random.Random(7)
+            rounds, conns = 10, 2000
+            for r in range(rounds):
+                peers = [BlobPeer(blob(rng, rng.randrange(8192))) for _ in range(conns)]
+                connected = [connect_tcp(granted.out_port, p) for p in peers]
+                await defer.gatherResults([defer.ensureDeferred(c) for c in connected])
+                results = await defer.gatherResults([p.done for p in peers])
+                self.assertTrue(all(results), f"round {r}: {results.count(False)} corrupt replies")
+            await task.deferLater(reactor, 0.2, lambda: None)
+            self.assertEqual(servers.connections, rounds * conns)
+            self.assertEqual(len(servers.results), rounds * conns)
+            self.assertTrue(all(servers.results))
+            host_mux = pair.host.links.current()  # type: ignore[union-attr]
+            fwd_mux = pair.fwd.links.current()  # type: ignore[union-attr]
+            self.assertEqual((host_mux.liveChannels(), fwd_mux.liveChannels()), (0, 0))
+            self.assertEqual(table.connections(), 0)
+            self.assertEqual(host_mux.stats.channels_closed, rounds * conns)
+            self.assertEqual(host_mux.stats.protocol_errors + fwd_mux.stats.protocol_errors, 0)
+            gc.collect()
+            self.assertEqual(open_fds(), base_fds)
+            self.assertEqual([o for o in gc.get_objects() if isinstance(o, Channel)], [])
+        finally:
+            await srv.stopListening()
+            await pair.stop()
