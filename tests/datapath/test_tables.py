@@ -338,3 +338,22 @@ class DropStatsTests(TablesTestCase):
         self.assertEqual(self.t.drop_stats_fields(0, self.t.interfaces[1])["vds_invalid_if"], 3)
         self.assertNotIn("vds_invalid_if", self.t.drop_stats_fields(2))
         self.assertEqual(self.t.interfaces[1].to_fields()["vifr_dpackets"], 3)
+
+
+class KeyedTableTests(SynchronousTestCase):
+    def test_keys_after_follows_changes(self) -> None:
+        from vrtwist.datapath.tables import KeyedTable
+
+        t: KeyedTable[str] = KeyedTable()
+        for k in (5, 1, 9):
+            t[k] = str(k)
+        self.assertEqual(t.keys_after(-1), [1, 5, 9])
+        self.assertEqual(t.keys_after(5), [9])
+        t[3] = "3"
+        del t[9]
+        self.assertEqual(t.keys_after(-1), [1, 3, 5])
+        t.pop(1)
+        t[5] = "five"  # replacing a value keeps the order
+        self.assertEqual(t.keys_after(0), [3, 5])
+        t.clear()
+        self.assertEqual(t.keys_after(-1), [])

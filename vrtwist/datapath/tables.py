@@ -16,11 +16,12 @@ count shows them) until the last one lets go.
 
 from __future__ import annotations
 
+import bisect
 import errno
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from vrtwist.datapath import constants as C
 
@@ -39,6 +40,43 @@ class TableError(Exception):
     @property
     def resp_code(self) -> int:
         return -self.errno
+
+
+V = TypeVar("V")
+
+
+class KeyedTable(dict[int, V]):
+    """A dict of objects by integer key that can list keys after a dump marker quickly.
+
+    The sorted key list is rebuilt lazily after the key set changes, so a dump of a
+    large table (524288 next hops) costs one sort per change burst, not one per page.
+    """
+
+    _sorted: list[int] | None = None
+
+    def __setitem__(self, key: int, value: V) -> None:
+        if key not in self:
+            self._sorted = None
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: int) -> None:
+        super().__delitem__(key)
+        self._sorted = None
+
+    def pop(self, key: int, *default: Any) -> Any:  # type: ignore[override]
+        self._sorted = None
+        return super().pop(key, *default)
+
+    def clear(self) -> None:
+        self._sorted = None
+        super().clear()
+
+    def keys_after(self, marker: int) -> list[int]:
+        """Keys greater than ``marker``, ascending."""
+        if self._sorted is None:
+            self._sorted = sorted(self)
+        keys = self._sorted
+        return keys[bisect.bisect_right(keys, marker) :]
 
 
 def _i(req: Request, name: str, default: int = 0) -> int:
@@ -296,11 +334,11 @@ class Tables:
 
     def __init__(self, config: DatapathConfig | None = None) -> None:
         self.config = config if config is not None else DatapathConfig()
-        self.interfaces: dict[int, Interface] = {}
-        self.nexthops: dict[int, NextHop] = {}
-        self.mpls: dict[int, NextHop] = {}
-        self.vxlan: dict[int, NextHop] = {}
-        self.mirrors: dict[int, tuple[NextHop, Fields]] = {}
+        self.interfaces: KeyedTable[Interface] = KeyedTable()
+        self.nexthops: KeyedTable[NextHop] = KeyedTable()
+        self.mpls: KeyedTable[NextHop] = KeyedTable()
+        self.vxlan: KeyedTable[NextHop] = KeyedTable()
+        self.mirrors: KeyedTable[tuple[NextHop, Fields]] = KeyedTable()
         self.vrfs: dict[int, Fields] = {}
         self.qos_maps: dict[int, Fields] = {}
         self.fc_maps: dict[int, Fields] = {}
@@ -502,9 +540,8 @@ class Tables:
 
     def interface_dump(self, marker: int) -> Iterator[Interface]:
         """Interfaces after index ``marker`` (-1 starts at the beginning)."""
-        for idx in sorted(self.interfaces):
-            if idx > marker:
-                yield self.interfaces[idx]
+        for idx in self.interfaces.keys_after(marker):
+            yield self.interfaces[idx]
 
     # -- next hops ---------------------------------------------------------------
 
@@ -654,9 +691,8 @@ class Tables:
         return nh
 
     def nexthop_dump(self, marker: int) -> Iterator[NextHop]:
-        for nh_id in sorted(self.nexthops):
-            if nh_id > marker:
-                yield self.nexthops[nh_id]
+        for nh_id in self.nexthops.keys_after(marker):
+            yield self.nexthops[nh_id]
 
     # -- MPLS labels -------------------------------------------------------------
 
@@ -688,9 +724,8 @@ class Tables:
         return {"mr_label": label, "mr_nhid": nh.id}
 
     def mpls_dump(self, marker: int) -> Iterator[Fields]:
-        for label in sorted(self.mpls):
-            if label > marker:
-                yield {"mr_label": label, "mr_nhid": self.mpls[label].id}
+        for label in self.mpls.keys_after(marker):
+            yield {"mr_label": label, "mr_nhid": self.mpls[label].id}
 
     # -- VXLAN -------------------------------------------------------------------
 
@@ -716,9 +751,8 @@ class Tables:
         return {"vxlanr_vnid": vnid, "vxlanr_nhid": nh.id}
 
     def vxlan_dump(self, marker: int) -> Iterator[Fields]:
-        for vnid in sorted(self.vxlan):
-            if vnid > marker:
-                yield {"vxlanr_vnid": vnid, "vxlanr_nhid": self.vxlan[vnid].id}
+        for vnid in self.vxlan.keys_after(marker):
+            yield {"vxlanr_vnid": vnid, "vxlanr_nhid": self.vxlan[vnid].id}
 
     # -- mirrors -----------------------------------------------------------------
 
@@ -763,9 +797,8 @@ class Tables:
         return self._mirror_fields(index)
 
     def mirror_dump(self, marker: int) -> Iterator[Fields]:
-        for index in sorted(self.mirrors):
-            if index > marker:
-                yield self._mirror_fields(index)
+        for index in self.mirrors.keys_after(marker):
+            yield self._mirror_fields(index)
 
     # -- VRF assignment (per vif and VLAN) ---------------------------------------
 
