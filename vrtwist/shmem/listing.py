@@ -283,46 +283,71 @@ def _ip4(v: int) -> str:
     return "%d.%d.%d.%d" % (v & 0xFF, (v >> 8) & 0xFF, (v >> 16) & 0xFF, v >> 24)
 
 
+_FLAG_STR: dict[int, str] = {}
+_TCP_STR: dict[int, str] = {}
+_NAT_STR: dict[int, str] = {}
+
+
+def _flag_str(f: int) -> str:
+    f &= L.FLAG_EVICTED | L.FLAG_EVICT_CANDIDATE | L.FLAG_NEW_FLOW | L.FLAG_MODIFIED | L.FLAG_DELETE_MARKED
+    s = _FLAG_STR.get(f)
+    if s is None:
+        s = ""
+        if f & L.FLAG_EVICTED:
+            s += "E"
+        if f & L.FLAG_EVICT_CANDIDATE:
+            s += "Ec"
+        if f & L.FLAG_NEW_FLOW:
+            s += "N"
+        if f & L.FLAG_MODIFIED:
+            s += "M"
+        if f & L.FLAG_DELETE_MARKED:
+            s += "Dm"
+        _FLAG_STR[f] = s
+    return s
+
+
+def _tcp_str(t: int) -> str:
+    s = _TCP_STR.get(t)
+    if s is None:
+        s = _TCP_STR[t] = "TCP:" + "".join(c for bit, c in _TCP_BITS if t & bit) + ", "
+    return s
+
+
+def _nat_str(f: int) -> str:
+    s = _NAT_STR.get(f)
+    if s is None:
+        s = _NAT_STR[f] = "(%s)" % "".join(c for bit, c in _NAT_BITS if f & bit)
+    return s
+
+
 def format_flow(e: FlowEntry) -> str:
     """The per-flow block of ``flow -l`` (without the overflow chain and blank lines)."""
-    out = ["%9d" % e.index]
-    out.append("<=>%-9d" % e.rflow if e.rflow >= 0 else " " * 12)
-    out.append("    ")
+    f = e.flags
     tail = "    " if e.type == L.VP_TYPE_IP6 else ""
     src = "%s:%-5d%s" % (e.sip, e.sport, tail)
-    out.append(src + " " * max(0, 46 - len(src)))
-    out.append("    %3d (%d" % (e.proto, e.vrf))
-    if e.flags & L.FLAG_VRFT:
-        out.append("->%d" % e.dvrf)
-    out.append(")\n" + " " * 25 + "%s:%-5d%s\n" % (e.dip, e.dport, tail))
-    action = _ACTION.get(e.action, "U")
+    head = "%9d%s    %-46s    %3d (%d%s)\n%25s%s:%-5d%s\n" % (
+        e.index,
+        "<=>%-9d" % e.rflow if e.rflow >= 0 else "            ",
+        src, e.proto, e.vrf, "->%d" % e.dvrf if f & L.FLAG_VRFT else "",
+        "", e.dip, e.dport, tail,
+    )
+    action = e.action
     s = "(Gen: %u, " % e.gen_id
-    if e.type in (L.VP_TYPE_IP, L.VP_TYPE_IP6):
+    if e.type == L.VP_TYPE_IP or e.type == L.VP_TYPE_IP6:
         s += "K(nh):%u, " % e.nh_id
-    s += "Action:%s" % action
-    if e.action == L.ACTION_NAT:
-        s += "(%s)" % "".join(c for bit, c in _NAT_BITS if e.flags & bit)
-    if e.action == L.ACTION_DROP:
+    s += "Action:" + _ACTION.get(action, "U")
+    if action == L.ACTION_NAT:
+        s += _nat_str(f)
+    elif action == L.ACTION_DROP:
         s += "(%s)" % L.DROP_REASONS.get(e.drop_reason, str(e.drop_reason))
-    s += ", Flags:"
-    f = e.flags
-    if f & L.FLAG_EVICTED:
-        s += "E"
-    if f & L.FLAG_EVICT_CANDIDATE:
-        s += "Ec"
-    if f & L.FLAG_NEW_FLOW:
-        s += "N"
-    if f & L.FLAG_MODIFIED:
-        s += "M"
-    if f & L.FLAG_DELETE_MARKED:
-        s += "Dm"
-    s += ", "
+    s += ", Flags:" + _flag_str(f) + ", "
     if e.proto == L.IPPROTO_TCP:
-        s += "TCP:" + "".join(c for bit, c in _TCP_BITS if e.tcp_flags & bit) + ", "
+        s += _tcp_str(e.tcp_flags)
     if e.ecmp_nh_index >= 0:
         s += "E:%d, " % e.ecmp_nh_index
     s += "QOS:%d, S(nh):%u, " % (e.qos_id, e.src_nh_index)
-    parts = [s]
+    parts = [head, s]
     printed = len(s)
     if printed >= 70:
         parts.append("\n")
@@ -353,13 +378,12 @@ def format_flow(e: FlowEntry) -> str:
     parts.append(" TTL %d," % e.ttl)  # the real tool does not count this one
     if printed >= 70:
         parts.append("\n")
-        printed = 0
     if e.flags1 & L.FLAG1_HBS_LEFT:
         parts.append(" HbsLeft,")
     elif e.flags1 & L.FLAG1_HBS_RIGHT:
         parts.append(" HbsRight,")
     parts.append(" Sinfo %s)" % _ip4(e.src_info))
-    return "".join(out) + "".join(parts)
+    return "".join(parts)
 
 
 def _oflow_chain(i: int, active: bool, nexts: list[int], view: FlowTableView) -> str:
