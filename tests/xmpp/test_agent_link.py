@@ -141,8 +141,8 @@ class SessionStartTests(SynchronousTestCase):
         out = h.sent()
         self.assertEqual(out[0], Subscribe("virtual-router:default-global-system-config:host1",
                                            "config", None, False, "host1"))
-        self.assertEqual({s.node for s in out[1:3]}, {"virtual-machine:vm1", "virtual-machine:vm2"})
-        self.assertEqual(out[3], Subscribe("blue", "bgp-peer", 0, False, "host1"))
+        self.assertEqual(out[1], Subscribe("blue", "bgp-peer", 0, False, "host1"))
+        self.assertEqual({s.node for s in out[2:4]}, {"virtual-machine:vm1", "virtual-machine:vm2"})
         pubs = [s for s in out if isinstance(s, Publish) and s.entry is not None]
         self.assertEqual(sorted(p.node for p in pubs), sorted([
             "1/1/blue/10.0.0.1/32", "25/242/02:00:00:00:00:01,10.0.0.1/32",

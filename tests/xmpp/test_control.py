@@ -102,7 +102,7 @@ class ReflectionTests(SynchronousTestCase):
             ag.open()
             ag.subscribe("blue")
             self.agents[n] = ag
-        self.clock.advance(0)
+        self.clock.advance(0.1)
         for ag in self.agents.values():
             ag.received()
 
@@ -142,6 +142,7 @@ class ReflectionTests(SynchronousTestCase):
         d.open()
         d.subscribe("blue")
         self.clock.advance(0)
+        self.clock.advance(0.1)  # End-of-RIB waits for a quiet moment after subscribes
         got = d.received()
         self.assertIsInstance(got[-1], EndOfRib)
         ids = {e.item_id for s in got[:-1] for e in s.items}
@@ -302,7 +303,7 @@ class GracefulRestartTests(SynchronousTestCase):
             ag.subscribe("blue")
         self.a.publish("blue", inet("10.0.0.1/32"))
         self.a.publish("blue", inet("10.0.0.2/32"))
-        self.clock.advance(0)
+        self.clock.advance(0.1)
         self.b.received()
 
     def test_routes_retracted_after_gr_time(self) -> None:
@@ -321,7 +322,7 @@ class GracefulRestartTests(SynchronousTestCase):
         a2.subscribe("blue")
         a2.publish("blue", inet("10.0.0.1/32"))
         a2.send(build_eor_iq_pair("a"))
-        self.clock.advance(0)
+        self.clock.advance(0.1)
         # Only the route not re-advertised goes, and at the agent's EoR, not at GR expiry.
         self.assertEqual(self.b.routes(), ({}, ["10.0.0.2/32"], 0))
         self.clock.advance(20)

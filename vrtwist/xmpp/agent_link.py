@@ -459,9 +459,9 @@ class ControllerLink(MultiService):
                 service="config",
             )
         ]
-        out.extend(self._vm_subscribe(vm, True) for vm in self._vm_ports)
         for vrf, vrf_id in self._vrf_ids.items():
             out.append(build_subscribe(self.hostname, vrf, vrf_id, iq_id=self._id("subscribe")))
+        out.extend(self._vm_subscribe(vm, True) for vm in self._vm_ports)
         for info in self._local.values():
             out.extend(self._publish(info, True))
         out.append(build_eor_iq_pair(self.hostname))

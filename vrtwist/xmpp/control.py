@@ -64,6 +64,10 @@ MAX_ITEMS_PER_MESSAGE = 128
 AGENT_MAX_STANZA = 256 * 1024
 #: Time to wait for the stream open after the TCP accept.
 OPEN_TIMEOUT = 15.0
+#: End-of-RIB goes out once this long has passed without a new subscribe from the agent,
+#: so an agent whose subscribes span several reads gets one EoR after all of them (the
+#: real control node also sends EoR from a timer, not per subscribe).
+EOR_QUIET = 0.05
 
 Family = tuple[int, int]
 NodeKey = tuple[str, int, int]  # (vrf, afi, safi)
@@ -235,6 +239,7 @@ class ControlNode:
             if items:
                 session.markDirty((vrf, family[0], family[1]), items.keys())
         session.eor_pending = True
+        session.last_subscribe = self.clock.seconds()
         self._schedule(session)
 
     def unsubscribe(self, session: ControlSession, vrf: str) -> None:
@@ -394,6 +399,8 @@ class ControlSession(XmppSession):
         self.subscriptions: set[str] = set()
         self.config_subscriptions: set[str] = set()
         self.eor_pending = False
+        self.last_subscribe = 0.0
+        self._eor_call: IDelayedCall | None = None
         self.paused = False
         self._pending_publish: Publish | None = None
         self._dirty: dict[NodeKey, set[str]] = {}
@@ -497,9 +504,10 @@ class ControlSession(XmppSession):
             raise ProtocolViolation(f"unexpected {type(stanza).__name__} on an established stream")
 
     def sessionClosed(self, reason: str) -> None:
-        if self._open_call is not None and self._open_call.active():
-            self._open_call.cancel()
-        self._open_call = None
+        for call in (self._open_call, self._eor_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._open_call = self._eor_call = None
         if self.registered:
             self.registered = False
             self._log.info("agent {agent} disconnected: {reason}", agent=self.peer_name,
@@ -564,6 +572,11 @@ class ControlSession(XmppSession):
             for i in range(0, len(retract), MAX_ITEMS_PER_MESSAGE):
                 self.send((head + "".join(retract[i : i + MAX_ITEMS_PER_MESSAGE]) + tail).encode())
         if self.eor_pending:
+            wait = self.last_subscribe + EOR_QUIET - self.clock.seconds()
+            if wait > 0:
+                if self._eor_call is None or not self._eor_call.active():
+                    self._eor_call = self.clock.callLater(wait, node.resumed, self)
+                return True
             self.eor_pending = False
             self.send(build_eor_message(frm, to))
         return True
