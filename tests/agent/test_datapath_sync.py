@@ -75,11 +75,11 @@ class ProgrammingTests(SynchronousTestCase):
         bodies = [port_body(i, plen=24, gateway="10.0.0.254") for i in range(1, 21)]
         self.agent.call("POST", "/port", bodies)
         self.assertEqual(self.agent.sync.errors, {})
-        self.assertEqual(len(self.dp.tables.interfaces), 1 + 20 + 0 * 1)  # pkt0 + 20
+        self.assertEqual(len(self.dp.tables.interfaces), 2 + 20)  # fabric, pkt0 + 20
         for b in bodies:
             self.assertEqual(self.agent.call("DELETE", f"/port/{b['id']}"), (200, {}))
         self.assertEqual(self.agent.sync.errors, {})
-        self.assertEqual(sorted(self.dp.tables.interfaces), [2])
+        self.assertEqual(sorted(self.dp.tables.interfaces), [0, 2])
         self.assertEqual(set(self.dp.tables.nexthops), before_nh)
         m = self.agent.model
         self.assertEqual((len(m.vifs), len(m.nhs), len(m.labels), len(m.vrf_ids)), (0, 0, 0, 0))
@@ -113,6 +113,35 @@ class ProgrammingTests(SynchronousTestCase):
         self.assertIsNone(self.agent.table.get(port_body(2)["id"]))
         self.assertEqual(len(self.agent.model.vifs), 1)
         self.assertFalse(self.agent.store.exists(port_body(2)["id"]))
+
+    def test_remote_routes_through_tunnels(self) -> None:
+        m = self.agent.model
+        m.fabric_ip = "192.0.2.1"
+        a = port_body(1)
+        self.agent.call("POST", "/port", a)
+        vrf_name = m.vrfNames()[0]
+        vrf = m.vrf_id_of(VN)
+        m.addRemoteRoute(vrf_name, "10.9.0.1", 32, "192.0.2.2", 40, mac="02:00:00:00:09:01")
+        m.addRemoteRoute(vrf_name, "10.9.0.2", 32, "192.0.2.2", 41, encap="udp")
+        m.addRemoteRoute(vrf_name, "10.9.1.0", 24, "192.0.2.3", 42, encap="gre")
+        self.assertEqual(self.agent.sync.errors, {})
+        tunnels = [nh for nh in self.dp.tables.nexthops.values() if nh.type == C.NH_TUNNEL]
+        self.assertEqual(len(tunnels), 2)  # one per (remote node, encapsulation)
+        r = route(self.dp, vrf, "10.9.0.1", 32)
+        self.assertEqual((r.nh.type, r.label), (C.NH_TUNNEL, 40))
+        self.assertIsNotNone(self.dp.bridge.index_of(vrf, bytes.fromhex("020000000901")))
+        self.assertIsNotNone(route(self.dp, vrf, "10.9.1.0", 24))
+        self.assertRaises(KeyError, m.addRemoteRoute, "no-such-vrf", "10.0.0.0", 8, "1.1.1.1", 5)
+        self.assertRaises(ValueError, m.addRemoteRoute, vrf_name, "10.0.0.0", 8, "1.1.1.1", 5,
+                          encap="ipip")
+        for p, plen in (("10.9.0.1", 32), ("10.9.0.2", 32), ("10.9.1.0", 24)):
+            m.deleteRemoteRoute(vrf_name, p, plen)
+        m.deleteRemoteRoute(vrf_name, "10.9.9.9", 32)  # unknown: ignored
+        self.assertEqual(self.agent.sync.errors, {})
+        self.assertEqual([nh for nh in self.dp.tables.nexthops.values()
+                          if nh.type == C.NH_TUNNEL], [])
+        self.assertIsNone(route(self.dp, vrf, "10.9.0.1", 32))
+        self.assertIsNotNone(route(self.dp, vrf, a["ip-address"], 32))
 
     def test_allocator_round_robin(self) -> None:
         a = IdAllocator("x", 1, 4)
@@ -172,7 +201,7 @@ class RestartTests(SynchronousTestCase):
                                  "vifr_name": "eth0", "vifr_transport": C.VIF_TRANSPORT_ETH,
                                  "vifr_mac": list(bytes(6))})
         second = _restarted(tempdir(self), dp)
-        self.assertIn(0, dp.tables.interfaces)
+        self.assertEqual(dp.tables.interfaces[0].name, "eth0")  # not taken over
         self.assertEqual(second.sync.errors, {})
 
 

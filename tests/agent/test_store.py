@@ -62,4 +62,4 @@ class StoreTests(SynchronousTestCase):
         # bad files stay for the operator to look at
         for name in bad:
             self.assertTrue(os.path.exists(os.path.join(ports, name)))
-        self.assertEqual(len(second.datapath.tables.interfaces), 3)  # pkt0 + 2 ports
+        self.assertEqual(len(second.datapath.tables.interfaces), 4)  # fabric, pkt0 + 2

@@ -143,12 +143,14 @@ class DatapathModel:
     _log = Logger()
 
     def __init__(self, *, fabric_ip: str = "0.0.0.0", fabric_vif: int = 0,
+                 fabric_name: str = "fabric0",
                  mtu: int = DEFAULT_MTU, max_vifs: int = C.VR_DEF_INTERFACES,
                  max_nhs: int = C.VR_DEF_NEXTHOPS, max_labels: int = C.VR_DEF_LABELS,
                  max_vrfs: int = C.VR_DEF_VRFS,
                  os_index: Callable[[str], int] | None = None) -> None:
         self.fabric_ip = fabric_ip
         self.fabric_vif = fabric_vif
+        self.fabric_name = fabric_name
         self.mtu = mtu
         self.vifs = IdAllocator("interface index", FIRST_VM_VIF, max_vifs)
         self.nhs = IdAllocator("next-hop id", 1, max_nhs)
@@ -168,7 +170,16 @@ class DatapathModel:
     # plumbing --------------------------------------------------------------------------
 
     def _base(self) -> None:
-        """The agent's own interface (pkt0), which receive next hops point at."""
+        """The fabric interface (vif 0, which tunnel next hops leave by) and the agent's own
+        interface (pkt0, vif 2, which receive next hops point at).  A vif 0 the datapath
+        already has is left as it is (see ``ksync_sync``)."""
+        self._set((VIF, self.fabric_vif), "vr_interface_req", {
+            "vifr_idx": self.fabric_vif, "vifr_type": C.VIF_TYPE_PHYSICAL,
+            "vifr_name": self.fabric_name, "vifr_transport": C.VIF_TRANSPORT_ETH,
+            "vifr_vrf": 0, "vifr_mac": list(_if_mac(self.fabric_name) or VROUTER_MAC),
+            "vifr_mtu": self.mtu, "vifr_flags": C.VIF_FLAG_L3_ENABLED | C.VIF_FLAG_L2_ENABLED,
+            "vifr_ip": host_u32(self.fabric_ip), "vifr_os_idx": _if_index(self.fabric_name),
+        })
         self._set((VIF, AGENT_VIF), "vr_interface_req", {
             "vifr_idx": AGENT_VIF, "vifr_type": C.VIF_TYPE_AGENT, "vifr_name": "pkt0",
             "vifr_transport": C.VIF_TRANSPORT_SOCKET, "vifr_vrf": 0,
@@ -451,6 +462,14 @@ def _route_fields(key: Key, nh: int, label: int, flags: int,
     return {"rtr_vrf_id": vrf, "rtr_family": fam, "rtr_prefix": list(packed),
             "rtr_prefix_len": plen, "rtr_nh_id": nh, "rtr_label": label,
             "rtr_label_flags": flags, "rtr_mac": list(mac) if mac else []}
+
+
+def _if_mac(name: str) -> bytes | None:
+    try:
+        with open(f"/sys/class/net/{name}/address") as f:
+            return bytes.fromhex(f.read().strip().replace(":", ""))
+    except (OSError, ValueError):
+        return None
 
 
 def _if_index(name: str) -> int:

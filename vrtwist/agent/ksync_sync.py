@@ -264,8 +264,8 @@ class DatapathSync:
                 vif=idx, vrf_id=vrf, l3_nh=l3, l2_nh=l2, label=label_of.get(l3),
                 rcv_nh=rcv, resolve_nh=res))
             count += 1
-        self.applied = {k: v for k, v in present.items()
-                        if owned(k, v[0], v[1]) or k == (VIF, AGENT_VIF)}
+        self.applied = {k: v for k, v in present.items() if owned(k, v[0], v[1])
+                        or k in ((VIF, AGENT_VIF), (VIF, self.model.fabric_vif))}
         self._log.info("datapath holds {n} agent object(s); {vifs} interface(s) adopted",
                        n=len(self.applied), vifs=count)
         return count
@@ -284,6 +284,8 @@ class DatapathSync:
                     ops.append((5 - rank, "del", key, have[0], have[1]))
                 continue
             name, fields = want
+            if key == (VIF, self.model.fabric_vif) and have is not None:
+                continue  # the fabric vif the datapath (or its operator) set up stays
             if have is None or not matches(name, fields, have[1]) or key in self.errors:
                 if have is not None and key[0] == NH and \
                         int(have[1].get("nhr_type", -1)) != fields["nhr_type"]:
@@ -508,8 +510,8 @@ class KsyncSynchroniser:
                 await self.sync.adopt()
             else:
                 present = await self.sync.read_datapath()
-                self.sync.applied = {k: v for k, v in present.items()
-                                     if owned(k, v[0], v[1]) or k == (VIF, AGENT_VIF)}
+                self.sync.applied = {k: v for k, v in present.items() if owned(k, v[0], v[1])
+                                     or k in ((VIF, AGENT_VIF), (VIF, self.model.fabric_vif))}
         except Exception as e:
             self._log.error("cannot read the datapath: {e}", e=e)
             return False

@@ -33,7 +33,8 @@ class AgentService(MultiService):
     def __init__(self, reactor: Any, *, run_dir: str, state_dir: str, rest: str,
                  datapath: str = "embedded", tap_check: bool = True,
                  stale_timeout: float = DEFAULT_STALE_TIMEOUT, fabric_ip: str = "0.0.0.0",
-                 hostname: str = "", controllers: list[str] | None = None) -> None:
+                 hostname: str = "", controllers: list[str] | None = None,
+                 fabric: str | None = None) -> None:
         super().__init__()
         self.reactor = reactor
         self.run_dir = run_dir
@@ -45,7 +46,7 @@ class AgentService(MultiService):
         self.fabric_ip = fabric_ip
         self.hostname = hostname
         self.controllers = controllers or []
-        self.model = DatapathModel(fabric_ip=fabric_ip)
+        self.model = DatapathModel(fabric_ip=fabric_ip, fabric_name=fabric or "fabric0")
         self.table: PortTable | None = None
         self.api: PortApi | None = None
         self.sync: Any = None

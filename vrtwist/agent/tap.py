@@ -72,7 +72,7 @@ def makeService(options: Options) -> MultiService:
         rest=options["rest"], datapath=options["datapath"],
         tap_check=not options["no-tap-check"], stale_timeout=options["stale-timeout"],
         fabric_ip=options["fabric-ip"], hostname=options["hostname"],
-        controllers=list(options["controller"]))
+        controllers=list(options["controller"]), fabric=options.get("fabric"))
     agent.setName("agent")
     agent.setServiceParent(top)
     return top
