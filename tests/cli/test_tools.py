@@ -192,6 +192,17 @@ class RouteAndStatsTests(VrouterDpCase):
         self.assertIn("de:ad:be:ef:0:1", text)
         code, text = self.tool(rt.main, "--dump", "0", "--family", "mpls")
         self.assertEqual(code, 2)
+        # the hidden create/delete options
+        self.ok(rt.main, "-c", "-v", "0", "-p", "10.1.2.0", "-l", "24", "-n", "21", "-P")
+        self.assertIn("10.1.2.0/24            24            P", self.ok(rt.main, "--dump", "0"))
+        text = self.ok(rt.main, "--get", "10.1.2.3/32", "--vrf", "0")
+        self.assertIn("10.1.2.0/24", text)
+        code, text = self.tool(rt.main, "-d", "-v", "0", "-p", "10.1.2.0", "-l", "24", "-n", "77")
+        self.assertEqual((code, text), (1, "vRouter(Response): No such file or directory (2)\n"))
+        self.ok(rt.main, "-d", "-v", "0", "-p", "10.1.2.0", "-l", "24", "-n", "0")
+        self.assertNotIn("10.1.2.0/24", self.ok(rt.main, "--dump", "0"))
+        code, text = self.tool(rt.main, "-c", "-v", "0", "-f", "2", "-p", "10.0.0.1", "-n", "21")
+        self.assertEqual(code, 2)
 
     def test_stats_and_ops(self) -> None:
         text = self.ok(dropstats.main)

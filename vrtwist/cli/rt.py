@@ -15,7 +15,7 @@ from typing import Any
 
 from vrtwist.cli import _common as cli
 from vrtwist.datapath import constants as C
-from vrtwist.sandesh import DUMP, GET, schema
+from vrtwist.sandesh import ADD, DEL, DUMP, GET, schema
 
 INET_FLAGS = [
     (C.VR_RT_LABEL_VALID_FLAG, "L", "Label Valid"),
@@ -122,7 +122,57 @@ def _family(args: argparse.Namespace) -> int:
         raise cli.UsageError("--family must be inet, inet6 or bridge") from None
 
 
+_SHORT_FAMILIES = {0: C.AF_INET, 1: C.AF_BRIDGE, 2: C.AF_INET6}
+
+
+def _change(args: argparse.Namespace) -> int:
+    """The real tool's hidden ``-c``/``-d`` (create/delete one route)."""
+    if args.c and args.d:
+        raise cli.UsageError("-c and -d exclude each other")
+    if args.v is None:
+        raise cli.UsageError("-c/-d need -v <vrf>")
+    family = _SHORT_FAMILIES.get(args.f if args.f is not None else 0, C.AF_INET6)
+    flags = args.x or 0
+    if args.P:
+        flags |= C.VR_RT_ARP_PROXY_FLAG
+    if args.F:
+        flags |= C.VR_RT_ARP_FLOOD_FLAG
+    if args.T:
+        flags |= C.VR_RT_ARP_TRAP_FLAG
+    req = schema.vr_route_req(
+        h_op=ADD if args.c else DEL,
+        rtr_vrf_id=args.v,
+        rtr_family=family,
+        rtr_nh_id=args.n if args.n is not None else -1,
+        rtr_label=args.t,
+        rtr_replace_plen=args.r if args.r is not None else 0xFFFFFFFF,
+    )
+    if args.t != -1:
+        flags |= C.VR_RT_LABEL_VALID_FLAG
+    req.rtr_label_flags = flags
+    if family == C.AF_BRIDGE:
+        req.rtr_index = C.VR_BE_INVALID_INDEX
+    else:
+        if args.p is None:
+            raise cli.UsageError("-c/-d of an inet route need -p <prefix>")
+        try:
+            address = ipaddress.ip_address(args.p)
+        except ValueError:
+            raise cli.UsageError("invalid prefix %r" % args.p) from None
+        if (address.version == 6) != (family == C.AF_INET6):
+            raise cli.UsageError("-p %s does not match -f %s" % (args.p, args.f))
+        req.rtr_prefix = list(address.packed)
+        req.rtr_prefix_len = args.l if args.l is not None else address.max_prefixlen
+    if args.e is not None:
+        req.rtr_mac = args.e
+    with cli.connect(args.sock_dir) as ks:
+        cli.request(ks, req)
+    return 0
+
+
 def _body(args: argparse.Namespace) -> int:
+    if args.c or args.d:
+        return _change(args)
     if args.monitor:
         print("rt: --monitor needs netlink multicast, which the DPDK-style channel does not carry")
         return cli.EXIT_RESPONSE
@@ -175,6 +225,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--get", metavar="ADDR/PLEN", help="longest-prefix match in --vrf")
     p.add_argument("--vrf", type=cli.int0)
     p.add_argument("--monitor", action="store_true", help="follow route changes (not carried)")
+    hidden = p.add_argument_group("create/delete (the real tool's hidden options)")
+    hidden.add_argument("-c", action="store_true", help="create a route")
+    hidden.add_argument("-d", action="store_true", help="delete a route")
+    hidden.add_argument("-v", type=cli.int0, metavar="VRF")
+    hidden.add_argument("-f", type=cli.int0, metavar="0|1|2", help="0 inet, 1 bridge, 2 inet6")
+    hidden.add_argument("-p", metavar="ADDR", help="prefix address")
+    hidden.add_argument("-l", type=cli.int0, metavar="PLEN")
+    hidden.add_argument("-n", type=cli.int0, metavar="NH_ID")
+    hidden.add_argument("-t", type=cli.int0, default=-1, metavar="LABEL", help="label or VNID")
+    hidden.add_argument("-e", type=cli.mac, metavar="MAC")
+    hidden.add_argument("-r", type=cli.int0, metavar="PLEN", help="replacement length (delete)")
+    hidden.add_argument("-x", type=lambda t: int(t, 16), metavar="HEX", help="custom flags")
+    hidden.add_argument("-P", action="store_true", help="proxy ARP")
+    hidden.add_argument("-F", action="store_true", help="flood ARP")
+    hidden.add_argument("-T", action="store_true", help="trap ARP")
     return p
 
 
