@@ -51,4 +51,8 @@ class IDatapath(Interface):
         """A ``vr_response`` with this resp_code."""
 
     def dump_reply(objects: Any) -> list[list[Any]]:
-        """Page an iterable of Sandesh objects into a DUMP reply (3968-byte pages)."""
+        """A DUMP reply over every object after the request's marker (lazy, in key order).
+
+        The ksync server sends one page (3968 bytes of objects) and the vr_response with
+        the count and, when objects remain, bit 30; ``handle`` pages it the same way.
+        """
