@@ -27,6 +27,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from vrtwist.vpnkit._fastwrite import send_now
 from vrtwist.vpnkit.frames import (
     HANDSHAKE,
     BadOpen,
@@ -771,7 +772,7 @@ class Multiplexer(Protocol):
     def _write(self, frame: bytes) -> None:
         if self._connected and self.transport is not None:
             self.stats.frames_out += 1
-            self.transport.write(frame)
+            send_now(self.transport, [frame])
 
     def _schedule(self, ch: Channel) -> None:
         if not ch._queued:
@@ -808,7 +809,7 @@ class Multiplexer(Protocol):
                 ch.bytes_out += n
                 stats.bytes_out += n
                 stats.frames_out += 1
-                t.writeSequence(chunks)  # type: ignore[union-attr]
+                send_now(t, chunks)
                 ch._sent()
         finally:
             self._flushing = False

@@ -27,6 +27,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from vrtwist.vpnkit._fastwrite import send_now
 from vrtwist.vpnkit.frames import (
     MAX_UDP_PAYLOAD,
     Destination,
@@ -71,7 +72,10 @@ class _End(Protocol):
     def dataReceived(self, data: bytes) -> None:
         other = self.splice._other(self)
         if other.transport is not None and not other.lost:
-            other.transport.write(data)
+            if other is self.splice.local_end:
+                send_now(other.transport, [data])
+            else:
+                other.transport.write(data)
 
     def readConnectionLost(self) -> None:
         self.eof = True
@@ -138,6 +142,10 @@ class Splice:
         if self.local_end.lost or self.channel_end.lost:
             self._lost(self.local_end if self.local_end.lost else self.channel_end, None)
             return
+        try:
+            local.setTcpNoDelay(True)  # type: ignore[attr-defined]  # as Go does by default
+        except (AttributeError, OSError):
+            pass
         ch.registerProducer(local, True)  # type: ignore[attr-defined]
         local.registerProducer(ch, True)  # type: ignore[attr-defined]
         ch.resumeProducing()  # type: ignore[attr-defined]
@@ -150,14 +158,14 @@ class Splice:
         other = self._other(end)
         if other.lost:
             return
-        if end.eof and other.eof:
-            self.local_end.transport.loseConnection()  # type: ignore[union-attr]
-            self.channel_end.transport.loseConnection()  # type: ignore[union-attr]
-            return
         try:
             other.transport.loseWriteConnection()  # type: ignore[union-attr]
         except Exception:
             other.transport.loseConnection()  # type: ignore[union-attr]
+        if end.eof and other.eof:
+            # Both directions done: Shutdown went out first (Go sends Shutdown, Close).
+            self.local_end.transport.loseConnection()  # type: ignore[union-attr]
+            self.channel_end.transport.loseConnection()  # type: ignore[union-attr]
 
     def _lost(self, end: _End, reason: Failure | None) -> None:
         other = self._other(end)

@@ -1,0 +1,331 @@
+"""vpnkit data plane: host -> forwarder -> loopback TCP, beside direct loopback TCP.
+
+Runs ``twistd vpnkit-forwarder --data-listen <dir>/data.sock`` and ``twistd vpnkit-host
+--data-connect ... --expose ...`` as two processes, a third process with the loopback
+servers (sink, source, echo), and measures from this process with blocking sockets:
+
+- 1 GiB upload and 1 GiB download, one stream (MB/s, ratio to direct)
+- 4 parallel uploads of SIZE/4 each (aggregate MB/s)
+- N sequential short connections: connect, half-close, read EOF, close (per second)
+- 64-byte ping-pong round trips on one connection (mean microseconds, added)
+
+Each figure is measured through vpnkit and directly in the same run.  Usage::
+
+    python bench/bench_vpnkit.py [--size MiB] [--conns N] [--rtts N] [--window BYTES] [--repeat R]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+MiB = 1 << 20
+CHUNK = 1 << 20
+
+
+# --- servers (run in their own process with --serve) ---------------------------------
+
+
+def _sink(conn: socket.socket) -> None:
+    buf = bytearray(CHUNK)
+    total = 0
+    while True:
+        n = conn.recv_into(buf)
+        if not n:
+            break
+        total += n
+    conn.sendall(total.to_bytes(8, "little"))
+    conn.close()
+
+
+def _source(conn: socket.socket) -> None:
+    want = b""
+    while len(want) < 8:
+        part = conn.recv(8 - len(want))
+        if not part:
+            conn.close()
+            return
+        want += part
+    n = int.from_bytes(want, "little")
+    block = b"\xa5" * CHUNK
+    while n > 0:
+        k = min(n, CHUNK)
+        conn.sendall(block if k == CHUNK else block[:k])
+        n -= k
+    conn.close()
+
+
+def _threaded(lsock: socket.socket, fn: object) -> None:
+    while True:
+        conn, _ = lsock.accept()
+        threading.Thread(target=fn, args=(conn,), daemon=True).start()  # type: ignore[arg-type]
+
+
+def _echo_inline(lsock: socket.socket) -> None:
+    """Sequential echo: one connection at a time, no thread per connection."""
+    buf = bytearray(65536)
+    while True:
+        conn, _ = lsock.accept()
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        while True:
+            n = conn.recv_into(buf)
+            if not n:
+                break
+            conn.sendall(buf[:n])
+        conn.close()
+
+
+def serve() -> None:
+    socks = []
+    for _ in range(3):
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", 0))
+        s.listen(1024)
+        socks.append(s)
+    print(" ".join(str(s.getsockname()[1]) for s in socks), flush=True)
+    threading.Thread(target=_threaded, args=(socks[0], _sink), daemon=True).start()
+    threading.Thread(target=_threaded, args=(socks[1], _source), daemon=True).start()
+    _echo_inline(socks[2])
+
+
+# --- clients -------------------------------------------------------------------------
+
+
+def upload(port: int, size: int) -> float:
+    s = socket.create_connection(("127.0.0.1", port))
+    block = b"\x5a" * CHUNK
+    t0 = time.perf_counter()
+    left = size
+    while left > 0:
+        k = min(left, CHUNK)
+        s.sendall(block if k == CHUNK else block[:k])
+        left -= k
+    s.shutdown(socket.SHUT_WR)
+    got = b""
+    while len(got) < 8:
+        part = s.recv(8)
+        if not part:
+            break
+        got += part
+    dt = time.perf_counter() - t0
+    s.close()
+    if int.from_bytes(got, "little") != size:
+        raise RuntimeError(f"sink saw {int.from_bytes(got, 'little')} bytes, not {size}")
+    return dt
+
+
+def download(port: int, size: int) -> float:
+    s = socket.create_connection(("127.0.0.1", port))
+    buf = bytearray(CHUNK)
+    t0 = time.perf_counter()
+    s.sendall(size.to_bytes(8, "little"))
+    s.shutdown(socket.SHUT_WR)
+    total = 0
+    while True:
+        n = s.recv_into(buf)
+        if not n:
+            break
+        total += n
+    dt = time.perf_counter() - t0
+    s.close()
+    if total != size:
+        raise RuntimeError(f"downloaded {total} bytes, not {size}")
+    return dt
+
+
+def parallel_upload(port: int, size: int, streams: int) -> float:
+    errors: list[BaseException] = []
+
+    def one() -> None:
+        try:
+            upload(port, size // streams)
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=one) for _ in range(streams)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return time.perf_counter() - t0
+
+
+def short_connections(port: int, n: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(n):
+        s = socket.create_connection(("127.0.0.1", port))
+        s.shutdown(socket.SHUT_WR)
+        while s.recv(64):
+            pass
+        s.close()
+    return time.perf_counter() - t0
+
+
+def round_trips(port: int, n: int) -> list[float]:
+    s = socket.create_connection(("127.0.0.1", port))
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    msg = b"p" * 64
+    out = []
+    for _ in range(200):  # warm up
+        s.sendall(msg)
+        _recv_exact(s, 64)
+    for _ in range(n):
+        t0 = time.perf_counter()
+        s.sendall(msg)
+        _recv_exact(s, 64)
+        out.append(time.perf_counter() - t0)
+    s.close()
+    return out
+
+
+def _recv_exact(s: socket.socket, n: int) -> bytes:
+    got = b""
+    while len(got) < n:
+        part = s.recv(n - len(got))
+        if not part:
+            raise RuntimeError("EOF")
+        got += part
+    return got
+
+
+def _free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return int(p)
+
+
+def _wait_echo(port: int, timeout: float = 20) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            s = socket.create_connection(("127.0.0.1", port), timeout=2)
+            s.sendall(b"x")
+            if s.recv(1) == b"x":
+                s.close()
+                return
+            s.close()
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError("vpnkit path never came up")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--size", type=int, default=1024, help="MiB per single-stream transfer (default 1024)")
+    ap.add_argument("--conns", type=int, default=10000)
+    ap.add_argument("--rtts", type=int, default=10000)
+    ap.add_argument("--window", type=int, default=65536)
+    ap.add_argument("--repeat", type=int, default=1, help="runs of each figure; medians reported")
+    ap.add_argument("--reactor", default=None, help="twistd --reactor for both vpnkit processes")
+    ap.add_argument("--profile", default=None, help="directory for cProfile stats of both processes")
+    ap.add_argument("--only", default=None, help="comma list of: upload,download,parallel,conns,rtt")
+    args = ap.parse_args()
+    if args.serve:
+        serve()
+        return
+
+    tmp = tempfile.mkdtemp(prefix="bench-vpnkit-")
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        srv = subprocess.Popen([sys.executable, __file__, "--serve"], stdout=subprocess.PIPE)
+        procs.append(srv)
+        assert srv.stdout is not None
+        sink, source, echo = (int(x) for x in srv.stdout.readline().split())
+        v_sink, v_source, v_echo = _free_port(), _free_port(), _free_port()
+        twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+        data = os.path.join(tmp, "data.sock")
+        common = ["-n", "--pidfile="]
+        if args.reactor:
+            common += ["--reactor", args.reactor]
+
+        def prof(name: str) -> list[str]:
+            if not args.profile:
+                return []
+            return ["--profiler", "cprofile", "--savestats", "--profile", os.path.join(args.profile, name)]
+
+        procs.append(
+            subprocess.Popen(
+                [twistd, *common, *prof("fwd.prof"), "--logfile", os.path.join(tmp, "fwd.log"), "vpnkit-forwarder",
+                 "--data-listen", data, "--window", str(args.window)]
+            )
+        )
+        time.sleep(0.5)
+        procs.append(
+            subprocess.Popen(
+                [twistd, *common, *prof("host.prof"), "--logfile", os.path.join(tmp, "host.log"), "vpnkit-host",
+                 "--data-connect", data, "--window", str(args.window),
+                 "--expose", f"tcp:127.0.0.1:{v_sink}:127.0.0.1:{sink}",
+                 "--expose", f"tcp:127.0.0.1:{v_source}:127.0.0.1:{source}",
+                 "--expose", f"tcp:127.0.0.1:{v_echo}:127.0.0.1:{echo}"]
+            )
+        )
+        _wait_echo(v_echo)
+        size = args.size * MiB
+        print(f"# load before: {open('/proc/loadavg').read().strip()}  window={args.window}  cores={os.cpu_count()}")
+        rows: list[tuple[str, str, str, str]] = []
+
+        def med(fn: object, *a: object) -> float:
+            return statistics.median(fn(*a) for _ in range(args.repeat))  # type: ignore[operator]
+
+        only = set(args.only.split(",")) if args.only else {"upload", "download", "parallel", "conns", "rtt"}
+        for name, fn, d_port, v_port in (
+            ("upload", upload, sink, v_sink),
+            ("download", download, source, v_source),
+        ):
+            if name not in only:
+                continue
+            d = med(fn, d_port, size)
+            v = med(fn, v_port, size)
+            rows.append((f"{args.size} MiB {name}, 1 stream", f"{size / d / 1e6:,.0f} MB/s",
+                         f"{size / v / 1e6:,.0f} MB/s", f"{d / v:.2f}"))
+        if "parallel" in only:
+            d = med(parallel_upload, sink, size, 4)
+            v = med(parallel_upload, v_sink, size, 4)
+            rows.append((f"{args.size} MiB upload, 4 streams", f"{size / d / 1e6:,.0f} MB/s",
+                         f"{size / v / 1e6:,.0f} MB/s", f"{d / v:.2f}"))
+        if "conns" in only:
+            d = med(short_connections, echo, args.conns)
+            v = med(short_connections, v_echo, args.conns)
+            rows.append((f"{args.conns} sequential connections", f"{args.conns / d:,.0f}/s",
+                         f"{args.conns / v:,.0f}/s", f"{d / v:.2f}"))
+        if "rtt" in only:
+            dl = round_trips(echo, args.rtts)
+            vl = round_trips(v_echo, args.rtts)
+            dm, vm = statistics.mean(dl) * 1e6, statistics.mean(vl) * 1e6
+            dp, vp = statistics.median(dl) * 1e6, statistics.median(vl) * 1e6
+            rows.append((f"64-byte round trip, mean ({args.rtts})", f"{dm:.0f} us", f"{vm:.0f} us", f"+{vm - dm:.0f} us"))
+            rows.append((f"64-byte round trip, median ({args.rtts})", f"{dp:.0f} us", f"{vp:.0f} us", f"+{vp - dp:.0f} us"))
+        print(f"# load after: {open('/proc/loadavg').read().strip()}")
+        print("| measurement | direct loopback | through vpnkit-host -> vpnkit-forwarder | ratio / added |")
+        print("|---|---|---|---|")
+        for r in rows:
+            print("| " + " | ".join(r) + " |")
+    finally:
+        for p in reversed(procs):
+            p.send_signal(2 if args.profile else 15)
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
