@@ -419,9 +419,44 @@ class ReconnectTests(SynchronousTestCase):
         self.assertEqual(names[:MAX_ATTEMPTS], ["cn1"] * MAX_ATTEMPTS)
         self.assertEqual(names[MAX_ATTEMPTS:2 * MAX_ATTEMPTS], ["cn2"] * MAX_ATTEMPTS)
         gaps = [round(b[1] - a[1]) for a, b in zip(log, log[1:])]
-        self.assertEqual(gaps[:5], [0, 1, 2, 4, 8])
-        self.assertIn("controller cn1 unreachable after 4 attempts; trying cn2",
-                      "\n".join(formatEvent(e) for e in logs))
+        # 0, 1, 2 s between the four attempts on cn1; cn2 starts over at once.
+        self.assertEqual(gaps[:8], [0, 1, 2, 0, 0, 1, 2, 0])
+        self.assertIn("controller cn1 failed 4 attempts (last: unreachable (", "\n".join(
+            formatEvent(e) for e in logs))
+        link.stopService()
+
+    def test_single_controller_backs_off_to_30s(self) -> None:
+        clock = MemoryReactorClock()
+        log: list = []
+        link = ControllerLink(clock, [FailingEndpoint(clock, "cn1", log)], "h", "127.0.0.2",
+                              RecordingSink(), rng=random.Random(0))
+        link.startService()
+        for _ in range(3000):
+            clock.advance(0.05)
+        gaps = [b[1] - a[1] for a, b in zip(log, log[1:])]
+        for gap, base in zip(gaps, [0.05, 1, 2, 4, 8, 16, 30, 30], strict=False):
+            self.assertTrue(base * 0.9 - 0.051 <= gap <= base * 1.1 + 0.051, (gap, base))
+        link.stopService()
+
+    def test_session_that_never_comes_up_backs_off_and_fails_over(self) -> None:
+        clock = MemoryReactorClock()
+        eps = [MemEndpoint(clock), MemEndpoint(clock)]
+        link = ControllerLink(clock, eps, "h", "127.0.0.2", RecordingSink(), names=["a", "b"],
+                              rng=random.Random(0))
+        link.startService()
+        from twisted.internet.error import ConnectionDone
+        from twisted.python.failure import Failure
+
+        delays = []
+        for i in range(4):
+            lost_at = clock.seconds()
+            eps[0].protocols[-1].connectionLost(Failure(ConnectionDone()))
+            for _ in range(100):
+                clock.advance(0.05)
+            ep = eps[0] if i < 3 else eps[1]
+            delays.append(round(ep.attempts[-1] - lost_at))
+        self.assertEqual(delays, [0, 1, 2, 0])  # 4th failure: the other controller at once
+        self.assertEqual(len(eps[1].attempts), 1)
         link.stopService()
 
     def test_success_resets_failures(self) -> None:
@@ -432,7 +467,10 @@ class ReconnectTests(SynchronousTestCase):
         for _ in range(3):
             ep.connect(None).addErrback(lambda f: None)  # type: ignore[arg-type]
         self.assertEqual((ep.current, ep.failures), (0, 3))
-        ep.connect(None).addErrback(lambda f: None)  # type: ignore[arg-type]
+        ep.sessionEstablished()
+        self.assertEqual((ep.current, ep.failures), (0, 0))
+        for _ in range(4):
+            ep.connect(None).addErrback(lambda f: None)  # type: ignore[arg-type]
         self.assertEqual((ep.current, ep.failures), (1, 0))
 
     def test_endpoint_descriptions(self) -> None:

@@ -332,7 +332,8 @@ class ControlToAgentGoldenTests(SynchronousTestCase):
 prefixes4 = st.builds(lambda a, b, l: f"10.{a}.{b}.0/{l}", st.integers(0, 255), st.integers(0, 255),
                       st.integers(8, 32))
 names = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=0x2FF,
-                                       blacklist_categories=("Cs", "Cc")), min_size=1, max_size=20)
+                                       blacklist_categories=("Cs", "Cc")), min_size=1, max_size=20
+                ).map(str.strip).filter(bool)  # text values are read stripped
 
 
 class RoundTripTests(SynchronousTestCase):

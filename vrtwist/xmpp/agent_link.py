@@ -104,7 +104,7 @@ CONTROLLER_MAX_STANZA = 4 << 20
 
 
 def backoff_delay(attempt: int, rng: random.Random | None = None) -> float:
-    """Delay before reconnect attempt ``attempt`` (1-based): 0, 1, 2, 4, 8, 16, 30, 30...
+    """Delay after ``attempt`` consecutive failures (1-based): 0, 1, 2, 4, 8, 16, 30, 30...
 
     The real agent's "0" is 50 ms; every value gets +-10 % jitter.
     """
@@ -152,38 +152,33 @@ class FailoverEndpoint:
         index = self.current
         d = self.endpoints[index].connect(protocolFactory)
 
-        def ok(proto: IProtocol) -> IProtocol:
-            self.failures = 0
-            return proto
-
         def failed(reason: Failure) -> Failure:
             if self.current == index:
-                self.failures += 1
-                if self.failures >= self.max_attempts and len(self.endpoints) > 1:
-                    self.current = (index + 1) % len(self.endpoints)
-                    self.failures = 0
-                    self._log.warn(
-                        "controller {old} unreachable after {n} attempts; trying {new}",
-                        old=self.names[index],
-                        n=self.max_attempts,
-                        new=self.names[self.current],
-                    )
+                self._failed(f"unreachable ({reason.getErrorMessage()})")
             return reason
 
-        d.addCallbacks(ok, failed)
+        d.addErrback(failed)
         return d
 
     def sessionFailed(self) -> None:
-        """A connection that never became a session counts as a failed attempt."""
+        """A connection that closed before the stream came up is a failed attempt too."""
+        self._failed("closed the connection before the session came up")
+
+    def sessionEstablished(self) -> None:
+        """A session came up: the attempt count starts over."""
+        self.failures = 0
+
+    def _failed(self, why: str) -> None:
         self.failures += 1
         if self.failures >= self.max_attempts and len(self.endpoints) > 1:
             old = self.current
             self.current = (old + 1) % len(self.endpoints)
             self.failures = 0
             self._log.warn(
-                "controller {old} refused {n} sessions; trying {new}",
+                "controller {old} failed {n} attempts (last: {why}); trying {new}",
                 old=self.names[old],
                 n=self.max_attempts,
+                why=why,
                 new=self.names[self.current],
             )
 
@@ -372,11 +367,16 @@ class ControllerLink(MultiService):
         self.client = ClientService(
             self.endpoint,
             _SessionFactory(self),
-            retryPolicy=retry_policy or (lambda n: backoff_delay(n, self._rng)),
+            retryPolicy=retry_policy or self._retry_delay,
             clock=clock,
         )
         self.client.setName("xmpp-client")
         self.client.setServiceParent(self)
+
+    def _retry_delay(self, client_attempts: int) -> float:
+        # Our own count: ClientService resets its count on every TCP connect, but a
+        # connection that dies before the session is up must back off too.
+        return backoff_delay(max(1, self.endpoint.failures), self._rng)
 
     # -- IControllerLink ------------------------------------------------------------------
 
@@ -446,6 +446,7 @@ class ControllerLink(MultiService):
         """Established: config subscribe, VM subscribes, VRF subscribes, routes, EoR."""
         self.session = session
         self.sessions_established += 1
+        self.endpoint.sessionEstablished()
         self._log.info(
             "XMPP session to {cn} ({ep}) established; {n} local routes to publish",
             cn=session.peer_name,
