@@ -129,27 +129,27 @@ class OptionsTests(SynchronousTestCase):
         o.parseOptions(["--run-dir", "/tmp/y", "--rest", "tcp:1"])
         self.assertEqual((o["run-dir"], o["rest"]), ("/tmp/y", "tcp:1"))
 
-    def test_make_service_from_options_without_shared_memory(self) -> None:
+    def test_make_service_from_options(self) -> None:
         run_dir = tempfile.mkdtemp(prefix="dp-")
         o = tap.Options()
-        o.parseOptions(["--run-dir", run_dir, "--flow-entries", "128"])
+        o.parseOptions(["--run-dir", run_dir, "--flow-entries", "128", "--bridge-entries", "64"])
+        top = tap.makeService(o)
+        self.assertIsInstance(top, MultiService)
+        datapath = top.datapath  # type: ignore[attr-defined]
+        self.assertIsInstance(datapath, Datapath)
+        self.assertNotIsInstance(datapath.bridge, BridgeRoutesInMemory)
+        self.assertEqual(datapath.config.flow_entries, 128)
+        self.assertEqual([s.name for s in top], ["datapath", "ksync"])  # type: ignore[attr-defined]
+        top.getServiceNamed("datapath").stopService()  # unmaps the tables
+
+    def test_shared_memory_is_required(self) -> None:
+        """The shared-memory tables are part of the datapath: a broken install is loud."""
         saved = sys.modules.get("vrtwist.shmem.service")
         sys.modules["vrtwist.shmem.service"] = None  # type: ignore[assignment]
         try:
-            top = tap.makeService(o)
+            self.assertRaises(ImportError, makeDatapathService, tempfile.mkdtemp(), 64, 64)
         finally:
             if saved is not None:
                 sys.modules["vrtwist.shmem.service"] = saved
             else:
                 del sys.modules["vrtwist.shmem.service"]
-        self.assertIsInstance(top, MultiService)
-        datapath = top.datapath  # type: ignore[attr-defined]
-        self.assertIsInstance(datapath, Datapath)
-        self.assertIsInstance(datapath.bridge, BridgeRoutesInMemory)
-        self.assertEqual(datapath.config.flow_entries, 128)
-        self.assertEqual(
-            [s.name for s in top],
-            ["datapath", "ksync"],  # type: ignore[attr-defined]
-        )
-        errors = self.flushLoggedErrors()
-        self.assertEqual(errors, [])

@@ -2,8 +2,8 @@
 
 ``--dump VRF`` lists the inet (default), inet6 or bridge table of one VRF; ``--get
 ADDR/PLEN --vrf VRF`` shows the longest-prefix match. The bridge table is read from the
-shared memory by ``vrtwist.shmem.cli_bridge.dump_bridge`` when that module is present
-(as the real tool maps ``bridge.shmem``), else it is dumped over ksync.
+shared memory by ``vrtwist.shmem.cli_bridge.dump_bridge``, as the real tool maps the
+bridge table; ``format_bridge_route`` is the row format.
 """
 
 from __future__ import annotations
@@ -95,22 +95,10 @@ def format_bridge_route(
 
 
 def _dump_bridge(sock_dir: str, vrf: int) -> int:
-    try:
-        from vrtwist.shmem.cli_bridge import dump_bridge
-    except ImportError:
-        pass
-    else:
-        return int(dump_bridge(sock_dir, vrf) or 0)
-    cli.write(table_header(C.AF_BRIDGE, vrf))
-    with cli.connect(sock_dir) as ks:
-        req = schema.vr_route_req(h_op=DUMP, rtr_family=C.AF_BRIDGE, rtr_vrf_id=vrf)
-        for rt in ks.dump(req):
-            cli.write(
-                format_bridge_route(
-                    rt.rtr_index, rt.rtr_mac, rt.rtr_label_flags, rt.rtr_label, rt.rtr_nh_id
-                )
-            )
-    return 0
+    """The bridge table, read from ``bridge.shmem`` as the real tool maps it."""
+    from vrtwist.shmem.cli_bridge import dump_bridge
+
+    return int(dump_bridge(sock_dir, vrf) or 0)
 
 
 def _family(args: argparse.Namespace) -> int:

@@ -79,15 +79,9 @@ class DatapathService(Service):
 def _install_shared_memory(
     datapath: Datapath, run_dir: str, flow_entries: int, bridge_entries: int
 ) -> Any:
-    try:
-        from vrtwist.shmem.service import install
-    except ImportError as e:
-        _log.error(
-            "datapath: shared-memory flow/bridge tables unavailable ({e}); "
-            "bridge routes kept in memory, vr_flow_req answered -EOPNOTSUPP",
-            e=e,
-        )
-        return None
+    """The flow and bridge tables in ``<run-dir>/*.shmem`` (``vrtwist.shmem``)."""
+    from vrtwist.shmem.service import install
+
     return install(datapath, run_dir, flow_entries, bridge_entries)
 
 
