@@ -71,6 +71,11 @@ class VifTests(VrouterDpCase):
         self.assertIn("vif0/3 ", text)
         self.assertIn("Invalid IF                    0\n", text)
         self.ok(vif.main, "--set", "3", "--vlan", "5", "--vrf", "9")
+        self.request(
+            schema.vr_interface_req(h_op=ADD, vifr_idx=3, vifr_type=C.VIF_TYPE_VIRTUAL,
+                                    vifr_flags=C.VIF_FLAG_SERVICE_IF, vifr_vrf=-1)
+        )  # fmt: skip
+        self.assertIn("VRF table(vlan:vrf):\n5:9, \n", self.ok(vif.main, "--get", "3"))
         self.ok(vif.main, "--delete", "tap1")
         self.ok(vif.main, "--delete", "0")
         code, text = self.tool(vif.main, "--get", "3")

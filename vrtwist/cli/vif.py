@@ -207,6 +207,18 @@ def _body(args: argparse.Namespace) -> int:
             for obj in objects:
                 if type(obj) is schema.vr_interface_req:
                     cli.write(format_vif(obj))
+                    if obj.vifr_flags & C.VIF_FLAG_SERVICE_IF:
+                        # a service interface: its VLAN -> VRF table follows
+                        cli.write("VRF table(vlan:vrf):\n")
+                        assigns = ks.dump(
+                            schema.vr_vrf_assign_req(
+                                h_op=DUMP, var_vif_index=obj.vifr_idx, var_marker=-1
+                            )
+                        )
+                        cli.write(
+                            "".join("%d:%d, " % (a.var_vlan_id, a.var_vif_vrf) for a in assigns)
+                        )
+                        cli.write("\n")
                 elif type(obj) is schema.vr_drop_stats_req:
                     cli.write(format_drop_stats(obj, args.core))
             return 0
