@@ -177,3 +177,50 @@ class VrfRoutesTests(SynchronousTestCase):
         self.assertIsNone(table.lookup(11 << 24))
         self.assertIsNotNone(table.remove((10 << 24) | (5 << 8), 24))
         self.assertIsNone(table.lookup((10 << 24) | (5 << 8)))
+
+
+class LpmPropertyTests(SynchronousTestCase):
+    """``VrfRoutes.lookup`` agrees with a brute-force longest match, adds and deletes mixed."""
+
+    def test_against_brute_force(self) -> None:
+        from hypothesis import given, settings
+        from hypothesis import strategies as st
+
+        from vrtwist.datapath.routes import RouteEntry
+        from vrtwist.datapath.tables import NextHop
+
+        nh = NextHop(id=1, type=C.NH_DISCARD)
+        ops = st.lists(
+            st.tuples(
+                st.booleans(),
+                st.integers(0, 0xFFFFFFFF),
+                st.sampled_from([0, 1, 8, 16, 23, 24, 31, 32]),
+            ),
+            max_size=60,
+        )
+        probes = st.lists(st.integers(0, 0xFFFFFFFF), min_size=1, max_size=30)
+
+        @settings(max_examples=150, deadline=None)
+        @given(ops, probes)
+        def check(changes: list[tuple[bool, int, int]], addrs: list[int]) -> None:
+            table = VrfRoutes(32)
+            model: dict[tuple[int, int], RouteEntry] = {}
+            for add, addr, plen in changes:
+                prefix = addr & table.mask(plen)
+                if add:
+                    entry = RouteEntry(prefix, plen, nh, 0, 0)
+                    table.set(entry)
+                    model[(prefix, plen)] = entry
+                else:
+                    self.assertIs(table.remove(prefix, plen), model.pop((prefix, plen), None))
+            self.assertEqual(len(table), len(model))
+            for a in addrs + [p for p, _ in model]:
+                best = None
+                for (p, n), e in model.items():
+                    if a & table.mask(n) == p and (best is None or n > best.plen):
+                        best = e
+                self.assertIs(table.lookup(a), best)
+            ordered = [(e.prefix, e.plen) for e in table.after(0, 0, False)]
+            self.assertEqual(ordered, sorted(model))
+
+        check()
