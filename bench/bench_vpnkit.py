@@ -225,16 +225,24 @@ def _wait_echo(port: int, timeout: float = 20) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--size", type=int, default=1024, help="MiB per single-stream transfer (default 1024)")
+    ap.add_argument(
+        "--size", type=int, default=1024, help="MiB per single-stream transfer (default 1024)"
+    )
     ap.add_argument("--conns", type=int, default=10000)
     ap.add_argument("--rtts", type=int, default=10000)
     ap.add_argument("--window", type=int, default=65536)
     ap.add_argument("--repeat", type=int, default=1, help="runs of each figure; medians reported")
     ap.add_argument("--reactor", default=None, help="twistd --reactor for both vpnkit processes")
-    ap.add_argument("--profile", default=None, help="directory for cProfile stats of both processes")
-    ap.add_argument("--only", default=None, help="comma list of: upload,download,parallel,conns,rtt")
+    ap.add_argument(
+        "--profile", default=None, help="directory for cProfile stats of both processes"
+    )
+    ap.add_argument(
+        "--only", default=None, help="comma list of: upload,download,parallel,conns,rtt"
+    )
     args = ap.parse_args()
     if args.serve:
         serve()
@@ -257,33 +265,68 @@ def main() -> None:
         def prof(name: str) -> list[str]:
             if not args.profile:
                 return []
-            return ["--profiler", "cprofile", "--savestats", "--profile", os.path.join(args.profile, name)]
+            return [
+                "--profiler",
+                "cprofile",
+                "--savestats",
+                "--profile",
+                os.path.join(args.profile, name),
+            ]
 
         procs.append(
             subprocess.Popen(
-                [twistd, *common, *prof("fwd.prof"), "--logfile", os.path.join(tmp, "fwd.log"), "vpnkit-forwarder",
-                 "--data-listen", data, "--window", str(args.window)]
+                [
+                    twistd,
+                    *common,
+                    *prof("fwd.prof"),
+                    "--logfile",
+                    os.path.join(tmp, "fwd.log"),
+                    "vpnkit-forwarder",
+                    "--data-listen",
+                    data,
+                    "--window",
+                    str(args.window),
+                ]
             )
         )
         time.sleep(0.5)
         procs.append(
             subprocess.Popen(
-                [twistd, *common, *prof("host.prof"), "--logfile", os.path.join(tmp, "host.log"), "vpnkit-host",
-                 "--data-connect", data, "--window", str(args.window),
-                 "--expose", f"tcp:127.0.0.1:{v_sink}:127.0.0.1:{sink}",
-                 "--expose", f"tcp:127.0.0.1:{v_source}:127.0.0.1:{source}",
-                 "--expose", f"tcp:127.0.0.1:{v_echo}:127.0.0.1:{echo}"]
+                [
+                    twistd,
+                    *common,
+                    *prof("host.prof"),
+                    "--logfile",
+                    os.path.join(tmp, "host.log"),
+                    "vpnkit-host",
+                    "--data-connect",
+                    data,
+                    "--window",
+                    str(args.window),
+                    "--expose",
+                    f"tcp:127.0.0.1:{v_sink}:127.0.0.1:{sink}",
+                    "--expose",
+                    f"tcp:127.0.0.1:{v_source}:127.0.0.1:{source}",
+                    "--expose",
+                    f"tcp:127.0.0.1:{v_echo}:127.0.0.1:{echo}",
+                ]
             )
         )
         _wait_echo(v_echo)
         size = args.size * MiB
-        print(f"# load before: {open('/proc/loadavg').read().strip()}  window={args.window}  cores={os.cpu_count()}")
+        print(
+            f"# load before: {open('/proc/loadavg').read().strip()}  window={args.window}  cores={os.cpu_count()}"
+        )
         rows: list[tuple[str, str, str, str]] = []
 
         def med(fn: object, *a: object) -> float:
             return statistics.median(fn(*a) for _ in range(args.repeat))  # type: ignore[operator]
 
-        only = set(args.only.split(",")) if args.only else {"upload", "download", "parallel", "conns", "rtt"}
+        only = (
+            set(args.only.split(","))
+            if args.only
+            else {"upload", "download", "parallel", "conns", "rtt"}
+        )
         for name, fn, d_port, v_port in (
             ("upload", upload, sink, v_sink),
             ("download", download, source, v_source),
@@ -292,27 +335,61 @@ def main() -> None:
                 continue
             d = med(fn, d_port, size)
             v = med(fn, v_port, size)
-            rows.append((f"{args.size} MiB {name}, 1 stream", f"{size / d / 1e6:,.0f} MB/s",
-                         f"{size / v / 1e6:,.0f} MB/s", f"{d / v:.2f}"))
+            rows.append(
+                (
+                    f"{args.size} MiB {name}, 1 stream",
+                    f"{size / d / 1e6:,.0f} MB/s",
+                    f"{size / v / 1e6:,.0f} MB/s",
+                    f"{d / v:.2f}",
+                )
+            )
         if "parallel" in only:
             d = med(parallel_upload, sink, size, 4)
             v = med(parallel_upload, v_sink, size, 4)
-            rows.append((f"{args.size} MiB upload, 4 streams", f"{size / d / 1e6:,.0f} MB/s",
-                         f"{size / v / 1e6:,.0f} MB/s", f"{d / v:.2f}"))
+            rows.append(
+                (
+                    f"{args.size} MiB upload, 4 streams",
+                    f"{size / d / 1e6:,.0f} MB/s",
+                    f"{size / v / 1e6:,.0f} MB/s",
+                    f"{d / v:.2f}",
+                )
+            )
         if "conns" in only:
             d = med(short_connections, echo, args.conns)
             v = med(short_connections, v_echo, args.conns)
-            rows.append((f"{args.conns} sequential connections", f"{args.conns / d:,.0f}/s",
-                         f"{args.conns / v:,.0f}/s", f"{d / v:.2f}"))
+            rows.append(
+                (
+                    f"{args.conns} sequential connections",
+                    f"{args.conns / d:,.0f}/s",
+                    f"{args.conns / v:,.0f}/s",
+                    f"{d / v:.2f}",
+                )
+            )
         if "rtt" in only:
             dl = round_trips(echo, args.rtts)
             vl = round_trips(v_echo, args.rtts)
             dm, vm = statistics.mean(dl) * 1e6, statistics.mean(vl) * 1e6
             dp, vp = statistics.median(dl) * 1e6, statistics.median(vl) * 1e6
-            rows.append((f"64-byte round trip, mean ({args.rtts})", f"{dm:.0f} us", f"{vm:.0f} us", f"+{vm - dm:.0f} us"))
-            rows.append((f"64-byte round trip, median ({args.rtts})", f"{dp:.0f} us", f"{vp:.0f} us", f"+{vp - dp:.0f} us"))
+            rows.append(
+                (
+                    f"64-byte round trip, mean ({args.rtts})",
+                    f"{dm:.0f} us",
+                    f"{vm:.0f} us",
+                    f"+{vm - dm:.0f} us",
+                )
+            )
+            rows.append(
+                (
+                    f"64-byte round trip, median ({args.rtts})",
+                    f"{dp:.0f} us",
+                    f"{vp:.0f} us",
+                    f"+{vp - dp:.0f} us",
+                )
+            )
         print(f"# load after: {open('/proc/loadavg').read().strip()}")
-        print("| measurement | direct loopback | through vpnkit-host -> vpnkit-forwarder | ratio / added |")
+        print(
+            "| measurement | direct loopback | through vpnkit-host -> vpnkit-forwarder | ratio / added |"
+        )
         print("|---|---|---|---|")
         for r in rows:
             print("| " + " | ".join(r) + " |")
