@@ -137,6 +137,101 @@ def codec_figures(n: int) -> dict[str, float]:
             "parse CN items/s": parse_items}
 
 
+def components(n: int) -> dict[str, float]:
+    """Each stage alone, in one process, in CPU seconds (steadier than wall time here)."""
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import MemoryReactorClock, StringTransport
+
+    from vrtwist.agent.dpstate import vrf_name_for
+    from vrtwist.xmpp.agent_link import ControllerLink, LocalRouteInfo
+    from vrtwist.xmpp.control import ControlNode, ControlNodeFactory
+    from vrtwist.xmpp.framing import build_stream_open, build_stream_response
+    from vrtwist.xmpp.stanzas import (
+        CONTROL_NODE_JID,
+        NextHop,
+        RouteEntry,
+        build_route_publish,
+        build_route_update,
+        build_subscribe,
+    )
+
+    vn = "11111111-1111-1111-1111-111111111111"
+    vrf = vrf_name_for(vn)
+    out: dict[str, float] = {}
+
+    class Endpoint:
+        def __init__(self) -> None:
+            self.protos: list[Any] = []
+
+        def connect(self, factory: Any) -> Any:
+            from twisted.internet import defer
+
+            proto = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5269))
+            proto.makeConnection(StringTransport())
+            self.protos.append(proto)
+            return defer.succeed(proto)
+
+    # 1. agent publish: local routes -> bytes on the wire
+    clock = MemoryReactorClock()
+    model, _ = make_sink("127.0.0.2")
+    ep = Endpoint()
+    link = ControllerLink(clock, [ep], "tx", "127.0.0.2", model)  # type: ignore[list-item]
+    link.startService()
+    ep.protos[-1].dataReceived(build_stream_response("cn", "tx"))
+    infos = [LocalRouteInfo(f"port{i}", f"vm{i}", vn, vrf, "",
+                            f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", None, 16, "127.0.0.2")
+             for i in range(n)]
+    t = time.process_time()
+    for info in infos:
+        link.localRouteAdded(info)
+    out["agent publish routes/s"] = n / (time.process_time() - t)
+
+    # 2. control node: n publish pairs in, fan-out to 1 and 10 subscribers
+    entries = [RouteEntry(1, 1, f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}/32",
+                          (NextHop("127.0.0.2", 16 + i % 1000, ("gre", "udp")),))
+               for i in range(n)]
+    wire = b"".join(build_route_publish("tx", vrf, e, True, i) for i, e in enumerate(entries))
+    for fanout in (1, 10):
+        clock = MemoryReactorClock()
+        node = ControlNode(clock, "cn", gr_time=0)
+        factory = ControlNodeFactory(node)
+        sessions = []
+        for j in range(fanout + 1):
+            s = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1000 + j))
+            s.makeConnection(StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 1000 + j)))
+            s.dataReceived(build_stream_open(f"a{j}") + build_subscribe(f"a{j}", vrf, 1))
+            sessions.append(s)
+        clock.advance(1)
+        for s in sessions:
+            s.transport.clear()
+        t = time.process_time()
+        for i in range(0, len(wire), 65536):
+            sessions[0].dataReceived(wire[i:i + 65536])
+            clock.advance(0)
+        dt = time.process_time() - t
+        out[f"control node in, fan-out {fanout}: routes/s"] = n / dt
+        out[f"control node out, fan-out {fanout}: items/s"] = n * fanout / dt
+
+    # 3. agent receive: control-node messages -> RemoteRouteTable -> DatapathModel
+    msgs = b"".join(build_route_update(CONTROL_NODE_JID, "rx/bgp-peer", f"1/1/{vrf}",
+                                       entries[i:i + 128]) for i in range(0, n, 128))
+    clock = MemoryReactorClock()
+    model, counter = make_sink("127.0.0.3")
+    ep = Endpoint()
+    link = ControllerLink(clock, [ep], "rx", "127.0.0.3", model)  # type: ignore[list-item]
+    link.localRouteAdded(LocalRouteInfo("p", "vm", vn, vrf, "", "10.254.0.1", None, 16,
+                                        "127.0.0.3"))
+    link.startService()
+    ep.protos[-1].dataReceived(build_stream_response("cn", "rx"))
+    t = time.process_time()
+    for i in range(0, len(msgs), 65536):
+        ep.protos[-1].dataReceived(msgs[i:i + 65536])
+    dt = time.process_time() - t
+    assert counter[0] == n, counter
+    out["agent receive+program routes/s"] = n / dt
+    return out
+
+
 def run(args: argparse.Namespace) -> dict[str, float]:
     from twisted.internet import defer, reactor, task
 
@@ -221,7 +316,7 @@ async def _readline(reactor: Any, proc: subprocess.Popen) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--mode", default="main", choices=["main", "receiver", "codec"])
+    p.add_argument("--mode", default="main", choices=["main", "receiver", "codec", "components"])
     p.add_argument("--routes", type=int, default=10000)
     p.add_argument("--receivers", type=int, default=1)
     p.add_argument("--procs", type=int, default=1)
@@ -237,6 +332,10 @@ def main() -> None:
     if args.mode == "codec":
         for k, v in codec_figures(args.routes).items():
             print(f"{k:28s} {v:12,.0f}")
+        return
+    if args.mode == "components":
+        for k, v in components(args.routes).items():
+            print(f"{k:45s} {v:12,.0f}")
         return
     res = run(args)
     print(f"routes={args.routes} receivers={args.receivers} procs={args.procs} evpn={args.evpn}")

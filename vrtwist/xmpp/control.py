@@ -88,8 +88,13 @@ class IControlNode(Interface):
     def unsubscribe(session: ControlSession, vrf: str) -> None:
         """Unsubscribe (and withdraw what the session published there)."""
 
-    def update(session: ControlSession, vrf: str, entry: RouteEntry, add: bool) -> None:
-        """A route published (add) or withdrawn by the session in ``vrf``."""
+    def update(
+        session: ControlSession, vrf: str, entry: RouteEntry, add: bool, raw: str = ""
+    ) -> None:
+        """A route published (add) or withdrawn by the session in ``vrf``.
+
+        ``raw`` is the entry's XML as received, when canonical: it is reflected as is.
+        """
 
     def endOfRib(session: ControlSession) -> None:
         """The session has re-advertised everything: sweep its stale paths."""
@@ -263,7 +268,9 @@ class ControlNode:
 
     # -- routes -------------------------------------------------------------------------
 
-    def update(self, session: ControlSession, vrf: str, entry: RouteEntry, add: bool) -> None:
+    def update(
+        self, session: ControlSession, vrf: str, entry: RouteEntry, add: bool, raw: str = ""
+    ) -> None:
         if vrf not in session.subscriptions:
             raise ProtocolViolation(f"route {entry.item_id} for unsubscribed instance {vrf!r}")
         inst = self.instances[vrf]
@@ -281,7 +288,7 @@ class ControlNode:
             if old is not None and old.entry == entry:
                 old.stale = False
                 return
-            paths[name] = _Path(entry, entry_xml(entry))
+            paths[name] = _Path(entry, raw or entry_xml(entry))
         else:
             if paths is None or name not in paths:
                 return
@@ -483,7 +490,9 @@ class ControlSession(XmppSession):
                 raise ProtocolViolation(
                     f"collection node {target!r} differs from publish node {pending.node!r}"
                 )
-            self.node.update(self, stanza.node, pending.entry, stanza.associate is not None)
+            self.node.update(
+                self, stanza.node, pending.entry, stanza.associate is not None, pending.raw_entry
+            )
         elif isinstance(stanza, Publish):
             self._pending_publish = stanza
         elif isinstance(stanza, Subscribe):

@@ -157,6 +157,9 @@ class Publish:
     node: str
     entry: RouteEntry | None
     sender: str = ""
+    #: The ``<entry>`` exactly as received when it was in canonical form (a reflector can
+    #: forward it without re-encoding); empty otherwise.
+    raw_entry: str = field(default="", compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -971,10 +974,11 @@ def parse_fast(data: bytes) -> Stanza | None:
         m = _FAST_PUBLISH.match(text)
         if m is None or not m.group(4):
             return None
-        got = _fast_entry(text, m.end())
+        start = m.end()
+        got = _fast_entry(text, start)
         if got is None or text[got[1]:] != _FAST_PUBLISH_TAIL:
             return None
-        return Publish(m.group(4), got[0], m.group(1))
+        return Publish(m.group(4), got[0], m.group(1), text[start : got[1]])
     if head == "<mes":
         m = _FAST_MESSAGE.match(text)
         if m is None:
