@@ -149,8 +149,12 @@ class PortControl:
 
         data = json.dumps(body).encode() if body is not None else None
         headers: Any = {b"Content-Type": [b"application/json"]} if data else None
+        from twisted.web.client import HTTPConnectionPool
+
+        # one request per run: no connection is kept (the real script uses requests.post)
+        pool = HTTPConnectionPool(self.reactor, persistent=False)
         resp = await treq.request(method, self.base + path, data=data, headers=headers,
-                                  timeout=60, reactor=self.reactor)
+                                  timeout=60, reactor=self.reactor, pool=pool)
         text = await treq.text_content(resp, encoding="utf-8")
         return resp.code, text
 
