@@ -436,7 +436,8 @@ class Tables:
         if mac and len(mac) != 6:
             raise TableError(errno.EINVAL, f"vif MAC of {len(mac)} bytes")
         vif = Interface(idx=idx, type=vtype, transport=transport)
-        vif.name = _s(req, "vifr_name")
+        # vif_name is a char[VR_INTERFACE_NAME_LEN] (64): strncpy keeps 63 characters
+        vif.name = _s(req, "vifr_name")[:63]
         vif.mac = mac
         vif.vrf = _i(req, "vifr_vrf")
         vif.mcast_vrf = _i(req, "vifr_mcast_vrf")
