@@ -186,6 +186,29 @@ class ForwardingTests(TestCase):
         self.assertTrue(got.startswith(b"echo:ping"))
         self.assertIn("datagrams_in=", self.table.dump())
 
+    async def test_udp_flow_expires_when_idle(self) -> None:
+        """Go's UDPConnTrackTimeout (90 s), shortened: the flow and its channel go away."""
+        backend = reactor.listenUDP(0, UDPEcho(), interface="127.0.0.1")
+        self.addCleanup(backend.stopListening)
+        self.table.udpTimeout = 0.3
+        granted = await self.table.expose(
+            Port.parse(f"udp:127.0.0.1:0:127.0.0.1:{backend.getHost().port}")
+        )
+        client = UDPClient()
+        cport = reactor.listenUDP(0, client, interface="127.0.0.1")
+        self.addCleanup(cport.stopListening)
+        d = client.next()
+        client.transport.write(b"one", ("127.0.0.1", granted.out_port))  # type: ignore[union-attr]
+        self.assertEqual(await d, b"echo:one")
+        self.assertEqual(self.table.connections(), 1)
+        await task.deferLater(reactor, 0.8, lambda: None)
+        self.assertEqual(self.table.connections(), 0)
+        mux = self.pair.host.links.current()  # type: ignore[union-attr]
+        self.assertEqual(mux.liveChannels(), 0)
+        d = client.next()
+        client.transport.write(b"two", ("127.0.0.1", granted.out_port))  # type: ignore[union-attr]
+        self.assertEqual(await d, b"echo:two")  # a new flow
+
     async def test_link_drop_closes_channels_and_host_reconnects(self) -> None:
         granted = await self.expose_echo()
         live = Collect(half_close=False)

@@ -632,3 +632,43 @@ class MisbehavingPeerTests(SynchronousTestCase):
         self.assertEqual(acc.accepted[0][1].data, b"hello")
         out = parse_frames(t.value()[len(HANDSHAKE) :])
         self.assertEqual(out, [Window(0xFFFFFFFF, 65536)])
+
+
+class UDPOverChannelTests(SynchronousTestCase):
+    def test_udp_encapsulation_is_transparent(self) -> None:
+        """TestUDPEncapsulationIsTransparent: an 11-byte datagram arrives as one 11-byte datagram."""
+        from vrtwist.vpnkit.frames import UDPDecoder
+        from vrtwist.vpnkit.mux import MuxStats
+        from vrtwist.vpnkit.proxy import send_datagram
+
+        acc = Acceptor()
+        pair = LinkPair(acc)
+        ch = pair.b.openChannel(Destination.udp("127.0.0.1", 53), Sink())
+        pair.pump()
+        stats = MuxStats()
+        self.assertTrue(send_datagram(ch, b"hello world", stats))
+        pair.pump(chunk=3)
+        (rec,) = UDPDecoder().feed(acc.accepted[0][1].data)
+        self.assertEqual(rec.payload, b"hello world")
+
+    def test_full_buffer_drops_and_counts_never_blocks(self) -> None:
+        from vrtwist.vpnkit.mux import MuxStats
+        from vrtwist.vpnkit.proxy import send_datagram
+
+        acc = Acceptor()
+        pair = LinkPair(acc)
+        slow = pair.b.openChannel(Destination.udp("127.0.0.1", 53), Sink())
+        fast = pair.b.openChannel(Destination.udp("127.0.0.1", 54), Sink())
+        pair.pump()
+        acc.accepted[0][0].pauseProducing()  # the slow flow's reader stops
+        stats = MuxStats()
+        for _ in range(200):
+            send_datagram(slow, b"x" * 1400, stats)
+            pair.pump()
+        self.assertGreater(stats.datagrams_dropped, 0)
+        self.assertLessEqual(slow._sendlen, 65536)
+        self.assertTrue(send_datagram(fast, b"still flows", stats))
+        pair.pump()
+        self.assertIn(b"still flows", acc.accepted[1][1].data)
+        big = b"y" * 70000
+        self.assertFalse(send_datagram(fast, big, stats))  # over 65507: dropped, not sent
