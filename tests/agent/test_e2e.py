@@ -202,6 +202,9 @@ class ExternalRestartTests(TestCase):
         before = wait_until(lambda: (s := snapshot(run_dir)) and len(s["labels"]) == 5
                             and len(s["bridge"]) == 5 and len(s["routes"]) == 7 and s,
                             "five ports programmed")
+        # a flow set up before the restart must survive it untouched
+        flows_before = _add_flow(run_dir, before)
+        self.assertIn("10.0.0.1:1000", flows_before)
         watcher = Watcher(run_dir)
         watcher.start()
         self.addCleanup(watcher.stop)
@@ -225,3 +228,19 @@ class ExternalRestartTests(TestCase):
         for b in bodies:
             self.assertEqual(http_call(port2, "GET", f"/port/{b['id']}")[0], 200)
         self.assertNotIn("failed", agent2.text())
+        self.assertEqual(utility("flow", "--sock-dir", run_dir, "-l"), flows_before)
+
+
+def _add_flow(run_dir: str, snap: dict[str, Any]) -> str:
+    """FLOW_SET one flow keyed on a port's next hop; returns ``flow -l`` afterwards."""
+    from vrtwist.ksync.blocking import open_ksync
+    from vrtwist.shmem import layout as L
+    from vrtwist.shmem.manager import FlowKey, FlowManager
+
+    idx = min(i for i in snap["vifs"] if i >= 3)
+    _name, vrf, nh = snap["vifs"][idx]
+    key = FlowKey("10.0.0.1", "10.0.0.2", 6, 1000, 80, nh)
+    req = FlowManager._request(key, -1, 0, L.ACTION_FORWARD, L.FLAG_ACTIVE, {"flow_vrf": vrf})
+    with open_ksync(run_dir) as c:
+        c.request(req)
+    return utility("flow", "--sock-dir", run_dir, "-l")
