@@ -53,6 +53,8 @@ class DispatcherTests(SynchronousTestCase):
         verifyObject(IDatapath, self.dp)
         verifyObject(IKsyncDispatcher, self.dp)
         verifyObject(IBridgeRoutes, self.dp.bridge)
+        for handler in self.dp.handlers.values():
+            verifyObject(IRequestHandler, handler)
 
     def test_get_has_response_then_object(self) -> None:
         self.add_vif(1)
