@@ -411,3 +411,40 @@ class RelayNetTests(TestCase):
         finally:
             proc.signalProcess("TERM")
             await ended
+
+    async def test_half_close_timeout(self) -> None:
+        """A backend that never closes after the caller's EOF is closed after the limit."""
+        backends, bport = await self.tcpBackend(closeAtEOF=False)
+        sock = os.path.join(self.dir, "r.sock")
+        relay = await self.relay(f"unix:{sock}", f"tcp:127.0.0.1:{bport}", halfCloseTimeout=0.2)
+        c = await self.unixClient(sock)
+        c.transport.write(b"bye")  # type: ignore[union-attr]
+        c.transport.loseWriteConnection()  # type: ignore[union-attr]
+        peer = await backends.next()
+        await peer.until(lambda: peer.eof)
+        await c.done  # the relay gave up on the backend's direction and closed the caller
+        self.assertEqual(bytes(peer.received), b"bye")
+        self.assertEqual((relay.stats.active, relay.stats.backendsOpen), (0, 0))
+        # the backend only notices a close after its own EOF when it writes or closes
+        peer.transport.loseConnection()  # type: ignore[union-attr]
+
+    async def test_twistd_service_listens_on_real_vsock(self) -> None:
+        """``--listen vsock:any`` binds a real AF_VSOCK socket (connecting needs a vsock transport)."""
+        from tests.vsock.test_endpoints import _vsockAvailable
+
+        reason = _vsockAvailable()
+        if reason:
+            raise self.skipTest(reason)
+        o = relay_tap.Options()
+        o.parseOptions(["--listen", "vsock:any", "--backend", "tcp:127.0.0.1:1"])
+        svc = relay_tap.makeService(o, reactor)
+        svc.startService()
+        (listener,) = list(svc)
+        await listener._waitingForPort  # type: ignore[attr-defined]
+        port = listener._waitingForPort.result  # type: ignore[attr-defined]
+        from vrtwist.vsock.endpoints import VMADDR_CID_ANY, VSockAddress
+
+        host = port.getHost()
+        self.assertIsInstance(host, VSockAddress)
+        self.assertEqual(host.cid, VMADDR_CID_ANY)
+        await svc.stopService()

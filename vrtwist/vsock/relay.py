@@ -87,6 +87,7 @@ class RelayConfig:
     bufferLimit: int = 256 * 1024
     headerTimeout: float = 10.0
     readSize: int = 256 * 1024
+    halfCloseTimeout: float = 0.0  # 0: wait for the other side forever, as TCP does
 
 
 @dataclass
@@ -149,6 +150,7 @@ class RelayInbound(Protocol):
         self._pendingLen = 0
         self._paused = False
         self._connecting: Deferred[Any] | None = None
+        self._halfCloseTimer: IDelayedCall | None = None
         self.readClosed = False
         self.closed = False
         self.cid: int | None = None
@@ -259,6 +261,7 @@ class RelayInbound(Protocol):
         out.transport.registerProducer(self.transport, True)  # type: ignore[union-attr]
         if self.readClosed:
             out.transport.loseWriteConnection()  # type: ignore[union-attr]
+            self._maybeDone()
 
     def _failed(self, reason: Failure) -> None:
         self._connecting = None
@@ -285,17 +288,40 @@ class RelayInbound(Protocol):
 
     def _maybeDone(self) -> None:
         out = self.outbound
-        if out is not None and self.readClosed and out.readClosed:
+        if out is None:
+            return
+        if self.readClosed and out.readClosed:
             self.transport.loseConnection()  # type: ignore[union-attr]
             out.transport.loseConnection()  # type: ignore[union-attr]
+        elif (
+            self.config.halfCloseTimeout > 0
+            and (self.readClosed or out.readClosed)
+            and self._halfCloseTimer is None
+        ):
+            self._halfCloseTimer = self.relay.clock.callLater(
+                self.config.halfCloseTimeout, self._halfCloseExpired
+            )
+
+    def _halfCloseExpired(self) -> None:
+        """One direction ended long ago and the other never did: close both (socat's -t)."""
+        self._halfCloseTimer = None
+        self._log.info(
+            "caller {peer}: other direction still open {t}s after EOF; closing",
+            peer=str(self.peer),
+            t=self.config.halfCloseTimeout,
+        )
+        self.transport.loseConnection()  # type: ignore[union-attr]
+        if self.outbound is not None:
+            self.outbound.transport.loseConnection()  # type: ignore[union-attr]
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         if self.closed:
             return
         self.closed = True
         self.relay.stats.active -= 1
-        if self._headerTimer is not None and self._headerTimer.active():
-            self._headerTimer.cancel()
+        for timer in (self._headerTimer, self._halfCloseTimer):
+            if timer is not None and timer.active():
+                timer.cancel()
         if self._connecting is not None:
             self._connecting.cancel()
         out = self.outbound

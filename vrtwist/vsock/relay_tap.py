@@ -35,6 +35,12 @@ class Options(usage.Options):
         ],
         ["buffer", None, "262144", "bytes held per caller while its backend connects"],
         ["header-timeout", None, "10", "seconds to wait for an incoming PROXY v2 header"],
+        [
+            "half-close-timeout",
+            None,
+            "0",
+            "seconds a pair may stay half-closed before both sides are closed (0: no limit)",
+        ],
     ]
     optFlags = [
         ["proxy-protocol", "p", "send a PROXY v2 header naming the caller to each backend"],
@@ -65,6 +71,7 @@ class Options(usage.Options):
         try:
             self["buffer"] = int(self["buffer"])
             self["header-timeout"] = float(self["header-timeout"])
+            self["half-close-timeout"] = float(self["half-close-timeout"])
         except ValueError as e:
             raise usage.UsageError(f"bad number: {e}") from None
 
@@ -81,6 +88,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         acceptProxy=bool(options["accept-proxy-protocol"]),
         bufferLimit=int(options["buffer"]),
         headerTimeout=float(options["header-timeout"]),
+        halfCloseTimeout=float(options["half-close-timeout"]),
     )
     top = service.MultiService()
     factory = VSockRelayFactory(reactor, config)
