@@ -502,3 +502,57 @@ class ReconnectTests(SynchronousTestCase):
                 "xmpp-ca": None}
         self.assertEqual(linkKwargsFromOptions(opts), {"hold_time": 30.0, "stale_time": 5.0,
                                                        "xmpp_cert": "c", "xmpp_key": "k"})
+
+
+class ConfigStoreTests(SynchronousTestCase):
+    CONFIG = b"""<?xml version="1.0"?>
+<iq type="set" from="network-control@contrailsystems.com" to="host1/config"><config><update>
+<node type="virtual-network"><name>default-domain:demo:vn1</name><id-perms><uuid>vn-uuid</uuid></id-perms>
+ <virtual-network-network-id>5</virtual-network-network-id></node>
+<node type="routing-instance"><name>default-domain:demo:vn1:vn1</name><id-perms><uuid>ri</uuid></id-perms></node>
+<link><node type="virtual-network"><name>default-domain:demo:vn1</name></node>
+ <node type="routing-instance"><name>default-domain:demo:vn1:vn1</name></node><metadata type="virtual-network-routing-instance"/></link>
+<link><node type="virtual-network"><name>default-domain:demo:vn1</name></node>
+ <node type="network-ipam"><name>default-domain:default-project:default-network-ipam</name></node>
+ <metadata type="virtual-network-network-ipam"><ipam-subnets><subnet><ip-prefix>10.1.1.0</ip-prefix><ip-prefix-len>24</ip-prefix-len></subnet><default-gateway>10.1.1.1</default-gateway><dns-server-address>10.1.1.2</dns-server-address></ipam-subnets><ipam-subnets><subnet><ip-prefix>fd00::</ip-prefix><ip-prefix-len>64</ip-prefix-len></subnet><default-gateway>fd00::1</default-gateway></ipam-subnets></metadata></link>
+<node type="virtual-machine-interface"><name>default-domain:demo:55b49e32</name><id-perms><uuid>55b49e32</uuid></id-perms>
+ <virtual-machine-interface-mac-addresses><mac-address>02:55:b4:9e:32:b8</mac-address></virtual-machine-interface-mac-addresses></node>
+<link><node type="virtual-machine-interface"><name>default-domain:demo:55b49e32</name></node>
+ <node type="virtual-network"><name>default-domain:demo:vn1</name></node><metadata type="virtual-machine-interface-virtual-network"/></link>
+<node type="instance-ip"><name>abc3bd27</name><id-perms><uuid>abc</uuid></id-perms><instance-ip-address>10.1.1.3</instance-ip-address></node>
+<link><node type="instance-ip"><name>abc3bd27</name></node>
+ <node type="virtual-machine-interface"><name>default-domain:demo:55b49e32</name></node><metadata type="instance-ip-virtual-machine-interface"/></link>
+</update></config></iq>"""
+
+    def test_objects_the_agent_needs(self) -> None:
+        from vrtwist.xmpp.agent_link import ConfigStore
+        from vrtwist.xmpp.stanzas import ConfigUpdate
+
+        store = ConfigStore()
+        update = parse_stanza(self.CONFIG)
+        assert isinstance(update, ConfigUpdate)
+        store.apply(update)
+        self.assertEqual(store.routingInstanceOf("default-domain:demo:vn1"),
+                         "default-domain:demo:vn1:vn1")
+        self.assertEqual(store.subnetsOf("default-domain:demo:vn1"), [
+            {"prefix": "10.1.1.0", "plen": 24, "gateway": "10.1.1.1", "dns": "10.1.1.2"},
+            {"prefix": "fd00::", "plen": 64, "gateway": "fd00::1", "dns": ""}])
+        self.assertEqual(store.interface("55b49e32"), {
+            "name": "default-domain:demo:55b49e32", "mac": "02:55:b4:9e:32:b8",
+            "network": "default-domain:demo:vn1", "ips": ["10.1.1.3"]})
+        self.assertIsNone(store.interface("nope"))
+        # A delete of the link takes the subnets away.
+        links = [lk for lk in update.updates if isinstance(lk, ConfigLink)
+                 and lk.metadata == "virtual-network-network-ipam"]
+        store.apply(ConfigUpdate((), tuple(links)))
+        self.assertEqual(store.subnetsOf("default-domain:demo:vn1"), [])
+
+    def test_link_metadata_round_trips(self) -> None:
+        from vrtwist.xmpp.stanzas import ConfigUpdate
+
+        update = parse_stanza(self.CONFIG)
+        assert isinstance(update, ConfigUpdate)
+        again = parse_stanza(build_config("host1", update.updates))
+        assert isinstance(again, ConfigUpdate)
+        self.assertEqual([getattr(i, "properties", None) for i in again.updates],
+                         [getattr(i, "properties", None) for i in update.updates])

@@ -208,18 +208,22 @@ class ConfigStore:
 
     def __init__(self) -> None:
         self.nodes: dict[tuple[str, str], ConfigNode] = {}
-        self.links: set[ConfigLink] = set()
+        self._links: dict[tuple[tuple[str, str], tuple[str, str], str], ConfigLink] = {}
         self.listeners: list[Callable[[ConfigUpdate], None]] = []
+
+    @property
+    def links(self) -> list[ConfigLink]:
+        return list(self._links.values())
 
     def apply(self, update: ConfigUpdate) -> None:
         for item in update.updates:
             if isinstance(item, ConfigLink):
-                self.links.add(item)
+                self._links[(item.left, item.right, item.metadata)] = item
             elif "id-perms" in item.properties:
                 self.nodes[(item.type, item.name)] = item
         for item in update.deletes:
             if isinstance(item, ConfigLink):
-                self.links.discard(item)
+                self._links.pop((item.left, item.right, item.metadata), None)
             else:
                 self.nodes.pop((item.type, item.name), None)
         for listener in self.listeners:
@@ -231,16 +235,82 @@ class ConfigStore:
     def get(self, type_: str, name: str) -> ConfigNode | None:
         return self.nodes.get((type_, name))
 
-    def linked(self, type_: str, name: str) -> list[tuple[str, str]]:
-        """Objects referenced from or to ``(type_, name)``."""
+    def linked(self, type_: str, name: str, other: str | None = None) -> list[tuple[str, str]]:
+        """Objects referenced from or to ``(type_, name)`` (only of type ``other``)."""
         me = (type_, name)
         out = []
-        for link in self.links:
-            if link.left == me:
-                out.append(link.right)
-            elif link.right == me:
-                out.append(link.left)
+        for left, right, _ in self._links:
+            peer = right if left == me else left if right == me else None
+            if peer is not None and (other is None or peer[0] == other):
+                out.append(peer)
         return out
+
+    # -- what the agent needs ---------------------------------------------------------
+
+    def routingInstanceOf(self, vn: str) -> str | None:
+        """The routing instance (VRF name) of virtual network ``vn`` (fq-name)."""
+        ris = self.linked("virtual-network", vn, "routing-instance")
+        return sorted(r[1] for r in ris)[0] if ris else None
+
+    def subnetsOf(self, vn: str) -> list[dict[str, Any]]:
+        """IPAM subnets of ``vn``: ``prefix``, ``plen``, ``gateway``, ``dns`` per subnet."""
+        out = []
+        for (left, right, meta), link in self._links.items():
+            if meta != "virtual-network-network-ipam" or ("virtual-network", vn) not in (
+                left,
+                right,
+            ):
+                continue
+            for sub in _as_list(_dig(link.properties, "ipam-subnets", "ipam-subnets")) or \
+                    _as_list(link.properties.get("ipam-subnets")):
+                if not isinstance(sub, dict):
+                    continue
+                subnet = sub.get("subnet", {})
+                if not isinstance(subnet, dict):
+                    continue
+                out.append({
+                    "prefix": subnet.get("ip-prefix", ""),
+                    "plen": int(subnet.get("ip-prefix-len", 0) or 0),
+                    "gateway": sub.get("default-gateway", ""),
+                    "dns": sub.get("dns-server-address", ""),
+                })
+        return out
+
+    def interface(self, uuid: str) -> dict[str, Any] | None:
+        """A VM interface by uuid: its ``mac``, virtual ``network`` and ``ips``."""
+        for (t, name), node in self.nodes.items():
+            if t != "virtual-machine-interface":
+                continue
+            perms = node.properties.get("id-perms", {})
+            if name.rsplit(":", 1)[-1] != uuid and (
+                not isinstance(perms, dict) or perms.get("uuid") != uuid
+            ):
+                continue
+            macs = _as_list(_dig(node.properties, "virtual-machine-interface-mac-addresses",
+                                 "mac-address"))
+            vns = self.linked(t, name, "virtual-network")
+            ips = []
+            for _, ip_name in self.linked(t, name, "instance-ip"):
+                ip = self.get("instance-ip", ip_name)
+                if ip is not None:
+                    ips.append(str(ip.properties.get("instance-ip-address", "")))
+            return {"name": name, "mac": str(macs[0]) if macs else "",
+                    "network": vns[0][1] if vns else None, "ips": ips}
+        return None
+
+
+def _dig(value: Any, *keys: str) -> Any:
+    for key in keys:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(key)
+    return value
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None or value == "":
+        return []
+    return value if isinstance(value, list) else [value]
 
 
 class AgentSession(XmppSession):

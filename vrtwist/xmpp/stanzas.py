@@ -213,6 +213,8 @@ class ConfigLink:
     left: tuple[str, str]
     right: tuple[str, str]
     metadata: str
+    #: What the metadata element carries (e.g. ``ipam-subnets`` of a VN-IPAM link).
+    properties: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -567,9 +569,8 @@ def _parse_config_items(block: ET.Element) -> tuple[ConfigNode | ConfigLink, ...
             name = _text(child.find("name"))
             if not ctype or not name:
                 raise StanzaError("config node without type or name")
-            props = {
-                _local(p.tag): _plain(p) for p in child if _local(p.tag) != "name"
-            }
+            props = _plain(child)
+            props.pop("name", None)
             out.append(ConfigNode(ctype, name, props))
         elif kind == "link":
             nodes = child.findall("node")
@@ -581,6 +582,7 @@ def _parse_config_items(block: ET.Element) -> tuple[ConfigNode | ConfigLink, ...
                     (nodes[0].get("type", ""), _text(nodes[0].find("name"))),
                     (nodes[1].get("type", ""), _text(nodes[1].find("name"))),
                     meta.get("type", ""),
+                    _plain(meta) if len(meta) else {},
                 )
             )
         else:
@@ -779,7 +781,9 @@ def _config_xml(item: ConfigNode | ConfigLink) -> str:
         return (
             f'<link><node type="{_esc(item.left[0])}"><name>{_esc(item.left[1])}</name></node>'
             f'<node type="{_esc(item.right[0])}"><name>{_esc(item.right[1])}</name></node>'
-            f'<metadata type="{_esc(item.metadata)}" /></link>'
+            f'<metadata type="{_esc(item.metadata)}">'
+            + "".join(_plain_xml(k, v) for k, v in item.properties.items())
+            + "</metadata></link>"
         )
     props = "".join(_plain_xml(k, v) for k, v in item.properties.items())
     return f'<node type="{_esc(item.type)}"><name>{_esc(item.name)}</name>{props}</node>'
