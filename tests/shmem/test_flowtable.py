@@ -254,6 +254,18 @@ class FlowSet(SynchronousTestCase):
         self.assertEqual(self.t.entry(idx).action, L.ACTION_FORWARD)
         self.assertEqual(self.t.lookup(key), idx)
 
+    def test_hold_on_miss_full_and_bad_key(self) -> None:
+        buf, t = make_table(4, 0)
+        keys = [spec_key("1.1.1.1", "2.2.2.2", p, 6, 17, 3) for p in range(5)]
+        made = [t.hold_on_miss(k) for k in keys[:4]]
+        before = bytes(buf)
+        from vrtwist.shmem.flowtable import FlowTableFull
+        self.assertRaises(FlowTableFull, t.hold_on_miss, keys[4])
+        self.assertRaises(ValueError, t.hold_on_miss, b"short")
+        self.assertEqual(bytes(buf), before)
+        self.assertEqual([t.lookup(k) for k in keys[:4]], [i for i, _ in made])
+        self.assertEqual(t.hold_on_miss(keys[0]), made[0])  # an existing key is returned as is
+
     def test_stats_overflow_fields(self) -> None:
         f = self.t.flow_set(req())
         self.t.add_stats(f.index, 0xFFFFFFFF, 0xFFFFFFFF)

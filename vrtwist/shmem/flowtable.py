@@ -41,6 +41,8 @@ _B = L.FLOW_PART_B
 _STATS = L.FLOW_STATS
 _BODY = L.FLOW_BODY
 _KEY_PAD = bytes(L.FLOW_KEY_SIZE)
+# what follows the hashed bytes in the 45-byte key: zero padding, then vr_flow_keylen
+_KEY_TAIL = {n: bytes(L.FLOW_KEY_SIZE - 1 - n) + bytes((n,)) for n in (L.FLOW_KEY4_LEN, L.FLOW_KEY6_LEN)}
 _NO_MIRROR = 0xFF  # VR_MAX_MIRROR_INDICES: "no mirror" in fe_mirror_id
 
 
@@ -234,31 +236,34 @@ class FlowTable:
         Raises FlowTableFull.  An existing entry for the key is returned as is.
         """
         buf = self.buf
-        idx = self._index.get(key, -1)
+        index = self._index
+        idx = index.get(key, -1)
         if idx >= 0:
-            return idx, buf[idx * L.FLOW_ENTRY_SIZE + L.OFF_FE_GEN_ID]
+            return idx, buf[idx * 256 + 69]
+        tail = _KEY_TAIL.get(len(key))
+        if tail is None:
+            raise ValueError("a flow key is 20 (IPv4) or 44 (IPv6) bytes, not %d" % len(key))
         got = self.ht.allocate(key)
         if got is None:
             raise FlowTableFull("no free entry in the bucket of this key and no overflow entry left")
-        off = got * L.FLOW_ENTRY_SIZE
-        if buf[off + L.OFF_FE_FLAGS] or buf[off + L.OFF_FE_FLAGS + 1]:
-            _U16.pack_into(buf, off + L.OFF_FE_FLAGS, 0)  # a reused (evicted) slot: unpublish first
-        gen = (buf[off + L.OFF_FE_GEN_ID] + 1) & 0xFF
+        off = got * 256  # L.FLOW_ENTRY_SIZE; 88 = OFF_FE_FLAGS, 69 = OFF_FE_GEN_ID, 21 = body
+        if buf[off + 88] or buf[off + 89]:
+            _U16.pack_into(buf, off + 88, 0)  # a reused (evicted) slot: unpublish first
+        gen = (buf[off + 69] + 1) & 0xFF
         klen = len(key)
-        etype = L.VP_TYPE_IP6 if klen == L.FLOW_KEY6_LEN else L.VP_TYPE_IP
         _BODY.pack_into(
-            buf, off + L.OFF_FE_BODY, 0, 0, key + _KEY_PAD[klen : L.FLOW_KEY_SIZE - 1] + bytes((klen,)),
-            gen, 0, 0, 0, -1, 0, 0, L.ACTION_HOLD, vrf, 0, _NO_MIRROR, _NO_MIRROR, 0,
-            0, 0, 0, 0, -1, 0, etype, 0, src_info, 0,
+            buf, off + 21, 0, 0, key + tail, gen, 0, 0, 0, -1, 0, 0, L.ACTION_HOLD, vrf,
+            0, _NO_MIRROR, _NO_MIRROR, 0, 0, 0, 0, 0, -1, 0,
+            L.VP_TYPE_IP6 if klen == 44 else L.VP_TYPE_IP, 0, src_info, 0,
         )
-        self._index[key] = got
-        c = self.counters
-        if c.hold_count[0] >= 0xFFFFFFFF:
-            c.hold_oflows += 1
-            c.hold_count[0] = 0
-        c.hold_count[0] += 1
+        index[key] = got
+        hold = self.counters.hold_count
+        if hold[0] >= 0xFFFFFFFF:
+            self.counters.hold_oflows += 1
+            hold[0] = 0
+        hold[0] += 1
         # published last
-        _U16.pack_into(buf, off + L.OFF_FE_FLAGS, L.FLAG_ACTIVE | L.FLAG_NEW_FLOW)
+        _U16.pack_into(buf, off + 88, L.FLAG_ACTIVE | L.FLAG_NEW_FLOW)
         return got, gen
 
     def take_new_flow(self, index: int) -> bool:

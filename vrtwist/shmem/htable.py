@@ -104,15 +104,15 @@ class HashTable:
         """Take a free slot for ``key`` as ``vr_htable_find_free_hentry`` does, or None if full."""
         buf = self.buf
         size = self.entry_size
-        h = jhash_flow4(key) if len(key) == 20 else jhash(key)
-        b = (h % self.entries) & ~3
+        b = ((jhash_flow4(key) if len(key) == 20 else jhash(key)) % self.entries) & ~3
+        off = b * size + L.OFF_HENTRY_FLAGS
         for ind in range(b, b + 4):
-            off = ind * size + L.OFF_HENTRY_FLAGS
             if not buf[off] & L.HENTRY_FLAG_VALID:
                 buf[off] = L.HENTRY_FLAG_VALID
-                L.U32.pack_into(buf, ind * size + L.OFF_HENTRY_BUCKET, L.INVALID_INDEX)
+                L.U32.pack_into(buf, off - 8, L.INVALID_INDEX)  # hentry_bucket_index
                 self.used_main += 1
                 return ind
+            off += size
         if not self._free:
             return None
         head = b + 3

@@ -10,6 +10,7 @@ Pure Python, unrolled: it is on the insert hot path.
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 __all__ = ["jhash", "jhash_flow4", "jhash_flow6", "jhash_bridge", "JHASH_INITVAL"]
 
@@ -71,14 +72,17 @@ def jhash_bridge(key: bytes) -> int:
     return _final((a + w0) & _M, (b + w1) & _M, c)
 
 
-def jhash_flow4(key: bytes) -> int:
-    """``jhash`` of a 20-byte IPv4 flow key, initval 0 (one mix, 8-byte tail)."""
-    w0, w1, w2, w3, w4 = _W5.unpack(key)
-    a = b = c = (JHASH_INITVAL + 20) & _M
-    a = (a + w0) & _M
-    b = (b + w1) & _M
-    c = (c + w2) & _M
-    # __jhash_mix, inlined: this is the insert hot path
+def jhash_flow4(key: bytes, _M: int = _M, _unpack: Any = _W5.unpack) -> int:
+    """``jhash`` of a 20-byte IPv4 flow key, initval 0 (one mix, 8-byte tail).
+
+    Unrolled, with the constants bound as locals: this is the insert hot path.  In
+    ``final`` the rotation subtracted need not be masked first (only the result mod
+    2**32 matters).
+    """
+    w0, w1, w2, w3, w4 = _unpack(key)
+    a = (0xDEADBEEF + 20 + w0) & _M
+    b = (0xDEADBEEF + 20 + w1) & _M
+    c = (0xDEADBEEF + 20 + w2) & _M
     a = (a - c) & _M
     a ^= ((c << 4) | (c >> 28)) & _M
     c = (c + b) & _M
@@ -96,24 +100,22 @@ def jhash_flow4(key: bytes) -> int:
     a = (a + c) & _M
     c = (c - b) & _M
     c ^= ((b << 4) | (b >> 28)) & _M
-    b = (b + a) & _M
+    b = (b + a + w4) & _M
     a = (a + w3) & _M
-    b = (b + w4) & _M
-    # __jhash_final, inlined
     c ^= b
-    c = (c - (((b << 14) | (b >> 18)) & _M)) & _M
+    c = (c - ((b << 14) | (b >> 18))) & _M
     a ^= c
-    a = (a - (((c << 11) | (c >> 21)) & _M)) & _M
+    a = (a - ((c << 11) | (c >> 21))) & _M
     b ^= a
-    b = (b - (((a << 25) | (a >> 7)) & _M)) & _M
+    b = (b - ((a << 25) | (a >> 7))) & _M
     c ^= b
-    c = (c - (((b << 16) | (b >> 16)) & _M)) & _M
+    c = (c - ((b << 16) | (b >> 16))) & _M
     a ^= c
-    a = (a - (((c << 4) | (c >> 28)) & _M)) & _M
+    a = (a - ((c << 4) | (c >> 28))) & _M
     b ^= a
-    b = (b - (((a << 14) | (a >> 18)) & _M)) & _M
+    b = (b - ((a << 14) | (a >> 18))) & _M
     c ^= b
-    return (c - (((b << 24) | (b >> 8)) & _M)) & _M
+    return (c - ((b << 24) | (b >> 8))) & _M
 
 
 def jhash_flow6(key: bytes) -> int:
