@@ -84,6 +84,11 @@ class ParserTests(SynchronousTestCase):
             p.feed(b"67\xff\xf0")
         self.assertEqual(cm.exception.offset, 7)
 
+    def test_error_carries_the_events_before_it(self) -> None:
+        with self.assertRaises(TelnetProtocolError) as cm:
+            TelnetParser().feed(b"abc\xff\xfb\x00de\xff\xfff\xff\xf0tail")
+        self.assertEqual(cm.exception.events, [b"abc", Negotiation(T.WILL, 0), b"de\xfff"])
+
     def test_bad_command_inside_subnegotiation(self) -> None:
         with self.assertRaises(TelnetProtocolError):
             TelnetParser().feed(b"\xff\xfa\xe8\x28\xff\xfb\x00")

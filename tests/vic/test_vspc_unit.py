@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
@@ -177,8 +179,10 @@ class NegotiationTests(SynchronousTestCase):
         good, gtr = h.proxied()
         other, otr = h.proxied(uuid=b"11" * 16, host="10.0.0.3")
         _, btr = h.backend(0)
+        _, obtr = h.backend(1)
         other.dataReceived(b"before\xff\xf0after")
         self.assertTrue(otr.disconnected)
+        self.assertEqual(obtr.value(), b"before")  # what preceded the garbage was relayed
         good.dataReceived(b"still fine")
         self.assertEqual(btr.value(), b"still fine")
 
@@ -201,6 +205,35 @@ class NegotiationTests(SynchronousTestCase):
         conn.dataReceived(X.command(X.VM_VC_UUID, PCAP_UUID) + b"late")
         _, btr = h.backend()
         self.assertEqual(btr.value(), b"early\xfflate")
+
+
+class FuzzTests(SynchronousTestCase):
+    """Whatever an ESX peer sends, nothing escapes dataReceived and other VMs keep going."""
+
+    @settings(max_examples=150, deadline=None)
+    @given(st.lists(st.binary(max_size=64), max_size=8), st.booleans())
+    def test_random_bytes(self, chunks: list[bytes], proxied: bool) -> None:
+        h = Harness(serviceURI="*")
+        good, gtr = h.proxied(uuid=b"22" * 16)
+        _, gbtr = h.backend(0)
+        conn, tr = h.proxied(host="10.0.0.7") if proxied else h.connect("10.0.0.7")
+        for c in chunks:
+            if tr.disconnecting or tr.disconnected:
+                break
+            conn.dataReceived(c)
+        good.dataReceived(b"alive\xff\xff")
+        self.assertTrue(gbtr.value().endswith(b"alive\xff"))
+
+    @settings(max_examples=150, deadline=None)
+    @given(st.lists(st.tuples(st.integers(0, 255), st.binary(max_size=20)), max_size=8))
+    def test_random_option_232_commands(self, cmds: list[tuple[int, bytes]]) -> None:
+        h = Harness(serviceURI="*")
+        conn, tr = h.proxied()
+        for code, params in cmds:
+            if tr.disconnecting or tr.disconnected:
+                break
+            conn.dataReceived(X.command(code, params))
+        self.assertLessEqual(len(h.table.ports()), 1)
 
 
 class RelayTests(SynchronousTestCase):

@@ -64,6 +64,8 @@ class TelnetProtocolError(ValueError):
     def __init__(self, message: str, offset: int) -> None:
         super().__init__(f"{message} at stream offset {offset}")
         self.offset = offset
+        #: Events decoded from the same chunk before the bad bytes: nothing valid is lost.
+        self.events: list[Event] = []
 
 
 class Negotiation(NamedTuple):
@@ -135,6 +137,15 @@ class TelnetParser:
     def _slowFeed(self, data: bytes) -> list[Event]:
         events: list[Event] = []
         pieces: list[bytes] = []
+        try:
+            return self._scan(data, events, pieces)
+        except TelnetProtocolError as e:
+            if pieces:
+                events.append(b"".join(pieces))
+            e.events = events
+            raise
+
+    def _scan(self, data: bytes, events: list[Event], pieces: list[bytes]) -> list[Event]:
         n = len(data)
         pos = 0
         find = data.find
@@ -156,7 +167,7 @@ class TelnetParser:
                 continue
             if pieces:
                 events.append(b"".join(pieces))
-                pieces = []
+                pieces.clear()
             if code in VERB_NAMES:
                 if i + 2 >= n:
                     pos = i

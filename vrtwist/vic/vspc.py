@@ -176,9 +176,16 @@ class VSPCConnection(Protocol):
         try:
             events = self.parser.feed(data)
         except T.TelnetProtocolError as e:
+            # Act on what came before the bad bytes (nothing valid is lost), then drop
+            # this connection only; the VM's state and backend stay for a reconnect.
+            self._handle(e.events)
             self._log.warn("ESX {peer}: {error}; closing", peer=self.peerText, error=str(e))
-            self.transport.abortConnection()  # type: ignore[union-attr]
+            if not self.closed:
+                self.transport.abortConnection()  # type: ignore[union-attr]
             return
+        self._handle(events)
+
+    def _handle(self, events: list[T.Event]) -> None:
         for ev in events:
             if isinstance(ev, bytes):
                 self._serial(ev)
