@@ -325,7 +325,8 @@ class FlowTable:
     def flow_set(self, req: Any) -> FlowSetResult:
         """Apply one vr_flow_req (decoded object or mapping); returns the errno, never raises."""
         g = fields_of(req)
-        index = _signed32(g("fr_index", -1) if g("fr_index") is not None else -1)
+        index = g("fr_index", -1)
+        index = -1 if index is None else _signed32(index)
         res = FlowSetResult(0, index)
         if (g("fr_op", 0) or 0) != 0:
             res.errno = -errno.EINVAL
@@ -408,13 +409,15 @@ class FlowTable:
 
     def _check(self, g: Any, fe_index: int, index: int, rflags: int) -> int:
         """``vr_flow_set_req_is_invalid``: 0 or the negative errno."""
-        self._resolved_rindex = _signed32(g("fr_rindex", -1) if g("fr_rindex") is not None else -1)
+        rindex = g("fr_rindex", -1)
+        self._resolved_rindex = -1 if rindex is None else _signed32(rindex)
         if fe_index >= 0:
-            e = self.entry(fe_index)
-            if e.flags & L.FLAG_DELETE_MARKED:
+            buf = self.buf
+            eoff = fe_index * L.FLOW_ENTRY_SIZE
+            if _U16.unpack_from(buf, eoff + L.OFF_FE_FLAGS)[0] & L.FLAG_DELETE_MARKED:
                 return -errno.EINVAL
-            if e.type in (L.VP_TYPE_IP, L.VP_TYPE_IP6):
-                if (g("fr_gen_id", 0) or 0) & 0xFF != e.gen_id:
+            if buf[eoff + L.OFF_FE_TYPE] in (L.VP_TYPE_IP, L.VP_TYPE_IP6):
+                if (g("fr_gen_id", 0) or 0) & 0xFF != buf[eoff + L.OFF_FE_GEN_ID]:
                     return -errno.EBADF
                 kt = _key_of(g)
                 off = fe_index * L.FLOW_ENTRY_SIZE + L.OFF_FE_KEY
