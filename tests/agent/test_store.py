@@ -63,3 +63,50 @@ class StoreTests(SynchronousTestCase):
         for name in bad:
             self.assertTrue(os.path.exists(os.path.join(ports, name)))
         self.assertEqual(len(second.datapath.tables.interfaces), 4)  # fabric, pkt0 + 2
+
+
+class GroupWriteTests(SynchronousTestCase):
+    def test_group_write_reports_each_item(self) -> None:
+        import pathlib
+
+        from vrtwist.agent.store import write_json_group
+
+        d = pathlib.Path(tempdir(self))
+        (d / "blocked").mkdir()
+        (d / (".blocked2.%d.g.tmp" % os.getpid())).mkdir()  # its temp name is taken
+        results = write_json_group([(d / "a", {"a": 1}), (d / "nodir" / "b", {"b": 2}),
+                                    (d / "c", {"c": 3}), (d / "blocked2", {})])
+        self.assertIsNone(results[0])
+        self.assertIsInstance(results[1], PortFileError)
+        self.assertIsNone(results[2])
+        self.assertIsInstance(results[3], PortFileError)
+        self.assertEqual(json.loads((d / "c").read_text()), {"c": 3})
+        self.assertEqual(sorted(p.name for p in d.iterdir()),
+                         [".blocked2.%d.g.tmp" % os.getpid(), "a", "blocked", "c"])
+
+    def test_concurrent_writes_are_batched(self) -> None:
+        import pathlib
+
+        from twisted.internet.defer import Deferred
+
+        from vrtwist.agent.store import GroupWriter
+
+        d = pathlib.Path(tempdir(self))
+        gate: list[tuple[Deferred[object], object, tuple[object, ...]]] = []
+
+        def run_io(f: object, *args: object) -> Deferred[object]:
+            dd: Deferred[object] = Deferred()
+            gate.append((dd, f, args))
+            return dd
+
+        w = GroupWriter(run_io)
+        done: list[object] = []
+        for i in range(5):
+            w.write(d / str(i), {"i": i}).addBoth(done.append)
+        self.assertEqual(len(gate), 1)  # the first write runs alone, four wait
+        for _ in range(2):
+            dd, f, args = gate.pop(0)
+            dd.callback(f(*args))  # type: ignore[operator]
+        self.assertEqual(w.batches, 2)
+        self.assertEqual(done, [None] * 5)
+        self.assertEqual(len(list(d.iterdir())), 5)

@@ -23,6 +23,9 @@ from zope.interface import Attribute, Interface
 class IPortStore(Interface):
     """Durable storage of port records, one JSON document per port uuid."""
 
+    def path_for(uuid: str) -> Any:
+        """The ``pathlib.Path`` of ``uuid``'s file."""
+
     def exists(uuid: str) -> bool:
         """True when a file for ``uuid`` is on disk."""
 

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet.defer import Deferred, DeferredLock, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList, DeferredLock, maybeDeferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
@@ -27,7 +27,7 @@ from vrtwist.agent.model import (
     port_from_vm,
     vm_port_to_json,
 )
-from vrtwist.agent.store import PortFileError
+from vrtwist.agent.store import GroupWriter, PortFileError
 
 DEFAULT_STALE_TIMEOUT = 60.0
 
@@ -65,6 +65,7 @@ class PortTable:
         self.store = store
         # how blocking file I/O is run: in a thread pool by the service, inline in tests
         self._run_io = run_io or maybeDeferred
+        self._writer = GroupWriter(self._run_io)
         self._locks: dict[str, DeferredLock] = {}
         self.clock = clock
         self.tap_check = tap_check
@@ -137,9 +138,37 @@ class PortTable:
 
         async def go() -> None:
             todo = [p for p in batch if not self._known_same(p)]
-            written = await self._run_io(self._write_files, todo) if todo else []
+            if todo:
+                same = await self._run_io(self._files_unchanged, todo)
+                todo = [p for p, unchanged in zip(todo, same, strict=True) if not unchanged]
+            written: list[str] = []
+            if todo:
+                results = await DeferredList(
+                    [self._writer.write(self.store.path_for(p.id), p.to_file_json())
+                     for p in todo], consumeErrors=True)
+                written = [p.id for p, (ok, _r) in zip(todo, results, strict=True) if ok]
+                failed: list[Any] = [r for ok, r in results if not ok]
+                if failed:
+                    await self._run_io(self._undo_files, written)
+                    failed[0].raiseException()
             self._apply_batch(batch, written)
         await self._locked([p.id for p in batch], go)
+
+    def _files_unchanged(self, ports: list[Port]) -> list[bool]:
+        """Per port: is its file already there with the same settings?  (A file written by
+        vrouter-port-control just before the POST is not written again.)"""
+        return [self._file_matches(p) for p in ports]
+
+    def _undo_files(self, written: list[str]) -> None:
+        for uuid in written:
+            old = self._ports.get(uuid)
+            try:
+                if old is not None:
+                    self.store.write(uuid, old.port.to_file_json())
+                else:
+                    self.store.remove(uuid)
+            except PortFileError:
+                self._log.error("cannot undo port file {uuid}", uuid=uuid)
 
     async def delete_async(self, uuid: str) -> Port | None:
         """:meth:`delete` with the unlink off the reactor thread (file first, then table)."""

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -54,6 +55,114 @@ def write_json_atomic(path: Path, body: dict[str, Any]) -> None:
         except OSError:
             pass
         raise PortFileError(e.errno, f"cannot write {path}: {e.strerror}") from e
+
+
+def write_json_group(items: list[tuple[Path, dict[str, Any]]]) -> list[PortFileError | None]:
+    """Write several files atomically with one journal commit for the lot (group commit).
+
+    Every temporary file is written, then all are fsynced (the first fsync commits the
+    journal transaction that holds them all, the others find little left to do), then all
+    are renamed and each directory is fsynced once.  Returns one error (or None) per item;
+    a failed item never affects the others.
+    """
+    results: list[PortFileError | None] = [None] * len(items)
+    staged: list[tuple[int, int, Path, Path]] = []  # (item, fd, tmp, path)
+    for i, (path, body) in enumerate(items):
+        data = (json.dumps(body, indent=4, sort_keys=True) + "\n").encode()
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.g.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        except OSError as e:
+            results[i] = PortFileError(e.errno, f"cannot write {path}: {e.strerror}")
+            continue
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        except OSError as e:
+            os.close(fd)
+            _discard(tmp)
+            results[i] = PortFileError(e.errno, f"cannot write {path}: {e.strerror}")
+            continue
+        staged.append((i, fd, tmp, path))
+    renamed: list[tuple[int, Path]] = []
+    for i, fd, tmp, path in staged:
+        try:
+            os.fsync(fd)
+            os.close(fd)
+            os.replace(tmp, path)
+            renamed.append((i, path))
+        except OSError as e:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+            _discard(tmp)
+            results[i] = PortFileError(e.errno, f"cannot write {path}: {e.strerror}")
+    for d in {p.parent for _, p in renamed}:
+        try:
+            dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except OSError as e:
+            for i, p in renamed:
+                if p.parent == d:
+                    results[i] = PortFileError(e.errno, f"cannot sync {d}: {e.strerror}")
+    return results
+
+
+def _discard(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+class GroupWriter:
+    """Coalesces concurrent port-file writes into batches run by :func:`write_json_group`.
+
+    ``run_io(f, *args)`` runs blocking work (in a thread for the service; inline in tests).
+    While one batch is being written, new writes queue; they form the next batch.
+    """
+
+    def __init__(self, run_io: Callable[..., Deferred[Any]]) -> None:
+        self._run_io = run_io
+        self._queue: list[tuple[Path, dict[str, Any], Deferred[None]]] = []
+        self._busy = False
+        self.batches = 0
+
+    def write(self, path: Path, body: dict[str, Any]) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        self._queue.append((path, body, d))
+        self._kick()
+        return d
+
+    def _kick(self) -> None:
+        if self._busy or not self._queue:
+            return
+        batch, self._queue = self._queue, []
+        self._busy = True
+        self.batches += 1
+
+        def done(results: list[PortFileError | None]) -> None:
+            self._busy = False
+            for (_p, _b, d), err in zip(batch, results, strict=True):
+                if err is None:
+                    d.callback(None)
+                else:
+                    d.errback(err)
+            self._kick()
+
+        def crashed(f: Any) -> None:
+            self._busy = False
+            for _p, _b, d in batch:
+                d.errback(f)
+            self._kick()
+
+        self._run_io(write_json_group, [(p, b) for p, b, _ in batch]).addCallbacks(
+            done, crashed)
 
 
 @dataclass(frozen=True)
