@@ -8,7 +8,7 @@ header itself is the framing: read 16 bytes, then ``nlmsg_len - 16`` more.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = [
     "NLMSG_HDRLEN",
@@ -70,9 +70,11 @@ class NetlinkFrameError(ValueError):
         self.offset = offset
 
 
-@dataclass(frozen=True)
-class NetlinkMessage:
-    """One parsed netlink message. ``payload`` is empty for NLMSG_DONE / bare headers."""
+class NetlinkMessage(NamedTuple):
+    """One parsed netlink message. ``payload`` is empty for NLMSG_DONE / bare headers.
+
+    A NamedTuple because one is built per message on the hot path.
+    """
 
     nl_type: int
     flags: int

@@ -73,6 +73,7 @@ _REPLY_PAYLOAD_MAX = NL_REPLY_MAX - HEADERS_LEN
 _UNDECODABLE = -1
 
 _CONNECTION_DONE = Failure(ConnectionDone())
+_LOG = Logger(namespace="vrtwist.ksync.server")
 
 _response_cache: dict[int, bytes] = {}
 
@@ -195,7 +196,7 @@ class KsyncServerProtocol(Protocol):
                 out.append(_response(_UNDECODABLE))
                 break
             self.requests += 1
-            out.extend(execute(self.dispatcher, req, self._log))
+            out.extend(execute(self.dispatcher, req, _LOG))
         if not out:
             out.append(_response(_UNDECODABLE))
         return out
@@ -203,7 +204,8 @@ class KsyncServerProtocol(Protocol):
 
 def execute(dispatcher: IKsyncDispatcher, request: Any, log: Logger | None = None) -> list[bytes]:
     """Run one request through ``dispatcher`` and lay out the reply payloads (spec 2.4)."""
-    log = log or KsyncServerProtocol._log
+    if log is None:
+        log = _LOG
     try:
         reply = dispatcher.dispatch(request)
         if not isinstance(reply, KsyncReply):

@@ -8,6 +8,7 @@ checks, no longest-prefix match). The real dispatcher lives in ``vrtwist.datapat
 
 from __future__ import annotations
 
+import bisect
 import errno
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -72,6 +73,19 @@ _MARKER_ABOVE: dict[str, Callable[[Any, Any], bool]] = {
 }
 
 
+#: Integer-keyed tables: the request field holding the dump marker (objects with a larger
+#: key follow). Looked up with bisect so paging through a big table stays linear.
+_INT_MARKER = {
+    "vr_interface_req": "vifr_marker",
+    "vr_nexthop_req": "nhr_marker",
+    "vr_mpls_req": "mr_marker",
+    "vr_mirror_req": "mirr_marker",
+    "vr_vxlan_req": "vxlanr_vnid",
+    "vr_vrf_req": "vrf_marker",
+    "vr_qos_map_req": "qmr_marker",
+}
+
+
 def object_key(msg: Any) -> Any:
     """The key a table stores ``msg`` under."""
     return _KEYS[type(msg).__name__](msg)
@@ -83,6 +97,7 @@ class MemoryDispatcher:
 
     def __init__(self) -> None:
         self.tables: dict[str, dict[Any, Any]] = {name: {} for name in _KEYS}
+        self._sorted: dict[str, list[Any]] = {}
         self.requests: list[Any] = []
         self.next_flow_index = 0
 
@@ -100,7 +115,10 @@ class MemoryDispatcher:
         if op == ADD:
             stored = type(request)(**vars(request))
             stored.h_op = 0
-            table[object_key(stored)] = stored
+            key = object_key(stored)
+            if key not in table:
+                self._sorted.pop(name, None)
+            table[key] = stored
             return KsyncReply(0)
         if op == GET:
             obj = table.get(object_key(request))
@@ -114,8 +132,16 @@ class MemoryDispatcher:
         return KsyncReply(-errno.EINVAL)
 
     def _dump(self, name: str, table: dict[Any, Any], req: Any) -> Iterator[Any]:
+        keys = self._sorted.get(name)
+        if keys is None:
+            keys = self._sorted[name] = sorted(table)
+        marker = _INT_MARKER.get(name)
+        if marker is not None:
+            for key in keys[bisect.bisect_right(keys, getattr(req, marker)) :]:
+                yield table[key]
+            return
         above = _MARKER_ABOVE[name]
-        for key in sorted(table):
+        for key in keys:
             obj = table[key]
             if above(req, obj):
                 yield obj
