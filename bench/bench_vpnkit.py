@@ -313,6 +313,9 @@ def main() -> None:
             )
         )
         _wait_echo(v_echo)
+        if os.environ.get("BENCH_HOLD"):
+            print(f"echo {echo} v_echo {v_echo}", flush=True)
+            time.sleep(float(os.environ["BENCH_HOLD"]))
         size = args.size * MiB
         print(
             f"# load before: {open('/proc/loadavg').read().strip()}  window={args.window}  cores={os.cpu_count()}"

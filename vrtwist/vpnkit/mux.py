@@ -63,8 +63,11 @@ __all__ = [
 DEFAULT_WINDOW = 65536
 #: Largest Data payload we put in one frame (the window usually limits it first).
 MAX_DATA_FRAME = 256 * 1024
-#: Link transports read/buffer this much at a time (Twisted's default is 64 KiB).
+#: Link transports pause their producer above this many buffered bytes.  Reads stay at
+#: Twisted's 64 KiB: a bigger recv buffer is mmap()ed and shrunk on every read.
 LINK_BUFFER = 512 * 1024
+#: While corked, frames are gathered and sent with one sendmsg up to this many bytes.
+CORK_LIMIT = 256 * 1024
 _RING = 500  # recent frame events kept for dumps, like Go's 500-entry trace
 
 
@@ -509,6 +512,9 @@ class Multiplexer(Protocol):
         self._flushing = False
         self._connected = False
         self._seq = itertools.count()
+        self._cork = 0
+        self._corked: list[bytes] = []
+        self._corked_len = 0
         self.recent: deque[tuple[int, str, str, int, int]] = deque(maxlen=_RING)
 
     # link lifecycle --------------------------------------------------------------------
@@ -516,8 +522,6 @@ class Multiplexer(Protocol):
     def connectionMade(self) -> None:
         self._connected = True
         t: Any = self.transport
-        if hasattr(t, "bufferSize"):
-            t.bufferSize = LINK_BUFFER  # fewer, bigger reads and writes on the link
         t.registerProducer(self, True)  # type: ignore[union-attr]
         if self.handshake:
             t.write(HANDSHAKE)  # type: ignore[union-attr]
@@ -532,7 +536,34 @@ class Multiplexer(Protocol):
         )
         self.whenReady.callback(self)
 
+    def cork(self) -> None:
+        """Gather frames written from now on; :meth:`uncork` sends them in one syscall.
+
+        Used around the handling of one read from the link (the Window updates and
+        Closes it causes leave together) and around a splice's EOF (Shutdown + Close).
+        """
+        self._cork += 1
+
+    def uncork(self) -> None:
+        self._cork -= 1
+        if self._cork <= 0:
+            self._cork = 0
+            self._send_corked()
+
+    def _send_corked(self) -> None:
+        bufs, self._corked = self._corked, []
+        self._corked_len = 0
+        if bufs and self._connected and self.transport is not None:
+            send_now(self.transport, bufs)
+
     def dataReceived(self, data: bytes) -> None:
+        self._cork += 1
+        try:
+            self._dataReceived(data)
+        finally:
+            self.uncork()
+
+    def _dataReceived(self, data: bytes) -> None:
         if self._hs is not None:
             try:
                 rest = self._hs.feed(data)
@@ -772,7 +803,11 @@ class Multiplexer(Protocol):
     def _write(self, frame: bytes) -> None:
         if self._connected and self.transport is not None:
             self.stats.frames_out += 1
-            send_now(self.transport, [frame])
+            if self._cork:
+                self._corked.append(frame)
+                self._corked_len += len(frame)
+            else:
+                send_now(self.transport, [frame])
 
     def _schedule(self, ch: Channel) -> None:
         if not ch._queued:
@@ -809,7 +844,13 @@ class Multiplexer(Protocol):
                 ch.bytes_out += n
                 stats.bytes_out += n
                 stats.frames_out += 1
-                send_now(t, chunks)
+                if self._cork:
+                    self._corked.extend(chunks)
+                    self._corked_len += n
+                    if self._corked_len >= CORK_LIMIT:
+                        self._send_corked()
+                else:
+                    send_now(t, chunks)
                 ch._sent()
         finally:
             self._flushing = False

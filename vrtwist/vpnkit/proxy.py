@@ -155,6 +155,17 @@ class Splice:
     def _eof(self, end: _End) -> None:
         if not self._wired:
             return  # applied by _wire once the other end exists
+        mux = getattr(self.channel_end.transport, "mux", None)
+        if mux is None:
+            self._eof_now(end)
+            return
+        mux.cork()  # Shutdown and Close leave in one write
+        try:
+            self._eof_now(end)
+        finally:
+            mux.uncork()
+
+    def _eof_now(self, end: _End) -> None:
         other = self._other(end)
         if other.lost:
             return
