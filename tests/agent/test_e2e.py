@@ -195,6 +195,7 @@ class ExternalRestartTests(TestCase):
                    "the datapath socket")
         args = agent_args(run_dir, state, "--no-tap-check", "--datapath", "external")
         agent = Twistd(d, "vrouter", args, "agent1")
+        self.addCleanup(agent.kill)
         port = agent.rest_port()
         bodies = [port_body(i, plen=24, gateway="10.0.0.254") for i in range(1, 5)]
         bodies.append(port_body(9, vn="77777777-5553-4e6a-b87f-8423afc21e9d"))
@@ -244,3 +245,33 @@ def _add_flow(run_dir: str, snap: dict[str, Any]) -> str:
     with open_ksync(run_dir) as c:
         c.request(req)
     return utility("flow", "--sock-dir", run_dir, "-l")
+
+
+class DatapathRestartTests(TestCase):
+    """The datapath restarts empty under a running agent: the agent refills it."""
+
+    def test_refill_after_datapath_restart(self) -> None:
+        d = tempdir(self)
+        run_dir, state = os.path.join(d, "run"), os.path.join(d, "state")
+        dp = Twistd(d, "vrouter-dp", ["--run-dir", run_dir, *SMALL_TABLES], "dp1")
+        self.addCleanup(dp.kill)
+        sock = os.path.join(run_dir, "dpdk_netlink")
+        wait_until(lambda: os.path.exists(sock), "the datapath socket")
+        agent = Twistd(d, "vrouter", agent_args(run_dir, state, "--no-tap-check",
+                                                "--datapath", "external"), "agent")
+        self.addCleanup(agent.stop)
+        port = agent.rest_port()
+        self.assertEqual(http_call(port, "POST", "/port", [port_body(1), port_body(2)])[0], 200)
+        wait_until(lambda: {"tapv1", "tapv2"} <= vif_names(run_dir), "two ports")
+        dp.kill()
+        os.unlink(sock)
+        # while the datapath is away the API still works and the port is kept
+        self.assertEqual(http_call(port, "POST", "/port", port_body(3))[0], 200)
+        dp2 = Twistd(d, "vrouter-dp", ["--run-dir", run_dir, *SMALL_TABLES], "dp2")
+        self.addCleanup(dp2.kill)
+        snap = wait_until(lambda: (s := snapshot(run_dir)) and len(s["labels"]) == 3 and
+                          len(s["bridge"]) == 3 and s, "three ports refilled", 30)
+        self.assertEqual({v[0] for v in snap["vifs"].values()} >= {"tapv1", "tapv2", "tapv3"},
+                         True)
+        # no busy loop while the datapath was away: the log stays short
+        self.assertLess(agent.text().count("\n"), 200)

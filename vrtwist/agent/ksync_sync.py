@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -492,6 +493,10 @@ class KsyncSynchroniser:
                 return
             if self._stopping:
                 return
+            if proto.lost_d.called:
+                # ClientService still reports the session that just ended: let it notice
+                await deferLater(self.reactor, 0.05, lambda: None)
+                continue
             if proto is self._prepared:
                 self.sync.attach(ProtocolChannel(proto))
             else:
