@@ -323,8 +323,7 @@ def _gen_decoder(spec: MessageSpec) -> _SegmentDecoder:
     Returns (object, offset after T_STOP, shape) or None to ask for the generic path.
     """
     ns: dict[str, Any] = {"_ls": _list_struct, "_new": object.__new__, "_cls": spec.cls}
-    lines = ["def dec(buf, o, end):"]
-    entries: list[str] = []
+    lines = ["def dec(buf, o, end):", "    ob = _new(_cls)"]
     lens: list[str] = []
     for k, (run, var) in enumerate(_segments(spec)):
         fmt = ">"
@@ -347,14 +346,18 @@ def _gen_decoder(spec: MessageSpec) -> _SegmentDecoder:
         lines.append("    t%d = S%d.unpack_from(buf, o)" % (k, k))
         lines.append("    if t%d[0::3] != TY%d or t%d[1::3] != ID%d: return None" % (k, k, k, k))
         lines.append("    o += %d" % s.size)
-        for i, f in enumerate(run):
-            entries.append("%r: t%d[%d]" % (f.name, k, 3 * i + 2))
+        # Unpack straight into the attributes (declaration order; inline values).
+        targets = []
+        for f in run:
+            targets += ["_", "_", "ob.%s" % f.name]
         if var is None:
+            lines.append("    (%s,) = t%d" % (", ".join(targets), k))
             continue
         n = "n%d" % var.fid
-        v = "v%d" % var.fid
+        v = "ob.%s" % var.name
         lens.append(n)
-        lines.append("    %s = t%d[%d]" % (n, k, 3 * len(run) + 2))
+        targets += ["_", "_", n]
+        lines.append("    (%s,) = t%d" % (", ".join(targets), k))
         if var.wire == T_STRING:
             lines.append("    if %s > 0:" % n)
             lines.append("        e = o + %s" % n)
@@ -380,10 +383,7 @@ def _gen_decoder(spec: MessageSpec) -> _SegmentDecoder:
             lines.append("        o = e")
             lines.append("    else:")
             lines.append("        %s = []" % v)
-        entries.append("%r: %s" % (var.name, v))
     lines.append("    if o >= end or buf[o] != 0: return None")
-    lines.append("    ob = _new(_cls)")
-    lines.append("    ob.__dict__ = {%s}" % ", ".join(entries))
     lines.append("    return ob, o + 1, (%s)" % "".join(x + ", " for x in lens))
     src = "\n".join(lines) + "\n"
     exec(compile(src, "<vrtwist.sandesh decode %s>" % spec.name, "exec"), ns)
