@@ -278,3 +278,84 @@ class StressTests(TestCase):
         finally:
             await srv.stopListening()
             await pair.stop()
+
+
+class GoPeerSequenceTests(TestCase):
+    """A raw peer replaying what Go's vpnkit side sends (spec 1.8, observed sequences)."""
+
+    timeout = 30
+
+    async def setUp(self) -> None:  # type: ignore[override]
+        self.pair = Pair()
+        await self.pair.start_forwarder()
+        self.echo = await listen_tcp(Factory.forProtocol(Echo))
+
+    async def tearDown(self) -> None:  # type: ignore[override]
+        await self.echo.stopListening()
+        await self.pair.stop()
+
+    async def _exchange(self, send: bytes, until_close: int) -> list[object]:
+        from twisted.internet.endpoints import UNIXClientEndpoint
+
+        from vrtwist.vpnkit.frames import HANDSHAKE, parse_frames
+
+        got: list[bytes] = []
+        done: defer.Deferred[None] = defer.Deferred()
+
+        class Raw(Collect):
+            def dataReceived(self, data: bytes) -> None:
+                got.append(data)
+                wire = b"".join(got)
+                if wire.startswith(HANDSHAKE) and wire.count(
+                    bytes([7, 0, 2]) + until_close.to_bytes(4, "little")
+                ):
+                    if not done.called:
+                        done.callback(None)
+
+        raw = Raw(send, half_close=False)
+        await UNIXClientEndpoint(reactor, self.pair.path).connect(Factory.forProtocol(lambda: raw))
+        await done.addTimeout(10, reactor)
+        raw.transport.loseConnection()  # type: ignore[union-attr]
+        wire = b"".join(got)
+        self.assertEqual(wire[:54], HANDSHAKE)
+        return parse_frames(wire[54:])
+
+    async def test_request_response_sequence(self) -> None:
+        from vrtwist.vpnkit.frames import (
+            HANDSHAKE,
+            Close,
+            Data,
+            Destination,
+            Open,
+            Shutdown,
+            Window,
+            encode_frame,
+        )
+
+        cid = 0xFFFFFFFF
+        dest = Destination.tcp("127.0.0.1", self.echo.getHost().port, mapped=True)  # as Go sends it
+        send = HANDSHAKE + b"".join(
+            encode_frame(f)
+            for f in (
+                Open(cid, dest),
+                Window(cid, 65536),
+                Data(cid, b"hello world\n"),
+                Shutdown(cid),
+            )
+        )
+        frames = await self._exchange(send, cid)
+        self.assertEqual(
+            frames, [Window(cid, 65536), Data(cid, b"hello world\n"), Shutdown(cid), Close(cid)]
+        )
+
+    async def test_refused_destination_sequence(self) -> None:
+        from vrtwist.vpnkit.frames import HANDSHAKE, Close, Destination, Open, Window, encode_frame
+
+        cid = 0xFFFFFFFE
+        send = (
+            HANDSHAKE
+            + encode_frame(Open(cid, Destination.tcp("127.0.0.1", 1)))
+            + encode_frame(Window(cid, 65536))
+        )
+        frames = await self._exchange(send, cid)
+        self.assertEqual(frames, [Window(cid, 65536), Close(cid)])
