@@ -302,3 +302,67 @@ class DecodeErrorTests(SynchronousTestCase):
                 self.assertLessEqual(cm.exception.offset, n)
             for n in range(1, 4):
                 self.assertRaises(SandeshDecodeError, decode, data[:n], pad=0)
+
+
+class ShapePathTests(SynchronousTestCase):
+    """The learned per-shape decoder must never accept what the general path would not."""
+
+    def _learn(self, msg: object) -> bytes:
+        data = encode(msg)
+        for _ in range(4):
+            self.assertEqual(decode(data), [msg])
+        return data
+
+    def test_element_type_byte_mismatch_falls_back(self) -> None:
+        msg = schema.vr_route_req(
+            rtr_prefix=[10, 0, 0, 1], rtr_prefix_len=32, rtr_mac=[1, 2, 3, 4, 5, 6]
+        )
+        data = bytearray(self._learn(msg))
+        pos = data.index(_hdr(15, 4)) + 3
+        self.assertEqual(data[pos], 3)
+        data[pos] = 8  # element type says i32; the C reader trusts the schema (byte)
+        self.assertEqual(decode(bytes(data)), [msg])
+
+    def test_same_size_different_layout(self) -> None:
+        """A message with the learned size but another field id is decoded by the walker."""
+        msg = schema.vr_mpls_req(h_op=ADD, mr_label=4, mr_nhid=21)
+        data = bytearray(self._learn(msg))
+        pos = data.index(_hdr(8, 4))
+        data[pos : pos + 3] = _hdr(8, 44)  # unknown id: skipped, mr_nhid stays 0
+        self.assertEqual(decode(bytes(data)), [schema.vr_mpls_req(h_op=ADD, mr_label=4)])
+
+    def test_truncated_after_learning(self) -> None:
+        data = self._learn(schema.vr_interface_req(vifr_name="tap1", vifr_mac=[1, 2, 3, 4, 5, 6]))
+        for n in (len(data) - 1, len(data) // 2, 30):
+            with self.assertRaises(SandeshDecodeError):
+                decode(data[:n], pad=0)
+
+    def test_alternating_shapes(self) -> None:
+        a = schema.vr_interface_req(h_op=GET, vifr_idx=1)
+        b = schema.vr_interface_req(
+            vifr_idx=1, vifr_name="tap-long-name", vifr_mac=[1, 2, 3, 4, 5, 6]
+        )
+        da, db = encode(a), encode(b)
+        for _ in range(5):
+            self.assertEqual(decode(da + db), [a, b])
+
+    def test_decoded_objects_are_independent(self) -> None:
+        """Objects decoded from the same bytes (memo, shapes) never share lists."""
+        data = self._learn(schema.vr_route_req(rtr_prefix=[10, 0, 0, 0]))
+        x, y = decode(data)[0], decode(data)[0]
+        x.rtr_prefix.append(1)
+        x.rtr_marker.append(2)
+        self.assertEqual((y.rtr_prefix, y.rtr_marker), ([10, 0, 0, 0], []))
+        r = encode(schema.vr_response(h_op=RESPONSE, resp_code=7))
+        p, q = decode(r)[0], decode(r)[0]
+        p.resp_code = 1
+        self.assertEqual(q.resp_code, 7)
+        self.assertEqual(decode(r)[0].resp_code, 7)
+
+    def test_many_shapes_stay_correct(self) -> None:
+        """Past the compiled-shape limit, the general path keeps decoding correctly."""
+        for n in range(80):
+            msg = schema.vr_interface_req(vifr_idx=n, vifr_name="x" * n)
+            data = encode(msg)
+            for _ in range(3):
+                self.assertEqual(decode(data), [msg])
