@@ -21,6 +21,7 @@ from typing import Any
 
 from zope.interface import implementer
 
+from vrtwist.sandesh import SPECS_BY_NAME
 from vrtwist.shmem import layout as L
 from vrtwist.shmem.entries import FlowEntry, parse_flow_entry
 from vrtwist.shmem.htable import Buffer, HashTable
@@ -104,14 +105,27 @@ def _key(family: int, proto: int, sport_w: int, dport_w: int, nh: int,
     return None
 
 
-def fields_of(req: Any) -> Any:
-    """A ``get(name, default)`` over a decoded Sandesh object or a plain mapping."""
+_REQ_DEFAULTS: dict[str, Any] = {f.name: 0 for f in SPECS_BY_NAME["vr_flow_req"].fields}
+_REQ_DEFAULTS["fr_index"] = -1
+_REQ_DEFAULTS["fr_rindex"] = -1
+
+
+def fields_of(req: Any) -> dict[str, Any]:
+    """Every vr_flow_req field of a decoded Sandesh object or a mapping, as a dict.
+
+    A decoded object's own ``__dict__`` is used as is when it is complete (the codec
+    zero-fills missing fields); anything else is laid over the defaults (0, and -1 for
+    the two indices), with None read as the default.
+    """
     d = getattr(req, "__dict__", None)
-    if d is not None:
-        return d.get  # thriftpy2 objects keep their fields in __dict__
-    if isinstance(req, Mapping):
-        return req.get
-    return lambda name, default=None: getattr(req, name, default)
+    if d is not None and len(d) >= len(_REQ_DEFAULTS) and None not in d.values():
+        return d
+    src = req if isinstance(req, Mapping) else (d or {})
+    out = dict(_REQ_DEFAULTS)
+    for k, v in src.items():
+        if v is not None:
+            out[k] = v
+    return out
 
 
 def key_from_request(req: Any) -> tuple[bytes, int] | None:
@@ -119,11 +133,11 @@ def key_from_request(req: Any) -> tuple[bytes, int] | None:
     return _key_of(fields_of(req))
 
 
-def _key_of(g: Any) -> tuple[bytes, int] | None:
+def _key_of(d: dict[str, Any]) -> tuple[bytes, int] | None:
     return _key(
-        g("fr_family", 0) or 0, g("fr_flow_proto", 0) or 0, g("fr_flow_sport", 0) or 0,
-        g("fr_flow_dport", 0) or 0, g("fr_flow_nh_id", 0) or 0, g("fr_flow_sip_u", 0) or 0,
-        g("fr_flow_sip_l", 0) or 0, g("fr_flow_dip_u", 0) or 0, g("fr_flow_dip_l", 0) or 0,
+        d["fr_family"], d["fr_flow_proto"], d["fr_flow_sport"],
+        d["fr_flow_dport"], d["fr_flow_nh_id"], d["fr_flow_sip_u"],
+        d["fr_flow_sip_l"], d["fr_flow_dip_u"], d["fr_flow_dip_l"],
     )
 
 
@@ -132,11 +146,11 @@ def rkey_from_request(req: Any) -> tuple[bytes, int] | None:
     return _rkey_of(fields_of(req))
 
 
-def _rkey_of(g: Any) -> tuple[bytes, int] | None:
+def _rkey_of(d: dict[str, Any]) -> tuple[bytes, int] | None:
     return _key(
-        g("fr_family", 0) or 0, g("fr_flow_proto", 0) or 0, g("fr_rflow_sport", 0) or 0,
-        g("fr_rflow_dport", 0) or 0, g("fr_rflow_nh_id", 0) or 0, g("fr_rflow_sip_u", 0) or 0,
-        g("fr_rflow_sip_l", 0) or 0, g("fr_rflow_dip_u", 0) or 0, g("fr_rflow_dip_l", 0) or 0,
+        d["fr_family"], d["fr_flow_proto"], d["fr_rflow_sport"],
+        d["fr_rflow_dport"], d["fr_rflow_nh_id"], d["fr_rflow_sip_u"],
+        d["fr_rflow_sip_l"], d["fr_rflow_dip_u"], d["fr_rflow_dip_l"],
     )
 
 
@@ -324,29 +338,28 @@ class FlowTable:
     # -- ksync: vr_flow_req FLOW_SET -------------------------------------------
     def flow_set(self, req: Any) -> FlowSetResult:
         """Apply one vr_flow_req (decoded object or mapping); returns the errno, never raises."""
-        g = fields_of(req)
-        index = g("fr_index", -1)
-        index = -1 if index is None else _signed32(index)
+        d = fields_of(req)
+        index = _signed32(d["fr_index"])
         res = FlowSetResult(0, index)
-        if (g("fr_op", 0) or 0) != 0:
+        if d["fr_op"] != 0:
             res.errno = -errno.EINVAL
             return res
-        rflags = (g("fr_flags", 0) or 0) & 0xFFFF
-        if (g("fr_extflags", 0) or 0) & L.EXT_FLAG_FORCE_EVICT:
+        rflags = d["fr_flags"] & 0xFFFF
+        if d["fr_extflags"] & L.EXT_FLAG_FORCE_EVICT:
             res.errno = self._force_evict(index)
             return res
-        valid = self._valid(index)
+        valid = index >= 0 and self._valid(index)
         if valid:
             cur = self._flags(index)
             if cur & (L.FLAG_MODIFIED | L.FLAG_EVICTED | L.FLAG_NEW_FLOW):
                 res.errno = -errno.EBUSY
                 return res
-        err = self._check(g, index if valid else -1, index, rflags)
+        err = self._check(d, index if valid else -1, index, rflags)
         if err:
             res.errno = err
             return res
         rindex = self._resolved_rindex
-        action = (g("fr_action", 0) or 0) & 0xFFFF
+        action = d["fr_action"] & 0xFFFF
         if valid:
             cur_action = _U16.unpack_from(self.buf, index * L.FLOW_ENTRY_SIZE + L.OFF_FE_ACTION)[0]
             if cur_action == L.ACTION_HOLD and (action != cur_action or not rflags & L.FLAG_ACTIVE):
@@ -366,7 +379,7 @@ class FlowTable:
             res.errno = -errno.EINVAL
             return res
         if not valid:
-            kt = _key_of(g)
+            kt = _key_of(d)
             if kt is None:
                 res.errno = -errno.EINVAL
                 return res
@@ -388,7 +401,7 @@ class FlowTable:
                 _U16.pack_into(buf, off + L.OFF_FE_FLAGS, 0)  # reused (evicted) slot
             gen = (buf[off + L.OFF_FE_GEN_ID] + 1) & 0xFF
             klen = len(key)
-            body: list[Any] = [0, 0, key + _KEY_PAD[klen : L.FLOW_KEY_SIZE - 1] + bytes((klen,)), gen, 0, 0, 0,
+            body: list[Any] = [0, 0, key + _KEY_TAIL[klen], gen, 0, 0, 0,
                     -1, 0, 0, L.ACTION_DROP, 0, 0, _NO_MIRROR, _NO_MIRROR, 0, 0, 0, 0, 0, -1, 0,
                     etype, 0, 0, 0]
             self._index[key] = index
@@ -402,24 +415,23 @@ class FlowTable:
             old_flags = body[8]
         res.index = index
         res.gen_id = gen
-        self._apply(index, g, rflags, action, rindex, new_flow, old_flags, body)
+        self._apply(index, d, rflags, action, rindex, new_flow, old_flags, body)
         return res
 
     _resolved_rindex = -1
 
-    def _check(self, g: Any, fe_index: int, index: int, rflags: int) -> int:
+    def _check(self, d: dict[str, Any], fe_index: int, index: int, rflags: int) -> int:
         """``vr_flow_set_req_is_invalid``: 0 or the negative errno."""
-        rindex = g("fr_rindex", -1)
-        self._resolved_rindex = -1 if rindex is None else _signed32(rindex)
+        self._resolved_rindex = _signed32(d["fr_rindex"])
         if fe_index >= 0:
             buf = self.buf
             eoff = fe_index * L.FLOW_ENTRY_SIZE
             if _U16.unpack_from(buf, eoff + L.OFF_FE_FLAGS)[0] & L.FLAG_DELETE_MARKED:
                 return -errno.EINVAL
             if buf[eoff + L.OFF_FE_TYPE] in (L.VP_TYPE_IP, L.VP_TYPE_IP6):
-                if (g("fr_gen_id", 0) or 0) & 0xFF != buf[eoff + L.OFF_FE_GEN_ID]:
+                if d["fr_gen_id"] & 0xFF != buf[eoff + L.OFF_FE_GEN_ID]:
                     return -errno.EBADF
-                kt = _key_of(g)
+                kt = _key_of(d)
                 off = fe_index * L.FLOW_ENTRY_SIZE + L.OFF_FE_KEY
                 if kt is None:
                     return -errno.EFAULT
@@ -428,11 +440,11 @@ class FlowTable:
                     return -errno.EFAULT
         elif rflags & L.FLAG_ACTIVE and index >= 0:
             return -errno.ENOENT
-        if rflags & L.FLAG_VRFT and ((g("fr_flow_dvrf", 0) or 0) & 0xFFFF) >= self.max_vrfs:
+        if rflags & L.FLAG_VRFT and (d["fr_flow_dvrf"] & 0xFFFF) >= self.max_vrfs:
             return -errno.EINVAL
         if rflags & L.FLAG_MIRROR:
-            if ((g("fr_mir_id", 0) or 0) & 0xFFFF) >= self.max_mirrors and (
-                (g("fr_sec_mir_id", 0) or 0) & 0xFFFF
+            if (d["fr_mir_id"] & 0xFFFF) >= self.max_mirrors and (
+                d["fr_sec_mir_id"] & 0xFFFF
             ) >= self.max_mirrors:
                 return -errno.EINVAL
         if rflags & L.RFLOW_VALID:
@@ -440,7 +452,7 @@ class FlowTable:
                 if not self._valid(self._resolved_rindex):
                     return -errno.EINVAL
             else:
-                kt = _rkey_of(g)
+                kt = _rkey_of(d)
                 found = self._index.get(kt[0], -1) if kt else -1
                 if found < 0:
                     return -errno.EINVAL
@@ -448,7 +460,7 @@ class FlowTable:
         return 0
 
     def _apply(
-        self, index: int, g: Any, rflags: int, action: int, rindex: int,
+        self, index: int, d: dict[str, Any], rflags: int, action: int, rindex: int,
         new_flow: bool, old_flags: int, body: list[Any],
     ) -> None:
         """Write the request's fields into ``body`` (fields 21..132), then publish flags."""
@@ -457,34 +469,34 @@ class FlowTable:
         # body: ttl qos key45 gen tcp hold seq rflow flags flags1 action vrf dvrf mir smir src_nh
         #       bytes packets boflow poflow ecmp drop type udp_sport src_info mme
         if rflags & L.FLAG_MIRROR:
-            body[13] = (g("fr_mir_id", 0) or 0) & 0xFF
-            body[14] = (g("fr_sec_mir_id", 0) or 0) & 0xFF
+            body[13] = d["fr_mir_id"] & 0xFF
+            body[14] = d["fr_sec_mir_id"] & 0xFF
         else:
             body[13] = body[14] = _NO_MIRROR
         rflow = rindex if rflags & L.RFLOW_VALID else -1
         body[7] = rflow
-        vrf = body[11] = (g("fr_flow_vrf", 0) or 0) & 0xFFFF
+        vrf = body[11] = d["fr_flow_vrf"] & 0xFFFF
         if rflags & L.FLAG_VRFT:
-            body[12] = (g("fr_flow_dvrf", 0) or 0) & 0xFFFF
+            body[12] = d["fr_flow_dvrf"] & 0xFFFF
         if body[20] == -1:
-            e = (g("fr_ecmp_nh_index", 0) or 0) & 0xFF
+            e = d["fr_ecmp_nh_index"] & 0xFF
             body[20] = e - 256 if e >= 128 else e
-        body[15] = (g("fr_src_nh_index", 0) or 0) & 0xFFFFFFFF
-        body[1] = _signed16(g("fr_qos_id", 0) or 0)
+        body[15] = d["fr_src_nh_index"] & 0xFFFFFFFF
+        body[1] = _signed16(d["fr_qos_id"])
         if action == L.ACTION_HOLD and body[10] != L.ACTION_HOLD:
             self._count_hold()
         body[10] = action
-        body[0] = (g("fr_ttl", 0) or 0) & 0xFF
+        body[0] = d["fr_ttl"] & 0xFF
         if action == L.ACTION_DROP:
-            body[21] = (g("fr_drop_reason", 0) or 0) & 0xFF
+            body[21] = d["fr_drop_reason"] & 0xFF
         flags = ((old_flags & L.DP_FLAGS) | (rflags & ~L.DP_FLAGS)) & ~L.FLAG_NEW_FLOW & 0xFFFF
-        body[9] = (g("fr_flags1", 0) or 0) & 0xFFFF
+        body[9] = d["fr_flags1"] & 0xFFFF
         if new_flow and rflags & L.RFLOW_VALID and self._valid(rflow):
             rt = _U16.unpack_from(buf, rflow * L.FLOW_ENTRY_SIZE + L.OFF_FE_TCP_FLAGS)[0]
             body[4] |= _reverse_tcp(rt)
         if not body[23]:
             body[23] = self._udp_src_port(vrf, body[2], body[22])
-        if (g("fr_extflags", 0) or 0) & L.EXT_FLAG_MOCK_SRC_UDP:
+        if d["fr_extflags"] & L.EXT_FLAG_MOCK_SRC_UDP:
             body[23] = L.MOCK_SRC_UDP_PORT
         body[8] = old_flags  # unchanged inside the body write
         _BODY.pack_into(buf, off + L.OFF_FE_BODY, *body)
