@@ -486,7 +486,7 @@ class _TypeDecoder:
     def __init__(self, spec: MessageSpec) -> None:
         self.spec = spec
         self.plen = 4 + len(spec.name.encode())
-        self.segments = _gen_decoder(spec)
+        self.segments: _SegmentDecoder | None = None  # generated on first use
         self.mru: _ShapeDecoder | None = None
         #: Other recently used shapes, tried before the segment path (a process that both
         #: sends requests and receives objects of one type alternates between shapes).
@@ -692,8 +692,9 @@ _DECODERS: dict[bytes, _TypeDecoder] = {}
 #: Keyed by the first 4 + N bytes of a message (i32 name length + name).
 _BY_PREFIX: dict[bytes, _TypeDecoder] = {}
 
+# Encoders and decoders are generated on first use of each type (start-up time matters for
+# the command-line tools, which use two or three types).
 for _spec in SPECS_BY_NAME.values():
-    _ENCODERS[_spec.cls] = (_gen_encoder(_spec), _spec)
     _td = _DECODERS[_spec.name.encode()] = _TypeDecoder(_spec)
     _BY_PREFIX[_I32.pack(len(_spec.name)) + _spec.name.encode()] = _td
 del _spec, _td
@@ -701,6 +702,14 @@ del _spec, _td
 _new = object.__new__
 
 _FAST_ERRORS = (struct.error, _Fallback, ValueError, TypeError, AttributeError, OverflowError)
+
+
+def _new_encoder(msg: Any) -> tuple[Callable[[Any], bytes], MessageSpec]:
+    spec = SPECS_BY_CLASS.get(msg.__class__)
+    if spec is None:
+        raise SandeshEncodeError("not a vr.sandesh message: %r" % type(msg).__name__)
+    entry = _ENCODERS[spec.cls] = (_gen_encoder(spec), spec)
+    return entry
 
 
 def encode(msg: Any) -> bytes:
@@ -712,7 +721,7 @@ def encode(msg: Any) -> bytes:
     try:
         fast, spec = _ENCODERS[msg.__class__]
     except KeyError:
-        raise SandeshEncodeError("not a vr.sandesh message: %r" % type(msg).__name__) from None
+        fast, spec = _new_encoder(msg)
     try:
         return fast(msg)
     except _FAST_ERRORS:
@@ -764,7 +773,10 @@ def decode_one(buf: bytes, offset: int = 0) -> tuple[Any, int]:
                 td.promote(other)
                 return r0
     try:
-        r = td.segments(buf, o, end)
+        seg = td.segments
+        if seg is None:
+            seg = td.segments = _gen_decoder(td.spec)
+        r = seg(buf, o, end)
     except (struct.error, IndexError):
         r = None
     if r is not None:
