@@ -500,7 +500,8 @@ class Multiplexer(Protocol):
         self.channels: dict[int, Channel] = {}
         self.ready = False
         self.whenReady: defer.Deferred[Multiplexer] = defer.Deferred()
-        self.whenLost: defer.Deferred[Failure] = defer.Deferred()
+        #: fires (never fails) with the reason text once the link is gone
+        self.whenLost: defer.Deferred[str] = defer.Deferred()
         self.lost_reason: str | None = None
         self._next = 0xFFFFFFFF if backwards else 0
         self._hs: HandshakeDecoder | None = HandshakeDecoder() if handshake else None
@@ -640,7 +641,7 @@ class Multiplexer(Protocol):
         )
         self._close_all(Failure(error.ConnectionLost(f"multiplexer link lost: {self.lost_reason}")))
         if not self.whenLost.called:
-            self.whenLost.callback(reason if isinstance(reason, Failure) else Failure(reason))
+            self.whenLost.callback(self.lost_reason or "")
 
     def _close_all(self, reason: Failure) -> None:
         chans = list(self.channels.values())
