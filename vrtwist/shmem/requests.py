@@ -44,8 +44,17 @@ _RESPONSE = schema.vr_response
 _FLOW_RESPONSE = schema.vr_flow_response
 
 
+_RESPONSES: dict[int, Any] = {}
+
+
 def _response(code: int) -> Any:
-    return _RESPONSE(h_op=_OP_RESPONSE, resp_code=code)
+    """A vr_response; the few distinct codes are built once (readers never mutate replies)."""
+    r = _RESPONSES.get(code)
+    if r is None:
+        r = _RESPONSE(h_op=_OP_RESPONSE, resp_code=code)
+        if len(_RESPONSES) < 256:
+            _RESPONSES[code] = r
+    return r
 
 
 @implementer(IRequestHandler)
