@@ -1,13 +1,19 @@
 """Sandesh binary encoder and decoder (spec section 1), sans-IO.
 
-Two paths produce identical results:
+Three decoding paths, all producing identical results:
 
-* a fast path generated once per message type from the schema: one precompiled
-  ``struct.Struct`` per run of fixed-size fields (field headers included), used when
-  the fields arrive in declaration order, which is what every real encoder emits;
+* per shape (the string/list lengths of a message type, learned when seen twice): a
+  mask check proving the layout, one ``unpack_from``, one tuple assignment into the
+  object's attributes;
+* per type: one precompiled ``struct.Struct`` per run of fixed-size fields (headers
+  included and checked), for fields in declaration order, which every real encoder emits;
 * a generic field walker that follows the C decoder's rules (any order, unknown ids
   and mismatched wire types skipped, missing fields zero-filled) and reports precise
-  errors. The fast path hands over to it whenever anything looks unusual.
+  errors. The faster paths hand over to it whenever anything looks unusual.
+
+Encoding packs a whole message with one cached Struct per shape; unusual values go to a
+generic encoder that normalises them or names the bad field. All generated code comes
+from the schema (vr.thrift) and is compiled on first use of each type.
 
 Every length read from the wire is checked against the bytes actually present before
 it is used, so hostile input can neither over-read nor make us allocate more than a
