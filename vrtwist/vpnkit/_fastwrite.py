@@ -15,7 +15,12 @@ from typing import Any
 __all__ = ["send_now"]
 
 
-def send_now(t: Any, bufs: list[bytes]) -> None:
+def _as_bytes(bufs: list[Any]) -> list[bytes]:
+    return [b if type(b) is bytes else bytes(b) for b in bufs]
+
+
+def send_now(t: Any, bufs: list[Any]) -> None:
+    """Send ``bufs`` (bytes or memoryviews) in order, at once if nothing is queued."""
     sock = getattr(t, "socket", None)
     if (
         sock is None
@@ -25,17 +30,17 @@ def send_now(t: Any, bufs: list[bytes]) -> None:
         or t.disconnecting
         or t._writeDisconnecting
     ):
-        t.writeSequence(bufs)
+        t.writeSequence(_as_bytes(bufs))
         return
     try:
         n = sock.send(bufs[0]) if len(bufs) == 1 else sock.sendmsg(bufs)
     except (BlockingIOError, InterruptedError):
         n = 0
     except OSError:
-        t.writeSequence(bufs)  # Twisted's own path reports the error
+        t.writeSequence(_as_bytes(bufs))  # Twisted's own path reports the error
         return
     if n == 0:
-        t.writeSequence(bufs)
+        t.writeSequence(_as_bytes(bufs))
         return
     rest: list[bytes] = []
     for i, b in enumerate(bufs):
@@ -46,4 +51,4 @@ def send_now(t: Any, bufs: list[bytes]) -> None:
         rest.extend(bufs[i + 1 :])
         break
     if rest:
-        t.writeSequence(rest)
+        t.writeSequence(_as_bytes(rest))

@@ -265,10 +265,14 @@ class DataHeader:
 
 @dataclass(frozen=True, slots=True)
 class Payload:
-    """A piece of the current Data frame's payload (possibly the whole of it)."""
+    """A piece of the current Data frame's payload (possibly the whole of it).
+
+    ``data`` is the caller's bytes object or a read-only ``memoryview`` slice of it (no
+    copy); ``bytes(data)`` when a real bytes object is needed.
+    """
 
     id: int
-    data: bytes = field(repr=False)
+    data: bytes | memoryview = field(repr=False)
 
 
 Frame: TypeAlias = Open | Close | Shutdown | Window | Data
@@ -385,17 +389,20 @@ class FrameDecoder:
         pos = 0
         end = len(data)
         append = events.append
+        view: memoryview | None = None
         try:
             while pos < end:
                 left = self._payload_left
                 if left:
                     avail = end - pos
+                    if view is None:
+                        view = memoryview(data)  # payload slices without copying
                     if avail <= left:
-                        append(Payload(self._payload_id, data if pos == 0 else data[pos:]))
+                        append(Payload(self._payload_id, data if pos == 0 else view[pos:]))
                         self._payload_left = left - avail
                         pos = end
                         break
-                    append(Payload(self._payload_id, data[pos : pos + left]))
+                    append(Payload(self._payload_id, view[pos : pos + left]))
                     self._payload_left = 0
                     pos += left
                     continue
@@ -481,7 +488,7 @@ def parse_frames(data: bytes) -> list[Frame | BadOpen]:
                 pending = (ev.id, ev.length, [])
         elif isinstance(ev, Payload):
             assert pending is not None
-            pending[2].append(ev.data)
+            pending[2].append(bytes(ev.data))
             if sum(map(len, pending[2])) == pending[1]:
                 out.append(Data(pending[0], b"".join(pending[2])))
                 pending = None

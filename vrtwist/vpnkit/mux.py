@@ -142,7 +142,8 @@ class Channel:
         self._rd_allowed = 0
         self._rd_received = 0
         self._rd_consumed = 0
-        self._recvbuf: deque[bytes] = deque()
+        self._recvbuf: deque[bytes | memoryview] = deque()
+        self._raw = False
         self._recvlen = 0
         self._paused = False
         self._delivering = False
@@ -201,6 +202,7 @@ class Channel:
 
     def _attach(self, protocol: IProtocol) -> None:
         self.protocol = protocol
+        self._raw = bool(getattr(protocol, "acceptsBuffers", False))
         protocol.makeConnection(self)  # type: ignore[arg-type]
 
     def _advertise_initial(self) -> None:
@@ -370,7 +372,7 @@ class Channel:
     def _data_allowed(self, length: int) -> bool:
         return self._rd_received + length <= self._rd_allowed
 
-    def _receive(self, data: bytes) -> None:
+    def _receive(self, data: bytes | memoryview) -> None:
         n = len(data)
         self._rd_received += n
         self.bytes_in += n
@@ -380,11 +382,12 @@ class Channel:
             return
         self._deliver(data)
 
-    def _deliver(self, data: bytes) -> None:
+    def _deliver(self, data: bytes | memoryview) -> None:
         self._delivering = True
         try:
             assert self.protocol is not None
-            self.protocol.dataReceived(data)
+            # Only protocols that say so get memoryview slices of the link's reads.
+            self.protocol.dataReceived(data if self._raw else bytes(data))  # type: ignore[arg-type]
         finally:
             self._delivering = False
         self._rd_consumed += len(data)

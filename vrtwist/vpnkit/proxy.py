@@ -60,6 +60,9 @@ def reset_on_close(transport: Any) -> None:
 class _End(Protocol):
     """One end of a splice; forwards everything to the other end's transport."""
 
+    #: the channel may hand us memoryview slices: we only pass them to ``send``
+    acceptsBuffers = True
+
     def __init__(self, splice: Splice, name: str) -> None:
         self.splice = splice
         self.name = name
@@ -75,7 +78,7 @@ class _End(Protocol):
             if other is self.splice.local_end:
                 send_now(other.transport, [data])
             else:
-                other.transport.write(data)
+                other.transport.write(bytes(data))
 
     def readConnectionLost(self) -> None:
         self.eof = True
