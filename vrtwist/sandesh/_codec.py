@@ -821,13 +821,25 @@ def decode(buf: bytes | bytearray | memoryview, pad: int = 3) -> list[Any]:
     out = []
     o = 0
     prefixes = _BY_PREFIX
+    # The first message, inline: known name, then the type's most recent shape. Most
+    # buffers hold exactly one message.
+    if end >= 4:
+        td = prefixes.get(data[: 4 + data[3]])
+        if td is not None:
+            sh = td.mru
+            if sh is not None:
+                r = sh(data, td.plen, end)
+                if r is not None:
+                    out.append(r[0])
+                    o = r[1]
+                    if o == end and end > _MEMO_BUF_MAX:
+                        return out
     while o < end:
         left = end - o
         if left <= pad:
             if data.count(0, o) != left:
                 raise SandeshDecodeError("non-zero trailing bytes", o)
             break
-        # Inlined decode_one fast path: known name, then the type's most recent shape.
         td = prefixes.get(data[o : o + 4 + data[o + 3]]) if left >= 4 else None
         if td is not None:
             sh = td.mru
