@@ -72,50 +72,45 @@ def jhash_bridge(key: bytes) -> int:
     return _final((a + w0) & _M, (b + w1) & _M, c)
 
 
-def jhash_flow4(key: bytes, _M: int = _M, _unpack: Any = _W5.unpack) -> int:
+def jhash_flow4(key: bytes, _M: int = _M, _R: int = 0x100000001, _unpack: Any = _W5.unpack) -> int:
     """``jhash`` of a 20-byte IPv4 flow key, initval 0 (one mix, 8-byte tail).
 
-    Unrolled, with the constants bound as locals: this is the insert hot path.  In
-    ``final`` the rotation subtracted need not be masked first (only the result mod
-    2**32 matters).
+    Unrolled, constants bound as locals: this is the insert hot path.  A 32-bit
+    rotation left by k is ``((x * 0x100000001) >> (32 - k)) & 0xffffffff`` (the product
+    holds x twice, side by side), one operation fewer than shift-shift-or; in ``final``
+    the rotation subtracted need not be masked (only the result mod 2**32 matters).
     """
     w0, w1, w2, w3, w4 = _unpack(key)
     a = (0xDEADBEEF + 20 + w0) & _M
     b = (0xDEADBEEF + 20 + w1) & _M
     c = (0xDEADBEEF + 20 + w2) & _M
-    a = (a - c) & _M
-    a ^= ((c << 4) | (c >> 28)) & _M
+    a = ((a - c) & _M) ^ (((c * _R) >> 28) & _M)
     c = (c + b) & _M
-    b = (b - a) & _M
-    b ^= ((a << 6) | (a >> 26)) & _M
+    b = ((b - a) & _M) ^ (((a * _R) >> 26) & _M)
     a = (a + c) & _M
-    c = (c - b) & _M
-    c ^= ((b << 8) | (b >> 24)) & _M
+    c = ((c - b) & _M) ^ (((b * _R) >> 24) & _M)
     b = (b + a) & _M
-    a = (a - c) & _M
-    a ^= ((c << 16) | (c >> 16)) & _M
+    a = ((a - c) & _M) ^ (((c * _R) >> 16) & _M)
     c = (c + b) & _M
-    b = (b - a) & _M
-    b ^= ((a << 19) | (a >> 13)) & _M
+    b = ((b - a) & _M) ^ (((a * _R) >> 13) & _M)
     a = (a + c) & _M
-    c = (c - b) & _M
-    c ^= ((b << 4) | (b >> 28)) & _M
+    c = ((c - b) & _M) ^ (((b * _R) >> 28) & _M)
     b = (b + a + w4) & _M
     a = (a + w3) & _M
     c ^= b
-    c = (c - ((b << 14) | (b >> 18))) & _M
+    c = (c - ((b * _R) >> 18)) & _M
     a ^= c
-    a = (a - ((c << 11) | (c >> 21))) & _M
+    a = (a - ((c * _R) >> 21)) & _M
     b ^= a
-    b = (b - ((a << 25) | (a >> 7))) & _M
+    b = (b - ((a * _R) >> 7)) & _M
     c ^= b
-    c = (c - ((b << 16) | (b >> 16))) & _M
+    c = (c - ((b * _R) >> 16)) & _M
     a ^= c
-    a = (a - ((c << 4) | (c >> 28))) & _M
+    a = (a - ((c * _R) >> 28)) & _M
     b ^= a
-    b = (b - ((a << 14) | (a >> 18))) & _M
+    b = (b - ((a * _R) >> 18)) & _M
     c ^= b
-    return (c - ((b << 24) | (b >> 8))) & _M
+    return (c - ((b * _R) >> 8)) & _M
 
 
 def jhash_flow6(key: bytes) -> int:
