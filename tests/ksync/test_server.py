@@ -207,7 +207,14 @@ class ReplyLayoutTests(SynchronousTestCase):
                     return KsyncReply(0, [object()])
                 if self.n == 4:
                     return KsyncReply(0, [vif(i, "y" * 200) for i in range(20)])
-                return KsyncReply(0, [vif(i, "y" * 4000) for i in range(2)], dump=True)
+                if self.n == 5:
+                    return KsyncReply(0, [vif(i, "y" * 4000) for i in range(2)], dump=True)
+
+                def failing() -> Any:
+                    yield vif(1)
+                    raise RuntimeError("table changed under the iterator")
+
+                return KsyncReply(0, failing(), dump=True)
 
         proto, t = connect(Broken())
         send(proto, [vif(1)] * 5)

@@ -43,7 +43,6 @@ from vrtwist.sandesh import (
     VR_MESSAGE_DUMP_INCOMPLETE,
     VR_MESSAGE_PAGE_SIZE,
     SandeshDecodeError,
-    SandeshEncodeError,
     decode_one,
     encode,
     schema,
@@ -219,10 +218,9 @@ def execute(dispatcher: IKsyncDispatcher, request: Any, log: Logger | None = Non
         if not reply.objects:
             return [_response(reply.code)]
         payload = _response(reply.code) + b"".join([encode(o) for o in reply.objects])
-    except SandeshEncodeError:
-        log.failure(
-            "ksync: dispatcher returned an unencodable object for {request}", request=request
-        )
+    except Exception:
+        # An unencodable object (SandeshEncodeError) or a dump iterator that failed.
+        log.failure("ksync: cannot build the reply to {request}", request=request)
         return [_response(-errno.EINVAL)]
     if len(payload) > _REPLY_PAYLOAD_MAX:
         log.error(
