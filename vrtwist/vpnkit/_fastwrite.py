@@ -12,7 +12,25 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["send_now"]
+__all__ = ["send_now", "adapt_read_size"]
+
+#: Twisted reads 64 KiB per readiness event; bulk transfers grow this up to MAX_READ.
+BASE_READ = 65536
+MAX_READ = 1 << 20
+
+
+def adapt_read_size(t: Any, n: int) -> None:
+    """Grow a transport's read size while reads fill it; drop back once they do not.
+
+    Bigger reads mean fewer trips through the reactor per byte for bulk transfers; small
+    messages keep the 64 KiB buffer (a bigger one costs an mmap per read).
+    """
+    size = t.bufferSize
+    if n >= size:
+        if size < MAX_READ:
+            t.bufferSize = size * 2
+    elif size > BASE_READ and n < size // 4:
+        t.bufferSize = BASE_READ
 
 
 def _as_bytes(bufs: list[Any]) -> list[bytes]:
