@@ -36,8 +36,20 @@ TWISTD = "from twisted.scripts.twistd import run; run()"
 
 
 def keys(n: int) -> list[bytes]:
-    return [struct.pack("<BBHHHI4s4s", 2, 17, 0, i & 0xFFFF, i >> 16, 1, b"\x0a\x00\x00\x01",
-                        (0x0A000002 + (i >> 24)).to_bytes(4, "big")) for i in range(n)]
+    return [
+        struct.pack(
+            "<BBHHHI4s4s",
+            2,
+            17,
+            0,
+            i & 0xFFFF,
+            i >> 16,
+            1,
+            b"\x0a\x00\x00\x01",
+            (0x0A000002 + (i >> 24)).to_bytes(4, "big"),
+        )
+        for i in range(n)
+    ]
 
 
 def cpu_of(pid: int) -> float:
@@ -70,10 +82,22 @@ def bench_in_process(n: int) -> dict[str, float]:
     t3 = time.perf_counter()
     m2 = mmap.mmap(-1, (e + o) * L.FLOW_ENTRY_SIZE)
     t2b = FlowTable(m2, e, o)
-    reqs = [{"fr_op": 0, "fr_index": -1, "fr_action": 2, "fr_flags": 1, "fr_family": 2,
-             "fr_flow_sip_l": 0x0100000A, "fr_flow_dip_l": 0x0200000A + (i >> 24),
-             "fr_flow_proto": 17, "fr_flow_sport": i & 0xFFFF, "fr_flow_dport": i >> 16,
-             "fr_flow_nh_id": 1} for i in range(n // 4)]
+    reqs = [
+        {
+            "fr_op": 0,
+            "fr_index": -1,
+            "fr_action": 2,
+            "fr_flags": 1,
+            "fr_family": 2,
+            "fr_flow_sip_l": 0x0100000A,
+            "fr_flow_dip_l": 0x0200000A + (i >> 24),
+            "fr_flow_proto": 17,
+            "fr_flow_sport": i & 0xFFFF,
+            "fr_flow_dport": i >> 16,
+            "fr_flow_nh_id": 1,
+        }
+        for i in range(n // 4)
+    ]
     t4 = time.perf_counter()
     for r in reqs:
         t2b.flow_set(r)
@@ -93,9 +117,23 @@ class Server:
     def __init__(self, flows: int) -> None:
         self.dir = tempfile.mkdtemp(prefix="bench-flow-")
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", TWISTD, "-n", "--pidfile=", "-l", os.path.join(self.dir, "log"),
-             "vrouter-dp", "--run-dir", self.dir, "--flow-entries", str(flows)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                sys.executable,
+                "-c",
+                TWISTD,
+                "-n",
+                "--pidfile=",
+                "-l",
+                os.path.join(self.dir, "log"),
+                "vrouter-dp",
+                "--run-dir",
+                self.dir,
+                "--flow-entries",
+                str(flows),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         path = os.path.join(self.dir, "dpdk_netlink")
         for _ in range(600):
             try:
@@ -140,11 +178,22 @@ class Server:
 
 def flow_req(i: int, base: int) -> bytes:
     j = base + i
-    return encode(schema.vr_flow_req(
-        fr_op=0, fr_index=-1, fr_action=L.ACTION_FORWARD, fr_flags=L.FLAG_ACTIVE, fr_family=2,
-        fr_flow_sip_l=0x0100000A + ((j >> 24) << 8), fr_flow_dip_l=0x0200000A,
-        fr_flow_proto=6, fr_flow_sport=j & 0xFFFF, fr_flow_dport=(j >> 16) & 0xFF, fr_flow_nh_id=1,
-        fr_ecmp_nh_index=0xFFFFFFFF))
+    return encode(
+        schema.vr_flow_req(
+            fr_op=0,
+            fr_index=-1,
+            fr_action=L.ACTION_FORWARD,
+            fr_flags=L.FLAG_ACTIVE,
+            fr_family=2,
+            fr_flow_sip_l=0x0100000A + ((j >> 24) << 8),
+            fr_flow_dip_l=0x0200000A,
+            fr_flow_proto=6,
+            fr_flow_sport=j & 0xFFFF,
+            fr_flow_dport=(j >> 16) & 0xFF,
+            fr_flow_nh_id=1,
+            fr_ecmp_nh_index=0xFFFFFFFF,
+        )
+    )
 
 
 def bench_ksync(server: Server, n_single: int, n_bunch: int, base: int) -> dict[str, float]:
@@ -159,7 +208,9 @@ def bench_ksync(server: Server, n_single: int, n_bunch: int, base: int) -> dict[
     base += n_single
     bunches = []
     for b in range(0, n_bunch, 16):
-        bunches.append(server.frame(b"".join(flow_req(i, base) for i in range(b, min(b + 16, n_bunch)))))
+        bunches.append(
+            server.frame(b"".join(flow_req(i, base) for i in range(b, min(b + 16, n_bunch))))
+        )
     s2 = cpu_of(server.proc.pid)
     t2 = time.perf_counter()
     for f in bunches:
@@ -167,15 +218,19 @@ def bench_ksync(server: Server, n_single: int, n_bunch: int, base: int) -> dict[
         server.wait_reply()
     t3 = time.perf_counter()
     s3 = cpu_of(server.proc.pid)
-    return {"FLOW_SET 1 per message/s": n_single / (t1 - t0),
-            "FLOW_SET 1 per message, per server CPU-s": n_single / max(1e-9, s1 - s0),
-            "FLOW_SET bunched 16/s": n_bunch / (t3 - t2),
-            "FLOW_SET bunched 16, per server CPU-s": n_bunch / max(1e-9, s3 - s2)}
+    return {
+        "FLOW_SET 1 per message/s": n_single / (t1 - t0),
+        "FLOW_SET 1 per message, per server CPU-s": n_single / max(1e-9, s1 - s0),
+        "FLOW_SET bunched 16/s": n_bunch / (t3 - t2),
+        "FLOW_SET bunched 16, per server CPU-s": n_bunch / max(1e-9, s3 - s2),
+    }
 
 
 def fill(server: Server, total: int, base: int) -> None:
     for b in range(0, total, 16):
-        server.sock.sendall(server.frame(b"".join(flow_req(i, base) for i in range(b, min(b + 16, total)))))
+        server.sock.sendall(
+            server.frame(b"".join(flow_req(i, base) for i in range(b, min(b + 16, total))))
+        )
         server.wait_reply()
 
 
@@ -198,31 +253,52 @@ def main() -> None:
                 results.setdefault(k, []).append(v)
             base += 45000
         for k, vals in results.items():
-            print("%-44s median %10.0f   runs %s" % (k, statistics.median(vals),
-                                                     " ".join("%.0f" % v for v in vals)))
+            print(
+                "%-44s median %10.0f   runs %s"
+                % (k, statistics.median(vals), " ".join("%.0f" % v for v in vals))
+            )
         have = base
         if args.flows > have:
             t0 = time.perf_counter()
             fill(server, args.flows - have, base)
-            print("filled to %d flows over ksync in %.1f s" % (args.flows, time.perf_counter() - t0))
+            print(
+                "filled to %d flows over ksync in %.1f s" % (args.flows, time.perf_counter() - t0)
+            )
         times = []
         cpus = []
         for _ in range(args.runs):
             r0 = os.times()
             t0 = time.perf_counter()
             with open(os.devnull, "w") as null:
-                subprocess.run([sys.executable, "-m", "vrtwist.cli.flow", "--sock-dir", server.dir, "-l"],
-                               stdout=null, check=True)
+                subprocess.run(
+                    [sys.executable, "-m", "vrtwist.cli.flow", "--sock-dir", server.dir, "-l"],
+                    stdout=null,
+                    check=True,
+                )
             times.append(time.perf_counter() - t0)
             r1 = os.times()
-            cpus.append((r1.children_user - r0.children_user) + (r1.children_system - r0.children_system))
-        out = subprocess.run([sys.executable, "-m", "vrtwist.cli.flow", "--sock-dir", server.dir, "-l"],
-                             capture_output=True, text=True, check=True).stdout
+            cpus.append(
+                (r1.children_user - r0.children_user) + (r1.children_system - r0.children_system)
+            )
+        out = subprocess.run(
+            [sys.executable, "-m", "vrtwist.cli.flow", "--sock-dir", server.dir, "-l"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         print("flow -l listed %d flows" % out.count("(Gen: "))
-        print("%-40s median %10.2f s  runs %s" % ("flow -l, %d flows" % args.flows, statistics.median(times),
-                                                 " ".join("%.2f" % t for t in times)))
-        print("%-40s median %10.2f s  runs %s" % ("flow -l CPU time", statistics.median(cpus),
-                                                 " ".join("%.2f" % t for t in cpus)))
+        print(
+            "%-40s median %10.2f s  runs %s"
+            % (
+                "flow -l, %d flows" % args.flows,
+                statistics.median(times),
+                " ".join("%.2f" % t for t in times),
+            )
+        )
+        print(
+            "%-40s median %10.2f s  runs %s"
+            % ("flow -l CPU time", statistics.median(cpus), " ".join("%.2f" % t for t in cpus))
+        )
     finally:
         server.close()
     print("load:", open("/proc/loadavg").read().strip())

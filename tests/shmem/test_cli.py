@@ -30,10 +30,24 @@ class FlowUtility(SynchronousTestCase):
     def setUpClass(cls) -> None:
         cls.run_dir = tempfile.mkdtemp(prefix="vrtwist-shmem-")
         cls.proc = subprocess.Popen(
-            [sys.executable, "-c", TWISTD, "-n", "--pidfile=", "-l",
-             os.path.join(cls.run_dir, "log"), "vrouter-dp", "--run-dir", cls.run_dir,
-             "--flow-entries", "2048", "--bridge-entries", "512"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                sys.executable,
+                "-c",
+                TWISTD,
+                "-n",
+                "--pidfile=",
+                "-l",
+                os.path.join(cls.run_dir, "log"),
+                "vrouter-dp",
+                "--run-dir",
+                cls.run_dir,
+                "--flow-entries",
+                "2048",
+                "--bridge-entries",
+                "512",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -59,7 +73,9 @@ class FlowUtility(SynchronousTestCase):
     def flow(self, *args: str) -> tuple[int, str]:
         p = subprocess.run(
             [sys.executable, "-m", "vrtwist.cli.flow", "--sock-dir", self.run_dir, *args],
-            capture_output=True, text=True, timeout=60,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         return p.returncode, p.stdout + p.stderr
 
@@ -70,11 +86,16 @@ class FlowUtility(SynchronousTestCase):
         self.assertIn("Created 50 HOLD and 50 FWD entries in ", out)
         code, out = self.flow("-l")
         self.assertEqual(code, 0, out)
-        entries = (2048 + L.default_overflow(2048))
-        self.assertTrue(out.startswith("Flow table(size %d, entries %d)\n" % (entries * 256, entries)))
+        entries = 2048 + L.default_overflow(2048)
+        self.assertTrue(
+            out.startswith("Flow table(size %d, entries %d)\n" % (entries * 256, entries))
+        )
         self.assertIn("Entries: Created 50 Added 100 Deleted 0 Changed 0Processed 50 ", out)
         self.assertEqual(out.count("Action:F,"), 100)
-        self.assertIn("    Index                Source:Port/Destination:Port                      Proto(V)\n", out)
+        self.assertIn(
+            "    Index                Source:Port/Destination:Port                      Proto(V)\n",
+            out,
+        )
 
     def test_2_match_get_drop_invalidate(self) -> None:
         code, out = self.flow("--match", "2.2.2.2:7 & proto udp")
@@ -136,32 +157,64 @@ class FlowUtility(SynchronousTestCase):
             r = c.request(schema.vr_nexthop_req(h_op=0, nhr_id=12, nhr_type=5, nhr_family=7))
             self.assertEqual(r[0].resp_code, 0)
             for i in range(3):
-                r = c.request(schema.vr_route_req(
-                    h_op=0, rtr_family=7, rtr_vrf_id=2, rtr_mac=[0, 0x5E, 0, 1, 0, i + 1],
-                    rtr_nh_id=12, rtr_label=100 + i, rtr_label_flags=L.BE_LABEL_VALID))
+                r = c.request(
+                    schema.vr_route_req(
+                        h_op=0,
+                        rtr_family=7,
+                        rtr_vrf_id=2,
+                        rtr_mac=[0, 0x5E, 0, 1, 0, i + 1],
+                        rtr_nh_id=12,
+                        rtr_label=100 + i,
+                        rtr_label_flags=L.BE_LABEL_VALID,
+                    )
+                )
                 self.assertEqual(r[0].resp_code, 0)
-            bad = c.request(schema.vr_route_req(h_op=0, rtr_family=7, rtr_vrf_id=2,
-                                                rtr_mac=[0, 0x5E, 0, 1, 0, 9], rtr_nh_id=4000))
+            bad = c.request(
+                schema.vr_route_req(
+                    h_op=0,
+                    rtr_family=7,
+                    rtr_vrf_id=2,
+                    rtr_mac=[0, 0x5E, 0, 1, 0, 9],
+                    rtr_nh_id=4000,
+                )
+            )
             self.assertEqual(bad[0].resp_code, -2)
-            zero = c.request(schema.vr_route_req(h_op=0, rtr_family=7, rtr_vrf_id=2,
-                                                 rtr_mac=[0] * 6, rtr_nh_id=12))
+            zero = c.request(
+                schema.vr_route_req(
+                    h_op=0, rtr_family=7, rtr_vrf_id=2, rtr_mac=[0] * 6, rtr_nh_id=12
+                )
+            )
             self.assertEqual(zero[0].resp_code, -22)
-            got = c.request(schema.vr_route_req(h_op=1, rtr_family=7, rtr_vrf_id=2,
-                                                rtr_mac=[0, 0x5E, 0, 1, 0, 2], rtr_index=-1))
+            got = c.request(
+                schema.vr_route_req(
+                    h_op=1, rtr_family=7, rtr_vrf_id=2, rtr_mac=[0, 0x5E, 0, 1, 0, 2], rtr_index=-1
+                )
+            )
             self.assertEqual((got[0].resp_code, got[1].rtr_label, got[1].rtr_nh_id), (0, 101, 12))
-            dumped = c.request(schema.vr_route_req(h_op=3, rtr_family=7, rtr_vrf_id=2, rtr_mac=[0] * 6))
+            dumped = c.request(
+                schema.vr_route_req(h_op=3, rtr_family=7, rtr_vrf_id=2, rtr_mac=[0] * 6)
+            )
             self.assertEqual(dumped[0].resp_code, 3)
-            d = c.request(schema.vr_route_req(h_op=2, rtr_family=7, rtr_vrf_id=2,
-                                              rtr_mac=[0, 0x5E, 0, 1, 0, 3]))
+            d = c.request(
+                schema.vr_route_req(
+                    h_op=2, rtr_family=7, rtr_vrf_id=2, rtr_mac=[0, 0x5E, 0, 1, 0, 3]
+                )
+            )
             self.assertEqual(d[0].resp_code, 0)
-            d = c.request(schema.vr_route_req(h_op=2, rtr_family=7, rtr_vrf_id=2,
-                                              rtr_mac=[0, 0x5E, 0, 1, 0, 3]))
+            d = c.request(
+                schema.vr_route_req(
+                    h_op=2, rtr_family=7, rtr_vrf_id=2, rtr_mac=[0, 0x5E, 0, 1, 0, 3]
+                )
+            )
             self.assertEqual(d[0].resp_code, -2)
         out = io.StringIO()
         self.assertEqual(dump_bridge(self.run_dir, 2, out), 0)
         text = out.getvalue()
         self.assertIn("vRouter bridge table 0/2\n", text)
-        self.assertIn("Index       DestMac                  Flags           Label/VNID      Nexthop           Stats\n", text)
+        self.assertIn(
+            "Index       DestMac                  Flags           Label/VNID      Nexthop           Stats\n",
+            text,
+        )
         rows = [line for line in text.splitlines() if ":5e:" in line]
         self.assertEqual(len(rows), 2)
         self.assertRegex(rows[0], r"^\d+ +0:5e:0:1:0:[12] +L +10[01] +12 +0$")

@@ -72,7 +72,8 @@ class TornEntries(SynchronousTestCase):
         table = FlowTable(m, entries, oentries, path=path)
         proc = subprocess.Popen(
             [sys.executable, "-c", READER, path, str(entries + oentries)],
-            stdout=subprocess.PIPE, text=True,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         self.addCleanup(proc.kill)
         assert proc.stdout is not None
@@ -82,26 +83,44 @@ class TornEntries(SynchronousTestCase):
         total = 100_000
         for n in range(total):
             sport, dport = (n % 60000) + 1, (n // 60000) + 1
-            r = table.flow_set({
-                "fr_op": 0, "fr_index": -1, "fr_action": 2, "fr_flags": 1, "fr_family": 2,
-                "fr_flow_sip_l": wire_ip("10.%d.%d.1" % (sport >> 8, sport & 255)),
-                "fr_flow_dip_l": wire_ip("10.9.9.9"), "fr_flow_proto": 17,
-                "fr_flow_sport": socket.htons(sport), "fr_flow_dport": socket.htons(dport),
-                "fr_flow_nh_id": sport * 65536 + dport, "fr_flow_vrf": sport % 4096,
-            })
+            r = table.flow_set(
+                {
+                    "fr_op": 0,
+                    "fr_index": -1,
+                    "fr_action": 2,
+                    "fr_flags": 1,
+                    "fr_family": 2,
+                    "fr_flow_sip_l": wire_ip("10.%d.%d.1" % (sport >> 8, sport & 255)),
+                    "fr_flow_dip_l": wire_ip("10.9.9.9"),
+                    "fr_flow_proto": 17,
+                    "fr_flow_sport": socket.htons(sport),
+                    "fr_flow_dport": socket.htons(dport),
+                    "fr_flow_nh_id": sport * 65536 + dport,
+                    "fr_flow_vrf": sport % 4096,
+                }
+            )
             self.assertEqual(r.errno, 0)
             added += 1
             live.append((r.index, r.gen_id, n))
             if len(live) > 2000:
                 idx, gen, k = live.pop(0)
                 sp, dp = (k % 60000) + 1, (k // 60000) + 1
-                dr = table.flow_set({
-                    "fr_op": 0, "fr_index": idx, "fr_action": 0, "fr_flags": 0, "fr_family": 2,
-                    "fr_flow_sip_l": wire_ip("10.%d.%d.1" % (sp >> 8, sp & 255)),
-                    "fr_flow_dip_l": wire_ip("10.9.9.9"), "fr_flow_proto": 17,
-                    "fr_flow_sport": socket.htons(sp), "fr_flow_dport": socket.htons(dp),
-                    "fr_flow_nh_id": sp * 65536 + dp, "fr_gen_id": gen,
-                })
+                dr = table.flow_set(
+                    {
+                        "fr_op": 0,
+                        "fr_index": idx,
+                        "fr_action": 0,
+                        "fr_flags": 0,
+                        "fr_family": 2,
+                        "fr_flow_sip_l": wire_ip("10.%d.%d.1" % (sp >> 8, sp & 255)),
+                        "fr_flow_dip_l": wire_ip("10.9.9.9"),
+                        "fr_flow_proto": 17,
+                        "fr_flow_sport": socket.htons(sp),
+                        "fr_flow_dport": socket.htons(dp),
+                        "fr_flow_nh_id": sp * 65536 + dp,
+                        "fr_gen_id": gen,
+                    }
+                )
                 self.assertEqual(dr.errno, 0)
                 deleted += 1
         with open(os.path.join(d, "stop"), "w"):

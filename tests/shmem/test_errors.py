@@ -45,8 +45,14 @@ class Errors(SynchronousTestCase):
             self.assertEqual(dump_bridge(self.dir, 0, io.StringIO()), 1)
         finally:
             sys.stderr = old
-        self.assertIn("cannot connect to %s" % os.path.join(self.dir, "dpdk_netlink"), err.getvalue())
-        p = subprocess.run([sys.executable, "-m", "vrtwist.cli.flow", "--sock-dir", self.dir, "-l"],
-                           capture_output=True, text=True, timeout=60)
+        self.assertIn(
+            "cannot connect to %s" % os.path.join(self.dir, "dpdk_netlink"), err.getvalue()
+        )
+        p = subprocess.run(
+            [sys.executable, "-m", "vrtwist.cli.flow", "--sock-dir", self.dir, "-l"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         self.assertEqual(p.returncode, 1)
         self.assertIn("cannot connect", p.stderr)

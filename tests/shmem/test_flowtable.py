@@ -23,14 +23,33 @@ def wire_port(p: int) -> int:
     return socket.htons(p)
 
 
-def req(sip: str = "10.0.0.1", dip: str = "10.0.0.2", sport: int = 1000, dport: int = 80,
-        proto: int = 6, nh: int = 7, index: int = -1, action: int = L.ACTION_FORWARD,
-        flags: int = L.FLAG_ACTIVE, gen: int = 0, **extra: int) -> dict[str, int]:
+def req(
+    sip: str = "10.0.0.1",
+    dip: str = "10.0.0.2",
+    sport: int = 1000,
+    dport: int = 80,
+    proto: int = 6,
+    nh: int = 7,
+    index: int = -1,
+    action: int = L.ACTION_FORWARD,
+    flags: int = L.FLAG_ACTIVE,
+    gen: int = 0,
+    **extra: int,
+) -> dict[str, int]:
     r = {
-        "fr_op": 0, "fr_index": index, "fr_action": action, "fr_flags": flags, "fr_family": 2,
-        "fr_flow_sip_l": wire_ip(sip), "fr_flow_dip_l": wire_ip(dip), "fr_flow_proto": proto,
-        "fr_flow_sport": wire_port(sport), "fr_flow_dport": wire_port(dport), "fr_flow_nh_id": nh,
-        "fr_gen_id": gen, "fr_flow_vrf": 3,
+        "fr_op": 0,
+        "fr_index": index,
+        "fr_action": action,
+        "fr_flags": flags,
+        "fr_family": 2,
+        "fr_flow_sip_l": wire_ip(sip),
+        "fr_flow_dip_l": wire_ip(dip),
+        "fr_flow_proto": proto,
+        "fr_flow_sport": wire_port(sport),
+        "fr_flow_dport": wire_port(dport),
+        "fr_flow_nh_id": nh,
+        "fr_gen_id": gen,
+        "fr_flow_vrf": 3,
     }
     r.update(extra)
     return r
@@ -38,8 +57,13 @@ def req(sip: str = "10.0.0.1", dip: str = "10.0.0.2", sport: int = 1000, dport: 
 
 def spec_key(sip: str, dip: str, sport: int, dport: int, proto: int, nh: int) -> bytes:
     """struct vr_inet_flow written from the spec's table (5.5), independently of the code."""
-    return (bytes([2, proto, 0, 0]) + struct.pack("!HH", sport, dport) + struct.pack("<I", nh)
-            + socket.inet_aton(sip) + socket.inet_aton(dip))
+    return (
+        bytes([2, proto, 0, 0])
+        + struct.pack("!HH", sport, dport)
+        + struct.pack("<I", nh)
+        + socket.inet_aton(sip)
+        + socket.inet_aton(dip)
+    )
 
 
 class SpecReader:
@@ -58,15 +82,23 @@ class SpecReader:
             "bucket_index": struct.unpack_from("<I", b, 12)[0],
             "next_index": struct.unpack_from("<I", b, 16)[0],
             "hentry_flags": b[20],
-            "family": b[24], "proto": b[25],
-            "sport": struct.unpack_from("!H", b, 28)[0], "dport": struct.unpack_from("!H", b, 30)[0],
+            "family": b[24],
+            "proto": b[25],
+            "sport": struct.unpack_from("!H", b, 28)[0],
+            "dport": struct.unpack_from("!H", b, 30)[0],
             "nh_id": struct.unpack_from("<I", b, 32)[0],
-            "sip": socket.inet_ntoa(b[36:40]), "dip": socket.inet_ntoa(b[40:44]),
-            "keylen": b[68], "gen": b[69], "rflow": struct.unpack_from("<i", b, 84)[0],
-            "flags": struct.unpack_from("<H", b, 88)[0], "action": struct.unpack_from("<H", b, 92)[0],
-            "vrf": struct.unpack_from("<H", b, 94)[0], "bytes": struct.unpack_from("<I", b, 104)[0],
+            "sip": socket.inet_ntoa(b[36:40]),
+            "dip": socket.inet_ntoa(b[40:44]),
+            "keylen": b[68],
+            "gen": b[69],
+            "rflow": struct.unpack_from("<i", b, 84)[0],
+            "flags": struct.unpack_from("<H", b, 88)[0],
+            "action": struct.unpack_from("<H", b, 92)[0],
+            "vrf": struct.unpack_from("<H", b, 94)[0],
+            "bytes": struct.unpack_from("<I", b, 104)[0],
             "packets": struct.unpack_from("<I", b, 108)[0],
-            "bytes_oflow": struct.unpack_from("<H", b, 112)[0], "packets_oflow": b[114],
+            "bytes_oflow": struct.unpack_from("<H", b, 112)[0],
+            "packets_oflow": b[114],
             "type": b[117],
         }
 
@@ -98,12 +130,16 @@ class Layout(SynchronousTestCase):
         e = SpecReader(buf).entry(res.index)
         self.assertEqual(e["hentry_index"], res.index)
         self.assertEqual(e["hentry_flags"], 1)
-        self.assertEqual((e["sip"], e["dip"], e["sport"], e["dport"]), ("192.168.1.10", "8.8.8.8", 51000, 443))
+        self.assertEqual(
+            (e["sip"], e["dip"], e["sport"], e["dport"]), ("192.168.1.10", "8.8.8.8", 51000, 443)
+        )
         self.assertEqual((e["family"], e["proto"], e["nh_id"], e["keylen"]), (2, 6, 21, 20))
         self.assertEqual((e["flags"], e["action"], e["vrf"], e["type"]), (1, 2, 3, 2))
         self.assertEqual((e["gen"], e["rflow"]), (res.gen_id, -1))
-        self.assertEqual(bytes(buf[res.index * 256 + 24 : res.index * 256 + 44]),
-                         spec_key("192.168.1.10", "8.8.8.8", 51000, 443, 6, 21))
+        self.assertEqual(
+            bytes(buf[res.index * 256 + 24 : res.index * 256 + 44]),
+            spec_key("192.168.1.10", "8.8.8.8", 51000, 443, 6, 21),
+        )
 
     def test_placement_follows_jhash_bucket(self) -> None:
         buf, t = make_table(64, 16)
@@ -196,27 +232,48 @@ class FlowSet(SynchronousTestCase):
         self.assertEqual(len(self.t), 0)
 
     def test_vrft_and_mirror_and_rflow_validation(self) -> None:
-        self.assertEqual(self.t.flow_set(req(flags=L.FLAG_ACTIVE | L.FLAG_VRFT, fr_flow_dvrf=5000)).errno,
-                         -errno.EINVAL)
-        self.assertEqual(self.t.flow_set(req(flags=L.FLAG_ACTIVE | L.FLAG_MIRROR, fr_mir_id=300,
-                                             fr_sec_mir_id=300)).errno, -errno.EINVAL)
-        self.assertEqual(self.t.flow_set(req(flags=L.FLAG_ACTIVE | L.RFLOW_VALID, fr_rindex=3)).errno,
-                         -errno.EINVAL)
+        self.assertEqual(
+            self.t.flow_set(req(flags=L.FLAG_ACTIVE | L.FLAG_VRFT, fr_flow_dvrf=5000)).errno,
+            -errno.EINVAL,
+        )
+        self.assertEqual(
+            self.t.flow_set(
+                req(flags=L.FLAG_ACTIVE | L.FLAG_MIRROR, fr_mir_id=300, fr_sec_mir_id=300)
+            ).errno,
+            -errno.EINVAL,
+        )
+        self.assertEqual(
+            self.t.flow_set(req(flags=L.FLAG_ACTIVE | L.RFLOW_VALID, fr_rindex=3)).errno,
+            -errno.EINVAL,
+        )
 
     def test_forward_reverse_pair_and_update_and_delete(self) -> None:
         f = self.t.flow_set(req(action=L.ACTION_HOLD))
         self.assertEqual(self.t.entry(f.index).action, L.ACTION_HOLD)
-        rv = self.t.flow_set(req(sip="10.0.0.2", dip="10.0.0.1", sport=80, dport=1000,
-                                 flags=L.FLAG_ACTIVE | L.RFLOW_VALID, fr_rindex=f.index))
+        rv = self.t.flow_set(
+            req(
+                sip="10.0.0.2",
+                dip="10.0.0.1",
+                sport=80,
+                dport=1000,
+                flags=L.FLAG_ACTIVE | L.RFLOW_VALID,
+                fr_rindex=f.index,
+            )
+        )
         self.assertEqual(rv.errno, 0)
-        up = self.t.flow_set(req(index=f.index, gen=f.gen_id, flags=L.FLAG_ACTIVE | L.RFLOW_VALID,
-                                 fr_rindex=rv.index))
+        up = self.t.flow_set(
+            req(
+                index=f.index, gen=f.gen_id, flags=L.FLAG_ACTIVE | L.RFLOW_VALID, fr_rindex=rv.index
+            )
+        )
         self.assertEqual(up.errno, 0)
         ef, er = self.t.entry(f.index), self.t.entry(rv.index)
         self.assertEqual((ef.rflow, er.rflow), (rv.index, f.index))
         self.assertTrue(ef.flags & L.RFLOW_VALID)
         data = self.t.table_data()
-        self.assertEqual((data["ftable_added"], data["ftable_processed"], data["ftable_created"]), (2, 1, 1))
+        self.assertEqual(
+            (data["ftable_added"], data["ftable_processed"], data["ftable_created"]), (2, 1, 1)
+        )
         d = self.t.flow_set(req(index=f.index, gen=f.gen_id, flags=0, action=L.ACTION_DROP))
         self.assertEqual(d.errno, 0)
         self.assertEqual(d.flags, L.RESP_FLAG_DELETED)
@@ -226,19 +283,34 @@ class FlowSet(SynchronousTestCase):
 
     def test_rflow_by_key(self) -> None:
         f = self.t.flow_set(req())
-        rv = self.t.flow_set(req(sip="10.0.0.2", dip="10.0.0.1", sport=80, dport=1000,
-                                 flags=L.FLAG_ACTIVE | L.RFLOW_VALID,
-                                 fr_rflow_sip_l=wire_ip("10.0.0.1"), fr_rflow_dip_l=wire_ip("10.0.0.2"),
-                                 fr_rflow_sport=wire_port(1000), fr_rflow_dport=wire_port(80),
-                                 fr_rflow_nh_id=7))
+        rv = self.t.flow_set(
+            req(
+                sip="10.0.0.2",
+                dip="10.0.0.1",
+                sport=80,
+                dport=1000,
+                flags=L.FLAG_ACTIVE | L.RFLOW_VALID,
+                fr_rflow_sip_l=wire_ip("10.0.0.1"),
+                fr_rflow_dip_l=wire_ip("10.0.0.2"),
+                fr_rflow_sport=wire_port(1000),
+                fr_rflow_dport=wire_port(80),
+                fr_rflow_nh_id=7,
+            )
+        )
         self.assertEqual(self.t.entry(rv.index).rflow, f.index)
 
     def test_dp_bits_kept_on_update(self) -> None:
         f = self.t.flow_set(req())
         off = f.index * 256 + 88
         struct.pack_into("<H", self.buf, off, L.FLAG_ACTIVE | L.FLAG_EVICT_CANDIDATE)
-        up = self.t.flow_set(req(index=f.index, gen=f.gen_id, action=L.ACTION_DROP,
-                                 flags=L.FLAG_ACTIVE | L.FLAG_EVICTED))
+        up = self.t.flow_set(
+            req(
+                index=f.index,
+                gen=f.gen_id,
+                action=L.ACTION_DROP,
+                flags=L.FLAG_ACTIVE | L.FLAG_EVICTED,
+            )
+        )
         self.assertEqual(up.errno, 0)
         self.assertEqual(self.t.entry(f.index).flags, L.FLAG_ACTIVE | L.FLAG_EVICT_CANDIDATE)
 
@@ -260,6 +332,7 @@ class FlowSet(SynchronousTestCase):
         made = [t.hold_on_miss(k) for k in keys[:4]]
         before = bytes(buf)
         from vrtwist.shmem.flowtable import FlowTableFull
+
         self.assertRaises(FlowTableFull, t.hold_on_miss, keys[4])
         self.assertRaises(ValueError, t.hold_on_miss, b"short")
         self.assertEqual(bytes(buf), before)
@@ -271,7 +344,9 @@ class FlowSet(SynchronousTestCase):
         self.t.add_stats(f.index, 0xFFFFFFFF, 0xFFFFFFFF)
         self.t.add_stats(f.index, 2, 2)
         e = SpecReader(self.buf).entry(f.index)
-        self.assertEqual((e["bytes"], e["bytes_oflow"], e["packets"], e["packets_oflow"]), (1, 1, 1, 1))
+        self.assertEqual(
+            (e["bytes"], e["bytes_oflow"], e["packets"], e["packets_oflow"]), (1, 1, 1, 1)
+        )
         self.assertEqual(self.t.stats(f.index), (0x100000001, 0x100000001))
 
     def test_force_evict_only_dead_tcp(self) -> None:
@@ -290,10 +365,21 @@ class FlowSet(SynchronousTestCase):
 
     def test_mark_evict_waits_for_dead_reverse(self) -> None:
         f = self.t.flow_set(req())
-        rv = self.t.flow_set(req(sip="10.0.0.2", dip="10.0.0.1", sport=80, dport=1000,
-                                 flags=L.FLAG_ACTIVE | L.RFLOW_VALID, fr_rindex=f.index))
-        self.t.flow_set(req(index=f.index, gen=f.gen_id, flags=L.FLAG_ACTIVE | L.RFLOW_VALID,
-                            fr_rindex=rv.index))
+        rv = self.t.flow_set(
+            req(
+                sip="10.0.0.2",
+                dip="10.0.0.1",
+                sport=80,
+                dport=1000,
+                flags=L.FLAG_ACTIVE | L.RFLOW_VALID,
+                fr_rindex=f.index,
+            )
+        )
+        self.t.flow_set(
+            req(
+                index=f.index, gen=f.gen_id, flags=L.FLAG_ACTIVE | L.RFLOW_VALID, fr_rindex=rv.index
+            )
+        )
         self.assertFalse(self.t.mark_evict(f.index))
         self.t.set_tcp_flags(rv.index, L.TCP_DEAD)
         self.assertTrue(self.t.mark_evict(f.index))
@@ -305,15 +391,26 @@ class FlowSet(SynchronousTestCase):
         sip = socket.inet_pton(socket.AF_INET6, "2001:db8::1")
         dip = socket.inet_pton(socket.AF_INET6, "2001:db8::2")
         r = {
-            "fr_op": 0, "fr_index": -1, "fr_action": 2, "fr_flags": 1, "fr_family": 10,
-            "fr_flow_sip_u": int.from_bytes(sip[:8], "little"), "fr_flow_sip_l": int.from_bytes(sip[8:], "little"),
-            "fr_flow_dip_u": int.from_bytes(dip[:8], "little"), "fr_flow_dip_l": int.from_bytes(dip[8:], "little"),
-            "fr_flow_proto": 17, "fr_flow_sport": wire_port(53), "fr_flow_dport": wire_port(5353),
+            "fr_op": 0,
+            "fr_index": -1,
+            "fr_action": 2,
+            "fr_flags": 1,
+            "fr_family": 10,
+            "fr_flow_sip_u": int.from_bytes(sip[:8], "little"),
+            "fr_flow_sip_l": int.from_bytes(sip[8:], "little"),
+            "fr_flow_dip_u": int.from_bytes(dip[:8], "little"),
+            "fr_flow_dip_l": int.from_bytes(dip[8:], "little"),
+            "fr_flow_proto": 17,
+            "fr_flow_sport": wire_port(53),
+            "fr_flow_dport": wire_port(5353),
             "fr_flow_nh_id": 4,
         }
         res = self.t.flow_set(r)
         self.assertEqual(res.errno, 0)
         e = self.t.entry(res.index)
-        self.assertEqual((e.sip, e.dip, e.sport, e.dport, e.key_len, e.type), ("2001:db8::1", "2001:db8::2", 53, 5353, 44, 3))
+        self.assertEqual(
+            (e.sip, e.dip, e.sport, e.dport, e.key_len, e.type),
+            ("2001:db8::1", "2001:db8::2", 53, 5353, 44, 3),
+        )
         raw = bytes(self.buf[res.index * 256 + 24 : res.index * 256 + 68])
         self.assertEqual(raw[12:28] + raw[28:44], sip + dip)

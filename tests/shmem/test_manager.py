@@ -37,24 +37,31 @@ class Manager(TestCase):
     async def test_pair_update_stats_delete(self) -> None:
         verifyObject(IFlowManager, self.mgr)
         fwd = FlowKey("10.1.1.1", "10.1.1.2", 6, 40000, 22, 5)
-        pair = await self.mgr.create_pair(fwd, fwd.reversed(nh_id=6), L.ACTION_FORWARD,
-                                          flow_vrf=2, src_nh_index=5)
+        pair = await self.mgr.create_pair(
+            fwd, fwd.reversed(nh_id=6), L.ACTION_FORWARD, flow_vrf=2, src_nh_index=5
+        )
         ef, er = self.mgr.read(pair.forward), self.mgr.read(pair.reverse)
         self.assertEqual((ef.rflow, er.rflow), (pair.reverse.index, pair.forward.index))
-        self.assertEqual((ef.sip, ef.sport, ef.vrf, ef.action), ("10.1.1.1", 40000, 2, L.ACTION_FORWARD))
+        self.assertEqual(
+            (ef.sip, ef.sport, ef.vrf, ef.action), ("10.1.1.1", 40000, 2, L.ACTION_FORWARD)
+        )
         self.assertEqual((er.sip, er.dport, er.nh_id), ("10.1.1.2", 40000, 6))
         self.assertTrue(ef.flags & L.RFLOW_VALID and er.flags & L.RFLOW_VALID)
         self.assertEqual(ef.ecmp_nh_index, -1)
         # the datapath accounts packets; the agent reads them from the mapping
         flows = self.tables.flows
-        idx = flows.lookup(flow_key_bytes(2, 6, bytes([10, 1, 1, 1]), bytes([10, 1, 1, 2]), 40000, 22, 5))
+        idx = flows.lookup(
+            flow_key_bytes(2, 6, bytes([10, 1, 1, 1]), bytes([10, 1, 1, 2]), 40000, 22, 5)
+        )
         self.assertEqual(idx, pair.forward.index)
         flows.add_stats(idx, 1500, 1)
         flows.add_stats(idx, 1 << 32, 1)
         self.assertEqual(self.mgr.read_stats(pair.forward), ((1 << 32) + 1500, 2))
         up = await self.mgr.update(pair.forward, L.ACTION_DROP, drop_reason=0x15)
         e = self.mgr.read(up)
-        self.assertEqual((e.action, e.drop_reason, e.rflow), (L.ACTION_DROP, 0x15, pair.reverse.index))
+        self.assertEqual(
+            (e.action, e.drop_reason, e.rflow), (L.ACTION_DROP, 0x15, pair.reverse.index)
+        )
         await self.mgr.delete(pair.forward)
         await self.mgr.delete(pair.reverse)
         self.assertRaises(StaleFlowError, self.mgr.read_stats, pair.forward)

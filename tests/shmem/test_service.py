@@ -45,18 +45,34 @@ class Install(SynchronousTestCase):
         self.assertEqual(os.path.getsize(bpath), (100 + 1024) * 64)
         reply = self.dp.handle(schema.vr_flow_table_data(ftable_op=2))
         data = reply[0][1]
-        self.assertEqual((reply[0][0].resp_code, data.ftable_file_path, data.ftable_size),
-                         (0, fpath, (1000 + 1024) * 256))
+        self.assertEqual(
+            (reply[0][0].resp_code, data.ftable_file_path, data.ftable_size),
+            (0, fpath, (1000 + 1024) * 256),
+        )
         reply = self.dp.handle(schema.vr_bridge_table_data(btable_op=1))
-        self.assertEqual((reply[0][1].btable_file_path, reply[0][1].btable_size), (bpath, 1124 * 64))
-        self.assertEqual(self.dp.handle(schema.vr_bridge_table_data(btable_op=0))[0][0].resp_code,
-                         -errno.EINVAL)
+        self.assertEqual(
+            (reply[0][1].btable_file_path, reply[0][1].btable_size), (bpath, 1124 * 64)
+        )
+        self.assertEqual(
+            self.dp.handle(schema.vr_bridge_table_data(btable_op=0))[0][0].resp_code, -errno.EINVAL
+        )
         ops = self.dp.handle(schema.vrouter_ops(h_op=1))[0][1]
-        self.assertEqual((ops.vo_flow_entries, ops.vo_oflow_entries, ops.vo_bridge_entries,
-                          ops.vo_oflow_bridge_entries), (1000, 1024, 100, 1024))
+        self.assertEqual(
+            (
+                ops.vo_flow_entries,
+                ops.vo_oflow_entries,
+                ops.vo_bridge_entries,
+                ops.vo_oflow_bridge_entries,
+            ),
+            (1000, 1024, 100, 1024),
+        )
 
     def test_handlers_verify(self) -> None:
-        for h in (FlowRequests(self.t.flows), FlowTableData(self.t.flows), BridgeTableData(self.t.bridge)):
+        for h in (
+            FlowRequests(self.t.flows),
+            FlowTableData(self.t.flows),
+            BridgeTableData(self.t.bridge),
+        ):
             verifyObject(IRequestHandler, h)
         verifyObject(IBridgeRoutes, BridgeRoutes(self.t.bridge, self.dp))
         verifyObject(IBridgeTable, self.t.bridge)
@@ -72,26 +88,55 @@ class Install(SynchronousTestCase):
 
     def test_bridge_add_get_dump_delete_and_used_counts(self) -> None:
         for i in range(1, 6):
-            r = self.dp.handle(schema.vr_route_req(h_op=0, rtr_family=7, rtr_vrf_id=1, rtr_mac=mac(i),
-                                                   rtr_nh_id=9, rtr_label=i, rtr_label_flags=L.BE_LABEL_VALID))
+            r = self.dp.handle(
+                schema.vr_route_req(
+                    h_op=0,
+                    rtr_family=7,
+                    rtr_vrf_id=1,
+                    rtr_mac=mac(i),
+                    rtr_nh_id=9,
+                    rtr_label=i,
+                    rtr_label_flags=L.BE_LABEL_VALID,
+                )
+            )
             self.assertEqual(r[0][0].resp_code, 0)
-        got = self.dp.handle(schema.vr_route_req(h_op=1, rtr_family=7, rtr_vrf_id=1, rtr_mac=mac(3), rtr_index=-1))
-        self.assertEqual((got[0][1].rtr_label, got[0][1].rtr_label_flags), (3, L.BE_VALID | L.BE_LABEL_VALID))
-        by_index = self.dp.handle(schema.vr_route_req(h_op=1, rtr_family=7, rtr_vrf_id=1,
-                                                      rtr_index=got[0][1].rtr_index))
+        got = self.dp.handle(
+            schema.vr_route_req(h_op=1, rtr_family=7, rtr_vrf_id=1, rtr_mac=mac(3), rtr_index=-1)
+        )
+        self.assertEqual(
+            (got[0][1].rtr_label, got[0][1].rtr_label_flags), (3, L.BE_VALID | L.BE_LABEL_VALID)
+        )
+        by_index = self.dp.handle(
+            schema.vr_route_req(h_op=1, rtr_family=7, rtr_vrf_id=1, rtr_index=got[0][1].rtr_index)
+        )
         self.assertEqual(by_index[0][1].rtr_mac, mac(3))
-        dump = self.dp.handle(schema.vr_route_req(h_op=3, rtr_family=7, rtr_vrf_id=1, rtr_mac=[0] * 6))
+        dump = self.dp.handle(
+            schema.vr_route_req(h_op=3, rtr_family=7, rtr_vrf_id=1, rtr_mac=[0] * 6)
+        )
         self.assertEqual(dump[0][0].resp_code, 5)
         self.assertEqual(len(dump[1]), 5)
         ops = self.dp.handle(schema.vrouter_ops(h_op=1))[0][1]
         self.assertEqual(ops.vo_bridge_used_entries, 5)
-        self.assertEqual(self.dp.handle(schema.vr_route_req(h_op=2, rtr_family=7, rtr_vrf_id=1,
-                                                            rtr_mac=mac(3)))[0][0].resp_code, 0)
-        self.assertEqual(self.dp.handle(schema.vr_route_req(h_op=2, rtr_family=7, rtr_vrf_id=1,
-                                                            rtr_mac=mac(3)))[0][0].resp_code, -errno.ENOENT)
-        self.assertEqual(self.dp.handle(schema.vr_route_req(h_op=0, rtr_family=7, rtr_vrf_id=1,
-                                                            rtr_mac=[1, 2, 3], rtr_nh_id=9))[0][0].resp_code,
-                         -errno.EINVAL)
+        self.assertEqual(
+            self.dp.handle(schema.vr_route_req(h_op=2, rtr_family=7, rtr_vrf_id=1, rtr_mac=mac(3)))[
+                0
+            ][0].resp_code,
+            0,
+        )
+        self.assertEqual(
+            self.dp.handle(schema.vr_route_req(h_op=2, rtr_family=7, rtr_vrf_id=1, rtr_mac=mac(3)))[
+                0
+            ][0].resp_code,
+            -errno.ENOENT,
+        )
+        self.assertEqual(
+            self.dp.handle(
+                schema.vr_route_req(
+                    h_op=0, rtr_family=7, rtr_vrf_id=1, rtr_mac=[1, 2, 3], rtr_nh_id=9
+                )
+            )[0][0].resp_code,
+            -errno.EINVAL,
+        )
         view = BridgeTableView(os.path.join(self.dir, "bridge.shmem"))
         self.addCleanup(view.close)
         out = io.StringIO()
@@ -100,8 +145,17 @@ class Install(SynchronousTestCase):
         self.assertIn("2:0:0:0:0:5 ", out.getvalue())
 
     def test_soft_reset_empties_tables(self) -> None:
-        r = self.dp.handle(schema.vr_flow_req(fr_op=0, fr_index=-1, fr_flags=1, fr_family=2, fr_action=2,
-                                              fr_flow_sip_l=1, fr_flow_dip_l=2))
+        r = self.dp.handle(
+            schema.vr_flow_req(
+                fr_op=0,
+                fr_index=-1,
+                fr_flags=1,
+                fr_family=2,
+                fr_action=2,
+                fr_flow_sip_l=1,
+                fr_flow_dip_l=2,
+            )
+        )
         self.assertEqual(r[0][0].resp_code, 0)
         self.assertEqual(self.dp.handle(schema.vrouter_ops(h_op=5))[0][0].resp_code, 0)
         self.assertEqual(len(self.t.flows), 0)

@@ -134,9 +134,15 @@ class FlowTool:
         if e.type not in (L.VP_TYPE_IP, L.VP_TYPE_IP6):
             return None
         f: dict[str, Any] = {
-            "fr_op": 0, "fr_index": index, "fr_family": L.AF_INET6 if e.type == L.VP_TYPE_IP6 else L.AF_INET,
-            "fr_flags": L.FLAG_ACTIVE, "fr_flow_proto": e.proto, "fr_flow_sport": port_to_wire(e.sport),
-            "fr_flow_dport": port_to_wire(e.dport), "fr_flow_nh_id": e.nh_id, "fr_gen_id": e.gen_id,
+            "fr_op": 0,
+            "fr_index": index,
+            "fr_family": L.AF_INET6 if e.type == L.VP_TYPE_IP6 else L.AF_INET,
+            "fr_flags": L.FLAG_ACTIVE,
+            "fr_flow_proto": e.proto,
+            "fr_flow_sport": port_to_wire(e.sport),
+            "fr_flow_dport": port_to_wire(e.dport),
+            "fr_flow_nh_id": e.nh_id,
+            "fr_gen_id": e.gen_id,
         }
         off = index * L.FLOW_ENTRY_SIZE + L.OFF_FE_KEY
         raw = bytes(view.map[off + 12 : off + 44])
@@ -188,16 +194,27 @@ class FlowTool:
     # -- -p / -b -------------------------------------------------------------------
     def perf(self, count: int, bunch: int) -> int:
         sip, dip = ip4_to_wire("1.1.1.1"), ip4_to_wire("2.2.2.2")
-        base = dict(fr_op=0, fr_family=L.AF_INET, fr_flags=L.FLAG_ACTIVE, fr_flow_proto=0xFF,
-                    fr_flow_nh_id=1, fr_gen_id=0)
+        base = dict(
+            fr_op=0,
+            fr_family=L.AF_INET,
+            fr_flags=L.FLAG_ACTIVE,
+            fr_flow_proto=0xFF,
+            fr_flow_nh_id=1,
+            fr_gen_id=0,
+        )
         sport = 1000
         md: list[tuple[int, int]] = []
         t0 = time.monotonic()
         for i in range(count):
-            req = schema.vr_flow_req(**base, fr_action=L.ACTION_HOLD, fr_index=-1,
-                                     fr_flow_sip_l=sip, fr_flow_dip_l=dip,
-                                     fr_flow_sport=port_to_wire(sport + i // 65535),
-                                     fr_flow_dport=port_to_wire(i % 65535))
+            req = schema.vr_flow_req(
+                **base,
+                fr_action=L.ACTION_HOLD,
+                fr_index=-1,
+                fr_flow_sip_l=sip,
+                fr_flow_dip_l=dip,
+                fr_flow_sport=port_to_wire(sport + i // 65535),
+                fr_flow_dport=port_to_wire(i % 65535),
+            )
             resp = [o for o in self.client.request(req) if type(o).__name__ == "vr_flow_response"]
             md.append((int(resp[0].fresp_index), int(resp[0].fresp_gen_id)) if resp else (-1, 0))
         ms = int((time.monotonic() - t0) * 1000)
@@ -205,16 +222,30 @@ class FlowTool:
         t0 = time.monotonic()
         pending: list[Any] = []
         for i in range(count):
-            pending.append(schema.vr_flow_req(
-                **base, fr_action=L.ACTION_FORWARD, fr_index=-1, fr_flow_sip_l=dip,
-                fr_flow_dip_l=sip, fr_flow_sport=port_to_wire(i % 65535),
-                fr_flow_dport=port_to_wire(sport + i // 65535)))
+            pending.append(
+                schema.vr_flow_req(
+                    **base,
+                    fr_action=L.ACTION_FORWARD,
+                    fr_index=-1,
+                    fr_flow_sip_l=dip,
+                    fr_flow_dip_l=sip,
+                    fr_flow_sport=port_to_wire(i % 65535),
+                    fr_flow_dport=port_to_wire(sport + i // 65535),
+                )
+            )
             self._flush_if(pending, bunch, False)
             idx, gen = md[i]
-            pending.append(schema.vr_flow_req(
-                **{**base, "fr_gen_id": gen}, fr_action=L.ACTION_FORWARD, fr_index=idx,
-                fr_flow_sip_l=sip, fr_flow_dip_l=dip, fr_flow_sport=port_to_wire(sport + i // 65535),
-                fr_flow_dport=port_to_wire(i % 65535)))
+            pending.append(
+                schema.vr_flow_req(
+                    **{**base, "fr_gen_id": gen},
+                    fr_action=L.ACTION_FORWARD,
+                    fr_index=idx,
+                    fr_flow_sip_l=sip,
+                    fr_flow_dip_l=dip,
+                    fr_flow_sport=port_to_wire(sport + i // 65535),
+                    fr_flow_dport=port_to_wire(i % 65535),
+                )
+            )
             self._flush_if(pending, bunch, i == count - 1)
         ms = int((time.monotonic() - t0) * 1000)
         self.out.write("Created %d HOLD and %d FWD entries in %d msec\n" % (count, count, ms))
@@ -236,12 +267,16 @@ class FlowTool:
             r = self.request_for(i, "i", -1)
             if r is not None:
                 reqs.append(r)
-        self.out.write("Found %d entries in %d msec\n" % (len(reqs), int((time.monotonic() - t0) * 1000)))
+        self.out.write(
+            "Found %d entries in %d msec\n" % (len(reqs), int((time.monotonic() - t0) * 1000))
+        )
         self.out.write("Deleting %d entries in flow-table\n" % len(reqs))
         t0 = time.monotonic()
         for r in reqs:
             self.client.request(r)
-        self.out.write("Deleted %d entries in %d msec\n" % (len(reqs), int((time.monotonic() - t0) * 1000)))
+        self.out.write(
+            "Deleted %d entries in %d msec\n" % (len(reqs), int((time.monotonic() - t0) * 1000))
+        )
         return 0
 
     # -- -r / -s -----------------------------------------------------------------------
@@ -261,16 +296,28 @@ class FlowTool:
             added = int(d["ftable_added"]) - int(old.get("ftable_added", 0))
             deleted = int(d["ftable_deleted"]) - int(old.get("ftable_deleted", 0))
             hold_rate = hold * 1000 // diff_ms
-            p_rate, a_rate, d_rate = (processed * 1000 // diff_ms, added * 1000 // diff_ms,
-                                      deleted * 1000 // diff_ms)
+            p_rate, a_rate, d_rate = (
+                processed * 1000 // diff_ms,
+                added * 1000 // diff_ms,
+                deleted * 1000 // diff_ms,
+            )
             if hold_rate or p_rate or a_rate or d_rate:
                 stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())
                 self.out.write(
                     "%s.%03d:  Entries = %8d Rate = %6d (Fwd = %8d Rev = %8d Del = %8d) "
                     "Hold = %8d Free Burst Tokens = %8d Total Hold Entries %8d\n"
-                    % (stamp, int((time.time() % 1) * 1000), int(d["ftable_used_entries"]),
-                       p_rate + a_rate + d_rate, processed, added, deleted, hold,
-                       int(d["ftable_burst_free_tokens"]), hold)
+                    % (
+                        stamp,
+                        int((time.time() % 1) * 1000),
+                        int(d["ftable_used_entries"]),
+                        p_rate + a_rate + d_rate,
+                        processed,
+                        added,
+                        deleted,
+                        hold,
+                        int(d["ftable_burst_free_tokens"]),
+                        hold,
+                    )
                 )
                 self.out.flush()
             last = now
@@ -336,7 +383,8 @@ def format_detail(e: FlowEntry) -> str:
     lines = [
         _field("Flow Index") + "%d" % e.index,
         _field("Flow Generation ID") + "%u" % e.gen_id,
-        _field("Reverse Flow Index") + ("%u" % e.rflow if e.flags & L.RFLOW_VALID and e.rflow >= 0 else "-1"),
+        _field("Reverse Flow Index")
+        + ("%u" % e.rflow if e.flags & L.RFLOW_VALID and e.rflow >= 0 else "-1"),
         _field("VRF") + "%d" % e.vrf,
         _field("Destination VRF") + "%d" % (e.dvrf if e.flags & L.FLAG_VRFT else e.vrf),
         _field("Flow Source") + "[%s]:%-5u" % (e.sip, e.sport),
@@ -350,9 +398,13 @@ def format_detail(e: FlowEntry) -> str:
     elif e.action == L.ACTION_DROP:
         act = "DROP:" + " " * FIELD + L.DROP_REASONS.get(e.drop_reason, str(e.drop_reason))
     elif e.action == L.ACTION_NAT:
-        names = ((L.FLAG_SNAT, "SourceNAT"), (L.FLAG_SPAT, "SourcePortNAT"),
-                 (L.FLAG_DNAT, "DestinationNAT"), (L.FLAG_DPAT, "DestinationPortNAT"),
-                 (L.FLAG_LINK_LOCAL, "LinkLocalNAT"))
+        names = (
+            (L.FLAG_SNAT, "SourceNAT"),
+            (L.FLAG_SPAT, "SourcePortNAT"),
+            (L.FLAG_DNAT, "DestinationNAT"),
+            (L.FLAG_DPAT, "DestinationPortNAT"),
+            (L.FLAG_LINK_LOCAL, "LinkLocalNAT"),
+        )
         act = "NAT: " + "".join(n + ", " for bit, n in names if e.flags & bit)
     else:
         act = "Unknown"
@@ -378,8 +430,13 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
         return _usage()
     cmd = None
     index = 0
-    for name, letter in (("forward", "f"), ("drop", "d"), ("invalidate", "i"), ("evict", "e"),
-                         ("get", "g")):
+    for name, letter in (
+        ("forward", "f"),
+        ("drop", "d"),
+        ("invalidate", "i"),
+        ("evict", "e"),
+        ("get", "g"),
+    ):
         v = getattr(args, name)
         if v is not None:
             cmd, index = letter, v
@@ -426,7 +483,10 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
             return tool.flush()
         view = tool.map()
         if index >= view.num_entries or index < 0:
-            out.write("Flow index %d is greater than available indices (%u)\n" % (index, view.num_entries - 1))
+            out.write(
+                "Flow index %d is greater than available indices (%u)\n"
+                % (index, view.num_entries - 1)
+            )
             return 1
         assert cmd is not None
         if cmd == "g":

@@ -108,16 +108,32 @@ class BridgeTable:
             off = idx * L.BRIDGE_ENTRY_SIZE
             _U16.pack_into(buf, off + L.OFF_BE_FLAGS, 0)
             _BODY.pack_into(
-                buf, off + L.OFF_BE_BODY, mac, vrf & 0xFFFF, 0, 0,
-                label if label_flags & L.BE_LABEL_VALID else 0, nh_id, 0,
+                buf,
+                off + L.OFF_BE_BODY,
+                mac,
+                vrf & 0xFFFF,
+                0,
+                0,
+                label if label_flags & L.BE_LABEL_VALID else 0,
+                nh_id,
+                0,
             )
             self._index[key] = idx
         else:
             off = idx * L.BRIDGE_ENTRY_SIZE
-            _m, _v, nh, packets, old_label, old_nh, old_flags = _BODY.unpack_from(buf, off + L.OFF_BE_BODY)
+            _m, _v, nh, packets, old_label, old_nh, old_flags = _BODY.unpack_from(
+                buf, off + L.OFF_BE_BODY
+            )
             _BODY.pack_into(
-                buf, off + L.OFF_BE_BODY, mac, vrf & 0xFFFF, nh, packets,
-                label if label_flags & L.BE_LABEL_VALID else old_label, nh_id, old_flags,
+                buf,
+                off + L.OFF_BE_BODY,
+                mac,
+                vrf & 0xFFFF,
+                nh,
+                packets,
+                label if label_flags & L.BE_LABEL_VALID else old_label,
+                nh_id,
+                old_flags,
             )
         _U16.pack_into(buf, off + L.OFF_BE_FLAGS, L.BE_VALID | label_flags)
         return 0, idx

@@ -61,11 +61,7 @@ def flow_key_bytes(
 
     ``sip``/``dip`` are raw network-order address bytes; ports are host numbers.
     """
-    return (
-        _KEYHDR.pack(family, proto, 0, _BE16.pack(sport), _BE16.pack(dport), nh_id)
-        + sip
-        + dip
-    )
+    return _KEYHDR.pack(family, proto, 0, _BE16.pack(sport), _BE16.pack(dport), nh_id) + sip + dip
 
 
 class FlowEntry(NamedTuple):
@@ -124,10 +120,37 @@ class FlowEntry(NamedTuple):
 def parse_flow_entry(raw: Buffer, index: int) -> FlowEntry:
     """Decode 256 bytes of a flow entry."""
     (
-        _nxt, h_index, h_bucket, h_next, h_flags,
-        ttl, qos, key, gen, tcp_flags, _hold, tcp_seq, rflow,
-        flags, flags1, action, vrf, dvrf, mir, smir, src_nh,
-        nbytes, npkts, boflow, poflow, ecmp, drop, etype, udp_sport, src_info, _mme,
+        _nxt,
+        h_index,
+        h_bucket,
+        h_next,
+        h_flags,
+        ttl,
+        qos,
+        key,
+        gen,
+        tcp_flags,
+        _hold,
+        tcp_seq,
+        rflow,
+        flags,
+        flags1,
+        action,
+        vrf,
+        dvrf,
+        mir,
+        smir,
+        src_nh,
+        nbytes,
+        npkts,
+        boflow,
+        poflow,
+        ecmp,
+        drop,
+        etype,
+        udp_sport,
+        src_info,
+        _mme,
     ) = L.FLOW_ENTRY.unpack(raw)
     family = key[0]
     if etype == L.VP_TYPE_IP6 or family == L.AF_INET6:
@@ -137,11 +160,42 @@ def parse_flow_entry(raw: Buffer, index: int) -> FlowEntry:
         sip = socket.inet_ntoa(key[12:16])
         dip = socket.inet_ntoa(key[16:20])
     return FlowEntry(
-        index, h_index, h_bucket, h_next, h_flags, ttl, qos, family, key[1],
-        (key[4] << 8) | key[5], (key[6] << 8) | key[7],
-        int.from_bytes(key[8:12], "little"), sip, dip, key[44], gen, tcp_flags, tcp_seq,
-        rflow, flags, flags1, action, vrf, dvrf, mir, smir, src_nh, nbytes, npkts,
-        boflow, poflow, ecmp, drop, etype, udp_sport, src_info,
+        index,
+        h_index,
+        h_bucket,
+        h_next,
+        h_flags,
+        ttl,
+        qos,
+        family,
+        key[1],
+        (key[4] << 8) | key[5],
+        (key[6] << 8) | key[7],
+        int.from_bytes(key[8:12], "little"),
+        sip,
+        dip,
+        key[44],
+        gen,
+        tcp_flags,
+        tcp_seq,
+        rflow,
+        flags,
+        flags1,
+        action,
+        vrf,
+        dvrf,
+        mir,
+        smir,
+        src_nh,
+        nbytes,
+        npkts,
+        boflow,
+        poflow,
+        ecmp,
+        drop,
+        etype,
+        udp_sport,
+        src_info,
     )
 
 
@@ -157,9 +211,12 @@ def snapshot_flow(buf: Buffer, index: int, retries: int = 8) -> bytes | None:
         raw = bytes(b[off : off + L.FLOW_ENTRY_SIZE])
         f2 = L.U16.unpack_from(b, off + L.OFF_FE_FLAGS)[0]
         g2 = b[off + L.OFF_FE_GEN_ID]
-        if f1 == f2 and g1 == g2 and L.U16.unpack_from(raw, L.OFF_FE_FLAGS)[0] == f1 and raw[
-            L.OFF_FE_GEN_ID
-        ] == g1:
+        if (
+            f1 == f2
+            and g1 == g2
+            and L.U16.unpack_from(raw, L.OFF_FE_FLAGS)[0] == f1
+            and raw[L.OFF_FE_GEN_ID] == g1
+        ):
             return raw
     return None
 

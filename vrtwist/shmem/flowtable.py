@@ -43,7 +43,9 @@ _STATS = L.FLOW_STATS
 _BODY = L.FLOW_BODY
 _KEY_PAD = bytes(L.FLOW_KEY_SIZE)
 # what follows the hashed bytes in the 45-byte key: zero padding, then vr_flow_keylen
-_KEY_TAIL = {n: bytes(L.FLOW_KEY_SIZE - 1 - n) + bytes((n,)) for n in (L.FLOW_KEY4_LEN, L.FLOW_KEY6_LEN)}
+_KEY_TAIL = {
+    n: bytes(L.FLOW_KEY_SIZE - 1 - n) + bytes((n,)) for n in (L.FLOW_KEY4_LEN, L.FLOW_KEY6_LEN)
+}
 _NO_MIRROR = 0xFF  # VR_MAX_MIRROR_INDICES: "no mirror" in fe_mirror_id
 
 
@@ -82,12 +84,26 @@ def _signed32(v: int) -> int:
     return v - (1 << 32) if v & 0x80000000 else v
 
 
-def _key(family: int, proto: int, sport_w: int, dport_w: int, nh: int,
-         sip_u: int, sip_l: int, dip_u: int, dip_l: int) -> tuple[bytes, int] | None:
+def _key(
+    family: int,
+    proto: int,
+    sport_w: int,
+    dport_w: int,
+    nh: int,
+    sip_u: int,
+    sip_l: int,
+    dip_u: int,
+    dip_l: int,
+) -> tuple[bytes, int] | None:
     if family == L.AF_INET:
         return (
             L.FLOW_KEY4.pack(
-                family, proto & 0xFF, 0, sport_w & 0xFFFF, dport_w & 0xFFFF, nh & 0xFFFFFFFF,
+                family,
+                proto & 0xFF,
+                0,
+                sport_w & 0xFFFF,
+                dport_w & 0xFFFF,
+                nh & 0xFFFFFFFF,
                 (sip_l & 0xFFFFFFFF).to_bytes(4, "little"),
                 (dip_l & 0xFFFFFFFF).to_bytes(4, "little"),
             ),
@@ -96,9 +112,16 @@ def _key(family: int, proto: int, sport_w: int, dport_w: int, nh: int,
     if family == L.AF_INET6:
         return (
             L.FLOW_KEY6.pack(
-                family, proto & 0xFF, 0, sport_w & 0xFFFF, dport_w & 0xFFFF, nh & 0xFFFFFFFF,
-                (sip_u & (2**64 - 1)).to_bytes(8, "little") + (sip_l & (2**64 - 1)).to_bytes(8, "little"),
-                (dip_u & (2**64 - 1)).to_bytes(8, "little") + (dip_l & (2**64 - 1)).to_bytes(8, "little"),
+                family,
+                proto & 0xFF,
+                0,
+                sport_w & 0xFFFF,
+                dport_w & 0xFFFF,
+                nh & 0xFFFFFFFF,
+                (sip_u & (2**64 - 1)).to_bytes(8, "little")
+                + (sip_l & (2**64 - 1)).to_bytes(8, "little"),
+                (dip_u & (2**64 - 1)).to_bytes(8, "little")
+                + (dip_l & (2**64 - 1)).to_bytes(8, "little"),
             ),
             L.VP_TYPE_IP6,
         )
@@ -135,9 +158,15 @@ def key_from_request(req: Any) -> tuple[bytes, int] | None:
 
 def _key_of(d: dict[str, Any]) -> tuple[bytes, int] | None:
     return _key(
-        d["fr_family"], d["fr_flow_proto"], d["fr_flow_sport"],
-        d["fr_flow_dport"], d["fr_flow_nh_id"], d["fr_flow_sip_u"],
-        d["fr_flow_sip_l"], d["fr_flow_dip_u"], d["fr_flow_dip_l"],
+        d["fr_family"],
+        d["fr_flow_proto"],
+        d["fr_flow_sport"],
+        d["fr_flow_dport"],
+        d["fr_flow_nh_id"],
+        d["fr_flow_sip_u"],
+        d["fr_flow_sip_l"],
+        d["fr_flow_dip_u"],
+        d["fr_flow_dip_l"],
     )
 
 
@@ -148,9 +177,15 @@ def rkey_from_request(req: Any) -> tuple[bytes, int] | None:
 
 def _rkey_of(d: dict[str, Any]) -> tuple[bytes, int] | None:
     return _key(
-        d["fr_family"], d["fr_flow_proto"], d["fr_rflow_sport"],
-        d["fr_rflow_dport"], d["fr_rflow_nh_id"], d["fr_rflow_sip_u"],
-        d["fr_rflow_sip_l"], d["fr_rflow_dip_u"], d["fr_rflow_dip_l"],
+        d["fr_family"],
+        d["fr_flow_proto"],
+        d["fr_rflow_sport"],
+        d["fr_rflow_dport"],
+        d["fr_rflow_nh_id"],
+        d["fr_rflow_sip_u"],
+        d["fr_rflow_sip_l"],
+        d["fr_rflow_dip_u"],
+        d["fr_rflow_dip_l"],
     )
 
 
@@ -259,16 +294,43 @@ class FlowTable:
             raise ValueError("a flow key is 20 (IPv4) or 44 (IPv6) bytes, not %d" % len(key))
         got = self.ht.allocate(key)
         if got is None:
-            raise FlowTableFull("no free entry in the bucket of this key and no overflow entry left")
+            raise FlowTableFull(
+                "no free entry in the bucket of this key and no overflow entry left"
+            )
         off = got * 256  # L.FLOW_ENTRY_SIZE; 88 = OFF_FE_FLAGS, 69 = OFF_FE_GEN_ID, 21 = body
         if buf[off + 88] or buf[off + 89]:
             _U16.pack_into(buf, off + 88, 0)  # a reused (evicted) slot: unpublish first
         gen = (buf[off + 69] + 1) & 0xFF
         klen = len(key)
         _BODY.pack_into(
-            buf, off + 21, 0, 0, key + tail, gen, 0, 0, 0, -1, 0, 0, L.ACTION_HOLD, vrf,
-            0, _NO_MIRROR, _NO_MIRROR, 0, 0, 0, 0, 0, -1, 0,
-            L.VP_TYPE_IP6 if klen == 44 else L.VP_TYPE_IP, 0, src_info, 0,
+            buf,
+            off + 21,
+            0,
+            0,
+            key + tail,
+            gen,
+            0,
+            0,
+            0,
+            -1,
+            0,
+            0,
+            L.ACTION_HOLD,
+            vrf,
+            0,
+            _NO_MIRROR,
+            _NO_MIRROR,
+            0,
+            0,
+            0,
+            0,
+            0,
+            -1,
+            0,
+            L.VP_TYPE_IP6 if klen == 44 else L.VP_TYPE_IP,
+            0,
+            src_info,
+            0,
         )
         index[key] = got
         hold = self.counters.hold_count
@@ -319,7 +381,9 @@ class FlowTable:
         if not self._valid(index):
             return False
         flags = self._flags(index)
-        if not flags & L.FLAG_ACTIVE or flags & (L.FLAG_MODIFIED | L.FLAG_EVICTED | L.FLAG_NEW_FLOW):
+        if not flags & L.FLAG_ACTIVE or flags & (
+            L.FLAG_MODIFIED | L.FLAG_EVICTED | L.FLAG_NEW_FLOW
+        ):
             return False
         e = self.entry(index)
         r = e.rflow
@@ -401,9 +465,34 @@ class FlowTable:
                 _U16.pack_into(buf, off + L.OFF_FE_FLAGS, 0)  # reused (evicted) slot
             gen = (buf[off + L.OFF_FE_GEN_ID] + 1) & 0xFF
             klen = len(key)
-            body: list[Any] = [0, 0, key + _KEY_TAIL[klen], gen, 0, 0, 0,
-                    -1, 0, 0, L.ACTION_DROP, 0, 0, _NO_MIRROR, _NO_MIRROR, 0, 0, 0, 0, 0, -1, 0,
-                    etype, 0, 0, 0]
+            body: list[Any] = [
+                0,
+                0,
+                key + _KEY_TAIL[klen],
+                gen,
+                0,
+                0,
+                0,
+                -1,
+                0,
+                0,
+                L.ACTION_DROP,
+                0,
+                0,
+                _NO_MIRROR,
+                _NO_MIRROR,
+                0,
+                0,
+                0,
+                0,
+                0,
+                -1,
+                0,
+                etype,
+                0,
+                0,
+                0,
+            ]
             self._index[key] = index
             self.counters.added += 1
             new_flow = True
@@ -460,8 +549,15 @@ class FlowTable:
         return 0
 
     def _apply(
-        self, index: int, d: dict[str, Any], rflags: int, action: int, rindex: int,
-        new_flow: bool, old_flags: int, body: list[Any],
+        self,
+        index: int,
+        d: dict[str, Any],
+        rflags: int,
+        action: int,
+        rindex: int,
+        new_flow: bool,
+        old_flags: int,
+        body: list[Any],
     ) -> None:
         """Write the request's fields into ``body`` (fields 21..132), then publish flags."""
         off = index * L.FLOW_ENTRY_SIZE
@@ -525,11 +621,20 @@ class FlowTable:
     def _allocate(self, key: bytes) -> int:
         idx = self.ht.allocate(key)
         if idx is None:
-            raise FlowTableFull("no free entry in the bucket of this key and no overflow entry left")
+            raise FlowTableFull(
+                "no free entry in the bucket of this key and no overflow entry left"
+            )
         return idx
 
     def _write_new(
-        self, index: int, key: bytes, etype: int, action: int, vrf: int, dvrf: int, rflow: int,
+        self,
+        index: int,
+        key: bytes,
+        etype: int,
+        action: int,
+        vrf: int,
+        dvrf: int,
+        rflow: int,
         src_info: int,
     ) -> int:
         """Fill a freshly allocated slot with ACTIVE clear; the caller publishes flags."""
@@ -539,9 +644,36 @@ class FlowTable:
             _U16.pack_into(buf, off + L.OFF_FE_FLAGS, 0)  # a reused (evicted) slot: unpublish first
         gen = (buf[off + L.OFF_FE_GEN_ID] + 1) & 0xFF
         key45 = key + _KEY_PAD[len(key) : L.FLOW_KEY_SIZE - 1] + bytes((len(key),))
-        _BODY.pack_into(buf, off + L.OFF_FE_BODY, 0, 0, key45, gen, 0, 0, 0, rflow, 0, 0, action,
-                        vrf, dvrf, _NO_MIRROR, _NO_MIRROR, 0, 0, 0, 0, 0, -1, 0, etype, 0,
-                        src_info, 0)
+        _BODY.pack_into(
+            buf,
+            off + L.OFF_FE_BODY,
+            0,
+            0,
+            key45,
+            gen,
+            0,
+            0,
+            0,
+            rflow,
+            0,
+            0,
+            action,
+            vrf,
+            dvrf,
+            _NO_MIRROR,
+            _NO_MIRROR,
+            0,
+            0,
+            0,
+            0,
+            0,
+            -1,
+            0,
+            etype,
+            0,
+            src_info,
+            0,
+        )
         self._index[key] = index
         return gen
 
@@ -559,17 +691,54 @@ class FlowTable:
 
     def _reset_fields(self, off: int, keep_stats: bool) -> None:
         buf = self.buf
-        (ttl, qos, key45, gen, tcp_flags, hold, tcp_seq, rflow) = _A.unpack_from(buf, off + L.OFF_FE_PART_A)
-        (flags1, action, vrf, dvrf, mir, smir, src_nh, nb, npk, bo, po, ecmp, drop, etype,
-         udp_sport, src_info, mme) = _B.unpack_from(buf, off + L.OFF_FE_PART_B)
+        (ttl, qos, key45, gen, tcp_flags, hold, tcp_seq, rflow) = _A.unpack_from(
+            buf, off + L.OFF_FE_PART_A
+        )
+        (
+            flags1,
+            action,
+            vrf,
+            dvrf,
+            mir,
+            smir,
+            src_nh,
+            nb,
+            npk,
+            bo,
+            po,
+            ecmp,
+            drop,
+            etype,
+            udp_sport,
+            src_info,
+            mme,
+        ) = _B.unpack_from(buf, off + L.OFF_FE_PART_B)
         key45 = key45[:-1] + b"\x00"
         _A.pack_into(buf, off + L.OFF_FE_PART_A, 0, qos, key45, gen, 0, 0, tcp_seq, -1)
         if not keep_stats:
             nb = npk = bo = po = 0
             etype = L.VP_TYPE_NULL
-        _B.pack_into(buf, off + L.OFF_FE_PART_B, flags1 & ~(L.FLAG1_HBS_LEFT | L.FLAG1_HBS_RIGHT),
-                     L.ACTION_DROP, vrf, dvrf, _NO_MIRROR, _NO_MIRROR, 0, nb, npk, bo, po, -1, drop,
-                     etype, 0, 0, mme)
+        _B.pack_into(
+            buf,
+            off + L.OFF_FE_PART_B,
+            flags1 & ~(L.FLAG1_HBS_LEFT | L.FLAG1_HBS_RIGHT),
+            L.ACTION_DROP,
+            vrf,
+            dvrf,
+            _NO_MIRROR,
+            _NO_MIRROR,
+            0,
+            nb,
+            npk,
+            bo,
+            po,
+            -1,
+            drop,
+            etype,
+            0,
+            0,
+            mme,
+        )
 
     def _evict(self, index: int) -> None:
         """Evict: ACTIVE off, fields reset (key kept, stats kept), slot freed, then ACTIVE|EVICTED."""

@@ -60,15 +60,15 @@ class HashTable:
         words = memoryview(self.buf).cast("B")[: self.total * self.entry_size].cast("I")
         stride = self.entry_size // 4
         words[L.OFF_HENTRY_INDEX // 4 :: stride] = array.array("I", range(self.total))
-        words[L.OFF_HENTRY_NEXT_INDEX // 4 :: stride] = array.array(
-            "I", [L.INVALID_INDEX]
-        ) * self.total
+        words[L.OFF_HENTRY_NEXT_INDEX // 4 :: stride] = (
+            array.array("I", [L.INVALID_INDEX]) * self.total
+        )
         words.release()
         if self.oentries:
             raw = memoryview(self.buf).cast("B")
             start = self.entries * self.entry_size + L.OFF_HENTRY_FLAGS
             end = self.total * self.entry_size
-            raw[start:end:self.entry_size] = bytes([L.HENTRY_FLAG_IN_FREE_LIST]) * self.oentries
+            raw[start : end : self.entry_size] = bytes([L.HENTRY_FLAG_IN_FREE_LIST]) * self.oentries
             raw.release()
 
     # -- helpers ---------------------------------------------------------------

@@ -138,8 +138,10 @@ def jhash(key: bytes, initval: int = 0) -> int:
         return c
     blocks = (length + 11) // 12
     padded = bytes(key) + _PAD[: blocks * 12 - length] if length % 12 else bytes(key)
-    words = _WORDS[blocks * 3].unpack(padded) if blocks <= 24 else struct.unpack(
-        "<%dI" % (blocks * 3), padded
+    words = (
+        _WORDS[blocks * 3].unpack(padded)
+        if blocks <= 24
+        else struct.unpack("<%dI" % (blocks * 3), padded)
     )
     i = 0
     last = (blocks - 1) * 3

@@ -36,7 +36,7 @@ OFF_FE_ACTION = 92
 OFF_FE_STATS = 104
 OFF_FE_TYPE = 117
 # whole entry, field order of spec 5.4 (pointers kept as raw u64)
-FLOW_ENTRY = struct.Struct("<QIIIB" "Bh45sBHQIi" "HHHHHBBI" "IIHBbBBHIQ" "124x")
+FLOW_ENTRY = struct.Struct("<QIIIBBh45sBHQIiHHHHHBBIIIHBbBBHIQ124x")
 # 21..88: ttl, qos, key(45), gen, tcp_flags, hold_list, tcp_seq, rflow
 FLOW_PART_A = struct.Struct("<Bh45sBHQIi")
 OFF_FE_PART_A = 21
@@ -45,7 +45,7 @@ OFF_FE_PART_A = 21
 FLOW_PART_B = struct.Struct("<HHHHBBIIIHBbBBHIQ")
 OFF_FE_PART_B = 90
 # 21..132 in one go (flags at 88 included): used to fill a new entry with ACTIVE clear
-FLOW_BODY = struct.Struct("<Bh45sBHQIi" "H" "HHHHBBIIIHBbBBHIQ")
+FLOW_BODY = struct.Struct("<Bh45sBHQIiHHHHHBBIIIHBbBBHIQ")
 OFF_FE_BODY = 21
 FLOW_STATS = struct.Struct("<IIHB")  # bytes, packets, bytes_oflow, packets_oflow
 U16 = struct.Struct("<H")
@@ -64,7 +64,7 @@ BRIDGE_ENTRY_SIZE = 64
 BRIDGE_KEY_SIZE = 8
 OFF_BE_KEY = 21
 OFF_BE_FLAGS = 53
-BRIDGE_ENTRY = struct.Struct("<QIIIB" "6sHQQIiH" "9x")
+BRIDGE_ENTRY = struct.Struct("<QIIIB6sHQQIiH9x")
 # 21..55 after the header: mac, vrf, nh ptr, packets, label, nh_id, flags
 BRIDGE_BODY = struct.Struct("<6sHQQIiH")
 OFF_BE_BODY = 21
@@ -145,16 +145,41 @@ DEFAULT_MAX_MIRRORS = 255
 
 # Drop reasons (VR_FLOW_DR_*) and the short names the flow utility prints.
 DROP_REASONS: dict[int, str] = {
-    0x00: "Unknown", 0x01: "IntfErr", 0x02: "Ipv4Dis", 0x03: "VrfErr",
-    0x04: "NoSrcRt", 0x05: "NoDstRt", 0x06: "Audit", 0x07: "VrfChange",
-    0x08: "NoRevFlow", 0x09: "RevFlowChng", 0x0A: "NatChng", 0x0B: "FlowLim",
-    0x0C: "LinkSrcNatErr", 0x0D: "VrouterInstallFail", 0x0E: "InvalidL2Flow",
-    0x0F: "TSNFlow", 0x10: "NoMirrorentry", 0x11: "SameFlowRflowKey",
-    0x12: "NoFipPortMap", 0x13: "NoSrcRtRpfNh", 0x14: "FatFlowNatConflict",
-    0x15: "Policy", 0x16: "OutPolicy", 0x17: "SG", 0x18: "OutSG", 0x19: "RevSG",
-    0x1A: "RevOutSG", 0x1B: "FwPolicy", 0x1C: "OutFwPolicy", 0x1D: "RevFwPolicy",
-    0x1E: "RevOutFwPolicy", 0x1F: "FWAASPolicy", 0x20: "OutFWAASPolicy",
-    0x21: "RevFWAASPolicy", 0x22: "RevOutFWAASPolicy",
+    0x00: "Unknown",
+    0x01: "IntfErr",
+    0x02: "Ipv4Dis",
+    0x03: "VrfErr",
+    0x04: "NoSrcRt",
+    0x05: "NoDstRt",
+    0x06: "Audit",
+    0x07: "VrfChange",
+    0x08: "NoRevFlow",
+    0x09: "RevFlowChng",
+    0x0A: "NatChng",
+    0x0B: "FlowLim",
+    0x0C: "LinkSrcNatErr",
+    0x0D: "VrouterInstallFail",
+    0x0E: "InvalidL2Flow",
+    0x0F: "TSNFlow",
+    0x10: "NoMirrorentry",
+    0x11: "SameFlowRflowKey",
+    0x12: "NoFipPortMap",
+    0x13: "NoSrcRtRpfNh",
+    0x14: "FatFlowNatConflict",
+    0x15: "Policy",
+    0x16: "OutPolicy",
+    0x17: "SG",
+    0x18: "OutSG",
+    0x19: "RevSG",
+    0x1A: "RevOutSG",
+    0x1B: "FwPolicy",
+    0x1C: "OutFwPolicy",
+    0x1D: "RevFwPolicy",
+    0x1E: "RevOutFwPolicy",
+    0x1F: "FWAASPolicy",
+    0x20: "OutFWAASPolicy",
+    0x21: "RevFWAASPolicy",
+    0x22: "RevOutFWAASPolicy",
 }
 
 

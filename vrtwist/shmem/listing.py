@@ -197,7 +197,9 @@ def _tuple(m: FlowMatch, text: str) -> None:
     if m.ends is None:
         m.ends = []
     if len(m.ends) >= 2:
-        raise MatchError('match: Why do you specify "%s" when both ends of the flow are already specified' % text)
+        raise MatchError(
+            'match: Why do you specify "%s" when both ends of the flow are already specified' % text
+        )
     port = "-1"
     if text.startswith("["):
         close = text.rfind("]")
@@ -267,16 +269,34 @@ LEGEND = (
     "\n"
 )
 HEADER = (
-    "    Index            " + " " * 4 + "Source:Port/Destination:Port                  "
-    + " " * 4 + "Proto(V)\n"
-    + "-" * 65 + "-" * 18 + "\n"
+    "    Index            "
+    + " " * 4
+    + "Source:Port/Destination:Port                  "
+    + " " * 4
+    + "Proto(V)\n"
+    + "-" * 65
+    + "-" * 18
+    + "\n"
 )
 _ACTION = {L.ACTION_HOLD: "H", L.ACTION_FORWARD: "F", L.ACTION_DROP: "D", L.ACTION_NAT: "N"}
-_NAT_BITS = ((L.FLAG_SNAT, "S"), (L.FLAG_SPAT, "Ps"), (L.FLAG_DNAT, "D"), (L.FLAG_DPAT, "Pd"),
-             (L.FLAG_LINK_LOCAL, "L"))
-_TCP_BITS = ((L.TCP_SYN, "S"), (L.TCP_SYN_R, "Sr"), (L.TCP_ESTABLISHED, "E"),
-             (L.TCP_ESTABLISHED_R, "Er"), (L.TCP_FIN, "F"), (L.TCP_FIN_R, "Fr"), (L.TCP_RST, "R"),
-             (L.TCP_HALF_CLOSE, "C"), (L.TCP_DEAD, "D"))
+_NAT_BITS = (
+    (L.FLAG_SNAT, "S"),
+    (L.FLAG_SPAT, "Ps"),
+    (L.FLAG_DNAT, "D"),
+    (L.FLAG_DPAT, "Pd"),
+    (L.FLAG_LINK_LOCAL, "L"),
+)
+_TCP_BITS = (
+    (L.TCP_SYN, "S"),
+    (L.TCP_SYN_R, "Sr"),
+    (L.TCP_ESTABLISHED, "E"),
+    (L.TCP_ESTABLISHED_R, "Er"),
+    (L.TCP_FIN, "F"),
+    (L.TCP_FIN_R, "Fr"),
+    (L.TCP_RST, "R"),
+    (L.TCP_HALF_CLOSE, "C"),
+    (L.TCP_DEAD, "D"),
+)
 
 
 def _ip4(v: int) -> str:
@@ -289,7 +309,13 @@ _NAT_STR: dict[int, str] = {}
 
 
 def _flag_str(f: int) -> str:
-    f &= L.FLAG_EVICTED | L.FLAG_EVICT_CANDIDATE | L.FLAG_NEW_FLOW | L.FLAG_MODIFIED | L.FLAG_DELETE_MARKED
+    f &= (
+        L.FLAG_EVICTED
+        | L.FLAG_EVICT_CANDIDATE
+        | L.FLAG_NEW_FLOW
+        | L.FLAG_MODIFIED
+        | L.FLAG_DELETE_MARKED
+    )
     s = _FLAG_STR.get(f)
     if s is None:
         s = ""
@@ -329,8 +355,14 @@ def format_flow(e: FlowEntry) -> str:
     head = "%9d%s    %-46s    %3d (%d%s)\n%25s%s:%-5d%s\n" % (
         e.index,
         "<=>%-9d" % e.rflow if e.rflow >= 0 else "            ",
-        src, e.proto, e.vrf, "->%d" % e.dvrf if f & L.FLAG_VRFT else "",
-        "", e.dip, e.dport, tail,
+        src,
+        e.proto,
+        e.vrf,
+        "->%d" % e.dvrf if f & L.FLAG_VRFT else "",
+        "",
+        e.dip,
+        e.dport,
+        tail,
     )
     action = e.action
     s = "(Gen: %u, " % e.gen_id
@@ -420,12 +452,21 @@ def write_flow_table(
     w("Flow table(size %d, entries %u)\n\n" % (view.size, view.num_entries))
     w(
         "Entries: Created %d Added %d Deleted %d Changed %dProcessed %d Used Overflow entries %u\n"
-        % (data["ftable_created"], data["ftable_added"], data["ftable_deleted"],
-           data["ftable_changed"], data["ftable_processed"], data["ftable_oflow_entries"])
+        % (
+            data["ftable_created"],
+            data["ftable_added"],
+            data["ftable_deleted"],
+            data["ftable_changed"],
+            data["ftable_processed"],
+            data["ftable_oflow_entries"],
+        )
     )
     hold = data.get("ftable_hold_stat") or []
     assert isinstance(hold, list)
-    w("(Created Flows/CPU: %s)(oflows %u)\n\n" % (" ".join(str(h) for h in hold), data["ftable_hold_oflows"]))
+    w(
+        "(Created Flows/CPU: %s)(oflows %u)\n\n"
+        % (" ".join(str(h) for h in hold), data["ftable_hold_oflows"])
+    )
     w(LEGEND)
     if match is not None and match.active():
         w(match.header())
@@ -468,8 +509,14 @@ BRIDGE_LEGEND = (
     "Flags: L=Label Valid, Df=DHCP flood, Mm=Mac Moved, L2c=L2 Evpn Control Word, "
     "N=New Entry, Ec=EvpnControlProcessing\n"
 )
-_BE_BITS = ((L.BE_LABEL_VALID, "L"), (L.BE_FLOOD_DHCP, "Df"), (L.BE_MAC_MOVED, "Mm"),
-            (L.BE_L2_CONTROL_DATA, "L2c"), (L.BE_MAC_NEW, "N"), (L.BE_EVPN_CONTROL_PROCESSING, "Ec"))
+_BE_BITS = (
+    (L.BE_LABEL_VALID, "L"),
+    (L.BE_FLOOD_DHCP, "Df"),
+    (L.BE_MAC_MOVED, "Mm"),
+    (L.BE_L2_CONTROL_DATA, "L2c"),
+    (L.BE_MAC_NEW, "N"),
+    (L.BE_EVPN_CONTROL_PROCESSING, "Ec"),
+)
 
 
 def format_bridge_entry(e: BridgeEntry) -> str:

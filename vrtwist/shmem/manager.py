@@ -70,8 +70,14 @@ class FlowKey:
 
     def reversed(self, nh_id: int | None = None) -> FlowKey:
         """The key of the return traffic (addresses and ports swapped)."""
-        return FlowKey(self.dip, self.sip, self.proto, self.dport, self.sport,
-                       self.nh_id if nh_id is None else nh_id)
+        return FlowKey(
+            self.dip,
+            self.sip,
+            self.proto,
+            self.dport,
+            self.sport,
+            self.nh_id if nh_id is None else nh_id,
+        )
 
     def _addr(self, prefix: str) -> dict[str, int]:
         s = ipaddress.ip_address(self.sip).packed
@@ -79,8 +85,10 @@ class FlowKey:
         if len(s) != len(d):
             raise ValueError("source and destination must be of one family")
         if len(s) == 4:
-            return {prefix + "sip_l": int.from_bytes(s, "little"),
-                    prefix + "dip_l": int.from_bytes(d, "little")}
+            return {
+                prefix + "sip_l": int.from_bytes(s, "little"),
+                prefix + "dip_l": int.from_bytes(d, "little"),
+            }
         return {
             prefix + "sip_u": int.from_bytes(s[:8], "little"),
             prefix + "sip_l": int.from_bytes(s[8:], "little"),
@@ -90,16 +98,23 @@ class FlowKey:
 
     def request_fields(self) -> dict[str, int]:
         """The ``fr_family``/``fr_flow_*`` fields of a vr_flow_req for this key."""
-        f = {"fr_family": self.family, "fr_flow_proto": self.proto,
-             "fr_flow_sport": port_to_wire(self.sport), "fr_flow_dport": port_to_wire(self.dport),
-             "fr_flow_nh_id": self.nh_id}
+        f = {
+            "fr_family": self.family,
+            "fr_flow_proto": self.proto,
+            "fr_flow_sport": port_to_wire(self.sport),
+            "fr_flow_dport": port_to_wire(self.dport),
+            "fr_flow_nh_id": self.nh_id,
+        }
         f.update(self._addr("fr_flow_"))
         return f
 
     def rflow_fields(self) -> dict[str, int]:
         """The ``fr_rflow_*`` fields naming this key as the reverse flow."""
-        f = {"fr_rflow_sport": port_to_wire(self.sport), "fr_rflow_dport": port_to_wire(self.dport),
-             "fr_rflow_nh_id": self.nh_id}
+        f = {
+            "fr_rflow_sport": port_to_wire(self.sport),
+            "fr_rflow_dport": port_to_wire(self.dport),
+            "fr_rflow_nh_id": self.nh_id,
+        }
         f.update(self._addr("fr_rflow_"))
         return f
 
@@ -156,10 +171,17 @@ class FlowManager:
 
     # -- requests ------------------------------------------------------------------
     @staticmethod
-    def _request(key: FlowKey, index: int, gen: int, action: int, flags: int,
-                 options: dict[str, int]) -> Any:
-        f: dict[str, int] = {"fr_op": 0, "fr_index": index, "fr_gen_id": gen, "fr_action": action,
-                             "fr_flags": flags, "fr_ecmp_nh_index": 0xFFFFFFFF}
+    def _request(
+        key: FlowKey, index: int, gen: int, action: int, flags: int, options: dict[str, int]
+    ) -> Any:
+        f: dict[str, int] = {
+            "fr_op": 0,
+            "fr_index": index,
+            "fr_gen_id": gen,
+            "fr_action": action,
+            "fr_flags": flags,
+            "fr_ecmp_nh_index": 0xFFFFFFFF,
+        }
         f.update(key.request_fields())
         for name, value in options.items():
             f[name if name.startswith("fr_") else "fr_" + name] = value
@@ -175,15 +197,17 @@ class FlowManager:
             resp = await d
         except KsyncError as e:
             fr = _flow_response(e.objects)
-            raise FlowSetError(e.errno, int(fr.fresp_index) if fr else -1,
-                               int(fr.fresp_gen_id) if fr else 0) from e
+            raise FlowSetError(
+                e.errno, int(fr.fresp_index) if fr else -1, int(fr.fresp_gen_id) if fr else 0
+            ) from e
         fr = _flow_response(resp.objects)
         if fr is None:
             raise FlowSetError(71, -1, 0)  # EPROTO: no vr_flow_response
         return FlowHandle(int(fr.fresp_index), int(fr.fresp_gen_id) & 0xFF, key, rindex)
 
-    def create_pair(self, forward: FlowKey, reverse: FlowKey, action: int = L.ACTION_FORWARD,
-                    **options: int) -> Deferred[FlowPair]:
+    def create_pair(
+        self, forward: FlowKey, reverse: FlowKey, action: int = L.ACTION_FORWARD, **options: int
+    ) -> Deferred[FlowPair]:
         """Create both directions with ``action`` and link them (``fe_rflow`` both ways).
 
         ``options`` are vr_flow_req fields with or without the ``fr_`` prefix
@@ -192,7 +216,9 @@ class FlowManager:
         """
         fwd_opts = {k: v for k, v in options.items() if not k.startswith("reverse_")}
         rev_opts = dict(fwd_opts)
-        rev_opts.update({k[len("reverse_"):]: v for k, v in options.items() if k.startswith("reverse_")})
+        rev_opts.update(
+            {k[len("reverse_") :]: v for k, v in options.items() if k.startswith("reverse_")}
+        )
         rev_req = self._request(reverse, -1, 0, action, L.FLAG_ACTIVE | L.RFLOW_VALID, rev_opts)
         for name, value in forward.rflow_fields().items():
             setattr(rev_req, name, value)
@@ -214,8 +240,14 @@ class FlowManager:
                         await self._delete(done)
                 raise fwd if isinstance(fwd, Exception) else rev  # type: ignore[misc]
             rev = replace(rev, rindex=fwd.index)
-            linked = self._request(forward, fwd.index, fwd.gen_id, action,
-                                   L.FLAG_ACTIVE | L.RFLOW_VALID, dict(fwd_opts, rindex=rev.index))
+            linked = self._request(
+                forward,
+                fwd.index,
+                fwd.gen_id,
+                action,
+                L.FLAG_ACTIVE | L.RFLOW_VALID,
+                dict(fwd_opts, rindex=rev.index),
+            )
             fwd = await self._set(self.client.request(linked), forward, rev.index)
             return FlowPair(fwd, rev)
 

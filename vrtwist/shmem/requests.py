@@ -69,17 +69,27 @@ class FlowRequests:
     def handle(self, request: Any) -> Reply:
         op = int(getattr(request, "fr_op", 0) or 0)
         if op != 0:
-            resp = {"fresp_op": op, "fresp_index": int(getattr(request, "fr_index", 0)) & 0xFFFFFFFF}
+            resp = {
+                "fresp_op": op,
+                "fresp_index": int(getattr(request, "fr_index", 0)) & 0xFFFFFFFF,
+            }
             return [[_response(-errno.EINVAL), make("vr_flow_response", resp)]]
         r = self.flows.flow_set(request)
-        return [[
-            _response(r.errno),
-            _FLOW_RESPONSE(
-                fresp_op=op, fresp_rid=0, fresp_flags=r.flags, fresp_index=r.index & 0xFFFFFFFF,
-                fresp_bytes=r.bytes, fresp_packets=r.packets, fresp_stats_oflow=r.stats_oflow,
-                fresp_gen_id=r.gen_id,
-            ),
-        ]]
+        return [
+            [
+                _response(r.errno),
+                _FLOW_RESPONSE(
+                    fresp_op=op,
+                    fresp_rid=0,
+                    fresp_flags=r.flags,
+                    fresp_index=r.index & 0xFFFFFFFF,
+                    fresp_bytes=r.bytes,
+                    fresp_packets=r.packets,
+                    fresp_stats_oflow=r.stats_oflow,
+                    fresp_gen_id=r.gen_id,
+                ),
+            ]
+        ]
 
 
 @implementer(IRequestHandler)

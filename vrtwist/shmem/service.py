@@ -75,8 +75,13 @@ def _zero(m: mmap.mmap) -> None:
 def _reset_flows(old: FlowTable, m: mmap.mmap) -> FlowTable:
     _zero(m)
     new = FlowTable(
-        m, old.entries, old.oentries, path=old.path, max_vrfs=old.max_vrfs,
-        max_mirrors=old.max_mirrors, cpus=old.cpus,
+        m,
+        old.entries,
+        old.oentries,
+        path=old.path,
+        max_vrfs=old.max_vrfs,
+        max_mirrors=old.max_mirrors,
+        cpus=old.cpus,
     )
     old.__dict__.update(new.__dict__)
     return old
@@ -84,7 +89,9 @@ def _reset_flows(old: FlowTable, m: mmap.mmap) -> FlowTable:
 
 def _reset_bridge(old: BridgeTable, m: mmap.mmap) -> BridgeTable:
     _zero(m)
-    new = BridgeTable(m, old.entries, old.oentries, path=old.path, nexthop_exists=old.nexthop_exists)
+    new = BridgeTable(
+        m, old.entries, old.oentries, path=old.path, nexthop_exists=old.nexthop_exists
+    )
     old.__dict__.update(new.__dict__)
     return old
 
@@ -115,7 +122,10 @@ def install(
     fmap = create_file(flow_path, (fe + fo) * L.FLOW_ENTRY_SIZE)
     bmap = create_file(bridge_path, (be + bo) * L.BRIDGE_ENTRY_SIZE)
     flows = FlowTable(
-        fmap, fe, fo, path=flow_path,
+        fmap,
+        fe,
+        fo,
+        path=flow_path,
         max_vrfs=getattr(config, "vrfs", L.DEFAULT_MAX_VRFS),
         max_mirrors=getattr(config, "mirrors", L.DEFAULT_MAX_MIRRORS),
         cpus=getattr(config, "cores", 1),
@@ -134,8 +144,10 @@ def install(
         hooks.append(tables.reset)
     if config is not None:
         for name, value in (
-            ("flow_entries", fe), ("oflow_entries", fo),
-            ("bridge_entries", be), ("oflow_bridge_entries", bo),
+            ("flow_entries", fe),
+            ("oflow_entries", fo),
+            ("bridge_entries", be),
+            ("oflow_bridge_entries", bo),
         ):
             if hasattr(config, name):
                 try:
@@ -144,6 +156,11 @@ def install(
                     pass
     _log.info(
         "shared memory: {flow_path} ({fe}+{fo} flows), {bridge_path} ({be}+{bo} bridge entries)",
-        flow_path=flow_path, fe=fe, fo=fo, bridge_path=bridge_path, be=be, bo=bo,
+        flow_path=flow_path,
+        fe=fe,
+        fo=fo,
+        bridge_path=bridge_path,
+        be=be,
+        bo=bo,
     )
     return tables
