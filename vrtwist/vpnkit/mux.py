@@ -694,11 +694,15 @@ class Multiplexer(Protocol):
         ch = Channel(self, cid, destination, self.window)
         self.channels[cid] = ch
         self.stats.channels_opened += 1
-        self._write(encode_open(cid, destination))
-        self._record("out", "open", cid, 0)
-        ch._rd_allowed = self.window
-        self._write(encode_window(cid, self.window))
-        ch._attach(protocol)
+        self._cork += 1  # Open and Window leave in one write
+        try:
+            self._write(encode_open(cid, destination))
+            self._record("out", "open", cid, 0)
+            ch._rd_allowed = self.window
+            self._write(encode_window(cid, self.window))
+            ch._attach(protocol)
+        finally:
+            self.uncork()
         return ch
 
     def liveChannels(self) -> int:
