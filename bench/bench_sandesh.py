@@ -193,6 +193,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--seconds", type=float, default=3.0, help="time per message type")
     ap.add_argument("--rounds", type=int, default=400, help="max slice pairs per message type")
+    ap.add_argument("--split", action="store_true", help="also time encode and decode apart")
     args = ap.parse_args()
 
     msgs = samples()
@@ -210,6 +211,36 @@ def main() -> None:
         ratios.append(ratio)
         print("%-18s %6d %14.0f %14.0f %6.2fx" % (name, len(encode(msg)), ra, rb, ratio))
     print("geometric mean ratio: %.2fx" % statistics.geometric_mean(ratios))
+    if args.split:
+        print(
+            "%-18s %10s %10s %7s %10s %10s %7s"
+            % ("", "enc us", "cybin", "ratio", "dec us", "cybin", "ratio")
+        )
+        for name, msg in msgs.items():
+            data = encode(msg)
+            w = TCyMemoryBuffer()
+            TCyBinaryProtocol(w).write_struct(msg)
+            cdata = w.getvalue()
+            cls = type(msg)
+
+            def cy_enc(msg: Any = msg) -> bytes:
+                buf = TCyMemoryBuffer()
+                TCyBinaryProtocol(buf).write_struct(msg)
+                return buf.getvalue()
+
+            def cy_dec(cls: type = cls, cdata: bytes = cdata) -> Any:
+                obj = object.__new__(cls)
+                TCyBinaryProtocol(TCyMemoryBuffer(cdata)).read_struct(obj)
+                return obj
+
+            ea, eb, er = compare(lambda msg=msg: encode(msg), cy_enc, args.seconds / 2, args.rounds)
+            da, db, dr = compare(
+                lambda data=data: decode(data), cy_dec, args.seconds / 2, args.rounds
+            )
+            print(
+                "%-18s %10.2f %10.2f %6.2fx %10.2f %10.2f %6.2fx"
+                % (name, 1e6 / ea, 1e6 / eb, er, 1e6 / da, 1e6 / db, dr)
+            )
     ra, rb, ratio = compare(*varying_responses(), args.seconds, args.rounds)
     print(
         "%-18s %6d %14.0f %14.0f %6.2fx   (resp_code differs every time: no memo hits)"
