@@ -236,3 +236,39 @@ class BridgeFormat(SynchronousTestCase):
         )
         no_label = BridgeEntry(3, 3, 0, 0, 1, bytes(6), 0, 0, 0, -1, L.BE_VALID)
         self.assertIn("         -", format_bridge_entry(no_label))
+
+
+class Evicted(SynchronousTestCase):
+    def test_show_evicted(self) -> None:
+        d = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, d, True)
+        path = os.path.join(d, "flow.shmem")
+        m = create_file(path, 80 * 256)
+        self.addCleanup(m.close)
+        t = FlowTable(m, 64, 16, path=path)
+        req = {
+            "fr_index": -1,
+            "fr_action": 2,
+            "fr_flags": 1,
+            "fr_family": 2,
+            "fr_flow_proto": 6,
+            "fr_flow_sip_l": 1,
+            "fr_flow_dip_l": 2,
+            "fr_flow_sport": socket.htons(7),
+            "fr_flow_nh_id": 1,
+        }
+        r = t.flow_set(req)
+        keep = t.flow_set(dict(req, fr_flow_sport=socket.htons(8)))
+        t.set_tcp_flags(r.index, L.TCP_DEAD)
+        ev = t.flow_set(
+            dict(req, fr_index=r.index, fr_gen_id=r.gen_id, fr_extflags=L.EXT_FLAG_FORCE_EVICT)
+        )
+        self.assertEqual(ev.errno, 0)
+        view = FlowTableView(path)
+        self.addCleanup(view.close)
+        out = io.StringIO()
+        self.assertEqual(write_flow_table(out, view, t.table_data()), 1)
+        self.assertIn("%9d" % keep.index, out.getvalue())
+        out = io.StringIO()
+        self.assertEqual(write_flow_table(out, view, t.table_data(), show_evicted=True), 2)
+        self.assertIn("Action:D(Unknown), Flags:E, TCP:", out.getvalue())
