@@ -188,7 +188,12 @@ class FlowTool:
         if e.flags & L.FLAG_EVICTED and not show_evicted:
             self.out.write("Flow at index %d is EVICTED. Use --show-evicted\n" % index)
             return 1
-        self.out.write(format_detail(e))
+        rfe = view.get(e.rflow) if e.flags & L.RFLOW_VALID and e.rflow >= 0 else None
+        drops = None
+        reply = self.client.request(schema.vr_drop_stats_req(h_op=1, vds_core=0))
+        if response_code(reply) == 0:
+            drops = next((o for o in reply if type(o).__name__ == "vr_drop_stats_req"), None)
+        self.out.write(format_detail(e, rfe, drops))
         return 0
 
     # -- -p / -b -------------------------------------------------------------------
@@ -378,13 +383,37 @@ def _field(name: str) -> str:
     return s + " " * max(0, FIELD - len(s))
 
 
-def format_detail(e: FlowEntry) -> str:
-    """``flow --get``: the entry's own fields in the real tool's 30-column layout."""
+#: the counters ``vr_sum_drop_stats`` (utils/vr_util.c) adds up
+_ALL_DROPS = (
+    "discard pull invalid_if invalid_arp trap_no_if nowhere_to_go flow_queue_limit_exceeded "
+    "flow_no_memory flow_invalid_protocol flow_nat_no_rflow flow_action_drop "
+    "flow_action_invalid flow_unusable flow_table_full interface_tx_discard interface_drop "
+    "duplicated push ttl_exceeded invalid_nh invalid_label invalid_protocol "
+    "interface_rx_discard invalid_mcast_source head_alloc_fail pcow_fail mcast_df_bit "
+    "mcast_clone_fail no_memory rewrite_fail misc invalid_packet cksum_err no_fmd "
+    "cloned_original invalid_vnid frag_err invalid_source l2_no_route fragment_queue_fail "
+    "vlan_fwd_tx vlan_fwd_enq drop_new_flow trap_original pkt_loop no_crypt_path"
+).split()
+#: and the flow-related ones ``flow_sum_drops_stats`` (utils/flow.c) adds up
+_FLOW_DROPS = (
+    "flow_queue_limit_exceeded flow_no_memory flow_invalid_protocol flow_nat_no_rflow "
+    "flow_action_drop flow_action_invalid flow_unusable flow_table_full drop_new_flow"
+).split()
+
+
+def _drop_sum(ds: Any, names: list[str]) -> int:
+    return sum(int(getattr(ds, "vds_" + n, 0) or 0) for n in names)
+
+
+def format_detail(e: FlowEntry, rfe: FlowEntry | None = None, drops: Any = None) -> str:
+    """``flow --get``: the real tool's 30-column layout, from the entry, its reverse flow
+    and the system-wide drop statistics (route and next-hop sections are not printed)."""
+    pad = " " * FIELD
+    rev = "%u" % e.rflow if e.flags & L.RFLOW_VALID and e.rflow >= 0 else "-1"
     lines = [
         _field("Flow Index") + "%d" % e.index,
         _field("Flow Generation ID") + "%u" % e.gen_id,
-        _field("Reverse Flow Index")
-        + ("%u" % e.rflow if e.flags & L.RFLOW_VALID and e.rflow >= 0 else "-1"),
+        _field("Reverse Flow Index") + rev,
         _field("VRF") + "%d" % e.vrf,
         _field("Destination VRF") + "%d" % (e.dvrf if e.flags & L.FLAG_VRFT else e.vrf),
         _field("Flow Source") + "[%s]:%-5u" % (e.sip, e.sport),
@@ -396,7 +425,7 @@ def format_detail(e: FlowEntry) -> str:
     elif e.action == L.ACTION_FORWARD:
         act = "FORWARD"
     elif e.action == L.ACTION_DROP:
-        act = "DROP:" + " " * FIELD + L.DROP_REASONS.get(e.drop_reason, str(e.drop_reason))
+        act = "DROP:" + pad + L.DROP_REASONS.get(e.drop_reason, "(null)")
     elif e.action == L.ACTION_NAT:
         names = (
             (L.FLAG_SNAT, "SourceNAT"),
@@ -405,18 +434,55 @@ def format_detail(e: FlowEntry) -> str:
             (L.FLAG_DPAT, "DestinationPortNAT"),
             (L.FLAG_LINK_LOCAL, "LinkLocalNAT"),
         )
-        act = "NAT: " + "".join(n + ", " for bit, n in names if e.flags & bit)
+        act = "NAT: " + "".join(n + ", " for bit, n in sorted(names) if e.flags & bit)
     else:
         act = "Unknown"
     lines.append(_field("Flow Action") + act)
-    lines.append(_field("Key Nexthop") + "%u" % e.nh_id)
-    lines.append(_field("RPF Nexthop") + "%u" % e.src_nh_index)
-    lines.append(_field("Flow Flags") + "0x%x" % e.flags)
-    lines.append(_field("TCP Flags") + "0x%x" % e.tcp_flags)
-    lines.append(_field("Flow Statistics") + "%u/%u" % (e.total_packets, e.total_bytes))
+    if e.action == L.ACTION_NAT:
+        nat = pad + "NAT(Source, Destination): "
+        if rfe is not None:
+            nat += "[%s]:" % (rfe.dip if e.flags & L.FLAG_SNAT else e.sip)
+            nat += "%d" % (rfe.dport if e.flags & L.FLAG_SPAT else e.sport) + ", "
+            nat += "[%s]:" % (rfe.sip if e.flags & L.FLAG_DNAT else e.dip)
+            nat += "%d" % (rfe.sport if e.flags & L.FLAG_DPAT else e.dport)
+        lines.append(nat)
+    lines.append("")
+    flag_names = (
+        (L.FLAG_EVICTED, "EVICTED "),
+        (L.FLAG_EVICT_CANDIDATE, "EVICT CANDIDATE "),
+        (L.FLAG_NEW_FLOW, "NEW "),
+        (L.FLAG_MODIFIED, "MODIFIED "),
+        (L.FLAG_MIRROR, "MIRROR "),
+    )
+    lines.append(_field("Flow Flags") + "".join(n for bit, n in flag_names if e.flags & bit))
+    if e.proto == L.IPPROTO_TCP:
+        tcp_names = (
+            (L.TCP_SYN, "SYN, "),
+            (L.TCP_SYN_R, "SYN(REVERSE), "),
+            (L.TCP_ESTABLISHED, "ESTABLISHED, "),
+            (L.TCP_ESTABLISHED_R, "ESTABLISHED(REVERSE), "),
+            (L.TCP_FIN, "FIN, "),
+            (L.TCP_FIN_R, "FIN(REVERSE), "),
+            (L.TCP_RST, "RESET, "),
+            (L.TCP_HALF_CLOSE, "HALFCLOSED, "),
+            (L.TCP_DEAD, "DEAD, "),
+        )
+        lines.append(_field("TCP FLAGS") + "".join(n for bit, n in tcp_names if e.tcp_flags & bit))
     lines.append(_field("UDP Source Port") + "%u" % e.udp_src_port)
-    lines.append(_field("TTL") + "%u" % e.ttl)
-    lines.append(_field("QOS") + "%d" % e.qos_id)
+    if e.flags & L.FLAG_MIRROR:
+        m = ""
+        if e.mirror_id < L.DEFAULT_MAX_MIRRORS:
+            m += "%d" % e.mirror_id
+        if e.sec_mirror_id < L.DEFAULT_MAX_MIRRORS:
+            m += ", %d, " % e.sec_mirror_id
+        lines.append("")
+        lines.append(_field("Mirror Index") + m)
+    lines.append("")
+    lines.append(_field("Flow Statistics") + "%u/%u" % (e.packets, e.bytes))
+    if drops is not None:
+        lines.append(_field("System Wide Packet Drops") + "%d" % _drop_sum(drops, _ALL_DROPS))
+        lines.append(pad + "Reverse Path Failures: %d" % int(drops.vds_invalid_source or 0))
+        lines.append(pad + "Flow Block Drops: %d" % _drop_sum(drops, _FLOW_DROPS))
     return "\n".join(lines) + "\n"
 
 
