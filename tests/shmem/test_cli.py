@@ -49,7 +49,7 @@ class FlowUtility(SynchronousTestCase):
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
                 BlockingKsyncClient(cls.run_dir).close()
@@ -154,6 +154,45 @@ class FlowUtility(SynchronousTestCase):
         self.assertIn("Flow Statistics", out)
         code, out = self.flow("-r", "--iterations", "1")
         self.assertEqual(code, 0, out)
+
+    def test_6_ipv6_flow_drop_and_list(self) -> None:
+        import socket as so
+
+        sip = so.inet_pton(so.AF_INET6, "2001:db8::10")
+        dip = so.inet_pton(so.AF_INET6, "2001:db8::20")
+        with BlockingKsyncClient(self.run_dir) as c:
+            r = c.request(
+                schema.vr_flow_req(
+                    fr_op=0,
+                    fr_index=-1,
+                    fr_action=2,
+                    fr_flags=1,
+                    fr_family=10,
+                    fr_flow_sip_u=int.from_bytes(sip[:8], "little"),
+                    fr_flow_sip_l=int.from_bytes(sip[8:], "little"),
+                    fr_flow_dip_u=int.from_bytes(dip[:8], "little"),
+                    fr_flow_dip_l=int.from_bytes(dip[8:], "little"),
+                    fr_flow_proto=17,
+                    fr_flow_sport=so.htons(5353),
+                    fr_flow_dport=so.htons(53),
+                    fr_flow_nh_id=4,
+                )
+            )
+        self.assertEqual(r[0].resp_code, 0)
+        idx = r[1].fresp_index
+        code, out = self.flow("-d", str(idx))
+        self.assertEqual(code, 0, out)
+        view = self._view()
+        try:
+            e = view.get(idx)
+            assert e is not None
+            self.assertEqual((e.sip, e.dport, e.action, e.type), ("2001:db8::10", 53, 0, 3))
+        finally:
+            view.close()
+        code, out = self.flow("--match", "[2001:db8::20]:53")
+        self.assertEqual(code, 0, out)
+        self.assertIn("2001:db8::10:5353", out)
+        self.assertEqual(out.count("(Gen: "), 1)
 
     def test_bridge_routes_and_rt_dump(self) -> None:
         with BlockingKsyncClient(self.run_dir) as c:
