@@ -295,3 +295,64 @@ class BackpressureTests(SynchronousTestCase):
         proto.resumeProducing()
         self.assertEqual(t.producerState, "producing")
         self.assertEqual([m.seq for m in replies(t)], [1, 2, 3, 4, 5])
+
+
+def one_turn(clock: Any) -> None:
+    """Run the calls due now, but not the ones they schedule (as a real reactor turn does)."""
+    due = [c for c in clock.getDelayedCalls() if c.getTime() <= clock.seconds()]
+    for c in due:
+        clock.calls.remove(c)
+    for c in due:
+        c.func(*c.args, **c.kw)
+
+
+class FairnessTests(SynchronousTestCase):
+    def test_batches_per_reactor_turn(self) -> None:
+        """With a clock, a burst of requests is served 64 per turn; reading pauses between."""
+        from twisted.internet.task import Clock
+
+        clock = Clock()
+        factory = KsyncServerFactory(MemoryDispatcher(), clock=clock)
+        proto = factory.buildProtocol(None)  # type: ignore[arg-type]
+        assert proto is not None
+        t = StringTransport()
+        proto.makeConnection(t)
+        proto.dataReceived(b"".join(build_request(encode(vif(i)), seq=i + 1) for i in range(150)))
+        self.assertEqual(len(replies(t)), 64)
+        self.assertEqual(t.producerState, "paused")
+        one_turn(clock)
+        self.assertEqual(len(replies(t)), 64)
+        one_turn(clock)
+        self.assertEqual([m.seq for m in replies(t)], list(range(129, 151)))
+        self.assertEqual(t.producerState, "producing")
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_turn_cancelled_on_disconnect(self) -> None:
+        from twisted.internet.task import Clock
+
+        clock = Clock()
+        proto = KsyncServerProtocol(MemoryDispatcher(), clock=clock, batch=2)
+        t = StringTransport()
+        proto.makeConnection(t)
+        proto.dataReceived(b"".join(build_request(encode(vif(i)), seq=i + 1) for i in range(5)))
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        proto.connectionLost()
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_backpressure_during_turn(self) -> None:
+        from twisted.internet.task import Clock
+
+        clock = Clock()
+        proto = KsyncServerProtocol(MemoryDispatcher(), clock=clock, batch=2)
+        t = StringTransport()
+        proto.makeConnection(t)
+        proto.dataReceived(b"".join(build_request(encode(vif(i)), seq=i + 1) for i in range(6)))
+        self.assertEqual(len(replies(t)), 2)
+        proto.pauseProducing()  # the client stopped reading
+        one_turn(clock)
+        self.assertEqual(replies(t), [])
+        self.assertEqual(t.producerState, "paused")
+        proto.resumeProducing()
+        self.assertEqual([m.seq for m in replies(t)], [3, 4])
+        one_turn(clock)
+        self.assertEqual([m.seq for m in replies(t)], [5, 6])

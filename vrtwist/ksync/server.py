@@ -19,7 +19,14 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import UNIXServerEndpoint
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IAddress, IListeningPort, IPushProducer, IReactorUNIX
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IListeningPort,
+    IPushProducer,
+    IReactorTime,
+    IReactorUNIX,
+)
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -103,6 +110,8 @@ class KsyncServerProtocol(Protocol):
         dispatcher: IKsyncDispatcher,
         style: str = STYLE_LINUX,
         max_frame: int = NL_REQUEST_MAX,
+        clock: IReactorTime | None = None,
+        batch: int = 64,
     ) -> None:
         self.dispatcher = dispatcher
         self.style = style
@@ -112,6 +121,11 @@ class KsyncServerProtocol(Protocol):
         self._pending: deque[bytes] = deque()
         self._paused = False
         self._closed = False
+        # Fairness: with a clock, at most ``batch`` requests per reactor turn, so one client
+        # pouring thousands of requests into one read cannot stall the other sessions.
+        self._clock = clock
+        self._batch = batch
+        self._turn: IDelayedCall | None = None
         self.factory: KsyncServerFactory | None = None
 
     # -- IProtocol ------------------------------------------------------------------------
@@ -135,6 +149,9 @@ class KsyncServerProtocol(Protocol):
     def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:
         self._closed = True
         self._pending.clear()
+        if self._turn is not None and self._turn.active():
+            self._turn.cancel()
+        self._turn = None
         if self.factory is not None:
             self.factory.sessions.discard(self)
 
@@ -147,6 +164,8 @@ class KsyncServerProtocol(Protocol):
 
     def resumeProducing(self) -> None:
         self._paused = False
+        if self._turn is not None:
+            return  # reading resumes when the scheduled turn runs
         if self.transport is not None and not self._closed:
             self.transport.resumeProducing()  # type: ignore[attr-defined]
         self._run()
@@ -164,8 +183,24 @@ class KsyncServerProtocol(Protocol):
 
     def _run(self) -> None:
         pending = self._pending
+        budget = self._batch if self._clock is not None else -1
         while pending and not self._paused and not self._closed:
+            if budget == 0:
+                # Let other sessions run; stop reading this one until our next turn.
+                assert self._clock is not None and self.transport is not None
+                self.transport.pauseProducing()  # type: ignore[attr-defined]
+                self._turn = self._clock.callLater(0, self._next_turn)
+                return
+            budget -= 1
             self._handle(pending.popleft())
+
+    def _next_turn(self) -> None:
+        self._turn = None
+        if self._closed:
+            return
+        if not self._paused and self.transport is not None:
+            self.transport.resumeProducing()  # type: ignore[attr-defined]
+        self._run()
 
     def _handle(self, frame: bytes) -> None:
         msg = parse_message(frame)
@@ -281,6 +316,7 @@ class KsyncServerFactory(Factory):
         style: str = STYLE_LINUX,
         max_sessions: int = 256,
         max_frame: int = NL_REQUEST_MAX,
+        clock: IReactorTime | None = None,
     ) -> None:
         if style not in (STYLE_LINUX, STYLE_DPDK):
             raise ValueError("style must be %r or %r" % (STYLE_LINUX, STYLE_DPDK))
@@ -288,6 +324,7 @@ class KsyncServerFactory(Factory):
         self.style = style
         self.max_sessions = max_sessions
         self.max_frame = max_frame
+        self.clock = clock
         self.sessions: set[KsyncServerProtocol] = set()
 
     def buildProtocol(self, addr: IAddress) -> KsyncServerProtocol | None:  # type: ignore[override]
@@ -296,7 +333,7 @@ class KsyncServerFactory(Factory):
                 "ksync: refusing connection, {count} sessions open", count=len(self.sessions)
             )
             return None
-        p = KsyncServerProtocol(self.dispatcher, self.style, self.max_frame)
+        p = KsyncServerProtocol(self.dispatcher, self.style, self.max_frame, self.clock)
         p.factory = self
         self.sessions.add(p)
         return p
@@ -321,6 +358,10 @@ def remove_stale_socket(path: str) -> None:
     raise OSError(errno.EADDRINUSE, "another ksync server is listening on %s" % path)
 
 
+def _clock_of(reactor: object) -> IReactorTime | None:
+    return reactor if IReactorTime.providedBy(reactor) else None  # type: ignore[return-value]
+
+
 def listen_ksync(
     reactor: IReactorUNIX,
     run_dir: str,
@@ -332,7 +373,7 @@ def listen_ksync(
     path = ksync_socket_path(run_dir)
     remove_stale_socket(path)
     ep = UNIXServerEndpoint(reactor, path, backlog=128, mode=0o666)
-    return ep.listen(KsyncServerFactory(dispatcher, style, max_sessions))
+    return ep.listen(KsyncServerFactory(dispatcher, style, max_sessions, clock=_clock_of(reactor)))
 
 
 class KsyncServerService(StreamServerEndpointService):
@@ -347,7 +388,7 @@ class KsyncServerService(StreamServerEndpointService):
         max_sessions: int = 256,
     ) -> None:
         self.path = ksync_socket_path(run_dir)
-        self.factory = KsyncServerFactory(dispatcher, style, max_sessions)
+        self.factory = KsyncServerFactory(dispatcher, style, max_sessions, clock=_clock_of(reactor))
         super().__init__(
             UNIXServerEndpoint(reactor, self.path, backlog=128, mode=0o666), self.factory
         )
