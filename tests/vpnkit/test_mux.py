@@ -672,3 +672,20 @@ class UDPOverChannelTests(SynchronousTestCase):
         self.assertIn(b"still flows", acc.accepted[1][1].data)
         big = b"y" * 70000
         self.assertFalse(send_datagram(fast, big, stats))  # over 65507: dropped, not sent
+
+
+class TraceTests(SynchronousTestCase):
+    def test_debug_trace_logs_channel_events(self) -> None:
+        from twisted.logger import Logger
+
+        events: list[dict[str, object]] = []
+        acc = Acceptor()
+        pair = LinkPair(acc)
+        pair.a.trace = True
+        pair.a._log = Logger(observer=events.append)  # type: ignore[misc]
+        ch = pair.b.openChannel(DEST, Sink())
+        ch.loseConnection()
+        pair.pump()
+        kinds = [(e["direction"], e["kind"]) for e in events if "kind" in e]
+        self.assertEqual(kinds[:2], [("in", "open"), ("in", "close")])
+        self.assertIn("tcp:127.0.0.1:8080", [e.get("dest") for e in events])

@@ -350,6 +350,7 @@ class Channel:
             return
         self.sent_shutdown = True
         self.mux._write(encode_shutdown(self.id))
+        self.mux._record("out", "shutdown", self.id, 0)
 
     def _send_close(self) -> None:
         if self.sent_close:
@@ -524,6 +525,8 @@ class Multiplexer(Protocol):
         self._corked: list[bytes] = []
         self._corked_len = 0
         self.recent: deque[tuple[int, str, str, int, int]] = deque(maxlen=_RING)
+        #: log every Open/Shutdown/Close (``--debug``)
+        self.trace = False
 
     # link lifecycle --------------------------------------------------------------------
 
@@ -712,6 +715,15 @@ class Multiplexer(Protocol):
 
     def _record(self, direction: str, kind: str, cid: int, n: int) -> None:
         self.recent.append((next(self._seq), direction, kind, cid, n))
+        if self.trace:
+            ch = self.channels.get(cid)
+            self._log.info(
+                "{direction} {kind} channel {id:#x} {dest}",
+                direction=direction,
+                kind=kind,
+                id=cid,
+                dest=str(ch.destination) if ch is not None else "",
+            )
 
     def _data_header(self, cid: int, length: int) -> None:
         ch = self.channels.get(cid)
@@ -911,9 +923,11 @@ class MultiplexerFactory(Factory):
         self.window = window
         self.handshake = handshake
         self.onLink = onLink
+        self.trace = False
 
     def buildProtocol(self, addr: IAddress | None) -> Multiplexer:
         mux = Multiplexer(self.acceptor, self.backwards, self.window, self.handshake)
+        mux.trace = self.trace
         if self.onLink is not None:
             self.onLink(mux)
         return mux

@@ -192,6 +192,7 @@ def makeVpnkitService(
             )
     except (AddressError, ValueError) as e:
         raise usage.UsageError(str(e)) from None
+    factory.trace = bool(options["debug"])
     data.setName("data")
     data.setServiceParent(svc)
     svc.dataService = data
