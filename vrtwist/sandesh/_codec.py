@@ -159,7 +159,7 @@ def _encode_field_slow(f: FieldSpec, v: Any, out: list[bytes]) -> None:
     elif f.wire == T_LIST:
         if v is None:
             items: list[Any] = []
-        elif isinstance(v, (bytes, bytearray, memoryview)) and f.elem == T_BYTE:
+        elif isinstance(v, (bytes, bytearray, memoryview)):
             items = list(bytes(v))
         elif isinstance(v, (list, tuple)):
             items = list(v)
@@ -198,14 +198,6 @@ def _encode_slow(spec: MessageSpec, msg: Any) -> bytes:
 # Code generation of the fast paths.
 
 
-class _Fallback(Exception):
-    """Raised inside a generated encoder when a value needs the generic path."""
-
-
-def _fallback() -> bytes:
-    raise _Fallback
-
-
 def _segments(spec: MessageSpec) -> list[tuple[list[FieldSpec], FieldSpec | None]]:
     """Split the fields into runs of fixed-size fields, each closed by one variable field."""
     segs: list[tuple[list[FieldSpec], FieldSpec | None]] = []
@@ -225,39 +217,28 @@ def _var_fields(spec: MessageSpec) -> list[FieldSpec]:
 
 
 def _gen_encoder(spec: MessageSpec) -> Callable[[Any], bytes]:
-    """Encoder packing the whole message with one ``struct.Struct`` per shape.
+    """Encoder packing the whole message with one ``struct.Struct`` call.
 
-    A shape is the tuple of string/list byte lengths. For each shape the codec caches a
-    Struct that packs only the values (field headers, lengths, name and T_STOP are pad
-    bytes) and the integer form of those constant bytes, OR-ed in after packing: a message
-    costs one ``pack`` of its values and three big-integer operations, however many
-    fields it has. Small messages without strings or lists pass their headers as
-    arguments instead.
+    A shape is the tuple of string byte lengths and list element counts. Per shape the
+    codec caches a Struct that packs only the values (name, field headers, lengths and
+    T_STOP are pad bytes; list elements are passed with ``*``, so the Struct range-checks
+    them) and the integer form of those constant bytes, OR-ed in after packing. A message
+    costs one ``pack`` and three big-integer operations however many fields it has; that
+    measured faster than passing the headers as arguments. Messages without strings or
+    lists pass their headers as arguments to one fixed Struct.
     """
     name = spec.name.encode()
     var = _var_fields(spec)
-    ns: dict[str, Any] = {"_fallback": _fallback, "_ls": _list_struct, "_frombytes": int.from_bytes}
+    ns: dict[str, Any] = {"_frombytes": int.from_bytes}
     lines = ["def enc(o):"]
     values: list[str] = []
     for f in spec.fields:
-        v = "v%d" % f.fid
         if f.wire == T_STRING:
             lines.append("    b%d = o.%s.encode('utf-8', 'surrogateescape')" % (f.fid, f.name))
             values.append("b%d" % f.fid)
         elif f.wire == T_LIST:
-            lines.append("    %s = o.%s" % (v, f.name))
-            if f.elem == T_BYTE:
-                # bytes(5) would be five zero bytes: only lists take the fast path.
-                lines.append(
-                    "    b%d = (bytes(%s) if %s else b'') if %s.__class__ is list else _fallback()"
-                    % (f.fid, v, v, v)
-                )
-            else:
-                lines.append(
-                    "    b%d = _ls(%r, len(%s)).pack(*%s) if %s else b''"
-                    % (f.fid, SCALAR_FORMAT[f.elem], v, v, v)
-                )
-            values.append("b%d" % f.fid)
+            lines.append("    v%d = o.%s" % (f.fid, f.name))
+            values.append("*v%d" % f.fid)
         else:
             values.append("o.%s" % f.name)
     if not var:
@@ -283,12 +264,10 @@ def _gen_encoder(spec: MessageSpec) -> Callable[[Any], bytes]:
                     fmt += "7x%ds" % n
                 elif f.wire == T_LIST:
                     n = next(it)
-                    size = SCALAR_SIZE[f.elem]
-                    const += _LIST_HDR.pack(f.elem, n // size) + bytes(n)
-                    fmt += "8x%ds" % n
+                    const += _LIST_HDR.pack(f.elem, n) + bytes(n * SCALAR_SIZE[f.elem])
+                    fmt += "8x%d%s" % (n, SCALAR_FORMAT[f.elem])
                 else:
-                    size = SCALAR_SIZE[f.wire]
-                    const += bytes(size)
+                    const += bytes(SCALAR_SIZE[f.wire])
                     fmt += "3x" + SCALAR_FORMAT[f.wire]
             const += b"\x00"
             fmt += "x"
@@ -302,7 +281,10 @@ def _gen_encoder(spec: MessageSpec) -> Callable[[Any], bytes]:
 
         ns["_cache"] = cache
         ns["_mk"] = shape
-        lines.append("    k = (%s,)" % ", ".join("len(b%d)" % f.fid for f in var))
+        lines.append(
+            "    k = (%s,)"
+            % ", ".join(("len(b%d)" if f.wire == T_STRING else "len(v%d)") % f.fid for f in var)
+        )
         lines.append("    p, c, n = _cache.get(k) or _mk(k)")
         lines.append(
             "    return (_frombytes(p(%s), 'big') | c).to_bytes(n, 'big')" % ", ".join(values)
@@ -707,7 +689,9 @@ del _spec, _td
 
 _new = object.__new__
 
-_FAST_ERRORS = (struct.error, _Fallback, ValueError, TypeError, AttributeError, OverflowError)
+#: What a generated encoder raises on a value it cannot take as is (None, bytes, a value out
+#: of the format's range, a wrong type): the generic encoder then normalises or reports.
+_FAST_ERRORS = (struct.error, ValueError, TypeError, AttributeError, OverflowError)
 
 
 def _new_encoder(msg: Any) -> tuple[Callable[[Any], bytes], MessageSpec]:
