@@ -275,3 +275,23 @@ class DatapathRestartTests(TestCase):
                          True)
         # no busy loop while the datapath was away: the log stays short
         self.assertLess(agent.text().count("\n"), 200)
+
+
+class WireFormatTests(TestCase):
+    def test_content_length_and_type_not_chunked(self) -> None:
+        d = tempdir(self)
+        agent = Twistd(d, "vrouter", agent_args(os.path.join(d, "run"), d, "--no-tap-check"),
+                       "agent")
+        self.addCleanup(agent.stop)
+        port = agent.rest_port()
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        self.addCleanup(conn.close)
+        for method, path, body in (("POST", "/port", json.dumps(SAMPLE)),
+                                   ("GET", f"/port/{SAMPLE['id']}", None),
+                                   ("GET", "/nothing", None)):
+            conn.request(method, path, body=body)
+            r = conn.getresponse()
+            raw = r.read()
+            self.assertEqual(r.getheader("Content-Type"), "application/json; charset=UTF-8")
+            self.assertEqual(int(r.getheader("Content-Length")), len(raw))
+            self.assertIsNone(r.getheader("Transfer-Encoding"))

@@ -48,7 +48,10 @@ class ApiError(Exception):
 def _json(request: IRequest, code: int, body: Any) -> bytes:
     request.setResponseCode(code)
     request.setHeader(b"content-type", b"application/json; charset=UTF-8")
-    return (json.dumps(body, indent=4) if body else json.dumps(body)).encode()
+    data = (json.dumps(body, indent=4) if body else json.dumps(body)).encode()
+    # as the real agent: a Content-Length, never a chunked body
+    request.setHeader(b"content-length", b"%d" % len(data))
+    return data
 
 
 def _read_body(request: IRequest) -> Any:
