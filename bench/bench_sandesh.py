@@ -196,12 +196,15 @@ def main() -> None:
     ap.add_argument("--split", action="store_true", help="also time encode and decode apart")
     args = ap.parse_args()
 
-    msgs = samples()
-    # Sanity: both round trips reproduce the message.
-    for name, msg in msgs.items():
+    # Sanity: both round trips reproduce the message. Checked on a separate copy: comparing
+    # reads the instance __dict__, which makes CPython 3.11 store that object's attributes
+    # in a real dict from then on (slower attribute reads); the timed messages stay as
+    # freshly constructed ones, which is how callers build requests.
+    for name, msg in samples().items():
         assert ours(msg)() == [msg], name
         back = cybin(msg)()
         assert all(getattr(back, k) == v for k, v in vars(msg).items()), name
+    msgs = samples()
 
     print("load average before: %.2f %.2f %.2f" % os.getloadavg())
     print("%-18s %6s %14s %14s %7s" % ("message", "bytes", "vrtwist rt/s", "cybin rt/s", "ratio"))
