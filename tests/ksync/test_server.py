@@ -356,3 +356,18 @@ class FairnessTests(SynchronousTestCase):
         self.assertEqual([m.seq for m in replies(t)], [3, 4])
         one_turn(clock)
         self.assertEqual([m.seq for m in replies(t)], [5, 6])
+
+    def test_data_during_scheduled_turn_waits(self) -> None:
+        from twisted.internet.task import Clock
+
+        clock = Clock()
+        proto = KsyncServerProtocol(MemoryDispatcher(), clock=clock, batch=2)
+        t = StringTransport()
+        proto.makeConnection(t)
+        proto.dataReceived(b"".join(build_request(encode(vif(i)), seq=i + 1) for i in range(3)))
+        self.assertEqual(len(replies(t)), 2)
+        proto.dataReceived(build_request(encode(vif(9)), seq=9))  # arrives anyway
+        self.assertEqual(replies(t), [])
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        one_turn(clock)
+        self.assertEqual([m.seq for m in replies(t)], [3, 9])

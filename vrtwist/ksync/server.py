@@ -182,6 +182,8 @@ class KsyncServerProtocol(Protocol):
             self.transport.abortConnection()  # type: ignore[attr-defined]
 
     def _run(self) -> None:
+        if self._turn is not None:
+            return  # a turn is already scheduled; it will carry on from here
         pending = self._pending
         budget = self._batch if self._clock is not None else -1
         while pending and not self._paused and not self._closed:
