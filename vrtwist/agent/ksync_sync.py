@@ -150,6 +150,9 @@ class DatapathSync:
         self.dirty: set[Key] = set()
         self.errors: dict[Key, str] = {}
         self._running = False
+        self._started = 0  # batches of requests started / answered
+        self._finished = 0
+        self._flushes: list[tuple[int, Deferred[None]]] = []
         self._idle: list[Deferred[None]] = []
         self.requests_sent = 0
         model.listeners.append(self.changed)
@@ -301,12 +304,30 @@ class DatapathSync:
             d = Deferred.fromCoroutine(self._run())
             d.addErrback(lambda f: self._log.failure("ksync sync failed", f))
 
+    def whenFlushed(self) -> Deferred[None]:
+        """Fires once everything changed so far has been sent and answered.
+
+        Unlike :meth:`whenIdle` it does not wait for changes made later, so a REST
+        request can wait for its own port under a steady stream of others.
+        """
+        target = self._started + (1 if self.dirty else 0)
+        if self._finished >= target:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._flushes.append((target, d))
+        return d
+
     async def _run(self) -> None:
         try:
             while self.dirty and self.channel is not None:
                 ops = self._plan()
                 self.dirty.clear()
-                await self._send(ops)
+                self._started += 1
+                try:
+                    await self._send(ops)
+                finally:
+                    self._finished += 1
+                    self._fire_flushes()
         finally:
             self._running = False
             if not self.dirty or self.channel is None:
@@ -343,6 +364,12 @@ class DatapathSync:
                 await pending.pop(0)
         if pending:
             await DeferredList(pending)
+
+    def _fire_flushes(self) -> None:
+        ready = [d for t, d in self._flushes if t <= self._finished]
+        self._flushes = [(t, d) for t, d in self._flushes if t > self._finished]
+        for d in ready:
+            d.callback(None)
 
     def _done(self, _reply: Any, op: str, key: Key, name: str, fields: dict[str, Any]) -> None:
         self.errors.pop(key, None)

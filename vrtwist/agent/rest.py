@@ -10,7 +10,7 @@ phrases.  Uppercase uuids in paths and bodies are accepted and normalised.
 from __future__ import annotations
 
 import json
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from klein import Klein
@@ -85,9 +85,14 @@ class PortApi:
     app = Klein()
     _log = Logger()
 
-    def __init__(self, table: PortTable) -> None:
+    def __init__(self, table: PortTable,
+                 programmed: Callable[[], Deferred[None]] | None = None) -> None:
         self.table = table
         self.gateways: dict[str, Gateway] = {}
+        # waits (bounded) until the datapath has the changes made so far: a 200 for a port
+        # then means "persisted and programmed", and busy callers are slowed down instead of
+        # queueing unbounded work behind the datapath
+        self._programmed = programmed
 
     def _call(self, request: IRequest, fn: Any, *args: Any) -> Deferred[bytes]:
         """Run a handler; map its exceptions to JSON error answers."""
@@ -136,7 +141,12 @@ class PortApi:
             await self.table.add_many_async([port_from_json(body)])
         else:
             raise ApiError(400, "body: expected a port object or an array of port objects")
+        await self._wait_programmed()
         return {}
+
+    async def _wait_programmed(self) -> None:
+        if self._programmed is not None:
+            await self._programmed()
 
     @app.route("/port/<string:uuid>", methods=["GET"])
     def get_port(self, request: IRequest, uuid: str) -> Any:
@@ -151,6 +161,7 @@ class PortApi:
     def delete_port(self, request: IRequest, uuid: str) -> Any:
         async def delete() -> dict[str, Any]:
             await self.table.delete_async(_uuid(uuid))
+            await self._wait_programmed()
             return {}
         return self._call(request, delete)
 

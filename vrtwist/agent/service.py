@@ -85,7 +85,7 @@ class AgentService(MultiService):
                        added=added, dir=str(store.ports_dir), skipped=len(skipped))
         if sync is not None:
             sync.start()
-        self.api = PortApi(table)
+        self.api = PortApi(table, self._programmed if sync is not None else None)
         endpoint = serverFromString(self.reactor, self.rest_description)
         site = Site(self.api.app.resource())
         site.noisy = False
@@ -93,6 +93,26 @@ class AgentService(MultiService):
         self.rest_port = await endpoint.listen(site)
         self._log.info("REST port API listening on {addr}", addr=self.rest_port.getHost())
         self.ready.callback(None)
+
+    def _programmed(self) -> Deferred[None]:
+        """The datapath has what was changed so far, or PROGRAM_WAIT seconds passed (the
+        datapath may be away: the port is persisted and will be programmed later)."""
+        d = self.sync.sync.whenFlushed()
+        if d.called:
+            return d
+        out: Deferred[None] = Deferred()
+
+        def fire(_: object = None) -> None:
+            if not out.called:
+                out.callback(None)
+        timer = self.reactor.callLater(PROGRAM_WAIT, fire)
+
+        def fired(_: object) -> None:
+            if timer.active():
+                timer.cancel()
+            fire()
+        d.addBoth(fired)
+        return out
 
     def _make_sync(self) -> Any:
         try:
@@ -149,3 +169,5 @@ def _usable_state_dir(state_dir: str, run_dir: str) -> str:
 
 
 DEFAULT_STATE_DIR = "/var/lib/contrail"
+#: Longest a REST request waits for the datapath to take its change.
+PROGRAM_WAIT = 2.0
