@@ -124,3 +124,11 @@ class UnixSocketTests(TestCase):
         other = os.path.join(self.dir, "file")
         open(other, "w").close()
         self.assertRaises(OSError, remove_stale_socket, other)
+
+    async def test_socket_mode(self) -> None:
+        """Only the owner and group may connect (ksync rewrites the forwarding tables)."""
+        import stat
+
+        await self._listen()
+        mode = stat.S_IMODE(os.stat(os.path.join(self.dir, "dpdk_netlink")).st_mode)
+        self.assertEqual(mode & 0o007, 0)

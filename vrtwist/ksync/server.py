@@ -68,6 +68,8 @@ __all__ = [
 ]
 
 KSYNC_SOCKET_NAME = "dpdk_netlink"
+#: Owner and group may connect: whoever can talk ksync can rewrite the forwarding tables.
+_SOCKET_MODE = 0o660
 #: Multi-part replies: NLM_F_MULTI on every message, then NLMSG_DONE (kernel, Windows).
 STYLE_LINUX = "linux"
 #: Multi-part replies: NLM_F_MULTI on all but the last message, no DONE (DPDK vRouter).
@@ -374,7 +376,7 @@ def listen_ksync(
     """Listen on ``<run-dir>/dpdk_netlink`` (stale socket removed first)."""
     path = ksync_socket_path(run_dir)
     remove_stale_socket(path)
-    ep = UNIXServerEndpoint(reactor, path, backlog=128, mode=0o666)
+    ep = UNIXServerEndpoint(reactor, path, backlog=128, mode=_SOCKET_MODE)
     return ep.listen(KsyncServerFactory(dispatcher, style, max_sessions, clock=_clock_of(reactor)))
 
 
@@ -392,7 +394,7 @@ class KsyncServerService(StreamServerEndpointService):
         self.path = ksync_socket_path(run_dir)
         self.factory = KsyncServerFactory(dispatcher, style, max_sessions, clock=_clock_of(reactor))
         super().__init__(
-            UNIXServerEndpoint(reactor, self.path, backlog=128, mode=0o666), self.factory
+            UNIXServerEndpoint(reactor, self.path, backlog=128, mode=_SOCKET_MODE), self.factory
         )
 
     def privilegedStartService(self) -> None:
