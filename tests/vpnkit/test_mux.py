@@ -689,3 +689,34 @@ class TraceTests(SynchronousTestCase):
         kinds = [(e["direction"], e["kind"]) for e in events if "kind" in e]
         self.assertEqual(kinds[:2], [("in", "open"), ("in", "close")])
         self.assertIn("tcp:127.0.0.1:8080", [e.get("dest") for e in events])
+
+
+class BrokenProtocolTests(SynchronousTestCase):
+    def test_exception_in_one_channel_protocol_closes_only_that_channel(self) -> None:
+        class Broken(Sink):
+            def dataReceived(self, data: bytes) -> None:
+                raise ValueError("application bug")
+
+        class Acc:
+            def __init__(self) -> None:
+                self.sinks: list[Sink] = []
+
+            def channelOpened(self, channel: object) -> None:
+                s = Broken() if not self.sinks else Sink()
+                self.sinks.append(s)
+                channel.accept(s)  # type: ignore[attr-defined]
+
+        acc = Acc()
+        pair = LinkPair(acc)
+        bad_client = Sink()
+        bad = pair.b.openChannel(DEST, bad_client)
+        good = pair.b.openChannel(DEST, Sink())
+        bad.write(b"boom")
+        good.write(b"fine")
+        pair.pump()
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+        self.assertIsNotNone(acc.sinks[0].lost)
+        self.assertIsNotNone(bad_client.lost)
+        self.assertEqual(acc.sinks[1].data, b"fine")
+        self.assertTrue(pair.a._connected)
+        self.assertEqual(pair.a.liveChannels(), 1)

@@ -203,7 +203,11 @@ class Channel:
     def _attach(self, protocol: IProtocol) -> None:
         self.protocol = protocol
         self._raw = bool(getattr(protocol, "acceptsBuffers", False))
-        protocol.makeConnection(self)  # type: ignore[arg-type]
+        try:
+            protocol.makeConnection(self)  # type: ignore[arg-type]
+        except Exception:
+            self._log.failure("channel {id:#x} protocol failed to start; closing", id=self.id)
+            self.abortConnection()
 
     def _advertise_initial(self) -> None:
         if not self.sent_close and not self.recv_close:
@@ -389,6 +393,14 @@ class Channel:
             assert self.protocol is not None
             # Only protocols that say so get memoryview slices of the link's reads.
             self.protocol.dataReceived(data if self._raw else bytes(data))  # type: ignore[arg-type]
+        except Exception:
+            # A broken channel protocol must not take the link (and every other
+            # channel) down with it, which is what an exception escaping into the
+            # link's dataReceived would do.
+            self._log.failure("channel {id:#x} protocol failed; closing the channel", id=self.id)
+            self._delivering = False
+            self.abortConnection()
+            return
         finally:
             self._delivering = False
         self._rd_consumed += len(data)
@@ -419,10 +431,14 @@ class Channel:
     def _deliver_eof(self) -> None:
         self._eof_delivered = True
         proto = self.protocol
-        if IHalfCloseableProtocol.providedBy(proto):
-            proto.readConnectionLost()
-        else:
-            self.loseConnection()
+        try:
+            if IHalfCloseableProtocol.providedBy(proto):
+                proto.readConnectionLost()
+            else:
+                self.loseConnection()
+        except Exception:
+            self._log.failure("channel {id:#x} protocol failed on EOF; closing", id=self.id)
+            self.abortConnection()
 
     def _shutdown_received(self) -> None:
         if self.recv_shutdown:
