@@ -720,3 +720,17 @@ class BrokenProtocolTests(SynchronousTestCase):
         self.assertEqual(acc.sinks[1].data, b"fine")
         self.assertTrue(pair.a._connected)
         self.assertEqual(pair.a.liveChannels(), 1)
+
+
+class ChannelLimitTests(SynchronousTestCase):
+    def test_opens_beyond_the_limit_are_refused(self) -> None:
+        acc = Acceptor()
+        pair = LinkPair(acc)
+        pair.a.max_channels = 3
+        sinks = [Sink() for _ in range(5)]
+        for s in sinks:
+            pair.b.openChannel(DEST, s)
+        pair.pump()
+        self.assertEqual(len(acc.accepted), 3)
+        self.assertEqual([s.lost is not None for s in sinks], [False, False, False, True, True])
+        self.assertEqual(pair.a.stats.channels_refused, 2)

@@ -69,6 +69,7 @@ LINK_BUFFER = 512 * 1024
 #: While corked, frames are gathered and sent with one sendmsg up to this many bytes.
 CORK_LIMIT = 256 * 1024
 _RING = 500  # recent frame events kept for dumps, like Go's 500-entry trace
+DEFAULT_MAX_CHANNELS = 16384
 
 
 @dataclass
@@ -543,6 +544,9 @@ class Multiplexer(Protocol):
         self.recent: deque[tuple[int, str, str, int, int]] = deque(maxlen=_RING)
         #: log every Open/Shutdown/Close (``--debug``)
         self.trace = False
+        #: Opens beyond this many live ids are refused (a flood must not exhaust fds);
+        #: each channel can hold up to two windows of memory.
+        self.max_channels = DEFAULT_MAX_CHANNELS
 
     # link lifecycle --------------------------------------------------------------------
 
@@ -788,6 +792,9 @@ class Multiplexer(Protocol):
         if self.acceptor is None:
             ch.refuse("this side does not accept channels")
             return
+        if len(self.channels) > self.max_channels:
+            ch.refuse(f"more than {self.max_channels} channels on this link")
+            return
         try:
             self.acceptor.channelOpened(ch)
         except Exception:
@@ -940,10 +947,12 @@ class MultiplexerFactory(Factory):
         self.handshake = handshake
         self.onLink = onLink
         self.trace = False
+        self.max_channels = DEFAULT_MAX_CHANNELS
 
     def buildProtocol(self, addr: IAddress | None) -> Multiplexer:
         mux = Multiplexer(self.acceptor, self.backwards, self.window, self.handshake)
         mux.trace = self.trace
+        mux.max_channels = self.max_channels
         if self.onLink is not None:
             self.onLink(mux)
         return mux

@@ -53,6 +53,13 @@ class VpnkitOptions(usage.Options):
         ],
         ["api", None, None, "serve the HTTP/JSON expose API on this endpoint string"],
         ["retry-max", None, 5.0, "longest pause between reconnection attempts, seconds", float],
+        [
+            "max-channels",
+            None,
+            16384,
+            "refuse channels the peer opens beyond this many per link",
+            int,
+        ],
     ]
     optFlags: list[Any] = [
         ["no-handshake", None, "speak to the OCaml multiplexer, which sends no preamble"],
@@ -193,6 +200,7 @@ def makeVpnkitService(
     except (AddressError, ValueError) as e:
         raise usage.UsageError(str(e)) from None
     factory.trace = bool(options["debug"])
+    factory.max_channels = options["max-channels"]
     data.setName("data")
     data.setServiceParent(svc)
     svc.dataService = data
