@@ -12,8 +12,8 @@ import tempfile
 from twisted.trial.unittest import SynchronousTestCase
 
 from vrtwist.datapath.dispatcher import Datapath
+from vrtwist.ksync.blocking import KsyncConnectError, open_ksync
 from vrtwist.shmem.cli_bridge import dump_bridge
-from vrtwist.shmem.client import BlockingKsyncClient, KsyncError
 from vrtwist.shmem.htable import HashTable, map_file
 from vrtwist.shmem.listing import FlowTableView
 from vrtwist.shmem.service import install
@@ -38,7 +38,7 @@ class Errors(SynchronousTestCase):
         self.assertRaises(ValueError, map_file, empty)
 
     def test_no_vrouter(self) -> None:
-        self.assertRaises(KsyncError, BlockingKsyncClient, self.dir)
+        self.assertRaises(KsyncConnectError, open_ksync, self.dir)
         err = io.StringIO()
         old, sys.stderr = sys.stderr, err
         try:

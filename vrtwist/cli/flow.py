@@ -13,9 +13,10 @@ import sys
 import time
 from typing import Any, TextIO
 
+from vrtwist.ksync.blocking import KsyncConnectError, KsyncConnection, open_ksync
+from vrtwist.ksync.clientcore import KsyncError, KsyncProtocolError
 from vrtwist.sandesh import SPECS_BY_CLASS, schema
 from vrtwist.shmem import layout as L
-from vrtwist.shmem.client import BlockingKsyncClient, KsyncError, response_code
 from vrtwist.shmem.entries import FlowEntry, ip4_to_wire, port_to_wire
 from vrtwist.shmem.listing import FlowTableView, MatchError, parse_match, write_flow_table
 
@@ -100,7 +101,7 @@ class FlowTool:
     """State of one ``flow`` run: the ksync session, the table data and the mapping."""
 
     def __init__(self, sock_dir: str, out: TextIO) -> None:
-        self.client = BlockingKsyncClient(sock_dir)
+        self.client: KsyncConnection = open_ksync(sock_dir, timeout=30.0)
         self.out = out
         self.data: dict[str, Any] = {}
         self.view: FlowTableView | None = None
@@ -110,9 +111,15 @@ class FlowTool:
             self.view.close()
         self.client.close()
 
+    def call(self, req: Any) -> tuple[int, list[Any]]:
+        """One request: (resp_code, objects after the vr_response), errors included."""
+        (r,) = self.client.exchange([req])
+        if isinstance(r, KsyncProtocolError):
+            raise r
+        return r.code, r.objects
+
     def table_get(self) -> int:
-        reply = self.client.request(schema.vr_flow_table_data(ftable_op=2))
-        code = response_code(reply)
+        code, reply = self.call(schema.vr_flow_table_data(ftable_op=2))
         if code < 0:
             return code
         obj = next(o for o in reply if type(o).__name__ == "vr_flow_table_data")
@@ -123,7 +130,7 @@ class FlowTool:
         if self.view is None:
             path = self.data.get("ftable_file_path") or ""
             if not path:
-                raise KsyncError("the vRouter reported no flow table file")
+                raise KsyncProtocolError("the vRouter reported no flow table file")
             self.view = FlowTableView(path, int(self.data.get("ftable_size") or 0) or None)
         return self.view
 
@@ -172,7 +179,7 @@ class FlowTool:
         req = self.request_for(index, action, mirror)
         if req is None:
             return 0
-        code = response_code(self.client.request(req))
+        code, _ = self.call(req)
         if code < 0:
             self.out.write("vRouter(Response): %s (%d)\n" % (os.strerror(-code), -code))
             return 1
@@ -190,8 +197,8 @@ class FlowTool:
             return 1
         rfe = view.get(e.rflow) if e.flags & L.RFLOW_VALID and e.rflow >= 0 else None
         drops = None
-        reply = self.client.request(schema.vr_drop_stats_req(h_op=1, vds_core=0))
-        if response_code(reply) == 0:
+        code, reply = self.call(schema.vr_drop_stats_req(h_op=1, vds_core=0))
+        if code == 0:
             drops = next((o for o in reply if type(o).__name__ == "vr_drop_stats_req"), None)
         self.out.write(format_detail(e, rfe, drops))
         return 0
@@ -220,7 +227,7 @@ class FlowTool:
                 fr_flow_sport=port_to_wire(sport + i // 65535),
                 fr_flow_dport=port_to_wire(i % 65535),
             )
-            resp = [o for o in self.client.request(req) if type(o).__name__ == "vr_flow_response"]
+            resp = [o for o in self.call(req)[1] if type(o).__name__ == "vr_flow_response"]
             md.append((int(resp[0].fresp_index), int(resp[0].fresp_gen_id)) if resp else (-1, 0))
         ms = int((time.monotonic() - t0) * 1000)
         self.out.write("Created %d HOLD entries in %d msec\n" % (count, ms))
@@ -258,8 +265,7 @@ class FlowTool:
 
     def _flush_if(self, pending: list[Any], bunch: int, last: bool) -> None:
         if pending and (len(pending) >= bunch or last):
-            self.client.send(pending)
-            self.client.receive()
+            self.client.exchange(pending)
             pending.clear()
 
     # -- -F --------------------------------------------------------------------------
@@ -278,7 +284,7 @@ class FlowTool:
         self.out.write("Deleting %d entries in flow-table\n" % len(reqs))
         t0 = time.monotonic()
         for r in reqs:
-            self.client.request(r)
+            self.call(r)
         self.out.write(
             "Deleted %d entries in %d msec\n" % (len(reqs), int((time.monotonic() - t0) * 1000))
         )
@@ -528,8 +534,8 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     sock_dir = args.sock_dir or os.environ.get("VRTWIST_RUN_DIR") or DEFAULT_SOCK_DIR
     try:
         tool = FlowTool(sock_dir, out)
-    except KsyncError as e:
-        sys.stderr.write("%s\n" % e)
+    except KsyncConnectError as e:
+        sys.stderr.write("%s\n" % (e.strerror or e))
         return 1
     try:
         code = tool.table_get()
@@ -558,7 +564,7 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
         if cmd == "g":
             return tool.get(index, args.show_evicted)
         return tool.do_op(index, cmd, args.mirror)
-    except (KsyncError, OSError) as e:
+    except (KsyncError, KsyncProtocolError, OSError) as e:
         sys.stderr.write("flow: %s\n" % e)
         return 1
     except BrokenPipeError:

@@ -8,11 +8,12 @@ format.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import TextIO
 
+from vrtwist.ksync.blocking import KsyncConnectError, KsyncProtocolError, open_ksync
 from vrtwist.sandesh import schema
-from vrtwist.shmem.client import BlockingKsyncClient, KsyncError, response_code
 from vrtwist.shmem.listing import BRIDGE_LEGEND, BridgeTableView, format_bridge_entry
 
 __all__ = ["dump_bridge", "print_bridge_table"]
@@ -42,15 +43,19 @@ def dump_bridge(sock_dir: str, vrf: int, out: TextIO | None = None) -> int:
     """
     out = out if out is not None else sys.stdout
     try:
-        with BlockingKsyncClient(sock_dir) as client:
-            reply = client.request(schema.vr_bridge_table_data(btable_op=1, btable_rid=0))
-    except (KsyncError, OSError) as e:
-        sys.stderr.write("%s\n" % e)
+        with open_ksync(sock_dir, timeout=30.0) as client:
+            (result,) = client.exchange([schema.vr_bridge_table_data(btable_op=1, btable_rid=0)])
+    except KsyncConnectError as e:
+        sys.stderr.write("%s\n" % (e.strerror or e))
         return 1
-    code = response_code(reply)
+    except (KsyncProtocolError, OSError) as e:
+        sys.stderr.write("bridge table: ksync channel error: %s\n" % e)
+        return 1
+    if isinstance(result, KsyncProtocolError):
+        sys.stderr.write("bridge table: ksync channel error: %s\n" % result)
+        return 1
+    code, reply = result.code, result.objects
     if code < 0:
-        import os
-
         out.write("vRouter(Response): %s (%d)\n" % (os.strerror(-code), -code))
         return 1
     data = next((o for o in reply if type(o).__name__ == "vr_bridge_table_data"), None)
