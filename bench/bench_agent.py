@@ -109,7 +109,8 @@ class Poller:
         from vrtwist.sandesh import schema
 
         while len(self.seen) < self.expected:
-            idxs = sorted(self.pending)[:8]  # the oldest; ports become visible in order
+            # every port in flight (a few dozen at most: the API answers once programmed)
+            idxs = sorted(self.pending)[:32]
             if not idxs:
                 await task.deferLater(reactor, 0.0005, lambda: None)
                 continue
