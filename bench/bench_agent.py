@@ -156,7 +156,8 @@ async def phase(reactor: Any, conns: list[_HttpConn], proto: Any, n: int,
 
 
 async def run_once(reactor: Any, ports: int, conc: int,
-                   twistd_args: tuple[str, ...] = ()) -> dict[str, float]:
+                   twistd_args: tuple[str, ...] = (),
+                   agent_args: tuple[str, ...] = ()) -> dict[str, float]:
     from vrtwist.ksync.client import connect_ksync
 
     d = tempfile.mkdtemp(prefix="vrb-")
@@ -166,7 +167,8 @@ async def run_once(reactor: Any, ports: int, conc: int,
          "vrouter",
          "--run-dir", d, "--state-dir", os.path.join(d, "state"), "--no-tap-check",
          "--rest", "tcp:0:interface=127.0.0.1", "--flow-entries", "4096",
-         "--bridge-entries", "16384"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+         "--bridge-entries", "16384", *agent_args], stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT)
     try:
         port = None
         for _ in range(600):
@@ -201,7 +203,7 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
     runs = []
     for i in range(args.runs):
         r = await run_once(reactor, args.ports, args.concurrency,
-                           tuple(args.twistd_args.split()))
+                           tuple(args.twistd_args.split()), tuple(args.agent_args.split()))
         runs.append(r)
         print(f"run {i + 1}: add {r['add_rate']:7.0f} ports/s p50 {r['add_p50']:6.1f} ms "
               f"p99 {r['add_p99']:6.1f} ms | delete {r['del_rate']:7.0f} ports/s "
@@ -221,5 +223,6 @@ if __name__ == "__main__":
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--twistd-args", default="", help="extra twistd options (e.g. profiling)")
+    p.add_argument("--agent-args", default="", help="extra vrouter options (--ksync inprocess)")
     a = p.parse_args()
     task.react(lambda reactor: defer.Deferred.fromCoroutine(main(reactor, a)))

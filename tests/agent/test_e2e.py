@@ -295,3 +295,19 @@ class WireFormatTests(TestCase):
             self.assertEqual(r.getheader("Content-Type"), "application/json; charset=UTF-8")
             self.assertEqual(int(r.getheader("Content-Length")), len(raw))
             self.assertIsNone(r.getheader("Transfer-Encoding"))
+
+
+class InProcessKsyncTests(TestCase):
+    def test_inprocess_programming_is_seen_over_the_socket(self) -> None:
+        d = tempdir(self)
+        run_dir = os.path.join(d, "run")
+        agent = Twistd(d, "vrouter", agent_args(run_dir, d, "--no-tap-check", "--ksync",
+                                                "inprocess"), "agent")
+        self.addCleanup(agent.stop)
+        port = agent.rest_port()
+        self.assertEqual(http_call(port, "POST", "/port", port_body(1))[0], 200)
+        # the answer comes once the datapath has the port: no waiting needed
+        self.assertIn("tapv1", vif_names(run_dir))
+        self.assertIn("in-process", agent.text())
+        self.assertEqual(http_call(port, "DELETE", f"/port/{port_body(1)['id']}")[0], 200)
+        self.assertNotIn("tapv1", vif_names(run_dir))

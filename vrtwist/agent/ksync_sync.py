@@ -565,6 +565,40 @@ class KsyncSynchroniser:
             await stopped
 
 
+class LocalSynchroniser:
+    """The synchroniser of an embedded datapath reached in-process (``--ksync inprocess``).
+
+    Same Sandesh requests and replies as over ``dpdk_netlink``, handed to the datapath's
+    dispatcher directly: no netlink framing and no encode/decode on either side.  The
+    utilities still use the socket.
+    """
+
+    def __init__(self, model: DatapathModel, datapath: Any, *, adopt: bool = True) -> None:
+        self.sync = DatapathSync(model)
+        self.channel = LocalChannel(datapath)
+        self.adopt_ids = adopt
+
+    async def prepare(self) -> None:
+        self.sync.reader = self.channel
+        try:
+            if self.adopt_ids:
+                await self.sync.adopt()
+            else:
+                present = await self.sync.read_datapath()
+                self.sync.applied = {k: v for k, v in present.items() if owned(k, v[0], v[1])}
+        finally:
+            self.sync.reader = None
+
+    def start(self) -> None:
+        self.sync.attach(self.channel)
+
+    def whenIdle(self) -> Deferred[None]:
+        return self.sync.whenIdle()
+
+    async def stop(self) -> None:
+        self.sync.attach(None)
+
+
 def _retry_policy(attempt: int) -> float:
     return float(min(0.05 * (2 ** min(attempt, 6)), 2.0))
 

@@ -34,7 +34,7 @@ class AgentService(MultiService):
                  datapath: str = "embedded", tap_check: bool = True,
                  stale_timeout: float = DEFAULT_STALE_TIMEOUT, fabric_ip: str = "0.0.0.0",
                  hostname: str = "", controllers: list[str] | None = None,
-                 fabric: str | None = None) -> None:
+                 fabric: str | None = None, local_datapath: Any = None) -> None:
         super().__init__()
         self.reactor = reactor
         self.run_dir = run_dir
@@ -46,6 +46,7 @@ class AgentService(MultiService):
         self.fabric_ip = fabric_ip
         self.hostname = hostname
         self.controllers = controllers or []
+        self.local_datapath = local_datapath
         self.model = DatapathModel(fabric_ip=fabric_ip, fabric_name=fabric or "fabric0")
         self.table: PortTable | None = None
         self.api: PortApi | None = None
@@ -116,10 +117,14 @@ class AgentService(MultiService):
 
     def _make_sync(self) -> Any:
         try:
-            from vrtwist.agent.ksync_sync import KsyncSynchroniser
+            from vrtwist.agent.ksync_sync import KsyncSynchroniser, LocalSynchroniser
         except ImportError as e:  # the ksync client is not available
             self._log.warn("datapath programming disabled: {e}", e=e)
             return None
+        if self.local_datapath is not None:
+            self._log.info("programming the embedded datapath in-process")
+            return LocalSynchroniser(self.model, self.local_datapath,
+                                     adopt=self.datapath == "external")
         sock = os.path.join(self.run_dir, "dpdk_netlink").replace("\\", "\\\\")
         sock = sock.replace(":", "\\:")
         return KsyncSynchroniser(self.reactor, self.model, f"unix:{sock}",

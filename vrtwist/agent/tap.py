@@ -37,6 +37,8 @@ class Options(_DatapathOptions, usage.Options):  # type: ignore[misc]
         ["fabric-ip", None, "0.0.0.0", "this node's fabric address (tunnel source)"],
         ["stale-timeout", None, 60.0, "seconds after /syncports before unconfirmed ports go",
          float],
+        ["ksync", None, "socket", "embedded datapath reached over the ksync socket (socket) "
+         "or by direct calls with the same Sandesh objects (inprocess)"],
     ]
     optFlags = [
         ["no-tap-check", None, "accept ports whose TAP does not exist (tests, DPDK)"],
@@ -56,6 +58,10 @@ class Options(_DatapathOptions, usage.Options):  # type: ignore[misc]
             parent()
         if self["datapath"] not in ("embedded", "external"):
             raise usage.UsageError("--datapath must be embedded or external")
+        if self["ksync"] not in ("socket", "inprocess"):
+            raise usage.UsageError("--ksync must be socket or inprocess")
+        if self["ksync"] == "inprocess" and self["datapath"] != "embedded":
+            raise usage.UsageError("--ksync inprocess needs --datapath embedded")
         if self["stale-timeout"] < 0:
             raise usage.UsageError("--stale-timeout must not be negative")
 
@@ -65,14 +71,19 @@ def makeService(options: Options) -> MultiService:
     from twisted.internet import reactor
 
     top = MultiService()
+    local = None
     if options["datapath"] == "embedded":
-        _embedded_datapath(options).setServiceParent(top)
+        dp = _embedded_datapath(options)
+        dp.setServiceParent(top)  # type: ignore[attr-defined]
+        if options["ksync"] == "inprocess":
+            local = getattr(dp, "datapath", None)
     agent = AgentService(
         reactor, run_dir=options["run-dir"], state_dir=options["state-dir"],
         rest=options["rest"], datapath=options["datapath"],
         tap_check=not options["no-tap-check"], stale_timeout=options["stale-timeout"],
         fabric_ip=options["fabric-ip"], hostname=options["hostname"],
-        controllers=list(options["controller"]), fabric=options.get("fabric"))
+        controllers=list(options["controller"]), fabric=options.get("fabric"),
+        local_datapath=local)
     agent.setName("agent")
     agent.setServiceParent(top)
     return top
