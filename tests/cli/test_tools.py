@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from vrtwist.cli import dropstats, mirror, mpls, nh, rt, vif, vrfstats, vrouter, vxlan
 from vrtwist.datapath import constants as C
@@ -94,6 +94,54 @@ class VifTests(VrouterDpCase):
         self.assertIn("invalid type", text)
         with contextlib.redirect_stderr(io.StringIO()):
             self.assertRaises(SystemExit, vif.main, ["--sock-dir", self.sock, "--mac", "zz"])
+
+    def test_dpdk_style_add_rate_and_create(self) -> None:
+        # the DPDK set-up scripts' form: a numeric name with --pmd is the PMD index,
+        # --id the vif index; --vif is an OS index (and the vif index without --id)
+        self.ok(vif.main, "--add", "0", "--mac", MAC1, "--vrf", "0", "--vhost-phys",
+                "--type", "physical", "--pmd", "--id", "2")  # fmt: skip
+        self.ok(vif.main, "--add", "vhost0", "--mac", MAC1, "--vrf", "0", "--type", "vhost",
+                "--xconnect", "0", "--pmd", "--id", "5")  # fmt: skip
+        self.ok(vif.main, "--add", "mon0", "--type", "monitoring", "--vif", "5", "--id", "9")
+        code, text = self.tool(vif.main, "--add", "mon1", "--type", "monitoring")
+        self.assertEqual((code, "needs --vif" in text), (2, True), text)
+        code, text = self.tool(vif.main, "--add", "v", "--type", "vhost", "--xconnect", "nosuch")
+        self.assertEqual(code, 2, text)
+        self.assertIn("nosuch does not seem to be a valid physical interface name", text)
+        with open_ksync(self.sock) as ks:
+            got = {
+                o.vifr_idx: o
+                for o in ks.dump(schema.vr_interface_req(h_op=C.OP_DUMP, vifr_marker=-1))
+            }
+        self.assertEqual(sorted(got), [2, 5, 9])
+        self.assertEqual((got[2].vifr_os_idx, got[2].vifr_flags & C.VIF_FLAG_PMD), (0, 0x2000))
+        self.assertEqual((got[5].vifr_type, got[5].vifr_cross_connect_idx), (C.VIF_TYPE_HOST, 0))
+        self.assertEqual((got[9].vifr_os_idx, list(got[9].vifr_mac)), (5, [2, 0, 0, 0, 0, 0]))
+        text = self.ok(vif.main, "--list")
+        self.assertIn("vif0/2      PMD: 0\n", text)
+        self.assertIn("vif0/9      Monitoring: mon0 for vif0/5\n", text)
+        self.assertIn("            RX queue errors to lcore 0\n", text)
+        # --rate: the real tool's screens, two refreshes
+        text = self.ok(vif.main, "--list", "--rate", "--iterations", "2")
+        self.assertEqual(text.count("Interface rate statistics\n-------------------------\n"), 2)
+        self.assertIn("Errors   Packets              Errors   Packets\n", text)
+        self.assertIn("Physical: 0".ljust(30) + "vif0/2".ljust(24) + "0        0      ", text)
+        text = self.ok(vif.main, "--get", "5", "--rate", "--iterations", "1")
+        self.assertIn("            RX device packets:0  bytes:0 errors:0\n", text)
+        self.assertIn("            TX port   packets:0 errors:0\n", text)
+        code, text = self.tool(vif.main, "--rate")
+        self.assertEqual(code, 2, text)
+        # --create: the host side of a vhost, as a persistent TAP (needs CAP_NET_ADMIN)
+        if os.geteuid() != 0 or not os.path.exists("/dev/net/tun"):
+            raise SkipTest("vif --create needs root and /dev/net/tun")
+        name = "vrtc%d" % (os.getpid() % 100000)
+        self.addCleanup(subprocess.run, ["ip", "link", "del", name], capture_output=True)
+        self.ok(vif.main, "--create", name, "--mac", "02:00:00:00:0c:01")
+        with open("/sys/class/net/%s/address" % name) as f:
+            self.assertEqual(f.read().strip(), "02:00:00:00:0c:01")
+        code, text = self.tool(vif.main, "--create", "x" * 20)
+        self.assertEqual(code, 1)
+        self.assertIn("vhost_create: interface name must be 1 to 15 bytes.", text)
 
 
 class NexthopLabelTests(VrouterDpCase):

@@ -8,7 +8,13 @@ header with its flag legend, then one block per vif (``vif0/<idx>  <transport>: 
 from __future__ import annotations
 
 import argparse
+import fcntl
+import os
+import select
 import socket
+import struct
+import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -91,12 +97,35 @@ def flag_string(flags: int) -> str:
     return "".join(symbol for bit, symbol, _ in FLAGS if flags & bit)[:63]
 
 
-def _counter_line(title: str, packets: int, bytes_: int, errors: int) -> str:
-    return "%s%s packets:%d  bytes:%d errors:%d\n" % (_PAD, title, packets, bytes_, errors)
+def _pbem(title: str, always: bool, packets: int, bytes_: int, errors: int, nombufs: int) -> str:
+    """``vr_interface_pbem_counters_print``: packets, bytes, errors (and no-mbufs)."""
+    if not (always or packets or bytes_ or errors):
+        return ""
+    line = "%s%s packets:%d  bytes:%d errors:%d" % (_PAD, title, packets, bytes_, errors)
+    return line + (" no mbufs:%d" % nombufs if nombufs else "") + "\n"
 
 
-def format_vif(v: Any) -> str:
-    """One vif block as ``list_get_print`` prints it (DPDK platform)."""
+def _pesm(title: str, always: bool, packets: int, errors: int, syscalls: int, nombufs: int) -> str:
+    """``vr_interface_pesm_counters_print``: the DPDK port counters."""
+    if not (always or packets or errors):
+        return ""
+    line = "%s%s packets:%d errors:%d" % (_PAD, title, packets, errors)
+    if syscalls:
+        line += " syscalls:%d" % syscalls
+    return line + (" no mbufs:%d" % nombufs if nombufs else "") + "\n"
+
+
+def _pe(title: str, always: bool, packets: int, errors: int) -> str:
+    if not (always or packets or errors):
+        return ""
+    return "%s%s packets:%d errors:%d\n" % (_PAD, title, packets, errors)
+
+
+def format_vif(v: Any, print_zero: bool = False) -> str:
+    """One vif block as ``list_get_print`` prints it (the ``--sock-dir`` platform).
+
+    ``print_zero`` (``--rate``) prints the DPDK device/port/queue counters even when 0.
+    """
     first = "vif%d/%d" % (v.vifr_rid, v.vifr_idx)
     first = first.ljust(12)
     flags = v.vifr_flags & 0xFFFFFFFF
@@ -147,26 +176,163 @@ def format_vif(v: Any) -> str:
     if flags & (C.VIF_FLAG_MIRROR_TX | C.VIF_FLAG_MIRROR_RX):
         line += " Mirror index %d" % v.vifr_mir_id
     lines.append(line + "\n")
-    if v.vifr_dev_ipackets or v.vifr_dev_ibytes or v.vifr_dev_ierrors:
-        lines.append(
-            _counter_line("RX device", v.vifr_dev_ipackets, v.vifr_dev_ibytes, v.vifr_dev_ierrors)
+    z = print_zero
+    lines.append(
+        _pbem(
+            "RX device",
+            z,
+            v.vifr_dev_ipackets,
+            v.vifr_dev_ibytes,
+            v.vifr_dev_ierrors,
+            v.vifr_dev_inombufs,
         )
-    if v.vifr_port_ipackets or v.vifr_port_ierrors:
-        lines.append(
-            "%sRX port   packets:%d errors:%d\n" % (_PAD, v.vifr_port_ipackets, v.vifr_port_ierrors)
+    )
+    lines.append(
+        _pesm(
+            "RX port  ",
+            z,
+            v.vifr_port_ipackets,
+            v.vifr_port_ierrors,
+            v.vifr_port_isyscalls,
+            v.vifr_port_inombufs,
         )
-    if v.vifr_queue_ipackets or v.vifr_queue_ierrors:
-        lines.append(
-            "%sRX queue  packets:%d errors:%d\n"
-            % (_PAD, v.vifr_queue_ipackets, v.vifr_queue_ierrors)
-        )
-    lines.append(_counter_line("RX", v.vifr_ipackets, v.vifr_ibytes, v.vifr_ierrors))
-    lines.append(_counter_line("TX", v.vifr_opackets, v.vifr_obytes, v.vifr_oerrors))
+    )
+    lines.append(_pe("RX queue ", z, v.vifr_queue_ipackets, v.vifr_queue_ierrors))
+    if v.vifr_queue_ierrors_to_lcore:
+        # the DPDK vRouter reports one counter per forwarding lcore
+        errors = "".join(" %d" % n for n in v.vifr_queue_ierrors_to_lcore)
+        lines.append("%sRX queue errors to lcore%s\n" % (_PAD, errors))
+    lines.append(_pbem("RX", True, v.vifr_ipackets, v.vifr_ibytes, v.vifr_ierrors, 0))
+    lines.append(_pbem("TX", True, v.vifr_opackets, v.vifr_obytes, v.vifr_oerrors, 0))
     if v.vifr_isid or v.vifr_pbb_mac:
         lines.append("%sISID: %d Bmac: %s\n" % (_PAD, v.vifr_isid, cli.mac_text(v.vifr_pbb_mac)))
     lines.append("%sDrops:%d\n" % (_PAD, v.vifr_dpackets))
+    lines.append(_pe("TX queue ", z, v.vifr_queue_opackets, v.vifr_queue_oerrors))
+    lines.append(
+        _pesm("TX port  ", z, v.vifr_port_opackets, v.vifr_port_oerrors, v.vifr_port_osyscalls, 0)
+    )
+    lines.append(
+        _pbem("TX device", z, v.vifr_dev_opackets, v.vifr_dev_obytes, v.vifr_dev_oerrors, 0)
+    )
     lines.append("\n")
     return "".join(lines)
+
+
+#: counters ``rate_stats_diff`` turns into per-second rates (errors never go backwards)
+_RATE_COUNTERS = (
+    "dev_ibytes", "dev_ipackets", "dev_ierrors", "dev_inombufs", "port_isyscalls",
+    "port_ipackets", "port_ierrors", "port_inombufs", "queue_ierrors", "queue_ipackets",
+    "ibytes", "ipackets", "ierrors", "obytes", "opackets", "oerrors", "queue_oerrors",
+    "queue_opackets", "port_osyscalls", "port_opackets", "port_oerrors", "dev_obytes",
+    "dev_opackets", "dev_oerrors",
+)  # fmt: skip
+_RATE_INTERVAL = 1.0  # SET_TIMEOUT_MS
+
+
+def rate_of(cur: Any, prev: Any, diff_ms: int) -> Any:
+    """A copy of ``cur`` whose counters are per-second rates since ``prev``."""
+    out = type(cur)(**vars(cur))
+    diff_ms = max(1, diff_ms)
+    for name in _RATE_COUNTERS:
+        field = "vifr_" + name
+        now, before = int(getattr(cur, field)), int(getattr(prev, field))
+        if name.endswith("errors") and now < before:
+            now = before
+        setattr(out, field, (now - before) * 1000 // diff_ms)
+    a, b = list(cur.vifr_queue_ierrors_to_lcore or ()), list(prev.vifr_queue_ierrors_to_lcore or ())
+    out.vifr_queue_ierrors_to_lcore = [
+        (x - (b[i] if i < len(b) else x)) * 1000 // diff_ms for i, x in enumerate(a)
+    ]
+    return out
+
+
+def rate_header() -> str:
+    """``list_header_print`` of ``vif --list --rate``."""
+    top = "Interface name".ljust(30) + "VIF ID".ljust(30) + "RX".ljust(30) + "TX".ljust(30)
+    return top + "\n" + " " * 54 + "Errors   Packets".ljust(30) + "Errors   Packets\n\n"
+
+
+def format_rate_row(v: Any) -> str:
+    """``list_rate_print``: one vif's error and packet rates."""
+    rx_errors = v.vifr_dev_ierrors + v.vifr_port_ierrors + v.vifr_queue_ierrors + v.vifr_ierrors
+    tx_errors = v.vifr_dev_oerrors + v.vifr_port_oerrors + v.vifr_queue_oerrors + v.vifr_oerrors
+    line = ("%s: %s" % (C.VIF_TYPE_NAMES.get(v.vifr_type, "Invalid"), v.vifr_name)).ljust(30)
+    line += ("vif%d/%d" % (v.vifr_rid, v.vifr_idx)).ljust(24)
+    line += ("%-7d  %-7d" % (rx_errors, v.vifr_ipackets)).ljust(30)
+    line += ("%-7d  %-7d" % (tx_errors, v.vifr_opackets)).ljust(25)
+    return line + "\n\n\n"
+
+
+def _quit_requested(timeout: float) -> bool:
+    """Wait up to ``timeout``; True when the user typed ``q`` (the real tool's key)."""
+    if not sys.stdin.isatty():
+        time.sleep(timeout)
+        return False
+    ready, _, _ = select.select([sys.stdin], [], [], timeout)
+    return bool(ready) and sys.stdin.readline()[:1].lower() == "q"
+
+
+def _rate(ks: Any, args: argparse.Namespace, core: int) -> int:
+    """``--rate``: refresh per-second rates every second until ``q`` (or ``--iterations``)."""
+    prev: dict[int, Any] = {}
+    last = time.monotonic()
+    n = 0
+    while True:
+        if n and _quit_requested(_RATE_INTERVAL):
+            return 0
+        if args.list:
+            vifs = ks.dump(schema.vr_interface_req(h_op=DUMP, vifr_marker=-1, vifr_core=core + 1))
+        else:
+            req = schema.vr_interface_req(h_op=GET, vifr_core=core + 1, vifr_idx=args.get)
+            vifs = [o for o in cli.request(ks, req) if type(o) is schema.vr_interface_req]
+        now = time.monotonic()
+        diff_ms = int((now - last) * 1000)
+        last = now
+        if sys.stdout.isatty():
+            cli.write("\033[H\033[2J")
+        cli.write("Interface rate statistics\n-------------------------\n\n")
+        cli.write(rate_header() if args.list else header())
+        for v in vifs:
+            rated = rate_of(v, prev.get(v.vifr_idx, v), diff_ms)
+            prev[v.vifr_idx] = v
+            cli.write(format_rate_row(rated) if args.list else format_vif(rated, True))
+        if args.list:
+            cli.write("Key 'q' for quit, key 'k' for previous page, key 'j' for next page.\n")
+        cli.write(time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime()) + " \n")
+        sys.stdout.flush()
+        n += 1
+        if args.iterations and n >= args.iterations:
+            return 0
+
+
+_TUNSETIFF = 0x400454CA
+_TUNSETPERSIST = 0x400454CB
+_IFF_TAP = 0x0002
+_IFF_NO_PI = 0x1000
+_SIOCSIFHWADDR = 0x8924
+_ARPHRD_ETHER = 1
+
+
+def create_host_interface(name: str, mac: Sequence[int] | None) -> None:
+    """``vif --create``: the OS side of a vhost interface, as a persistent TAP device.
+
+    The kernel vRouter makes a ``vhost`` link through rtnetlink; a user-space datapath
+    (DPDK, this one) serves the host through a TAP device, so that is what is made.
+    Raises OSError (EPERM without CAP_NET_ADMIN, EBUSY/EEXIST ...).
+    """
+    if not name or len(name.encode()) >= 16:
+        raise ValueError("interface name must be 1 to 15 bytes")
+    fd = os.open("/dev/net/tun", os.O_RDWR)
+    try:
+        ifr = struct.pack("16sH22x", name.encode(), _IFF_TAP | _IFF_NO_PI)
+        fcntl.ioctl(fd, _TUNSETIFF, ifr)
+        fcntl.ioctl(fd, _TUNSETPERSIST, 1)
+    finally:
+        os.close(fd)
+    if mac is not None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            hw = struct.pack("16sH6s16x", name.encode(), _ARPHRD_ETHER, bytes(mac))
+            fcntl.ioctl(s.fileno(), _SIOCSIFHWADDR, hw)
 
 
 def _free_index(ks: Any) -> int:
@@ -175,6 +341,16 @@ def _free_index(ks: Any) -> int:
     while idx in used:
         idx += 1
     return idx
+
+
+def _leading_int(text: str) -> int:
+    """C ``strtol(text, NULL, 0)``: the leading number of ``text``, 0 if none."""
+    digits = ""
+    for ch in text:
+        if not ch.isdigit():
+            break
+        digits += ch
+    return int(digits) if digits else 0
 
 
 def _os_index(name: str) -> int:
@@ -186,7 +362,18 @@ def _os_index(name: str) -> int:
 
 def _body(args: argparse.Namespace) -> int:
     core = args.core if args.core is not None else -1
+    if args.create is not None:
+        try:
+            create_host_interface(args.create, args.mac)
+        except (OSError, ValueError) as e:
+            print("vhost_create: %s." % (getattr(e, "strerror", None) or e), file=sys.stderr)
+            return cli.EXIT_RESPONSE
+        return 0
+    if args.rate and not args.list and args.get is None:
+        raise cli.UsageError("--rate goes with --list or --get")
     with cli.connect(args.sock_dir) as ks:
+        if args.rate:
+            return _rate(ks, args, core)
         if args.list:
             cli.write(header())
             for v in ks.dump(
@@ -252,9 +439,28 @@ def _add(ks: Any, args: argparse.Namespace) -> int:
     transport = 0
     if args.transport is not None:
         transport = _prefix_lookup(TRANSPORTS, args.transport, "transport")
+    # as utils/vif.c: the name's OS ifindex, a numeric name is a PMD/PCI index,
+    # --vif overrides the OS index (the monitored vif for a monitoring vif),
+    # --id is the vif index, --pmd/--pci take the PMD index for both OS indexes
     os_idx = _os_index(args.add)
+    pmd_index = _leading_int(args.add)
+    if args.vif is not None:
+        os_idx = args.vif
+    xc = -1
+    if args.xconnect is not None:
+        xc = _os_index(args.xconnect)
+        if args.xconnect[:1].isdigit():
+            pmd_index = _leading_int(args.xconnect)
+            if xc <= 0:
+                xc = pmd_index
+        elif xc <= 0:
+            raise cli.UsageError(
+                "%s does not seem to be a valid physical interface name" % args.xconnect
+            )
     if args.pmd or args.pci:
-        os_idx = args.id if args.id is not None else os_idx
+        os_idx = xc = pmd_index
+    if vtype == C.VIF_TYPE_MONITORING and args.vif is None:
+        raise cli.UsageError("a monitoring vif needs --vif <monitored vif>")
     flags = 0
     if args.policy:
         flags |= C.VIF_FLAG_POLICY_ENABLED
@@ -264,17 +470,20 @@ def _add(ks: Any, args: argparse.Namespace) -> int:
         flags |= C.VIF_FLAG_DHCP_ENABLED
     if args.pmd:
         flags |= C.VIF_FLAG_PMD
-    if args.vif is not None:
-        idx = args.vif
-    elif os_idx > 0:
-        idx = os_idx
+    if args.id is not None:
+        idx = args.id
+    elif os_idx > 0 or args.vif is not None or args.pmd or args.pci:
+        idx = max(os_idx, 0)
     else:
         # not an OS interface (DPDK, vtest): take the lowest free vif index
         idx = _free_index(ks)
+    mac = args.mac
+    if mac is None:
+        mac = [2, 0, 0, 0, 0, 0] if vtype == C.VIF_TYPE_MONITORING else [0] * 6
     req = schema.vr_interface_req(
         h_op=ADD,
         vifr_name=args.add,
-        vifr_mac=args.mac if args.mac is not None else [0] * 6,
+        vifr_mac=mac,
         vifr_vrf=args.vrf if args.vrf is not None else 0,
         vifr_mcast_vrf=0xFFFF,
         vifr_os_idx=os_idx if os_idx > 0 else 0,
@@ -284,18 +493,7 @@ def _add(ks: Any, args: argparse.Namespace) -> int:
         vifr_transport=transport,
     )
     if vtype == C.VIF_TYPE_HOST:
-        if args.xconnect is None:
-            req.vifr_cross_connect_idx = -1
-        else:
-            xc = _os_index(args.xconnect)
-            if xc <= 0:
-                try:
-                    xc = cli.int0(args.xconnect)
-                except argparse.ArgumentTypeError:
-                    raise cli.UsageError(
-                        "%s does not seem to be a valid physical interface name" % args.xconnect
-                    ) from None
-            req.vifr_cross_connect_idx = xc
+        req.vifr_cross_connect_idx = xc
     cli.request(ks, req)
     return 0
 
@@ -307,6 +505,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kernel", action="store_true", help="--get by OS interface index")
     p.add_argument("--core", type=cli.int0, help="counters of one forwarding core")
     p.add_argument("--get-drop-stats", action="store_true", help="--get also the drop stats")
+    p.add_argument("--rate", action="store_true", help="per-second rates, refreshed (q quits)")
+    p.add_argument("--iterations", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--create", metavar="NAME", help="create the OS side of a vhost (a TAP)")
     p.add_argument("--add", metavar="NAME", help="add an interface")
     p.add_argument("--mac", type=cli.mac)
     p.add_argument("--vrf", type=cli.int0)
@@ -316,8 +517,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", action="store_true")
     p.add_argument("--vhost-phys", action="store_true")
     p.add_argument("--dhcp-enable", action="store_true")
-    p.add_argument("--vif", type=cli.int0, help="vif index to add at")
-    p.add_argument("--id", type=cli.int0, help="PMD/PCI id (OS index)")
+    p.add_argument("--vif", type=cli.int0, help="OS index (the monitored vif of a monitoring vif)")
+    p.add_argument("--id", type=cli.int0, help="vif index to add at")
     p.add_argument("--pmd", action="store_true")
     p.add_argument("--pci", action="store_true")
     p.add_argument("--delete", metavar="IDX|NAME", help="delete an interface")

@@ -342,7 +342,10 @@ class Datapath:
         elif op == C.OP_GET:
             vif = tables.interface_get(req)
             core = int(req["vifr_core"])
-            reply = [self.response(0), make("vr_interface_req", vif.to_fields(core))]
+            reply = [
+                self.response(0),
+                make("vr_interface_req", vif.to_fields(core, self.config.cores)),
+            ]
             if int(req["vifr_flags"]) & C.VIF_FLAG_GET_DROP_STATS:
                 stats = tables.drop_stats_fields(core, vif)
                 reply.append(make("vr_drop_stats_req", stats))
@@ -353,7 +356,7 @@ class Datapath:
 
             def objects() -> Iterator[Any]:
                 for vif in tables.interface_dump(int(req["vifr_marker"])):
-                    yield make("vr_interface_req", vif.to_fields(core))
+                    yield make("vr_interface_req", vif.to_fields(core, self.config.cores))
                     if with_drops:
                         yield make("vr_drop_stats_req", tables.drop_stats_fields(core, vif))
 

@@ -216,8 +216,12 @@ class Interface:
         if self.flags & 0x80000000:
             self.flags -= 1 << 32
 
-    def to_fields(self, core: int = 0) -> Fields:
-        """The ``vr_interface_req`` the vRouter returns for this vif (GET/DUMP)."""
+    def to_fields(self, core: int = 0, cores: int = 1) -> Fields:
+        """The ``vr_interface_req`` the vRouter returns for this vif (GET/DUMP).
+
+        ``cores``: forwarding cores; the DPDK vRouter reports one RX-queue error counter
+        per core (``vifr_queue_ierrors_to_lcore``), which ``vif`` prints on every vif.
+        """
         out: Fields = {
             "vifr_idx": self.idx,
             "vifr_type": self.type,
@@ -254,6 +258,7 @@ class Interface:
         for name in _VIF_COUNTERS:
             out["vifr_" + name] = self.counters[name] if show else 0
         out["vifr_dpackets"] = sum(self.drops.values()) if show else 0
+        out.setdefault("vifr_queue_ierrors_to_lcore", [0] * max(1, cores))
         return out
 
 
