@@ -10,7 +10,7 @@ import socket
 from twisted.internet import defer, error, reactor, task
 from twisted.internet.endpoints import UNIXClientEndpoint, UNIXServerEndpoint
 from twisted.internet.protocol import Factory
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
 
 from tests.vpnkit.realnet import (
     BlobPeer,
@@ -163,6 +163,39 @@ class ForwardingTests(TestCase):
         with self.assertRaises(ExposeError):
             await self.table.expose(Port("unix", out_path=outer + ".x", in_path=inner))
         self.assertTrue(os.path.exists(outer + ".x"))
+
+    async def test_unix_destination_retried_until_it_appears(self) -> None:
+        """Go's forwarder retries a refused unix destination (a service still starting)."""
+        acceptor = self.pair.fwd.dataService.factory.acceptor  # type: ignore[union-attr]
+        acceptor.unixRetryInterval = 0.1
+        inner = os.path.join(self.pair.dir, "late.sock")
+        outer = os.path.join(self.pair.dir, "front.sock")
+        await self.table.expose(Port("unix", out_path=outer, in_path=inner))
+        c = Collect(b"early bytes")
+        await UNIXClientEndpoint(reactor, outer).connect(Factory.forProtocol(lambda: c))
+        await task.deferLater(reactor, 0.3, lambda: None)
+        srv = await UNIXServerEndpoint(reactor, inner).listen(Factory.forProtocol(Echo))
+        self.addCleanup(srv.stopListening)
+        data, _ = await c.done
+        self.assertEqual(data, b"early bytes")
+
+    async def test_tcp_over_ipv6(self) -> None:
+        from twisted.internet.endpoints import TCP6ClientEndpoint, TCP6ServerEndpoint
+
+        try:
+            echo6 = await TCP6ServerEndpoint(reactor, 0, interface="::1").listen(
+                Factory.forProtocol(Echo)
+            )
+        except error.CannotListenError:
+            raise SkipTest("no IPv6 loopback here") from None
+        self.addCleanup(echo6.stopListening)
+        granted = await self.table.expose(Port.parse(f"tcp:[::1]:0:[::1]:{echo6.getHost().port}"))
+        self.assertEqual(str(granted).split(":")[0], "tcp")
+        c = Collect(b"over v6")
+        await TCP6ClientEndpoint(reactor, "::1", granted.out_port).connect(
+            Factory.forProtocol(lambda: c)
+        )
+        self.assertEqual((await c.done)[0], b"over v6")
 
     async def test_udp_round_trip_and_backend_appearing_later(self) -> None:
         """TestUDP + TestUDPWriteError: datagrams before the backend exists are lost, then it works."""

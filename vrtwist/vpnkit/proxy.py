@@ -238,6 +238,9 @@ class ForwardingAcceptor:
 
     _log = Logger()
 
+    unixRetryInterval = UNIX_RETRY_INTERVAL
+    unixRetryLimit = UNIX_RETRY_LIMIT
+
     def __init__(self, reactor: Any, stats: MuxStats | None = None) -> None:
         self.reactor = reactor
         self.stats = stats if stats is not None else MuxStats()
@@ -261,13 +264,13 @@ class ForwardingAcceptor:
             if (
                 dest.proto == Proto.UNIX
                 and f.check(error.ConnectionRefusedError, error.ConnectError)
-                and self.reactor.seconds() - started + UNIX_RETRY_INTERVAL <= UNIX_RETRY_LIMIT
+                and self.reactor.seconds() - started + self.unixRetryInterval <= self.unixRetryLimit
             ):
                 self._log.info(
-                    "{dest} refused, retrying in {t}s", dest=str(dest), t=UNIX_RETRY_INTERVAL
+                    "{dest} refused, retrying in {t}s", dest=str(dest), t=self.unixRetryInterval
                 )
                 self.reactor.callLater(
-                    UNIX_RETRY_INTERVAL, self._dial, channel, dest, splice, started
+                    self.unixRetryInterval, self._dial, channel, dest, splice, started
                 )
                 return
             self.refused += 1
