@@ -257,6 +257,83 @@ class RouteAndStatsTests(VrouterDpCase):
         code, text = self.tool(rt.main, "-c", "-v", "0", "-f", "2", "-p", "10.0.0.1", "-n", "21")
         self.assertEqual(code, 2)
 
+    def test_rt_expanded_dump_and_monitor(self) -> None:
+        self.ok(vif.main, "--add", "tap1", "--type", "virtual", "--id", "1", "--mac", MAC1)
+        self.ok(nh.main, "--create", "21", "--type", "2", "--oif", "1")
+        self.ok(rt.main, "-c", "-v", "2", "-p", "10.1.0.0", "-l", "16", "-n", "21")
+        self.ok(rt.main, "-c", "-v", "2", "-p", "10.1.2.5", "-l", "32", "-n", "21", "-t", "20")
+        rows = self.ok(rt.main, "--dump", "2").splitlines()[3:]
+        # the vRouter's trie view: 255 /8 leaves, 256 /16 under 10/8 but 10.1/16 expanded
+        # into 255 /24 and 256 /32 leaves
+        self.assertEqual(len(rows), 255 + 255 + 255 + 256)
+        self.assertEqual(rows[0], "0.0.0.0/8               0                       -"
+                                  "              0        -")  # fmt: skip
+        self.assertIn("10.0.0.0/16             0                       -              0        -",
+                      rows)  # fmt: skip
+        self.assertIn("10.1.1.0/24            16                       -             21        -",
+                      rows)  # fmt: skip
+        self.assertIn("10.1.2.4/32            16                       -             21        -",
+                      rows)  # fmt: skip
+        self.assertIn("10.1.2.5/32            32            L         20             21        -",
+                      rows)  # fmt: skip
+        self.assertEqual(rows[-1].split()[:3], ["255.0.0.0/8", "0", "-"])
+        # a VRF without routes: the header only
+        self.assertTrue(self.ok(rt.main, "--dump", "7").endswith("Stitched MAC(Index)\n"))
+        text = self.ok(rt.main, "--get", "192.0.2.1/32", "--vrf", "2")
+        self.assertTrue(text.endswith("0.0.0.0/0               0                       -"
+                                      "              0        -\n"), text)  # fmt: skip
+
+        # --monitor: the changes made between two polls, as the real tool's JSON lines
+        sock = self.sock
+
+        class Clock:
+            calls = 0
+
+            @staticmethod
+            def sleep(_: float) -> None:
+                Clock.calls += 1
+                if Clock.calls == 1:
+                    with open_ksync(sock) as ks:
+                        ks.request(
+                            schema.vr_route_req(
+                                h_op=C.OP_DEL,
+                                rtr_family=C.AF_INET,
+                                rtr_vrf_id=2,
+                                rtr_prefix=[10, 1, 2, 5],
+                                rtr_prefix_len=32,
+                                rtr_nh_id=0,
+                            )
+                        )
+                        ks.request(
+                            schema.vr_route_req(
+                                h_op=ADD,
+                                rtr_family=C.AF_INET,
+                                rtr_vrf_id=2,
+                                rtr_prefix=[10, 2, 0, 0],
+                                rtr_prefix_len=16,
+                                rtr_nh_id=21,
+                                rtr_label_flags=C.VR_RT_ARP_PROXY_FLAG,
+                            )
+                        )
+                        ks.request(schema.vr_route_req(
+                            h_op=ADD, rtr_family=C.AF_BRIDGE, rtr_vrf_id=2,
+                            rtr_mac=[2, 0, 0, 0, 0, 9], rtr_nh_id=21))  # fmt: skip
+
+        self.patch(rt, "time", Clock)
+        text = self.ok(rt.main, "--monitor", "--iterations", "2")
+        self.assertEqual(
+            text.splitlines(),
+            [
+                '{"operation":"add","family":"AF_INET","vrf_id":2,"prefix":16,'
+                '"address":"10.2.0.0","nh_id":21,"flags":{"label_valid":false, '
+                '"arp_proxy":true, "arp_trap":false, "arp_flood":false}}',
+                '{"operation":"add","family":"AF_BRIDGE"}',
+                '{"operation":"delete","family":"AF_INET","vrf_id":2,"prefix":32,'
+                '"address":"10.1.2.5","nh_id":21,"flags":{"label_valid":true, '
+                '"arp_proxy":false, "arp_trap":false, "arp_flood":false},"label":20}',
+            ],
+        )
+
     def test_stats_and_ops(self) -> None:
         text = self.ok(dropstats.main)
         self.assertTrue(text.startswith("Invalid IF                    0\n"))

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-from collections.abc import Sequence
+import sys
+import time
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from vrtwist.cli import _common as cli
@@ -81,6 +83,74 @@ def format_inet_route(rt: Any) -> str:
     return line + "\n"
 
 
+#: the vRouter's inet mtrie strides (``IPBUCKET_LEVEL_BITS``): 8 bits a level
+_STRIDE = 8
+
+
+def expand_routes(family: int, vrf: int, routes: Sequence[Any]) -> Iterator[Any]:
+    """The rows the real vRouter's DUMP walk yields for a VRF holding ``routes``.
+
+    The vRouter stores inet routes in a multibit trie of 256-entry buckets
+    (``dp-core/vr_ip_mtrie.c``) and dumps its leaves: every bucket entry that is not a
+    deeper bucket is one row, its prefix the entry's own (a /8, /16, /24 or /32 for
+    IPv4), its PPL the length of the route that filled it (0 and next hop 0 where no
+    route covers it). A level-N bucket exists under a prefix exactly when a route longer
+    than 8N bits lies inside it. vrtwist's datapath answers DUMP with the routes it was
+    given; ``rt --dump`` rebuilds the trie's view from them, so it prints what the real
+    tool prints.
+    """
+    bits = 128 if family == C.AF_INET6 else 32
+    width = bits // 8
+    by_len: dict[int, dict[int, Any]] = {}
+    buckets: set[tuple[int, int]] = set()
+    for r in routes:
+        plen = int(r.rtr_prefix_len)
+        value = int.from_bytes(bytes(b & 0xFF for b in r.rtr_prefix).ljust(width, b"\0"), "big")
+        value &= ((1 << plen) - 1) << (bits - plen) if plen else 0
+        by_len.setdefault(plen, {})[value] = r
+        for depth in range(_STRIDE, min(plen, bits) + _STRIDE - 1, _STRIDE):
+            if depth < plen:
+                buckets.add((depth, value >> (bits - depth)))
+    if not by_len:
+        return
+    lengths = sorted(by_len, reverse=True)
+
+    def leaf(value: int, depth: int) -> Any:
+        for plen in lengths:
+            if plen <= depth:
+                shift = bits - plen
+                found = by_len[plen].get((value >> shift) << shift if plen else 0)
+                if found is not None:
+                    return found
+        return None
+
+    def walk(parent: int, depth: int) -> Iterator[Any]:
+        depth += _STRIDE
+        for i in range(1 << _STRIDE):
+            node = (parent << _STRIDE) | i
+            if depth < bits and (depth, node) in buckets:
+                yield from walk(node, depth)
+                continue
+            value = node << (bits - depth)
+            src = leaf(value, depth)
+            row = schema.vr_route_req(
+                rtr_family=family,
+                rtr_vrf_id=vrf,
+                rtr_prefix=list(value.to_bytes(width, "big")),
+                rtr_prefix_len=depth,
+                rtr_replace_plen=int(src.rtr_replace_plen) if src is not None else 0,
+                rtr_nh_id=int(src.rtr_nh_id) if src is not None else C.NH_DISCARD_ID,
+                rtr_label=int(src.rtr_label) if src is not None else C.VR_INVALID_LABEL,
+                rtr_label_flags=int(src.rtr_label_flags) if src is not None else 0,
+                rtr_index=int(src.rtr_index) if src is not None else C.VR_BE_INVALID_INDEX,
+            )
+            if src is not None and src.rtr_mac:
+                row.rtr_mac = list(src.rtr_mac)
+            yield row
+
+    yield from walk(0, 0)
+
+
 def format_bridge_route(
     index: int, mac: Sequence[int], flags: int, label: int, nh_id: int, packets: int = 0
 ) -> str:
@@ -92,6 +162,93 @@ def format_bridge_route(
     line += " %9d" % label if flags & C.VR_BE_LABEL_VALID_FLAG else " %9c" % "-"
     line += " " * 6 + "%7d" % nh_id + " " * 4 + "%12d" % packets
     return line + "\n"
+
+
+_FAMILY_NAMES = {C.AF_INET: "AF_INET", C.AF_INET6: "AF_INET6", C.AF_BRIDGE: "AF_BRIDGE"}
+_MONITOR_INTERVAL = 0.5
+
+
+def format_route_json(rt: Any, operation: str) -> str:
+    """One line of ``vr_print_route_json`` (what ``rt --monitor`` prints per change)."""
+    out = '{"operation":"%s","family":"%s"' % (
+        operation,
+        _FAMILY_NAMES.get(rt.rtr_family, "unknown"),
+    )
+    if rt.rtr_family in (C.AF_INET, C.AF_INET6):
+        out += ',"vrf_id":%d' % rt.rtr_vrf_id
+        if rt.rtr_prefix:
+            out += ',"prefix":%d,"address":"%s","nh_id":%d' % (
+                rt.rtr_prefix_len,
+                _addr(rt.rtr_family, rt.rtr_prefix),
+                rt.rtr_nh_id,
+            )
+        f = rt.rtr_label_flags
+        out += ',"flags":{"label_valid":%s, "arp_proxy":%s, "arp_trap":%s, "arp_flood":%s}' % tuple(
+            "true" if f & bit else "false"
+            for bit in (
+                C.VR_RT_LABEL_VALID_FLAG,
+                C.VR_RT_ARP_PROXY_FLAG,
+                C.VR_RT_ARP_TRAP_FLAG,
+                C.VR_RT_ARP_FLOOD_FLAG,
+            )
+        )
+        if f & C.VR_RT_LABEL_VALID_FLAG:
+            out += ',"label":%d' % rt.rtr_label
+        if rt.rtr_mac:
+            out += ',"mac_address":"%s","mac_index":%d' % (cli.ether_ntoa(rt.rtr_mac), rt.rtr_index)
+    return out + "}\n"
+
+
+def _route_state(ks: Any) -> dict[tuple[Any, ...], Any]:
+    """Every route of every VRF the datapath knows: (family, vrf, key) -> route."""
+    state: dict[tuple[Any, ...], Any] = {}
+    vrfs = [int(v.vsr_vrf) for v in ks.dump(schema.vr_vrf_stats_req(h_op=DUMP, vsr_marker=-1))]
+    for vrf in vrfs:
+        for family in (C.AF_INET, C.AF_INET6, C.AF_BRIDGE):
+            req = schema.vr_route_req(h_op=DUMP, rtr_family=family, rtr_vrf_id=vrf)
+            if family == C.AF_BRIDGE:
+                req.rtr_mac = [0] * 6
+            for r in ks.dump(req):
+                key = bytes(
+                    b & 0xFF for b in (r.rtr_mac if family == C.AF_BRIDGE else r.rtr_prefix)
+                )
+                state[(family, vrf, key, int(r.rtr_prefix_len))] = r
+    return state
+
+
+def _same(a: Any, b: Any) -> bool:
+    return (a.rtr_nh_id, a.rtr_label, a.rtr_label_flags, list(a.rtr_mac or ())) == (
+        b.rtr_nh_id,
+        b.rtr_label,
+        b.rtr_label_flags,
+        list(b.rtr_mac or ()),
+    )
+
+
+def _monitor(args: argparse.Namespace) -> int:
+    """``--monitor``: one JSON line per route added, changed or deleted, in any VRF.
+
+    The kernel vRouter multicasts route changes on a genetlink group; the DPDK-style
+    ``dpdk_netlink`` socket carries no multicast, so this polls the route tables over
+    ksync and prints the differences in the real tool's JSON form.
+    """
+    n = 0
+    with cli.connect(args.sock_dir) as ks:
+        before = _route_state(ks)
+        while not args.iterations or n < args.iterations:
+            time.sleep(_MONITOR_INTERVAL)
+            now = _route_state(ks)
+            for key, r in now.items():
+                old = before.get(key)
+                if old is None or not _same(old, r):
+                    cli.write(format_route_json(r, "add"))
+            for key, r in before.items():
+                if key not in now:
+                    cli.write(format_route_json(r, "delete"))
+            sys.stdout.flush()
+            before = now
+            n += 1
+    return 0
 
 
 def _dump_bridge(sock_dir: str, vrf: int) -> int:
@@ -162,8 +319,7 @@ def _body(args: argparse.Namespace) -> int:
     if args.c or args.d:
         return _change(args)
     if args.monitor:
-        print("rt: --monitor needs netlink multicast, which the DPDK-style channel does not carry")
-        return cli.EXIT_RESPONSE
+        return _monitor(args)
     if args.dump is not None:
         family = _family(args)
         if family == C.AF_BRIDGE:
@@ -172,7 +328,7 @@ def _body(args: argparse.Namespace) -> int:
             req = schema.vr_route_req(h_op=DUMP, rtr_family=family, rtr_vrf_id=args.dump, rtr_rid=0)
             routes = ks.dump(req)
         cli.write(table_header(family, args.dump))
-        for rt in routes:
+        for rt in expand_routes(family, args.dump, routes):
             cli.write(format_inet_route(rt))
         return 0
     if args.get is not None:
@@ -201,6 +357,12 @@ def _body(args: argparse.Namespace) -> int:
         )
         cli.write(table_header(family, args.vrf))
         for rt in objects:
+            if type(rt) is schema.vr_route_req and rt.rtr_prefix:
+                # as the real tool: the answer's prefix masked to the matching length
+                net = ipaddress.ip_network(
+                    (bytes(b & 0xFF for b in rt.rtr_prefix), int(rt.rtr_prefix_len)), strict=False
+                )
+                rt.rtr_prefix = list(net.network_address.packed)
             cli.write(format_inet_route(rt))
         return 0
     raise cli.UsageError("one of --dump, --get, --monitor is needed")
@@ -212,7 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--family", help="inet (default), inet6 or bridge")
     p.add_argument("--get", metavar="ADDR/PLEN", help="longest-prefix match in --vrf")
     p.add_argument("--vrf", type=cli.int0)
-    p.add_argument("--monitor", action="store_true", help="follow route changes (not carried)")
+    p.add_argument("--monitor", action="store_true", help="print route changes as JSON lines")
+    p.add_argument("--iterations", type=int, default=0, help=argparse.SUPPRESS)
     hidden = p.add_argument_group("create/delete (the real tool's hidden options)")
     hidden.add_argument("-c", action="store_true", help="create a route")
     hidden.add_argument("-d", action="store_true", help="delete a route")
