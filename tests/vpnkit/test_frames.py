@@ -82,6 +82,10 @@ class GoldenVectorTests(SynchronousTestCase):
         self.assertIn("Dedicated", events[0].reason)
         self.assertEqual(events[1], Close(6))
         self.assertIsNone(dec.error)
+        # and it re-encodes byte for byte (TestParseOpenDedicated)
+        self.assertEqual(
+            encode_open(4, Destination.tcp("127.0.0.1", 8080), Connection.DEDICATED), wire
+        )
         # the same destination, Multiplexed, is an ordinary Open of 127.0.0.1:8080
         ok = encode_open(4, Destination.tcp("127.0.0.1", 8080))
         self.assertEqual(ok, h("1100 01 04000000 02 01 0400 7f000001 901f"))

@@ -144,6 +144,24 @@ class ForwardingTests(TestCase):
         self.assertEqual(self.table.list(), [])
         self.assertEqual(open_fds(), before)
 
+    async def test_udp_leak_2000_expose_cycles_and_port_zero(self) -> None:
+        """TestUDPLeak and TestRandomPortsUDP."""
+        before = open_fds()
+        for _ in range(2000):
+            p = await self.table.expose(Port.parse("udp:127.0.0.1:0:127.0.0.1:53"))
+            self.assertNotEqual(p.out_port, 0)
+            await self.table.unexpose(p)
+        self.assertEqual(self.table.list(), [])
+        self.assertEqual(open_fds(), before)
+
+    async def test_unix_forward_dir_does_not_exist(self) -> None:
+        """TestUnixForwardDirNotExist: a clear error, nothing exposed."""
+        missing = os.path.join(self.pair.dir, "no", "such", "dir", "out.sock")
+        with self.assertRaises(ExposeError) as cm:
+            await self.table.expose(Port("unix", out_path=missing, in_path="/tmp/x"))
+        self.assertIn(missing, str(cm.exception))
+        self.assertEqual(self.table.list(), [])
+
     async def test_unix_forward(self) -> None:
         """TestUnixForward, and a stale socket at the out path is replaced."""
         inner = os.path.join(self.pair.dir, "inner.sock")

@@ -279,6 +279,47 @@ class LifecycleTests(SynchronousTestCase):
         self.assertEqual(pair.a.openChannel(DEST, Sink()).id, 1)  # 0 is live
 
 
+class BufferedDataSurvivesCloseTests(SynchronousTestCase):
+    """loopbackconn_test's TestWriteCloseRead / TestWriteCloseWriteRead, for channels."""
+
+    def test_write_then_close_delivers_everything(self) -> None:
+        acc = Acceptor()
+        pair = LinkPair(acc)
+        ch = pair.b.openChannel(DEST, Sink())
+        ch.write(b"a" * 200_000)  # more than a window: most of it waits for Windows
+        ch.loseConnection()
+        pair.pump()
+        server = acc.accepted[0][1]
+        self.assertEqual(len(server.data), 200_000)
+        self.assertIsNotNone(server.lost)
+        self.assertEqual(pair.b.liveChannels(), 0)
+
+    def test_write_closewrite_then_read_reply(self) -> None:
+        acc = Acceptor(echo=True)
+        pair = LinkPair(acc)
+        client = Sink()
+        ch = pair.b.openChannel(DEST, client)
+        ch.write(b"ping")
+        ch.loseWriteConnection()
+        pair.pump()
+        self.assertEqual(client.data, b"ping")
+
+    def test_close_while_reader_paused_still_delivers_buffered(self) -> None:
+        acc = Acceptor()
+        pair = LinkPair(acc)
+        ch = pair.b.openChannel(DEST, Sink())
+        pair.pump()
+        rch, server = acc.accepted[0]
+        rch.pauseProducing()
+        ch.write(b"kept" * 1000)
+        pair.pump()
+        self.assertEqual(server.data, b"")
+        ch.loseConnection()
+        pair.pump()
+        self.assertEqual(server.data, b"kept" * 1000)
+        self.assertIsNotNone(server.lost)
+
+
 class HalfCloseTests(SynchronousTestCase):
     def test_shutdown_is_half_close(self) -> None:
         acc = Acceptor()
