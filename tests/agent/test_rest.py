@@ -130,6 +130,9 @@ class PortEndpointTests(SynchronousTestCase):
         self.assertIn("port file", body["error"])
         self.assertIsNone(self.agent.table.get(UUID))
         self.assertIsNone(self.agent.model.port_ids(UUID))
+        names = {v.name for v in self.agent.datapath.tables.interfaces.values()}
+        self.assertNotIn(SAMPLE["system-name"], names)  # programmed early, then taken out
+        self.assertEqual(self.agent.sync.errors, {})
         # what was there before is untouched
         self.assertIsNotNone(self.agent.table.get(port_body(1)["id"]))
 

@@ -138,21 +138,52 @@ class PortTable:
 
         async def go() -> None:
             todo = [p for p in batch if not self._known_same(p)]
-            if todo:
-                same = await self._run_io(self._files_unchanged, todo)
-                todo = [p for p, unchanged in zip(todo, same, strict=True) if not unchanged]
-            written: list[str] = []
-            if todo:
-                results = await DeferredList(
-                    [self._writer.write(self.store.path_for(p.id), p.to_file_json())
-                     for p in todo], consumeErrors=True)
-                written = [p.id for p, (ok, _r) in zip(todo, results, strict=True) if ok]
-                failed: list[Any] = [r for ok, r in results if not ok]
-                if failed:
-                    await self._run_io(self._undo_files, written)
-                    failed[0].raiseException()
-            self._apply_batch(batch, written)
+            on_disk = [p for p in todo if self.store.exists(p.id)]
+            if on_disk:  # e.g. written by vrouter-port-control just before: compare
+                same = await self._run_io(self._files_unchanged, on_disk)
+                skip = {p.id for p, unchanged in zip(on_disk, same, strict=True) if unchanged}
+                todo = [p for p in todo if p.id not in skip]
+            if not todo:
+                self._apply_batch(batch, [])
+                return
+            writes = DeferredList(
+                [self._writer.write(self.store.path_for(p.id), p.to_file_json())
+                 for p in todo], consumeErrors=True)
+            # ports that are all new are programmed while their files are being written;
+            # a failed write then takes them out again (a replacement waits for its file)
+            early = all(p.id not in self._ports for p in batch)
+            if early:
+                try:
+                    self._apply_new(batch)
+                except Exception:
+                    results = await writes
+                    await self._run_io(self._undo_files, [
+                        p.id for p, (ok, _r) in zip(todo, results, strict=True) if ok])
+                    raise
+            results = await writes
+            written = [p.id for p, (ok, _r) in zip(todo, results, strict=True) if ok]
+            failed: list[Any] = [r for ok, r in results if not ok]
+            if failed:
+                if early:
+                    for p in batch:
+                        self._remove(p.id)
+                await self._run_io(self._undo_files, written)
+                failed[0].raiseException()
+            if not early:
+                self._apply_batch(batch, written)
         await self._locked([p.id for p in batch], go)
+
+    def _apply_new(self, batch: list[Port]) -> None:
+        """Apply ports none of which is known yet, all or nothing."""
+        done: list[str] = []
+        try:
+            for p in batch:
+                self._apply(p)
+                done.append(p.id)
+        except Exception:
+            for uuid in done:
+                self._remove(uuid)
+            raise
 
     def _files_unchanged(self, ports: list[Port]) -> list[bool]:
         """Per port: is its file already there with the same settings?  (A file written by
