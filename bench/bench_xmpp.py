@@ -32,6 +32,12 @@ sys.path.insert(0, os.path.dirname(HERE))
 VRF = "default-domain:bench:vn1:vn1"
 
 
+def _profile_args() -> list[str]:
+    """``BENCH_CN_PROFILE=<file>`` runs the control node under cProfile."""
+    prof = os.environ.get("BENCH_CN_PROFILE")
+    return [f"--profile={prof}", "--profiler=cprofile", "--savestats"] if prof else []
+
+
 def free_port() -> int:
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -47,10 +53,18 @@ def make_sink(fabric_ip: str) -> tuple[Any, list[int]]:
 
     model = DatapathModel(fabric_ip=fabric_ip, os_index=lambda name: 0, max_nhs=1 << 20)
     counter = [0]
-    port = Port(id="00000000-0000-0000-0000-000000000001", instance_id="vm-local",
-                vn_id="11111111-1111-1111-1111-111111111111", vm_project_id="p",
-                display_name="local", ip_address="10.255.0.1", ip6_address=None, type=0,
-                system_name="tapbench0", mac_address="02:ff:00:00:00:01")
+    port = Port(
+        id="00000000-0000-0000-0000-000000000001",
+        instance_id="vm-local",
+        vn_id="11111111-1111-1111-1111-111111111111",
+        vm_project_id="p",
+        display_name="local",
+        ip_address="10.255.0.1",
+        ip6_address=None,
+        type=0,
+        system_name="tapbench0",
+        mac_address="02:ff:00:00:00:01",
+    )
     model.portAdded(port)
     assert vrf_name_for(port.vn_id) in model.vrfNames()
 
@@ -59,6 +73,35 @@ def make_sink(fabric_ip: str) -> tuple[Any, list[int]]:
 
     model.listeners.append(listener)
     return model, counter
+
+
+class CountingSink:
+    """Stands in for the agent model when only the XMPP fan-out is measured."""
+
+    def __init__(self, fabric_ip: str) -> None:
+        self.fabric_ip = fabric_ip
+        self.routes: set[tuple[str, str, int]] = set()
+        self.counter = [0]
+
+    def vrfNames(self) -> list[str]:
+        return []
+
+    def addRemoteRoute(
+        self,
+        vrf_name: str,
+        prefix: str,
+        plen: int,
+        nexthop: str,
+        label: int,
+        encap: str = "udp",
+        mac: str | None = None,
+    ) -> None:
+        self.routes.add((vrf_name, prefix, plen))
+        self.counter[0] = len(self.routes)
+
+    def deleteRemoteRoute(self, vrf_name: str, prefix: str, plen: int) -> None:
+        self.routes.discard((vrf_name, prefix, plen))
+        self.counter[0] = len(self.routes)
 
 
 def receiver(args: argparse.Namespace) -> None:
@@ -74,12 +117,18 @@ def receiver(args: argparse.Namespace) -> None:
     counters = []
     for i in range(args.agents):
         fabric = f"127.0.1.{args.index * args.agents + i + 1}"
-        model, counter = make_sink(fabric)
+        if args.sink == "count":
+            sink = CountingSink(fabric)
+            model, counter = sink, sink.counter
+        else:
+            model, counter = make_sink(fabric)
         counters.append(counter)
-        link = makeControllerLink(reactor, [f"tcp:127.0.0.1:{args.port}"],
-                                  f"rx{args.index}-{i}", fabric, model)
-        link.localRouteAdded(LocalRouteInfo("p", "vm", vn, vrf, "", f"10.254.{args.index}.{i}",
-                                            None, 16, fabric))
+        link = makeControllerLink(
+            reactor, [f"tcp:127.0.0.1:{args.port}"], f"rx{args.index}-{i}", fabric, model
+        )
+        link.localRouteAdded(
+            LocalRouteInfo("p", "vm", vn, vrf, "", f"10.254.{args.index}.{i}", None, 16, fabric)
+        )
         links.append(link)
         link.startService()
 
@@ -94,14 +143,21 @@ def receiver(args: argparse.Namespace) -> None:
     first: list[float] = []
 
     def poll() -> None:
-        if not first and any(c[0] > 1 for c in counters):
+        if not first and any(c[0] > args.base for c in counters):
             first.append(time.time())
-        if all(c[0] >= args.routes for c in counters):
+        if all(c[0] >= args.routes + args.base for c in counters):
             print(f"DONE {time.time():.6f} {first[0] if first else 0:.6f}", flush=True)
-            reactor.stop()
+            # Stay connected: leaving would retract this agent's routes from the others
+            # (the control node runs with --gr-time 0).  The main process terminates us.
             return
         reactor.callLater(0.001, poll)
 
+    def report() -> None:
+        print("progress", args.index, [c[0] for c in counters], file=sys.stderr, flush=True)
+        reactor.callLater(2, report)
+
+    if os.environ.get("BENCH_DEBUG"):
+        reactor.callLater(2, report)
     reactor.callLater(0.01, poll)
     reactor.run()
 
@@ -115,9 +171,15 @@ def codec_figures(n: int) -> dict[str, float]:
         parse_stanza,
     )
 
-    entries = [RouteEntry(1, 1, f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}/32",
-                          (NextHop("127.0.0.2", 16 + i % 1000, ("gre", "udp")),))
-               for i in range(n)]
+    entries = [
+        RouteEntry(
+            1,
+            1,
+            f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}/32",
+            (NextHop("127.0.0.2", 16 + i % 1000, ("gre", "udp")),),
+        )
+        for i in range(n)
+    ]
     t = time.perf_counter()
     pubs = [build_route_publish("h", VRF, e, True, i) for i, e in enumerate(entries)]
     build_pub = n / (time.perf_counter() - t)
@@ -127,14 +189,19 @@ def codec_figures(n: int) -> dict[str, float]:
         parse_stanza(p[:cut])
         parse_stanza(p[cut:])
     parse_pub = n / (time.perf_counter() - t)
-    msgs = [build_route_update("cn", "h/bgp-peer", f"1/1/{VRF}", entries[i:i + 128])
-            for i in range(0, n, 128)]
+    msgs = [
+        build_route_update("cn", "h/bgp-peer", f"1/1/{VRF}", entries[i : i + 128])
+        for i in range(0, n, 128)
+    ]
     t = time.perf_counter()
     for m in msgs:
         parse_stanza(m)
     parse_items = n / (time.perf_counter() - t)
-    return {"build publish pairs/s": build_pub, "parse publish pairs/s": parse_pub,
-            "parse CN items/s": parse_items}
+    return {
+        "build publish pairs/s": build_pub,
+        "parse publish pairs/s": parse_pub,
+        "parse CN items/s": parse_items,
+    }
 
 
 def components(n: int) -> dict[str, float]:
@@ -178,18 +245,35 @@ def components(n: int) -> dict[str, float]:
     link = ControllerLink(clock, [ep], "tx", "127.0.0.2", model)  # type: ignore[list-item]
     link.startService()
     ep.protos[-1].dataReceived(build_stream_response("cn", "tx"))
-    infos = [LocalRouteInfo(f"port{i}", f"vm{i}", vn, vrf, "",
-                            f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", None, 16, "127.0.0.2")
-             for i in range(n)]
+    infos = [
+        LocalRouteInfo(
+            f"port{i}",
+            f"vm{i}",
+            vn,
+            vrf,
+            "",
+            f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}",
+            None,
+            16,
+            "127.0.0.2",
+        )
+        for i in range(n)
+    ]
     t = time.process_time()
     for info in infos:
         link.localRouteAdded(info)
     out["agent publish routes/s"] = n / (time.process_time() - t)
 
     # 2. control node: n publish pairs in, fan-out to 1 and 10 subscribers
-    entries = [RouteEntry(1, 1, f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}/32",
-                          (NextHop("127.0.0.2", 16 + i % 1000, ("gre", "udp")),))
-               for i in range(n)]
+    entries = [
+        RouteEntry(
+            1,
+            1,
+            f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}/32",
+            (NextHop("127.0.0.2", 16 + i % 1000, ("gre", "udp")),),
+        )
+        for i in range(n)
+    ]
     wire = b"".join(build_route_publish("tx", vrf, e, True, i) for i, e in enumerate(entries))
     for fanout in (1, 10):
         clock = MemoryReactorClock()
@@ -206,26 +290,29 @@ def components(n: int) -> dict[str, float]:
             s.transport.clear()
         t = time.process_time()
         for i in range(0, len(wire), 65536):
-            sessions[0].dataReceived(wire[i:i + 65536])
+            sessions[0].dataReceived(wire[i : i + 65536])
             clock.advance(0)
         dt = time.process_time() - t
         out[f"control node in, fan-out {fanout}: routes/s"] = n / dt
         out[f"control node out, fan-out {fanout}: items/s"] = n * fanout / dt
 
     # 3. agent receive: control-node messages -> RemoteRouteTable -> DatapathModel
-    msgs = b"".join(build_route_update(CONTROL_NODE_JID, "rx/bgp-peer", f"1/1/{vrf}",
-                                       entries[i:i + 128]) for i in range(0, n, 128))
+    msgs = b"".join(
+        build_route_update(CONTROL_NODE_JID, "rx/bgp-peer", f"1/1/{vrf}", entries[i : i + 128])
+        for i in range(0, n, 128)
+    )
     clock = MemoryReactorClock()
     model, counter = make_sink("127.0.0.3")
     ep = Endpoint()
     link = ControllerLink(clock, [ep], "rx", "127.0.0.3", model)  # type: ignore[list-item]
-    link.localRouteAdded(LocalRouteInfo("p", "vm", vn, vrf, "", "10.254.0.1", None, 16,
-                                        "127.0.0.3"))
+    link.localRouteAdded(
+        LocalRouteInfo("p", "vm", vn, vrf, "", "10.254.0.1", None, 16, "127.0.0.3")
+    )
     link.startService()
     ep.protos[-1].dataReceived(build_stream_response("cn", "rx"))
     t = time.process_time()
     for i in range(0, len(msgs), 65536):
-        ep.protos[-1].dataReceived(msgs[i:i + 65536])
+        ep.protos[-1].dataReceived(msgs[i : i + 65536])
     dt = time.process_time() - t
     assert counter[0] == n, counter
     out["agent receive+program routes/s"] = n / dt
@@ -240,21 +327,55 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     port = free_port()
     tmp = tempfile.mkdtemp(prefix="bench-xmpp-")
     twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
-    cn = subprocess.Popen([twistd, "-n", "--pidfile=", "vrouter-control", "--xmpp",
-                           f"tcp:{port}:interface=127.0.0.1", "--gr-time", "0"],
-                          cwd=tmp, stdout=open(os.path.join(tmp, "cn.log"), "wb"),
-                          stderr=subprocess.STDOUT)
+    cn = subprocess.Popen(
+        [
+            twistd,
+            "-n",
+            "--pidfile=",
+            *_profile_args(),
+            "vrouter-control",
+            "--xmpp",
+            f"tcp:{port}:interface=127.0.0.1",
+            "--gr-time",
+            "0",
+        ],
+        cwd=tmp,
+        stdout=open(os.path.join(tmp, "cn.log"), "wb"),
+        stderr=subprocess.STDOUT,
+    )
     time.sleep(1.0)
-    per = [args.receivers // args.procs + (1 if i < args.receivers % args.procs else 0)
-           for i in range(args.procs)]
+    per = [
+        args.receivers // args.procs + (1 if i < args.receivers % args.procs else 0)
+        for i in range(args.procs)
+    ]
     kids = []
     for i, n in enumerate(per):
         if n == 0:
             continue
-        kids.append(subprocess.Popen(
-            [sys.executable, __file__, "--mode", "receiver", "--port", str(port), "--routes",
-             str(args.routes), "--agents", str(n), "--index", str(i)],
-            stdout=subprocess.PIPE, text=True))
+        kids.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    __file__,
+                    "--mode",
+                    "receiver",
+                    "--port",
+                    str(port),
+                    "--routes",
+                    str(args.routes),
+                    "--agents",
+                    str(n),
+                    "--index",
+                    str(i),
+                    "--sink",
+                    args.sink,
+                    "--base",
+                    str(args.receivers),
+                ],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+        )
     for k in kids:
         line = k.stdout.readline()  # type: ignore[union-attr]
         assert line.startswith("READY"), line
@@ -266,10 +387,12 @@ def run(args: argparse.Namespace) -> dict[str, float]:
 
     async def publish() -> None:
         model, _ = make_sink("127.0.0.2")
-        link = makeControllerLink(reactor, [f"tcp:127.0.0.1:{port}"], "publisher", "127.0.0.2",
-                                  model)
-        link.localRouteAdded(LocalRouteInfo("p0", "vm0", vn, vrf, "", "10.253.0.1", None, 16,
-                                            "127.0.0.2"))
+        link = makeControllerLink(
+            reactor, [f"tcp:127.0.0.1:{port}"], "publisher", "127.0.0.2", model
+        )
+        link.localRouteAdded(
+            LocalRouteInfo("p0", "vm0", vn, vrf, "", "10.253.0.1", None, 16, "127.0.0.2")
+        )
         link.startService()
         await link.whenReady()
         await task.deferLater(reactor, 0.5, lambda: None)
@@ -279,10 +402,19 @@ def run(args: argparse.Namespace) -> dict[str, float]:
             if args.batch and i and i % args.batch == 0:
                 await task.deferLater(reactor, 0, lambda: None)  # let the reactor send
             ip = f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}"
-            link.localRouteAdded(LocalRouteInfo(
-                f"port{i}", f"vm{i}", vn, vrf,
-                f"02:00:00:{i >> 16 & 255:02x}:{i >> 8 & 255:02x}:{i & 255:02x}" if mac else "",
-                ip, None, 16 + i % 5000, "127.0.0.2"))
+            link.localRouteAdded(
+                LocalRouteInfo(
+                    f"port{i}",
+                    f"vm{i}",
+                    vn,
+                    vrf,
+                    f"02:00:00:{i >> 16 & 255:02x}:{i >> 8 & 255:02x}:{i & 255:02x}" if mac else "",
+                    ip,
+                    None,
+                    16 + i % 5000,
+                    "127.0.0.2",
+                )
+            )
         t_sent = time.time()
         done = []
         firsts = []
@@ -304,10 +436,11 @@ def run(args: argparse.Namespace) -> dict[str, float]:
 
     defer.ensureDeferred(publish()).addBoth(lambda r: (print(r) if r else None, stop(r)))
     reactor.run()
+    for k in kids:
+        k.terminate()
+        k.wait()
     cn.terminate()
     cn.wait()
-    for k in kids:
-        k.wait()
     return result
 
 
@@ -324,9 +457,20 @@ def main() -> None:
     p.add_argument("--receivers", type=int, default=1)
     p.add_argument("--procs", type=int, default=1)
     p.add_argument("--evpn", action="store_true", help="publish the EVPN MAC route too")
-    p.add_argument("--batch", type=int, default=500,
-                   help="publisher yields to the reactor every N routes (0: never)")
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=500,
+        help="publisher yields to the reactor every N routes (0: never)",
+    )
     p.add_argument("--port", type=int)
+    p.add_argument(
+        "--sink",
+        default="model",
+        choices=["model", "count"],
+        help="receivers program the agent's DatapathModel, or only count routes",
+    )
+    p.add_argument("--base", type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument("--agents", type=int, default=1)
     p.add_argument("--index", type=int, default=0)
     args = p.parse_args()
@@ -343,8 +487,10 @@ def main() -> None:
             print(f"{k:45s} {v:12,.0f}")
         return
     res = run(args)
-    print(f"routes={args.routes} receivers={args.receivers} procs={args.procs} evpn={args.evpn} "
-          f"batch={args.batch}")
+    print(
+        f"routes={args.routes} receivers={args.receivers} procs={args.procs} evpn={args.evpn} "
+        f"batch={args.batch} sink={args.sink}"
+    )
     for k, v in res.items():
         print(f"{k:28s} {v:12,.3f}")
 

@@ -240,9 +240,18 @@ class ControlNode:
         inst.subscribers[session.peer_name] = session
         inst.instance_ids[session.peer_name] = instance_id
         # Current routes of the instance, then End-of-RIB.
+        n = 0
         for family, items in inst.routes.items():
             if items:
+                n += len(items)
                 session.markDirty((vrf, family[0], family[1]), items.keys())
+        self._log.info(
+            "agent {agent} subscribed to {vrf} (instance-id {iid}): {n} routes to send",
+            agent=session.peer_name,
+            vrf=vrf,
+            iid=instance_id,
+            n=n,
+        )
         session.eor_pending = True
         session.last_subscribe = self.clock.seconds()
         self._schedule(session)
