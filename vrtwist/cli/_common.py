@@ -99,6 +99,11 @@ def run(
     except KsyncConnectError as e:
         print("%s: %s" % (p.prog, e.strerror or e), file=sys.stderr)
         return EXIT_RESPONSE
+    except BrokenPipeError:
+        # the reader went away (``vif --list | head``): stop quietly, as the C tools die
+        # of SIGPIPE; point stdout at /dev/null so the exit-time flush cannot fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_RESPONSE
     except (KsyncProtocolError, OSError) as e:
         print("%s: ksync channel error: %s" % (p.prog, e), file=sys.stderr)
         return EXIT_RESPONSE

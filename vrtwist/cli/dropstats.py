@@ -8,10 +8,13 @@ core N; ``--clear`` resets every counter. The block layout and names are those o
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import time
 from collections.abc import Sequence
 from typing import Any
 
 from vrtwist.cli import _common as cli
+from vrtwist.datapath import droplog
 from vrtwist.sandesh import GET, RESET, schema
 
 #: blocks of (label, field) exactly as the real tool prints them
@@ -99,8 +102,84 @@ def format_drop_stats(stats: Any, core: int | None = None) -> str:
     return "".join(out)
 
 
+#: ``FILE_MAP`` index 0; vrtwist records no C source locations
+_VP_TYPE_IP, _VP_TYPE_IP6 = 2, 3
+
+
+def format_drop_record(seq: int, r: droplog.DropRecord) -> str:
+    """One entry of ``vr_print_pkt_drop_log_data``."""
+    out = ["sl no: %d  " % seq, "Epoch Time: %d " % r.timestamp]
+    out.append("Local Time: %s\n " % time.asctime(time.localtime(r.timestamp)))
+    out.append("Packet Type: %d  " % r.vp_type)
+    reasons = droplog.DROP_REASONS
+    if r.drop_reason:
+        name = reasons[r.drop_reason] if r.drop_reason < len(reasons) else str(r.drop_reason)
+        out.append("Drop reason: %s  " % name)
+    else:
+        out.append("Drop reason: NULL  ")
+    out.append("Vif idx: %d  Nexthop id: %d  " % (r.vif_idx, r.nh_id))
+    if r.vp_type == _VP_TYPE_IP:
+        out.append("Src IP: %s  " % ipaddress.IPv4Address(r.src[:4]))
+        out.append("Dst IP: %s  " % ipaddress.IPv4Address(r.dst[:4]))
+    elif r.vp_type == _VP_TYPE_IP6:
+        out.append("Src IPv6: %s  " % ipaddress.IPv6Address(r.src[:16]))
+        out.append("Dst IPv6: %s  " % ipaddress.IPv6Address(r.dst[:16]))
+    else:
+        out.append("Src IP: NULL  Dst IP: NULL  ")
+    out.append("Source port: %d  Dest port: %d  " % (r.sport, r.dport))
+    out.append("file: NULL  " if not r.file else "file: %d  " % r.file)
+    out.append("line no: %d  Packet Length: %d  Packet Data: " % (r.line, r.pkt_len))
+    out.extend("%02X  " % b for b in r.pkt_header[: min(r.pkt_len, droplog.HEADER_BYTES)])
+    out.append("\n\n")
+    return "".join(out)
+
+
+def _drop_log(ks: Any, log_core: int) -> int:
+    """``--log CORE``: page through one core's drop log (CORE 0: every core in turn)."""
+    core, printed_cores = log_core, 0
+    while True:
+        index = 0
+        while True:
+            objects = cli.request(
+                ks, schema.vr_pkt_drop_log_req(h_op=GET, vdl_core=core, vdl_log_idx=index)
+            )
+            log = next((o for o in objects if type(o) is schema.vr_pkt_drop_log_req), None)
+            if log is None:
+                return 0
+            if log.vdl_pkt_droplog_sysctl_en != 1:
+                cli.write(
+                    "\n\nPacket Drop Log sysctl is not enabled or misconfigured, "
+                    "Configured value is %d\n" % log.vdl_pkt_droplog_sysctl_en
+                )
+                return 0
+            if log.vdl_pkt_droplog_en != 1:
+                cli.write(
+                    "\n\nPkt drop stats log support is not enabled or misconfigured in "
+                    "vrouter module parameters. Configured value is %d\n" % log.vdl_pkt_droplog_en
+                )
+                return 0
+            if index == 0:
+                cli.write("**********PKT DROP LOG**********\n")
+                cli.write("Total No. of CPU's %d\n" % log.vdl_max_num_cores)
+                cli.write("Pkt Drop Log for Core %d\n\n" % max(core, 1))
+            raw = bytes(b & 0xFF for b in (log.vdl_pkt_droplog_arr or ()))
+            count = min(droplog.PAGE, max(0, log.vdl_pkt_droplog_max_bufsz - index))
+            records = list(droplog.unpack_records(raw))[:count]
+            for i, record in enumerate(records):
+                cli.write(format_drop_record(index + i, record))
+            index += droplog.PAGE
+            if index >= log.vdl_pkt_droplog_max_bufsz or not records:
+                break
+        printed_cores += 1
+        if log_core != 0 or printed_cores >= log.vdl_max_num_cores:
+            return 0
+        core = printed_cores + 1
+
+
 def _body(args: argparse.Namespace) -> int:
     with cli.connect(args.sock_dir) as ks:
+        if args.log is not None:
+            return _drop_log(ks, args.log)
         if args.clear:
             cli.request(ks, schema.vr_drop_stats_req(h_op=RESET))
             return 0
@@ -117,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = cli.parser("dropstats", "Show the vRouter's packet drop counters.")
     p.add_argument("--core", "-c", type=cli.int0, help="one core's counters (0-based)")
     p.add_argument("--clear", action="store_true", help="reset every counter")
+    p.add_argument("--log", type=cli.int0, metavar="CORE", help="packet drop log of a core "
+                   "(0: every core)")  # fmt: skip
     return p
 
 

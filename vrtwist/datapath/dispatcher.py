@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from vrtwist.datapath import constants as C
+from vrtwist.datapath.droplog import DropLog
 from vrtwist.datapath.interfaces import IBridgeRoutes, IDatapath, IRequestHandler
 from vrtwist.datapath.routes import RouteTables
 from vrtwist.datapath.tables import DatapathConfig, Fields, TableError, Tables
@@ -227,6 +228,8 @@ class Datapath:
         self.routes = RouteTables(self.tables)
         self.ops: dict[str, int] = dict(_OPS_KNOBS)
         self.log_types: list[int] = []
+        #: the last dropped packets per core (``dropstats --log``); the packet path records
+        self.drop_log = DropLog(self.config.cores, self.ops["vo_pkt_droplog_bufsz"])
         self.usage_sources: list[UsageSource] = []
         self.reset_hooks: list[Callable[[], None]] = []
         self.bridge: IBridgeRoutes = BridgeRoutesInMemory(self)
@@ -594,6 +597,7 @@ class Datapath:
         self.routes.reset()
         if isinstance(self.bridge, BridgeRoutesInMemory):
             self.bridge.reset()
+        self.drop_log.clear()
         for hook in self.reset_hooks:
             hook()
         self.tables.reset()
@@ -606,13 +610,23 @@ class Datapath:
     def _pkt_drop_log(self, msg: Any) -> Reply:
         if int(msg.h_op) != C.OP_GET:
             raise TableError(errno.EOPNOTSUPP, "drop log op")
+        core = int(msg.vdl_core)
+        if not 0 <= core <= self.config.cores:
+            raise TableError(errno.EINVAL, f"core {core} out of range")
+        index = int(msg.vdl_log_idx)
+        # vdl_core N is core N-1; 0 (the tool's "every core") starts at the first one
+        page = self.drop_log.page(max(core - 1, 0), index)
         return self._get_reply(
             "vr_pkt_drop_log_req",
             {
-                "vdl_core": int(msg.vdl_core),
+                "vdl_core": core,
+                "vdl_log_idx": index,
                 "vdl_max_num_cores": self.config.cores,
-                "vdl_pkt_droplog_max_bufsz": self.ops["vo_pkt_droplog_bufsz"],
-                "vdl_pkt_droplog_en": self.ops["vo_pkt_droplog_en"],
+                "vdl_pkt_droplog_max_bufsz": self.drop_log.bufsz,
+                # buffer support (module parameter) and the runtime switch (sysctl)
+                "vdl_pkt_droplog_en": self.ops["vo_pkt_droplog_buf_en"],
+                "vdl_pkt_droplog_sysctl_en": self.ops["vo_pkt_droplog_en"],
+                "vdl_pkt_droplog_arr": page,
             },
         )
 
