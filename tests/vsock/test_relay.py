@@ -190,7 +190,10 @@ class RoutesTests(SynchronousTestCase):
 
 
 class RelayNetTests(TestCase):
+    """Kernel splice(2) between the sockets (the default)."""
+
     timeout = 60
+    splice = True
 
     def setUp(self) -> None:
         self.dir = tempfile.mkdtemp(prefix="vsr")
@@ -219,6 +222,7 @@ class RelayNetTests(TestCase):
         routes = BackendRoutes()
         for b in backends:
             routes.add(b)
+        cfg.setdefault("splice", self.splice)
         f = VSockRelayFactory(reactor, RelayConfig(routes=routes, **cfg))
         self.relays.append(f)
         port = await serverFromString(reactor, listen).listen(f)
@@ -244,7 +248,7 @@ class RelayNetTests(TestCase):
     async def test_half_close_both_ways_unix_to_tcp(self) -> None:
         backends, bport = await self.tcpBackend(answerAtEOF=True)
         sock = os.path.join(self.dir, "r.sock")
-        await self.relay(f"unix:{sock}", f"tcp:127.0.0.1:{bport}")
+        relay = await self.relay(f"unix:{sock}", f"tcp:127.0.0.1:{bport}")
         client = await self.unixClient(sock)
         data = random.Random(1).randbytes(3 * 1024 * 1024 + 7)
         Pump(client.transport, data)  # ends with loseWriteConnection: EOF to the backend
@@ -252,6 +256,9 @@ class RelayNetTests(TestCase):
         # the backend got EOF, then still answered through the relay
         self.assertEqual(bytes(client.received), hashlib.sha256(data).hexdigest().encode())
         self.assertTrue(backends.peers[0].eof)
+        self.assertEqual(relay.stats.spliced, 1 if self.splice else 0)
+        self.assertEqual(relay.stats.bytesToBackend, len(data))
+        self.assertEqual(relay.stats.bytesToCaller, 64)
 
     async def test_proxy_header_for_tcp_caller(self) -> None:
         backends, bport = await self.tcpBackend()
@@ -448,3 +455,9 @@ class RelayNetTests(TestCase):
         self.assertIsInstance(host, VSockAddress)
         self.assertEqual(host.cid, VMADDR_CID_ANY)
         await svc.stopService()
+
+
+class RelayNetNoSpliceTests(RelayNetTests):
+    """The same cases on the ordinary producer/consumer path (TLS, vsock, --no-splice)."""
+
+    splice = False

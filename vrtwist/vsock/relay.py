@@ -28,6 +28,7 @@ from zope.interface import Interface, implementer
 
 from vrtwist.vsock import proxyv2 as P
 from vrtwist.vsock.endpoints import VSockAddress, parseCID
+from vrtwist.vsock.splice import SplicePair, trySplice
 
 
 class RouteError(ValueError):
@@ -88,6 +89,7 @@ class RelayConfig:
     headerTimeout: float = 10.0
     readSize: int = 256 * 1024
     halfCloseTimeout: float = 0.0  # 0: wait for the other side forever, as TCP does
+    splice: bool = True  # zero-copy kernel splice between plain TCP/unix sockets
 
 
 @dataclass
@@ -95,6 +97,7 @@ class RelayStats:
     accepted: int = 0
     active: int = 0
     backendsOpen: int = 0
+    spliced: int = 0
     refused: int = 0
     backendFailures: int = 0
     bytesToBackend: int = 0
@@ -154,6 +157,7 @@ class RelayInbound(Protocol):
         self.readClosed = False
         self.closed = False
         self.cid: int | None = None
+        self.splice: SplicePair | None = None
         self.bytesIn = 0
         self.bytesOut = 0
 
@@ -208,6 +212,7 @@ class RelayInbound(Protocol):
 
     def _toBackend(self, data: bytes) -> None:
         self.bytesIn += len(data)
+        self.relay.stats.bytesToBackend += len(data)
         out = self.outbound
         if out is not None and not self._pending:
             out.transport.write(data)  # type: ignore[union-attr]
@@ -247,6 +252,8 @@ class RelayInbound(Protocol):
             out.transport.loseConnection()  # type: ignore[union-attr]
             return
         self.outbound = out
+        if self.config.splice and self._startSplice(out):
+            return
         if self.config.proxyProtocol and self.header is not None:
             out.transport.write(P.encode(self.header))  # type: ignore[union-attr]
         if self._pending:
@@ -262,6 +269,49 @@ class RelayInbound(Protocol):
         if self.readClosed:
             out.transport.loseWriteConnection()  # type: ignore[union-attr]
             self._maybeDone()
+
+    def _startSplice(self, out: RelayOutbound) -> bool:
+        """Hand both sockets to the kernel splice path; False keeps the ordinary one."""
+        preload = b""
+        if self.config.proxyProtocol and self.header is not None:
+            preload = P.encode(self.header)
+        preload += b"".join(self._pending)
+        pair = trySplice(
+            self.transport,
+            out.transport,
+            preload,
+            self.readClosed,
+            self._spliced,
+            self._spliceDone,
+            self._spliceHalfDone,
+        )
+        if pair is None:
+            return False
+        self.splice = pair
+        self.relay.stats.spliced += 1
+        self._pending = []
+        self._pendingLen = 0
+        self._paused = False
+        return True
+
+    def _spliced(self, toBackend: bool, n: int) -> None:
+        if toBackend:
+            self.bytesIn += n
+            self.relay.stats.bytesToBackend += n
+        else:
+            self.bytesOut += n
+            self.relay.stats.bytesToCaller += n
+
+    def _spliceHalfDone(self) -> None:
+        if self.config.halfCloseTimeout > 0 and self._halfCloseTimer is None:
+            self._halfCloseTimer = self.relay.clock.callLater(
+                self.config.halfCloseTimeout, self._halfCloseExpired
+            )
+
+    def _spliceDone(self, reason: BaseException | None) -> None:
+        self.transport.loseConnection()  # type: ignore[union-attr]
+        if self.outbound is not None:
+            self.outbound.transport.loseConnection()  # type: ignore[union-attr]
 
     def _failed(self, reason: Failure) -> None:
         self._connecting = None
@@ -366,7 +416,6 @@ class RelayOutbound(Protocol):
     def connectionLost(self, reason: Failure | None = None) -> None:
         self.closed = True
         self.inbound.relay.stats.backendsOpen -= 1
-        self.inbound.relay.stats.bytesToBackend += self.inbound.bytesIn
         if not self.inbound.closed:
             self.inbound.transport.loseConnection()  # type: ignore[union-attr]
 

@@ -44,6 +44,7 @@ class Options(usage.Options):
     ]
     optFlags = [
         ["proxy-protocol", "p", "send a PROXY v2 header naming the caller to each backend"],
+        ["no-splice", None, "copy through Python instead of kernel splice(2) for TCP/unix pairs"],
         [
             "accept-proxy-protocol",
             "a",
@@ -89,6 +90,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         bufferLimit=int(options["buffer"]),
         headerTimeout=float(options["header-timeout"]),
         halfCloseTimeout=float(options["half-close-timeout"]),
+        splice=not options["no-splice"],
     )
     top = service.MultiService()
     factory = VSockRelayFactory(reactor, config)
