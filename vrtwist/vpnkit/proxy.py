@@ -27,7 +27,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from vrtwist.vpnkit._fastwrite import adapt_read_size, send_now
+from vrtwist.vpnkit._fastwrite import send_now
 from vrtwist.vpnkit.frames import (
     MAX_UDP_PAYLOAD,
     Destination,
@@ -78,8 +78,6 @@ class _End(Protocol):
             if other is self.splice.local_end:
                 send_now(other.transport, [data])
             else:
-                if isinstance(getattr(self.transport, "bufferSize", None), int):
-                    adapt_read_size(self.transport, len(data))
                 other.transport.write(bytes(data))
 
     def readConnectionLost(self) -> None:
