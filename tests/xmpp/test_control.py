@@ -351,3 +351,21 @@ class GracefulRestartTests(SynchronousTestCase):
         a.proto.connectionLost()
         clock.advance(0)
         self.assertEqual(b.routes(), ({}, ["10.0.0.1/32"], 0))
+
+
+class OrderingTests(SynchronousTestCase):
+    def test_evpn_items_go_out_before_inet(self) -> None:
+        from vrtwist.xmpp.stanzas import NextHop, RouteEntry
+
+        clock, node, factory = make_node()
+        a, b = MemAgent(factory, "a"), MemAgent(factory, "b")
+        for ag in (a, b):
+            ag.open()
+            ag.subscribe("blue")
+        clock.advance(0.1)
+        b.received()
+        a.publish("blue", inet("10.0.0.1/32"))
+        a.publish("blue", RouteEntry(25, 242, "10.0.0.1/32", (NextHop("192.0.2.1", 16),),
+                                     mac="02:00:00:00:00:01"))
+        clock.advance(0)
+        self.assertEqual([m.node for m in b.received()], ["25/242/blue", "1/1/blue"])

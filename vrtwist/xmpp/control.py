@@ -27,6 +27,7 @@ from zope.interface import Interface, implementer
 from .framing import StreamHeader, build_stream_response
 from .session import DEFAULT_HOLD_TIME, ProtocolViolation, XmppSession
 from .stanzas import (
+    AFI_L2VPN,
     CONTROL_NODE_JID,
     PROCEED,
     Collection,
@@ -560,7 +561,12 @@ class ControlSession(XmppSession):
         while self._dirty:
             if self.paused:
                 return False
-            key, item_ids = next(iter(self._dirty.items()))
+            # EVPN before inet: an agent that gets a VM's MAC route first programs the
+            # route and its bridge entry once, and the inet item then changes nothing.
+            key = next(iter(self._dirty))
+            if key[1] != AFI_L2VPN and len(self._dirty) > 1:
+                key = min(self._dirty, key=_evpn_first)
+            item_ids = self._dirty[key]
             vrf, afi, safi = key
             family = (afi, safi)
             node_name = f"{afi}/{safi}/{vrf}"
@@ -598,6 +604,10 @@ class ControlSession(XmppSession):
             self.eor_pending = False
             self.send(build_eor_message(frm, to))
         return True
+
+
+def _evpn_first(key: NodeKey) -> bool:
+    return key[1] != AFI_L2VPN
 
 
 def _attr(value: str) -> str:
