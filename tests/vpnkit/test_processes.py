@@ -135,7 +135,9 @@ class ProcessTests(TestCase):
         self.assertIn("channels_opened=1", out["dump"])
         self.assertTrue(out["in_use"].startswith("1 "), out["in_use"])
         self.assertIn("is already exposed there", out["in_use"])
-        self.assertEqual(out["codes"], "0 0")
+        # twistd re-raises SIGTERM on itself after a clean shutdown
+        self.assertTrue(set(out["codes"].split()) <= {"0", "-15"}, out["codes"])
+        self.assertIn("Server Shut Down", out["host.log"])
         self.assertIn("multiplexer online", out["host.log"])
         self.assertIn("multiplexer online", out["fwd.log"])
         self.assertNotIn("Traceback", out["host.log"] + out["fwd.log"])
