@@ -212,6 +212,76 @@ class FlowUtility(SynchronousTestCase):
         self.assertIn("2001:db8::10:5353", out)
         self.assertEqual(out.count("(Gen: "), 1)
 
+    def test_7_get_prints_routes_and_next_hops(self) -> None:
+        import socket as so
+
+        with _Session(self.run_dir) as c:
+            for idx in (31, 32):
+                r = c.request(schema.vr_interface_req(
+                    h_op=0, vifr_idx=idx, vifr_type=3, vifr_name="tap%d" % idx, vifr_vrf=5,
+                    vifr_mac=[2, 0, 0, 0, 0, idx]))  # fmt: skip
+                self.assertEqual(r[0].resp_code, 0)
+                r = c.request(schema.vr_nexthop_req(
+                    h_op=0, nhr_id=idx, nhr_type=2, nhr_family=2, nhr_vrf=5, nhr_flags=1,
+                    nhr_encap_oif_id=idx, nhr_encap=[2, 0, 0, 0, 0, idx] + [0] * 6 + [8, 0]))  # fmt: skip
+                self.assertEqual(r[0].resp_code, 0)
+            r = c.request(schema.vr_route_req(h_op=0, rtr_family=7, rtr_vrf_id=5,
+                                              rtr_mac=[2, 0, 0, 0, 0, 32], rtr_nh_id=32))  # fmt: skip
+            self.assertEqual(r[0].resp_code, 0)
+            for last, nh, mac in ((3, 31, None), (4, 32, [2, 0, 0, 0, 0, 32])):
+                r = c.request(schema.vr_route_req(
+                    h_op=0, rtr_family=2, rtr_vrf_id=5, rtr_prefix=[10, 5, 0, last],
+                    rtr_prefix_len=32, rtr_nh_id=nh, rtr_mac=mac))  # fmt: skip
+                self.assertEqual(r[0].resp_code, 0)
+            r = c.request(schema.vr_flow_req(
+                fr_op=0, fr_index=-1, fr_action=2, fr_flags=1, fr_family=2, fr_flow_proto=17,
+                fr_flow_sip_l=int.from_bytes(so.inet_aton("10.5.0.3"), "little"),
+                fr_flow_dip_l=int.from_bytes(so.inet_aton("10.5.0.4"), "little"),
+                fr_flow_sport=so.htons(4000), fr_flow_dport=so.htons(53), fr_flow_nh_id=31,
+                fr_flow_vrf=5, fr_src_nh_index=31))  # fmt: skip
+            self.assertEqual(r[0].resp_code, 0)
+            idx = r[1].fresp_index
+        code, out = self.flow("--get", str(idx))
+        self.assertEqual(code, 0, out)
+        pad = " " * 30
+        self.assertIn(
+            "Flow Action:                  FORWARD\n"
+            "Expected Source:              NextHop(Index, VRF, Type): 31, 5, ENCAP\n"
+            + pad
+            + "Ingress Interface(Index, VRF, OS): vif0/31, 5, \n"
+            + pad
+            + "Interface Statistics(Out, In, Errors): 0, 0, 0\n"
+            "Source Information:           VRF: 5\n"
+            + pad
+            + "Layer 3 Route Information\n"
+            + pad
+            + "Matching Route: 10.5.0.3/32\n"
+            + pad
+            + "NextHop(Index, VRF, Type): 31, 5, ENCAP\n",
+            out,
+        )
+        self.assertIn(
+            "Destination Information:      VRF: 5\n"
+            + pad
+            + "Layer 3 Route Information\n"
+            + pad
+            + "Matching Route: 10.5.0.4/32\n"
+            + pad
+            + "NextHop(Index, VRF, Type): 32, 5, ENCAP\n"
+            + pad
+            + "Egress Interface(Index, VRF, OS): vif0/32, 5, \n"
+            + pad
+            + "Interface Statistics(Out, In, Errors): 0, 0, 0\n\n"
+            + pad
+            + "Layer 2 Route Information\n"
+            + pad
+            + "DestinationMAC: 2:0:0:0:0:20\n"
+            + pad
+            + "NextHop(Index, VRF, Type): 32, 5, ENCAP\n",
+            out,
+        )
+        self.assertIn("\n\nFlow Flags:", out)
+
     def test_bridge_routes_and_rt_dump(self) -> None:
         with _Session(self.run_dir) as c:
             r = c.request(schema.vr_nexthop_req(h_op=0, nhr_id=12, nhr_type=5, nhr_family=7))

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any, TextIO
 
+from vrtwist.cli._common import ether_ntoa
+from vrtwist.datapath import constants as C
 from vrtwist.ksync.blocking import KsyncConnectError, KsyncConnection, open_ksync
 from vrtwist.ksync.clientcore import KsyncError, KsyncProtocolError
 from vrtwist.sandesh import SPECS_BY_CLASS, schema
@@ -196,12 +200,76 @@ class FlowTool:
             self.out.write("Flow at index %d is EVICTED. Use --show-evicted\n" % index)
             return 1
         rfe = view.get(e.rflow) if e.flags & L.RFLOW_VALID and e.rflow >= 0 else None
+        paths = self.paths(e, rfe)
         drops = None
         code, reply = self.call(schema.vr_drop_stats_req(h_op=1, vds_core=0))
         if code == 0:
             drops = next((o for o in reply if type(o).__name__ == "vr_drop_stats_req"), None)
-        self.out.write(format_detail(e, rfe, drops))
+        self.out.write(format_detail(e, rfe, drops, paths))
         return 0
+
+    def _object(self, req: Any) -> Any | None:
+        """The object a GET answers, or None (a negative answer is not printed here)."""
+        code, objects = self.call(req)
+        return next((o for o in objects if type(o) is type(req)), None) if code >= 0 else None
+
+    def _hop(self, nh_id: int) -> Hop | None:
+        """A next hop with the interface it sends to (``flow_get_nexthop`` + ``_vif``)."""
+        nh = self._object(schema.vr_nexthop_req(h_op=1, nhr_id=nh_id))
+        if nh is None:
+            return None
+        vif = None
+        if nh.nhr_type in _NH_WITH_VIF:
+            vif = self._object(schema.vr_interface_req(h_op=1, vifr_idx=nh.nhr_encap_oif_id))
+        return Hop(nh, vif)
+
+    def _route(self, family: int, vrf: int, address: bytes) -> Any | None:
+        req = schema.vr_route_req(h_op=1, rtr_family=family, rtr_vrf_id=vrf)
+        if family == L.AF_BRIDGE:
+            req.rtr_mac = list(address)
+            req.rtr_index = -1
+        else:
+            req.rtr_prefix = list(address)
+            req.rtr_prefix_len = len(address) * 8
+        return self._object(req)
+
+    def _route_info(self, family: int, vrf: int, address: bytes) -> RouteInfo | None:
+        """``flow_get_routes`` for one address: the L3 route, its next hop, the L2 one."""
+        l3 = self._route(family, vrf, address)
+        if l3 is None:
+            return None
+        info = RouteInfo(l3, self._hop(int(l3.rtr_nh_id)))
+        mac = bytes(b & 0xFF for b in (l3.rtr_mac or ()))
+        if len(mac) == 6 and mac != bytes(6):
+            l2 = self._route(L.AF_BRIDGE, vrf, mac)
+            if l2 is not None:
+                info.l2 = self._hop(int(l2.rtr_nh_id))
+        return info
+
+    def paths(self, e: FlowEntry, rfe: FlowEntry | None) -> FlowPaths:
+        """Everything ``flow --get`` asks the vRouter about a flow (``flow_get_entry``)."""
+        paths = FlowPaths()
+        if e.src_nh_index >= 0:
+            paths.source = self._hop(e.src_nh_index)
+            nh = paths.source.nh if paths.source is not None else None
+            if nh is not None and nh.nhr_type == C.NH_COMPOSITE:
+                if nh.nhr_flags & C.NH_FLAG_COMPOSITE_ECMP and rfe is not None:
+                    paths.ecmp_index = rfe.ecmp_nh_index
+                members = list(nh.nhr_nh_list or ())[:16]
+                if 0 <= paths.ecmp_index < len(members):
+                    paths.ecmp_member = self._hop(int(members[paths.ecmp_index]))
+        if e.action == L.ACTION_NAT and rfe is None:
+            return paths
+        family = L.AF_INET6 if e.type == L.VP_TYPE_IP6 else L.AF_INET
+        packed = socket.inet_pton(socket.AF_INET6 if family == L.AF_INET6 else socket.AF_INET,
+                                  e.sip)  # fmt: skip
+        paths.src = self._route_info(family, e.vrf, packed)
+        vrf = e.dvrf if e.flags & L.FLAG_VRFT else e.vrf
+        dst = rfe.sip if e.flags & L.FLAG_DNAT and rfe is not None else e.dip
+        packed = socket.inet_pton(socket.AF_INET6 if family == L.AF_INET6 else socket.AF_INET,
+                                  dst)  # fmt: skip
+        paths.dst = self._route_info(family, vrf, packed)
+        return paths
 
     # -- -p / -b -------------------------------------------------------------------
     def perf(self, count: int, bunch: int) -> int:
@@ -411,9 +479,138 @@ def _drop_sum(ds: Any, names: list[str]) -> int:
     return sum(int(getattr(ds, "vds_" + n, 0) or 0) for n in names)
 
 
-def format_detail(e: FlowEntry, rfe: FlowEntry | None = None, drops: Any = None) -> str:
-    """``flow --get``: the real tool's 30-column layout, from the entry, its reverse flow
-    and the system-wide drop statistics (route and next-hop sections are not printed)."""
+@dataclass
+class Hop:
+    """A next hop and, for the kinds that send on one, its interface."""
+
+    nh: Any
+    vif: Any | None = None
+
+
+@dataclass
+class RouteInfo:
+    """The matching L3 route of an address, its next hop and the stitched MAC's next hop."""
+
+    route: Any
+    l3: Hop | None = None
+    l2: Hop | None = None
+
+
+@dataclass
+class FlowPaths:
+    """What ``flow --get`` fetched about a flow's source and destination."""
+
+    source: Hop | None = None  # fe_src_nh_index, the RPF next hop
+    ecmp_index: int = -1
+    ecmp_member: Hop | None = None
+    src: RouteInfo | None = None
+    dst: RouteInfo | None = None
+
+
+_NH_WITH_VIF = (C.NH_ENCAP, C.NH_TUNNEL, C.NH_RCV, C.NH_L2_RCV)
+_NH_TYPE_STRING = {
+    C.NH_DEAD: "DEAD", C.NH_RCV: "RECEIVE", C.NH_ENCAP: "ENCAP", C.NH_TUNNEL: "TUNNEL",
+    C.NH_RESOLVE: "RESOLVE", C.NH_DISCARD: "DISCARD", C.NH_COMPOSITE: "COMPOSITE",
+    C.NH_VRF_TRANSLATE: "VRF_TRANSLATE", C.NH_L2_RCV: "L2_RECEIVE",
+}  # fmt: skip
+
+
+def _os_name(vif: Any) -> str:
+    """``if_indextoname`` of the vif's OS index ("" when it names no OS interface)."""
+    try:
+        return socket.if_indextoname(int(vif.vifr_os_idx)) if vif.vifr_os_idx > 0 else ""
+    except OSError:
+        return ""
+
+
+def _format_hop(hop: Hop | None, ingress: bool, paths: FlowPaths) -> str:
+    """``flow_dump_nexthop``: header, tunnel source or ECMP members, then the interface.
+
+    Like the real tool it starts where the caller left the cursor and prints nothing for
+    next-hop kinds it has no layout for.
+    """
+    if hop is None:
+        return ""
+    nh, pad = hop.nh, " " * FIELD
+    head = "NextHop(Index, VRF, Type): %u, %u, %s\n" % (
+        nh.nhr_id & 0xFFFFFFFF,
+        nh.nhr_vrf & 0xFFFFFFFF,
+        _NH_TYPE_STRING.get(nh.nhr_type, "NONE"),
+    )
+    out = ""
+    if nh.nhr_type in (C.NH_ENCAP, C.NH_RCV):
+        out = head
+    elif nh.nhr_type == C.NH_TUNNEL:
+        out = head + pad + "Tunnel Source: "
+        if nh.nhr_family == L.AF_INET:
+            out += "%s\n" % socket.inet_ntoa((nh.nhr_tun_dip & 0xFFFFFFFF).to_bytes(4, "little"))
+        elif nh.nhr_family == L.AF_INET6:
+            out += "%s\n" % socket.inet_ntop(
+                socket.AF_INET6, bytes(b & 0xFF for b in nh.nhr_tun_dip6)
+            )
+    elif nh.nhr_type == C.NH_COMPOSITE:
+        out = head
+        if nh.nhr_flags & C.NH_FLAG_COMPOSITE_ECMP:
+            members = list(nh.nhr_nh_list or ())[:16]
+            out += pad + "ECMP\n" + pad
+            out += "".join(
+                "%d%s, " % (m, "*" if i == paths.ecmp_index else "") for i, m in enumerate(members)
+            )
+            out += "\n" + pad
+            if paths.ecmp_index >= 0:
+                out += _format_hop(paths.ecmp_member, ingress, paths)
+        return out
+    else:
+        return ""
+    vif = hop.vif
+    if vif is not None:
+        out += pad + ("Ingress " if ingress else "Egress ")
+        out += "Interface(Index, VRF, OS): vif0/%u, %d, %s\n" % (
+            vif.vifr_idx,
+            vif.vifr_vrf,
+            _os_name(vif),
+        )
+        out += pad + "Interface Statistics(Out, In, Errors): %d, %d, %d\n" % (
+            vif.vifr_opackets,
+            vif.vifr_ipackets,
+            vif.vifr_ierrors + vif.vifr_oerrors,
+        )
+    return out
+
+
+def _format_route_info(title: str, mac_title: str, info: RouteInfo, ingress: bool,
+                       paths: FlowPaths) -> str:  # fmt: skip
+    """The "Source Information" / "Destination Information" block."""
+    pad = " " * FIELD
+    rt = info.route
+    family = int(rt.rtr_family)
+    raw = bytes(b & 0xFF for b in rt.rtr_prefix or ())
+    width = 16 if family == L.AF_INET6 else 4
+    plen = int(rt.rtr_prefix_len)
+    value = int.from_bytes(raw.ljust(width, b"\0")[:width], "big")
+    value &= ((1 << (width * 8)) - 1) ^ ((1 << (width * 8 - plen)) - 1) if plen else 0
+    addr = socket.inet_ntop(socket.AF_INET6 if width == 16 else socket.AF_INET,
+                            value.to_bytes(width, "big"))  # fmt: skip
+    out = _field(title) + "VRF: %u\n" % (rt.rtr_vrf_id & 0xFFFFFFFF)
+    out += pad + "Layer 3 Route Information\n"
+    out += pad + "Matching Route: %s/%-2d\n" % (addr, plen)
+    if info.l3 is not None:
+        out += pad + _format_hop(info.l3, ingress, paths)
+    if rt.rtr_mac:
+        out += "\n" + pad + "Layer 2 Route Information\n"
+        out += pad + "%s: %s\n" % (mac_title, ether_ntoa(rt.rtr_mac))
+        if info.l2 is not None:
+            out += pad + _format_hop(info.l2, ingress, paths)
+    return out
+
+
+def format_detail(
+    e: FlowEntry, rfe: FlowEntry | None = None, drops: Any = None, paths: FlowPaths | None = None
+) -> str:
+    """``flow --get``: the real tool's 30-column layout, from the entry, its reverse flow,
+    what the vRouter says about its source and destination (``paths``: expected source
+    next hop, matching routes, their next hops and interfaces) and the system-wide drop
+    statistics."""
     pad = " " * FIELD
     rev = "%u" % e.rflow if e.flags & L.RFLOW_VALID and e.rflow >= 0 else "-1"
     lines = [
@@ -452,6 +649,18 @@ def format_detail(e: FlowEntry, rfe: FlowEntry | None = None, drops: Any = None)
             nat += "[%s]:" % (rfe.sip if e.flags & L.FLAG_DNAT else e.dip)
             nat += "%d" % (rfe.sport if e.flags & L.FLAG_DPAT else e.dport)
         lines.append(nat)
+    if paths is not None:
+        block = ""
+        if paths.source is not None:
+            block += _field("Expected Source") + _format_hop(paths.source, True, paths)
+        if paths.src is not None:
+            block += _format_route_info("Source Information", "SourceMAC", paths.src, True, paths)
+        if paths.dst is not None:
+            block += _format_route_info(
+                "Destination Information", "DestinationMAC", paths.dst, False, paths
+            )
+        if block:
+            lines.append(block[:-1] if block.endswith("\n") else block)
     lines.append("")
     flag_names = (
         (L.FLAG_EVICTED, "EVICTED "),
