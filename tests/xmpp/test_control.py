@@ -243,6 +243,15 @@ class ViolationTests(SynchronousTestCase):
 
         self.assertClosedAlone(build_subscribe("a", "blue", 1), "duplicate subscribe to 'blue'")
 
+    def test_too_many_subscriptions(self) -> None:
+        from vrtwist.xmpp import control
+        from vrtwist.xmpp.stanzas import build_subscribe
+
+        self.patch(control, "MAX_SUBSCRIPTIONS", 3)
+        self.a.subscribe("red")
+        self.a.subscribe("green")
+        self.assertClosedAlone(build_subscribe("a", "yellow", 1), "more than 3 routing instances")
+
     def test_publish_to_unsubscribed_vrf(self) -> None:
         from vrtwist.xmpp.stanzas import build_route_publish
 

@@ -65,6 +65,8 @@ MAX_ITEMS_PER_MESSAGE = 128
 AGENT_MAX_STANZA = 256 * 1024
 #: Time to wait for the stream open after the TCP accept.
 OPEN_TIMEOUT = 15.0
+#: Routing instances one agent may subscribe to (the vRouter has at most 65,536 VRFs).
+MAX_SUBSCRIPTIONS = 65536
 #: End-of-RIB goes out once this long has passed without a new subscribe from the agent,
 #: so an agent whose subscribes span several reads gets one EoR after all of them (the
 #: real control node also sends EoR from a timer, not per subscribe).
@@ -234,6 +236,8 @@ class ControlNode:
     def subscribe(self, session: ControlSession, vrf: str, instance_id: int | None) -> None:
         if vrf in session.subscriptions:
             raise ProtocolViolation(f"duplicate subscribe to {vrf!r}")
+        if len(session.subscriptions) >= MAX_SUBSCRIPTIONS:
+            raise ProtocolViolation(f"more than {MAX_SUBSCRIPTIONS} routing instances subscribed")
         inst = self.instances.get(vrf)
         if inst is None:
             inst = self.instances[vrf] = RoutingInstance(vrf)
