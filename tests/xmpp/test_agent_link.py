@@ -488,6 +488,7 @@ class ReconnectTests(SynchronousTestCase):
         link = makeControllerLink(clock, ["tcp:127.0.0.1:5269", "127.0.0.1:5270", "x:1"], "h",
                                   "127.0.0.2", RecordingSink(), hold_time=30)
         self.assertEqual(link.endpoint.names, ["tcp:127.0.0.1:5269", "tcp:127.0.0.1:5270"])
+        verifyObject(IStreamClientEndpoint, link.endpoint)
         verifyObject(IService, link)
         verifyObject(IControllerLink, link)
         with self.assertRaises(ValueError):
