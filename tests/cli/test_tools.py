@@ -353,6 +353,18 @@ class RouteAndStatsTests(VrouterDpCase):
         self.ok(vif.main, "--add", "tap1", "--type", "virtual", "--vif", "1", "--vrf", "3")
         self.assertEqual(self.ok(vrfstats.main, "--dump").count("Vrf: "), 1)
         self.assertIn("Vrf: 3\nDiscards 0, ", self.ok(vrfstats.main, "--get", "3"))
+        # a fresh DPDK vRouter logs at "info"; the level can be changed and read back
+        self.assertEqual(self.ok(vrouter.main, "--get-log-level"),
+                         "Current log level                        info\n")  # fmt: skip
+        self.ok(vrouter.main, "--set-log-level", "debug")
+        self.assertIn("debug", self.ok(vrouter.main, "--get-log-level"))
+        # dropstats --log against a datapath that has dropped nothing: 200 empty records
+        text = self.ok(dropstats.main, "--log", "0")
+        self.assertTrue(text.startswith("**********PKT DROP LOG**********\nTotal No. of CPU's 1\n"
+                                        "Pkt Drop Log for Core 1\n\nsl no: 0  Epoch Time: 0 "))  # fmt: skip
+        self.assertEqual(text.count("sl no: "), 200)
+        code, text = self.tool(dropstats.main, "--log", "9")
+        self.assertEqual((code, text), (1, "vRouter(Response): Invalid argument (22)\n"))
 
 
 class ChannelErrorTests(SynchronousTestCase):

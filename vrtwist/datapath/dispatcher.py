@@ -80,7 +80,7 @@ _OPS_KNOBS: dict[str, int] = {
     "vo_burst_step": 0,
     "vo_priority_tagging": 1,
     "vo_packet_dump": 0,
-    "vo_log_level": 0,
+    "vo_log_level": 7,  # VR_LOG_INFO, the DPDK vRouter's default (rte log level INFO)
     "vo_pkt_droplog_bufsz": 200,
     "vo_pkt_droplog_buf_en": 1,
     "vo_pkt_droplog_en": 1,
