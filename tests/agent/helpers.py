@@ -59,7 +59,7 @@ class InMemoryAgent:
         self.sync = DatapathSync(self.model)
         self.sync.attach(LocalChannel(self.datapath))
         self.table.observe(self.model)
-        self.api = PortApi(self.table)
+        self.api = PortApi(self.table, gateways=self.model)
         self.http = StubTreq(self.api.app.resource())
 
     def call(self, method: str, path: str, body: Any = None,

@@ -195,6 +195,22 @@ class RestartTests(SynchronousTestCase):
         self.assertIsNotNone(route(dp, ida["vrf"], a["ip-address"], 32))
         self.assertEqual(second.model.port_ids(a["id"]), ida)
 
+    def test_gateways_are_not_persisted_and_their_routes_go_at_restart(self) -> None:
+        d = tempdir(self)
+        first = InMemoryAgent(d)
+        body = [{"interface": "vgw1", "routing-instance": "ri",
+                 "subnets": [{"ip-address": "10.1.1.0", "prefix-len": 24}],
+                 "routes": [{"ip-address": "0.0.0.0", "prefix-len": 0}]}]
+        self.assertEqual(first.call("POST", "/gateway", body)[0], 200)
+        first.call("POST", "/port", port_body(1))
+        dp = first.datapath
+        self.assertEqual(len(dp.routes.vrfs[(C.AF_INET, 0)]), 1)
+        second = _restarted(d, dp)
+        self.assertEqual(second.sync.errors, {})
+        self.assertEqual(len(dp.routes.vrfs[(C.AF_INET, 0)]), 0)
+        self.assertNotIn("vgw1", {v.name for v in dp.tables.interfaces.values()})
+        self.assertIn("tapv1", {v.name for v in dp.tables.interfaces.values()})
+
     def test_objects_outside_the_agent_ranges_are_left_alone(self) -> None:
         dp = Datapath()
         dp.tables.interface_add({"vifr_idx": 0, "vifr_type": C.VIF_TYPE_PHYSICAL,

@@ -210,10 +210,29 @@ class GatewayTests(SynchronousTestCase):
 
     def test_add_delete(self) -> None:
         agent = InMemoryAgent(tempdir(self))
+        dp = agent.datapath
+        before = (set(dp.tables.interfaces), set(dp.tables.nexthops))
         self.assertEqual(agent.call("POST", "/gateway", self.BODY), (200, {}))
         self.assertIn("vgw1", agent.api.gateways)
+        vgw = [v for v in dp.tables.interfaces.values() if v.name == "vgw1"]
+        self.assertEqual(len(vgw), 1)
+        self.assertEqual(vgw[0].type, 5)  # VIF_TYPE_GATEWAY
+        vrf = vgw[0].vrf
+        self.assertGreaterEqual(vrf, 1)
+        self.assertEqual(len(dp.routes.vrfs[(2, vrf)]), 1)  # 0.0.0.0/0 in the public VRF
+        self.assertEqual(len(dp.routes.vrfs[(2, 0)]), 1)  # 10.1.1.0/24 in the fabric VRF
+        self.assertEqual(agent.sync.errors, {})
+        # a re-POST replaces it
+        self.assertEqual(agent.call("POST", "/gateway", self.BODY), (200, {}))
+        self.assertEqual(len([v for v in dp.tables.interfaces.values()
+                              if v.name == "vgw1"]), 1)
         self.assertEqual(agent.call("DELETE", "/gateway", [{"interface": "vgw1"}]), (200, {}))
         self.assertEqual(agent.api.gateways, {})
+        self.assertEqual((set(dp.tables.interfaces), set(dp.tables.nexthops)), before)
+        self.assertEqual(sum(len(t) for t in dp.routes.vrfs.values()), 0)
+        self.assertEqual(agent.sync.errors, {})
+        m = agent.model
+        self.assertEqual((len(m.vifs), len(m.nhs), len(m.vrf_ids)), (0, 0, 0))
 
     def test_errors(self) -> None:
         agent = InMemoryAgent(tempdir(self))

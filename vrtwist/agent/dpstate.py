@@ -25,11 +25,12 @@ from zope.interface import implementer
 
 from vrtwist.agent.interfaces import (
     IControllerLink,
+    IGatewayProgrammer,
     IPortObserver,
     IRouteProgrammer,
     LocalRoute,
 )
-from vrtwist.agent.model import Port, ResourceExhausted, parse_mac
+from vrtwist.agent.model import Gateway, Port, ResourceExhausted, parse_mac
 from vrtwist.datapath import constants as C
 
 #: The vRouter's own MAC, source of every L2 rewrite towards a VM.
@@ -136,7 +137,7 @@ class Adopted:
     resolve_nh: int | None = None
 
 
-@implementer(IPortObserver, IRouteProgrammer)
+@implementer(IPortObserver, IRouteProgrammer, IGatewayProgrammer)
 class DatapathModel:
     """Desired ksync objects for the local ports; observers are told which keys changed."""
 
@@ -162,6 +163,7 @@ class DatapathModel:
         self._tunnels: dict[tuple[str, str], tuple[int, int]] = {}  # (dip, encap) -> nh, refs
         self._remote: dict[tuple[str, str, int], tuple[list[Key], tuple[str, str]]] = {}
         self._adopted: dict[str, Adopted] = {}
+        self._gateways: dict[str, tuple[str, int, int, list[Key]]] = {}
         self._os_index = os_index or _if_index
         self.listeners: list[Callable[[Iterable[Key]], None]] = []
         self.controller: IControllerLink | None = None
@@ -373,6 +375,69 @@ class DatapathModel:
             return None
         return {"vif": ids.vif, "l3_nh": ids.l3_nh, "l2_nh": ids.l2_nh, "label": ids.label,
                 "vrf": self._vrfs[ids.vrf].vrf_id}
+
+    # IGatewayProgrammer ----------------------------------------------------------------
+
+    def gatewayAdded(self, gateway: Gateway) -> None:
+        """A vgw: a gateway vif in the routing instance's VRF, an interface next hop, the
+        gateway's ``routes`` in that VRF and its ``subnets`` in the fabric VRF 0, both
+        through the vgw (traffic between the overlay and the host's kernel)."""
+        if gateway.interface in self._gateways:
+            self.gatewayDeleted(gateway.interface)
+        new_vrf = gateway.routing_instance not in self._vrfs
+        v = self._vrf(gateway.routing_instance, None)
+        try:
+            vif = self.vifs.alloc()
+        except ResourceExhausted:
+            if new_vrf:
+                self._drop_vrf(v)
+            raise
+        try:
+            nh = self.nhs.alloc()
+        except ResourceExhausted:
+            self.vifs.free(vif)
+            if new_vrf:
+                self._drop_vrf(v)
+            raise
+        keys: list[Key] = [(NH, v.rcv_nh), (NH, v.resolve_nh)] if new_vrf else []
+        self._set((VIF, vif), "vr_interface_req", {
+            "vifr_idx": vif, "vifr_type": C.VIF_TYPE_GATEWAY, "vifr_name": gateway.interface,
+            "vifr_transport": C.VIF_TRANSPORT_VIRTUAL, "vifr_vrf": v.vrf_id,
+            "vifr_mcast_vrf": v.vrf_id, "vifr_mac": list(VROUTER_MAC), "vifr_mtu": self.mtu,
+            "vifr_flags": C.VIF_FLAG_L3_ENABLED, "vifr_nh_id": nh,
+            "vifr_os_idx": self._os_index(gateway.interface)})
+        self._set((NH, nh), "vr_nexthop_req", {
+            "nhr_id": nh, "nhr_type": C.NH_ENCAP, "nhr_family": C.AF_INET, "nhr_vrf": v.vrf_id,
+            "nhr_encap_oif_id": vif, "nhr_encap": list(VROUTER_MAC + VROUTER_MAC + b"\x08\x00"),
+            "nhr_flags": C.NH_FLAG_VALID})
+        keys += [(VIF, vif), (NH, nh)]
+        route_keys: list[Key] = []
+        for vrf_id, prefixes in ((v.vrf_id, gateway.routes), (0, gateway.subnets)):
+            for addr, plen in prefixes:
+                k = _inet_key(vrf_id, addr, plen)
+                if k in self.desired:
+                    continue  # never take over a route someone else installed
+                self._set(k, "vr_route_req", _route_fields(k, nh, 0, 0, None))
+                route_keys.append(k)
+        self._gateways[gateway.interface] = (v.name, vif, nh, route_keys)
+        v.ports.add("gateway:" + gateway.interface)
+        self._notify(keys + route_keys)
+
+    def gatewayDeleted(self, interface: str) -> None:
+        entry = self._gateways.pop(interface, None)
+        if entry is None:
+            return
+        vrf_name, vif, nh, route_keys = entry
+        keys: list[Key] = [*route_keys, (NH, nh), (VIF, vif)]
+        for k in keys:
+            self.desired.pop(k, None)
+        self.vifs.free(vif)
+        self.nhs.free(nh)
+        v = self._vrfs[vrf_name]
+        v.ports.discard("gateway:" + interface)
+        if not v.ports and not self._remote_in(v.vrf_id):
+            keys += self._drop_vrf(v)
+        self._notify(keys)
 
     # IRouteProgrammer ------------------------------------------------------------------
 

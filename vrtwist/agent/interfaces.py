@@ -118,3 +118,13 @@ class IKsyncChannel(Interface):
     def request(msg: Any) -> Any:
         """Send one Sandesh request; a Deferred firing with every Sandesh object of the
         reply in order, ``vr_response`` first (a DUMP's page of objects included)."""
+
+
+class IGatewayProgrammer(Interface):
+    """Programs simple-gateway (vgw) interfaces from ``POST``/``DELETE /gateway``."""
+
+    def gatewayAdded(gateway: Any) -> None:
+        """Install (or replace) a ``vrtwist.agent.model.Gateway``."""
+
+    def gatewayDeleted(interface: str) -> None:
+        """Remove the gateway named ``interface`` (unknown names are ignored)."""

@@ -122,6 +122,18 @@ def owned(key: Key, name: str, fields: dict[str, Any]) -> bool:
     return bool(key[2] >= 1)
 
 
+def owned_subset(present: dict[Key, tuple[str, dict[str, Any]]],
+                 keep: tuple[Key, ...] = ()) -> dict[Key, tuple[str, dict[str, Any]]]:
+    """The objects of a dump the agent owns (see :func:`owned`), plus fabric-VRF routes
+    that lead through one of the agent's next hops (a gateway's subnets), plus ``keep``."""
+    out = {k: v for k, v in present.items() if owned(k, v[0], v[1]) or k in keep}
+    nhs = {k[1] for k in out if k[0] == NH}
+    for k, (name, f) in present.items():
+        if k[0] == ROUTE and k[2] == 0 and int(f.get("rtr_nh_id", 0)) in nhs:
+            out[k] = (name, f)
+    return out
+
+
 @implementer(IKsyncChannel)
 class LocalChannel:
     """An in-process channel straight into a ``vrtwist.datapath`` dispatcher (no socket)."""
@@ -230,7 +242,7 @@ class DatapathSync:
                     vrfs.add(int(obj.vifr_vrf))
                 elif name == "vr_nexthop_req":
                     vrfs.add(int(obj.nhr_vrf))
-        for vrf in sorted(v for v in vrfs if v >= 1):
+        for vrf in sorted(vrfs | {0}):
             for fam in (C.AF_INET, C.AF_INET6, C.AF_BRIDGE):
                 try:
                     objs = await self.dump("vr_route_req", {"rtr_vrf_id": vrf,
@@ -268,8 +280,7 @@ class DatapathSync:
                 vif=idx, vrf_id=vrf, l3_nh=l3, l2_nh=l2, label=label_of.get(l3),
                 rcv_nh=rcv, resolve_nh=res))
             count += 1
-        self.applied = {k: v for k, v in present.items() if owned(k, v[0], v[1])
-                        or k in ((VIF, AGENT_VIF), (VIF, self.model.fabric_vif))}
+        self.applied = owned_subset(present, ((VIF, AGENT_VIF), (VIF, self.model.fabric_vif)))
         self._log.info("datapath holds {n} agent object(s); {vifs} interface(s) adopted",
                        n=len(self.applied), vifs=count)
         return count
@@ -542,8 +553,8 @@ class KsyncSynchroniser:
                 await self.sync.adopt()
             else:
                 present = await self.sync.read_datapath()
-                self.sync.applied = {k: v for k, v in present.items() if owned(k, v[0], v[1])
-                                     or k in ((VIF, AGENT_VIF), (VIF, self.model.fabric_vif))}
+                self.sync.applied = owned_subset(
+                    present, ((VIF, AGENT_VIF), (VIF, self.model.fabric_vif)))
         except Exception as e:
             self._log.error("cannot read the datapath: {e}", e=e)
             return False
@@ -585,7 +596,8 @@ class LocalSynchroniser:
                 await self.sync.adopt()
             else:
                 present = await self.sync.read_datapath()
-                self.sync.applied = {k: v for k, v in present.items() if owned(k, v[0], v[1])}
+                self.sync.applied = owned_subset(
+                    present, ((VIF, AGENT_VIF), (VIF, self.sync.model.fabric_vif)))
         finally:
             self.sync.reader = None
 

@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
+from vrtwist.agent.interfaces import IGatewayProgrammer
 from vrtwist.agent.model import (
     Gateway,
     Port,
@@ -86,8 +87,10 @@ class PortApi:
     _log = Logger()
 
     def __init__(self, table: PortTable,
-                 programmed: Callable[[], Deferred[None]] | None = None) -> None:
+                 programmed: Callable[[], Deferred[None]] | None = None,
+                 gateways: IGatewayProgrammer | None = None) -> None:
         self.table = table
+        self._gateway_sink = gateways
         self.gateways: dict[str, Gateway] = {}
         # waits (bounded) until the datapath has the changes made so far: a 200 for a port
         # then means "persisted and programmed", and busy callers are slowed down instead of
@@ -188,15 +191,19 @@ class PortApi:
 
     @app.route("/gateway", methods=["POST"])
     def post_gateway(self, request: IRequest) -> Any:
-        def add() -> dict[str, Any]:
-            for gw in gateways_from_json(_read_body(request)):
+        async def add() -> dict[str, Any]:
+            new = gateways_from_json(_read_body(request))
+            for gw in new:
+                if self._gateway_sink is not None:
+                    self._gateway_sink.gatewayAdded(gw)
                 self.gateways[gw.interface] = gw
+            await self._wait_programmed()
             return {}
         return self._call(request, add)
 
     @app.route("/gateway", methods=["DELETE"])
     def delete_gateway(self, request: IRequest) -> Any:
-        def delete() -> dict[str, Any]:
+        async def delete() -> dict[str, Any]:
             body = _read_body(request)
             if not isinstance(body, list):
                 raise ApiError(400, "body: expected a JSON array of {\"interface\": name}")
@@ -206,7 +213,9 @@ class PortApi:
                     raise ApiError(400, f"[{i}].interface: missing or not a string")
                 names.append(item["interface"])
             for name in names:
-                self.gateways.pop(name, None)
+                if self.gateways.pop(name, None) is not None and self._gateway_sink is not None:
+                    self._gateway_sink.gatewayDeleted(name)
+            await self._wait_programmed()
             return {}
         return self._call(request, delete)
 

@@ -86,7 +86,8 @@ class AgentService(MultiService):
                        added=added, dir=str(store.ports_dir), skipped=len(skipped))
         if sync is not None:
             sync.start()
-        self.api = PortApi(table, self._programmed if sync is not None else None)
+        self.api = PortApi(table, self._programmed if sync is not None else None,
+                           gateways=self.model)
         endpoint = serverFromString(self.reactor, self.rest_description)
         site = Site(self.api.app.resource())
         site.noisy = False
