@@ -422,3 +422,50 @@ class GoPeerSequenceTests(TestCase):
         )
         frames = await self._exchange(send, cid)
         self.assertEqual(frames, [Window(cid, 65536), Close(cid)])
+
+
+class ReversedRolesTests(TestCase):
+    """``vpnkit-host --data-listen`` with ``vpnkit-forwarder --data-connect`` (Go allows both)."""
+
+    timeout = 30
+
+    async def test_host_listens_forwarder_connects(self) -> None:
+        import shutil
+        import tempfile
+
+        from vrtwist.vpnkit import forwarder_tap, host_tap
+
+        d = tempfile.mkdtemp(prefix="vpnkit-rev-")
+        self.addCleanup(shutil.rmtree, d, True)
+        path = os.path.join(d, "data.sock")
+        ho = host_tap.Options()
+        ho.parseOptions(["--data-listen", path])
+        host = host_tap.makeService(ho, reactor)
+        host.startService()
+        await host.dataService._waitingForPort
+        fo = forwarder_tap.Options()
+        fo.parseOptions(["--data-connect", path, "--retry-max", "0.3"])
+        fwd = forwarder_tap.makeService(fo, reactor)
+        fwd.startService()
+        echo = await listen_tcp(Factory.forProtocol(Echo))
+        try:
+            for _ in range(300):
+                if host.links.current() is not None:
+                    break
+                await task.deferLater(reactor, 0.01, lambda: None)
+            mux = host.links.current()
+            self.assertIsNotNone(mux)
+            self.assertFalse(mux.backwards)  # the listening side counts ids upwards
+            granted = await host.table.expose(
+                Port.parse(f"tcp:127.0.0.1:0:127.0.0.1:{echo.getHost().port}")
+            )
+            c = Collect(b"reversed")
+            await connect_tcp(granted.out_port, c)
+            self.assertEqual((await c.done)[0], b"reversed")
+            self.assertEqual(mux.stats.channels_opened, 1)
+            self.assertIn(0, [e[3] for e in mux.recent])  # first id allocated upwards: 0
+        finally:
+            await echo.stopListening()
+            await defer.maybeDeferred(fwd.stopService)
+            await defer.maybeDeferred(host.stopService)
+            await task.deferLater(reactor, 0.05, lambda: None)
