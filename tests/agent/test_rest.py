@@ -113,6 +113,14 @@ class PortEndpointTests(SynchronousTestCase):
             self.assertIn(text, body["error"])
         self.assertEqual(len(self.agent.table), 0)
 
+    def test_oversized_body(self) -> None:
+        from vrtwist.agent.rest import MAX_BODY
+
+        code, body = self.agent.call("POST", "/port", raw=b" " * (MAX_BODY + 1))
+        self.assertEqual(code, 413)
+        self.assertIn("limit", body["error"])
+        self.assertEqual(len(self.agent.table), 0)
+
     def test_unknown_path_and_method(self) -> None:
         self.assertEqual(self.agent.call("GET", "/nothing"), (404, {"error": "Unknown Request"}))
         code, body = self.agent.call("PUT", "/port")
