@@ -127,6 +127,24 @@ def twistd(*args: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen([exe, "-n", "--pidfile=", "-l", "/dev/null", *args])
 
 
+def cpuSeconds(pid: int) -> float:
+    """User + system CPU seconds used so far by process ``pid`` (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+CPU: dict[str, list[float]] = {}  # case -> relay-process CPU seconds per run
+
+
+def _unlink(path: str) -> None:
+    """Remove a previous run's socket file, so waiting for it means waiting for the new one."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
 async def waitPath(path: str) -> None:
     for _ in range(400):
         if os.path.exists(path):
@@ -154,6 +172,7 @@ async def vsockRelay(total: int, workdir: str, listen: str = "unix", splice: boo
     f = OneShot(lambda: Counter(total))
     port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(f)
     sock = os.path.join(workdir, "relay.sock")
+    _unlink(sock)
     if listen == "unix":
         where = f"unix:{sock}"
     else:
@@ -180,10 +199,14 @@ async def vsockRelay(total: int, workdir: str, listen: str = "unix", splice: boo
             f.protocols.clear()
             f.arrived = defer.Deferred()
         client = await connectProtocol(ep, Protocol())
+        c0 = cpuSeconds(proc.pid)
         t0 = time.perf_counter()
         Sender(client.transport, block(), CHUNK, total)
         recv = await f.arrived
         _, end = await recv.done.addTimeout(300, reactor)
+        CPU.setdefault(f"vsock-relay {listen} ({'splice' if splice else 'copy'})", []).append(
+            cpuSeconds(proc.pid) - c0
+        )
         client.transport.loseConnection()
     finally:
         proc.terminate()
@@ -219,6 +242,7 @@ async def waitPort(port: int) -> None:
 
 async def startVSPC(workdir: str) -> tuple[subprocess.Popen[bytes], str]:
     sock = os.path.join(workdir, "vspc.sock")
+    _unlink(sock)
     proc = twistd(
         "vspc",
         "--listen",
@@ -256,6 +280,7 @@ async def vspcOnce(
         await defer.gatherResults([e.proxied() for e in esxs])
         backends = [await f.arrived for f in factories]
         data = block()
+        c0 = cpuSeconds(proc.pid)
         t0 = time.perf_counter()
         if up:
             enc = T.encodeData(data)
@@ -271,6 +296,8 @@ async def vspcOnce(
                 Sender(b.transport, data, CHUNK, total)
             results = await defer.gatherResults([e.counter.done for e in esxs])  # type: ignore[attr-defined]
         out = [(t0, first, last) for first, last in results]
+        if vms == 1:
+            CPU.setdefault("vspc up" if up else "vspc down", []).append(cpuSeconds(proc.pid) - c0)
         for e in esxs:
             e.transport.loseConnection()
     finally:
@@ -322,23 +349,28 @@ async def main(args: argparse.Namespace) -> None:
             )
     finally:
         shutil.rmtree(work, True)
-    d = statistics.median(rows["direct"])
     load = open("/proc/loadavg").read().split()[:3]
     print()
     print(
-        f"payload {args.mib} MiB per single-stream case, {args.runs} runs, medians; loadavg {' '.join(load)}"
+        f"payload {args.mib} MiB per single-stream case, {args.runs} runs; loadavg {' '.join(load)}"
     )
-    print("| path | MB/s (median) | runs | vs direct | goal |")
-    print("|---|---|---|---|---|")
+    print("'vs direct' is the median of per-run ratios (each case against the direct transfer")
+    print("of the same run); 'CPU' is the relay/vSPC process's own CPU time for the transfer and")
+    print("'per core' the payload divided by it: what one core of relay could carry.")
+    print("| path | MB/s (median) | runs | vs direct | goal | CPU s | per core MB/s |")
+    print("|---|---|---|---|---|---|---|")
     goals = {k: ">= 0.50" for k in rows if k.startswith("vsock")}
     goals.update({"direct": "", "vspc up": ">= 0.25", "vspc down": ">= 0.25"})
     for k, v in rows.items():
         if not v:
             continue
         m = statistics.median(v)
-        print(
-            f"| {k} | {m:,.0f} | {' / '.join(f'{x:,.0f}' for x in v)} | {m / d:.2f} | {goals[k]} |"
-        )
+        ratio = statistics.median(x / d for x, d in zip(v, rows["direct"]))
+        cpu = statistics.median(CPU[k]) if CPU.get(k) else None
+        cpuText = f"{cpu:.2f}" if cpu else ""
+        perCore = f"{total / cpu / MB:,.0f}" if cpu else ""
+        runs = " / ".join(f"{x:,.0f}" for x in v)
+        print(f"| {k} | {m:,.0f} | {runs} | {ratio:.2f} | {goals[k]} | {cpuText} | {perCore} |")
     if not many:
         return
     agg = statistics.median(x[0] for x in many)
