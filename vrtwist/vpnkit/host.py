@@ -219,6 +219,7 @@ class _Forward:
     def __init__(self, table: ForwardTable, port: Port) -> None:
         self.table = table
         self.port = port
+        self.destination = port.destination()  # parsed once, not per connection
         self.listener: Any = None
         self.splices: set[Splice] = set()
         self.udp: _UDPForward | None = None
@@ -227,7 +228,7 @@ class _Forward:
         mux = self.table.links.current()
         if mux is None:
             raise error.ConnectionClosed("multiplexer is not running")
-        mux.openChannel(self.port.destination(), splice.channel_end)
+        mux.openChannel(self.destination, splice.channel_end)
 
     def close(self, closeConnections: bool) -> defer.Deferred[None]:
         d: defer.Deferred[Any] = defer.maybeDeferred(self.listener.stopListening)
@@ -322,7 +323,7 @@ class _UDPForward(DatagramProtocol):
                 return
             flow = _UDPFlow(self, client)
             self.flows[client] = flow
-            mux.openChannel(self.fwd.port.destination(), flow.protocol)
+            mux.openChannel(self.fwd.destination, flow.protocol)
         flow.last = self.clock.seconds()
         assert flow.protocol.transport is not None
         send_datagram(flow.protocol.transport, datagram, self.stats)
