@@ -155,6 +155,31 @@ async def phase(reactor: Any, conns: list[_HttpConn], proto: Any, n: int,
     return elapsed, list(poller.seen.values())
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process (all its threads), from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def file_baseline(directory: str, n: int = 200) -> float:
+    """Baseline, same run and directory: atomic JSON file writes per second (temp file,
+    fsync, rename, directory fsync), one after another: the disk's price of one port."""
+    from pathlib import Path
+
+    from vrtwist.agent.store import write_json_atomic
+
+    os.makedirs(directory, exist_ok=True)
+    b = body(0)
+    t = time.perf_counter()
+    for i in range(n):
+        write_json_atomic(Path(directory, f"bench-{i}"), b)
+    rate = n / (time.perf_counter() - t)
+    for i in range(n):
+        os.unlink(os.path.join(directory, f"bench-{i}"))
+    return rate
+
+
 async def run_once(reactor: Any, ports: int, conc: int,
                    twistd_args: tuple[str, ...] = (),
                    agent_args: tuple[str, ...] = ()) -> dict[str, float]:
@@ -183,8 +208,12 @@ async def run_once(reactor: Any, ports: int, conc: int,
         ep = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
         conns = [await connectProtocol(ep, _HttpConn()) for _ in range(conc)]
         proto = await connect_ksync(reactor, d)
+        base = file_baseline(os.path.join(d, "state", "ports"))
+        cpu0 = cpu_seconds(proc.pid)
         add_s, add_lat = await phase(reactor, conns, proto, ports, add=True)
+        cpu1 = cpu_seconds(proc.pid)
         del_s, del_lat = await phase(reactor, conns, proto, ports, add=False)
+        cpu2 = cpu_seconds(proc.pid)
         proto.transport.loseConnection()
         for c in conns:
             c.transport.loseConnection()
@@ -192,6 +221,8 @@ async def run_once(reactor: Any, ports: int, conc: int,
             "add_rate": ports / add_s, "add_p50": pct(add_lat, 50) * 1e3,
             "add_p99": pct(add_lat, 99) * 1e3, "del_rate": ports / del_s,
             "del_p50": pct(del_lat, 50) * 1e3, "del_p99": pct(del_lat, 99) * 1e3,
+            "add_cpu": ports / max(cpu1 - cpu0, 1e-9), "del_cpu": ports / max(cpu2 - cpu1, 1e-9),
+            "files": base,
         }
     finally:
         proc.terminate()
@@ -207,13 +238,20 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
         runs.append(r)
         print(f"run {i + 1}: add {r['add_rate']:7.0f} ports/s p50 {r['add_p50']:6.1f} ms "
               f"p99 {r['add_p99']:6.1f} ms | delete {r['del_rate']:7.0f} ports/s "
-              f"p50 {r['del_p50']:6.1f} ms p99 {r['del_p99']:6.1f} ms", flush=True)
+              f"p50 {r['del_p50']:6.1f} ms p99 {r['del_p99']:6.1f} ms | agent "
+              f"{r['add_cpu']:5.0f} adds/CPU-s {r['del_cpu']:5.0f} deletes/CPU-s | "
+              f"baseline {r['files']:5.0f} atomic file writes/s "
+              f"(add/baseline {r['add_rate'] / r['files']:.2f})", flush=True)
     med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
     print(f"median of {args.runs}: {args.ports} ports, {args.concurrency} requests in flight")
     print(f"  add:    {med['add_rate']:7.0f} ports/s  p50 {med['add_p50']:6.1f} ms  "
           f"p99 {med['add_p99']:6.1f} ms  (goal >= 500 ports/s, p99 < 50 ms)")
     print(f"  delete: {med['del_rate']:7.0f} ports/s  p50 {med['del_p50']:6.1f} ms  "
           f"p99 {med['del_p99']:6.1f} ms")
+    print(f"  agent CPU: {med['add_cpu']:5.0f} adds and {med['del_cpu']:5.0f} deletes per "
+          "CPU-second")
+    print(f"  baseline, same runs: {med['files']:5.0f} sequential atomic port-file writes/s;"
+          f" add rate / baseline = {med['add_rate'] / med['files']:.2f}")
     print("load:", open("/proc/loadavg").read().strip())
 
 
