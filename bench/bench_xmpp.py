@@ -32,9 +32,9 @@ sys.path.insert(0, os.path.dirname(HERE))
 VRF = "default-domain:bench:vn1:vn1"
 
 
-def _profile_args() -> list[str]:
-    """``BENCH_CN_PROFILE=<file>`` runs the control node under cProfile."""
-    prof = os.environ.get("BENCH_CN_PROFILE")
+def _profile_args(var: str = "BENCH_CN_PROFILE") -> list[str]:
+    """``BENCH_CN_PROFILE=<file>`` (``BENCH_AGENT_PROFILE``) runs that process under cProfile."""
+    prof = os.environ.get(var)
     return [f"--profile={prof}", "--profiler=cprofile", "--savestats"] if prof else []
 
 
@@ -458,9 +458,127 @@ async def _readline(reactor: Any, proc: subprocess.Popen) -> str:
     return await threads.deferToThread(proc.stdout.readline)  # type: ignore[no-any-return]
 
 
+def datapath_run(args: argparse.Namespace) -> dict[str, float]:
+    """The receiver is a real ``twistd -n vrouter`` (embedded datapath); routes are counted
+    in the datapath itself over ksync, the way ``rt --dump`` reads them."""
+    import json
+    import urllib.request
+
+    from twisted.internet import defer, reactor, task
+
+    from vrtwist.agent.dpstate import vrf_name_for
+    from vrtwist.ksync.blocking import open_ksync
+    from vrtwist.sandesh import DUMP, GET, schema
+    from vrtwist.xmpp.agent_link import LocalRouteInfo, makeControllerLink
+
+    tmp = tempfile.mkdtemp(prefix="bench-xmpp-dp-")
+    port, rest = free_port(), free_port()
+    bindir = os.path.dirname(sys.executable)
+    twistd = os.path.join(bindir, "twistd")
+    cn = subprocess.Popen(
+        [twistd, "-n", "--pidfile=", "vrouter-control", "--xmpp",
+         f"tcp:{port}:interface=127.0.0.1", "--gr-time", "0"],
+        cwd=tmp, stdout=open(os.path.join(tmp, "cn.log"), "wb"), stderr=subprocess.STDOUT)
+    run_dir = os.path.join(tmp, "run")
+    os.makedirs(run_dir)
+    agent = subprocess.Popen(
+        [twistd, "-n", "--pidfile=", *_profile_args("BENCH_AGENT_PROFILE"), "vrouter",
+         "--run-dir", run_dir, "--state-dir",
+         os.path.join(tmp, "state"), "--rest", f"tcp:{rest}:interface=127.0.0.1",
+         "--controller", f"tcp:127.0.0.1:{port}", "--fabric-ip", "127.0.0.3", "--hostname",
+         "receiver", "--no-tap-check", "--flow-entries", "1024", "--bridge-entries", "32768"],
+        cwd=tmp, stdout=open(os.path.join(tmp, "agent.log"), "wb"), stderr=subprocess.STDOUT)
+    try:
+        for _ in range(300):
+            if os.path.exists(os.path.join(run_dir, "dpdk_netlink")):
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{rest}/port/x", timeout=2)
+                except urllib.error.HTTPError:
+                    break
+                except OSError:
+                    pass
+            time.sleep(0.1)
+        subprocess.run([os.path.join(bindir, "vif"), "--sock-dir", run_dir, "--add", "lo",
+                        "--type", "physical", "--transport", "eth", "--vif", "0", "--mac",
+                        "00:00:5e:00:01:01", "--vrf", "0"], check=True, capture_output=True)
+        vn = "11111111-1111-1111-1111-111111111111"
+        body = {"id": "00000000-0000-0000-0000-00000000aaaa", "instance-id":
+                "00000000-0000-0000-0000-00000000bbbb", "vn-id": vn, "vm-project-id":
+                "00000000-0000-0000-0000-00000000cccc", "display-name": "local",
+                "ip-address": "10.254.0.1", "ip6-address": "", "type": 0,
+                "system-name": "tapbench", "mac-address": "02:fe:00:00:00:01",
+                "rx-vlan-id": -1, "tx-vlan-id": -1}
+        urllib.request.urlopen(urllib.request.Request(
+            f"http://127.0.0.1:{rest}/port", json.dumps(body).encode(),
+            {"Content-Type": "application/json"}, method="POST"), timeout=10).read()
+        ks = open_ksync(run_dir)
+        vifs = ks.dump(schema.vr_interface_req(h_op=DUMP, vifr_marker=-1))
+        vrf_id = next(v.vifr_vrf for v in vifs if v.vifr_name == "tapbench")
+        vrf = vrf_name_for(vn)
+        last = args.routes - 1
+        last_prefix = [10, last >> 16 & 255, last >> 8 & 255, last & 255]
+
+        def has_last() -> bool:
+            got = ks.request(schema.vr_route_req(
+                h_op=GET, rtr_family=2, rtr_vrf_id=vrf_id, rtr_prefix=last_prefix,
+                rtr_prefix_len=32)).objects
+            return any(getattr(r, "rtr_prefix_len", 0) == 32 and r.rtr_label_flags & 1
+                       and list(r.rtr_prefix)[:4] == last_prefix for r in got)
+
+        def count() -> int:
+            routes = ks.dump(schema.vr_route_req(h_op=DUMP, rtr_family=2, rtr_vrf_id=vrf_id,
+                                                 rtr_rid=0))
+            return sum(1 for r in routes if r.rtr_prefix_len == 32 and r.rtr_label_flags & 1
+                       and list(r.rtr_prefix)[:2] == [10, 0])
+
+        result: dict[str, float] = {}
+
+        async def publish() -> None:
+            model, _ = make_sink("127.0.0.2")
+            link = makeControllerLink(reactor, [f"tcp:127.0.0.1:{port}"], "publisher",
+                                      "127.0.0.2", model)
+            link.localRouteAdded(LocalRouteInfo("p0", "vm0", vn, vrf, "", "10.253.0.1", None,
+                                                16, "127.0.0.2"))
+            link.startService()
+            await link.whenReady()
+            await task.deferLater(reactor, 1.0, lambda: None)
+            t0 = time.time()
+            for i in range(args.routes):
+                if args.batch and i and i % args.batch == 0:
+                    await task.deferLater(reactor, 0, lambda: None)
+                link.localRouteAdded(LocalRouteInfo(
+                    f"port{i}", f"vm{i}", vn, vrf, "",
+                    f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", None, 16 + i % 5000,
+                    "127.0.0.2"))
+            result["publish (s)"] = time.time() - t0
+            while not has_last():
+                await task.deferLater(reactor, 0.01, lambda: None)
+            t_last = time.time()
+            n = count()
+            while n < args.routes:
+                await task.deferLater(reactor, 0.05, lambda: None)
+                n = count()
+            t_end = max(t_last, time.time() if n >= args.routes else t_last)
+            result["routes in the datapath"] = n
+            result["converge (s)"] = t_end - t0
+            result["routes/s"] = args.routes / (t_end - t0)
+            await link.stopService()
+
+        defer.ensureDeferred(publish()).addBoth(
+            lambda r: (print(r) if r else None, reactor.stop()))
+        reactor.run()
+        ks.close()
+        return result
+    finally:
+        agent.terminate()
+        agent.wait()
+        cn.terminate()
+        cn.wait()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--mode", default="main", choices=["main", "receiver", "codec", "components"])
+    p.add_argument("--mode", default="main", choices=["main", "receiver", "codec", "components", "datapath"])
     p.add_argument("--routes", type=int, default=10000)
     p.add_argument("--receivers", type=int, default=1)
     p.add_argument("--procs", type=int, default=1)
@@ -494,7 +612,7 @@ def main() -> None:
         for k, v in components(args.routes).items():
             print(f"{k:45s} {v:12,.0f}")
         return
-    res = run(args)
+    res = datapath_run(args) if args.mode == "datapath" else run(args)
     print(
         f"routes={args.routes} receivers={args.receivers} procs={args.procs} evpn={args.evpn} "
         f"batch={args.batch} sink={args.sink}"
