@@ -75,6 +75,15 @@ def ether_ntoa(data: Sequence[int] | bytes) -> str:
     return ":".join("%x" % b for b in raw)
 
 
+def mask_prefix(raw: Sequence[int] | bytes, plen: int) -> bytes:
+    """``address_mask`` of the tools: the address bytes with bits past ``plen`` cleared."""
+    data = bytes(x & 0xFF for x in raw)
+    bits = len(data) * 8
+    plen = max(0, min(plen, bits))
+    value = int.from_bytes(data, "big") >> (bits - plen) << (bits - plen) if plen else 0
+    return value.to_bytes(len(data), "big")
+
+
 def connect(sock_dir: str) -> KsyncConnection:
     return open_ksync(sock_dir)
 

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from vrtwist.cli._common import ether_ntoa
+from vrtwist.cli._common import ether_ntoa, mask_prefix
 from vrtwist.datapath import constants as C
 from vrtwist.ksync.blocking import KsyncConnectError, KsyncConnection, open_ksync
 from vrtwist.ksync.clientcore import KsyncError, KsyncProtocolError
@@ -584,13 +584,11 @@ def _format_route_info(title: str, mac_title: str, info: RouteInfo, ingress: boo
     pad = " " * FIELD
     rt = info.route
     family = int(rt.rtr_family)
-    raw = bytes(b & 0xFF for b in rt.rtr_prefix or ())
     width = 16 if family == L.AF_INET6 else 4
     plen = int(rt.rtr_prefix_len)
-    value = int.from_bytes(raw.ljust(width, b"\0")[:width], "big")
-    value &= ((1 << (width * 8)) - 1) ^ ((1 << (width * 8 - plen)) - 1) if plen else 0
+    raw = bytes(b & 0xFF for b in rt.rtr_prefix or ()).ljust(width, b"\0")[:width]
     addr = socket.inet_ntop(socket.AF_INET6 if width == 16 else socket.AF_INET,
-                            value.to_bytes(width, "big"))  # fmt: skip
+                            mask_prefix(raw, plen))  # fmt: skip
     out = _field(title) + "VRF: %u\n" % (rt.rtr_vrf_id & 0xFFFFFFFF)
     out += pad + "Layer 3 Route Information\n"
     out += pad + "Matching Route: %s/%-2d\n" % (addr, plen)

@@ -359,10 +359,7 @@ def _body(args: argparse.Namespace) -> int:
         for rt in objects:
             if type(rt) is schema.vr_route_req and rt.rtr_prefix:
                 # as the real tool: the answer's prefix masked to the matching length
-                net = ipaddress.ip_network(
-                    (bytes(b & 0xFF for b in rt.rtr_prefix), int(rt.rtr_prefix_len)), strict=False
-                )
-                rt.rtr_prefix = list(net.network_address.packed)
+                rt.rtr_prefix = list(cli.mask_prefix(rt.rtr_prefix, int(rt.rtr_prefix_len)))
             cli.write(format_inet_route(rt))
         return 0
     raise cli.UsageError("one of --dump, --get, --monitor is needed")

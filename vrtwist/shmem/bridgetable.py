@@ -16,7 +16,7 @@ from zope.interface import implementer
 
 from vrtwist.shmem import layout as L
 from vrtwist.shmem.entries import BridgeEntry, parse_bridge_entry
-from vrtwist.shmem.htable import Buffer, HashTable
+from vrtwist.shmem.htable import Buffer, HashTable, TableOwner
 from vrtwist.shmem.interfaces import IBridgeTable
 
 __all__ = ["BridgeTable", "bridge_key"]
@@ -33,7 +33,7 @@ def bridge_key(mac: bytes, vrf: int) -> bytes:
 
 
 @implementer(IBridgeTable)
-class BridgeTable:
+class BridgeTable(TableOwner):
     """Owner of the bridge table mapping."""
 
     def __init__(
@@ -54,29 +54,6 @@ class BridgeTable:
         self.path = path
         self.nexthop_exists = nexthop_exists
         self._index: dict[bytes, int] = {}
-
-    @property
-    def entries(self) -> int:
-        return self.ht.entries
-
-    @property
-    def oentries(self) -> int:
-        return self.ht.oentries
-
-    @property
-    def size(self) -> int:
-        return self.ht.total * L.BRIDGE_ENTRY_SIZE
-
-    @property
-    def used_entries(self) -> int:
-        return self.ht.used_main + self.ht.used_oflow
-
-    @property
-    def used_oflow_entries(self) -> int:
-        return self.ht.used_oflow
-
-    def __len__(self) -> int:
-        return len(self._index)
 
     def entry(self, index: int) -> BridgeEntry:
         if not 0 <= index < self.ht.total:

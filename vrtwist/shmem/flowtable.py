@@ -24,7 +24,7 @@ from zope.interface import implementer
 from vrtwist.sandesh import SPECS_BY_NAME
 from vrtwist.shmem import layout as L
 from vrtwist.shmem.entries import FlowEntry, parse_flow_entry
-from vrtwist.shmem.htable import Buffer, HashTable
+from vrtwist.shmem.htable import Buffer, HashTable, TableOwner
 from vrtwist.shmem.interfaces import IFlowDatapath, IFlowTable
 
 __all__ = [
@@ -202,7 +202,7 @@ class FlowCounters:
 
 
 @implementer(IFlowTable, IFlowDatapath)
-class FlowTable:
+class FlowTable(TableOwner):
     """Owner of the flow table mapping (one writer: the reactor thread)."""
 
     def __init__(
@@ -229,31 +229,6 @@ class FlowTable:
         self.counters = FlowCounters(hold_count=[0] * self.cpus)
         self._index: dict[bytes, int] = {}
         self._hashrnd = int.from_bytes(os.urandom(4), "little")
-
-    # -- sizes -----------------------------------------------------------------
-    @property
-    def entries(self) -> int:
-        return self.ht.entries
-
-    @property
-    def oentries(self) -> int:
-        return self.ht.oentries
-
-    @property
-    def size(self) -> int:
-        """Bytes of main + overflow table (``ftable_size``)."""
-        return self.ht.total * L.FLOW_ENTRY_SIZE
-
-    @property
-    def used_entries(self) -> int:
-        return self.ht.used_main + self.ht.used_oflow
-
-    @property
-    def used_oflow_entries(self) -> int:
-        return self.ht.used_oflow
-
-    def __len__(self) -> int:
-        return len(self._index)
 
     # -- reading -----------------------------------------------------------------
     def entry(self, index: int) -> FlowEntry:

@@ -190,3 +190,36 @@ def map_file(path: str, size: int | None = None, *, writable: bool = False) -> m
         return mmap.mmap(fd, size, mmap.MAP_SHARED, prot)
     finally:
         os.close(fd)
+
+
+class TableOwner:
+    """What the flow and bridge table owners share: a :class:`HashTable` over their
+    block, a key -> index dict, and the sizes reported in ``vrouter_ops`` and
+    ``vr_*_table_data``."""
+
+    ht: HashTable
+    _index: dict[bytes, int]
+
+    @property
+    def entries(self) -> int:
+        return self.ht.entries
+
+    @property
+    def oentries(self) -> int:
+        return self.ht.oentries
+
+    @property
+    def size(self) -> int:
+        """Bytes of main + overflow table (``ftable_size`` / ``btable_size``)."""
+        return self.ht.total * self.ht.entry_size
+
+    @property
+    def used_entries(self) -> int:
+        return self.ht.used_main + self.ht.used_oflow
+
+    @property
+    def used_oflow_entries(self) -> int:
+        return self.ht.used_oflow
+
+    def __len__(self) -> int:
+        return len(self._index)

@@ -143,48 +143,9 @@ def jhash(key: bytes, initval: int = 0) -> int:
         if blocks <= 24
         else struct.unpack("<%dI" % (blocks * 3), padded)
     )
-    i = 0
+    # the generic path (keys other than the 8, 20 and 44 bytes of the tables) is not hot:
+    # it shares __jhash_mix / __jhash_final with the fixed-size paths
     last = (blocks - 1) * 3
-    while i < last:
-        a = (a + words[i]) & _M
-        b = (b + words[i + 1]) & _M
-        c = (c + words[i + 2]) & _M
-        # __jhash_mix
-        a = (a - c) & _M
-        a ^= ((c << 4) | (c >> 28)) & _M
-        c = (c + b) & _M
-        b = (b - a) & _M
-        b ^= ((a << 6) | (a >> 26)) & _M
-        a = (a + c) & _M
-        c = (c - b) & _M
-        c ^= ((b << 8) | (b >> 24)) & _M
-        b = (b + a) & _M
-        a = (a - c) & _M
-        a ^= ((c << 16) | (c >> 16)) & _M
-        c = (c + b) & _M
-        b = (b - a) & _M
-        b ^= ((a << 19) | (a >> 13)) & _M
-        a = (a + c) & _M
-        c = (c - b) & _M
-        c ^= ((b << 4) | (b >> 28)) & _M
-        b = (b + a) & _M
-        i += 3
-    a = (a + words[i]) & _M
-    b = (b + words[i + 1]) & _M
-    c = (c + words[i + 2]) & _M
-    # __jhash_final
-    c ^= b
-    c = (c - (((b << 14) | (b >> 18)) & _M)) & _M
-    a ^= c
-    a = (a - (((c << 11) | (c >> 21)) & _M)) & _M
-    b ^= a
-    b = (b - (((a << 25) | (a >> 7)) & _M)) & _M
-    c ^= b
-    c = (c - (((b << 16) | (b >> 16)) & _M)) & _M
-    a ^= c
-    a = (a - (((c << 4) | (c >> 28)) & _M)) & _M
-    b ^= a
-    b = (b - (((a << 14) | (a >> 18)) & _M)) & _M
-    c ^= b
-    c = (c - (((b << 24) | (b >> 8)) & _M)) & _M
-    return c
+    for i in range(0, last, 3):
+        a, b, c = _mix((a + words[i]) & _M, (b + words[i + 1]) & _M, (c + words[i + 2]) & _M)
+    return _final((a + words[last]) & _M, (b + words[last + 1]) & _M, (c + words[last + 2]) & _M)
