@@ -9,7 +9,12 @@ from zope.interface.verify import verifyObject
 
 from tests.agent.helpers import VN, InMemoryAgent, port_body, tempdir
 from vrtwist.agent.dpstate import DatapathModel, IdAllocator
-from vrtwist.agent.interfaces import IKsyncChannel, IPortObserver, IRouteProgrammer
+from vrtwist.agent.interfaces import (
+    IGatewayProgrammer,
+    IKsyncChannel,
+    IPortObserver,
+    IRouteProgrammer,
+)
 from vrtwist.agent.ksync_sync import DatapathSync, LocalChannel
 from vrtwist.agent.model import ResourceExhausted
 from vrtwist.datapath import constants as C
@@ -40,6 +45,7 @@ class ProgrammingTests(SynchronousTestCase):
         verifyObject(IPortObserver, self.agent.model)
         verifyObject(IRouteProgrammer, self.agent.model)
         verifyObject(IKsyncChannel, LocalChannel(self.dp))
+        verifyObject(IGatewayProgrammer, self.agent.model)
 
     def test_port_installs_everything(self) -> None:
         b = port_body(1, plen=24, gateway="10.0.0.254", **{"dns-server": "10.0.0.253",

@@ -144,6 +144,18 @@ class PortEndpointTests(SynchronousTestCase):
         # what was there before is untouched
         self.assertIsNotNone(self.agent.table.get(port_body(1)["id"]))
 
+    def test_file_removal_failure_is_500_and_the_port_kept(self) -> None:
+        self.agent.call("POST", "/port", SAMPLE)
+        os.chmod(self.file(UUID), 0o644)
+        ports = os.path.join(self.dir, "ports")
+        os.rename(ports, ports + ".moved")
+        os.symlink("/proc/self/status", ports)  # unlink inside it fails with ENOTDIR
+        code, body = self.agent.call("DELETE", f"/port/{UUID}")
+        self.assertEqual(code, 500)
+        self.assertIn("port file", body["error"])
+        self.assertIsNotNone(self.agent.table.get(UUID))
+        self.assertIsNotNone(self.agent.model.port_ids(UUID))
+
     def test_missing_tap_names_the_interface(self) -> None:
         agent = InMemoryAgent(tempdir(self), tap_check=True, exists=lambda n: n == "tapok")
         code, body = agent.call("POST", "/port", SAMPLE)
