@@ -127,6 +127,18 @@ def twistd(*args: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen([exe, "-n", "--pidfile=", "-l", "/dev/null", *args])
 
 
+async def connectRetry(ep: Any, make: Any) -> Any:
+    """A unix socket file exists from bind() on, a moment before listen(): retry refusals."""
+    from twisted.internet.error import ConnectionRefusedError
+
+    for _ in range(100):
+        try:
+            return await connectProtocol(ep, make())
+        except ConnectionRefusedError:
+            await deferLater(reactor, 0.02, lambda: None)
+    return await connectProtocol(ep, make())
+
+
 def cpuSeconds(pid: int) -> float:
     """User + system CPU seconds used so far by process ``pid`` (Linux /proc)."""
     with open(f"/proc/{pid}/stat") as f:
@@ -198,7 +210,7 @@ async def vsockRelay(total: int, workdir: str, listen: str = "unix", splice: boo
                 await deferLater(reactor, 0.01, lambda: None)
             f.protocols.clear()
             f.arrived = defer.Deferred()
-        client = await connectProtocol(ep, Protocol())
+        client = await connectRetry(ep, Protocol)
         c0 = cpuSeconds(proc.pid)
         t0 = time.perf_counter()
         Sender(client.transport, block(), CHUNK, total)
@@ -276,7 +288,7 @@ async def vspcOnce(
             e = FakeESX(uuid=uuidText(n + 1))
             if not up:
                 e.counter = Counter(total)  # type: ignore[attr-defined]
-            esxs.append(await connectProtocol(UNIXClientEndpoint(reactor, sock), e))
+            esxs.append(await connectRetry(UNIXClientEndpoint(reactor, sock), lambda e=e: e))
         await defer.gatherResults([e.proxied() for e in esxs])
         backends = [await f.arrived for f in factories]
         data = block()
