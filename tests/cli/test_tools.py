@@ -121,6 +121,11 @@ class VifTests(VrouterDpCase):
         self.assertIn("vif0/2      PMD: 0\n", text)
         self.assertIn("vif0/9      Monitoring: mon0 for vif0/5\n", text)
         self.assertIn("            RX queue errors to lcore 0\n", text)
+        text = self.ok(vif.main, "--list", "--core", "0")
+        self.assertIn("            Core 0 RX packets:0  bytes:0 errors:0\n", text)
+        self.assertIn(
+            "            Core 0 TX packets:0  bytes:0 errors:0\n            Drops:0\n", text
+        )
         # --rate: the real tool's screens, two refreshes
         text = self.ok(vif.main, "--list", "--rate", "--iterations", "2")
         self.assertEqual(text.count("Interface rate statistics\n-------------------------\n"), 2)

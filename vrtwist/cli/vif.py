@@ -97,35 +97,44 @@ def flag_string(flags: int) -> str:
     return "".join(symbol for bit, symbol, _ in FLAGS if flags & bit)[:63]
 
 
-def _pbem(title: str, always: bool, packets: int, bytes_: int, errors: int, nombufs: int) -> str:
-    """``vr_interface_pbem_counters_print``: packets, bytes, errors (and no-mbufs)."""
+def _pbem(
+    title: str, always: bool, packets: int, bytes_: int, errors: int, nombufs: int, core: str = ""
+) -> str:
+    """``vr_interface_pbem_counters_print``: packets, bytes, errors (and no-mbufs).
+
+    ``core``: ``"Core N "`` when one core's counters were asked for (``--core N``).
+    """
     if not (always or packets or bytes_ or errors):
         return ""
-    line = "%s%s packets:%d  bytes:%d errors:%d" % (_PAD, title, packets, bytes_, errors)
+    line = "%s%s%s packets:%d  bytes:%d errors:%d" % (_PAD, core, title, packets, bytes_, errors)
     return line + (" no mbufs:%d" % nombufs if nombufs else "") + "\n"
 
 
-def _pesm(title: str, always: bool, packets: int, errors: int, syscalls: int, nombufs: int) -> str:
+def _pesm(
+    title: str, always: bool, packets: int, errors: int, syscalls: int, nombufs: int, core: str = ""
+) -> str:
     """``vr_interface_pesm_counters_print``: the DPDK port counters."""
     if not (always or packets or errors):
         return ""
-    line = "%s%s packets:%d errors:%d" % (_PAD, title, packets, errors)
+    line = "%s%s%s packets:%d errors:%d" % (_PAD, core, title, packets, errors)
     if syscalls:
         line += " syscalls:%d" % syscalls
     return line + (" no mbufs:%d" % nombufs if nombufs else "") + "\n"
 
 
-def _pe(title: str, always: bool, packets: int, errors: int) -> str:
+def _pe(title: str, always: bool, packets: int, errors: int, core: str = "") -> str:
     if not (always or packets or errors):
         return ""
-    return "%s%s packets:%d errors:%d\n" % (_PAD, title, packets, errors)
+    return "%s%s%s packets:%d errors:%d\n" % (_PAD, core, title, packets, errors)
 
 
-def format_vif(v: Any, print_zero: bool = False) -> str:
+def format_vif(v: Any, print_zero: bool = False, core: int | None = None) -> str:
     """One vif block as ``list_get_print`` prints it (the ``--sock-dir`` platform).
 
-    ``print_zero`` (``--rate``) prints the DPDK device/port/queue counters even when 0.
+    ``print_zero`` (``--rate``) prints the DPDK device/port/queue counters even when 0;
+    ``core`` (``--core N``) prefixes the counter lines with ``Core N``.
     """
+    c = "Core %d " % core if core is not None and core >= 0 else ""
     first = "vif%d/%d" % (v.vifr_rid, v.vifr_idx)
     first = first.ljust(12)
     flags = v.vifr_flags & 0xFFFFFFFF
@@ -177,43 +186,26 @@ def format_vif(v: Any, print_zero: bool = False) -> str:
         line += " Mirror index %d" % v.vifr_mir_id
     lines.append(line + "\n")
     z = print_zero
-    lines.append(
-        _pbem(
-            "RX device",
-            z,
-            v.vifr_dev_ipackets,
-            v.vifr_dev_ibytes,
-            v.vifr_dev_ierrors,
-            v.vifr_dev_inombufs,
-        )
-    )
-    lines.append(
-        _pesm(
-            "RX port  ",
-            z,
-            v.vifr_port_ipackets,
-            v.vifr_port_ierrors,
-            v.vifr_port_isyscalls,
-            v.vifr_port_inombufs,
-        )
-    )
-    lines.append(_pe("RX queue ", z, v.vifr_queue_ipackets, v.vifr_queue_ierrors))
+    dev_in = (v.vifr_dev_ipackets, v.vifr_dev_ibytes, v.vifr_dev_ierrors, v.vifr_dev_inombufs)
+    port_in = (v.vifr_port_ipackets, v.vifr_port_ierrors, v.vifr_port_isyscalls,
+               v.vifr_port_inombufs)  # fmt: skip
+    lines.append(_pbem("RX device", z, *dev_in, core=c))
+    lines.append(_pesm("RX port  ", z, *port_in, core=c))
+    lines.append(_pe("RX queue ", z, v.vifr_queue_ipackets, v.vifr_queue_ierrors, core=c))
     if v.vifr_queue_ierrors_to_lcore:
         # the DPDK vRouter reports one counter per forwarding lcore
         errors = "".join(" %d" % n for n in v.vifr_queue_ierrors_to_lcore)
         lines.append("%sRX queue errors to lcore%s\n" % (_PAD, errors))
-    lines.append(_pbem("RX", True, v.vifr_ipackets, v.vifr_ibytes, v.vifr_ierrors, 0))
-    lines.append(_pbem("TX", True, v.vifr_opackets, v.vifr_obytes, v.vifr_oerrors, 0))
+    lines.append(_pbem("RX", True, v.vifr_ipackets, v.vifr_ibytes, v.vifr_ierrors, 0, core=c))
+    lines.append(_pbem("TX", True, v.vifr_opackets, v.vifr_obytes, v.vifr_oerrors, 0, core=c))
     if v.vifr_isid or v.vifr_pbb_mac:
         lines.append("%sISID: %d Bmac: %s\n" % (_PAD, v.vifr_isid, cli.mac_text(v.vifr_pbb_mac)))
     lines.append("%sDrops:%d\n" % (_PAD, v.vifr_dpackets))
-    lines.append(_pe("TX queue ", z, v.vifr_queue_opackets, v.vifr_queue_oerrors))
-    lines.append(
-        _pesm("TX port  ", z, v.vifr_port_opackets, v.vifr_port_oerrors, v.vifr_port_osyscalls, 0)
-    )
-    lines.append(
-        _pbem("TX device", z, v.vifr_dev_opackets, v.vifr_dev_obytes, v.vifr_dev_oerrors, 0)
-    )
+    port_out = (v.vifr_port_opackets, v.vifr_port_oerrors, v.vifr_port_osyscalls, 0)
+    dev_out = (v.vifr_dev_opackets, v.vifr_dev_obytes, v.vifr_dev_oerrors, 0)
+    lines.append(_pe("TX queue ", z, v.vifr_queue_opackets, v.vifr_queue_oerrors, core=c))
+    lines.append(_pesm("TX port  ", z, *port_out, core=c))
+    lines.append(_pbem("TX device", z, *dev_out, core=c))
     lines.append("\n")
     return "".join(lines)
 
@@ -295,7 +287,7 @@ def _rate(ks: Any, args: argparse.Namespace, core: int) -> int:
         for v in vifs:
             rated = rate_of(v, prev.get(v.vifr_idx, v), diff_ms)
             prev[v.vifr_idx] = v
-            cli.write(format_rate_row(rated) if args.list else format_vif(rated, True))
+            cli.write(format_rate_row(rated) if args.list else format_vif(rated, True, args.core))
         if args.list:
             cli.write("Key 'q' for quit, key 'k' for previous page, key 'j' for next page.\n")
         cli.write(time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime()) + " \n")
@@ -379,7 +371,7 @@ def _body(args: argparse.Namespace) -> int:
             for v in ks.dump(
                 schema.vr_interface_req(h_op=DUMP, vifr_marker=-1, vifr_core=core + 1)
             ):
-                cli.write(format_vif(v))
+                cli.write(format_vif(v, core=args.core))
             return 0
         if args.get is not None:
             flags = C.VIF_FLAG_GET_DROP_STATS if args.get_drop_stats else 0
@@ -393,7 +385,7 @@ def _body(args: argparse.Namespace) -> int:
             cli.write(header())
             for obj in objects:
                 if type(obj) is schema.vr_interface_req:
-                    cli.write(format_vif(obj))
+                    cli.write(format_vif(obj, core=args.core))
                     if obj.vifr_flags & C.VIF_FLAG_SERVICE_IF:
                         # a service interface: its VLAN -> VRF table follows
                         cli.write("VRF table(vlan:vrf):\n")
