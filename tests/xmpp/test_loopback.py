@@ -167,6 +167,14 @@ class BadPeerTests(LoopbackBase):
                                   "unsubscribed instance 'nope'")
 
 
+def _max_send_buffer() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/tcp_wmem") as f:
+            return int(f.read().split()[2])
+    except (OSError, ValueError, IndexError):
+        return 4 << 20
+
+
 class _Client(Protocol):
     lost = False
 
@@ -309,3 +317,52 @@ class TlsTests(LoopbackBase):
 
 
 _ = defer
+
+
+class SlowPeerTests(LoopbackBase):
+    timeout = 60
+
+    async def test_stalled_agent_does_not_hold_up_the_others(self) -> None:
+        from vrtwist.xmpp.framing import StanzaBytes, StanzaSplitter, build_stream_open
+        from vrtwist.xmpp.stanzas import RouteUpdate, build_subscribe, parse_stanza
+
+        node, lp = await self.start_cn()
+        p = lp.getHost().port
+        stalled = await TCP4ClientEndpoint(reactor, "127.0.0.1", p).connect(_Factory())
+        received = bytearray()
+        stalled.dataReceived = received.extend  # type: ignore[method-assign]
+        stalled.transport.write(build_stream_open("stall") + build_subscribe("stall", "blue", 1))
+        await until(lambda: "stall" in node.sessions and node.sessions["stall"].subscriptions,
+                    "the stalled agent to subscribe")
+        stalled.transport.pauseProducing()  # stop reading: its socket buffers fill up
+        a = self.agent([p], "a", "127.0.0.2")
+        b = self.agent([p], "b", "127.0.0.3")
+        b.localRouteAdded(port(250, fabric="127.0.0.3"))
+        # More bytes for the stalled agent than the kernel's socket buffers can absorb.
+        n = max(6000, (_max_send_buffer() + (3 << 20)) // 1100)
+        for i in range(n):
+            a.localRouteAdded(LocalRouteInfo(f"p{i}", f"vm{i}", "vn1", "blue", "",
+                                             f"10.{i >> 8}.{i & 255}.1", None, 16, "127.0.0.2"))
+        await until(lambda: len(b.remote.sink.table) == n, "b to get every route", timeout=30)
+        session = node.sessions["stall"]
+        await until(lambda: session.paused, "the stalled session to be paused by its transport")
+        # What waits for it is one mark per route, not a queue of messages.
+        pending = sum(len(v) for v in session._dirty.values())
+        self.assertLessEqual(pending, n + 2)
+        stalled.transport.resumeProducing()
+
+        splitter = StanzaSplitter()
+        ids: set[str] = set()
+        seen = [0]
+
+        def all_routes() -> bool:
+            for e in splitter.feed(bytes(received[seen[0]:])):
+                if isinstance(e, StanzaBytes):
+                    s = parse_stanza(e.data)
+                    if isinstance(s, RouteUpdate):
+                        ids.update(x.item_id for x in s.items)
+            seen[0] = len(received)
+            return len(ids) >= n + 1
+
+        await until(all_routes, "the stalled agent to catch up once it reads", timeout=30)
+        stalled.transport.loseConnection()
