@@ -165,6 +165,8 @@ class DatapathSync:
         self._started = 0  # batches of requests started / answered
         self._finished = 0
         self._flushes: list[tuple[int, Deferred[None]]] = []
+        self._outstanding: list[Deferred[Any]] = []  # sent, maybe not answered yet
+        self._tail: Deferred[None] = succeed(None)  # fires when the last batch is answered
         self._idle: list[Deferred[None]] = []
         self.requests_sent = 0
         model.listeners.append(self.changed)
@@ -184,8 +186,9 @@ class DatapathSync:
             self._kick()
 
     def whenIdle(self) -> Deferred[None]:
-        """Fires once nothing is left to send (or immediately)."""
-        if not self._running and (not self.dirty or self.channel is None):
+        """Fires once nothing is left to send or unanswered (or immediately)."""
+        if not self._running and self._finished >= self._started and (
+                not self.dirty or self.channel is None):
             return succeed(None)
         d: Deferred[None] = Deferred()
         self._idle.append(d)
@@ -329,31 +332,58 @@ class DatapathSync:
         return d
 
     async def _run(self) -> None:
+        """Plan and send batches back to back; a batch does not wait for the previous one
+        to be answered (the datapath executes one session's requests in order), only for
+        room in the window."""
         try:
             while self.dirty and self.channel is not None:
                 ops = self._plan()
                 self.dirty.clear()
                 self._started += 1
-                try:
-                    await self._send(ops)
-                finally:
-                    self._finished += 1
-                    self._fire_flushes()
+                self._track(await self._send(ops))
         finally:
             self._running = False
-            if not self.dirty or self.channel is None:
-                idle, self._idle = self._idle, []
-                for d in idle:
-                    d.callback(None)
-            else:
+            self._maybe_idle()
+            if self.dirty and self.channel is not None:
                 self._kick()
 
-    async def _send(self, ops: list[tuple[int, str, Key, str, dict[str, Any]]]) -> None:
+    def _track(self, batch: list[Deferred[Any]]) -> None:
+        """Count a batch as finished once it and every batch before it are answered."""
+        mine: Deferred[None] = Deferred()
+        prev, self._tail = self._tail, mine
+
+        def finished(_: object) -> None:
+            self._finished += 1
+            self._fire_flushes()
+            self._maybe_idle()
+            mine.callback(None)
+
+        def after_prev(result: object) -> object:
+            DeferredList(batch, consumeErrors=True).addBoth(finished)
+            return result
+        prev.addBoth(after_prev)
+
+    def _maybe_idle(self) -> None:
+        if self._running or self._finished < self._started:
+            return
+        if not self.dirty or self.channel is None:
+            idle, self._idle = self._idle, []
+            for d in idle:
+                d.callback(None)
+
+    async def _send(self, ops: list[tuple[int, str, Key, str, dict[str, Any]]]
+                    ) -> list[Deferred[Any]]:
         """Send ``ops`` in order, bunched (up to BUNCH per netlink message, as the real
-        agent does) with at most ``window`` requests unanswered."""
-        pending: list[Deferred[Any]] = []
+        agent does) with at most ``window`` requests unanswered across batches.
+
+        ``applied`` is updated when a request is sent (what the datapath will hold once
+        it has executed everything sent so far) and put back if the request fails.
+        """
+        batch: list[Deferred[Any]] = []
         for start in range(0, len(ops), BUNCH):
             chunk = ops[start:start + BUNCH]
+            while len(self._outstanding) >= self.window:
+                await self._outstanding.pop(0)
             channel = self.channel
             if channel is None:
                 self.dirty.update(o[2] for o in chunk)
@@ -367,14 +397,18 @@ class DatapathSync:
             many = getattr(channel, "request_many", None)
             ds = many(msgs) if many is not None else [channel.request(m) for m in msgs]
             for d, (_order, op, key, name, fields) in zip(ds, chunk, strict=True):
+                prev = self.applied.get(key)
+                if op == "del":
+                    self.applied.pop(key, None)
+                else:
+                    self.applied[key] = (name, fields)
                 d.addCallback(lambda reply, n=name: _checked(n, reply))
-                d.addCallbacks(self._done, self._failed, callbackArgs=(op, key, name, fields),
-                               errbackArgs=(op, key, name))
-                pending.append(d)
-            while len(pending) >= self.window:
-                await pending.pop(0)
-        if pending:
-            await DeferredList(pending)
+                d.addCallbacks(self._done, self._failed, callbackArgs=(op, key),
+                               errbackArgs=(op, key, prev))
+                batch.append(d)
+                self._outstanding.append(d)
+        self._outstanding = [d for d in self._outstanding if not d.called]
+        return batch
 
     def _fire_flushes(self) -> None:
         ready = [d for t, d in self._flushes if t <= self._finished]
@@ -382,22 +416,23 @@ class DatapathSync:
         for d in ready:
             d.callback(None)
 
-    def _done(self, _reply: Any, op: str, key: Key, name: str, fields: dict[str, Any]) -> None:
+    def _done(self, _reply: Any, op: str, key: Key) -> None:
         self.errors.pop(key, None)
-        if op == "del":
-            self.applied.pop(key, None)
-        else:
-            self.applied[key] = (name, fields)
 
-    def _failed(self, f: Any, op: str, key: Key, name: str) -> None:
+    def _failed(self, f: Any, op: str, key: Key,
+                prev: tuple[str, dict[str, Any]] | None) -> None:
         err = f.value
         if isinstance(err, KsyncError) and op == "del" and err.code == -errno.ENOENT:
-            self.applied.pop(key, None)
-            return None
+            return None  # already gone
         if not isinstance(err, KsyncError):
-            # the channel went away: try again when it is back
+            # the channel went away: the datapath is read again when it is back
             self.dirty.add(key)
             return None
+        # the datapath still holds what it held before this request
+        if prev is None:
+            self.applied.pop(key, None)
+        else:
+            self.applied[key] = prev
         self.errors[key] = str(err)
         self._log.error("ksync {op} of {key} failed: {err}", op=op, key=key, err=str(err))
         return None
