@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from tests.agent.helpers import VN, InMemoryAgent, port_body, tempdir
@@ -272,3 +273,79 @@ class _CountingChannel(LocalChannel):
         if getattr(msg, "h_op", None) in (C.OP_ADD, C.OP_DEL):
             self.agent.writes += 1
         return super().request(msg)
+
+
+@implementer(IKsyncChannel)
+class _QueuedChannel:
+    """The real datapath behind a queue: requests run, in order, only when ``run()`` is
+    called, as replies arrive later over a socket."""
+
+    def __init__(self, dp: Datapath) -> None:
+        self.local = LocalChannel(dp)
+        self.queue: list[tuple[object, object]] = []
+
+    def request(self, msg: object):  # type: ignore[no-untyped-def]
+        from twisted.internet.defer import Deferred
+
+        d: Deferred[object] = Deferred()
+        self.queue.append((msg, d))
+        return d
+
+    def run(self) -> int:
+        n = 0
+        while self.queue:
+            msg, d = self.queue.pop(0)
+            self.local.request(msg).addCallback(d.callback)  # type: ignore[attr-defined]
+            n += 1
+        return n
+
+
+class PipelineTests(SynchronousTestCase):
+    def test_changes_while_requests_are_in_flight(self) -> None:
+        verifyObject(IKsyncChannel, _QueuedChannel(Datapath()))
+        dp = Datapath()
+        model = DatapathModel(os_index=lambda name: 0)
+        sync = DatapathSync(model, window=8)
+        channel = _QueuedChannel(dp)
+        sync.attach(channel)
+        from vrtwist.agent.model import port_from_json
+
+        a, b = port_from_json(port_body(1)), port_from_json(port_body(2))
+        model.portAdded(a)
+        model.portAdded(b)
+        model.portDeleted(a)  # before any reply came back
+        flushed: list[object] = []
+        sync.whenFlushed().addCallback(flushed.append)
+        idle: list[object] = []
+        sync.whenIdle().addCallback(idle.append)
+        for _ in range(50):
+            if not channel.run():
+                break
+        self.assertEqual(flushed, [None])
+        self.assertEqual(idle, [None])
+        self.assertEqual(sync.errors, {})
+        names = {v.name for v in dp.tables.interfaces.values()}
+        self.assertNotIn("tapv1", names)
+        self.assertIn("tapv2", names)
+        self.assertEqual(set(sync.applied), set(model.desired))
+        model.portDeleted(b)
+        while channel.run():
+            pass
+        self.assertEqual(sorted(dp.tables.interfaces), [0, 2])
+        self.assertEqual(set(sync.applied), set(model.desired))
+
+    def test_refused_request_restores_what_the_datapath_holds(self) -> None:
+        dp = Datapath()
+        model = DatapathModel(os_index=lambda name: 0)
+        model.vifs = IdAllocator("interface index", 10_000, 10_001)  # the datapath refuses
+        sync = DatapathSync(model)
+        channel = _QueuedChannel(dp)
+        sync.attach(channel)
+        from vrtwist.agent.model import port_from_json
+
+        model.portAdded(port_from_json(port_body(1)))
+        while channel.run():
+            pass
+        refused = [k for k in sync.errors if k[0] == "vif"]
+        self.assertEqual(len(refused), 1)
+        self.assertNotIn(refused[0], sync.applied)
