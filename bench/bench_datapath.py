@@ -6,8 +6,11 @@
 2. Requests answered per second by a real ``twistd -n vrouter-dp`` subprocess over
    ``dpdk_netlink``: vif/nh/route ADD one request per netlink message, and bunched 16
    per message as the agent sends them; and objects per second of a route dump.
+3. ``rt --dump``'s rows: the vRouter's expanded trie view rebuilt from a VRF of
+   ``--expand`` /32 routes spread over distinct /24s (``expand_routes`` + the row format),
+   against formatting the compact route list alone (baseline, same run).
 
-Usage: python bench/bench_datapath.py [--routes N] [--requests N] [--runs N]
+Usage: python bench/bench_datapath.py [--routes N] [--requests N] [--runs N] [--expand N]
 """
 
 from __future__ import annotations
@@ -116,9 +119,7 @@ def bench_ksync(n: int, runs: int) -> None:
                                             vifr_type=C.VIF_TYPE_VIRTUAL,
                                             vifr_mac=[0, 0, 0x5E, 0, 1, i & 0xFF])
                 )  # fmt: skip
-            results.setdefault("vif ADD, 1 per message", []).append(
-                n / (time.perf_counter() - t0)
-            )
+            results.setdefault("vif ADD, 1 per message", []).append(n / (time.perf_counter() - t0))
             ks.request(
                 schema.vr_nexthop_req(h_op=ADD, nhr_id=9, nhr_type=C.NH_ENCAP,
                                       nhr_family=C.AF_INET, nhr_encap_oif_id=1,
@@ -156,15 +157,48 @@ def bench_ksync(n: int, runs: int) -> None:
     print("  bunching ratio (16 vs 1)   %9.2fx" % (bunched / single))
 
 
+def bench_expand(n: int, runs: int) -> None:
+    """Rows per second ``rt --dump`` prints: expanded trie view vs the compact list."""
+    from vrtwist.cli.rt import expand_routes, format_inet_route
+    from vrtwist.sandesh import schema
+
+    rnd = random.Random(11)
+    routes = [
+        schema.vr_route_req(rtr_family=C.AF_INET, rtr_vrf_id=1,
+                            rtr_prefix=[10, i >> 8 & 0xFF, i & 0xFF, rnd.randrange(1, 255)],
+                            rtr_prefix_len=32, rtr_replace_plen=32, rtr_nh_id=5,
+                            rtr_label=0, rtr_label_flags=0, rtr_index=-1)
+        for i in range(n)
+    ]  # fmt: skip
+    expanded: list[float] = []
+    compact: list[float] = []
+    rows = 0
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        rows = sum(1 for r in expand_routes(C.AF_INET, 1, routes) if format_inet_route(r))
+        expanded.append(rows / (time.perf_counter() - t0))
+        t0 = time.perf_counter()
+        for r in routes:
+            format_inet_route(r)
+        compact.append(n / (time.perf_counter() - t0))
+    e, c = statistics.median(expanded), statistics.median(compact)
+    print("rt --dump of %d /32 routes in distinct /24s: %d rows" % (n, rows))
+    print("  expanded trie rows         %9.0f /s  (%.2f s for the table)" % (e, rows / e))
+    print("  compact rows (baseline)    %9.0f /s" % c)
+    print("  ratio expanded/compact     %9.2fx" % (e / c))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--routes", type=int, default=100000)
     p.add_argument("--requests", type=int, default=5000)
     p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--expand", type=int, default=1000)
     args = p.parse_args(argv)
     print("load: %s" % " ".join("%.2f" % x for x in os.getloadavg()))
     bench_lpm(args.routes, args.runs)
     bench_ksync(args.requests, args.runs)
+    bench_expand(args.expand, args.runs)
     print("load: %s" % " ".join("%.2f" % x for x in os.getloadavg()))
     return 0
 
