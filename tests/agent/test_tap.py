@@ -30,6 +30,17 @@ class OptionsTests(SynchronousTestCase):
         o = self.parse("--controller", "tcp:10.0.0.1:5269", "--controller", "10.0.0.2")
         self.assertEqual(o["controller"], ["tcp:10.0.0.1:5269", "10.0.0.2"])
 
+    def test_controller_link_options(self) -> None:
+        o = self.parse("--controller", "10.0.0.1", "--xmpp-hold-time", "9",
+                       "--xmpp-stale-time", "5")
+        self.assertEqual(tap.linkKwargsFromOptions(o), {"hold_time": 9.0, "stale_time": 5.0})
+        d = tempdir(self)
+        top = tap.makeService(self.parse("--run-dir", d, "--state-dir", d, "--datapath",
+                                         "external", "--controller", "tcp:127.0.0.1:1",
+                                         "--xmpp-hold-time", "9"))
+        agent = top.getServiceNamed("agent")
+        self.assertEqual(agent.link_kwargs["hold_time"], 9.0)
+
     def test_bad_values(self) -> None:
         for argv in (["--datapath", "kernel"], ["--ksync", "pipe"],
                      ["--datapath", "external", "--ksync", "inprocess"],

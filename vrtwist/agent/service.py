@@ -34,7 +34,8 @@ class AgentService(MultiService):
                  datapath: str = "embedded", tap_check: bool = True,
                  stale_timeout: float = DEFAULT_STALE_TIMEOUT, fabric_ip: str = "0.0.0.0",
                  hostname: str = "", controllers: list[str] | None = None,
-                 fabric: str | None = None, local_datapath: Any = None) -> None:
+                 fabric: str | None = None, local_datapath: Any = None,
+                 link_kwargs: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.reactor = reactor
         self.run_dir = run_dir
@@ -47,6 +48,7 @@ class AgentService(MultiService):
         self.hostname = hostname
         self.controllers = controllers or []
         self.local_datapath = local_datapath
+        self.link_kwargs = link_kwargs or {}
         self.model = DatapathModel(fabric_ip=fabric_ip, fabric_name=fabric or "fabric0")
         self.table: PortTable | None = None
         self.api: PortApi | None = None
@@ -139,7 +141,7 @@ class AgentService(MultiService):
             return
         routes: Any = self.model  # provides IRouteProgrammer == xmpp's IRemoteRouteSink
         link = makeControllerLink(self.reactor, self.controllers, self.hostname,
-                                  self.fabric_ip, routes)
+                                  self.fabric_ip, routes, **self.link_kwargs)
         self.model.controller = link
         link.setServiceParent(self)
         self.link = link

@@ -25,6 +25,15 @@ except ImportError:  # pragma: no cover - until the datapath lands
         ]
 
 
+try:  # the controller link's own options (--xmpp-hold-time, --xmpp-cert, ...)
+    from vrtwist.xmpp.agent_link import LINK_OPT_PARAMETERS, linkKwargsFromOptions
+except ImportError:  # pragma: no cover
+    LINK_OPT_PARAMETERS = []
+
+    def linkKwargsFromOptions(options: Any) -> dict[str, Any]:
+        return {}
+
+
 class Options(_DatapathOptions, usage.Options):  # type: ignore[misc]
     """Options of ``twistd vrouter`` (ARCHITECTURE.md, "twistd plugins")."""
 
@@ -39,6 +48,7 @@ class Options(_DatapathOptions, usage.Options):  # type: ignore[misc]
          float],
         ["ksync", None, "socket", "embedded datapath reached over the ksync socket (socket) "
          "or by direct calls with the same Sandesh objects (inprocess)"],
+        *LINK_OPT_PARAMETERS,
     ]
     optFlags = [
         ["no-tap-check", None, "accept ports whose TAP does not exist (tests, DPDK)"],
@@ -83,7 +93,7 @@ def makeService(options: Options) -> MultiService:
         tap_check=not options["no-tap-check"], stale_timeout=options["stale-timeout"],
         fabric_ip=options["fabric-ip"], hostname=options["hostname"],
         controllers=list(options["controller"]), fabric=options.get("fabric"),
-        local_datapath=local)
+        local_datapath=local, link_kwargs=linkKwargsFromOptions(options))
     agent.setName("agent")
     agent.setServiceParent(top)
     return top
