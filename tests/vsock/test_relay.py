@@ -461,3 +461,60 @@ class RelayNetNoSpliceTests(RelayNetTests):
     """The same cases on the ordinary producer/consumer path (TLS, vsock, --no-splice)."""
 
     splice = False
+
+
+class VSockCallerTests(SynchronousTestCase):
+    """A caller on a real vsock listener: the CID comes from getPeer() (no header needed)."""
+
+    def _relay(self, **cfg: Any) -> tuple[VSockRelayFactory, Any]:
+        from twisted.internet.testing import MemoryReactorClock
+
+        clock = MemoryReactorClock()
+        routes = BackendRoutes()
+        routes.add("7=tcp:127.0.0.1:7777")
+        routes.add("tcp:127.0.0.1:8888")
+        return VSockRelayFactory(clock, RelayConfig(routes=routes, **cfg)), clock
+
+    def _accept(self, relay: VSockRelayFactory, cid: int) -> tuple[Any, Any]:
+        from twisted.internet.testing import StringTransport
+
+        from vrtwist.vsock.endpoints import VSockAddress
+
+        proto = relay.buildProtocol(VSockAddress(cid, 1025))
+        tr = StringTransport(peerAddress=VSockAddress(cid, 1025), hostAddress=VSockAddress(2, 1024))
+        proto.makeConnection(tr)
+        return proto, tr
+
+    def test_route_by_peer_cid_and_vsock_proxy_header(self) -> None:
+        from twisted.internet.testing import StringTransport
+
+        relay, clock = self._relay(proxyProtocol=True)
+        inbound, itr = self._accept(relay, 7)
+        self._accept(relay, 9)
+        self.assertEqual(
+            [(h, p) for h, p, *_ in clock.tcpClients], [("127.0.0.1", 7777), ("127.0.0.1", 8888)]
+        )
+        inbound.dataReceived(b"early")
+        # complete the connection to CID 7's backend
+        factory = clock.tcpClients[0][2]
+        out = factory.buildProtocol(None)
+        otr = StringTransport()
+        out.makeConnection(otr)
+        got = P.decode(otr.value())
+        assert got is not None
+        header, used = got
+        self.assertTrue(header.vsock)
+        self.assertEqual((header.source, header.destination), ((7, 1025), (2, 1024)))
+        self.assertEqual(otr.value()[used:], b"early")
+        inbound.dataReceived(b" more")
+        self.assertEqual(otr.value()[used:], b"early more")
+        out.dataReceived(b"reply")
+        self.assertEqual(itr.value(), b"reply")
+
+    def test_pending_buffer_is_bounded_while_connecting(self) -> None:
+        relay, clock = self._relay(bufferLimit=100)
+        inbound, itr = self._accept(relay, 7)
+        inbound.dataReceived(b"x" * 60)
+        self.assertEqual(itr.producerState, "producing")
+        inbound.dataReceived(b"x" * 60)
+        self.assertEqual(itr.producerState, "paused")
