@@ -374,6 +374,8 @@ class RelayInbound(Protocol):
                 timer.cancel()
         if self._connecting is not None:
             self._connecting.cancel()
+        if self.splice is not None and not self.splice.finished:
+            self.splice.stop()  # closes the pipes
         out = self.outbound
         if out is not None and not out.closed:
             out.transport.loseConnection()  # type: ignore[union-attr]
