@@ -80,7 +80,8 @@ class Node:
                 "instance-id": f"1000000{self.index}-0000-0000-0000-0000000000{n:02d}",
                 "vn-id": VN, "vm-project-id": "30000000-0000-0000-0000-000000000001",
                 "display-name": f"vm{self.index}-{n}", "ip-address": f"10.1.{n}.{self.index}",
-                "ip6-address": "", "type": 0, "system-name": f"tap{self.index}-{n}",
+                "ip6-address": f"fd00::{n}:{self.index}", "type": 0,
+                "system-name": f"tap{self.index}-{n}",
                 "mac-address": f"02:00:00:00:{n:02x}:0{self.index}", "rx-vlan-id": -1,
                 "tx-vlan-id": -1}
         req = urllib.request.Request(f"http://127.0.0.1:{self.rest}/port", json.dumps(body).encode(),
@@ -99,8 +100,9 @@ class Node:
                                             re.S)}
 
     def routes(self) -> dict[str, int]:
-        """prefix -> next-hop id, from ``rt --dump <vrf>`` of every VM VRF."""
-        out = "".join(self.tool("rt", "--dump", str(v)) for v in sorted(self.vrfs()))
+        """prefix -> next-hop id, from ``rt --dump <vrf>`` (inet and inet6) of every VM VRF."""
+        out = "".join(self.tool("rt", "--dump", str(v), "--family", fam)
+                      for v in sorted(self.vrfs()) for fam in ("inet", "inet6"))
         return {m.group(1): int(m.group(2)) for m in
                 re.finditer(r"^(\S+/\d+)\s+\d+\s+\S*\s+\d+\s+(\d+)", out, re.M)}
 
@@ -169,7 +171,8 @@ class EndToEndTests(SynchronousTestCase):
         def everyone_has(expected: dict[int, dict[str, str]]) -> Callable[[], bool]:
             return lambda: all(nodes[i].remote() == want for i, want in expected.items())
 
-        full = {i: {f"10.1.1.{j}/32": f"127.0.0.{j}" for j in nodes if j != i} for i in nodes}
+        full = {i: {p: f"127.0.0.{j}" for j in nodes if j != i
+                    for p in (f"10.1.1.{j}/32", f"fd00::1:{j}/128")} for i in nodes}
         wait_for(everyone_has(full), "every node to have tunnel routes to the other two VMs")
         [vrf] = nodes[2].vrfs()
         bridge = nodes[2].tool("rt", "--dump", str(vrf), "--family", "bridge")
@@ -178,8 +181,8 @@ class EndToEndTests(SynchronousTestCase):
 
         # Deleting a port withdraws its routes everywhere (and the tunnel goes with it).
         nodes[2].delete_port(1)
-        wait_for(lambda: "10.1.1.2/32" not in nodes[3].remote()
-                 and "10.1.1.2/32" not in nodes[4].remote(), "the withdraw of 10.1.1.2")
+        wait_for(lambda: not {"10.1.1.2/32", "fd00::1:2/128"} & (
+                 set(nodes[3].remote()) | set(nodes[4].remote())), "the withdraw of 10.1.1.2")
         self.assertNotIn("127.0.0.2", nodes[3].tunnels().values())
         nodes[2].add_port(1)
         wait_for(everyone_has(full), "10.1.1.2 back everywhere")
@@ -206,4 +209,6 @@ class EndToEndTests(SynchronousTestCase):
         wait_for(lambda: not any(d == "127.0.0.4" for d in nodes[2].remote().values())
                  and not any(d == "127.0.0.4" for d in nodes[3].remote().values()),
                  "node4's routes to be retracted")
-        self.assertEqual(nodes[2].remote(), {"10.1.1.3/32": "127.0.0.3", "10.1.2.3/32": "127.0.0.3"})
+        self.assertEqual(nodes[2].remote(), {"10.1.1.3/32": "127.0.0.3", "10.1.2.3/32": "127.0.0.3",
+                                             "fd00::1:3/128": "127.0.0.3",
+                                             "fd00::2:3/128": "127.0.0.3"})
