@@ -93,3 +93,45 @@ class TwistdProcessTests(TestCase):
         self.assertEqual(links[0].session.peer_name, "cn-proc")  # type: ignore[union-attr]
         self.assertEqual(links[0].remote.sink.table[("blue", "10.0.0.2", 32)][:2], ("127.0.0.3", 18))
         await task.deferLater(reactor, 0, lambda: None)
+
+
+class TwistdTlsTests(TestCase):
+    timeout = 30
+
+    async def test_twistd_vrouter_control_with_starttls(self) -> None:
+        from .test_loopback import make_pki
+
+        twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+        if not os.path.exists(twistd):
+            self.skipTest("twistd console script not installed next to the interpreter")
+        run = tempfile.mkdtemp(prefix="vrtwist-cn-tls-")
+        pki = make_pki(run)
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        p = s.getsockname()[1]
+        s.close()
+        log = open(os.path.join(run, "cn.log"), "wb")
+        proc = subprocess.Popen(
+            [twistd, "-n", "--pidfile=", "vrouter-control", "--xmpp",
+             f"tcp:{p}:interface=127.0.0.1", "--xmpp-cert", pki["cn-cert"], "--xmpp-key",
+             pki["cn-key"], "--xmpp-ca", pki["ca"]],
+            cwd=run, stdout=log, stderr=subprocess.STDOUT)
+        self.addCleanup(log.close)
+        self.addCleanup(proc.wait)
+        self.addCleanup(proc.terminate)
+        links = []
+        for i in (1, 2):
+            link = makeControllerLink(
+                reactor, [f"tcp:127.0.0.1:{p}"], f"h{i}", f"127.0.0.{i + 1}", RecordingSink(),
+                retry_policy=lambda n: 0.2, xmpp_cert=pki["agent-cert"],
+                xmpp_key=pki["agent-key"], xmpp_ca=pki["ca"])
+            link.localRouteAdded(LocalRouteInfo(f"p{i}", f"vm{i}", "vn", "blue", "",
+                                                f"10.0.0.{i}", None, 16 + i, f"127.0.0.{i + 1}"))
+            link.startService()
+            self.addCleanup(link.stopService)
+            links.append(link)
+        await until(lambda: all(len(lk.remote.sink.table) == 1 for lk in links),
+                    "routes over STARTTLS through twistd", timeout=20)
+        from twisted.internet.interfaces import ISSLTransport
+
+        self.assertTrue(ISSLTransport.providedBy(links[0].session.transport))  # type: ignore[union-attr]
