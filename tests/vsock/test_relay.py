@@ -356,6 +356,19 @@ class RelayNetTests(TestCase):
         await client.until(lambda: len(client.received) >= len(data))
         self.assertEqual(hashlib.sha256(client.received).digest(), hashlib.sha256(data).digest())
 
+    async def test_backend_reset_mid_stream_closes_the_caller(self) -> None:
+        backends, bport = await self.tcpBackend()
+        sock = os.path.join(self.dir, "r.sock")
+        relay = await self.relay(f"unix:{sock}", f"tcp:127.0.0.1:{bport}")
+        client = await self.unixClient(sock)
+        Pump(client.transport, random.Random(5).randbytes(8 * 1024 * 1024), eof=False)
+        peer = await backends.next()
+        await peer.until(lambda: len(peer.received) > 65536)
+        peer.transport.abortConnection()  # type: ignore[union-attr]
+        await client.done
+        while relay.stats.active or relay.stats.backendsOpen:
+            await deferLater(reactor, 0.01, lambda: None)
+
     async def test_backend_refused_closes_caller_only(self) -> None:
         sock = os.path.join(self.dir, "r.sock")
         relay = await self.relay(f"unix:{sock}", "tcp:127.0.0.1:1")
