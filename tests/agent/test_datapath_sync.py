@@ -260,7 +260,10 @@ def _restarted(state_dir: str, dp: Datapath) -> _Restarted:
     agent.table.observe(agent.model)
     agent.table.replay()
     agent.sync.attach(counting)
-    agent.api = PortApi(agent.table)
+    agent.api = PortApi(agent.table, gateways=agent.model)
+    from treq.testing import StubTreq
+
+    agent.http = StubTreq(agent.api.app.resource())
     return agent
 
 
@@ -349,3 +352,18 @@ class PipelineTests(SynchronousTestCase):
         refused = [k for k in sync.errors if k[0] == "vif"]
         self.assertEqual(len(refused), 1)
         self.assertNotIn(refused[0], sync.applied)
+
+
+class TableSizeTests(SynchronousTestCase):
+    def test_allocators_follow_vrouter_ops(self) -> None:
+        from vrtwist.datapath.tables import DatapathConfig
+
+        dp = Datapath(DatapathConfig(interfaces=6, mpls_labels=64, nexthops=128, vrfs=8))
+        agent = _restarted(tempdir(self), dp)  # reads vrouter_ops at start
+        self.assertEqual((agent.model.vifs.hi, agent.model.labels.hi, agent.model.nhs.hi,
+                          agent.model.vrf_ids.hi), (6, 64, 128, 8))
+        self.assertIn("interfaces", agent.sync.tables)
+        bodies = [port_body(i) for i in range(1, 5)]
+        codes = [agent.call("POST", "/port", b)[0] for b in bodies]
+        self.assertEqual(codes, [200, 200, 200, 503])  # vifs 3, 4, 5: the table is full
+        self.assertEqual(agent.sync.errors, {})

@@ -196,6 +196,16 @@ class DatapathModel:
         for listener in self.listeners:
             listener(ks)
 
+    def set_limits(self, *, interfaces: int, nexthops: int, labels: int, vrfs: int) -> None:
+        """Table sizes reported by the datapath (``vrouter_ops``) bound the allocators;
+        ids already handed out are kept."""
+        for alloc, hi in ((self.vifs, interfaces), (self.nhs, nexthops),
+                          (self.labels, labels), (self.vrf_ids, vrfs)):
+            if hi > alloc.lo:
+                alloc.hi = max(hi, max(alloc.used, default=alloc.lo) + 1)
+                if alloc._next >= alloc.hi:
+                    alloc._next = alloc.lo
+
     def adopt(self, system_name: str, ids: Adopted) -> None:
         """Remember ids found in the datapath for a TAP so its port keeps them."""
         self._adopted[system_name] = ids

@@ -169,6 +169,7 @@ class DatapathSync:
         self._tail: Deferred[None] = succeed(None)  # fires when the last batch is answered
         self._idle: list[Deferred[None]] = []
         self.requests_sent = 0
+        self.tables: dict[str, Any] = {}
         model.listeners.append(self.changed)
 
     # change intake ---------------------------------------------------------------------
@@ -233,8 +234,39 @@ class DatapathSync:
                 req["rtr_marker_plen"] = int(last.rtr_prefix_len)
         return out
 
+    async def read_tables(self) -> dict[str, Any]:
+        """Start-up reads of spec 2.5: ``vrouter_ops`` GET (table sizes, which bound the
+        model's id allocators) and the flow and bridge table data (where the shared
+        memory is).  Failures are logged; the defaults stay."""
+        info: dict[str, Any] = {}
+        try:
+            ops = (await self.call("vrouter_ops", {"h_op": C.OP_GET}))[1:]
+        except KsyncError as e:
+            self._log.warn("vrouter_ops GET refused: {e}", e=e)
+            ops = []
+        if ops:
+            o = ops[0]
+            info.update(interfaces=int(o.vo_interfaces), nexthops=int(o.vo_nexthops),
+                        labels=int(o.vo_mpls_labels), vrfs=int(o.vo_vrfs))
+            self.model.set_limits(**info)
+        for name, op_field in (("vr_flow_table_data", "ftable_op"),
+                               ("vr_bridge_table_data", "btable_op")):
+            try:
+                reply = await self.call(name, {op_field: C.OP_GET if name.startswith(
+                    "vr_bridge") else C.FLOW_OP_FLOW_TABLE_GET})
+            except KsyncError as e:
+                self._log.warn("{name} refused: {e}", name=name, e=e)
+                continue
+            for obj in reply[1:]:
+                prefix = "ftable" if name == "vr_flow_table_data" else "btable"
+                info[prefix] = (str(getattr(obj, prefix + "_file_path")),
+                                int(getattr(obj, prefix + "_size")) & 0xFFFFFFFF)
+        self._log.info("datapath tables: {info}", info=info)
+        return info
+
     async def read_datapath(self) -> dict[Key, tuple[str, dict[str, Any]]]:
         """Everything the agent could own in the datapath, keyed like ``model.desired``."""
+        self.tables = await self.read_tables()
         present: dict[Key, tuple[str, dict[str, Any]]] = {}
         vrfs: set[int] = set()
         for name in ("vr_interface_req", "vr_nexthop_req", "vr_mpls_req"):
