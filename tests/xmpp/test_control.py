@@ -205,6 +205,34 @@ class ReflectionTests(SynchronousTestCase):
         self.assertEqual(retracts, [])
 
 
+class UnsupportedFamilyTests(SynchronousTestCase):
+    def test_multicast_publish_is_accepted_and_dropped(self) -> None:
+        clock, node, factory = make_node()
+        a, b = MemAgent(factory, "a"), MemAgent(factory, "b")
+        for ag in (a, b):
+            ag.open()
+            ag.subscribe("blue")
+        clock.advance(0.1)
+        b.received()
+        # Spec shape 7: the multicast-tree builder's ErmVPN route.
+        a.send(b'<iq type="set" from="a" to="network-control@contrailsystems.com/bgp-peer" '
+               b'id="pubsub_b3"><pubsub xmlns="http://jabber.org/protocol/pubsub"><publish '
+               b'node="1/241/blue/255.255.255.255"><item><entry><nlri><af>1</af><safi>241</safi>'
+               b"<group>255.255.255.255</group><source>0.0.0.0</source></nlri><next-hops>"
+               b"<next-hop><af>1</af><address>10.43.91.10</address><label>1000-1999</label>"
+               b"<tunnel-encapsulation-list><tunnel-encapsulation>gre</tunnel-encapsulation>"
+               b"</tunnel-encapsulation-list></next-hop></next-hops></entry></item></publish>"
+               b'</pubsub></iq><iq type="set" from="a" to="network-control@contrailsystems.com/'
+               b'bgp-peer" id="collection3"><pubsub xmlns="http://jabber.org/protocol/pubsub">'
+               b'<collection node="blue"><associate node="1/241/blue/255.255.255.255"/>'
+               b"</collection></pubsub></iq>")
+        a.publish("blue", inet("10.0.0.1/32"))
+        clock.advance(0)
+        self.assertFalse(a.closed)
+        items, _, _ = b.routes()
+        self.assertEqual(list(items), ["10.0.0.1/32"])
+
+
 class ViolationTests(SynchronousTestCase):
     """Each violation closes that session with a clear log line; the others go on."""
 

@@ -289,6 +289,16 @@ class ControlToAgentGoldenTests(SynchronousTestCase):
         assert isinstance(r, RouteUpdate)
         self.assertEqual((r.items, r.retracts), ((), ("9.9.9.9/32",)))
 
+    def test_multicast_items_are_accepted_and_empty(self) -> None:
+        # Shape 11 (ErmVPN): a real control node sends these; they must not kill the session.
+        mcast = (b'<message from="network-control@contrailsystems.com" to="a/bgp-peer"><event '
+                 b'xmlns="http://jabber.org/protocol/pubsub"><items node="1/241/blue"><item '
+                 b'id="10.1.1.1:1:255.255.255.255,0.0.0.0"><entry><nlri><af>1</af><safi>241</safi>'
+                 b"<group>255.255.255.255</group><source>0.0.0.0</source></nlri><olist><next-hop>"
+                 b"<af>1</af><address>10.1.1.3</address><label>1000-1999</label></next-hop>"
+                 b"</olist></entry></item></items></event></message>")
+        self.assertEqual(parse_stanza(mcast), RouteUpdate("1/241/blue"))
+
     def test_cn_eor(self) -> None:
         msg = build_eor_message("network-control@contrailsystems.com", "worker-3/bgp-peer")
         self.assertEqual(parse_stanza(msg), EndOfRib("network-control@contrailsystems.com"))

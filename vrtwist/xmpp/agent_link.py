@@ -587,6 +587,8 @@ class ControllerLink(MultiService):
             )
             return
         family = update.family
+        if not update.items and not update.retracts:
+            return  # a family this agent does not use (multicast, MVPN, ...)
         if update.retracts:
             self.remote.retract(vrf, family, update.retracts)
         else:

@@ -500,6 +500,8 @@ class ControlSession(XmppSession):
                 self.node.endOfRib(self)
                 return
             target = stanza.associate if stanza.associate is not None else stanza.dissociate
+            if pending.entry is None and pending.node and target == pending.node:
+                return  # a family this node does not reflect (multicast, MVPN, ...)
             if pending.entry is None or target != pending.node:
                 raise ProtocolViolation(
                     f"collection node {target!r} differs from publish node {pending.node!r}"

@@ -30,6 +30,7 @@ __all__ = [
     "SAFI_ENET",
     "ENCAP_NAMES",
     "StanzaError",
+    "UnsupportedFamily",
     "NextHop",
     "RouteEntry",
     "Subscribe",
@@ -78,6 +79,9 @@ SAFI_ENET = 242
 #: Wire names of the tunnel encapsulations and the names the agent's config uses.
 ENCAP_NAMES = {"udp": "MPLSoUDP", "gre": "MPLSoGRE", "vxlan": "VXLAN"}
 
+#: The ``afi/safi`` pairs whose items this package reads (inet, inet6, EVPN).
+_FAMILIES = frozenset({(AFI_INET, SAFI_UNICAST), (AFI_INET6, SAFI_UNICAST), (AFI_L2VPN, SAFI_ENET)})
+
 _STRIP_NS = (
     (b' xmlns="http://jabber.org/protocol/pubsub"', b""),
     (b" xmlns='http://jabber.org/protocol/pubsub'", b""),
@@ -88,6 +92,10 @@ _XML_DECL = b'<?xml version="1.0"?>\n'
 
 class StanzaError(ValueError):
     """A framed stanza is not well formed or not a shape this dialect allows."""
+
+
+class UnsupportedFamily(StanzaError):
+    """A route of an address family this package does not handle (multicast, MVPN...)."""
 
 
 # ---------------------------------------------------------------------------- records
@@ -394,7 +402,12 @@ def _parse_iq(root: ET.Element) -> Stanza:
         entry = items[0].find("entry")
         if entry is None:
             raise StanzaError("publish item without an entry")
-        return Publish(node, _parse_entry(entry), sender)
+        try:
+            return Publish(node, _parse_entry(entry), sender)
+        except UnsupportedFamily:
+            # e.g. the multicast-tree builder's 1/241 route: a well-formed publish of a
+            # family we do not reflect; the pair is accepted and dropped.
+            return Publish(node, None, sender)
     if name == "collection":
         assoc = op.find("associate")
         dissoc = op.find("dissociate")
@@ -426,6 +439,10 @@ def _parse_message(root: ET.Element) -> Stanza:
     parts = node.split("/", 2)
     if len(parts) != 3 or not parts[0].isdigit() or not parts[1].isdigit() or not parts[2]:
         raise StanzaError(f"items node {node[:80]!r} is not afi/safi/vrf")
+    if (int(parts[0]), int(parts[1])) not in _FAMILIES:
+        # Multicast (1/241), MVPN (1/5), labeled inet (1/4): not used by this agent, and a
+        # real control node sends them; they are accepted and carry nothing for us.
+        return RouteUpdate(node, (), ())
     retracts = tuple(r.get("id", "") for r in items.iter("retract"))
     if retracts:
         # Like the real agent: a message with retracts is handled as retracts only.
@@ -457,6 +474,8 @@ def _parse_entry(entry: ET.Element) -> RouteEntry:
     nlri = _children(nlri_elem)
     afi = _int(nlri.get("af"), "nlri af")
     safi = _int(nlri.get("safi"), "nlri safi")
+    if (afi, safi) not in _FAMILIES:
+        raise UnsupportedFamily(f"unsupported address family {afi}/{safi}")
     address = _text(nlri.get("address"))
     mac = ""
     etag = 0
@@ -470,7 +489,7 @@ def _parse_entry(entry: ET.Element) -> RouteEntry:
     elif afi == AFI_INET or afi == AFI_INET6:
         _check_prefix(address, afi)
     else:
-        raise StanzaError(f"unsupported address family {afi}/{safi}")
+        raise UnsupportedFamily(f"unsupported address family {afi}/{safi}")
     hops = []
     nhs = f.get("next-hops")
     if nhs is not None:
