@@ -281,6 +281,35 @@ class FlowUtility(SynchronousTestCase):
             out,
         )
         self.assertIn("\n\nFlow Flags:", out)
+        # a mirrored flow: the mirror entry's next hop, as flow_dump_mirror prints it
+        with _Session(self.run_dir) as c:
+            r = c.request(schema.vr_mirror_req(h_op=0, mirr_index=2, mirr_nhid=31))
+            self.assertEqual(r[0].resp_code, 0)
+        code, out = self.flow("-f", str(idx), "--mirror", "2")
+        self.assertEqual(code, 0, out)
+        code, out = self.flow("--get", str(idx))
+        self.assertEqual(code, 0, out)
+        self.assertIn(
+            "UDP Source Port:              %s\n\n"
+            % out.split("UDP Source Port:")[1].split()[0]
+            + "Mirror Index:                 2, 0, "
+            "Primary Mirror:               NextHop 31 of type 2\nFlow Statistics:              0/0\n",
+            out,
+        )
+        from vrtwist.cli.flow import _format_mirror
+
+        tunnel = schema.vr_nexthop_req(
+            nhr_id=9, nhr_type=3, nhr_family=2, nhr_vrf=1,
+            nhr_tun_sip=int.from_bytes(so.inet_aton("10.0.0.1"), "little"),
+            nhr_tun_dip=int.from_bytes(so.inet_aton("10.0.0.9"), "little"))  # fmt: skip
+        self.assertEqual(
+            _format_mirror(tunnel),
+            "NextHop 9\n"
+            + pad
+            + "To Destination 10.0.0.9 in VRF 1\n"
+            + pad
+            + "Tunnel Source IP 10.0.0.1 ",
+        )
 
     def test_bridge_routes_and_rt_dump(self) -> None:
         with _Session(self.run_dir) as c:

@@ -246,6 +246,15 @@ class FlowTool:
                 info.l2 = self._hop(int(l2.rtr_nh_id))
         return info
 
+    def _mirror_nh(self, index: int) -> Any | None:
+        """``flow_get_mirror_nh``: the next hop a mirror entry sends to."""
+        if not 0 <= index < L.DEFAULT_MAX_MIRRORS:
+            return None
+        mirror = self._object(schema.vr_mirror_req(h_op=1, mirr_index=index))
+        if mirror is None:
+            return None
+        return self._object(schema.vr_nexthop_req(h_op=1, nhr_id=mirror.mirr_nhid))
+
     def paths(self, e: FlowEntry, rfe: FlowEntry | None) -> FlowPaths:
         """Everything ``flow --get`` asks the vRouter about a flow (``flow_get_entry``)."""
         paths = FlowPaths()
@@ -258,6 +267,9 @@ class FlowTool:
                 members = list(nh.nhr_nh_list or ())[:16]
                 if 0 <= paths.ecmp_index < len(members):
                     paths.ecmp_member = self._hop(int(members[paths.ecmp_index]))
+        if e.flags & L.FLAG_MIRROR:
+            paths.mirror = self._mirror_nh(e.mirror_id)
+            paths.mirror1 = self._mirror_nh(e.sec_mirror_id)
         if e.action == L.ACTION_NAT and rfe is None:
             return paths
         family = L.AF_INET6 if e.type == L.VP_TYPE_IP6 else L.AF_INET
@@ -505,6 +517,8 @@ class FlowPaths:
     ecmp_member: Hop | None = None
     src: RouteInfo | None = None
     dst: RouteInfo | None = None
+    mirror: Any | None = None  # next hop of the primary mirror entry
+    mirror1: Any | None = None  # and of the secondary one
 
 
 _NH_WITH_VIF = (C.NH_ENCAP, C.NH_TUNNEL, C.NH_RCV, C.NH_L2_RCV)
@@ -542,12 +556,9 @@ def _format_hop(hop: Hop | None, ingress: bool, paths: FlowPaths) -> str:
         out = head
     elif nh.nhr_type == C.NH_TUNNEL:
         out = head + pad + "Tunnel Source: "
-        if nh.nhr_family == L.AF_INET:
-            out += "%s\n" % socket.inet_ntoa((nh.nhr_tun_dip & 0xFFFFFFFF).to_bytes(4, "little"))
-        elif nh.nhr_family == L.AF_INET6:
-            out += "%s\n" % socket.inet_ntop(
-                socket.AF_INET6, bytes(b & 0xFF for b in nh.nhr_tun_dip6)
-            )
+        if nh.nhr_family in (L.AF_INET, L.AF_INET6):
+            six = nh.nhr_family == L.AF_INET6
+            out += "%s\n" % _inet(nh.nhr_family, nh.nhr_tun_dip6 if six else nh.nhr_tun_dip)
     elif nh.nhr_type == C.NH_COMPOSITE:
         out = head
         if nh.nhr_flags & C.NH_FLAG_COMPOSITE_ECMP:
@@ -575,6 +586,33 @@ def _format_hop(hop: Hop | None, ingress: bool, paths: FlowPaths) -> str:
             vif.vifr_ipackets,
             vif.vifr_ierrors + vif.vifr_oerrors,
         )
+    return out
+
+
+def _inet(family: int, value: Any) -> str:
+    """A next hop's tunnel address: IPv4 in a host integer (spec 1.7) or 16 bytes."""
+    if family == L.AF_INET6:
+        return socket.inet_ntop(
+            socket.AF_INET6, bytes(b & 0xFF for b in value or ()).ljust(16, b"\0")
+        )
+    return socket.inet_ntoa((int(value) & 0xFFFFFFFF).to_bytes(4, "little"))
+
+
+def _format_mirror(nh: Any) -> str:
+    """``flow_dump_mirror``: where a mirror's copies go (no newline at the end)."""
+    if nh.nhr_type != C.NH_TUNNEL:
+        return "NextHop %u of type %u" % (nh.nhr_id & 0xFFFFFFFF, nh.nhr_type)
+    pad = " " * FIELD
+    six = nh.nhr_family == L.AF_INET6
+    out = "NextHop %u\n" % (nh.nhr_id & 0xFFFFFFFF) + pad + "To Destination "
+    if nh.nhr_family in (L.AF_INET, L.AF_INET6):
+        out += "%s " % _inet(nh.nhr_family, nh.nhr_tun_dip6 if six else nh.nhr_tun_dip)
+    out += "in the same VRF (%d)\n" % nh.nhr_vrf if nh.nhr_vrf < 0 else "in VRF %d\n" % nh.nhr_vrf
+    if nh.nhr_flags & C.NH_FLAG_TUNNEL_SIP_COPY:
+        return out + pad + "Tunnel Source IP from packet\n"
+    out += pad + "Tunnel Source IP "
+    if nh.nhr_family in (L.AF_INET, L.AF_INET6):
+        out += "%s " % _inet(nh.nhr_family, nh.nhr_tun_sip6 if six else nh.nhr_tun_sip)
     return out
 
 
@@ -689,8 +727,14 @@ def format_detail(
         if e.sec_mirror_id < L.DEFAULT_MAX_MIRRORS:
             m += ", %d, " % e.sec_mirror_id
         lines.append("")
+        if paths is not None and paths.mirror is not None:
+            m += _field("Primary Mirror") + _format_mirror(paths.mirror)
+        if paths is not None and paths.mirror1 is not None:
+            m += _field("Secondary Mirror") + _format_mirror(paths.mirror1)
+        # the real tool ends this line with the newline it prints before the statistics
         lines.append(_field("Mirror Index") + m)
-    lines.append("")
+    else:
+        lines.append("")
     lines.append(_field("Flow Statistics") + "%u/%u" % (e.packets, e.bytes))
     if drops is not None:
         lines.append(_field("System Wide Packet Drops") + "%d" % _drop_sum(drops, _ALL_DROPS))
