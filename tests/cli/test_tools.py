@@ -127,6 +127,7 @@ class VifTests(VrouterDpCase):
             "            Core 0 TX packets:0  bytes:0 errors:0\n            Drops:0\n", text
         )
         # --rate: the real tool's screens, two refreshes
+        self.patch(vif, "_RATE_INTERVAL", 0.01)
         text = self.ok(vif.main, "--list", "--rate", "--iterations", "2")
         self.assertEqual(text.count("Interface rate statistics\n-------------------------\n"), 2)
         self.assertIn("Errors   Packets              Errors   Packets\n", text)
