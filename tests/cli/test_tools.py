@@ -149,6 +149,46 @@ class VifTests(VrouterDpCase):
         self.assertEqual(code, 1)
         self.assertIn("vhost_create: interface name must be 1 to 15 bytes.", text)
 
+    def test_rate_pages_on_a_terminal(self) -> None:
+        """On a terminal ``--list --rate`` shows what fits and pages with ``j``/``k``."""
+        import fcntl
+        import pty
+        import struct
+        import termios
+
+        for i in (1, 2, 3):
+            self.ok(vif.main, "--add", "tap%d" % i, "--type", "virtual", "--id", str(i))
+        master, slave = pty.openpty()
+        # 12 rows: (12 - 9) // 3 = one vif a screen
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 12, 200, 0, 0))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "vrtwist.cli.vif", "--sock-dir", self.sock, "--list",
+             "--rate", "--iterations", "2"],
+            stdin=slave, stdout=slave, stderr=slave, close_fds=True,
+        )  # fmt: skip
+        os.close(slave)
+        self.addCleanup(os.close, master)
+        out = b""
+        sent = False
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            out += chunk
+            if not sent and out.count(b"Key 'q' for quit") == 1:
+                os.write(master, b"j")
+                sent = True
+        self.assertEqual(proc.wait(30), 0, out)
+        screens = out.decode().split("Interface rate statistics")[1:]
+        self.assertEqual(len(screens), 2, out)
+        self.assertIn("Virtual: tap1", screens[0])
+        self.assertNotIn("tap2", screens[0])
+        self.assertIn("Virtual: tap2", screens[1])
+        self.assertNotIn("tap1", screens[1])
+
 
 class NexthopLabelTests(VrouterDpCase):
     def setUp(self) -> None:

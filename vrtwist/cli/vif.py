@@ -14,7 +14,9 @@ import select
 import socket
 import struct
 import sys
+import termios
 import time
+import tty
 from collections.abc import Sequence
 from typing import Any
 
@@ -255,23 +257,54 @@ def format_rate_row(v: Any) -> str:
     return line + "\n\n\n"
 
 
-def _quit_requested(timeout: float) -> bool:
-    """Wait up to ``timeout``; True when the user typed ``q`` (the real tool's key)."""
+def _read_key(timeout: float) -> str:
+    """Wait up to ``timeout`` for one key on a terminal (``""`` if none, or no terminal)."""
     if not sys.stdin.isatty():
         time.sleep(timeout)
-        return False
+        return ""
     ready, _, _ = select.select([sys.stdin], [], [], timeout)
-    return bool(ready) and sys.stdin.readline()[:1].lower() == "q"
+    return os.read(sys.stdin.fileno(), 1).decode("latin-1").lower() if ready else ""
+
+
+def _page_size() -> int:
+    """Rows of vifs that fit the terminal (3 lines each under a 9-line header), at most 32."""
+    if not sys.stdout.isatty():
+        return 1 << 30
+    try:
+        rows = os.get_terminal_size(sys.stdout.fileno()).lines
+    except OSError:
+        rows = 24
+    return max(1, min(32, (rows - 9) // 3))
 
 
 def _rate(ks: Any, args: argparse.Namespace, core: int) -> int:
-    """``--rate``: refresh per-second rates every second until ``q`` (or ``--iterations``)."""
+    """``--rate``: refresh per-second rates every second until ``q`` (or ``--iterations``);
+    with ``--list``, ``k``/``j`` page back and forth through the vifs as the real tool."""
+    saved = None
+    if sys.stdin.isatty():
+        saved = termios.tcgetattr(sys.stdin.fileno())
+        tty.setcbreak(sys.stdin.fileno())
+    try:
+        return _rate_screens(ks, args, core)
+    finally:
+        if saved is not None:
+            termios.tcsetattr(sys.stdin.fileno(), termios.TCSADRAIN, saved)
+
+
+def _rate_screens(ks: Any, args: argparse.Namespace, core: int) -> int:
     prev: dict[int, Any] = {}
     last = time.monotonic()
-    n = 0
+    n = skip = 0
     while True:
-        if n and _quit_requested(_RATE_INTERVAL):
-            return 0
+        if n:
+            key = _read_key(_RATE_INTERVAL)
+            if key == "q":
+                return 0
+            page = _page_size()
+            if key == "k":
+                skip = max(0, skip - page)
+            elif key == "j":
+                skip += page
         if args.list:
             vifs = ks.dump(schema.vr_interface_req(h_op=DUMP, vifr_marker=-1, vifr_core=core + 1))
         else:
@@ -284,10 +317,14 @@ def _rate(ks: Any, args: argparse.Namespace, core: int) -> int:
             cli.write("\033[H\033[2J")
         cli.write("Interface rate statistics\n-------------------------\n\n")
         cli.write(rate_header() if args.list else header())
+        shown = vifs[skip : skip + _page_size()] if args.list else vifs
         for v in vifs:
             rated = rate_of(v, prev.get(v.vifr_idx, v), diff_ms)
             prev[v.vifr_idx] = v
-            cli.write(format_rate_row(rated) if args.list else format_vif(rated, True, args.core))
+            if any(v is s for s in shown):
+                cli.write(
+                    format_rate_row(rated) if args.list else format_vif(rated, True, args.core)
+                )
         if args.list:
             cli.write("Key 'q' for quit, key 'k' for previous page, key 'j' for next page.\n")
         cli.write(time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime()) + " \n")
