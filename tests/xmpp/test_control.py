@@ -280,6 +280,20 @@ class ViolationTests(SynchronousTestCase):
         self.a.subscribe("green")
         self.assertClosedAlone(build_subscribe("a", "yellow", 1), "more than 3 routing instances")
 
+    def test_too_many_routes(self) -> None:
+        self.node.max_routes = 2
+        self.a.publish("blue", inet("10.0.1.1/32"))
+        self.a.publish("blue", inet("10.0.1.1/32", label=99))  # a change is not a new route
+        self.a.publish("blue", inet("10.0.1.2/32"))
+        self.clock.advance(0)
+        self.b.received()
+        from vrtwist.xmpp.stanzas import build_route_publish
+
+        self.assertClosedAlone(build_route_publish("a", "blue", inet("10.0.1.3/32")),
+                               "more than 2 routes published")
+        self.a.proto.connectionLost()
+        self.assertNotIn("a", self.node.route_counts)  # gone with its session (GR time 0)
+
     def test_publish_to_unsubscribed_vrf(self) -> None:
         from vrtwist.xmpp.stanzas import build_route_publish
 

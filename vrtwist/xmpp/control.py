@@ -65,6 +65,8 @@ MAX_ITEMS_PER_MESSAGE = 128
 AGENT_MAX_STANZA = 256 * 1024
 #: Time to wait for the stream open after the TCP accept.
 OPEN_TIMEOUT = 15.0
+#: Paths one agent may have in the tables (a bound on what a misbehaving agent costs).
+DEFAULT_MAX_ROUTES = 1_000_000
 #: Routing instances one agent may subscribe to (the vRouter has at most 65,536 VRFs).
 MAX_SUBSCRIPTIONS = 65536
 #: End-of-RIB goes out once this long has passed without a new subscribe from the agent,
@@ -134,10 +136,13 @@ class ControlNode:
         clock: IReactorTime,
         hostname: str = "vrtwist-control",
         gr_time: float = 30.0,
+        max_routes: int = DEFAULT_MAX_ROUTES,
     ) -> None:
         self.clock = clock
         self.hostname = hostname
         self.gr_time = gr_time
+        self.max_routes = max_routes
+        self.route_counts: dict[str, int] = {}
         self.sessions: dict[str, ControlSession] = {}
         self.instances: dict[str, RoutingInstance] = {}
         self._gr_timers: dict[str, IDelayedCall] = {}
@@ -220,6 +225,7 @@ class ControlNode:
                     if path is None or (stale_only and not path.stale):
                         continue
                     del paths[origin]
+                    self._uncount(origin)
                     if not paths:
                         del items[item_id]
                     self._changed(inst, family, item_id)
@@ -275,6 +281,7 @@ class ControlNode:
                 paths = items[item_id]
                 if name in paths:
                     del paths[name]
+                    self._uncount(name)
                     if not paths:
                         del items[item_id]
                     self._changed(inst, family, item_id)
@@ -302,14 +309,29 @@ class ControlNode:
             if old is not None and old.entry == entry:
                 old.stale = False
                 return
+            if old is None:
+                count = self.route_counts.get(name, 0)
+                if count >= self.max_routes:
+                    if not paths:
+                        del items[item_id]
+                    raise ProtocolViolation(f"more than {self.max_routes} routes published")
+                self.route_counts[name] = count + 1
             paths[name] = _Path(entry, raw or entry_xml(entry))
         else:
             if paths is None or name not in paths:
                 return
             del paths[name]
+            self._uncount(name)
             if not paths:
                 del items[item_id]
         self._changed(inst, family, item_id)
+
+    def _uncount(self, origin: str) -> None:
+        left = self.route_counts.get(origin, 0) - 1
+        if left > 0:
+            self.route_counts[origin] = left
+        else:
+            self.route_counts.pop(origin, None)
 
     def endOfRib(self, session: ControlSession) -> None:
         timer = self._gr_timers.pop(session.peer_name, None)

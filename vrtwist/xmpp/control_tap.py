@@ -14,7 +14,7 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
-from .control import AGENT_MAX_STANZA, ControlNode, ControlNodeFactory
+from .control import AGENT_MAX_STANZA, DEFAULT_MAX_ROUTES, ControlNode, ControlNodeFactory
 from .session import check_hold_time
 from .tls import mutual_tls_options
 
@@ -46,6 +46,7 @@ class Options(usage.Options):
         ["xmpp-key", None, None, "PEM private key of --xmpp-cert"],
         ["xmpp-ca", None, None, "PEM CA that signs the agents' certificates"],
         ["max-stanza", None, AGENT_MAX_STANZA, "largest stanza accepted from an agent", int],
+        ["max-routes", None, DEFAULT_MAX_ROUTES, "routes one agent may publish", int],
     ]
 
     def postOptions(self) -> None:
@@ -76,7 +77,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     tls = None
     if options["xmpp-cert"]:
         tls = mutual_tls_options(options["xmpp-cert"], options["xmpp-key"], options["xmpp-ca"])
-    node = ControlNode(reactor, options["hostname"], options["gr-time"])
+    node = ControlNode(reactor, options["hostname"], options["gr-time"], options["max-routes"])
     factory = ControlNodeFactory(node, options["hold-time"], tls, options["max-stanza"])
     top = MultiService()
     top.setName("vrouter-control")
