@@ -329,6 +329,26 @@ class RouteAndStatsTests(VrouterDpCase):
         self.assertTrue(text.endswith("0.0.0.0/0               0                       -"
                                       "              0        -\n"), text)  # fmt: skip
 
+        text = self.ok(rt.main, "--get", "10.1.2.77/24", "--vrf", "2")
+        self.assertTrue(text.startswith("Match 10.1.2.0/24 in vRouter inet4 table 0/2/unicast\n\n"))
+        self.assertTrue(text.endswith("\n10.1.0.0/16            16                       -"
+                                      "             21        -\n"), text)  # fmt: skip
+        # --get of a bridge entry, by MAC
+        self.ok(rt.main, "-c", "-v", "2", "-f", "1", "-e", "02:00:00:00:00:07", "-n", "21")
+        text = self.ok(rt.main, "--get", "02:00:00:00:00:07", "--vrf", "2", "--family", "bridge")
+        self.assertTrue(
+            text.startswith("Match 2:0:0:0:0:7 in vRouter bridge table 0/2/unicast\n\n")
+        )
+        self.assertIn("vRouter bridge table 0/2\nIndex       DestMac", text)
+        self.assertRegex(text, r"\n\d+ +2:0:0:0:0:7 +- +21 +0\n$")
+        code, text = self.tool(rt.main, "--get", "02:00:00:00:00:08", "--vrf", "2", "--family",
+                                "bridge")  # fmt: skip
+        self.assertEqual((code, text), (1, "vRouter(Response): No such file or directory (2)\n"))
+        code, text = self.tool(rt.main, "--get", "zz", "--vrf", "2", "--family", "bridge")
+        self.assertEqual(code, 2, text)
+        code, text = self.tool(rt.main, "--get", "10.0.0.1/32", "--vrf", "2", "--family", "inet6")
+        self.assertEqual(code, 2, text)
+
         # --monitor: the changes made between two polls, as the real tool's JSON lines
         sock = self.sock
 

@@ -258,6 +258,31 @@ def _dump_bridge(sock_dir: str, vrf: int) -> int:
     return int(dump_bridge(sock_dir, vrf) or 0)
 
 
+def _get_bridge(args: argparse.Namespace) -> int:
+    """``--get MAC --vrf V --family bridge``: one bridge entry, looked up over ksync."""
+    try:
+        mac = cli.mac(args.get)
+    except argparse.ArgumentTypeError as e:
+        raise cli.UsageError(str(e)) from None
+    with cli.connect(args.sock_dir) as ks:
+        objects = cli.request(
+            ks,
+            schema.vr_route_req(
+                h_op=GET, rtr_family=C.AF_BRIDGE, rtr_vrf_id=args.vrf, rtr_mac=mac, rtr_index=-1
+            ),
+        )
+    cli.write("Match %s in vRouter bridge table 0/%d/unicast\n\n" % (cli.ether_ntoa(mac), args.vrf))
+    cli.write(table_header(C.AF_BRIDGE, args.vrf))
+    for rt in objects:
+        if type(rt) is schema.vr_route_req:
+            cli.write(
+                format_bridge_route(
+                    rt.rtr_index, rt.rtr_mac, rt.rtr_label_flags, rt.rtr_label, rt.rtr_nh_id
+                )
+            )
+    return 0
+
+
 def _family(args: argparse.Namespace) -> int:
     if args.family is None:
         return C.AF_INET
@@ -334,11 +359,15 @@ def _body(args: argparse.Namespace) -> int:
     if args.get is not None:
         if args.vrf is None:
             raise cli.UsageError("--get needs --vrf")
+        if args.family is not None and _family(args) == C.AF_BRIDGE:
+            return _get_bridge(args)
         try:
             net = ipaddress.ip_network(args.get, strict=False)
         except ValueError:
             raise cli.UsageError("invalid prefix %r" % args.get) from None
         family = C.AF_INET if net.version == 4 else C.AF_INET6
+        if args.family is not None and _family(args) != family:
+            raise cli.UsageError("%s is not an --family %s address" % (args.get, args.family))
         address = ipaddress.ip_address(args.get.split("/")[0])
         with cli.connect(args.sock_dir) as ks:
             objects = cli.request(
@@ -351,9 +380,10 @@ def _body(args: argparse.Namespace) -> int:
                     rtr_prefix_len=net.prefixlen,
                 ),
             )
+        # the real tool names the request masked to its length
         cli.write(
             "Match %s in vRouter inet%c table 0/%d/unicast\n\n"
-            % (args.get, "4" if family == C.AF_INET else "6", args.vrf)
+            % (net, "4" if family == C.AF_INET else "6", args.vrf)
         )
         cli.write(table_header(family, args.vrf))
         for rt in objects:
@@ -369,7 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = cli.parser("rt", "Dump and look up vRouter routes.")
     p.add_argument("--dump", type=cli.int0, metavar="VRF", help="dump the routes of a VRF")
     p.add_argument("--family", help="inet (default), inet6 or bridge")
-    p.add_argument("--get", metavar="ADDR/PLEN", help="longest-prefix match in --vrf")
+    p.add_argument("--get", metavar="ADDR/PLEN|MAC", help="longest-prefix match in --vrf "
+                   "(a MAC with --family bridge)")  # fmt: skip
     p.add_argument("--vrf", type=cli.int0)
     p.add_argument("--monitor", action="store_true", help="print route changes as JSON lines")
     p.add_argument("--iterations", type=int, default=0, help=argparse.SUPPRESS)
