@@ -104,7 +104,7 @@ def expand_routes(family: int, vrf: int, routes: Sequence[Any]) -> Iterator[Any]
     by_len: dict[int, dict[int, Any]] = {}
     buckets: set[tuple[int, int]] = set()
     for r in routes:
-        plen = int(r.rtr_prefix_len)
+        plen = max(0, min(int(r.rtr_prefix_len), bits))
         value = int.from_bytes(bytes(b & 0xFF for b in r.rtr_prefix).ljust(width, b"\0"), "big")
         value &= ((1 << plen) - 1) << (bits - plen) if plen else 0
         by_len.setdefault(plen, {})[value] = r
