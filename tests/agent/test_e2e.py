@@ -295,6 +295,34 @@ class WireFormatTests(TestCase):
             self.assertEqual(r.getheader("Content-Type"), "application/json; charset=UTF-8")
             self.assertEqual(int(r.getheader("Content-Length")), len(raw))
             self.assertIsNone(r.getheader("Transfer-Encoding"))
+        # a body announced larger than the limit is refused before it is sent
+        import socket
+
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+            s.sendall(b"POST /port HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n\r\n")
+            reply = b""
+            while chunk := s.recv(4096):
+                reply += chunk
+        self.assertTrue(reply.startswith(b"HTTP/1.1 413 "), reply)
+        self.assertIn(b"byte limit", reply)
+        # ... and so is a chunked one once it passes the limit
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+            s.sendall(b"POST /port HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+            block = b"%x\r\n%s\r\n" % (1 << 20, b" " * (1 << 20))
+            reply = b""
+            try:
+                for _ in range(12):
+                    s.sendall(block)
+            except OSError:
+                pass  # the agent cut the connection off
+            try:
+                while chunk := s.recv(4096):
+                    reply += chunk
+            except ConnectionResetError:
+                pass
+        self.assertTrue(reply.startswith(b"HTTP/1.1 413 "), reply)
+        # the agent is fine
+        self.assertEqual(http_call(port, "GET", f"/port/{SAMPLE['id']}")[0], 200)
 
 
 class InProcessKsyncTests(TestCase):

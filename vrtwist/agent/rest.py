@@ -16,6 +16,7 @@ from typing import Any
 from klein import Klein
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.web import server
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
@@ -35,6 +36,8 @@ from vrtwist.agent.store import PortFileError
 
 #: Largest request body accepted (a 1,000-port array is about 500 KB).
 MAX_BODY = 8 * 1024 * 1024
+#: Seconds a client whose body was refused may go on sending before it is cut off.
+REFUSED_LINGER = 2.0
 
 
 class ApiError(Exception):
@@ -285,6 +288,51 @@ class PortApi:
     def not_allowed(self, request: IRequest, failure: Any) -> bytes:
         return _json(request, 405, {"error": f"method {request.method.decode()} not allowed "
                                              "on this path"})
+
+
+class BoundedRequest(server.Request):
+    """A request whose body may not exceed MAX_BODY: refused with 413 as soon as the
+    declared length (or the bytes received, for a chunked body) says so, before it is
+    buffered, and the connection is closed."""
+
+    _received = 0
+    _refused = False
+
+    def gotLength(self, length: int | None) -> None:
+        if length is not None and length > MAX_BODY:
+            self._refuse(f"body: {length} bytes is larger than the {MAX_BODY} byte limit")
+            length = 0
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._refused:
+            return
+        self._received += len(data)
+        if self._received > MAX_BODY:
+            self._refuse(f"body: larger than the {MAX_BODY} byte limit")
+            return
+        super().handleContentChunk(data)
+
+    def _refuse(self, message: str) -> None:
+        self._refused = True
+        body = json.dumps({"error": message}).encode()
+        transport = self.channel.transport if self.channel is not None else None
+        if transport is None:
+            return
+        transport.write(b"HTTP/1.1 413 Request Entity Too Large\r\n"
+                        b"Content-Type: application/json; charset=UTF-8\r\n"
+                        b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+                        % (len(body), body))
+        # half-close: the client reads the 413 and our FIN instead of a reset caused by the
+        # body it is still sending (read and dropped); cut it off if it keeps on sending
+        half_close = getattr(transport, "loseWriteConnection", None)
+        abort = getattr(transport, "abortConnection", None)
+        call_later = getattr(self.channel, "callLater", None)
+        if half_close is None or abort is None or call_later is None:
+            transport.loseConnection()
+            return
+        half_close()
+        call_later(REFUSED_LINGER, abort)
 
 
 def vn_name(vn_id: str) -> str:

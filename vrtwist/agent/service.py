@@ -21,7 +21,7 @@ from twisted.web.server import Site
 
 from vrtwist.agent.dpstate import DatapathModel
 from vrtwist.agent.ports import DEFAULT_STALE_TIMEOUT, PortTable
-from vrtwist.agent.rest import PortApi
+from vrtwist.agent.rest import BoundedRequest, PortApi
 from vrtwist.agent.store import PortStore
 
 
@@ -91,7 +91,7 @@ class AgentService(MultiService):
         self.api = PortApi(table, self._programmed if sync is not None else None,
                            gateways=self.model)
         endpoint = serverFromString(self.reactor, self.rest_description)
-        site = Site(self.api.app.resource())
+        site = Site(self.api.app.resource(), requestFactory=BoundedRequest)
         site.noisy = False
         site.log = lambda request: None  # type: ignore[method-assign]  # no access log
         self.rest_port = await endpoint.listen(site)
