@@ -174,8 +174,25 @@ class SessionStartTests(SynchronousTestCase):
         self.assertNotIn(Unsubscribe("blue", "bgp-peer", "host1"), out)
         self.assertIn(Unsubscribe("virtual-machine:vm1", "config", "host1"), out)
         h.link.localRouteDeleted(port(2))
+        h.clock.advance(0)
         self.assertIn(Unsubscribe("blue", "bgp-peer", "host1"), h.sent())
         self.assertEqual(h.link.subscribedVrfs, [])
+
+    def test_update_of_the_only_port_keeps_the_subscription(self) -> None:
+        h = LinkHarness()
+        h.establish()
+        h.link.localRouteAdded(port(1))
+        h.feed(build_route_update(CN, "host1/bgp-peer", "1/1/blue", [inet("10.0.0.9/32")]))
+        h.sent()
+        # The agent model re-announces a changed port as delete + add in one turn.
+        h.link.localRouteDeleted(port(1))
+        h.link.localRouteAdded(port(1))
+        h.clock.advance(0)
+        out = h.sent()
+        self.assertFalse(any(isinstance(s, Subscribe | Unsubscribe) and s.node == "blue"
+                             for s in out))
+        self.assertEqual(len(h.sink.table), 1)  # learnt routes untouched
+        self.assertEqual(h.sink.calls[-1][0], "add")
 
     def test_instance_id_from_the_agent_model(self) -> None:
         sink = RecordingSink()

@@ -431,6 +431,7 @@ class ControllerLink(MultiService):
         self._vrf_ports: dict[str, set[str]] = {}
         self._vrf_ids: dict[str, int] = {}
         self._vm_ports: dict[str, set[str]] = {}
+        self._vrf_release: dict[str, IDelayedCall] = {}
         self._seq = 0
         self._stale_call: IDelayedCall | None = None
         self._ready_waiters: list[Deferred[None]] = []
@@ -457,11 +458,16 @@ class ControllerLink(MultiService):
         if old is not None:
             self.localRouteDeleted(old)
         self._local[info.port_id] = info
-        ports = self._vrf_ports.setdefault(info.vrf_name, set())
-        new_vrf = not ports
-        ports.add(info.port_id)
-        if new_vrf:
+        ports = self._vrf_ports.get(info.vrf_name)
+        new_vrf = ports is None
+        if ports is None:
+            ports = self._vrf_ports[info.vrf_name] = set()
             self._vrf_ids[info.vrf_name] = self._vrf_id_for(info)
+        else:
+            release = self._vrf_release.pop(info.vrf_name, None)
+            if release is not None and release.active():
+                release.cancel()  # a port came back in the same turn: keep the subscription
+        ports.add(info.port_id)
         vm_ports = self._vm_ports.setdefault(info.vm_id, set()) if info.vm_id else None
         new_vm = vm_ports is not None and not vm_ports
         if vm_ports is not None:
@@ -487,15 +493,15 @@ class ControllerLink(MultiService):
         out = []
         if session is not None:
             out.extend(self._publish(info, False))
-        ports = self._vrf_ports.get(info.vrf_name, set())
-        ports.discard(info.port_id)
-        if not ports:
-            self._vrf_ports.pop(info.vrf_name, None)
-            self._vrf_ids.pop(info.vrf_name, None)
-            if session is not None:
-                out.append(build_unsubscribe(self.hostname, info.vrf_name,
-                                             iq_id=self._id("unsubscribe")))
-            self.remote.dropVrf(info.vrf_name)
+        ports = self._vrf_ports.get(info.vrf_name)
+        if ports is not None:
+            ports.discard(info.port_id)
+            if not ports and info.vrf_name not in self._vrf_release:
+                # Released at the end of this reactor turn: an update of the VRF's only
+                # port (delete + add) then costs no unsubscribe / resubscribe / re-learn.
+                self._vrf_release[info.vrf_name] = self.clock.callLater(
+                    0, self._release_vrf, info.vrf_name
+                )
         if info.vm_id:
             vm_ports = self._vm_ports.get(info.vm_id, set())
             vm_ports.discard(info.port_id)
@@ -505,6 +511,18 @@ class ControllerLink(MultiService):
                     out.append(self._vm_subscribe(info.vm_id, False))
         if session is not None and out:
             session.send(b"".join(out))
+
+    def _release_vrf(self, vrf: str) -> None:
+        """The VRF's last port is gone: unsubscribe and forget what was learnt there."""
+        self._vrf_release.pop(vrf, None)
+        if self._vrf_ports.get(vrf):
+            return
+        self._vrf_ports.pop(vrf, None)
+        self._vrf_ids.pop(vrf, None)
+        session = self._live()
+        if session is not None:
+            session.send(build_unsubscribe(self.hostname, vrf, iq_id=self._id("unsubscribe")))
+        self.remote.dropVrf(vrf)
 
     # -- session events -------------------------------------------------------------------
 
@@ -604,6 +622,10 @@ class ControllerLink(MultiService):
         return d
 
     def stopService(self) -> Deferred[None] | None:
+        for call in self._vrf_release.values():
+            if call.active():
+                call.cancel()
+        self._vrf_release.clear()
         if self._stale_call is not None and self._stale_call.active():
             self._stale_call.cancel()
         self._stale_call = None
@@ -664,6 +686,13 @@ class ControllerLink(MultiService):
     @property
     def subscribedVrfs(self) -> list[str]:
         return sorted(self._vrf_ports)
+
+    def flushReleases(self) -> None:
+        """Release now the VRFs whose last port went in this turn (service stop, tests)."""
+        for vrf, call in list(self._vrf_release.items()):
+            if call.active():
+                call.cancel()
+            self._release_vrf(vrf)
 
 
 def _info(route: Any) -> LocalRouteInfo:
