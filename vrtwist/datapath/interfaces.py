@@ -37,6 +37,10 @@ class IDatapath(Interface):
     tables = Attribute("vrtwist.datapath.tables.Tables: interfaces, next hops, labels ...")
     routes = Attribute("vrtwist.datapath.routes.RouteTables: inet and inet6 routes")
     config = Attribute("vrtwist.datapath.tables.DatapathConfig: table sizes")
+    drop_log = Attribute(
+        "vrtwist.datapath.droplog.DropLog: the last dropped packets per core; the packet "
+        "path calls record(core, DropRecord(...)), dropstats --log reads them"
+    )
 
     def register(name: str, handler: IRequestHandler) -> None:
         """Answer requests named ``name`` with ``handler`` (replaces the built-in one)."""
