@@ -77,6 +77,7 @@ class IdAllocator:
         self._next = lo
 
     def alloc(self) -> int:
+        """The next free id after the last one handed out; ResourceExhausted if none."""
         size = self.hi - self.lo
         if len(self.used) >= size:
             raise ResourceExhausted(f"no free {self.what} left ({size} in use)")
@@ -95,6 +96,7 @@ class IdAllocator:
         return True
 
     def free(self, i: int) -> None:
+        """Give ``i`` back (unknown ids are ignored)."""
         self.used.discard(i)
 
     def __len__(self) -> int:
@@ -211,6 +213,7 @@ class DatapathModel:
         self._adopted[system_name] = ids
 
     def vrf_id_of(self, vn_id: str) -> int | None:
+        """The VRF id of a virtual network, if it has local ports."""
         v = self._vrfs.get(vrf_name_for(vn_id))
         return v.vrf_id if v else None
 

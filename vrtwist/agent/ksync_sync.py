@@ -93,6 +93,7 @@ def matches(name: str, want: dict[str, Any], have: dict[str, Any]) -> bool:
 
 
 def key_of(name: str, obj: Any) -> Key:
+    """The desired-state key of an object read from the datapath."""
     if name == "vr_interface_req":
         return (VIF, int(obj.vifr_idx))
     if name == "vr_nexthop_req":
@@ -106,6 +107,7 @@ def key_of(name: str, obj: Any) -> Key:
 
 
 def fields_of(obj: Any) -> dict[str, Any]:
+    """A Sandesh object as a dict of its fields."""
     spec = SPECS_BY_NAME[type(obj).__name__]
     return {f.name: getattr(obj, f.name) for f in spec.fields}
 
@@ -175,6 +177,7 @@ class DatapathSync:
     # change intake ---------------------------------------------------------------------
 
     def changed(self, keys: Iterable[Key]) -> None:
+        """Model listener: these keys need checking against the datapath."""
         self.dirty.update(keys)
         self._kick()
 
@@ -198,6 +201,7 @@ class DatapathSync:
     # reading the datapath ---------------------------------------------------------------
 
     async def call(self, name: str, fields: dict[str, Any]) -> list[Any]:
+        """One request; the reply (vr_response first) or KsyncError."""
         channel = self.reader or self.channel
         if channel is None:
             raise KsyncError(-errno.ENOTCONN, f"{name}: no ksync session")

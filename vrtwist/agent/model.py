@@ -142,6 +142,7 @@ class Port:
         return out
 
     def with_link_state(self, state: int) -> Port:
+        """A copy with ``link-state`` set (ESXi enable/disable)."""
         return replace(self, link_state=state)
 
     def same_config(self, other: Port) -> bool:
@@ -358,6 +359,7 @@ def vm_port_from_json(body: Any) -> VmPort:
 
 
 def vm_port_to_json(vp: VmPort) -> dict[str, Any]:
+    """The file body of a ``/vm`` port."""
     return {"vm-uuid": vp.vm_uuid, "vmi-uuid": vp.vmi_uuid, "vn-uuid": vp.vn_uuid,
             "vm-name": vp.vm_name, "host-ifname": vp.host_ifname, "vm-ifname": vp.vm_ifname,
             "vm-namespace": vp.vm_namespace, "vm-id": vp.vm_id, "time": vp.time}
@@ -391,6 +393,7 @@ class Gateway:
     routes: tuple[tuple[str, int], ...]
 
     def to_json(self) -> dict[str, Any]:
+        """The ``POST /gateway`` form of this gateway."""
         return {"interface": self.interface, "routing-instance": self.routing_instance,
                 "subnets": [{"ip-address": a, "prefix-len": p} for a, p in self.subnets],
                 "routes": [{"ip-address": a, "prefix-len": p} for a, p in self.routes]}

@@ -87,6 +87,7 @@ class PortTable:
     # queries ---------------------------------------------------------------------------
 
     def get(self, uuid: str) -> Port | None:
+        """The port with this (lowercase) uuid, or None."""
         entry = self._ports.get(uuid)
         return entry.port if entry else None
 
@@ -94,12 +95,15 @@ class PortTable:
         return len(self._ports)
 
     def ports(self) -> list[Port]:
+        """Every port, in insertion order."""
         return [e.port for e in self._ports.values()]
 
     def ports_of_vm(self, vm_uuid: str) -> list[Port]:
+        """The ports whose instance-id is ``vm_uuid``."""
         return [e.port for e in self._ports.values() if e.port.instance_id == vm_uuid]
 
     def vm_ports_named(self, vm_name: str) -> list[tuple[Port, VmPort]]:
+        """Ports added through ``POST /vm`` for a VM name."""
         return [(e.port, e.vm) for e in self._ports.values()
                 if e.vm is not None and e.vm.vm_name == vm_name]
 
@@ -354,6 +358,7 @@ class PortTable:
     # vm + vn API -----------------------------------------------------------------------
 
     def add_vm(self, vp: VmPort, *, persist: bool = True) -> Port:
+        """``POST /vm``: check, write ``vm/<name>/<vmi>``, then add the port."""
         port = port_from_vm(vp)
         self.check(port)
         if persist:
@@ -399,6 +404,7 @@ class PortTable:
                 self._remove(uuid)
 
     def stop(self) -> None:
+        """Cancel the stale timer (service stop)."""
         if self._stale_call is not None and self._stale_call.active():
             self._stale_call.cancel()
         self._stale_call = None
@@ -438,4 +444,5 @@ class PortTable:
 
 
 def describe(port: Port) -> dict[str, Any]:
+    """GET JSON of a port."""
     return port.to_oper_json()

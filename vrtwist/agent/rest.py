@@ -128,6 +128,7 @@ class PortApi:
 
     @app.route("/port", methods=["POST"])
     def post_port(self, request: IRequest) -> Any:
+        """POST /port: one port object, or an array added all or nothing."""
         return self._call(request, self._post_port, request)
 
     async def _post_port(self, request: IRequest) -> dict[str, Any]:
@@ -156,6 +157,7 @@ class PortApi:
 
     @app.route("/port/<string:uuid>", methods=["GET"])
     def get_port(self, request: IRequest, uuid: str) -> Any:
+        """GET /port/<uuid>: the port as the real agent describes it."""
         def get() -> dict[str, Any]:
             port = self.table.get(_uuid(uuid))
             if port is None:
@@ -165,6 +167,7 @@ class PortApi:
 
     @app.route("/port/<string:uuid>", methods=["DELETE"])
     def delete_port(self, request: IRequest, uuid: str) -> Any:
+        """DELETE /port/<uuid>: 200 also for an unknown uuid, as the original."""
         async def delete() -> dict[str, Any]:
             await self.table.delete_async(_uuid(uuid))
             await self._wait_programmed()
@@ -173,6 +176,7 @@ class PortApi:
 
     @app.route("/syncports", methods=["POST"])
     def syncports(self, request: IRequest) -> Any:
+        """POST /syncports: start a sync round (see PortTable.sync)."""
         def sync() -> dict[str, Any]:
             self.table.sync()
             return {}
@@ -180,10 +184,12 @@ class PortApi:
 
     @app.route("/enable-port/<string:uuid>", methods=["PUT"])
     def enable_port(self, request: IRequest, uuid: str) -> Any:
+        """PUT /enable-port/<uuid>: link up of an ESXi port."""
         return self._call(request, self._link, uuid, True)
 
     @app.route("/disable-port/<string:uuid>", methods=["PUT"])
     def disable_port(self, request: IRequest, uuid: str) -> Any:
+        """PUT /disable-port/<uuid>: link down of an ESXi port."""
         return self._call(request, self._link, uuid, False)
 
     def _link(self, uuid: str, up: bool) -> dict[str, Any]:
@@ -194,6 +200,7 @@ class PortApi:
 
     @app.route("/gateway", methods=["POST"])
     def post_gateway(self, request: IRequest) -> Any:
+        """POST /gateway: add (or replace) simple gateways."""
         async def add() -> dict[str, Any]:
             new = gateways_from_json(_read_body(request))
             for gw in new:
@@ -206,6 +213,7 @@ class PortApi:
 
     @app.route("/gateway", methods=["DELETE"])
     def delete_gateway(self, request: IRequest) -> Any:
+        """DELETE /gateway: remove simple gateways by interface name."""
         async def delete() -> dict[str, Any]:
             body = _read_body(request)
             if not isinstance(body, list):
@@ -226,6 +234,7 @@ class PortApi:
 
     @app.route("/vm", methods=["POST"])
     def post_vm(self, request: IRequest) -> Any:
+        """POST /vm: a CNI/Mesos port (vm + vn in one object)."""
         def add() -> dict[str, Any]:
             body = _read_body(request)
             if isinstance(body, list):
@@ -236,10 +245,12 @@ class PortApi:
 
     @app.route("/vm/<string:vm_uuid>", methods=["GET"])
     def get_vm(self, request: IRequest, vm_uuid: str) -> Any:
+        """GET /vm/<vm-uuid>: every port of a VM."""
         return self._call(request, self._get_vm, vm_uuid, None)
 
     @app.route("/vm/<string:vm_uuid>/<string:vmi_uuid>", methods=["GET"])
     def get_vm_vmi(self, request: IRequest, vm_uuid: str, vmi_uuid: str) -> Any:
+        """GET /vm/<vm-uuid>/<vmi-uuid>: one port of a VM."""
         return self._call(request, self._get_vm, vm_uuid, vmi_uuid)
 
     def _get_vm(self, vm_uuid: str, vmi_uuid: str | None) -> list[dict[str, Any]]:
@@ -253,6 +264,7 @@ class PortApi:
 
     @app.route("/vm/<string:vm_uuid>", methods=["DELETE"])
     def delete_vm(self, request: IRequest, vm_uuid: str) -> Any:
+        """DELETE /vm/<vm-uuid>: every port of a VM, with its files."""
         def delete() -> dict[str, Any]:
             self.table.delete_vm(_uuid(vm_uuid, "vm-uuid"))
             return {}
@@ -260,6 +272,7 @@ class PortApi:
 
     @app.route("/vm/<string:vm_uuid>/<string:vmi_uuid>", methods=["DELETE"])
     def delete_vm_vmi(self, request: IRequest, vm_uuid: str, vmi_uuid: str) -> Any:
+        """DELETE /vm/<vm-uuid>/<vmi-uuid>: one port of a VM."""
         def delete() -> dict[str, Any]:
             self.table.delete_vm(_uuid(vm_uuid, "vm-uuid"), _uuid(vmi_uuid, "vmi-uuid"))
             return {}
@@ -267,6 +280,7 @@ class PortApi:
 
     @app.route("/vm-cfg/<string:vm_name>", methods=["GET"])
     def vm_cfg(self, request: IRequest, vm_name: str) -> Any:
+        """GET /vm-cfg/<vm-name>: the configuration of a VM's ports, by name."""
         def cfg() -> list[dict[str, Any]]:
             found = [{
                 "id": p.id, "vm-uuid": p.instance_id, "vn-id": p.vn_id,
@@ -282,10 +296,12 @@ class PortApi:
 
     @app.handle_errors(NotFound)
     def not_found(self, request: IRequest, failure: Any) -> bytes:
+        """No route matched: the original's "Unknown Request", with a real 404."""
         return _json(request, 404, {"error": "Unknown Request"})
 
     @app.handle_errors(MethodNotAllowed)
     def not_allowed(self, request: IRequest, failure: Any) -> bytes:
+        """A known path with another method."""
         return _json(request, 405, {"error": f"method {request.method.decode()} not allowed "
                                              "on this path"})
 

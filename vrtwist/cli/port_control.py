@@ -60,6 +60,7 @@ def _strip_quotes(argv: Sequence[str]) -> list[str]:
 
 
 def parser() -> argparse.ArgumentParser:
+    """The real script's options (spec B.4), plus two hidden vrtwist ones."""
     p = argparse.ArgumentParser(prog="vrouter-port-control",
                                 description="Add, delete, enable or disable a vRouter port")
     p.add_argument("--oper", required=True, choices=["add", "delete", "enable", "disable"])
@@ -253,6 +254,7 @@ class PortControl:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """Console script entry point; exits with the real script's codes."""
     argv = _strip_quotes(sys.argv[1:] if argv is None else argv)
     try:
         args = parser().parse_args(argv)
