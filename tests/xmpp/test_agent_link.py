@@ -574,3 +574,54 @@ class ConfigStoreTests(SynchronousTestCase):
         assert isinstance(again, ConfigUpdate)
         self.assertEqual([getattr(i, "properties", None) for i in again.updates],
                          [getattr(i, "properties", None) for i in update.updates])
+
+
+class ConfigNamedInstanceTests(SynchronousTestCase):
+    """With config from the control node, the routing instance on the wire is the one
+    config names for the port's network (as a real control node expects)."""
+
+    VN = "8c9a6f8e-1234-4321-8765-000000000001"
+    RI = "default-domain:demo:vn1:vn1"
+
+    def config(self) -> bytes:
+        ms = int(self.VN.replace("-", "")[:16], 16)
+        ls = int(self.VN.replace("-", "")[16:], 16)
+        vn = ConfigNode("virtual-network", "default-domain:demo:vn1", {
+            "id-perms": {"uuid": {"uuid-mslong": str(ms), "uuid-lslong": str(ls)}}})
+        ri = ConfigNode("routing-instance", self.RI, {"id-perms": {"uuid": "x"}})
+        link = ConfigLink(("virtual-network", "default-domain:demo:vn1"),
+                          ("routing-instance", self.RI), "virtual-network-routing-instance")
+        return build_config("host1", (vn, ri, link))
+
+    def info(self) -> LocalRouteInfo:
+        return LocalRouteInfo("p1", "vm1", self.VN, "blue", "", "10.0.0.1", None, 21, "127.0.0.2")
+
+    def test_instance_renamed_by_config(self) -> None:
+        h = LinkHarness()
+        h.establish()
+        h.link.localRouteAdded(self.info())
+        h.feed(build_route_update(CN, "host1/bgp-peer", "1/1/blue", [inet("10.0.0.9/32")]))
+        h.sent()
+        h.feed(self.config())
+        out = h.sent()
+        self.assertEqual(out[0], Unsubscribe("blue", "bgp-peer", "host1"))
+        self.assertEqual(out[1], Subscribe(self.RI, "bgp-peer", 0, False, "host1"))
+        self.assertEqual(out[2].node, f"1/1/{self.RI}/10.0.0.1/32")
+        self.assertEqual(h.sink.table, {})  # what was learnt under the old name is dropped
+        h.feed(build_route_update(CN, "host1/bgp-peer", f"1/1/{self.RI}",
+                                  [inet("10.0.0.7/32", "127.0.0.3", 33)]))
+        self.assertEqual(h.sink.table, {("blue", "10.0.0.7", 32): ("127.0.0.3", 33, "udp", None)})
+        h.link.localRouteDeleted(self.info())
+        h.clock.advance(0)
+        self.assertIn(Unsubscribe(self.RI, "bgp-peer", "host1"), h.sent())
+        self.assertEqual(h.sink.table, {})
+
+    def test_config_known_before_the_port(self) -> None:
+        h = LinkHarness()
+        h.establish()
+        h.feed(self.config())
+        h.sent()
+        h.link.localRouteAdded(self.info())
+        out = h.sent()
+        self.assertIn(Subscribe(self.RI, "bgp-peer", 0, False, "host1"), out)
+        self.assertNotIn(Subscribe("blue", "bgp-peer", 0, False, "host1"), out)

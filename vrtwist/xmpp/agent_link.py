@@ -247,6 +247,14 @@ class ConfigStore:
 
     # -- what the agent needs ---------------------------------------------------------
 
+    def networkByUuid(self, uuid: str) -> str | None:
+        """The fq-name of the virtual network whose ``id-perms`` uuid is ``uuid``."""
+        want = uuid.lower()
+        for (t, name), node in self.nodes.items():
+            if t == "virtual-network" and _uuid_of(node) == want:
+                return name
+        return None
+
     def routingInstanceOf(self, vn: str) -> str | None:
         """The routing instance (VRF name) of virtual network ``vn`` (fq-name)."""
         ris = self.linked("virtual-network", vn, "routing-instance")
@@ -297,6 +305,20 @@ class ConfigStore:
             return {"name": name, "mac": str(macs[0]) if macs else "",
                     "network": vns[0][1] if vns else None, "ips": ips}
         return None
+
+
+def _uuid_of(node: ConfigNode) -> str:
+    """``id-perms`` uuid as text: IFMap sends it as two 64-bit halves, tests as a string."""
+    uuid = _dig(node.properties, "id-perms", "uuid")
+    if isinstance(uuid, dict):
+        try:
+            ms = int(uuid.get("uuid-mslong", 0)) & (1 << 64) - 1
+            ls = int(uuid.get("uuid-lslong", 0)) & (1 << 64) - 1
+        except (TypeError, ValueError):
+            return ""
+        h = f"{ms:016x}{ls:016x}"
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    return str(uuid or "").lower()
 
 
 def _dig(value: Any, *keys: str) -> Any:
@@ -432,6 +454,9 @@ class ControllerLink(MultiService):
         self._vrf_ids: dict[str, int] = {}
         self._vm_ports: dict[str, set[str]] = {}
         self._vrf_release: dict[str, IDelayedCall] = {}
+        self._vrf_vn: dict[str, str] = {}  # agent VRF name -> virtual network uuid
+        self._wire: dict[str, str] = {}  # agent VRF name -> routing instance on the wire
+        self._from_wire: dict[str, str] = {}
         self._seq = 0
         self._stale_call: IDelayedCall | None = None
         self._ready_waiters: list[Deferred[None]] = []
@@ -443,6 +468,7 @@ class ControllerLink(MultiService):
         )
         self.client.setName("xmpp-client")
         self.client.setServiceParent(self)
+        self.config.listeners.append(self._config_changed)
 
     def _retry_delay(self, client_attempts: int) -> float:
         # Our own count: ClientService resets its count on every TCP connect, but a
@@ -463,6 +489,8 @@ class ControllerLink(MultiService):
         if ports is None:
             ports = self._vrf_ports[info.vrf_name] = set()
             self._vrf_ids[info.vrf_name] = self._vrf_id_for(info)
+            self._vrf_vn[info.vrf_name] = info.vn_id
+            self._set_wire(info.vrf_name, self._config_instance(info.vn_id))
         else:
             release = self._vrf_release.pop(info.vrf_name, None)
             if release is not None and release.active():
@@ -479,7 +507,7 @@ class ControllerLink(MultiService):
         if new_vm:
             out.append(self._vm_subscribe(info.vm_id, True))
         if new_vrf:
-            out.append(build_subscribe(self.hostname, info.vrf_name,
+            out.append(build_subscribe(self.hostname, self._wire_of(info.vrf_name),
                                        self._vrf_ids[info.vrf_name], iq_id=self._id("subscribe")))
         out.extend(self._publish(info, True))
         session.send(b"".join(out))
@@ -519,10 +547,54 @@ class ControllerLink(MultiService):
             return
         self._vrf_ports.pop(vrf, None)
         self._vrf_ids.pop(vrf, None)
+        self._vrf_vn.pop(vrf, None)
         session = self._live()
         if session is not None:
-            session.send(build_unsubscribe(self.hostname, vrf, iq_id=self._id("unsubscribe")))
+            session.send(build_unsubscribe(self.hostname, self._wire_of(vrf),
+                                           iq_id=self._id("unsubscribe")))
+        self._set_wire(vrf, None)
         self.remote.dropVrf(vrf)
+
+    # -- routing-instance names from config -----------------------------------------------
+
+    def _wire_of(self, vrf: str) -> str:
+        return self._wire.get(vrf, vrf)
+
+    def _set_wire(self, vrf: str, wire: str | None) -> None:
+        old = self._wire.pop(vrf, None)
+        if old is not None:
+            self._from_wire.pop(old, None)
+        if wire and wire != vrf:
+            self._wire[vrf] = wire
+            self._from_wire[wire] = vrf
+
+    def _config_instance(self, vn_id: str) -> str | None:
+        """The routing instance config gives the port's network, if config named it."""
+        vn = self.config.networkByUuid(vn_id) if vn_id else None
+        return self.config.routingInstanceOf(vn) if vn else None
+
+    def _config_changed(self, update: ConfigUpdate) -> None:
+        """Config renamed a VRF's routing instance: move the subscription and the routes."""
+        session = self._live()
+        for vrf in list(self._vrf_ports):
+            wire = self._config_instance(self._vrf_vn.get(vrf, "")) or vrf
+            old = self._wire_of(vrf)
+            if wire == old:
+                continue
+            self._log.info("routing instance of {vrf} is {wire} (from config)", vrf=vrf,
+                           wire=wire)
+            out = []
+            if session is not None:
+                out.append(build_unsubscribe(self.hostname, old, iq_id=self._id("unsubscribe")))
+            self.remote.dropVrf(vrf)
+            self._set_wire(vrf, wire)
+            if session is not None:
+                out.append(build_subscribe(self.hostname, wire, self._vrf_ids.get(vrf, 0),
+                                           iq_id=self._id("subscribe")))
+                for info in self._local.values():
+                    if info.vrf_name == vrf:
+                        out.extend(self._publish(info, True))
+                session.send(b"".join(out))
 
     # -- session events -------------------------------------------------------------------
 
@@ -549,7 +621,8 @@ class ControllerLink(MultiService):
             )
         ]
         for vrf, vrf_id in self._vrf_ids.items():
-            out.append(build_subscribe(self.hostname, vrf, vrf_id, iq_id=self._id("subscribe")))
+            out.append(build_subscribe(self.hostname, self._wire_of(vrf), vrf_id,
+                                       iq_id=self._id("subscribe")))
         out.extend(self._vm_subscribe(vm, True) for vm in self._vm_ports)
         for info in self._local.values():
             out.extend(self._publish(info, True))
@@ -598,7 +671,7 @@ class ControllerLink(MultiService):
             self._log.info("End-of-RIB: {n} stale routes not re-advertised were removed", n=n)
 
     def routesReceived(self, update: RouteUpdate) -> None:
-        vrf = update.vrf
+        vrf = self._from_wire.get(update.vrf, update.vrf)
         if vrf not in self._vrf_ports:
             self._log.warn(
                 "routes for {vrf}, which this agent did not subscribe to, ignored", vrf=vrf
@@ -660,25 +733,26 @@ class ControllerLink(MultiService):
 
     def _publish(self, info: LocalRouteInfo, add: bool) -> list[bytes]:
         nexthop = info.nexthop or self.fabric_ip
+        wire = self._wire_of(info.vrf_name)
         nh = NextHop(nexthop, info.label, self.encapsulations, virtual_network=info.vn_id)
         out = []
         vn = info.vn_id
         if info.ip4:
             entry = RouteEntry(AFI_INET, SAFI_UNICAST, f"{info.ip4}/32", (nh,), virtual_network=vn)
             self._seq += 1
-            out.append(build_route_publish(self.hostname, info.vrf_name, entry, add, self._seq))
+            out.append(build_route_publish(self.hostname, wire, entry, add, self._seq))
         if info.ip6:
             entry = RouteEntry(AFI_INET6, SAFI_UNICAST, f"{info.ip6}/128", (nh,),
                                virtual_network=vn)
             self._seq += 1
-            out.append(build_route_publish(self.hostname, info.vrf_name, entry, add, self._seq))
+            out.append(build_route_publish(self.hostname, wire, entry, add, self._seq))
         if info.mac:
             addr = f"{info.ip4}/32" if info.ip4 else "0.0.0.0/32"
             evpn_nh = NextHop(nexthop, info.label, self.encapsulations)
             entry = RouteEntry(AFI_L2VPN, SAFI_ENET, addr, (evpn_nh,), mac=info.mac.lower(),
                                virtual_network=vn)
             self._seq += 1
-            out.append(build_route_publish(self.hostname, info.vrf_name, entry, add, self._seq))
+            out.append(build_route_publish(self.hostname, wire, entry, add, self._seq))
         return out
 
     # -- inspection ---------------------------------------------------------------------
