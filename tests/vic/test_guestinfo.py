@@ -28,6 +28,17 @@ from vrtwist.vic.guestinfo import (
 )
 from vrtwist.vic.interfaces import IGuestInfoTransport
 
+
+def _tmp(test: SynchronousTestCase) -> str:
+    """A fresh path under the system temp dir (trial's mktemp() litters the cwd under pytest)."""
+    import shutil
+    import tempfile
+
+    base = tempfile.mkdtemp(prefix="gi")
+    test.addCleanup(shutil.rmtree, base, True)
+    return os.path.join(base, "d")
+
+
 FAKE_RPCTOOL = textwrap.dedent(
     """\
     #!{python}
@@ -92,7 +103,7 @@ class KeyTests(SynchronousTestCase):
 
 class FileTransportTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.dir = self.mktemp()
+        self.dir = _tmp(self)
         self.t = FileTransport(self.dir)
 
     def test_interface_and_round_trip(self) -> None:
@@ -124,7 +135,7 @@ class FileTransportTests(SynchronousTestCase):
 
 class GuestInfoTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.t = FileTransport(self.mktemp())
+        self.t = FileTransport(_tmp(self))
         self.guest = GuestInfo(self.t, "guest")
         self.appliance = GuestInfo(self.t, "appliance")
 
@@ -187,7 +198,7 @@ class RpcToolTests(SynchronousTestCase):
     """The rpctool transport against a stand-in executable speaking the same argv."""
 
     def setUp(self) -> None:
-        base = self.mktemp()
+        base = _tmp(self)
         os.makedirs(base)
         self.store = os.path.join(base, "vmx")
         os.makedirs(self.store)
@@ -225,7 +236,7 @@ class CLITests(SynchronousTestCase):
         )
 
     def test_publish_and_show(self) -> None:
-        d = self.mktemp()
+        d = _tmp(self)
         self.assertEqual(self.run_cli("--dir", d, "publish", "started", "s1")[0], 0)
         self.assertEqual(self.run_cli("--dir", d, "publish", "status", "s1", "3")[0], 0)
         self.assertEqual(self.run_cli("--dir", d, "publish", "ip", "bridge", "10.1.2.3/24")[0], 0)
@@ -239,7 +250,7 @@ class CLITests(SynchronousTestCase):
         self.assertIn("guestinfo.vice..networks|bridge.assigned.IP=CgECAw==", text)
 
     def test_errors_exit_non_zero(self) -> None:
-        d = self.mktemp()
+        d = _tmp(self)
         self.assertEqual(self.run_cli("--dir", d, "get", "guestinfo.missing")[0], 1)
         self.assertEqual(self.run_cli("--dir", d, "set", "guestinfo.vice./common/id", "x")[0], 1)
         self.assertEqual(
@@ -252,7 +263,7 @@ class CLITests(SynchronousTestCase):
 
     def test_console_script_watch(self) -> None:
         """The installed ``vic-guestinfo`` as a process: watch sees a change made by another."""
-        d = self.mktemp()
+        d = _tmp(self)
         exe = os.path.join(os.path.dirname(sys.executable), "vic-guestinfo")
         if not os.path.exists(exe):
             raise self.skipTest("vic-guestinfo console script not installed in this environment")
