@@ -183,6 +183,26 @@ class Watcher(threading.Thread):
         self.join(30)
 
 
+class UtilityWatcher(threading.Thread):
+    """``vif --list`` run again and again while the agent restarts, as an operator would."""
+
+    def __init__(self, run_dir: str) -> None:
+        super().__init__(daemon=True)
+        self.run_dir = run_dir
+        self.outputs: list[str] = []
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            r = subprocess.run([os.path.join(BIN, "vif"), "--sock-dir", self.run_dir, "--list"],
+                               capture_output=True, text=True, timeout=60)
+            self.outputs.append(r.stdout if r.returncode == 0 else "ERROR " + r.stderr)
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(60)
+
+
 class ExternalRestartTests(TestCase):
     """--datapath=external: killing and restarting the agent disturbs nothing."""
 
@@ -209,7 +229,10 @@ class ExternalRestartTests(TestCase):
         watcher = Watcher(run_dir)
         watcher.start()
         self.addCleanup(watcher.stop)
-        wait_until(lambda: len(watcher.snaps) >= 2, "the watcher")
+        vif_watcher = UtilityWatcher(run_dir)
+        vif_watcher.start()
+        self.addCleanup(vif_watcher.stop)
+        wait_until(lambda: len(watcher.snaps) >= 2 and vif_watcher.outputs, "the watchers")
         agent.kill()  # SIGKILL: no clean-up at all
         agent2 = Twistd(d, "vrouter", args, "agent2")
         self.addCleanup(agent2.stop)
@@ -221,7 +244,14 @@ class ExternalRestartTests(TestCase):
         n = len(watcher.snaps)
         wait_until(lambda: len(watcher.snaps) >= n + 2, "more snapshots")
         watcher.stop()
+        vif_watcher.stop()
         self.assertEqual(watcher.errors, [])
+        lines = [f"vif0/{i}      Virtual: {v[0]} NH: {v[2]}"
+                 for i, v in before["vifs"].items() if i >= 3]
+        self.assertEqual(len(lines), 5)
+        for out in vif_watcher.outputs:
+            for line in lines:
+                self.assertIn(line, out)
         for snap in watcher.snaps:
             for table in ("vifs", "nhs", "labels", "routes", "bridge"):
                 for k, v in before[table].items():
