@@ -106,6 +106,22 @@ def _scenario(tmp: str) -> dict[str, str]:
             timeout=20,
         )
         out["in_use"] = f"{r.returncode} {r.stderr}"
+        # -i: the forward lives as long as the command (Go's vpnkit-expose-port)
+        inter = subprocess.Popen(
+            [expose, "--api", api, "expose", "-i", f"tcp:127.0.0.1:0:127.0.0.1:{port}"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert inter.stdout is not None
+        out["interactive"] = inter.stdout.readline()
+        out["list_during"] = subprocess.run(
+            [expose, "--api", api, "list"], capture_output=True, text=True, timeout=20
+        ).stdout
+        inter.send_signal(signal.SIGTERM)
+        out["interactive"] += inter.communicate(timeout=20)[0]
+        out["list_after"] = subprocess.run(
+            [expose, "--api", api, "list"], capture_output=True, text=True, timeout=20
+        ).stdout
     finally:
         for p in procs:
             p.send_signal(signal.SIGTERM)
@@ -135,6 +151,9 @@ class ProcessTests(TestCase):
         self.assertIn("channels_opened=1", out["dump"])
         self.assertTrue(out["in_use"].startswith("1 "), out["in_use"])
         self.assertIn("is already exposed there", out["in_use"])
+        self.assertIn("unexposed", out["interactive"])
+        self.assertEqual(len(out["list_during"].splitlines()), 2)
+        self.assertEqual(len(out["list_after"].splitlines()), 1)
         # twistd re-raises SIGTERM on itself after a clean shutdown
         self.assertTrue(set(out["codes"].split()) <= {"0", "-15"}, out["codes"])
         self.assertIn("Server Shut Down", out["host.log"])

@@ -135,12 +135,18 @@ async def run(reactor: Any, opts: Options, out: Any = None) -> int:
             granted = await client.expose(sub["port"])
             print(f"exposed {granted}", file=out)
             if sub["interactive"]:
-                stopped: defer.Deferred[None] = defer.Deferred()
-                reactor.addSystemEventTrigger("before", "shutdown", lambda: stopped)
+                # Like Go's vpnkit-expose-port: the forward lives as long as we do.
+                async def cleanup() -> None:
+                    try:
+                        await client.unexpose(granted)
+                        print(f"unexposed {granted}", file=out)
+                    except APIError as e:
+                        print(f"vpnkit-expose: unexpose failed: {e}", file=sys.stderr)
+
                 reactor.addSystemEventTrigger(
-                    "before", "shutdown", lambda: defer.ensureDeferred(client.unexpose(granted))
+                    "before", "shutdown", lambda: defer.ensureDeferred(cleanup())
                 )
-                await defer.Deferred()  # until the reactor stops
+                await defer.Deferred()  # until Ctrl-C / SIGTERM stops the reactor
         elif opts.subCommand == "unexpose":
             await client.unexpose(sub["port"], close=sub["close"])
             print(f"unexposed {sub['port']}", file=out)
