@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import shutil
+import tempfile
 
 from twisted.application.service import IService, IServiceMaker
 from twisted.plugin import IPlugin, getPlugins
@@ -43,6 +45,12 @@ class PluginDiscoveryTests(SynchronousTestCase):
 
 class ServiceConstructionTests(SynchronousTestCase):
     """``makeService`` returns an IService without starting anything."""
+
+    def mktemp(self) -> str:
+        """A path in a private temporary directory (trial's mktemp writes below the cwd)."""
+        root = tempfile.mkdtemp(prefix="vrtwist-plugins-")
+        self.addCleanup(shutil.rmtree, root, True)
+        return root + "/x"
 
     def _make(self, module: str, argv: list[str]) -> IService:
         mod = importlib.import_module(module)
