@@ -235,7 +235,7 @@ class _Restarted(InMemoryAgent):
 def _restarted(state_dir: str, dp: Datapath) -> _Restarted:
     """What AgentService does at start with --datapath=external, in memory."""
     agent = _Restarted.__new__(_Restarted)
-    InMemoryAgent.__init__(agent, state_dir + "-unused", datapath=Datapath())
+    InMemoryAgent.__init__(agent, state_dir, datapath=Datapath())
     from twisted.internet.testing import MemoryReactorClock
 
     from vrtwist.agent.ports import PortTable
