@@ -389,7 +389,9 @@ def main() -> None:
         )
         rows: list[tuple[str, str, str, str]] = []
 
-        def pair(fn: object, d_arg: object, v_arg: object, *a: object) -> tuple[float, float, float]:
+        def pair(
+            fn: object, d_arg: object, v_arg: object, *a: object
+        ) -> tuple[float, float, float]:
             """Direct and vpnkit runs alternated; medians of each and of per-run ratios."""
             ds, vs, rs = [], [], []
             for _ in range(args.repeat):
