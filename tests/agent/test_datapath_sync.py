@@ -367,3 +367,102 @@ class TableSizeTests(SynchronousTestCase):
         codes = [agent.call("POST", "/port", b)[0] for b in bodies]
         self.assertEqual(codes, [200, 200, 200, 503])  # vifs 3, 4, 5: the table is full
         self.assertEqual(agent.sync.errors, {})
+
+
+class _RecordingChannel(LocalChannel):
+    """The in-process channel, keeping every request sent (to read route deletes)."""
+
+    def __init__(self, datapath: Datapath) -> None:
+        super().__init__(datapath)
+        self.sent: list[object] = []
+
+    def request(self, msg: object) -> object:  # type: ignore[override]
+        self.sent.append(msg)
+        return super().request(msg)
+
+
+class CoveringRouteTests(SynchronousTestCase):
+    """A route delete carries the covering route, as the real agent's does (spec 2.3)."""
+
+    def setUp(self) -> None:
+        self.agent = InMemoryAgent(tempdir(self))
+        self.dp = self.agent.datapath
+        self.rec = _RecordingChannel(self.dp)
+        self.agent.sync.attach(self.rec)
+
+    def route_dels(self, addr: str, plen: int) -> list[object]:
+        raw = ipaddress.ip_address(addr).packed
+        return [m for m in self.rec.sent if type(m).__name__ == "vr_route_req"
+                and m.h_op == C.OP_DEL and bytes(x & 0xFF for x in m.rtr_prefix) == raw
+                and m.rtr_prefix_len == plen]
+
+    def lookup(self, vrf: int, addr: str) -> dict[str, object]:
+        return self.dp.routes.get({"rtr_family": C.AF_INET, "rtr_vrf_id": vrf,
+                                   "rtr_prefix": ipaddress.ip_address(addr).packed})
+
+    def test_port_route_delete_falls_back_to_the_subnet_route(self) -> None:
+        a, b = port_body(1, plen=24), port_body(2, plen=24)
+        self.assertEqual(self.agent.call("POST", "/port", [a, b]), (200, {}))
+        vrf = self.agent.model.vrf_id_of(VN)
+        assert vrf is not None
+        subnet = route(self.dp, vrf, "10.0.0.0", 24)
+        assert subnet is not None
+        self.assertEqual(self.agent.call("DELETE", f"/port/{b['id']}"), (200, {}))
+        self.assertEqual(self.agent.sync.errors, {})
+        (dele,) = self.route_dels(b["ip-address"], 32)
+        self.assertEqual((dele.rtr_nh_id, dele.rtr_replace_plen, dele.rtr_label_flags),
+                         (subnet.nh.id, 24, subnet.label_flags))
+        got = self.lookup(vrf, b["ip-address"])
+        self.assertEqual((got["rtr_prefix_len"], got["rtr_nh_id"]), (24, subnet.nh.id))
+        self.assertIsNotNone(route(self.dp, vrf, a["ip-address"], 32))  # untouched
+
+    def test_remote_route_delete_carries_the_covering_label(self) -> None:
+        m = self.agent.model
+        m.fabric_ip = "192.0.2.1"
+        self.agent.call("POST", "/port", port_body(1))
+        name, vrf = m.vrfNames()[0], m.vrf_id_of(VN)
+        assert vrf is not None
+        m.addRemoteRoute(name, "10.9.1.0", 24, "192.0.2.3", 42, encap="gre")
+        m.addRemoteRoute(name, "10.9.1.7", 32, "192.0.2.2", 40)
+        cover = route(self.dp, vrf, "10.9.1.0", 24)
+        assert cover is not None
+        m.deleteRemoteRoute(name, "10.9.1.7", 32)
+        self.assertEqual(self.agent.sync.errors, {})
+        (dele,) = self.route_dels("10.9.1.7", 32)
+        self.assertEqual((dele.rtr_nh_id, dele.rtr_label, dele.rtr_replace_plen),
+                         (cover.nh.id, 42, 24))
+        self.assertTrue(dele.rtr_label_flags & C.VR_RT_LABEL_VALID_FLAG)
+        got = self.lookup(vrf, "10.9.1.7")
+        self.assertEqual((got["rtr_nh_id"], got["rtr_label"], got["rtr_prefix_len"]),
+                         (cover.nh.id, 42, 24))
+        # no covering route left: the discard next hop and prefix length 0
+        m.deleteRemoteRoute(name, "10.9.1.0", 24)
+        (dele,) = self.route_dels("10.9.1.0", 24)
+        self.assertEqual((dele.rtr_nh_id, dele.rtr_replace_plen, dele.rtr_label),
+                         (C.NH_DISCARD_ID, 0, 0))
+        self.assertEqual(self.agent.sync.errors, {})
+
+    def test_covered_and_covering_deleted_together(self) -> None:
+        m = self.agent.model
+        m.fabric_ip = "192.0.2.1"
+        self.agent.call("POST", "/port", port_body(1))
+        name, vrf = m.vrfNames()[0], m.vrf_id_of(VN)
+        m.addRemoteRoute(name, "10.8.0.0", 16, "192.0.2.3", 50)
+        m.addRemoteRoute(name, "10.8.1.0", 24, "192.0.2.3", 51)
+        m.addRemoteRoute(name, "10.8.1.1", 32, "192.0.2.4", 52)
+        self.rec.sent.clear()
+        # one batch: both deletes planned together; the /32 names what covers it when
+        # it is executed, never a route or next hop already gone
+        self.agent.sync.attach(None)
+        m.deleteRemoteRoute(name, "10.8.1.0", 24)
+        m.deleteRemoteRoute(name, "10.8.1.1", 32)
+        self.agent.sync.attach(self.rec)
+        self.assertEqual(self.agent.sync.errors, {})
+        (d24,) = self.route_dels("10.8.1.0", 24)
+        (d32,) = self.route_dels("10.8.1.1", 32)
+        self.assertEqual(d24.rtr_replace_plen, 16)
+        self.assertIn(d32.rtr_replace_plen, (16, 24))
+        i24, i32 = self.rec.sent.index(d24), self.rec.sent.index(d32)
+        self.assertEqual(d32.rtr_replace_plen, 16 if i24 < i32 else 24)
+        got = self.lookup(vrf, "10.8.1.1")
+        self.assertEqual((got["rtr_prefix_len"], got["rtr_label"]), (16, 50))

@@ -160,7 +160,9 @@ class DatapathSync:
         self.window = window
         self.channel: IKsyncChannel | None = None
         self.reader: IKsyncChannel | None = None  # used for reads before attach()
-        self.applied: dict[Key, tuple[str, dict[str, Any]]] = {}
+        # prefix lengths ever applied per (family, VRF): where covering routes may be
+        self._route_lens: dict[tuple[int, int], set[int]] = {}
+        self._applied: dict[Key, tuple[str, dict[str, Any]]] = {}
         self.dirty: set[Key] = set()
         self.errors: dict[Key, str] = {}
         self._running = False
@@ -173,6 +175,60 @@ class DatapathSync:
         self.requests_sent = 0
         self.tables: dict[str, Any] = {}
         model.listeners.append(self.changed)
+
+    @property
+    def applied(self) -> dict[Key, tuple[str, dict[str, Any]]]:
+        """What the datapath holds once it has executed every request sent."""
+        return self._applied
+
+    @applied.setter
+    def applied(self, value: dict[Key, tuple[str, dict[str, Any]]]) -> None:
+        self._applied = value
+        self._route_lens = {}
+        for key in value:
+            self._note_route(key)
+
+    def _note_route(self, key: Key) -> None:
+        if key[0] == ROUTE and key[1] != C.AF_BRIDGE:
+            lens = self._route_lens.get((key[1], key[2]))
+            if lens is None:
+                lens = self._route_lens[(key[1], key[2])] = set()
+            lens.add(key[4])
+
+    def covering(self, key: Key) -> dict[str, Any] | None:
+        """The fields of the longest applied route strictly shorter than the inet/inet6
+        route ``key`` that contains it (what traffic falls back to when ``key`` goes)."""
+        _, fam, vrf, raw, plen = key
+        lens = self._route_lens.get((fam, vrf))
+        if not lens:
+            return None
+        width = len(raw)
+        bits = width * 8
+        addr = int.from_bytes(raw, "big")
+        applied = self._applied
+        for n in sorted((n for n in lens if n < plen), reverse=True):
+            shift = bits - n
+            hit = applied.get((ROUTE, fam, vrf, ((addr >> shift) << shift).to_bytes(
+                width, "big"), n))
+            if hit is not None:
+                return hit[1]
+        return None
+
+    def delete_fields(self, name: str, key: Key, fields: dict[str, Any]) -> dict[str, Any]:
+        """The fields of the DEL request for ``key``.  An inet/inet6 route delete carries
+        the covering route (next hop, label, flags, stitched MAC, ``rtr_replace_plen``)
+        as the real agent's does, so the vRouter writes it into the hole; with no covering
+        route, the discard next hop and prefix length 0."""
+        out = _identity(name, fields)
+        if name == "vr_route_req" and key[1] != C.AF_BRIDGE:
+            cover = self.covering(key)
+            if cover is not None:
+                out["rtr_nh_id"] = int(cover["rtr_nh_id"])
+                out["rtr_label"] = int(cover.get("rtr_label", 0))
+                out["rtr_label_flags"] = int(cover.get("rtr_label_flags", 0))
+                out["rtr_replace_plen"] = int(cover["rtr_prefix_len"])
+                out["rtr_mac"] = list(_norm(cover.get("rtr_mac") or b""))
+        return out
 
     # change intake ---------------------------------------------------------------------
 
@@ -425,19 +481,26 @@ class DatapathSync:
                 self.dirty.update(o[2] for o in chunk)
                 continue
             msgs = []
-            for _order, op, _key, name, fields in chunk:
-                req = dict(_identity(name, fields)) if op == "del" else dict(fields)
-                req[_OP_FIELD] = C.OP_DEL if op == "del" else C.OP_ADD
+            prevs = []
+            applied = self._applied
+            for _order, op, key, name, fields in chunk:
+                # built in order against what the datapath will hold by then, so a route
+                # delete names the covering route as it will be when it is executed
+                prevs.append(applied.get(key))
+                if op == "del":
+                    req = self.delete_fields(name, key, fields)
+                    req[_OP_FIELD] = C.OP_DEL
+                    applied.pop(key, None)
+                else:
+                    req = dict(fields)
+                    req[_OP_FIELD] = C.OP_ADD
+                    applied[key] = (name, fields)
+                    self._note_route(key)
                 msgs.append(make(name, req))
             self.requests_sent += len(msgs)
             many = getattr(channel, "request_many", None)
             ds = many(msgs) if many is not None else [channel.request(m) for m in msgs]
-            for d, (_order, op, key, name, fields) in zip(ds, chunk, strict=True):
-                prev = self.applied.get(key)
-                if op == "del":
-                    self.applied.pop(key, None)
-                else:
-                    self.applied[key] = (name, fields)
+            for d, prev, (_order, op, key, name, _fields) in zip(ds, prevs, chunk, strict=True):
                 d.addCallback(lambda reply, n=name: _checked(n, reply))
                 d.addCallbacks(self._done, self._failed, callbackArgs=(op, key),
                                errbackArgs=(op, key, prev))
@@ -502,7 +565,8 @@ def _identity(name: str, fields: dict[str, Any]) -> dict[str, Any]:
         keep = ("rtr_vrf_id", "rtr_family", "rtr_prefix", "rtr_prefix_len", "rtr_mac",
                 "rtr_nh_id", "rtr_label")
         out = {k: fields[k] for k in keep if k in fields}
-        # on DEL the vRouter writes the covering route into the hole: none (discard)
+        # on DEL the vRouter writes the covering route into the hole; here: none
+        # (discard); DatapathSync.delete_fields puts the covering route in
         out["rtr_nh_id"] = C.NH_DISCARD_ID
         out["rtr_label"] = 0
         out["rtr_replace_plen"] = 0
