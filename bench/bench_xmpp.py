@@ -498,9 +498,6 @@ def datapath_run(args: argparse.Namespace) -> dict[str, float]:
                 except OSError:
                     pass
             time.sleep(0.1)
-        subprocess.run([os.path.join(bindir, "vif"), "--sock-dir", run_dir, "--add", "lo",
-                        "--type", "physical", "--transport", "eth", "--vif", "0", "--mac",
-                        "00:00:5e:00:01:01", "--vrf", "0"], check=True, capture_output=True)
         vn = "11111111-1111-1111-1111-111111111111"
         body = {"id": "00000000-0000-0000-0000-00000000aaaa", "instance-id":
                 "00000000-0000-0000-0000-00000000bbbb", "vn-id": vn, "vm-project-id":

@@ -41,3 +41,63 @@ class ServiceLifecycleTests(TestCase):
         self.assertTrue(os.path.isfile(os.path.join(d, "ports", b["id"])))
         await top.stopService()
 
+
+
+class ControllerOptionsTests(TestCase):
+    """``twistd vrouter`` exposes the controller link's options and hands them through."""
+
+    timeout = 60
+
+    def test_bad_link_options_are_usage_errors(self) -> None:
+        from twisted.python import usage
+
+        d = tempdir(self)
+        base = ["--run-dir", d, "--controller", "tcp:127.0.0.1:1"]
+        for extra in (["--xmpp-hold-time", "0"], ["--xmpp-hold-time", "91"],
+                      ["--xmpp-stale-time", "-1"], ["--xmpp-cert", "c.pem"],
+                      ["--xmpp-cert", "c.pem", "--xmpp-key", "k.pem"]):
+            self.assertRaises(usage.UsageError, tap.Options().parseOptions, base + extra)
+
+    async def test_hold_stale_and_tls_reach_the_link(self) -> None:
+        from twisted.internet.endpoints import TCP4ServerEndpoint
+        from twisted.internet.interfaces import ISSLTransport
+        from twisted.internet.task import deferLater
+
+        from tests.xmpp.test_loopback import make_pki
+        from vrtwist.xmpp.control import ControlNode, ControlNodeFactory
+        from vrtwist.xmpp.tls import mutual_tls_options
+
+        d = tempdir(self)
+        pki = make_pki(d)
+        node = ControlNode(reactor, "cn1", gr_time=0.0)
+        lp = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            ControlNodeFactory(node, 90, mutual_tls_options(pki["cn-cert"], pki["cn-key"],
+                                                            pki["ca"])))
+        self.addCleanup(node.stop)
+        self.addCleanup(lp.stopListening)
+        opts = tap.Options()
+        opts.parseOptions(["--run-dir", d, "--state-dir", d, "--rest",
+                           "tcp:0:interface=127.0.0.1", "--no-tap-check",
+                           "--flow-entries", "64", "--bridge-entries", "64",
+                           "--hostname", "node-a", "--fabric-ip", "127.0.0.2",
+                           "--controller", f"tcp:127.0.0.1:{lp.getHost().port}",
+                           "--xmpp-hold-time", "30", "--xmpp-stale-time", "5",
+                           "--xmpp-cert", pki["agent-cert"], "--xmpp-key", pki["agent-key"],
+                           "--xmpp-ca", pki["ca"]])
+        top = tap.makeService(opts)
+        top.privilegedStartService()
+        top.startService()
+        agent = top.getServiceNamed("agent")
+        await agent.ready
+        link = agent.link
+        self.assertEqual((link.hold_time, link.stale_time), (30.0, 5.0))
+        self.assertIsNotNone(link.tls)
+        for _ in range(500):
+            if "node-a" in node.sessions:
+                break
+            await deferLater(reactor, 0.02, lambda: None)
+        session = node.sessions["node-a"]
+        self.assertTrue(ISSLTransport.providedBy(session.transport))
+        await top.stopService()
+        for s in list(node.sessions.values()):
+            s.transport.abortConnection()

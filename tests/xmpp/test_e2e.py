@@ -161,12 +161,10 @@ class EndToEndTests(SynchronousTestCase):
             self.addCleanup(n.stop)
         for n in nodes.values():
             wait_for(n.ready, f"node{n.index} to listen")
-            # The datapath has no fabric interface of its own yet; the agent's tunnel next
-            # hops leave by vif 0, so add it as an operator would (see docs/xmpp.md).
-            n.tool("vif", "--add", "lo", "--type", "physical", "--transport", "eth", "--vif",
-                   "0", "--mac", "00:00:5e:00:01:01", "--vrf", "0")
         for n in nodes.values():
             n.add_port(1)
+            # the agent itself created the fabric vif 0 its tunnel next hops leave by
+            self.assertIn("vif0/0", n.tool("vif", "--list"))
 
         def everyone_has(expected: dict[int, dict[str, str]]) -> Callable[[], bool]:
             return lambda: all(nodes[i].remote() == want for i, want in expected.items())

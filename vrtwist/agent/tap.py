@@ -74,6 +74,12 @@ class Options(_DatapathOptions, usage.Options):  # type: ignore[misc]
             raise usage.UsageError("--ksync inprocess needs --datapath embedded")
         if self["stale-timeout"] < 0:
             raise usage.UsageError("--stale-timeout must not be negative")
+        if (self.get("xmpp-stale-time") or 0) < 0:
+            raise usage.UsageError("--xmpp-stale-time must not be negative")
+        tls = [k for k in ("xmpp-cert", "xmpp-key", "xmpp-ca") if self.get(k)]
+        if tls and len(tls) != 3:
+            raise usage.UsageError("--xmpp-cert, --xmpp-key and --xmpp-ca go together "
+                                   f"(only {', '.join('--' + k for k in tls)} given)")
 
 
 def makeService(options: Options) -> MultiService:
