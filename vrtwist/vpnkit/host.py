@@ -28,6 +28,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from vrtwist.vpnkit._fastwrite import read_now
 from vrtwist.vpnkit.frames import Destination, UDPDecoder, UDPRecordError
 from vrtwist.vpnkit.interfaces import IForwardTable
 from vrtwist.vpnkit.mux import Multiplexer, MuxStats
@@ -228,7 +229,16 @@ class _Forward:
         mux = self.table.links.current()
         if mux is None:
             raise error.ConnectionClosed("multiplexer is not running")
-        mux.openChannel(self.destination, splice.channel_end)
+        # The client's first bytes or FIN are often queued already: read them now, so
+        # they leave with Open + Window in one link write instead of one more turn.
+        mux.cork()
+        try:
+            mux.openChannel(self.destination, splice.channel_end)
+            local = splice.local_end.transport
+            if local is not None and self.table.reactor is not None:
+                read_now(self.table.reactor, local)
+        finally:
+            mux.uncork()
 
     def close(self, closeConnections: bool) -> defer.Deferred[None]:
         d: defer.Deferred[Any] = defer.maybeDeferred(self.listener.stopListening)

@@ -10,7 +10,9 @@ to its destination; a destination that refuses is answered with Close.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
+import os
 import socket
 import struct
 from typing import Any
@@ -27,7 +29,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from vrtwist.vpnkit._fastwrite import send_now
+from vrtwist.vpnkit._fastwrite import send_now, shutdown_now
 from vrtwist.vpnkit.frames import (
     MAX_UDP_PAYLOAD,
     Destination,
@@ -89,6 +91,7 @@ class _End(Protocol):
 
     def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
         self.lost = True
+        import traceback; traceback.print_stack()
         self.splice._lost(self, reason)
         if self is self.splice.local_end and self.splice.onLocalLost is not None:
             self.splice.onLocalLost()
@@ -173,7 +176,10 @@ class Splice:
         if other.lost:
             return
         try:
-            other.transport.loseWriteConnection()  # type: ignore[union-attr]
+            if other is self.local_end:
+                shutdown_now(other.transport)  # the FIN now, not next iteration
+            else:
+                other.transport.loseWriteConnection()  # type: ignore[union-attr]
         except Exception:
             other.transport.loseConnection()  # type: ignore[union-attr]
         if end.eof and other.eof:
@@ -230,6 +236,115 @@ def destination_endpoint(reactor: Any, dest: Destination, timeout: float = 30) -
     return TCP4ClientEndpoint(reactor, str(dest.ip), dest.port, timeout=timeout)
 
 
+#: How long a connect that did not complete at once may take (as the endpoints' 30 s).
+CONNECT_TIMEOUT = 30.0
+
+
+def _sockaddr(dest: Destination) -> tuple[int, Any]:
+    if dest.proto == Proto.UNIX:
+        return socket.AF_UNIX, dest.path
+    assert dest.ip is not None
+    if isinstance(dest.ip, ipaddress.IPv6Address):
+        return socket.AF_INET6, (str(dest.ip), dest.port, 0, 0)
+    return socket.AF_INET, (str(dest.ip), dest.port)
+
+
+def dial(reactor: Any, dest: Destination, splice: Splice, failed: Any) -> None:
+    """Connect a splice's local end to ``dest``, in this reactor turn when possible.
+
+    A loopback or unix connect completes inside ``connect()``: the socket is then handed
+    to the reactor at once (``adoptStreamConnection``) instead of going through a
+    connector, a ``callLater(0)``, two write events and a Deferred chain per connection.
+    A connect still in progress (a remote destination) waits for writability in a
+    :class:`_PendingConnect`.  ``failed`` gets a :class:`Failure` of Twisted's connect
+    errors, as the endpoint path gave.
+    """
+    family, addr = _sockaddr(dest)
+    try:
+        s = socket.socket(family, socket.SOCK_STREAM)
+    except OSError as e:
+        failed(Failure(error.ConnectError(string=str(e))))
+        return
+    s.setblocking(False)
+    if family != socket.AF_UNIX:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        err = s.connect_ex(addr)
+        if err in (errno.EINPROGRESS, errno.EAGAIN):
+            err = s.connect_ex(addr)  # loopback: usually done by now
+    except OSError as e:
+        err = e.errno or errno.EINVAL
+    if err in (0, errno.EISCONN):
+        _adopt(reactor, s, family, splice)
+    elif err in (errno.EINPROGRESS, errno.EALREADY, errno.EAGAIN):
+        _PendingConnect(reactor, s, family, addr, splice, failed).start()
+    else:
+        s.close()
+        failed(Failure(error.getConnectError((err, os.strerror(err)))))
+
+
+def _adopt(reactor: Any, s: socket.socket, family: int, splice: Splice) -> None:
+    try:
+        reactor.adoptStreamConnection(s.fileno(), family, _LocalFactory(splice))
+    finally:
+        s.close()  # the reactor holds its own duplicate
+    if splice.channel_end.lost and splice.local_end.transport is not None:
+        splice.local_end.transport.loseConnection()
+
+
+class _PendingConnect:
+    """Waits for a non-blocking connect that did not complete at once (remote hosts)."""
+
+    def __init__(
+        self, reactor: Any, s: socket.socket, family: int, addr: Any, splice: Splice, failed: Any
+    ) -> None:
+        self.reactor = reactor
+        self.socket = s
+        self.family = family
+        self.addr = addr
+        self.splice = splice
+        self.failed = failed
+        self.timer: Any = None
+
+    def start(self) -> None:
+        self.reactor.addWriter(self)
+        self.timer = self.reactor.callLater(CONNECT_TIMEOUT, self._timeout)
+
+    def fileno(self) -> int:
+        return self.socket.fileno()
+
+    def logPrefix(self) -> str:
+        return "vpnkit-connect"
+
+    def _done(self) -> None:
+        self.reactor.removeWriter(self)
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+
+    def doWrite(self) -> None:
+        self._done()
+        err = self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            self.socket.close()
+            self.failed(Failure(error.getConnectError((err, os.strerror(err)))))
+            return
+        if self.splice.channel_end.lost:
+            self.socket.close()
+            return
+        _adopt(self.reactor, self.socket, self.family, self.splice)
+
+    def connectionLost(self, reason: Failure) -> None:
+        self._done()
+        self.socket.close()
+        self.failed(reason)
+
+    def _timeout(self) -> None:
+        self.timer = None
+        self.reactor.removeWriter(self)
+        self.socket.close()
+        self.failed(Failure(error.TimeoutError(string=f"connect to {self.addr!r}")))
+
+
 @implementer(IChannelAcceptor)
 class ForwardingAcceptor:
     """The forwarder role: connect each channel the peer opens to its destination."""
@@ -254,8 +369,6 @@ class ForwardingAcceptor:
         self._dial(channel, dest, splice, self.reactor.seconds())
 
     def _dial(self, channel: IChannel, dest: Destination, splice: Splice, started: float) -> None:
-        d = destination_endpoint(self.reactor, dest).connect(_LocalFactory(splice))
-
         def failed(f: Failure) -> None:
             if splice.channel_end.lost:
                 return
@@ -279,6 +392,12 @@ class ForwardingAcceptor:
                 err=f.getErrorMessage(),
             )
             splice.abandon()
+
+        if hasattr(self.reactor, "adoptStreamConnection"):
+            dial(self.reactor, dest, splice, failed)
+            return
+        # Reactors that cannot adopt sockets (test doubles): the endpoint path.
+        d = destination_endpoint(self.reactor, dest).connect(_LocalFactory(splice))
 
         def connected(proto: Any) -> None:
             if splice.channel_end.lost:
