@@ -91,7 +91,6 @@ class _End(Protocol):
 
     def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
         self.lost = True
-        import traceback; traceback.print_stack()
         self.splice._lost(self, reason)
         if self is self.splice.local_end and self.splice.onLocalLost is not None:
             self.splice.onLocalLost()
