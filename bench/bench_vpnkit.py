@@ -260,6 +260,13 @@ def codec_bench(seconds: float = 1.0) -> list[tuple[str, str]]:
     return rows
 
 
+def _cpu(pid: int) -> float:
+    """User + system CPU seconds of a process so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        parts = f.read().rsplit(")", 1)[1].split()
+    return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _free_port() -> int:
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -388,6 +395,8 @@ def main() -> None:
             f"# load before: {open('/proc/loadavg').read().strip()}  window={args.window}  cores={os.cpu_count()}"
         )
         rows: list[tuple[str, str, str, str]] = []
+        cpu: list[list[float]] = []
+        notes: list[str] = []
 
         def pair(
             fn: object, d_arg: object, v_arg: object, *a: object
@@ -396,7 +405,9 @@ def main() -> None:
             ds, vs, rs = [], [], []
             for _ in range(args.repeat):
                 d = fn(d_arg, *a)  # type: ignore[operator]
+                c0 = [_cpu(p.pid) for p in procs[1:]]
                 v = fn(v_arg, *a)  # type: ignore[operator]
+                cpu.append([_cpu(p.pid) - c for p, c in zip(procs[1:], c0)])
                 ds.append(d)
                 vs.append(v)
                 rs.append(d / v)
@@ -433,7 +444,13 @@ def main() -> None:
                 )
             )
         if "conns" in only:
+            cpu.clear()
             d, v, r = pair(short_connections, echo, v_echo, args.conns)
+            fwd_us = statistics.median(c[0] for c in cpu) / args.conns * 1e6
+            host_us = statistics.median(c[1] for c in cpu) / args.conns * 1e6
+            notes.append(
+                f"CPU per proxied connection: forwarder {fwd_us:.0f} us, host {host_us:.0f} us"
+            )
             rows.append(
                 (
                     f"{args.conns} sequential connections",
@@ -478,6 +495,8 @@ def main() -> None:
         print("|---|---|---|---|")
         for r in rows:
             print("| " + " | ".join(r) + " |")
+        for n in notes:
+            print(n)
     finally:
         for p in reversed(procs):
             p.send_signal(2 if args.profile else 15)
