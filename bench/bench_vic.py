@@ -5,7 +5,7 @@ real ``twistd -n vspc`` / ``twistd -n vsock-relay`` process (as deployed); the
 sender and receiver share the benchmark's reactor, in the direct case too, so
 the ratio compares like with like.
 
-    /work/venv/bin/python bench/bench_vic.py [--mib 512] [--runs 3] [--vms 50]
+    /work/venv/bin/python bench/bench_vic.py [--mib 512] [--runs 3] [--vms 50] [--esx tcp|unix]
 
 Cases:
   direct      TCP loopback sender -> receiver
@@ -13,6 +13,9 @@ Cases:
               splice(2) (default) and with --no-splice (copy through Python)
   vspc up     fake ESX (telnet, IAC doubled) -> vSPC -> unix backend   (unescape path)
   vspc down   unix backend -> vSPC -> fake ESX                         (escape path)
+              ESX reaches the vSPC over TCP loopback as real ESX does (--esx unix: a
+              unix socket). Sinks only count bytes, exactly as the direct sink does (the
+              down sink counts the escaped wire bytes, whose total is known in advance).
   vspc 50 VMs every VM sends at once; min/median/max per-VM MB/s and the aggregate
 """
 
@@ -84,21 +87,16 @@ class Sender:
 class Counter(Protocol):
     """Counts bytes; fires ``done`` with (first byte time, last byte time) at ``total``."""
 
-    def __init__(self, total: int, decode: bool = False) -> None:
+    def __init__(self, total: int) -> None:
         self.total = total
         self.got = 0
         self.first = 0.0
         self.done: defer.Deferred[tuple[float, float]] = defer.Deferred()
-        self.parser = T.TelnetParser() if decode else None
 
     def dataReceived(self, data: bytes) -> None:
         if not self.got:
             self.first = time.perf_counter()
-        if self.parser is not None:
-            n = sum(len(e) for e in self.parser.feed(data) if isinstance(e, bytes))
-        else:
-            n = len(data)
-        self.got += n
+        self.got += len(data)
         if self.got >= self.total and not self.done.called:
             self.done.callback((self.first, time.perf_counter()))
 
@@ -122,9 +120,15 @@ def block() -> bytes:
     return random.Random(42).randbytes(CHUNK)
 
 
+_started: list[int] = []
+
+
 def twistd(*args: str) -> subprocess.Popen[bytes]:
     exe = os.path.join(os.path.dirname(sys.executable), "twistd")
-    return subprocess.Popen([exe, "-n", "--pidfile=", "-l", "/dev/null", *args])
+    # e.g. BENCH_VIC_TWISTD_ARGS="--profile=/tmp/p{n} --profiler=cprofile --savestats"
+    _started.append(1)
+    extra = os.environ.get("BENCH_VIC_TWISTD_ARGS", "").replace("{n}", str(len(_started))).split()
+    return subprocess.Popen([exe, "-n", "--pidfile=", "-l", "/dev/null", *extra, *args])
 
 
 async def connectRetry(ep: Any, make: Any) -> Any:
@@ -252,13 +256,19 @@ async def waitPort(port: int) -> None:
     raise RuntimeError(f"port {port} never opened")
 
 
-async def startVSPC(workdir: str) -> tuple[subprocess.Popen[bytes], str]:
+async def startVSPC(workdir: str, esx: str) -> tuple[subprocess.Popen[bytes], Any]:
+    """Start ``twistd -n vspc``; ESX reaches it over TCP (as real ESX does) or unix."""
     sock = os.path.join(workdir, "vspc.sock")
     _unlink(sock)
+    if esx == "tcp":
+        tcpPort = _freePort()
+        listen = f"tcp:{tcpPort}:interface=127.0.0.1"
+    else:
+        listen = f"unix:{sock}"
     proc = twistd(
         "vspc",
         "--listen",
-        f"unix:{sock}",
+        listen,
         "--backend",
         f"unix:{workdir}/{{uuid}}.sock",
         "--service-uri",
@@ -266,15 +276,18 @@ async def startVSPC(workdir: str) -> tuple[subprocess.Popen[bytes], str]:
         "--buffer",
         str(1024 * 1024),
     )
+    if esx == "tcp":
+        await waitPort(tcpPort)
+        return proc, TCP4ClientEndpoint(reactor, "127.0.0.1", tcpPort)
     await waitPath(sock)
-    return proc, sock
+    return proc, UNIXClientEndpoint(reactor, sock)
 
 
 async def vspcOnce(
-    total: int, workdir: str, vms: int, up: bool
+    total: int, workdir: str, vms: int, up: bool, esx: str = "tcp"
 ) -> list[tuple[float, float, float]]:
     """Returns per-VM (start, first byte, last byte)."""
-    proc, sock = await startVSPC(workdir)
+    proc, esxEndpoint = await startVSPC(workdir, esx)
     ports = []
     factories = []
     try:
@@ -287,8 +300,11 @@ async def vspcOnce(
         for n in range(vms):
             e = FakeESX(uuid=uuidText(n + 1))
             if not up:
-                e.counter = Counter(total)  # type: ignore[attr-defined]
-            esxs.append(await connectRetry(UNIXClientEndpoint(reactor, sock), lambda e=e: e))
+                # The sink counts wire bytes, as the direct sink does: the payload
+                # escapes to a known wire length, so no decoding in this process.
+                wire = (total // CHUNK) * len(T.encodeData(block()))
+                e.counter = Counter(wire)  # type: ignore[attr-defined]
+            esxs.append(await connectRetry(esxEndpoint, lambda e=e: e))
         await defer.gatherResults([e.proxied() for e in esxs])
         backends = [await f.arrived for f in factories]
         data = block()
@@ -302,8 +318,7 @@ async def vspcOnce(
         else:
             for e in esxs:
                 c = e.counter  # type: ignore[attr-defined]
-                e.dataReceived = c.dataReceived  # count the decoded serial bytes only
-                c.parser = T.TelnetParser()
+                e.dataReceived = c.dataReceived  # count wire bytes from here on
             for b in backends:
                 Sender(b.transport, data, CHUNK, total)
             results = await defer.gatherResults([e.counter.done for e in esxs])  # type: ignore[attr-defined]
@@ -337,9 +352,9 @@ async def main(args: argparse.Namespace) -> None:
                         name = f"vsock-relay {kind} ({'splice' if splice else 'copy'})"
                         rows[name].append(await vsockRelay(total, work, kind, splice))
             if "vspc" in args.only:
-                (r,) = await vspcOnce(total, work, 1, up=True)
+                (r,) = await vspcOnce(total, work, 1, up=True, esx=args.esx)
                 rows["vspc up"].append(total / (r[2] - r[0]) / MB)
-                (r,) = await vspcOnce(total, work, 1, up=False)
+                (r,) = await vspcOnce(total, work, 1, up=False, esx=args.esx)
                 rows["vspc down"].append(total / (r[2] - r[0]) / MB)
             if "vms" in args.only:
                 per = max(1, total // args.vms // 4)
@@ -406,6 +421,7 @@ if __name__ == "__main__":
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--vms", type=int, default=50)
     ap.add_argument("--only", default="relay,vspc,vms", help="subset: relay, vspc, vms")
+    ap.add_argument("--esx", default="tcp", choices=("tcp", "unix"), help="ESX -> vSPC link")
     a = ap.parse_args()
 
     def run() -> defer.Deferred[None]:

@@ -29,6 +29,7 @@ from zope.interface import Interface, implementer
 from vrtwist.vsock import proxyv2 as P
 from vrtwist.vsock.endpoints import VSockAddress, parseCID
 from vrtwist.vsock.splice import SplicePair, trySplice
+from vrtwist.vsock.tuning import READ_SIZE, UNIX_SOCKET_BUFFER, tuneTransport
 
 
 class RouteError(ValueError):
@@ -87,7 +88,8 @@ class RelayConfig:
     acceptProxy: bool = False
     bufferLimit: int = 256 * 1024
     headerTimeout: float = 10.0
-    readSize: int = 256 * 1024
+    readSize: int = READ_SIZE
+    socketBuffer: int = UNIX_SOCKET_BUFFER  # unix sockets only; TCP autotunes
     halfCloseTimeout: float = 0.0  # 0: wait for the other side forever, as TCP does
     splice: bool = True  # zero-copy kernel splice between plain TCP/unix sockets
 
@@ -128,11 +130,9 @@ def headerFor(peer: IAddress, host: IAddress) -> P.ProxyHeader:
     return P.ProxyHeader()
 
 
-def _setReadSize(transport: Any, size: int) -> None:
-    """Read up to ``size`` bytes per wakeup (Twisted's default is 64 KiB): fewer
-    trips through the reactor per megabyte on a bulk splice."""
-    if hasattr(transport, "bufferSize"):
-        transport.bufferSize = size
+def _setReadSize(transport: Any, size: int, socketBuffer: int = UNIX_SOCKET_BUFFER) -> None:
+    """Bulk sizing for one transport (see :mod:`vrtwist.vsock.tuning`)."""
+    tuneTransport(transport, size, socketBuffer)
 
 
 @implementer(IHalfCloseableProtocol)
@@ -162,7 +162,7 @@ class RelayInbound(Protocol):
         self.bytesOut = 0
 
     def connectionMade(self) -> None:
-        _setReadSize(self.transport, self.config.readSize)
+        _setReadSize(self.transport, self.config.readSize, self.config.socketBuffer)
         self.relay.stats.accepted += 1
         self.relay.stats.active += 1
         self.peer = self.transport.getPeer()  # type: ignore[union-attr]
@@ -397,7 +397,7 @@ class RelayOutbound(Protocol):
         self.closed = False
 
     def connectionMade(self) -> None:
-        _setReadSize(self.transport, self.inbound.config.readSize)
+        _setReadSize(self.transport, self.inbound.config.readSize, self.inbound.config.socketBuffer)
         self.inbound.relay.stats.backendsOpen += 1
 
     def dataReceived(self, data: bytes) -> None:
