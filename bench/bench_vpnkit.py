@@ -461,9 +461,12 @@ def main() -> None:
             )
         if "rtt" in only:
             dms, vms, dps, vps = [], [], [], []
+            cpu.clear()
             for _ in range(args.repeat):
                 dl = round_trips(echo, args.rtts)
+                c0 = [_cpu(p.pid) for p in procs[1:]]
                 vl = round_trips(v_echo, args.rtts)
+                cpu.append([_cpu(p.pid) - c for p, c in zip(procs[1:], c0)])
                 dms.append(statistics.mean(dl) * 1e6)
                 vms.append(statistics.mean(vl) * 1e6)
                 dps.append(statistics.median(dl) * 1e6)
@@ -472,6 +475,11 @@ def main() -> None:
             dp, vp = statistics.median(dps), statistics.median(vps)
             added_m = statistics.median(v - d for d, v in zip(dms, vms))
             added_p = statistics.median(v - d for d, v in zip(dps, vps))
+            fwd_us = statistics.median(c[0] for c in cpu) / (args.rtts + 200) * 1e6
+            host_us = statistics.median(c[1] for c in cpu) / (args.rtts + 200) * 1e6
+            notes.append(
+                f"CPU per proxied round trip: forwarder {fwd_us:.0f} us, host {host_us:.0f} us"
+            )
             rows.append(
                 (
                     f"64-byte round trip, mean ({args.rtts})",

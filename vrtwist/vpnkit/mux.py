@@ -27,7 +27,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from vrtwist.vpnkit._fastwrite import adapt_read_size, send_now
+from vrtwist.vpnkit._fastwrite import adapt_read_size, plain_reads, send_now
 from vrtwist.vpnkit.frames import (
     HANDSHAKE,
     BadOpen,
@@ -554,6 +554,7 @@ class Multiplexer(Protocol):
         self._connected = True
         t: Any = self.transport
         self._adapt = isinstance(getattr(t, "bufferSize", None), int)
+        plain_reads(t)
         t.registerProducer(self, True)  # type: ignore[union-attr]
         if self.handshake:
             t.write(HANDSHAKE)  # type: ignore[union-attr]
