@@ -38,6 +38,13 @@ def _profile_args(var: str = "BENCH_CN_PROFILE") -> list[str]:
     return [f"--profile={prof}", "--profiler=cprofile", "--savestats"] if prof else []
 
 
+def proc_cpu(pid: int) -> float:
+    """User + system CPU seconds of a process (all threads), from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        parts = f.read().rsplit(")", 1)[1].split()
+    return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def free_port() -> int:
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -324,6 +331,33 @@ def components(n: int) -> dict[str, float]:
     dt = time.process_time() - t
     assert counter[0] == n, counter
     out["agent receive+program routes/s"] = n / dt
+
+    # 4. the same, through the agent's ksync synchroniser into the datapath's tables (in
+    #    process: the same Sandesh request objects, no socket)
+    from vrtwist.agent.ksync_sync import DatapathSync, LocalChannel
+    from vrtwist.datapath.dispatcher import Datapath
+
+    dp = Datapath()
+    clock = MemoryReactorClock()
+    model, counter = make_sink("127.0.0.3")
+    sync = DatapathSync(model)
+    sync.attach(LocalChannel(dp))
+    ep = Endpoint()
+    link = ControllerLink(clock, [ep], "rx", "127.0.0.3", model)  # type: ignore[list-item]
+    link.localRouteAdded(
+        LocalRouteInfo("p", "vm", vn, vrf, "", "10.254.0.1", None, 16, "127.0.0.3")
+    )
+    link.startService()
+    ep.protos[-1].dataReceived(build_stream_response("cn", "rx"))
+    vrf_id = model.vrf_id_of(vn)
+    t = time.process_time()
+    for i in range(0, len(msgs), 65536):
+        ep.protos[-1].dataReceived(msgs[i : i + 65536])
+    dt = time.process_time() - t
+    have = dp.routes.route_count(2, vrf_id)
+    assert have >= n and not sync.errors, (have, sync.errors)
+    out["agent receive+program+ksync+datapath routes/s"] = n / dt
+    out["  ksync requests sent"] = sync.requests_sent
     return out
 
 
@@ -539,6 +573,7 @@ def datapath_run(args: argparse.Namespace) -> dict[str, float]:
             link.startService()
             await link.whenReady()
             await task.deferLater(reactor, 1.0, lambda: None)
+            cpu0 = proc_cpu(agent.pid), proc_cpu(cn.pid), time.process_time()
             t0 = time.time()
             for i in range(args.routes):
                 if args.batch and i and i % args.batch == 0:
@@ -551,6 +586,9 @@ def datapath_run(args: argparse.Namespace) -> dict[str, float]:
             while not has_last():
                 await task.deferLater(reactor, 0.01, lambda: None)
             t_last = time.time()
+            result["receiving agent CPU (s)"] = proc_cpu(agent.pid) - cpu0[0]
+            result["control node CPU (s)"] = proc_cpu(cn.pid) - cpu0[1]
+            result["publisher CPU (s)"] = time.process_time() - cpu0[2]
             n = count()
             while n < args.routes:
                 await task.deferLater(reactor, 0.05, lambda: None)

@@ -466,3 +466,71 @@ class CoveringRouteTests(SynchronousTestCase):
         self.assertEqual(d32.rtr_replace_plen, 16 if i24 < i32 else 24)
         got = self.lookup(vrf, "10.8.1.1")
         self.assertEqual((got["rtr_prefix_len"], got["rtr_label"]), (16, 50))
+
+
+class BatchTests(SynchronousTestCase):
+    """``DatapathModel.batched()``: one notification, bunched requests, same end state."""
+
+    def setUp(self) -> None:
+        self.agent = InMemoryAgent(tempdir(self))
+        self.agent.call("POST", "/port", port_body(1))
+        self.m = self.agent.model
+        self.m.fabric_ip = "192.0.2.1"
+        self.seen: list[list[object]] = []
+        self.m.listeners.append(lambda keys: self.seen.append(list(keys)))
+
+    def test_changes_reach_listeners_once_at_the_end(self) -> None:
+        name, vrf = self.m.vrfNames()[0], self.m.vrf_id_of(VN)
+        sent = self.agent.sync.requests_sent
+        with self.m.batched():
+            with self.m.batched():  # nested: only the outermost notifies
+                for i in range(40):
+                    self.m.addRemoteRoute(name, f"10.7.0.{i}", 32, "192.0.2.9", 100 + i)
+            self.assertEqual(self.seen, [])
+            self.m.deleteRemoteRoute(name, "10.7.0.0", 32)
+        self.assertEqual(len(self.seen), 1)
+        self.assertEqual(self.agent.sync.errors, {})
+        # 39 routes + 1 tunnel next hop; the route added and deleted inside costs nothing
+        self.assertEqual(self.agent.sync.requests_sent - sent, 40)
+        self.assertIsNone(route(self.dp(), vrf, "10.7.0.0", 32))
+        for i in range(1, 40):
+            r = route(self.dp(), vrf, f"10.7.0.{i}", 32)
+            self.assertEqual((r.nh.type, r.label), (C.NH_TUNNEL, 100 + i))
+
+    def dp(self) -> Datapath:
+        return self.agent.datapath
+
+    def test_error_inside_a_batch_still_notifies(self) -> None:
+        name = self.m.vrfNames()[0]
+        with self.assertRaises(ValueError):
+            with self.m.batched():
+                self.m.addRemoteRoute(name, "10.7.0.1", 32, "192.0.2.9", 100)
+                self.m.addRemoteRoute(name, "10.7.0.2", 33, "192.0.2.9", 101)
+        self.assertEqual(len(self.seen), 1)
+        self.assertIsNotNone(route(self.dp(), self.m.vrf_id_of(VN), "10.7.0.1", 32))
+
+    def test_bad_prefixes_and_next_hops_are_refused(self) -> None:
+        name = self.m.vrfNames()[0]
+        desired = dict(self.m.desired)
+        for prefix, plen, nh in (("10.0.0.1", 33, "192.0.2.1"), ("10.0.0.1", -1, "192.0.2.1"),
+                                 ("010.0.0.1", 32, "192.0.2.1"), ("10.0.0", 32, "192.0.2.1"),
+                                 ("fd00::1", 129, "192.0.2.1"), ("nonsense", 8, "192.0.2.1"),
+                                 ("10.0.0.1", 32, "fd00::1"), ("10.0.0.1", 32, "192.0.2")):
+            self.assertRaises(ValueError, self.m.addRemoteRoute, name, prefix, plen, nh, 5)
+        self.assertEqual(self.m.desired, desired)  # nothing half-added
+        self.assertEqual(self.seen, [])
+
+    def test_host_bits_are_cleared_and_v6_works(self) -> None:
+        from vrtwist.agent.dpstate import parse_prefix
+
+        self.assertEqual(parse_prefix("10.1.2.3", 24), (C.AF_INET, bytes([10, 1, 2, 0]),
+                                                        "10.1.2.0"))
+        self.assertEqual(parse_prefix("fd00::1:5", 112)[2], "fd00::1:0")
+        name, vrf = self.m.vrfNames()[0], self.m.vrf_id_of(VN)
+        self.m.addRemoteRoute(name, "fd00::7", 128, "192.0.2.9", 77)
+        self.m.addRemoteRoute(name, "10.6.6.6", 24, "192.0.2.9", 78)
+        self.assertIsNotNone(route(self.dp(), vrf, "fd00::7", 128))
+        self.assertIsNotNone(route(self.dp(), vrf, "10.6.6.0", 24))
+        self.m.deleteRemoteRoute(name, "10.6.6.9", 24)  # any address of the prefix names it
+        self.assertIsNone(route(self.dp(), vrf, "10.6.6.0", 24))
+        self.assertEqual(self.agent.sync.errors, {})

@@ -625,3 +625,57 @@ class ConfigNamedInstanceTests(SynchronousTestCase):
         out = h.sent()
         self.assertIn(Subscribe(self.RI, "bgp-peer", 0, False, "host1"), out)
         self.assertNotIn(Subscribe("blue", "bgp-peer", 0, False, "host1"), out)
+
+
+class _BatchingSink(RecordingSink):
+    """A sink offering ``batched()``: records which calls happened inside a batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.depth = 0
+        self.batches: list[list[tuple[Any, ...]]] = []
+
+    def batched(self) -> Any:
+        from contextlib import contextmanager
+
+        @contextmanager
+        def cm() -> Any:
+            self.depth += 1
+            start = len(self.calls)
+            try:
+                yield
+            finally:
+                self.depth -= 1
+                self.batches.append(self.calls[start:])
+        return cm()
+
+
+class BatchedReceiveTests(SynchronousTestCase):
+    def test_one_read_is_one_batch(self) -> None:
+        sink = _BatchingSink()
+        h = LinkHarness(sink=sink)
+        h.link.localRouteAdded(port(1))
+        h.establish()
+        data = b"".join(build_route_update(CN, "host1/bgp-peer", "1/1/blue",
+                                           [inet(f"10.0.{i}.{j}/32", "127.0.0.3", 40 + j)
+                                            for j in range(1, 9)]) for i in range(3))
+        sink.batches.clear()
+        h.feed(data)
+        self.assertEqual([len(b) for b in sink.batches], [24])
+        self.assertEqual(len(sink.table), 24)
+        self.assertEqual(sink.depth, 0)
+
+    def test_bad_stanza_inside_a_batch_still_ends_it(self) -> None:
+        sink = _BatchingSink()
+        h = LinkHarness(sink=sink)
+        h.link.localRouteAdded(port(1))
+        h.establish()
+        sink.batches.clear()
+        with capturedLogs():
+            h.feed(build_route_update(CN, "host1/bgp-peer", "1/1/blue",
+                                      [inet("10.0.0.7/32", "127.0.0.3", 33)])
+                   + b"<message><event><items node='1/1/blue'><item id='x'></message>")
+        self.assertEqual(sink.depth, 0)
+        self.assertEqual(len(sink.batches), 1)
+        self.assertTrue(h.tr.disconnecting)
+        self.assertEqual(len(sink.table), 1)  # what came before the bad stanza is kept

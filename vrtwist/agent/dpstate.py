@@ -15,8 +15,10 @@ reused at once, and they are reserved again when adopted from a datapath dump.
 from __future__ import annotations
 
 import ipaddress
+import socket
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -169,6 +171,8 @@ class DatapathModel:
         self._os_index = os_index or _if_index
         self.listeners: list[Callable[[Iterable[Key]], None]] = []
         self.controller: IControllerLink | None = None
+        self._batch_depth = 0
+        self._batched_keys: list[Key] = []
         self._base()
 
     # plumbing --------------------------------------------------------------------------
@@ -194,9 +198,26 @@ class DatapathModel:
         self.desired[key] = (name, fields)
 
     def _notify(self, keys: Iterable[Key]) -> None:
+        if self._batch_depth:
+            self._batched_keys.extend(keys)  # listeners take sets: repeats are harmless
+            return
         ks = list(keys)
         for listener in self.listeners:
             listener(ks)
+
+    @contextmanager
+    def batched(self) -> Iterator[None]:
+        """Changes made inside reach the listeners once, at the end (nested: at the end of
+        the outermost), so the synchroniser plans and bunches them together: a burst of
+        routes from the controller becomes 16 requests per ksync message, not one."""
+        self._batch_depth += 1
+        try:
+            yield
+        finally:
+            self._batch_depth -= 1
+            if not self._batch_depth and self._batched_keys:
+                keys, self._batched_keys = self._batched_keys, []
+                self._notify(keys)
 
     def set_limits(self, *, interfaces: int, nexthops: int, labels: int, vrfs: int) -> None:
         """Table sizes reported by the datapath (``vrouter_ops``) bound the allocators;
@@ -468,9 +489,9 @@ class DatapathModel:
             raise ValueError(f"encap {encap!r} is not udp, gre or vxlan")
         if not 0 <= label < 1 << 24:
             raise ValueError(f"label {label} is not a 20/24-bit label")
-        net = ipaddress.ip_network(f"{prefix}/{plen}", strict=False)
-        ipaddress.IPv4Address(nexthop)
-        rkey = (vrf_name, str(net.network_address), net.prefixlen)
+        fam, packed, text = parse_prefix(prefix, plen)
+        dip = _ipv4_int(nexthop)
+        rkey = (vrf_name, text, plen)
         if rkey in self._remote:
             self.deleteRemoteRoute(vrf_name, prefix, plen)
         tkey = (nexthop, encap)
@@ -482,11 +503,11 @@ class DatapathModel:
                 "nhr_id": nh, "nhr_type": C.NH_TUNNEL, "nhr_family": C.AF_INET, "nhr_vrf": 0,
                 "nhr_encap_oif_id": self.fabric_vif,
                 "nhr_encap": list(bytes(6) + VROUTER_MAC + b"\x08\x00"),
-                "nhr_tun_sip": host_u32(self.fabric_ip), "nhr_tun_dip": host_u32(nexthop),
+                "nhr_tun_sip": host_u32(self.fabric_ip), "nhr_tun_dip": dip,
                 "nhr_flags": C.NH_FLAG_VALID | flag})
             keys.append((NH, nh))
         self._tunnels[tkey] = (nh, refs + 1)
-        rk = _inet_key(v.vrf_id, str(net.network_address), net.prefixlen)
+        rk: Key = (ROUTE, fam, v.vrf_id, packed, plen)
         rmac = parse_mac(mac) if mac else None
         self._set(rk, "vr_route_req", _route_fields(rk, nh, label, C.VR_RT_LABEL_VALID_FLAG,
                                                     rmac))
@@ -504,10 +525,10 @@ class DatapathModel:
 
     def deleteRemoteRoute(self, vrf_name: str, prefix: str, plen: int) -> None:
         try:
-            net = ipaddress.ip_network(f"{prefix}/{plen}", strict=False)
+            _fam, _packed, text = parse_prefix(prefix, plen)
         except ValueError:
             return
-        entry = self._remote.pop((vrf_name, str(net.network_address), net.prefixlen), None)
+        entry = self._remote.pop((vrf_name, text, plen), None)
         if entry is None:
             return
         route_keys, tkey = entry
@@ -526,6 +547,48 @@ class DatapathModel:
         if v is not None and not v.ports and not self._remote_in(v.vrf_id):
             keys += self._drop_vrf(v)
         self._notify(keys)
+
+
+def parse_prefix(prefix: str, plen: int) -> tuple[int, bytes, str]:
+    """``(family, network bytes, network text)`` of ``prefix/plen``, host bits cleared.
+
+    The controller's routes arrive by the ten thousand: ``inet_pton`` and int arithmetic
+    instead of ``ipaddress`` objects.  Raises ValueError like ``ip_network``.
+    """
+    if type(plen) is not int:
+        plen = int(plen)
+    try:
+        raw = socket.inet_pton(socket.AF_INET, prefix)
+        fam, af, bits = C.AF_INET, socket.AF_INET, 32
+    except (OSError, TypeError):
+        try:
+            raw = socket.inet_pton(socket.AF_INET6, prefix)
+        except (OSError, TypeError):
+            raise ValueError(f"{prefix!r} is not an IPv4 or IPv6 address") from None
+        fam, af, bits = C.AF_INET6, socket.AF_INET6, 128
+    if not 0 <= plen <= bits:
+        raise ValueError(f"prefix length {plen} out of range for {prefix!r}")
+    if plen < bits:
+        shift = bits - plen
+        raw = ((int.from_bytes(raw, "big") >> shift) << shift).to_bytes(bits // 8, "big")
+        return fam, raw, socket.inet_ntop(af, raw)
+    return fam, raw, prefix if fam == C.AF_INET else socket.inet_ntop(af, raw)
+
+
+_DIPS: dict[str, int] = {}
+
+
+def _ipv4_int(addr: str) -> int:
+    """``host_u32`` of a tunnel destination; remote nodes are few, so it is remembered."""
+    v = _DIPS.get(addr)
+    if v is None:
+        try:
+            v = int.from_bytes(socket.inet_pton(socket.AF_INET, addr), sys.byteorder)
+        except (OSError, TypeError):
+            raise ValueError(f"next hop {addr!r} is not an IPv4 address") from None
+        if len(_DIPS) < 4096:
+            _DIPS[addr] = v
+    return v
 
 
 def _inet_key(vrf: int, addr: str, plen: int) -> Key:

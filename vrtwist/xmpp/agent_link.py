@@ -357,6 +357,17 @@ class AgentSession(XmppSession):
         super().connectionMade()
         self.send(build_stream_open(self.link.hostname))
 
+    def dataReceived(self, data: bytes) -> None:
+        """Every route of one read reaches the datapath model as one change when the
+        sink offers ``batched()`` (the agent's model does): its synchroniser then plans
+        and bunches them together instead of one ksync message per route."""
+        batched = getattr(self.link.remote.sink, "batched", None)
+        if batched is None:
+            super().dataReceived(data)
+            return
+        with batched():
+            super().dataReceived(data)
+
     def headerReceived(self, header: StreamHeader) -> None:
         if self.established:
             raise ProtocolViolation("second stream header on an established stream")
