@@ -124,3 +124,39 @@ class PropertyTests(SynchronousTestCase):
             ([a] if a else []) + [Subnegotiation(232, payload)] + ([b] if b else [])
         )
         self.assertEqual(feedAll([wire]), expect)
+
+
+def _ext(e: object) -> bool:
+    return isinstance(e, Subnegotiation) and e.option == 232
+
+
+class LookaheadTests(SynchronousTestCase):
+    """``lookahead``: where the first option-232 command ends, parser untouched."""
+
+    def test_prefix_ends_exactly_after_the_command(self) -> None:
+        cmd = encodeSubnegotiation(232, b"\x28\x76\x19\xff\xe9")  # BEGIN, 0xFF in the sequence
+        wire = encodeData(b"held \xff\xf0 bytes") + cmd + encodeData(b"after")
+        p = TelnetParser()
+        end = p.lookahead(wire, _ext)
+        self.assertEqual(wire[:end], encodeData(b"held \xff\xf0 bytes") + cmd)
+        self.assertEqual(p.pendingBytes, 0)  # unchanged
+        # feeding that prefix gives the command as its last event
+        self.assertEqual(p.feed(wire[:end])[-1], Subnegotiation(232, b"\x28\x76\x19\xff\xe9"))
+
+    def test_no_command_in_view(self) -> None:
+        p = TelnetParser()
+        self.assertIsNone(p.lookahead(encodeData(b"\xff\xf0" * 10), _ext))
+        self.assertIsNone(p.lookahead(b"\xff\xfa\xe8\x28\x01", _ext))  # not complete yet
+        self.assertIsNone(p.lookahead(encodeSubnegotiation(24, b"xterm"), _ext))  # other option
+
+    def test_continues_the_parsers_pending_bytes(self) -> None:
+        p = TelnetParser()
+        self.assertEqual(p.feed(b"ab\xff\xfa\xe8\x28"), [b"ab"])
+        end = p.lookahead(b"\x01\x02\xff\xf0rest", _ext)
+        self.assertEqual(end, 4)
+        self.assertEqual(p.feed(b"\x01\x02\xff\xf0"), [Subnegotiation(232, b"\x28\x01\x02")])
+
+    def test_bad_bytes_give_none_and_leave_the_parser_alone(self) -> None:
+        p = TelnetParser()
+        self.assertIsNone(p.lookahead(b"x\xff\xfa\xe8\xff\x01\xff\xf0", _ext))
+        self.assertEqual(p.feed(b"ok"), [b"ok"])

@@ -481,5 +481,11 @@ class TapTests(SynchronousTestCase):
         )
         self.assertRaises(usage.UsageError, vspc_tap.Options().parseOptions, ["--buffer", "-1"])
         self.assertRaises(
+            usage.UsageError, vspc_tap.Options().parseOptions, ["--control-lookahead", "-1"]
+        )
+        o = vspc_tap.Options()
+        o.parseOptions(["--control-lookahead", "0"])
+        self.assertEqual(o["control-lookahead"], 0)
+        self.assertRaises(
             usage.UsageError, vspc_tap.Options().parseOptions, ["--vm-expire", "soon"]
         )

@@ -19,6 +19,7 @@ Events returned by :meth:`TelnetParser.feed`:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 IAC = 255
@@ -40,6 +41,7 @@ VMWARE_EXT = 232
 
 _IAC = b"\xff"
 _IAC2 = b"\xff\xff"
+_IAC_SE = b"\xff\xf0"
 
 VERB_NAMES = {WILL: "WILL", WONT: "WONT", DO: "DO", DONT: "DONT"}
 
@@ -116,6 +118,32 @@ class TelnetParser:
     def pendingBytes(self) -> int:
         """Bytes held back because a command is not complete yet."""
         return len(self._pending)
+
+    def lookahead(self, data: bytes, wanted: Callable[[Event], bool]) -> int | None:
+        """Length of the shortest prefix of ``data`` that completes a ``wanted`` command.
+
+        ``data`` continues the stream this parser has seen; the parser itself is
+        not changed. The vSPC runs this over bytes peeked from a paused socket to
+        find an option-232 command behind held serial data, then consumes exactly
+        that prefix. Only subnegotiations end in ``IAC SE``, so only prefixes
+        ending there are tried. None: no such command (or bad bytes) in ``data``.
+        """
+        probe = TelnetParser(self._max)
+        probe._pending = self._pending
+        probe._consumed = self._consumed
+        start = 0
+        pos = data.find(_IAC_SE)
+        while pos >= 0:
+            end = pos + 2
+            try:
+                events = probe.feed(data[start:end])
+            except TelnetProtocolError:
+                return None
+            if any(wanted(e) for e in events if not isinstance(e, bytes)):
+                return end
+            start = end
+            pos = data.find(_IAC_SE, end)
+        return None
 
     def feed(self, data: bytes) -> list[Event]:
         if self._pending:

@@ -19,6 +19,7 @@ reading from ESX. Nothing buffers without a bound; nothing is dropped.
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -59,6 +60,11 @@ class VSPCConfig:
     # (0.17 s per 256 MiB at 1 MiB against 0.29 at 64 KiB). docs/vic.md.
     readSize: int = 128 * 1024
     backendReadSize: int = 1024 * 1024
+    # While an ESX connection is paused (backend stalled), peek at its socket this
+    # often for an option-232 command (VMOTION-BEGIN, COMPLETE, ...) and consume up
+    # to it, at most controlLookahead bytes per pause: ESX waits only 5 s for GOAHEAD.
+    controlLookahead: int = 1024 * 1024
+    controlPeekInterval: float = 0.5
     socketBuffer: int = UNIX_SOCKET_BUFFER  # unix sockets only; TCP autotunes
 
     def backendFor(self, uuid: str, label: str) -> str:
@@ -111,6 +117,18 @@ class _WritePressure:
         self._changed(False)
 
 
+def _isExtension(event: T.Event) -> bool:
+    return isinstance(event, T.Subnegotiation) and event.option == T.VMWARE_EXT
+
+
+def _peekableSocket(transport: Any) -> socket.socket | None:
+    """The plain socket under ``transport``, or None (TLS, StringTransport, ...)."""
+    sock = getattr(transport, "socket", None)
+    if isinstance(sock, socket.socket) and not getattr(transport, "TLS", False):
+        return sock
+    return None
+
+
 class VSPCConnection(Protocol):
     """One connection from an ESX host acting for one VM serial port."""
 
@@ -137,6 +155,9 @@ class VSPCConnection(Protocol):
         self._readPaused = False
         self.closed = False
         self._setupTimer: IDelayedCall | None = None
+        self._lookTimer: IDelayedCall | None = None
+        self._lookUsed = 0
+        self.lookaheadReads = 0
         self.peerText = "?"
 
     # connection life
@@ -172,6 +193,7 @@ class VSPCConnection(Protocol):
         if self._setupTimer is not None and self._setupTimer.active():
             self._setupTimer.cancel()
         self._setupTimer = None
+        self._stopLookahead()
         self._early = []
         port, self.port = self.port, None
         if port is not None:
@@ -228,8 +250,72 @@ class VSPCConnection(Protocol):
             self._readPaused = want
             if want:
                 self.transport.pauseProducing()  # type: ignore[union-attr]
+                self._startLookahead()
             else:
+                self._stopLookahead()
                 self.transport.resumeProducing()  # type: ignore[union-attr]
+
+    # control commands behind held data
+
+    def _startLookahead(self) -> None:
+        """Keep the option-232 channel alive while serial data is held.
+
+        ESX sends VMOTION-BEGIN in-band, behind whatever serial bytes it queued;
+        with this connection paused it would go unread and the migration would
+        time out. So while paused we look at the socket now and then (MSG_PEEK)
+        and read ahead: up to the end of the first complete option-232 command in
+        view, else what is queued. The serial bytes join the held data in order;
+        commands are handled at once. At most ``controlLookahead`` bytes per
+        pause, so the backpressure bound stays a bound.
+        """
+        if (
+            self._lookTimer is None
+            and self.config.controlLookahead > 0
+            and _peekableSocket(self.transport) is not None
+        ):
+            self._lookUsed = 0
+            self._lookTimer = self.table.clock.callLater(
+                self.config.controlPeekInterval, self._lookForControl
+            )
+
+    def _stopLookahead(self) -> None:
+        if self._lookTimer is not None and self._lookTimer.active():
+            self._lookTimer.cancel()
+        self._lookTimer = None
+
+    def _lookForControl(self) -> None:
+        self._lookTimer = None
+        sock = _peekableSocket(self.transport)
+        if self.closed or not self._readPaused or sock is None:
+            return
+        room = self.config.controlLookahead - self._lookUsed
+        if room <= 0:
+            return  # the bound for this pause is spent; wait for the backend
+        try:
+            peeked = sock.recv(room, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            peeked = b""
+        except OSError:
+            return  # the ordinary read path reports the error once resumed
+        if peeked:
+            # A command in view: read exactly up to its end. None in view: read
+            # what is queued (still within the bound), so that what ESX queued
+            # behind it (its send buffer) can move up into view.
+            end = self.parser.lookahead(peeked, _isExtension)
+            data = _recvUpTo(sock, len(peeked) if end is None else end)
+            self._lookUsed += len(data)
+            self.lookaheadReads += 1
+            if end is not None:
+                self._log.info(
+                    "ESX {peer}: option-232 command read {n} bytes ahead while paused",
+                    peer=self.peerText,
+                    n=len(data),
+                )
+            self.dataReceived(data)
+        if not self.closed and self._readPaused and self._lookTimer is None:
+            self._lookTimer = self.table.clock.callLater(
+                self.config.controlPeekInterval, self._lookForControl
+            )
 
     # serial data
 
@@ -423,6 +509,21 @@ class VSPCConnection(Protocol):
         early = self.takeEarly()
         if early:
             port.fromVM(early)
+
+
+def _recvUpTo(sock: socket.socket, n: int) -> bytes:
+    """Read ``n`` bytes already seen with MSG_PEEK (fewer only if the socket failed)."""
+    parts = []
+    while n > 0:
+        try:
+            chunk = sock.recv(n, socket.MSG_DONTWAIT)
+        except OSError:
+            break
+        if not chunk:
+            break
+        parts.append(chunk)
+        n -= len(chunk)
+    return b"".join(parts)
 
 
 # -- backend side -------------------------------------------------------------

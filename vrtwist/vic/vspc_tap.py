@@ -45,6 +45,13 @@ class Options(usage.Options):
         ["api", "a", None, "endpoint for the JSON API (e.g. tcp:2378:interface=127.0.0.1)"],
         ["buffer", None, "262144", "bytes held per direction per VM before pausing the sender"],
         [
+            "control-lookahead",
+            None,
+            "1048576",
+            "bytes read ahead per pause on a paused ESX connection to reach option-232"
+            " commands such as VMOTION-BEGIN (0: never read ahead)",
+        ],
+        [
             "handoff-timeout",
             None,
             "30",
@@ -63,13 +70,15 @@ class Options(usage.Options):
             checkTemplate(self["backend"])
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
-        for key in ("buffer",):
+        for key in ("buffer", "control-lookahead"):
             try:
                 self[key] = int(self[key])
             except ValueError:
                 raise usage.UsageError(f"--{key} must be an integer") from None
-            if self[key] <= 0:
+            if self[key] <= 0 and key == "buffer":
                 raise usage.UsageError(f"--{key} must be positive")
+            if self[key] < 0:
+                raise usage.UsageError(f"--{key} must not be negative")
         for key in ("handoff-timeout", "vm-expire"):
             try:
                 self[key] = float(self[key])
@@ -87,6 +96,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         backendTemplate=options["backend"],
         serviceURI=options["service-uri"],
         bufferLimit=int(options["buffer"]),
+        controlLookahead=int(options["control-lookahead"]),
         handoffTimeout=float(options["handoff-timeout"]),
         vmExpire=float(options["vm-expire"]),
     )
