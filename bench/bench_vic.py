@@ -151,6 +151,12 @@ def cpuSeconds(pid: int) -> float:
 
 
 CPU: dict[str, list[float]] = {}  # case -> relay-process CPU seconds per run
+SELF: dict[str, list[float]] = {}  # case -> this process's CPU seconds (sender + sink)
+
+
+def selfCPU() -> float:
+    t = os.times()
+    return t.user + t.system
 
 
 def _unlink(path: str) -> None:
@@ -345,17 +351,25 @@ async def main(args: argparse.Namespace) -> None:
     many: list[tuple[float, float, float, float]] = []
     try:
         for run in range(args.runs):
+            c = selfCPU()
             rows["direct"].append(await direct(total))
+            SELF.setdefault("direct", []).append(selfCPU() - c)
             if "relay" in args.only:
                 for kind in ("unix", "tcp"):
                     for splice in (True, False):
                         name = f"vsock-relay {kind} ({'splice' if splice else 'copy'})"
+                        c = selfCPU()
                         rows[name].append(await vsockRelay(total, work, kind, splice))
+                        SELF.setdefault(name, []).append(selfCPU() - c)
             if "vspc" in args.only:
+                c = selfCPU()
                 (r,) = await vspcOnce(total, work, 1, up=True, esx=args.esx)
                 rows["vspc up"].append(total / (r[2] - r[0]) / MB)
+                SELF.setdefault("vspc up", []).append(selfCPU() - c)
+                c = selfCPU()
                 (r,) = await vspcOnce(total, work, 1, up=False, esx=args.esx)
                 rows["vspc down"].append(total / (r[2] - r[0]) / MB)
+                SELF.setdefault("vspc down", []).append(selfCPU() - c)
             if "vms" in args.only:
                 per = max(1, total // args.vms // 4)
                 res = await vspcOnce(per, work, args.vms, up=True)
@@ -383,9 +397,12 @@ async def main(args: argparse.Namespace) -> None:
     )
     print("'vs direct' is the median of per-run ratios (each case against the direct transfer")
     print("of the same run); 'CPU' is the relay/vSPC process's own CPU time for the transfer and")
-    print("'per core' the payload divided by it: what one core of relay could carry.")
-    print("| path | MB/s (median) | runs | vs direct | goal | CPU s | per core MB/s |")
-    print("|---|---|---|---|---|---|---|")
+    print("'per core' the payload divided by it: what one core of relay could carry;")
+    print("'bench CPU s' is this process's CPU (sender + sink, plus setup) for the case.")
+    print(
+        "| path | MB/s (median) | runs | vs direct | goal | CPU s | per core MB/s | bench CPU s |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     goals = {k: ">= 0.50" for k in rows if k.startswith("vsock")}
     goals.update({"direct": "", "vspc up": ">= 0.25", "vspc down": ">= 0.25"})
     for k, v in rows.items():
@@ -397,7 +414,10 @@ async def main(args: argparse.Namespace) -> None:
         cpuText = f"{cpu:.2f}" if cpu else ""
         perCore = f"{total / cpu / MB:,.0f}" if cpu else ""
         runs = " / ".join(f"{x:,.0f}" for x in v)
-        print(f"| {k} | {m:,.0f} | {runs} | {ratio:.2f} | {goals[k]} | {cpuText} | {perCore} |")
+        own = f"{statistics.median(SELF[k]):.2f}" if SELF.get(k) else ""
+        print(
+            f"| {k} | {m:,.0f} | {runs} | {ratio:.2f} | {goals[k]} | {cpuText} | {perCore} | {own} |"
+        )
     if not many:
         return
     agg = statistics.median(x[0] for x in many)

@@ -37,7 +37,7 @@ from zope.interface import implementer
 from vrtwist.vic import telnet as T
 from vrtwist.vic import vmware_ext as X
 from vrtwist.vic.interfaces import IVMPortTable
-from vrtwist.vsock.tuning import UNIX_SOCKET_BUFFER, tuneTransport
+from vrtwist.vsock.tuning import READ_SIZE_LARGE, UNIX_SOCKET_BUFFER, tuneTransport
 
 
 @dataclass
@@ -54,12 +54,12 @@ class VSPCConfig:
     backoffInitial: float = 0.2
     backoffMax: float = 10.0
     secretLength: int = 8
-    # ESX side: 128 KiB reads keep the IAC unescape (split + join) in cache and its
-    # allocations small; measured 0.34 s CPU per 256 MiB against 0.45 (64 KiB) and
-    # 0.57-0.60 (256 KiB, 1 MiB). Backend side: nothing to parse, so big reads
-    # (0.17 s per 256 MiB at 1 MiB against 0.29 at 64 KiB). docs/vic.md.
-    readSize: int = 128 * 1024
-    backendReadSize: int = 1024 * 1024
+    # 1 MiB reads (and write high-water marks) on both sides: fewer reactor trips
+    # and pause/resume flips per megabyte. That only pays with the allocator tuned
+    # (tuning.tuneAllocator, done by twistd vspc): with glibc's defaults each 1 MiB
+    # buffer is a fresh mmap and its page faults cost more than the parse. docs/vic.md.
+    readSize: int = READ_SIZE_LARGE
+    backendReadSize: int = READ_SIZE_LARGE
     # While an ESX connection is paused (backend stalled), peek at its socket this
     # often for an option-232 command (VMOTION-BEGIN, COMPLETE, ...) and consume up
     # to it, at most controlLookahead bytes per pause: ESX waits only 5 s for GOAHEAD.

@@ -18,6 +18,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
 from vrtwist.vic.vspc import VMPortTable, VSPCConfig, VSPCFactory, checkTemplate
+from vrtwist.vsock.tuning import tuneAllocator
 
 
 class Options(usage.Options):
@@ -92,6 +93,9 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         from twisted.internet import reactor as _reactor
 
         reactor = _reactor
+        # a real twistd process (tests pass their own reactor): size the allocator
+        # for relay buffers, see vrtwist.vsock.tuning.tuneAllocator
+        tuneAllocator()
     config = VSPCConfig(
         backendTemplate=options["backend"],
         serviceURI=options["service-uri"],

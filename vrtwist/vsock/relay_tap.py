@@ -21,6 +21,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
 from vrtwist.vsock.relay import BackendRoutes, RelayConfig, RouteError, VSockRelayFactory
+from vrtwist.vsock.tuning import tuneAllocator
 
 
 class Options(usage.Options):
@@ -83,6 +84,9 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         from twisted.internet import reactor as _reactor
 
         reactor = _reactor
+        # a real twistd process (tests pass their own reactor): size the allocator
+        # for relay buffers, see vrtwist.vsock.tuning.tuneAllocator
+        tuneAllocator()
     config = RelayConfig(
         routes=options["routes"],
         proxyProtocol=bool(options["proxy-protocol"]),
