@@ -534,3 +534,40 @@ class BatchTests(SynchronousTestCase):
         self.m.deleteRemoteRoute(name, "10.6.6.9", 24)  # any address of the prefix names it
         self.assertIsNone(route(self.dp(), vrf, "10.6.6.0", 24))
         self.assertEqual(self.agent.sync.errors, {})
+
+
+class ScheduledKickTests(SynchronousTestCase):
+    def test_changes_of_one_reactor_turn_form_one_batch(self) -> None:
+        from twisted.internet.testing import MemoryReactorClock
+
+        from vrtwist.agent.model import port_from_json
+
+        clock = MemoryReactorClock()
+        dp = Datapath()
+        model = DatapathModel(os_index=lambda name: 0)
+        sync = DatapathSync(model, schedule=lambda f: clock.callLater(0, f))
+        sync.attach(LocalChannel(dp))
+        clock.advance(0)
+        started, sent = sync._started, sync.requests_sent
+        flushed: list[object] = []
+        model.portAdded(port_from_json(port_body(1)))
+        sync.whenFlushed().addCallback(flushed.append)
+        model.portAdded(port_from_json(port_body(2)))
+        self.assertEqual((sync.requests_sent, flushed), (sent, []))  # nothing until the turn ends
+        idle: list[object] = []
+        sync.whenIdle().addCallback(idle.append)
+        clock.advance(0)
+        self.assertEqual(sync._started - started, 1)
+        self.assertEqual((flushed, idle, sync.errors), ([None], [None], {}))
+        self.assertEqual({v.name for v in dp.tables.interfaces.values()} >= {"tapv1", "tapv2"},
+                         True)
+        self.assertEqual(set(sync.applied), set(model.desired))
+        # detached while a kick is pending: nothing is sent, the change waits for attach
+        model.portDeleted(port_from_json(port_body(1)))
+        sync.attach(None)
+        clock.advance(0)
+        self.assertIn("tapv1", {v.name for v in dp.tables.interfaces.values()})
+        sync.attach(LocalChannel(dp))
+        clock.advance(0)
+        self.assertNotIn("tapv1", {v.name for v in dp.tables.interfaces.values()})
+        self.assertEqual(sync.errors, {})

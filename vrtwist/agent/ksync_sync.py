@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList, succeed
@@ -155,9 +155,15 @@ class DatapathSync:
 
     _log = Logger()
 
-    def __init__(self, model: DatapathModel, *, window: int = 128) -> None:
+    def __init__(self, model: DatapathModel, *, window: int = 128,
+                 schedule: Callable[[Callable[[], None]], object] | None = None) -> None:
         self.model = model
         self.window = window
+        # with ``schedule`` (e.g. ``lambda f: reactor.callLater(0, f)``) a change starts a
+        # batch at the end of the reactor turn, so the changes of every request and XMPP
+        # read handled in one turn are planned and bunched together
+        self._schedule = schedule
+        self._kick_pending = False
         self.channel: IKsyncChannel | None = None
         self.reader: IKsyncChannel | None = None  # used for reads before attach()
         # prefix lengths ever applied per (family, VRF): where covering routes may be
@@ -405,6 +411,17 @@ class DatapathSync:
         return ops
 
     def _kick(self) -> None:
+        if self._running or self.channel is None or not self.dirty:
+            return
+        if self._schedule is not None:
+            if not self._kick_pending:
+                self._kick_pending = True
+                self._schedule(self._kick_now)
+            return
+        self._kick_now()
+
+    def _kick_now(self) -> None:
+        self._kick_pending = False
         if not self._running and self.channel is not None and self.dirty:
             self._running = True
             d = Deferred.fromCoroutine(self._run())
@@ -627,7 +644,7 @@ class KsyncSynchroniser:
 
         self.reactor = reactor
         self.model = model
-        self.sync = DatapathSync(model)
+        self.sync = DatapathSync(model, schedule=lambda f: reactor.callLater(0, f))
         self.adopt_ids = adopt
         self.first_connect_timeout = first_connect_timeout
         self._stopping = False
