@@ -9,7 +9,6 @@ not take to Twisted, which keeps doing the buffering, producer pausing and error
 
 from __future__ import annotations
 
-import socket
 import types
 from typing import Any
 
@@ -20,7 +19,6 @@ from twisted.logger import Logger
 __all__ = ["send_now", "adapt_read_size", "shutdown_now", "read_now", "plain_reads"]
 
 _log = Logger()
-_TCP = (socket.AF_INET, socket.AF_INET6)
 
 #: Twisted reads 64 KiB per readiness event; bulk transfers grow this up to MAX_READ.
 BASE_READ = 65536
@@ -92,10 +90,10 @@ def shutdown_now(t: Any) -> None:
     connection, so send the FIN now and leave the transport in the state its own
     ``doWrite`` would have left it in.
     """
-    sock = getattr(t, "socket", None)
+    if getattr(t, "_writeDisconnected", False):
+        return  # done: Twisted's path would now try an empty send and fail with EPIPE
     if (
-        sock is None
-        or sock.family not in _TCP
+        getattr(t, "socket", None) is None
         or t.dataBuffer
         or t._tempDataLen
         or not t.connected

@@ -333,8 +333,12 @@ class _PendingConnect:
         _adopt(self.reactor, self.socket, self.family, self.splice)
 
     def connectionLost(self, reason: Failure) -> None:
+        # epoll reports a failed connect as an error event: say what the socket says.
         self._done()
+        err = self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         self.socket.close()
+        if err:
+            reason = Failure(error.getConnectError((err, os.strerror(err))))
         self.failed(reason)
 
     def _timeout(self) -> None:
