@@ -138,4 +138,4 @@ def plain_reads(t: Any) -> None:
     per read, on every hop of every message.
     """
     if isinstance(t, _SendmsgMixin) and isinstance(t, tcp.Connection):
-        t.doRead = types.MethodType(tcp.Connection.doRead, t)
+        t.doRead = types.MethodType(tcp.Connection.doRead, t)  # type: ignore[method-assign]
