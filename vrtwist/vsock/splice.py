@@ -6,9 +6,9 @@ module takes over the ``doRead``/``doWrite`` of two Twisted socket transports
 (TCP, unix, vsock: all ``tcp.Connection``) and runs one pipe per direction:
 
 * readable source: splice from it into its pipe, then drain the pipe into the
-  destination; if the destination would block, stop reading the source and wait
-  for the destination to become writable (that is the backpressure: kernel
-  buffers, nothing in Python);
+  destination; if the destination would block, wait for it to become writable
+  and keep reading the source only while the pipe has room (that is the
+  backpressure: kernel buffers bounded by the pipe, nothing in Python);
 * EOF: once the pipe is drained, ``shutdown(SHUT_WR)`` the destination
   (half-close); when both directions are done, both transports are closed;
 * an error on either socket closes both.
@@ -86,9 +86,17 @@ class _Direction:
         if self.done or self.eof:
             self.src.stopReading()
             return
+        room = self.capacity - self.inPipe
+        if room <= 0:
+            self.src.stopReading()  # flush() starts reading again once the pipe drains
+            return
         try:
-            n = os.splice(self.src.fileno(), self.w, self.capacity - self.inPipe or 1, flags=_FLAGS)
+            n = os.splice(self.src.fileno(), self.w, room, flags=_FLAGS)
         except BlockingIOError:
+            if self.waitingWrite:
+                # the pipe is full in slots (a slot per fragment, not per byte) while
+                # the destination is full too: wait for the destination
+                self.src.stopReading()
             return
         except OSError as e:
             self.pair.fail(e)
@@ -107,11 +115,14 @@ class _Direction:
             try:
                 m = os.splice(self.r, self.dst.fileno(), self.inPipe, flags=_FLAGS)
             except BlockingIOError:
-                # destination full: stop reading the source until it drains
-                self.src.stopReading()
+                # Destination full: wait until it is writable. Keep reading the
+                # source while the pipe has room (the pipe is the bound), so both
+                # sides do more per wake-up; stop once it is full.
                 if not self.waitingWrite:
                     self.waitingWrite = True
                     self.dst.startWriting()
+                if self.inPipe >= self.capacity:
+                    self.src.stopReading()
                 return
             except OSError as e:
                 self.pair.fail(e)
