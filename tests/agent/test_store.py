@@ -84,6 +84,32 @@ class GroupWriteTests(SynchronousTestCase):
         self.assertEqual(sorted(p.name for p in d.iterdir()),
                          [".blocked2.%d.g.tmp" % os.getpid(), "a", "blocked", "c"])
 
+    def test_failed_fsync_fails_only_its_item(self) -> None:
+        import errno
+        import pathlib
+
+        from vrtwist.agent import store
+
+        d = pathlib.Path(tempdir(self))
+        (d / "b").write_text('{"old": true}')
+        real = os.fsync
+        bad: list[int] = []
+
+        def fsync(fd: int) -> None:
+            if os.readlink(f"/proc/self/fd/{fd}").endswith(".b.%d.g.tmp" % os.getpid()):
+                bad.append(fd)
+                raise OSError(errno.EIO, "Input/output error")
+            real(fd)
+        self.patch(store.os, "fsync", fsync)
+        results = store.write_json_group([(d / n, {n: 1}) for n in ("a", "b", "c", "e")])
+        self.assertEqual(len(bad), 1)
+        self.assertEqual([r is None for r in results], [True, False, True, True])
+        self.assertIn("cannot write", str(results[1]))
+        self.assertEqual(json.loads((d / "b").read_text()), {"old": True})  # old file kept
+        self.assertEqual(sorted(p.name for p in d.iterdir()), ["a", "b", "c", "e"])
+        for n in ("a", "c", "e"):
+            self.assertEqual(json.loads((d / n).read_text()), {n: 1})
+
     def test_concurrent_writes_are_batched(self) -> None:
         import pathlib
 
