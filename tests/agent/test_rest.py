@@ -144,6 +144,38 @@ class PortEndpointTests(SynchronousTestCase):
         # what was there before is untouched
         self.assertIsNotNone(self.agent.table.get(port_body(1)["id"]))
 
+    def test_file_written_before_the_post_is_not_rewritten(self) -> None:
+        # what vrouter-port-control does: the file first, then the POST
+        b = port_body(7)
+        self.agent.store.write(b["id"], port_from_json(b).to_file_json())
+        path = self.agent.store.path_for(b["id"])
+        before = os.stat(path)
+        self.assertEqual(self.agent.call("POST", "/port", b), (200, {}))
+        after = os.stat(path)
+        self.assertEqual((before.st_ino, before.st_mtime_ns), (after.st_ino, after.st_mtime_ns))
+        self.assertIsNotNone(self.agent.model.port_ids(b["id"]))
+        # a different file under a new uuid is replaced
+        c = port_body(10)
+        self.agent.store.write(c["id"], port_from_json(dict(c, **{"ip-address": "10.9.9.9"}))
+                               .to_file_json())
+        self.assertEqual(self.agent.call("POST", "/port", c), (200, {}))
+        with open(self.agent.store.path_for(c["id"])) as f:
+            self.assertEqual(json.load(f)["ip-address"], c["ip-address"])
+
+    def test_refused_port_leaves_a_file_it_did_not_write(self) -> None:
+        from vrtwist.agent.dpstate import IdAllocator
+
+        self.agent.model.labels = IdAllocator("MPLS label", 16, 16)  # no label left
+        b = port_body(8)
+        self.agent.store.write(b["id"], port_from_json(b).to_file_json())
+        code, _body = self.agent.call("POST", "/port", b)
+        self.assertEqual(code, 503)
+        self.assertTrue(self.agent.store.exists(b["id"]))  # vrouter-port-control's file
+        self.assertIsNone(self.agent.table.get(b["id"]))
+        c = port_body(9)
+        self.assertEqual(self.agent.call("POST", "/port", c)[0], 503)
+        self.assertFalse(self.agent.store.exists(c["id"]))  # its own file is taken back
+
     def test_file_removal_failure_is_500_and_the_port_kept(self) -> None:
         self.agent.call("POST", "/port", SAMPLE)
         os.chmod(self.file(UUID), 0o644)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList, DeferredLock, maybeDeferred
@@ -27,7 +28,7 @@ from vrtwist.agent.model import (
     port_from_vm,
     vm_port_to_json,
 )
-from vrtwist.agent.store import GroupWriter, PortFileError
+from vrtwist.agent.store import UNCHANGED, GroupWriter, PortFileError
 
 DEFAULT_STALE_TIMEOUT = 60.0
 
@@ -142,16 +143,14 @@ class PortTable:
 
         async def go() -> None:
             todo = [p for p in batch if not self._known_same(p)]
-            on_disk = [p for p in todo if self.store.exists(p.id)]
-            if on_disk:  # e.g. written by vrouter-port-control just before: compare
-                same = await self._run_io(self._files_unchanged, on_disk)
-                skip = {p.id for p, unchanged in zip(on_disk, same, strict=True) if unchanged}
-                todo = [p for p in todo if p.id not in skip]
             if not todo:
                 self._apply_batch(batch, [])
                 return
+            # a file already holding the same port (written by vrouter-port-control just
+            # before the POST) is not written again; checked in the writer's thread
             writes = DeferredList(
-                [self._writer.write(self.store.path_for(p.id), p.to_file_json())
+                [self._writer.write(self.store.path_for(p.id), p.to_file_json(),
+                                    partial(self._file_matches, p))
                  for p in todo], consumeErrors=True)
             # ports that are all new are programmed while their files are being written;
             # a failed write then takes them out again (a replacement waits for its file)
@@ -162,10 +161,12 @@ class PortTable:
                 except Exception:
                     results = await writes
                     await self._run_io(self._undo_files, [
-                        p.id for p, (ok, _r) in zip(todo, results, strict=True) if ok])
+                        p.id for p, (ok, r) in zip(todo, results, strict=True)
+                        if ok and r != UNCHANGED])
                     raise
             results = await writes
-            written = [p.id for p, (ok, _r) in zip(todo, results, strict=True) if ok]
+            written = [p.id for p, (ok, r) in zip(todo, results, strict=True)
+                       if ok and r != UNCHANGED]
             failed: list[Any] = [r for ok, r in results if not ok]
             if failed:
                 if early:
@@ -188,11 +189,6 @@ class PortTable:
             for uuid in done:
                 self._remove(uuid)
             raise
-
-    def _files_unchanged(self, ports: list[Port]) -> list[bool]:
-        """Per port: is its file already there with the same settings?  (A file written by
-        vrouter-port-control just before the POST is not written again.)"""
-        return [self._file_matches(p) for p in ports]
 
     def _undo_files(self, written: list[str]) -> None:
         for uuid in written:

@@ -58,17 +58,36 @@ def write_json_atomic(path: Path, body: dict[str, Any]) -> None:
         raise PortFileError(e.errno, f"cannot write {path}: {e.strerror}") from e
 
 
-def write_json_group(items: list[tuple[Path, dict[str, Any]]]) -> list[PortFileError | None]:
+#: :func:`write_json_group` result of an item whose ``unchanged`` check said so: not written.
+UNCHANGED = "unchanged"
+
+GroupItem = tuple[Path, dict[str, Any]] | tuple[Path, dict[str, Any],
+                                                Callable[[], bool] | None]
+
+
+def write_json_group(items: list[GroupItem]) -> list[PortFileError | str | None]:
     """Write several files atomically with one journal commit for the lot (group commit).
 
     Every temporary file is written, then all are fsynced (the first fsync commits the
     journal transaction that holds them all, the others find little left to do), then all
     are renamed and each directory is fsynced once.  Returns one error (or None) per item;
-    a failed item never affects the others.
+    a failed item never affects the others.  An item's optional third element is a check
+    run here, off the reactor thread: when it says the file already holds this content the
+    item is not written and its result is :data:`UNCHANGED`.
     """
-    results: list[PortFileError | None] = [None] * len(items)
+    results: list[PortFileError | str | None] = [None] * len(items)
     staged: list[tuple[int, int, Path, Path]] = []  # (item, fd, tmp, path)
-    for i, (path, body) in enumerate(items):
+    for i, item in enumerate(items):
+        path, body = item[0], item[1]
+        check = item[2] if len(item) > 2 else None  # type: ignore[misc]
+        if check is not None:
+            try:
+                same = check()
+            except Exception:
+                same = False
+            if same:
+                results[i] = UNCHANGED
+                continue
         data = (json.dumps(body, indent=4, sort_keys=True) + "\n").encode()
         tmp = path.with_name(f".{path.name}.{os.getpid()}.g.tmp")
         try:
@@ -161,13 +180,17 @@ class GroupWriter:
 
     def __init__(self, run_io: Callable[..., Deferred[Any]]) -> None:
         self._run_io = run_io
-        self._queue: list[tuple[Path, dict[str, Any], Deferred[None]]] = []
+        self._queue: list[tuple[Path, dict[str, Any], Callable[[], bool] | None,
+                                Deferred[str | None]]] = []
         self._busy = False
         self.batches = 0
 
-    def write(self, path: Path, body: dict[str, Any]) -> Deferred[None]:
-        d: Deferred[None] = Deferred()
-        self._queue.append((path, body, d))
+    def write(self, path: Path, body: dict[str, Any],
+              unchanged: Callable[[], bool] | None = None) -> Deferred[str | None]:
+        """Queue a write; fires with None once durable, or :data:`UNCHANGED` when the
+        ``unchanged`` check (run in the writer's thread) found the file already right."""
+        d: Deferred[str | None] = Deferred()
+        self._queue.append((path, body, unchanged, d))
         self._kick()
         return d
 
@@ -178,22 +201,22 @@ class GroupWriter:
         self._busy = True
         self.batches += 1
 
-        def done(results: list[PortFileError | None]) -> None:
+        def done(results: list[PortFileError | str | None]) -> None:
             self._busy = False
-            for (_p, _b, d), err in zip(batch, results, strict=True):
-                if err is None:
-                    d.callback(None)
+            for (_p, _b, _c, d), res in zip(batch, results, strict=True):
+                if isinstance(res, PortFileError):
+                    d.errback(res)
                 else:
-                    d.errback(err)
+                    d.callback(res)
             self._kick()
 
         def crashed(f: Any) -> None:
             self._busy = False
-            for _p, _b, d in batch:
+            for _p, _b, _c, d in batch:
                 d.errback(f)
             self._kick()
 
-        self._run_io(write_json_group, [(p, b) for p, b, _ in batch]).addCallbacks(
+        self._run_io(write_json_group, [(p, b, c) for p, b, c, _ in batch]).addCallbacks(
             done, crashed)
 
 
