@@ -101,3 +101,17 @@ class ControllerOptionsTests(TestCase):
         await top.stopService()
         for s in list(node.sessions.values()):
             s.transport.abortConnection()
+
+
+class GcTuningTests(TestCase):
+    def test_thresholds_raised_never_lowered(self) -> None:
+        import gc
+
+        saved = gc.get_threshold()
+        self.addCleanup(gc.set_threshold, *saved)
+        gc.set_threshold(700, 10, 10)
+        tap.tune_gc()
+        self.assertEqual(gc.get_threshold(), tap.GC_THRESHOLDS)
+        gc.set_threshold(50_000, 5, 5)
+        tap.tune_gc()
+        self.assertEqual(gc.get_threshold(), (50_000, 5, 5))

@@ -74,6 +74,12 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         from twisted.internet import reactor as _reactor
 
         reactor = _reactor
+    try:  # the agent's collector tuning: the control node holds every route too
+        from vrtwist.agent.tap import tune_gc
+    except ImportError:  # pragma: no cover - the agent package is not installed
+        pass
+    else:
+        tune_gc()
     tls = None
     if options["xmpp-cert"]:
         tls = mutual_tls_options(options["xmpp-cert"], options["xmpp-key"], options["xmpp-ca"])
