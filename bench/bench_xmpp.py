@@ -631,6 +631,8 @@ def main() -> None:
         choices=["model", "count"],
         help="receivers program the agent's DatapathModel, or only count routes",
     )
+    p.add_argument("--daemon-gc", action="store_true",
+                   help="components: run with the daemons' gc thresholds (vrtwist.agent.tap)")
     p.add_argument("--base", type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument("--agents", type=int, default=1)
     p.add_argument("--index", type=int, default=0)
@@ -644,6 +646,10 @@ def main() -> None:
             print(f"{k:40s} {v:12,.1f}")
         return
     if args.mode == "components":
+        if args.daemon_gc:
+            from vrtwist.agent.tap import tune_gc
+
+            tune_gc()
         for k, v in components(args.routes).items():
             print(f"{k:45s} {v:12,.0f}")
         return
