@@ -151,6 +151,7 @@ def cpuSeconds(pid: int) -> float:
 
 
 CPU: dict[str, list[float]] = {}  # case -> relay-process CPU seconds per run
+GUEST_SNDBUF = 0  # --guest-sndbuf: SO_SNDBUF of the unix stand-in's caller (0: default)
 SELF: dict[str, list[float]] = {}  # case -> this process's CPU seconds (sender + sink)
 
 
@@ -221,6 +222,11 @@ async def vsockRelay(total: int, workdir: str, listen: str = "unix", splice: boo
             f.protocols.clear()
             f.arrived = defer.Deferred()
         client = await connectRetry(ep, Protocol)
+        if listen == "unix" and GUEST_SNDBUF:
+            # what a VMM mapping vsock to a unix socket could choose (not the default)
+            import socket as _s
+
+            client.transport.socket.setsockopt(_s.SOL_SOCKET, _s.SO_SNDBUF, GUEST_SNDBUF)
         c0 = cpuSeconds(proc.pid)
         t0 = time.perf_counter()
         Sender(client.transport, block(), CHUNK, total)
@@ -442,7 +448,14 @@ if __name__ == "__main__":
     ap.add_argument("--vms", type=int, default=50)
     ap.add_argument("--only", default="relay,vspc,vms", help="subset: relay, vspc, vms")
     ap.add_argument("--esx", default="tcp", choices=("tcp", "unix"), help="ESX -> vSPC link")
+    ap.add_argument(
+        "--guest-sndbuf",
+        type=int,
+        default=0,
+        help="SO_SNDBUF for the caller of the unix stand-in (default: the kernel's, 208 KiB)",
+    )
     a = ap.parse_args()
+    GUEST_SNDBUF = a.guest_sndbuf
 
     def run() -> defer.Deferred[None]:
         d = defer.ensureDeferred(main(a))
