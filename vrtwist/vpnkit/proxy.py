@@ -264,9 +264,7 @@ def dial(reactor: Any, dest: Destination, splice: Splice, failed: Any) -> None:
     except OSError as e:
         failed(Failure(error.ConnectError(string=str(e))))
         return
-    s.setblocking(False)
-    if family != socket.AF_UNIX:
-        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    s.setblocking(False)  # TCP_NODELAY: set once the splice is wired, as for accepted sockets
     try:
         err = s.connect_ex(addr)
         if err in (errno.EINPROGRESS, errno.EAGAIN):
