@@ -115,3 +115,25 @@ class GcTuningTests(TestCase):
         gc.set_threshold(50_000, 5, 5)
         tap.tune_gc()
         self.assertEqual(gc.get_threshold(), (50_000, 5, 5))
+
+
+class FabricIpWarningTests(TestCase):
+    timeout = 60
+
+    async def test_controller_without_fabric_ip_is_warned_about(self) -> None:
+        from twisted.logger import capturedLogs, formatEvent
+
+        d = tempdir(self)
+        opts = tap.Options()
+        opts.parseOptions(["--run-dir", d, "--state-dir", d, "--rest",
+                           "tcp:0:interface=127.0.0.1", "--no-tap-check",
+                           "--flow-entries", "64", "--bridge-entries", "64",
+                           "--controller", "tcp:127.0.0.1:1"])
+        top = tap.makeService(opts)
+        with capturedLogs() as logs:
+            top.privilegedStartService()
+            top.startService()
+            await top.getServiceNamed("agent").ready
+        await top.stopService()
+        text = "\n".join(formatEvent(e) for e in logs)
+        self.assertIn("--controller without --fabric-ip", text)

@@ -139,6 +139,9 @@ class AgentService(MultiService):
         except ImportError as e:
             self._log.error("--controller given but the XMPP link is unavailable: {e}", e=e)
             return
+        if self.fabric_ip in ("", "0.0.0.0"):
+            self._log.warn("--controller without --fabric-ip: routes are published with next "
+                           "hop 0.0.0.0 and the datapath refuses tunnels from it (EINVAL)")
         routes: Any = self.model  # provides IRouteProgrammer == xmpp's IRemoteRouteSink
         link = makeControllerLink(self.reactor, self.controllers, self.hostname,
                                   self.fabric_ip, routes, **self.link_kwargs)
