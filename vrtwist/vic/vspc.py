@@ -305,6 +305,8 @@ class VSPCConnection(Protocol):
             data = _recvUpTo(sock, len(peeked) if end is None else end)
             self._lookUsed += len(data)
             self.lookaheadReads += 1
+            if self.port is not None:
+                self.port.counters.lookaheadReads += 1
             if end is not None:
                 self._log.info(
                     "ESX {peer}: option-232 command read {n} bytes ahead while paused",
@@ -591,6 +593,7 @@ class _Counters:
     aborted: int = 0
     expired: int = 0
     backendConnects: int = 0
+    lookaheadReads: int = 0
 
 
 class SerialPort:
@@ -956,6 +959,7 @@ class SerialPort:
             "handoffs_refused": self.counters.notnow,
             "handoffs_aborted": self.counters.aborted,
             "handoffs_expired": self.counters.expired,
+            "control_lookahead_reads": self.counters.lookaheadReads,
             "vmotion": None
             if h is None
             else {
