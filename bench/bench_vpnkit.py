@@ -12,7 +12,9 @@ servers (sink, source, echo), and measures from this process with blocking socke
 Each figure is measured through vpnkit and directly in the same run, by the same client
 code in this one process: with ``--repeat R`` the direct and vpnkit runs alternate R
 times, the table gives the median of each and the median of the per-run ratios (or of
-the per-run added microseconds).  Usage::
+the per-run added microseconds).  The CPU time (user + system, from /proc) that the two
+vpnkit processes spend per proxied connection and per round trip is printed below the
+table: on a shared machine it moves far less than the rates do.  Usage::
 
     python bench/bench_vpnkit.py [--size MiB] [--conns N] [--rtts N] [--window BYTES] [--repeat R]
 """
