@@ -245,6 +245,28 @@ class RelayNetTests(TestCase):
             p.transport.loseConnection()  # type: ignore[union-attr]
             await p.done
 
+    async def unixBackend(self, **kw: Any) -> tuple[PeerFactory, str]:
+        f = PeerFactory(**kw)
+        self.factories.append(f)
+        path = os.path.join(self.dir, "backend.sock")
+        port = await serverFromString(reactor, f"unix:{path}").listen(f)
+        self.addCleanup(port.stopListening)
+        return f, path
+
+    async def test_unix_to_unix(self) -> None:
+        """A unix stand-in relayed to a unix backend (the appliance's socket): spliced too."""
+        backends, bpath = await self.unixBackend(answerAtEOF=True)
+        sock = os.path.join(self.dir, "r.sock")
+        relay = await self.relay(f"unix:{sock}", f"unix:{bpath}")
+        client = await self.unixClient(sock)
+        data = random.Random(11).randbytes(5 * 1024 * 1024 + 3)
+        Pump(client.transport, data)
+        await client.done
+        self.assertEqual(bytes(client.received), hashlib.sha256(data).hexdigest().encode())
+        self.assertTrue(backends.peers[0].eof)
+        self.assertEqual(relay.stats.spliced, 1 if self.splice else 0)
+        self.assertEqual(relay.stats.bytesToBackend, len(data))
+
     async def test_half_close_both_ways_unix_to_tcp(self) -> None:
         backends, bport = await self.tcpBackend(answerAtEOF=True)
         sock = os.path.join(self.dir, "r.sock")
