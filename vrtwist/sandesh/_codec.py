@@ -216,64 +216,108 @@ def _var_fields(spec: MessageSpec) -> list[FieldSpec]:
     return [f for f in spec.fields if f.wire in (T_STRING, T_LIST)]
 
 
-def _gen_encoder(spec: MessageSpec) -> Callable[[Any], bytes]:
-    """Encoder packing the whole message with one ``struct.Struct`` call.
+#: Most arguments per generated ``pack`` call: CPython compiles calls with more than 30
+#: positional arguments into a list build plus ``CALL_FUNCTION_EX``, which costs more than
+#: a second call.
+_ENCODE_CHUNK = 30
 
-    A shape is the tuple of string byte lengths and list element counts. Per shape the
-    codec caches a Struct that packs only the values (name, field headers, lengths and
-    T_STOP are pad bytes; list elements are passed with ``*``, so the Struct range-checks
-    them) and the integer form of those constant bytes, OR-ed in after packing. A message
-    costs one ``pack`` and three big-integer operations however many fields it has; that
-    measured faster than passing the headers as arguments. Messages without strings or
-    lists pass their headers as arguments to one fixed Struct.
+
+def _gen_encoder(spec: MessageSpec) -> Callable[[Any], bytes]:
+    """Encoder packing a message with one ``struct.Struct`` call per 30 arguments.
+
+    The constant bytes (name, each field header) are bytes literals in the generated code,
+    passed as ``s`` items, so each field costs one constant and one value. The header of a
+    string or list includes its length, so it comes from the shape entry: a message's
+    *shape* (its string byte lengths and list element counts) selects cached Structs and
+    those headers. ``list<byte>`` values go in as ``bytes(v)`` (which also range-checks
+    them), other lists element by element with ``*``. Values the fast path cannot take
+    as they are (``None``, the other signedness, wrong types) make it raise, and the
+    generic encoder takes over, normalising or naming the field.
     """
     name = spec.name.encode()
-    var = _var_fields(spec)
-    ns: dict[str, Any] = {"_frombytes": int.from_bytes}
+    ns: dict[str, Any] = {"_bytes": bytes}
     lines = ["def enc(o):"]
-    values: list[str] = []
-    for f in spec.fields:
+    # (argument expression, its format; or None and what it is: "h"ead/"v"alue, field index)
+    items: list[tuple[str, str | None, str, int]] = []
+    keys: list[str] = []
+    hnames: list[str] = []
+    pending = _I32.pack(len(name)) + name
+    for k, f in enumerate(spec.fields):
+        pending += _FIELD_HDR.pack(f.wire, f.fid)
         if f.wire == T_STRING:
-            lines.append("    b%d = o.%s.encode('utf-8', 'surrogateescape')" % (f.fid, f.name))
-            values.append("b%d" % f.fid)
+            lines.append("    b%d = o.%s.encode('utf-8', 'surrogateescape')" % (k, f.name))
+            keys.append("len(b%d)" % k)
+            items.append(("h%d" % k, None, "h", k))
+            items.append(("b%d" % k, None, "v", k))
+            hnames.append("h%d" % k)
         elif f.wire == T_LIST:
-            lines.append("    v%d = o.%s" % (f.fid, f.name))
-            values.append("*v%d" % f.fid)
+            lines.append("    v%d = o.%s" % (k, f.name))
+            keys.append("len(v%d)" % k)
+            items.append(("h%d" % k, None, "h", k))
+            items.append(("_bytes(v%d)" % k if f.elem == T_BYTE else "*v%d" % k, None, "v", k))
+            hnames.append("h%d" % k)
         else:
-            values.append("o.%s" % f.name)
-    if not var:
-        fmt = ">i%ds" % len(name) + "".join("Bh" + SCALAR_FORMAT[f.wire] for f in spec.fields) + "x"
-        args = [str(len(name)), "_NAME"]
-        for f in spec.fields:
-            args += [str(f.wire), str(f.fid), "o.%s" % f.name]
-        ns["S"] = struct.Struct(fmt)
-        ns["_NAME"] = name
-        lines.append("    return S.pack(%s)" % ", ".join(args))
-    else:
-        cache: dict[tuple[int, ...], tuple[Any, int, int]] = {}
+            items.append((repr(pending), "%ds" % len(pending), "", k))
+            items.append(("o.%s" % f.name, SCALAR_FORMAT[f.wire], "", k))
+            pending = b""
+            continue
+        # The constant part of a var field's header is merged into its shape-dependent part.
+        ns["P%d" % k] = pending
+        pending = b""
+    chunks = [items[i : i + _ENCODE_CHUNK] for i in range(0, len(items), _ENCODE_CHUNK)]
+    var = [f for f in spec.fields if f.wire in (T_STRING, T_LIST)]
+    var_index = [k for k, f in enumerate(spec.fields) if f.wire in (T_STRING, T_LIST)]
 
-        def shape(key: tuple[int, ...]) -> tuple[Any, int, int]:
-            fmt = ">%dx" % (4 + len(name))
-            const = bytearray(_I32.pack(len(name)) + name)
-            it = iter(key)
-            for f in spec.fields:
-                const += _FIELD_HDR.pack(f.wire, f.fid)
-                if f.wire == T_STRING:
-                    n = next(it)
-                    const += _I32.pack(n) + bytes(n)
-                    fmt += "7x%ds" % n
-                elif f.wire == T_LIST:
-                    n = next(it)
-                    const += _LIST_HDR.pack(f.elem, n) + bytes(n * SCALAR_SIZE[f.elem])
-                    fmt += "8x%d%s" % (n, SCALAR_FORMAT[f.elem])
+    def formats(lens: tuple[int, ...]) -> tuple[list[str], list[bytes]]:
+        by_k = dict(zip(var_index, lens, strict=True))
+        heads: list[bytes] = []
+        fmts: list[str] = []
+        for chunk in chunks:
+            fmt = ">"
+            for _, f, kind, k in chunk:
+                if f is not None:
+                    fmt += f
+                    continue
+                n = by_k[k]
+                fs = spec.fields[k]
+                if kind == "h":
+                    h = ns["P%d" % k]
+                    h += _I32.pack(n) if fs.wire == T_STRING else _LIST_HDR.pack(fs.elem, n)
+                    heads.append(h)
+                    fmt += "%ds" % len(h)
+                elif fs.wire == T_STRING or fs.elem == T_BYTE:
+                    fmt += "%ds" % n
                 else:
-                    const += bytes(SCALAR_SIZE[f.wire])
-                    fmt += "3x" + SCALAR_FORMAT[f.wire]
-            const += b"\x00"
-            fmt += "x"
-            s = struct.Struct(fmt)
-            assert s.size == len(const)
-            entry = (s.pack, int.from_bytes(const, "big"), s.size)
+                    fmt += "%d%s" % (n, SCALAR_FORMAT[fs.elem])
+            fmts.append(fmt)
+        fmts[-1] += "x"
+        return fmts, heads
+
+    def calls(packs: list[str]) -> str:
+        parts = [
+            "%s(%s)" % (p, ", ".join(item[0] for item in c))
+            for p, c in zip(packs, chunks, strict=True)
+        ]
+        if len(parts) == 1:
+            return parts[0]
+        if len(parts) == 2:
+            return "%s + %s" % tuple(parts)
+        return "b''.join((%s))" % ", ".join(parts)
+
+    packs = ["_p%d" % i for i in range(len(chunks))]
+    if not var:
+        fmts, _ = formats(())
+        for p, fmt in zip(packs, fmts, strict=True):
+            ns[p] = struct.Struct(fmt).pack
+        lines.append("    return %s" % calls(packs))
+    else:
+        cache: dict[tuple[int, ...], tuple[Any, ...]] = {}
+
+        def shape(key: tuple[int, ...]) -> tuple[Any, ...]:
+            if any(n < 0 for n in key):
+                raise ValueError("negative length")
+            fmts, heads = formats(key)
+            entry = tuple(struct.Struct(fmt).pack for fmt in fmts) + tuple(heads)
             if len(cache) >= _SHAPE_CACHE_MAX:
                 cache.clear()
             cache[key] = entry
@@ -281,14 +325,9 @@ def _gen_encoder(spec: MessageSpec) -> Callable[[Any], bytes]:
 
         ns["_cache"] = cache
         ns["_mk"] = shape
-        lines.append(
-            "    k = (%s,)"
-            % ", ".join(("len(b%d)" if f.wire == T_STRING else "len(v%d)") % f.fid for f in var)
-        )
-        lines.append("    p, c, n = _cache.get(k) or _mk(k)")
-        lines.append(
-            "    return (_frombytes(p(%s), 'big') | c).to_bytes(n, 'big')" % ", ".join(values)
-        )
+        lines.append("    k = (%s,)" % ", ".join(keys))
+        lines.append("    %s, = _cache.get(k) or _mk(k)" % ", ".join(packs + hnames))
+        lines.append("    return %s" % calls(packs))
     src = "\n".join(lines) + "\n"
     exec(compile(src, "<vrtwist.sandesh encode %s>" % spec.name, "exec"), ns)
     fn: Callable[[Any], bytes] = ns["enc"]
@@ -380,19 +419,27 @@ def _gen_decoder(spec: MessageSpec) -> _SegmentDecoder:
 
 
 _ShapeDecoder = Callable[[bytes, int, int], "tuple[Any, int] | None"]
+_WholeDecoder = Callable[[bytes], Any]
 
 
-def _compile_shape(spec: MessageSpec, lens: tuple[int, ...]) -> _ShapeDecoder:
-    """Whole-message decoder for one shape: a mask check, one unpack into the attributes.
+def _compile_shape(
+    spec: MessageSpec, lens: tuple[int, ...]
+) -> tuple[_ShapeDecoder, _WholeDecoder, int]:
+    """Decoders for one shape of a message: a mask check, one unpack into the attributes.
 
-    The mask covers every field header, string/list length, list element type and the
-    T_STOP byte, so one big-integer comparison proves the input has exactly this layout.
-    The unpack yields one item per field (strings and lists as raw bytes) and is assigned
-    straight to the new object's attributes in declaration order (``(ob.a, ob.b, ...) =
-    t``: CPython stores those as inline values, about twice as fast as building a dict);
-    then the few strings and lists are converted in place.
+    The mask covers the name, every field header, string/list length, list element type
+    and the T_STOP byte, so one big-integer comparison proves the input has exactly this
+    layout. The unpack yields one item per field (strings and lists as raw bytes) and is
+    assigned straight to the new object's attributes in declaration order (``(ob.a, ob.b,
+    ...) = t``: CPython stores those as inline values, about twice as fast as building a
+    dict); then the few strings and lists are converted in place.
+
+    Returns ``dec(buf, o, end) -> (obj, end of message) | None`` for a message starting at
+    ``o``, ``whole(buf) -> obj | None`` for a buffer of exactly ``size`` bytes holding just
+    this message (the caller checks the length), and ``size``.
     """
-    fmt = ">"
+    name = spec.name.encode()
+    fmt = ">%dx" % (4 + len(name))
     expect = bytearray()
     maskb = bytearray()
     fixups: list[str] = []
@@ -406,6 +453,7 @@ def _compile_shape(spec: MessageSpec, lens: tuple[int, ...]) -> _ShapeDecoder:
         expect.extend(bytes(n))
         maskb.extend(bytes(n))
 
+    fixed(_I32.pack(len(name)) + name)
     for f in spec.fields:
         fixed(_FIELD_HDR.pack(f.wire, f.fid))
         a = "ob.%s" % f.name
@@ -441,45 +489,68 @@ def _compile_shape(spec: MessageSpec, lens: tuple[int, ...]) -> _ShapeDecoder:
     ns: dict[str, Any] = {
         "_new": object.__new__,
         "_cls": spec.cls,
-        "_unpack": s.unpack_from,
+        "_unpack_from": s.unpack_from,
+        "_unpack": s.unpack,
         "_frombytes": int.from_bytes,
         "_ls": _list_struct,
         "MASK": int.from_bytes(maskb, "big"),
         "EXPECT": int.from_bytes(expect, "big"),
     }
+    targets = ", ".join("ob.%s" % f.name for f in spec.fields)
+    fix = "".join("    %s\n" % x for x in fixups)
     src = (
         "def dec(buf, o, end):\n"
         "    e = o + %d\n"
         "    if e > end or _frombytes(buf[o:e], 'big') & MASK != EXPECT: return None\n"
         "    ob = _new(_cls)\n"
-        "    (%s,) = _unpack(buf, o)\n"
+        "    (%s,) = _unpack_from(buf, o)\n"
         "%s"
         "    return ob, e\n"
-        % (
-            s.size,
-            ", ".join("ob.%s" % f.name for f in spec.fields),
-            "".join("    %s\n" % x for x in fixups),
-        )
+        "def whole(buf):\n"
+        "    if _frombytes(buf, 'big') & MASK != EXPECT: return None\n"
+        "    ob = _new(_cls)\n"
+        "    (%s,) = _unpack(buf)\n"
+        "%s"
+        "    return ob\n" % (s.size, targets, fix, targets, fix)
     )
     exec(compile(src, "<vrtwist.sandesh shape %s>" % spec.name, "exec"), ns)
-    fn: _ShapeDecoder = ns["dec"]
-    return fn
+    return ns["dec"], ns["whole"], s.size
+
+
+#: Buffer length -> the decoder of the most recently used compiled shape of that total
+#: size. ``decode`` of a buffer holding exactly one message (a request, a bare vr_response)
+#: tries it first: one dict lookup by length, one mask check, one unpack.
+_WHOLE: dict[int, _WholeDecoder] = {}
 
 
 class _TypeDecoder:
     """Everything needed to decode one message type, with its shape-learning state."""
 
-    __slots__ = ("spec", "plen", "segments", "mru", "recent", "shapes", "seen")
+    __slots__ = (
+        "spec",
+        "plen",
+        "segments",
+        "mru",
+        "mru_whole",
+        "recent",
+        "shapes",
+        "wholes",
+        "seen",
+    )
 
     def __init__(self, spec: MessageSpec) -> None:
         self.spec = spec
         self.plen = 4 + len(spec.name.encode())
         self.segments: _SegmentDecoder | None = None  # generated on first use
+        #: The shape tried first (``dec`` of ``_compile_shape``) and its ``whole``.
         self.mru: _ShapeDecoder | None = None
+        self.mru_whole: _WholeDecoder | None = None
         #: Other recently used shapes, tried before the segment path (a process that both
         #: sends requests and receives objects of one type alternates between shapes).
         self.recent: list[_ShapeDecoder] = []
         self.shapes: dict[tuple[int, ...], _ShapeDecoder] = {}
+        #: ``dec`` -> (``whole``, size) of each compiled shape.
+        self.wholes: dict[_ShapeDecoder, tuple[_WholeDecoder, int]] = {}
         self.seen: dict[tuple[int, ...], int] = {}
 
     def learn(self, lens: tuple[int, ...]) -> None:
@@ -495,7 +566,9 @@ class _TypeDecoder:
             if any(n < 0 for n in lens):
                 return
             self.seen.pop(lens, None)
-            sh = self.shapes[lens] = _compile_shape(self.spec, lens)
+            sh, whole, size = _compile_shape(self.spec, lens)
+            self.shapes[lens] = sh
+            self.wholes[sh] = (whole, size)
         self.promote(sh)
 
     def promote(self, sh: _ShapeDecoder) -> None:
@@ -509,6 +582,9 @@ class _TypeDecoder:
             self.recent.insert(0, old)
             del self.recent[_RECENT_SHAPES:]
         self.mru = sh
+        whole, size = self.wholes[sh]
+        self.mru_whole = whole
+        _WHOLE[size] = whole
 
 
 # ---------------------------------------------------------------------------------------------
@@ -746,19 +822,18 @@ def _decode_name(buf: bytes, offset: int) -> tuple[_TypeDecoder, int]:
 def decode_one(buf: bytes, offset: int = 0) -> tuple[Any, int]:
     """Decode the message starting at ``offset``; return it and the offset after it."""
     end = len(buf)
-    o = offset
-    td = _BY_PREFIX.get(buf[o : o + 4 + buf[o + 3]]) if end - o >= 4 else None
+    td = _BY_PREFIX.get(buf[offset : offset + 4 + buf[offset + 3]]) if end - offset >= 4 else None
     if td is None:
         td, o = _decode_name(buf, offset)
     else:
-        o += td.plen
+        o = offset + td.plen
     sh = td.mru
     if sh is not None:
-        r0 = sh(buf, o, end)
+        r0 = sh(buf, offset, end)
         if r0 is not None:
             return r0
         for other in td.recent:
-            r0 = other(buf, o, end)
+            r0 = other(buf, offset, end)
             if r0 is not None:
                 td.promote(other)
                 return r0
@@ -775,17 +850,6 @@ def decode_one(buf: bytes, offset: int = 0) -> tuple[Any, int]:
     return _decode_fields_slow(td.spec, buf, o, end)
 
 
-#: Whole buffers holding exactly one small all-scalar message (typically a vr_response),
-#: mapped to (class, field dict). Replies to ADD/DEL are byte-identical over and over, so
-#: decoding them becomes a dict lookup plus a dict copy. Bounded; values are immutable.
-_MEMO: dict[bytes, tuple[type, dict[str, Any]]] = {}
-_MEMO_MAX = 1024
-_MEMO_BUF_MAX = 64
-_SCALAR_ONLY: frozenset[type] = frozenset(
-    s.cls for s in SPECS_BY_NAME.values() if not any(f.wire == T_LIST for f in s.fields)
-)
-
-
 def decode(buf: bytes | bytearray | memoryview, pad: int = 3) -> list[Any]:
     """Decode every message in ``buf``.
 
@@ -796,28 +860,15 @@ def decode(buf: bytes | bytearray | memoryview, pad: int = 3) -> list[Any]:
     """
     data = buf if buf.__class__ is bytes else bytes(buf)
     end = len(data)
-    if end <= _MEMO_BUF_MAX:
-        hit = _MEMO.get(data)
-        if hit is not None:
-            ob: Any = _new(hit[0])
-            ob.__dict__ = hit[1].copy()
+    # A buffer holding exactly one message of a recently seen layout.
+    whole = _WHOLE.get(end)
+    if whole is not None:
+        ob = whole(data)
+        if ob is not None:
             return [ob]
     out = []
     o = 0
     prefixes = _BY_PREFIX
-    # The first message, inline: known name, then the type's most recent shape. Most
-    # buffers hold exactly one message.
-    if end >= 4:
-        td = prefixes.get(data[: 4 + data[3]])
-        if td is not None:
-            sh = td.mru
-            if sh is not None:
-                r = sh(data, td.plen, end)
-                if r is not None:
-                    out.append(r[0])
-                    o = r[1]
-                    if o == end and end > _MEMO_BUF_MAX:
-                        return out
     while o < end:
         left = end - o
         if left <= pad:
@@ -828,21 +879,16 @@ def decode(buf: bytes | bytearray | memoryview, pad: int = 3) -> list[Any]:
         if td is not None:
             sh = td.mru
             if sh is not None:
-                r = sh(data, o + td.plen, end)
+                r = sh(data, o, end)
                 if r is not None:
                     out.append(r[0])
                     o = r[1]
+                    if o == end and len(out) == 1:
+                        # Exactly one message of the type's usual shape: next time, whole.
+                        _WHOLE[end] = td.mru_whole  # type: ignore[assignment]
                     continue
         msg, o = decode_one(data, o)
         out.append(msg)
-    if (
-        end <= _MEMO_BUF_MAX
-        and o == end
-        and len(out) == 1
-        and out[0].__class__ in _SCALAR_ONLY
-        and len(_MEMO) < _MEMO_MAX
-    ):
-        _MEMO[data] = (out[0].__class__, out[0].__dict__.copy())
     return out
 
 
