@@ -17,7 +17,7 @@ from vrtwist.sandesh import (
     decode_one,
     encode,
 )
-from vrtwist.sandesh._codec import _decode_fields_slow, _encode_slow
+from vrtwist.sandesh._codec import _ENCODERS, _decode_fields_slow, _encode_slow
 
 RANGES = {
     3: (0, 255),
@@ -84,6 +84,8 @@ class RoundTripTests(SynchronousTestCase):
             def check(msg: Any) -> None:
                 data = encode(msg)
                 self.assertEqual(data, _encode_slow(SPECS_BY_NAME[name], msg))
+                # In-range values take the generated encoder, never its fallback.
+                self.assertEqual(_ENCODERS[type(msg)][0](msg), data)
                 # Decode three times: segment path, then the learned shape path.
                 for _ in range(3):
                     self.assertEqual(decode(data), [msg])
