@@ -571,3 +571,65 @@ class ScheduledKickTests(SynchronousTestCase):
         clock.advance(0)
         self.assertNotIn("tapv1", {v.name for v in dp.tables.interfaces.values()})
         self.assertEqual(sync.errors, {})
+
+
+class IpamSubnetTests(SynchronousTestCase):
+    """Controller IPAM subnets for ports whose REST data has no ``plen``."""
+
+    def setUp(self) -> None:
+        self.agent = InMemoryAgent(tempdir(self))
+        self.dp = self.agent.datapath
+        self.subnets: dict[str, list[dict[str, object]]] = {}
+        self.agent.model.subnet_source = lambda vn: self.subnets.get(vn, [])
+
+    def test_subnet_gateway_and_dns_come_from_config(self) -> None:
+        self.subnets[VN] = [{"prefix": "192.168.0.0", "plen": 16, "gateway": "", "dns": ""},
+                            {"prefix": "10.0.0.0", "plen": 24, "gateway": "10.0.0.254",
+                             "dns": "10.0.0.253"}]
+        b = port_body(1)  # no plen, gateway or dns-server in the body
+        self.assertEqual(self.agent.call("POST", "/port", b), (200, {}))
+        vrf = self.agent.model.vrf_id_of(VN)
+        sub = route(self.dp, vrf, "10.0.0.0", 24)
+        self.assertEqual(sub.nh.type, C.NH_RESOLVE)
+        self.assertEqual(route(self.dp, vrf, "10.0.0.254", 32).nh.type, C.NH_RCV)
+        self.assertEqual(route(self.dp, vrf, "10.0.0.253", 32).nh.type, C.NH_RCV)
+        self.assertIsNone(route(self.dp, vrf, "192.168.0.0", 16))
+
+    def test_config_arriving_later_updates_routes_and_keeps_ids(self) -> None:
+        a, b = port_body(1), port_body(2)
+        self.agent.call("POST", "/port", [a, b])
+        m = self.agent.model
+        vrf = m.vrf_id_of(VN)
+        ids = m.port_ids(a["id"])
+        self.assertIsNone(route(self.dp, vrf, "10.0.0.0", 24))
+        self.subnets[VN] = [{"prefix": "10.0.0.0", "plen": 24, "gateway": "10.0.0.1",
+                             "dns": ""}]
+        m.refreshSubnets()
+        self.assertEqual(self.agent.sync.errors, {})
+        self.assertEqual(m.port_ids(a["id"]), ids)
+        self.assertEqual(route(self.dp, vrf, "10.0.0.0", 24).nh.type, C.NH_RESOLVE)
+        self.assertEqual(route(self.dp, vrf, "10.0.0.1", 32).nh.type, C.NH_RCV)
+        # the subnet changes: old routes go, new ones come, shared by both ports
+        self.subnets[VN] = [{"prefix": "10.0.0.0", "plen": 16, "gateway": "10.0.255.254",
+                             "dns": ""}]
+        m.refreshSubnets()
+        self.assertIsNone(route(self.dp, vrf, "10.0.0.0", 24))
+        self.assertIsNone(route(self.dp, vrf, "10.0.0.1", 32))
+        self.assertIsNotNone(route(self.dp, vrf, "10.0.0.0", 16))
+        self.assertIsNotNone(route(self.dp, vrf, "10.0.255.254", 32))
+        for p in (a, b):
+            self.assertEqual(self.agent.call("DELETE", f"/port/{p['id']}"), (200, {}))
+        self.assertEqual(self.agent.sync.errors, {})
+        self.assertEqual([k for k in self.dp.routes.vrfs if len(self.dp.routes.vrfs[k])], [])
+
+    def test_rest_plen_wins_and_bad_config_is_ignored(self) -> None:
+        self.subnets[VN] = [{"prefix": "10.0.0.0", "plen": 16, "gateway": "", "dns": ""}]
+        b = port_body(1, plen=24)
+        self.agent.call("POST", "/port", b)
+        vrf = self.agent.model.vrf_id_of(VN)
+        self.assertIsNotNone(route(self.dp, vrf, "10.0.0.0", 24))
+        self.assertIsNone(route(self.dp, vrf, "10.0.0.0", 16))
+        self.subnets[VN] = [{"prefix": "not-an-address", "plen": 16}]
+        c = port_body(2)
+        self.assertEqual(self.agent.call("POST", "/port", c), (200, {}))
+        self.assertEqual(self.agent.sync.errors, {})

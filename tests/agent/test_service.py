@@ -137,3 +137,50 @@ class FabricIpWarningTests(TestCase):
         await top.stopService()
         text = "\n".join(formatEvent(e) for e in logs)
         self.assertIn("--controller without --fabric-ip", text)
+
+
+class IpamWiringTests(TestCase):
+    """The controller link's IPAM config reaches the agent's datapath programming."""
+
+    timeout = 60
+
+    async def test_config_subnet_programs_the_port_subnet(self) -> None:
+        from twisted.internet.task import deferLater
+
+        from tests.xmpp.test_agent_link import ConfigStoreTests
+        from vrtwist.xmpp.stanzas import parse_stanza
+
+        d = tempdir(self)
+        opts = tap.Options()
+        opts.parseOptions(["--run-dir", d, "--state-dir", d, "--rest",
+                           "tcp:0:interface=127.0.0.1", "--no-tap-check",
+                           "--flow-entries", "64", "--bridge-entries", "64",
+                           "--fabric-ip", "127.0.0.2", "--controller", "tcp:127.0.0.1:1"])
+        top = tap.makeService(opts)
+        top.privilegedStartService()
+        top.startService()
+        agent = top.getServiceNamed("agent")
+        await agent.ready
+        b = port_body(3, **{"ip-address": "10.1.1.3"})
+        port = agent.rest_port.getHost().port
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        r = await treq.post(f"http://127.0.0.1:{port}/port", data=json.dumps(b).encode(),
+                            pool=pool)
+        self.assertEqual(r.code, 200)
+        await treq.content(r)
+        datapath = top.getServiceNamed("vrouter-dp").datapath
+        vrf = agent.model.vrf_id_of(b["vn-id"])
+
+        def subnet_route() -> object:
+            return datapath.routes.get({"rtr_family": 2, "rtr_vrf_id": vrf,
+                                        "rtr_prefix": bytes([10, 1, 1, 9])})["rtr_prefix_len"]
+        self.assertEqual(subnet_route(), 0)
+        config = ConfigStoreTests.CONFIG.replace(b"<uuid>vn-uuid</uuid>",
+                                                 f"<uuid>{b['vn-id']}</uuid>".encode())
+        agent.link.config.apply(parse_stanza(config))
+        for _ in range(250):
+            if subnet_route() == 24:
+                break
+            await deferLater(reactor, 0.02, lambda: None)
+        self.assertEqual(subnet_route(), 24)
+        await top.stopService()

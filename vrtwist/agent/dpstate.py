@@ -173,6 +173,10 @@ class DatapathModel:
         self.controller: IControllerLink | None = None
         self._batch_depth = 0
         self._batched_keys: list[Key] = []
+        #: vn-id -> IPAM subnets from controller config (``prefix``, ``plen``, ``gateway``,
+        #: ``dns``); used for a port whose REST data carries no ``plen``
+        self.subnet_source: Callable[[str], list[dict[str, Any]]] | None = None
+        self._port_of: dict[str, Port] = {}
         self._base()
 
     # plumbing --------------------------------------------------------------------------
@@ -353,27 +357,76 @@ class DatapathModel:
                            vrf_name=name, mac=port.mac_address, ip4=port.ip_address,
                            ip6=port.ip6_address, label=label, nexthop=self.fabric_ip)
         self._ports[port.id] = _PortIds(vif, l3, l2, label, name, keys, shared, route)
+        self._port_of[port.id] = port
         if new_vrf:
             keys = [(NH, v.rcv_nh), (NH, v.resolve_nh)] + keys
         self._notify(keys)
         if self.controller is not None:
             self.controller.localRouteAdded(route)
 
+    def _subnet_of(self, port: Port) -> tuple[int | None, str | None, str | None]:
+        """(plen, gateway, dns) of a port: its own REST data, else the IPAM subnet of its
+        network that holds its address (controller config), else nothing."""
+        if port.plen is not None or self.subnet_source is None or not port.ip_address:
+            return port.plen, port.gateway, port.dns_server
+        try:
+            subnets = self.subnet_source(port.vn_id)
+            ip = ipaddress.IPv4Address(port.ip_address)
+            for sub in subnets:
+                net = ipaddress.IPv4Network(f"{sub['prefix']}/{sub['plen']}", strict=False)
+                if ip in net:
+                    return (net.prefixlen, str(sub.get("gateway") or "") or None,
+                            str(sub.get("dns") or "") or None)
+        except (ValueError, KeyError, TypeError) as e:
+            self._log.warn("IPAM subnets of {vn} unusable: {e}", vn=port.vn_id, e=e)
+        return port.plen, port.gateway, port.dns_server
+
+    def refreshSubnets(self) -> None:
+        """Controller config changed: re-derive every port's gateway, DNS and subnet
+        routes (reference counted per VRF) without touching its ids."""
+        keys: list[Key] = []
+        for pid, ids in self._ports.items():
+            port = self._port_of.get(pid)
+            v = self._vrfs.get(ids.vrf)
+            if port is None or v is None:
+                continue
+            new = self._shared_routes(port, v)
+            if [k for k, _ in new] == [k for k, _ in ids.shared]:
+                continue
+            for sk, fields in new:
+                if v.shared.get(sk, 0) == 0:
+                    self._set(sk, "vr_route_req", fields)
+                    keys.append(sk)
+                v.shared[sk] = v.shared.get(sk, 0) + 1
+            for sk, _fields in ids.shared:
+                n = v.shared.get(sk, 0) - 1
+                if n <= 0:
+                    v.shared.pop(sk, None)
+                    self.desired.pop(sk, None)
+                    keys.append(sk)
+                else:
+                    v.shared[sk] = n
+            ids.shared = new
+        if keys:
+            self._notify(keys)
+
     def _shared_routes(self, port: Port, v: _Vrf) -> list[tuple[Key, dict[str, Any]]]:
         out: list[tuple[Key, dict[str, Any]]] = []
         flags = C.VR_RT_ARP_PROXY_FLAG
-        for addr in {port.gateway, port.dns_server} - {None, "0.0.0.0"}:
+        plen, gateway, dns = self._subnet_of(port)
+        for addr in sorted({gateway, dns} - {None, "0.0.0.0"}):  # type: ignore[type-var]
             assert addr is not None
             k = _inet_key(v.vrf_id, addr, 32)
             out.append((k, _route_fields(k, v.rcv_nh, 0, flags, None)))
-        if port.ip_address and port.plen is not None and port.plen <= 30:
-            net = ipaddress.IPv4Network(f"{port.ip_address}/{port.plen}", strict=False)
+        if port.ip_address and plen is not None and plen <= 30:
+            net = ipaddress.IPv4Network(f"{port.ip_address}/{plen}", strict=False)
             k = _inet_key(v.vrf_id, str(net.network_address), net.prefixlen)
             out.append((k, _route_fields(k, v.resolve_nh, 0, C.VR_RT_ARP_FLOOD_FLAG, None)))
         return out
 
     def portDeleted(self, port: Port) -> None:
         ids = self._ports.pop(port.id, None)
+        self._port_of.pop(port.id, None)
         if ids is None:
             return
         keys = list(ids.keys)

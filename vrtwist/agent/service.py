@@ -146,6 +146,13 @@ class AgentService(MultiService):
         link = makeControllerLink(self.reactor, self.controllers, self.hostname,
                                   self.fabric_ip, routes, **self.link_kwargs)
         self.model.controller = link
+        config = getattr(link, "config", None)
+        if config is not None:  # IPAM subnets from the config channel, for ports without plen
+            def subnets(vn_id: str) -> list[dict[str, Any]]:
+                vn = config.networkByUuid(vn_id)
+                return list(config.subnetsOf(vn)) if vn else []
+            self.model.subnet_source = subnets
+            config.listeners.append(lambda _update: self.model.refreshSubnets())
         link.setServiceParent(self)
         self.link = link
 
