@@ -213,9 +213,36 @@ class FrameReader:
 
     def feed(self, data: bytes, limit: int | None = None) -> list[bytes]:
         """Add ``data`` and return up to ``limit`` whole frames (all if None)."""
+        if limit is None and not self._buf and data.__class__ is bytes:
+            return self._feed_direct(data)
         if data:
             self._buf += data
         return self.frames(limit)
+
+    def _feed_direct(self, data: bytes) -> list[bytes]:
+        """Nothing buffered: cut frames straight out of ``data`` (one copy, or none for a
+        read holding exactly one frame) and buffer only an incomplete tail."""
+        out: list[bytes] = []
+        off = 0
+        end = len(data)
+        while end - off >= NLMSG_HDRLEN:
+            n = int.from_bytes(data[off : off + 4], "little")
+            if n < self._min:
+                raise NetlinkFrameError(
+                    "nlmsg_len %d shorter than %d" % (n, self._min), self._consumed + off
+                )
+            if n > self._max:
+                raise NetlinkFrameError(
+                    "nlmsg_len %d exceeds the maximum of %d" % (n, self._max), self._consumed + off
+                )
+            if end - off < n:
+                break
+            out.append(data if n == end else data[off : off + n])
+            off += n
+        self._consumed += off
+        if off < end:
+            self._buf += data[off:]
+        return out
 
     def frames(self, limit: int | None = None) -> list[bytes]:
         out: list[bytes] = []

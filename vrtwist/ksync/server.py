@@ -11,6 +11,7 @@ import errno
 import os
 import socket
 import stat
+import struct
 from collections import deque
 from collections.abc import Iterator
 from typing import Any
@@ -50,6 +51,7 @@ from vrtwist.sandesh import (
     VR_MESSAGE_DUMP_INCOMPLETE,
     VR_MESSAGE_PAGE_SIZE,
     SandeshDecodeError,
+    decode,
     decode_one,
     encode,
     schema,
@@ -81,6 +83,8 @@ _REPLY_PAYLOAD_MAX = NL_REPLY_MAX - HEADERS_LEN
 _UNDECODABLE = -1
 
 _CONNECTION_DONE = Failure(ConnectionDone())
+#: nlmsghdr + genlmsghdr + nlattr, host order (netlink.py's layout).
+_HEADERS = struct.Struct("<IHHIIBBHHH")
 _LOG = Logger(namespace="vrtwist.ksync.server")
 
 _response_cache: dict[int, bytes] = {}
@@ -207,8 +211,12 @@ class KsyncServerProtocol(Protocol):
         self._run()
 
     def _handle(self, frame: bytes) -> None:
-        msg = parse_message(frame)
-        replies = self.process(msg.payload)
+        if len(frame) < HEADERS_LEN:  # the reader's minimum makes this impossible
+            msg = parse_message(frame)
+        else:
+            h = _HEADERS.unpack_from(frame)
+            msg = NetlinkMessage(h[1], h[2], h[3], h[4], h[5], h[6], h[7], h[8], h[9], b"", h[0])
+        replies = self.process(frame[HEADERS_LEN:])
         assert self.transport is not None
         self.transport.write(frame_replies(replies, msg, self.style))
 
@@ -219,6 +227,22 @@ class KsyncServerProtocol(Protocol):
         decoding error have been dispatched and answered, as the C decoder does; the error
         itself is answered with one vr_response of -1.
         """
+        try:
+            # Usually every message decodes: decode them in one call.
+            requests = decode(payload)
+        except SandeshDecodeError:
+            return self._process_each(payload)
+        if not requests:
+            return [_response(_UNDECODABLE)]
+        out: list[bytes] = []
+        dispatcher = self.dispatcher
+        for req in requests:
+            self.requests += 1
+            out.extend(execute(dispatcher, req, _LOG))
+        return out
+
+    def _process_each(self, payload: bytes) -> list[bytes]:
+        """``process`` for a payload that fails to decode somewhere: one message at a time."""
         out: list[bytes] = []
         end = len(payload)
         o = 0
@@ -254,9 +278,13 @@ def execute(dispatcher: IKsyncDispatcher, request: Any, log: Logger | None = Non
     try:
         if reply.dump and reply.code >= 0:
             return _dump_page(reply.objects, log)
-        if not reply.objects:
+        objects = reply.objects
+        if not objects:
             return [_response(reply.code)]
-        payload = _response(reply.code) + b"".join([encode(o) for o in reply.objects])
+        if objects.__class__ is list and len(objects) == 1:  # type: ignore[arg-type]
+            payload = _response(reply.code) + encode(objects[0])  # type: ignore[index]
+        else:
+            payload = _response(reply.code) + b"".join([encode(o) for o in objects])
     except Exception:
         # An unencodable object (SandeshEncodeError) or a dump iterator that failed.
         log.failure("ksync: cannot build the reply to {request}", request=request)
@@ -296,17 +324,31 @@ def frame_replies(replies: list[bytes], request: NetlinkMessage, style: str = ST
     """Frame reply payloads for ``request``: one message, or a multi-part sequence."""
     if len(replies) == 1:
         return build_response(replies[0], request, 0)
-    if style == STYLE_DPDK:
-        last = len(replies) - 1
-        return b"".join(
-            [
-                build_response(p, request, NLM_F_MULTI if i < last else 0)
-                for i, p in enumerate(replies)
-            ]
-        )
-    return b"".join([build_response(p, request, NLM_F_MULTI) for p in replies]) + build_done(
-        request
+    # One join for the whole reply; replies of equal size (16 bunched FLOW_SETs) share
+    # one packed header.
+    parts: list[bytes] = []
+    heads: dict[int, bytes] = {}
+    t, seq, cmd, ver, res = (
+        request.nl_type,
+        request.seq,
+        request.genl_cmd,
+        request.genl_version,
+        request.genl_reserved,
     )
+    for p in replies if style != STYLE_DPDK else replies[:-1]:
+        n = len(p)
+        h = heads.get(n)
+        if h is None:
+            h = heads[n] = _HEADERS.pack(
+                HEADERS_LEN + n, t, NLM_F_MULTI, seq, 0, cmd, ver, res, n & 0xFFFF, 1
+            )
+        parts.append(h)
+        parts.append(p)
+    if style == STYLE_DPDK:
+        parts.append(build_response(replies[-1], request, 0))
+    else:
+        parts.append(build_done(request))
+    return b"".join(parts)
 
 
 class KsyncServerFactory(Factory):
