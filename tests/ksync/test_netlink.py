@@ -112,3 +112,25 @@ class FrameReaderTests(SynchronousTestCase):
             r.feed(one + one[:10])
             r.feed(one[10:])
         self.assertLess(len(r._buf), 2 * len(one))
+
+
+class DirectFeedTests(SynchronousTestCase):
+    """Reads that start on a frame boundary are cut straight from the received bytes."""
+
+    def test_frames_and_partial_tail(self) -> None:
+        frames = [build_request(encode(MPLS), seq=i) for i in range(3)]
+        data = b"".join(frames)
+        r = FrameReader()
+        self.assertEqual(r.feed(data + frames[0][:30]), frames)
+        self.assertEqual(r.buffered, 30)
+        self.assertEqual(r.feed(frames[0][30:]), [frames[0]])
+        self.assertEqual(r.buffered, 0)
+        self.assertEqual(r.feed(frames[1]), [frames[1]])
+
+    def test_error_offset_counts_earlier_reads(self) -> None:
+        one = build_request(encode(MPLS), seq=1)
+        r = FrameReader(max_frame=4096)
+        r.feed(one)
+        with self.assertRaises(NetlinkFrameError) as cm:
+            r.feed(one + struct.pack("<IHHII", 5000, 0, 0, 0, 0))
+        self.assertEqual(cm.exception.offset, 2 * len(one))

@@ -22,6 +22,7 @@ from vrtwist.ksync.netlink import (
 )
 from vrtwist.ksync.server import (
     STYLE_DPDK,
+    STYLE_LINUX,
     KsyncServerFactory,
     KsyncServerProtocol,
 )
@@ -184,6 +185,33 @@ class ReplyLayoutTests(SynchronousTestCase):
         self.assertIn(1, d.tables["vr_interface_req"])
         send(proto, [schema.vr_interface_req(h_op=DEL, vifr_idx=1)], seq=4)
         self.assertEqual(decode(replies(t)[0].payload)[0].resp_code, 0)
+
+    def test_request_padding_and_trailing_garbage(self) -> None:
+        """Up to 3 zero pad bytes are accepted; non-zero trailing bytes answer -1 after the rest."""
+        d = MemoryDispatcher()
+        proto, t = connect(d)
+        proto.dataReceived(build_request(encode(vif(1)) + b"\x00\x00\x00", seq=3))
+        (m,) = replies(t)
+        self.assertEqual(decode(m.payload)[0].resp_code, 0)
+        proto.dataReceived(build_request(encode(vif(2)) + b"\x00\x01", seq=4))
+        ms = replies(t)
+        self.assertEqual([decode(m.payload)[0].resp_code for m in ms[:-1]], [0, -1])
+        self.assertIn(2, d.tables["vr_interface_req"])
+
+    def test_mixed_reply_sizes_framed_exactly(self) -> None:
+        """Bunched replies of different sizes: each header carries its own lengths."""
+        for style in (STYLE_LINUX, STYLE_DPDK):
+            proto, t = connect(style=style)
+            send(proto, [vif(1), schema.vr_interface_req(h_op=GET, vifr_idx=1), vif(2)], seq=7)
+            raw = t.value()
+            ms = replies(t)
+            self.assertEqual(len(ms), 4 if style == STYLE_LINUX else 3)
+            self.assertEqual(sum(m.length for m in ms), len(raw))
+            for m in ms:
+                if m.payload:
+                    self.assertEqual((m.length, m.nla_len), (24 + len(m.payload), len(m.payload)))
+                    self.assertEqual(m.seq, 7)
+            self.assertEqual(len(decode(ms[1].payload)), 2)
 
     def test_empty_request(self) -> None:
         proto, t = connect()

@@ -366,3 +366,33 @@ class ShapePathTests(SynchronousTestCase):
             data = encode(msg)
             for _ in range(3):
                 self.assertEqual(decode(data), [msg])
+
+
+class WholeBufferPathTests(SynchronousTestCase):
+    """Single-message buffers are matched by length; two layouts of one size must not mix."""
+
+    def test_same_size_types_alternate(self) -> None:
+        a = schema.vr_response(h_op=RESPONSE, resp_code=5)
+        da = encode(a)
+        b = schema.vr_mpls_req(h_op=ADD, mr_label=4, mr_nhid=21)
+        db = encode(b)
+        # Two shapes of one type with the same total size share one length slot.
+        c = schema.vr_route_req(rtr_prefix=[10, 0, 0, 0], rtr_mac=[])
+        d = schema.vr_route_req(rtr_prefix=[], rtr_mac=[1, 2, 3, 4])
+        dc, dd = encode(c), encode(d)
+        self.assertEqual(len(dc), len(dd))
+        for _ in range(4):
+            self.assertEqual(decode(dc), [c])
+            self.assertEqual(decode(dd), [d])
+            self.assertEqual(decode(da), [a])
+            self.assertEqual(decode(db), [b])
+
+    def test_whole_path_rejects_other_name(self) -> None:
+        """A learned size with another message's name goes to the checked path."""
+        a = schema.vr_response(h_op=RESPONSE, resp_code=5)
+        da = encode(a)
+        for _ in range(3):
+            decode(da)
+        bad = da[:4] + b"vr_respXnse" + da[15:]
+        with self.assertRaises(SandeshDecodeError):
+            decode(bad)
