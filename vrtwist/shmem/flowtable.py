@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import os
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,6 +48,14 @@ _KEY_TAIL = {
     n: bytes(L.FLOW_KEY_SIZE - 1 - n) + bytes((n,)) for n in (L.FLOW_KEY4_LEN, L.FLOW_KEY6_LEN)
 }
 _NO_MIRROR = 0xFF  # VR_MAX_MIRROR_INDICES: "no mirror" in fe_mirror_id
+# FLOW_SET fast path: ACTIVE set and none of VRFT, MIRROR, RFLOW_VALID
+_FAST_NEED = L.FLAG_ACTIVE | L.FLAG_VRFT | L.FLAG_MIRROR | L.RFLOW_VALID
+_ACTION_SET = frozenset(L.ACTIONS)
+# flags a new entry takes from the request: not the datapath's own, never NEW_FLOW
+_KEEP_REQ_FLAGS = ~L.DP_FLAGS & ~L.FLAG_NEW_FLOW & 0xFFFF
+_KEY4 = struct.Struct("<BBHHHIII").pack  # FLOW_KEY4 with the addresses as words
+_TAIL4 = _KEY_TAIL[L.FLOW_KEY4_LEN]
+_BODY_PACK = _BODY.pack_into
 
 
 class FlowTableFull(Exception):
@@ -379,11 +388,19 @@ class FlowTable(TableOwner):
         """Apply one vr_flow_req (decoded object or mapping); returns the errno, never raises."""
         d = fields_of(req)
         index = _signed32(d["fr_index"])
+        rflags = d["fr_flags"] & 0xFFFF
+        if (
+            index < 0
+            and not d["fr_op"]
+            and rflags & _FAST_NEED == 1
+            and not d["fr_extflags"] & 1  # EXT_FLAG_FORCE_EVICT
+            and d["fr_action"] & 0xFFFF in _ACTION_SET
+        ):
+            return self._create(d, rflags, index)
         res = FlowSetResult(0, index)
         if d["fr_op"] != 0:
             res.errno = -errno.EINVAL
             return res
-        rflags = d["fr_flags"] & 0xFFFF
         if d["fr_extflags"] & L.EXT_FLAG_FORCE_EVICT:
             res.errno = self._force_evict(index)
             return res
@@ -481,6 +498,95 @@ class FlowTable(TableOwner):
         res.gen_id = gen
         self._apply(index, d, rflags, action, rindex, new_flow, old_flags, body)
         return res
+
+    def _create(self, d: dict[str, Any], rflags: int, req_index: int) -> FlowSetResult:
+        """FLOW_SET fast path: a new flow (no index) without VRFT, MIRROR or RFLOW_VALID.
+
+        The same checks, counters, entry contents and publish-last order as the general
+        path (``_check`` cannot fail for such a request and ``_apply`` reduces to one
+        body write), in one frame with local variables: it is the agent's common request.
+        """
+        family = d["fr_family"]
+        sport = d["fr_flow_sport"] & 0xFFFF
+        dport = d["fr_flow_dport"] & 0xFFFF
+        nh = d["fr_flow_nh_id"] & 0xFFFFFFFF
+        proto = d["fr_flow_proto"] & 0xFF
+        if family == 2:  # AF_INET
+            key = _KEY4(
+                2,
+                proto,
+                0,
+                sport,
+                dport,
+                nh,
+                d["fr_flow_sip_l"] & 0xFFFFFFFF,
+                d["fr_flow_dip_l"] & 0xFFFFFFFF,
+            )
+            key45 = key + _TAIL4
+            etype = 2  # VP_TYPE_IP
+        else:
+            kt = _key_of(d)
+            if kt is None:
+                return FlowSetResult(-errno.EINVAL, req_index)
+            key, etype = kt
+            key45 = key + _KEY_TAIL[len(key)]
+        buf = self.buf
+        existing = self._index.get(key, -1)
+        if existing >= 0:
+            return FlowSetResult(-errno.EEXIST, existing, buf[existing * 256 + 69])
+        index = self.ht.allocate(key)
+        if index is None:
+            return FlowSetResult(-errno.ENOSPC, req_index)
+        off = index * 256  # FLOW_ENTRY_SIZE; 88 = OFF_FE_FLAGS, 69 = OFF_FE_GEN_ID, 21 = body
+        if buf[off + 88] or buf[off + 89]:
+            _U16.pack_into(buf, off + 88, 0)  # reused (evicted) slot: unpublish first
+        gen = (buf[off + 69] + 1) & 0xFF
+        self._index[key] = index
+        counters = self.counters
+        counters.added += 1
+        action = d["fr_action"] & 0xFFFF
+        if action == 1:  # ACTION_HOLD
+            self._count_hold()
+        vrf = d["fr_flow_vrf"] & 0xFFFF
+        e = d["fr_ecmp_nh_index"] & 0xFF
+        if d["fr_extflags"] & 2:  # EXT_FLAG_MOCK_SRC_UDP
+            udp = L.MOCK_SRC_UDP_PORT
+        else:
+            udp = self._udp_src_port(vrf, key45, etype)
+        qos = d["fr_qos_id"] & 0xFFFF
+        _BODY_PACK(
+            buf,
+            off + 21,
+            d["fr_ttl"] & 0xFF,
+            qos - 0x10000 if qos & 0x8000 else qos,
+            key45,
+            gen,
+            0,
+            0,
+            0,
+            -1,
+            0,
+            d["fr_flags1"] & 0xFFFF,
+            action,
+            vrf,
+            0,
+            _NO_MIRROR,
+            _NO_MIRROR,
+            d["fr_src_nh_index"] & 0xFFFFFFFF,
+            0,
+            0,
+            0,
+            0,
+            e - 256 if e >= 128 else e,
+            d["fr_drop_reason"] & 0xFF if action == 0 else 0,
+            etype,
+            udp,
+            0,
+            0,
+        )
+        # published last
+        _U16.pack_into(buf, off + 88, rflags & _KEEP_REQ_FLAGS)
+        return FlowSetResult(0, index, gen)
 
     _resolved_rindex = -1
 
