@@ -235,6 +235,8 @@ class Datapath:
         self.bridge: IBridgeRoutes = BridgeRoutesInMemory(self)
         self.routes.bridge_index = self._bridge_index
         self.handlers: dict[str, IRequestHandler] = {}
+        #: message class -> dispatch() of a registered handler that is an IKsyncDispatcher
+        self._direct: dict[type, Callable[[Any], KsyncReply]] = {}
         builtin: dict[str, Callable[[Any], Reply]] = {
             "vr_interface_req": self._interface,
             "vr_nexthop_req": self._nexthop,
@@ -263,6 +265,11 @@ class Datapath:
         if name not in SPECS_BY_NAME:
             raise KeyError(f"no Sandesh message named {name!r}")
         self.handlers[name] = handler
+        cls = SPECS_BY_NAME[name].cls
+        if IKsyncDispatcher.providedBy(handler):
+            self._direct[cls] = handler.dispatch  # answers the ksync server itself
+        else:
+            self._direct.pop(cls, None)
         self._log.info("datapath: {name} answered by {handler!r}", name=name, handler=handler)
 
     def register_bridge(self, handler: IBridgeRoutes) -> None:
@@ -325,6 +332,12 @@ class Datapath:
 
     def dispatch(self, request: Any) -> KsyncReply:
         """:class:`IKsyncDispatcher`: the same answer for the ksync server to frame."""
+        direct = self._direct.get(request.__class__)
+        if direct is not None:
+            try:
+                return direct(request)
+            except TableError as e:
+                return KsyncReply(code=e.resp_code)
         reply = self._answer(request)
         if isinstance(reply, DumpReply):
             return KsyncReply(code=0, objects=reply.objects, dump=True)

@@ -279,9 +279,11 @@ def execute(dispatcher: IKsyncDispatcher, request: Any, log: Logger | None = Non
         if reply.dump and reply.code >= 0:
             return _dump_page(reply.objects, log)
         objects = reply.objects
-        if not objects:
+        if reply.encoded:
+            payload = _response(reply.code) + reply.encoded
+        elif not objects:
             return [_response(reply.code)]
-        if objects.__class__ is list and len(objects) == 1:  # type: ignore[arg-type]
+        elif objects.__class__ is list and len(objects) == 1:  # type: ignore[arg-type]
             payload = _response(reply.code) + encode(objects[0])  # type: ignore[index]
         else:
             payload = _response(reply.code) + b"".join([encode(o) for o in objects])

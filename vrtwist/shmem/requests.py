@@ -9,6 +9,7 @@ one ``vr_response`` first, the object (if any) in the same transport message.
 from __future__ import annotations
 
 import errno
+import struct
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,11 +17,12 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from vrtwist.datapath.interfaces import IBridgeRoutes, IDatapath, IRequestHandler
-from vrtwist.sandesh import SPECS_BY_NAME, schema
+from vrtwist.ksync.interfaces import IKsyncDispatcher, KsyncReply
+from vrtwist.sandesh import SPECS_BY_NAME, encode, schema
 from vrtwist.shmem import layout as L
 from vrtwist.shmem.bridgetable import BridgeTable
 from vrtwist.shmem.entries import BridgeEntry
-from vrtwist.shmem.flowtable import FlowTable
+from vrtwist.shmem.flowtable import FlowSetResult, FlowTable
 
 __all__ = ["FlowRequests", "FlowTableData", "BridgeTableData", "BridgeRoutes", "make"]
 
@@ -57,9 +59,49 @@ def _response(code: int) -> Any:
     return r
 
 
-@implementer(IRequestHandler)
+def _fresp_encoder() -> Any:
+    """``(flags, index, bytes, packets, stats_oflow, gen_id) -> bytes`` for a vr_flow_response
+    with op and rid 0, byte for byte what the Sandesh encoder writes; None if the layout
+    assumed here does not match the codec (then the generic encoder is used)."""
+    one = _FLOW_RESPONSE(
+        fresp_op=0,
+        fresp_rid=0,
+        fresp_flags=0x1234,
+        fresp_index=0x89ABCDEF,
+        fresp_bytes=0x01020304,
+        fresp_packets=0x05060708,
+        fresp_stats_oflow=0x090A0B0C,
+        fresp_gen_id=0xA5,
+    )
+    ref = encode(one)
+    # name header, op (i32 0), rid (u16 0), then flags, index, bytes, packets, oflow, gen, STOP
+    cut = len(ref) - (2 + 4 * 7 + 3 + 1 + 1)
+    prefix = ref[:cut]
+    s = struct.Struct(">H3sI3sI3sI3sI3sBB")
+    h4, h5, h6, h7, h8 = [ref[cut + 2 + i * 7 : cut + 5 + i * 7] for i in range(5)]
+    pack = s.pack
+
+    def enc(flags: int, index: int, nbytes: int, packets: int, oflow: int, gen: int) -> bytes:
+        return prefix + pack(flags, h4, index, h5, nbytes, h6, packets, h7, oflow, h8, gen, 0)
+
+    try:
+        ok = enc(0x1234, 0x89ABCDEF, 0x01020304, 0x05060708, 0x090A0B0C, 0xA5) == ref
+    except struct.error:
+        ok = False
+    return enc if ok else None
+
+
+_ENCODE_FRESP = _fresp_encoder()
+
+
+@implementer(IRequestHandler, IKsyncDispatcher)
 class FlowRequests:
-    """``vr_flow_req``: FLOW_SET only; the reply is vr_response + vr_flow_response, always."""
+    """``vr_flow_req``: FLOW_SET only; the reply is vr_response + vr_flow_response, always.
+
+    As an ``IKsyncDispatcher`` it answers the ksync server directly with the
+    vr_flow_response already encoded (no response object per request): FLOW_SET is the
+    agent's hot path.
+    """
 
     _log = Logger()
 
@@ -75,6 +117,24 @@ class FlowRequests:
             }
             return [[_response(-errno.EINVAL), make("vr_flow_response", resp)]]
         r = self.flows.flow_set(request)
+        return self._reply(r, op)
+
+    def dispatch(self, request: Any) -> KsyncReply:
+        """The same reply as :meth:`handle`, the vr_flow_response pre-encoded when possible."""
+        if getattr(request, "fr_op", 0) or _ENCODE_FRESP is None:
+            reply = self.handle(request)[0]
+            return KsyncReply(int(reply[0].resp_code), reply[1:])
+        r = self.flows.flow_set(request)
+        try:
+            raw = _ENCODE_FRESP(
+                r.flags, r.index & 0xFFFFFFFF, r.bytes, r.packets, r.stats_oflow, r.gen_id
+            )
+        except struct.error:  # a field out of its wire range: let the codec say why
+            reply = self._reply(r, 0)[0]
+            return KsyncReply(r.errno, reply[1:])
+        return KsyncReply(r.errno, (), False, raw)
+
+    def _reply(self, r: FlowSetResult, op: int) -> Reply:
         return [
             [
                 _response(r.errno),
