@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import importlib
 import shutil
 import tempfile
@@ -56,8 +57,11 @@ class ServiceConstructionTests(SynchronousTestCase):
         mod = importlib.import_module(module)
         opts = mod.Options()
         opts.parseOptions(argv)
+        thresholds = gc.get_threshold()
         svc = mod.makeService(opts)
         self.assertTrue(IService.providedBy(svc))
+        # process-wide tuning waits for the daemon to start the service
+        self.assertEqual(gc.get_threshold(), thresholds)
         return svc
 
     def test_vrouter_dp(self) -> None:
@@ -86,3 +90,20 @@ class ServiceConstructionTests(SynchronousTestCase):
             "vrtwist.vsock.relay_tap",
             ["--listen", "unix:" + self.mktemp(), "--backend", "tcp:127.0.0.1:1"],
         )
+
+
+class DaemonServiceTests(SynchronousTestCase):
+    """Tuning happens on start and the collector thresholds come back on stop."""
+
+    def test_applied_on_start_restored_on_stop(self) -> None:
+        from vrtwist._process import DaemonService
+
+        saved = gc.get_threshold()
+        self.addCleanup(gc.set_threshold, *saved)
+        calls: list[str] = []
+        svc = DaemonService(lambda: calls.append("tuned"), lambda: gc.set_threshold(12345, 6, 7))
+        self.assertEqual(calls, [])
+        svc.startService()
+        self.assertEqual((calls, gc.get_threshold()), (["tuned"], (12345, 6, 7)))
+        svc.stopService()
+        self.assertEqual(gc.get_threshold(), saved)

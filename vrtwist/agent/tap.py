@@ -15,6 +15,7 @@ from typing import Any
 from twisted.application.service import IService, MultiService
 from twisted.python import usage
 
+from vrtwist._process import DaemonService
 from vrtwist.agent.service import DEFAULT_STATE_DIR, AgentService
 
 try:  # the forwarding extension's own options (--flow-entries, --bridge-entries, --fabric)
@@ -103,8 +104,7 @@ def makeService(options: Options) -> MultiService:
     """The agent's service tree: [datapath,] agent."""
     from twisted.internet import reactor
 
-    tune_gc()
-    top = MultiService()
+    top = DaemonService(tune_gc)
     local = None
     if options["datapath"] == "embedded":
         dp = _embedded_datapath(options)

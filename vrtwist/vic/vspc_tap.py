@@ -11,12 +11,14 @@ TLS (``telnets://`` in the VM's proxyURI) is a Twisted ``ssl:`` endpoint:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from twisted.application import internet, service
+from twisted.application import internet
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
+from vrtwist._process import DaemonService
 from vrtwist.vic.vspc import VMPortTable, VSPCConfig, VSPCFactory, checkTemplate
 from vrtwist.vsock.tuning import tuneAllocator
 
@@ -87,15 +89,17 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--{key} must be a number of seconds") from None
 
 
-def makeService(options: Options, reactor: Any = None) -> service.MultiService:
+def makeService(options: Options, reactor: Any = None) -> DaemonService:
     """The listener, the port table (stops backends on shutdown) and the optional API."""
     if reactor is None:
         from twisted.internet import reactor as _reactor
 
         reactor = _reactor
         # a real twistd process (tests pass their own reactor): size the allocator
-        # for relay buffers, see vrtwist.vsock.tuning.tuneAllocator
-        tuneAllocator()
+        # for relay buffers when it starts, see vrtwist.vsock.tuning.tuneAllocator
+        tunings: tuple[Callable[[], object], ...] = (tuneAllocator,)
+    else:
+        tunings = ()
     config = VSPCConfig(
         backendTemplate=options["backend"],
         serviceURI=options["service-uri"],
@@ -104,7 +108,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         handoffTimeout=float(options["handoff-timeout"]),
         vmExpire=float(options["vm-expire"]),
     )
-    top = service.MultiService()
+    top = DaemonService(*tunings)
     table = VMPortTable(reactor, config)
     table.setServiceParent(top)
     listen = internet.StreamServerEndpointService(

@@ -14,12 +14,14 @@ Examples::
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from twisted.application import internet, service
+from twisted.application import internet
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
+from vrtwist._process import DaemonService
 from vrtwist.vsock.relay import BackendRoutes, RelayConfig, RouteError, VSockRelayFactory
 from vrtwist.vsock.tuning import tuneAllocator
 
@@ -78,15 +80,17 @@ class Options(usage.Options):
             raise usage.UsageError(f"bad number: {e}") from None
 
 
-def makeService(options: Options, reactor: Any = None) -> service.MultiService:
+def makeService(options: Options, reactor: Any = None) -> DaemonService:
     """The listener with its relay factory."""
     if reactor is None:
         from twisted.internet import reactor as _reactor
 
         reactor = _reactor
         # a real twistd process (tests pass their own reactor): size the allocator
-        # for relay buffers, see vrtwist.vsock.tuning.tuneAllocator
-        tuneAllocator()
+        # for relay buffers when it starts, see vrtwist.vsock.tuning.tuneAllocator
+        tunings: tuple[Callable[[], object], ...] = (tuneAllocator,)
+    else:
+        tunings = ()
     config = RelayConfig(
         routes=options["routes"],
         proxyProtocol=bool(options["proxy-protocol"]),
@@ -96,7 +100,7 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         halfCloseTimeout=float(options["half-close-timeout"]),
         splice=not options["no-splice"],
     )
-    top = service.MultiService()
+    top = DaemonService(*tunings)
     factory = VSockRelayFactory(reactor, config)
     internet.StreamServerEndpointService(
         serverFromString(reactor, options["listen"]), factory

@@ -14,6 +14,8 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
+from vrtwist._process import DaemonService
+
 from .control import AGENT_MAX_STANZA, DEFAULT_MAX_ROUTES, ControlNode, ControlNodeFactory
 from .session import check_hold_time
 from .tls import mutual_tls_options
@@ -74,18 +76,16 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         from twisted.internet import reactor as _reactor
 
         reactor = _reactor
-    try:  # the agent's collector tuning: the control node holds every route too
-        from vrtwist.agent.tap import tune_gc
-    except ImportError:  # pragma: no cover - the agent package is not installed
-        pass
-    else:
-        tune_gc()
     tls = None
     if options["xmpp-cert"]:
         tls = mutual_tls_options(options["xmpp-cert"], options["xmpp-key"], options["xmpp-ca"])
     node = ControlNode(reactor, options["hostname"], options["gr-time"], options["max-routes"])
     factory = ControlNodeFactory(node, options["hold-time"], tls, options["max-stanza"])
-    top = MultiService()
+    # the agent's collector tuning, applied when the daemon starts: the control node
+    # holds every route too
+    from vrtwist.agent.tap import tune_gc
+
+    top = DaemonService(tune_gc)
     top.setName("vrouter-control")
     server = StreamServerEndpointService(serverFromString(reactor, options["xmpp"]), factory)
     server.setName("xmpp")

@@ -1,0 +1,38 @@
+"""Process-wide tuning that only a daemon's start may apply.
+
+Collector thresholds and allocator settings belong to the whole process. Building a
+service (as tests and plugin checks do) must not change them, so the tap modules return
+a :class:`DaemonService`, which applies them when twistd starts it and puts the
+collector thresholds back when it stops.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Callable
+
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred
+
+
+class DaemonService(MultiService):
+    """A ``MultiService`` that applies ``tunings`` on start and restores the collector."""
+
+    def __init__(self, *tunings: Callable[[], object]) -> None:
+        super().__init__()
+        self._tunings = tunings
+        self._savedThresholds: tuple[int, ...] | None = None
+
+    def startService(self) -> None:
+        self._savedThresholds = gc.get_threshold()
+        for tune in self._tunings:
+            tune()
+        super().startService()
+
+    def stopService(self) -> Deferred[object]:
+        """Stop the children, then give the collector its thresholds back."""
+        d = super().stopService()
+        if self._savedThresholds is not None:
+            gc.set_threshold(*self._savedThresholds)
+            self._savedThresholds = None
+        return d
