@@ -27,6 +27,7 @@ from vrtwist.shmem import layout as L
 from vrtwist.shmem.entries import FlowEntry, parse_flow_entry
 from vrtwist.shmem.htable import Buffer, HashTable, TableOwner
 from vrtwist.shmem.interfaces import IFlowDatapath, IFlowTable
+from vrtwist.shmem.jhash import jhash_words5
 
 __all__ = [
     "FlowTable",
@@ -56,6 +57,7 @@ _KEEP_REQ_FLAGS = ~L.DP_FLAGS & ~L.FLAG_NEW_FLOW & 0xFFFF
 _KEY4 = struct.Struct("<BBHHHIII").pack  # FLOW_KEY4 with the addresses as words
 _TAIL4 = _KEY_TAIL[L.FLOW_KEY4_LEN]
 _BODY_PACK = _BODY.pack_into
+_HASH5 = jhash_words5
 
 
 class FlowTableFull(Exception):
@@ -512,29 +514,25 @@ class FlowTable(TableOwner):
         nh = d["fr_flow_nh_id"] & 0xFFFFFFFF
         proto = d["fr_flow_proto"] & 0xFF
         if family == 2:  # AF_INET
-            key = _KEY4(
-                2,
-                proto,
-                0,
-                sport,
-                dport,
-                nh,
-                d["fr_flow_sip_l"] & 0xFFFFFFFF,
-                d["fr_flow_dip_l"] & 0xFFFFFFFF,
-            )
+            sip = d["fr_flow_sip_l"] & 0xFFFFFFFF
+            dip = d["fr_flow_dip_l"] & 0xFFFFFFFF
+            key = _KEY4(2, proto, 0, sport, dport, nh, sip, dip)
             key45 = key + _TAIL4
             etype = 2  # VP_TYPE_IP
+            # the key's five little-endian words, hashed without re-reading the bytes
+            hashed = _HASH5(2 | proto << 8, sport | dport << 16, nh, sip, dip)
         else:
             kt = _key_of(d)
             if kt is None:
                 return FlowSetResult(-errno.EINVAL, req_index)
             key, etype = kt
             key45 = key + _KEY_TAIL[len(key)]
+            hashed = -1
         buf = self.buf
         existing = self._index.get(key, -1)
         if existing >= 0:
             return FlowSetResult(-errno.EEXIST, existing, buf[existing * 256 + 69])
-        index = self.ht.allocate(key)
+        index = self.ht.allocate(key, hashed)
         if index is None:
             return FlowSetResult(-errno.ENOSPC, req_index)
         off = index * 256  # FLOW_ENTRY_SIZE; 88 = OFF_FE_FLAGS, 69 = OFF_FE_GEN_ID, 21 = body

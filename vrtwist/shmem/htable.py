@@ -100,11 +100,17 @@ class HashTable:
             seen += 1
 
     # -- allocation ------------------------------------------------------------
-    def allocate(self, key: bytes) -> int | None:
-        """Take a free slot for ``key`` as ``vr_htable_find_free_hentry`` does, or None if full."""
+    def allocate(self, key: bytes, hashed: int = -1) -> int | None:
+        """Take a free slot for ``key`` as ``vr_htable_find_free_hentry`` does, or None if full.
+
+        ``hashed``: ``jhash(key)`` when the caller has it already (FLOW_SET hashes the
+        IPv4 key from its words); the key is then not hashed again.
+        """
         buf = self.buf
         size = self.entry_size
-        b = ((jhash_flow4(key) if len(key) == 20 else jhash(key)) % self.entries) & ~3
+        if hashed < 0:
+            hashed = jhash_flow4(key) if len(key) == 20 else jhash(key)
+        b = (hashed % self.entries) & ~3
         off = b * size + L.OFF_HENTRY_FLAGS
         for ind in range(b, b + 4):
             if not buf[off] & L.HENTRY_FLAG_VALID:

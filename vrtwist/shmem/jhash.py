@@ -12,7 +12,7 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-__all__ = ["jhash", "jhash_flow4", "jhash_flow6", "jhash_bridge", "JHASH_INITVAL"]
+__all__ = ["jhash", "jhash_flow4", "jhash_words5", "jhash_flow6", "jhash_bridge", "JHASH_INITVAL"]
 
 JHASH_INITVAL = 0xDEADBEEF
 _M = 0xFFFFFFFF
@@ -72,45 +72,49 @@ def jhash_bridge(key: bytes) -> int:
     return _final((a + w0) & _M, (b + w1) & _M, c)
 
 
-def jhash_flow4(key: bytes, _M: int = _M, _R: int = 0x100000001, _unpack: Any = _W5.unpack) -> int:
-    """``jhash`` of a 20-byte IPv4 flow key, initval 0 (one mix, 8-byte tail).
-
-    Unrolled, constants bound as locals: this is the insert hot path.  A 32-bit
-    rotation left by k is ``((x * 0x100000001) >> (32 - k)) & 0xffffffff`` (the product
-    holds x twice, side by side), one operation fewer than shift-shift-or; in ``final``
-    the rotation subtracted need not be masked (only the result mod 2**32 matters).
-    """
+def jhash_flow4(key: bytes, _unpack: Any = _W5.unpack) -> int:
+    """``jhash`` of a 20-byte IPv4 flow key, initval 0 (one mix, 8-byte tail)."""
     w0, w1, w2, w3, w4 = _unpack(key)
-    a = (0xDEADBEEF + 20 + w0) & _M
-    b = (0xDEADBEEF + 20 + w1) & _M
-    c = (0xDEADBEEF + 20 + w2) & _M
-    a = ((a - c) & _M) ^ (((c * _R) >> 28) & _M)
-    c = (c + b) & _M
-    b = ((b - a) & _M) ^ (((a * _R) >> 26) & _M)
-    a = (a + c) & _M
-    c = ((c - b) & _M) ^ (((b * _R) >> 24) & _M)
-    b = (b + a) & _M
-    a = ((a - c) & _M) ^ (((c * _R) >> 16) & _M)
-    c = (c + b) & _M
-    b = ((b - a) & _M) ^ (((a * _R) >> 13) & _M)
-    a = (a + c) & _M
-    c = ((c - b) & _M) ^ (((b * _R) >> 28) & _M)
+    return jhash_words5(w0, w1, w2, w3, w4)
+
+
+def jhash_words5(
+    w0: int, w1: int, w2: int, w3: int, w4: int, _M: int = _M, _R: int = 0x100000001
+) -> int:
+    """``jhash`` of a 20-byte key given as its five little-endian words, initval 0.
+
+    The FLOW_SET path builds the IPv4 key from integers, so it hashes the words without
+    re-reading the bytes.  Unrolled, constants bound as locals: this is the insert hot
+    path.  A 32-bit rotation left by k of a reduced x is ``(x * 0x100000001) >> (32 - k)``
+    (the product holds x twice, side by side) masked to 32 bits.  Only a value about to
+    be rotated must be reduced mod 2**32: sums, differences and xors are exact mod 2**32
+    on Python's unbounded (two's complement) ints, so each ``a - c`` / xor pair is masked
+    once, after the xor, and the additions between rotations are not masked at all.
+    """
+    a = 0xDEADBEEF + 20 + w0
+    b = 0xDEADBEEF + 20 + w1
+    c = 0xDEADBEEF + 20 + w2  # < 2**33: reduced before its first rotation below
+    c &= _M
+    a = ((a - c) ^ ((c * _R) >> 28)) & _M
+    c += b
+    b = ((b - a) ^ ((a * _R) >> 26)) & _M
+    a += c
+    c = ((c - b) ^ ((b * _R) >> 24)) & _M
+    b += a
+    a = ((a - c) ^ ((c * _R) >> 16)) & _M
+    c += b
+    b = ((b - a) ^ ((a * _R) >> 13)) & _M
+    a += c
+    c = ((c - b) ^ ((b * _R) >> 28)) & _M
     b = (b + a + w4) & _M
-    a = (a + w3) & _M
-    c ^= b
-    c = (c - ((b * _R) >> 18)) & _M
-    a ^= c
-    a = (a - ((c * _R) >> 21)) & _M
-    b ^= a
-    b = (b - ((a * _R) >> 7)) & _M
-    c ^= b
-    c = (c - ((b * _R) >> 16)) & _M
-    a ^= c
-    a = (a - ((c * _R) >> 28)) & _M
-    b ^= a
-    b = (b - ((a * _R) >> 18)) & _M
-    c ^= b
-    return (c - ((b * _R) >> 8)) & _M
+    a += w3
+    c = ((c ^ b) - ((b * _R) >> 18)) & _M
+    a = ((a ^ c) - ((c * _R) >> 21)) & _M
+    b = ((b ^ a) - ((a * _R) >> 7)) & _M
+    c = ((c ^ b) - ((b * _R) >> 16)) & _M
+    a = ((a ^ c) - ((c * _R) >> 28)) & _M
+    b = ((b ^ a) - ((a * _R) >> 18)) & _M
+    return ((c ^ b) - ((b * _R) >> 8)) & _M
 
 
 def jhash_flow6(key: bytes) -> int:
