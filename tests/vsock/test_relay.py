@@ -440,7 +440,7 @@ class RelayNetTests(TestCase):
 
         proc = reactor.spawnProcess(PP(), twistd, argv, env=dict(os.environ))  # type: ignore[attr-defined]
         try:
-            for _ in range(200):
+            for _ in range(600):  # up to 30 s: twistd starts slowly on a loaded machine
                 if os.path.exists(sock):
                     break
                 await deferLater(reactor, 0.05, lambda: None)
