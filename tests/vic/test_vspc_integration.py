@@ -338,7 +338,7 @@ class TwistdTests(VSPCNetTestCase):
 
         proc = reactor.spawnProcess(PP(), twistd, argv, env=dict(os.environ))  # type: ignore[attr-defined]
         try:
-            for _ in range(200):
+            for _ in range(600):  # up to 30 s for twistd to start on a loaded machine
                 if os.path.exists(listen) and os.path.exists(api):
                     break
                 await deferLater(reactor, 0.05, lambda: None)

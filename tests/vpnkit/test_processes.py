@@ -53,7 +53,7 @@ def _scenario(tmp: str) -> dict[str, str]:
                 ]
             )
         )
-        for _ in range(100):
+        for _ in range(600):  # up to 30 s for twistd to start on a loaded machine
             if os.path.exists(data):
                 break
             time.sleep(0.05)
@@ -73,7 +73,7 @@ def _scenario(tmp: str) -> dict[str, str]:
                 ]
             )
         )
-        for _ in range(100):
+        for _ in range(600):
             if os.path.exists(os.path.join(tmp, "api.sock")):
                 break
             time.sleep(0.05)
