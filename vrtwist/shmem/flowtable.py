@@ -14,6 +14,7 @@ clears ACTIVE first.  The generation id changes on every reuse of a slot.
 from __future__ import annotations
 
 import errno
+import operator
 import os
 import struct
 from collections.abc import Mapping
@@ -58,6 +59,26 @@ _KEY4 = struct.Struct("<BBHHHIII").pack  # FLOW_KEY4 with the addresses as words
 _TAIL4 = _KEY_TAIL[L.FLOW_KEY4_LEN]
 _BODY_PACK = _BODY.pack_into
 _HASH5 = jhash_words5
+_CREATE_FIELDS = operator.itemgetter(
+    "fr_family",
+    "fr_flow_sport",
+    "fr_flow_dport",
+    "fr_flow_nh_id",
+    "fr_flow_proto",
+    "fr_flow_sip_l",
+    "fr_flow_dip_l",
+    "fr_action",
+    "fr_flow_vrf",
+    "fr_ecmp_nh_index",
+    "fr_extflags",
+    "fr_qos_id",
+    "fr_ttl",
+    "fr_flags1",
+    "fr_src_nh_index",
+    "fr_drop_reason",
+)
+_MUDP_START = L.MUDP_PORT_RANGE_START
+_MUDP_RANGE = L.MUDP_PORT_RANGE_END - L.MUDP_PORT_RANGE_START
 
 
 class FlowTableFull(Exception):
@@ -508,14 +529,31 @@ class FlowTable(TableOwner):
         path (``_check`` cannot fail for such a request and ``_apply`` reduces to one
         body write), in one frame with local variables: it is the agent's common request.
         """
-        family = d["fr_family"]
-        sport = d["fr_flow_sport"] & 0xFFFF
-        dport = d["fr_flow_dport"] & 0xFFFF
-        nh = d["fr_flow_nh_id"] & 0xFFFFFFFF
-        proto = d["fr_flow_proto"] & 0xFF
+        (
+            family,
+            sport,
+            dport,
+            nh,
+            proto,
+            sip,
+            dip,
+            action,
+            vrf,
+            ecmp,
+            extflags,
+            qos,
+            ttl,
+            flags1,
+            src_nh,
+            drop_reason,
+        ) = _CREATE_FIELDS(d)  # one C call instead of a subscript per field
+        sport &= 0xFFFF
+        dport &= 0xFFFF
+        nh &= 0xFFFFFFFF
+        proto &= 0xFF
         if family == 2:  # AF_INET
-            sip = d["fr_flow_sip_l"] & 0xFFFFFFFF
-            dip = d["fr_flow_dip_l"] & 0xFFFFFFFF
+            sip &= 0xFFFFFFFF
+            dip &= 0xFFFFFFFF
             key = _KEY4(2, proto, 0, sport, dport, nh, sip, dip)
             key45 = key + _TAIL4
             etype = 2  # VP_TYPE_IP
@@ -542,20 +580,23 @@ class FlowTable(TableOwner):
         self._index[key] = index
         counters = self.counters
         counters.added += 1
-        action = d["fr_action"] & 0xFFFF
+        action &= 0xFFFF
         if action == 1:  # ACTION_HOLD
             self._count_hold()
-        vrf = d["fr_flow_vrf"] & 0xFFFF
-        e = d["fr_ecmp_nh_index"] & 0xFF
-        if d["fr_extflags"] & 2:  # EXT_FLAG_MOCK_SRC_UDP
+        vrf &= 0xFFFF
+        e = ecmp & 0xFF
+        if extflags & 2:  # EXT_FLAG_MOCK_SRC_UDP
             udp = L.MOCK_SRC_UDP_PORT
+        elif etype == 2:  # _udp_src_port inlined for IPv4
+            h = hash((vrf, key45[4:8], key45[12:20], self._hashrnd)) & 0xFFFFFFFF
+            udp = _MUDP_START + ((h * _MUDP_RANGE) >> 32)
         else:
             udp = self._udp_src_port(vrf, key45, etype)
-        qos = d["fr_qos_id"] & 0xFFFF
+        qos &= 0xFFFF
         _BODY_PACK(
             buf,
             off + 21,
-            d["fr_ttl"] & 0xFF,
+            ttl & 0xFF,
             qos - 0x10000 if qos & 0x8000 else qos,
             key45,
             gen,
@@ -564,19 +605,19 @@ class FlowTable(TableOwner):
             0,
             -1,
             0,
-            d["fr_flags1"] & 0xFFFF,
+            flags1 & 0xFFFF,
             action,
             vrf,
             0,
             _NO_MIRROR,
             _NO_MIRROR,
-            d["fr_src_nh_index"] & 0xFFFFFFFF,
+            src_nh & 0xFFFFFFFF,
             0,
             0,
             0,
             0,
             e - 256 if e >= 128 else e,
-            d["fr_drop_reason"] & 0xFF if action == 0 else 0,
+            drop_reason & 0xFF if action == 0 else 0,
             etype,
             udp,
             0,
