@@ -510,7 +510,7 @@ def datapath_run(args: argparse.Namespace) -> dict[str, float]:
     bindir = os.path.dirname(sys.executable)
     twistd = os.path.join(bindir, "twistd")
     cn = subprocess.Popen(
-        [twistd, "-n", "--pidfile=", "vrouter-control", "--xmpp",
+        [twistd, "-n", "--pidfile=", *_profile_args(), "vrouter-control", "--xmpp",
          f"tcp:{port}:interface=127.0.0.1", "--gr-time", "0"],
         cwd=tmp, stdout=open(os.path.join(tmp, "cn.log"), "wb"), stderr=subprocess.STDOUT)
     run_dir = os.path.join(tmp, "run")
