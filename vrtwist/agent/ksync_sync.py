@@ -22,6 +22,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from vrtwist.agent.dpstate import (
@@ -491,8 +492,18 @@ class DatapathSync:
         batch: list[Deferred[Any]] = []
         for start in range(0, len(ops), BUNCH):
             chunk = ops[start:start + BUNCH]
-            while len(self._outstanding) >= self.window:
-                await self._outstanding.pop(0)
+            out = self._outstanding
+            while len(out) >= self.window:
+                answered = 0
+                while answered < len(out) and out[answered].called:
+                    answered += 1
+                if answered:
+                    del out[:answered]
+                    continue
+                # Replies come in order, a bunch per netlink message: wait for the one
+                # that makes room, not for each request (one coroutine resume per chunk).
+                target = out[len(out) - self.window]
+                await (out[0] if target.called else target)
             channel = self.channel
             if channel is None:
                 self.dirty.update(o[2] for o in chunk)
@@ -518,8 +529,7 @@ class DatapathSync:
             many = getattr(channel, "request_many", None)
             ds = many(msgs) if many is not None else [channel.request(m) for m in msgs]
             for d, prev, (_order, op, key, name, _fields) in zip(ds, prevs, chunk, strict=True):
-                d.addCallback(lambda reply, n=name: _checked(n, reply))
-                d.addCallbacks(self._done, self._failed, callbackArgs=(op, key),
+                d.addCallbacks(self._answered, self._failed, callbackArgs=(name, op, key, prev),
                                errbackArgs=(op, key, prev))
                 batch.append(d)
                 self._outstanding.append(d)
@@ -532,8 +542,15 @@ class DatapathSync:
         for d in ready:
             d.callback(None)
 
-    def _done(self, _reply: Any, op: str, key: Key) -> None:
+    def _answered(self, reply: list[Any], name: str, op: str, key: Key,
+                  prev: tuple[str, dict[str, Any]] | None) -> None:
+        """One callback per request: check the vr_response, then record success or not."""
+        try:
+            _checked(name, reply)
+        except KsyncError as e:
+            return self._failed(Failure(e), op, key, prev)
         self.errors.pop(key, None)
+        return None
 
     def _failed(self, f: Any, op: str, key: Key,
                 prev: tuple[str, dict[str, Any]] | None) -> None:
