@@ -19,7 +19,7 @@ import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -469,7 +469,20 @@ class DatapathSync:
             mine.callback(None)
 
         def after_prev(result: object) -> object:
-            DeferredList(batch, consumeErrors=True).addBoth(finished)
+            # a counter, not a DeferredList: the requests' own callbacks already record
+            # each outcome, this only needs to know when the last one is in
+            left = [len(batch)]
+            if not batch:
+                finished(None)
+
+            def one(_: object) -> None:
+                left[0] -= 1
+                if not left[0]:
+                    finished(None)
+                return None  # the outcome is recorded; nothing is left to report
+
+            for d in batch:
+                d.addBoth(one)
             return result
         prev.addBoth(after_prev)
 
