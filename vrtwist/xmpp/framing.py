@@ -52,6 +52,9 @@ _OPEN_TAG = re.compile(
     rb"<(iq|message|stream:stream|/stream:stream|stream:features|starttls|proceed|failure)"
     rb"(?=[\s/>])"
 )
+# (opening bytes, close tag without its ">", tag) of the fast path in ``_next``
+_FAST_UNITS = ((b"<iq ", b"</iq", b"iq"), (b"<message ", b"</message", b"message"))
+_TAG_NAMES = {b"iq": "iq", b"message": "message"}
 _NAME_CHARS = re.compile(rb"<[/A-Za-z:_-]*")
 _HEADER_END = re.compile(rb"""http://etherx\.jabber\.org/streams["']\s*>""")
 _ATTR = re.compile(r"""([A-Za-z_:][-A-Za-z0-9_:.]*)\s*=\s*(["'])(.*?)\2""", re.S)
@@ -209,6 +212,18 @@ class StanzaSplitter:
 
     def _next(self, buf: bytearray) -> FramingEvent | None:
         off = self._off
+        # Fast path for the hot stanzas: "<iq " / "<message " whose first close tag is
+        # the plain "</iq>" / "</message>" (the first match of the general close pattern
+        # too).  Not while a search is being resumed, so a large split stanza is not
+        # rescanned on every read; anything else takes the general path.
+        if self._scan_from <= off:
+            for f_open, f_close, f_tag in _FAST_UNITS:
+                if buf.startswith(f_open, off):
+                    at = buf.find(f_close, off)
+                    gt = at + len(f_close)
+                    if at >= 0 and gt < len(buf) and buf[gt] == 0x3E:  # ">"
+                        return self._unit(f_tag, off, gt + 1)
+                    break
         end = len(buf)
         start = off
         while off < end and buf[off] in _SKIP:
@@ -293,7 +308,8 @@ class StanzaSplitter:
                 f"stanza of {stop - start} bytes exceeds the limit of {self.max_stanza}", start
             )
         self._off = self._scan_from = stop
-        return StanzaBytes(tag.decode("ascii"), bytes(self._buf[start:stop]))
+        name = _TAG_NAMES.get(tag) or tag.decode("ascii")
+        return StanzaBytes(name, bytes(self._buf[start:stop]))
 
     def _need_more(self, unit_start: int, end: int) -> FramingEvent | None:
         if end - unit_start > self.max_stanza:
