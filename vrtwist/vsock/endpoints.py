@@ -142,14 +142,13 @@ def _addr(pair: Any) -> VSockAddress:
     return VSockAddress(int(cid), int(port))
 
 
-class VSockServer(tcp.Server):
-    """Accepted vsock connection: Twisted's TCP server transport with vsock addresses."""
+class _VSockTransport:
+    """What both vsock transports answer differently from TCP: addresses and TCP options."""
 
-    def getHost(self) -> VSockAddress:  # type: ignore[override]
+    socket: Any
+
+    def getHost(self) -> VSockAddress:
         return _addr(self.socket.getsockname())
-
-    def getPeer(self) -> VSockAddress:  # type: ignore[override]
-        return _addr(self.client)
 
     def getTcpNoDelay(self) -> bool:
         """vsock has no Nagle: always "no delay"."""
@@ -163,6 +162,13 @@ class VSockServer(tcp.Server):
 
     def setTcpKeepAlive(self, enabled: bool) -> None:
         """No-op: vsock has no TCP keepalive."""
+
+
+class VSockServer(_VSockTransport, tcp.Server):  # type: ignore[misc]
+    """Accepted vsock connection: Twisted's TCP server transport with vsock addresses."""
+
+    def getPeer(self) -> VSockAddress:  # type: ignore[override]
+        return _addr(self.client)
 
 
 @implementer(IListeningPort)
@@ -200,7 +206,7 @@ class VSockPort(tcp.Port):
         return _addr(self.socket.getsockname())
 
 
-class VSockClient(tcp.BaseClient):
+class VSockClient(_VSockTransport, tcp.BaseClient):  # type: ignore[misc]
     """An outgoing vsock connection: Twisted's TCP client with vsock addresses."""
 
     addressFamily = AF_VSOCK
@@ -219,23 +225,8 @@ class VSockClient(tcp.BaseClient):
             whenDone = None
         self._finishInit(whenDone, skt, err, reactor)
 
-    def getHost(self) -> VSockAddress:  # type: ignore[override]
-        return _addr(self.socket.getsockname())
-
     def getPeer(self) -> VSockAddress:  # type: ignore[override]
         return _addr(self.addr)
-
-    def getTcpNoDelay(self) -> bool:
-        return True
-
-    def setTcpNoDelay(self, enabled: bool) -> None:
-        """No-op: vsock has no Nagle algorithm to turn off."""
-
-    def getTcpKeepAlive(self) -> bool:
-        return False
-
-    def setTcpKeepAlive(self, enabled: bool) -> None:
-        """No-op: vsock has no TCP keepalive."""
 
 
 class VSockConnector(BaseConnector):
