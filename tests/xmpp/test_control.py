@@ -116,6 +116,15 @@ class ReflectionTests(SynchronousTestCase):
             self.assertEqual(items["10.0.0.1/32"].next_hops[0].label, 20)
         self.assertEqual(a.routes(), ({}, [], 0))
 
+    def test_origin_is_not_marked_for_its_own_routes(self) -> None:
+        """An agent never sees its own paths, so its own publishes leave nothing pending
+        for it (no mark, no best-path lookup at flush)."""
+        a = self.agents["a"]
+        a.publish("blue", inet("10.0.0.1/32", "127.0.0.2", 20))
+        self.assertEqual(a.proto._dirty, {})
+        self.assertNotIn(a.proto, self.node._dirty_sessions)
+        self.assertEqual(len(self.node._dirty_sessions), 2)
+
     def test_messages_carry_vrf_node_and_agent_address(self) -> None:
         a, b = self.agents["a"], self.agents["b"]
         a.publish("blue", inet("10.0.0.1/32"))

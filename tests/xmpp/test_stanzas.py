@@ -379,6 +379,42 @@ class RoundTripTests(SynchronousTestCase):
         self.assertEqual(u.vrf, vrf)
 
 
+class BuilderCacheTests(SynchronousTestCase):
+    """The builders keep the parts shared by an agent's routes; output must not depend on
+    what was built before, nor on the cache being full."""
+
+    def test_same_bytes_cold_and_warm(self) -> None:
+        from vrtwist.xmpp import stanzas
+
+        entries = [
+            RouteEntry(1, 1, f"10.0.0.{i}/32", (NextHop("192.0.2.1", 16 + i, ("gre", "udp"),
+                                                       virtual_network="v<1>"),),
+                       virtual_network="v<1>", local_preference=100 + i % 2)
+            for i in range(4)
+        ] + [RouteEntry(25, 242, "10.0.0.9/32", (NextHop("192.0.2.1", 7, tags=(3,)),),
+                        mac="02:00:00:00:00:09", security_groups=(5,))]
+        for e in entries:
+            stanzas._pieces.clear()
+            cold = build_route_publish("a&b", "blue", e, True, 3)
+            warm = build_route_publish("a&b", "blue", e, True, 3)
+            self.assertEqual(cold, warm)
+            p = parse_stanza(frame(cold)[0])
+            assert isinstance(p, Publish)
+            self.assertEqual(p.entry, e)
+        # labels differ per route and are never taken from the cache
+        a, b = (build_route_publish("a", "blue", e, True, 1) for e in entries[:2])
+        self.assertIn(b"<label>16</label>", a)
+        self.assertIn(b"<label>17</label>", b)
+
+    def test_cache_is_bounded(self) -> None:
+        from vrtwist.xmpp import stanzas
+
+        for i in range(stanzas._PIECES_MAX + 10):
+            build_route_publish("a", "blue", RouteEntry(1, 1, "10.0.0.1/32", (
+                NextHop(f"192.0.{i >> 8 & 255}.{i & 255}", 5),)))
+        self.assertLessEqual(len(stanzas._pieces), stanzas._PIECES_MAX)
+
+
 class BadStanzaTests(SynchronousTestCase):
     def check(self, data: bytes, fragment: str) -> None:
         with self.assertRaises(StanzaError) as cm:

@@ -228,7 +228,7 @@ class ControlNode:
                     self._uncount(origin)
                     if not paths:
                         del items[item_id]
-                    self._changed(inst, family, item_id)
+                    self._changed(inst, family, item_id, origin)
                     n += 1
             self._maybe_drop(inst)
         return n
@@ -284,7 +284,7 @@ class ControlNode:
                     self._uncount(name)
                     if not paths:
                         del items[item_id]
-                    self._changed(inst, family, item_id)
+                    self._changed(inst, family, item_id, name)
         self._maybe_drop(inst)
 
     # -- routes -------------------------------------------------------------------------
@@ -324,7 +324,7 @@ class ControlNode:
             self._uncount(name)
             if not paths:
                 del items[item_id]
-        self._changed(inst, family, item_id)
+        self._changed(inst, family, item_id, name)
 
     def _uncount(self, origin: str) -> None:
         left = self.route_counts.get(origin, 0) - 1
@@ -361,12 +361,22 @@ class ControlNode:
                 best, best_key = path, key
         return best
 
-    def _changed(self, inst: RoutingInstance, family: Family, item_id: str) -> None:
+    def _changed(self, inst: RoutingInstance, family: Family, item_id: str, origin: str) -> None:
+        """``origin``'s path of an item changed: every other subscriber may see a new best
+        path.  ``origin`` itself never sees its own paths, so its view did not change."""
         key = (inst.name, family[0], family[1])
-        for session in inst.subscribers.values():
-            session.markDirty(key, (item_id,))
-            self._dirty_sessions.add(session)
-        self._schedule_all()
+        dirty = self._dirty_sessions
+        for name, session in inst.subscribers.items():
+            if name == origin:
+                continue
+            pending = session._dirty.get(key)
+            if pending is None:
+                session._dirty[key] = {item_id}
+            else:
+                pending.add(item_id)
+            dirty.add(session)
+        if self._flush_call is None:
+            self._flush_call = self.clock.callLater(0, self.flush)
 
     def _schedule(self, session: ControlSession) -> None:
         self._dirty_sessions.add(session)

@@ -16,7 +16,7 @@ import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = [
     "PUBSUB_NS",
@@ -101,9 +101,12 @@ class UnsupportedFamily(StanzaError):
 # ---------------------------------------------------------------------------- records
 
 
-@dataclass(frozen=True, slots=True)
-class NextHop:
-    """One next hop of a route: the tunnel endpoint, label and allowed encapsulations."""
+class NextHop(NamedTuple):
+    """One next hop of a route: the tunnel endpoint, label and allowed encapsulations.
+
+    A named tuple rather than a frozen dataclass: tens of thousands are built per second
+    on the hot paths, and a tuple is built and compared in C (about 3x cheaper).
+    """
 
     address: str
     label: int
@@ -114,9 +117,11 @@ class NextHop:
     tags: tuple[int, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class RouteEntry:
-    """A route item: inet/inet6 (``address`` is the prefix) or EVPN (``mac`` + address)."""
+class RouteEntry(NamedTuple):
+    """A route item: inet/inet6 (``address`` is the prefix) or EVPN (``mac`` + address).
+
+    A named tuple for the same reason as :class:`NextHop`.
+    """
 
     afi: int
     safi: int
@@ -686,40 +691,66 @@ def items_node(vrf: str, afi: int, safi: int) -> str:
     return f"{afi}/{safi}/{vrf}"
 
 
-def _next_hop_xml(nh: NextHop, evpn: bool) -> str:
+#: Built pieces of the builders below, by what they depend on (routes of one agent share
+#: next hop, network and attributes and differ in prefix and label, so publishing a burst
+#: formats only those).  Cleared when it grows past ``_PIECES_MAX`` entries.
+_pieces: dict[tuple[Any, ...], Any] = {}
+_PIECES_MAX = 4096
+
+
+def _remember(key: tuple[Any, ...], value: Any) -> Any:
+    if len(_pieces) >= _PIECES_MAX:
+        _pieces.clear()
+    _pieces[key] = value
+    return value
+
+
+def _next_hop_parts(nh: NextHop, evpn: bool) -> tuple[str, str]:
+    """A next hop's XML before and after its label (the label alone varies per port)."""
+    key = ("nh", evpn, nh.address, nh.mac, nh.encapsulations, nh.virtual_network,
+           nh.l3_label, nh.tags)
+    parts = _pieces.get(key)
+    if parts is not None:
+        return parts  # type: ignore[no-any-return]
     encaps = "".join(
         f"<tunnel-encapsulation>{_esc(e)}</tunnel-encapsulation>" for e in nh.encapsulations
     )
     tags = "".join(f"<tag>{int(t)}</tag>" for t in nh.tags)
     tag_list = f"<tag-list>{tags}</tag-list>" if tags else "<tag-list />"
+    head = f"<next-hop><af>1</af><address>{_esc(nh.address)}</address><mac>{_esc(nh.mac)}</mac><label>"
     if evpn:
-        return (
-            f"<next-hop><af>1</af><address>{_esc(nh.address)}</address>"
-            f"<mac>{_esc(nh.mac)}</mac><label>{int(nh.label)}</label>"
-            f"<l3-label>{int(nh.l3_label)}</l3-label>"
+        tail = (
+            f"</label><l3-label>{int(nh.l3_label)}</l3-label>"
             f"<tunnel-encapsulation-list>{encaps}</tunnel-encapsulation-list>{tag_list}"
             "</next-hop>"
         )
-    return (
-        f"<next-hop><af>1</af><address>{_esc(nh.address)}</address>"
-        f"<mac>{_esc(nh.mac)}</mac><label>{int(nh.label)}</label><vni>0</vni>"
-        f"<tunnel-encapsulation-list>{encaps}</tunnel-encapsulation-list>"
-        f"<virtual-network>{_esc(nh.virtual_network)}</virtual-network>{tag_list}"
-        "</next-hop>"
-    )
+    else:
+        tail = (
+            f"</label><vni>0</vni><tunnel-encapsulation-list>{encaps}</tunnel-encapsulation-list>"
+            f"<virtual-network>{_esc(nh.virtual_network)}</virtual-network>{tag_list}"
+            "</next-hop>"
+        )
+    return _remember(key, (head, tail))  # type: ignore[no-any-return]
 
 
-def entry_xml(entry: RouteEntry) -> str:
-    """The ``<entry>`` of a route, elements in XSD order (empty ones included)."""
+def _next_hop_xml(nh: NextHop, evpn: bool) -> str:
+    head, tail = _next_hop_parts(nh, evpn)
+    return f"{head}{int(nh.label)}{tail}"
+
+
+def _entry_tail(entry: RouteEntry, evpn: bool) -> str:
+    """An entry's XML after its next hops: the same for every route with the same
+    network and attributes."""
+    key = ("tail", evpn, entry.virtual_network, entry.sequence_number,
+           entry.local_preference, entry.med, entry.security_groups, entry.sub_protocol)
+    tail = _pieces.get(key)
+    if tail is not None:
+        return tail  # type: ignore[no-any-return]
     sgs = "".join(f"<security-group>{int(s)}</security-group>" for s in entry.security_groups)
     sgl = f"<security-group-list>{sgs}</security-group-list>" if sgs else "<security-group-list />"
-    if entry.afi == AFI_L2VPN:
-        hops = "".join(_next_hop_xml(nh, True) for nh in entry.next_hops)
-        return (
-            f"<entry><nlri><af>{entry.afi}</af><safi>{entry.safi}</safi>"
-            f"<ethernet-tag>{int(entry.ethernet_tag)}</ethernet-tag><mac>{_esc(entry.mac)}</mac>"
-            f"<address>{_esc(entry.address)}</address></nlri>"
-            f"<next-hops>{hops}</next-hops><olist /><virtual-network>"
+    if evpn:
+        tail = (
+            f"</next-hops><olist /><virtual-network>"
             f"{_esc(entry.virtual_network)}</virtual-network>"
             f'<mobility seqno="0" sticky="false" /><sequence-number>{int(entry.sequence_number)}'
             f"</sequence-number>{sgl}<local-preference>{int(entry.local_preference)}"
@@ -729,33 +760,67 @@ def entry_xml(entry: RouteEntry) -> str:
             "<leaf-olist /><replicator-address></replicator-address>"
             "<etree-leaf>true</etree-leaf></entry>"
         )
-    hops = "".join(_next_hop_xml(nh, False) for nh in entry.next_hops)
+    else:
+        tail = (
+            f"</next-hops><version>1</version><virtual-network>"
+            f"{_esc(entry.virtual_network)}</virtual-network>"
+            f'<mobility seqno="0" sticky="false" /><sequence-number>{int(entry.sequence_number)}'
+            f"</sequence-number>{sgl}<community-tag-list />"
+            f"<local-preference>{int(entry.local_preference)}</local-preference>"
+            f"<med>{int(entry.med)}</med><load-balance><load-balance-fields />"
+            "<load-balance-decision>field-hash</load-balance-decision></load-balance>"
+            f"<sub-protocol>{_esc(entry.sub_protocol)}</sub-protocol></entry>"
+        )
+    return _remember(key, tail)  # type: ignore[no-any-return]
+
+
+def entry_xml(entry: RouteEntry) -> str:
+    """The ``<entry>`` of a route, elements in XSD order (empty ones included)."""
+    evpn = entry.afi == AFI_L2VPN
+    hops = "".join(_next_hop_xml(nh, evpn) for nh in entry.next_hops)
+    if evpn:
+        return (
+            f"<entry><nlri><af>{entry.afi}</af><safi>{entry.safi}</safi>"
+            f"<ethernet-tag>{int(entry.ethernet_tag)}</ethernet-tag><mac>{_esc(entry.mac)}</mac>"
+            f"<address>{_esc(entry.address)}</address></nlri>"
+            f"<next-hops>{hops}{_entry_tail(entry, True)}"
+        )
     return (
         f"<entry><nlri><af>{entry.afi}</af><safi>{entry.safi}</safi>"
-        f"<address>{_esc(entry.address)}</address></nlri><next-hops>{hops}</next-hops>"
-        f"<version>1</version><virtual-network>{_esc(entry.virtual_network)}</virtual-network>"
-        f'<mobility seqno="0" sticky="false" /><sequence-number>{int(entry.sequence_number)}'
-        f"</sequence-number>{sgl}<community-tag-list />"
-        f"<local-preference>{int(entry.local_preference)}</local-preference>"
-        f"<med>{int(entry.med)}</med><load-balance><load-balance-fields />"
-        "<load-balance-decision>field-hash</load-balance-decision></load-balance>"
-        f"<sub-protocol>{_esc(entry.sub_protocol)}</sub-protocol></entry>"
+        f"<address>{_esc(entry.address)}</address></nlri><next-hops>{hops}"
+        f"{_entry_tail(entry, False)}"
     )
+
+
+def _iq_open(sender: str, service: str) -> str:
+    """``<iq type="set" from=... to=...`` of an agent's iq, up to its ``id``."""
+    key = ("iq", sender, service)
+    head = _pieces.get(key)
+    if head is None:
+        head = _remember(
+            key, f'<iq type="set" from="{_esc(sender)}" to="{CONTROL_NODE_JID}/{service}"'
+        )
+    return head  # type: ignore[no-any-return]
 
 
 def build_route_publish(
     sender: str, vrf: str, entry: RouteEntry, add: bool = True, seq: int = 0
 ) -> bytes:
     """The publish + collection iq pair for one route; ``add=False`` withdraws it."""
-    node = publish_node(vrf, entry)
-    l2 = "_l2" if entry.afi == AFI_L2VPN else ""
+    evpn = entry.afi == AFI_L2VPN
+    if evpn:
+        enode = _esc(publish_node(vrf, entry))
+    else:
+        enode = f"{entry.afi}/{entry.safi}/{_esc(vrf)}/{_esc(entry.address)}"
+    l2 = "_l2" if evpn else ""
     op = "associate" if add else "dissociate"
-    enode = _esc(node)
+    head = _iq_open(sender, "bgp-peer")
+    pubsub = f'<pubsub xmlns="{PUBSUB_NS}">'
     return (
-        _iq_head(sender, "bgp-peer", f"pubsub{l2}{seq}")
-        + f'<publish node="{enode}"><item>{entry_xml(entry)}</item></publish></pubsub></iq>'
-        + _iq_head(sender, "bgp-peer", f"collection{l2}{seq}")
-        + f'<collection node="{_esc(vrf)}"><{op} node="{enode}" /></collection></pubsub></iq>'
+        f'{head} id="pubsub{l2}{seq}">{pubsub}<publish node="{enode}"><item>'
+        f"{entry_xml(entry)}</item></publish></pubsub></iq>"
+        f'{head} id="collection{l2}{seq}">{pubsub}<collection node="{_esc(vrf)}"><{op} '
+        f'node="{enode}" /></collection></pubsub></iq>'
     ).encode()
 
 
