@@ -19,7 +19,7 @@ import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -38,10 +38,11 @@ from vrtwist.agent.dpstate import (
     DatapathModel,
     Key,
 )
-from vrtwist.agent.interfaces import IKsyncChannel
+from vrtwist.agent.interfaces import IKsyncBunchChannel, IKsyncChannel
 from vrtwist.datapath import constants as C
-from vrtwist.ksync.client import KsyncClientProtocol
+from vrtwist.ksync.client import KsyncClientProtocol, KsyncConnectionLost
 from vrtwist.ksync.client import KsyncError as ClientKsyncError
+from vrtwist.ksync.clientcore import KsyncProtocolError, KsyncResponse
 from vrtwist.sandesh import SPECS_BY_NAME, schema
 
 #: Fields compared to decide whether a dumped object still matches the desired one.
@@ -176,7 +177,8 @@ class DatapathSync:
         self._started = 0  # batches of requests started / answered
         self._finished = 0
         self._flushes: list[tuple[int, Deferred[None]]] = []
-        self._outstanding: list[Deferred[Any]] = []  # sent, maybe not answered yet
+        self._in_flight = 0  # requests sent and not answered yet
+        self._room: Deferred[None] | None = None  # fired when _in_flight drops below window
         self._tail: Deferred[None] = succeed(None)  # fires when the last batch is answered
         self._idle: list[Deferred[None]] = []
         self.requests_sent = 0
@@ -501,22 +503,16 @@ class DatapathSync:
 
         ``applied`` is updated when a request is sent (what the datapath will hold once
         it has executed everything sent so far) and put back if the request fails.
+        Returns one Deferred per bunch, fired once its answers are recorded.
         """
         batch: list[Deferred[Any]] = []
         for start in range(0, len(ops), BUNCH):
             chunk = ops[start:start + BUNCH]
-            out = self._outstanding
-            while len(out) >= self.window:
-                answered = 0
-                while answered < len(out) and out[answered].called:
-                    answered += 1
-                if answered:
-                    del out[:answered]
-                    continue
-                # Replies come in order, a bunch per netlink message: wait for the one
-                # that makes room, not for each request (one coroutine resume per chunk).
-                target = out[len(out) - self.window]
-                await (out[0] if target.called else target)
+            while self._in_flight >= self.window:
+                # replies come in order, a bunch per netlink message: one resume per
+                # bunch answered, not per request
+                room = self._room = Deferred()
+                await room
             channel = self.channel
             if channel is None:
                 self.dirty.update(o[2] for o in chunk)
@@ -539,15 +535,58 @@ class DatapathSync:
                     self._note_route(key)
                 msgs.append(make(name, req))
             self.requests_sent += len(msgs)
-            many = getattr(channel, "request_many", None)
-            ds = many(msgs) if many is not None else [channel.request(m) for m in msgs]
-            for d, prev, (_order, op, key, name, _fields) in zip(ds, prevs, chunk, strict=True):
-                d.addCallbacks(self._answered, self._failed, callbackArgs=(name, op, key, prev),
-                               errbackArgs=(op, key, prev))
-                batch.append(d)
-                self._outstanding.append(d)
-        self._outstanding = [d for d in self._outstanding if not d.called]
+            self._in_flight += len(msgs)
+            d: Deferred[Any]
+            if IKsyncBunchChannel.providedBy(channel):
+                d = channel.request_bunch(msgs)
+                d.addBoth(self._bunch_answered, chunk, prevs)
+            else:
+                many = getattr(channel, "request_many", None)
+                ds = many(msgs) if many is not None else [channel.request(m) for m in msgs]
+                d = _gather(ds)
+                d.addCallback(self._replies_answered, chunk, prevs)
+            batch.append(d)
         return batch
+
+    def _bunch_answered(self, results: list[Any] | Failure,
+                        chunk: list[tuple[int, str, Key, str, dict[str, Any]]],
+                        prevs: list[tuple[str, dict[str, Any]] | None]) -> None:
+        """Record the answers of one bunch (one callback for up to BUNCH requests)."""
+        self._in_flight -= len(chunk)
+        if isinstance(results, Failure):
+            for (_order, op, key, _name, _fields), prev in zip(chunk, prevs, strict=True):
+                self._failed(results, op, key, prev)
+        else:
+            errors = self.errors
+            for r, prev, (_order, op, key, name, _fields) in zip(results, prevs, chunk,
+                                                                 strict=True):
+                if type(r) is KsyncResponse:
+                    if errors:
+                        errors.pop(key, None)
+                elif isinstance(r, ClientKsyncError):
+                    self._failed(Failure(KsyncError(r.code, name)), op, key, prev)
+                else:  # an unreadable answer: like a lost session, read it again later
+                    self._failed(Failure(r), op, key, prev)
+        self._make_room()
+
+    def _replies_answered(self, replies: list[Any],
+                          chunk: list[tuple[int, str, Key, str, dict[str, Any]]],
+                          prevs: list[tuple[str, dict[str, Any]] | None]) -> None:
+        """Record the answers of one bunch sent with per-request Deferreds."""
+        self._in_flight -= len(chunk)
+        for r, prev, (_order, op, key, name, _fields) in zip(replies, prevs, chunk,
+                                                             strict=True):
+            if isinstance(r, Failure):
+                self._failed(r, op, key, prev)
+            else:
+                self._answered(r, name, op, key, prev)
+        self._make_room()
+
+    def _make_room(self) -> None:
+        room = self._room
+        if room is not None and self._in_flight < self.window:
+            self._room = None
+            room.callback(None)
 
     def _fire_flushes(self) -> None:
         ready = [d for t, d in self._flushes if t <= self._finished]
@@ -586,6 +625,26 @@ class DatapathSync:
 
 #: Requests bunched into one netlink message (the agent's ``kMaxBulkMsgCount``).
 BUNCH = 16
+
+
+def _gather(ds: list[Deferred[Any]]) -> Deferred[list[Any]]:
+    """One Deferred for per-request Deferreds: fires with each result or its Failure."""
+    out: list[Any] = [None] * len(ds)
+    done: Deferred[list[Any]] = Deferred()
+    left = [len(ds)]
+
+    def one(result: Any, i: int) -> None:
+        out[i] = result
+        left[0] -= 1
+        if not left[0]:
+            done.callback(out)
+        return None
+
+    for i, d in enumerate(ds):
+        d.addBoth(one, i)
+    if not ds:
+        done.callback(out)
+    return done
 
 
 def _checked(name: str, reply: list[Any]) -> list[Any]:
@@ -631,12 +690,21 @@ def _sort_key(key: Key) -> tuple[Any, ...]:
     return tuple(str(x) if isinstance(x, bytes) else x for x in key)
 
 
-@implementer(IKsyncChannel)
+@implementer(IKsyncBunchChannel)
 class ProtocolChannel:
     """IKsyncChannel over a connected ``vrtwist.ksync.client.KsyncClientProtocol``."""
 
     def __init__(self, proto: Any) -> None:
         self.proto = proto
+
+    def request_bunch(self, msgs: list[Any]) -> Deferred[list[Any]]:
+        """One Deferred for a bunch (see ``IKsyncBunchChannel``)."""
+        bunch = getattr(self.proto, "request_bunch", None)
+        if bunch is not None:
+            return bunch(msgs)  # type: ignore[no-any-return]
+        # a plain KsyncClientProtocol: its per-request Deferreds, gathered
+        d = _gather(self.proto.request_many(msgs))
+        return d.addCallback(_as_results)
 
     def request(self, msg: Any) -> Deferred[list[Any]]:
         return self.request_many([msg])[0]
@@ -645,6 +713,19 @@ class ProtocolChannel:
         """Bunch ``msgs`` into one netlink message; one Deferred per request, in order."""
         return [d.addCallbacks(_as_reply, _refused_reply)
                 for d in self.proto.request_many(msgs)]
+
+
+def _as_results(results: list[Any]) -> list[Any]:
+    """Per-request outcomes in the ``request_bunch`` form (a lost session fails it all)."""
+    out = []
+    for r in results:
+        if isinstance(r, Failure):
+            if not isinstance(r.value, ClientKsyncError | KsyncProtocolError):
+                return r  # type: ignore[return-value]
+            out.append(r.value)
+        else:
+            out.append(r)
+    return out
 
 
 def _as_reply(resp: Any) -> list[Any]:
@@ -798,11 +879,55 @@ def _retry_policy(attempt: int) -> float:
 
 
 class _SyncProtocol(KsyncClientProtocol):
-    """The ksync client protocol plus a Deferred that fires when the session ends."""
+    """The ksync client protocol plus a Deferred that fires when the session ends, and
+    ``request_bunch``: one Deferred per netlink message rather than per request."""
 
     def __init__(self) -> None:
         super().__init__(pid=os.getpid())
         self.lost_d: Deferred[None] = Deferred()
+        self._bunches: dict[int, Deferred[list[Any]]] = {}
+
+    def request_bunch(self, msgs: list[Any]) -> Deferred[list[Any]]:
+        """Bunch ``msgs`` into one netlink message; one Deferred for all their results."""
+        if self._lost is not None or self.transport is None:
+            return fail(KsyncConnectionLost("ksync connection is closed"))
+        seq, data = self._core.build(msgs)
+        d: Deferred[list[Any]] = Deferred()
+        self._bunches[seq] = d
+        self.transport.write(data)
+        return d
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self._bunches:
+            super().dataReceived(data)
+            return
+        try:
+            done = self._core.feed(data)
+        except KsyncProtocolError as e:
+            self._log.error("ksync: broken reply stream: {error}", error=str(e))
+            self._fail_all(Failure(e))
+            if self.transport is not None:
+                self.transport.loseConnection()
+            return
+        for seq, results in done:
+            bunch = self._bunches.pop(seq, None)
+            if bunch is not None:
+                bunch.callback(results)
+                continue
+            ds = self._waiting.pop(seq, None)
+            if ds is None:
+                continue
+            for d, r in zip(ds, results, strict=True):
+                if isinstance(r, Exception):
+                    d.errback(Failure(r))
+                else:
+                    d.callback(r)
+
+    def _fail_all(self, f: Failure) -> None:
+        bunches, self._bunches = self._bunches, {}
+        super()._fail_all(f)
+        for d in bunches.values():
+            d.errback(f)
 
     def connectionLost(self, reason: Any = None) -> None:
         if reason is None:
