@@ -520,6 +520,28 @@ class BatchTests(SynchronousTestCase):
         self.assertEqual(self.m.desired, desired)  # nothing half-added
         self.assertEqual(self.seen, [])
 
+    def test_bad_mac_leaves_no_tunnel_reference(self) -> None:
+        name = self.m.vrfNames()[0]
+        desired = dict(self.m.desired)
+        for mac in ("zz:00:00:00:00:01", "01:00:00:00:00:01"):  # not a MAC, multicast
+            self.assertRaises(ValueError, self.m.addRemoteRoute, name, "10.0.0.9", 32,
+                              "192.0.2.9", 5, mac=mac)
+        self.assertEqual(self.m.desired, desired)
+        self.assertEqual(self.m._tunnels, {})
+
+    def test_vrf_without_ports_goes_with_its_last_remote_route(self) -> None:
+        """A VRF whose ports are gone lives on while controller routes use it."""
+        name = self.m.vrfNames()[0]
+        for i in range(3):
+            self.m.addRemoteRoute(name, f"10.7.0.{i}", 32, "192.0.2.9", 100 + i)
+        self.agent.call("DELETE", f"/port/{port_body(1)['id']}")
+        self.assertEqual(self.m.vrfNames(), [name])
+        for i in range(3):
+            self.assertEqual(self.m.vrfNames(), [name])
+            self.m.deleteRemoteRoute(name, f"10.7.0.{i}", 32)
+        self.assertEqual(self.m.vrfNames(), [])
+        self.assertEqual(self.agent.sync.errors, {})
+
     def test_host_bits_are_cleared_and_v6_works(self) -> None:
         from vrtwist.agent.dpstate import parse_prefix
 

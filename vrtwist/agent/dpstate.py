@@ -166,6 +166,7 @@ class DatapathModel:
         self._ports: dict[str, _PortIds] = {}
         self._tunnels: dict[tuple[str, str], tuple[int, int]] = {}  # (dip, encap) -> nh, refs
         self._remote: dict[tuple[str, str, int], tuple[list[Key], tuple[str, str]]] = {}
+        self._remote_count: dict[str, int] = {}  # VRF name -> routes in self._remote
         self._adopted: dict[str, Adopted] = {}
         self._gateways: dict[str, tuple[str, int, int, list[Key]]] = {}
         self._os_index = os_index or _if_index
@@ -446,14 +447,15 @@ class DatapathModel:
         self.nhs.free(ids.l3_nh)
         self.nhs.free(ids.l2_nh)
         self.labels.free(ids.label)
-        if not v.ports and not self._remote_in(v.vrf_id):
+        if not v.ports and not self._remote_in(v):
             keys += self._drop_vrf(v)
         self._notify(keys)
         if self.controller is not None:
             self.controller.localRouteDeleted(ids.route)
 
-    def _remote_in(self, vrf_id: int) -> bool:
-        return any(k[0][2] == vrf_id for k, _ in self._remote.values() if k)
+    def _remote_in(self, v: _Vrf) -> bool:
+        """Routes learnt from the controller still use the VRF (a count, not a scan)."""
+        return bool(self._remote_count.get(v.name))
 
     def port_ids(self, uuid: str) -> dict[str, int] | None:
         """The ids a port got (vif, l3_nh, l2_nh, label, vrf), for tests and GET extras."""
@@ -522,7 +524,7 @@ class DatapathModel:
         self.nhs.free(nh)
         v = self._vrfs[vrf_name]
         v.ports.discard("gateway:" + interface)
-        if not v.ports and not self._remote_in(v.vrf_id):
+        if not v.ports and not self._remote_in(v):
             keys += self._drop_vrf(v)
         self._notify(keys)
 
@@ -533,48 +535,65 @@ class DatapathModel:
 
     def addRemoteRoute(self, vrf_name: str, prefix: str, plen: int, nexthop: str, label: int,
                        encap: str = "udp", mac: str | None = None) -> None:
+        # Called once per route learnt from the controller (ten thousand in a burst):
+        # plain dict and tuple work, no helper objects.
         v = self._vrfs.get(vrf_name)
         if v is None:
             raise KeyError(f"unknown routing instance {vrf_name!r}")
-        flag = {"udp": C.NH_FLAG_TUNNEL_UDP_MPLS, "gre": C.NH_FLAG_TUNNEL_GRE,
-                "vxlan": C.NH_FLAG_TUNNEL_VXLAN}.get(encap)
+        flag = _ENCAP_FLAGS.get(encap)
         if flag is None:
             raise ValueError(f"encap {encap!r} is not udp, gre or vxlan")
         if not 0 <= label < 1 << 24:
             raise ValueError(f"label {label} is not a 20/24-bit label")
         fam, packed, text = parse_prefix(prefix, plen)
         dip = _ipv4_int(nexthop)
+        rmac = parse_mac(mac) if mac else None
         rkey = (vrf_name, text, plen)
         if rkey in self._remote:
             self.deleteRemoteRoute(vrf_name, prefix, plen)
         tkey = (nexthop, encap)
-        nh, refs = self._tunnels.get(tkey, (0, 0))
-        keys: list[Key] = []
-        if refs == 0:
+        desired = self.desired
+        tunnel = self._tunnels.get(tkey)
+        keys: list[Key]
+        if tunnel is None:
             nh = self.nhs.alloc()
-            self._set((NH, nh), "vr_nexthop_req", {
+            desired[(NH, nh)] = ("vr_nexthop_req", {
                 "nhr_id": nh, "nhr_type": C.NH_TUNNEL, "nhr_family": C.AF_INET, "nhr_vrf": 0,
                 "nhr_encap_oif_id": self.fabric_vif,
                 "nhr_encap": list(bytes(6) + VROUTER_MAC + b"\x08\x00"),
                 "nhr_tun_sip": host_u32(self.fabric_ip), "nhr_tun_dip": dip,
                 "nhr_flags": C.NH_FLAG_VALID | flag})
-            keys.append((NH, nh))
-        self._tunnels[tkey] = (nh, refs + 1)
-        rk: Key = (ROUTE, fam, v.vrf_id, packed, plen)
-        rmac = parse_mac(mac) if mac else None
-        self._set(rk, "vr_route_req", _route_fields(rk, nh, label, C.VR_RT_LABEL_VALID_FLAG,
-                                                    rmac))
-        route_keys = [rk]
+            keys = [(NH, nh)]
+            self._tunnels[tkey] = (nh, 1)
+        else:
+            nh = tunnel[0]
+            keys = []
+            self._tunnels[tkey] = (nh, tunnel[1] + 1)
+        vrf_id = v.vrf_id
+        rk: Key = (ROUTE, fam, vrf_id, packed, plen)
+        desired[rk] = ("vr_route_req", {
+            "rtr_vrf_id": vrf_id, "rtr_family": fam, "rtr_prefix": list(packed),
+            "rtr_prefix_len": plen, "rtr_nh_id": nh, "rtr_label": label,
+            "rtr_label_flags": C.VR_RT_LABEL_VALID_FLAG,
+            "rtr_mac": list(rmac) if rmac else []})
+        keys.append(rk)
         if rmac is not None:
-            bk: Key = (ROUTE, C.AF_BRIDGE, v.vrf_id, rmac)
-            self._set(bk, "vr_route_req", {
-                "rtr_vrf_id": v.vrf_id, "rtr_family": C.AF_BRIDGE, "rtr_mac": list(rmac),
+            bk: Key = (ROUTE, C.AF_BRIDGE, vrf_id, rmac)
+            desired[bk] = ("vr_route_req", {
+                "rtr_vrf_id": vrf_id, "rtr_family": C.AF_BRIDGE, "rtr_mac": list(rmac),
                 "rtr_nh_id": nh, "rtr_label": label,
                 "rtr_label_flags": C.VR_BE_LABEL_VALID_FLAG, "rtr_prefix": [],
                 "rtr_prefix_len": 0})
-            route_keys.append(bk)
-        self._remote[rkey] = (route_keys, tkey)
-        self._notify(keys + route_keys)
+            keys.append(bk)
+            self._remote[rkey] = ([rk, bk], tkey)
+        else:
+            self._remote[rkey] = ([rk], tkey)
+        counts = self._remote_count
+        counts[vrf_name] = counts.get(vrf_name, 0) + 1
+        if self._batch_depth:
+            self._batched_keys.extend(keys)
+        else:
+            self._notify(keys)
 
     def deleteRemoteRoute(self, vrf_name: str, prefix: str, plen: int) -> None:
         try:
@@ -584,6 +603,11 @@ class DatapathModel:
         entry = self._remote.pop((vrf_name, text, plen), None)
         if entry is None:
             return
+        left = self._remote_count.get(vrf_name, 1) - 1
+        if left > 0:
+            self._remote_count[vrf_name] = left
+        else:
+            self._remote_count.pop(vrf_name, None)
         route_keys, tkey = entry
         keys = list(route_keys)
         for k in route_keys:
@@ -597,9 +621,14 @@ class DatapathModel:
         else:
             self._tunnels[tkey] = (nh, refs - 1)
         v = self._vrfs.get(vrf_name)
-        if v is not None and not v.ports and not self._remote_in(v.vrf_id):
+        if v is not None and not v.ports and not self._remote_in(v):
             keys += self._drop_vrf(v)
         self._notify(keys)
+
+
+#: Tunnel next-hop flag of each encapsulation name.
+_ENCAP_FLAGS = {"udp": C.NH_FLAG_TUNNEL_UDP_MPLS, "gre": C.NH_FLAG_TUNNEL_GRE,
+                "vxlan": C.NH_FLAG_TUNNEL_VXLAN}
 
 
 def parse_prefix(prefix: str, plen: int) -> tuple[int, bytes, str]:
