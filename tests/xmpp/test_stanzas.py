@@ -534,6 +534,28 @@ class FastPathTests(SynchronousTestCase):
         unsub = build_unsubscribe("a", "blue", iq_id="u1")
         self.assertEqual(parse_fast(unsub), parse_stanza_full(unsub))
 
+    def test_entry_tails_are_remembered_by_their_text(self) -> None:
+        """Routes of one agent share everything after the label: matched once, reused,
+        and a tail that does not match is never remembered."""
+        from vrtwist.xmpp import stanzas
+
+        stanzas._TAILS.clear()
+        entries = [RouteEntry(1, 1, f"10.0.0.{i}/32", (NextHop("10.1.1.1", 5 + i, ("udp",)),),
+                              virtual_network="vn", local_preference=200) for i in range(3)]
+        msg = build_route_update("cn", "a", "1/1/v", entries)
+        u = stanzas.parse_fast(msg)
+        assert isinstance(u, RouteUpdate)
+        self.assertEqual(u.items, tuple(entries))
+        self.assertEqual(len(stanzas._TAILS), 1)
+        self.assertEqual(stanzas.parse_fast(msg), u)  # from the memo: same records
+        bad = msg.replace(b"<med>0</med>", b"<med>x</med>")
+        self.assertIsNone(stanzas.parse_fast(bad))
+        self.assertEqual(len(stanzas._TAILS), 1)
+        for i in range(stanzas._TAILS_MAX + 5):
+            e = RouteEntry(1, 1, "10.0.0.1/32", (NextHop("10.1.1.1", 5),), sequence_number=i)
+            self.assertIsNotNone(stanzas.parse_fast(build_route_update("cn", "a", "1/1/v", [e])))
+        self.assertLessEqual(len(stanzas._TAILS), stanzas._TAILS_MAX)
+
     def test_non_canonical_forms_go_to_the_full_parser(self) -> None:
         from vrtwist.xmpp.stanzas import parse_fast
 

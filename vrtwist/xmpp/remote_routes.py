@@ -11,7 +11,7 @@ It does no I/O and knows nothing about XMPP sessions.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from twisted.logger import Logger
 from zope.interface import Attribute, Interface
@@ -62,9 +62,8 @@ except ImportError:  # pragma: no cover - the agent package is not installed
     IRemoteRouteSink = _RouteProgrammerSeam  # type: ignore[misc, assignment]
 
 
-@dataclass(frozen=True, slots=True)
-class Programmed:
-    """What is installed for one prefix."""
+class Programmed(NamedTuple):
+    """What is installed for one prefix (a named tuple: one per learnt route)."""
 
     nexthop: str
     label: int
@@ -101,12 +100,20 @@ class RemoteRouteTable:
 
     def reach(self, vrf: str, family: Family, entries: tuple[RouteEntry, ...]) -> None:
         """Items received for ``vrf``: add or replace each one."""
-        touched: set[PrefixKey] = set()
+        touched: dict[PrefixKey, None] = {}  # in arrival order
         items = self._items
+        by_prefix = self._by_prefix
+        stale = self._stale
         for entry in entries:
-            key = (vrf, family, entry.item_id)
-            pkey = _prefix_key(vrf, entry)
-            self._stale.discard(key)
+            if entry.afi == AFI_L2VPN:
+                item_id = entry.item_id
+                pkey = _prefix_key(vrf, entry)
+            else:
+                item_id = entry.address
+                pkey = (vrf, item_id)
+            key = (vrf, family, item_id)
+            if stale:
+                stale.discard(key)
             old = items.get(key)
             if old is not None:
                 if old == entry:
@@ -114,11 +121,15 @@ class RemoteRouteTable:
                 old_pkey = _prefix_key(vrf, old)
                 if old_pkey != pkey and old_pkey is not None:
                     self._unlink(key, old_pkey)
-                    touched.add(old_pkey)
+                    touched[old_pkey] = None
             items[key] = entry
             if pkey is not None:
-                self._by_prefix.setdefault(pkey, set()).add(key)
-                touched.add(pkey)
+                keys = by_prefix.get(pkey)
+                if keys is None:
+                    by_prefix[pkey] = {key}
+                else:
+                    keys.add(key)
+                touched[pkey] = None
         for pkey in touched:
             self._reprogram(pkey)
 
@@ -184,8 +195,9 @@ class RemoteRouteTable:
         inet: tuple[str, int, str] | None = None
         evpn: tuple[str, int, str] | None = None
         mac: str | None = None
+        items = self._items
         for key in self._by_prefix.get(pkey, ()):
-            entry = self._items[key]
+            entry = items[key]
             chosen = self._choose(entry)
             if chosen is None:
                 continue
@@ -210,9 +222,7 @@ class RemoteRouteTable:
                 del self.programmed[pkey]
                 self.sink.deleteRemoteRoute(vrf, addr, int(plen))
             else:
-                self.sink.addRemoteRoute(
-                    vrf, addr, int(plen), want.nexthop, want.label, want.encap, want.mac
-                )
+                self.sink.addRemoteRoute(vrf, addr, int(plen), *want)
                 self.programmed[pkey] = want
         except (KeyError, ValueError) as exc:
             self.errors += 1

@@ -924,10 +924,18 @@ _SGL = (
     r"(?:<security-group-list />|<security-group-list>"
     r"((?:<security-group>[0-9]{1,10}</security-group>){0,64})</security-group-list>)"
 )
-_INET_ENTRY = (
+# An entry is matched in two parts: the head, up to the first next hop's label, which
+# differs from route to route, and the rest, which for the routes of one agent (same next
+# hop, network, encapsulations, attributes) is the very same text every time.  The rest is
+# matched once and its values kept by its text (``_TAILS``), so a burst of routes costs
+# one short match each.
+_INET_HEAD = (
     r"<entry><nlri><af>([12])</af><safi>1</safi><address>" + _TX + r"</address></nlri>"
     r"<next-hops><next-hop><af>1</af><address>" + _TX + r"</address><mac>" + _TX + r"</mac>"
-    r"<label>" + _NUM + r"</label><vni>0</vni><tunnel-encapsulation-list>" + _ENCS
+    r"<label>" + _NUM + r"</label>"
+)
+_INET_TAIL = (
+    r"<vni>0</vni><tunnel-encapsulation-list>" + _ENCS
     + r"</tunnel-encapsulation-list><virtual-network>" + _TX + r"</virtual-network>" + _TAGS
     + r"</next-hop></next-hops><version>1</version><virtual-network>" + _TX
     + r'</virtual-network><mobility seqno="0" sticky="false" /><sequence-number>' + _NUM
@@ -936,11 +944,14 @@ _INET_ENTRY = (
     r"<load-balance-decision>field-hash</load-balance-decision></load-balance>"
     r"<sub-protocol>" + _TX + r"</sub-protocol></entry>"
 )
-_EVPN_ENTRY = (
+_EVPN_HEAD = (
     r"<entry><nlri><af>25</af><safi>242</safi><ethernet-tag>" + _NUM + r"</ethernet-tag>"
     r"<mac>([0-9a-f]{2}(?::[0-9a-f]{2}){5})</mac><address>" + _TX + r"</address></nlri>"
     r"<next-hops><next-hop><af>1</af><address>" + _TX + r"</address><mac>" + _TX + r"</mac>"
-    r"<label>" + _NUM + r"</label><l3-label>" + _NUM + r"</l3-label>"
+    r"<label>" + _NUM + r"</label>"
+)
+_EVPN_TAIL = (
+    r"<l3-label>" + _NUM + r"</l3-label>"
     r"<tunnel-encapsulation-list>" + _ENCS + r"</tunnel-encapsulation-list>" + _TAGS
     + r"</next-hop></next-hops><olist /><virtual-network>" + _TX + r"</virtual-network>"
     r'<mobility seqno="0" sticky="false" /><sequence-number>' + _NUM + r"</sequence-number>"
@@ -950,6 +961,9 @@ _EVPN_ENTRY = (
     r"<leaf-olist /><replicator-address></replicator-address><etree-leaf>true</etree-leaf>"
     r"</entry>"
 )
+#: The whole canonical entries (tests, and the shape the two parts add up to).
+_INET_ENTRY = _INET_HEAD + _INET_TAIL
+_EVPN_ENTRY = _EVPN_HEAD + _EVPN_TAIL
 _IQ_HEAD = (
     r'<iq type="set" from="' + _A + r'" to="' + _A + r'"(?: id="' + _A + r'")?>'
     r'<pubsub xmlns="http://jabber.org/protocol/pubsub">'
@@ -965,8 +979,10 @@ _FAST_COLLECTION_BODY = re.compile(
 _FAST_SUBSCRIBE_BODY = re.compile(
     r'<(subscribe|unsubscribe) node="' + _A + r'" /></pubsub></iq>'
 )
-_FAST_INET = re.compile(_INET_ENTRY)
-_FAST_EVPN = re.compile(_EVPN_ENTRY)
+_FAST_INET_HEAD = re.compile(_INET_HEAD)
+_FAST_INET_TAIL = re.compile(_INET_TAIL)
+_FAST_EVPN_HEAD = re.compile(_EVPN_HEAD)
+_FAST_EVPN_TAIL = re.compile(_EVPN_TAIL)
 _FAST_MESSAGE = re.compile(
     r'<message from="' + _A + r'" to="' + _A + r'"><event xmlns="http://jabber.org/protocol'
     r'/pubsub"><items node="' + _A + r'">'
@@ -978,52 +994,36 @@ _TAG_VALUES = re.compile(r">([0-9]+)<")
 _ENC_VALUES = re.compile(r">([a-z]+)<")
 
 
-def _fast_entry(text: str, pos: int) -> tuple[RouteEntry, int] | None:
-    m = _FAST_INET.match(text, pos)
-    if m is not None:
-        (af, address, nh_addr, nh_mac, label, encs, nh_vn, tags, vn, seq, sgs, lp, med,
-         sub) = m.groups()
-        afi = int(af)
-        mac = ""
-        etag = 0
-        l3_label = 0
-    else:
-        m = _FAST_EVPN.match(text, pos)
+#: Parsed values of entry tails by their text (see ``_INET_HEAD``); bounded.
+_TAILS: dict[tuple[bool, str], tuple[Any, ...]] = {}
+_TAILS_MAX = 1024
+#: Next-hop addresses already checked to be IPv4 (remote nodes are few); bounded.
+_NH_ADDRESSES: set[str] = set()
+_END_ENTRY = "</entry>"
+
+
+def _tail_values(evpn: bool, tail: str) -> tuple[Any, ...] | None:
+    """The values of an entry's text after its label, from the memo or matched now."""
+    values = _TAILS.get((evpn, tail))
+    if values is not None:
+        return values
+    if evpn:
+        m = _FAST_EVPN_TAIL.fullmatch(tail)
         if m is None:
             return None
-        (etag_s, mac, address, nh_addr, nh_mac, label, l3, encs, tags, vn, seq, sgs, lp,
-         med) = m.groups()
-        afi, etag, nh_vn, sub, l3_label = AFI_L2VPN, int(etag_s), "", "", int(l3)
-    lab = int(label)
-    if lab >= 1 << 24 or not _IPV4.fullmatch(nh_addr):
-        return None
-    try:
-        if afi == AFI_L2VPN:
-            if address and address != "0.0.0.0/0":
-                _check_prefix(address, None)
-        else:
-            _check_prefix(address, afi)
-    except StanzaError:
-        return None
-    enc_t = tuple(_ENC_VALUES.findall(encs)) if encs else ()
-    if not enc_t and lab:
-        enc_t = ("gre",)
-    nh = NextHop(
-        nh_addr,
-        lab,
-        enc_t,
-        nh_mac.strip(),
+        l3, encs, tags, vn, seq, sgs, lp, med = m.groups()
+        nh_vn, sub, l3_label = "", "", int(l3)
+    else:
+        m = _FAST_INET_TAIL.fullmatch(tail)
+        if m is None:
+            return None
+        encs, nh_vn, tags, vn, seq, sgs, lp, med, sub = m.groups()
+        l3_label = 0
+    values = (
+        tuple(_ENC_VALUES.findall(encs)) if encs else (),
         nh_vn.strip(),
         l3_label,
         tuple(int(t) for t in _TAG_VALUES.findall(tags)) if tags else (),
-    )
-    entry = RouteEntry(
-        afi,
-        AFI_SAFI[afi],
-        address,
-        (nh,),
-        mac,
-        etag,
         vn.strip(),
         int(seq),
         int(lp),
@@ -1031,7 +1031,59 @@ def _fast_entry(text: str, pos: int) -> tuple[RouteEntry, int] | None:
         tuple(int(s) for s in _TAG_VALUES.findall(sgs)) if sgs else (),
         sub.strip() or "interface",
     )
-    return entry, m.end()
+    if len(_TAILS) >= _TAILS_MAX:
+        _TAILS.clear()
+    _TAILS[(evpn, tail)] = values
+    return values
+
+
+def _fast_entry(text: str, pos: int) -> tuple[RouteEntry, int] | None:
+    m = _FAST_INET_HEAD.match(text, pos)
+    if m is not None:
+        af, address, nh_addr, nh_mac, label = m.groups()
+        afi = int(af)
+        mac = ""
+        etag = 0
+        evpn = False
+    else:
+        m = _FAST_EVPN_HEAD.match(text, pos)
+        if m is None:
+            return None
+        etag_s, mac, address, nh_addr, nh_mac, label = m.groups()
+        afi, etag, evpn = AFI_L2VPN, int(etag_s), True
+    head_end = m.end()
+    end = text.find(_END_ENTRY, head_end)
+    if end < 0:
+        return None
+    end += len(_END_ENTRY)
+    values = _tail_values(evpn, text[head_end:end])
+    if values is None:
+        return None
+    enc_t, nh_vn, l3_label, tags, vn, seq, lp, med, sgs, sub = values
+    lab = int(label)
+    if lab >= 1 << 24:
+        return None
+    if nh_addr not in _NH_ADDRESSES:
+        if not _IPV4.fullmatch(nh_addr):
+            return None
+        if len(_NH_ADDRESSES) >= 4096:
+            _NH_ADDRESSES.clear()
+        _NH_ADDRESSES.add(nh_addr)
+    try:
+        if evpn:
+            if address and address != "0.0.0.0/0":
+                _check_prefix(address, None)
+        else:
+            _check_prefix(address, afi)
+    except StanzaError:
+        return None
+    if not enc_t and lab:
+        enc_t = ("gre",)
+    nh = NextHop(nh_addr, lab, enc_t, nh_mac.strip(), nh_vn, l3_label, tags)
+    entry = RouteEntry(
+        afi, AFI_SAFI[afi], address, (nh,), mac, etag, vn, seq, lp, med, sgs, sub
+    )
+    return entry, end
 
 
 AFI_SAFI = {AFI_INET: SAFI_UNICAST, AFI_INET6: SAFI_UNICAST, AFI_L2VPN: SAFI_ENET}
