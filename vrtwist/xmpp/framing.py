@@ -92,9 +92,11 @@ class StreamHeader:
         return self.attributes.get("to", "")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class StanzaBytes:
     """One complete top-level element (``iq``, ``message``, features, ...), as bytes.
+
+    Not frozen (one is built per stanza; a frozen dataclass costs 3x): treat as immutable.
 
     ``data`` may start with whitespace and an XML declaration, as the real framer
     keeps whatever precedes the opening tag.
@@ -214,16 +216,24 @@ class StanzaSplitter:
         off = self._off
         # Fast path for the hot stanzas: "<iq " / "<message " whose first close tag is
         # the plain "</iq>" / "</message>" (the first match of the general close pattern
-        # too).  Not while a search is being resumed, so a large split stanza is not
-        # rescanned on every read; anything else takes the general path.
-        if self._scan_from <= off:
-            for f_open, f_close, f_tag in _FAST_UNITS:
-                if buf.startswith(f_open, off):
-                    at = buf.find(f_close, off)
-                    gt = at + len(f_close)
-                    if at >= 0 and gt < len(buf) and buf[gt] == 0x3E:  # ">"
-                        return self._unit(f_tag, off, gt + 1)
-                    break
+        # too), found with one ``find`` (much faster than a regex search).  A unit split
+        # over reads (a control node's message of 128 items is larger than one read)
+        # resumes the search where the last one ended, so it is never rescanned.  A close
+        # tag in another form ("</iq >") takes the general path.
+        for f_open, f_close, f_tag in _FAST_UNITS:
+            if buf.startswith(f_open, off):
+                at = buf.find(f_close, max(off, self._scan_from))
+                end = len(buf)
+                if at < 0:
+                    self._scan_from = max(off, end - len(f_close) + 1)
+                    return self._need_more(off, end)
+                gt = at + len(f_close)
+                if gt >= end:
+                    self._scan_from = at
+                    return self._need_more(off, end)
+                if buf[gt] == 0x3E:  # ">"
+                    return self._unit(f_tag, off, gt + 1)
+                break
         end = len(buf)
         start = off
         while off < end and buf[off] in _SKIP:

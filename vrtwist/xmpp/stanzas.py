@@ -99,6 +99,11 @@ class UnsupportedFamily(StanzaError):
 
 
 # ---------------------------------------------------------------------------- records
+#
+# The records built for every stanza of a route burst (subscribe, publish, collection,
+# control-node update) are plain slotted dataclasses, hashable but not frozen: a frozen
+# dataclass sets each field through ``object.__setattr__`` and costs three times as much
+# to build.  Treat them as immutable all the same.
 
 
 class NextHop(NamedTuple):
@@ -145,7 +150,7 @@ class RouteEntry(NamedTuple):
         return self.address
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Subscribe:
     """``<subscribe node>``: a routing instance (bgp-peer) or a config object (config)."""
 
@@ -156,14 +161,14 @@ class Subscribe:
     sender: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Unsubscribe:
     node: str
     service: str
     sender: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Publish:
     """First half of a route update; ``node == ""`` with no entry is half an EoR."""
 
@@ -175,7 +180,7 @@ class Publish:
     raw_entry: str = field(default="", compare=False, repr=False)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Collection:
     """Second half: ``node`` is the VRF, ``associate``/``dissociate`` the publish node."""
 
@@ -185,7 +190,7 @@ class Collection:
     sender: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class RouteUpdate:
     """A control-node message: reach items or retracts for one ``afi/safi/vrf`` node."""
 
