@@ -394,23 +394,34 @@ class DatapathSync:
     def _plan(self) -> list[tuple[int, str, Key, str, dict[str, Any]]]:
         """(order, op, key, name, fields) for every dirty key that needs a request."""
         ops = []
+        desired = self.model.desired
+        applied = self._applied
+        errors = self.errors
+        fabric = (VIF, self.model.fabric_vif)
         for key in self.dirty:
-            want = self.model.desired.get(key)
-            have = self.applied.get(key)
-            rank = rank_of(key)
+            want = desired.get(key)
+            have = applied.get(key)
+            kind = key[0]
+            rank = (3 if key[1] == C.AF_BRIDGE else 4) if kind == ROUTE else RANK[kind]
             if want is None:
                 if have is not None:
                     ops.append((5 - rank, "del", key, have[0], have[1]))
                 continue
             name, fields = want
-            if key == (VIF, self.model.fabric_vif) and have is not None:
+            if have is None:
+                ops.append((6 + rank, "add", key, name, fields))
+                continue
+            if key == fabric:
                 continue  # the fabric vif the datapath (or its operator) set up stays
-            if have is None or not matches(name, fields, have[1]) or key in self.errors:
-                if have is not None and key[0] == NH and \
-                        int(have[1].get("nhr_type", -1)) != fields["nhr_type"]:
+            if not matches(name, fields, have[1]) or key in errors:
+                if kind == NH and int(have[1].get("nhr_type", -1)) != fields["nhr_type"]:
                     ops.append((5 - rank, "del", key, have[0], have[1]))
                 ops.append((6 + rank, "add", key, name, fields))
-        ops.sort(key=lambda o: (o[0], _sort_key(o[2])))
+        try:
+            # keys of one order are of one kind, so they compare as they are
+            ops.sort(key=_op_order)
+        except TypeError:
+            ops.sort(key=lambda o: (o[0], _sort_key(o[2])))
         return ops
 
     def _kick(self) -> None:
@@ -528,12 +539,12 @@ class DatapathSync:
                     req = self.delete_fields(name, key, fields)
                     req[_OP_FIELD] = C.OP_DEL
                     applied.pop(key, None)
+                    msgs.append(make(name, req))
                 else:
-                    req = dict(fields)
-                    req[_OP_FIELD] = C.OP_ADD
                     applied[key] = (name, fields)
-                    self._note_route(key)
-                msgs.append(make(name, req))
+                    if key[0] == ROUTE and key[1] != C.AF_BRIDGE:
+                        self._note_route(key)
+                    msgs.append(_add_request(name, fields))
             self.requests_sent += len(msgs)
             self._in_flight += len(msgs)
             d: Deferred[Any]
@@ -684,6 +695,16 @@ def _identity(name: str, fields: dict[str, Any]) -> dict[str, Any]:
     if name == "vr_interface_req":
         out["vifr_type"] = fields.get("vifr_type", 0)
     return out
+
+
+def _op_order(op: tuple[int, str, Key, str, dict[str, Any]]) -> tuple[int, Key]:
+    return op[0], op[2]
+
+
+def _add_request(name: str, fields: dict[str, Any]) -> Any:
+    """The ADD request for desired ``fields`` (lists for byte fields, as the model keeps
+    them), built without copying the dict."""
+    return SPECS_BY_NAME[name].cls(h_op=C.OP_ADD, **fields)
 
 
 def _sort_key(key: Key) -> tuple[Any, ...]:
