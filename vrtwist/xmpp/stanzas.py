@@ -975,14 +975,16 @@ _IQ_HEAD = (
 )
 _FAST_PUBLISH_TAIL = "</item></publish></pubsub></iq>"
 # The hot path matches the iq head once, then only the body that follows it.
-_FAST_IQ_HEAD = re.compile(_IQ_HEAD)
-_FAST_PUBLISH_BODY = re.compile(r'<publish node="' + _A + r'"><item>')
-_FAST_COLLECTION_BODY = re.compile(
-    r'<collection node="' + _A + r'"><(associate|dissociate) node="' + _A
+# One pattern per iq kind, head included (one match call per stanza); the kind is read
+# from the first characters after the pubsub element before choosing the pattern.
+_PUBSUB_OPEN = '<pubsub xmlns="http://jabber.org/protocol/pubsub"><'
+_FAST_PUBLISH = re.compile(_IQ_HEAD + r'<publish node="' + _A + r'"><item>')
+_FAST_COLLECTION = re.compile(
+    _IQ_HEAD + r'<collection node="' + _A + r'"><(associate|dissociate) node="' + _A
     + r'" /></collection></pubsub></iq>'
 )
-_FAST_SUBSCRIBE_BODY = re.compile(
-    r'<(subscribe|unsubscribe) node="' + _A + r'" /></pubsub></iq>'
+_FAST_SUBSCRIBE = re.compile(
+    _IQ_HEAD + r'<(subscribe|unsubscribe) node="' + _A + r'" /></pubsub></iq>'
 )
 _FAST_INET_HEAD = re.compile(_INET_HEAD)
 _FAST_INET_TAIL = re.compile(_INET_TAIL)
@@ -1102,39 +1104,40 @@ def parse_fast(data: bytes) -> Stanza | None:
         return None
     head = text[:4]
     if head == "<iq ":
-        h = _FAST_IQ_HEAD.match(text)
-        if h is None:
+        at = text.find(_PUBSUB_OPEN, 20, 1200)
+        if at < 0:
             return None
-        pos = h.end()
-        kind = text[pos : pos + 3]
-        if kind == "<pu":
-            m = _FAST_PUBLISH_BODY.match(text, pos)
-            if m is None or not m.group(1):
+        at += len(_PUBSUB_OPEN)
+        kind = text[at : at + 2]
+        if kind == "pu":
+            m = _FAST_PUBLISH.match(text)
+            if m is None or not m.group(4):
                 return None
             start = m.end()
             got = _fast_entry(text, start)
-            if got is None or text[got[1]:] != _FAST_PUBLISH_TAIL:
+            if got is None or len(text) != got[1] + len(_FAST_PUBLISH_TAIL) or \
+                    not text.endswith(_FAST_PUBLISH_TAIL):
                 return None
-            return Publish(m.group(1), got[0], h.group(1), text[start : got[1]])
-        if kind == "<co":
-            m = _FAST_COLLECTION_BODY.fullmatch(text, pos)
+            return Publish(m.group(4), got[0], m.group(1), text[start : got[1]])
+        if kind == "co":
+            m = _FAST_COLLECTION.fullmatch(text)
             if m is None:
                 return None
-            node, op, target = m.groups()
+            sender, _to, _id, node, op, target = m.groups()
             if not node:
                 return None
             if op == "associate":
-                return Collection(node, target, None, h.group(1))
-            return Collection(node, None, target, h.group(1))
-        m = _FAST_SUBSCRIBE_BODY.fullmatch(text, pos)
+                return Collection(node, target, None, sender)
+            return Collection(node, None, target, sender)
+        m = _FAST_SUBSCRIBE.fullmatch(text)
         if m is None:
             return None
-        op, node = m.groups()
+        sender, to, _id, op, node = m.groups()
         if not node:
             return None
         if op == "subscribe":
-            return Subscribe(node, _service(h.group(2)), None, False, h.group(1))
-        return Unsubscribe(node, _service(h.group(2)), h.group(1))
+            return Subscribe(node, _service(to), None, False, sender)
+        return Unsubscribe(node, _service(to), sender)
     if head == "<mes":
         m = _FAST_MESSAGE.match(text)
         if m is None:
