@@ -19,7 +19,7 @@ import socket
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from twisted.logger import Logger
@@ -32,7 +32,7 @@ from vrtwist.agent.interfaces import (
     IRouteProgrammer,
     LocalRoute,
 )
-from vrtwist.agent.model import Gateway, Port, ResourceExhausted, parse_mac
+from vrtwist.agent.model import Gateway, Port, ResourceExhausted, mac_for_vmi, parse_mac
 from vrtwist.datapath import constants as C
 
 #: The vRouter's own MAC, source of every L2 rewrite towards a VM.
@@ -177,7 +177,12 @@ class DatapathModel:
         #: vn-id -> IPAM subnets from controller config (``prefix``, ``plen``, ``gateway``,
         #: ``dns``); used for a port whose REST data carries no ``plen``
         self.subnet_source: Callable[[str], list[dict[str, Any]]] | None = None
-        self._port_of: dict[str, Port] = {}
+        #: VMI (port) uuid -> controller config of the interface (``mac``, ``ips``); fills
+        #: what a port's REST data lacks: its addresses, and the MAC of a ``POST /vm`` port
+        #: (whose REST MAC is only derived from its uuid)
+        self.interface_source: Callable[[str], dict[str, Any] | None] | None = None
+        self._port_of: dict[str, Port] = {}  # port id -> the port as REST gave it
+        self._programmed: dict[str, Port] = {}  # port id -> the port as programmed
         self._base()
 
     # plumbing --------------------------------------------------------------------------
@@ -286,6 +291,7 @@ class DatapathModel:
     def portAdded(self, port: Port) -> None:
         if port.id in self._ports:
             self.portDeleted(port)
+        rest, port = port, self._with_config(port)
         adopted = self._adopted.pop(port.system_name, None)
         name = vrf_name_for(port.vn_id)
         new_vrf = name not in self._vrfs
@@ -358,12 +364,85 @@ class DatapathModel:
                            vrf_name=name, mac=port.mac_address, ip4=port.ip_address,
                            ip6=port.ip6_address, label=label, nexthop=self.fabric_ip)
         self._ports[port.id] = _PortIds(vif, l3, l2, label, name, keys, shared, route)
-        self._port_of[port.id] = port
+        self._port_of[port.id] = rest
+        self._programmed[port.id] = port
         if new_vrf:
             keys = [(NH, v.rcv_nh), (NH, v.resolve_nh)] + keys
         self._notify(keys)
         if self.controller is not None:
             self.controller.localRouteAdded(route)
+
+    def _with_config(self, port: Port) -> Port:
+        """``port`` with what controller config adds where its REST data lacks it: an
+        IPv4 / IPv6 address (the interface's instance IPs) when it has none of that
+        family, and the configured MAC when its MAC is the one derived from its uuid (a
+        ``POST /vm`` port).  Unusable config values are logged and left out."""
+        source = self.interface_source
+        if source is None:
+            return port
+        try:
+            info = source(port.id)
+        except Exception as e:
+            self._log.warn("config of interface {uuid} unusable: {e}", uuid=port.id, e=e)
+            return port
+        if not info:
+            return port
+        changes: dict[str, Any] = {}
+        for ip in info.get("ips") or ():
+            try:
+                addr = ipaddress.ip_address(str(ip))
+            except ValueError:
+                self._log.warn("interface {uuid}: instance IP {ip!r} from config ignored",
+                               uuid=port.id, ip=ip)
+                continue
+            if addr.version == 4 and port.ip_address is None:
+                changes.setdefault("ip_address", str(addr))
+            elif addr.version == 6 and port.ip6_address is None:
+                changes.setdefault("ip6_address", str(addr))
+        mac = str(info.get("mac") or "")
+        if mac and port.mac_address.lower() == mac_for_vmi(port.id).lower():
+            try:
+                changes["mac_address"] = ":".join(f"{b:02x}" for b in parse_mac(mac))
+            except ValueError as e:
+                self._log.warn("interface {uuid}: MAC from config ignored: {e}",
+                               uuid=port.id, e=e)
+        return replace(port, **changes) if changes else port
+
+    def refreshInterfaces(self) -> None:
+        """Controller config changed: a port whose config-derived addresses or MAC
+        changed is programmed again, its old routes withdrawn and its new ones published.
+        New addresses keep the port's ids (vif, next hops, label, VRF); a new MAC makes a
+        new vif, as the datapath does not change the MAC of an existing one."""
+        changed = []
+        for pid, rest in self._port_of.items():
+            new, old = self._with_config(rest), self._programmed.get(pid)
+            if new != old:
+                changed.append((rest, old is not None and new.mac_address == old.mac_address))
+        if not changed:
+            return
+        with self.batched():
+            for rest, keep_ids in changed:
+                ids = self._ports[rest.id]
+                v = self._vrfs[ids.vrf]
+                # the VRF keeps its id either way (-1: no id wanted, a fresh one is taken)
+                self._adopted[rest.system_name] = Adopted(
+                    vif=ids.vif if keep_ids else -1, vrf_id=v.vrf_id,
+                    l3_nh=ids.l3_nh if keep_ids else -1,
+                    l2_nh=ids.l2_nh if keep_ids else None,
+                    label=ids.label if keep_ids else None,
+                    rcv_nh=v.rcv_nh, resolve_nh=v.resolve_nh)
+                try:
+                    self.portAdded(rest)
+                except (ValueError, ResourceExhausted) as e:
+                    self._adopted.pop(rest.system_name, None)
+                    self._log.error("port {uuid} not reprogrammed after a config change: "
+                                    "{e}", uuid=rest.id, e=e)
+
+    def refreshConfig(self) -> None:
+        """Controller config changed: interfaces first, then IPAM subnets, one batch."""
+        with self.batched():
+            self.refreshInterfaces()
+            self.refreshSubnets()
 
     def _subnet_of(self, port: Port) -> tuple[int | None, str | None, str | None]:
         """(plen, gateway, dns) of a port: its own REST data, else the IPAM subnet of its
@@ -387,7 +466,7 @@ class DatapathModel:
         routes (reference counted per VRF) without touching its ids."""
         keys: list[Key] = []
         for pid, ids in self._ports.items():
-            port = self._port_of.get(pid)
+            port = self._programmed.get(pid)
             v = self._vrfs.get(ids.vrf)
             if port is None or v is None:
                 continue
@@ -428,6 +507,7 @@ class DatapathModel:
     def portDeleted(self, port: Port) -> None:
         ids = self._ports.pop(port.id, None)
         self._port_of.pop(port.id, None)
+        self._programmed.pop(port.id, None)
         if ids is None:
             return
         keys = list(ids.keys)

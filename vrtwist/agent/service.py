@@ -147,12 +147,15 @@ class AgentService(MultiService):
                                   self.fabric_ip, routes, **self.link_kwargs)
         self.model.controller = link
         config = getattr(link, "config", None)
-        if config is not None:  # IPAM subnets from the config channel, for ports without plen
+        if config is not None:
+            # from the config channel: IPAM subnets for ports without plen, and the VM
+            # interface (instance IPs, MAC) for ports whose REST data lacks them
             def subnets(vn_id: str) -> list[dict[str, Any]]:
                 vn = config.networkByUuid(vn_id)
                 return list(config.subnetsOf(vn)) if vn else []
             self.model.subnet_source = subnets
-            config.listeners.append(lambda _update: self.model.refreshSubnets())
+            self.model.interface_source = config.interface
+            config.listeners.append(lambda _update: self.model.refreshConfig())
         link.setServiceParent(self)
         self.link = link
 

@@ -210,6 +210,9 @@ class ConfigStore:
         self.nodes: dict[tuple[str, str], ConfigNode] = {}
         self._links: dict[tuple[tuple[str, str], tuple[str, str], str], ConfigLink] = {}
         self.listeners: list[Callable[[ConfigUpdate], None]] = []
+        # indexes: the agent asks per port, and a node's config holds thousands of objects
+        self._adjacent: dict[tuple[str, str], dict[tuple[str, str], int]] = {}
+        self._vmis: dict[str, tuple[str, str]] = {}  # uuid / last name part -> VMI key
 
     @property
     def links(self) -> list[ConfigLink]:
@@ -218,16 +221,43 @@ class ConfigStore:
     def apply(self, update: ConfigUpdate) -> None:
         for item in update.updates:
             if isinstance(item, ConfigLink):
-                self._links[(item.left, item.right, item.metadata)] = item
+                key = (item.left, item.right, item.metadata)
+                if key not in self._links:
+                    self._adjoin(item.left, item.right, 1)
+                self._links[key] = item
             elif "id-perms" in item.properties:
+                self._forget_vmi((item.type, item.name))
                 self.nodes[(item.type, item.name)] = item
+                if item.type == "virtual-machine-interface":
+                    for alias in _vmi_aliases(item):
+                        self._vmis[alias] = (item.type, item.name)
         for item in update.deletes:
             if isinstance(item, ConfigLink):
-                self._links.pop((item.left, item.right, item.metadata), None)
+                if self._links.pop((item.left, item.right, item.metadata), None) is not None:
+                    self._adjoin(item.left, item.right, -1)
             else:
+                self._forget_vmi((item.type, item.name))
                 self.nodes.pop((item.type, item.name), None)
         for listener in self.listeners:
             listener(update)
+
+    def _adjoin(self, left: tuple[str, str], right: tuple[str, str], delta: int) -> None:
+        for a, b in ((left, right), (right, left)):
+            peers = self._adjacent.setdefault(a, {})
+            n = peers.get(b, 0) + delta
+            if n > 0:
+                peers[b] = n
+            else:
+                peers.pop(b, None)
+                if not peers:
+                    del self._adjacent[a]
+
+    def _forget_vmi(self, key: tuple[str, str]) -> None:
+        node = self.nodes.get(key)
+        if node is not None and node.type == "virtual-machine-interface":
+            for alias in _vmi_aliases(node):
+                if self._vmis.get(alias) == key:
+                    del self._vmis[alias]
 
     def objects(self, type_: str) -> list[ConfigNode]:
         return [n for (t, _), n in self.nodes.items() if t == type_]
@@ -237,13 +267,8 @@ class ConfigStore:
 
     def linked(self, type_: str, name: str, other: str | None = None) -> list[tuple[str, str]]:
         """Objects referenced from or to ``(type_, name)`` (only of type ``other``)."""
-        me = (type_, name)
-        out = []
-        for left, right, _ in self._links:
-            peer = right if left == me else left if right == me else None
-            if peer is not None and (other is None or peer[0] == other):
-                out.append(peer)
-        return out
+        peers = self._adjacent.get((type_, name), {})
+        return [p for p in peers if other is None or p[0] == other]
 
     # -- what the agent needs ---------------------------------------------------------
 
@@ -285,26 +310,34 @@ class ConfigStore:
         return out
 
     def interface(self, uuid: str) -> dict[str, Any] | None:
-        """A VM interface by uuid: its ``mac``, virtual ``network`` and ``ips``."""
-        for (t, name), node in self.nodes.items():
-            if t != "virtual-machine-interface":
-                continue
-            perms = node.properties.get("id-perms", {})
-            if name.rsplit(":", 1)[-1] != uuid and (
-                not isinstance(perms, dict) or perms.get("uuid") != uuid
-            ):
-                continue
-            macs = _as_list(_dig(node.properties, "virtual-machine-interface-mac-addresses",
-                                 "mac-address"))
-            vns = self.linked(t, name, "virtual-network")
-            ips = []
-            for _, ip_name in self.linked(t, name, "instance-ip"):
-                ip = self.get("instance-ip", ip_name)
-                if ip is not None:
-                    ips.append(str(ip.properties.get("instance-ip-address", "")))
-            return {"name": name, "mac": str(macs[0]) if macs else "",
-                    "network": vns[0][1] if vns else None, "ips": ips}
-        return None
+        """A VM interface by uuid (its ``id-perms`` uuid, or the last part of its name, as
+        the real agent names VMIs): its ``mac``, virtual ``network`` and instance ``ips``
+        (in name order, so the choice of an address is stable)."""
+        key = self._vmis.get(uuid.lower())
+        node = self.nodes.get(key) if key is not None else None
+        if node is None:
+            return None
+        t, name = node.type, node.name
+        macs = _as_list(_dig(node.properties, "virtual-machine-interface-mac-addresses",
+                             "mac-address"))
+        vns = sorted(self.linked(t, name, "virtual-network"))
+        ips = []
+        for _, ip_name in sorted(self.linked(t, name, "instance-ip")):
+            ip = self.get("instance-ip", ip_name)
+            if ip is not None and ip.properties.get("instance-ip-address"):
+                ips.append(str(ip.properties["instance-ip-address"]))
+        return {"name": name, "mac": str(macs[0]) if macs else "",
+                "network": vns[0][1] if vns else None, "ips": ips}
+
+
+def _vmi_aliases(node: ConfigNode) -> set[str]:
+    """The uuids a VM interface is asked for by: its ``id-perms`` uuid, the last part of
+    its fq-name."""
+    out = {node.name.rsplit(":", 1)[-1].lower()}
+    uuid = _uuid_of(node)
+    if uuid:
+        out.add(uuid)
+    return out
 
 
 def _uuid_of(node: ConfigNode) -> str:
