@@ -184,3 +184,45 @@ class IpamWiringTests(TestCase):
             await deferLater(reactor, 0.02, lambda: None)
         self.assertEqual(subnet_route(), 24)
         await top.stopService()
+
+    async def test_config_vm_interface_gives_a_vm_port_its_address(self) -> None:
+        from twisted.internet.task import deferLater
+
+        from tests.agent.test_vmi_config import VM, VMI, vmi_config
+        from vrtwist.xmpp.stanzas import build_config, parse_stanza
+
+        d = tempdir(self)
+        opts = tap.Options()
+        opts.parseOptions(["--run-dir", d, "--state-dir", d, "--rest",
+                           "tcp:0:interface=127.0.0.1", "--no-tap-check",
+                           "--flow-entries", "64", "--bridge-entries", "64",
+                           "--fabric-ip", "127.0.0.2", "--controller", "tcp:127.0.0.1:1"])
+        top = tap.makeService(opts)
+        top.privilegedStartService()
+        top.startService()
+        agent = top.getServiceNamed("agent")
+        await agent.ready
+        port = agent.rest_port.getHost().port
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        r = await treq.post(f"http://127.0.0.1:{port}/vm", data=json.dumps(VM).encode(),
+                            pool=pool)
+        self.assertEqual(r.code, 200)
+        await treq.content(r)
+        datapath = top.getServiceNamed("vrouter-dp").datapath
+        vrf = agent.model.vrf_id_of(VM["vn-uuid"])
+
+        def host_route() -> object:
+            return datapath.routes.get({"rtr_family": 2, "rtr_vrf_id": vrf,
+                                        "rtr_prefix": bytes([10, 3, 0, 7])})["rtr_prefix_len"]
+        self.assertEqual(host_route(), 0)
+        # through the wire format, as the control node sends it
+        agent.link.config.apply(parse_stanza(build_config("host", vmi_config().updates)))
+        for _ in range(250):
+            if host_route() == 32:
+                break
+            await deferLater(reactor, 0.02, lambda: None)
+        self.assertEqual(host_route(), 32)
+        ids = agent.model.port_ids(VMI)
+        self.assertEqual(datapath.tables.interfaces[ids["vif"]].mac,
+                         bytes.fromhex("02aabbccdd01"))
+        await top.stopService()
