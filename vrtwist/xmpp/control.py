@@ -611,9 +611,20 @@ class ControlSession(XmppSession):
             sent = self._sent.setdefault(key, set())
             reach: list[str] = []
             retract: list[str] = []
+            inst = node.instances.get(vrf)
+            table = inst.routes.get(family, {}) if inst is not None else {}
             while item_ids and len(reach) < MAX_ITEMS_PER_MESSAGE:
                 item_id = item_ids.pop()
-                path = node.bestPath(vrf, family, item_id, me)
+                paths = table.get(item_id)
+                path: _Path | None
+                if not paths:
+                    path = None
+                elif len(paths) == 1:  # one origin (the usual case): no best-path choice
+                    ((origin, path),) = paths.items()
+                    if origin == me:
+                        path = None
+                else:
+                    path = node.bestPath(vrf, family, item_id, me)
                 eid = _attr(item_id)
                 if path is None:
                     if item_id in sent:

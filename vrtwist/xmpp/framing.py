@@ -192,7 +192,16 @@ class StanzaSplitter:
         buf = self._buf
         buf += data
         events: list[FramingEvent] = []
+        end = len(buf)
         while True:
+            # the hottest unit inline (an agent's publish, collection, subscribe iqs);
+            # ``_next`` does the same, and everything else
+            off = self._off
+            if buf.startswith(b"<iq ", off):
+                at = buf.find(b"</iq", max(off, self._scan_from))
+                if 0 <= at < end - 4 and buf[at + 4] == 0x3E:  # ">"
+                    events.append(self._unit(b"iq", off, at + 5))
+                    continue
             event = self._next(buf)
             if event is None:
                 break
