@@ -38,6 +38,19 @@ def _profile_args(var: str = "BENCH_CN_PROFILE") -> list[str]:
     return [f"--profile={prof}", "--profiler=cprofile", "--savestats"] if prof else []
 
 
+def _phase(name: str) -> None:
+    """``BENCH_PHASE_FILE=<file>``: append the phase name (``start`` of the timed part,
+    ``end`` when the last route is in), so a sampling profiler attached from outside can
+    cover exactly the timed part; at ``start`` the bench gives it 0.5 s to attach."""
+    path = os.environ.get("BENCH_PHASE_FILE")
+    if not path:
+        return
+    with open(path, "a") as f:
+        f.write(name + "\n")
+    if name == "start":
+        time.sleep(0.5)
+
+
 def proc_cpu(pid: int) -> float:
     """User + system CPU seconds of a process (all threads), from /proc."""
     with open(f"/proc/{pid}/stat") as f:
@@ -580,6 +593,7 @@ def datapath_run(args: argparse.Namespace) -> dict[str, float]:
             link.startService()
             await link.whenReady()
             await task.deferLater(reactor, 1.0, lambda: None)
+            _phase("start")
             cpu0 = proc_cpu(agent.pid), proc_cpu(cn.pid), time.process_time()
             t0 = time.time()
             for i in range(args.routes):
@@ -593,6 +607,7 @@ def datapath_run(args: argparse.Namespace) -> dict[str, float]:
             while not has_last():
                 await task.deferLater(reactor, 0.01, lambda: None)
             t_last = time.time()
+            _phase("end")
             result["receiving agent CPU (s)"] = proc_cpu(agent.pid) - cpu0[0]
             result["control node CPU (s)"] = proc_cpu(cn.pid) - cpu0[1]
             result["publisher CPU (s)"] = time.process_time() - cpu0[2]
@@ -652,6 +667,9 @@ def main() -> None:
         choices=["model", "count"],
         help="receivers program the agent's DatapathModel, or only count routes",
     )
+    p.add_argument("--default-gc", action="store_true",
+                   help="main/datapath: the publisher keeps CPython's gc thresholds instead "
+                        "of the agent daemon's")
     p.add_argument("--daemon-gc", action="store_true",
                    help="components: run with the daemons' gc thresholds (vrtwist.agent.tap)")
     p.add_argument("--base", type=int, default=1, help=argparse.SUPPRESS)
@@ -659,6 +677,10 @@ def main() -> None:
     p.add_argument("--index", type=int, default=0)
     args = p.parse_args()
     if args.mode == "receiver":
+        if not args.default_gc:
+            from vrtwist.agent.tap import tune_gc
+
+            tune_gc()  # receivers stand in for agent daemons too
         receiver(args)
         return
     print(f"load: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}")
@@ -674,6 +696,12 @@ def main() -> None:
         for k, v in components(args.routes).items():
             print(f"{k:45s} {v:12,.0f}")
         return
+    if not args.default_gc:
+        # the publisher stands in for an agent daemon, which runs with these thresholds
+        # (``twistd vrouter`` and ``vrouter-control`` call the same function)
+        from vrtwist.agent.tap import tune_gc
+
+        tune_gc()
     res = datapath_run(args) if args.mode == "datapath" else run(args)
     print(
         f"routes={args.routes} receivers={args.receivers} procs={args.procs} evpn={args.evpn} "
