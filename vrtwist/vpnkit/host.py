@@ -29,6 +29,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from vrtwist.vpnkit._fastwrite import read_now
+from vrtwist.vpnkit._lean import LeanTCPPort
 from vrtwist.vpnkit.frames import Destination, UDPDecoder, UDPRecordError
 from vrtwist.vpnkit.interfaces import IForwardTable
 from vrtwist.vpnkit.mux import Multiplexer, MuxStats
@@ -416,6 +417,13 @@ class ForwardTable:
                     raise ExposeError(f"{port.out_path} exists and is not a socket")
                 os.unlink(port.out_path)  # stale socket (Go TestUnixForwardAlreadyExists2)
             ep: Any = UNIXServerEndpoint(self.reactor, port.out_path, backlog=LISTEN_BACKLOG)
+        elif hasattr(self.reactor, "adoptStreamPort"):
+            # A real reactor: the lean accept loop (see _lean.py), bound as listenTCP would.
+            lp = LeanTCPPort(
+                port.out_port, factory, LISTEN_BACKLOG, port.out_ip, reactor=self.reactor
+            )
+            lp.startListening()
+            return lp
         elif ":" in port.out_ip:
             ep = TCP6ServerEndpoint(self.reactor, port.out_port, LISTEN_BACKLOG, port.out_ip)
         else:

@@ -29,7 +29,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from vrtwist.vpnkit._fastwrite import send_now, shutdown_now
+from vrtwist.vpnkit._fastwrite import adapt_read_size, send_now, shutdown_now
+from vrtwist.vpnkit._lean import adopt_connected
 from vrtwist.vpnkit.frames import (
     MAX_UDP_PAYLOAD,
     Destination,
@@ -71,7 +72,11 @@ class _End(Protocol):
         self.eof = False
         self.lost = False
 
+    _adapt = False
+
     def connectionMade(self) -> None:
+        if self is self.splice.local_end:
+            self._adapt = isinstance(getattr(self.transport, "bufferSize", None), int)
         self.splice._connected(self)
 
     def dataReceived(self, data: bytes) -> None:
@@ -80,6 +85,10 @@ class _End(Protocol):
             if other is self.splice.local_end:
                 send_now(other.transport, [data])
             else:
+                # Reading the local socket: bulk streams get bigger reads (fewer wake-ups
+                # and frames per byte), small messages keep Twisted's 64 KiB.
+                if self._adapt:
+                    adapt_read_size(self.transport, len(data))
                 other.transport.write(bytes(data))
 
     def readConnectionLost(self) -> None:
@@ -281,10 +290,7 @@ def dial(reactor: Any, dest: Destination, splice: Splice, failed: Any) -> None:
 
 
 def _adopt(reactor: Any, s: socket.socket, family: int, splice: Splice) -> None:
-    try:
-        reactor.adoptStreamConnection(s.fileno(), family, _LocalFactory(splice))
-    finally:
-        s.close()  # the reactor holds its own duplicate
+    adopt_connected(reactor, s, splice.local_end)
     if splice.channel_end.lost and splice.local_end.transport is not None:
         splice.local_end.transport.loseConnection()
 
