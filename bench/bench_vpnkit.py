@@ -293,6 +293,12 @@ def _wait_echo(port: int, timeout: float = 20) -> None:
     raise RuntimeError("vpnkit path never came up")
 
 
+def _cpu_per_gb(what: str, cpu: list[list[float]], size: int) -> str:
+    fwd = statistics.median(c[0] for c in cpu) / size * 1e9
+    host = statistics.median(c[1] for c in cpu) / size * 1e9
+    return f"CPU per GB ({what}): forwarder {fwd:.2f} s, host {host:.2f} s"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -309,6 +315,12 @@ def main() -> None:
     ap.add_argument("--reactor", default=None, help="twistd --reactor for both vpnkit processes")
     ap.add_argument(
         "--profile", default=None, help="directory for cProfile stats of both processes"
+    )
+    ap.add_argument(
+        "--busy-poll",
+        type=int,
+        default=None,
+        help="pass --busy-poll USEC to both vpnkit processes (default: their default)",
     )
     ap.add_argument(
         "--only", default=None, help="comma list of: upload,download,parallel,conns,rtt"
@@ -338,6 +350,8 @@ def main() -> None:
         if args.reactor:
             common += ["--reactor", args.reactor]
 
+        extra = [] if args.busy_poll is None else ["--busy-poll", str(args.busy_poll)]
+
         def prof(name: str) -> list[str]:
             if not args.profile:
                 return []
@@ -362,6 +376,7 @@ def main() -> None:
                     data,
                     "--window",
                     str(args.window),
+                    *extra,
                 ]
             )
         )
@@ -379,6 +394,7 @@ def main() -> None:
                     data,
                     "--window",
                     str(args.window),
+                    *extra,
                     "--expose",
                     f"tcp:127.0.0.1:{v_sink}:127.0.0.1:{sink}",
                     "--expose",
@@ -426,7 +442,9 @@ def main() -> None:
         ):
             if name not in only:
                 continue
+            cpu.clear()
             d, v, r = pair(fn, d_port, v_port, size)
+            notes.append(_cpu_per_gb(f"{name}, 1 stream", cpu, size))
             rows.append(
                 (
                     f"{args.size} MiB {name}, 1 stream",
@@ -436,7 +454,9 @@ def main() -> None:
                 )
             )
         if "parallel" in only:
+            cpu.clear()
             d, v, r = pair(parallel_upload, sink, v_sink, size, 4)
+            notes.append(_cpu_per_gb("upload, 4 streams", cpu, size))
             rows.append(
                 (
                     f"{args.size} MiB upload, 4 streams",

@@ -61,6 +61,10 @@ __all__ = [
 
 #: What Go advertises (``defaultWindowSize``) and what we advertise unless told otherwise.
 DEFAULT_WINDOW = 65536
+#: A channel whose sender keeps filling its window gets a bigger one, up to this.
+DEFAULT_WINDOW_MAX = 1 << 20
+#: Extra bytes the grown windows of one link may promise in total (memory bound).
+WINDOW_BUDGET = 64 << 20
 #: Largest Data payload we put in one frame (the window usually limits it first).
 MAX_DATA_FRAME = 256 * 1024
 #: Link transports pause their producer above this many buffered bytes.  Reads stay at
@@ -68,6 +72,9 @@ MAX_DATA_FRAME = 256 * 1024
 LINK_BUFFER = 512 * 1024
 #: While corked, frames are gathered and sent with one sendmsg up to this many bytes.
 CORK_LIMIT = 256 * 1024
+#: A Close that only acknowledges the peer's (the channel is over on both sides) waits
+#: this long for another frame to share a link write with (the next Open, usually).
+LAZY_CLOSE_DELAY = 0.001
 _RING = 500  # recent frame events kept for dumps, like Go's 500-entry trace
 DEFAULT_MAX_CHANNELS = 16384
 
@@ -91,6 +98,8 @@ class MuxStats:
     datagrams_in: int = 0
     datagrams_out: int = 0
     datagrams_dropped: int = 0
+    windows_skipped: int = 0
+    windows_grown: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -132,6 +141,9 @@ class Channel:
         self.destination = destination
         self.protocol: IProtocol | None = None
         self._window = window
+        #: what we advertise beyond what was consumed: ``window`` at first, grown for a
+        #: sender that keeps using all of it (see _reopen_window)
+        self._rwin = window
         # sending: peer's window
         self._wr_allowed = 0
         self._wr_sent = 0
@@ -213,7 +225,12 @@ class Channel:
     def _advertise_initial(self) -> None:
         if not self.sent_close and not self.recv_close:
             self._rd_allowed = self._window
-            self.mux._write(encode_window(self.id, self._window))
+            frame = encode_window(self.id, self._window)
+            mux = self.mux
+            if mux._cork:
+                # A Shutdown later in the same link read makes it pointless (see _on_shutdown)
+                mux._initial[self.id] = frame
+            mux._write(frame)
 
     # ITransport ------------------------------------------------------------------------
 
@@ -361,7 +378,10 @@ class Channel:
         if self.sent_close:
             return
         self.sent_close = True
-        self.mux._write(encode_close(self.id))
+        if self.recv_close:
+            self.mux._write_lazy(encode_close(self.id))
+        else:
+            self.mux._write(encode_close(self.id))
         self._drop_buffers()
         self.mux._closed_one_way(self)
         self._finish(Failure(error.ConnectionDone("channel closed")))
@@ -405,13 +425,18 @@ class Channel:
         finally:
             self._delivering = False
         self._rd_consumed += len(data)
-        if self._rd_allowed - self._rd_consumed < self._window // 2:
+        if self._rd_allowed - self._rd_consumed < self._rwin // 2:
             self._reopen_window()
 
     def _reopen_window(self) -> None:
         if self.recv_shutdown or self.recv_close or self.sent_close:
             return
-        self._rd_allowed = self._rd_consumed + self._window
+        if self._rd_received >= self._rd_allowed and self._rwin < self.mux.window_max:
+            # The sender used every byte we allowed and we consumed half of it at once:
+            # the window, not either end, limits this channel.  Grow it (TCP receive
+            # autotuning), within the link's memory budget.
+            self._rwin = self.mux._grow_window(self._rwin)
+        self._rd_allowed = self._rd_consumed + self._rwin
         self.mux._write(encode_window(self.id, self._rd_allowed))
 
     def _drain(self) -> None:
@@ -479,6 +504,9 @@ class Channel:
         if self._finished:
             return
         self._finished = True
+        if self._rwin != self._window:
+            self.mux._grown -= self._rwin - self._window
+            self._rwin = self._window
         self._drop_buffers()
         self._producer = None
         proto = self.protocol
@@ -510,12 +538,22 @@ class Multiplexer(Protocol):
         backwards: bool = False,
         window: int = 65536,
         handshake: bool = True,
+        window_max: int | None = None,
     ) -> None:
         if not 1024 <= window <= 0xFFFFFFFF:
             raise ValueError(f"window {window} out of range")
+        if window_max is None:
+            window_max = max(window, DEFAULT_WINDOW_MAX)
+        if not window <= window_max <= 0xFFFFFFFF:
+            raise ValueError(f"window-max {window_max} must be between the window and 2^32-1")
         self.acceptor = acceptor
         self.backwards = backwards
         self.window = window
+        #: the most a channel's receive window grows to, and the extra bytes all the
+        #: grown windows of this link may add up to (so memory stays bounded per link)
+        self.window_max = window_max
+        self.window_budget = WINDOW_BUDGET
+        self._grown = 0
         self.handshake = handshake
         self.stats = MuxStats()
         self.channels: dict[int, Channel] = {}
@@ -540,6 +578,15 @@ class Multiplexer(Protocol):
         self._cork = 0
         self._adapt = False
         self._corked: list[bytes] = []
+        #: initial Window frames still in ``_corked``, by channel id
+        self._initial: dict[int, bytes] = {}
+        #: frames that may wait for the next write (acknowledging Closes)
+        self._lazy: list[bytes] = []
+        self._lazy_call: Any = None
+        #: frames in ``_corked`` that somebody waits for (the rest are lazy)
+        self._eager = 0
+        #: IReactorTime for the lazy Close (default: the transport's reactor)
+        self.clock: Any = None
         self._corked_len = 0
         self.recent: deque[tuple[int, str, str, int, int]] = deque(maxlen=_RING)
         #: log every Open/Shutdown/Close (``--debug``)
@@ -547,6 +594,8 @@ class Multiplexer(Protocol):
         #: Opens beyond this many live ids are refused (a flood must not exhaust fds);
         #: each channel can hold up to two windows of memory.
         self.max_channels = DEFAULT_MAX_CHANNELS
+        #: called on every link read and write (the busy poller's ``kick``)
+        self.onActivity: Any = None
 
     # link lifecycle --------------------------------------------------------------------
 
@@ -584,12 +633,27 @@ class Multiplexer(Protocol):
             self._send_corked()
 
     def _send_corked(self) -> None:
+        if self.onActivity is not None:
+            self.onActivity()
+        if self._initial:
+            self._initial.clear()
         bufs, self._corked = self._corked, []
+        eager, self._eager = self._eager, 0
         self._corked_len = 0
+        if bufs and not eager:
+            # Only acknowledging Closes: let them wait for company (see _write_lazy).
+            if self._connected:
+                self._lazy.extend(bufs)
+                self._arm_lazy()
+            return
+        if self._lazy and bufs:
+            bufs[0:0] = self._take_lazy()
         if bufs and self._connected and self.transport is not None:
             send_now(self.transport, bufs)
 
     def dataReceived(self, data: bytes) -> None:
+        if self.onActivity is not None:
+            self.onActivity()
         if self._adapt:
             adapt_read_size(self.transport, len(data))
         self._cork += 1
@@ -659,11 +723,16 @@ class Multiplexer(Protocol):
     def loseLink(self, reason: str) -> None:
         if self.lost_reason is None:
             self.lost_reason = reason
+        self._flush_lazy()
         if self.transport is not None:
             self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
         self._connected = False
+        self._lazy.clear()
+        if self._lazy_call is not None and self._lazy_call.active():
+            self._lazy_call.cancel()
+        self._lazy_call = None
         if self.lost_reason is None:
             self.lost_reason = (
                 reason.getErrorMessage() if isinstance(reason, Failure) else str(reason)
@@ -836,6 +905,10 @@ class Multiplexer(Protocol):
         if ch is None or ch.recv_close:
             self.stats.unknown_id_frames += 1
             return
+        if self._initial:
+            frame = self._initial.pop(cid, None)
+            if frame is not None and ch.bytes_in == 0:
+                self._unwrite(frame)
         ch._shutdown_received()
 
     def _closed_one_way(self, ch: Channel) -> None:
@@ -857,8 +930,89 @@ class Multiplexer(Protocol):
             if self._cork:
                 self._corked.append(frame)
                 self._corked_len += len(frame)
+                self._eager += 1
             else:
-                send_now(self.transport, [frame])
+                if self.onActivity is not None:
+                    self.onActivity()
+                if self._lazy:
+                    send_now(self.transport, [*self._take_lazy(), frame])
+                else:
+                    send_now(self.transport, [frame])
+
+    def _grow_window(self, current: int) -> int:
+        new = min(current * 2, self.window_max)
+        extra = new - current
+        if extra <= 0 or self._grown + extra > self.window_budget:
+            return current
+        self._grown += extra
+        self.stats.windows_grown += 1
+        return new
+
+    def _unwrite(self, frame: bytes) -> None:
+        """Take back a frame still waiting in the cork (the peer's Shutdown made it moot).
+
+        The peer has half-closed the channel in the same read that opened it: it will
+        never send Data, so our initial Window would only cost both sides a wake-up.
+        """
+        for i, f in enumerate(self._corked):
+            if f is frame:
+                del self._corked[i]
+                self._corked_len -= len(frame)
+                self._eager -= 1
+                self.stats.frames_out -= 1
+                self.stats.windows_skipped += 1
+                return
+
+    def _write_lazy(self, frame: bytes) -> None:
+        """Queue a frame that nobody waits for until the next write, or a moment later.
+
+        Used for a Close answering the peer's Close: the channel is over on both sides,
+        the frame only lets the peer free the id.  Sent in front of the next frame (so
+        the order on the link is unchanged) or after ``LAZY_CLOSE_DELAY``; in a stream of
+        short connections it rides with the next Open instead of waking the peer alone.
+        """
+        if not self._connected or self.transport is None:
+            return
+        self.stats.frames_out += 1
+        if self._cork:
+            # In order with what this read already wrote; held back at uncork only if
+            # nothing else is going out.
+            self._corked.append(frame)
+            self._corked_len += len(frame)
+            return
+        self._lazy.append(frame)
+        self._arm_lazy()
+
+    def _arm_lazy(self) -> None:
+        if self._lazy_call is None:
+            self._lazy_call = self._clock().callLater(LAZY_CLOSE_DELAY, self._flush_lazy)
+
+    def _clock(self) -> Any:
+        if self.clock is not None:
+            return self.clock
+        t: Any = self.transport
+        if getattr(t, "reactor", None) is not None:
+            return t.reactor
+        from twisted.internet import reactor
+
+        return reactor
+
+    def _take_lazy(self) -> list[bytes]:
+        frames, self._lazy = self._lazy, []
+        if self._lazy_call is not None:
+            if self._lazy_call.active():
+                self._lazy_call.cancel()
+            self._lazy_call = None
+        return frames
+
+    def _flush_lazy(self) -> None:
+        self._lazy_call = None
+        if self._lazy and self._connected and self.transport is not None:
+            if self._cork:
+                self._corked[0:0] = self._take_lazy()
+                self._eager += 1  # due now: they go out at uncork
+            else:
+                send_now(self.transport, self._take_lazy())
 
     def _schedule(self, ch: Channel) -> None:
         if not ch._queued:
@@ -880,6 +1034,8 @@ class Multiplexer(Protocol):
         q = self._ready_q
         t = self.transport
         stats = self.stats
+        if self.onActivity is not None:
+            self.onActivity()
         try:
             while q and not self._link_paused:
                 ch = q.popleft()
@@ -898,9 +1054,12 @@ class Multiplexer(Protocol):
                 if self._cork:
                     self._corked.extend(chunks)
                     self._corked_len += n
+                    self._eager += 1
                     if self._corked_len >= CORK_LIMIT:
                         self._send_corked()
                 else:
+                    if self._lazy:
+                        chunks[0:0] = self._take_lazy()
                     send_now(t, chunks)
                 ch._sent()
         finally:
@@ -941,19 +1100,25 @@ class MultiplexerFactory(Factory):
         window: int = DEFAULT_WINDOW,
         handshake: bool = True,
         onLink: Any = None,
+        window_max: int | None = None,
     ) -> None:
         self.acceptor = acceptor
         self.backwards = backwards
         self.window = window
+        self.window_max = window_max
         self.handshake = handshake
         self.onLink = onLink
         self.trace = False
         self.max_channels = DEFAULT_MAX_CHANNELS
+        self.onActivity: Any = None
 
     def buildProtocol(self, addr: IAddress | None) -> Multiplexer:
-        mux = Multiplexer(self.acceptor, self.backwards, self.window, self.handshake)
+        mux = Multiplexer(
+            self.acceptor, self.backwards, self.window, self.handshake, self.window_max
+        )
         mux.trace = self.trace
         mux.max_channels = self.max_channels
+        mux.onActivity = self.onActivity
         if self.onLink is not None:
             self.onLink(mux)
         return mux

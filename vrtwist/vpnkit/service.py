@@ -19,10 +19,11 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web.server import Site
 
+from vrtwist._busypoll import BusyPoll
 from vrtwist.vpnkit.addr import AddressError, parse_connect_addr, parse_listen_addr
 from vrtwist.vpnkit.api import ExposeAPI
 from vrtwist.vpnkit.host import ForwardTable, Links, Port, PortError
-from vrtwist.vpnkit.mux import DEFAULT_WINDOW, MultiplexerFactory
+from vrtwist.vpnkit.mux import DEFAULT_WINDOW, DEFAULT_WINDOW_MAX, MultiplexerFactory
 from vrtwist.vpnkit.proxy import ForwardingAcceptor
 
 __all__ = ["VpnkitOptions", "VpnkitService", "makeVpnkitService"]
@@ -31,6 +32,12 @@ _ADDR_HELP = (
     "ADDR: unix socket path, integer AF_VSOCK port, CID/PORT, vsock:CID:PORT, "
     "or a Twisted endpoint string (tcp:..., unix:...)"
 )
+
+
+#: Microseconds of zero-timeout polling after link traffic (see vrtwist/_busypoll.py):
+#: it takes the wake-up off each relay hop (64-byte round trip +111 us -> +13..20 us in
+#: bench/bench_vpnkit.py) for at most this much CPU after a burst, none while idle.
+DEFAULT_BUSY_POLL_US = 200
 
 
 class VpnkitOptions(usage.Options):
@@ -51,7 +58,23 @@ class VpnkitOptions(usage.Options):
             "bytes each side may have in flight per channel (we advertise this)",
             int,
         ],
+        [
+            "window-max",
+            None,
+            None,
+            "a channel whose sender keeps its window full gets a bigger one, up to BYTES "
+            "(default 1 MiB; give the --window value to keep windows fixed as Go does)",
+            int,
+        ],
         ["api", None, None, "serve the HTTP/JSON expose API on this endpoint string"],
+        [
+            "busy-poll",
+            None,
+            DEFAULT_BUSY_POLL_US,
+            "microseconds the reactor keeps polling without sleeping after link traffic "
+            "(lower latency for that much CPU per burst; 0 = off)",
+            int,
+        ],
         ["retry-max", None, 5.0, "longest pause between reconnection attempts, seconds", float],
         [
             "max-channels",
@@ -87,6 +110,23 @@ class VpnkitOptions(usage.Options):
             raise usage.UsageError("give exactly one of --data-listen ADDR or --data-connect ADDR")
         if not 1024 <= self["window"] <= 0xFFFFFFFF:
             raise usage.UsageError("--window must be between 1024 and 2^32-1")
+        if not 0 <= self["busy-poll"] <= 1_000_000:
+            raise usage.UsageError("--busy-poll must be between 0 and 1000000 microseconds")
+        if self["window-max"] is None:
+            self["window-max"] = max(self["window"], DEFAULT_WINDOW_MAX)
+        if not self["window"] <= self["window-max"] <= 0xFFFFFFFF:
+            raise usage.UsageError("--window-max must be between --window and 2^32-1")
+
+
+class _StopBusyPoll(Service):
+    """Stops the busy poller with the service, so no zero-delay call outlives it."""
+
+    def __init__(self, poller: BusyPoll) -> None:
+        self.poller = poller
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.poller.stop()
 
 
 class _ExposeAtStart(Service):
@@ -201,6 +241,11 @@ def makeVpnkitService(
         raise usage.UsageError(str(e)) from None
     factory.trace = bool(options["debug"])
     factory.max_channels = options["max-channels"]
+    factory.window_max = options["window-max"]
+    if options["busy-poll"] > 0:
+        poller = BusyPoll(reactor, options["busy-poll"] / 1e6)
+        factory.onActivity = poller.kick
+        _StopBusyPoll(poller).setServiceParent(svc)
     data.setName("data")
     data.setServiceParent(svc)
     svc.dataService = data
