@@ -47,3 +47,23 @@ class FastPathTests(SynchronousTestCase):
         sp = StanzaSplitter(max_stanza=100)
         sp.feed(HEADER)
         self.assertRaises(FramingError, sp.feed, data)
+
+    def test_limit_applies_to_a_unit_arriving_in_pieces(self) -> None:
+        """An <iq> with no close tag yet is refused once it outgrows the limit."""
+        sp = StanzaSplitter(max_stanza=100)
+        sp.feed(HEADER)
+        self.assertEqual(sp.feed(b'<iq type="set">' + b"x" * 50), [])
+        self.assertRaises(FramingError, sp.feed, b"x" * 60)
+
+    def test_three_way_split_of_large_units(self) -> None:
+        """Units larger than a read, split in three anywhere, resume their close-tag search
+        and give the same units (the search never restarts from the unit's start)."""
+        body = b"".join(b"<item>%d</item>" % i for i in range(40))
+        data = (b'<iq type="set" id="1">' + body + b"</iq>"
+                b'<message from="x">' + body + b"</message>"
+                b'<iq type="set" id="2">' + body + b"</iq>")
+        whole = _units([data])
+        self.assertEqual(len(whole), 3)
+        for a in range(1, len(data), 37):
+            for b in range(a + 1, len(data), 53):
+                self.assertEqual(_units([data[:a], data[a:b], data[b:]]), whole, (a, b))

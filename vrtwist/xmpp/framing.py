@@ -199,7 +199,11 @@ class StanzaSplitter:
             off = self._off
             if buf.startswith(b"<iq ", off):
                 at = buf.find(b"</iq", max(off, self._scan_from))
-                if 0 <= at < end - 4 and buf[at + 4] == 0x3E:  # ">"
+                if at < 0:  # not all here yet: the next search starts near the end
+                    self._scan_from = max(off, end - 3)
+                    self._need_more(off, end)
+                    break
+                if at < end - 4 and buf[at + 4] == 0x3E:  # ">"
                     events.append(self._unit(b"iq", off, at + 5))
                     continue
             event = self._next(buf)
