@@ -179,3 +179,21 @@ class SyncOverBunchesTests(SynchronousTestCase):
         sync.attach(None)
         self.assertEqual(sync._in_flight, 0)
         self.assertTrue(sync.dirty)
+
+    def test_session_lost_while_waiting_for_window_room(self) -> None:
+        """Bunches fail as the session goes; the sender, waiting for room, resumes, sends
+        nothing more that can succeed, and stops (the datapath is read again at the next
+        session)."""
+        sync = DatapathSync(self.model, window=2 * BUNCH)
+        sync.attach(self.channel)
+        self.model.portAdded(port_from_json(port_body(1)))
+        self.loop.pump()
+        (vrf,) = self.model.vrfNames()
+        with self.model.batched():
+            for i in range(200):
+                self.model.addRemoteRoute(vrf, f"10.9.{i >> 8}.{i & 255}", 32, "192.0.2.7",
+                                          100 + i)
+        self.assertTrue(sync._running)  # waiting for room in the window
+        self.proto.connectionLost(Failure(ConnectionError("gone")))
+        self.assertFalse(sync._running)
+        self.assertEqual(sync._in_flight, 0)
