@@ -226,3 +226,60 @@ class IpamWiringTests(TestCase):
         self.assertEqual(datapath.tables.interfaces[ids["vif"]].mac,
                          bytes.fromhex("02aabbccdd01"))
         await top.stopService()
+
+
+class ConfigOverTheWireTests(TestCase):
+    """A control node pushes a VM interface's config over XMPP; the agent programs the
+    ``POST /vm`` port with its address and MAC and publishes its route."""
+
+    timeout = 60
+
+    async def test_vm_interface_config_from_a_control_node(self) -> None:
+        from twisted.internet.task import deferLater
+
+        from tests.agent.test_vmi_config import VM, VMI, vmi_config
+        from vrtwist.xmpp.control import ControlNode, ControlNodeFactory
+
+        node = ControlNode(reactor, "cn", gr_time=0)
+        listening = reactor.listenTCP(0, ControlNodeFactory(node), interface="127.0.0.1")
+        self.addCleanup(listening.stopListening)
+        self.addCleanup(node.stop)
+        d = tempdir(self)
+        opts = tap.Options()
+        opts.parseOptions(["--run-dir", d, "--state-dir", d, "--rest",
+                           "tcp:0:interface=127.0.0.1", "--no-tap-check",
+                           "--flow-entries", "64", "--bridge-entries", "64",
+                           "--fabric-ip", "127.0.0.2", "--hostname", "compute-7",
+                           "--controller", f"tcp:127.0.0.1:{listening.getHost().port}"])
+        top = tap.makeService(opts)
+        top.privilegedStartService()
+        top.startService()
+        agent = top.getServiceNamed("agent")
+        await agent.ready
+        await agent.link.whenReady()
+        port = agent.rest_port.getHost().port
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        r = await treq.post(f"http://127.0.0.1:{port}/vm", data=json.dumps(VM).encode(),
+                            pool=pool)
+        self.assertEqual(r.code, 200)
+        await treq.content(r)
+        self.assertTrue(node.sendConfig("compute-7", vmi_config().updates))
+        datapath = top.getServiceNamed("vrouter-dp").datapath
+        vrf_name = agent.model.vrfNames()[0]
+
+        def published() -> bool:
+            inst = node.instances.get(vrf_name)
+            return inst is not None and "10.3.0.7/32" in inst.routes.get((1, 1), {})
+        for _ in range(250):
+            if published():
+                break
+            await deferLater(reactor, 0.02, lambda: None)
+        self.assertTrue(published())
+        vrf = agent.model.vrf_id_of(VM["vn-uuid"])
+        got = datapath.routes.get({"rtr_family": 2, "rtr_vrf_id": vrf,
+                                   "rtr_prefix": bytes([10, 3, 0, 7])})
+        self.assertEqual(got["rtr_prefix_len"], 32)
+        ids = agent.model.port_ids(VMI)
+        self.assertEqual(datapath.tables.interfaces[ids["vif"]].mac,
+                         bytes.fromhex("02aabbccdd01"))
+        await top.stopService()
