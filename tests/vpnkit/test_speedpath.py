@@ -258,6 +258,28 @@ class LazyCloseTests(SynchronousTestCase):
         pair.pump()
         self.assertEqual(len(acc.accepted), 2)
 
+    def test_a_close_made_before_the_peers_close_in_the_same_read_waits_too(self) -> None:
+        """Shutdown + Close in one read: the EOF makes our end close, then theirs arrives."""
+        acc = Acceptor()
+        pair = LinkPair(acc)
+        clock = Clock()
+        pair.a.clock = pair.b.clock = clock
+        ch = pair.b.openChannel(DEST, Sink(echo=True))  # closes when it sees EOF
+        pair.pump()
+        far = acc.accepted[0][0]
+        pair.a.cork()
+        far.loseWriteConnection()
+        far.loseConnection()
+        pair.a.uncork()
+        wire = pair.ta.value()
+        pair.ta.clear()
+        self.assertEqual(frames(wire), [Shutdown(ch.id), Close(ch.id)])
+        pair.b.dataReceived(wire)
+        self.assertTrue(ch.sent_close)
+        self.assertEqual(pair.tb.value(), b"")  # held back
+        clock.advance(LAZY_CLOSE_DELAY)
+        self.assertEqual(frames(pair.tb.value()), [Close(ch.id)])
+
     def test_a_first_close_is_never_lazy(self) -> None:
         pair, acc, clock, ch = self._pair()
         ch.loseConnection()

@@ -17,7 +17,14 @@ from twisted.internet import tcp
 from twisted.internet.unix import _SendmsgMixin
 from twisted.logger import Logger
 
-__all__ = ["send_now", "adapt_read_size", "shutdown_now", "read_now", "plain_reads"]
+__all__ = [
+    "send_now",
+    "adapt_read_size",
+    "shutdown_now",
+    "read_now",
+    "plain_reads",
+    "link_buffers",
+]
 
 _log = Logger()
 
@@ -149,3 +156,25 @@ def plain_reads(t: Any) -> None:
     """
     if isinstance(t, _SendmsgMixin) and isinstance(t, tcp.Connection):
         t.doRead = types.MethodType(tcp.Connection.doRead, t)  # type: ignore[method-assign]
+
+
+#: Socket buffers asked for on a unix-socket link (the kernel caps it at wmem_max).
+LINK_SOCKET_BUFFER = 4 * 1024 * 1024
+
+
+def link_buffers(t: Any, size: int = LINK_SOCKET_BUFFER) -> None:
+    """Let a unix-socket link queue several grown windows, not 208 KiB.
+
+    A unix stream socket holds only the sender's ``SO_SNDBUF`` (``wmem_default``), so with
+    channels whose windows grew to 1 MiB the sender would block (and wake the reader
+    again) several times per window.  TCP and vsock links autotune and are left alone.
+    """
+    sock = getattr(t, "socket", None)
+    if not isinstance(sock, socket.socket) or sock.family != socket.AF_UNIX:
+        return
+    for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+        try:
+            if sock.getsockopt(socket.SOL_SOCKET, opt) < size:
+                sock.setsockopt(socket.SOL_SOCKET, opt, size)
+        except OSError:
+            pass  # the default still works, only with more wake-ups

@@ -27,7 +27,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from vrtwist.vpnkit._fastwrite import adapt_read_size, plain_reads, send_now
+from vrtwist.vpnkit._fastwrite import adapt_read_size, link_buffers, plain_reads, send_now
 from vrtwist.vpnkit.frames import (
     HANDSHAKE,
     BadOpen,
@@ -378,10 +378,16 @@ class Channel:
         if self.sent_close:
             return
         self.sent_close = True
+        mux = self.mux
         if self.recv_close:
-            self.mux._write_lazy(encode_close(self.id))
+            mux._write_lazy(encode_close(self.id))
+        elif mux._cork:
+            # The peer's Close may come later in this very read (Shutdown, Close): then
+            # ours only acknowledges it and may wait (see Multiplexer._send_corked).
+            mux._corked_closes.append(self)
+            mux._write(encode_close(self.id))
         else:
-            self.mux._write(encode_close(self.id))
+            mux._write(encode_close(self.id))
         self._drop_buffers()
         self.mux._closed_one_way(self)
         self._finish(Failure(error.ConnectionDone("channel closed")))
@@ -585,6 +591,8 @@ class Multiplexer(Protocol):
         self._lazy_call: Any = None
         #: frames in ``_corked`` that somebody waits for (the rest are lazy)
         self._eager = 0
+        #: channels whose (eager) Close is in ``_corked``
+        self._corked_closes: list[Channel] = []
         #: IReactorTime for the lazy Close (default: the transport's reactor)
         self.clock: Any = None
         self._corked_len = 0
@@ -604,6 +612,7 @@ class Multiplexer(Protocol):
         t: Any = self.transport
         self._adapt = isinstance(getattr(t, "bufferSize", None), int)
         plain_reads(t)
+        link_buffers(t)
         t.registerProducer(self, True)  # type: ignore[union-attr]
         if self.handshake:
             t.write(HANDSHAKE)  # type: ignore[union-attr]
@@ -640,6 +649,11 @@ class Multiplexer(Protocol):
         bufs, self._corked = self._corked, []
         eager, self._eager = self._eager, 0
         self._corked_len = 0
+        if self._corked_closes:
+            # A Close written before the peer's Close arrived later in the same read
+            # is now only an acknowledgement.
+            eager -= sum(1 for ch in self._corked_closes if ch.recv_close)
+            self._corked_closes.clear()
         if bufs and not eager:
             # Only acknowledging Closes: let them wait for company (see _write_lazy).
             if self._connected:
@@ -730,6 +744,7 @@ class Multiplexer(Protocol):
     def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
         self._connected = False
         self._lazy.clear()
+        self._corked_closes.clear()
         if self._lazy_call is not None and self._lazy_call.active():
             self._lazy_call.cancel()
         self._lazy_call = None

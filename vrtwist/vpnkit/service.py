@@ -8,23 +8,27 @@ optionally the HTTP expose API and a list of ports exposed at start.
 
 from __future__ import annotations
 
+import gc
 import signal
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application.internet import ClientService, StreamServerEndpointService, backoffPolicy
-from twisted.application.service import MultiService, Service
+from twisted.application.service import Service
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web.server import Site
 
 from vrtwist._busypoll import BusyPoll
+from vrtwist._process import DaemonService
 from vrtwist.vpnkit.addr import AddressError, parse_connect_addr, parse_listen_addr
 from vrtwist.vpnkit.api import ExposeAPI
 from vrtwist.vpnkit.host import ForwardTable, Links, Port, PortError
 from vrtwist.vpnkit.mux import DEFAULT_WINDOW, DEFAULT_WINDOW_MAX, MultiplexerFactory
 from vrtwist.vpnkit.proxy import ForwardingAcceptor
+from vrtwist.vsock.tuning import tuneAllocator
 
 __all__ = ["VpnkitOptions", "VpnkitService", "makeVpnkitService"]
 
@@ -183,11 +187,30 @@ class _DumpOnSignal(Service):
             self._old = None
 
 
-class VpnkitService(MultiService):
-    """One role's services, with the objects tests and tools want to reach."""
+#: Young-generation threshold for the relay processes: a proxied connection allocates a
+#: few dozen objects, so CPython's 700 means a collection every few connections.
+GC_THRESHOLDS = (20_000, 20, 20)
 
-    def __init__(self, links: Links, table: ForwardTable) -> None:
-        super().__init__()
+
+def tune_gc() -> None:
+    """Fewer young collections under a stream of short connections (never lowers)."""
+    if gc.get_threshold()[0] < GC_THRESHOLDS[0]:
+        gc.set_threshold(*GC_THRESHOLDS)
+
+
+class VpnkitService(DaemonService):
+    """One role's services, with the objects tests and tools want to reach.
+
+    Under twistd (no reactor given) it applies the process-wide tunings when it starts:
+    the allocator keeps relay-sized read buffers (up to 1 MiB) off fresh ``mmap`` calls
+    and page faults (``vrtwist.vsock.tuning.tuneAllocator``), and the collector runs in
+    larger steps.  Tests, which pass their own reactor, keep their process as it is.
+    """
+
+    def __init__(
+        self, links: Links, table: ForwardTable, tunings: tuple[Callable[[], object], ...] = ()
+    ) -> None:
+        super().__init__(*tunings)
         self.links = links
         self.table = table
         self.apiService: StreamServerEndpointService | None = None
@@ -207,14 +230,16 @@ class VpnkitService(MultiService):
 def makeVpnkitService(
     options: VpnkitOptions, reactor: Any = None, role: str = "forwarder"
 ) -> VpnkitService:
+    tunings: tuple[Callable[[], object], ...] = ()
     if reactor is None:
         from twisted.internet import reactor as _reactor
 
         reactor = _reactor
+        tunings = (tuneAllocator, tune_gc)  # a real twistd process
     links = Links()
     table = ForwardTable(reactor, links, resetOnRefused=not options["no-reset"])
     acceptor = ForwardingAcceptor(reactor, table.udp_stats)
-    svc = VpnkitService(links, table)
+    svc = VpnkitService(links, table, tunings)
     window = options["window"]
     handshake = not options["no-handshake"]
     try:
