@@ -402,3 +402,40 @@ def deferLater(t: float) -> defer.Deferred[None]:
     from twisted.internet import task
 
     return task.deferLater(reactor, t, lambda: None)
+
+
+class ProcessTuningTests(SynchronousTestCase):
+    def test_tunings_only_for_twistd(self) -> None:
+        """Tests pass a reactor: their process keeps its allocator and collector."""
+        import gc
+
+        from vrtwist.vpnkit.service import tune_gc
+
+        o = forwarder_tap.Options()
+        o.parseOptions(["--data-listen", "/tmp/x.sock"])
+        svc = forwarder_tap.makeService(o, MemoryReactorClock())
+        self.assertEqual(svc._tunings, ())
+        before = gc.get_threshold()
+        self.addCleanup(gc.set_threshold, *before)
+        tune_gc()
+        self.assertGreaterEqual(gc.get_threshold()[0], 20_000)
+        gc.set_threshold(50_000, 5, 5)
+        tune_gc()  # never lowers what someone else set
+        self.assertEqual(gc.get_threshold(), (50_000, 5, 5))
+
+    def test_unix_link_buffers_grow_tcp_left_alone(self) -> None:
+        from vrtwist.vpnkit._fastwrite import link_buffers
+
+        a, b = socket.socketpair()
+        self.addCleanup(a.close)
+        self.addCleanup(b.close)
+        before = a.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        t = LeanStream(a, protocol.Protocol(), MemoryReactorClock())
+        link_buffers(t)
+        self.assertGreaterEqual(a.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF), before)
+        tcp_sock = socket.socket()
+        self.addCleanup(tcp_sock.close)
+        tcp_before = tcp_sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        link_buffers(LeanStream(tcp_sock, protocol.Protocol(), MemoryReactorClock()))
+        self.assertEqual(tcp_sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF), tcp_before)
+        link_buffers(object())  # not a socket transport: nothing to do
