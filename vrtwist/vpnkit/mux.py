@@ -147,7 +147,7 @@ class Channel:
         # sending: peer's window
         self._wr_allowed = 0
         self._wr_sent = 0
-        self._sendbuf: deque[bytes] = deque()
+        self._sendbuf: deque[bytes | memoryview] = deque()
         self._sendlen = 0
         self._queued = False
         self._stalled = False
@@ -327,10 +327,14 @@ class Channel:
 
     # sending (called by the multiplexer's round robin) --------------------------------
 
-    def _take(self, n: int) -> list[bytes]:
-        """Remove exactly ``n`` bytes from the send buffer, splitting at most one chunk."""
+    def _take(self, n: int) -> list[bytes | memoryview]:
+        """Remove exactly ``n`` bytes from the send buffer, splitting at most one chunk.
+
+        A chunk bigger than the frame (a 1 MiB read, 256 KiB frames) is split into
+        memoryview slices: slicing the bytes would copy the rest of it at every frame.
+        """
         buf = self._sendbuf
-        out: list[bytes] = []
+        out: list[bytes | memoryview] = []
         left = n
         while left:
             head = buf[0]
@@ -339,8 +343,9 @@ class Channel:
                 buf.popleft()
                 left -= len(head)
             else:
-                out.append(head[:left])
-                buf[0] = head[left:]
+                mv = head if type(head) is memoryview else memoryview(head)
+                out.append(mv[:left])
+                buf[0] = mv[left:]
                 left = 0
         self._sendlen -= n
         return out
@@ -583,11 +588,11 @@ class Multiplexer(Protocol):
         self._seq = itertools.count()
         self._cork = 0
         self._adapt = False
-        self._corked: list[bytes] = []
+        self._corked: list[bytes | memoryview] = []
         #: initial Window frames still in ``_corked``, by channel id
         self._initial: dict[int, bytes] = {}
         #: frames that may wait for the next write (acknowledging Closes)
-        self._lazy: list[bytes] = []
+        self._lazy: list[bytes | memoryview] = []
         self._lazy_call: Any = None
         #: frames in ``_corked`` that somebody waits for (the rest are lazy)
         self._eager = 0
@@ -1012,7 +1017,7 @@ class Multiplexer(Protocol):
 
         return reactor
 
-    def _take_lazy(self) -> list[bytes]:
+    def _take_lazy(self) -> list[bytes | memoryview]:
         frames, self._lazy = self._lazy, []
         if self._lazy_call is not None:
             if self._lazy_call.active():
