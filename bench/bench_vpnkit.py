@@ -317,6 +317,12 @@ def main() -> None:
         "--profile", default=None, help="directory for cProfile stats of both processes"
     )
     ap.add_argument(
+        "--window-max",
+        type=int,
+        default=None,
+        help="pass --window-max BYTES to both vpnkit processes (= --window: Go's fixed windows)",
+    )
+    ap.add_argument(
         "--busy-poll",
         type=int,
         default=None,
@@ -351,6 +357,8 @@ def main() -> None:
             common += ["--reactor", args.reactor]
 
         extra = [] if args.busy_poll is None else ["--busy-poll", str(args.busy_poll)]
+        if args.window_max is not None:
+            extra += ["--window-max", str(args.window_max)]
 
         def prof(name: str) -> list[str]:
             if not args.profile:
@@ -410,7 +418,9 @@ def main() -> None:
             time.sleep(float(os.environ["BENCH_HOLD"]))
         size = args.size * MiB
         print(
-            f"# load before: {open('/proc/loadavg').read().strip()}  window={args.window}  cores={os.cpu_count()}"
+            f"# load before: {open('/proc/loadavg').read().strip()}  window={args.window}"
+            f"  window-max={args.window_max or 'default'}  busy-poll={args.busy_poll if args.busy_poll is not None else 'default'}"
+            f"  cores={os.cpu_count()}"
         )
         rows: list[tuple[str, str, str, str]] = []
         cpu: list[list[float]] = []
