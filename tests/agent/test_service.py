@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Any
 
 import treq
 from twisted.internet import reactor
@@ -139,35 +140,52 @@ class FabricIpWarningTests(TestCase):
         self.assertIn("--controller without --fabric-ip", text)
 
 
+async def start_agent(test: TestCase, *extra: str) -> tuple[Any, Any]:
+    """A ``twistd vrouter`` service tree in this process (embedded datapath), started."""
+    d = tempdir(test)
+    opts = tap.Options()
+    opts.parseOptions(["--run-dir", d, "--state-dir", d, "--rest",
+                       "tcp:0:interface=127.0.0.1", "--no-tap-check",
+                       "--flow-entries", "64", "--bridge-entries", "64",
+                       "--fabric-ip", "127.0.0.2", *extra])
+    top = tap.makeService(opts)
+    top.privilegedStartService()
+    top.startService()
+    agent = top.getServiceNamed("agent")
+    await agent.ready
+    return top, agent
+
+
+async def post_json(agent: Any, path: str, body: dict[str, Any]) -> None:
+    port = agent.rest_port.getHost().port
+    pool = HTTPConnectionPool(reactor, persistent=False)
+    r = await treq.post(f"http://127.0.0.1:{port}{path}", data=json.dumps(body).encode(),
+                        pool=pool)
+    assert r.code == 200, r.code
+    await treq.content(r)
+
+
+async def wait_for(check: Any, tries: int = 250) -> None:
+    from twisted.internet.task import deferLater
+
+    for _ in range(tries):
+        if check():
+            return
+        await deferLater(reactor, 0.02, lambda: None)
+
+
 class IpamWiringTests(TestCase):
     """The controller link's IPAM config reaches the agent's datapath programming."""
 
     timeout = 60
 
     async def test_config_subnet_programs_the_port_subnet(self) -> None:
-        from twisted.internet.task import deferLater
-
         from tests.xmpp.test_agent_link import ConfigStoreTests
         from vrtwist.xmpp.stanzas import parse_stanza
 
-        d = tempdir(self)
-        opts = tap.Options()
-        opts.parseOptions(["--run-dir", d, "--state-dir", d, "--rest",
-                           "tcp:0:interface=127.0.0.1", "--no-tap-check",
-                           "--flow-entries", "64", "--bridge-entries", "64",
-                           "--fabric-ip", "127.0.0.2", "--controller", "tcp:127.0.0.1:1"])
-        top = tap.makeService(opts)
-        top.privilegedStartService()
-        top.startService()
-        agent = top.getServiceNamed("agent")
-        await agent.ready
+        top, agent = await start_agent(self, "--controller", "tcp:127.0.0.1:1")
         b = port_body(3, **{"ip-address": "10.1.1.3"})
-        port = agent.rest_port.getHost().port
-        pool = HTTPConnectionPool(reactor, persistent=False)
-        r = await treq.post(f"http://127.0.0.1:{port}/port", data=json.dumps(b).encode(),
-                            pool=pool)
-        self.assertEqual(r.code, 200)
-        await treq.content(r)
+        await post_json(agent, "/port", b)
         datapath = top.getServiceNamed("vrouter-dp").datapath
         vrf = agent.model.vrf_id_of(b["vn-id"])
 
@@ -178,36 +196,16 @@ class IpamWiringTests(TestCase):
         config = ConfigStoreTests.CONFIG.replace(b"<uuid>vn-uuid</uuid>",
                                                  f"<uuid>{b['vn-id']}</uuid>".encode())
         agent.link.config.apply(parse_stanza(config))
-        for _ in range(250):
-            if subnet_route() == 24:
-                break
-            await deferLater(reactor, 0.02, lambda: None)
+        await wait_for(lambda: subnet_route() == 24)
         self.assertEqual(subnet_route(), 24)
         await top.stopService()
 
     async def test_config_vm_interface_gives_a_vm_port_its_address(self) -> None:
-        from twisted.internet.task import deferLater
-
         from tests.agent.test_vmi_config import VM, VMI, vmi_config
         from vrtwist.xmpp.stanzas import build_config, parse_stanza
 
-        d = tempdir(self)
-        opts = tap.Options()
-        opts.parseOptions(["--run-dir", d, "--state-dir", d, "--rest",
-                           "tcp:0:interface=127.0.0.1", "--no-tap-check",
-                           "--flow-entries", "64", "--bridge-entries", "64",
-                           "--fabric-ip", "127.0.0.2", "--controller", "tcp:127.0.0.1:1"])
-        top = tap.makeService(opts)
-        top.privilegedStartService()
-        top.startService()
-        agent = top.getServiceNamed("agent")
-        await agent.ready
-        port = agent.rest_port.getHost().port
-        pool = HTTPConnectionPool(reactor, persistent=False)
-        r = await treq.post(f"http://127.0.0.1:{port}/vm", data=json.dumps(VM).encode(),
-                            pool=pool)
-        self.assertEqual(r.code, 200)
-        await treq.content(r)
+        top, agent = await start_agent(self, "--controller", "tcp:127.0.0.1:1")
+        await post_json(agent, "/vm", VM)
         datapath = top.getServiceNamed("vrouter-dp").datapath
         vrf = agent.model.vrf_id_of(VM["vn-uuid"])
 
@@ -217,10 +215,7 @@ class IpamWiringTests(TestCase):
         self.assertEqual(host_route(), 0)
         # through the wire format, as the control node sends it
         agent.link.config.apply(parse_stanza(build_config("host", vmi_config().updates)))
-        for _ in range(250):
-            if host_route() == 32:
-                break
-            await deferLater(reactor, 0.02, lambda: None)
+        await wait_for(lambda: host_route() == 32)
         self.assertEqual(host_route(), 32)
         ids = agent.model.port_ids(VMI)
         self.assertEqual(datapath.tables.interfaces[ids["vif"]].mac,
@@ -235,8 +230,6 @@ class ConfigOverTheWireTests(TestCase):
     timeout = 60
 
     async def test_vm_interface_config_from_a_control_node(self) -> None:
-        from twisted.internet.task import deferLater
-
         from tests.agent.test_vmi_config import VM, VMI, vmi_config
         from vrtwist.xmpp.control import ControlNode, ControlNodeFactory
 
@@ -244,25 +237,11 @@ class ConfigOverTheWireTests(TestCase):
         listening = reactor.listenTCP(0, ControlNodeFactory(node), interface="127.0.0.1")
         self.addCleanup(listening.stopListening)
         self.addCleanup(node.stop)
-        d = tempdir(self)
-        opts = tap.Options()
-        opts.parseOptions(["--run-dir", d, "--state-dir", d, "--rest",
-                           "tcp:0:interface=127.0.0.1", "--no-tap-check",
-                           "--flow-entries", "64", "--bridge-entries", "64",
-                           "--fabric-ip", "127.0.0.2", "--hostname", "compute-7",
-                           "--controller", f"tcp:127.0.0.1:{listening.getHost().port}"])
-        top = tap.makeService(opts)
-        top.privilegedStartService()
-        top.startService()
-        agent = top.getServiceNamed("agent")
-        await agent.ready
+        top, agent = await start_agent(
+            self, "--hostname", "compute-7",
+            "--controller", f"tcp:127.0.0.1:{listening.getHost().port}")
         await agent.link.whenReady()
-        port = agent.rest_port.getHost().port
-        pool = HTTPConnectionPool(reactor, persistent=False)
-        r = await treq.post(f"http://127.0.0.1:{port}/vm", data=json.dumps(VM).encode(),
-                            pool=pool)
-        self.assertEqual(r.code, 200)
-        await treq.content(r)
+        await post_json(agent, "/vm", VM)
         self.assertTrue(node.sendConfig("compute-7", vmi_config().updates))
         datapath = top.getServiceNamed("vrouter-dp").datapath
         vrf_name = agent.model.vrfNames()[0]
@@ -270,10 +249,7 @@ class ConfigOverTheWireTests(TestCase):
         def published() -> bool:
             inst = node.instances.get(vrf_name)
             return inst is not None and "10.3.0.7/32" in inst.routes.get((1, 1), {})
-        for _ in range(250):
-            if published():
-                break
-            await deferLater(reactor, 0.02, lambda: None)
+        await wait_for(published)
         self.assertTrue(published())
         vrf = agent.model.vrf_id_of(VM["vn-uuid"])
         got = datapath.routes.get({"rtr_family": 2, "rtr_vrf_id": vrf,

@@ -409,7 +409,7 @@ class ProcessTuningTests(SynchronousTestCase):
         """Tests pass a reactor: their process keeps its allocator and collector."""
         import gc
 
-        from vrtwist.vpnkit.service import tune_gc
+        from vrtwist._process import tune_gc
 
         o = forwarder_tap.Options()
         o.parseOptions(["--data-listen", "/tmp/x.sock"])

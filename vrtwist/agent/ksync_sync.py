@@ -918,31 +918,16 @@ class _SyncProtocol(KsyncClientProtocol):
         self.transport.write(data)
         return d
 
-    def dataReceived(self, data: bytes) -> None:
+    def _deliver(self, done: list[tuple[int, list[Any]]]) -> None:
         if not self._bunches:
-            super().dataReceived(data)
-            return
-        try:
-            done = self._core.feed(data)
-        except KsyncProtocolError as e:
-            self._log.error("ksync: broken reply stream: {error}", error=str(e))
-            self._fail_all(Failure(e))
-            if self.transport is not None:
-                self.transport.loseConnection()
+            super()._deliver(done)
             return
         for seq, results in done:
             bunch = self._bunches.pop(seq, None)
             if bunch is not None:
                 bunch.callback(results)
-                continue
-            ds = self._waiting.pop(seq, None)
-            if ds is None:
-                continue
-            for d, r in zip(ds, results, strict=True):
-                if isinstance(r, Exception):
-                    d.errback(Failure(r))
-                else:
-                    d.callback(r)
+            else:
+                super()._deliver([(seq, results)])  # a plain request, in its turn
 
     def _fail_all(self, f: Failure) -> None:
         bunches, self._bunches = self._bunches, {}

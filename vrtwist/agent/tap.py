@@ -8,14 +8,14 @@
 
 from __future__ import annotations
 
-import gc
 import socket
 from typing import Any
 
 from twisted.application.service import IService, MultiService
 from twisted.python import usage
 
-from vrtwist._process import DaemonService
+from vrtwist._process import GC_THRESHOLDS as GC_THRESHOLDS  # re-exported: tests, bench
+from vrtwist._process import DaemonService, tune_gc
 from vrtwist.agent.service import DEFAULT_STATE_DIR, AgentService
 
 try:  # the forwarding extension's own options (--flow-entries, --bridge-entries, --fabric)
@@ -82,22 +82,6 @@ class Options(_DatapathOptions, usage.Options):  # type: ignore[misc]
         if tls and len(tls) != 3:
             raise usage.UsageError("--xmpp-cert, --xmpp-key and --xmpp-ca go together "
                                    f"(only {', '.join('--' + k for k in tls)} given)")
-
-
-#: Collector thresholds for the daemons (``twistd vrouter``, ``twistd vrouter-control``).
-GC_THRESHOLDS = (20_000, 20, 20)
-
-
-def tune_gc() -> None:
-    """Fewer young collections in a daemon holding tens of thousands of routes and ports.
-
-    With CPython's defaults (a collection every 700 net allocations, full ones as the heap
-    grows) a burst of 10,000 routes spends about a quarter of its CPU walking live
-    objects; measured in ``bench/bench_xmpp.py --mode components``.  Cycles are still
-    collected, only in larger steps.  Never lowers thresholds set by someone else.
-    """
-    if gc.get_threshold()[0] < GC_THRESHOLDS[0]:
-        gc.set_threshold(*GC_THRESHOLDS)
 
 
 def makeService(options: Options) -> MultiService:

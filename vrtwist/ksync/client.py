@@ -116,6 +116,10 @@ class KsyncClientProtocol(Protocol):
             if self.transport is not None:
                 self.transport.loseConnection()
             return
+        self._deliver(done)
+
+    def _deliver(self, done: list[tuple[int, list[Any]]]) -> None:
+        """Fire the Deferreds of each answered netlink message (subclasses add kinds)."""
         for seq, results in done:
             ds = self._waiting.pop(seq, None)
             if ds is None:

@@ -8,7 +8,6 @@ optionally the HTTP expose API and a list of ports exposed at start.
 
 from __future__ import annotations
 
-import gc
 import signal
 import threading
 from collections.abc import Callable
@@ -22,7 +21,7 @@ from twisted.python import usage
 from twisted.web.server import Site
 
 from vrtwist._busypoll import BusyPoll
-from vrtwist._process import DaemonService
+from vrtwist._process import DaemonService, tune_gc
 from vrtwist.vpnkit.addr import AddressError, parse_connect_addr, parse_listen_addr
 from vrtwist.vpnkit.api import ExposeAPI
 from vrtwist.vpnkit.host import ForwardTable, Links, Port, PortError
@@ -185,17 +184,6 @@ class _DumpOnSignal(Service):
         if self._old is not None:
             signal.signal(signal.SIGUSR1, self._old)
             self._old = None
-
-
-#: Young-generation threshold for the relay processes: a proxied connection allocates a
-#: few dozen objects, so CPython's 700 means a collection every few connections.
-GC_THRESHOLDS = (20_000, 20, 20)
-
-
-def tune_gc() -> None:
-    """Fewer young collections under a stream of short connections (never lowers)."""
-    if gc.get_threshold()[0] < GC_THRESHOLDS[0]:
-        gc.set_threshold(*GC_THRESHOLDS)
 
 
 class VpnkitService(DaemonService):
