@@ -376,6 +376,49 @@ class LeanPortTests(TestCase):
         self.assertEqual(got, b"ping")
         self.assertEqual(seen, [IPv4Address("TCP", "127.0.0.1", c.getsockname()[1])])
 
+    async def test_a_protocol_that_fails_to_start_does_not_close_the_port(self) -> None:
+        made: list[bool] = []
+
+        class Broken(protocol.Protocol):
+            def connectionMade(self) -> None:
+                made.append(False)
+                raise RuntimeError("application bug")
+
+        class F(protocol.Factory):
+            def buildProtocol(self, addr: object) -> protocol.Protocol:
+                return Broken() if not made else _Echo()
+
+        port = LeanTCPPort(0, F(), 50, "127.0.0.1", reactor=reactor)
+        port.startListening()
+        self.addCleanup(port.stopListening)
+        bad = socket.create_connection(("127.0.0.1", port.getHost().port))
+        self.addCleanup(bad.close)
+        bad.setblocking(False)
+        for _ in range(200):
+            await deferLater(0.005)
+            try:
+                if bad.recv(10) == b"":
+                    break  # the broken one was closed
+            except BlockingIOError:
+                continue
+            except ConnectionResetError:
+                break
+        self.flushLoggedErrors(RuntimeError)
+        good = socket.create_connection(("127.0.0.1", port.getHost().port))
+        self.addCleanup(good.close)
+        good.sendall(b"still listening")
+        good.settimeout(0)
+        got = b""
+        for _ in range(200):
+            await deferLater(0.005)
+            try:
+                got += good.recv(100)
+            except BlockingIOError:
+                pass
+            if got == b"still listening":
+                break
+        self.assertEqual(got, b"still listening")
+
     def test_descriptor_exhaustion_falls_back_to_twisteds_loop(self) -> None:
         calls: list[object] = []
         port = LeanTCPPort(0, protocol.Factory(), 50, "127.0.0.1", reactor=MemoryReactorClock())

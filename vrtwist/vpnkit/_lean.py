@@ -144,4 +144,9 @@ class LeanTCPPort(tcp.Port):
             t = LeanStream(skt, protocol, self.reactor, addr)
             t.connected = 1
             t.startReading()
-            protocol.makeConnection(t)
+            try:
+                protocol.makeConnection(t)
+            except Exception:
+                # Escaping into the reactor would close the listening port itself.
+                self._log.failure("starting the protocol for {addr}", addr=addr)
+                t.abortConnection()
