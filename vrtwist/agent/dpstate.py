@@ -478,17 +478,24 @@ class DatapathModel:
                     self._set(sk, "vr_route_req", fields)
                     keys.append(sk)
                 v.shared[sk] = v.shared.get(sk, 0) + 1
-            for sk, _fields in ids.shared:
-                n = v.shared.get(sk, 0) - 1
-                if n <= 0:
-                    v.shared.pop(sk, None)
-                    self.desired.pop(sk, None)
-                    keys.append(sk)
-                else:
-                    v.shared[sk] = n
+            self._release_shared(v, ids.shared, keys)
             ids.shared = new
         if keys:
             self._notify(keys)
+
+    def _release_shared(
+        self, v: _Vrf, shared: list[tuple[Key, dict[str, Any]]], keys: list[Key]
+    ) -> None:
+        """Drop one port's references to its VRF's shared routes; the last one removes a
+        route (its key goes to ``keys`` for the synchroniser)."""
+        for sk, _fields in shared:
+            n = v.shared.get(sk, 0) - 1
+            if n <= 0:
+                v.shared.pop(sk, None)
+                self.desired.pop(sk, None)
+                keys.append(sk)
+            else:
+                v.shared[sk] = n
 
     def _shared_routes(self, port: Port, v: _Vrf) -> list[tuple[Key, dict[str, Any]]]:
         out: list[tuple[Key, dict[str, Any]]] = []
@@ -515,14 +522,7 @@ class DatapathModel:
             self.desired.pop(k, None)
         v = self._vrfs[ids.vrf]
         v.ports.discard(port.id)
-        for sk, _fields in ids.shared:
-            n = v.shared.get(sk, 0) - 1
-            if n <= 0:
-                v.shared.pop(sk, None)
-                self.desired.pop(sk, None)
-                keys.append(sk)
-            else:
-                v.shared[sk] = n
+        self._release_shared(v, ids.shared, keys)
         self.vifs.free(ids.vif)
         self.nhs.free(ids.l3_nh)
         self.nhs.free(ids.l2_nh)

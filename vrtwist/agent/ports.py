@@ -274,15 +274,7 @@ class PortTable:
                 self.store.write(p.id, p.to_file_json())
                 written.append(p.id)
         except PortFileError:
-            for uuid in written:
-                old = self._ports.get(uuid)
-                try:
-                    if old is not None:
-                        self.store.write(uuid, old.port.to_file_json())
-                    else:
-                        self.store.remove(uuid)
-                except PortFileError:
-                    self._log.error("cannot undo port file {uuid}", uuid=uuid)
+            self._undo_files(written)
             raise
         return written
 
