@@ -227,14 +227,8 @@ class FrameReader:
         end = len(data)
         while end - off >= NLMSG_HDRLEN:
             n = int.from_bytes(data[off : off + 4], "little")
-            if n < self._min:
-                raise NetlinkFrameError(
-                    "nlmsg_len %d shorter than %d" % (n, self._min), self._consumed + off
-                )
-            if n > self._max:
-                raise NetlinkFrameError(
-                    "nlmsg_len %d exceeds the maximum of %d" % (n, self._max), self._consumed + off
-                )
+            if n < self._min or n > self._max:
+                raise self._bad_length(n, self._consumed + off)
             if end - off < n:
                 break
             out.append(data if n == end else data[off : off + n])
@@ -244,6 +238,11 @@ class FrameReader:
             self._buf += data[off:]
         return out
 
+    def _bad_length(self, n: int, offset: int) -> NetlinkFrameError:
+        if n < self._min:
+            return NetlinkFrameError("nlmsg_len %d shorter than %d" % (n, self._min), offset)
+        return NetlinkFrameError("nlmsg_len %d exceeds the maximum of %d" % (n, self._max), offset)
+
     def frames(self, limit: int | None = None) -> list[bytes]:
         out: list[bytes] = []
         buf = self._buf
@@ -251,14 +250,8 @@ class FrameReader:
         end = len(buf)
         while end - off >= NLMSG_HDRLEN and (limit is None or len(out) < limit):
             n = int.from_bytes(buf[off : off + 4], "little")
-            if n < self._min:
-                raise NetlinkFrameError(
-                    "nlmsg_len %d shorter than %d" % (n, self._min), self._consumed + off
-                )
-            if n > self._max:
-                raise NetlinkFrameError(
-                    "nlmsg_len %d exceeds the maximum of %d" % (n, self._max), self._consumed + off
-                )
+            if n < self._min or n > self._max:
+                raise self._bad_length(n, self._consumed + off)
             if end - off < n:
                 break
             out.append(bytes(buf[off : off + n]))
