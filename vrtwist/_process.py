@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Callable
+from typing import Any
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
@@ -53,3 +54,18 @@ def tune_gc() -> None:
     """
     if gc.get_threshold()[0] < GC_THRESHOLDS[0]:
         gc.set_threshold(*GC_THRESHOLDS)
+
+
+def reactor_and_tunings(
+    reactor: Any, *tunings: Callable[[], object]
+) -> tuple[Any, tuple[Callable[[], object], ...]]:
+    """The reactor a tap builds on, and the process tunings it may apply.
+
+    No reactor given means a real twistd process: the global reactor, with ``tunings``.
+    Tests pass their own reactor and keep their process as it is (no tunings).
+    """
+    if reactor is not None:
+        return reactor, ()
+    from twisted.internet import reactor as _reactor
+
+    return _reactor, tunings

@@ -11,14 +11,13 @@ TLS (``telnets://`` in the VM's proxyURI) is a Twisted ``ssl:`` endpoint:
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from twisted.application import internet
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
-from vrtwist._process import DaemonService
+from vrtwist._process import DaemonService, reactor_and_tunings
 from vrtwist.vic.vspc import VMPortTable, VSPCConfig, VSPCFactory, checkTemplate
 from vrtwist.vsock.tuning import tuneAllocator
 
@@ -91,15 +90,9 @@ class Options(usage.Options):
 
 def makeService(options: Options, reactor: Any = None) -> DaemonService:
     """The listener, the port table (stops backends on shutdown) and the optional API."""
-    if reactor is None:
-        from twisted.internet import reactor as _reactor
-
-        reactor = _reactor
-        # a real twistd process (tests pass their own reactor): size the allocator
-        # for relay buffers when it starts, see vrtwist.vsock.tuning.tuneAllocator
-        tunings: tuple[Callable[[], object], ...] = (tuneAllocator,)
-    else:
-        tunings = ()
+    # under twistd: size the allocator for relay buffers when it starts
+    # (vrtwist.vsock.tuning.tuneAllocator); tests pass their own reactor and get none
+    reactor, tunings = reactor_and_tunings(reactor, tuneAllocator)
     config = VSPCConfig(
         backendTemplate=options["backend"],
         serviceURI=options["service-uri"],

@@ -21,7 +21,7 @@ from twisted.python import usage
 from twisted.web.server import Site
 
 from vrtwist._busypoll import BusyPoll
-from vrtwist._process import DaemonService, tune_gc
+from vrtwist._process import DaemonService, reactor_and_tunings, tune_gc
 from vrtwist.vpnkit.addr import AddressError, parse_connect_addr, parse_listen_addr
 from vrtwist.vpnkit.api import ExposeAPI
 from vrtwist.vpnkit.host import ForwardTable, Links, Port, PortError
@@ -218,12 +218,7 @@ class VpnkitService(DaemonService):
 def makeVpnkitService(
     options: VpnkitOptions, reactor: Any = None, role: str = "forwarder"
 ) -> VpnkitService:
-    tunings: tuple[Callable[[], object], ...] = ()
-    if reactor is None:
-        from twisted.internet import reactor as _reactor
-
-        reactor = _reactor
-        tunings = (tuneAllocator, tune_gc)  # a real twistd process
+    reactor, tunings = reactor_and_tunings(reactor, tuneAllocator, tune_gc)
     links = Links()
     table = ForwardTable(reactor, links, resetOnRefused=not options["no-reset"])
     acceptor = ForwardingAcceptor(reactor, table.udp_stats)

@@ -14,14 +14,13 @@ Examples::
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from twisted.application import internet
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
-from vrtwist._process import DaemonService
+from vrtwist._process import DaemonService, reactor_and_tunings
 from vrtwist.vsock.relay import BackendRoutes, RelayConfig, RouteError, VSockRelayFactory
 from vrtwist.vsock.tuning import tuneAllocator
 
@@ -82,15 +81,9 @@ class Options(usage.Options):
 
 def makeService(options: Options, reactor: Any = None) -> DaemonService:
     """The listener with its relay factory."""
-    if reactor is None:
-        from twisted.internet import reactor as _reactor
-
-        reactor = _reactor
-        # a real twistd process (tests pass their own reactor): size the allocator
-        # for relay buffers when it starts, see vrtwist.vsock.tuning.tuneAllocator
-        tunings: tuple[Callable[[], object], ...] = (tuneAllocator,)
-    else:
-        tunings = ()
+    # under twistd: size the allocator for relay buffers when it starts
+    # (vrtwist.vsock.tuning.tuneAllocator); tests pass their own reactor and get none
+    reactor, tunings = reactor_and_tunings(reactor, tuneAllocator)
     config = RelayConfig(
         routes=options["routes"],
         proxyProtocol=bool(options["proxy-protocol"]),
