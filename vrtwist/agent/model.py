@@ -150,14 +150,22 @@ class Port:
         return replace(self, author="", time="") == replace(other, author="", time="")
 
 
+def _given(body: dict[str, Any], name: str, problems: list[str], required: bool) -> Any:
+    """The field's value, or None when absent or null (a problem if ``required``)."""
+    if name not in body:
+        if required:
+            problems.append(f"{name}: missing")
+        return None
+    value = body[name]
+    if value is None and required:
+        problems.append(f"{name}: must not be null")
+    return value
+
+
 def _uuid_field(body: dict[str, Any], name: str, problems: list[str], *,
                 allow_empty: bool = False) -> str:
-    if name not in body:
-        problems.append(f"{name}: missing")
-        return ""
-    value = body[name]
+    value = _given(body, name, problems, True)
     if value is None:
-        problems.append(f"{name}: must not be null")
         return ""
     if not isinstance(value, str):
         problems.append(f"{name}: must be a string uuid, got {type(value).__name__}")
@@ -173,14 +181,8 @@ def _uuid_field(body: dict[str, Any], name: str, problems: list[str], *,
 
 def _str_field(body: dict[str, Any], name: str, problems: list[str], *,
                required: bool = True) -> str | None:
-    if name not in body:
-        if required:
-            problems.append(f"{name}: missing")
-        return None
-    value = body[name]
+    value = _given(body, name, problems, required)
     if value is None:
-        if required:
-            problems.append(f"{name}: must not be null")
         return None
     if not isinstance(value, str):
         problems.append(f"{name}: must be a string, got {type(value).__name__}")
@@ -190,14 +192,8 @@ def _str_field(body: dict[str, Any], name: str, problems: list[str], *,
 
 def _int_field(body: dict[str, Any], name: str, problems: list[str], *, required: bool,
                lo: int, hi: int) -> int | None:
-    if name not in body:
-        if required:
-            problems.append(f"{name}: missing")
-        return None
-    value = body[name]
+    value = _given(body, name, problems, required)
     if value is None:
-        if required:
-            problems.append(f"{name}: must not be null")
         return None
     if isinstance(value, bool) or not isinstance(value, int):
         problems.append(f"{name}: must be an integer, got {type(value).__name__}")
