@@ -37,13 +37,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # vrtwist from this checkout when not installed
 
-from bench_vpnkit import _cpu, _echo_inline, _wait_echo, short_connections  # noqa: E402
+from bench_vpnkit import _cpu, _echo_inline, _free_port, _wait_echo, short_connections  # noqa: E402
 
 from vrtwist.vpnkit import frames as F  # noqa: E402
 
@@ -76,6 +76,17 @@ class Spinner:
             os.sched_yield()
 
 
+def _ready(ep: select.epoll, spin: float) -> Iterator[int]:
+    """The descriptors ``ep`` reports ready, forever, busy polling as ``Spinner`` says."""
+    sp = Spinner(spin)
+    while True:
+        t = sp.timeout()
+        ev = ep.poll(t)
+        sp.polled(len(ev), t)
+        for fd, _ in ev:
+            yield fd
+
+
 # --- two bare TCP relays ----------------------------------------------------------------
 
 
@@ -89,47 +100,42 @@ def tcp_relay(dst: int, spin: float, q: Any) -> None:
     ep.register(lsock.fileno(), select.EPOLLIN)
     peer: dict[int, list[Any]] = {}
     socks: dict[int, socket.socket] = {}
-    sp = Spinner(spin)
-    while True:
-        t = sp.timeout()
-        ev = ep.poll(t)
-        sp.polled(len(ev), t)
-        for fd, _e in ev:
-            if fd == lsock.fileno():
-                a, _ = lsock.accept()
-                a.setblocking(False)
-                a.setsockopt(*ND)
-                b = socket.socket()
-                b.setblocking(False)
-                b.connect_ex(("127.0.0.1", dst))
-                b.setsockopt(*ND)
-                for x, y in ((a, b), (b, a)):
-                    socks[x.fileno()] = x
-                    peer[x.fileno()] = [y, False]
-                    ep.register(x.fileno(), select.EPOLLIN)
-                continue
-            s = socks.get(fd)
-            if s is None:
-                continue
-            try:
-                d = s.recv(65536)
-            except BlockingIOError:
-                continue
-            other = peer[fd][0]
-            if d:
-                other.send(d)
-                continue
-            peer[fd][1] = True
-            try:
-                other.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
-            ep.unregister(fd)
-            if peer[other.fileno()][1]:
-                for x in (s, other):
-                    socks.pop(x.fileno(), None)
-                    peer.pop(x.fileno(), None)
-                    x.close()
+    for fd in _ready(ep, spin):
+        if fd == lsock.fileno():
+            a, _ = lsock.accept()
+            a.setblocking(False)
+            a.setsockopt(*ND)
+            b = socket.socket()
+            b.setblocking(False)
+            b.connect_ex(("127.0.0.1", dst))
+            b.setsockopt(*ND)
+            for x, y in ((a, b), (b, a)):
+                socks[x.fileno()] = x
+                peer[x.fileno()] = [y, False]
+                ep.register(x.fileno(), select.EPOLLIN)
+            continue
+        s = socks.get(fd)
+        if s is None:
+            continue
+        try:
+            d = s.recv(65536)
+        except BlockingIOError:
+            continue
+        other = peer[fd][0]
+        if d:
+            other.send(d)
+            continue
+        peer[fd][1] = True
+        try:
+            other.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        ep.unregister(fd)
+        if peer[other.fileno()][1]:
+            for x in (s, other):
+                socks.pop(x.fileno(), None)
+                peer.pop(x.fileno(), None)
+                x.close()
 
 
 # --- a vpnkit-shaped pair in bare Python -------------------------------------------------
@@ -271,17 +277,12 @@ def _run_epoll(
         handlers[lst.fileno()] = lambda: side.accept(lst)
     for fd in handlers:
         ep.register(fd, select.EPOLLIN)
-    sp = Spinner(spin)
-    while True:
-        t = sp.timeout()
-        ev = ep.poll(t)
-        sp.polled(len(ev), t)
-        for fd, _ in ev:
-            h = handlers.get(fd)
-            if h is not None:
-                h()
-            elif fd in socks:
-                side.local_readable(socks[fd])
+    for fd in _ready(ep, spin):
+        h = handlers.get(fd)
+        if h is not None:
+            h()
+        elif fd in socks:
+            side.local_readable(socks[fd])
 
 
 class _FD:
@@ -373,14 +374,6 @@ def start_pair(dport: int, spin: float, tmp: str, twisted: bool = False) -> Rung
     _start_mp(rung, _pair_process, "fwd", path, 0, spin, twisted)
     rung.port = _start_mp(rung, _pair_process, "host", path, dport, spin, twisted)
     return rung
-
-
-def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port: int = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def _spawn(rung: Rung, argv: list[str]) -> None:
