@@ -107,3 +107,71 @@ class DaemonServiceTests(SynchronousTestCase):
         self.assertEqual((calls, gc.get_threshold()), (["tuned"], (12345, 6, 7)))
         svc.stopService()
         self.assertEqual(gc.get_threshold(), saved)
+
+
+class _SignalReactor:
+    """Just what the stop-signal handlers touch of a reactor."""
+
+    def __init__(self) -> None:
+        self.queued: list[tuple[object, tuple[object, ...]]] = []
+        self.stops = 0
+        self._exitSignal: int | None = None
+
+    def sigTerm(self, number: int, frame: object = None) -> None:
+        raise AssertionError("Twisted's handler must have been replaced")
+
+    sigInt = sigTerm
+
+    def callFromThread(self, f: object, *args: object) -> None:
+        self.queued.append((f, args))
+
+    def stop(self) -> None:
+        from twisted.internet.error import ReactorNotRunning
+
+        self.stops += 1
+        if self.stops > 1:
+            raise ReactorNotRunning()
+
+
+class QuietStopSignalsTests(SynchronousTestCase):
+    """SIGTERM/SIGINT stop a twistd daemon without logging inside the signal handler."""
+
+    def setUp(self) -> None:
+        import signal
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self.addCleanup(signal.signal, signum, signal.getsignal(signum))
+
+    def test_reactor_handlers_replaced_and_stop_queued(self) -> None:
+        import os
+        import signal
+
+        from vrtwist._process import quiet_stop_signals
+
+        r = _SignalReactor()
+        signal.signal(signal.SIGTERM, r.sigTerm)
+        signal.signal(signal.SIGINT, r.sigInt)
+        self.assertTrue(quiet_stop_signals(r))
+        os.kill(os.getpid(), signal.SIGTERM)  # the handler runs before kill() returns here
+        self.assertEqual(r._exitSignal, signal.SIGTERM)
+        self.assertEqual(len(r.queued), 1)  # only queued: nothing logged or stopped yet
+        self.assertEqual(r.stops, 0)
+        os.kill(os.getpid(), signal.SIGINT)
+        self.assertEqual(r._exitSignal, signal.SIGINT)
+        for f, args in r.queued:  # as the reactor runs them, a second stop included
+            f(*args)  # type: ignore[operator]
+        self.assertEqual(r.stops, 2)
+
+    def test_other_handlers_left_alone(self) -> None:
+        import signal
+
+        from vrtwist._process import quiet_stop_signals
+
+        def mine(n: int, frame: object) -> None:
+            pass
+
+        signal.signal(signal.SIGTERM, mine)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        self.assertFalse(quiet_stop_signals(_SignalReactor()))
+        self.assertIs(signal.getsignal(signal.SIGTERM), mine)
+        self.assertIs(signal.getsignal(signal.SIGINT), signal.default_int_handler)

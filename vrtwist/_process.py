@@ -9,11 +9,14 @@ collector thresholds back when it stops.
 from __future__ import annotations
 
 import gc
+import signal
 from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ReactorNotRunning
+from twisted.logger import Logger
 
 
 class DaemonService(MultiService):
@@ -68,4 +71,46 @@ def reactor_and_tunings(
         return reactor, ()
     from twisted.internet import reactor as _reactor
 
-    return _reactor, tunings
+    # twistd starts the services before the reactor installs its signal handlers
+    return _reactor, (*tunings, lambda: _reactor.callWhenRunning(quiet_stop_signals, _reactor))
+
+
+_log = Logger()
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def quiet_stop_signals(reactor: Any) -> bool:
+    """Make SIGTERM and SIGINT stop ``reactor`` without logging inside the signal handler.
+
+    Twisted's own handlers log "Received SIGTERM" from the handler itself. Its log
+    observers take a lock built on ``threading._RLock``, the pure-Python lock, which is
+    not safe against a signal arriving half-way through its ``acquire``: if the signal
+    interrupts the main thread while it writes a log line, the handler's log call
+    waits for a lock the interrupted frame will never release, and the daemon hangs
+    instead of stopping (seen with ``twistd vsock-relay`` under test). These handlers
+    only queue the stop (``callFromThread``, as Twisted's do) and log from the reactor.
+    Only handlers the reactor installed are replaced; returns whether any were.
+    """
+    replaced = False
+    for signum in _STOP_SIGNALS:
+        current = signal.getsignal(signum)
+        if getattr(current, "__self__", None) is not reactor:
+            continue  # not the reactor's handler (none installed, or someone else's)
+        signal.signal(signum, lambda n, frame: _queue_stop(reactor, n))
+        replaced = True
+    return replaced
+
+
+def _queue_stop(reactor: Any, signum: int) -> None:
+    # Signal context: no logging, no locks; a deque append and a waker write only.
+    if hasattr(reactor, "_exitSignal"):
+        reactor._exitSignal = signum  # twistd re-raises it at exit, as with Twisted's own
+    reactor.callFromThread(_stop, reactor, signum)
+
+
+def _stop(reactor: Any, signum: int) -> None:
+    _log.info("Received {name}, shutting down.", name=signal.Signals(signum).name)
+    try:
+        reactor.stop()
+    except ReactorNotRunning:
+        pass  # a second signal while already stopping

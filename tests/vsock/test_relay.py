@@ -453,6 +453,10 @@ class RelayNetTests(TestCase):
         finally:
             proc.signalProcess("TERM")
             await ended
+        with open(os.path.join(self.dir, "log")) as f:
+            log = f.read()
+        # our stop handler, which logs from the reactor and not inside the signal handler
+        self.assertIn("[vrtwist._process#info] Received SIGTERM, shutting down.", log)
 
     async def test_half_close_timeout(self) -> None:
         """A backend that never closes after the caller's EOF is closed after the limit."""
