@@ -175,3 +175,50 @@ class QuietStopSignalsTests(SynchronousTestCase):
         self.assertFalse(quiet_stop_signals(_SignalReactor()))
         self.assertIs(signal.getsignal(signal.SIGTERM), mine)
         self.assertIs(signal.getsignal(signal.SIGINT), signal.default_int_handler)
+
+
+class DaemonStopSignalTests(SynchronousTestCase):
+    """Every twistd daemon of the vRouter stops on SIGTERM through our handler."""
+
+    def _stops_quietly(self, plugin: str, args: list[str]) -> None:
+        from tests.agent.procs import Twistd, wait_until
+
+        d = tempfile.mkdtemp(prefix="vrtwist-sig-")
+        self.addCleanup(shutil.rmtree, d, True)
+        proc = Twistd(d, plugin, args, plugin)
+        self.addCleanup(proc.kill)
+        wait_until(lambda: "stop signals handled outside" in proc.text(), f"{plugin} to start", 60)
+        proc.stop()
+        self.assertEqual(proc.proc.returncode, -15)  # twistd re-raises the signal at exit
+        self.assertIn("[vrtwist._process#info] Received SIGTERM, shutting down.", proc.text())
+
+    def test_vrouter_dp(self) -> None:
+        from tests.agent.procs import SMALL_TABLES
+
+        self._stops_quietly("vrouter-dp", ["--run-dir", self.mktemp(), *SMALL_TABLES])
+
+    def test_vrouter(self) -> None:
+        from tests.agent.procs import SMALL_TABLES
+
+        d = self.mktemp()
+        self._stops_quietly(
+            "vrouter",
+            [
+                "--run-dir",
+                d + "/run",
+                "--state-dir",
+                d + "/state",
+                "--rest",
+                "tcp:0:interface=127.0.0.1",
+                "--no-tap-check",
+                *SMALL_TABLES,
+            ],
+        )
+
+    def test_vrouter_control(self) -> None:
+        self._stops_quietly("vrouter-control", ["--xmpp", "tcp:0:interface=127.0.0.1"])
+
+    def mktemp(self) -> str:
+        root = tempfile.mkdtemp(prefix="vrtwist-sig-")
+        self.addCleanup(shutil.rmtree, root, True)
+        return root

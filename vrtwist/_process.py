@@ -98,6 +98,8 @@ def quiet_stop_signals(reactor: Any) -> bool:
             continue  # not the reactor's handler (none installed, or someone else's)
         signal.signal(signum, lambda n, frame: _queue_stop(reactor, n))
         replaced = True
+    if replaced:
+        _log.debug("stop signals handled outside the signal handler from now on")
     return replaced
 
 

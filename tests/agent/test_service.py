@@ -25,7 +25,7 @@ class ServiceLifecycleTests(TestCase):
         opts.parseOptions(["--run-dir", d, "--state-dir", d, "--rest",
                            "tcp:0:interface=127.0.0.1", "--no-tap-check",
                            "--flow-entries", "64", "--bridge-entries", "64"])
-        top = tap.makeService(opts)
+        top = tap.makeService(opts, reactor)
         top.privilegedStartService()
         top.startService()
         agent = top.getServiceNamed("agent")
@@ -85,7 +85,7 @@ class ControllerOptionsTests(TestCase):
                            "--xmpp-hold-time", "30", "--xmpp-stale-time", "5",
                            "--xmpp-cert", pki["agent-cert"], "--xmpp-key", pki["agent-key"],
                            "--xmpp-ca", pki["ca"]])
-        top = tap.makeService(opts)
+        top = tap.makeService(opts, reactor)
         top.privilegedStartService()
         top.startService()
         agent = top.getServiceNamed("agent")
@@ -130,7 +130,7 @@ class FabricIpWarningTests(TestCase):
                            "tcp:0:interface=127.0.0.1", "--no-tap-check",
                            "--flow-entries", "64", "--bridge-entries", "64",
                            "--controller", "tcp:127.0.0.1:1"])
-        top = tap.makeService(opts)
+        top = tap.makeService(opts, reactor)
         with capturedLogs() as logs:
             top.privilegedStartService()
             top.startService()
@@ -148,7 +148,7 @@ async def start_agent(test: TestCase, *extra: str) -> tuple[Any, Any]:
                        "tcp:0:interface=127.0.0.1", "--no-tap-check",
                        "--flow-entries", "64", "--bridge-entries", "64",
                        "--fabric-ip", "127.0.0.2", *extra])
-    top = tap.makeService(opts)
+    top = tap.makeService(opts, reactor)
     top.privilegedStartService()
     top.startService()
     agent = top.getServiceNamed("agent")

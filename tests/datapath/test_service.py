@@ -133,7 +133,7 @@ class OptionsTests(SynchronousTestCase):
         run_dir = tempfile.mkdtemp(prefix="dp-")
         o = tap.Options()
         o.parseOptions(["--run-dir", run_dir, "--flow-entries", "128", "--bridge-entries", "64"])
-        top = tap.makeService(o)
+        top = tap.makeService(o, reactor)
         self.assertIsInstance(top, MultiService)
         datapath = top.datapath  # type: ignore[attr-defined]
         self.assertIsInstance(datapath, Datapath)

@@ -15,7 +15,7 @@ from twisted.application.service import IService, MultiService
 from twisted.python import usage
 
 from vrtwist._process import GC_THRESHOLDS as GC_THRESHOLDS  # re-exported: tests, bench
-from vrtwist._process import DaemonService, tune_gc
+from vrtwist._process import DaemonService, reactor_and_tunings, tune_gc
 from vrtwist.agent.service import DEFAULT_STATE_DIR, AgentService
 
 try:  # the forwarding extension's own options (--flow-entries, --bridge-entries, --fabric)
@@ -84,14 +84,13 @@ class Options(_DatapathOptions, usage.Options):  # type: ignore[misc]
                                    f"(only {', '.join('--' + k for k in tls)} given)")
 
 
-def makeService(options: Options) -> MultiService:
-    """The agent's service tree: [datapath,] agent."""
-    from twisted.internet import reactor
-
-    top = DaemonService(tune_gc)
+def makeService(options: Options, reactor: Any = None) -> MultiService:
+    """The agent's service tree: [datapath,] agent (tests pass their reactor: no tunings)."""
+    reactor, tunings = reactor_and_tunings(reactor, tune_gc)
+    top = DaemonService(*tunings)
     local = None
     if options["datapath"] == "embedded":
-        dp = _embedded_datapath(options)
+        dp = _embedded_datapath(options, reactor)
         dp.setServiceParent(top)  # type: ignore[attr-defined]
         if options["ksync"] == "inprocess":
             local = getattr(dp, "datapath", None)
@@ -107,11 +106,11 @@ def makeService(options: Options) -> MultiService:
     return top
 
 
-def _embedded_datapath(options: Options) -> IService:
+def _embedded_datapath(options: Options, reactor: Any) -> IService:
     try:
         from vrtwist.datapath.service import makeDatapathService
     except ImportError as e:  # pragma: no cover - until the datapath lands
         AgentService._log.error("embedded datapath unavailable: {e}", e=e)
         return MultiService()
-    svc: IService = makeDatapathService(options)
+    svc: IService = makeDatapathService(options, reactor=reactor)
     return svc

@@ -7,9 +7,12 @@ It serves ksync on ``<run-dir>/dpdk_netlink`` and keeps the flow and bridge tabl
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.application.service import MultiService
 from twisted.python import usage
 
+from vrtwist._process import DaemonService, reactor_and_tunings
 from vrtwist.datapath.service import DatapathOptionsMixin, makeDatapathService
 
 
@@ -19,6 +22,13 @@ class Options(DatapathOptionsMixin, usage.Options):
     synopsis = "[--run-dir DIR] [--flow-entries N] [--bridge-entries N] [--fabric IFNAME]"
 
 
-def makeService(options: Options) -> MultiService:
-    """The forwarding extension's service tree."""
-    return makeDatapathService(options)
+def makeService(options: Options, reactor: Any = None) -> MultiService:
+    """The forwarding extension's service tree (tests pass their reactor: no tunings)."""
+    reactor, tunings = reactor_and_tunings(reactor)
+    top = makeDatapathService(options, reactor=reactor)
+    if tunings:
+        # an otherwise empty child that applies the daemon's tunings when twistd starts it
+        daemon = DaemonService(*tunings)
+        daemon.setName("daemon")
+        daemon.setServiceParent(top)
+    return top

@@ -14,7 +14,7 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
-from vrtwist._process import DaemonService
+from vrtwist._process import DaemonService, reactor_and_tunings, tune_gc
 
 from .control import AGENT_MAX_STANZA, DEFAULT_MAX_ROUTES, ControlNode, ControlNodeFactory
 from .session import check_hold_time
@@ -72,20 +72,15 @@ class _NodeTimers(Service):
 
 def makeService(options: Options, reactor: Any = None) -> MultiService:
     """The control node service: one listening endpoint, one shared routing state."""
-    if reactor is None:
-        from twisted.internet import reactor as _reactor
-
-        reactor = _reactor
+    # the agent's collector tuning, applied when the daemon starts: the control node
+    # holds every route too
+    reactor, tunings = reactor_and_tunings(reactor, tune_gc)
     tls = None
     if options["xmpp-cert"]:
         tls = mutual_tls_options(options["xmpp-cert"], options["xmpp-key"], options["xmpp-ca"])
     node = ControlNode(reactor, options["hostname"], options["gr-time"], options["max-routes"])
     factory = ControlNodeFactory(node, options["hold-time"], tls, options["max-stanza"])
-    # the agent's collector tuning, applied when the daemon starts: the control node
-    # holds every route too
-    from vrtwist.agent.tap import tune_gc
-
-    top = DaemonService(tune_gc)
+    top = DaemonService(*tunings)
     top.setName("vrouter-control")
     server = StreamServerEndpointService(serverFromString(reactor, options["xmpp"]), factory)
     server.setName("xmpp")
