@@ -60,3 +60,46 @@ class IDatapath(Interface):
         The ksync server sends one page (3968 bytes of objects) and the vr_response with
         the count and, when objects remain, bit 30; ``handle`` pages it the same way.
         """
+
+
+class IFrameOutput(Interface):
+    """Where the packet pipeline sends frames: the port layer implements it.
+
+    The pipeline is sans-IO; it calls ``transmit`` for every frame that leaves a vif and
+    never touches a socket itself, so it runs the same under the reactor, in tests and in
+    benchmarks.
+    """
+
+    def transmit(vif_index: int, frame: bytes | bytearray | memoryview) -> bool:
+        """Send ``frame`` (from its Ethernet header) out of vif ``vif_index``.
+
+        Returns False when the vif has no attached device or its queue is full; the
+        pipeline then counts the drop (``vds_interface_tx_discard``) and ``oerrors``.
+        """
+
+
+class IPacketTrap(Interface):
+    """Where the datapath hands packets for the agent (pkt0 in the real vRouter).
+
+    The fields are those of ``struct agent_hdr`` (vRouter to agent direction); the frame
+    is the trapped packet from its own Ethernet header, already truncated as the real
+    ``agent_send`` truncates it.
+    """
+
+    def trap(
+        vif_index: int,
+        vrf: int,
+        code: int,
+        param: int,
+        param_1: int,
+        stats: tuple[int, int, int, int],
+        frame: bytes,
+    ) -> bool:
+        """Queue one trapped packet for the agent; False when it was dropped (full, no agent)."""
+
+
+class IPacketPipeline(Interface):
+    """The forwarding pipeline: one received frame in, transmits/traps/drops out."""
+
+    def receive(vif_index: int, frame: bytes | bytearray | memoryview) -> None:
+        """Process one frame received on vif ``vif_index`` (an attached device's read)."""
