@@ -11,6 +11,17 @@ from typing import Any
 
 from zope.interface import Attribute, Interface
 
+from vrtwist.pkt0.interfaces import IPacketTrap
+
+__all__ = [
+    "IBridgeRoutes",
+    "IDatapath",
+    "IFrameOutput",
+    "IPacketPipeline",
+    "IPacketTrap",
+    "IRequestHandler",
+]
+
 
 class IRequestHandler(Interface):
     """Answers one decoded Sandesh request."""
@@ -76,26 +87,6 @@ class IFrameOutput(Interface):
         Returns False when the vif has no attached device or its queue is full; the
         pipeline then counts the drop (``vds_interface_tx_discard``) and ``oerrors``.
         """
-
-
-class IPacketTrap(Interface):
-    """Where the datapath hands packets for the agent (pkt0 in the real vRouter).
-
-    The fields are those of ``struct agent_hdr`` (vRouter to agent direction); the frame
-    is the trapped packet from its own Ethernet header, already truncated as the real
-    ``agent_send`` truncates it.
-    """
-
-    def trap(
-        vif_index: int,
-        vrf: int,
-        code: int,
-        param: int,
-        param_1: int,
-        stats: tuple[int, int, int, int],
-        frame: bytes,
-    ) -> bool:
-        """Queue one trapped packet for the agent; False when it was dropped (full, no agent)."""
 
 
 class IPacketPipeline(Interface):
