@@ -255,3 +255,54 @@ class PrivateFileTests(SynchronousTestCase):
         self.assertRaises(FileExistsError, create_private, link)
         with open(target) as f:
             self.assertEqual(f.read(), "keep")
+
+
+class DaemonListenerTests(SynchronousTestCase):
+    """Every daemon's ``unix:`` listen options go through the mechanism (fake reactor)."""
+
+    def _modes(self, make: object, options: object, argv: list[str]) -> list[tuple[str, int]]:
+        r = MemoryReactorClock()
+        options.parseOptions(argv)  # type: ignore[attr-defined]
+        svc = make(options, r)  # type: ignore[operator]
+        svc.startService()
+        self.addCleanup(svc.stopService)
+        return [(u[0], u[3]) for u in r.unixServers]
+
+    def test_vspc_listen_and_api(self) -> None:
+        from vrtwist.vic import vspc_tap
+
+        got = self._modes(vspc_tap.makeService, vspc_tap.Options(),
+                          ["--listen", "unix:/x/esx.sock", "--api", "unix:/x/api.sock"])
+        self.assertEqual(got, [("/x/esx.sock", OWNER_MODE), ("/x/api.sock", OWNER_MODE)])
+
+    def test_vsock_relay_listen_with_group(self) -> None:
+        from vrtwist.vsock import relay_tap
+
+        got = self._modes(relay_tap.makeService, relay_tap.Options(),
+                          ["--listen", "unix:/x/r.sock", "--backend", "tcp:127.0.0.1:1",
+                           "--socket-group", str(NOGROUP)])
+        self.assertEqual(got, [("/x/r.sock", GROUP_MODE)])
+
+    def test_vpnkit_data_and_api(self) -> None:
+        from vrtwist.vpnkit import forwarder_tap
+
+        got = self._modes(forwarder_tap.makeService, forwarder_tap.Options(),
+                          ["--data-listen", "unix:/x/data.sock", "--api", "unix:/x/api.sock"])
+        self.assertEqual(got, [("/x/data.sock", OWNER_MODE), ("/x/api.sock", OWNER_MODE)])
+
+    def test_unknown_socket_group_refused_at_parse(self) -> None:
+        from vrtwist.vic import vspc_tap
+        from vrtwist.vpnkit import forwarder_tap
+
+        with self.assertRaises(usage.UsageError):
+            forwarder_tap.Options().parseOptions(
+                ["--data-listen", "/x/d.sock", "--socket-group", "ac-no-such-group-xyz"])
+        with self.assertRaises(usage.UsageError):
+            vspc_tap.makeService(  # type: ignore[arg-type]
+                {**_parsed(vspc_tap.Options(), []), "socket-group": "ac-no-such-group-xyz"},
+                MemoryReactorClock())
+
+
+def _parsed(options: usage.Options, argv: list[str]) -> usage.Options:
+    options.parseOptions(argv)
+    return options
