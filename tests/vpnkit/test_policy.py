@@ -230,3 +230,12 @@ class SocketModeTests(TestCase):
         owner = socket.socket(socket.AF_UNIX)  # the owner still reaches the API
         self.addCleanup(owner.close)
         owner.connect(api)
+        # a unix port the host exposes is the owner's too
+        from vrtwist.vpnkit.host import Port
+
+        out = os.path.join(pair.dir, "exposed.sock")
+        await pair.host.table.expose(  # type: ignore[union-attr]
+            Port("unix", out_path=out, in_path=os.path.join(pair.dir, "in.sock"))
+        )
+        self.assertEqual(os.stat(out).st_mode & 0o777, 0o600)
+        self.assertEqual(connect_as_nobody(out), "EACCES")

@@ -233,8 +233,8 @@ def makeVpnkitService(
 ) -> VpnkitService:
     reactor, tunings = reactor_and_tunings(reactor, tuneAllocator, tune_gc)
     links = Links()
-    table = ForwardTable(reactor, links, resetOnRefused=not options["no-reset"])
     access = options.get("access") or access_from_options(options)
+    table = ForwardTable(reactor, links, resetOnRefused=not options["no-reset"], access=access)
     policy = DestinationPolicy(options.get("allow-unix-dir") or ())
     acceptor = ForwardingAcceptor(reactor, table.udp_stats, policy)
     svc = VpnkitService(links, table, tunings)
