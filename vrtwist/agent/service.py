@@ -13,16 +13,17 @@ from typing import Any
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, ensureDeferred
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.web.server import Site
 
+from vrtwist.access import SocketAccess
 from vrtwist.agent.dpstate import DatapathModel
 from vrtwist.agent.ports import DEFAULT_STALE_TIMEOUT, PortTable
 from vrtwist.agent.rest import BoundedRequest, PortApi
 from vrtwist.agent.store import PortStore
+from vrtwist.unixlisten import listen_endpoint
 
 
 class AgentService(MultiService):
@@ -35,12 +36,15 @@ class AgentService(MultiService):
                  stale_timeout: float = DEFAULT_STALE_TIMEOUT, fabric_ip: str = "0.0.0.0",
                  hostname: str = "", controllers: list[str] | None = None,
                  fabric: str | None = None, local_datapath: Any = None,
-                 link_kwargs: dict[str, Any] | None = None) -> None:
+                 link_kwargs: dict[str, Any] | None = None,
+                 access: SocketAccess | None = None) -> None:
         super().__init__()
         self.reactor = reactor
         self.run_dir = run_dir
         self.state_dir = state_dir
         self.rest_description = rest
+        #: who may use a unix REST socket (``unix:`` in ``rest``): owner, or with a group
+        self.access = access
         self.datapath = datapath
         self.tap_check = tap_check
         self.stale_timeout = stale_timeout
@@ -90,7 +94,7 @@ class AgentService(MultiService):
             sync.start()
         self.api = PortApi(table, self._programmed if sync is not None else None,
                            gateways=self.model)
-        endpoint = serverFromString(self.reactor, self.rest_description)
+        endpoint = listen_endpoint(self.reactor, self.rest_description, self.access)
         site = Site(self.api.app.resource(), requestFactory=BoundedRequest)
         site.noisy = False
         site.log = lambda request: None  # type: ignore[method-assign]  # no access log

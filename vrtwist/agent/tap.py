@@ -17,6 +17,7 @@ from twisted.python import usage
 from vrtwist._process import GC_THRESHOLDS as GC_THRESHOLDS  # re-exported: tests, bench
 from vrtwist._process import DaemonService, reactor_and_tunings, tune_gc
 from vrtwist.agent.service import DEFAULT_STATE_DIR, AgentService
+from vrtwist.unixlisten import access_from_options
 
 try:  # the forwarding extension's own options (--flow-entries, --bridge-entries, --fabric)
     from vrtwist.datapath.service import DatapathOptionsMixin as _DatapathOptions
@@ -100,7 +101,8 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         tap_check=not options["no-tap-check"], stale_timeout=options["stale-timeout"],
         fabric_ip=options["fabric-ip"], hostname=options["hostname"],
         controllers=list(options["controller"]), fabric=options.get("fabric"),
-        local_datapath=local, link_kwargs=linkKwargsFromOptions(options))
+        local_datapath=local, link_kwargs=linkKwargsFromOptions(options),
+        access=access_from_options(options))
     agent.setName("agent")
     agent.setServiceParent(top)
     return top

@@ -14,7 +14,9 @@ from typing import Any
 from twisted.application.service import MultiService, Service
 from twisted.internet.interfaces import IReactorUNIX
 from twisted.logger import Logger
+from twisted.python import usage
 
+from vrtwist.access import SOCKET_GROUP_OPTION, SocketAccess, private_dir
 from vrtwist.datapath import constants as C
 from vrtwist.datapath.dispatcher import Datapath
 from vrtwist.datapath.tables import DatapathConfig
@@ -55,6 +57,7 @@ class DatapathOptionsMixin:
         ["flow-entries", None, C.VR_DEF_FLOW_ENTRIES, "flow table entries", _positive],
         ["bridge-entries", None, C.VR_DEF_BRIDGE_ENTRIES, "bridge table entries", _positive],
         ["fabric", None, None, "fabric (physical) interface the overlay leaves by"],
+        SOCKET_GROUP_OPTION,
     ]
 
 
@@ -77,12 +80,16 @@ class DatapathService(Service):
 
 
 def _install_shared_memory(
-    datapath: Datapath, run_dir: str, flow_entries: int, bridge_entries: int
+    datapath: Datapath,
+    run_dir: str,
+    flow_entries: int,
+    bridge_entries: int,
+    access: SocketAccess | None = None,
 ) -> Any:
     """The flow and bridge tables in ``<run-dir>/*.shmem`` (``vrtwist.shmem``)."""
     from vrtwist.shmem.service import install
 
-    return install(datapath, run_dir, flow_entries, bridge_entries)
+    return install(datapath, run_dir, flow_entries, bridge_entries, access=access)
 
 
 def makeDatapathService(
@@ -92,11 +99,14 @@ def makeDatapathService(
     fabric: str | None = None,
     reactor: IReactorUNIX | None = None,
     config: DatapathConfig | None = None,
+    access: SocketAccess | None = None,
 ) -> MultiService:
     """The forwarding extension: tables + shared memory + ksync on ``<run-dir>/dpdk_netlink``.
 
     ``run_dir`` may also be a parsed options mapping (``--run-dir``, ``--flow-entries``,
-    ``--bridge-entries``, ``--fabric``), as ``vrtwist.agent.tap`` passes it.
+    ``--bridge-entries``, ``--fabric``, ``--socket-group``), as ``vrtwist.agent.tap``
+    passes it.  The socket and table files are the owner's (``access`` adds a group); a
+    run directory created here is 0700 (0750 with the group), an existing one is kept.
     """
     if isinstance(run_dir, Mapping):
         options = run_dir
@@ -104,22 +114,28 @@ def makeDatapathService(
         flow_entries = int(options.get("flow-entries") or flow_entries)
         bridge_entries = int(options.get("bridge-entries") or bridge_entries)
         fabric = options.get("fabric") or fabric
+        if access is None:
+            try:
+                access = SocketAccess.from_group(options.get("socket-group"))
+            except ValueError as e:
+                raise usage.UsageError(f"--socket-group: {e}") from None
     if reactor is None:
         from twisted.internet import reactor as _reactor
 
         reactor = _reactor  # type: ignore[assignment]
     assert reactor is not None
-    os.makedirs(run_dir, exist_ok=True)
+    if not os.path.isdir(run_dir):
+        private_dir(run_dir, access)
     if config is None:
         config = DatapathConfig(flow_entries=flow_entries, bridge_entries=bridge_entries)
     datapath = Datapath(config)
     datapath.fabric = fabric
-    shared = _install_shared_memory(datapath, run_dir, flow_entries, bridge_entries)
+    shared = _install_shared_memory(datapath, run_dir, flow_entries, bridge_entries, access)
     top = MultiService()
     top.setName("vrouter-dp")
     owner = DatapathService(datapath, run_dir, shared)
     owner.setServiceParent(top)
-    ksync = KsyncServerService(reactor, run_dir, datapath, style=STYLE_DPDK)
+    ksync = KsyncServerService(reactor, run_dir, datapath, style=STYLE_DPDK, access=access)
     ksync.setName("ksync")
     ksync.setServiceParent(top)
     top.datapath = datapath  # type: ignore[attr-defined]

@@ -18,7 +18,6 @@ from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import UNIXServerEndpoint
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
     IAddress,
@@ -33,6 +32,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from vrtwist.access import SocketAccess
 from vrtwist.ksync.interfaces import IKsyncDispatcher, IKsyncSession, KsyncReply
 from vrtwist.ksync.netlink import (
     HEADERS_LEN,
@@ -56,6 +56,7 @@ from vrtwist.sandesh import (
     encode,
     schema,
 )
+from vrtwist.unixlisten import UNIXListenEndpoint
 
 __all__ = [
     "KSYNC_SOCKET_NAME",
@@ -70,8 +71,6 @@ __all__ = [
 ]
 
 KSYNC_SOCKET_NAME = "dpdk_netlink"
-#: Owner and group may connect: whoever can talk ksync can rewrite the forwarding tables.
-_SOCKET_MODE = 0o660
 #: Multi-part replies: NLM_F_MULTI on every message, then NLMSG_DONE (kernel, Windows).
 STYLE_LINUX = "linux"
 #: Multi-part replies: NLM_F_MULTI on all but the last message, no DONE (DPDK vRouter).
@@ -416,11 +415,16 @@ def listen_ksync(
     dispatcher: IKsyncDispatcher,
     style: str = STYLE_LINUX,
     max_sessions: int = 256,
+    access: SocketAccess | None = None,
 ) -> Deferred[IListeningPort]:
-    """Listen on ``<run-dir>/dpdk_netlink`` (stale socket removed first)."""
+    """Listen on ``<run-dir>/dpdk_netlink`` (stale socket removed first).
+
+    Whoever can connect can rewrite the forwarding tables: the socket is the owner's
+    (0600), or also ``access``'s group (0660), never the umask's (``vrtwist.access``).
+    """
     path = ksync_socket_path(run_dir)
     remove_stale_socket(path)
-    ep = UNIXServerEndpoint(reactor, path, backlog=128, mode=_SOCKET_MODE)
+    ep = UNIXListenEndpoint(reactor, path, access, backlog=128)
     return ep.listen(KsyncServerFactory(dispatcher, style, max_sessions, clock=_clock_of(reactor)))
 
 
@@ -434,11 +438,12 @@ class KsyncServerService(StreamServerEndpointService):
         dispatcher: IKsyncDispatcher,
         style: str = STYLE_LINUX,
         max_sessions: int = 256,
+        access: SocketAccess | None = None,
     ) -> None:
         self.path = ksync_socket_path(run_dir)
         self.factory = KsyncServerFactory(dispatcher, style, max_sessions, clock=_clock_of(reactor))
         super().__init__(
-            UNIXServerEndpoint(reactor, self.path, backlog=128, mode=_SOCKET_MODE), self.factory
+            UNIXListenEndpoint(reactor, self.path, access, backlog=128), self.factory
         )
 
     def privilegedStartService(self) -> None:
