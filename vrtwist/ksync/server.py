@@ -459,12 +459,13 @@ def listen_ksync(
     dispatcher: IKsyncDispatcher,
     style: str = STYLE_LINUX,
     max_sessions: int = 256,
+    limits: ConnectionLimits | None = None,
 ) -> Deferred[IListeningPort]:
     """Listen on ``<run-dir>/dpdk_netlink`` (stale socket removed first)."""
     path = ksync_socket_path(run_dir)
     remove_stale_socket(path)
     ep = UNIXServerEndpoint(reactor, path, backlog=128, mode=_SOCKET_MODE)
-    return ep.listen(bounded_ksync_factory(reactor, dispatcher, style, max_sessions))
+    return ep.listen(bounded_ksync_factory(reactor, dispatcher, style, max_sessions, limits))
 
 
 class KsyncServerService(StreamServerEndpointService):
