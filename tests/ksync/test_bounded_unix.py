@@ -43,9 +43,12 @@ class IdleFloodRealToolTests(SynchronousTestCase):
             path = os.path.join(run_dir, "dpdk_netlink")
             # state that must survive: an interface added before the flood
             with open_ksync(run_dir) as ks:
-                reply = ks.request(schema.vr_interface_req(
-                    h_op=ADD, vifr_idx=3, vifr_type=1, vifr_name="bdkeep0", vifr_vrf=0))
-                self.assertEqual(reply.code, 0)  # fmt: skip
+                reply = ks.request(
+                    schema.vr_interface_req(
+                        h_op=ADD, vifr_idx=3, vifr_type=1, vifr_name="bdkeep0", vifr_vrf=0
+                    )
+                )
+                self.assertEqual(reply.code, 0)
             flood = []
             for _ in range(300):
                 flood.append(stack.enter_context(contextlib.closing(_connect(path))))
