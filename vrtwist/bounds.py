@@ -39,6 +39,8 @@ from twisted.python.failure import Failure
 from zope.interface import Interface
 
 __all__ = [
+    "HTTP_LIMITS",
+    "bounded_site",
     "ConnectionLimits",
     "ConnectionGuard",
     "IFrameProgress",
@@ -255,3 +257,19 @@ class BoundedFactory(WrappingFactory[BoundedProtocol]):
         if inner is None:
             return None
         return self.protocol(self, inner)
+
+
+#: An HTTP API (REST port API, vpnkit and vSPC control APIs): a first byte within 10 s,
+#: and 60 s without a byte closes the connection (HTTP has no keepalive of its own;
+#: its clients open, ask and close, or reuse a connection at once).  A request that is
+#: half-sent for good is closed by that idle deadline, or sooner by the cap.
+HTTP_LIMITS = ConnectionLimits(max_connections=256, first_frame=10.0, partial=None, idle=60.0)
+
+
+def bounded_site(
+    site: Any, clock: IReactorTime, name: str, limits: ConnectionLimits = HTTP_LIMITS
+) -> BoundedFactory:
+    """A ``twisted.web`` site under ``limits``; the site's own idle timeout matches."""
+    if limits.idle is not None:
+        site.timeOut = limits.idle
+    return BoundedFactory(site, clock, limits, name)
