@@ -18,7 +18,8 @@ from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
 from vrtwist._process import DaemonService, reactor_and_tunings
-from vrtwist.vic.vspc import VMPortTable, VSPCConfig, VSPCFactory, checkTemplate
+from vrtwist.bounds import ConnectionGuard, bounded_site
+from vrtwist.vic.vspc import VSPC_LIMITS, VMPortTable, VSPCConfig, VSPCFactory, checkTemplate
 from vrtwist.vsock.tuning import tuneAllocator
 
 
@@ -105,7 +106,8 @@ def makeService(options: Options, reactor: Any = None) -> DaemonService:
     table = VMPortTable(reactor, config)
     table.setServiceParent(top)
     listen = internet.StreamServerEndpointService(
-        serverFromString(reactor, options["listen"]), VSPCFactory(table)
+        serverFromString(reactor, options["listen"]),
+        VSPCFactory(table, ConnectionGuard(reactor, VSPC_LIMITS, "vspc")),
     )
     listen.setServiceParent(top)
     if options["api"]:
@@ -115,6 +117,6 @@ def makeService(options: Options, reactor: Any = None) -> DaemonService:
 
         site = Site(VSPCApi(table).resource())
         internet.StreamServerEndpointService(
-            serverFromString(reactor, options["api"]), site
+            serverFromString(reactor, options["api"]), bounded_site(site, reactor, "vspc-api")
         ).setServiceParent(top)
     return top
