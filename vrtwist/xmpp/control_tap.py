@@ -15,6 +15,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
 from vrtwist._process import DaemonService, reactor_and_tunings, tune_gc
+from vrtwist.bounds import BoundedFactory, ConnectionLimits
 
 from .control import AGENT_MAX_STANZA, DEFAULT_MAX_ROUTES, ControlNode, ControlNodeFactory
 from .session import check_hold_time
@@ -70,6 +71,12 @@ class _NodeTimers(Service):
         self.node.stop()
 
 
+#: Agents: the stream opened within 10 s; after that XMPP's own hold timer closes a
+#: silent session, so no idle deadline here; up to 4096 agents (one per compute node),
+#: the oldest silent connection closed for a newcomer.
+XMPP_LIMITS = ConnectionLimits(max_connections=4096, first_frame=10.0, partial=None, idle=None)
+
+
 def makeService(options: Options, reactor: Any = None) -> MultiService:
     """The control node service: one listening endpoint, one shared routing state."""
     # the agent's collector tuning, applied when the daemon starts: the control node
@@ -82,7 +89,8 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     factory = ControlNodeFactory(node, options["hold-time"], tls, options["max-stanza"])
     top = DaemonService(*tunings)
     top.setName("vrouter-control")
-    server = StreamServerEndpointService(serverFromString(reactor, options["xmpp"]), factory)
+    bounded = BoundedFactory(factory, reactor, XMPP_LIMITS, "xmpp")
+    server = StreamServerEndpointService(serverFromString(reactor, options["xmpp"]), bounded)
     server.setName("xmpp")
     server.setServiceParent(top)
     _NodeTimers(node).setServiceParent(top)
