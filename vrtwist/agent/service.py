@@ -23,6 +23,7 @@ from vrtwist.agent.dpstate import DatapathModel
 from vrtwist.agent.ports import DEFAULT_STALE_TIMEOUT, PortTable
 from vrtwist.agent.rest import BoundedRequest, PortApi
 from vrtwist.agent.store import PortStore
+from vrtwist.bounds import bounded_site
 from vrtwist.unixlisten import listen_endpoint
 
 
@@ -98,7 +99,7 @@ class AgentService(MultiService):
         site = Site(self.api.app.resource(), requestFactory=BoundedRequest)
         site.noisy = False
         site.log = lambda request: None  # type: ignore[method-assign]  # no access log
-        self.rest_port = await endpoint.listen(site)
+        self.rest_port = await endpoint.listen(bounded_site(site, self.reactor, "rest"))
         self._log.info("REST port API listening on {addr}", addr=self.rest_port.getHost())
         self.ready.callback(None)
 

@@ -18,8 +18,9 @@ from twisted.python import usage
 
 from vrtwist._process import DaemonService, reactor_and_tunings
 from vrtwist.access import SOCKET_GROUP_OPTION
+from vrtwist.bounds import ConnectionGuard, bounded_site
 from vrtwist.unixlisten import access_from_options, listen_endpoint
-from vrtwist.vic.vspc import VMPortTable, VSPCConfig, VSPCFactory, checkTemplate
+from vrtwist.vic.vspc import VSPC_LIMITS, VMPortTable, VSPCConfig, VSPCFactory, checkTemplate
 from vrtwist.vsock.tuning import tuneAllocator
 
 
@@ -108,7 +109,8 @@ def makeService(options: Options, reactor: Any = None) -> DaemonService:
     table.setServiceParent(top)
     access = access_from_options(options)
     listen = internet.StreamServerEndpointService(
-        listen_endpoint(reactor, options["listen"], access), VSPCFactory(table)
+        listen_endpoint(reactor, options["listen"], access),
+        VSPCFactory(table, ConnectionGuard(reactor, VSPC_LIMITS, "vspc")),
     )
     listen.setServiceParent(top)
     if options["api"]:
@@ -118,6 +120,7 @@ def makeService(options: Options, reactor: Any = None) -> DaemonService:
 
         site = Site(VSPCApi(table).resource())
         internet.StreamServerEndpointService(
-            listen_endpoint(reactor, options["api"], access), site
+            listen_endpoint(reactor, options["api"], access),
+            bounded_site(site, reactor, "vspc-api"),
         ).setServiceParent(top)
     return top

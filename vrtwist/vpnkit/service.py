@@ -23,6 +23,7 @@ from twisted.web.server import Site
 from vrtwist._busypoll import BusyPoll
 from vrtwist._process import DaemonService, reactor_and_tunings, tune_gc
 from vrtwist.access import SOCKET_GROUP_OPTION
+from vrtwist.bounds import ConnectionGuard, ConnectionLimits, bounded_site
 from vrtwist.unixlisten import access_from_options, listen_endpoint
 from vrtwist.vpnkit.addr import AddressError, parse_connect_addr, parse_listen_addr
 from vrtwist.vpnkit.api import ExposeAPI
@@ -228,6 +229,12 @@ class VpnkitService(DaemonService):
         return defer.gatherResults([d, *lost], consumeErrors=True)
 
 
+#: Accepted data links: the handshake within 10 s, then no deadline (a link lives as
+#: long as the VM or host at the other end, and may be silent); at most 128 links,
+#: the stalest one (one that never shook hands first) closed for a newcomer.
+LINK_LIMITS = ConnectionLimits(max_connections=128, first_frame=10.0, partial=None, idle=None)
+
+
 def makeVpnkitService(
     options: VpnkitOptions, reactor: Any = None, role: str = "forwarder"
 ) -> VpnkitService:
@@ -246,6 +253,7 @@ def makeVpnkitService(
             factory = MultiplexerFactory(
                 acceptor, backwards=False, window=window, handshake=handshake, onLink=links.add
             )
+            factory.guard = ConnectionGuard(reactor, LINK_LIMITS, "vpnkit-data")
             data: Any = StreamServerEndpointService(ep, factory)
         else:
             ep = parse_connect_addr(reactor, options["data-connect"])
@@ -275,7 +283,10 @@ def makeVpnkitService(
     if options["api"]:
         site = Site(ExposeAPI(table).resource())
         site.noisy = False
-        api = StreamServerEndpointService(listen_endpoint(reactor, options["api"], access), site)
+        api = StreamServerEndpointService(
+            listen_endpoint(reactor, options["api"], access),
+            bounded_site(site, reactor, "vpnkit-api"),
+        )
         api.setName("api")
         api.setServiceParent(svc)
         svc.apiService = api

@@ -16,6 +16,7 @@ from twisted.python import usage
 
 from vrtwist._process import DaemonService, reactor_and_tunings, tune_gc
 from vrtwist.access import SOCKET_GROUP_OPTION
+from vrtwist.bounds import BoundedFactory, ConnectionLimits
 from vrtwist.unixlisten import access_from_options, listen_endpoint
 
 from .control import AGENT_MAX_STANZA, DEFAULT_MAX_ROUTES, ControlNode, ControlNodeFactory
@@ -94,6 +95,12 @@ class _NodeTimers(Service):
         self.node.stop()
 
 
+#: Agents: the stream opened within 10 s; after that XMPP's own hold timer closes a
+#: silent session, so no idle deadline here; up to 4096 agents (one per compute node),
+#: the oldest silent connection closed for a newcomer.
+XMPP_LIMITS = ConnectionLimits(max_connections=4096, first_frame=10.0, partial=None, idle=None)
+
+
 def makeService(options: Options, reactor: Any = None) -> MultiService:
     """The control node service: one listening endpoint, one shared routing state."""
     # the agent's collector tuning, applied when the daemon starts: the control node
@@ -107,7 +114,8 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     top = DaemonService(*tunings)
     top.setName("vrouter-control")
     endpoint = listen_endpoint(reactor, options["xmpp"], access_from_options(options))
-    server = StreamServerEndpointService(endpoint, factory)
+    bounded = BoundedFactory(factory, reactor, XMPP_LIMITS, "xmpp")
+    server = StreamServerEndpointService(endpoint, bounded)
     server.setName("xmpp")
     server.setServiceParent(top)
     if tls is None:
