@@ -1255,7 +1255,11 @@ class Pipeline:
             self._drop(pkt, D.DROP_FLOW_TABLE_FULL)
             return False
         pkt.flow_index = index
-        return self._enqueue(pkt, index)
+        nbytes = len(buf) - pkt.off
+        held = self._enqueue(pkt, index)  # the trap carries the new entry's zero counters
+        self.flows.add_stats(index, nbytes, 1)
+        self.flow_last_used[index] = self.now()
+        return held
 
     def _enqueue(self, pkt: Packet, index: int) -> bool:
         """``vr_enqueue_flow``: 3 packets held; the first one's clone trapped to the agent."""
