@@ -207,7 +207,7 @@ class DropTests(SynchronousTestCase):
         self.assertEqual(len(w.out.on(1)), 1)
         self.assertEqual(len(w.out.on(2)), 1)
         self.assertEqual(w.drops(), {"vds_cloned_original": 1})
-        self.assertEqual(w.pipeline.vrf_stats[0]["uuc_floods"], 1)
+        self.assertEqual(w.pipeline.vrf_stats[(0, "uuc_floods")], 1)
         # the ingress vif never gets its own flood back
         w.pipeline.receive(1, udp_frame(dst="ff:ff:ff:ff:ff:ff"))
         self.assertEqual((len(w.out.on(1)), len(w.out.on(2))), (1, 2))
@@ -479,7 +479,7 @@ class ArpTests(SynchronousTestCase):
             ARP.parse(reply, 14),
             ARP(2, mac(ROUTER_MAC), ip_bytes("1.1.1.9"), mac(VM_MAC), ip_bytes("1.1.1.1")),
         )
-        self.assertEqual(w.pipeline.vrf_stats[0]["arp_virtual_proxy"], 1)
+        self.assertEqual(w.pipeline.vrf_stats[(0, "arp_virtual_proxy")], 1)
 
     def test_invalid_arp_and_unproxied(self) -> None:
         w = World()
@@ -491,7 +491,7 @@ class ArpTests(SynchronousTestCase):
         # no proxy flag, no bridge entry: the unicast request is bridged and finds nothing
         w.pipeline.receive(1, self.request("1.1.1.9"))
         self.assertEqual(w.drops()["vds_l2_no_route"], 1)
-        self.assertEqual(w.pipeline.vrf_stats[0]["arp_virtual_flood"], 1)
+        self.assertEqual(w.pipeline.vrf_stats[(0, "arp_virtual_flood")], 1)
 
 
 class MirrorTests(SynchronousTestCase):
