@@ -506,3 +506,89 @@ class MirrorTests(SynchronousTestCase):
         self.assertEqual(w.out.on(3), [b"\xff\x00" + F])
         self.assertEqual(w.out.on(2), [F])
         self.assertEqual(w.out.frames[0][0], 3)  # the copy first
+
+
+def agent_frame(ifindex: int, vrf: int, cmd: int, inner: bytes, param: int = 0) -> bytes:
+    """pkt0 from the agent: Ethernet, agent_hdr (30 bytes), the packet."""
+    eth = mac("00:00:00:00:00:02") + mac("00:00:00:00:00:01") + b"\x08\x00"
+    hdr = struct.pack("!HHHII", ifindex, vrf, cmd, param, param) + bytes(16)
+    return eth + hdr + inner
+
+
+class AgentAndHostTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.w = World()
+        bridged(self.w)
+        self.w.vif(5, C.VIF_TYPE_AGENT, mac_="00:00:00:00:00:05")
+
+    def test_route_injects_as_if_received(self) -> None:
+        w = self.w
+        w.pipeline.receive(5, agent_frame(1, 0, 1, F))
+        self.assertEqual(w.out.on(2), [F])
+        self.assertEqual(w.counters(5)["ipackets"], 1)
+
+    def test_switch_transmits_and_refusals(self) -> None:
+        w = self.w
+        w.pipeline.receive(5, agent_frame(1, 0, 0, F))
+        self.assertEqual(w.out.on(1), [F])
+        w.pipeline.receive(5, agent_frame(9, 0, 0, F))
+        self.assertEqual(w.drops(), {"vds_invalid_if": 1})
+        w.pipeline.receive(5, agent_frame(1, 0, 7, F))
+        self.assertEqual(w.drops()["vds_invalid_packet"], 1)
+        w.pipeline.receive(5, agent_frame(1, 0, 1, F)[:50])
+        self.assertEqual(w.drops()["vds_invalid_packet"], 2)
+        self.assertEqual(w.counters(5)["ierrors"], 1)
+        self.assertEqual(len(w.out.frames), 1)
+
+    def test_dhcp_trapped(self) -> None:
+        w = self.w
+        w.vif(3, mac_="de:ad:be:ef:00:03", flags=C.VIF_FLAG_DHCP_ENABLED)
+        dhcp = udp_frame(dst="ff:ff:ff:ff:ff:ff", dip="255.255.255.255", sport=68, dport=67)
+        w.pipeline.receive(3, dhcp)
+        ((vif, vrf, code, *_rest, frame),) = w.trap.traps
+        self.assertEqual((vif, code, frame), (3, D.TRAP_L3_PROTOCOLS, dhcp))
+        self.assertEqual(w.out.frames, [])
+
+    def test_broadcast_arp_proxied_by_the_flood_composite(self) -> None:
+        w = self.w
+        w.vif(3, mac_=ROUTER_MAC)
+        w.nh(16, C.NH_COMPOSITE, flags=C.NH_FLAG_VALID | C.NH_FLAG_MCAST, nhr_family=C.AF_BRIDGE,
+             nhr_nh_list=[12], nhr_label_list=[0])  # fmt: skip
+        w.bridge_route("ff:ff:ff:ff:ff:ff", 16)
+        w.encap_nh(17, 3)
+        w.bridge_route(VM_MAC, 17)
+        w.nh(20, C.NH_RESOLVE)
+        w.route("1.1.1.0", 24, 20, label_flags=0x2)
+        req = ArpTests().request("1.1.1.9", dst="ff:ff:ff:ff:ff:ff")
+        w.pipeline.receive(3, req)
+        (reply,) = w.out.on(3)
+        self.assertEqual(ARP.parse(reply, 14).op, 2)
+        self.assertEqual(w.out.on(2), [])  # answered, not flooded
+        self.assertEqual(w.drops(), {})
+
+    def test_vhost_and_fabric_cross_connect(self) -> None:
+        w = World()
+        w.vif(0, C.VIF_TYPE_PHYSICAL, mac_="00:11:11:11:11:11")
+        w.vif(1, C.VIF_TYPE_HOST, mac_="00:11:11:11:11:11")
+        out = udp_frame(src="00:11:11:11:11:11", dst="00:99:99:99:99:99", dip="10.9.9.9")
+        w.pipeline.receive(1, out)  # no route for it in the fabric VRF: NH 0 discards
+        self.assertEqual(w.drops(), {"vds_discard": 1})
+        bcast = udp_frame(dst="ff:ff:ff:ff:ff:ff")
+        w.pipeline.receive(0, bcast)
+        self.assertEqual(w.out.on(1), [bcast])
+        w.pipeline.receive(1, bcast)
+        self.assertEqual(w.out.on(0), [bcast])
+        self.assertEqual((w.counters(0)["opackets"], w.counters(1)["opackets"]), (1, 1))
+
+    def test_sub_interface(self) -> None:
+        w = World()
+        w.vif(1, mac_=VM_MAC)
+        w.vif(6, C.VIF_TYPE_VIRTUAL_VLAN, mac_=VM_MAC, vrf=3, vifr_parent_vif_idx=1,
+              vifr_vlan_id=7, vifr_ovlan_id=7)  # fmt: skip
+        w.encap_nh(18, 6)
+        w.bridge_route("de:ad:be:ef:00:01", 18, vrf=3)
+        tagged = F[:12] + b"\x81\x00\x00\x07" + F[12:]
+        w.pipeline.receive(6, tagged)
+        self.assertEqual(w.out.on(1), [tagged])  # out through the parent with its tag
+        w.pipeline.receive(6, F)  # untagged on a sub-interface
+        self.assertEqual(w.drops(), {"vds_pull": 1})

@@ -236,6 +236,8 @@ class Pipeline:
         target = self.tables.interfaces.get(ifindex)
         if cmd == 1:  # AGENT_CMD_ROUTE
             p = Packet(inner, target if target is not None else vif)
+            if buf[20:24] == b"\x00\x00\x00\x01" and buf[24:28] == b"\x00\x00\x00\x01":
+                p.flags |= D.VP_FLAG_DIAG
             self._virtual_input(p, vrf, D.VLAN_ID_INVALID)
         elif cmd == 0:  # AGENT_CMD_SWITCH
             if target is None:
@@ -372,6 +374,8 @@ class Pipeline:
         ):
             if self._arp_input(pkt):
                 return
+        if from_vm and multicast and pkt.type == D.VP_TYPE_IP and self._dhcp_client(pkt):
+            return self._trap(pkt, D.TRAP_L3_PROTOCOLS)
         if multicast:
             if vif.mcast_vrf != 65535:
                 pkt.dvrf = vif.mcast_vrf
@@ -402,6 +406,18 @@ class Pipeline:
         ):
             return self._drop(pkt, D.DROP_INVALID_SOURCE)
         self._nh_output(pkt, nh)
+
+    @staticmethod
+    def _dhcp_client(pkt: Packet) -> bool:
+        """A DHCP client packet (UDP source port 68) from a vif with DHCP_ENABLED."""
+        if not pkt.vif.flags & C.VIF_FLAG_DHCP_ENABLED:
+            return False
+        buf = pkt.buf
+        l3 = pkt.l3
+        if len(buf) - l3 < 28 or buf[l3 + 9] != 17:
+            return False
+        l4 = l3 + (buf[l3] & 0x0F) * 4
+        return len(buf) - l4 >= 2 and buf[l4] == 0 and buf[l4 + 1] == 68
 
     def _may_flood(self, pkt: Packet) -> bool:
         if pkt.vif.flags & C.VIF_FLAG_UNKNOWN_UC_FLOOD:
@@ -557,7 +573,7 @@ class Pipeline:
         etype = b"\x86\xdd" if version == 6 else b"\x08\x00"
         self._vrf_count(pkt.dvrf, "encaps")
         frame = nh.encap[:-2] + etype + bytes(buf[off:])
-        if pkt.flags & 0x100:  # VP_FLAG_DIAG
+        if pkt.flags & D.VP_FLAG_DIAG:
             return self._trap(pkt, D.TRAP_DIAG, param=oif.idx)
         self._vif_tx(pkt, oif, frame)
 
@@ -574,6 +590,13 @@ class Pipeline:
     def _nh_composite(self, pkt: Packet, nh: NextHop) -> None:
         if nh.flags & (C.NH_FLAG_COMPOSITE_ECMP | C.NH_FLAG_COMPOSITE_LU_ECMP):
             return self._ecmp(pkt, nh)
+        if (
+            nh.flags & C.NH_FLAG_MCAST
+            and pkt.type == D.VP_TYPE_ARP
+            and pkt.vif.type == C.VIF_TYPE_VIRTUAL
+            and self._arp_input(pkt)
+        ):
+            return  # nh_handle_mcast_control_pkt: a broadcast ARP answered by proxy
         members = [(c, label) for c, label in nh.components if c is not None]
         ingress = pkt.vif
         sent = False
@@ -1290,7 +1313,7 @@ class Pipeline:
             new = flows.take_new_flow(index)
             v = flows.verdict(index)
             nbytes, npackets = flows.stats(index)
-            oflow = ((nbytes >> 32) & 0xFFFF) << 16 | ((npackets >> 32) & 0xFF)
+            oflow = ((nbytes >> 32) & 0xFFFF) | ((npackets >> 32) & 0xFF) << 16
             copy = pkt.clone()
             copy.dvrf = v.vrf
             self._trap(
