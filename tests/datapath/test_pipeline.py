@@ -592,3 +592,106 @@ class AgentAndHostTests(SynchronousTestCase):
         self.assertEqual(w.out.on(1), [tagged])  # out through the parent with its tag
         w.pipeline.receive(6, F)  # untagged on a sub-interface
         self.assertEqual(w.drops(), {"vds_pull": 1})
+
+
+def tcp_frame(a_to_b: bool, seq: int, ack: int, flags: int, payload: bytes = b"") -> bytes:
+    """TCP between A (1.1.1.1:1000 on vif 1) and B (2.2.2.2:80 on vif 2)."""
+    sip, dip, sport, dport = ("1.1.1.1", "2.2.2.2", 1000, 80)
+    dst, src = "de:ad:be:ef:00:01", VM_MAC
+    if not a_to_b:
+        sip, dip, sport, dport, dst, src = dip, sip, dport, sport, src, dst
+    tcp = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, 0x50, flags, 1000, 0, 0) + payload
+    ip = IPv4(ip_bytes(sip), ip_bytes(dip), 6, 20 + len(tcp)).pack()
+    return mac(dst) + mac(src) + b"\x08\x00" + ip + tcp
+
+
+def port_word(port: int) -> int:
+    """A port as fr_flow_sport carries it: the wire bytes read little-endian."""
+    return struct.unpack("<H", port.to_bytes(2, "big"))[0]
+
+
+class TcpAndIpv6FlowTests(SynchronousTestCase):
+    def pair(self) -> tuple[World, int, int]:
+        w = World()
+        bridged(w, policy=True)
+        w.encap_nh(15, 1)
+        w.bridge_route(VM_MAC, 15)
+        a, b = ip_bytes("1.1.1.1"), ip_bytes("2.2.2.2")
+        common = {"fr_flow_proto": 6}
+        fwd = w.flow(**common, fr_flow_sport=port_word(1000), fr_flow_dport=port_word(80))
+        rev = w.flow(
+            **common,
+            fr_flow_sip_l=struct.unpack("<I", b)[0],
+            fr_flow_dip_l=struct.unpack("<I", a)[0],
+            fr_flow_sport=port_word(80),
+            fr_flow_dport=port_word(1000),
+            fr_flags=L.FLAG_ACTIVE | L.RFLOW_VALID,
+            fr_rindex=fwd.fresp_index,
+        )
+        w.flow(
+            **common,
+            fr_index=fwd.fresp_index,
+            fr_gen_id=fwd.fresp_gen_id,
+            fr_flow_sport=port_word(1000),
+            fr_flow_dport=port_word(80),
+            fr_flags=L.FLAG_ACTIVE | L.RFLOW_VALID,
+            fr_rindex=rev.fresp_index,
+        )
+        return w, fwd.fresp_index, rev.fresp_index
+
+    def test_handshake_close_and_eviction(self) -> None:
+        w, f, r = self.pair()
+        syn, ack, fin = 0x02, 0x10, 0x01
+        w.pipeline.receive(1, tcp_frame(True, 100, 0, syn))
+        w.pipeline.receive(2, tcp_frame(False, 500, 101, syn | ack))
+        state = w.flows.tcp_state
+        self.assertEqual(state(f)[1], 100)
+        self.assertTrue(state(f)[0] & L.TCP_ESTABLISHED)
+        self.assertTrue(state(r)[0] & L.TCP_ESTABLISHED_R)
+        w.pipeline.receive(1, tcp_frame(True, 101, 501, ack))
+        self.assertTrue(state(f)[0] & L.TCP_ESTABLISHED_R)
+        self.assertTrue(state(r)[0] & L.TCP_ESTABLISHED)
+        # A closes (FIN with 5 bytes), B acks it and closes, A acks: both half closed
+        w.pipeline.receive(1, tcp_frame(True, 101, 501, fin | ack, b"hello"))
+        self.assertEqual(state(f)[1], 106)
+        self.assertTrue(state(r)[0] & L.TCP_FIN_R)
+        w.pipeline.receive(2, tcp_frame(False, 501, 107, fin | ack))
+        self.assertTrue(state(f)[0] & L.TCP_HALF_CLOSE)
+        self.assertFalse(w.flows.entry(f).flags & L.FLAG_EVICTED)
+        w.pipeline.receive(1, tcp_frame(True, 107, 502, ack))  # both DEAD: evicted
+        self.assertTrue(w.flows.entry(f).flags & L.FLAG_EVICTED)
+        self.assertTrue(w.flows.entry(r).flags & L.FLAG_EVICTED)
+        self.assertEqual((len(w.out.on(1)), len(w.out.on(2))), (2, 4))  # all forwarded
+        self.assertEqual(w.drops(), {})
+
+    def test_ipv6_flow_hold_and_forward(self) -> None:
+        w = World()
+        bridged(w, policy=True)
+        src, dst = (
+            bytes.fromhex("20010db8" + "00" * 11 + "01"),
+            bytes.fromhex("20010db8" + "00" * 11 + "02"),
+        )
+        udp = struct.pack("!HHHH", 1000, 2000, 12, 0) + b"abcd"
+        v6 = mac("de:ad:be:ef:00:01") + mac(VM_MAC) + b"\x86\xdd"
+        v6 += struct.pack("!IHBB", 6 << 28, len(udp), 17, 64) + src + dst + udp
+        w.pipeline.receive(1, v6)
+        ((_, _, code, index, *_),) = w.trap.traps
+        self.assertEqual(code, D.TRAP_FLOW_MISS)
+        e = w.flows.entry(index)
+        self.assertEqual((e.family, e.proto, e.sport, e.dport), (C.AF_INET6, 17, 1000, 2000))
+        su, sl = struct.unpack("<QQ", src)
+        du, dl = struct.unpack("<QQ", dst)
+        w.flow(
+            fr_index=index, fr_gen_id=e.gen_id, fr_family=C.AF_INET6, fr_flow_sip_u=su,
+            fr_flow_sip_l=sl, fr_flow_dip_u=du, fr_flow_dip_l=dl,
+            fr_flow_sport=port_word(1000), fr_flow_dport=port_word(2000),
+        )  # fmt: skip
+        self.assertEqual(w.out.on(2), [v6])
+        w.flow(
+            fr_index=index, fr_gen_id=e.gen_id, fr_family=C.AF_INET6, fr_flow_sip_u=su,
+            fr_flow_sip_l=sl, fr_flow_dip_u=du, fr_flow_dip_l=dl, fr_action=L.ACTION_NAT,
+            fr_flow_sport=port_word(1000), fr_flow_dport=port_word(2000),
+        )  # fmt: skip
+        w.pipeline.receive(1, v6)
+        self.assertEqual(w.drops(), {"vds_flow_action_invalid": 1})
+        self.assertEqual(len(w.out.on(2)), 1)

@@ -180,7 +180,7 @@ class Pipeline(FlowStage, TunnelStage, ArpStage):
             and pkt.type != D.VP_TYPE_ARP
         ):
             return self._input_error(pkt)
-        if pkt.type == D.VP_TYPE_IP and not self._flow_forward(pkt):
+        if (pkt.type == D.VP_TYPE_IP or pkt.type == D.VP_TYPE_IP6) and not self._flow_forward(pkt):
             return
         self._bridge_input(pkt)
 

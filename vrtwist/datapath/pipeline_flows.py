@@ -34,31 +34,46 @@ from vrtwist.datapath.pipeline_core import (
 )
 from vrtwist.datapath.tables import Interface, NextHop
 from vrtwist.packet.checksum import checksum_update16
+from vrtwist.shmem import layout as L
 from vrtwist.shmem.flowtable import FlowTableFull, FlowVerdict
 
 __all__ = ["FlowStage"]
+
+_FLOW_KEY6 = struct.Struct("<BBH4sI32s")
+_SEQ_ACK = struct.Struct("!II")
+#: ICMP/ICMPv6 types whose identifier makes the source port (echo, timestamp, mask)
+_ICMP_ID_TYPES = frozenset((0, 8, 13, 14, 17, 18, 128, 129))
 
 
 class FlowStage(PipelineCore):
     """The flow stage and mirroring (``dp-core/vr_flow.c``, ``vr_mirror.c``)."""
 
     def _flow_key(self, pkt: Packet) -> bytes | None:
-        """The 20-byte IPv4 flow key (KS 5.5), or None when the packet makes no flow."""
+        """The flow key (KS 5.5): 20 bytes for IPv4, 44 for IPv6; None: no flow."""
         buf = pkt.buf
         l3 = pkt.l3
-        if len(buf) - l3 < 20:
-            return None
-        proto = buf[l3 + 9]
-        l4 = l3 + (buf[l3] & 0x0F) * 4
-        frag = ((buf[l3 + 6] & 0x1F) << 8) | buf[l3 + 7]
+        if pkt.type == D.VP_TYPE_IP:
+            if len(buf) - l3 < 20:
+                return None
+            proto = buf[l3 + 9]
+            l4 = l3 + (buf[l3] & 0x0F) * 4
+            first = not ((buf[l3 + 6] & 0x1F) << 8) | buf[l3 + 7]
+            icmp = 1
+        else:
+            if len(buf) - l3 < 40:
+                return None
+            proto = buf[l3 + 6]
+            l4 = l3 + 40
+            first = True
+            icmp = 58
         ports = ZERO4
-        if not frag:
+        if first:
             if proto == 6 or proto == 17 or proto == 132:
                 if len(buf) - l4 >= 4:
                     ports = bytes(buf[l4 : l4 + 4])
-            elif proto == 1 and len(buf) - l4 >= 8:
+            elif proto == icmp and len(buf) - l4 >= 8:
                 itype = buf[l4]
-                if itype in (0, 8, 13, 14, 17, 18):  # echo, timestamp, mask: id as sport
+                if itype in _ICMP_ID_TYPES:  # echo and the like: the id is the source port
                     ports = bytes(buf[l4 + 4 : l4 + 6]) + b"\x00\x00"
                 else:
                     ports = b"\x00\x00" + bytes((itype, 0))
@@ -66,7 +81,9 @@ class FlowStage(PipelineCore):
         nh_id = vif.nh_id
         if vif.type == C.VIF_TYPE_PHYSICAL and pkt.nh is not None:
             nh_id = pkt.nh.id
-        return FLOW_KEY4.pack(AF_INET, proto, 0, ports, nh_id, bytes(buf[l3 + 12 : l3 + 20]))
+        if pkt.type == D.VP_TYPE_IP:
+            return FLOW_KEY4.pack(AF_INET, proto, 0, ports, nh_id, bytes(buf[l3 + 12 : l3 + 20]))
+        return _FLOW_KEY6.pack(C.AF_INET6, proto, 0, ports, nh_id, bytes(buf[l3 + 8 : l3 + 40]))
 
     def _flow_forward(self, pkt: Packet) -> bool:
         """``vr_flow_forward``: False when the flow consumed the packet (held, dropped)."""
@@ -78,22 +95,32 @@ class FlowStage(PipelineCore):
             return True
         if not (flags & D.VP_FLAG_FLOW_GET or vif.flags & C.VIF_FLAG_POLICY_ENABLED):
             return True
-        if pkt.type != D.VP_TYPE_IP:
-            return True
         buf = pkt.buf
         l3 = pkt.l3
-        if len(buf) - l3 < 20:
-            return True
-        if buf[l3 + 16] & 0xF0 == 0xE0 or buf[l3 + 16 : l3 + 20] == b"\xff\xff\xff\xff":
-            return True
-        if vif.type == C.VIF_TYPE_PHYSICAL and not pkt.outer_src:
-            proto = buf[l3 + 9]
-            if proto == 47:
+        if pkt.type == D.VP_TYPE_IP:
+            if len(buf) - l3 < 20:
                 return True
-            if proto == 17:
-                l4 = l3 + (buf[l3] & 0x0F) * 4
-                if len(buf) - l4 >= 4 and U16.unpack_from(buf, l4 + 2)[0] in (6635, 51234, 4789):
+            if buf[l3 + 16] & 0xF0 == 0xE0 or buf[l3 + 16 : l3 + 20] == b"\xff\xff\xff\xff":
+                return True
+            if vif.type == C.VIF_TYPE_PHYSICAL and not pkt.outer_src:
+                proto = buf[l3 + 9]
+                if proto == 47:
                     return True
+                if proto == 17:
+                    l4 = l3 + (buf[l3] & 0x0F) * 4
+                    if len(buf) - l4 >= 4 and U16.unpack_from(buf, l4 + 2)[0] in (
+                        6635,
+                        51234,
+                        4789,
+                    ):
+                        return True
+            tcp_at = l3 + (buf[l3] & 0x0F) * 4 if buf[l3 + 9] == 6 else 0
+        elif pkt.type == D.VP_TYPE_IP6:
+            if len(buf) - l3 < 40 or buf[l3 + 24] == 0xFF:  # multicast destination
+                return True
+            tcp_at = l3 + 40 if buf[l3 + 6] == 6 else 0
+        else:
+            return True
         key = self._flow_key(pkt)
         if key is None:
             return True
@@ -112,27 +139,58 @@ class FlowStage(PipelineCore):
         pkt.udp_src_port = v.udp_src_port
         flows.add_stats(index, len(buf) - pkt.off, 1)
         self.flow_last_used[index] = self.now()
-        if buf[l3 + 9] == 6:
-            self._tcp_track(pkt, index)
+        dead = False
+        if tcp_at and len(buf) - tcp_at >= 20:
+            dead = self._tcp_digest(pkt, index, v.rflow, tcp_at)
         if v.action == ACTION_HOLD:
             return self._enqueue(pkt, index)
-        return self._flow_action(pkt, v)
+        forward = self._flow_action(pkt, v)
+        if dead:
+            flows.mark_evict(index)  # the closed connection's pair is evicted
+        return forward
 
-    def _tcp_track(self, pkt: Packet, index: int) -> None:
+    def _tcp_digest(self, pkt: Packet, index: int, rflow: int, l4: int) -> bool:
+        """``vr_flow_tcp_digest``: connection state of this flow and its reverse.
+
+        Returns True when both directions are closed (DEAD): the flow is evicted.
+        """
+        flows = self.flows
+        assert flows is not None
         buf = pkt.buf
-        l4 = pkt.l3 + (buf[pkt.l3] & 0x0F) * 4
-        if len(buf) - l4 < 14 or self.flows is None:
-            return
+        seq, ack = _SEQ_ACK.unpack_from(buf, l4 + 4)
         tflags = buf[l4 + 13]
-        bits = 0
-        if tflags & 0x02:
-            bits |= TCP_SYN
-        if tflags & 0x01:
-            bits |= TCP_FIN
-        if tflags & 0x04:
-            bits |= TCP_RST
-        if bits:
-            self.flows.set_tcp_flags(index, bits)
+        fe, fe_seq = flows.tcp_state(index)
+        reverse = rflow >= 0 and rflow != index
+        rfe, rfe_seq = flows.tcp_state(rflow) if reverse else (0, 0)
+        old_rfe = rfe
+        if tflags & 0x04 and self.datapath.ops.get("vo_close_flow_on_tcp_rst"):
+            fe |= TCP_RST | L.TCP_DEAD
+            rfe |= TCP_RST | L.TCP_DEAD
+        if tflags & 0x02:  # SYN, or SYN-ACK
+            fe_seq = seq
+            fe |= TCP_SYN
+            rfe |= L.TCP_SYN_R
+            if tflags & 0x10 and reverse and ack == (rfe_seq + 1) & 0xFFFFFFFF:
+                rfe |= L.TCP_ESTABLISHED
+                fe |= L.TCP_ESTABLISHED_R
+        elif tflags & 0x01:  # FIN: its sequence is the last byte sent
+            hlen = (buf[l4 + 12] >> 4) * 4
+            fe_seq = (seq + max(0, len(buf) - l4 - hlen)) & 0xFFFFFFFF
+            fe |= TCP_FIN
+            rfe |= L.TCP_FIN_R
+        if tflags & 0x10 and not tflags & 0x02:
+            if fe & L.TCP_FIN_R and reverse and ack == (rfe_seq + 1) & 0xFFFFFFFF:
+                rfe |= L.TCP_HALF_CLOSE
+                if fe & L.TCP_HALF_CLOSE:
+                    fe |= L.TCP_DEAD
+                    rfe |= L.TCP_DEAD
+            elif fe & L.TCP_SYN_R and not fe & L.TCP_ESTABLISHED_R:
+                fe |= L.TCP_ESTABLISHED_R
+                rfe |= L.TCP_ESTABLISHED
+        flows.set_tcp_state(index, fe, fe_seq)
+        if reverse and rfe != old_rfe:
+            flows.set_tcp_state(rflow, rfe, rfe_seq)
+        return bool(fe & L.TCP_DEAD) and (not reverse or bool(rfe & L.TCP_DEAD))
 
     def _flow_action(self, pkt: Packet, v: FlowVerdict) -> bool:
         """``vr_flow_action``: RPF, VRF translate, mirror, then the action."""
@@ -156,6 +214,9 @@ class FlowStage(PipelineCore):
         action = v.action
         if action == ACTION_DROP:
             self._drop(pkt, D.DROP_FLOW_ACTION_DROP)
+            return False
+        if action == ACTION_NAT and pkt.type != D.VP_TYPE_IP:
+            self._drop(pkt, D.DROP_FLOW_ACTION_INVALID)  # NAT66 is not in this datapath
             return False
         if action == ACTION_NAT:
             if not self._nat(pkt, v):
@@ -232,7 +293,7 @@ class FlowStage(PipelineCore):
         if nh is not None and nh.flags & (C.NH_FLAG_RELAXED_POLICY | C.NH_FLAG_FLOW_LOOKUP):
             return True
         buf = pkt.buf
-        if ((buf[pkt.l3 + 6] & 0x1F) << 8) | buf[pkt.l3 + 7]:
+        if pkt.type == D.VP_TYPE_IP and ((buf[pkt.l3 + 6] & 0x1F) << 8) | buf[pkt.l3 + 7]:
             self._drop(pkt, D.DROP_FLOW_UNUSABLE)
             return False
         if pkt.vif.flags & C.VIF_FLAG_DROP_NEW_FLOWS:
