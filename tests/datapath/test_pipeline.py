@@ -695,3 +695,41 @@ class TcpAndIpv6FlowTests(SynchronousTestCase):
         w.pipeline.receive(1, v6)
         self.assertEqual(w.drops(), {"vds_flow_action_invalid": 1})
         self.assertEqual(len(w.out.on(2)), 1)
+
+
+class RareDropTests(SynchronousTestCase):
+    def test_evict_candidate(self) -> None:
+        w = World()
+        bridged(w, policy=True)
+        index = w.flow().fresp_index
+        # another forwarding core marked it (the flags word of the shared entry)
+        at = index * L.FLOW_ENTRY_SIZE + L.OFF_FE_FLAGS
+        flags = struct.unpack_from("<H", w.flows.buf, at)[0]
+        struct.pack_into("<H", w.flows.buf, at, flags | L.FLAG_EVICT_CANDIDATE)
+        w.pipeline.receive(1, F)
+        self.assertEqual(w.drops(), {"vds_flow_evict": 1})
+        self.assertEqual(w.out.frames, [])
+
+    def test_mtu_below_one_fragment(self) -> None:
+        w = World()
+        routed(w)
+        w.vif(0, C.VIF_TYPE_PHYSICAL, mac_="00:11:11:11:11:11", mtu=14 + 60)
+        w.tunnel_nh(20, 0, C.NH_FLAG_TUNNEL_UDP_MPLS)
+        w.route("2.2.2.2", 32, 20, label=48)
+        w.pipeline.receive(1, F)
+        self.assertEqual(w.drops(), {"vds_frag_err": 1})
+        self.assertEqual(w.out.frames, [])
+
+    def test_multicast_with_df_too_big_for_the_tunnel(self) -> None:
+        w = World()
+        bridged(w)
+        w.vif(0, C.VIF_TYPE_PHYSICAL, mac_="00:11:11:11:11:11", mtu=14 + 200)
+        w.tunnel_nh(20, 0, C.NH_FLAG_TUNNEL_GRE)
+        w.nh(16, C.NH_COMPOSITE, flags=C.NH_FLAG_VALID | C.NH_FLAG_MCAST, nhr_family=C.AF_BRIDGE,
+             nhr_nh_list=[20], nhr_label_list=[128])  # fmt: skip
+        w.bridge_route("ff:ff:ff:ff:ff:ff", 16)
+        w.pipeline.receive(1, udp_frame(dst="ff:ff:ff:ff:ff:ff", payload=bytes(300), frag=IPv4_DF))
+        self.assertEqual(w.drops(), {"vds_mcast_df_bit": 1, "vds_cloned_original": 1})
+        w.pipeline.receive(1, udp_frame(dst="ff:ff:ff:ff:ff:ff"))  # small: label 128 to the fabric
+        (wire,) = w.out.on(0)
+        self.assertEqual(wire[38:42].hex(), "00080140")
