@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -9,10 +10,12 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.datapath.pipeline_world import World, ip_bytes, mac, udp_frame
 from vrtwist.datapath import constants as C
 from vrtwist.datapath import pipeline_defs as D
+from vrtwist.datapath.dispatcher import make
 from vrtwist.datapath.droplog import RECORD, DropRecord
 from vrtwist.packet.checksum import checksum, ipv4_ttl_decrement
 from vrtwist.packet.headers import ARP, ETH_P_ARP, Ethernet, IPv4
 from vrtwist.shmem import layout as L
+from vrtwist.shmem.service import install
 
 VM_MAC = "de:ad:be:ef:00:02"  # source of udp_frame()
 ROUTER_MAC = "00:00:5e:00:01:00"
@@ -733,3 +736,26 @@ class RareDropTests(SynchronousTestCase):
         w.pipeline.receive(1, udp_frame(dst="ff:ff:ff:ff:ff:ff"))  # small: label 128 to the fabric
         (wire,) = w.out.on(0)
         self.assertEqual(wire[38:42].hex(), "00080140")
+
+
+class ResetTests(SynchronousTestCase):
+    def test_reset_keeps_the_pipeline_attached(self) -> None:
+        """vrouter_ops RESET over the real shared-memory files: held packets go, replay stays."""
+        run_dir = self.mktemp()
+        os.makedirs(run_dir)
+        w = World()
+        shared = install(w.dp, run_dir, 1024, 1024)
+        self.addCleanup(shared.close)
+        w.pipeline = type(w.pipeline)(w.dp, w.out, w.trap, flows=shared.flows)
+        w.flows = shared.flows
+        bridged(w, policy=True)
+        w.pipeline.receive(1, F)
+        self.assertEqual(len(w.pipeline.held), 1)
+        w.dp.handle(make("vrouter_ops", {"h_op": C.OP_RESET}))
+        self.assertEqual(w.pipeline.held, {})
+        self.assertEqual(w.dp.tables.interfaces, {})
+        bridged(w, policy=True)
+        w.pipeline.receive(1, F)
+        (index,) = w.pipeline.held
+        w.flow(fr_index=index, fr_gen_id=shared.flows.entry(index).gen_id)
+        self.assertEqual(w.out.on(2), [F])

@@ -74,6 +74,7 @@ class Pipeline(FlowStage, TunnelStage, ArpStage):
         )
         if flows is not None:
             flows.set_listeners.append(self.flow_set)
+        datapath.reset_hooks.append(self.reset)
         self._nh_handlers: dict[int, Callable[[Packet, NextHop], None]] = {
             C.NH_DISCARD: self._nh_discard,
             C.NH_RESOLVE: self._nh_resolve,
@@ -84,6 +85,13 @@ class Pipeline(FlowStage, TunnelStage, ArpStage):
             C.NH_TUNNEL: self._nh_tunnel,
             C.NH_COMPOSITE: self._nh_composite,
         }
+
+    def reset(self) -> None:
+        """``vrouter_ops`` RESET: held packets and per-flow data go with the tables."""
+        self.held.clear()
+        self.flow_last_used.clear()
+        self._port_cache.clear()
+        self.vrf_stats.clear()
 
     def receive(self, vif_index: int, frame: Frame) -> None:
         vif = self.tables.interfaces.get(vif_index)
