@@ -759,3 +759,32 @@ class ResetTests(SynchronousTestCase):
         (index,) = w.pipeline.held
         w.flow(fr_index=index, fr_gen_id=shared.flows.entry(index).gen_id)
         self.assertEqual(w.out.on(2), [F])
+
+
+class MssTests(SynchronousTestCase):
+    def syn(self, mss: int, pad_nop: bool = False) -> bytes:
+        opts = (b"\x01" if pad_nop else b"") + b"\x02\x04" + mss.to_bytes(2, "big")
+        opts += b"\x00" * (-len(opts) % 4)
+        tcp = struct.pack("!HHIIBBHHH", 1000, 80, 1, 0, (5 + len(opts) // 4) << 4, 0x02, 1000, 0, 0)
+        tcp += opts
+        ip = IPv4(ip_bytes("1.1.1.1"), ip_bytes("2.2.2.2"), 6, 20 + len(tcp))
+        seg = bytearray(tcp)
+        seg[16:18] = checksum(seg, ip.pseudo_sum(len(seg))).to_bytes(2, "big")
+        return mac("de:ad:be:ef:00:01") + mac(VM_MAC) + b"\x08\x00" + ip.pack() + bytes(seg)
+
+    def test_syn_mss_clamped_to_the_fabric(self) -> None:
+        w = World()
+        bridged(w)
+        w.pipeline.receive(1, self.syn(1460))
+        self.assertEqual(w.out.on(2), [self.syn(1460)])  # no physical vif: untouched
+        w.vif(0, C.VIF_TYPE_PHYSICAL, mac_="00:11:11:11:11:11", mtu=1514)
+        for nop in (False, True):
+            w.pipeline.receive(1, self.syn(1460, nop))
+            out = w.out.on(2)[-1]
+            at = 34 + 20 + (1 if nop else 0)
+            # port MTU 1500 - 62 (bridged overlay) - 20 - 20 = 1398
+            self.assertEqual(int.from_bytes(out[at + 2 : at + 4], "big"), 1398)
+            ip = IPv4.parse(out, 14)
+            self.assertEqual(checksum(out[34:], ip.pseudo_sum(len(out) - 34)), 0)
+        w.pipeline.receive(1, self.syn(1200))
+        self.assertEqual(w.out.on(2)[-1], self.syn(1200))  # already small enough

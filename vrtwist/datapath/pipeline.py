@@ -37,7 +37,7 @@ from vrtwist.datapath.pipeline_core import (
 from vrtwist.datapath.pipeline_flows import FlowStage
 from vrtwist.datapath.pipeline_tunnels import TunnelStage
 from vrtwist.datapath.tables import Interface, NextHop
-from vrtwist.packet.checksum import checksum_update16
+from vrtwist.packet.checksum import checksum, checksum_update16
 from vrtwist.shmem.interfaces import IFlowDatapath
 from vrtwist.shmem.jhash import jhash
 
@@ -246,6 +246,8 @@ class Pipeline(FlowStage, TunnelStage, ArpStage):
         self._bridge_count(hit[0])
         if hit[3] & C.VR_BE_LABEL_VALID_FLAG:
             pkt.label = hit[2]
+        if from_vm and pkt.type == D.VP_TYPE_IP and self.datapath.ops.get("vo_from_vm_mss_adj"):
+            self._mss_adjust(pkt, 40 if nh.type == C.NH_L2_RCV else 62)
         if (
             vif.type == C.VIF_TYPE_PHYSICAL
             and not multicast
@@ -255,6 +257,57 @@ class Pipeline(FlowStage, TunnelStage, ArpStage):
         ):
             return self._drop(pkt, D.DROP_INVALID_SOURCE)
         self._nh_output(pkt, nh)
+
+    def _mss_adjust(self, pkt: Packet, overlay: int) -> None:
+        """TCP MSS clamp of a SYN from a VM (the DPDK vRouter's ``vr_mss_adjust``).
+
+        Only with a physical vif: the MSS option is lowered to what fits the fabric MTU
+        after the overlay headers; the TCP checksum is updated incrementally.
+        """
+        buf = pkt.buf
+        l3 = pkt.l3
+        if len(buf) - l3 < 40 or buf[l3 + 9] != 6 or (buf[l3 + 6] & 0x1F) | buf[l3 + 7]:
+            return
+        ihl = (buf[l3] & 0x0F) * 4
+        l4 = l3 + ihl
+        if len(buf) - l4 < 20 or not buf[l4 + 13] & 0x02:
+            return
+        phys = self._physical_vif()
+        if phys is None:
+            return
+        limit = self._mtu(phys) - overlay - ihl - 20
+        end = min(len(buf), l4 + (buf[l4 + 12] >> 4) * 4)
+        at = l4 + 20
+        while at < end:
+            kind = buf[at]
+            if kind == 0:
+                return
+            if kind == 1:
+                at += 1
+                continue
+            if at + 1 >= end or buf[at + 1] < 2:
+                return
+            if kind == 2 and buf[at + 1] == 4 and at + 4 <= end:
+                mss = U16.unpack_from(buf, at + 2)[0]
+                if mss > limit > 0:
+                    b = pkt.writable()
+                    U16.pack_into(b, at + 2, limit)
+                    if (at - l4) % 2 == 0:
+                        csum = U16.unpack_from(b, l4 + 16)[0]
+                        U16.pack_into(b, l4 + 16, checksum_update16(csum, mss, limit))
+                    else:  # an odd-aligned option: recompute over the pseudo header
+                        tlen = U16.unpack_from(b, l3 + 2)[0] - ihl
+                        b[l4 + 16 : l4 + 18] = b"\x00\x00"
+                        pseudo = bytes(b[l3 + 12 : l3 + 20]) + bytes((0, 6)) + U16.pack(tlen)
+                        U16.pack_into(b, l4 + 16, checksum(pseudo + bytes(b[l4 : l4 + tlen])))
+                return
+            at += buf[at + 1]
+
+    def _physical_vif(self) -> Interface | None:
+        for vif in self.tables.interfaces.values():
+            if vif.type == C.VIF_TYPE_PHYSICAL:
+                return vif
+        return None
 
     @staticmethod
     def _dhcp_client(pkt: Packet) -> bool:
