@@ -788,3 +788,24 @@ class MssTests(SynchronousTestCase):
             self.assertEqual(checksum(out[34:], ip.pseudo_sum(len(out) - 34)), 0)
         w.pipeline.receive(1, self.syn(1200))
         self.assertEqual(w.out.on(2)[-1], self.syn(1200))  # already small enough
+
+
+class BufferTypeTests(SynchronousTestCase):
+    def test_bytearray_and_memoryview_frames(self) -> None:
+        """The port layer may hand in its own (reused) buffer: outputs do not alias it."""
+        for make_buf in (bytearray, lambda b: memoryview(bytearray(b))):
+            w = World()
+            routed(w)
+            w.tunnel_nh(20, 2, C.NH_FLAG_TUNNEL_UDP_MPLS)
+            w.route("2.2.2.2", 32, 20, label=48)
+            w.encap_nh(12, 2)
+            w.bridge_route("de:ad:be:ef:00:07", 12)
+            buf = make_buf(udp_frame(dst="de:ad:be:ef:00:01"))
+            w.pipeline.receive(1, buf)
+            bridged_buf = make_buf(udp_frame(dst="de:ad:be:ef:00:07"))
+            w.pipeline.receive(1, bridged_buf)
+            buf[:] = bytes(len(buf))  # the port reuses its buffers
+            bridged_buf[:] = bytes(len(bridged_buf))
+            tunnelled, bridged_out = w.out.on(2)
+            self.assertEqual(tunnelled[-len(F) + 14 :][:8], bytes.fromhex("4500006c00010000"))
+            self.assertEqual(bridged_out, udp_frame(dst="de:ad:be:ef:00:07"))
