@@ -591,8 +591,10 @@ class AgentAndHostTests(SynchronousTestCase):
         w.encap_nh(18, 6)
         w.bridge_route("de:ad:be:ef:00:01", 18, vrf=3)
         tagged = F[:12] + b"\x81\x00\x00\x07" + F[12:]
-        w.pipeline.receive(6, tagged)
+        w.pipeline.receive(1, tagged)  # the parent's port: VLAN 7 belongs to vif 6
         self.assertEqual(w.out.on(1), [tagged])  # out through the parent with its tag
+        self.assertEqual(w.counters(1)["ipackets"], 0)
+        self.assertEqual(w.counters(6)["ipackets"], 1)
         w.pipeline.receive(6, F)  # untagged on a sub-interface
         self.assertEqual(w.drops(), {"vds_pull": 1})
 

@@ -98,8 +98,17 @@ class Pipeline(FlowStage, TunnelStage, ArpStage):
         if vif is None:
             self.tables.count_drop(D.DROP_COUNTER[D.DROP_INVALID_IF])
             return
-        pkt = Packet(frame, vif)
         vtype = vif.type
+        if (
+            (vtype == C.VIF_TYPE_VIRTUAL or vtype == C.VIF_TYPE_PHYSICAL)
+            and len(frame) >= 18
+            and frame[12] == 0x81
+            and frame[13] == 0
+        ):
+            sub = self._sub_vif(vif, ((frame[14] << 8) | frame[15]) & 0xFFF)
+            if sub is not None:  # the sub-interface counts it, not the parent
+                vif, vtype = sub, C.VIF_TYPE_VIRTUAL_VLAN
+        pkt = Packet(frame, vif)
         counters = vif.counters
         counters["ipackets"] += 1
         counters["ibytes"] += len(frame)
@@ -115,6 +124,13 @@ class Pipeline(FlowStage, TunnelStage, ArpStage):
             self._vlan_rx(pkt, vif)
         else:
             self._drop(pkt, D.DROP_INVALID_IF)
+
+    def _sub_vif(self, parent: Interface, vlan: int) -> Interface | None:
+        """The VIRTUAL_VLAN sub-interface of ``parent`` for ``vlan`` (``vif_sub_interfaces``)."""
+        for vif in self.tables.interfaces.values():
+            if vif.parent is parent and vif.vlan_id == vlan and vif.type == C.VIF_TYPE_VIRTUAL_VLAN:
+                return vif
+        return None
 
     def _vm_rx(self, pkt: Packet, vif: Interface) -> None:
         if vif.flags & C.VIF_FLAG_MIRROR_RX:
