@@ -811,3 +811,19 @@ class BufferTypeTests(SynchronousTestCase):
             tunnelled, bridged_out = w.out.on(2)
             self.assertEqual(tunnelled[-len(F) + 14 :][:8], bytes.fromhex("4500006c00010000"))
             self.assertEqual(bridged_out, udp_frame(dst="de:ad:be:ef:00:07"))
+
+
+class FabricArpTests(SynchronousTestCase):
+    def test_underlay_garp_trapped_and_cross_connected(self) -> None:
+        w = World()
+        w.vif(0, C.VIF_TYPE_PHYSICAL, mac_="00:11:11:11:11:11")
+        w.vif(1, C.VIF_TYPE_HOST, mac_="00:11:11:11:11:11")
+        garp = ArpTests().request("1.1.1.1", dst="ff:ff:ff:ff:ff:ff")
+        w.pipeline.receive(0, garp)
+        self.assertEqual(w.out.on(1), [garp])
+        ((vif, _, code, *_rest, frame),) = w.trap.traps
+        self.assertEqual((vif, code, frame), (0, D.TRAP_ARP, garp))
+        # an ordinary request from the fabric for an unknown address goes to the host
+        w.pipeline.receive(0, ArpTests().request("10.0.0.9", dst="ff:ff:ff:ff:ff:ff"))
+        self.assertEqual(len(w.out.on(1)), 2)
+        self.assertEqual(w.drops(), {})

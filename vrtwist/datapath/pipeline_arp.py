@@ -54,6 +54,11 @@ class ArpStage(PipelineCore):
                 return True
         if pkt.vlan != D.VLAN_ID_INVALID:
             return False  # flood
+        underlay = vtype == C.VIF_TYPE_PHYSICAL and pkt.label < 0
+        if grat and underlay:  # TRAP_X: a copy to the host, the original to the agent
+            self._xconnect(pkt.clone())
+            self._trap(pkt, D.TRAP_ARP)
+            return True
         if grat and vtype == C.VIF_TYPE_PHYSICAL:
             return False
         if grat and vif.flags & C.VIF_FLAG_MAC_PROXY:
@@ -67,6 +72,9 @@ class ArpStage(PipelineCore):
             return False
         if vif.flags & C.VIF_FLAG_MAC_PROXY or rflags & 0x2:  # VR_RT_ARP_PROXY_FLAG
             mac = self._proxy_mac(pkt, vif, entry)
+            if mac is None and (vtype in VHOST_TYPES or underlay):
+                self._xconnect(pkt)  # the host's and the underlay's ARP is never dropped
+                return True
             if mac is None:
                 self._drop(pkt, D.DROP_INVALID_ARP)
                 return True
@@ -76,7 +84,7 @@ class ArpStage(PipelineCore):
             self._arp_proxy(pkt, sha, spa, tpa, mac)
             return True
         self._vrf_count(pkt.dvrf, "arp_virtual_flood")
-        if vtype in VHOST_TYPES or (vtype == C.VIF_TYPE_PHYSICAL and pkt.label < 0):
+        if vtype in VHOST_TYPES or underlay:
             self._xconnect(pkt)
             return True
         return self._arp_flood(pkt)
