@@ -827,3 +827,19 @@ class FabricArpTests(SynchronousTestCase):
         w.pipeline.receive(0, ArpTests().request("10.0.0.9", dst="ff:ff:ff:ff:ff:ff"))
         self.assertEqual(len(w.out.on(1)), 2)
         self.assertEqual(w.drops(), {})
+
+
+class VlanTciTests(SynchronousTestCase):
+    def test_physical_tx_tagged_and_port_mtu(self) -> None:
+        w = World(vlan_tci=5)
+        routed(w)
+        w.vif(0, C.VIF_TYPE_PHYSICAL, mac_="00:11:11:11:11:11", mtu=14 + 150)
+        w.tunnel_nh(20, 0, C.NH_FLAG_TUNNEL_GRE)
+        w.route("2.2.2.2", 32, 20, label=48)
+        w.pipeline.receive(1, F)  # 108-byte IP packet + 28 = 136 <= 150 - 4
+        (wire,) = w.out.on(0)
+        self.assertEqual(wire[12:16], b"\x81\x00\x00\x05")
+        self.assertEqual(wire[16:18], b"\x08\x00")
+        self.assertEqual(len(wire), 14 + 4 + 20 + 4 + 4 + 108)
+        w.pipeline.receive(1, udp_frame(payload=bytes(92), frag=IPv4_DF))  # 120 + 28 > 146
+        self.assertEqual([t[2:4] for t in w.trap.traps], [(D.TRAP_HANDLE_DF, 146 - 28)])

@@ -168,10 +168,10 @@ class TunnelStage(PipelineCore):
             return False
         return bool(pkt.buf[pkt.l3 + 6] & 0x40)
 
-    @staticmethod
-    def _mtu(vif: Interface) -> int:
+    def _mtu(self, vif: Interface) -> int:
+        """``dpdk_if_get_mtu``: the physical port's MTU is the vif's less its L2 header."""
         if vif.type == C.VIF_TYPE_PHYSICAL and vif.mtu:
-            return vif.mtu - 14
+            return vif.mtu - (18 if self.vlan_tci is not None else 14)
         return vif.mtu
 
     def _tunnel_fragments(
