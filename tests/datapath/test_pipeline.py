@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import os
+import shutil
 import struct
+import tempfile
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -743,8 +744,8 @@ class RareDropTests(SynchronousTestCase):
 class ResetTests(SynchronousTestCase):
     def test_reset_keeps_the_pipeline_attached(self) -> None:
         """vrouter_ops RESET over the real shared-memory files: held packets go, replay stays."""
-        run_dir = self.mktemp()
-        os.makedirs(run_dir)
+        run_dir = tempfile.mkdtemp(prefix="pp-reset-")
+        self.addCleanup(shutil.rmtree, run_dir, True)
         w = World()
         shared = install(w.dp, run_dir, 1024, 1024)
         self.addCleanup(shared.close)
