@@ -24,8 +24,16 @@ class IFlowTable(Interface):
 class IFlowDatapath(Interface):
     """What the packet pipeline uses: lookup, HOLD on miss, statistics, eviction."""
 
+    set_listeners = Attribute(
+        "list of callables given the flow index after every successful FLOW_SET "
+        "(the pipeline replays its held packets there)"
+    )
+
     def lookup(key):  # type: ignore[no-untyped-def]
         """Index of the live flow with this hashed key, or -1."""
+
+    def verdict(index):  # type: ignore[no-untyped-def]
+        """FlowVerdict of a live entry: flags, action, VRFs, mirrors, RPF NH, ports, TTL."""
 
     def hold_on_miss(key, vrf, src_info):  # type: ignore[no-untyped-def]
         """Create a HOLD entry (ACTIVE|NEW_FLOW); return (index, gen_id)."""
