@@ -177,28 +177,28 @@ class DhcpServer:
     def _options(
         self, msg: D.DhcpMessage, lease: Lease, kind: int, inform: bool
     ) -> list[tuple[int, bytes]]:
-        O = D.OPT
+        opt = D.OPT
         nak = kind == D.MSG["nak"]
         opts: list[tuple[int, bytes]] = [
-            (O["message_type"], bytes((kind,))),
-            (O["server_id"], _ZERO if nak else lease.service),
+            (opt["message_type"], bytes((kind,))),
+            (opt["server_id"], _ZERO if nak else lease.service),
         ]
         if nak:
-            return [*opts, (O["message"], NAK_MESSAGE)]
+            return [*opts, (opt["message"], NAK_MESSAGE)]
         mask = lease.mask
         if mask != _ZERO:
-            opts.append((O["subnet_mask"], mask))
+            opts.append((opt["subnet_mask"], mask))
         broadcast = lease.broadcast
         if broadcast != _ZERO:
-            opts.append((O["broadcast"], broadcast))
+            opts.append((opt["broadcast"], broadcast))
         if not inform:
-            opts.append((O["lease_time"], D.u32(lease.lease_time)))
+            opts.append((opt["lease_time"], D.u32(lease.lease_time)))
         if lease.gateway != _ZERO:
-            opts.append((O["router"], lease.gateway))
+            opts.append((opt["router"], lease.gateway))
         if lease.host_name:
-            opts.append((O["host_name"], lease.host_name.encode("utf-8", "replace")[:255]))
+            opts.append((opt["host_name"], lease.host_name.encode("utf-8", "replace")[:255]))
         if lease.service != _ZERO:
-            opts.append((O["dns"], lease.service))
+            opts.append((opt["dns"], lease.service))
         return opts
 
     def _reply(
