@@ -105,9 +105,17 @@ def udp_frame(
 class World:
     """One forwarding extension in memory."""
 
-    def __init__(self, *, shmem_bridge: bool = True, **options: Any) -> None:
+    def __init__(
+        self,
+        *,
+        shmem_bridge: bool = True,
+        flow_entries: int = 1024,
+        flow_oentries: int = 1024,
+        **options: Any,
+    ) -> None:
         self.dp = Datapath()
-        self.flows = FlowTable(bytearray((1024 + 1024) * L.FLOW_ENTRY_SIZE), 1024, 1024)
+        size = (flow_entries + flow_oentries) * L.FLOW_ENTRY_SIZE
+        self.flows = FlowTable(bytearray(size), flow_entries, flow_oentries)
         self.dp.register("vr_flow_req", FlowRequests(self.flows))
         if shmem_bridge:
             bridge = BridgeTable(bytearray((1024 + 1024) * L.BRIDGE_ENTRY_SIZE), 1024, 1024)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import struct
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
@@ -31,7 +32,7 @@ from vrtwist.datapath.tables import Interface, NextHop
 from vrtwist.packet.checksum import checksum, checksum_update16
 from vrtwist.shmem.flowtable import FlowTableFull, FlowVerdict
 from vrtwist.shmem.interfaces import IFlowDatapath
-from vrtwist.shmem.jhash import jhash
+from vrtwist.shmem.jhash import jhash, jhash_words5
 
 __all__ = ["Pipeline", "Packet"]
 
@@ -44,7 +45,6 @@ _IP4_HDR = struct.Struct("!BBHHHBBH4s4s")
 _UDP_HDR = struct.Struct("!HHHH")
 _VXLAN_HDR = struct.Struct("!II")
 _FLOW_KEY4 = struct.Struct("<BBH4sI8s")
-_W5 = struct.Struct("<5I")
 _W2 = struct.Struct("<2I")
 _AF_INET = C.AF_INET
 _BCAST = b"\xff" * 6
@@ -147,8 +147,10 @@ class Pipeline:
         self.held: dict[int, list[Packet]] = {}
         #: flow index -> (last-used time, packets seen): what the agent's ageing reads
         self.flow_last_used: dict[int, float] = {}
-        #: per-VRF next-hop counters (vr_vrf_stats): vrf -> name -> count
-        self.vrf_stats: dict[int, dict[str, int]] = {}
+        #: per-VRF next-hop counters (vr_vrf_stats): (vrf, name) -> count
+        self.vrf_stats: defaultdict[tuple[int, str], int] = defaultdict(int)
+        #: inner 5-tuple + VRF -> UDP source port (the jhash is the costly part)
+        self._port_cache: dict[tuple[int, int, int, int, int], int] = {}
         if flows is not None:
             flows.set_listeners.append(self.flow_set)
         self._nh_handlers: dict[int, Callable[[Packet, NextHop], None]] = {
@@ -346,11 +348,8 @@ class Pipeline:
         table = getattr(bridge, "bridge", None)
         if table is None:
             return None
-        index = table.lookup(vrf, mac)
-        if index < 0:
-            return None
-        e = table.entry(index)
-        return index, e.nh_id, e.label, e.flags
+        hit: BridgeHit | None = table.route(vrf, mac)
+        return hit
 
     def _bridge_count(self, index: int) -> None:
         table = getattr(self.datapath.bridge, "bridge", None)
@@ -510,10 +509,7 @@ class Pipeline:
         handler(pkt, nh)
 
     def _vrf_count(self, vrf: int, name: str) -> None:
-        stats = self.vrf_stats.get(vrf)
-        if stats is None:
-            stats = self.vrf_stats[vrf] = {}
-        stats[name] = stats.get(name, 0) + 1
+        self.vrf_stats[(vrf, name)] += 1
 
     def _nh_discard(self, pkt: Packet, nh: NextHop) -> None:
         self._vrf_count(pkt.dvrf, "discards")
@@ -649,10 +645,27 @@ class Pipeline:
             frag = _U16.unpack_from(buf, l3 + 6)[0] & 0x1FFF
             if proto in (6, 17) and not frag and len(buf) - l4 >= 4:
                 sport, dport = struct.unpack_from("<HH", buf, l4)
-            h = jhash(_W5.pack(sip, dip, pkt.dvrf, sport, dport), seed)
-        else:
-            h = jhash(bytes(buf[pkt.off : pkt.off + 14]), seed)
-            h = jhash(_W2.pack(h, pkt.dvrf & 0xFFFFFFFF), seed)
+            key = (sip, dip, pkt.dvrf, sport, dport)
+            port = self._port_cache.get(key)
+            if port is not None:
+                return port
+            # rte_jhash(key, 20, seed): the seed enters the first three words' state
+            h = jhash_words5(
+                (sip + seed) & 0xFFFFFFFF,
+                (dip + seed) & 0xFFFFFFFF,
+                (pkt.dvrf + seed) & 0xFFFFFFFF,
+                sport,
+                dport,
+            )
+            port = ((h * 16383) >> 32) + 49152
+            cache = self._port_cache
+            if len(cache) >= 65536:
+                cache.clear()
+            cache[key] = port
+            return port
+        # any other type: vr_hash of 14 bytes at the data pointer, then of (hash, vrf)
+        h = jhash(bytes(buf[pkt.off : pkt.off + 14]), seed)
+        h = jhash(_W2.pack(h, pkt.dvrf & 0xFFFFFFFF), seed)
         return ((h * 16383) >> 32) + 49152
 
     def _nh_tunnel(self, pkt: Packet, nh: NextHop) -> None:
@@ -666,10 +679,10 @@ class Pipeline:
             # the vRouter re-runs vr_forward for MPLS tunnels (label lost after a hold);
             # held packets here keep their label, so a missing one is a bad route
             return self._drop(pkt, D.DROP_INVALID_LABEL)
-        dip = struct.pack("<I", nh.tun_dip)
+        dip = nh.tun_dip.to_bytes(4, "little")
         if pkt.outer_src and pkt.outer_src == dip:
             return self._drop(pkt, D.DROP_PKT_LOOP)
-        sip = struct.pack("<I", nh.tun_sip)
+        sip = nh.tun_sip.to_bytes(4, "little")
         buf = pkt.buf
         if flags & C.NH_FLAG_TUNNEL_VXLAN:
             overhead = 36
@@ -1255,7 +1268,11 @@ class Pipeline:
             self._drop(pkt, D.DROP_FLOW_TABLE_FULL)
             return False
         pkt.flow_index = index
-        return self._enqueue(pkt, index)
+        nbytes = len(buf) - pkt.off
+        held = self._enqueue(pkt, index)  # the trap carries the new entry's zero counters
+        self.flows.add_stats(index, nbytes, 1)
+        self.flow_last_used[index] = self.now()
+        return held
 
     def _enqueue(self, pkt: Packet, index: int) -> bool:
         """``vr_enqueue_flow``: 3 packets held; the first one's clone trapped to the agent."""
