@@ -367,6 +367,14 @@ class Pipeline:
         multicast = pkt.flags & D.VP_FLAG_MULTICAST
         if (
             from_vm
+            and multicast
+            and pkt.type == D.VP_TYPE_IP
+            and vif.flags & C.VIF_FLAG_DHCP_ENABLED
+            and self._dhcp_client(pkt)
+        ):
+            return self._trap(pkt, D.TRAP_L3_PROTOCOLS)
+        if (
+            from_vm
             and pkt.type == D.VP_TYPE_ARP
             and (not multicast or vif.flags & C.VIF_FLAG_MAC_PROXY)
         ):
@@ -402,6 +410,16 @@ class Pipeline:
         ):
             return self._drop(pkt, D.DROP_INVALID_SOURCE)
         self._nh_output(pkt, nh)
+
+    @staticmethod
+    def _dhcp_client(pkt: Packet) -> bool:
+        """An unfragmented IPv4 UDP packet from port 68: a DHCP client's request."""
+        buf = pkt.buf
+        l3 = pkt.l3
+        if len(buf) - l3 < 20 or buf[l3 + 9] != 17 or (buf[l3 + 6] & 0x3F) | buf[l3 + 7]:
+            return False
+        l4 = l3 + (buf[l3] & 0x0F) * 4
+        return len(buf) - l4 >= 2 and buf[l4] == 0 and buf[l4 + 1] == 68
 
     def _may_flood(self, pkt: Packet) -> bool:
         if pkt.vif.flags & C.VIF_FLAG_UNKNOWN_UC_FLOOD:
@@ -1369,6 +1387,12 @@ class Pipeline:
     def _vif_tx(self, pkt: Packet, vif: Interface, frame: Frame) -> None:
         """``vif_tx``: per-type tx, counters, mirror, ``--vlan_tci`` tagging, the port."""
         vtype = vif.type
+        if vtype == C.VIF_TYPE_AGENT:
+            # agent_tx: what is routed to the agent's interface reaches it as a NEXTHOP trap
+            counters = vif.counters
+            counters["opackets"] += 1
+            counters["obytes"] += len(frame)
+            return self._trap(pkt, D.TRAP_NEXTHOP, frame=frame)
         if vtype in _VHOST_TYPES:
             frame = _strip_tags(frame)
             if pkt.vif.type == C.VIF_TYPE_VIRTUAL and vif.mac:
@@ -1406,9 +1430,10 @@ class Pipeline:
         param: int = 0,
         param_1: int = 0,
         stats: tuple[int, int, int, int] = (0, 0, 0, 0),
+        frame: Frame | None = None,
     ) -> None:
-        """Hand the packet (from its frame start) to the agent (``agent_send``)."""
-        frame = bytes(pkt.buf[pkt.start :])
+        """Hand the packet (from its frame start, or ``frame``) to the agent (``agent_send``)."""
+        frame = bytes(pkt.buf[pkt.start :]) if frame is None else bytes(frame)
         if code in (D.TRAP_HANDLE_DF, D.TRAP_ZERO_TTL) and len(frame) > D.AGENT_MIN_PACKET_LEN:
             frame = frame[: D.AGENT_MIN_PACKET_LEN]
         if not self.trapper.trap(pkt.vif.idx, pkt.dvrf, code, param, param_1, stats, frame):

@@ -63,7 +63,8 @@ DR_NO_DST_ROUTE: Final = 0x05
 #: ENOENT/EBADF: the entry is gone or was reused; the agent ignores them
 _STALE: Final = frozenset({2, 9})
 _EEXIST: Final = 17
-_ICMP_ECHO_TYPES: Final = frozenset({0, 8})
+#: ICMP types whose identifier is the flow's source port (echo, timestamp, mask)
+_ICMP_ECHO_TYPES: Final = frozenset({0, 8, 13, 14, 17, 18})
 
 Key = tuple[Any, ...]
 

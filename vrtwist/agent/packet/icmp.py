@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
+from vrtwist.agent.packet.arp import VRRP_MAC
 from vrtwist.packet.checksum import checksum
 from vrtwist.packet.headers import ETH_P_IP, IPPROTO_ICMP, Ethernet, IPv4, PacketError
 
@@ -41,12 +42,16 @@ def _l3(frame: bytes | memoryview) -> tuple[Ethernet, IPv4, int]:
     return eth, ip, eth.length
 
 
-def echo_reply(frame: bytes | memoryview, vlan: int = -1) -> bytes | None:
+def echo_reply(
+    frame: bytes | memoryview, vlan: int = -1, vm_mac: bytes | None = None
+) -> bytes | None:
     """The reply to an echo request, or None when it is not a valid echo request.
 
     MACs and addresses swapped, TTL 64, IP id 0, no DF; identifier, sequence and data
     copied; type 0, code kept, checksum recomputed. A request whose ICMP checksum does not
-    verify is dropped, as the real agent drops it.
+    verify is dropped, as the real agent drops it. A request routed to the agent's next
+    hop carries that next hop's rewrite, not the VM's addresses: ``vm_mac`` (the port's
+    MAC) is then the destination, and the VRRP MAC the source.
     """
     try:
         eth, ip, off = _l3(frame)
@@ -65,6 +70,8 @@ def echo_reply(frame: bytes | memoryview, vlan: int = -1) -> bytes | None:
     body[2:4] = checksum(body).to_bytes(2, "big")
     hdr = IPv4(ip.dst, ip.src, IPPROTO_ICMP, 20 + len(body), ident=0, ttl=64).pack()
     vlans = (vlan & 0xFFF,) if vlan >= 0 else ()
+    if vm_mac is not None:
+        return Ethernet(vm_mac, VRRP_MAC, ETH_P_IP, vlans).pack() + hdr + bytes(body)
     return Ethernet(eth.src, eth.dst, ETH_P_IP, vlans).pack() + hdr + bytes(body)
 
 
