@@ -566,6 +566,14 @@ class DatapathModel:
         return {"vif": ids.vif, "l3_nh": ids.l3_nh, "l2_nh": ids.l2_nh, "label": ids.label,
                 "vrf": self._vrfs[ids.vrf].vrf_id}
 
+    def port_on_vif(self, vif: int) -> tuple[Port, int] | None:
+        """The port (as programmed) behind VM vif ``vif`` and its VRF id, for the packet
+        services that get a vif index with each trapped packet."""
+        for uuid, ids in self._ports.items():
+            if ids.vif == vif:
+                return self._programmed[uuid], self._vrfs[ids.vrf].vrf_id
+        return None
+
     # IGatewayProgrammer ----------------------------------------------------------------
 
     def gatewayAdded(self, gateway: Gateway) -> None:
