@@ -44,9 +44,12 @@ _positive.coerceDoc = "A positive integer."  # type: ignore[attr-defined]
 
 
 def _vlan_tci(value: str) -> int:
-    number = int(value, 0)
+    try:
+        number = int(value, 0)
+    except ValueError:
+        number = -1
     if not 0 <= number <= 0xFFFF:
-        raise ValueError("must be a 16-bit TCI (0..65535)")
+        raise ValueError("--vlan-tci must be a 16-bit TCI (0..65535)")
     return number
 
 
