@@ -1,4 +1,4 @@
-"""The forwarding extension as a Twisted service: tables, shared memory, ksync socket.
+"""The forwarding extension as a Twisted service: tables, shared memory, ksync, ports.
 
 ``makeDatapathService`` is used by ``twistd vrouter-dp`` (``vrtwist.datapath.tap``) and,
 embedded, by ``twistd vrouter`` (``vrtwist.agent.tap``). Both share
@@ -43,6 +43,19 @@ def _positive(value: str) -> int:
 _positive.coerceDoc = "A positive integer."  # type: ignore[attr-defined]
 
 
+def _vlan_tci(value: str) -> int:
+    try:
+        number = int(value, 0)
+    except ValueError:
+        number = -1
+    if not 0 <= number <= 0xFFFF:
+        raise ValueError("--vlan-tci must be a 16-bit TCI (0..65535)")
+    return number
+
+
+_vlan_tci.coerceDoc = "A 16-bit 802.1Q TCI (priority << 13 | VLAN id)."  # type: ignore[attr-defined]
+
+
 class DatapathOptionsMixin:
     """Options of the forwarding extension, shared by ``vrouter-dp`` and ``vrouter``.
 
@@ -55,6 +68,11 @@ class DatapathOptionsMixin:
         ["flow-entries", None, C.VR_DEF_FLOW_ENTRIES, "flow table entries", _positive],
         ["bridge-entries", None, C.VR_DEF_BRIDGE_ENTRIES, "bridge table entries", _positive],
         ["fabric", None, None, "fabric (physical) interface the overlay leaves by"],
+        ["vlan-tci", None, None, "802.1Q TCI of the physical vif (--vlan_tci)", _vlan_tci],
+    ]
+    optFlags: list[list[Any]] = [
+        ["vtest-vlan", None, "tag every vif's tx with --vlan-tci (--vtest_vlan, VLAN vtests)"],
+        ["no-ports", None, "attach no vif to an OS device (tables only, no packets)"],
     ]
 
 
@@ -92,6 +110,10 @@ def makeDatapathService(
     fabric: str | None = None,
     reactor: IReactorUNIX | None = None,
     config: DatapathConfig | None = None,
+    *,
+    ports: bool = True,
+    vlan_tci: int | None = None,
+    vtest_vlan: bool = False,
 ) -> MultiService:
     """The forwarding extension: tables + shared memory + ksync on ``<run-dir>/dpdk_netlink``.
 
@@ -104,6 +126,12 @@ def makeDatapathService(
         flow_entries = int(options.get("flow-entries") or flow_entries)
         bridge_entries = int(options.get("bridge-entries") or bridge_entries)
         fabric = options.get("fabric") or fabric
+        ports = not options.get("no-ports", not ports)
+        if options.get("vlan-tci") is not None:
+            vlan_tci = int(options["vlan-tci"])
+        vtest_vlan = bool(options.get("vtest-vlan", vtest_vlan))
+    if vtest_vlan and vlan_tci is None:
+        raise ValueError("--vtest-vlan needs --vlan-tci")
     if reactor is None:
         from twisted.internet import reactor as _reactor
 
@@ -123,6 +151,12 @@ def makeDatapathService(
     ksync.setName("ksync")
     ksync.setServiceParent(top)
     top.datapath = datapath  # type: ignore[attr-defined]
+    if ports:
+        from vrtwist.datapath.packets import PacketService
+
+        packets = PacketService(datapath, reactor, shared, vlan_tci=vlan_tci, vtest_vlan=vtest_vlan)
+        packets.setServiceParent(top)
+        top.packets = packets  # type: ignore[attr-defined]
     _log.info(
         "datapath: serving ksync on {path} ({flows} flows, {bridge} bridge entries)",
         path=ksync.path,
