@@ -228,6 +228,7 @@ class World:
             "fr_flow_sip_l": ip_int("1.1.1.1") & 0xFFFFFFFF,
             "fr_flow_dip_l": ip_int("2.2.2.2") & 0xFFFFFFFF,
             "fr_action": L.ACTION_FORWARD,
+            "fr_ecmp_nh_index": -1,
         }
         base.update(fields)
         reply = self.dp.handle(make("vr_flow_req", base))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -9,10 +10,12 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.datapath.pipeline_world import World, ip_bytes, mac, udp_frame
 from vrtwist.datapath import constants as C
 from vrtwist.datapath import pipeline_defs as D
+from vrtwist.datapath.dispatcher import make
 from vrtwist.datapath.droplog import RECORD, DropRecord
 from vrtwist.packet.checksum import checksum, ipv4_ttl_decrement
 from vrtwist.packet.headers import ARP, ETH_P_ARP, Ethernet, IPv4
 from vrtwist.shmem import layout as L
+from vrtwist.shmem.service import install
 
 VM_MAC = "de:ad:be:ef:00:02"  # source of udp_frame()
 ROUTER_MAC = "00:00:5e:00:01:00"
@@ -506,3 +509,303 @@ class MirrorTests(SynchronousTestCase):
         self.assertEqual(w.out.on(3), [b"\xff\x00" + F])
         self.assertEqual(w.out.on(2), [F])
         self.assertEqual(w.out.frames[0][0], 3)  # the copy first
+
+
+def agent_frame(ifindex: int, vrf: int, cmd: int, inner: bytes, param: int = 0) -> bytes:
+    """pkt0 from the agent: Ethernet, agent_hdr (30 bytes), the packet."""
+    eth = mac("00:00:00:00:00:02") + mac("00:00:00:00:00:01") + b"\x08\x00"
+    hdr = struct.pack("!HHHII", ifindex, vrf, cmd, param, param) + bytes(16)
+    return eth + hdr + inner
+
+
+class AgentAndHostTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.w = World()
+        bridged(self.w)
+        self.w.vif(5, C.VIF_TYPE_AGENT, mac_="00:00:00:00:00:05")
+
+    def test_route_injects_as_if_received(self) -> None:
+        w = self.w
+        w.pipeline.receive(5, agent_frame(1, 0, 1, F))
+        self.assertEqual(w.out.on(2), [F])
+        self.assertEqual(w.counters(5)["ipackets"], 1)
+
+    def test_switch_transmits_and_refusals(self) -> None:
+        w = self.w
+        w.pipeline.receive(5, agent_frame(1, 0, 0, F))
+        self.assertEqual(w.out.on(1), [F])
+        w.pipeline.receive(5, agent_frame(9, 0, 0, F))
+        self.assertEqual(w.drops(), {"vds_invalid_if": 1})
+        w.pipeline.receive(5, agent_frame(1, 0, 7, F))
+        self.assertEqual(w.drops()["vds_invalid_packet"], 1)
+        w.pipeline.receive(5, agent_frame(1, 0, 1, F)[:50])
+        self.assertEqual(w.drops()["vds_invalid_packet"], 2)
+        self.assertEqual(w.counters(5)["ierrors"], 1)
+        self.assertEqual(len(w.out.frames), 1)
+
+    def test_dhcp_trapped(self) -> None:
+        w = self.w
+        w.vif(3, mac_="de:ad:be:ef:00:03", flags=C.VIF_FLAG_DHCP_ENABLED)
+        dhcp = udp_frame(dst="ff:ff:ff:ff:ff:ff", dip="255.255.255.255", sport=68, dport=67)
+        w.pipeline.receive(3, dhcp)
+        ((vif, vrf, code, *_rest, frame),) = w.trap.traps
+        self.assertEqual((vif, code, frame), (3, D.TRAP_L3_PROTOCOLS, dhcp))
+        self.assertEqual(w.out.frames, [])
+
+    def test_broadcast_arp_proxied_by_the_flood_composite(self) -> None:
+        w = self.w
+        w.vif(3, mac_=ROUTER_MAC)
+        w.nh(16, C.NH_COMPOSITE, flags=C.NH_FLAG_VALID | C.NH_FLAG_MCAST, nhr_family=C.AF_BRIDGE,
+             nhr_nh_list=[12], nhr_label_list=[0])  # fmt: skip
+        w.bridge_route("ff:ff:ff:ff:ff:ff", 16)
+        w.encap_nh(17, 3)
+        w.bridge_route(VM_MAC, 17)
+        w.nh(20, C.NH_RESOLVE)
+        w.route("1.1.1.0", 24, 20, label_flags=0x2)
+        req = ArpTests().request("1.1.1.9", dst="ff:ff:ff:ff:ff:ff")
+        w.pipeline.receive(3, req)
+        (reply,) = w.out.on(3)
+        self.assertEqual(ARP.parse(reply, 14).op, 2)
+        self.assertEqual(w.out.on(2), [])  # answered, not flooded
+        self.assertEqual(w.drops(), {})
+
+    def test_vhost_and_fabric_cross_connect(self) -> None:
+        w = World()
+        w.vif(0, C.VIF_TYPE_PHYSICAL, mac_="00:11:11:11:11:11")
+        w.vif(1, C.VIF_TYPE_HOST, mac_="00:11:11:11:11:11")
+        out = udp_frame(src="00:11:11:11:11:11", dst="00:99:99:99:99:99", dip="10.9.9.9")
+        w.pipeline.receive(1, out)  # no route for it in the fabric VRF: NH 0 discards
+        self.assertEqual(w.drops(), {"vds_discard": 1})
+        bcast = udp_frame(dst="ff:ff:ff:ff:ff:ff")
+        w.pipeline.receive(0, bcast)
+        self.assertEqual(w.out.on(1), [bcast])
+        w.pipeline.receive(1, bcast)
+        self.assertEqual(w.out.on(0), [bcast])
+        self.assertEqual((w.counters(0)["opackets"], w.counters(1)["opackets"]), (1, 1))
+
+    def test_sub_interface(self) -> None:
+        w = World()
+        w.vif(1, mac_=VM_MAC)
+        w.vif(6, C.VIF_TYPE_VIRTUAL_VLAN, mac_=VM_MAC, vrf=3, vifr_parent_vif_idx=1,
+              vifr_vlan_id=7, vifr_ovlan_id=7)  # fmt: skip
+        w.encap_nh(18, 6)
+        w.bridge_route("de:ad:be:ef:00:01", 18, vrf=3)
+        tagged = F[:12] + b"\x81\x00\x00\x07" + F[12:]
+        w.pipeline.receive(6, tagged)
+        self.assertEqual(w.out.on(1), [tagged])  # out through the parent with its tag
+        w.pipeline.receive(6, F)  # untagged on a sub-interface
+        self.assertEqual(w.drops(), {"vds_pull": 1})
+
+
+def tcp_frame(a_to_b: bool, seq: int, ack: int, flags: int, payload: bytes = b"") -> bytes:
+    """TCP between A (1.1.1.1:1000 on vif 1) and B (2.2.2.2:80 on vif 2)."""
+    sip, dip, sport, dport = ("1.1.1.1", "2.2.2.2", 1000, 80)
+    dst, src = "de:ad:be:ef:00:01", VM_MAC
+    if not a_to_b:
+        sip, dip, sport, dport, dst, src = dip, sip, dport, sport, src, dst
+    tcp = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, 0x50, flags, 1000, 0, 0) + payload
+    ip = IPv4(ip_bytes(sip), ip_bytes(dip), 6, 20 + len(tcp)).pack()
+    return mac(dst) + mac(src) + b"\x08\x00" + ip + tcp
+
+
+def port_word(port: int) -> int:
+    """A port as fr_flow_sport carries it: the wire bytes read little-endian."""
+    return struct.unpack("<H", port.to_bytes(2, "big"))[0]
+
+
+class TcpAndIpv6FlowTests(SynchronousTestCase):
+    def pair(self) -> tuple[World, int, int]:
+        w = World()
+        bridged(w, policy=True)
+        w.encap_nh(15, 1)
+        w.bridge_route(VM_MAC, 15)
+        a, b = ip_bytes("1.1.1.1"), ip_bytes("2.2.2.2")
+        common = {"fr_flow_proto": 6}
+        fwd = w.flow(**common, fr_flow_sport=port_word(1000), fr_flow_dport=port_word(80))
+        rev = w.flow(
+            **common,
+            fr_flow_sip_l=struct.unpack("<I", b)[0],
+            fr_flow_dip_l=struct.unpack("<I", a)[0],
+            fr_flow_sport=port_word(80),
+            fr_flow_dport=port_word(1000),
+            fr_flags=L.FLAG_ACTIVE | L.RFLOW_VALID,
+            fr_rindex=fwd.fresp_index,
+        )
+        w.flow(
+            **common,
+            fr_index=fwd.fresp_index,
+            fr_gen_id=fwd.fresp_gen_id,
+            fr_flow_sport=port_word(1000),
+            fr_flow_dport=port_word(80),
+            fr_flags=L.FLAG_ACTIVE | L.RFLOW_VALID,
+            fr_rindex=rev.fresp_index,
+        )
+        return w, fwd.fresp_index, rev.fresp_index
+
+    def test_handshake_close_and_eviction(self) -> None:
+        w, f, r = self.pair()
+        syn, ack, fin = 0x02, 0x10, 0x01
+        w.pipeline.receive(1, tcp_frame(True, 100, 0, syn))
+        w.pipeline.receive(2, tcp_frame(False, 500, 101, syn | ack))
+        state = w.flows.tcp_state
+        self.assertEqual(state(f)[1], 100)
+        self.assertTrue(state(f)[0] & L.TCP_ESTABLISHED)
+        self.assertTrue(state(r)[0] & L.TCP_ESTABLISHED_R)
+        w.pipeline.receive(1, tcp_frame(True, 101, 501, ack))
+        self.assertTrue(state(f)[0] & L.TCP_ESTABLISHED_R)
+        self.assertTrue(state(r)[0] & L.TCP_ESTABLISHED)
+        # A closes (FIN with 5 bytes), B acks it and closes, A acks: both half closed
+        w.pipeline.receive(1, tcp_frame(True, 101, 501, fin | ack, b"hello"))
+        self.assertEqual(state(f)[1], 106)
+        self.assertTrue(state(r)[0] & L.TCP_FIN_R)
+        w.pipeline.receive(2, tcp_frame(False, 501, 107, fin | ack))
+        self.assertTrue(state(f)[0] & L.TCP_HALF_CLOSE)
+        self.assertFalse(w.flows.entry(f).flags & L.FLAG_EVICTED)
+        w.pipeline.receive(1, tcp_frame(True, 107, 502, ack))  # both DEAD: evicted
+        self.assertTrue(w.flows.entry(f).flags & L.FLAG_EVICTED)
+        self.assertTrue(w.flows.entry(r).flags & L.FLAG_EVICTED)
+        self.assertEqual((len(w.out.on(1)), len(w.out.on(2))), (2, 4))  # all forwarded
+        self.assertEqual(w.drops(), {})
+
+    def test_ipv6_flow_hold_and_forward(self) -> None:
+        w = World()
+        bridged(w, policy=True)
+        src, dst = (
+            bytes.fromhex("20010db8" + "00" * 11 + "01"),
+            bytes.fromhex("20010db8" + "00" * 11 + "02"),
+        )
+        udp = struct.pack("!HHHH", 1000, 2000, 12, 0) + b"abcd"
+        v6 = mac("de:ad:be:ef:00:01") + mac(VM_MAC) + b"\x86\xdd"
+        v6 += struct.pack("!IHBB", 6 << 28, len(udp), 17, 64) + src + dst + udp
+        w.pipeline.receive(1, v6)
+        ((_, _, code, index, *_),) = w.trap.traps
+        self.assertEqual(code, D.TRAP_FLOW_MISS)
+        e = w.flows.entry(index)
+        self.assertEqual((e.family, e.proto, e.sport, e.dport), (C.AF_INET6, 17, 1000, 2000))
+        su, sl = struct.unpack("<QQ", src)
+        du, dl = struct.unpack("<QQ", dst)
+        w.flow(
+            fr_index=index, fr_gen_id=e.gen_id, fr_family=C.AF_INET6, fr_flow_sip_u=su,
+            fr_flow_sip_l=sl, fr_flow_dip_u=du, fr_flow_dip_l=dl,
+            fr_flow_sport=port_word(1000), fr_flow_dport=port_word(2000),
+        )  # fmt: skip
+        self.assertEqual(w.out.on(2), [v6])
+        w.flow(
+            fr_index=index, fr_gen_id=e.gen_id, fr_family=C.AF_INET6, fr_flow_sip_u=su,
+            fr_flow_sip_l=sl, fr_flow_dip_u=du, fr_flow_dip_l=dl, fr_action=L.ACTION_NAT,
+            fr_flow_sport=port_word(1000), fr_flow_dport=port_word(2000),
+        )  # fmt: skip
+        w.pipeline.receive(1, v6)
+        self.assertEqual(w.drops(), {"vds_flow_action_invalid": 1})
+        self.assertEqual(len(w.out.on(2)), 1)
+
+
+class RareDropTests(SynchronousTestCase):
+    def test_evict_candidate(self) -> None:
+        w = World()
+        bridged(w, policy=True)
+        index = w.flow().fresp_index
+        # another forwarding core marked it (the flags word of the shared entry)
+        at = index * L.FLOW_ENTRY_SIZE + L.OFF_FE_FLAGS
+        flags = struct.unpack_from("<H", w.flows.buf, at)[0]
+        struct.pack_into("<H", w.flows.buf, at, flags | L.FLAG_EVICT_CANDIDATE)
+        w.pipeline.receive(1, F)
+        self.assertEqual(w.drops(), {"vds_flow_evict": 1})
+        self.assertEqual(w.out.frames, [])
+
+    def test_mtu_below_one_fragment(self) -> None:
+        w = World()
+        routed(w)
+        w.vif(0, C.VIF_TYPE_PHYSICAL, mac_="00:11:11:11:11:11", mtu=14 + 60)
+        w.tunnel_nh(20, 0, C.NH_FLAG_TUNNEL_UDP_MPLS)
+        w.route("2.2.2.2", 32, 20, label=48)
+        w.pipeline.receive(1, F)
+        self.assertEqual(w.drops(), {"vds_frag_err": 1})
+        self.assertEqual(w.out.frames, [])
+
+    def test_multicast_with_df_too_big_for_the_tunnel(self) -> None:
+        w = World()
+        bridged(w)
+        w.vif(0, C.VIF_TYPE_PHYSICAL, mac_="00:11:11:11:11:11", mtu=14 + 200)
+        w.tunnel_nh(20, 0, C.NH_FLAG_TUNNEL_GRE)
+        w.nh(16, C.NH_COMPOSITE, flags=C.NH_FLAG_VALID | C.NH_FLAG_MCAST, nhr_family=C.AF_BRIDGE,
+             nhr_nh_list=[20], nhr_label_list=[128])  # fmt: skip
+        w.bridge_route("ff:ff:ff:ff:ff:ff", 16)
+        w.pipeline.receive(1, udp_frame(dst="ff:ff:ff:ff:ff:ff", payload=bytes(300), frag=IPv4_DF))
+        self.assertEqual(w.drops(), {"vds_mcast_df_bit": 1, "vds_cloned_original": 1})
+        w.pipeline.receive(1, udp_frame(dst="ff:ff:ff:ff:ff:ff"))  # small: label 128 to the fabric
+        (wire,) = w.out.on(0)
+        self.assertEqual(wire[38:42].hex(), "00080140")
+
+
+class ResetTests(SynchronousTestCase):
+    def test_reset_keeps_the_pipeline_attached(self) -> None:
+        """vrouter_ops RESET over the real shared-memory files: held packets go, replay stays."""
+        run_dir = self.mktemp()
+        os.makedirs(run_dir)
+        w = World()
+        shared = install(w.dp, run_dir, 1024, 1024)
+        self.addCleanup(shared.close)
+        w.pipeline = type(w.pipeline)(w.dp, w.out, w.trap, flows=shared.flows)
+        w.flows = shared.flows
+        bridged(w, policy=True)
+        w.pipeline.receive(1, F)
+        self.assertEqual(len(w.pipeline.held), 1)
+        w.dp.handle(make("vrouter_ops", {"h_op": C.OP_RESET}))
+        self.assertEqual(w.pipeline.held, {})
+        self.assertEqual(w.dp.tables.interfaces, {})
+        bridged(w, policy=True)
+        w.pipeline.receive(1, F)
+        (index,) = w.pipeline.held
+        w.flow(fr_index=index, fr_gen_id=shared.flows.entry(index).gen_id)
+        self.assertEqual(w.out.on(2), [F])
+
+
+class MssTests(SynchronousTestCase):
+    def syn(self, mss: int, pad_nop: bool = False) -> bytes:
+        opts = (b"\x01" if pad_nop else b"") + b"\x02\x04" + mss.to_bytes(2, "big")
+        opts += b"\x00" * (-len(opts) % 4)
+        tcp = struct.pack("!HHIIBBHHH", 1000, 80, 1, 0, (5 + len(opts) // 4) << 4, 0x02, 1000, 0, 0)
+        tcp += opts
+        ip = IPv4(ip_bytes("1.1.1.1"), ip_bytes("2.2.2.2"), 6, 20 + len(tcp))
+        seg = bytearray(tcp)
+        seg[16:18] = checksum(seg, ip.pseudo_sum(len(seg))).to_bytes(2, "big")
+        return mac("de:ad:be:ef:00:01") + mac(VM_MAC) + b"\x08\x00" + ip.pack() + bytes(seg)
+
+    def test_syn_mss_clamped_to_the_fabric(self) -> None:
+        w = World()
+        bridged(w)
+        w.pipeline.receive(1, self.syn(1460))
+        self.assertEqual(w.out.on(2), [self.syn(1460)])  # no physical vif: untouched
+        w.vif(0, C.VIF_TYPE_PHYSICAL, mac_="00:11:11:11:11:11", mtu=1514)
+        for nop in (False, True):
+            w.pipeline.receive(1, self.syn(1460, nop))
+            out = w.out.on(2)[-1]
+            at = 34 + 20 + (1 if nop else 0)
+            # port MTU 1500 - 62 (bridged overlay) - 20 - 20 = 1398
+            self.assertEqual(int.from_bytes(out[at + 2 : at + 4], "big"), 1398)
+            ip = IPv4.parse(out, 14)
+            self.assertEqual(checksum(out[34:], ip.pseudo_sum(len(out) - 34)), 0)
+        w.pipeline.receive(1, self.syn(1200))
+        self.assertEqual(w.out.on(2)[-1], self.syn(1200))  # already small enough
+
+
+class BufferTypeTests(SynchronousTestCase):
+    def test_bytearray_and_memoryview_frames(self) -> None:
+        """The port layer may hand in its own (reused) buffer: outputs do not alias it."""
+        for make_buf in (bytearray, lambda b: memoryview(bytearray(b))):
+            w = World()
+            routed(w)
+            w.tunnel_nh(20, 2, C.NH_FLAG_TUNNEL_UDP_MPLS)
+            w.route("2.2.2.2", 32, 20, label=48)
+            w.encap_nh(12, 2)
+            w.bridge_route("de:ad:be:ef:00:07", 12)
+            buf = make_buf(udp_frame(dst="de:ad:be:ef:00:01"))
+            w.pipeline.receive(1, buf)
+            bridged_buf = make_buf(udp_frame(dst="de:ad:be:ef:00:07"))
+            w.pipeline.receive(1, bridged_buf)
+            buf[:] = bytes(len(buf))  # the port reuses its buffers
+            bridged_buf[:] = bytes(len(bridged_buf))
+            tunnelled, bridged_out = w.out.on(2)
+            self.assertEqual(tunnelled[-len(F) + 14 :][:8], bytes.fromhex("4500006c00010000"))
+            self.assertEqual(bridged_out, udp_frame(dst="de:ad:be:ef:00:07"))

@@ -41,6 +41,7 @@ __all__ = [
 ]
 
 _U16 = L.U16
+_U32 = L.U32
 _I32 = L.I32
 _A = L.FLOW_PART_A
 _B = L.FLOW_PART_B
@@ -409,6 +410,19 @@ class FlowTable(TableOwner):
         """OR TCP state bits into ``fe_tcp_flags`` (the datapath's TCP tracking)."""
         off = index * L.FLOW_ENTRY_SIZE + L.OFF_FE_TCP_FLAGS
         _U16.pack_into(self.buf, off, (_U16.unpack_from(self.buf, off)[0] | tcp_flags) & 0xFFFF)
+
+    def tcp_state(self, index: int) -> tuple[int, int]:
+        """(fe_tcp_flags, fe_tcp_seq) of a flow: what ``vr_flow_tcp_digest`` reads."""
+        off = index * L.FLOW_ENTRY_SIZE
+        return _U16.unpack_from(self.buf, off + L.OFF_FE_TCP_FLAGS)[0], _U32.unpack_from(
+            self.buf, off + 80
+        )[0]
+
+    def set_tcp_state(self, index: int, tcp_flags: int, seq: int) -> None:
+        """Write fe_tcp_flags and fe_tcp_seq (the datapath's TCP tracking)."""
+        off = index * L.FLOW_ENTRY_SIZE
+        _U16.pack_into(self.buf, off + L.OFF_FE_TCP_FLAGS, tcp_flags & 0xFFFF)
+        _U32.pack_into(self.buf, off + 80, seq & 0xFFFFFFFF)
 
     def mark_evict(self, index: int) -> bool:
         """Evict a closed flow and its reverse, as ``vr_flow_mark_evict`` does; True if evicted.

@@ -50,6 +50,12 @@ class IFlowDatapath(Interface):
     def set_tcp_flags(index, tcp_flags):  # type: ignore[no-untyped-def]
         """OR TCP state bits into fe_tcp_flags."""
 
+    def tcp_state(index):  # type: ignore[no-untyped-def]
+        """(fe_tcp_flags, fe_tcp_seq) of a flow."""
+
+    def set_tcp_state(index, tcp_flags, seq):  # type: ignore[no-untyped-def]
+        """Write fe_tcp_flags and fe_tcp_seq."""
+
     def mark_evict(index):  # type: ignore[no-untyped-def]
         """Evict a closed flow (and its dead reverse)."""
 

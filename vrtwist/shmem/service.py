@@ -83,7 +83,9 @@ def _reset_flows(old: FlowTable, m: mmap.mmap) -> FlowTable:
         max_mirrors=old.max_mirrors,
         cpus=old.cpus,
     )
+    listeners = old.set_listeners  # the packet pipeline stays attached across a reset
     old.__dict__.update(new.__dict__)
+    old.set_listeners = listeners
     return old
 
 
