@@ -79,7 +79,7 @@ class Node:
             self.model.portAdded(p)
         self.apply()
         agent_vif = dp.tables.interfaces[AGENT_VIF]
-        self.dp_end = DatapathEndpoint(lambda: bytes(agent_vif.mac))
+        self.dp_end = DatapathEndpoint(lambda: (AGENT_VIF, bytes(agent_vif.mac)))
         self.agent_end = AgentEndpoint()
         to_agent, to_dp = Wire(), Wire()
         to_agent.deliver = self.agent_end.frame_received

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.util
 import io
 import shutil
 import tempfile
@@ -31,8 +30,6 @@ from vrtwist.cli import vif as vif_cli
 from vrtwist.datapath.service import makeDatapathService
 
 _SKIP = skip_reason()
-if _SKIP is None and importlib.util.find_spec("vrtwist.datapath.pipeline") is None:
-    _SKIP = "pipeline not merged"
 
 MAC1, MAC2 = "02:77:00:00:00:01", "02:77:00:00:00:02"
 IP1, IP2 = "10.77.1.1", "10.77.1.2"

@@ -24,7 +24,7 @@ from vrtwist.datapath import offload
 from vrtwist.datapath import tap as dp_tap
 from vrtwist.datapath.dispatcher import Datapath
 from vrtwist.datapath.links import RTM_DELLINK, RTM_NEWLINK, parse_link_events
-from vrtwist.datapath.packets import CountingTrap, DiscardPipeline, PacketService
+from vrtwist.datapath.packets import PacketService
 from vrtwist.datapath.service import makeDatapathService
 from vrtwist.ksync.blocking import open_ksync
 from vrtwist.sandesh import ADD, DEL, GET, schema
@@ -129,17 +129,15 @@ class OptionsTests(SynchronousTestCase):
 
 
 class TrapAndFallbackTests(SynchronousTestCase):
-    def test_traps_count_trap_no_if(self) -> None:
+    def test_no_agent_vif_no_trap(self) -> None:
+        """Without an agent vif the trap is refused, so the pipeline counts trap_no_if."""
         dp = Datapath()
-        trap = CountingTrap(dp)
-        self.assertFalse(trap.trap(7, 0, 1, 0, 0, (0, 0, 0, 0), b"frame"))
-        self.assertEqual(trap.trapped, 1)
-        self.assertEqual(dp.tables.drop_stats["vds_trap_no_if"], 1)
-
-    def test_discard_pipeline_counts_in_and_drops(self) -> None:
-        dp = Datapath()
-        DiscardPipeline(dp).receive(3, b"x" * 60)
-        self.assertEqual(dp.tables.drop_stats["vds_discard"], 1)
+        service = PacketService(dp, reactor)
+        self.assertFalse(service.trap.trap(7, 0, 2, 0, 0, (0, 0, 0, 0), b"frame" * 10))
+        dp.handle(schema.vr_interface_req(h_op=ADD, vifr_idx=2, vifr_type=1, vifr_name="pkt0",
+                                          vifr_mac=list(bytes.fromhex("00005e000100"))))
+        # an agent vif, but no pkt0 socket (no run directory given): still refused
+        self.assertFalse(service.trap.trap(7, 0, 2, 0, 0, (0, 0, 0, 0), b"frame" * 10))
 
     def test_interface_requests_still_answered_and_errors_kept(self) -> None:
         """The ports hook wraps vr_interface_req: replies and refusals are unchanged."""

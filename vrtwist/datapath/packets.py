@@ -4,13 +4,16 @@
 pipeline's frame output), the rtnetlink :class:`~vrtwist.datapath.links.LinkWatcher`
 and the pipeline, and re-synchronises the ports after every ``vr_interface_req`` the
 datapath answers, so a vif added over ksync is attached (or kept waiting for its device)
-and a deleted one released. Traps go to :class:`CountingTrap` until the agent channel
-(pkt0) exists: counted and dropped as ``vds_trap_no_if``, as the vRouter does without
-an agent vif.
+and a deleted one released. Traps go to the agent over pkt0
+(:class:`~vrtwist.pkt0.endpoints.DatapathEndpoint` on ``<run-dir>/dpdk_pkt0``); without an
+agent vif, or with no agent bound, they are counted and dropped as ``vds_trap_no_if``, as
+the vRouter does without an agent.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import Service
@@ -18,55 +21,23 @@ from twisted.internet.interfaces import IReactorFDSet
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from vrtwist.datapath import constants as C
 from vrtwist.datapath.dispatcher import Datapath
 from vrtwist.datapath.interfaces import IPacketPipeline, IPacketTrap, IRequestHandler
 from vrtwist.datapath.links import LinkWatcher
-from vrtwist.datapath.ports import Frame, PortManager
+from vrtwist.datapath.pipeline import Pipeline
+from vrtwist.datapath.ports import PortManager
+from vrtwist.pkt0.endpoints import DatapathEndpoint, TrapLimiter
+from vrtwist.pkt0.transport import AGENT_SOCKET, DATAPATH_SOCKET, UnixDatagramTransport
 
-__all__ = ["CountingTrap", "DiscardPipeline", "PacketService", "make_pipeline"]
+__all__ = ["PacketService", "make_pipeline"]
 
 _log = Logger()
 
 
-@implementer(IPacketTrap)
-class CountingTrap:
-    """No agent vif yet: every trap is counted under ``vds_trap_no_if`` and dropped."""
-
-    def __init__(self, datapath: Datapath) -> None:
-        self.datapath = datapath
-        self.trapped = 0
-
-    def trap(self, vif_index: int, vrf: int, code: int, param: int, param_1: int,
-             stats: tuple[int, int, int, int], frame: bytes) -> bool:  # fmt: skip
-        self.trapped += 1
-        tables = self.datapath.tables
-        tables.count_drop("trap_no_if", tables.interfaces.get(vif_index))
-        return False
-
-
-@implementer(IPacketPipeline)
-class DiscardPipeline:
-    """Stands in while no pipeline is installed: counts each frame in and drops it."""
-
-    def __init__(self, datapath: Datapath) -> None:
-        self.tables = datapath.tables
-
-    def receive(self, vif_index: int, frame: Frame) -> None:
-        vif = self.tables.interfaces.get(vif_index)
-        if vif is not None:
-            vif.counters["ipackets"] += 1
-            vif.counters["ibytes"] += len(frame)
-        self.tables.count_drop("discard", vif)
-
-
 def make_pipeline(datapath: Datapath, output: PortManager, trap: IPacketTrap,
                   flows: Any = None, **options: Any) -> IPacketPipeline:  # fmt: skip
-    """The one place the pipeline is imported: ``vrtwist.datapath.pipeline.Pipeline``."""
-    try:
-        from vrtwist.datapath.pipeline import Pipeline  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        _log.warn("datapath: no packet pipeline installed: frames are counted and dropped")
-        return DiscardPipeline(datapath)
+    """The pipeline over ``datapath``'s tables, sending to ``output``, trapping to ``trap``."""
     pipeline: IPacketPipeline = Pipeline(datapath, output, trap, flows=flows, **options)
     return pipeline
 
@@ -75,15 +46,15 @@ def make_pipeline(datapath: Datapath, output: PortManager, trap: IPacketTrap,
 class _InterfaceRequests:
     """``vr_interface_req`` answered as before, then the ports re-synchronised."""
 
-    def __init__(self, inner: IRequestHandler, ports: PortManager) -> None:
+    def __init__(self, inner: IRequestHandler, changed: Callable[[], None]) -> None:
         self.inner = inner
-        self.ports = ports
+        self.changed = changed
 
     def handle(self, request: Any) -> list[list[Any]]:
         try:
             return self.inner.handle(request)
         finally:
-            self.ports.sync()
+            self.changed()
 
 
 class PacketService(Service):
@@ -92,11 +63,22 @@ class PacketService(Service):
     name = "packets"
 
     def __init__(self, datapath: Datapath, reactor: Any, shared: Any = None, *,
-                 vlan_tci: int | None = None, vtest_vlan: bool = False) -> None:  # fmt: skip
+                 vlan_tci: int | None = None, vtest_vlan: bool = False,
+                 run_dir: str | None = None) -> None:  # fmt: skip
         self.datapath = datapath
         self.reactor: IReactorFDSet = reactor
         self.ports = PortManager(datapath.tables, reactor)
-        self.trap = CountingTrap(datapath)
+        self._agent: tuple[int, bytes] | None = None
+        self.trap = DatapathEndpoint(lambda: self._agent, limiter=TrapLimiter(reactor.seconds))
+        self.pkt0: UnixDatagramTransport | None = None
+        if run_dir is not None:
+            self.pkt0 = UnixDatagramTransport(
+                reactor,
+                os.path.join(run_dir, DATAPATH_SOCKET),
+                os.path.join(run_dir, AGENT_SOCKET),
+                self.trap,
+            )
+            self.trap.transport = self.pkt0
         options: dict[str, Any] = {}
         if vlan_tci is not None:
             options["vlan_tci"] = vlan_tci
@@ -106,10 +88,22 @@ class PacketService(Service):
             datapath, self.ports, self.trap, getattr(shared, "flows", None), **options
         )
         self.ports.pipeline = self.pipeline
+        self.trap.deliver = self.pipeline.receive
         self.watcher = LinkWatcher(reactor, self.ports.link_changed, self.ports.resync)
         inner = datapath.handlers["vr_interface_req"]
-        datapath.register("vr_interface_req", _InterfaceRequests(inner, self.ports))
-        datapath.reset_hooks.append(self.ports.sync)
+        datapath.register("vr_interface_req", _InterfaceRequests(inner, self._interfaces_changed))
+        datapath.reset_hooks.append(self._interfaces_changed)
+        self._interfaces_changed()
+
+    def _interfaces_changed(self) -> None:
+        """Attach/detach devices, and note the agent vif the traps are framed for."""
+        self.ports.sync()
+        agent = None
+        for vif in self.datapath.tables.interfaces.values():
+            if vif.type == C.VIF_TYPE_AGENT:
+                agent = (vif.idx, bytes(vif.mac))
+                break
+        self._agent = agent
 
     def startService(self) -> None:
         super().startService()
@@ -119,8 +113,12 @@ class PacketService(Service):
             _log.warn("datapath: no rtnetlink link events ({error}): late devices stay "
                       "waiting until their vif is added again", error=e.strerror)  # fmt: skip
         self.ports.start()
+        if self.pkt0 is not None:
+            self.pkt0.start()
 
     def stopService(self) -> Any:
+        if self.pkt0 is not None:
+            self.pkt0.stop()
         self.watcher.stop()
         self.ports.stop()
         return super().stopService()

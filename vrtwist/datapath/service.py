@@ -154,7 +154,8 @@ def makeDatapathService(
     if ports:
         from vrtwist.datapath.packets import PacketService
 
-        packets = PacketService(datapath, reactor, shared, vlan_tci=vlan_tci, vtest_vlan=vtest_vlan)
+        packets = PacketService(datapath, reactor, shared, vlan_tci=vlan_tci,
+                                vtest_vlan=vtest_vlan, run_dir=run_dir)
         packets.setServiceParent(top)
         top.packets = packets  # type: ignore[attr-defined]
     _log.info(
