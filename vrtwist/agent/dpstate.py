@@ -118,6 +118,9 @@ class _Vrf:
     #: the policy-enabled next hop to the agent's interface that the gateway and DNS
     #: addresses route to (their packets reach the agent as NEXTHOP traps after a flow)
     pkt0_nh: int = 0
+    #: the L2 flood (multicast composite) next hop of ff:ff:ff:ff:ff:ff: the VRF's local
+    #: VMs; through it the datapath answers broadcast ARP requests by proxy
+    flood_nh: int = 0
     # VRF-wide route key -> reference count (gateway/DNS/subnet routes shared by ports)
     shared: dict[Key, int] = field(default_factory=dict)
 
@@ -268,8 +271,9 @@ class DatapathModel:
         rcv = self._take_nh(adopted.rcv_nh if adopted else None)
         res = self._take_nh(adopted.resolve_nh if adopted else None)
         v = _Vrf(name, vrf_id, rcv, res, l2rcv_nh=self._take_nh(None),
-                 pkt0_nh=self._take_nh(None))
+                 pkt0_nh=self._take_nh(None), flood_nh=self._flood_id(vrf_id))
         self._vrfs[name] = v
+        self._set_flood(v)
         self._set((NH, v.pkt0_nh), "vr_nexthop_req", {
             "nhr_id": v.pkt0_nh, "nhr_type": C.NH_ENCAP, "nhr_family": C.AF_INET,
             "nhr_vrf": vrf_id, "nhr_encap_oif_id": AGENT_VIF,
@@ -290,6 +294,26 @@ class DatapathModel:
             "nhr_vrf": vrf_id, "nhr_flags": C.NH_FLAG_VALID})
         return v
 
+    def _flood_id(self, vrf_id: int) -> int:
+        """The flood next hop's id: from the top of the id space, so that it sorts after
+        the members it lists (requests go out in id order) and is the same after a
+        restart."""
+        want = self.nhs.hi - vrf_id
+        return want if self.nhs.reserve(want) else self.nhs.alloc()
+
+    def _set_flood(self, v: _Vrf) -> list[Key]:
+        """(Re)write the VRF's flood next hop with its current local VMs."""
+        members = sorted(self._ports[p].l2_nh for p in v.ports if p in self._ports)
+        self._set((NH, v.flood_nh), "vr_nexthop_req", {
+            "nhr_id": v.flood_nh, "nhr_type": C.NH_COMPOSITE, "nhr_family": C.AF_BRIDGE,
+            "nhr_vrf": v.vrf_id, "nhr_flags": C.NH_FLAG_VALID | C.NH_FLAG_MCAST,
+            "nhr_nh_list": members, "nhr_label_list": [0] * len(members)})
+        self._set(_bcast_key(v.vrf_id), "vr_route_req", {
+            "rtr_vrf_id": v.vrf_id, "rtr_family": C.AF_BRIDGE, "rtr_mac": list(_BCAST),
+            "rtr_nh_id": v.flood_nh, "rtr_label": 0, "rtr_label_flags": 0,
+            "rtr_prefix": [], "rtr_prefix_len": 0})
+        return [(NH, v.flood_nh)]
+
     def _take_nh(self, want: int | None) -> int:
         if want is not None and self.nhs.reserve(want):
             return want
@@ -304,6 +328,7 @@ class DatapathModel:
         self.nhs.free(v.resolve_nh)
         self.nhs.free(v.l2rcv_nh)
         self.nhs.free(v.pkt0_nh)
+        self.nhs.free(v.flood_nh)
         self.vrf_ids.free(v.vrf_id)
         return keys
 
@@ -359,7 +384,8 @@ class DatapathModel:
         keys += [(NH, l3), (NH, l2)]
         self._set((MPLS, label), "vr_mpls_req", {"mr_label": label, "mr_nhid": l3})
         keys.append((MPLS, label))
-        route_flags = C.VR_RT_LABEL_VALID_FLAG
+        # the route carries the VM's MAC: the datapath answers ARP for it by proxy
+        route_flags = C.VR_RT_LABEL_VALID_FLAG | C.VR_RT_ARP_PROXY_FLAG
         if port.ip_address:
             k = _inet_key(v.vrf_id, port.ip_address, 32)
             self._set(k, "vr_route_req", _route_fields(k, l3, label, route_flags, mac))
@@ -387,9 +413,10 @@ class DatapathModel:
         self._ports[port.id] = _PortIds(vif, l3, l2, label, name, keys, shared, route)
         self._port_of[port.id] = rest
         self._programmed[port.id] = port
+        changed = keys + self._set_flood(v)  # the VRF's, not the port's
         if new_vrf:
-            keys = _vrf_base_keys(v) + keys
-        self._notify(keys)
+            changed = _vrf_base_keys(v) + changed
+        self._notify(changed)
         if self.controller is not None:
             self.controller.localRouteAdded(route)
 
@@ -543,6 +570,8 @@ class DatapathModel:
             self.desired.pop(k, None)
         v = self._vrfs[ids.vrf]
         v.ports.discard(port.id)
+        if v.ports:
+            keys += self._set_flood(v)
         self._release_shared(v, ids.shared, keys)
         self.vifs.free(ids.vif)
         self.nhs.free(ids.l3_nh)
@@ -782,6 +811,13 @@ def _ipv4_int(addr: str) -> int:
     return v
 
 
+_BCAST = b"\xff" * 6
+
+
+def _bcast_key(vrf: int) -> Key:
+    return (ROUTE, C.AF_BRIDGE, vrf, _BCAST)
+
+
 def _vrrp_key(vrf: int) -> Key:
     return (ROUTE, C.AF_BRIDGE, vrf, VROUTER_MAC)
 
@@ -790,7 +826,7 @@ def _vrf_base_keys(v: _Vrf) -> list[Key]:
     """What every VRF has: receive, resolve, L2-receive and agent next hops, and the VRRP
     MAC's bridge entry."""
     return [(NH, v.rcv_nh), (NH, v.resolve_nh), (NH, v.l2rcv_nh), (NH, v.pkt0_nh),
-            _vrrp_key(v.vrf_id)]
+            (NH, v.flood_nh), _vrrp_key(v.vrf_id), _bcast_key(v.vrf_id)]
 
 
 def _inet_key(vrf: int, addr: str, plen: int) -> Key:
