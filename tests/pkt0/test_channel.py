@@ -20,7 +20,6 @@ from vrtwist.pkt0.codec import HEADER_LEN, AgentHeader, decode, encode_command, 
 from vrtwist.pkt0.endpoints import (
     AgentEndpoint,
     DatapathEndpoint,
-    IAgentCommands,
     ITrapHandler,
     TrapLimiter,
 )
@@ -37,20 +36,17 @@ AGENT_MAC = bytes.fromhex("00005e000100")
 FRAME = bytes.fromhex("ffffffffffff020000000003080600010800060400010200000000030a010103") + bytes(10)
 
 
-@implementer(IAgentCommands)
-class RecordingCommands:
-    """The datapath side of the agent's commands, recording what it was asked."""
+class RecordingDeliver:
+    """Where the datapath endpoint hands the agent's frames (the pipeline's receive)."""
 
     def __init__(self) -> None:
-        self.calls: list[tuple[Any, ...]] = []
+        self.calls: list[tuple[int, bytes]] = []
 
-    def agent_switch(self, vif_index: int, vrf: int, frame: bytes) -> bool:
-        self.calls.append(("switch", vif_index, vrf, frame))
-        return vif_index != 99
+    def __call__(self, vif_index: int, frame: bytes) -> None:
+        self.calls.append((vif_index, frame))
 
-    def agent_route(self, vif_index: int, vrf: int, frame: bytes, param: int, param_1: int) -> bool:
-        self.calls.append(("route", vif_index, vrf, frame, param, param_1))
-        return True
+
+AGENT = (2, AGENT_MAC)
 
 
 @implementer(ITrapHandler)
@@ -80,13 +76,12 @@ class ListTransport:
 class EndpointTests(SynchronousTestCase):
     def test_interfaces(self) -> None:
         """The datapath endpoint is the datapath's IPacketTrap."""
-        self.assertTrue(verifyObject(IPacketTrap, DatapathEndpoint(lambda: AGENT_MAC)))
-        self.assertTrue(verifyObject(IAgentCommands, RecordingCommands()))
+        self.assertTrue(verifyObject(IPacketTrap, DatapathEndpoint(lambda: AGENT)))
         self.assertTrue(verifyObject(ITrapHandler, RecordingHandler()))
 
     def test_trap_framed_with_agent_mac(self) -> None:
         """A trap leaves framed with the agent vif's MAC and the spec's parameters."""
-        dp = DatapathEndpoint(lambda: AGENT_MAC)
+        dp = DatapathEndpoint(lambda: AGENT)
         dp.transport = link = ListTransport()
         self.assertTrue(dp.trap(3, 1, K.AGENT_TRAP_FLOW_MISS, 1000, 12, (0, 0, 0, 0), FRAME))
         hdr, inner = decode(link.frames[0])
@@ -105,7 +100,7 @@ class EndpointTests(SynchronousTestCase):
     def test_rate_limit_per_vif(self) -> None:
         """A flooding vif spends its own budget only; another vif's traps still go."""
         clock = Clock()
-        dp = DatapathEndpoint(lambda: AGENT_MAC, limiter=TrapLimiter(10, 5, clock.seconds))
+        dp = DatapathEndpoint(lambda: AGENT, limiter=TrapLimiter(clock.seconds, (1000, 100), (10, 5)))
         dp.transport = link = ListTransport()
         sent = [dp.trap(3, 1, K.AGENT_TRAP_L3_PROTOCOLS, 0, 0, (0, 0, 0, 0), FRAME) for _ in range(50)]
         self.assertEqual(sent.count(True), 5)
@@ -119,45 +114,41 @@ class EndpointTests(SynchronousTestCase):
     def test_limiter_refuses_nonsense(self) -> None:
         """A limiter with no rate or no burst is a configuration error."""
         with self.assertRaises(ValueError):
-            TrapLimiter(0, 1, lambda: 0.0)
+            TrapLimiter(lambda: 0.0, other=(0, 1))
         with self.assertRaises(ValueError):
-            TrapLimiter(1, 0, lambda: 0.0)
+            TrapLimiter(lambda: 0.0, flow=(1, 0))
 
-    def test_commands_dispatched(self) -> None:
-        """SWITCH and ROUTE reach the datapath with their fields; failures are counted."""
-        commands = RecordingCommands()
-        dp = DatapathEndpoint(lambda: AGENT_MAC, commands)
-        dp.frame_received(encode_command(5, 2, K.AGENT_CMD_SWITCH, FRAME))
-        dp.frame_received(encode_command(6, 3, K.AGENT_CMD_ROUTE, FRAME, 1, 1))
-        dp.frame_received(encode_command(99, 3, K.AGENT_CMD_SWITCH, FRAME))
-        self.assertEqual(
-            commands.calls,
-            [
-                ("switch", 5, 2, FRAME),
-                ("route", 6, 3, FRAME, 1, 1),
-                ("switch", 99, 3, FRAME),
-            ],
-        )
-        self.assertEqual((dp.counters.commands, dp.counters.command_failed), (3, 1))
+    def test_agent_frames_go_to_the_agent_vif(self) -> None:
+        """The agent's frames are handed whole to the pipeline on the agent vif."""
+        deliver = RecordingDeliver()
+        dp = DatapathEndpoint(lambda: AGENT, deliver)
+        switch = encode_command(5, 2, K.AGENT_CMD_SWITCH, FRAME)
+        route = encode_command(6, 3, K.AGENT_CMD_ROUTE, FRAME, 1, 1)
+        dp.frame_received(switch)
+        dp.frame_received(route)
+        self.assertEqual(deliver.calls, [(2, switch), (2, route)])
+        self.assertEqual(dp.counters.commands, 2)
 
     def test_bad_frames_from_the_agent_side(self) -> None:
-        """Short frames and unknown commands are counted and dropped; good ones still work."""
-        commands = RecordingCommands()
-        dp = DatapathEndpoint(lambda: AGENT_MAC, commands)
+        """Short frames, or frames with no agent vif, are counted; good ones still go."""
+        deliver = RecordingDeliver()
+        agent: list[tuple[int, bytes] | None] = [None]
+        dp = DatapathEndpoint(lambda: agent[0], deliver)
         for junk in (b"", b"\x00" * 44, encode_command(5, 2, K.AGENT_CMD_SWITCH, FRAME)[:44]):
             dp.frame_received(junk)
-        dp.frame_received(encode_command(5, 2, 7, FRAME))
-        dp.frame_received(encode_command(5, 2, K.AGENT_CMD_SWITCH, FRAME))
-        self.assertEqual(dp.counters.malformed, 3)
-        self.assertEqual(dp.counters.unknown_command, 1)
-        self.assertEqual(commands.calls, [("switch", 5, 2, FRAME)])
+        good = encode_command(5, 2, K.AGENT_CMD_SWITCH, FRAME)
+        dp.frame_received(good)  # no agent vif yet
+        agent[0] = AGENT
+        dp.frame_received(good)
+        self.assertEqual((dp.counters.malformed, dp.counters.command_failed), (3, 1))
+        self.assertEqual(deliver.calls, [(2, good)])
 
     def test_agent_side(self) -> None:
         """The agent decodes traps for its services, drops bad codes, frames its commands."""
         handler = RecordingHandler()
         agent = AgentEndpoint(handler)
         agent.transport = link = ListTransport()
-        dp = DatapathEndpoint(lambda: AGENT_MAC)
+        dp = DatapathEndpoint(lambda: AGENT)
         dp.transport = to_agent = ListTransport()
         dp.trap(3, 1, K.AGENT_TRAP_ARP, 0, 0, (0, 0, 0, 0), FRAME)
         agent.frame_received(to_agent.frames[0])
@@ -179,9 +170,9 @@ class SocketTests(TestCase):
         self.dir = tempfile.mkdtemp(prefix="pkt0-")
         self.addCleanup(os.rmdir, self.dir)
 
-    def _pair(self) -> tuple[UnixDatagramTransport, UnixDatagramTransport, RecordingCommands, RecordingHandler]:
-        commands, handler = RecordingCommands(), RecordingHandler()
-        dp = DatapathEndpoint(lambda: AGENT_MAC, commands)
+    def _pair(self) -> tuple[UnixDatagramTransport, UnixDatagramTransport, RecordingDeliver, RecordingHandler]:
+        commands, handler = RecordingDeliver(), RecordingHandler()
+        dp = DatapathEndpoint(lambda: AGENT, commands)
         agent = AgentEndpoint(handler)
         dp_path = os.path.join(self.dir, DATAPATH_SOCKET)
         agent_path = os.path.join(self.dir, AGENT_SOCKET)
@@ -205,7 +196,7 @@ class SocketTests(TestCase):
                 break
             await deferLater(reactor, 0.01, lambda: None)
         self.assertEqual(handler.traps[0][1], FRAME)
-        self.assertEqual(commands.calls, [("switch", 3, 1, FRAME)])
+        self.assertEqual([decode(f)[0].cmd for _vif, f in commands.calls], [K.AGENT_CMD_SWITCH])
         self.assertEqual((dpt.counters.sent, agt.counters.received), (1, 1))
 
     def test_modes(self) -> None:
@@ -224,7 +215,7 @@ class SocketTests(TestCase):
     def test_no_peer_counted(self) -> None:
         """A datapath whose agent is not running counts the trap as having no peer."""
         dp_path = os.path.join(self.dir, DATAPATH_SOCKET)
-        dpt = UnixDatagramTransport(reactor, dp_path, os.path.join(self.dir, AGENT_SOCKET), DatapathEndpoint(lambda: AGENT_MAC))
+        dpt = UnixDatagramTransport(reactor, dp_path, os.path.join(self.dir, AGENT_SOCKET), DatapathEndpoint(lambda: AGENT))
         dpt.start()
         self.addCleanup(dpt.stop)
         self.assertFalse(dpt.send(b"x" * (HEADER_LEN + 1)))
@@ -237,7 +228,7 @@ class SocketTests(TestCase):
         sink = bind_datagram(sink_path)  # bound, never read
         self.addCleanup(os.unlink, sink_path)
         self.addCleanup(sink.close)
-        dpt = UnixDatagramTransport(reactor, dp_path, sink_path, DatapathEndpoint(lambda: AGENT_MAC))
+        dpt = UnixDatagramTransport(reactor, dp_path, sink_path, DatapathEndpoint(lambda: AGENT))
         dpt.start()
         self.addCleanup(dpt.stop)
         frame = b"\x00" * 1500
@@ -272,6 +263,7 @@ class SocketTests(TestCase):
             if commands.calls:
                 break
             await deferLater(reactor, 0.01, lambda: None)
-        self.assertEqual(commands.calls, [("switch", 5, 2, FRAME)])
+        self.assertEqual(len(commands.calls), 1)
+        self.assertEqual(decode(commands.calls[0][1])[0].ifindex, 5)
         self.assertEqual(dpt.counters.oversize, 1)
         self.assertEqual(self.dp.counters.malformed, 1)

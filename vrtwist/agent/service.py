@@ -20,6 +20,7 @@ from twisted.web.server import Site
 
 from vrtwist.access import SocketAccess
 from vrtwist.agent.dpstate import DatapathModel
+from vrtwist.agent.packet.service import AgentPacketService
 from vrtwist.agent.ports import DEFAULT_STALE_TIMEOUT, PortTable
 from vrtwist.agent.rest import BoundedRequest, PortApi
 from vrtwist.agent.store import PortStore
@@ -60,6 +61,7 @@ class AgentService(MultiService):
         self.sync: Any = None
         self.link: Any = None
         self.rest_port: IListeningPort | None = None
+        self.packets: AgentPacketService | None = None
         self.ready: Deferred[None] = Deferred()
 
     def startService(self) -> None:
@@ -87,6 +89,10 @@ class AgentService(MultiService):
         if sync is not None:
             self.sync = sync
             await sync.prepare()  # external datapath: dump, adopt ids
+        self.packets = AgentPacketService(self.reactor, self.run_dir, self.model,
+                                          local_datapath=self.local_datapath,
+                                          access=self.access)
+        self.packets.setServiceParent(self)
         table.observe(self.model)
         added, skipped = table.replay()
         self._log.info("replayed {added} port(s) from {dir}, skipped {skipped}",

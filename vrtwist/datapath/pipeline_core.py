@@ -235,6 +235,12 @@ class PipelineCore:
     def _vif_tx(self, pkt: Packet, vif: Interface, frame: Frame) -> None:
         """``vif_tx``: per-type tx, counters, mirror, ``--vlan_tci`` tagging, the port."""
         vtype = vif.type
+        if vtype == C.VIF_TYPE_AGENT:
+            # agent_tx: what is routed to the agent's interface reaches it as a NEXTHOP trap
+            counters = vif.counters
+            counters["opackets"] += 1
+            counters["obytes"] += len(frame)
+            return self._trap(pkt, D.TRAP_NEXTHOP, frame=frame)
         if vtype in VHOST_TYPES:
             frame = strip_tags(frame)
             if pkt.vif.type == C.VIF_TYPE_VIRTUAL and vif.mac:
@@ -272,9 +278,10 @@ class PipelineCore:
         param: int = 0,
         param_1: int = 0,
         stats: tuple[int, int, int, int] = (0, 0, 0, 0),
+        frame: Frame | None = None,
     ) -> None:
-        """Hand the packet (from its frame start) to the agent (``agent_send``)."""
-        frame = bytes(pkt.buf[pkt.start :])
+        """Hand the packet (from its frame start, or ``frame``) to the agent (``agent_send``)."""
+        frame = bytes(pkt.buf[pkt.start :]) if frame is None else bytes(frame)
         if code in (D.TRAP_HANDLE_DF, D.TRAP_ZERO_TTL) and len(frame) > D.AGENT_MIN_PACKET_LEN:
             frame = frame[: D.AGENT_MIN_PACKET_LEN]
         if not self.trapper.trap(pkt.vif.idx, pkt.dvrf, code, param, param_1, stats, frame):

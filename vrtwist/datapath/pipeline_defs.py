@@ -59,6 +59,7 @@ DROP_COUNTER: tuple[str, ...] = tuple(_counter(n) for n in DROP_REASONS[1:-1])
 # AGENT_TRAP_* codes (agent_hdr.hdr_cmd)
 TRAP_ARP = 2
 TRAP_L2_PROTOCOLS = 3
+TRAP_NEXTHOP = 4
 TRAP_RESOLVE = 5
 TRAP_FLOW_MISS = 6
 TRAP_L3_PROTOCOLS = 7

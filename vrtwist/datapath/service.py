@@ -1,4 +1,4 @@
-"""The forwarding extension as a Twisted service: tables, shared memory, ksync socket.
+"""The forwarding extension as a Twisted service: tables, shared memory, ksync, ports.
 
 ``makeDatapathService`` is used by ``twistd vrouter-dp`` (``vrtwist.datapath.tap``) and,
 embedded, by ``twistd vrouter`` (``vrtwist.agent.tap``). Both share
@@ -45,6 +45,19 @@ def _positive(value: str) -> int:
 _positive.coerceDoc = "A positive integer."  # type: ignore[attr-defined]
 
 
+def _vlan_tci(value: str) -> int:
+    try:
+        number = int(value, 0)
+    except ValueError:
+        number = -1
+    if not 0 <= number <= 0xFFFF:
+        raise ValueError("--vlan-tci must be a 16-bit TCI (0..65535)")
+    return number
+
+
+_vlan_tci.coerceDoc = "A 16-bit 802.1Q TCI (priority << 13 | VLAN id)."  # type: ignore[attr-defined]
+
+
 class DatapathOptionsMixin:
     """Options of the forwarding extension, shared by ``vrouter-dp`` and ``vrouter``.
 
@@ -58,6 +71,11 @@ class DatapathOptionsMixin:
         ["bridge-entries", None, C.VR_DEF_BRIDGE_ENTRIES, "bridge table entries", _positive],
         ["fabric", None, None, "fabric (physical) interface the overlay leaves by"],
         SOCKET_GROUP_OPTION,
+        ["vlan-tci", None, None, "802.1Q TCI of the physical vif (--vlan_tci)", _vlan_tci],
+    ]
+    optFlags: list[list[Any]] = [
+        ["vtest-vlan", None, "tag every vif's tx with --vlan-tci (--vtest_vlan, VLAN vtests)"],
+        ["no-ports", None, "attach no vif to an OS device (tables only, no packets)"],
     ]
 
 
@@ -100,6 +118,10 @@ def makeDatapathService(
     reactor: IReactorUNIX | None = None,
     config: DatapathConfig | None = None,
     access: SocketAccess | None = None,
+    *,
+    ports: bool = True,
+    vlan_tci: int | None = None,
+    vtest_vlan: bool = False,
 ) -> MultiService:
     """The forwarding extension: tables + shared memory + ksync on ``<run-dir>/dpdk_netlink``.
 
@@ -119,6 +141,12 @@ def makeDatapathService(
                 access = SocketAccess.from_group(options.get("socket-group"))
             except ValueError as e:
                 raise usage.UsageError(f"--socket-group: {e}") from None
+        ports = not options.get("no-ports", not ports)
+        if options.get("vlan-tci") is not None:
+            vlan_tci = int(options["vlan-tci"])
+        vtest_vlan = bool(options.get("vtest-vlan", vtest_vlan))
+    if vtest_vlan and vlan_tci is None:
+        raise ValueError("--vtest-vlan needs --vlan-tci")
     if reactor is None:
         from twisted.internet import reactor as _reactor
 
@@ -139,6 +167,13 @@ def makeDatapathService(
     ksync.setName("ksync")
     ksync.setServiceParent(top)
     top.datapath = datapath  # type: ignore[attr-defined]
+    if ports:
+        from vrtwist.datapath.packets import PacketService
+
+        packets = PacketService(datapath, reactor, shared, vlan_tci=vlan_tci,
+                                vtest_vlan=vtest_vlan, run_dir=run_dir, access=access)
+        packets.setServiceParent(top)
+        top.packets = packets  # type: ignore[attr-defined]
     _log.info(
         "datapath: serving ksync on {path} ({flows} flows, {bridge} bridge entries)",
         path=ksync.path,

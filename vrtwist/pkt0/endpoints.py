@@ -2,9 +2,9 @@
 
 :class:`DatapathEndpoint` is the datapath's :class:`~vrtwist.datapath.interfaces.IPacketTrap`:
 it rate-limits traps per source vif (a VM flooding ARP, DHCP or new flows uses up only its
-own budget, as the real datapath's per-interface limits intend), frames them with the agent
-vif's MAC and hands them to a transport. Frames from the agent are decoded and executed
-through :class:`IAgentCommands` (SWITCH: transmit on a vif; ROUTE: inject as if received).
+own budget and cannot starve the other VMs' traps), frames them with the agent vif's MAC
+and hands them to a transport. Frames from the agent are decoded and executed
+by the pipeline on the agent vif (SWITCH: transmit on a vif; ROUTE: process as if received).
 
 :class:`AgentEndpoint` is the agent's side: it decodes traps for an
 :class:`ITrapHandler` and frames the agent's transmissions.
@@ -18,11 +18,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
 from vrtwist.pkt0 import constants as K
 from vrtwist.pkt0.codec import (
+    HEADER_LEN,
     AgentHeader,
     Pkt0Error,
     decode,
@@ -37,20 +37,9 @@ __all__ = [
     "AgentEndpoint",
     "DatapathEndpoint",
     "EndpointCounters",
-    "IAgentCommands",
     "ITrapHandler",
     "TrapLimiter",
 ]
-
-
-class IAgentCommands(Interface):
-    """What the datapath does with the agent's frames (``agent_rx`` in the vRouter)."""
-
-    def agent_switch(vif_index: int, vrf: int, frame: bytes) -> bool:
-        """Transmit ``frame`` on vif ``vif_index`` as it is (no flow, no lookup)."""
-
-    def agent_route(vif_index: int, vrf: int, frame: bytes, param: int, param_1: int) -> bool:
-        """Process ``frame`` as if received on ``vif_index``, looked up in ``vrf``."""
 
 
 class ITrapHandler(Interface):
@@ -72,28 +61,46 @@ class EndpointCounters:
     command_failed: int = 0
 
 
+#: traps that set up flows: a busy VM opens many connections a second
+FLOW_TRAPS = frozenset({K.AGENT_TRAP_FLOW_MISS, K.AGENT_TRAP_FLOW_ACTION_HOLD})
+#: default budgets per vif, (per second, burst): flow traps, and everything else (DHCP,
+#: ARP, ICMP to the gateway...), which no VM has a reason to send by the thousand
+FLOW_BUDGET = (50_000.0, 5_000)
+OTHER_BUDGET = (500.0, 100)
+
+
 class TrapLimiter:
-    """A token bucket per source vif: ``rate`` traps per second, bursts of ``burst``.
+    """Token buckets per source vif, one for flow traps and one for all other traps.
 
     Memory is bounded by the number of vifs (the datapath's vif table bounds it). The
     clock is injected so the limiter stays free of I/O.
     """
 
-    def __init__(self, rate: float, burst: int, now: Callable[[], float]) -> None:
-        if rate <= 0 or burst <= 0:
-            raise ValueError("trap rate and burst must be positive")
-        self.rate = float(rate)
-        self.burst = float(burst)
+    def __init__(
+        self,
+        now: Callable[[], float],
+        flow: tuple[float, int] = FLOW_BUDGET,
+        other: tuple[float, int] = OTHER_BUDGET,
+    ) -> None:
+        for rate, burst in (flow, other):
+            if rate <= 0 or burst <= 0:
+                raise ValueError("trap rate and burst must be positive")
         self._now = now
-        self._buckets: dict[int, list[float]] = {}
+        self._budgets = (
+            (float(flow[0]), float(flow[1])),
+            (float(other[0]), float(other[1])),
+        )
+        self._buckets: dict[tuple[int, int], list[float]] = {}
 
-    def allow(self, vif_index: int) -> bool:
+    def allow(self, vif_index: int, code: int) -> bool:
+        kind = 0 if code in FLOW_TRAPS else 1
+        rate, burst = self._budgets[kind]
         now = self._now()
-        bucket = self._buckets.get(vif_index)
+        bucket = self._buckets.get((vif_index, kind))
         if bucket is None:
-            self._buckets[vif_index] = [self.burst - 1.0, now]
+            self._buckets[(vif_index, kind)] = [burst - 1.0, now]
             return True
-        tokens = min(self.burst, bucket[0] + (now - bucket[1]) * self.rate)
+        tokens = min(burst, bucket[0] + (now - bucket[1]) * rate)
         bucket[1] = now
         if tokens < 1.0:
             bucket[0] = tokens
@@ -102,24 +109,29 @@ class TrapLimiter:
         return True
 
     def forget(self, vif_index: int) -> None:
-        """Drop the bucket of a deleted vif."""
-        self._buckets.pop(vif_index, None)
+        """Drop the buckets of a deleted vif."""
+        self._buckets.pop((vif_index, 0), None)
+        self._buckets.pop((vif_index, 1), None)
 
 
 @implementer(IPacketTrap, IPkt0Receiver)
 class DatapathEndpoint:
-    """The datapath's end: traps out, agent commands in."""
+    """The datapath's end: traps out, the agent's frames in.
 
-    _log = Logger()
+    ``agent_vif`` names the agent vif (index and MAC) or None when there is none; the
+    agent's frames are handed to ``deliver(agent vif index, frame)``, the pipeline's
+    receive on that vif, which reads ``agent_hdr`` and executes SWITCH or ROUTE as the
+    vRouter's ``agent_rx`` does (and counts what it refuses).
+    """
 
     def __init__(
         self,
-        agent_mac: Callable[[], bytes | None],
-        commands: IAgentCommands | None = None,
+        agent_vif: Callable[[], tuple[int, bytes] | None],
+        deliver: Callable[[int, bytes], None] | None = None,
         limiter: TrapLimiter | None = None,
     ) -> None:
-        self._agent_mac = agent_mac
-        self.commands = commands
+        self._agent_vif = agent_vif
+        self.deliver = deliver
         self.transport: IPkt0Transport | None = None
         self.limiter = limiter
         self.counters = EndpointCounters()
@@ -138,14 +150,14 @@ class DatapathEndpoint:
     ) -> bool:
         """Frame and send one trap; False when there is no agent or the budget is spent."""
         transport = self.transport
-        mac = self._agent_mac()
-        if transport is None or mac is None:
+        agent = self._agent_vif()
+        if transport is None or agent is None:
             return False
-        if self.limiter is not None and not self.limiter.allow(vif_index):
+        if self.limiter is not None and not self.limiter.allow(vif_index, code):
             self.counters.rate_limited += 1
             return False
         hdr = trap_header(vif_index, vrf & 0xFFFF, code, param, param_1, stats)
-        if transport.send(encode_trap(mac, hdr, frame)):
+        if transport.send(encode_trap(agent[1], hdr, frame)):
             self.counters.traps += 1
             return True
         return False
@@ -154,25 +166,15 @@ class DatapathEndpoint:
 
     def frame_received(self, frame: bytes) -> None:
         counters = self.counters
-        try:
-            hdr, inner = decode(frame)
-        except Pkt0Error:
+        if len(frame) <= HEADER_LEN:
             counters.malformed += 1
             return
-        commands = self.commands
-        if commands is None:
+        agent = self._agent_vif()
+        if agent is None or self.deliver is None:
             counters.command_failed += 1
-            return
-        if hdr.cmd == K.AGENT_CMD_SWITCH:
-            done = commands.agent_switch(hdr.ifindex, hdr.vrf, bytes(inner))
-        elif hdr.cmd == K.AGENT_CMD_ROUTE:
-            done = commands.agent_route(hdr.ifindex, hdr.vrf, bytes(inner), hdr.param, hdr.param_1)
-        else:
-            counters.unknown_command += 1
             return
         counters.commands += 1
-        if not done:
-            counters.command_failed += 1
+        self.deliver(agent[0], frame)
 
 
 @implementer(IPkt0Receiver)

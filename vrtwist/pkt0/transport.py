@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import stat
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,8 @@ from twisted.internet.interfaces import IReadDescriptor
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
+
+from vrtwist.access import bind_unix
 
 __all__ = [
     "AGENT_SOCKET",
@@ -77,27 +80,24 @@ class Pkt0Counters:
     oversize: int = 0
 
 
-def bind_datagram(path: str, mode: int = 0o600) -> socket.socket:
+def bind_datagram(path: str, mode: int = 0o600, gid: int | None = None) -> socket.socket:
     """A non-blocking unix datagram socket bound at ``path`` with exactly ``mode``.
 
-    The socket is bound under a private name in the same directory, given its mode and
-    only then renamed into place, so no other user can ever find it with the umask's mode.
-    A stale socket file at ``path`` (a previous run that was killed) is replaced.
+    Bound through :func:`vrtwist.access.bind_unix`, so the file never has the umask's
+    mode, and ``gid`` (``--socket-group``) gets the group bits. A stale socket file at
+    ``path`` (a previous run that was killed) is replaced; anything else there is refused.
     """
+    try:
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.setblocking(False)
-    directory, name = os.path.split(path)
-    staging = os.path.join(directory or ".", f".{name}.{os.getpid()}.bind")
     try:
-        if os.path.lexists(staging):
-            os.unlink(staging)
-        sock.bind(staging)
-        os.chmod(staging, mode)
-        os.replace(staging, path)
+        bind_unix(sock, path, mode, gid)
     except BaseException:
         sock.close()
-        if os.path.lexists(staging):
-            os.unlink(staging)
         raise
     for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
         try:
@@ -121,12 +121,14 @@ class UnixDatagramTransport:
         receiver: IPkt0Receiver,
         mode: int = 0o600,
         batch: int = 256,
+        gid: int | None = None,
     ) -> None:
         self._reactor = reactor
         self.local_path = local_path
         self.peer_path = peer_path
         self._receiver = receiver
         self._mode = mode
+        self._gid = gid
         self._batch = batch
         self._buffer = bytearray(MAX_FRAME + 1)
         self._sock: socket.socket | None = None
@@ -136,7 +138,7 @@ class UnixDatagramTransport:
 
     def start(self) -> None:
         """Bind and start reading."""
-        self._sock = bind_datagram(self.local_path, self._mode)
+        self._sock = bind_datagram(self.local_path, self._mode, self._gid)
         st = os.stat(self.local_path)
         self._identity = (st.st_dev, st.st_ino)
         self._reactor.addReader(self)
