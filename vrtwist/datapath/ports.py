@@ -256,15 +256,19 @@ class TapPort(Port):
             os.close(fd)
             raise
         self.fd = fd
+        # one receive buffer, reused: a fresh 64 KiB one per read costs more than the read
+        self._buf = bytearray(_MAX_FRAME)
+        self._view = memoryview(self._buf)
 
     def fileno(self) -> int:
         return self.fd
 
     def _read(self) -> Frame | None:
         try:
-            return os.read(self.fd, _MAX_FRAME)
+            n = os.readv(self.fd, [self._buf])
         except BlockingIOError:
             return None
+        return self._view[:n].tobytes()
 
     def _write(self, frame: Frame) -> None:
         os.write(self.fd, frame)
@@ -302,6 +306,10 @@ class PacketPort(Port):
         self.sock = sock
         self._vnet_zero = bytes(offload.VNET_HDR_LEN)
         self._cmsg = socket.CMSG_SPACE(_AUXDATA.size)
+        # receive buffers, reused (see TapPort): the vnet header, then the frame
+        self._vnet = bytearray(offload.VNET_HDR_LEN)
+        self._buf = bytearray(_MAX_FRAME)
+        self._view = memoryview(self._buf)
         self._pending: deque[Frame] = deque()
         self.stats.update(gso=0, csum=0)
 
@@ -313,13 +321,15 @@ class PacketPort(Port):
             return self._pending.popleft()
         while True:
             try:
-                data, ancillary, _flags, address = self.sock.recvmsg(_MAX_FRAME, self._cmsg)
+                n, ancillary, _flags, address = self.sock.recvmsg_into(
+                    [self._vnet, self._buf], self._cmsg
+                )
             except BlockingIOError:
                 return None
             if address[2] == PACKET_OUTGOING:
                 continue
-            vnet = data[: offload.VNET_HDR_LEN]
-            frame: bytes | bytearray = data[offload.VNET_HDR_LEN :]
+            vnet = bytes(self._vnet)
+            frame: bytes | bytearray = self._view[: n - offload.VNET_HDR_LEN].tobytes()
             for level, kind, value in ancillary:
                 if level == SOL_PACKET and kind == PACKET_AUXDATA:
                     status, _l, _s, _m, _n, tci, tpid = _AUXDATA.unpack_from(value)
