@@ -161,6 +161,33 @@ class TapTests(PortTestCase):
         self.assertEqual(self.vif(3).counters["ierrors"], 0)
 
 
+class RefusalTests(PortTestCase):
+    @inlineCallbacks
+    def test_non_ethernet_devices_are_refused_and_others_still_attach(self) -> Any:
+        tun = PFX + "tu"
+        sh("ip", "tuntap", "add", "dev", tun, "mode", "tun")
+        self.dev.links.append(tun)
+        add_vif(self.datapath, 1, "lo")
+        add_vif(self.datapath, 2, tun)
+        add_vif(self.datapath, 3, "x" * 20)  # longer than IFNAMSIZ: no such device
+        b, c = self.dev.tap(PFX + "rb"), self.dev.tap(PFX + "rc")
+        add_vif(self.datapath, 4, b)
+        add_vif(self.datapath, 5, c)
+        self.wire((4, 5))
+        for idx in (1, 2, 3):
+            self.assertEqual(self.ports.state(idx), "waiting")
+            self.assertEqual(self.vif(idx).intf_status, WAITING)
+        self.assertEqual(
+            self.ports.errors, {1: "not an Ethernet device", 2: "not an Ethernet device"}
+        )
+        self.assertEqual(self.vif(1).os_idx, 0)
+        self.assertFalse(self.ports.transmit(1, mkframe(0)))
+        sb, sc = self.sniff(b), self.sniff(c)
+        sb.send(mkframe(7))
+        yield wait_for(lambda: sc.collect())
+        self.assertEqual(sc.got, [mkframe(7)])
+
+
 class VethTests(PortTestCase):
     def two_namespaces(self) -> tuple[str, str]:
         n1, n2 = self.dev.netns(PFX + "n1"), self.dev.netns(PFX + "n2")

@@ -481,15 +481,14 @@ class PortManager:
             vif.intf_status = WAITING
             return
         ifindex, mac = info
+        if not mac:  # loopback, a TUN (IP, no Ethernet header), a tunnel device ...
+            self._refused(vif, "not an Ethernet device")
+            return
         kind = TapPort if is_tap(vif.name) else PacketPort
         try:
             port = kind(vif.idx, vif.name, ifindex, mac, self._deliver, self._lost)
         except OSError as e:
-            vif.intf_status = WAITING
-            if self.errors.get(vif.idx) != e.strerror:
-                self.errors[vif.idx] = str(e.strerror)
-                _log.warn("vif {idx}: cannot attach {name}: {error}", idx=vif.idx,
-                          name=vif.name, error=e.strerror)  # fmt: skip
+            self._refused(vif, str(e.strerror))
             return
         self.errors.pop(vif.idx, None)
         self.ports[vif.idx] = port
@@ -500,6 +499,14 @@ class PortManager:
         port.start(self.reactor)
         _log.info("vif {idx}: attached {kind} {name} (ifindex {ifindex})", idx=vif.idx,
                   kind=port.kind, name=vif.name, ifindex=ifindex)  # fmt: skip
+
+    def _refused(self, vif: Interface, why: str) -> None:
+        """Keep the vif waiting; log each new reason once (a device may be fixed later)."""
+        vif.intf_status = WAITING
+        if self.errors.get(vif.idx) != why:
+            self.errors[vif.idx] = why
+            _log.warn("vif {idx}: cannot attach {name}: {why}", idx=vif.idx, name=vif.name,
+                      why=why)  # fmt: skip
 
     def _detach(self, index: int) -> None:
         port = self.ports.get(index)
