@@ -18,6 +18,7 @@ from twisted.internet.interfaces import IReactorFDSet
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from vrtwist.datapath import constants as C
 from vrtwist.datapath.dispatcher import Datapath
 from vrtwist.datapath.interfaces import IPacketPipeline, IPacketTrap, IRequestHandler
 from vrtwist.datapath.links import LinkWatcher
@@ -83,7 +84,8 @@ class _InterfaceRequests:
         try:
             return self.inner.handle(request)
         finally:
-            self.ports.sync()
+            if getattr(request, "h_op", None) in (C.OP_ADD, C.OP_DEL):  # not GET/DUMP
+                self.ports.sync()
 
 
 class PacketService(Service):
