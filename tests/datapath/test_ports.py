@@ -161,6 +161,31 @@ class TapTests(PortTestCase):
         self.assertEqual(self.vif(3).counters["ierrors"], 0)
 
 
+class _Flaky(Wire):
+    def receive(self, vif_index: int, frame: Any) -> None:
+        if b"boom" in bytes(frame):
+            raise RuntimeError("pipeline bug")
+        super().receive(vif_index, frame)
+
+
+class PipelineErrorTests(PortTestCase):
+    @inlineCallbacks
+    def test_a_raising_pipeline_costs_the_frame_not_the_port(self) -> Any:
+        a, b = self.dev.tap(PFX + "ea"), self.dev.tap(PFX + "eb")
+        add_vif(self.datapath, 1, a)
+        add_vif(self.datapath, 2, b)
+        self.ports.pipeline = _Flaky(self.datapath, self.ports, (1, 2))
+        sa, sb = self.sniff(a), self.sniff(b)
+        sa.send(mkframe(1))
+        sa.send(mkframe(2)[:-4] + b"boom")
+        sa.send(mkframe(3))
+        yield wait_for(lambda: len(sb.collect()) >= 2)
+        self.assertEqual(sb.got, [mkframe(1), mkframe(3)])
+        self.assertEqual(self.ports.pipeline_errors, 1)
+        self.assertEqual(self.ports.state(1), "attached")
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
 class RefusalTests(PortTestCase):
     @inlineCallbacks
     def test_non_ethernet_devices_are_refused_and_others_still_attach(self) -> Any:

@@ -400,6 +400,8 @@ class PortManager:
         self.wanted: dict[int, str] = {}
         self.running = False
         self.errors: dict[int, str] = {}
+        #: frames whose pipeline.receive raised (each is dropped, the port kept)
+        self.pipeline_errors = 0
 
     # -- IFrameOutput -----------------------------------------------------------
     def transmit(self, vif_index: int, frame: Frame) -> bool:
@@ -409,7 +411,16 @@ class PortManager:
         return port.transmit(frame)
 
     def _deliver(self, vif_index: int, frame: Frame) -> None:
-        self.pipeline.receive(vif_index, frame)
+        try:
+            self.pipeline.receive(vif_index, frame)
+        except Exception:
+            # a pipeline bug must cost one frame, not the port (a port closed by the
+            # reactor would wait for a link event that never comes)
+            self.pipeline_errors += 1
+            n = self.pipeline_errors
+            if n & (n - 1) == 0:  # 1, 2, 4, 8 ...: bounded logging
+                _log.failure("vif {idx}: pipeline error {n} on a frame of {length} bytes",
+                             idx=vif_index, n=n, length=len(frame))  # fmt: skip
 
     # -- life cycle -------------------------------------------------------------
     def start(self) -> None:
