@@ -98,7 +98,9 @@ class KsyncAttachTests(TestCase):
 class OptionsTests(SynchronousTestCase):
     def parse(self, *argv: str) -> dp_tap.Options:
         o = dp_tap.Options()
-        o.parseOptions(["--run-dir", tempfile.mkdtemp(prefix=PFX), *argv])
+        run_dir = tempfile.mkdtemp(prefix=PFX)
+        self.addCleanup(shutil.rmtree, run_dir, True)
+        o.parseOptions(["--run-dir", run_dir, *argv])
         return o
 
     def test_vlan_options(self) -> None:
