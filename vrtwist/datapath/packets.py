@@ -55,7 +55,8 @@ class _InterfaceRequests:
         try:
             return self.inner.handle(request)
         finally:
-            self.changed()
+            if getattr(request, "h_op", None) in (C.OP_ADD, C.OP_DEL):  # not GET/DUMP
+                self.changed()
 
 
 class PacketService(Service):
