@@ -261,6 +261,18 @@ class ReceiveTests(SynchronousTestCase):
         self.h.lose()
         self.assertEqual(len(self.h.sink.table), 1)
 
+    def test_megabyte_node_name_is_logged_bounded(self) -> None:
+        with capturedLogs() as logs:
+            self.update(inet("10.0.0.7/32"), node="1/1/" + "r" * (1 << 20))
+        self.assertEqual(self.h.sink.table, {})
+        self.assertFalse(self.h.tr.disconnecting)
+        lines = [formatEvent(e) for e in logs]
+        self.assertTrue(any("did not subscribe to" in line for line in lines), lines)
+        self.assertTrue(any("more characters]" in line for line in lines), lines)
+        for event in logs:
+            self.assertLess(len(formatEvent(event)), 2048)
+            self.assertLess(sum(len(v) for v in event.values() if isinstance(v, str)), 2048)
+
     def test_hostile_stanzas_close_with_a_clear_reason(self) -> None:
         from tests.xmpp.test_stanza_attacks import laughs, smuggled
 

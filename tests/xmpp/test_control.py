@@ -325,6 +325,23 @@ class ViolationTests(SynchronousTestCase):
     def test_garbage_bytes(self) -> None:
         self.assertClosedAlone(b"\xff\xfe\x00garbage", "framing error")
 
+    def test_huge_names_are_logged_bounded(self) -> None:
+        from twisted.logger import formatEvent
+
+        from vrtwist.xmpp.stanzas import build_subscribe
+
+        vrf = "v" * (200 * 1024)
+        with capturedLogs() as logs:
+            self.a.send(build_subscribe("a", vrf, 1))
+            self.assertFalse(self.a.closed)
+            self.assertClosedAlone(build_subscribe("a", vrf, 1), "duplicate subscribe to 'vvvv")
+        text = messages(logs)
+        self.assertIn("subscribed to vvvv", text)
+        self.assertIn("closed: protocol violation: duplicate subscribe", text)
+        self.assertIn("more characters]", text)
+        for event in logs:
+            self.assertLess(len(formatEvent(event)), 2048)
+
     def test_smuggled_doctype_and_entity_bomb(self) -> None:
         import tracemalloc
 

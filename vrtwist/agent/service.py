@@ -16,13 +16,13 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger
 from twisted.web.server import Site
 
 from vrtwist.agent.dpstate import DatapathModel
 from vrtwist.agent.ports import DEFAULT_STALE_TIMEOUT, PortTable
 from vrtwist.agent.rest import BoundedRequest, PortApi
 from vrtwist.agent.store import PortStore
+from vrtwist.logfields import Logger
 
 
 class AgentService(MultiService):

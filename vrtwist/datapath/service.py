@@ -13,12 +13,12 @@ from typing import Any
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.interfaces import IReactorUNIX
-from twisted.logger import Logger
 
 from vrtwist.datapath import constants as C
 from vrtwist.datapath.dispatcher import Datapath
 from vrtwist.datapath.tables import DatapathConfig
 from vrtwist.ksync.server import STYLE_DPDK, KsyncServerService
+from vrtwist.logfields import Logger
 
 __all__ = [
     "DEFAULT_RUN_DIR",

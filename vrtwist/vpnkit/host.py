@@ -24,10 +24,10 @@ from twisted.internet.endpoints import (
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from vrtwist.logfields import Logger
 from vrtwist.vpnkit._fastwrite import read_now
 from vrtwist.vpnkit._lean import LeanTCPPort
 from vrtwist.vpnkit.frames import Destination, UDPDecoder, UDPRecordError

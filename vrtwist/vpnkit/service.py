@@ -16,12 +16,12 @@ from typing import Any
 from twisted.application.internet import ClientService, StreamServerEndpointService, backoffPolicy
 from twisted.application.service import Service
 from twisted.internet.endpoints import serverFromString
-from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web.server import Site
 
 from vrtwist._busypoll import BusyPoll
 from vrtwist._process import DaemonService, reactor_and_tunings, tune_gc
+from vrtwist.logfields import Logger
 from vrtwist.vpnkit.addr import AddressError, parse_connect_addr, parse_listen_addr
 from vrtwist.vpnkit.api import ExposeAPI
 from vrtwist.vpnkit.host import ForwardTable, Links, Port, PortError

@@ -22,10 +22,10 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import clientFromString, connectProtocol
 from twisted.internet.interfaces import IAddress, IDelayedCall, IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
+from vrtwist.logfields import Logger
 from vrtwist.vsock import proxyv2 as P
 from vrtwist.vsock.endpoints import VSockAddress, parseCID
 from vrtwist.vsock.splice import SplicePair, trySplice

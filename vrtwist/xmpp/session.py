@@ -12,8 +12,9 @@ from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol
-from twisted.logger import Logger
 from twisted.python.failure import Failure
+
+from vrtwist.logfields import Logger
 
 from .framing import (
     DEFAULT_MAX_STANZA,
