@@ -4,8 +4,9 @@ Every stanza framed by :mod:`vrtwist.xmpp.framing` is parsed alone, by
 :func:`vrtwist.xmlsafe.parse` on exactly the bytes received: expat itself refuses any
 DTD, so no entity can be declared and nothing can expand.  The fast path below accepts
 only canonical stanzas that parser would accept and read the same.  Every malformed
-input raises :class:`StanzaError` and nothing else.  Builders write elements in the order of the
-``xmpp_unicast.xsd`` / ``xmpp_enet.xsd`` generated encoders, which the real peers use.
+input raises :class:`StanzaError` and nothing else.  Builders write elements in the
+order of the ``xmpp_unicast.xsd`` / ``xmpp_enet.xsd`` generated encoders, which the real
+peers use.
 
 No Twisted imports: bytes in, records out; records in, bytes out.
 """
