@@ -60,8 +60,9 @@ def parse(
 ) -> ET.Element:
     """Parse one complete document into an element tree, refusing any DTD or entity.
 
-    ``encoding`` overrides the document's declaration (XMPP is UTF-8 whatever a peer
-    declares).  Tags and attribute names are kept as written (no namespace processing:
+    ``encoding`` is the one expat assumes over the document's declaration (XMPP is
+    UTF-8), though a byte-order mark or UTF-16 layout still wins: the refusals are
+    expat's, so they hold in any encoding.  Tags and attribute names are kept as written (no namespace processing:
     ``stream:features`` stays so, ``xmlns`` is an ordinary attribute).  Raises
     :class:`XmlRefused` for a DTD, an entity or notation declaration, an external entity
     or nesting deeper than ``max_depth`` (unbounded by default: the bound costs a Python

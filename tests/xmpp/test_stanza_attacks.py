@@ -88,10 +88,11 @@ class RefusedTests(SynchronousTestCase):
         self.refused(b'<!DOCTYPE iq [<!ENTITY % p SYSTEM "http://127.0.0.1:9/p.dtd">%p;]>'
                      b"<iq/>", "refused: a document type declaration")
 
-    def test_declared_encoding_is_ignored(self) -> None:
+    def test_dtd_in_utf16(self) -> None:
         # A byte search for "<!" does not see it in UTF-16; the parser does.
         doc = '<?xml version="1.0" encoding="UTF-16"?><!DOCTYPE iq [<!ENTITY a "b">]><iq>&a;</iq>'
         self.refused(doc.encode("utf-16"), "refused: a document type declaration")
+        self.refused(doc.encode("utf-16-le"), "refused: a document type declaration")
         self.refused(doc.encode("utf-8"), "refused: a document type declaration")
 
 
