@@ -325,6 +325,20 @@ class ViolationTests(SynchronousTestCase):
     def test_garbage_bytes(self) -> None:
         self.assertClosedAlone(b"\xff\xfe\x00garbage", "framing error")
 
+    def test_error_in_a_handler_closes_only_that_session(self) -> None:
+        from vrtwist.xmpp.stanzas import build_subscribe
+
+        def broken(*args: object) -> None:
+            raise RuntimeError("handler bug")
+
+        self.node.subscribe = broken  # type: ignore[method-assign]
+        try:
+            self.assertClosedAlone(build_subscribe("a", "red", 1),
+                                   "closed: internal error handling a stanza")
+        finally:
+            del self.node.subscribe
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
     def test_huge_names_are_logged_bounded(self) -> None:
         from twisted.logger import formatEvent
 
