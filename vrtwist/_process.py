@@ -16,7 +16,8 @@ from typing import Any
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ReactorNotRunning
-from twisted.logger import Logger
+
+from vrtwist.logfields import Logger
 
 
 class DaemonService(MultiService):

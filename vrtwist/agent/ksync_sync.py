@@ -21,7 +21,6 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import deferLater
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -43,6 +42,7 @@ from vrtwist.datapath import constants as C
 from vrtwist.ksync.client import KsyncClientProtocol, KsyncConnectionLost
 from vrtwist.ksync.client import KsyncError as ClientKsyncError
 from vrtwist.ksync.clientcore import KsyncProtocolError, KsyncResponse
+from vrtwist.logfields import Logger
 from vrtwist.sandesh import SPECS_BY_NAME, schema
 
 #: Fields compared to decide whether a dumped object still matches the desired one.

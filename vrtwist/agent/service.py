@@ -15,7 +15,6 @@ from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger
 from twisted.web.server import Site
 
 from vrtwist.access import SocketAccess
@@ -25,6 +24,7 @@ from vrtwist.agent.ports import DEFAULT_STALE_TIMEOUT, PortTable
 from vrtwist.agent.rest import BoundedRequest, PortApi
 from vrtwist.agent.store import PortStore
 from vrtwist.bounds import bounded_site
+from vrtwist.logfields import Logger
 from vrtwist.unixlisten import listen_endpoint
 
 

@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger
 from zope.interface import implementer
 
 from vrtwist.access import private_dir
 from vrtwist.agent.interfaces import IPortStore
 from vrtwist.agent.model import normalise_uuid
+from vrtwist.logfields import Logger
 
 MAX_PORT_FILE = 64 * 1024
 

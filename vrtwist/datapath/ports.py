@@ -26,7 +26,6 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from twisted.internet.interfaces import IReactorFDSet, IReadWriteDescriptor
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -34,6 +33,7 @@ from vrtwist.datapath import constants as C
 from vrtwist.datapath import offload
 from vrtwist.datapath.interfaces import IFrameOutput, IPacketPipeline
 from vrtwist.datapath.tables import Interface, Tables
+from vrtwist.logfields import Logger
 
 __all__ = [
     "ATTACHED",

@@ -13,7 +13,6 @@ from typing import Any
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.interfaces import IReactorUNIX
-from twisted.logger import Logger
 from twisted.python import usage
 
 from vrtwist.access import SOCKET_GROUP_OPTION, SocketAccess, private_dir
@@ -21,6 +20,7 @@ from vrtwist.datapath import constants as C
 from vrtwist.datapath.dispatcher import Datapath
 from vrtwist.datapath.tables import DatapathConfig
 from vrtwist.ksync.server import STYLE_DPDK, KsyncServerService
+from vrtwist.logfields import Logger
 
 __all__ = [
     "DEFAULT_RUN_DIR",

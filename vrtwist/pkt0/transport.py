@@ -24,11 +24,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.interfaces import IReadDescriptor, IWriteDescriptor
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
 from vrtwist.access import bind_unix
+from vrtwist.logfields import Logger
 
 __all__ = [
     "AGENT_SOCKET",

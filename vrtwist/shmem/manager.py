@@ -19,9 +19,9 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger
 from zope.interface import implementer
 
+from vrtwist.logfields import Logger
 from vrtwist.sandesh import schema
 from vrtwist.shmem import layout as L
 from vrtwist.shmem.entries import FlowEntry, port_to_wire

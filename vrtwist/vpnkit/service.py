@@ -16,7 +16,6 @@ from typing import Any
 
 from twisted.application.internet import ClientService, StreamServerEndpointService, backoffPolicy
 from twisted.application.service import Service
-from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web.server import Site
 
@@ -24,6 +23,7 @@ from vrtwist._busypoll import BusyPoll
 from vrtwist._process import DaemonService, reactor_and_tunings, tune_gc
 from vrtwist.access import SOCKET_GROUP_OPTION
 from vrtwist.bounds import ConnectionGuard, ConnectionLimits, bounded_site
+from vrtwist.logfields import Logger
 from vrtwist.unixlisten import access_from_options, listen_endpoint
 from vrtwist.vpnkit.addr import AddressError, parse_connect_addr, parse_listen_addr
 from vrtwist.vpnkit.api import ExposeAPI

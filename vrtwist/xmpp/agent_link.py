@@ -32,9 +32,10 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.protocol import Factory
 from twisted.internet.ssl import CertificateOptions
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
+
+from vrtwist.logfields import Logger
 
 from .framing import StreamHeader, build_stream_open
 from .remote_routes import DEFAULT_ENCAP_PRIORITY, IRemoteRouteSink, RemoteRouteTable

@@ -21,8 +21,9 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.protocol import Factory
 from twisted.internet.ssl import CertificateOptions
-from twisted.logger import Logger
 from zope.interface import Interface, implementer
+
+from vrtwist.logfields import Logger
 
 from .framing import StreamHeader, build_stream_response
 from .session import DEFAULT_HOLD_TIME, ProtocolViolation, XmppSession

@@ -12,8 +12,9 @@ from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol
-from twisted.logger import Logger
 from twisted.python.failure import Failure
+
+from vrtwist.logfields import Logger
 
 from .framing import (
     DEFAULT_MAX_STANZA,
@@ -126,6 +127,13 @@ class XmppSession(Protocol):
                 return
             except ProtocolViolation as exc:
                 self.closeSession(f"protocol violation: {exc}")
+                return
+            except Exception:
+                # A bug in handling a stanza (the parser itself raises only StanzaError):
+                # the traceback is logged once and this session, not the process, ends.
+                self._log.failure("XMPP session {peer}: error handling a stanza",
+                                  peer=self.peerLabel())
+                self.closeSession("internal error handling a stanza")
                 return
         if not self.closing:
             self.chunkProcessed()

@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger
 
+from vrtwist.logfields import Logger
 from vrtwist.packet.headers import (
     ETH_P_IP,
     IPPROTO_ICMP,
