@@ -826,6 +826,8 @@ class KsyncSynchroniser:
             self._prepared = None
             await proto.lost_d
             self.sync.attach(None)
+            if self._stopping:
+                return  # our own stop closed it (or the datapath went with us): no news
             self._log.warn("ksync session to the datapath lost; reconnecting")
 
     async def _session(self, proto: Any, adopt: bool, attach: bool = True) -> bool:
@@ -852,6 +854,14 @@ class KsyncSynchroniser:
 
     def whenIdle(self) -> Deferred[None]:
         return self.sync.whenIdle()
+
+    def stopping(self) -> None:
+        """The agent is stopping: a session lost from now on is not news (no warning).
+
+        Called before anything else stops, since the embedded datapath may close the
+        session before :meth:`stop` runs.
+        """
+        self._stopping = True
 
     async def stop(self) -> None:
         self._stopping = True

@@ -19,6 +19,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.web.server import Site
 
+from vrtwist._process import report_start_failure
 from vrtwist.agent.dpstate import DatapathModel
 from vrtwist.agent.ports import DEFAULT_STALE_TIMEOUT, PortTable
 from vrtwist.agent.rest import BoundedRequest, PortApi
@@ -62,7 +63,10 @@ class AgentService(MultiService):
         d = ensureDeferred(self._start())
 
         def failed(f: Any) -> None:
-            self._log.failure("agent start-up failed", f)
+            # under twistd: one line and the process ends (vrtwist._process); otherwise
+            # (a test, a library user) the whole failure is logged
+            if not report_start_failure(self, f):
+                self._log.failure("agent start-up failed", f)
             if not self.ready.called:
                 self.ready.errback(f)
         d.addErrback(failed)
@@ -170,6 +174,9 @@ class AgentService(MultiService):
             await self.sync.stop()
 
     def stopService(self) -> Deferred[None]:
+        stopping = getattr(self.sync, "stopping", None)
+        if stopping is not None:  # before the embedded datapath closes its end
+            stopping()
         d1 = ensureDeferred(self._stop())
         d1.addBoth(lambda _: super(AgentService, self).stopService())
         return d1

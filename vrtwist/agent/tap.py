@@ -15,7 +15,13 @@ from twisted.application.service import IService, MultiService
 from twisted.python import usage
 
 from vrtwist._process import GC_THRESHOLDS as GC_THRESHOLDS  # re-exported: tests, bench
-from vrtwist._process import DaemonService, reactor_and_tunings, tune_gc
+from vrtwist._process import (
+    DaemonService,
+    RunDirLock,
+    check_endpoint,
+    reactor_and_tunings,
+    tune_gc,
+)
 from vrtwist.agent.service import DEFAULT_STATE_DIR, AgentService
 
 try:  # the forwarding extension's own options (--flow-entries, --bridge-entries, --fabric)
@@ -74,6 +80,9 @@ class Options(_DatapathOptions, usage.Options):  # type: ignore[misc]
             raise usage.UsageError("--ksync must be socket or inprocess")
         if self["ksync"] == "inprocess" and self["datapath"] != "embedded":
             raise usage.UsageError("--ksync inprocess needs --datapath embedded")
+        check_endpoint(self["rest"], "rest")
+        for controller in self["controller"]:
+            check_endpoint(_controller_description(controller), "controller", client=True)
         if self["stale-timeout"] < 0:
             raise usage.UsageError("--stale-timeout must not be negative")
         if (self.get("xmpp-stale-time") or 0) < 0:
@@ -84,13 +93,30 @@ class Options(_DatapathOptions, usage.Options):  # type: ignore[misc]
                                    f"(only {', '.join('--' + k for k in tls)} given)")
 
 
+def _controller_description(text: str) -> str:
+    """The endpoint string the controller link dials for ``--controller text``."""
+    try:
+        from vrtwist.xmpp.agent_link import _endpoint_description
+    except ImportError:  # pragma: no cover
+        return text
+    return _endpoint_description(text)
+
+
 def makeService(options: Options, reactor: Any = None) -> MultiService:
     """The agent's service tree: [datapath,] agent (tests pass their reactor: no tunings)."""
     reactor, tunings = reactor_and_tunings(reactor, tune_gc)
+    # one agent per run directory (its pkt0 socket, the datapath it programs); taken
+    # before the embedded datapath's own lock and before anything in the directory
+    lock = RunDirLock(options["run-dir"], "agent", "vrouter agent")
     top = DaemonService(*tunings)
+    top.hold(lock)
     local = None
     if options["datapath"] == "embedded":
-        dp = _embedded_datapath(options, reactor)
+        try:
+            dp = _embedded_datapath(options, reactor)
+        except BaseException:
+            lock.release()  # now, not when the traceback is collected
+            raise
         dp.setServiceParent(top)  # type: ignore[attr-defined]
         if options["ksync"] == "inprocess":
             local = getattr(dp, "datapath", None)

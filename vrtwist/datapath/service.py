@@ -7,7 +7,6 @@ embedded, by ``twistd vrouter`` (``vrtwist.agent.tap``). Both share
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,6 +14,7 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.interfaces import IReactorUNIX
 from twisted.logger import Logger
 
+from vrtwist._process import DaemonService, RunDirLock
 from vrtwist.datapath import constants as C
 from vrtwist.datapath.dispatcher import Datapath
 from vrtwist.datapath.tables import DatapathConfig
@@ -109,13 +109,16 @@ def makeDatapathService(
 
         reactor = _reactor  # type: ignore[assignment]
     assert reactor is not None
-    os.makedirs(run_dir, exist_ok=True)
+    # before any file in the run directory is opened: a second datapath on it (a
+    # vrouter-dp, or a vrouter with the embedded one) must leave the shm files alone
+    lock = RunDirLock(run_dir, "datapath", "forwarding extension (vrouter-dp or vrouter)")
     if config is None:
         config = DatapathConfig(flow_entries=flow_entries, bridge_entries=bridge_entries)
     datapath = Datapath(config)
     datapath.fabric = fabric
     shared = _install_shared_memory(datapath, run_dir, flow_entries, bridge_entries)
-    top = MultiService()
+    top = DaemonService()
+    top.hold(lock)
     top.setName("vrouter-dp")
     owner = DatapathService(datapath, run_dir, shared)
     owner.setServiceParent(top)

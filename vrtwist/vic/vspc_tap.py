@@ -17,7 +17,7 @@ from twisted.application import internet
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
-from vrtwist._process import DaemonService, reactor_and_tunings
+from vrtwist._process import DaemonService, check_endpoint, reactor_and_tunings
 from vrtwist.vic.vspc import VMPortTable, VSPCConfig, VSPCFactory, checkTemplate
 from vrtwist.vsock.tuning import tuneAllocator
 
@@ -68,6 +68,9 @@ class Options(usage.Options):
     ]
 
     def postOptions(self) -> None:
+        check_endpoint(self["listen"], "listen")
+        if self["api"]:
+            check_endpoint(self["api"], "api")
         try:
             checkTemplate(self["backend"])
         except ValueError as e:

@@ -21,7 +21,7 @@ from twisted.python import usage
 from twisted.web.server import Site
 
 from vrtwist._busypoll import BusyPoll
-from vrtwist._process import DaemonService, reactor_and_tunings, tune_gc
+from vrtwist._process import DaemonService, check_endpoint, reactor_and_tunings, tune_gc
 from vrtwist.vpnkit.addr import AddressError, parse_connect_addr, parse_listen_addr
 from vrtwist.vpnkit.api import ExposeAPI
 from vrtwist.vpnkit.host import ForwardTable, Links, Port, PortError
@@ -119,6 +119,16 @@ class VpnkitOptions(usage.Options):
             self["window-max"] = max(self["window"], DEFAULT_WINDOW_MAX)
         if not self["window"] <= self["window-max"] <= 0xFFFFFFFF:
             raise usage.UsageError("--window-max must be between --window and 2^32-1")
+        from twisted.internet import reactor
+
+        for key, parse in (("data-listen", parse_listen_addr), ("data-connect", parse_connect_addr)):
+            if self[key]:
+                try:
+                    parse(reactor, self[key])
+                except (AddressError, ValueError, KeyError, TypeError) as e:
+                    raise usage.UsageError(f"--{key} {self[key]}: {e}") from None
+        if self["api"]:
+            check_endpoint(self["api"], "api")
 
 
 class _StopBusyPoll(Service):

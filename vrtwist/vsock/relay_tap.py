@@ -20,7 +20,7 @@ from twisted.application import internet
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
-from vrtwist._process import DaemonService, reactor_and_tunings
+from vrtwist._process import DaemonService, check_endpoint, reactor_and_tunings
 from vrtwist.vsock.relay import BackendRoutes, RelayConfig, RouteError, VSockRelayFactory
 from vrtwist.vsock.tuning import tuneAllocator
 
@@ -68,6 +68,7 @@ class Options(usage.Options):
     opt_b = opt_backend
 
     def postOptions(self) -> None:
+        check_endpoint(self["listen"], "listen")
         routes: BackendRoutes = self["routes"]
         if routes.default is None and not routes.byCID:
             raise usage.UsageError("at least one --backend is required")

@@ -748,7 +748,7 @@ class ControllerLink(MultiService):
         self._stale_call = None
         session = self._live()
         if session is not None:
-            session.closeSession("agent stopping")
+            session.closeSession("agent stopping", clean=True)
         return super().stopService()  # type: ignore[no-any-return]
 
     # -- stanza building ------------------------------------------------------------------

@@ -14,7 +14,7 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
-from vrtwist._process import DaemonService, reactor_and_tunings, tune_gc
+from vrtwist._process import DaemonService, check_endpoint, reactor_and_tunings, tune_gc
 
 from .control import AGENT_MAX_STANZA, DEFAULT_MAX_ROUTES, ControlNode, ControlNodeFactory
 from .session import check_hold_time
@@ -52,6 +52,7 @@ class Options(usage.Options):
     ]
 
     def postOptions(self) -> None:
+        check_endpoint(self["xmpp"], "xmpp")
         tls = [self["xmpp-cert"], self["xmpp-key"], self["xmpp-ca"]]
         if any(tls) and not all(tls):
             raise usage.UsageError("--xmpp-cert, --xmpp-key and --xmpp-ca go together")
