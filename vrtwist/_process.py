@@ -286,7 +286,7 @@ class StartupGuard(MultiService):
         child.setServiceParent(self)
         for svc in _walk(child):
             if isinstance(svc, StreamServerEndpointService):
-                svc._raiseSynchronously = True  # a failed listen raises, not log.err
+                _name_listen_errors(svc)
 
     def privilegedStartService(self) -> None:
         try:
@@ -313,6 +313,34 @@ class StartupGuard(MultiService):
         if reactor is None:
             from twisted.internet import reactor as reactor
         reactor.callWhenRunning(_stop_quietly, reactor)
+
+
+def _name_listen_errors(svc: StreamServerEndpointService) -> None:
+    """A failed listen of ``svc`` raises (not ``log.err``) a StartupError naming where."""
+    svc._raiseSynchronously = True
+    start = svc.privilegedStartService
+
+    def privilegedStartService() -> None:
+        try:
+            start()
+        except CannotListenError as e:
+            raise StartupError(describe(e)) from e
+        except Exception as e:  # e.g. the unix endpoint's lock file: its own error
+            raise StartupError(f"cannot listen on {_where(svc.endpoint)}: "
+                               f"{getattr(e, 'strerror', None) or e}") from e
+
+    svc.privilegedStartService = privilegedStartService  # type: ignore[method-assign]
+
+
+def _where(endpoint: Any) -> str:
+    address = getattr(endpoint, "_address", None)  # unix endpoints
+    if address is not None:
+        return address.decode(errors="replace") if isinstance(address, bytes) else str(address)
+    port = getattr(endpoint, "_port", None)
+    if port is not None:
+        interface = getattr(endpoint, "_interface", "") or ""
+        return f"{interface}:{port}" if interface else f"port {port}"
+    return repr(endpoint)
 
 
 def _stop_quietly(reactor: Any) -> None:
