@@ -683,7 +683,8 @@ class ControllerLink(MultiService):
             return
         self.session = None
         n = self.remote.markAllStale()
-        self._log.warn(
+        # the agent stopping closed it itself: news, not a warning
+        (self._log.warn if self.running else self._log.info)(
             "XMPP session to {cn} lost ({reason}); {n} learnt routes kept stale for {t} s",
             cn=session.peer_name,
             reason=reason,
