@@ -233,3 +233,56 @@ class RunDirLockTests(StartupFailureMixin, SynchronousTestCase):
         self.assertIsNone(agent.proc.poll())
         self.assertIsNone(dp.proc.poll())
         self._bridge_entries_still_served(run)
+
+
+class RunDirLockUnitTests(SynchronousTestCase):
+    """The lock itself, in one process (flock locks conflict between open files)."""
+
+    def test_second_lock_refused_until_released(self) -> None:
+        from vrtwist._process import RunDirLock, StartupError
+
+        d = os.path.join(tempdir(self), "run")
+        first = RunDirLock(d, "datapath", "vrouter-dp")
+        self.addCleanup(first.release)
+        e = self.assertRaises(StartupError, RunDirLock, d, "datapath", "vrouter-dp")
+        self.assertEqual(str(e), f"run directory {d} is in use by another vrouter-dp "
+                                 f"(pid {os.getpid()}); nothing was changed")
+        other = RunDirLock(d, "agent", "vrouter agent")  # another role: its own lock
+        other.release()
+        first.release()
+        self.assertFalse(first.held)
+        again = RunDirLock(d, "datapath", "vrouter-dp")
+        self.assertTrue(again.held)
+        again.release()
+        self.assertEqual(sorted(os.listdir(d)), ["agent.lock", "datapath.lock"])
+
+    def test_guard_turns_a_failed_listen_into_one_line(self) -> None:
+        from twisted.application.internet import StreamServerEndpointService
+        from twisted.internet.endpoints import TCP4ServerEndpoint
+        from twisted.internet.protocol import Factory
+        from twisted.internet.testing import MemoryReactorClock
+
+        from vrtwist._process import StartupError, StartupGuard, report_start_failure
+
+        class Refusing(MemoryReactorClock):
+            def listenTCP(self, port: int, factory: object, backlog: int = 50,
+                          interface: str = "") -> object:
+                from twisted.internet.error import CannotListenError
+                raise CannotListenError(interface, port, OSError(98, "Address already in use"))
+
+        reactor = Refusing()
+        svc = StreamServerEndpointService(
+            TCP4ServerEndpoint(reactor, 5269, interface="127.0.0.1"), Factory())
+        guard = StartupGuard("vrouter-control", svc, reactor)
+        e = self.assertRaises(StartupError, guard.privilegedStartService)
+        self.assertEqual(str(e), "cannot listen on 127.0.0.1:5269: Address already in use")
+        # later failures (after the reactor started) stop the reactor through the guard
+        import vrtwist._process as process
+
+        self.addCleanup(setattr, process, "_exit_code", process._exit_code)  # not pytest's
+        self.assertTrue(report_start_failure(svc, OSError(13, "Permission denied", "/x")))
+        self.assertEqual(guard.failed, "Permission denied: /x")
+        self.assertEqual(process._exit_code, 1)
+        self.assertFalse(report_start_failure(
+            StreamServerEndpointService(TCP4ServerEndpoint(reactor, 1), Factory()),
+            OSError(13, "Permission denied")))  # no guard above it: only the caller logs
