@@ -201,7 +201,7 @@ class RunDirLockTests(StartupFailureMixin, SynchronousTestCase):
         after = {n: _sha(os.path.join(run, n)) for n in ("flow.shmem", "bridge.shmem")}
         self.assertEqual(after, before)
         self.assertEqual(self._dump(run), dump)  # the bridge entries are all still there
-        self.assertEqual(sorted(os.listdir(run)), sorted([*listing, "agent.lock"]))
+        self.assertEqual(sorted(os.listdir(run)), listing)  # not even a lock file more
         self.assertIsNone(first.proc.poll())
         self._bridge_entries_still_served(run)
 

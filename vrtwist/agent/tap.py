@@ -105,17 +105,26 @@ def _controller_description(text: str) -> str:
 def makeService(options: Options, reactor: Any = None) -> MultiService:
     """The agent's service tree: [datapath,] agent (tests pass their reactor: no tunings)."""
     reactor, tunings = reactor_and_tunings(reactor, tune_gc)
-    # one agent per run directory (its pkt0 socket, the datapath it programs); taken
-    # before the embedded datapath's own lock and before anything in the directory
-    lock = RunDirLock(options["run-dir"], "agent", "vrouter agent")
+    # the run directory's locks before anything else in it: the embedded datapath's
+    # first (a vrouter-dp or another vrouter there is the likely clash), then one agent
+    # per run directory (its pkt0 socket, the datapath it programs)
+    dp_lock = _lock_embedded_datapath(options)
+    try:
+        lock = RunDirLock(options["run-dir"], "agent", "vrouter agent")
+    except BaseException:
+        if dp_lock is not None:
+            dp_lock.release()  # now, not when the traceback is collected
+        raise
     top = DaemonService(*tunings)
     top.hold(lock)
     local = None
     if options["datapath"] == "embedded":
         try:
-            dp = _embedded_datapath(options, reactor)
+            dp = _embedded_datapath(options, reactor, dp_lock)
         except BaseException:
-            lock.release()  # now, not when the traceback is collected
+            lock.release()
+            if dp_lock is not None:
+                dp_lock.release()
             raise
         dp.setServiceParent(top)  # type: ignore[attr-defined]
         if options["ksync"] == "inprocess":
@@ -132,11 +141,21 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     return top
 
 
-def _embedded_datapath(options: Options, reactor: Any) -> IService:
+def _lock_embedded_datapath(options: Options) -> RunDirLock | None:
+    if options["datapath"] != "embedded":
+        return None
+    try:
+        from vrtwist.datapath.service import lock_datapath
+    except ImportError:  # pragma: no cover - until the datapath lands
+        return None
+    return lock_datapath(options["run-dir"])
+
+
+def _embedded_datapath(options: Options, reactor: Any, lock: RunDirLock | None) -> IService:
     try:
         from vrtwist.datapath.service import makeDatapathService
     except ImportError as e:  # pragma: no cover - until the datapath lands
         AgentService._log.error("embedded datapath unavailable: {e}", e=e)
         return MultiService()
-    svc: IService = makeDatapathService(options, reactor=reactor)
+    svc: IService = makeDatapathService(options, reactor=reactor, lock=lock)
     return svc

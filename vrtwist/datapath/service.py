@@ -85,6 +85,11 @@ def _install_shared_memory(
     return install(datapath, run_dir, flow_entries, bridge_entries)
 
 
+def lock_datapath(run_dir: str) -> RunDirLock:
+    """The run directory's datapath lock (StartupError if another datapath holds it)."""
+    return RunDirLock(run_dir, "datapath", "forwarding extension (vrouter-dp or vrouter)")
+
+
 def makeDatapathService(
     run_dir: str | Mapping[str, Any] = DEFAULT_RUN_DIR,
     flow_entries: int = C.VR_DEF_FLOW_ENTRIES,
@@ -92,8 +97,12 @@ def makeDatapathService(
     fabric: str | None = None,
     reactor: IReactorUNIX | None = None,
     config: DatapathConfig | None = None,
+    lock: RunDirLock | None = None,
 ) -> MultiService:
     """The forwarding extension: tables + shared memory + ksync on ``<run-dir>/dpdk_netlink``.
+
+    ``lock``: the run directory's datapath lock when the caller took it already (the
+    agent with the embedded datapath takes it before its own); otherwise taken here.
 
     ``run_dir`` may also be a parsed options mapping (``--run-dir``, ``--flow-entries``,
     ``--bridge-entries``, ``--fabric``), as ``vrtwist.agent.tap`` passes it.
@@ -111,7 +120,8 @@ def makeDatapathService(
     assert reactor is not None
     # before any file in the run directory is opened: a second datapath on it (a
     # vrouter-dp, or a vrouter with the embedded one) must leave the shm files alone
-    lock = RunDirLock(run_dir, "datapath", "forwarding extension (vrouter-dp or vrouter)")
+    if lock is None:
+        lock = lock_datapath(run_dir)
     if config is None:
         config = DatapathConfig(flow_entries=flow_entries, bridge_entries=bridge_entries)
     datapath = Datapath(config)
