@@ -214,6 +214,34 @@ class RunDirLockTests(StartupFailureMixin, SynchronousTestCase):
                 rtr_index=-1))
             self.assertEqual((got[0].resp_code, got[1].rtr_label), (0, 101))
 
+    def test_second_vrouter_beside_a_vrouter(self) -> None:
+        """The case as filed: two ``twistd vrouter`` (embedded datapath) on one run dir."""
+        d = tempdir(self)
+        run = os.path.join(d, "run")
+        first = Twistd(d, "vrouter", ["--run-dir", run, "--state-dir", d, *SMALL_TABLES,
+                                      "--no-tap-check", "--rest", "tcp:0:interface=127.0.0.1"],
+                       "agent")
+        self.addCleanup(first.stop)
+        first.rest_port()
+        self._bridge_entries(run)
+        before = {n: _sha(os.path.join(run, n)) for n in ("flow.shmem", "bridge.shmem")}
+        dump = self._dump(run)
+        listing = sorted(os.listdir(run))
+        for datapath in ("embedded", "external"):
+            with self.subTest(datapath=datapath):
+                r = self.refused("vrouter", ["--run-dir", run, "--state-dir", d,
+                                             "--datapath", datapath, *SMALL_TABLES,
+                                             "--rest", "tcp:0:interface=127.0.0.1"],
+                                 DP_LOCKED if datapath == "embedded" else AGENT_LOCKED)
+                self.assertIn(f"(pid {first.proc.pid})", r.lines[0])
+        self.refused("vrouter-dp", ["--run-dir", run, *SMALL_TABLES], DP_LOCKED)
+        after = {n: _sha(os.path.join(run, n)) for n in ("flow.shmem", "bridge.shmem")}
+        self.assertEqual(after, before)
+        self.assertEqual(self._dump(run), dump)
+        self.assertEqual(sorted(os.listdir(run)), listing)
+        self.assertIsNone(first.proc.poll())
+        self._bridge_entries_still_served(run)
+
     def test_external_agent_beside_its_datapath_but_not_two(self) -> None:
         d = tempdir(self)
         run = os.path.join(d, "run")
