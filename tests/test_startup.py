@@ -314,3 +314,55 @@ class RunDirLockUnitTests(SynchronousTestCase):
         self.assertFalse(report_start_failure(
             StreamServerEndpointService(TCP4ServerEndpoint(reactor, 1), Factory()),
             OSError(13, "Permission denied")))  # no guard above it: only the caller logs
+
+
+class DetachedTests(SynchronousTestCase):
+    """twistd without ``-n``: the parent's exit status is the daemon's start-up."""
+
+    def _detached(self, d: str, args: list[str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([TWISTD, "--pidfile", os.path.join(d, "vr.pid"), "--logfile",
+                               os.path.join(d, "vr.log"), "vrouter", *args], cwd=d,
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              timeout=120)
+
+    def _args(self, d: str, rest: str) -> list[str]:
+        return ["--run-dir", os.path.join(d, "run"), "--state-dir", d, *SMALL_TABLES,
+                "--rest", rest]
+
+    def test_rest_port_taken_reaches_the_parent(self) -> None:
+        d = tempdir(self)
+        with taken_port() as port:
+            r = self._detached(d, self._args(d, f"tcp:{port}:interface=127.0.0.1"))
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn(f"vrouter: cannot listen on 127.0.0.1:{port}: Address already in use",
+                      r.stderr)
+        self.assertNotIn("Traceback", r.stderr)
+        pidfile = os.path.join(d, "vr.pid")
+        wait_until(lambda: not os.path.exists(pidfile), "the daemon to exit")
+
+    def test_success_is_reported_once_the_rest_port_listens(self) -> None:
+        d = tempdir(self)
+        r = self._detached(d, self._args(d, "tcp:0:interface=127.0.0.1"))
+        pidfile = os.path.join(d, "vr.pid")
+        with open(pidfile) as f:
+            pid = int(f.read())
+        self.addCleanup(self._stop, pid)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        with open(os.path.join(d, "vr.log")) as f:
+            self.assertIn("REST port API listening on", f.read())  # before the parent left
+
+    def _stop(self, pid: int) -> None:
+        import signal
+
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+
+        def gone() -> bool:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return True
+            return False
+        wait_until(gone, "the detached vrouter to stop")

@@ -19,7 +19,7 @@ from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IServiceCollection, MultiService
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.error import CannotListenError, ReactorNotRunning
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -275,12 +275,21 @@ class StartupGuard(MultiService):
 
     Built by :func:`daemon_maker` around what the tap's ``makeService`` returned; tests
     that call ``makeService`` themselves get the bare tree and see the exceptions.
+
+    Detached (twistd without ``-n``), the parent process waits for a status from the
+    child and exits with it. A service in the tree with a ``ready`` Deferred (the agent:
+    its REST port opens after the datapath answered) holds that status back until it
+    fires, so a failure after the reactor started still reaches the parent as one line
+    and exit 1 (``twistdConfig`` is twistd's own options, the parent of the plugin's).
     """
 
-    def __init__(self, tapname: str, child: Any, reactor: Any = None) -> None:
+    def __init__(self, tapname: str, child: Any, reactor: Any = None,
+                 twistdConfig: Any = None) -> None:
         super().__init__()
         self.tapname = tapname
         self._reactor = reactor
+        self._config = twistdConfig
+        self._statusPipe: int | None = None
         self.failed: str | None = None
         self.child = child
         child.setServiceParent(self)
@@ -299,12 +308,40 @@ class StartupGuard(MultiService):
             super().startService()
         except Exception as e:
             raise StartupError(describe(e)) from e
+        readies = [svc.ready for svc in _walk(self.child)
+                   if isinstance(getattr(svc, "ready", None), Deferred)]
+        pending = [d for d in readies if not d.called]
+        if not pending or self._config is None:
+            return
+        try:
+            pipe = self._config.get("statusPipe")
+        except AttributeError:
+            return
+        if pipe is None:
+            return
+        del self._config["statusPipe"]  # twistd would report success now: we do, later
+        self._statusPipe = pipe
+        gathered = gatherResults(pending, consumeErrors=True)
+        gathered.addCallbacks(lambda _: self._status(b"0"), lambda _: None)
+
+    def _status(self, data: bytes) -> None:
+        """Tell twistd's waiting parent how start-up went (once)."""
+        pipe, self._statusPipe = self._statusPipe, None
+        if pipe is None:
+            return
+        try:
+            os.write(pipe, data[:100])
+            os.close(pipe)
+        except OSError:
+            pass
 
     def fail(self, message: str, code: int = 1) -> None:
         """After the reactor started: log ``message``, stop, and exit with ``code``."""
         if self.failed is not None:
             return
         self.failed = message
+        # the parent prints what follows "1 " (twistd's own format) and exits 1
+        self._status(b"1 " + f"{self.tapname}: {message}".encode("ascii", "backslashreplace"))
         global _exit_code
         _exit_code = code
         _log.critical("{tap}: {message}", tap=self.tapname, message=message)
@@ -435,6 +472,6 @@ def daemon_maker(tapname: str, make: Callable[[Any], Any]) -> Callable[[Any], St
             raise
         except (OSError, CannotListenError) as e:
             raise StartupError(describe(e)) from e
-        return StartupGuard(tapname, service)
+        return StartupGuard(tapname, service, twistdConfig=getattr(options, "parent", None))
 
     return makeService
