@@ -18,13 +18,26 @@ from zope.interface import implementer
 
 
 class _Daemon(ServiceMaker):
-    """A vrtwist daemon: its options also bound the log files (``vrtwist.logfiles``)."""
+    """A vrtwist daemon: its options also bound the log files (``vrtwist.logfiles``), and
+    its service ends the process when it cannot start.
+
+    ``makeService`` goes through ``vrtwist._process.daemon_maker``: one line and exit
+    status 1 for a start-up failure instead of a traceback and a process serving nothing.
+    """
 
     @property
     def options(self) -> Any:
         from vrtwist.logfiles import with_log_options
 
         return with_log_options(super().options)
+
+    @property
+    def makeService(self) -> Any:  # type: ignore[override]
+        from twisted.python.reflect import namedAny
+
+        from vrtwist._process import daemon_maker
+
+        return daemon_maker(self.tapname, namedAny(self.module).makeService)
 
 
 vrouter = _Daemon(

@@ -17,6 +17,7 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.internet.threads import deferToThreadPool
 from twisted.web.server import Site
 
+from vrtwist._process import report_start_failure
 from vrtwist.access import SocketAccess
 from vrtwist.agent.dpstate import DatapathModel
 from vrtwist.agent.packet.service import AgentPacketService
@@ -69,7 +70,10 @@ class AgentService(MultiService):
         d = ensureDeferred(self._start())
 
         def failed(f: Any) -> None:
-            self._log.failure("agent start-up failed", f)
+            # under twistd: one line and the process ends (vrtwist._process); otherwise
+            # (a test, a library user) the whole failure is logged
+            if not report_start_failure(self, f):
+                self._log.failure("agent start-up failed", f)
             if not self.ready.called:
                 self.ready.errback(f)
         d.addErrback(failed)
@@ -181,6 +185,9 @@ class AgentService(MultiService):
             await self.sync.stop()
 
     def stopService(self) -> Deferred[None]:
+        stopping = getattr(self.sync, "stopping", None)
+        if stopping is not None:  # before the embedded datapath closes its end
+            stopping()
         d1 = ensureDeferred(self._stop())
         d1.addBoth(lambda _: super(AgentService, self).stopService())
         return d1

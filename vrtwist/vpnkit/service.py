@@ -20,7 +20,7 @@ from twisted.python import usage
 from twisted.web.server import Site
 
 from vrtwist._busypoll import BusyPoll
-from vrtwist._process import DaemonService, reactor_and_tunings, tune_gc
+from vrtwist._process import DaemonService, check_endpoint, reactor_and_tunings, tune_gc
 from vrtwist.access import SOCKET_GROUP_OPTION
 from vrtwist.bounds import ConnectionGuard, ConnectionLimits, bounded_site
 from vrtwist.logfields import Logger
@@ -133,6 +133,16 @@ class VpnkitOptions(usage.Options):
         if not self["window"] <= self["window-max"] <= 0xFFFFFFFF:
             raise usage.UsageError("--window-max must be between --window and 2^32-1")
         self["access"] = access_from_options(self)
+        from twisted.internet import reactor
+
+        for key, parse in (("data-listen", parse_listen_addr), ("data-connect", parse_connect_addr)):
+            if self[key]:
+                try:
+                    parse(reactor, self[key])
+                except (AddressError, ValueError, KeyError, TypeError) as e:
+                    raise usage.UsageError(f"--{key} {self[key]}: {e}") from None
+        if self["api"]:
+            check_endpoint(self["api"], "api")
 
 
 class _StopBusyPoll(Service):

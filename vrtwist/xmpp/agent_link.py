@@ -684,7 +684,8 @@ class ControllerLink(MultiService):
             return
         self.session = None
         n = self.remote.markAllStale()
-        self._log.warn(
+        # the agent stopping closed it itself: news, not a warning
+        (self._log.warn if self.running else self._log.info)(
             "XMPP session to {cn} lost ({reason}); {n} learnt routes kept stale for {t} s",
             cn=session.peer_name,
             reason=reason,
@@ -749,7 +750,7 @@ class ControllerLink(MultiService):
         self._stale_call = None
         session = self._live()
         if session is not None:
-            session.closeSession("agent stopping")
+            session.closeSession("agent stopping", clean=True)
         return super().stopService()  # type: ignore[no-any-return]
 
     # -- stanza building ------------------------------------------------------------------

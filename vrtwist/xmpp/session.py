@@ -65,6 +65,7 @@ class XmppSession(Protocol):
         self.established = False
         self.closing = False
         self.close_reason = ""
+        self.closed_cleanly = False
         self.peer_name = ""
         self.keepalives_received = 0
         self._last_rx = 0.0
@@ -120,7 +121,9 @@ class XmppSession(Protocol):
                 elif isinstance(event, StreamHeader):
                     self.headerReceived(event)
                 elif isinstance(event, StreamEnd):
-                    self.closeSession("peer closed the stream", send_close=True)
+                    # the peer ended its stream first: a clean close, however the
+                    # TCP connection then goes (our reply may meet a closed socket)
+                    self.closeSession("peer closed the stream", send_close=True, clean=True)
                     return
             except StanzaError as exc:
                 self.closeSession(f"bad stanza: {exc}")
@@ -152,13 +155,18 @@ class XmppSession(Protocol):
         if not self.closing and self.transport is not None:
             self.transport.write(data)
 
-    def closeSession(self, reason: str, send_close: bool = True) -> None:
-        """Log why, send ``</stream:stream>`` and drop the connection (once)."""
+    def closeSession(self, reason: str, send_close: bool = True, clean: bool = False) -> None:
+        """Log why, send ``</stream:stream>`` and drop the connection (once).
+
+        ``clean``: an orderly end (the peer closed its stream, we are stopping), logged
+        at info; anything else is a warning.
+        """
         if self.closing:
             return
         self.closing = True
         self.close_reason = reason
-        self._log.warn(
+        self.closed_cleanly = clean
+        (self._log.info if clean else self._log.warn)(
             "XMPP session {peer} closed: {reason}", peer=self.peerLabel(), reason=reason
         )
         self._stop_timers()
