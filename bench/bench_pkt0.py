@@ -35,7 +35,7 @@ from zope.interface import implementer
 
 from vrtwist.agent.dpstate import AGENT_VIF, DatapathModel
 from vrtwist.agent.model import Port
-from vrtwist.agent.packet.flows import FlowSetup, RouteView
+from vrtwist.agent.packet.flows import FlowKey, FlowSetup, RouteView, analyse, flow_request
 from vrtwist.agent.packet.service import LocalFlowChannel
 from vrtwist.agent.packet.services import PacketServices, VmPort
 from vrtwist.datapath import constants as C
@@ -44,8 +44,14 @@ from vrtwist.datapath.interfaces import IFrameOutput
 from vrtwist.datapath.pipeline import Pipeline
 from vrtwist.packet import dhcp as D
 from vrtwist.packet.headers import ETH_P_IP, IPPROTO_TCP, IPPROTO_UDP, UDP, Ethernet, IPv4
+from vrtwist.pkt0.codec import AgentHeader
 from vrtwist.pkt0.endpoints import AgentEndpoint, DatapathEndpoint, TrapLimiter
-from vrtwist.pkt0.transport import AGENT_SOCKET, DATAPATH_SOCKET, UnixDatagramTransport
+from vrtwist.pkt0.transport import (
+    AGENT_SOCKET,
+    DATAPATH_SOCKET,
+    IPkt0Transport,
+    UnixDatagramTransport,
+)
 from vrtwist.shmem.service import install
 
 reactor: Any = _reactor
@@ -178,6 +184,45 @@ async def bench_flows(node: Node, flows: int, window: int) -> dict[str, float]:
     }
 
 
+def floors(node: Node, n: int) -> dict[str, float]:
+    """Same-run floors: what each stage of a flow setup costs on its own, per pair."""
+    vifs = sorted(node.by_vif)
+    a, b = node.by_vif[vifs[0]], node.by_vif[vifs[1]]
+    # 1. the datapath's FLOW_SETs alone: reverse (new entry) then forward (new entry here)
+    keys = [FlowKey(IPv4Addr(a.ip), IPv4Addr(b.ip), IPPROTO_TCP, 20000 + i, 81, 5) for i in range(n)]
+    t0 = time.perf_counter()
+    for k in keys:
+        rev = FlowKey(k.dip, k.sip, k.proto, k.dport, k.sport, 7)
+        node.dp.handle(flow_request(rev, -1, 0, 2, 0x1001, rindex=-1))
+        node.dp.handle(flow_request(k, -1, 0, 2, 0x1))
+    flow_sets = n / (time.perf_counter() - t0)
+    # 2. the pipeline's miss: HOLD entry, queue, trap framed (to a transport that keeps nothing)
+    saved = node.dp_end.transport
+    node.dp_end.transport = Nowhere()
+    frames = [syn(a, b, 40000 + i % 20000) for i in range(n)]
+    t0 = time.perf_counter()
+    for f in frames:
+        node.pipeline.receive(a.vif, f)
+    misses = n / (time.perf_counter() - t0)
+    node.dp_end.transport = saved
+    # 3. the agent's analysis and requests, without the datapath answering
+    hdr = AgentHeader(a.vif, a.vrf, 6, 1, 5)
+    t0 = time.perf_counter()
+    for f in frames:
+        d = analyse(hdr, f, node.flows.routes)
+        flow_request(d.forward, 1, 1, 2, 0x1001, rindex=2)
+        if d.reverse is not None:
+            flow_request(d.reverse, -1, 0, 2, 0x1001, rindex=1)
+    agent = n / (time.perf_counter() - t0)
+    return {"flow_set_pairs": flow_sets, "misses": misses, "agent": agent}
+
+
+@implementer(IPkt0Transport)
+class Nowhere:
+    def send(self, frame: bytes) -> bool:
+        return True
+
+
 def dhcp_frame(vm: VmPort, kind: int, options: list[tuple[int, bytes]]) -> bytes:
     msg = D.DhcpMessage(1, vm.vif, 0, D.BROADCAST_FLAG, bytes(4), bytes(4), bytes(4), bytes(4),
                         vm.mac, {})
@@ -226,6 +271,12 @@ async def main(args: argparse.Namespace) -> None:
             f"first packet p50 {f['p50_us']:.0f} us p99 {f['p99_us']:.0f} us; "
             f"baseline (same packets as flow hits) {f['hits_per_s']:,.0f} packets/s "
             f"(ratio {f['pairs_per_s'] / f['hits_per_s']:.2f}); failures {f['failed']}"
+        )
+        fl = floors(node, 3000)
+        print(
+            "same-run floors, per flow pair: datapath FLOW_SET pair alone "
+            f"{fl['flow_set_pairs']:,.0f}/s; pipeline miss (HOLD + trap framed) "
+            f"{fl['misses']:,.0f}/s; agent analysis + requests built {fl['agent']:,.0f}/s"
         )
         d = await bench_dhcp(node)
         print(

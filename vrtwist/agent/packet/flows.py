@@ -25,7 +25,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol
+from typing import Any, Final, NamedTuple, Protocol
 
 from twisted.internet.defer import Deferred
 
@@ -41,16 +41,19 @@ from vrtwist.packet.headers import (
 )
 from vrtwist.pkt0.codec import AgentHeader
 from vrtwist.sandesh import constants as C
+from vrtwist.sandesh import schema
 from vrtwist.shmem import layout as L
-from vrtwist.shmem.manager import FlowKey, FlowManager
+from vrtwist.shmem.entries import port_to_wire
 
 __all__ = [
     "DEFAULT_AGE",
     "FlowCounters",
     "FlowDecision",
+    "FlowKey",
     "FlowSetup",
     "RouteView",
     "analyse",
+    "flow_request",
 ]
 
 #: the real agent's default flow idle time (``FlowAgeTime``)
@@ -129,6 +132,50 @@ class RouteView:
         return entry[1] if entry else None
 
 
+class FlowKey(NamedTuple):
+    """A flow's key as the datapath hashes it: raw IPv4 addresses, host-order ports."""
+
+    sip: bytes
+    dip: bytes
+    proto: int
+    sport: int
+    dport: int
+    nh_id: int
+
+    def text(self) -> str:
+        return "%s:%d -> %s:%d proto %d nh %d" % (
+            ipaddress.IPv4Address(self.sip), self.sport, ipaddress.IPv4Address(self.dip),
+            self.dport, self.proto, self.nh_id)  # fmt: skip
+
+
+def flow_request(
+    key: FlowKey, index: int, gen: int, action: int, flags: int, **options: int
+) -> Any:
+    """The FLOW_SET ``vr_flow_req`` for ``key`` at ``index``/``gen``.
+
+    Addresses and ports go in the "network bytes held in a host integer" form of the
+    vRouter's messages; ``options`` are further fields without their ``fr_`` prefix.
+    """
+    f: dict[str, int] = {
+        "fr_op": 0,
+        "fr_index": index,
+        "fr_gen_id": gen,
+        "fr_action": action,
+        "fr_flags": flags,
+        "fr_ecmp_nh_index": 0xFFFFFFFF,
+        "fr_family": C.AF_INET,
+        "fr_flow_proto": key.proto,
+        "fr_flow_sport": port_to_wire(key.sport),
+        "fr_flow_dport": port_to_wire(key.dport),
+        "fr_flow_nh_id": key.nh_id,
+        "fr_flow_sip_l": int.from_bytes(key.sip, "little"),
+        "fr_flow_dip_l": int.from_bytes(key.dip, "little"),
+    }
+    for name, value in options.items():
+        f["fr_" + name] = value
+    return schema.vr_flow_req(**f)
+
+
 @dataclass(frozen=True)
 class FlowDecision:
     """What the agent writes for one trapped flow."""
@@ -158,10 +205,6 @@ def _ports(frame: bytes | memoryview, proto: int, l4: int, end: int) -> tuple[in
     return 0, 0
 
 
-def _text(addr: bytes) -> str:
-    return str(ipaddress.IPv4Address(addr))
-
-
 def analyse(hdr: AgentHeader, frame: bytes | memoryview, routes: RouteView) -> FlowDecision:
     """The flow pair for a trapped IPv4 packet; raises PacketError for what is not one."""
     eth = Ethernet.parse(frame)
@@ -174,7 +217,7 @@ def analyse(hdr: AgentHeader, frame: bytes | memoryview, routes: RouteView) -> F
     sport, dport = _ports(frame, ip.proto, l4, min(len(frame), eth.length + ip.total_length))
     key_nh = hdr.param_1
     vrf = hdr.vrf
-    forward = FlowKey(_text(ip.src), _text(ip.dst), ip.proto, sport, dport, key_nh)
+    forward = FlowKey(ip.src, ip.dst, ip.proto, sport, dport, key_nh)
     src_route = routes.lookup(vrf, ip.src)
     dst_route = routes.lookup(vrf, ip.dst)
     if src_route is None or dst_route is None:
@@ -263,14 +306,10 @@ class FlowSetup:
         d.addBoth(done)
         return d
 
-    def _request(self, key: FlowKey, index: int, gen: int, action: int, flags: int,
-                 **options: int) -> Any:
-        return FlowManager.request_for(key, index, gen, action, flags, options)
-
     async def _program(self, index: int, gen: int, d: FlowDecision) -> None:
         c = self.counters
         if d.reverse is None:
-            code, _ = await self.channel(self._request(
+            code, _ = await self.channel(flow_request(
                 d.forward, index, gen, L.ACTION_DROP, L.FLAG_ACTIVE,
                 flow_vrf=d.vrf, drop_reason=d.drop_reason))  # fmt: skip
             if code < 0:
@@ -278,7 +317,7 @@ class FlowSetup:
             else:
                 c.short_flows += 1
             return
-        rev_req = self._request(
+        rev_req = flow_request(
             d.reverse, -1, 0, d.action, L.FLAG_ACTIVE | L.RFLOW_VALID,
             flow_vrf=d.dvrf, src_nh_index=d.reverse_src_nh, rindex=index)  # fmt: skip
         code, resp = await self.channel(rev_req)
@@ -289,7 +328,7 @@ class FlowSetup:
             self._failed(-71)
             return
         rev_index, rev_gen = int(resp.fresp_index), int(resp.fresp_gen_id) & 0xFF
-        fwd_req = self._request(
+        fwd_req = flow_request(
             d.forward, index, gen, d.action, L.FLAG_ACTIVE | L.RFLOW_VALID,
             flow_vrf=d.vrf, src_nh_index=d.src_nh, rindex=rev_index)  # fmt: skip
         code, _ = await self.channel(fwd_req)
@@ -339,5 +378,5 @@ class FlowSetup:
             for key, idx, gen in ((pair.forward, pair.fwd_index, pair.fwd_gen),
                                   (pair.reverse, pair.rev_index, pair.rev_gen)):
                 if key is not None:
-                    out.append(self.channel(self._request(key, idx, gen, L.ACTION_DROP, 0)))
+                    out.append(self.channel(flow_request(key, idx, gen, L.ACTION_DROP, 0)))
         return out
