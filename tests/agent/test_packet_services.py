@@ -23,7 +23,7 @@ from vrtwist.datapath.dispatcher import make
 from vrtwist.packet import dhcp as D
 from vrtwist.packet.checksum import checksum
 from vrtwist.packet.headers import ETH_P_IP, IPPROTO_ICMP, IPPROTO_UDP, UDP, Ethernet, IPv4
-from vrtwist.pkt0.endpoints import AgentEndpoint, DatapathEndpoint
+from vrtwist.pkt0.endpoints import OTHER_BUDGET, AgentEndpoint, DatapathEndpoint, TrapLimiter
 from vrtwist.pkt0.transport import IPkt0Transport
 from vrtwist.shmem import layout as L
 
@@ -206,3 +206,32 @@ class EndToEndTests(SynchronousTestCase):
         ann.port_down(vm.vif)
         n.clock.advance(10)
         self.assertEqual(len(sent), 8)
+
+
+class StormTests(SynchronousTestCase):
+    def test_dhcp_storm_is_budgeted_and_other_vms_unaffected(self) -> None:
+        """VM1 sends 1,000 DISCOVERs in one instant: its trap budget (a burst of 100) caps
+        what reaches the agent, the rest are dropped and counted, and VM2's request
+        right after is still answered."""
+        n = Node()
+        n.dp_end.limiter = TrapLimiter(n.clock.seconds)
+        vm1, vm2 = n.vif_of(1), n.vif_of(2)
+
+        def discover(mac: bytes, xid: int) -> bytes:
+            msg = D.DhcpMessage(1, xid, 0, D.BROADCAST_FLAG, bytes(4), bytes(4), bytes(4),
+                                bytes(4), mac, {})
+            payload = D.build(msg, [(53, b"\x01")])
+            udp = UDP(68, 67, 8 + len(payload)).pack()
+            ip = IPv4(bytes(4), b"\xff" * 4, IPPROTO_UDP, 28 + len(payload)).pack()
+            return Ethernet(b"\xff" * 6, mac, ETH_P_IP).pack() + ip + udp + payload
+
+        for i in range(1000):
+            n.world.pipeline.receive(vm1, discover(bytes.fromhex("020000000001"), i))
+        self.assertEqual(len(n.world.out.on(vm1)), OTHER_BUDGET[1])
+        self.assertEqual(n.dp_end.counters.rate_limited, 1000 - OTHER_BUDGET[1])
+        self.assertEqual(n.world.drops().get("vds_trap_no_if"), 1000 - OTHER_BUDGET[1])
+        n.world.pipeline.receive(vm2, discover(bytes.fromhex("020000000002"), 7))
+        self.assertEqual(len(n.world.out.on(vm2)), 1)
+        n.clock.advance(1)  # the budget refills
+        n.world.pipeline.receive(vm1, discover(bytes.fromhex("020000000001"), 5000))
+        self.assertEqual(len(n.world.out.on(vm1)), OTHER_BUDGET[1] + 1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import stat
 import tempfile
@@ -303,3 +304,28 @@ class SocketTests(TestCase):
         self.assertEqual(decode(commands.calls[0][1])[0].ifindex, 5)
         self.assertEqual(dpt.counters.oversize, 1)
         self.assertEqual(self.dp.counters.malformed, 1)
+
+
+class NobodyTests(TestCase):
+    """A local user who is not the owner cannot send to either end of pkt0 (root)."""
+
+    def test_nobody_cannot_send_root_can(self) -> None:
+        from tests.unprivileged import as_nobody, need_root
+
+        need_root()
+        directory = tempfile.mkdtemp(prefix="pkt0-nobody-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        os.chmod(directory, 0o755)  # only the sockets' own modes stand in the way
+        receiver = RecordingHandler()
+        agent = AgentEndpoint(receiver)
+        path = os.path.join(directory, AGENT_SOCKET)
+        t = UnixDatagramTransport(reactor, path, os.path.join(directory, DATAPATH_SOCKET), agent)
+        t.start()
+        self.addCleanup(t.stop)
+        self.assertEqual(as_nobody("sendto", path), "EACCES")
+        root = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.addCleanup(root.close)
+        root.sendto(b"x" * 10, path)  # the owner gets through (and is counted as malformed)
+        t.doRead()
+        self.assertEqual(t.counters.received, 1)
+        self.assertEqual(agent.counters.malformed, 1)
