@@ -190,11 +190,12 @@ def floors(node: Node, n: int) -> dict[str, float]:
     a, b = node.by_vif[vifs[0]], node.by_vif[vifs[1]]
     # 1. the datapath's FLOW_SETs alone: reverse (new entry) then forward (new entry here)
     keys = [FlowKey(IPv4Addr(a.ip), IPv4Addr(b.ip), IPPROTO_TCP, 20000 + i, 81, 5) for i in range(n)]
+    channel = LocalFlowChannel(node.dp)
     t0 = time.perf_counter()
     for k in keys:
         rev = FlowKey(k.dip, k.sip, k.proto, k.dport, k.sport, 7)
-        node.dp.handle(flow_request(rev, -1, 0, 2, 0x1001, rindex=-1))
-        node.dp.handle(flow_request(k, -1, 0, 2, 0x1))
+        channel(flow_request(rev, -1, 0, 2, 0x1001, rindex=-1))
+        channel(flow_request(k, -1, 0, 2, 0x1))
     flow_sets = n / (time.perf_counter() - t0)
     # 2. the pipeline's miss: HOLD entry, queue, trap framed (to a transport that keeps nothing)
     saved = node.dp_end.transport

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
@@ -17,6 +16,7 @@ from zope.interface import implementer
 from vrtwist.agent.dpstate import AGENT_VIF, DatapathModel
 from vrtwist.agent.model import Port
 from vrtwist.agent.packet.flows import FlowSetup, RouteView
+from vrtwist.agent.packet.service import LocalFlowChannel
 from vrtwist.agent.packet.services import Announcer, PacketServices, VmPort
 from vrtwist.datapath import constants as C
 from vrtwist.datapath.dispatcher import make
@@ -87,7 +87,7 @@ class Node:
         self.dp_end.transport, self.agent_end.transport = to_agent, to_dp
         self.world.pipeline.trapper = self.dp_end
         self.routes = RouteView(self.model.desired)
-        self.flows = FlowSetup(self.routes, self.channel, self.clock.seconds)
+        self.flows = FlowSetup(self.routes, LocalFlowChannel(self.world.dp), self.clock.seconds)
         self.services = PacketServices(self.vm_port, self.agent_end.send_switch, lambda: VHOST, self.flows)
         self.agent_end.handler = self.services
 
@@ -100,12 +100,6 @@ class Node:
         for _key, (name, fields) in sorted(self.model.desired.items(), key=rank):
             reply = self.world.dp.handle(make(name, {"h_op": C.OP_ADD, **fields}))
             assert int(reply[0][0].resp_code) >= 0, (name, fields, reply[0][0].resp_code)
-
-    def channel(self, request: Any) -> Deferred[tuple[int, Any]]:
-        reply = self.world.dp.handle(request)
-        objs = [o for msg in reply for o in msg]
-        resp = next((o for o in objs if type(o).__name__ == "vr_flow_response"), None)
-        return succeed((int(reply[0][0].resp_code), resp))
 
     def vif_of(self, n: int) -> int:
         ids = self.model.port_ids(self.ports[n - 1].id)

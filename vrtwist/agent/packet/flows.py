@@ -41,7 +41,6 @@ from vrtwist.packet.headers import (
 )
 from vrtwist.pkt0.codec import AgentHeader
 from vrtwist.sandesh import constants as C
-from vrtwist.sandesh import schema
 from vrtwist.shmem import layout as L
 from vrtwist.shmem.entries import port_to_wire
 
@@ -73,9 +72,11 @@ Key = tuple[Any, ...]
 
 
 class FlowChannel(Protocol):
-    """Sends one ``vr_flow_req``; fires with ``(resp_code, vr_flow_response or None)``."""
+    """Applies one FLOW_SET (its ``vr_flow_req`` fields, as :func:`flow_request` makes
+    them); fires with ``(resp_code, index, gen_id)`` from the datapath's answer, index -1
+    when the answer carried none."""
 
-    def __call__(self, request: Any) -> Deferred[tuple[int, Any]]: ...
+    def __call__(self, fields: dict[str, int]) -> Deferred[tuple[int, int, int]]: ...
 
 
 class RouteView:
@@ -150,11 +151,13 @@ class FlowKey(NamedTuple):
 
 def flow_request(
     key: FlowKey, index: int, gen: int, action: int, flags: int, **options: int
-) -> Any:
-    """The FLOW_SET ``vr_flow_req`` for ``key`` at ``index``/``gen``.
+) -> dict[str, int]:
+    """The fields of the FLOW_SET ``vr_flow_req`` for ``key`` at ``index``/``gen``.
 
     Addresses and ports go in the "network bytes held in a host integer" form of the
-    vRouter's messages; ``options`` are further fields without their ``fr_`` prefix.
+    vRouter's messages; ``options`` are further fields without their ``fr_`` prefix. A
+    mapping, not a Sandesh object: the embedded datapath takes it as it is, and only the
+    ksync channel builds the message.
     """
     f: dict[str, int] = {
         "fr_op": 0,
@@ -173,7 +176,7 @@ def flow_request(
     }
     for name, value in options.items():
         f["fr_" + name] = value
-    return schema.vr_flow_req(**f)
+    return f
 
 
 @dataclass(frozen=True)
@@ -309,7 +312,7 @@ class FlowSetup:
     async def _program(self, index: int, gen: int, d: FlowDecision) -> None:
         c = self.counters
         if d.reverse is None:
-            code, _ = await self.channel(flow_request(
+            code, _, _ = await self.channel(flow_request(
                 d.forward, index, gen, L.ACTION_DROP, L.FLAG_ACTIVE,
                 flow_vrf=d.vrf, drop_reason=d.drop_reason))  # fmt: skip
             if code < 0:
@@ -320,18 +323,18 @@ class FlowSetup:
         rev_req = flow_request(
             d.reverse, -1, 0, d.action, L.FLAG_ACTIVE | L.RFLOW_VALID,
             flow_vrf=d.dvrf, src_nh_index=d.reverse_src_nh, rindex=index)  # fmt: skip
-        code, resp = await self.channel(rev_req)
+        code, rev_index, rev_gen = await self.channel(rev_req)
         if code < 0 and -code != _EEXIST:
             self._failed(code)
             return
-        if resp is None:
-            self._failed(-71)
+        if rev_index < 0:
+            self._failed(-71)  # EPROTO: no index in the answer
             return
-        rev_index, rev_gen = int(resp.fresp_index), int(resp.fresp_gen_id) & 0xFF
+        rev_gen &= 0xFF
         fwd_req = flow_request(
             d.forward, index, gen, d.action, L.FLAG_ACTIVE | L.RFLOW_VALID,
             flow_vrf=d.vrf, src_nh_index=d.src_nh, rindex=rev_index)  # fmt: skip
-        code, _ = await self.channel(fwd_req)
+        code, _, _ = await self.channel(fwd_req)
         if code < 0:
             self._failed(code)
             return
@@ -346,7 +349,7 @@ class FlowSetup:
             self.counters.failed += 1
             self._log.warn("flow setup refused by the datapath: {code}", code=code)
 
-    def age_pass(self, read: Callable[[int], Any]) -> list[Deferred[tuple[int, Any]]]:
+    def age_pass(self, read: Callable[[int], Any]) -> list[Deferred[tuple[int, int, int]]]:
         """One aging pass over the pairs this agent created.
 
         ``read(index)`` returns the shared-memory entry (``FlowEntry``) or None. Idle pairs
@@ -354,7 +357,7 @@ class FlowSetup:
         entries the datapath evicted or reused are forgotten.
         """
         now = self.now()
-        out: list[Deferred[tuple[int, Any]]] = []
+        out: list[Deferred[tuple[int, int, int]]] = []
         for index, pair in list(self.pairs.items()):
             fwd, rev = read(pair.fwd_index), read(pair.rev_index)
             gone = (
