@@ -31,7 +31,7 @@ from twisted.trial.unittest import SynchronousTestCase
 #: a decoder taking longer than this on one input is hung
 HANG_SECONDS = float(os.environ.get("VRTWIST_FUZZ_HANG", "5"))
 #: examples per target in the normal test suite (the short run)
-SHORT_EXAMPLES = int(os.environ.get("VRTWIST_FUZZ_EXAMPLES", "30"))
+SHORT_EXAMPLES = int(os.environ.get("VRTWIST_FUZZ_EXAMPLES", "12"))
 #: constant part of the memory bound: caches and code a decoder builds once
 MEMORY_FLOOR = 4 << 20
 #: bytes a decoder may allocate per input byte (Python objects are large; claims are larger)
