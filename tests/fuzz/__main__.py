@@ -71,10 +71,14 @@ def main(argv: list[str] | None = None) -> int:
         while time.monotonic() < end:
             try:
                 run_target(t, args.batch, derandomize=False, shrink=False)
-            except Exception as e:  # noqa: BLE001 - every failure is a finding to count
+            except KeyboardInterrupt:
+                raise
+            except BaseException as e:  # noqa: BLE001 - a Hang too: every failure counts
                 sig = _signature(e)
                 failures[sig] = failures.get(sig, 0) + 1
-                print("FAIL %s: %s" % (t.name, sig), file=sys.stderr, flush=True)
+                notes = "\n".join(getattr(e, "__notes__", []))  # hypothesis: the input
+                print("FAIL %s: %s\n%s" % (t.name, sig, notes[:4000]), file=sys.stderr,
+                      flush=True)  # fmt: skip
         row = {"target": t.name, "inputs": t.stats.inputs, "rejected": t.stats.rejected,
                "failures": len(failures), "found": sorted(failures),
                "seconds": round(time.monotonic() - t0, 1),

@@ -43,8 +43,9 @@ def memory_bound(size: int) -> int:
     return MEMORY_FLOOR + MEMORY_PER_BYTE * size
 
 
-class Hang(BaseException):
-    """Raised by the watchdog; a BaseException so no decoder's ``except Exception`` eats it."""
+class Hang(Exception):
+    """Raised by the watchdog (an Exception, so hypothesis reports the input; a decoder
+    that swallows it is caught anyway: the alarm repeats and :func:`check` notices)."""
 
 
 class ContractViolation(AssertionError):
@@ -101,16 +102,23 @@ def target(
     return register
 
 
+_FIRED: list[bool] = []
+
+
 def _alarm(signum: int, frame: FrameType | None) -> None:
+    _FIRED.append(True)
     raise Hang("decoder still running after %.1f s" % HANG_SECONDS)
 
 
 @contextmanager
 def watchdog(seconds: float) -> Iterator[None]:
     old = signal.signal(signal.SIGALRM, _alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    del _FIRED[:]
+    signal.setitimer(signal.ITIMER_REAL, seconds, 1.0)  # repeats until the decoder gives up
     try:
         yield
+        if _FIRED:
+            raise Hang("decoder ran past %.1f s (and swallowed the alarm)" % seconds)
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
@@ -120,16 +128,24 @@ def check(t: Target, value: Any) -> None:
     """Run one input through ``t`` under the contract; raise if it is broken."""
     t.stats.inputs += 1
     started = time.monotonic()
-    tracemalloc.reset_peak()
-    base = tracemalloc.get_traced_memory()[0]
+    # traced only while the decoder runs: hypothesis's own work stays at full speed
+    outer = tracemalloc.is_tracing()
+    if outer:
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+    else:
+        tracemalloc.start()
+        base = 0
     try:
         with watchdog(HANG_SECONDS):
             t.run(value)
     except t.errors:
         t.stats.rejected += 1
     finally:
+        peak = tracemalloc.get_traced_memory()[1] - base
+        if not outer:
+            tracemalloc.stop()
         t.stats.seconds += time.monotonic() - started
-    peak = tracemalloc.get_traced_memory()[1] - base
     t.stats.peak = max(t.stats.peak, peak)
     bound = memory_bound(t.size(value))
     if peak > bound:
@@ -146,28 +162,21 @@ def run_target(t: Target, examples: int, derandomize: bool, shrink: bool = True)
     hang costs :data:`HANG_SECONDS` per attempt).
     """
     phases = list(Phase) if shrink else [Phase.explicit, Phase.reuse, Phase.generate]
-    tracing = tracemalloc.is_tracing()
-    if not tracing:
-        tracemalloc.start()
-    try:
 
-        @settings(
-            max_examples=examples,
-            deadline=None,
-            derandomize=derandomize,
-            phases=phases,
-            database=None,
-            print_blob=True,
-            suppress_health_check=list(HealthCheck),
-        )
-        @given(st.data())
-        def fuzz(data: st.DataObject) -> None:
-            check(t, data.draw(t.strategy, label="input"))
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        derandomize=derandomize,
+        phases=phases,
+        database=None,
+        print_blob=True,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(st.data())
+    def fuzz(data: st.DataObject) -> None:
+        check(t, data.draw(t.strategy, label="input"))
 
-        fuzz()
-    finally:
-        if not tracing:
-            tracemalloc.stop()
+    fuzz()
 
 
 def fuzz_case(family: str) -> type[SynchronousTestCase]:
