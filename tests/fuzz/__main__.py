@@ -37,7 +37,7 @@ def _signature(exc: BaseException) -> str:
     while isinstance(inner, BaseExceptionGroup) and inner.exceptions:
         inner = inner.exceptions[0]
     tb = traceback.extract_tb(inner.__traceback__)
-    where = "%s:%d" % (os.path.basename(tb[-1].filename), tb[-1].lineno) if tb else "?"
+    where = "%s:%d" % (os.path.basename(tb[-1].filename), tb[-1].lineno or 0) if tb else "?"
     return "%s at %s: %s" % (type(inner).__name__, where, str(inner).splitlines()[0][:160]
                              if str(inner) else "")  # fmt: skip
 
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
                 notes = "\n".join(getattr(e, "__notes__", []))  # hypothesis: the input
                 print("FAIL %s: %s\n%s" % (t.name, sig, notes[:4000]), file=sys.stderr,
                       flush=True)  # fmt: skip
-        row = {"target": t.name, "inputs": t.stats.inputs, "rejected": t.stats.rejected,
+        row: dict[str, Any] = {"target": t.name, "inputs": t.stats.inputs, "rejected": t.stats.rejected,
                "failures": len(failures), "found": sorted(failures),
                "seconds": round(time.monotonic() - t0, 1),
                "peak_kib": t.stats.peak >> 10}  # fmt: skip

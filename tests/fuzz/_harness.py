@@ -237,9 +237,10 @@ def _mutation(draw: st.DrawFn, seed: bytes, others: list[bytes], max_size: int) 
         elif kind == 5 and n >= 4:  # an interesting little/big-endian 16/32-bit value
             v = draw(st.sampled_from(_INTERESTING32))
             width = draw(st.sampled_from([1, 2, 4]))
-            order = draw(st.sampled_from(["little", "big"]))
+            v &= (1 << (8 * width)) - 1
             at = min(at, n - width)
-            data[at : at + width] = (v & ((1 << (8 * width)) - 1)).to_bytes(width, order)
+            big = draw(st.booleans())
+            data[at : at + width] = v.to_bytes(width, "big") if big else v.to_bytes(width, "little")
         elif kind == 6:  # truncate
             del data[at:]
         elif kind == 7:  # a decimal number in text becomes an extreme one

@@ -13,6 +13,7 @@ import io
 import os
 import struct
 import tempfile
+from typing import Any
 
 from hypothesis import strategies as st
 
@@ -28,7 +29,7 @@ from vrtwist.shmem.listing import (
     write_flow_table,
 )
 
-_DATA = {k: 0 for k in ("ftable_created", "ftable_added", "ftable_deleted", "ftable_changed",
+_DATA: dict[str, Any] = {k: 0 for k in ("ftable_created", "ftable_added", "ftable_deleted", "ftable_changed",
                         "ftable_processed", "ftable_oflow_entries", "ftable_hold_oflows")}  # fmt: skip
 _DATA["ftable_hold_stat"] = [0, 1]
 
