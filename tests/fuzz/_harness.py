@@ -13,9 +13,12 @@ derandomised) and for as long as asked by ``python -m tests.fuzz`` (see docs/fuz
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
+import shutil
 import signal
+import tempfile
 import time
 import tracemalloc
 from collections.abc import Callable, Iterator
@@ -36,6 +39,17 @@ SHORT_EXAMPLES = int(os.environ.get("VRTWIST_FUZZ_EXAMPLES", "12"))
 MEMORY_FLOOR = 4 << 20
 #: bytes a decoder may allocate per input byte (Python objects are large; claims are larger)
 MEMORY_PER_BYTE = 256
+
+
+def scratch_dir() -> str:
+    """A private directory for targets that need files, removed when the process exits."""
+    if not _SCRATCH:
+        _SCRATCH.append(tempfile.mkdtemp(prefix="pv-fuzz-"))
+        atexit.register(shutil.rmtree, _SCRATCH[0], True)
+    return _SCRATCH[0]
+
+
+_SCRATCH: list[str] = []
 
 
 def memory_bound(size: int) -> int:

@@ -20,7 +20,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.agent.helpers import SAMPLE, InMemoryAgent, port_body
-from tests.fuzz._harness import fuzz_case, mutated, target
+from tests.fuzz._harness import fuzz_case, mutated, scratch_dir, target
 from vrtwist.agent.model import (
     PortValidationError,
     gateways_from_json,
@@ -103,7 +103,8 @@ _AGENT: list[InMemoryAgent] = []
 
 def _agent() -> InMemoryAgent:
     if not _AGENT:
-        d = tempfile.mkdtemp(prefix="pv-fuzz-")
+        d = os.path.join(scratch_dir(), "agent")
+        os.makedirs(d)
         _AGENT.append(InMemoryAgent(d))
     return _AGENT[0]
 
@@ -128,7 +129,7 @@ _STATE: list[str] = []
 @target("agent", mutated(BODIES + DEEP, 70000))
 def port_file_replay(raw: bytes) -> None:
     if not _STATE:
-        _STATE.append(tempfile.mkdtemp(prefix="pv-fuzz-"))
+        _STATE.append(os.path.join(scratch_dir(), "replay"))
     state = _STATE[0]
     shutil.rmtree(os.path.join(state, "ports"), ignore_errors=True)
     os.makedirs(os.path.join(state, "ports"))

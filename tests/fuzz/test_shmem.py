@@ -12,12 +12,11 @@ from __future__ import annotations
 import io
 import os
 import struct
-import tempfile
 from typing import Any
 
 from hypothesis import strategies as st
 
-from tests.fuzz._harness import fuzz_case, mutated, target
+from tests.fuzz._harness import fuzz_case, mutated, scratch_dir, target
 from vrtwist.datapath.droplog import DropLogError, DropRecord, unpack_records
 from vrtwist.shmem import layout as L
 from vrtwist.shmem.listing import (
@@ -57,13 +56,8 @@ def _table(draw: st.DrawFn, entry_size: int, flag_off: int, flag: int) -> bytes:
     return bytes(out)
 
 
-_DIR: list[str] = []
-
-
 def _file(data: bytes) -> str:
-    if not _DIR:
-        _DIR.append(tempfile.mkdtemp(prefix="pv-fuzz-"))
-    path = os.path.join(_DIR[0], "table.shmem")
+    path = os.path.join(scratch_dir(), "table.shmem")
     with open(path, "wb") as f:
         f.write(data)
     return path
