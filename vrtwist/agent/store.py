@@ -386,3 +386,6 @@ def _read_json(path: Path) -> LoadedFile:
         return LoadedFile(path, json.loads(data))
     except (ValueError, UnicodeDecodeError) as e:
         return LoadedFile(path, None, f"not JSON: {e}")
+    except RecursionError:
+        # json nests by recursion: a file of "[[[[..." must skip, not abort the replay
+        return LoadedFile(path, None, "not JSON: nested deeper than the parser's limit")
