@@ -39,7 +39,7 @@ BODIES = [json.dumps(b).encode() for b in (SAMPLE, port_body(7), [port_body(8), 
                                            _VM, _GW)]  # fmt: skip
 # nesting deeper than the interpreter's recursion limit, and long numbers
 BODIES += [b"1" + b"0" * 5000, b'"\\ud800"', b"-Infinity", b'{"id": 1e999}']
-# nesting deeper than the interpreter's recursion limit (port files only: see docs/fuzzing.md)
+# nesting deeper than the interpreter's recursion limit: REST bodies and port files
 DEEP = [b"[" * 5000, b'{"a":' * 3000]
 
 _JSON = st.recursive(
@@ -110,7 +110,7 @@ def _agent() -> InMemoryAgent:
 
 
 @target("agent", st.tuples(st.sampled_from(["/port", "/vm", "/gateway"]),
-                           mutated(BODIES, 8192)))  # fmt: skip
+                           mutated(BODIES + DEEP, 70000)))  # fmt: skip
 def rest_body(req: tuple[str, bytes]) -> None:
     path, raw = req
     agent = _agent()
