@@ -20,9 +20,12 @@ from twisted.logger import Logger
 from twisted.web.server import Site
 
 from vrtwist.agent.dpstate import DatapathModel
+from vrtwist.agent.ksync_sync import KsyncSynchroniser, LocalSynchroniser
 from vrtwist.agent.ports import DEFAULT_STALE_TIMEOUT, PortTable
 from vrtwist.agent.rest import BoundedRequest, PortApi
 from vrtwist.agent.store import PortStore
+from vrtwist.xmpp.agent_link import makeControllerLink
+from vrtwist.xmpp.interfaces import IRouteProgrammer
 
 
 class AgentService(MultiService):
@@ -119,11 +122,6 @@ class AgentService(MultiService):
         return out
 
     def _make_sync(self) -> Any:
-        try:
-            from vrtwist.agent.ksync_sync import KsyncSynchroniser, LocalSynchroniser
-        except ImportError as e:  # the ksync client is not available
-            self._log.warn("datapath programming disabled: {e}", e=e)
-            return None
         if self.local_datapath is not None:
             self._log.info("programming the embedded datapath in-process")
             return LocalSynchroniser(self.model, self.local_datapath,
@@ -134,15 +132,10 @@ class AgentService(MultiService):
                                  adopt=self.datapath == "external")
 
     def _attach_controller(self) -> None:
-        try:
-            from vrtwist.xmpp.agent_link import makeControllerLink  # type: ignore[import-not-found]
-        except ImportError as e:
-            self._log.error("--controller given but the XMPP link is unavailable: {e}", e=e)
-            return
         if self.fabric_ip in ("", "0.0.0.0"):
             self._log.warn("--controller without --fabric-ip: routes are published with next "
                            "hop 0.0.0.0 and the datapath refuses tunnels from it (EINVAL)")
-        routes: Any = self.model  # provides IRouteProgrammer == xmpp's IRemoteRouteSink
+        routes: IRouteProgrammer = self.model
         link = makeControllerLink(self.reactor, self.controllers, self.hostname,
                                   self.fabric_ip, routes, **self.link_kwargs)
         self.model.controller = link

@@ -18,25 +18,14 @@ from vrtwist._process import GC_THRESHOLDS as GC_THRESHOLDS  # re-exported: test
 from vrtwist._process import DaemonService, reactor_and_tunings, tune_gc
 from vrtwist.agent.service import DEFAULT_STATE_DIR, AgentService
 
-try:  # the forwarding extension's own options (--flow-entries, --bridge-entries, --fabric)
-    from vrtwist.datapath.service import DatapathOptionsMixin as _DatapathOptions
-except ImportError:  # pragma: no cover - until the datapath lands
-    class _DatapathOptions:  # type: ignore[no-redef]
-        optParameters: list[list[Any]] = [
-            ["run-dir", None, "/var/run/vrouter", "run directory (dpdk_netlink, shm files)"],
-        ]
+# the forwarding extension's own options (--flow-entries, --bridge-entries, --fabric)
+# and the controller link's (--xmpp-hold-time, --xmpp-cert, ...)
+from vrtwist.datapath.service import DatapathOptionsMixin as _DatapathOptions
+from vrtwist.datapath.service import makeDatapathService
+from vrtwist.xmpp.agent_link import LINK_OPT_PARAMETERS, linkKwargsFromOptions
 
 
-try:  # the controller link's own options (--xmpp-hold-time, --xmpp-cert, ...)
-    from vrtwist.xmpp.agent_link import LINK_OPT_PARAMETERS, linkKwargsFromOptions
-except ImportError:  # pragma: no cover
-    LINK_OPT_PARAMETERS = []
-
-    def linkKwargsFromOptions(options: Any) -> dict[str, Any]:
-        return {}
-
-
-class Options(_DatapathOptions, usage.Options):  # type: ignore[misc]
+class Options(_DatapathOptions, usage.Options):
     """Options of ``twistd vrouter`` (ARCHITECTURE.md, "twistd plugins")."""
 
     synopsis = "[options]"
@@ -107,10 +96,5 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
 
 
 def _embedded_datapath(options: Options, reactor: Any) -> IService:
-    try:
-        from vrtwist.datapath.service import makeDatapathService
-    except ImportError as e:  # pragma: no cover - until the datapath lands
-        AgentService._log.error("embedded datapath unavailable: {e}", e=e)
-        return MultiService()
     svc: IService = makeDatapathService(options, reactor=reactor)
     return svc
