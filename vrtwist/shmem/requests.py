@@ -16,8 +16,13 @@ from typing import Any
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from vrtwist.datapath.interfaces import IBridgeRoutes, IDatapath, IRequestHandler
-from vrtwist.ksync.interfaces import IKsyncDispatcher, KsyncReply
+from vrtwist.ksync.interfaces import (
+    IBridgeRoutes,
+    IDatapath,
+    IKsyncDispatcher,
+    IRequestHandler,
+    KsyncReply,
+)
 from vrtwist.sandesh import SPECS_BY_NAME, encode, schema
 from vrtwist.shmem import layout as L
 from vrtwist.shmem.bridgetable import BridgeTable

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from twisted.logger import Logger
 
-from vrtwist.datapath.interfaces import IDatapath
+from vrtwist.ksync.interfaces import IDatapath
 from vrtwist.shmem import layout as L
 from vrtwist.shmem.bridgetable import BridgeTable
 from vrtwist.shmem.flowtable import FlowTable
