@@ -237,3 +237,36 @@ class SeamOwnershipTests(SynchronousTestCase):
             self.assertIs(getattr(dp, name), getattr(ks, name))
         for name in ("IFrameOutput", "IPacketTrap", "IPacketPipeline"):
             self.assertTrue(dp.__dict__[name].isOrExtends(dp.Interface))
+
+
+def _assigned(path: Path) -> set[str]:
+    """Module-level names ``path`` assigns (imports excluded)."""
+    names: set[str] = set()
+    for n in ast.parse(path.read_text()).body:
+        targets = n.targets if isinstance(n, ast.Assign) else (
+            [n.target] if isinstance(n, ast.AnnAssign) else [])
+        for t in targets:
+            names.update(x.id for x in ast.walk(t) if isinstance(x, ast.Name))
+    return names
+
+
+class SingleHomeTests(SynchronousTestCase):
+    """vr.sandesh constants have one home; other modules import them from it."""
+
+    def test_datapath_constants_define_no_sandesh_name(self) -> None:
+        sandesh = _assigned(ROOT / "sandesh" / "constants.py")
+        for module in ("datapath/constants.py", "shmem/requests.py"):
+            both = sorted(_assigned(ROOT / module) & sandesh)
+            self.assertEqual(both, [], module)
+
+    def test_datapath_constants_keep_their_names(self) -> None:
+        """The names the packet path imports from vrtwist.datapath.constants are still there."""
+        from vrtwist.datapath import constants as C
+        from vrtwist.sandesh import constants as S
+
+        self.assertEqual(C.VIF_TYPE_VIRTUAL, S.VIF_TYPE_VIRTUAL)
+        self.assertEqual(C.OP_DUMP, S.DUMP)
+        self.assertEqual(C.DUMP_INCOMPLETE, S.VR_MESSAGE_DUMP_INCOMPLETE)
+        self.assertEqual(C.NH_TYPE_NAMES[S.NH_TUNNEL], "Tunnel")
+        for name in C.__all__:
+            self.assertTrue(hasattr(C, name), name)
