@@ -270,3 +270,28 @@ class SingleHomeTests(SynchronousTestCase):
         self.assertEqual(C.NH_TYPE_NAMES[S.NH_TUNNEL], "Tunnel")
         for name in C.__all__:
             self.assertTrue(hasattr(C, name), name)
+
+
+class ExceptionNameTests(SynchronousTestCase):
+    """No two exception classes in vrtwist share a name (an ``except`` must say which)."""
+
+    def test_exception_names_are_unique(self) -> None:
+        classes: dict[str, list[tuple[str, list[str]]]] = defaultdict(list)
+        for path in sorted(ROOT.rglob("*.py")):
+            for n in ast.walk(ast.parse(path.read_text())):
+                if isinstance(n, ast.ClassDef):
+                    bases = [ast.unparse(b).rpartition(".")[2] for b in n.bases]
+                    classes[n.name].append((_module_name(path), bases))
+        exceptions: set[str] = {"Exception", "BaseException", "OSError", "ValueError",
+                                "LookupError", "KeyError", "RuntimeError", "TypeError",
+                                "EOFError", "ConnectionError", "IOError"}
+        grew = True
+        while grew:  # classes whose base is an exception, transitively
+            found = {name for name, defs in classes.items()
+                     if any(set(bases) & exceptions for _, bases in defs)}
+            grew = not found <= exceptions
+            exceptions |= found
+        twice = {name: [m for m, _ in defs] for name, defs in classes.items()
+                 if name in exceptions and len(defs) > 1}
+        self.assertIn("KsyncError", exceptions)
+        self.assertEqual(twice, {})
