@@ -18,6 +18,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import ReactorNotRunning
 from twisted.logger import Logger
 
+from vrtwist._twisted_compat import set_exit_signal
+
 
 class DaemonService(MultiService):
     """A ``MultiService`` that applies ``tunings`` on start and restores the collector."""
@@ -105,8 +107,7 @@ def quiet_stop_signals(reactor: Any) -> bool:
 
 def _queue_stop(reactor: Any, signum: int) -> None:
     # Signal context: no logging, no locks; a deque append and a waker write only.
-    if hasattr(reactor, "_exitSignal"):
-        reactor._exitSignal = signum  # twistd re-raises it at exit, as with Twisted's own
+    set_exit_signal(reactor, signum)  # twistd re-raises it at exit, as with Twisted's own
     reactor.callFromThread(_stop, reactor, signum)
 
 

@@ -34,6 +34,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from vrtwist._twisted_compat import plain_socket
 from vrtwist.vic import telnet as T
 from vrtwist.vic import vmware_ext as X
 from vrtwist.vic.interfaces import IVMPortTable
@@ -123,10 +124,7 @@ def _isExtension(event: T.Event) -> bool:
 
 def _peekableSocket(transport: Any) -> socket.socket | None:
     """The plain socket under ``transport``, or None (TLS, StringTransport, ...)."""
-    sock = getattr(transport, "socket", None)
-    if isinstance(sock, socket.socket) and not getattr(transport, "TLS", False):
-        return sock
-    return None
+    return plain_socket(transport)
 
 
 class VSPCConnection(Protocol):
