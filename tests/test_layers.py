@@ -11,8 +11,10 @@ The layer order is in ``docs/layers.md``. Two checks keep it true as code moves:
 from __future__ import annotations
 
 import ast
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections import defaultdict
 from pathlib import Path
 
@@ -158,7 +160,9 @@ class ImportCycleTests(SynchronousTestCase):
 
     def test_relative_and_lazy_imports_count(self) -> None:
         """``from ..x import y`` inside a function is an edge like any other."""
-        tmp = Path(self.mktemp()).resolve() / "vrtwist"
+        base = tempfile.mkdtemp(prefix="layers-")
+        self.addCleanup(shutil.rmtree, base)
+        tmp = Path(base).resolve() / "vrtwist"
         (tmp / "a").mkdir(parents=True)
         (tmp / "b").mkdir()
         (tmp / "__init__.py").write_text("")
