@@ -19,7 +19,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.web.server import Site
 
-from vrtwist.agent.dpstate import DatapathModel
+from vrtwist.agent.dpstate import DatapathModel, host_if_index, host_if_mac
 from vrtwist.agent.ksync_sync import KsyncSynchroniser, LocalSynchroniser
 from vrtwist.agent.ports import DEFAULT_STALE_TIMEOUT, PortTable
 from vrtwist.agent.rest import BoundedRequest, PortApi
@@ -52,7 +52,8 @@ class AgentService(MultiService):
         self.controllers = controllers or []
         self.local_datapath = local_datapath
         self.link_kwargs = link_kwargs or {}
-        self.model = DatapathModel(fabric_ip=fabric_ip, fabric_name=fabric or "fabric0")
+        self.model = DatapathModel(fabric_ip=fabric_ip, fabric_name=fabric or "fabric0",
+                                   os_index=host_if_index, if_mac=host_if_mac)
         self.table: PortTable | None = None
         self.api: PortApi | None = None
         self.sync: Any = None
