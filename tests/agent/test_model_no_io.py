@@ -3,6 +3,9 @@ injects the lookups (``host_if_index``, ``host_if_mac``)."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+
 from twisted.trial.unittest import SynchronousTestCase
 
 from vrtwist.agent import dpstate
@@ -38,8 +41,10 @@ class ModelNoIoTests(SynchronousTestCase):
     def test_the_service_injects_the_host_lookups(self) -> None:
         from vrtwist.agent.service import AgentService
 
-        agent = AgentService(None, run_dir="/nonexistent", state_dir=self.mktemp(),
-                             rest="tcp:0", fabric="lo")
+        state = tempfile.mkdtemp(prefix="hc-state-")
+        self.addCleanup(shutil.rmtree, state)
+        agent = AgentService(None, run_dir="/nonexistent", state_dir=state, rest="tcp:0",
+                             fabric="lo")
         self.assertIs(agent.model._if_mac, dpstate.host_if_mac)
         self.assertIs(agent.model._os_index, dpstate.host_if_index)
         self.assertEqual(bytes(self.fabric(agent.model)["vifr_mac"]), bytes(6))  # lo's MAC
