@@ -627,8 +627,7 @@ class SerialPort:
             _BackendFactory(self),
             retryPolicy=backoffPolicy(self.config.backoffInitial, self.config.backoffMax),
             clock=table.clock,
-        )
-        self.service.startService()
+        )  # started by the table's attach: building a port connects nowhere
 
     @property
     def key(self) -> tuple[str, str]:
@@ -988,6 +987,7 @@ class VMPortTable(Service):
         if port is None:
             port = SerialPort(self, uuid, label)
             self.byKey[port.key] = port
+            port.service.startService()  # the backend link
             self._log.info(
                 "VM {uuid}/{label} attached from {peer}",
                 uuid=uuid,
