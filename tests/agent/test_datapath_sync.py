@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
@@ -56,10 +57,12 @@ class ProgrammingTests(SynchronousTestCase):
         ids = self.agent.model.port_ids(b["id"])
         assert ids is not None
         vif = self.dp.tables.interfaces[ids["vif"]]
+        # a VM vif carries the VRRP MAC, which the datapath answers the VM's ARP with
         self.assertEqual((vif.name, vif.type, vif.vrf, vif.mac),
-                         ("tapv1", C.VIF_TYPE_VIRTUAL, ids["vrf"], bytes.fromhex("020000000001")))
+                         ("tapv1", C.VIF_TYPE_VIRTUAL, ids["vrf"], bytes.fromhex("00005e000100")))
         l3 = self.dp.tables.nexthops[ids["l3_nh"]]
         self.assertEqual((l3.type, l3.family), (C.NH_ENCAP, C.AF_INET))
+        self.assertEqual(bytes(l3.encap[:6]), bytes.fromhex("020000000001"))
         l2 = self.dp.tables.nexthops[ids["l2_nh"]]
         self.assertEqual((l2.type, l2.family), (C.NH_ENCAP, C.AF_BRIDGE))
         self.assertEqual(self.dp.tables.mpls_get({"mr_label": ids["label"]})["mr_nhid"],
@@ -595,6 +598,14 @@ class ScheduledKickTests(SynchronousTestCase):
         self.assertEqual(sync.errors, {})
 
 
+def to_agent(r: Any) -> bool:
+    """The route leads to the agent: a policy-enabled ENCAP next hop on the agent's vif,
+    so that gateway and DNS traffic is flowed and then trapped to the agent."""
+    nh = r.nh
+    return bool(nh.type == C.NH_ENCAP and nh.oif is not None
+                and nh.oif.type == C.VIF_TYPE_AGENT and nh.flags & C.NH_FLAG_POLICY_ENABLED)
+
+
 class IpamSubnetTests(SynchronousTestCase):
     """Controller IPAM subnets for ports whose REST data has no ``plen``."""
 
@@ -613,8 +624,8 @@ class IpamSubnetTests(SynchronousTestCase):
         vrf = self.agent.model.vrf_id_of(VN)
         sub = route(self.dp, vrf, "10.0.0.0", 24)
         self.assertEqual(sub.nh.type, C.NH_RESOLVE)
-        self.assertEqual(route(self.dp, vrf, "10.0.0.254", 32).nh.type, C.NH_RCV)
-        self.assertEqual(route(self.dp, vrf, "10.0.0.253", 32).nh.type, C.NH_RCV)
+        self.assertTrue(to_agent(route(self.dp, vrf, "10.0.0.254", 32)))
+        self.assertTrue(to_agent(route(self.dp, vrf, "10.0.0.253", 32)))
         self.assertIsNone(route(self.dp, vrf, "192.168.0.0", 16))
 
     def test_config_arriving_later_updates_routes_and_keeps_ids(self) -> None:
@@ -630,7 +641,7 @@ class IpamSubnetTests(SynchronousTestCase):
         self.assertEqual(self.agent.sync.errors, {})
         self.assertEqual(m.port_ids(a["id"]), ids)
         self.assertEqual(route(self.dp, vrf, "10.0.0.0", 24).nh.type, C.NH_RESOLVE)
-        self.assertEqual(route(self.dp, vrf, "10.0.0.1", 32).nh.type, C.NH_RCV)
+        self.assertTrue(to_agent(route(self.dp, vrf, "10.0.0.1", 32)))
         # the subnet changes: old routes go, new ones come, shared by both ports
         self.subnets[VN] = [{"prefix": "10.0.0.0", "plen": 16, "gateway": "10.0.255.254",
                              "dns": ""}]

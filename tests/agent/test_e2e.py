@@ -81,14 +81,15 @@ class EmbeddedAgentTests(TestCase):
         # what the vRouter utilities print about it
         out = utility("vif", "--sock-dir", self.run_dir, "--list")
         self.assertIn(f"vif0/{idx}      Virtual: tapv1 NH: {nh}", out)
-        self.assertIn("Type:Virtual HWaddr:02:00:00:00:00:01 IPaddr:10.0.0.1", out)
+        self.assertIn("Type:Virtual HWaddr:00:00:5e:00:01:00 IPaddr:10.0.0.1", out)
         self.assertIn(f"Vrf:{vrf} Mcast Vrf:{vrf} Flags:PL3L2D", out)
         out = utility("nh", "--sock-dir", self.run_dir, "--list")
         self.assertIn("Encap Data: 02 00 00 00 00 01 00 00 5e 00 01 00 08 00", out)
         self.assertIn("Type:Receive", out)
         self.assertIn("Type:Resolve", out)
         out = utility("rt", "--sock-dir", self.run_dir, "--dump", str(vrf))
-        self.assertRegex(out, rf"10\.0\.0\.1/32 +32 +L +{label} +{nh} ")
+        # label valid, and proxied ARP: the route carries the VM's MAC
+        self.assertRegex(out, rf"10\.0\.0\.1/32 +32 +LP +{label} +{nh} ")
         out = utility("rt", "--sock-dir", self.run_dir, "--dump", str(vrf), "--family",
                       "bridge")
         self.assertRegex(out, rf"2:0:0:0:0:1 +L +{label} ")
@@ -221,7 +222,8 @@ class ExternalRestartTests(TestCase):
         bodies.append(port_body(9, vn="77777777-5553-4e6a-b87f-8423afc21e9d"))
         self.assertEqual(http_call(port, "POST", "/port", bodies)[0], 200)
         before = wait_until(lambda: (s := snapshot(run_dir)) and len(s["labels"]) == 5
-                            and len(s["bridge"]) == 5 and len(s["routes"]) == 7 and s,
+                            # 5 VM MACs, the VRRP and broadcast MACs of each of the 2 VRFs
+                            and len(s["bridge"]) == 9 and len(s["routes"]) == 7 and s,
                             "five ports programmed")
         # a flow set up before the restart must survive it untouched
         flows_before = _add_flow(run_dir, before)
@@ -300,7 +302,8 @@ class DatapathRestartTests(TestCase):
         dp2 = Twistd(d, "vrouter-dp", ["--run-dir", run_dir, *SMALL_TABLES], "dp2")
         self.addCleanup(dp2.kill)
         snap = wait_until(lambda: (s := snapshot(run_dir)) and len(s["labels"]) == 3 and
-                          len(s["bridge"]) == 3 and s, "three ports refilled", 30)
+                          # 3 VM MACs and the VRF's VRRP and broadcast MACs
+                          len(s["bridge"]) == 5 and s, "three ports refilled", 30)
         self.assertEqual({v[0] for v in snap["vifs"].values()} >= {"tapv1", "tapv2", "tapv3"},
                          True)
         # no busy loop while the datapath was away: the log stays short

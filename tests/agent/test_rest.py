@@ -339,3 +339,90 @@ class VmApiTests(SynchronousTestCase):
             self.assertIn(text, body["error"])
         self.assertEqual(agent.call("POST", "/vm", [self.VM])[0], 400)
         self.assertEqual(len(agent.table), 0)
+
+
+def _tree(root: str) -> dict[str, bytes]:
+    """Every file under the state directory with its bytes: what must not change."""
+    out: dict[str, bytes] = {}
+    for d, _, files in os.walk(root):
+        for f in files:
+            with open(os.path.join(d, f), "rb") as fh:
+                out[os.path.relpath(os.path.join(d, f), root)] = fh.read()
+    return out
+
+
+class HostileBodyTests(SynchronousTestCase):
+    """Deep nesting and strings no field can hold: a 400 naming the field, nothing changed."""
+
+    BAD = ["a\x00b", "\ud800", "x\udfff", "tab\there", "\x1b[2J", "del\x7f"]
+
+    def setUp(self) -> None:
+        self.dir = tempdir(self)
+        self.agent = InMemoryAgent(self.dir)
+        # state to keep: one port and one VM port, with their files
+        self.assertEqual(self.agent.call("POST", "/port", port_body(1))[0], 200)
+        self.assertEqual(self.agent.call("POST", "/vm", VmApiTests.VM)[0], 200)
+        self.before = _tree(self.dir)
+        self.assertEqual(len(self.before), 2)
+        self.ports = sorted(p.id for p in self.agent.table.ports())
+
+    def assertUnchanged(self) -> None:
+        self.assertEqual(_tree(self.dir), self.before)
+        self.assertEqual(sorted(p.id for p in self.agent.table.ports()), self.ports)
+        # and the API still serves
+        self.assertEqual(self.agent.call("GET", f"/port/{port_body(1)['id']}")[0], 200)
+
+    def refused(self, method: str, path: str, body: object = None,
+                raw: bytes | None = None) -> str:
+        code, answer = self.agent.call(method, path, body, raw=raw)
+        self.assertEqual(code, 400, (method, path, answer))
+        self.assertIsInstance(answer, dict)
+        error: str = answer["error"]
+        return error
+
+    def test_deep_nesting_every_body(self) -> None:
+        for opener, closer in ((b"[", b"]"), (b'{"a":', b"}")):
+            raw = opener * 100_000 + b"1" + closer * 100_000
+            for method, path in (("POST", "/port"), ("POST", "/vm"), ("POST", "/gateway"),
+                                 ("DELETE", "/gateway")):
+                error = self.refused(method, path, raw=raw)
+                self.assertIn("body: JSON nested 100000 deep", error)
+        # brackets inside strings are not nesting; a legal body is not refused for them
+        error = self.refused("POST", "/port", port_body(2, **{"vm-project-id": "[{" * 50}))
+        self.assertTrue(error.startswith("vm-project-id: "), error)  # not for depth
+        self.assertUnchanged()
+
+    def test_bad_strings_in_every_port_field(self) -> None:
+        fields = [k for k, v in port_body(3).items() if isinstance(v, str)]
+        self.assertGreater(len(fields), 5)
+        for field in fields:
+            for bad in self.BAD:
+                error = self.refused("POST", "/port", port_body(3, **{field: bad}))
+                self.assertTrue(error.startswith(field + ": U+"), (field, error))
+                # inside an array the element is named too
+                error = self.refused("POST", "/port", [port_body(4), port_body(3, **{field: bad})])
+                self.assertTrue(error.startswith(f"[1].{field}: "), error)
+        self.assertUnchanged()
+
+    def test_bad_strings_in_every_vm_field(self) -> None:
+        for field in VmApiTests.VM:
+            for bad in self.BAD:
+                error = self.refused("POST", "/vm", dict(VmApiTests.VM, **{field: bad}))
+                self.assertTrue(error.startswith(field + ": "), (field, error))
+        # a lone surrogate written as an escape by hand, and a bad key
+        raw = b'{"vm-name": "\\ud800", "vm-uuid": "x"}'
+        self.assertTrue(self.refused("POST", "/vm", raw=raw).startswith("vm-name: U+D800"))
+        self.assertIn("key", self.refused("POST", "/vm", {"vm\x00name": "a"}))
+        self.assertIn("interface", self.refused("DELETE", "/gateway", [{"interface": "\x00"}]))
+        self.assertUnchanged()
+
+    def test_bad_vm_name_in_the_path(self) -> None:
+        for quoted in ("a%00b", "a%1bb"):
+            self.assertIn("vm-name", self.refused("GET", f"/vm-cfg/{quoted}"))
+        self.assertEqual(self.agent.call("GET", "/vm-cfg/pod-a")[0], 200)
+        self.assertUnchanged()
+
+    def test_not_utf8(self) -> None:
+        raw = json.dumps(port_body(5)).encode("utf-16")
+        self.assertIn("not UTF-8", self.refused("POST", "/port", raw=raw))
+        self.assertUnchanged()

@@ -218,7 +218,7 @@ class IpamWiringTests(TestCase):
         await wait_for(lambda: host_route() == 32)
         self.assertEqual(host_route(), 32)
         ids = agent.model.port_ids(VMI)
-        self.assertEqual(datapath.tables.interfaces[ids["vif"]].mac,
+        self.assertEqual(bytes(datapath.tables.nexthops[ids["l3_nh"]].encap[:6]),
                          bytes.fromhex("02aabbccdd01"))
         await top.stopService()
 
@@ -256,6 +256,6 @@ class ConfigOverTheWireTests(TestCase):
                                    "rtr_prefix": bytes([10, 3, 0, 7])})
         self.assertEqual(got["rtr_prefix_len"], 32)
         ids = agent.model.port_ids(VMI)
-        self.assertEqual(datapath.tables.interfaces[ids["vif"]].mac,
+        self.assertEqual(bytes(datapath.tables.nexthops[ids["l3_nh"]].encap[:6]),
                          bytes.fromhex("02aabbccdd01"))
         await top.stopService()

@@ -136,3 +136,62 @@ class GroupWriteTests(SynchronousTestCase):
         self.assertEqual(w.batches, 2)
         self.assertEqual(done, [None] * 5)
         self.assertEqual(len(list(d.iterdir())), 5)
+
+
+class ModeTests(SynchronousTestCase):
+    """Port files name VMs and their addresses: 0600 in 0700 directories, any umask."""
+
+    def _store(self, mask: int) -> tuple[PortStore, str]:
+        d = tempdir(self)
+        os.chmod(d, 0o755)  # so only the store's own modes stand between nobody and the files
+        old = os.umask(mask)
+        try:
+            store = PortStore(d)
+            store.write(SAMPLE["id"], SAMPLE)
+            store.write_vm("vm-a", SAMPLE["id"], {"vm": "a"})
+        finally:
+            os.umask(old)
+        return store, d
+
+    def test_modes_under_umask_0_and_022(self) -> None:
+        from vrtwist.agent.store import write_json_group
+
+        for mask in (0, 0o022):
+            store, _ = self._store(mask)
+            mode = lambda p: os.stat(p).st_mode & 0o777  # noqa: E731
+            self.assertEqual(mode(store.ports_dir), 0o700)
+            self.assertEqual(mode(store.vm_dir), 0o700)
+            self.assertEqual(mode(store.vm_dir / "vm-a"), 0o700)
+            self.assertEqual(mode(store.path_for(SAMPLE["id"])), 0o600)
+            self.assertEqual(mode(store.vm_dir / "vm-a" / SAMPLE["id"]), 0o600)
+            old = os.umask(mask)
+            try:
+                self.assertEqual(write_json_group([(store.ports_dir / "g", {"g": 1})]), [None])
+            finally:
+                os.umask(old)
+            self.assertEqual(mode(store.ports_dir / "g"), 0o600)
+            self.assertEqual(store.read("g"), {"g": 1})
+
+    def test_loose_directory_and_leftover_temp_tightened(self) -> None:
+        """A 0755 ports/ from an older run and a 0644 temp file left by a crash."""
+        d = tempdir(self)
+        os.makedirs(os.path.join(d, "ports"), 0o755)
+        os.chmod(os.path.join(d, "ports"), 0o755)
+        store = PortStore(d)
+        self.assertEqual(os.stat(store.ports_dir).st_mode & 0o777, 0o700)
+        tmp = store.ports_dir / f".{SAMPLE['id']}.{os.getpid()}.tmp"
+        tmp.write_bytes(b"{}")
+        os.chmod(tmp, 0o644)
+        store.write(SAMPLE["id"], SAMPLE)
+        self.assertEqual(os.stat(store.path_for(SAMPLE["id"])).st_mode & 0o777, 0o600)
+        self.assertEqual(store.read(SAMPLE["id"])["id"], SAMPLE["id"])
+
+    def test_nobody_cannot_read_or_list_root_can(self) -> None:
+        from tests.unprivileged import as_nobody, need_root
+
+        need_root()
+        store, _ = self._store(0o022)
+        self.assertEqual(as_nobody("list", str(store.ports_dir)), "EACCES")
+        self.assertEqual(as_nobody("read", str(store.path_for(SAMPLE["id"]))), "EACCES")
+        self.assertEqual(as_nobody("read", str(store.vm_dir / "vm-a" / SAMPLE["id"])), "EACCES")
+        self.assertEqual(store.read(SAMPLE["id"])["id"], SAMPLE["id"])

@@ -126,9 +126,41 @@ class UnixSocketTests(TestCase):
         self.assertRaises(OSError, remove_stale_socket, other)
 
     async def test_socket_mode(self) -> None:
-        """Only the owner and group may connect (ksync rewrites the forwarding tables)."""
+        """Only the owner may connect (ksync rewrites the forwarding tables), any umask."""
         import stat
 
-        await self._listen()
+        old = os.umask(0)
+        try:
+            await self._listen()
+        finally:
+            os.umask(old)
         mode = stat.S_IMODE(os.stat(os.path.join(self.dir, "dpdk_netlink")).st_mode)
-        self.assertEqual(mode & 0o007, 0)
+        self.assertEqual(mode, 0o600)
+
+    async def test_nobody_refused_owner_served(self) -> None:
+        """The attack: a local user connecting to dpdk_netlink.  Refused; root served."""
+        from tests.unprivileged import connect_as_nobody, need_root, world_traversable
+
+        need_root()
+        world_traversable(self.dir)
+        await self._listen()
+        path = os.path.join(self.dir, "dpdk_netlink")
+        self.assertEqual(connect_as_nobody(path), "EACCES")
+        self.assertEqual(self.dispatcher.requests, [])
+        c = await connect_ksync(reactor, self.dir)
+        self.addCleanup(c.transport.loseConnection)
+        await c.request(schema.vr_mpls_req(h_op=ADD, mr_label=77, mr_nhid=1))
+        self.assertEqual(len(self.dispatcher.requests), 1)
+
+    async def test_socket_group(self) -> None:
+        """With a group the socket is 0660 and that group's members connect."""
+        from tests.unprivileged import connect_as_nobody, need_root, world_traversable
+        from vrtwist.access import SocketAccess
+
+        need_root()
+        world_traversable(self.dir)
+        port = await listen_ksync(reactor, self.dir, self.dispatcher, access=SocketAccess(65534))
+        self.addCleanup(port.stopListening)
+        path = os.path.join(self.dir, "dpdk_netlink")
+        self.assertEqual(oct(os.stat(path).st_mode & 0o777), "0o660")
+        self.assertEqual(connect_as_nobody(path, group=65534), "ok")

@@ -272,3 +272,98 @@ class Evicted(SynchronousTestCase):
         out = io.StringIO()
         self.assertEqual(write_flow_table(out, view, t.table_data(), show_evicted=True), 2)
         self.assertIn("Action:D(Unknown), Flags:E, TCP:", out.getvalue())
+
+
+class _CountingList(list):  # type: ignore[type-arg]
+    """A list that counts index reads: the walk's operation count."""
+
+    reads = 0
+
+    def __getitem__(self, i):  # type: ignore[no-untyped-def]
+        _CountingList.reads += 1
+        return super().__getitem__(i)
+
+
+class _CountingView(FlowTableView):
+    def next_indices(self) -> list[int]:
+        return _CountingList(super().next_indices())
+
+
+class LongChains(SynchronousTestCase):
+    """``flow -l`` over one long overflow chain is linear, and a looped chain ends."""
+
+    def table(self, n: int, links: dict[int, int], active: list[int]) -> str:
+        d = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, d, True)
+        path = os.path.join(d, "flow.shmem")
+        m = create_file(path, n * L.FLOW_ENTRY_SIZE)
+        words = memoryview(m).cast("I")
+        for i in range(n):
+            words[(i * L.FLOW_ENTRY_SIZE + L.OFF_HENTRY_NEXT_INDEX) // 4] = links.get(
+                i, L.INVALID_INDEX
+            )
+        words.release()
+        raw = bytearray(L.FLOW_ENTRY_SIZE)
+        for i in active:
+            off = i * L.FLOW_ENTRY_SIZE
+            raw[:] = m[off : off + L.FLOW_ENTRY_SIZE]
+            raw[L.OFF_FE_FLAGS] = L.FLAG_ACTIVE
+            m[off : off + L.FLOW_ENTRY_SIZE] = bytes(raw)
+        m.flush()
+        m.close()
+        return path
+
+    def listing(self, path: str) -> tuple[str, int, int]:
+        view = _CountingView(path)
+        self.addCleanup(view.close)
+        data = {
+            k: 0
+            for k in (
+                "ftable_created", "ftable_added", "ftable_deleted", "ftable_changed",
+                "ftable_processed", "ftable_oflow_entries", "ftable_hold_oflows",
+            )
+        }  # fmt: skip
+        out = io.StringIO()
+        _CountingList.reads = 0
+        count = write_flow_table(out, view, data)
+        return out.getvalue(), count, _CountingList.reads
+
+    def test_long_chain_is_linear(self) -> None:
+        from vrtwist.shmem.listing import CHAIN_SHOWN
+
+        n = 32768
+        # entry 0 heads a chain through every other entry; 0 and 7 are active flows
+        path = self.table(n, {i: i + 1 for i in range(n - 1)}, [0, 7])
+        text, count, reads = self.listing(path)
+        self.assertEqual(count, 2)  # both flows still listed
+        # each entry is read a bounded number of times: the head's one full walk plus
+        # at most CHAIN_SHOWN steps after each member, never the rest of the chain
+        self.assertLessEqual(reads, n * (CHAIN_SHOWN + 3))
+        # the head lists the whole chain once, in order
+        head = text.index("Oflow entries:")
+        numbers = text[head : text.index("\n\n", head)].split()[2:]
+        self.assertEqual(numbers, [str(i) for i in range(1, n)])
+        # and the output stays linear in the table, not quadratic in the chain
+        self.assertLess(len(text), n * CHAIN_SHOWN * 8)
+
+    def test_short_chains_print_as_the_real_tool(self) -> None:
+        # 3 -> 5 -> 4: the head lists both, 5 lists 4 (as utils/flow.c does)
+        path = self.table(12, {3: 5, 5: 4}, [3, 4, 5])
+        text, count, _ = self.listing(path)
+        self.assertEqual(count, 3)
+        self.assertIn("Oflow entries:\n\t 5 4\n\n", text)
+        self.assertIn("Oflow entries:\n\t 4\n\n", text)
+        self.assertNotIn("...", text)
+
+    def test_corrupt_chain_loop_terminates(self) -> None:
+        from vrtwist.shmem.listing import CHAIN_SHOWN
+
+        n = 4096
+        # a pure loop (no head) of every entry, plus a head entering a second loop
+        links = {i: (i + 1) % 2048 for i in range(2048)}
+        links.update({2048: 2049, 2049: 2050, 2050: 2049})
+        path = self.table(n, links, [1, 2048])
+        text, count, reads = self.listing(path)
+        self.assertEqual(count, 2)
+        self.assertLessEqual(reads, n * (CHAIN_SHOWN + 3))
+        self.assertIn("Oflow entries:\n\t 2049 2050 ...\n\n", text)

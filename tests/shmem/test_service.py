@@ -192,3 +192,61 @@ class Bridge(SynchronousTestCase):
         self.assertEqual(struct.unpack_from("<i", b, 49)[0], 12)
         # VALID set by the owner, MAC_NEW masked out (VR_BRIDGE_FLAG_MASK)
         self.assertEqual(struct.unpack_from("<H", b, 53)[0], L.BE_VALID | L.BE_LABEL_VALID)
+
+
+class FileModes(SynchronousTestCase):
+    """flow.shmem and bridge.shmem hold flows and addresses: the owner's, whatever the umask."""
+
+    def setUp(self) -> None:
+        self.dir = tempfile.mkdtemp(prefix="ac-shmem-")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        os.chmod(self.dir, 0o755)
+
+    def _install(self, mask: int, run_dir: str, **kw: object) -> None:
+        old = os.umask(mask)
+        try:
+            t = install(Datapath(), run_dir, 1000, 100, **kw)  # type: ignore[arg-type]
+        finally:
+            os.umask(old)
+        self.addCleanup(t.close)
+
+    def test_owner_only_under_umask_0_and_022(self) -> None:
+        for mask in (0, 0o022):
+            run = os.path.join(self.dir, f"run{mask}")
+            self._install(mask, run)
+            self.assertEqual(os.stat(run).st_mode & 0o777, 0o700)  # created here
+            for name in ("flow.shmem", "bridge.shmem"):
+                self.assertEqual(os.stat(os.path.join(run, name)).st_mode & 0o777, 0o600)
+            self.assertEqual(sorted(os.listdir(run)), ["bridge.shmem", "flow.shmem"])
+
+    def test_group_reads(self) -> None:
+        from vrtwist.access import SocketAccess
+
+        self._install(0, self.dir, access=SocketAccess(65534))
+        st = os.stat(os.path.join(self.dir, "flow.shmem"))
+        self.assertEqual((st.st_mode & 0o777, st.st_gid), (0o640, 65534))
+
+    def test_old_loose_file_replaced_not_reused(self) -> None:
+        """A 0644 file from an older run: replaced by a new 0600 inode, so whoever held
+        the old one open sees none of the new table."""
+        path = os.path.join(self.dir, "flow.shmem")
+        with open(path, "wb") as f:
+            f.write(b"old")
+        os.chmod(path, 0o644)
+        held = open(path, "rb")
+        self.addCleanup(held.close)
+        self._install(0o022, self.dir)
+        self.assertEqual(os.stat(path).st_mode & 0o777, 0o600)
+        self.assertNotEqual(os.fstat(held.fileno()).st_ino, os.stat(path).st_ino)
+        self.assertEqual(held.read(), b"old")
+
+    def test_nobody_cannot_read_root_can(self) -> None:
+        from tests.unprivileged import need_root, open_as_nobody
+
+        need_root()
+        self._install(0o022, self.dir)
+        for name in ("flow.shmem", "bridge.shmem"):
+            path = os.path.join(self.dir, name)
+            self.assertEqual(open_as_nobody(path), "EACCES")
+            with open(path, "rb") as f:
+                self.assertEqual(len(f.read(64)), 64)

@@ -34,7 +34,10 @@ class Pair:
 
     async def start_forwarder(self) -> None:
         fo = forwarder_tap.Options()
-        fo.parseOptions(["--data-listen", self.path, "--window", str(self.window)])
+        # the unix destinations these tests dial all live in the pair's own directory
+        fo.parseOptions(
+            ["--data-listen", self.path, "--window", str(self.window), "--allow-unix-dir", self.dir]
+        )
         self.fwd = forwarder_tap.makeService(fo, reactor)
         self.fwd.startService()
         await self.fwd.dataService._waitingForPort

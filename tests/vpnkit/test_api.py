@@ -156,6 +156,21 @@ class APITests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(d).code, 400)
         self.assertEqual(self.table.list(), [])
 
+    def test_deep_or_bad_string_json_is_400(self) -> None:
+        good = Port.parse("tcp:127.0.0.1:5000:10.0.0.2:80").to_json()
+        self.assertEqual(self.call("PUT", "/forwards/expose/port", good)[0], 200)
+        for raw in (
+            b"[" * 100_000 + b"]" * 100_000,
+            json.dumps(dict(good, in_ip="10.0.0.2\u0000")).encode(),
+            json.dumps(dict(good, proto="tcp\ud800")).encode(),
+        ):
+            d = self.treq.request("PUT", "http://x/forwards/expose/port", data=raw)
+            resp = self.successResultOf(d)
+            self.assertEqual(resp.code, 400)
+            message = json.loads(self.successResultOf(self.treq.content(resp)))["message"]
+            self.assertIn("not acceptable JSON", message)
+        self.assertEqual(len(self.table.list()), 1)  # only the good one
+
     def test_pipe(self) -> None:
         code, _ = self.call("PUT", "/forwards/expose/pipe", Port.parse("unix:/a:/b").to_json())
         self.assertEqual(code, 200)

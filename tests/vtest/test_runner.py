@@ -114,10 +114,16 @@ class SpawnTests(TestCase):
             self.skipTest("peer vtest suite not found at %s" % PEER)
         exe = os.path.join(os.path.dirname(sys.executable), "vrtwist-vtest")
         files = [MSG_FILES[-1], PACKET_FILES[0]]
-        done = subprocess.run([exe, "--spawn", *files], capture_output=True, text=True,
-                              timeout=100)  # fmt: skip
+        done = subprocess.run([exe, "--spawn", "--messages-only", *files], capture_output=True,
+                              text=True, timeout=100)  # fmt: skip
         self.assertEqual(done.returncode, 0, done.stdout + done.stderr)
         lines = done.stdout.splitlines()
         self.assertTrue(lines[0].startswith("PASS msg__vxlan__vxlan_add_get_delete.xml"))
         self.assertTrue(lines[1].startswith("SKIP ipv4__complex__VMs__example.xml"))
+        self.assertIn("not run (--messages-only)", lines[1])
         self.assertEqual(lines[2], "2 files: 1 passed, 0 failed, 1 skipped (packet path)")
+        # without --messages-only a packet check that cannot run makes the status non-zero
+        done = subprocess.run([exe, "--spawn", "--netns-prefix", "ptvt", PACKET_FILES[0]],
+                              capture_output=True, text=True, timeout=100)  # fmt: skip
+        self.assertEqual(done.returncode, runner.EXIT_NOT_RUN, done.stdout + done.stderr)
+        self.assertIn("SKIP ipv4__complex__VMs__example.xml", done.stdout)

@@ -20,6 +20,9 @@ def doc(body: str) -> bytes:
     return ("<?xml version='1.0'?><test><test_name>t</test_name>%s</test>" % body).encode()
 
 
+FLOW = "<message><vr_flow_req><fr_op>flow_set</fr_op></vr_flow_req></message>"
+
+
 class ValueTests(SynchronousTestCase):
     def one(self, request: str, extra: str = "") -> object:
         test = parse_bytes(doc("<message>%s%s</message>" % (request, extra)))
@@ -81,6 +84,45 @@ class ValueTests(SynchronousTestCase):
         self.assertEqual(
             [m.request.fr_flow_sip_l for m in test.messages], [16843009, 16843010, 16843011]
         )
+
+    def test_flow_count_bounded(self) -> None:
+        """A 180-byte file claiming 0x7fffffff flows is refused before anything is built."""
+        import tracemalloc
+
+        from vrtwist.vtest.xmlspec import MAX_FLOW_COUNT, MAX_MESSAGES
+
+        attack = doc(
+            "<control><flow_count>0x7fffffff</flow_count></control><message><vr_flow_req>"
+            "<fr_op>flow_set</fr_op></vr_flow_req></message>"
+        )
+        self.assertLess(len(attack), 256)
+        tracemalloc.start()
+        try:
+            with self.assertRaises(VtestFormatError) as cm:
+                parse_bytes(attack)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        self.assertIn("control/flow_count", str(cm.exception))
+        self.assertIn("out of range", str(cm.exception))
+        self.assertLess(peak, 1 << 20)  # no allocation in proportion to the claim
+        for bad in ("-1", str(MAX_FLOW_COUNT + 1), "0x" + "f" * 600):
+            with self.assertRaises(VtestFormatError):
+                parse_bytes(doc("<control><flow_count>%s</flow_count></control>" % bad))
+        # the bound itself still reads, and so does 0 (once, as the driver does)
+        ok = parse_bytes(doc("<control><flow_count>0</flow_count></control>" + FLOW))
+        self.assertEqual(len(ok.messages), 1)
+        # many flow requests under a legal count still stop at the total bound
+        # (checked with the bound made small, so the test builds few requests)
+        from vrtwist.vtest import xmlspec
+
+        self.assertGreaterEqual(MAX_MESSAGES, MAX_FLOW_COUNT)
+        self.patch(xmlspec, "MAX_MESSAGES", 10)
+        many = doc("<control><flow_count>4</flow_count></control>" + FLOW * 3)
+        with self.assertRaises(VtestFormatError) as cm2:
+            parse_bytes(many)
+        self.assertIn("message 3: expands to more than 10 requests", str(cm2.exception))
+        self.assertEqual(len(parse_bytes(many.replace(b">4<", b">3<")).messages), 9)
 
     def test_bad_files(self) -> None:
         cases = {

@@ -135,3 +135,49 @@ class TwistdTlsTests(TestCase):
         from twisted.internet.interfaces import ISSLTransport
 
         self.assertTrue(ISSLTransport.providedBy(links[0].session.transport))  # type: ignore[union-attr]
+        with open(os.path.join(run, "cn.log"), "rb") as f:
+            self.assertNotIn(b"unauthenticated", f.read())  # TLS on: no such warning
+
+
+class UnauthenticatedWarningTests(SynchronousTestCase):
+    """Without TLS the XMPP service says at start, once, that it is unauthenticated."""
+
+    def _start(self, argv: list[str]) -> list[dict[str, object]]:
+        from twisted.logger import globalLogPublisher
+
+        events: list[dict[str, object]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        o = control_tap.Options()
+        o.parseOptions(argv)
+        svc = control_tap.makeService(o, MemoryReactorClock())
+        svc.startService()
+        self.addCleanup(svc.stopService)
+        return [e for e in events if "unauthenticated" in str(e.get("log_format", ""))]
+
+    def test_without_tls_one_warning(self) -> None:
+        from twisted.logger import LogLevel, formatEvent
+
+        warned = self._start(["--xmpp", "tcp:0:interface=127.0.0.1"])
+        self.assertEqual(len(warned), 1)
+        self.assertEqual(warned[0]["log_level"], LogLevel.warn)
+        self.assertIn("tcp:0:interface=127.0.0.1", formatEvent(warned[0]))
+
+    def test_with_tls_no_warning(self) -> None:
+        from .test_loopback import make_pki
+
+        run = tempfile.mkdtemp(prefix="ac-cn-")
+        pki = make_pki(run)
+        warned = self._start(["--xmpp", "tcp:0", "--xmpp-cert", pki["cn-cert"],
+                              "--xmpp-key", pki["cn-key"], "--xmpp-ca", pki["ca"]])
+        self.assertEqual(warned, [])
+
+    def test_unix_xmpp_socket_owner_only(self) -> None:
+        """An ``--xmpp unix:`` listener gets the restrictive mode too."""
+        r = MemoryReactorClock()
+        o = control_tap.Options()
+        o.parseOptions(["--xmpp", "unix:/x/cn.sock"])
+        svc = control_tap.makeService(o, r)
+        svc.startService()
+        self.addCleanup(svc.stopService)
+        self.assertEqual(r.unixServers[0][3], 0o600)

@@ -112,6 +112,15 @@ class _Vrf:
     rcv_nh: int
     resolve_nh: int
     ports: set[str] = field(default_factory=set)
+    #: the L2-receive next hop the VRRP MAC's bridge entry points at (routes what VMs
+    #: send to their gateway MAC instead of bridging it)
+    l2rcv_nh: int = 0
+    #: the policy-enabled next hop to the agent's interface that the gateway and DNS
+    #: addresses route to (their packets reach the agent as NEXTHOP traps after a flow)
+    pkt0_nh: int = 0
+    #: the L2 flood (multicast composite) next hop of ff:ff:ff:ff:ff:ff: the VRF's local
+    #: VMs; through it the datapath answers broadcast ARP requests by proxy
+    flood_nh: int = 0
     # VRF-wide route key -> reference count (gateway/DNS/subnet routes shared by ports)
     shared: dict[Key, int] = field(default_factory=dict)
 
@@ -267,8 +276,22 @@ class DatapathModel:
             vrf_id = self.vrf_ids.alloc()
         rcv = self._take_nh(adopted.rcv_nh if adopted else None)
         res = self._take_nh(adopted.resolve_nh if adopted else None)
-        v = _Vrf(name, vrf_id, rcv, res)
+        v = _Vrf(name, vrf_id, rcv, res, l2rcv_nh=self._take_nh(None),
+                 pkt0_nh=self._take_nh(None), flood_nh=self._flood_id(vrf_id))
         self._vrfs[name] = v
+        self._set_flood(v)
+        self._set((NH, v.pkt0_nh), "vr_nexthop_req", {
+            "nhr_id": v.pkt0_nh, "nhr_type": C.NH_ENCAP, "nhr_family": C.AF_INET,
+            "nhr_vrf": vrf_id, "nhr_encap_oif_id": AGENT_VIF,
+            "nhr_encap": list(VROUTER_MAC + VROUTER_MAC + b"\x08\x00"),
+            "nhr_flags": C.NH_FLAG_VALID | C.NH_FLAG_POLICY_ENABLED})
+        self._set((NH, v.l2rcv_nh), "vr_nexthop_req", {
+            "nhr_id": v.l2rcv_nh, "nhr_type": C.NH_L2_RCV, "nhr_family": C.AF_BRIDGE,
+            "nhr_vrf": vrf_id, "nhr_flags": C.NH_FLAG_VALID})
+        self._set(_vrrp_key(vrf_id), "vr_route_req", {
+            "rtr_vrf_id": vrf_id, "rtr_family": C.AF_BRIDGE, "rtr_mac": list(VROUTER_MAC),
+            "rtr_nh_id": v.l2rcv_nh, "rtr_label": 0, "rtr_label_flags": 0,
+            "rtr_prefix": [], "rtr_prefix_len": 0})
         self._set((NH, rcv), "vr_nexthop_req", {
             "nhr_id": rcv, "nhr_type": C.NH_RCV, "nhr_family": C.AF_INET, "nhr_vrf": vrf_id,
             "nhr_encap_oif_id": AGENT_VIF, "nhr_flags": C.NH_FLAG_VALID})
@@ -277,6 +300,26 @@ class DatapathModel:
             "nhr_vrf": vrf_id, "nhr_flags": C.NH_FLAG_VALID})
         return v
 
+    def _flood_id(self, vrf_id: int) -> int:
+        """The flood next hop's id: from the top of the id space, so that it sorts after
+        the members it lists (requests go out in id order) and is the same after a
+        restart."""
+        want = self.nhs.hi - vrf_id
+        return want if self.nhs.reserve(want) else self.nhs.alloc()
+
+    def _set_flood(self, v: _Vrf) -> list[Key]:
+        """(Re)write the VRF's flood next hop with its current local VMs."""
+        members = sorted(self._ports[p].l2_nh for p in v.ports if p in self._ports)
+        self._set((NH, v.flood_nh), "vr_nexthop_req", {
+            "nhr_id": v.flood_nh, "nhr_type": C.NH_COMPOSITE, "nhr_family": C.AF_BRIDGE,
+            "nhr_vrf": v.vrf_id, "nhr_flags": C.NH_FLAG_VALID | C.NH_FLAG_MCAST,
+            "nhr_nh_list": members, "nhr_label_list": [0] * len(members)})
+        self._set(_bcast_key(v.vrf_id), "vr_route_req", {
+            "rtr_vrf_id": v.vrf_id, "rtr_family": C.AF_BRIDGE, "rtr_mac": list(_BCAST),
+            "rtr_nh_id": v.flood_nh, "rtr_label": 0, "rtr_label_flags": 0,
+            "rtr_prefix": [], "rtr_prefix_len": 0})
+        return [(NH, v.flood_nh)]
+
     def _take_nh(self, want: int | None) -> int:
         if want is not None and self.nhs.reserve(want):
             return want
@@ -284,11 +327,14 @@ class DatapathModel:
 
     def _drop_vrf(self, v: _Vrf) -> list[Key]:
         del self._vrfs[v.name]
-        keys: list[Key] = [(NH, v.rcv_nh), (NH, v.resolve_nh)]
+        keys = _vrf_base_keys(v)
         for k in keys:
             self.desired.pop(k, None)
         self.nhs.free(v.rcv_nh)
         self.nhs.free(v.resolve_nh)
+        self.nhs.free(v.l2rcv_nh)
+        self.nhs.free(v.pkt0_nh)
+        self.nhs.free(v.flood_nh)
         self.vrf_ids.free(v.vrf_id)
         return keys
 
@@ -323,7 +369,7 @@ class DatapathModel:
         vif_fields: dict[str, Any] = {
             "vifr_idx": vif, "vifr_type": C.VIF_TYPE_VIRTUAL, "vifr_name": port.system_name,
             "vifr_transport": C.VIF_TRANSPORT_VIRTUAL, "vifr_vrf": v.vrf_id,
-            "vifr_mcast_vrf": v.vrf_id, "vifr_mac": list(mac), "vifr_mtu": self.mtu,
+            "vifr_mcast_vrf": v.vrf_id, "vifr_mac": list(VROUTER_MAC), "vifr_mtu": self.mtu,
             "vifr_flags": VM_VIF_FLAGS, "vifr_nh_id": l3,
             "vifr_os_idx": self._os_index(port.system_name),
             "vifr_ip": host_u32(port.ip_address) if port.ip_address else 0,
@@ -344,7 +390,8 @@ class DatapathModel:
         keys += [(NH, l3), (NH, l2)]
         self._set((MPLS, label), "vr_mpls_req", {"mr_label": label, "mr_nhid": l3})
         keys.append((MPLS, label))
-        route_flags = C.VR_RT_LABEL_VALID_FLAG
+        # the route carries the VM's MAC: the datapath answers ARP for it by proxy
+        route_flags = C.VR_RT_LABEL_VALID_FLAG | C.VR_RT_ARP_PROXY_FLAG
         if port.ip_address:
             k = _inet_key(v.vrf_id, port.ip_address, 32)
             self._set(k, "vr_route_req", _route_fields(k, l3, label, route_flags, mac))
@@ -372,9 +419,10 @@ class DatapathModel:
         self._ports[port.id] = _PortIds(vif, l3, l2, label, name, keys, shared, route)
         self._port_of[port.id] = rest
         self._programmed[port.id] = port
+        changed = keys + self._set_flood(v)  # the VRF's, not the port's
         if new_vrf:
-            keys = [(NH, v.rcv_nh), (NH, v.resolve_nh)] + keys
-        self._notify(keys)
+            changed = _vrf_base_keys(v) + changed
+        self._notify(changed)
         if self.controller is not None:
             self.controller.localRouteAdded(route)
 
@@ -510,7 +558,7 @@ class DatapathModel:
         for addr in sorted({gateway, dns} - {None, "0.0.0.0"}):  # type: ignore[type-var]
             assert addr is not None
             k = _inet_key(v.vrf_id, addr, 32)
-            out.append((k, _route_fields(k, v.rcv_nh, 0, flags, None)))
+            out.append((k, _route_fields(k, v.pkt0_nh, 0, flags, None)))
         if port.ip_address and plen is not None and plen <= 30:
             net = ipaddress.IPv4Network(f"{port.ip_address}/{plen}", strict=False)
             k = _inet_key(v.vrf_id, str(net.network_address), net.prefixlen)
@@ -528,6 +576,8 @@ class DatapathModel:
             self.desired.pop(k, None)
         v = self._vrfs[ids.vrf]
         v.ports.discard(port.id)
+        if v.ports:
+            keys += self._set_flood(v)
         self._release_shared(v, ids.shared, keys)
         self.vifs.free(ids.vif)
         self.nhs.free(ids.l3_nh)
@@ -550,6 +600,14 @@ class DatapathModel:
             return None
         return {"vif": ids.vif, "l3_nh": ids.l3_nh, "l2_nh": ids.l2_nh, "label": ids.label,
                 "vrf": self._vrfs[ids.vrf].vrf_id}
+
+    def port_on_vif(self, vif: int) -> tuple[Port, int] | None:
+        """The port (as programmed) behind VM vif ``vif`` and its VRF id, for the packet
+        services that get a vif index with each trapped packet."""
+        for uuid, ids in self._ports.items():
+            if ids.vif == vif:
+                return self._programmed[uuid], self._vrfs[ids.vrf].vrf_id
+        return None
 
     # IGatewayProgrammer ----------------------------------------------------------------
 
@@ -574,7 +632,7 @@ class DatapathModel:
             if new_vrf:
                 self._drop_vrf(v)
             raise
-        keys: list[Key] = [(NH, v.rcv_nh), (NH, v.resolve_nh)] if new_vrf else []
+        keys: list[Key] = _vrf_base_keys(v) if new_vrf else []
         self._set((VIF, vif), "vr_interface_req", {
             "vifr_idx": vif, "vifr_type": C.VIF_TYPE_GATEWAY, "vifr_name": gateway.interface,
             "vifr_transport": C.VIF_TRANSPORT_VIRTUAL, "vifr_vrf": v.vrf_id,
@@ -757,6 +815,24 @@ def _ipv4_int(addr: str) -> int:
         if len(_DIPS) < 4096:
             _DIPS[addr] = v
     return v
+
+
+_BCAST = b"\xff" * 6
+
+
+def _bcast_key(vrf: int) -> Key:
+    return (ROUTE, C.AF_BRIDGE, vrf, _BCAST)
+
+
+def _vrrp_key(vrf: int) -> Key:
+    return (ROUTE, C.AF_BRIDGE, vrf, VROUTER_MAC)
+
+
+def _vrf_base_keys(v: _Vrf) -> list[Key]:
+    """What every VRF has: receive, resolve, L2-receive and agent next hops, and the VRRP
+    MAC's bridge entry."""
+    return [(NH, v.rcv_nh), (NH, v.resolve_nh), (NH, v.l2rcv_nh), (NH, v.pkt0_nh),
+            (NH, v.flood_nh), _vrrp_key(v.vrf_id), _bcast_key(v.vrf_id)]
 
 
 def _inet_key(vrf: int, addr: str, plen: int) -> Key:

@@ -33,6 +33,7 @@ from vrtwist.agent.model import (
 )
 from vrtwist.agent.ports import PortNotFound, PortTable, WrongPortType
 from vrtwist.agent.store import PortFileError
+from vrtwist.safejson import JsonInputError, check_text, decode_json
 
 #: Largest request body accepted (a 1,000-port array is about 500 KB).
 MAX_BODY = 8 * 1024 * 1024
@@ -67,13 +68,10 @@ def _read_body(request: IRequest) -> Any:
     if size > MAX_BODY:
         raise ApiError(413, f"body: {size} bytes is larger than the {MAX_BODY} byte limit")
     content.seek(0)
-    raw = content.read()
-    if not raw.strip():
-        raise ApiError(400, "body: empty, expected JSON")
     try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ApiError(400, f"body: invalid JSON ({e})") from e
+        return decode_json(content.read())
+    except JsonInputError as e:
+        raise ApiError(400, str(e)) from None
 
 
 def _uuid(value: str, what: str = "uuid") -> str:
@@ -282,6 +280,10 @@ class PortApi:
     def vm_cfg(self, request: IRequest, vm_name: str) -> Any:
         """GET /vm-cfg/<vm-name>: the configuration of a VM's ports, by name."""
         def cfg() -> list[dict[str, Any]]:
+            try:
+                check_text(vm_name, "vm-name")
+            except JsonInputError as e:
+                raise ApiError(400, str(e)) from None
             found = [{
                 "id": p.id, "vm-uuid": p.instance_id, "vn-id": p.vn_id,
                 "vn-name": vn_name(p.vn_id), "mac-address": p.mac_address,

@@ -13,17 +13,20 @@ from typing import Any
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, ensureDeferred
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.web.server import Site
 
+from vrtwist.access import SocketAccess
 from vrtwist.agent.dpstate import DatapathModel, host_if_index, host_if_mac
 from vrtwist.agent.ksync_sync import KsyncSynchroniser, LocalSynchroniser
+from vrtwist.agent.packet.service import AgentPacketService
 from vrtwist.agent.ports import DEFAULT_STALE_TIMEOUT, PortTable
 from vrtwist.agent.rest import BoundedRequest, PortApi
 from vrtwist.agent.store import PortStore
+from vrtwist.bounds import bounded_site
+from vrtwist.unixlisten import listen_endpoint
 from vrtwist.xmpp.agent_link import makeControllerLink
 from vrtwist.xmpp.interfaces import IRouteProgrammer
 
@@ -38,12 +41,15 @@ class AgentService(MultiService):
                  stale_timeout: float = DEFAULT_STALE_TIMEOUT, fabric_ip: str = "0.0.0.0",
                  hostname: str = "", controllers: list[str] | None = None,
                  fabric: str | None = None, local_datapath: Any = None,
-                 link_kwargs: dict[str, Any] | None = None) -> None:
+                 link_kwargs: dict[str, Any] | None = None,
+                 access: SocketAccess | None = None) -> None:
         super().__init__()
         self.reactor = reactor
         self.run_dir = run_dir
         self.state_dir = state_dir
         self.rest_description = rest
+        #: who may use a unix REST socket (``unix:`` in ``rest``): owner, or with a group
+        self.access = access
         self.datapath = datapath
         self.tap_check = tap_check
         self.stale_timeout = stale_timeout
@@ -59,6 +65,7 @@ class AgentService(MultiService):
         self.sync: Any = None
         self.link: Any = None
         self.rest_port: IListeningPort | None = None
+        self.packets: AgentPacketService | None = None
         self.ready: Deferred[None] = Deferred()
 
     def startService(self) -> None:
@@ -86,6 +93,10 @@ class AgentService(MultiService):
         if sync is not None:
             self.sync = sync
             await sync.prepare()  # external datapath: dump, adopt ids
+        self.packets = AgentPacketService(self.reactor, self.run_dir, self.model,
+                                          local_datapath=self.local_datapath,
+                                          access=self.access)
+        self.packets.setServiceParent(self)
         table.observe(self.model)
         added, skipped = table.replay()
         self._log.info("replayed {added} port(s) from {dir}, skipped {skipped}",
@@ -94,11 +105,11 @@ class AgentService(MultiService):
             sync.start()
         self.api = PortApi(table, self._programmed if sync is not None else None,
                            gateways=self.model)
-        endpoint = serverFromString(self.reactor, self.rest_description)
+        endpoint = listen_endpoint(self.reactor, self.rest_description, self.access)
         site = Site(self.api.app.resource(), requestFactory=BoundedRequest)
         site.noisy = False
         site.log = lambda request: None  # type: ignore[method-assign]  # no access log
-        self.rest_port = await endpoint.listen(site)
+        self.rest_port = await endpoint.listen(bounded_site(site, self.reactor, "rest"))
         self._log.info("REST port API listening on {addr}", addr=self.rest_port.getHost())
         self.ready.callback(None)
 

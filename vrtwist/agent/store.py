@@ -3,6 +3,8 @@
 The real agent writes with a plain ``ofstream`` and ignores failures; here every write goes
 to a temporary file in the same directory, is fsynced, renamed over the target and the
 directory is fsynced, so a crash leaves either the old or the new file, never half of one.
+Files (and the temporary files) are 0600 and the directories 0700 whatever the umask:
+VM names and addresses are not every local user's to read.
 Errors propagate (:class:`PortFileError`) so the REST layer can refuse the request.
 """
 
@@ -20,6 +22,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from vrtwist.access import private_dir
 from vrtwist.agent.interfaces import IPortStore
 from vrtwist.agent.model import normalise_uuid
 
@@ -30,12 +33,28 @@ class PortFileError(OSError):
     """A port file could not be written, removed or read."""
 
 
+#: Port files hold VM names and addresses: the agent's alone, whatever the umask.
+PORT_FILE_MODE = 0o600
+PORT_DIR_MODE = 0o700
+
+
+def _open_private_tmp(tmp: Path) -> int:
+    """The temporary file a port file is written through, exactly 0600 (never a symlink)."""
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, PORT_FILE_MODE)
+    try:
+        os.fchmod(fd, PORT_FILE_MODE)  # a leftover temp file keeps its old mode otherwise
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
 def write_json_atomic(path: Path, body: dict[str, Any]) -> None:
     """Write ``body`` pretty-printed to ``path`` with temp + fsync + rename."""
     data = (json.dumps(body, indent=4, sort_keys=True) + "\n").encode()
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = _open_private_tmp(tmp)
         try:
             view = memoryview(data)
             while view:
@@ -91,7 +110,7 @@ def write_json_group(items: list[GroupItem]) -> list[PortFileError | str | None]
         data = (json.dumps(body, indent=4, sort_keys=True) + "\n").encode()
         tmp = path.with_name(f".{path.name}.{os.getpid()}.g.tmp")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            fd = _open_private_tmp(tmp)
         except OSError as e:
             results[i] = PortFileError(e.errno, f"cannot write {path}: {e.strerror}")
             continue
@@ -238,8 +257,9 @@ class PortStore:
     def __init__(self, state_dir: str | os.PathLike[str]) -> None:
         self.ports_dir = Path(state_dir) / "ports"
         self.vm_dir = self.ports_dir / "vm"
-        self.ports_dir.mkdir(parents=True, exist_ok=True)
-        self.vm_dir.mkdir(parents=True, exist_ok=True)
+        # the agent's own directories: 0700 even when an older run left them 0755
+        private_dir(self.ports_dir)
+        private_dir(self.vm_dir)
 
     def path_for(self, uuid: str) -> Path:
         return self.ports_dir / uuid
@@ -259,7 +279,8 @@ class PortStore:
     def write_vm(self, vm_name: str, vmi_uuid: str, body: dict[str, Any]) -> None:
         d = self.vm_dir / vm_name
         try:
-            d.mkdir(exist_ok=True)
+            d.mkdir(mode=PORT_DIR_MODE, exist_ok=True)
+            os.chmod(d, PORT_DIR_MODE)
         except OSError as e:
             raise PortFileError(e.errno, f"cannot create {d}: {e.strerror}") from e
         write_json_atomic(d / vmi_uuid, body)

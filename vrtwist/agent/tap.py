@@ -22,6 +22,7 @@ from vrtwist.agent.service import DEFAULT_STATE_DIR, AgentService
 # and the controller link's (--xmpp-hold-time, --xmpp-cert, ...)
 from vrtwist.datapath.service import DatapathOptionsMixin as _DatapathOptions
 from vrtwist.datapath.service import makeDatapathService
+from vrtwist.unixlisten import access_from_options
 from vrtwist.xmpp.agent_link import LINK_OPT_PARAMETERS, linkKwargsFromOptions
 
 
@@ -89,7 +90,8 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         tap_check=not options["no-tap-check"], stale_timeout=options["stale-timeout"],
         fabric_ip=options["fabric-ip"], hostname=options["hostname"],
         controllers=list(options["controller"]), fabric=options.get("fabric"),
-        local_datapath=local, link_kwargs=linkKwargsFromOptions(options))
+        local_datapath=local, link_kwargs=linkKwargsFromOptions(options),
+        access=access_from_options(options))
     agent.setName("agent")
     agent.setServiceParent(top)
     return top

@@ -130,6 +130,9 @@ def _pe(title: str, always: bool, packets: int, errors: int, core: str = "") -> 
     return "%s%s%s packets:%d errors:%d\n" % (_PAD, core, title, packets, errors)
 
 
+_PORT_STATUS = {1: "UP", 2: "DOWN (waiting for the device)"}
+
+
 def format_vif(v: Any, print_zero: bool = False, core: int | None = None) -> str:
     """One vif block as ``list_get_print`` prints it (the ``--sock-dir`` platform).
 
@@ -187,6 +190,11 @@ def format_vif(v: Any, print_zero: bool = False, core: int | None = None) -> str
     if flags & (C.VIF_FLAG_MIRROR_TX | C.VIF_FLAG_MIRROR_RX):
         line += " Mirror index %d" % v.vifr_mir_id
     lines.append(line + "\n")
+    # vrtwist's port layer: 1 = attached to its OS device, 2 = waiting for it (TF's vif
+    # prints a fabric bond's link the same way, "Status: UP|DOWN", on a line of its own)
+    status = _PORT_STATUS.get(v.vifr_intf_status)
+    if status:
+        lines.append("%sStatus: %s\n" % (_PAD, status))
     z = print_zero
     dev_in = (v.vifr_dev_ipackets, v.vifr_dev_ibytes, v.vifr_dev_ierrors, v.vifr_dev_inombufs)
     port_in = (v.vifr_port_ipackets, v.vifr_port_ierrors, v.vifr_port_isyscalls,

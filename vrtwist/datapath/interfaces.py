@@ -12,14 +12,15 @@ from __future__ import annotations
 from zope.interface import Interface
 
 from vrtwist.ksync.interfaces import IBridgeRoutes, IDatapath, IRequestHandler
+from vrtwist.pkt0.interfaces import IPacketTrap
 
 __all__ = [
-    "IRequestHandler",
     "IBridgeRoutes",
     "IDatapath",
     "IFrameOutput",
-    "IPacketTrap",
     "IPacketPipeline",
+    "IPacketTrap",
+    "IRequestHandler",
 ]
 
 
@@ -37,26 +38,6 @@ class IFrameOutput(Interface):
         Returns False when the vif has no attached device or its queue is full; the
         pipeline then counts the drop (``vds_interface_tx_discard``) and ``oerrors``.
         """
-
-
-class IPacketTrap(Interface):
-    """Where the datapath hands packets for the agent (pkt0 in the real vRouter).
-
-    The fields are those of ``struct agent_hdr`` (vRouter to agent direction); the frame
-    is the trapped packet from its own Ethernet header, already truncated as the real
-    ``agent_send`` truncates it.
-    """
-
-    def trap(
-        vif_index: int,
-        vrf: int,
-        code: int,
-        param: int,
-        param_1: int,
-        stats: tuple[int, int, int, int],
-        frame: bytes,
-    ) -> bool:
-        """Queue one trapped packet for the agent; False when it was dropped (full, no agent)."""
 
 
 class IPacketPipeline(Interface):

@@ -1,4 +1,4 @@
-"""The forwarding extension as a Twisted service: tables, shared memory, ksync socket.
+"""The forwarding extension as a Twisted service: tables, shared memory, ksync, ports.
 
 ``makeDatapathService`` is used by ``twistd vrouter-dp`` (``vrtwist.datapath.tap``) and,
 embedded, by ``twistd vrouter`` (``vrtwist.agent.tap``). Both share
@@ -14,7 +14,9 @@ from typing import Any
 from twisted.application.service import MultiService, Service
 from twisted.internet.interfaces import IReactorUNIX
 from twisted.logger import Logger
+from twisted.python import usage
 
+from vrtwist.access import SOCKET_GROUP_OPTION, SocketAccess, private_dir
 from vrtwist.datapath import constants as C
 from vrtwist.datapath.dispatcher import Datapath
 from vrtwist.datapath.tables import DatapathConfig
@@ -43,6 +45,19 @@ def _positive(value: str) -> int:
 _positive.coerceDoc = "A positive integer."  # type: ignore[attr-defined]
 
 
+def _vlan_tci(value: str) -> int:
+    try:
+        number = int(value, 0)
+    except ValueError:
+        number = -1
+    if not 0 <= number <= 0xFFFF:
+        raise ValueError("--vlan-tci must be a 16-bit TCI (0..65535)")
+    return number
+
+
+_vlan_tci.coerceDoc = "A 16-bit 802.1Q TCI (priority << 13 | VLAN id)."  # type: ignore[attr-defined]
+
+
 class DatapathOptionsMixin:
     """Options of the forwarding extension, shared by ``vrouter-dp`` and ``vrouter``.
 
@@ -55,6 +70,12 @@ class DatapathOptionsMixin:
         ["flow-entries", None, C.VR_DEF_FLOW_ENTRIES, "flow table entries", _positive],
         ["bridge-entries", None, C.VR_DEF_BRIDGE_ENTRIES, "bridge table entries", _positive],
         ["fabric", None, None, "fabric (physical) interface the overlay leaves by"],
+        SOCKET_GROUP_OPTION,
+        ["vlan-tci", None, None, "802.1Q TCI of the physical vif (--vlan_tci)", _vlan_tci],
+    ]
+    optFlags: list[list[Any]] = [
+        ["vtest-vlan", None, "tag every vif's tx with --vlan-tci (--vtest_vlan, VLAN vtests)"],
+        ["no-ports", None, "attach no vif to an OS device (tables only, no packets)"],
     ]
 
 
@@ -77,12 +98,16 @@ class DatapathService(Service):
 
 
 def _install_shared_memory(
-    datapath: Datapath, run_dir: str, flow_entries: int, bridge_entries: int
+    datapath: Datapath,
+    run_dir: str,
+    flow_entries: int,
+    bridge_entries: int,
+    access: SocketAccess | None = None,
 ) -> Any:
     """The flow and bridge tables in ``<run-dir>/*.shmem`` (``vrtwist.shmem``)."""
     from vrtwist.shmem.service import install
 
-    return install(datapath, run_dir, flow_entries, bridge_entries)
+    return install(datapath, run_dir, flow_entries, bridge_entries, access=access)
 
 
 def makeDatapathService(
@@ -92,11 +117,18 @@ def makeDatapathService(
     fabric: str | None = None,
     reactor: IReactorUNIX | None = None,
     config: DatapathConfig | None = None,
+    access: SocketAccess | None = None,
+    *,
+    ports: bool = True,
+    vlan_tci: int | None = None,
+    vtest_vlan: bool = False,
 ) -> MultiService:
     """The forwarding extension: tables + shared memory + ksync on ``<run-dir>/dpdk_netlink``.
 
     ``run_dir`` may also be a parsed options mapping (``--run-dir``, ``--flow-entries``,
-    ``--bridge-entries``, ``--fabric``), as ``vrtwist.agent.tap`` passes it.
+    ``--bridge-entries``, ``--fabric``, ``--socket-group``), as ``vrtwist.agent.tap``
+    passes it.  The socket and table files are the owner's (``access`` adds a group); a
+    run directory created here is 0700 (0750 with the group), an existing one is kept.
     """
     if isinstance(run_dir, Mapping):
         options = run_dir
@@ -104,25 +136,44 @@ def makeDatapathService(
         flow_entries = int(options.get("flow-entries") or flow_entries)
         bridge_entries = int(options.get("bridge-entries") or bridge_entries)
         fabric = options.get("fabric") or fabric
+        if access is None:
+            try:
+                access = SocketAccess.from_group(options.get("socket-group"))
+            except ValueError as e:
+                raise usage.UsageError(f"--socket-group: {e}") from None
+        ports = not options.get("no-ports", not ports)
+        if options.get("vlan-tci") is not None:
+            vlan_tci = int(options["vlan-tci"])
+        vtest_vlan = bool(options.get("vtest-vlan", vtest_vlan))
+    if vtest_vlan and vlan_tci is None:
+        raise ValueError("--vtest-vlan needs --vlan-tci")
     if reactor is None:
         from twisted.internet import reactor as _reactor
 
         reactor = _reactor  # type: ignore[assignment]
     assert reactor is not None
-    os.makedirs(run_dir, exist_ok=True)
+    if not os.path.isdir(run_dir):
+        private_dir(run_dir, access)
     if config is None:
         config = DatapathConfig(flow_entries=flow_entries, bridge_entries=bridge_entries)
     datapath = Datapath(config)
     datapath.fabric = fabric
-    shared = _install_shared_memory(datapath, run_dir, flow_entries, bridge_entries)
+    shared = _install_shared_memory(datapath, run_dir, flow_entries, bridge_entries, access)
     top = MultiService()
     top.setName("vrouter-dp")
     owner = DatapathService(datapath, run_dir, shared)
     owner.setServiceParent(top)
-    ksync = KsyncServerService(reactor, run_dir, datapath, style=STYLE_DPDK)
+    ksync = KsyncServerService(reactor, run_dir, datapath, style=STYLE_DPDK, access=access)
     ksync.setName("ksync")
     ksync.setServiceParent(top)
     top.datapath = datapath  # type: ignore[attr-defined]
+    if ports:
+        from vrtwist.datapath.packets import PacketService
+
+        packets = PacketService(datapath, reactor, shared, vlan_tci=vlan_tci,
+                                vtest_vlan=vtest_vlan, run_dir=run_dir, access=access)
+        packets.setServiceParent(top)
+        top.packets = packets  # type: ignore[attr-defined]
     _log.info(
         "datapath: serving ksync on {path} ({flows} flows, {bridge} bridge entries)",
         path=ksync.path,

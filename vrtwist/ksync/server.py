@@ -18,7 +18,6 @@ from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import UNIXServerEndpoint
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
     IAddress,
@@ -33,6 +32,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from vrtwist.access import SocketAccess
+from vrtwist.bounds import BoundedFactory, ConnectionLimits, IFrameProgress
 from vrtwist.ksync.interfaces import IKsyncDispatcher, IKsyncSession, KsyncReply
 from vrtwist.ksync.netlink import (
     HEADERS_LEN,
@@ -56,6 +57,7 @@ from vrtwist.sandesh import (
     encode,
     schema,
 )
+from vrtwist.unixlisten import UNIXListenEndpoint
 
 __all__ = [
     "KSYNC_SOCKET_NAME",
@@ -67,11 +69,11 @@ __all__ = [
     "ksync_socket_path",
     "listen_ksync",
     "remove_stale_socket",
+    "ksync_limits",
+    "bounded_ksync_factory",
 ]
 
 KSYNC_SOCKET_NAME = "dpdk_netlink"
-#: Owner and group may connect: whoever can talk ksync can rewrite the forwarding tables.
-_SOCKET_MODE = 0o660
 #: Multi-part replies: NLM_F_MULTI on every message, then NLMSG_DONE (kernel, Windows).
 STYLE_LINUX = "linux"
 #: Multi-part replies: NLM_F_MULTI on all but the last message, no DONE (DPDK vRouter).
@@ -105,7 +107,7 @@ def ksync_socket_path(run_dir: str) -> str:
     return os.path.join(run_dir, KSYNC_SOCKET_NAME)
 
 
-@implementer(IKsyncSession, IPushProducer)
+@implementer(IKsyncSession, IPushProducer, IFrameProgress)
 class KsyncServerProtocol(Protocol):
     """One ksync session: reassembles netlink requests, dispatches, frames the replies."""
 
@@ -125,6 +127,7 @@ class KsyncServerProtocol(Protocol):
         self.peer: IAddress | None = None
         self._reader = FrameReader(max_frame=max_frame, min_frame=HEADERS_LEN)
         self._pending: deque[bytes] = deque()
+        self._frames = 0
         self._paused = False
         self._closed = False
         # Fairness: with a clock, at most ``batch`` requests per reactor turn, so one client
@@ -145,12 +148,18 @@ class KsyncServerProtocol(Protocol):
         if self._closed:
             return
         try:
-            self._pending.extend(self._reader.feed(data))
+            frames = self._reader.feed(data)
         except NetlinkFrameError as e:
             self._log.warn("ksync: dropping session {peer}: {error}", peer=self.peer, error=str(e))
             self._drop()
             return
+        self._frames += len(frames)
+        self._pending.extend(frames)
         self._run()
+
+    def frameProgress(self) -> tuple[int, int]:
+        """Frames received so far and bytes of the one in progress (for the guard)."""
+        return self._frames, self._reader.buffered
 
     def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:
         self._closed = True
@@ -410,18 +419,57 @@ def _clock_of(reactor: object) -> IReactorTime | None:
     return reactor if IReactorTime.providedBy(reactor) else None  # type: ignore[return-value]
 
 
+def ksync_limits(max_sessions: int = 256) -> ConnectionLimits:
+    """The bounds of ``dpdk_netlink``.
+
+    A first request within 10 s of connecting and any request completed within 10 s of
+    its first byte: ``vif``, ``nh`` and friends send theirs at once, and a header
+    promising 65,536 bytes with no body is cut off.  Idle: 600 s, far above the agent's
+    habit (one session kept open for good, polling statistics every few seconds), well
+    below "forever".  When ``max_sessions`` are open the stalest session is closed for
+    the newcomer (see :mod:`vrtwist.bounds`), so idle sockets cannot lock a utility out.
+    """
+    return ConnectionLimits(max_connections=max_sessions, first_frame=10.0, partial=10.0,
+                            idle=600.0)  # fmt: skip
+
+
+def bounded_ksync_factory(
+    reactor: object,
+    dispatcher: IKsyncDispatcher,
+    style: str = STYLE_LINUX,
+    max_sessions: int = 256,
+    limits: ConnectionLimits | None = None,
+) -> BoundedFactory | KsyncServerFactory:
+    """The ksync factory under :func:`ksync_limits` (unwrapped without a clock)."""
+    clock = _clock_of(reactor)
+    limits = limits if limits is not None else ksync_limits(max_sessions)
+    # the guard owns the cap: the inner factory only has to hold the sessions being
+    # evicted (their connectionLost comes a turn later) next to the live ones
+    inner = KsyncServerFactory(dispatcher, style, limits.max_connections * 4, clock=clock)
+    if clock is None:
+        inner.max_sessions = max_sessions
+        return inner
+    return BoundedFactory(inner, clock, limits, "ksync")
+
+
 def listen_ksync(
     reactor: IReactorUNIX,
     run_dir: str,
     dispatcher: IKsyncDispatcher,
     style: str = STYLE_LINUX,
     max_sessions: int = 256,
+    access: SocketAccess | None = None,
+    limits: ConnectionLimits | None = None,
 ) -> Deferred[IListeningPort]:
-    """Listen on ``<run-dir>/dpdk_netlink`` (stale socket removed first)."""
+    """Listen on ``<run-dir>/dpdk_netlink`` (stale socket removed first).
+
+    Whoever can connect can rewrite the forwarding tables: the socket is the owner's
+    (0600), or also ``access``'s group (0660), never the umask's (``vrtwist.access``).
+    """
     path = ksync_socket_path(run_dir)
     remove_stale_socket(path)
-    ep = UNIXServerEndpoint(reactor, path, backlog=128, mode=_SOCKET_MODE)
-    return ep.listen(KsyncServerFactory(dispatcher, style, max_sessions, clock=_clock_of(reactor)))
+    ep = UNIXListenEndpoint(reactor, path, access, backlog=128)
+    return ep.listen(bounded_ksync_factory(reactor, dispatcher, style, max_sessions, limits))
 
 
 class KsyncServerService(StreamServerEndpointService):
@@ -434,11 +482,12 @@ class KsyncServerService(StreamServerEndpointService):
         dispatcher: IKsyncDispatcher,
         style: str = STYLE_LINUX,
         max_sessions: int = 256,
+        access: SocketAccess | None = None,
     ) -> None:
         self.path = ksync_socket_path(run_dir)
-        self.factory = KsyncServerFactory(dispatcher, style, max_sessions, clock=_clock_of(reactor))
+        self.factory = bounded_ksync_factory(reactor, dispatcher, style, max_sessions)
         super().__init__(
-            UNIXServerEndpoint(reactor, self.path, backlog=128, mode=_SOCKET_MODE), self.factory
+            UNIXListenEndpoint(reactor, self.path, access, backlog=128), self.factory
         )
 
     def privilegedStartService(self) -> None:

@@ -25,6 +25,7 @@ _BODY = L.BRIDGE_BODY
 _U16 = L.U16
 _KEY = __import__("struct").Struct("<6sH")
 _ZERO_MAC = bytes(6)
+_ROUTE = __import__("struct").Struct("<IiH")  # be_label, be_nh_id, be_flags at 45
 
 
 def bridge_key(mac: bytes, vrf: int) -> bytes:
@@ -139,6 +140,17 @@ class BridgeTable(TableOwner):
         L.I32.pack_into(self.buf, off + L.OFF_BE_BODY + 28, -1)  # be_nh_id
         self.ht.release(idx)
         return 0
+
+    def route(self, vrf: int, mac: bytes) -> tuple[int, int, int, int] | None:
+        """(index, nh id, label, flags) of (vrf, mac): the packet pipeline's bridge lookup.
+
+        One dict probe and one unpack, without parsing the whole entry.
+        """
+        index = self._index.get(_KEY.pack(mac, vrf & 0xFFFF), -1)
+        if index < 0:
+            return None
+        label, nh_id, flags = _ROUTE.unpack_from(self.buf, index * L.BRIDGE_ENTRY_SIZE + 45)
+        return index, nh_id, label, flags
 
     def add_packets(self, index: int, n: int = 1) -> None:
         """Datapath accounting of ``be_packets``."""

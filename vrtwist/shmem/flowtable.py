@@ -17,9 +17,9 @@ import errno
 import operator
 import os
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from zope.interface import implementer
 
@@ -34,12 +34,15 @@ __all__ = [
     "FlowTable",
     "FlowSetResult",
     "FlowTableFull",
+    "FlowVerdict",
     "fields_of",
     "key_from_request",
     "rkey_from_request",
 ]
 
 _U16 = L.U16
+_U32 = L.U32
+_I32 = L.I32
 _A = L.FLOW_PART_A
 _B = L.FLOW_PART_B
 _STATS = L.FLOW_STATS
@@ -79,6 +82,23 @@ _CREATE_FIELDS = operator.itemgetter(
 )
 _MUDP_START = L.MUDP_PORT_RANGE_START
 _MUDP_RANGE = L.MUDP_PORT_RANGE_END - L.MUDP_PORT_RANGE_START
+
+
+class FlowVerdict(NamedTuple):
+    """The fields of a flow entry the packet pipeline acts on."""
+
+    flags: int
+    action: int
+    vrf: int
+    dvrf: int
+    mirror_id: int
+    sec_mirror_id: int
+    src_nh_index: int
+    ecmp_nh_index: int
+    udp_src_port: int
+    ttl: int
+    gen_id: int
+    rflow: int
 
 
 class FlowTableFull(Exception):
@@ -261,6 +281,8 @@ class FlowTable(TableOwner):
         self.counters = FlowCounters(hold_count=[0] * self.cpus)
         self._index: dict[bytes, int] = {}
         self._hashrnd = int.from_bytes(os.urandom(4), "little")
+        #: called with the index after every successful FLOW_SET (hold-queue replay)
+        self.set_listeners: list[Callable[[int], None]] = []
 
     # -- reading -----------------------------------------------------------------
     def entry(self, index: int) -> FlowEntry:
@@ -369,6 +391,16 @@ class FlowTable(TableOwner):
             self.buf, off, tb & 0xFFFFFFFF, tp & 0xFFFFFFFF, (tb >> 32) & 0xFFFF, (tp >> 32) & 0xFF
         )
 
+    def verdict(self, index: int) -> FlowVerdict:
+        """What the pipeline needs of a live entry, read in two unpacks (the hit path)."""
+        off = index * 256  # L.FLOW_ENTRY_SIZE
+        buf = self.buf
+        b = _B.unpack_from(buf, off + 90)  # L.OFF_FE_PART_B
+        return FlowVerdict(
+            _U16.unpack_from(buf, off + 88)[0], b[1], b[2], b[3], b[4], b[5], b[6], b[11],
+            b[14], buf[off + 21], buf[off + 69], _I32.unpack_from(buf, off + 84)[0],
+        )  # fmt: skip
+
     def stats(self, index: int) -> tuple[int, int]:
         """(bytes, packets) of entry ``index`` including the overflow bits."""
         b, p, bo, po = _STATS.unpack_from(self.buf, index * L.FLOW_ENTRY_SIZE + L.OFF_FE_STATS)
@@ -378,6 +410,19 @@ class FlowTable(TableOwner):
         """OR TCP state bits into ``fe_tcp_flags`` (the datapath's TCP tracking)."""
         off = index * L.FLOW_ENTRY_SIZE + L.OFF_FE_TCP_FLAGS
         _U16.pack_into(self.buf, off, (_U16.unpack_from(self.buf, off)[0] | tcp_flags) & 0xFFFF)
+
+    def tcp_state(self, index: int) -> tuple[int, int]:
+        """(fe_tcp_flags, fe_tcp_seq) of a flow: what ``vr_flow_tcp_digest`` reads."""
+        off = index * L.FLOW_ENTRY_SIZE
+        return _U16.unpack_from(self.buf, off + L.OFF_FE_TCP_FLAGS)[0], _U32.unpack_from(
+            self.buf, off + 80
+        )[0]
+
+    def set_tcp_state(self, index: int, tcp_flags: int, seq: int) -> None:
+        """Write fe_tcp_flags and fe_tcp_seq (the datapath's TCP tracking)."""
+        off = index * L.FLOW_ENTRY_SIZE
+        _U16.pack_into(self.buf, off + L.OFF_FE_TCP_FLAGS, tcp_flags & 0xFFFF)
+        _U32.pack_into(self.buf, off + 80, seq & 0xFFFFFFFF)
 
     def mark_evict(self, index: int) -> bool:
         """Evict a closed flow and its reverse, as ``vr_flow_mark_evict`` does; True if evicted.
@@ -408,7 +453,18 @@ class FlowTable(TableOwner):
 
     # -- ksync: vr_flow_req FLOW_SET -------------------------------------------
     def flow_set(self, req: Any) -> FlowSetResult:
-        """Apply one vr_flow_req (decoded object or mapping); returns the errno, never raises."""
+        """Apply one vr_flow_req (decoded object or mapping); returns the errno, never raises.
+
+        Every successful set is reported to ``set_listeners`` (the packet pipeline replays
+        the packets it holds for that flow, as ``vr_flow_work`` does).
+        """
+        res = self._flow_set(req)
+        if res.errno == 0 and self.set_listeners:
+            for listener in self.set_listeners:
+                listener(res.index)
+        return res
+
+    def _flow_set(self, req: Any) -> FlowSetResult:
         d = fields_of(req)
         index = _signed32(d["fr_index"])
         rflags = d["fr_flags"] & 0xFFFF

@@ -12,6 +12,7 @@ import array
 import mmap
 from collections.abc import Iterator
 
+from vrtwist.access import SocketAccess, create_private
 from vrtwist.shmem import layout as L
 from vrtwist.shmem.jhash import jhash, jhash_flow4
 
@@ -166,18 +167,31 @@ class HashTable:
         return len(self._free)
 
 
-def create_file(path: str, size: int) -> mmap.mmap:
-    """Create (or truncate) ``path``, size it and zero it, and map it shared read-write.
+def create_file(path: str, size: int, access: SocketAccess | None = None) -> mmap.mmap:
+    """Create (or replace) ``path``, size it and zero it, and map it shared read-write.
 
     This is what the DPDK vRouter does with ``--no-huge`` for ``flow.shmem`` and
-    ``bridge.shmem``: every start begins with an empty table.
+    ``bridge.shmem``: every start begins with an empty table.  Flows and addresses are
+    not every local user's to read: the file is 0600 (0640 with ``access``'s group)
+    whatever the umask.  It is built as a fresh temporary file renamed over ``path``, so
+    a reader that opened an older, looser file keeps only that old one.
     """
     import os
 
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    tmp = "%s.%d.tmp" % (path, os.getpid())
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass
+    fd = create_private(tmp, access)
     try:
         os.ftruncate(fd, size)
-        return mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        m = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        os.replace(tmp, path)
+        return m
+    except BaseException:
+        os.unlink(tmp)
+        raise
     finally:
         os.close(fd)
 

@@ -24,8 +24,16 @@ class IFlowTable(Interface):
 class IFlowDatapath(Interface):
     """What the packet pipeline uses: lookup, HOLD on miss, statistics, eviction."""
 
+    set_listeners = Attribute(
+        "list of callables given the flow index after every successful FLOW_SET "
+        "(the pipeline replays its held packets there)"
+    )
+
     def lookup(key):  # type: ignore[no-untyped-def]
         """Index of the live flow with this hashed key, or -1."""
+
+    def verdict(index):  # type: ignore[no-untyped-def]
+        """FlowVerdict of a live entry: flags, action, VRFs, mirrors, RPF NH, ports, TTL."""
 
     def hold_on_miss(key, vrf, src_info):  # type: ignore[no-untyped-def]
         """Create a HOLD entry (ACTIVE|NEW_FLOW); return (index, gen_id)."""
@@ -41,6 +49,12 @@ class IFlowDatapath(Interface):
 
     def set_tcp_flags(index, tcp_flags):  # type: ignore[no-untyped-def]
         """OR TCP state bits into fe_tcp_flags."""
+
+    def tcp_state(index):  # type: ignore[no-untyped-def]
+        """(fe_tcp_flags, fe_tcp_seq) of a flow."""
+
+    def set_tcp_state(index, tcp_flags, seq):  # type: ignore[no-untyped-def]
+        """Write fe_tcp_flags and fe_tcp_seq."""
 
     def mark_evict(index):  # type: ignore[no-untyped-def]
         """Evict a closed flow (and its dead reverse)."""

@@ -418,17 +418,46 @@ def format_flow(e: FlowEntry) -> str:
     return "".join(parts)
 
 
-def _oflow_chain(i: int, active: bool, nexts: list[int], view: FlowTableView) -> str:
+#: overflow entries listed after an entry that is itself inside a chain; the head of
+#: a chain lists the whole chain once, so what follows the others is a bounded
+#: reminder (the real tool reprints the rest of the chain after every member, which
+#: is quadratic on a long chain: 32K entries in one chain gave gigabytes of text)
+CHAIN_SHOWN = 32
+
+
+def _chain_heads(nexts: list[int]) -> list[bool]:
+    """Which entries start a chain: a next index set and no entry pointing at them."""
+    n = len(nexts)
+    pointed = [False] * n
+    for nxt in nexts:
+        if nxt < n:
+            pointed[nxt] = True
+    return [nexts[i] != L.INVALID_INDEX and not pointed[i] for i in range(n)]
+
+
+def _oflow_chain(i: int, active: bool, nexts: list[int], seen: bytearray | None, limit: int) -> str:
+    """``Oflow entries:`` after entry ``i``, in the real tool's layout.
+
+    A chain head walks until the end, ``limit`` or an entry already listed from
+    another head (``seen``: a merge or a loop in a corrupt table); every other entry
+    walks at most ``limit`` steps. Either way the walk ends, and " ..." says it was cut.
+    """
     nxt = nexts[i]
     if nxt == L.INVALID_INDEX:
         return ""
+    n = len(nexts)
     parts: list[str] = []
     if not active:
         parts.append("%6d" % i)
     parts.append("\n     Oflow entries:\n\t")
     j = 0
-    guard = 0
-    while nxt != L.INVALID_INDEX and nxt < len(nexts) and guard < len(nexts):
+    steps = 0
+    while nxt != L.INVALID_INDEX:
+        if nxt >= n or steps >= limit or (seen is not None and seen[nxt]):
+            parts.append(" ...")
+            break
+        if seen is not None:
+            seen[nxt] = 1
         t = " %d" % nxt
         parts.append(t)
         j += len(t)
@@ -436,7 +465,7 @@ def _oflow_chain(i: int, active: bool, nexts: list[int], view: FlowTableView) ->
             parts.append("\n     ")
             j = 0
         nxt = nexts[nxt]
-        guard += 1
+        steps += 1
     return "".join(parts)
 
 
@@ -474,6 +503,8 @@ def write_flow_table(
     active = set(view.active_indices())
     nexts = view.next_indices()
     chained = {i for i, n in enumerate(nexts) if n != L.INVALID_INDEX}
+    heads = _chain_heads(nexts)
+    seen = bytearray(len(nexts))  # entries already listed after some chain head
     count = 0
     buf: list[str] = []
     for i in sorted(active | chained):
@@ -489,7 +520,12 @@ def write_flow_table(
                 block = format_flow(e)
                 is_active = True
                 count += 1
-        chain = _oflow_chain(i, is_active, nexts, view) if i in chained else ""
+        chain = ""
+        if i in chained:
+            if heads[i]:
+                chain = _oflow_chain(i, is_active, nexts, seen, len(nexts))
+            else:
+                chain = _oflow_chain(i, is_active, nexts, None, CHAIN_SHOWN)
         if is_active or chain:
             buf.append(block + chain + "\n\n")
         if len(buf) >= 4096:

@@ -190,6 +190,17 @@ class FlowManager:
         return schema.vr_flow_req(**f)
 
     @staticmethod
+    def request_for(
+        key: FlowKey, index: int, gen: int, action: int, flags: int, options: dict[str, int]
+    ) -> Any:
+        """The ``vr_flow_req`` (FLOW_SET) for ``key`` at ``index``/``gen`` with ``options``.
+
+        For callers that sequence their own requests, such as the agent's flow setup on a
+        trap, which must write at the trapped entry's index and generation.
+        """
+        return FlowManager._request(key, index, gen, action, flags, options)
+
+    @staticmethod
     async def _set(d: Deferred[Any], key: FlowKey, rindex: int = -1) -> FlowHandle:
         from vrtwist.ksync.clientcore import KsyncError
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from twisted.logger import Logger
 
+from vrtwist.access import SocketAccess, private_dir
 from vrtwist.ksync.interfaces import IDatapath
 from vrtwist.shmem import layout as L
 from vrtwist.shmem.bridgetable import BridgeTable
@@ -83,7 +84,9 @@ def _reset_flows(old: FlowTable, m: mmap.mmap) -> FlowTable:
         max_mirrors=old.max_mirrors,
         cpus=old.cpus,
     )
+    listeners = old.set_listeners  # the packet pipeline stays attached across a reset
     old.__dict__.update(new.__dict__)
+    old.set_listeners = listeners
     return old
 
 
@@ -104,14 +107,17 @@ def install(
     *,
     flow_oentries: int | None = None,
     bridge_oentries: int | None = None,
+    access: SocketAccess | None = None,
 ) -> SharedTables:
     """Create both table files in ``run_dir`` and hook their requests into ``datapath``.
 
-    Overflow sizes default to the vRouter's rule ``((n / 5) + 1023) & ~1023``.
+    Overflow sizes default to the vRouter's rule ``((n / 5) + 1023) & ~1023``.  Both
+    files are 0600 (0640 with ``access``'s group) whatever the umask.
     """
     if flow_entries <= 0 or bridge_entries <= 0:
         raise ValueError("table sizes must be positive")
-    os.makedirs(run_dir, exist_ok=True)
+    if not os.path.isdir(run_dir):
+        private_dir(run_dir, access)
     fe = L.round_entries(flow_entries)
     fo = L.default_overflow(fe) if flow_oentries is None else flow_oentries
     be = L.round_entries(bridge_entries)
@@ -119,8 +125,8 @@ def install(
     flow_path = os.path.abspath(os.path.join(run_dir, FLOW_FILE))
     bridge_path = os.path.abspath(os.path.join(run_dir, BRIDGE_FILE))
     config = getattr(datapath, "config", None)
-    fmap = create_file(flow_path, (fe + fo) * L.FLOW_ENTRY_SIZE)
-    bmap = create_file(bridge_path, (be + bo) * L.BRIDGE_ENTRY_SIZE)
+    fmap = create_file(flow_path, (fe + fo) * L.FLOW_ENTRY_SIZE, access)
+    bmap = create_file(bridge_path, (be + bo) * L.BRIDGE_ENTRY_SIZE, access)
     flows = FlowTable(
         fmap,
         fe,

@@ -35,6 +35,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from vrtwist._twisted_compat import plain_socket
+from vrtwist.bounds import ConnectionGuard, ConnectionLimits, Ticket
 from vrtwist.vic import telnet as T
 from vrtwist.vic import vmware_ext as X
 from vrtwist.vic.interfaces import IVMPortTable
@@ -157,10 +158,16 @@ class VSPCConnection(Protocol):
         self._lookUsed = 0
         self.lookaheadReads = 0
         self.peerText = "?"
+        #: the listener's connection guard (the cap), if any; see VSPC_LIMITS
+        self.guard: ConnectionGuard | None = None
+        self._ticket: Ticket | None = None
 
     # connection life
 
     def connectionMade(self) -> None:
+        if self.guard is not None:
+            t: Any = self.transport
+            self._ticket = self.guard.open(lambda why: t.abortConnection())
         _setReadSize(self.transport, self.config.readSize, self.config.socketBuffer)
         self.table.connections.add(self)
         peer = self.transport.getPeer()  # type: ignore[union-attr]
@@ -188,6 +195,8 @@ class VSPCConnection(Protocol):
     def connectionLost(self, reason: Failure | None = None) -> None:
         self.table.connections.discard(self)
         self.closed = True
+        if self._ticket is not None:
+            self._ticket.release()
         if self._setupTimer is not None and self._setupTimer.active():
             self._setupTimer.cancel()
         self._setupTimer = None
@@ -209,6 +218,9 @@ class VSPCConnection(Protocol):
                 self.transport.abortConnection()  # type: ignore[union-attr]
             return
         self._handle(events)
+        if self._ticket is not None:
+            # set up (a role and a VM port) is this connection's first frame
+            self._ticket.received(1 if self.port is not None else 0)
 
     def _handle(self, events: list[T.Event]) -> None:
         for ev in events:
@@ -1030,8 +1042,18 @@ class VSPCFactory(Factory):
 
     noisy = False
 
-    def __init__(self, table: VMPortTable) -> None:
+    def __init__(self, table: VMPortTable, guard: ConnectionGuard | None = None) -> None:
         self.table = table
+        self.guard = guard
 
     def buildProtocol(self, addr: Any) -> VSPCConnection:
-        return VSPCConnection(self.table)
+        conn = VSPCConnection(self.table)
+        conn.guard = self.guard
+        return conn
+
+
+#: ESX connections, one per VM serial port: the set-up deadline is the protocol's own
+#: (``setupTimeout``) and a serial line may stay silent for days, so only the cap: at
+#: most 1024 connections, the oldest one not yet set up (else the one idle the
+#: longest) closed for a newcomer.
+VSPC_LIMITS = ConnectionLimits(max_connections=1024, first_frame=None, partial=None, idle=None)

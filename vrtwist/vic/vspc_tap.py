@@ -14,11 +14,13 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.application import internet
-from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
 from vrtwist._process import DaemonService, reactor_and_tunings
-from vrtwist.vic.vspc import VMPortTable, VSPCConfig, VSPCFactory, checkTemplate
+from vrtwist.access import SOCKET_GROUP_OPTION
+from vrtwist.bounds import ConnectionGuard, bounded_site
+from vrtwist.unixlisten import access_from_options, listen_endpoint
+from vrtwist.vic.vspc import VSPC_LIMITS, VMPortTable, VSPCConfig, VSPCFactory, checkTemplate
 from vrtwist.vsock.tuning import tuneAllocator
 
 
@@ -45,6 +47,7 @@ class Options(usage.Options):
             "service URI expected in DO-PROXY ('*' accepts any; a ?port=LABEL query names the port)",
         ],
         ["api", "a", None, "endpoint for the JSON API (e.g. tcp:2378:interface=127.0.0.1)"],
+        SOCKET_GROUP_OPTION,
         ["buffer", None, "262144", "bytes held per direction per VM before pausing the sender"],
         [
             "control-lookahead",
@@ -104,8 +107,10 @@ def makeService(options: Options, reactor: Any = None) -> DaemonService:
     top = DaemonService(*tunings)
     table = VMPortTable(reactor, config)
     table.setServiceParent(top)
+    access = access_from_options(options)
     listen = internet.StreamServerEndpointService(
-        serverFromString(reactor, options["listen"]), VSPCFactory(table)
+        listen_endpoint(reactor, options["listen"], access),
+        VSPCFactory(table, ConnectionGuard(reactor, VSPC_LIMITS, "vspc")),
     )
     listen.setServiceParent(top)
     if options["api"]:
@@ -115,6 +120,7 @@ def makeService(options: Options, reactor: Any = None) -> DaemonService:
 
         site = Site(VSPCApi(table).resource())
         internet.StreamServerEndpointService(
-            serverFromString(reactor, options["api"]), site
+            listen_endpoint(reactor, options["api"], access),
+            bounded_site(site, reactor, "vspc-api"),
         ).setServiceParent(top)
     return top

@@ -25,12 +25,13 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.endpoints import (
     UNIXClientEndpoint,
-    UNIXServerEndpoint,
     clientFromString,
-    serverFromString,
 )
 from twisted.internet.interfaces import IStreamServerEndpoint
 from zope.interface import implementer
+
+from vrtwist.access import SocketAccess
+from vrtwist.unixlisten import UNIXListenEndpoint, listen_endpoint
 
 __all__ = ["AddressError", "parse_listen_addr", "parse_connect_addr", "VSOCK_HOST_CID"]
 
@@ -83,11 +84,15 @@ def _remove_stale_socket(path: str) -> None:
 
 @implementer(IStreamServerEndpoint)
 class _StaleSocketUNIXServerEndpoint:
-    """A unix listener that first removes a stale socket file (never a regular file)."""
+    """A unix listener that first removes a stale socket file (never a regular file).
 
-    def __init__(self, reactor: Any, path: str) -> None:
+    The socket is the owner's (0600), or ``access``'s group's too (0660): whoever holds
+    the data link may open channels the forwarder dials with its own rights.
+    """
+
+    def __init__(self, reactor: Any, path: str, access: SocketAccess | None = None) -> None:
         self.path = path
-        self._inner = UNIXServerEndpoint(reactor, path)
+        self._inner = UNIXListenEndpoint(reactor, path, access)
 
     def listen(self, protocolFactory: Any) -> Any:
         try:
@@ -97,8 +102,8 @@ class _StaleSocketUNIXServerEndpoint:
         return self._inner.listen(protocolFactory)
 
 
-def parse_listen_addr(reactor: Any, addr: str) -> Any:
-    """An ``IStreamServerEndpoint`` for ``--data-listen ADDR``."""
+def parse_listen_addr(reactor: Any, addr: str, access: SocketAccess | None = None) -> Any:
+    """An ``IStreamServerEndpoint`` for ``--data-listen ADDR`` (unix ones get ``access``)."""
     kind, value = _classify(addr)
     if kind == "vsock":
         from vrtwist.vsock.endpoints import VMADDR_CID_ANY, VSockServerEndpoint
@@ -106,8 +111,8 @@ def parse_listen_addr(reactor: Any, addr: str) -> Any:
         cid, port = value
         return VSockServerEndpoint(reactor, port, VMADDR_CID_ANY if cid is None else cid)
     if kind == "endpoint":
-        return serverFromString(reactor, value)
-    return _StaleSocketUNIXServerEndpoint(reactor, value)
+        return listen_endpoint(reactor, value, access)
+    return _StaleSocketUNIXServerEndpoint(reactor, value, access)
 
 
 def parse_connect_addr(reactor: Any, addr: str) -> Any:

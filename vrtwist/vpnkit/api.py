@@ -16,6 +16,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
+from vrtwist.safejson import JsonInputError, decode_json
 from vrtwist.vpnkit.host import ExposeError, ForwardTable, Port, PortError
 
 __all__ = ["ExposeAPI"]
@@ -42,9 +43,9 @@ class ExposeAPI:
     def _port(self, request: IRequest, kinds: tuple[str, ...]) -> Port:
         raw = request.content.read() if request.content is not None else b""
         try:
-            obj = json.loads(raw or b"null")
-        except ValueError as e:
-            raise PortError(f"request body is not JSON: {e}") from None
+            obj = decode_json(raw) if raw.strip() else None
+        except JsonInputError as e:
+            raise PortError(f"request body is not acceptable JSON: {e}") from None
         port = Port.from_json(obj)
         if port.proto not in kinds:
             if kinds == ("unix",):

@@ -19,7 +19,6 @@ from twisted.internet import defer, error
 from twisted.internet.endpoints import (
     TCP4ServerEndpoint,
     TCP6ServerEndpoint,
-    UNIXServerEndpoint,
 )
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
@@ -28,6 +27,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from vrtwist.access import SocketAccess
+from vrtwist.unixlisten import UNIXListenEndpoint
 from vrtwist.vpnkit._fastwrite import read_now
 from vrtwist.vpnkit._lean import LeanTCPPort
 from vrtwist.vpnkit.frames import Destination, UDPDecoder, UDPRecordError
@@ -359,9 +360,12 @@ class ForwardTable:
         links: Links,
         resetOnRefused: bool = True,
         udpTimeout: float = UDP_CONNTRACK_TIMEOUT,
+        access: SocketAccess | None = None,
     ) -> None:
         self.reactor = reactor
         self.links = links
+        #: who may connect to an exposed unix socket: the owner (0600), or a group (0660)
+        self.access = access
         self.resetOnRefused = resetOnRefused
         self.udpTimeout = udpTimeout
         self.forwards: dict[tuple[str, str, int, str], _Forward] = {}
@@ -416,7 +420,9 @@ class ForwardTable:
                 if not stat.S_ISSOCK(st.st_mode):
                     raise ExposeError(f"{port.out_path} exists and is not a socket")
                 os.unlink(port.out_path)  # stale socket (Go TestUnixForwardAlreadyExists2)
-            ep: Any = UNIXServerEndpoint(self.reactor, port.out_path, backlog=LISTEN_BACKLOG)
+            ep: Any = UNIXListenEndpoint(
+                self.reactor, port.out_path, self.access, backlog=LISTEN_BACKLOG
+            )
         elif hasattr(self.reactor, "adoptStreamPort"):
             # A real reactor: the lean accept loop (see _lean.py), bound as listenTCP would.
             lp = LeanTCPPort(

@@ -28,6 +28,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from vrtwist.bounds import ConnectionGuard, Ticket
 from vrtwist.vpnkit._fastwrite import adapt_read_size, link_buffers, plain_reads, send_now
 from vrtwist.vpnkit.frames import (
     HANDSHAKE,
@@ -612,12 +613,17 @@ class Multiplexer(Protocol):
         self.max_channels = DEFAULT_MAX_CHANNELS
         #: called on every link read and write (the busy poller's ``kick``)
         self.onActivity: Any = None
+        #: the listener's connection guard (handshake deadline, cap), if any
+        self.guard: ConnectionGuard | None = None
+        self._ticket: Ticket | None = None
 
     # link lifecycle --------------------------------------------------------------------
 
     def connectionMade(self) -> None:
         self._connected = True
         t: Any = self.transport
+        if self.guard is not None:
+            self._ticket = self.guard.open(lambda why: t.abortConnection())
         self._adapt = isinstance(getattr(t, "bufferSize", None), int)
         plain_reads(t)
         link_buffers(t)
@@ -683,6 +689,9 @@ class Multiplexer(Protocol):
             self._dataReceived(data)
         finally:
             self.uncork()
+        if self._ticket is not None:
+            # the handshake is this link's first frame; after it, any read is activity
+            self._ticket.received(0 if self._hs is not None else 1)
 
     def _dataReceived(self, data: bytes) -> None:
         if self._hs is not None:
@@ -751,6 +760,8 @@ class Multiplexer(Protocol):
 
     def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
         self._connected = False
+        if self._ticket is not None:
+            self._ticket.release()
         self._lazy.clear()
         self._corked_closes.clear()
         if self._lazy_call is not None and self._lazy_call.active():
@@ -1134,6 +1145,8 @@ class MultiplexerFactory(Factory):
         self.trace = False
         self.max_channels = DEFAULT_MAX_CHANNELS
         self.onActivity: Any = None
+        #: bounds on accepted links (a listening data link; see LINK_LIMITS)
+        self.guard: ConnectionGuard | None = None
 
     def buildProtocol(self, addr: IAddress | None) -> Multiplexer:
         mux = Multiplexer(
@@ -1143,6 +1156,7 @@ class MultiplexerFactory(Factory):
         mux.trace = self.trace
         mux.max_channels = self.max_channels
         mux.onActivity = self.onActivity
+        mux.guard = self.guard
         if self.onLink is not None:
             self.onLink(mux)
         return mux

@@ -41,6 +41,7 @@ from vrtwist.vpnkit.frames import (
 )
 from vrtwist.vpnkit.interfaces import IChannel, IChannelAcceptor
 from vrtwist.vpnkit.mux import MuxStats
+from vrtwist.vpnkit.policy import DestinationPolicy, DestinationRefused
 
 __all__ = ["Splice", "ForwardingAcceptor", "UDPChannelRelay", "reset_on_close"]
 
@@ -361,13 +362,28 @@ class ForwardingAcceptor:
     unixRetryInterval = UNIX_RETRY_INTERVAL
     unixRetryLimit = UNIX_RETRY_LIMIT
 
-    def __init__(self, reactor: Any, stats: MuxStats | None = None) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        stats: MuxStats | None = None,
+        policy: DestinationPolicy | None = None,
+    ) -> None:
         self.reactor = reactor
         self.stats = stats if stats is not None else MuxStats()
         self.refused = 0
+        #: Destinations the peer may have dialled (TCP/UDP; unix only under listed dirs).
+        self.policy = policy if policy is not None else DestinationPolicy()
+        #: Channels refused by :attr:`policy` (never dialled).
+        self.disallowed = 0
 
     def channelOpened(self, channel: IChannel) -> None:
-        dest: Destination = channel.destination
+        try:
+            dest = self.policy.check(channel.destination)
+        except DestinationRefused as e:
+            # Close is the protocol's refusal; refuse() logs the one line, reason bounded
+            self.disallowed += 1
+            channel.refuse(f"not allowed: {e}")
+            return
         if dest.proto == Proto.UDP:
             self._udp(channel, dest)
             return

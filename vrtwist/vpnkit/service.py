@@ -8,6 +8,7 @@ optionally the HTTP expose API and a list of ports exposed at start.
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from collections.abc import Callable
@@ -15,17 +16,20 @@ from typing import Any
 
 from twisted.application.internet import ClientService, StreamServerEndpointService, backoffPolicy
 from twisted.application.service import Service
-from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web.server import Site
 
 from vrtwist._busypoll import BusyPoll
 from vrtwist._process import DaemonService, reactor_and_tunings, tune_gc
+from vrtwist.access import SOCKET_GROUP_OPTION
+from vrtwist.bounds import ConnectionGuard, ConnectionLimits, bounded_site
+from vrtwist.unixlisten import access_from_options, listen_endpoint
 from vrtwist.vpnkit.addr import AddressError, parse_connect_addr, parse_listen_addr
 from vrtwist.vpnkit.api import ExposeAPI
 from vrtwist.vpnkit.host import ForwardTable, Links, Port, PortError
 from vrtwist.vpnkit.mux import DEFAULT_WINDOW, DEFAULT_WINDOW_MAX, MultiplexerFactory
+from vrtwist.vpnkit.policy import DestinationPolicy
 from vrtwist.vpnkit.proxy import ForwardingAcceptor
 from vrtwist.vsock.tuning import tuneAllocator
 
@@ -86,6 +90,7 @@ class VpnkitOptions(usage.Options):
             "refuse channels the peer opens beyond this many per link",
             int,
         ],
+        SOCKET_GROUP_OPTION,
     ]
     optFlags: list[Any] = [
         ["no-handshake", None, "speak to the OCaml multiplexer, which sends no preamble"],
@@ -96,6 +101,14 @@ class VpnkitOptions(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["expose"] = []
+        self["allow-unix-dir"] = []
+
+    def opt_allow_unix_dir(self, directory: str) -> None:
+        """channels the peer opens may reach unix sockets under DIR (repeatable; by
+        default only TCP and UDP destinations are dialled)"""
+        if not os.path.isabs(directory):
+            raise usage.UsageError(f"--allow-unix-dir {directory}: must be an absolute path")
+        self["allow-unix-dir"].append(directory)
 
     def opt_expose(self, spec: str) -> None:
         """proto:outip:outport:inip:inport or unix:outpath:inpath, repeatable"""
@@ -119,6 +132,7 @@ class VpnkitOptions(usage.Options):
             self["window-max"] = max(self["window"], DEFAULT_WINDOW_MAX)
         if not self["window"] <= self["window-max"] <= 0xFFFFFFFF:
             raise usage.UsageError("--window-max must be between --window and 2^32-1")
+        self["access"] = access_from_options(self)
 
 
 class _StopBusyPoll(Service):
@@ -215,23 +229,32 @@ class VpnkitService(DaemonService):
         return defer.gatherResults([d, *lost], consumeErrors=True)
 
 
+#: Accepted data links: the handshake within 10 s, then no deadline (a link lives as
+#: long as the VM or host at the other end, and may be silent); at most 128 links,
+#: the stalest one (one that never shook hands first) closed for a newcomer.
+LINK_LIMITS = ConnectionLimits(max_connections=128, first_frame=10.0, partial=None, idle=None)
+
+
 def makeVpnkitService(
     options: VpnkitOptions, reactor: Any = None, role: str = "forwarder"
 ) -> VpnkitService:
     reactor, tunings = reactor_and_tunings(reactor, tuneAllocator, tune_gc)
     links = Links()
-    table = ForwardTable(reactor, links, resetOnRefused=not options["no-reset"])
-    acceptor = ForwardingAcceptor(reactor, table.udp_stats)
+    access = options.get("access") or access_from_options(options)
+    table = ForwardTable(reactor, links, resetOnRefused=not options["no-reset"], access=access)
+    policy = DestinationPolicy(options.get("allow-unix-dir") or ())
+    acceptor = ForwardingAcceptor(reactor, table.udp_stats, policy)
     svc = VpnkitService(links, table, tunings)
     window = options["window"]
     handshake = not options["no-handshake"]
     try:
         if options["data-listen"]:
-            ep = parse_listen_addr(reactor, options["data-listen"])
+            ep = parse_listen_addr(reactor, options["data-listen"], access)
             factory = MultiplexerFactory(
                 acceptor, backwards=False, window=window, handshake=handshake, onLink=links.add,
                 clock=reactor,
             )
+            factory.guard = ConnectionGuard(reactor, LINK_LIMITS, "vpnkit-data")
             data: Any = StreamServerEndpointService(ep, factory)
         else:
             ep = parse_connect_addr(reactor, options["data-connect"])
@@ -262,7 +285,10 @@ def makeVpnkitService(
     if options["api"]:
         site = Site(ExposeAPI(table).resource())
         site.noisy = False
-        api = StreamServerEndpointService(serverFromString(reactor, options["api"]), site)
+        api = StreamServerEndpointService(
+            listen_endpoint(reactor, options["api"], access),
+            bounded_site(site, reactor, "vpnkit-api"),
+        )
         api.setName("api")
         api.setServiceParent(svc)
         svc.apiService = api

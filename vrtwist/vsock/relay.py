@@ -20,12 +20,18 @@ from typing import Any
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import clientFromString, connectProtocol
-from twisted.internet.interfaces import IAddress, IDelayedCall, IHalfCloseableProtocol
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IHalfCloseableProtocol,
+    IReactorTime,
+)
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
+from vrtwist.bounds import ConnectionGuard, ConnectionLimits, Ticket
 from vrtwist.vsock import proxyv2 as P
 from vrtwist.vsock.endpoints import VSockAddress, parseCID
 from vrtwist.vsock.splice import SplicePair, trySplice
@@ -160,8 +166,13 @@ class RelayInbound(Protocol):
         self.splice: SplicePair | None = None
         self.bytesIn = 0
         self.bytesOut = 0
+        self._ticket: Ticket | None = None
 
     def connectionMade(self) -> None:
+        guard = self.relay.guard
+        if guard is not None:
+            t: Any = self.transport
+            self._ticket = guard.open(lambda why: t.abortConnection())
         _setReadSize(self.transport, self.config.readSize, self.config.socketBuffer)
         self.relay.stats.accepted += 1
         self.relay.stats.active += 1
@@ -208,6 +219,8 @@ class RelayInbound(Protocol):
             if rest:
                 self._toBackend(rest)
             return
+        if self._ticket is not None:
+            self._ticket.received(1 if self.outbound is not None else 0)
         self._toBackend(data)
 
     def _toBackend(self, data: bytes) -> None:
@@ -252,6 +265,8 @@ class RelayInbound(Protocol):
             out.transport.loseConnection()  # type: ignore[union-attr]
             return
         self.outbound = out
+        if self._ticket is not None:
+            self._ticket.received(1)  # relayed: no longer a stale candidate first
         if self.config.splice and self._startSplice(out):
             return
         if self.config.proxyProtocol and self.header is not None:
@@ -369,6 +384,8 @@ class RelayInbound(Protocol):
             return
         self.closed = True
         self.relay.stats.active -= 1
+        if self._ticket is not None:
+            self._ticket.release()
         for timer in (self._headerTimer, self._halfCloseTimer):
             if timer is not None and timer.active():
                 timer.cancel()
@@ -422,6 +439,14 @@ class RelayOutbound(Protocol):
             self.inbound.transport.loseConnection()  # type: ignore[union-attr]
 
 
+#: Callers: the PROXY header keeps its own deadline (``headerTimeout``), and a relayed
+#: stream may be silent for as long as its application likes (data may also bypass us
+#: through splice), so only the cap: at most 1024 callers (each holds two sockets and
+#: maybe a pipe), the oldest not yet relayed, else the one idle the longest, closed for
+#: a newcomer.
+RELAY_LIMITS = ConnectionLimits(max_connections=1024, first_frame=None, partial=None, idle=None)
+
+
 class VSockRelayFactory(Factory):
     """Accepts callers for one listener; shares the routes, endpoints and stats."""
 
@@ -433,6 +458,12 @@ class VSockRelayFactory(Factory):
         self.routes: IBackendRoutes = config.routes
         self.stats = RelayStats()
         self._endpoints: dict[str, Any] = {}
+        #: the cap on callers (RELAY_LIMITS); None without a clock to time it
+        self.guard: ConnectionGuard | None = (
+            ConnectionGuard(clock, RELAY_LIMITS, "vsock-relay")
+            if IReactorTime.providedBy(clock)
+            else None
+        )
 
     def endpoint(self, where: str) -> Any:
         ep = self._endpoints.get(where)

@@ -17,10 +17,11 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.application import internet
-from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
 from vrtwist._process import DaemonService, reactor_and_tunings
+from vrtwist.access import SOCKET_GROUP_OPTION
+from vrtwist.unixlisten import access_from_options, listen_endpoint
 from vrtwist.vsock.relay import BackendRoutes, RelayConfig, RouteError, VSockRelayFactory
 from vrtwist.vsock.tuning import tuneAllocator
 
@@ -35,6 +36,7 @@ class Options(usage.Options):
             "vsock:1024",
             "server endpoint: vsock:PORT, vsock:CID:PORT, unix:PATH, tcp:PORT",
         ],
+        SOCKET_GROUP_OPTION,
         ["buffer", None, "262144", "bytes held per caller while its backend connects"],
         ["header-timeout", None, "10", "seconds to wait for an incoming PROXY v2 header"],
         [
@@ -96,6 +98,6 @@ def makeService(options: Options, reactor: Any = None) -> DaemonService:
     top = DaemonService(*tunings)
     factory = VSockRelayFactory(reactor, config)
     internet.StreamServerEndpointService(
-        serverFromString(reactor, options["listen"]), factory
+        listen_endpoint(reactor, options["listen"], access_from_options(options)), factory
     ).setServiceParent(top)
     return top

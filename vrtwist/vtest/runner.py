@@ -2,15 +2,18 @@
 
 For each ``<message>`` it sends the request, reads the reply, checks the ``vr_response``
 code against ``<return>`` and the listed ``<expect>`` fields against the returned object;
-the first mismatch fails the file, as the real driver does. ``<packet>`` blocks need the
-packet path (vhost-user ports), which is not in this runner: such files run their
-messages and are reported ``SKIP`` (status 2), or ``FAIL`` if a message fails.
+the first mismatch fails the file, as the real driver does. ``<packet>`` blocks run with
+``--spawn`` as root (:mod:`vrtwist.vtest.packets`): the vrouter-dp is started in a
+private network namespace, the named vifs get veths there, the input pcap is fed into
+one and the other's output compared byte for byte with the expected pcap. A packet check
+that cannot run (missing pcap, not root, no ``--spawn``) is reported ``SKIP`` with the
+reason and makes the exit status 2, unless ``--messages-only`` asks for messages alone.
 
 ``--spawn`` starts a fresh ``twistd -n vrouter-dp`` in a temporary run directory for
 every file, as the upstream runner restarted the vRouter after every test; ``--reset``
 instead sends ``vrouter_ops`` RESET to an already running one before every file.
-Exit status: 0 when every file passed or was skipped, 1 when one failed, 3 on usage or
-connection errors.
+Exit status: 0 when every file passed (or, with ``--messages-only``, was skipped), 1 when
+one failed, 2 when a packet check could not run, 3 on usage or connection errors.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from typing import Any, TextIO
 from vrtwist.ksync.blocking import KsyncConnectError, KsyncConnection
 from vrtwist.ksync.clientcore import KsyncError, KsyncProtocolError, KsyncResponse
 from vrtwist.sandesh import RESET, SPECS_BY_NAME, schema
+from vrtwist.vtest.packets import PacketRig, PacketUnavailable
 from vrtwist.vtest.xmlspec import (
     VtestFile,
     VtestFormatError,
@@ -40,7 +44,7 @@ from vrtwist.vtest.xmlspec import (
 )
 
 PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
-EXIT_OK, EXIT_FAIL, EXIT_ERROR = 0, 1, 3
+EXIT_OK, EXIT_FAIL, EXIT_NOT_RUN, EXIT_ERROR = 0, 1, 2, 3
 
 
 @dataclass
@@ -108,8 +112,18 @@ def run_messages(ks: KsyncConnection, test: VtestFile) -> tuple[int, str | None]
     return len(test.messages), None
 
 
-def run_file(path: str, sock_dir: str, reset: bool = False, timeout: float = 10.0) -> FileResult:
-    """Run one file against the vRouter serving ``<sock_dir>/dpdk_netlink``."""
+def run_file(
+    path: str,
+    sock_dir: str,
+    reset: bool = False,
+    timeout: float = 10.0,
+    rig: PacketRig | None = None,
+    why_no_rig: str = "needs the packet path (--spawn, as root)",
+) -> FileResult:
+    """Run one file against the vRouter serving ``<sock_dir>/dpdk_netlink``.
+
+    ``rig`` plays the ``<packet>`` blocks; without one they are reported ``SKIP``.
+    """
     try:
         test = parse_file(path)
     except VtestFormatError as e:
@@ -118,29 +132,49 @@ def run_file(path: str, sock_dir: str, reset: bool = False, timeout: float = 10.
         if reset:
             ks.request(schema.vrouter_ops(h_op=RESET))
         run, failure = run_messages(ks, test)
-    if failure is not None:
-        return FileResult(path, test.name, FAIL, failure, run)
+        if failure is not None:
+            return FileResult(path, test.name, FAIL, failure, run)
+        if test.packets and rig is None:
+            pcaps = ", ".join(p.input_pcap for p in test.packets)
+            detail = "%d messages passed; packet check (%s) %s" % (run, pcaps, why_no_rig)
+            return FileResult(path, test.name, SKIP, detail, run)
+        for n, packet in enumerate(test.packets, 1):
+            assert rig is not None
+            try:
+                why = rig.play(ks, path, packet)
+            except PacketUnavailable as e:
+                detail = "%d messages passed; packet check %d cannot run: %s" % (run, n, e)
+                return FileResult(path, test.name, SKIP, detail, run)
+            if why is not None:
+                detail = "packet check %d (%s into vif %s, vif %s against %s): %s" % (
+                    n, packet.input_pcap, packet.tx_vif, packet.rx_vif,
+                    packet.expected_pcap, why,
+                )  # fmt: skip
+                return FileResult(path, test.name, FAIL, detail, run)
     if test.packets:
-        pcaps = ", ".join(p.input_pcap for p in test.packets)
         return FileResult(
-            path,
-            test.name,
-            SKIP,
-            "%d messages passed; packet check (%s) needs the packet path" % (run, pcaps),
-            run,
+            path, test.name, PASS, "%d messages, %d packet checks" % (run, len(test.packets)), run
         )
     return FileResult(path, test.name, PASS, "%d messages" % run, run)
 
 
 @contextmanager
-def spawned_vrouter(startup_timeout: float = 30.0) -> Iterator[str]:
-    """A fresh ``twistd -n vrouter-dp`` in a temporary run directory; yields the dir."""
+def spawned_vrouter(
+    startup_timeout: float = 30.0, netns: str | None = None, extra: Sequence[str] = ()
+) -> Iterator[str]:
+    """A fresh ``twistd -n vrouter-dp`` in a temporary run directory; yields the dir.
+
+    With ``netns`` the daemon runs in that network namespace; ``extra`` are more
+    ``vrouter-dp`` options (``--vtest-vlan --vlan-tci 5``).
+    """
     run_dir = tempfile.mkdtemp(prefix="vrtwist-vtest-")
     twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
-    cmd = [twistd] if os.path.exists(twistd) else [sys.executable, "-m", "twisted"]
+    cmd = ["ip", "netns", "exec", netns] if netns else []
+    cmd += [twistd] if os.path.exists(twistd) else [sys.executable, "-m", "twisted"]
     cmd += [
         "-n", "--pidfile=", "--logfile", os.path.join(run_dir, "vrouter-dp.log"),
         "vrouter-dp", "--run-dir", run_dir, "--flow-entries", "4096", "--bridge-entries", "4096",
+        *extra,
     ]  # fmt: skip
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
     sock = os.path.join(run_dir, "dpdk_netlink")
@@ -198,13 +232,28 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
         out.write("vrtwist-vtest: no test files\n")
         return EXIT_ERROR
     results: list[FileResult] = []
-    for path in files:
+    extra: list[str] = []
+    if args.vlan_tci is not None:
+        extra += ["--vlan-tci", str(args.vlan_tci)]
+    if args.vtest_vlan:
+        extra.append("--vtest-vlan")
+    why_no_rig = "needs the packet path (--spawn, as root)"
+    if args.messages_only:
+        why_no_rig = "not run (--messages-only)"
+    elif args.spawn and os.geteuid() != 0:
+        why_no_rig = "needs root (network namespace and veths)"
+    packets = args.spawn and not args.messages_only and os.geteuid() == 0
+    for n, path in enumerate(files):
         try:
-            if args.spawn:
-                with spawned_vrouter() as run_dir:
-                    result = run_file(path, run_dir)
+            if packets:
+                netns = "%s-%d-%d" % (args.netns_prefix, os.getpid(), n)
+                with private_netns(netns), spawned_vrouter(netns=netns, extra=extra) as run_dir:
+                    result = run_file(path, run_dir, rig=PacketRig(netns, run_dir))
+            elif args.spawn:
+                with spawned_vrouter(extra=extra) as run_dir:
+                    result = run_file(path, run_dir, why_no_rig=why_no_rig)
             else:
-                result = run_file(path, args.sock_dir, reset=args.reset)
+                result = run_file(path, args.sock_dir, reset=args.reset, why_no_rig=why_no_rig)
         except KsyncConnectError as e:
             out.write("vrtwist-vtest: %s\n" % (e.strerror or e))
             return EXIT_ERROR
@@ -217,7 +266,24 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
         "%d files: %d passed, %d failed, %d skipped (packet path)\n"
         % (len(results), counts[PASS], counts[FAIL], counts[SKIP])
     )
-    return EXIT_FAIL if counts[FAIL] else EXIT_OK
+    if counts[FAIL]:
+        return EXIT_FAIL
+    return EXIT_NOT_RUN if counts[SKIP] and not args.messages_only else EXIT_OK
+
+
+@contextmanager
+def private_netns(name: str) -> Iterator[str]:
+    """A network namespace (IPv6 off: no router solicitations on the vif devices)."""
+    subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
+    try:
+        for key in ("all", "default"):
+            subprocess.run(["ip", "netns", "exec", name, "sysctl", "-qw",
+                            "net.ipv6.conf.%s.disable_ipv6=1" % key],
+                           capture_output=True)  # fmt: skip
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], capture_output=True)
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -235,6 +301,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--reset", action="store_true", help="vrouter_ops RESET before each file")
     p.add_argument("--spawn", action="store_true", help="a fresh twistd vrouter-dp for each file")
+    p.add_argument(
+        "--messages-only",
+        action="store_true",
+        help="run the messages only; packet checks are skipped without failing",
+    )
+    p.add_argument(
+        "--vlan-tci",
+        type=int,
+        default=None,
+        help="start vrouter-dp with --vlan-tci N (the physical_vlan tests use 5)",
+    )
+    p.add_argument(
+        "--vtest-vlan",
+        action="store_true",
+        help="start vrouter-dp with --vtest-vlan (tag every vif's tx)",
+    )
+    p.add_argument(
+        "--netns-prefix",
+        default="vtest",
+        help="name prefix of the per-file network namespaces (default %(default)s)",
+    )
     return p
 
 

@@ -39,6 +39,8 @@ __all__ = [
     "parse_bytes",
     "field_value",
     "normalize",
+    "MAX_FLOW_COUNT",
+    "MAX_MESSAGES",
 ]
 
 _WIDTH = {T_BYTE: 8, T_I16: 16, T_U16: 16, T_I32: 32, T_U32: 32, T_I64: 64, T_U64: 64}
@@ -47,6 +49,13 @@ _OPS = {"add": 0, "get": 1, "delete": 2, "del": 2, "dump": 3, "response": 4, "re
 _FLOW_OPS = {"flow_set": 0, "flow_list": 1, "flow_table_get": 2}
 #: the driver refuses XML larger than this; so do we (no unbounded parsing)
 MAX_FILE_BYTES = 1 << 20
+#: ``<control><flow_count>`` repeats each flow request; a few bytes of XML must not
+#: ask for millions of requests, so the count is refused past the largest flow
+#: table a vRouter is built with by default (512K entries)
+MAX_FLOW_COUNT = 1 << 19
+#: requests one file may expand to (after ``flow_count``): checked before any
+#: request is built, so a refused file allocates nothing in proportion to its claim
+MAX_MESSAGES = 1 << 20
 
 
 class VtestFormatError(ValueError):
@@ -211,6 +220,16 @@ def _message(index: int, elem: ET.Element, where: str) -> list[VtestMessage]:
     return out
 
 
+def _flow_count(text: str, where: str) -> int:
+    """``flow_count`` as the driver reads it (0 means once), bounded before use."""
+    value = _strtoul(text, where)
+    if value < 0 or value > MAX_FLOW_COUNT:
+        raise VtestFormatError(
+            "%s: %s is out of range (0..%d)" % (where, text.strip()[:32], MAX_FLOW_COUNT)
+        )
+    return max(1, value)
+
+
 def _child_text(elem: ET.Element, name: str) -> str:
     found = elem.find(name)
     if found is None:
@@ -242,7 +261,14 @@ def parse_bytes(data: bytes, path: str = "<bytes>") -> VtestFile:
             name = (child.text or "").strip()
         elif child.tag == "message":
             count += 1
-            for msg in _message(count, child, "%s: message %d" % (path, count)):
+            where = "%s: message %d" % (path, count)
+            parsed = _message(count, child, where)
+            for msg in parsed:
+                repeat = flow_count if msg.name == "vr_flow_req" else 1
+                if len(messages) + repeat > MAX_MESSAGES:
+                    raise VtestFormatError(
+                        "%s: expands to more than %d requests" % (where, MAX_MESSAGES)
+                    )
                 if msg.name == "vr_flow_req" and flow_count > 1:
                     for i in range(flow_count):
                         clone = type(msg.request)(**vars(msg.request))
@@ -267,7 +293,7 @@ def parse_bytes(data: bytes, path: str = "<bytes>") -> VtestFile:
         elif child.tag == "control":
             fc = child.find("flow_count")
             if fc is not None:
-                flow_count = max(1, _strtoul(fc.text or "1", path + ": control/flow_count"))
+                flow_count = _flow_count(fc.text or "1", path + ": control/flow_count")
         else:
             raise VtestFormatError("%s: unexpected element <%s>" % (path, child.tag))
     return VtestFile(path=path, name=name, messages=messages, packets=packets)

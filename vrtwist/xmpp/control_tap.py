@@ -11,10 +11,13 @@ from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
-from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
 from twisted.python import usage
 
 from vrtwist._process import DaemonService, reactor_and_tunings, tune_gc
+from vrtwist.access import SOCKET_GROUP_OPTION
+from vrtwist.bounds import BoundedFactory, ConnectionLimits
+from vrtwist.unixlisten import access_from_options, listen_endpoint
 
 from .control import AGENT_MAX_STANZA, DEFAULT_MAX_ROUTES, ControlNode, ControlNodeFactory
 from .session import check_hold_time
@@ -49,6 +52,7 @@ class Options(usage.Options):
         ["xmpp-ca", None, None, "PEM CA that signs the agents' certificates"],
         ["max-stanza", None, AGENT_MAX_STANZA, "largest stanza accepted from an agent", int],
         ["max-routes", None, DEFAULT_MAX_ROUTES, "routes one agent may publish", int],
+        SOCKET_GROUP_OPTION,
     ]
 
     def postOptions(self) -> None:
@@ -57,6 +61,27 @@ class Options(usage.Options):
             raise usage.UsageError("--xmpp-cert, --xmpp-key and --xmpp-ca go together")
         if not self["hostname"]:
             self["hostname"] = socket.gethostname()
+
+
+class _UnauthenticatedWarning(Service):
+    """Says once at start that the XMPP service takes any agent that connects.
+
+    Without ``--xmpp-cert`` there is no STARTTLS and no client certificate: whoever
+    reaches the port may publish routes, so the operator must hear it.
+    """
+
+    _log = Logger()
+
+    def __init__(self, description: str) -> None:
+        self.description = description
+
+    def startService(self) -> None:
+        super().startService()
+        self._log.warn(
+            "XMPP service on {endpoint} is unauthenticated and unencrypted (no --xmpp-cert):"
+            " any peer that reaches it may publish routes",
+            endpoint=self.description[:200],
+        )
 
 
 class _NodeTimers(Service):
@@ -68,6 +93,12 @@ class _NodeTimers(Service):
     def stopService(self) -> None:
         super().stopService()
         self.node.stop()
+
+
+#: Agents: the stream opened within 10 s; after that XMPP's own hold timer closes a
+#: silent session, so no idle deadline here; up to 4096 agents (one per compute node),
+#: the oldest silent connection closed for a newcomer.
+XMPP_LIMITS = ConnectionLimits(max_connections=4096, first_frame=10.0, partial=None, idle=None)
 
 
 def makeService(options: Options, reactor: Any = None) -> MultiService:
@@ -82,9 +113,13 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     factory = ControlNodeFactory(node, options["hold-time"], tls, options["max-stanza"])
     top = DaemonService(*tunings)
     top.setName("vrouter-control")
-    server = StreamServerEndpointService(serverFromString(reactor, options["xmpp"]), factory)
+    endpoint = listen_endpoint(reactor, options["xmpp"], access_from_options(options))
+    bounded = BoundedFactory(factory, reactor, XMPP_LIMITS, "xmpp")
+    server = StreamServerEndpointService(endpoint, bounded)
     server.setName("xmpp")
     server.setServiceParent(top)
+    if tls is None:
+        _UnauthenticatedWarning(options["xmpp"]).setServiceParent(top)
     _NodeTimers(node).setServiceParent(top)
     top.node = node  # type: ignore[attr-defined]
     return top

@@ -1,0 +1,343 @@
+"""Flow setup on a flow miss, and flow aging, as the vRouter agent does them.
+
+The datapath holds the first packets of a new flow in a HOLD entry and traps one of them
+(FLOW_MISS) with the entry's index, key next hop and generation. Here the agent:
+
+1. builds the forward key from the trapped packet and the key next hop, and the reverse
+   key from the route to the destination (the out next hop decides the reverse key's
+   next hop: a local VM's own policy next hop, else the trapped one);
+2. decides the action: no route to the source or the destination is a "short flow"
+   written as DROP (``NoSrcRt``/``NoDstRt``); otherwise the default policy of a network
+   with no ACL, which is to allow (FORWARD);
+3. writes the reverse flow first (``fr_index`` -1, linked to the trapped entry) and then
+   the forward flow at the trapped index and generation, linked to the reverse's new
+   index; the datapath then releases the held packets. The agent never re-injects them.
+
+Aging reads the statistics the datapath writes into the shared-memory entries: a pair
+whose byte counts did not move for the age time (180 s by default) in both directions is
+deleted; pairs the datapath evicted (closed TCP) are forgotten without a delete.
+
+The route view and the flow channel are injected; nothing here does I/O of its own.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from vrtwist.packet.headers import (
+    ETH_P_IP,
+    IPPROTO_ICMP,
+    IPPROTO_TCP,
+    IPPROTO_UDP,
+    Ethernet,
+    IPv4,
+    PacketError,
+)
+from vrtwist.pkt0.codec import AgentHeader
+from vrtwist.sandesh import constants as C
+from vrtwist.shmem import layout as L
+from vrtwist.shmem.manager import FlowKey, FlowManager
+
+__all__ = [
+    "DEFAULT_AGE",
+    "FlowCounters",
+    "FlowDecision",
+    "FlowSetup",
+    "RouteView",
+    "analyse",
+]
+
+#: the real agent's default flow idle time (``FlowAgeTime``)
+DEFAULT_AGE: Final = 180.0
+#: flow setups in flight at once; more traps wait for the datapath to re-trap (HOLD)
+MAX_IN_FLIGHT: Final = 4096
+
+DR_NO_SRC_ROUTE: Final = 0x04
+DR_NO_DST_ROUTE: Final = 0x05
+#: ENOENT/EBADF: the entry is gone or was reused; the agent ignores them
+_STALE: Final = frozenset({2, 9})
+_EEXIST: Final = 17
+#: ICMP types whose identifier is the flow's source port (echo, timestamp, mask)
+_ICMP_ECHO_TYPES: Final = frozenset({0, 8, 13, 14, 17, 18})
+
+Key = tuple[Any, ...]
+
+
+class FlowChannel(Protocol):
+    """Sends one ``vr_flow_req``; fires with ``(resp_code, vr_flow_response or None)``."""
+
+    def __call__(self, request: Any) -> Deferred[tuple[int, Any]]: ...
+
+
+class RouteView:
+    """The agent's own routes (what it programs into the datapath), indexed for LPM.
+
+    Fed with the model's desired objects and told which keys changed, so a flow miss costs
+    one dict probe per prefix length present in the VRF, not a walk over every route.
+    """
+
+    def __init__(self, desired: Mapping[Key, tuple[str, dict[str, Any]]]) -> None:
+        self._desired = desired
+        #: vrf -> plen -> prefix int -> route fields
+        self._routes: dict[int, dict[int, dict[int, dict[str, Any]]]] = {}
+        self._plens: dict[int, list[int]] = {}
+        self.changed(list(desired))
+
+    def changed(self, keys: Iterable[Key]) -> None:
+        touched: set[int] = set()
+        for key in keys:
+            if len(key) != 5 or key[1] != C.AF_INET:
+                continue
+            _, _, vrf, packed, plen = key
+            prefix = int.from_bytes(packed, "big")
+            table = self._routes.setdefault(vrf, {})
+            entry = self._desired.get(key)
+            if entry is None:
+                table.get(plen, {}).pop(prefix, None)
+            else:
+                table.setdefault(plen, {})[prefix] = entry[1]
+            touched.add(vrf)
+        for vrf in touched:
+            table = self._routes[vrf]
+            self._plens[vrf] = sorted((p for p, t in table.items() if t), reverse=True)
+
+    def lookup(self, vrf: int, addr: bytes) -> dict[str, Any] | None:
+        """The longest-prefix route to ``addr`` (4 raw bytes) in ``vrf``."""
+        table = self._routes.get(vrf)
+        if not table:
+            return None
+        value = int.from_bytes(addr, "big")
+        for plen in self._plens.get(vrf, ()):
+            mask = (0xFFFFFFFF << (32 - plen)) & 0xFFFFFFFF
+            hit = table[plen].get(value & mask)
+            if hit is not None:
+                return hit
+        return None
+
+    def nexthop(self, nh_id: int) -> dict[str, Any] | None:
+        entry = self._desired.get(("nh", nh_id))
+        return entry[1] if entry else None
+
+    def interface(self, vif: int) -> dict[str, Any] | None:
+        entry = self._desired.get(("vif", vif))
+        return entry[1] if entry else None
+
+
+@dataclass(frozen=True)
+class FlowDecision:
+    """What the agent writes for one trapped flow."""
+
+    forward: FlowKey
+    reverse: FlowKey | None
+    action: int
+    drop_reason: int
+    vrf: int
+    dvrf: int
+    src_nh: int
+    reverse_src_nh: int
+
+
+def _ports(frame: bytes | memoryview, proto: int, l4: int, end: int) -> tuple[int, int]:
+    if proto in (IPPROTO_TCP, IPPROTO_UDP):
+        if end - l4 < 4:
+            raise PacketError("truncated L4 ports")
+        return int.from_bytes(frame[l4 : l4 + 2], "big"), int.from_bytes(frame[l4 + 2 : l4 + 4], "big")
+    if proto == IPPROTO_ICMP:
+        if end - l4 < 8:
+            raise PacketError("truncated ICMP header")
+        icmp_type = frame[l4]
+        if icmp_type in _ICMP_ECHO_TYPES:
+            return int.from_bytes(frame[l4 + 4 : l4 + 6], "big"), 0
+        return 0, icmp_type
+    return 0, 0
+
+
+def _text(addr: bytes) -> str:
+    return str(ipaddress.IPv4Address(addr))
+
+
+def analyse(hdr: AgentHeader, frame: bytes | memoryview, routes: RouteView) -> FlowDecision:
+    """The flow pair for a trapped IPv4 packet; raises PacketError for what is not one."""
+    eth = Ethernet.parse(frame)
+    if eth.ethertype != ETH_P_IP:
+        raise PacketError("flow trap of a non-IPv4 packet")
+    ip = IPv4.parse(frame, eth.length)
+    if ip.is_fragment and ip.frag & 0x1FFF:
+        raise PacketError("non-first fragment")
+    l4 = eth.length + ip.header_length
+    sport, dport = _ports(frame, ip.proto, l4, min(len(frame), eth.length + ip.total_length))
+    key_nh = hdr.param_1
+    vrf = hdr.vrf
+    forward = FlowKey(_text(ip.src), _text(ip.dst), ip.proto, sport, dport, key_nh)
+    src_route = routes.lookup(vrf, ip.src)
+    dst_route = routes.lookup(vrf, ip.dst)
+    if src_route is None or dst_route is None:
+        reason = DR_NO_SRC_ROUTE if src_route is None else DR_NO_DST_ROUTE
+        return FlowDecision(forward, None, L.ACTION_DROP, reason, vrf, vrf, 0, 0)
+    out_nh = int(dst_route.get("rtr_nh_id", 0))
+    reverse_nh = key_nh
+    nh = routes.nexthop(out_nh)
+    if nh is not None and nh.get("nhr_type") == C.NH_ENCAP:
+        vif = routes.interface(int(nh.get("nhr_encap_oif_id", -1)))
+        if vif is not None and vif.get("vifr_type") == C.VIF_TYPE_VIRTUAL:
+            reverse_nh = int(vif.get("vifr_nh_id", key_nh))
+    elif nh is not None and nh.get("nhr_type") not in (C.NH_TUNNEL, C.NH_RCV, C.NH_RESOLVE):
+        reverse_nh = out_nh
+    rsport, rdport = (sport, dport) if ip.proto == IPPROTO_ICMP else (dport, sport)
+    reverse = FlowKey(forward.dip, forward.sip, ip.proto, rsport, rdport, reverse_nh)
+    return FlowDecision(
+        forward, reverse, L.ACTION_FORWARD, 0, vrf, vrf,
+        int(src_route.get("rtr_nh_id", 0)), out_nh,
+    )  # fmt: skip
+
+
+@dataclass
+class FlowCounters:
+    traps: int = 0
+    malformed: int = 0
+    pairs: int = 0
+    short_flows: int = 0
+    duplicates: int = 0
+    busy: int = 0
+    failed: int = 0
+    stale: int = 0
+    aged: int = 0
+    evicted: int = 0
+
+
+@dataclass
+class _Pair:
+    fwd_index: int
+    fwd_gen: int
+    forward: FlowKey
+    rev_index: int
+    rev_gen: int
+    reverse: FlowKey | None
+    last_bytes: int = -1
+    last_change: float = 0.0
+
+
+@dataclass
+class FlowSetup:
+    """Answers flow traps with FLOW_SET pairs and ages what it created."""
+
+    routes: RouteView
+    channel: FlowChannel
+    now: Callable[[], float]
+    age: float = DEFAULT_AGE
+    counters: FlowCounters = field(default_factory=FlowCounters)
+    _pending: set[tuple[int, int]] = field(default_factory=set)
+    pairs: dict[int, _Pair] = field(default_factory=dict)
+
+    _log = Logger()
+
+    def trap_received(self, hdr: AgentHeader, frame: bytes | memoryview) -> Deferred[None] | None:
+        """Handle one FLOW_MISS / FLOW_ACTION_HOLD trap (fire-and-forget)."""
+        c = self.counters
+        c.traps += 1
+        token = (hdr.param, hdr.param_5)
+        if token in self._pending:
+            c.duplicates += 1
+            return None
+        if len(self._pending) >= MAX_IN_FLIGHT:
+            c.busy += 1
+            return None
+        try:
+            decision = analyse(hdr, frame, self.routes)
+        except PacketError:
+            c.malformed += 1
+            return None
+        self._pending.add(token)
+        d = Deferred.fromCoroutine(self._program(hdr.param, hdr.param_5, decision))
+
+        def done(result: object) -> None:
+            self._pending.discard(token)
+            return None
+
+        d.addBoth(done)
+        return d
+
+    def _request(self, key: FlowKey, index: int, gen: int, action: int, flags: int,
+                 **options: int) -> Any:
+        return FlowManager.request_for(key, index, gen, action, flags, options)
+
+    async def _program(self, index: int, gen: int, d: FlowDecision) -> None:
+        c = self.counters
+        if d.reverse is None:
+            code, _ = await self.channel(self._request(
+                d.forward, index, gen, L.ACTION_DROP, L.FLAG_ACTIVE,
+                flow_vrf=d.vrf, drop_reason=d.drop_reason))  # fmt: skip
+            if code < 0:
+                self._failed(code)
+            else:
+                c.short_flows += 1
+            return
+        rev_req = self._request(
+            d.reverse, -1, 0, d.action, L.FLAG_ACTIVE | L.RFLOW_VALID,
+            flow_vrf=d.dvrf, src_nh_index=d.reverse_src_nh, rindex=index)  # fmt: skip
+        code, resp = await self.channel(rev_req)
+        if code < 0 and -code != _EEXIST:
+            self._failed(code)
+            return
+        if resp is None:
+            self._failed(-71)
+            return
+        rev_index, rev_gen = int(resp.fresp_index), int(resp.fresp_gen_id) & 0xFF
+        fwd_req = self._request(
+            d.forward, index, gen, d.action, L.FLAG_ACTIVE | L.RFLOW_VALID,
+            flow_vrf=d.vrf, src_nh_index=d.src_nh, rindex=rev_index)  # fmt: skip
+        code, _ = await self.channel(fwd_req)
+        if code < 0:
+            self._failed(code)
+            return
+        c.pairs += 1
+        self.pairs[index] = _Pair(index, gen, d.forward, rev_index, rev_gen, d.reverse,
+                                  last_change=self.now())
+
+    def _failed(self, code: int) -> None:
+        if -code in _STALE:
+            self.counters.stale += 1
+        else:
+            self.counters.failed += 1
+            self._log.warn("flow setup refused by the datapath: {code}", code=code)
+
+    def age_pass(self, read: Callable[[int], Any]) -> list[Deferred[tuple[int, Any]]]:
+        """One aging pass over the pairs this agent created.
+
+        ``read(index)`` returns the shared-memory entry (``FlowEntry``) or None. Idle pairs
+        (no byte moved in either direction for ``age`` seconds) are deleted; pairs whose
+        entries the datapath evicted or reused are forgotten.
+        """
+        now = self.now()
+        out: list[Deferred[tuple[int, Any]]] = []
+        for index, pair in list(self.pairs.items()):
+            fwd, rev = read(pair.fwd_index), read(pair.rev_index)
+            gone = (
+                fwd is None or rev is None
+                or fwd.gen_id != pair.fwd_gen or rev.gen_id != pair.rev_gen
+                or not fwd.active or not rev.active
+            )  # fmt: skip
+            if gone or (fwd.flags | rev.flags) & L.FLAG_EVICTED:
+                del self.pairs[index]
+                self.counters.evicted += 1
+                continue
+            total = fwd.total_bytes + rev.total_bytes
+            if total != pair.last_bytes:
+                pair.last_bytes = total
+                pair.last_change = now
+                continue
+            if now - pair.last_change < self.age:
+                continue
+            del self.pairs[index]
+            self.counters.aged += 1
+            for key, idx, gen in ((pair.forward, pair.fwd_index, pair.fwd_gen),
+                                  (pair.reverse, pair.rev_index, pair.rev_gen)):
+                if key is not None:
+                    out.append(self.channel(self._request(key, idx, gen, L.ACTION_DROP, 0)))
+        return out

@@ -1,0 +1,204 @@
+"""The agent's end of pkt0 as a Twisted service: socket, services, flow channel, aging.
+
+It binds ``<run-dir>/agent_pkt0`` (the datapath sends its traps there and listens on
+``dpdk_pkt0``), hands each trap to :class:`~vrtwist.agent.packet.services.PacketServices`,
+announces the gateway to each VM when its port is programmed, writes flows over ksync
+(its own session, as one more client of the datapath) or straight into an embedded
+datapath, and ages the flows it created from the shared-memory statistics.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from twisted.application.internet import ClientService
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.endpoints import UNIXClientEndpoint
+from twisted.internet.protocol import Factory
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from vrtwist.access import SocketAccess
+from vrtwist.agent.dpstate import VIF, DatapathModel
+from vrtwist.agent.packet.flows import FlowSetup, RouteView
+from vrtwist.agent.packet.services import Announcer, PacketServices, VmPort
+from vrtwist.ksync.client import KsyncClientProtocol
+from vrtwist.ksync.clientcore import KsyncError
+from vrtwist.pkt0.endpoints import AgentEndpoint
+from vrtwist.pkt0.transport import AGENT_SOCKET, DATAPATH_SOCKET, UnixDatagramTransport
+
+__all__ = ["AgentPacketService", "KsyncFlowChannel", "LocalFlowChannel"]
+
+#: how often the flows this agent created are checked for idleness
+AGE_SCAN_INTERVAL = 1.0
+
+
+def _flow_response(objects: Iterable[Any]) -> Any:
+    return next((o for o in objects if type(o).__name__ == "vr_flow_response"), None)
+
+
+class LocalFlowChannel:
+    """FLOW_SET straight into an embedded datapath (same process, no socket)."""
+
+    def __init__(self, datapath: Any) -> None:
+        self._datapath = datapath
+
+    def __call__(self, request: Any) -> Deferred[tuple[int, Any]]:
+        reply = self._datapath.handle(request)
+        code = int(reply[0][0].resp_code)
+        return succeed((code, _flow_response(o for msg in reply for o in msg)))
+
+
+class KsyncFlowChannel:
+    """FLOW_SET over the agent's own ksync session to ``<run-dir>/dpdk_netlink``.
+
+    Reconnects with back-off; while the datapath is away a request fails at once with
+    ``-ENOTCONN`` (the datapath keeps the HOLD entry and traps again later).
+    """
+
+    _log = Logger()
+
+    def __init__(self, reactor: Any, run_dir: str) -> None:
+        endpoint = UNIXClientEndpoint(reactor, os.path.join(run_dir, "dpdk_netlink"))
+        factory = Factory.forProtocol(lambda: KsyncClientProtocol(pid=os.getpid()))
+        self.service = ClientService(endpoint, factory, clock=reactor)
+        self._client: KsyncClientProtocol | None = None
+        self.service.whenConnected(failAfterFailures=None).addCallback(self._connected)
+
+    def _connected(self, client: Any) -> None:
+        self._client = client
+
+    def __call__(self, request: Any) -> Deferred[tuple[int, Any]]:
+        client = self._client
+        if client is None or client.transport is None:
+            self._client = None
+            self.service.whenConnected(failAfterFailures=None).addCallback(self._connected)
+            return succeed((-errno.ENOTCONN, None))
+
+        def ok(resp: Any) -> tuple[int, Any]:
+            return 0, _flow_response(resp.objects)
+
+        def refused(f: Failure) -> tuple[int, Any]:
+            e = f.value
+            if isinstance(e, KsyncError):
+                return e.code, _flow_response(e.objects)
+            return -errno.ECONNRESET, None
+
+        return client.request(request).addCallbacks(ok, refused)
+
+
+class AgentPacketService(MultiService):
+    """pkt0, the packet services and flow aging for one agent."""
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        run_dir: str,
+        model: DatapathModel,
+        *,
+        local_datapath: Any = None,
+        vhost_mac: Callable[[], bytes] | None = None,
+        flow_age: float | None = None,
+        access: SocketAccess | None = None,
+    ) -> None:
+        super().__init__()
+        self.reactor = reactor
+        self.run_dir = run_dir
+        self.model = model
+        self.endpoint = AgentEndpoint()
+        self.transport = UnixDatagramTransport(
+            reactor,
+            os.path.join(run_dir, AGENT_SOCKET),
+            os.path.join(run_dir, DATAPATH_SOCKET),
+            self.endpoint,
+            mode=access.mode if access is not None else 0o600,
+            gid=access.gid if access is not None else None,
+        )
+        self.endpoint.transport = self.transport
+        if local_datapath is not None:
+            channel: Any = LocalFlowChannel(local_datapath)
+        else:
+            ksync = KsyncFlowChannel(reactor, run_dir)
+            ksync.service.setServiceParent(self)
+            channel = ksync
+        self.routes = RouteView(model.desired)
+        self.flows = FlowSetup(self.routes, channel, reactor.seconds)
+        if flow_age is not None:
+            self.flows.age = flow_age
+        mac = vhost_mac or (lambda: bytes(model.desired[(VIF, model.fabric_vif)][1]["vifr_mac"]))
+        self.packet_services = PacketServices(self.vm_port, self.endpoint.send_switch, mac, self.flows)
+        self.endpoint.handler = self.packet_services
+        self.announcer = Announcer(reactor, self.endpoint.send_switch)
+        self._aging = LoopingCall(self._age)
+        self._aging.clock = reactor
+        self._view: Any = None
+        model.listeners.append(self._changed)
+
+    def vm_port(self, vif: int) -> VmPort | None:
+        found = self.model.port_on_vif(vif)
+        if found is None:
+            return None
+        port, vrf = found
+        return VmPort(
+            vif, vrf, bytes.fromhex(port.mac_address.replace(":", "")), port.ip_address,
+            port.plen, port.gateway, port.dns_server, port.display_name, port.tx_vlan_id,
+        )  # fmt: skip
+
+    def _changed(self, keys: Iterable[Any]) -> None:
+        keys = list(keys)
+        self.routes.changed(keys)
+        if not self.running:
+            return
+        for key in keys:
+            if key[0] != VIF:
+                continue
+            if key in self.model.desired:
+                port = self.vm_port(key[1])
+                if port is not None:
+                    self.announcer.port_up(port)
+            else:
+                self.announcer.port_down(key[1])
+
+    def startService(self) -> None:
+        super().startService()
+        try:
+            self.transport.start()
+        except OSError as e:
+            self._log.error("pkt0: cannot bind {path}: {e}", path=self.transport.local_path, e=e)
+            raise
+        self._aging.start(AGE_SCAN_INTERVAL, now=False)
+
+    def _age(self) -> None:
+        if not self.flows.pairs:
+            return
+        view = self._flow_view()
+        if view is None:
+            return
+        self.flows.age_pass(view.get)
+
+    def _flow_view(self) -> Any:
+        if self._view is None:
+            from vrtwist.shmem.listing import FlowTableView
+
+            try:
+                self._view = FlowTableView(os.path.join(self.run_dir, "flow.shmem"))
+            except OSError:
+                return None
+        return self._view
+
+    def stopService(self) -> Deferred[None]:
+        if self._aging.running:
+            self._aging.stop()
+        self.announcer.stop()
+        self.transport.stop()
+        if self._view is not None:
+            self._view.close()
+            self._view = None
+        return super().stopService()  # type: ignore[no-any-return]

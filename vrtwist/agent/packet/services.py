@@ -1,0 +1,234 @@
+"""The agent's trap dispatcher: each trapped packet to the service the real agent uses.
+
+The order is the real agent's (``PktHandler::ParsePacket``), trimmed to the services
+vrtwist provides: DHCP for DHCP-enabled ports, ARP, flow setup, ICMP errors for
+ZERO_TTL/HANDLE_DF, ICMP echo for the gateway and service addresses. What no service
+takes is counted as invalid and dropped. Replies go back as SWITCH commands on the vif
+and VRF of the trap.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet.interfaces import IReactorTime
+from zope.interface import implementer
+
+from vrtwist.agent.packet import icmp
+from vrtwist.agent.packet.arp import ANNOUNCE_COUNT, ANNOUNCE_INTERVAL, VRRP_MAC, announcement
+from vrtwist.agent.packet.dhcp import DhcpServer, PortLease
+from vrtwist.agent.packet.flows import FlowSetup
+from vrtwist.packet.headers import (
+    ETH_P_ARP,
+    ETH_P_IP,
+    IPPROTO_ICMP,
+    IPPROTO_UDP,
+    Ethernet,
+    IPv4,
+    PacketError,
+)
+from vrtwist.pkt0 import constants as K
+from vrtwist.pkt0.codec import AgentHeader
+from vrtwist.pkt0.endpoints import ITrapHandler
+
+__all__ = ["Announcer", "PacketServices", "ServiceCounters", "VmPort"]
+
+_FLOW_TRAPS = frozenset({K.AGENT_TRAP_FLOW_MISS, K.AGENT_TRAP_FLOW_ACTION_HOLD})
+_MAC_TRAPS = frozenset({K.AGENT_TRAP_MAC_LEARN, K.AGENT_TRAP_MAC_MOVE, K.AGENT_TRAP_MAC_IP_LEARNING})
+
+
+@dataclass(frozen=True)
+class VmPort:
+    """What the packet services need of the port behind a vif."""
+
+    vif: int
+    vrf: int
+    mac: bytes
+    ip: str | None
+    plen: int | None = None
+    gateway: str | None = None
+    dns_server: str | None = None
+    vm_name: str = ""
+    tx_vlan: int = -1
+    dhcp_enabled: bool = True
+
+    def lease(self) -> PortLease:
+        return PortLease(
+            self.mac, self.ip, self.plen, self.gateway, self.dns_server, self.vm_name,
+            self.dhcp_enabled, self.tx_vlan, self.vif,
+        )  # fmt: skip
+
+    def service_addresses(self) -> set[bytes]:
+        """The gateway and DNS addresses the agent answers echo requests for."""
+        return {ipaddress.IPv4Address(a).packed for a in (self.gateway, self.dns_server) if a}
+
+
+@dataclass
+class ServiceCounters:
+    dhcp: int = 0
+    arp: int = 0
+    flow: int = 0
+    icmp: int = 0
+    icmp_error: int = 0
+    mac_learning: int = 0
+    unsupported: int = 0
+    invalid: int = 0
+    sent: int = 0
+    send_failed: int = 0
+    by_trap: dict[int, int] = field(default_factory=dict)
+
+
+@implementer(ITrapHandler)
+class PacketServices:
+    """Dispatches trapped packets to DHCP, ARP, flow setup and ICMP."""
+
+    def __init__(
+        self,
+        port_of: Callable[[int], VmPort | None],
+        send: Callable[[int, int, bytes], bool],
+        vhost_mac: Callable[[], bytes],
+        flows: FlowSetup | None = None,
+    ) -> None:
+        self._port_of = port_of
+        self._send = send
+        self._vhost_mac = vhost_mac
+        self.flows = flows
+        self.dhcp = DhcpServer(self._lease_of, vhost_mac)
+        self.counters = ServiceCounters()
+
+    def _lease_of(self, vif: int) -> PortLease | None:
+        port = self._port_of(vif)
+        return port.lease() if port is not None else None
+
+    def _reply(self, hdr: AgentHeader, frame: bytes | None) -> None:
+        if frame is None:
+            return
+        if self._send(hdr.ifindex, hdr.vrf, frame):
+            self.counters.sent += 1
+        else:
+            self.counters.send_failed += 1
+
+    def trap_received(self, header: AgentHeader, frame: memoryview) -> None:
+        c = self.counters
+        cmd = header.cmd
+        c.by_trap[cmd] = c.by_trap.get(cmd, 0) + 1
+        if cmd in _MAC_TRAPS:
+            c.mac_learning += 1
+            return
+        try:
+            eth = Ethernet.parse(frame)
+        except PacketError:
+            c.invalid += 1
+            return
+        port = self._port_of(header.ifindex)
+        flow_trap = cmd in _FLOW_TRAPS
+        ip: IPv4 | None = None
+        l4 = 0
+        if eth.ethertype == ETH_P_IP:
+            try:
+                ip = IPv4.parse(frame, eth.length)
+            except PacketError:
+                c.invalid += 1
+                return
+            l4 = eth.length + ip.header_length
+        udp_ports = None
+        if ip is not None and ip.proto == IPPROTO_UDP and len(frame) >= l4 + 4:
+            udp_ports = (
+                int.from_bytes(frame[l4 : l4 + 2], "big"),
+                int.from_bytes(frame[l4 + 2 : l4 + 4], "big"),
+            )
+        if (
+            not flow_trap
+            and port is not None
+            and port.dhcp_enabled
+            and udp_ports is not None
+            and (udp_ports[1] == 67 or udp_ports[0] == 68)
+        ):
+            c.dhcp += 1
+            self._reply(header, self.dhcp.handle(header.ifindex, frame))
+            return
+        if eth.ethertype == ETH_P_ARP:
+            c.arp += 1  # the datapath answers VMs; the agent only learns from these
+            return
+        if flow_trap:
+            if ip is None or self.flows is None:
+                c.invalid += 1
+                return
+            c.flow += 1
+            self.flows.trap_received(header, frame)
+            return
+        if ip is None:
+            c.invalid += 1
+            return
+        if cmd == K.AGENT_TRAP_ZERO_TTL:
+            c.icmp_error += 1
+            gw = _gateway(port, ip.src)
+            self._reply(header, icmp.time_exceeded(frame, self._vhost_mac(), gw))
+            return
+        if ip.proto == IPPROTO_ICMP and port is not None and ip.dst in port.service_addresses():
+            c.icmp += 1
+            self._reply(header, icmp.echo_reply(frame, port.tx_vlan, port.mac))
+            return
+        if cmd == K.AGENT_TRAP_HANDLE_DF:
+            c.icmp_error += 1
+            gw = _gateway(port, ip.src)
+            vlan = port.tx_vlan if port is not None else -1
+            self._reply(header, icmp.frag_needed(frame, header.param, self._vhost_mac(), gw, vlan))
+            return
+        if cmd in (K.AGENT_TRAP_RESOLVE,) or (udp_ports is not None and udp_ports[1] == 53):
+            c.unsupported += 1
+            return
+        c.invalid += 1
+
+
+def _gateway(port: VmPort | None, fallback: bytes) -> bytes:
+    if port is not None and port.gateway:
+        return ipaddress.IPv4Address(port.gateway).packed
+    return fallback
+
+
+class Announcer:
+    """Announces the gateway and DNS addresses to a VM: three ARP requests, 2 s apart."""
+
+    def __init__(self, clock: IReactorTime, send: Callable[[int, int, bytes], bool]) -> None:
+        self._clock = clock
+        self._send = send
+        self._timers: dict[int, Any] = {}
+        self.sent = 0
+
+    def port_up(self, port: VmPort) -> None:
+        """Start (or restart) the announcements for the port on ``port.vif``."""
+        self.port_down(port.vif)
+        frames = []
+        seen: set[str] = set()
+        for addr in (port.gateway, port.dns_server):
+            if addr and addr not in seen and addr != "0.0.0.0":
+                seen.add(addr)
+                frames.append(
+                    announcement(port.mac, ipaddress.IPv4Address(addr).packed, VRRP_MAC, port.tx_vlan)
+                )
+        if frames:
+            self._round(port.vif, port.vrf, frames, ANNOUNCE_COUNT)
+
+    def _round(self, vif: int, vrf: int, frames: list[bytes], left: int) -> None:
+        for frame in frames:
+            if self._send(vif, vrf, frame):
+                self.sent += 1
+        if left > 1:
+            self._timers[vif] = self._clock.callLater(
+                ANNOUNCE_INTERVAL, self._round, vif, vrf, frames, left - 1
+            )
+        else:
+            self._timers.pop(vif, None)
+
+    def port_down(self, vif: int) -> None:
+        timer = self._timers.pop(vif, None)
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def stop(self) -> None:
+        for vif in list(self._timers):
+            self.port_down(vif)

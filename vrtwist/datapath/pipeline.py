@@ -1,0 +1,543 @@
+"""The packet pipeline: one received frame in; transmits, traps and drops out (sans-IO).
+
+It follows the vRouter's forwarding functions (``dp-core/vr_interface.c``,
+``vr_datapath.c``, ``vr_bridge.c``, ``vr_proto_ip.c``, ``vr_nexthop.c``, ``vr_mpls.c``,
+``vr_vxlan.c``, ``vr_flow.c``, ``vr_mirror.c``) over the tables of
+:class:`vrtwist.datapath.dispatcher.Datapath`: per-vif rx, the flow stage, the bridge
+stage (an L2_RCV next hop makes the packet routed), ``vr_forward``, every next-hop
+type, fabric decapsulation, ARP proxy, mirroring, counters and drop reasons. Nothing
+here does I/O: frames leave through :class:`IFrameOutput`, traps through
+:class:`IPacketTrap`, so the same code runs under the reactor, in tests and in
+benchmarks. Per packet there is one small ``Packet`` object; frames that only pass
+through are sent without a copy, routed ones are copied once into a ``bytearray``.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections.abc import Callable
+
+from zope.interface import implementer
+
+from vrtwist.datapath import constants as C
+from vrtwist.datapath import pipeline_defs as D
+from vrtwist.datapath.dispatcher import Datapath
+from vrtwist.datapath.interfaces import IFrameOutput, IPacketPipeline, IPacketTrap
+from vrtwist.datapath.pipeline_arp import ArpStage
+from vrtwist.datapath.pipeline_core import (
+    AF_INET,
+    BCAST,
+    U16,
+    U32,
+    VHOST_TYPES,
+    Frame,
+    Packet,
+)
+from vrtwist.datapath.pipeline_flows import FlowStage
+from vrtwist.datapath.pipeline_tunnels import TunnelStage
+from vrtwist.datapath.tables import Interface, NextHop
+from vrtwist.packet.checksum import checksum, checksum_update16
+from vrtwist.shmem.interfaces import IFlowDatapath
+from vrtwist.shmem.jhash import jhash
+
+__all__ = ["Pipeline", "Packet"]
+
+
+@implementer(IPacketPipeline)
+class Pipeline(FlowStage, TunnelStage, ArpStage):
+    """The vRouter's forwarding path over one :class:`Datapath`'s tables."""
+
+    def __init__(
+        self,
+        datapath: Datapath,
+        output: IFrameOutput,
+        trap: IPacketTrap,
+        *,
+        flows: IFlowDatapath | None = None,
+        now: Callable[[], float] = time.monotonic,
+        vlan_tci: int | None = None,
+        vtest_vlan: bool = False,
+        hash_seed: int = D.DEFAULT_HASH_SEED,
+        core: int = 0,
+    ) -> None:
+        super().__init__(
+            datapath,
+            output,
+            trap,
+            flows=flows,
+            now=now,
+            vlan_tci=vlan_tci,
+            vtest_vlan=vtest_vlan,
+            hash_seed=hash_seed,
+            core=core,
+        )
+        if flows is not None:
+            flows.set_listeners.append(self.flow_set)
+        datapath.reset_hooks.append(self.reset)
+        self._nh_handlers: dict[int, Callable[[Packet, NextHop], None]] = {
+            C.NH_DISCARD: self._nh_discard,
+            C.NH_RESOLVE: self._nh_resolve,
+            C.NH_RCV: self._nh_rcv,
+            C.NH_L2_RCV: self._nh_l2_rcv,
+            C.NH_VRF_TRANSLATE: self._nh_vrf_translate,
+            C.NH_ENCAP: self._nh_encap,
+            C.NH_TUNNEL: self._nh_tunnel,
+            C.NH_COMPOSITE: self._nh_composite,
+        }
+
+    def reset(self) -> None:
+        """``vrouter_ops`` RESET: held packets and per-flow data go with the tables."""
+        self.held.clear()
+        self.flow_last_used.clear()
+        self._port_cache.clear()
+        self.vrf_stats.clear()
+
+    def receive(self, vif_index: int, frame: Frame) -> None:
+        vif = self.tables.interfaces.get(vif_index)
+        if vif is None:
+            self.tables.count_drop(D.DROP_COUNTER[D.DROP_INVALID_IF])
+            return
+        vtype = vif.type
+        if (
+            (vtype == C.VIF_TYPE_VIRTUAL or vtype == C.VIF_TYPE_PHYSICAL)
+            and len(frame) >= 18
+            and frame[12] == 0x81
+            and frame[13] == 0
+        ):
+            sub = self._sub_vif(vif, ((frame[14] << 8) | frame[15]) & 0xFFF)
+            if sub is not None:  # the sub-interface counts it, not the parent
+                vif, vtype = sub, C.VIF_TYPE_VIRTUAL_VLAN
+        pkt = Packet(frame, vif)
+        counters = vif.counters
+        counters["ipackets"] += 1
+        counters["ibytes"] += len(frame)
+        if vtype == C.VIF_TYPE_VIRTUAL:
+            self._vm_rx(pkt, vif)
+        elif vtype == C.VIF_TYPE_PHYSICAL:
+            self._eth_rx(pkt, vif)
+        elif vtype in VHOST_TYPES:
+            self._vhost_rx(pkt, vif)
+        elif vtype == C.VIF_TYPE_AGENT:
+            self._agent_rx(pkt, vif)
+        elif vtype == C.VIF_TYPE_VIRTUAL_VLAN:
+            self._vlan_rx(pkt, vif)
+        else:
+            self._drop(pkt, D.DROP_INVALID_IF)
+
+    def _sub_vif(self, parent: Interface, vlan: int) -> Interface | None:
+        """The VIRTUAL_VLAN sub-interface of ``parent`` for ``vlan`` (``vif_sub_interfaces``)."""
+        for vif in self.tables.interfaces.values():
+            if vif.parent is parent and vif.vlan_id == vlan and vif.type == C.VIF_TYPE_VIRTUAL_VLAN:
+                return vif
+        return None
+
+    def _vm_rx(self, pkt: Packet, vif: Interface) -> None:
+        if vif.flags & C.VIF_FLAG_MIRROR_RX:
+            self._port_mirror(pkt, vif)
+        vrf = vif.vrf
+        if vif.flags & C.VIF_FLAG_SERVICE_IF:
+            if not self._classify(pkt):
+                return self._input_error(pkt)
+            assign = vif.vrf_assign.get(pkt.vlan) if pkt.vlan < 1024 else None
+            if assign is not None:
+                vrf = assign[0]
+            pkt.vlan = D.VLAN_ID_INVALID
+        self._virtual_input(pkt, vrf, D.VLAN_ID_INVALID)
+
+    def _vlan_rx(self, pkt: Packet, vif: Interface) -> None:
+        """A sub-interface: strip one 802.1Q tag, then as a VM vif in the sub-vif's VRF."""
+        buf = pkt.buf
+        if len(buf) < 18 or buf[12:14] != b"\x81\x00":
+            return self._input_error(pkt, D.DROP_PULL)
+        pkt.buf = bytes(buf[:12]) + bytes(buf[16:])
+        self._virtual_input(pkt, vif.vrf, D.VLAN_ID_INVALID)
+
+    def _vhost_rx(self, pkt: Packet, vif: Interface) -> None:
+        pkt.dvrf = vif.vrf
+        if vif.flags & C.VIF_FLAG_XCONNECT:
+            return self._xconnect(pkt)
+        if vif.flags & C.VIF_FLAG_MIRROR_RX:
+            self._port_mirror(pkt, vif)
+        self._fabric_input(pkt)
+
+    def _eth_rx(self, pkt: Packet, vif: Interface) -> None:
+        if vif.flags & C.VIF_FLAG_MIRROR_RX:
+            self._port_mirror(pkt, vif)
+        if vif.flags & C.VIF_FLAG_XCONNECT:
+            pkt.flags |= D.VP_FLAG_TO_ME
+        self._fabric_input(pkt)
+
+    def _agent_rx(self, pkt: Packet, vif: Interface) -> None:
+        """pkt0: strip Ethernet + agent_hdr; ROUTE re-injects, SWITCH transmits (KS 4)."""
+        buf = pkt.buf
+        if len(buf) < 14 + 30 + 14:
+            return self._input_error(pkt, D.DROP_INVALID_PACKET)
+        ifindex, cmd = struct.unpack_from("!HxxH", buf, 14)
+        vrf = U16.unpack_from(buf, 16)[0]
+        inner = memoryview(buf)[44:]
+        target = self.tables.interfaces.get(ifindex)
+        if cmd == 1:  # AGENT_CMD_ROUTE
+            p = Packet(inner, target if target is not None else vif)
+            if buf[20:24] == b"\x00\x00\x00\x01" and buf[24:28] == b"\x00\x00\x00\x01":
+                p.flags |= D.VP_FLAG_DIAG
+            self._virtual_input(p, vrf, D.VLAN_ID_INVALID)
+        elif cmd == 0:  # AGENT_CMD_SWITCH
+            if target is None:
+                return self._drop(pkt, D.DROP_INVALID_IF)
+            p = Packet(inner, vif)
+            p.type = D.VP_TYPE_AGENT
+            p.dvrf = vrf
+            self._vif_tx(p, target, inner)
+        else:
+            self._drop(pkt, D.DROP_INVALID_PACKET)
+
+    def _virtual_input(self, pkt: Packet, vrf: int, vlan: int) -> None:
+        """``vr_virtual_input``: flow stage, then always the bridge stage."""
+        pkt.vlan = vlan
+        pkt.dvrf = vrf
+        if not self._classify(pkt):
+            return self._input_error(pkt)
+        if (
+            pkt.flags & D.VP_FLAG_MULTICAST
+            and pkt.vif.flags & C.VIF_FLAG_SERVICE_IF
+            and pkt.type != D.VP_TYPE_ARP
+        ):
+            return self._input_error(pkt)
+        if (pkt.type == D.VP_TYPE_IP or pkt.type == D.VP_TYPE_IP6) and not self._flow_forward(pkt):
+            return
+        self._bridge_input(pkt)
+
+    def _fabric_input(self, pkt: Packet) -> None:
+        """``vr_fabric_input``: IPv4 is routed in the fabric VRF, ARP answered, rest to host."""
+        pkt.dvrf = pkt.vif.vrf
+        if not self._classify(pkt):
+            return self._input_error(pkt)
+        ptype = pkt.type
+        if ptype == D.VP_TYPE_IP6 or (pkt.flags & D.VP_FLAG_MULTICAST and ptype != D.VP_TYPE_ARP):
+            return self._xconnect(pkt)
+        if ptype == D.VP_TYPE_IP:
+            pkt.off = pkt.l3
+            return self._ip_input(pkt)
+        if ptype == D.VP_TYPE_ARP and self._arp_input(pkt):
+            return
+        self._xconnect(pkt)
+
+    def _bridge_input(self, pkt: Packet) -> None:
+        """``vr_bridge_input``: bridge by destination MAC; L2_RCV makes it routed."""
+        if pkt.to_me:
+            return self._l3_input(pkt)
+        vif = pkt.vif
+        buf = pkt.buf
+        off = pkt.off
+        from_vm = vif.type == C.VIF_TYPE_VIRTUAL
+        multicast = pkt.flags & D.VP_FLAG_MULTICAST
+        if (
+            from_vm
+            and pkt.type == D.VP_TYPE_ARP
+            and (not multicast or vif.flags & C.VIF_FLAG_MAC_PROXY)
+        ):
+            if self._arp_input(pkt):
+                return
+        if from_vm and multicast and pkt.type == D.VP_TYPE_IP and self._dhcp_client(pkt):
+            return self._trap(pkt, D.TRAP_L3_PROTOCOLS)
+        if multicast:
+            if vif.mcast_vrf != 65535:
+                pkt.dvrf = vif.mcast_vrf
+            mac = BCAST
+        else:
+            mac = bytes(buf[off : off + 6])
+        hit = self.bridge_lookup(pkt.dvrf, mac)
+        nh = self.tables.nexthops.get(hit[1]) if hit is not None else None
+        if nh is None or nh.type == C.NH_DISCARD:
+            if multicast or not self._may_flood(pkt):
+                return self._drop(pkt, D.DROP_L2_NO_ROUTE)
+            hit = self.bridge_lookup(pkt.dvrf, BCAST)
+            nh = self.tables.nexthops.get(hit[1]) if hit is not None else None
+            if nh is None:
+                return self._drop(pkt, D.DROP_L2_NO_ROUTE)
+            pkt.flags |= D.VP_FLAG_MULTICAST
+            self._vrf_count(pkt.dvrf, "uuc_floods")
+        assert hit is not None
+        self._bridge_count(hit[0])
+        if hit[3] & C.VR_BE_LABEL_VALID_FLAG:
+            pkt.label = hit[2]
+        if from_vm and pkt.type == D.VP_TYPE_IP and self.datapath.ops.get("vo_from_vm_mss_adj"):
+            self._mss_adjust(pkt, 40 if nh.type == C.NH_L2_RCV else 62)
+        if (
+            vif.type == C.VIF_TYPE_PHYSICAL
+            and not multicast
+            and pkt.type in (D.VP_TYPE_IP, D.VP_TYPE_IP6)
+            and nh.type == C.NH_TUNNEL
+            and not vif.flags & C.VIF_FLAG_FAB_GW_MODE
+        ):
+            return self._drop(pkt, D.DROP_INVALID_SOURCE)
+        self._nh_output(pkt, nh)
+
+    def _mss_adjust(self, pkt: Packet, overlay: int) -> None:
+        """TCP MSS clamp of a SYN from a VM (the DPDK vRouter's ``vr_mss_adjust``).
+
+        Only with a physical vif: the MSS option is lowered to what fits the fabric MTU
+        after the overlay headers; the TCP checksum is updated incrementally.
+        """
+        buf = pkt.buf
+        l3 = pkt.l3
+        if len(buf) - l3 < 40 or buf[l3 + 9] != 6 or (buf[l3 + 6] & 0x1F) | buf[l3 + 7]:
+            return
+        ihl = (buf[l3] & 0x0F) * 4
+        l4 = l3 + ihl
+        if len(buf) - l4 < 20 or not buf[l4 + 13] & 0x02:
+            return
+        phys = self._physical_vif()
+        if phys is None:
+            return
+        limit = self._mtu(phys) - overlay - ihl - 20
+        end = min(len(buf), l4 + (buf[l4 + 12] >> 4) * 4)
+        at = l4 + 20
+        while at < end:
+            kind = buf[at]
+            if kind == 0:
+                return
+            if kind == 1:
+                at += 1
+                continue
+            if at + 1 >= end or buf[at + 1] < 2:
+                return
+            if kind == 2 and buf[at + 1] == 4 and at + 4 <= end:
+                mss = U16.unpack_from(buf, at + 2)[0]
+                if mss > limit > 0:
+                    b = pkt.writable()
+                    U16.pack_into(b, at + 2, limit)
+                    if (at - l4) % 2 == 0:
+                        csum = U16.unpack_from(b, l4 + 16)[0]
+                        U16.pack_into(b, l4 + 16, checksum_update16(csum, mss, limit))
+                    else:  # an odd-aligned option: recompute over the pseudo header
+                        tlen = U16.unpack_from(b, l3 + 2)[0] - ihl
+                        b[l4 + 16 : l4 + 18] = b"\x00\x00"
+                        pseudo = bytes(b[l3 + 12 : l3 + 20]) + bytes((0, 6)) + U16.pack(tlen)
+                        U16.pack_into(b, l4 + 16, checksum(pseudo + bytes(b[l4 : l4 + tlen])))
+                return
+            at += buf[at + 1]
+
+    def _physical_vif(self) -> Interface | None:
+        for vif in self.tables.interfaces.values():
+            if vif.type == C.VIF_TYPE_PHYSICAL:
+                return vif
+        return None
+
+    @staticmethod
+    def _dhcp_client(pkt: Packet) -> bool:
+        """A DHCP client packet (UDP source port 68) from a vif with DHCP_ENABLED."""
+        if not pkt.vif.flags & C.VIF_FLAG_DHCP_ENABLED:
+            return False
+        buf = pkt.buf
+        l3 = pkt.l3
+        if len(buf) - l3 < 28 or buf[l3 + 9] != 17:
+            return False
+        l4 = l3 + (buf[l3] & 0x0F) * 4
+        return len(buf) - l4 >= 2 and buf[l4] == 0 and buf[l4 + 1] == 68
+
+    def _may_flood(self, pkt: Packet) -> bool:
+        if pkt.vif.flags & C.VIF_FLAG_UNKNOWN_UC_FLOOD:
+            return True
+        nh = pkt.nh
+        return nh is not None and bool(nh.flags & C.NH_FLAG_UNKNOWN_UC_FLOOD)
+
+    def _l3_input(self, pkt: Packet) -> None:
+        """``vr_l3_input``: the L2 header pulled, IPv4 to ``vr_ip_input``."""
+        pkt.off = pkt.l3
+        if pkt.type == D.VP_TYPE_IP:
+            return self._ip_input(pkt)
+        if pkt.type == D.VP_TYPE_IP6:
+            return self._forward(pkt)
+        if pkt.type == D.VP_TYPE_ARP:
+            pkt.off = pkt.start
+            if self._arp_input(pkt):
+                return
+        self._drop(pkt, D.DROP_INVALID_PROTOCOL)
+
+    def _ip_input(self, pkt: Packet) -> None:
+        """``vr_ip_input``: header checks, flow stage, then ``vr_forward``."""
+        buf = pkt.buf
+        l3 = pkt.l3
+        if len(buf) - l3 < 20 or buf[l3] & 0x0F < 5 or buf[l3] >> 4 != 4:
+            return self._drop(pkt, D.DROP_INVALID_PROTOCOL)
+        if pkt.flags & D.VP_FLAG_TO_ME:
+            return self._ip_rcv(pkt, None)
+        if not self._flow_forward(pkt):
+            return
+        self._forward(pkt)
+
+    def _forward(self, pkt: Packet) -> None:
+        """``vr_forward``: LPM in fmd.dvrf, route label, IPv4 TTL decrement, ``nh_output``."""
+        buf = pkt.buf
+        l3 = pkt.l3
+        if pkt.type == D.VP_TYPE_IP:
+            if len(buf) - l3 < 20:
+                return self._drop(pkt, D.DROP_INVALID_PROTOCOL)
+            ttl = buf[l3 + 8]
+            if ttl == 0:
+                return self._drop(pkt, D.DROP_TTL_EXCEEDED)
+            entry = self._route(AF_INET, pkt.dvrf, U32.unpack_from(buf, l3 + 16)[0])
+        elif pkt.type == D.VP_TYPE_IP6:
+            if len(buf) - l3 < 40:
+                return self._drop(pkt, D.DROP_INVALID_PROTOCOL)
+            ttl = buf[l3 + 7]
+            dst = int.from_bytes(buf[l3 + 24 : l3 + 40], "big")
+            entry = self._route(C.AF_INET6, pkt.dvrf, dst)
+        else:
+            return self._drop(pkt, D.DROP_INVALID_PROTOCOL)
+        if entry is None:
+            nh = self.tables.nexthops.get(C.NH_DISCARD_ID)
+            if nh is None:
+                return self._drop(pkt, D.DROP_DISCARD)
+        else:
+            nh = entry.nh
+            if entry.label_flags & C.VR_RT_LABEL_VALID_FLAG:
+                pkt.label = entry.label
+        if pkt.type == D.VP_TYPE_IP:
+            gateway = (
+                nh.type == C.NH_ENCAP and nh.oif is not None and nh.oif.type == C.VIF_TYPE_AGENT
+            )
+            if (nh.type == C.NH_VRF_TRANSLATE and nh.family == AF_INET) or gateway:
+                pkt.ttl = ttl
+            else:
+                b = pkt.writable()
+                b[l3 + 8] = ttl - 1
+                old = (ttl << 8) | b[l3 + 9]
+                csum = (b[l3 + 10] << 8) | b[l3 + 11]
+                U16.pack_into(b, l3 + 10, checksum_update16(csum, old, old - 0x100))
+                pkt.ttl = ttl - 1
+        else:
+            pkt.ttl = ttl
+        self._nh_output(pkt, nh)
+
+    def _nh_output(self, pkt: Packet, nh: NextHop) -> None:
+        """``nh_output``: zero-TTL trap, validity, NH-forced flow lookup, dispatch."""
+        if pkt.ttl == 0:
+            return self._trap(pkt, D.TRAP_ZERO_TTL)
+        pkt.nh = nh
+        if not nh.flags & C.NH_FLAG_VALID:
+            return self._drop(pkt, D.DROP_INVALID_NH)
+        if (
+            pkt.type in (D.VP_TYPE_IP, D.VP_TYPE_IP6)
+            and not pkt.flags & D.VP_FLAG_FLOW_SET
+            and nh.flags & (C.NH_FLAG_POLICY_ENABLED | C.NH_FLAG_FLOW_LOOKUP)
+        ):
+            pkt.flags |= D.VP_FLAG_FLOW_GET
+            if not self._flow_forward(pkt):
+                return
+            if pkt.nh is not nh and pkt.nh is not None:
+                return self._nh_output(pkt, pkt.nh)
+        handler = self._nh_handlers.get(nh.type)
+        if handler is None:
+            return self._drop(pkt, D.DROP_INVALID_NH)
+        handler(pkt, nh)
+
+    def _nh_discard(self, pkt: Packet, nh: NextHop) -> None:
+        self._vrf_count(pkt.dvrf, "discards")
+        self._drop(pkt, D.DROP_DISCARD)
+
+    def _nh_resolve(self, pkt: Packet, nh: NextHop) -> None:
+        self._vrf_count(pkt.dvrf, "resolves")
+        if pkt.vif.type in VHOST_TYPES or pkt.vif.type == C.VIF_TYPE_PHYSICAL:
+            peer = self._bridge_vif(pkt.vif)
+            if peer is not None:
+                self._vif_tx(pkt, peer, bytes(pkt.buf[pkt.start :]))
+        self._trap(pkt, D.TRAP_RESOLVE)
+
+    def _nh_l2_rcv(self, pkt: Packet, nh: NextHop) -> None:
+        """``nh_l2_rcv``: the frame is for the router: route it (fmd_to_me)."""
+        self._vrf_count(pkt.dvrf, "l2_receives")
+        pkt.to_me = True
+        self._l3_input(pkt)
+
+    def _nh_vrf_translate(self, pkt: Packet, nh: NextHop) -> None:
+        self._vrf_count(pkt.dvrf, "vrf_translates")
+        pkt.dvrf = nh.vrf
+        if nh.family == AF_INET:
+            return self._forward(pkt)
+        pkt.off = pkt.start if pkt.off != pkt.start and pkt.type != D.VP_TYPE_IP else pkt.off
+        self._bridge_input(pkt)
+
+    def _nh_encap(self, pkt: Packet, nh: NextHop) -> None:
+        oif = nh.oif
+        if oif is None:
+            return self._drop(pkt, D.DROP_INVALID_NH)
+        if nh.family == C.AF_BRIDGE:
+            self._vrf_count(pkt.dvrf, "l2_encaps")
+            return self._vif_tx(pkt, oif, self._data(pkt))
+        buf = pkt.buf
+        off = pkt.off
+        if nh.flags & C.NH_FLAG_MCAST:
+            if pkt.type != D.VP_TYPE_IP:
+                return self._drop(pkt, D.DROP_INVALID_PROTOCOL)
+            group = buf[pkt.l3 + 17 : pkt.l3 + 20]
+            head = b"\x01\x00\x5e" + bytes((group[0] & 0x7F,)) + bytes(group[1:3])
+            frame = head + oif.mac + b"\x08\x00" + bytes(buf[off:])
+            return self._vif_tx(pkt, oif, frame)
+        version = buf[off] >> 4 if len(buf) > off else 4
+        etype = b"\x86\xdd" if version == 6 else b"\x08\x00"
+        self._vrf_count(pkt.dvrf, "encaps")
+        frame = nh.encap[:-2] + etype + bytes(buf[off:])
+        if pkt.flags & D.VP_FLAG_DIAG:
+            return self._trap(pkt, D.TRAP_DIAG, param=oif.idx)
+        self._vif_tx(pkt, oif, frame)
+
+    def _nh_composite(self, pkt: Packet, nh: NextHop) -> None:
+        if nh.flags & (C.NH_FLAG_COMPOSITE_ECMP | C.NH_FLAG_COMPOSITE_LU_ECMP):
+            return self._ecmp(pkt, nh)
+        if (
+            nh.flags & C.NH_FLAG_MCAST
+            and pkt.type == D.VP_TYPE_ARP
+            and pkt.vif.type == C.VIF_TYPE_VIRTUAL
+            and self._arp_input(pkt)
+        ):
+            return  # nh_handle_mcast_control_pkt: a broadcast ARP answered by proxy
+        members = [(c, label) for c, label in nh.components if c is not None]
+        ingress = pkt.vif
+        sent = False
+        for member, label in members:
+            if member.type == C.NH_COMPOSITE:
+                self._nh_composite(self._replica(pkt, label), member)
+                sent = True
+                continue
+            if member.type == C.NH_ENCAP and member.oif is ingress:
+                continue  # never back out of the vif it came in on
+            self._nh_output(self._replica(pkt, label), member)
+            sent = True
+        self._vrf_count(pkt.dvrf, "l2_mcast_composites")
+        self._drop(pkt, D.DROP_CLONED_ORIGINAL if sent else D.DROP_DISCARD)
+
+    @staticmethod
+    def _replica(pkt: Packet, label: int) -> Packet:
+        p = pkt.clone()
+        p.buf = pkt.buf  # members only prepend headers: they share the received bytes
+        if label >= 0:
+            p.label = label
+        return p
+
+    def _ecmp(self, pkt: Packet, nh: NextHop) -> None:
+        count = len(nh.components)
+        if not count:
+            return self._drop(pkt, D.DROP_INVALID_NH)
+        index = pkt.ecmp_nh_index
+        if not 0 <= index < count:
+            index = self._ecmp_hash(pkt) % count
+        member, label = nh.components[index]
+        if member is None:
+            active = [(c, lb) for c, lb in nh.components if c is not None]
+            if not active:
+                return self._drop(pkt, D.DROP_INVALID_NH)
+            member, label = active[self._ecmp_hash(pkt) % len(active)]
+        if not nh.flags & C.NH_FLAG_COMPOSITE_LU_ECMP and label >= 0:
+            pkt.label = label
+        self._vrf_count(pkt.dvrf, "ecmp_composites")
+        self._nh_output(pkt, member)
+
+    def _ecmp_hash(self, pkt: Packet) -> int:
+        key = self._flow_key(pkt)
+        if key is None:
+            buf = pkt.buf
+            return jhash(bytes(buf[pkt.start : pkt.start + 14])) + pkt.dvrf
+        return jhash(key)

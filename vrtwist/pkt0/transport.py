@@ -1,0 +1,216 @@
+"""pkt0 over unix datagrams, as the DPDK vRouter carries it: one packet per datagram.
+
+The datapath binds ``<run-dir>/dpdk_pkt0`` and sends to ``<run-dir>/agent_pkt0``; the
+agent binds ``agent_pkt0`` and sends to ``dpdk_pkt0``. Both ends are the same small
+reader: a non-blocking socket registered with the reactor that reads a bounded batch per
+wake-up until ``EAGAIN`` and never queues in user space. A send that finds the peer's
+buffer full, or no peer bound, is counted and dropped, which is what bounds memory when
+one side floods the other. What the bytes mean is the codec's business
+(:mod:`vrtwist.pkt0.codec`) and the endpoints' (:mod:`vrtwist.pkt0.endpoints`), so another
+packet transport (the Windows ``\\\\.\\vrouterPkt0`` device, one packet per read and
+write) plugs in behind :class:`IPkt0Transport` without touching either.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import stat
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.interfaces import IReadDescriptor
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import Interface, implementer
+
+from vrtwist.access import bind_unix
+
+__all__ = [
+    "AGENT_SOCKET",
+    "DATAPATH_SOCKET",
+    "MAX_FRAME",
+    "IPkt0Receiver",
+    "IPkt0Transport",
+    "Pkt0Counters",
+    "UnixDatagramTransport",
+    "bind_datagram",
+]
+
+#: socket names in the run directory (the DPDK vRouter's ``VR_PKT0_UNIX_NAME`` and the
+#: agent's side of it)
+DATAPATH_SOCKET = "dpdk_pkt0"
+AGENT_SOCKET = "agent_pkt0"
+
+#: the agent reads pkt0 with a 9060-byte buffer; 44 bytes of headers ride on top of a
+#: jumbo frame, so accept a little more than that and count anything longer as oversize
+MAX_FRAME = 9060 + 44 + 64
+
+_SOCKET_BUFFER = 4 * 1024 * 1024
+_DROP_ERRNOS = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS})
+_NO_PEER_ERRNOS = frozenset({errno.ENOENT, errno.ECONNREFUSED, errno.ENOTCONN})
+
+
+class IPkt0Receiver(Interface):
+    """Takes each packet a pkt0 transport reads."""
+
+    def frame_received(frame: bytes) -> None:
+        """One whole pkt0 frame (outer Ethernet, agent_hdr, inner frame)."""
+
+
+class IPkt0Transport(Interface):
+    """Carries whole pkt0 frames, one per send and one per receive."""
+
+    def send(frame: bytes) -> bool:
+        """Send one frame; False when it was dropped (peer full or absent), counted."""
+
+
+@dataclass
+class Pkt0Counters:
+    """What one end of the channel did; the datapath and agent export these."""
+
+    sent: int = 0
+    received: int = 0
+    #: the peer's socket buffer was full
+    send_dropped: int = 0
+    #: nobody bound at the peer's path (the other side is not running)
+    no_peer: int = 0
+    #: a received datagram longer than :data:`MAX_FRAME` (cut by the kernel, dropped)
+    oversize: int = 0
+
+
+def bind_datagram(path: str, mode: int = 0o600, gid: int | None = None) -> socket.socket:
+    """A non-blocking unix datagram socket bound at ``path`` with exactly ``mode``.
+
+    Bound through :func:`vrtwist.access.bind_unix`, so the file never has the umask's
+    mode, and ``gid`` (``--socket-group``) gets the group bits. A stale socket file at
+    ``path`` (a previous run that was killed) is replaced; anything else there is refused.
+    """
+    try:
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.setblocking(False)
+    try:
+        bind_unix(sock, path, mode, gid)
+    except BaseException:
+        sock.close()
+        raise
+    for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, _SOCKET_BUFFER)
+        except OSError:  # pragma: no cover - limited by net.core.*mem_max; keep the default
+            pass
+    return sock
+
+
+@implementer(IReadDescriptor, IPkt0Transport)
+class UnixDatagramTransport:
+    """One end of pkt0: bound at ``local_path``, sending to ``peer_path``."""
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        local_path: str,
+        peer_path: str,
+        receiver: IPkt0Receiver,
+        mode: int = 0o600,
+        batch: int = 256,
+        gid: int | None = None,
+    ) -> None:
+        self._reactor = reactor
+        self.local_path = local_path
+        self.peer_path = peer_path
+        self._receiver = receiver
+        self._mode = mode
+        self._gid = gid
+        self._batch = batch
+        self._buffer = bytearray(MAX_FRAME + 1)
+        self._sock: socket.socket | None = None
+        #: (device, inode) of the socket file we bound, so stop never removes a newer one
+        self._identity: tuple[int, int] | None = None
+        self.counters = Pkt0Counters()
+
+    def start(self) -> None:
+        """Bind and start reading."""
+        self._sock = bind_datagram(self.local_path, self._mode, self._gid)
+        st = os.stat(self.local_path)
+        self._identity = (st.st_dev, st.st_ino)
+        self._reactor.addReader(self)
+
+    def stop(self) -> None:
+        """Stop reading, close and remove the socket file (only if it is still ours)."""
+        sock, self._sock = self._sock, None
+        if sock is None:
+            return
+        self._reactor.removeReader(self)
+        try:
+            st = os.stat(self.local_path)
+            mine = (st.st_dev, st.st_ino) == self._identity
+        except OSError:
+            mine = False
+        sock.close()
+        if mine:
+            try:
+                os.unlink(self.local_path)
+            except FileNotFoundError:  # pragma: no cover - raced with an operator
+                pass
+
+    # -- IPkt0Transport
+
+    def send(self, frame: bytes) -> bool:
+        sock = self._sock
+        if sock is None:
+            self.counters.no_peer += 1
+            return False
+        try:
+            sock.sendto(frame, self.peer_path)
+        except OSError as e:
+            if e.errno in _DROP_ERRNOS:
+                self.counters.send_dropped += 1
+            elif e.errno in _NO_PEER_ERRNOS:
+                self.counters.no_peer += 1
+            elif e.errno == errno.EMSGSIZE:
+                self.counters.oversize += 1
+            else:
+                raise
+            return False
+        self.counters.sent += 1
+        return True
+
+    # -- IReadDescriptor
+
+    def fileno(self) -> int:
+        return self._sock.fileno() if self._sock is not None else -1
+
+    def doRead(self) -> None:
+        """Read up to ``batch`` datagrams, stopping early at ``EAGAIN``."""
+        sock = self._sock
+        buf = self._buffer
+        view = memoryview(buf)
+        receiver = self._receiver
+        counters = self.counters
+        for _ in range(self._batch):
+            if sock is None:
+                return
+            try:
+                n = sock.recv_into(buf)
+            except (BlockingIOError, InterruptedError):
+                return
+            if n > MAX_FRAME:
+                counters.oversize += 1
+                continue
+            counters.received += 1
+            receiver.frame_received(bytes(view[:n]))
+            sock = self._sock  # the receiver may have stopped us
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.stop()
+
+    def logPrefix(self) -> str:
+        return f"pkt0 {os.path.basename(self.local_path)}"
