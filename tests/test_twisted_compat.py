@@ -280,7 +280,7 @@ class OneDoorTests(SynchronousTestCase):
         import vrtwist
 
         names = ("_SendmsgMixin", "_tempData", "_disconnectSelectable", "_exitSignal",
-                 "_WrappingFactory", "_closeWriteConnection", "_writeDisconnect")
+                 "_WrappingFactory", "_closeWriteConnection", "_writeDisconnect", "_bindPath")
         root = Path(vrtwist.__file__).parent
         found = {
             str(p.relative_to(root)): n
@@ -288,3 +288,30 @@ class OneDoorTests(SynchronousTestCase):
             for n in names if n in p.read_text()
         }
         self.assertEqual(found, {})
+
+
+class BoundUnixPathTests(SynchronousTestCase):
+    def test_bind_path_when_present(self) -> None:
+        class Port:
+            _bindPath = "/run/x.sock"
+
+        self.assertEqual(compat.bound_unix_path(Port()), "/run/x.sock")
+
+    def test_fallback_to_get_host(self) -> None:
+        """Forced: a port without ``_bindPath`` (Twisted before it) answers through the
+        public ``getHost()`` of its listening socket."""
+        import os
+        import tempfile
+
+        from twisted.internet.testing import MemoryReactor
+
+        d = tempfile.mkdtemp(prefix="hc-")
+        path = os.path.join(d, "l.sock")
+        port = unix.Port(path, Factory(), reactor=MemoryReactor())
+        port.startListening()
+        self.addCleanup(os.rmdir, d)
+        self.addCleanup(os.unlink, path)
+        self.addCleanup(port.socket.close)
+        port.__dict__.pop("_bindPath", None)  # as on a Twisted that never set it
+        self.assertFalse(hasattr(port, "_bindPath"))
+        self.assertEqual(os.fsdecode(compat.bound_unix_path(port)), path)

@@ -38,6 +38,7 @@ __all__ = [
     "set_exit_signal",
     "client_wrapping_factory",
     "plain_socket",
+    "bound_unix_path",
 ]
 
 # -- probes ---------------------------------------------------------------------------
@@ -240,3 +241,15 @@ def plain_socket(transport: Any) -> socket.socket | None:
         return None
     sock = getattr(transport, "socket", None)
     return sock if isinstance(sock, socket.socket) else None
+
+
+def bound_unix_path(port: Any) -> Any:
+    """The path a listening unix port bound (str or bytes; abstract names start with NUL).
+
+    Newer Twisted keeps it in ``Port._bindPath``; without that, the public
+    ``getHost().name`` of the listening socket says the same.
+    """
+    path = getattr(port, "_bindPath", None)
+    if path is None:
+        path = port.getHost().name
+    return path
