@@ -23,6 +23,7 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.error import CannotListenError, ReactorNotRunning
 from twisted.python.failure import Failure
 
+from vrtwist._twisted_compat import set_exit_signal
 from vrtwist.logfields import Logger
 
 
@@ -196,8 +197,7 @@ def quiet_stop_signals(reactor: Any) -> bool:
 
 def _queue_stop(reactor: Any, signum: int) -> None:
     # Signal context: no logging, no locks; a deque append and a waker write only.
-    if hasattr(reactor, "_exitSignal"):
-        reactor._exitSignal = signum  # twistd re-raises it at exit, as with Twisted's own
+    set_exit_signal(reactor, signum)  # twistd re-raises it at exit, as with Twisted's own
     reactor.callFromThread(_stop, reactor, signum)
 
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.interfaces import IAddress, IDelayedCall, IProtocol, IReactorTime
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
@@ -242,7 +242,13 @@ class BoundedProtocol(ProtocolWrapper):
         super().connectionLost(reason)
 
 
-class BoundedFactory(WrappingFactory[BoundedProtocol]):
+if TYPE_CHECKING:
+    _WrappingBase = WrappingFactory[BoundedProtocol]
+else:  # WrappingFactory is subscriptable at run time only from Twisted 26.4
+    _WrappingBase = WrappingFactory
+
+
+class BoundedFactory(_WrappingBase):
     """Any server factory, with a :class:`ConnectionGuard` over its connections."""
 
     protocol = BoundedProtocol

@@ -25,6 +25,7 @@ from twisted.internet.unix import Port as _TwistedUNIXPort
 from twisted.python import usage
 from zope.interface import implementer
 
+from vrtwist._twisted_compat import bound_unix_path
 from vrtwist.access import (
     OWNER_MODE,
     SocketAccess,
@@ -66,9 +67,10 @@ class _RestrictedPort(_TwistedUNIXPort):
 
     def startListening(self) -> None:
         super().startListening()  # type: ignore[no-untyped-call]
-        if is_filesystem_path(self._bindPath):
+        path = bound_unix_path(self)
+        if is_filesystem_path(path):
             try:
-                open_after_bind(self._bindPath, self._finalMode, self._gid)
+                open_after_bind(path, self._finalMode, self._gid)
             except OSError:
                 self.stopListening()
                 raise

@@ -161,7 +161,12 @@ class DatapathModel:
                  mtu: int = DEFAULT_MTU, max_vifs: int = C.VR_DEF_INTERFACES,
                  max_nhs: int = C.VR_DEF_NEXTHOPS, max_labels: int = C.VR_DEF_LABELS,
                  max_vrfs: int = C.VR_DEF_VRFS,
-                 os_index: Callable[[str], int] | None = None) -> None:
+                 os_index: Callable[[str], int] | None = None,
+                 if_mac: Callable[[str], bytes | None] | None = None) -> None:
+        """``os_index`` and ``if_mac`` look up a host interface's index and MAC; the
+        service injects :func:`host_if_index` and :func:`host_if_mac`. Without
+        ``if_mac`` the model reads nothing from the host: the fabric vif gets
+        ``VROUTER_MAC``."""
         self.fabric_ip = fabric_ip
         self.fabric_vif = fabric_vif
         self.fabric_name = fabric_name
@@ -178,7 +183,8 @@ class DatapathModel:
         self._remote_count: dict[str, int] = {}  # VRF name -> routes in self._remote
         self._adopted: dict[str, Adopted] = {}
         self._gateways: dict[str, tuple[str, int, int, list[Key]]] = {}
-        self._os_index = os_index or _if_index
+        self._os_index = os_index or host_if_index
+        self._if_mac = if_mac or _no_mac
         self.listeners: list[Callable[[Iterable[Key]], None]] = []
         self.controller: IControllerLink | None = None
         self._batch_depth = 0
@@ -203,9 +209,9 @@ class DatapathModel:
         self._set((VIF, self.fabric_vif), "vr_interface_req", {
             "vifr_idx": self.fabric_vif, "vifr_type": C.VIF_TYPE_PHYSICAL,
             "vifr_name": self.fabric_name, "vifr_transport": C.VIF_TRANSPORT_ETH,
-            "vifr_vrf": 0, "vifr_mac": list(_if_mac(self.fabric_name) or VROUTER_MAC),
+            "vifr_vrf": 0, "vifr_mac": list(self._if_mac(self.fabric_name) or VROUTER_MAC),
             "vifr_mtu": self.mtu, "vifr_flags": C.VIF_FLAG_L3_ENABLED | C.VIF_FLAG_L2_ENABLED,
-            "vifr_ip": host_u32(self.fabric_ip), "vifr_os_idx": _if_index(self.fabric_name),
+            "vifr_ip": host_u32(self.fabric_ip), "vifr_os_idx": self._os_index(self.fabric_name),
         })
         self._set((VIF, AGENT_VIF), "vr_interface_req", {
             "vifr_idx": AGENT_VIF, "vifr_type": C.VIF_TYPE_AGENT, "vifr_name": "pkt0",
@@ -843,7 +849,12 @@ def _route_fields(key: Key, nh: int, label: int, flags: int,
             "rtr_label_flags": flags, "rtr_mac": list(mac) if mac else []}
 
 
-def _if_mac(name: str) -> bytes | None:
+def _no_mac(name: str) -> bytes | None:
+    return None
+
+
+def host_if_mac(name: str) -> bytes | None:
+    """The MAC of host interface ``name`` (``/sys/class/net``), or None."""
     try:
         with open(f"/sys/class/net/{name}/address") as f:
             return bytes.fromhex(f.read().strip().replace(":", ""))
@@ -851,7 +862,8 @@ def _if_mac(name: str) -> bytes | None:
         return None
 
 
-def _if_index(name: str) -> int:
+def host_if_index(name: str) -> int:
+    """The ifindex of host interface ``name``, or 0 when there is none."""
     import socket
 
     try:

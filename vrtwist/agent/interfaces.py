@@ -3,21 +3,27 @@
 * :class:`IPortStore` - the port files (``<state-dir>/ports``).
 * :class:`IPortObserver` - told about every port add/delete of the port table; the
   datapath model and the controller link both observe the table through it.
-* :class:`IControllerLink` / :class:`IRouteProgrammer` - the seam to the control node
-  (issue 5).  The agent calls ``IControllerLink`` to announce its local ports; the link
-  calls ``IRouteProgrammer`` to install or withdraw routes learnt from the controller.
-  The link module is ``vrtwist.xmpp.agent_link`` and must offer
-  ``makeControllerLink(reactor, endpoints, hostname, fabric_ip, routes)`` returning an
-  object that provides both ``IControllerLink`` and ``twisted.application.service.IService``
-  (see ``docs/agent.md``).
+* :class:`IControllerLink` / :class:`IRouteProgrammer` / :class:`LocalRoute` - the seam
+  to the control node, owned by the XMPP link (``vrtwist.xmpp.interfaces``) and
+  re-exported here.  The agent calls ``IControllerLink`` to announce its local ports; the
+  link calls ``IRouteProgrammer`` to install or withdraw routes learnt from the controller.
+  ``vrtwist.xmpp.agent_link.makeControllerLink(reactor, endpoints, hostname, fabric_ip,
+  routes)`` returns an object that provides both ``IControllerLink`` and
+  ``twisted.application.service.IService`` (see ``docs/agent.md``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
-from zope.interface import Attribute, Interface
+from zope.interface import Interface
+
+from vrtwist.xmpp.interfaces import IControllerLink, IRouteProgrammer, LocalRoute
+
+__all__ = [
+    "IPortStore", "IPortObserver", "LocalRoute", "IControllerLink", "IRouteProgrammer",
+    "IKsyncChannel", "IKsyncBunchChannel", "IGatewayProgrammer",
+]
 
 
 class IPortStore(Interface):
@@ -59,57 +65,6 @@ class IPortObserver(Interface):
 
     def portDeleted(port: Any) -> None:
         """``port`` is no longer wanted; undo what ``portAdded`` did."""
-
-
-@dataclass(frozen=True)
-class LocalRoute:
-    """What the agent announces to the controller for one local port.
-
-    ``vrf_name`` is the routing instance (``default-domain:vrtwist:<vn-uuid>:<vn-uuid>`` when
-    no controller config names it), ``label`` the MPLS label that reaches the port's
-    interface next hop on this node, ``nexthop`` the node's fabric address.
-    """
-
-    port_id: str
-    vm_id: str
-    vn_id: str
-    vrf_name: str
-    mac: str
-    ip4: str | None
-    ip6: str | None
-    label: int
-    nexthop: str
-
-
-class IControllerLink(Interface):
-    """The agent's side of the control-node session (provided by ``vrtwist.xmpp``)."""
-
-    def localRouteAdded(route: LocalRoute) -> None:
-        """Publish ``route`` (inet /32, inet6 /128 and the EVPN MAC) to the control node."""
-
-    def localRouteDeleted(route: LocalRoute) -> None:
-        """Withdraw what ``localRouteAdded`` published for this port."""
-
-
-class IRouteProgrammer(Interface):
-    """Installs routes learnt from the controller into the datapath (provided by the agent)."""
-
-    fabric_ip = Attribute("this node's fabric (tunnel source) address, a dotted quad")
-
-    def vrfNames() -> list[str]:
-        """Names of the routing instances that currently have local ports."""
-
-    def addRemoteRoute(vrf_name: str, prefix: str, plen: int, nexthop: str, label: int,
-                       encap: str = "udp", mac: str | None = None) -> None:
-        """Route ``prefix/plen`` in ``vrf_name`` through a tunnel to ``nexthop`` with ``label``.
-
-        ``encap`` is ``"udp"`` (MPLS over UDP), ``"gre"`` (MPLS over GRE) or ``"vxlan"``;
-        ``mac`` is the remote VM's MAC: a bridge entry for it is installed too.  Raises
-        ``KeyError`` for an unknown VRF and ``ValueError`` for a bad prefix or label.
-        """
-
-    def deleteRemoteRoute(vrf_name: str, prefix: str, plen: int) -> None:
-        """Withdraw a route added with :meth:`addRemoteRoute` (unknown routes are ignored)."""
 
 
 class IKsyncChannel(Interface):

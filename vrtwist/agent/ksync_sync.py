@@ -41,7 +41,7 @@ from vrtwist.agent.interfaces import IKsyncBunchChannel, IKsyncChannel
 from vrtwist.datapath import constants as C
 from vrtwist.ksync.client import KsyncClientProtocol, KsyncConnectionLost
 from vrtwist.ksync.client import KsyncError as ClientKsyncError
-from vrtwist.ksync.clientcore import KsyncProtocolError, KsyncResponse
+from vrtwist.ksync.clientcore import DumpPager, KsyncProtocolError, KsyncResponse
 from vrtwist.logfields import Logger
 from vrtwist.sandesh import SPECS_BY_NAME, schema
 
@@ -59,7 +59,7 @@ _KEY_FIELD = {"vr_interface_req": "vifr_idx", "vr_nexthop_req": "nhr_id",
 _OP_FIELD = "h_op"
 
 
-class KsyncError(Exception):
+class DatapathRequestError(Exception):
     """The datapath refused a request; ``code`` is the negative errno of ``vr_response``."""
 
     def __init__(self, code: int, what: str) -> None:
@@ -266,42 +266,33 @@ class DatapathSync:
     # reading the datapath ---------------------------------------------------------------
 
     async def call(self, name: str, fields: dict[str, Any]) -> list[Any]:
-        """One request; the reply (vr_response first) or KsyncError."""
+        """One request; the reply (vr_response first) or DatapathRequestError."""
+        return await self._request(name, make(name, fields))
+
+    async def _request(self, name: str, request: Any) -> list[Any]:
         channel = self.reader or self.channel
         if channel is None:
-            raise KsyncError(-errno.ENOTCONN, f"{name}: no ksync session")
+            raise DatapathRequestError(-errno.ENOTCONN, f"{name}: no ksync session")
         self.requests_sent += 1
-        return _checked(name, await channel.request(make(name, fields)))
+        return _checked(name, await channel.request(request))
 
     async def dump(self, name: str, fields: dict[str, Any]) -> list[Any]:
-        """A whole DUMP, page after page with the marker of the last object received."""
-        out: list[Any] = []
+        """A whole DUMP, paged by the ksync client's :class:`DumpPager` (one implementation
+        of the marker rules); a server that never ends the dump is a DatapathRequestError."""
         req = dict(fields, h_op=C.OP_DUMP)
-        if name == "vr_route_req":
-            pass
-        else:
+        if name != "vr_route_req":
             req.setdefault({"vr_interface_req": "vifr_marker", "vr_nexthop_req": "nhr_marker",
                             "vr_mpls_req": "mr_marker"}[name], -1)
-        for _ in range(1_000_000):
-            reply = await self.call(name, req)
-            code = int(reply[0].resp_code)
-            objs = [o for o in reply[1:] if type(o).__name__ == name]
-            out.extend(objs)
-            if not code & C.DUMP_INCOMPLETE or not objs:
-                break
-            last = objs[-1]
-            if name == "vr_interface_req":
-                req["vifr_marker"] = int(last.vifr_idx)
-            elif name == "vr_nexthop_req":
-                req["nhr_marker"] = int(last.nhr_id)
-            elif name == "vr_mpls_req":
-                req["mr_marker"] = int(last.mr_label)
-            elif int(fields.get("rtr_family", 0)) == C.AF_BRIDGE:
-                req["rtr_mac"] = list(last.rtr_mac)
-            else:
-                req["rtr_marker"] = list(last.rtr_prefix)
-                req["rtr_marker_plen"] = int(last.rtr_prefix_len)
-        return out
+        pager = DumpPager(make(name, req))
+        request: Any = pager.request
+        while request is not None:
+            reply = await self._request(name, request)
+            more = bool(int(reply[0].resp_code) & C.DUMP_INCOMPLETE)
+            try:
+                request = pager.page([o for o in reply[1:] if type(o).__name__ == name], more)
+            except KsyncProtocolError as e:
+                raise DatapathRequestError(-errno.EPROTO, f"{name}: {e}") from e
+        return pager.objects
 
     async def read_tables(self) -> dict[str, Any]:
         """Start-up reads of spec 2.5: ``vrouter_ops`` GET (table sizes, which bound the
@@ -310,7 +301,7 @@ class DatapathSync:
         info: dict[str, Any] = {}
         try:
             ops = (await self.call("vrouter_ops", {"h_op": C.OP_GET}))[1:]
-        except KsyncError as e:
+        except DatapathRequestError as e:
             self._log.warn("vrouter_ops GET refused: {e}", e=e)
             ops = []
         if ops:
@@ -323,7 +314,7 @@ class DatapathSync:
             try:
                 reply = await self.call(name, {op_field: C.OP_GET if name.startswith(
                     "vr_bridge") else C.FLOW_OP_FLOW_TABLE_GET})
-            except KsyncError as e:
+            except DatapathRequestError as e:
                 self._log.warn("{name} refused: {e}", name=name, e=e)
                 continue
             for obj in reply[1:]:
@@ -351,7 +342,7 @@ class DatapathSync:
                 try:
                     objs = await self.dump("vr_route_req", {"rtr_vrf_id": vrf,
                                                             "rtr_family": fam})
-                except KsyncError as e:
+                except DatapathRequestError as e:
                     self._log.warn("cannot dump family {fam} of VRF {vrf}: {e}", fam=fam,
                                    vrf=vrf, e=e)
                     continue
@@ -575,7 +566,7 @@ class DatapathSync:
                     if errors:
                         errors.pop(key, None)
                 elif isinstance(r, ClientKsyncError):
-                    self._failed(Failure(KsyncError(r.code, name)), op, key, prev)
+                    self._failed(Failure(DatapathRequestError(r.code, name)), op, key, prev)
                 else:  # an unreadable answer: like a lost session, read it again later
                     self._failed(Failure(r), op, key, prev)
         self._make_room()
@@ -610,7 +601,7 @@ class DatapathSync:
         """One callback per request: check the vr_response, then record success or not."""
         try:
             _checked(name, reply)
-        except KsyncError as e:
+        except DatapathRequestError as e:
             return self._failed(Failure(e), op, key, prev)
         self.errors.pop(key, None)
         return None
@@ -618,9 +609,9 @@ class DatapathSync:
     def _failed(self, f: Any, op: str, key: Key,
                 prev: tuple[str, dict[str, Any]] | None) -> None:
         err = f.value
-        if isinstance(err, KsyncError) and op == "del" and err.code == -errno.ENOENT:
+        if isinstance(err, DatapathRequestError) and op == "del" and err.code == -errno.ENOENT:
             return None  # already gone
-        if not isinstance(err, KsyncError):
+        if not isinstance(err, DatapathRequestError):
             # the channel went away: the datapath is read again when it is back
             self.dirty.add(key)
             return None
@@ -659,12 +650,12 @@ def _gather(ds: list[Deferred[Any]]) -> Deferred[list[Any]]:
 
 
 def _checked(name: str, reply: list[Any]) -> list[Any]:
-    """The reply if its vr_response is not negative, else KsyncError."""
+    """The reply if its vr_response is not negative, else DatapathRequestError."""
     if not reply or type(reply[0]).__name__ != "vr_response":
-        raise KsyncError(-errno.EPROTO, f"{name}: reply without vr_response")
+        raise DatapathRequestError(-errno.EPROTO, f"{name}: reply without vr_response")
     code = int(reply[0].resp_code)
     if code < 0:
-        raise KsyncError(code, name)
+        raise DatapathRequestError(code, name)
     return list(reply)
 
 

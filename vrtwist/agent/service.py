@@ -19,7 +19,8 @@ from twisted.web.server import Site
 
 from vrtwist._process import report_start_failure
 from vrtwist.access import SocketAccess
-from vrtwist.agent.dpstate import DatapathModel
+from vrtwist.agent.dpstate import DatapathModel, host_if_index, host_if_mac
+from vrtwist.agent.ksync_sync import KsyncSynchroniser, LocalSynchroniser
 from vrtwist.agent.packet.service import AgentPacketService
 from vrtwist.agent.ports import DEFAULT_STALE_TIMEOUT, PortTable
 from vrtwist.agent.rest import BoundedRequest, PortApi
@@ -27,6 +28,8 @@ from vrtwist.agent.store import PortStore
 from vrtwist.bounds import bounded_site
 from vrtwist.logfields import Logger
 from vrtwist.unixlisten import listen_endpoint
+from vrtwist.xmpp.agent_link import makeControllerLink
+from vrtwist.xmpp.interfaces import IRouteProgrammer
 
 
 class AgentService(MultiService):
@@ -56,7 +59,8 @@ class AgentService(MultiService):
         self.controllers = controllers or []
         self.local_datapath = local_datapath
         self.link_kwargs = link_kwargs or {}
-        self.model = DatapathModel(fabric_ip=fabric_ip, fabric_name=fabric or "fabric0")
+        self.model = DatapathModel(fabric_ip=fabric_ip, fabric_name=fabric or "fabric0",
+                                   os_index=host_if_index, if_mac=host_if_mac)
         self.table: PortTable | None = None
         self.api: PortApi | None = None
         self.sync: Any = None
@@ -134,11 +138,6 @@ class AgentService(MultiService):
         return out
 
     def _make_sync(self) -> Any:
-        try:
-            from vrtwist.agent.ksync_sync import KsyncSynchroniser, LocalSynchroniser
-        except ImportError as e:  # the ksync client is not available
-            self._log.warn("datapath programming disabled: {e}", e=e)
-            return None
         if self.local_datapath is not None:
             self._log.info("programming the embedded datapath in-process")
             return LocalSynchroniser(self.model, self.local_datapath,
@@ -149,15 +148,10 @@ class AgentService(MultiService):
                                  adopt=self.datapath == "external")
 
     def _attach_controller(self) -> None:
-        try:
-            from vrtwist.xmpp.agent_link import makeControllerLink  # type: ignore[import-not-found]
-        except ImportError as e:
-            self._log.error("--controller given but the XMPP link is unavailable: {e}", e=e)
-            return
         if self.fabric_ip in ("", "0.0.0.0"):
             self._log.warn("--controller without --fabric-ip: routes are published with next "
                            "hop 0.0.0.0 and the datapath refuses tunnels from it (EINVAL)")
-        routes: Any = self.model  # provides IRouteProgrammer == xmpp's IRemoteRouteSink
+        routes: IRouteProgrammer = self.model
         link = makeControllerLink(self.reactor, self.controllers, self.hostname,
                                   self.fabric_ip, routes, **self.link_kwargs)
         self.model.controller = link

@@ -23,27 +23,16 @@ from vrtwist._process import (
     tune_gc,
 )
 from vrtwist.agent.service import DEFAULT_STATE_DIR, AgentService
+
+# the forwarding extension's own options (--flow-entries, --bridge-entries, --fabric)
+# and the controller link's (--xmpp-hold-time, --xmpp-cert, ...)
+from vrtwist.datapath.service import DatapathOptionsMixin as _DatapathOptions
+from vrtwist.datapath.service import lock_datapath, makeDatapathService
 from vrtwist.unixlisten import access_from_options
-
-try:  # the forwarding extension's own options (--flow-entries, --bridge-entries, --fabric)
-    from vrtwist.datapath.service import DatapathOptionsMixin as _DatapathOptions
-except ImportError:  # pragma: no cover - until the datapath lands
-    class _DatapathOptions:  # type: ignore[no-redef]
-        optParameters: list[list[Any]] = [
-            ["run-dir", None, "/var/run/vrouter", "run directory (dpdk_netlink, shm files)"],
-        ]
+from vrtwist.xmpp.agent_link import LINK_OPT_PARAMETERS, linkKwargsFromOptions
 
 
-try:  # the controller link's own options (--xmpp-hold-time, --xmpp-cert, ...)
-    from vrtwist.xmpp.agent_link import LINK_OPT_PARAMETERS, linkKwargsFromOptions
-except ImportError:  # pragma: no cover
-    LINK_OPT_PARAMETERS = []
-
-    def linkKwargsFromOptions(options: Any) -> dict[str, Any]:
-        return {}
-
-
-class Options(_DatapathOptions, usage.Options):  # type: ignore[misc]
+class Options(_DatapathOptions, usage.Options):
     """Options of ``twistd vrouter`` (ARCHITECTURE.md, "twistd plugins")."""
 
     synopsis = "[options]"
@@ -146,18 +135,9 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
 def _lock_embedded_datapath(options: Options) -> RunDirLock | None:
     if options["datapath"] != "embedded":
         return None
-    try:
-        from vrtwist.datapath.service import lock_datapath
-    except ImportError:  # pragma: no cover - until the datapath lands
-        return None
     return lock_datapath(options["run-dir"])
 
 
 def _embedded_datapath(options: Options, reactor: Any, lock: RunDirLock | None) -> IService:
-    try:
-        from vrtwist.datapath.service import makeDatapathService
-    except ImportError as e:  # pragma: no cover - until the datapath lands
-        AgentService._log.error("embedded datapath unavailable: {e}", e=e)
-        return MultiService()
     svc: IService = makeDatapathService(options, reactor=reactor, lock=lock)
     return svc

@@ -16,14 +16,14 @@ from types import TracebackType
 from typing import Any
 
 from vrtwist.ksync.clientcore import (
+    MAX_DUMP_PAGES,
     ClientCore,
+    DumpPager,
     KsyncError,
     KsyncProtocolError,
     KsyncResponse,
     Result,
-    next_dump_request,
 )
-from vrtwist.sandesh.constants import DUMP
 
 __all__ = [
     "KsyncConnection",
@@ -34,7 +34,7 @@ __all__ = [
     "KsyncResponse",
 ]
 
-_MAX_DUMP_PAGES = 1 << 20
+_MAX_DUMP_PAGES = MAX_DUMP_PAGES
 
 
 class KsyncConnectError(OSError):
@@ -93,19 +93,11 @@ class KsyncConnection:
 
     def dump(self, req: Any) -> list[Any]:
         """Every object of a DUMP, following the marker page by page."""
-        req = type(req)(**vars(req))
-        if hasattr(req, "h_op"):
-            req.h_op = DUMP
-        out: list[Any] = []
-        for _ in range(_MAX_DUMP_PAGES):
-            resp = self.request(req)
-            out.extend(resp.objects)
-            if not resp.more:
-                return out
-            if not resp.objects:
-                raise KsyncProtocolError("dump page with no objects but the more bit set")
-            req = next_dump_request(req, resp.objects[-1])
-        raise KsyncProtocolError("dump did not finish")
+        pager = DumpPager(req, _MAX_DUMP_PAGES)
+        while req is not None:
+            resp = self.request(pager.request)
+            req = pager.page(resp.objects, resp.more)
+        return pager.objects
 
 
 def open_ksync(sock_dir: str, timeout: float | None = 10.0) -> KsyncConnection:

@@ -23,14 +23,14 @@ from twisted.python.failure import Failure
 from vrtwist.ksync.clientcore import (
     CLIENT_MAX_FRAME,
     ClientCore,
+    DumpPager,
     KsyncError,
     KsyncProtocolError,
     KsyncResponse,
-    next_dump_request,
 )
+from vrtwist.ksync.clientcore import MAX_DUMP_PAGES as MAX_DUMP_PAGES  # re-exported
 from vrtwist.ksync.netlink import GENL_ID_VROUTER
 from vrtwist.logfields import Logger
-from vrtwist.sandesh.constants import DUMP
 
 __all__ = [
     "KsyncClientProtocol",
@@ -43,9 +43,6 @@ __all__ = [
 ]
 
 _CONNECTION_DONE = Failure(ConnectionDone())
-
-#: Safety net against a server that keeps answering "more" (each page has >= 1 object).
-MAX_DUMP_PAGES = 1 << 20
 
 
 class KsyncConnectionLost(Exception):
@@ -90,22 +87,14 @@ class KsyncClientProtocol(Protocol):
 
     def dump(self, req: Any) -> Deferred[list[Any]]:
         """All objects of a DUMP, following the marker page by page."""
-        req = type(req)(**vars(req))
-        if hasattr(req, "h_op"):
-            req.h_op = DUMP
-        return Deferred.fromCoroutine(self._dump(req))
+        return Deferred.fromCoroutine(self._dump(DumpPager(req, MAX_DUMP_PAGES)))
 
-    async def _dump(self, req: Any) -> list[Any]:
-        out: list[Any] = []
-        for _ in range(MAX_DUMP_PAGES):
+    async def _dump(self, pager: DumpPager) -> list[Any]:
+        req = pager.request
+        while req is not None:
             resp = await self.request(req)
-            out.extend(resp.objects)
-            if not resp.more:
-                return out
-            if not resp.objects:
-                raise KsyncProtocolError("dump page with no objects but the more bit set")
-            req = next_dump_request(req, resp.objects[-1])
-        raise KsyncProtocolError("dump did not finish after %d pages" % MAX_DUMP_PAGES)
+            req = pager.page(resp.objects, resp.more)
+        return pager.objects
 
     def dataReceived(self, data: bytes) -> None:
         try:

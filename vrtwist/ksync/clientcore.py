@@ -40,6 +40,8 @@ __all__ = [
     "KsyncProtocolError",
     "ClientCore",
     "next_dump_request",
+    "DumpPager",
+    "MAX_DUMP_PAGES",
     "CLIENT_MAX_FRAME",
 ]
 
@@ -214,3 +216,39 @@ def next_dump_request(req: Any, last: Any) -> Any:
         raise ValueError("%s has no dump marker" % name) from None
     setattr(nxt, marker, getattr(last, key))
     return nxt
+
+
+#: Pages after which a DUMP that keeps setting the more bit is declared broken.
+MAX_DUMP_PAGES = 1 << 20
+
+
+class DumpPager:
+    """ksync dump paging, sans-IO: the one implementation every client drives.
+
+    Send :attr:`request`, hand each reply page to :meth:`page`, and send the request it
+    returns until it returns None; :attr:`objects` then holds the whole dump. A page
+    that sets the more bit without objects, or a dump longer than ``max_pages``, raises
+    :class:`KsyncProtocolError` (a server that would otherwise be asked forever).
+    """
+
+    def __init__(self, req: Any, max_pages: int = MAX_DUMP_PAGES) -> None:
+        req = type(req)(**vars(req))
+        if hasattr(req, "h_op"):
+            req.h_op = DUMP
+        self.request = req
+        self.objects: list[Any] = []
+        self.pages = 0
+        self.max_pages = max_pages
+
+    def page(self, objects: Sequence[Any], more: bool) -> Any | None:
+        """Record one page; the next request, or None when the dump is complete."""
+        self.pages += 1
+        self.objects.extend(objects)
+        if not more:
+            return None
+        if not objects:
+            raise KsyncProtocolError("dump page with no objects but the more bit set")
+        if self.pages >= self.max_pages:
+            raise KsyncProtocolError("dump did not finish after %d pages" % self.max_pages)
+        self.request = next_dump_request(self.request, objects[-1])
+        return self.request

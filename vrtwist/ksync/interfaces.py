@@ -4,6 +4,10 @@ The server decodes each Sandesh request and hands it to an ``IKsyncDispatcher``;
 dispatcher answers with a ``KsyncReply`` describing what the vRouter would send (spec
 2.4). The server turns that into the exact vr_response/object/page layout and framing,
 so dispatchers never deal with bytes, paging or sequence numbers.
+
+The datapath's request-handler seams (:class:`IRequestHandler`, :class:`IBridgeRoutes`,
+:class:`IDatapath`) live here too: ``vrtwist.datapath`` implements them and
+``vrtwist.shmem`` plugs into them, and neither package imports the other.
 """
 
 from __future__ import annotations
@@ -14,7 +18,14 @@ from typing import Any
 
 from zope.interface import Attribute, Interface
 
-__all__ = ["KsyncReply", "IKsyncDispatcher", "IKsyncSession"]
+__all__ = [
+    "KsyncReply",
+    "IKsyncDispatcher",
+    "IKsyncSession",
+    "IRequestHandler",
+    "IBridgeRoutes",
+    "IDatapath",
+]
 
 
 @dataclass
@@ -61,3 +72,53 @@ class IKsyncSession(Interface):
 
     requests = Attribute("Number of Sandesh requests dispatched on this session.")
     peer = Attribute("Peer address of the connection.")
+
+
+class IRequestHandler(Interface):
+    """Answers one decoded Sandesh request."""
+
+    def handle(request: Any) -> list[list[Any]]:
+        """Return the reply as transport messages, each a list of Sandesh objects.
+
+        The first object of the first message is the request's one ``vr_response``.
+        A GET answers ``[[vr_response, object]]``; a DUMP answers
+        ``[[vr_response], [objects...]]`` (the second message only if not empty).
+        """
+
+
+class IBridgeRoutes(IRequestHandler):
+    """Answers ``vr_route_req`` for AF_BRIDGE, and resolves MACs for stitched routes."""
+
+    def index_of(vrf: int, mac: bytes) -> int | None:
+        """Bridge-table index of (vrf, mac), or None when it has no entry."""
+
+
+class IDatapath(Interface):
+    """The forwarding extension as other packages see it."""
+
+    tables = Attribute("vrtwist.datapath.tables.Tables: interfaces, next hops, labels ...")
+    routes = Attribute("vrtwist.datapath.routes.RouteTables: inet and inet6 routes")
+    config = Attribute("vrtwist.datapath.tables.DatapathConfig: table sizes")
+    drop_log = Attribute(
+        "vrtwist.datapath.droplog.DropLog: the last dropped packets per core; the packet "
+        "path calls record(core, DropRecord(...)), dropstats --log reads them"
+    )
+
+    def register(name: str, handler: IRequestHandler) -> None:
+        """Answer requests named ``name`` with ``handler`` (replaces the built-in one)."""
+
+    def register_bridge(handler: IBridgeRoutes) -> None:
+        """Answer AF_BRIDGE ``vr_route_req`` with ``handler``."""
+
+    def handle(request: Any) -> list[list[Any]]:
+        """Answer one request, whoever handles it."""
+
+    def response(code: int) -> Any:
+        """A ``vr_response`` with this resp_code."""
+
+    def dump_reply(objects: Any) -> list[list[Any]]:
+        """A DUMP reply over every object after the request's marker (lazy, in key order).
+
+        The ksync server sends one page (3968 bytes of objects) and the vr_response with
+        the count and, when objects remain, bit 30; ``handle`` pages it the same way.
+        """

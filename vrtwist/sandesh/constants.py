@@ -207,6 +207,17 @@ VR_DEF_INTERFACES = 4352
 VR_DEF_FLOW_ENTRIES = 524288
 VR_DEF_BRIDGE_ENTRIES = 262144
 
+# --- values the datapath stores or checks in these messages ---------------------------------
+#: The discard next hop every vRouter creates at start-up.
+NH_DISCARD_ID = 0
+#: ``vr_route_req.rtr_index`` of a bridge route with no entry.
+VR_BE_INVALID_INDEX = -1
+#: Label value stored when no label is valid (24 bits of ones).
+VR_INVALID_LABEL = 0xFFFFFF
+VR_MIRROR_FLAG_DYNAMIC = 0x1
+VR_VXLAN_MAX_VNID = 1 << 24
+VLAN_ID_MAX = 4096
+
 # --- errno values the vRouter returns (negated) in resp_code ---------------------------------
 EINVAL = _errno.EINVAL
 ENOENT = _errno.ENOENT

@@ -15,10 +15,20 @@ from typing import Any
 
 from zope.interface import implementer
 
-from vrtwist.datapath.interfaces import IBridgeRoutes, IDatapath, IRequestHandler
-from vrtwist.ksync.interfaces import IKsyncDispatcher, KsyncReply
+from vrtwist.ksync.interfaces import (
+    IBridgeRoutes,
+    IDatapath,
+    IKsyncDispatcher,
+    IRequestHandler,
+    KsyncReply,
+)
 from vrtwist.logfields import Logger
 from vrtwist.sandesh import SPECS_BY_NAME, encode, schema
+from vrtwist.sandesh.constants import ADD as _OP_ADD
+from vrtwist.sandesh.constants import DEL as _OP_DEL
+from vrtwist.sandesh.constants import DUMP as _OP_DUMP
+from vrtwist.sandesh.constants import GET as _OP_GET
+from vrtwist.sandesh.constants import RESPONSE as _OP_RESPONSE
 from vrtwist.shmem import layout as L
 from vrtwist.shmem.bridgetable import BridgeTable
 from vrtwist.shmem.entries import BridgeEntry
@@ -27,7 +37,6 @@ from vrtwist.shmem.flowtable import FlowSetResult, FlowTable
 __all__ = ["FlowRequests", "FlowTableData", "BridgeTableData", "BridgeRoutes", "make"]
 
 Reply = list[list[Any]]
-_OP_ADD, _OP_GET, _OP_DEL, _OP_DUMP, _OP_RESPONSE = 0, 1, 2, 3, 4
 
 
 def make(name: str, fields: dict[str, Any]) -> Any:

@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass
 
 from vrtwist.access import SocketAccess, private_dir
-from vrtwist.datapath.interfaces import IDatapath
+from vrtwist.ksync.interfaces import IDatapath
 from vrtwist.logfields import Logger
 from vrtwist.shmem import layout as L
 from vrtwist.shmem.bridgetable import BridgeTable

@@ -33,6 +33,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from vrtwist._twisted_compat import plain_socket
 from vrtwist.bounds import ConnectionGuard, ConnectionLimits, Ticket
 from vrtwist.logfields import Logger
 from vrtwist.vic import telnet as T
@@ -124,10 +125,7 @@ def _isExtension(event: T.Event) -> bool:
 
 def _peekableSocket(transport: Any) -> socket.socket | None:
     """The plain socket under ``transport``, or None (TLS, StringTransport, ...)."""
-    sock = getattr(transport, "socket", None)
-    if isinstance(sock, socket.socket) and not getattr(transport, "TLS", False):
-        return sock
-    return None
+    return plain_socket(transport)
 
 
 class VSPCConnection(Protocol):
@@ -641,8 +639,7 @@ class SerialPort:
             _BackendFactory(self),
             retryPolicy=backoffPolicy(self.config.backoffInitial, self.config.backoffMax),
             clock=table.clock,
-        )
-        self.service.startService()
+        )  # started by the table's attach: building a port connects nowhere
 
     @property
     def key(self) -> tuple[str, str]:
@@ -1002,6 +999,7 @@ class VMPortTable(Service):
         if port is None:
             port = SerialPort(self, uuid, label)
             self.byKey[port.key] = port
+            port.service.startService()  # the backend link
             self._log.info(
                 "VM {uuid}/{label} attached from {peer}",
                 uuid=uuid,

@@ -10,12 +10,15 @@ not take to Twisted, which keeps doing the buffering, producer pausing and error
 from __future__ import annotations
 
 import socket
-import types
 from typing import Any
 
-from twisted.internet import tcp
-from twisted.internet.unix import _SendmsgMixin
-
+from vrtwist._twisted_compat import (
+    close_write_now,
+    disconnector,
+    plain_unix_reads,
+    write_closed,
+    write_idle,
+)
 from vrtwist.logfields import Logger
 
 __all__ = [
@@ -58,14 +61,7 @@ def _as_bytes(bufs: list[Any]) -> list[bytes]:
 def send_now(t: Any, bufs: list[Any]) -> None:
     """Send ``bufs`` (bytes or memoryviews) in order, at once if nothing is queued."""
     sock = getattr(t, "socket", None)
-    if (
-        sock is None
-        or t.dataBuffer
-        or t._tempDataLen
-        or not t.connected
-        or t.disconnecting
-        or t._writeDisconnecting
-    ):
+    if sock is None or not write_idle(t):
         t.writeSequence(_as_bytes(bufs))
         return
     try:
@@ -108,22 +104,12 @@ def shutdown_now(t: Any) -> None:
     connection, so send the FIN now and leave the transport in the state its own
     ``doWrite`` would have left it in.
     """
-    if getattr(t, "_writeDisconnected", False):
+    if write_closed(t):
         return  # done: Twisted's path would now try an empty send and fail with EPIPE
-    if (
-        getattr(t, "socket", None) is None
-        or t.dataBuffer
-        or t._tempDataLen
-        or not t.connected
-        or t.disconnecting
-        or t._writeDisconnecting
-        or not hasattr(t, "_closeWriteConnection")
-    ):
+    if getattr(t, "socket", None) is None:
         t.loseWriteConnection()
         return
-    t._writeDisconnecting = True
-    t._writeDisconnected = True
-    t._closeWriteConnection()
+    close_write_now(t)
 
 
 def read_now(reactor: Any, t: Any) -> None:
@@ -134,7 +120,7 @@ def read_now(reactor: Any, t: Any) -> None:
     in one write instead of one more reactor iteration and one more link send.  Costs
     one ``recv`` that returns EAGAIN when nothing is there.
     """
-    disconnect = getattr(reactor, "_disconnectSelectable", None)
+    disconnect = disconnector(reactor)
     if disconnect is None or getattr(t, "socket", None) is None or not t.connected:
         return
     if t.disconnecting or t.fileno() == -1:
@@ -155,8 +141,7 @@ def plain_reads(t: Any) -> None:
     descriptors, which the link never carries; the wrapper costs a few microseconds
     per read, on every hop of every message.
     """
-    if isinstance(t, _SendmsgMixin) and isinstance(t, tcp.Connection):
-        t.doRead = types.MethodType(tcp.Connection.doRead, t)  # type: ignore[method-assign]
+    plain_unix_reads(t)
 
 
 #: Socket buffers asked for on a unix-socket link (the kernel caps it at wmem_max).

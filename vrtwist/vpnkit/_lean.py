@@ -129,7 +129,7 @@ class LeanTCPPort(tcp.Port):
                     return
                 if e.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
                     continue
-                self._log.error("accept on {port}: {err}", port=self._realPortNumber, err=str(e))
+                self._log.error("accept on {port}: {err}", port=self.getHost(), err=str(e))
                 return
             skt = socket.socket(family, socket.SOCK_STREAM, 0, fd)
             skt.setblocking(False)

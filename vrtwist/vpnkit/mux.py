@@ -21,6 +21,7 @@ from twisted.internet.interfaces import (
     IHalfCloseableProtocol,
     IProtocol,
     IPushProducer,
+    IReactorTime,
 )
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
@@ -551,6 +552,7 @@ class Multiplexer(Protocol):
         window: int = 65536,
         handshake: bool = True,
         window_max: int | None = None,
+        clock: IReactorTime | None = None,
     ) -> None:
         if not 1024 <= window <= 0xFFFFFFFF:
             raise ValueError(f"window {window} out of range")
@@ -599,8 +601,9 @@ class Multiplexer(Protocol):
         self._eager = 0
         #: channels whose (eager) Close is in ``_corked``
         self._corked_closes: list[Channel] = []
-        #: IReactorTime for the lazy Close (default: the transport's reactor)
-        self.clock: Any = None
+        #: IReactorTime for the lazy Close (default: the transport's reactor; the
+        #: services pass theirs, a link with neither is refused when a Close must wait)
+        self.clock: Any = clock
         self._corked_len = 0
         self.recent: deque[tuple[int, str, str, int, int]] = deque(maxlen=_RING)
         #: log every Open/Shutdown/Close (``--debug``)
@@ -1024,9 +1027,7 @@ class Multiplexer(Protocol):
         t: Any = self.transport
         if getattr(t, "reactor", None) is not None:
             return t.reactor
-        from twisted.internet import reactor
-
-        return reactor
+        raise RuntimeError("Multiplexer has no clock: pass clock= (an IReactorTime)")
 
     def _take_lazy(self) -> list[bytes | memoryview]:
         frames, self._lazy = self._lazy, []
@@ -1132,8 +1133,10 @@ class MultiplexerFactory(Factory):
         handshake: bool = True,
         onLink: Any = None,
         window_max: int | None = None,
+        clock: IReactorTime | None = None,
     ) -> None:
         self.acceptor = acceptor
+        self.clock = clock
         self.backwards = backwards
         self.window = window
         self.window_max = window_max
@@ -1147,7 +1150,8 @@ class MultiplexerFactory(Factory):
 
     def buildProtocol(self, addr: IAddress | None) -> Multiplexer:
         mux = Multiplexer(
-            self.acceptor, self.backwards, self.window, self.handshake, self.window_max
+            self.acceptor, self.backwards, self.window, self.handshake, self.window_max,
+            clock=self.clock,
         )
         mux.trace = self.trace
         mux.max_channels = self.max_channels

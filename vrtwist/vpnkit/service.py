@@ -261,14 +261,16 @@ def makeVpnkitService(
         if options["data-listen"]:
             ep = parse_listen_addr(reactor, options["data-listen"], access)
             factory = MultiplexerFactory(
-                acceptor, backwards=False, window=window, handshake=handshake, onLink=links.add
+                acceptor, backwards=False, window=window, handshake=handshake, onLink=links.add,
+                clock=reactor,
             )
             factory.guard = ConnectionGuard(reactor, LINK_LIMITS, "vpnkit-data")
             data: Any = StreamServerEndpointService(ep, factory)
         else:
             ep = parse_connect_addr(reactor, options["data-connect"])
             factory = MultiplexerFactory(
-                acceptor, backwards=True, window=window, handshake=handshake, onLink=links.add
+                acceptor, backwards=True, window=window, handshake=handshake, onLink=links.add,
+                clock=reactor,
             )
             data = ClientService(
                 ep,

@@ -33,7 +33,6 @@ from typing import Any
 
 from twisted.internet import defer, error, tcp
 from twisted.internet.base import BaseConnector
-from twisted.internet.endpoints import _WrappingFactory
 from twisted.internet.interfaces import (
     IAddress,
     IListeningPort,
@@ -44,6 +43,7 @@ from twisted.internet.interfaces import (
 )
 from zope.interface import implementer
 
+from vrtwist._twisted_compat import client_wrapping_factory
 from vrtwist.logfields import Logger
 
 AF_VSOCK: socket.AddressFamily = socket.AF_VSOCK  # Linux only, like vsock itself
@@ -286,10 +286,10 @@ class VSockClientEndpoint:
 
     def connect(self, protocolFactory: IProtocolFactory) -> defer.Deferred[IProtocol]:
         try:
-            wf = _WrappingFactory(protocolFactory)
+            wf, connected = client_wrapping_factory(protocolFactory)
             connector = VSockConnector(self._cid, self._port, wf, self._timeout, self._reactor)
             connector.connect()
-            return wf._onConnection
+            return connected
         except BaseException:
             return defer.fail()
 

@@ -29,6 +29,7 @@ from typing import Any
 
 from twisted.internet import tcp
 
+from vrtwist._twisted_compat import nothing_queued, override_io, restore_io
 from vrtwist.logfields import Logger
 
 F_SETPIPE_SZ = 1031
@@ -47,8 +48,7 @@ def spliceable(transport: Any) -> bool:
         and not getattr(transport, "TLS", False)
         and getattr(transport, "connected", False)
         and not getattr(transport, "disconnecting", False)
-        and not transport.dataBuffer
-        and not transport._tempDataBuffer
+        and nothing_queued(transport)
         and getattr(transport.socket, "family", None) in _FAMILIES
     )
 
@@ -180,12 +180,10 @@ class SplicePair:
         for t in (self.a, self.b):
             # closing either transport from outside ends the splice first, so that
             # Twisted's own close path runs with its own doRead/doWrite
-            t.loseConnection = self._closer(t, "loseConnection")
-            t.abortConnection = self._closer(t, "abortConnection")
-        self.a.doRead = self.ab.readable
-        self.b.doWrite = self.ab.writable
-        self.b.doRead = self.ba.readable
-        self.a.doWrite = self.ba.writable
+            override_io(t, loseConnection=self._closer(t, "loseConnection"),
+                        abortConnection=self._closer(t, "abortConnection"))
+        override_io(self.a, doRead=self.ab.readable, doWrite=self.ba.writable)
+        override_io(self.b, doRead=self.ba.readable, doWrite=self.ab.writable)
         self.a.stopWriting()
         self.b.stopWriting()
         if self.ab.inPipe or self.ab.eof:
@@ -225,8 +223,7 @@ class SplicePair:
             return
         self.finished = True
         for t in (self.a, self.b):
-            for name in ("doRead", "doWrite", "loseConnection", "abortConnection"):
-                t.__dict__.pop(name, None)  # back to the class's methods
+            restore_io(t, ("doRead", "doWrite", "loseConnection", "abortConnection"))
             t.stopReading()
             t.stopWriting()
         self.ab.close()

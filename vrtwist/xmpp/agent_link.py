@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from twisted.application.internet import ClientService
@@ -33,11 +32,12 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import Factory
 from twisted.internet.ssl import CertificateOptions
 from twisted.python.failure import Failure
-from zope.interface import Interface, implementer
+from zope.interface import implementer
 
 from vrtwist.logfields import Logger
 
 from .framing import StreamHeader, build_stream_open
+from .interfaces import IControllerLink, LocalRoute
 from .remote_routes import DEFAULT_ENCAP_PRIORITY, IRemoteRouteSink, RemoteRouteTable
 from .session import DEFAULT_HOLD_TIME, ProtocolViolation, XmppSession, check_hold_time
 from .stanzas import (
@@ -70,24 +70,13 @@ from .stanzas import (
 )
 from .tls import mutual_tls_options
 
-try:  # the agent's seam (issue 4); the link works with any object of the same shape
-    from vrtwist.agent.interfaces import IControllerLink
-except ImportError:  # pragma: no cover - before the agent lands
-
-    class IControllerLink(Interface):  # type: ignore[no-redef]
-        def localRouteAdded(route: Any) -> None:
-            """Publish a local route."""
-
-        def localRouteDeleted(route: Any) -> None:
-            """Withdraw a local route."""
-
-
 __all__ = [
     "makeControllerLink",
     "ControllerLink",
     "AgentSession",
     "FailoverEndpoint",
     "ConfigStore",
+    "LocalRoute",
     "LocalRouteInfo",
     "backoff_delay",
     "MAX_ATTEMPTS",
@@ -184,19 +173,8 @@ class FailoverEndpoint:
             )
 
 
-@dataclass(frozen=True, slots=True)
-class LocalRouteInfo:
-    """The fields of ``vrtwist.agent.interfaces.LocalRoute`` this link reads."""
-
-    port_id: str
-    vm_id: str
-    vn_id: str
-    vrf_name: str
-    mac: str
-    ip4: str | None
-    ip6: str | None
-    label: int
-    nexthop: str
+#: The link reads the agent's own route record; the old name stays importable.
+LocalRouteInfo = LocalRoute
 
 
 class ConfigStore:
@@ -494,7 +472,7 @@ class ControllerLink(MultiService):
         self.sessions_established = 0
         self.end_of_ribs = 0
         self._rng = rng or random.Random()
-        self._local: dict[str, LocalRouteInfo] = {}
+        self._local: dict[str, LocalRoute] = {}
         self._vrf_ports: dict[str, set[str]] = {}
         self._vrf_ids: dict[str, int] = {}
         self._vm_ports: dict[str, set[str]] = {}
@@ -759,7 +737,7 @@ class ControllerLink(MultiService):
         self._seq += 1
         return f"{prefix}{self._seq}"
 
-    def _vrf_id_for(self, info: LocalRouteInfo) -> int:
+    def _vrf_id_for(self, info: LocalRoute) -> int:
         """The instance-id of a subscribe is the agent's VRF id (the RD's second half)."""
         get = getattr(self.remote.sink, "vrf_id_of", None)
         if get is not None:
@@ -777,7 +755,7 @@ class ControllerLink(MultiService):
             return build_subscribe(self.hostname, node, service="config")
         return build_unsubscribe(self.hostname, node, service="config")
 
-    def _publish(self, info: LocalRouteInfo, add: bool) -> list[bytes]:
+    def _publish(self, info: LocalRoute, add: bool) -> list[bytes]:
         nexthop = info.nexthop or self.fabric_ip
         wire = self._wire_of(info.vrf_name)
         nh = NextHop(nexthop, info.label, self.encapsulations, virtual_network=info.vn_id)
@@ -815,10 +793,10 @@ class ControllerLink(MultiService):
             self._release_vrf(vrf)
 
 
-def _info(route: Any) -> LocalRouteInfo:
-    if isinstance(route, LocalRouteInfo):
+def _info(route: Any) -> LocalRoute:
+    if isinstance(route, LocalRoute):
         return route
-    return LocalRouteInfo(
+    return LocalRoute(
         route.port_id, route.vm_id or "", route.vn_id, route.vrf_name, route.mac or "",
         route.ip4 or None, route.ip6 or None, int(route.label), route.nexthop or "",
     )

@@ -13,10 +13,9 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from zope.interface import Attribute, Interface
-
 from vrtwist.logfields import Logger
 
+from .interfaces import IRouteProgrammer as IRemoteRouteSink
 from .stanzas import AFI_L2VPN, RouteEntry
 
 __all__ = ["IRemoteRouteSink", "RemoteRouteTable", "Programmed", "DEFAULT_ENCAP_PRIORITY"]
@@ -27,40 +26,6 @@ DEFAULT_ENCAP_PRIORITY = ("udp", "gre", "vxlan")
 Family = tuple[int, int]
 ItemKey = tuple[str, Family, str]  # (vrf, (afi, safi), item id)
 PrefixKey = tuple[str, str]  # (vrf, "addr/len")
-
-
-class _RouteProgrammerSeam(Interface):
-    """The programming seam this table drives.
-
-    This is ``vrtwist.agent.interfaces.IRouteProgrammer`` (the agent's datapath model
-    provides it) whenever the agent package is importable; this copy, with the same
-    methods, only stands in when it is not, so the XMPP package can be tested alone.
-    """
-
-    fabric_ip = Attribute("this node's fabric address")
-
-    def vrfNames() -> list[str]:
-        """Routing instances that have local ports."""
-
-    def addRemoteRoute(
-        vrf_name: str,
-        prefix: str,
-        plen: int,
-        nexthop: str,
-        label: int,
-        encap: str = "udp",
-        mac: str | None = None,
-    ) -> None:
-        """Install or replace a route through a tunnel (and a bridge entry for ``mac``)."""
-
-    def deleteRemoteRoute(vrf_name: str, prefix: str, plen: int) -> None:
-        """Remove a route installed by ``addRemoteRoute``."""
-
-
-try:
-    from vrtwist.agent.interfaces import IRouteProgrammer as IRemoteRouteSink
-except ImportError:  # pragma: no cover - the agent package is not installed
-    IRemoteRouteSink = _RouteProgrammerSeam  # type: ignore[misc, assignment]
 
 
 class Programmed(NamedTuple):
