@@ -374,8 +374,8 @@ class DatapathSync:
                 continue
             idx, vrf, l3 = key[1], int(f["vifr_vrf"]), int(f["vifr_nh_id"])
             l2 = next((i for i, n in nhs.items() if n["nhr_type"] == C.NH_ENCAP
-                       and n["nhr_family"] == C.AF_BRIDGE and n["nhr_encap_oif_id"] == idx),
-                      None)
+                       and n["nhr_family"] == C.AF_BRIDGE
+                       and list(n["nhr_encap_oif_id"])[:1] == [idx]), None)
             rcv = next((i for i, n in nhs.items() if n["nhr_type"] == C.NH_RCV
                         and n["nhr_vrf"] == vrf), None)
             res = next((i for i, n in nhs.items() if n["nhr_type"] == C.NH_RESOLVE
