@@ -69,6 +69,12 @@ def vrf_name_for(vn_id: str) -> str:
     return f"default-domain:vrtwist:{vn_id}:{vn_id}"
 
 
+#: ``vifr_intf_status`` of vrtwist's datapath (``vrtwist.datapath.ports``): the vif's OS
+#: device is attached, or the vif waits for its device to appear.
+INTF_ATTACHED = 1
+INTF_WAITING = 2
+
+
 class IdAllocator:
     """Ids in ``[lo, hi)`` handed out round robin; ``reserve`` adopts an id already in use."""
 
