@@ -593,6 +593,12 @@ class DatapathModel:
         """Routes learnt from the controller still use the VRF (a count, not a scan)."""
         return bool(self._remote_count.get(v.name))
 
+    def host_mac(self) -> str:
+        """The host interface's MAC (the fabric device's, as the vhost interface takes it;
+        the vRouter MAC when there is no such device), for the controller link."""
+        mac = _if_mac(self.fabric_name) or VROUTER_MAC
+        return ":".join("%02x" % b for b in mac)
+
     def port_ids(self, uuid: str) -> dict[str, int] | None:
         """The ids a port got (vif, l3_nh, l2_nh, label, vrf), for tests and GET extras."""
         ids = self._ports.get(uuid)

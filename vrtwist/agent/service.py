@@ -174,6 +174,8 @@ class AgentService(MultiService):
         link = makeControllerLink(self.reactor, self.controllers, self.hostname,
                                   self.fabric_ip, routes, **self.link_kwargs)
         self.model.controller = link
+        if hasattr(link, "host_mac"):
+            link.host_mac = self.model.host_mac()
         config = getattr(link, "config", None)
         if config is not None:
             # from the config channel: IPAM subnets for ports without plen, and the VM

@@ -105,6 +105,26 @@ class IControlNode(Interface):
         """The session has re-advertised everything: sweep its stale paths."""
 
 
+def as_control_node_sends(entry: RouteEntry, network: str) -> RouteEntry:
+    """An agent's route item as the real control node advertises it: the entry names the
+    origin network (an agent leaves it empty; an inet next hop names it, an EVPN item is
+    given the network last seen in the instance's inet routes) and an EVPN ``<nlri>``
+    carries ``group``/``source`` (``0.0.0.0`` for a unicast MAC route)."""
+    vn = entry.virtual_network
+    if not vn:
+        hop_vns = [nh.virtual_network for nh in entry.next_hops if nh.virtual_network]
+        vn = hop_vns[0] if hop_vns else network
+    if entry.afi == AFI_L2VPN:
+        group = entry.group or "0.0.0.0"
+        source = entry.source or "0.0.0.0"
+        if (vn, group, source) != (entry.virtual_network, entry.group, entry.source):
+            return entry._replace(virtual_network=vn, group=group, source=source)
+        return entry
+    if vn != entry.virtual_network:
+        return entry._replace(virtual_network=vn)
+    return entry
+
+
 @dataclass(slots=True)
 class _Path:
     entry: RouteEntry
@@ -120,6 +140,8 @@ class RoutingInstance:
     routes: dict[Family, dict[str, dict[str, _Path]]] = field(default_factory=dict)
     subscribers: dict[str, ControlSession] = field(default_factory=dict)
     instance_ids: dict[str, int | None] = field(default_factory=dict)
+    #: the network (fq-name) the instance's inet routes name, for its EVPN items
+    network: str = ""
 
     def count(self) -> int:
         return sum(len(items) for items in self.routes.values())
@@ -295,6 +317,12 @@ class ControlNode:
         if vrf not in session.subscriptions:
             raise ProtocolViolation(f"route {entry.item_id} for unsubscribed instance {vrf!r}")
         inst = self.instances[vrf]
+        if add:
+            sent = as_control_node_sends(entry, inst.network)
+            if sent is not entry:
+                entry, raw = sent, ""
+            if entry.afi != AFI_L2VPN and entry.virtual_network:
+                inst.network = entry.virtual_network
         family = (entry.afi, entry.safi)
         items = inst.routes.get(family)
         if items is None:
@@ -496,7 +524,8 @@ class ControlSession(XmppSession):
         if not name:
             raise ProtocolViolation("stream open without 'from'")
         self.peer_name = name
-        self.send(build_stream_response(getattr(self.node, "hostname", "control"), name))
+        # the real control node's JID, whatever its host is called (the agent accepts any)
+        self.send(build_stream_response(CONTROL_NODE_JID, name))
         if self.tls is not None and not self.tls_started:
             self.send(build_features(True))
             return
