@@ -222,3 +222,21 @@ class RealAgentLayoutTests(SynchronousTestCase):
         mac_route = got["02:00:00:00:00:05,10.0.0.5/32"]
         self.assertEqual((mac_route.virtual_network, mac_route.group, mac_route.source),
                          ("d:p:vn", "0.0.0.0", "0.0.0.0"))
+
+
+class RelayPatchTests(SynchronousTestCase):
+    def test_patched_text_equals_a_rebuild(self) -> None:
+        """The control node fills an agent's canonical item by text: the very bytes a
+        rebuild would give, and nothing when the text is not the canonical one."""
+        from vrtwist.xmpp.control import _patched, as_control_node_sends
+        from vrtwist.xmpp.stanzas import entry_xml
+
+        hop = NextHop("10.9.0.1", 21, ("gre", "udp"), mac="52:54:00:00:00:01",
+                      virtual_network="d:p:a&b")
+        for old in (RouteEntry(1, 1, "10.0.0.5/32", (hop,)),
+                    RouteEntry(25, 242, "10.0.0.5/32", (hop._replace(mac="", virtual_network=""),),
+                               mac="02:00:00:00:00:05")):
+            new = as_control_node_sends(old, "d:p:a&b")
+            self.assertIsNot(new, old)
+            self.assertEqual(_patched(entry_xml(old), old, new), entry_xml(new))
+            self.assertEqual(_patched("<entry>odd</entry>", old, new), "")

@@ -125,6 +125,26 @@ def as_control_node_sends(entry: RouteEntry, network: str) -> RouteEntry:
     return entry
 
 
+_INET_EMPTY_VN = "</version><virtual-network></virtual-network>"
+_EVPN_EMPTY_VN = "<olist /><virtual-network></virtual-network>"
+_EVPN_EMPTY_GS = "<group></group><source></source>"
+
+
+def _patched(raw: str, old: RouteEntry, new: RouteEntry) -> str:
+    """``raw`` (an agent's canonical entry XML) with what :func:`as_control_node_sends`
+    filled in, by text (a burst of routes is not rebuilt); "" when it does not apply."""
+    vn = f"<virtual-network>{_attr(new.virtual_network)}</virtual-network>"
+    if new.afi != AFI_L2VPN:
+        if old.virtual_network or raw.count(_INET_EMPTY_VN) != 1:
+            return ""
+        return raw.replace(_INET_EMPTY_VN, "</version>" + vn)
+    if old.virtual_network or old.group or old.source or raw.count(_EVPN_EMPTY_VN) != 1 \
+            or raw.count(_EVPN_EMPTY_GS) != 1:
+        return ""
+    gs = f"<group>{_attr(new.group)}</group><source>{_attr(new.source)}</source>"
+    return raw.replace(_EVPN_EMPTY_GS, gs).replace(_EVPN_EMPTY_VN, "<olist />" + vn)
+
+
 @dataclass(slots=True)
 class _Path:
     entry: RouteEntry
@@ -320,7 +340,8 @@ class ControlNode:
         if add:
             sent = as_control_node_sends(entry, inst.network)
             if sent is not entry:
-                entry, raw = sent, ""
+                raw = _patched(raw, entry, sent) if raw else ""
+                entry = sent
             if entry.afi != AFI_L2VPN and entry.virtual_network:
                 inst.network = entry.virtual_network
         family = (entry.afi, entry.safi)
