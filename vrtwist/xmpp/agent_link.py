@@ -515,6 +515,8 @@ class ControllerLink(MultiService):
         self.client.setName("xmpp-client")
         self.client.setServiceParent(self)
         self.config.listeners.append(self._config_changed)
+        #: (vn uuid, routing instance) -> network fq-name, until config changes
+        self._vn_names: dict[tuple[str, str], str] = {}
 
     def _retry_delay(self, client_attempts: int) -> float:
         # Our own count: ClientService resets its count on every TCP connect, but a
@@ -620,6 +622,7 @@ class ControllerLink(MultiService):
         return self.config.routingInstanceOf(vn) if vn else None
 
     def _config_changed(self, update: ConfigUpdate) -> None:
+        self._vn_names.clear()
         """Config renamed a VRF's routing instance: move the subscription and the routes."""
         session = self._live()
         for vrf in list(self._vrf_ports):
@@ -782,11 +785,16 @@ class ControllerLink(MultiService):
     def _vn_name(self, info: LocalRouteInfo, wire: str) -> str:
         """The port's network by fq-name, as the real agent names it in a next hop: from
         config, else the routing instance's name without its last part, else the uuid."""
-        vn = self.config.networkByUuid(info.vn_id) if info.vn_id else None
-        if vn:
-            return vn
-        parts = wire.split(":")
-        return ":".join(parts[:-1]) if len(parts) >= 4 else info.vn_id
+        key = (info.vn_id, wire)
+        name = self._vn_names.get(key)
+        if name is None:
+            vn = self.config.networkByUuid(info.vn_id) if info.vn_id else None
+            parts = wire.split(":")
+            name = vn or (":".join(parts[:-1]) if len(parts) >= 4 else info.vn_id)
+            if len(self._vn_names) >= 4096:
+                self._vn_names.clear()
+            self._vn_names[key] = name
+        return name
 
     def _publish(self, info: LocalRouteInfo, add: bool) -> list[bytes]:
         """The real agent's route items: an inet next hop names the network (fq-name) and

@@ -110,19 +110,25 @@ def as_control_node_sends(entry: RouteEntry, network: str) -> RouteEntry:
     origin network (an agent leaves it empty; an inet next hop names it, an EVPN item is
     given the network last seen in the instance's inet routes) and an EVPN ``<nlri>``
     carries ``group``/``source`` (``0.0.0.0`` for a unicast MAC route)."""
-    vn = entry.virtual_network
+    vn = entry[6]  # virtual_network (tuple indexing: this runs per route)
     if not vn:
-        hop_vns = [nh.virtual_network for nh in entry.next_hops if nh.virtual_network]
-        vn = hop_vns[0] if hop_vns else network
-    if entry.afi == AFI_L2VPN:
-        group = entry.group or "0.0.0.0"
-        source = entry.source or "0.0.0.0"
-        if (vn, group, source) != (entry.virtual_network, entry.group, entry.source):
-            return entry._replace(virtual_network=vn, group=group, source=source)
+        vn = network
+        for nh in entry[3]:
+            if nh[4]:  # NextHop.virtual_network
+                vn = nh[4]
+                break
+    if entry[0] == AFI_L2VPN:
+        group = entry[12] or "0.0.0.0"
+        source = entry[13] or "0.0.0.0"
+        if vn == entry[6] and group == entry[12] and source == entry[13]:
+            return entry
+        return _new_tuple(RouteEntry, (*entry[:6], vn, *entry[7:12], group, source, entry[14]))
+    if vn == entry[6]:
         return entry
-    if vn != entry.virtual_network:
-        return entry._replace(virtual_network=vn)
-    return entry
+    return _new_tuple(RouteEntry, (*entry[:6], vn, *entry[7:]))
+
+
+_new_tuple = tuple.__new__
 
 
 _INET_EMPTY_VN = "</version><virtual-network></virtual-network>"
