@@ -122,7 +122,7 @@ def bench_ksync(n: int, runs: int) -> None:
             results.setdefault("vif ADD, 1 per message", []).append(n / (time.perf_counter() - t0))
             ks.request(
                 schema.vr_nexthop_req(h_op=ADD, nhr_id=9, nhr_type=C.NH_ENCAP,
-                                      nhr_family=C.AF_INET, nhr_encap_oif_id=1,
+                                      nhr_family=C.AF_INET, nhr_encap_oif_id=[1],
                                       nhr_encap=[0] * 14, nhr_flags=C.NH_FLAG_VALID)
             )  # fmt: skip
 

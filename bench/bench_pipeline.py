@@ -94,12 +94,12 @@ def world(flows: int = 0, policy: bool = False) -> tuple[Datapath, FlowTable]:
         vifr_mac=bytes.fromhex("001111111111"), vifr_mtu=1514)  # fmt: skip
     encap = VM2 + ROUTER + b"\x08\x00"
     req(dp, "vr_nexthop_req", nhr_id=12, nhr_type=C.NH_ENCAP, nhr_family=C.AF_BRIDGE,
-        nhr_flags=C.NH_FLAG_VALID, nhr_encap_oif_id=2, nhr_encap=encap)  # fmt: skip
+        nhr_flags=C.NH_FLAG_VALID, nhr_encap_oif_id=[2], nhr_encap=encap)  # fmt: skip
     req(dp, "vr_nexthop_req", nhr_id=13, nhr_type=C.NH_L2_RCV, nhr_flags=C.NH_FLAG_VALID)
     req(dp, "vr_nexthop_req", nhr_id=14, nhr_type=C.NH_ENCAP, nhr_family=C.AF_INET,
-        nhr_flags=C.NH_FLAG_VALID, nhr_encap_oif_id=2, nhr_encap=encap)  # fmt: skip
+        nhr_flags=C.NH_FLAG_VALID, nhr_encap_oif_id=[2], nhr_encap=encap)  # fmt: skip
     req(dp, "vr_nexthop_req", nhr_id=15, nhr_type=C.NH_TUNNEL, nhr_family=C.AF_INET,
-        nhr_flags=C.NH_FLAG_VALID | C.NH_FLAG_TUNNEL_UDP_MPLS, nhr_encap_oif_id=0,
+        nhr_flags=C.NH_FLAG_VALID | C.NH_FLAG_TUNNEL_UDP_MPLS, nhr_encap_oif_id=[0],
         nhr_encap=encap, nhr_tun_sip=0x0100000A, nhr_tun_dip=0x0200000A)  # fmt: skip
     req(dp, "vr_route_req", rtr_family=C.AF_BRIDGE, rtr_mac=VM2, rtr_nh_id=12)
     req(dp, "vr_route_req", rtr_family=C.AF_BRIDGE, rtr_mac=ROUTER, rtr_nh_id=13)

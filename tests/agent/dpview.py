@@ -14,7 +14,7 @@ def snapshot(run_dir: str, vrfs: range = range(1, 4)) -> dict[str, Any]:
     with open_ksync(run_dir, timeout=10) as c:
         vifs = {o.vifr_idx: (o.vifr_name, o.vifr_vrf, o.vifr_nh_id)
                 for o in c.dump(schema.vr_interface_req(vifr_marker=-1))}
-        nhs = {o.nhr_id: (o.nhr_type, o.nhr_family, o.nhr_vrf, o.nhr_encap_oif_id)
+        nhs = {o.nhr_id: (o.nhr_type, o.nhr_family, o.nhr_vrf, (o.nhr_encap_oif_id or [0])[0])
                for o in c.dump(schema.vr_nexthop_req(nhr_marker=-1))}
         labels = {o.mr_label: o.mr_nhid for o in c.dump(schema.vr_mpls_req(mr_marker=-1))}
         routes = {}

@@ -53,7 +53,7 @@ class FormatTests(SynchronousTestCase):
     def test_nh_kinds(self) -> None:
         tun6 = schema.vr_nexthop_req(
             nhr_id=7, nhr_type=C.NH_TUNNEL, nhr_family=C.AF_INET6,
-            nhr_flags=C.NH_FLAG_VALID | C.NH_FLAG_TUNNEL_VXLAN, nhr_encap_oif_id=2,
+            nhr_flags=C.NH_FLAG_VALID | C.NH_FLAG_TUNNEL_VXLAN, nhr_encap_oif_id=[2],
             nhr_tun_sip6=[0x20, 1, 0xD, 0xB8] + [0] * 11 + [1],
             nhr_tun_dip6=[0x20, 1, 0xD, 0xB8] + [0] * 11 + [2],
         )  # fmt: skip
@@ -63,7 +63,7 @@ class FormatTests(SynchronousTestCase):
         self.assertIn("Sip: 2001:db8::1 Dip: 2001:db8::2", text)
         vrft = schema.vr_nexthop_req(nhr_id=8, nhr_type=C.NH_VRF_TRANSLATE, nhr_vrf=3)
         self.assertIn("Flags:None\n              Vrf:3\n\n", nh.format_nh(vrft))
-        rcv = schema.vr_nexthop_req(nhr_id=9, nhr_type=C.NH_RCV, nhr_encap_oif_id=1,
+        rcv = schema.vr_nexthop_req(nhr_id=9, nhr_type=C.NH_RCV, nhr_encap_oif_id=[1],
                                     nhr_family=C.AF_INET, nhr_flags=1)  # fmt: skip
         self.assertTrue(nh.format_nh(rcv).endswith("Oif:1\n\n"))
         odd = schema.vr_nexthop_req(nhr_id=10, nhr_type=C.NH_DEAD, nhr_family=99)

@@ -115,7 +115,7 @@ class VifTests(VrouterDpCase):
             }
         self.assertEqual(sorted(got), [2, 5, 9])
         self.assertEqual((got[2].vifr_os_idx, got[2].vifr_flags & C.VIF_FLAG_PMD), (0, 0x2000))
-        self.assertEqual((got[5].vifr_type, got[5].vifr_cross_connect_idx), (C.VIF_TYPE_HOST, 0))
+        self.assertEqual((got[5].vifr_type, got[5].vifr_cross_connect_idx), (C.VIF_TYPE_HOST, [0]))
         self.assertEqual((got[9].vifr_os_idx, list(got[9].vifr_mac)), (5, [2, 0, 0, 0, 0, 0]))
         text = self.ok(vif.main, "--list")
         self.assertIn("vif0/2      PMD: 0\n", text)

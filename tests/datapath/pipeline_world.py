@@ -166,7 +166,7 @@ class World:
 
     def encap_nh(self, nh_id: int, oif: int, family: int = C.AF_BRIDGE, **more: Any) -> None:
         encap = mac("de:ad:be:ef:00:51") + mac("de:ad:be:ef:00:52") + b"\x08\x00"
-        self.nh(nh_id, C.NH_ENCAP, nhr_family=family, nhr_encap_oif_id=oif, nhr_encap=encap, **more)
+        self.nh(nh_id, C.NH_ENCAP, nhr_family=family, nhr_encap_oif_id=[oif], nhr_encap=encap, **more)
 
     def tunnel_nh(
         self,
@@ -182,7 +182,7 @@ class World:
             nh_id,
             C.NH_TUNNEL,
             flags=C.NH_FLAG_VALID | kind | more.pop("extra_flags", 0),
-            nhr_encap_oif_id=oif,
+            nhr_encap_oif_id=[oif],
             nhr_encap=encap,
             nhr_tun_sip=ip_int(sip),
             nhr_tun_dip=ip_int(dip),

@@ -130,7 +130,7 @@ class DispatcherTests(SynchronousTestCase):
             nhr_id=21,
             nhr_type=C.NH_ENCAP,
             nhr_family=C.AF_BRIDGE,
-            nhr_encap_oif_id=1,
+            nhr_encap_oif_id=[1],
             nhr_flags=1,
         )
         for vnid in (0, 4, 9):
@@ -150,7 +150,7 @@ class DispatcherTests(SynchronousTestCase):
             nhr_id=21,
             nhr_type=C.NH_ENCAP,
             nhr_family=C.AF_BRIDGE,
-            nhr_encap_oif_id=1,
+            nhr_encap_oif_id=[1],
             nhr_flags=1,
         )
         route = dict(rtr_family=C.AF_BRIDGE, rtr_vrf_id=0, rtr_mac=MAC, rtr_nh_id=21)

@@ -315,7 +315,7 @@ def tunnel_pair(kind: int, *, l3_vxlan: bool = False) -> tuple[World, World]:
     a.route("2.2.2.2", 32, 20, label=48, vrf=1)
     a.bridge_route("de:ad:be:ef:00:09", 20, vrf=1, label=128)
     b.vif(4, mac_="de:ad:be:ef:00:09", vrf=1)
-    b.nh(1, C.NH_RCV, nhr_encap_oif_id=1)
+    b.nh(1, C.NH_RCV, nhr_encap_oif_id=[1])
     b.route("10.0.0.2", 32, 1)
     b.encap_nh(30, 4, family=C.AF_INET)
     b.encap_nh(32, 4, family=C.AF_BRIDGE)

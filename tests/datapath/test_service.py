@@ -64,7 +64,7 @@ class ServiceTests(TestCase):
                 )
                 ks.request(
                     schema.vr_nexthop_req(h_op=ADD, nhr_id=5, nhr_type=C.NH_ENCAP,
-                                          nhr_family=C.AF_BRIDGE, nhr_encap_oif_id=1,
+                                          nhr_family=C.AF_BRIDGE, nhr_encap_oif_id=[1],
                                           nhr_flags=C.NH_FLAG_VALID)
                 )  # fmt: skip
                 # bunched as the agent sends them: 16 requests in one netlink message

@@ -114,6 +114,18 @@ class InterfaceTests(TablesTestCase):
         self.t.interface_add(vif(0, vifr_type=C.VIF_TYPE_PHYSICAL, vifr_os_idx=5))
         self.t.interface_add(host)
 
+    def test_vhost_cross_connect_list(self) -> None:
+        """The newest layout sends a list: every element must name an interface."""
+        self.t.interface_add(vif(0, vifr_type=C.VIF_TYPE_PHYSICAL, vifr_os_idx=5))
+        self.t.interface_add(vif(2, vifr_type=C.VIF_TYPE_PHYSICAL, vifr_os_idx=6))
+        host = vif(1, vifr_type=C.VIF_TYPE_HOST, vifr_cross_connect_idx=[5, 7])
+        self.assertErrno(errno.ENODEV, self.t.interface_add, host)
+        self.assertErrno(errno.EINVAL, self.t.interface_add, dict(host, vifr_cross_connect_idx=[5, -1]))
+        self.assertEqual(sorted(self.t.interfaces), [0, 2])  # the refusals added nothing
+        self.t.interface_add(dict(host, vifr_cross_connect_idx=[5, 6]))
+        got = self.t.interface_get({"vifr_idx": 1}).to_fields()
+        self.assertEqual(got["vifr_cross_connect_idx"], [5, 6])
+
     def test_vlan_sub_interface(self) -> None:
         sub = vif(2, vifr_type=C.VIF_TYPE_VIRTUAL_VLAN, vifr_parent_vif_idx=1, vifr_vlan_id=5)
         self.assertErrno(errno.EINVAL, self.t.interface_add, sub)
@@ -144,7 +156,7 @@ class NextHopTests(TablesTestCase):
         self.t.nexthop_add(encap_nh(21, 1))
         self.assertEqual(self.t.interfaces[1].users, 2)
         fields = self.t.nexthop_get({"nhr_id": 21}).to_fields()
-        self.assertEqual(fields["nhr_encap_oif_id"], 1)
+        self.assertEqual(fields["nhr_encap_oif_id"], [1])
         self.assertEqual(fields["nhr_encap"], ENCAP)
         self.assertEqual(fields["nhr_ref_cnt"], 1)
 

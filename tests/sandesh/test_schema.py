@@ -1,4 +1,4 @@
-"""The loaded vr.thrift matches the spec's 2020-06 catalogue (2.2, 2.3)."""
+"""The loaded vr.thrift matches the newest upstream vr.sandesh catalogue (spec 2.2, 2.3)."""
 
 from __future__ import annotations
 
@@ -8,22 +8,22 @@ from vrtwist.sandesh import MESSAGE_NAMES, SPECS_BY_NAME, schema
 from vrtwist.sandesh.constants import ADD, DUMP, FLOW_TABLE_GET, RESET, RESPONSE
 
 FIELD_COUNTS = {
-    "vr_nexthop_req": 29,
-    "vr_interface_req": 84,
+    "vr_nexthop_req": 30,
+    "vr_interface_req": 85,
     "vr_vxlan_req": 4,
     "vr_route_req": 14,
     "vr_mpls_req": 5,
     "vr_mirror_req": 9,
     "vr_vrf_req": 7,
-    "vr_flow_req": 38,
+    "vr_flow_req": 39,
     "vr_vrf_assign_req": 7,
     "vr_vrf_stats_req": 33,
     "vr_response": 2,
-    "vrouter_ops": 46,
+    "vrouter_ops": 47,
     "vr_mem_stats_req": 72,
     "vr_info_req": 9,
-    "vr_pkt_drop_log_req": 9,
-    "vr_drop_stats_req": 57,
+    "vr_pkt_drop_log_req": 12,
+    "vr_drop_stats_req": 58,
     "vr_qos_map_req": 10,
     "vr_fc_map_req": 8,
     "vr_flow_response": 8,
@@ -57,7 +57,7 @@ class SchemaTests(SynchronousTestCase):
         )
         self.assertEqual(field("vr_interface_req", "vifr_vlan_name"), (92, "list<byte>"))
         self.assertEqual(field("vr_interface_req", "vifr_ip6_u"), (40, "u64"))
-        self.assertEqual(field("vr_nexthop_req", "nhr_encap_oif_id"), (6, "i32"))
+        self.assertEqual(field("vr_nexthop_req", "nhr_encap_oif_id"), (6, "list<i32>"))
         self.assertEqual(field("vr_nexthop_req", "nhr_tun_sip"), (10, "u32"))
         self.assertEqual(field("vr_flow_req", "fr_op"), (1, "flow_op"))
         self.assertEqual(field("vr_flow_req", "fr_flow_sport"), (12, "u16"))

@@ -223,7 +223,7 @@ class FlowUtility(SynchronousTestCase):
                 self.assertEqual(r[0].resp_code, 0)
                 r = c.request(schema.vr_nexthop_req(
                     h_op=0, nhr_id=idx, nhr_type=2, nhr_family=2, nhr_vrf=5, nhr_flags=1,
-                    nhr_encap_oif_id=idx, nhr_encap=[2, 0, 0, 0, 0, idx] + [0] * 6 + [8, 0]))  # fmt: skip
+                    nhr_encap_oif_id=[idx], nhr_encap=[2, 0, 0, 0, 0, idx] + [0] * 6 + [8, 0]))  # fmt: skip
                 self.assertEqual(r[0].resp_code, 0)
             r = c.request(schema.vr_route_req(h_op=0, rtr_family=7, rtr_vrf_id=5,
                                               rtr_mac=[2, 0, 0, 0, 0, 32], rtr_nh_id=32))  # fmt: skip

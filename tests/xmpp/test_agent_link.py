@@ -39,6 +39,7 @@ from vrtwist.xmpp.stanzas import (
     Collection,
     ConfigLink,
     ConfigNode,
+    EndOfRib,
     NextHop,
     Publish,
     RouteEntry,
@@ -153,8 +154,23 @@ class SessionStartTests(SynchronousTestCase):
             self.assertEqual(p.entry.next_hops[0].encapsulations, ("gre", "udp"))
         colls = [s for s in out if isinstance(s, Collection) and s.node]
         self.assertTrue(all(c.node == "blue" and c.associate for c in colls))
-        # EoR as the control node reads it: an empty publish + collection pair, last.
-        self.assertEqual(out[-2:], [Publish("", None, "host1"), Collection("", None, None, "host1")])
+        # EoR as the real agent sends it after its route walk: a <message>, last of all,
+        # its own bytes (leading line break, tabs) at the very end of what was written
+        self.assertEqual(out[-1], EndOfRib("host1"))
+        self.assertFalse(any(isinstance(s, EndOfRib) for s in out[:-1]))
+        self.assertTrue(data.endswith(
+            b'\n<message from="host1" to="network-control@contrailsystems.com/bgp-peer">'
+            b'\n\t<event xmlns="http://jabber.org/protocol/pubsub">\n<items node="0/0/EndOfRib">'
+            b"</items>\n\t</event>\n</message>\n"))
+        # the inet next hop names the network by fq-name and carries the host MAC slot;
+        # the entry and EVPN items leave the network empty, as the real agent does
+        inet = next(p for p in pubs if p.node.startswith("1/1/"))
+        assert inet.entry is not None
+        self.assertEqual(inet.entry.virtual_network, "")
+        evpn = next(p for p in pubs if p.node.startswith("25/242/"))
+        assert evpn.entry is not None
+        self.assertEqual((evpn.entry.virtual_network, evpn.entry.next_hops[0].virtual_network),
+                         ("", ""))
 
     def test_port_added_while_up_and_deleted(self) -> None:
         h = LinkHarness()

@@ -38,7 +38,9 @@ class SessionSetupTests(SynchronousTestCase):
         clock, node, factory = make_node()
         a = MemAgent(factory, "worker-3")
         a.open()
-        self.assertEqual(a.tr.value(), build_stream_response("cn1", "worker-3") + KEEPALIVE)
+        # from is the real control node's JID, not this node's host name ("cn1")
+        self.assertEqual(a.tr.value(), build_stream_response(
+            "network-control@contrailsystems.com", "worker-3") + KEEPALIVE)
         self.assertIn("worker-3", node.sessions)
 
     def test_keepalive_every_third_of_hold(self) -> None:

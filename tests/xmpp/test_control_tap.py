@@ -90,7 +90,9 @@ class TwistdProcessTests(TestCase):
             links.append(link)
         await until(lambda: all(len(lk.remote.sink.table) == 1 for lk in links),
                     "both agents to learn each other's route through twistd", timeout=20)
-        self.assertEqual(links[0].session.peer_name, "cn-proc")  # type: ignore[union-attr]
+        # the stream's from is the real control node's JID, not the host name ("cn-proc")
+        self.assertEqual(links[0].session.peer_name,  # type: ignore[union-attr]
+                         "network-control@contrailsystems.com")
         self.assertEqual(links[0].remote.sink.table[("blue", "10.0.0.2", 32)][:2], ("127.0.0.3", 18))
         await task.deferLater(reactor, 0, lambda: None)
 

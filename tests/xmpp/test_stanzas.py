@@ -73,7 +73,7 @@ INET_PUBLISH = b"""<iq type="set" from="os2" to="network-control@contrailsystems
         <tunnel-encapsulation-list><tunnel-encapsulation>gre</tunnel-encapsulation>
                                    <tunnel-encapsulation>udp</tunnel-encapsulation></tunnel-encapsulation-list>
         <virtual-network>default-domain:demo:private</virtual-network>
-        <tag-list/><local-sequence-number>..</local-sequence-number>
+        <tag-list/><local-sequence-number>3</local-sequence-number>
      </next-hop></next-hops>
      <version>1</version><virtual-network></virtual-network>
      <sequence-number>0</sequence-number>
@@ -200,6 +200,7 @@ class AgentToControlGoldenTests(SynchronousTestCase):
         self.assertEqual(e.next_hops[0].label, 19)
         self.assertEqual(e.next_hops[0].encapsulations, ("gre", "udp"))
         self.assertEqual(e.next_hops[0].virtual_network, "default-domain:demo:private")
+        self.assertEqual(e.next_hops[0].local_sequence, 3)
         self.assertEqual(e.security_groups, (8000002,))
         self.assertEqual(e.item_id, "10.0.0.4/32")
         c = parse_stanza(coll)

@@ -69,6 +69,12 @@ def vrf_name_for(vn_id: str) -> str:
     return f"default-domain:vrtwist:{vn_id}:{vn_id}"
 
 
+#: ``vifr_intf_status`` of vrtwist's datapath (``vrtwist.datapath.ports``): the vif's OS
+#: device is attached, or the vif waits for its device to appear.
+INTF_ATTACHED = 1
+INTF_WAITING = 2
+
+
 class IdAllocator:
     """Ids in ``[lo, hi)`` handed out round robin; ``reserve`` adopts an id already in use."""
 
@@ -282,7 +288,7 @@ class DatapathModel:
         self._set_flood(v)
         self._set((NH, v.pkt0_nh), "vr_nexthop_req", {
             "nhr_id": v.pkt0_nh, "nhr_type": C.NH_ENCAP, "nhr_family": C.AF_INET,
-            "nhr_vrf": vrf_id, "nhr_encap_oif_id": AGENT_VIF,
+            "nhr_vrf": vrf_id, "nhr_encap_oif_id": [AGENT_VIF],
             "nhr_encap": list(VROUTER_MAC + VROUTER_MAC + b"\x08\x00"),
             "nhr_flags": C.NH_FLAG_VALID | C.NH_FLAG_POLICY_ENABLED})
         self._set((NH, v.l2rcv_nh), "vr_nexthop_req", {
@@ -294,7 +300,7 @@ class DatapathModel:
             "rtr_prefix": [], "rtr_prefix_len": 0})
         self._set((NH, rcv), "vr_nexthop_req", {
             "nhr_id": rcv, "nhr_type": C.NH_RCV, "nhr_family": C.AF_INET, "nhr_vrf": vrf_id,
-            "nhr_encap_oif_id": AGENT_VIF, "nhr_flags": C.NH_FLAG_VALID})
+            "nhr_encap_oif_id": [AGENT_VIF], "nhr_flags": C.NH_FLAG_VALID})
         self._set((NH, res), "vr_nexthop_req", {
             "nhr_id": res, "nhr_type": C.NH_RESOLVE, "nhr_family": C.AF_INET,
             "nhr_vrf": vrf_id, "nhr_flags": C.NH_FLAG_VALID})
@@ -381,11 +387,11 @@ class DatapathModel:
         keys.append((VIF, vif))
         self._set((NH, l3), "vr_nexthop_req", {
             "nhr_id": l3, "nhr_type": C.NH_ENCAP, "nhr_family": C.AF_INET, "nhr_vrf": v.vrf_id,
-            "nhr_encap_oif_id": vif, "nhr_encap": list(mac + VROUTER_MAC + b"\x08\x00"),
+            "nhr_encap_oif_id": [vif], "nhr_encap": list(mac + VROUTER_MAC + b"\x08\x00"),
             "nhr_flags": C.NH_FLAG_VALID | C.NH_FLAG_POLICY_ENABLED})
         self._set((NH, l2), "vr_nexthop_req", {
             "nhr_id": l2, "nhr_type": C.NH_ENCAP, "nhr_family": C.AF_BRIDGE,
-            "nhr_vrf": v.vrf_id, "nhr_encap_oif_id": vif, "nhr_encap": [],
+            "nhr_vrf": v.vrf_id, "nhr_encap_oif_id": [vif], "nhr_encap": [],
             "nhr_flags": C.NH_FLAG_VALID})
         keys += [(NH, l3), (NH, l2)]
         self._set((MPLS, label), "vr_mpls_req", {"mr_label": label, "mr_nhid": l3})
@@ -593,6 +599,12 @@ class DatapathModel:
         """Routes learnt from the controller still use the VRF (a count, not a scan)."""
         return bool(self._remote_count.get(v.name))
 
+    def host_mac(self) -> str:
+        """The host interface's MAC (the fabric device's, as the vhost interface takes it;
+        the vRouter MAC when there is no such device), for the controller link."""
+        mac = self._if_mac(self.fabric_name) or VROUTER_MAC
+        return ":".join("%02x" % b for b in mac)
+
     def port_ids(self, uuid: str) -> dict[str, int] | None:
         """The ids a port got (vif, l3_nh, l2_nh, label, vrf), for tests and GET extras."""
         ids = self._ports.get(uuid)
@@ -641,7 +653,7 @@ class DatapathModel:
             "vifr_os_idx": self._os_index(gateway.interface)})
         self._set((NH, nh), "vr_nexthop_req", {
             "nhr_id": nh, "nhr_type": C.NH_ENCAP, "nhr_family": C.AF_INET, "nhr_vrf": v.vrf_id,
-            "nhr_encap_oif_id": vif, "nhr_encap": list(VROUTER_MAC + VROUTER_MAC + b"\x08\x00"),
+            "nhr_encap_oif_id": [vif], "nhr_encap": list(VROUTER_MAC + VROUTER_MAC + b"\x08\x00"),
             "nhr_flags": C.NH_FLAG_VALID})
         keys += [(VIF, vif), (NH, nh)]
         route_keys: list[Key] = []
@@ -703,7 +715,7 @@ class DatapathModel:
             nh = self.nhs.alloc()
             desired[(NH, nh)] = ("vr_nexthop_req", {
                 "nhr_id": nh, "nhr_type": C.NH_TUNNEL, "nhr_family": C.AF_INET, "nhr_vrf": 0,
-                "nhr_encap_oif_id": self.fabric_vif,
+                "nhr_encap_oif_id": [self.fabric_vif],
                 "nhr_encap": list(bytes(6) + VROUTER_MAC + b"\x08\x00"),
                 "nhr_tun_sip": host_u32(self.fabric_ip), "nhr_tun_dip": dip,
                 "nhr_flags": C.NH_FLAG_VALID | flag})

@@ -254,6 +254,22 @@ class DatapathSync:
             self.dirty.update(self.applied)
             self._kick()
 
+    def interface_status(self, vif: int) -> Deferred[int | None]:
+        """The datapath's ``vifr_intf_status`` of ``vif`` (vrtwist's datapath: 1 attached,
+        2 waiting for its device; 0 from a datapath that does not say), None when the
+        datapath is away or does not hold the vif."""
+        channel = self.channel or self.reader
+        if channel is None:
+            return succeed(None)
+        d = channel.request(make("vr_interface_req", {"h_op": C.OP_GET, "vifr_idx": vif}))
+
+        def status(reply: list[Any]) -> int | None:
+            if len(reply) < 2 or int(getattr(reply[0], "resp_code", -1)) < 0:
+                return None
+            return int(getattr(reply[1], "vifr_intf_status", 0))
+        d.addCallbacks(status, lambda f: None)
+        return d
+
     def whenIdle(self) -> Deferred[None]:
         """Fires once nothing is left to send or unanswered (or immediately)."""
         if not self._running and self._finished >= self._started and (
@@ -365,8 +381,8 @@ class DatapathSync:
                 continue
             idx, vrf, l3 = key[1], int(f["vifr_vrf"]), int(f["vifr_nh_id"])
             l2 = next((i for i, n in nhs.items() if n["nhr_type"] == C.NH_ENCAP
-                       and n["nhr_family"] == C.AF_BRIDGE and n["nhr_encap_oif_id"] == idx),
-                      None)
+                       and n["nhr_family"] == C.AF_BRIDGE
+                       and list(n["nhr_encap_oif_id"])[:1] == [idx]), None)
             rcv = next((i for i, n in nhs.items() if n["nhr_type"] == C.NH_RCV
                         and n["nhr_vrf"] == vrf), None)
             res = next((i for i, n in nhs.items() if n["nhr_type"] == C.NH_RESOLVE

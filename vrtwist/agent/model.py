@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import sys
 import time as _time
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -27,7 +28,24 @@ PORT_TYPE_REMOTE = 2
 PORT_TYPES = {PORT_TYPE_VM: "NovaVMPort", PORT_TYPE_NAMESPACE: "NameSpacePort",
               PORT_TYPE_REMOTE: "ESXiPort"}
 
+#: ``author`` of a port whose body named none (and of files when argv[0] is empty).
 AUTHOR = "vrtwist-agent"
+
+
+def program_name() -> str:
+    """The agent's own program name, as the real agent puts it in ``author``: its argv[0]."""
+    return sys.argv[0] if sys.argv and sys.argv[0] else AUTHOR
+
+
+def agent_time(now: float | None = None) -> str:
+    """``time`` as the real agent writes it: the UTC time since the epoch printed as a
+    duration, ``H:MM:SS`` with unbounded hours and ``.ffffff`` when the microseconds are
+    not zero (e.g. ``492553:17:41.005120``)."""
+    usec = int(round((_time.time() if now is None else now) * 1_000_000))
+    secs, frac = divmod(usec, 1_000_000)
+    hours, rest = divmod(secs, 3600)
+    text = "%02d:%02d:%02d" % (hours, rest // 60, rest % 60)
+    return text + (".%06d" % frac if frac else "")
 
 
 class PortValidationError(ValueError):
@@ -81,28 +99,34 @@ class Port:
     time: str = ""
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
-    def to_file_json(self) -> dict[str, Any]:
-        """The body of a port file / ``POST /port``, with the real agent's names."""
+    def to_file_json(self, author: str | None = None, now: float | None = None) -> dict[str, Any]:
+        """A port file as the real agent's writer (``MakeVmiUuidJson``) makes it.
+
+        Its members in its order, its spellings of "none" (``0.0.0.0``, ``::``, the nil
+        uuid), ``vhostuser-mode`` always, ``link-state`` for ESXi ports only, and ``author``
+        and ``time`` set at writing (the writer's program name, the current time).  The
+        IPAM members vrtwist accepts (``plen``, ``gateway``, ``dns-server``) follow, only
+        when given: a real agent ignores them.
+        """
         out: dict[str, Any] = {
             "id": self.id,
             "instance-id": self.instance_id,
-            "vn-id": self.vn_id,
-            "vm-project-id": self.vm_project_id,
             "display-name": self.display_name,
             "ip-address": self.ip_address or "0.0.0.0",
-            "ip6-address": self.ip6_address or "None",
-            "type": self.type,
-            "system-name": self.system_name,
+            "ip6-address": self.ip6_address or "::",
+            "vn-id": self.vn_id,
+            "vm-project-id": self.vm_project_id or NIL_UUID,
             "mac-address": self.mac_address,
+            "system-name": self.system_name,
+            "type": self.type,
             "rx-vlan-id": self.rx_vlan_id,
             "tx-vlan-id": self.tx_vlan_id,
-            "author": self.author,
-            "time": self.time,
+            "vhostuser-mode": self.vhostuser_mode or 0,
         }
-        if self.vhostuser_mode is not None:
-            out["vhostuser-mode"] = self.vhostuser_mode
-        if self.link_state is not None:
-            out["link-state"] = self.link_state
+        if self.type == PORT_TYPE_REMOTE:
+            out["link-state"] = self.link_state or 0
+        out["author"] = program_name() if author is None else author
+        out["time"] = agent_time(now)
         if self.plen is not None:
             out["plen"] = self.plen
         if self.gateway is not None:
@@ -242,7 +266,7 @@ def port_from_json(body: Any, *, now: float | None = None) -> Port:
     vn_id = _uuid_field(body, "vn-id", problems)
     if vn_id == NIL_UUID:
         problems.append("vn-id: the nil uuid names no virtual network")
-    project = _uuid_field(body, "vm-project-id", problems, allow_empty=True)
+    project = _uuid_field(body, "vm-project-id", problems, allow_empty=True) or NIL_UUID
     display = _str_field(body, "display-name", problems) or ""
     ptype = _int_field(body, "type", problems, required=True, lo=0, hi=2)
 
@@ -261,9 +285,13 @@ def port_from_json(body: Any, *, now: float | None = None) -> Port:
             problems.append(f"ip6-address: {raw_ip6!r} is not an IPv6 address")
 
     system_name = _str_field(body, "system-name", problems)
-    if system_name is not None and not _IFNAME_RE.match(system_name):
+    if ptype == PORT_TYPE_REMOTE and system_name is not None and \
+            _UUID_RE.match(system_name.lower()):
+        pass  # an ESXi port names its vSphere port by uuid (the real API's own example)
+    elif system_name is not None and not _IFNAME_RE.match(system_name):
         problems.append(f"system-name: {system_name!r} is not an interface name "
-                        "(1-15 characters, no space, '/' or ':')")
+                        "(1-15 characters, no space, '/' or ':')"
+                        + (" or a uuid" if ptype == PORT_TYPE_REMOTE else ""))
         system_name = None
     mac = _str_field(body, "mac-address", problems)
     if mac is not None:
@@ -278,8 +306,10 @@ def port_from_json(body: Any, *, now: float | None = None) -> Port:
         if body.get("rx-vlan-id", 0) is not None else -1
     tx = _int_field(body, "tx-vlan-id", problems, required=True, lo=-1, hi=4095) \
         if body.get("tx-vlan-id", 0) is not None else -1
-    vhu = _int_field(body, "vhostuser-mode", problems, required=False, lo=0, hi=1)
+    vhu = _int_field(body, "vhostuser-mode", problems, required=False, lo=0, hi=1) or 0
     link = _int_field(body, "link-state", problems, required=False, lo=0, hi=1)
+    # the real agent keeps a link state for ESXi ports only (default down)
+    link = (link or 0) if ptype == PORT_TYPE_REMOTE else None
     plen = _int_field(body, "plen", problems, required=False, lo=0, hi=32)
     gw = dns = None
     raw_gw = _str_field(body, "gateway", problems, required=False)
@@ -354,11 +384,14 @@ def vm_port_from_json(body: Any) -> VmPort:
                   vm_id=opt["vm-id"], time=opt["time"])
 
 
-def vm_port_to_json(vp: VmPort) -> dict[str, Any]:
-    """The file body of a ``/vm`` port."""
-    return {"vm-uuid": vp.vm_uuid, "vmi-uuid": vp.vmi_uuid, "vn-uuid": vp.vn_uuid,
-            "vm-name": vp.vm_name, "host-ifname": vp.host_ifname, "vm-ifname": vp.vm_ifname,
-            "vm-namespace": vp.vm_namespace, "vm-id": vp.vm_id, "time": vp.time}
+def vm_port_to_json(vp: VmPort, author: str | None = None,
+                    now: float | None = None) -> dict[str, Any]:
+    """The file body of a ``/vm`` port as the real agent writes it (``MakeVmVnPortJson``):
+    its member order, ``author`` and ``time`` set at writing."""
+    return {"vm-uuid": vp.vm_uuid, "vn-uuid": vp.vn_uuid, "vmi-uuid": vp.vmi_uuid,
+            "vm-id": vp.vm_id, "vm-name": vp.vm_name, "host-ifname": vp.host_ifname,
+            "vm-ifname": vp.vm_ifname, "vm-namespace": vp.vm_namespace,
+            "author": program_name() if author is None else author, "time": agent_time(now)}
 
 
 def mac_for_vmi(vmi_uuid: str) -> str:
@@ -373,7 +406,7 @@ def mac_for_vmi(vmi_uuid: str) -> str:
 
 def port_from_vm(vp: VmPort) -> Port:
     """The port record a ``POST /vm`` body stands for (namespace-type, no address yet)."""
-    return Port(id=vp.vmi_uuid, instance_id=vp.vm_uuid, vn_id=vp.vn_uuid, vm_project_id="",
+    return Port(id=vp.vmi_uuid, instance_id=vp.vm_uuid, vn_id=vp.vn_uuid, vm_project_id=NIL_UUID,
                 display_name=vp.vm_name, ip_address=None, ip6_address=None,
                 type=PORT_TYPE_NAMESPACE, system_name=vp.host_ifname,
                 mac_address=mac_for_vmi(vp.vmi_uuid), time=vp.time)

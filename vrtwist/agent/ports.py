@@ -27,7 +27,7 @@ from vrtwist.agent.model import (
     port_from_vm,
     vm_port_to_json,
 )
-from vrtwist.agent.store import UNCHANGED, GroupWriter, PortFileError
+from vrtwist.agent.store import UNCHANGED, GroupWriter, PortFileError, agent_json
 from vrtwist.logfields import Logger
 
 DEFAULT_STALE_TIMEOUT = 60.0
@@ -111,26 +111,34 @@ class PortTable:
     # checks ----------------------------------------------------------------------------
 
     def check(self, port: Port) -> None:
-        """Refuse a port whose TAP is missing (types 0 and 1 with the check on)."""
+        """At replay only: refuse a port whose interface is missing (types 0 and 1 with the
+        check on), as the real agent's start-up does.  A REST add is never refused for it:
+        Nova/os-vif plug the port before libvirt creates the TAP, and the datapath attaches
+        the device when it appears."""
         if (self.tap_check and port.type != PORT_TYPE_REMOTE
                 and not self._exists(port.system_name)):
             raise PortValidationError(
                 [f"system-name: interface {port.system_name!r} does not exist in the OS"])
 
+    def device_exists(self, name: str) -> bool:
+        """The OS has a device called ``name`` (the probe the table was given)."""
+        return self._exists(name)
+
     # changes ---------------------------------------------------------------------------
 
-    def add(self, port: Port, *, persist: bool = True) -> None:
+    def add(self, port: Port, *, persist: bool = True, check_os: bool = False) -> None:
         """Add one port (``POST /port``); see :meth:`add_many`."""
-        self.add_many([port], persist=persist)
+        self.add_many([port], persist=persist, check_os=check_os)
 
-    def add_many(self, ports: Iterable[Port], *, persist: bool = True) -> None:
+    def add_many(self, ports: Iterable[Port], *, persist: bool = True,
+                 check_os: bool = False) -> None:
         """Add ports all or nothing: check every one, write every file, then apply.
 
         A re-POST of a known port with the same VM only refreshes its version; with another
         VM or other settings the old port is replaced.  Raises PortValidationError (nothing
         changed) or PortFileError (files written by this call are removed again).
         """
-        batch = self._checked(ports)
+        batch = self._checked(ports, check_os)
         written = self._write_files(batch) if persist else []
         self._apply_batch(batch, written)
 
@@ -139,7 +147,7 @@ class PortTable:
 
         Requests touching the same uuids are serialised, so files and table agree.
         """
-        batch = self._checked(ports)
+        batch = self._checked(ports, False)
 
         async def go() -> None:
             todo = [p for p in batch if not self._known_same(p)]
@@ -149,7 +157,7 @@ class PortTable:
             # a file already holding the same port (written by vrouter-port-control just
             # before the POST) is not written again; checked in the writer's thread
             writes = DeferredList(
-                [self._writer.write(self.store.path_for(p.id), p.to_file_json(),
+                [self._writer.write(self.store.path_for(p.id), agent_json(p.to_file_json()),
                                     partial(self._file_matches, p))
                  for p in todo], consumeErrors=True)
             # ports that are all new are programmed while their files are being written;
@@ -235,7 +243,7 @@ class PortTable:
         return entry is not None and entry.port.same_config(port) and \
             self.store.exists(port.id)
 
-    def _checked(self, ports: Iterable[Port]) -> list[Port]:
+    def _checked(self, ports: Iterable[Port], check_os: bool) -> list[Port]:
         batch = list(ports)
         problems: list[str] = []
         seen: set[str] = set()
@@ -243,6 +251,8 @@ class PortTable:
             if p.id in seen:
                 problems.append(f"id: {p.id} appears twice in one request")
             seen.add(p.id)
+            if not check_os:
+                continue
             try:
                 self.check(p)
             except PortValidationError as e:
@@ -345,10 +355,12 @@ class PortTable:
 
     # vm + vn API -----------------------------------------------------------------------
 
-    def add_vm(self, vp: VmPort, *, persist: bool = True) -> Port:
-        """``POST /vm``: check, write ``vm/<name>/<vmi>``, then add the port."""
+    def add_vm(self, vp: VmPort, *, persist: bool = True, check_os: bool = False) -> Port:
+        """``POST /vm``: write ``vm/<name>/<vmi>``, then add the port (the interface is
+        checked at replay only, as for :meth:`add`)."""
         port = port_from_vm(vp)
-        self.check(port)
+        if check_os:
+            self.check(port)
         if persist:
             self.store.write_vm(vp.vm_name, vp.vmi_uuid, vm_port_to_json(vp))
         try:
@@ -412,7 +424,7 @@ class PortTable:
             try:
                 if lf.error is not None:
                     raise PortValidationError([lf.error])
-                self.add(port_from_json(lf.body), persist=False)
+                self.add(port_from_json(lf.body), persist=False, check_os=True)
                 added += 1
             except (PortValidationError, PortFileError) as e:
                 skipped.append(f"{lf.path}: {e}")
@@ -422,7 +434,7 @@ class PortTable:
             try:
                 if lf.error is not None:
                     raise PortValidationError([lf.error])
-                self.add_vm(vm_port_from_json(lf.body), persist=False)
+                self.add_vm(vm_port_from_json(lf.body), persist=False, check_os=True)
                 added += 1
             except (PortValidationError, PortFileError) as e:
                 skipped.append(f"{lf.path}: {e}")

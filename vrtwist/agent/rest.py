@@ -21,6 +21,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from vrtwist.agent.interfaces import IGatewayProgrammer
 from vrtwist.agent.model import (
+    PORT_TYPE_REMOTE,
     Gateway,
     Port,
     PortValidationError,
@@ -81,6 +82,10 @@ def _uuid(value: str, what: str = "uuid") -> str:
     return norm
 
 
+#: Whether a port's device is attached to the datapath: True/False, or a Deferred of it.
+AttachmentProbe = Callable[[Port], "Deferred[bool] | bool"]
+
+
 class PortApi:
     """REST resource over a :class:`PortTable`; ``PortApi(table).app.resource()`` serves it."""
 
@@ -89,8 +94,13 @@ class PortApi:
 
     def __init__(self, table: PortTable,
                  programmed: Callable[[], Deferred[None]] | None = None,
-                 gateways: IGatewayProgrammer | None = None) -> None:
+                 gateways: IGatewayProgrammer | None = None,
+                 attachment: AttachmentProbe | None = None) -> None:
         self.table = table
+        # GET adds "attached": a port is accepted before its TAP exists (Nova/os-vif plug
+        # first, libvirt creates the TAP later) and the datapath attaches it when it appears
+        # (by default: the table's view of the OS, the device exists)
+        self._attachment = attachment or (lambda port: table.device_exists(port.system_name))
         self._gateway_sink = gateways
         self.gateways: dict[str, Gateway] = {}
         # waits (bounded) until the datapath has the changes made so far: a 200 for a port
@@ -155,12 +165,16 @@ class PortApi:
 
     @app.route("/port/<string:uuid>", methods=["GET"])
     def get_port(self, request: IRequest, uuid: str) -> Any:
-        """GET /port/<uuid>: the port as the real agent describes it."""
-        def get() -> dict[str, Any]:
+        """GET /port/<uuid>: the port as the real agent describes it, plus ``attached``."""
+        async def get() -> dict[str, Any]:
             port = self.table.get(_uuid(uuid))
             if port is None:
                 raise ApiError(404, f"port {uuid.lower()} not found")
-            return port.to_oper_json()
+            out = port.to_oper_json()
+            if port.type != PORT_TYPE_REMOTE:  # an ESXi port has no local device
+                found = self._attachment(port)
+                out["attached"] = bool(await found if isinstance(found, Deferred) else found)
+            return out
         return self._call(request, get)
 
     @app.route("/port/<string:uuid>", methods=["DELETE"])

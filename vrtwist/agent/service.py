@@ -19,8 +19,15 @@ from twisted.web.server import Site
 
 from vrtwist._process import report_start_failure
 from vrtwist.access import SocketAccess
-from vrtwist.agent.dpstate import DatapathModel, host_if_index, host_if_mac
+from vrtwist.agent.dpstate import (
+    INTF_ATTACHED,
+    INTF_WAITING,
+    DatapathModel,
+    host_if_index,
+    host_if_mac,
+)
 from vrtwist.agent.ksync_sync import KsyncSynchroniser, LocalSynchroniser
+from vrtwist.agent.model import Port
 from vrtwist.agent.packet.service import AgentPacketService
 from vrtwist.agent.ports import DEFAULT_STALE_TIMEOUT, PortTable
 from vrtwist.agent.rest import BoundedRequest, PortApi
@@ -108,7 +115,7 @@ class AgentService(MultiService):
         if sync is not None:
             sync.start()
         self.api = PortApi(table, self._programmed if sync is not None else None,
-                           gateways=self.model)
+                           gateways=self.model, attachment=self._attached)
         endpoint = listen_endpoint(self.reactor, self.rest_description, self.access)
         site = Site(self.api.app.resource(), requestFactory=BoundedRequest)
         site.noisy = False
@@ -116,6 +123,22 @@ class AgentService(MultiService):
         self.rest_port = await endpoint.listen(bounded_site(site, self.reactor, "rest"))
         self._log.info("REST port API listening on {addr}", addr=self.rest_port.getHost())
         self.ready.callback(None)
+
+    def _attached(self, port: Port) -> Deferred[bool] | bool:
+        """The datapath's word on the port's vif (attached or waiting for its device); the
+        OS's when the datapath does not say (a real vRouter, or none connected)."""
+        ids = self.model.port_ids(port.id)
+        table = self.table
+        assert table is not None
+        if ids is None or self.sync is None:
+            return table.device_exists(port.system_name)
+        d: Deferred[int | None] = self.sync.sync.interface_status(ids["vif"])
+
+        def decide(status: int | None) -> bool:
+            if status in (INTF_ATTACHED, INTF_WAITING):
+                return status == INTF_ATTACHED
+            return table.device_exists(port.system_name)
+        return d.addCallback(decide)
 
     def _programmed(self) -> Deferred[None]:
         """The datapath has what was changed so far, or PROGRAM_WAIT seconds passed (the
@@ -155,6 +178,8 @@ class AgentService(MultiService):
         link = makeControllerLink(self.reactor, self.controllers, self.hostname,
                                   self.fabric_ip, routes, **self.link_kwargs)
         self.model.controller = link
+        if hasattr(link, "host_mac"):
+            link.host_mac = self.model.host_mac()
         config = getattr(link, "config", None)
         if config is not None:
             # from the config channel: IPAM subnets for ports without plen, and the VM

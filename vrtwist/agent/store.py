@@ -50,9 +50,28 @@ def _open_private_tmp(tmp: Path) -> int:
     return fd
 
 
-def write_json_atomic(path: Path, body: dict[str, Any]) -> None:
-    """Write ``body`` pretty-printed to ``path`` with temp + fsync + rename."""
-    data = (json.dumps(body, indent=4, sort_keys=True) + "\n").encode()
+_LOWER_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u00([0-9a-f]{2})")
+
+
+def agent_json(body: dict[str, Any]) -> bytes:
+    """``body`` serialised as the real agent's rapidjson ``PrettyWriter`` does: members in
+    the given order, four-space indent, ``"key": value``, UTF-8 unescaped, control
+    characters as upper-case ``\\u00XX``, no final newline."""
+    text = json.dumps(body, indent=4, ensure_ascii=False)
+    text = _LOWER_ESCAPE.sub(lambda m: m.group(1) + "\\u00" + m.group(2).upper(), text)
+    return text.encode("utf-8", "surrogateescape")
+
+
+def _file_bytes(body: dict[str, Any] | bytes) -> bytes:
+    """Bytes given are written as they are; a dict the way vrouter-port-control's are."""
+    if isinstance(body, bytes):
+        return body
+    return (json.dumps(body, indent=4, sort_keys=True) + "\n").encode()
+
+
+def write_json_atomic(path: Path, body: dict[str, Any] | bytes) -> None:
+    """Write ``body`` (serialised JSON, or a dict) to ``path`` with temp + fsync + rename."""
+    data = _file_bytes(body)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         fd = _open_private_tmp(tmp)
@@ -81,8 +100,8 @@ def write_json_atomic(path: Path, body: dict[str, Any]) -> None:
 #: :func:`write_json_group` result of an item whose ``unchanged`` check said so: not written.
 UNCHANGED = "unchanged"
 
-GroupItem = tuple[Path, dict[str, Any]] | tuple[Path, dict[str, Any],
-                                                Callable[[], bool] | None]
+GroupItem = tuple[Path, dict[str, Any] | bytes] | tuple[
+    Path, dict[str, Any] | bytes, Callable[[], bool] | None]
 
 
 def write_json_group(items: list[GroupItem]) -> list[PortFileError | str | None]:
@@ -108,7 +127,7 @@ def write_json_group(items: list[GroupItem]) -> list[PortFileError | str | None]
             if same:
                 results[i] = UNCHANGED
                 continue
-        data = (json.dumps(body, indent=4, sort_keys=True) + "\n").encode()
+        data = _file_bytes(body)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.g.tmp")
         try:
             fd = _open_private_tmp(tmp)
@@ -200,12 +219,12 @@ class GroupWriter:
 
     def __init__(self, run_io: Callable[..., Deferred[Any]]) -> None:
         self._run_io = run_io
-        self._queue: list[tuple[Path, dict[str, Any], Callable[[], bool] | None,
+        self._queue: list[tuple[Path, dict[str, Any] | bytes, Callable[[], bool] | None,
                                 Deferred[str | None]]] = []
         self._busy = False
         self.batches = 0
 
-    def write(self, path: Path, body: dict[str, Any],
+    def write(self, path: Path, body: dict[str, Any] | bytes,
               unchanged: Callable[[], bool] | None = None) -> Deferred[str | None]:
         """Queue a write; fires with None once durable, or :data:`UNCHANGED` when the
         ``unchanged`` check (run in the writer's thread) found the file already right."""
@@ -302,7 +321,8 @@ class PortStore:
         return _read_json(self.path_for(uuid)).body
 
     def write(self, uuid: str, body: dict[str, Any]) -> None:
-        write_json_atomic(self.path_for(uuid), body)
+        """Write a port file as the real agent's writer formats it."""
+        write_json_atomic(self.path_for(uuid), agent_json(body))
 
     def remove(self, uuid: str) -> None:
         _unlink(self.path_for(uuid))
@@ -314,7 +334,7 @@ class PortStore:
             os.chmod(d, PORT_DIR_MODE)
         except OSError as e:
             raise PortFileError(e.errno, f"cannot create {d}: {e.strerror}") from e
-        write_json_atomic(d / vmi_uuid, body)
+        write_json_atomic(d / vmi_uuid, agent_json(body))
 
     def remove_vm(self, vm_name: str, vmi_uuid: str) -> None:
         d = self.vm_dir / vm_name

@@ -49,7 +49,8 @@ class Options(_DatapathOptions, usage.Options):
         *LINK_OPT_PARAMETERS,
     ]
     optFlags = [
-        ["no-tap-check", None, "accept ports whose TAP does not exist (tests, DPDK)"],
+        ["no-tap-check", None, "replay port files whose interface does not exist (DPDK, "
+         "tests); a REST add never requires it"],
     ]
 
     def __init__(self) -> None:

@@ -220,7 +220,8 @@ class FlowTool:
             return None
         vif = None
         if nh.nhr_type in _NH_WITH_VIF:
-            vif = self._object(schema.vr_interface_req(h_op=1, vifr_idx=nh.nhr_encap_oif_id))
+            oif = nh.nhr_encap_oif_id[0] if nh.nhr_encap_oif_id else 0
+            vif = self._object(schema.vr_interface_req(h_op=1, vifr_idx=oif))
         return Hop(nh, vif)
 
     def _route(self, family: int, vrf: int, address: bytes) -> Any | None:

@@ -68,6 +68,11 @@ def _bytes_hex(data: Sequence[int]) -> str:
     return "".join("%02x " % (b & 0xFF) for b in data)
 
 
+def _oif(nh: Any) -> int:
+    """The first outgoing interface, the one the real ``nh`` prints (the list may be empty)."""
+    return int(nh.nhr_encap_oif_id[0]) if nh.nhr_encap_oif_id else 0
+
+
 def format_nh(nh: Any) -> str:
     """One next hop as ``nexthop_req_process`` prints it, with its blank line."""
     fam = _FAMILIES.get(nh.nhr_family, "N/A")
@@ -86,17 +91,17 @@ def format_nh(nh: Any) -> str:
         label = nh.nhr_label_list[0] if nh.nhr_label_list else -1
         out += _NL + "Direct NH(label): %d(%d)" % (nh.nhr_nh_list[0], label)
     if nh.nhr_type == C.NH_RCV:
-        out += _NL + "Oif:%d" % nh.nhr_encap_oif_id
+        out += _NL + "Oif:%d" % _oif(nh)
     elif nh.nhr_type == C.NH_ENCAP:
         out += _NL + "EncapFmly:%04x Oif:%d Len:%d" % (
             nh.nhr_encap_family & 0xFFFF,
-            nh.nhr_encap_oif_id,
+            _oif(nh),
             len(nh.nhr_encap),
         )
         out += _NL + "Encap Data: " + _bytes_hex(nh.nhr_encap)
     elif nh.nhr_type == C.NH_TUNNEL:
         if not flags & C.NH_FLAG_TUNNEL_PBB:
-            out += _NL + "Oif:%d Len:%d Data:" % (nh.nhr_encap_oif_id, len(nh.nhr_encap))
+            out += _NL + "Oif:%d Len:%d Data:" % (_oif(nh), len(nh.nhr_encap))
             out += _bytes_hex(nh.nhr_encap) + _NL
             if nh.nhr_family == C.AF_INET:
                 out += "Sip:%s Dip:%s" % (int_to_ipv4(nh.nhr_tun_sip), int_to_ipv4(nh.nhr_tun_dip))
@@ -161,7 +166,7 @@ def _create(ks: Any, args: argparse.Namespace) -> None:
         nhr_id=args.create,
         nhr_type=nh_type,
         nhr_vrf=args.vrf or 0,
-        nhr_encap_oif_id=args.oif or 0,
+        nhr_encap_oif_id=[args.oif or 0],
     )
     if nh_type in (C.NH_ENCAP, C.NH_TUNNEL):
         dmac = args.dmac or [0] * 6

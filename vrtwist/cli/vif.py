@@ -530,7 +530,7 @@ def _add(ks: Any, args: argparse.Namespace) -> int:
         vifr_transport=transport,
     )
     if vtype == C.VIF_TYPE_HOST:
-        req.vifr_cross_connect_idx = xc
+        req.vifr_cross_connect_idx = [xc]
     cli.request(ks, req)
     return 0
 

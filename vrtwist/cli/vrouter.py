@@ -123,7 +123,7 @@ def format_info(o: Any) -> str:
             o.vo_bridge_used_entries, o.vo_bridge_used_oentries,
             o.vo_burst_tokens, o.vo_burst_interval, o.vo_burst_step,
             o.vo_priority_tagging, o.vo_packet_dump, o.vo_pkt_droplog_en,
-            o.vo_pkt_droplog_min_en, o.vo_close_flow_on_tcp_rst,
+            o.vo_pkt_droplog_min_en, o.vo_uncond_close_flow_on_tcp_rst,
         )
     )  # fmt: skip
 
@@ -156,7 +156,7 @@ def _body(args: argparse.Namespace) -> int:
                 "vo_pkt_droplog_buf_en",
                 "vo_pkt_droplog_en",
                 "vo_pkt_droplog_min_en",
-                "vo_close_flow_on_tcp_rst",
+                "vo_uncond_close_flow_on_tcp_rst",
             ):
                 setattr(req, name, 0xFF)
             for name in (

@@ -85,7 +85,7 @@ _OPS_KNOBS: dict[str, int] = {
     "vo_pkt_droplog_buf_en": 1,
     "vo_pkt_droplog_en": 1,
     "vo_pkt_droplog_min_en": 0,
-    "vo_close_flow_on_tcp_rst": 0,
+    "vo_uncond_close_flow_on_tcp_rst": 0,
 }
 
 _BYTE_KNOBS = frozenset(
@@ -93,7 +93,7 @@ _BYTE_KNOBS = frozenset(
         "vo_pkt_droplog_buf_en",
         "vo_pkt_droplog_en",
         "vo_pkt_droplog_min_en",
-        "vo_close_flow_on_tcp_rst",
+        "vo_uncond_close_flow_on_tcp_rst",
     }
 )
 

@@ -163,7 +163,7 @@ class FlowStage(PipelineCore):
         reverse = rflow >= 0 and rflow != index
         rfe, rfe_seq = flows.tcp_state(rflow) if reverse else (0, 0)
         old_rfe = rfe
-        if tflags & 0x04 and self.datapath.ops.get("vo_close_flow_on_tcp_rst"):
+        if tflags & 0x04 and self.datapath.ops.get("vo_uncond_close_flow_on_tcp_rst"):
             fe |= TCP_RST | L.TCP_DEAD
             rfe |= TCP_RST | L.TCP_DEAD
         if tflags & 0x02:  # SYN, or SYN-ACK

@@ -104,6 +104,16 @@ def _s(req: Request, name: str) -> str:
     return str(value)
 
 
+def _first(req: Request, name: str, default: int = 0) -> int:
+    """First element of a field the newest vr.sandesh declares a list (an int still taken)."""
+    value = req.get(name)
+    if value is None:
+        return default
+    if isinstance(value, int):
+        return value
+    return int(value[0]) if len(value) else default
+
+
 def _l(req: Request, name: str) -> list[int]:
     value = req.get(name)
     if not value:
@@ -185,7 +195,7 @@ class Interface:
     vlan_id: int = 0
     ovlan_id: int = 0
     parent: Interface | None = None
-    cross_connect_idx: int = 0
+    cross_connect_idx: tuple[int, ...] = ()
     vhostuser_mode: int = 0
     isid: int = 0
     intf_status: int = 0
@@ -242,7 +252,7 @@ class Interface:
             "vifr_vlan_id": self.vlan_id,
             "vifr_ovlan_id": self.ovlan_id,
             "vifr_parent_vif_idx": self.parent.idx if self.parent is not None else -1,
-            "vifr_cross_connect_idx": self.cross_connect_idx,
+            "vifr_cross_connect_idx": list(self.cross_connect_idx),
             "vifr_vhostuser_mode": self.vhostuser_mode,
             "vifr_isid": self.isid,
             "vifr_intf_status": self.intf_status,
@@ -301,7 +311,7 @@ class NextHop:
             "nhr_vrf": self.vrf,
             "nhr_ref_cnt": self.users,
             "nhr_encap_family": self.encap_family,
-            "nhr_encap_oif_id": self.oif.idx if self.oif is not None else 0,
+            "nhr_encap_oif_id": [self.oif.idx if self.oif is not None else 0],
             "nhr_encap_crypt_oif_id": self.crypt_oif.idx if self.crypt_oif is not None else 0,
             "nhr_encap": self.encap,
             "nhr_encap_len": len(self.encap),
@@ -450,13 +460,18 @@ class Tables:
         os_idx = _i(req, "vifr_os_idx")
         vif.os_idx = 0 if os_idx == -1 else os_idx
         vif.vhostuser_mode = _i(req, "vifr_vhostuser_mode")
-        vif.cross_connect_idx = _i(req, "vifr_cross_connect_idx")
+        xc = req.get("vifr_cross_connect_idx")
+        # An absent list reads as the old layout's zero (the interface at OS index 0).
+        vif.cross_connect_idx = (
+            (xc,) if isinstance(xc, int) else tuple(_l(req, "vifr_cross_connect_idx")) or (0,)
+        )
         vif.vlan_tag = _i(req, "vifr_vlan_tag")
         self._interface_common(vif, req)
         if vtype == C.VIF_TYPE_HOST:
-            if vif.cross_connect_idx < 0:
+            if min(vif.cross_connect_idx) < 0:
                 raise TableError(errno.EINVAL, "vhost vif without a cross-connect index")
-            if not any(v.os_idx == vif.cross_connect_idx for v in self.interfaces.values()):
+            os_idxs = {v.os_idx for v in self.interfaces.values()}
+            if not os_idxs.issuperset(vif.cross_connect_idx):
                 raise TableError(errno.ENODEV, "vhost cross-connect names no interface")
         if vtype == C.VIF_TYPE_VIRTUAL_VLAN:
             self._vlan_attach(vif, req)
@@ -603,7 +618,7 @@ class Tables:
 
     def _nexthop_build(self, nh: NextHop, req: Request) -> None:
         """The per-type checks of ``vr_nexthop_add``; takes the references it needs."""
-        oif_id = _i(req, "nhr_encap_oif_id")
+        oif_id = _first(req, "nhr_encap_oif_id")
         if nh.flags & C.NH_FLAG_INDIRECT:
             if nh.type != C.NH_TUNNEL or not nh.flags & C.NH_FLAG_TUNNEL_PBB:
                 raise TableError(errno.EINVAL, "indirect next hop must be a PBB tunnel")

@@ -769,6 +769,18 @@ def _skip_n(et: int, n: int, buf: bytes, o: int, end: int, depth: int) -> int:
     return o
 
 
+#: Scalar wire codes read as a one-element list of a list field with this element code.
+_SAME_WIDTH: dict[int, tuple[int, ...]] = {
+    T_BYTE: (T_BYTE,),
+    T_I16: (T_I16, T_U16),
+    T_U16: (T_I16, T_U16),
+    T_I32: (T_I32, T_U32),
+    T_U32: (T_I32, T_U32),
+    T_I64: (T_I64, T_U64),
+    T_U64: (T_I64, T_U64),
+}
+
+
 def _zero_values(spec: MessageSpec) -> dict[str, Any]:
     d: dict[str, Any] = {}
     for f in spec.fields:
@@ -791,6 +803,14 @@ def _decode_fields_slow(spec: MessageSpec, buf: bytes, o: int, end: int) -> tupl
         start = o
         o += 3
         f = by_id.get(fid)
+        if f is not None and f.wire == T_LIST and t != T_LIST and t in _SAME_WIDTH.get(f.elem, ()):
+            # Old layout: a scalar where the newest vr.sandesh declares a list
+            # (nhr_encap_oif_id, vifr_cross_connect_idx were i32 until 2020/2021).
+            size = SCALAR_SIZE[t]
+            _need(o, size, end, "%s" % f.name)
+            values[f.name] = [struct.unpack_from(">" + SCALAR_FORMAT[f.elem], buf, o)[0]]
+            o += size
+            continue
         if f is None or f.wire != t:
             if t not in _SKIPPABLE:
                 raise SandeshDecodeError("unknown wire type %d (field id %d)" % (t, fid), start)

@@ -1,5 +1,7 @@
-// vr.sandesh message catalogue (Juniper/contrail-vrouter sandesh/vr.sandesh, 2020-06 schema),
-// restated as a Thrift IDL so that thriftpy2 can load it. This file is the schema: the codec in
+// vr.sandesh message catalogue (tungstenfabric/tf-vrouter sandesh/vr.sandesh, newest layout:
+// the 2020-06 schema plus the seven upstream changes made after it, the last in 2021).
+// Old-layout scalars still decode where a list is now declared (see _codec).
+// Restated as a Thrift IDL so that thriftpy2 can load it. This file is the schema: the codec in
 // vrtwist/sandesh reads field ids, names and declaration order from it.
 //
 // Sandesh has unsigned types Thrift lacks (u16 = wire code 19, u32 = 20, u64 = 9). Such a field is
@@ -28,14 +30,14 @@ struct sandesh_hdr {
     2: i32 h_id,
 }
 
-// 1. vr_nexthop_req (29 fields)
+// 1. vr_nexthop_req (30 fields)
 struct vr_nexthop_req {
     1: sandesh_op h_op,
     2: byte nhr_type,
     3: byte nhr_family,
     4: i32 nhr_id,
     5: i32 nhr_rid,
-    6: i32 nhr_encap_oif_id,
+    6: list<i32> nhr_encap_oif_id,
     7: i32 nhr_encap_len,
     8: i32 nhr_encap_family,
     9: i32 nhr_vrf,
@@ -59,9 +61,10 @@ struct vr_nexthop_req {
     27: i32 nhr_crypt_path_available,
     28: list<byte> nhr_rw_dst_mac,
     29: i32 nhr_transport_label (sandesh_type = "u32"),
+    30: list<i32> nhr_encap_valid,
 }
 
-// 2. vr_interface_req (84 fields)
+// 2. vr_interface_req (85 fields)
 struct vr_interface_req {
     1: sandesh_op h_op,
     2: i32 vifr_core (sandesh_type = "u32"),
@@ -111,7 +114,7 @@ struct vr_interface_req {
     46: i16 vifr_vlan_id,
     47: i32 vifr_parent_vif_idx,
     48: i32 vifr_nh_id,
-    49: i32 vifr_cross_connect_idx,
+    49: list<i32> vifr_cross_connect_idx,
     50: list<byte> vifr_src_mac,
     51: list<i32> vifr_bridge_idx,
     52: i16 vifr_ovlan_id,
@@ -147,6 +150,7 @@ struct vr_interface_req {
     90: list<byte> vifr_bond_slave_drv_name,
     91: i32 vifr_vlan_tag (sandesh_type = "u32"),
     92: list<byte> vifr_vlan_name,
+    93: i32 vifr_loopback_ip (sandesh_type = "u32"),
 }
 
 // 3. vr_vxlan_req (4 fields)
@@ -208,7 +212,7 @@ struct vr_vrf_req {
     7: i32 vrf_marker,
 }
 
-// 8. vr_flow_req (38 fields)
+// 8. vr_flow_req (39 fields)
 struct vr_flow_req {
     1: flow_op fr_op,
     2: i16 fr_rid,
@@ -248,6 +252,7 @@ struct vr_flow_req {
     36: byte fr_ttl,
     37: i16 fr_extflags,
     38: i16 fr_flags1,
+    39: byte fr_underlay_ecmp_index,
 }
 
 // 9. vr_vrf_assign_req (7 fields)
@@ -304,7 +309,7 @@ struct vr_response {
     2: i32 resp_code,
 }
 
-// 12. vrouter_ops (46 fields)
+// 12. vrouter_ops (47 fields)
 struct vrouter_ops {
     1: sandesh_op h_op,
     2: i32 vo_rid,
@@ -351,7 +356,8 @@ struct vrouter_ops {
     43: byte vo_pkt_droplog_buf_en,
     44: byte vo_pkt_droplog_en,
     45: byte vo_pkt_droplog_min_en,
-    46: byte vo_close_flow_on_tcp_rst,
+    46: byte vo_uncond_close_flow_on_tcp_rst,
+    47: i16 vo_genetlink_group_id,
 }
 
 // 13. vr_mem_stats_req (72 fields)
@@ -443,7 +449,7 @@ struct vr_info_req {
     9: list<byte> vdu_proc_info,
 }
 
-// 15. vr_pkt_drop_log_req (9 fields)
+// 15. vr_pkt_drop_log_req (12 fields)
 struct vr_pkt_drop_log_req {
     1: sandesh_op h_op,
     2: i16 vdl_rid,
@@ -454,9 +460,12 @@ struct vr_pkt_drop_log_req {
     7: i16 vdl_pkt_droplog_en,
     8: i16 vdl_pkt_droplog_sysctl_en,
     9: list<byte> vdl_pkt_droplog_arr,
+    10: byte vdl_pkt_droplog_type,
+    11: byte vdl_pkt_droplog_min_sysctl_en,
+    12: byte vdl_pkt_droplog_config,
 }
 
-// 16. vr_drop_stats_req (57 fields)
+// 16. vr_drop_stats_req (58 fields)
 struct vr_drop_stats_req {
     1: sandesh_op h_op,
     2: i16 vds_rid,
@@ -515,6 +524,7 @@ struct vr_drop_stats_req {
     55: i64 vds_no_frag_entry,
     56: i64 vds_icmp_error,
     57: i64 vds_clone_fail,
+    58: i64 vds_invalid_underlay_ecmp,
 }
 
 // 17. vr_qos_map_req (10 fields)

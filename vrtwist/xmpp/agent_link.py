@@ -63,7 +63,7 @@ from .stanzas import (
     TlsFailure,
     TlsProceed,
     Unsubscribe,
-    build_eor_iq_pair,
+    build_agent_eor,
     build_route_publish,
     build_subscribe,
     build_unsubscribe,
@@ -465,6 +465,8 @@ class ControllerLink(MultiService):
         self.tls = tls
         self.stale_time = stale_time
         self.encapsulations = encapsulations
+        #: the host (vhost) interface's MAC, which the real agent puts in inet next hops
+        self.host_mac = ""
         self.remote = RemoteRouteTable(routes, encap_priority)
         self.config = ConfigStore()
         self.endpoint = FailoverEndpoint(endpoints, names)
@@ -492,6 +494,8 @@ class ControllerLink(MultiService):
         self.client.setName("xmpp-client")
         self.client.setServiceParent(self)
         self.config.listeners.append(self._config_changed)
+        #: (vn uuid, routing instance) -> network fq-name, until config changes
+        self._vn_names: dict[tuple[str, str], str] = {}
 
     def _retry_delay(self, client_attempts: int) -> float:
         # Our own count: ClientService resets its count on every TCP connect, but a
@@ -597,6 +601,7 @@ class ControllerLink(MultiService):
         return self.config.routingInstanceOf(vn) if vn else None
 
     def _config_changed(self, update: ConfigUpdate) -> None:
+        self._vn_names.clear()
         """Config renamed a VRF's routing instance: move the subscription and the routes."""
         session = self._live()
         for vrf in list(self._vrf_ports):
@@ -649,7 +654,9 @@ class ControllerLink(MultiService):
         out.extend(self._vm_subscribe(vm, True) for vm in self._vm_ports)
         for info in self._local.values():
             out.extend(self._publish(info, True))
-        out.append(build_eor_iq_pair(self.hostname))
+        # End-of-RIB once the walk of local routes is done, as the real agent's walker
+        # sends it (never ahead of the routes it closes)
+        out.append(build_agent_eor(self.hostname))
         session.send(b"".join(out))
         waiters, self._ready_waiters = self._ready_waiters, []
         for d in waiters:
@@ -755,26 +762,41 @@ class ControllerLink(MultiService):
             return build_subscribe(self.hostname, node, service="config")
         return build_unsubscribe(self.hostname, node, service="config")
 
+    def _vn_name(self, info: LocalRoute, wire: str) -> str:
+        """The port's network by fq-name, as the real agent names it in a next hop: from
+        config, else the routing instance's name without its last part, else the uuid."""
+        key = (info.vn_id, wire)
+        name = self._vn_names.get(key)
+        if name is None:
+            vn = self.config.networkByUuid(info.vn_id) if info.vn_id else None
+            parts = wire.split(":")
+            name = vn or (":".join(parts[:-1]) if len(parts) >= 4 else info.vn_id)
+            if len(self._vn_names) >= 4096:
+                self._vn_names.clear()
+            self._vn_names[key] = name
+        return name
+
     def _publish(self, info: LocalRoute, add: bool) -> list[bytes]:
+        """The real agent's route items: an inet next hop names the network (fq-name) and
+        carries the host interface's MAC, the entry leaves ``virtual-network`` empty; an
+        EVPN item names no network at all."""
         nexthop = info.nexthop or self.fabric_ip
         wire = self._wire_of(info.vrf_name)
-        nh = NextHop(nexthop, info.label, self.encapsulations, virtual_network=info.vn_id)
+        nh = NextHop(nexthop, info.label, self.encapsulations, mac=self.host_mac,
+                     virtual_network=self._vn_name(info, wire))
         out = []
-        vn = info.vn_id
         if info.ip4:
-            entry = RouteEntry(AFI_INET, SAFI_UNICAST, f"{info.ip4}/32", (nh,), virtual_network=vn)
+            entry = RouteEntry(AFI_INET, SAFI_UNICAST, f"{info.ip4}/32", (nh,))
             self._seq += 1
             out.append(build_route_publish(self.hostname, wire, entry, add, self._seq))
         if info.ip6:
-            entry = RouteEntry(AFI_INET6, SAFI_UNICAST, f"{info.ip6}/128", (nh,),
-                               virtual_network=vn)
+            entry = RouteEntry(AFI_INET6, SAFI_UNICAST, f"{info.ip6}/128", (nh,))
             self._seq += 1
             out.append(build_route_publish(self.hostname, wire, entry, add, self._seq))
         if info.mac:
             addr = f"{info.ip4}/32" if info.ip4 else "0.0.0.0/32"
             evpn_nh = NextHop(nexthop, info.label, self.encapsulations)
-            entry = RouteEntry(AFI_L2VPN, SAFI_ENET, addr, (evpn_nh,), mac=info.mac.lower(),
-                               virtual_network=vn)
+            entry = RouteEntry(AFI_L2VPN, SAFI_ENET, addr, (evpn_nh,), mac=info.mac.lower())
             self._seq += 1
             out.append(build_route_publish(self.hostname, wire, entry, add, self._seq))
         return out

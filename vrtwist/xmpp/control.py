@@ -106,6 +106,52 @@ class IControlNode(Interface):
         """The session has re-advertised everything: sweep its stale paths."""
 
 
+def as_control_node_sends(entry: RouteEntry, network: str) -> RouteEntry:
+    """An agent's route item as the real control node advertises it: the entry names the
+    origin network (an agent leaves it empty; an inet next hop names it, an EVPN item is
+    given the network last seen in the instance's inet routes) and an EVPN ``<nlri>``
+    carries ``group``/``source`` (``0.0.0.0`` for a unicast MAC route)."""
+    vn = entry[6]  # virtual_network (tuple indexing: this runs per route)
+    if not vn:
+        vn = network
+        for nh in entry[3]:
+            if nh[4]:  # NextHop.virtual_network
+                vn = nh[4]
+                break
+    if entry[0] == AFI_L2VPN:
+        group = entry[12] or "0.0.0.0"
+        source = entry[13] or "0.0.0.0"
+        if vn == entry[6] and group == entry[12] and source == entry[13]:
+            return entry
+        return _new_tuple(RouteEntry, (*entry[:6], vn, *entry[7:12], group, source, entry[14]))
+    if vn == entry[6]:
+        return entry
+    return _new_tuple(RouteEntry, (*entry[:6], vn, *entry[7:]))
+
+
+_new_tuple = tuple.__new__
+
+
+_INET_EMPTY_VN = "</version><virtual-network></virtual-network>"
+_EVPN_EMPTY_VN = "<olist /><virtual-network></virtual-network>"
+_EVPN_EMPTY_GS = "<group></group><source></source>"
+
+
+def _patched(raw: str, old: RouteEntry, new: RouteEntry) -> str:
+    """``raw`` (an agent's canonical entry XML) with what :func:`as_control_node_sends`
+    filled in, by text (a burst of routes is not rebuilt); "" when it does not apply."""
+    vn = f"<virtual-network>{_attr(new.virtual_network)}</virtual-network>"
+    if new.afi != AFI_L2VPN:
+        if old.virtual_network or raw.count(_INET_EMPTY_VN) != 1:
+            return ""
+        return raw.replace(_INET_EMPTY_VN, "</version>" + vn)
+    if old.virtual_network or old.group or old.source or raw.count(_EVPN_EMPTY_VN) != 1 \
+            or raw.count(_EVPN_EMPTY_GS) != 1:
+        return ""
+    gs = f"<group>{_attr(new.group)}</group><source>{_attr(new.source)}</source>"
+    return raw.replace(_EVPN_EMPTY_GS, gs).replace(_EVPN_EMPTY_VN, "<olist />" + vn)
+
+
 @dataclass(slots=True)
 class _Path:
     entry: RouteEntry
@@ -121,6 +167,8 @@ class RoutingInstance:
     routes: dict[Family, dict[str, dict[str, _Path]]] = field(default_factory=dict)
     subscribers: dict[str, ControlSession] = field(default_factory=dict)
     instance_ids: dict[str, int | None] = field(default_factory=dict)
+    #: the network (fq-name) the instance's inet routes name, for its EVPN items
+    network: str = ""
 
     def count(self) -> int:
         return sum(len(items) for items in self.routes.values())
@@ -296,6 +344,13 @@ class ControlNode:
         if vrf not in session.subscriptions:
             raise ProtocolViolation(f"route {entry.item_id} for unsubscribed instance {vrf!r}")
         inst = self.instances[vrf]
+        if add:
+            sent = as_control_node_sends(entry, inst.network)
+            if sent is not entry:
+                raw = _patched(raw, entry, sent) if raw else ""
+                entry = sent
+            if entry.afi != AFI_L2VPN and entry.virtual_network:
+                inst.network = entry.virtual_network
         family = (entry.afi, entry.safi)
         items = inst.routes.get(family)
         if items is None:
@@ -497,7 +552,8 @@ class ControlSession(XmppSession):
         if not name:
             raise ProtocolViolation("stream open without 'from'")
         self.peer_name = name
-        self.send(build_stream_response(getattr(self.node, "hostname", "control"), name))
+        # the real control node's JID, whatever its host is called (the agent accepts any)
+        self.send(build_stream_response(CONTROL_NODE_JID, name))
         if self.tls is not None and not self.tls_started:
             self.send(build_features(True))
             return

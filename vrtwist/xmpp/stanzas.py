@@ -57,6 +57,7 @@ __all__ = [
     "build_subscribe",
     "build_unsubscribe",
     "build_route_publish",
+    "build_agent_eor",
     "build_eor_iq_pair",
     "build_eor_message",
     "build_route_update",
@@ -119,6 +120,8 @@ class NextHop(NamedTuple):
     virtual_network: str = ""
     l3_label: int = 0
     tags: tuple[int, ...] = ()
+    #: ``local-sequence-number`` (the real agent's local path sequence; 0 when unset)
+    local_sequence: int = 0
 
 
 class RouteEntry(NamedTuple):
@@ -139,6 +142,11 @@ class RouteEntry(NamedTuple):
     med: int = 0
     security_groups: tuple[int, ...] = ()
     sub_protocol: str = "interface"
+    #: EVPN ``<nlri>`` ``group``/``source``/``flags``: the control node fills ``0.0.0.0``
+    #: for a unicast MAC route; the agent sends them empty (multicast (S,G) routes only)
+    group: str = ""
+    source: str = ""
+    flags: int = 0
 
     @property
     def item_id(self) -> str:
@@ -558,6 +566,7 @@ def _parse_entry(entry: ET.Element) -> RouteEntry:
                     _text(nh.get("virtual-network")),
                     _int(nh.get("l3-label"), "l3-label"),
                     tuple(_int(t, "tag") for t in tags) if tags is not None and len(tags) else (),
+                    _int(nh.get("local-sequence-number"), "local-sequence-number"),
                 )
             )
     sgl = f.get("security-group-list")
@@ -574,6 +583,9 @@ def _parse_entry(entry: ET.Element) -> RouteEntry:
         _int(f.get("med"), "med"),
         tuple(_int(sg, "security-group") for sg in sgl) if sgl is not None and len(sgl) else (),
         _text(f.get("sub-protocol")) or "interface",
+        _text(nlri.get("group")) if afi == AFI_L2VPN else "",
+        _text(nlri.get("source")) if afi == AFI_L2VPN else "",
+        _int(nlri.get("flags"), "nlri flags") if afi == AFI_L2VPN else 0,
     )
 
 
@@ -746,7 +758,7 @@ def _remember(key: tuple[Any, ...], value: Any) -> Any:
 def _next_hop_parts(nh: NextHop, evpn: bool) -> tuple[str, str]:
     """A next hop's XML before and after its label (the label alone varies per port)."""
     key = ("nh", evpn, nh.address, nh.mac, nh.encapsulations, nh.virtual_network,
-           nh.l3_label, nh.tags)
+           nh.l3_label, nh.tags, nh.local_sequence)
     parts = _pieces.get(key)
     if parts is not None:
         return parts  # type: ignore[no-any-return]
@@ -755,6 +767,7 @@ def _next_hop_parts(nh: NextHop, evpn: bool) -> tuple[str, str]:
     )
     tags = "".join(f"<tag>{int(t)}</tag>" for t in nh.tags)
     tag_list = f"<tag-list>{tags}</tag-list>" if tags else "<tag-list />"
+    tag_list += f"<local-sequence-number>{int(nh.local_sequence)}</local-sequence-number>"
     head = f"<next-hop><af>1</af><address>{_esc(nh.address)}</address><mac>{_esc(nh.mac)}</mac><label>"
     if evpn:
         tail = (
@@ -820,7 +833,8 @@ def entry_xml(entry: RouteEntry) -> str:
         return (
             f"<entry><nlri><af>{entry.afi}</af><safi>{entry.safi}</safi>"
             f"<ethernet-tag>{int(entry.ethernet_tag)}</ethernet-tag><mac>{_esc(entry.mac)}</mac>"
-            f"<address>{_esc(entry.address)}</address></nlri>"
+            f"<address>{_esc(entry.address)}</address><group>{_esc(entry.group)}</group>"
+            f"<source>{_esc(entry.source)}</source><flags>{int(entry.flags)}</flags></nlri>"
             f"<next-hops>{hops}{_entry_tail(entry, True)}"
         )
     return (
@@ -869,6 +883,17 @@ def build_eor_iq_pair(sender: str) -> bytes:
         + "<publish></publish></pubsub></iq>"
         + _iq_head(sender, "bgp-peer", None)
         + "<collection></collection></pubsub></iq>"
+    ).encode()
+
+
+def build_agent_eor(sender: str) -> bytes:
+    """End-of-RIB as the real agent sends it once its route walk is done: a ``<message>``
+    to the control node's bgp-peer resource, items node ``0/0/EndOfRib``, the agent's own
+    line breaks and tabs."""
+    return (
+        f'\n<message from="{_esc(sender)}" to="{CONTROL_NODE_JID}/bgp-peer">'
+        f'\n\t<event xmlns="{PUBSUB_NS}">\n<items node="{EOR_NODE}"></items>'
+        "\n\t</event>\n</message>\n"
     ).encode()
 
 
@@ -976,6 +1001,7 @@ _INET_HEAD = (
 _INET_TAIL = (
     r"<vni>0</vni><tunnel-encapsulation-list>" + _ENCS
     + r"</tunnel-encapsulation-list><virtual-network>" + _TX + r"</virtual-network>" + _TAGS
+    + r"<local-sequence-number>" + _NUM + r"</local-sequence-number>"
     + r"</next-hop></next-hops><version>1</version><virtual-network>" + _TX
     + r'</virtual-network><mobility seqno="0" sticky="false" /><sequence-number>' + _NUM
     + r"</sequence-number>" + _SGL + r"<community-tag-list /><local-preference>" + _NUM
@@ -985,13 +1011,15 @@ _INET_TAIL = (
 )
 _EVPN_HEAD = (
     r"<entry><nlri><af>25</af><safi>242</safi><ethernet-tag>" + _NUM + r"</ethernet-tag>"
-    r"<mac>([0-9a-f]{2}(?::[0-9a-f]{2}){5})</mac><address>" + _TX + r"</address></nlri>"
+    r"<mac>([0-9a-f]{2}(?::[0-9a-f]{2}){5})</mac><address>" + _TX + r"</address>"
+    r"<group>" + _TX + r"</group><source>" + _TX + r"</source><flags>" + _NUM + r"</flags></nlri>"
     r"<next-hops><next-hop><af>1</af><address>" + _TX + r"</address><mac>" + _TX + r"</mac>"
     r"<label>" + _NUM + r"</label>"
 )
 _EVPN_TAIL = (
     r"<l3-label>" + _NUM + r"</l3-label>"
     r"<tunnel-encapsulation-list>" + _ENCS + r"</tunnel-encapsulation-list>" + _TAGS
+    + r"<local-sequence-number>" + _NUM + r"</local-sequence-number>"
     + r"</next-hop></next-hops><olist /><virtual-network>" + _TX + r"</virtual-network>"
     r'<mobility seqno="0" sticky="false" /><sequence-number>' + _NUM + r"</sequence-number>"
     + _SGL + r"<local-preference>" + _NUM + r"</local-preference><med>" + _NUM + r"</med>"
@@ -1052,13 +1080,13 @@ def _tail_values(evpn: bool, tail: str) -> tuple[Any, ...] | None:
         m = _FAST_EVPN_TAIL.fullmatch(tail)
         if m is None:
             return None
-        l3, encs, tags, vn, seq, sgs, lp, med = m.groups()
+        l3, encs, tags, lseq, vn, seq, sgs, lp, med = m.groups()
         nh_vn, sub, l3_label = "", "", int(l3)
     else:
         m = _FAST_INET_TAIL.fullmatch(tail)
         if m is None:
             return None
-        encs, nh_vn, tags, vn, seq, sgs, lp, med, sub = m.groups()
+        encs, nh_vn, tags, lseq, vn, seq, sgs, lp, med, sub = m.groups()
         l3_label = 0
     values = (
         tuple(_ENC_VALUES.findall(encs)) if encs else (),
@@ -1071,6 +1099,7 @@ def _tail_values(evpn: bool, tail: str) -> tuple[Any, ...] | None:
         int(med),
         tuple(int(s) for s in _TAG_VALUES.findall(sgs)) if sgs else (),
         sub.strip() or "interface",
+        int(lseq),
     )
     if len(_TAILS) >= _TAILS_MAX:
         _TAILS.clear()
@@ -1083,15 +1112,15 @@ def _fast_entry(text: str, pos: int) -> tuple[RouteEntry, int] | None:
     if m is not None:
         af, address, nh_addr, nh_mac, label = m.groups()
         afi = int(af)
-        mac = ""
-        etag = 0
+        mac = group = source = ""
+        etag = flags = 0
         evpn = False
     else:
         m = _FAST_EVPN_HEAD.match(text, pos)
         if m is None:
             return None
-        etag_s, mac, address, nh_addr, nh_mac, label = m.groups()
-        afi, etag, evpn = AFI_L2VPN, int(etag_s), True
+        etag_s, mac, address, group, source, flags_s, nh_addr, nh_mac, label = m.groups()
+        afi, etag, evpn, flags = AFI_L2VPN, int(etag_s), True, int(flags_s)
     head_end = m.end()
     end = text.find(_END_ENTRY, head_end)
     if end < 0:
@@ -1100,7 +1129,7 @@ def _fast_entry(text: str, pos: int) -> tuple[RouteEntry, int] | None:
     values = _tail_values(evpn, text[head_end:end])
     if values is None:
         return None
-    enc_t, nh_vn, l3_label, tags, vn, seq, lp, med, sgs, sub = values
+    enc_t, nh_vn, l3_label, tags, vn, seq, lp, med, sgs, sub, lseq = values
     lab = int(label)
     if lab >= 1 << 24:
         return None
@@ -1120,9 +1149,10 @@ def _fast_entry(text: str, pos: int) -> tuple[RouteEntry, int] | None:
         return None
     if not enc_t and lab:
         enc_t = ("gre",)
-    nh = NextHop(nh_addr, lab, enc_t, nh_mac.strip(), nh_vn, l3_label, tags)
+    nh = NextHop(nh_addr, lab, enc_t, nh_mac.strip(), nh_vn, l3_label, tags, lseq)
     entry = RouteEntry(
-        afi, AFI_SAFI[afi], address, (nh,), mac, etag, vn, seq, lp, med, sgs, sub
+        afi, AFI_SAFI[afi], address, (nh,), mac, etag, vn, seq, lp, med, sgs, sub,
+        group.strip(), source.strip(), flags,
     )
     return entry, end
 

@@ -230,7 +230,8 @@ def analyse(hdr: AgentHeader, frame: bytes | memoryview, routes: RouteView) -> F
     reverse_nh = key_nh
     nh = routes.nexthop(out_nh)
     if nh is not None and nh.get("nhr_type") == C.NH_ENCAP:
-        vif = routes.interface(int(nh.get("nhr_encap_oif_id", -1)))
+        oifs = nh.get("nhr_encap_oif_id") or [-1]
+        vif = routes.interface(int(oifs[0]))
         if vif is not None and vif.get("vifr_type") == C.VIF_TYPE_VIRTUAL:
             reverse_nh = int(vif.get("vifr_nh_id", key_nh))
     elif nh is not None and nh.get("nhr_type") not in (C.NH_TUNNEL, C.NH_RCV, C.NH_RESOLVE):
