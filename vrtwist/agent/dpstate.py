@@ -174,6 +174,11 @@ class DatapathModel:
         self._vrfs: dict[str, _Vrf] = {}
         self._ports: dict[str, _PortIds] = {}
         self._tunnels: dict[tuple[str, str], tuple[int, int]] = {}  # (dip, encap) -> nh, refs
+        #: remote node fabric address -> its fabric MAC, as resolved by ARP on the fabric
+        #: (the destination of the tunnel next hops' Ethernet rewrite; zeros until known)
+        self.fabric_macs: dict[str, bytes] = {}
+        #: the receive next hop of this node's fabric address in VRF 0 (decapsulation)
+        self.fabric_rcv_nh = 0
         self._remote: dict[tuple[str, str, int], tuple[list[Key], tuple[str, str]]] = {}
         self._remote_count: dict[str, int] = {}  # VRF name -> routes in self._remote
         self._adopted: dict[str, Adopted] = {}
@@ -212,6 +217,57 @@ class DatapathModel:
             "vifr_transport": C.VIF_TRANSPORT_SOCKET, "vifr_vrf": 0,
             "vifr_mac": list(VROUTER_MAC), "vifr_mtu": self.mtu, "vifr_flags": 0,
         })
+        if self.fabric_ip not in ("", "0.0.0.0"):
+            self._fabric_receive()
+
+    def _fabric_receive(self) -> None:
+        """VRF 0: this node's fabric address is a receive next hop, so tunnel packets sent
+        to it are decapsulated (the label or VNI then picks the VM), and the datapath
+        answers ARP for it on the fabric (proxy flag: there is no host interface here to
+        answer, the fabric vif's MAC is the answer)."""
+        self.fabric_rcv_nh = nh = self.nhs.alloc()
+        self._set((NH, nh), "vr_nexthop_req", {
+            "nhr_id": nh, "nhr_type": C.NH_RCV, "nhr_family": C.AF_INET, "nhr_vrf": 0,
+            "nhr_encap_oif_id": AGENT_VIF, "nhr_flags": C.NH_FLAG_VALID})
+        k = _inet_key(0, self.fabric_ip, 32)
+        self._set(k, "vr_route_req", _route_fields(k, nh, 0, C.VR_RT_ARP_PROXY_FLAG, None))
+
+    def fabric_mac(self) -> bytes:
+        """The fabric interface's MAC (vif 0), source of everything sent on the fabric."""
+        return bytes(self.desired[(VIF, self.fabric_vif)][1]["vifr_mac"])
+
+    def tunnelDestinations(self) -> set[str]:
+        """Fabric addresses of the remote nodes some tunnel next hop leads to (the ARP
+        resolver keeps their MACs)."""
+        return {dip for dip, _encap in self._tunnels}
+
+    def setFabricMac(self, address: str, mac: bytes | None) -> None:
+        """The fabric MAC of remote node ``address`` (None: forgotten): every tunnel next
+        hop to it is rewritten with that Ethernet destination."""
+        if mac is None:
+            if self.fabric_macs.pop(address, None) is None:
+                return
+        else:
+            if len(mac) != 6:
+                raise ValueError(f"fabric MAC of {address} is not 6 bytes")
+            if self.fabric_macs.get(address) == mac:
+                return
+            self.fabric_macs[address] = mac
+        keys: list[Key] = []
+        encap = list(self._tunnel_encap(address))
+        for (dip, _encap), (nh, _refs) in self._tunnels.items():
+            if dip == address:
+                # a new fields dict: the synchroniser compares it with what it applied
+                name, fields = self.desired[(NH, nh)]
+                self.desired[(NH, nh)] = (name, {**fields, "nhr_encap": encap})
+                keys.append((NH, nh))
+        if keys:
+            self._notify(keys)
+
+    def _tunnel_encap(self, dip: str) -> bytes:
+        """Ethernet rewrite of a tunnel to ``dip``: its resolved MAC (zeros until then),
+        from the fabric MAC."""
+        return self.fabric_macs.get(dip, bytes(6)) + self.fabric_mac() + b"\x08\x00"
 
     def _set(self, key: Key, name: str, fields: dict[str, Any]) -> None:
         self.desired[key] = (name, fields)
@@ -698,7 +754,7 @@ class DatapathModel:
             desired[(NH, nh)] = ("vr_nexthop_req", {
                 "nhr_id": nh, "nhr_type": C.NH_TUNNEL, "nhr_family": C.AF_INET, "nhr_vrf": 0,
                 "nhr_encap_oif_id": self.fabric_vif,
-                "nhr_encap": list(bytes(6) + VROUTER_MAC + b"\x08\x00"),
+                "nhr_encap": list(self._tunnel_encap(nexthop)),
                 "nhr_tun_sip": host_u32(self.fabric_ip), "nhr_tun_dip": dip,
                 "nhr_flags": C.NH_FLAG_VALID | flag})
             keys = [(NH, nh)]
@@ -709,11 +765,15 @@ class DatapathModel:
             self._tunnels[tkey] = (nh, tunnel[1] + 1)
         vrf_id = v.vrf_id
         rk: Key = (ROUTE, fam, vrf_id, packed, plen)
+        # A remote VM is reached routed: its label is an L3 label (the far node pops it
+        # onto the VM's L3 next hop), so the datapath answers ARP for it with the vif's
+        # (VRRP) MAC, the VM sends to its gateway MAC and the packet is routed into the
+        # tunnel. No stitched MAC: that would answer with the remote VM's MAC and bridge.
         desired[rk] = ("vr_route_req", {
             "rtr_vrf_id": vrf_id, "rtr_family": fam, "rtr_prefix": list(packed),
             "rtr_prefix_len": plen, "rtr_nh_id": nh, "rtr_label": label,
-            "rtr_label_flags": C.VR_RT_LABEL_VALID_FLAG,
-            "rtr_mac": list(rmac) if rmac else []})
+            "rtr_label_flags": C.VR_RT_LABEL_VALID_FLAG | C.VR_RT_ARP_PROXY_FLAG,
+            "rtr_mac": []})
         keys.append(rk)
         if rmac is not None:
             bk: Key = (ROUTE, C.AF_BRIDGE, vrf_id, rmac)

@@ -822,8 +822,28 @@ def _info(route: Any) -> LocalRouteInfo:
     )
 
 
+ENCAPSULATIONS = ("udp", "gre", "vxlan")
+
+
+def parse_encap(text: str) -> tuple[str, ...]:
+    """``--encap``: encapsulations in order of preference, comma separated (``udp`` is
+    MPLSoUDP, ``gre`` MPLSoGRE); ValueError names what is wrong."""
+    names = tuple(n.strip().lower() for n in str(text).split(",") if n.strip())
+    if not names:
+        raise ValueError("--encap needs at least one of udp, gre, vxlan")
+    bad = [n for n in names if n not in ENCAPSULATIONS]
+    if bad:
+        raise ValueError(f"--encap: {', '.join(bad)} not one of udp, gre, vxlan")
+    if len(set(names)) != len(names):
+        raise ValueError("--encap lists an encapsulation twice")
+    return names
+
+
 #: Options ``twistd vrouter`` can add to its ``optParameters`` for the link.
 LINK_OPT_PARAMETERS: list[list[Any]] = [
+    ["encap", None, None, "encapsulations this node advertises and prefers, in order "
+     "(udp = MPLSoUDP, gre = MPLSoGRE, vxlan), e.g. gre or udp,gre; default udp,gre "
+     "advertised and udp,gre,vxlan preferred", parse_encap],
     ["xmpp-hold-time", None, DEFAULT_HOLD_TIME, "XMPP hold time in seconds (1..90)",
      check_hold_time],
     ["xmpp-stale-time", None, DEFAULT_STALE_TIME,
@@ -845,6 +865,14 @@ def linkKwargsFromOptions(options: Any) -> dict[str, Any]:
     for key in ("xmpp-cert", "xmpp-key", "xmpp-ca"):
         if get(key, None):
             kwargs[key.replace("-", "_")] = get(key)
+    encap = get("encap", None)
+    if encap:
+        # advertise only these; among what a peer advertises take the first of these,
+        # then the default order (a peer may offer none of ours)
+        encap = parse_encap(",".join(encap)) if not isinstance(encap, str) else parse_encap(encap)
+        kwargs["encapsulations"] = encap
+        kwargs["encap_priority"] = encap + tuple(
+            e for e in DEFAULT_ENCAP_PRIORITY if e not in encap)
     return kwargs
 
 

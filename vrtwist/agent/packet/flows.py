@@ -162,16 +162,76 @@ def _text(addr: bytes) -> str:
     return str(ipaddress.IPv4Address(addr))
 
 
-def analyse(hdr: AgentHeader, frame: bytes | memoryview, routes: RouteView) -> FlowDecision:
-    """The flow pair for a trapped IPv4 packet; raises PacketError for what is not one."""
+#: UDP destination ports of MPLSoUDP (the IANA port and the vRouter's own) and of VXLAN
+_MPLS_UDP_PORTS: Final = frozenset({6635, 51234})
+_VXLAN_PORT: Final = 4789
+_GRE: Final = 47
+
+
+def _mpls_payload(frame: bytes | memoryview, at: int) -> int:
+    """Offset of the IPv4 header under the MPLS label stack at ``at`` (an L2 label's
+    payload is an Ethernet frame: its IPv4 header then)."""
+    for _ in range(2):
+        if len(frame) - at < 4:
+            raise PacketError("truncated MPLS header")
+        word = int.from_bytes(frame[at : at + 4], "big")
+        at += 4
+        if word & 0x100:  # bottom of stack
+            break
+    else:
+        raise PacketError("MPLS label stack deeper than two")
+    if len(frame) > at and frame[at] >> 4 == 4:
+        return at
+    eth = Ethernet.parse(frame, at)
+    if eth.ethertype != ETH_P_IP:
+        raise PacketError("tunnelled frame is not IPv4")
+    return at + eth.length
+
+
+def tunnel_payload(frame: bytes | memoryview, l3: int, ip: IPv4) -> int | None:
+    """Offset of the inner IPv4 header of a tunnel packet (MPLSoGRE, MPLSoUDP, VXLAN)
+    whose outer IPv4 header is at ``l3``; None when it is not a tunnel packet."""
+    l4 = l3 + ip.header_length
+    if ip.is_fragment:
+        return None
+    if ip.proto == _GRE and len(frame) - l4 >= 4:
+        flags = int.from_bytes(frame[l4 : l4 + 2], "big")
+        if flags & ~0xA000 or int.from_bytes(frame[l4 + 2 : l4 + 4], "big") != 0x8847:
+            return None
+        return _mpls_payload(frame, l4 + 4 + 4 * bool(flags & 0x8000) + 4 * bool(flags & 0x2000))
+    if ip.proto == IPPROTO_UDP and len(frame) - l4 >= 8:
+        dport = int.from_bytes(frame[l4 + 2 : l4 + 4], "big")
+        if dport in _MPLS_UDP_PORTS:
+            return _mpls_payload(frame, l4 + 8)
+        if dport == _VXLAN_PORT:
+            eth = Ethernet.parse(frame, l4 + 16)
+            if eth.ethertype != ETH_P_IP:
+                raise PacketError("VXLAN frame is not IPv4")
+            return l4 + 16 + eth.length
+    return None
+
+
+def analyse(hdr: AgentHeader, frame: bytes | memoryview, routes: RouteView,
+            fabric: tuple[int, bytes] | None = None) -> FlowDecision:
+    """The flow pair for a trapped IPv4 packet; raises PacketError for what is not one.
+
+    ``fabric`` is (fabric vif, this node's fabric address): a packet trapped from the
+    fabric to that address is a tunnel packet, trapped with its outer headers; its flow
+    is the inner packet's (in the VRF and with the key next hop the trap names)."""
     eth = Ethernet.parse(frame)
     if eth.ethertype != ETH_P_IP:
         raise PacketError("flow trap of a non-IPv4 packet")
-    ip = IPv4.parse(frame, eth.length)
+    l3 = eth.length
+    ip = IPv4.parse(frame, l3)
+    if fabric is not None and hdr.ifindex == fabric[0] and ip.dst == fabric[1]:
+        inner = tunnel_payload(frame, l3, ip)
+        if inner is not None:
+            l3 = inner
+            ip = IPv4.parse(frame, l3)
     if ip.is_fragment and ip.frag & 0x1FFF:
         raise PacketError("non-first fragment")
-    l4 = eth.length + ip.header_length
-    sport, dport = _ports(frame, ip.proto, l4, min(len(frame), eth.length + ip.total_length))
+    l4 = l3 + ip.header_length
+    sport, dport = _ports(frame, ip.proto, l4, min(len(frame), l3 + ip.total_length))
     key_nh = hdr.param_1
     vrf = hdr.vrf
     forward = FlowKey(_text(ip.src), _text(ip.dst), ip.proto, sport, dport, key_nh)
@@ -232,6 +292,8 @@ class FlowSetup:
     now: Callable[[], float]
     age: float = DEFAULT_AGE
     counters: FlowCounters = field(default_factory=FlowCounters)
+    #: (fabric vif, fabric address) -> tunnel packets trapped from the fabric are parsed
+    fabric: Callable[[], tuple[int, bytes] | None] | None = None
     _pending: set[tuple[int, int]] = field(default_factory=set)
     pairs: dict[int, _Pair] = field(default_factory=dict)
 
@@ -249,7 +311,8 @@ class FlowSetup:
             c.busy += 1
             return None
         try:
-            decision = analyse(hdr, frame, self.routes)
+            decision = analyse(hdr, frame, self.routes,
+                               self.fabric() if self.fabric is not None else None)
         except PacketError:
             c.malformed += 1
             return None

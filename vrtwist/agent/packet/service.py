@@ -10,6 +10,7 @@ datapath, and ages the flows it created from the shared-memory statistics.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import os
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -24,7 +25,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from vrtwist.access import SocketAccess
-from vrtwist.agent.dpstate import VIF, DatapathModel
+from vrtwist.agent.dpstate import NH, VIF, DatapathModel
+from vrtwist.agent.packet.arp import FabricResolver
 from vrtwist.agent.packet.flows import FlowSetup, RouteView
 from vrtwist.agent.packet.services import Announcer, PacketServices, VmPort
 from vrtwist.ksync.client import KsyncClientProtocol
@@ -133,7 +135,11 @@ class AgentPacketService(MultiService):
         if flow_age is not None:
             self.flows.age = flow_age
         mac = vhost_mac or (lambda: bytes(model.desired[(VIF, model.fabric_vif)][1]["vifr_mac"]))
-        self.packet_services = PacketServices(self.vm_port, self.endpoint.send_switch, mac, self.flows)
+        self.flows.fabric = self._fabric_address
+        self.resolver = FabricResolver(reactor, self._send_fabric, self._fabric_source,
+                                       model.setFabricMac)
+        self.packet_services = PacketServices(self.vm_port, self.endpoint.send_switch, mac,
+                                              self.flows, fabric_arp=self._fabric_arp)
         self.endpoint.handler = self.packet_services
         self.announcer = Announcer(reactor, self.endpoint.send_switch)
         self._aging = LoopingCall(self._age)
@@ -151,11 +157,28 @@ class AgentPacketService(MultiService):
             port.plen, port.gateway, port.dns_server, port.display_name, port.tx_vlan_id,
         )  # fmt: skip
 
+    def _send_fabric(self, frame: bytes) -> bool:
+        return bool(self.endpoint.send_switch(self.model.fabric_vif, 0, frame))
+
+    def _fabric_source(self) -> tuple[bytes, bytes]:
+        return self.model.fabric_mac(), ipaddress.IPv4Address(self.model.fabric_ip).packed
+
+    def _fabric_address(self) -> tuple[int, bytes] | None:
+        if self.model.fabric_ip in ("", "0.0.0.0"):
+            return None
+        return self.model.fabric_vif, ipaddress.IPv4Address(self.model.fabric_ip).packed
+
+    def _fabric_arp(self, ifindex: int, frame: memoryview) -> None:
+        if ifindex == self.model.fabric_vif:
+            self.resolver.received(frame)
+
     def _changed(self, keys: Iterable[Any]) -> None:
         keys = list(keys)
         self.routes.changed(keys)
         if not self.running:
             return
+        if any(key[0] == NH for key in keys):
+            self.resolver.wanted(self.model.tunnelDestinations())
         for key in keys:
             if key[0] != VIF:
                 continue
@@ -174,6 +197,7 @@ class AgentPacketService(MultiService):
             self._log.error("pkt0: cannot bind {path}: {e}", path=self.transport.local_path, e=e)
             raise
         self._aging.start(AGE_SCAN_INTERVAL, now=False)
+        self.resolver.wanted(self.model.tunnelDestinations())
 
     def _age(self) -> None:
         if not self.flows.pairs:
@@ -197,6 +221,7 @@ class AgentPacketService(MultiService):
         if self._aging.running:
             self._aging.stop()
         self.announcer.stop()
+        self.resolver.stop()
         self.transport.stop()
         if self._view is not None:
             self._view.close()
