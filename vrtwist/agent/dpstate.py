@@ -179,6 +179,10 @@ class DatapathModel:
         self.fabric_macs: dict[str, bytes] = {}
         #: the receive next hop of this node's fabric address in VRF 0 (decapsulation)
         self.fabric_rcv_nh = 0
+        #: (dip, encap) -> tunnel next-hop id found in the datapath at start-up: the
+        #: first route through that tunnel takes the id again, so the flows the datapath
+        #: kept (their RPF next hop) stay valid across an agent restart
+        self._adopted_tunnels: dict[tuple[str, str], int] = {}
         self._remote: dict[tuple[str, str, int], tuple[list[Key], tuple[str, str]]] = {}
         self._remote_count: dict[str, int] = {}  # VRF name -> routes in self._remote
         self._adopted: dict[str, Adopted] = {}
@@ -307,6 +311,14 @@ class DatapathModel:
     def adopt(self, system_name: str, ids: Adopted) -> None:
         """Remember ids found in the datapath for a TAP so its port keeps them."""
         self._adopted[system_name] = ids
+
+    def adopt_tunnel(self, dip: str, encap: str, nh_id: int, mac: bytes) -> None:
+        """A tunnel next hop found in the datapath at start-up: its id is kept for the
+        routes learnt again, and its resolved MAC is used until ARP refreshes it."""
+        if self.nhs.reserve(nh_id):  # now, before a VRF or port could be given it
+            self._adopted_tunnels[(dip, encap)] = nh_id
+        if len(mac) == 6 and any(mac):
+            self.fabric_macs.setdefault(dip, bytes(mac))
 
     def vrf_id_of(self, vn_id: str) -> int | None:
         """The VRF id of a virtual network, if it has local ports."""
@@ -750,7 +762,8 @@ class DatapathModel:
         tunnel = self._tunnels.get(tkey)
         keys: list[Key]
         if tunnel is None:
-            nh = self.nhs.alloc()
+            adopted_nh = self._adopted_tunnels.pop(tkey, None)
+            nh = adopted_nh if adopted_nh is not None else self.nhs.alloc()
             desired[(NH, nh)] = ("vr_nexthop_req", {
                 "nhr_id": nh, "nhr_type": C.NH_TUNNEL, "nhr_family": C.AF_INET, "nhr_vrf": 0,
                 "nhr_encap_oif_id": self.fabric_vif,

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
+import sys
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -112,6 +114,17 @@ def fields_of(obj: Any) -> dict[str, Any]:
     """A Sandesh object as a dict of its fields."""
     spec = SPECS_BY_NAME[type(obj).__name__]
     return {f.name: getattr(obj, f.name) for f in spec.fields}
+
+
+def _tunnel_encap(flags: int) -> str | None:
+    """The encapsulation name of a tunnel next hop's flags (as ``addRemoteRoute`` takes it)."""
+    if flags & C.NH_FLAG_TUNNEL_UDP_MPLS:
+        return "udp"
+    if flags & C.NH_FLAG_TUNNEL_GRE:
+        return "gre"
+    if flags & C.NH_FLAG_TUNNEL_VXLAN:
+        return "vxlan"
+    return None
 
 
 def owned(key: Key, name: str, fields: dict[str, Any]) -> bool:
@@ -384,6 +397,14 @@ class DatapathSync:
                 vif=idx, vrf_id=vrf, l3_nh=l3, l2_nh=l2, label=label_of.get(l3),
                 rcv_nh=rcv, resolve_nh=res))
             count += 1
+        for key, (_name, f) in present.items():
+            if key[0] == NH and f.get("nhr_type") == C.NH_TUNNEL:
+                encap = _tunnel_encap(int(f.get("nhr_flags", 0)))
+                if encap is not None:
+                    dip = socket.inet_ntoa(int(f.get("nhr_tun_dip", 0)).to_bytes(
+                        4, sys.byteorder))
+                    self.model.adopt_tunnel(dip, encap, key[1],
+                                            bytes(list(f.get("nhr_encap") or [])[:6]))
         self.applied = owned_subset(present, ((VIF, AGENT_VIF), (VIF, self.model.fabric_vif)))
         self._log.info("datapath holds {n} agent object(s); {vifs} interface(s) adopted",
                        n=len(self.applied), vifs=count)

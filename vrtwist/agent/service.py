@@ -85,6 +85,8 @@ class AgentService(MultiService):
         self.table = table
         if self.controllers:
             self._attach_controller()
+            if self.link is not None:
+                self.link.holdEndOfRib()  # until the port files are replayed
         sync = self._make_sync()
         if sync is not None:
             self.sync = sync
@@ -97,6 +99,8 @@ class AgentService(MultiService):
         added, skipped = table.replay()
         self._log.info("replayed {added} port(s) from {dir}, skipped {skipped}",
                        added=added, dir=str(store.ports_dir), skipped=len(skipped))
+        if self.link is not None:
+            self.link.localRoutesReady()
         if sync is not None:
             sync.start()
         self.api = PortApi(table, self._programmed if sync is not None else None,

@@ -504,6 +504,10 @@ class ControllerLink(MultiService):
         self._seq = 0
         self._stale_call: IDelayedCall | None = None
         self._ready_waiters: list[Deferred[None]] = []
+        #: False while the agent is still replaying its ports: End-of-RIB waits, or the
+        #: control node would sweep the routes of a restarting agent it keeps stale
+        self.local_routes_complete = True
+        self._eor_pending = False
         self.client = ClientService(
             self.endpoint,
             _SessionFactory(self),
@@ -670,7 +674,10 @@ class ControllerLink(MultiService):
         out.extend(self._vm_subscribe(vm, True) for vm in self._vm_ports)
         for info in self._local.values():
             out.extend(self._publish(info, True))
-        out.append(build_eor_iq_pair(self.hostname))
+        if self.local_routes_complete:
+            out.append(build_eor_iq_pair(self.hostname))
+        else:
+            self._eor_pending = True
         session.send(b"".join(out))
         waiters, self._ready_waiters = self._ready_waiters, []
         for d in waiters:
@@ -728,6 +735,19 @@ class ControllerLink(MultiService):
             self.remote.retract(vrf, family, update.retracts)
         else:
             self.remote.reach(vrf, family, update.items)
+
+    def holdEndOfRib(self) -> None:
+        """The agent is (re)starting: send End-of-RIB only at :meth:`localRoutesReady`."""
+        self.local_routes_complete = False
+
+    def localRoutesReady(self) -> None:
+        """Every local route is known (the port files were replayed): send End-of-RIB
+        now if a session is up and was waiting for it, and at once on later sessions."""
+        self.local_routes_complete = True
+        session = self._live()
+        if self._eor_pending and session is not None:
+            session.send(build_eor_iq_pair(self.hostname))
+        self._eor_pending = False
 
     def whenReady(self) -> Deferred[None]:
         """Fires when the next (or current) session is established."""
