@@ -185,6 +185,10 @@ class DatapathSync:
         self._route_lens: dict[tuple[int, int], set[int]] = {}
         self._applied: dict[Key, tuple[str, dict[str, Any]]] = {}
         self.dirty: set[Key] = set()
+        #: what the controller taught the previous agent (tunnel next hops, routes and
+        #: bridge entries through them), found at adoption: kept, not deleted as stale,
+        #: until the controller has sent its routes again (``release_learnt``)
+        self.retained: set[Key] = set()
         self.errors: dict[Key, str] = {}
         self._running = False
         self._started = 0  # batches of requests started / answered
@@ -266,6 +270,17 @@ class DatapathSync:
             self.dirty.update(self.model.desired)
             self.dirty.update(self.applied)
             self._kick()
+
+    def release_learnt(self) -> None:
+        """The controller's routes are back (End-of-RIB, or its stale time passed): what
+        the previous agent learnt and no one wants any more is deleted now."""
+        if not self.retained:
+            return
+        keys, self.retained = self.retained, set()
+        self.dirty.update(k for k in keys if k not in self.model.desired)
+        self._log.info("learnt routes re-synchronised: {n} kept object(s) checked",
+                       n=len(keys))
+        self._kick()
 
     def whenIdle(self) -> Deferred[None]:
         """Fires once nothing is left to send or unanswered (or immediately)."""
@@ -397,6 +412,12 @@ class DatapathSync:
                 vif=idx, vrf_id=vrf, l3_nh=l3, l2_nh=l2, label=label_of.get(l3),
                 rcv_nh=rcv, resolve_nh=res))
             count += 1
+        tunnels = {k[1] for k, (_n, f) in present.items()
+                   if k[0] == NH and f.get("nhr_type") == C.NH_TUNNEL}
+        self.retained = {k for k, (_n, f) in present.items()
+                         if (k[0] == NH and k[1] in tunnels)
+                         or (k[0] == ROUTE and k[2] >= 1
+                             and int(f.get("rtr_nh_id", 0)) in tunnels)}
         for key, (_name, f) in present.items():
             if key[0] == NH and f.get("nhr_type") == C.NH_TUNNEL:
                 encap = _tunnel_encap(int(f.get("nhr_flags", 0)))
@@ -425,7 +446,7 @@ class DatapathSync:
             kind = key[0]
             rank = (3 if key[1] == C.AF_BRIDGE else 4) if kind == ROUTE else RANK[kind]
             if want is None:
-                if have is not None:
+                if have is not None and key not in self.retained:
                     ops.append((5 - rank, "del", key, have[0], have[1]))
                 continue
             name, fields = want

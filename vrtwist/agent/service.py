@@ -63,6 +63,7 @@ class AgentService(MultiService):
         self.rest_port: IListeningPort | None = None
         self.packets: AgentPacketService | None = None
         self.ready: Deferred[None] = Deferred()
+        self._release_timer: Any = None
 
     def startService(self) -> None:
         super().startService()
@@ -91,6 +92,7 @@ class AgentService(MultiService):
         if sync is not None:
             self.sync = sync
             await sync.prepare()  # external datapath: dump, adopt ids
+            self._release_learnt_when_synced(sync.sync)
         self.packets = AgentPacketService(self.reactor, self.run_dir, self.model,
                                           local_datapath=self.local_datapath,
                                           access=self.access)
@@ -112,6 +114,22 @@ class AgentService(MultiService):
         self.rest_port = await endpoint.listen(bounded_site(site, self.reactor, "rest"))
         self._log.info("REST port API listening on {addr}", addr=self.rest_port.getHost())
         self.ready.callback(None)
+
+    def _release_learnt_when_synced(self, dsync: Any) -> None:
+        """Routes the previous agent learnt stay in the datapath (traffic to other nodes
+        keeps flowing) until the controller has sent them again: End-of-RIB, or the
+        stale time without one; with no controller, at once."""
+        if self.link is None or not dsync.retained:
+            dsync.release_learnt()
+            return
+        timer = self.reactor.callLater(self.link.stale_time, dsync.release_learnt)
+        self._release_timer = timer
+
+        def synced() -> None:
+            if timer.active():
+                timer.cancel()
+            dsync.release_learnt()
+        self.link.on_routes_synced.append(synced)
 
     def _programmed(self) -> Deferred[None]:
         """The datapath has what was changed so far, or PROGRAM_WAIT seconds passed (the
@@ -175,6 +193,8 @@ class AgentService(MultiService):
         self.link = link
 
     async def _stop(self) -> None:
+        if self._release_timer is not None and self._release_timer.active():
+            self._release_timer.cancel()
         if self.rest_port is not None:
             stopping = self.rest_port.stopListening()
             if stopping is not None:

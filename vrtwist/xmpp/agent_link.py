@@ -508,6 +508,9 @@ class ControllerLink(MultiService):
         #: control node would sweep the routes of a restarting agent it keeps stale
         self.local_routes_complete = True
         self._eor_pending = False
+        #: called at each End-of-RIB from the control node and when the stale timer
+        #: expires: the learnt routes are as complete as they will get
+        self.on_routes_synced: list[Callable[[], None]] = []
         self.client = ClientService(
             self.endpoint,
             _SessionFactory(self),
@@ -711,6 +714,7 @@ class ControllerLink(MultiService):
         n = self.remote.sweepStale()
         if n:
             self._log.info("stale timer expired: {n} learnt routes removed", n=n)
+        self._routes_synced()
 
     def endOfRibReceived(self) -> None:
         self.end_of_ribs += 1
@@ -720,6 +724,11 @@ class ControllerLink(MultiService):
         n = self.remote.sweepStale()
         if n:
             self._log.info("End-of-RIB: {n} stale routes not re-advertised were removed", n=n)
+        self._routes_synced()
+
+    def _routes_synced(self) -> None:
+        for fn in list(self.on_routes_synced):
+            fn()
 
     def routesReceived(self, update: RouteUpdate) -> None:
         vrf = self._from_wire.get(update.vrf, update.vrf)
