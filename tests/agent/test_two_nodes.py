@@ -150,3 +150,29 @@ class RestartTests(LabCase):
         # each other across the fabric (new flows are set up again)
         self.assertEqual(n1.tool("vif", "--list").count("Virtual:"), before.count("Virtual:"))
         self.ping(2, 4)
+
+
+class ControllerLossTests(LabCase):
+    """Graceful restart: a node that loses its control node keeps what it learnt."""
+
+    def test_control_node_killed(self) -> None:
+        """kill -9 the control node: both nodes keep their tunnels and learnt routes for
+        ``--xmpp-stale-time``, new flows across the fabric are still set up, a TCP stream
+        crosses, and a VM renewing its lease gets the same address (DHCP is the agent's)."""
+        self.bring_up()
+        self.ping(1, 3)
+        control = self.lab.control
+        assert control is not None
+        control.kill(signal.SIGKILL)
+        for node in (self.n1, self.n2):
+            assert node.agent is not None
+            node.agent.wait_log("learnt routes kept stale", 20)
+        self.ping(2, 4)  # a new flow pair on both nodes, no controller
+        self.ping(3, 1)
+        self.stream(4, 2, total=STREAM // 4)
+        vm = self.vms[0]
+        vm.run("dhclient", "-r", "-lf", f"{self.dir}/{vm.ns}.leases",
+               "-pf", f"{self.dir}/{vm.ns}.pid", vm.guest, check=False)
+        self.assertIn(f"inet {vm.ip}/{PLEN}", vm.dhcp(self.dir))
+        for node, other in ((self.n1, self.n2), (self.n2, self.n1)):
+            self.assertIn(f"Dip:{other.fabric_ip}", node.tool("nh", "--list"))
