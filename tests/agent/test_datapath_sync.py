@@ -153,6 +153,32 @@ class ProgrammingTests(SynchronousTestCase):
         self.assertIsNone(route(self.dp, vrf, "10.9.0.1", 32))
         self.assertIsNotNone(route(self.dp, vrf, a["ip-address"], 32))
 
+    def test_vxlan_vnis_follow_the_ports(self) -> None:
+        """With VXLAN on, each port's label is also a VNI leading to its VRF's translate
+        next hop; the port's delete removes it, the VRF's last port the next hop; a VXLAN
+        tunnel carries routed packets to the VRRP MAC (L3 VXLAN)."""
+        m = self.agent.model
+        m.vxlan = True
+        m.fabric_ip = "192.0.2.1"
+        a, b = port_body(1), port_body(2)
+        self.agent.call("POST", "/port", [a, b])
+        ids = m.port_ids(a["id"])
+        nh = self.dp.tables.vxlan[ids["label"]]
+        self.assertEqual((nh.type, nh.family, nh.vrf), (C.NH_VRF_TRANSLATE, C.AF_BRIDGE,
+                                                         ids["vrf"]))
+        self.assertIs(self.dp.tables.vxlan[m.port_ids(b["id"])["label"]], nh)
+        m.addRemoteRoute(m.vrfNames()[0], "10.9.0.1", 32, "192.0.2.2", 40, encap="vxlan")
+        tunnel = route(self.dp, ids["vrf"], "10.9.0.1", 32).nh
+        self.assertTrue(tunnel.flags & C.NH_FLAG_TUNNEL_VXLAN and tunnel.flags & C.NH_FLAG_L3_VXLAN)
+        self.assertEqual(bytes(tunnel.rw_dst_mac), bytes.fromhex("00005e000100"))
+        m.deleteRemoteRoute(m.vrfNames()[0], "10.9.0.1", 32)
+        self.agent.call("DELETE", f"/port/{a['id']}")
+        self.assertNotIn(ids["label"], self.dp.tables.vxlan)
+        self.agent.call("DELETE", f"/port/{b['id']}")
+        self.assertEqual(dict(self.dp.tables.vxlan), {})
+        self.assertEqual(self.agent.sync.errors, {})
+        self.assertEqual(len(m.nhs), 0)  # every next-hop id given back
+
     def test_allocator_round_robin(self) -> None:
         a = IdAllocator("x", 1, 4)
         self.assertEqual([a.alloc(), a.alloc()], [1, 2])

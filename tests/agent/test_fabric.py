@@ -281,10 +281,10 @@ class FabricArpDispatchTests(SynchronousTestCase):
         self.assertEqual(services.counters.arp, 2)
 
 
-def fabric_node(fabric_ip: str, mac: bytes, ports: list[Any]) -> Node:
+def fabric_node(fabric_ip: str, mac: bytes, ports: list[Any], vxlan: bool = False) -> Node:
     """A packet-service ``Node`` with a fabric address and MAC, a resolver, and flow setup
     that parses tunnel packets; the datapath follows every change of the model."""
-    node = Node(fabric_ip, ports, mac)
+    node = Node(fabric_ip, ports, mac, vxlan)
     node.resolver = FabricResolver(  # type: ignore[attr-defined]
         node.clock, lambda f: node.agent_end.send_switch(0, 0, f),
         lambda: (mac, _ip(fabric_ip)), node.model.setFabricMac)
@@ -299,8 +299,13 @@ class TwoNodeTests(SynchronousTestCase):
     joined back to back; each learns the other's VM route as a controller would give it."""
 
     def setUp(self) -> None:
-        self.a = fabric_node("192.0.2.1", MAC_A, [port(1, "10.1.1.3"), port(2, "10.1.1.4")])
-        self.b = fabric_node("192.0.2.2", MAC_B, [port(3, "10.1.1.5"), port(4, "10.1.1.6")])
+        self.nodes()
+
+    def nodes(self, vxlan: bool = False) -> None:
+        self.a = fabric_node("192.0.2.1", MAC_A, [port(1, "10.1.1.3"), port(2, "10.1.1.4")],
+                             vxlan)
+        self.b = fabric_node("192.0.2.2", MAC_B, [port(3, "10.1.1.5"), port(4, "10.1.1.6")],
+                             vxlan)
 
     def pump(self) -> None:
         """Move what each node sent on its fabric vif to the other, until quiet."""
@@ -352,6 +357,53 @@ class TwoNodeTests(SynchronousTestCase):
 
     def test_mpls_over_gre(self) -> None:
         self.ping_across("gre")
+
+    def test_vxlan(self) -> None:
+        """VXLAN: the label is the VNI; the routed packet travels as a frame to the VRRP
+        MAC (EVPN type 5), is bridged into the VRF by the VNI's VRF-translate next hop and
+        routed again to the VM."""
+        self.nodes(vxlan=True)
+        self.ping_across("vxlan")
+
+
+class PathMtuTests(SynchronousTestCase):
+    def test_too_big_for_the_tunnel_gets_frag_needed(self) -> None:
+        """A DF packet too big for VXLAN over the fabric: the datapath traps it
+        (cut to its first bytes) and the agent answers the VM with ICMP 3/4 and the MTU
+        that leaves room for the tunnel and inner Ethernet headers; that size then fits."""
+        t = TwoNodeTests("test_vxlan")
+        t.nodes(vxlan=True)
+        t.learn("vxlan")
+        t.pump()
+        a = t.a
+        vm1 = a.vif_of(1)
+
+        def echo(size: int) -> bytes:
+            ip = IPv4(_ip("10.1.1.3"), _ip("10.1.1.5"), IPPROTO_ICMP, 28 + size, 1, 64,
+                      frag=0x4000)
+            body = bytearray(bytes((8, 0, 0, 0, 0, 7, 0, 1)) + bytes(size))
+            return Ethernet(VRRP, bytes.fromhex("020000000001"), ETH_P_IP).pack() + \
+                ip.pack() + bytes(body)
+
+        a.world.pipeline.receive(vm1, echo(1472))
+        (err,) = a.world.out.on(vm1)
+        self.assertEqual(a.world.out.on(0), [])
+        eth = Ethernet.parse(err)
+        ip = IPv4.parse(err, 14)
+        self.assertEqual((eth.dst, ip.dst, ip.proto), (bytes.fromhex("020000000001"),
+                                                        _ip("10.1.1.3"), IPPROTO_ICMP))
+        icmp = err[34:]
+        mtu = int.from_bytes(icmp[6:8], "big")
+        # the datapath's port MTU is the vif's less its Ethernet header (1486 here)
+        port_mtu = a.world.dp.tables.interfaces[0].mtu - 14
+        self.assertEqual((icmp[0], icmp[1], mtu), (3, 4, port_mtu - 36 - 14))
+        quoted = IPv4.parse(icmp, 8)  # the quoted header (as routed: TTL 63)
+        self.assertEqual((quoted.src, quoted.dst, quoted.total_length, quoted.ttl),
+                         (_ip("10.1.1.3"), _ip("10.1.1.5"), 1500, 63))
+        a.world.out.frames.clear()
+        a.world.pipeline.receive(vm1, echo(mtu - 28))
+        (wire,) = a.world.out.on(0)
+        self.assertEqual(len(wire), 14 + port_mtu)
 
 
 class EncapOptionTests(SynchronousTestCase):

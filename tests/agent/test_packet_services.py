@@ -70,11 +70,12 @@ class Node:
     """One node: the real pipeline, the agent's model and services, pkt0 in memory."""
 
     def __init__(self, fabric_ip: str = "192.0.2.1", ports: list[Port] | None = None,
-                 fabric_mac: bytes | None = None) -> None:
+                 fabric_mac: bytes | None = None, vxlan: bool = False) -> None:
         self.world = World()
         dp = self.world.dp
         self.fabric_ip = fabric_ip
         self.model = DatapathModel(fabric_ip=fabric_ip, fabric_name="nonexistent0")
+        self.model.vxlan = vxlan
         if fabric_mac is not None:  # as read from the fabric device
             name, fields = self.model.desired[(VIF, 0)]
             self.model.desired[(VIF, 0)] = (name, {**fields, "vifr_mac": list(fabric_mac)})
@@ -97,7 +98,7 @@ class Node:
         self.agent_end.handler = self.services
 
     def apply(self) -> None:
-        order = {"vif": 0, "nh": 1, "mpls": 2, "route": 3}
+        order = {"vif": 0, "nh": 1, "mpls": 2, "vxlan": 2, "route": 3}
         def rank(kv: Any) -> tuple[int, int]:
             key = kv[0]
             return order[key[0]], -key[1] if key[0] == "route" else 0  # bridge entries first

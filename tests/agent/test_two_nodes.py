@@ -123,6 +123,12 @@ class TwoNodesTests(LabCase):
         self.walkthrough("--encap", "gre")
         self.assertIn("MPLSoGRE", self.n1.tool("nh", "--list"))
 
+    def test_vxlan(self) -> None:
+        self.walkthrough("--encap", "vxlan")
+        nhs = self.n1.tool("nh", "--list")
+        self.assertIn("Vxlan", nhs)
+        self.assertNotIn("MPLSo", nhs)
+
 
 
 class RestartTests(LabCase):

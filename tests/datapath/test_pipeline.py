@@ -482,6 +482,22 @@ class MtuTests(SynchronousTestCase):
         self.assertEqual(len(frame), D.AGENT_MIN_PACKET_LEN)
         self.assertEqual(w.out.frames, [])
 
+    def test_df_into_l3_vxlan_counts_the_inner_ethernet_header(self) -> None:
+        """A routed packet into L3 VXLAN gets an inner Ethernet header: the MTU the trap
+        reports leaves room for it (else the sender's next try is still too big)."""
+        w = self.w
+        w.tunnel_nh(21, 0, C.NH_FLAG_TUNNEL_VXLAN, extra_flags=C.NH_FLAG_L3_VXLAN,
+                    nhr_rw_dst_mac=mac("00:00:5e:00:01:00"))
+        w.route("2.2.2.3", 32, 21, label=48)
+        w.pipeline.receive(1, udp_frame(dip="2.2.2.3", payload=bytes(300), frag=IPv4_DF))
+        ((_vif, _vrf, code, param, _p1, _, _frame),) = w.trap.traps
+        self.assertEqual((code, param), (D.TRAP_HANDLE_DF, 200 - 36 - 14))
+        # a packet of exactly that size goes through, in one frame
+        fits = udp_frame(dip="2.2.2.3", payload=bytes(param - 28), frag=IPv4_DF)
+        w.pipeline.receive(1, fits)
+        (out,) = w.out.on(0)
+        self.assertEqual(len(out), 14 + 200)
+
     def test_df_clear_fragments_inner(self) -> None:
         w = self.w
         payload = bytes(range(256)) + bytes(44)

@@ -47,8 +47,8 @@ VM_VIF_FLAGS = (C.VIF_FLAG_POLICY_ENABLED | C.VIF_FLAG_L3_ENABLED | C.VIF_FLAG_L
                 | C.VIF_FLAG_DHCP_ENABLED)
 
 # kinds, in the order objects must be added (deletes run in reverse)
-VIF, NH, MPLS, ROUTE = "vif", "nh", "mpls", "route"
-RANK = {VIF: 0, NH: 1, MPLS: 2, ROUTE: 3}
+VIF, NH, MPLS, VXLAN, ROUTE = "vif", "nh", "mpls", "vxlan", "route"
+RANK = {VIF: 0, NH: 1, MPLS: 2, VXLAN: 2, ROUTE: 3}
 
 Key = tuple[Any, ...]
 
@@ -121,6 +121,9 @@ class _Vrf:
     #: the L2 flood (multicast composite) next hop of ff:ff:ff:ff:ff:ff: the VRF's local
     #: VMs; through it the datapath answers broadcast ARP requests by proxy
     flood_nh: int = 0
+    #: with VXLAN: the VRF-translate next hop every local VNI points at (the inner frame
+    #: is bridged in this VRF: to the VRRP MAC, so routed to the VM)
+    vxlan_nh: int = 0
     # VRF-wide route key -> reference count (gateway/DNS/subnet routes shared by ports)
     shared: dict[Key, int] = field(default_factory=dict)
 
@@ -188,6 +191,9 @@ class DatapathModel:
         self._adopted: dict[str, Adopted] = {}
         self._gateways: dict[str, tuple[str, int, int, list[Key]]] = {}
         self._os_index = os_index or _if_index
+        #: VXLAN in use (``--encap`` lists it): each port's label is also a VNI, and
+        #: tunnels to other nodes in VXLAN carry routed packets as EVPN type-5 frames
+        self.vxlan = False
         self.listeners: list[Callable[[Iterable[Key]], None]] = []
         self.controller: IControllerLink | None = None
         self._batch_depth = 0
@@ -342,6 +348,11 @@ class DatapathModel:
                  pkt0_nh=self._take_nh(None), flood_nh=self._flood_id(vrf_id))
         self._vrfs[name] = v
         self._set_flood(v)
+        if self.vxlan:
+            v.vxlan_nh = self._take_nh(None)
+            self._set((NH, v.vxlan_nh), "vr_nexthop_req", {
+                "nhr_id": v.vxlan_nh, "nhr_type": C.NH_VRF_TRANSLATE,
+                "nhr_family": C.AF_BRIDGE, "nhr_vrf": vrf_id, "nhr_flags": C.NH_FLAG_VALID})
         self._set((NH, v.pkt0_nh), "vr_nexthop_req", {
             "nhr_id": v.pkt0_nh, "nhr_type": C.NH_ENCAP, "nhr_family": C.AF_INET,
             "nhr_vrf": vrf_id, "nhr_encap_oif_id": AGENT_VIF,
@@ -397,6 +408,8 @@ class DatapathModel:
         self.nhs.free(v.l2rcv_nh)
         self.nhs.free(v.pkt0_nh)
         self.nhs.free(v.flood_nh)
+        if v.vxlan_nh:
+            self.nhs.free(v.vxlan_nh)
         self.vrf_ids.free(v.vrf_id)
         return keys
 
@@ -452,6 +465,10 @@ class DatapathModel:
         keys += [(NH, l3), (NH, l2)]
         self._set((MPLS, label), "vr_mpls_req", {"mr_label": label, "mr_nhid": l3})
         keys.append((MPLS, label))
+        if v.vxlan_nh:
+            self._set((VXLAN, label), "vr_vxlan_req",
+                      {"vxlanr_vnid": label, "vxlanr_nhid": v.vxlan_nh})
+            keys.append((VXLAN, label))
         # the route carries the VM's MAC: the datapath answers ARP for it by proxy
         route_flags = C.VR_RT_LABEL_VALID_FLAG | C.VR_RT_ARP_PROXY_FLAG
         if port.ip_address:
@@ -769,7 +786,10 @@ class DatapathModel:
                 "nhr_encap_oif_id": self.fabric_vif,
                 "nhr_encap": list(self._tunnel_encap(nexthop)),
                 "nhr_tun_sip": host_u32(self.fabric_ip), "nhr_tun_dip": dip,
-                "nhr_flags": C.NH_FLAG_VALID | flag})
+                "nhr_flags": C.NH_FLAG_VALID | flag,
+                # VXLAN carries Ethernet: a routed packet goes in as an EVPN type-5 frame
+                # to the VRRP MAC, which the far node's VRF routes again
+                **({"nhr_rw_dst_mac": list(VROUTER_MAC)} if encap == "vxlan" else {})})
             keys = [(NH, nh)]
             self._tunnels[tkey] = (nh, 1)
         else:
@@ -839,7 +859,7 @@ class DatapathModel:
 
 #: Tunnel next-hop flag of each encapsulation name.
 _ENCAP_FLAGS = {"udp": C.NH_FLAG_TUNNEL_UDP_MPLS, "gre": C.NH_FLAG_TUNNEL_GRE,
-                "vxlan": C.NH_FLAG_TUNNEL_VXLAN}
+                "vxlan": C.NH_FLAG_TUNNEL_VXLAN | C.NH_FLAG_L3_VXLAN}
 
 
 def parse_prefix(prefix: str, plen: int) -> tuple[int, bytes, str]:
@@ -898,8 +918,11 @@ def _vrrp_key(vrf: int) -> Key:
 def _vrf_base_keys(v: _Vrf) -> list[Key]:
     """What every VRF has: receive, resolve, L2-receive and agent next hops, and the VRRP
     MAC's bridge entry."""
-    return [(NH, v.rcv_nh), (NH, v.resolve_nh), (NH, v.l2rcv_nh), (NH, v.pkt0_nh),
-            (NH, v.flood_nh), _vrrp_key(v.vrf_id), _bcast_key(v.vrf_id)]
+    keys: list[Key] = [(NH, v.rcv_nh), (NH, v.resolve_nh), (NH, v.l2rcv_nh), (NH, v.pkt0_nh),
+                       (NH, v.flood_nh), _vrrp_key(v.vrf_id), _bcast_key(v.vrf_id)]
+    if v.vxlan_nh:
+        keys.append((NH, v.vxlan_nh))
+    return keys
 
 
 def _inet_key(vrf: int, addr: str, plen: int) -> Key:

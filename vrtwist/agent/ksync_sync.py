@@ -36,6 +36,7 @@ from vrtwist.agent.dpstate import (
     RANK,
     ROUTE,
     VIF,
+    VXLAN,
     Adopted,
     DatapathModel,
     Key,
@@ -54,10 +55,11 @@ COMPARED = {
     "vr_nexthop_req": ("nhr_type", "nhr_family", "nhr_vrf", "nhr_encap_oif_id", "nhr_encap",
                        "nhr_tun_dip"),
     "vr_mpls_req": ("mr_nhid",),
+    "vr_vxlan_req": ("vxlanr_nhid",),
     "vr_route_req": ("rtr_nh_id", "rtr_label"),
 }
 _KEY_FIELD = {"vr_interface_req": "vifr_idx", "vr_nexthop_req": "nhr_id",
-              "vr_mpls_req": "mr_label", "vr_route_req": None}
+              "vr_mpls_req": "mr_label", "vr_vxlan_req": "vxlanr_vnid", "vr_route_req": None}
 _OP_FIELD = "h_op"
 
 
@@ -104,6 +106,8 @@ def key_of(name: str, obj: Any) -> Key:
         return (NH, int(obj.nhr_id))
     if name == "vr_mpls_req":
         return (MPLS, int(obj.mr_label))
+    if name == "vr_vxlan_req":
+        return (VXLAN, int(obj.vxlanr_vnid))
     fam = int(obj.rtr_family)
     if fam == C.AF_BRIDGE:
         return (ROUTE, fam, int(obj.rtr_vrf_id), _norm(obj.rtr_mac))
@@ -134,7 +138,7 @@ def owned(key: Key, name: str, fields: dict[str, Any]) -> bool:
         return bool(key[1] >= FIRST_VM_VIF)
     if kind == NH:
         return bool(fields.get("nhr_vrf", 0) >= 1 or fields.get("nhr_type") == C.NH_TUNNEL)
-    if kind == MPLS:
+    if kind == MPLS or kind == VXLAN:
         return bool(key[1] >= FIRST_LABEL)
     return bool(key[2] >= 1)
 
@@ -307,6 +311,8 @@ class DatapathSync:
         req = dict(fields, h_op=C.OP_DUMP)
         if name == "vr_route_req":
             pass
+        elif name == "vr_vxlan_req":
+            req.setdefault("vxlanr_vnid", 0)  # the VNI is the marker, 0 = from the start
         else:
             req.setdefault({"vr_interface_req": "vifr_marker", "vr_nexthop_req": "nhr_marker",
                             "vr_mpls_req": "mr_marker"}[name], -1)
@@ -324,6 +330,8 @@ class DatapathSync:
                 req["nhr_marker"] = int(last.nhr_id)
             elif name == "vr_mpls_req":
                 req["mr_marker"] = int(last.mr_label)
+            elif name == "vr_vxlan_req":
+                req["vxlanr_vnid"] = int(last.vxlanr_vnid)
             elif int(fields.get("rtr_family", 0)) == C.AF_BRIDGE:
                 req["rtr_mac"] = list(last.rtr_mac)
             else:
@@ -366,7 +374,10 @@ class DatapathSync:
         self.tables = await self.read_tables()
         present: dict[Key, tuple[str, dict[str, Any]]] = {}
         vrfs: set[int] = set()
-        for name in ("vr_interface_req", "vr_nexthop_req", "vr_mpls_req"):
+        names = ["vr_interface_req", "vr_nexthop_req", "vr_mpls_req"]
+        if self.model.vxlan:
+            names.append("vr_vxlan_req")
+        for name in names:
             for obj in await self.dump(name, {}):
                 f = fields_of(obj)
                 present[key_of(name, obj)] = (name, f)

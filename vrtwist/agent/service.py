@@ -56,6 +56,8 @@ class AgentService(MultiService):
         self.local_datapath = local_datapath
         self.link_kwargs = link_kwargs or {}
         self.model = DatapathModel(fabric_ip=fabric_ip, fabric_name=fabric or "fabric0")
+        # with VXLAN among the encapsulations, every port's label is also its VNI
+        self.model.vxlan = "vxlan" in self.link_kwargs.get("encapsulations", ())
         self.table: PortTable | None = None
         self.api: PortApi | None = None
         self.sync: Any = None
