@@ -25,12 +25,14 @@ from vrtwist.agent.packet.arp import (
     FabricResolver,
     resolve_request,
 )
-from vrtwist.agent.packet.flows import FlowSetup, analyse, tunnel_payload
+from vrtwist.agent.packet.flows import AUDIT_TIMEOUT, FlowSetup, analyse, tunnel_payload
+from vrtwist.agent.packet.service import held_indices
 from vrtwist.agent.packet.services import PacketServices, VmPort
 from vrtwist.datapath import constants as C
 from vrtwist.packet.headers import ARP, ETH_P_ARP, ETH_P_IP, IPPROTO_ICMP, Ethernet, IPv4
 from vrtwist.pkt0 import constants as K
 from vrtwist.pkt0.codec import AgentHeader
+from vrtwist.shmem import layout as L
 from vrtwist.xmpp.agent_link import linkKwargsFromOptions, parse_encap
 
 from .test_packet_services import VRRP, Node, icmp_echo, port
@@ -404,6 +406,49 @@ class PathMtuTests(SynchronousTestCase):
         a.world.pipeline.receive(vm1, echo(mtu - 28))
         (wire,) = a.world.out.on(0)
         self.assertEqual(len(wire), 14 + port_mtu)
+
+
+class HoldAuditTests(SynchronousTestCase):
+    def test_orphan_hold_entry_is_deleted_and_the_flow_recovers(self) -> None:
+        """A flow's first packet trapped while the agent is away leaves a HOLD entry the
+        datapath never traps again; the audit deletes it after AUDIT_TIMEOUT, and the
+        next packet of the flow makes a new entry that the agent sets up."""
+        n = Node()
+        flows, world = n.flows, n.world
+        handler = n.agent_end.handler
+        n.agent_end.handler = None  # the agent is away: the trap is lost
+        echo = icmp_echo(bytes.fromhex("020000000001"), "10.1.1.3", "10.1.1.4")
+        world.pipeline.receive(n.vif_of(1), echo)
+        n.agent_end.handler = handler
+        (held,) = held_indices(world.flows.buf)
+        self.assertEqual(world.out.on(n.vif_of(2)), [])
+        read = world.flows.entry
+        self.assertEqual(flows.audit_pass(held_indices(world.flows.buf), read), [])
+        n.clock.advance(AUDIT_TIMEOUT - 0.5)
+        self.assertEqual(flows.audit_pass(held_indices(world.flows.buf), read), [])
+        n.clock.advance(0.5)
+        (d,) = flows.audit_pass(held_indices(world.flows.buf), read)
+        self.assertEqual(self.successResultOf(d)[0], 0)
+        self.assertEqual(flows.counters.audited, 1)
+        self.assertEqual(held_indices(world.flows.buf), [])
+        self.assertFalse(read(held).action == L.ACTION_HOLD and read(held).flags
+                         & L.FLAG_ACTIVE)
+        # the next packet: a new entry, trapped, set up, delivered
+        world.pipeline.receive(n.vif_of(1), echo)
+        self.assertEqual(len(world.out.on(n.vif_of(2))), 1)
+        self.assertEqual(flows.counters.pairs, 1)
+
+    def test_entries_being_set_up_or_forwarding_are_left_alone(self) -> None:
+        n = Node()
+        echo = icmp_echo(bytes.fromhex("020000000001"), "10.1.1.3", "10.1.1.4")
+        n.world.pipeline.receive(n.vif_of(1), echo)  # set up at once: FORWARD
+        active = [i for i in range(n.world.flows.ht.total)
+                  if n.world.flows.entry(i).flags & L.FLAG_ACTIVE]
+        self.assertEqual(len(active), 2)
+        for _ in range(3):
+            n.clock.advance(AUDIT_TIMEOUT)
+            self.assertEqual(n.flows.audit_pass(active, n.world.flows.entry), [])
+        self.assertEqual(n.flows.counters.audited, 0)
 
 
 class EncapOptionTests(SynchronousTestCase):

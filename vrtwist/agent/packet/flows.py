@@ -57,6 +57,9 @@ __all__ = [
 DEFAULT_AGE: Final = 180.0
 #: flow setups in flight at once; more traps wait for the datapath to re-trap (HOLD)
 MAX_IN_FLIGHT: Final = 4096
+#: a HOLD entry unchanged this long has no setup coming (``kAuditTimeout``): its trap was
+#: lost, e.g. while the agent was away; the datapath never traps it again by itself
+AUDIT_TIMEOUT: Final = 5.0
 
 DR_NO_SRC_ROUTE: Final = 0x04
 DR_NO_DST_ROUTE: Final = 0x05
@@ -269,6 +272,7 @@ class FlowCounters:
     stale: int = 0
     aged: int = 0
     evicted: int = 0
+    audited: int = 0
 
 
 @dataclass
@@ -296,6 +300,8 @@ class FlowSetup:
     fabric: Callable[[], tuple[int, bytes] | None] | None = None
     _pending: set[tuple[int, int]] = field(default_factory=set)
     pairs: dict[int, _Pair] = field(default_factory=dict)
+    #: HOLD entries seen by the audit: index -> (generation, first seen)
+    _holds: dict[int, tuple[int, float]] = field(default_factory=dict)
 
     _log = Logger()
 
@@ -369,6 +375,39 @@ class FlowSetup:
         else:
             self.counters.failed += 1
             self._log.warn("flow setup refused by the datapath: {code}", code=code)
+
+    def audit_pass(self, held: Iterable[int],
+                   read: Callable[[int], Any]) -> list[Deferred[tuple[int, Any]]]:
+        """One audit pass over the HOLD entries (``held``: their indices).
+
+        An entry still HOLD with the same generation ``AUDIT_TIMEOUT`` after it was first
+        seen, and not being set up, is deleted (its held packets are dropped): the next
+        packet of that flow makes a new entry, which the datapath traps. This is how
+        flows whose trap never reached this agent (it was restarting) recover.
+        """
+        now = self.now()
+        out: list[Deferred[tuple[int, Any]]] = []
+        seen: dict[int, tuple[int, float]] = {}
+        for index in held:
+            entry = read(index)
+            if entry is None or entry.action != L.ACTION_HOLD:
+                continue
+            gen = entry.gen_id
+            if (index, gen) in self._pending:
+                continue
+            first = self._holds.get(index)
+            if first is None or first[0] != gen:
+                seen[index] = (gen, now)
+                continue
+            if now - first[1] < AUDIT_TIMEOUT:
+                seen[index] = first
+                continue
+            self.counters.audited += 1
+            key = FlowKey(entry.sip, entry.dip, entry.proto, entry.sport, entry.dport,
+                          entry.nh_id)
+            out.append(self.channel(self._request(key, index, gen, L.ACTION_DROP, 0)))
+        self._holds = seen
+        return out
 
     def age_pass(self, read: Callable[[int], Any]) -> list[Deferred[tuple[int, Any]]]:
         """One aging pass over the pairs this agent created.

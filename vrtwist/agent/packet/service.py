@@ -38,6 +38,8 @@ __all__ = ["AgentPacketService", "KsyncFlowChannel", "LocalFlowChannel"]
 
 #: how often the flows this agent created are checked for idleness
 AGE_SCAN_INTERVAL = 1.0
+#: how often the flow table is scanned for HOLD entries no setup is coming for
+AUDIT_SCAN_INTERVAL = 2.5
 
 
 def _flow_response(objects: Iterable[Any]) -> Any:
@@ -144,6 +146,8 @@ class AgentPacketService(MultiService):
         self.announcer = Announcer(reactor, self.endpoint.send_switch)
         self._aging = LoopingCall(self._age)
         self._aging.clock = reactor
+        self._audit = LoopingCall(self._audit_holds)
+        self._audit.clock = reactor
         self._view: Any = None
         model.listeners.append(self._changed)
 
@@ -197,6 +201,7 @@ class AgentPacketService(MultiService):
             self._log.error("pkt0: cannot bind {path}: {e}", path=self.transport.local_path, e=e)
             raise
         self._aging.start(AGE_SCAN_INTERVAL, now=False)
+        self._audit.start(AUDIT_SCAN_INTERVAL, now=False)
         self.resolver.wanted(self.model.tunnelDestinations())
 
     def _age(self) -> None:
@@ -217,9 +222,17 @@ class AgentPacketService(MultiService):
                 return None
         return self._view
 
+    def _audit_holds(self) -> None:
+        view = self._flow_view()
+        if view is None:
+            return
+        self.flows.audit_pass(held_indices(view.map), view.get)
+
     def stopService(self) -> Deferred[None]:
         if self._aging.running:
             self._aging.stop()
+        if self._audit.running:
+            self._audit.stop()
         self.announcer.stop()
         self.resolver.stop()
         self.transport.stop()
@@ -227,3 +240,24 @@ class AgentPacketService(MultiService):
             self._view.close()
             self._view = None
         return super().stopService()  # type: ignore[no-any-return]
+
+
+def held_indices(table: Any) -> list[int]:
+    """Indices of the active HOLD entries of a flow table mapping, from two strided reads
+    (flags and action columns), without decoding any entry."""
+    from vrtwist.shmem import layout as L
+
+    mv = memoryview(table)
+    try:
+        n = len(mv) // L.FLOW_ENTRY_SIZE
+        words = mv[: n * L.FLOW_ENTRY_SIZE].cast("H")
+        try:
+            step = L.FLOW_ENTRY_SIZE // 2
+            flags = words[L.OFF_FE_FLAGS // 2 :: step].tolist()
+            actions = words[L.OFF_FE_ACTION // 2 :: step].tolist()
+        finally:
+            words.release()
+    finally:
+        mv.release()
+    return [i for i, (f, a) in enumerate(zip(flags, actions, strict=True))
+            if f & L.FLAG_ACTIVE and a == L.ACTION_HOLD]
