@@ -12,10 +12,17 @@ bridge route per MAC; static neighbours in A and B). Measured in the same run:
 * UDP: 64-byte frames (18-byte payload) A -> B as fast as one Python sender can, packets
   per second received in B.
 
-Goals: TCP >= 1/4 of the bridge; >= 100,000 small packets/s through one datapath
-process. Needs root and ``ip``; every name starts with ``--prefix``; all is removed after.
+``--two-nodes`` adds two "compute nodes" X and Y (namespaces joined by a fabric veth,
+A behind X, B behind Y): one ``vrouter-dp`` per node bridging over MPLSoUDP (fabric vif,
+vhost vif, RCV next hop for the node's address, label 128 -> L2 ENCAP to the VM vif, a
+tunnel next hop and a labelled bridge route to the other VM), against the kernel's own
+VXLAN device + bridge on the same veths; TCP only, VM MTU 1400 in both.
 
-Usage: python bench/bench_ports.py [--seconds S] [--runs N] [--prefix P]
+Goals: TCP >= 1/4 of the bridge; >= 100,000 small packets/s through one datapath
+process; across two nodes TCP >= 1/8 of the kernel's VXLAN. Needs root and ``ip``;
+every name starts with ``--prefix``; all is removed after.
+
+Usage: python bench/bench_ports.py [--seconds S] [--runs N] [--prefix P] [--two-nodes]
 """
 
 from __future__ import annotations
@@ -232,15 +239,175 @@ def vrtwist(world: World) -> Iterator[int]:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
+FX, FY = "02:79:00:00:00:0a", "02:79:00:00:00:0b"
+IPX, IPY = "192.168.79.1", "192.168.79.2"
+
+
+class TwoNodes(World):
+    """VM namespaces A and B on two "nodes" X and Y joined by a fabric veth fx <-> fy."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__(prefix)
+        self.x, self.y = prefix + "x", prefix + "y"
+
+    def __enter__(self) -> TwoNodes:
+        for ns in (self.a, self.b, self.x, self.y):
+            sh("ip", "netns", "add", ns)
+            self.made.append(ns)
+            for key in ("all", "default"):
+                sh(
+                    "ip",
+                    "netns",
+                    "exec",
+                    ns,
+                    "sysctl",
+                    "-qw",
+                    f"net.ipv6.conf.{key}.disable_ipv6=1",
+                )
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+        sh("ip", "-n", self.x, "link", "add", "fx", "mtu", "9000", "type", "veth", "peer", "name",
+           "fy", "mtu", "9000", "netns", self.y)  # fmt: skip
+        for node, dev, mac in ((self.x, "fx", FX), (self.y, "fy", FY)):
+            sh("ip", "-n", node, "link", "set", dev, "address", mac)
+            sh("ip", "-n", node, "link", "set", dev, "up")
+        for ns, node, side, mac, ip, other_ip, other_mac in (
+            (self.a, self.x, "va", MAC_A, IP_A, IP_B, MAC_B),
+            (self.b, self.y, "vb", MAC_B, IP_B, IP_A, MAC_A),
+        ):
+            sh("ip", "-n", node, "link", "add", side, "type", "veth", "peer", "name", "eth0",
+               "netns", ns)  # fmt: skip
+            sh("ip", "-n", node, "link", "set", side, "up")
+            sh("ip", "-n", ns, "link", "set", "eth0", "address", mac, "mtu", "1400")
+            sh("ip", "-n", ns, "addr", "add", ip + "/24", "dev", "eth0")
+            sh("ip", "-n", ns, "link", "set", "eth0", "up")
+            sh("ip", "-n", ns, "neigh", "replace", other_ip, "lladdr", other_mac, "dev", "eth0")
+        return self
+
+
+@contextmanager
+def kernel_vxlan(world: TwoNodes) -> Iterator[None]:
+    for node, dev, me, peer, side in ((world.x, "fx", IPX, IPY, "va"),
+                                      (world.y, "fy", IPY, IPX, "vb")):  # fmt: skip
+        sh("ip", "-n", node, "addr", "add", me + "/24", "dev", dev)
+        sh("ip", "-n", node, "link", "add", "vx", "type", "vxlan", "id", "42", "local", me,
+           "remote", peer, "dstport", "4789", "dev", dev)  # fmt: skip
+        sh("ip", "-n", node, "link", "add", "br0", "type", "bridge")
+        for port in ("vx", side):
+            sh("ip", "-n", node, "link", "set", port, "master", "br0")
+        for port in ("vx", "br0"):
+            sh("ip", "-n", node, "link", "set", port, "up")
+    try:
+        yield
+    finally:
+        for node, dev in ((world.x, "fx"), (world.y, "fy")):
+            sh("ip", "-n", node, "link", "del", "br0", check=False)
+            sh("ip", "-n", node, "link", "del", "vx", check=False)
+            sh("ip", "-n", node, "addr", "flush", "dev", dev, check=False)
+
+
+def _node_config(me_dev: str, me_mac: str, peer_mac: str, me_ip: str, peer_ip: str,
+                 vm_dev: str, vm_mac: str, remote_vm_mac: str) -> list[tuple[str, ...]]:  # fmt: skip
+    """One compute node: fabric vif 0, vhost 1, VM vif 3 in VRF 1, MPLSoUDP label 128."""
+    return [
+        ("vif", "--add", me_dev, "--type", "physical", "--id", "0", "--mac", me_mac),
+        ("vif", "--add", "vhost0", "--type", "vhost", "--id", "1", "--xconnect", me_dev,
+         "--mac", me_mac),
+        ("vif", "--add", vm_dev, "--type", "virtual", "--id", "3", "--vrf", "1", "--mac",
+         "00:00:5e:00:01:00"),
+        ("nh", "--create", "1", "--type", "1", "--oif", "1"),
+        ("rt", "-c", "-v", "0", "-f", "0", "-p", me_ip, "-l", "32", "-n", "1"),
+        ("nh", "--create", "32", "--type", "2", "--oif", "3", "--l2"),
+        ("mpls", "--create", "128", "--nh", "32"),
+        ("rt", "-c", "-v", "1", "-f", "1", "-e", vm_mac, "-n", "32"),
+        ("nh", "--create", "20", "--type", "3", "--oif", "0", "--udp", "--smac", me_mac,
+         "--dmac", peer_mac, "--sip", me_ip, "--dip", peer_ip),
+        # -x 2: VR_BE_LABEL_VALID_FLAG; -t sets only the inet LABEL_VALID bit (0x1), so
+        # the bridge entry gets flags 3, as the vtest bridge tunnel files give it
+        ("rt", "-c", "-v", "1", "-f", "1", "-e", remote_vm_mac, "-n", "20", "-t", "128",
+         "-x", "2"),
+    ]  # fmt: skip
+
+
+@contextmanager
+def vrtwist_nodes(world: TwoNodes) -> Iterator[list[int]]:
+    bindir = os.path.dirname(sys.executable)
+    twistd = os.path.join(bindir, "twistd")
+    procs: list[subprocess.Popen[bytes]] = []
+    dirs: list[str] = []
+    try:
+        for node, config in (
+            (world.x, _node_config("fx", FX, FY, IPX, IPY, "va", MAC_A, MAC_B)),
+            (world.y, _node_config("fy", FY, FX, IPY, IPX, "vb", MAC_B, MAC_A)),
+        ):
+            run_dir = tempfile.mkdtemp(prefix=world.p)
+            dirs.append(run_dir)
+            log = os.path.join(run_dir, "vrouter-dp.log")
+            procs.append(subprocess.Popen(
+                ["ip", "netns", "exec", node, twistd, "-n", "--pidfile=", "--logfile", log,
+                 "vrouter-dp", "--run-dir", run_dir, "--flow-entries", "4096",
+                 "--bridge-entries", "4096"],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            ))  # fmt: skip
+            deadline = time.monotonic() + 30
+            while not os.path.exists(os.path.join(run_dir, "dpdk_netlink")):
+                if procs[-1].poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("vrouter-dp did not start; see " + log)
+                time.sleep(0.05)
+            for tool, *args in config:  # in the node: vif resolves device names there
+                sh("ip", "netns", "exec", node, os.path.join(bindir, tool), "--sock-dir",
+                   run_dir, *args)  # fmt: skip
+        yield [p.pid for p in procs]
+    finally:
+        for proc in procs:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for run_dir in dirs:
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def measure_tcp(world: World, seconds: float) -> float:
+    n, span, _ = _pair(world, TCP_SERVER, TCP_CLIENT, seconds)
+    return n * 8 / span / 1e6 if span > 0 else 0.0
+
+
+def two_nodes(prefix: str, seconds: float, runs: int) -> None:
+    kernel: list[float] = []
+    ours: list[float] = []
+    with TwoNodes(prefix) as world:
+        for _ in range(runs):
+            with kernel_vxlan(world):
+                kernel.append(measure_tcp(world, seconds))
+            with vrtwist_nodes(world):
+                try:
+                    ours.append(measure_tcp(world, seconds))
+                except RuntimeError as e:
+                    print("vrtwist run failed:", e)
+                    ours.append(0.0)
+    k, v = statistics.median(kernel), statistics.median(ours)
+    print("two nodes, TCP Mbit/s: kernel VXLAN %.0f, vrtwist MPLSoUDP %.0f" % (k, v))
+    print("TCP ratio vrtwist/kernel: %.3f (goal >= 0.125)" % (v / k if k else 0.0))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float, default=5.0, help="per measurement")
     p.add_argument("--runs", type=int, default=1, help="medians over this many runs")
     p.add_argument("--prefix", default="ptb%d" % (os.getpid() % 10000), help="name prefix")
+    p.add_argument(
+        "--two-nodes",
+        action="store_true",
+        help="also: two nodes over MPLSoUDP vs the kernel's VXLAN device (TCP)",
+    )
     args = p.parse_args(argv)
     if os.geteuid() != 0:
         print("bench_ports: needs root (network namespaces and veths)")
         return 2
+    if args.two_nodes:
+        two_nodes(args.prefix + "t", args.seconds, args.runs)
     rows: dict[str, list[Row]] = {"bridge": [], "vrtwist": []}
     with World(args.prefix) as world:
         for _ in range(args.runs):

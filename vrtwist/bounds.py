@@ -33,10 +33,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.interfaces import IAddress, IDelayedCall, IProtocol, IReactorTime
-from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from zope.interface import Interface
+
+from vrtwist.logfields import Logger
 
 __all__ = [
     "HTTP_LIMITS",

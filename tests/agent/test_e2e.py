@@ -143,10 +143,23 @@ class AgentDownTests(TestCase):
         d = tempdir(self)
         json_dir = os.path.join(d, "ports")
         b = port_body(5)
+        # no file to write: the port is lost, and the script says so (exit 1)
+        r = port_control(*control_args(1, json_dir, b, "--no_persist"))
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("--no_persist: nothing was saved, the port is not added", r.stdout + r.stderr)
+        # a directory no agent reads: said too, and nothing pretends otherwise
+        elsewhere = os.path.join(d, "elsewhere")
+        r = port_control(*control_args(1, elsewhere, b))
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("an agent reads <state-dir>/ports/ only", r.stdout + r.stderr)
+        os.unlink(os.path.join(elsewhere, b["id"]))
         r = port_control(*control_args(1, json_dir, b))  # nothing listens on port 1
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertTrue(os.path.isfile(os.path.join(json_dir, b["id"])))
-        # ... and an agent started later on that state directory picks it up
+        # the message names the exact --state-dir whose agent adds it ...
+        self.assertIn(f"the agent adds the port when it starts with --state-dir {d}",
+                      r.stdout + r.stderr)
+        # ... and an agent started later with that state directory does
         run_dir = os.path.join(d, "run")
         agent = Twistd(d, "vrouter", agent_args(run_dir, d, "--no-tap-check"), "agent")
         self.addCleanup(agent.stop)

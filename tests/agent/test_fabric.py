@@ -248,12 +248,12 @@ class TunnelParseTests(SynchronousTestCase):
         hdr = AgentHeader(0, 1, K.AGENT_TRAP_FLOW_MISS, 5, 3)
         d = analyse(hdr, frame, routes, (0, _ip("192.0.2.1")))
         self.assertEqual((d.forward.sip, d.forward.dip, d.forward.proto, d.forward.nh_id),
-                         ("10.1.1.9", "10.1.1.3", IPPROTO_ICMP, 3))
+                         (_ip("10.1.1.9"), _ip("10.1.1.3"), IPPROTO_ICMP, 3))
         # not from the fabric vif, or not to this node: the outer packet is the flow
         for hdr2, fabric in ((AgentHeader(4, 1, K.AGENT_TRAP_FLOW_MISS, 5, 3),
                               (0, _ip("192.0.2.1"))), (hdr, (0, _ip("192.0.2.77"))), (hdr, None)):
             d = analyse(hdr2, frame, routes, fabric)
-            self.assertEqual((d.forward.sip, d.forward.dip), ("192.0.2.2", "192.0.2.1"))
+            self.assertEqual((d.forward.sip, d.forward.dip), (_ip("192.0.2.2"), _ip("192.0.2.1")))
 
     def test_bad_tunnel_packets_are_malformed(self) -> None:
         routes = self.routes()

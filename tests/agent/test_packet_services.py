@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
@@ -17,13 +16,14 @@ from zope.interface import implementer
 from vrtwist.agent.dpstate import AGENT_VIF, VIF, DatapathModel
 from vrtwist.agent.model import Port
 from vrtwist.agent.packet.flows import FlowSetup, RouteView
+from vrtwist.agent.packet.service import LocalFlowChannel
 from vrtwist.agent.packet.services import Announcer, PacketServices, VmPort
 from vrtwist.datapath import constants as C
 from vrtwist.datapath.dispatcher import make
 from vrtwist.packet import dhcp as D
 from vrtwist.packet.checksum import checksum
 from vrtwist.packet.headers import ETH_P_IP, IPPROTO_ICMP, IPPROTO_UDP, UDP, Ethernet, IPv4
-from vrtwist.pkt0.endpoints import AgentEndpoint, DatapathEndpoint
+from vrtwist.pkt0.endpoints import OTHER_BUDGET, AgentEndpoint, DatapathEndpoint, TrapLimiter
 from vrtwist.pkt0.transport import IPkt0Transport
 from vrtwist.shmem import layout as L
 
@@ -93,7 +93,7 @@ class Node:
         self.dp_end.transport, self.agent_end.transport = to_agent, to_dp
         self.world.pipeline.trapper = self.dp_end
         self.routes = RouteView(self.model.desired)
-        self.flows = FlowSetup(self.routes, self.channel, self.clock.seconds)
+        self.flows = FlowSetup(self.routes, LocalFlowChannel(self.world.dp), self.clock.seconds)
         self.services = PacketServices(self.vm_port, self.agent_end.send_switch, lambda: VHOST, self.flows)
         self.agent_end.handler = self.services
 
@@ -106,12 +106,6 @@ class Node:
         for _key, (name, fields) in sorted(self.model.desired.items(), key=rank):
             reply = self.world.dp.handle(make(name, {"h_op": C.OP_ADD, **fields}))
             assert int(reply[0][0].resp_code) >= 0, (name, fields, reply[0][0].resp_code)
-
-    def channel(self, request: Any) -> Deferred[tuple[int, Any]]:
-        reply = self.world.dp.handle(request)
-        objs = [o for msg in reply for o in msg]
-        resp = next((o for o in objs if type(o).__name__ == "vr_flow_response"), None)
-        return succeed((int(reply[0][0].resp_code), resp))
 
     def vif_of(self, n: int) -> int:
         ids = self.model.port_ids(self.ports[n - 1].id)
@@ -212,3 +206,32 @@ class EndToEndTests(SynchronousTestCase):
         ann.port_down(vm.vif)
         n.clock.advance(10)
         self.assertEqual(len(sent), 8)
+
+
+class StormTests(SynchronousTestCase):
+    def test_dhcp_storm_is_budgeted_and_other_vms_unaffected(self) -> None:
+        """VM1 sends 1,000 DISCOVERs in one instant: its trap budget (a burst of 100) caps
+        what reaches the agent, the rest are dropped and counted, and VM2's request
+        right after is still answered."""
+        n = Node()
+        n.dp_end.limiter = TrapLimiter(n.clock.seconds)
+        vm1, vm2 = n.vif_of(1), n.vif_of(2)
+
+        def discover(mac: bytes, xid: int) -> bytes:
+            msg = D.DhcpMessage(1, xid, 0, D.BROADCAST_FLAG, bytes(4), bytes(4), bytes(4),
+                                bytes(4), mac, {})
+            payload = D.build(msg, [(53, b"\x01")])
+            udp = UDP(68, 67, 8 + len(payload)).pack()
+            ip = IPv4(bytes(4), b"\xff" * 4, IPPROTO_UDP, 28 + len(payload)).pack()
+            return Ethernet(b"\xff" * 6, mac, ETH_P_IP).pack() + ip + udp + payload
+
+        for i in range(1000):
+            n.world.pipeline.receive(vm1, discover(bytes.fromhex("020000000001"), i))
+        self.assertEqual(len(n.world.out.on(vm1)), OTHER_BUDGET[1])
+        self.assertEqual(n.dp_end.counters.rate_limited, 1000 - OTHER_BUDGET[1])
+        self.assertEqual(n.world.drops().get("vds_trap_no_if"), 1000 - OTHER_BUDGET[1])
+        n.world.pipeline.receive(vm2, discover(bytes.fromhex("020000000002"), 7))
+        self.assertEqual(len(n.world.out.on(vm2)), 1)
+        n.clock.advance(1)  # the budget refills
+        n.world.pipeline.receive(vm1, discover(bytes.fromhex("020000000001"), 5000))
+        self.assertEqual(len(n.world.out.on(vm1)), OTHER_BUDGET[1] + 1)

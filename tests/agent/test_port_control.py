@@ -144,6 +144,18 @@ class ArgumentTests(SynchronousTestCase):
         body = pc.port_body(ns, "u")
         self.assertFalse({"plen", "gateway", "dns-server"} & set(body))
 
+    def test_default_directory_is_the_agents(self) -> None:
+        """The script's default --port_json_path is where ``twistd vrouter`` replays from."""
+        from vrtwist.agent.service import DEFAULT_STATE_DIR
+        from vrtwist.agent.tap import Options
+
+        ns = pc.parser().parse_args(["--oper", "add", "--uuid", "u"])
+        agent = Options()
+        agent.parseOptions([])
+        self.assertEqual(agent["state-dir"], DEFAULT_STATE_DIR)
+        self.assertEqual(os.path.normpath(ns.port_json_path),
+                         os.path.join(agent["state-dir"], "ports"))
+
     def test_bad_vlan(self) -> None:
         ns = pc.parser().parse_args(["--oper", "add", "--uuid", "u", "--rx_vlan_id", "x"])
         self.assertRaises(pc.UsageFailure, pc.port_body, ns, "u")

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
 
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
@@ -195,3 +198,51 @@ class ModeTests(SynchronousTestCase):
         self.assertEqual(as_nobody("read", str(store.path_for(SAMPLE["id"]))), "EACCES")
         self.assertEqual(as_nobody("read", str(store.vm_dir / "vm-a" / SAMPLE["id"])), "EACCES")
         self.assertEqual(store.read(SAMPLE["id"])["id"], SAMPLE["id"])
+
+
+class StaleTempTests(SynchronousTestCase):
+    """A writer SIGKILLed between creating its temporary file and the rename."""
+
+    def _killed_writer(self, directory: str, uuid: str, suffix: str) -> str:
+        """A real process that creates its temp file the way the store names it, then dies."""
+        code = ("import os, sys, time\n"
+                "p = os.path.join(sys.argv[1], '.%s.%d%s' % (sys.argv[2], os.getpid(), "
+                "sys.argv[3]))\n"
+                "open(p, 'w').write('{\"half\": ')\n"
+                "print(p, flush=True)\n"
+                "time.sleep(60)\n")
+        proc = subprocess.Popen([sys.executable, "-c", code, directory, uuid, suffix],
+                                stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        path = proc.stdout.readline().strip()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        proc.stdout.close()
+        self.assertTrue(os.path.exists(path))
+        return path
+
+    def test_temp_files_of_dead_writers_go_at_start(self) -> None:
+        d = tempdir(self)
+        store = PortStore(d)
+        store.write(SAMPLE["id"], SAMPLE)
+        store.write_vm("vm1", SAMPLE["id"], SAMPLE)
+        group = self._killed_writer(str(store.ports_dir), SAMPLE["id"], ".g.tmp")
+        single = self._killed_writer(str(store.vm_dir / "vm1"), SAMPLE["id"], ".tmp")
+        # a live writer (vrouter-port-control half-way through its own write) keeps its file
+        live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        self.addCleanup(live.wait)
+        self.addCleanup(live.kill)
+        busy = store.ports_dir / f".{SAMPLE['id']}.{live.pid}.g.tmp"
+        busy.write_text("{")
+        other = store.ports_dir / ".keep-me"
+        other.write_text("not ours")
+
+        again = PortStore(d)  # the agent starting again
+
+        self.assertFalse(os.path.exists(group))
+        self.assertFalse(os.path.exists(single))
+        self.assertTrue(busy.exists())
+        self.assertTrue(other.exists())
+        # nothing else was lost: both port files replay
+        self.assertEqual([f.body["id"] for f in again.load_ports()], [SAMPLE["id"]])
+        self.assertEqual([f.body["id"] for f in again.load_vm_ports()], [SAMPLE["id"]])

@@ -55,5 +55,7 @@ class OptionsTests(SynchronousTestCase):
         agent = top.getServiceNamed("agent")
         self.assertIsInstance(agent, AgentService)
         self.assertEqual(len(list(top)), 2)  # the embedded datapath, then the agent
-        external = tap.makeService(self.parse("--run-dir", d, "--datapath", "external"))
+        # a second agent may not share the run directory (the first holds its lock)
+        external = tap.makeService(self.parse("--run-dir", tempdir(self), "--datapath",
+                                              "external"))
         self.assertEqual(len(list(external)), 1)

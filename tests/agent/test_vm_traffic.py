@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
+import time
 import urllib.request
 from typing import Any
 
@@ -159,3 +161,56 @@ class TwoVmsTests(TestCase):
         evicted = sh(os.path.join(BIN, "flow"), "--sock-dir", self.run_dir, "-l",
                      "--show-evicted").stdout
         self.assertIn("10.66.1.12:5001", evicted)
+
+    def test_flow_set_to_drop_stops_traffic_and_counts(self) -> None:
+        """UDP between the VMs flows through an agent-made flow; `flow -d` on it stops the
+        traffic, and `flow -l` shows its packet counter still moving (the drops)."""
+        vm1, vm2 = self.vms
+        wait_until(lambda: self.vif_list().count("Status: UP") >= 2 or None,
+                   "both VM vifs attached", 30)
+        for n, vm in enumerate(self.vms, 1):
+            vm.run("ip", "addr", "add", f"10.66.1.{10 + n}/24", "dev", vm.guest)
+        receiver = subprocess.Popen(
+            ["ip", "netns", "exec", vm2.ns, "python3", "-c",
+             "import socket,sys;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);"
+             "s.bind(('0.0.0.0',7001));s.settimeout(1.5)\n"
+             "while True:\n"
+             " try: d=s.recv(100)\n"
+             " except OSError: continue\n"
+             " print(d.decode(),flush=True)"],
+            stdout=subprocess.PIPE, text=True)  # fmt: skip
+        self.addCleanup(receiver.kill)
+
+        def send(tag: str, count: int) -> None:
+            vm1.run("python3", "-c",
+                    "import socket,time;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);"
+                    "s.bind(('0.0.0.0',7000))\n"
+                    f"for i in range({count}): s.sendto(b'{tag}%d'%i,('10.66.1.12',7001));"
+                    "time.sleep(0.05)")  # fmt: skip
+
+        def flow_line() -> tuple[int, int, str]:
+            """(index, packets, action) of the forward flow 10.66.1.11:7000 -> :7001."""
+            out = sh(os.path.join(BIN, "flow"), "--sock-dir", self.run_dir, "-l").stdout
+            m = re.search(r"(\d+)(?:<=>\d+)?\s+10\.66\.1\.11:7000\s.*?\n\s+10\.66\.1\.12:7001"
+                          r"\s*\n\(Gen: \d+, K\(nh\):\d+, Action:(\w+)[^,]*,.*?Stats:(\d+)/",
+                          out, re.S)
+            if m:
+                return int(m.group(1)), int(m.group(3)), m.group(2)
+            raise AssertionError("no flow for 10.66.1.11:7000 in\n" + out)
+
+        send("a", 5)
+        index, before, action = wait_until(lambda: flow_line(), "the UDP flow", 10)
+        self.assertEqual(action, "F")
+        self.assertGreaterEqual(before, 1)
+        r = sh(os.path.join(BIN, "flow"), "--sock-dir", self.run_dir, "-d", str(index),
+               check=False)  # fmt: skip
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        send("b", 5)
+        time.sleep(0.5)
+        index2, after, action = flow_line()
+        self.assertEqual((index2, action), (index, "D"))
+        self.assertGreaterEqual(after, before + 5)  # the dropped packets are counted
+        receiver.kill()
+        got = receiver.communicate()[0].split()
+        self.assertIn("a4", got)
+        self.assertFalse([x for x in got if x.startswith("b")], got)

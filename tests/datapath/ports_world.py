@@ -7,6 +7,7 @@ collide, and :class:`Devices` removes them all.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import time
@@ -33,6 +34,8 @@ def skip_reason() -> str | None:
         return "needs root (TAPs, veths and network namespaces)"
     if not os.path.exists("/dev/net/tun"):
         return "needs /dev/net/tun"
+    if shutil.which("ip") is None:
+        return "needs iproute2's ip"
     return None
 
 

@@ -161,6 +161,58 @@ class TapTests(PortTestCase):
         self.assertEqual(self.vif(3).counters["ierrors"], 0)
 
 
+class _Flaky(Wire):
+    def receive(self, vif_index: int, frame: Any) -> None:
+        if b"boom" in bytes(frame):
+            raise RuntimeError("pipeline bug")
+        super().receive(vif_index, frame)
+
+
+class PipelineErrorTests(PortTestCase):
+    @inlineCallbacks
+    def test_a_raising_pipeline_costs_the_frame_not_the_port(self) -> Any:
+        a, b = self.dev.tap(PFX + "ea"), self.dev.tap(PFX + "eb")
+        add_vif(self.datapath, 1, a)
+        add_vif(self.datapath, 2, b)
+        self.ports.pipeline = _Flaky(self.datapath, self.ports, (1, 2))
+        sa, sb = self.sniff(a), self.sniff(b)
+        sa.send(mkframe(1))
+        sa.send(mkframe(2)[:-4] + b"boom")
+        sa.send(mkframe(3))
+        yield wait_for(lambda: len(sb.collect()) >= 2)
+        self.assertEqual(sb.got, [mkframe(1), mkframe(3)])
+        self.assertEqual(self.ports.pipeline_errors, 1)
+        self.assertEqual(self.ports.state(1), "attached")
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
+class RefusalTests(PortTestCase):
+    @inlineCallbacks
+    def test_non_ethernet_devices_are_refused_and_others_still_attach(self) -> Any:
+        tun = PFX + "tu"
+        sh("ip", "tuntap", "add", "dev", tun, "mode", "tun")
+        self.dev.links.append(tun)
+        add_vif(self.datapath, 1, "lo")
+        add_vif(self.datapath, 2, tun)
+        add_vif(self.datapath, 3, "x" * 20)  # longer than IFNAMSIZ: no such device
+        b, c = self.dev.tap(PFX + "rb"), self.dev.tap(PFX + "rc")
+        add_vif(self.datapath, 4, b)
+        add_vif(self.datapath, 5, c)
+        self.wire((4, 5))
+        for idx in (1, 2, 3):
+            self.assertEqual(self.ports.state(idx), "waiting")
+            self.assertEqual(self.vif(idx).intf_status, WAITING)
+        self.assertEqual(
+            self.ports.errors, {1: "not an Ethernet device", 2: "not an Ethernet device"}
+        )
+        self.assertEqual(self.vif(1).os_idx, 0)
+        self.assertFalse(self.ports.transmit(1, mkframe(0)))
+        sb, sc = self.sniff(b), self.sniff(c)
+        sb.send(mkframe(7))
+        yield wait_for(lambda: sc.collect())
+        self.assertEqual(sc.got, [mkframe(7)])
+
+
 class VethTests(PortTestCase):
     def two_namespaces(self) -> tuple[str, str]:
         n1, n2 = self.dev.netns(PFX + "n1"), self.dev.netns(PFX + "n2")

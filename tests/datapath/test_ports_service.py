@@ -98,7 +98,9 @@ class KsyncAttachTests(TestCase):
 class OptionsTests(SynchronousTestCase):
     def parse(self, *argv: str) -> dp_tap.Options:
         o = dp_tap.Options()
-        o.parseOptions(["--run-dir", tempfile.mkdtemp(prefix=PFX), *argv])
+        run_dir = tempfile.mkdtemp(prefix=PFX)
+        self.addCleanup(shutil.rmtree, run_dir, True)
+        o.parseOptions(["--run-dir", run_dir, *argv])
         return o
 
     def test_vlan_options(self) -> None:
@@ -189,6 +191,14 @@ def _valid_tcp4(frame: bytes) -> bool:
 
 
 class OffloadTests(SynchronousTestCase):
+    def test_checksum_vectors(self) -> None:
+        # RFC 1071 section 3's example: 00 01 f2 03 f4 f5 f6 f7 sums to ddf2
+        self.assertEqual(offload.checksum(bytes.fromhex("0001f203f4f5f6f7")), 0xDDF2)
+        self.assertEqual(offload.checksum(b"\xab"), 0xAB00)  # odd length: zero-padded
+        self.assertEqual(offload.checksum(b"\xff\xff\x00\x00"), 0xFFFF)
+        self.assertEqual(offload.checksum(b""), 0)
+        self.assertEqual(offload.checksum(b"\x00\x01", 0xFFFE), 0xFFFF)
+
     def test_segments_carry_sequence_ids_flags_and_valid_checksums(self) -> None:
         payload = bytes(range(256)) * 10  # 2560 bytes -> 1000 + 1000 + 560
         frame = _tcp4(payload, flags=0x19 | 0x80)  # FIN PSH ACK CWR
@@ -205,10 +215,10 @@ class OffloadTests(SynchronousTestCase):
         frame = _tcp4(b"hello")
         tcp_len = len(frame) - 34
         pseudo = bytes(frame[26:34]) + bytes([0, 6]) + struct.pack("!H", tcp_len)
-        struct.pack_into("=H", frame, 50, offload.checksum(pseudo))  # what the stack leaves
+        struct.pack_into("!H", frame, 50, offload.checksum(pseudo))  # what the stack leaves
         vnet = offload.VNET_HDR.pack(offload.F_NEEDS_CSUM, 0, 0, 0, 34, 16)
         ip_sum = offload.checksum(frame[14:34])
-        struct.pack_into("=H", frame, 24, ~ip_sum & 0xFFFF)
+        struct.pack_into("!H", frame, 24, ~ip_sum & 0xFFFF)
         (out,) = offload.finish(frame, vnet)
         self.assertTrue(_valid_tcp4(bytes(out)))
 

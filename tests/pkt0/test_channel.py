@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import stat
 import tempfile
@@ -26,6 +27,7 @@ from vrtwist.pkt0.endpoints import (
 from vrtwist.pkt0.transport import (
     AGENT_SOCKET,
     DATAPATH_SOCKET,
+    QUEUE_MAX,
     IPkt0Transport,
     UnixDatagramTransport,
     bind_datagram,
@@ -234,8 +236,43 @@ class SocketTests(TestCase):
         frame = b"\x00" * 1500
         results = [dpt.send(frame) for _ in range(20000)]
         self.assertIn(False, results)
-        self.assertEqual(dpt.counters.sent + dpt.counters.send_dropped, 20000)
+        queued = len(dpt._queue)
+        self.assertEqual(queued, QUEUE_MAX)  # our own queue stops at its bound
+        self.assertEqual(dpt.counters.sent + queued + dpt.counters.send_dropped, 20000)
+        self.assertEqual(results.count(False), dpt.counters.send_dropped)
         self.assertGreater(dpt.counters.send_dropped, 0)
+
+    async def test_burst_beyond_the_kernel_queue_arrives(self) -> None:
+        """A burst far beyond the kernel's few queued datagrams all arrives, in order."""
+        dpt, agt, deliver, handler = self._pair()
+        for i in range(600):
+            self.assertTrue(self.dp.trap(3, 1, K.AGENT_TRAP_FLOW_MISS, i, 12, (0, 0, 0, 0), FRAME))
+        for _ in range(500):
+            if len(handler.traps) == 600:
+                break
+            await deferLater(reactor, 0.005, lambda: None)
+        self.assertEqual([h.param for h, _ in handler.traps], list(range(600)))
+        self.assertEqual(dpt.counters.send_dropped, 0)
+
+    async def test_peer_restart_is_reached_again(self) -> None:
+        """The agent end restarting (a new socket at the same path) is found again."""
+        dpt, agt, deliver, handler = self._pair()
+        self.assertTrue(self.dp.trap(3, 1, K.AGENT_TRAP_ARP, 0, 0, (0, 0, 0, 0), FRAME))
+        for _ in range(100):
+            if handler.traps:
+                break
+            await deferLater(reactor, 0.01, lambda: None)
+        agt.stop()
+        self.assertFalse(self.dp.trap(3, 1, K.AGENT_TRAP_ARP, 0, 0, (0, 0, 0, 0), FRAME))
+        agt.start()
+        await deferLater(reactor, 0.25, lambda: None)  # past the reconnect pause
+        self.assertTrue(self.dp.trap(3, 1, K.AGENT_TRAP_ARP, 0, 0, (0, 0, 0, 0), FRAME))
+        for _ in range(100):
+            if len(handler.traps) >= 2:
+                break
+            await deferLater(reactor, 0.01, lambda: None)
+        self.assertEqual(len(handler.traps), 2)
+        self.assertGreaterEqual(dpt.counters.no_peer, 1)
 
     def test_stale_socket_replaced_and_stop_removes(self) -> None:
         """A socket file left by a killed run is replaced; stop removes only its own file."""
@@ -267,3 +304,28 @@ class SocketTests(TestCase):
         self.assertEqual(decode(commands.calls[0][1])[0].ifindex, 5)
         self.assertEqual(dpt.counters.oversize, 1)
         self.assertEqual(self.dp.counters.malformed, 1)
+
+
+class NobodyTests(TestCase):
+    """A local user who is not the owner cannot send to either end of pkt0 (root)."""
+
+    def test_nobody_cannot_send_root_can(self) -> None:
+        from tests.unprivileged import as_nobody, need_root
+
+        need_root()
+        directory = tempfile.mkdtemp(prefix="pkt0-nobody-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        os.chmod(directory, 0o755)  # only the sockets' own modes stand in the way
+        receiver = RecordingHandler()
+        agent = AgentEndpoint(receiver)
+        path = os.path.join(directory, AGENT_SOCKET)
+        t = UnixDatagramTransport(reactor, path, os.path.join(directory, DATAPATH_SOCKET), agent)
+        t.start()
+        self.addCleanup(t.stop)
+        self.assertEqual(as_nobody("sendto", path), "EACCES")
+        root = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.addCleanup(root.close)
+        root.sendto(b"x" * 10, path)  # the owner gets through (and is counted as malformed)
+        t.doRead()
+        self.assertEqual(t.counters.received, 1)
+        self.assertEqual(agent.counters.malformed, 1)

@@ -139,6 +139,14 @@ class ValueTests(SynchronousTestCase):
                 "<message><vr_interface_req><vifr_mac>zz</vifr_mac></vr_interface_req></message>"
             ): ("not a hex byte"),
             b"<!DOCTYPE x [<!ENTITY a 'b'>]><test/>": "DTDs and entities",
+            # A byte search for "<!DOCTYPE" does not see it in UTF-16; the parser does.
+            '<?xml version="1.0" encoding="UTF-16"?><!DOCTYPE x [<!ENTITY a "b">]><test>&a;'
+            "</test>".encode("utf-16"): "DTDs and entities",
+            b'<!DOCTYPE x [<!ENTITY % p SYSTEM "file:///etc/passwd"> %p;]><test/>': (
+                "DTDs and entities"
+            ),
+            b'<!DOCTYPE x SYSTEM "file:///etc/passwd"><test>&x;</test>': "DTDs and entities",
+            doc("<a>" * 200 + "</a>" * 200): "nesting deeper than",
             b"x" * (1 << 21): "larger than",
         }
         for data, why in cases.items():

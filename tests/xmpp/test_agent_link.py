@@ -292,6 +292,53 @@ class ReceiveTests(SynchronousTestCase):
         self.h.lose()
         self.assertEqual(len(self.h.sink.table), 1)
 
+    def test_megabyte_node_name_is_logged_bounded(self) -> None:
+        with capturedLogs() as logs:
+            self.update(inet("10.0.0.7/32"), node="1/1/" + "r" * (1 << 20))
+        self.assertEqual(self.h.sink.table, {})
+        self.assertFalse(self.h.tr.disconnecting)
+        lines = [formatEvent(e) for e in logs]
+        self.assertTrue(any("did not subscribe to" in line for line in lines), lines)
+        self.assertTrue(any("more characters]" in line for line in lines), lines)
+        for event in logs:
+            self.assertLess(len(formatEvent(event)), 2048)
+            self.assertLess(sum(len(v) for v in event.values() if isinstance(v, str)), 2048)
+
+    def test_hostile_stanzas_close_with_a_clear_reason(self) -> None:
+        from tests.xmpp.test_stanza_attacks import laughs, smuggled
+
+        deep = b"<a>" * 1000 + b"</a>" * 1000
+        cases = {
+            smuggled(laughs()): "undefined entity",
+            b'<message from="cn"><event><items node="&#178;/1/blue"/></event></message>': (
+                "is not afi/safi/vrf"
+            ),
+            b'<message from="cn"><event><items node="' + b"9" * 5000 + b'/1/blue"/></event>'
+            b"</message>": "is not afi/safi/vrf",
+            build_config("host1").replace(
+                b"<config></config>",
+                b'<config><update><node type="t"><name>n</name>' + deep
+                + b"</node></update></config>",
+            ): "config nested deeper than",
+        }
+        self.update(inet("10.0.0.7/32", "127.0.0.3", 33))
+        for data, why in cases.items():
+            with capturedLogs() as logs:
+                self.h.feed(data)
+            text = "\n".join(formatEvent(e) for e in logs)
+            self.assertIn("closed: bad stanza:", text)
+            self.assertIn(why, text)
+            self.assertNotIn("Traceback", text)
+            self.assertTrue(self.h.tr.value().endswith(b"</stream:stream>"))
+            self.assertTrue(self.h.tr.disconnecting)
+            self.h.lose()
+            # Nothing else lost: the learnt route stays (stale), a new session works.
+            self.assertEqual(len(self.h.sink.table), 1)
+            self.h.clock.advance(60)
+            self.h.establish()
+            self.h.sent()
+            self.update(inet("10.0.0.7/32", "127.0.0.3", 33))
+
     def test_stale_routes_swept_after_stale_time(self) -> None:
         self.update(inet("10.0.0.7/32", "127.0.0.3", 33))
         self.h.lose()

@@ -320,10 +320,74 @@ class ViolationTests(SynchronousTestCase):
 
     def test_entity_inside_stanza(self) -> None:
         self.assertClosedAlone(b'<iq type="set"><!DOCTYPE x [<!ENTITY a "b">]>&a;</iq>',
-                               "DTD or entity declaration refused")
+                               "bad stanza: malformed XML")
 
     def test_garbage_bytes(self) -> None:
         self.assertClosedAlone(b"\xff\xfe\x00garbage", "framing error")
+
+    def test_error_in_a_handler_closes_only_that_session(self) -> None:
+        from vrtwist.xmpp.stanzas import build_subscribe
+
+        def broken(*args: object) -> None:
+            raise RuntimeError("handler bug")
+
+        self.node.subscribe = broken  # type: ignore[method-assign]
+        try:
+            self.assertClosedAlone(build_subscribe("a", "red", 1),
+                                   "closed: internal error handling a stanza")
+        finally:
+            del self.node.subscribe
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_huge_names_are_logged_bounded(self) -> None:
+        from twisted.logger import formatEvent
+
+        from vrtwist.xmpp.stanzas import build_subscribe
+
+        vrf = "v" * (200 * 1024)
+        with capturedLogs() as logs:
+            self.a.send(build_subscribe("a", vrf, 1))
+            self.assertFalse(self.a.closed)
+            self.assertClosedAlone(build_subscribe("a", vrf, 1), "duplicate subscribe to 'vvvv")
+        text = messages(logs)
+        self.assertIn("subscribed to vvvv", text)
+        self.assertIn("closed: protocol violation: duplicate subscribe", text)
+        self.assertIn("more characters]", text)
+        for event in logs:
+            self.assertLess(len(formatEvent(event)), 2048)
+
+    def test_smuggled_doctype_and_entity_bomb(self) -> None:
+        import tracemalloc
+
+        from tests.xmpp.test_stanza_attacks import laughs, smuggled
+
+        tracemalloc.start()
+        try:
+            self.assertClosedAlone(smuggled(laughs()), "undefined entity")
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        self.assertLess(peak, 4 << 20)  # it used to expand to a 21 MiB node name
+
+    def test_doctype_in_front_of_a_stanza(self) -> None:
+        from tests.xmpp.test_stanza_attacks import laughs
+
+        self.assertClosedAlone(b"<!DOCTYPE iq [" + laughs() + b"]><iq>&e9;</iq>",
+                               "DTD or markup declaration outside a stanza")
+
+    def test_non_ascii_digits_in_items_node(self) -> None:
+        self.assertClosedAlone(b'<message from="a"><event><items node="&#178;/1/v"/></event>'
+                               b"</message>", "is not afi/safi/vrf")
+
+    def test_five_thousand_digit_node(self) -> None:
+        self.assertClosedAlone(b'<message from="a"><event><items node="' + b"9" * 5000
+                               + b'/1/v"/></event></message>', "is not afi/safi/vrf")
+
+    def test_config_nested_a_thousand_deep(self) -> None:
+        deep = b"<a>" * 1000 + b"</a>" * 1000
+        self.assertClosedAlone(b'<iq type="set" from="a"><config><update><node type="t">'
+                               b"<name>n</name>" + deep + b"</node></update></config></iq>",
+                               "config nested deeper than")
 
     def test_oversized_stanza(self) -> None:
         self.assertClosedAlone(b"<iq>" + b"x" * (300 * 1024), "exceeds the limit")

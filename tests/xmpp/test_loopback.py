@@ -150,7 +150,14 @@ class BadPeerTests(LoopbackBase):
 
         bomb = (b'<iq type="set"><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 '
                 b'"&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">]>&lol2;</iq>')
-        await self.check_survives(build_stream_open("evil") + bomb, "DTD or entity declaration")
+        await self.check_survives(build_stream_open("evil") + bomb, "bad stanza: malformed XML")
+
+    async def test_smuggled_doctype_entity_bomb(self) -> None:
+        from tests.xmpp.test_stanza_attacks import laughs, smuggled
+        from vrtwist.xmpp.framing import build_stream_open
+
+        await self.check_survives(build_stream_open("evil") + smuggled(laughs()),
+                                  "undefined entity")
 
     async def test_oversized_stanza(self) -> None:
         from vrtwist.xmpp.framing import build_stream_open

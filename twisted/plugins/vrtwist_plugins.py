@@ -16,43 +16,67 @@ from twisted.internet.interfaces import (
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
-vrouter = ServiceMaker(
+
+class _Daemon(ServiceMaker):
+    """A vrtwist daemon: its options also bound the log files (``vrtwist.logfiles``), and
+    its service ends the process when it cannot start.
+
+    ``makeService`` goes through ``vrtwist._process.daemon_maker``: one line and exit
+    status 1 for a start-up failure instead of a traceback and a process serving nothing.
+    """
+
+    @property
+    def options(self) -> Any:
+        from vrtwist.logfiles import with_log_options
+
+        return with_log_options(super().options)
+
+    @property
+    def makeService(self) -> Any:  # type: ignore[override]
+        from twisted.python.reflect import namedAny
+
+        from vrtwist._process import daemon_maker
+
+        return daemon_maker(self.tapname, namedAny(self.module).makeService)
+
+
+vrouter = _Daemon(
     "vRouter agent",
     "vrtwist.agent.tap",
     "vRouter agent (REST port API, ksync, XMPP) with an embedded or external datapath",
     "vrouter",
 )
-vrouterDatapath = ServiceMaker(
+vrouterDatapath = _Daemon(
     "vRouter forwarding extension",
     "vrtwist.datapath.tap",
     "vRouter forwarding extension alone: ksync server, tables, shared memory",
     "vrouter-dp",
 )
-vrouterControl = ServiceMaker(
+vrouterControl = _Daemon(
     "vRouter control node",
     "vrtwist.xmpp.control_tap",
     "XMPP control node that reflects routes between vRouter agents",
     "vrouter-control",
 )
-vpnkitForwarder = ServiceMaker(
+vpnkitForwarder = _Daemon(
     "vpnkit forwarder",
     "vrtwist.vpnkit.forwarder_tap",
     "vpnkit-forwarder: the in-VM side of the multiplexed port-forwarding protocol",
     "vpnkit-forwarder",
 )
-vpnkitHost = ServiceMaker(
+vpnkitHost = _Daemon(
     "vpnkit host",
     "vrtwist.vpnkit.host_tap",
     "vpnkit host side: exposes ports and carries them over the multiplexed link",
     "vpnkit-host",
 )
-vspc = ServiceMaker(
+vspc = _Daemon(
     "vSPC relay",
     "vrtwist.vic.vspc_tap",
     "virtual serial port concentrator for ESX network serial ports (telnet option 232)",
     "vspc",
 )
-vsockRelay = ServiceMaker(
+vsockRelay = _Daemon(
     "vsock relay",
     "vrtwist.vsock.relay_tap",
     "relay from AF_VSOCK (or a stand-in) to TCP/unix backends",

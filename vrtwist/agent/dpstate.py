@@ -22,7 +22,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from twisted.logger import Logger
 from zope.interface import implementer
 
 from vrtwist.agent.interfaces import (
@@ -34,6 +33,7 @@ from vrtwist.agent.interfaces import (
 )
 from vrtwist.agent.model import Gateway, Port, ResourceExhausted, mac_for_vmi, parse_mac
 from vrtwist.datapath import constants as C
+from vrtwist.logfields import Logger
 
 #: The vRouter's own MAC, source of every L2 rewrite towards a VM.
 VROUTER_MAC = bytes.fromhex("00005e000100")

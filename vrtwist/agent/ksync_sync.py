@@ -21,9 +21,8 @@ import sys
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.task import deferLater
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -46,6 +45,7 @@ from vrtwist.datapath import constants as C
 from vrtwist.ksync.client import KsyncClientProtocol, KsyncConnectionLost
 from vrtwist.ksync.client import KsyncError as ClientKsyncError
 from vrtwist.ksync.clientcore import KsyncProtocolError, KsyncResponse
+from vrtwist.logfields import Logger
 from vrtwist.sandesh import SPECS_BY_NAME, schema
 
 #: Fields compared to decide whether a dumped object still matches the desired one.
@@ -838,6 +838,7 @@ class KsyncSynchroniser:
         self.client = ClientService(clientFromString(reactor, endpoint), factory,
                                     retryPolicy=_retry_policy)
         self._loop: Deferred[None] | None = None
+        self._nap: Deferred[None] | None = None
 
     async def prepare(self) -> None:
         """Start connecting; wait (bounded) for the first session and adopt ids from it."""
@@ -858,7 +859,12 @@ class KsyncSynchroniser:
     def start(self) -> None:
         """Follow connections from now on (call after the ports were replayed)."""
         self._loop = Deferred.fromCoroutine(self._follow())
-        self._loop.addErrback(lambda f: self._log.failure("ksync follower failed", f))
+        self._loop.addErrback(self._follower_failed)
+
+    def _follower_failed(self, f: Any) -> None:
+        if self._stopping and f.check(CancelledError):
+            return  # stop() cancelled its wait between sessions
+        self._log.failure("ksync follower failed", f)
 
     async def _follow(self) -> None:
         while not self._stopping:
@@ -870,7 +876,11 @@ class KsyncSynchroniser:
                 return
             if proto.lost_d.called:
                 # ClientService still reports the session that just ended: let it notice
-                await deferLater(self.reactor, 0.05, lambda: None)
+                self._nap = deferLater(self.reactor, 0.05, lambda: None)
+                try:
+                    await self._nap
+                finally:
+                    self._nap = None
                 continue
             if proto is self._prepared:
                 self.sync.attach(ProtocolChannel(proto))
@@ -879,6 +889,8 @@ class KsyncSynchroniser:
             self._prepared = None
             await proto.lost_d
             self.sync.attach(None)
+            if self._stopping:
+                return  # our own stop closed it (or the datapath went with us): no news
             self._log.warn("ksync session to the datapath lost; reconnecting")
 
     async def _session(self, proto: Any, adopt: bool, attach: bool = True) -> bool:
@@ -906,8 +918,18 @@ class KsyncSynchroniser:
     def whenIdle(self) -> Deferred[None]:
         return self.sync.whenIdle()
 
+    def stopping(self) -> None:
+        """The agent is stopping: a session lost from now on is not news (no warning).
+
+        Called before anything else stops, since the embedded datapath may close the
+        session before :meth:`stop` runs.
+        """
+        self._stopping = True
+
     async def stop(self) -> None:
         self._stopping = True
+        if self._nap is not None and not self._nap.called:
+            self._nap.cancel()  # the follower's pause before a reconnection check
         stopped = self.client.stopService()
         if stopped is not None:
             await stopped

@@ -15,7 +15,6 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList, DeferredLock, maybeDeferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger
 
 from vrtwist.agent.interfaces import IPortObserver, IPortStore
 from vrtwist.agent.model import (
@@ -29,6 +28,7 @@ from vrtwist.agent.model import (
     vm_port_to_json,
 )
 from vrtwist.agent.store import UNCHANGED, GroupWriter, PortFileError
+from vrtwist.logfields import Logger
 
 DEFAULT_STALE_TIMEOUT = 60.0
 

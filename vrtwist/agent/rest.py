@@ -15,7 +15,6 @@ from typing import Any
 
 from klein import Klein
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger
 from twisted.web import server
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import MethodNotAllowed, NotFound
@@ -33,6 +32,7 @@ from vrtwist.agent.model import (
 )
 from vrtwist.agent.ports import PortNotFound, PortTable, WrongPortType
 from vrtwist.agent.store import PortFileError
+from vrtwist.logfields import Logger
 from vrtwist.safejson import JsonInputError, check_text, decode_json
 
 #: Largest request body accepted (a 1,000-port array is about 500 KB).

@@ -15,9 +15,9 @@ from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger
 from twisted.web.server import Site
 
+from vrtwist._process import report_start_failure
 from vrtwist.access import SocketAccess
 from vrtwist.agent.dpstate import DatapathModel
 from vrtwist.agent.packet.service import AgentPacketService
@@ -25,6 +25,7 @@ from vrtwist.agent.ports import DEFAULT_STALE_TIMEOUT, PortTable
 from vrtwist.agent.rest import BoundedRequest, PortApi
 from vrtwist.agent.store import PortStore
 from vrtwist.bounds import bounded_site
+from vrtwist.logfields import Logger
 from vrtwist.unixlisten import listen_endpoint
 
 
@@ -72,7 +73,10 @@ class AgentService(MultiService):
         d = ensureDeferred(self._start())
 
         def failed(f: Any) -> None:
-            self._log.failure("agent start-up failed", f)
+            # under twistd: one line and the process ends (vrtwist._process); otherwise
+            # (a test, a library user) the whole failure is logged
+            if not report_start_failure(self, f):
+                self._log.failure("agent start-up failed", f)
             if not self.ready.called:
                 self.ready.errback(f)
         d.addErrback(failed)
@@ -207,6 +211,9 @@ class AgentService(MultiService):
             await self.sync.stop()
 
     def stopService(self) -> Deferred[None]:
+        stopping = getattr(self.sync, "stopping", None)
+        if stopping is not None:  # before the embedded datapath closes its end
+            stopping()
         d1 = ensureDeferred(self._stop())
         d1.addBoth(lambda _: super(AgentService, self).stopService())
         return d1

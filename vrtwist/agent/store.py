@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -19,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger
 from zope.interface import implementer
 
 from vrtwist.access import private_dir
 from vrtwist.agent.interfaces import IPortStore
 from vrtwist.agent.model import normalise_uuid
+from vrtwist.logfields import Logger
 
 MAX_PORT_FILE = 64 * 1024
 
@@ -260,6 +261,36 @@ class PortStore:
         # the agent's own directories: 0700 even when an older run left them 0755
         private_dir(self.ports_dir)
         private_dir(self.vm_dir)
+        removed = self.remove_stale_temp()
+        if removed:
+            self._log.info("removed {n} temporary file(s) left by killed writers in {dir}",
+                           n=len(removed), dir=str(self.ports_dir))
+
+    def remove_stale_temp(self) -> list[Path]:
+        """Remove ``.<name>.<pid>.tmp`` / ``.<name>.<pid>.g.tmp`` files of dead writers.
+
+        A writer killed between creating its temporary file and the rename leaves it
+        behind for good (the name carries its pid, so nobody reuses it). Only files of
+        processes that no longer exist go: ``vrouter-port-control`` writes here too
+        (``--port_json_path``) and may be half-way through a write of its own while
+        the agent starts, and the state directory is not under the run-dir lock.
+        """
+        removed: list[Path] = []
+        dirs = [self.ports_dir, *(d for d in self.vm_dir.iterdir() if d.is_dir())]
+        for d in dirs:
+            for entry in d.iterdir():
+                pid = _temp_writer(entry.name)
+                if pid is None or _alive(pid):
+                    continue
+                try:
+                    os.unlink(entry)
+                except FileNotFoundError:
+                    continue  # its writer finished or another cleaner got there first
+                except OSError as e:
+                    self._log.warn("cannot remove {path}: {e}", path=str(entry), e=e.strerror)
+                    continue
+                removed.append(entry)
+        return removed
 
     def path_for(self, uuid: str) -> Path:
         return self.ports_dir / uuid
@@ -308,6 +339,32 @@ class PortStore:
                     yield _read_json(entry)
 
 
+_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>[0-9]+)(?:\.g)?\.tmp$")
+
+
+def _temp_writer(name: str) -> int | None:
+    """The pid in a temporary file name of :func:`write_json_atomic`/``write_json_group``."""
+    m = _TEMP_NAME.match(name)
+    return int(m.group("pid")) if m else None
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs, other than this process.
+
+    Our own pid counts as dead: the store is built before this process writes anything,
+    and an agent restarted in a container often gets the pid its predecessor had.
+    """
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
 def _unlink(path: Path) -> None:
     try:
         os.unlink(path)
@@ -329,3 +386,6 @@ def _read_json(path: Path) -> LoadedFile:
         return LoadedFile(path, json.loads(data))
     except (ValueError, UnicodeDecodeError) as e:
         return LoadedFile(path, None, f"not JSON: {e}")
+    except RecursionError:
+        # json nests by recursion: a file of "[[[[..." must skip, not abort the replay
+        return LoadedFile(path, None, "not JSON: nested deeper than the parser's limit")

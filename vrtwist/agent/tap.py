@@ -15,7 +15,13 @@ from twisted.application.service import IService, MultiService
 from twisted.python import usage
 
 from vrtwist._process import GC_THRESHOLDS as GC_THRESHOLDS  # re-exported: tests, bench
-from vrtwist._process import DaemonService, reactor_and_tunings, tune_gc
+from vrtwist._process import (
+    DaemonService,
+    RunDirLock,
+    check_endpoint,
+    reactor_and_tunings,
+    tune_gc,
+)
 from vrtwist.agent.service import DEFAULT_STATE_DIR, AgentService
 from vrtwist.unixlisten import access_from_options
 
@@ -75,6 +81,9 @@ class Options(_DatapathOptions, usage.Options):  # type: ignore[misc]
             raise usage.UsageError("--ksync must be socket or inprocess")
         if self["ksync"] == "inprocess" and self["datapath"] != "embedded":
             raise usage.UsageError("--ksync inprocess needs --datapath embedded")
+        check_endpoint(self["rest"], "rest")
+        for controller in self["controller"]:
+            check_endpoint(_controller_description(controller), "controller", client=True)
         if self["stale-timeout"] < 0:
             raise usage.UsageError("--stale-timeout must not be negative")
         if (self.get("xmpp-stale-time") or 0) < 0:
@@ -85,13 +94,39 @@ class Options(_DatapathOptions, usage.Options):  # type: ignore[misc]
                                    f"(only {', '.join('--' + k for k in tls)} given)")
 
 
+def _controller_description(text: str) -> str:
+    """The endpoint string the controller link dials for ``--controller text``."""
+    try:
+        from vrtwist.xmpp.agent_link import _endpoint_description
+    except ImportError:  # pragma: no cover
+        return text
+    return _endpoint_description(text)
+
+
 def makeService(options: Options, reactor: Any = None) -> MultiService:
     """The agent's service tree: [datapath,] agent (tests pass their reactor: no tunings)."""
     reactor, tunings = reactor_and_tunings(reactor, tune_gc)
+    # the run directory's locks before anything else in it: the embedded datapath's
+    # first (a vrouter-dp or another vrouter there is the likely clash), then one agent
+    # per run directory (its pkt0 socket, the datapath it programs)
+    dp_lock = _lock_embedded_datapath(options)
+    try:
+        lock = RunDirLock(options["run-dir"], "agent", "vrouter agent")
+    except BaseException:
+        if dp_lock is not None:
+            dp_lock.release()  # now, not when the traceback is collected
+        raise
     top = DaemonService(*tunings)
+    top.hold(lock)
     local = None
     if options["datapath"] == "embedded":
-        dp = _embedded_datapath(options, reactor)
+        try:
+            dp = _embedded_datapath(options, reactor, dp_lock)
+        except BaseException:
+            lock.release()
+            if dp_lock is not None:
+                dp_lock.release()
+            raise
         dp.setServiceParent(top)  # type: ignore[attr-defined]
         if options["ksync"] == "inprocess":
             local = getattr(dp, "datapath", None)
@@ -108,11 +143,21 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     return top
 
 
-def _embedded_datapath(options: Options, reactor: Any) -> IService:
+def _lock_embedded_datapath(options: Options) -> RunDirLock | None:
+    if options["datapath"] != "embedded":
+        return None
+    try:
+        from vrtwist.datapath.service import lock_datapath
+    except ImportError:  # pragma: no cover - until the datapath lands
+        return None
+    return lock_datapath(options["run-dir"])
+
+
+def _embedded_datapath(options: Options, reactor: Any, lock: RunDirLock | None) -> IService:
     try:
         from vrtwist.datapath.service import makeDatapathService
     except ImportError as e:  # pragma: no cover - until the datapath lands
         AgentService._log.error("embedded datapath unavailable: {e}", e=e)
         return MultiService()
-    svc: IService = makeDatapathService(options, reactor=reactor)
+    svc: IService = makeDatapathService(options, reactor=reactor, lock=lock)
     return svc

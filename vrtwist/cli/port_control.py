@@ -216,8 +216,7 @@ class PortControl:
                 return EXIT_CONNECT_ERROR_VHOSTUSER
             if write_failed is not None:
                 return EXIT_BAD_ARGUMENT
-            self.say(f"agent unreachable ({e}); {self.file} will be picked up at its start")
-            return EXIT_OK
+            return self._unreachable(e)
         if code != 200:
             self.say(f"agent refused the port: {code} {text.strip()}")
             return EXIT_AGENT_REFUSED
@@ -227,6 +226,26 @@ class PortControl:
             if not await self._wait_for(sock, VHOSTUSER_WAIT):
                 self.say(f"vhost-user socket {args.vhostuser_socket} not created")
                 return EXIT_NO_VHOSTUSER_SOCKET
+        return EXIT_OK
+
+    def _unreachable(self, error: Exception) -> int:
+        """Say exactly what becomes of the port when the agent cannot be reached.
+
+        The agent replays ``<--state-dir>/ports/<uuid>`` at start (``twistd vrouter``
+        defaults to ``/var/lib/contrail``, this script to ``/var/lib/contrail/ports/``):
+        the file reaches an agent only if this directory is one's ``ports`` directory.
+        """
+        where = f"agent unreachable at {self.args.agent_host}:{self.args.agent_port} ({error})"
+        if self.args.no_persist:
+            self.say(f"{where}; --no_persist: nothing was saved, the port is not added")
+            return EXIT_BAD_ARGUMENT
+        ports = Path(self.args.port_json_path)
+        if ports.name != "ports":
+            self.say(f"{where}; wrote {self.file}, but an agent reads <state-dir>/ports/ "
+                     "only: the port is not added until you add it again")
+            return EXIT_BAD_ARGUMENT
+        self.say(f"{where}; wrote {self.file}: the agent adds the port when it starts "
+                 f"with --state-dir {ports.parent}")
         return EXIT_OK
 
     async def delete(self) -> int:

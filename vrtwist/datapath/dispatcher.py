@@ -20,7 +20,6 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from twisted.logger import Logger
 from zope.interface import implementer
 
 from vrtwist.datapath import constants as C
@@ -29,6 +28,7 @@ from vrtwist.datapath.interfaces import IBridgeRoutes, IDatapath, IRequestHandle
 from vrtwist.datapath.routes import RouteTables
 from vrtwist.datapath.tables import DatapathConfig, Fields, TableError, Tables
 from vrtwist.ksync.interfaces import IKsyncDispatcher, KsyncReply
+from vrtwist.logfields import Logger
 from vrtwist.sandesh import SPECS_BY_CLASS, SPECS_BY_NAME, encode, schema
 
 Reply = list[list[Any]]

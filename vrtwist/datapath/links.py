@@ -14,9 +14,10 @@ import struct
 from collections.abc import Callable, Iterator
 
 from twisted.internet.interfaces import IReactorFDSet, IReadDescriptor
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
+
+from vrtwist.logfields import Logger
 
 __all__ = ["LinkEvent", "LinkWatcher", "parse_link_events"]
 

@@ -31,7 +31,7 @@ GSO_ECN = 0x80
 
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
-_NATIVE16 = struct.Struct("=H")
+
 _VLAN_TPIDS = (0x8100, 0x88A8)
 _TCP_FIN, _TCP_PSH, _TCP_CWR = 0x01, 0x08, 0x80
 
@@ -41,17 +41,19 @@ class OffloadError(ValueError):
 
 
 def checksum(data: bytes | bytearray | memoryview, initial: int = 0) -> int:
-    """RFC 1071 sum of ``data`` in host order, folded and not inverted.
+    """RFC 1071 sum of ``data`` (network order), folded and not inverted.
 
-    Summing native 16-bit words and storing the result natively gives the right bytes
-    on either endianness (RFC 1071 §2(B)), at C speed through ``memoryview.cast``.
+    As 2**16 = 1 (mod 0xffff), the ones' complement sum of the 16-bit words is the whole
+    buffer read as one big-endian integer modulo 0xffff: one C-speed ``int.from_bytes``
+    and one division instead of a Python-level loop. A non-zero sum is kept in
+    1..0xffff (ones' complement has no other zero for it).
     """
-    view = memoryview(data)
-    if len(view) & 1:
-        view = memoryview(bytes(view) + b"\x00")
-    total = initial + sum(view.cast("H"))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
+    number = int.from_bytes(data, "big")
+    if len(data) & 1:
+        number <<= 8
+    total = (number + initial) % 0xFFFF
+    if total == 0 and (number or initial):
+        total = 0xFFFF
     return total
 
 
@@ -59,7 +61,7 @@ def _store_csum(frame: bytearray, at: int, folded: int, udp: bool) -> None:
     value = ~folded & 0xFFFF
     if udp and value == 0:
         value = 0xFFFF
-    _NATIVE16.pack_into(frame, at, value)
+    _U16.pack_into(frame, at, value)
 
 
 def _l3_offset(frame: bytes | bytearray) -> tuple[int, int]:

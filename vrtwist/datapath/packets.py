@@ -18,7 +18,6 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.interfaces import IReactorFDSet
-from twisted.logger import Logger
 from zope.interface import implementer
 
 from vrtwist.access import SocketAccess
@@ -28,6 +27,7 @@ from vrtwist.datapath.interfaces import IPacketPipeline, IPacketTrap, IRequestHa
 from vrtwist.datapath.links import LinkWatcher
 from vrtwist.datapath.pipeline import Pipeline
 from vrtwist.datapath.ports import PortManager
+from vrtwist.logfields import Logger
 from vrtwist.pkt0.endpoints import DatapathEndpoint, TrapLimiter
 from vrtwist.pkt0.transport import AGENT_SOCKET, DATAPATH_SOCKET, UnixDatagramTransport
 
@@ -55,7 +55,8 @@ class _InterfaceRequests:
         try:
             return self.inner.handle(request)
         finally:
-            self.changed()
+            if getattr(request, "h_op", None) in (C.OP_ADD, C.OP_DEL):  # not GET/DUMP
+                self.changed()
 
 
 class PacketService(Service):

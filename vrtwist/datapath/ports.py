@@ -26,7 +26,6 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from twisted.internet.interfaces import IReactorFDSet, IReadWriteDescriptor
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -34,6 +33,7 @@ from vrtwist.datapath import constants as C
 from vrtwist.datapath import offload
 from vrtwist.datapath.interfaces import IFrameOutput, IPacketPipeline
 from vrtwist.datapath.tables import Interface, Tables
+from vrtwist.logfields import Logger
 
 __all__ = [
     "ATTACHED",
@@ -256,15 +256,19 @@ class TapPort(Port):
             os.close(fd)
             raise
         self.fd = fd
+        # one receive buffer, reused: a fresh 64 KiB one per read costs more than the read
+        self._buf = bytearray(_MAX_FRAME)
+        self._view = memoryview(self._buf)
 
     def fileno(self) -> int:
         return self.fd
 
     def _read(self) -> Frame | None:
         try:
-            return os.read(self.fd, _MAX_FRAME)
+            n = os.readv(self.fd, [self._buf])
         except BlockingIOError:
             return None
+        return self._view[:n].tobytes()
 
     def _write(self, frame: Frame) -> None:
         os.write(self.fd, frame)
@@ -302,6 +306,10 @@ class PacketPort(Port):
         self.sock = sock
         self._vnet_zero = bytes(offload.VNET_HDR_LEN)
         self._cmsg = socket.CMSG_SPACE(_AUXDATA.size)
+        # receive buffers, reused (see TapPort): the vnet header, then the frame
+        self._vnet = bytearray(offload.VNET_HDR_LEN)
+        self._buf = bytearray(_MAX_FRAME)
+        self._view = memoryview(self._buf)
         self._pending: deque[Frame] = deque()
         self.stats.update(gso=0, csum=0)
 
@@ -313,13 +321,15 @@ class PacketPort(Port):
             return self._pending.popleft()
         while True:
             try:
-                data, ancillary, _flags, address = self.sock.recvmsg(_MAX_FRAME, self._cmsg)
+                n, ancillary, _flags, address = self.sock.recvmsg_into(
+                    [self._vnet, self._buf], self._cmsg
+                )
             except BlockingIOError:
                 return None
             if address[2] == PACKET_OUTGOING:
                 continue
-            vnet = data[: offload.VNET_HDR_LEN]
-            frame: bytes | bytearray = data[offload.VNET_HDR_LEN :]
+            vnet = bytes(self._vnet)
+            frame: bytes | bytearray = self._view[: n - offload.VNET_HDR_LEN].tobytes()
             for level, kind, value in ancillary:
                 if level == SOL_PACKET and kind == PACKET_AUXDATA:
                     status, _l, _s, _m, _n, tci, tpid = _AUXDATA.unpack_from(value)
@@ -390,6 +400,8 @@ class PortManager:
         self.wanted: dict[int, str] = {}
         self.running = False
         self.errors: dict[int, str] = {}
+        #: frames whose pipeline.receive raised (each is dropped, the port kept)
+        self.pipeline_errors = 0
 
     # -- IFrameOutput -----------------------------------------------------------
     def transmit(self, vif_index: int, frame: Frame) -> bool:
@@ -399,7 +411,16 @@ class PortManager:
         return port.transmit(frame)
 
     def _deliver(self, vif_index: int, frame: Frame) -> None:
-        self.pipeline.receive(vif_index, frame)
+        try:
+            self.pipeline.receive(vif_index, frame)
+        except Exception:
+            # a pipeline bug must cost one frame, not the port (a port closed by the
+            # reactor would wait for a link event that never comes)
+            self.pipeline_errors += 1
+            n = self.pipeline_errors
+            if n & (n - 1) == 0:  # 1, 2, 4, 8 ...: bounded logging
+                _log.failure("vif {idx}: pipeline error {n} on a frame of {length} bytes",
+                             idx=vif_index, n=n, length=len(frame))  # fmt: skip
 
     # -- life cycle -------------------------------------------------------------
     def start(self) -> None:
@@ -471,15 +492,14 @@ class PortManager:
             vif.intf_status = WAITING
             return
         ifindex, mac = info
+        if not mac:  # loopback, a TUN (IP, no Ethernet header), a tunnel device ...
+            self._refused(vif, "not an Ethernet device")
+            return
         kind = TapPort if is_tap(vif.name) else PacketPort
         try:
             port = kind(vif.idx, vif.name, ifindex, mac, self._deliver, self._lost)
         except OSError as e:
-            vif.intf_status = WAITING
-            if self.errors.get(vif.idx) != e.strerror:
-                self.errors[vif.idx] = str(e.strerror)
-                _log.warn("vif {idx}: cannot attach {name}: {error}", idx=vif.idx,
-                          name=vif.name, error=e.strerror)  # fmt: skip
+            self._refused(vif, str(e.strerror))
             return
         self.errors.pop(vif.idx, None)
         self.ports[vif.idx] = port
@@ -490,6 +510,14 @@ class PortManager:
         port.start(self.reactor)
         _log.info("vif {idx}: attached {kind} {name} (ifindex {ifindex})", idx=vif.idx,
                   kind=port.kind, name=vif.name, ifindex=ifindex)  # fmt: skip
+
+    def _refused(self, vif: Interface, why: str) -> None:
+        """Keep the vif waiting; log each new reason once (a device may be fixed later)."""
+        vif.intf_status = WAITING
+        if self.errors.get(vif.idx) != why:
+            self.errors[vif.idx] = why
+            _log.warn("vif {idx}: cannot attach {name}: {why}", idx=vif.idx, name=vif.name,
+                      why=why)  # fmt: skip
 
     def _detach(self, index: int) -> None:
         port = self.ports.get(index)

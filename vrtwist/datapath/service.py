@@ -13,14 +13,15 @@ from typing import Any
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.interfaces import IReactorUNIX
-from twisted.logger import Logger
 from twisted.python import usage
 
+from vrtwist._process import DaemonService, RunDirLock, StartupError, describe
 from vrtwist.access import SOCKET_GROUP_OPTION, SocketAccess, private_dir
 from vrtwist.datapath import constants as C
 from vrtwist.datapath.dispatcher import Datapath
 from vrtwist.datapath.tables import DatapathConfig
 from vrtwist.ksync.server import STYLE_DPDK, KsyncServerService
+from vrtwist.logfields import Logger
 
 __all__ = [
     "DEFAULT_RUN_DIR",
@@ -110,6 +111,11 @@ def _install_shared_memory(
     return install(datapath, run_dir, flow_entries, bridge_entries, access=access)
 
 
+def lock_datapath(run_dir: str) -> RunDirLock:
+    """The run directory's datapath lock (StartupError if another datapath holds it)."""
+    return RunDirLock(run_dir, "datapath", "forwarding extension (vrouter-dp or vrouter)")
+
+
 def makeDatapathService(
     run_dir: str | Mapping[str, Any] = DEFAULT_RUN_DIR,
     flow_entries: int = C.VR_DEF_FLOW_ENTRIES,
@@ -122,8 +128,12 @@ def makeDatapathService(
     ports: bool = True,
     vlan_tci: int | None = None,
     vtest_vlan: bool = False,
+    lock: RunDirLock | None = None,
 ) -> MultiService:
     """The forwarding extension: tables + shared memory + ksync on ``<run-dir>/dpdk_netlink``.
+
+    ``lock``: the run directory's datapath lock when the caller took it already (the
+    agent with the embedded datapath takes it before its own); otherwise taken here.
 
     ``run_dir`` may also be a parsed options mapping (``--run-dir``, ``--flow-entries``,
     ``--bridge-entries``, ``--fabric``, ``--socket-group``), as ``vrtwist.agent.tap``
@@ -152,14 +162,22 @@ def makeDatapathService(
 
         reactor = _reactor  # type: ignore[assignment]
     assert reactor is not None
-    if not os.path.isdir(run_dir):
-        private_dir(run_dir, access)
+    if not os.path.exists(run_dir):
+        try:
+            private_dir(run_dir, access)
+        except OSError as e:
+            raise StartupError(f"run directory {run_dir}: {describe(e)}") from None
+    # before any file in the run directory is opened: a second datapath on it (a
+    # vrouter-dp, or a vrouter with the embedded one) must leave the shm files alone
+    if lock is None:
+        lock = lock_datapath(run_dir)
     if config is None:
         config = DatapathConfig(flow_entries=flow_entries, bridge_entries=bridge_entries)
     datapath = Datapath(config)
     datapath.fabric = fabric
     shared = _install_shared_memory(datapath, run_dir, flow_entries, bridge_entries, access)
-    top = MultiService()
+    top = DaemonService()
+    top.hold(lock)
     top.setName("vrouter-dp")
     owner = DatapathService(datapath, run_dir, shared)
     owner.setServiceParent(top)

@@ -19,7 +19,10 @@ from vrtwist.datapath.service import DatapathOptionsMixin, makeDatapathService
 class Options(DatapathOptionsMixin, usage.Options):
     """Options of ``twistd vrouter-dp``: ``--run-dir``, ``--flow-entries``, ...."""
 
-    synopsis = "[--run-dir DIR] [--flow-entries N] [--bridge-entries N] [--fabric IFNAME]"
+    synopsis = (
+        "[--run-dir DIR] [--flow-entries N] [--bridge-entries N] [--fabric IFNAME] "
+        "[--vlan-tci TCI [--vtest-vlan]] [--no-ports]"
+    )
 
 
 def makeService(options: Options, reactor: Any = None) -> MultiService:

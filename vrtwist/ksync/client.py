@@ -18,7 +18,6 @@ from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IReactorUNIX
 from twisted.internet.protocol import Protocol
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from vrtwist.ksync.clientcore import (
@@ -30,6 +29,7 @@ from vrtwist.ksync.clientcore import (
     next_dump_request,
 )
 from vrtwist.ksync.netlink import GENL_ID_VROUTER
+from vrtwist.logfields import Logger
 from vrtwist.sandesh.constants import DUMP
 
 __all__ = [

@@ -28,7 +28,6 @@ from twisted.internet.interfaces import (
     IReactorUNIX,
 )
 from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -47,6 +46,7 @@ from vrtwist.ksync.netlink import (
     build_response,
     parse_message,
 )
+from vrtwist.logfields import Logger
 from vrtwist.sandesh import (
     RESPONSE,
     VR_MESSAGE_DUMP_INCOMPLETE,

@@ -3,9 +3,11 @@
 The datapath binds ``<run-dir>/dpdk_pkt0`` and sends to ``<run-dir>/agent_pkt0``; the
 agent binds ``agent_pkt0`` and sends to ``dpdk_pkt0``. Both ends are the same small
 reader: a non-blocking socket registered with the reactor that reads a bounded batch per
-wake-up until ``EAGAIN`` and never queues in user space. A send that finds the peer's
-buffer full, or no peer bound, is counted and dropped, which is what bounds memory when
-one side floods the other. What the bytes mean is the codec's business
+wake-up until ``EAGAIN``. The kernel keeps only a handful of datagrams queued per unix
+socket, so each end connects its socket to the peer's path and keeps up to
+:data:`QUEUE_MAX` frames of its own while the peer catches up; beyond that, and while no
+peer is bound, frames are counted and dropped, which is what bounds memory when one side
+floods the other. What the bytes mean is the codec's business
 (:mod:`vrtwist.pkt0.codec`) and the endpoints' (:mod:`vrtwist.pkt0.endpoints`), so another
 packet transport (the Windows ``\\\\.\\vrouterPkt0`` device, one packet per read and
 write) plugs in behind :class:`IPkt0Transport` without touching either.
@@ -17,15 +19,16 @@ import errno
 import os
 import socket
 import stat
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet.interfaces import IReadDescriptor
-from twisted.logger import Logger
+from twisted.internet.interfaces import IReadDescriptor, IWriteDescriptor
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
 from vrtwist.access import bind_unix
+from vrtwist.logfields import Logger
 
 __all__ = [
     "AGENT_SOCKET",
@@ -46,6 +49,11 @@ AGENT_SOCKET = "agent_pkt0"
 #: the agent reads pkt0 with a 9060-byte buffer; 44 bytes of headers ride on top of a
 #: jumbo frame, so accept a little more than that and count anything longer as oversize
 MAX_FRAME = 9060 + 44 + 64
+
+#: frames one end keeps while the peer's queue is full; beyond, they are counted and dropped
+QUEUE_MAX = 1024
+#: seconds between attempts to reach a peer that is not bound
+RECONNECT = 0.2
 
 _SOCKET_BUFFER = 4 * 1024 * 1024
 _DROP_ERRNOS = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS})
@@ -72,7 +80,7 @@ class Pkt0Counters:
 
     sent: int = 0
     received: int = 0
-    #: the peer's socket buffer was full
+    #: the peer's queue was full and so was ours (:data:`QUEUE_MAX` frames)
     send_dropped: int = 0
     #: nobody bound at the peer's path (the other side is not running)
     no_peer: int = 0
@@ -107,7 +115,7 @@ def bind_datagram(path: str, mode: int = 0o600, gid: int | None = None) -> socke
     return sock
 
 
-@implementer(IReadDescriptor, IPkt0Transport)
+@implementer(IReadDescriptor, IWriteDescriptor, IPkt0Transport)
 class UnixDatagramTransport:
     """One end of pkt0: bound at ``local_path``, sending to ``peer_path``."""
 
@@ -122,6 +130,7 @@ class UnixDatagramTransport:
         mode: int = 0o600,
         batch: int = 256,
         gid: int | None = None,
+        queue_max: int = QUEUE_MAX,
     ) -> None:
         self._reactor = reactor
         self.local_path = local_path
@@ -134,6 +143,13 @@ class UnixDatagramTransport:
         self._sock: socket.socket | None = None
         #: (device, inode) of the socket file we bound, so stop never removes a newer one
         self._identity: tuple[int, int] | None = None
+        self._connected = False
+        self._retry_at = 0.0
+        #: frames waiting for room in the peer's queue (the kernel keeps only a few
+        #: datagrams per unix socket: net.unix.max_dgram_qlen, 10 by default)
+        self._queue: deque[bytes] = deque()
+        self._queue_max = queue_max
+        self._writing = False
         self.counters = Pkt0Counters()
 
     def start(self) -> None:
@@ -149,6 +165,12 @@ class UnixDatagramTransport:
         if sock is None:
             return
         self._reactor.removeReader(self)
+        if self._writing:
+            self._writing = False
+            self._reactor.removeWriter(self)
+        self.counters.send_dropped += len(self._queue)
+        self._queue.clear()
+        self._connected = False
         try:
             st = os.stat(self.local_path)
             mine = (st.st_dev, st.st_ino) == self._identity
@@ -163,17 +185,42 @@ class UnixDatagramTransport:
 
     # -- IPkt0Transport
 
-    def send(self, frame: bytes) -> bool:
+    def _peer(self) -> bool:
+        """Connect the socket to the peer's path (again after the peer restarted).
+
+        A connected datagram socket polls writable only when the peer's queue has room,
+        which is what lets a full peer be waited for instead of spun on. An absent peer is
+        tried again at most every :data:`RECONNECT` seconds.
+        """
+        if self._connected:
+            return True
         sock = self._sock
-        if sock is None:
-            self.counters.no_peer += 1
+        now = self._reactor.seconds()
+        if sock is None or now < self._retry_at:
             return False
         try:
-            sock.sendto(frame, self.peer_path)
+            sock.connect(self.peer_path)
+        except OSError:
+            self._retry_at = now + RECONNECT
+            return False
+        self._connected = True
+        return True
+
+    def send(self, frame: bytes) -> bool:
+        """Send one frame, or queue it (bounded) while the peer's queue is full."""
+        sock = self._sock
+        if sock is None or not self._peer():
+            self.counters.no_peer += 1
+            return False
+        if self._queue:
+            return self._enqueue(frame)  # keep the order
+        try:
+            sock.send(frame)
         except OSError as e:
             if e.errno in _DROP_ERRNOS:
-                self.counters.send_dropped += 1
-            elif e.errno in _NO_PEER_ERRNOS:
+                return self._enqueue(frame)
+            if e.errno in _NO_PEER_ERRNOS:
+                self._connected = False
                 self.counters.no_peer += 1
             elif e.errno == errno.EMSGSIZE:
                 self.counters.oversize += 1
@@ -182,6 +229,42 @@ class UnixDatagramTransport:
             return False
         self.counters.sent += 1
         return True
+
+    def _enqueue(self, frame: bytes) -> bool:
+        if len(self._queue) >= self._queue_max:
+            self.counters.send_dropped += 1
+            return False
+        self._queue.append(frame)
+        if not self._writing:
+            self._writing = True
+            self._reactor.addWriter(self)
+        return True
+
+    # -- IWriteDescriptor
+
+    def doWrite(self) -> None:
+        """Flush queued frames until the peer's queue is full again."""
+        sock, queue, counters = self._sock, self._queue, self.counters
+        while sock is not None and queue:
+            try:
+                sock.send(queue[0])
+            except OSError as e:
+                if e.errno in _DROP_ERRNOS:
+                    return
+                if e.errno in _NO_PEER_ERRNOS:
+                    self._connected = False
+                    counters.no_peer += len(queue)
+                    queue.clear()
+                    break
+                if e.errno != errno.EMSGSIZE:
+                    raise
+                counters.oversize += 1
+            else:
+                counters.sent += 1
+            queue.popleft()
+        if self._writing:
+            self._writing = False
+            self._reactor.removeWriter(self)
 
     # -- IReadDescriptor
 

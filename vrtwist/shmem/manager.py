@@ -19,9 +19,9 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger
 from zope.interface import implementer
 
+from vrtwist.logfields import Logger
 from vrtwist.sandesh import schema
 from vrtwist.shmem import layout as L
 from vrtwist.shmem.entries import FlowEntry, port_to_wire
@@ -188,17 +188,6 @@ class FlowManager:
         if f.get("fr_flow_dvrf") and not f["fr_flags"] & L.FLAG_VRFT:
             f["fr_flags"] |= L.FLAG_VRFT
         return schema.vr_flow_req(**f)
-
-    @staticmethod
-    def request_for(
-        key: FlowKey, index: int, gen: int, action: int, flags: int, options: dict[str, int]
-    ) -> Any:
-        """The ``vr_flow_req`` (FLOW_SET) for ``key`` at ``index``/``gen`` with ``options``.
-
-        For callers that sequence their own requests, such as the agent's flow setup on a
-        trap, which must write at the trapped entry's index and generation.
-        """
-        return FlowManager._request(key, index, gen, action, flags, options)
 
     @staticmethod
     async def _set(d: Deferred[Any], key: FlowKey, rindex: int = -1) -> FlowHandle:

@@ -13,11 +13,11 @@ import struct
 from collections.abc import Iterator
 from typing import Any
 
-from twisted.logger import Logger
 from zope.interface import implementer
 
 from vrtwist.datapath.interfaces import IBridgeRoutes, IDatapath, IRequestHandler
 from vrtwist.ksync.interfaces import IKsyncDispatcher, KsyncReply
+from vrtwist.logfields import Logger
 from vrtwist.sandesh import SPECS_BY_NAME, encode, schema
 from vrtwist.shmem import layout as L
 from vrtwist.shmem.bridgetable import BridgeTable

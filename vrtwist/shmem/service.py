@@ -14,10 +14,9 @@ import mmap
 import os
 from dataclasses import dataclass
 
-from twisted.logger import Logger
-
 from vrtwist.access import SocketAccess, private_dir
 from vrtwist.datapath.interfaces import IDatapath
+from vrtwist.logfields import Logger
 from vrtwist.shmem import layout as L
 from vrtwist.shmem.bridgetable import BridgeTable
 from vrtwist.shmem.flowtable import FlowTable

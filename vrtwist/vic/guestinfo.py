@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote
 
-from twisted.logger import Logger
 from zope.interface import implementer
 
+from vrtwist.logfields import Logger
 from vrtwist.vic.interfaces import IGuestInfoTransport
 
 PREFIX = "guestinfo.vice."

@@ -30,11 +30,11 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import clientFromString
 from twisted.internet.interfaces import IDelayedCall, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from vrtwist.bounds import ConnectionGuard, ConnectionLimits, Ticket
+from vrtwist.logfields import Logger
 from vrtwist.vic import telnet as T
 from vrtwist.vic import vmware_ext as X
 from vrtwist.vic.interfaces import IVMPortTable

@@ -16,7 +16,7 @@ from typing import Any
 from twisted.application import internet
 from twisted.python import usage
 
-from vrtwist._process import DaemonService, reactor_and_tunings
+from vrtwist._process import DaemonService, check_endpoint, reactor_and_tunings
 from vrtwist.access import SOCKET_GROUP_OPTION
 from vrtwist.bounds import ConnectionGuard, bounded_site
 from vrtwist.unixlisten import access_from_options, listen_endpoint
@@ -71,6 +71,9 @@ class Options(usage.Options):
     ]
 
     def postOptions(self) -> None:
+        check_endpoint(self["listen"], "listen")
+        if self["api"]:
+            check_endpoint(self["api"], "api")
         try:
             checkTemplate(self["backend"])
         except ValueError as e:

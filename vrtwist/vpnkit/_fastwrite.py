@@ -15,7 +15,8 @@ from typing import Any
 
 from twisted.internet import tcp
 from twisted.internet.unix import _SendmsgMixin
-from twisted.logger import Logger
+
+from vrtwist.logfields import Logger
 
 __all__ = [
     "send_now",

@@ -26,7 +26,8 @@ from typing import Any
 
 from twisted.internet import abstract, address, tcp
 from twisted.internet.interfaces import IProtocol
-from twisted.logger import Logger
+
+from vrtwist.logfields import Logger
 
 __all__ = ["LeanStream", "LeanTCPPort", "adopt_connected"]
 

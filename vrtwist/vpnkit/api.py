@@ -13,9 +13,9 @@ from typing import Any
 
 from klein import Klein
 from twisted.internet import defer
-from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
+from vrtwist.logfields import Logger
 from vrtwist.safejson import JsonInputError, decode_json
 from vrtwist.vpnkit.host import ExposeError, ForwardTable, Port, PortError
 

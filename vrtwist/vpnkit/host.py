@@ -23,11 +23,11 @@ from twisted.internet.endpoints import (
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from vrtwist.access import SocketAccess
+from vrtwist.logfields import Logger
 from vrtwist.unixlisten import UNIXListenEndpoint
 from vrtwist.vpnkit._fastwrite import read_now
 from vrtwist.vpnkit._lean import LeanTCPPort

@@ -23,11 +23,11 @@ from twisted.internet.interfaces import (
     IPushProducer,
 )
 from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from vrtwist.bounds import ConnectionGuard, Ticket
+from vrtwist.logfields import Logger
 from vrtwist.vpnkit._fastwrite import adapt_read_size, link_buffers, plain_reads, send_now
 from vrtwist.vpnkit.frames import (
     HANDSHAKE,

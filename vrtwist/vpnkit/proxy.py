@@ -25,10 +25,10 @@ from twisted.internet.endpoints import (
 )
 from twisted.internet.interfaces import IHalfCloseableProtocol, ITransport
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from vrtwist.logfields import Logger
 from vrtwist.vpnkit._fastwrite import adapt_read_size, send_now, shutdown_now
 from vrtwist.vpnkit._lean import adopt_connected
 from vrtwist.vpnkit.frames import (

@@ -16,14 +16,14 @@ from typing import Any
 
 from twisted.application.internet import ClientService, StreamServerEndpointService, backoffPolicy
 from twisted.application.service import Service
-from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web.server import Site
 
 from vrtwist._busypoll import BusyPoll
-from vrtwist._process import DaemonService, reactor_and_tunings, tune_gc
+from vrtwist._process import DaemonService, check_endpoint, reactor_and_tunings, tune_gc
 from vrtwist.access import SOCKET_GROUP_OPTION
 from vrtwist.bounds import ConnectionGuard, ConnectionLimits, bounded_site
+from vrtwist.logfields import Logger
 from vrtwist.unixlisten import access_from_options, listen_endpoint
 from vrtwist.vpnkit.addr import AddressError, parse_connect_addr, parse_listen_addr
 from vrtwist.vpnkit.api import ExposeAPI
@@ -133,6 +133,16 @@ class VpnkitOptions(usage.Options):
         if not self["window"] <= self["window-max"] <= 0xFFFFFFFF:
             raise usage.UsageError("--window-max must be between --window and 2^32-1")
         self["access"] = access_from_options(self)
+        from twisted.internet import reactor
+
+        for key, parse in (("data-listen", parse_listen_addr), ("data-connect", parse_connect_addr)):
+            if self[key]:
+                try:
+                    parse(reactor, self[key])
+                except (AddressError, ValueError, KeyError, TypeError) as e:
+                    raise usage.UsageError(f"--{key} {self[key]}: {e}") from None
+        if self["api"]:
+            check_endpoint(self["api"], "api")
 
 
 class _StopBusyPoll(Service):

@@ -42,8 +42,9 @@ from twisted.internet.interfaces import (
     IStreamClientEndpoint,
     IStreamServerEndpoint,
 )
-from twisted.logger import Logger
 from zope.interface import implementer
+
+from vrtwist.logfields import Logger
 
 AF_VSOCK: socket.AddressFamily = socket.AF_VSOCK  # Linux only, like vsock itself
 VMADDR_CID_ANY: int = 0xFFFFFFFF

@@ -27,11 +27,11 @@ from twisted.internet.interfaces import (
     IReactorTime,
 )
 from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
 from vrtwist.bounds import ConnectionGuard, ConnectionLimits, Ticket
+from vrtwist.logfields import Logger
 from vrtwist.vsock import proxyv2 as P
 from vrtwist.vsock.endpoints import VSockAddress, parseCID
 from vrtwist.vsock.splice import SplicePair, trySplice

@@ -19,7 +19,7 @@ from typing import Any
 from twisted.application import internet
 from twisted.python import usage
 
-from vrtwist._process import DaemonService, reactor_and_tunings
+from vrtwist._process import DaemonService, check_endpoint, reactor_and_tunings
 from vrtwist.access import SOCKET_GROUP_OPTION
 from vrtwist.unixlisten import access_from_options, listen_endpoint
 from vrtwist.vsock.relay import BackendRoutes, RelayConfig, RouteError, VSockRelayFactory
@@ -70,6 +70,7 @@ class Options(usage.Options):
     opt_b = opt_backend
 
     def postOptions(self) -> None:
+        check_endpoint(self["listen"], "listen")
         routes: BackendRoutes = self["routes"]
         if routes.default is None and not routes.byCID:
             raise usage.UsageError("at least one --backend is required")

@@ -28,7 +28,8 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import tcp
-from twisted.logger import Logger
+
+from vrtwist.logfields import Logger
 
 F_SETPIPE_SZ = 1031
 PIPE_SIZE = 1 << 20

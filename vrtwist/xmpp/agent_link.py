@@ -32,9 +32,10 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.protocol import Factory
 from twisted.internet.ssl import CertificateOptions
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
+
+from vrtwist.logfields import Logger
 
 from .framing import StreamHeader, build_stream_open
 from .remote_routes import DEFAULT_ENCAP_PRIORITY, IRemoteRouteSink, RemoteRouteTable
@@ -693,7 +694,8 @@ class ControllerLink(MultiService):
             return
         self.session = None
         n = self.remote.markAllStale()
-        self._log.warn(
+        # the agent stopping closed it itself: news, not a warning
+        (self._log.warn if self.running else self._log.info)(
             "XMPP session to {cn} lost ({reason}); {n} learnt routes kept stale for {t} s",
             cn=session.peer_name,
             reason=reason,
@@ -777,7 +779,7 @@ class ControllerLink(MultiService):
         self._stale_call = None
         session = self._live()
         if session is not None:
-            session.closeSession("agent stopping")
+            session.closeSession("agent stopping", clean=True)
         return super().stopService()  # type: ignore[no-any-return]
 
     # -- stanza building ------------------------------------------------------------------

@@ -21,8 +21,9 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.protocol import Factory
 from twisted.internet.ssl import CertificateOptions
-from twisted.logger import Logger
 from zope.interface import Interface, implementer
+
+from vrtwist.logfields import Logger
 
 from .framing import StreamHeader, build_stream_response
 from .session import DEFAULT_HOLD_TIME, ProtocolViolation, XmppSession
@@ -567,8 +568,11 @@ class ControlSession(XmppSession):
         self._open_call = self._eor_call = None
         if self.registered:
             self.registered = False
-            self._log.info("agent {agent} disconnected: {reason}", agent=self.peer_name,
-                           reason=reason)
+            # a lost connection is worth a warning; an agent that ended its stream
+            # properly (it is stopping) is not
+            (self._log.info if self.closed_cleanly else self._log.warn)(
+                "agent {agent} disconnected{how}: {reason}", agent=self.peer_name,
+                how=" cleanly" if self.closed_cleanly else "", reason=reason)
             self.node.unregister(self)
 
     # -- output -------------------------------------------------------------------------

@@ -11,12 +11,12 @@ from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
-from twisted.logger import Logger
 from twisted.python import usage
 
-from vrtwist._process import DaemonService, reactor_and_tunings, tune_gc
+from vrtwist._process import DaemonService, check_endpoint, reactor_and_tunings, tune_gc
 from vrtwist.access import SOCKET_GROUP_OPTION
 from vrtwist.bounds import BoundedFactory, ConnectionLimits
+from vrtwist.logfields import Logger
 from vrtwist.unixlisten import access_from_options, listen_endpoint
 
 from .control import AGENT_MAX_STANZA, DEFAULT_MAX_ROUTES, ControlNode, ControlNodeFactory
@@ -56,6 +56,7 @@ class Options(usage.Options):
     ]
 
     def postOptions(self) -> None:
+        check_endpoint(self["xmpp"], "xmpp")
         tls = [self["xmpp-cert"], self["xmpp-key"], self["xmpp-ca"]]
         if any(tls) and not all(tls):
             raise usage.UsageError("--xmpp-cert, --xmpp-key and --xmpp-ca go together")

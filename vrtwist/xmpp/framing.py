@@ -175,7 +175,10 @@ class StanzaSplitter:
     """Split a received byte stream into stream headers, stanzas and keepalives.
 
     One buffer with a read offset; the consumed prefix is dropped only when it is large,
-    so feeding many small chunks stays linear.  Anything that is not whitespace, an XML
+    so feeding many small chunks stays linear: every search resumes where the last one
+    for the same unit stopped, and the declarations and comments in front of a stanza
+    are walked once, however many pieces they arrive in (``scanned`` counts the bytes
+    the searches examined, so a test can check that).  Anything that is not whitespace, an XML
     declaration, a comment or a known element start is a :class:`FramingError`, as is a
     unit (declaration + stanza) longer than ``max_stanza`` bytes.
     """
@@ -186,6 +189,9 @@ class StanzaSplitter:
         self._off = 0
         self._consumed = 0  # stream offset of _buf[0], for error messages
         self._scan_from = 0  # where the close-tag search resumes for the pending unit
+        self._walk = 0  # end of the declarations already walked in front of the pending unit
+        #: Bytes examined by searches so far (linear in the bytes fed, however split).
+        self.scanned = 0
 
     def feed(self, data: bytes) -> list[FramingEvent]:
         """Add ``data``; return every complete unit now available, in order."""
@@ -198,11 +204,14 @@ class StanzaSplitter:
             # ``_next`` does the same, and everything else
             off = self._off
             if buf.startswith(b"<iq ", off):
-                at = buf.find(b"</iq", max(off, self._scan_from))
+                start = max(off, self._scan_from)
+                at = buf.find(b"</iq", start)
                 if at < 0:  # not all here yet: the next search starts near the end
+                    self.scanned += end - start
                     self._scan_from = max(off, end - 3)
                     self._need_more(off, end)
                     break
+                self.scanned += at - start
                 if at < end - 4 and buf[at + 4] == 0x3E:  # ">"
                     events.append(self._unit(b"iq", off, at + 5))
                     continue
@@ -214,6 +223,7 @@ class StanzaSplitter:
             del buf[: self._off]
             self._consumed += self._off
             self._scan_from -= self._off
+            self._walk = max(0, self._walk - self._off)
             self._off = 0
         return events
 
@@ -235,11 +245,14 @@ class StanzaSplitter:
         # tag in another form ("</iq >") takes the general path.
         for f_open, f_close, f_tag in _FAST_UNITS:
             if buf.startswith(f_open, off):
-                at = buf.find(f_close, max(off, self._scan_from))
+                start = max(off, self._scan_from)
+                at = buf.find(f_close, start)
                 end = len(buf)
                 if at < 0:
+                    self.scanned += end - start
                     self._scan_from = max(off, end - len(f_close) + 1)
                     return self._need_more(off, end)
+                self.scanned += at - start
                 gt = at + len(f_close)
                 if gt >= end:
                     self._scan_from = at
@@ -258,32 +271,45 @@ class StanzaSplitter:
             return _KEEPALIVE_EVENT
         unit_start = off
         # Declarations and comments may precede the element; they stay part of the unit.
-        while off < end:
+        # Those walked already (the unit came in pieces) are not walked again, and the
+        # search for the end of an unfinished one resumes where it stopped.
+        if self._walk > off:
+            off = self._walk
+        while True:
+            while off < end and buf[off] in _SKIP:
+                off += 1
+            self._walk = off
+            if off >= end:
+                return self._need_more(unit_start, end)
             if buf[off] != 0x3C:  # "<"
                 raise self._error(f"unexpected byte {buf[off]:#04x} outside a stanza", off)
             if off + 1 >= end:
                 return self._need_more(unit_start, end)
             nxt = buf[off + 1]
             if nxt == 0x3F:  # "<?"
-                close = buf.find(b"?>", off + 2)
+                start = max(off + 2, self._scan_from)
+                close = buf.find(b"?>", start)
                 if close < 0:
+                    self.scanned += end - start
+                    self._scan_from = max(off + 2, end - 1)
                     return self._need_more(unit_start, end)
+                self.scanned += close - start
                 off = close + 2
             elif nxt == 0x21:  # "<!"
                 if end - off < 4 and buf[off:end] == b"<!--"[: end - off]:
                     return self._need_more(unit_start, end)
                 if buf[off : off + 4] != b"<!--":
                     raise self._error("DTD or markup declaration outside a stanza", off)
-                close = buf.find(b"-->", off + 4)
+                start = max(off + 4, self._scan_from)
+                close = buf.find(b"-->", start)
                 if close < 0:
+                    self.scanned += end - start
+                    self._scan_from = max(off + 4, end - 2)
                     return self._need_more(unit_start, end)
+                self.scanned += close - start
                 off = close + 3
             else:
                 break
-            while off < end and buf[off] in _SKIP:
-                off += 1
-        else:
-            return self._need_more(unit_start, end)
         m = _OPEN_TAG.match(buf, off)
         if m is None:
             name = _NAME_CHARS.match(buf, off)
@@ -293,7 +319,9 @@ class StanzaSplitter:
             raise self._error(f"unexpected element {partial[:40]!r}", off)
         tag = m.group(1)
         if tag == b"stream:stream":
-            hm = _HEADER_END.search(buf, max(m.end(), self._scan_from))
+            start = max(m.end(), self._scan_from)
+            hm = _HEADER_END.search(buf, start)
+            self.scanned += (hm.start() if hm is not None else end) - start
             if hm is None:
                 if end - unit_start > _MAX_HEADER:
                     raise self._error(
@@ -318,7 +346,9 @@ class StanzaSplitter:
             if buf[gt - 1] == 0x2F:  # self-closing "/>"
                 return self._unit(tag, unit_start, gt + 1)
             closer = re.compile(b"</" + tag + rb"\s*>")
-        cm = closer.search(buf, max(m.end(), self._scan_from))
+        start = max(m.end(), self._scan_from)
+        cm = closer.search(buf, start)
+        self.scanned += (cm.start() if cm is not None else end) - start
         if cm is None:
             # Resume the search near the end next time (the close tag may be split).
             self._scan_from = max(m.end(), end - 24)

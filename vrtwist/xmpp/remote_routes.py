@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from twisted.logger import Logger
 from zope.interface import Attribute, Interface
+
+from vrtwist.logfields import Logger
 
 from .stanzas import AFI_L2VPN, RouteEntry
 

@@ -12,8 +12,9 @@ from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol
-from twisted.logger import Logger
 from twisted.python.failure import Failure
+
+from vrtwist.logfields import Logger
 
 from .framing import (
     DEFAULT_MAX_STANZA,
@@ -64,6 +65,7 @@ class XmppSession(Protocol):
         self.established = False
         self.closing = False
         self.close_reason = ""
+        self.closed_cleanly = False
         self.peer_name = ""
         self.keepalives_received = 0
         self._last_rx = 0.0
@@ -119,13 +121,22 @@ class XmppSession(Protocol):
                 elif isinstance(event, StreamHeader):
                     self.headerReceived(event)
                 elif isinstance(event, StreamEnd):
-                    self.closeSession("peer closed the stream", send_close=True)
+                    # the peer ended its stream first: a clean close, however the
+                    # TCP connection then goes (our reply may meet a closed socket)
+                    self.closeSession("peer closed the stream", send_close=True, clean=True)
                     return
             except StanzaError as exc:
                 self.closeSession(f"bad stanza: {exc}")
                 return
             except ProtocolViolation as exc:
                 self.closeSession(f"protocol violation: {exc}")
+                return
+            except Exception:
+                # A bug in handling a stanza (the parser itself raises only StanzaError):
+                # the traceback is logged once and this session, not the process, ends.
+                self._log.failure("XMPP session {peer}: error handling a stanza",
+                                  peer=self.peerLabel())
+                self.closeSession("internal error handling a stanza")
                 return
         if not self.closing:
             self.chunkProcessed()
@@ -144,13 +155,18 @@ class XmppSession(Protocol):
         if not self.closing and self.transport is not None:
             self.transport.write(data)
 
-    def closeSession(self, reason: str, send_close: bool = True) -> None:
-        """Log why, send ``</stream:stream>`` and drop the connection (once)."""
+    def closeSession(self, reason: str, send_close: bool = True, clean: bool = False) -> None:
+        """Log why, send ``</stream:stream>`` and drop the connection (once).
+
+        ``clean``: an orderly end (the peer closed its stream, we are stopping), logged
+        at info; anything else is a warning.
+        """
         if self.closing:
             return
         self.closing = True
         self.close_reason = reason
-        self._log.warn(
+        self.closed_cleanly = clean
+        (self._log.info if clean else self._log.warn)(
             "XMPP session {peer} closed: {reason}", peer=self.peerLabel(), reason=reason
         )
         self._stop_timers()

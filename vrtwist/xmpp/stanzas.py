@@ -1,10 +1,12 @@
 """Sans-IO builders and parsers for the stanzas of the Contrail XMPP dialect.
 
-Every stanza framed by :mod:`vrtwist.xmpp.framing` is parsed alone, with the C
-ElementTree parser (expat) after refusing any markup declaration: without a DTD no
-entity can be declared, so an entity reference other than the five predefined ones is a
-parse error and nothing can expand.  Builders write elements in the order of the
-``xmpp_unicast.xsd`` / ``xmpp_enet.xsd`` generated encoders, which the real peers use.
+Every stanza framed by :mod:`vrtwist.xmpp.framing` is parsed alone, by
+:func:`vrtwist.xmlsafe.parse` on exactly the bytes received: expat itself refuses any
+DTD, so no entity can be declared and nothing can expand.  The fast path below accepts
+only canonical stanzas that parser would accept and read the same.  Every malformed
+input raises :class:`StanzaError` and nothing else.  Builders write elements in the
+order of the ``xmpp_unicast.xsd`` / ``xmpp_enet.xsd`` generated encoders, which the real
+peers use.
 
 No Twisted imports: bytes in, records out; records in, bytes out.
 """
@@ -17,6 +19,8 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
+
+from vrtwist import xmlsafe
 
 __all__ = [
     "PUBSUB_NS",
@@ -82,11 +86,6 @@ ENCAP_NAMES = {"udp": "MPLSoUDP", "gre": "MPLSoGRE", "vxlan": "VXLAN"}
 #: The ``afi/safi`` pairs whose items this package reads (inet, inet6, EVPN).
 _FAMILIES = frozenset({(AFI_INET, SAFI_UNICAST), (AFI_INET6, SAFI_UNICAST), (AFI_L2VPN, SAFI_ENET)})
 
-_STRIP_NS = (
-    (b' xmlns="http://jabber.org/protocol/pubsub"', b""),
-    (b" xmlns='http://jabber.org/protocol/pubsub'", b""),
-)
-_BAD_DECL = re.compile(rb"<!(?!--|\[CDATA\[)")
 _XML_DECL = b'<?xml version="1.0"?>\n'
 
 
@@ -282,20 +281,17 @@ Stanza = (
 
 
 def _local(tag: str) -> str:
-    return tag.rpartition("}")[2] if tag[:1] == "{" else tag
+    # Tags are kept as written (no namespace processing): "stream:features" -> "features".
+    return tag.rpartition(":")[2]
 
 
 def _parse_xml(data: bytes) -> ET.Element:
-    m = _BAD_DECL.search(data)
-    if m is not None:
-        raise StanzaError(f"DTD or entity declaration refused at byte {m.start()}")
-    for old, new in _STRIP_NS:
-        data = data.replace(old, new)
-    parser = ET.XMLParser()
+    # Keepalive bytes may lead a unit; what is left is parsed as is, never rewritten.
     try:
-        parser.feed(data.lstrip(b" \t\r\n\xc8\x80"))
-        return parser.close()
-    except ET.ParseError as exc:
+        return xmlsafe.parse(data.lstrip(b" \t\r\n\xc8\x80"), encoding="utf-8")
+    except xmlsafe.XmlRefused as exc:
+        raise StanzaError(f"XML {exc}") from None
+    except xmlsafe.XmlError as exc:
         raise StanzaError(f"malformed XML: {exc}") from None
 
 
@@ -305,14 +301,30 @@ def _text(elem: ET.Element | None, default: str = "") -> str:
     return elem.text.strip()
 
 
+#: An integer field as the peers write it: ASCII digits, at most a 64-bit value's worth
+#: (``int()`` alone would take "٣", "1_000" or 4,000 digits, and raise on 5,000).
+_INT_TEXT = re.compile(r"[+-]?[0-9]{1,20}")
+#: An ``afi/safi/vrf`` items node; afi and safi in ASCII digits.
+_ITEMS_NODE = re.compile(r"([0-9]{1,5})/([0-9]{1,5})/(.+)", re.S)
+#: How deep a config object's properties may nest (real IFMap objects: about 8).
+_MAX_CONFIG_DEPTH = 32
+
+
 def _int(elem: ET.Element | None, what: str, default: int = 0) -> int:
     text = _text(elem)
     if not text:
         return default
-    try:
-        return int(text)
-    except ValueError:
-        raise StanzaError(f"{what} is not an integer: {text[:40]!r}") from None
+    if _INT_TEXT.fullmatch(text) is None:
+        raise StanzaError(f"{what} is not an integer: {text[:40]!r}")
+    return int(text)
+
+
+def _items_family(node: str) -> tuple[int, int] | None:
+    """``(afi, safi)`` of an ``afi/safi/vrf`` node, or None if it is not one."""
+    m = _ITEMS_NODE.fullmatch(node)
+    if m is None:
+        return None
+    return int(m.group(1)), int(m.group(2))
 
 
 def _service(to: str) -> str:
@@ -324,20 +336,39 @@ def _service(to: str) -> str:
     return "bgp-peer" if not to else to.rpartition("/")[2]
 
 
+#: What a field check that missed a case could raise; turned into StanzaError.
+_MISSED = (ValueError, TypeError, LookupError, AttributeError, RecursionError)
+
+
 def parse_stanza(data: bytes) -> Stanza:
     """Parse one framed stanza into a record; :class:`StanzaError` says what is wrong."""
-    fast = parse_fast(data)
-    if fast is not None:
-        return fast
-    return parse_stanza_full(data)
+    try:
+        fast = parse_fast(data)
+        if fast is not None:
+            return fast
+        return _parse_full(data)
+    except StanzaError:
+        raise
+    except _MISSED as exc:
+        raise StanzaError(f"stanza not understood ({type(exc).__name__})") from None
 
 
 def parse_stanza_full(data: bytes) -> Stanza:
-    """The general parser (expat, no DTD): every shape, every formatting, every error."""
-    if b"stream:features" in data:
-        data = data.replace(b"<stream:features", b"<features").replace(
-            b"</stream:features", b"</features"
-        )
+    """The general parser (expat, no DTD): every shape, every formatting, every error.
+
+    Raises :class:`StanzaError` and nothing else: the fields are checked before they
+    are converted, and whatever a check missed is still turned into a
+    :class:`StanzaError` here, so a peer can never end a session with a traceback.
+    """
+    try:
+        return _parse_full(data)
+    except StanzaError:
+        raise
+    except _MISSED as exc:
+        raise StanzaError(f"stanza not understood ({type(exc).__name__})") from None
+
+
+def _parse_full(data: bytes) -> Stanza:
     root = _parse_xml(data)
     tag = _local(root.tag)
     if tag == "iq":
@@ -446,10 +477,10 @@ def _parse_message(root: ET.Element) -> Stanza:
     node = items.get("node", "")
     if node == EOR_NODE:
         return EndOfRib(root.get("from", ""))
-    parts = node.split("/", 2)
-    if len(parts) != 3 or not parts[0].isdigit() or not parts[1].isdigit() or not parts[2]:
+    family = _items_family(node)
+    if family is None:
         raise StanzaError(f"items node {node[:80]!r} is not afi/safi/vrf")
-    if (int(parts[0]), int(parts[1])) not in _FAMILIES:
+    if family not in _FAMILIES:
         # Multicast (1/241), MVPN (1/5), labeled inet (1/4): not used by this agent, and a
         # real control node sends them; they are accepted and carry nothing for us.
         return RouteUpdate(node, (), ())
@@ -567,8 +598,10 @@ def _check_prefix(prefix: str, afi: int | None) -> None:
         raise StanzaError(f"prefix {prefix[:60]!r} does not match address family {afi}")
 
 
-def _plain(elem: ET.Element) -> Any:
+def _plain(elem: ET.Element, depth: int = 0) -> Any:
     """An element as plain data: leaf text, or a dict of children (repeats become lists)."""
+    if depth > _MAX_CONFIG_DEPTH:
+        raise StanzaError(f"config nested deeper than {_MAX_CONFIG_DEPTH} elements")
     children = list(elem)
     if not children:
         if elem.attrib:
@@ -577,7 +610,7 @@ def _plain(elem: ET.Element) -> Any:
     out: dict[str, Any] = {}
     for child in children:
         key = _local(child.tag)
-        value = _plain(child)
+        value = _plain(child, depth + 1)
         if key in out:
             prev = out[key]
             if isinstance(prev, list):
@@ -920,8 +953,9 @@ PROCEED = f'<proceed xmlns="{TLS_NS}"/>'.encode()
 # normalise, so a match is well-formed XML that parses to the same record; anything else
 # (another peer's formatting, escapes, errors) returns None and takes the full parser.
 
-_A = r'([^"<&>\x00-\x1f]*)'  # an attribute value that needs no unescaping/normalising
-_TX = r"([^<&>\x00-\x08\x0b\x0c\x0d\x0e-\x1f]*)"  # element text, same rule
+# (U+FFFE and U+FFFF are not XML characters: the parser refuses them, so must this)
+_A = r'([^"<&>\x00-\x1f\ufffe\uffff]*)'  # an attribute value needing no unescaping/normalising
+_TX = r"([^<&>\x00-\x08\x0b\x0c\x0d\x0e-\x1f\ufffe\uffff]*)"  # element text, same rule
 _NUM = r"([0-9]{1,10})"
 _ENCS = r"((?:<tunnel-encapsulation>[a-z]{1,16}</tunnel-encapsulation>){0,8})"
 _TAGS = r"(?:<tag-list />|<tag-list>((?:<tag>[0-9]{1,10}</tag>){0,64})</tag-list>)"
@@ -1143,9 +1177,8 @@ def parse_fast(data: bytes) -> Stanza | None:
         if m is None:
             return None
         node = m.group(3)
-        parts = node.split("/", 2)
-        if len(parts) != 3 or not parts[0].isdigit() or not parts[1].isdigit() or not parts[2]:
-            return None
+        if _items_family(node) not in _FAMILIES:
+            return None  # the full parser says why, or reads the family as carrying nothing
         pos = m.end()
         if text.startswith("<retract ", pos):
             ids = []

@@ -25,11 +25,11 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol
+from typing import Any, Final, NamedTuple, Protocol
 
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger
 
+from vrtwist.logfields import Logger
 from vrtwist.packet.headers import (
     ETH_P_IP,
     IPPROTO_ICMP,
@@ -42,15 +42,17 @@ from vrtwist.packet.headers import (
 from vrtwist.pkt0.codec import AgentHeader
 from vrtwist.sandesh import constants as C
 from vrtwist.shmem import layout as L
-from vrtwist.shmem.manager import FlowKey, FlowManager
+from vrtwist.shmem.entries import port_to_wire
 
 __all__ = [
     "DEFAULT_AGE",
     "FlowCounters",
     "FlowDecision",
+    "FlowKey",
     "FlowSetup",
     "RouteView",
     "analyse",
+    "flow_request",
 ]
 
 #: the real agent's default flow idle time (``FlowAgeTime``)
@@ -73,9 +75,11 @@ Key = tuple[Any, ...]
 
 
 class FlowChannel(Protocol):
-    """Sends one ``vr_flow_req``; fires with ``(resp_code, vr_flow_response or None)``."""
+    """Applies one FLOW_SET (its ``vr_flow_req`` fields, as :func:`flow_request` makes
+    them); fires with ``(resp_code, index, gen_id)`` from the datapath's answer, index -1
+    when the answer carried none."""
 
-    def __call__(self, request: Any) -> Deferred[tuple[int, Any]]: ...
+    def __call__(self, fields: dict[str, int]) -> Deferred[tuple[int, int, int]]: ...
 
 
 class RouteView:
@@ -132,6 +136,52 @@ class RouteView:
         return entry[1] if entry else None
 
 
+class FlowKey(NamedTuple):
+    """A flow's key as the datapath hashes it: raw IPv4 addresses, host-order ports."""
+
+    sip: bytes
+    dip: bytes
+    proto: int
+    sport: int
+    dport: int
+    nh_id: int
+
+    def text(self) -> str:
+        return "%s:%d -> %s:%d proto %d nh %d" % (
+            ipaddress.IPv4Address(self.sip), self.sport, ipaddress.IPv4Address(self.dip),
+            self.dport, self.proto, self.nh_id)  # fmt: skip
+
+
+def flow_request(
+    key: FlowKey, index: int, gen: int, action: int, flags: int, **options: int
+) -> dict[str, int]:
+    """The fields of the FLOW_SET ``vr_flow_req`` for ``key`` at ``index``/``gen``.
+
+    Addresses and ports go in the "network bytes held in a host integer" form of the
+    vRouter's messages; ``options`` are further fields without their ``fr_`` prefix. A
+    mapping, not a Sandesh object: the embedded datapath takes it as it is, and only the
+    ksync channel builds the message.
+    """
+    f: dict[str, int] = {
+        "fr_op": 0,
+        "fr_index": index,
+        "fr_gen_id": gen,
+        "fr_action": action,
+        "fr_flags": flags,
+        "fr_ecmp_nh_index": 0xFFFFFFFF,
+        "fr_family": C.AF_INET,
+        "fr_flow_proto": key.proto,
+        "fr_flow_sport": port_to_wire(key.sport),
+        "fr_flow_dport": port_to_wire(key.dport),
+        "fr_flow_nh_id": key.nh_id,
+        "fr_flow_sip_l": int.from_bytes(key.sip, "little"),
+        "fr_flow_dip_l": int.from_bytes(key.dip, "little"),
+    }
+    for name, value in options.items():
+        f["fr_" + name] = value
+    return f
+
+
 @dataclass(frozen=True)
 class FlowDecision:
     """What the agent writes for one trapped flow."""
@@ -159,10 +209,6 @@ def _ports(frame: bytes | memoryview, proto: int, l4: int, end: int) -> tuple[in
             return int.from_bytes(frame[l4 + 4 : l4 + 6], "big"), 0
         return 0, icmp_type
     return 0, 0
-
-
-def _text(addr: bytes) -> str:
-    return str(ipaddress.IPv4Address(addr))
 
 
 #: UDP destination ports of MPLSoUDP (the IANA port and the vRouter's own) and of VXLAN
@@ -237,7 +283,7 @@ def analyse(hdr: AgentHeader, frame: bytes | memoryview, routes: RouteView,
     sport, dport = _ports(frame, ip.proto, l4, min(len(frame), l3 + ip.total_length))
     key_nh = hdr.param_1
     vrf = hdr.vrf
-    forward = FlowKey(_text(ip.src), _text(ip.dst), ip.proto, sport, dport, key_nh)
+    forward = FlowKey(ip.src, ip.dst, ip.proto, sport, dport, key_nh)
     src_route = routes.lookup(vrf, ip.src)
     dst_route = routes.lookup(vrf, ip.dst)
     if src_route is None or dst_route is None:
@@ -332,14 +378,10 @@ class FlowSetup:
         d.addBoth(done)
         return d
 
-    def _request(self, key: FlowKey, index: int, gen: int, action: int, flags: int,
-                 **options: int) -> Any:
-        return FlowManager.request_for(key, index, gen, action, flags, options)
-
     async def _program(self, index: int, gen: int, d: FlowDecision) -> None:
         c = self.counters
         if d.reverse is None:
-            code, _ = await self.channel(self._request(
+            code, _, _ = await self.channel(flow_request(
                 d.forward, index, gen, L.ACTION_DROP, L.FLAG_ACTIVE,
                 flow_vrf=d.vrf, drop_reason=d.drop_reason))  # fmt: skip
             if code < 0:
@@ -347,21 +389,21 @@ class FlowSetup:
             else:
                 c.short_flows += 1
             return
-        rev_req = self._request(
+        rev_req = flow_request(
             d.reverse, -1, 0, d.action, L.FLAG_ACTIVE | L.RFLOW_VALID,
             flow_vrf=d.dvrf, src_nh_index=d.reverse_src_nh, rindex=index)  # fmt: skip
-        code, resp = await self.channel(rev_req)
+        code, rev_index, rev_gen = await self.channel(rev_req)
         if code < 0 and -code != _EEXIST:
             self._failed(code)
             return
-        if resp is None:
-            self._failed(-71)
+        if rev_index < 0:
+            self._failed(-71)  # EPROTO: no index in the answer
             return
-        rev_index, rev_gen = int(resp.fresp_index), int(resp.fresp_gen_id) & 0xFF
-        fwd_req = self._request(
+        rev_gen &= 0xFF
+        fwd_req = flow_request(
             d.forward, index, gen, d.action, L.FLAG_ACTIVE | L.RFLOW_VALID,
             flow_vrf=d.vrf, src_nh_index=d.src_nh, rindex=rev_index)  # fmt: skip
-        code, _ = await self.channel(fwd_req)
+        code, _, _ = await self.channel(fwd_req)
         if code < 0:
             self._failed(code)
             return
@@ -377,7 +419,7 @@ class FlowSetup:
             self._log.warn("flow setup refused by the datapath: {code}", code=code)
 
     def audit_pass(self, held: Iterable[int],
-                   read: Callable[[int], Any]) -> list[Deferred[tuple[int, Any]]]:
+                   read: Callable[[int], Any]) -> list[Deferred[tuple[int, int, int]]]:
         """One audit pass over the HOLD entries (``held``: their indices).
 
         An entry still HOLD with the same generation ``AUDIT_TIMEOUT`` after it was first
@@ -386,7 +428,7 @@ class FlowSetup:
         flows whose trap never reached this agent (it was restarting) recover.
         """
         now = self.now()
-        out: list[Deferred[tuple[int, Any]]] = []
+        out: list[Deferred[tuple[int, int, int]]] = []
         seen: dict[int, tuple[int, float]] = {}
         for index in held:
             entry = read(index)
@@ -403,13 +445,14 @@ class FlowSetup:
                 seen[index] = first
                 continue
             self.counters.audited += 1
-            key = FlowKey(entry.sip, entry.dip, entry.proto, entry.sport, entry.dport,
-                          entry.nh_id)
-            out.append(self.channel(self._request(key, index, gen, L.ACTION_DROP, 0)))
+            key = FlowKey(ipaddress.IPv4Address(entry.sip).packed,
+                          ipaddress.IPv4Address(entry.dip).packed, entry.proto, entry.sport,
+                          entry.dport, entry.nh_id)
+            out.append(self.channel(flow_request(key, index, gen, L.ACTION_DROP, 0)))
         self._holds = seen
         return out
 
-    def age_pass(self, read: Callable[[int], Any]) -> list[Deferred[tuple[int, Any]]]:
+    def age_pass(self, read: Callable[[int], Any]) -> list[Deferred[tuple[int, int, int]]]:
         """One aging pass over the pairs this agent created.
 
         ``read(index)`` returns the shared-memory entry (``FlowEntry``) or None. Idle pairs
@@ -417,7 +460,7 @@ class FlowSetup:
         entries the datapath evicted or reused are forgotten.
         """
         now = self.now()
-        out: list[Deferred[tuple[int, Any]]] = []
+        out: list[Deferred[tuple[int, int, int]]] = []
         for index, pair in list(self.pairs.items()):
             fwd, rev = read(pair.fwd_index), read(pair.rev_index)
             gone = (
@@ -441,5 +484,5 @@ class FlowSetup:
             for key, idx, gen in ((pair.forward, pair.fwd_index, pair.fwd_gen),
                                   (pair.reverse, pair.rev_index, pair.rev_gen)):
                 if key is not None:
-                    out.append(self.channel(self._request(key, idx, gen, L.ACTION_DROP, 0)))
+                    out.append(self.channel(flow_request(key, idx, gen, L.ACTION_DROP, 0)))
         return out

@@ -21,7 +21,6 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from vrtwist.access import SocketAccess
@@ -31,8 +30,10 @@ from vrtwist.agent.packet.flows import FlowSetup, RouteView
 from vrtwist.agent.packet.services import Announcer, PacketServices, VmPort
 from vrtwist.ksync.client import KsyncClientProtocol
 from vrtwist.ksync.clientcore import KsyncError
+from vrtwist.logfields import Logger
 from vrtwist.pkt0.endpoints import AgentEndpoint
 from vrtwist.pkt0.transport import AGENT_SOCKET, DATAPATH_SOCKET, UnixDatagramTransport
+from vrtwist.sandesh import schema
 
 __all__ = ["AgentPacketService", "KsyncFlowChannel", "LocalFlowChannel"]
 
@@ -42,20 +43,28 @@ AGE_SCAN_INTERVAL = 1.0
 AUDIT_SCAN_INTERVAL = 2.5
 
 
-def _flow_response(objects: Iterable[Any]) -> Any:
-    return next((o for o in objects if type(o).__name__ == "vr_flow_response"), None)
+def _answer(code: int, objects: Iterable[Any]) -> tuple[int, int, int]:
+    fr = next((o for o in objects if type(o).__name__ == "vr_flow_response"), None)
+    if fr is None:
+        return code, -1, 0
+    return code, int(fr.fresp_index), int(fr.fresp_gen_id)
 
 
 class LocalFlowChannel:
-    """FLOW_SET straight into an embedded datapath (same process, no socket)."""
+    """FLOW_SET straight into an embedded datapath's flow table (same process, no socket,
+    no Sandesh message: the table takes the request's fields as a mapping)."""
 
     def __init__(self, datapath: Any) -> None:
+        handler = datapath.handlers.get("vr_flow_req") if hasattr(datapath, "handlers") else None
+        self._flows = getattr(handler, "flows", None)
         self._datapath = datapath
 
-    def __call__(self, request: Any) -> Deferred[tuple[int, Any]]:
-        reply = self._datapath.handle(request)
-        code = int(reply[0][0].resp_code)
-        return succeed((code, _flow_response(o for msg in reply for o in msg)))
+    def __call__(self, fields: dict[str, int]) -> Deferred[tuple[int, int, int]]:
+        if self._flows is not None:
+            r = self._flows.flow_set(fields)
+            return succeed((r.errno, r.index, r.gen_id))
+        reply = self._datapath.handle(schema.vr_flow_req(**fields))
+        return succeed(_answer(int(reply[0][0].resp_code), (o for m in reply for o in m)))
 
 
 class KsyncFlowChannel:
@@ -77,23 +86,23 @@ class KsyncFlowChannel:
     def _connected(self, client: Any) -> None:
         self._client = client
 
-    def __call__(self, request: Any) -> Deferred[tuple[int, Any]]:
+    def __call__(self, fields: dict[str, int]) -> Deferred[tuple[int, int, int]]:
         client = self._client
         if client is None or client.transport is None:
             self._client = None
             self.service.whenConnected(failAfterFailures=None).addCallback(self._connected)
-            return succeed((-errno.ENOTCONN, None))
+            return succeed((-errno.ENOTCONN, -1, 0))
 
-        def ok(resp: Any) -> tuple[int, Any]:
-            return 0, _flow_response(resp.objects)
+        def ok(resp: Any) -> tuple[int, int, int]:
+            return _answer(0, resp.objects)
 
-        def refused(f: Failure) -> tuple[int, Any]:
+        def refused(f: Failure) -> tuple[int, int, int]:
             e = f.value
             if isinstance(e, KsyncError):
-                return e.code, _flow_response(e.objects)
-            return -errno.ECONNRESET, None
+                return _answer(e.code, e.objects)
+            return -errno.ECONNRESET, -1, 0
 
-        return client.request(request).addCallbacks(ok, refused)
+        return client.request(schema.vr_flow_req(**fields)).addCallbacks(ok, refused)
 
 
 class AgentPacketService(MultiService):

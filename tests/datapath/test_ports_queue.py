@@ -1,0 +1,98 @@
+"""The bounded transmit queue of a port, over a real full socket (no root needed).
+
+A ``SOCK_SEQPACKET`` socketpair stands in for the device: a ``Port`` whose writes go to
+one end, the other end left unread until it is full, so ``EAGAIN`` is real.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from twisted.internet.testing import MemoryReactor
+from twisted.trial.unittest import SynchronousTestCase
+
+from vrtwist.datapath import ports as P
+from vrtwist.datapath.dispatcher import Datapath, make
+from vrtwist.datapath.ports import Frame, Port, PortManager
+from vrtwist.sandesh import ADD
+
+
+class SocketPort(Port):
+    kind = "socketpair"
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.sock, self.peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.sock.setblocking(False)
+        self.peer.setblocking(False)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def _read(self) -> Frame | None:
+        try:
+            return self.sock.recv(65536)
+        except BlockingIOError:
+            return None
+
+    def _write(self, frame: Frame) -> None:
+        self.sock.send(frame)
+
+    def _close(self) -> None:
+        self.sock.close()
+        self.peer.close()
+
+
+class QueueTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.dp = Datapath()
+        req = {"h_op": ADD, "vifr_idx": 4, "vifr_type": 3, "vifr_name": "q", "vifr_mac": bytes(6)}
+        self.dp.handle(make("vr_interface_req", req))
+        self.reactor = MemoryReactor()
+        self.manager = PortManager(self.dp.tables, self.reactor)  # type: ignore[arg-type]
+        self.port = SocketPort(4, "q", 99, b"\x02" * 6, self.manager._deliver, self.manager._lost)
+        self.port.start(self.reactor)  # type: ignore[arg-type]
+        self.manager.ports[4] = self.port
+        self.manager.wanted[4] = "q"
+
+    def fill(self) -> int:
+        sent = 0
+        while self.manager.transmit(4, b"x" * 1000):
+            sent += 1
+            self.assertLess(sent, 100000)
+        return sent
+
+    def test_full_device_queues_a_bounded_number_then_refuses(self) -> None:
+        sent = self.fill()
+        self.assertEqual(len(self.port.queue), P.TX_QUEUE)
+        self.assertEqual(self.port.stats["tx"] + P.TX_QUEUE, sent)
+        self.assertEqual(self.port.stats["tx_full"], 1)
+        self.assertIn(self.port, self.reactor.writers)
+        self.assertFalse(self.manager.transmit(4, b"y"))  # still full: refused, not queued
+        self.assertEqual(len(self.port.queue), P.TX_QUEUE)
+        # the device drains: doWrite flushes the queue in order and stops writing
+        got = 0
+        while got < sent:
+            while True:
+                try:
+                    self.port.peer.recv(65536)
+                    got += 1
+                except BlockingIOError:
+                    break
+            self.port.doWrite()
+        self.assertEqual(len(self.port.queue), 0)
+        self.assertNotIn(self.port, self.reactor.writers)
+        self.assertEqual(self.port.stats["tx"], sent)
+
+    def test_device_gone_with_queued_frames_counts_them_as_drops(self) -> None:
+        self.fill()
+        self.port.close()
+        vif = self.dp.tables.interfaces[4]
+        self.assertEqual(vif.counters["oerrors"], P.TX_QUEUE)
+        self.assertEqual(vif.drops["vds_interface_tx_discard"], P.TX_QUEUE)
+        self.assertEqual(self.dp.tables.drop_stats["vds_interface_tx_discard"], P.TX_QUEUE)
+        self.assertEqual(vif.intf_status, P.WAITING)
+        self.assertNotIn(4, self.manager.ports)
+        self.assertFalse(self.manager.transmit(4, b"z"))
+        self.assertNotIn(self.port, self.reactor.readers)
