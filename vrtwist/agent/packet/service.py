@@ -210,6 +210,7 @@ class AgentPacketService(MultiService):
             self._log.error("pkt0: cannot bind {path}: {e}", path=self.transport.local_path, e=e)
             raise
         self._aging.start(AGE_SCAN_INTERVAL, now=False)
+        self._flow_view()  # mapped now, not in the middle of traffic (when it exists)
         self._audit.start(AUDIT_SCAN_INTERVAL, now=False)
         self.resolver.wanted(self.model.tunnelDestinations())
 
