@@ -153,6 +153,32 @@ class ProgrammingTests(SynchronousTestCase):
         self.assertIsNone(route(self.dp, vrf, "10.9.0.1", 32))
         self.assertIsNotNone(route(self.dp, vrf, a["ip-address"], 32))
 
+    def test_vxlan_vnis_follow_the_ports(self) -> None:
+        """With VXLAN on, each port's label is also a VNI leading to its VRF's translate
+        next hop; the port's delete removes it, the VRF's last port the next hop; a VXLAN
+        tunnel carries routed packets to the VRRP MAC (L3 VXLAN)."""
+        m = self.agent.model
+        m.vxlan = True
+        m.fabric_ip = "192.0.2.1"
+        a, b = port_body(1), port_body(2)
+        self.agent.call("POST", "/port", [a, b])
+        ids = m.port_ids(a["id"])
+        nh = self.dp.tables.vxlan[ids["label"]]
+        self.assertEqual((nh.type, nh.family, nh.vrf), (C.NH_VRF_TRANSLATE, C.AF_BRIDGE,
+                                                         ids["vrf"]))
+        self.assertIs(self.dp.tables.vxlan[m.port_ids(b["id"])["label"]], nh)
+        m.addRemoteRoute(m.vrfNames()[0], "10.9.0.1", 32, "192.0.2.2", 40, encap="vxlan")
+        tunnel = route(self.dp, ids["vrf"], "10.9.0.1", 32).nh
+        self.assertTrue(tunnel.flags & C.NH_FLAG_TUNNEL_VXLAN and tunnel.flags & C.NH_FLAG_L3_VXLAN)
+        self.assertEqual(bytes(tunnel.rw_dst_mac), bytes.fromhex("00005e000100"))
+        m.deleteRemoteRoute(m.vrfNames()[0], "10.9.0.1", 32)
+        self.agent.call("DELETE", f"/port/{a['id']}")
+        self.assertNotIn(ids["label"], self.dp.tables.vxlan)
+        self.agent.call("DELETE", f"/port/{b['id']}")
+        self.assertEqual(dict(self.dp.tables.vxlan), {})
+        self.assertEqual(self.agent.sync.errors, {})
+        self.assertEqual(len(m.nhs), 0)  # every next-hop id given back
+
     def test_allocator_round_robin(self) -> None:
         a = IdAllocator("x", 1, 4)
         self.assertEqual([a.alloc(), a.alloc()], [1, 2])
@@ -184,6 +210,50 @@ class RestartTests(SynchronousTestCase):
         self.assertEqual(second.writes, 0)
         self.assertEqual((dict(dp.tables.interfaces), dict(dp.tables.nexthops)),
                          objects_before)
+
+    def test_tunnels_keep_their_id_and_resolved_mac(self) -> None:
+        """A tunnel next hop in the datapath is adopted: the route learnt again goes
+        through the same id (flows name it as their RPF next hop), with the MAC that was
+        resolved, and nothing is rewritten; learnt routes stay until the controller has
+        sent them again (End-of-RIB), then those not sent again go."""
+        d = tempdir(self)
+        first = InMemoryAgent(d)
+        first.model.fabric_ip = "192.0.2.1"
+        first.call("POST", "/port", port_body(1))
+        vrf_name = first.model.vrfNames()[0]
+        first.model.addRemoteRoute(vrf_name, "10.9.0.1", 32, "192.0.2.2", 40)
+        first.model.addRemoteRoute(vrf_name, "10.9.0.3", 32, "192.0.2.3", 42)  # not relearnt
+        mac = bytes.fromhex("0200c0000202")
+        first.model.setFabricMac("192.0.2.2", mac)
+        dp = first.datapath
+        vrf = first.model.vrf_id_of(VN)
+        tunnel = route(dp, vrf, "10.9.0.1", 32).nh
+        self.assertEqual(bytes(tunnel.encap[:6]), mac)
+        second = _restarted(d, dp)
+        second.model.fabric_ip = "192.0.2.1"
+        self.assertEqual(second.model.fabric_macs, {"192.0.2.2": mac})
+        # until the controller has sent its routes again, what was learnt stays
+        self.assertIsNotNone(route(dp, vrf, "10.9.0.3", 32))
+        self.assertIsNotNone(route(dp, vrf, "10.9.0.1", 32))
+        second.model.addRemoteRoute(second.model.vrfNames()[0], "10.9.0.1", 32, "192.0.2.2",
+                                    40)
+        self.assertEqual(second.sync.errors, {})
+        again = route(dp, vrf, "10.9.0.1", 32).nh
+        self.assertEqual((again.id, bytes(again.encap)), (tunnel.id, bytes(tunnel.encap)))
+        self.assertEqual(second.writes, 0)
+        # a tunnel of another encapsulation gets a new id
+        second.model.addRemoteRoute(second.model.vrfNames()[0], "10.9.0.2", 32, "192.0.2.2",
+                                    41, encap="gre")
+        self.assertNotEqual(route(dp, vrf, "10.9.0.2", 32).nh.id, tunnel.id)
+        # End-of-RIB: the route no one learnt again goes, with its tunnel; the rest stays
+        other = route(dp, vrf, "10.9.0.3", 32).nh.id
+        second.sync.release_learnt()
+        self.assertEqual(second.sync.errors, {})
+        self.assertIsNone(route(dp, vrf, "10.9.0.3", 32))
+        self.assertNotIn(other, dp.tables.nexthops)
+        self.assertEqual(route(dp, vrf, "10.9.0.1", 32).nh.id, tunnel.id)
+        second.sync.release_learnt()  # nothing left: no-op
+        self.assertEqual(second.sync.retained, set())
 
     def test_stale_objects_are_deleted_missing_ones_added(self) -> None:
         d = tempdir(self)

@@ -13,7 +13,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from vrtwist.agent.dpstate import AGENT_VIF, DatapathModel
+from vrtwist.agent.dpstate import AGENT_VIF, VIF, DatapathModel
 from vrtwist.agent.model import Port
 from vrtwist.agent.packet.flows import FlowSetup, RouteView
 from vrtwist.agent.packet.service import LocalFlowChannel
@@ -69,12 +69,18 @@ def icmp_echo(src_mac: bytes, sip: str, dip: str, ident: int = 7, seq: int = 1) 
 class Node:
     """One node: the real pipeline, the agent's model and services, pkt0 in memory."""
 
-    def __init__(self) -> None:
+    def __init__(self, fabric_ip: str = "192.0.2.1", ports: list[Port] | None = None,
+                 fabric_mac: bytes | None = None, vxlan: bool = False) -> None:
         self.world = World()
         dp = self.world.dp
-        self.model = DatapathModel(fabric_ip="192.0.2.1", fabric_name="nonexistent0")
+        self.fabric_ip = fabric_ip
+        self.model = DatapathModel(fabric_ip=fabric_ip, fabric_name="nonexistent0")
+        self.model.vxlan = vxlan
+        if fabric_mac is not None:  # as read from the fabric device
+            name, fields = self.model.desired[(VIF, 0)]
+            self.model.desired[(VIF, 0)] = (name, {**fields, "vifr_mac": list(fabric_mac)})
         self.clock = Clock()
-        self.ports = [port(1, "10.1.1.3"), port(2, "10.1.1.4")]
+        self.ports = ports or [port(1, "10.1.1.3"), port(2, "10.1.1.4")]
         for p in self.ports:
             self.model.portAdded(p)
         self.apply()
@@ -92,7 +98,7 @@ class Node:
         self.agent_end.handler = self.services
 
     def apply(self) -> None:
-        order = {"vif": 0, "nh": 1, "mpls": 2, "route": 3}
+        order = {"vif": 0, "nh": 1, "mpls": 2, "vxlan": 2, "route": 3}
         def rank(kv: Any) -> tuple[int, int]:
             key = kv[0]
             return order[key[0]], -key[1] if key[0] == "route" else 0  # bridge entries first

@@ -78,6 +78,27 @@ class PortControlTests(TestCase):
         ns.oper = "enable"  # not an ESXi port, not even known: non-200 -> 1
         self.assertEqual((await self.run_pc(ns))[0], pc.EXIT_BAD_ARGUMENT)
 
+    async def test_subnet_options(self) -> None:
+        """--plen/--gateway/--dns_server reach the port (DHCP offers them); a gateway
+        outside the subnet is refused by the agent and no port is added."""
+        agent = await self.start_agent()
+        d = tempdir(self)
+        b = port_body(6, **{"ip-address": "10.7.0.5"})
+        code, out = await self.run_pc(args_for(self.port, d, b, "--plen", "24", "--gateway",
+                                               "10.7.0.1", "--dns_server", "10.7.0.2"))
+        self.assertEqual(code, 0, out)
+        port = agent.table.get(b["id"])
+        self.assertEqual((port.plen, port.gateway, port.dns_server), (24, "10.7.0.1", "10.7.0.2"))
+        with open(os.path.join(d, b["id"])) as f:
+            self.assertEqual(json.load(f)["plen"], 24)
+        bad = port_body(7, **{"ip-address": "10.7.0.6"})
+        code, out = await self.run_pc(args_for(self.port, d, bad, "--plen", "24",
+                                               "--gateway", "10.9.0.1"))
+        self.assertEqual(code, pc.EXIT_AGENT_REFUSED)
+        self.assertIn("gateway", out)
+        self.assertIsNone(agent.table.get(bad["id"]))
+        self.assertIsNotNone(agent.table.get(b["id"]))
+
     async def test_no_persist(self) -> None:
         agent = await self.start_agent()
         d = tempdir(self)
@@ -117,6 +138,11 @@ class ArgumentTests(SynchronousTestCase):
         self.assertEqual((ns.port_type, ns.vif_type, ns.vhostuser_mode, ns.agent_port,
                           ns.port_json_path), ("NovaVMPort", "Vrouter", 0, 9091,
                                                "/var/lib/contrail/ports/"))
+
+    def test_subnet_options_absent_keep_the_real_body(self) -> None:
+        ns = pc.parser().parse_args(["--oper", "add", "--uuid", "u"])
+        body = pc.port_body(ns, "u")
+        self.assertFalse({"plen", "gateway", "dns-server"} & set(body))
 
     def test_default_directory_is_the_agents(self) -> None:
         """The script's default --port_json_path is where ``twistd vrouter`` replays from."""

@@ -295,6 +295,22 @@ class RoutingTests(SynchronousTestCase):
         self.assertEqual(only_phys.out.on(2), [F])  # a VM vif is not tagged
 
 
+def ip_int_of(frame: bytes, at: int) -> int:
+    """An IPv4 address of ``frame`` as a flow request field (host order of wire bytes)."""
+    return int.from_bytes(frame[at : at + 4], "little")
+
+
+def port_of(frame: bytes, at: int) -> int:
+    """A port of ``frame`` as a flow request field (the wire's two bytes, as read)."""
+    return int.from_bytes(frame[at : at + 2], "little")
+
+
+def _routed(frame: bytes) -> bytearray:
+    out = bytearray(frame)
+    ipv4_ttl_decrement(out, 14)
+    return out
+
+
 def tunnel_pair(kind: int, *, l3_vxlan: bool = False) -> tuple[World, World]:
     """Compute A (VM vif 3 in VRF 1, fabric vif 0) tunnels to compute B (VM vif 4).
 
@@ -374,6 +390,33 @@ class TunnelRoundTripTests(SynchronousTestCase):
         wire = self.l2(C.NH_FLAG_TUNNEL_VXLAN)
         self.assertEqual(wire[42:50].hex(), "0800000000008000")
 
+    def test_flow_trap_of_a_decapsulated_packet_keeps_the_outer_headers(self) -> None:
+        """A tunnel packet to a policy next hop is held and trapped from the start of its
+        frame (outer Ethernet, IP, UDP, label), as the vRouter resets a trap copy, so the
+        agent can read the label; the held packet itself still leaves decapsulated."""
+        for kind in (C.NH_FLAG_TUNNEL_UDP_MPLS, C.NH_FLAG_TUNNEL_GRE):
+            a, b = tunnel_pair(kind)
+            b.encap_nh(30, 4, family=C.AF_INET,
+                       flags=C.NH_FLAG_VALID | C.NH_FLAG_POLICY_ENABLED)
+            a.pipeline.receive(3, udp_frame(dst=ROUTER_MAC))
+            (wire,) = a.out.on(0)
+            b.pipeline.receive(0, wire)
+            self.assertEqual(b.out.on(4), [])  # held
+            ((vif, vrf, code, index, nh_id, stats, frame),) = b.trap.traps
+            self.assertEqual((vif, vrf, code, nh_id), (0, 1, D.TRAP_FLOW_MISS, 30))
+            self.assertEqual(len(frame), len(wire))
+            self.assertEqual(frame[:22], wire[:22])  # outer Ethernet, IP up to the TTL (routed)
+            self.assertEqual(frame[26:], wire[26:])  # addresses, UDP/GRE, label, inner packet
+            entry = b.flows.entry(index)
+            inner = udp_frame()
+            b.flow(fr_index=index, fr_gen_id=entry.gen_id, fr_flow_vrf=1,
+                   fr_flow_nh_id=30, fr_flow_sip_l=ip_int_of(inner, 26),
+                   fr_flow_dip_l=ip_int_of(inner, 30), fr_flow_sport=port_of(inner, 34),
+                   fr_flow_dport=port_of(inner, 36))
+            (out,) = b.out.on(4)
+            self.assertEqual(out[14:], bytes(_routed(inner)[14:]))
+            self.assertEqual(b.drops(), {})
+
     def test_decap_refusals(self) -> None:
         a, b = tunnel_pair(C.NH_FLAG_TUNNEL_UDP_MPLS)
         a.pipeline.receive(3, udp_frame(dst=ROUTER_MAC))
@@ -438,6 +481,22 @@ class MtuTests(SynchronousTestCase):
         self.assertEqual((code, param, param_1), (D.TRAP_HANDLE_DF, 200 - 32, -1))
         self.assertEqual(len(frame), D.AGENT_MIN_PACKET_LEN)
         self.assertEqual(w.out.frames, [])
+
+    def test_df_into_l3_vxlan_counts_the_inner_ethernet_header(self) -> None:
+        """A routed packet into L3 VXLAN gets an inner Ethernet header: the MTU the trap
+        reports leaves room for it (else the sender's next try is still too big)."""
+        w = self.w
+        w.tunnel_nh(21, 0, C.NH_FLAG_TUNNEL_VXLAN, extra_flags=C.NH_FLAG_L3_VXLAN,
+                    nhr_rw_dst_mac=mac("00:00:5e:00:01:00"))
+        w.route("2.2.2.3", 32, 21, label=48)
+        w.pipeline.receive(1, udp_frame(dip="2.2.2.3", payload=bytes(300), frag=IPv4_DF))
+        ((_vif, _vrf, code, param, _p1, _, _frame),) = w.trap.traps
+        self.assertEqual((code, param), (D.TRAP_HANDLE_DF, 200 - 36 - 14))
+        # a packet of exactly that size goes through, in one frame
+        fits = udp_frame(dip="2.2.2.3", payload=bytes(param - 28), frag=IPv4_DF)
+        w.pipeline.receive(1, fits)
+        (out,) = w.out.on(0)
+        self.assertEqual(len(out), 14 + 200)
 
     def test_df_clear_fragments_inner(self) -> None:
         w = self.w

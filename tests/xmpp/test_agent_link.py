@@ -172,6 +172,36 @@ class SessionStartTests(SynchronousTestCase):
         self.assertEqual((evpn.entry.virtual_network, evpn.entry.next_hops[0].virtual_network),
                          ("", ""))
 
+    def test_end_of_rib_waits_for_the_replayed_ports(self) -> None:
+        """A restarting agent holds End-of-RIB until its ports are replayed: the routes
+        go first, so the control node's sweep keeps them."""
+        eor = [EndOfRib("host1")]
+        h = LinkHarness()
+        h.link.holdEndOfRib()
+        h.establish()
+        out = h.sent()
+        self.assertNotIn(eor[0], out)
+        h.link.localRouteAdded(port(1))
+        out = h.sent()
+        self.assertTrue([s for s in out if isinstance(s, Publish) and s.entry is not None])
+        self.assertNotIn(eor[0], out)
+        h.link.localRoutesReady()
+        self.assertEqual(h.sent(), eor)
+        h.link.localRoutesReady()  # once only
+        self.assertEqual(h.sent(), [])
+        # later sessions send it at once again
+        h.lose()
+        h.clock.advance(60)
+        h.establish()
+        self.assertEqual(h.sent()[-1:], eor)
+
+    def test_routes_ready_before_any_session(self) -> None:
+        h = LinkHarness()
+        h.link.holdEndOfRib()
+        h.link.localRoutesReady()
+        h.establish()
+        self.assertEqual(h.sent()[-1:], [EndOfRib("host1")])
+
     def test_port_added_while_up_and_deleted(self) -> None:
         h = LinkHarness()
         h.establish()
@@ -331,6 +361,21 @@ class ReceiveTests(SynchronousTestCase):
         self.assertEqual(len(self.h.sink.table), 1)  # headless: still forwarding
         self.h.clock.advance(1.1)
         self.assertEqual(self.h.sink.table, {})
+
+    def test_routes_synced_at_end_of_rib_and_stale_expiry(self) -> None:
+        """Listeners hear when the learnt routes are as complete as they get (the agent
+        then deletes what its predecessor learnt and no one taught it again)."""
+        synced: list[int] = []
+        self.h.link.on_routes_synced.append(lambda: synced.append(1))
+        self.update(inet("10.0.0.7/32", "127.0.0.3", 33))
+        self.assertEqual(synced, [])
+        self.h.feed(build_eor_message(CN, "host1/bgp-peer"))
+        self.assertEqual(synced, [1])
+        self.h.link.on_routes_synced.clear()
+        self.h.link.on_routes_synced.append(lambda: synced.append(2))
+        self.h.lose()
+        self.h.clock.advance(30.1)  # no session comes back: the stale time decides
+        self.assertEqual(synced, [1, 2])
 
     def test_new_session_eor_sweeps_what_was_not_readvertised(self) -> None:
         self.update(inet("10.0.0.7/32", "127.0.0.3", 33), inet("10.0.0.8/32", "127.0.0.3", 34))

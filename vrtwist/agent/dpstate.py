@@ -47,8 +47,8 @@ VM_VIF_FLAGS = (C.VIF_FLAG_POLICY_ENABLED | C.VIF_FLAG_L3_ENABLED | C.VIF_FLAG_L
                 | C.VIF_FLAG_DHCP_ENABLED)
 
 # kinds, in the order objects must be added (deletes run in reverse)
-VIF, NH, MPLS, ROUTE = "vif", "nh", "mpls", "route"
-RANK = {VIF: 0, NH: 1, MPLS: 2, ROUTE: 3}
+VIF, NH, MPLS, VXLAN, ROUTE = "vif", "nh", "mpls", "vxlan", "route"
+RANK = {VIF: 0, NH: 1, MPLS: 2, VXLAN: 2, ROUTE: 3}
 
 Key = tuple[Any, ...]
 
@@ -127,6 +127,9 @@ class _Vrf:
     #: the L2 flood (multicast composite) next hop of ff:ff:ff:ff:ff:ff: the VRF's local
     #: VMs; through it the datapath answers broadcast ARP requests by proxy
     flood_nh: int = 0
+    #: with VXLAN: the VRF-translate next hop every local VNI points at (the inner frame
+    #: is bridged in this VRF: to the VRRP MAC, so routed to the VM)
+    vxlan_nh: int = 0
     # VRF-wide route key -> reference count (gateway/DNS/subnet routes shared by ports)
     shared: dict[Key, int] = field(default_factory=dict)
 
@@ -185,12 +188,24 @@ class DatapathModel:
         self._vrfs: dict[str, _Vrf] = {}
         self._ports: dict[str, _PortIds] = {}
         self._tunnels: dict[tuple[str, str], tuple[int, int]] = {}  # (dip, encap) -> nh, refs
+        #: remote node fabric address -> its fabric MAC, as resolved by ARP on the fabric
+        #: (the destination of the tunnel next hops' Ethernet rewrite; zeros until known)
+        self.fabric_macs: dict[str, bytes] = {}
+        #: the receive next hop of this node's fabric address in VRF 0 (decapsulation)
+        self.fabric_rcv_nh = 0
+        #: (dip, encap) -> tunnel next-hop id found in the datapath at start-up: the
+        #: first route through that tunnel takes the id again, so the flows the datapath
+        #: kept (their RPF next hop) stay valid across an agent restart
+        self._adopted_tunnels: dict[tuple[str, str], int] = {}
         self._remote: dict[tuple[str, str, int], tuple[list[Key], tuple[str, str]]] = {}
         self._remote_count: dict[str, int] = {}  # VRF name -> routes in self._remote
         self._adopted: dict[str, Adopted] = {}
         self._gateways: dict[str, tuple[str, int, int, list[Key]]] = {}
         self._os_index = os_index or host_if_index
         self._if_mac = if_mac or _no_mac
+        #: VXLAN in use (``--encap`` lists it): each port's label is also a VNI, and
+        #: tunnels to other nodes in VXLAN carry routed packets as EVPN type-5 frames
+        self.vxlan = False
         self.listeners: list[Callable[[Iterable[Key]], None]] = []
         self.controller: IControllerLink | None = None
         self._batch_depth = 0
@@ -224,6 +239,57 @@ class DatapathModel:
             "vifr_transport": C.VIF_TRANSPORT_SOCKET, "vifr_vrf": 0,
             "vifr_mac": list(VROUTER_MAC), "vifr_mtu": self.mtu, "vifr_flags": 0,
         })
+        if self.fabric_ip not in ("", "0.0.0.0"):
+            self._fabric_receive()
+
+    def _fabric_receive(self) -> None:
+        """VRF 0: this node's fabric address is a receive next hop, so tunnel packets sent
+        to it are decapsulated (the label or VNI then picks the VM), and the datapath
+        answers ARP for it on the fabric (proxy flag: there is no host interface here to
+        answer, the fabric vif's MAC is the answer)."""
+        self.fabric_rcv_nh = nh = self.nhs.alloc()
+        self._set((NH, nh), "vr_nexthop_req", {
+            "nhr_id": nh, "nhr_type": C.NH_RCV, "nhr_family": C.AF_INET, "nhr_vrf": 0,
+            "nhr_encap_oif_id": [AGENT_VIF], "nhr_flags": C.NH_FLAG_VALID})
+        k = _inet_key(0, self.fabric_ip, 32)
+        self._set(k, "vr_route_req", _route_fields(k, nh, 0, C.VR_RT_ARP_PROXY_FLAG, None))
+
+    def fabric_mac(self) -> bytes:
+        """The fabric interface's MAC (vif 0), source of everything sent on the fabric."""
+        return bytes(self.desired[(VIF, self.fabric_vif)][1]["vifr_mac"])
+
+    def tunnelDestinations(self) -> set[str]:
+        """Fabric addresses of the remote nodes some tunnel next hop leads to (the ARP
+        resolver keeps their MACs)."""
+        return {dip for dip, _encap in self._tunnels}
+
+    def setFabricMac(self, address: str, mac: bytes | None) -> None:
+        """The fabric MAC of remote node ``address`` (None: forgotten): every tunnel next
+        hop to it is rewritten with that Ethernet destination."""
+        if mac is None:
+            if self.fabric_macs.pop(address, None) is None:
+                return
+        else:
+            if len(mac) != 6:
+                raise ValueError(f"fabric MAC of {address} is not 6 bytes")
+            if self.fabric_macs.get(address) == mac:
+                return
+            self.fabric_macs[address] = mac
+        keys: list[Key] = []
+        encap = list(self._tunnel_encap(address))
+        for (dip, _encap), (nh, _refs) in self._tunnels.items():
+            if dip == address:
+                # a new fields dict: the synchroniser compares it with what it applied
+                name, fields = self.desired[(NH, nh)]
+                self.desired[(NH, nh)] = (name, {**fields, "nhr_encap": encap})
+                keys.append((NH, nh))
+        if keys:
+            self._notify(keys)
+
+    def _tunnel_encap(self, dip: str) -> bytes:
+        """Ethernet rewrite of a tunnel to ``dip``: its resolved MAC (zeros until then),
+        from the fabric MAC."""
+        return self.fabric_macs.get(dip, bytes(6)) + self.fabric_mac() + b"\x08\x00"
 
     def _set(self, key: Key, name: str, fields: dict[str, Any]) -> None:
         self.desired[key] = (name, fields)
@@ -264,6 +330,14 @@ class DatapathModel:
         """Remember ids found in the datapath for a TAP so its port keeps them."""
         self._adopted[system_name] = ids
 
+    def adopt_tunnel(self, dip: str, encap: str, nh_id: int, mac: bytes) -> None:
+        """A tunnel next hop found in the datapath at start-up: its id is kept for the
+        routes learnt again, and its resolved MAC is used until ARP refreshes it."""
+        if self.nhs.reserve(nh_id):  # now, before a VRF or port could be given it
+            self._adopted_tunnels[(dip, encap)] = nh_id
+        if len(mac) == 6 and any(mac):
+            self.fabric_macs.setdefault(dip, bytes(mac))
+
     def vrf_id_of(self, vn_id: str) -> int | None:
         """The VRF id of a virtual network, if it has local ports."""
         v = self._vrfs.get(vrf_name_for(vn_id))
@@ -286,6 +360,11 @@ class DatapathModel:
                  pkt0_nh=self._take_nh(None), flood_nh=self._flood_id(vrf_id))
         self._vrfs[name] = v
         self._set_flood(v)
+        if self.vxlan:
+            v.vxlan_nh = self._take_nh(None)
+            self._set((NH, v.vxlan_nh), "vr_nexthop_req", {
+                "nhr_id": v.vxlan_nh, "nhr_type": C.NH_VRF_TRANSLATE,
+                "nhr_family": C.AF_BRIDGE, "nhr_vrf": vrf_id, "nhr_flags": C.NH_FLAG_VALID})
         self._set((NH, v.pkt0_nh), "vr_nexthop_req", {
             "nhr_id": v.pkt0_nh, "nhr_type": C.NH_ENCAP, "nhr_family": C.AF_INET,
             "nhr_vrf": vrf_id, "nhr_encap_oif_id": [AGENT_VIF],
@@ -341,6 +420,8 @@ class DatapathModel:
         self.nhs.free(v.l2rcv_nh)
         self.nhs.free(v.pkt0_nh)
         self.nhs.free(v.flood_nh)
+        if v.vxlan_nh:
+            self.nhs.free(v.vxlan_nh)
         self.vrf_ids.free(v.vrf_id)
         return keys
 
@@ -396,6 +477,10 @@ class DatapathModel:
         keys += [(NH, l3), (NH, l2)]
         self._set((MPLS, label), "vr_mpls_req", {"mr_label": label, "mr_nhid": l3})
         keys.append((MPLS, label))
+        if v.vxlan_nh:
+            self._set((VXLAN, label), "vr_vxlan_req",
+                      {"vxlanr_vnid": label, "vxlanr_nhid": v.vxlan_nh})
+            keys.append((VXLAN, label))
         # the route carries the VM's MAC: the datapath answers ARP for it by proxy
         route_flags = C.VR_RT_LABEL_VALID_FLAG | C.VR_RT_ARP_PROXY_FLAG
         if port.ip_address:
@@ -712,13 +797,17 @@ class DatapathModel:
         tunnel = self._tunnels.get(tkey)
         keys: list[Key]
         if tunnel is None:
-            nh = self.nhs.alloc()
+            adopted_nh = self._adopted_tunnels.pop(tkey, None)
+            nh = adopted_nh if adopted_nh is not None else self.nhs.alloc()
             desired[(NH, nh)] = ("vr_nexthop_req", {
                 "nhr_id": nh, "nhr_type": C.NH_TUNNEL, "nhr_family": C.AF_INET, "nhr_vrf": 0,
                 "nhr_encap_oif_id": [self.fabric_vif],
-                "nhr_encap": list(bytes(6) + VROUTER_MAC + b"\x08\x00"),
+                "nhr_encap": list(self._tunnel_encap(nexthop)),
                 "nhr_tun_sip": host_u32(self.fabric_ip), "nhr_tun_dip": dip,
-                "nhr_flags": C.NH_FLAG_VALID | flag})
+                "nhr_flags": C.NH_FLAG_VALID | flag,
+                # VXLAN carries Ethernet: a routed packet goes in as an EVPN type-5 frame
+                # to the VRRP MAC, which the far node's VRF routes again
+                **({"nhr_rw_dst_mac": list(VROUTER_MAC)} if encap == "vxlan" else {})})
             keys = [(NH, nh)]
             self._tunnels[tkey] = (nh, 1)
         else:
@@ -727,11 +816,15 @@ class DatapathModel:
             self._tunnels[tkey] = (nh, tunnel[1] + 1)
         vrf_id = v.vrf_id
         rk: Key = (ROUTE, fam, vrf_id, packed, plen)
+        # A remote VM is reached routed: its label is an L3 label (the far node pops it
+        # onto the VM's L3 next hop), so the datapath answers ARP for it with the vif's
+        # (VRRP) MAC, the VM sends to its gateway MAC and the packet is routed into the
+        # tunnel. No stitched MAC: that would answer with the remote VM's MAC and bridge.
         desired[rk] = ("vr_route_req", {
             "rtr_vrf_id": vrf_id, "rtr_family": fam, "rtr_prefix": list(packed),
             "rtr_prefix_len": plen, "rtr_nh_id": nh, "rtr_label": label,
-            "rtr_label_flags": C.VR_RT_LABEL_VALID_FLAG,
-            "rtr_mac": list(rmac) if rmac else []})
+            "rtr_label_flags": C.VR_RT_LABEL_VALID_FLAG | C.VR_RT_ARP_PROXY_FLAG,
+            "rtr_mac": []})
         keys.append(rk)
         if rmac is not None:
             bk: Key = (ROUTE, C.AF_BRIDGE, vrf_id, rmac)
@@ -784,7 +877,7 @@ class DatapathModel:
 
 #: Tunnel next-hop flag of each encapsulation name.
 _ENCAP_FLAGS = {"udp": C.NH_FLAG_TUNNEL_UDP_MPLS, "gre": C.NH_FLAG_TUNNEL_GRE,
-                "vxlan": C.NH_FLAG_TUNNEL_VXLAN}
+                "vxlan": C.NH_FLAG_TUNNEL_VXLAN | C.NH_FLAG_L3_VXLAN}
 
 
 def parse_prefix(prefix: str, plen: int) -> tuple[int, bytes, str]:
@@ -843,8 +936,11 @@ def _vrrp_key(vrf: int) -> Key:
 def _vrf_base_keys(v: _Vrf) -> list[Key]:
     """What every VRF has: receive, resolve, L2-receive and agent next hops, and the VRRP
     MAC's bridge entry."""
-    return [(NH, v.rcv_nh), (NH, v.resolve_nh), (NH, v.l2rcv_nh), (NH, v.pkt0_nh),
-            (NH, v.flood_nh), _vrrp_key(v.vrf_id), _bcast_key(v.vrf_id)]
+    keys: list[Key] = [(NH, v.rcv_nh), (NH, v.resolve_nh), (NH, v.l2rcv_nh), (NH, v.pkt0_nh),
+                       (NH, v.flood_nh), _vrrp_key(v.vrf_id), _bcast_key(v.vrf_id)]
+    if v.vxlan_nh:
+        keys.append((NH, v.vxlan_nh))
+    return keys
 
 
 def _inet_key(vrf: int, addr: str, plen: int) -> Key:

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
+import sys
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -33,6 +35,7 @@ from vrtwist.agent.dpstate import (
     RANK,
     ROUTE,
     VIF,
+    VXLAN,
     Adopted,
     DatapathModel,
     Key,
@@ -52,10 +55,11 @@ COMPARED = {
     "vr_nexthop_req": ("nhr_type", "nhr_family", "nhr_vrf", "nhr_encap_oif_id", "nhr_encap",
                        "nhr_tun_dip"),
     "vr_mpls_req": ("mr_nhid",),
+    "vr_vxlan_req": ("vxlanr_nhid",),
     "vr_route_req": ("rtr_nh_id", "rtr_label"),
 }
 _KEY_FIELD = {"vr_interface_req": "vifr_idx", "vr_nexthop_req": "nhr_id",
-              "vr_mpls_req": "mr_label", "vr_route_req": None}
+              "vr_mpls_req": "mr_label", "vr_vxlan_req": "vxlanr_vnid", "vr_route_req": None}
 _OP_FIELD = "h_op"
 
 
@@ -102,6 +106,8 @@ def key_of(name: str, obj: Any) -> Key:
         return (NH, int(obj.nhr_id))
     if name == "vr_mpls_req":
         return (MPLS, int(obj.mr_label))
+    if name == "vr_vxlan_req":
+        return (VXLAN, int(obj.vxlanr_vnid))
     fam = int(obj.rtr_family)
     if fam == C.AF_BRIDGE:
         return (ROUTE, fam, int(obj.rtr_vrf_id), _norm(obj.rtr_mac))
@@ -114,6 +120,17 @@ def fields_of(obj: Any) -> dict[str, Any]:
     return {f.name: getattr(obj, f.name) for f in spec.fields}
 
 
+def _tunnel_encap(flags: int) -> str | None:
+    """The encapsulation name of a tunnel next hop's flags (as ``addRemoteRoute`` takes it)."""
+    if flags & C.NH_FLAG_TUNNEL_UDP_MPLS:
+        return "udp"
+    if flags & C.NH_FLAG_TUNNEL_GRE:
+        return "gre"
+    if flags & C.NH_FLAG_TUNNEL_VXLAN:
+        return "vxlan"
+    return None
+
+
 def owned(key: Key, name: str, fields: dict[str, Any]) -> bool:
     """Objects the agent may delete as stale: its own id ranges, never VRF 0 routes."""
     kind = key[0]
@@ -121,7 +138,7 @@ def owned(key: Key, name: str, fields: dict[str, Any]) -> bool:
         return bool(key[1] >= FIRST_VM_VIF)
     if kind == NH:
         return bool(fields.get("nhr_vrf", 0) >= 1 or fields.get("nhr_type") == C.NH_TUNNEL)
-    if kind == MPLS:
+    if kind == MPLS or kind == VXLAN:
         return bool(key[1] >= FIRST_LABEL)
     return bool(key[2] >= 1)
 
@@ -172,6 +189,10 @@ class DatapathSync:
         self._route_lens: dict[tuple[int, int], set[int]] = {}
         self._applied: dict[Key, tuple[str, dict[str, Any]]] = {}
         self.dirty: set[Key] = set()
+        #: what the controller taught the previous agent (tunnel next hops, routes and
+        #: bridge entries through them), found at adoption: kept, not deleted as stale,
+        #: until the controller has sent its routes again (``release_learnt``)
+        self.retained: set[Key] = set()
         self.errors: dict[Key, str] = {}
         self._running = False
         self._started = 0  # batches of requests started / answered
@@ -270,6 +291,17 @@ class DatapathSync:
         d.addCallbacks(status, lambda f: None)
         return d
 
+    def release_learnt(self) -> None:
+        """The controller's routes are back (End-of-RIB, or its stale time passed): what
+        the previous agent learnt and no one wants any more is deleted now."""
+        if not self.retained:
+            return
+        keys, self.retained = self.retained, set()
+        self.dirty.update(k for k in keys if k not in self.model.desired)
+        self._log.info("learnt routes re-synchronised: {n} kept object(s) checked",
+                       n=len(keys))
+        self._kick()
+
     def whenIdle(self) -> Deferred[None]:
         """Fires once nothing is left to send or unanswered (or immediately)."""
         if not self._running and self._finished >= self._started and (
@@ -296,7 +328,9 @@ class DatapathSync:
         """A whole DUMP, paged by the ksync client's :class:`DumpPager` (one implementation
         of the marker rules); a server that never ends the dump is a DatapathRequestError."""
         req = dict(fields, h_op=C.OP_DUMP)
-        if name != "vr_route_req":
+        if name == "vr_vxlan_req":
+            req.setdefault("vxlanr_vnid", 0)  # the VNI is the marker, 0 = from the start
+        elif name != "vr_route_req":
             req.setdefault({"vr_interface_req": "vifr_marker", "vr_nexthop_req": "nhr_marker",
                             "vr_mpls_req": "mr_marker"}[name], -1)
         pager = DumpPager(make(name, req))
@@ -345,7 +379,10 @@ class DatapathSync:
         self.tables = await self.read_tables()
         present: dict[Key, tuple[str, dict[str, Any]]] = {}
         vrfs: set[int] = set()
-        for name in ("vr_interface_req", "vr_nexthop_req", "vr_mpls_req"):
+        names = ["vr_interface_req", "vr_nexthop_req", "vr_mpls_req"]
+        if self.model.vxlan:
+            names.append("vr_vxlan_req")
+        for name in names:
             for obj in await self.dump(name, {}):
                 f = fields_of(obj)
                 present[key_of(name, obj)] = (name, f)
@@ -391,6 +428,20 @@ class DatapathSync:
                 vif=idx, vrf_id=vrf, l3_nh=l3, l2_nh=l2, label=label_of.get(l3),
                 rcv_nh=rcv, resolve_nh=res))
             count += 1
+        tunnels = {k[1] for k, (_n, f) in present.items()
+                   if k[0] == NH and f.get("nhr_type") == C.NH_TUNNEL}
+        self.retained = {k for k, (_n, f) in present.items()
+                         if (k[0] == NH and k[1] in tunnels)
+                         or (k[0] == ROUTE and k[2] >= 1
+                             and int(f.get("rtr_nh_id", 0)) in tunnels)}
+        for key, (_name, f) in present.items():
+            if key[0] == NH and f.get("nhr_type") == C.NH_TUNNEL:
+                encap = _tunnel_encap(int(f.get("nhr_flags", 0)))
+                if encap is not None:
+                    dip = socket.inet_ntoa(int(f.get("nhr_tun_dip", 0)).to_bytes(
+                        4, sys.byteorder))
+                    self.model.adopt_tunnel(dip, encap, key[1],
+                                            bytes(list(f.get("nhr_encap") or [])[:6]))
         self.applied = owned_subset(present, ((VIF, AGENT_VIF), (VIF, self.model.fabric_vif)))
         self._log.info("datapath holds {n} agent object(s); {vifs} interface(s) adopted",
                        n=len(self.applied), vifs=count)
@@ -411,7 +462,7 @@ class DatapathSync:
             kind = key[0]
             rank = (3 if key[1] == C.AF_BRIDGE else 4) if kind == ROUTE else RANK[kind]
             if want is None:
-                if have is not None:
+                if have is not None and key not in self.retained:
                     ops.append((5 - rank, "del", key, have[0], have[1]))
                 continue
             name, fields = want

@@ -68,6 +68,8 @@ class AgentService(MultiService):
         self.link_kwargs = link_kwargs or {}
         self.model = DatapathModel(fabric_ip=fabric_ip, fabric_name=fabric or "fabric0",
                                    os_index=host_if_index, if_mac=host_if_mac)
+        # with VXLAN among the encapsulations, every port's label is also its VNI
+        self.model.vxlan = "vxlan" in self.link_kwargs.get("encapsulations", ())
         self.table: PortTable | None = None
         self.api: PortApi | None = None
         self.sync: Any = None
@@ -75,6 +77,7 @@ class AgentService(MultiService):
         self.rest_port: IListeningPort | None = None
         self.packets: AgentPacketService | None = None
         self.ready: Deferred[None] = Deferred()
+        self._release_timer: Any = None
 
     def startService(self) -> None:
         super().startService()
@@ -100,10 +103,13 @@ class AgentService(MultiService):
         self.table = table
         if self.controllers:
             self._attach_controller()
+            if self.link is not None:
+                self.link.holdEndOfRib()  # until the port files are replayed
         sync = self._make_sync()
         if sync is not None:
             self.sync = sync
             await sync.prepare()  # external datapath: dump, adopt ids
+            self._release_learnt_when_synced(sync.sync)
         self.packets = AgentPacketService(self.reactor, self.run_dir, self.model,
                                           local_datapath=self.local_datapath,
                                           access=self.access)
@@ -112,6 +118,8 @@ class AgentService(MultiService):
         added, skipped = table.replay()
         self._log.info("replayed {added} port(s) from {dir}, skipped {skipped}",
                        added=added, dir=str(store.ports_dir), skipped=len(skipped))
+        if self.link is not None:
+            self.link.localRoutesReady()
         if sync is not None:
             sync.start()
         self.api = PortApi(table, self._programmed if sync is not None else None,
@@ -139,6 +147,22 @@ class AgentService(MultiService):
                 return status == INTF_ATTACHED
             return table.device_exists(port.system_name)
         return d.addCallback(decide)
+
+    def _release_learnt_when_synced(self, dsync: Any) -> None:
+        """Routes the previous agent learnt stay in the datapath (traffic to other nodes
+        keeps flowing) until the controller has sent them again: End-of-RIB, or the
+        stale time without one; with no controller, at once."""
+        if self.link is None or not dsync.retained:
+            dsync.release_learnt()
+            return
+        timer = self.reactor.callLater(self.link.stale_time, dsync.release_learnt)
+        self._release_timer = timer
+
+        def synced() -> None:
+            if timer.active():
+                timer.cancel()
+            dsync.release_learnt()
+        self.link.on_routes_synced.append(synced)
 
     def _programmed(self) -> Deferred[None]:
         """The datapath has what was changed so far, or PROGRAM_WAIT seconds passed (the
@@ -194,6 +218,8 @@ class AgentService(MultiService):
         self.link = link
 
     async def _stop(self) -> None:
+        if self._release_timer is not None and self._release_timer.active():
+            self._release_timer.cancel()
         if self.rest_port is not None:
             stopping = self.rest_port.stopListening()
             if stopping is not None:

@@ -87,6 +87,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--agent_host", default="localhost", help=argparse.SUPPRESS)
     p.add_argument("--dpdk_netlink", default="/var/run/vrouter/dpdk_netlink",
                    help=argparse.SUPPRESS)
+    # the subnet of the port when no controller config gives its IPAM (what DHCP offers)
+    p.add_argument("--plen", type=int, help="prefix length of the port's subnet (vrtwist)")
+    p.add_argument("--gateway", help="default gateway of the port's subnet (vrtwist)")
+    p.add_argument("--dns_server", help="DNS server of the port's subnet (vrtwist)")
     return p
 
 
@@ -101,7 +105,7 @@ def _vlan(value: str | None, name: str) -> int | None:
 
 def port_body(args: argparse.Namespace, uuid: str) -> dict[str, Any]:
     """The JSON the real script writes and POSTs (``null`` for options not given)."""
-    return {
+    body: dict[str, Any] = {
         "id": uuid,
         "instance-id": dashed_uuid(args.instance_uuid or "") if args.instance_uuid else None,
         "ip-address": args.ip_address,
@@ -118,6 +122,12 @@ def port_body(args: argparse.Namespace, uuid: str) -> dict[str, Any]:
         "author": "vrouter-port-control",
         "time": str(datetime.datetime.now()),
     }
+    # vrtwist's subnet extension: only when given, so the real script's body is unchanged
+    for key, value in (("plen", args.plen), ("gateway", args.gateway),
+                       ("dns-server", args.dns_server)):
+        if value is not None:
+            body[key] = value
+    return body
 
 
 class PortControl:

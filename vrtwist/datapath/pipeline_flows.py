@@ -338,6 +338,10 @@ class FlowStage(PipelineCore):
                 param=index,
                 param_1=pkt.nh.id if pkt.nh is not None else pkt.vif.nh_id,
                 stats=(nbytes & 0xFFFFFFFF, npackets & 0xFFFFFFFF, oflow, v.gen_id),
+                # a decapsulated packet is trapped from the start of its frame, outer
+                # headers included (the agent reads the label or VNI from them)
+                frame=copy.buf if pkt.outer_src and pkt.vif.type == C.VIF_TYPE_PHYSICAL
+                else None,
             )
         return False
 

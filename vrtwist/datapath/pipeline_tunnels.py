@@ -114,7 +114,11 @@ class TunnelStage(PipelineCore):
             if self._df(pkt):
                 if pkt.flags & D.VP_FLAG_MULTICAST:
                     return self._drop(pkt, D.DROP_MCAST_DF_BIT)
-                param = mtu - (overhead + (pkt.l3 - pkt.off if pkt.l3 > pkt.off else 0))
+                # the room left for the IP packet: the inner Ethernet header of an L3
+                # VXLAN frame (pushed above) counts like one the packet came with
+                l2 = plen - (len(buf) - pkt.l3) if pkt.type == D.VP_TYPE_IP else (
+                    pkt.l3 - pkt.off if pkt.l3 > pkt.off else 0)
+                param = mtu - (overhead + max(l2, 0))
                 return self._trap(pkt, D.TRAP_HANDLE_DF, param=param, param_1=pkt.flow_index)
             fragment = pkt.type == D.VP_TYPE_IP
         if flags & C.NH_FLAG_TUNNEL_GRE:

@@ -485,6 +485,13 @@ class ControllerLink(MultiService):
         self._seq = 0
         self._stale_call: IDelayedCall | None = None
         self._ready_waiters: list[Deferred[None]] = []
+        #: False while the agent is still replaying its ports: End-of-RIB waits, or the
+        #: control node would sweep the routes of a restarting agent it keeps stale
+        self.local_routes_complete = True
+        self._eor_pending = False
+        #: called at each End-of-RIB from the control node and when the stale timer
+        #: expires: the learnt routes are as complete as they will get
+        self.on_routes_synced: list[Callable[[], None]] = []
         self.client = ClientService(
             self.endpoint,
             _SessionFactory(self),
@@ -655,8 +662,12 @@ class ControllerLink(MultiService):
         for info in self._local.values():
             out.extend(self._publish(info, True))
         # End-of-RIB once the walk of local routes is done, as the real agent's walker
-        # sends it (never ahead of the routes it closes)
-        out.append(build_agent_eor(self.hostname))
+        # sends it (never ahead of the routes it closes), and not before the agent has
+        # replayed its ports (a restarting agent would otherwise close an empty table)
+        if self.local_routes_complete:
+            out.append(build_agent_eor(self.hostname))
+        else:
+            self._eor_pending = True
         session.send(b"".join(out))
         waiters, self._ready_waiters = self._ready_waiters, []
         for d in waiters:
@@ -691,6 +702,7 @@ class ControllerLink(MultiService):
         n = self.remote.sweepStale()
         if n:
             self._log.info("stale timer expired: {n} learnt routes removed", n=n)
+        self._routes_synced()
 
     def endOfRibReceived(self) -> None:
         self.end_of_ribs += 1
@@ -700,6 +712,11 @@ class ControllerLink(MultiService):
         n = self.remote.sweepStale()
         if n:
             self._log.info("End-of-RIB: {n} stale routes not re-advertised were removed", n=n)
+        self._routes_synced()
+
+    def _routes_synced(self) -> None:
+        for fn in list(self.on_routes_synced):
+            fn()
 
     def routesReceived(self, update: RouteUpdate) -> None:
         vrf = self._from_wire.get(update.vrf, update.vrf)
@@ -715,6 +732,19 @@ class ControllerLink(MultiService):
             self.remote.retract(vrf, family, update.retracts)
         else:
             self.remote.reach(vrf, family, update.items)
+
+    def holdEndOfRib(self) -> None:
+        """The agent is (re)starting: send End-of-RIB only at :meth:`localRoutesReady`."""
+        self.local_routes_complete = False
+
+    def localRoutesReady(self) -> None:
+        """Every local route is known (the port files were replayed): send End-of-RIB
+        now if a session is up and was waiting for it, and at once on later sessions."""
+        self.local_routes_complete = True
+        session = self._live()
+        if self._eor_pending and session is not None:
+            session.send(build_agent_eor(self.hostname))
+        self._eor_pending = False
 
     def whenReady(self) -> Deferred[None]:
         """Fires when the next (or current) session is established."""
@@ -824,8 +854,28 @@ def _info(route: Any) -> LocalRoute:
     )
 
 
+ENCAPSULATIONS = ("udp", "gre", "vxlan")
+
+
+def parse_encap(text: str) -> tuple[str, ...]:
+    """``--encap``: encapsulations in order of preference, comma separated (``udp`` is
+    MPLSoUDP, ``gre`` MPLSoGRE); ValueError names what is wrong."""
+    names = tuple(n.strip().lower() for n in str(text).split(",") if n.strip())
+    if not names:
+        raise ValueError("--encap needs at least one of udp, gre, vxlan")
+    bad = [n for n in names if n not in ENCAPSULATIONS]
+    if bad:
+        raise ValueError(f"--encap: {', '.join(bad)} not one of udp, gre, vxlan")
+    if len(set(names)) != len(names):
+        raise ValueError("--encap lists an encapsulation twice")
+    return names
+
+
 #: Options ``twistd vrouter`` can add to its ``optParameters`` for the link.
 LINK_OPT_PARAMETERS: list[list[Any]] = [
+    ["encap", None, None, "encapsulations this node advertises and prefers, in order "
+     "(udp = MPLSoUDP, gre = MPLSoGRE, vxlan), e.g. gre or udp,gre; default udp,gre "
+     "advertised and udp,gre,vxlan preferred", parse_encap],
     ["xmpp-hold-time", None, DEFAULT_HOLD_TIME, "XMPP hold time in seconds (1..90)",
      check_hold_time],
     ["xmpp-stale-time", None, DEFAULT_STALE_TIME,
@@ -847,6 +897,14 @@ def linkKwargsFromOptions(options: Any) -> dict[str, Any]:
     for key in ("xmpp-cert", "xmpp-key", "xmpp-ca"):
         if get(key, None):
             kwargs[key.replace("-", "_")] = get(key)
+    encap = get("encap", None)
+    if encap:
+        # advertise only these; among what a peer advertises take the first of these,
+        # then the default order (a peer may offer none of ours)
+        encap = parse_encap(",".join(encap)) if not isinstance(encap, str) else parse_encap(encap)
+        kwargs["encapsulations"] = encap
+        kwargs["encap_priority"] = encap + tuple(
+            e for e in DEFAULT_ENCAP_PRIORITY if e not in encap)
     return kwargs
 
 

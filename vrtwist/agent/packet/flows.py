@@ -59,6 +59,9 @@ __all__ = [
 DEFAULT_AGE: Final = 180.0
 #: flow setups in flight at once; more traps wait for the datapath to re-trap (HOLD)
 MAX_IN_FLIGHT: Final = 4096
+#: a HOLD entry unchanged this long has no setup coming (``kAuditTimeout``): its trap was
+#: lost, e.g. while the agent was away; the datapath never traps it again by itself
+AUDIT_TIMEOUT: Final = 5.0
 
 DR_NO_SRC_ROUTE: Final = 0x04
 DR_NO_DST_ROUTE: Final = 0x05
@@ -208,16 +211,76 @@ def _ports(frame: bytes | memoryview, proto: int, l4: int, end: int) -> tuple[in
     return 0, 0
 
 
-def analyse(hdr: AgentHeader, frame: bytes | memoryview, routes: RouteView) -> FlowDecision:
-    """The flow pair for a trapped IPv4 packet; raises PacketError for what is not one."""
+#: UDP destination ports of MPLSoUDP (the IANA port and the vRouter's own) and of VXLAN
+_MPLS_UDP_PORTS: Final = frozenset({6635, 51234})
+_VXLAN_PORT: Final = 4789
+_GRE: Final = 47
+
+
+def _mpls_payload(frame: bytes | memoryview, at: int) -> int:
+    """Offset of the IPv4 header under the MPLS label stack at ``at`` (an L2 label's
+    payload is an Ethernet frame: its IPv4 header then)."""
+    for _ in range(2):
+        if len(frame) - at < 4:
+            raise PacketError("truncated MPLS header")
+        word = int.from_bytes(frame[at : at + 4], "big")
+        at += 4
+        if word & 0x100:  # bottom of stack
+            break
+    else:
+        raise PacketError("MPLS label stack deeper than two")
+    if len(frame) > at and frame[at] >> 4 == 4:
+        return at
+    eth = Ethernet.parse(frame, at)
+    if eth.ethertype != ETH_P_IP:
+        raise PacketError("tunnelled frame is not IPv4")
+    return at + eth.length
+
+
+def tunnel_payload(frame: bytes | memoryview, l3: int, ip: IPv4) -> int | None:
+    """Offset of the inner IPv4 header of a tunnel packet (MPLSoGRE, MPLSoUDP, VXLAN)
+    whose outer IPv4 header is at ``l3``; None when it is not a tunnel packet."""
+    l4 = l3 + ip.header_length
+    if ip.is_fragment:
+        return None
+    if ip.proto == _GRE and len(frame) - l4 >= 4:
+        flags = int.from_bytes(frame[l4 : l4 + 2], "big")
+        if flags & ~0xA000 or int.from_bytes(frame[l4 + 2 : l4 + 4], "big") != 0x8847:
+            return None
+        return _mpls_payload(frame, l4 + 4 + 4 * bool(flags & 0x8000) + 4 * bool(flags & 0x2000))
+    if ip.proto == IPPROTO_UDP and len(frame) - l4 >= 8:
+        dport = int.from_bytes(frame[l4 + 2 : l4 + 4], "big")
+        if dport in _MPLS_UDP_PORTS:
+            return _mpls_payload(frame, l4 + 8)
+        if dport == _VXLAN_PORT:
+            eth = Ethernet.parse(frame, l4 + 16)
+            if eth.ethertype != ETH_P_IP:
+                raise PacketError("VXLAN frame is not IPv4")
+            return l4 + 16 + eth.length
+    return None
+
+
+def analyse(hdr: AgentHeader, frame: bytes | memoryview, routes: RouteView,
+            fabric: tuple[int, bytes] | None = None) -> FlowDecision:
+    """The flow pair for a trapped IPv4 packet; raises PacketError for what is not one.
+
+    ``fabric`` is (fabric vif, this node's fabric address): a packet trapped from the
+    fabric to that address is a tunnel packet, trapped with its outer headers; its flow
+    is the inner packet's (in the VRF and with the key next hop the trap names)."""
     eth = Ethernet.parse(frame)
     if eth.ethertype != ETH_P_IP:
         raise PacketError("flow trap of a non-IPv4 packet")
-    ip = IPv4.parse(frame, eth.length)
+    l3 = eth.length
+    ip = IPv4.parse(frame, l3)
+    if fabric is not None and hdr.ifindex == fabric[0] and ip.dst == fabric[1]:
+        inner = tunnel_payload(frame, l3, ip)
+        if inner is not None:
+            l3 = inner
+            ip = IPv4.parse(frame, l3)
     if ip.is_fragment and ip.frag & 0x1FFF:
         raise PacketError("non-first fragment")
-    l4 = eth.length + ip.header_length
-    sport, dport = _ports(frame, ip.proto, l4, min(len(frame), eth.length + ip.total_length))
+    l4 = l3 + ip.header_length
+    sport, dport = _ports(frame, ip.proto, l4, min(len(frame), l3 + ip.total_length))
     key_nh = hdr.param_1
     vrf = hdr.vrf
     forward = FlowKey(ip.src, ip.dst, ip.proto, sport, dport, key_nh)
@@ -256,6 +319,7 @@ class FlowCounters:
     stale: int = 0
     aged: int = 0
     evicted: int = 0
+    audited: int = 0
 
 
 @dataclass
@@ -279,8 +343,12 @@ class FlowSetup:
     now: Callable[[], float]
     age: float = DEFAULT_AGE
     counters: FlowCounters = field(default_factory=FlowCounters)
+    #: (fabric vif, fabric address) -> tunnel packets trapped from the fabric are parsed
+    fabric: Callable[[], tuple[int, bytes] | None] | None = None
     _pending: set[tuple[int, int]] = field(default_factory=set)
     pairs: dict[int, _Pair] = field(default_factory=dict)
+    #: HOLD entries seen by the audit: index -> (generation, first seen)
+    _holds: dict[int, tuple[int, float]] = field(default_factory=dict)
 
     _log = Logger()
 
@@ -296,7 +364,8 @@ class FlowSetup:
             c.busy += 1
             return None
         try:
-            decision = analyse(hdr, frame, self.routes)
+            decision = analyse(hdr, frame, self.routes,
+                               self.fabric() if self.fabric is not None else None)
         except PacketError:
             c.malformed += 1
             return None
@@ -349,6 +418,40 @@ class FlowSetup:
         else:
             self.counters.failed += 1
             self._log.warn("flow setup refused by the datapath: {code}", code=code)
+
+    def audit_pass(self, held: Iterable[int],
+                   read: Callable[[int], Any]) -> list[Deferred[tuple[int, int, int]]]:
+        """One audit pass over the HOLD entries (``held``: their indices).
+
+        An entry still HOLD with the same generation ``AUDIT_TIMEOUT`` after it was first
+        seen, and not being set up, is deleted (its held packets are dropped): the next
+        packet of that flow makes a new entry, which the datapath traps. This is how
+        flows whose trap never reached this agent (it was restarting) recover.
+        """
+        now = self.now()
+        out: list[Deferred[tuple[int, int, int]]] = []
+        seen: dict[int, tuple[int, float]] = {}
+        for index in held:
+            entry = read(index)
+            if entry is None or entry.action != L.ACTION_HOLD:
+                continue
+            gen = entry.gen_id
+            if (index, gen) in self._pending:
+                continue
+            first = self._holds.get(index)
+            if first is None or first[0] != gen:
+                seen[index] = (gen, now)
+                continue
+            if now - first[1] < AUDIT_TIMEOUT:
+                seen[index] = first
+                continue
+            self.counters.audited += 1
+            key = FlowKey(ipaddress.IPv4Address(entry.sip).packed,
+                          ipaddress.IPv4Address(entry.dip).packed, entry.proto, entry.sport,
+                          entry.dport, entry.nh_id)
+            out.append(self.channel(flow_request(key, index, gen, L.ACTION_DROP, 0)))
+        self._holds = seen
+        return out
 
     def age_pass(self, read: Callable[[int], Any]) -> list[Deferred[tuple[int, int, int]]]:
         """One aging pass over the pairs this agent created.

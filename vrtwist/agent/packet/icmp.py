@@ -32,12 +32,14 @@ class IcmpCounters:
     dropped: int = 0
 
 
-def _l3(frame: bytes | memoryview) -> tuple[Ethernet, IPv4, int]:
+def _l3(frame: bytes | memoryview, whole: bool = True) -> tuple[Ethernet, IPv4, int]:
+    """Ethernet and IPv4 headers; ``whole``: the packet must be all there (an error
+    quotes only its start, and the datapath traps HANDLE_DF/ZERO_TTL packets cut)."""
     eth = Ethernet.parse(frame)
     if eth.ethertype != ETH_P_IP:
         raise PacketError("not IPv4")
     ip = IPv4.parse(frame, eth.length)
-    if len(frame) < eth.length + ip.total_length:
+    if whole and len(frame) < eth.length + ip.total_length:
         raise PacketError("IPv4 packet shorter than its total length")
     return eth, ip, eth.length
 
@@ -80,7 +82,7 @@ def _error(
     vlan: int = -1,
 ) -> bytes | None:
     try:
-        eth, ip, off = _l3(frame)
+        eth, ip, off = _l3(frame, whole=False)
     except PacketError:
         return None
     if ip.proto == IPPROTO_ICMP:

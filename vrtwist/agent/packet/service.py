@@ -10,6 +10,7 @@ datapath, and ages the flows it created from the shared-memory statistics.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import os
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -23,7 +24,8 @@ from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
 from vrtwist.access import SocketAccess
-from vrtwist.agent.dpstate import VIF, DatapathModel
+from vrtwist.agent.dpstate import NH, VIF, DatapathModel
+from vrtwist.agent.packet.arp import FabricResolver
 from vrtwist.agent.packet.flows import FlowSetup, RouteView
 from vrtwist.agent.packet.services import Announcer, PacketServices, VmPort
 from vrtwist.ksync.client import KsyncClientProtocol
@@ -37,6 +39,8 @@ __all__ = ["AgentPacketService", "KsyncFlowChannel", "LocalFlowChannel"]
 
 #: how often the flows this agent created are checked for idleness
 AGE_SCAN_INTERVAL = 1.0
+#: how often the flow table is scanned for HOLD entries no setup is coming for
+AUDIT_SCAN_INTERVAL = 2.5
 
 
 def _answer(code: int, objects: Iterable[Any]) -> tuple[int, int, int]:
@@ -142,11 +146,17 @@ class AgentPacketService(MultiService):
         if flow_age is not None:
             self.flows.age = flow_age
         mac = vhost_mac or (lambda: bytes(model.desired[(VIF, model.fabric_vif)][1]["vifr_mac"]))
-        self.packet_services = PacketServices(self.vm_port, self.endpoint.send_switch, mac, self.flows)
+        self.flows.fabric = self._fabric_address
+        self.resolver = FabricResolver(reactor, self._send_fabric, self._fabric_source,
+                                       model.setFabricMac)
+        self.packet_services = PacketServices(self.vm_port, self.endpoint.send_switch, mac,
+                                              self.flows, fabric_arp=self._fabric_arp)
         self.endpoint.handler = self.packet_services
         self.announcer = Announcer(reactor, self.endpoint.send_switch)
         self._aging = LoopingCall(self._age)
         self._aging.clock = reactor
+        self._audit = LoopingCall(self._audit_holds)
+        self._audit.clock = reactor
         self._view: Any = None
         model.listeners.append(self._changed)
 
@@ -160,11 +170,28 @@ class AgentPacketService(MultiService):
             port.plen, port.gateway, port.dns_server, port.display_name, port.tx_vlan_id,
         )  # fmt: skip
 
+    def _send_fabric(self, frame: bytes) -> bool:
+        return bool(self.endpoint.send_switch(self.model.fabric_vif, 0, frame))
+
+    def _fabric_source(self) -> tuple[bytes, bytes]:
+        return self.model.fabric_mac(), ipaddress.IPv4Address(self.model.fabric_ip).packed
+
+    def _fabric_address(self) -> tuple[int, bytes] | None:
+        if self.model.fabric_ip in ("", "0.0.0.0"):
+            return None
+        return self.model.fabric_vif, ipaddress.IPv4Address(self.model.fabric_ip).packed
+
+    def _fabric_arp(self, ifindex: int, frame: memoryview) -> None:
+        if ifindex == self.model.fabric_vif:
+            self.resolver.received(frame)
+
     def _changed(self, keys: Iterable[Any]) -> None:
         keys = list(keys)
         self.routes.changed(keys)
         if not self.running:
             return
+        if any(key[0] == NH for key in keys):
+            self.resolver.wanted(self.model.tunnelDestinations())
         for key in keys:
             if key[0] != VIF:
                 continue
@@ -183,6 +210,9 @@ class AgentPacketService(MultiService):
             self._log.error("pkt0: cannot bind {path}: {e}", path=self.transport.local_path, e=e)
             raise
         self._aging.start(AGE_SCAN_INTERVAL, now=False)
+        self._flow_view()  # mapped now, not in the middle of traffic (when it exists)
+        self._audit.start(AUDIT_SCAN_INTERVAL, now=False)
+        self.resolver.wanted(self.model.tunnelDestinations())
 
     def _age(self) -> None:
         if not self.flows.pairs:
@@ -202,12 +232,42 @@ class AgentPacketService(MultiService):
                 return None
         return self._view
 
+    def _audit_holds(self) -> None:
+        view = self._flow_view()
+        if view is None:
+            return
+        self.flows.audit_pass(held_indices(view.map), view.get)
+
     def stopService(self) -> Deferred[None]:
         if self._aging.running:
             self._aging.stop()
+        if self._audit.running:
+            self._audit.stop()
         self.announcer.stop()
+        self.resolver.stop()
         self.transport.stop()
         if self._view is not None:
             self._view.close()
             self._view = None
         return super().stopService()  # type: ignore[no-any-return]
+
+
+def held_indices(table: Any) -> list[int]:
+    """Indices of the active HOLD entries of a flow table mapping, from two strided reads
+    (flags and action columns), without decoding any entry."""
+    from vrtwist.shmem import layout as L
+
+    mv = memoryview(table)
+    try:
+        n = len(mv) // L.FLOW_ENTRY_SIZE
+        words = mv[: n * L.FLOW_ENTRY_SIZE].cast("H")
+        try:
+            step = L.FLOW_ENTRY_SIZE // 2
+            flags = words[L.OFF_FE_FLAGS // 2 :: step].tolist()
+            actions = words[L.OFF_FE_ACTION // 2 :: step].tolist()
+        finally:
+            words.release()
+    finally:
+        mv.release()
+    return [i for i, (f, a) in enumerate(zip(flags, actions, strict=True))
+            if f & L.FLAG_ACTIVE and a == L.ACTION_HOLD]

@@ -91,8 +91,11 @@ class PacketServices:
         send: Callable[[int, int, bytes], bool],
         vhost_mac: Callable[[], bytes],
         flows: FlowSetup | None = None,
+        fabric_arp: Callable[[int, memoryview], object] | None = None,
     ) -> None:
         self._port_of = port_of
+        #: ARP trapped from a non-VM vif (the fabric): the fabric MAC resolver learns it
+        self._fabric_arp = fabric_arp
         self._send = send
         self._vhost_mac = vhost_mac
         self.flows = flows
@@ -152,6 +155,8 @@ class PacketServices:
             return
         if eth.ethertype == ETH_P_ARP:
             c.arp += 1  # the datapath answers VMs; the agent only learns from these
+            if port is None and self._fabric_arp is not None:
+                self._fabric_arp(header.ifindex, frame)
             return
         if flow_trap:
             if ip is None or self.flows is None:
