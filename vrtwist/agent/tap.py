@@ -17,6 +17,7 @@ from twisted.python import usage
 from vrtwist._process import GC_THRESHOLDS as GC_THRESHOLDS  # re-exported: tests, bench
 from vrtwist._process import DaemonService, reactor_and_tunings, tune_gc
 from vrtwist.agent.service import DEFAULT_STATE_DIR, AgentService
+from vrtwist.introspect.listen import introspect_option
 from vrtwist.unixlisten import access_from_options
 
 try:  # the forwarding extension's own options (--flow-entries, --bridge-entries, --fabric)
@@ -52,6 +53,7 @@ class Options(_DatapathOptions, usage.Options):  # type: ignore[misc]
         ["ksync", None, "socket", "embedded datapath reached over the ksync socket (socket) "
          "or by direct calls with the same Sandesh objects (inprocess)"],
         *LINK_OPT_PARAMETERS,
+        introspect_option("vrouter"),
     ]
     optFlags = [
         ["no-tap-check", None, "accept ports whose TAP does not exist (tests, DPDK)"],
@@ -90,11 +92,13 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     reactor, tunings = reactor_and_tunings(reactor, tune_gc)
     top = DaemonService(*tunings)
     local = None
+    embedded = None
     if options["datapath"] == "embedded":
         dp = _embedded_datapath(options, reactor)
         dp.setServiceParent(top)  # type: ignore[attr-defined]
+        embedded = getattr(dp, "datapath", None)
         if options["ksync"] == "inprocess":
-            local = getattr(dp, "datapath", None)
+            local = embedded
     agent = AgentService(
         reactor, run_dir=options["run-dir"], state_dir=options["state-dir"],
         rest=options["rest"], datapath=options["datapath"],
@@ -102,7 +106,8 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         fabric_ip=options["fabric-ip"], hostname=options["hostname"],
         controllers=list(options["controller"]), fabric=options.get("fabric"),
         local_datapath=local, link_kwargs=linkKwargsFromOptions(options),
-        access=access_from_options(options))
+        access=access_from_options(options), introspect=options.get("introspect"),
+        introspect_datapath=embedded)
     agent.setName("agent")
     agent.setServiceParent(top)
     return top
