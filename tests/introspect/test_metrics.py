@@ -1,0 +1,227 @@
+"""Every metric's value against the state it reports (collectors read at scrape time)."""
+
+from __future__ import annotations
+
+import array
+import os
+import tempfile
+import tracemalloc
+from types import SimpleNamespace
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.trial.unittest import SynchronousTestCase
+
+from vrtwist.agent.dpstate import DatapathModel
+from vrtwist.agent.model import port_from_json
+from vrtwist.agent.packet.flows import FlowCounters
+from vrtwist.agent.packet.services import ServiceCounters
+from vrtwist.datapath import constants as C
+from vrtwist.datapath.dispatcher import Datapath, make
+from vrtwist.introspect.agent import AgentCollector, RequestCounter
+from vrtwist.introspect.datapath import DatapathCollector
+from vrtwist.introspect.flows import FlowTableSource, count_active, page
+from vrtwist.pkt0 import constants as K
+from vrtwist.pkt0.endpoints import AgentEndpoint
+from vrtwist.shmem import layout as L
+
+
+def scrape(*collectors: Any) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """name+labels -> value, through the real exposition and the real parser."""
+    reg = CollectorRegistry(auto_describe=False)
+    for c in collectors:
+        reg.register(c)
+    text = generate_latest(reg).decode()
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def flow_file(d: str, entries: int, active: list[int]) -> str:
+    """A flow.shmem of ``entries`` zeroed entries (sparse) with ``active`` ones ACTIVE."""
+    path = os.path.join(d, "flow.shmem")
+    with open(path, "wb") as f:
+        f.truncate(entries * L.FLOW_ENTRY_SIZE)
+    with open(path, "r+b") as f:
+        for i in active:
+            f.seek(i * L.FLOW_ENTRY_SIZE + L.OFF_FE_FLAGS)
+            f.write(L.FLAG_ACTIVE.to_bytes(2, "little"))
+            f.seek(i * L.FLOW_ENTRY_SIZE + L.OFF_FE_GEN_ID)
+            f.write(b"\x01")
+    return path
+
+
+class DatapathMetricsTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.dp = Datapath()
+        for idx, name in ((0, "eth0"), (3, "tapob1")):
+            reply = self.dp.handle(make("vr_interface_req", {
+                "h_op": C.OP_ADD, "vifr_idx": idx, "vifr_type": C.VIF_TYPE_VIRTUAL,
+                "vifr_name": name, "vifr_mac": [2, 0, 0, 0, 0, idx]}))
+            self.assertEqual(reply[0][0].resp_code, 0)
+
+    def test_vif_counters_and_drops(self) -> None:
+        vif = self.dp.tables.interfaces[3]
+        vif.counters.update(ipackets=7, ibytes=700, opackets=5, obytes=320, ierrors=1,
+                            oerrors=2)
+        self.dp.tables.count_drop("invalid_packet", vif, 4)
+        self.dp.tables.count_drop("no_fmd", None, 2)
+        m = scrape(DatapathCollector(self.dp))
+        lab = (("direction", "rx"), ("name", "tapob1"), ("vif", "3"))
+        self.assertEqual(m[("vrouter_vif_packets_total", lab)], 7)
+        self.assertEqual(m[("vrouter_vif_bytes_total", lab)], 700)
+        self.assertEqual(m[("vrouter_vif_errors_total", lab)], 1)
+        tx = (("direction", "tx"), ("name", "tapob1"), ("vif", "3"))
+        self.assertEqual(m[("vrouter_vif_packets_total", tx)], 5)
+        self.assertEqual(m[("vrouter_vif_bytes_total", tx)], 320)
+        self.assertEqual(m[("vrouter_vif_errors_total", tx)], 2)
+        self.assertEqual(m[("vrouter_vif_drops_total", (("name", "tapob1"),
+                                                         ("reason", "invalid_packet"),
+                                                         ("vif", "3")))], 4)
+        self.assertEqual(m[("vrouter_drops_total", (("reason", "invalid_packet"),))], 4)
+        self.assertEqual(m[("vrouter_drops_total", (("reason", "no_fmd"),))], 2)
+        self.assertEqual(m[("vrouter_dp_objects", (("table", "interface"),))], 2)
+        self.assertEqual(m[("vrouter_dp_objects", (("table", "nexthop"),))],
+                         len(self.dp.tables.nexthops))
+
+    def test_ksync_requests_and_errors(self) -> None:
+        # a get of a vif that is not there: refused (ENOENT)
+        self.dp.handle(make("vr_interface_req", {"h_op": C.OP_GET, "vifr_idx": 99}))
+        requests, errors = self.dp.ksync_counts()
+        m = scrape(DatapathCollector(self.dp))
+        self.assertEqual(requests["vr_interface_req"], 3)
+        self.assertEqual(m[("vrouter_dp_ksync_requests_total",
+                            (("message", "vr_interface_req"),))], 3)
+        self.assertEqual(errors, {"vr_interface_req": 1})
+        self.assertEqual(m[("vrouter_dp_ksync_errors_total",
+                            (("message", "vr_interface_req"),))], 1)
+
+    def test_flows_active_from_the_table(self) -> None:
+        d = tempfile.mkdtemp()
+        flow_file(d, 10_000, [0, 5, 4096, 9999])
+        src = FlowTableSource(d)
+        self.addCleanup(src.close)
+        m = scrape(DatapathCollector(self.dp, src))
+        self.assertEqual(m[("vrouter_flows_active", ())], 4)
+        self.assertEqual(m[("vrouter_flow_table_entries", ())], 10_000)
+
+    def test_missing_flow_table_is_left_out(self) -> None:
+        src = FlowTableSource(tempfile.mkdtemp())
+        m = scrape(DatapathCollector(self.dp, src))
+        self.assertNotIn(("vrouter_flows_active", ()), m)
+        self.assertIn(("vrouter_dp_objects", (("table", "interface"),)), m)
+
+
+class FlowPagingTests(SynchronousTestCase):
+    def test_million_flows_paged_with_bounded_memory(self) -> None:
+        d = tempfile.mkdtemp()
+        n = 1_000_000
+        path = flow_file(d, n, [])
+        # every entry active, written as one strided column
+        with open(path, "r+b") as f:
+            import mmap
+            mm = mmap.mmap(f.fileno(), 0)
+            words = memoryview(mm).cast("H")
+            words[L.OFF_FE_FLAGS // 2 :: L.FLOW_ENTRY_SIZE // 2] = array.array(
+                "H", [L.FLAG_ACTIVE]) * n
+            words.release()
+            mm.close()
+        src = FlowTableSource(d)
+        self.addCleanup(src.close)
+        view = src.view()
+        assert view is not None
+        tracemalloc.start()
+        try:
+            entries, nxt = page(view, 500_000, 1000)
+            active = count_active(view)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        self.assertEqual([e.index for e in entries], list(range(500_000, 501_000)))
+        self.assertEqual(nxt, 501_000)
+        self.assertEqual(active, n)
+        self.assertLess(peak, 8 * 1024 * 1024, "a page or a count must not read the table whole")
+        last, end = page(view, n - 3, 1000)
+        self.assertEqual(([e.index for e in last], end), ([n - 3, n - 2, n - 1], None))
+
+
+def agent_state() -> SimpleNamespace:
+    """An agent's state objects (real ones), as the collector reads them."""
+    model = DatapathModel()
+    endpoint = AgentEndpoint()
+    packets = SimpleNamespace(endpoint=endpoint,
+                              packet_services=SimpleNamespace(counters=ServiceCounters()),
+                              flows=SimpleNamespace(counters=FlowCounters(), pairs={}))
+    return SimpleNamespace(model=model, table=[], sync=None, link=None, packets=packets,
+                           rest_counter=RequestCounter())
+
+
+PORT = {
+    "id": "ea73b285-01a7-4d3e-8322-50976e8913da", "instance-id": "ea73b285-01a7-4d3e-8322-50976e8913db",
+    "vn-id": "ea73b285-01a7-4d3e-8322-50976e8913dc",
+    "vm-project-id": "ea73b285-01a7-4d3e-8322-50976e8913dd", "display-name": "vm1",
+    "ip-address": "10.1.1.3", "ip6-address": "", "type": 0, "system-name": "tapob1",
+    "mac-address": "02:00:00:00:00:01", "rx-vlan-id": -1, "tx-vlan-id": -1,
+}
+
+
+class AgentMetricsTests(SynchronousTestCase):
+    def test_objects_vrfs_and_ports(self) -> None:
+        a = agent_state()
+        a.model.portAdded(port_from_json(dict(PORT)))
+        m = scrape(AgentCollector(a))
+        kinds: dict[str, int] = {}
+        for key in a.model.desired:
+            kinds[key[0]] = kinds.get(key[0], 0) + 1
+        for kind, n in kinds.items():
+            self.assertEqual(m[("vrouter_agent_objects", (("kind", kind),))], n)
+        self.assertEqual(m[("vrouter_agent_vrfs", ())], 1)
+        self.assertEqual(m[("vrouter_agent_ports", ())], 0)
+
+    def test_traps_by_type_and_packet_services(self) -> None:
+        a = agent_state()
+        a.packets.endpoint.by_code.update({K.AGENT_TRAP_ARP: 3, K.AGENT_TRAP_FLOW_MISS: 9})
+        a.packets.endpoint.counters.malformed = 2
+        a.packets.packet_services.counters.dhcp = 4
+        f = a.packets.flows.counters
+        f.pairs, f.aged, f.evicted, f.busy = 9, 5, 1, 2
+        m = scrape(AgentCollector(a))
+        self.assertEqual(m[("vrouter_pkt0_traps_total", (("type", "arp"),))], 3)
+        self.assertEqual(m[("vrouter_pkt0_traps_total", (("type", "flow_miss"),))], 9)
+        self.assertEqual(m[("vrouter_pkt0_agent_total", (("event", "malformed"),))], 2)
+        self.assertEqual(m[("vrouter_agent_packet_services_total", (("service", "dhcp"),))], 4)
+        self.assertEqual(m[("vrouter_flows_created_total", ())], 9)
+        self.assertEqual(m[("vrouter_flows_aged_total", ())], 5)
+        self.assertEqual(m[("vrouter_flows_evicted_total", ())], 1)
+        self.assertEqual(m[("vrouter_flow_setup_events_total", (("outcome", "busy"),))], 2)
+
+    def test_rest_requests_by_endpoint_and_status(self) -> None:
+        a = agent_state()
+        for path, method, code in ((b"/port", b"POST", 200), (b"/port/x", b"GET", 404),
+                                   (b"/port", b"POST", 200), (b"/../../etc", b"BREW", 405)):
+            a.rest_counter(SimpleNamespace(path=path, method=method, code=code))
+        m = scrape(AgentCollector(a))
+        self.assertEqual(m[("vrouter_agent_rest_requests_total",
+                            (("code", "200"), ("endpoint", "port"), ("method", "POST")))], 2)
+        self.assertEqual(m[("vrouter_agent_rest_requests_total",
+                            (("code", "404"), ("endpoint", "port"), ("method", "GET")))], 1)
+        # unknown paths and methods are one bucket each: labels stay bounded
+        self.assertEqual(m[("vrouter_agent_rest_requests_total",
+                            (("code", "405"), ("endpoint", "other"), ("method", "other")))], 1)
+
+    def test_ksync_by_message_from_the_synchroniser(self) -> None:
+        a = agent_state()
+        a.sync = SimpleNamespace(sync=SimpleNamespace(
+            sent_by_kind={"vif": 4, "route": 7}, failed_by_kind={"route": 1},
+            errors={("route", 1): "EINVAL"}))
+        m = scrape(AgentCollector(a))
+        self.assertEqual(m[("vrouter_agent_ksync_requests_total",
+                            (("message", "vr_interface_req"),))], 4)
+        self.assertEqual(m[("vrouter_agent_ksync_requests_total",
+                            (("message", "vr_route_req"),))], 7)
+        self.assertEqual(m[("vrouter_agent_ksync_errors_total",
+                            (("message", "vr_route_req"),))], 1)
+        self.assertEqual(m[("vrouter_agent_ksync_failing", ())], 1)
