@@ -140,3 +140,26 @@ def flow_view(flows: FlowTableSource) -> Any:
         return {"flows": [flow_json(e) for e in entries], "next": nxt,
                 "table": view.num_entries}
     return list_flows
+
+
+def make_datapath_app(datapath: Any, run_dir: str) -> Any:
+    """``vrouter-dp``'s introspect: the datapath's tables, counters and flows."""
+    from prometheus_client import CollectorRegistry
+
+    from vrtwist.introspect.web import Health, IntrospectApp
+
+    flows = FlowTableSource(run_dir)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(DatapathCollector(datapath, flows))
+
+    def health() -> Health:
+        if flows.view() is None:
+            return Health(ready=False, reasons=[f"flow table {flows.path} not mapped"])
+        return Health()
+
+    app = IntrospectApp("vrouter-dp", registry, health, datapath_views(datapath, flows),
+                        page=False)
+    from vrtwist.introspect.agent import IntrospectCollector
+
+    registry.register(IntrospectCollector(app))
+    return app

@@ -1,0 +1,205 @@
+"""``--introspect`` of vrouter-dp, vrouter-control, vpnkit-host/-forwarder, vspc and
+vsock-relay: each daemon's service tree started on the real reactor, its /metrics
+parsed with prometheus_client's parser and checked against the daemon's own state."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import treq
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet import defer, reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
+from twisted.internet.protocol import Factory, Protocol
+from twisted.trial.unittest import TestCase
+from twisted.web.client import HTTPConnectionPool
+
+from tests.agent.helpers import tempdir
+
+LOOP = "tcp:0:interface=127.0.0.1"
+
+
+def metrics_of(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+class _Echo(Protocol):
+    def dataReceived(self, data: bytes) -> None:
+        self.transport.write(data)  # type: ignore[union-attr]
+
+
+class _Collect(Protocol):
+    def __init__(self) -> None:
+        self.got = b""
+        self.waiting: defer.Deferred[bytes] | None = None
+        self.want = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        self.got += data
+        if self.waiting is not None and len(self.got) >= self.want:
+            d, self.waiting = self.waiting, None
+            d.callback(self.got)
+
+    def read(self, n: int) -> defer.Deferred[bytes]:
+        self.want = n
+        self.waiting = defer.Deferred()
+        if len(self.got) >= n:
+            d, self.waiting = self.waiting, None
+            d.callback(self.got)
+        return self.waiting
+
+
+class DaemonIntrospectTests(TestCase):
+    timeout = 60
+
+    async def start(self, tap: Any, argv: list[str]) -> tuple[Any, int]:
+        options = tap.Options()
+        options.parseOptions([*argv, "--introspect", LOOP])
+        top = tap.makeService(options, reactor=reactor)
+        top.startService()
+        self.addCleanup(top.stopService)
+        svc = top.getServiceNamed("introspect")
+        port = await svc.listening
+        self.assertIsNotNone(port)
+        return top, port.getHost().port
+
+    async def get(self, port: int, path: str) -> tuple[int, bytes]:
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        r = await treq.get(f"http://127.0.0.1:{port}{path}", reactor=reactor, pool=pool)
+        return r.code, await r.content()
+
+    async def scrape(self, port: int) -> dict[Any, float]:
+        code, body = await self.get(port, "/metrics")
+        self.assertEqual(code, 200)
+        return metrics_of(body.decode())
+
+    async def test_vrouter_dp(self) -> None:
+        from vrtwist.datapath import tap
+
+        d = tempdir(self)
+        top, port = await self.start(tap, ["--run-dir", os.path.join(d, "run"),
+                                           "--flow-entries", "1024", "--bridge-entries", "1024"])
+        dp = top.datapath
+        dp.tables.count_drop("invalid_nh", None, 3)
+        m = await self.scrape(port)
+        self.assertEqual(m[("vrouter_drops_total", (("reason", "invalid_nh"),))], 3)
+        self.assertEqual(m[("vrouter_flows_active", ())], 0)
+        self.assertEqual(m[("vrouter_dp_objects", (("table", "nexthop"),))],
+                         len(dp.tables.nexthops))
+        code, body = await self.get(port, "/health")
+        self.assertEqual((code, json.loads(body)["ready"]), (200, True))
+        code, body = await self.get(port, "/api/flows?limit=10")
+        self.assertEqual((code, json.loads(body)["flows"]), (200, []))
+        code, body = await self.get(port, "/api/flows?limit=0")
+        self.assertEqual(code, 400)
+
+    async def test_vrouter_control(self) -> None:
+        from vrtwist.xmpp import control_tap
+
+        top, port = await self.start(control_tap, ["--xmpp", LOOP])
+        m = await self.scrape(port)
+        self.assertEqual(m[("vrouter_control_xmpp_sessions", ())], 0)
+        self.assertEqual(m[("vrouter_control_routing_instances", ())],
+                         len(top.node.instances))
+        code, body = await self.get(port, "/api/peers")
+        self.assertEqual((code, json.loads(body)), (200, {"peers": []}))
+
+    async def test_vsock_relay_counts_a_relayed_connection(self) -> None:
+        from vrtwist.vsock import relay_tap
+
+        echo = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            Factory.forProtocol(_Echo))
+        self.addCleanup(echo.stopListening)
+        top, port = await self.start(relay_tap, [
+            "--listen", LOOP, "--backend", f"tcp:127.0.0.1:{echo.getHost().port}"])
+        listen = [s for s in top if s.name != "introspect" and hasattr(s, "_waitingForPort")]
+        relay_port = (await listen[0]._waitingForPort).getHost().port
+        client = _Collect()
+        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", relay_port), client)
+        client.transport.write(b"x" * 1000)
+        self.assertEqual(len(await client.read(1000)), 1000)
+        m = await self.scrape(port)
+        self.assertEqual(m[("vsock_relay_accepted_total", ())], 1)
+        self.assertEqual(m[("vsock_relay_active", ())], 1)
+        self.assertEqual(m[("vsock_relay_bytes_total", (("direction", "to_backend"),))], 1000)
+        self.assertEqual(m[("vsock_relay_bytes_total", (("direction", "to_caller"),))], 1000)
+        client.transport.loseConnection()
+        stats = listen[0].factory.stats
+        await until(lambda: stats.active == 0 and stats.backendsOpen == 0, "relay closed")
+        m = await self.scrape(port)
+        self.assertEqual(m[("vsock_relay_active", ())], 0)
+        self.assertEqual(m[("vsock_relay_accepted_total", ())], 1)
+
+    async def test_vspc(self) -> None:
+        from vrtwist.vic import vspc_tap
+
+        top, port = await self.start(vspc_tap, ["--listen", LOOP])
+        m = await self.scrape(port)
+        self.assertEqual(m[("vspc_ports", ())], 0)
+        self.assertEqual(m[("vspc_connections", ())], 0)
+        code, body = await self.get(port, "/api/ports")
+        self.assertEqual((code, json.loads(body)), (200, {"ports": []}))
+
+    async def test_vpnkit_link_and_channel(self) -> None:
+        from vrtwist.vpnkit import forwarder_tap, host_tap
+
+        d = tempdir(self)
+        sock = os.path.join(d, "link")
+        echo = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            Factory.forProtocol(_Echo))
+        self.addCleanup(echo.stopListening)
+        fwd, fport = await self.start(forwarder_tap, ["--data-listen", f"unix:{sock}"])
+        m = await self.scrape(fport)
+        self.assertEqual(m[("vpnkit_links", ())], 0)
+        code, body = await self.get(fport, "/health")
+        self.assertEqual(code, 503)
+        self.assertEqual(json.loads(body)["reasons"], ["no data link up"])
+        host, hport = await self.start(host_tap, [
+            "--data-connect", f"unix:{sock}",
+            "--expose", f"tcp:127.0.0.1:0:127.0.0.1:{echo.getHost().port}"])
+        links = host.links
+
+        await until(lambda: bool(links.muxes and host.table.list()), "vpnkit link")
+        exposed = host.table.list()[0]
+        m = await self.scrape(hport)
+        self.assertEqual(m[("vpnkit_links", ())], 1)
+        self.assertEqual(m[("vpnkit_ports", ())], 1)
+        self.assertEqual(m[("vpnkit_links_seen_total", ())], 1)
+        # a connection to the exposed port rides a channel of the link to the echo server
+        client = _Collect()
+        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", exposed.out_port), client)
+        client.transport.write(b"y" * 5000)
+        self.assertEqual(len(await client.read(5000)), 5000)
+        hm = await self.scrape(hport)
+        fm = await self.scrape(fport)
+        self.assertEqual(hm[("vpnkit_channels_total", (("event", "opened"),))], 1)
+        self.assertEqual(fm[("vpnkit_channels_total", (("event", "accepted"),))], 1)
+        self.assertEqual(hm[("vpnkit_channels_open", ())], 1)
+        stats = links.muxes[0].stats
+        self.assertEqual(hm[("vpnkit_bytes_total", (("direction", "out"),))], stats.bytes_out)
+        self.assertEqual(hm[("vpnkit_bytes_total", (("direction", "in"),))], stats.bytes_in)
+        self.assertGreaterEqual(stats.bytes_out, 5000)
+        client.transport.loseConnection()
+        await until(lambda: not links.muxes[0].channels, "channel closed")
+        hm = await self.scrape(hport)
+        self.assertEqual(hm[("vpnkit_channels_open", ())], 0)
+
+
+async def until(pred: Any, what: str, timeout: float = 10.0) -> None:
+    for _ in range(int(timeout / 0.02)):
+        if pred():
+            return
+        await deferLater(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def deferLater(seconds: float) -> defer.Deferred[None]:
+    from twisted.internet.task import deferLater as later
+
+    return later(reactor, seconds, lambda: None)
