@@ -366,7 +366,7 @@ def make_agent_app(agent: Any, datapath: Any = None) -> IntrospectApp:
             "time": agent.reactor.seconds(),
             "interfaces": interfaces(agent, datapath), "vrfs": vrfs(agent),
             "xmpp": xmpp_peers(agent), "traps": t,
-            "flows": {"active": _active(flows), "created": t["flows"].get("pairs", 0),
+            "flows": {"active": _active(flows, datapath), "created": t["flows"].get("pairs", 0),
                       "aged": t["flows"].get("aged", 0)},
             "health": health(agent).__dict__,
         }
@@ -405,9 +405,14 @@ def make_agent_app(agent: Any, datapath: Any = None) -> IntrospectApp:
     return app
 
 
-def _active(flows: FlowTableSource) -> int:
+def _active(flows: FlowTableSource, datapath: Any = None) -> int:
+    """Flows in use: the embedded datapath's own count, or a scan of the mapped table."""
     from vrtwist.introspect.flows import count_active
 
+    for source in list(getattr(datapath, "usage_sources", ())):
+        used = source().get("vo_flow_used_entries")
+        if used is not None:
+            return int(used)
     view = flows.view()
     return count_active(view) if view is not None else 0
 

@@ -80,13 +80,36 @@ class DatapathCollector(Collector):
         sizes.add_metric(["mpls"], len(tables.mpls))
         sizes.add_metric(["vrf"], len(self.datapath.routes.vrf_ids()))
         yield sizes
-        if self.flows is not None:
+        yield from self._flows()
+
+    def _flows(self) -> Iterator[Any]:
+        usage: dict[str, int] = {}
+        for source in list(getattr(self.datapath, "usage_sources", ())):
+            usage.update(source())
+        owner = getattr(self.datapath.handlers.get("vr_flow_table_data"), "flows", None)
+        if "vo_flow_used_entries" in usage:
+            # the in-process table keeps its counts: nothing to scan
+            yield GaugeMetricFamily("vrouter_flows_active", "entries in use in the flow table",
+                                    value=usage["vo_flow_used_entries"])
+            yield GaugeMetricFamily("vrouter_flow_table_entries", "size of the flow table "
+                                    "(main + overflow)", value=usage.get("vo_flow_entries", 0)
+                                    + usage.get("vo_oflow_entries", 0))
+            yield GaugeMetricFamily("vrouter_flows_overflow", "entries in use in the overflow "
+                                    "table", value=usage.get("vo_flow_used_oentries", 0))
+        elif self.flows is not None:
             view = self.flows.view()
             if view is not None:
-                yield GaugeMetricFamily("vrouter_flows_active", "active entries of the flow "
+                yield GaugeMetricFamily("vrouter_flows_active", "entries in use in the flow "
                                         "table", value=count_active(view))
-                yield GaugeMetricFamily("vrouter_flow_table_entries", "size of the flow table",
-                                        value=view.num_entries)
+                yield GaugeMetricFamily("vrouter_flow_table_entries", "size of the flow table "
+                                        "(main + overflow)", value=view.num_entries)
+        counters = getattr(owner, "counters", None)
+        if counters is not None:
+            ops = CounterMetricFamily("vrouter_dp_flow_operations", "flow table operations "
+                                      "(vr_flow_table_data counters)", labels=["op"])
+            for op in ("added", "deleted", "changed", "action_count", "hold_oflows"):
+                ops.add_metric([op], getattr(counters, op, 0))
+            yield ops
 
 
 def vif_json(vif: Any) -> dict[str, Any]:
