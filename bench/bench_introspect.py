@@ -92,13 +92,14 @@ def ab(name: str, rounds: int, without: Callable[[], float], with_: Callable[[],
             b.append(with_())
     ma, mb = statistics.median(a), statistics.median(b)
     delta = (mb - ma) / ma * 100
+    best = (max(b) - max(a)) / max(a) * 100
     scrapes = ""
     if SCRAPES:
         scrapes = (f"{len(SCRAPES)} scrapes, median {statistics.median(SCRAPES) * 1e3:.2f} ms "
                    "CPU each")
         SCRAPES.clear()
-    print(f"| {name} | {ma:,.0f} {unit} | {mb:,.0f} {unit} | {delta:+.1f}% | {scrapes} |",
-          flush=True)
+    print(f"| {name} | {ma:,.0f} {unit} | {mb:,.0f} {unit} | {delta:+.1f}% | {best:+.1f}% "
+          f"| {scrapes} |", flush=True)
     return name, ma, mb, delta
 
 
@@ -265,9 +266,9 @@ def main() -> None:
     args = ap.parse_args()
     only = set(args.only.split(","))
     print("load:", open("/proc/loadavg").read().strip())
-    print("| path | without --introspect | with (scraped every %gs) | change | scrapes |"
-          % args.scrape)
-    print("|---|---|---|---|---|")
+    print("| path | without --introspect (median) | with, scraped every %gs (median) "
+          "| change of medians | change of bests | scrapes |" % args.scrape)
+    print("|---|---|---|---|---|---|")
     if "forward" in only:
         forwarding(args)
     if "flows" in only:

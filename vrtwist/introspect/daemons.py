@@ -7,6 +7,7 @@ the vSPC ports' counters, the control node's tables) when scraped.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -182,7 +183,8 @@ def vspc_app(table: Any) -> IntrospectApp:
 
 
 def _snake(name: str) -> str:
-    return "".join("_" + c.lower() if c.isupper() else c for c in name)
+    """``bytesFromVM`` -> ``bytes_from_vm``."""
+    return re.sub(r"(?<=[a-z])(?=[A-Z])", "_", name).lower()
 
 
 # -- vsock-relay -------------------------------------------------------------------------
