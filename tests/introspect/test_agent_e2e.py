@@ -221,3 +221,58 @@ class AgentIntrospectTests(TestCase):
         self.assertGreater(float(after[0]["value"][1]), before)
         resets = query("resets(vrouter_agent_ksync_requests_total[1m])") or []
         self.assertTrue(all(r["value"][1] == "0" for r in resets), resets)
+
+
+class ControllerSessionTests(TestCase):
+    """An agent and a control node, both introspected: the XMPP session seen from both
+    ends, in metrics and in the agent's XML page."""
+
+    def test_xmpp_session_state(self) -> None:
+        d = tempdir(self)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            xmpp = s.getsockname()[1]
+        cn = Twistd(d, "vrouter-control", ["--xmpp", f"tcp:{xmpp}:interface=127.0.0.1",
+                                           "--introspect", "tcp:0:interface=127.0.0.1"], "cn")
+        self.addCleanup(cn.stop)
+        cn_port = cn.introspect_port()
+        agent = Twistd(d, "vrouter", agent_args(
+            os.path.join(d, "run"), os.path.join(d, "state"), "--no-tap-check",
+            "--controller", f"tcp:127.0.0.1:{xmpp}", "--fabric-ip", "127.0.0.2",
+            "--hostname", "obnode"), "agent")
+        self.addCleanup(agent.stop)
+        rest, port = agent.rest_port(), agent.introspect_port()
+        peer = f"tcp:127.0.0.1:{xmpp}"
+
+        def session_up() -> bool:
+            m = samples(get(port, "/metrics")[2].decode())
+            return m.get(("vrouter_xmpp_session_up", (("peer", peer),))) == 1
+        wait_until(session_up, "the agent's XMPP session", 30)
+        code, _, raw = get(port, "/health")
+        self.assertEqual((code, json.loads(raw)["ready"]), (200, True))
+        code, _, raw = get(port, "/Snh_AgentXmppConnectionStatusReq")
+        data = next(ET.fromstring(raw.split(b"?>", 1)[1]).iter("AgentXmppData"))
+        self.assertEqual((data.findtext("controller_ip"), data.findtext("state")),
+                         (peer, "Established"))
+        code, _, raw = get(rest, "/port", "POST", port_body(1))
+        self.assertEqual(code, 200)
+
+        def routes_at_cn() -> float | None:
+            m = samples(get(cn_port, "/metrics")[2].decode())
+            n = m.get(("vrouter_control_routes", (("agent", "obnode"),)))
+            return n if n else None
+        wait_until(routes_at_cn, "the control node to hold the agent's routes", 30)
+        m = samples(get(cn_port, "/metrics")[2].decode())
+        self.assertEqual(m[("vrouter_control_xmpp_sessions", ())], 1)
+        self.assertEqual(m[("vrouter_control_xmpp_session_up", (("agent", "obnode"),))], 1)
+        am = samples(get(port, "/metrics")[2].decode())
+        self.assertGreaterEqual(am[("vrouter_xmpp_routes_published", ())], 1)
+        self.assertGreaterEqual(am[("vrouter_xmpp_sessions_established_total", ())], 1)
+        code, _, raw = get(cn_port, "/api/peers")
+        self.assertEqual([p["agent"] for p in json.loads(raw)["peers"]], ["obnode"])
+        # the control node goes away: the agent says so, in /health and the metric
+        cn.stop()
+        wait_until(lambda: not session_up() or None, "the session to be seen down", 30)
+        code, _, raw = get(port, "/health")
+        self.assertEqual(code, 503)
+        self.assertIn("no XMPP session to a control node", json.loads(raw)["reasons"])
