@@ -17,6 +17,8 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import HTTPConnectionPool
 
 from tests.agent.helpers import tempdir
+from tests.vic.test_vspc_integration import VSPCNetTestCase, canonical
+from vrtwist.vic.testing import uuidText
 
 LOOP = "tcp:0:interface=127.0.0.1"
 
@@ -203,3 +205,33 @@ def deferLater(seconds: float) -> defer.Deferred[None]:
     from twisted.internet.task import deferLater as later
 
     return later(reactor, seconds, lambda: None)
+
+
+class VSPCSessionMetricsTests(VSPCNetTestCase):
+    """A fake ESX host and a backend through a real vSPC: the session and its bytes."""
+
+    async def test_session_counters(self) -> None:
+        from vrtwist.introspect.daemons import vspc_app
+        from vrtwist.introspect.listen import listen_introspect
+
+        port = await self.startVSPC()
+        backend = await self.backend(1, echo=True)
+        esx = await self.esx(port, uuid=uuidText(1))
+        app = vspc_app(self.table)
+        listening = await listen_introspect(reactor, LOOP, app.resource())
+        self.addCleanup(listening.stopListening)
+        iport = listening.getHost().port
+        esx.sendSerial(b"z" * 3000)
+        await esx.waitFor(lambda: len(esx.serial) >= 3000)
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        r = await treq.get(f"http://127.0.0.1:{iport}/metrics", reactor=reactor, pool=pool)
+        m = metrics_of((await r.content()).decode())
+        [sp] = self.table.ports()
+        key = (("label", sp.label), ("uuid", canonical(1)))
+        self.assertEqual(m[("vspc_ports", ())], 1)
+        self.assertEqual(m[("vspc_sessions", ())], 1)
+        self.assertEqual(m[("vspc_connections", ())], 1)
+        self.assertEqual(m[("vspc_backends", ())], 1)
+        self.assertEqual(m[("vspc_port_bytes_from_vm_total", key)], 3000)
+        self.assertEqual(m[("vspc_port_bytes_to_vm_total", key)], sp.counters.bytesToVM)
+        self.assertEqual(backend.received(), b"z" * 3000)
