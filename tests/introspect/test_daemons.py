@@ -235,3 +235,87 @@ class VSPCSessionMetricsTests(VSPCNetTestCase):
         self.assertEqual(m[("vspc_port_bytes_from_vm_total", key)], 3000)
         self.assertEqual(m[("vspc_port_bytes_to_vm_total", key)], sp.counters.bytesToVM)
         self.assertEqual(backend.received(), b"z" * 3000)
+
+
+class SlowReaderTests(TestCase):
+    """A slow reader of a 1,000,000-flow listing gets one bounded page; the server keeps
+    answering others meanwhile."""
+
+    timeout = 120
+
+    async def test_slow_reader_of_a_million_flows(self) -> None:
+        import array
+        import mmap
+        import socket
+        import threading
+
+        from prometheus_client import CollectorRegistry
+        from twisted.internet.threads import deferToThread
+
+        from vrtwist.introspect.datapath import flow_view
+        from vrtwist.introspect.flows import FlowTableSource
+        from vrtwist.introspect.listen import listen_introspect
+        from vrtwist.introspect.web import Health, IntrospectApp
+        from vrtwist.shmem import layout as L
+
+        d = tempdir(self)
+        n = 1_000_000
+        path = os.path.join(d, "flow.shmem")
+        with open(path, "wb") as f:
+            f.truncate(n * L.FLOW_ENTRY_SIZE)
+        with open(path, "r+b") as f:
+            mm = mmap.mmap(f.fileno(), 0)
+            words = memoryview(mm).cast("H")
+            words[L.OFF_FE_FLAGS // 2 :: L.FLOW_ENTRY_SIZE // 2] = array.array(
+                "H", [L.FLAG_ACTIVE]) * n
+            words.release()
+            mm.close()
+        flows = FlowTableSource(d)
+        self.addCleanup(flows.close)
+        app = IntrospectApp("test", CollectorRegistry(), Health, {"flows": flow_view(flows)})
+        listening = await listen_introspect(reactor, LOOP, app.resource())
+        self.addCleanup(listening.stopListening)
+        port = listening.getHost().port
+        release = threading.Event()
+
+        def slow_read() -> bytes:
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.connect(("127.0.0.1", port))
+            s.sendall(b"GET /api/flows?start=999000&limit=1000 HTTP/1.0\r\nHost: x\r\n\r\n")
+            release.wait(30)  # stay unread while the others are served
+            out = b""
+            while True:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                out += chunk
+            s.close()
+            return out
+
+        reader = deferToThread(slow_read)
+        await deferLater(0.3)
+        code, body = await _get(port, "/api/flows?start=0&limit=5")
+        self.assertEqual(code, 200)
+        page = json.loads(body)
+        self.assertEqual(([f["index"] for f in page["flows"]], page["next"]),
+                         ([0, 1, 2, 3, 4], 5))
+        code, _ = await _get(port, "/health")
+        self.assertEqual(code, 200)
+        code, body = await _get(port, "/api/flows?limit=1000001")
+        self.assertEqual(code, 400)
+        release.set()
+        raw = await reader
+        head, _, body = raw.partition(b"\r\n\r\n")
+        self.assertIn(b" 200 ", head.split(b"\r\n")[0])
+        page = json.loads(body)
+        self.assertEqual(len(page["flows"]), 1000)
+        self.assertEqual((page["flows"][0]["index"], page["next"], page["table"]),
+                         (999_000, None, n))
+        self.assertLess(len(body), 400 * 1000, "one page is bounded whatever the table size")
+
+
+async def _get(port: int, path: str) -> tuple[int, bytes]:
+    pool = HTTPConnectionPool(reactor, persistent=False)
+    r = await treq.get(f"http://127.0.0.1:{port}{path}", reactor=reactor, pool=pool)
+    return r.code, await r.content()
