@@ -103,6 +103,14 @@ class AgentIntrospectTests(TestCase):
         code, _, raw = get(self.port, "/Snh_AgentXmppConnectionStatusReq")
         self.assertEqual((code, ET.fromstring(raw.split(b"?>", 1)[1]).tag),
                          (200, "AgentXmppConnectionStatus"))
+        # the page and its files, served from the package with a strict policy
+        code, headers, raw = get(self.port, "/")
+        self.assertEqual((code, headers["content-type"]), (200, "text/html; charset=utf-8"))
+        self.assertIn("default-src 'self'", headers["content-security-policy"])
+        self.assertIn(b'<script src="app.js">', raw)
+        code, headers, raw = get(self.port, "/app.js")
+        self.assertEqual((code, headers["content-type"]),
+                         (200, "text/javascript; charset=utf-8"))
         code, _, raw = get(self.port, "/Snh_KFlowReq")
         root = ET.fromstring(raw.split(b"?>", 1)[1])
         self.assertEqual((root.tag, root.findtext("flow_handle")), ("KFlowResp", "0"))

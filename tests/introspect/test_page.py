@@ -21,6 +21,8 @@ from tests.introspect.test_agent_e2e import get
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--no-first-run"]
+#: the chart's pixels (functions, not strings: the page's CSP forbids eval)
+CHART = "() => document.getElementById('chart-vif').toDataURL()"
 #: where the screenshot goes (kept after the run for people to look at)
 ARTIFACTS = os.environ.get("VRTWIST_ARTIFACTS") or os.path.join(
     os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
@@ -88,7 +90,7 @@ class PageTests(TestCase):
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.goto(f"http://127.0.0.1:{self.port}/?period=200")
-        page.wait_for_function("window.vrtwist && window.vrtwist.samples >= 2",
+        page.wait_for_function("() => window.vrtwist && window.vrtwist.samples >= 2",
                                timeout=10_000)
         self.assertIn("pkt0", page.inner_text("#vifs"))
 
@@ -103,7 +105,7 @@ class PageTests(TestCase):
         self.assertIn(self.veth, row.inner_text())
         vif = int(row.get_attribute("data-vif") or -1)
 
-        quiet = page.evaluate("document.getElementById('chart-vif').toDataURL()")
+        quiet = page.evaluate(CHART)
         stop = threading.Event()
         sender = threading.Thread(target=self._send_frames, args=(stop, bytes.fromhex(
             body["mac-address"].replace(":", ""))))
@@ -113,8 +115,8 @@ class PageTests(TestCase):
                 "v => { const s = window.vrtwist.vif.get(v); "
                 "return s && s.data.filter(x => x > 0).length >= 5; }",
                 arg=vif, timeout=10_000)
-            moving = page.evaluate("document.getElementById('chart-vif').toDataURL()")
-            rates: Any = page.evaluate(f"window.vrtwist.vif.get({vif}).data.slice(-5)")
+            moving = page.evaluate(CHART)
+            rates: Any = page.evaluate("v => window.vrtwist.vif.get(v).data.slice(-5)", vif)
             os.makedirs(ARTIFACTS, exist_ok=True)
             shot = os.path.join(ARTIFACTS, "introspect-page.png")
             page.screenshot(path=shot, full_page=True)
