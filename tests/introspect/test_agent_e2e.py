@@ -130,6 +130,8 @@ class AgentIntrospectTests(TestCase):
                                  (("code", "200"), ("endpoint", "port"), ("method", "POST")))], 2)
         self.assertEqual(second[("vrouter_agent_rest_requests_total",
                                  (("code", "404"), ("endpoint", "port"), ("method", "GET")))], 1)
+        # the embedded datapath's end of pkt0 is there too
+        self.assertIn(("vrouter_dp_pkt0_total", (("event", "traps"),)), second)
         vifs = {k[1] for k in second if k[0] == "vrouter_vif_packets_total"}
         self.assertIn((("direction", "rx"), ("name", "tapv2"), ("vif", "4")), vifs)
         for key, value in first.items():

@@ -134,6 +134,16 @@ class DatapathMetricsTests(SynchronousTestCase):
         assert view is not None
         self.assertEqual(count_active(view), 3)
 
+    def test_datapath_pkt0_end(self) -> None:
+        from vrtwist.pkt0.endpoints import DatapathEndpoint
+
+        end = DatapathEndpoint(lambda: None)
+        end.counters.traps, end.counters.rate_limited, end.counters.commands = 12, 3, 4
+        m = scrape(DatapathCollector(self.dp, None, end))
+        self.assertEqual(m[("vrouter_dp_pkt0_total", (("event", "traps"),))], 12)
+        self.assertEqual(m[("vrouter_dp_pkt0_total", (("event", "rate_limited"),))], 3)
+        self.assertEqual(m[("vrouter_dp_pkt0_total", (("event", "commands"),))], 4)
+
     def test_missing_flow_table_is_left_out(self) -> None:
         src = FlowTableSource(tempfile.mkdtemp())
         m = scrape(DatapathCollector(self.dp, src))

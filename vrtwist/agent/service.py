@@ -43,7 +43,7 @@ class AgentService(MultiService):
                  fabric: str | None = None, local_datapath: Any = None,
                  link_kwargs: dict[str, Any] | None = None,
                  access: SocketAccess | None = None, introspect: str | None = None,
-                 introspect_datapath: Any = None) -> None:
+                 introspect_datapath: Any = None, introspect_pkt0: Any = None) -> None:
         super().__init__()
         self.reactor = reactor
         self.run_dir = run_dir
@@ -72,6 +72,7 @@ class AgentService(MultiService):
         self.introspect_description = introspect
         self.introspect_datapath = introspect_datapath if introspect_datapath is not None \
             else local_datapath
+        self.introspect_pkt0 = introspect_pkt0
         self.introspect_port: IListeningPort | None = None
         self.introspect_app: Any = None
         #: REST requests answered per endpoint, method and status (for the metrics)
@@ -129,7 +130,8 @@ class AgentService(MultiService):
         from vrtwist.introspect.agent import make_agent_app
 
         assert self.introspect_description is not None
-        self.introspect_app = make_agent_app(self, self.introspect_datapath)
+        self.introspect_app = make_agent_app(self, self.introspect_datapath,
+                                             self.introspect_pkt0)
         try:
             self.introspect_port = await listen_introspect(
                 self.reactor, self.introspect_description, self.introspect_app.resource(),

@@ -92,11 +92,12 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     reactor, tunings = reactor_and_tunings(reactor, tune_gc)
     top = DaemonService(*tunings)
     local = None
-    embedded = None
+    embedded = embedded_pkt0 = None
     if options["datapath"] == "embedded":
         dp = _embedded_datapath(options, reactor)
         dp.setServiceParent(top)  # type: ignore[attr-defined]
         embedded = getattr(dp, "datapath", None)
+        embedded_pkt0 = getattr(getattr(dp, "packets", None), "trap", None)
         if options["ksync"] == "inprocess":
             local = embedded
     agent = AgentService(
@@ -107,7 +108,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         controllers=list(options["controller"]), fabric=options.get("fabric"),
         local_datapath=local, link_kwargs=linkKwargsFromOptions(options),
         access=access_from_options(options), introspect=options.get("introspect"),
-        introspect_datapath=embedded)
+        introspect_datapath=embedded, introspect_pkt0=embedded_pkt0)
     agent.setName("agent")
     agent.setServiceParent(top)
     return top

@@ -31,8 +31,9 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     top = makeDatapathService(options, reactor=reactor)
     datapath = top.datapath  # type: ignore[attr-defined]
     run_dir = str(options.get("run-dir"))
+    pkt0 = getattr(getattr(top, "packets", None), "trap", None)
     add_introspect(top, reactor, options.get("introspect"),
-                   lambda: make_datapath_app(datapath, run_dir))
+                   lambda: make_datapath_app(datapath, run_dir, pkt0))
     if tunings:
         # an otherwise empty child that applies the daemon's tunings when twistd starts it
         daemon = DaemonService(*tunings)

@@ -349,13 +349,13 @@ def health(agent: Any) -> Health:
     return Health(live=True, ready=not reasons, reasons=reasons)
 
 
-def make_agent_app(agent: Any, datapath: Any = None) -> IntrospectApp:
+def make_agent_app(agent: Any, datapath: Any = None, pkt0: Any = None) -> IntrospectApp:
     """The agent's introspect app (``datapath``: the embedded one, for live counters)."""
     flows = FlowTableSource(agent.run_dir)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(AgentCollector(agent))
     if datapath is not None:
-        registry.register(DatapathCollector(datapath, flows))
+        registry.register(DatapathCollector(datapath, flows, pkt0))
     else:
         registry.register(_FlowsOnly(flows))
 

@@ -33,9 +33,12 @@ def vif_type_name(t: int) -> str:
 class DatapathCollector(Collector):
     """vif counters, drop reasons, ksync requests, tables' sizes and active flows."""
 
-    def __init__(self, datapath: Any, flows: FlowTableSource | None = None) -> None:
+    def __init__(self, datapath: Any, flows: FlowTableSource | None = None,
+                 pkt0: Any = None) -> None:
         self.datapath = datapath
         self.flows = flows
+        #: the datapath's pkt0 end (``vrtwist.pkt0.endpoints.DatapathEndpoint``), if any
+        self.pkt0 = pkt0
 
     def collect(self) -> Iterator[Any]:
         tables = self.datapath.tables
@@ -81,6 +84,15 @@ class DatapathCollector(Collector):
         sizes.add_metric(["vrf"], len(self.datapath.routes.vrf_ids()))
         yield sizes
         yield from self._flows()
+        if self.pkt0 is not None:
+            c = self.pkt0.counters
+            ev = CounterMetricFamily("vrouter_dp_pkt0", "pkt0 events at the datapath's end "
+                                     "(traps sent, rate limited, agent commands)",
+                                     labels=["event"])
+            for name in ("traps", "rate_limited", "malformed", "unknown_command", "commands",
+                         "command_failed"):
+                ev.add_metric([name], getattr(c, name))
+            yield ev
 
     def _flows(self) -> Iterator[Any]:
         usage: dict[str, int] = {}
@@ -165,7 +177,7 @@ def flow_view(flows: FlowTableSource) -> Any:
     return list_flows
 
 
-def make_datapath_app(datapath: Any, run_dir: str) -> Any:
+def make_datapath_app(datapath: Any, run_dir: str, pkt0: Any = None) -> Any:
     """``vrouter-dp``'s introspect: the datapath's tables, counters and flows."""
     from prometheus_client import CollectorRegistry
 
@@ -173,7 +185,7 @@ def make_datapath_app(datapath: Any, run_dir: str) -> Any:
 
     flows = FlowTableSource(run_dir)
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(DatapathCollector(datapath, flows))
+    registry.register(DatapathCollector(datapath, flows, pkt0))
 
     def health() -> Health:
         if flows.view() is None:
