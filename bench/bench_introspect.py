@@ -32,7 +32,6 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable
-from types import SimpleNamespace
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -50,11 +49,15 @@ from vrtwist.introspect.flows import FlowTableSource  # noqa: E402
 CHUNK = 2000
 
 
-def registry_for(dp: Any, buf: Any, entries: int) -> CollectorRegistry:
-    """The datapath's collectors, the flow table read from ``buf`` as from the file."""
-    view = SimpleNamespace(map=buf, num_entries=entries, close=lambda: None)
+def registry_for(dp: Any, ft: Any) -> CollectorRegistry:
+    """The datapath's collectors, its flow table's counts reported as ``install`` does
+    for a daemon's shared-memory table (the table is in this process: no scan)."""
+    dp.add_usage_source(lambda: {
+        "vo_flow_entries": ft.entries, "vo_oflow_entries": ft.oentries,
+        "vo_flow_used_entries": ft.used_entries, "vo_flow_used_oentries": ft.used_oflow_entries,
+    })
     reg = CollectorRegistry(auto_describe=False)
-    reg.register(DatapathCollector(dp, FlowTableSource("", opener=lambda _p: view)))  # type: ignore[arg-type, return-value]
+    reg.register(DatapathCollector(dp))
     return reg
 
 
@@ -135,9 +138,7 @@ def forwarding(args: argparse.Namespace) -> None:
             for j in range(i, i + k):
                 receive(1, frames[j % count])
             pos[0] = i + k
-        buf = ft.buf
-        entries = len(buf) // 256
-        reg = registry_for(dp, buf, entries)
+        reg = registry_for(dp, ft)
         ab(f"forwarding, {label}", args.rounds,
            lambda: run(work, args.packets, None, args.scrape),
            lambda: run(work, args.packets, lambda: generate_latest(reg), args.scrape),

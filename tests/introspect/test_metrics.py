@@ -32,6 +32,10 @@ def scrape(*collectors: Any) -> dict[tuple[str, tuple[tuple[str, str], ...]], fl
     reg = CollectorRegistry(auto_describe=False)
     for c in collectors:
         reg.register(c)
+    return scrape_registry(reg)
+
+
+def scrape_registry(reg: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     text = generate_latest(reg).decode()
     out = {}
     for fam in text_string_to_metric_families(text):
@@ -261,3 +265,78 @@ class AgentMetricsTests(SynchronousTestCase):
         self.assertEqual(m[("vrouter_agent_ksync_errors_total",
                             (("message", "vr_route_req"),))], 1)
         self.assertEqual(m[("vrouter_agent_ksync_failing", ())], 1)
+
+
+class DaemonMetricsTests(SynchronousTestCase):
+    """The other daemons' collectors against the counter objects they read."""
+
+    def test_vpnkit_totals_include_links_that_are_gone(self) -> None:
+        from vrtwist.introspect.daemons import vpnkit_app
+        from vrtwist.vpnkit.host import Links
+        from vrtwist.vpnkit.mux import MuxStats
+
+        links = Links()
+        links.past = MuxStats(channels_opened=5, bytes_in=100, window_stalls=2,
+                              datagrams_dropped=1, protocol_errors=1)
+        live = MuxStats(channels_opened=1, channels_closed=3, bytes_in=10, bytes_out=20,
+                        frames_in=4, frames_out=6, window_stalls=1, datagrams_in=7,
+                        unknown_id_frames=2, discarded_bytes=9)
+        links.muxes.append(SimpleNamespace(stats=live, channels={1: None, 3: None}))  # type: ignore[arg-type]
+        links.links_seen = 2
+        app = vpnkit_app(SimpleNamespace(links=links, table=SimpleNamespace(list=lambda: [1])),
+                         "host")
+        m = scrape_registry(app.registry)
+        self.assertEqual(m[("vpnkit_links", ())], 1)
+        self.assertEqual(m[("vpnkit_links_seen_total", ())], 2)
+        self.assertEqual(m[("vpnkit_channels_open", ())], 2)
+        self.assertEqual(m[("vpnkit_channels_total", (("event", "opened"),))], 6)
+        self.assertEqual(m[("vpnkit_channels_total", (("event", "closed"),))], 3)
+        self.assertEqual(m[("vpnkit_bytes_total", (("direction", "in"),))], 110)
+        self.assertEqual(m[("vpnkit_bytes_total", (("direction", "out"),))], 20)
+        self.assertEqual(m[("vpnkit_frames_total", (("direction", "out"),))], 6)
+        self.assertEqual(m[("vpnkit_window_stalls_total", ())], 3)
+        self.assertEqual(m[("vpnkit_datagrams_total", (("event", "in"),))], 7)
+        self.assertEqual(m[("vpnkit_datagrams_total", (("event", "dropped"),))], 1)
+        self.assertEqual(m[("vpnkit_errors_total", (("kind", "unknown_id_frames"),))], 2)
+        self.assertEqual(m[("vpnkit_errors_total", (("kind", "discarded_bytes"),))], 9)
+        self.assertEqual(m[("vpnkit_errors_total", (("kind", "protocol_errors"),))], 1)
+        self.assertEqual(m[("vpnkit_ports", ())], 1)
+
+    def test_vsock_relay(self) -> None:
+        from vrtwist.introspect.daemons import vsock_app
+        from vrtwist.vsock.relay import RelayStats
+
+        stats = RelayStats(accepted=9, active=2, backendsOpen=1, spliced=4, refused=3,
+                           backendFailures=5, bytesToBackend=700, bytesToCaller=800)
+        app = vsock_app(SimpleNamespace(stats=stats))
+        m = scrape_registry(app.registry)
+        self.assertEqual(m[("vsock_relay_accepted_total", ())], 9)
+        self.assertEqual(m[("vsock_relay_active", ())], 2)
+        self.assertEqual(m[("vsock_relay_backends_open", ())], 1)
+        self.assertEqual(m[("vsock_relay_spliced_total", ())], 4)
+        self.assertEqual(m[("vsock_relay_refused_total", ())], 3)
+        self.assertEqual(m[("vsock_relay_backend_failures_total", ())], 5)
+        self.assertEqual(m[("vsock_relay_bytes_total", (("direction", "to_backend"),))], 700)
+        self.assertEqual(m[("vsock_relay_bytes_total", (("direction", "to_caller"),))], 800)
+
+    def test_control_node(self) -> None:
+        from twisted.internet.task import Clock
+
+        from vrtwist.introspect.daemons import control_app
+        from vrtwist.xmpp.control import ControlNode, RoutingInstance
+
+        node = ControlNode(Clock())
+        node.route_counts = {"node1": 3, "node2": 1}
+        inst = RoutingInstance("vrf-a")
+        inst.routes = {"inet": {"10.0.0.1/32": {"node1": None}, "10.0.0.2/32": {"node2": None}}}  # type: ignore[dict-item]
+        node.instances = {"vrf-a": inst}
+        node.sessions = {"node1": SimpleNamespace(peerAddress=lambda: "x",  # type: ignore[dict-item]
+                                                  subscriptions={"vrf-a"})}
+        app = control_app(node)
+        m = scrape_registry(app.registry)
+        self.assertEqual(m[("vrouter_control_xmpp_sessions", ())], 1)
+        self.assertEqual(m[("vrouter_control_xmpp_session_up", (("agent", "node1"),))], 1)
+        self.assertEqual(m[("vrouter_control_routes", (("agent", "node1"),))], 3)
+        self.assertEqual(m[("vrouter_control_routes", (("agent", "node2"),))], 1)
+        self.assertEqual(m[("vrouter_control_routing_instances", ())], 1)
+        self.assertEqual(m[("vrouter_control_routes_total_held", ())], 2)
