@@ -340,3 +340,40 @@ class DaemonMetricsTests(SynchronousTestCase):
         self.assertEqual(m[("vrouter_control_routes", (("agent", "node2"),))], 1)
         self.assertEqual(m[("vrouter_control_routing_instances", ())], 1)
         self.assertEqual(m[("vrouter_control_routes_total_held", ())], 2)
+
+
+class AgentXmppMetricsTests(SynchronousTestCase):
+    def test_controller_link_and_learnt_routes(self) -> None:
+        from twisted.internet.task import Clock
+
+        from vrtwist.introspect.agent import xmpp_peers
+        from vrtwist.xmpp.agent_link import ControllerLink
+
+        a = agent_state()
+        model = a.model
+        model.fabric_ip = "10.9.0.1"
+        link = ControllerLink(Clock(), [object(), object()], "obnode", "10.9.0.1", model,  # type: ignore[list-item]
+                              names=["cn1", "cn2"])
+        model.controller = link
+        a.link = link
+        model.portAdded(port_from_json(dict(PORT)))
+        [vrf] = model.vrfNames()
+        model.addRemoteRoute(vrf, "10.1.1.9", 32, "10.9.0.2", 20)
+        model.addRemoteRoute(vrf, "10.1.1.10", 32, "10.9.0.2", 21)
+        link.sessions_established, link.end_of_ribs = 3, 2
+        link.session = SimpleNamespace(established=True, closing=False, peer_name="ctl",  # type: ignore[assignment]
+                                       tls_started=True)
+        m = scrape(AgentCollector(a))
+        self.assertEqual(m[("vrouter_xmpp_routes_learned", ())], 2)
+        self.assertEqual(m[("vrouter_xmpp_session_up", (("peer", "cn1"),))], 1)
+        self.assertEqual(m[("vrouter_xmpp_session_up", (("peer", "cn2"),))], 0)
+        self.assertEqual(m[("vrouter_xmpp_sessions_established_total", ())], 3)
+        self.assertEqual(m[("vrouter_xmpp_end_of_ribs_total", ())], 2)
+        self.assertEqual(m[("vrouter_xmpp_routes_published", ())], len(link._local))
+        self.assertEqual(len(link._local), 1)  # the port's route, waiting for a session
+        peers = xmpp_peers(a)
+        self.assertEqual([(p["controller"], p["state"], p["tls"]) for p in peers],
+                         [("cn1", "Established", True), ("cn2", "Idle", False)])
+        link.session = None
+        m = scrape(AgentCollector(a))
+        self.assertEqual(m[("vrouter_xmpp_session_up", (("peer", "cn1"),))], 0)
