@@ -101,6 +101,45 @@ class DaemonIntrospectTests(TestCase):
         code, body = await self.get(port, "/api/flows?limit=0")
         self.assertEqual(code, 400)
 
+    async def test_off_and_taken_endpoints(self) -> None:
+        """``none`` turns the server off; an endpoint already taken is logged and the
+        daemon goes on (its ksync socket still serves)."""
+        import socket
+
+        from vrtwist.datapath import tap
+
+        d = tempdir(self)
+        options = tap.Options()
+        options.parseOptions(["--run-dir", os.path.join(d, "a"), "--introspect", "none"])
+        top = tap.makeService(options, reactor=reactor)
+        self.assertNotIn("introspect", [s.name for s in top])
+        taken = socket.socket()
+        self.addCleanup(taken.close)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        busy = taken.getsockname()[1]
+        options = tap.Options()
+        run_dir = os.path.join(d, "b")
+        options.parseOptions(["--run-dir", run_dir, "--flow-entries", "1024",
+                              "--bridge-entries", "1024",
+                              "--introspect", f"tcp:{busy}:interface=127.0.0.1"])
+        top = tap.makeService(options, reactor=reactor)
+        errors: list[str] = []
+
+        def observe(event: dict[str, Any]) -> None:
+            if event.get("log_level") is not None and event["log_level"].name == "error":
+                errors.append(str(event.get("log_format")))
+        from twisted.logger import globalLogPublisher
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        top.startService()
+        self.addCleanup(top.stopService)
+        self.assertIsNone(await top.getServiceNamed("introspect").listening)
+        self.assertTrue(any("introspect: cannot listen" in e for e in errors), errors)
+        self.assertTrue(top.running)
+        self.assertTrue(os.path.exists(os.path.join(run_dir, "dpdk_netlink")))
+
     async def test_vrouter_control(self) -> None:
         from vrtwist.xmpp import control_tap
 
