@@ -15,6 +15,7 @@ TWISTD = os.path.join(BIN, "twistd")
 PORT_CONTROL = os.path.join(BIN, "vrouter-port-control")
 SMALL_TABLES = ["--flow-entries", "1024", "--bridge-entries", "1024"]
 _REST_RE = re.compile(r"REST port API listening on .*port=(\d+)")
+_INTROSPECT_RE = re.compile(r"introspect listening on .*port=(\d+)")
 
 
 def wait_until(check: Any, what: str, timeout: float = 20.0) -> Any:
@@ -60,6 +61,14 @@ class Twistd:
         except AssertionError as e:
             raise AssertionError(f"{e}\n{self.text()}") from None
 
+    def introspect_port(self, timeout: float = 30.0) -> int:
+        def found() -> int | None:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"twistd exited {self.proc.returncode}:\n{self.text()}")
+            m = _INTROSPECT_RE.search(self.text())
+            return int(m.group(1)) if m else None
+        return int(wait_until(found, "the introspect port", timeout))
+
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
@@ -75,7 +84,8 @@ class Twistd:
 
 def agent_args(run_dir: str, state_dir: str, *extra: str) -> list[str]:
     return ["--run-dir", run_dir, "--state-dir", state_dir,
-            "--rest", "tcp:0:interface=127.0.0.1", *SMALL_TABLES, *extra]
+            "--rest", "tcp:0:interface=127.0.0.1", "--introspect", "tcp:0:interface=127.0.0.1",
+            *SMALL_TABLES, *extra]
 
 
 def port_control(*args: str) -> subprocess.CompletedProcess[str]:

@@ -194,6 +194,9 @@ class DatapathSync:
         #: until the controller has sent its routes again (``release_learnt``)
         self.retained: set[Key] = set()
         self.errors: dict[Key, str] = {}
+        #: requests sent and refused per object kind (vif, nh, mpls, route), for metrics
+        self.sent_by_kind: dict[str, int] = {}
+        self.failed_by_kind: dict[str, int] = {}
         self._running = False
         self._started = 0  # batches of requests started / answered
         self._finished = 0
@@ -589,7 +592,9 @@ class DatapathSync:
             msgs = []
             prevs = []
             applied = self._applied
+            by_kind = self.sent_by_kind
             for _order, op, key, name, fields in chunk:
+                by_kind[key[0]] = by_kind.get(key[0], 0) + 1
                 # built in order against what the datapath will hold by then, so a route
                 # delete names the covering route as it will be when it is executed
                 prevs.append(applied.get(key))
@@ -688,6 +693,7 @@ class DatapathSync:
         else:
             self.applied[key] = prev
         self.errors[key] = str(err)
+        self.failed_by_kind[key[0]] = self.failed_by_kind.get(key[0], 0) + 1
         self._log.error("ksync {op} of {key} failed: {err}", op=op, key=key, err=str(err))
         return None
 

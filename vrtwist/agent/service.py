@@ -33,6 +33,9 @@ from vrtwist.agent.ports import DEFAULT_STALE_TIMEOUT, PortTable
 from vrtwist.agent.rest import BoundedRequest, PortApi
 from vrtwist.agent.store import PortStore
 from vrtwist.bounds import bounded_site
+from vrtwist.introspect.agent import RequestCounter
+from vrtwist.introspect.listen import enabled as introspect_enabled
+from vrtwist.introspect.listen import listen_introspect
 from vrtwist.logfields import Logger
 from vrtwist.unixlisten import listen_endpoint
 from vrtwist.xmpp.agent_link import makeControllerLink
@@ -50,7 +53,8 @@ class AgentService(MultiService):
                  hostname: str = "", controllers: list[str] | None = None,
                  fabric: str | None = None, local_datapath: Any = None,
                  link_kwargs: dict[str, Any] | None = None,
-                 access: SocketAccess | None = None) -> None:
+                 access: SocketAccess | None = None, introspect: str | None = None,
+                 introspect_datapath: Any = None, introspect_pkt0: Any = None) -> None:
         super().__init__()
         self.reactor = reactor
         self.run_dir = run_dir
@@ -78,6 +82,16 @@ class AgentService(MultiService):
         self.packets: AgentPacketService | None = None
         self.ready: Deferred[None] = Deferred()
         self._release_timer: Any = None
+        #: ``--introspect`` endpoint (None/"none": off) and the datapath whose live
+        #: counters it shows (the embedded one)
+        self.introspect_description = introspect
+        self.introspect_datapath = introspect_datapath if introspect_datapath is not None \
+            else local_datapath
+        self.introspect_pkt0 = introspect_pkt0
+        self.introspect_port: IListeningPort | None = None
+        self.introspect_app: Any = None
+        #: REST requests answered per endpoint, method and status (for the metrics)
+        self.rest_counter = RequestCounter()
 
     def startService(self) -> None:
         super().startService()
@@ -127,9 +141,10 @@ class AgentService(MultiService):
         endpoint = listen_endpoint(self.reactor, self.rest_description, self.access)
         site = Site(self.api.app.resource(), requestFactory=BoundedRequest)
         site.noisy = False
-        site.log = lambda request: None  # type: ignore[method-assign]  # no access log
+        site.log = self.rest_counter  # type: ignore[method-assign]  # counts, no access log
         self.rest_port = await endpoint.listen(bounded_site(site, self.reactor, "rest"))
         self._log.info("REST port API listening on {addr}", addr=self.rest_port.getHost())
+        await self._start_introspect()
         self.ready.callback(None)
 
     def _attached(self, port: Port) -> Deferred[bool] | bool:
@@ -163,6 +178,24 @@ class AgentService(MultiService):
                 timer.cancel()
             dsync.release_learnt()
         self.link.on_routes_synced.append(synced)
+
+    async def _start_introspect(self) -> None:
+        if not introspect_enabled(self.introspect_description):
+            return
+        from vrtwist.introspect.agent import make_agent_app
+
+        assert self.introspect_description is not None
+        self.introspect_app = make_agent_app(self, self.introspect_datapath,
+                                             self.introspect_pkt0)
+        try:
+            self.introspect_port = await listen_introspect(
+                self.reactor, self.introspect_description, self.introspect_app.resource(),
+                self.access)
+        except Exception as e:  # observability must not keep the node from working
+            self._log.error("introspect: cannot listen on {ep}: {e}",
+                            ep=self.introspect_description, e=e)
+            return
+        self._log.info("introspect listening on {addr}", addr=self.introspect_port.getHost())
 
     def _programmed(self) -> Deferred[None]:
         """The datapath has what was changed so far, or PROGRAM_WAIT seconds passed (the
@@ -220,6 +253,10 @@ class AgentService(MultiService):
     async def _stop(self) -> None:
         if self._release_timer is not None and self._release_timer.active():
             self._release_timer.cancel()
+        if self.introspect_port is not None:
+            stopping = self.introspect_port.stopListening()
+            if stopping is not None:
+                await stopping
         if self.rest_port is not None:
             stopping = self.rest_port.stopListening()
             if stopping is not None:

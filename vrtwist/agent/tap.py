@@ -28,6 +28,7 @@ from vrtwist.agent.service import DEFAULT_STATE_DIR, AgentService
 # and the controller link's (--xmpp-hold-time, --xmpp-cert, ...)
 from vrtwist.datapath.service import DatapathOptionsMixin as _DatapathOptions
 from vrtwist.datapath.service import lock_datapath, makeDatapathService
+from vrtwist.introspect.listen import introspect_option
 from vrtwist.unixlisten import access_from_options
 from vrtwist.xmpp.agent_link import LINK_OPT_PARAMETERS, linkKwargsFromOptions
 
@@ -47,6 +48,7 @@ class Options(_DatapathOptions, usage.Options):
         ["ksync", None, "socket", "embedded datapath reached over the ksync socket (socket) "
          "or by direct calls with the same Sandesh objects (inprocess)"],
         *LINK_OPT_PARAMETERS,
+        introspect_option("vrouter"),
     ]
     optFlags = [
         ["no-tap-check", None, "replay port files whose interface does not exist (DPDK, "
@@ -109,6 +111,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     top = DaemonService(*tunings)
     top.hold(lock)
     local = None
+    embedded = embedded_pkt0 = None
     if options["datapath"] == "embedded":
         try:
             dp = _embedded_datapath(options, reactor, dp_lock)
@@ -118,8 +121,10 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
                 dp_lock.release()
             raise
         dp.setServiceParent(top)  # type: ignore[attr-defined]
+        embedded = getattr(dp, "datapath", None)
+        embedded_pkt0 = getattr(getattr(dp, "packets", None), "trap", None)
         if options["ksync"] == "inprocess":
-            local = getattr(dp, "datapath", None)
+            local = embedded
     agent = AgentService(
         reactor, run_dir=options["run-dir"], state_dir=options["state-dir"],
         rest=options["rest"], datapath=options["datapath"],
@@ -127,7 +132,8 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         fabric_ip=options["fabric-ip"], hostname=options["hostname"],
         controllers=list(options["controller"]), fabric=options.get("fabric"),
         local_datapath=local, link_kwargs=linkKwargsFromOptions(options),
-        access=access_from_options(options))
+        access=access_from_options(options), introspect=options.get("introspect"),
+        introspect_datapath=embedded, introspect_pkt0=embedded_pkt0)
     agent.setName("agent")
     agent.setServiceParent(top)
     return top

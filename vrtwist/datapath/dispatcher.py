@@ -237,6 +237,11 @@ class Datapath:
         self.handlers: dict[str, IRequestHandler] = {}
         #: message class -> dispatch() of a registered handler that is an IKsyncDispatcher
         self._direct: dict[type, Callable[[Any], KsyncReply]] = {}
+        #: ksync requests handled and refused per message name (exported as metrics);
+        #: the direct handlers count per class, named when read (see ``ksync_counts``)
+        self.request_counts: dict[str, int] = {}
+        self.error_counts: dict[str, int] = {}
+        self.direct_counts: dict[type, int] = {}
         builtin: dict[str, Callable[[Any], Reply]] = {
             "vr_interface_req": self._interface,
             "vr_nexthop_req": self._nexthop,
@@ -315,13 +320,21 @@ class Datapath:
 
     def _answer(self, request: Any) -> Reply:
         spec = SPECS_BY_CLASS.get(type(request))
-        handler = self.handlers.get(spec.name) if spec is not None else None
+        name = spec.name if spec is not None else "unknown"
+        counts = self.request_counts
+        counts[name] = counts.get(name, 0) + 1
+        handler = self.handlers.get(name)
         if handler is None:
+            self._count_error(name)
             return [[self.response(-errno.EOPNOTSUPP)]]
         try:
             return handler.handle(request)
         except TableError as e:
+            self._count_error(name)
             return [[self.response(e.resp_code)]]
+
+    def _count_error(self, name: str) -> None:
+        self.error_counts[name] = self.error_counts.get(name, 0) + 1
 
     def handle(self, request: Any) -> Reply:
         """The reply as transport messages, dumps paged (first page only)."""
@@ -334,9 +347,12 @@ class Datapath:
         """:class:`IKsyncDispatcher`: the same answer for the ksync server to frame."""
         direct = self._direct.get(request.__class__)
         if direct is not None:
+            counts = self.direct_counts
+            counts[request.__class__] = counts.get(request.__class__, 0) + 1
             try:
                 return direct(request)
             except TableError as e:
+                self._count_error(SPECS_BY_CLASS[request.__class__].name)
                 return KsyncReply(code=e.resp_code)
         reply = self._answer(request)
         if isinstance(reply, DumpReply):
@@ -344,6 +360,15 @@ class Datapath:
         first = reply[0]
         objects = [obj for message in reply for obj in message][1:]
         return KsyncReply(code=int(first[0].resp_code), objects=objects)
+
+    def ksync_counts(self) -> tuple[dict[str, int], dict[str, int]]:
+        """(requests, errors) per message name, for the metrics collectors."""
+        out = dict(self.request_counts)
+        for cls, n in self.direct_counts.items():
+            spec = SPECS_BY_CLASS.get(cls)
+            name = spec.name if spec is not None else "unknown"
+            out[name] = out.get(name, 0) + n
+        return out, dict(self.error_counts)
 
     # -- per message -----------------------------------------------------------------
 

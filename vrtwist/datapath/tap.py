@@ -14,6 +14,8 @@ from twisted.python import usage
 
 from vrtwist._process import DaemonService, reactor_and_tunings
 from vrtwist.datapath.service import DatapathOptionsMixin, makeDatapathService
+from vrtwist.introspect.datapath import make_datapath_app
+from vrtwist.introspect.listen import add_introspect, introspect_option
 
 
 class Options(DatapathOptionsMixin, usage.Options):
@@ -23,12 +25,18 @@ class Options(DatapathOptionsMixin, usage.Options):
         "[--run-dir DIR] [--flow-entries N] [--bridge-entries N] [--fabric IFNAME] "
         "[--vlan-tci TCI [--vtest-vlan]] [--no-ports]"
     )
+    optParameters = [introspect_option("vrouter-dp")]
 
 
 def makeService(options: Options, reactor: Any = None) -> MultiService:
     """The forwarding extension's service tree (tests pass their reactor: no tunings)."""
     reactor, tunings = reactor_and_tunings(reactor)
     top = makeDatapathService(options, reactor=reactor)
+    datapath = top.datapath  # type: ignore[attr-defined]
+    run_dir = str(options.get("run-dir"))
+    pkt0 = getattr(getattr(top, "packets", None), "trap", None)
+    add_introspect(top, reactor, options.get("introspect"),
+                   lambda: make_datapath_app(datapath, run_dir, pkt0))
     if tunings:
         # an otherwise empty child that applies the daemon's tunings when twistd starts it
         daemon = DaemonService(*tunings)

@@ -24,12 +24,12 @@ import struct
 from collections import deque
 
 from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
 from vrtwist.ksync.interfaces import IKsyncDispatcher
 from vrtwist.ksync.netlink import HEADERS_LEN, NetlinkFrameError, parse_message
 from vrtwist.ksync.server import STYLE_LINUX, KsyncServerProtocol, frame_replies
+from vrtwist.logfields import Logger
 
 __all__ = [
     "KSYNC_MAX_BUFFER_SIZE",

@@ -19,6 +19,8 @@ from twisted.python import usage
 from vrtwist._process import DaemonService, check_endpoint, reactor_and_tunings
 from vrtwist.access import SOCKET_GROUP_OPTION
 from vrtwist.bounds import ConnectionGuard, bounded_site
+from vrtwist.introspect.daemons import vspc_app
+from vrtwist.introspect.listen import add_introspect, introspect_option
 from vrtwist.unixlisten import access_from_options, listen_endpoint
 from vrtwist.vic.vspc import VSPC_LIMITS, VMPortTable, VSPCConfig, VSPCFactory, checkTemplate
 from vrtwist.vsock.tuning import tuneAllocator
@@ -28,6 +30,7 @@ class Options(usage.Options):
     """Command line of ``twistd vspc``."""
 
     optParameters = [
+        introspect_option("vspc"),
         [
             "listen",
             "l",
@@ -126,4 +129,5 @@ def makeService(options: Options, reactor: Any = None) -> DaemonService:
             listen_endpoint(reactor, options["api"], access),
             bounded_site(site, reactor, "vspc-api"),
         ).setServiceParent(top)
+    add_introspect(top, reactor, options.get("introspect"), lambda: vspc_app(table), access)
     return top

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from vrtwist.introspect.daemons import vpnkit_app
+from vrtwist.introspect.listen import add_introspect, introspect_option
 from vrtwist.vpnkit.service import VpnkitOptions, VpnkitService, makeVpnkitService
 
 __all__ = ["Options", "makeService"]
@@ -18,8 +20,11 @@ __all__ = ["Options", "makeService"]
 class Options(VpnkitOptions):
     """Options of ``twistd vpnkit-forwarder``."""
 
+    optParameters = [introspect_option("vpnkit-forwarder")]
     synopsis = "[--data-listen ADDR | --data-connect ADDR] [--control-listen ENDPOINT]"
 
 
 def makeService(options: Options, reactor: Any = None) -> VpnkitService:
-    return makeVpnkitService(options, reactor, role="forwarder")
+    svc = makeVpnkitService(options, reactor, role="forwarder")
+    add_introspect(svc, reactor, options.get("introspect"), lambda: vpnkit_app(svc, "forwarder"))
+    return svc

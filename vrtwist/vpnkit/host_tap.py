@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from vrtwist.introspect.daemons import vpnkit_app
+from vrtwist.introspect.listen import add_introspect, introspect_option
 from vrtwist.vpnkit.service import VpnkitOptions, VpnkitService, makeVpnkitService
 
 __all__ = ["Options", "makeService"]
@@ -17,8 +19,11 @@ __all__ = ["Options", "makeService"]
 class Options(VpnkitOptions):
     """Options of ``twistd vpnkit-host``."""
 
+    optParameters = [introspect_option("vpnkit-host")]
     synopsis = "[--data-connect ADDR | --data-listen ADDR] [--expose SPEC ...] [--api ENDPOINT]"
 
 
 def makeService(options: Options, reactor: Any = None) -> VpnkitService:
-    return makeVpnkitService(options, reactor, role="host")
+    svc = makeVpnkitService(options, reactor, role="host")
+    add_introspect(svc, reactor, options.get("introspect"), lambda: vpnkit_app(svc, "host"))
+    return svc

@@ -21,6 +21,8 @@ from twisted.python import usage
 
 from vrtwist._process import DaemonService, check_endpoint, reactor_and_tunings
 from vrtwist.access import SOCKET_GROUP_OPTION
+from vrtwist.introspect.daemons import vsock_app
+from vrtwist.introspect.listen import add_introspect, introspect_option
 from vrtwist.unixlisten import access_from_options, listen_endpoint
 from vrtwist.vsock.relay import BackendRoutes, RelayConfig, RouteError, VSockRelayFactory
 from vrtwist.vsock.tuning import tuneAllocator
@@ -30,6 +32,7 @@ class Options(usage.Options):
     """Command line of ``twistd vsock-relay``."""
 
     optParameters = [
+        introspect_option("vsock-relay"),
         [
             "listen",
             "l",
@@ -101,4 +104,5 @@ def makeService(options: Options, reactor: Any = None) -> DaemonService:
     internet.StreamServerEndpointService(
         listen_endpoint(reactor, options["listen"], access_from_options(options)), factory
     ).setServiceParent(top)
+    add_introspect(top, reactor, options.get("introspect"), lambda: vsock_app(factory))
     return top

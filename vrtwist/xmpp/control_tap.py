@@ -16,6 +16,8 @@ from twisted.python import usage
 from vrtwist._process import DaemonService, check_endpoint, reactor_and_tunings, tune_gc
 from vrtwist.access import SOCKET_GROUP_OPTION
 from vrtwist.bounds import BoundedFactory, ConnectionLimits
+from vrtwist.introspect.daemons import control_app
+from vrtwist.introspect.listen import add_introspect, introspect_option
 from vrtwist.logfields import Logger
 from vrtwist.unixlisten import access_from_options, listen_endpoint
 
@@ -37,6 +39,7 @@ class Options(usage.Options):
     """Command line of ``twistd vrouter-control``."""
 
     optParameters: list[list[Any]] = [
+        introspect_option("vrouter-control"),
         ["xmpp", None, "tcp:5269", "XMPP listening endpoint (string description)"],
         ["hostname", None, None, "host name announced in the stream header"],
         ["hold-time", None, 90.0, "XMPP hold time in seconds (1..90)", check_hold_time],
@@ -123,4 +126,5 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         _UnauthenticatedWarning(options["xmpp"]).setServiceParent(top)
     _NodeTimers(node).setServiceParent(top)
     top.node = node  # type: ignore[attr-defined]
+    add_introspect(top, reactor, options.get("introspect"), lambda: control_app(node))
     return top
