@@ -21,6 +21,7 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IServiceCollection, MultiService
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.error import CannotListenError, ReactorNotRunning
+from twisted.python import usage
 from twisted.python.failure import Failure
 
 from vrtwist._twisted_compat import set_exit_signal
@@ -446,6 +447,31 @@ def _install_hooks(tapname: str) -> None:
 
     sys.excepthook = hook
     atexit.register(_exit_with_code)
+
+
+def usage_errors_exit_1(options: type[usage.Options]) -> type[usage.Options]:
+    """``options`` whose usage errors end twistd with status 1 on every Twisted version.
+
+    twistd prints the usage and the error either way, but releases before 24.10 then
+    return normally, so the process exited 0 after refusing its options; the exit hook
+    makes it 1 (twistd's own ``sys.exit(1)`` in newer releases gives the same status).
+    """
+
+    class Options(options):  # type: ignore[valid-type, misc]
+        def parseOptions(self, options: Any = None) -> None:
+            global _exit_code
+            try:
+                super().parseOptions(options)
+            except usage.error:
+                if _exit_code is None:
+                    _exit_code = 1
+                    atexit.register(_exit_with_code)
+                raise
+
+    Options.__name__ = Options.__qualname__ = options.__name__
+    Options.__module__ = options.__module__
+    Options.__doc__ = options.__doc__
+    return Options
 
 
 def _exit_with_code() -> None:

@@ -27,9 +27,10 @@ class _Daemon(ServiceMaker):
 
     @property
     def options(self) -> Any:
+        from vrtwist._process import usage_errors_exit_1
         from vrtwist.logfiles import with_log_options
 
-        return with_log_options(super().options)
+        return usage_errors_exit_1(with_log_options(super().options))
 
     @property
     def makeService(self) -> Any:  # type: ignore[override]
