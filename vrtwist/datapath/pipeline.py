@@ -15,8 +15,8 @@ through are sent without a copy, routed ones are copied once into a ``bytearray`
 from __future__ import annotations
 
 import struct
-import time
 from collections.abc import Callable
+from typing import Any
 
 from zope.interface import implementer
 
@@ -38,7 +38,6 @@ from vrtwist.datapath.pipeline_flows import FlowStage
 from vrtwist.datapath.pipeline_tunnels import TunnelStage
 from vrtwist.datapath.tables import Interface, NextHop
 from vrtwist.packet.checksum import checksum, checksum_update16
-from vrtwist.shmem.interfaces import IFlowDatapath
 from vrtwist.shmem.jhash import jhash
 
 __all__ = ["Pipeline", "Packet"]
@@ -49,29 +48,11 @@ class Pipeline(FlowStage, TunnelStage, ArpStage):
     """The vRouter's forwarding path over one :class:`Datapath`'s tables."""
 
     def __init__(
-        self,
-        datapath: Datapath,
-        output: IFrameOutput,
-        trap: IPacketTrap,
-        *,
-        flows: IFlowDatapath | None = None,
-        now: Callable[[], float] = time.monotonic,
-        vlan_tci: int | None = None,
-        vtest_vlan: bool = False,
-        hash_seed: int = D.DEFAULT_HASH_SEED,
-        core: int = 0,
+        self, datapath: Datapath, output: IFrameOutput, trap: IPacketTrap, **options: Any
     ) -> None:
-        super().__init__(
-            datapath,
-            output,
-            trap,
-            flows=flows,
-            now=now,
-            vlan_tci=vlan_tci,
-            vtest_vlan=vtest_vlan,
-            hash_seed=hash_seed,
-            core=core,
-        )
+        """``options`` are :class:`PipelineCore`'s (``flows``, ``now``, ``vlan_tci``, ...)."""
+        super().__init__(datapath, output, trap, **options)
+        flows = self.flows
         if flows is not None:
             flows.set_listeners.append(self.flow_set)
         datapath.reset_hooks.append(self.reset)
