@@ -12,18 +12,17 @@ bridge entry for the remote VM. ICMP echo and a TCP stream checked byte for byte
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 
 from twisted.trial.unittest import TestCase
 
 from tests.datapath.ports_world import skip_reason
+from tests.streams import tcp_stream
 
 PFX = "ov%d" % (os.getpid() % 100000)
 BIN = os.path.dirname(sys.executable)
@@ -144,35 +143,14 @@ class OverlayTests(TestCase):
         r = sh("ip", "netns", "exec", self.a, "ping", "-c", "3", "-i", "0.2", "-W", "2", IP_B,
                check=False)  # fmt: skip
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
-        size = 2 * 1024 * 1024
-        server = textwrap.dedent(f"""
-            import hashlib, socket
-            s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind(("{IP_B}", 5301)); s.listen(1); s.settimeout(60)
-            c, _ = s.accept(); c.settimeout(60); h, n = hashlib.sha256(), 0
-            while True:
-                d = c.recv(1 << 20)
-                if not d: break
-                h.update(d); n += len(d)
-            print(n, h.hexdigest())
-        """)
-        client = textwrap.dedent(f"""
-            import socket, time
-            data = bytes(range(256)) * ({size} // 256)
-            for _ in range(100):
-                try:
-                    c = socket.create_connection(("{IP_B}", 5301), timeout=5); break
-                except OSError: time.sleep(0.1)
-            c.sendall(data); c.close()
-        """)
+        server, client, expected = tcp_stream(IP_B, 5301, 2 * 1024 * 1024)
         srv = subprocess.Popen(["ip", "netns", "exec", self.b, sys.executable, "-c", server],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.addCleanup(srv.kill)
         sent = sh("ip", "netns", "exec", self.a, sys.executable, "-c", client, timeout=120)
         self.assertEqual(sent.returncode, 0, sent.stderr)
         out, err = srv.communicate(timeout=120)
-        expected = hashlib.sha256(bytes(range(256)) * (size // 256)).hexdigest()
-        self.assertEqual(out.split(), [str(size), expected], err)
+        self.assertEqual(out.strip(), expected, err)
         # the fabric vif of node X carried the tunnel: its tx counters moved
         vif0 = sh("ip", "netns", "exec", self.x, os.path.join(BIN, "vif"), "--sock-dir",
                   run_dirs[0], "--get", "0").stdout  # fmt: skip

@@ -7,7 +7,6 @@ so these tests prove the I/O path alone; ``test_ports_e2e`` runs the real pipeli
 from __future__ import annotations
 
 import socket
-import textwrap
 from typing import Any
 
 from twisted.internet import reactor
@@ -28,6 +27,7 @@ from tests.datapath.ports_world import (
     skip_reason,
     wait_for,
 )
+from tests.streams import tcp_stream
 from vrtwist.datapath import constants as C
 from vrtwist.datapath.dispatcher import Datapath
 from vrtwist.datapath.packets import PacketService
@@ -238,30 +238,7 @@ class VethTests(PortTestCase):
     def test_tcp_with_veth_offloads_gso_and_partial_checksums(self) -> Any:
         """The namespaces' veths keep TSO and checksum offload on: the port finishes them."""
         n1, n2 = self.two_namespaces()
-        size = 4 * 1024 * 1024
-        server = textwrap.dedent(f"""
-            import hashlib, socket
-            s = socket.socket(); s.bind(("10.77.0.2", 5201)); s.listen(1)
-            s.settimeout(50); c, _ = s.accept(); c.settimeout(50)
-            h, n = hashlib.sha256(), 0
-            while n < {size}:
-                d = c.recv(1 << 20)
-                if not d: break
-                h.update(d); n += len(d)
-            print(n, h.hexdigest())
-        """)
-        client = textwrap.dedent(f"""
-            import socket, time
-            data = bytes(range(256)) * ({size} // 256)
-            for _ in range(100):
-                try:
-                    c = socket.create_connection(("10.77.0.2", 5201), timeout=5); break
-                except OSError: time.sleep(0.1)
-            c.sendall(data); c.close()
-        """)
-        import hashlib
-
-        expected = "%d %s" % (size, hashlib.sha256(bytes(range(256)) * (size // 256)).hexdigest())
+        server, client, expected = tcp_stream("10.77.0.2", 5201, 4 * 1024 * 1024, timeout=50)
         got = in_netns(n2, "python3", "-c", server)
         sent = yield in_netns(n1, "python3", "-c", client)
         self.assertEqual(sent.returncode, 0, sent.stderr)

@@ -10,11 +10,9 @@ transfer (veth TSO and checksum offload on) must arrive intact.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import shutil
 import tempfile
-import textwrap
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +22,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from tests.datapath.ports_world import PFX, PING, Devices, in_netns, sh, skip_reason, wait_for
+from tests.streams import tcp_stream
 from vrtwist.cli import nh as nh_cli
 from vrtwist.cli import rt as rt_cli
 from vrtwist.cli import vif as vif_cli
@@ -96,28 +95,7 @@ class TwoNamespacesTests(TestCase):
 
     @inlineCallbacks
     def test_tcp(self) -> Any:
-        size = 4 * 1024 * 1024
-        server = textwrap.dedent(f"""
-            import hashlib, socket
-            s = socket.socket(); s.bind(("{IP2}", 5201)); s.listen(1)
-            s.settimeout(100); c, _ = s.accept(); c.settimeout(100)
-            h, n = hashlib.sha256(), 0
-            while n < {size}:
-                d = c.recv(1 << 20)
-                if not d: break
-                h.update(d); n += len(d)
-            print(n, h.hexdigest())
-        """)
-        client = textwrap.dedent(f"""
-            import socket, time
-            data = bytes(range(256)) * ({size} // 256)
-            for _ in range(100):
-                try:
-                    c = socket.create_connection(("{IP2}", 5201), timeout=5); break
-                except OSError: time.sleep(0.1)
-            c.sendall(data); c.close()
-        """)
-        expected = "%d %s" % (size, hashlib.sha256(bytes(range(256)) * (size // 256)).hexdigest())
+        server, client, expected = tcp_stream(IP2, 5201, 4 * 1024 * 1024, timeout=100)
         got = in_netns(self.n2, "python3", "-c", server, timeout=120)
         sent = yield in_netns(self.n1, "python3", "-c", client, timeout=120)
         self.assertEqual(sent.returncode, 0, sent.stderr)
