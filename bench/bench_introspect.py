@@ -42,8 +42,8 @@ import bench_flow  # noqa: E402
 import bench_pipeline as bp  # noqa: E402
 import bench_vpnkit  # noqa: E402
 
+from vrtwist.datapath.introspect import DatapathCollector  # noqa: E402
 from vrtwist.datapath.pipeline import Pipeline  # noqa: E402
-from vrtwist.introspect.datapath import DatapathCollector  # noqa: E402
 from vrtwist.introspect.flows import FlowTableSource  # noqa: E402
 
 CHUNK = 2000

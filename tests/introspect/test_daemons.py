@@ -291,7 +291,7 @@ class SlowReaderTests(TestCase):
         from prometheus_client import CollectorRegistry
         from twisted.internet.threads import deferToThread
 
-        from vrtwist.introspect.datapath import flow_view
+        from vrtwist.datapath.introspect import flow_view
         from vrtwist.introspect.flows import FlowTableSource
         from vrtwist.introspect.listen import listen_introspect
         from vrtwist.introspect.web import Health, IntrospectApp

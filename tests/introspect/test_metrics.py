@@ -14,13 +14,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.trial.unittest import SynchronousTestCase
 
 from vrtwist.agent.dpstate import DatapathModel
+from vrtwist.agent.introspect import AgentCollector, RequestCounter
 from vrtwist.agent.model import port_from_json
 from vrtwist.agent.packet.flows import FlowCounters
 from vrtwist.agent.packet.services import ServiceCounters
 from vrtwist.datapath import constants as C
 from vrtwist.datapath.dispatcher import Datapath, make
-from vrtwist.introspect.agent import AgentCollector, RequestCounter
-from vrtwist.introspect.datapath import DatapathCollector
+from vrtwist.datapath.introspect import DatapathCollector
 from vrtwist.introspect.flows import FlowTableSource, count_active, page
 from vrtwist.pkt0 import constants as K
 from vrtwist.pkt0.endpoints import AgentEndpoint
@@ -346,7 +346,7 @@ class AgentXmppMetricsTests(SynchronousTestCase):
     def test_controller_link_and_learnt_routes(self) -> None:
         from twisted.internet.task import Clock
 
-        from vrtwist.introspect.agent import xmpp_peers
+        from vrtwist.agent.introspect import xmpp_peers
         from vrtwist.xmpp.agent_link import ControllerLink
 
         a = agent_state()

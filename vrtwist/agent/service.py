@@ -26,6 +26,7 @@ from vrtwist.agent.dpstate import (
     host_if_index,
     host_if_mac,
 )
+from vrtwist.agent.introspect import RequestCounter
 from vrtwist.agent.ksync_sync import KsyncSynchroniser, LocalSynchroniser
 from vrtwist.agent.model import Port
 from vrtwist.agent.packet.service import AgentPacketService
@@ -33,7 +34,6 @@ from vrtwist.agent.ports import DEFAULT_STALE_TIMEOUT, PortTable
 from vrtwist.agent.rest import BoundedRequest, PortApi
 from vrtwist.agent.store import PortStore
 from vrtwist.bounds import bounded_site
-from vrtwist.introspect.agent import RequestCounter
 from vrtwist.introspect.listen import enabled as introspect_enabled
 from vrtwist.introspect.listen import listen_introspect
 from vrtwist.logfields import Logger
@@ -182,7 +182,7 @@ class AgentService(MultiService):
     async def _start_introspect(self) -> None:
         if not introspect_enabled(self.introspect_description):
             return
-        from vrtwist.introspect.agent import make_agent_app
+        from vrtwist.agent.introspect import make_agent_app
 
         assert self.introspect_description is not None
         self.introspect_app = make_agent_app(self, self.introspect_datapath,

@@ -13,8 +13,8 @@ from twisted.application.service import MultiService
 from twisted.python import usage
 
 from vrtwist._process import DaemonService, reactor_and_tunings
+from vrtwist.datapath.introspect import make_datapath_app
 from vrtwist.datapath.service import DatapathOptionsMixin, makeDatapathService
-from vrtwist.introspect.datapath import make_datapath_app
 from vrtwist.introspect.listen import add_introspect, introspect_option
 
 

@@ -10,13 +10,15 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
 from klein import Klein
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 from twisted.web.iweb import IRequest
 
 from vrtwist.logfields import Logger
@@ -229,3 +231,17 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, (set, frozenset, tuple)):
         return list(value)
     return str(value)
+
+
+class IntrospectCollector(Collector):
+    """The introspect server's own requests (so a scraper sees itself)."""
+
+    def __init__(self, app: IntrospectApp) -> None:
+        self.app = app
+
+    def collect(self) -> Iterator[Any]:
+        m = CounterMetricFamily("vrtwist_introspect_requests", "introspect requests answered",
+                                labels=["kind", "code"])
+        for (kind, code), n in sorted(self.app.served.items()):
+            m.add_metric([kind, str(code)], n)
+        yield m

@@ -51,7 +51,7 @@ def response(resp: str, list_name: str, struct: str, rows: Iterable[Iterable[Fie
 
 def agent_pages(agent: Any, datapath: Any, flows: FlowTableSource
                 ) -> dict[str, Callable[[Params], bytes]]:
-    from vrtwist.introspect import agent as A
+    from vrtwist.agent import introspect as A
 
     def itf(params: Params) -> bytes:
         name = params.get("name", "")

@@ -194,7 +194,7 @@ def make_datapath_app(datapath: Any, run_dir: str, pkt0: Any = None) -> Any:
 
     app = IntrospectApp("vrouter-dp", registry, health, datapath_views(datapath, flows),
                         page=False)
-    from vrtwist.introspect.agent import IntrospectCollector
+    from vrtwist.introspect.web import IntrospectCollector
 
     registry.register(IntrospectCollector(app))
     return app

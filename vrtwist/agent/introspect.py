@@ -15,12 +15,19 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from vrtwist.agent import introspect_xml as sandesh_xml
 from vrtwist.agent.dpstate import MPLS, NH, ROUTE, VIF
 from vrtwist.datapath import constants as C
-from vrtwist.introspect import sandesh_xml
-from vrtwist.introspect.datapath import DatapathCollector, datapath_views, flow_view, vif_json
+from vrtwist.datapath.introspect import DatapathCollector, datapath_views, flow_view, vif_json
 from vrtwist.introspect.flows import FlowTableSource
-from vrtwist.introspect.web import Health, IntrospectApp, NotFoundError, Params, int_param
+from vrtwist.introspect.web import (
+    Health,
+    IntrospectApp,
+    IntrospectCollector,
+    NotFoundError,
+    Params,
+    int_param,
+)
 from vrtwist.pkt0.constants import TRAP_NAMES
 
 _KIND_MESSAGE = {VIF: "vr_interface_req", NH: "vr_nexthop_req", MPLS: "vr_mpls_req",
@@ -164,20 +171,6 @@ class AgentCollector(Collector):
         yield setup
         yield GaugeMetricFamily("vrouter_agent_flow_pairs", "flow pairs the agent ages",
                                 value=len(packets.flows.pairs))
-
-
-class IntrospectCollector(Collector):
-    """The introspect server's own requests (so a scraper sees itself)."""
-
-    def __init__(self, app: IntrospectApp) -> None:
-        self.app = app
-
-    def collect(self) -> Iterator[Any]:
-        m = CounterMetricFamily("vrtwist_introspect_requests", "introspect requests answered",
-                                labels=["kind", "code"])
-        for (kind, code), n in sorted(self.app.served.items()):
-            m.add_metric([kind, str(code)], n)
-        yield m
 
 
 # -- JSON views ------------------------------------------------------------------------
