@@ -8,7 +8,7 @@ ports will get: a fresh agent hands them out in order from 3).  Latency is from 
 before a port's POST is written to the first poll that sees its interface; deletes are
 measured the same way until the GET answers ENOENT.
 
-    /work/venv/bin/python bench/bench_agent.py [--ports 1000] [--concurrency 16] [--runs 3]
+    python bench/bench_agent.py [--ports 1000] [--concurrency 16] [--runs 3]
 """
 
 from __future__ import annotations

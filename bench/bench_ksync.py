@@ -13,7 +13,7 @@ and, as a baseline in the same run, a raw unix-socket echo of a request of the s
 to a child process using blocking sockets (no parsing at all): the ratio shows what the
 protocol stack costs on top of the kernel round trip.
 
-    /work/venv/bin/python bench/bench_ksync.py [--seconds 2]
+    python bench/bench_ksync.py [--seconds 2]
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ with the sample's length; fields the sample leaves zero stay zero, as in real re
 Both codecs see the same messages in the same order. Nothing is cached between round
 trips except what the codec learns about layouts.
 
-    /work/venv/bin/python bench/bench_sandesh.py [--seconds 3] [--rounds 400] [--split]
+    python bench/bench_sandesh.py [--seconds 3] [--rounds 400] [--split]
 """
 
 from __future__ import annotations

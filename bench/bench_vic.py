@@ -5,7 +5,7 @@ real ``twistd -n vspc`` / ``twistd -n vsock-relay`` process (as deployed); the
 sender and receiver share the benchmark's reactor, in the direct case too, so
 the ratio compares like with like.
 
-    /work/venv/bin/python bench/bench_vic.py [--mib 512] [--runs 3] [--vms 50] [--esx tcp|unix]
+    python bench/bench_vic.py [--mib 512] [--runs 3] [--vms 50] [--esx tcp|unix]
 
 Cases:
   direct      TCP loopback sender -> receiver
