@@ -463,7 +463,9 @@ def usage_errors_exit_1(options: type[usage.Options]) -> type[usage.Options]:
             try:
                 super().parseOptions(options)
             except usage.error:
-                if _exit_code is None:
+                # only in a twistd process: a test parsing bad options must not change
+                # the exit status of the test runner
+                if _exit_code is None and os.path.basename(sys.argv[0]).startswith("twistd"):
                     _exit_code = 1
                     atexit.register(_exit_with_code)
                 raise
