@@ -18,6 +18,7 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.interfaces import IReactorFDSet
+from twisted.internet.task import LoopingCall
 from zope.interface import implementer
 
 from vrtwist.access import SocketAccess
@@ -32,6 +33,9 @@ from vrtwist.pkt0.endpoints import DatapathEndpoint, TrapLimiter
 from vrtwist.pkt0.transport import AGENT_SOCKET, DATAPATH_SOCKET, UnixDatagramTransport
 
 __all__ = ["PacketService", "make_pipeline"]
+
+#: seconds between two looks for the devices of vifs still waiting (besides link events)
+RETRY_INTERVAL = 1.0
 
 _log = Logger()
 
@@ -94,6 +98,8 @@ class PacketService(Service):
         self.ports.pipeline = self.pipeline
         self.trap.deliver = self.pipeline.receive
         self.watcher = LinkWatcher(reactor, self.ports.link_changed, self.ports.resync)
+        self._retry = LoopingCall(self.ports.retry_waiting)
+        self._retry.clock = reactor
         inner = datapath.handlers["vr_interface_req"]
         datapath.register("vr_interface_req", _InterfaceRequests(inner, self._interfaces_changed))
         datapath.reset_hooks.append(self._interfaces_changed)
@@ -117,10 +123,13 @@ class PacketService(Service):
             _log.warn("datapath: no rtnetlink link events ({error}): late devices stay "
                       "waiting until their vif is added again", error=e.strerror)  # fmt: skip
         self.ports.start()
+        self._retry.start(RETRY_INTERVAL, now=False)
         if self.pkt0 is not None:
             self.pkt0.start()
 
     def stopService(self) -> Any:
+        if self._retry.running:
+            self._retry.stop()
         if self.pkt0 is not None:
             self.pkt0.stop()
         self.watcher.stop()

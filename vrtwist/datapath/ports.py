@@ -474,6 +474,17 @@ class PortManager:
                 if vif is not None:
                     self._attach(vif)
 
+    def retry_waiting(self) -> None:
+        """Try again the vifs still waiting for their device: a link event the watcher
+        lost (its socket overran, or the device came up between two looks) must not
+        leave a vif waiting for good."""
+        if not self.running:
+            return
+        for index in [i for i in self.wanted if i not in self.ports]:
+            vif = self.tables.interfaces.get(index)
+            if vif is not None:
+                self._attach(vif)
+
     def link_changed(self, name: str, present: bool) -> None:
         """rtnetlink: ``name`` appeared (or changed) or disappeared."""
         for index, wanted in list(self.wanted.items()):
