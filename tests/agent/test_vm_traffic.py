@@ -23,23 +23,11 @@ from twisted.trial.unittest import TestCase
 
 from tests.agent.helpers import port_body
 from tests.agent.procs import BIN, Twistd, agent_args, wait_until
+from tests.agent.twonodes import sh, skip_reason
 
 PFX = "sv%d" % (os.getpid() % 100000)
 VN = "9a9a9a9a-2222-3333-4444-555555555555"
 GATEWAY, DNS = "10.66.1.1", "10.66.1.2"
-
-
-def _skip() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (veths and network namespaces)"
-    for tool in ("ip", "dhclient", "ping"):
-        if shutil.which(tool) is None:
-            return f"needs {tool} (.ci/run installs iproute2, isc-dhcp-client, iputils-ping)"
-    return None
-
-
-def sh(*args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(args, check=check, capture_output=True, text=True, timeout=timeout)
 
 
 def rest(port: int, method: str, path: str, body: Any = None) -> int:
@@ -90,7 +78,7 @@ class Vm:
 
 class TwoVmsTests(TestCase):
     timeout = 240
-    skip = _skip()
+    skip = skip_reason()
 
     def setUp(self) -> None:
         self.dir = tempfile.mkdtemp(prefix="vmtraffic-")
