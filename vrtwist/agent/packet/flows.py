@@ -82,6 +82,15 @@ class FlowChannel(Protocol):
     def __call__(self, fields: dict[str, int]) -> Deferred[tuple[int, int, int]]: ...
 
 
+class PolicyStep(Protocol):
+    """Gives a flow decision the configured policy's actions (see ``flowpolicy``)."""
+
+    @property
+    def active(self) -> bool: ...
+
+    def apply(self, d: FlowDecision) -> FlowDecision: ...
+
+
 class RouteView:
     """The agent's own routes (what it programs into the datapath), indexed for LPM.
 
@@ -194,6 +203,14 @@ class FlowDecision:
     dvrf: int
     src_nh: int
     reverse_src_nh: int
+    #: the reverse flow's action and drop reason when policy made them differ (-1: same)
+    reverse_action: int = -1
+    reverse_drop_reason: int = 0
+    #: the trapped packet's vif, the local VM vif it goes to (-1: none), whether it was
+    #: a TCP packet with ACK set: what the flow policy needs of the trap
+    in_vif: int = -1
+    out_vif: int = -1
+    tcp_ack: bool = False
 
 
 def _ports(frame: bytes | memoryview, proto: int, l4: int, end: int) -> tuple[int, int]:
@@ -291,19 +308,23 @@ def analyse(hdr: AgentHeader, frame: bytes | memoryview, routes: RouteView,
         return FlowDecision(forward, None, L.ACTION_DROP, reason, vrf, vrf, 0, 0)
     out_nh = int(dst_route.get("rtr_nh_id", 0))
     reverse_nh = key_nh
+    out_vif = -1
     nh = routes.nexthop(out_nh)
     if nh is not None and nh.get("nhr_type") == C.NH_ENCAP:
         oifs = nh.get("nhr_encap_oif_id") or [-1]
         vif = routes.interface(int(oifs[0]))
         if vif is not None and vif.get("vifr_type") == C.VIF_TYPE_VIRTUAL:
             reverse_nh = int(vif.get("vifr_nh_id", key_nh))
+            out_vif = int(oifs[0])
     elif nh is not None and nh.get("nhr_type") not in (C.NH_TUNNEL, C.NH_RCV, C.NH_RESOLVE):
         reverse_nh = out_nh
     rsport, rdport = (sport, dport) if ip.proto == IPPROTO_ICMP else (dport, sport)
     reverse = FlowKey(forward.dip, forward.sip, ip.proto, rsport, rdport, reverse_nh)
+    ack = ip.proto == IPPROTO_TCP and len(frame) > l4 + 13 and bool(frame[l4 + 13] & 0x10)
     return FlowDecision(
         forward, reverse, L.ACTION_FORWARD, 0, vrf, vrf,
-        int(src_route.get("rtr_nh_id", 0)), out_nh,
+        int(src_route.get("rtr_nh_id", 0)), out_nh, in_vif=hdr.ifindex, out_vif=out_vif,
+        tcp_ack=ack,
     )  # fmt: skip
 
 
@@ -320,6 +341,8 @@ class FlowCounters:
     aged: int = 0
     evicted: int = 0
     audited: int = 0
+    denied: int = 0
+    revaluated: int = 0
 
 
 @dataclass
@@ -332,6 +355,8 @@ class _Pair:
     reverse: FlowKey | None
     last_bytes: int = -1
     last_change: float = 0.0
+    #: what was written (re-evaluation writes again only what a policy change altered)
+    decision: FlowDecision | None = None
 
 
 @dataclass
@@ -349,6 +374,8 @@ class FlowSetup:
     pairs: dict[int, _Pair] = field(default_factory=dict)
     #: HOLD entries seen by the audit: index -> (generation, first seen)
     _holds: dict[int, tuple[int, float]] = field(default_factory=dict)
+    #: network policies and security groups; None or inactive: every routed flow passes
+    policy: PolicyStep | None = None
 
     _log = Logger()
 
@@ -369,6 +396,9 @@ class FlowSetup:
         except PacketError:
             c.malformed += 1
             return None
+        policy = self.policy
+        if policy is not None and decision.reverse is not None and policy.active:
+            decision = policy.apply(decision)
         self._pending.add(token)
         d = Deferred.fromCoroutine(self._program(hdr.param, hdr.param_5, decision))
 
@@ -390,9 +420,11 @@ class FlowSetup:
             else:
                 c.short_flows += 1
             return
+        rev_action = d.action if d.reverse_action < 0 else d.reverse_action
         rev_req = flow_request(
-            d.reverse, -1, 0, d.action, L.FLAG_ACTIVE | L.RFLOW_VALID,
-            flow_vrf=d.dvrf, src_nh_index=d.reverse_src_nh, rindex=index)  # fmt: skip
+            d.reverse, -1, 0, rev_action, L.FLAG_ACTIVE | L.RFLOW_VALID,
+            flow_vrf=d.dvrf, src_nh_index=d.reverse_src_nh, rindex=index,
+            drop_reason=d.reverse_drop_reason)  # fmt: skip
         code, rev_index, rev_gen = await self.channel(rev_req)
         if code < 0 and -code != _EEXIST:
             self._failed(code)
@@ -403,14 +435,48 @@ class FlowSetup:
         rev_gen &= 0xFF
         fwd_req = flow_request(
             d.forward, index, gen, d.action, L.FLAG_ACTIVE | L.RFLOW_VALID,
-            flow_vrf=d.vrf, src_nh_index=d.src_nh, rindex=rev_index)  # fmt: skip
+            flow_vrf=d.vrf, src_nh_index=d.src_nh, rindex=rev_index,
+            drop_reason=d.drop_reason)  # fmt: skip
         code, _, _ = await self.channel(fwd_req)
         if code < 0:
             self._failed(code)
             return
         c.pairs += 1
+        if d.action == L.ACTION_DROP:
+            c.denied += 1
         self.pairs[index] = _Pair(index, gen, d.forward, rev_index, rev_gen, d.reverse,
-                                  last_change=self.now())
+                                  last_change=self.now(), decision=d)
+
+    def revaluate(self) -> list[Deferred[tuple[int, int, int]]]:
+        """Apply the policy again to every pair this agent set up (after a policy or a
+        port's security groups changed) and re-write, at the same index and generation,
+        the flows whose action changed: a stream a new rule denies stops, and one a
+        removed rule had denied flows again (``FlowMgmt``'s re-evaluation)."""
+        out: list[Deferred[tuple[int, int, int]]] = []
+        policy = self.policy
+        if policy is None:
+            return out
+        for pair in list(self.pairs.values()):
+            old = pair.decision
+            if old is None or old.reverse is None or pair.reverse is None:
+                continue
+            new = policy.apply(old)
+            if (new.action, new.drop_reason, new.reverse_action, new.reverse_drop_reason) == (
+                    old.action, old.drop_reason, old.reverse_action, old.reverse_drop_reason):
+                continue
+            self.counters.revaluated += 1
+            pair.decision = new
+            rev_action = new.action if new.reverse_action < 0 else new.reverse_action
+            flags = L.FLAG_ACTIVE | L.RFLOW_VALID
+            out.append(self.channel(flow_request(
+                pair.reverse, pair.rev_index, pair.rev_gen, rev_action, flags,
+                flow_vrf=new.dvrf, src_nh_index=new.reverse_src_nh, rindex=pair.fwd_index,
+                drop_reason=new.reverse_drop_reason)))  # fmt: skip
+            out.append(self.channel(flow_request(
+                pair.forward, pair.fwd_index, pair.fwd_gen, new.action, flags,
+                flow_vrf=new.vrf, src_nh_index=new.src_nh, rindex=pair.rev_index,
+                drop_reason=new.drop_reason)))  # fmt: skip
+        return out
 
     def _failed(self, code: int) -> None:
         if -code in _STALE:

@@ -26,8 +26,10 @@ from twisted.python.failure import Failure
 from vrtwist.access import SocketAccess
 from vrtwist.agent.dpstate import NH, VIF, DatapathModel
 from vrtwist.agent.packet.arp import FabricResolver
+from vrtwist.agent.packet.flowpolicy import FlowPolicy, LocalPort
 from vrtwist.agent.packet.flows import FlowSetup, RouteView
 from vrtwist.agent.packet.services import Announcer, PacketServices, VmPort
+from vrtwist.agent.policy import PolicyConfig, gateway_set
 from vrtwist.ksync.client import KsyncClientProtocol
 from vrtwist.ksync.clientcore import KsyncError
 from vrtwist.logfields import Logger
@@ -120,6 +122,7 @@ class AgentPacketService(MultiService):
         vhost_mac: Callable[[], bytes] | None = None,
         flow_age: float | None = None,
         access: SocketAccess | None = None,
+        policy: PolicyConfig | None = None,
     ) -> None:
         super().__init__()
         self.reactor = reactor
@@ -145,6 +148,9 @@ class AgentPacketService(MultiService):
         self.flows = FlowSetup(self.routes, channel, reactor.seconds)
         if flow_age is not None:
             self.flows.age = flow_age
+        self.policy = policy if policy is not None else PolicyConfig()
+        self.flows.policy = FlowPolicy(self.policy, self._local_port, self._network_of)
+        self.policy.listeners.append(self._policy_changed)
         mac = vhost_mac or (lambda: bytes(model.desired[(VIF, model.fabric_vif)][1]["vifr_mac"]))
         self.flows.fabric = self._fabric_address
         self.resolver = FabricResolver(reactor, self._send_fabric, self._fabric_source,
@@ -169,6 +175,24 @@ class AgentPacketService(MultiService):
             vif, vrf, bytes.fromhex(port.mac_address.replace(":", "")), port.ip_address,
             port.plen, port.gateway, port.dns_server, port.display_name, port.tx_vlan_id,
         )  # fmt: skip
+
+    def _local_port(self, vif: int) -> LocalPort | None:
+        found = self.model.port_on_vif(vif)
+        if found is None:
+            return None
+        port = found[0]
+        return port.id, port.vn_id, gateway_set((port.gateway, port.dns_server))
+
+    def _network_of(self, vrf: int) -> str | None:
+        for vn in self.policy.networks():
+            if self.model.vrf_id_of(vn) == vrf:
+                return vn
+        return None
+
+    def _policy_changed(self) -> None:
+        """A policy or a port's security groups changed: flows set up before are
+        re-evaluated and re-written where their action changed."""
+        self.flows.revaluate()
 
     def _send_fabric(self, frame: bytes) -> bool:
         return bool(self.endpoint.send_switch(self.model.fabric_vif, 0, frame))
