@@ -396,6 +396,11 @@ class PolicyConfig:
         """Replace everything with a saved configuration (validated as REST input)."""
         if not isinstance(body, dict):
             raise PolicyValidationError(["policy file: not an object"])
+        kinds = (("security-groups", list), ("network-policies", list),
+                 ("port-security-groups", dict))
+        for key, kind in kinds:
+            if not isinstance(body.get(key, kind()), kind):
+                raise PolicyValidationError([f"{key}: expected a JSON {kind.__name__}"])
         groups = {}
         for i, g in enumerate(body.get("security-groups", [])):
             uuid = g.get("uuid") if isinstance(g, dict) else None
@@ -407,8 +412,12 @@ class PolicyConfig:
             np = network_policy_from_json(str(name), p)
             policies[np.name] = np
         ports = {}
-        for port, gs in dict(body.get("port-security-groups", {})).items():
+        for port, gs in body.get("port-security-groups", {}).items():
             ports[_uuid_field(port, "port")] = tuple(security_groups_from_json(gs))
+        unknown = sorted({g for gs in ports.values() for g in gs} - set(groups))
+        if unknown:
+            raise PolicyValidationError([f"port-security-groups: unknown group {g}"
+                                         for g in unknown])
         self.groups, self.policies, self.port_groups = groups, policies, ports
         self._changed()
 

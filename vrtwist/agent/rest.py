@@ -31,6 +31,13 @@ from vrtwist.agent.model import (
     port_from_json,
     vm_port_from_json,
 )
+from vrtwist.agent.policy import (
+    PolicyConfig,
+    PolicyValidationError,
+    network_policy_from_json,
+    security_group_from_json,
+    security_groups_from_json,
+)
 from vrtwist.agent.ports import PortNotFound, PortTable, WrongPortType
 from vrtwist.agent.store import PortFileError
 from vrtwist.logfields import Logger
@@ -95,8 +102,13 @@ class PortApi:
     def __init__(self, table: PortTable,
                  programmed: Callable[[], Deferred[None]] | None = None,
                  gateways: IGatewayProgrammer | None = None,
-                 attachment: AttachmentProbe | None = None) -> None:
+                 attachment: AttachmentProbe | None = None,
+                 policy: PolicyConfig | None = None,
+                 save_policy: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.table = table
+        #: security groups and network policies (what a controller would send)
+        self.policy = policy if policy is not None else PolicyConfig()
+        self._save_policy = save_policy
         # GET adds "attached": a port is accepted before its TAP exists (Nova/os-vif plug
         # first, libvirt creates the TAP later) and the datapath attaches it when it appears
         # (by default: the table's view of the OS, the device exists)
@@ -119,7 +131,7 @@ class PortApi:
                 result = await result
         except ApiError as e:
             return _json(request, e.code, {"error": e.message})
-        except PortValidationError as e:
+        except (PortValidationError, PolicyValidationError) as e:
             return _json(request, 400, {"error": str(e)})
         except PortFileError as e:
             self._log.error("port file error: {e}", e=e)
@@ -307,6 +319,108 @@ class PortApi:
                 raise ApiError(404, f"vm {vm_name!r} has no ports")
             return found
         return self._call(request, cfg)
+
+    # security groups and network policies ----------------------------------------------
+
+    def _change_policy(self, change: Callable[[], Any]) -> dict[str, Any]:
+        """Apply ``change`` and persist; if it cannot be persisted, undo it (nothing of a
+        refused request stays, in memory or on disk)."""
+        before = self.policy.to_json()
+        change()
+        if self._save_policy is not None:
+            try:
+                self._save_policy(self.policy.to_json())
+            except PortFileError:
+                self.policy.load_json(before)
+                raise
+        return {}
+
+    @app.route("/security-groups", methods=["GET"])
+    def list_groups(self, request: IRequest) -> Any:
+        """GET /security-groups: every security group."""
+        return self._call(request, lambda: [g.to_json() for g in self.policy.groups.values()])
+
+    @app.route("/security-groups/<string:uuid>", methods=["GET"])
+    def get_group(self, request: IRequest, uuid: str) -> Any:
+        """GET /security-groups/<uuid>: one group and its rules."""
+        def get() -> dict[str, Any]:
+            g = self.policy.groups.get(_uuid(uuid))
+            if g is None:
+                raise ApiError(404, f"security group {uuid.lower()} not found")
+            return g.to_json()
+        return self._call(request, get)
+
+    @app.route("/security-groups/<string:uuid>", methods=["PUT"])
+    def put_group(self, request: IRequest, uuid: str) -> Any:
+        """PUT /security-groups/<uuid>: add or replace a group; its ports' flows are
+        re-evaluated."""
+        def put() -> dict[str, Any]:
+            group = security_group_from_json(_uuid(uuid), _read_body(request))
+            return self._change_policy(lambda: self.policy.set_group(group))
+        return self._call(request, put)
+
+    @app.route("/security-groups/<string:uuid>", methods=["DELETE"])
+    def delete_group(self, request: IRequest, uuid: str) -> Any:
+        """DELETE /security-groups/<uuid>: 409 while a port uses it, 404 when unknown."""
+        def delete() -> dict[str, Any]:
+            key = _uuid(uuid)
+            if key not in self.policy.groups:
+                raise ApiError(404, f"security group {key} not found")
+            users = sorted(p for p, gs in self.policy.port_groups.items() if key in gs)
+            if users:
+                raise ApiError(409, f"security group {key} is used by port(s) "
+                                    f"{', '.join(users)}")
+            return self._change_policy(lambda: self.policy.delete_group(key))
+        return self._call(request, delete)
+
+    @app.route("/port/<string:uuid>/security-groups", methods=["GET"])
+    def get_port_groups(self, request: IRequest, uuid: str) -> Any:
+        """GET /port/<uuid>/security-groups: the port's group uuids (may be empty)."""
+        return self._call(request, lambda: list(self.policy.port_groups.get(_uuid(uuid), ())))
+
+    @app.route("/port/<string:uuid>/security-groups", methods=["PUT"])
+    def put_port_groups(self, request: IRequest, uuid: str) -> Any:
+        """PUT /port/<uuid>/security-groups: the port's groups (an empty list: none, every
+        flow of the port allowed). The port need not exist yet (orchestrators may set
+        its groups first); the groups must."""
+        def put() -> dict[str, Any]:
+            port = _uuid(uuid)
+            groups = security_groups_from_json(_read_body(request))
+            return self._change_policy(lambda: self.policy.set_port_groups(port, groups))
+        return self._call(request, put)
+
+    @app.route("/network-policies", methods=["GET"])
+    def list_policies(self, request: IRequest) -> Any:
+        """GET /network-policies: every network policy."""
+        return self._call(request, lambda: [p.to_json() for p in self.policy.policies.values()])
+
+    @app.route("/network-policies/<string:name>", methods=["GET"])
+    def get_policy(self, request: IRequest, name: str) -> Any:
+        """GET /network-policies/<name>: one policy, its networks and rules."""
+        def get() -> dict[str, Any]:
+            p = self.policy.policies.get(name)
+            if p is None:
+                raise ApiError(404, f"network policy {name!r} not found")
+            return p.to_json()
+        return self._call(request, get)
+
+    @app.route("/network-policies/<string:name>", methods=["PUT"])
+    def put_policy(self, request: IRequest, name: str) -> Any:
+        """PUT /network-policies/<name>: add or replace a policy and the networks it is
+        attached to; flows are re-evaluated."""
+        def put() -> dict[str, Any]:
+            policy = network_policy_from_json(name, _read_body(request))
+            return self._change_policy(lambda: self.policy.set_policy(policy))
+        return self._call(request, put)
+
+    @app.route("/network-policies/<string:name>", methods=["DELETE"])
+    def delete_policy(self, request: IRequest, name: str) -> Any:
+        """DELETE /network-policies/<name>: 404 when unknown."""
+        def delete() -> dict[str, Any]:
+            if name not in self.policy.policies:
+                raise ApiError(404, f"network policy {name!r} not found")
+            return self._change_policy(lambda: self.policy.delete_policy(name))
+        return self._call(request, delete)
 
     # errors ----------------------------------------------------------------------------
 

@@ -32,7 +32,8 @@ from vrtwist.agent.model import Port
 from vrtwist.agent.packet.service import AgentPacketService
 from vrtwist.agent.ports import DEFAULT_STALE_TIMEOUT, PortTable
 from vrtwist.agent.rest import BoundedRequest, PortApi
-from vrtwist.agent.store import PortStore
+from vrtwist.agent.policy import PolicyConfig, PolicyValidationError
+from vrtwist.agent.store import PolicyFile, PortStore
 from vrtwist.bounds import bounded_site
 from vrtwist.introspect.listen import enabled as introspect_enabled
 from vrtwist.introspect.listen import listen_introspect
@@ -80,6 +81,8 @@ class AgentService(MultiService):
         self.link: Any = None
         self.rest_port: IListeningPort | None = None
         self.packets: AgentPacketService | None = None
+        #: security groups and network policies, set over REST, kept in the state dir
+        self.policy = PolicyConfig()
         self.ready: Deferred[None] = Deferred()
         self._release_timer: Any = None
         #: ``--introspect`` endpoint (None/"none": off) and the datapath whose live
@@ -106,8 +109,24 @@ class AgentService(MultiService):
                 self.ready.errback(f)
         d.addErrback(failed)
 
+    def _load_policy(self, policy_file: PolicyFile) -> None:
+        loaded = policy_file.load()
+        if loaded is None:
+            return
+        try:
+            if loaded.error is not None:
+                raise PolicyValidationError([loaded.error])
+            self.policy.load_json(loaded.body)
+        except PolicyValidationError as e:
+            # as a bad port file: the agent starts (with no policy) and says why
+            self._log.error("{path}: unusable, no policy loaded: {e}", path=str(loaded.path),
+                            e=str(e))
+
     async def _start(self) -> None:
-        store = PortStore(_usable_state_dir(self.state_dir, self.run_dir))
+        state_dir = _usable_state_dir(self.state_dir, self.run_dir)
+        store = PortStore(state_dir)
+        policy_file = PolicyFile(state_dir)
+        self._load_policy(policy_file)
         pool = self.reactor.getThreadPool()
 
         def run_io(f: Any, *args: Any) -> Deferred[Any]:
@@ -126,7 +145,7 @@ class AgentService(MultiService):
             self._release_learnt_when_synced(sync.sync)
         self.packets = AgentPacketService(self.reactor, self.run_dir, self.model,
                                           local_datapath=self.local_datapath,
-                                          access=self.access)
+                                          access=self.access, policy=self.policy)
         self.packets.setServiceParent(self)
         table.observe(self.model)
         added, skipped = table.replay()
@@ -137,7 +156,8 @@ class AgentService(MultiService):
         if sync is not None:
             sync.start()
         self.api = PortApi(table, self._programmed if sync is not None else None,
-                           gateways=self.model, attachment=self._attached)
+                           gateways=self.model, attachment=self._attached,
+                           policy=self.policy, save_policy=policy_file.save)
         endpoint = listen_endpoint(self.reactor, self.rest_description, self.access)
         site = Site(self.api.app.resource(), requestFactory=BoundedRequest)
         site.noisy = False

@@ -409,3 +409,34 @@ def _read_json(path: Path) -> LoadedFile:
     except RecursionError:
         # json nests by recursion: a file of "[[[[..." must skip, not abort the replay
         return LoadedFile(path, None, "not JSON: nested deeper than the parser's limit")
+
+
+#: the policy file holds every SG and network policy; bounded by the API's limits
+MAX_POLICY_FILE = 64 * 1024 * 1024
+
+
+class PolicyFile:
+    """``<state>/policy.json``: the security groups, network policies and ports' SG lists
+    set over REST, written whole and atomically on each change (changes are rare)."""
+
+    def __init__(self, state_dir: str | os.PathLike[str]) -> None:
+        self.path = Path(state_dir) / "policy.json"
+
+    def load(self) -> LoadedFile | None:
+        """The saved configuration, or None when there is none."""
+        if not self.path.exists():
+            return None
+        try:
+            with open(self.path, "rb") as f:
+                data = f.read(MAX_POLICY_FILE + 1)
+        except OSError as e:
+            return LoadedFile(self.path, None, f"cannot read: {e.strerror}")
+        if len(data) > MAX_POLICY_FILE:
+            return LoadedFile(self.path, None, f"larger than {MAX_POLICY_FILE} bytes")
+        try:
+            return LoadedFile(self.path, json.loads(data))
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:
+            return LoadedFile(self.path, None, f"not JSON: {e}")
+
+    def save(self, body: dict[str, Any]) -> None:
+        write_json_atomic(self.path, body)
