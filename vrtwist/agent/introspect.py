@@ -302,7 +302,19 @@ def ports(agent: Any) -> list[dict[str, Any]]:
     table = agent.table
     if table is None:
         return []
-    return [p.to_oper_json() for p in table.ports()]
+    packets = agent.packets
+    policy = getattr(agent, "policy", None)
+    out = []
+    for p in table.ports():
+        row = p.to_oper_json()
+        if policy is not None:
+            row["security-groups"] = list(policy.port_groups.get(p.id, ()))
+        ids = agent.model.port_ids(p.id)
+        if packets is not None and ids is not None:
+            # path preference: probes sent, and whether the VM answered (and from which MAC)
+            row["path-preference"] = packets.prober.state(ids["vif"])
+        out.append(row)
+    return out
 
 
 def traps(agent: Any) -> dict[str, Any]:
@@ -320,7 +332,8 @@ def traps(agent: Any) -> dict[str, Any]:
                                                  "mac_learning", "unsupported", "invalid",
                                                  "sent", "send_failed")},
         "flows": {k: getattr(f, k) for k in ("traps", "pairs", "short_flows", "duplicates",
-                                              "busy", "failed", "stale", "aged", "evicted")},
+                                              "busy", "failed", "stale", "aged", "evicted",
+                                              "denied", "revaluated")},
     }
 
 

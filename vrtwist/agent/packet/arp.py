@@ -17,8 +17,8 @@ from twisted.internet.interfaces import IReactorTime
 
 from vrtwist.packet.headers import ARP, ETH_P_ARP, Ethernet, PacketError
 
-__all__ = ["ANNOUNCE_COUNT", "ANNOUNCE_INTERVAL", "VRRP_MAC", "FabricResolver", "announcement",
-           "resolve_request"]
+__all__ = ["ANNOUNCE_COUNT", "ANNOUNCE_INTERVAL", "VRRP_MAC", "FabricResolver", "PathProber",
+           "announcement", "probe", "resolve_request"]
 
 #: the MAC every VM vif carries and the datapath answers ARP with
 VRRP_MAC: Final = bytes.fromhex("00005e000100")
@@ -138,3 +138,122 @@ class FabricResolver:
             if timer.active():
                 timer.cancel()
         self._timers.clear()
+
+
+#: path-preference probes (``ArpPathPreferenceState``): every ``kTimeout`` 2 s for
+#: ``kMaxRetry`` 150 sends, then every 10 s, or 5 s while the VM answers from a MAC other
+#: than its port's
+PROBE_INTERVAL: Final = 2.0
+PROBE_FAST_SENDS: Final = 150
+PROBE_SLOW_INTERVAL: Final = 10.0
+PROBE_MOVED_INTERVAL: Final = 5.0
+_ZERO_IP: Final = bytes(4)
+
+
+def probe(vm_mac: bytes, spa: bytes, tpa: bytes, vif_mac: bytes = VRRP_MAC,
+          vlan: int = -1) -> bytes:
+    """One path-preference probe: an ARP request for the VM's own address ``tpa``, to
+    the VM's MAC, from the vif MAC, sender address the service address (or 0)."""
+    vlans = (vlan & 0xFFF,) if vlan >= 0 else ()
+    eth = Ethernet(vm_mac, vif_mac, ETH_P_ARP, vlans).pack()
+    return eth + ARP(1, vif_mac, spa, _ZERO_MAC, tpa).pack()
+
+
+class _Probed:
+    """What the prober keeps of one VM port."""
+
+    __slots__ = ("frame", "ip", "learnt_mac", "mac", "replies", "sent", "timer",
+                 "traffic_seen", "vrf")
+
+    def __init__(self, vrf: int, mac: bytes, ip: bytes, frame: bytes) -> None:
+        self.vrf = vrf
+        self.mac = mac
+        self.ip = ip
+        self.frame = frame
+        self.sent = 0
+        self.replies = 0
+        self.learnt_mac: bytes | None = None
+        self.traffic_seen = False
+        self.timer: Any = None
+
+
+class PathProber:
+    """Sends path-preference probes to every local VM for as long as its port exists
+    (spec 2.4b) and notes the VM's answers: a reply or a gratuitous ARP from the VM's
+    address is "traffic seen", and the MAC it came from is learnt. No I/O: the clock and
+    ``send(vif, vrf, frame)`` are injected."""
+
+    def __init__(self, clock: IReactorTime, send: Callable[[int, int, bytes], bool]) -> None:
+        self._clock = clock
+        self._send = send
+        self.ports: dict[int, _Probed] = {}
+
+    def port_up(self, vif: int, vrf: int, mac: bytes, ip: str | None,
+                service_ip: str | None = None, vlan: int = -1) -> None:
+        """Start probing the VM on ``vif``; a port already probed the same way goes on
+        where it was (the vif is re-announced on any change of its fields)."""
+        if not ip or ip == "0.0.0.0":
+            self.port_down(vif)
+            return
+        tpa = ipaddress.IPv4Address(ip).packed
+        spa = ipaddress.IPv4Address(service_ip).packed if service_ip else _ZERO_IP
+        frame = probe(mac, spa, tpa, VRRP_MAC, vlan)
+        old = self.ports.get(vif)
+        if old is not None and (old.vrf, old.frame) == (vrf, frame):
+            return
+        self.port_down(vif)
+        state = _Probed(vrf, mac, tpa, frame)
+        self.ports[vif] = state
+        self._fire(vif)
+
+    def _fire(self, vif: int) -> None:
+        state = self.ports.get(vif)
+        if state is None:
+            return
+        if self._send(vif, state.vrf, state.frame):
+            state.sent += 1
+        state.timer = self._clock.callLater(self.interval(state), self._fire, vif)
+
+    @staticmethod
+    def interval(state: _Probed) -> float:
+        if state.sent < PROBE_FAST_SENDS:
+            return PROBE_INTERVAL
+        if state.learnt_mac is not None and state.learnt_mac != state.mac:
+            return PROBE_MOVED_INTERVAL
+        return PROBE_SLOW_INTERVAL
+
+    def received(self, vif: int, frame: bytes | memoryview) -> bool:
+        """An ARP packet trapped from a VM vif; True when it is the VM speaking for its
+        own address (a reply to a probe, or a gratuitous ARP)."""
+        state = self.ports.get(vif)
+        if state is None:
+            return False
+        try:
+            eth = Ethernet.parse(frame)
+            arp = ARP.parse(frame, eth.length)
+        except PacketError:
+            return False
+        if arp.spa != state.ip or arp.sha == _ZERO_MAC or arp.sha[0] & 1:
+            return False
+        state.replies += 1
+        state.traffic_seen = True
+        state.learnt_mac = bytes(arp.sha)
+        return True
+
+    def state(self, vif: int) -> dict[str, Any] | None:
+        """The introspect view of one port's probing."""
+        s = self.ports.get(vif)
+        if s is None:
+            return None
+        return {"probes_sent": s.sent, "replies": s.replies, "traffic_seen": s.traffic_seen,
+                "learnt_mac": ":".join("%02x" % b for b in s.learnt_mac) if s.learnt_mac
+                else None}
+
+    def port_down(self, vif: int) -> None:
+        state = self.ports.pop(vif, None)
+        if state is not None and state.timer is not None and state.timer.active():
+            state.timer.cancel()
+
+    def stop(self) -> None:
+        for vif in list(self.ports):
+            self.port_down(vif)

@@ -25,7 +25,7 @@ from twisted.python.failure import Failure
 
 from vrtwist.access import SocketAccess
 from vrtwist.agent.dpstate import NH, VIF, DatapathModel
-from vrtwist.agent.packet.arp import FabricResolver
+from vrtwist.agent.packet.arp import FabricResolver, PathProber
 from vrtwist.agent.packet.flowpolicy import FlowPolicy, LocalPort
 from vrtwist.agent.packet.flows import FlowSetup, RouteView
 from vrtwist.agent.packet.services import Announcer, PacketServices, VmPort
@@ -155,8 +155,10 @@ class AgentPacketService(MultiService):
         self.flows.fabric = self._fabric_address
         self.resolver = FabricResolver(reactor, self._send_fabric, self._fabric_source,
                                        model.setFabricMac)
+        self.prober = PathProber(reactor, self.endpoint.send_switch)
         self.packet_services = PacketServices(self.vm_port, self.endpoint.send_switch, mac,
-                                              self.flows, fabric_arp=self._fabric_arp)
+                                              self.flows, fabric_arp=self._fabric_arp,
+                                              vm_arp=self.prober.received)
         self.endpoint.handler = self.packet_services
         self.announcer = Announcer(reactor, self.endpoint.send_switch)
         self._aging = LoopingCall(self._age)
@@ -223,8 +225,11 @@ class AgentPacketService(MultiService):
                 port = self.vm_port(key[1])
                 if port is not None:
                     self.announcer.port_up(port)
+                    self.prober.port_up(port.vif, port.vrf, port.mac, port.ip,
+                                        port.dns_server, port.tx_vlan)
             else:
                 self.announcer.port_down(key[1])
+                self.prober.port_down(key[1])
 
     def startService(self) -> None:
         super().startService()
@@ -268,6 +273,7 @@ class AgentPacketService(MultiService):
         if self._audit.running:
             self._audit.stop()
         self.announcer.stop()
+        self.prober.stop()
         self.resolver.stop()
         self.transport.stop()
         if self._view is not None:

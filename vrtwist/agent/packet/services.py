@@ -92,8 +92,11 @@ class PacketServices:
         vhost_mac: Callable[[], bytes],
         flows: FlowSetup | None = None,
         fabric_arp: Callable[[int, memoryview], object] | None = None,
+        vm_arp: Callable[[int, memoryview], object] | None = None,
     ) -> None:
         self._port_of = port_of
+        #: ARP trapped from a VM vif: the path-preference prober notes the VM's answers
+        self._vm_arp = vm_arp
         #: ARP trapped from a non-VM vif (the fabric): the fabric MAC resolver learns it
         self._fabric_arp = fabric_arp
         self._send = send
@@ -157,6 +160,8 @@ class PacketServices:
             c.arp += 1  # the datapath answers VMs; the agent only learns from these
             if port is None and self._fabric_arp is not None:
                 self._fabric_arp(header.ifindex, frame)
+            elif port is not None and self._vm_arp is not None:
+                self._vm_arp(header.ifindex, frame)
             return
         if flow_trap:
             if ip is None or self.flows is None:
