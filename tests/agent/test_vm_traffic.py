@@ -41,10 +41,10 @@ def rest(port: int, method: str, path: str, body: Any = None) -> int:
 class Vm:
     """A namespace behind a veth pair; the host end is what the port names."""
 
-    def __init__(self, n: int, mac: str) -> None:
-        self.ns = f"{PFX}vm{n}"
-        self.host = f"{PFX}h{n}"
-        self.guest = f"{PFX}g{n}"
+    def __init__(self, n: int, mac: str, prefix: str = PFX) -> None:
+        self.ns = f"{prefix}vm{n}"
+        self.host = f"{prefix}h{n}"
+        self.guest = f"{prefix}g{n}"
         sh("ip", "netns", "add", self.ns)
         os.makedirs(f"/etc/netns/{self.ns}", exist_ok=True)
         # dhclient-script writes resolv.conf: keep it inside the namespace's view
