@@ -58,8 +58,7 @@ class PolicyRestTests(SynchronousTestCase):
         code, body = self.agent.call("PUT", "/security-groups/not-a-uuid", GROUP)
         self.assertEqual(code, 400)
         self.assertIn("uuid", body["error"])
-        code, body = self.agent.call("PUT", f"/security-groups/{SG}", raw=b"{nope")
-        self.assertEqual(code, 400)
+        self.assertEqual(self.agent.call("PUT", f"/security-groups/{SG}", raw=b"{nope")[0], 400)
         self.assertEqual(self.policy.groups, {})
         self.assertFalse(os.path.exists(os.path.join(self.dir, "policy.json")))
 
@@ -116,6 +115,7 @@ class PolicyRestTests(SynchronousTestCase):
         self.api._save_policy = refuse
         code, body = self.agent.call("PUT", f"/security-groups/{SG}", GROUP)
         self.assertEqual(code, 500)
+        self.assertIn("No space left", body["error"])
         self.assertEqual(self.policy.groups, {})
 
     def test_port_api_unchanged(self) -> None:

@@ -30,9 +30,9 @@ from vrtwist.agent.introspect import RequestCounter
 from vrtwist.agent.ksync_sync import KsyncSynchroniser, LocalSynchroniser
 from vrtwist.agent.model import Port
 from vrtwist.agent.packet.service import AgentPacketService
+from vrtwist.agent.policy import PolicyConfig, PolicyValidationError
 from vrtwist.agent.ports import DEFAULT_STALE_TIMEOUT, PortTable
 from vrtwist.agent.rest import BoundedRequest, PortApi
-from vrtwist.agent.policy import PolicyConfig, PolicyValidationError
 from vrtwist.agent.store import PolicyFile, PortStore
 from vrtwist.bounds import bounded_site
 from vrtwist.introspect.listen import enabled as introspect_enabled

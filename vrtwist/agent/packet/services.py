@@ -140,28 +140,13 @@ class PacketServices:
                 c.invalid += 1
                 return
             l4 = eth.length + ip.header_length
-        udp_ports = None
-        if ip is not None and ip.proto == IPPROTO_UDP and len(frame) >= l4 + 4:
-            udp_ports = (
-                int.from_bytes(frame[l4 : l4 + 2], "big"),
-                int.from_bytes(frame[l4 + 2 : l4 + 4], "big"),
-            )
-        if (
-            not flow_trap
-            and port is not None
-            and port.dhcp_enabled
-            and udp_ports is not None
-            and (udp_ports[1] == 67 or udp_ports[0] == 68)
-        ):
+        udp_ports = _udp_ports(frame, ip, l4)
+        if not flow_trap and _is_dhcp(port, udp_ports):
             c.dhcp += 1
             self._reply(header, self.dhcp.handle(header.ifindex, frame))
             return
         if eth.ethertype == ETH_P_ARP:
-            c.arp += 1  # the datapath answers VMs; the agent only learns from these
-            if port is None and self._fabric_arp is not None:
-                self._fabric_arp(header.ifindex, frame)
-            elif port is not None and self._vm_arp is not None:
-                self._vm_arp(header.ifindex, frame)
+            self._arp(header, frame, port)
             return
         if flow_trap:
             if ip is None or self.flows is None:
@@ -173,6 +158,22 @@ class PacketServices:
         if ip is None:
             c.invalid += 1
             return
+        self._ip_service(header, frame, port, ip, udp_ports)
+
+    def _arp(self, header: AgentHeader, frame: memoryview, port: VmPort | None) -> None:
+        """The datapath answers VMs; the agent only learns from these: the fabric MAC
+        resolver from the fabric's, the path-preference prober from a VM's."""
+        self.counters.arp += 1
+        if port is None and self._fabric_arp is not None:
+            self._fabric_arp(header.ifindex, frame)
+        elif port is not None and self._vm_arp is not None:
+            self._vm_arp(header.ifindex, frame)
+
+    def _ip_service(self, header: AgentHeader, frame: memoryview, port: VmPort | None,
+                    ip: IPv4, udp_ports: tuple[int, int] | None) -> None:
+        """ICMP errors for ZERO_TTL/HANDLE_DF and echo replies for the service addresses."""
+        c = self.counters
+        cmd = header.cmd
         if cmd == K.AGENT_TRAP_ZERO_TTL:
             c.icmp_error += 1
             gw = _gateway(port, ip.src)
@@ -192,6 +193,19 @@ class PacketServices:
             c.unsupported += 1
             return
         c.invalid += 1
+
+
+def _udp_ports(frame: memoryview, ip: IPv4 | None, l4: int) -> tuple[int, int] | None:
+    if ip is not None and ip.proto == IPPROTO_UDP and len(frame) >= l4 + 4:
+        return (int.from_bytes(frame[l4 : l4 + 2], "big"),
+                int.from_bytes(frame[l4 + 2 : l4 + 4], "big"))
+    return None
+
+
+def _is_dhcp(port: VmPort | None, udp_ports: tuple[int, int] | None) -> bool:
+    """A DHCP request from a DHCP-enabled port (client port 68 or server port 67)."""
+    return (port is not None and port.dhcp_enabled and udp_ports is not None
+            and (udp_ports[1] == 67 or udp_ports[0] == 68))
 
 
 def _gateway(port: VmPort | None, fallback: bytes) -> bytes:
