@@ -15,7 +15,12 @@ embedded datapath does) and the release of the held packet to the other VM.
 The baseline printed beside them is the same pipeline forwarding packets of flows that
 already exist (no trap): the ratio says what a new flow costs over a known one.
 
+``--policy``: ``empty`` (default, as the agent runs with nothing configured: the policy
+step is attached but inactive), ``none`` (no policy step at all), ``sg`` (every port in a
+security group allowing TCP both ways: each setup is matched against it).
+
 Usage: python bench/bench_pkt0.py [--flows 20000] [--vms 1000] [--window 256]
+       [--policy empty|none|sg]
 """
 
 from __future__ import annotations
@@ -35,9 +40,11 @@ from zope.interface import implementer
 
 from vrtwist.agent.dpstate import AGENT_VIF, DatapathModel
 from vrtwist.agent.model import Port
+from vrtwist.agent.packet.flowpolicy import FlowPolicy, LocalPort
 from vrtwist.agent.packet.flows import FlowKey, FlowSetup, RouteView, analyse, flow_request
 from vrtwist.agent.packet.service import LocalFlowChannel
 from vrtwist.agent.packet.services import PacketServices, VmPort
+from vrtwist.agent.policy import PolicyConfig, gateway_set, security_group_from_json
 from vrtwist.datapath import constants as C
 from vrtwist.datapath.dispatcher import Datapath, make
 from vrtwist.datapath.interfaces import IFrameOutput
@@ -88,7 +95,7 @@ def port(n: int) -> Port:
 class Node:
     """Datapath, agent model and services, joined by pkt0 over real sockets."""
 
-    def __init__(self, vms: int, run_dir: str) -> None:
+    def __init__(self, vms: int, run_dir: str, policy: str = "empty") -> None:
         self.dp = Datapath()
         self.shared = install(self.dp, run_dir, 65536, 4096, flow_oentries=8192, bridge_oentries=1024)
         self.model = DatapathModel(fabric_ip="192.0.2.1", fabric_name="nonexistent0",
@@ -126,6 +133,8 @@ class Node:
             self.by_vif[ids["vif"]] = VmPort(
                 ids["vif"], ids["vrf"], bytes.fromhex(p.mac_address.replace(":", "")),
                 p.ip_address, p.plen, p.gateway, p.dns_server, p.display_name)
+        if policy != "none":
+            self.flows.policy = _policy(policy, self.ports, self.model)
         self.services = PacketServices(self.by_vif.get, self.agent_end.send_switch,
                                        lambda: VRRP, self.flows)
         self.agent_end.handler = self.services
@@ -136,6 +145,23 @@ class Node:
         self.dp_t.stop()
         self.agent_t.stop()
         self.shared.close()
+
+
+def _policy(kind: str, ports: list[Port], model: DatapathModel) -> FlowPolicy:
+    cfg = PolicyConfig()
+    local: dict[int, LocalPort] = {}
+    for p in ports:
+        ids = model.port_ids(p.id)
+        assert ids is not None
+        local[ids["vif"]] = (p.id, p.vn_id, gateway_set([p.gateway, p.dns_server]))
+    if kind == "sg":
+        sg = "5e000000-0000-4000-8000-000000000001"
+        cfg.set_group(security_group_from_json(sg, {"rules": [
+            {"direction": "ingress", "protocol": "tcp"},
+            {"direction": "egress", "protocol": "tcp"}]}))
+        for p in ports:
+            cfg.set_port_groups(p.id, [sg])
+    return FlowPolicy(cfg, local.get, lambda vrf: None)
 
 
 def syn(src: VmPort, dst: VmPort, sport: int) -> bytes:
@@ -215,7 +241,16 @@ def floors(node: Node, n: int) -> dict[str, float]:
         if d.reverse is not None:
             flow_request(d.reverse, -1, 0, 2, 0x1001, rindex=1)
     agent = n / (time.perf_counter() - t0)
-    return {"flow_set_pairs": flow_sets, "misses": misses, "agent": agent}
+    # 4. the policy step alone on those decisions (as FlowSetup runs it: only when active)
+    decisions = [analyse(hdr, f, node.flows.routes) for f in frames]
+    policy = node.flows.policy
+    t0 = time.perf_counter()
+    for d in decisions:
+        if policy is not None and d.reverse is not None and policy.active:
+            policy.apply(d)
+    policy_rate = n / (time.perf_counter() - t0)
+    return {"flow_set_pairs": flow_sets, "misses": misses, "agent": agent,
+            "policy": policy_rate}
 
 
 @implementer(IPkt0Transport)
@@ -264,8 +299,8 @@ def load() -> str:
 async def main(args: argparse.Namespace) -> None:
     run_dir = tempfile.mkdtemp(prefix="bench-pkt0-")
     try:
-        node = Node(max(args.vms, 2), run_dir)
-        print(f"load before: {load()}")
+        node = Node(max(args.vms, 2), run_dir, args.policy)
+        print(f"load before: {load()}; policy: {args.policy}")
         f = await bench_flows(node, args.flows, args.window)
         print(
             f"flow setup through pkt0: {f['pairs']:.0f} pairs, {f['pairs_per_s']:,.0f} pairs/s, "
@@ -277,7 +312,9 @@ async def main(args: argparse.Namespace) -> None:
         print(
             "same-run floors, per flow pair: datapath FLOW_SET pair alone "
             f"{fl['flow_set_pairs']:,.0f}/s; pipeline miss (HOLD + trap framed) "
-            f"{fl['misses']:,.0f}/s; agent analysis + requests built {fl['agent']:,.0f}/s"
+            f"{fl['misses']:,.0f}/s; agent analysis + requests built {fl['agent']:,.0f}/s; "
+            f"policy step ({args.policy}) {fl['policy']:,.0f}/s "
+            f"(ratio to the analysis {fl['policy'] / fl['agent']:.1f})"
         )
         d = await bench_dhcp(node)
         print(
@@ -295,6 +332,7 @@ if __name__ == "__main__":
     parser.add_argument("--flows", type=int, default=20000)
     parser.add_argument("--vms", type=int, default=1000)
     parser.add_argument("--window", type=int, default=256)
+    parser.add_argument("--policy", choices=("empty", "none", "sg"), default="empty")
     ns = parser.parse_args()
     from twisted.internet.defer import ensureDeferred
     from twisted.internet.task import react

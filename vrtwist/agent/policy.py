@@ -302,14 +302,18 @@ class PolicyConfig:
     port_groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
     listeners: list[Callable[[], None]] = field(default_factory=list)
     _vn_acls: dict[str, tuple[Ace, ...]] | None = None
+    #: port -> (rules present, ingress ACLs, egress ACLs), built on first use
+    _port_acls: dict[str, tuple[bool, list[tuple[Ace, ...]], list[tuple[Ace, ...]]]] = field(
+        default_factory=dict)
 
     @property
     def active(self) -> bool:
         """Whether anything is configured (the flow hot path skips policy when not)."""
-        return bool(self.policies) or any(self.port_groups.values())
+        return bool(self.policies or self.port_groups)
 
     def _changed(self) -> None:
         self._vn_acls = None
+        self._port_acls.clear()
         for listener in list(self.listeners):
             listener()
 
@@ -376,9 +380,13 @@ class PolicyConfig:
         """(rules present, the port's ACLs for ``direction``) of a local port."""
         if port is None:
             return False, []
-        groups = [self.groups[g] for g in self.port_groups.get(port, ()) if g in self.groups]
-        present = any(g.rules for g in groups)
-        return present, [g.ingress if direction == "ingress" else g.egress for g in groups]
+        cached = self._port_acls.get(port)
+        if cached is None:
+            groups = [self.groups[g] for g in self.port_groups.get(port, ()) if g in self.groups]
+            cached = (any(g.rules for g in groups), [g.ingress for g in groups],
+                      [g.egress for g in groups])
+            self._port_acls[port] = cached
+        return cached[0], cached[1] if direction == "ingress" else cached[2]
 
     def networks(self) -> set[str]:
         return {n for p in self.policies.values() for n in p.networks}
