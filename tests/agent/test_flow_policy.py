@@ -15,9 +15,10 @@ from vrtwist.agent.policy import (
     security_group_from_json,
 )
 from vrtwist.packet.checksum import checksum
+from vrtwist.packet.headers import ETH_P_IP, IPPROTO_TCP, Ethernet, IPv4
 from vrtwist.shmem import layout as L
 
-from .test_packet_services import VN, Node, icmp_echo
+from .test_packet_services import VRRP, VN, Node, icmp_echo
 
 SG_WEB = "51111111-2222-3333-4444-555555555555"
 MAC1 = bytes.fromhex("020000000001")
@@ -30,6 +31,14 @@ def echo_reply() -> bytes:
     reply[36:38] = b"\x00\x00"
     reply[36:38] = checksum(reply[34:]).to_bytes(2, "big")
     return bytes(reply)
+
+
+def tcp(flags: int, sport: int = 40000, dport: int = 22) -> bytes:
+    """A TCP segment from VM1 to VM2 (``flags``: 0x02 SYN, 0x10 ACK)."""
+    seg = (sport.to_bytes(2, "big") + dport.to_bytes(2, "big") + bytes(8)
+           + bytes((0x50, flags)) + (65535).to_bytes(2, "big") + bytes(4))
+    ip = IPv4(bytes((10, 1, 1, 3)), bytes((10, 1, 1, 4)), IPPROTO_TCP, 20 + len(seg), 1)
+    return Ethernet(VRRP, MAC1, ETH_P_IP).pack() + ip.pack() + seg
 
 
 class FlowPolicyTests(SynchronousTestCase):
@@ -129,3 +138,17 @@ class FlowPolicyTests(SynchronousTestCase):
         n = self.node
         n.world.pipeline.receive(n.vif_of(1), icmp_echo(MAC1, "10.1.1.3", "10.1.1.1"))
         self.assertEqual(len(n.world.out.on(n.vif_of(1))), 1)
+
+    def test_tcp_ack_flow_passes_if_the_reverse_direction_allows(self) -> None:
+        """VM1 may not open connections (no egress rule) but accepts them from VM2: a
+        SYN from VM1 is dropped, a mid-stream ACK of a connection VM2 opened passes."""
+        self.web_group({"direction": "ingress", "protocol": "tcp"})
+        self.cfg.set_port_groups(self.node.ports[0].id, [SG_WEB])
+        n = self.node
+        n.world.pipeline.receive(n.vif_of(1), tcp(0x02, 40000))
+        n.world.pipeline.receive(n.vif_of(1), tcp(0x10, 40001))
+        self.assertEqual(len(n.world.out.on(n.vif_of(2))), 1)
+        by_port = {p.forward.sport: n.world.flows.entry(i) for i, p in n.flows.pairs.items()}
+        self.assertEqual((by_port[40000].action, by_port[40000].drop_reason),
+                         (L.ACTION_DROP, DR_SG))
+        self.assertEqual(by_port[40001].action, L.ACTION_FORWARD)

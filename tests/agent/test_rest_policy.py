@@ -122,3 +122,36 @@ class PolicyRestTests(SynchronousTestCase):
         """The port API's paths still answer as before (vrouter-port-control's)."""
         self.assertEqual(self.agent.call("GET", f"/port/{PORT}")[0], 404)
         self.assertEqual(self.agent.call("DELETE", f"/port/{PORT}"), (200, {}))
+
+
+class AgentStartupTests(SynchronousTestCase):
+    """What the agent loads from ``policy.json`` when it starts."""
+
+    def agent(self) -> Any:
+        from vrtwist.agent.service import AgentService
+
+        return AgentService(None, run_dir="/nonexistent", state_dir=self.dir, rest="tcp:0")
+
+    def setUp(self) -> None:
+        self.dir = tempdir(self)
+
+    def test_saved_policy_is_loaded(self) -> None:
+        cfg = PolicyConfig()
+        cfg.load_json({"security-groups": [{"uuid": SG, **GROUP}],
+                       "port-security-groups": {PORT: [SG]},
+                       "network-policies": [{"name": "no-ssh", **POLICY}]})
+        PolicyFile(self.dir).save(cfg.to_json())
+        agent = self.agent()
+        agent._load_policy(PolicyFile(self.dir))
+        self.assertEqual(agent.policy.to_json(), cfg.to_json())
+        self.assertTrue(agent.policy.active)
+
+    def test_unusable_file_loads_nothing(self) -> None:
+        for text in (b"[1]", b"{not json", json.dumps(
+                {"port-security-groups": {PORT: [SG]}}).encode()):  # a group never defined
+            with open(os.path.join(self.dir, "policy.json"), "wb") as f:
+                f.write(text)
+            agent = self.agent()
+            agent._load_policy(PolicyFile(self.dir))
+            self.assertFalse(agent.policy.active, text)
+            self.assertEqual(agent.policy.to_json()["port-security-groups"], {})
