@@ -18,7 +18,7 @@ from vrtwist.packet.checksum import checksum
 from vrtwist.packet.headers import ETH_P_IP, IPPROTO_TCP, Ethernet, IPv4
 from vrtwist.shmem import layout as L
 
-from .test_packet_services import VRRP, VN, Node, icmp_echo
+from .test_packet_services import VN, VRRP, Node, icmp_echo
 
 SG_WEB = "51111111-2222-3333-4444-555555555555"
 MAC1 = bytes.fromhex("020000000001")
