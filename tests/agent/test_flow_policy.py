@@ -52,7 +52,10 @@ class FlowPolicyTests(SynchronousTestCase):
             return (p.id, p.vn_id, gateway_set([p.gateway, p.dns_server])) if p else None
 
         n.flows.policy = FlowPolicy(self.cfg, port_of, lambda vrf: VN)
-        self.cfg.listeners.append(lambda: None if n.flows.revaluate() else None)
+        def revaluate() -> None:
+            n.flows.revaluate()
+
+        self.cfg.listeners.append(revaluate)
 
     def ping(self) -> int:
         """VM1 pings VM2; how many echoes reached VM2 (all time)."""
