@@ -134,6 +134,10 @@ class FlowPolicyTests(SynchronousTestCase):
         fwd, _ = self.entries()
         self.assertEqual(fwd.action, L.ACTION_FORWARD)  # type: ignore[attr-defined]
         self.assertEqual(self.ping(), 2)
+        # a change that alters no flow's action re-writes nothing
+        self.assertEqual(self.node.flows.counters.revaluated, 2)
+        self.web_group({"direction": "ingress"})  # a group no port uses
+        self.assertEqual(self.node.flows.counters.revaluated, 2)
 
     def test_gateway_ping_passes_any_sg(self) -> None:
         self.web_group({"direction": "egress", "protocol": "tcp"})

@@ -461,12 +461,13 @@ class FlowSetup:
             if old is None or old.reverse is None or pair.reverse is None:
                 continue
             new = policy.apply(old)
-            if (new.action, new.drop_reason, new.reverse_action, new.reverse_drop_reason) == (
-                    old.action, old.drop_reason, old.reverse_action, old.reverse_drop_reason):
+            rev_action = new.action if new.reverse_action < 0 else new.reverse_action
+            was = old.action if old.reverse_action < 0 else old.reverse_action
+            if (new.action, new.drop_reason, rev_action, new.reverse_drop_reason) == (
+                    old.action, old.drop_reason, was, old.reverse_drop_reason):
                 continue
             self.counters.revaluated += 1
             pair.decision = new
-            rev_action = new.action if new.reverse_action < 0 else new.reverse_action
             flags = L.FLAG_ACTIVE | L.RFLOW_VALID
             out.append(self.channel(flow_request(
                 pair.reverse, pair.rev_index, pair.rev_gen, rev_action, flags,
