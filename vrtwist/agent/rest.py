@@ -1,6 +1,6 @@
 """The agent's REST port API (``port_ipc``) as a Klein application.
 
-Same paths, methods, JSON field names and success bodies as the real agent (spec B.2), so
+Same paths, methods, JSON field names and success bodies as the real agent (docs/protocols/agent-rest.md), so
 ``vrouter-port-control``, os-vif and the CNI keep working.  Errors are better than the
 original: 400 with ``{"error": "<field>: <problem>"}`` for a bad body, 404 for an unknown
 uuid on GET, 500 when a port file cannot be written (never a silent 200), standard reason
