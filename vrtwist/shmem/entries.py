@@ -252,22 +252,25 @@ class FlowEntry(NamedTuple):
         return (self.packets_oflow << 32) | self.packets
 
 
+_FLOW_NEW = tuple.__new__
+
+
 def parse_flow_entry(raw: Buffer, index: int) -> FlowEntry:
     """Decode 256 bytes of a flow entry."""
     data = bytes(raw)
     if len(data) != L.FLOW_ENTRY_SIZE:
         raise ValueError(f"flow entry {index}: {len(data)} bytes, expected {L.FLOW_ENTRY_SIZE}")
-    (hi, hb, hn, hf, ttl, qos, family, proto, sport, dport, nh_id, ip, *rest) = _flow_fields(data)
-    if rest[-3] == L.VP_TYPE_IP6 or family == L.AF_INET6:  # rest[-3] is the entry type
+    t = _flow_fields(data)
+    family, sport, dport, ip = t[6], t[8], t[9], t[11]
+    if t[31] == L.VP_TYPE_IP6 or family == L.AF_INET6:  # t[31] is the entry's type
         sip = socket.inet_ntop(socket.AF_INET6, ip[:16])
         dip = socket.inet_ntop(socket.AF_INET6, ip[16:])
     else:
         sip = socket.inet_ntoa(ip[:4])
         dip = socket.inet_ntoa(ip[4:8])
-    return FlowEntry(
-        index, hi, hb, hn, hf, ttl, qos, family, proto,
-        port_from_wire(sport), port_from_wire(dport), nh_id, sip, dip, *rest,
-    )  # fmt: skip
+    # ports: network-order bytes read as a little-endian u16, swapped back
+    ports = (((sport & 0xFF) << 8) | (sport >> 8), ((dport & 0xFF) << 8) | (dport >> 8))
+    return _FLOW_NEW(FlowEntry, (index, *t[:8], *ports, t[10], sip, dip, *t[12:]))
 
 
 def snapshot_flow(buf: Buffer, index: int, retries: int = 8) -> bytes | None:
