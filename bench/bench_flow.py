@@ -1,4 +1,4 @@
-"""Flow table benchmarks (issue 3).
+"""Flow table benchmarks: datapath inserts and lookups, and bunched FLOW_SET over ksync.
 
 1. In-process: datapath HOLD-on-miss insert + lookup on a default-sized table
    (524288 + 105472 entries in an mmap), FLOW_SET applied in process, and a plain

@@ -1,4 +1,4 @@
-"""XMPP convergence benchmark (issue 5).
+"""XMPP convergence benchmark: routes per second from publish to every subscriber.
 
 Processes: one ``twistd -n vrouter-control`` (the control node), one publishing agent
 (this process) and ``--receivers`` receiving agents spread over ``--procs`` child

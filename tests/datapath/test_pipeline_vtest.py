@@ -19,10 +19,12 @@ from vrtwist.packet import pcap
 from vrtwist.shmem.flowtable import key_from_request
 from vrtwist.vtest.xmlspec import parse_file
 
-PEER = "/work/shared/peer/vtest"
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if not os.path.isdir(PEER):
-    PEER = os.path.join(os.path.dirname(_ROOT), "shared", "peer", "vtest")
+#: The upstream vtest XML files and pcaps, flattened into one folder (docs/vtest.md):
+#: $VRTWIST_VTEST_DIR, else a ``shared/peer/vtest`` folder next to the clone.
+PEER = os.environ.get("VRTWIST_VTEST_DIR") or os.path.join(
+    os.path.dirname(_ROOT), "shared", "peer", "vtest"
+)
 
 
 def _local(xml: str, ref: str) -> str:

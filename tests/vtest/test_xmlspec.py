@@ -10,10 +10,12 @@ from twisted.trial.unittest import SynchronousTestCase
 from vrtwist.sandesh import encode
 from vrtwist.vtest.xmlspec import VtestFormatError, normalize, parse_bytes, parse_file
 
-PEER = "/work/shared/peer/vtest"
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if not os.path.isdir(PEER):  # a clean clone next to ../shared
-    PEER = os.path.join(os.path.dirname(_ROOT), "shared", "peer", "vtest")
+#: The upstream vtest XML files and pcaps, flattened into one folder (docs/vtest.md):
+#: $VRTWIST_VTEST_DIR, else a ``shared/peer/vtest`` folder next to the clone.
+PEER = os.environ.get("VRTWIST_VTEST_DIR") or os.path.join(
+    os.path.dirname(_ROOT), "shared", "peer", "vtest"
+)
 
 
 def doc(body: str) -> bytes:

@@ -1,6 +1,6 @@
 """End to end on loopback: one or two ``twistd vrouter-control`` and three ``twistd vrouter``
 processes (fabric IPs 127.0.0.2..4), ports added over REST, checked with ``rt --dump`` and
-``nh --list`` as a user would (issue 5)."""
+``nh --list`` as a user would."""
 
 from __future__ import annotations
 

@@ -54,12 +54,12 @@ Key = tuple[Any, ...]
 
 
 def host_u32(addr: str) -> int:
-    """An IPv4 address as network-order bytes held in a host integer (spec 1.7)."""
+    """An IPv4 address as network-order bytes held in a host integer (docs/protocols/ksync.md)."""
     return int.from_bytes(ipaddress.IPv4Address(addr).packed, sys.byteorder)
 
 
 def host_u64_pair(addr: str) -> tuple[int, int]:
-    """An IPv6 address as the (upper, lower) halves under the spec 1.7 rule."""
+    """An IPv6 address as the (upper, lower) halves under the same rule (docs/protocols/ksync.md)."""
     packed = ipaddress.IPv6Address(addr).packed
     return (int.from_bytes(packed[:8], sys.byteorder), int.from_bytes(packed[8:], sys.byteorder))
 

@@ -1,6 +1,6 @@
 """The agent's REST port API (``port_ipc``) as a Klein application.
 
-Same paths, methods, JSON field names and success bodies as the real agent (spec B.2), so
+Same paths, methods, JSON field names and success bodies as the real agent (docs/protocols/agent-rest.md), so
 ``vrouter-port-control``, os-vif and the CNI keep working.  Errors are better than the
 original: 400 with ``{"error": "<field>: <problem>"}`` for a bad body, 404 for an unknown
 uuid on GET, 500 when a port file cannot be written (never a silent 200), standard reason
@@ -49,7 +49,7 @@ MAX_BODY = 8 * 1024 * 1024
 REFUSED_LINGER = 2.0
 
 
-class ApiError(Exception):
+class RestApiError(Exception):
     """An HTTP error answer: status code and the ``error`` text."""
 
     def __init__(self, code: int, message: str) -> None:
@@ -70,22 +70,22 @@ def _json(request: IRequest, code: int, body: Any) -> bytes:
 def _read_body(request: IRequest) -> Any:
     content = request.content
     if content is None:
-        raise ApiError(400, "body: empty, expected JSON")
+        raise RestApiError(400, "body: empty, expected JSON")
     content.seek(0, 2)
     size = content.tell()
     if size > MAX_BODY:
-        raise ApiError(413, f"body: {size} bytes is larger than the {MAX_BODY} byte limit")
+        raise RestApiError(413, f"body: {size} bytes is larger than the {MAX_BODY} byte limit")
     content.seek(0)
     try:
         return decode_json(content.read())
     except JsonInputError as e:
-        raise ApiError(400, str(e)) from None
+        raise RestApiError(400, str(e)) from None
 
 
 def _uuid(value: str, what: str = "uuid") -> str:
     norm = normalise_uuid(value)
     if norm is None:
-        raise ApiError(400, f"{what}: {value!r} is not a uuid")
+        raise RestApiError(400, f"{what}: {value!r} is not a uuid")
     return norm
 
 
@@ -129,7 +129,7 @@ class PortApi:
             result = fn(*args)
             if isinstance(result, (Deferred, Coroutine)):
                 result = await result
-        except ApiError as e:
+        except RestApiError as e:
             return _json(request, e.code, {"error": e.message})
         except (PortValidationError, PolicyValidationError) as e:
             return _json(request, 400, {"error": str(e)})
@@ -167,7 +167,7 @@ class PortApi:
         elif isinstance(body, dict):
             await self.table.add_many_async([port_from_json(body)])
         else:
-            raise ApiError(400, "body: expected a port object or an array of port objects")
+            raise RestApiError(400, "body: expected a port object or an array of port objects")
         await self._wait_programmed()
         return {}
 
@@ -181,7 +181,7 @@ class PortApi:
         async def get() -> dict[str, Any]:
             port = self.table.get(_uuid(uuid))
             if port is None:
-                raise ApiError(404, f"port {uuid.lower()} not found")
+                raise RestApiError(404, f"port {uuid.lower()} not found")
             out = port.to_oper_json()
             if port.type != PORT_TYPE_REMOTE:  # an ESXi port has no local device
                 found = self._attachment(port)
@@ -241,11 +241,11 @@ class PortApi:
         async def delete() -> dict[str, Any]:
             body = _read_body(request)
             if not isinstance(body, list):
-                raise ApiError(400, "body: expected a JSON array of {\"interface\": name}")
+                raise RestApiError(400, "body: expected a JSON array of {\"interface\": name}")
             names = []
             for i, item in enumerate(body):
                 if not isinstance(item, dict) or not isinstance(item.get("interface"), str):
-                    raise ApiError(400, f"[{i}].interface: missing or not a string")
+                    raise RestApiError(400, f"[{i}].interface: missing or not a string")
                 names.append(item["interface"])
             for name in names:
                 if self.gateways.pop(name, None) is not None and self._gateway_sink is not None:
@@ -262,7 +262,7 @@ class PortApi:
         def add() -> dict[str, Any]:
             body = _read_body(request)
             if isinstance(body, list):
-                raise ApiError(400, "body: /vm takes one object, not an array")
+                raise RestApiError(400, "body: /vm takes one object, not an array")
             self.table.add_vm(vm_port_from_json(body))
             return {}
         return self._call(request, add)
@@ -283,7 +283,7 @@ class PortApi:
         found = [p.to_oper_json() for p in self.table.ports_of_vm(vm)
                  if vmi is None or p.id == vmi]
         if not found:
-            raise ApiError(404, f"vm {vm} has no port" + (f" {vmi}" if vmi else "s"))
+            raise RestApiError(404, f"vm {vm} has no port" + (f" {vmi}" if vmi else "s"))
         return found
 
     @app.route("/vm/<string:vm_uuid>", methods=["DELETE"])
@@ -309,14 +309,14 @@ class PortApi:
             try:
                 check_text(vm_name, "vm-name")
             except JsonInputError as e:
-                raise ApiError(400, str(e)) from None
+                raise RestApiError(400, str(e)) from None
             found = [{
                 "id": p.id, "vm-uuid": p.instance_id, "vn-id": p.vn_id,
                 "vn-name": vn_name(p.vn_id), "mac-address": p.mac_address,
                 "sub-interface": False, "vlan-id": -1, "annotations": [],
             } for p in self.table.ports() if p.display_name == vm_name]
             if not found:
-                raise ApiError(404, f"vm {vm_name!r} has no ports")
+                raise RestApiError(404, f"vm {vm_name!r} has no ports")
             return found
         return self._call(request, cfg)
 

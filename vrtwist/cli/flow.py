@@ -2,7 +2,7 @@
 
 It asks ``vr_flow_table_data`` over ksync for the file and size, maps
 ``flow.shmem`` read-only for listings, and sends ``vr_flow_req`` FLOW_SET for
-changes, exactly as the real tool does.  Output formats follow spec 5.9.
+changes, exactly as the real tool does.  Output formats follow the real ``utils/flow.c``.
 """
 
 from __future__ import annotations
@@ -591,7 +591,7 @@ def _format_hop(hop: Hop | None, ingress: bool, paths: FlowPaths) -> str:
 
 
 def _inet(family: int, value: Any) -> str:
-    """A next hop's tunnel address: IPv4 in a host integer (spec 1.7) or 16 bytes."""
+    """A next hop's tunnel address: IPv4 in a host integer (docs/protocols/ksync.md) or 16 bytes."""
     if family == L.AF_INET6:
         return socket.inet_ntop(
             socket.AF_INET6, bytes(b & 0xFF for b in value or ()).ljust(16, b"\0")

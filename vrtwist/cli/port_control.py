@@ -1,7 +1,7 @@
 """``vrouter-port-control``: tell the agent about a VM port, as Nova/os-vif do.
 
 Same options, defaults, file writing and exit codes as the real script
-(``src/vnsw/agent/port_ipc/vrouter-port-control``, spec B.4): the port file is the source
+(``src/vnsw/agent/port_ipc/vrouter-port-control``; docs/protocols/agent-rest.md): the port file is the source
 of truth, so an ``add`` whose agent is down still exits 0 for a Vrouter vif once the file
 is written; the agent replays it at start.  Files are written atomically.
 """
@@ -60,7 +60,7 @@ def _strip_quotes(argv: Sequence[str]) -> list[str]:
 
 
 def parser() -> argparse.ArgumentParser:
-    """The real script's options (spec B.4), plus two hidden vrtwist ones."""
+    """The real script's options, plus two hidden vrtwist ones."""
     p = argparse.ArgumentParser(prog="vrouter-port-control",
                                 description="Add, delete, enable or disable a vRouter port")
     p.add_argument("--oper", required=True, choices=["add", "delete", "enable", "disable"])

@@ -24,12 +24,12 @@ from twisted.web.client import Agent
 
 from vrtwist.vpnkit.host import Port, PortError
 
-__all__ = ["main", "Options", "APIClient", "APIError"]
+__all__ = ["main", "Options", "APIClient", "ExposeApiError"]
 
 DEFAULT_API = os.environ.get("VPNKIT_API", "unix:/run/vpnkit/api.sock")
 
 
-class APIError(Exception):
+class ExposeApiError(Exception):
     """The API answered with an error (HTTP 400 ``{"message": ...}``) or was unreachable."""
 
 
@@ -60,13 +60,13 @@ class APIClient:
             resp = await self._http.request(method, "http://vpnkit" + path, data=data)
             content: bytes = await treq.content(resp)
         except Exception as e:
-            raise APIError(f"cannot reach the API: {e}") from None
+            raise ExposeApiError(f"cannot reach the API: {e}") from None
         if resp.code != 200:
             try:
                 msg = json.loads(content)["message"]
             except Exception:
                 msg = content.decode("utf-8", "replace").strip() or f"HTTP {resp.code}"
-            raise APIError(msg)
+            raise ExposeApiError(msg)
         return content
 
     def _kind(self, port: Port) -> str:
@@ -140,7 +140,7 @@ async def run(reactor: Any, opts: Options, out: Any = None) -> int:
                     try:
                         await client.unexpose(granted)
                         print(f"unexposed {granted}", file=out)
-                    except APIError as e:
+                    except ExposeApiError as e:
                         print(f"vpnkit-expose: unexpose failed: {e}", file=sys.stderr)
 
                 reactor.addSystemEventTrigger(
@@ -156,7 +156,7 @@ async def run(reactor: Any, opts: Options, out: Any = None) -> int:
                 print(line, file=out)
         else:
             out.write(await client.dump())
-    except APIError as e:
+    except ExposeApiError as e:
         print(f"vpnkit-expose: {e}", file=sys.stderr)
         return 1
     return 0

@@ -1,4 +1,4 @@
-"""Numeric constants of the vRouter datapath messages (spec ksync-sandesh.md section 2.7).
+"""Numeric constants of the vRouter datapath messages (``vr.sandesh`` and ``vr_defs.h``).
 
 The values themselves have one home, ``vrtwist.sandesh.constants`` (the vr.sandesh wire
 format); this module re-exports those the datapath uses, under the same names, and adds

@@ -2,7 +2,7 @@
 
 Sans-IO: :meth:`Datapath.handle` takes one decoded request object (from
 ``vrtwist.sandesh.decode``) and returns the transport messages of its reply, as the
-vRouter's ``<name>_process`` handlers queue them (spec 2.4): every request gets exactly
+vRouter's ``<name>_process`` handlers queue them (docs/protocols/ksync.md): every request gets exactly
 one ``vr_response`` first; a GET adds its object to the same message; a DUMP sends the
 ``vr_response`` (object count, bit 30 if more remain) and then one page of at most
 3968 bytes of objects. Handlers are found by Sandesh message name and can be replaced

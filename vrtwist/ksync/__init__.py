@@ -1,6 +1,6 @@
 """The ksync channel: Sandesh in netlink framing over ``<run-dir>/dpdk_netlink``.
 
-* ``vrtwist.ksync.netlink``: sans-IO framing (spec 3).
+* ``vrtwist.ksync.netlink``: sans-IO framing (docs/protocols/ksync.md).
 * ``vrtwist.ksync.interfaces``: ``IKsyncDispatcher`` / ``KsyncReply``, the seam to the tables.
 * ``vrtwist.ksync.server``: the server protocol, factory and service.
 * ``vrtwist.ksync.client``: the Twisted client protocol (``request``, ``request_many``, ``dump``).

@@ -1,8 +1,8 @@
 """The seam between the ksync server (transport) and whatever owns the tables.
 
 The server decodes each Sandesh request and hands it to an ``IKsyncDispatcher``; the
-dispatcher answers with a ``KsyncReply`` describing what the vRouter would send (spec
-2.4). The server turns that into the exact vr_response/object/page layout and framing,
+dispatcher answers with a ``KsyncReply`` describing what the vRouter would send
+(docs/protocols/ksync.md). The server turns that into the exact vr_response/object/page layout and framing,
 so dispatchers never deal with bytes, paging or sequence numbers.
 
 The datapath's request-handler seams (:class:`IRequestHandler`, :class:`IBridgeRoutes`,

@@ -1,4 +1,4 @@
-"""Netlink framing of the ksync channel (spec section 3), sans-IO.
+"""Netlink framing of the ksync channel (docs/protocols/ksync.md), sans-IO.
 
 Every message is ``nlmsghdr`` (16 bytes) + ``genlmsghdr`` (4) + ``nlattr`` (4) + Sandesh
 payload, headers in host (x86 little-endian) order. On a stream socket the netlink

@@ -274,7 +274,7 @@ class KsyncServerProtocol(Protocol):
 
 
 def execute(dispatcher: IKsyncDispatcher, request: Any, log: Logger | None = None) -> list[bytes]:
-    """Run one request through ``dispatcher`` and lay out the reply payloads (spec 2.4)."""
+    """Run one request through ``dispatcher`` and lay out the reply payloads (docs/protocols/ksync.md, "Replies")."""
     if log is None:
         log = _LOG
     try:

@@ -1,27 +1,39 @@
 """DHCPv4 messages (RFC 2131/2132): the BOOTP header and the options, both directions.
 
-A cold path (a few messages per VM per lease), so the fixed 236-byte BOOTP layout is
-declared with ``construct`` where it reads best; the options are a plain TLV walk with
-every length checked. One error class, :class:`DhcpError`.
+A cold path (a few messages per VM per lease), so both the fixed 236-byte BOOTP layout
+and the option TLVs are declared with ``construct``: the layout reads as the RFC's table.
+Every option length is checked against what is left. One error class, :class:`DhcpError`.
 """
 
 from __future__ import annotations
 
-import struct
 from typing import Final, NamedTuple
 
-from construct import Bytes, Const, ConstructError, Int8ub, Int16ub, Int32ub, Struct
+from construct import (
+    Bytes,
+    Const,
+    ConstructError,
+    GreedyBytes,
+    Int8ub,
+    Int16ub,
+    Int32ub,
+    Pass,
+    Prefixed,
+    Struct,
+    Switch,
+    this,
+)
 
 __all__ = [
     "BOOTP_LEN",
     "MAGIC",
+    "MSG",
+    "OPT",
     "DhcpError",
     "DhcpMessage",
-    "parse",
     "build",
     "encode_options",
-    "OPT",
-    "MSG",
+    "parse",
 ]
 
 #: RFC 2132 option codes used here
@@ -80,6 +92,13 @@ _BOOTP = Struct(
 ).compile()
 assert _BOOTP.sizeof() == BOOTP_LEN
 _COOKIE = Const(MAGIC)
+#: One option: PAD (0) and END (255) are a lone code byte; every other code is followed
+#: by a length byte and that many value bytes (RFC 2132 section 2).
+_OPTION = Struct(
+    "code" / Int8ub,
+    "value" / Switch(this.code, {0: Pass, 255: Pass}, default=Prefixed(Int8ub, GreedyBytes)),
+).compile()
+_U32 = Int32ub.compile()
 
 
 class DhcpError(ValueError):
@@ -115,23 +134,24 @@ class DhcpMessage(NamedTuple):
 
 def _options(data: bytes | memoryview) -> dict[int, bytes]:
     opts: dict[int, bytes] = {}
-    i, n = 0, len(data)
+    raw = bytes(data)
+    i, n = 0, len(raw)
     while i < n:
-        code = data[i]
-        if code == 0:
-            i += 1
-            continue
+        code = raw[i]
+        if code not in (0, 255):
+            if i + 1 >= n:
+                raise DhcpError(f"option {code} at offset {i} has no length byte")
+            if i + 2 + raw[i + 1] > n:
+                raise DhcpError(f"option {code} of {raw[i + 1]} bytes runs past the message")
+        opt = _OPTION.parse(raw[i:])
         if code == 255:
             return opts
-        if i + 1 >= n:
-            raise DhcpError(f"option {code} at offset {i} has no length byte")
-        length = data[i + 1]
-        end = i + 2 + length
-        if end > n:
-            raise DhcpError(f"option {code} of {length} bytes runs past the message")
+        if opt.value is None:  # PAD
+            i += 1
+            continue
         # RFC 3396: a repeated option is concatenated
-        opts[code] = opts.get(code, b"") + bytes(data[i + 2 : end])
-        i = end
+        opts[code] = opts.get(code, b"") + opt.value
+        i += 2 + len(opt.value)
     return opts  # no END option: tolerated, as most servers do
 
 
@@ -170,12 +190,10 @@ def encode_options(options: list[tuple[int, bytes]]) -> bytes:
     for code, value in options:
         if not 0 < code < 255:
             raise DhcpError(f"option code {code}")
-        if not value:
-            out += bytes((code, 0))
-        for i in range(0, len(value), 255):
-            chunk = value[i : i + 255]
-            out += bytes((code, len(chunk))) + chunk
-    out.append(255)
+        chunks = [value[i : i + 255] for i in range(0, len(value), 255)] or [b""]
+        for chunk in chunks:
+            out += _OPTION.build(dict(code=code, value=bytes(chunk)))
+    out += _OPTION.build(dict(code=255, value=None))
     return bytes(out)
 
 
@@ -210,4 +228,4 @@ def build(msg: DhcpMessage, options: list[tuple[int, bytes]]) -> bytes:
 
 def u32(value: int) -> bytes:
     """A 4-byte big-endian option value (lease time)."""
-    return struct.pack("!I", value & 0xFFFFFFFF)
+    return _U32.build(value & 0xFFFFFFFF)

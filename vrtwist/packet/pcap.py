@@ -1,13 +1,14 @@
 """Classic libpcap files: read and write (vtest inputs and expected outputs).
 
-The 24-byte global header is declared with ``construct`` (cold path, read once); the
-per-record loop uses a precompiled ``struct``. Both byte orders and the microsecond and
+Reading and writing pcaps is a cold path (vtest inputs, expected outputs and captures),
+so both the 24-byte global header and the 16-byte record header are ``construct``
+declarations, compiled once per byte order. Both byte orders and the microsecond and
 nanosecond magics are read; files are written little-endian, microseconds.
+``vrtwist.vtest.pcap`` reads with the same declarations.
 """
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Iterable, Iterator
 from typing import BinaryIO, NamedTuple
 
@@ -35,8 +36,27 @@ def _global(order: str) -> cs.Struct:
     )
 
 
-_GLOBAL = {"<": _global("<"), ">": _global(">")}
-_RECORD = {"<": struct.Struct("<IIII"), ">": struct.Struct(">IIII")}
+def _record(order: str) -> cs.Struct:
+    u32 = cs.Int32ul if order == "<" else cs.Int32ub
+    return cs.Struct(
+        "ts_sec" / u32,
+        "ts_frac" / u32,  # microseconds or nanoseconds, after the magic
+        "incl_len" / u32,  # bytes of the frame stored in the file
+        "orig_len" / u32,  # bytes of the frame on the wire
+    )
+
+
+GLOBAL_LEN = 24
+RECORD_LEN = 16
+#: The global and record header declarations by byte order ("<" or ">").
+GLOBAL_HEADER = {"<": _global("<").compile(), ">": _global(">").compile()}
+RECORD_HEADER = {"<": _record("<").compile(), ">": _record(">").compile()}
+_MAGICS = {
+    MAGIC_US.to_bytes(4, "little"): ("<", False),
+    MAGIC_US.to_bytes(4, "big"): (">", False),
+    MAGIC_NS.to_bytes(4, "little"): ("<", True),
+    MAGIC_NS.to_bytes(4, "big"): (">", True),
+}
 
 
 class PcapRecord(NamedTuple):
@@ -53,14 +73,16 @@ class PcapHeader(NamedTuple):
     nanoseconds: bool
 
 
+def byte_order(head: bytes) -> tuple[str, bool] | None:
+    """("<" or ">", nanoseconds?) from a file's first four bytes; None if not a pcap magic."""
+    return _MAGICS.get(bytes(head[:4]))
+
+
 def _order(head: bytes) -> tuple[str, bool]:
-    for order in ("<", ">"):
-        (magic,) = struct.unpack(order + "I", head[:4])
-        if magic == MAGIC_US:
-            return order, False
-        if magic == MAGIC_NS:
-            return order, True
-    raise PacketError(f"pcap: bad magic {head[:4].hex()}")
+    found = byte_order(head)
+    if found is None:
+        raise PacketError(f"pcap: bad magic {head[:4].hex()}")
+    return found
 
 
 def parse(data: bytes) -> tuple[PcapHeader, list[PcapRecord]]:
@@ -73,9 +95,9 @@ def _read(view: memoryview) -> tuple[PcapHeader, Iterator[PcapRecord]]:
     if len(view) < 24:
         raise PacketError(f"pcap: {len(view)} bytes is shorter than the 24-byte header")
     order, ns = _order(bytes(view[:4]))
-    g = _GLOBAL[order].parse(bytes(view[:24]))
+    g = GLOBAL_HEADER[order].parse(bytes(view[:24]))
     header = PcapHeader(int(g.snaplen), int(g.network), ns)
-    rec = _RECORD[order]
+    rec = RECORD_HEADER[order]
     scale = 1e-9 if ns else 1e-6
 
     def records() -> Iterator[PcapRecord]:
@@ -84,13 +106,16 @@ def _read(view: memoryview) -> tuple[PcapHeader, Iterator[PcapRecord]]:
         while pos < end:
             if end - pos < 16:
                 raise PacketError(f"pcap: truncated record header at offset {pos}")
-            sec, frac, incl, orig = rec.unpack_from(view, pos)
+            r = rec.parse(bytes(view[pos : pos + 16]))
             pos += 16
+            incl = r.incl_len
             if incl > end - pos:
                 raise PacketError(
                     f"pcap: record at {pos - 16} claims {incl} bytes, {end - pos} left"
                 )
-            yield PcapRecord(sec + frac * scale, bytes(view[pos : pos + incl]), orig)
+            yield PcapRecord(
+                r.ts_sec + r.ts_frac * scale, bytes(view[pos : pos + incl]), r.orig_len
+            )
             pos += incl
 
     return header, records()
@@ -111,24 +136,24 @@ def dumps(
 ) -> bytes:
     """A pcap file (little-endian, microseconds) holding ``frames``."""
     out = bytearray(
-        _GLOBAL["<"].build(
+        GLOBAL_HEADER["<"].build(
             dict(
                 magic=MAGIC_US, version_major=2, version_minor=4, thiszone=0, sigfigs=0,
                 snaplen=snaplen, network=network,
             )
         )
     )  # fmt: skip
-    pack = _RECORD["<"].pack
+    record = RECORD_HEADER["<"]
     for item in frames:
         if isinstance(item, PcapRecord):
             ts, data, orig = item.timestamp, item.data, item.orig_len
         else:
             ts, data, orig = 0.0, item, len(item)
         sec = int(ts)
-        usec = int(round((ts - sec) * 1e6))
+        usec = round((ts - sec) * 1e6)
         if usec >= 1000000:
             sec, usec = sec + 1, usec - 1000000
-        out += pack(sec, usec, len(data), orig)
+        out += record.build(dict(ts_sec=sec, ts_frac=usec, incl_len=len(data), orig_len=orig))
         out += data
     return bytes(out)
 

@@ -44,7 +44,7 @@ __all__ = [
     "T_IPADDR",
 ]
 
-# Sandesh wire type codes (spec 1.3). Thrift codes plus the Sandesh extensions.
+# Sandesh wire type codes (docs/protocols/ksync.md). Thrift codes plus the Sandesh extensions.
 T_STOP = 0
 T_BOOL = 2
 T_BYTE = 3
@@ -68,7 +68,7 @@ T_IPADDR = 24
 
 #: struct format character, size and (min, max) accepted on encode for each scalar code.
 #: Decoding yields the declared signedness; encoding also accepts the other signedness
-#: of the same width, because address/port fields hold network-order bytes (spec 1.7).
+#: of the same width, because address/port fields hold network-order bytes (docs/protocols/ksync.md).
 SCALAR_FORMAT: dict[int, str] = {
     T_BYTE: "B",
     T_I16: "h",

@@ -2,7 +2,7 @@
 
 vRouter integer fields that carry IPv4 addresses, L4 ports or IPv6 halves hold the
 address as it sits in memory in network order, read as an x86 (little-endian) integer
-(spec 1.7): IPv4 1.2.3.4 in ``vifr_ip`` is the integer 0x04030201 and travels as
+(docs/protocols/ksync.md): IPv4 1.2.3.4 in ``vifr_ip`` is the integer 0x04030201 and travels as
 ``04 03 02 01``. These helpers let callers work with address strings and plain port
 numbers instead. Byte-list fields (``rtr_prefix``, ``vifr_mac``, ``nhr_tun_sip6`` ...)
 are plain network-order bytes.

@@ -1,4 +1,4 @@
-"""Constants carried inside vr.sandesh messages (spec 2.1, 2.4, 2.7, 5.6).
+"""Constants carried inside vr.sandesh messages (``vr.sandesh``, ``vr_defs.h``, ``vr_flow.h``).
 
 Plain module-level integers, named as in the vRouter's C headers so that code reads like
 the real handlers (``VIF_TYPE_VIRTUAL``, ``NH_FLAG_VALID`` ...).

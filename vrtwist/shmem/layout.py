@@ -1,8 +1,8 @@
-"""Byte layouts and constants of ``flow.shmem`` and ``bridge.shmem`` (spec section 5).
+"""Byte layouts and constants of ``flow.shmem`` and ``bridge.shmem`` (docs/protocols/shmem.md).
 
 All structs are packed, host order (x86-64 little-endian) except the flow key's
 addresses and ports, which hold network-order bytes.  Offsets were checked
-against the spec's tables; tests re-derive them with an independent reader.
+against the published tables; tests re-derive them with an independent reader.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ OFF_FE_FLAGS = 88
 OFF_FE_ACTION = 92
 OFF_FE_STATS = 104
 OFF_FE_TYPE = 117
-# whole entry, field order of spec 5.4 (pointers kept as raw u64)
+# whole entry, field order of ``struct vr_flow_entry`` (pointers kept as raw u64)
 FLOW_ENTRY = struct.Struct("<QIIIBBh45sBHQIiHHHHHBBIIIHBbBBHIQ124x")
 # 21..88: ttl, qos, key(45), gen, tcp_flags, hold_list, tcp_seq, rflow
 FLOW_PART_A = struct.Struct("<Bh45sBHQIi")

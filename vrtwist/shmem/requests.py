@@ -2,7 +2,7 @@
 
 ``vr_flow_req`` (FLOW_SET), ``vr_flow_table_data``, ``vr_bridge_table_data`` and
 AF_BRIDGE ``vr_route_req`` are answered here; the datapath dispatcher routes them by
-message name (``IDatapath.register`` / ``register_bridge``).  Replies follow spec 2.4:
+message name (``IDatapath.register`` / ``register_bridge``).  Replies follow docs/protocols/ksync.md:
 one ``vr_response`` first, the object (if any) in the same transport message.
 """
 

@@ -4,7 +4,7 @@ guestinfo is VMX ``extraConfig``: the appliance writes configuration the guest
 reads (read-only keys, ``/`` separators after ``guestinfo.vice./``), and the
 guest publishes state the appliance reads (read-write keys, ``.`` separators
 after ``guestinfo.vice..``). Map entries and slice indices join with ``|``;
-``@secret`` and ``@non-persistent`` go at the very end (spec vic-relay 2.2).
+``@secret`` and ``@non-persistent`` go at the very end (docs/protocols/vic.md).
 
 Transports: inside a VM, ``vmware-rpctool 'info-get KEY'`` / ``'info-set KEY
 VALUE'`` (the backdoor RPC); anywhere else, :class:`FileTransport`, one file per
@@ -224,7 +224,7 @@ def detectTransport(
 
 @dataclass
 class SessionState:
-    """What the tether publishes about one session (spec 2.2 table)."""
+    """What the tether publishes about one session (VIC's container executor fields)."""
 
     started: str | None
     status: int | None

@@ -1,7 +1,7 @@
 """Test doubles shipped with the package (as treq ships ``treq.testing``).
 
 :class:`FakeESX` plays an ESX host's side of one proxied serial port, replaying
-the handshake captured from a real ESXi host (spec vic-relay 1.4) and answering
+the handshake captured from a real ESXi host (vmware/vspc's packet capture; docs/protocols/vic.md) and answering
 the proxy's identification requests. :class:`RecordingBackend` is an appliance
 backend that records what it gets and can stall on purpose.
 """
@@ -82,7 +82,7 @@ class FakeESX(Protocol, _Waiting):
         self.lostDeferred: Deferred[None] = Deferred()
 
     def connectionMade(self) -> None:
-        # The order of the capture (spec 1.4, rows 1-11), without waiting for replies.
+        # The order of the capture (its first 11 exchanges), without waiting for replies.
         w = T.encodeNegotiation
         script = [
             w(T.WILL, T.AUTHENTICATION),

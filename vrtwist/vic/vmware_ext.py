@@ -1,7 +1,7 @@
 """VMWARE-TELNET-EXT (TELNET option 232) commands, sans-IO.
 
 The wire form is ``IAC SB 232 <cmd> <params> IAC SE``; params are raw bytes
-with no length field (spec vic-relay 1.2/1.3). Only the pieces that need care
+with no length field (docs/protocols/vic.md). Only the pieces that need care
 live here: the command table, the subset we implement, DO-PROXY parsing and the
 VC UUID normalisation that keys a VM.
 """

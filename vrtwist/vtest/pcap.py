@@ -1,18 +1,17 @@
-"""pcap files as the vtest driver reads them, and the frame-by-frame comparison (sans-IO)."""
+"""pcap files as the vtest driver reads them, and the frame-by-frame comparison (sans-IO).
+
+The headers are the ``construct`` declarations of :mod:`vrtwist.packet.pcap`; this reader
+adds vtest's limits (file and record sizes) and its own error class.
+"""
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Sequence
 
-__all__ = ["PcapError", "compare_frames", "read_pcap", "parse_pcap"]
+from vrtwist.packet.pcap import RECORD_HEADER, RECORD_LEN, byte_order
 
-_MAGICS = {
-    b"\xd4\xc3\xb2\xa1": "<",  # microseconds, little-endian
-    b"\xa1\xb2\xc3\xd4": ">",
-    b"\x4d\x3c\xb2\xa1": "<",  # nanoseconds
-    b"\xa1\xb2\x3c\x4d": ">",
-}
+__all__ = ["PcapError", "compare_frames", "parse_pcap", "read_pcap"]
+
 MAX_PCAP = 64 * 1024 * 1024
 MAX_RECORD = 262144
 
@@ -25,19 +24,19 @@ def parse_pcap(data: bytes) -> list[bytes]:
     """The frames of a classic pcap file (any endianness, µs or ns timestamps)."""
     if len(data) < 24:
         raise PcapError("shorter than a pcap header (%d bytes)" % len(data))
-    order = _MAGICS.get(data[:4])
-    if order is None:
+    found = byte_order(data[:4])
+    if found is None:
         raise PcapError("bad magic %s" % data[:4].hex())
-    record = struct.Struct(order + "IIII")
+    record = RECORD_HEADER[found[0]]
     frames: list[bytes] = []
     at = 24
     while at < len(data):
-        if at + 16 > len(data):
+        if at + RECORD_LEN > len(data):
             raise PcapError("record %d: truncated header" % (len(frames) + 1))
-        _sec, _frac, incl, _orig = record.unpack_from(data, at)
+        incl = record.parse(data[at : at + RECORD_LEN]).incl_len
         if incl > MAX_RECORD:
             raise PcapError("record %d: %d bytes is too large" % (len(frames) + 1, incl))
-        at += 16
+        at += RECORD_LEN
         if at + incl > len(data):
             raise PcapError("record %d: truncated data" % (len(frames) + 1))
         frames.append(data[at : at + incl])

@@ -1,7 +1,7 @@
 """Read vRouter vtest XML files into Sandesh requests and expectations (sans-IO).
 
 The format has no schema upstream; this follows what the vtest driver read
-(``utils/vtest`` of the vRouter, and ``../shared/peer/vtest/README.md``): the root's
+(``tungstenfabric/tf-vrouter:utils/vtest``, summarised in docs/protocols/vtest.md): the root's
 children are ``test_name``, ``message``, ``packet`` and ``control``; a message holds
 one request element named after a Sandesh struct, an optional ``<return>`` (default 0)
 and an optional ``<expect>`` whose single child's name starts with a struct name.

@@ -49,7 +49,7 @@ def resolve_request(sha: bytes, spa: bytes, tpa: bytes) -> bytes:
 
 
 class FabricResolver:
-    """Resolves the fabric MACs of the remote nodes the tunnels lead to (spec 2.4d).
+    """Resolves the fabric MACs of the remote nodes the tunnels lead to (as the real agent's ARP handler does).
 
     ``wanted`` lists the addresses to keep resolved; each gets a broadcast request on the
     fabric vif at once and every ``RESOLVE_RETRY`` seconds until an ARP packet from it
