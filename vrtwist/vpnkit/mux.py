@@ -523,6 +523,9 @@ class Channel:
         self._drop_buffers()
         self._producer = None
         proto = self.protocol
+        # As tcp.Connection does: the protocol keeps its transport, the finished
+        # transport lets go of the protocol (no channel <-> protocol cycle).
+        self.protocol = None
         if proto is not None:
             try:
                 proto.connectionLost(reason)
