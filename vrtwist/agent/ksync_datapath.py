@@ -66,7 +66,6 @@ class DatapathSync:
     def __init__(self, model: DatapathModel, *, window: int = 128,
                  schedule: Callable[[Callable[[], None]], object] | None = None) -> None:
         self.model = model
-        self.window = window
         # with ``schedule`` (e.g. ``lambda f: reactor.callLater(0, f)``) a change starts a
         # batch at the end of the reactor turn, so the changes of every request and XMPP
         # read handled in one turn are planned and bunched together
@@ -93,6 +92,15 @@ class DatapathSync:
         self.requests_sent = 0
         self.tables: dict[str, Any] = {}
         model.listeners.append(self.changed)
+
+    @property
+    def window(self) -> int:
+        """Requests that may be unanswered at once (across batches)."""
+        return self.flight.window
+
+    @window.setter
+    def window(self, value: int) -> None:
+        self.flight.window = value
 
     @property
     def applied(self) -> dict[Key, tuple[str, dict[str, Any]]]:
