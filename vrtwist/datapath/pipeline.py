@@ -38,6 +38,7 @@ from vrtwist.datapath.pipeline_flows import FlowStage
 from vrtwist.datapath.pipeline_tunnels import TunnelStage
 from vrtwist.datapath.tables import Interface, NextHop
 from vrtwist.packet.checksum import checksum, checksum_update16
+from vrtwist.shmem.interfaces import IFlowDatapath
 from vrtwist.shmem.jhash import jhash
 
 __all__ = ["Pipeline", "Packet"]
@@ -504,9 +505,11 @@ class Pipeline(FlowStage, TunnelStage, ArpStage):
             return self._drop(pkt, D.DROP_INVALID_NH)
         index = pkt.ecmp_nh_index
         if not 0 <= index < count:
-            index = self._ecmp_hash(pkt) % count
+            index = self._ecmp_select(pkt, nh, count)
+            if index < 0:
+                return self._drop(pkt, D.DROP_INVALID_NH)
         member, label = nh.components[index]
-        if member is None:
+        if member is None:  # the flow's member went away: an active one instead
             active = [(c, lb) for c, lb in nh.components if c is not None]
             if not active:
                 return self._drop(pkt, D.DROP_INVALID_NH)
@@ -515,6 +518,51 @@ class Pipeline(FlowStage, TunnelStage, ArpStage):
             pkt.label = label
         self._vrf_count(pkt.dvrf, "ecmp_composites")
         self._nh_output(pkt, member)
+
+    def _ecmp_select(self, pkt: Packet, nh: NextHop, count: int) -> int:
+        """``nh_composite_ecmp_select_nh`` without a usable index from the flow.
+
+        A flow's packets first try the member its reverse flow came in on, then the
+        hash; an empty slot falls back to the active members. The choice is written
+        into the flow entry (``fe_ecmp_nh_index``) so later packets skip all this.
+        """
+        components = nh.components
+        flows = self.flows
+        flow_index = pkt.flow_index
+        index = -1
+        if flow_index >= 0 and flows is not None:
+            index = self._ecmp_reverse_member(flows, flow_index, components)
+        if index < 0:
+            index = self._ecmp_hash(pkt) % count
+            if components[index][0] is None:
+                active = [i for i, (c, _lb) in enumerate(components) if c is not None]
+                if not active:
+                    return -1
+                index = active[self._ecmp_hash(pkt) % len(active)]
+        if flow_index >= 0 and flows is not None:
+            flows.set_ecmp_index(flow_index, index)
+            pkt.ecmp_nh_index = index
+        return index
+
+    @staticmethod
+    def _ecmp_reverse_member(
+        flows: IFlowDatapath, flow_index: int, components: list[tuple[NextHop | None, int]]
+    ) -> int:
+        """The member leading back to where the reverse flow's packets came from, or -1."""
+        rflow = flows.verdict(flow_index).rflow
+        if rflow < 0 or rflow == flow_index:
+            return -1
+        src = flows.src_info(rflow)
+        if src < 0:
+            return -1
+        for i, (member, _label) in enumerate(components):
+            if member is None:
+                continue
+            if member.type == C.NH_TUNNEL and member.tun_dip & 0xFFFFFFFF == src:
+                return i
+            if member.type == C.NH_ENCAP and member.oif is not None and member.oif.idx == src:
+                return i
+        return -1
 
     def _ecmp_hash(self, pkt: Packet) -> int:
         key = self._flow_key(pkt)

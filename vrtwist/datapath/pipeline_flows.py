@@ -41,6 +41,7 @@ __all__ = ["FlowStage"]
 
 _FLOW_KEY6 = struct.Struct("<BBH4sI32s")
 _SEQ_ACK = struct.Struct("!II")
+_ECMP_FLAGS = C.NH_FLAG_COMPOSITE_ECMP | C.NH_FLAG_COMPOSITE_LU_ECMP
 #: ICMP/ICMPv6 types whose identifier makes the source port (echo, timestamp, mask)
 _ICMP_ID_TYPES = frozenset((0, 8, 13, 14, 17, 18, 128, 129))
 
@@ -194,13 +195,7 @@ class FlowStage(PipelineCore):
 
     def _flow_action(self, pkt: Packet, v: FlowVerdict) -> bool:
         """``vr_flow_action``: RPF, VRF translate, mirror, then the action."""
-        tables = self.tables
-        src_nh = tables.nexthops.get(v.src_nh_index)
-        if src_nh is None:
-            self._drop(pkt, D.DROP_INVALID_NH)
-            return False
-        if not self._validate_src(pkt, src_nh):
-            self._drop(pkt, D.DROP_INVALID_SOURCE)
+        if not self._rpf(pkt, v):
             return False
         pkt.dvrf = v.vrf
         if v.flags & FE_VRFT:
@@ -233,6 +228,20 @@ class FlowStage(PipelineCore):
             U16.pack_into(b, l3 + 10, checksum_update16(csum, old, (v.ttl << 8) | b[l3 + 9]))
         return True
 
+    def _rpf(self, pkt: Packet, v: FlowVerdict) -> bool:
+        """The flow's source next hop must exist and accept where the packet came from."""
+        src_nh = self.tables.nexthops.get(v.src_nh_index)
+        if src_nh is None:
+            self._drop(pkt, D.DROP_INVALID_NH)
+            return False
+        if src_nh.type == C.NH_COMPOSITE and src_nh.flags & _ECMP_FLAGS:
+            valid = self._validate_ecmp_src(pkt, src_nh, v)
+        else:
+            valid = self._validate_src(pkt, src_nh)
+        if not valid:
+            self._drop(pkt, D.DROP_INVALID_SOURCE)
+        return valid
+
     def _validate_src(self, pkt: Packet, nh: NextHop) -> bool:
         if nh.type == C.NH_ENCAP:
             return nh.oif is pkt.vif
@@ -241,6 +250,17 @@ class FlowStage(PipelineCore):
         if nh.type == C.NH_COMPOSITE:
             return any(c is not None and self._validate_src(pkt, c) for c, _ in nh.components)
         return True
+
+    def _validate_ecmp_src(self, pkt: Packet, nh: NextHop, v: FlowVerdict) -> bool:
+        """``nh_ecmp_validate_src``: any member may be the source; a different member than
+        the reverse flow uses becomes the reverse flow's ECMP index (RPF over ECMP)."""
+        for i, (member, _label) in enumerate(nh.components):
+            if member is not None and self._validate_src(pkt, member):
+                flows = self.flows
+                if v.rflow >= 0 and flows is not None:
+                    flows.set_ecmp_index(v.rflow, i)
+                return True
+        return False
 
     def _nat(self, pkt: Packet, v: FlowVerdict) -> bool:
         """``vr_inet_flow_nat``: addresses and ports from the reverse flow's key."""
