@@ -41,7 +41,8 @@ from vrtwist.packet.checksum import checksum, checksum_update16
 from vrtwist.shmem.interfaces import IFlowDatapath
 from vrtwist.shmem.jhash import jhash
 
-__all__ = ["Pipeline", "Packet"]
+__all__ = ["Packet", "Pipeline"]
+ZERO_MAC = bytes(6)
 
 
 @implementer(IPacketPipeline)
@@ -210,19 +211,20 @@ class Pipeline(FlowStage, TunnelStage, ArpStage):
         if pkt.to_me:
             return self._l3_input(pkt)
         vif = pkt.vif
+        if vif.flags & C.VIF_FLAG_MAC_LEARN or (
+            pkt.nh is not None and pkt.nh.flags & C.NH_FLAG_MAC_LEARN
+        ):
+            self._bridge_learn(pkt)
         buf = pkt.buf
         off = pkt.off
         from_vm = vif.type == C.VIF_TYPE_VIRTUAL
         multicast = pkt.flags & D.VP_FLAG_MULTICAST
         if (
             from_vm
-            and pkt.type == D.VP_TYPE_ARP
-            and (not multicast or vif.flags & C.VIF_FLAG_MAC_PROXY)
+            and (multicast or pkt.type == D.VP_TYPE_ARP)
+            and self._vm_bridge_control(pkt, vif, multicast)
         ):
-            if self._arp_input(pkt):
-                return
-        if from_vm and multicast and pkt.type == D.VP_TYPE_IP and self._dhcp_client(pkt):
-            return self._trap(pkt, D.TRAP_L3_PROTOCOLS)
+            return
         if multicast:
             if vif.mcast_vrf != 65535:
                 pkt.dvrf = vif.mcast_vrf
@@ -255,6 +257,58 @@ class Pipeline(FlowStage, TunnelStage, ArpStage):
         ):
             return self._drop(pkt, D.DROP_INVALID_SOURCE)
         self._nh_output(pkt, nh)
+
+    def _vm_bridge_control(self, pkt: Packet, vif: Interface, multicast: int) -> bool:
+        """Step 2 of ``vr_bridge_input`` for a VM's ARP and multicast: True if consumed.
+
+        Unicast ARP (any ARP with MAC_PROXY) is answered, a DHCP client's broadcast is
+        trapped, and with MAC_PROXY a multicast neighbour solicitation is answered.
+        """
+        ptype = pkt.type
+        if ptype == D.VP_TYPE_ARP:
+            return (not multicast or bool(vif.flags & C.VIF_FLAG_MAC_PROXY)) and self._arp_input(
+                pkt
+            )
+        if ptype == D.VP_TYPE_IP:
+            if self._dhcp_client(pkt):
+                self._trap(pkt, D.TRAP_L3_PROTOCOLS)
+                return True
+            return False
+        return (
+            ptype == D.VP_TYPE_IP6
+            and bool(vif.flags & C.VIF_FLAG_MAC_PROXY)
+            and self._neighbor_input(pkt)
+        )
+
+    def _bridge_learn(self, pkt: Packet) -> None:
+        """``vr_bridge_learn``: an unknown source MAC gets an entry pointing at the
+        broadcast entry's next hop (MAC_NEW) and is trapped MAC_LEARN; a known one that
+        fails its source check is flagged MAC_MOVED and trapped MAC_MOVE. The frame itself
+        goes on either way. The table's size bounds what a storm of source MACs can take,
+        the per-vif trap budget what it can send to the agent."""
+        buf = pkt.buf
+        at = pkt.off + 6
+        smac = bytes(buf[at : at + 6])
+        if smac[0] & 1 or smac == ZERO_MAC:
+            return
+        vrf = pkt.dvrf
+        hit = self.bridge_lookup(vrf, smac)
+        bridge = self.datapath.bridge
+        if hit is None:
+            flood = self.bridge_lookup(vrf, BCAST)
+            if flood is None:
+                return
+            index = bridge.learn(vrf, smac, flood[1])
+            if index >= 0:
+                self._trap(pkt, D.TRAP_MAC_LEARN, param=index)
+            return
+        if hit[3] & (C.VR_BE_MAC_NEW_FLAG | C.VR_BE_MAC_MOVED_FLAG):
+            return  # the agent has been told already
+        nh = self.tables.nexthops.get(hit[1])
+        if nh is None or self._validate_src(pkt, nh):
+            return
+        bridge.mark_moved(vrf, smac)
+        self._trap(pkt, D.TRAP_MAC_MOVE, param=hit[0])
 
     def _mss_adjust(self, pkt: Packet, overlay: int) -> None:
         """TCP MSS clamp of a SYN from a VM (the DPDK vRouter's ``vr_mss_adjust``).
@@ -331,6 +385,8 @@ class Pipeline(FlowStage, TunnelStage, ArpStage):
         if pkt.type == D.VP_TYPE_IP:
             return self._ip_input(pkt)
         if pkt.type == D.VP_TYPE_IP6:
+            if pkt.buf[pkt.l3 + 6 : pkt.l3 + 7] == b"\x3a" and self._neighbor_input(pkt):
+                return  # a solicitation to the router's MAC answered by proxy
             return self._forward(pkt)
         if pkt.type == D.VP_TYPE_ARP:
             pkt.off = pkt.start
@@ -471,11 +527,10 @@ class Pipeline(FlowStage, TunnelStage, ArpStage):
             return self._ecmp(pkt, nh)
         if (
             nh.flags & C.NH_FLAG_MCAST
-            and pkt.type == D.VP_TYPE_ARP
             and pkt.vif.type == C.VIF_TYPE_VIRTUAL
-            and self._arp_input(pkt)
+            and self._mcast_control(pkt)
         ):
-            return  # nh_handle_mcast_control_pkt: a broadcast ARP answered by proxy
+            return  # nh_handle_mcast_control_pkt: answered by proxy or given to the agent
         members = [(c, label) for c, label in nh.components if c is not None]
         ingress = pkt.vif
         sent = False
@@ -490,6 +545,12 @@ class Pipeline(FlowStage, TunnelStage, ArpStage):
             sent = True
         self._vrf_count(pkt.dvrf, "l2_mcast_composites")
         self._drop(pkt, D.DROP_CLONED_ORIGINAL if sent else D.DROP_DISCARD)
+
+    def _mcast_control(self, pkt: Packet) -> bool:
+        """A VM's ARP or IPv6 control packet in the multicast next hop: True if consumed."""
+        if pkt.type == D.VP_TYPE_ARP:
+            return self._arp_input(pkt)
+        return pkt.type == D.VP_TYPE_IP6 and self._ip6_mcast_control(pkt)
 
     @staticmethod
     def _replica(pkt: Packet, label: int) -> Packet:

@@ -357,6 +357,12 @@ class PipelineCore:
     def _nh_output(self, pkt: Packet, nh: NextHop) -> None:
         raise NotImplementedError
 
+    def _neighbor_input(self, pkt: Packet) -> bool:
+        raise NotImplementedError
+
+    def _validate_src(self, pkt: Packet, nh: NextHop) -> bool:
+        raise NotImplementedError
+
 
 def ip4_header(length: int, ident: int, proto: int, sip: bytes, dip: bytes) -> bytes:
     """An outer IPv4 header: TOS 0, DF clear, TTL 64, valid checksum."""
