@@ -75,6 +75,9 @@ class Pipeline(FlowStage, TunnelStage, ArpStage):
         self.flow_last_used.clear()
         self._port_cache.clear()
         self.vrf_stats.clear()
+        self.frag_table.clear()
+        self.frag_assembler.clear()
+        self.frag_release.clear()
 
     def receive(self, vif_index: int, frame: Frame) -> None:
         vif = self.tables.interfaces.get(vif_index)
@@ -107,6 +110,8 @@ class Pipeline(FlowStage, TunnelStage, ArpStage):
             self._vlan_rx(pkt, vif)
         else:
             self._drop(pkt, D.DROP_INVALID_IF)
+        if self.frag_release:
+            self.release_fragments()
 
     def _sub_vif(self, parent: Interface, vlan: int) -> Interface | None:
         """The VIRTUAL_VLAN sub-interface of ``parent`` for ``vlan`` (``vif_sub_interfaces``)."""

@@ -55,8 +55,16 @@ def _counter(name: str) -> str:
     return _SPECIAL.get(short, short.lower())
 
 
+def _reason_ids() -> list[str]:
+    """Reason names by id: the drop log's name map has no INVALID_HBS_PKT (49), the ids do."""
+    names = list(DROP_REASONS[1:-1])
+    if "VP_DROP_INVALID_HBS_PKT" not in names:
+        names.insert(names.index("VP_DROP_NO_FRAG_ENTRY"), "VP_DROP_INVALID_HBS_PKT")
+    return names
+
+
 #: reason id -> the ``vr_drop_stats_req`` field name without its ``vds_`` prefix
-DROP_COUNTER: tuple[str, ...] = tuple(_counter(n) for n in DROP_REASONS[1:-1])
+DROP_COUNTER: tuple[str, ...] = tuple(_counter(n) for n in _reason_ids())
 
 # AGENT_TRAP_* codes (agent_hdr.hdr_cmd)
 TRAP_ARP = 2
@@ -92,6 +100,8 @@ VP_FLAG_FLOW_GET = 0x4
 VP_FLAG_FLOW_SET = 0x8
 VP_FLAG_MULTICAST = 0x10
 VP_FLAG_DIAG = 0x100
+#: vrtwist's own: a fragment the assembler let go (not sent back there)
+VP_FLAG_FRAG_RELEASED = 0x10000
 
 VLAN_ID_INVALID = 0xFFFF
 #: ``VR_MAX_FLOW_QUEUE_ENTRIES``: packets held per HOLD flow
