@@ -8,12 +8,17 @@ flow's index to the member the packet really came from.
 
 from __future__ import annotations
 
+import io
+import shutil
+import tempfile
+
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.datapath.pipeline_world import World, ip_int, udp_frame
 from vrtwist.datapath import constants as C
 from vrtwist.shmem import layout as L
-from vrtwist.shmem.listing import format_flow
+from vrtwist.shmem.listing import FlowTableView, format_flow, write_flow_table
+from vrtwist.shmem.service import install
 
 POLICY = C.VIF_FLAG_POLICY_ENABLED
 #: wire port 7936 as a flow request field (host order of the wire bytes)
@@ -21,10 +26,10 @@ PORT = 31
 ECMP_NH = 22
 
 
-def ecmp_world() -> World:
+def ecmp_world(w: World | None = None) -> World:
     """VMs on vifs 1-3 (policy); 2.2.2.0/24 is ECMP over vif 2 (member 0) and vif 3 (member 1);
     1.1.1.1/32 goes to vif 1."""
-    w = World()
+    w = w if w is not None else World()
     w.vif(1, mac_="de:ad:be:ef:00:02", flags=POLICY)
     w.vif(2, mac_="de:ad:be:ef:00:03", flags=POLICY)
     w.vif(3, mac_="de:ad:be:ef:00:04", flags=POLICY)
@@ -116,3 +121,23 @@ class EcmpWriteBackTests(SynchronousTestCase):
         self.assertEqual(w.drops(), {"vds_invalid_source": 1})
         self.assertEqual(w.flows.entry(index).ecmp_nh_index, 1)
         self.assertEqual(w.flows.entry(rindex).ecmp_nh_index, -1)
+
+    def test_flow_list_of_the_mapped_file_shows_the_member(self) -> None:
+        """``flow -l`` reads the index from the table file the datapath wrote it into."""
+        run_dir = tempfile.mkdtemp(prefix="pf-ecmp-")
+        self.addCleanup(shutil.rmtree, run_dir, True)
+        w = World()
+        shared = install(w.dp, run_dir, 1024, 1024)
+        self.addCleanup(shared.close)
+        w.pipeline = type(w.pipeline)(w.dp, w.out, w.trap, flows=shared.flows)
+        w.flows = shared.flows
+        ecmp_world(w)
+        index = forward_flow(w)
+        w.pipeline.receive(1, FORWARD)
+        chosen = shared.flows.entry(index).ecmp_nh_index
+        self.assertIn(chosen, (0, 1))
+        view = FlowTableView(shared.flows.path)
+        self.addCleanup(view.close)
+        out = io.StringIO()
+        self.assertEqual(write_flow_table(out, view, shared.flows.table_data()), 1)
+        self.assertIn("E:%d, " % chosen, out.getvalue())
