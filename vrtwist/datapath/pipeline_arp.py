@@ -48,12 +48,16 @@ class ArpStage(PipelineCore):
         if (htype == 1 and ptype == 0x0800 and (hlen != 6 or plen != 4)) or op not in (1, 2):
             self._drop(pkt, D.DROP_INVALID_ARP)
             return True
+        if op == 2:
+            return self._arp_reply(pkt, pkt.vif)
         sha = bytes(buf[at + 8 : at + 14])
         spa = bytes(buf[at + 14 : at + 18])
         tpa = bytes(buf[at + 24 : at + 28])
+        return self._arp_request(pkt, sha, spa, tpa)
+
+    def _arp_request(self, pkt: Packet, sha: bytes, spa: bytes, tpa: bytes) -> bool:
+        """``vif_mac_request`` and ``vr_handle_arp_request`` for a request."""
         vif = pkt.vif
-        if op == 2:
-            return self._arp_reply(pkt, vif)
         grat = spa == ZERO4 or spa == tpa
         vtype = vif.type
         if vtype in VHOST_TYPES:
@@ -66,21 +70,10 @@ class ArpStage(PipelineCore):
         if pkt.vlan != D.VLAN_ID_INVALID:
             return False  # flood
         underlay = vtype == C.VIF_TYPE_PHYSICAL and pkt.label < 0
-        if grat and underlay:  # TRAP_X: a copy to the host, the original to the agent
-            self._xconnect(pkt.clone())
-            self._trap(pkt, D.TRAP_ARP)
-            return True
-        if grat and vtype == C.VIF_TYPE_PHYSICAL:
-            return False
-        if grat and vif.flags & C.VIF_FLAG_MAC_PROXY:
-            self._drop(pkt, D.DROP_INVALID_ARP)
-            return True
+        if grat:
+            return self._grat_arp(pkt, vif, underlay, tpa)
         entry = self._route(AF_INET, pkt.dvrf, int.from_bytes(tpa, "big"))
         rflags = entry.label_flags if entry is not None else 0
-        if grat:
-            if rflags & C.VR_RT_ARP_TRAP_FLAG:
-                self._trap(pkt.clone(), D.TRAP_ARP)
-            return False
         if vif.flags & C.VIF_FLAG_MAC_PROXY or rflags & 0x2:  # VR_RT_ARP_PROXY_FLAG
             mac, _stitched = self._proxy_mac(pkt, vif, entry)
             if mac is None and (vtype in VHOST_TYPES or underlay):
@@ -99,6 +92,22 @@ class ArpStage(PipelineCore):
             self._xconnect(pkt)
             return True
         return self._arp_flood(pkt)
+
+    def _grat_arp(self, pkt: Packet, vif: Interface, underlay: bool, tpa: bytes) -> bool:
+        """A gratuitous request (not from vhost, not VLAN-tagged)."""
+        if underlay:  # TRAP_X: a copy to the host, the original to the agent
+            self._xconnect(pkt.clone())
+            self._trap(pkt, D.TRAP_ARP)
+            return True
+        if vif.type == C.VIF_TYPE_PHYSICAL:
+            return False
+        if vif.flags & C.VIF_FLAG_MAC_PROXY:
+            self._drop(pkt, D.DROP_INVALID_ARP)
+            return True
+        entry = self._route(AF_INET, pkt.dvrf, int.from_bytes(tpa, "big"))
+        if entry is not None and entry.label_flags & C.VR_RT_ARP_TRAP_FLAG:
+            self._trap(pkt.clone(), D.TRAP_ARP)  # MIRROR: a copy trapped, the original flooded
+        return False
 
     def _arp_flood(self, pkt: Packet) -> bool:
         if pkt.vif.flags & C.VIF_FLAG_SERVICE_IF:
