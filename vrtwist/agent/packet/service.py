@@ -36,6 +36,7 @@ from vrtwist.logfields import Logger
 from vrtwist.pkt0.endpoints import AgentEndpoint
 from vrtwist.pkt0.transport import AGENT_SOCKET, DATAPATH_SOCKET, UnixDatagramTransport
 from vrtwist.sandesh import schema
+from vrtwist.sandesh.constants import GET as _GET
 
 __all__ = ["AgentPacketService", "KsyncFlowChannel", "LocalFlowChannel"]
 
@@ -73,10 +74,14 @@ class KsyncFlowChannel:
     """FLOW_SET over the agent's own ksync session to ``<run-dir>/dpdk_netlink``.
 
     Reconnects with back-off; while the datapath is away a request fails at once with
-    ``-ENOTCONN`` (the datapath keeps the HOLD entry and traps again later).
+    ``-ENOTCONN`` (the datapath keeps the HOLD entry and traps again later).  The session
+    is opened with a ``vrouter_ops`` GET and kept with one every :attr:`KEEPALIVE`
+    seconds: the datapath closes a session that sends no complete request within 10 s of
+    connecting, or none for 600 s, and flow misses may be rarer than that.
     """
 
     _log = Logger()
+    KEEPALIVE = 120.0
 
     def __init__(self, reactor: Any, run_dir: str) -> None:
         endpoint = UNIXClientEndpoint(reactor, os.path.join(run_dir, "dpdk_netlink"))
@@ -84,9 +89,26 @@ class KsyncFlowChannel:
         self.service = ClientService(endpoint, factory, clock=reactor)
         self._client: KsyncClientProtocol | None = None
         self.service.whenConnected(failAfterFailures=None).addCallback(self._connected)
+        self._keepalive = LoopingCall(self._ping)
+        self._keepalive.clock = reactor
 
     def _connected(self, client: Any) -> None:
         self._client = client
+        self._ping()
+        if not self._keepalive.running:
+            self._keepalive.start(self.KEEPALIVE, now=False)
+
+    def _ping(self) -> None:
+        """One cheap request, so the datapath sees a live session (answer ignored)."""
+        client = self._client
+        if client is None or client.transport is None:
+            return
+        client.request(schema.vrouter_ops(h_op=_GET)).addErrback(lambda _f: None)
+
+    def stop(self) -> None:
+        """Stop the keep-alive (the ClientService is stopped by its parent)."""
+        if self._keepalive.running:
+            self._keepalive.stop()
 
     def __call__(self, fields: dict[str, int]) -> Deferred[tuple[int, int, int]]:
         client = self._client
@@ -138,11 +160,13 @@ class AgentPacketService(MultiService):
             gid=access.gid if access is not None else None,
         )
         self.endpoint.transport = self.transport
+        self._ksync_channel: KsyncFlowChannel | None = None
         if local_datapath is not None:
             channel: Any = LocalFlowChannel(local_datapath)
         else:
             ksync = KsyncFlowChannel(reactor, run_dir)
             ksync.service.setServiceParent(self)
+            self._ksync_channel = ksync
             channel = ksync
         self.routes = RouteView(model.desired)
         self.flows = FlowSetup(self.routes, channel, reactor.seconds)
@@ -275,6 +299,8 @@ class AgentPacketService(MultiService):
         self.announcer.stop()
         self.prober.stop()
         self.resolver.stop()
+        if self._ksync_channel is not None:
+            self._ksync_channel.stop()
         self.transport.stop()
         if self._view is not None:
             self._view.close()
