@@ -36,7 +36,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from vrtwist.datapath import constants as C
-from vrtwist.datapath import offload
+from vrtwist.datapath import offload, rings
 from vrtwist.datapath.interfaces import (
     IOffloadOutput,
     IOffloadPipeline,
@@ -154,8 +154,14 @@ class Port:
         self.writing = False
         self.closed = False
         self.stats = {"rx": 0, "tx": 0, "queued": 0, "tx_full": 0, "rx_errors": 0,
-                      "rx_offload": 0, "tx_offload": 0, "gso": 0, "csum": 0}  # fmt: skip
+                      "rx_offload": 0, "tx_offload": 0, "gso": 0, "csum": 0,
+                      "rx_dropped": 0, "tx_errors": 0}  # fmt: skip
         self._pending: deque[Frame] = deque()
+        #: frames drained per wake-up
+        self.read_batch = READ_BATCH
+        #: called around each drained batch (the manager flushes the tx rings after)
+        self.batch_begin: Callable[[], None] = _nothing
+        self.batch_done: Callable[[], None] = _nothing
 
     # -- device specifics ------------------------------------------------------
     def fileno(self) -> int:
@@ -170,6 +176,14 @@ class Port:
 
     def _close(self) -> None:
         raise NotImplementedError
+
+    @property
+    def dirty(self) -> bool:
+        """Frames written but not yet handed to the kernel (a tx ring to flush)."""
+        return False
+
+    def flush(self) -> None:
+        """Hand what ``dirty`` counts to the kernel."""
 
     def _offload_in(self, frame: Frame, vnet: bytes | bytearray) -> Frame | None:
         """A frame read with a non-zero vnet header: its offload state kept for the
@@ -204,23 +218,31 @@ class Port:
         return f"{self.kind}:{self.name}"
 
     def doRead(self) -> None:
-        deliver, vif = self.deliver, self.vif_index
-        for _ in range(READ_BATCH):
+        self.batch_begin()
+        try:
+            self._drain()
+        finally:
+            self.batch_done()
+
+    def _drain(self) -> None:
+        deliver, vif, read, stats = self.deliver, self.vif_index, self._read, self.stats
+        n = 0
+        for _ in range(self.read_batch):
             try:
-                frame = self._read()
+                frame = read()
             except OSError as e:
                 self._gone(e)
-                return None
+                break
             if frame is None:
-                return None
-            self.stats["rx"] += 1
+                break
+            n += 1
             deliver(vif, frame, self.rx_gso)
             if self.closed:  # the pipeline's work detached us (vif deleted)
-                return None
+                break
         while self._pending and not self.closed:  # a segmented burst is delivered whole
-            self.stats["rx"] += 1
+            n += 1
             deliver(vif, self._pending.popleft(), None)
-        return None
+        stats["rx"] += n
 
     def transmit(self, frame: Frame, vnet: bytes = _VNET_ZERO) -> bool:
         """Send now, else queue (bounded); False when the frame is dropped.
@@ -256,6 +278,7 @@ class Port:
         return True
 
     def doWrite(self) -> None:
+        self.flush()
         queue = self.queue
         while queue:
             try:
@@ -269,6 +292,9 @@ class Port:
                 return None
             queue.popleft()
             self.stats["tx"] += 1
+        self.flush()
+        if self.dirty:  # the kernel could not take the ring yet
+            return None
         self.writing = False
         if self.reactor is not None:
             self.reactor.removeWriter(self)
@@ -369,12 +395,16 @@ class PacketPort(Port):
     transmits) are ignored; VLAN tags the driver stripped are put back from
     ``PACKET_AUXDATA``; ``PACKET_VNET_HDR`` gives the offload state (kept for the
     pipeline or finished here, see :meth:`Port._offload_in`) and takes it on writes.
+    With ``use_rings`` (the default) frames come and go through ``PACKET_MMAP`` rings
+    (:mod:`vrtwist.datapath.rings`): a wake-up drains the rx ring, writes fill the tx
+    ring and one ``send`` per batch flushes it; where the kernel refuses rings, or
+    for a frame larger than a slot, ``recvmsg``/``sendmsg`` as without them.
     """
 
     kind = "packet"
     vnet_hdr = True
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, use_rings: bool = True, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
         try:
@@ -384,17 +414,46 @@ class PacketPort(Port):
                 sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
             except OSError:  # before Linux 4.20: filtered per frame below
                 pass
+            self.rings = self._rings(sock) if use_rings else None
             sock.bind((self.name, ETH_P_ALL))
             sock.setblocking(False)
         except OSError:
             sock.close()
             raise
         self.sock = sock
+        #: where frames larger than a tx slot go: with a tx ring, ``sendmsg`` on the
+        #: ring's socket only flushes the ring (protocol 0: this one receives nothing)
+        self.big_sock = sock
+        if self.rings is not None:
+            self.kind = "packet-ring"
+            self.read_batch = rings.RX_FRAMES
+            try:
+                big = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+            except OSError:
+                self._close()
+                raise
+            try:
+                big.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
+                big.bind((self.name, 0))
+                big.setblocking(False)
+            except OSError:
+                big.close()
+                self._close()
+                raise
+            self.big_sock = big
         self._cmsg = socket.CMSG_SPACE(_AUXDATA.size)
         # receive buffers, reused (see TapPort): the vnet header, then the frame
         self._vnet = bytearray(offload.VNET_HDR_LEN)
         self._buf = bytearray(_MAX_FRAME)
         self._view = memoryview(self._buf)
+
+    def _rings(self, sock: socket.socket) -> rings.Rings | None:
+        try:
+            return rings.Rings(sock, offload.VNET_HDR_LEN)
+        except (OSError, ValueError) as e:
+            _log.info("port {name}: no packet rings ({error}), one system call per frame",
+                      name=self.name, error=str(e))  # fmt: skip
+            return None
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -403,6 +462,54 @@ class PacketPort(Port):
         if self._pending:
             self.rx_gso = None
             return self._pending.popleft()
+        if self.rings is not None:
+            return self._read_ring(self.rings)
+        return self._read_socket()
+
+    def poll_drops(self) -> int:
+        """Add what the kernel dropped for a full rx ring since the last look to
+        ``rx_dropped`` (also read whenever a frame comes marked ``TP_STATUS_LOSING``)."""
+        if self.rings is not None and not self.closed:
+            self.stats["rx_dropped"] += self.rings.drops()
+        return self.stats["rx_dropped"]
+
+    def _read_ring(self, ring: rings.Rings) -> Frame | None:
+        """The next frame from the rx ring (a larger one, marked COPY, from the socket)."""
+        while True:
+            got = ring.next_rx()
+            if got is None:
+                return None
+            off, status, length, snaplen, mac, vlan = got
+            if status & rings.TP_STATUS_LOSING:
+                self.stats["rx_dropped"] += ring.drops()
+            if status & rings.TP_STATUS_COPY:
+                ring.release_rx(off)
+                whole = self._read_socket()
+                if whole is None:  # the copy found the receive buffer full: lost
+                    self.stats["rx_dropped"] += 1
+                    continue
+                return whole
+            if snaplen < length:  # cut to the slot and no copy queued: lost
+                ring.release_rx(off)
+                self.stats["rx_dropped"] += 1
+                continue
+            m = ring.map
+            at = off + mac
+            vnet = m[at - offload.VNET_HDR_LEN : at]
+            frame = m[at : at + snaplen]
+            ring.release_rx(off)
+            if status & TP_STATUS_VLAN_VALID:
+                tpid = vlan >> 16 if status & TP_STATUS_VLAN_TPID_VALID else 0x8100
+                frame = frame[:12] + struct.pack("!HH", tpid, vlan & 0xFFFF) + frame[12:]
+                vnet = _shift_csum(vnet, 4)
+            if vnet == _VNET_ZERO:
+                self.rx_gso = None
+                return frame
+            out = self._offload_in(frame, vnet)
+            if out is not None:
+                return out
+
+    def _read_socket(self) -> Frame | None:
         while True:
             try:
                 n, ancillary, _flags, address = self.sock.recvmsg_into(
@@ -430,9 +537,51 @@ class PacketPort(Port):
                 return out
 
     def _write(self, frame: Frame, vnet: bytes) -> None:
-        self.sock.sendmsg([vnet, frame])
+        ring = self.rings
+        if ring is None:
+            self.sock.sendmsg([vnet, frame])
+            return
+        if len(frame) + offload.VNET_HDR_LEN <= ring.tx_room:
+            if ring.put(vnet, frame):
+                return
+            self.flush()  # full: the kernel may free slots now, else the frame queues
+            if ring.put(vnet, frame):
+                return
+            raise BlockingIOError(errno.EAGAIN, "tx ring full")
+        self.flush()  # what is in the ring goes first
+        self.big_sock.sendmsg([vnet, frame])
+
+    @property
+    def dirty(self) -> bool:
+        return self.rings is not None and self.rings.tx_pending > 0
+
+    def flush(self) -> None:
+        ring = self.rings
+        if ring is None or not ring.tx_pending:
+            return
+        pending = ring.tx_pending
+        try:
+            ring.flush()
+        except (BlockingIOError, InterruptedError):
+            ring.tx_pending = pending  # retried when the socket is writable
+            self._want_write()
+        except OSError as e:
+            if e.errno == errno.ENOBUFS:
+                ring.tx_pending = pending
+                self._want_write()
+            else:
+                self.stats["tx_errors"] += pending
+
+    def _want_write(self) -> None:
+        if not self.writing and self.reactor is not None and not self.closed:
+            self.writing = True
+            self.reactor.addWriter(self)
 
     def _close(self) -> None:
+        if self.rings is not None:
+            self.rings.close()
+        if self.big_sock is not self.sock:
+            self.big_sock.close()
         self.sock.close()
 
 
@@ -442,6 +591,10 @@ def _shift_csum(vnet: bytes, by: int) -> bytes:
         start += by
         hdr_len += by if hdr_len else 0
     return offload.VNET_HDR.pack(flags, gso, hdr_len, size, start, off)
+
+
+def _nothing() -> None:
+    pass
 
 
 @implementer(IPacketPipeline)
@@ -461,12 +614,18 @@ class PortManager:
     """
 
     def __init__(self, tables: Tables, reactor: IReactorFDSet,
-                 pipeline: IPacketPipeline | None = None) -> None:  # fmt: skip
+                 pipeline: IPacketPipeline | None = None, *,
+                 use_rings: bool = True) -> None:  # fmt: skip
         self.tables = tables
         self.reactor = reactor
         self.ports: dict[int, Port] = {}
         self._pipeline: IPacketPipeline = _NoPipeline()
         self._offloading = False
+        #: ports with tx-ring frames to flush at the end of the batch being drained
+        self._dirty: set[Port] = set()
+        self._batching = False
+        #: AF_PACKET ports use PACKET_MMAP rings (False: recvmsg/sendmsg per frame)
+        self.use_rings = use_rings
         self.pipeline = _NoPipeline() if pipeline is None else pipeline
         #: vif index -> the device name it waits for / is attached to
         self.wanted: dict[int, str] = {}
@@ -492,7 +651,27 @@ class PortManager:
         port = self.ports.get(vif_index)
         if port is None:
             return False
-        return port.transmit(frame)
+        sent = port.transmit(frame)
+        if port.dirty:
+            self._flush_later(port)
+        return sent
+
+    def _flush_later(self, port: Port) -> None:
+        """A frame waits in ``port``'s tx ring: flushed with the batch, or now."""
+        if self._batching:
+            self._dirty.add(port)
+        else:
+            port.flush()
+
+    def _batch_begin(self) -> None:
+        self._batching = True
+
+    def _batch_done(self) -> None:
+        """One ``send`` per port that got frames during the batch just drained."""
+        self._batching = False
+        dirty = self._dirty
+        while dirty:
+            dirty.pop().flush()
 
     def accepts_offload(self, vif_index: int) -> bool:
         port = self.ports.get(vif_index)
@@ -502,7 +681,10 @@ class PortManager:
         port = self.ports.get(vif_index)
         if port is None or not port.vnet_hdr:
             return False
-        return port.transmit(frame, vnet)
+        sent = port.transmit(frame, vnet)
+        if port.dirty:
+            self._flush_later(port)
+        return sent
 
     def _deliver(self, vif_index: int, frame: Frame, gso: Gso | None = None) -> None:
         try:
@@ -604,13 +786,19 @@ class PortManager:
         if not mac:  # loopback, a TUN (IP, no Ethernet header), a tunnel device ...
             self._refused(vif, "not an Ethernet device")
             return
-        kind = TapPort if is_tap(vif.name) else PacketPort
         try:
-            port = kind(vif.idx, vif.name, ifindex, mac, self._deliver, self._lost,
-                        gso=self._offloading)  # fmt: skip
+            port: Port
+            if is_tap(vif.name):
+                port = TapPort(vif.idx, vif.name, ifindex, mac, self._deliver, self._lost,
+                               gso=self._offloading)  # fmt: skip
+            else:
+                port = PacketPort(vif.idx, vif.name, ifindex, mac, self._deliver, self._lost,
+                                  gso=self._offloading, use_rings=self.use_rings)  # fmt: skip
         except OSError as e:
             self._refused(vif, str(e.strerror))
             return
+        port.batch_begin = self._batch_begin
+        port.batch_done = self._batch_done
         self.errors.pop(vif.idx, None)
         self.ports[vif.idx] = port
         vif.os_idx = ifindex
@@ -635,6 +823,7 @@ class PortManager:
             port.close()  # calls _lost, which forgets it
 
     def _lost(self, port: Port, pending: int) -> None:
+        self._dirty.discard(port)
         if self.ports.get(port.vif_index) is port:
             del self.ports[port.vif_index]
         vif = self.tables.interfaces.get(port.vif_index)
