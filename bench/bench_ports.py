@@ -7,8 +7,8 @@ vrouter-dp`` process started in the node namespace, programmed with the real ``v
 bridge route per MAC; static neighbours in A and B). Measured in the same run:
 
 * TCP: one Python stream A -> B for ``--seconds`` (64 KiB writes; the veths in A and B
-  keep TSO and checksum offload, so the datapath reads GSO super-frames and segments
-  them), throughput in Mbit/s;
+  keep TSO and checksum offload, so the datapath reads GSO super-frames and, bridging
+  veth to veth, writes them whole with their vnet header), throughput in Mbit/s;
 * UDP: 64-byte frames (18-byte payload) A -> B as fast as one Python sender can, packets
   per second received in B.
 

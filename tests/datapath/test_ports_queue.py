@@ -36,7 +36,7 @@ class SocketPort(Port):
         except BlockingIOError:
             return None
 
-    def _write(self, frame: Frame) -> None:
+    def _write(self, frame: Frame, vnet: bytes) -> None:
         self.sock.send(frame)
 
     def _close(self) -> None:

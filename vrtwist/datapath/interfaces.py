@@ -18,6 +18,8 @@ __all__ = [
     "IBridgeRoutes",
     "IDatapath",
     "IFrameOutput",
+    "IOffloadOutput",
+    "IOffloadPipeline",
     "IPacketPipeline",
     "IPacketTrap",
     "IRequestHandler",
@@ -45,3 +47,29 @@ class IPacketPipeline(Interface):
 
     def receive(vif_index: int, frame: bytes | bytearray | memoryview) -> None:
         """Process one frame received on vif ``vif_index`` (an attached device's read)."""
+
+
+class IOffloadOutput(IFrameOutput):
+    """A frame output whose ports may take a frame with its offload state.
+
+    A GSO super-frame that leaves through such a port is written once with its
+    ``virtio_net_hdr`` (the device or the next stack segments it, in C); anything
+    else is segmented by the pipeline first.
+    """
+
+    def accepts_offload(vif_index: int) -> bool:
+        """True when vif ``vif_index``'s device takes frames with a ``virtio_net_hdr``."""
+
+    def transmit_offload(vif_index: int, frame: bytes | bytearray | memoryview,
+                         vnet: bytes) -> bool:  # fmt: skip
+        """As ``transmit``, the frame written with the ``virtio_net_hdr`` ``vnet``."""
+
+
+class IOffloadPipeline(IPacketPipeline):
+    """A pipeline that takes frames with their offload state still to be finished."""
+
+    def receive(vif_index: int, frame: bytes | bytearray | memoryview,
+                gso: tuple[int, int, int, int, int, int] | None = None) -> None:  # fmt: skip
+        """As :meth:`IPacketPipeline.receive`; ``gso`` is the carried offload state
+        (:data:`vrtwist.datapath.offload.Gso`): a partial checksum or a TCP GSO
+        super-frame that the egress port or the pipeline finishes."""

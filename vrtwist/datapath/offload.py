@@ -15,10 +15,14 @@ from collections.abc import Iterator
 __all__ = [
     "VNET_HDR",
     "VNET_HDR_LEN",
+    "Gso",
     "OffloadError",
+    "carried",
     "checksum",
     "finish",
+    "finish_carried",
     "segment_tcp",
+    "vnet_for",
 ]
 
 #: ``struct virtio_net_hdr`` (host byte order): flags, gso_type, hdr_len, gso_size,
@@ -34,6 +38,14 @@ _U32 = struct.Struct("!I")
 
 _VLAN_TPIDS = (0x8100, 0x88A8)
 _TCP_FIN, _TCP_PSH, _TCP_CWR = 0x01, 0x08, 0x80
+
+
+#: offload state carried with a frame through the pipeline: the ``virtio_net_hdr``
+#: fields with ``hdr_len`` and ``csum_start`` counted back from the frame's *end*
+#: (flags, gso_type, hdr_len from end, gso_size, csum_start from end, csum_offset).
+#: Headers in front of the transport header may be pushed, popped or rewritten on
+#: the way (an 802.1Q tag, a routed frame's new Ethernet header) without touching it.
+Gso = tuple[int, int, int, int, int, int]
 
 
 class OffloadError(ValueError):
@@ -156,3 +168,33 @@ def finish(
     # csum_offset 6 is UDP's checksum field, 16 TCP's: only UDP maps 0 to 0xffff
     _store_csum(out, at, folded, csum_offset == 6)
     return [out]
+
+
+def carried(vnet: bytes | bytearray | memoryview, length: int) -> Gso | None:
+    """The offload state to carry with a frame of ``length`` bytes read with ``vnet``.
+
+    None when there is nothing to finish, or when the request is not one that this code
+    could finish later (then :func:`finish` at the port tells what is wrong with it).
+    """
+    flags, gso_type, hdr_len, gso_size, start, off = VNET_HDR.unpack_from(vnet)
+    kind = gso_type & ~GSO_ECN
+    if kind == GSO_NONE and not flags & F_NEEDS_CSUM:
+        return None
+    if kind not in (GSO_NONE, GSO_TCPV4, GSO_TCPV6) or start + off + 2 > length or not start:
+        return None
+    if kind != GSO_NONE and (not gso_size or not flags & F_NEEDS_CSUM):
+        return None
+    return (flags, gso_type, length - hdr_len if hdr_len else 0, gso_size, length - start, off)
+
+
+def vnet_for(gso: Gso, length: int) -> bytes:
+    """The ``virtio_net_hdr`` for the carried ``gso`` state of a frame now ``length`` long."""
+    flags, gso_type, hdr_tail, gso_size, start_tail, off = gso
+    hdr_len = length - hdr_tail if hdr_tail else 0
+    return VNET_HDR.pack(flags, gso_type, hdr_len, gso_size, length - start_tail, off)
+
+
+def finish_carried(frame: bytes | bytearray | memoryview, gso: Gso) -> list[bytes | bytearray]:
+    """:func:`finish` for a frame that carried ``gso`` through the pipeline."""
+    data = frame if not isinstance(frame, memoryview) else frame.tobytes()
+    return finish(data, vnet_for(gso, len(data)))

@@ -23,7 +23,8 @@ from zope.interface import implementer
 from vrtwist.datapath import constants as C
 from vrtwist.datapath import pipeline_defs as D
 from vrtwist.datapath.dispatcher import Datapath
-from vrtwist.datapath.interfaces import IFrameOutput, IPacketPipeline, IPacketTrap
+from vrtwist.datapath.interfaces import IFrameOutput, IOffloadPipeline, IPacketTrap
+from vrtwist.datapath.offload import Gso
 from vrtwist.datapath.pipeline_arp import ArpStage
 from vrtwist.datapath.pipeline_core import (
     AF_INET,
@@ -45,7 +46,7 @@ __all__ = ["Packet", "Pipeline"]
 ZERO_MAC = bytes(6)
 
 
-@implementer(IPacketPipeline)
+@implementer(IOffloadPipeline)
 class Pipeline(FlowStage, TunnelStage, ArpStage):
     """The vRouter's forwarding path over one :class:`Datapath`'s tables."""
 
@@ -65,7 +66,7 @@ class Pipeline(FlowStage, TunnelStage, ArpStage):
             C.NH_L2_RCV: self._nh_l2_rcv,
             C.NH_VRF_TRANSLATE: self._nh_vrf_translate,
             C.NH_ENCAP: self._nh_encap,
-            C.NH_TUNNEL: self._nh_tunnel,
+            C.NH_TUNNEL: self._nh_tunnel_offload,
             C.NH_COMPOSITE: self._nh_composite,
         }
 
@@ -79,7 +80,7 @@ class Pipeline(FlowStage, TunnelStage, ArpStage):
         self.frag_assembler.clear()
         self.frag_release.clear()
 
-    def receive(self, vif_index: int, frame: Frame) -> None:
+    def receive(self, vif_index: int, frame: Frame, gso: Gso | None = None) -> None:
         vif = self.tables.interfaces.get(vif_index)
         if vif is None:
             self.tables.count_drop(D.DROP_COUNTER[D.DROP_INVALID_IF])
@@ -95,6 +96,7 @@ class Pipeline(FlowStage, TunnelStage, ArpStage):
             if sub is not None:  # the sub-interface counts it, not the parent
                 vif, vtype = sub, C.VIF_TYPE_VIRTUAL_VLAN
         pkt = Packet(frame, vif)
+        pkt.gso = gso
         counters = vif.counters
         counters["ipackets"] += 1
         counters["ibytes"] += len(frame)
@@ -150,6 +152,12 @@ class Pipeline(FlowStage, TunnelStage, ArpStage):
         self._fabric_input(pkt)
 
     def _eth_rx(self, pkt: Packet, vif: Interface) -> None:
+        if pkt.gso is not None:
+            # from the fabric: what is decapsulated loses the headers the offload
+            # points into, so its frames are finished first
+            for seg in self._segments(pkt):
+                self._eth_rx(seg, vif)
+            return None
         if vif.flags & C.VIF_FLAG_MIRROR_RX:
             self._port_mirror(pkt, vif)
         if vif.flags & C.VIF_FLAG_XCONNECT:
@@ -330,8 +338,11 @@ class Pipeline(FlowStage, TunnelStage, ArpStage):
         if len(buf) - l4 < 20 or not buf[l4 + 13] & 0x02:
             return
         phys = self._physical_vif()
-        if phys is None:
+        if phys is None or not self._settle(pkt):
             return
+        buf = pkt.buf
+        l3 = pkt.l3
+        l4 = l3 + ihl
         limit = self._mtu(phys) - overlay - ihl - 20
         end = min(len(buf), l4 + (buf[l4 + 12] >> 4) * 4)
         at = l4 + 20

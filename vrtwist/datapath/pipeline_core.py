@@ -17,10 +17,12 @@ from collections.abc import Callable
 from typing import Any
 
 from vrtwist.datapath import constants as C
+from vrtwist.datapath import offload
 from vrtwist.datapath import pipeline_defs as D
 from vrtwist.datapath.dispatcher import BridgeRoutesInMemory, Datapath
 from vrtwist.datapath.droplog import DropRecord
-from vrtwist.datapath.interfaces import IFrameOutput, IPacketTrap
+from vrtwist.datapath.interfaces import IFrameOutput, IOffloadOutput, IPacketTrap
+from vrtwist.datapath.offload import Gso
 from vrtwist.datapath.pipeline_frag import FragKey, FragmentAssembler, FragmentTable
 from vrtwist.datapath.routes import RouteEntry
 from vrtwist.datapath.tables import Interface, NextHop
@@ -65,9 +67,8 @@ class Packet:
     """
 
     __slots__ = (
-        "buf", "start", "off", "l3", "vif", "type", "flags", "ttl", "nh",
-        "dvrf", "label", "vlan", "to_me", "flow_index", "outer_src", "udp_src_port",
-        "ecmp_nh_index",
+        "buf", "dvrf", "ecmp_nh_index", "flags", "flow_index", "gso", "l3", "label", "nh",
+        "off", "outer_src", "start", "to_me", "ttl", "type", "udp_src_port", "vif", "vlan",
     )  # fmt: skip
 
     def __init__(self, buf: Frame, vif: Interface, start: int = 0) -> None:
@@ -89,6 +90,8 @@ class Packet:
         self.outer_src = b""
         self.udp_src_port = 0
         self.ecmp_nh_index = -1
+        #: offload state still to finish (:data:`vrtwist.datapath.offload.Gso`), or None
+        self.gso: Gso | None = None
 
     def clone(self) -> Packet:
         """A copy with its own buffer (a mirror or trap copy)."""
@@ -96,6 +99,15 @@ class Packet:
         for name in Packet.__slots__:
             setattr(p, name, getattr(self, name))
         p.buf = bytearray(self.buf)
+        return p
+
+    def sibling(self, buf: Frame) -> Packet:
+        """A copy of the metadata around another buffer ``buf`` (no offload state)."""
+        p = Packet.__new__(Packet)
+        for name in Packet.__slots__:
+            setattr(p, name, getattr(self, name))
+        p.buf = buf
+        p.gso = None
         return p
 
     def writable(self) -> bytearray:
@@ -125,6 +137,10 @@ class PipelineCore:
         self.datapath = datapath
         self.tables = datapath.tables
         self.output = output
+        #: the output again when its ports may take offloaded frames (else None)
+        self.offload_output: IOffloadOutput | None = (
+            output if IOffloadOutput.providedBy(output) else None
+        )
         self.trapper = trap
         self.flows = flows
         self.now = now
@@ -272,9 +288,68 @@ class PipelineCore:
         tci = self.vlan_tci
         if tci is not None and (self.vtest_vlan or vif.type == C.VIF_TYPE_PHYSICAL):
             frame = bytes(frame[:12]) + b"\x81\x00" + U16.pack(tci & 0xFFFF) + bytes(frame[12:])
+        gso = pkt.gso
+        if gso is not None:
+            return self._port_tx_offload(pkt, vif, frame, gso)
         if not self.output.transmit(vif.idx, frame):
             vif.counters["oerrors"] += 1
             self._drop(pkt, D.DROP_INTERFACE_TX_DISCARD, vif)
+
+    def _port_tx_offload(self, pkt: Packet, vif: Interface, frame: Frame, gso: Gso) -> None:
+        """A frame with offload state: whole to a port that takes it, else finished here."""
+        out = self.offload_output
+        if out is not None and out.accepts_offload(vif.idx):
+            sent = out.transmit_offload(vif.idx, frame, offload.vnet_for(gso, len(frame)))
+        else:
+            try:
+                frames = offload.finish_carried(frame, gso)
+            except offload.OffloadError:
+                return self._drop(pkt, D.DROP_INVALID_PACKET, vif)
+            transmit = self.output.transmit
+            index = vif.idx
+            sent = all([transmit(index, f) for f in frames])
+        if not sent:
+            vif.counters["oerrors"] += 1
+            self._drop(pkt, D.DROP_INTERFACE_TX_DISCARD, vif)
+
+    def _segments(self, pkt: Packet) -> list[Packet]:
+        """The wire packets a packet with offload state stands for (checksums finished).
+
+        Each has its own buffer from the frame start and no offload state; the
+        forwarding metadata is shared. Used where a frame cannot leave whole: a tunnel
+        encapsulation, a trap to the agent, a header rewrite of the transport layer.
+        """
+        gso = pkt.gso
+        assert gso is not None
+        start = pkt.start
+        frame = memoryview(pkt.buf)[start:] if start else pkt.buf
+        try:
+            frames = offload.finish_carried(frame, gso)
+        except offload.OffloadError:
+            pkt.gso = None
+            self._drop(pkt, D.DROP_INVALID_PACKET)
+            return []
+        out = []
+        for f in frames:
+            p = pkt.sibling(f if type(f) is bytearray else bytearray(f))
+            p.start = 0
+            p.off = pkt.off - start
+            p.l3 = pkt.l3 - start
+            out.append(p)
+        return out
+
+    def _settle(self, pkt: Packet) -> bool:
+        """Finish a partial checksum in place (no GSO); False for a GSO super-frame."""
+        gso = pkt.gso
+        if gso is None:
+            return True
+        if gso[1] != offload.GSO_NONE:
+            return False
+        segs = self._segments(pkt)
+        if not segs:
+            return False
+        pkt.buf, pkt.start, pkt.off, pkt.l3, pkt.gso = segs[0].buf, 0, segs[0].off, segs[0].l3, None
+        return True
 
     def _trap(
         self,
@@ -287,11 +362,38 @@ class PipelineCore:
         frame: Frame | None = None,
     ) -> None:
         """Hand the packet (from its frame start, or ``frame``) to the agent (``agent_send``)."""
+        if pkt.gso is not None:
+            return self._trap_offload(pkt, code, param, param_1, stats, frame)
         frame = bytes(pkt.buf[pkt.start :]) if frame is None else bytes(frame)
         if code in (D.TRAP_HANDLE_DF, D.TRAP_ZERO_TTL) and len(frame) > D.AGENT_MIN_PACKET_LEN:
             frame = frame[: D.AGENT_MIN_PACKET_LEN]
         if not self.trapper.trap(pkt.vif.idx, pkt.dvrf, code, param, param_1, stats, frame):
             self._drop(pkt, D.DROP_TRAP_NO_IF)
+
+    def _trap_offload(
+        self,
+        pkt: Packet,
+        code: int,
+        param: int,
+        param_1: int,
+        stats: tuple[int, int, int, int],
+        frame: Frame | None,
+    ) -> None:
+        """The agent gets wire frames: each segment trapped (a flow trap: the first)."""
+        if frame is not None:  # a trap of a rewritten frame: it ends like the packet
+            gso = pkt.gso
+            assert gso is not None
+            try:
+                frames = offload.finish_carried(frame, gso)
+            except offload.OffloadError:
+                return self._drop(pkt, D.DROP_INVALID_PACKET)
+            segs: list[tuple[Packet, Frame | None]] = [(pkt.sibling(pkt.buf), f) for f in frames]
+        else:
+            segs = [(p, None) for p in self._segments(pkt)]
+        if code in (D.TRAP_FLOW_MISS, D.TRAP_FLOW_ACTION_HOLD):
+            segs = segs[:1]
+        for p, one in segs:
+            self._trap(p, code, param=param, param_1=param_1, stats=stats, frame=one)
 
     def _drop(self, pkt: Packet, reason: int, vif: Interface | None = None) -> None:
         """Free with a reason: drop stats (global and the packet's vif) and the drop log."""

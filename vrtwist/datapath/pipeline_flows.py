@@ -11,6 +11,7 @@ from __future__ import annotations
 import struct
 
 from vrtwist.datapath import constants as C
+from vrtwist.datapath import offload
 from vrtwist.datapath import pipeline_defs as D
 from vrtwist.datapath.pipeline_core import (
     ACTION_DROP,
@@ -364,6 +365,9 @@ class FlowStage(PipelineCore):
         if not r.flags & FE_ACTIVE:
             self._drop(pkt, D.DROP_FLOW_NAT_NO_RFLOW)
             return False
+        # a GSO super-frame keeps its partial checksum (the pseudo header's sum, not
+        # inverted): computed again below, the ports left to whoever finishes it
+        partial = not self._settle(pkt)
         b = pkt.writable()
         l3 = pkt.l3
         l4 = l3 + (b[l3] & 0x0F) * 4
@@ -375,25 +379,18 @@ class FlowStage(PipelineCore):
             changes.append((l3 + 12, rdip))
         if v.flags & 0x0008:  # DNAT: destination := reverse source
             changes.append((l3 + 16, rsip))
-        ports: list[tuple[int, bytes]] = []
         if proto in (6, 17):
             if v.flags & 0x0004:  # SPAT
-                ports.append((l4, r.dport.to_bytes(2, "big")))
+                changes.append((l4, r.dport.to_bytes(2, "big")))
             if v.flags & 0x0010:  # DPAT
-                ports.append((l4 + 2, r.sport.to_bytes(2, "big")))
+                changes.append((l4 + 2, r.sport.to_bytes(2, "big")))
         l4_csum = l4 + (16 if proto == 6 else 6)
         has_l4_csum = proto == 6 or (proto == 17 and b[l4_csum : l4_csum + 2] != b"\x00\x00")
-        for at, new in changes + ports:
-            for i in (0, 2)[: len(new) // 2]:
-                old = U16.unpack_from(b, at + i)[0]
-                nw = U16.unpack_from(new, i)[0]
-                if at < l4:
-                    c = U16.unpack_from(b, l3 + 10)[0]
-                    U16.pack_into(b, l3 + 10, checksum_update16(c, old, nw))
-                if has_l4_csum and len(b) >= l4_csum + 2:
-                    c = U16.unpack_from(b, l4_csum)[0]
-                    U16.pack_into(b, l4_csum, checksum_update16(c, old, nw))
-                U16.pack_into(b, at + i, nw)
+        _rewrite16(b, l3, l4, l4_csum if has_l4_csum and not partial else -1, changes)
+        if partial:
+            length = U16.unpack_from(b, l3 + 2)[0] - (l4 - l3)
+            pseudo = bytes(b[l3 + 12 : l3 + 20]) + bytes((0, proto)) + U16.pack(length)
+            U16.pack_into(b, l4_csum, offload.checksum(pseudo))
         return True
 
     def _flow_miss(self, pkt: Packet, key: bytes) -> bool:
@@ -512,3 +509,20 @@ class FlowStage(PipelineCore):
         copy.flow_index = -1
         copy.outer_src = b""
         self._nh_output(copy, nh)
+
+
+def _rewrite16(b: bytearray, l3: int, l4: int, l4_csum: int,
+               changes: list[tuple[int, bytes]]) -> None:  # fmt: skip
+    """Write NAT's new addresses and ports, the IPv4 checksum and (``l4_csum`` >= 0)
+    the transport checksum updated incrementally (RFC 1624)."""
+    for at, new in changes:
+        for i in (0, 2)[: len(new) // 2]:
+            old = U16.unpack_from(b, at + i)[0]
+            nw = U16.unpack_from(new, i)[0]
+            if at < l4:
+                c = U16.unpack_from(b, l3 + 10)[0]
+                U16.pack_into(b, l3 + 10, checksum_update16(c, old, nw))
+            if l4_csum >= 0 and len(b) >= l4_csum + 2:
+                c = U16.unpack_from(b, l4_csum)[0]
+                U16.pack_into(b, l4_csum, checksum_update16(c, old, nw))
+            U16.pack_into(b, at + i, nw)

@@ -83,6 +83,15 @@ class TunnelStage(PipelineCore):
         h = jhash(W2.pack(h, pkt.dvrf & 0xFFFFFFFF), seed)
         return ((h * 16383) >> 32) + 49152
 
+    def _nh_tunnel_offload(self, pkt: Packet, nh: NextHop) -> None:
+        """A tunnel next hop: a frame with offload state is encapsulated segment by
+        segment (each then fits the fabric MTU as the sender's MSS meant it to)."""
+        if pkt.gso is None:
+            return self._nh_tunnel(pkt, nh)
+        for seg in self._segments(pkt):
+            self._nh_tunnel(seg, nh)
+        return None
+
     def _nh_tunnel(self, pkt: Packet, nh: NextHop) -> None:
         oif = nh.oif
         flags = nh.flags

@@ -8,10 +8,16 @@ socket bound to its ifindex. Each port is a non-blocking reader that drains a bo
 batch per wake-up into ``pipeline.receive``; :class:`PortManager` is the pipeline's
 :class:`IFrameOutput` and keeps a bounded queue per port for when the device is full.
 
-TAPs are opened without ``IFF_VNET_HDR``: the kernel then segments and checksums every
-frame before handing it over, so no GSO super-frame can reach a device without offloads.
-``AF_PACKET`` sockets use ``PACKET_VNET_HDR`` so that partial checksums and TCP GSO
-super-frames a veth delivers are finished in software (:mod:`vrtwist.datapath.offload`).
+Offloads are kept to the egress port, as the vRouter and QEMU do: ``AF_PACKET`` sockets
+use ``PACKET_VNET_HDR`` and TAPs ``IFF_VNET_HDR`` with ``TUNSETOFFLOAD`` (checksum, TSO4,
+TSO6), so one read can carry a TCP GSO super-frame of up to 64 KiB with its
+``virtio_net_hdr``. When the pipeline takes offload state
+(:class:`~vrtwist.datapath.interfaces.IOffloadPipeline`) the frame goes through it whole
+and leaves whole through a port that takes a vnet header too (the kernel, in C, segments
+it where it must); the pipeline segments in software only where the frame cannot leave
+whole (:mod:`vrtwist.datapath.offload`). With another pipeline the ports finish every
+frame before delivering it, and TAPs are opened without a vnet header (the kernel then
+finishes them).
 """
 
 from __future__ import annotations
@@ -30,8 +36,13 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from vrtwist.datapath import constants as C
-from vrtwist.datapath import offload
-from vrtwist.datapath.interfaces import IFrameOutput, IPacketPipeline
+from vrtwist.datapath import offload, rings
+from vrtwist.datapath.interfaces import (
+    IOffloadOutput,
+    IOffloadPipeline,
+    IPacketPipeline,
+)
+from vrtwist.datapath.offload import Gso
 from vrtwist.datapath.tables import Interface, Tables
 from vrtwist.logfields import Logger
 
@@ -52,6 +63,9 @@ _log = Logger()
 TUNSETIFF = 0x400454CA
 IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
+IFF_VNET_HDR = 0x4000
+TUNSETOFFLOAD = 0x400454D0
+TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6 = 0x01, 0x02, 0x04
 # <linux/sockios.h>
 SIOCGIFHWADDR = 0x8927
 # <linux/if_packet.h>
@@ -82,7 +96,8 @@ TX_QUEUE = 256
 _MAX_FRAME = 65536 + 14 + 8
 
 Frame = bytes | bytearray | memoryview
-Deliver = Callable[[int, Frame], None]
+Deliver = Callable[[int, Frame, Gso | None], None]
+_VNET_ZERO = bytes(offload.VNET_HDR_LEN)
 
 
 def is_tap(name: str) -> bool:
@@ -117,21 +132,38 @@ class Port:
     """One attached device: reads batches into ``deliver``, writes with a bounded queue."""
 
     kind = "device"
+    #: writes take a ``virtio_net_hdr`` (a GSO super-frame can leave whole)
+    vnet_hdr = False
 
     def __init__(self, vif_index: int, name: str, ifindex: int, mac: bytes,
-                 deliver: Deliver, lost: Callable[[Port, int], None]) -> None:  # fmt: skip
+                 deliver: Deliver, lost: Callable[[Port, int], None], *,
+                 gso: bool = False) -> None:  # fmt: skip
         self.vif_index = vif_index
+        #: deliver offload state with the frame instead of finishing it here
+        self.gso = gso
+        #: the offload state of the frame ``_read`` returned last
+        self.rx_gso: Gso | None = None
         self.name = name
         self.ifindex = ifindex
         self.mac = mac
         self.deliver = deliver
         #: called with (port, frames lost) when the device went away under queued frames
         self.lost = lost
-        self.queue: deque[Frame] = deque()
+        self.queue: deque[tuple[Frame, bytes]] = deque()
         self.reactor: IReactorFDSet | None = None
         self.writing = False
         self.closed = False
-        self.stats = {"rx": 0, "tx": 0, "queued": 0, "tx_full": 0, "rx_errors": 0}
+        self.stats = {"rx": 0, "tx": 0, "queued": 0, "tx_full": 0, "rx_errors": 0,
+                      "rx_offload": 0, "tx_offload": 0, "gso": 0, "csum": 0,
+                      "rx_dropped": 0, "tx_errors": 0}  # fmt: skip
+        self._pending: deque[Frame] = deque()
+        #: frames drained per wake-up
+        self.read_batch = READ_BATCH
+        #: called around each drained batch (the manager flushes the tx rings after)
+        self.batch_begin: Callable[[], None] = _nothing
+        self.batch_done: Callable[[], None] = _nothing
+        #: called when a first frame waits in the tx ring since the last flush
+        self.wants_flush: Callable[[Port], None] = _flush_now
 
     # -- device specifics ------------------------------------------------------
     def fileno(self) -> int:
@@ -141,11 +173,43 @@ class Port:
         """One frame, or None when the device has nothing more (EAGAIN)."""
         raise NotImplementedError
 
-    def _write(self, frame: Frame) -> None:
+    def _write(self, frame: Frame, vnet: bytes) -> None:
         raise NotImplementedError
 
     def _close(self) -> None:
         raise NotImplementedError
+
+    @property
+    def dirty(self) -> bool:
+        """Frames written but not yet handed to the kernel (a tx ring to flush)."""
+        return False
+
+    def flush(self) -> None:
+        """Hand what ``dirty`` counts to the kernel."""
+
+    def _offload_in(self, frame: Frame, vnet: bytes | bytearray) -> Frame | None:
+        """A frame read with a non-zero vnet header: its offload state kept for the
+        pipeline, or the frame finished here (segments after the first wait in
+        ``_pending``); None when the request cannot be honoured (counted)."""
+        if self.gso:
+            carried = offload.carried(vnet, len(frame))
+            if carried is not None:
+                self.rx_gso = carried
+                self.stats["rx_offload"] += 1
+                return frame
+        self.rx_gso = None
+        try:
+            frames = offload.finish(bytes(frame), vnet)
+        except offload.OffloadError as e:
+            self.stats["rx_errors"] += 1
+            _log.debug("port {name}: {error}", name=self.name, error=str(e))
+            return None
+        if len(frames) > 1:
+            self.stats["gso"] += 1
+            self._pending.extend(frames[1:])
+        else:
+            self.stats["csum"] += 1
+        return frames[0]
 
     # -- reactor side ----------------------------------------------------------
     def start(self, reactor: IReactorFDSet) -> None:
@@ -156,43 +220,59 @@ class Port:
         return f"{self.kind}:{self.name}"
 
     def doRead(self) -> None:
-        deliver, vif = self.deliver, self.vif_index
-        for _ in range(READ_BATCH):
+        self.batch_begin()
+        try:
+            self._drain()
+        finally:
+            self.batch_done()
+
+    def _drain(self) -> None:
+        deliver, vif, read, stats = self.deliver, self.vif_index, self._read, self.stats
+        n = 0
+        for _ in range(self.read_batch):
             try:
-                frame = self._read()
+                frame = read()
             except OSError as e:
                 self._gone(e)
-                return None
+                break
             if frame is None:
-                return None
-            self.stats["rx"] += 1
-            deliver(vif, frame)
+                break
+            n += 1
+            deliver(vif, frame, self.rx_gso)
             if self.closed:  # the pipeline's work detached us (vif deleted)
-                return None
-        return None
+                break
+        while self._pending and not self.closed:  # a segmented burst is delivered whole
+            n += 1
+            deliver(vif, self._pending.popleft(), None)
+        stats["rx"] += n
 
-    def transmit(self, frame: Frame) -> bool:
-        """Send now, else queue (bounded); False when the frame is dropped."""
+    def transmit(self, frame: Frame, vnet: bytes = _VNET_ZERO) -> bool:
+        """Send now, else queue (bounded); False when the frame is dropped.
+
+        ``vnet`` is the frame's ``virtio_net_hdr``, only for a port with ``vnet_hdr``.
+        """
         if self.closed:
             return False
         if self.queue:
-            return self._enqueue(frame)
+            return self._enqueue(frame, vnet)
         try:
-            self._write(frame)
+            self._write(frame, vnet)
         except BlockingIOError:
-            return self._enqueue(frame)
+            return self._enqueue(frame, vnet)
         except OSError as e:
             if e.errno == errno.ENOBUFS:
-                return self._enqueue(frame)
+                return self._enqueue(frame, vnet)
             return False  # device down or gone: the pipeline counts the drop
         self.stats["tx"] += 1
+        if vnet is not _VNET_ZERO:
+            self.stats["tx_offload"] += 1
         return True
 
-    def _enqueue(self, frame: Frame) -> bool:
+    def _enqueue(self, frame: Frame, vnet: bytes) -> bool:
         if len(self.queue) >= TX_QUEUE:
             self.stats["tx_full"] += 1
             return False
-        self.queue.append(bytes(frame) if isinstance(frame, memoryview) else frame)
+        self.queue.append((bytes(frame) if isinstance(frame, memoryview) else frame, vnet))
         self.stats["queued"] += 1
         if not self.writing and self.reactor is not None:
             self.writing = True
@@ -200,10 +280,11 @@ class Port:
         return True
 
     def doWrite(self) -> None:
+        self.flush()
         queue = self.queue
         while queue:
             try:
-                self._write(queue[0])
+                self._write(*queue[0])
             except (BlockingIOError, InterruptedError):
                 return None
             except OSError as e:
@@ -213,6 +294,9 @@ class Port:
                 return None
             queue.popleft()
             self.stats["tx"] += 1
+        self.flush()
+        if self.dirty:  # the kernel could not take the ring yet
+            return None
         self.writing = False
         if self.reactor is not None:
             self.reactor.removeWriter(self)
@@ -243,19 +327,29 @@ class Port:
 
 
 class TapPort(Port):
-    """A TAP opened through ``/dev/net/tun`` (``IFF_TAP|IFF_NO_PI``, no vnet header)."""
+    """A TAP opened through ``/dev/net/tun`` (``IFF_TAP|IFF_NO_PI``).
+
+    With ``gso`` also ``IFF_VNET_HDR`` and ``TUNSETOFFLOAD`` (``TUN_F_CSUM|TSO4|TSO6``,
+    what QEMU asks for a virtio-net guest): the kernel may then hand over partial
+    checksums and TCP super-frames, and takes them back the same way.
+    """
 
     kind = "tap"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        flags = IFF_TAP | IFF_NO_PI | (IFF_VNET_HDR if self.gso else 0)
         try:
-            fcntl.ioctl(fd, TUNSETIFF, _IFREQ.pack(self.name.encode(), IFF_TAP | IFF_NO_PI))
+            fcntl.ioctl(fd, TUNSETIFF, _IFREQ.pack(self.name.encode(), flags))
+            if self.gso:
+                fcntl.ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6)
         except OSError:
             os.close(fd)
             raise
         self.fd = fd
+        self.vnet_hdr = self.gso
+        self._vnet = bytearray(offload.VNET_HDR_LEN)
         # one receive buffer, reused: a fresh 64 KiB one per read costs more than the read
         self._buf = bytearray(_MAX_FRAME)
         self._view = memoryview(self._buf)
@@ -264,14 +358,33 @@ class TapPort(Port):
         return self.fd
 
     def _read(self) -> Frame | None:
-        try:
-            n = os.readv(self.fd, [self._buf])
-        except BlockingIOError:
-            return None
-        return self._view[:n].tobytes()
+        if self._pending:
+            self.rx_gso = None
+            return self._pending.popleft()
+        if not self.vnet_hdr:
+            try:
+                n = os.readv(self.fd, [self._buf])
+            except BlockingIOError:
+                return None
+            return self._view[:n].tobytes()
+        while True:
+            try:
+                n = os.readv(self.fd, [self._vnet, self._buf])
+            except BlockingIOError:
+                return None
+            frame = self._view[: n - offload.VNET_HDR_LEN].tobytes()
+            if self._vnet == _VNET_ZERO:
+                self.rx_gso = None
+                return frame
+            out = self._offload_in(frame, self._vnet)
+            if out is not None:
+                return out
 
-    def _write(self, frame: Frame) -> None:
-        os.write(self.fd, frame)
+    def _write(self, frame: Frame, vnet: bytes) -> None:
+        if self.vnet_hdr:
+            os.writev(self.fd, [vnet, frame])
+        else:
+            os.write(self.fd, frame)
 
     def _close(self) -> None:
         os.close(self.fd)
@@ -282,13 +395,18 @@ class PacketPort(Port):
 
     Frames the host itself sends on the device (``PACKET_OUTGOING``, including our own
     transmits) are ignored; VLAN tags the driver stripped are put back from
-    ``PACKET_AUXDATA``; ``PACKET_VNET_HDR`` gives the offload state so partial checksums
-    and GSO super-frames are finished before the pipeline sees them.
+    ``PACKET_AUXDATA``; ``PACKET_VNET_HDR`` gives the offload state (kept for the
+    pipeline or finished here, see :meth:`Port._offload_in`) and takes it on writes.
+    With ``use_rings`` (the default) frames come and go through ``PACKET_MMAP`` rings
+    (:mod:`vrtwist.datapath.rings`): a wake-up drains the rx ring, writes fill the tx
+    ring and one ``send`` per batch flushes it; where the kernel refuses rings, or
+    for a frame larger than a slot, ``recvmsg``/``sendmsg`` as without them.
     """
 
     kind = "packet"
+    vnet_hdr = True
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, use_rings: bool = True, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
         try:
@@ -298,27 +416,120 @@ class PacketPort(Port):
                 sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
             except OSError:  # before Linux 4.20: filtered per frame below
                 pass
+            self.rings = self._rings(sock) if use_rings else None
             sock.bind((self.name, ETH_P_ALL))
             sock.setblocking(False)
         except OSError:
             sock.close()
             raise
         self.sock = sock
-        self._vnet_zero = bytes(offload.VNET_HDR_LEN)
+        #: where frames larger than a tx slot go: with a tx ring, ``sendmsg`` on the
+        #: ring's socket only flushes the ring (protocol 0: this one receives nothing)
+        self.big_sock = sock
+        if self.rings is not None:
+            self.kind = "packet-ring"
+            self.read_batch = rings.RX_FRAMES
+            try:
+                big = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+            except OSError:
+                self._close()
+                raise
+            try:
+                big.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
+                big.bind((self.name, 0))
+                big.setblocking(False)
+            except OSError:
+                big.close()
+                self._close()
+                raise
+            self.big_sock = big
         self._cmsg = socket.CMSG_SPACE(_AUXDATA.size)
         # receive buffers, reused (see TapPort): the vnet header, then the frame
         self._vnet = bytearray(offload.VNET_HDR_LEN)
         self._buf = bytearray(_MAX_FRAME)
         self._view = memoryview(self._buf)
-        self._pending: deque[Frame] = deque()
-        self.stats.update(gso=0, csum=0)
+
+    def _rings(self, sock: socket.socket) -> rings.Rings | None:
+        try:
+            return rings.Rings(sock, offload.VNET_HDR_LEN)
+        except (OSError, ValueError) as e:
+            _log.info("port {name}: no packet rings ({error}), one system call per frame",
+                      name=self.name, error=str(e))  # fmt: skip
+            return None
 
     def fileno(self) -> int:
         return self.sock.fileno()
 
     def _read(self) -> Frame | None:
         if self._pending:
+            self.rx_gso = None
             return self._pending.popleft()
+        if self.rings is not None:
+            return self._read_ring(self.rings)
+        return self._read_socket()
+
+    def poll_drops(self) -> int:
+        """Add what the kernel dropped for a full rx ring since the last look to
+        ``rx_dropped`` (also read whenever a frame comes marked ``TP_STATUS_LOSING``)."""
+        if self.rings is not None and not self.closed:
+            self.stats["rx_dropped"] += self.rings.drops()
+        return self.stats["rx_dropped"]
+
+    def _read_ring(self, ring: rings.Rings) -> Frame | None:
+        """The next frame from the rx ring (a larger one, marked COPY, from the socket).
+
+        The hot path of small frames: one header unpack, two slices, one store.
+        """
+        m = ring.map
+        unpack = rings.HDR.unpack_from
+        while True:
+            off = ring.rx
+            status, length, snaplen, mac, _n, _s, _ns, tci, tpid = unpack(m, off)
+            if not status & rings.TP_STATUS_USER:
+                return None
+            if status & _RING_SPECIAL or snaplen < length:
+                whole = self._ring_special(ring, off, status, snaplen < length)
+                if whole is not None:
+                    return whole
+                continue
+            at = off + mac
+            vnet = m[at - 10 : at]
+            frame = m[at : at + snaplen]
+            m[off : off + 4] = _STATUS_KERNEL
+            off += rings.FRAME_SIZE
+            ring.rx = 0 if off == ring.rx_end else off
+            if status & TP_STATUS_VLAN_VALID:
+                tpid = tpid if status & TP_STATUS_VLAN_TPID_VALID else 0x8100
+                frame = frame[:12] + struct.pack("!HH", tpid, tci) + frame[12:]
+                vnet = _shift_csum(vnet, 4)
+            if vnet == _VNET_ZERO:
+                self.rx_gso = None
+                return frame
+            out = self._offload_in(frame, vnet)
+            if out is not None:
+                return out
+
+    def _ring_special(self, ring: rings.Rings, off: int, status: int,
+                      cut: bool) -> Frame | None:  # fmt: skip
+        """A slot that is not a plain frame: drops to count, a frame larger than the
+        slot to read whole from the socket. None: go on with the next slot."""
+        if status & rings.TP_STATUS_LOSING:
+            self.stats["rx_dropped"] += ring.drops()
+        if status & rings.TP_STATUS_COPY:
+            ring.release_rx(off)
+            whole = self._read_socket()
+            if whole is None:  # the copy found the receive buffer full: lost
+                self.stats["rx_dropped"] += 1
+            return whole
+        if cut:  # cut to the slot and no copy queued: lost
+            ring.release_rx(off)
+            self.stats["rx_dropped"] += 1
+            return None
+        # only LOSING: a plain frame, read as one next time round (the flag is gone)
+        struct.pack_into("=I", ring.map, off, status & ~rings.TP_STATUS_LOSING)
+        return None
+
+    def _read_socket(self) -> Frame | None:
         while True:
             try:
                 n, ancillary, _flags, address = self.sock.recvmsg_into(
@@ -338,32 +549,65 @@ class PacketPort(Port):
                             tpid = 0x8100
                         frame = frame[:12] + struct.pack("!HH", tpid, tci) + frame[12:]
                         vnet = _shift_csum(vnet, 4)
-            if vnet == self._vnet_zero:
+            if vnet == _VNET_ZERO:
+                self.rx_gso = None
                 return frame
-            try:
-                frames = offload.finish(frame, vnet)
-            except offload.OffloadError as e:
-                self.stats["rx_errors"] += 1
-                _log.debug("port {name}: {error}", name=self.name, error=str(e))
-                continue
-            if len(frames) > 1:
-                self.stats["gso"] += 1
-                self._pending.extend(frames[1:])
+            out = self._offload_in(frame, vnet)
+            if out is not None:
+                return out
+
+    def _write(self, frame: Frame, vnet: bytes) -> None:
+        ring = self.rings
+        if ring is None:
+            self.sock.sendmsg([vnet, frame])
+            return
+        if len(frame) + offload.VNET_HDR_LEN <= ring.tx_room:
+            if not ring.put(vnet, frame):
+                self.flush()  # full: the kernel may free slots now, else the frame queues
+                if not ring.put(vnet, frame):
+                    raise BlockingIOError(errno.EAGAIN, "tx ring full")
+            if ring.tx_pending == 1:
+                self.wants_flush(self)
+            return
+        self.flush()  # what is in the ring goes first
+        self.big_sock.sendmsg([vnet, frame])
+
+    @property
+    def dirty(self) -> bool:
+        return self.rings is not None and self.rings.tx_pending > 0
+
+    def flush(self) -> None:
+        ring = self.rings
+        if ring is None or not ring.tx_pending:
+            return
+        pending = ring.tx_pending
+        try:
+            ring.flush()
+        except (BlockingIOError, InterruptedError):
+            ring.tx_pending = pending  # retried when the socket is writable
+            self._want_write()
+        except OSError as e:
+            if e.errno == errno.ENOBUFS:
+                ring.tx_pending = pending
+                self._want_write()
             else:
-                self.stats["csum"] += 1
-            return frames[0]
+                self.stats["tx_errors"] += pending
 
-    def doRead(self) -> None:
-        super().doRead()
-        while self._pending and not self.closed:  # a GSO burst is delivered whole
-            self.stats["rx"] += 1
-            self.deliver(self.vif_index, self._pending.popleft())
-
-    def _write(self, frame: Frame) -> None:
-        self.sock.sendmsg([self._vnet_zero, frame])
+    def _want_write(self) -> None:
+        if not self.writing and self.reactor is not None and not self.closed:
+            self.writing = True
+            self.reactor.addWriter(self)
 
     def _close(self) -> None:
+        if self.rings is not None:
+            self.rings.close()
+        if self.big_sock is not self.sock:
+            self.big_sock.close()
         self.sock.close()
+
+
+_RING_SPECIAL = rings.TP_STATUS_COPY | rings.TP_STATUS_LOSING
+_STATUS_KERNEL = bytes(4)
 
 
 def _shift_csum(vnet: bytes, by: int) -> bytes:
@@ -374,13 +618,21 @@ def _shift_csum(vnet: bytes, by: int) -> bytes:
     return offload.VNET_HDR.pack(flags, gso, hdr_len, size, start, off)
 
 
+def _nothing() -> None:
+    pass
+
+
+def _flush_now(port: Port) -> None:
+    port.flush()
+
+
 @implementer(IPacketPipeline)
 class _NoPipeline:
     def receive(self, vif_index: int, frame: Frame) -> None:
         pass
 
 
-@implementer(IFrameOutput)
+@implementer(IOffloadOutput)
 class PortManager:
     """Keeps every attachable vif's device attached: the pipeline's frame output.
 
@@ -391,17 +643,37 @@ class PortManager:
     """
 
     def __init__(self, tables: Tables, reactor: IReactorFDSet,
-                 pipeline: IPacketPipeline | None = None) -> None:  # fmt: skip
+                 pipeline: IPacketPipeline | None = None, *,
+                 use_rings: bool = True) -> None:  # fmt: skip
         self.tables = tables
         self.reactor = reactor
-        self.pipeline: IPacketPipeline = _NoPipeline() if pipeline is None else pipeline
         self.ports: dict[int, Port] = {}
+        self._pipeline: IPacketPipeline = _NoPipeline()
+        self._offloading = False
+        #: ports with tx-ring frames to flush at the end of the batch being drained
+        self._dirty: set[Port] = set()
+        self._batching = False
+        #: AF_PACKET ports use PACKET_MMAP rings (False: recvmsg/sendmsg per frame)
+        self.use_rings = use_rings
+        self.pipeline = _NoPipeline() if pipeline is None else pipeline
         #: vif index -> the device name it waits for / is attached to
         self.wanted: dict[int, str] = {}
         self.running = False
         self.errors: dict[int, str] = {}
         #: frames whose pipeline.receive raised (each is dropped, the port kept)
         self.pipeline_errors = 0
+
+    @property
+    def pipeline(self) -> IPacketPipeline:
+        return self._pipeline
+
+    @pipeline.setter
+    def pipeline(self, pipeline: IPacketPipeline) -> None:
+        """Ports carry offload state to the pipeline only when it takes it."""
+        self._pipeline = pipeline
+        self._offloading = IOffloadPipeline.providedBy(pipeline)
+        for port in self.ports.values():
+            port.gso = self._offloading
 
     # -- IFrameOutput -----------------------------------------------------------
     def transmit(self, vif_index: int, frame: Frame) -> bool:
@@ -410,10 +682,41 @@ class PortManager:
             return False
         return port.transmit(frame)
 
-    def _deliver(self, vif_index: int, frame: Frame) -> None:
+    def _flush_later(self, port: Port) -> None:
+        """A frame waits in ``port``'s tx ring: flushed with the batch, or now."""
+        if self._batching:
+            self._dirty.add(port)
+        else:
+            port.flush()
+
+    def _batch_begin(self) -> None:
+        self._batching = True
+
+    def _batch_done(self) -> None:
+        """One ``send`` per port that got frames during the batch just drained."""
+        self._batching = False
+        dirty = self._dirty
+        while dirty:
+            dirty.pop().flush()
+
+    def accepts_offload(self, vif_index: int) -> bool:
+        port = self.ports.get(vif_index)
+        return port is not None and port.vnet_hdr
+
+    def transmit_offload(self, vif_index: int, frame: Frame, vnet: bytes) -> bool:
+        port = self.ports.get(vif_index)
+        if port is None or not port.vnet_hdr:
+            return False
+        return port.transmit(frame, vnet)
+
+    def _deliver(self, vif_index: int, frame: Frame, gso: Gso | None = None) -> None:
         try:
-            self.pipeline.receive(vif_index, frame)
-        except Exception:
+            if gso is None:
+                self.pipeline.receive(vif_index, frame)
+            else:
+                offloading: Any = self.pipeline  # an IOffloadPipeline (the ports ask)
+                offloading.receive(vif_index, frame, gso)
+        except Exception:  # noqa: BLE001
             # a pipeline bug must cost one frame, not the port (a port closed by the
             # reactor would wait for a link event that never comes)
             self.pipeline_errors += 1
@@ -506,12 +809,20 @@ class PortManager:
         if not mac:  # loopback, a TUN (IP, no Ethernet header), a tunnel device ...
             self._refused(vif, "not an Ethernet device")
             return
-        kind = TapPort if is_tap(vif.name) else PacketPort
         try:
-            port = kind(vif.idx, vif.name, ifindex, mac, self._deliver, self._lost)
+            port: Port
+            if is_tap(vif.name):
+                port = TapPort(vif.idx, vif.name, ifindex, mac, self._deliver, self._lost,
+                               gso=self._offloading)  # fmt: skip
+            else:
+                port = PacketPort(vif.idx, vif.name, ifindex, mac, self._deliver, self._lost,
+                                  gso=self._offloading, use_rings=self.use_rings)  # fmt: skip
         except OSError as e:
             self._refused(vif, str(e.strerror))
             return
+        port.batch_begin = self._batch_begin
+        port.batch_done = self._batch_done
+        port.wants_flush = self._flush_later
         self.errors.pop(vif.idx, None)
         self.ports[vif.idx] = port
         vif.os_idx = ifindex
@@ -536,6 +847,7 @@ class PortManager:
             port.close()  # calls _lost, which forgets it
 
     def _lost(self, port: Port, pending: int) -> None:
+        self._dirty.discard(port)
         if self.ports.get(port.vif_index) is port:
             del self.ports[port.vif_index]
         vif = self.tables.interfaces.get(port.vif_index)
