@@ -9,7 +9,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from tests.agent.helpers import VN, InMemoryAgent, port_body, tempdir
+from tests.agent.helpers import VN, port_body, tempdir
 from vrtwist.agent.dpstate import DatapathModel, IdAllocator
 from vrtwist.agent.interfaces import (
     IGatewayProgrammer,
@@ -19,6 +19,7 @@ from vrtwist.agent.interfaces import (
 )
 from vrtwist.agent.ksync_sync import DatapathSync, LocalChannel
 from vrtwist.agent.model import ResourceExhausted
+from vrtwist.agent.testing import InMemoryAgent
 from vrtwist.datapath import constants as C
 from vrtwist.datapath.dispatcher import Datapath
 

@@ -8,9 +8,10 @@ from typing import Any
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from tests.agent.helpers import SAMPLE, InMemoryAgent, port_body, tempdir
+from tests.agent.helpers import SAMPLE, port_body, tempdir
 from vrtwist.agent.interfaces import IControllerLink
 from vrtwist.agent.model import mac_for_vmi
+from vrtwist.agent.testing import InMemoryAgent
 from vrtwist.datapath import constants as C
 from vrtwist.datapath.dispatcher import Datapath
 from vrtwist.xmpp.agent_link import ConfigStore

@@ -14,7 +14,6 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
-from tests.vpnkit.helpers import Acceptor, LinkPair, Sink
 from vrtwist._busypoll import BusyPoll
 from vrtwist.vpnkit import forwarder_tap, host_tap
 from vrtwist.vpnkit._fastwrite import send_now
@@ -30,6 +29,7 @@ from vrtwist.vpnkit.frames import (
     parse_frames,
 )
 from vrtwist.vpnkit.mux import LAZY_CLOSE_DELAY, Multiplexer
+from vrtwist.vpnkit.testing import Acceptor, LinkPair, Sink
 
 DEST = Destination.tcp("127.0.0.1", 8080)
 

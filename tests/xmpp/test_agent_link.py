@@ -51,8 +51,7 @@ from vrtwist.xmpp.stanzas import (
     build_route_update,
     parse_stanza,
 )
-
-from .helpers import RecordingSink, inet
+from vrtwist.xmpp.testing import RecordingSink, inet
 
 CN = "network-control@contrailsystems.com"
 

@@ -17,8 +17,7 @@ from vrtwist.xmpp.stanzas import (
     build_route_update,
     build_unsubscribe,
 )
-
-from .helpers import MemAgent, inet, make_node
+from vrtwist.xmpp.testing import MemAgent, inet, make_node
 
 
 def messages(logs: list) -> str:

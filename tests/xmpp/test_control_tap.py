@@ -17,8 +17,8 @@ from zope.interface.verify import verifyObject
 
 from vrtwist.xmpp import control_tap
 from vrtwist.xmpp.agent_link import LocalRouteInfo, makeControllerLink
+from vrtwist.xmpp.testing import RecordingSink
 
-from .helpers import RecordingSink
 from .test_loopback import until
 
 

@@ -17,9 +17,8 @@ from twisted.trial.unittest import TestCase
 
 from vrtwist.xmpp.agent_link import ControllerLink, LocalRouteInfo, makeControllerLink
 from vrtwist.xmpp.control import ControlNode, ControlNodeFactory
+from vrtwist.xmpp.testing import RecordingSink
 from vrtwist.xmpp.tls import mutual_tls_options
-
-from .helpers import RecordingSink
 
 
 async def until(pred: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
