@@ -14,6 +14,7 @@ from twisted.web.client import HTTPConnectionPool
 
 from tests.agent.helpers import port_body, tempdir
 from vrtwist.agent import tap
+from vrtwist.unixlisten import DEFAULT_BACKLOG
 
 
 class ServiceLifecycleTests(TestCase):
@@ -31,6 +32,8 @@ class ServiceLifecycleTests(TestCase):
         agent = top.getServiceNamed("agent")
         await agent.ready
         port = agent.rest_port.getHost().port
+        # a burst of clients fits: the listen backlog is not Twisted's 50
+        self.assertEqual(agent.rest_port.backlog, DEFAULT_BACKLOG)
         pool = HTTPConnectionPool(reactor, persistent=False)
         b = port_body(1)
         r = await treq.post(f"http://127.0.0.1:{port}/port", data=json.dumps(b).encode(),
