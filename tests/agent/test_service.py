@@ -13,6 +13,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import HTTPConnectionPool
 
 from tests.agent.helpers import port_body, tempdir
+from tests.polling import wait_for
 from vrtwist.agent import tap
 from vrtwist.unixlisten import DEFAULT_BACKLOG
 
@@ -65,7 +66,6 @@ class ControllerOptionsTests(TestCase):
     async def test_hold_stale_and_tls_reach_the_link(self) -> None:
         from twisted.internet.endpoints import TCP4ServerEndpoint
         from twisted.internet.interfaces import ISSLTransport
-        from twisted.internet.task import deferLater
 
         from tests.xmpp.test_loopback import make_pki
         from vrtwist.xmpp.control import ControlNode, ControlNodeFactory
@@ -96,10 +96,7 @@ class ControllerOptionsTests(TestCase):
         link = agent.link
         self.assertEqual((link.hold_time, link.stale_time), (30.0, 5.0))
         self.assertIsNotNone(link.tls)
-        for _ in range(500):
-            if "node-a" in node.sessions:
-                break
-            await deferLater(reactor, 0.02, lambda: None)
+        await wait_for(lambda: "node-a" in node.sessions, what="the agent's XMPP session")
         session = node.sessions["node-a"]
         self.assertTrue(ISSLTransport.providedBy(session.transport))
         await top.stopService()
@@ -166,15 +163,6 @@ async def post_json(agent: Any, path: str, body: dict[str, Any]) -> None:
                         pool=pool)
     assert r.code == 200, r.code
     await treq.content(r)
-
-
-async def wait_for(check: Any, tries: int = 250) -> None:
-    from twisted.internet.task import deferLater
-
-    for _ in range(tries):
-        if check():
-            return
-        await deferLater(reactor, 0.02, lambda: None)
 
 
 class IpamWiringTests(TestCase):

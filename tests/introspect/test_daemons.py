@@ -17,6 +17,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import HTTPConnectionPool
 
 from tests.agent.helpers import tempdir
+from tests.polling import wait_for
 from tests.vic.test_vspc_integration import VSPCNetTestCase, canonical
 from vrtwist.vic.testing import uuidText
 
@@ -232,12 +233,9 @@ class DaemonIntrospectTests(TestCase):
         self.assertEqual(hm[("vpnkit_channels_open", ())], 0)
 
 
-async def until(pred: Any, what: str, timeout: float = 10.0) -> None:
-    for _ in range(int(timeout / 0.02)):
-        if pred():
-            return
-        await deferLater(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
+def until(pred: Any, what: str, timeout: float = 10.0) -> defer.Deferred[Any]:
+    """``tests.polling.wait_for`` with this module's argument order."""
+    return wait_for(pred, timeout, 0.02, what)
 
 
 def deferLater(seconds: float) -> defer.Deferred[None]:

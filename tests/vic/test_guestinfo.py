@@ -273,14 +273,18 @@ class CLITests(SynchronousTestCase):
             stdout=subprocess.PIPE,
             text=True,
         )
-        import time
+        from tests.polling import wait_until
 
         # keep changing the value until the watcher (whenever it started) reports one
-        n = 0
-        while proc.poll() is None and n < 400:
-            n += 1
-            FileTransport(d).set(k, str(n))
-            time.sleep(0.05)
+        changes = iter(range(1, 1_000_000))
+
+        def reported() -> bool:
+            if proc.poll() is not None:
+                return True
+            FileTransport(d).set(k, str(next(changes)))
+            return False
+
+        wait_until(reported, "the watcher to report a change", 20)
         out, _ = proc.communicate(timeout=20)
         self.assertEqual(proc.returncode, 0)
         self.assertRegex(out, rf"^{k.replace('|', '[|]')}=\d+\n$")
