@@ -233,7 +233,7 @@ class ConfigOverTheWireTests(TestCase):
             "--controller", f"tcp:127.0.0.1:{listening.getHost().port}")
         await agent.link.whenReady()
         await post_json(agent, "/vm", VM)
-        self.assertTrue(node.sendConfig("compute-7", vmi_config().updates))
+        self.assertTrue(node.send_config("compute-7", vmi_config().updates))
         datapath = top.getServiceNamed("vrouter-dp").datapath
         vrf_name = agent.model.vrfNames()[0]
 

@@ -71,7 +71,7 @@ class VmInterfaceConfigTests(SynchronousTestCase):
         self.model = self.agent.model
         self.config = ConfigStore()
         self.model.interface_source = self.config.interface
-        self.config.listeners.append(lambda _u: self.model.refreshConfig())
+        self.config.listeners.append(lambda _u: self.model.refresh_config())
         self.link = RecordingLink()
         self.model.controller = self.link
 

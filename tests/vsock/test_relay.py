@@ -340,7 +340,7 @@ class RelayNetTests(TestCase):
         await peer.until(lambda: b"relays" in peer.received)
         got = P.decode(bytes(peer.received))
         assert got is not None
-        self.assertEqual(got[0].sourceCID, 5)
+        self.assertEqual(got[0].source_cid, 5)
         self.assertEqual(bytes(peer.received[got[1] :]), b"through two relays")
         self.assertEqual(other.peers, [])
 

@@ -495,14 +495,14 @@ class RemoteRouteTableTests(SynchronousTestCase):
 
     def test_drop_vrf(self) -> None:
         self.t.reach("blue", (1, 1), (inet("10.0.0.1/32"), inet("10.0.0.2/32")))
-        self.assertEqual(self.t.dropVrf("blue"), 2)
+        self.assertEqual(self.t.drop_vrf("blue"), 2)
         self.assertEqual(self.sink.table, {})
 
     def test_stale_sweep(self) -> None:
         self.t.reach("blue", (1, 1), (inet("10.0.0.1/32"), inet("10.0.0.2/32")))
-        self.assertEqual(self.t.markAllStale(), 2)
+        self.assertEqual(self.t.mark_all_stale(), 2)
         self.t.reach("blue", (1, 1), (inet("10.0.0.2/32"),))
-        self.assertEqual(self.t.sweepStale(), 1)
+        self.assertEqual(self.t.sweep_stale(), 1)
         self.assertEqual(list(self.sink.table), [("blue", "10.0.0.2", 32)])
 
 
@@ -591,7 +591,7 @@ class ReconnectTests(SynchronousTestCase):
         for _ in range(3):
             ep.connect(None).addErrback(lambda f: None)  # type: ignore[arg-type]
         self.assertEqual((ep.current, ep.failures), (0, 3))
-        ep.sessionEstablished()
+        ep.session_established()
         self.assertEqual((ep.current, ep.failures), (0, 0))
         for _ in range(4):
             ep.connect(None).addErrback(lambda f: None)  # type: ignore[arg-type]
@@ -657,9 +657,9 @@ class ConfigStoreTests(SynchronousTestCase):
         update = parse_stanza(self.CONFIG)
         assert isinstance(update, ConfigUpdate)
         store.apply(update)
-        self.assertEqual(store.routingInstanceOf("default-domain:demo:vn1"),
+        self.assertEqual(store.routing_instance_of("default-domain:demo:vn1"),
                          "default-domain:demo:vn1:vn1")
-        self.assertEqual(store.subnetsOf("default-domain:demo:vn1"), [
+        self.assertEqual(store.subnets_of("default-domain:demo:vn1"), [
             {"prefix": "10.1.1.0", "plen": 24, "gateway": "10.1.1.1", "dns": "10.1.1.2"},
             {"prefix": "fd00::", "plen": 64, "gateway": "fd00::1", "dns": ""}])
         self.assertEqual(store.interface("55b49e32"), {
@@ -670,7 +670,7 @@ class ConfigStoreTests(SynchronousTestCase):
         links = [lk for lk in update.updates if isinstance(lk, ConfigLink)
                  and lk.metadata == "virtual-network-network-ipam"]
         store.apply(ConfigUpdate((), tuple(links)))
-        self.assertEqual(store.subnetsOf("default-domain:demo:vn1"), [])
+        self.assertEqual(store.subnets_of("default-domain:demo:vn1"), [])
 
     def test_link_metadata_round_trips(self) -> None:
         from vrtwist.xmpp.stanzas import ConfigUpdate

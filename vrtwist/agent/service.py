@@ -242,11 +242,11 @@ class AgentService(MultiService):
             # from the config channel: IPAM subnets for ports without plen, and the VM
             # interface (instance IPs, MAC) for ports whose REST data lacks them
             def subnets(vn_id: str) -> list[dict[str, Any]]:
-                vn = config.networkByUuid(vn_id)
-                return list(config.subnetsOf(vn)) if vn else []
+                vn = config.network_by_uuid(vn_id)
+                return list(config.subnets_of(vn)) if vn else []
             self.model.subnet_source = subnets
             self.model.interface_source = config.interface
-            config.listeners.append(lambda _update: self.model.refreshConfig())
+            config.listeners.append(lambda _update: self.model.refresh_config())
         link.setServiceParent(self)
         self.link = link
 
