@@ -19,7 +19,7 @@ from twisted.web.client import HTTPConnectionPool
 from tests.agent.helpers import tempdir
 from tests.polling import wait_for
 from tests.vic.test_vspc_integration import VSPCNetTestCase, canonical
-from vrtwist.vic.testing import uuidText
+from vrtwist.vic.testing import uuid_text
 
 LOOP = "tcp:0:interface=127.0.0.1"
 
@@ -253,13 +253,13 @@ class VSPCSessionMetricsTests(VSPCNetTestCase):
 
         port = await self.startVSPC()
         backend = await self.backend(1, echo=True)
-        esx = await self.esx(port, uuid=uuidText(1))
+        esx = await self.esx(port, uuid=uuid_text(1))
         app = vspc_app(self.table)
         listening = await listen_introspect(reactor, LOOP, app.resource())
         self.addCleanup(listening.stopListening)
         iport = listening.getHost().port
-        esx.sendSerial(b"z" * 3000)
-        await esx.waitFor(lambda: len(esx.serial) >= 3000)
+        esx.send_serial(b"z" * 3000)
+        await esx.wait_for(lambda: len(esx.serial) >= 3000)
         pool = HTTPConnectionPool(reactor, persistent=False)
         r = await treq.get(f"http://127.0.0.1:{iport}/metrics", reactor=reactor, pool=pool)
         m = metrics_of((await r.content()).decode())

@@ -176,7 +176,7 @@ class SessionStartTests(SynchronousTestCase):
         go first, so the control node's sweep keeps them."""
         eor = [EndOfRib("host1")]
         h = LinkHarness()
-        h.link.holdEndOfRib()
+        h.link.hold_end_of_rib()
         h.establish()
         out = h.sent()
         self.assertNotIn(eor[0], out)
@@ -184,9 +184,9 @@ class SessionStartTests(SynchronousTestCase):
         out = h.sent()
         self.assertTrue([s for s in out if isinstance(s, Publish) and s.entry is not None])
         self.assertNotIn(eor[0], out)
-        h.link.localRoutesReady()
+        h.link.local_routes_ready()
         self.assertEqual(h.sent(), eor)
-        h.link.localRoutesReady()  # once only
+        h.link.local_routes_ready()  # once only
         self.assertEqual(h.sent(), [])
         # later sessions send it at once again
         h.lose()
@@ -196,8 +196,8 @@ class SessionStartTests(SynchronousTestCase):
 
     def test_routes_ready_before_any_session(self) -> None:
         h = LinkHarness()
-        h.link.holdEndOfRib()
-        h.link.localRoutesReady()
+        h.link.hold_end_of_rib()
+        h.link.local_routes_ready()
         h.establish()
         self.assertEqual(h.sent()[-1:], [EndOfRib("host1")])
 
@@ -221,7 +221,7 @@ class SessionStartTests(SynchronousTestCase):
         h.link.localRouteDeleted(port(2))
         h.clock.advance(0)
         self.assertIn(Unsubscribe("blue", "bgp-peer", "host1"), h.sent())
-        self.assertEqual(h.link.subscribedVrfs, [])
+        self.assertEqual(h.link.subscribed_vrfs, [])
 
     def test_update_of_the_only_port_keeps_the_subscription(self) -> None:
         h = LinkHarness()

@@ -118,7 +118,7 @@ class AgentService(MultiService):
         if self.controllers:
             self._attach_controller()
             if self.link is not None:
-                self.link.holdEndOfRib()  # until the port files are replayed
+                self.link.hold_end_of_rib()  # until the port files are replayed
         sync = self._make_sync()
         if sync is not None:
             self.sync = sync
@@ -133,7 +133,7 @@ class AgentService(MultiService):
         self._log.info("replayed {added} port(s) from {dir}, skipped {skipped}",
                        added=added, dir=str(store.ports_dir), skipped=len(skipped))
         if self.link is not None:
-            self.link.localRoutesReady()
+            self.link.local_routes_ready()
         if sync is not None:
             sync.start()
         self.api = PortApi(table, self._programmed if sync is not None else None,

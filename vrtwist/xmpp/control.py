@@ -208,7 +208,7 @@ class ControlNode:
                 return f"agent {name!r} is already connected from another address"
             # Same agent restarting: the old session goes first, its paths turn stale.
             self.unregister(old)
-            old.closeSession("replaced by a new session from the same address")
+            old.close_session("replaced by a new session from the same address")
         self.sessions[name] = session
         return None
 
@@ -532,7 +532,7 @@ class ControlSession(XmppSession):
     def _open_timeout(self) -> None:
         self._open_call = None
         if not self.established:
-            self.closeSession(f"no stream open within {OPEN_TIMEOUT:g} s")
+            self.close_session(f"no stream open within {OPEN_TIMEOUT:g} s")
 
     def pauseProducing(self) -> None:
         self.paused = True
@@ -562,22 +562,22 @@ class ControlSession(XmppSession):
             return
         reason = self.node.register(self)
         if reason is not None:
-            self.closeSession(reason)
+            self.close_session(reason)
             return
         self.registered = True
         self.established = True
         if self._open_call is not None and self._open_call.active():
             self._open_call.cancel()
         self._open_call = None
-        self._log.info("agent {agent} connected from {peer}", agent=name, peer=self.peerLabel())
-        self.startTimers()
+        self._log.info("agent {agent} connected from {peer}", agent=name, peer=self.peer_label())
+        self.start_timers()
 
     def stanzaReceived(self, stanza: Stanza) -> None:
         if not self.established:
             if isinstance(stanza, StartTls) and self.tls is not None and not self.tls_started:
                 self.send(PROCEED)
                 self.tls_started = True
-                self.restartFraming()
+                self.restart_framing()
                 self.transport.startTLS(self.tls)  # type: ignore[union-attr]
                 return
             raise ProtocolViolation(f"{type(stanza).__name__} before the stream is established")
