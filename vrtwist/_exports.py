@@ -7,6 +7,7 @@ import the whole package, and every command-line tool pay for the daemons it nev
 
 A package writes::
 
+    TYPE_CHECKING = False        # mypy takes it as true; importing typing is not needed
     if TYPE_CHECKING:            # what mypy and readers see
         from vrtwist.pkg.mod import Name
     __all__ = ["Name"]

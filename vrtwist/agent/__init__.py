@@ -7,9 +7,9 @@ ksync sync, packet services (ARP, DHCP, ICMP, flows) and the XMPP routes it prog
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from vrtwist._exports import lazy_exports
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads it so)
 
 if TYPE_CHECKING:
     from vrtwist.agent.dpstate import DatapathModel

@@ -9,9 +9,9 @@ share and the classes a program may drive without a command line.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from vrtwist._exports import lazy_exports
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads it so)
 
 if TYPE_CHECKING:
     from vrtwist.cli._common import DEFAULT_SOCK_DIR, EXIT_RESPONSE, EXIT_USAGE, UsageError

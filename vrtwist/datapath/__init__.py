@@ -8,9 +8,9 @@ against ``Tables``; ``Pipeline`` forwards frames. The seams are in
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from vrtwist._exports import lazy_exports
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads it so)
 
 if TYPE_CHECKING:
     from vrtwist.datapath.dispatcher import BridgeRoutesInMemory, Datapath, DumpReply

@@ -8,9 +8,9 @@ Metrics are read from the counters the daemons already keep, at scrape time, by 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from vrtwist._exports import lazy_exports
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads it so)
 
 if TYPE_CHECKING:
     from vrtwist.introspect.daemons import control_app, vpnkit_app, vsock_app, vspc_app

@@ -12,9 +12,9 @@ Importing this package does not import Twisted: each name loads its module on fi
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from vrtwist._exports import lazy_exports
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads it so)
 
 if TYPE_CHECKING:
     from vrtwist.ksync.blocking import KsyncConnectError, KsyncConnection, open_ksync

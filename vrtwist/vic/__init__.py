@@ -7,9 +7,9 @@ writes guestinfo keys. Test doubles are in ``vrtwist.vic.testing``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from vrtwist._exports import lazy_exports
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads it so)
 
 if TYPE_CHECKING:
     from vrtwist.vic.api import VSPCApi

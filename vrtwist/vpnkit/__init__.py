@@ -8,9 +8,9 @@ windows; ``ForwardTable`` and ``ExposeAPI`` are the host side's exposed ports;
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from vrtwist._exports import lazy_exports
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads it so)
 
 if TYPE_CHECKING:
     from vrtwist.vpnkit.addr import AddressError, parse_connect_addr, parse_listen_addr

@@ -7,9 +7,9 @@ backends chosen by ``BackendRoutes``, optionally with a PROXY v2 header (``proxy
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from vrtwist._exports import lazy_exports
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads it so)
 
 if TYPE_CHECKING:
     from vrtwist.vsock.endpoints import (

@@ -7,9 +7,9 @@ test's packets. ``vrtwist-vtest`` is ``vrtwist.vtest.runner.main``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from vrtwist._exports import lazy_exports
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads it so)
 
 if TYPE_CHECKING:
     from vrtwist.vtest.packets import PacketRig, PacketUnavailable

@@ -8,9 +8,9 @@ between agents. ``framing`` and ``stanzas`` are sans-IO. In-memory peers for tes
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from vrtwist._exports import lazy_exports
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads it so)
 
 if TYPE_CHECKING:
     from vrtwist.xmpp.agent_link import (
