@@ -19,7 +19,10 @@ A package writes::
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping, Sequence
+
+TYPE_CHECKING = False  # importing typing or collections.abc here would cost every codec user
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
 
 __all__ = ["lazy_exports"]
 
