@@ -49,7 +49,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from vrtwist.vic import telnet as T  # noqa: E402
 from vrtwist.vic import vmware_ext as X  # noqa: E402
-from vrtwist.vic.testing import FakeESX, uuidText  # noqa: E402
+from vrtwist.vic.testing import FakeESX, uuid_text  # noqa: E402
 
 CHUNK = 65536
 MB = 1e6
@@ -304,13 +304,13 @@ async def vspcOnce(
     factories = []
     try:
         for n in range(vms):
-            uuid = X.normaliseUUID(uuidText(n + 1))
+            uuid = X.normaliseUUID(uuid_text(n + 1))
             f = OneShot((lambda: Counter(total)) if up else Protocol)
             ports.append(await UNIXServerEndpoint(reactor, f"{workdir}/{uuid}.sock").listen(f))
             factories.append(f)
         esxs = []
         for n in range(vms):
-            e = FakeESX(uuid=uuidText(n + 1))
+            e = FakeESX(uuid=uuid_text(n + 1))
             if not up:
                 # The sink counts wire bytes, as the direct sink does: the payload
                 # escapes to a known wire length, so no decoding in this process.

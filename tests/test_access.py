@@ -31,7 +31,13 @@ from vrtwist.access import (
     private_dir,
     restrict_before_bind,
 )
-from vrtwist.unixlisten import UNIXListenEndpoint, access_from_options, listen_endpoint
+from vrtwist.unixlisten import (
+    DEFAULT_BACKLOG,
+    UNIXListenEndpoint,
+    access_from_options,
+    listen_endpoint,
+    with_backlog,
+)
 
 NOGROUP = 65534
 
@@ -156,6 +162,48 @@ class EndpointStringTests(SynchronousTestCase):
         listen_endpoint(r, "unix:/x/y.sock").listen(Factory.forProtocol(Protocol))
         self.assertEqual(r.unixServers[0][0], "/x/y.sock")
         self.assertEqual(r.unixServers[0][3], OWNER_MODE)
+
+
+class BacklogTests(SynchronousTestCase):
+    """Every listener gets a backlog that takes a burst of clients; the string may say
+    another (200 REST clients at once overflowed Twisted's default of 50)."""
+
+    def test_default_is_sane(self) -> None:
+        self.assertGreaterEqual(DEFAULT_BACKLOG, 1024)
+        r = MemoryReactorClock()
+        listen_endpoint(r, "tcp:0:interface=127.0.0.1").listen(Factory.forProtocol(Protocol))
+        listen_endpoint(r, "unix:/x/y.sock").listen(Factory.forProtocol(Protocol))
+        self.assertEqual(r.tcpServers[0][2], DEFAULT_BACKLOG)
+        self.assertEqual(r.unixServers[0][2], DEFAULT_BACKLOG)
+
+    def test_endpoint_string_wins(self) -> None:
+        r = MemoryReactorClock()
+        listen_endpoint(r, "tcp:0:backlog=77:interface=127.0.0.1").listen(
+            Factory.forProtocol(Protocol))
+        listen_endpoint(r, "tcp6:0:interface=\\:\\:1:backlog=5", backlog=9).listen(
+            Factory.forProtocol(Protocol))
+        self.assertEqual([s[2] for s in r.tcpServers], [77, 5])
+
+    def test_caller_default(self) -> None:
+        r = MemoryReactorClock()
+        listen_endpoint(r, "tcp:0", backlog=300).listen(Factory.forProtocol(Protocol))
+        self.assertEqual(r.tcpServers[0][2], 300)
+
+    def test_strings_without_a_backlog_option_pass_unchanged(self) -> None:
+        self.assertEqual(with_backlog("systemd:domain=INET:index=0"),
+                         "systemd:domain=INET:index=0")
+        self.assertEqual(with_backlog("unix:/a\\:backlog=b"), "unix:/a\\:backlog=b:backlog=1024")
+        self.assertEqual(with_backlog("tcp:9091", 64), "tcp:9091:backlog=64")
+        self.assertEqual(with_backlog("vsock:1234", 64), "vsock:1234:backlog=64")
+
+    def test_rest_listener_uses_it(self) -> None:
+        """The agent's REST listener: the default unless ``--rest`` says otherwise."""
+        from vrtwist.agent.tap import Options
+
+        self.assertNotIn("backlog", Options()["rest"])
+        r = MemoryReactorClock()
+        listen_endpoint(r, Options()["rest"]).listen(Factory.forProtocol(Protocol))
+        self.assertEqual(r.tcpServers[0][2], DEFAULT_BACKLOG)
 
 
 class ListenerAsNobodyTests(TestCase):

@@ -13,6 +13,8 @@ import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.agent.procs import CONTROL_PORT_RE, logged_port
+from tests.polling import wait_until
 from vrtwist import logfiles
 from vrtwist.logfiles import DEFAULT_LOG_FILES, DEFAULT_LOG_SIZE, configured_observer
 
@@ -86,31 +88,26 @@ class TwistdRotationTests(SynchronousTestCase):
         twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
         if not os.path.exists(twistd):
             raise self.skipTest("twistd console script not installed next to the interpreter")
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-        s.close()
         run = tempfile.mkdtemp(prefix="vrtwist-logs-")
         self.addCleanup(shutil.rmtree, run, True)
         out = open(os.path.join(run, "stdout"), "wb")
         self.addCleanup(out.close)
         proc = subprocess.Popen(
             [twistd, "-n", "--pidfile=", "--logfile", os.path.join(run, "cn.log"),
-             "vrouter-control", "--xmpp", f"tcp:{port}:interface=127.0.0.1",
+             "vrouter-control", "--xmpp", "tcp:0:interface=127.0.0.1", "--introspect", "none",
              "--log-size", "2000", "--log-files", "3"],
             cwd=run, stdout=out, stderr=subprocess.STDOUT)
         self.addCleanup(proc.wait)
         self.addCleanup(proc.terminate)
 
+        def listening() -> int | None:
+            self.assertIsNone(proc.poll(), "the control node exited")
+            return logged_port(os.path.join(run, "cn.log"), CONTROL_PORT_RE)
+
+        port = wait_until(listening, "the control node to listen")
+
         def connect() -> socket.socket:
-            deadline = time.monotonic() + 20
-            while True:
-                try:
-                    return socket.create_connection(("127.0.0.1", port), timeout=5)
-                except OSError:
-                    if time.monotonic() > deadline or proc.poll() is not None:
-                        raise
-                    time.sleep(0.1)
+            return socket.create_connection(("127.0.0.1", port), timeout=5)
 
         # Each bad peer makes the daemon log its close.
         for i in range(120):

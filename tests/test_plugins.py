@@ -181,7 +181,8 @@ class DaemonStopSignalTests(SynchronousTestCase):
     """Every twistd daemon of the vRouter stops on SIGTERM through our handler."""
 
     def _stops_quietly(self, plugin: str, args: list[str]) -> None:
-        from tests.agent.procs import Twistd, wait_until
+        from tests.agent.procs import Twistd
+        from tests.polling import wait_until
 
         d = tempfile.mkdtemp(prefix="vrtwist-sig-")
         self.addCleanup(shutil.rmtree, d, True)

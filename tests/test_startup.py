@@ -18,7 +18,8 @@ from contextlib import contextmanager
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.agent.helpers import tempdir
-from tests.agent.procs import SMALL_TABLES, TWISTD, Twistd, wait_until
+from tests.agent.procs import SMALL_TABLES, TWISTD, Twistd
+from tests.polling import wait_until
 from vrtwist.sandesh import schema
 from vrtwist.shmem import layout as L
 from vrtwist.shmem.cli_bridge import dump_bridge

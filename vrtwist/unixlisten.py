@@ -34,9 +34,32 @@ from vrtwist.access import (
     restrict_before_bind,
 )
 
-__all__ = ["UNIXListenEndpoint", "access_from_options", "listen_endpoint"]
+__all__ = [
+    "DEFAULT_BACKLOG",
+    "UNIXListenEndpoint",
+    "access_from_options",
+    "listen_endpoint",
+    "with_backlog",
+]
 
 _EXPLICIT_MODE = re.compile(r"(?:^|(?<!\\):)mode=([0-7]+)(?::|$)")
+_EXPLICIT_BACKLOG = re.compile(r"(?:^|(?<!\\):)backlog=")
+
+#: Listen backlog of every daemon's listener whose endpoint string does not say
+#: ``backlog=``. Twisted's default (50) overflowed when 200 REST clients connected at
+#: once (SYN cookies, then now and then a reset); the kernel caps it at somaxconn.
+DEFAULT_BACKLOG = 1024
+#: Endpoint types whose string parser takes ``backlog=``.
+_BACKLOG_TYPES = frozenset({"tcp", "tcp6", "ssl", "unix", "vsock"})
+
+
+def with_backlog(description: str, backlog: int = DEFAULT_BACKLOG) -> str:
+    """``description`` with ``:backlog=<backlog>`` added, unless it names a backlog
+    itself (the operator's choice wins) or its endpoint type takes none."""
+    kind = description.partition(":")[0]
+    if kind not in _BACKLOG_TYPES or _EXPLICIT_BACKLOG.search(description):
+        return description
+    return f"{description}:backlog={backlog}"
 
 
 def access_from_options(options: Any) -> SocketAccess:
@@ -118,14 +141,19 @@ class UNIXListenEndpoint:
 
 
 def listen_endpoint(
-    reactor: Any, description: str, access: SocketAccess | None = None
+    reactor: Any,
+    description: str,
+    access: SocketAccess | None = None,
+    backlog: int = DEFAULT_BACKLOG,
 ) -> IStreamServerEndpoint:
-    """``serverFromString(reactor, description)``, with ``unix:`` made restrictive.
+    """``serverFromString(reactor, description)``, with ``unix:`` made restrictive and a
+    listen backlog of ``backlog`` unless the string says ``backlog=``.
 
     A ``unix:`` description gets ``access``'s mode (0600, or 0660 and the group)
     instead of Twisted's 0666; a ``mode=`` the operator wrote in the string is honoured
     (it is an explicit choice), still applied without a umask window.
     """
+    description = with_backlog(description, backlog)
     ep = serverFromString(reactor, description)
     if not isinstance(ep, UNIXServerEndpoint):
         return ep

@@ -1,20 +1,12 @@
-"""Shared fixtures of the agent tests: sample port bodies and an in-memory agent."""
+"""Shared fixtures of the agent tests: sample port bodies and a private directory.
+
+The in-memory agent itself ships with the package: ``vrtwist.agent.testing``.
+"""
 
 from __future__ import annotations
 
-import json
 import uuid as _uuid
 from typing import Any
-
-from treq.testing import StubTreq
-from twisted.internet.testing import MemoryReactorClock
-
-from vrtwist.agent.dpstate import DatapathModel
-from vrtwist.agent.ksync_sync import DatapathSync, LocalChannel
-from vrtwist.agent.ports import PortTable
-from vrtwist.agent.rest import PortApi
-from vrtwist.agent.store import PortStore
-from vrtwist.datapath.dispatcher import Datapath
 
 #: The real agent's test file src/vnsw/agent/port_ipc/test/93c2c386-...
 SAMPLE: dict[str, Any] = {
@@ -43,41 +35,6 @@ def port_body(n: int, vn: str = VN, **over: Any) -> dict[str, Any]:
     })
     body.update(over)
     return body
-
-
-class InMemoryAgent:
-    """Port table + REST resource + model + sync against the real datapath tables."""
-
-    def __init__(self, state_dir: str, *, tap_check: bool = False,
-                 datapath: Datapath | None = None, exists: Any = None) -> None:
-        self.clock = MemoryReactorClock()
-        self.store = PortStore(state_dir)
-        kwargs = {"exists": exists} if exists is not None else {}
-        self.table = PortTable(self.store, self.clock, tap_check=tap_check, **kwargs)
-        self.model = DatapathModel(os_index=lambda name: 0)
-        self.datapath = datapath if datapath is not None else Datapath()
-        self.sync = DatapathSync(self.model)
-        self.sync.attach(LocalChannel(self.datapath))
-        self.table.observe(self.model)
-        self.api = PortApi(self.table, gateways=self.model)
-        self.http = StubTreq(self.api.app.resource())
-
-    def call(self, method: str, path: str, body: Any = None,
-             raw: bytes | None = None) -> tuple[int, Any]:
-        """One request through StubTreq; returns (status, parsed JSON body)."""
-        data = raw if raw is not None else (json.dumps(body).encode()
-                                            if body is not None else None)
-        results: list[Any] = []
-        d = self.http.request(method, "http://agent" + path, data=data)
-        d.addCallback(lambda r: self.http.content(r).addCallback(
-            lambda b: results.append((r.code, json.loads(b) if b else None))))
-        d.addErrback(results.append)
-        self.http.flush()
-        assert results, "request did not complete"
-        if not isinstance(results[0], tuple):
-            results[0].raiseException()
-        out: tuple[int, Any] = results[0]
-        return out
 
 
 def tempdir(case: Any) -> str:

@@ -1,14 +1,18 @@
-"""Subprocess helpers for end-to-end agent tests: twistd vrouter / vrouter-dp, polling."""
+"""Subprocess helpers for end-to-end agent tests: twistd vrouter / vrouter-dp.
+
+The daemons listen on port 0 and the tests read the port back from their log.
+"""
 
 from __future__ import annotations
 
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
-import time
-from typing import Any
+
+from tests.polling import wait_until
 
 BIN = os.path.dirname(sys.executable)
 TWISTD = os.path.join(BIN, "twistd")
@@ -16,22 +20,30 @@ PORT_CONTROL = os.path.join(BIN, "vrouter-port-control")
 SMALL_TABLES = ["--flow-entries", "1024", "--bridge-entries", "1024"]
 _REST_RE = re.compile(r"REST port API listening on .*port=(\d+)")
 _INTROSPECT_RE = re.compile(r"introspect listening on .*port=(\d+)")
+#: Twisted's own line for a TCP port the control node's factory listens on
+CONTROL_PORT_RE = re.compile(r"ControlNodeFactory .*starting on (\d+)")
+#: the agent's line for its REST listener
+REST_PORT_RE = _REST_RE
 
 
-def wait_until(check: Any, what: str, timeout: float = 20.0) -> Any:
-    """Poll ``check`` until it returns something true; AssertionError naming ``what``."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except Exception as e:  # noqa: BLE001 - a poll may fail while things start
-            last = e
-        else:
-            if last:
-                return last
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
+def unused_tcp_port() -> int:
+    """A loopback TCP port nothing listens on right now, for a program that cannot listen
+    on port 0 and say which port it got (the only one: the prometheus server). Racy by
+    nature: prefer ``tcp:0`` and :func:`logged_port`."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def logged_port(path: str, pattern: re.Pattern[str]) -> int | None:
+    """The port a daemon told to listen on port 0 wrote in its log ``path`` (the latest
+    one: a restarted daemon appends), or None while it has not listened yet."""
+    try:
+        with open(path, errors="replace") as f:
+            found = pattern.findall(f.read())
+    except FileNotFoundError:
+        return None
+    return int(found[-1]) if found else None
 
 
 class Twistd:

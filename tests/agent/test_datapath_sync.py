@@ -9,7 +9,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from tests.agent.helpers import VN, InMemoryAgent, port_body, tempdir
+from tests.agent.helpers import VN, port_body, tempdir
 from vrtwist.agent.dpstate import DatapathModel, IdAllocator
 from vrtwist.agent.interfaces import (
     IGatewayProgrammer,
@@ -19,6 +19,7 @@ from vrtwist.agent.interfaces import (
 )
 from vrtwist.agent.ksync_sync import DatapathSync, LocalChannel
 from vrtwist.agent.model import ResourceExhausted
+from vrtwist.agent.testing import InMemoryAgent
 from vrtwist.datapath import constants as C
 from vrtwist.datapath.dispatcher import Datapath
 
@@ -224,7 +225,7 @@ class RestartTests(SynchronousTestCase):
         first.model.addRemoteRoute(vrf_name, "10.9.0.1", 32, "192.0.2.2", 40)
         first.model.addRemoteRoute(vrf_name, "10.9.0.3", 32, "192.0.2.3", 42)  # not relearnt
         mac = bytes.fromhex("0200c0000202")
-        first.model.setFabricMac("192.0.2.2", mac)
+        first.model.set_fabric_mac("192.0.2.2", mac)
         dp = first.datapath
         vrf = first.model.vrf_id_of(VN)
         tunnel = route(dp, vrf, "10.9.0.1", 32).nh
@@ -707,7 +708,7 @@ class IpamSubnetTests(SynchronousTestCase):
         self.assertIsNone(route(self.dp, vrf, "10.0.0.0", 24))
         self.subnets[VN] = [{"prefix": "10.0.0.0", "plen": 24, "gateway": "10.0.0.1",
                              "dns": ""}]
-        m.refreshSubnets()
+        m.refresh_subnets()
         self.assertEqual(self.agent.sync.errors, {})
         self.assertEqual(m.port_ids(a["id"]), ids)
         self.assertEqual(route(self.dp, vrf, "10.0.0.0", 24).nh.type, C.NH_RESOLVE)
@@ -715,7 +716,7 @@ class IpamSubnetTests(SynchronousTestCase):
         # the subnet changes: old routes go, new ones come, shared by both ports
         self.subnets[VN] = [{"prefix": "10.0.0.0", "plen": 16, "gateway": "10.0.255.254",
                              "dns": ""}]
-        m.refreshSubnets()
+        m.refresh_subnets()
         self.assertIsNone(route(self.dp, vrf, "10.0.0.0", 24))
         self.assertIsNone(route(self.dp, vrf, "10.0.0.1", 32))
         self.assertIsNotNone(route(self.dp, vrf, "10.0.0.0", 16))

@@ -15,7 +15,8 @@ from twisted.trial.unittest import TestCase
 
 from tests.agent.dpview import snapshot, vif_names
 from tests.agent.helpers import SAMPLE, port_body, tempdir
-from tests.agent.procs import BIN, SMALL_TABLES, Twistd, agent_args, port_control, wait_until
+from tests.agent.procs import BIN, SMALL_TABLES, Twistd, agent_args, port_control
+from tests.polling import wait_until
 
 
 def http_call(port: int, method: str, path: str, body: Any = None) -> tuple[int, str, Any]:

@@ -79,37 +79,37 @@ class ModelTests(SynchronousTestCase):
         src = m.fabric_mac()
         self.assertEqual(bytes(m.desired[(NH, nh_id)][1]["nhr_encap"]),
                          bytes(6) + src + b"\x08\x00")
-        self.assertEqual(m.tunnelDestinations(), {"192.0.2.2"})
+        self.assertEqual(m.tunnel_destinations(), {"192.0.2.2"})
         self.changed.clear()
-        m.setFabricMac("192.0.2.2", MAC_B)
+        m.set_fabric_mac("192.0.2.2", MAC_B)
         self.assertEqual(self.changed, [(NH, nh_id)])
         self.assertEqual(bytes(m.desired[(NH, nh_id)][1]["nhr_encap"]), MAC_B + src + b"\x08\x00")
         # the same MAC again changes nothing; a second encapsulation starts resolved
         self.changed.clear()
-        m.setFabricMac("192.0.2.2", MAC_B)
+        m.set_fabric_mac("192.0.2.2", MAC_B)
         self.assertEqual(self.changed, [])
         m.addRemoteRoute(self.vrf, "10.1.1.10", 32, "192.0.2.2", 21, encap="gre")
         gre = m.desired[(ROUTE, C.AF_INET, vrf_id, _ip("10.1.1.10"), 32)][1]["rtr_nh_id"]
         self.assertNotEqual(gre, nh_id)
         self.assertEqual(bytes(m.desired[(NH, gre)][1]["nhr_encap"])[:6], MAC_B)
         # forgotten: back to zeros
-        m.setFabricMac("192.0.2.2", None)
+        m.set_fabric_mac("192.0.2.2", None)
         self.assertEqual(bytes(m.desired[(NH, nh_id)][1]["nhr_encap"])[:6], bytes(6))
-        m.setFabricMac("192.0.2.2", None)  # unknown: nothing
+        m.set_fabric_mac("192.0.2.2", None)  # unknown: nothing
 
     def test_bad_mac_is_refused_and_nothing_changes(self) -> None:
         m = self.m
         m.addRemoteRoute(self.vrf, "10.1.1.9", 32, "192.0.2.2", 20)
         before = dict(m.desired)
         self.changed.clear()
-        self.assertRaises(ValueError, m.setFabricMac, "192.0.2.2", b"\x01\x02")
+        self.assertRaises(ValueError, m.set_fabric_mac, "192.0.2.2", b"\x01\x02")
         self.assertEqual((m.desired, self.changed, m.fabric_macs), (before, [], {}))
 
     def test_tunnels_leave_the_destinations(self) -> None:
         m = self.m
         m.addRemoteRoute(self.vrf, "10.1.1.9", 32, "192.0.2.2", 20)
         m.deleteRemoteRoute(self.vrf, "10.1.1.9", 32)
-        self.assertEqual(m.tunnelDestinations(), set())
+        self.assertEqual(m.tunnel_destinations(), set())
 
 
 class Sent:
@@ -289,7 +289,7 @@ def fabric_node(fabric_ip: str, mac: bytes, ports: list[Any], vxlan: bool = Fals
     node = Node(fabric_ip, ports, mac, vxlan)
     node.resolver = FabricResolver(  # type: ignore[attr-defined]
         node.clock, lambda f: node.agent_end.send_switch(0, 0, f),
-        lambda: (mac, _ip(fabric_ip)), node.model.setFabricMac)
+        lambda: (mac, _ip(fabric_ip)), node.model.set_fabric_mac)
     node.flows.fabric = lambda: (0, _ip(fabric_ip))
     node.services._fabric_arp = lambda vif, f: node.resolver.received(f)  # type: ignore[attr-defined]
     node.model.listeners.append(lambda keys: node.apply())
@@ -329,7 +329,7 @@ class TwoNodeTests(SynchronousTestCase):
             assert ids is not None
             here.model.addRemoteRoute(vrf, there.ports[0].ip_address, 32, there.fabric_ip,
                                       ids["label"], encap=encap)
-            here.resolver.wanted(here.model.tunnelDestinations())
+            here.resolver.wanted(here.model.tunnel_destinations())
 
     def ping_across(self, encap: str) -> None:
         a, b = self.a, self.b

@@ -14,8 +14,9 @@ import uuid
 from twisted.trial.unittest import SkipTest, TestCase
 
 from tests.agent.helpers import port_body, tempdir
-from tests.agent.procs import Twistd, agent_args, wait_until
+from tests.agent.procs import Twistd, agent_args
 from tests.agent.test_e2e import http_call, utility
+from tests.polling import wait_until
 
 #: This suite's device name prefix (parallel runs must not collide).
 PFX = "io"

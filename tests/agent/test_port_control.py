@@ -14,7 +14,8 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.server import Site
 
 import vrtwist.cli.port_control as pc
-from tests.agent.helpers import InMemoryAgent, port_body, tempdir
+from tests.agent.helpers import port_body, tempdir
+from vrtwist.agent.testing import InMemoryAgent
 
 
 def args_for(port: int, json_dir: str, body: dict[str, Any], *extra: str) -> argparse.Namespace:

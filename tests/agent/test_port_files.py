@@ -15,9 +15,10 @@ import sys
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.agent.helpers import SAMPLE, InMemoryAgent, tempdir
+from tests.agent.helpers import SAMPLE, tempdir
 from vrtwist.agent.model import NIL_UUID, agent_time, port_from_json, program_name
 from vrtwist.agent.store import agent_json
+from vrtwist.agent.testing import InMemoryAgent
 
 #: The real writer's members, in its order, for a port of type 0 or 1.
 REAL_ORDER = [

@@ -14,7 +14,8 @@ from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
-from tests.agent.test_service import start_agent, wait_for
+from tests.agent.test_service import start_agent
+from tests.polling import wait_for
 
 
 def _loud(events: Any) -> list[str]:

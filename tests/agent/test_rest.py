@@ -8,8 +8,9 @@ import shutil
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.agent.helpers import SAMPLE, InMemoryAgent, port_body, tempdir
+from tests.agent.helpers import SAMPLE, port_body, tempdir
 from vrtwist.agent.model import port_from_json
+from vrtwist.agent.testing import InMemoryAgent
 
 UUID = SAMPLE["id"]
 

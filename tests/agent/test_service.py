@@ -13,7 +13,9 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import HTTPConnectionPool
 
 from tests.agent.helpers import port_body, tempdir
+from tests.polling import wait_for
 from vrtwist.agent import tap
+from vrtwist.unixlisten import DEFAULT_BACKLOG
 
 
 class ServiceLifecycleTests(TestCase):
@@ -31,6 +33,8 @@ class ServiceLifecycleTests(TestCase):
         agent = top.getServiceNamed("agent")
         await agent.ready
         port = agent.rest_port.getHost().port
+        # a burst of clients fits: the listen backlog is not Twisted's 50
+        self.assertEqual(agent.rest_port.backlog, DEFAULT_BACKLOG)
         pool = HTTPConnectionPool(reactor, persistent=False)
         b = port_body(1)
         r = await treq.post(f"http://127.0.0.1:{port}/port", data=json.dumps(b).encode(),
@@ -62,7 +66,6 @@ class ControllerOptionsTests(TestCase):
     async def test_hold_stale_and_tls_reach_the_link(self) -> None:
         from twisted.internet.endpoints import TCP4ServerEndpoint
         from twisted.internet.interfaces import ISSLTransport
-        from twisted.internet.task import deferLater
 
         from tests.xmpp.test_loopback import make_pki
         from vrtwist.xmpp.control import ControlNode, ControlNodeFactory
@@ -93,10 +96,7 @@ class ControllerOptionsTests(TestCase):
         link = agent.link
         self.assertEqual((link.hold_time, link.stale_time), (30.0, 5.0))
         self.assertIsNotNone(link.tls)
-        for _ in range(500):
-            if "node-a" in node.sessions:
-                break
-            await deferLater(reactor, 0.02, lambda: None)
+        await wait_for(lambda: "node-a" in node.sessions, what="the agent's XMPP session")
         session = node.sessions["node-a"]
         self.assertTrue(ISSLTransport.providedBy(session.transport))
         await top.stopService()
@@ -163,15 +163,6 @@ async def post_json(agent: Any, path: str, body: dict[str, Any]) -> None:
                         pool=pool)
     assert r.code == 200, r.code
     await treq.content(r)
-
-
-async def wait_for(check: Any, tries: int = 250) -> None:
-    from twisted.internet.task import deferLater
-
-    for _ in range(tries):
-        if check():
-            return
-        await deferLater(reactor, 0.02, lambda: None)
 
 
 class IpamWiringTests(TestCase):
@@ -242,7 +233,7 @@ class ConfigOverTheWireTests(TestCase):
             "--controller", f"tcp:127.0.0.1:{listening.getHost().port}")
         await agent.link.whenReady()
         await post_json(agent, "/vm", VM)
-        self.assertTrue(node.sendConfig("compute-7", vmi_config().updates))
+        self.assertTrue(node.send_config("compute-7", vmi_config().updates))
         datapath = top.getServiceNamed("vrouter-dp").datapath
         vrf_name = agent.model.vrfNames()[0]
 

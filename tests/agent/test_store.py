@@ -11,9 +11,10 @@ import sys
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from tests.agent.helpers import SAMPLE, InMemoryAgent, port_body, tempdir
+from tests.agent.helpers import SAMPLE, port_body, tempdir
 from vrtwist.agent.interfaces import IPortStore
 from vrtwist.agent.store import MAX_PORT_FILE, PortFileError, PortStore, write_json_atomic
+from vrtwist.agent.testing import InMemoryAgent
 
 
 class StoreTests(SynchronousTestCase):

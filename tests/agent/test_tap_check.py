@@ -13,10 +13,11 @@ import uuid
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from tests.agent.helpers import InMemoryAgent, port_body, tempdir
+from tests.agent.helpers import port_body, tempdir
 from vrtwist.agent.dpstate import DatapathModel
 from vrtwist.agent.ksync_sync import DatapathSync, LocalChannel
 from vrtwist.agent.ports import interface_exists
+from vrtwist.agent.testing import InMemoryAgent
 
 
 def _make_tap(case: SynchronousTestCase) -> str:

@@ -20,7 +20,6 @@ from collections.abc import Callable
 
 from twisted.trial.unittest import TestCase
 
-from tests.agent.procs import wait_until
 from tests.agent.twonodes import (
     GATEWAY,
     PLEN,
@@ -29,6 +28,7 @@ from tests.agent.twonodes import (
     start_server,
     tcp_client,
 )
+from tests.polling import wait_until
 from vrtwist.agent.packet.flows import AUDIT_TIMEOUT
 from vrtwist.agent.packet.service import AUDIT_SCAN_INTERVAL
 

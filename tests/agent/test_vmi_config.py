@@ -8,9 +8,10 @@ from typing import Any
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from tests.agent.helpers import SAMPLE, InMemoryAgent, port_body, tempdir
+from tests.agent.helpers import SAMPLE, port_body, tempdir
 from vrtwist.agent.interfaces import IControllerLink
 from vrtwist.agent.model import mac_for_vmi
+from vrtwist.agent.testing import InMemoryAgent
 from vrtwist.datapath import constants as C
 from vrtwist.datapath.dispatcher import Datapath
 from vrtwist.xmpp.agent_link import ConfigStore
@@ -70,7 +71,7 @@ class VmInterfaceConfigTests(SynchronousTestCase):
         self.model = self.agent.model
         self.config = ConfigStore()
         self.model.interface_source = self.config.interface
-        self.config.listeners.append(lambda _u: self.model.refreshConfig())
+        self.config.listeners.append(lambda _u: self.model.refresh_config())
         self.link = RecordingLink()
         self.model.controller = self.link
 

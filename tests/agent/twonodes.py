@@ -15,7 +15,8 @@ import subprocess
 import time
 from typing import Any
 
-from tests.agent.procs import BIN, PORT_CONTROL, SMALL_TABLES, TWISTD, wait_until
+from tests.agent.procs import BIN, PORT_CONTROL, SMALL_TABLES, TWISTD
+from tests.polling import wait_until
 
 PFX = "tn%d" % (os.getpid() % 100000)
 VN = "7a7a7a7a-2222-3333-4444-555555555555"

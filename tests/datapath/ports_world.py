@@ -10,12 +10,9 @@ import os
 import shutil
 import socket
 import subprocess
-import time
-from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import reactor, task
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
 from vrtwist.datapath import constants as C
@@ -160,19 +157,6 @@ class Wire:
         else:
             out.counters["oerrors"] += 1
             self.tables.count_drop("interface_tx_discard", vif)
-
-
-@inlineCallbacks
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
-    """Poll ``predicate`` under the running reactor until true; its value, or fail."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {predicate}")
-        yield task.deferLater(reactor, 0.01, lambda: None)
 
 
 def in_netns(

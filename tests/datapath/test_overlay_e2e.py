@@ -17,11 +17,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 
 from twisted.trial.unittest import TestCase
 
 from tests.datapath.ports_world import skip_reason
+from tests.polling import wait_until
 from tests.streams import tcp_stream
 
 PFX = "ov%d" % (os.getpid() % 100000)
@@ -118,24 +118,25 @@ class OverlayTests(TestCase):
                  "--logfile", log, "vrouter-dp", "--run-dir", run_dir, "--flow-entries",
                  "4096", "--bridge-entries", "4096"],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL))  # fmt: skip
-            deadline = time.monotonic() + 30
-            while not os.path.exists(os.path.join(run_dir, "dpdk_netlink")):
-                self.assertIsNone(self.procs[-1].poll(), log)
-                self.assertLess(time.monotonic(), deadline, "vrouter-dp did not start")
-                time.sleep(0.05)
+            proc = self.procs[-1]
+
+            def started(run_dir: str = run_dir, proc: subprocess.Popen[bytes] = proc,
+                        log: str = log) -> bool:
+                self.assertIsNone(proc.poll(), log)  # exited: fail at once
+                return os.path.exists(os.path.join(run_dir, "dpdk_netlink"))
+
+            wait_until(started, "vrouter-dp to start", 30)
             for tool, *args in config:
                 r = sh("ip", "netns", "exec", node, os.path.join(BIN, tool), "--sock-dir",
                        run_dir, *args, check=False)  # fmt: skip
                 self.assertEqual(r.returncode, 0, (tool, args, r.stdout, r.stderr))
         for node, run_dir in zip((self.x, self.y), run_dirs, strict=True):
-            deadline = time.monotonic() + 20
-            while True:
+            def up(node: str = node, run_dir: str = run_dir) -> bool:
                 out = sh("ip", "netns", "exec", node, os.path.join(BIN, "vif"), "--sock-dir",
                          run_dir, "--list").stdout  # fmt: skip
-                if out.count("Status: UP") >= 2:
-                    break
-                self.assertLess(time.monotonic(), deadline, out)
-                time.sleep(0.1)
+                return out.count("Status: UP") >= 2
+
+            wait_until(up, f"both vifs of {node} up", 20, 0.1)
         return run_dirs
 
     def crosses(self, encap: str) -> None:

@@ -25,8 +25,8 @@ from tests.datapath.ports_world import (
     mkframe,
     sh,
     skip_reason,
-    wait_for,
 )
+from tests.polling import wait_for
 from tests.streams import tcp_stream
 from vrtwist.datapath import constants as C
 from vrtwist.datapath import rings

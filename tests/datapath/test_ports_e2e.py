@@ -22,7 +22,8 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
-from tests.datapath.ports_world import PFX, PING, Devices, in_netns, sh, skip_reason, wait_for
+from tests.datapath.ports_world import PFX, PING, Devices, in_netns, sh, skip_reason
+from tests.polling import wait_for
 from tests.streams import tcp_stream
 from vrtwist.cli import nh as nh_cli
 from vrtwist.cli import rt as rt_cli

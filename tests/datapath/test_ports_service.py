@@ -18,7 +18,8 @@ from twisted.internet.threads import deferToThread
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from tests.datapath.ports_world import PFX, Devices, Sniffer, mkframe, skip_reason, wait_for
+from tests.datapath.ports_world import PFX, Devices, Sniffer, mkframe, skip_reason
+from tests.polling import wait_for
 from vrtwist.cli import vif as vif_cli
 from vrtwist.datapath import offload
 from vrtwist.datapath import tap as dp_tap

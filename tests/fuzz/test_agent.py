@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.agent.helpers import SAMPLE, InMemoryAgent, port_body
+from tests.agent.helpers import SAMPLE, port_body
 from tests.fuzz._harness import fuzz_case, mutated, scratch_dir, target
 from vrtwist.agent.model import (
     PortValidationError,
@@ -29,6 +29,7 @@ from vrtwist.agent.model import (
 )
 from vrtwist.agent.ports import PortTable
 from vrtwist.agent.store import PortStore
+from vrtwist.agent.testing import InMemoryAgent
 
 _VM = {"vm-uuid": SAMPLE["instance-id"], "vmi-uuid": SAMPLE["id"], "vm-name": "vm1",
        "vn-uuid": SAMPLE["vn-id"], "mac": SAMPLE["mac-address"], "host-ifname": "tap1"}  # fmt: skip

@@ -7,7 +7,6 @@ import http.client
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 import xml.etree.ElementTree as ET
@@ -18,7 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.trial.unittest import SkipTest, TestCase
 
 from tests.agent.helpers import port_body, tempdir
-from tests.agent.procs import Twistd, agent_args, wait_until
+from tests.agent.procs import CONTROL_PORT_RE, Twistd, agent_args, logged_port, unused_tcp_port
+from tests.polling import wait_until
 
 PROMETHEUS = shutil.which("prometheus")
 
@@ -180,9 +180,7 @@ class AgentIntrospectTests(TestCase):
         if PROMETHEUS is None:
             raise SkipTest("the prometheus server is not installed (Debian: prometheus)")
         self.add_port(1)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            web = s.getsockname()[1]
+        web = unused_tcp_port()  # the prometheus server takes a fixed address
         cfg = os.path.join(self.dir, "prometheus.yml")
         with open(cfg, "w") as f:
             f.write("global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n"
@@ -239,13 +237,11 @@ class ControllerSessionTests(TestCase):
 
     def test_xmpp_session_state(self) -> None:
         d = tempdir(self)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            xmpp = s.getsockname()[1]
-        cn = Twistd(d, "vrouter-control", ["--xmpp", f"tcp:{xmpp}:interface=127.0.0.1",
+        cn = Twistd(d, "vrouter-control", ["--xmpp", "tcp:0:interface=127.0.0.1",
                                            "--introspect", "tcp:0:interface=127.0.0.1"], "cn")
         self.addCleanup(cn.stop)
         cn_port = cn.introspect_port()
+        xmpp = wait_until(lambda: logged_port(cn.log, CONTROL_PORT_RE), "the XMPP port")
         agent = Twistd(d, "vrouter", agent_args(
             os.path.join(d, "run"), os.path.join(d, "state"), "--no-tap-check",
             "--controller", f"tcp:127.0.0.1:{xmpp}", "--fabric-ip", "127.0.0.2",

@@ -17,8 +17,9 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import HTTPConnectionPool
 
 from tests.agent.helpers import tempdir
+from tests.polling import wait_for
 from tests.vic.test_vspc_integration import VSPCNetTestCase, canonical
-from vrtwist.vic.testing import uuidText
+from vrtwist.vic.testing import uuid_text
 
 LOOP = "tcp:0:interface=127.0.0.1"
 
@@ -232,12 +233,9 @@ class DaemonIntrospectTests(TestCase):
         self.assertEqual(hm[("vpnkit_channels_open", ())], 0)
 
 
-async def until(pred: Any, what: str, timeout: float = 10.0) -> None:
-    for _ in range(int(timeout / 0.02)):
-        if pred():
-            return
-        await deferLater(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
+def until(pred: Any, what: str, timeout: float = 10.0) -> defer.Deferred[Any]:
+    """``tests.polling.wait_for`` with this module's argument order."""
+    return wait_for(pred, timeout, 0.02, what)
 
 
 def deferLater(seconds: float) -> defer.Deferred[None]:
@@ -255,13 +253,13 @@ class VSPCSessionMetricsTests(VSPCNetTestCase):
 
         port = await self.startVSPC()
         backend = await self.backend(1, echo=True)
-        esx = await self.esx(port, uuid=uuidText(1))
+        esx = await self.esx(port, uuid=uuid_text(1))
         app = vspc_app(self.table)
         listening = await listen_introspect(reactor, LOOP, app.resource())
         self.addCleanup(listening.stopListening)
         iport = listening.getHost().port
-        esx.sendSerial(b"z" * 3000)
-        await esx.waitFor(lambda: len(esx.serial) >= 3000)
+        esx.send_serial(b"z" * 3000)
+        await esx.wait_for(lambda: len(esx.serial) >= 3000)
         pool = HTTPConnectionPool(reactor, persistent=False)
         r = await treq.get(f"http://127.0.0.1:{iport}/metrics", reactor=reactor, pool=pool)
         m = metrics_of((await r.content()).decode())

@@ -15,6 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from tests.polling import wait_for
 from vrtwist.datapath.interfaces import IPacketTrap
 from vrtwist.pkt0 import constants as K
 from vrtwist.pkt0.codec import HEADER_LEN, AgentHeader, decode, encode_command, trap_header
@@ -193,10 +194,7 @@ class SocketTests(TestCase):
         dpt, agt, commands, handler = self._pair()
         self.assertTrue(self.dp.trap(3, 1, K.AGENT_TRAP_ARP, 0, 0, (0, 0, 0, 0), FRAME))
         self.assertTrue(self.agent.send_switch(3, 1, FRAME))
-        for _ in range(100):
-            if handler.traps and commands.calls:
-                break
-            await deferLater(reactor, 0.01, lambda: None)
+        await wait_for(lambda: handler.traps and commands.calls, what="the trap and the command")
         self.assertEqual(handler.traps[0][1], FRAME)
         self.assertEqual([decode(f)[0].cmd for _vif, f in commands.calls], [K.AGENT_CMD_SWITCH])
         self.assertEqual((dpt.counters.sent, agt.counters.received), (1, 1))
@@ -247,10 +245,7 @@ class SocketTests(TestCase):
         dpt, agt, deliver, handler = self._pair()
         for i in range(600):
             self.assertTrue(self.dp.trap(3, 1, K.AGENT_TRAP_FLOW_MISS, i, 12, (0, 0, 0, 0), FRAME))
-        for _ in range(500):
-            if len(handler.traps) == 600:
-                break
-            await deferLater(reactor, 0.005, lambda: None)
+        await wait_for(lambda: len(handler.traps) == 600, what="600 traps")
         self.assertEqual([h.param for h, _ in handler.traps], list(range(600)))
         self.assertEqual(dpt.counters.send_dropped, 0)
 
@@ -258,19 +253,13 @@ class SocketTests(TestCase):
         """The agent end restarting (a new socket at the same path) is found again."""
         dpt, agt, deliver, handler = self._pair()
         self.assertTrue(self.dp.trap(3, 1, K.AGENT_TRAP_ARP, 0, 0, (0, 0, 0, 0), FRAME))
-        for _ in range(100):
-            if handler.traps:
-                break
-            await deferLater(reactor, 0.01, lambda: None)
+        await wait_for(lambda: handler.traps, what="the first trap")
         agt.stop()
         self.assertFalse(self.dp.trap(3, 1, K.AGENT_TRAP_ARP, 0, 0, (0, 0, 0, 0), FRAME))
         agt.start()
         await deferLater(reactor, 0.25, lambda: None)  # past the reconnect pause
         self.assertTrue(self.dp.trap(3, 1, K.AGENT_TRAP_ARP, 0, 0, (0, 0, 0, 0), FRAME))
-        for _ in range(100):
-            if len(handler.traps) >= 2:
-                break
-            await deferLater(reactor, 0.01, lambda: None)
+        await wait_for(lambda: len(handler.traps) >= 2, what="the second trap")
         self.assertEqual(len(handler.traps), 2)
         self.assertGreaterEqual(dpt.counters.no_peer, 1)
 
@@ -296,10 +285,7 @@ class SocketTests(TestCase):
         hostile.sendto(b"\xff" * 10, target)
         hostile.sendto(b"\x00" * 20000, target)
         hostile.sendto(encode_command(5, 2, K.AGENT_CMD_SWITCH, FRAME), target)
-        for _ in range(100):
-            if commands.calls:
-                break
-            await deferLater(reactor, 0.01, lambda: None)
+        await wait_for(lambda: commands.calls, what="the command")
         self.assertEqual(len(commands.calls), 1)
         self.assertEqual(decode(commands.calls[0][1])[0].ifindex, 5)
         self.assertEqual(dpt.counters.oversize, 1)

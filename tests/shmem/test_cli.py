@@ -9,11 +9,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from vrtwist.ksync.blocking import KsyncConnectError, KsyncConnection, open_ksync
+from tests.polling import PollTimeout, wait_until
+from vrtwist.ksync.blocking import KsyncConnection, open_ksync
 from vrtwist.sandesh import schema
 from vrtwist.shmem import layout as L
 from vrtwist.shmem.cli_bridge import dump_bridge
@@ -67,15 +67,11 @@ class FlowUtility(SynchronousTestCase):
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                open_ksync(cls.run_dir).close()
-                return
-            except KsyncConnectError:
-                time.sleep(0.05)
-        cls.tearDownClass()
-        raise RuntimeError("vrouter-dp did not start; see %s/log" % cls.run_dir)
+        try:
+            wait_until(lambda: open_ksync(cls.run_dir).close() or True, "vrouter-dp's ksync", 60)
+        except PollTimeout:
+            cls.tearDownClass()
+            raise RuntimeError("vrouter-dp did not start; see %s/log" % cls.run_dir) from None
 
     @classmethod
     def tearDownClass(cls) -> None:

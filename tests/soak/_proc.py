@@ -8,6 +8,8 @@ import time
 
 from twisted.trial.unittest import SkipTest
 
+from tests.polling import PollTimeout, wait_until
+
 #: resident memory a daemon may keep after a soak, above what it had after the warm-up
 #: round: allocator arenas and interned objects that CPython does not give back
 RSS_SLACK = 48 << 20
@@ -40,25 +42,30 @@ def raise_fd_limit(need: int) -> None:
 
 
 def settle(pid: int, baseline: int, timeout: float = 15.0) -> int:
-    """Wait for ``pid``'s fd count to come back to ``baseline``; return the last count."""
-    deadline = time.monotonic() + timeout
-    n = fds(pid)
-    while n > baseline and time.monotonic() < deadline:
-        time.sleep(0.1)
-        n = fds(pid)
-    return n
+    """Wait for ``pid``'s fd count to come back to ``baseline``; return the last count
+    (the caller asserts on it, so a leak shows as a number, not a timeout)."""
+    try:
+        wait_until(lambda: fds(pid) <= baseline, f"the fds of {pid} back to {baseline}",
+                   timeout, 0.1)
+    except PollTimeout:
+        pass
+    return fds(pid)
 
 
 def quiet_fds(pid: int, timeout: float = 10.0) -> int:
     """``pid``'s fd count once it has not changed for half a second (sessions just closed
     by a client are still open on the daemon's side until its reactor sees the EOF)."""
-    deadline = time.monotonic() + timeout
-    last, since = fds(pid), time.monotonic()
-    while time.monotonic() < deadline:
-        time.sleep(0.1)
+    seen = [fds(pid), time.monotonic()]
+
+    def quiet() -> bool:
         n = fds(pid)
-        if n != last:
-            last, since = n, time.monotonic()
-        elif time.monotonic() - since >= 0.5:
-            break
-    return last
+        if n != seen[0]:
+            seen[:] = [n, time.monotonic()]
+            return False
+        return time.monotonic() - seen[1] >= 0.5
+
+    try:
+        wait_until(quiet, f"the fds of {pid} to stay put", timeout, 0.1)
+    except PollTimeout:
+        pass
+    return int(seen[0])

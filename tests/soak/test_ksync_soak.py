@@ -16,7 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.agent.helpers import tempdir
-from tests.agent.procs import SMALL_TABLES, Twistd, wait_until
+from tests.agent.procs import SMALL_TABLES, Twistd
+from tests.polling import wait_until
 from tests.soak._proc import RSS_SLACK, fds, quiet_fds, raise_fd_limit, rss, settle
 from vrtwist.ksync.blocking import open_ksync
 from vrtwist.ksync.clientcore import KsyncError

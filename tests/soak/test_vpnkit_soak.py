@@ -21,7 +21,8 @@ from twisted.internet.protocol import Factory
 from twisted.trial.unittest import TestCase
 
 from tests.agent.helpers import tempdir
-from tests.agent.procs import BIN, Twistd, wait_until
+from tests.agent.procs import BIN, Twistd
+from tests.polling import wait_until
 from tests.soak._proc import RSS_SLACK, quiet_fds, raise_fd_limit, rss, settle
 from tests.vpnkit.realnet import Collect, Echo, listen_tcp
 

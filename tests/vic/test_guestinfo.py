@@ -140,23 +140,23 @@ class GuestInfoTests(SynchronousTestCase):
         self.appliance = GuestInfo(self.t, "appliance")
 
     def test_tether_publishes_appliance_reads(self) -> None:
-        self.guest.publishStarted("s1")
-        self.guest.publishTime("s1", "starttime", 1700000000)
-        self.guest.publishStatus("s1", 137)
-        self.guest.publishAssignedIP("bridge", "172.16.0.2/16")
+        self.guest.publish_started("s1")
+        self.guest.publish_time("s1", "starttime", 1700000000)
+        self.guest.publish_status("s1", 137)
+        self.guest.publish_assigned_ip("bridge", "172.16.0.2/16")
         st = self.appliance.session("s1")
         self.assertEqual(
-            (st.started, st.status, st.starttime, st.launchError), ("true", 137, 1700000000, None)
+            (st.started, st.status, st.starttime, st.launch_error), ("true", 137, 1700000000, None)
         )
-        self.assertEqual(self.appliance.assignedIP("bridge"), "172.16.0.2/16")
+        self.assertEqual(self.appliance.assigned_ip("bridge"), "172.16.0.2/16")
         self.assertEqual(self.t.get("guestinfo.vice..sessions|s1.status"), "137")
 
     def test_launch_error_reporting(self) -> None:
-        self.guest.publishStarted("s2", error='exec: "nope": executable file not found in $PATH')
-        self.assertIn("not found", self.appliance.session("s2").launchError or "")
+        self.guest.publish_started("s2", error='exec: "nope": executable file not found in $PATH')
+        self.assertIn("not found", self.appliance.session("s2").launch_error or "")
 
     def test_exec_sessions_are_non_persistent(self) -> None:
-        self.guest.publishStarted("e1", execSession=True)
+        self.guest.publish_started("e1", exec_session=True)
         self.assertEqual(self.t.get("guestinfo.vice..execs|e1.started@non-persistent"), "true")
 
     def test_empty_values_are_nil(self) -> None:
@@ -169,7 +169,7 @@ class GuestInfoTests(SynchronousTestCase):
         self.assertRaises(GuestInfoError, self.guest.configure, ["common", "id"], "x")
         self.assertRaises(GuestInfoError, self.guest.set, "other.key", "x")
         self.appliance.configure(["common", "id"], "c0ffee")
-        self.assertEqual(self.guest.containerID(), "c0ffee")
+        self.assertEqual(self.guest.container_id(), "c0ffee")
 
     def test_bad_numbers_are_reported(self) -> None:
         self.t.set("guestinfo.vice..sessions|s3.status", "twelve")
@@ -186,7 +186,7 @@ class GuestInfoTests(SynchronousTestCase):
         w.start()
         clock.advance(0.5)
         self.assertEqual(seen, [])
-        self.guest.publishStatus("s1", 0)
+        self.guest.publish_status("s1", 0)
         clock.advance(0.5)
         self.assertEqual(seen, [(k, "0")])
         clock.advance(0.5)
@@ -273,14 +273,18 @@ class CLITests(SynchronousTestCase):
             stdout=subprocess.PIPE,
             text=True,
         )
-        import time
+        from tests.polling import wait_until
 
         # keep changing the value until the watcher (whenever it started) reports one
-        n = 0
-        while proc.poll() is None and n < 400:
-            n += 1
-            FileTransport(d).set(k, str(n))
-            time.sleep(0.05)
+        changes = iter(range(1, 1_000_000))
+
+        def reported() -> bool:
+            if proc.poll() is not None:
+                return True
+            FileTransport(d).set(k, str(next(changes)))
+            return False
+
+        wait_until(reported, "the watcher to report a change", 20)
         out, _ = proc.communicate(timeout=20)
         self.assertEqual(proc.returncode, 0)
         self.assertRegex(out, rf"^{k.replace('|', '[|]')}=\d+\n$")

@@ -73,7 +73,7 @@ class ParserTests(SynchronousTestCase):
     def test_incomplete_command_is_held(self) -> None:
         p = TelnetParser()
         self.assertEqual(p.feed(b"ab\xff"), [b"ab"])
-        self.assertEqual(p.pendingBytes, 1)
+        self.assertEqual(p.pending_bytes, 1)
         self.assertEqual(p.feed(b"\xfb"), [])
         self.assertEqual(p.feed(b"\x00cd"), [Negotiation(T.WILL, 0), b"cd"])
 
@@ -139,7 +139,7 @@ class LookaheadTests(SynchronousTestCase):
         p = TelnetParser()
         end = p.lookahead(wire, _ext)
         self.assertEqual(wire[:end], encodeData(b"held \xff\xf0 bytes") + cmd)
-        self.assertEqual(p.pendingBytes, 0)  # unchanged
+        self.assertEqual(p.pending_bytes, 0)  # unchanged
         # feeding that prefix gives the command as its last event
         self.assertEqual(p.feed(wire[:end])[-1], Subnegotiation(232, b"\x28\x76\x19\xff\xe9"))
 

@@ -13,7 +13,7 @@ from twisted.internet.task import deferLater
 
 from tests.vic.test_vspc_integration import StreamWriter, VSPCNetTestCase, canonical
 from vrtwist.vic import vmware_ext as X
-from vrtwist.vic.testing import uuidText
+from vrtwist.vic.testing import uuid_text
 
 
 class ControlWhilePausedTests(VSPCNetTestCase):
@@ -22,8 +22,8 @@ class ControlWhilePausedTests(VSPCNetTestCase):
             bufferLimit=64 * 1024, controlLookahead=lookahead, controlPeekInterval=0.05
         )
         backend = await self.backend(1, stalled=True)
-        esx = await self.esx(port, uuid=uuidText(1))
-        await backend.waitFor(lambda: len(backend.connections) == 1)
+        esx = await self.esx(port, uuid=uuid_text(1))
+        await backend.wait_for(lambda: len(backend.connections) == 1)
         big = random.Random(5).randbytes(32 * 1024 * 1024)
         writer = StreamWriter(esx.transport, big, chunk=65536, telnet=True)
         (vm,) = self.table.ports()
@@ -36,9 +36,9 @@ class ControlWhilePausedTests(VSPCNetTestCase):
         backend, esx, writer, big, vm = await self._flooded(32 * 1024 * 1024)
         sent = writer.stop()
         seq = b"\x76\x19\xff\xe9"
-        esx.sendExt(X.VMOTION_BEGIN, seq)  # type: ignore[attr-defined]
-        await esx.waitFor(lambda: bool(esx.extReceived(X.VMOTION_GOAHEAD)))  # type: ignore[attr-defined]
-        (goahead,) = esx.extReceived(X.VMOTION_GOAHEAD)  # type: ignore[attr-defined]
+        esx.send_ext(X.VMOTION_BEGIN, seq)  # type: ignore[attr-defined]
+        await esx.wait_for(lambda: bool(esx.ext_received(X.VMOTION_GOAHEAD)))  # type: ignore[attr-defined]
+        (goahead,) = esx.ext_received(X.VMOTION_GOAHEAD)  # type: ignore[attr-defined]
         self.assertEqual(goahead[:4], seq)
         self.assertIsNotNone(vm.handoff)  # type: ignore[attr-defined]
         self.assertGreater(vm.esx.lookaheadReads, 0)  # type: ignore[attr-defined]
@@ -48,14 +48,14 @@ class ControlWhilePausedTests(VSPCNetTestCase):
         # backend data held during the hand-off; ABORT releases it to the source
         bconn = backend.connections[0]  # type: ignore[attr-defined]
         bconn.transport.write(b"to the VM")
-        esx.sendExt(X.VMOTION_ABORT)  # type: ignore[attr-defined]
+        esx.send_ext(X.VMOTION_ABORT)  # type: ignore[attr-defined]
         bconn.unstall()
-        await backend.waitFor(lambda: len(backend.received()) >= sent)  # type: ignore[attr-defined]
+        await backend.wait_for(lambda: len(backend.received()) >= sent)  # type: ignore[attr-defined]
         self.assertEqual(
             hashlib.sha256(backend.received()).digest(),  # type: ignore[attr-defined]
             hashlib.sha256(big[:sent]).digest(),
         )
-        await esx.waitFor(lambda: len(esx.serial) >= 9)  # type: ignore[attr-defined]
+        await esx.wait_for(lambda: len(esx.serial) >= 9)  # type: ignore[attr-defined]
         self.assertEqual(bytes(esx.serial), b"to the VM")  # type: ignore[attr-defined]
         self.assertEqual(vm.counters.aborted, 1)  # type: ignore[attr-defined]
 
@@ -71,6 +71,6 @@ class ControlWhilePausedTests(VSPCNetTestCase):
         self.assertLessEqual(vm.counters.bytesFromVM - before, 100 * 1024)  # type: ignore[attr-defined]
         sent = writer.stop()
         backend.connections[0].unstall()  # type: ignore[attr-defined]
-        await backend.waitFor(lambda: len(backend.received()) >= sent)  # type: ignore[attr-defined]
+        await backend.wait_for(lambda: len(backend.received()) >= sent)  # type: ignore[attr-defined]
         self.assertEqual(backend.received(), big[:sent])  # type: ignore[attr-defined]
         self.assertEqual(vm.uuid, canonical(1))  # type: ignore[attr-defined]

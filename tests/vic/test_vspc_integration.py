@@ -24,12 +24,12 @@ from zope.interface import implementer
 
 from vrtwist.vic import telnet as T
 from vrtwist.vic import vmware_ext as X
-from vrtwist.vic.testing import FakeESX, RecordingBackend, uuidText
+from vrtwist.vic.testing import FakeESX, RecordingBackend, uuid_text
 from vrtwist.vic.vspc import VMPortTable, VSPCConfig, VSPCFactory
 
 
 def canonical(n: int) -> str:
-    return X.normaliseUUID(uuidText(n))
+    return X.normaliseUUID(uuid_text(n))
 
 
 @implementer(IPushProducer)
@@ -126,13 +126,13 @@ class RelayTests(VSPCNetTestCase):
     async def test_all_256_byte_values_both_ways(self) -> None:
         port = await self.startVSPC()
         backend = await self.backend(1)
-        esx = await self.esx(port, uuid=uuidText(1))
+        esx = await self.esx(port, uuid=uuid_text(1))
         every = bytes(range(256)) * 64
-        esx.sendSerial(every)
-        await backend.waitFor(lambda: len(backend.received()) >= len(every))
+        esx.send_serial(every)
+        await backend.wait_for(lambda: len(backend.received()) >= len(every))
         self.assertEqual(backend.received(), every)
         backend.connections[0].transport.write(every)  # type: ignore[union-attr]
-        await esx.waitFor(lambda: len(esx.serial) >= len(every))
+        await esx.wait_for(lambda: len(esx.serial) >= len(every))
         self.assertEqual(bytes(esx.serial), every)
 
     async def test_fifty_vms_at_once(self) -> None:
@@ -140,11 +140,11 @@ class RelayTests(VSPCNetTestCase):
         backends = [await self.backend(n, echo=True) for n in range(50)]
         rng = random.Random(7)
         payloads = [rng.randbytes(32 * 1024) for _ in range(50)]
-        esxs = [await self.esx(port, uuid=uuidText(n), name=f"vm-{n}".encode()) for n in range(50)]
+        esxs = [await self.esx(port, uuid=uuid_text(n), name=f"vm-{n}".encode()) for n in range(50)]
         for e, p in zip(esxs, payloads):
-            e.sendSerial(p)
+            e.send_serial(p)
         for e, p in zip(esxs, payloads):
-            await e.waitFor(lambda e=e, p=p: len(e.serial) >= len(p))
+            await e.wait_for(lambda e=e, p=p: len(e.serial) >= len(p))
             self.assertEqual(bytes(e.serial), p)
         for b, p in zip(backends, payloads):
             self.assertEqual(b.received(), p)
@@ -157,15 +157,15 @@ class RelayTests(VSPCNetTestCase):
         port = await self.startVSPC(bufferLimit=64 * 1024)
         slow = await self.backend(1, stalled=True)
         await self.backend(2, echo=True)
-        a = await self.esx(port, uuid=uuidText(1))
-        b = await self.esx(port, uuid=uuidText(2))
+        a = await self.esx(port, uuid=uuid_text(1))
+        b = await self.esx(port, uuid=uuid_text(2))
         big = random.Random(1).randbytes(8 * 1024 * 1024)
         writer = StreamWriter(a.transport, big, chunk=65536, telnet=True)
-        await slow.waitFor(lambda: len(slow.connections) == 1)
+        await slow.wait_for(lambda: len(slow.connections) == 1)
         # B transfers 1 MiB both ways while A is stuck
         data = random.Random(2).randbytes(1024 * 1024)
-        b.sendSerial(data)
-        await b.waitFor(lambda: len(b.serial) >= len(data))
+        b.send_serial(data)
+        await b.wait_for(lambda: len(b.serial) >= len(data))
         self.assertEqual(bytes(b.serial), data)
         portA = [p for p in self.table.ports() if p.uuid == canonical(1)][0]
         portB = [p for p in self.table.ports() if p.uuid == canonical(2)][0]
@@ -174,17 +174,17 @@ class RelayTests(VSPCNetTestCase):
         self.assertFalse(portB.esx._readPaused)  # type: ignore[union-attr]
         self.assertLess(len(slow.received()), len(big))
         slow.connections[0].unstall()
-        await slow.waitFor(lambda: len(slow.received()) >= len(big))
+        await slow.wait_for(lambda: len(slow.received()) >= len(big))
         writer.stop()
         self.assertEqual(hashlib.sha256(slow.received()).digest(), hashlib.sha256(big).digest())
 
     async def test_backend_down_then_up_loses_nothing(self) -> None:
         port = await self.startVSPC(backoffInitial=0.05, backoffMax=0.2)
-        esx = await self.esx(port, uuid=uuidText(5))
-        esx.sendSerial(b"typed before the backend existed\xff")
+        esx = await self.esx(port, uuid=uuid_text(5))
+        esx.send_serial(b"typed before the backend existed\xff")
         await deferLater(reactor, 0.1, lambda: None)
         backend = await self.backend(5)
-        await backend.waitFor(lambda: len(backend.received()) >= 33)
+        await backend.wait_for(lambda: len(backend.received()) >= 33)
         self.assertEqual(backend.received(), b"typed before the backend existed\xff")
 
 
@@ -193,30 +193,30 @@ class VMotionTests(VSPCNetTestCase):
         """Both directions stream across BEGIN/GOAHEAD/PEER/COMPLETE; checksums match."""
         port = await self.startVSPC(bufferLimit=128 * 1024)
         backend = await self.backend(9)
-        src = await self.esx(port, uuid=uuidText(9))
-        await backend.waitFor(lambda: len(backend.connections) == 1)
+        src = await self.esx(port, uuid=uuid_text(9))
+        await backend.wait_for(lambda: len(backend.connections) == 1)
         bconn = backend.connections[0]
         down = random.Random(3).randbytes(6 * 1024 * 1024)  # backend -> VM
         up = random.Random(4).randbytes(2 * 1024 * 1024)  # VM -> backend
         toVM = StreamWriter(bconn.transport, down)
         fromSrc = StreamWriter(src.transport, up[: len(up) // 2], telnet=True)
-        await src.waitFor(lambda: len(src.serial) >= 512 * 1024)
+        await src.wait_for(lambda: len(src.serial) >= 512 * 1024)
         # ESX freezes the guest and flushes its serial data, then sends BEGIN.
         sentBySource = fromSrc.stop()
         seq = b"\x76\x19\xff\xe9"
-        src.sendExt(X.VMOTION_BEGIN, seq)
-        await src.waitFor(lambda: bool(src.extReceived(X.VMOTION_GOAHEAD)))
-        (goahead,) = src.extReceived(X.VMOTION_GOAHEAD)
+        src.send_ext(X.VMOTION_BEGIN, seq)
+        await src.wait_for(lambda: bool(src.ext_received(X.VMOTION_GOAHEAD)))
+        (goahead,) = src.ext_received(X.VMOTION_GOAHEAD)
         self.assertEqual(goahead[:4], seq)
-        dst = await self.esx(port, uuid=uuidText(9), peer=goahead)
-        self.assertEqual(dst.extReceived(X.VMOTION_PEER_OK), [seq])
-        dst.sendExt(X.VMOTION_COMPLETE, seq)
+        dst = await self.esx(port, uuid=uuid_text(9), peer=goahead)
+        self.assertEqual(dst.ext_received(X.VMOTION_PEER_OK), [seq])
+        dst.send_ext(X.VMOTION_COMPLETE, seq)
         src.transport.loseConnection()  # type: ignore[union-attr]
         fromDst = StreamWriter(dst.transport, up, offset=sentBySource, telnet=True)
-        await dst.waitFor(lambda: len(dst.serial) >= 512 * 1024)
+        await dst.wait_for(lambda: len(dst.serial) >= 512 * 1024)
         sentByBackend = toVM.stop()
-        await dst.waitFor(lambda: len(src.serial) + len(dst.serial) >= sentByBackend)
-        await backend.waitFor(lambda: len(backend.received()) >= len(up))
+        await dst.wait_for(lambda: len(src.serial) + len(dst.serial) >= sentByBackend)
+        await backend.wait_for(lambda: len(backend.received()) >= len(up))
         fromDst.stop()
         got = bytes(src.serial) + bytes(dst.serial)
         self.assertEqual(len(got), sentByBackend)
@@ -231,18 +231,18 @@ class VMotionTests(VSPCNetTestCase):
     async def test_notnow_and_abort_over_tcp(self) -> None:
         port = await self.startVSPC()
         backend = await self.backend(4)
-        src = await self.esx(port, uuid=uuidText(4))
-        await backend.waitFor(lambda: len(backend.connections) == 1)
-        src.sendExt(X.VMOTION_BEGIN, b"\x01\x02\x03\x04")
-        await src.waitFor(lambda: bool(src.extReceived(X.VMOTION_GOAHEAD)))
-        src.sendExt(X.VMOTION_BEGIN, bytes.fromhex("cd526755"))
-        await src.waitFor(lambda: bool(src.extReceived(X.VMOTION_NOTNOW)))
-        self.assertEqual(src.extReceived(X.VMOTION_NOTNOW), [bytes.fromhex("cd526755")])
+        src = await self.esx(port, uuid=uuid_text(4))
+        await backend.wait_for(lambda: len(backend.connections) == 1)
+        src.send_ext(X.VMOTION_BEGIN, b"\x01\x02\x03\x04")
+        await src.wait_for(lambda: bool(src.ext_received(X.VMOTION_GOAHEAD)))
+        src.send_ext(X.VMOTION_BEGIN, bytes.fromhex("cd526755"))
+        await src.wait_for(lambda: bool(src.ext_received(X.VMOTION_NOTNOW)))
+        self.assertEqual(src.ext_received(X.VMOTION_NOTNOW), [bytes.fromhex("cd526755")])
         backend.connections[0].transport.write(b"held during the hand-off")  # type: ignore[union-attr]
         await deferLater(reactor, 0.05, lambda: None)
         self.assertEqual(bytes(src.serial), b"")
-        src.sendExt(X.VMOTION_ABORT)
-        await src.waitFor(lambda: len(src.serial) >= 24)
+        src.send_ext(X.VMOTION_ABORT)
+        await src.wait_for(lambda: len(src.serial) >= 24)
         self.assertEqual(bytes(src.serial), b"held during the hand-off")
 
 
@@ -263,11 +263,11 @@ class TLSTests(VSPCNetTestCase):
         self.addCleanup(self.table.stopService)
         backend = await self.backend(6)
         ep = clientFromString(reactor, f"ssl:host=127.0.0.1:port={listening.getHost().port}")
-        esx = await connectProtocol(ep, FakeESX(uuid=uuidText(6)))
+        esx = await connectProtocol(ep, FakeESX(uuid=uuid_text(6)))
         self.addCleanup(self._close, esx)
         await esx.proxied()
-        esx.sendSerial(b"over TLS \xff\x00")
-        await backend.waitFor(lambda: len(backend.received()) >= 11)
+        esx.send_serial(b"over TLS \xff\x00")
+        await backend.wait_for(lambda: len(backend.received()) >= 11)
         self.assertEqual(backend.received(), b"over TLS \xff\x00")
 
 
@@ -343,12 +343,12 @@ class TwistdTests(VSPCNetTestCase):
                     break
                 await deferLater(reactor, 0.05, lambda: None)
             esx = await connectProtocol(
-                UNIXClientEndpoint(reactor, listen), FakeESX(uuid=uuidText(11))
+                UNIXClientEndpoint(reactor, listen), FakeESX(uuid=uuid_text(11))
             )
             self.addCleanup(self._close, esx)
             await esx.proxied()
-            esx.sendSerial(bytes(range(256)))
-            await backend.waitFor(lambda: len(backend.received()) >= 256)
+            esx.send_serial(bytes(range(256)))
+            await backend.wait_for(lambda: len(backend.received()) >= 256)
             self.assertEqual(backend.received(), bytes(range(256)))
 
             class HTTP(Protocol):

@@ -17,6 +17,7 @@ from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from tests.polling import wait_for
 from vrtwist.vpnkit import forwarder_tap, host_tap
 from vrtwist.vpnkit.service import VpnkitService
 
@@ -55,12 +56,7 @@ class Pair:
 
     async def link_ready(self) -> Any:
         assert self.host is not None
-        for _ in range(500):
-            mux = self.host.links.current()
-            if mux is not None:
-                return mux
-            await task.deferLater(reactor, 0.01, lambda: None)
-        raise AssertionError("data link never came up")
+        return await wait_for(self.host.links.current, 5, what="the data link to come up")
 
     async def stop(self) -> None:
         for svc in (self.host, self.fwd):

@@ -203,7 +203,7 @@ class CLITests(TestCase):
         self.api = api
 
     async def tearDown(self) -> None:  # type: ignore[override]
-        await self.table.unexposeAll()
+        await self.table.unexpose_all()
         await self.port.stopListening()
         shutil.rmtree(self.dir, ignore_errors=True)
 

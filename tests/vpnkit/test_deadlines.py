@@ -13,8 +13,8 @@ from twisted.internet.task import Clock
 from twisted.protocols.policies import TimeoutMixin
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.vpnkit.helpers import Acceptor, LinkPair, Sink
 from vrtwist.vpnkit.frames import Destination
+from vrtwist.vpnkit.testing import Acceptor, LinkPair, Sink
 
 DEST = Destination.tcp("127.0.0.1", 8080)
 

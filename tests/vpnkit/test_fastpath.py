@@ -14,6 +14,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from zope.interface import directlyProvides
 
+from tests.polling import wait_for
 from tests.vpnkit.realnet import Collect, Echo, listen_tcp, open_fds
 from vrtwist.vpnkit._fastwrite import plain_reads, read_now, shutdown_now
 from vrtwist.vpnkit.frames import Destination
@@ -71,10 +72,11 @@ class DialTests(TestCase):
         t.loseConnection()  # type: ignore[union-attr]
 
     async def test_refused_tcp_fails_with_connect_error_and_no_fd_leak(self) -> None:
+        # a bound socket that does not listen refuses connections, and holds its port
         probe = socket.socket()
+        self.addCleanup(probe.close)
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-        probe.close()
         await task.deferLater(reactor, 0, lambda: None)
         before = open_fds()
         splice, failures = self._splice()
@@ -114,10 +116,8 @@ class DialTests(TestCase):
         self.assertIn(s.connect_ex(addr), (0, errno.EINPROGRESS))
         splice, failures = self._splice()
         _PendingConnect(reactor, s, socket.AF_INET, addr, splice, failures.append).start()
-        for _ in range(50):
-            if splice.local_end.transport is not None:
-                break
-            await task.deferLater(reactor, 0.01, lambda: None)
+        await wait_for(lambda: splice.local_end.transport is not None, 1,
+                       what="the pending connect to finish")
         self.assertEqual(failures, [])
         self.assertIsNotNone(splice.local_end.transport)
         # The transport owns our very socket (no duplicate descriptor).
@@ -125,19 +125,16 @@ class DialTests(TestCase):
         splice.local_end.transport.loseConnection()  # type: ignore[union-attr]
 
     async def test_pending_connect_reports_the_socket_error(self) -> None:
-        probe = socket.socket()
+        probe = socket.socket()  # bound, not listening: refuses, and holds its port
+        self.addCleanup(probe.close)
         probe.bind(("127.0.0.1", 0))
         addr = probe.getsockname()
-        probe.close()
         s = socket.socket()
         s.setblocking(False)
         s.connect_ex(addr)
         splice, failures = self._splice()
         _PendingConnect(reactor, s, socket.AF_INET, addr, splice, failures.append).start()
-        for _ in range(50):
-            if failures:
-                break
-            await task.deferLater(reactor, 0.01, lambda: None)
+        await wait_for(lambda: failures, 1, what="the pending connect to fail")
         self.assertEqual(len(failures), 1)
         self.assertTrue(failures[0].check(error.ConnectionRefusedError))
         self.assertEqual(s.fileno(), -1)
@@ -173,8 +170,7 @@ class TransportFastPathTests(TestCase):
         raw.settimeout(5)
         self.assertEqual(raw.recv(10), b"")  # the FIN is out without a reactor turn
         raw.sendall(b"the other way still works")
-        while len(server.data) < 25:
-            await task.deferLater(reactor, 0.01, lambda: None)
+        await wait_for(lambda: len(server.data) >= 25, what="the bytes the other way")
         self.assertEqual(server.data, b"the other way still works")
         self.assertFalse(server.lost.called, getattr(server, "reason", None))
 
@@ -214,8 +210,7 @@ class TransportFastPathTests(TestCase):
         self.assertFalse(server.eof.called)
         self.assertFalse(server.lost.called, getattr(server, "reason", None))
         raw.sendall(b"later")
-        while not server.data:
-            await task.deferLater(reactor, 0.01, lambda: None)
+        await wait_for(lambda: server.data, what="the bytes sent later")
         self.assertEqual(server.data, b"later")
 
     async def test_plain_reads_on_a_unix_link(self) -> None:

@@ -12,6 +12,7 @@ from twisted.internet.endpoints import UNIXClientEndpoint, UNIXServerEndpoint
 from twisted.internet.protocol import Factory
 from twisted.trial.unittest import SkipTest, TestCase
 
+from tests.polling import wait_for
 from tests.vpnkit.realnet import (
     BlobPeer,
     BlobServerFactory,
@@ -102,9 +103,10 @@ class ForwardingTests(TestCase):
         self.assertEqual(data, b"")
         self.assertTrue(reason.check(error.ConnectionLost), reason)
         mux = self.pair.host.links.current()  # type: ignore[union-attr]
-        await task.deferLater(reactor, 0.05, lambda: None)
-        self.assertEqual(mux.liveChannels(), 0)
-        self.assertEqual(self.pair.fwd.table.links.current().liveChannels(), 0)  # type: ignore[union-attr]
+        fwd = self.pair.fwd.table.links.current()  # type: ignore[union-attr]
+        await wait_for(lambda: mux.liveChannels() == fwd.liveChannels() == 0,
+                       what="the channel to close on both sides")
+        self.assertEqual((mux.liveChannels(), fwd.liveChannels()), (0, 0))
 
     async def test_address_in_use(self) -> None:
         """TestAddressInUse: the bind error surfaces."""
@@ -518,10 +520,8 @@ class ReversedRolesTests(TestCase):
         fwd.startService()
         echo = await listen_tcp(Factory.forProtocol(Echo))
         try:
-            for _ in range(300):
-                if host.links.current() is not None:
-                    break
-                await task.deferLater(reactor, 0.01, lambda: None)
+            await wait_for(lambda: host.links.current() is not None, 3,
+                           what="the data link to come up")
             mux = host.links.current()
             self.assertIsNotNone(mux)
             self.assertFalse(mux.backwards)  # the listening side counts ids upwards

@@ -14,7 +14,6 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from tests.vpnkit.helpers import Acceptor, LinkPair, Sink
 from vrtwist.vpnkit.frames import (
     HANDSHAKE,
     Close,
@@ -31,6 +30,7 @@ from vrtwist.vpnkit.frames import (
 )
 from vrtwist.vpnkit.interfaces import IChannel, IChannelAcceptor, IMultiplexer
 from vrtwist.vpnkit.mux import Multiplexer
+from vrtwist.vpnkit.testing import Acceptor, LinkPair, Sink
 
 DEST = Destination.tcp("127.0.0.1", 8080)
 

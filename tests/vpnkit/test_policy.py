@@ -20,7 +20,6 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from tests.vpnkit.helpers import LinkPair, Sink
 from tests.vpnkit.realnet import Echo, Pair
 from vrtwist.ksync.server import listen_ksync
 from vrtwist.ksync.testing import MemoryDispatcher
@@ -29,6 +28,7 @@ from vrtwist.vpnkit import forwarder_tap
 from vrtwist.vpnkit.frames import Destination, Proto
 from vrtwist.vpnkit.policy import DestinationPolicy, DestinationRefused
 from vrtwist.vpnkit.proxy import ForwardingAcceptor
+from vrtwist.vpnkit.testing import LinkPair, Sink
 
 
 class PolicyTests(SynchronousTestCase):

@@ -14,6 +14,8 @@ import time
 from twisted.internet import threads
 from twisted.trial.unittest import SkipTest, TestCase
 
+from tests.polling import wait_until
+
 BIN = os.path.dirname(sys.executable)
 
 
@@ -53,10 +55,8 @@ def _scenario(tmp: str) -> dict[str, str]:
                 ]
             )
         )
-        for _ in range(600):  # up to 30 s for twistd to start on a loaded machine
-            if os.path.exists(data):
-                break
-            time.sleep(0.05)
+        # up to 30 s for twistd to start on a loaded machine
+        wait_until(lambda: os.path.exists(data), "the forwarder's data socket", 30)
         procs.append(
             subprocess.Popen(
                 [
@@ -73,10 +73,7 @@ def _scenario(tmp: str) -> dict[str, str]:
                 ]
             )
         )
-        for _ in range(600):
-            if os.path.exists(os.path.join(tmp, "api.sock")):
-                break
-            time.sleep(0.05)
+        wait_until(lambda: os.path.exists(os.path.join(tmp, "api.sock")), "the host's API", 30)
         r = subprocess.run(
             [expose, "--api", api, "expose", f"tcp:127.0.0.1:0:127.0.0.1:{port}"],
             capture_output=True,

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import errno
 import socket
+from collections.abc import Callable
 
-from twisted.internet import defer, protocol, reactor, tcp
+from twisted.internet import protocol, reactor, tcp
 from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.task import Clock
@@ -14,7 +15,7 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
-from tests.vpnkit.helpers import Acceptor, LinkPair, Sink
+from tests.polling import wait_for
 from vrtwist._busypoll import BusyPoll
 from vrtwist.vpnkit import forwarder_tap, host_tap
 from vrtwist.vpnkit._fastwrite import send_now
@@ -30,6 +31,7 @@ from vrtwist.vpnkit.frames import (
     parse_frames,
 )
 from vrtwist.vpnkit.mux import LAZY_CLOSE_DELAY, Multiplexer
+from vrtwist.vpnkit.testing import Acceptor, LinkPair, Sink
 
 DEST = Destination.tcp("127.0.0.1", 8080)
 
@@ -363,16 +365,8 @@ class LeanPortTests(TestCase):
         c.sendall(b"ping")
         c.shutdown(socket.SHUT_WR)
         c.setblocking(False)
-        got = b""
-        for _ in range(200):
-            await deferLater(0.005)
-            try:
-                chunk = c.recv(100)
-            except BlockingIOError:
-                continue
-            if not chunk:
-                break
-            got += chunk
+        got = bytearray()
+        await wait_for(reads_to_eof(c, got), 2, 0.005, what="the echo and its EOF")
         self.assertEqual(got, b"ping")
         self.assertEqual(seen, [IPv4Address("TCP", "127.0.0.1", c.getsockname()[1])])
 
@@ -394,29 +388,17 @@ class LeanPortTests(TestCase):
         bad = socket.create_connection(("127.0.0.1", port.getHost().port))
         self.addCleanup(bad.close)
         bad.setblocking(False)
-        for _ in range(200):
-            await deferLater(0.005)
-            try:
-                if bad.recv(10) == b"":
-                    break  # the broken one was closed
-            except BlockingIOError:
-                continue
-            except ConnectionResetError:
-                break
+        await wait_for(reads_to_eof(bad, bytearray()), 2, 0.005,
+                       what="the broken connection to be closed")
         self.flushLoggedErrors(RuntimeError)
         good = socket.create_connection(("127.0.0.1", port.getHost().port))
         self.addCleanup(good.close)
         good.sendall(b"still listening")
         good.settimeout(0)
-        got = b""
-        for _ in range(200):
-            await deferLater(0.005)
-            try:
-                got += good.recv(100)
-            except BlockingIOError:
-                pass
-            if got == b"still listening":
-                break
+        got = bytearray()
+        reads = reads_to_eof(good, got)
+        await wait_for(lambda: reads() or got == b"still listening", 2, 0.005,
+                       what="the echo on a new connection")
         self.assertEqual(got, b"still listening")
 
     def test_descriptor_exhaustion_falls_back_to_twisteds_loop(self) -> None:
@@ -441,10 +423,22 @@ class LeanPortTests(TestCase):
         self.assertEqual(t.getPeer().name, None)
 
 
-def deferLater(t: float) -> defer.Deferred[None]:
-    from twisted.internet import task
+def reads_to_eof(sock: socket.socket, into: bytearray) -> Callable[[], bool]:
+    """A predicate for ``wait_for``: reads what a non-blocking ``sock`` has into ``into``;
+    true once the peer closed (EOF or reset)."""
 
-    return task.deferLater(reactor, t, lambda: None)
+    def poll() -> bool:
+        try:
+            chunk = sock.recv(65536)
+        except BlockingIOError:
+            return False
+        except ConnectionResetError:
+            return True
+        into.extend(chunk)
+        return not chunk
+
+    return poll
+
 
 
 class ProcessTuningTests(SynchronousTestCase):

@@ -42,7 +42,7 @@ class CodecTests(SynchronousTestCase):
             self.assertEqual(got[0], h)
         vs = P.decode(P.encode(cases[3]))
         assert vs is not None
-        self.assertEqual(vs[0].sourceCID, 3)
+        self.assertEqual(vs[0].source_cid, 3)
 
     def test_incomplete_returns_none(self) -> None:
         wire = P.encode(P.ProxyHeader(source=(3, 1), destination=(2, 2), vsock=True))

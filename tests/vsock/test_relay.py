@@ -26,6 +26,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from tests.polling import wait_for
 from vrtwist.vsock import proxyv2 as P
 from vrtwist.vsock import relay_tap
 from vrtwist.vsock.relay import (
@@ -208,8 +209,8 @@ class RelayNetTests(TestCase):
             for p in f.peers:
                 await p.done
         for r in self.relays:
-            while r.stats.backendsOpen or r.stats.active:
-                await deferLater(reactor, 0.01, lambda: None)
+            await wait_for(lambda r=r: not (r.stats.backendsOpen or r.stats.active),
+                           what="the relay's connections to close")
 
     async def tcpBackend(self, **kw: Any) -> tuple[PeerFactory, int]:
         f = PeerFactory(**kw)
@@ -339,7 +340,7 @@ class RelayNetTests(TestCase):
         await peer.until(lambda: b"relays" in peer.received)
         got = P.decode(bytes(peer.received))
         assert got is not None
-        self.assertEqual(got[0].sourceCID, 5)
+        self.assertEqual(got[0].source_cid, 5)
         self.assertEqual(bytes(peer.received[got[1] :]), b"through two relays")
         self.assertEqual(other.peers, [])
 
@@ -351,8 +352,7 @@ class RelayNetTests(TestCase):
         data = random.Random(2).randbytes(32 * 1024 * 1024)
         pump = Pump(client.transport, data, eof=False)
         peer = await backends.next()
-        while not pump.everPaused:
-            await deferLater(reactor, 0.01, lambda: None)
+        await wait_for(lambda: pump.everPaused, what="the caller to be paused")
         await deferLater(reactor, 0.1, lambda: None)
         self.assertLess(pump.offset, len(data))  # the caller was held back
         self.assertEqual(len(peer.received), 0)
@@ -370,8 +370,7 @@ class RelayNetTests(TestCase):
         peer = await backends.next()
         data = random.Random(3).randbytes(32 * 1024 * 1024)
         pump = Pump(peer.transport, data, eof=True)
-        while not pump.everPaused:
-            await deferLater(reactor, 0.01, lambda: None)
+        await wait_for(lambda: pump.everPaused, what="the backend to be paused")
         self.assertLess(pump.offset, len(data))
         client.transport.resumeProducing()  # type: ignore[union-attr]
         await client.until(lambda: client.eof or len(client.received) >= len(data))
@@ -388,8 +387,8 @@ class RelayNetTests(TestCase):
         await peer.until(lambda: len(peer.received) > 65536)
         peer.transport.abortConnection()  # type: ignore[union-attr]
         await client.done
-        while relay.stats.active or relay.stats.backendsOpen:
-            await deferLater(reactor, 0.01, lambda: None)
+        await wait_for(lambda: not (relay.stats.active or relay.stats.backendsOpen),
+                       what="the relay's connections to close")
 
     async def test_backend_refused_closes_caller_only(self) -> None:
         sock = os.path.join(self.dir, "r.sock")
@@ -440,10 +439,8 @@ class RelayNetTests(TestCase):
 
         proc = reactor.spawnProcess(PP(), twistd, argv, env=dict(os.environ))  # type: ignore[attr-defined]
         try:
-            for _ in range(600):  # up to 30 s: twistd starts slowly on a loaded machine
-                if os.path.exists(sock):
-                    break
-                await deferLater(reactor, 0.05, lambda: None)
+            # up to 30 s: twistd starts slowly on a loaded machine
+            await wait_for(lambda: os.path.exists(sock), 30, 0.05, what="the relay's socket")
             c = await self.unixClient(sock)
             Pump(c.transport, b"\x00\xff" * 50000)
             await c.done

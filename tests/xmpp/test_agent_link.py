@@ -51,8 +51,7 @@ from vrtwist.xmpp.stanzas import (
     build_route_update,
     parse_stanza,
 )
-
-from .helpers import RecordingSink, inet
+from vrtwist.xmpp.testing import RecordingSink, inet
 
 CN = "network-control@contrailsystems.com"
 
@@ -177,7 +176,7 @@ class SessionStartTests(SynchronousTestCase):
         go first, so the control node's sweep keeps them."""
         eor = [EndOfRib("host1")]
         h = LinkHarness()
-        h.link.holdEndOfRib()
+        h.link.hold_end_of_rib()
         h.establish()
         out = h.sent()
         self.assertNotIn(eor[0], out)
@@ -185,9 +184,9 @@ class SessionStartTests(SynchronousTestCase):
         out = h.sent()
         self.assertTrue([s for s in out if isinstance(s, Publish) and s.entry is not None])
         self.assertNotIn(eor[0], out)
-        h.link.localRoutesReady()
+        h.link.local_routes_ready()
         self.assertEqual(h.sent(), eor)
-        h.link.localRoutesReady()  # once only
+        h.link.local_routes_ready()  # once only
         self.assertEqual(h.sent(), [])
         # later sessions send it at once again
         h.lose()
@@ -197,8 +196,8 @@ class SessionStartTests(SynchronousTestCase):
 
     def test_routes_ready_before_any_session(self) -> None:
         h = LinkHarness()
-        h.link.holdEndOfRib()
-        h.link.localRoutesReady()
+        h.link.hold_end_of_rib()
+        h.link.local_routes_ready()
         h.establish()
         self.assertEqual(h.sent()[-1:], [EndOfRib("host1")])
 
@@ -222,7 +221,7 @@ class SessionStartTests(SynchronousTestCase):
         h.link.localRouteDeleted(port(2))
         h.clock.advance(0)
         self.assertIn(Unsubscribe("blue", "bgp-peer", "host1"), h.sent())
-        self.assertEqual(h.link.subscribedVrfs, [])
+        self.assertEqual(h.link.subscribed_vrfs, [])
 
     def test_update_of_the_only_port_keeps_the_subscription(self) -> None:
         h = LinkHarness()
@@ -496,14 +495,14 @@ class RemoteRouteTableTests(SynchronousTestCase):
 
     def test_drop_vrf(self) -> None:
         self.t.reach("blue", (1, 1), (inet("10.0.0.1/32"), inet("10.0.0.2/32")))
-        self.assertEqual(self.t.dropVrf("blue"), 2)
+        self.assertEqual(self.t.drop_vrf("blue"), 2)
         self.assertEqual(self.sink.table, {})
 
     def test_stale_sweep(self) -> None:
         self.t.reach("blue", (1, 1), (inet("10.0.0.1/32"), inet("10.0.0.2/32")))
-        self.assertEqual(self.t.markAllStale(), 2)
+        self.assertEqual(self.t.mark_all_stale(), 2)
         self.t.reach("blue", (1, 1), (inet("10.0.0.2/32"),))
-        self.assertEqual(self.t.sweepStale(), 1)
+        self.assertEqual(self.t.sweep_stale(), 1)
         self.assertEqual(list(self.sink.table), [("blue", "10.0.0.2", 32)])
 
 
@@ -592,7 +591,7 @@ class ReconnectTests(SynchronousTestCase):
         for _ in range(3):
             ep.connect(None).addErrback(lambda f: None)  # type: ignore[arg-type]
         self.assertEqual((ep.current, ep.failures), (0, 3))
-        ep.sessionEstablished()
+        ep.session_established()
         self.assertEqual((ep.current, ep.failures), (0, 0))
         for _ in range(4):
             ep.connect(None).addErrback(lambda f: None)  # type: ignore[arg-type]
@@ -658,9 +657,9 @@ class ConfigStoreTests(SynchronousTestCase):
         update = parse_stanza(self.CONFIG)
         assert isinstance(update, ConfigUpdate)
         store.apply(update)
-        self.assertEqual(store.routingInstanceOf("default-domain:demo:vn1"),
+        self.assertEqual(store.routing_instance_of("default-domain:demo:vn1"),
                          "default-domain:demo:vn1:vn1")
-        self.assertEqual(store.subnetsOf("default-domain:demo:vn1"), [
+        self.assertEqual(store.subnets_of("default-domain:demo:vn1"), [
             {"prefix": "10.1.1.0", "plen": 24, "gateway": "10.1.1.1", "dns": "10.1.1.2"},
             {"prefix": "fd00::", "plen": 64, "gateway": "fd00::1", "dns": ""}])
         self.assertEqual(store.interface("55b49e32"), {
@@ -671,7 +670,7 @@ class ConfigStoreTests(SynchronousTestCase):
         links = [lk for lk in update.updates if isinstance(lk, ConfigLink)
                  and lk.metadata == "virtual-network-network-ipam"]
         store.apply(ConfigUpdate((), tuple(links)))
-        self.assertEqual(store.subnetsOf("default-domain:demo:vn1"), [])
+        self.assertEqual(store.subnets_of("default-domain:demo:vn1"), [])
 
     def test_link_metadata_round_trips(self) -> None:
         from vrtwist.xmpp.stanzas import ConfigUpdate

@@ -17,8 +17,7 @@ from vrtwist.xmpp.stanzas import (
     build_route_update,
     build_unsubscribe,
 )
-
-from .helpers import MemAgent, inet, make_node
+from vrtwist.xmpp.testing import MemAgent, inet, make_node
 
 
 def messages(logs: list) -> str:
@@ -143,7 +142,7 @@ class ReflectionTests(SynchronousTestCase):
         a.publish("blue", inet("10.0.0.1/32"), add=False)
         self.clock.advance(0)
         self.assertEqual(b.routes(), ({}, ["10.0.0.1/32"], 0))
-        self.assertEqual(self.node.routeCount(), 0)
+        self.assertEqual(self.node.route_count(), 0)
 
     def test_subscribe_gets_current_routes_then_eor(self) -> None:
         a = self.agents["a"]
@@ -274,7 +273,7 @@ class ViolationTests(SynchronousTestCase):
         self.clock.advance(0)
         items, _, _ = self.b.routes()
         self.assertEqual(list(items), ["10.0.0.3/32"])
-        self.assertEqual(self.node.bestPath("blue", (1, 1), "10.0.0.2/32", "c").entry.address,
+        self.assertEqual(self.node.best_path("blue", (1, 1), "10.0.0.2/32", "c").entry.address,
                          "10.0.0.2/32")
 
     def test_duplicate_subscribe(self) -> None:
@@ -439,7 +438,7 @@ class GracefulRestartTests(SynchronousTestCase):
         self.clock.advance(1)
         _, retracts, _ = self.b.routes()
         self.assertEqual(sorted(retracts), ["10.0.0.1/32", "10.0.0.2/32"])
-        self.assertEqual(self.node.routeCount(), 0)
+        self.assertEqual(self.node.route_count(), 0)
 
     def test_restart_within_gr_keeps_readvertised(self) -> None:
         self.a.proto.connectionLost()
@@ -453,7 +452,7 @@ class GracefulRestartTests(SynchronousTestCase):
         self.assertEqual(self.b.routes(), ({}, ["10.0.0.2/32"], 0))
         self.clock.advance(20)
         self.assertEqual(self.b.routes(), ({}, [], 0))
-        self.assertEqual(self.node.routeCount(), 1)
+        self.assertEqual(self.node.route_count(), 1)
 
     def test_message_form_eor_also_sweeps(self) -> None:
         self.a.proto.connectionLost()

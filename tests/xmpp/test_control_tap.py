@@ -15,10 +15,12 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
+from tests.agent.procs import CONTROL_PORT_RE, logged_port
+from tests.polling import wait_for
 from vrtwist.xmpp import control_tap
 from vrtwist.xmpp.agent_link import LocalRouteInfo, makeControllerLink
+from vrtwist.xmpp.testing import RecordingSink
 
-from .helpers import RecordingSink
 from .test_loopback import until
 
 
@@ -65,19 +67,18 @@ class TwistdProcessTests(TestCase):
         twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
         if not os.path.exists(twistd):
             self.skipTest("twistd console script not installed next to the interpreter")
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        p = s.getsockname()[1]
-        s.close()
         run = tempfile.mkdtemp(prefix="vrtwist-cn-")
         log = open(os.path.join(run, "cn.log"), "wb")
         proc = subprocess.Popen(
             [twistd, "-n", "--pidfile=", "vrouter-control", "--xmpp",
-             f"tcp:{p}:interface=127.0.0.1", "--hostname", "cn-proc", "--gr-time", "0"],
+             "tcp:0:interface=127.0.0.1", "--hostname", "cn-proc", "--gr-time", "0",
+             "--introspect", "none"],
             cwd=run, stdout=log, stderr=subprocess.STDOUT)
         self.addCleanup(log.close)
         self.addCleanup(proc.wait)
         self.addCleanup(proc.terminate)
+        p = await wait_for(lambda: logged_port(log.name, CONTROL_PORT_RE), 20,
+                           what="the control node to listen")
         links = []
         for i in (1, 2):
             link = makeControllerLink(reactor, [f"tcp:127.0.0.1:{p}"], f"h{i}", f"127.0.0.{i + 1}",
@@ -108,19 +109,17 @@ class TwistdTlsTests(TestCase):
             self.skipTest("twistd console script not installed next to the interpreter")
         run = tempfile.mkdtemp(prefix="vrtwist-cn-tls-")
         pki = make_pki(run)
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        p = s.getsockname()[1]
-        s.close()
         log = open(os.path.join(run, "cn.log"), "wb")
         proc = subprocess.Popen(
             [twistd, "-n", "--pidfile=", "vrouter-control", "--xmpp",
-             f"tcp:{p}:interface=127.0.0.1", "--xmpp-cert", pki["cn-cert"], "--xmpp-key",
-             pki["cn-key"], "--xmpp-ca", pki["ca"]],
+             "tcp:0:interface=127.0.0.1", "--xmpp-cert", pki["cn-cert"], "--xmpp-key",
+             pki["cn-key"], "--xmpp-ca", pki["ca"], "--introspect", "none"],
             cwd=run, stdout=log, stderr=subprocess.STDOUT)
         self.addCleanup(log.close)
         self.addCleanup(proc.wait)
         self.addCleanup(proc.terminate)
+        p = await wait_for(lambda: logged_port(log.name, CONTROL_PORT_RE), 20,
+                           what="the control node to listen")
         links = []
         for i in (1, 2):
             link = makeControllerLink(

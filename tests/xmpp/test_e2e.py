@@ -8,7 +8,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,25 +17,18 @@ from collections.abc import Callable
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.agent.procs import CONTROL_PORT_RE, REST_PORT_RE, logged_port
+from tests.polling import wait_until
+
 BIN = os.path.dirname(sys.executable)
 VN = "20000000-0000-0000-0000-000000000001"
 
 
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
-def wait_for(pred: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+def wait_for(pred: Callable[[], object], what: str, timeout: float = 30.0) -> None:
+    """Block until ``pred()`` holds (these nodes are subprocesses)."""
+    wait_until(pred, what, timeout, 0.1)
 
 
 class Node:
@@ -49,14 +41,15 @@ class Node:
         self.state = os.path.join(base, f"state{index}")
         os.makedirs(self.run)
         os.makedirs(self.state)
-        self.rest = free_port()
+        self.rest = 0  # listens on port 0; read back from the log by ready()
         args = [os.path.join(BIN, "twistd"), "-n", "--pidfile=", "vrouter", "--run-dir", self.run,
-                "--state-dir", self.state, "--rest", f"tcp:{self.rest}:interface=127.0.0.1",
+                "--state-dir", self.state, "--rest", "tcp:0:interface=127.0.0.1",
                 "--fabric-ip", self.fabric_ip, "--hostname", f"node{index}", "--no-tap-check",
                 "--flow-entries", "1024", "--bridge-entries", "1024"]
         for p in controllers:
             args += ["--controller", f"tcp:127.0.0.1:{p}"]
-        self.log = open(os.path.join(base, f"node{index}.log"), "wb")
+        self.log_path = os.path.join(base, f"node{index}.log")
+        self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(args, cwd=base, stdout=self.log, stderr=subprocess.STDOUT)
 
     def tool(self, *args: str) -> str:
@@ -67,6 +60,10 @@ class Node:
     def ready(self) -> bool:
         if not os.path.exists(os.path.join(self.run, "dpdk_netlink")):
             return False
+        if not self.rest:
+            self.rest = logged_port(self.log_path, REST_PORT_RE) or 0
+            if not self.rest:
+                return False
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{self.rest}/port/none", timeout=2)
         except urllib.error.HTTPError:
@@ -137,14 +134,21 @@ class EndToEndTests(SynchronousTestCase):
         self.base = tempfile.mkdtemp(prefix="vrtwist-e2e-")
         self.cns: dict[int, subprocess.Popen] = {}
 
-    def start_cn(self, port: int, name: str) -> None:
-        log = open(os.path.join(self.base, f"{name}.log"), "ab")
-        self.cns[port] = subprocess.Popen(
-            [os.path.join(BIN, "twistd"), "-n", "--pidfile=", "vrouter-control", "--xmpp",
-             f"tcp:{port}:interface=127.0.0.1", "--hostname", name, "--gr-time", "2"],
-            cwd=self.base, stdout=log, stderr=subprocess.STDOUT)
+    def start_cn(self, name: str, port: int = 0) -> int:
+        """Start control node ``name`` on ``port`` (0: any, read back from its log)."""
+        path = os.path.join(self.base, f"{name}.log")
+        log = open(path, "ab")
         self.addCleanup(log.close)
+        proc = subprocess.Popen(
+            [os.path.join(BIN, "twistd"), "-n", "--pidfile=", "vrouter-control", "--xmpp",
+             f"tcp:{port}:interface=127.0.0.1", "--hostname", name, "--gr-time", "2",
+             "--introspect", "none"],
+            cwd=self.base, stdout=log, stderr=subprocess.STDOUT)
+        if not port:
+            port = wait_until(lambda: logged_port(path, CONTROL_PORT_RE), f"{name} to listen", 30)
+        self.cns[port] = proc
         self.addCleanup(self.stop_cn, port)
+        return port
 
     def stop_cn(self, port: int) -> None:
         proc = self.cns[port]
@@ -153,9 +157,8 @@ class EndToEndTests(SynchronousTestCase):
             proc.wait(timeout=20)
 
     def test_three_agents_two_control_nodes(self) -> None:
-        cn1, cn2 = free_port(), free_port()
-        self.start_cn(cn1, "cn1")
-        self.start_cn(cn2, "cn2")
+        cn1 = self.start_cn("cn1")
+        cn2 = self.start_cn("cn2")
         nodes = {i: Node(self.base, i, [cn1, cn2]) for i in (2, 3, 4)}
         for n in nodes.values():
             self.addCleanup(n.stop)
@@ -189,7 +192,8 @@ class EndToEndTests(SynchronousTestCase):
         self.stop_cn(cn1)
         time.sleep(0.5)
         self.assertEqual(nodes[3].remote(), full[3])
-        self.start_cn(cn1, "cn1")
+        # the agents were told this port: it comes back on the same one
+        self.start_cn("cn1", cn1)
         nodes[4].add_port(2)
         wait_for(lambda: nodes[3].remote().get("10.1.2.4/32") == "127.0.0.4",
                  "a route added around the restart to reach node3")

@@ -4,44 +4,32 @@ from __future__ import annotations
 
 import datetime
 import os
-import socket
 import tempfile
 from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer, reactor, task
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.protocol import Protocol
 from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import TestCase
 
+from tests.polling import wait_for
 from vrtwist.xmpp.agent_link import ControllerLink, LocalRouteInfo, makeControllerLink
 from vrtwist.xmpp.control import ControlNode, ControlNodeFactory
+from vrtwist.xmpp.testing import RecordingSink
 from vrtwist.xmpp.tls import mutual_tls_options
 
-from .helpers import RecordingSink
 
-
-async def until(pred: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    """Wait (polling) until ``pred()`` holds; fail with ``what`` if it never does."""
-    for _ in range(int(timeout / 0.02)):
-        if pred():
-            return
-        await task.deferLater(reactor, 0.02, lambda: None)
-    raise AssertionError(f"timed out waiting for {what}")
+def until(pred: Callable[[], object], what: str, timeout: float = 10.0) -> Deferred[object]:
+    """``tests.polling.wait_for`` with this module's argument order."""
+    return wait_for(pred, timeout, 0.02, what)
 
 
 def port(i: int, vrf: str = "blue", fabric: str = "127.0.0.2") -> LocalRouteInfo:
     return LocalRouteInfo(f"port{i}", f"vm{i}", "vn1", vrf, f"02:00:00:00:00:{i:02x}",
                           f"10.0.0.{i}", None, 20 + i, fabric)
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 class LoopbackBase(TestCase):

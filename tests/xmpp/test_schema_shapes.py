@@ -26,8 +26,8 @@ from vrtwist.xmpp.stanzas import (
     build_route_update,
     parse_stanza,
 )
+from vrtwist.xmpp.testing import MemAgent, make_node
 
-from .helpers import MemAgent, make_node
 from .test_agent_link import LinkHarness
 
 INT, STR, BOOL, LIST = "int", "str", "bool", "list"

@@ -137,7 +137,7 @@ class AgentService(MultiService):
         if self.controllers:
             self._attach_controller()
             if self.link is not None:
-                self.link.holdEndOfRib()  # until the port files are replayed
+                self.link.hold_end_of_rib()  # until the port files are replayed
         sync = self._make_sync()
         if sync is not None:
             self.sync = sync
@@ -152,7 +152,7 @@ class AgentService(MultiService):
         self._log.info("replayed {added} port(s) from {dir}, skipped {skipped}",
                        added=added, dir=str(store.ports_dir), skipped=len(skipped))
         if self.link is not None:
-            self.link.localRoutesReady()
+            self.link.local_routes_ready()
         if sync is not None:
             sync.start()
         self.api = PortApi(table, self._programmed if sync is not None else None,
@@ -262,11 +262,11 @@ class AgentService(MultiService):
             # from the config channel: IPAM subnets for ports without plen, and the VM
             # interface (instance IPs, MAC) for ports whose REST data lacks them
             def subnets(vn_id: str) -> list[dict[str, Any]]:
-                vn = config.networkByUuid(vn_id)
-                return list(config.subnetsOf(vn)) if vn else []
+                vn = config.network_by_uuid(vn_id)
+                return list(config.subnets_of(vn)) if vn else []
             self.model.subnet_source = subnets
             self.model.interface_source = config.interface
-            config.listeners.append(lambda _update: self.model.refreshConfig())
+            config.listeners.append(lambda _update: self.model.refresh_config())
         link.setServiceParent(self)
         self.link = link
 

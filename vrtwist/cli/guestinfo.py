@@ -117,25 +117,25 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             info.set(args.key, args.value)
         elif args.cmd == "publish":
             if args.what == "started":
-                info.publishStarted(args.session, args.error, execSession=args.exec)
+                info.publish_started(args.session, args.error, exec_session=args.exec)
             elif args.what == "status":
-                info.publishStatus(args.session, args.code, execSession=args.exec)
+                info.publish_status(args.session, args.code, exec_session=args.exec)
             elif args.what == "time":
                 when = args.when if args.when is not None else int(time.time())
-                info.publishTime(args.session, args.which, when, execSession=args.exec)
+                info.publish_time(args.session, args.which, when, exec_session=args.exec)
             elif args.what == "ip":
-                info.publishAssignedIP(args.network, args.cidr)
+                info.publish_assigned_ip(args.network, args.cidr)
         elif args.cmd == "show":
-            st = info.session(args.session, execSession=args.exec)
+            st = info.session(args.session, exec_session=args.exec)
             body = {
                 "session": args.session,
                 "started": st.started,
-                "launch_error": st.launchError,
+                "launch_error": st.launch_error,
                 "status": st.status,
                 "createtime": st.createtime,
                 "starttime": st.starttime,
                 "stoptime": st.stoptime,
-                "networks": {n: info.assignedIP(n) for n in args.network},
+                "networks": {n: info.assigned_ip(n) for n in args.network},
             }
             print(json.dumps(body, indent=1, sort_keys=True), file=out)
         elif args.cmd == "list":

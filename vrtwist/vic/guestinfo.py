@@ -233,7 +233,7 @@ class SessionState:
     stoptime: int | None
 
     @property
-    def launchError(self) -> str | None:
+    def launch_error(self) -> str | None:
         """VIC's error reporting: ``started`` holds the error text when launch failed."""
         if self.started in (None, "", "true"):
             return None
@@ -266,38 +266,38 @@ class GuestInfo:
 
     # what the tether publishes
 
-    def _session(self, session: str, field: str, execSession: bool = False) -> str:
-        coll = "execs" if execSession else "sessions"
-        return key([entry(coll, session), *field.split(".")], nonPersistent=execSession)
+    def _session(self, session: str, field: str, exec_session: bool = False) -> str:
+        coll = "execs" if exec_session else "sessions"
+        return key([entry(coll, session), *field.split(".")], nonPersistent=exec_session)
 
-    def publishStarted(
-        self, session: str, error: str | None = None, execSession: bool = False
+    def publish_started(
+        self, session: str, error: str | None = None, exec_session: bool = False
     ) -> None:
         """``true`` once launched, else the launch error text."""
-        self.set(self._session(session, "started", execSession), "true" if error is None else error)
+        self.set(self._session(session, "started", exec_session), "true" if error is None else error)
 
-    def publishStatus(self, session: str, code: int, execSession: bool = False) -> None:
-        self.set(self._session(session, "status", execSession), str(int(code)))
+    def publish_status(self, session: str, code: int, exec_session: bool = False) -> None:
+        self.set(self._session(session, "status", exec_session), str(int(code)))
 
-    def publishTime(self, session: str, which: str, when: int, execSession: bool = False) -> None:
+    def publish_time(self, session: str, which: str, when: int, exec_session: bool = False) -> None:
         if which not in ("createtime", "starttime", "stoptime"):
             raise GuestInfoError(f"{which!r} is not createtime, starttime or stoptime")
-        self.set(self._session(session, f"detail.{which}", execSession), str(int(when)))
+        self.set(self._session(session, f"detail.{which}", exec_session), str(int(when)))
 
-    def publishAssignedIP(self, network: str, net: str) -> None:
+    def publish_assigned_ip(self, network: str, net: str) -> None:
         ip, mask = encodeIPNet(net)
         base = [entry("networks", network), "assigned"]
         self.set(key([*base, "IP"]), ip)
         self.set(key([*base, "Mask"]), mask)
 
-    def publishResurrections(self, count: int) -> None:
+    def publish_resurrections(self, count: int) -> None:
         self.set(key(["diagnostics", "resurrections"]), str(int(count)))
 
     # what the appliance reads
 
-    def session(self, session: str, execSession: bool = False) -> SessionState:
+    def session(self, session: str, exec_session: bool = False) -> SessionState:
         def num(field: str) -> int | None:
-            v = self.get(self._session(session, field, execSession))
+            v = self.get(self._session(session, field, exec_session))
             if v in (None, ""):
                 return None
             try:
@@ -308,14 +308,14 @@ class GuestInfo:
                 ) from None
 
         return SessionState(
-            started=self.get(self._session(session, "started", execSession)),
+            started=self.get(self._session(session, "started", exec_session)),
             status=num("status"),
             createtime=num("detail.createtime"),
             starttime=num("detail.starttime"),
             stoptime=num("detail.stoptime"),
         )
 
-    def assignedIP(self, network: str) -> str | None:
+    def assigned_ip(self, network: str) -> str | None:
         base = [entry("networks", network), "assigned"]
         ip, mask = self.get(key([*base, "IP"])), self.get(key([*base, "Mask"]))
         if not ip or not mask:
@@ -324,12 +324,15 @@ class GuestInfo:
 
     # appliance -> guest configuration (read-only for the guest)
 
+    #: the name before the naming rule (docs/contributing.md); docs/vic.md documented it
+    assignedIP = assigned_ip
+
     def configure(self, path: Sequence[str], value: str) -> None:
         if self.role != "appliance":
             raise GuestInfoError("only the appliance writes read-only configuration keys")
         self.transport.set(key(path, readOnly=True), value if value != "" else NIL)
 
-    def containerID(self) -> str | None:
+    def container_id(self) -> str | None:
         return self.get(key(["common", "id"], readOnly=True))
 
 

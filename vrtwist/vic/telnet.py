@@ -115,7 +115,7 @@ class TelnetParser:
         self._max = maxSubnegotiation
 
     @property
-    def pendingBytes(self) -> int:
+    def pending_bytes(self) -> int:
         """Bytes held back because a command is not complete yet."""
         return len(self._pending)
 

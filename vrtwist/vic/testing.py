@@ -19,14 +19,14 @@ from vrtwist.vic import vmware_ext as X
 
 #: KNOWN-SUBOPTIONS-1 exactly as the captured ESX host sent it.
 ESX_KNOWN = bytes(
-    [0x00, 0x01, 0x02, 0x03, 0x28, 0x29, 0x2B, 0x2C, 0x2D, 0x2E, 0x30, 0x46, 0x47, 0x49]
-    + [0x50, 0x51, 0x54, 0x55, 0x56, 0x57, 0x52, 0x53]
+    [0x00, 0x01, 0x02, 0x03, 0x28, 0x29, 0x2B, 0x2C, 0x2D, 0x2E, 0x30, 0x46, 0x47, 0x49,
+     0x50, 0x51, 0x54, 0x55, 0x56, 0x57, 0x52, 0x53]
 )
 #: The VC UUID text format ESX sends (16 hex pairs, spaces, one dash).
 PCAP_UUID = b"01 23 45 67 89 ab cd ef-fe dc ba 98 00 00 00 00"
 
 
-def uuidText(n: int) -> bytes:
+def uuid_text(n: int) -> bytes:
     """A VC UUID in ESX's text format, distinct per ``n``."""
     raw = f"{n:032x}"
     pairs = [raw[i : i + 2] for i in range(0, 32, 2)]
@@ -37,7 +37,7 @@ class _Waiting:
     def __init__(self) -> None:
         self._waiters: list[tuple[Callable[[], bool], Deferred[None]]] = []
 
-    def waitFor(self, predicate: Callable[[], bool]) -> Deferred[None]:
+    def wait_for(self, predicate: Callable[[], bool]) -> Deferred[None]:
         d: Deferred[None] = Deferred()
         if predicate():
             d.callback(None)
@@ -108,9 +108,9 @@ class FakeESX(Protocol, _Waiting):
                 cmd, params = X.split(ev.payload)
                 self.ext.append((cmd, params))
                 if cmd == X.GET_VM_VC_UUID:
-                    self.sendExt(X.VM_VC_UUID, self.uuid)
+                    self.send_ext(X.VM_VC_UUID, self.uuid)
                 elif cmd == X.GET_VM_NAME:
-                    self.sendExt(X.VM_NAME, self.name)
+                    self.send_ext(X.VM_NAME, self.name)
                     # The capture's row 16: ESX then offers COM-PORT (RFC 2217).
                     self.transport.write(T.encodeNegotiation(T.WILL, T.COM_PORT))  # type: ignore[union-attr]
         self._check()
@@ -120,19 +120,19 @@ class FakeESX(Protocol, _Waiting):
         self._check()
         self.lostDeferred.callback(None)
 
-    def sendExt(self, cmd: int, params: bytes = b"") -> None:
+    def send_ext(self, cmd: int, params: bytes = b"") -> None:
         self.transport.write(X.command(cmd, params))  # type: ignore[union-attr]
 
-    def sendSerial(self, data: bytes) -> None:
+    def send_serial(self, data: bytes) -> None:
         self.transport.write(T.encodeData(data))  # type: ignore[union-attr]
 
-    def extReceived(self, cmd: int) -> list[bytes]:
+    def ext_received(self, cmd: int) -> list[bytes]:
         return [p for c, p in self.ext if c == cmd]
 
     def proxied(self) -> Deferred[None]:
         """Fires once the proxy said WILL-PROXY (or PEER-OK for a peer)."""
         want = X.WILL_PROXY if self.peer is None else X.VMOTION_PEER_OK
-        return self.waitFor(lambda: bool(self.extReceived(want)))
+        return self.wait_for(lambda: bool(self.ext_received(want)))
 
 
 class BackendConnection(Protocol):

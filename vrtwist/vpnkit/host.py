@@ -280,7 +280,7 @@ class _UDPChannel(Protocol):
         for r in recs:
             self.flow.fwd.stats.datagrams_in += 1
             self.flow.last = self.flow.fwd.clock.seconds()
-            self.flow.fwd.toClient(r.payload, self.flow.client)
+            self.flow.fwd.to_client(r.payload, self.flow.client)
 
     def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
         self.flow.fwd.flows.pop(self.flow.client, None)
@@ -340,7 +340,7 @@ class _UDPForward(DatagramProtocol):
         assert flow.protocol.transport is not None
         send_datagram(flow.protocol.transport, datagram, self.stats)
 
-    def toClient(self, payload: bytes, client: tuple[str, int]) -> None:
+    def to_client(self, payload: bytes, client: tuple[str, int]) -> None:
         if self.transport is not None:
             try:
                 self.transport.write(payload, client)
@@ -444,7 +444,7 @@ class ForwardTable:
         await fwd.close(closeConnections)
         self._log.info("unexposed {port}", port=str(fwd.port))
 
-    async def unexposeAll(self) -> None:
+    async def unexpose_all(self) -> None:
         for fwd in list(self.forwards.values()):
             await self.unexpose(fwd.port, closeConnections=True)
 

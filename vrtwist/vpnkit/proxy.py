@@ -487,10 +487,10 @@ class _UDPChannelProtocol(Protocol):
             return
         for rec in records:
             self.relay.stats.datagrams_in += 1
-            self.relay.fromChannel(rec.payload)
+            self.relay.from_channel(rec.payload)
 
     def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
-        self.relay.channelLost()
+        self.relay.channel_lost()
 
 
 class UDPChannelRelay(DatagramProtocol):
@@ -524,14 +524,14 @@ class UDPChannelRelay(DatagramProtocol):
         # ICMP port unreachable: keep the flow; the service may come up (Go TestUDPWriteError).
         pass
 
-    def fromChannel(self, payload: bytes) -> None:
+    def from_channel(self, payload: bytes) -> None:
         if self.transport is not None:
             try:
                 self.transport.write(payload, self.connected_to)
             except OSError:
                 self.stats.datagrams_dropped += 1
 
-    def channelLost(self) -> None:
+    def channel_lost(self) -> None:
         if self.transport is not None:
             self.transport.stopListening()  # type: ignore[attr-defined]
 

@@ -180,7 +180,7 @@ class _ExposeAtStart(Service):
         super().stopService()
         from twisted.internet import defer
 
-        return defer.ensureDeferred(self.table.unexposeAll())
+        return defer.ensureDeferred(self.table.unexpose_all())
 
 
 class _DumpOnSignal(Service):

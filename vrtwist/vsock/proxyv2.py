@@ -63,7 +63,7 @@ class ProxyHeader:
     tlvs: dict[int, bytes] = field(default_factory=dict)
 
     @property
-    def sourceCID(self) -> int | None:
+    def source_cid(self) -> int | None:
         if self.vsock and isinstance(self.source, tuple):
             return int(self.source[0])
         return None

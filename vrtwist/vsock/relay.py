@@ -213,8 +213,8 @@ class RelayInbound(Protocol):
             self._headerTimer = None
             if header.command == P.CMD_LOCAL:
                 header = headerFor(self.peer, self.host)
-            elif header.sourceCID is not None:
-                self.cid = header.sourceCID
+            elif header.source_cid is not None:
+                self.cid = header.source_cid
             self._route(header)
             if rest:
                 self._toBackend(rest)

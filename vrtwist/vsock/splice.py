@@ -139,7 +139,7 @@ class _Direction:
                     self.dst.socket.shutdown(socket.SHUT_WR)
                 except OSError:
                     pass
-                self.pair.directionDone()
+                self.pair.direction_done()
         elif not self.pair.finished:
             self.src.startReading()
 
@@ -207,7 +207,7 @@ class SplicePair:
         """End the splice now (both transports get closed by ``onDone``)."""
         self._finish(None)
 
-    def directionDone(self) -> None:
+    def direction_done(self) -> None:
         if self.ab.done and self.ba.done:
             self._finish(None)
         elif self.onHalfDone is not None:

@@ -135,7 +135,7 @@ class FailoverEndpoint:
         self.failures = 0
 
     @property
-    def currentName(self) -> str:
+    def current_name(self) -> str:
         return self.names[self.current]
 
     def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
@@ -150,11 +150,11 @@ class FailoverEndpoint:
         d.addErrback(failed)
         return d
 
-    def sessionFailed(self) -> None:
+    def session_failed(self) -> None:
         """A connection that closed before the stream came up is a failed attempt too."""
         self._failed("closed the connection before the session came up")
 
-    def sessionEstablished(self) -> None:
+    def session_established(self) -> None:
         """A session came up: the attempt count starts over."""
         self.failures = 0
 
@@ -251,7 +251,7 @@ class ConfigStore:
 
     # -- what the agent needs ---------------------------------------------------------
 
-    def networkByUuid(self, uuid: str) -> str | None:
+    def network_by_uuid(self, uuid: str) -> str | None:
         """The fq-name of the virtual network whose ``id-perms`` uuid is ``uuid``."""
         want = uuid.lower()
         for (t, name), node in self.nodes.items():
@@ -259,12 +259,12 @@ class ConfigStore:
                 return name
         return None
 
-    def routingInstanceOf(self, vn: str) -> str | None:
+    def routing_instance_of(self, vn: str) -> str | None:
         """The routing instance (VRF name) of virtual network ``vn`` (fq-name)."""
         ris = self.linked("virtual-network", vn, "routing-instance")
         return sorted(r[1] for r in ris)[0] if ris else None
 
-    def subnetsOf(self, vn: str) -> list[dict[str, Any]]:
+    def subnets_of(self, vn: str) -> list[dict[str, Any]]:
         """IPAM subnets of ``vn``: ``prefix``, ``plen``, ``gateway``, ``dns`` per subnet."""
         out = []
         for (left, right, meta), link in self._links.items():
@@ -287,6 +287,12 @@ class ConfigStore:
                     "dns": sub.get("dns-server-address", ""),
                 })
         return out
+
+    # The names before the naming rule (docs/contributing.md, "Names"); docs/xmpp.md
+    # documented them.
+    networkByUuid = network_by_uuid
+    routingInstanceOf = routing_instance_of
+    subnetsOf = subnets_of
 
     def interface(self, uuid: str) -> dict[str, Any] | None:
         """A VM interface by uuid (its ``id-perms`` uuid, or the last part of its name, as
@@ -388,7 +394,7 @@ class AgentSession(XmppSession):
         if self.tls is not None and not self.tls_started:
             return  # wait for <stream:features>
         self.established = True
-        self.startTimers()
+        self.start_timers()
         self.link.sessionReady(self)
 
     def stanzaReceived(self, stanza: Stanza) -> None:
@@ -402,7 +408,7 @@ class AgentSession(XmppSession):
                 return
             if isinstance(stanza, TlsProceed) and self.tls is not None:
                 self.tls_started = True
-                self.restartFraming()
+                self.restart_framing()
                 self.transport.startTLS(self.tls)  # type: ignore[union-attr]
                 self.send(build_stream_open(self.link.hostname))
                 return
@@ -587,7 +593,7 @@ class ControllerLink(MultiService):
             session.send(build_unsubscribe(self.hostname, self._wire_of(vrf),
                                            iq_id=self._id("unsubscribe")))
         self._set_wire(vrf, None)
-        self.remote.dropVrf(vrf)
+        self.remote.drop_vrf(vrf)
 
     # -- routing-instance names from config -----------------------------------------------
 
@@ -604,8 +610,8 @@ class ControllerLink(MultiService):
 
     def _config_instance(self, vn_id: str) -> str | None:
         """The routing instance config gives the port's network, if config named it."""
-        vn = self.config.networkByUuid(vn_id) if vn_id else None
-        return self.config.routingInstanceOf(vn) if vn else None
+        vn = self.config.network_by_uuid(vn_id) if vn_id else None
+        return self.config.routing_instance_of(vn) if vn else None
 
     def _config_changed(self, update: ConfigUpdate) -> None:
         self._vn_names.clear()
@@ -621,7 +627,7 @@ class ControllerLink(MultiService):
             out = []
             if session is not None:
                 out.append(build_unsubscribe(self.hostname, old, iq_id=self._id("unsubscribe")))
-            self.remote.dropVrf(vrf)
+            self.remote.drop_vrf(vrf)
             self._set_wire(vrf, wire)
             if session is not None:
                 out.append(build_subscribe(self.hostname, wire, self._vrf_ids.get(vrf, 0),
@@ -641,11 +647,11 @@ class ControllerLink(MultiService):
         """Established: config subscribe, VM subscribes, VRF subscribes, routes, EoR."""
         self.session = session
         self.sessions_established += 1
-        self.endpoint.sessionEstablished()
+        self.endpoint.session_established()
         self._log.info(
             "XMPP session to {cn} ({ep}) established; {n} local routes to publish",
             cn=session.peer_name,
-            ep=self.endpoint.currentName,
+            ep=self.endpoint.current_name,
             n=len(self._local),
         )
         out = [
@@ -675,11 +681,11 @@ class ControllerLink(MultiService):
 
     def sessionLost(self, session: AgentSession, reason: str) -> None:
         if not session.established and session.keepalives_received == 0:
-            self.endpoint.sessionFailed()
+            self.endpoint.session_failed()
         if self.session is not session:
             return
         self.session = None
-        n = self.remote.markAllStale()
+        n = self.remote.mark_all_stale()
         # the agent stopping closed it itself: news, not a warning
         (self._log.warn if self.running else self._log.info)(
             "XMPP session to {cn} lost ({reason}); {n} learnt routes kept stale for {t} s",
@@ -699,7 +705,7 @@ class ControllerLink(MultiService):
 
     def _stale_expired(self) -> None:
         self._stale_call = None
-        n = self.remote.sweepStale()
+        n = self.remote.sweep_stale()
         if n:
             self._log.info("stale timer expired: {n} learnt routes removed", n=n)
         self._routes_synced()
@@ -709,7 +715,7 @@ class ControllerLink(MultiService):
         if self._stale_call is not None and self._stale_call.active():
             self._stale_call.cancel()
         self._stale_call = None
-        n = self.remote.sweepStale()
+        n = self.remote.sweep_stale()
         if n:
             self._log.info("End-of-RIB: {n} stale routes not re-advertised were removed", n=n)
         self._routes_synced()
@@ -733,11 +739,11 @@ class ControllerLink(MultiService):
         else:
             self.remote.reach(vrf, family, update.items)
 
-    def holdEndOfRib(self) -> None:
-        """The agent is (re)starting: send End-of-RIB only at :meth:`localRoutesReady`."""
+    def hold_end_of_rib(self) -> None:
+        """The agent is (re)starting: send End-of-RIB only at :meth:`local_routes_ready`."""
         self.local_routes_complete = False
 
-    def localRoutesReady(self) -> None:
+    def local_routes_ready(self) -> None:
         """Every local route is known (the port files were replayed): send End-of-RIB
         now if a session is up and was waiting for it, and at once on later sessions."""
         self.local_routes_complete = True
@@ -745,6 +751,10 @@ class ControllerLink(MultiService):
         if self._eor_pending and session is not None:
             session.send(build_agent_eor(self.hostname))
         self._eor_pending = False
+
+    # the names before the naming rule (docs/contributing.md); docs/xmpp.md documented them
+    holdEndOfRib = hold_end_of_rib
+    localRoutesReady = local_routes_ready
 
     def whenReady(self) -> Deferred[None]:
         """Fires when the next (or current) session is established."""
@@ -765,7 +775,7 @@ class ControllerLink(MultiService):
         self._stale_call = None
         session = self._live()
         if session is not None:
-            session.closeSession("agent stopping", clean=True)
+            session.close_session("agent stopping", clean=True)
         return super().stopService()  # type: ignore[no-any-return]
 
     # -- stanza building ------------------------------------------------------------------
@@ -798,7 +808,7 @@ class ControllerLink(MultiService):
         key = (info.vn_id, wire)
         name = self._vn_names.get(key)
         if name is None:
-            vn = self.config.networkByUuid(info.vn_id) if info.vn_id else None
+            vn = self.config.network_by_uuid(info.vn_id) if info.vn_id else None
             parts = wire.split(":")
             name = vn or (":".join(parts[:-1]) if len(parts) >= 4 else info.vn_id)
             if len(self._vn_names) >= 4096:
@@ -834,10 +844,10 @@ class ControllerLink(MultiService):
     # -- inspection ---------------------------------------------------------------------
 
     @property
-    def subscribedVrfs(self) -> list[str]:
+    def subscribed_vrfs(self) -> list[str]:
         return sorted(self._vrf_ports)
 
-    def flushReleases(self) -> None:
+    def flush_releases(self) -> None:
         """Release now the VRFs whose last port went in this turn (service stop, tests)."""
         for vrf, call in list(self._vrf_release.items()):
             if call.active():

@@ -204,11 +204,11 @@ class ControlNode:
         name = session.peer_name
         old = self.sessions.get(name)
         if old is not None and old is not session:
-            if _host(old.peerAddress()) != _host(session.peerAddress()):
+            if _host(old.peer_address()) != _host(session.peer_address()):
                 return f"agent {name!r} is already connected from another address"
             # Same agent restarting: the old session goes first, its paths turn stale.
             self.unregister(old)
-            old.closeSession("replaced by a new session from the same address")
+            old.close_session("replaced by a new session from the same address")
         self.sessions[name] = session
         return None
 
@@ -304,7 +304,7 @@ class ControlNode:
         for family, items in inst.routes.items():
             if items:
                 n += len(items)
-                session.markDirty((vrf, family[0], family[1]), items.keys())
+                session.mark_dirty((vrf, family[0], family[1]), items.keys())
         self._log.info(
             "agent {agent} subscribed to {vrf} (instance-id {iid}): {n} routes to send",
             agent=session.peer_name,
@@ -323,7 +323,7 @@ class ControlNode:
         inst = self.instances[vrf]
         inst.subscribers.pop(session.peer_name, None)
         inst.instance_ids.pop(session.peer_name, None)
-        session.forgetInstance(vrf)
+        session.forget_instance(vrf)
         name = session.peer_name
         for family, items in inst.routes.items():
             for item_id in list(items):
@@ -399,7 +399,7 @@ class ControlNode:
                 "End-of-RIB from {agent}: {n} stale routes swept", agent=session.peer_name, n=n
             )
 
-    def bestPath(self, vrf: str, family: Family, item_id: str, viewer: str) -> _Path | None:
+    def best_path(self, vrf: str, family: Family, item_id: str, viewer: str) -> _Path | None:
         """The path ``viewer`` should see: never its own; highest local preference wins."""
         inst = self.instances.get(vrf)
         if inst is None:
@@ -455,7 +455,7 @@ class ControlNode:
 
     # -- config -------------------------------------------------------------------------
 
-    def sendConfig(
+    def send_config(
         self,
         agent: str,
         updates: tuple[ConfigNode | ConfigLink, ...] = (),
@@ -468,6 +468,9 @@ class ControlNode:
         session.send(build_config(agent, updates, deletes))
         return True
 
+    #: the name before the naming rule (docs/contributing.md); docs/xmpp.md documented it
+    sendConfig = send_config
+
     def stop(self) -> None:
         """Cancel pending timers (service stop); sessions are closed by their transports."""
         for call in self._gr_timers.values():
@@ -478,7 +481,7 @@ class ControlNode:
             self._flush_call.cancel()
         self._flush_call = None
 
-    def routeCount(self) -> int:
+    def route_count(self) -> int:
         return sum(inst.count() for inst in self.instances.values())
 
 
@@ -516,7 +519,7 @@ class ControlSession(XmppSession):
         self._sent: dict[NodeKey, set[str]] = {}
         self._open_call: IDelayedCall | None = None
 
-    def peerAddress(self) -> IAddress | None:
+    def peer_address(self) -> IAddress | None:
         return self.transport.getPeer() if self.transport is not None else None
 
     # -- producer ---------------------------------------------------------------------
@@ -529,7 +532,7 @@ class ControlSession(XmppSession):
     def _open_timeout(self) -> None:
         self._open_call = None
         if not self.established:
-            self.closeSession(f"no stream open within {OPEN_TIMEOUT:g} s")
+            self.close_session(f"no stream open within {OPEN_TIMEOUT:g} s")
 
     def pauseProducing(self) -> None:
         self.paused = True
@@ -559,22 +562,22 @@ class ControlSession(XmppSession):
             return
         reason = self.node.register(self)
         if reason is not None:
-            self.closeSession(reason)
+            self.close_session(reason)
             return
         self.registered = True
         self.established = True
         if self._open_call is not None and self._open_call.active():
             self._open_call.cancel()
         self._open_call = None
-        self._log.info("agent {agent} connected from {peer}", agent=name, peer=self.peerLabel())
-        self.startTimers()
+        self._log.info("agent {agent} connected from {peer}", agent=name, peer=self.peer_label())
+        self.start_timers()
 
     def stanzaReceived(self, stanza: Stanza) -> None:
         if not self.established:
             if isinstance(stanza, StartTls) and self.tls is not None and not self.tls_started:
                 self.send(PROCEED)
                 self.tls_started = True
-                self.restartFraming()
+                self.restart_framing()
                 self.transport.startTLS(self.tls)  # type: ignore[union-attr]
                 return
             raise ProtocolViolation(f"{type(stanza).__name__} before the stream is established")
@@ -633,14 +636,14 @@ class ControlSession(XmppSession):
 
     # -- output -------------------------------------------------------------------------
 
-    def markDirty(self, key: NodeKey, item_ids: Iterable[str]) -> None:
+    def mark_dirty(self, key: NodeKey, item_ids: Iterable[str]) -> None:
         dirty = self._dirty.get(key)
         if dirty is None:
             self._dirty[key] = set(item_ids)
         else:
             dirty.update(item_ids)
 
-    def forgetInstance(self, vrf: str) -> None:
+    def forget_instance(self, vrf: str) -> None:
         for key in [k for k in self._dirty if k[0] == vrf]:
             del self._dirty[key]
         for key in [k for k in self._sent if k[0] == vrf]:
@@ -684,7 +687,7 @@ class ControlSession(XmppSession):
                     if origin == me:
                         path = None
                 else:
-                    path = node.bestPath(vrf, family, item_id, me)
+                    path = node.best_path(vrf, family, item_id, me)
                 eid = _attr(item_id)
                 if path is None:
                     if item_id in sent:

@@ -114,7 +114,7 @@ class RemoteRouteTable:
         for pkey in touched:
             self._reprogram(pkey)
 
-    def dropVrf(self, vrf: str) -> int:
+    def drop_vrf(self, vrf: str) -> int:
         """Forget every route of ``vrf`` (its last local port went, we unsubscribed)."""
         keys = [k for k in self._items if k[0] == vrf]
         by_family: dict[Family, list[str]] = {}
@@ -124,12 +124,12 @@ class RemoteRouteTable:
             self.retract(vrf, family, tuple(ids))
         return len(keys)
 
-    def markAllStale(self) -> int:
+    def mark_all_stale(self) -> int:
         """The session dropped: everything learnt is kept, but stale until re-advertised."""
         self._stale = set(self._items)
         return len(self._stale)
 
-    def sweepStale(self) -> int:
+    def sweep_stale(self) -> int:
         """Remove what the new session did not re-advertise (End-of-RIB or stale timer)."""
         stale, self._stale = self._stale, set()
         by_vrf_family: dict[tuple[str, Family], list[str]] = {}

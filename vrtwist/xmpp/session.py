@@ -89,7 +89,7 @@ class XmppSession(Protocol):
 
     # -- Protocol -----------------------------------------------------------------------
 
-    def peerLabel(self) -> str:
+    def peer_label(self) -> str:
         try:
             peer = self.transport.getPeer()  # type: ignore[union-attr]
             where = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
@@ -108,7 +108,7 @@ class XmppSession(Protocol):
         try:
             events = self.splitter.feed(data)
         except FramingError as exc:
-            self.closeSession(f"framing error: {exc}")
+            self.close_session(f"framing error: {exc}")
             return
         for event in events:
             if self.closing:
@@ -123,20 +123,20 @@ class XmppSession(Protocol):
                 elif isinstance(event, StreamEnd):
                     # the peer ended its stream first: a clean close, however the
                     # TCP connection then goes (our reply may meet a closed socket)
-                    self.closeSession("peer closed the stream", send_close=True, clean=True)
+                    self.close_session("peer closed the stream", send_close=True, clean=True)
                     return
             except StanzaError as exc:
-                self.closeSession(f"bad stanza: {exc}")
+                self.close_session(f"bad stanza: {exc}")
                 return
             except ProtocolViolation as exc:
-                self.closeSession(f"protocol violation: {exc}")
+                self.close_session(f"protocol violation: {exc}")
                 return
             except Exception:
                 # A bug in handling a stanza (the parser itself raises only StanzaError):
                 # the traceback is logged once and this session, not the process, ends.
                 self._log.failure("XMPP session {peer}: error handling a stanza",
-                                  peer=self.peerLabel())
-                self.closeSession("internal error handling a stanza")
+                                  peer=self.peer_label())
+                self.close_session("internal error handling a stanza")
                 return
         if not self.closing:
             self.chunkProcessed()
@@ -155,7 +155,7 @@ class XmppSession(Protocol):
         if not self.closing and self.transport is not None:
             self.transport.write(data)
 
-    def closeSession(self, reason: str, send_close: bool = True, clean: bool = False) -> None:
+    def close_session(self, reason: str, send_close: bool = True, clean: bool = False) -> None:
         """Log why, send ``</stream:stream>`` and drop the connection (once).
 
         ``clean``: an orderly end (the peer closed its stream, we are stopping), logged
@@ -167,7 +167,7 @@ class XmppSession(Protocol):
         self.close_reason = reason
         self.closed_cleanly = clean
         (self._log.info if clean else self._log.warn)(
-            "XMPP session {peer} closed: {reason}", peer=self.peerLabel(), reason=reason
+            "XMPP session {peer} closed: {reason}", peer=self.peer_label(), reason=reason
         )
         self._stop_timers()
         transport: Any = self.transport
@@ -187,7 +187,7 @@ class XmppSession(Protocol):
             if abort is not None:
                 abort()
 
-    def startTimers(self) -> None:
+    def start_timers(self) -> None:
         """Established: a keepalive now, then every hold/3; the hold timer keeps running."""
         self.send(KEEPALIVE)
         self._keepalive_call = self.clock.callLater(self.hold_time / 3.0, self._send_keepalive)
@@ -208,7 +208,7 @@ class XmppSession(Protocol):
             return
         idle = self.clock.seconds() - self._last_rx
         if idle >= self.hold_time:
-            self.closeSession(f"hold timer expired ({self.hold_time:g} s without a message)")
+            self.close_session(f"hold timer expired ({self.hold_time:g} s without a message)")
         else:
             self._arm_hold(self.hold_time - idle)
 
@@ -225,6 +225,6 @@ class XmppSession(Protocol):
         if call is not None and call.active():
             call.cancel()
 
-    def restartFraming(self) -> None:
+    def restart_framing(self) -> None:
         """After STARTTLS the stream starts over: a fresh splitter for the new stream."""
         self.splitter = StanzaSplitter(self.max_stanza)

@@ -178,7 +178,7 @@ class AgentPacketService(MultiService):
         mac = vhost_mac or (lambda: bytes(model.desired[(VIF, model.fabric_vif)][1]["vifr_mac"]))
         self.flows.fabric = self._fabric_address
         self.resolver = FabricResolver(reactor, self._send_fabric, self._fabric_source,
-                                       model.setFabricMac)
+                                       model.set_fabric_mac)
         self.prober = PathProber(reactor, self.endpoint.send_switch)
         self.packet_services = PacketServices(self.vm_port, self.endpoint.send_switch, mac,
                                               self.flows, fabric_arp=self._fabric_arp,
@@ -241,7 +241,7 @@ class AgentPacketService(MultiService):
         if not self.running:
             return
         if any(key[0] == NH for key in keys):
-            self.resolver.wanted(self.model.tunnelDestinations())
+            self.resolver.wanted(self.model.tunnel_destinations())
         for key in keys:
             if key[0] != VIF:
                 continue
@@ -265,7 +265,7 @@ class AgentPacketService(MultiService):
         self._aging.start(AGE_SCAN_INTERVAL, now=False)
         self._flow_view()  # mapped now, not in the middle of traffic (when it exists)
         self._audit.start(AUDIT_SCAN_INTERVAL, now=False)
-        self.resolver.wanted(self.model.tunnelDestinations())
+        self.resolver.wanted(self.model.tunnel_destinations())
 
     def _age(self) -> None:
         if not self.flows.pairs:

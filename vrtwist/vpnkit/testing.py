@@ -1,9 +1,17 @@
-"""In-memory link pairs and channel protocols for the multiplexer tests."""
+"""In-memory peers for code that speaks vpnkit's multiplexed protocol (as treq ships
+``treq.testing``).
+
+:class:`LinkPair` joins two real :class:`~vrtwist.vpnkit.mux.Multiplexer` instances through
+``twisted.internet.testing.StringTransport`` and a :class:`~twisted.internet.task.Clock`,
+so a test drives both ends of a link without a reactor or a socket: write on a channel,
+call :meth:`LinkPair.pump`, read what the other side's protocol got. :class:`Acceptor`
+accepts (or refuses) every channel the peer opens and gives each a :class:`Sink`, which
+records what arrives and can echo it back.
+"""
 
 from __future__ import annotations
 
 import hashlib
-from typing import Any
 
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Protocol
@@ -12,13 +20,16 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from vrtwist.vpnkit.interfaces import IChannelAcceptor
-from vrtwist.vpnkit.mux import LAZY_CLOSE_DELAY, Channel, Multiplexer
+from vrtwist.vpnkit.interfaces import IChannel, IChannelAcceptor
+from vrtwist.vpnkit.mux import LAZY_CLOSE_DELAY, Multiplexer
+
+__all__ = ["Acceptor", "LinkPair", "Sink"]
 
 
 @implementer(IHalfCloseableProtocol)
 class Sink(Protocol):
-    """Records what a channel delivers."""
+    """A channel's protocol that records what it is given; with ``echo`` it writes every
+    chunk back and closes its side when the peer does."""
 
     def __init__(self, echo: bool = False) -> None:
         self.chunks: list[bytes] = []
@@ -32,38 +43,43 @@ class Sink(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         self.chunks.append(data)
-        if self.echo:
-            self.transport.write(data)  # type: ignore[union-attr]
+        if self.echo and self.transport is not None:
+            self.transport.write(data)
 
     def readConnectionLost(self) -> None:
         self.eof = True
-        if self.echo:
-            self.transport.loseConnection()  # type: ignore[union-attr]
+        if self.echo and self.transport is not None:
+            self.transport.loseConnection()
 
     def writeConnectionLost(self) -> None:
-        pass
+        """Nothing to do: the test reads ``eof`` and ``lost``."""
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.lost = reason
 
     @property
     def data(self) -> bytes:
+        """Everything received, in order."""
         return b"".join(self.chunks)
 
     def sha(self) -> str:
+        """The SHA-1 of :attr:`data`: compare big transfers without printing them."""
         return hashlib.sha1(self.data).hexdigest()
 
 
 @implementer(IChannelAcceptor)
 class Acceptor:
-    """Accepts every channel with a fresh Sink (optionally echoing)."""
+    """Accepts every channel the peer opens with a fresh :class:`Sink` (or refuses all).
+
+    ``accepted`` lists ``(channel, sink)`` in the order the channels were opened.
+    """
 
     def __init__(self, echo: bool = False, refuse: bool = False) -> None:
-        self.accepted: list[tuple[Channel, Sink]] = []
+        self.accepted: list[tuple[IChannel, Sink]] = []
         self.echo = echo
         self.refuse = refuse
 
-    def channelOpened(self, channel: Any) -> None:
+    def channelOpened(self, channel: IChannel) -> None:
         if self.refuse:
             channel.refuse("test refuses")
             return
@@ -73,15 +89,18 @@ class Acceptor:
 
 
 class LinkPair:
-    """Two multiplexers joined by StringTransports; ``pump`` moves bytes until quiet.
+    """Two multiplexers joined by ``StringTransport``; :meth:`pump` moves bytes until quiet.
 
-    ``a`` plays the listening side (ids upward), ``b`` the connecting side (downward).
+    ``a`` plays the listening side (channel ids upward), ``b`` the connecting side
+    (downward); ``accA``/``accB`` are their :class:`IChannelAcceptor` (``None``: the side
+    accepts nothing). With ``record`` set, every pumped round's bytes are kept in
+    ``wire_ab``/``wire_ba`` for tests of the exact framing.
     """
 
     def __init__(
         self,
-        accA: Any = None,
-        accB: Any = None,
+        accA: IChannelAcceptor | None = None,
+        accB: IChannelAcceptor | None = None,
         window: int = 65536,
         windowB: int | None = None,
         handshake: bool = True,
@@ -100,6 +119,8 @@ class LinkPair:
         self.record = False
 
     def pump(self, chunk: int | None = None, rounds: int = 1_000_000) -> None:
+        """Deliver both directions' bytes (in pieces of ``chunk`` bytes if given) until
+        neither side writes and no timer is pending; fail after ``rounds`` rounds."""
         for _ in range(rounds):
             da = self.ta.value()
             db = self.tb.value()

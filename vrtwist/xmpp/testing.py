@@ -1,8 +1,16 @@
-"""Shared test doubles: an in-memory agent for the control node, a recording route sink."""
+"""In-memory peers for code on either side of the XMPP controller link (as treq ships
+``treq.testing``).
+
+* :class:`MemAgent` is an agent on a ``twisted.internet.testing.StringTransport`` speaking
+  raw stanzas to a real control node session: test the control node without sockets.
+* :func:`make_node` builds a :class:`~vrtwist.xmpp.control.ControlNode` on a
+  ``MemoryReactorClock`` and the factory a :class:`MemAgent` connects through.
+* :class:`RecordingSink` implements the agent's route-programming seam
+  (:class:`~vrtwist.xmpp.interfaces.IRouteProgrammer`) and records what it is told.
+* :func:`inet` makes an inet unicast :class:`~vrtwist.xmpp.stanzas.RouteEntry`.
+"""
 
 from __future__ import annotations
-
-from typing import Any
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -10,25 +18,33 @@ from zope.interface import implementer
 
 from vrtwist.xmpp.control import ControlNode, ControlNodeFactory, ControlSession
 from vrtwist.xmpp.framing import StanzaBytes, StanzaSplitter, StreamHeader, build_stream_open
-from vrtwist.xmpp.remote_routes import IRemoteRouteSink
+from vrtwist.xmpp.interfaces import IRouteProgrammer
 from vrtwist.xmpp.stanzas import (
     EndOfRib,
     NextHop,
     RouteEntry,
     RouteUpdate,
+    Stanza,
     build_route_publish,
     build_subscribe,
     parse_stanza,
 )
 
+__all__ = ["MemAgent", "RecordingSink", "inet", "make_node"]
+
 
 def inet(prefix: str, nexthop: str = "192.0.2.1", label: int = 16,
          encaps: tuple[str, ...] = ("gre", "udp"), lp: int = 100) -> RouteEntry:
+    """An inet unicast route to ``prefix`` through one next hop (item id = prefix)."""
     return RouteEntry(1, 1, prefix, (NextHop(nexthop, label, encaps),), local_preference=lp)
 
 
 class MemAgent:
-    """An agent on a StringTransport, speaking raw stanzas to a ControlSession."""
+    """An agent on a ``StringTransport``, speaking raw stanzas to a ``ControlSession``.
+
+    Its methods write what a real agent would send; :meth:`received` and :meth:`routes`
+    parse what the control node wrote back since the last call.
+    """
 
     def __init__(self, factory: ControlNodeFactory, name: str, host: str = "127.0.0.2",
                  port: int = 40000) -> None:
@@ -41,23 +57,27 @@ class MemAgent:
         self.seq = 0
 
     def send(self, data: bytes) -> None:
+        """Deliver ``data`` to the control node as if it came off the wire."""
         self.proto.dataReceived(data)
 
     def open(self) -> None:
+        """Open the XMPP stream as this agent."""
         self.send(build_stream_open(self.name))
 
     def subscribe(self, vrf: str, iid: int = 1) -> None:
+        """Subscribe to routing instance ``vrf``."""
         self.send(build_subscribe(self.name, vrf, iid))
 
     def publish(self, vrf: str, entry: RouteEntry, add: bool = True) -> None:
+        """Publish (or, with ``add=False``, retract) ``entry`` in ``vrf``."""
         self.seq += 1
         self.send(build_route_publish(self.name, vrf, entry, add, self.seq))
 
-    def received(self) -> list[Any]:
+    def received(self) -> list[Stanza]:
         """Parsed stanzas written to this agent since the last call (keepalives dropped)."""
         data = self.tr.value()
         self.tr.clear()
-        out: list[Any] = []
+        out: list[Stanza] = []
         for e in self.splitter.feed(data):
             if isinstance(e, StreamHeader):
                 self.header = e
@@ -81,24 +101,31 @@ class MemAgent:
 
     @property
     def closed(self) -> bool:
-        return self.tr.disconnecting
+        """Whether the control node closed this agent's connection."""
+        return bool(self.tr.disconnecting)
 
 
-def make_node(gr_time: float = 0.0, hold: float = 90.0) -> tuple[MemoryReactorClock, ControlNode,
-                                                                  ControlNodeFactory]:
+def make_node(gr_time: float = 0.0, hold: float = 90.0
+              ) -> tuple[MemoryReactorClock, ControlNode, ControlNodeFactory]:
+    """A control node ``cn1`` on a fresh ``MemoryReactorClock``, and its session factory
+    (hold time ``hold``); advance the clock to let keepalives and graceful restart run."""
     clock = MemoryReactorClock()
     node = ControlNode(clock, "cn1", gr_time=gr_time)
     return clock, node, ControlNodeFactory(node, hold)
 
 
-@implementer(IRemoteRouteSink)
+@implementer(IRouteProgrammer)
 class RecordingSink:
-    """Implements the programming seam; records calls and the resulting route table."""
+    """Records every call of the route-programming seam and keeps the resulting table.
+
+    ``table`` maps ``(vrf, prefix, plen)`` to ``(nexthop, label, encap, mac)``; with
+    ``vrfs`` given, a route for another VRF raises ``KeyError`` as the agent's does.
+    """
 
     def __init__(self, fabric_ip: str = "127.0.0.2", vrfs: tuple[str, ...] | None = None) -> None:
         self.fabric_ip = fabric_ip
         self.vrfs = vrfs
-        self.calls: list[tuple[Any, ...]] = []
+        self.calls: list[tuple[object, ...]] = []
         self.table: dict[tuple[str, str, int], tuple[str, int, str, str | None]] = {}
 
     def vrfNames(self) -> list[str]:
