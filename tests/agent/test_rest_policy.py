@@ -8,9 +8,10 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.agent.helpers import InMemoryAgent, tempdir
+from tests.agent.helpers import tempdir
 from vrtwist.agent.policy import MAX_GROUPS_PER_PORT, PolicyConfig
 from vrtwist.agent.store import PolicyFile, PortFileError
+from vrtwist.agent.testing import InMemoryAgent
 
 SG = "51111111-2222-3333-4444-555555555555"
 PORT = "11111111-2222-3333-4444-555555555555"
