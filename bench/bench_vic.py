@@ -47,9 +47,9 @@ from zope.interface import implementer
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from vrtwist.vic import telnet as T  # noqa: E402
-from vrtwist.vic import vmware_ext as X  # noqa: E402
-from vrtwist.vic.testing import FakeESX, uuidText  # noqa: E402
+from vrtwist.vic import telnet as T
+from vrtwist.vic import vmware_ext as X
+from vrtwist.vic.testing import FakeESX, uuidText
 
 CHUNK = 65536
 MB = 1e6

@@ -41,13 +41,13 @@ from vrtwist.logfields import Logger
 
 __all__ = [
     "HTTP_LIMITS",
-    "bounded_site",
-    "ConnectionLimits",
-    "ConnectionGuard",
-    "IFrameProgress",
-    "Ticket",
     "BoundedFactory",
     "BoundedProtocol",
+    "ConnectionGuard",
+    "ConnectionLimits",
+    "IFrameProgress",
+    "Ticket",
+    "bounded_site",
 ]
 
 
@@ -81,8 +81,18 @@ class Ticket:
     """One tracked connection: call :meth:`received` after each read, :meth:`release`
     when the connection is lost."""
 
-    __slots__ = ("guard", "abort", "opened", "last", "frames", "frame_started",
-                 "established", "timer", "released", "__weakref__")  # fmt: skip
+    __slots__ = (
+        "__weakref__",
+        "abort",
+        "established",
+        "frame_started",
+        "frames",
+        "guard",
+        "last",
+        "opened",
+        "released",
+        "timer",
+    )  # fmt: skip
 
     def __init__(self, guard: ConnectionGuard, abort: Callable[[str], None], now: float) -> None:
         self.guard = guard

@@ -21,11 +21,11 @@ from twisted.python import usage
 from twisted.python.logfile import LogFile
 
 __all__ = [
-    "DEFAULT_LOG_SIZE",
     "DEFAULT_LOG_FILES",
-    "rotating_observer",
+    "DEFAULT_LOG_SIZE",
     "configured_observer",
     "install_rotating_log",
+    "rotating_observer",
     "with_log_options",
 ]
 

@@ -71,7 +71,7 @@ class PortEndpointTests(SynchronousTestCase):
 
     def test_array_all_or_nothing(self) -> None:
         good = [port_body(i) for i in range(1, 4)]
-        bad = good + [port_body(4, **{"mac-address": "zz"})]
+        bad = [*good, port_body(4, **{"mac-address": "zz"})]
         code, body = self.agent.call("POST", "/port", bad)
         self.assertEqual(code, 400)
         self.assertIn("[3].mac-address", body["error"])

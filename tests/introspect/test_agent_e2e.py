@@ -220,7 +220,7 @@ class AgentIntrospectTests(TestCase):
         self.assertEqual(up[0]["value"][1], "1")
         ports = wait_until(lambda: query("vrouter_agent_ports"), "vrouter_agent_ports", 30)
         self.assertEqual(ports[0]["value"][1], "1")
-        code, _, raw = get(web, "/api/v1/targets")
+        _code, _, raw = get(web, "/api/v1/targets")
         target = json.loads(raw)["data"]["activeTargets"][0]
         self.assertEqual((target["health"], target["lastError"]), ("up", ""))
         # counters only go up between scrapes

@@ -180,7 +180,7 @@ class DaemonIntrospectTests(TestCase):
     async def test_vspc(self) -> None:
         from vrtwist.vic import vspc_tap
 
-        top, port = await self.start(vspc_tap, ["--listen", LOOP])
+        _top, port = await self.start(vspc_tap, ["--listen", LOOP])
         m = await self.scrape(port)
         self.assertEqual(m[("vspc_ports", ())], 0)
         self.assertEqual(m[("vspc_connections", ())], 0)
@@ -195,7 +195,7 @@ class DaemonIntrospectTests(TestCase):
         echo = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
             Factory.forProtocol(_Echo))
         self.addCleanup(echo.stopListening)
-        fwd, fport = await self.start(forwarder_tap, ["--data-listen", f"unix:{sock}"])
+        _fwd, fport = await self.start(forwarder_tap, ["--data-listen", f"unix:{sock}"])
         m = await self.scrape(fport)
         self.assertEqual(m[("vpnkit_links", ())], 0)
         code, body = await self.get(fport, "/health")

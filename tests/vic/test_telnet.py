@@ -112,7 +112,7 @@ class PropertyTests(SynchronousTestCase):
     def test_data_round_trip_any_chunking(self, data: bytes, cuts: list[int]) -> None:
         wire = encodeData(data)
         points = sorted({min(c, len(wire)) for c in cuts})
-        chunks = [wire[a:b] for a, b in zip([0] + points, points + [len(wire)])]
+        chunks = [wire[a:b] for a, b in zip([0, *points], [*points, len(wire)])]
         got = b"".join(e for e in feedAll(chunks) if isinstance(e, bytes))  # type: ignore[misc]
         self.assertEqual(got, data)
 

@@ -61,7 +61,7 @@ class ControlWhilePausedTests(VSPCNetTestCase):
 
     async def test_lookahead_is_bounded(self) -> None:
         """With a small bound the vSPC reads at most that much ahead, then waits."""
-        backend, esx, writer, big, vm = await self._flooded(100 * 1024)
+        backend, _esx, writer, big, vm = await self._flooded(100 * 1024)
         conn = vm.esx  # type: ignore[attr-defined]
         before = vm.counters.bytesFromVM  # type: ignore[attr-defined]
         await deferLater(reactor, 0.5, lambda: None)  # several peek intervals

@@ -167,8 +167,8 @@ class RelayTests(VSPCNetTestCase):
         b.sendSerial(data)
         await b.waitFor(lambda: len(b.serial) >= len(data))
         self.assertEqual(bytes(b.serial), data)
-        portA = [p for p in self.table.ports() if p.uuid == canonical(1)][0]
-        portB = [p for p in self.table.ports() if p.uuid == canonical(2)][0]
+        portA = next(p for p in self.table.ports() if p.uuid == canonical(1))
+        portB = next(p for p in self.table.ports() if p.uuid == canonical(2))
         await deferLater(reactor, 0.05, lambda: None)
         self.assertTrue(portA.esx._readPaused)  # type: ignore[union-attr]
         self.assertFalse(portB.esx._readPaused)  # type: ignore[union-attr]

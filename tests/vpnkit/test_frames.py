@@ -202,7 +202,7 @@ def _feed_split(wire: bytes, cuts: list[int]) -> list[object]:
     dec = FrameDecoder()
     events: list[object] = []
     prev = 0
-    for c in sorted(set(cuts)) + [len(wire)]:
+    for c in [*sorted(set(cuts)), len(wire)]:
         if c <= prev or c > len(wire):
             continue
         events.extend(dec.feed(wire[prev:c]))
@@ -270,7 +270,7 @@ class RoundTripTests(SynchronousTestCase):
         dec = UDPDecoder()
         got = []
         prev = 0
-        for c in sorted(set(cuts)) + [len(stream)]:
+        for c in [*sorted(set(cuts)), len(stream)]:
             if prev < c <= len(stream):
                 got.extend(dec.feed(stream[prev:c]))
                 prev = c

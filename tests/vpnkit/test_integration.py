@@ -276,7 +276,7 @@ class ForwardingTests(TestCase):
         old = self.pair.host.links.current()  # type: ignore[union-attr]
         self.assertEqual(old.liveChannels(), 1)
         await defer.maybeDeferred(self.pair.fwd.stopService)  # type: ignore[union-attr]
-        data, reason = await live.done  # the client's connection was closed
+        _data, _reason = await live.done  # the client's connection was closed
         self.assertEqual(old.liveChannels(), 0)
         await self.pair.start_forwarder()
         mux = await self.pair.link_ready()

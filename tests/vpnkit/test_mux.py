@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import random
 
@@ -472,7 +473,7 @@ class FlowControlTests(SynchronousTestCase):
         self.assertEqual(seqs, sorted(seqs))
         self.assertGreaterEqual(seqs[-1], 1 << 20)
         # each update is sent when less than half a window is left (Go channel.Read)
-        self.assertTrue(all(b - a >= 32768 for a, b in zip(seqs, seqs[1:])))
+        self.assertTrue(all(b - a >= 32768 for a, b in itertools.pairwise(seqs)))
 
     def test_stalled_channel_does_not_block_another(self) -> None:
         """TestWindow: a channel with a full window beside one moving 1 MiB."""
@@ -608,7 +609,7 @@ class MisbehavingPeerTests(SynchronousTestCase):
         self.assertEqual(len(acc.accepted), 1)
 
     def test_garbage_closes_link_and_every_channel_once(self) -> None:
-        pair, acc, client = self._pair_with_live_channel()
+        pair, acc, _client = self._pair_with_live_channel()
         server = acc.accepted[0][1]
         pair.a.dataReceived(b"\x07\x00\x63garbage that is no frame")
         self.assertTrue(pair.ta.disconnecting)
@@ -647,7 +648,7 @@ class MisbehavingPeerTests(SynchronousTestCase):
         self.assertIsNotNone(acc.accepted[0][1].lost)
 
     def test_dump_names_channels_and_counters(self) -> None:
-        pair, acc, _ = self._pair_with_live_channel()
+        pair, _acc, _ = self._pair_with_live_channel()
         text = pair.b.dump()
         self.assertIn("0xffffffff", text)
         self.assertIn("window_stalls=", text)

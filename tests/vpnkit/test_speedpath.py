@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import itertools
 import socket
 
 from twisted.internet import defer, protocol, reactor, tcp
@@ -140,7 +141,7 @@ class WindowGrowthTests(SynchronousTestCase):
         pair = LinkPair(acc)
         ch, seqs = self._transfer(pair, acc, 8 << 20)
         self.assertEqual(seqs[0], 65536)  # the first advertisement is the configured one
-        steps = [b - a for a, b in zip(seqs, seqs[1:])]
+        steps = [b - a for a, b in itertools.pairwise(seqs)]
         self.assertGreater(max(steps), 65536)
         rch = acc.accepted[0][0]
         self.assertEqual(rch._rwin, 1 << 20)  # capped at window-max
@@ -153,7 +154,7 @@ class WindowGrowthTests(SynchronousTestCase):
         pair = LinkPair(acc)
         pair.a.window_max = 65536
         _, seqs = self._transfer(pair, acc, 1 << 20)
-        self.assertTrue(all(b - a <= 65536 for a, b in zip(seqs, seqs[1:])))
+        self.assertTrue(all(b - a <= 65536 for a, b in itertools.pairwise(seqs)))
         self.assertEqual(pair.a.stats.windows_grown, 0)
 
     def test_growth_stays_within_the_link_budget_and_is_given_back(self) -> None:
@@ -212,7 +213,7 @@ class SkippedWindowTests(SynchronousTestCase):
         self.assertEqual(frames(t.value()), [Close(cid)])
 
     def test_shutdown_in_a_later_read_keeps_the_window(self) -> None:
-        mux, acc, t = self._forwarder()
+        mux, _acc, t = self._forwarder()
         cid = 0xFFFFFFFE
         mux.dataReceived(encode_frame(Open(cid, DEST)) + encode_frame(Window(cid, 65536)))
         mux.dataReceived(encode_frame(Shutdown(cid)))
@@ -281,12 +282,12 @@ class LazyCloseTests(SynchronousTestCase):
         self.assertEqual(frames(pair.tb.value()), [Close(ch.id)])
 
     def test_a_first_close_is_never_lazy(self) -> None:
-        pair, acc, clock, ch = self._pair()
+        pair, _acc, _clock, ch = self._pair()
         ch.loseConnection()
         self.assertEqual(frames(pair.tb.value()), [Close(ch.id)])
 
     def test_link_lost_with_a_lazy_close_pending(self) -> None:
-        pair, acc, clock, ch = self._pair()
+        pair, acc, clock, _ch = self._pair()
         acc.accepted[0][0].loseConnection()
         pair.pump()
         self.assertEqual(len(pair.b._lazy), 1)
@@ -295,7 +296,7 @@ class LazyCloseTests(SynchronousTestCase):
         self.assertEqual(pair.b._lazy, [])
 
     def test_lose_link_sends_it_first(self) -> None:
-        pair, acc, clock, ch = self._pair()
+        pair, acc, _clock, ch = self._pair()
         acc.accepted[0][0].loseConnection()
         pair.pump()
         pair.b.loseLink("test")

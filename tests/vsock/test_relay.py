@@ -415,7 +415,7 @@ class RelayNetTests(TestCase):
         """``twistd -n vsock-relay`` as a real process, unix listener stand-in."""
         from twisted.internet.utils import getProcessOutputAndValue  # noqa: F401
 
-        backends, bport = await self.tcpBackend(answerAtEOF=True)
+        _backends, bport = await self.tcpBackend(answerAtEOF=True)
         sock = os.path.join(self.dir, "t.sock")
         twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
         argv = [
@@ -551,7 +551,7 @@ class VSockCallerTests(SynchronousTestCase):
         self.assertEqual(itr.value(), b"reply")
 
     def test_pending_buffer_is_bounded_while_connecting(self) -> None:
-        relay, clock = self._relay(bufferLimit=100)
+        relay, _clock = self._relay(bufferLimit=100)
         inbound, itr = self._accept(relay, 7)
         inbound.dataReceived(b"x" * 60)
         self.assertEqual(itr.producerState, "producing")

@@ -3,6 +3,7 @@ backoff, failover, graceful restart of learnt routes, config, bad input."""
 
 from __future__ import annotations
 
+import itertools
 import random
 from typing import Any
 
@@ -543,7 +544,7 @@ class ReconnectTests(SynchronousTestCase):
         names = [n for n, _ in log]
         self.assertEqual(names[:MAX_ATTEMPTS], ["cn1"] * MAX_ATTEMPTS)
         self.assertEqual(names[MAX_ATTEMPTS:2 * MAX_ATTEMPTS], ["cn2"] * MAX_ATTEMPTS)
-        gaps = [round(b[1] - a[1]) for a, b in zip(log, log[1:])]
+        gaps = [round(b[1] - a[1]) for a, b in itertools.pairwise(log)]
         # 0, 1, 2 s between the four attempts on cn1; cn2 starts over at once.
         self.assertEqual(gaps[:8], [0, 1, 2, 0, 0, 1, 2, 0])
         self.assertIn("controller cn1 failed 4 attempts (last: unreachable (", "\n".join(
@@ -558,7 +559,7 @@ class ReconnectTests(SynchronousTestCase):
         link.startService()
         for _ in range(3000):
             clock.advance(0.05)
-        gaps = [b[1] - a[1] for a, b in zip(log, log[1:])]
+        gaps = [b[1] - a[1] for a, b in itertools.pairwise(log)]
         for gap, base in zip(gaps, [0.05, 1, 2, 4, 8, 16, 30, 30], strict=False):
             self.assertTrue(base * 0.9 - 0.051 <= gap <= base * 1.1 + 0.051, (gap, base))
         link.stopService()

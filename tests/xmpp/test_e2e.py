@@ -130,7 +130,7 @@ class EndToEndTests(SynchronousTestCase):
             if not os.path.exists(os.path.join(BIN, tool)):
                 raise self.skipTest(f"console script {tool} not installed")
         try:
-            import vrtwist.agent.tap  # noqa: F401
+            import vrtwist.agent.tap
             import vrtwist.datapath.service  # noqa: F401
         except ImportError as e:
             raise self.skipTest(f"agent or datapath not available: {e}") from None

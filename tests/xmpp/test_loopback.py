@@ -76,7 +76,7 @@ class LoopbackBase(TestCase):
 
 class ReflectionTests(LoopbackBase):
     async def test_three_agents_converge_and_withdraw(self) -> None:
-        node, lp = await self.start_cn()
+        _node, lp = await self.start_cn()
         p = lp.getHost().port
         links = [self.agent([p], f"host{i}", f"127.0.0.{i + 2}") for i in range(3)]
         for i, link in enumerate(links):
@@ -96,7 +96,7 @@ class ReflectionTests(LoopbackBase):
         self.assertEqual(sinks[1].table, {})  # its VRF is gone locally: learnt routes dropped
 
     async def test_lost_agent_routes_go_after_gr_time(self) -> None:
-        node, lp = await self.start_cn(gr_time=0.3)
+        _node, lp = await self.start_cn(gr_time=0.3)
         p = lp.getHost().port
         a = self.agent([p], "a", "127.0.0.2")
         b = self.agent([p], "b", "127.0.0.3")
@@ -212,7 +212,7 @@ class RestartAndFailoverTests(LoopbackBase):
         self.assertEqual(len(b.remote.sink.table), 1)  # headless: forwarding state kept
         self.assertEqual(b.remote.stale_count, 2)  # its inet and EVPN items
         eors = b.end_of_ribs
-        node2, lp2 = await self.start_cn(portno=p)
+        _node2, _lp2 = await self.start_cn(portno=p)
         # a withdrew nothing, but changed its route during the outage.
         a.localRouteDeleted(port(1))
         a.localRouteAdded(port(5))

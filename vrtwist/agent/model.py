@@ -41,7 +41,7 @@ def agent_time(now: float | None = None) -> str:
     """``time`` as the real agent writes it: the UTC time since the epoch printed as a
     duration, ``H:MM:SS`` with unbounded hours and ``.ffffff`` when the microseconds are
     not zero (e.g. ``492553:17:41.005120``)."""
-    usec = int(round((_time.time() if now is None else now) * 1_000_000))
+    usec = round((_time.time() if now is None else now) * 1_000_000)
     secs, frac = divmod(usec, 1_000_000)
     hours, rest = divmod(secs, 3600)
     text = "%02d:%02d:%02d" % (hours, rest // 60, rest % 60)

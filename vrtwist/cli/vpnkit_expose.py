@@ -24,7 +24,7 @@ from twisted.web.client import Agent
 
 from vrtwist.vpnkit.host import Port, PortError
 
-__all__ = ["main", "Options", "APIClient", "APIError"]
+__all__ = ["APIClient", "APIError", "Options", "main"]
 
 DEFAULT_API = os.environ.get("VPNKIT_API", "unix:/run/vpnkit/api.sock")
 

@@ -40,7 +40,7 @@ from vrtwist.datapath.tables import Interface, NextHop
 from vrtwist.packet.checksum import checksum, checksum_update16
 from vrtwist.shmem.jhash import jhash
 
-__all__ = ["Pipeline", "Packet"]
+__all__ = ["Packet", "Pipeline"]
 
 
 @implementer(IPacketPipeline)

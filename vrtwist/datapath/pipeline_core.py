@@ -64,9 +64,23 @@ class Packet:
     """
 
     __slots__ = (
-        "buf", "start", "off", "l3", "vif", "type", "flags", "ttl", "nh",
-        "dvrf", "label", "vlan", "to_me", "flow_index", "outer_src", "udp_src_port",
+        "buf",
+        "dvrf",
         "ecmp_nh_index",
+        "flags",
+        "flow_index",
+        "l3",
+        "label",
+        "nh",
+        "off",
+        "outer_src",
+        "start",
+        "to_me",
+        "ttl",
+        "type",
+        "udp_src_port",
+        "vif",
+        "vlan",
     )  # fmt: skip
 
     def __init__(self, buf: Frame, vif: Interface, start: int = 0) -> None:

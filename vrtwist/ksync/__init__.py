@@ -14,8 +14,8 @@ from vrtwist.ksync.interfaces import IKsyncDispatcher, KsyncReply
 
 __all__ = [
     "IKsyncDispatcher",
-    "KsyncReply",
-    "KsyncResponse",
     "KsyncError",
     "KsyncProtocolError",
+    "KsyncReply",
+    "KsyncResponse",
 ]

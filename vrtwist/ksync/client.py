@@ -33,13 +33,13 @@ from vrtwist.ksync.netlink import GENL_ID_VROUTER
 from vrtwist.logfields import Logger
 
 __all__ = [
+    "MAX_DUMP_PAGES",
     "KsyncClientProtocol",
     "KsyncConnectionLost",
-    "connect_ksync",
     "KsyncError",
     "KsyncProtocolError",
     "KsyncResponse",
-    "MAX_DUMP_PAGES",
+    "connect_ksync",
 ]
 
 _CONNECTION_DONE = Failure(ConnectionDone())

@@ -61,16 +61,16 @@ from vrtwist.unixlisten import UNIXListenEndpoint
 
 __all__ = [
     "KSYNC_SOCKET_NAME",
-    "STYLE_LINUX",
     "STYLE_DPDK",
-    "KsyncServerProtocol",
+    "STYLE_LINUX",
     "KsyncServerFactory",
+    "KsyncServerProtocol",
     "KsyncServerService",
+    "bounded_ksync_factory",
+    "ksync_limits",
     "ksync_socket_path",
     "listen_ksync",
     "remove_stale_socket",
-    "ksync_limits",
-    "bounded_ksync_factory",
 ]
 
 KSYNC_SOCKET_NAME = "dpdk_netlink"

@@ -15,13 +15,13 @@ from construct import Bytes, Const, ConstructError, Int8ub, Int16ub, Int32ub, St
 __all__ = [
     "BOOTP_LEN",
     "MAGIC",
+    "MSG",
+    "OPT",
     "DhcpError",
     "DhcpMessage",
-    "parse",
     "build",
     "encode_options",
-    "OPT",
-    "MSG",
+    "parse",
 ]
 
 #: RFC 2132 option codes used here

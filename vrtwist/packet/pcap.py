@@ -125,7 +125,7 @@ def dumps(
         else:
             ts, data, orig = 0.0, item, len(item)
         sec = int(ts)
-        usec = int(round((ts - sec) * 1e6))
+        usec = round((ts - sec) * 1e6)
         if usec >= 1000000:
             sec, usec = sec + 1, usec - 1000000
         out += pack(sec, usec, len(data), orig)

@@ -99,7 +99,7 @@ class BridgeTable(TableOwner):
             self._index[key] = idx
         else:
             off = idx * L.BRIDGE_ENTRY_SIZE
-            _m, _v, nh, packets, old_label, old_nh, old_flags = _BODY.unpack_from(
+            _m, _v, nh, packets, old_label, _old_nh, old_flags = _BODY.unpack_from(
                 buf, off + L.OFF_BE_BODY
             )
             _BODY.pack_into(

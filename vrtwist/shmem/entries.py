@@ -20,17 +20,17 @@ from typing_extensions import Buffer
 from vrtwist.shmem import layout as L
 
 __all__ = [
-    "FlowEntry",
     "BridgeEntry",
-    "parse_flow_entry",
-    "parse_bridge_entry",
-    "snapshot_flow",
-    "snapshot_bridge",
+    "FlowEntry",
     "flow_key_bytes",
-    "port_to_wire",
-    "port_from_wire",
-    "ip4_to_wire",
     "ip4_from_wire",
+    "ip4_to_wire",
+    "parse_bridge_entry",
+    "parse_flow_entry",
+    "port_from_wire",
+    "port_to_wire",
+    "snapshot_bridge",
+    "snapshot_flow",
 ]
 
 _BE16 = struct.Struct(">H")

@@ -16,7 +16,7 @@ from vrtwist.access import SocketAccess, create_private
 from vrtwist.shmem import layout as L
 from vrtwist.shmem.jhash import jhash, jhash_flow4
 
-__all__ = ["HashTable", "map_file", "create_file"]
+__all__ = ["HashTable", "create_file", "map_file"]
 
 Buffer = mmap.mmap | bytearray
 

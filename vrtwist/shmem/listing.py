@@ -25,15 +25,15 @@ from vrtwist.shmem.entries import (
 from vrtwist.shmem.htable import map_file
 
 __all__ = [
-    "FlowTableView",
     "BridgeTableView",
     "FlowMatch",
-    "parse_match",
-    "format_flow",
-    "write_flow_table",
-    "format_bridge_entry",
-    "ether_ntoa",
+    "FlowTableView",
     "MatchError",
+    "ether_ntoa",
+    "format_bridge_entry",
+    "format_flow",
+    "parse_match",
+    "write_flow_table",
 ]
 
 

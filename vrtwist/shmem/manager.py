@@ -28,7 +28,7 @@ from vrtwist.shmem.entries import FlowEntry, port_to_wire
 from vrtwist.shmem.interfaces import IFlowManager
 from vrtwist.shmem.listing import FlowTableView
 
-__all__ = ["FlowKey", "FlowHandle", "FlowPair", "FlowManager", "StaleFlowError", "FlowSetError"]
+__all__ = ["FlowHandle", "FlowKey", "FlowManager", "FlowPair", "FlowSetError", "StaleFlowError"]
 
 
 class _Client(Protocol):

@@ -34,7 +34,7 @@ from vrtwist.shmem.bridgetable import BridgeTable
 from vrtwist.shmem.entries import BridgeEntry
 from vrtwist.shmem.flowtable import FlowSetResult, FlowTable
 
-__all__ = ["FlowRequests", "FlowTableData", "BridgeTableData", "BridgeRoutes", "make"]
+__all__ = ["BridgeRoutes", "BridgeTableData", "FlowRequests", "FlowTableData", "make"]
 
 Reply = list[list[Any]]
 

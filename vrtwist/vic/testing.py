@@ -19,8 +19,7 @@ from vrtwist.vic import vmware_ext as X
 
 #: KNOWN-SUBOPTIONS-1 exactly as the captured ESX host sent it.
 ESX_KNOWN = bytes(
-    [0x00, 0x01, 0x02, 0x03, 0x28, 0x29, 0x2B, 0x2C, 0x2D, 0x2E, 0x30, 0x46, 0x47, 0x49]
-    + [0x50, 0x51, 0x54, 0x55, 0x56, 0x57, 0x52, 0x53]
+    [0, 1, 2, 3, 40, 41, 43, 44, 45, 46, 48, 70, 71, 73, 80, 81, 84, 85, 86, 87, 82, 83]
 )
 #: The VC UUID text format ESX sends (16 hex pairs, spaces, one dash).
 PCAP_UUID = b"01 23 45 67 89 ab cd ef-fe dc ba 98 00 00 00 00"

@@ -22,12 +22,12 @@ from vrtwist._twisted_compat import (
 from vrtwist.logfields import Logger
 
 __all__ = [
-    "send_now",
     "adapt_read_size",
-    "shutdown_now",
-    "read_now",
-    "plain_reads",
     "link_buffers",
+    "plain_reads",
+    "read_now",
+    "send_now",
+    "shutdown_now",
 ]
 
 _log = Logger()

@@ -36,7 +36,7 @@ from vrtwist.vpnkit.interfaces import IForwardTable
 from vrtwist.vpnkit.mux import Multiplexer, MuxStats
 from vrtwist.vpnkit.proxy import Splice, send_datagram
 
-__all__ = ["Port", "PortError", "ExposeError", "Links", "ForwardTable", "UDP_CONNTRACK_TIMEOUT"]
+__all__ = ["UDP_CONNTRACK_TIMEOUT", "ExposeError", "ForwardTable", "Links", "Port", "PortError"]
 
 #: Go's ``UDPConnTrackTimeout``: a UDP flow with no traffic for this long is closed.
 UDP_CONNTRACK_TIMEOUT = 90.0

@@ -43,7 +43,7 @@ from vrtwist.vpnkit.interfaces import IChannel, IChannelAcceptor
 from vrtwist.vpnkit.mux import MuxStats
 from vrtwist.vpnkit.policy import DestinationPolicy, DestinationRefused
 
-__all__ = ["Splice", "ForwardingAcceptor", "UDPChannelRelay", "reset_on_close"]
+__all__ = ["ForwardingAcceptor", "Splice", "UDPChannelRelay", "reset_on_close"]
 
 #: Go retries a refused unix destination every 5 s for up to 120 s (a service starting).
 UNIX_RETRY_INTERVAL = 5.0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 
-__all__ = ["PcapError", "compare_frames", "read_pcap", "parse_pcap"]
+__all__ = ["PcapError", "compare_frames", "parse_pcap", "read_pcap"]
 
 _MAGICS = {
     b"\xd4\xc3\xb2\xa1": "<",  # microseconds, little-endian

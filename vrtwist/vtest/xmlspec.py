@@ -32,16 +32,16 @@ from vrtwist.sandesh._schema import (
 )
 
 __all__ = [
+    "MAX_FLOW_COUNT",
+    "MAX_MESSAGES",
+    "VtestFile",
     "VtestFormatError",
     "VtestMessage",
     "VtestPacket",
-    "VtestFile",
-    "parse_file",
-    "parse_bytes",
     "field_value",
     "normalize",
-    "MAX_FLOW_COUNT",
-    "MAX_MESSAGES",
+    "parse_bytes",
+    "parse_file",
 ]
 
 _WIDTH = {T_BYTE: 8, T_I16: 16, T_U16: 16, T_I32: 32, T_U32: 32, T_I64: 64, T_U64: 64}
@@ -129,7 +129,7 @@ def field_value(spec: FieldSpec, elem: ET.Element, where: str) -> Any:
         words = _FLOW_OPS if spec.enum == "flow_op" else _OPS
         low = text.lower()
         for word, number in words.items():
-            if low and word.startswith(low) or low == word:
+            if (low and word.startswith(low)) or low == word:
                 return number
         return normalize(T_I32, _strtoul(text, where))
     if spec.wire == T_STRING:

@@ -71,18 +71,18 @@ from .stanzas import (
 from .tls import mutual_tls_options
 
 __all__ = [
-    "makeControllerLink",
-    "ControllerLink",
+    "DEFAULT_STALE_TIME",
+    "LINK_OPT_PARAMETERS",
+    "MAX_ATTEMPTS",
     "AgentSession",
-    "FailoverEndpoint",
     "ConfigStore",
+    "ControllerLink",
+    "FailoverEndpoint",
     "LocalRoute",
     "LocalRouteInfo",
     "backoff_delay",
-    "MAX_ATTEMPTS",
-    "DEFAULT_STALE_TIME",
-    "LINK_OPT_PARAMETERS",
     "linkKwargsFromOptions",
+    "makeControllerLink",
 ]
 
 #: Failed connection attempts before moving on to the next controller (``kMaxAttempts``).

@@ -53,11 +53,11 @@ from .stanzas import (
 )
 
 __all__ = [
-    "IControlNode",
-    "ControlNode",
-    "ControlSession",
-    "ControlNodeFactory",
     "MAX_ITEMS_PER_MESSAGE",
+    "ControlNode",
+    "ControlNodeFactory",
+    "ControlSession",
+    "IControlNode",
 ]
 
 #: Items per control-node message (the real one also bounds this, ``kMaxReachCount``).

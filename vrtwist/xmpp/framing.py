@@ -16,17 +16,17 @@ import re
 from dataclasses import dataclass
 
 __all__ = [
+    "DEFAULT_MAX_STANZA",
     "KEEPALIVE",
     "STREAM_CLOSE",
     "STREAM_NS",
-    "DEFAULT_MAX_STANZA",
     "FramingError",
-    "StreamHeader",
-    "StanzaBytes",
-    "Keepalive",
-    "StreamEnd",
     "FramingEvent",
+    "Keepalive",
+    "StanzaBytes",
     "StanzaSplitter",
+    "StreamEnd",
+    "StreamHeader",
     "build_stream_open",
     "build_stream_response",
     "parse_stream_header",

@@ -29,7 +29,7 @@ from .framing import (
 )
 from .stanzas import Stanza, StanzaError, parse_stanza
 
-__all__ = ["XmppSession", "ProtocolViolation", "DEFAULT_HOLD_TIME", "check_hold_time"]
+__all__ = ["DEFAULT_HOLD_TIME", "ProtocolViolation", "XmppSession", "check_hold_time"]
 
 DEFAULT_HOLD_TIME = 90.0
 _CONNECTION_LOST = Failure(ConnectionError("connection lost"))
