@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from typing import Any, ClassVar
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -266,7 +267,7 @@ class SyncPortsTests(SynchronousTestCase):
 
 
 class GatewayTests(SynchronousTestCase):
-    BODY = [{"interface": "vgw1", "routing-instance": "default-domain:admin:public:public",
+    BODY: ClassVar[list[dict[str, Any]]] = [{"interface": "vgw1", "routing-instance": "default-domain:admin:public:public",
              "subnets": [{"ip-address": "10.1.1.0", "prefix-len": 24}],
              "routes": [{"ip-address": "0.0.0.0", "prefix-len": 0}]}]
 
@@ -314,7 +315,7 @@ class GatewayTests(SynchronousTestCase):
 
 
 class VmApiTests(SynchronousTestCase):
-    VM = {"vm-uuid": "11111111-2222-3333-4444-555555555555", "host-ifname": "veth1",
+    VM: ClassVar[dict[str, Any]] = {"vm-uuid": "11111111-2222-3333-4444-555555555555", "host-ifname": "veth1",
           "vm-name": "pod-a", "vn-uuid": SAMPLE["vn-id"],
           "vmi-uuid": "aaaaaaaa-2222-3333-4444-555555555555", "vm-namespace": "ns1"}
 
@@ -364,7 +365,7 @@ def _tree(root: str) -> dict[str, bytes]:
 class HostileBodyTests(SynchronousTestCase):
     """Deep nesting and strings no field can hold: a 400 naming the field, nothing changed."""
 
-    BAD = ["a\x00b", "\ud800", "x\udfff", "tab\there", "\x1b[2J", "del\x7f"]
+    BAD: ClassVar[list[str]] = ["a\x00b", "\ud800", "x\udfff", "tab\there", "\x1b[2J", "del\x7f"]
 
     def setUp(self) -> None:
         self.dir = tempdir(self)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-from typing import Any
+from typing import Any, ClassVar
 
 from twisted.application.service import IService, MultiService
 from twisted.internet import reactor
@@ -123,7 +123,7 @@ class OptionsTests(SynchronousTestCase):
 
     def test_mixin_in_another_options(self) -> None:
         class AgentOptions(DatapathOptionsMixin, usage.Options):
-            optParameters = [["rest", None, "tcp:9091", "REST endpoint"]]
+            optParameters: ClassVar[list[list[Any]]] = [["rest", None, "tcp:9091", "REST endpoint"]]
 
         o = AgentOptions()
         o.parseOptions(["--run-dir", "/tmp/y", "--rest", "tcp:1"])

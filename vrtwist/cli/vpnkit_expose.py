@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any
+from typing import Any, ClassVar
 
 from twisted.internet import defer, task
 from twisted.internet.endpoints import clientFromString
@@ -97,12 +97,12 @@ class _SpecOptions(usage.Options):
 
 class _ExposeOptions(_SpecOptions):
     synopsis = "[-i] proto:outip:outport:inip:inport | unix:outpath:inpath"
-    optFlags = [["interactive", "i", "stay running; unexpose on Ctrl-C / SIGTERM"]]
+    optFlags: ClassVar[list[list[Any]]] = [["interactive", "i", "stay running; unexpose on Ctrl-C / SIGTERM"]]
 
 
 class _UnexposeOptions(_SpecOptions):
     synopsis = "[--close] SPEC"
-    optFlags = [["close", None, "also close the forward's live connections"]]
+    optFlags: ClassVar[list[list[Any]]] = [["close", None, "also close the forward's live connections"]]
 
 
 class _NoArgs(usage.Options):
@@ -111,10 +111,10 @@ class _NoArgs(usage.Options):
 
 class Options(usage.Options):
     synopsis = "vpnkit-expose [--api ENDPOINT] {expose,unexpose,list,dump} ..."
-    optParameters = [
+    optParameters: ClassVar[list[list[Any]]] = [
         ["api", "a", DEFAULT_API, "endpoint of the HTTP/JSON expose API (env VPNKIT_API)"]
     ]
-    subCommands = [
+    subCommands: ClassVar[list[list[Any]]] = [
         ["expose", None, _ExposeOptions, "expose a port (idempotent)"],
         ["unexpose", None, _UnexposeOptions, "stop exposing a port (idempotent)"],
         ["list", None, _NoArgs, "list exposed ports"],
