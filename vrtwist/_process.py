@@ -262,7 +262,7 @@ def check_endpoint(description: str, option: str, *, client: bool = False) -> No
 
     try:
         (clientFromString if client else serverFromString)(reactor, description)
-    except Exception as e:  # ValueError, KeyError, TypeError, OSError (ssl: key files)
+    except Exception as e:  # noqa: BLE001 - plugins' parsers raise anything: usage errors
         raise usage.UsageError(f"--{option} {description}: {_parse_error(e)}") from None
 
 

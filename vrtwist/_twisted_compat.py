@@ -195,7 +195,7 @@ class _PublicWrappingFactory(ClientFactory):
     def buildProtocol(self, addr: Any) -> Any:
         try:
             proto = self._wrappedFactory.buildProtocol(addr)
-        except BaseException:
+        except BaseException:  # noqa: BLE001 - as Twisted's wrapper: to the Deferred
             self._onConnection.errback()
             return None
         if proto is None:

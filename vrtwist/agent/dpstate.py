@@ -527,7 +527,7 @@ class DatapathModel:
             return port
         try:
             info = source(port.id)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - bad config source: port kept, logged
             self._log.warn("config of interface {uuid} unusable: {e}", uuid=port.id, e=e)
             return port
         if not info:

@@ -191,7 +191,7 @@ class AgentService(MultiService):
             self.introspect_port = await listen_introspect(
                 self.reactor, self.introspect_description, self.introspect_app.resource(),
                 self.access)
-        except Exception as e:  # observability must not keep the node from working
+        except Exception as e:  # noqa: BLE001 - observability must not keep the node from working
             self._log.error("introspect: cannot listen on {ep}: {e}",
                             ep=self.introspect_description, e=e)
             return

@@ -59,12 +59,12 @@ class APIClient:
         try:
             resp = await self._http.request(method, "http://vpnkit" + path, data=data)
             content: bytes = await treq.content(resp)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - any failure: one error to the user
             raise APIError(f"cannot reach the API: {e}") from None
         if resp.code != 200:
             try:
                 msg = json.loads(content)["message"]
-            except Exception:
+            except (ValueError, KeyError, TypeError):  # not JSON, or no message in it
                 msg = content.decode("utf-8", "replace").strip() or f"HTTP {resp.code}"
             raise APIError(msg)
         return content

@@ -139,7 +139,7 @@ class IntrospectApp:
         """200 when ready, 503 (with the reasons) when live but not ready."""
         try:
             h = self.health()
-        except Exception as e:  # a broken check is "not ready", said plainly
+        except Exception as e:  # noqa: BLE001 - a broken check is "not ready", said plainly
             self._log.failure("health check failed")
             h = Health(live=True, ready=False, reasons=[f"health check failed: {e}"])
         body = {"daemon": self.daemon, "live": h.live, "ready": h.ready, "reasons": h.reasons}

@@ -281,7 +281,7 @@ def execute(dispatcher: IKsyncDispatcher, request: Any, log: Logger | None = Non
         reply = dispatcher.dispatch(request)
         if not isinstance(reply, KsyncReply):
             raise TypeError("dispatch returned %r, not a KsyncReply" % (reply,))
-    except Exception:
+    except Exception:  # noqa: BLE001 - a dispatcher bug (logged) answers EINVAL, the channel lives
         log.failure("ksync: dispatcher failed on {request}", request=request)
         return [_response(-errno.EINVAL)]
     try:
@@ -296,7 +296,7 @@ def execute(dispatcher: IKsyncDispatcher, request: Any, log: Logger | None = Non
             payload = _response(reply.code) + encode(objects[0])  # type: ignore[index]
         else:
             payload = _response(reply.code) + b"".join([encode(o) for o in objects])
-    except Exception:
+    except Exception:  # noqa: BLE001 - an unencodable object or failed dump (logged) answers EINVAL
         # An unencodable object (SandeshEncodeError) or a dump iterator that failed.
         log.failure("ksync: cannot build the reply to {request}", request=request)
         return [_response(-errno.EINVAL)]

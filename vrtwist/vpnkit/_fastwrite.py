@@ -127,7 +127,7 @@ def read_now(reactor: Any, t: Any) -> None:
         return
     try:
         why = t.doRead()
-    except Exception as e:  # as the reactor does: log, then disconnect
+    except Exception as e:  # noqa: BLE001 - as the reactor does: log, then disconnect
         _log.failure("reading {transport}", transport=repr(t))
         why = e
     if why:

@@ -130,7 +130,7 @@ class Splice:
         if end is self.local_end and self.opener is not None:
             try:
                 self.opener(self)
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - bad opener: this connection only, logged
                 self._log.info(
                     "cannot open a channel for {peer}: {err}",
                     peer=str(end.transport.getPeer()),  # type: ignore[union-attr]
@@ -189,7 +189,7 @@ class Splice:
                 shutdown_now(other.transport)  # the FIN now, not next iteration
             else:
                 other.transport.loseWriteConnection()  # type: ignore[union-attr]
-        except Exception:
+        except Exception:  # noqa: BLE001 - whatever stops a half-close, close it whole
             other.transport.loseConnection()  # type: ignore[union-attr]
         if end.eof and other.eof:
             # Both directions done: Shutdown went out first (Go sends Shutdown, Close).
@@ -436,7 +436,7 @@ class ForwardingAcceptor:
                 self.reactor.listenUDP(0, relay, interface="::")
             else:
                 self.reactor.listenUDP(0, relay)
-        except Exception as e:
+        except (error.CannotListenError, OSError) as e:
             channel.refuse(f"udp to {dest}: {e}")
             return
         channel.accept(relay.channel_protocol)

@@ -290,7 +290,7 @@ class VSockClientEndpoint:
             connector = VSockConnector(self._cid, self._port, wf, self._timeout, self._reactor)
             connector.connect()
             return connected
-        except BaseException:
+        except BaseException:  # noqa: BLE001 - endpoint contract: fail the Deferred
             return defer.fail()
 
 

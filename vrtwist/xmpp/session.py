@@ -93,7 +93,7 @@ class XmppSession(Protocol):
         try:
             peer = self.transport.getPeer()  # type: ignore[union-attr]
             where = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
-        except Exception:
+        except (AttributeError, OSError):  # no transport yet, or a closed socket
             where = "?"
         return f"{self.peer_name or '<unnamed>'}@{where}"
 
@@ -131,7 +131,7 @@ class XmppSession(Protocol):
             except ProtocolViolation as exc:
                 self.closeSession(f"protocol violation: {exc}")
                 return
-            except Exception:
+            except Exception:  # noqa: BLE001 - last-resort guard per session, logged below
                 # A bug in handling a stanza (the parser itself raises only StanzaError):
                 # the traceback is logged once and this session, not the process, ends.
                 self._log.failure("XMPP session {peer}: error handling a stanza",
