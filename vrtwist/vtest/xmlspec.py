@@ -242,6 +242,31 @@ def _child_text(elem: ET.Element, name: str) -> str:
     return (found.text or "").strip()
 
 
+def _add_messages(
+    messages: list[VtestMessage], parsed: list[VtestMessage], flow_count: int, where: str
+) -> None:
+    """Append one <message>'s requests; a flow request repeats ``flow_count`` times, one
+    source address further each time (as the real vtest's control/flow_count)."""
+    for msg in parsed:
+        repeat = flow_count if msg.name == "vr_flow_req" else 1
+        if len(messages) + repeat > MAX_MESSAGES:
+            raise VtestFormatError(
+                "%s: expands to more than %d requests" % (where, MAX_MESSAGES)
+            )
+        if msg.name == "vr_flow_req" and flow_count > 1:
+            for i in range(flow_count):
+                clone = type(msg.request)(**vars(msg.request))
+                clone.fr_flow_sip_l = normalize(T_U64, clone.fr_flow_sip_l + i)
+                messages.append(
+                    VtestMessage(
+                        msg.index, clone, msg.name, msg.op, msg.expect_return,
+                        msg.expect_name, msg.expect_fields,
+                    )
+                )  # fmt: skip
+        else:
+            messages.append(msg)
+
+
 def parse_bytes(data: bytes, path: str = "<bytes>") -> VtestFile:
     """Parse a vtest description from bytes."""
     if len(data) > MAX_FILE_BYTES:
@@ -265,25 +290,7 @@ def parse_bytes(data: bytes, path: str = "<bytes>") -> VtestFile:
         elif child.tag == "message":
             count += 1
             where = "%s: message %d" % (path, count)
-            parsed = _message(count, child, where)
-            for msg in parsed:
-                repeat = flow_count if msg.name == "vr_flow_req" else 1
-                if len(messages) + repeat > MAX_MESSAGES:
-                    raise VtestFormatError(
-                        "%s: expands to more than %d requests" % (where, MAX_MESSAGES)
-                    )
-                if msg.name == "vr_flow_req" and flow_count > 1:
-                    for i in range(flow_count):
-                        clone = type(msg.request)(**vars(msg.request))
-                        clone.fr_flow_sip_l = normalize(T_U64, clone.fr_flow_sip_l + i)
-                        messages.append(
-                            VtestMessage(
-                                msg.index, clone, msg.name, msg.op, msg.expect_return,
-                                msg.expect_name, msg.expect_fields,
-                            )
-                        )  # fmt: skip
-                else:
-                    messages.append(msg)
+            _add_messages(messages, _message(count, child, where), flow_count, where)
         elif child.tag == "packet":
             packets.append(
                 VtestPacket(
