@@ -21,6 +21,7 @@ from .framing import (
     KEEPALIVE,
     STREAM_CLOSE,
     FramingError,
+    FramingEvent,
     Keepalive,
     StanzaBytes,
     StanzaSplitter,
@@ -101,15 +102,19 @@ class XmppSession(Protocol):
         self._last_rx = self.clock.seconds()
         self._arm_hold(self.hold_time)
 
+    def _split(self, data: bytes) -> list[FramingEvent]:
+        """The stream's units in ``data``; none, and the session closing, on a framing error."""
+        try:
+            return self.splitter.feed(data)
+        except FramingError as exc:
+            self.closeSession(f"framing error: {exc}")
+            return []
+
     def dataReceived(self, data: bytes) -> None:
         if self.closing:
             return
         self._last_rx = self.clock.seconds()
-        try:
-            events = self.splitter.feed(data)
-        except FramingError as exc:
-            self.closeSession(f"framing error: {exc}")
-            return
+        events = self._split(data)
         for event in events:
             if self.closing:
                 return
