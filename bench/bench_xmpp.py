@@ -512,6 +512,22 @@ async def _readline(reactor: Any, proc: subprocess.Popen) -> str:
     return await threads.deferToThread(proc.stdout.readline)  # type: ignore[no-any-return]
 
 
+def _wait_agent(run_dir: str, rest: int) -> None:
+    """Until the agent's datapath socket exists and its REST port answers (30 s at most)."""
+    import urllib.error
+    import urllib.request
+
+    for _ in range(300):
+        if os.path.exists(os.path.join(run_dir, "dpdk_netlink")):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{rest}/port/x", timeout=2)
+            except urllib.error.HTTPError:
+                return
+            except OSError:
+                pass
+        time.sleep(0.1)
+
+
 def datapath_run(args: argparse.Namespace) -> dict[str, float]:
     """The receiver is a real ``twistd -n vrouter`` (embedded datapath); routes are counted
     in the datapath itself over ksync, the way ``rt --dump`` reads them."""
@@ -543,15 +559,7 @@ def datapath_run(args: argparse.Namespace) -> dict[str, float]:
          "receiver", "--no-tap-check", "--flow-entries", "1024", "--bridge-entries", "32768"],
         cwd=tmp, stdout=open(os.path.join(tmp, "agent.log"), "wb"), stderr=subprocess.STDOUT)
     try:
-        for _ in range(300):
-            if os.path.exists(os.path.join(run_dir, "dpdk_netlink")):
-                try:
-                    urllib.request.urlopen(f"http://127.0.0.1:{rest}/port/x", timeout=2)
-                except urllib.error.HTTPError:
-                    break
-                except OSError:
-                    pass
-            time.sleep(0.1)
+        _wait_agent(run_dir, rest)
         vn = "11111111-1111-1111-1111-111111111111"
         body = {"id": "00000000-0000-0000-0000-00000000aaaa", "instance-id":
                 "00000000-0000-0000-0000-00000000bbbb", "vn-id": vn, "vm-project-id":
