@@ -53,7 +53,7 @@ class DaemonService(MultiService):
 
     def stopService(self) -> Deferred[object]:
         """Stop the children, then give the collector its thresholds back."""
-        d = super().stopService()
+        d: Deferred[object] = super().stopService()
         if self._savedThresholds is not None:
             gc.set_threshold(*self._savedThresholds)
             self._savedThresholds = None

@@ -73,7 +73,7 @@ class IFrameProgress(Interface):
     """A framed protocol says how far its reader is, so the guard can tell a peer that is
     slowly finishing a frame from one that is streaming frames."""
 
-    def frameProgress() -> tuple[int, int]:  # type: ignore[misc]
+    def frameProgress() -> tuple[int, int]:
         """(frames completed so far, bytes held of the frame in progress)."""
 
 

@@ -200,7 +200,7 @@ class AgentService(MultiService):
     def _programmed(self) -> Deferred[None]:
         """The datapath has what was changed so far, or PROGRAM_WAIT seconds passed (the
         datapath may be away: the port is persisted and will be programmed later)."""
-        d = self.sync.sync.whenFlushed()
+        d: Deferred[None] = self.sync.sync.whenFlushed()
         if d.called:
             return d
         out: Deferred[None] = Deferred()

@@ -118,7 +118,7 @@ def write_json_group(items: list[GroupItem]) -> list[PortFileError | str | None]
     staged: list[tuple[int, int, Path, Path]] = []  # (item, fd, tmp, path)
     for i, item in enumerate(items):
         path, body = item[0], item[1]
-        check = item[2] if len(item) > 2 else None  # type: ignore[misc]
+        check = item[2] if len(item) > 2 else None
         if check is not None and _unchanged(check):
             results[i] = UNCHANGED
             continue

@@ -120,7 +120,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
             if dp_lock is not None:
                 dp_lock.release()
             raise
-        dp.setServiceParent(top)  # type: ignore[attr-defined]
+        dp.setServiceParent(top)
         embedded = getattr(dp, "datapath", None)
         embedded_pkt0 = getattr(getattr(dp, "packets", None), "trap", None)
         if options["ksync"] == "inprocess":

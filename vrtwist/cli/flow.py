@@ -791,7 +791,7 @@ def _bunch(args: argparse.Namespace, out: TextIO) -> int | None:
     if args.perf > MAX_FLOWS:
         out.write("Invalid perf count %d. Max value %d\n" % (args.perf, MAX_FLOWS))
         return None
-    bunch = max(1, args.bunch)
+    bunch: int = max(1, args.bunch)
     if bunch > MAX_BUNCH:
         out.write("Max NETLINK messages in a bunch cannot exceed %u.\n" % MAX_BUNCH)
         bunch = MAX_BUNCH

@@ -236,7 +236,7 @@ class PipelineCore:
 
     @staticmethod
     def _data(pkt: Packet) -> Frame:
-        buf = pkt.buf
+        buf: Frame = pkt.buf
         off = pkt.off
         if off == 0:
             return buf

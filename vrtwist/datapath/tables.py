@@ -63,7 +63,7 @@ class KeyedTable(dict[int, V]):
         super().__delitem__(key)
         self._sorted = None
 
-    def pop(self, key: int, *default: Any) -> Any:  # type: ignore[override]
+    def pop(self, key: int, *default: Any) -> Any:
         self._sorted = None
         return super().pop(key, *default)
 

@@ -132,7 +132,7 @@ class IntrospectApp:
         """Prometheus text exposition of every registered collector."""
         self._count("metrics", 200)
         request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
-        return generate_latest(self.registry)  # type: ignore[no-any-return]
+        return generate_latest(self.registry)
 
     @app.route("/health", methods=["GET"])
     def get_health(self, request: IRequest) -> bytes:

@@ -292,8 +292,8 @@ def execute(dispatcher: IKsyncDispatcher, request: Any, log: Logger | None = Non
             payload = _response(reply.code) + reply.encoded
         elif not objects:
             return [_response(reply.code)]
-        elif objects.__class__ is list and len(objects) == 1:  # type: ignore[arg-type]
-            payload = _response(reply.code) + encode(objects[0])  # type: ignore[index]
+        elif objects.__class__ is list and len(objects) == 1:
+            payload = _response(reply.code) + encode(objects[0])
         else:
             payload = _response(reply.code) + b"".join([encode(o) for o in objects])
     except Exception:  # noqa: BLE001 - an unencodable object or failed dump (logged) answers EINVAL
@@ -416,7 +416,7 @@ def remove_stale_socket(path: str) -> None:
 
 
 def _clock_of(reactor: object) -> IReactorTime | None:
-    return reactor if IReactorTime.providedBy(reactor) else None  # type: ignore[return-value]
+    return reactor if IReactorTime.providedBy(reactor) else None
 
 
 def ksync_limits(max_sessions: int = 256) -> ConnectionLimits:
@@ -495,7 +495,7 @@ class KsyncServerService(StreamServerEndpointService):
         super().privilegedStartService()
 
     def stopService(self) -> Deferred[None] | None:
-        d = super().stopService()
+        d: Deferred[None] | None = super().stopService()
 
         def _unlink(result: object) -> object:
             try:

@@ -89,7 +89,8 @@ class HashTable:
         )
 
     def next_index(self, index: int) -> int:
-        return L.U32.unpack_from(self.buf, index * self.entry_size + L.OFF_HENTRY_NEXT_INDEX)[0]
+        nxt: int = L.U32.unpack_from(self.buf, index * self.entry_size + L.OFF_HENTRY_NEXT_INDEX)[0]
+        return nxt
 
     def chain(self, index: int) -> Iterator[int]:
         """Overflow indices hanging off ``index`` (normally the 4th entry of a bucket)."""

@@ -57,7 +57,7 @@ class LeanStream(tcp.Connection):
         # tcp.Connection.__init__ minus setblocking(): our sockets are non-blocking already.
         abstract.FileDescriptor.__init__(self, reactor=reactor)
         self.socket = skt
-        self.fileno = skt.fileno  # type: ignore[method-assign]
+        self.fileno = skt.fileno
         self.protocol = protocol
         self._family = skt.family
         self._peer = peer

@@ -132,8 +132,8 @@ class Destination:
             return
         if self.ip is None:
             raise ValueError("a tcp/udp destination needs an ip")
-        if self.ip.version == 6 and self.ip.ipv4_mapped is not None:  # type: ignore[union-attr]
-            object.__setattr__(self, "ip", self.ip.ipv4_mapped)  # type: ignore[union-attr]
+        if self.ip.version == 6 and self.ip.ipv4_mapped is not None:
+            object.__setattr__(self, "ip", self.ip.ipv4_mapped)
             object.__setattr__(self, "ip_len", 16)
         if not 0 <= self.port <= 0xFFFF:
             raise ValueError(f"port {self.port} out of range")

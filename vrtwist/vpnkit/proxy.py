@@ -214,7 +214,7 @@ class Splice:
             if abort is not None:
                 abort()
                 return
-        other.transport.loseConnection()  # type: ignore[union-attr]
+        other.transport.loseConnection()
 
     def abandon(self) -> None:
         """The local side could not be connected: close the channel."""
@@ -490,7 +490,7 @@ class UDPChannelRelay(DatagramProtocol):
         ch = self.channel_protocol.transport
         if ch is None:
             return
-        send_datagram(ch, datagram, self.stats)  # type: ignore[arg-type]
+        send_datagram(ch, datagram, self.stats)
 
     def connectionRefused(self) -> None:
         # ICMP port unreachable: keep the flow; the service may come up (Go TestUDPWriteError).
@@ -505,7 +505,7 @@ class UDPChannelRelay(DatagramProtocol):
 
     def channelLost(self) -> None:
         if self.transport is not None:
-            self.transport.stopListening()  # type: ignore[attr-defined]
+            self.transport.stopListening()
 
 
 def send_datagram(channel: ITransport, datagram: bytes, stats: MuxStats) -> bool:

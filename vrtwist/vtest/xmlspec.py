@@ -160,9 +160,10 @@ def _fields(spec: MessageSpec, elem: ET.Element, where: str) -> dict[str, Any]:
     by_name = {f.name: f for f in spec.fields}
     values: dict[str, Any] = {}
     for child in elem:
-        if not isinstance(child.tag, str):
-            continue  # comments
-        f = by_name.get(child.tag)
+        tag: object = child.tag  # a function, not a str, for comments
+        if not isinstance(tag, str):
+            continue
+        f = by_name.get(tag)
         if f is None:
             continue  # unknown names are ignored, as the driver does
         values[f.name] = field_value(f, child, "%s/%s" % (where, child.tag))
@@ -283,7 +284,8 @@ def parse_bytes(data: bytes, path: str = "<bytes>") -> VtestFile:
     flow_count = 1
     count = 0
     for child in root:
-        if not isinstance(child.tag, str):
+        tag: object = child.tag  # a function, not a str, for comments
+        if not isinstance(tag, str):
             continue
         if child.tag == "test_name":
             name = (child.text or "").strip()

@@ -116,8 +116,10 @@ class XmppSession(Protocol):
         self._last_rx = self.clock.seconds()
         events = self._split(data)
         for event in events:
+            # mypy keeps self.closing narrowed to False from the check above, but handling
+            # a stanza may close the session
             if self.closing:
-                return
+                return  # type: ignore[unreachable]
             try:
                 if isinstance(event, StanzaBytes):
                     self.stanzaReceived(parse_stanza(event.data))
