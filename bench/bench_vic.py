@@ -329,11 +329,11 @@ async def vspcOnce(
             results = await defer.gatherResults([b.done for b in backends])
         else:
             for e in esxs:
-                c = e.counter  # type: ignore[attr-defined]
+                c = e.counter
                 e.dataReceived = c.dataReceived  # count wire bytes from here on
             for b in backends:
                 Sender(b.transport, data, CHUNK, total)
-            results = await defer.gatherResults([e.counter.done for e in esxs])  # type: ignore[attr-defined]
+            results = await defer.gatherResults([e.counter.done for e in esxs])
         out = [(t0, first, last) for first, last in results]
         if vms == 1:
             CPU.setdefault("vspc up" if up else "vspc down", []).append(cpuSeconds(proc.pid) - c0)

@@ -509,7 +509,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
 async def _readline(reactor: Any, proc: subprocess.Popen) -> str:
     from twisted.internet import threads
 
-    return await threads.deferToThread(proc.stdout.readline)  # type: ignore[no-any-return]
+    return await threads.deferToThread(proc.stdout.readline)
 
 
 def _wait_agent(run_dir: str, rest: int) -> None:

@@ -258,7 +258,7 @@ class TunnelParseTests(SynchronousTestCase):
     def test_bad_tunnel_packets_are_malformed(self) -> None:
         routes = self.routes()
         hdr = AgentHeader(0, 1, K.AGENT_TRAP_FLOW_MISS, 5, 3)
-        flows = FlowSetup(routes, lambda req: None, lambda: 0.0,  # type: ignore[arg-type,return-value]
+        flows = FlowSetup(routes, lambda req: None, lambda: 0.0,  # type: ignore[arg-type]
                           fabric=lambda: (0, _ip("192.0.2.1")))
         for frame in (_outer(17, _udp(6635, b"\x00\x01")),  # label cut
                       _outer(17, _udp(6635, (20 << 12).to_bytes(4, "big") * 3 + INNER)),

@@ -123,10 +123,10 @@ class OptionsTests(SynchronousTestCase):
 
     def test_no_ports(self) -> None:
         top = makeDatapathService(self.parse("--no-ports"), reactor=reactor)
-        self.assertEqual([s.name for s in top], ["datapath", "ksync"])  # type: ignore[attr-defined]
+        self.assertEqual([s.name for s in top], ["datapath", "ksync"])
         top.getServiceNamed("datapath").stopService()
         top = makeDatapathService(self.parse(), reactor=reactor)
-        self.assertIn("packets", [s.name for s in top])  # type: ignore[attr-defined]
+        self.assertIn("packets", [s.name for s in top])
         top.getServiceNamed("datapath").stopService()
 
 

@@ -139,7 +139,7 @@ class OptionsTests(SynchronousTestCase):
         self.assertIsInstance(datapath, Datapath)
         self.assertNotIsInstance(datapath.bridge, BridgeRoutesInMemory)
         self.assertEqual(datapath.config.flow_entries, 128)
-        self.assertEqual([s.name for s in top], ["datapath", "ksync", "packets"])  # type: ignore[attr-defined]
+        self.assertEqual([s.name for s in top], ["datapath", "ksync", "packets"])
         top.getServiceNamed("datapath").stopService()  # unmaps the tables
 
     def test_shared_memory_is_required(self) -> None:

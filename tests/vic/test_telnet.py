@@ -113,7 +113,7 @@ class PropertyTests(SynchronousTestCase):
         wire = encodeData(data)
         points = sorted({min(c, len(wire)) for c in cuts})
         chunks = [wire[a:b] for a, b in zip([0, *points], [*points, len(wire)])]
-        got = b"".join(e for e in feedAll(chunks) if isinstance(e, bytes))  # type: ignore[misc]
+        got = b"".join(e for e in feedAll(chunks) if isinstance(e, bytes))
         self.assertEqual(got, data)
 
     @settings(max_examples=200, deadline=None)

@@ -336,7 +336,7 @@ class TwistdTests(VSPCNetTestCase):
             def processEnded(self, reason: Any) -> None:
                 ended.callback(None)
 
-        proc = reactor.spawnProcess(PP(), twistd, argv, env=dict(os.environ))  # type: ignore[attr-defined]
+        proc = reactor.spawnProcess(PP(), twistd, argv, env=dict(os.environ))
         try:
             for _ in range(600):  # up to 30 s for twistd to start on a loaded machine
                 if os.path.exists(listen) and os.path.exists(api):

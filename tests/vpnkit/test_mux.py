@@ -724,7 +724,7 @@ class TraceTests(SynchronousTestCase):
         acc = Acceptor()
         pair = LinkPair(acc)
         pair.a.trace = True
-        pair.a._log = Logger(observer=events.append)  # type: ignore[misc]
+        pair.a._log = Logger(observer=events.append)
         ch = pair.b.openChannel(DEST, Sink())
         ch.loseConnection()
         pair.pump()

@@ -142,7 +142,7 @@ class _Ready(Sink):
         super().__init__()
         self.closed: defer.Deferred[None] = defer.Deferred()
 
-    def connectionLost(self, reason: object = None) -> None:  # type: ignore[override]
+    def connectionLost(self, reason: object = None) -> None:
         super().connectionLost(reason)  # type: ignore[arg-type]
         if not self.closed.called:
             self.closed.callback(None)

@@ -428,7 +428,7 @@ class LeanPortTests(TestCase):
             def _accept(self) -> None:
                 raise OSError(errno.EMFILE, "too many open files")
 
-        port.socket = Sock()  # type: ignore[assignment]
+        port.socket = Sock()
         self.patch(tcp.Port, "doRead", lambda self: calls.append(self))
         port.doRead()
         self.assertEqual(calls, [port])

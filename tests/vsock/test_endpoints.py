@@ -146,7 +146,7 @@ class AcceptTests(SynchronousTestCase):
         a, b = socket.socketpair()
         self.addCleanup(b.close)
         a.setblocking(False)
-        port.socket = _FakeListener(a, (17, 1025))  # type: ignore[assignment]
+        port.socket = _FakeListener(a, (17, 1025))
         port.numberAccepts = 1
         port.connected = True
         port.doRead()

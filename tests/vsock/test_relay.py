@@ -438,7 +438,7 @@ class RelayNetTests(TestCase):
             def processEnded(self, reason: Any) -> None:
                 ended.callback(None)
 
-        proc = reactor.spawnProcess(PP(), twistd, argv, env=dict(os.environ))  # type: ignore[attr-defined]
+        proc = reactor.spawnProcess(PP(), twistd, argv, env=dict(os.environ))
         try:
             for _ in range(600):  # up to 30 s: twistd starts slowly on a loaded machine
                 if os.path.exists(sock):
@@ -486,8 +486,8 @@ class RelayNetTests(TestCase):
         svc = relay_tap.makeService(o, reactor)
         svc.startService()
         (listener,) = list(svc)
-        await listener._waitingForPort  # type: ignore[attr-defined]
-        port = listener._waitingForPort.result  # type: ignore[attr-defined]
+        await listener._waitingForPort
+        port = listener._waitingForPort.result
         from vrtwist.vsock.endpoints import VMADDR_CID_ANY, VSockAddress
 
         host = port.getHost()
