@@ -114,3 +114,10 @@ class RecordingSink:
     def deleteRemoteRoute(self, vrf_name: str, prefix: str, plen: int) -> None:
         self.calls.append(("del", vrf_name, prefix, plen))
         self.table.pop((vrf_name, prefix, plen), None)
+
+
+def sink_of(link: Any) -> RecordingSink:
+    """The recording sink a test gave a controller link (typed as the seam it is there)."""
+    sink = link.remote.sink
+    assert isinstance(sink, RecordingSink), sink
+    return sink

@@ -18,7 +18,7 @@ from zope.interface.verify import verifyObject
 from vrtwist.xmpp import control_tap
 from vrtwist.xmpp.agent_link import LocalRouteInfo, makeControllerLink
 
-from .helpers import RecordingSink
+from .helpers import RecordingSink, sink_of
 from .test_loopback import until
 
 
@@ -88,12 +88,12 @@ class TwistdProcessTests(TestCase):
             link.startService()
             self.addCleanup(link.stopService)
             links.append(link)
-        await until(lambda: all(len(lk.remote.sink.table) == 1 for lk in links),
+        await until(lambda: all(len(sink_of(lk).table) == 1 for lk in links),
                     "both agents to learn each other's route through twistd", timeout=20)
         # the stream's from is the real control node's JID, not the host name ("cn-proc")
         self.assertEqual(links[0].session.peer_name,  # type: ignore[union-attr]
                          "network-control@contrailsystems.com")
-        self.assertEqual(links[0].remote.sink.table[("blue", "10.0.0.2", 32)][:2], ("127.0.0.3", 18))
+        self.assertEqual(sink_of(links[0]).table[("blue", "10.0.0.2", 32)][:2], ("127.0.0.3", 18))
         await task.deferLater(reactor, 0, lambda: None)
 
 
@@ -132,7 +132,7 @@ class TwistdTlsTests(TestCase):
             link.startService()
             self.addCleanup(link.stopService)
             links.append(link)
-        await until(lambda: all(len(lk.remote.sink.table) == 1 for lk in links),
+        await until(lambda: all(len(sink_of(lk).table) == 1 for lk in links),
                     "routes over STARTTLS through twistd", timeout=20)
         from twisted.internet.interfaces import ISSLTransport
 

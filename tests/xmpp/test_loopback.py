@@ -19,7 +19,7 @@ from vrtwist.xmpp.agent_link import ControllerLink, LocalRouteInfo, makeControll
 from vrtwist.xmpp.control import ControlNode, ControlNodeFactory
 from vrtwist.xmpp.tls import mutual_tls_options
 
-from .helpers import RecordingSink
+from .helpers import RecordingSink, sink_of
 
 
 async def until(pred: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
@@ -81,7 +81,7 @@ class ReflectionTests(LoopbackBase):
         links = [self.agent([p], f"host{i}", f"127.0.0.{i + 2}") for i in range(3)]
         for i, link in enumerate(links):
             link.localRouteAdded(port(i + 1, fabric=f"127.0.0.{i + 2}"))
-        sinks = [link.remote.sink for link in links]
+        sinks = [sink_of(link) for link in links]
 
         def converged() -> bool:
             return all(len(s.table) == 2 for s in sinks)
@@ -102,11 +102,11 @@ class ReflectionTests(LoopbackBase):
         b = self.agent([p], "b", "127.0.0.3")
         a.localRouteAdded(port(1))
         b.localRouteAdded(port(2, fabric="127.0.0.3"))
-        await until(lambda: len(b.remote.sink.table) == 1, "b to learn a's route")
+        await until(lambda: len(sink_of(b).table) == 1, "b to learn a's route")
         await a.stopService()
         await task.deferLater(reactor, 0.1, lambda: None)
-        self.assertEqual(len(b.remote.sink.table), 1)  # still within the GR time
-        await until(lambda: len(b.remote.sink.table) == 0, "a's route to be retracted")
+        self.assertEqual(len(sink_of(b).table), 1)  # still within the GR time
+        await until(lambda: len(sink_of(b).table) == 0, "a's route to be retracted")
 
 
 class BadPeerTests(LoopbackBase):
@@ -123,7 +123,7 @@ class BadPeerTests(LoopbackBase):
         b = self.agent([p], "b", "127.0.0.3")
         a.localRouteAdded(port(1))
         b.localRouteAdded(port(2, fabric="127.0.0.3"))
-        await until(lambda: len(a.remote.sink.table) == 1 and len(b.remote.sink.table) == 1,
+        await until(lambda: len(sink_of(a).table) == 1 and len(sink_of(b).table) == 1,
                     "a and b to converge")
         with capturedLogs() as logs:
             bad = await self.bad_client(p, data)
@@ -133,7 +133,7 @@ class BadPeerTests(LoopbackBase):
         self.assertIn(reason, text)
         # Nothing else lost: a and b still up, their routes still flow.
         a.localRouteAdded(port(3))
-        await until(lambda: len(b.remote.sink.table) == 2, "a new route after the bad peer")
+        await until(lambda: len(sink_of(b).table) == 2, "a new route after the bad peer")
         self.assertEqual(set(node.sessions), {"a", "b"})
 
     async def test_garbage_bytes(self) -> None:
@@ -205,18 +205,18 @@ class RestartAndFailoverTests(LoopbackBase):
         b = self.agent([p], "b", "127.0.0.3", stale=30)
         a.localRouteAdded(port(1))
         b.localRouteAdded(port(2, fabric="127.0.0.3"))
-        await until(lambda: len(b.remote.sink.table) == 1, "b to learn a's route")
+        await until(lambda: len(sink_of(b).table) == 1, "b to learn a's route")
         await self.stop_cn(node, lp)
         await until(lambda: b.session is None, "b to notice the outage")
         await task.deferLater(reactor, 0.3, lambda: None)
-        self.assertEqual(len(b.remote.sink.table), 1)  # headless: forwarding state kept
+        self.assertEqual(len(sink_of(b).table), 1)  # headless: forwarding state kept
         self.assertEqual(b.remote.stale_count, 2)  # its inet and EVPN items
         eors = b.end_of_ribs
         _node2, _lp2 = await self.start_cn(portno=p)
         # a withdrew nothing, but changed its route during the outage.
         a.localRouteDeleted(port(1))
         a.localRouteAdded(port(5))
-        await until(lambda: list(b.remote.sink.table) == [("blue", "10.0.0.5", 32)],
+        await until(lambda: list(sink_of(b).table) == [("blue", "10.0.0.5", 32)],
                     "b to reconverge (new route in, stale one swept at End-of-RIB)")
         await until(lambda: b.end_of_ribs > eors, "End-of-RIB of the new session")
 
@@ -228,12 +228,12 @@ class RestartAndFailoverTests(LoopbackBase):
         b = self.agent([p1, p2], "b", "127.0.0.3")
         a.localRouteAdded(port(1))
         b.localRouteAdded(port(2, fabric="127.0.0.3"))
-        await until(lambda: len(b.remote.sink.table) == 1 and set(n1.sessions) == {"a", "b"},
+        await until(lambda: len(sink_of(b).table) == 1 and set(n1.sessions) == {"a", "b"},
                     "both agents on cn1")
         await self.stop_cn(n1, lp1)
         await until(lambda: set(n2.sessions) == {"a", "b"}, "both agents to fail over to cn2")
         a.localRouteAdded(port(3))
-        await until(lambda: len(b.remote.sink.table) == 2, "routes through cn2")
+        await until(lambda: len(sink_of(b).table) == 2, "routes through cn2")
         self.assertEqual(set(n2.sessions), {"a", "b"})  # served by cn2 now
         # every control node opens its stream as the real one does, whatever its name
         self.assertEqual(b.session.peer_name,  # type: ignore[union-attr]
@@ -299,7 +299,7 @@ class TlsTests(LoopbackBase):
         b = self.agent([p], "b", "127.0.0.3", tls=self.agent_tls())
         a.localRouteAdded(port(1))
         b.localRouteAdded(port(2, fabric="127.0.0.3"))
-        await until(lambda: len(a.remote.sink.table) == 1 and len(b.remote.sink.table) == 1,
+        await until(lambda: len(sink_of(a).table) == 1 and len(sink_of(b).table) == 1,
                     "routes over TLS")
         from twisted.internet.interfaces import ISSLTransport
 
@@ -353,7 +353,7 @@ class SlowPeerTests(LoopbackBase):
         for i in range(n):
             a.localRouteAdded(LocalRouteInfo(f"p{i}", f"vm{i}", "vn1", "blue", "",
                                              f"10.{i >> 8}.{i & 255}.1", None, 16, "127.0.0.2"))
-        await until(lambda: len(b.remote.sink.table) == n, "b to get every route", timeout=30)
+        await until(lambda: len(sink_of(b).table) == n, "b to get every route", timeout=30)
         session = node.sessions["stall"]
         await until(lambda: session.paused, "the stalled session to be paused by its transport")
         # What waits for it is one mark per route, not a queue of messages.

@@ -755,7 +755,7 @@ class ControllerLink(MultiService):
             self._ready_waiters.append(d)
         return d
 
-    def stopService(self) -> Deferred[None] | None:
+    def stopService(self) -> Deferred[None]:
         for call in self._vrf_release.values():
             if call.active():
                 call.cancel()
@@ -766,7 +766,8 @@ class ControllerLink(MultiService):
         session = self._live()
         if session is not None:
             session.closeSession("agent stopping", clean=True)
-        return super().stopService()  # type: ignore[no-any-return]
+        d: Deferred[None] = super().stopService()  # ClientService's: always a Deferred
+        return d
 
     # -- stanza building ------------------------------------------------------------------
 
