@@ -686,7 +686,7 @@ def main() -> None:
     args = p.parse_args()
     if args.mode == "receiver":
         if not args.default_gc:
-            from vrtwist.agent.tap import tune_gc
+            from vrtwist._process import tune_gc
 
             tune_gc()  # receivers stand in for agent daemons too
         receiver(args)
@@ -698,7 +698,7 @@ def main() -> None:
         return
     if args.mode == "components":
         if args.daemon_gc:
-            from vrtwist.agent.tap import tune_gc
+            from vrtwist._process import tune_gc
 
             tune_gc()
         for k, v in components(args.routes).items():
@@ -707,7 +707,7 @@ def main() -> None:
     if not args.default_gc:
         # the publisher stands in for an agent daemon, which runs with these thresholds
         # (``twistd vrouter`` and ``vrouter-control`` call the same function)
-        from vrtwist.agent.tap import tune_gc
+        from vrtwist._process import tune_gc
 
         tune_gc()
     res = datapath_run(args) if args.mode == "datapath" else run(args)

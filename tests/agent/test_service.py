@@ -13,6 +13,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import HTTPConnectionPool
 
 from tests.agent.helpers import port_body, tempdir
+from vrtwist._process import tune_gc
 from vrtwist.agent import tap
 
 
@@ -111,10 +112,10 @@ class GcTuningTests(TestCase):
         saved = gc.get_threshold()
         self.addCleanup(gc.set_threshold, *saved)
         gc.set_threshold(700, 10, 10)
-        tap.tune_gc()
+        tune_gc()
         self.assertEqual(gc.get_threshold(), tap.GC_THRESHOLDS)
         gc.set_threshold(50_000, 5, 5)
-        tap.tune_gc()
+        tune_gc()
         self.assertEqual(gc.get_threshold(), (50_000, 5, 5))
 
 

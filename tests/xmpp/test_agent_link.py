@@ -608,7 +608,7 @@ class ReconnectTests(SynchronousTestCase):
     def test_make_controller_link(self) -> None:
         from twisted.application.service import IService
 
-        from vrtwist.xmpp.agent_link import IControllerLink
+        from vrtwist.xmpp.interfaces import IControllerLink
 
         clock = MemoryReactorClock()
         link = makeControllerLink(clock, ["tcp:127.0.0.1:5269", "127.0.0.1:5270", "x:1"], "h",
