@@ -18,6 +18,7 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.interfaces import IReactorUNIX
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
@@ -54,7 +55,7 @@ class TwoNamespacesTests(TestCase):
             sh("ip", "-n", ns, "link", "set", peer, "address", mac)
             sh("ip", "-n", ns, "addr", "add", ip + "/24", "dev", peer)
             sh("ip", "-n", ns, "neigh", "replace", other_ip, "lladdr", other_mac, "dev", peer)
-        self.top = makeDatapathService(self.run_dir, 4096, 4096, reactor=reactor)
+        self.top = makeDatapathService(self.run_dir, 4096, 4096, reactor=IReactorUNIX(reactor))
         self.top.startService()
         self.addCleanup(self.top.stopService)
         for argv in (

@@ -14,6 +14,7 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.interfaces import IReactorUNIX
 from twisted.internet.threads import deferToThread
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -44,7 +45,7 @@ class KsyncAttachTests(TestCase):
         self.addCleanup(shutil.rmtree, self.run_dir, True)
         self.dev = Devices()
         self.addCleanup(self.dev.cleanup)
-        self.top = makeDatapathService(self.run_dir, 1024, 1024, reactor=reactor)
+        self.top = makeDatapathService(self.run_dir, 1024, 1024, reactor=IReactorUNIX(reactor))
         self.top.startService()
         self.addCleanup(self.top.stopService)
         return None
@@ -118,14 +119,14 @@ class OptionsTests(SynchronousTestCase):
     def test_vtest_vlan_needs_a_tci(self) -> None:
         o = self.parse("--vtest-vlan")
         with self.assertRaises(ValueError) as e:
-            makeDatapathService(o, reactor=reactor)
+            makeDatapathService(o, reactor=IReactorUNIX(reactor))
         self.assertIn("--vlan-tci", str(e.exception))
 
     def test_no_ports(self) -> None:
-        top = makeDatapathService(self.parse("--no-ports"), reactor=reactor)
+        top = makeDatapathService(self.parse("--no-ports"), reactor=IReactorUNIX(reactor))
         self.assertEqual([s.name for s in top], ["datapath", "ksync"])
         top.getServiceNamed("datapath").stopService()
-        top = makeDatapathService(self.parse(), reactor=reactor)
+        top = makeDatapathService(self.parse(), reactor=IReactorUNIX(reactor))
         self.assertIn("packets", [s.name for s in top])
         top.getServiceNamed("datapath").stopService()
 

@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 from twisted.application.service import IService, MultiService
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.interfaces import IReactorUNIX
 from twisted.internet.threads import deferToThread
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -29,7 +30,7 @@ class ServiceTests(TestCase):
     def setUp(self) -> None:
         self.run_dir = tempfile.mkdtemp(prefix="dp-")
         self.top = makeDatapathService(
-            self.run_dir, flow_entries=2048, bridge_entries=1024, reactor=reactor
+            self.run_dir, flow_entries=2048, bridge_entries=1024, reactor=IReactorUNIX(reactor)
         )
         self.top.startService()
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import Any, cast
 
 import treq
 from prometheus_client.parser import text_string_to_metric_families
@@ -73,7 +73,7 @@ class DaemonIntrospectTests(TestCase):
 
     async def get(self, port: int, path: str) -> tuple[int, bytes]:
         pool = HTTPConnectionPool(reactor, persistent=False)
-        r = await treq.get(f"http://127.0.0.1:{port}{path}", reactor=reactor, pool=pool)
+        r = await treq.get(f"http://127.0.0.1:{port}{path}", reactor=cast(Any, reactor), pool=pool)
         return r.code, await r.content()
 
     async def scrape(self, port: int) -> dict[Any, float]:
@@ -263,7 +263,7 @@ class VSPCSessionMetricsTests(VSPCNetTestCase):
         esx.sendSerial(b"z" * 3000)
         await esx.waitFor(lambda: len(esx.serial) >= 3000)
         pool = HTTPConnectionPool(reactor, persistent=False)
-        r = await treq.get(f"http://127.0.0.1:{iport}/metrics", reactor=reactor, pool=pool)
+        r = await treq.get(f"http://127.0.0.1:{iport}/metrics", reactor=cast(Any, reactor), pool=pool)
         m = metrics_of((await r.content()).decode())
         [sp] = self.table.ports()
         key = (("label", sp.label), ("uuid", canonical(1)))
@@ -356,5 +356,5 @@ class SlowReaderTests(TestCase):
 
 async def _get(port: int, path: str) -> tuple[int, bytes]:
     pool = HTTPConnectionPool(reactor, persistent=False)
-    r = await treq.get(f"http://127.0.0.1:{port}{path}", reactor=reactor, pool=pool)
+    r = await treq.get(f"http://127.0.0.1:{port}{path}", reactor=cast(Any, reactor), pool=pool)
     return r.code, await r.content()

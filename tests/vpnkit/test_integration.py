@@ -9,6 +9,7 @@ import socket
 
 from twisted.internet import defer, error, reactor, task
 from twisted.internet.endpoints import UNIXClientEndpoint, UNIXServerEndpoint
+from twisted.internet.interfaces import IReactorUDP
 from twisted.internet.protocol import Factory
 from twisted.trial.unittest import SkipTest, TestCase
 
@@ -219,16 +220,16 @@ class ForwardingTests(TestCase):
 
     async def test_udp_round_trip_and_backend_appearing_later(self) -> None:
         """TestUDP + TestUDPWriteError: datagrams before the backend exists are lost, then it works."""
-        probe = reactor.listenUDP(0, UDPEcho(), interface="127.0.0.1")
+        probe = IReactorUDP(reactor).listenUDP(0, UDPEcho(), interface="127.0.0.1", maxPacketSize=8192)
         backend_port = probe.getHost().port
         await probe.stopListening()
         granted = await self.table.expose(Port.parse(f"udp:127.0.0.1:0:127.0.0.1:{backend_port}"))
         client = UDPClient()
-        cport = reactor.listenUDP(0, client, interface="127.0.0.1")
+        cport = IReactorUDP(reactor).listenUDP(0, client, interface="127.0.0.1", maxPacketSize=8192)
         self.addCleanup(cport.stopListening)
         client.transport.write(b"nobody home", ("127.0.0.1", granted.out_port))  # type: ignore[union-attr]
         await task.deferLater(reactor, 0.1, lambda: None)
-        backend = reactor.listenUDP(backend_port, UDPEcho(), interface="127.0.0.1")
+        backend = IReactorUDP(reactor).listenUDP(backend_port, UDPEcho(), interface="127.0.0.1", maxPacketSize=8192)
         self.addCleanup(backend.stopListening)
         got = None
         for i in range(50):
@@ -247,14 +248,14 @@ class ForwardingTests(TestCase):
 
     async def test_udp_flow_expires_when_idle(self) -> None:
         """Go's UDPConnTrackTimeout (90 s), shortened: the flow and its channel go away."""
-        backend = reactor.listenUDP(0, UDPEcho(), interface="127.0.0.1")
+        backend = IReactorUDP(reactor).listenUDP(0, UDPEcho(), interface="127.0.0.1", maxPacketSize=8192)
         self.addCleanup(backend.stopListening)
         self.table.udpTimeout = 0.3
         granted = await self.table.expose(
             Port.parse(f"udp:127.0.0.1:0:127.0.0.1:{backend.getHost().port}")
         )
         client = UDPClient()
-        cport = reactor.listenUDP(0, client, interface="127.0.0.1")
+        cport = IReactorUDP(reactor).listenUDP(0, client, interface="127.0.0.1", maxPacketSize=8192)
         self.addCleanup(cport.stopListening)
         d = client.next()
         client.transport.write(b"one", ("127.0.0.1", granted.out_port))  # type: ignore[union-attr]

@@ -15,6 +15,7 @@ import tempfile
 import time
 
 from twisted.internet import defer, reactor, task
+from twisted.internet.interfaces import IReactorUNIX
 from twisted.internet.protocol import Factory
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import globalLogPublisher
@@ -159,7 +160,7 @@ class AttackTests(TestCase):
         self.run = tempfile.mkdtemp(prefix="ac-run-")
         self.addCleanup(shutil.rmtree, self.run, True)
         self.dispatcher = MemoryDispatcher()
-        self.ksync = await listen_ksync(reactor, self.run, self.dispatcher)
+        self.ksync = await listen_ksync(IReactorUNIX(reactor), self.run, self.dispatcher)
         self.addCleanup(self.ksync.stopListening)  # trial: cleanups run before tearDown
         self.sock = os.path.join(self.run, "dpdk_netlink")
 
