@@ -60,7 +60,7 @@ class InMemoryAgent:
         self.sync.attach(LocalChannel(self.datapath))
         self.table.observe(self.model)
         self.api = PortApi(self.table, gateways=self.model)
-        self.http = StubTreq(self.api.app.resource())
+        self.http: Any = StubTreq(self.api.app.resource())  # treq.testing is untyped
 
     def call(self, method: str, path: str, body: Any = None,
              raw: bytes | None = None) -> tuple[int, Any]:

@@ -28,7 +28,7 @@ class Loop:
     """A client and the ksync server of a dispatcher, back to back on StringTransports;
     replies arrive only when ``pump()`` is called, as over a socket."""
 
-    def __init__(self, client: KsyncClientProtocol, dispatcher: Any = None) -> None:
+    def __init__(self, client: Any, dispatcher: Any = None) -> None:
         self.server = KsyncServerProtocol(dispatcher or MemoryDispatcher())
         self.client = client
         self.st, self.ct = StringTransport(), StringTransport()

@@ -437,7 +437,7 @@ class APITests(SynchronousTestCase):
         bproto, _btr = h.backend()
         conn.dataReceived(b"12345")
         bproto.dataReceived(b"abc")
-        stub = StubTreq(VSPCApi(h.table).resource())
+        stub: Any = StubTreq(VSPCApi(h.table).resource())
         resp = self.successResultOf(stub.get("http://vspc/vms"))
         self.assertEqual(resp.code, 200)
         self.assertEqual(resp.headers.getRawHeaders(b"content-type"), [b"application/json"])
