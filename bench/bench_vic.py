@@ -188,7 +188,8 @@ async def direct(total: int) -> float:
     _, end = await recv.done
     client.transport.loseConnection()
     await port.stopListening()
-    return total / (end - t0) / MB
+    rate: float = total / (end - t0) / MB
+    return rate
 
 
 async def vsockRelay(total: int, workdir: str, listen: str = "unix", splice: bool = True) -> float:
@@ -240,7 +241,8 @@ async def vsockRelay(total: int, workdir: str, listen: str = "unix", splice: boo
         proc.terminate()
         proc.wait()
         await port.stopListening()
-    return total / (end - t0) / MB
+    rate: float = total / (end - t0) / MB
+    return rate
 
 
 def _freePort() -> int:

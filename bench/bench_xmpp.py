@@ -68,7 +68,7 @@ def proc_run_time(pid: int) -> float:
 def free_port() -> int:
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
+    port: int = s.getsockname()[1]
     s.close()
     return port
 
@@ -322,7 +322,7 @@ def components(n: int) -> dict[str, float]:
             sessions.append(s)
         clock.advance(1)
         for s in sessions:
-            s.transport.clear()
+            s.transport.clear()  # type: ignore[union-attr]
         t = time.process_time()
         for i in range(0, len(wire), 65536):
             sessions[0].dataReceived(wire[i : i + 65536])

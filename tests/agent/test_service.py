@@ -102,7 +102,7 @@ class ControllerOptionsTests(TestCase):
         self.assertTrue(ISSLTransport.providedBy(session.transport))
         await top.stopService()
         for s in list(node.sessions.values()):
-            s.transport.abortConnection()
+            s.transport.abortConnection()  # type: ignore[union-attr]
 
 
 class GcTuningTests(TestCase):

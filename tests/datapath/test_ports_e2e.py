@@ -41,7 +41,7 @@ class TwoNamespacesTests(TestCase):
         skip = _SKIP
 
     @inlineCallbacks
-    def setUp(self) -> Any:
+    def setUp(self) -> Any:  # type: ignore[override]  # trial waits for the Deferred
         self.run_dir = tempfile.mkdtemp(prefix=PFX)
         self.addCleanup(shutil.rmtree, self.run_dir, True)
         self.dev = Devices()

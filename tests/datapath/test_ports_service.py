@@ -40,7 +40,7 @@ class KsyncAttachTests(TestCase):
     if _SKIP:
         skip = _SKIP
 
-    def setUp(self) -> Deferred[Any] | None:
+    def setUp(self) -> Deferred[Any] | None:  # type: ignore[override]  # trial waits for it
         self.run_dir = tempfile.mkdtemp(prefix=PFX)
         self.addCleanup(shutil.rmtree, self.run_dir, True)
         self.dev = Devices()

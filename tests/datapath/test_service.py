@@ -34,8 +34,8 @@ class ServiceTests(TestCase):
         )
         self.top.startService()
 
-    def tearDown(self) -> Deferred[Any]:
-        return self.top.stopService()  # type: ignore[no-any-return]
+    def tearDown(self) -> Deferred[Any]:  # type: ignore[override]  # trial waits for it
+        return self.top.stopService()
 
     def in_thread(self, f: Any, *a: Any) -> Deferred[Any]:
         return deferToThread(f, *a)
@@ -76,7 +76,7 @@ class ServiceTests(TestCase):
                             for label in range(start, start + 16)
                         ]
                     )
-                    assert all(r.code == 0 for r in results), results
+                    assert all(r.code == 0 for r in results), results  # type: ignore[union-attr]
                 routes = [
                     schema.vr_route_req(h_op=ADD, rtr_family=C.AF_INET, rtr_vrf_id=1,
                                         rtr_prefix=[10, i >> 8, i & 0xFF, 0],
@@ -108,7 +108,7 @@ class ServiceTests(TestCase):
             self.top.startService()  # tearDown stops it again
 
         d.addCallback(check)
-        return d  # type: ignore[no-any-return]
+        return d
 
 
 class OptionsTests(SynchronousTestCase):

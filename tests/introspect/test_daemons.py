@@ -163,14 +163,14 @@ class DaemonIntrospectTests(TestCase):
         relay_port = (await listen[0]._waitingForPort).getHost().port
         client = _Collect()
         await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", relay_port), client)
-        client.transport.write(b"x" * 1000)
+        client.transport.write(b"x" * 1000)  # type: ignore[union-attr]
         self.assertEqual(len(await client.read(1000)), 1000)
         m = await self.scrape(port)
         self.assertEqual(m[("vsock_relay_accepted_total", ())], 1)
         self.assertEqual(m[("vsock_relay_active", ())], 1)
         self.assertEqual(m[("vsock_relay_bytes_total", (("direction", "to_backend"),))], 1000)
         self.assertEqual(m[("vsock_relay_bytes_total", (("direction", "to_caller"),))], 1000)
-        client.transport.loseConnection()
+        client.transport.loseConnection()  # type: ignore[union-attr]
         stats = listen[0].factory.stats
         await until(lambda: stats.active == 0 and stats.backendsOpen == 0, "relay closed")
         m = await self.scrape(port)
@@ -215,7 +215,7 @@ class DaemonIntrospectTests(TestCase):
         # a connection to the exposed port rides a channel of the link to the echo server
         client = _Collect()
         await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", exposed.out_port), client)
-        client.transport.write(b"y" * 5000)
+        client.transport.write(b"y" * 5000)  # type: ignore[union-attr]
         self.assertEqual(len(await client.read(5000)), 5000)
         hm = await self.scrape(hport)
         fm = await self.scrape(fport)
@@ -226,7 +226,7 @@ class DaemonIntrospectTests(TestCase):
         self.assertEqual(hm[("vpnkit_bytes_total", (("direction", "out"),))], stats.bytes_out)
         self.assertEqual(hm[("vpnkit_bytes_total", (("direction", "in"),))], stats.bytes_in)
         self.assertGreaterEqual(stats.bytes_out, 5000)
-        client.transport.loseConnection()
+        client.transport.loseConnection()  # type: ignore[union-attr]
         await until(lambda: not links.muxes[0].channels, "channel closed")
         hm = await self.scrape(hport)
         self.assertEqual(hm[("vpnkit_channels_open", ())], 0)

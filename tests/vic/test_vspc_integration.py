@@ -102,7 +102,7 @@ class VSPCNetTestCase(TestCase):
         )
         self.addCleanup(listening.stopListening)
         self.addCleanup(self.table.stopService)
-        return listening.getHost().port  # type: ignore[no-any-return]
+        return listening.getHost().port
 
     async def backend(self, n: int, **kw: Any) -> RecordingBackend:
         b = RecordingBackend(**kw)

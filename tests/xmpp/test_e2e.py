@@ -135,7 +135,7 @@ class EndToEndTests(SynchronousTestCase):
         except ImportError as e:
             raise self.skipTest(f"agent or datapath not available: {e}") from None
         self.base = tempfile.mkdtemp(prefix="vrtwist-e2e-")
-        self.cns: dict[int, subprocess.Popen] = {}
+        self.cns: dict[int, subprocess.Popen[bytes]] = {}
 
     def start_cn(self, port: int, name: str) -> None:
         log = open(os.path.join(self.base, f"{name}.log"), "ab")

@@ -59,7 +59,7 @@ class LoopbackBase(TestCase):
         if lp.connected:
             await lp.stopListening()
         for s in list(node.sessions.values()):
-            s.transport.abortConnection()
+            s.transport.abortConnection()  # type: ignore[union-attr]
         await task.deferLater(reactor, 0.05, lambda: None)
         node.stop()
 
