@@ -235,12 +235,12 @@ class ConfigOverTheWireTests(TestCase):
         from vrtwist.xmpp.control import ControlNode, ControlNodeFactory
 
         node = ControlNode(reactor, "cn", gr_time=0)
-        listening = reactor.listenTCP(0, ControlNodeFactory(node), interface="127.0.0.1")
+        listening = reactor.listenTCP(0, ControlNodeFactory(node), interface="127.0.0.1")  # type: ignore[arg-type]
         self.addCleanup(listening.stopListening)
         self.addCleanup(node.stop)
         top, agent = await start_agent(
             self, "--hostname", "compute-7",
-            "--controller", f"tcp:127.0.0.1:{listening.getHost().port}")
+            "--controller", f"tcp:127.0.0.1:{listening.getHost().port}")  # type: ignore[attr-defined]
         await agent.link.whenReady()
         await post_json(agent, "/vm", VM)
         self.assertTrue(node.sendConfig("compute-7", vmi_config().updates))

@@ -131,8 +131,8 @@ class DaemonIntrospectTests(TestCase):
                 errors.append(str(event.get("log_format")))
         from twisted.logger import globalLogPublisher
 
-        globalLogPublisher.addObserver(observe)
-        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        globalLogPublisher.addObserver(observe)  # type: ignore[arg-type]
+        self.addCleanup(globalLogPublisher.removeObserver, observe)  # type: ignore[arg-type]
         top.startService()
         self.addCleanup(top.stopService)
         self.assertIsNone(await top.getServiceNamed("introspect").listening)
@@ -259,7 +259,7 @@ class VSPCSessionMetricsTests(VSPCNetTestCase):
         app = vspc_app(self.table)
         listening = await listen_introspect(reactor, LOOP, app.resource())
         self.addCleanup(listening.stopListening)
-        iport = listening.getHost().port
+        iport = listening.getHost().port  # type: ignore[attr-defined]
         esx.sendSerial(b"z" * 3000)
         await esx.waitFor(lambda: len(esx.serial) >= 3000)
         pool = HTTPConnectionPool(reactor, persistent=False)
@@ -314,7 +314,7 @@ class SlowReaderTests(TestCase):
         app = IntrospectApp("test", CollectorRegistry(), Health, {"flows": flow_view(flows)})
         listening = await listen_introspect(reactor, LOOP, app.resource())
         self.addCleanup(listening.stopListening)
-        port = listening.getHost().port
+        port = listening.getHost().port  # type: ignore[attr-defined]
         release = threading.Event()
 
         def slow_read() -> bytes:

@@ -113,7 +113,7 @@ class UnixSocketTests(TestCase):
             (await c.request(schema.vrouter_ops(h_op=GET))).objects[0].vo_interfaces, 4352
         )
         c.transport.loseConnection()  # type: ignore[union-attr]
-        await svc.stopService()
+        await svc.stopService()  # type: ignore[misc]
         await deferLater(reactor, 0, lambda: None)
         self.assertFalse(os.path.exists(path))
 

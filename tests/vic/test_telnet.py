@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
@@ -120,7 +122,7 @@ class PropertyTests(SynchronousTestCase):
     @given(st.binary(max_size=100), st.binary(max_size=100), st.binary(max_size=100))
     def test_subnegotiation_between_data(self, a: bytes, payload: bytes, b: bytes) -> None:
         wire = encodeData(a) + encodeSubnegotiation(232, payload) + encodeData(b)
-        expect: list[object] = (
+        expect: list[Any] = (
             ([a] if a else []) + [Subnegotiation(232, payload)] + ([b] if b else [])
         )
         self.assertEqual(feedAll([wire]), expect)

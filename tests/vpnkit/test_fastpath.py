@@ -25,8 +25,8 @@ class _Recorder(Protocol):
 
     def __init__(self) -> None:
         self.data = b""
-        self.eof = defer.Deferred()
-        self.lost = defer.Deferred()
+        self.eof: defer.Deferred[object] = defer.Deferred()
+        self.lost: defer.Deferred[object] = defer.Deferred()
 
     def dataReceived(self, data: bytes) -> None:
         self.data += data

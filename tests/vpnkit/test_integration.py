@@ -221,8 +221,8 @@ class ForwardingTests(TestCase):
     async def test_udp_round_trip_and_backend_appearing_later(self) -> None:
         """TestUDP + TestUDPWriteError: datagrams before the backend exists are lost, then it works."""
         probe = IReactorUDP(reactor).listenUDP(0, UDPEcho(), interface="127.0.0.1", maxPacketSize=8192)
-        backend_port = probe.getHost().port
-        await probe.stopListening()
+        backend_port = probe.getHost().port  # type: ignore[attr-defined]
+        await probe.stopListening()  # type: ignore[misc]
         granted = await self.table.expose(Port.parse(f"udp:127.0.0.1:0:127.0.0.1:{backend_port}"))
         client = UDPClient()
         cport = IReactorUDP(reactor).listenUDP(0, client, interface="127.0.0.1", maxPacketSize=8192)
@@ -252,7 +252,7 @@ class ForwardingTests(TestCase):
         self.addCleanup(backend.stopListening)
         self.table.udpTimeout = 0.3
         granted = await self.table.expose(
-            Port.parse(f"udp:127.0.0.1:0:127.0.0.1:{backend.getHost().port}")
+            Port.parse(f"udp:127.0.0.1:0:127.0.0.1:{backend.getHost().port}")  # type: ignore[attr-defined]
         )
         client = UDPClient()
         cport = IReactorUDP(reactor).listenUDP(0, client, interface="127.0.0.1", maxPacketSize=8192)

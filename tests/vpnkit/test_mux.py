@@ -6,6 +6,7 @@ import hashlib
 import itertools
 import os
 import random
+from typing import Any
 
 from twisted.internet import error
 from twisted.internet.interfaces import IPushProducer
@@ -53,7 +54,7 @@ class FakeProducer:
         self.state = "stopped"
 
 
-def frames_of(chunks: list[bytes]) -> list[object]:
+def frames_of(chunks: list[bytes]) -> list[Any]:
     wire = b"".join(chunks)
     if wire.startswith(HANDSHAKE):
         wire = wire[len(HANDSHAKE) :]
@@ -724,7 +725,7 @@ class TraceTests(SynchronousTestCase):
         acc = Acceptor()
         pair = LinkPair(acc)
         pair.a.trace = True
-        pair.a._log = Logger(observer=events.append)
+        pair.a._log = Logger(observer=events.append)  # type: ignore[arg-type]
         ch = pair.b.openChannel(DEST, Sink())
         ch.loseConnection()
         pair.pump()

@@ -111,8 +111,8 @@ class AcceptorTests(SynchronousTestCase):
         acc = ForwardingAcceptor(r, policy=DestinationPolicy(["/srv/allowed"]))
         pair = LinkPair(acc, None)
         events: list[dict[str, object]] = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        globalLogPublisher.addObserver(events.append)  # type: ignore[arg-type]
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)  # type: ignore[arg-type]
         bad = Sink()
         pair.b.openChannel(Destination.unix("/var/run/vrouter/dpdk_netlink" + "/x" * 5000), bad)
         pair.pump()

@@ -510,7 +510,7 @@ class RemoteRouteTableTests(SynchronousTestCase):
 
 @implementer(IStreamClientEndpoint)
 class FailingEndpoint:
-    def __init__(self, clock: MemoryReactorClock, name: str, log: list) -> None:
+    def __init__(self, clock: MemoryReactorClock, name: str, log: list[Any]) -> None:
         self.clock, self.name, self.log = clock, name, log
 
     def connect(self, factory: Any) -> defer.Deferred[Any]:
@@ -533,7 +533,7 @@ class ReconnectTests(SynchronousTestCase):
 
     def test_failover_after_four_attempts_with_client_service(self) -> None:
         clock = MemoryReactorClock()
-        log: list = []
+        log: list[Any] = []
         eps = [FailingEndpoint(clock, "cn1", log), FailingEndpoint(clock, "cn2", log)]
         link = ControllerLink(clock, eps, "h", "127.0.0.2", RecordingSink(),
                               names=["cn1", "cn2"], rng=random.Random(0))
@@ -553,7 +553,7 @@ class ReconnectTests(SynchronousTestCase):
 
     def test_single_controller_backs_off_to_30s(self) -> None:
         clock = MemoryReactorClock()
-        log: list = []
+        log: list[Any] = []
         link = ControllerLink(clock, [FailingEndpoint(clock, "cn1", log)], "h", "127.0.0.2",
                               RecordingSink(), rng=random.Random(0))
         link.startService()
@@ -587,7 +587,7 @@ class ReconnectTests(SynchronousTestCase):
 
     def test_success_resets_failures(self) -> None:
         clock = MemoryReactorClock()
-        log: list = []
+        log: list[Any] = []
         good = MemEndpoint(clock)
         ep = FailoverEndpoint([FailingEndpoint(clock, "a", log), good], ["a", "b"])
         for _ in range(3):

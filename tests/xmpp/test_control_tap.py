@@ -55,7 +55,7 @@ class OptionsTests(SynchronousTestCase):
 
         names = {p.tapname: p for p in getPlugins(IServiceMaker)}
         self.assertIn("vrouter-control", names)
-        self.assertEqual(names["vrouter-control"].module, "vrtwist.xmpp.control_tap")
+        self.assertEqual(names["vrouter-control"].module, "vrtwist.xmpp.control_tap")  # type: ignore[attr-defined]
 
 
 class TwistdProcessTests(TestCase):
@@ -148,8 +148,8 @@ class UnauthenticatedWarningTests(SynchronousTestCase):
         from twisted.logger import globalLogPublisher
 
         events: list[dict[str, object]] = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        globalLogPublisher.addObserver(events.append)  # type: ignore[arg-type]
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)  # type: ignore[arg-type]
         o = control_tap.Options()
         o.parseOptions(argv)
         svc = control_tap.makeService(o, MemoryReactorClock())
