@@ -34,8 +34,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from thriftpy2.protocol.cybin import TCyBinaryProtocol
-from thriftpy2.transport.memory import TCyMemoryBuffer
+from thriftpy2.protocol.cybin import TCyBinaryProtocol  # type: ignore[attr-defined]
+from thriftpy2.transport.memory import TCyMemoryBuffer  # type: ignore[attr-defined]
 
 from vrtwist.sandesh import (
     ADD,

@@ -151,7 +151,7 @@ def receiver(args: argparse.Namespace) -> None:
             model, counter = make_sink(fabric)
         counters.append(counter)
         link = makeControllerLink(
-            reactor, [f"tcp:127.0.0.1:{args.port}"], f"rx{args.index}-{i}", fabric, model
+            reactor, [f"tcp:127.0.0.1:{args.port}"], f"rx{args.index}-{i}", fabric, model  # type: ignore[arg-type]
         )
         link.localRouteAdded(
             LocalRouteInfo("p", "vm", vn, vrf, "", f"10.254.{args.index}.{i}", None, 16, fabric)
@@ -496,7 +496,12 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     def stop(_: Any) -> None:
         reactor.stop()
 
-    defer.ensureDeferred(publish()).addBoth(lambda r: (print(r) if r else None, stop(r)))
+    def done(r: object) -> None:
+        if r:
+            print(r)
+        stop(r)
+
+    defer.ensureDeferred(publish()).addBoth(done)
     reactor.run()
     for k in kids:
         k.terminate()
@@ -506,7 +511,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     return result
 
 
-async def _readline(reactor: Any, proc: subprocess.Popen) -> str:
+async def _readline(reactor: Any, proc: subprocess.Popen[str]) -> str:
     from twisted.internet import threads
 
     return await threads.deferToThread(proc.stdout.readline)
@@ -643,8 +648,12 @@ def datapath_run(args: argparse.Namespace) -> dict[str, float]:
             result["routes/s"] = args.routes / (t_end - t0)
             await link.stopService()
 
-        defer.ensureDeferred(publish()).addBoth(
-            lambda r: (print(r) if r else None, reactor.stop()))
+        def done(r: object) -> None:
+            if r:
+                print(r)
+            reactor.stop()
+
+        defer.ensureDeferred(publish()).addBoth(done)
         reactor.run()
         ks.close()
         return result

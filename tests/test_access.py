@@ -299,7 +299,7 @@ class DaemonListenerTests(SynchronousTestCase):
                 ["--data-listen", "/x/d.sock", "--socket-group", "ac-no-such-group-xyz"])
         with self.assertRaises(usage.UsageError):
             vspc_tap.makeService(
-                {**_parsed(vspc_tap.Options(), []), "socket-group": "ac-no-such-group-xyz"},
+                {**_parsed(vspc_tap.Options(), []), "socket-group": "ac-no-such-group-xyz"},  # type: ignore[arg-type]
                 MemoryReactorClock())
 
 

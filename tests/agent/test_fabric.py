@@ -327,16 +327,16 @@ class TwoNodeTests(SynchronousTestCase):
             vrf = here.model.vrfNames()[0]
             ids = there.model.port_ids(there.ports[0].id)
             assert ids is not None
-            here.model.addRemoteRoute(vrf, there.ports[0].ip_address, 32, there.fabric_ip,
+            here.model.addRemoteRoute(vrf, there.ports[0].ip_address, 32, there.fabric_ip,  # type: ignore[arg-type]
                                       ids["label"], encap=encap)
-            here.resolver.wanted(here.model.tunnelDestinations())
+            here.resolver.wanted(here.model.tunnelDestinations())  # type: ignore[attr-defined]
 
     def ping_across(self, encap: str) -> None:
         a, b = self.a, self.b
         self.learn(encap)
         self.pump()  # ARP requests and the datapath's proxy answers
-        self.assertEqual(a.resolver.macs, {"192.0.2.2": MAC_B})
-        self.assertEqual(b.resolver.macs, {"192.0.2.1": MAC_A})
+        self.assertEqual(a.resolver.macs, {"192.0.2.2": MAC_B})  # type: ignore[attr-defined]
+        self.assertEqual(b.resolver.macs, {"192.0.2.1": MAC_A})  # type: ignore[attr-defined]
         vm1 = a.vif_of(1)
         echo = icmp_echo(bytes.fromhex("020000000001"), "10.1.1.3", "10.1.1.5")
         a.world.pipeline.receive(vm1, echo)  # flow miss on A: set up, released

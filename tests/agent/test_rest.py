@@ -97,7 +97,7 @@ class PortEndpointTests(SynchronousTestCase):
         self.agent.call("POST", "/port", SAMPLE)
         moved = dict(SAMPLE, **{"instance-id": port_body(7)["instance-id"]})
         self.assertEqual(self.agent.call("POST", "/port", moved), (200, {}))
-        self.assertEqual(self.agent.table.get(UUID).instance_id, moved["instance-id"])
+        self.assertEqual(self.agent.table.get(UUID).instance_id, moved["instance-id"])  # type: ignore[union-attr]
         with open(self.file(UUID)) as f:
             self.assertEqual(json.load(f)["instance-id"], moved["instance-id"])
 

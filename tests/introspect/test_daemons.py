@@ -54,7 +54,7 @@ class _Collect(Protocol):
         if len(self.got) >= n:
             d, self.waiting = self.waiting, None
             d.callback(self.got)
-        return self.waiting
+        return self.waiting  # type: ignore[return-value]
 
 
 class DaemonIntrospectTests(TestCase):
@@ -302,7 +302,7 @@ class SlowReaderTests(TestCase):
         path = os.path.join(d, "flow.shmem")
         with open(path, "wb") as f:
             f.truncate(n * L.FLOW_ENTRY_SIZE)
-        with open(path, "r+b") as f:
+        with open(path, "r+b") as f:  # type: ignore[assignment]
             mm = mmap.mmap(f.fileno(), 0)
             words = memoryview(mm).cast("H")
             words[L.OFF_FE_FLAGS // 2 :: L.FLOW_ENTRY_SIZE // 2] = array.array(

@@ -144,7 +144,7 @@ class RelayTests(VSPCNetTestCase):
         for e, p in zip(esxs, payloads):
             e.sendSerial(p)
         for e, p in zip(esxs, payloads):
-            await e.waitFor(lambda e=e, p=p: len(e.serial) >= len(p))
+            await e.waitFor(lambda e=e, p=p: len(e.serial) >= len(p))  # type: ignore[misc]
             self.assertEqual(bytes(e.serial), p)
         for b, p in zip(backends, payloads):
             self.assertEqual(b.received(), p)

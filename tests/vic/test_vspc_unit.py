@@ -72,7 +72,7 @@ class Harness:
         host, port, factory, _timeout, _bind = self.clock.tcpClients[index]
         proto = factory.buildProtocol(IPv4Address("TCP", host, port))
         tr = StringTransport()
-        proto.makeConnection(tr)
+        proto.makeConnection(tr)  # type: ignore[union-attr]
         return proto, tr
 
     def port(self) -> SerialPort:
@@ -268,7 +268,7 @@ class RelayTests(SynchronousTestCase):
         from twisted.internet.error import ConnectionRefusedError
 
         connector = h.clock.connectors[0]
-        factory.clientConnectionFailed(connector, ConnectionRefusedError())
+        factory.clientConnectionFailed(connector, ConnectionRefusedError())  # type: ignore[arg-type]
         attempts = len(h.clock.tcpClients)
         h.clock.advance(10)
         self.assertGreater(len(h.clock.tcpClients), attempts)
@@ -277,18 +277,18 @@ class RelayTests(SynchronousTestCase):
         h = Harness()
         _conn, tr = h.proxied()
         _, btr = h.backend()
-        btr.producer.pauseProducing()
+        btr.producer.pauseProducing()  # type: ignore[union-attr]
         self.assertEqual(tr.producerState, "paused")
-        btr.producer.resumeProducing()
+        btr.producer.resumeProducing()  # type: ignore[union-attr]
         self.assertEqual(tr.producerState, "producing")
 
     def test_esx_slow_pauses_backend(self) -> None:
         h = Harness()
         _conn, tr = h.proxied()
         _, btr = h.backend()
-        tr.producer.pauseProducing()
+        tr.producer.pauseProducing()  # type: ignore[union-attr]
         self.assertEqual(btr.producerState, "paused")
-        tr.producer.resumeProducing()
+        tr.producer.resumeProducing()  # type: ignore[union-attr]
         self.assertEqual(btr.producerState, "producing")
 
     def test_vm_state_outlives_a_reconnect_then_expires(self) -> None:

@@ -208,4 +208,4 @@ class RealSocketTests(TestCase):
             return  # this machine: ENODEV (no loopback transport)
         # A machine with vsock_loopback: the connection works end to end.
         self.assertEqual(proto.transport.getPeer(), VSockAddress(cid, port.getHost().port))  # type: ignore[attr-defined]
-        proto.transport.loseConnection()
+        proto.transport.loseConnection()  # type: ignore[attr-defined]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
@@ -21,7 +24,7 @@ from vrtwist.xmpp.stanzas import (
 from .helpers import MemAgent, inet, make_node
 
 
-def messages(logs: list) -> str:
+def messages(logs: Sequence[Any]) -> str:
     from twisted.logger import formatEvent
 
     return "\n".join(formatEvent(e) for e in logs)
@@ -274,7 +277,7 @@ class ViolationTests(SynchronousTestCase):
         self.clock.advance(0)
         items, _, _ = self.b.routes()
         self.assertEqual(list(items), ["10.0.0.3/32"])
-        self.assertEqual(self.node.bestPath("blue", (1, 1), "10.0.0.2/32", "c").entry.address,
+        self.assertEqual(self.node.bestPath("blue", (1, 1), "10.0.0.2/32", "c").entry.address,  # type: ignore[union-attr]
                          "10.0.0.2/32")
 
     def test_duplicate_subscribe(self) -> None:
@@ -333,7 +336,7 @@ class ViolationTests(SynchronousTestCase):
         def broken(*args: object) -> None:
             raise RuntimeError("handler bug")
 
-        self.node.subscribe = broken  # type: ignore[method-assign]
+        self.node.subscribe = broken  # type: ignore[assignment, method-assign]
         try:
             self.assertClosedAlone(build_subscribe("a", "red", 1),
                                    "closed: internal error handling a stanza")

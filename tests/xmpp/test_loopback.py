@@ -113,7 +113,7 @@ class BadPeerTests(LoopbackBase):
     async def bad_client(self, p: int, data: bytes) -> Protocol:
         proto = await TCP4ClientEndpoint(reactor, "127.0.0.1", p).connect(
             _Factory())
-        proto.transport.write(data)
+        proto.transport.write(data)  # type: ignore[attr-defined]
         return proto
 
     async def check_survives(self, data: bytes, reason: str) -> None:
@@ -341,10 +341,10 @@ class SlowPeerTests(LoopbackBase):
         stalled = await TCP4ClientEndpoint(reactor, "127.0.0.1", p).connect(_Factory())
         received = bytearray()
         stalled.dataReceived = received.extend  # type: ignore[method-assign]
-        stalled.transport.write(build_stream_open("stall") + build_subscribe("stall", "blue", 1))
+        stalled.transport.write(build_stream_open("stall") + build_subscribe("stall", "blue", 1))  # type: ignore[attr-defined]
         await until(lambda: "stall" in node.sessions and node.sessions["stall"].subscriptions,
                     "the stalled agent to subscribe")
-        stalled.transport.pauseProducing()  # stop reading: its socket buffers fill up
+        stalled.transport.pauseProducing()  # type: ignore[attr-defined]  # stop reading: its socket buffers fill up
         a = self.agent([p], "a", "127.0.0.2")
         b = self.agent([p], "b", "127.0.0.3")
         b.localRouteAdded(port(250, fabric="127.0.0.3"))
@@ -359,7 +359,7 @@ class SlowPeerTests(LoopbackBase):
         # What waits for it is one mark per route, not a queue of messages.
         pending = sum(len(v) for v in session._dirty.values())
         self.assertLessEqual(pending, n + 2)
-        stalled.transport.resumeProducing()
+        stalled.transport.resumeProducing()  # type: ignore[attr-defined]
 
         splitter = StanzaSplitter()
         ids: set[str] = set()
@@ -375,4 +375,4 @@ class SlowPeerTests(LoopbackBase):
             return len(ids) >= n + 1
 
         await until(all_routes, "the stalled agent to catch up once it reads", timeout=30)
-        stalled.transport.loseConnection()
+        stalled.transport.loseConnection()  # type: ignore[attr-defined]
