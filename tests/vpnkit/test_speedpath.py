@@ -5,13 +5,15 @@ from __future__ import annotations
 import errno
 import itertools
 import socket
+from typing import Any
 
 from twisted.internet import defer, protocol, reactor, tcp
 from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.task import Clock
-from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python import usage
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
@@ -30,12 +32,12 @@ from vrtwist.vpnkit.frames import (
     encode_frame,
     parse_frames,
 )
-from vrtwist.vpnkit.mux import LAZY_CLOSE_DELAY, Multiplexer
+from vrtwist.vpnkit.mux import LAZY_CLOSE_DELAY, Channel, Multiplexer
 
 DEST = Destination.tcp("127.0.0.1", 8080)
 
 
-def frames(data: bytes) -> list[object]:
+def frames(data: bytes) -> list[Any]:
     if data.startswith(HANDSHAKE):
         data = data[len(HANDSHAKE) :]
     return parse_frames(data)
@@ -127,7 +129,7 @@ class OptionTests(SynchronousTestCase):
 
 
 class WindowGrowthTests(SynchronousTestCase):
-    def _transfer(self, pair: LinkPair, acc: Acceptor, n: int) -> tuple[object, list[int]]:
+    def _transfer(self, pair: LinkPair, acc: Acceptor, n: int) -> tuple[Channel, list[int]]:
         pair.record = True
         ch = pair.b.openChannel(DEST, Sink())
         ch.write(b"g" * n)
@@ -189,7 +191,7 @@ class WindowGrowthTests(SynchronousTestCase):
 
 
 class SkippedWindowTests(SynchronousTestCase):
-    def _forwarder(self) -> tuple[Multiplexer, Acceptor, object]:
+    def _forwarder(self) -> tuple[Multiplexer, Acceptor, StringTransport]:
         from twisted.internet.testing import StringTransport
 
         acc = Acceptor()
@@ -222,7 +224,7 @@ class SkippedWindowTests(SynchronousTestCase):
 
 
 class LazyCloseTests(SynchronousTestCase):
-    def _pair(self) -> tuple[LinkPair, Acceptor, Clock, object]:
+    def _pair(self) -> tuple[LinkPair, Acceptor, Clock, Channel]:
         acc = Acceptor()
         pair = LinkPair(acc)
         clock = Clock()
@@ -303,7 +305,7 @@ class LazyCloseTests(SynchronousTestCase):
         self.assertEqual(frames(pair.tb.value()), [Close(ch.id)])
 
 
-def Failure_done() -> object:
+def Failure_done() -> Failure:
     from twisted.internet import error
     from twisted.python.failure import Failure
 
