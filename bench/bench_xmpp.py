@@ -514,7 +514,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
 async def _readline(reactor: Any, proc: subprocess.Popen[str]) -> str:
     from twisted.internet import threads
 
-    return await threads.deferToThread(proc.stdout.readline)
+    return await threads.deferToThread(proc.stdout.readline)  # type: ignore[union-attr]
 
 
 def _wait_agent(run_dir: str, rest: int) -> None:

@@ -6,6 +6,7 @@ import gc
 import os
 import random
 import socket
+from typing import Any
 
 from twisted.internet import defer, error, reactor, task
 from twisted.internet.endpoints import UNIXClientEndpoint, UNIXServerEndpoint
@@ -103,7 +104,7 @@ class ForwardingTests(TestCase):
         self.assertTrue(reason.check(error.ConnectionLost), reason)
         mux = self.pair.host.links.current()  # type: ignore[union-attr]
         await task.deferLater(reactor, 0.05, lambda: None)
-        self.assertEqual(mux.liveChannels(), 0)
+        self.assertEqual(mux.liveChannels(), 0)  # type: ignore[union-attr]
         self.assertEqual(self.pair.fwd.table.links.current().liveChannels(), 0)  # type: ignore[union-attr]
 
     async def test_address_in_use(self) -> None:
@@ -264,7 +265,7 @@ class ForwardingTests(TestCase):
         await task.deferLater(reactor, 0.8, lambda: None)
         self.assertEqual(self.table.connections(), 0)
         mux = self.pair.host.links.current()  # type: ignore[union-attr]
-        self.assertEqual(mux.liveChannels(), 0)
+        self.assertEqual(mux.liveChannels(), 0)  # type: ignore[union-attr]
         d = client.next()
         client.transport.write(b"two", ("127.0.0.1", granted.out_port))  # type: ignore[union-attr]
         self.assertEqual(await d, b"echo:two")  # a new flow
@@ -275,10 +276,10 @@ class ForwardingTests(TestCase):
         await connect_tcp(granted.out_port, live)
         await task.deferLater(reactor, 0.05, lambda: None)
         old = self.pair.host.links.current()  # type: ignore[union-attr]
-        self.assertEqual(old.liveChannels(), 1)
+        self.assertEqual(old.liveChannels(), 1)  # type: ignore[union-attr]
         await defer.maybeDeferred(self.pair.fwd.stopService)  # type: ignore[union-attr]
         _data, _reason = await live.done  # the client's connection was closed
-        self.assertEqual(old.liveChannels(), 0)
+        self.assertEqual(old.liveChannels(), 0)  # type: ignore[union-attr]
         await self.pair.start_forwarder()
         mux = await self.pair.link_ready()
         self.assertIsNot(mux, old)
@@ -330,10 +331,10 @@ class StressTests(TestCase):
             self.assertTrue(all(servers.results))
             host_mux = pair.host.links.current()  # type: ignore[union-attr]
             fwd_mux = pair.fwd.links.current()  # type: ignore[union-attr]
-            self.assertEqual((host_mux.liveChannels(), fwd_mux.liveChannels()), (0, 0))
+            self.assertEqual((host_mux.liveChannels(), fwd_mux.liveChannels()), (0, 0))  # type: ignore[union-attr]
             self.assertEqual(table.connections(), 0)
-            self.assertEqual(host_mux.stats.channels_closed, rounds * conns)
-            self.assertEqual(host_mux.stats.protocol_errors + fwd_mux.stats.protocol_errors, 0)
+            self.assertEqual(host_mux.stats.channels_closed, rounds * conns)  # type: ignore[union-attr]
+            self.assertEqual(host_mux.stats.protocol_errors + fwd_mux.stats.protocol_errors, 0)  # type: ignore[union-attr]
             gc.collect()
             self.assertEqual(open_fds(), base_fds)
             leftovers = [o for o in gc.get_objects() if isinstance(o, (Channel, Splice))]
@@ -360,7 +361,7 @@ class GoPeerSequenceTests(TestCase):
         await self.echo.stopListening()
         await self.pair.stop()
 
-    async def _exchange(self, send: bytes, until_close: int) -> list[object]:
+    async def _exchange(self, send: bytes, until_close: int) -> list[Any]:
         from twisted.internet.endpoints import UNIXClientEndpoint
 
         from vrtwist.vpnkit.frames import HANDSHAKE, parse_frames
@@ -458,15 +459,15 @@ class ReversedRolesTests(TestCase):
                 await task.deferLater(reactor, 0.01, lambda: None)
             mux = host.links.current()
             self.assertIsNotNone(mux)
-            self.assertFalse(mux.backwards)  # the listening side counts ids upwards
+            self.assertFalse(mux.backwards)  # type: ignore[union-attr]  # the listening side counts ids upwards
             granted = await host.table.expose(
                 Port.parse(f"tcp:127.0.0.1:0:127.0.0.1:{echo.getHost().port}")
             )
             c = Collect(b"reversed")
             await connect_tcp(granted.out_port, c)
             self.assertEqual((await c.done)[0], b"reversed")
-            self.assertEqual(mux.stats.channels_opened, 1)
-            self.assertIn(0, [e[3] for e in mux.recent])  # first id allocated upwards: 0
+            self.assertEqual(mux.stats.channels_opened, 1)  # type: ignore[union-attr]
+            self.assertIn(0, [e[3] for e in mux.recent])  # type: ignore[union-attr]  # first id allocated upwards: 0
         finally:
             await echo.stopListening()
             await defer.maybeDeferred(fwd.stopService)

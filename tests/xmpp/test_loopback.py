@@ -11,9 +11,11 @@ from typing import Any
 
 from twisted.internet import defer, reactor, task
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
+from twisted.internet.interfaces import IProtocolFactory
 from twisted.internet.protocol import Protocol
 from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import TestCase
+from zope.interface import implementer
 
 from vrtwist.xmpp.agent_link import ControllerLink, LocalRouteInfo, makeControllerLink
 from vrtwist.xmpp.control import ControlNode, ControlNodeFactory
@@ -22,7 +24,7 @@ from vrtwist.xmpp.tls import mutual_tls_options
 from .helpers import RecordingSink, sink_of
 
 
-async def until(pred: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+async def until(pred: Callable[[], object], what: str, timeout: float = 10.0) -> None:
     """Wait (polling) until ``pred()`` holds; fail with ``what`` if it never does."""
     for _ in range(int(timeout / 0.02)):
         if pred():
@@ -63,7 +65,7 @@ class LoopbackBase(TestCase):
         await task.deferLater(reactor, 0.05, lambda: None)
         node.stop()
 
-    def agent(self, ports: list[int], name: str, fabric: str, tls: dict[str, str] | None = None,
+    def agent(self, ports: list[int], name: str, fabric: str, tls: dict[str, Any] | None = None,
               stale: float = 60.0, sink: RecordingSink | None = None) -> ControllerLink:
         sink = sink or RecordingSink(fabric)
         link = makeControllerLink(reactor, [f"tcp:127.0.0.1:{p}" for p in ports], name, fabric,
@@ -110,10 +112,10 @@ class ReflectionTests(LoopbackBase):
 
 
 class BadPeerTests(LoopbackBase):
-    async def bad_client(self, p: int, data: bytes) -> Protocol:
-        proto = await TCP4ClientEndpoint(reactor, "127.0.0.1", p).connect(
+    async def bad_client(self, p: int, data: bytes) -> Any:
+        proto: Any = await TCP4ClientEndpoint(reactor, "127.0.0.1", p).connect(
             _Factory())
-        proto.transport.write(data)  # type: ignore[attr-defined]
+        proto.transport.write(data)
         return proto
 
     async def check_survives(self, data: bytes, reason: str) -> None:
@@ -189,6 +191,7 @@ class _Client(Protocol):
         self.lost = True
 
 
+@implementer(IProtocolFactory)
 class _Factory:
     def doStart(self) -> None: ...
     def doStop(self) -> None: ...
@@ -340,7 +343,7 @@ class SlowPeerTests(LoopbackBase):
         p = lp.getHost().port
         stalled = await TCP4ClientEndpoint(reactor, "127.0.0.1", p).connect(_Factory())
         received = bytearray()
-        stalled.dataReceived = received.extend  # type: ignore[method-assign]
+        stalled.dataReceived = received.extend  # type: ignore[assignment, method-assign]
         stalled.transport.write(build_stream_open("stall") + build_subscribe("stall", "blue", 1))  # type: ignore[attr-defined]
         await until(lambda: "stall" in node.sessions and node.sessions["stall"].subscriptions,
                     "the stalled agent to subscribe")
