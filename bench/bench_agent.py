@@ -50,7 +50,7 @@ def body(n: int) -> dict[str, Any]:
 
 def pct(values: list[float], p: float) -> float:
     s = sorted(values)
-    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
+    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
 
 
 class _HttpConn(Protocol):
@@ -97,7 +97,7 @@ class Poller:
         self.want_present = want_present
         self.pending: dict[int, float] = {}  # idx -> time the request was sent
         self.seen: dict[int, float] = {}
-        self.done = defer.Deferred()
+        self.done: defer.Deferred[None] = defer.Deferred()
         self.expected = 0
         self.polls = 0
 
@@ -214,7 +214,7 @@ async def run_once(reactor: Any, ports: int, conc: int,
         cpu1 = cpu_seconds(proc.pid)
         del_s, del_lat = await phase(reactor, conns, proto, ports, add=False)
         cpu2 = cpu_seconds(proc.pid)
-        proto.transport.loseConnection()
+        proto.transport.loseConnection()  # type: ignore[union-attr]
         for c in conns:
             c.transport.loseConnection()
         return {

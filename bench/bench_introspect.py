@@ -38,13 +38,13 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import bench_flow  # noqa: E402
-import bench_pipeline as bp  # noqa: E402
-import bench_vpnkit  # noqa: E402
+import bench_flow
+import bench_pipeline as bp
+import bench_vpnkit
 
-from vrtwist.datapath.introspect import DatapathCollector  # noqa: E402
-from vrtwist.datapath.pipeline import Pipeline  # noqa: E402
-from vrtwist.introspect.flows import FlowTableSource  # noqa: E402
+from vrtwist.datapath.introspect import DatapathCollector
+from vrtwist.datapath.pipeline import Pipeline
+from vrtwist.introspect.flows import FlowTableSource
 
 CHUNK = 2000
 

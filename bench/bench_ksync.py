@@ -145,7 +145,7 @@ def twisted_rates(run_dir: str, seconds: float) -> dict[str, float]:
                 break
         assert len(vifs) == 4096
         results["dump 4096 vifs (objects/s)"] = rounds * 4096 / (time.perf_counter() - t0)
-        c.transport.loseConnection()
+        c.transport.loseConnection()  # type: ignore[union-attr]
 
     def done(r: object) -> object:
         reactor.stop()

@@ -155,7 +155,7 @@ def main() -> None:
                 "fr_flow_sip_l": 0x01010101,
                 "fr_flow_dip_l": 0x02020202,
                 "fr_action": L.ACTION_FORWARD,
-            }  # fmt: skip
+            }
         )
         frames.append(frame64(VM2, sport, dport))
     print("%d flows installed in %.1f s" % (args.flows, time.perf_counter() - t0))

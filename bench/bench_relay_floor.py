@@ -379,7 +379,11 @@ def start_pair(dport: int, spin: float, tmp: str, twisted: bool = False) -> Rung
 def _spawn(rung: Rung, argv: list[str]) -> None:
     p = subprocess.Popen(argv)
     rung.pids.append(p.pid)
-    rung._stop.append(lambda: (p.kill(), p.wait()))
+    def stop() -> None:
+        p.kill()
+        p.wait()
+
+    rung._stop.append(stop)
 
 
 def start_c_pair(dport: int, spin: float, tmp: str) -> Rung | None:

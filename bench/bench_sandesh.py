@@ -34,8 +34,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from thriftpy2.protocol.cybin import TCyBinaryProtocol
-from thriftpy2.transport.memory import TCyMemoryBuffer
+from thriftpy2.protocol.cybin import TCyBinaryProtocol  # type: ignore[attr-defined]
+from thriftpy2.transport.memory import TCyMemoryBuffer  # type: ignore[attr-defined]
 
 from vrtwist.sandesh import (
     ADD,
@@ -261,10 +261,10 @@ def main() -> None:
     # attributes in a real dict from then on (slower attribute reads); the timed messages
     # stay as freshly constructed ones, which is how callers build requests.
     for name, msgs in pools(args.pool).items():
-        ra, rb = ours(msgs), cybin(msgs)
+        round_a, round_b = ours(msgs), cybin(msgs)
         for msg in msgs:
-            assert ra() == [msg], name
-            back = rb()
+            assert round_a() == [msg], name
+            back = round_b()
             assert all(getattr(back, k) == v for k, v in vars(msg).items()), name
         assert len({encode(m) for m in msgs}) > len(msgs) // 2, name  # really varied
     timed_pools = pools(args.pool)

@@ -47,9 +47,9 @@ from zope.interface import implementer
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from vrtwist.vic import telnet as T  # noqa: E402
-from vrtwist.vic import vmware_ext as X  # noqa: E402
-from vrtwist.vic.testing import FakeESX, uuid_text  # noqa: E402
+from vrtwist.vic import telnet as T
+from vrtwist.vic import vmware_ext as X
+from vrtwist.vic.testing import FakeESX, uuid_text
 
 CHUNK = 65536
 MB = 1e6
@@ -188,7 +188,8 @@ async def direct(total: int) -> float:
     _, end = await recv.done
     client.transport.loseConnection()
     await port.stopListening()
-    return total / (end - t0) / MB
+    rate: float = total / (end - t0) / MB
+    return rate
 
 
 async def vsockRelay(total: int, workdir: str, listen: str = "unix", splice: bool = True) -> float:
@@ -240,7 +241,8 @@ async def vsockRelay(total: int, workdir: str, listen: str = "unix", splice: boo
         proc.terminate()
         proc.wait()
         await port.stopListening()
-    return total / (end - t0) / MB
+    rate: float = total / (end - t0) / MB
+    return rate
 
 
 def _freePort() -> int:
@@ -329,11 +331,11 @@ async def vspcOnce(
             results = await defer.gatherResults([b.done for b in backends])
         else:
             for e in esxs:
-                c = e.counter  # type: ignore[attr-defined]
+                c = e.counter
                 e.dataReceived = c.dataReceived  # count wire bytes from here on
             for b in backends:
                 Sender(b.transport, data, CHUNK, total)
-            results = await defer.gatherResults([e.counter.done for e in esxs])  # type: ignore[attr-defined]
+            results = await defer.gatherResults([e.counter.done for e in esxs])
         out = [(t0, first, last) for first, last in results]
         if vms == 1:
             CPU.setdefault("vspc up" if up else "vspc down", []).append(cpuSeconds(proc.pid) - c0)

@@ -299,6 +299,146 @@ def _cpu_per_gb(what: str, cpu: list[list[float]], size: int) -> str:
     return f"CPU per GB ({what}): forwarder {fwd:.2f} s, host {host:.2f} s"
 
 
+def _start_vpnkit(
+    args: argparse.Namespace,
+    tmp: str,
+    direct: tuple[int, int, int],
+    via: tuple[int, int, int],
+    procs: list[subprocess.Popen[bytes]],
+) -> None:
+    """Start twistd vpnkit-forwarder and vpnkit-host (the host exposing ``via`` ->
+    ``direct``), each added to ``procs`` as soon as it runs."""
+    sink, source, echo = direct
+    v_sink, v_source, v_echo = via
+    twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+    data = os.path.join(tmp, "data.sock")
+    common = ["-n", "--pidfile="]
+    if args.reactor:
+        common += ["--reactor", args.reactor]
+
+    extra = [] if args.busy_poll is None else ["--busy-poll", str(args.busy_poll)]
+    if args.window_max is not None:
+        extra += ["--window-max", str(args.window_max)]
+
+    def prof(name: str) -> list[str]:
+        if not args.profile:
+            return []
+        return [
+            "--profiler",
+            "cprofile",
+            "--savestats",
+            "--profile",
+            os.path.join(args.profile, name),
+        ]
+
+    procs.append(
+        subprocess.Popen(
+            [
+                twistd,
+                *common,
+                *prof("fwd.prof"),
+                "--logfile",
+                os.path.join(tmp, "fwd.log"),
+                "vpnkit-forwarder",
+                "--data-listen",
+                data,
+                "--window",
+                str(args.window),
+                *extra,
+            ]
+        )
+    )
+    time.sleep(0.5)
+    procs.append(
+        subprocess.Popen(
+            [
+                twistd,
+                *common,
+                *prof("host.prof"),
+                "--logfile",
+                os.path.join(tmp, "host.log"),
+                "vpnkit-host",
+                "--data-connect",
+                data,
+                "--window",
+                str(args.window),
+                *extra,
+                "--expose",
+                f"tcp:127.0.0.1:{v_sink}:127.0.0.1:{sink}",
+                "--expose",
+                f"tcp:127.0.0.1:{v_source}:127.0.0.1:{source}",
+                "--expose",
+                f"tcp:127.0.0.1:{v_echo}:127.0.0.1:{echo}",
+            ]
+        )
+    )
+
+
+def _rtt(
+    args: argparse.Namespace,
+    echo: int,
+    v_echo: int,
+    procs: list[subprocess.Popen[bytes]],
+    cpu: list[list[float]],
+    rows: list[tuple[str, str, str, str]],
+    notes: list[str],
+) -> None:
+    """64-byte round trips, direct and through vpnkit alternated: rows and CPU notes."""
+    dms, vms, dps, vps = [], [], [], []
+    cpu.clear()
+    for _ in range(args.repeat):
+        dl = round_trips(echo, args.rtts)
+        c0 = [_cpu(p.pid) for p in procs[1:]]
+        vl = round_trips(v_echo, args.rtts)
+        cpu.append([_cpu(p.pid) - c for p, c in zip(procs[1:], c0)])
+        dms.append(statistics.mean(dl) * 1e6)
+        vms.append(statistics.mean(vl) * 1e6)
+        dps.append(statistics.median(dl) * 1e6)
+        vps.append(statistics.median(vl) * 1e6)
+    dm, vm = statistics.median(dms), statistics.median(vms)
+    dp, vp = statistics.median(dps), statistics.median(vps)
+    added_m = statistics.median(v - d for d, v in zip(dms, vms))
+    added_p = statistics.median(v - d for d, v in zip(dps, vps))
+    fwd_us = statistics.median(c[0] for c in cpu) / (args.rtts + 200) * 1e6
+    host_us = statistics.median(c[1] for c in cpu) / (args.rtts + 200) * 1e6
+    notes.append(
+        f"CPU per proxied round trip: forwarder {fwd_us:.0f} us, host {host_us:.0f} us"
+    )
+    rows.append(
+        (
+            f"64-byte round trip, mean ({args.rtts})",
+            f"{dm:.0f} us",
+            f"{vm:.0f} us",
+            f"+{added_m:.0f} us",
+        )
+    )
+    rows.append(
+        (
+            f"64-byte round trip, median ({args.rtts})",
+            f"{dp:.0f} us",
+            f"{vp:.0f} us",
+            f"+{added_p:.0f} us",
+        )
+    )
+
+def _print_codec() -> None:
+    print(f"# load: {open('/proc/loadavg').read().strip()}")
+    print("| codec operation | rate |\n|---|---|")
+    for name, rate in codec_bench():
+        print(f"| {name} | {rate} |")
+
+
+def _stop(procs: list[subprocess.Popen[bytes]], sig: int) -> None:
+    """Signal the children, newest first; kill those not gone within 10 s."""
+    for p in reversed(procs):
+        p.send_signal(sig)
+    for p in procs:
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -336,10 +476,7 @@ def main() -> None:
         serve()
         return
     if args.codec:
-        print(f"# load: {open('/proc/loadavg').read().strip()}")
-        print("| codec operation | rate |\n|---|---|")
-        for name, rate in codec_bench():
-            print(f"| {name} | {rate} |")
+        _print_codec()
         return
 
     tmp = tempfile.mkdtemp(prefix="bench-vpnkit-")
@@ -350,68 +487,7 @@ def main() -> None:
         assert srv.stdout is not None
         sink, source, echo = (int(x) for x in srv.stdout.readline().split())
         v_sink, v_source, v_echo = _free_port(), _free_port(), _free_port()
-        twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
-        data = os.path.join(tmp, "data.sock")
-        common = ["-n", "--pidfile="]
-        if args.reactor:
-            common += ["--reactor", args.reactor]
-
-        extra = [] if args.busy_poll is None else ["--busy-poll", str(args.busy_poll)]
-        if args.window_max is not None:
-            extra += ["--window-max", str(args.window_max)]
-
-        def prof(name: str) -> list[str]:
-            if not args.profile:
-                return []
-            return [
-                "--profiler",
-                "cprofile",
-                "--savestats",
-                "--profile",
-                os.path.join(args.profile, name),
-            ]
-
-        procs.append(
-            subprocess.Popen(
-                [
-                    twistd,
-                    *common,
-                    *prof("fwd.prof"),
-                    "--logfile",
-                    os.path.join(tmp, "fwd.log"),
-                    "vpnkit-forwarder",
-                    "--data-listen",
-                    data,
-                    "--window",
-                    str(args.window),
-                    *extra,
-                ]
-            )
-        )
-        time.sleep(0.5)
-        procs.append(
-            subprocess.Popen(
-                [
-                    twistd,
-                    *common,
-                    *prof("host.prof"),
-                    "--logfile",
-                    os.path.join(tmp, "host.log"),
-                    "vpnkit-host",
-                    "--data-connect",
-                    data,
-                    "--window",
-                    str(args.window),
-                    *extra,
-                    "--expose",
-                    f"tcp:127.0.0.1:{v_sink}:127.0.0.1:{sink}",
-                    "--expose",
-                    f"tcp:127.0.0.1:{v_source}:127.0.0.1:{source}",
-                    "--expose",
-                    f"tcp:127.0.0.1:{v_echo}:127.0.0.1:{echo}",
-                ]
-            )
-        )
+        _start_vpnkit(args, tmp, (sink, source, echo), (v_sink, v_source, v_echo), procs)
         _wait_echo(v_echo)
         if os.environ.get("BENCH_HOLD"):
             print(f"echo {echo} v_echo {v_echo}", flush=True)
@@ -492,59 +568,16 @@ def main() -> None:
                 )
             )
         if "rtt" in only:
-            dms, vms, dps, vps = [], [], [], []
-            cpu.clear()
-            for _ in range(args.repeat):
-                dl = round_trips(echo, args.rtts)
-                c0 = [_cpu(p.pid) for p in procs[1:]]
-                vl = round_trips(v_echo, args.rtts)
-                cpu.append([_cpu(p.pid) - c for p, c in zip(procs[1:], c0)])
-                dms.append(statistics.mean(dl) * 1e6)
-                vms.append(statistics.mean(vl) * 1e6)
-                dps.append(statistics.median(dl) * 1e6)
-                vps.append(statistics.median(vl) * 1e6)
-            dm, vm = statistics.median(dms), statistics.median(vms)
-            dp, vp = statistics.median(dps), statistics.median(vps)
-            added_m = statistics.median(v - d for d, v in zip(dms, vms))
-            added_p = statistics.median(v - d for d, v in zip(dps, vps))
-            fwd_us = statistics.median(c[0] for c in cpu) / (args.rtts + 200) * 1e6
-            host_us = statistics.median(c[1] for c in cpu) / (args.rtts + 200) * 1e6
-            notes.append(
-                f"CPU per proxied round trip: forwarder {fwd_us:.0f} us, host {host_us:.0f} us"
-            )
-            rows.append(
-                (
-                    f"64-byte round trip, mean ({args.rtts})",
-                    f"{dm:.0f} us",
-                    f"{vm:.0f} us",
-                    f"+{added_m:.0f} us",
-                )
-            )
-            rows.append(
-                (
-                    f"64-byte round trip, median ({args.rtts})",
-                    f"{dp:.0f} us",
-                    f"{vp:.0f} us",
-                    f"+{added_p:.0f} us",
-                )
-            )
+            _rtt(args, echo, v_echo, procs, cpu, rows, notes)
         print(f"# load after: {open('/proc/loadavg').read().strip()}")
         print(
             "| measurement | direct loopback | through vpnkit-host -> vpnkit-forwarder | ratio / added |"
         )
         print("|---|---|---|---|")
-        for r in rows:
-            print("| " + " | ".join(r) + " |")
-        for n in notes:
-            print(n)
+        for line in ["| " + " | ".join(r) + " |" for r in rows] + notes:
+            print(line)
     finally:
-        for p in reversed(procs):
-            p.send_signal(2 if args.profile else 15)
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        _stop(procs, 2 if args.profile else 15)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -68,7 +68,7 @@ def proc_run_time(pid: int) -> float:
 def free_port() -> int:
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
+    port: int = s.getsockname()[1]
     s.close()
     return port
 
@@ -151,7 +151,7 @@ def receiver(args: argparse.Namespace) -> None:
             model, counter = make_sink(fabric)
         counters.append(counter)
         link = makeControllerLink(
-            reactor, [f"tcp:127.0.0.1:{args.port}"], f"rx{args.index}-{i}", fabric, model
+            reactor, [f"tcp:127.0.0.1:{args.port}"], f"rx{args.index}-{i}", fabric, model  # type: ignore[arg-type]
         )
         link.localRouteAdded(
             LocalRouteInfo("p", "vm", vn, vrf, "", f"10.254.{args.index}.{i}", None, 16, fabric)
@@ -165,7 +165,7 @@ def receiver(args: argparse.Namespace) -> None:
             print("READY", flush=True)
 
     for link in links:
-        link.whenReady().addCallback(ready)
+        link.when_ready().addCallback(ready)
 
     first: list[float] = []
 
@@ -322,7 +322,7 @@ def components(n: int) -> dict[str, float]:
             sessions.append(s)
         clock.advance(1)
         for s in sessions:
-            s.transport.clear()
+            s.transport.clear()  # type: ignore[union-attr]
         t = time.process_time()
         for i in range(0, len(wire), 65536):
             sessions[0].dataReceived(wire[i : i + 65536])
@@ -456,7 +456,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
             LocalRouteInfo("p0", "vm0", vn, vrf, "", "10.253.0.1", None, 16, "127.0.0.2")
         )
         link.startService()
-        await link.whenReady()
+        await link.when_ready()
         await task.deferLater(reactor, 0.5, lambda: None)
         mac = args.evpn
         t0 = time.time()
@@ -496,7 +496,12 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     def stop(_: Any) -> None:
         reactor.stop()
 
-    defer.ensureDeferred(publish()).addBoth(lambda r: (print(r) if r else None, stop(r)))
+    def done(r: object) -> None:
+        if r:
+            print(r)
+        stop(r)
+
+    defer.ensureDeferred(publish()).addBoth(done)
     reactor.run()
     for k in kids:
         k.terminate()
@@ -506,10 +511,26 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     return result
 
 
-async def _readline(reactor: Any, proc: subprocess.Popen) -> str:
+async def _readline(reactor: Any, proc: subprocess.Popen[str]) -> str:
     from twisted.internet import threads
 
-    return await threads.deferToThread(proc.stdout.readline)  # type: ignore[no-any-return]
+    return await threads.deferToThread(proc.stdout.readline)  # type: ignore[union-attr]
+
+
+def _wait_agent(run_dir: str, rest: int) -> None:
+    """Until the agent's datapath socket exists and its REST port answers (30 s at most)."""
+    import urllib.error
+    import urllib.request
+
+    for _ in range(300):
+        if os.path.exists(os.path.join(run_dir, "dpdk_netlink")):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{rest}/port/x", timeout=2)
+            except urllib.error.HTTPError:
+                return
+            except OSError:
+                pass
+        time.sleep(0.1)
 
 
 def datapath_run(args: argparse.Namespace) -> dict[str, float]:
@@ -543,15 +564,7 @@ def datapath_run(args: argparse.Namespace) -> dict[str, float]:
          "receiver", "--no-tap-check", "--flow-entries", "1024", "--bridge-entries", "32768"],
         cwd=tmp, stdout=open(os.path.join(tmp, "agent.log"), "wb"), stderr=subprocess.STDOUT)
     try:
-        for _ in range(300):
-            if os.path.exists(os.path.join(run_dir, "dpdk_netlink")):
-                try:
-                    urllib.request.urlopen(f"http://127.0.0.1:{rest}/port/x", timeout=2)
-                except urllib.error.HTTPError:
-                    break
-                except OSError:
-                    pass
-            time.sleep(0.1)
+        _wait_agent(run_dir, rest)
         vn = "11111111-1111-1111-1111-111111111111"
         body = {"id": "00000000-0000-0000-0000-00000000aaaa", "instance-id":
                 "00000000-0000-0000-0000-00000000bbbb", "vn-id": vn, "vm-project-id":
@@ -591,7 +604,7 @@ def datapath_run(args: argparse.Namespace) -> dict[str, float]:
             link.localRouteAdded(LocalRouteInfo("p0", "vm0", vn, vrf, "", "10.253.0.1", None,
                                                 16, "127.0.0.2"))
             link.startService()
-            await link.whenReady()
+            await link.when_ready()
             await task.deferLater(reactor, 1.0, lambda: None)
             _phase("start")
             cpu0 = proc_cpu(agent.pid), proc_cpu(cn.pid), time.process_time()
@@ -635,8 +648,12 @@ def datapath_run(args: argparse.Namespace) -> dict[str, float]:
             result["routes/s"] = args.routes / (t_end - t0)
             await link.stopService()
 
-        defer.ensureDeferred(publish()).addBoth(
-            lambda r: (print(r) if r else None, reactor.stop()))
+        def done(r: object) -> None:
+            if r:
+                print(r)
+            reactor.stop()
+
+        defer.ensureDeferred(publish()).addBoth(done)
         reactor.run()
         ks.close()
         return result
@@ -678,7 +695,7 @@ def main() -> None:
     args = p.parse_args()
     if args.mode == "receiver":
         if not args.default_gc:
-            from vrtwist.agent.tap import tune_gc
+            from vrtwist._process import tune_gc
 
             tune_gc()  # receivers stand in for agent daemons too
         receiver(args)
@@ -690,7 +707,7 @@ def main() -> None:
         return
     if args.mode == "components":
         if args.daemon_gc:
-            from vrtwist.agent.tap import tune_gc
+            from vrtwist._process import tune_gc
 
             tune_gc()
         for k, v in components(args.routes).items():
@@ -699,7 +716,7 @@ def main() -> None:
     if not args.default_gc:
         # the publisher stands in for an agent daemon, which runs with these thresholds
         # (``twistd vrouter`` and ``vrouter-control`` call the same function)
-        from vrtwist.agent.tap import tune_gc
+        from vrtwist._process import tune_gc
 
         tune_gc()
     res = datapath_run(args) if args.mode == "datapath" else run(args)

@@ -227,8 +227,8 @@ class ListenerAsNobodyTests(TestCase):
         self.assertEqual(_mode(path), OWNER_MODE)
         self.assertEqual(connect_as_nobody(path), "EACCES")
         proto = await UNIXClientEndpoint(reactor, path).connect(Factory.forProtocol(Protocol))
-        self.assertTrue(proto.transport.connected)  # type: ignore[union-attr]
-        proto.transport.loseConnection()  # type: ignore[union-attr]
+        self.assertTrue(proto.transport.connected)
+        proto.transport.loseConnection()
 
     async def test_group_member_served_others_refused(self) -> None:
         """``--socket-group``: a member of that group connects, a non-member does not."""
@@ -346,8 +346,8 @@ class DaemonListenerTests(SynchronousTestCase):
             forwarder_tap.Options().parseOptions(
                 ["--data-listen", "/x/d.sock", "--socket-group", "ac-no-such-group-xyz"])
         with self.assertRaises(usage.UsageError):
-            vspc_tap.makeService(  # type: ignore[arg-type]
-                {**_parsed(vspc_tap.Options(), []), "socket-group": "ac-no-such-group-xyz"},
+            vspc_tap.makeService(
+                {**_parsed(vspc_tap.Options(), []), "socket-group": "ac-no-such-group-xyz"},  # type: ignore[arg-type]
                 MemoryReactorClock())
 
 

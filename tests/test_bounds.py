@@ -187,7 +187,7 @@ class GuardTests(SynchronousTestCase):
 
     def test_refusing_inner_factory(self) -> None:
         class No(Factory):
-            def buildProtocol(self, addr: object) -> None:  # type: ignore[override]
+            def buildProtocol(self, addr: object) -> None:
                 return None
 
         f = BoundedFactory(No(), MemoryReactorClock(), ConnectionLimits())

@@ -241,7 +241,7 @@ class SeamOwnershipTests(SynchronousTestCase):
         for name in ("IRequestHandler", "IBridgeRoutes", "IDatapath"):
             self.assertIs(getattr(dp, name), getattr(ks, name))
         for name in ("IFrameOutput", "IPacketTrap", "IPacketPipeline"):
-            self.assertTrue(dp.__dict__[name].isOrExtends(dp.Interface))
+            self.assertTrue(dp.__dict__[name].isOrExtends(dp.__dict__["Interface"]))
 
 
 def _assigned(path: Path) -> set[str]:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -22,7 +23,7 @@ DAEMONS = ("vrouter", "vrouter-dp", "vrouter-control", "vpnkit-forwarder", "vpnk
            "vspc", "vsock-relay")
 
 
-def server_options(*argv: str) -> dict:
+def server_options(*argv: str) -> dict[str, Any]:
     from twisted.scripts._twistd_unix import ServerOptions
 
     config = ServerOptions()

@@ -28,15 +28,7 @@ TWISTED_INTERFACES = ("twisted.internet.interfaces", "twisted.application.servic
                       "twisted.web.iweb", "twisted.plugin", "twisted.application.internet")
 
 #: Classes still breaking the rule (camelCase methods no interface asks for), by module.
-#: ``vic/vspc.py`` and ``agent/ksync_sync.py`` are being split by another change and are
-#: renamed after it; the XMPP session's hooks (``stanzaReceived``...) and the controller
-#: link's callbacks from its sessions (``sessionReady``...) want an interface of their own.
-LEFT: dict[str, set[str]] = {
-    "vrtwist.agent.ksync_sync": {"DatapathSync", "KsyncSynchroniser", "LocalSynchroniser"},
-    "vrtwist.vic.vspc": {"SerialPort", "VSPCConfig", "VSPCConnection"},
-    "vrtwist.xmpp.agent_link": {"ControllerLink"},
-    "vrtwist.xmpp.session": {"XmppSession"},
-}
+LEFT: dict[str, set[str]] = {}
 
 
 def _modules() -> list[ModuleType]:

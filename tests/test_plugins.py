@@ -31,7 +31,7 @@ class PluginDiscoveryTests(SynchronousTestCase):
         makers = {p.tapname: p for p in getPlugins(IServiceMaker, twisted.plugins)}
         for name, module in EXPECTED.items():
             self.assertIn(name, makers)
-            self.assertEqual(makers[name].module, module)
+            self.assertEqual(makers[name].module, module)  # type: ignore[attr-defined]
 
     def test_every_tap_module_has_options_and_makeService(self) -> None:
         for module in EXPECTED.values():

@@ -47,7 +47,7 @@ class TransportCase(SynchronousTestCase):
         proto = Recorder()
         memory = MemoryReactor()
         if kind == "unix":
-            port = unix.Port("unused", Factory(), reactor=memory)
+            port = unix.Port("unused", Factory(), reactor=memory)  # type: ignore[arg-type]
             t: Any = unix.Server(a, proto, None, port, 0, memory)
         else:
             t = tcp.Connection(a, proto, memory)
@@ -307,7 +307,7 @@ class BoundUnixPathTests(SynchronousTestCase):
 
         d = tempfile.mkdtemp(prefix="hc-")
         path = os.path.join(d, "l.sock")
-        port = unix.Port(path, Factory(), reactor=MemoryReactor())
+        port = unix.Port(path, Factory(), reactor=MemoryReactor())  # type: ignore[arg-type]
         port.startListening()
         self.addCleanup(os.rmdir, d)
         self.addCleanup(os.unlink, path)

@@ -14,7 +14,7 @@ import sys
 
 from twisted.trial.unittest import SkipTest
 
-__all__ = ["as_nobody", "connect_as_nobody", "open_as_nobody", "need_root", "world_traversable"]
+__all__ = ["as_nobody", "connect_as_nobody", "need_root", "open_as_nobody", "world_traversable"]
 
 _SNIPPET = r"""
 import errno, os, socket, sys

@@ -53,7 +53,7 @@ class DaemonService(MultiService):
 
     def stopService(self) -> Deferred[object]:
         """Stop the children, then give the collector its thresholds back."""
-        d = super().stopService()
+        d: Deferred[object] = super().stopService()
         if self._savedThresholds is not None:
             gc.set_threshold(*self._savedThresholds)
             self._savedThresholds = None
@@ -262,7 +262,7 @@ def check_endpoint(description: str, option: str, *, client: bool = False) -> No
 
     try:
         (clientFromString if client else serverFromString)(reactor, description)
-    except Exception as e:  # ValueError, KeyError, TypeError, OSError (ssl: key files)
+    except Exception as e:  # noqa: BLE001 - plugins' parsers raise anything: usage errors
         raise usage.UsageError(f"--{option} {description}: {_parse_error(e)}") from None
 
 

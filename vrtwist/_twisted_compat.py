@@ -23,22 +23,22 @@ from twisted.internet.protocol import ClientFactory
 from twisted.python.failure import Failure
 
 __all__ = [
-    "HAS_WRITE_STATE",
     "HAS_CLOSE_WRITE",
     "HAS_SENDMSG_MIXIN",
     "HAS_WRAPPING_FACTORY",
-    "nothing_queued",
-    "write_idle",
-    "write_closed",
+    "HAS_WRITE_STATE",
+    "bound_unix_path",
+    "client_wrapping_factory",
     "close_write_now",
     "disconnector",
-    "plain_unix_reads",
+    "nothing_queued",
     "override_io",
+    "plain_socket",
+    "plain_unix_reads",
     "restore_io",
     "set_exit_signal",
-    "client_wrapping_factory",
-    "plain_socket",
-    "bound_unix_path",
+    "write_closed",
+    "write_idle",
 ]
 
 # -- probes ---------------------------------------------------------------------------
@@ -195,7 +195,7 @@ class _PublicWrappingFactory(ClientFactory):
     def buildProtocol(self, addr: Any) -> Any:
         try:
             proto = self._wrappedFactory.buildProtocol(addr)
-        except BaseException:
+        except BaseException:  # noqa: BLE001 - as Twisted's wrapper: to the Deferred
             self._onConnection.errback()
             return None
         if proto is None:

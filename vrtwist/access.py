@@ -27,16 +27,16 @@ import socket
 from typing import Any
 
 __all__ = [
-    "OWNER_MODE",
     "GROUP_MODE",
+    "OWNER_MODE",
     "SOCKET_GROUP_OPTION",
     "SocketAccess",
     "bind_unix",
+    "create_private",
     "is_filesystem_path",
     "open_after_bind",
-    "restrict_before_bind",
-    "create_private",
     "private_dir",
+    "restrict_before_bind",
 ]
 
 #: Mode of a socket (or private file) only its owner may use.

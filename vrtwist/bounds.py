@@ -41,13 +41,13 @@ from vrtwist.logfields import Logger
 
 __all__ = [
     "HTTP_LIMITS",
-    "bounded_site",
-    "ConnectionLimits",
-    "ConnectionGuard",
-    "IFrameProgress",
-    "Ticket",
     "BoundedFactory",
     "BoundedProtocol",
+    "ConnectionGuard",
+    "ConnectionLimits",
+    "IFrameProgress",
+    "Ticket",
+    "bounded_site",
 ]
 
 
@@ -73,7 +73,7 @@ class IFrameProgress(Interface):
     """A framed protocol says how far its reader is, so the guard can tell a peer that is
     slowly finishing a frame from one that is streaming frames."""
 
-    def frameProgress() -> tuple[int, int]:  # type: ignore[misc]
+    def frameProgress() -> tuple[int, int]:
         """(frames completed so far, bytes held of the frame in progress)."""
 
 
@@ -81,8 +81,18 @@ class Ticket:
     """One tracked connection: call :meth:`received` after each read, :meth:`release`
     when the connection is lost."""
 
-    __slots__ = ("guard", "abort", "opened", "last", "frames", "frame_started",
-                 "established", "timer", "released", "__weakref__")  # fmt: skip
+    __slots__ = (
+        "__weakref__",
+        "abort",
+        "established",
+        "frame_started",
+        "frames",
+        "guard",
+        "last",
+        "opened",
+        "released",
+        "timer",
+    )  # fmt: skip
 
     def __init__(self, guard: ConnectionGuard, abort: Callable[[str], None], now: float) -> None:
         self.guard = guard

@@ -15,7 +15,7 @@ from typing import Any
 from twisted.logger import Logger as _TwistedLogger
 from twisted.logger import LogLevel
 
-__all__ = ["MAX_FIELD", "bounded", "Logger"]
+__all__ = ["MAX_FIELD", "Logger", "bounded"]
 
 #: Characters of one text field kept in a log event.
 MAX_FIELD = 300

@@ -14,18 +14,18 @@ stdout, ``--syslog`` goes to syslog, an explicit ``--logger`` wins, SIGUSR1 rota
 from __future__ import annotations
 
 import signal
-from typing import Any
+from typing import Any, ClassVar
 
 from twisted.logger import ILogObserver, textFileLogObserver
 from twisted.python import usage
 from twisted.python.logfile import LogFile
 
 __all__ = [
-    "DEFAULT_LOG_SIZE",
     "DEFAULT_LOG_FILES",
-    "rotating_observer",
+    "DEFAULT_LOG_SIZE",
     "configured_observer",
     "install_rotating_log",
+    "rotating_observer",
     "with_log_options",
 ]
 
@@ -93,7 +93,7 @@ def with_log_options(options: type[usage.Options]) -> type[usage.Options]:
     """``options`` plus ``--log-size``/``--log-files``, installing the bounded log file."""
 
     class Options(options):  # type: ignore[valid-type, misc]
-        optParameters = [
+        optParameters: ClassVar[list[list[Any]]] = [
             ["log-size", None, DEFAULT_LOG_SIZE, "rotate the log file at this many bytes",
              _positive("--log-size")],
             ["log-files", None, DEFAULT_LOG_FILES, "rotated log files kept",

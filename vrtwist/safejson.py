@@ -15,7 +15,7 @@ import re
 from itertools import accumulate, repeat
 from typing import Any
 
-__all__ = ["JsonInputError", "MAX_DEPTH", "decode_json", "check_text"]
+__all__ = ["MAX_DEPTH", "JsonInputError", "check_text", "decode_json"]
 
 #: deepest nesting accepted; the port, VM and gateway bodies use 3 levels at most
 MAX_DEPTH = 32

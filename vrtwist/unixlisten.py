@@ -84,12 +84,12 @@ class _RestrictedPort(_TwistedUNIXPort):
         self._gid = gid
 
     def createInternetSocket(self) -> socket.socket:
-        skt: socket.socket = super().createInternetSocket()  # type: ignore[no-untyped-call]
+        skt: socket.socket = super().createInternetSocket()
         restrict_before_bind(skt)
         return skt
 
     def startListening(self) -> None:
-        super().startListening()  # type: ignore[no-untyped-call]
+        super().startListening()
         path = bound_unix_path(self)
         if is_filesystem_path(path):
             try:
@@ -154,7 +154,7 @@ def listen_endpoint(
     (it is an explicit choice), still applied without a umask window.
     """
     description = with_backlog(description, backlog)
-    ep = serverFromString(reactor, description)
+    ep: IStreamServerEndpoint = serverFromString(reactor, description)
     if not isinstance(ep, UNIXServerEndpoint):
         return ep
     explicit = _EXPLICIT_MODE.search(description)

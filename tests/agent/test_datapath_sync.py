@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
@@ -26,10 +27,11 @@ from vrtwist.datapath.dispatcher import Datapath
 OTHER_VN = "77777777-5553-4e6a-b87f-8423afc21e9d"
 
 
-def route(dp: Datapath, vrf: int, addr: str, plen: int) -> object:
+def route(dp: Datapath, vrf: int | None, addr: str, plen: int) -> Any:
+    """The route entry (None: not there; nor for a VRF that is None)."""
     ip = ipaddress.ip_address(addr)
     fam = C.AF_INET if ip.version == 4 else C.AF_INET6
-    table = dp.routes.vrfs.get((fam, vrf))
+    table = dp.routes.vrfs.get((fam, vrf)) if vrf is not None else None
     if table is None:
         return None
     for bucket in table.by_len.values():
@@ -37,6 +39,13 @@ def route(dp: Datapath, vrf: int, addr: str, plen: int) -> object:
             if entry.plen == plen and entry.prefix == int(ip):
                 return entry
     return None
+
+
+def port_ids(model: DatapathModel, uuid: str) -> dict[str, int]:
+    """The ids of a port that the test has just added."""
+    ids = model.port_ids(uuid)
+    assert ids is not None, uuid
+    return ids
 
 
 class ProgrammingTests(SynchronousTestCase):
@@ -55,7 +64,7 @@ class ProgrammingTests(SynchronousTestCase):
                                                            "ip6-address": "fd00::1"})
         self.assertEqual(self.agent.call("POST", "/port", b), (200, {}))
         self.assertEqual(self.agent.sync.errors, {})
-        ids = self.agent.model.port_ids(b["id"])
+        ids = port_ids(self.agent.model, b["id"])
         assert ids is not None
         vif = self.dp.tables.interfaces[ids["vif"]]
         # a VM vif carries the VRRP MAC, which the datapath answers the VM's ARP with
@@ -99,7 +108,7 @@ class ProgrammingTests(SynchronousTestCase):
     def test_one_vrf_per_virtual_network(self) -> None:
         a, b, c = port_body(1), port_body(2), port_body(3, vn=OTHER_VN)
         self.agent.call("POST", "/port", [a, b, c])
-        ids = [self.agent.model.port_ids(x["id"]) for x in (a, b, c)]
+        ids = [port_ids(self.agent.model, x["id"]) for x in (a, b, c)]
         self.assertEqual(ids[0]["vrf"], ids[1]["vrf"])
         self.assertNotEqual(ids[0]["vrf"], ids[2]["vrf"])
         self.assertEqual(self.agent.model.vrf_id_of(VN), ids[0]["vrf"])
@@ -132,6 +141,7 @@ class ProgrammingTests(SynchronousTestCase):
         self.agent.call("POST", "/port", a)
         vrf_name = m.vrfNames()[0]
         vrf = m.vrf_id_of(VN)
+        assert vrf is not None
         m.addRemoteRoute(vrf_name, "10.9.0.1", 32, "192.0.2.2", 40, mac="02:00:00:00:09:01")
         m.addRemoteRoute(vrf_name, "10.9.0.2", 32, "192.0.2.2", 41, encap="udp")
         m.addRemoteRoute(vrf_name, "10.9.1.0", 24, "192.0.2.3", 42, encap="gre")
@@ -163,11 +173,11 @@ class ProgrammingTests(SynchronousTestCase):
         m.fabric_ip = "192.0.2.1"
         a, b = port_body(1), port_body(2)
         self.agent.call("POST", "/port", [a, b])
-        ids = m.port_ids(a["id"])
+        ids = port_ids(m, a["id"])
         nh = self.dp.tables.vxlan[ids["label"]]
         self.assertEqual((nh.type, nh.family, nh.vrf), (C.NH_VRF_TRANSLATE, C.AF_BRIDGE,
                                                          ids["vrf"]))
-        self.assertIs(self.dp.tables.vxlan[m.port_ids(b["id"])["label"]], nh)
+        self.assertIs(self.dp.tables.vxlan[port_ids(m, b["id"])["label"]], nh)
         m.addRemoteRoute(m.vrfNames()[0], "10.9.0.1", 32, "192.0.2.2", 40, encap="vxlan")
         tunnel = route(self.dp, ids["vrf"], "10.9.0.1", 32).nh
         self.assertTrue(tunnel.flags & C.NH_FLAG_TUNNEL_VXLAN and tunnel.flags & C.NH_FLAG_L3_VXLAN)
@@ -200,7 +210,7 @@ class RestartTests(SynchronousTestCase):
         bodies = [port_body(i, plen=24, gateway="10.0.0.254") for i in range(1, 6)]
         bodies.append(port_body(9, vn=OTHER_VN))
         first.call("POST", "/port", bodies)
-        ids = {b["id"]: first.model.port_ids(b["id"]) for b in bodies}
+        ids = {b["id"]: port_ids(first.model, b["id"]) for b in bodies}
         dp = first.datapath
         objects_before = (dict(dp.tables.interfaces), dict(dp.tables.nexthops))
 
@@ -262,10 +272,10 @@ class RestartTests(SynchronousTestCase):
         a, b = port_body(1), port_body(2)
         first.call("POST", "/port", [a, b])
         dp = first.datapath
-        gone_vif = first.model.port_ids(b["id"])["vif"]
+        gone_vif = port_ids(first.model, b["id"])["vif"]
         # b's file disappears while the agent is down; a's route is lost from the datapath
         first.store.remove(b["id"])
-        ida = first.model.port_ids(a["id"])
+        ida = port_ids(first.model, a["id"])
         dp.routes.delete({"rtr_family": C.AF_INET, "rtr_vrf_id": ida["vrf"],
                           "rtr_prefix": list(ipaddress.ip_address(a["ip-address"]).packed),
                           "rtr_prefix_len": 32, "rtr_nh_id": 0})
@@ -325,7 +335,6 @@ def _restarted(state_dir: str, dp: Datapath) -> _Restarted:
     counting = _CountingChannel(dp, agent)
     agent.sync.channel = counting
     done: list[object] = []
-    agent.sync.adopt_deferred = None
     from twisted.internet.defer import Deferred
 
     Deferred.fromCoroutine(agent.sync.adopt()).addBoth(done.append)
@@ -346,7 +355,7 @@ class _CountingChannel(LocalChannel):
         super().__init__(dp)
         self.agent = agent
 
-    def request(self, msg: object):  # type: ignore[override]
+    def request(self, msg: object) -> Deferred[list[Any]]:
         if getattr(msg, "h_op", None) in (C.OP_ADD, C.OP_DEL):
             self.agent.writes += 1
         return super().request(msg)
@@ -359,11 +368,9 @@ class _QueuedChannel:
 
     def __init__(self, dp: Datapath) -> None:
         self.local = LocalChannel(dp)
-        self.queue: list[tuple[object, object]] = []
+        self.queue: list[tuple[object, Deferred[object]]] = []
 
-    def request(self, msg: object):  # type: ignore[no-untyped-def]
-        from twisted.internet.defer import Deferred
-
+    def request(self, msg: object) -> Deferred[object]:
         d: Deferred[object] = Deferred()
         self.queue.append((msg, d))
         return d
@@ -372,7 +379,7 @@ class _QueuedChannel:
         n = 0
         while self.queue:
             msg, d = self.queue.pop(0)
-            self.local.request(msg).addCallback(d.callback)  # type: ignore[attr-defined]
+            self.local.request(msg).addCallback(d.callback)
             n += 1
         return n
 
@@ -392,9 +399,9 @@ class PipelineTests(SynchronousTestCase):
         model.portAdded(b)
         model.portDeleted(a)  # before any reply came back
         flushed: list[object] = []
-        sync.whenFlushed().addCallback(flushed.append)
+        sync.when_flushed().addCallback(flushed.append)
         idle: list[object] = []
-        sync.whenIdle().addCallback(idle.append)
+        sync.when_idle().addCallback(idle.append)
         for _ in range(50):
             if not channel.run():
                 break
@@ -448,9 +455,9 @@ class _RecordingChannel(LocalChannel):
 
     def __init__(self, datapath: Datapath) -> None:
         super().__init__(datapath)
-        self.sent: list[object] = []
+        self.sent: list[Any] = []
 
-    def request(self, msg: object) -> object:  # type: ignore[override]
+    def request(self, msg: object) -> Deferred[list[Any]]:
         self.sent.append(msg)
         return super().request(msg)
 
@@ -464,13 +471,13 @@ class CoveringRouteTests(SynchronousTestCase):
         self.rec = _RecordingChannel(self.dp)
         self.agent.sync.attach(self.rec)
 
-    def route_dels(self, addr: str, plen: int) -> list[object]:
+    def route_dels(self, addr: str, plen: int) -> list[Any]:
         raw = ipaddress.ip_address(addr).packed
         return [m for m in self.rec.sent if type(m).__name__ == "vr_route_req"
                 and m.h_op == C.OP_DEL and bytes(x & 0xFF for x in m.rtr_prefix) == raw
                 and m.rtr_prefix_len == plen]
 
-    def lookup(self, vrf: int, addr: str) -> dict[str, object]:
+    def lookup(self, vrf: int | None, addr: str) -> dict[str, object]:
         return self.dp.routes.get({"rtr_family": C.AF_INET, "rtr_vrf_id": vrf,
                                    "rtr_prefix": ipaddress.ip_address(addr).packed})
 
@@ -647,11 +654,11 @@ class ScheduledKickTests(SynchronousTestCase):
         started, sent = sync.flight.started, sync.requests_sent
         flushed: list[object] = []
         model.portAdded(port_from_json(port_body(1)))
-        sync.whenFlushed().addCallback(flushed.append)
+        sync.when_flushed().addCallback(flushed.append)
         model.portAdded(port_from_json(port_body(2)))
         self.assertEqual((sync.requests_sent, flushed), (sent, []))  # nothing until the turn ends
         idle: list[object] = []
-        sync.whenIdle().addCallback(idle.append)
+        sync.when_idle().addCallback(idle.append)
         clock.advance(0)
         self.assertEqual(sync.flight.started - started, 1)
         self.assertEqual((flushed, idle, sync.errors), ([None], [None], {}))
@@ -704,7 +711,7 @@ class IpamSubnetTests(SynchronousTestCase):
         self.agent.call("POST", "/port", [a, b])
         m = self.agent.model
         vrf = m.vrf_id_of(VN)
-        ids = m.port_ids(a["id"])
+        ids = port_ids(m, a["id"])
         self.assertIsNone(route(self.dp, vrf, "10.0.0.0", 24))
         self.subnets[VN] = [{"prefix": "10.0.0.0", "plen": 24, "gateway": "10.0.0.1",
                              "dns": ""}]

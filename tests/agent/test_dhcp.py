@@ -101,7 +101,7 @@ class OfferTests(SynchronousTestCase):
         """INFORM: ACK with yiaddr 0 and no lease time."""
         reply = server().handle(3, request(8, ciaddr=bytes((10, 1, 1, 3)), flags=D.BROADCAST_FLAG))
         assert reply is not None
-        eth, ip, msg, order = reply_of(reply)
+        eth, _ip, msg, order = reply_of(reply)
         self.assertEqual(msg.yiaddr, bytes(4))
         self.assertNotIn(51, order)
         self.assertEqual(eth.dst, VM_MAC)

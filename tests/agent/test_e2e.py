@@ -72,7 +72,7 @@ class EmbeddedAgentTests(TestCase):
                           any(v[0] == "tapv1" for v in s["vifs"].values()) and
                           s["routes"] and s["bridge"] and s, "the port in the datapath")
         idx = next(i for i, v in snap["vifs"].items() if v[0] == "tapv1")
-        name, vrf, nh = snap["vifs"][idx]
+        _name, vrf, nh = snap["vifs"][idx]
         self.assertEqual(snap["nhs"][nh][3], idx)  # interface NH points at the vif
         label = next(lbl for lbl, n in snap["labels"].items() if n == nh)
         self.assertEqual(snap["routes"][(vrf, bytes([10, 0, 0, 1]), 32)], (nh, label))
@@ -340,7 +340,7 @@ class WireFormatTests(TestCase):
             r = conn.getresponse()
             raw = r.read()
             self.assertEqual(r.getheader("Content-Type"), "application/json; charset=UTF-8")
-            self.assertEqual(int(r.getheader("Content-Length")), len(raw))
+            self.assertEqual(int(r.getheader("Content-Length") or ""), len(raw))
             self.assertIsNone(r.getheader("Transfer-Encoding"))
         # a body announced larger than the limit is refused before it is sent
         import socket

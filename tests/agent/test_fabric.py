@@ -258,7 +258,7 @@ class TunnelParseTests(SynchronousTestCase):
     def test_bad_tunnel_packets_are_malformed(self) -> None:
         routes = self.routes()
         hdr = AgentHeader(0, 1, K.AGENT_TRAP_FLOW_MISS, 5, 3)
-        flows = FlowSetup(routes, lambda req: None, lambda: 0.0,  # type: ignore[arg-type,return-value]
+        flows = FlowSetup(routes, lambda req: None, lambda: 0.0,  # type: ignore[arg-type]
                           fabric=lambda: (0, _ip("192.0.2.1")))
         for frame in (_outer(17, _udp(6635, b"\x00\x01")),  # label cut
                       _outer(17, _udp(6635, (20 << 12).to_bytes(4, "big") * 3 + INNER)),
@@ -327,7 +327,7 @@ class TwoNodeTests(SynchronousTestCase):
             vrf = here.model.vrfNames()[0]
             ids = there.model.port_ids(there.ports[0].id)
             assert ids is not None
-            here.model.addRemoteRoute(vrf, there.ports[0].ip_address, 32, there.fabric_ip,
+            here.model.addRemoteRoute(vrf, there.ports[0].ip_address, 32, there.fabric_ip,  # type: ignore[arg-type]
                                       ids["label"], encap=encap)
             here.resolver.wanted(here.model.tunnel_destinations())
 
@@ -335,8 +335,8 @@ class TwoNodeTests(SynchronousTestCase):
         a, b = self.a, self.b
         self.learn(encap)
         self.pump()  # ARP requests and the datapath's proxy answers
-        self.assertEqual(a.resolver.macs, {"192.0.2.2": MAC_B})
-        self.assertEqual(b.resolver.macs, {"192.0.2.1": MAC_A})
+        self.assertEqual(a.resolver.macs, {"192.0.2.2": MAC_B})  # type: ignore[attr-defined]
+        self.assertEqual(b.resolver.macs, {"192.0.2.1": MAC_A})  # type: ignore[attr-defined]
         vm1 = a.vif_of(1)
         echo = icmp_echo(bytes.fromhex("020000000001"), "10.1.1.3", "10.1.1.5")
         a.world.pipeline.receive(vm1, echo)  # flow miss on A: set up, released

@@ -28,7 +28,7 @@ class Loop:
     """A client and the ksync server of a dispatcher, back to back on StringTransports;
     replies arrive only when ``pump()`` is called, as over a socket."""
 
-    def __init__(self, client: KsyncClientProtocol, dispatcher: Any = None) -> None:
+    def __init__(self, client: Any, dispatcher: Any = None) -> None:
         self.server = KsyncServerProtocol(dispatcher or MemoryDispatcher())
         self.client = client
         self.st, self.ct = StringTransport(), StringTransport()
@@ -148,7 +148,7 @@ class SyncOverBunchesTests(SynchronousTestCase):
         self.assertLessEqual(sync.flight.in_flight, 2 * BUNCH + BUNCH)
         sent_before = self.channel.bunches
         idle: list[object] = []
-        sync.whenIdle().addCallback(idle.append)
+        sync.when_idle().addCallback(idle.append)
         self.loop.pump()
         self.assertEqual(idle, [None])
         self.assertGreater(self.channel.bunches, sent_before)

@@ -95,6 +95,7 @@ class PortValidationTests(SynchronousTestCase):
         self.assertEqual(len(cm.exception.problems), 2)
 
     def test_not_an_object(self) -> None:
+        body: object
         for body in ([], "x", 1, None):
             self.assertRaises(PortValidationError, port_from_json, body)
 

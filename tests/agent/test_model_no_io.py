@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -17,7 +18,7 @@ def _fail(name: str) -> bytes | None:
 
 
 class ModelNoIoTests(SynchronousTestCase):
-    def fabric(self, model: DatapathModel) -> dict[str, object]:
+    def fabric(self, model: DatapathModel) -> dict[str, Any]:
         return model.desired[(VIF, model.fabric_vif)][1]
 
     def test_constructor_reads_no_mac(self) -> None:

@@ -191,7 +191,7 @@ class EndToEndTests(SynchronousTestCase):
         """Port up: the gateway and DNS are announced three times, 2 s apart."""
         n = self.node
         sent: list[tuple[int, int, bytes]] = []
-        ann = Announcer(n.clock, lambda vif, vrf, f: sent.append((vif, vrf, f)) or True)
+        ann = Announcer(n.clock, lambda vif, vrf, f: sent.append((vif, vrf, f)) or True)  # type: ignore[func-returns-value]
         vm = n.vm_port(n.vif_of(1))
         assert vm is not None
         ann.port_up(vm)

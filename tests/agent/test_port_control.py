@@ -56,13 +56,13 @@ class PortControlTests(TestCase):
         self.assertEqual((body["type"], body["rx-vlan-id"], body["tx-vlan-id"]), (2, 5, 6))
         self.assertEqual(body["ip6-address"], None)  # not given: null, as the real script
         port = agent.table.get(b["id"])
-        self.assertEqual((port.rx_vlan_id, port.ip6_address), (5, None))
+        self.assertEqual((port.rx_vlan_id, port.ip6_address), (5, None))  # type: ignore[union-attr]
         ns = args_for(self.port, d, b)
         ns.oper = "disable"
         self.assertEqual((await self.run_pc(ns))[0], 0)
         with open(os.path.join(d, b["id"])) as f:
             self.assertEqual(json.load(f)["link-state"], 0)
-        self.assertEqual(agent.table.get(b["id"]).link_state, 0)
+        self.assertEqual(agent.table.get(b["id"]).link_state, 0)  # type: ignore[union-attr]
         ns.oper = "delete"
         self.assertEqual((await self.run_pc(ns))[0], 0)
         self.assertFalse(os.path.exists(os.path.join(d, b["id"])))
@@ -89,7 +89,7 @@ class PortControlTests(TestCase):
                                                "10.7.0.1", "--dns_server", "10.7.0.2"))
         self.assertEqual(code, 0, out)
         port = agent.table.get(b["id"])
-        self.assertEqual((port.plen, port.gateway, port.dns_server), (24, "10.7.0.1", "10.7.0.2"))
+        self.assertEqual((port.plen, port.gateway, port.dns_server), (24, "10.7.0.1", "10.7.0.2"))  # type: ignore[union-attr]
         with open(os.path.join(d, b["id"])) as f:
             self.assertEqual(json.load(f)["plen"], 24)
         bad = port_body(7, **{"ip-address": "10.7.0.6"})

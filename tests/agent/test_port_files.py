@@ -27,7 +27,7 @@ REAL_ORDER = [
     "vhostuser-mode", "author", "time",
 ]
 #: An ESXi port (type 2) has ``link-state`` between ``vhostuser-mode`` and ``author``.
-REAL_ORDER_ESXI = REAL_ORDER[:13] + ["link-state"] + REAL_ORDER[13:]
+REAL_ORDER_ESXI = [*REAL_ORDER[:13], "link-state", *REAL_ORDER[13:]]
 #: The real writer's members of a ``/vm`` (vm + vn) file, in its order.
 REAL_VM_ORDER = ["vm-uuid", "vn-uuid", "vmi-uuid", "vm-id", "vm-name", "host-ifname",
                  "vm-ifname", "vm-namespace", "author", "time"]
@@ -118,7 +118,7 @@ class PortFileTests(SynchronousTestCase):
         body = dict(_posted(self.real), plen=24, gateway="10.20.0.1")
         self.assertEqual(self.agent.call("POST", "/port", body), (200, {}))
         got = json.loads(self._file(self.real["id"]))
-        self.assertEqual(list(got), REAL_ORDER + ["plen", "gateway"])
+        self.assertEqual(list(got), [*REAL_ORDER, "plen", "gateway"])
 
     def test_vm_file(self) -> None:
         vm = {"vm-uuid": "5d7a1c52-0000-4000-8000-00000000b002",

@@ -30,7 +30,7 @@ class QuietStopTests(TestCase):
 
     async def test_embedded_agent_stops_without_warnings(self) -> None:
         top, agent = await start_agent(self, "--ksync", "socket")
-        await agent.sync.whenIdle()
+        await agent.sync.when_idle()
         events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
         await top.stopService()
         self.assertEqual(_loud(events), [])
@@ -40,7 +40,7 @@ class QuietStopTests(TestCase):
     async def test_datapath_lost_while_running_is_still_a_warning(self) -> None:
         """The quiet stop must not hide a real loss: the datapath going away alone."""
         top, agent = await start_agent(self, "--ksync", "socket")
-        await agent.sync.whenIdle()
+        await agent.sync.when_idle()
         events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
         dp = top.getServiceNamed("vrouter-dp").getServiceNamed("ksync")
         factory = getattr(dp.factory, "wrappedFactory", dp.factory)  # inside its guard
@@ -57,13 +57,13 @@ class QuietStopTests(TestCase):
         from vrtwist.xmpp.control import ControlNode, ControlNodeFactory
 
         node = ControlNode(reactor, "cn", gr_time=0)
-        listening = reactor.listenTCP(0, ControlNodeFactory(node), interface="127.0.0.1")
+        listening = reactor.listenTCP(0, ControlNodeFactory(node), interface="127.0.0.1")  # type: ignore[arg-type]
         self.addCleanup(listening.stopListening)
         self.addCleanup(node.stop)
         top, agent = await start_agent(
             self, "--hostname", "compute-q",
-            "--controller", f"tcp:127.0.0.1:{listening.getHost().port}")
-        await agent.link.whenReady()
+            "--controller", f"tcp:127.0.0.1:{listening.getHost().port}")  # type: ignore[attr-defined]
+        await agent.link.when_ready()
         await wait_for(lambda: "compute-q" in node.sessions)
         events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
         await top.stopService()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from typing import Any, ClassVar
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -72,7 +73,7 @@ class PortEndpointTests(SynchronousTestCase):
 
     def test_array_all_or_nothing(self) -> None:
         good = [port_body(i) for i in range(1, 4)]
-        bad = good + [port_body(4, **{"mac-address": "zz"})]
+        bad = [*good, port_body(4, **{"mac-address": "zz"})]
         code, body = self.agent.call("POST", "/port", bad)
         self.assertEqual(code, 400)
         self.assertIn("[3].mac-address", body["error"])
@@ -97,7 +98,7 @@ class PortEndpointTests(SynchronousTestCase):
         self.agent.call("POST", "/port", SAMPLE)
         moved = dict(SAMPLE, **{"instance-id": port_body(7)["instance-id"]})
         self.assertEqual(self.agent.call("POST", "/port", moved), (200, {}))
-        self.assertEqual(self.agent.table.get(UUID).instance_id, moved["instance-id"])
+        self.assertEqual(self.agent.table.get(UUID).instance_id, moved["instance-id"])  # type: ignore[union-attr]
         with open(self.file(UUID)) as f:
             self.assertEqual(json.load(f)["instance-id"], moved["instance-id"])
 
@@ -267,7 +268,7 @@ class SyncPortsTests(SynchronousTestCase):
 
 
 class GatewayTests(SynchronousTestCase):
-    BODY = [{"interface": "vgw1", "routing-instance": "default-domain:admin:public:public",
+    BODY: ClassVar[list[dict[str, Any]]] = [{"interface": "vgw1", "routing-instance": "default-domain:admin:public:public",
              "subnets": [{"ip-address": "10.1.1.0", "prefix-len": 24}],
              "routes": [{"ip-address": "0.0.0.0", "prefix-len": 0}]}]
 
@@ -315,7 +316,7 @@ class GatewayTests(SynchronousTestCase):
 
 
 class VmApiTests(SynchronousTestCase):
-    VM = {"vm-uuid": "11111111-2222-3333-4444-555555555555", "host-ifname": "veth1",
+    VM: ClassVar[dict[str, Any]] = {"vm-uuid": "11111111-2222-3333-4444-555555555555", "host-ifname": "veth1",
           "vm-name": "pod-a", "vn-uuid": SAMPLE["vn-id"],
           "vmi-uuid": "aaaaaaaa-2222-3333-4444-555555555555", "vm-namespace": "ns1"}
 
@@ -365,7 +366,7 @@ def _tree(root: str) -> dict[str, bytes]:
 class HostileBodyTests(SynchronousTestCase):
     """Deep nesting and strings no field can hold: a 400 naming the field, nothing changed."""
 
-    BAD = ["a\x00b", "\ud800", "x\udfff", "tab\there", "\x1b[2J", "del\x7f"]
+    BAD: ClassVar[list[str]] = ["a\x00b", "\ud800", "x\udfff", "tab\there", "\x1b[2J", "del\x7f"]
 
     def setUp(self) -> None:
         self.dir = tempdir(self)

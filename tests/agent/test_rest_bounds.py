@@ -44,7 +44,11 @@ class HalfSentRequestTests(TestCase):
             return socks
 
         socks = await deferToThread(flood)
-        self.addCleanup(lambda: [s.close() for s in socks])
+        def close_all() -> None:
+            for s in socks:
+                s.close()
+
+        self.addCleanup(close_all)
         # real clients still get served, every time
         for n in range(2, 6):
             b = port_body(n)

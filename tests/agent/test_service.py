@@ -14,6 +14,7 @@ from twisted.web.client import HTTPConnectionPool
 
 from tests.agent.helpers import port_body, tempdir
 from tests.polling import wait_for
+from vrtwist._process import tune_gc
 from vrtwist.agent import tap
 from vrtwist.unixlisten import DEFAULT_BACKLOG
 
@@ -101,7 +102,7 @@ class ControllerOptionsTests(TestCase):
         self.assertTrue(ISSLTransport.providedBy(session.transport))
         await top.stopService()
         for s in list(node.sessions.values()):
-            s.transport.abortConnection()
+            s.transport.abortConnection()  # type: ignore[union-attr]
 
 
 class GcTuningTests(TestCase):
@@ -111,10 +112,10 @@ class GcTuningTests(TestCase):
         saved = gc.get_threshold()
         self.addCleanup(gc.set_threshold, *saved)
         gc.set_threshold(700, 10, 10)
-        tap.tune_gc()
+        tune_gc()
         self.assertEqual(gc.get_threshold(), tap.GC_THRESHOLDS)
         gc.set_threshold(50_000, 5, 5)
-        tap.tune_gc()
+        tune_gc()
         self.assertEqual(gc.get_threshold(), (50_000, 5, 5))
 
 
@@ -225,13 +226,13 @@ class ConfigOverTheWireTests(TestCase):
         from vrtwist.xmpp.control import ControlNode, ControlNodeFactory
 
         node = ControlNode(reactor, "cn", gr_time=0)
-        listening = reactor.listenTCP(0, ControlNodeFactory(node), interface="127.0.0.1")
+        listening = reactor.listenTCP(0, ControlNodeFactory(node), interface="127.0.0.1")  # type: ignore[arg-type]
         self.addCleanup(listening.stopListening)
         self.addCleanup(node.stop)
         top, agent = await start_agent(
             self, "--hostname", "compute-7",
-            "--controller", f"tcp:127.0.0.1:{listening.getHost().port}")
-        await agent.link.whenReady()
+            "--controller", f"tcp:127.0.0.1:{listening.getHost().port}")  # type: ignore[attr-defined]
+        await agent.link.when_ready()
         await post_json(agent, "/vm", VM)
         self.assertTrue(node.send_config("compute-7", vmi_config().updates))
         datapath = top.getServiceNamed("vrouter-dp").datapath

@@ -104,7 +104,7 @@ class GroupWriteTests(SynchronousTestCase):
                 bad.append(fd)
                 raise OSError(errno.EIO, "Input/output error")
             real(fd)
-        self.patch(store.os, "fsync", fsync)
+        self.patch(os, "fsync", fsync)  # the os module store uses
         results = store.write_json_group([(d / n, {n: 1}) for n in ("a", "b", "c", "e")])
         self.assertEqual(len(bad), 1)
         self.assertEqual([r is None for r in results], [True, False, True, True])

@@ -9,6 +9,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.agent.helpers import tempdir
 from vrtwist.agent import tap
 from vrtwist.agent.service import AgentService
+from vrtwist.xmpp.agent_link import linkKwargsFromOptions
 
 
 class OptionsTests(SynchronousTestCase):
@@ -33,7 +34,7 @@ class OptionsTests(SynchronousTestCase):
     def test_controller_link_options(self) -> None:
         o = self.parse("--controller", "10.0.0.1", "--xmpp-hold-time", "9",
                        "--xmpp-stale-time", "5")
-        self.assertEqual(tap.linkKwargsFromOptions(o), {"hold_time": 9.0, "stale_time": 5.0})
+        self.assertEqual(linkKwargsFromOptions(o), {"hold_time": 9.0, "stale_time": 5.0})
         d = tempdir(self)
         top = tap.makeService(self.parse("--run-dir", d, "--state-dir", d, "--datapath",
                                          "external", "--controller", "tcp:127.0.0.1:1",

@@ -48,6 +48,7 @@ class RealTapTests(SynchronousTestCase):
         b = port_body(1, **{"system-name": tap})
         self.assertEqual(agent.call("POST", "/port", b), (200, {}))
         ids = agent.model.port_ids(b["id"])
+        assert ids is not None
         vif = agent.datapath.tables.interfaces[ids["vif"]]
         self.assertEqual(vif.os_idx, socket.if_nametoindex(tap))
         code, got = agent.call("GET", f"/port/{b['id']}")

@@ -54,8 +54,10 @@ class RecordingLink:
         self.events.append(("del", route))
 
 
-def route(dp: Datapath, vrf: int, addr: str, plen: int) -> Any:
+def route(dp: Datapath, vrf: int | None, addr: str, plen: int) -> Any:
     ip = ipaddress.ip_address(addr)
+    if vrf is None:
+        return None
     table = dp.routes.vrfs.get((C.AF_INET if ip.version == 4 else C.AF_INET6, vrf))
     for bucket in (table.by_len.values() if table else ()):
         for entry in bucket.values():
@@ -92,9 +94,10 @@ class VmInterfaceConfigTests(SynchronousTestCase):
         self.assertEqual(self.agent.call("POST", "/vm", VM), (200, {}))
         self.assertEqual(self.agent.sync.errors, {})
         vrf = self.model.vrf_id_of(VM["vn-uuid"])
+        ids = self.model.port_ids(VMI)
+        assert vrf is not None and ids is not None
         self.assertEqual(self.vm_mac(), bytes.fromhex("02aabbccdd01"))
-        self.assertEqual(route(self.dp, vrf, "10.3.0.7", 32).label, self.model.port_ids(VMI)[
-            "label"])
+        self.assertEqual(route(self.dp, vrf, "10.3.0.7", 32).label, ids["label"])
         self.assertIsNotNone(route(self.dp, vrf, "fd00::7", 128))
         self.assertIsNotNone(self.dp.bridge.index_of(vrf, bytes.fromhex("02aabbccdd01")))
         (op, published), = self.link.events
@@ -105,6 +108,7 @@ class VmInterfaceConfigTests(SynchronousTestCase):
         self.agent.call("POST", "/vm", VM)
         old_ids = self.model.port_ids(VMI)
         vrf = self.model.vrf_id_of(VM["vn-uuid"])
+        assert vrf is not None
         derived = bytes.fromhex(mac_for_vmi(VMI).replace(":", ""))
         self.assertEqual(self.vm_mac(), derived)
         self.assertEqual(self.link.events[-1][1].ip4, None)

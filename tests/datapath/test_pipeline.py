@@ -403,7 +403,7 @@ class TunnelRoundTripTests(SynchronousTestCase):
             (wire,) = a.out.on(0)
             b.pipeline.receive(0, wire)
             self.assertEqual(b.out.on(4), [])  # held
-            ((vif, vrf, code, index, nh_id, stats, frame),) = b.trap.traps
+            ((vif, vrf, code, index, nh_id, _stats, frame),) = b.trap.traps
             self.assertEqual((vif, vrf, code, nh_id), (0, 1, D.TRAP_FLOW_MISS, 30))
             self.assertEqual(len(frame), len(wire))
             self.assertEqual(frame[:22], wire[:22])  # outer Ethernet, IP up to the TTL (routed)
@@ -478,7 +478,7 @@ class MtuTests(SynchronousTestCase):
         w = self.w
         big = udp_frame(payload=bytes(300), frag=IPv4_DF)
         w.pipeline.receive(1, big)
-        ((vif, vrf, code, param, param_1, _, frame),) = w.trap.traps
+        ((_vif, _vrf, code, param, param_1, _, frame),) = w.trap.traps
         self.assertEqual((code, param, param_1), (D.TRAP_HANDLE_DF, 200 - 32, -1))
         self.assertEqual(len(frame), D.AGENT_MIN_PACKET_LEN)
         self.assertEqual(w.out.frames, [])
@@ -609,7 +609,7 @@ class AgentAndHostTests(SynchronousTestCase):
         w.vif(3, mac_="de:ad:be:ef:00:03", flags=C.VIF_FLAG_DHCP_ENABLED)
         dhcp = udp_frame(dst="ff:ff:ff:ff:ff:ff", dip="255.255.255.255", sport=68, dport=67)
         w.pipeline.receive(3, dhcp)
-        ((vif, vrf, code, *_rest, frame),) = w.trap.traps
+        ((vif, _vrf, code, *_rest, frame),) = w.trap.traps
         self.assertEqual((vif, code, frame), (3, D.TRAP_L3_PROTOCOLS, dhcp))
         self.assertEqual(w.out.frames, [])
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.interfaces import IReactorUNIX
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
@@ -42,7 +43,7 @@ class TwoNamespacesTests(TestCase):
         skip = _SKIP
 
     @inlineCallbacks
-    def setUp(self) -> Any:
+    def setUp(self) -> Any:  # type: ignore[override]  # trial waits for the Deferred
         self.run_dir = tempfile.mkdtemp(prefix=PFX)
         self.addCleanup(shutil.rmtree, self.run_dir, True)
         self.dev = Devices()
@@ -56,7 +57,7 @@ class TwoNamespacesTests(TestCase):
             sh("ip", "-n", ns, "link", "set", peer, "address", mac)
             sh("ip", "-n", ns, "addr", "add", ip + "/24", "dev", peer)
             sh("ip", "-n", ns, "neigh", "replace", other_ip, "lladdr", other_mac, "dev", peer)
-        self.top = makeDatapathService(self.run_dir, 4096, 4096, reactor=reactor)
+        self.top = makeDatapathService(self.run_dir, 4096, 4096, reactor=IReactorUNIX(reactor))
         self.top.startService()
         self.addCleanup(self.top.stopService)
         for argv in (

@@ -50,9 +50,9 @@ class QueueTests(SynchronousTestCase):
         req = {"h_op": ADD, "vifr_idx": 4, "vifr_type": 3, "vifr_name": "q", "vifr_mac": bytes(6)}
         self.dp.handle(make("vr_interface_req", req))
         self.reactor = MemoryReactor()
-        self.manager = PortManager(self.dp.tables, self.reactor)  # type: ignore[arg-type]
+        self.manager = PortManager(self.dp.tables, self.reactor)
         self.port = SocketPort(4, "q", 99, b"\x02" * 6, self.manager._deliver, self.manager._lost)
-        self.port.start(self.reactor)  # type: ignore[arg-type]
+        self.port.start(self.reactor)
         self.manager.ports[4] = self.port
         self.manager.wanted[4] = "q"
 

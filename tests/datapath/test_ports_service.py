@@ -14,6 +14,7 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.interfaces import IReactorUNIX
 from twisted.internet.threads import deferToThread
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -40,12 +41,12 @@ class KsyncAttachTests(TestCase):
     if _SKIP:
         skip = _SKIP
 
-    def setUp(self) -> Deferred[Any] | None:
+    def setUp(self) -> Deferred[Any] | None:  # type: ignore[override]  # trial waits for it
         self.run_dir = tempfile.mkdtemp(prefix=PFX)
         self.addCleanup(shutil.rmtree, self.run_dir, True)
         self.dev = Devices()
         self.addCleanup(self.dev.cleanup)
-        self.top = makeDatapathService(self.run_dir, 1024, 1024, reactor=reactor)
+        self.top = makeDatapathService(self.run_dir, 1024, 1024, reactor=IReactorUNIX(reactor))
         self.top.startService()
         self.addCleanup(self.top.stopService)
         return None
@@ -119,15 +120,15 @@ class OptionsTests(SynchronousTestCase):
     def test_vtest_vlan_needs_a_tci(self) -> None:
         o = self.parse("--vtest-vlan")
         with self.assertRaises(ValueError) as e:
-            makeDatapathService(o, reactor=reactor)
+            makeDatapathService(o, reactor=IReactorUNIX(reactor))
         self.assertIn("--vlan-tci", str(e.exception))
 
     def test_no_ports(self) -> None:
-        top = makeDatapathService(self.parse("--no-ports"), reactor=reactor)
-        self.assertEqual([s.name for s in top], ["datapath", "ksync"])  # type: ignore[attr-defined]
+        top = makeDatapathService(self.parse("--no-ports"), reactor=IReactorUNIX(reactor))
+        self.assertEqual([s.name for s in top], ["datapath", "ksync"])
         top.getServiceNamed("datapath").stopService()
-        top = makeDatapathService(self.parse(), reactor=reactor)
-        self.assertIn("packets", [s.name for s in top])  # type: ignore[attr-defined]
+        top = makeDatapathService(self.parse(), reactor=IReactorUNIX(reactor))
+        self.assertIn("packets", [s.name for s in top])
         top.getServiceNamed("datapath").stopService()
 
 

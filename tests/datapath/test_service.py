@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-from typing import Any
+from typing import Any, ClassVar
 
 from twisted.application.service import IService, MultiService
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.interfaces import IReactorUNIX
 from twisted.internet.threads import deferToThread
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -29,12 +30,12 @@ class ServiceTests(TestCase):
     def setUp(self) -> None:
         self.run_dir = tempfile.mkdtemp(prefix="dp-")
         self.top = makeDatapathService(
-            self.run_dir, flow_entries=2048, bridge_entries=1024, reactor=reactor
+            self.run_dir, flow_entries=2048, bridge_entries=1024, reactor=IReactorUNIX(reactor)
         )
         self.top.startService()
 
-    def tearDown(self) -> Deferred[Any]:
-        return self.top.stopService()  # type: ignore[no-any-return]
+    def tearDown(self) -> Deferred[Any]:  # type: ignore[override]  # trial waits for it
+        return self.top.stopService()
 
     def in_thread(self, f: Any, *a: Any) -> Deferred[Any]:
         return deferToThread(f, *a)
@@ -75,7 +76,7 @@ class ServiceTests(TestCase):
                             for label in range(start, start + 16)
                         ]
                     )
-                    assert all(r.code == 0 for r in results), results
+                    assert all(r.code == 0 for r in results), results  # type: ignore[union-attr]
                 routes = [
                     schema.vr_route_req(h_op=ADD, rtr_family=C.AF_INET, rtr_vrf_id=1,
                                         rtr_prefix=[10, i >> 8, i & 0xFF, 0],
@@ -107,7 +108,7 @@ class ServiceTests(TestCase):
             self.top.startService()  # tearDown stops it again
 
         d.addCallback(check)
-        return d  # type: ignore[no-any-return]
+        return d
 
 
 class OptionsTests(SynchronousTestCase):
@@ -123,7 +124,7 @@ class OptionsTests(SynchronousTestCase):
 
     def test_mixin_in_another_options(self) -> None:
         class AgentOptions(DatapathOptionsMixin, usage.Options):
-            optParameters = [["rest", None, "tcp:9091", "REST endpoint"]]
+            optParameters: ClassVar[list[list[Any]]] = [["rest", None, "tcp:9091", "REST endpoint"]]
 
         o = AgentOptions()
         o.parseOptions(["--run-dir", "/tmp/y", "--rest", "tcp:1"])
@@ -139,7 +140,7 @@ class OptionsTests(SynchronousTestCase):
         self.assertIsInstance(datapath, Datapath)
         self.assertNotIsInstance(datapath.bridge, BridgeRoutesInMemory)
         self.assertEqual(datapath.config.flow_entries, 128)
-        self.assertEqual([s.name for s in top], ["datapath", "ksync", "packets"])  # type: ignore[attr-defined]
+        self.assertEqual([s.name for s in top], ["datapath", "ksync", "packets"])
         top.getServiceNamed("datapath").stopService()  # unmaps the tables
 
     def test_shared_memory_is_required(self) -> None:

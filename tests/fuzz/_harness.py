@@ -284,7 +284,7 @@ def chunked(data: st.SearchStrategy[bytes]) -> st.SearchStrategy[list[bytes]]:
         raw = draw(data)
         points = sorted(draw(st.lists(st.integers(0, len(raw)), max_size=8)))
         out, last = [], 0
-        for p in points + [len(raw)]:
+        for p in [*points, len(raw)]:
             out.append(raw[last:p])
             last = p
         return out

@@ -97,7 +97,7 @@ def flow_match(text: str) -> None:
 _RECORDS = [DropRecord().pack(), DropRecord(timestamp=1, vp_type=2, drop_reason=3).pack()]
 
 
-@target("shmem", mutated(_RECORDS + [b"".join(_RECORDS)], 4096), (DropLogError,))
+@target("shmem", mutated([*_RECORDS, b"".join(_RECORDS)], 4096), (DropLogError,))
 def drop_log(data: bytes) -> None:
     for _ in unpack_records(data):
         pass

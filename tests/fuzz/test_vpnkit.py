@@ -47,7 +47,7 @@ FRAMES = [
     encode_frame(Data(1, b"hello")),
     encode_frame(Data(2, b"")),
 ]
-SEEDS = FRAMES + [b"".join(FRAMES), encode_handshake(b"{}") + b"".join(FRAMES)]
+SEEDS = [*FRAMES, b"".join(FRAMES), encode_handshake(b"{}") + b"".join(FRAMES)]
 UDP = [
     encode_udp_record(b"dns?"),
     encode_udp_record(b"x" * 40, ipaddress.ip_address("10.0.0.1"), 53),
@@ -74,7 +74,7 @@ def _events(dec: FrameDecoder, reads: list[bytes]) -> list[Any]:
     return out
 
 
-@target("vpnkit", chunked(mutated([encode_handshake(b""), encode_handshake(b"x" * 300)] + SEEDS)),
+@target("vpnkit", chunked(mutated([encode_handshake(b""), encode_handshake(b"x" * 300), *SEEDS])),
         (HandshakeError,))  # fmt: skip
 def handshake(reads: list[bytes]) -> None:
     dec = HandshakeDecoder()

@@ -68,7 +68,7 @@ for pair in (build_route_publish(AGENT, "d:p:vn:vn", e, True, 3) for e in (V4, V
 STANZAS.append(build_route_publish(AGENT, "d:p:vn:vn", V4, False, 4))
 STANZAS.append(build_eor_iq_pair(AGENT))
 HEADERS = [build_stream_open(AGENT), build_stream_response("control", AGENT)]
-STREAM = [HEADERS[0] + b"".join(STANZAS) + b" \n</stream:stream>"] + HEADERS + STANZAS
+STREAM = [HEADERS[0] + b"".join(STANZAS) + b" \n</stream:stream>", *HEADERS, *STANZAS]
 
 
 def _units(reads: list[bytes]) -> tuple[list[Any], int | None]:

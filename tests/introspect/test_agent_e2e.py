@@ -90,7 +90,7 @@ class AgentIntrospectTests(TestCase):
                   for r in root.iter("RouteUcSandeshData")}
         vm_route = routes[(body["ip-address"], "32")]
         self.assertEqual(vm_route.findtext("src_vrf"), rows["tapv1"]["vrf_name"])
-        self.assertEqual(vm_route.find("path_list/list/PathSandeshData/nh/NhSandeshData/"
+        self.assertEqual(vm_route.find("path_list/list/PathSandeshData/nh/NhSandeshData/"  # type: ignore[union-attr]
                                        "nh_index").text, str(rows["tapv1"]["l3_nh"]))
         code, _, raw = get(self.port, "/Snh_NhListReq")
         ids = {e.findtext("nh_index") for e in ET.fromstring(raw.split(b"?>", 1)[1]).iter(
@@ -218,11 +218,11 @@ class AgentIntrospectTests(TestCase):
         self.assertEqual(up[0]["value"][1], "1")
         ports = wait_until(lambda: query("vrouter_agent_ports"), "vrouter_agent_ports", 30)
         self.assertEqual(ports[0]["value"][1], "1")
-        code, _, raw = get(web, "/api/v1/targets")
+        _code, _, raw = get(web, "/api/v1/targets")
         target = json.loads(raw)["data"]["activeTargets"][0]
         self.assertEqual((target["health"], target["lastError"]), ("up", ""))
         # counters only go up between scrapes
-        before = float(query("vrouter_agent_rest_requests_total")[0]["value"][1])
+        before = float(query("vrouter_agent_rest_requests_total")[0]["value"][1])  # type: ignore[index]
         self.add_port(2)
         time.sleep(2.5)
         after = wait_until(lambda: query("sum(vrouter_agent_rest_requests_total)"), "sum", 10)

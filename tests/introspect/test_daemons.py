@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import Any, cast
 
 import treq
 from prometheus_client.parser import text_string_to_metric_families
@@ -55,7 +55,7 @@ class _Collect(Protocol):
         if len(self.got) >= n:
             d, self.waiting = self.waiting, None
             d.callback(self.got)
-        return self.waiting
+        return self.waiting  # type: ignore[return-value]
 
 
 class DaemonIntrospectTests(TestCase):
@@ -74,7 +74,7 @@ class DaemonIntrospectTests(TestCase):
 
     async def get(self, port: int, path: str) -> tuple[int, bytes]:
         pool = HTTPConnectionPool(reactor, persistent=False)
-        r = await treq.get(f"http://127.0.0.1:{port}{path}", reactor=reactor, pool=pool)
+        r = await treq.get(f"http://127.0.0.1:{port}{path}", reactor=cast(Any, reactor), pool=pool)
         return r.code, await r.content()
 
     async def scrape(self, port: int) -> dict[Any, float]:
@@ -132,8 +132,8 @@ class DaemonIntrospectTests(TestCase):
                 errors.append(str(event.get("log_format")))
         from twisted.logger import globalLogPublisher
 
-        globalLogPublisher.addObserver(observe)
-        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        globalLogPublisher.addObserver(observe)  # type: ignore[arg-type]
+        self.addCleanup(globalLogPublisher.removeObserver, observe)  # type: ignore[arg-type]
         top.startService()
         self.addCleanup(top.stopService)
         self.assertIsNone(await top.getServiceNamed("introspect").listening)
@@ -164,14 +164,14 @@ class DaemonIntrospectTests(TestCase):
         relay_port = (await listen[0]._waitingForPort).getHost().port
         client = _Collect()
         await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", relay_port), client)
-        client.transport.write(b"x" * 1000)
+        client.transport.write(b"x" * 1000)  # type: ignore[union-attr]
         self.assertEqual(len(await client.read(1000)), 1000)
         m = await self.scrape(port)
         self.assertEqual(m[("vsock_relay_accepted_total", ())], 1)
         self.assertEqual(m[("vsock_relay_active", ())], 1)
         self.assertEqual(m[("vsock_relay_bytes_total", (("direction", "to_backend"),))], 1000)
         self.assertEqual(m[("vsock_relay_bytes_total", (("direction", "to_caller"),))], 1000)
-        client.transport.loseConnection()
+        client.transport.loseConnection()  # type: ignore[union-attr]
         stats = listen[0].factory.stats
         await until(lambda: stats.active == 0 and stats.backendsOpen == 0, "relay closed")
         m = await self.scrape(port)
@@ -181,7 +181,7 @@ class DaemonIntrospectTests(TestCase):
     async def test_vspc(self) -> None:
         from vrtwist.vic import vspc_tap
 
-        top, port = await self.start(vspc_tap, ["--listen", LOOP])
+        _top, port = await self.start(vspc_tap, ["--listen", LOOP])
         m = await self.scrape(port)
         self.assertEqual(m[("vspc_ports", ())], 0)
         self.assertEqual(m[("vspc_connections", ())], 0)
@@ -196,7 +196,7 @@ class DaemonIntrospectTests(TestCase):
         echo = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
             Factory.forProtocol(_Echo))
         self.addCleanup(echo.stopListening)
-        fwd, fport = await self.start(forwarder_tap, ["--data-listen", f"unix:{sock}"])
+        _fwd, fport = await self.start(forwarder_tap, ["--data-listen", f"unix:{sock}"])
         m = await self.scrape(fport)
         self.assertEqual(m[("vpnkit_links", ())], 0)
         code, body = await self.get(fport, "/health")
@@ -216,7 +216,7 @@ class DaemonIntrospectTests(TestCase):
         # a connection to the exposed port rides a channel of the link to the echo server
         client = _Collect()
         await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", exposed.out_port), client)
-        client.transport.write(b"y" * 5000)
+        client.transport.write(b"y" * 5000)  # type: ignore[union-attr]
         self.assertEqual(len(await client.read(5000)), 5000)
         hm = await self.scrape(hport)
         fm = await self.scrape(fport)
@@ -227,7 +227,7 @@ class DaemonIntrospectTests(TestCase):
         self.assertEqual(hm[("vpnkit_bytes_total", (("direction", "out"),))], stats.bytes_out)
         self.assertEqual(hm[("vpnkit_bytes_total", (("direction", "in"),))], stats.bytes_in)
         self.assertGreaterEqual(stats.bytes_out, 5000)
-        client.transport.loseConnection()
+        client.transport.loseConnection()  # type: ignore[union-attr]
         await until(lambda: not links.muxes[0].channels, "channel closed")
         hm = await self.scrape(hport)
         self.assertEqual(hm[("vpnkit_channels_open", ())], 0)
@@ -261,7 +261,7 @@ class VSPCSessionMetricsTests(VSPCNetTestCase):
         esx.send_serial(b"z" * 3000)
         await esx.wait_for(lambda: len(esx.serial) >= 3000)
         pool = HTTPConnectionPool(reactor, persistent=False)
-        r = await treq.get(f"http://127.0.0.1:{iport}/metrics", reactor=reactor, pool=pool)
+        r = await treq.get(f"http://127.0.0.1:{iport}/metrics", reactor=cast(Any, reactor), pool=pool)
         m = metrics_of((await r.content()).decode())
         [sp] = self.table.ports()
         key = (("label", sp.label), ("uuid", canonical(1)))
@@ -300,7 +300,7 @@ class SlowReaderTests(TestCase):
         path = os.path.join(d, "flow.shmem")
         with open(path, "wb") as f:
             f.truncate(n * L.FLOW_ENTRY_SIZE)
-        with open(path, "r+b") as f:
+        with open(path, "r+b") as f:  # type: ignore[assignment]
             mm = mmap.mmap(f.fileno(), 0)
             words = memoryview(mm).cast("H")
             words[L.OFF_FE_FLAGS // 2 :: L.FLOW_ENTRY_SIZE // 2] = array.array(
@@ -312,7 +312,7 @@ class SlowReaderTests(TestCase):
         app = IntrospectApp("test", CollectorRegistry(), Health, {"flows": flow_view(flows)})
         listening = await listen_introspect(reactor, LOOP, app.resource())
         self.addCleanup(listening.stopListening)
-        port = listening.getHost().port
+        port = listening.getHost().port  # type: ignore[attr-defined]
         release = threading.Event()
 
         def slow_read() -> bytes:
@@ -354,5 +354,5 @@ class SlowReaderTests(TestCase):
 
 async def _get(port: int, path: str) -> tuple[int, bytes]:
     pool = HTTPConnectionPool(reactor, persistent=False)
-    r = await treq.get(f"http://127.0.0.1:{port}{path}", reactor=reactor, pool=pool)
+    r = await treq.get(f"http://127.0.0.1:{port}{path}", reactor=cast(Any, reactor), pool=pool)
     return r.code, await r.content()

@@ -170,7 +170,7 @@ class LinuxTransportTests(TestCase):
             h = DeviceClient(self.path)
             barrier.wait()
             h.write(mpls_add(100, 1) + mpls_add(101, 2))
-            seqs = []
+            seqs: list[int] = []
             while len(seqs) < 2:
                 data = h.read()
                 if data:

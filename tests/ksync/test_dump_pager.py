@@ -16,6 +16,7 @@ class DumpPagerTests(SynchronousTestCase):
         self.assertEqual((pager.request.h_op, original.h_op), (DUMP, GET))
         nxt = pager.page([schema.vr_interface_req(vifr_idx=i) for i in (0, 1, 2)], more=True)
         self.assertIs(nxt, pager.request)
+        assert nxt is not None
         self.assertEqual((nxt.vifr_marker, nxt.h_op, original.vifr_marker), (2, DUMP, -1))
         self.assertIsNone(pager.page([schema.vr_interface_req(vifr_idx=3)], more=False))
         self.assertEqual([o.vifr_idx for o in pager.objects], [0, 1, 2, 3])
@@ -24,6 +25,7 @@ class DumpPagerTests(SynchronousTestCase):
     def test_bridge_marker_is_mac_and_index(self) -> None:
         pager = DumpPager(schema.vr_route_req(rtr_family=AF_BRIDGE, rtr_vrf_id=3))
         nxt = pager.page([schema.vr_route_req(rtr_mac=[2, 0, 0, 0, 0, 9], rtr_index=41)], True)
+        assert nxt is not None
         self.assertEqual((nxt.rtr_mac, nxt.rtr_index, nxt.rtr_vrf_id),
                          ([2, 0, 0, 0, 0, 9], 41, 3))
 

@@ -44,7 +44,7 @@ class UnixSocketTests(TestCase):
         for _ in range(64):
             clients.append(await connect_ksync(reactor, self.dir))
         for c in clients:
-            self.addCleanup(c.transport.loseConnection)
+            self.addCleanup(c.transport.loseConnection)  # type: ignore[union-attr]
         # A garbage client, and one that disconnects half way through a message.
         junk = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         junk.connect(os.path.join(self.dir, "dpdk_netlink"))
@@ -112,8 +112,8 @@ class UnixSocketTests(TestCase):
         self.assertEqual(
             (await c.request(schema.vrouter_ops(h_op=GET))).objects[0].vo_interfaces, 4352
         )
-        c.transport.loseConnection()
-        await svc.stopService()
+        c.transport.loseConnection()  # type: ignore[union-attr]
+        await svc.stopService()  # type: ignore[misc]
         await deferLater(reactor, 0, lambda: None)
         self.assertFalse(os.path.exists(path))
 
@@ -148,7 +148,7 @@ class UnixSocketTests(TestCase):
         self.assertEqual(connect_as_nobody(path), "EACCES")
         self.assertEqual(self.dispatcher.requests, [])
         c = await connect_ksync(reactor, self.dir)
-        self.addCleanup(c.transport.loseConnection)
+        self.addCleanup(c.transport.loseConnection)  # type: ignore[union-attr]
         await c.request(schema.vr_mpls_req(h_op=ADD, mr_label=77, mr_nhid=1))
         self.assertEqual(len(self.dispatcher.requests), 1)
 

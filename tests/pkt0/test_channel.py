@@ -242,7 +242,7 @@ class SocketTests(TestCase):
 
     async def test_burst_beyond_the_kernel_queue_arrives(self) -> None:
         """A burst far beyond the kernel's few queued datagrams all arrives, in order."""
-        dpt, agt, deliver, handler = self._pair()
+        dpt, _agt, _deliver, handler = self._pair()
         for i in range(600):
             self.assertTrue(self.dp.trap(3, 1, K.AGENT_TRAP_FLOW_MISS, i, 12, (0, 0, 0, 0), FRAME))
         await wait_for(lambda: len(handler.traps) == 600, what="600 traps")
@@ -251,7 +251,7 @@ class SocketTests(TestCase):
 
     async def test_peer_restart_is_reached_again(self) -> None:
         """The agent end restarting (a new socket at the same path) is found again."""
-        dpt, agt, deliver, handler = self._pair()
+        dpt, agt, _deliver, handler = self._pair()
         self.assertTrue(self.dp.trap(3, 1, K.AGENT_TRAP_ARP, 0, 0, (0, 0, 0, 0), FRAME))
         await wait_for(lambda: handler.traps, what="the first trap")
         agt.stop()
@@ -278,7 +278,7 @@ class SocketTests(TestCase):
 
     async def test_oversize_and_garbage_from_a_local_process(self) -> None:
         """Garbage and oversize datagrams sent by another process are counted, not fatal."""
-        dpt, agt, commands, handler = self._pair()
+        dpt, _agt, commands, _handler = self._pair()
         hostile = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.addCleanup(hostile.close)
         target = os.path.join(self.dir, DATAPATH_SOCKET)

@@ -106,7 +106,7 @@ class Dispatch(SynchronousTestCase):
         for req in seq:
             direct = execute(a, req)
             msgs = b.handle(req)[0]
-            old = execute(_Objects(msgs), req)
+            old = execute(_Objects(msgs), req)  # type: ignore[arg-type]
             self.assertEqual(direct, old)
             self.assertEqual(decode(direct[0])[1].__class__, schema.vr_flow_response)
 

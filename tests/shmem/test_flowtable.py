@@ -115,7 +115,7 @@ class Layout(SynchronousTestCase):
         verifyObject(IFlowDatapath, t)
 
     def test_formatted_like_vr_htable_create(self) -> None:
-        buf, t = make_table(8, 4)
+        buf, _t = make_table(8, 4)
         r = SpecReader(buf)
         for i in range(12):
             e = r.entry(i)

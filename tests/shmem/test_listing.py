@@ -7,6 +7,7 @@ import os
 import shutil
 import socket
 import tempfile
+from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -274,12 +275,12 @@ class Evicted(SynchronousTestCase):
         self.assertIn("Action:D(Unknown), Flags:E, TCP:", out.getvalue())
 
 
-class _CountingList(list):  # type: ignore[type-arg]
+class _CountingList(list[Any]):
     """A list that counts index reads: the walk's operation count."""
 
     reads = 0
 
-    def __getitem__(self, i):  # type: ignore[no-untyped-def]
+    def __getitem__(self, i: Any) -> Any:
         _CountingList.reads += 1
         return super().__getitem__(i)
 

@@ -30,7 +30,7 @@ class Manager(TestCase):
         port = await listen_ksync(reactor, self.dir, self.dp, style=STYLE_DPDK)  # type: ignore[arg-type]
         self.addCleanup(port.stopListening)
         self.client = await connect_ksync(reactor, self.dir)  # type: ignore[arg-type]
-        self.addCleanup(self.client.transport.loseConnection)
+        self.addCleanup(self.client.transport.loseConnection)  # type: ignore[union-attr]
         self.mgr = await FlowManager.open(self.client)
         self.addCleanup(self.mgr.close)
 

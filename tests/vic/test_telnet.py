@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
@@ -112,15 +114,15 @@ class PropertyTests(SynchronousTestCase):
     def test_data_round_trip_any_chunking(self, data: bytes, cuts: list[int]) -> None:
         wire = encodeData(data)
         points = sorted({min(c, len(wire)) for c in cuts})
-        chunks = [wire[a:b] for a, b in zip([0] + points, points + [len(wire)])]
-        got = b"".join(e for e in feedAll(chunks) if isinstance(e, bytes))  # type: ignore[misc]
+        chunks = [wire[a:b] for a, b in zip([0, *points], [*points, len(wire)])]
+        got = b"".join(e for e in feedAll(chunks) if isinstance(e, bytes))
         self.assertEqual(got, data)
 
     @settings(max_examples=200, deadline=None)
     @given(st.binary(max_size=100), st.binary(max_size=100), st.binary(max_size=100))
     def test_subnegotiation_between_data(self, a: bytes, payload: bytes, b: bytes) -> None:
         wire = encodeData(a) + encodeSubnegotiation(232, payload) + encodeData(b)
-        expect: list[object] = (
+        expect: list[Any] = (
             ([a] if a else []) + [Subnegotiation(232, payload)] + ([b] if b else [])
         )
         self.assertEqual(feedAll([wire]), expect)

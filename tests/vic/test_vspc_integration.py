@@ -102,7 +102,7 @@ class VSPCNetTestCase(TestCase):
         )
         self.addCleanup(listening.stopListening)
         self.addCleanup(self.table.stopService)
-        return listening.getHost().port  # type: ignore[no-any-return]
+        return listening.getHost().port
 
     async def backend(self, n: int, **kw: Any) -> RecordingBackend:
         b = RecordingBackend(**kw)
@@ -167,8 +167,8 @@ class RelayTests(VSPCNetTestCase):
         b.send_serial(data)
         await b.wait_for(lambda: len(b.serial) >= len(data))
         self.assertEqual(bytes(b.serial), data)
-        portA = [p for p in self.table.ports() if p.uuid == canonical(1)][0]
-        portB = [p for p in self.table.ports() if p.uuid == canonical(2)][0]
+        portA = next(p for p in self.table.ports() if p.uuid == canonical(1))
+        portB = next(p for p in self.table.ports() if p.uuid == canonical(2))
         await deferLater(reactor, 0.05, lambda: None)
         self.assertTrue(portA.esx._readPaused)  # type: ignore[union-attr]
         self.assertFalse(portB.esx._readPaused)  # type: ignore[union-attr]
@@ -336,7 +336,7 @@ class TwistdTests(VSPCNetTestCase):
             def processEnded(self, reason: Any) -> None:
                 ended.callback(None)
 
-        proc = reactor.spawnProcess(PP(), twistd, argv, env=dict(os.environ))  # type: ignore[attr-defined]
+        proc = reactor.spawnProcess(PP(), twistd, argv, env=dict(os.environ))
         try:
             for _ in range(600):  # up to 30 s for twistd to start on a loaded machine
                 if os.path.exists(listen) and os.path.exists(api):

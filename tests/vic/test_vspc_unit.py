@@ -69,10 +69,10 @@ class Harness:
         return conn, tr
 
     def backend(self, index: int = -1) -> tuple[Any, StringTransport]:
-        host, port, factory, timeout, bind = self.clock.tcpClients[index]
+        host, port, factory, _timeout, _bind = self.clock.tcpClients[index]
         proto = factory.buildProtocol(IPv4Address("TCP", host, port))
         tr = StringTransport()
-        proto.makeConnection(tr)
+        proto.makeConnection(tr)  # type: ignore[union-attr]
         return proto, tr
 
     def port(self) -> SerialPort:
@@ -156,14 +156,14 @@ class NegotiationTests(SynchronousTestCase):
 
     def test_any_uri_and_port_label(self) -> None:
         h = Harness(serviceURI="*")
-        conn, tr = h.proxied(uri=b"tcp://127.0.0.1:2379?port=console")
+        _conn, _tr = h.proxied(uri=b"tcp://127.0.0.1:2379?port=console")
         self.assertEqual(h.port().key, (UUID, "console"))
         h.proxied(uri=b"vSPC.py?port=log")
         self.assertEqual(sorted(p.label for p in h.table.ports()), ["console", "log"])
 
     def test_client_direction_accepted(self) -> None:
         h = Harness()
-        conn, tr = h.connect()
+        conn, _tr = h.connect()
         conn.dataReceived(X.command(X.DO_PROXY, b"CvSPC.py"))
         self.assertEqual(conn.role, "proxy")
 
@@ -176,7 +176,7 @@ class NegotiationTests(SynchronousTestCase):
 
     def test_garbage_telnet_closes_only_that_connection(self) -> None:
         h = Harness()
-        good, gtr = h.proxied()
+        good, _gtr = h.proxied()
         other, otr = h.proxied(uuid=b"11" * 16, host="10.0.0.3")
         _, btr = h.backend(0)
         _, obtr = h.backend(1)
@@ -188,19 +188,19 @@ class NegotiationTests(SynchronousTestCase):
 
     def test_setup_timeout(self) -> None:
         h = Harness(setupTimeout=5)
-        conn, tr = h.connect()
+        _conn, tr = h.connect()
         h.clock.advance(5)
         self.assertTrue(tr.disconnecting)
 
     def test_setup_timeout_cancelled_once_attached(self) -> None:
         h = Harness(setupTimeout=5)
-        conn, tr = h.proxied()
+        _conn, tr = h.proxied()
         h.clock.advance(10)
         self.assertFalse(tr.disconnecting)
 
     def test_data_before_uuid_waits_then_flows(self) -> None:
         h = Harness()
-        conn, tr = h.connect()
+        conn, _tr = h.connect()
         conn.dataReceived(b"early" + X.command(X.DO_PROXY, b"SvSPC.py") + b"\xff\xff")
         conn.dataReceived(X.command(X.VM_VC_UUID, PCAP_UUID) + b"late")
         _, btr = h.backend()
@@ -214,7 +214,7 @@ class FuzzTests(SynchronousTestCase):
     @given(st.lists(st.binary(max_size=64), max_size=8), st.booleans())
     def test_random_bytes(self, chunks: list[bytes], proxied: bool) -> None:
         h = Harness(serviceURI="*")
-        good, gtr = h.proxied(uuid=b"22" * 16)
+        good, _gtr = h.proxied(uuid=b"22" * 16)
         _, gbtr = h.backend(0)
         conn, tr = h.proxied(host="10.0.0.7") if proxied else h.connect("10.0.0.7")
         for c in chunks:
@@ -268,32 +268,32 @@ class RelayTests(SynchronousTestCase):
         from twisted.internet.error import ConnectionRefusedError
 
         connector = h.clock.connectors[0]
-        factory.clientConnectionFailed(connector, ConnectionRefusedError())
+        factory.clientConnectionFailed(connector, ConnectionRefusedError())  # type: ignore[arg-type]
         attempts = len(h.clock.tcpClients)
         h.clock.advance(10)
         self.assertGreater(len(h.clock.tcpClients), attempts)
 
     def test_backend_slow_pauses_esx_side(self) -> None:
         h = Harness()
-        conn, tr = h.proxied()
+        _conn, tr = h.proxied()
         _, btr = h.backend()
-        btr.producer.pauseProducing()
+        btr.producer.pauseProducing()  # type: ignore[union-attr]
         self.assertEqual(tr.producerState, "paused")
-        btr.producer.resumeProducing()
+        btr.producer.resumeProducing()  # type: ignore[union-attr]
         self.assertEqual(tr.producerState, "producing")
 
     def test_esx_slow_pauses_backend(self) -> None:
         h = Harness()
-        conn, tr = h.proxied()
+        _conn, tr = h.proxied()
         _, btr = h.backend()
-        tr.producer.pauseProducing()
+        tr.producer.pauseProducing()  # type: ignore[union-attr]
         self.assertEqual(btr.producerState, "paused")
-        tr.producer.resumeProducing()
+        tr.producer.resumeProducing()  # type: ignore[union-attr]
         self.assertEqual(btr.producerState, "producing")
 
     def test_vm_state_outlives_a_reconnect_then_expires(self) -> None:
         h = Harness(vmExpire=60)
-        conn, tr = h.proxied()
+        conn, _tr = h.proxied()
         bproto, btr = h.backend()
         conn.connectionLost(None)
         bproto.dataReceived(b"while away")
@@ -343,7 +343,7 @@ class VMotionTests(SynchronousTestCase):
         src.dataReceived(X.command(X.VMOTION_BEGIN, bytes.fromhex("cd526755")))
         self.assertEqual(ext(events(str_)), [(X.VMOTION_NOTNOW, bytes.fromhex("cd526755"))])
         # wrong secret: silence
-        bad, badtr = self.target(h, peer[:-1] + bytes([peer[-1] ^ 1]))
+        _bad, badtr = self.target(h, peer[:-1] + bytes([peer[-1] ^ 1]))
         self.assertEqual([c for c, _ in ext(events(badtr)) if c == X.VMOTION_PEER_OK], [])
         dst, dtr = self.target(h, peer)
         evs = ext(events(dtr))
@@ -372,7 +372,7 @@ class VMotionTests(SynchronousTestCase):
         src, str_ = h.proxied()
         bproto, btr = h.backend()
         peer = self.begin(h, src, str_)
-        dst, dtr = self.target(h, peer)
+        dst, _dtr = self.target(h, peer)
         dst.dataReceived(X.command(X.VMOTION_COMPLETE, self.SEQ))
         src.dataReceived(b"straggler")  # still read after COMPLETE: nothing lost
         self.assertEqual(btr.value(), b"straggler")
@@ -384,10 +384,10 @@ class VMotionTests(SynchronousTestCase):
     def test_abort_keeps_source(self) -> None:
         h = Harness()
         src, str_ = h.proxied()
-        bproto, btr = h.backend()
+        bproto, _btr = h.backend()
         peer = self.begin(h, src, str_)
         bproto.dataReceived(b"held")
-        dst, dtr = self.target(h, peer)
+        _dst, dtr = self.target(h, peer)
         src.dataReceived(X.command(X.VMOTION_ABORT))
         self.assertEqual(str_.value(), b"held")
         self.assertTrue(dtr.disconnecting)
@@ -433,11 +433,11 @@ class APITests(SynchronousTestCase):
         from vrtwist.vic.api import VSPCApi
 
         h = Harness()
-        conn, tr = h.proxied(uri=b"vSPC.py")
-        bproto, btr = h.backend()
+        conn, _tr = h.proxied(uri=b"vSPC.py")
+        bproto, _btr = h.backend()
         conn.dataReceived(b"12345")
         bproto.dataReceived(b"abc")
-        stub = StubTreq(VSPCApi(h.table).resource())
+        stub: Any = StubTreq(VSPCApi(h.table).resource())
         resp = self.successResultOf(stub.get("http://vspc/vms"))
         self.assertEqual(resp.code, 200)
         self.assertEqual(resp.headers.getRawHeaders(b"content-type"), [b"application/json"])

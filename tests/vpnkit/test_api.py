@@ -108,7 +108,7 @@ class APITests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.table = FakeTable()
-        self.treq = StubTreq(ExposeAPI(self.table).resource())  # type: ignore[arg-type]
+        self.treq: Any = StubTreq(ExposeAPI(self.table).resource())  # type: ignore[arg-type]
 
     def call(self, method: str, path: str, body: Any = None) -> tuple[int, bytes]:
         data = json.dumps(body).encode() if body is not None else None

@@ -127,7 +127,7 @@ class WriteDeadlineTests(SynchronousTestCase):
         pair.pump()
         acc.accepted[0][0].pauseProducing()  # the far application stops reading
         prod = _DeadlineProducer(clock, stuck, 2.0)
-        stuck.registerProducer(prod, True)
+        stuck.registerProducer(prod, True)  # type: ignore[arg-type]
         stuck.write(b"w" * 300_000)  # more than the window: the write blocks
         pair.pump()
         self.assertIsNotNone(prod.timer)

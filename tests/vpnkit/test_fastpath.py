@@ -26,8 +26,8 @@ class _Recorder(Protocol):
 
     def __init__(self) -> None:
         self.data = b""
-        self.eof = defer.Deferred()
-        self.lost = defer.Deferred()
+        self.eof: defer.Deferred[object] = defer.Deferred()
+        self.lost: defer.Deferred[object] = defer.Deferred()
 
     def dataReceived(self, data: bytes) -> None:
         self.data += data
@@ -177,7 +177,7 @@ class TransportFastPathTests(TestCase):
     async def test_shutdown_now_with_queued_bytes_keeps_them(self) -> None:
         raw, server = await self._accepted()
         t = server.transport
-        t.write(b"queued")  # Twisted buffers this until the next turn
+        t.write(b"queued")  # type: ignore[union-attr]  # Twisted buffers this until the next turn
         shutdown_now(t)
         raw.settimeout(5)
         got = b""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -44,7 +45,7 @@ def h(text: str) -> bytes:
 LOOPBACK6 = "00000000000000000000000000000001"
 
 # moby/vpnkit:go/test_inputs/*.bin (spec section 1.3), complete files.
-GOLDEN = {
+GOLDEN: dict[str, tuple[bytes, Any]] = {
     "close.bin": (h("0700 02 06000000"), Close(6)),
     "shutdown.bin": (h("0700 03 07000000"), Shutdown(7)),
     "window.bin": (h("0f00 05 09000000 38a2870000000000"), Window(9, 8888888)),
@@ -79,7 +80,7 @@ class GoldenVectorTests(SynchronousTestCase):
         dec = FrameDecoder()
         events = dec.feed(wire + h("0700 02 06000000"))
         self.assertIsInstance(events[0], BadOpen)
-        self.assertIn("Dedicated", events[0].reason)
+        self.assertIn("Dedicated", events[0].reason)  # type: ignore[union-attr]
         self.assertEqual(events[1], Close(6))
         self.assertIsNone(dec.error)
         # and it re-encodes byte for byte (TestParseOpenDedicated)
@@ -202,7 +203,7 @@ def _feed_split(wire: bytes, cuts: list[int]) -> list[object]:
     dec = FrameDecoder()
     events: list[object] = []
     prev = 0
-    for c in sorted(set(cuts)) + [len(wire)]:
+    for c in [*sorted(set(cuts)), len(wire)]:
         if c <= prev or c > len(wire):
             continue
         events.extend(dec.feed(wire[prev:c]))
@@ -210,7 +211,7 @@ def _feed_split(wire: bytes, cuts: list[int]) -> list[object]:
     assert dec.error is None
     # reassemble payload pieces
     out: list[object] = []
-    cur: list[bytes] | None = None
+    cur: list[bytes | memoryview] | None = None
     want = 0
     cid = 0
     for ev in events:
@@ -270,7 +271,7 @@ class RoundTripTests(SynchronousTestCase):
         dec = UDPDecoder()
         got = []
         prev = 0
-        for c in sorted(set(cuts)) + [len(stream)]:
+        for c in [*sorted(set(cuts)), len(stream)]:
             if prev < c <= len(stream):
                 got.extend(dec.feed(stream[prev:c]))
                 prev = c

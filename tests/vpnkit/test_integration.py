@@ -6,9 +6,11 @@ import gc
 import os
 import random
 import socket
+from typing import Any
 
 from twisted.internet import defer, error, reactor, task
 from twisted.internet.endpoints import UNIXClientEndpoint, UNIXServerEndpoint
+from twisted.internet.interfaces import IReactorUDP
 from twisted.internet.protocol import Factory
 from twisted.trial.unittest import SkipTest, TestCase
 
@@ -222,16 +224,16 @@ class ForwardingTests(TestCase):
 
     async def test_udp_round_trip_and_backend_appearing_later(self) -> None:
         """TestUDP + TestUDPWriteError: datagrams before the backend exists are lost, then it works."""
-        probe = reactor.listenUDP(0, UDPEcho(), interface="127.0.0.1")
-        backend_port = probe.getHost().port
-        await probe.stopListening()
+        probe = IReactorUDP(reactor).listenUDP(0, UDPEcho(), interface="127.0.0.1", maxPacketSize=8192)
+        backend_port = probe.getHost().port  # type: ignore[attr-defined]
+        await probe.stopListening()  # type: ignore[misc]
         granted = await self.table.expose(Port.parse(f"udp:127.0.0.1:0:127.0.0.1:{backend_port}"))
         client = UDPClient()
-        cport = reactor.listenUDP(0, client, interface="127.0.0.1")
+        cport = IReactorUDP(reactor).listenUDP(0, client, interface="127.0.0.1", maxPacketSize=8192)
         self.addCleanup(cport.stopListening)
         client.transport.write(b"nobody home", ("127.0.0.1", granted.out_port))  # type: ignore[union-attr]
         await task.deferLater(reactor, 0.1, lambda: None)
-        backend = reactor.listenUDP(backend_port, UDPEcho(), interface="127.0.0.1")
+        backend = IReactorUDP(reactor).listenUDP(backend_port, UDPEcho(), interface="127.0.0.1", maxPacketSize=8192)
         self.addCleanup(backend.stopListening)
         got = None
         for i in range(50):
@@ -250,14 +252,14 @@ class ForwardingTests(TestCase):
 
     async def test_udp_flow_expires_when_idle(self) -> None:
         """Go's UDPConnTrackTimeout (90 s), shortened: the flow and its channel go away."""
-        backend = reactor.listenUDP(0, UDPEcho(), interface="127.0.0.1")
+        backend = IReactorUDP(reactor).listenUDP(0, UDPEcho(), interface="127.0.0.1", maxPacketSize=8192)
         self.addCleanup(backend.stopListening)
         self.table.udpTimeout = 0.3
         granted = await self.table.expose(
-            Port.parse(f"udp:127.0.0.1:0:127.0.0.1:{backend.getHost().port}")
+            Port.parse(f"udp:127.0.0.1:0:127.0.0.1:{backend.getHost().port}")  # type: ignore[attr-defined]
         )
         client = UDPClient()
-        cport = reactor.listenUDP(0, client, interface="127.0.0.1")
+        cport = IReactorUDP(reactor).listenUDP(0, client, interface="127.0.0.1", maxPacketSize=8192)
         self.addCleanup(cport.stopListening)
         d = client.next()
         client.transport.write(b"one", ("127.0.0.1", granted.out_port))  # type: ignore[union-attr]
@@ -266,7 +268,7 @@ class ForwardingTests(TestCase):
         await task.deferLater(reactor, 0.8, lambda: None)
         self.assertEqual(self.table.connections(), 0)
         mux = self.pair.host.links.current()  # type: ignore[union-attr]
-        self.assertEqual(mux.liveChannels(), 0)
+        self.assertEqual(mux.liveChannels(), 0)  # type: ignore[union-attr]
         d = client.next()
         client.transport.write(b"two", ("127.0.0.1", granted.out_port))  # type: ignore[union-attr]
         self.assertEqual(await d, b"echo:two")  # a new flow
@@ -277,10 +279,10 @@ class ForwardingTests(TestCase):
         await connect_tcp(granted.out_port, live)
         await task.deferLater(reactor, 0.05, lambda: None)
         old = self.pair.host.links.current()  # type: ignore[union-attr]
-        self.assertEqual(old.liveChannels(), 1)
+        self.assertEqual(old.liveChannels(), 1)  # type: ignore[union-attr]
         await defer.maybeDeferred(self.pair.fwd.stopService)  # type: ignore[union-attr]
-        data, reason = await live.done  # the client's connection was closed
-        self.assertEqual(old.liveChannels(), 0)
+        _data, _reason = await live.done  # the client's connection was closed
+        self.assertEqual(old.liveChannels(), 0)  # type: ignore[union-attr]
         await self.pair.start_forwarder()
         mux = await self.pair.link_ready()
         self.assertIsNot(mux, old)
@@ -332,10 +334,10 @@ class StressTests(TestCase):
             self.assertTrue(all(servers.results))
             host_mux = pair.host.links.current()  # type: ignore[union-attr]
             fwd_mux = pair.fwd.links.current()  # type: ignore[union-attr]
-            self.assertEqual((host_mux.liveChannels(), fwd_mux.liveChannels()), (0, 0))
+            self.assertEqual((host_mux.liveChannels(), fwd_mux.liveChannels()), (0, 0))  # type: ignore[union-attr]
             self.assertEqual(table.connections(), 0)
-            self.assertEqual(host_mux.stats.channels_closed, rounds * conns)
-            self.assertEqual(host_mux.stats.protocol_errors + fwd_mux.stats.protocol_errors, 0)
+            self.assertEqual(host_mux.stats.channels_closed, rounds * conns)  # type: ignore[union-attr]
+            self.assertEqual(host_mux.stats.protocol_errors + fwd_mux.stats.protocol_errors, 0)  # type: ignore[union-attr]
             gc.collect()
             self.assertEqual(open_fds(), base_fds)
             leftovers = [o for o in gc.get_objects() if isinstance(o, (Channel, Splice))]
@@ -428,7 +430,7 @@ class GoPeerSequenceTests(TestCase):
         await self.echo.stopListening()
         await self.pair.stop()
 
-    async def _exchange(self, send: bytes, until_close: int) -> list[object]:
+    async def _exchange(self, send: bytes, until_close: int) -> list[Any]:
         from twisted.internet.endpoints import UNIXClientEndpoint
 
         from vrtwist.vpnkit.frames import HANDSHAKE, parse_frames
@@ -524,15 +526,15 @@ class ReversedRolesTests(TestCase):
                            what="the data link to come up")
             mux = host.links.current()
             self.assertIsNotNone(mux)
-            self.assertFalse(mux.backwards)  # the listening side counts ids upwards
+            self.assertFalse(mux.backwards)  # type: ignore[union-attr]  # the listening side counts ids upwards
             granted = await host.table.expose(
                 Port.parse(f"tcp:127.0.0.1:0:127.0.0.1:{echo.getHost().port}")
             )
             c = Collect(b"reversed")
             await connect_tcp(granted.out_port, c)
             self.assertEqual((await c.done)[0], b"reversed")
-            self.assertEqual(mux.stats.channels_opened, 1)
-            self.assertIn(0, [e[3] for e in mux.recent])  # first id allocated upwards: 0
+            self.assertEqual(mux.stats.channels_opened, 1)  # type: ignore[union-attr]
+            self.assertIn(0, [e[3] for e in mux.recent])  # type: ignore[union-attr]  # first id allocated upwards: 0
         finally:
             await echo.stopListening()
             await defer.maybeDeferred(fwd.stopService)

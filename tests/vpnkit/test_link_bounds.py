@@ -30,7 +30,7 @@ class LinkBoundsTests(SynchronousTestCase):
         self.assertTrue(good.ready)
         half, th = self.link()
         half.dataReceived(HANDSHAKE[:5])  # half a handshake, then nothing
-        silent, ts = self.link()
+        _silent, ts = self.link()
         assert LINK_LIMITS.first_frame is not None
         self.clock.advance(LINK_LIMITS.first_frame)
         self.assertTrue(th.disconnecting and ts.disconnecting)

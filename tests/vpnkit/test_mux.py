@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import random
+from typing import Any
 
 from twisted.internet import error
 from twisted.internet.interfaces import IPushProducer
@@ -52,7 +54,7 @@ class FakeProducer:
         self.state = "stopped"
 
 
-def frames_of(chunks: list[bytes]) -> list[object]:
+def frames_of(chunks: list[bytes]) -> list[Any]:
     wire = b"".join(chunks)
     if wire.startswith(HANDSHAKE):
         wire = wire[len(HANDSHAKE) :]
@@ -76,7 +78,7 @@ class LifecycleTests(SynchronousTestCase):
         self.assertFalse(pair.a.ready)
         pair.pump()
         self.assertTrue(pair.a.ready and pair.b.ready)
-        self.assertTrue(pair.a.whenReady.called)
+        self.assertTrue(pair.a.when_ready.called)
 
     def test_new(self) -> None:
         """TestNew: dial, accept, close both channels, close both multiplexers."""
@@ -225,7 +227,7 @@ class LifecycleTests(SynchronousTestCase):
         mux.makeConnection(StringTransport())
         mux.dataReceived(HANDSHAKE[:10])
         mux.connectionLost(Failure(error.ConnectionDone()))
-        self.assertFalse(mux.whenReady.called)
+        self.assertFalse(mux.when_ready.called)
         self.assertTrue(mux.whenLost.called)
         self.assertEqual(mux.stats.protocol_errors, 0)
         self.assertRaises(error.ConnectionClosed, mux.openChannel, DEST, Sink())
@@ -472,7 +474,7 @@ class FlowControlTests(SynchronousTestCase):
         self.assertEqual(seqs, sorted(seqs))
         self.assertGreaterEqual(seqs[-1], 1 << 20)
         # each update is sent when less than half a window is left (Go channel.Read)
-        self.assertTrue(all(b - a >= 32768 for a, b in zip(seqs, seqs[1:])))
+        self.assertTrue(all(b - a >= 32768 for a, b in itertools.pairwise(seqs)))
 
     def test_stalled_channel_does_not_block_another(self) -> None:
         """TestWindow: a channel with a full window beside one moving 1 MiB."""
@@ -608,7 +610,7 @@ class MisbehavingPeerTests(SynchronousTestCase):
         self.assertEqual(len(acc.accepted), 1)
 
     def test_garbage_closes_link_and_every_channel_once(self) -> None:
-        pair, acc, client = self._pair_with_live_channel()
+        pair, acc, _client = self._pair_with_live_channel()
         server = acc.accepted[0][1]
         pair.a.dataReceived(b"\x07\x00\x63garbage that is no frame")
         self.assertTrue(pair.ta.disconnecting)
@@ -647,7 +649,7 @@ class MisbehavingPeerTests(SynchronousTestCase):
         self.assertIsNotNone(acc.accepted[0][1].lost)
 
     def test_dump_names_channels_and_counters(self) -> None:
-        pair, acc, _ = self._pair_with_live_channel()
+        pair, _acc, _ = self._pair_with_live_channel()
         text = pair.b.dump()
         self.assertIn("0xffffffff", text)
         self.assertIn("window_stalls=", text)
@@ -723,7 +725,7 @@ class TraceTests(SynchronousTestCase):
         acc = Acceptor()
         pair = LinkPair(acc)
         pair.a.trace = True
-        pair.a._log = Logger(observer=events.append)  # type: ignore[misc]
+        pair.a._log = Logger(observer=events.append)  # type: ignore[arg-type]
         ch = pair.b.openChannel(DEST, Sink())
         ch.loseConnection()
         pair.pump()

@@ -15,6 +15,7 @@ import tempfile
 import time
 
 from twisted.internet import defer, reactor, task
+from twisted.internet.interfaces import IReactorUNIX
 from twisted.internet.protocol import Factory
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import globalLogPublisher
@@ -36,9 +37,9 @@ class PolicyTests(SynchronousTestCase):
         self.dir = tempfile.mkdtemp(prefix="ac-pol-")
         self.addCleanup(shutil.rmtree, self.dir, True)
         self.allowed = os.path.join(self.dir, "allowed")
-        self.run = os.path.join(self.dir, "run")
+        self.run_dir = os.path.join(self.dir, "run")
         os.mkdir(self.allowed)
-        os.mkdir(self.run)
+        os.mkdir(self.run_dir)
         self.policy = DestinationPolicy([self.allowed + "/"])
 
     def refused(self, path: str) -> str:
@@ -52,7 +53,7 @@ class PolicyTests(SynchronousTestCase):
 
     def test_unix_refused_without_allowed_dirs(self) -> None:
         with self.assertRaises(DestinationRefused) as cm:
-            DestinationPolicy().check(Destination.unix(self.run + "/dpdk_netlink"))
+            DestinationPolicy().check(Destination.unix(self.run_dir + "/dpdk_netlink"))
         self.assertIn("--allow-unix-dir", str(cm.exception))
 
     def test_under_allowed_dir_is_dialled_resolved(self) -> None:
@@ -63,7 +64,7 @@ class PolicyTests(SynchronousTestCase):
         self.assertIn("not under", self.refused(self.allowed + "/../run/dpdk_netlink"))
 
     def test_symlink_escape_refused_and_inner_link_resolved(self) -> None:
-        os.symlink(self.run, os.path.join(self.allowed, "out"))
+        os.symlink(self.run_dir, os.path.join(self.allowed, "out"))
         self.assertIn("not under", self.refused(self.allowed + "/out/dpdk_netlink"))
         os.symlink(self.allowed + "/real.sock", os.path.join(self.allowed, "in.sock"))
         got = self.policy.check(Destination.unix(self.allowed + "/in.sock"))
@@ -110,8 +111,8 @@ class AcceptorTests(SynchronousTestCase):
         acc = ForwardingAcceptor(r, policy=DestinationPolicy(["/srv/allowed"]))
         pair = LinkPair(acc, None)
         events: list[dict[str, object]] = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        globalLogPublisher.addObserver(events.append)  # type: ignore[arg-type]
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)  # type: ignore[arg-type]
         bad = Sink()
         pair.b.openChannel(Destination.unix("/var/run/vrouter/dpdk_netlink" + "/x" * 5000), bad)
         pair.pump()
@@ -142,7 +143,7 @@ class _Ready(Sink):
         super().__init__()
         self.closed: defer.Deferred[None] = defer.Deferred()
 
-    def connectionLost(self, reason: object = None) -> None:  # type: ignore[override]
+    def connectionLost(self, reason: object = None) -> None:
         super().connectionLost(reason)  # type: ignore[arg-type]
         if not self.closed.called:
             self.closed.callback(None)
@@ -156,12 +157,12 @@ class AttackTests(TestCase):
     async def setUp(self) -> None:  # type: ignore[override]
         self.pair = Pair()
         await self.pair.start()
-        self.run = tempfile.mkdtemp(prefix="ac-run-")
-        self.addCleanup(shutil.rmtree, self.run, True)
+        self.run_dir = tempfile.mkdtemp(prefix="ac-run-")
+        self.addCleanup(shutil.rmtree, self.run_dir, True)
         self.dispatcher = MemoryDispatcher()
-        self.ksync = await listen_ksync(reactor, self.run, self.dispatcher)
+        self.ksync = await listen_ksync(IReactorUNIX(reactor), self.run_dir, self.dispatcher)
         self.addCleanup(self.ksync.stopListening)  # trial: cleanups run before tearDown
-        self.sock = os.path.join(self.run, "dpdk_netlink")
+        self.sock = os.path.join(self.run_dir, "dpdk_netlink")
 
     async def tearDown(self) -> None:  # type: ignore[override]
         await self.pair.stop()
@@ -190,7 +191,7 @@ class AttackTests(TestCase):
         from vrtwist.sandesh import GET, encode, schema
 
         probe = build_request(encode(schema.vrouter_ops(h_op=GET)), seq=1)
-        for path in (self.sock, self.pair.dir + "/../" + os.path.basename(self.run)
+        for path in (self.sock, self.pair.dir + "/../" + os.path.basename(self.run_dir)
                      + "/dpdk_netlink"):
             data, _ = await self._round_trip(mux, Destination.unix(path), probe)
             self.assertEqual(data, b"")

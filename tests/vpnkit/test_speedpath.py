@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import errno
+import itertools
 import socket
 from collections.abc import Callable
+from typing import Any
 
 from twisted.internet import protocol, reactor, tcp
 from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.task import Clock
-from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python import usage
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
@@ -30,13 +33,13 @@ from vrtwist.vpnkit.frames import (
     encode_frame,
     parse_frames,
 )
-from vrtwist.vpnkit.mux import LAZY_CLOSE_DELAY, Multiplexer
+from vrtwist.vpnkit.mux import LAZY_CLOSE_DELAY, Channel, Multiplexer
 from vrtwist.vpnkit.testing import Acceptor, LinkPair, Sink
 
 DEST = Destination.tcp("127.0.0.1", 8080)
 
 
-def frames(data: bytes) -> list[object]:
+def frames(data: bytes) -> list[Any]:
     if data.startswith(HANDSHAKE):
         data = data[len(HANDSHAKE) :]
     return parse_frames(data)
@@ -110,7 +113,7 @@ class OptionTests(SynchronousTestCase):
         o = forwarder_tap.Options()
         o.parseOptions(["--data-listen", "/tmp/x.sock", "--busy-poll", "500"])
         svc = forwarder_tap.makeService(o, clock)
-        kick = svc.dataService.factory.onActivity
+        kick = svc.dataService.factory.on_activity
         kick()
         self.assertEqual(len(clock.getDelayedCalls()), 1)
         svc.privilegedStartService()
@@ -124,11 +127,11 @@ class OptionTests(SynchronousTestCase):
         o = forwarder_tap.Options()
         o.parseOptions(["--data-listen", "/tmp/x.sock", "--busy-poll", "0"])
         svc = forwarder_tap.makeService(o, MemoryReactorClock())
-        self.assertIsNone(svc.dataService.factory.onActivity)
+        self.assertIsNone(svc.dataService.factory.on_activity)
 
 
 class WindowGrowthTests(SynchronousTestCase):
-    def _transfer(self, pair: LinkPair, acc: Acceptor, n: int) -> tuple[object, list[int]]:
+    def _transfer(self, pair: LinkPair, acc: Acceptor, n: int) -> tuple[Channel, list[int]]:
         pair.record = True
         ch = pair.b.openChannel(DEST, Sink())
         ch.write(b"g" * n)
@@ -142,7 +145,7 @@ class WindowGrowthTests(SynchronousTestCase):
         pair = LinkPair(acc)
         ch, seqs = self._transfer(pair, acc, 8 << 20)
         self.assertEqual(seqs[0], 65536)  # the first advertisement is the configured one
-        steps = [b - a for a, b in zip(seqs, seqs[1:])]
+        steps = [b - a for a, b in itertools.pairwise(seqs)]
         self.assertGreater(max(steps), 65536)
         rch = acc.accepted[0][0]
         self.assertEqual(rch._rwin, 1 << 20)  # capped at window-max
@@ -155,7 +158,7 @@ class WindowGrowthTests(SynchronousTestCase):
         pair = LinkPair(acc)
         pair.a.window_max = 65536
         _, seqs = self._transfer(pair, acc, 1 << 20)
-        self.assertTrue(all(b - a <= 65536 for a, b in zip(seqs, seqs[1:])))
+        self.assertTrue(all(b - a <= 65536 for a, b in itertools.pairwise(seqs)))
         self.assertEqual(pair.a.stats.windows_grown, 0)
 
     def test_growth_stays_within_the_link_budget_and_is_given_back(self) -> None:
@@ -190,7 +193,7 @@ class WindowGrowthTests(SynchronousTestCase):
 
 
 class SkippedWindowTests(SynchronousTestCase):
-    def _forwarder(self) -> tuple[Multiplexer, Acceptor, object]:
+    def _forwarder(self) -> tuple[Multiplexer, Acceptor, StringTransport]:
         from twisted.internet.testing import StringTransport
 
         acc = Acceptor()
@@ -214,7 +217,7 @@ class SkippedWindowTests(SynchronousTestCase):
         self.assertEqual(frames(t.value()), [Close(cid)])
 
     def test_shutdown_in_a_later_read_keeps_the_window(self) -> None:
-        mux, acc, t = self._forwarder()
+        mux, _acc, t = self._forwarder()
         cid = 0xFFFFFFFE
         mux.dataReceived(encode_frame(Open(cid, DEST)) + encode_frame(Window(cid, 65536)))
         mux.dataReceived(encode_frame(Shutdown(cid)))
@@ -223,7 +226,7 @@ class SkippedWindowTests(SynchronousTestCase):
 
 
 class LazyCloseTests(SynchronousTestCase):
-    def _pair(self) -> tuple[LinkPair, Acceptor, Clock, object]:
+    def _pair(self) -> tuple[LinkPair, Acceptor, Clock, Channel]:
         acc = Acceptor()
         pair = LinkPair(acc)
         clock = Clock()
@@ -283,12 +286,12 @@ class LazyCloseTests(SynchronousTestCase):
         self.assertEqual(frames(pair.tb.value()), [Close(ch.id)])
 
     def test_a_first_close_is_never_lazy(self) -> None:
-        pair, acc, clock, ch = self._pair()
+        pair, _acc, _clock, ch = self._pair()
         ch.loseConnection()
         self.assertEqual(frames(pair.tb.value()), [Close(ch.id)])
 
     def test_link_lost_with_a_lazy_close_pending(self) -> None:
-        pair, acc, clock, ch = self._pair()
+        pair, acc, clock, _ch = self._pair()
         acc.accepted[0][0].loseConnection()
         pair.pump()
         self.assertEqual(len(pair.b.writer.lazy), 1)
@@ -297,14 +300,14 @@ class LazyCloseTests(SynchronousTestCase):
         self.assertEqual(pair.b.writer.lazy, [])
 
     def test_lose_link_sends_it_first(self) -> None:
-        pair, acc, clock, ch = self._pair()
+        pair, acc, _clock, ch = self._pair()
         acc.accepted[0][0].loseConnection()
         pair.pump()
         pair.b.loseLink("test")
         self.assertEqual(frames(pair.tb.value()), [Close(ch.id)])
 
 
-def Failure_done() -> object:
+def Failure_done() -> Failure:
     from twisted.internet import error
     from twisted.python.failure import Failure
 
@@ -409,7 +412,7 @@ class LeanPortTests(TestCase):
             def _accept(self) -> None:
                 raise OSError(errno.EMFILE, "too many open files")
 
-        port.socket = Sock()  # type: ignore[assignment]
+        port.socket = Sock()
         self.patch(tcp.Port, "doRead", lambda self: calls.append(self))
         port.doRead()
         self.assertEqual(calls, [port])

@@ -146,7 +146,7 @@ class AcceptTests(SynchronousTestCase):
         a, b = socket.socketpair()
         self.addCleanup(b.close)
         a.setblocking(False)
-        port.socket = _FakeListener(a, (17, 1025))  # type: ignore[assignment]
+        port.socket = _FakeListener(a, (17, 1025))
         port.numberAccepts = 1
         port.connected = True
         port.doRead()
@@ -177,15 +177,15 @@ class RealSocketTests(TestCase):
         verifyObject(IListeningPort, port)
         host = port.getHost()
         self.assertIsInstance(host, VSockAddress)
-        self.assertEqual(host.cid, VMADDR_CID_ANY)
-        self.assertNotEqual(host.port, VMADDR_PORT_ANY)
-        await port.stopListening()
+        self.assertEqual(host.cid, VMADDR_CID_ANY)  # type: ignore[attr-defined]
+        self.assertNotEqual(host.port, VMADDR_PORT_ANY)  # type: ignore[attr-defined]
+        await port.stopListening()  # type: ignore[misc]
 
     async def test_listen_twice_same_port_fails_clearly(self) -> None:
         ep = VSockServerEndpoint(self.reactor, VMADDR_PORT_ANY)
         port = await ep.listen(Factory.forProtocol(Protocol))
         self.addCleanup(port.stopListening)
-        again = VSockServerEndpoint(self.reactor, port.getHost().port)
+        again = VSockServerEndpoint(self.reactor, port.getHost().port)  # type: ignore[attr-defined]
         with self.assertRaises(error.CannotListenError):
             await again.listen(Factory.forProtocol(Protocol))
 
@@ -201,11 +201,11 @@ class RealSocketTests(TestCase):
             cid = localCID()
         except OSError as e:
             raise self.skipTest(f"no /dev/vsock to read the local CID: {e}") from None
-        ep = VSockClientEndpoint(self.reactor, cid, port.getHost().port, timeout=3)
+        ep = VSockClientEndpoint(self.reactor, cid, port.getHost().port, timeout=3)  # type: ignore[attr-defined]
         try:
             proto = await ep.connect(Factory.forProtocol(Protocol))
         except error.ConnectError:
             return  # this machine: ENODEV (no loopback transport)
         # A machine with vsock_loopback: the connection works end to end.
-        self.assertEqual(proto.transport.getPeer(), VSockAddress(cid, port.getHost().port))
-        proto.transport.loseConnection()
+        self.assertEqual(proto.transport.getPeer(), VSockAddress(cid, port.getHost().port))  # type: ignore[attr-defined]
+        proto.transport.loseConnection()  # type: ignore[attr-defined]

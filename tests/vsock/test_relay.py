@@ -414,7 +414,7 @@ class RelayNetTests(TestCase):
         """``twistd -n vsock-relay`` as a real process, unix listener stand-in."""
         from twisted.internet.utils import getProcessOutputAndValue  # noqa: F401
 
-        backends, bport = await self.tcpBackend(answerAtEOF=True)
+        _backends, bport = await self.tcpBackend(answerAtEOF=True)
         sock = os.path.join(self.dir, "t.sock")
         twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
         argv = [
@@ -437,7 +437,7 @@ class RelayNetTests(TestCase):
             def processEnded(self, reason: Any) -> None:
                 ended.callback(None)
 
-        proc = reactor.spawnProcess(PP(), twistd, argv, env=dict(os.environ))  # type: ignore[attr-defined]
+        proc = reactor.spawnProcess(PP(), twistd, argv, env=dict(os.environ))
         try:
             # up to 30 s: twistd starts slowly on a loaded machine
             await wait_for(lambda: os.path.exists(sock), 30, 0.05, what="the relay's socket")
@@ -483,8 +483,8 @@ class RelayNetTests(TestCase):
         svc = relay_tap.makeService(o, reactor)
         svc.startService()
         (listener,) = list(svc)
-        await listener._waitingForPort  # type: ignore[attr-defined]
-        port = listener._waitingForPort.result  # type: ignore[attr-defined]
+        await listener._waitingForPort
+        port = listener._waitingForPort.result
         from vrtwist.vsock.endpoints import VMADDR_CID_ANY, VSockAddress
 
         host = port.getHost()
@@ -548,7 +548,7 @@ class VSockCallerTests(SynchronousTestCase):
         self.assertEqual(itr.value(), b"reply")
 
     def test_pending_buffer_is_bounded_while_connecting(self) -> None:
-        relay, clock = self._relay(bufferLimit=100)
+        relay, _clock = self._relay(bufferLimit=100)
         inbound, itr = self._accept(relay, 7)
         inbound.dataReceived(b"x" * 60)
         self.assertEqual(itr.producerState, "producing")

@@ -14,9 +14,12 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Generator
+from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.interfaces import IReactorUNIX
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
@@ -31,27 +34,26 @@ PACKET_FILES = sorted(glob.glob(os.path.join(PEER, "ipv*.xml")))
 class InProcessTests(TestCase):
     timeout = 60
 
-    def setUp(self) -> Deferred[None] | None:
+    def setUp(self) -> None:
         if not MSG_FILES:
             self.skipTest("peer vtest suite not found at %s" % PEER)
         self.run_dir = tempfile.mkdtemp(prefix="vtest-")
         self.service = makeDatapathService(
-            self.run_dir, flow_entries=1024, bridge_entries=1024, reactor=reactor
+            self.run_dir, flow_entries=1024, bridge_entries=1024, reactor=IReactorUNIX(reactor)
         )
         self.service.startService()
-        return None
 
-    def tearDown(self) -> Deferred[None] | None:
-        d = self.service.stopService()
-        return d  # type: ignore[no-any-return]
+    def tearDown(self) -> Deferred[None] | None:  # type: ignore[override]  # trial waits
+        d: Deferred[None] | None = self.service.stopService()
+        return d
 
     @inlineCallbacks
-    def run_one(self, path: str) -> object:
+    def run_one(self, path: str) -> Generator[Deferred[Any], Any, Any]:
         result = yield deferToThread(runner.run_file, path, self.run_dir)
         return result
 
     @inlineCallbacks
-    def test_message_files_pass(self) -> object:
+    def test_message_files_pass(self) -> Generator[Deferred[Any], Any, Any]:
         for path in MSG_FILES:
             # a fresh vRouter for each file, as the upstream runner did
             result = yield deferToThread(runner.run_file, path, self.run_dir, True)
@@ -59,14 +61,14 @@ class InProcessTests(TestCase):
         self.assertEqual(len(MSG_FILES), 13)
 
     @inlineCallbacks
-    def test_packet_files_run_their_messages(self) -> object:
+    def test_packet_files_run_their_messages(self) -> Generator[Deferred[Any], Any, Any]:
         for path in PACKET_FILES:
             result = yield deferToThread(runner.run_file, path, self.run_dir, True)
             self.assertEqual(result.status, runner.SKIP, (path, result.detail))
             self.assertIn("needs the packet path", result.detail)
 
     @inlineCallbacks
-    def test_mismatch_fails_clearly(self) -> object:
+    def test_mismatch_fails_clearly(self) -> Generator[Deferred[Any], Any, Any]:
         bad = os.path.join(self.run_dir, "bad.xml")
         with open(bad, "w") as f:
             f.write(

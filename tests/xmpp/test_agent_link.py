@@ -3,6 +3,7 @@ backoff, failover, graceful restart of learnt routes, config, bad input."""
 
 from __future__ import annotations
 
+import itertools
 import random
 from typing import Any
 
@@ -508,7 +509,7 @@ class RemoteRouteTableTests(SynchronousTestCase):
 
 @implementer(IStreamClientEndpoint)
 class FailingEndpoint:
-    def __init__(self, clock: MemoryReactorClock, name: str, log: list) -> None:
+    def __init__(self, clock: MemoryReactorClock, name: str, log: list[Any]) -> None:
         self.clock, self.name, self.log = clock, name, log
 
     def connect(self, factory: Any) -> defer.Deferred[Any]:
@@ -531,7 +532,7 @@ class ReconnectTests(SynchronousTestCase):
 
     def test_failover_after_four_attempts_with_client_service(self) -> None:
         clock = MemoryReactorClock()
-        log: list = []
+        log: list[Any] = []
         eps = [FailingEndpoint(clock, "cn1", log), FailingEndpoint(clock, "cn2", log)]
         link = ControllerLink(clock, eps, "h", "127.0.0.2", RecordingSink(),
                               names=["cn1", "cn2"], rng=random.Random(0))
@@ -542,7 +543,7 @@ class ReconnectTests(SynchronousTestCase):
         names = [n for n, _ in log]
         self.assertEqual(names[:MAX_ATTEMPTS], ["cn1"] * MAX_ATTEMPTS)
         self.assertEqual(names[MAX_ATTEMPTS:2 * MAX_ATTEMPTS], ["cn2"] * MAX_ATTEMPTS)
-        gaps = [round(b[1] - a[1]) for a, b in zip(log, log[1:])]
+        gaps = [round(b[1] - a[1]) for a, b in itertools.pairwise(log)]
         # 0, 1, 2 s between the four attempts on cn1; cn2 starts over at once.
         self.assertEqual(gaps[:8], [0, 1, 2, 0, 0, 1, 2, 0])
         self.assertIn("controller cn1 failed 4 attempts (last: unreachable (", "\n".join(
@@ -551,13 +552,13 @@ class ReconnectTests(SynchronousTestCase):
 
     def test_single_controller_backs_off_to_30s(self) -> None:
         clock = MemoryReactorClock()
-        log: list = []
+        log: list[Any] = []
         link = ControllerLink(clock, [FailingEndpoint(clock, "cn1", log)], "h", "127.0.0.2",
                               RecordingSink(), rng=random.Random(0))
         link.startService()
         for _ in range(3000):
             clock.advance(0.05)
-        gaps = [b[1] - a[1] for a, b in zip(log, log[1:])]
+        gaps = [b[1] - a[1] for a, b in itertools.pairwise(log)]
         for gap, base in zip(gaps, [0.05, 1, 2, 4, 8, 16, 30, 30], strict=False):
             self.assertTrue(base * 0.9 - 0.051 <= gap <= base * 1.1 + 0.051, (gap, base))
         link.stopService()
@@ -585,7 +586,7 @@ class ReconnectTests(SynchronousTestCase):
 
     def test_success_resets_failures(self) -> None:
         clock = MemoryReactorClock()
-        log: list = []
+        log: list[Any] = []
         good = MemEndpoint(clock)
         ep = FailoverEndpoint([FailingEndpoint(clock, "a", log), good], ["a", "b"])
         for _ in range(3):
@@ -606,7 +607,7 @@ class ReconnectTests(SynchronousTestCase):
     def test_make_controller_link(self) -> None:
         from twisted.application.service import IService
 
-        from vrtwist.xmpp.agent_link import IControllerLink
+        from vrtwist.xmpp.interfaces import IControllerLink
 
         clock = MemoryReactorClock()
         link = makeControllerLink(clock, ["tcp:127.0.0.1:5269", "127.0.0.1:5270", "x:1"], "h",

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
@@ -20,7 +23,7 @@ from vrtwist.xmpp.stanzas import (
 from vrtwist.xmpp.testing import MemAgent, inet, make_node
 
 
-def messages(logs: list) -> str:
+def messages(logs: Sequence[Any]) -> str:
     from twisted.logger import formatEvent
 
     return "\n".join(formatEvent(e) for e in logs)
@@ -28,13 +31,13 @@ def messages(logs: list) -> str:
 
 class SessionSetupTests(SynchronousTestCase):
     def test_interfaces(self) -> None:
-        clock, node, factory = make_node()
+        _clock, node, factory = make_node()
         a = MemAgent(factory, "a")
         verifyObject(IControlNode, node)
         verifyObject(IPushProducer, a.proto)
 
     def test_open_answer_and_first_keepalive(self) -> None:
-        clock, node, factory = make_node()
+        _clock, node, factory = make_node()
         a = MemAgent(factory, "worker-3")
         a.open()
         # from is the real control node's JID, not this node's host name ("cn1")
@@ -43,7 +46,7 @@ class SessionSetupTests(SynchronousTestCase):
         self.assertIn("worker-3", node.sessions)
 
     def test_keepalive_every_third_of_hold(self) -> None:
-        clock, node, factory = make_node(hold=9)
+        clock, _node, factory = make_node(hold=9)
         a = MemAgent(factory, "a")
         a.open()
         a.tr.clear()
@@ -56,7 +59,7 @@ class SessionSetupTests(SynchronousTestCase):
         self.assertFalse(a.closed)
 
     def test_hold_timer_expires(self) -> None:
-        clock, node, factory = make_node(hold=3)
+        clock, _node, factory = make_node(hold=3)
         a = MemAgent(factory, "a")
         a.open()
         with capturedLogs() as logs:
@@ -68,14 +71,14 @@ class SessionSetupTests(SynchronousTestCase):
         self.assertTrue(a.tr.value().endswith(b"</stream:stream>"))
 
     def test_open_timeout(self) -> None:
-        clock, node, factory = make_node()
+        clock, _node, factory = make_node()
         a = MemAgent(factory, "a")
         clock.advance(15)
         self.assertTrue(a.closed)
         self.assertIn("no stream open", a.proto.close_reason)
 
     def test_same_name_other_address_refused(self) -> None:
-        clock, node, factory = make_node()
+        _clock, _node, factory = make_node()
         a = MemAgent(factory, "a", host="127.0.0.2")
         a.open()
         b = MemAgent(factory, "a", host="127.0.0.9")
@@ -85,7 +88,7 @@ class SessionSetupTests(SynchronousTestCase):
         self.assertIn("another address", b.proto.close_reason)
 
     def test_same_name_same_address_replaces(self) -> None:
-        clock, node, factory = make_node()
+        _clock, node, factory = make_node()
         a = MemAgent(factory, "a")
         a.open()
         b = MemAgent(factory, "a", port=40001)
@@ -112,7 +115,7 @@ class ReflectionTests(SynchronousTestCase):
         a.publish("blue", inet("10.0.0.1/32", "127.0.0.2", 20))
         self.clock.advance(0)
         for other in (b, c):
-            items, retracts, _ = other.routes()
+            items, _retracts, _ = other.routes()
             self.assertEqual(list(items), ["10.0.0.1/32"])
             self.assertEqual(items["10.0.0.1/32"].next_hops[0].label, 20)
         self.assertEqual(a.routes(), ({}, [], 0))
@@ -217,7 +220,7 @@ class ReflectionTests(SynchronousTestCase):
 
 class UnsupportedFamilyTests(SynchronousTestCase):
     def test_multicast_publish_is_accepted_and_dropped(self) -> None:
-        clock, node, factory = make_node()
+        clock, _node, factory = make_node()
         a, b = MemAgent(factory, "a"), MemAgent(factory, "b")
         for ag in (a, b):
             ag.open()
@@ -332,7 +335,7 @@ class ViolationTests(SynchronousTestCase):
         def broken(*args: object) -> None:
             raise RuntimeError("handler bug")
 
-        self.node.subscribe = broken  # type: ignore[method-assign]
+        self.node.subscribe = broken  # type: ignore[assignment, method-assign]
         try:
             self.assertClosedAlone(build_subscribe("a", "red", 1),
                                    "closed: internal error handling a stanza")
@@ -465,7 +468,7 @@ class GracefulRestartTests(SynchronousTestCase):
         self.assertEqual(sorted(retracts), ["10.0.0.1/32", "10.0.0.2/32"])
 
     def test_no_gr_retracts_at_once(self) -> None:
-        clock, node, factory = make_node(gr_time=0)
+        clock, _node, factory = make_node(gr_time=0)
         a, b = MemAgent(factory, "a"), MemAgent(factory, "b")
         for ag in (a, b):
             ag.open()
@@ -482,7 +485,7 @@ class OrderingTests(SynchronousTestCase):
     def test_evpn_items_go_out_before_inet(self) -> None:
         from vrtwist.xmpp.stanzas import NextHop, RouteEntry
 
-        clock, node, factory = make_node()
+        clock, _node, factory = make_node()
         a, b = MemAgent(factory, "a"), MemAgent(factory, "b")
         for ag in (a, b):
             ag.open()

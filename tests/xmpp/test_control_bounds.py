@@ -16,7 +16,7 @@ class XmppBoundsTests(SynchronousTestCase):
         o = control_tap.Options()
         o.parseOptions(["--xmpp", "tcp:0:interface=127.0.0.1"])
         svc = control_tap.makeService(o, clock)
-        factory = svc.getServiceNamed("xmpp").factory  # type: ignore[attr-defined]
+        factory = svc.getServiceNamed("xmpp").factory
         self.assertIsInstance(factory, BoundedFactory)
         addr = IPv4Address("TCP", "127.0.0.1", 5000)
         silent, agent = factory.buildProtocol(addr), factory.buildProtocol(addr)

@@ -19,7 +19,7 @@ from tests.agent.procs import CONTROL_PORT_RE, logged_port
 from tests.polling import wait_for
 from vrtwist.xmpp import control_tap
 from vrtwist.xmpp.agent_link import LocalRouteInfo, makeControllerLink
-from vrtwist.xmpp.testing import RecordingSink
+from vrtwist.xmpp.testing import RecordingSink, sink_of
 
 from .test_loopback import until
 
@@ -57,7 +57,7 @@ class OptionsTests(SynchronousTestCase):
 
         names = {p.tapname: p for p in getPlugins(IServiceMaker)}
         self.assertIn("vrouter-control", names)
-        self.assertEqual(names["vrouter-control"].module, "vrtwist.xmpp.control_tap")
+        self.assertEqual(names["vrouter-control"].module, "vrtwist.xmpp.control_tap")  # type: ignore[attr-defined]
 
 
 class TwistdProcessTests(TestCase):
@@ -89,12 +89,12 @@ class TwistdProcessTests(TestCase):
             link.startService()
             self.addCleanup(link.stopService)
             links.append(link)
-        await until(lambda: all(len(lk.remote.sink.table) == 1 for lk in links),
+        await until(lambda: all(len(sink_of(lk).table) == 1 for lk in links),
                     "both agents to learn each other's route through twistd", timeout=20)
         # the stream's from is the real control node's JID, not the host name ("cn-proc")
         self.assertEqual(links[0].session.peer_name,  # type: ignore[union-attr]
                          "network-control@contrailsystems.com")
-        self.assertEqual(links[0].remote.sink.table[("blue", "10.0.0.2", 32)][:2], ("127.0.0.3", 18))
+        self.assertEqual(sink_of(links[0]).table[("blue", "10.0.0.2", 32)][:2], ("127.0.0.3", 18))
         await task.deferLater(reactor, 0, lambda: None)
 
 
@@ -131,7 +131,7 @@ class TwistdTlsTests(TestCase):
             link.startService()
             self.addCleanup(link.stopService)
             links.append(link)
-        await until(lambda: all(len(lk.remote.sink.table) == 1 for lk in links),
+        await until(lambda: all(len(sink_of(lk).table) == 1 for lk in links),
                     "routes over STARTTLS through twistd", timeout=20)
         from twisted.internet.interfaces import ISSLTransport
 
@@ -147,8 +147,8 @@ class UnauthenticatedWarningTests(SynchronousTestCase):
         from twisted.logger import globalLogPublisher
 
         events: list[dict[str, object]] = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        globalLogPublisher.addObserver(events.append)  # type: ignore[arg-type]
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)  # type: ignore[arg-type]
         o = control_tap.Options()
         o.parseOptions(argv)
         svc = control_tap.makeService(o, MemoryReactorClock())

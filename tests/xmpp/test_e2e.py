@@ -127,12 +127,12 @@ class EndToEndTests(SynchronousTestCase):
             if not os.path.exists(os.path.join(BIN, tool)):
                 raise self.skipTest(f"console script {tool} not installed")
         try:
-            import vrtwist.agent.tap  # noqa: F401
+            import vrtwist.agent.tap
             import vrtwist.datapath.service  # noqa: F401
         except ImportError as e:
             raise self.skipTest(f"agent or datapath not available: {e}") from None
         self.base = tempfile.mkdtemp(prefix="vrtwist-e2e-")
-        self.cns: dict[int, subprocess.Popen] = {}
+        self.cns: dict[int, subprocess.Popen[bytes]] = {}
 
     def start_cn(self, name: str, port: int = 0) -> int:
         """Start control node ``name`` on ``port`` (0: any, read back from its log)."""

@@ -3,6 +3,8 @@ declaration, keepalives, chunking, and every way a peer can send garbage."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
@@ -42,7 +44,7 @@ ROUTE_MSG = (
 )
 
 
-def units(events: list) -> list:
+def units(events: list[Any]) -> list[Any]:
     return [e for e in events if not isinstance(e, Keepalive)]
 
 
@@ -101,7 +103,7 @@ class SplitTests(SynchronousTestCase):
         data = REAL_AGENT_OPEN + CONFIG_IQ + KEEPALIVE + ROUTE_MSG + ROUTE_MSG
         whole = units(StanzaSplitter().feed(data))
         s = StanzaSplitter()
-        pieces: list = []
+        pieces: list[Any] = []
         for i in range(len(data)):
             pieces.extend(s.feed(data[i : i + 1]))
         self.assertEqual(units(pieces), whole)
@@ -113,7 +115,7 @@ class SplitTests(SynchronousTestCase):
         data = REAL_AGENT_OPEN + (CONFIG_IQ + KEEPALIVE + ROUTE_MSG) * 3 + b"</stream:stream>"
         whole = units(StanzaSplitter().feed(data))
         s = StanzaSplitter()
-        out: list = []
+        out: list[Any] = []
         pos = 0
         for c in cuts:
             out.extend(s.feed(data[pos : pos + c]))

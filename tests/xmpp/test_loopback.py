@@ -11,14 +11,16 @@ from typing import Any
 from twisted.internet import defer, reactor, task
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
+from twisted.internet.interfaces import IProtocolFactory
 from twisted.internet.protocol import Protocol
 from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import TestCase
+from zope.interface import implementer
 
 from tests.polling import wait_for
 from vrtwist.xmpp.agent_link import ControllerLink, LocalRouteInfo, makeControllerLink
 from vrtwist.xmpp.control import ControlNode, ControlNodeFactory
-from vrtwist.xmpp.testing import RecordingSink
+from vrtwist.xmpp.testing import RecordingSink, sink_of
 from vrtwist.xmpp.tls import mutual_tls_options
 
 
@@ -47,11 +49,11 @@ class LoopbackBase(TestCase):
         if lp.connected:
             await lp.stopListening()
         for s in list(node.sessions.values()):
-            s.transport.abortConnection()
+            s.transport.abortConnection()  # type: ignore[union-attr]
         await task.deferLater(reactor, 0.05, lambda: None)
         node.stop()
 
-    def agent(self, ports: list[int], name: str, fabric: str, tls: dict[str, str] | None = None,
+    def agent(self, ports: list[int], name: str, fabric: str, tls: dict[str, Any] | None = None,
               stale: float = 60.0, sink: RecordingSink | None = None) -> ControllerLink:
         sink = sink or RecordingSink(fabric)
         link = makeControllerLink(reactor, [f"tcp:127.0.0.1:{p}" for p in ports], name, fabric,
@@ -64,12 +66,12 @@ class LoopbackBase(TestCase):
 
 class ReflectionTests(LoopbackBase):
     async def test_three_agents_converge_and_withdraw(self) -> None:
-        node, lp = await self.start_cn()
+        _node, lp = await self.start_cn()
         p = lp.getHost().port
         links = [self.agent([p], f"host{i}", f"127.0.0.{i + 2}") for i in range(3)]
         for i, link in enumerate(links):
             link.localRouteAdded(port(i + 1, fabric=f"127.0.0.{i + 2}"))
-        sinks = [link.remote.sink for link in links]
+        sinks = [sink_of(link) for link in links]
 
         def converged() -> bool:
             return all(len(s.table) == 2 for s in sinks)
@@ -84,22 +86,22 @@ class ReflectionTests(LoopbackBase):
         self.assertEqual(sinks[1].table, {})  # its VRF is gone locally: learnt routes dropped
 
     async def test_lost_agent_routes_go_after_gr_time(self) -> None:
-        node, lp = await self.start_cn(gr_time=0.3)
+        _node, lp = await self.start_cn(gr_time=0.3)
         p = lp.getHost().port
         a = self.agent([p], "a", "127.0.0.2")
         b = self.agent([p], "b", "127.0.0.3")
         a.localRouteAdded(port(1))
         b.localRouteAdded(port(2, fabric="127.0.0.3"))
-        await until(lambda: len(b.remote.sink.table) == 1, "b to learn a's route")
+        await until(lambda: len(sink_of(b).table) == 1, "b to learn a's route")
         await a.stopService()
         await task.deferLater(reactor, 0.1, lambda: None)
-        self.assertEqual(len(b.remote.sink.table), 1)  # still within the GR time
-        await until(lambda: len(b.remote.sink.table) == 0, "a's route to be retracted")
+        self.assertEqual(len(sink_of(b).table), 1)  # still within the GR time
+        await until(lambda: len(sink_of(b).table) == 0, "a's route to be retracted")
 
 
 class BadPeerTests(LoopbackBase):
-    async def bad_client(self, p: int, data: bytes) -> Protocol:
-        proto = await TCP4ClientEndpoint(reactor, "127.0.0.1", p).connect(
+    async def bad_client(self, p: int, data: bytes) -> Any:
+        proto: Any = await TCP4ClientEndpoint(reactor, "127.0.0.1", p).connect(
             _Factory())
         proto.transport.write(data)
         return proto
@@ -111,7 +113,7 @@ class BadPeerTests(LoopbackBase):
         b = self.agent([p], "b", "127.0.0.3")
         a.localRouteAdded(port(1))
         b.localRouteAdded(port(2, fabric="127.0.0.3"))
-        await until(lambda: len(a.remote.sink.table) == 1 and len(b.remote.sink.table) == 1,
+        await until(lambda: len(sink_of(a).table) == 1 and len(sink_of(b).table) == 1,
                     "a and b to converge")
         with capturedLogs() as logs:
             bad = await self.bad_client(p, data)
@@ -121,7 +123,7 @@ class BadPeerTests(LoopbackBase):
         self.assertIn(reason, text)
         # Nothing else lost: a and b still up, their routes still flow.
         a.localRouteAdded(port(3))
-        await until(lambda: len(b.remote.sink.table) == 2, "a new route after the bad peer")
+        await until(lambda: len(sink_of(b).table) == 2, "a new route after the bad peer")
         self.assertEqual(set(node.sessions), {"a", "b"})
 
     async def test_garbage_bytes(self) -> None:
@@ -177,6 +179,7 @@ class _Client(Protocol):
         self.lost = True
 
 
+@implementer(IProtocolFactory)
 class _Factory:
     def doStart(self) -> None: ...
     def doStop(self) -> None: ...
@@ -193,18 +196,18 @@ class RestartAndFailoverTests(LoopbackBase):
         b = self.agent([p], "b", "127.0.0.3", stale=30)
         a.localRouteAdded(port(1))
         b.localRouteAdded(port(2, fabric="127.0.0.3"))
-        await until(lambda: len(b.remote.sink.table) == 1, "b to learn a's route")
+        await until(lambda: len(sink_of(b).table) == 1, "b to learn a's route")
         await self.stop_cn(node, lp)
         await until(lambda: b.session is None, "b to notice the outage")
         await task.deferLater(reactor, 0.3, lambda: None)
-        self.assertEqual(len(b.remote.sink.table), 1)  # headless: forwarding state kept
+        self.assertEqual(len(sink_of(b).table), 1)  # headless: forwarding state kept
         self.assertEqual(b.remote.stale_count, 2)  # its inet and EVPN items
         eors = b.end_of_ribs
-        node2, lp2 = await self.start_cn(portno=p)
+        _node2, _lp2 = await self.start_cn(portno=p)
         # a withdrew nothing, but changed its route during the outage.
         a.localRouteDeleted(port(1))
         a.localRouteAdded(port(5))
-        await until(lambda: list(b.remote.sink.table) == [("blue", "10.0.0.5", 32)],
+        await until(lambda: list(sink_of(b).table) == [("blue", "10.0.0.5", 32)],
                     "b to reconverge (new route in, stale one swept at End-of-RIB)")
         await until(lambda: b.end_of_ribs > eors, "End-of-RIB of the new session")
 
@@ -216,12 +219,12 @@ class RestartAndFailoverTests(LoopbackBase):
         b = self.agent([p1, p2], "b", "127.0.0.3")
         a.localRouteAdded(port(1))
         b.localRouteAdded(port(2, fabric="127.0.0.3"))
-        await until(lambda: len(b.remote.sink.table) == 1 and set(n1.sessions) == {"a", "b"},
+        await until(lambda: len(sink_of(b).table) == 1 and set(n1.sessions) == {"a", "b"},
                     "both agents on cn1")
         await self.stop_cn(n1, lp1)
         await until(lambda: set(n2.sessions) == {"a", "b"}, "both agents to fail over to cn2")
         a.localRouteAdded(port(3))
-        await until(lambda: len(b.remote.sink.table) == 2, "routes through cn2")
+        await until(lambda: len(sink_of(b).table) == 2, "routes through cn2")
         self.assertEqual(set(n2.sessions), {"a", "b"})  # served by cn2 now
         # every control node opens its stream as the real one does, whatever its name
         self.assertEqual(b.session.peer_name,  # type: ignore[union-attr]
@@ -287,7 +290,7 @@ class TlsTests(LoopbackBase):
         b = self.agent([p], "b", "127.0.0.3", tls=self.agent_tls())
         a.localRouteAdded(port(1))
         b.localRouteAdded(port(2, fabric="127.0.0.3"))
-        await until(lambda: len(a.remote.sink.table) == 1 and len(b.remote.sink.table) == 1,
+        await until(lambda: len(sink_of(a).table) == 1 and len(sink_of(b).table) == 1,
                     "routes over TLS")
         from twisted.internet.interfaces import ISSLTransport
 
@@ -328,11 +331,11 @@ class SlowPeerTests(LoopbackBase):
         p = lp.getHost().port
         stalled = await TCP4ClientEndpoint(reactor, "127.0.0.1", p).connect(_Factory())
         received = bytearray()
-        stalled.dataReceived = received.extend  # type: ignore[method-assign]
-        stalled.transport.write(build_stream_open("stall") + build_subscribe("stall", "blue", 1))
+        stalled.dataReceived = received.extend  # type: ignore[assignment, method-assign]
+        stalled.transport.write(build_stream_open("stall") + build_subscribe("stall", "blue", 1))  # type: ignore[attr-defined]
         await until(lambda: "stall" in node.sessions and node.sessions["stall"].subscriptions,
                     "the stalled agent to subscribe")
-        stalled.transport.pauseProducing()  # stop reading: its socket buffers fill up
+        stalled.transport.pauseProducing()  # type: ignore[attr-defined]  # stop reading: its socket buffers fill up
         a = self.agent([p], "a", "127.0.0.2")
         b = self.agent([p], "b", "127.0.0.3")
         b.localRouteAdded(port(250, fabric="127.0.0.3"))
@@ -341,13 +344,13 @@ class SlowPeerTests(LoopbackBase):
         for i in range(n):
             a.localRouteAdded(LocalRouteInfo(f"p{i}", f"vm{i}", "vn1", "blue", "",
                                              f"10.{i >> 8}.{i & 255}.1", None, 16, "127.0.0.2"))
-        await until(lambda: len(b.remote.sink.table) == n, "b to get every route", timeout=30)
+        await until(lambda: len(sink_of(b).table) == n, "b to get every route", timeout=30)
         session = node.sessions["stall"]
         await until(lambda: session.paused, "the stalled session to be paused by its transport")
         # What waits for it is one mark per route, not a queue of messages.
         pending = sum(len(v) for v in session._dirty.values())
         self.assertLessEqual(pending, n + 2)
-        stalled.transport.resumeProducing()
+        stalled.transport.resumeProducing()  # type: ignore[attr-defined]
 
         splitter = StanzaSplitter()
         ids: set[str] = set()
@@ -363,4 +366,4 @@ class SlowPeerTests(LoopbackBase):
             return len(ids) >= n + 1
 
         await until(all_routes, "the stalled agent to catch up once it reads", timeout=30)
-        stalled.transport.loseConnection()
+        stalled.transport.loseConnection()  # type: ignore[attr-defined]

@@ -193,7 +193,7 @@ class RealAgentLayoutTests(SynchronousTestCase):
     indented print) just as the compact ones, and reflects them in the schema's shape."""
 
     def test_whitespace_formatted_publish_and_eor(self) -> None:
-        clock, node, factory = make_node()
+        clock, _node, factory = make_node()
         a, b = MemAgent(factory, "a"), MemAgent(factory, "b", host="127.0.0.3")
         for m in (a, b):
             m.open()

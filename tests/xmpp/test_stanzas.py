@@ -483,7 +483,7 @@ class BadStanzaTests(SynchronousTestCase):
 
 
 texts = st.text(alphabet=st.characters(min_codepoint=9, max_codepoint=0x2FF,
-                                       blacklist_categories=("Cs",)), max_size=12)
+                                       blacklist_categories=("Cs",)), max_size=12)  # type: ignore[arg-type]
 
 
 class FastPathTests(SynchronousTestCase):

@@ -43,14 +43,13 @@ if TYPE_CHECKING:
     from vrtwist.agent.packet.service import AgentPacketService
     from vrtwist.agent.packet.services import PacketServices
     from vrtwist.agent.ports import PortNotFound, PortTable, WrongPortType
-    from vrtwist.agent.rest import RestApiError, PortApi
+    from vrtwist.agent.rest import PortApi, RestApiError
     from vrtwist.agent.service import AgentService
     from vrtwist.agent.store import PortFileError, PortStore
 
 __all__ = [
     "AgentPacketService",
     "AgentService",
-    "RestApiError",
     "DatapathModel",
     "DatapathRequestError",
     "DatapathSync",
@@ -76,6 +75,7 @@ __all__ = [
     "PortValidationError",
     "ProtocolChannel",
     "ResourceExhausted",
+    "RestApiError",
     "VmPort",
     "WrongPortType",
     "make_agent_app",

@@ -435,19 +435,9 @@ class DatapathModel:
         name = vrf_name_for(port.vn_id)
         new_vrf = name not in self._vrfs
         v = self._vrf(name, adopted)
-        taken: list[tuple[IdAllocator, int]] = []
         try:
-            def take(alloc: IdAllocator, want: int | None) -> int:
-                i = want if want is not None and alloc.reserve(want) else alloc.alloc()
-                taken.append((alloc, i))
-                return i
-            vif = take(self.vifs, adopted.vif if adopted else None)
-            l3 = take(self.nhs, adopted.l3_nh if adopted else None)
-            l2 = take(self.nhs, adopted.l2_nh if adopted else None)
-            label = take(self.labels, adopted.label if adopted else None)
+            vif, l3, l2, label = self._take_ids(adopted)
         except ResourceExhausted:
-            for alloc, i in taken:
-                alloc.free(i)
             if new_vrf and not v.ports:
                 self._drop_vrf(v)
             raise
@@ -483,14 +473,11 @@ class DatapathModel:
             keys.append((VXLAN, label))
         # the route carries the VM's MAC: the datapath answers ARP for it by proxy
         route_flags = C.VR_RT_LABEL_VALID_FLAG | C.VR_RT_ARP_PROXY_FLAG
-        if port.ip_address:
-            k = _inet_key(v.vrf_id, port.ip_address, 32)
-            self._set(k, "vr_route_req", _route_fields(k, l3, label, route_flags, mac))
-            keys.append(k)
-        if port.ip6_address:
-            k = _inet_key(v.vrf_id, port.ip6_address, 128)
-            self._set(k, "vr_route_req", _route_fields(k, l3, label, route_flags, mac))
-            keys.append(k)
+        for address, plen in ((port.ip_address, 32), (port.ip6_address, 128)):
+            if address:
+                k = _inet_key(v.vrf_id, address, plen)
+                self._set(k, "vr_route_req", _route_fields(k, l3, label, route_flags, mac))
+                keys.append(k)
         bk: Key = (ROUTE, C.AF_BRIDGE, v.vrf_id, mac)
         self._set(bk, "vr_route_req", {
             "rtr_vrf_id": v.vrf_id, "rtr_family": C.AF_BRIDGE, "rtr_mac": list(mac),
@@ -517,6 +504,27 @@ class DatapathModel:
         if self.controller is not None:
             self.controller.localRouteAdded(route)
 
+    def _take_ids(self, adopted: Adopted | None) -> tuple[int, int, int, int]:
+        """A new port's vif, L3 and L2 next hops and label (the adopted ones when free);
+        all or none."""
+        taken: list[tuple[IdAllocator, int]] = []
+
+        def take(alloc: IdAllocator, want: int | None) -> int:
+            i = want if want is not None and alloc.reserve(want) else alloc.alloc()
+            taken.append((alloc, i))
+            return i
+
+        try:
+            if adopted is None:
+                return (take(self.vifs, None), take(self.nhs, None), take(self.nhs, None),
+                        take(self.labels, None))
+            return (take(self.vifs, adopted.vif), take(self.nhs, adopted.l3_nh),
+                    take(self.nhs, adopted.l2_nh), take(self.labels, adopted.label))
+        except ResourceExhausted:
+            for alloc, i in taken:
+                alloc.free(i)
+            raise
+
     def _with_config(self, port: Port) -> Port:
         """``port`` with what controller config adds where its REST data lacks it: an
         IPv4 / IPv6 address (the interface's instance IPs) when it has none of that
@@ -527,7 +535,7 @@ class DatapathModel:
             return port
         try:
             info = source(port.id)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - bad config source: port kept, logged
             self._log.warn("config of interface {uuid} unusable: {e}", uuid=port.id, e=e)
             return port
         if not info:

@@ -21,8 +21,14 @@ from zope.interface import Interface
 from vrtwist.xmpp.interfaces import IControllerLink, IRouteProgrammer, LocalRoute
 
 __all__ = [
-    "IPortStore", "IPortObserver", "LocalRoute", "IControllerLink", "IRouteProgrammer",
-    "IKsyncChannel", "IKsyncBunchChannel", "IGatewayProgrammer",
+    "IControllerLink",
+    "IGatewayProgrammer",
+    "IKsyncBunchChannel",
+    "IKsyncChannel",
+    "IPortObserver",
+    "IPortStore",
+    "IRouteProgrammer",
+    "LocalRoute",
 ]
 
 

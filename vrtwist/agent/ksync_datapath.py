@@ -172,7 +172,7 @@ class DatapathSync:
                        n=len(keys))
         self._kick()
 
-    def whenIdle(self) -> Deferred[None]:
+    def when_idle(self) -> Deferred[None]:
         """Fires once nothing is left to send or unanswered (or immediately)."""
         if not self._running and self.flight.settled and (
                 not self.dirty or self.channel is None):
@@ -316,10 +316,10 @@ class DatapathSync:
             d = Deferred.fromCoroutine(self._run())
             d.addErrback(lambda f: self._log.failure("ksync sync failed", f))
 
-    def whenFlushed(self) -> Deferred[None]:
+    def when_flushed(self) -> Deferred[None]:
         """Fires once everything changed so far has been sent and answered.
 
-        Unlike :meth:`whenIdle` it does not wait for changes made later, so a REST
+        Unlike :meth:`when_idle` it does not wait for changes made later, so a REST
         request can wait for its own port under a steady stream of others.
         """
         return self.flight.when_flushed(bool(self.dirty))

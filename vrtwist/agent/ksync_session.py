@@ -197,8 +197,8 @@ class KsyncSynchroniser:
             self._prepared = proto
         return True
 
-    def whenIdle(self) -> Deferred[None]:
-        return self.sync.whenIdle()
+    def when_idle(self) -> Deferred[None]:
+        return self.sync.when_idle()
 
     def stopping(self) -> None:
         """The agent is stopping: a session lost from now on is not news (no warning).
@@ -245,8 +245,8 @@ class LocalSynchroniser:
     def start(self) -> None:
         self.sync.attach(self.channel)
 
-    def whenIdle(self) -> Deferred[None]:
-        return self.sync.whenIdle()
+    def when_idle(self) -> Deferred[None]:
+        return self.sync.when_idle()
 
     async def stop(self) -> None:
         self.sync.attach(None)

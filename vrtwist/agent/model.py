@@ -41,7 +41,7 @@ def agent_time(now: float | None = None) -> str:
     """``time`` as the real agent writes it: the UTC time since the epoch printed as a
     duration, ``H:MM:SS`` with unbounded hours and ``.ffffff`` when the microseconds are
     not zero (e.g. ``492553:17:41.005120``)."""
-    usec = int(round((_time.time() if now is None else now) * 1_000_000))
+    usec = round((_time.time() if now is None else now) * 1_000_000)
     secs, frac = divmod(usec, 1_000_000)
     hours, rest = divmod(secs, 3600)
     text = "%02d:%02d:%02d" % (hours, rest // 60, rest % 60)
@@ -251,6 +251,44 @@ def parse_mac(value: str) -> bytes:
     return raw
 
 
+def _ip6_field(body: dict[str, Any], problems: list[str]) -> str | None:
+    ip6: str | None = None
+    # null is "no IPv6" here; the real agent refuses it although its own script sends it
+    raw_ip6 = _str_field(body, "ip6-address", problems) if body.get("ip6-address",
+                                                                    "") is not None else None
+    if raw_ip6 is not None and raw_ip6 not in ("", "None", "::"):
+        try:
+            ip6 = str(ipaddress.IPv6Address(raw_ip6))
+        except ValueError:
+            problems.append(f"ip6-address: {raw_ip6!r} is not an IPv6 address")
+    return ip6
+
+
+def _system_name_field(body: dict[str, Any], ptype: int | None, problems: list[str]) -> str | None:
+    system_name = _str_field(body, "system-name", problems)
+    if ptype == PORT_TYPE_REMOTE and system_name is not None and \
+            _UUID_RE.match(system_name.lower()):
+        pass  # an ESXi port names its vSphere port by uuid (the real API's own example)
+    elif system_name is not None and not _IFNAME_RE.match(system_name):
+        problems.append(f"system-name: {system_name!r} is not an interface name "
+                        "(1-15 characters, no space, '/' or ':')"
+                        + (" or a uuid" if ptype == PORT_TYPE_REMOTE else ""))
+        system_name = None
+    return system_name
+
+
+def _mac_field(body: dict[str, Any], problems: list[str]) -> str | None:
+    mac = _str_field(body, "mac-address", problems)
+    if mac is not None:
+        try:
+            parse_mac(mac)
+            mac = mac.strip().lower()
+        except ValueError as e:
+            problems.append(f"mac-address: {e}")
+            mac = None
+    return mac
+
+
 def port_from_json(body: Any, *, now: float | None = None) -> Port:
     """Validate one ``POST /port`` object (or port file) and build the :class:`Port`.
 
@@ -274,33 +312,10 @@ def port_from_json(body: Any, *, now: float | None = None) -> Port:
     raw_ip = _str_field(body, "ip-address", problems)
     if raw_ip is not None:
         ip4 = _ipv4(raw_ip, "ip-address", problems, allow_none=True)
-    ip6: str | None = None
-    # null is "no IPv6" here; the real agent refuses it although its own script sends it
-    raw_ip6 = _str_field(body, "ip6-address", problems) if body.get("ip6-address",
-                                                                    "") is not None else None
-    if raw_ip6 is not None and raw_ip6 not in ("", "None", "::"):
-        try:
-            ip6 = str(ipaddress.IPv6Address(raw_ip6))
-        except ValueError:
-            problems.append(f"ip6-address: {raw_ip6!r} is not an IPv6 address")
+    ip6 = _ip6_field(body, problems)
 
-    system_name = _str_field(body, "system-name", problems)
-    if ptype == PORT_TYPE_REMOTE and system_name is not None and \
-            _UUID_RE.match(system_name.lower()):
-        pass  # an ESXi port names its vSphere port by uuid (the real API's own example)
-    elif system_name is not None and not _IFNAME_RE.match(system_name):
-        problems.append(f"system-name: {system_name!r} is not an interface name "
-                        "(1-15 characters, no space, '/' or ':')"
-                        + (" or a uuid" if ptype == PORT_TYPE_REMOTE else ""))
-        system_name = None
-    mac = _str_field(body, "mac-address", problems)
-    if mac is not None:
-        try:
-            parse_mac(mac)
-            mac = mac.strip().lower()
-        except ValueError as e:
-            problems.append(f"mac-address: {e}")
-            mac = None
+    system_name = _system_name_field(body, ptype, problems)
+    mac = _mac_field(body, problems)
     # null vlan ids (what vrouter-port-control sends when not given) mean "no VLAN"
     rx = _int_field(body, "rx-vlan-id", problems, required=True, lo=-1, hi=4095) \
         if body.get("rx-vlan-id", 0) is not None else -1

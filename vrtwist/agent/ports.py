@@ -325,7 +325,7 @@ class PortTable:
         for obs in reversed(self._observers):
             try:
                 obs.portDeleted(entry.port)
-            except Exception:
+            except Exception:  # noqa: BLE001 - one observer's bug (logged) spares the rest
                 self._log.failure("observer {obs} failed to delete port {uuid}",
                                   obs=obs, uuid=uuid)
         self._log.info("port {uuid} deleted", uuid=uuid)

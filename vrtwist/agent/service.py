@@ -211,7 +211,7 @@ class AgentService(MultiService):
             self.introspect_port = await listen_introspect(
                 self.reactor, self.introspect_description, self.introspect_app.resource(),
                 self.access)
-        except Exception as e:  # observability must not keep the node from working
+        except Exception as e:  # noqa: BLE001 - observability must not keep the node from working
             self._log.error("introspect: cannot listen on {ep}: {e}",
                             ep=self.introspect_description, e=e)
             return
@@ -220,7 +220,7 @@ class AgentService(MultiService):
     def _programmed(self) -> Deferred[None]:
         """The datapath has what was changed so far, or PROGRAM_WAIT seconds passed (the
         datapath may be away: the port is persisted and will be programmed later)."""
-        d = self.sync.sync.whenFlushed()
+        d: Deferred[None] = self.sync.sync.when_flushed()
         if d.called:
             return d
         out: Deferred[None] = Deferred()

@@ -118,30 +118,14 @@ def write_json_group(items: list[GroupItem]) -> list[PortFileError | str | None]
     staged: list[tuple[int, int, Path, Path]] = []  # (item, fd, tmp, path)
     for i, item in enumerate(items):
         path, body = item[0], item[1]
-        check = item[2] if len(item) > 2 else None  # type: ignore[misc]
-        if check is not None:
-            try:
-                same = check()
-            except Exception:
-                same = False
-            if same:
-                results[i] = UNCHANGED
-                continue
-        data = _file_bytes(body)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.g.tmp")
-        try:
-            fd = _open_private_tmp(tmp)
-        except OSError as e:
-            results[i] = PortFileError(e.errno, f"cannot write {path}: {e.strerror}")
+        check = item[2] if len(item) > 2 else None
+        if check is not None and _unchanged(check):
+            results[i] = UNCHANGED
             continue
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-        except OSError as e:
-            os.close(fd)
-            _discard(tmp)
-            results[i] = PortFileError(e.errno, f"cannot write {path}: {e.strerror}")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.g.tmp")
+        fd = _write_tmp(tmp, _file_bytes(body))
+        if isinstance(fd, OSError):
+            results[i] = PortFileError(fd.errno, f"cannot write {path}: {fd.strerror}")
             continue
         staged.append((i, fd, tmp, path))
     # fsyncs issued together: ext4's journal (jbd2) merges concurrent fsyncs into one
@@ -162,6 +146,36 @@ def write_json_group(items: list[GroupItem]) -> list[PortFileError | str | None]
                 pass
             _discard(tmp)
             results[i] = PortFileError(e.errno, f"cannot write {path}: {e.strerror}")
+    _sync_dirs(renamed, results)
+    return results
+
+
+def _unchanged(check: Callable[[], bool]) -> bool:
+    try:
+        return check()
+    except Exception:  # noqa: BLE001 - a check that fails proves nothing: write the file
+        return False
+
+
+def _write_tmp(tmp: Path, data: bytes) -> int | OSError:
+    """A new private ``tmp`` holding ``data``: its open fd, or why it could not be written."""
+    try:
+        fd = _open_private_tmp(tmp)
+    except OSError as e:
+        return e
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    except OSError as e:
+        os.close(fd)
+        _discard(tmp)
+        return e
+    return fd
+
+
+def _sync_dirs(renamed: list[tuple[int, Path]], results: list[PortFileError | str | None]) -> None:
+    """fsync each directory once; a failure is every renamed item's there."""
     for d in {p.parent for _, p in renamed}:
         try:
             dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
@@ -173,7 +187,6 @@ def write_json_group(items: list[GroupItem]) -> list[PortFileError | str | None]
             for i, p in renamed:
                 if p.parent == d:
                     results[i] = PortFileError(e.errno, f"cannot sync {d}: {e.strerror}")
-    return results
 
 
 _FSYNC_THREADS = 8

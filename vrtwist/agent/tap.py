@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import socket
-from typing import Any
+from typing import Any, ClassVar
 
 from twisted.application.service import IService, MultiService
 from twisted.python import usage
@@ -37,7 +37,7 @@ class Options(_DatapathOptions, usage.Options):
     """Options of ``twistd vrouter`` (ARCHITECTURE.md, "twistd plugins")."""
 
     synopsis = "[options]"
-    optParameters = [
+    optParameters: ClassVar[list[list[Any]]] = [
         ["datapath", None, "embedded", "embedded (forwarding extension in-process) or external"],
         ["rest", None, "tcp:9091:interface=127.0.0.1", "endpoint of the REST port API"],
         ["state-dir", None, DEFAULT_STATE_DIR, "directory holding ports/<uuid> files"],
@@ -50,7 +50,7 @@ class Options(_DatapathOptions, usage.Options):
         *LINK_OPT_PARAMETERS,
         introspect_option("vrouter"),
     ]
-    optFlags = [
+    optFlags: ClassVar[list[list[Any]]] = [
         ["no-tap-check", None, "replay port files whose interface does not exist (DPDK, "
          "tests); a REST add never requires it"],
     ]
@@ -120,7 +120,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
             if dp_lock is not None:
                 dp_lock.release()
             raise
-        dp.setServiceParent(top)  # type: ignore[attr-defined]
+        dp.setServiceParent(top)
         embedded = getattr(dp, "datapath", None)
         embedded_pkt0 = getattr(getattr(dp, "packets", None), "trap", None)
         if options["ksync"] == "inprocess":

@@ -22,7 +22,13 @@ from vrtwist.ksync.clientcore import KsyncError, KsyncProtocolError
 from vrtwist.sandesh import SPECS_BY_CLASS, schema
 from vrtwist.shmem import layout as L
 from vrtwist.shmem.entries import FlowEntry, ip4_to_wire, port_to_wire
-from vrtwist.shmem.listing import FlowTableView, MatchError, parse_match, write_flow_table
+from vrtwist.shmem.listing import (
+    FlowMatch,
+    FlowTableView,
+    MatchError,
+    parse_match,
+    write_flow_table,
+)
 
 DEFAULT_SOCK_DIR = "/var/run/vrouter"
 MAX_FLOWS = 1_000_000
@@ -641,6 +647,55 @@ def _format_route_info(title: str, mac_title: str, info: RouteInfo, ingress: boo
     return out
 
 
+def _action_text(e: FlowEntry, pad: str) -> str:
+    """The Flow Action field: the action, with the drop reason or the NAT kinds."""
+    if e.action == L.ACTION_HOLD:
+        return "HOLD"
+    elif e.action == L.ACTION_FORWARD:
+        return "FORWARD"
+    elif e.action == L.ACTION_DROP:
+        return "DROP:" + pad + L.DROP_REASONS.get(e.drop_reason, "(null)")
+    elif e.action == L.ACTION_NAT:
+        names = (
+            (L.FLAG_SNAT, "SourceNAT"),
+            (L.FLAG_SPAT, "SourcePortNAT"),
+            (L.FLAG_DNAT, "DestinationNAT"),
+            (L.FLAG_DPAT, "DestinationPortNAT"),
+            (L.FLAG_LINK_LOCAL, "LinkLocalNAT"),
+        )
+        return "NAT: " + "".join(n + ", " for bit, n in sorted(names) if e.flags & bit)
+    return "Unknown"
+
+
+def _paths_text(paths: FlowPaths) -> str:
+    """Expected source, and the source's and destination's routes, next hops, interfaces."""
+    block = ""
+    if paths.source is not None:
+        block += _field("Expected Source") + _format_hop(paths.source, True, paths)
+    if paths.src is not None:
+        block += _format_route_info("Source Information", "SourceMAC", paths.src, True, paths)
+    if paths.dst is not None:
+        block += _format_route_info(
+            "Destination Information", "DestinationMAC", paths.dst, False, paths
+        )
+    return block
+
+
+def _mirror_text(e: FlowEntry, paths: FlowPaths | None) -> str:
+    """The Mirror Index field; the real tool ends it with the newline it prints before
+    the statistics."""
+    m = ""
+    if e.mirror_id < L.DEFAULT_MAX_MIRRORS:
+        m += "%d" % e.mirror_id
+    if e.sec_mirror_id < L.DEFAULT_MAX_MIRRORS:
+        m += ", %d, " % e.sec_mirror_id
+    if paths is not None and paths.mirror is not None:
+        m += _field("Primary Mirror") + _format_mirror(paths.mirror)
+    if paths is not None and paths.mirror1 is not None:
+        m += _field("Secondary Mirror") + _format_mirror(paths.mirror1)
+    return m
+
+
 def format_detail(
     e: FlowEntry, rfe: FlowEntry | None = None, drops: Any = None, paths: FlowPaths | None = None
 ) -> str:
@@ -660,24 +715,7 @@ def format_detail(
         _field("Flow Destination") + "[%s]:%-5u" % (e.dip, e.dport),
         _field("Flow Protocol") + _PROTO_STR.get(e.proto, str(e.proto)),
     ]
-    if e.action == L.ACTION_HOLD:
-        act = "HOLD"
-    elif e.action == L.ACTION_FORWARD:
-        act = "FORWARD"
-    elif e.action == L.ACTION_DROP:
-        act = "DROP:" + pad + L.DROP_REASONS.get(e.drop_reason, "(null)")
-    elif e.action == L.ACTION_NAT:
-        names = (
-            (L.FLAG_SNAT, "SourceNAT"),
-            (L.FLAG_SPAT, "SourcePortNAT"),
-            (L.FLAG_DNAT, "DestinationNAT"),
-            (L.FLAG_DPAT, "DestinationPortNAT"),
-            (L.FLAG_LINK_LOCAL, "LinkLocalNAT"),
-        )
-        act = "NAT: " + "".join(n + ", " for bit, n in sorted(names) if e.flags & bit)
-    else:
-        act = "Unknown"
-    lines.append(_field("Flow Action") + act)
+    lines.append(_field("Flow Action") + _action_text(e, pad))
     if e.action == L.ACTION_NAT:
         nat = pad + "NAT(Source, Destination): "
         if rfe is not None:
@@ -687,15 +725,7 @@ def format_detail(
             nat += "%d" % (rfe.sport if e.flags & L.FLAG_DPAT else e.dport)
         lines.append(nat)
     if paths is not None:
-        block = ""
-        if paths.source is not None:
-            block += _field("Expected Source") + _format_hop(paths.source, True, paths)
-        if paths.src is not None:
-            block += _format_route_info("Source Information", "SourceMAC", paths.src, True, paths)
-        if paths.dst is not None:
-            block += _format_route_info(
-                "Destination Information", "DestinationMAC", paths.dst, False, paths
-            )
+        block = _paths_text(paths)
         if block:
             lines.append(block[:-1] if block.endswith("\n") else block)
     lines.append("")
@@ -721,21 +751,9 @@ def format_detail(
         )
         lines.append(_field("TCP FLAGS") + "".join(n for bit, n in tcp_names if e.tcp_flags & bit))
     lines.append(_field("UDP Source Port") + "%u" % e.udp_src_port)
+    lines.append("")
     if e.flags & L.FLAG_MIRROR:
-        m = ""
-        if e.mirror_id < L.DEFAULT_MAX_MIRRORS:
-            m += "%d" % e.mirror_id
-        if e.sec_mirror_id < L.DEFAULT_MAX_MIRRORS:
-            m += ", %d, " % e.sec_mirror_id
-        lines.append("")
-        if paths is not None and paths.mirror is not None:
-            m += _field("Primary Mirror") + _format_mirror(paths.mirror)
-        if paths is not None and paths.mirror1 is not None:
-            m += _field("Secondary Mirror") + _format_mirror(paths.mirror1)
-        # the real tool ends this line with the newline it prints before the statistics
-        lines.append(_field("Mirror Index") + m)
-    else:
-        lines.append("")
+        lines.append(_field("Mirror Index") + _mirror_text(e, paths))
     lines.append(_field("Flow Statistics") + "%u/%u" % (e.packets, e.bytes))
     if drops is not None:
         lines.append(_field("System Wide Packet Drops") + "%d" % _drop_sum(drops, _ALL_DROPS))
@@ -744,14 +762,8 @@ def format_detail(
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
-    out = out if out is not None else sys.stdout
-    try:
-        args = _parser().parse_args(argv)
-    except SystemExit:
-        return _usage()
-    if args.help:
-        return _usage()
+def _command(args: argparse.Namespace) -> tuple[str | None, int]:
+    """The one-letter operation asked for (the last given wins) and its flow index."""
     cmd = None
     index = 0
     for name, letter in (
@@ -764,6 +776,75 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
         v = getattr(args, name)
         if v is not None:
             cmd, index = letter, v
+    return cmd, index
+
+
+def _wanted(args: argparse.Namespace, cmd: str | None) -> bool:
+    """Whether the options ask for something this tool does (else: usage)."""
+    if cmd is None and not (args.list or args.rate or args.stats or args.perf or args.flush):
+        return False
+    return not (args.show_evicted and not args.list and cmd != "g")
+
+
+def _bunch(args: argparse.Namespace, out: TextIO) -> int | None:
+    """The request bunch size (capped, said so); None when ``--perf`` asks too many."""
+    if args.perf > MAX_FLOWS:
+        out.write("Invalid perf count %d. Max value %d\n" % (args.perf, MAX_FLOWS))
+        return None
+    bunch: int = max(1, args.bunch)
+    if bunch > MAX_BUNCH:
+        out.write("Max NETLINK messages in a bunch cannot exceed %u.\n" % MAX_BUNCH)
+        bunch = MAX_BUNCH
+    return bunch
+
+
+def _run(
+    tool: FlowTool,
+    args: argparse.Namespace,
+    cmd: str | None,
+    index: int,
+    match: FlowMatch | None,
+    bunch: int,
+    out: TextIO,
+) -> int:
+    """Carry out the operation on the connected ``tool``: the exit status."""
+    code = tool.table_get()
+    if code < 0:
+        out.write("vRouter(Response): %s (%d)\n" % (os.strerror(-code), -code))
+        return 1
+    if args.list:
+        write_flow_table(out, tool.map(), tool.data, match, args.show_evicted)
+        return 0
+    if args.rate:
+        return tool.rate(args.iterations)
+    if args.stats:
+        return tool.stats(args.iterations)
+    if args.perf:
+        return tool.perf(args.perf, bunch)
+    if args.flush:
+        return tool.flush()
+    view = tool.map()
+    if index >= view.num_entries or index < 0:
+        out.write(
+            "Flow index %d is greater than available indices (%u)\n"
+            % (index, view.num_entries - 1)
+        )
+        return 1
+    assert cmd is not None
+    if cmd == "g":
+        return tool.get(index, args.show_evicted)
+    return tool.do_op(index, cmd, args.mirror)
+
+
+def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
+    out = out if out is not None else sys.stdout
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit:
+        return _usage()
+    if args.help:
+        return _usage()
+    cmd, index = _command(args)
     match = None
     if args.match is not None:
         try:
@@ -772,17 +853,11 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
             out.write("%s\n" % e)
             return 22
         args.list = True
-    if cmd is None and not (args.list or args.rate or args.stats or args.perf or args.flush):
+    if not _wanted(args, cmd):
         return _usage()
-    if args.show_evicted and not args.list and cmd != "g":
-        return _usage()
-    if args.perf > MAX_FLOWS:
-        out.write("Invalid perf count %d. Max value %d\n" % (args.perf, MAX_FLOWS))
+    bunch = _bunch(args, out)
+    if bunch is None:
         return 1
-    bunch = max(1, args.bunch)
-    if bunch > MAX_BUNCH:
-        out.write("Max NETLINK messages in a bunch cannot exceed %u.\n" % MAX_BUNCH)
-        bunch = MAX_BUNCH
     sock_dir = args.sock_dir or os.environ.get("VRTWIST_RUN_DIR") or DEFAULT_SOCK_DIR
     try:
         tool = FlowTool(sock_dir, out)
@@ -790,32 +865,7 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
         sys.stderr.write("%s\n" % (e.strerror or e))
         return 1
     try:
-        code = tool.table_get()
-        if code < 0:
-            out.write("vRouter(Response): %s (%d)\n" % (os.strerror(-code), -code))
-            return 1
-        if args.list:
-            write_flow_table(out, tool.map(), tool.data, match, args.show_evicted)
-            return 0
-        if args.rate:
-            return tool.rate(args.iterations)
-        if args.stats:
-            return tool.stats(args.iterations)
-        if args.perf:
-            return tool.perf(args.perf, bunch)
-        if args.flush:
-            return tool.flush()
-        view = tool.map()
-        if index >= view.num_entries or index < 0:
-            out.write(
-                "Flow index %d is greater than available indices (%u)\n"
-                % (index, view.num_entries - 1)
-            )
-            return 1
-        assert cmd is not None
-        if cmd == "g":
-            return tool.get(index, args.show_evicted)
-        return tool.do_op(index, cmd, args.mirror)
+        return _run(tool, args, cmd, index, match, bunch, out)
     except (KsyncError, KsyncProtocolError, OSError) as e:
         sys.stderr.write("flow: %s\n" % e)
         return 1
@@ -823,7 +873,6 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
         return 0
     finally:
         tool.close()
-
 
 if __name__ == "__main__":
     sys.exit(main())

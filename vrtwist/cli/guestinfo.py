@@ -89,6 +89,35 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _publish(info: GuestInfo, args: argparse.Namespace) -> None:
+    """``publish started|status|time|ip``: what the tether writes for a session."""
+    if args.what == "started":
+        info.publish_started(args.session, args.error, execSession=args.exec)
+    elif args.what == "status":
+        info.publish_status(args.session, args.code, execSession=args.exec)
+    elif args.what == "time":
+        when = args.when if args.when is not None else int(time.time())
+        info.publish_time(args.session, args.which, when, execSession=args.exec)
+    elif args.what == "ip":
+        info.publish_assigned_ip(args.network, args.cidr)
+
+
+def _show(info: GuestInfo, args: argparse.Namespace, out: TextIO) -> None:
+    """``show``: a session's state and the networks' addresses, as JSON."""
+    st = info.session(args.session, execSession=args.exec)
+    body = {
+        "session": args.session,
+        "started": st.started,
+        "launch_error": st.launch_error,
+        "status": st.status,
+        "createtime": st.createtime,
+        "starttime": st.starttime,
+        "stoptime": st.stoptime,
+        "networks": {n: info.assigned_ip(n) for n in args.network},
+    }
+    print(json.dumps(body, indent=1, sort_keys=True), file=out)
+
+
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     """Entry point of ``vic-guestinfo``; returns the exit code."""
     out = out or sys.stdout
@@ -116,28 +145,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         elif args.cmd == "set":
             info.set(args.key, args.value)
         elif args.cmd == "publish":
-            if args.what == "started":
-                info.publish_started(args.session, args.error, exec_session=args.exec)
-            elif args.what == "status":
-                info.publish_status(args.session, args.code, exec_session=args.exec)
-            elif args.what == "time":
-                when = args.when if args.when is not None else int(time.time())
-                info.publish_time(args.session, args.which, when, exec_session=args.exec)
-            elif args.what == "ip":
-                info.publish_assigned_ip(args.network, args.cidr)
+            _publish(info, args)
         elif args.cmd == "show":
-            st = info.session(args.session, exec_session=args.exec)
-            body = {
-                "session": args.session,
-                "started": st.started,
-                "launch_error": st.launch_error,
-                "status": st.status,
-                "createtime": st.createtime,
-                "starttime": st.starttime,
-                "stoptime": st.stoptime,
-                "networks": {n: info.assigned_ip(n) for n in args.network},
-            }
-            print(json.dumps(body, indent=1, sort_keys=True), file=out)
+            _show(info, args, out)
         elif args.cmd == "list":
             if not isinstance(transport, FileTransport):
                 print("vic-guestinfo: list needs the file transport (--dir)", file=sys.stderr)

@@ -73,6 +73,56 @@ def _oif(nh: Any) -> int:
     return int(nh.nhr_encap_oif_id[0]) if nh.nhr_encap_oif_id else 0
 
 
+def _tunnel_text(nh: Any, flags: int) -> str:
+    """A tunnel next hop's lines after its flags."""
+    out = ""
+    if not flags & C.NH_FLAG_TUNNEL_PBB:
+        out += _NL + "Oif:%d Len:%d Data:" % (_oif(nh), len(nh.nhr_encap))
+        out += _bytes_hex(nh.nhr_encap) + _NL
+        if nh.nhr_family == C.AF_INET:
+            out += "Sip:%s Dip:%s" % (int_to_ipv4(nh.nhr_tun_sip), int_to_ipv4(nh.nhr_tun_dip))
+        elif nh.nhr_family == C.AF_INET6:
+            sip = ipaddress.IPv6Address(
+                bytes(b & 0xFF for b in nh.nhr_tun_sip6).ljust(16, b"\0")
+            )
+            dip = ipaddress.IPv6Address(
+                bytes(b & 0xFF for b in nh.nhr_tun_dip6).ljust(16, b"\0")
+            )
+            out += "Sip: %s Dip: %s" % (sip, dip)
+    if flags & C.NH_FLAG_TUNNEL_UDP:
+        out += _NL + "Sport:%d Dport:%d\n" % (
+            int_to_port(nh.nhr_tun_sport),
+            int_to_port(nh.nhr_tun_dport),
+        )
+    if flags & C.NH_FLAG_L3_VXLAN:
+        out += " L3_Vxlan_Mac: " + cli.mac_text(nh.nhr_rw_dst_mac)
+    if flags & C.NH_FLAG_TUNNEL_PBB:
+        label = nh.nhr_label_list[0] if nh.nhr_label_list else -1
+        out += "Bmac:%s Label:%d" % (cli.mac_text(nh.nhr_pbb_mac), label)
+    if flags & C.NH_FLAG_TUNNEL_MPLS_O_MPLS:
+        out += " Transport Label:%u" % nh.nhr_transport_label
+    if nh.nhr_encap_crypt_oif_id not in (-1, 0):
+        out += _NL + "CryptOif:%d\n" % nh.nhr_encap_crypt_oif_id
+    return out
+
+
+def _composite_text(nh: Any) -> str:
+    """A composite's members with their labels, wrapped as the real tool wraps them."""
+    out = _NL + "Sub NH(label):"
+    printed = 0
+    for i, member in enumerate(nh.nhr_nh_list):
+        if printed > 60:
+            out += _NL + " " * 14
+            printed = 0
+        part = " %d" % member
+        label = nh.nhr_label_list[i] if i < len(nh.nhr_label_list) else -1
+        if label >= 0:
+            part += "(%d)" % label
+        out += part
+        printed += len(part)
+    return out
+
+
 def format_nh(nh: Any) -> str:
     """One next hop as ``nexthop_req_process`` prints it, with its blank line."""
     fam = _FAMILIES.get(nh.nhr_family, "N/A")
@@ -100,49 +150,63 @@ def format_nh(nh: Any) -> str:
         )
         out += _NL + "Encap Data: " + _bytes_hex(nh.nhr_encap)
     elif nh.nhr_type == C.NH_TUNNEL:
-        if not flags & C.NH_FLAG_TUNNEL_PBB:
-            out += _NL + "Oif:%d Len:%d Data:" % (_oif(nh), len(nh.nhr_encap))
-            out += _bytes_hex(nh.nhr_encap) + _NL
-            if nh.nhr_family == C.AF_INET:
-                out += "Sip:%s Dip:%s" % (int_to_ipv4(nh.nhr_tun_sip), int_to_ipv4(nh.nhr_tun_dip))
-            elif nh.nhr_family == C.AF_INET6:
-                sip = ipaddress.IPv6Address(
-                    bytes(b & 0xFF for b in nh.nhr_tun_sip6).ljust(16, b"\0")
-                )
-                dip = ipaddress.IPv6Address(
-                    bytes(b & 0xFF for b in nh.nhr_tun_dip6).ljust(16, b"\0")
-                )
-                out += "Sip: %s Dip: %s" % (sip, dip)
-        if flags & C.NH_FLAG_TUNNEL_UDP:
-            out += _NL + "Sport:%d Dport:%d\n" % (
-                int_to_port(nh.nhr_tun_sport),
-                int_to_port(nh.nhr_tun_dport),
-            )
-        if flags & C.NH_FLAG_L3_VXLAN:
-            out += " L3_Vxlan_Mac: " + cli.mac_text(nh.nhr_rw_dst_mac)
-        if flags & C.NH_FLAG_TUNNEL_PBB:
-            label = nh.nhr_label_list[0] if nh.nhr_label_list else -1
-            out += "Bmac:%s Label:%d" % (cli.mac_text(nh.nhr_pbb_mac), label)
-        if flags & C.NH_FLAG_TUNNEL_MPLS_O_MPLS:
-            out += " Transport Label:%u" % nh.nhr_transport_label
-        if nh.nhr_encap_crypt_oif_id not in (-1, 0):
-            out += _NL + "CryptOif:%d\n" % nh.nhr_encap_crypt_oif_id
+        out += _tunnel_text(nh, flags)
     elif nh.nhr_type == C.NH_VRF_TRANSLATE:
         out += _NL + "Vrf:%d" % nh.nhr_vrf
     elif nh.nhr_type == C.NH_COMPOSITE:
-        out += _NL + "Sub NH(label):"
-        printed = 0
-        for i, member in enumerate(nh.nhr_nh_list):
-            if printed > 60:
-                out += _NL + " " * 14
-                printed = 0
-            part = " %d" % member
-            label = nh.nhr_label_list[i] if i < len(nh.nhr_label_list) else -1
-            if label >= 0:
-                part += "(%d)" % label
-            out += part
-            printed += len(part)
+        out += _composite_text(nh)
     return out + "\n\n"
+
+
+def _create_encap(req: Any, args: argparse.Namespace, flags: int) -> tuple[int, int]:
+    """An encap or tunnel next hop's rewrite data: (family, flags)."""
+    nh_type = args.type
+    dmac = args.dmac or [0] * 6
+    smac = args.smac or [0] * 6
+    req.nhr_encap = list(dmac) + list(smac) + [0x08, 0x00]
+    req.nhr_encap_family = 0x0806  # ETH_P_ARP, as the real tool sends
+    if nh_type == C.NH_ENCAP:
+        family = C.AF_BRIDGE
+    else:
+        family = C.AF_INET
+        if args.sip is None or args.dip is None:
+            raise cli.UsageError("a tunnel needs --sip and --dip")
+        req.nhr_tun_sip = ipv4_to_int(args.sip)
+        req.nhr_tun_dip = ipv4_to_int(args.dip)
+        if args.udp:
+            if args.sport is None or args.dport is None:
+                flags |= C.NH_FLAG_TUNNEL_UDP_MPLS
+            else:
+                flags |= C.NH_FLAG_TUNNEL_UDP
+        elif args.vxlan:
+            flags |= C.NH_FLAG_TUNNEL_VXLAN
+        else:
+            flags |= C.NH_FLAG_TUNNEL_GRE
+        if args.sport is not None and args.dport is not None:
+            req.nhr_tun_sport = int.from_bytes(args.sport.to_bytes(2, "big"), "little")
+            req.nhr_tun_dport = int.from_bytes(args.dport.to_bytes(2, "big"), "little")
+    return family, flags
+
+
+def _create_composite(req: Any, args: argparse.Namespace, flags: int) -> int:
+    """A composite's members and labels; its flags."""
+    if not args.cni:
+        raise cli.UsageError("a composite needs --cni")
+    for opt, bit in (
+        (args.cmc, C.NH_FLAG_MCAST),
+        (args.cfa, C.NH_FLAG_COMPOSITE_FABRIC),
+        (args.cen, C.NH_FLAG_COMPOSITE_ENCAP),
+        (args.cevpn, C.NH_FLAG_COMPOSITE_EVPN),
+        (args.tor, C.NH_FLAG_COMPOSITE_TOR),
+        (args.ecmp, C.NH_FLAG_COMPOSITE_ECMP),
+    ):
+        if opt:
+            flags |= bit
+    labels = list(args.lbl or [])
+    labels += [-1] * (len(args.cni) - len(labels))
+    req.nhr_nh_list = list(args.cni)
+    req.nhr_label_list = labels[: len(args.cni)]
+    return flags
 
 
 def _create(ks: Any, args: argparse.Namespace) -> None:
@@ -169,47 +233,9 @@ def _create(ks: Any, args: argparse.Namespace) -> None:
         nhr_encap_oif_id=[args.oif or 0],
     )
     if nh_type in (C.NH_ENCAP, C.NH_TUNNEL):
-        dmac = args.dmac or [0] * 6
-        smac = args.smac or [0] * 6
-        req.nhr_encap = list(dmac) + list(smac) + [0x08, 0x00]
-        req.nhr_encap_family = 0x0806  # ETH_P_ARP, as the real tool sends
-        if nh_type == C.NH_ENCAP:
-            family = C.AF_BRIDGE
-        else:
-            family = C.AF_INET
-            if args.sip is None or args.dip is None:
-                raise cli.UsageError("a tunnel needs --sip and --dip")
-            req.nhr_tun_sip = ipv4_to_int(args.sip)
-            req.nhr_tun_dip = ipv4_to_int(args.dip)
-            if args.udp:
-                if args.sport is None or args.dport is None:
-                    flags |= C.NH_FLAG_TUNNEL_UDP_MPLS
-                else:
-                    flags |= C.NH_FLAG_TUNNEL_UDP
-            elif args.vxlan:
-                flags |= C.NH_FLAG_TUNNEL_VXLAN
-            else:
-                flags |= C.NH_FLAG_TUNNEL_GRE
-            if args.sport is not None and args.dport is not None:
-                req.nhr_tun_sport = int.from_bytes(args.sport.to_bytes(2, "big"), "little")
-                req.nhr_tun_dport = int.from_bytes(args.dport.to_bytes(2, "big"), "little")
+        family, flags = _create_encap(req, args, flags)
     elif nh_type == C.NH_COMPOSITE:
-        if not args.cni:
-            raise cli.UsageError("a composite needs --cni")
-        for opt, bit in (
-            (args.cmc, C.NH_FLAG_MCAST),
-            (args.cfa, C.NH_FLAG_COMPOSITE_FABRIC),
-            (args.cen, C.NH_FLAG_COMPOSITE_ENCAP),
-            (args.cevpn, C.NH_FLAG_COMPOSITE_EVPN),
-            (args.tor, C.NH_FLAG_COMPOSITE_TOR),
-            (args.ecmp, C.NH_FLAG_COMPOSITE_ECMP),
-        ):
-            if opt:
-                flags |= bit
-        labels = list(args.lbl or [])
-        labels += [-1] * (len(args.cni) - len(labels))
-        req.nhr_nh_list = list(args.cni)
-        req.nhr_label_list = labels[: len(args.cni)]
+        flags = _create_composite(req, args, flags)
     elif nh_type == C.NH_VRF_TRANSLATE and args.vxlan:
         flags |= C.NH_FLAG_TUNNEL_VXLAN
     req.nhr_family = family

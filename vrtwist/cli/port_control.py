@@ -187,27 +187,11 @@ class PortControl:
         args = self.args
         vhost = args.vif_type == "VhostUser"
         if vhost:
-            if not args.vhostuser_socket:
-                self.say("VhostUser needs --vhostuser_socket")
-                return EXIT_BAD_ARGUMENT
-            if not await self._wait_for(self._port_open, AGENT_WAIT):
-                self.say(f"agent port {args.agent_port} not open after {AGENT_WAIT} s")
-                return EXIT_AGENT_PORT_CLOSED
-
-            async def dpdk() -> bool:
-                return os.path.exists(args.dpdk_netlink)
-            if not await self._wait_for(dpdk, DPDK_WAIT):
-                self.say(f"no {args.dpdk_netlink} after {DPDK_WAIT} s")
-                return EXIT_NO_DPDK_SOCKET
+            code = await self._vhost_ready()
+            if code != EXIT_OK:
+                return code
         body = port_body(args, self.uuid)
-        write_failed = None
-        if not args.no_persist:
-            try:
-                Path(args.port_json_path).mkdir(parents=True, exist_ok=True)
-                write_json_atomic(self.file, body)
-            except (OSError, PortFileError) as e:
-                write_failed = e
-                self.say(f"cannot write {self.file}: {e}")
+        write_failed = None if args.no_persist else self._persist(body)
         try:
             code, text = await self._request("POST", "/port", body)
         except (ConnectError, ConnectingCancelledError, OSError) as e:
@@ -227,6 +211,33 @@ class PortControl:
                 self.say(f"vhost-user socket {args.vhostuser_socket} not created")
                 return EXIT_NO_VHOSTUSER_SOCKET
         return EXIT_OK
+
+    async def _vhost_ready(self) -> int:
+        """A vhost-user port needs its socket path, the agent's port and DPDK's netlink."""
+        args = self.args
+        if not args.vhostuser_socket:
+            self.say("VhostUser needs --vhostuser_socket")
+            return EXIT_BAD_ARGUMENT
+        if not await self._wait_for(self._port_open, AGENT_WAIT):
+            self.say(f"agent port {args.agent_port} not open after {AGENT_WAIT} s")
+            return EXIT_AGENT_PORT_CLOSED
+
+        async def dpdk() -> bool:
+            return os.path.exists(args.dpdk_netlink)
+        if not await self._wait_for(dpdk, DPDK_WAIT):
+            self.say(f"no {args.dpdk_netlink} after {DPDK_WAIT} s")
+            return EXIT_NO_DPDK_SOCKET
+        return EXIT_OK
+
+    def _persist(self, body: dict[str, Any]) -> Exception | None:
+        """Write the port file (what an agent replays at start); why not, said and returned."""
+        try:
+            Path(self.args.port_json_path).mkdir(parents=True, exist_ok=True)
+            write_json_atomic(self.file, body)
+        except (OSError, PortFileError) as e:
+            self.say(f"cannot write {self.file}: {e}")
+            return e
+        return None
 
     def _unreachable(self, error: Exception) -> int:
         """Say exactly what becomes of the port when the agent cannot be reached.

@@ -87,6 +87,24 @@ def format_inet_route(rt: Any) -> str:
 _STRIDE = 8
 
 
+def _trie_index(
+    routes: Sequence[Any], bits: int
+) -> tuple[dict[int, dict[int, Any]], set[tuple[int, int]]]:
+    """Routes by prefix length and masked prefix, and the trie's (depth, prefix) buckets."""
+    width = bits // 8
+    by_len: dict[int, dict[int, Any]] = {}
+    buckets: set[tuple[int, int]] = set()
+    for r in routes:
+        plen = max(0, min(int(r.rtr_prefix_len), bits))
+        value = int.from_bytes(bytes(b & 0xFF for b in r.rtr_prefix).ljust(width, b"\0"), "big")
+        value &= ((1 << plen) - 1) << (bits - plen) if plen else 0
+        by_len.setdefault(plen, {})[value] = r
+        for depth in range(_STRIDE, min(plen, bits) + _STRIDE - 1, _STRIDE):
+            if depth < plen:
+                buckets.add((depth, value >> (bits - depth)))
+    return by_len, buckets
+
+
 def expand_routes(family: int, vrf: int, routes: Sequence[Any]) -> Iterator[Any]:
     """The rows the real vRouter's DUMP walk yields for a VRF holding ``routes``.
 
@@ -101,16 +119,7 @@ def expand_routes(family: int, vrf: int, routes: Sequence[Any]) -> Iterator[Any]
     """
     bits = 128 if family == C.AF_INET6 else 32
     width = bits // 8
-    by_len: dict[int, dict[int, Any]] = {}
-    buckets: set[tuple[int, int]] = set()
-    for r in routes:
-        plen = max(0, min(int(r.rtr_prefix_len), bits))
-        value = int.from_bytes(bytes(b & 0xFF for b in r.rtr_prefix).ljust(width, b"\0"), "big")
-        value &= ((1 << plen) - 1) << (bits - plen) if plen else 0
-        by_len.setdefault(plen, {})[value] = r
-        for depth in range(_STRIDE, min(plen, bits) + _STRIDE - 1, _STRIDE):
-            if depth < plen:
-                buckets.add((depth, value >> (bits - depth)))
+    by_len, buckets = _trie_index(routes, bits)
     if not by_len:
         return
     lengths = sorted(by_len, reverse=True)
@@ -340,58 +349,68 @@ def _change(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dump(args: argparse.Namespace) -> int:
+    """``--dump VRF``: the table as the real vRouter's trie walk lists it."""
+    family = _family(args)
+    if family == C.AF_BRIDGE:
+        return _dump_bridge(args.sock_dir, args.dump)
+    with cli.connect(args.sock_dir) as ks:
+        req = schema.vr_route_req(h_op=DUMP, rtr_family=family, rtr_vrf_id=args.dump, rtr_rid=0)
+        routes = ks.dump(req)
+    cli.write(table_header(family, args.dump))
+    for rt in expand_routes(family, args.dump, routes):
+        cli.write(format_inet_route(rt))
+    return 0
+
+
+def _get(args: argparse.Namespace) -> int:
+    """``--get PREFIX --vrf VRF``: the route that matches, as the real tool prints it."""
+    if args.vrf is None:
+        raise cli.UsageError("--get needs --vrf")
+    if args.family is not None and _family(args) == C.AF_BRIDGE:
+        return _get_bridge(args)
+    try:
+        net = ipaddress.ip_network(args.get, strict=False)
+    except ValueError:
+        raise cli.UsageError("invalid prefix %r" % args.get) from None
+    family = C.AF_INET if net.version == 4 else C.AF_INET6
+    if args.family is not None and _family(args) != family:
+        raise cli.UsageError("%s is not an --family %s address" % (args.get, args.family))
+    address = ipaddress.ip_address(args.get.split("/")[0])
+    with cli.connect(args.sock_dir) as ks:
+        objects = cli.request(
+            ks,
+            schema.vr_route_req(
+                h_op=GET,
+                rtr_family=family,
+                rtr_vrf_id=args.vrf,
+                rtr_prefix=list(address.packed),
+                rtr_prefix_len=net.prefixlen,
+            ),
+        )
+    # the real tool names the request masked to its length
+    cli.write(
+        "Match %s in vRouter inet%c table 0/%d/unicast\n\n"
+        % (net, "4" if family == C.AF_INET else "6", args.vrf)
+    )
+    cli.write(table_header(family, args.vrf))
+    for rt in objects:
+        if type(rt) is schema.vr_route_req and rt.rtr_prefix:
+            # as the real tool: the answer's prefix masked to the matching length
+            rt.rtr_prefix = list(cli.mask_prefix(rt.rtr_prefix, int(rt.rtr_prefix_len)))
+        cli.write(format_inet_route(rt))
+    return 0
+
+
 def _body(args: argparse.Namespace) -> int:
     if args.c or args.d:
         return _change(args)
     if args.monitor:
         return _monitor(args)
     if args.dump is not None:
-        family = _family(args)
-        if family == C.AF_BRIDGE:
-            return _dump_bridge(args.sock_dir, args.dump)
-        with cli.connect(args.sock_dir) as ks:
-            req = schema.vr_route_req(h_op=DUMP, rtr_family=family, rtr_vrf_id=args.dump, rtr_rid=0)
-            routes = ks.dump(req)
-        cli.write(table_header(family, args.dump))
-        for rt in expand_routes(family, args.dump, routes):
-            cli.write(format_inet_route(rt))
-        return 0
+        return _dump(args)
     if args.get is not None:
-        if args.vrf is None:
-            raise cli.UsageError("--get needs --vrf")
-        if args.family is not None and _family(args) == C.AF_BRIDGE:
-            return _get_bridge(args)
-        try:
-            net = ipaddress.ip_network(args.get, strict=False)
-        except ValueError:
-            raise cli.UsageError("invalid prefix %r" % args.get) from None
-        family = C.AF_INET if net.version == 4 else C.AF_INET6
-        if args.family is not None and _family(args) != family:
-            raise cli.UsageError("%s is not an --family %s address" % (args.get, args.family))
-        address = ipaddress.ip_address(args.get.split("/")[0])
-        with cli.connect(args.sock_dir) as ks:
-            objects = cli.request(
-                ks,
-                schema.vr_route_req(
-                    h_op=GET,
-                    rtr_family=family,
-                    rtr_vrf_id=args.vrf,
-                    rtr_prefix=list(address.packed),
-                    rtr_prefix_len=net.prefixlen,
-                ),
-            )
-        # the real tool names the request masked to its length
-        cli.write(
-            "Match %s in vRouter inet%c table 0/%d/unicast\n\n"
-            % (net, "4" if family == C.AF_INET else "6", args.vrf)
-        )
-        cli.write(table_header(family, args.vrf))
-        for rt in objects:
-            if type(rt) is schema.vr_route_req and rt.rtr_prefix:
-                # as the real tool: the answer's prefix masked to the matching length
-                rt.rtr_prefix = list(cli.mask_prefix(rt.rtr_prefix, int(rt.rtr_prefix_len)))
-            cli.write(format_inet_route(rt))
-        return 0
+        return _get(args)
     raise cli.UsageError("one of --dump, --get, --monitor is needed")
 
 

@@ -133,16 +133,9 @@ def _pe(title: str, always: bool, packets: int, errors: int, core: str = "") -> 
 _PORT_STATUS = {1: "UP", 2: "DOWN (waiting for the device)"}
 
 
-def format_vif(v: Any, print_zero: bool = False, core: int | None = None) -> str:
-    """One vif block as ``list_get_print`` prints it (the ``--sock-dir`` platform).
-
-    ``print_zero`` (``--rate``) prints the DPDK device/port/queue counters even when 0;
-    ``core`` (``--core N``) prefixes the counter lines with ``Core N``.
-    """
-    c = "Core %d " % core if core is not None and core >= 0 else ""
-    first = "vif%d/%d" % (v.vifr_rid, v.vifr_idx)
-    first = first.ljust(12)
-    flags = v.vifr_flags & 0xFFFFFFFF
+def _vif_device(v: Any, flags: int) -> str:
+    """The device part of a vif's first line (PCI address, transport and name, ...)."""
+    first = ""
     if flags & C.VIF_FLAG_PMD:
         first += "PMD: %d" % v.vifr_os_idx
     elif v.vifr_type == C.VIF_TYPE_PHYSICAL:
@@ -159,6 +152,11 @@ def format_vif(v: Any, print_zero: bool = False, core: int | None = None) -> str
             first += "%s: %s" % (transport, v.vifr_name)
         if flags & C.VIF_FLAG_MOCK_DEVICE:
             first += " Mock"
+    return first
+
+
+def _vif_first_line(v: Any, flags: int) -> str:
+    first = ("vif%d/%d" % (v.vifr_rid, v.vifr_idx)).ljust(12) + _vif_device(v, flags)
     if v.vifr_type == C.VIF_TYPE_PHYSICAL and not flags & C.VIF_FLAG_MOCK_DEVICE:
         if v.vifr_speed >= 0:
             first += " (Speed %d," % v.vifr_speed
@@ -171,7 +169,18 @@ def format_vif(v: Any, print_zero: bool = False, core: int | None = None) -> str
         first += " Parent:vif0/%d" % v.vifr_parent_vif_idx
     if v.vifr_nh_id != 0:
         first += " NH: %d" % v.vifr_nh_id
-    lines = [first + "\n"]
+    return first
+
+
+def format_vif(v: Any, print_zero: bool = False, core: int | None = None) -> str:
+    """One vif block as ``list_get_print`` prints it (the ``--sock-dir`` platform).
+
+    ``print_zero`` (``--rate``) prints the DPDK device/port/queue counters even when 0;
+    ``core`` (``--core N``) prefixes the counter lines with ``Core N``.
+    """
+    c = "Core %d " % core if core is not None and core >= 0 else ""
+    flags = v.vifr_flags & 0xFFFFFFFF
+    lines = [_vif_first_line(v, flags) + "\n"]
     vtype = C.VIF_TYPE_NAMES.get(v.vifr_type, "Invalid")
     lines.append(
         "%sType:%s HWaddr:%s IPaddr:%s\n"
@@ -419,63 +428,71 @@ def _body(args: argparse.Namespace) -> int:
                 cli.write(format_vif(v, core=args.core))
             return 0
         if args.get is not None:
-            flags = C.VIF_FLAG_GET_DROP_STATS if args.get_drop_stats else 0
-            req = schema.vr_interface_req(h_op=GET, vifr_core=core + 1, vifr_flags=flags)
-            if args.kernel:
-                req.vifr_idx = -1
-                req.vifr_os_idx = args.get
-            else:
-                req.vifr_idx = args.get
-            objects = cli.request(ks, req)
-            cli.write(header())
-            for obj in objects:
-                if type(obj) is schema.vr_interface_req:
-                    cli.write(format_vif(obj, core=args.core))
-                    if obj.vifr_flags & C.VIF_FLAG_SERVICE_IF:
-                        # a service interface: its VLAN -> VRF table follows
-                        cli.write("VRF table(vlan:vrf):\n")
-                        assigns = ks.dump(
-                            schema.vr_vrf_assign_req(
-                                h_op=DUMP, var_vif_index=obj.vifr_idx, var_marker=-1
-                            )
-                        )
-                        cli.write(
-                            "".join("%d:%d, " % (a.var_vlan_id, a.var_vif_vrf) for a in assigns)
-                        )
-                        cli.write("\n")
-                elif type(obj) is schema.vr_drop_stats_req:
-                    cli.write(format_drop_stats(obj, args.core))
-            return 0
+            return _get(ks, args, core)
         if args.add is not None:
             return _add(ks, args)
         if args.delete is not None:
-            req = schema.vr_interface_req(h_op=DEL)
-            try:
-                req.vifr_idx = cli.int0(args.delete)
-            except argparse.ArgumentTypeError:
-                req.vifr_name = args.delete
-            cli.request(ks, req)
-            return 0
+            return _delete(ks, args)
         if args.set is not None:
-            if args.vlan is None or args.vrf is None:
-                raise cli.UsageError("--set needs --vlan and --vrf")
-            cli.request(
-                ks,
-                schema.vr_vrf_assign_req(
-                    h_op=ADD, var_vif_index=args.set, var_vlan_id=args.vlan, var_vif_vrf=args.vrf
-                ),
-            )
-            return 0
+            return _set(ks, args)
     raise cli.UsageError("one of --list, --get, --add, --delete, --set is needed")
 
 
-def _add(ks: Any, args: argparse.Namespace) -> int:
-    if args.type is None:
-        raise cli.UsageError("--add needs --type")
-    vtype = _prefix_lookup(TYPES, args.type, "type")
-    transport = 0
-    if args.transport is not None:
-        transport = _prefix_lookup(TRANSPORTS, args.transport, "transport")
+def _get(ks: Any, args: argparse.Namespace, core: int) -> int:
+    """``--get``: one vif (and its drop stats, its VLAN -> VRF table when it has one)."""
+    flags = C.VIF_FLAG_GET_DROP_STATS if args.get_drop_stats else 0
+    req = schema.vr_interface_req(h_op=GET, vifr_core=core + 1, vifr_flags=flags)
+    if args.kernel:
+        req.vifr_idx = -1
+        req.vifr_os_idx = args.get
+    else:
+        req.vifr_idx = args.get
+    objects = cli.request(ks, req)
+    cli.write(header())
+    for obj in objects:
+        if type(obj) is schema.vr_interface_req:
+            cli.write(format_vif(obj, core=args.core))
+            if obj.vifr_flags & C.VIF_FLAG_SERVICE_IF:
+                # a service interface: its VLAN -> VRF table follows
+                cli.write("VRF table(vlan:vrf):\n")
+                assigns = ks.dump(
+                    schema.vr_vrf_assign_req(
+                        h_op=DUMP, var_vif_index=obj.vifr_idx, var_marker=-1
+                    )
+                )
+                cli.write(
+                    "".join("%d:%d, " % (a.var_vlan_id, a.var_vif_vrf) for a in assigns)
+                )
+                cli.write("\n")
+        elif type(obj) is schema.vr_drop_stats_req:
+            cli.write(format_drop_stats(obj, args.core))
+    return 0
+
+
+def _delete(ks: Any, args: argparse.Namespace) -> int:
+    req = schema.vr_interface_req(h_op=DEL)
+    try:
+        req.vifr_idx = cli.int0(args.delete)
+    except argparse.ArgumentTypeError:
+        req.vifr_name = args.delete
+    cli.request(ks, req)
+    return 0
+
+
+def _set(ks: Any, args: argparse.Namespace) -> int:
+    if args.vlan is None or args.vrf is None:
+        raise cli.UsageError("--set needs --vlan and --vrf")
+    cli.request(
+        ks,
+        schema.vr_vrf_assign_req(
+            h_op=ADD, var_vif_index=args.set, var_vlan_id=args.vlan, var_vif_vrf=args.vrf
+        ),
+    )
+    return 0
+
+
+def _add_os_indexes(args: argparse.Namespace) -> tuple[int, int]:
+    """The new vif's OS index and cross-connect index, from its name and the options."""
     # as utils/vif.c: the name's OS ifindex, a numeric name is a PMD/PCI index,
     # --vif overrides the OS index (the monitored vif for a monitoring vif),
     # --id is the vif index, --pmd/--pci take the PMD index for both OS indexes
@@ -496,8 +513,10 @@ def _add(ks: Any, args: argparse.Namespace) -> int:
             )
     if args.pmd or args.pci:
         os_idx = xc = pmd_index
-    if vtype == C.VIF_TYPE_MONITORING and args.vif is None:
-        raise cli.UsageError("a monitoring vif needs --vif <monitored vif>")
+    return os_idx, xc
+
+
+def _add_flags(args: argparse.Namespace) -> int:
     flags = 0
     if args.policy:
         flags |= C.VIF_FLAG_POLICY_ENABLED
@@ -507,6 +526,20 @@ def _add(ks: Any, args: argparse.Namespace) -> int:
         flags |= C.VIF_FLAG_DHCP_ENABLED
     if args.pmd:
         flags |= C.VIF_FLAG_PMD
+    return flags
+
+
+def _add(ks: Any, args: argparse.Namespace) -> int:
+    if args.type is None:
+        raise cli.UsageError("--add needs --type")
+    vtype = _prefix_lookup(TYPES, args.type, "type")
+    transport = 0
+    if args.transport is not None:
+        transport = _prefix_lookup(TRANSPORTS, args.transport, "transport")
+    os_idx, xc = _add_os_indexes(args)
+    if vtype == C.VIF_TYPE_MONITORING and args.vif is None:
+        raise cli.UsageError("a monitoring vif needs --vif <monitored vif>")
+    flags = _add_flags(args)
     if args.id is not None:
         idx = args.id
     elif os_idx > 0 or args.vif is not None or args.pmd or args.pci:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any
+from typing import Any, ClassVar
 
 from twisted.internet import defer, task
 from twisted.internet.endpoints import clientFromString
@@ -24,7 +24,7 @@ from twisted.web.client import Agent
 
 from vrtwist.vpnkit.host import Port, PortError
 
-__all__ = ["main", "Options", "APIClient", "ExposeApiError"]
+__all__ = ["APIClient", "ExposeApiError", "Options", "main"]
 
 DEFAULT_API = os.environ.get("VPNKIT_API", "unix:/run/vpnkit/api.sock")
 
@@ -59,12 +59,12 @@ class APIClient:
         try:
             resp = await self._http.request(method, "http://vpnkit" + path, data=data)
             content: bytes = await treq.content(resp)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - any failure: one error to the user
             raise ExposeApiError(f"cannot reach the API: {e}") from None
         if resp.code != 200:
             try:
                 msg = json.loads(content)["message"]
-            except Exception:
+            except (ValueError, KeyError, TypeError):  # not JSON, or no message in it
                 msg = content.decode("utf-8", "replace").strip() or f"HTTP {resp.code}"
             raise ExposeApiError(msg)
         return content
@@ -97,12 +97,12 @@ class _SpecOptions(usage.Options):
 
 class _ExposeOptions(_SpecOptions):
     synopsis = "[-i] proto:outip:outport:inip:inport | unix:outpath:inpath"
-    optFlags = [["interactive", "i", "stay running; unexpose on Ctrl-C / SIGTERM"]]
+    optFlags: ClassVar[list[list[Any]]] = [["interactive", "i", "stay running; unexpose on Ctrl-C / SIGTERM"]]
 
 
 class _UnexposeOptions(_SpecOptions):
     synopsis = "[--close] SPEC"
-    optFlags = [["close", None, "also close the forward's live connections"]]
+    optFlags: ClassVar[list[list[Any]]] = [["close", None, "also close the forward's live connections"]]
 
 
 class _NoArgs(usage.Options):
@@ -111,10 +111,10 @@ class _NoArgs(usage.Options):
 
 class Options(usage.Options):
     synopsis = "vpnkit-expose [--api ENDPOINT] {expose,unexpose,list,dump} ..."
-    optParameters = [
+    optParameters: ClassVar[list[list[Any]]] = [
         ["api", "a", DEFAULT_API, "endpoint of the HTTP/JSON expose API (env VPNKIT_API)"]
     ]
-    subCommands = [
+    subCommands: ClassVar[list[list[Any]]] = [
         ["expose", None, _ExposeOptions, "expose a port (idempotent)"],
         ["unexpose", None, _UnexposeOptions, "stop exposing a port (idempotent)"],
         ["list", None, _NoArgs, "list exposed ports"],

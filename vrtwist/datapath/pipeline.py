@@ -382,7 +382,7 @@ class Pipeline(FlowStage, TunnelStage, ArpStage):
         """A DHCP client packet (UDP source port 68) from a vif with DHCP_ENABLED."""
         if not pkt.vif.flags & C.VIF_FLAG_DHCP_ENABLED:
             return False
-        buf = pkt.buf
+        buf: Frame = pkt.buf
         l3 = pkt.l3
         if len(buf) - l3 < 28 or buf[l3 + 9] != 17:
             return False

@@ -67,8 +67,24 @@ class Packet:
     """
 
     __slots__ = (
-        "buf", "dvrf", "ecmp_nh_index", "flags", "flow_index", "gso", "l3", "label", "nh",
-        "off", "outer_src", "start", "to_me", "ttl", "type", "udp_src_port", "vif", "vlan",
+        "buf",
+        "dvrf",
+        "ecmp_nh_index",
+        "flags",
+        "flow_index",
+        "gso",
+        "l3",
+        "label",
+        "nh",
+        "off",
+        "outer_src",
+        "start",
+        "to_me",
+        "ttl",
+        "type",
+        "udp_src_port",
+        "vif",
+        "vlan",
     )  # fmt: skip
 
     def __init__(self, buf: Frame, vif: Interface, start: int = 0) -> None:
@@ -244,7 +260,7 @@ class PipelineCore:
 
     @staticmethod
     def _data(pkt: Packet) -> Frame:
-        buf = pkt.buf
+        buf: Frame = pkt.buf
         off = pkt.off
         if off == 0:
             return buf

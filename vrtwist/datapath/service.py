@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.interfaces import IReactorUNIX
@@ -66,7 +66,7 @@ class DatapathOptionsMixin:
     usage.Options)``; ``usage.Options`` collects ``optParameters`` from every base.
     """
 
-    optParameters: list[list[Any]] = [
+    optParameters: ClassVar[list[list[Any]]] = [
         ["run-dir", None, DEFAULT_RUN_DIR, "run directory: dpdk_netlink, flow.shmem, bridge.shmem"],
         ["flow-entries", None, C.VR_DEF_FLOW_ENTRIES, "flow table entries", _positive],
         ["bridge-entries", None, C.VR_DEF_BRIDGE_ENTRIES, "bridge table entries", _positive],
@@ -74,7 +74,7 @@ class DatapathOptionsMixin:
         SOCKET_GROUP_OPTION,
         ["vlan-tci", None, None, "802.1Q TCI of the physical vif (--vlan_tci)", _vlan_tci],
     ]
-    optFlags: list[list[Any]] = [
+    optFlags: ClassVar[list[list[Any]]] = [
         ["vtest-vlan", None, "tag every vif's tx with --vlan-tci (--vtest_vlan, VLAN vtests)"],
         ["no-ports", None, "attach no vif to an OS device (tables only, no packets)"],
     ]

@@ -63,7 +63,7 @@ class KeyedTable(dict[int, V]):
         super().__delitem__(key)
         self._sorted = None
 
-    def pop(self, key: int, *default: Any) -> Any:  # type: ignore[override]
+    def pop(self, key: int, *default: Any) -> Any:
         self._sorted = None
         return super().pop(key, *default)
 
@@ -620,42 +620,53 @@ class Tables:
         """The per-type checks of ``vr_nexthop_add``; takes the references it needs."""
         oif_id = _first(req, "nhr_encap_oif_id")
         if nh.flags & C.NH_FLAG_INDIRECT:
-            if nh.type != C.NH_TUNNEL or not nh.flags & C.NH_FLAG_TUNNEL_PBB:
-                raise TableError(errno.EINVAL, "indirect next hop must be a PBB tunnel")
-            direct_ids = _l(req, "nhr_nh_list")
-            if len(direct_ids) > 1:
-                raise TableError(errno.EINVAL, "indirect next hop with several direct ones")
-            if direct_ids:
-                direct = self.nexthops.get(direct_ids[0])
-                if direct is None:
-                    raise TableError(errno.EINVAL, "indirect next hop names a missing one")
-                self._hold_nh(direct)
-                nh.direct = direct
+            self._nexthop_indirect(nh, req)
         if nh.type == C.NH_ENCAP:
-            if nh.family not in (C.AF_INET, C.AF_BRIDGE):
-                raise TableError(errno.EINVAL, f"encap next hop of family {nh.family}")
-            if nh.family == C.AF_BRIDGE and nh.flags & C.NH_FLAG_MCAST:
-                raise TableError(errno.EINVAL, "multicast bridge encap next hop")
-            if nh.family == C.AF_INET and not nh.flags & C.NH_FLAG_MCAST and len(nh.encap) < 6:
-                raise TableError(errno.EINVAL, "encap shorter than a MAC address")
+            self._nexthop_encap_check(nh)
             self._nh_attach_oif(nh, oif_id, errno.EINVAL)
         elif nh.type == C.NH_TUNNEL:
             self._nexthop_tunnel(nh, req, oif_id)
         elif nh.type == C.NH_RCV:
             self._nh_attach_oif(nh, oif_id, errno.ENODEV)
         elif nh.type == C.NH_COMPOSITE:
-            ids = _l(req, "nhr_nh_list")
-            labels = _l(req, "nhr_label_list")
-            if len(ids) != len(labels):
-                raise TableError(errno.EINVAL, "composite lists of different lengths")
-            for component_id, label in zip(ids, labels, strict=True):
-                component = self.nexthops.get(component_id)
-                self._hold_nh(component)
-                nh.components.append((component, label))
+            self._nexthop_composite(nh, req)
         elif nh.type in (C.NH_L2_RCV, C.NH_RESOLVE, C.NH_DISCARD, C.NH_VRF_TRANSLATE):
             pass
         else:
             raise TableError(errno.EINVAL, f"next hop type {nh.type} cannot be added")
+
+    def _nexthop_indirect(self, nh: NextHop, req: Request) -> None:
+        """A PBB tunnel pointing at one direct next hop: checked, referenced."""
+        if nh.type != C.NH_TUNNEL or not nh.flags & C.NH_FLAG_TUNNEL_PBB:
+            raise TableError(errno.EINVAL, "indirect next hop must be a PBB tunnel")
+        direct_ids = _l(req, "nhr_nh_list")
+        if len(direct_ids) > 1:
+            raise TableError(errno.EINVAL, "indirect next hop with several direct ones")
+        if direct_ids:
+            direct = self.nexthops.get(direct_ids[0])
+            if direct is None:
+                raise TableError(errno.EINVAL, "indirect next hop names a missing one")
+            self._hold_nh(direct)
+            nh.direct = direct
+
+    def _nexthop_encap_check(self, nh: NextHop) -> None:
+        if nh.family not in (C.AF_INET, C.AF_BRIDGE):
+            raise TableError(errno.EINVAL, f"encap next hop of family {nh.family}")
+        if nh.family == C.AF_BRIDGE and nh.flags & C.NH_FLAG_MCAST:
+            raise TableError(errno.EINVAL, "multicast bridge encap next hop")
+        if nh.family == C.AF_INET and not nh.flags & C.NH_FLAG_MCAST and len(nh.encap) < 6:
+            raise TableError(errno.EINVAL, "encap shorter than a MAC address")
+
+    def _nexthop_composite(self, nh: NextHop, req: Request) -> None:
+        """Components and labels, one reference taken per component."""
+        ids = _l(req, "nhr_nh_list")
+        labels = _l(req, "nhr_label_list")
+        if len(ids) != len(labels):
+            raise TableError(errno.EINVAL, "composite lists of different lengths")
+        for component_id, label in zip(ids, labels, strict=True):
+            component = self.nexthops.get(component_id)
+            self._hold_nh(component)
+            nh.components.append((component, label))
 
     def _nexthop_tunnel(self, nh: NextHop, req: Request, oif_id: int) -> None:
         if nh.family == C.AF_INET6:

@@ -7,7 +7,7 @@ It serves ksync on ``<run-dir>/dpdk_netlink`` and keeps the flow and bridge tabl
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from twisted.application.service import MultiService
 from twisted.python import usage
@@ -25,7 +25,7 @@ class Options(DatapathOptionsMixin, usage.Options):
         "[--run-dir DIR] [--flow-entries N] [--bridge-entries N] [--fabric IFNAME] "
         "[--vlan-tci TCI [--vtest-vlan]] [--no-ports]"
     )
-    optParameters = [introspect_option("vrouter-dp")]
+    optParameters: ClassVar[list[list[Any]]] = [introspect_option("vrouter-dp")]
 
 
 def makeService(options: Options, reactor: Any = None) -> MultiService:

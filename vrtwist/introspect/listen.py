@@ -103,7 +103,7 @@ class IntrospectService(Service):
         super().stopService()
         port, self.port = self.port, None
         if port is not None:
-            return port.stopListening()  # type: ignore[no-any-return]
+            return port.stopListening()
         return None
 
 

@@ -132,14 +132,14 @@ class IntrospectApp:
         """Prometheus text exposition of every registered collector."""
         self._count("metrics", 200)
         request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
-        return generate_latest(self.registry)  # type: ignore[no-any-return]
+        return generate_latest(self.registry)
 
     @app.route("/health", methods=["GET"])
     def get_health(self, request: IRequest) -> bytes:
         """200 when ready, 503 (with the reasons) when live but not ready."""
         try:
             h = self.health()
-        except Exception as e:  # a broken check is "not ready", said plainly
+        except Exception as e:  # noqa: BLE001 - a broken check is "not ready", said plainly
             self._log.failure("health check failed")
             h = Health(live=True, ready=False, reasons=[f"health check failed: {e}"])
         body = {"daemon": self.daemon, "live": h.live, "ready": h.ready, "reasons": h.reasons}

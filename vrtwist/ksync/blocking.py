@@ -26,12 +26,12 @@ from vrtwist.ksync.clientcore import (
 )
 
 __all__ = [
-    "KsyncConnection",
     "KsyncConnectError",
-    "open_ksync",
+    "KsyncConnection",
     "KsyncError",
     "KsyncProtocolError",
     "KsyncResponse",
+    "open_ksync",
 ]
 
 _MAX_DUMP_PAGES = MAX_DUMP_PAGES

@@ -33,13 +33,13 @@ from vrtwist.ksync.netlink import GENL_ID_VROUTER
 from vrtwist.logfields import Logger
 
 __all__ = [
+    "MAX_DUMP_PAGES",
     "KsyncClientProtocol",
     "KsyncConnectionLost",
-    "connect_ksync",
     "KsyncError",
     "KsyncProtocolError",
     "KsyncResponse",
-    "MAX_DUMP_PAGES",
+    "connect_ksync",
 ]
 
 _CONNECTION_DONE = Failure(ConnectionDone())
@@ -137,4 +137,7 @@ def connect_ksync(
     """Connect to ``<sock-dir>/dpdk_netlink``; fires with a connected KsyncClientProtocol."""
     path = os.path.join(sock_dir, "dpdk_netlink")
     ep = UNIXClientEndpoint(reactor, path, timeout=timeout)
-    return connectProtocol(ep, KsyncClientProtocol(nl_type=nl_type, pid=os.getpid()))
+    d: Deferred[KsyncClientProtocol] = connectProtocol(
+        ep, KsyncClientProtocol(nl_type=nl_type, pid=os.getpid())
+    )
+    return d

@@ -35,14 +35,14 @@ from vrtwist.sandesh import (
 from vrtwist.sandesh.constants import AF_BRIDGE, DUMP
 
 __all__ = [
-    "KsyncResponse",
+    "CLIENT_MAX_FRAME",
+    "MAX_DUMP_PAGES",
+    "ClientCore",
+    "DumpPager",
     "KsyncError",
     "KsyncProtocolError",
-    "ClientCore",
+    "KsyncResponse",
     "next_dump_request",
-    "DumpPager",
-    "MAX_DUMP_PAGES",
-    "CLIENT_MAX_FRAME",
 ]
 
 #: Largest reply frame a client accepts (servers send at most 4096; be lenient, but bounded).

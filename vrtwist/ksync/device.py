@@ -34,15 +34,15 @@ from vrtwist.logfields import Logger
 __all__ = [
     "KSYNC_MAX_BUFFER_SIZE",
     "STATUS_BUFFER_TOO_SMALL",
-    "STATUS_INVALID_PARAMETER",
     "STATUS_INVALID_DEVICE_REQUEST",
+    "STATUS_INVALID_PARAMETER",
+    "DeviceClient",
     "DeviceError",
+    "DeviceTransportFactory",
+    "DeviceTransportProtocol",
     "IKsyncDeviceHandle",
     "KsyncDevice",
     "KsyncDeviceHandle",
-    "DeviceTransportProtocol",
-    "DeviceTransportFactory",
-    "DeviceClient",
 ]
 
 #: The driver's per-handle buffer: the longest netlink message a handle takes or returns.

@@ -19,12 +19,12 @@ from typing import Any
 from zope.interface import Attribute, Interface
 
 __all__ = [
-    "KsyncReply",
+    "IBridgeRoutes",
+    "IDatapath",
     "IKsyncDispatcher",
     "IKsyncSession",
     "IRequestHandler",
-    "IBridgeRoutes",
-    "IDatapath",
+    "KsyncReply",
 ]
 
 

@@ -61,16 +61,16 @@ from vrtwist.unixlisten import UNIXListenEndpoint
 
 __all__ = [
     "KSYNC_SOCKET_NAME",
-    "STYLE_LINUX",
     "STYLE_DPDK",
-    "KsyncServerProtocol",
+    "STYLE_LINUX",
     "KsyncServerFactory",
+    "KsyncServerProtocol",
     "KsyncServerService",
+    "bounded_ksync_factory",
+    "ksync_limits",
     "ksync_socket_path",
     "listen_ksync",
     "remove_stale_socket",
-    "ksync_limits",
-    "bounded_ksync_factory",
 ]
 
 KSYNC_SOCKET_NAME = "dpdk_netlink"
@@ -281,7 +281,7 @@ def execute(dispatcher: IKsyncDispatcher, request: Any, log: Logger | None = Non
         reply = dispatcher.dispatch(request)
         if not isinstance(reply, KsyncReply):
             raise TypeError("dispatch returned %r, not a KsyncReply" % (reply,))
-    except Exception:
+    except Exception:  # noqa: BLE001 - a dispatcher bug (logged) answers EINVAL, the channel lives
         log.failure("ksync: dispatcher failed on {request}", request=request)
         return [_response(-errno.EINVAL)]
     try:
@@ -292,11 +292,11 @@ def execute(dispatcher: IKsyncDispatcher, request: Any, log: Logger | None = Non
             payload = _response(reply.code) + reply.encoded
         elif not objects:
             return [_response(reply.code)]
-        elif objects.__class__ is list and len(objects) == 1:  # type: ignore[arg-type]
-            payload = _response(reply.code) + encode(objects[0])  # type: ignore[index]
+        elif objects.__class__ is list and len(objects) == 1:
+            payload = _response(reply.code) + encode(objects[0])
         else:
             payload = _response(reply.code) + b"".join([encode(o) for o in objects])
-    except Exception:
+    except Exception:  # noqa: BLE001 - an unencodable object or failed dump (logged) answers EINVAL
         # An unencodable object (SandeshEncodeError) or a dump iterator that failed.
         log.failure("ksync: cannot build the reply to {request}", request=request)
         return [_response(-errno.EINVAL)]
@@ -416,7 +416,7 @@ def remove_stale_socket(path: str) -> None:
 
 
 def _clock_of(reactor: object) -> IReactorTime | None:
-    return reactor if IReactorTime.providedBy(reactor) else None  # type: ignore[return-value]
+    return reactor if IReactorTime.providedBy(reactor) else None
 
 
 def ksync_limits(max_sessions: int = 256) -> ConnectionLimits:
@@ -495,7 +495,7 @@ class KsyncServerService(StreamServerEndpointService):
         super().privilegedStartService()
 
     def stopService(self) -> Deferred[None] | None:
-        d = super().stopService()
+        d: Deferred[None] | None = super().stopService()
 
         def _unlink(result: object) -> object:
             try:

@@ -205,7 +205,7 @@ def build(msg: DhcpMessage, options: list[tuple[int, bytes]]) -> bytes:
     chaddr = msg.chaddr.ljust(16, b"\x00")
     if len(chaddr) != 16:
         raise DhcpError("chaddr longer than 16 bytes")
-    head = _BOOTP.build(
+    head: bytes = _BOOTP.build(
         dict(
             op=msg.op,
             htype=msg.htype,

@@ -20,17 +20,17 @@ import struct
 from typing import Final, NamedTuple
 
 __all__ = [
+    "AGENT_DST_MAC",
     "AGENT_HDR",
     "AGENT_HDR_LEN",
-    "HEADER_LEN",
-    "ETHERTYPE_PKT0",
     "AGENT_SRC_MAC",
-    "AGENT_DST_MAC",
+    "ETHERTYPE_PKT0",
+    "HEADER_LEN",
     "AgentHeader",
     "Pkt0Error",
     "decode",
-    "encode_trap",
     "encode_command",
+    "encode_trap",
     "trap_header",
 ]
 

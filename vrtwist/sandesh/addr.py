@@ -20,20 +20,20 @@ from collections.abc import Sequence
 from vrtwist.sandesh.constants import AF_INET, AF_INET6
 
 __all__ = [
-    "ipv4_to_int",
     "int_to_ipv4",
-    "ipv6_to_u64_pair",
-    "u64_pair_to_ipv6",
-    "ip_to_u64_pair",
-    "u64_pair_to_ip",
-    "ip_to_list",
-    "list_to_ip",
-    "mac_to_list",
-    "list_to_mac",
-    "port_to_int",
     "int_to_port",
+    "ip_to_list",
+    "ip_to_u64_pair",
+    "ipv4_to_int",
+    "ipv6_to_u64_pair",
+    "list_to_ip",
+    "list_to_mac",
+    "mac_to_list",
+    "port_to_int",
     "prefix_to_route",
     "route_to_prefix",
+    "u64_pair_to_ip",
+    "u64_pair_to_ipv6",
 ]
 
 

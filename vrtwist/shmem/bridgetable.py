@@ -30,7 +30,8 @@ _ROUTE = __import__("struct").Struct("<IiH")  # be_label, be_nh_id, be_flags at 
 
 def bridge_key(mac: bytes, vrf: int) -> bytes:
     """The 8 hashed key bytes: MAC then VRF (u16, host order)."""
-    return _KEY.pack(mac, vrf & 0xFFFF)
+    key: bytes = _KEY.pack(mac, vrf & 0xFFFF)
+    return key
 
 
 @implementer(IBridgeTable)

@@ -16,7 +16,7 @@ from vrtwist.access import SocketAccess, create_private
 from vrtwist.shmem import layout as L
 from vrtwist.shmem.jhash import jhash, jhash_flow4
 
-__all__ = ["HashTable", "map_file", "create_file"]
+__all__ = ["HashTable", "create_file", "map_file"]
 
 Buffer = mmap.mmap | bytearray
 
@@ -89,7 +89,8 @@ class HashTable:
         )
 
     def next_index(self, index: int) -> int:
-        return L.U32.unpack_from(self.buf, index * self.entry_size + L.OFF_HENTRY_NEXT_INDEX)[0]
+        nxt: int = L.U32.unpack_from(self.buf, index * self.entry_size + L.OFF_HENTRY_NEXT_INDEX)[0]
+        return nxt
 
     def chain(self, index: int) -> Iterator[int]:
         """Overflow indices hanging off ``index`` (normally the 4th entry of a bucket)."""

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
 from zope.interface import Attribute, Interface
+
+if TYPE_CHECKING:  # annotations only: the implementations import this module
+    from twisted.internet.defer import Deferred
+
+    from vrtwist.shmem.entries import BridgeEntry, FlowEntry
+    from vrtwist.shmem.flowtable import FlowSetResult, FlowVerdict
+    from vrtwist.shmem.manager import FlowHandle, FlowKey, FlowPair
 
 
 class IFlowTable(Interface):
@@ -11,13 +21,13 @@ class IFlowTable(Interface):
     path = Attribute("file the table lives in (reported in ftable_file_path)")
     size = Attribute("bytes of main + overflow table")
 
-    def flow_set(req):  # type: ignore[no-untyped-def]
+    def flow_set(req: Any) -> FlowSetResult:
         """Apply a vr_flow_req (mapping of field names); return a FlowSetResult."""
 
-    def table_data(op):  # type: ignore[no-untyped-def]
+    def table_data(op: int) -> dict[str, Any]:
         """Fields of the vr_flow_table_data reply."""
 
-    def entry(index):  # type: ignore[no-untyped-def]
+    def entry(index: int) -> FlowEntry:
         """Parsed FlowEntry at ``index``."""
 
 
@@ -29,34 +39,34 @@ class IFlowDatapath(Interface):
         "(the pipeline replays its held packets there)"
     )
 
-    def lookup(key):  # type: ignore[no-untyped-def]
+    def lookup(key: bytes) -> int:
         """Index of the live flow with this hashed key, or -1."""
 
-    def verdict(index):  # type: ignore[no-untyped-def]
+    def verdict(index: int) -> FlowVerdict:
         """FlowVerdict of a live entry: flags, action, VRFs, mirrors, RPF NH, ports, TTL."""
 
-    def hold_on_miss(key, vrf, src_info):  # type: ignore[no-untyped-def]
+    def hold_on_miss(key: bytes, vrf: int, src_info: int) -> tuple[int, int]:
         """Create a HOLD entry (ACTIVE|NEW_FLOW); return (index, gen_id)."""
 
-    def take_new_flow(index):  # type: ignore[no-untyped-def]
+    def take_new_flow(index: int) -> bool:
         """Clear NEW_FLOW when the miss is trapped to the agent."""
 
-    def add_stats(index, nbytes, npackets):  # type: ignore[no-untyped-def]
+    def add_stats(index: int, nbytes: int, npackets: int) -> None:
         """Add bytes/packets (with overflow carry) to a flow."""
 
-    def stats(index):  # type: ignore[no-untyped-def]
+    def stats(index: int) -> tuple[int, int]:
         """(bytes, packets) of a flow."""
 
-    def set_tcp_flags(index, tcp_flags):  # type: ignore[no-untyped-def]
+    def set_tcp_flags(index: int, tcp_flags: int) -> None:
         """OR TCP state bits into fe_tcp_flags."""
 
-    def tcp_state(index):  # type: ignore[no-untyped-def]
+    def tcp_state(index: int) -> tuple[int, int]:
         """(fe_tcp_flags, fe_tcp_seq) of a flow."""
 
-    def set_tcp_state(index, tcp_flags, seq):  # type: ignore[no-untyped-def]
+    def set_tcp_state(index: int, tcp_flags: int, seq: int) -> None:
         """Write fe_tcp_flags and fe_tcp_seq."""
 
-    def mark_evict(index):  # type: ignore[no-untyped-def]
+    def mark_evict(index: int) -> bool:
         """Evict a closed flow (and its dead reverse)."""
 
     def src_info(index):  # type: ignore[no-untyped-def]
@@ -72,30 +82,32 @@ class IBridgeTable(Interface):
     path = Attribute("file the table lives in")
     size = Attribute("bytes of main + overflow table")
 
-    def add(vrf, mac, nh_id, label, label_flags):  # type: ignore[no-untyped-def]
+    def add(vrf: int, mac: bytes, nh_id: int, label: int, label_flags: int) -> tuple[int, int]:
         """Add or update an entry; return (errno, index)."""
 
-    def get(vrf, mac, index):  # type: ignore[no-untyped-def]
+    def get(vrf: int, mac: bytes | None, index: int) -> BridgeEntry | None:
         """Entry by key or index, or None."""
 
-    def delete(vrf, mac):  # type: ignore[no-untyped-def]
+    def delete(vrf: int, mac: bytes) -> int:
         """Delete an entry; return 0 or -ENOENT."""
 
-    def dump(vrf, marker_mac):  # type: ignore[no-untyped-def]
+    def dump(vrf: int, marker_mac: bytes) -> Iterator[BridgeEntry]:
         """Valid entries of ``vrf`` after the marker MAC."""
 
 
 class IFlowManager(Interface):
     """Agent side: programs flows over ksync and reads them from the mapped table."""
 
-    def create_pair(forward, reverse, action, **options):  # type: ignore[no-untyped-def]
+    def create_pair(
+        forward: FlowKey, reverse: FlowKey, action: int, **options: int
+    ) -> Deferred[FlowPair]:
         """Create a forward/reverse flow pair; Deferred firing with a FlowPair."""
 
-    def update(handle, action, **options):  # type: ignore[no-untyped-def]
+    def update(handle: FlowHandle, action: int, **options: int) -> Deferred[FlowHandle]:
         """Change the action/flags of one flow; Deferred firing with its handle."""
 
-    def delete(handle):  # type: ignore[no-untyped-def]
+    def delete(handle: FlowHandle) -> Deferred[None]:
         """Delete one flow; Deferred."""
 
-    def read_stats(handle):  # type: ignore[no-untyped-def]
+    def read_stats(handle: FlowHandle) -> tuple[int, int]:
         """(bytes, packets) of a flow read from the shared mapping."""

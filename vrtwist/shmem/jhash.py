@@ -12,7 +12,7 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-__all__ = ["jhash", "jhash_flow4", "jhash_words5", "jhash_flow6", "jhash_bridge", "JHASH_INITVAL"]
+__all__ = ["JHASH_INITVAL", "jhash", "jhash_bridge", "jhash_flow4", "jhash_flow6", "jhash_words5"]
 
 JHASH_INITVAL = 0xDEADBEEF
 _M = 0xFFFFFFFF

@@ -25,15 +25,15 @@ from vrtwist.shmem.entries import (
 from vrtwist.shmem.htable import map_file
 
 __all__ = [
-    "FlowTableView",
     "BridgeTableView",
     "FlowMatch",
-    "parse_match",
-    "format_flow",
-    "write_flow_table",
-    "format_bridge_entry",
-    "ether_ntoa",
+    "FlowTableView",
     "MatchError",
+    "ether_ntoa",
+    "format_bridge_entry",
+    "format_flow",
+    "parse_match",
+    "write_flow_table",
 ]
 
 
@@ -157,16 +157,8 @@ class FlowMatch:
             return (e.sport if which == 0 else e.dport) == port
         return False
 
-    def matches(self, e: FlowEntry) -> bool:
-        if self.vrf >= 0 and e.vrf != self.vrf:
-            return False
-        if self.proto >= 0 and e.proto != self.proto:
-            return False
-        if not self.family:
-            return True
-        if (e.type == L.VP_TYPE_IP6) != (self.family == L.AF_INET6):
-            return False
-        ends = self.ends or []
+    def _ends_match(self, e: FlowEntry, ends: list[tuple[str | None, int]]) -> bool:
+        """One end given: either side of the flow; two: one side each, either way round."""
         smatch = dmatch = False
         if ends:
             smatch = self._end(e, 0, ends[0])
@@ -191,15 +183,20 @@ class FlowMatch:
             return False
         return True
 
+    def matches(self, e: FlowEntry) -> bool:
+        if self.vrf >= 0 and e.vrf != self.vrf:
+            return False
+        if self.proto >= 0 and e.proto != self.proto:
+            return False
+        if not self.family:
+            return True
+        if (e.type == L.VP_TYPE_IP6) != (self.family == L.AF_INET6):
+            return False
+        return self._ends_match(e, self.ends or [])
 
-def _tuple(m: FlowMatch, text: str) -> None:
-    text = text.strip()
-    if m.ends is None:
-        m.ends = []
-    if len(m.ends) >= 2:
-        raise MatchError(
-            'match: Why do you specify "%s" when both ends of the flow are already specified' % text
-        )
+
+def _split_end(text: str) -> tuple[str, str, int]:
+    """``addr``, ``addr:port``, ``[v6]:port`` or a bare v6 address: (addr, port, family)."""
     port = "-1"
     if text.startswith("["):
         close = text.rfind("]")
@@ -215,6 +212,18 @@ def _tuple(m: FlowMatch, text: str) -> None:
         family = L.AF_INET
     else:
         addr, family = text, L.AF_INET
+    return addr, port, family
+
+
+def _tuple(m: FlowMatch, text: str) -> None:
+    text = text.strip()
+    if m.ends is None:
+        m.ends = []
+    if len(m.ends) >= 2:
+        raise MatchError(
+            'match: Why do you specify "%s" when both ends of the flow are already specified' % text
+        )
+    addr, port, family = _split_end(text)
     if m.family and m.family != family:
         raise MatchError("match: You are trying to match v4 and v6 flow together")
     if addr != "*":
@@ -347,6 +356,37 @@ def _nat_str(f: int) -> str:
     return s
 
 
+def _wrapped(parts: list[str], text: str, printed: int) -> int:
+    """Append a field, and a line break once the line reaches 70 columns: the new count."""
+    parts.append(text)
+    printed += len(text)
+    if printed >= 70:
+        parts.append("\n")
+        return 0
+    return printed
+
+
+def _flow_summary(e: FlowEntry) -> str:
+    """The ``(Gen: ..., QOS:..., S(nh):...,`` part of a flow's block."""
+    f = e.flags
+    action = e.action
+    s = "(Gen: %u, " % e.gen_id
+    if e.type == L.VP_TYPE_IP or e.type == L.VP_TYPE_IP6:
+        s += "K(nh):%u, " % e.nh_id
+    s += "Action:" + _ACTION.get(action, "U")
+    if action == L.ACTION_NAT:
+        s += _nat_str(f)
+    elif action == L.ACTION_DROP:
+        s += "(%s)" % L.DROP_REASONS.get(e.drop_reason, str(e.drop_reason))
+    s += ", Flags:" + _flag_str(f) + ", "
+    if e.proto == L.IPPROTO_TCP:
+        s += _tcp_str(e.tcp_flags)
+    if e.ecmp_nh_index >= 0:
+        s += "E:%d, " % e.ecmp_nh_index
+    s += "QOS:%d, S(nh):%u, " % (e.qos_id, e.src_nh_index)
+    return s
+
+
 def format_flow(e: FlowEntry) -> str:
     """The per-flow block of ``flow -l`` (without the overflow chain and blank lines)."""
     f = e.flags
@@ -364,52 +404,19 @@ def format_flow(e: FlowEntry) -> str:
         e.dport,
         tail,
     )
-    action = e.action
-    s = "(Gen: %u, " % e.gen_id
-    if e.type == L.VP_TYPE_IP or e.type == L.VP_TYPE_IP6:
-        s += "K(nh):%u, " % e.nh_id
-    s += "Action:" + _ACTION.get(action, "U")
-    if action == L.ACTION_NAT:
-        s += _nat_str(f)
-    elif action == L.ACTION_DROP:
-        s += "(%s)" % L.DROP_REASONS.get(e.drop_reason, str(e.drop_reason))
-    s += ", Flags:" + _flag_str(f) + ", "
-    if e.proto == L.IPPROTO_TCP:
-        s += _tcp_str(e.tcp_flags)
-    if e.ecmp_nh_index >= 0:
-        s += "E:%d, " % e.ecmp_nh_index
-    s += "QOS:%d, S(nh):%u, " % (e.qos_id, e.src_nh_index)
-    parts = [head, s]
-    printed = len(s)
-    if printed >= 70:
-        parts.append("\n")
-        printed = 0
-    t = " Stats:%u/%u, " % (e.packets, e.bytes)
-    parts.append(t)
-    printed += len(t)
-    if printed >= 70:
-        parts.append("\n")
-        printed = 0
+    s = _flow_summary(e)
+    parts = [head]
+    printed = _wrapped(parts, s, 0)
+    printed = _wrapped(parts, " Stats:%u/%u, " % (e.packets, e.bytes), printed)
     if f & L.FLAG_MIRROR:
         t = " Mirror Index :"
         if e.mirror_id < L.DEFAULT_MAX_MIRRORS:
             t += " %d" % e.mirror_id
         if e.sec_mirror_id < L.DEFAULT_MAX_MIRRORS:
             t += ", %d, " % e.sec_mirror_id
-        parts.append(t)
-        printed += len(t)
-        if printed >= 70:
-            parts.append("\n")
-            printed = 0
-    t = " SPort %d," % e.udp_src_port
-    parts.append(t)
-    printed += len(t)
-    if printed >= 70:
-        parts.append("\n")
-        printed = 0
+        printed = _wrapped(parts, t, printed)
+    _wrapped(parts, " SPort %d," % e.udp_src_port, printed)
     parts.append(" TTL %d," % e.ttl)  # the real tool does not count this one
-    if printed >= 70:
-        parts.append("\n")
     if e.flags1 & L.FLAG1_HBS_LEFT:
         parts.append(" HbsLeft,")
     elif e.flags1 & L.FLAG1_HBS_RIGHT:

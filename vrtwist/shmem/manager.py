@@ -28,7 +28,7 @@ from vrtwist.shmem.entries import FlowEntry, port_to_wire
 from vrtwist.shmem.interfaces import IFlowManager
 from vrtwist.shmem.listing import FlowTableView
 
-__all__ = ["FlowKey", "FlowHandle", "FlowPair", "FlowManager", "StaleFlowError", "FlowSetError"]
+__all__ = ["FlowHandle", "FlowKey", "FlowManager", "FlowPair", "FlowSetError", "StaleFlowError"]
 
 
 class _Client(Protocol):
@@ -231,7 +231,7 @@ class FlowManager:
             for d, key, rindex in ((d_fwd, forward, -1), (d_rev, reverse, -2)):
                 try:
                     got.append(await self._set(d, key, rindex))
-                except Exception as e:  # both answers are awaited before rolling back
+                except Exception as e:  # noqa: BLE001 - kept; rollback re-raises
                     got.append(e)
             fwd, rev = got
             if isinstance(fwd, Exception) or isinstance(rev, Exception):

@@ -34,7 +34,7 @@ from vrtwist.shmem.bridgetable import BridgeTable
 from vrtwist.shmem.entries import BridgeEntry
 from vrtwist.shmem.flowtable import FlowSetResult, FlowTable
 
-__all__ = ["FlowRequests", "FlowTableData", "BridgeTableData", "BridgeRoutes", "make"]
+__all__ = ["BridgeRoutes", "BridgeTableData", "FlowRequests", "FlowTableData", "make"]
 
 Reply = list[list[Any]]
 
@@ -255,34 +255,10 @@ class BridgeRoutes:
             return dp.dump_reply(self._dump(vrf, mac or bytes(6)))
         if not 0 <= vrf < dp.config.vrfs:
             return [[_response(-errno.EINVAL)]]
-        tables = dp.tables
         if op == _OP_ADD:
-            if len(mac) != 6 or mac == bytes(6):
-                return [[_response(-errno.EINVAL)]]
-            nh_id = int(getattr(request, "rtr_nh_id", 0))
-            if tables.get_nexthop(nh_id) is None:
-                return [[_response(-errno.ENOENT)]]
-            old = self.bridge.get(vrf, mac)
-            code, _idx = self.bridge.add(
-                vrf,
-                mac,
-                nh_id,
-                int(getattr(request, "rtr_label", 0)) & 0xFFFFFFFF,
-                int(getattr(request, "rtr_label_flags", 0)) & 0xFFFF,
-            )
-            if code == 0 and (old is None or old.nh_id != nh_id):
-                tables.hold_nexthop(nh_id)
-                if old is not None:
-                    tables.release_nexthop(tables.get_nexthop(old.nh_id))
-            return [[_response(code)]]
+            return self._add(request, vrf, mac)
         if op == _OP_DEL:
-            if len(mac) != 6:
-                return [[_response(-errno.EINVAL)]]
-            old = self.bridge.get(vrf, mac)
-            code = self.bridge.delete(vrf, mac)
-            if code == 0 and old is not None:
-                tables.release_nexthop(tables.get_nexthop(old.nh_id))
-            return [[_response(code)]]
+            return self._delete(vrf, mac)
         if op == _OP_GET:
             index = int(getattr(request, "rtr_index", -1))
             index = -1 if index in (-1, L.INVALID_INDEX) else index
@@ -291,6 +267,38 @@ class BridgeRoutes:
                 return [[_response(-errno.ENOENT)]]
             return [[_response(0), self._route(found)]]
         return [[_response(-errno.EOPNOTSUPP)]]
+
+    def _add(self, request: Any, vrf: int, mac: bytes) -> Reply:
+        """Add or change a MAC route; the next hop references follow the change."""
+        tables = self.datapath.tables
+        if len(mac) != 6 or mac == bytes(6):
+            return [[_response(-errno.EINVAL)]]
+        nh_id = int(getattr(request, "rtr_nh_id", 0))
+        if tables.get_nexthop(nh_id) is None:
+            return [[_response(-errno.ENOENT)]]
+        old = self.bridge.get(vrf, mac)
+        code, _idx = self.bridge.add(
+            vrf,
+            mac,
+            nh_id,
+            int(getattr(request, "rtr_label", 0)) & 0xFFFFFFFF,
+            int(getattr(request, "rtr_label_flags", 0)) & 0xFFFF,
+        )
+        if code == 0 and (old is None or old.nh_id != nh_id):
+            tables.hold_nexthop(nh_id)
+            if old is not None:
+                tables.release_nexthop(tables.get_nexthop(old.nh_id))
+        return [[_response(code)]]
+
+    def _delete(self, vrf: int, mac: bytes) -> Reply:
+        tables = self.datapath.tables
+        if len(mac) != 6:
+            return [[_response(-errno.EINVAL)]]
+        old = self.bridge.get(vrf, mac)
+        code = self.bridge.delete(vrf, mac)
+        if code == 0 and old is not None:
+            tables.release_nexthop(tables.get_nexthop(old.nh_id))
+        return [[_response(code)]]
 
     def _dump(self, vrf: int, marker: bytes) -> Iterator[Any]:
         for e in self.bridge.dump(vrf, marker):

@@ -23,7 +23,7 @@ from vrtwist.shmem.flowtable import FlowTable
 from vrtwist.shmem.htable import create_file
 from vrtwist.shmem.requests import BridgeRoutes, BridgeTableData, FlowRequests, FlowTableData
 
-__all__ = ["install", "SharedTables", "FLOW_FILE", "BRIDGE_FILE"]
+__all__ = ["BRIDGE_FILE", "FLOW_FILE", "SharedTables", "install"]
 
 FLOW_FILE = "flow.shmem"
 BRIDGE_FILE = "bridge.shmem"

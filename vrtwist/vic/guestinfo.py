@@ -301,7 +301,7 @@ class GuestInfo:
             if v in (None, ""):
                 return None
             try:
-                return int(v)  # type: ignore[arg-type]
+                return int(v)
             except ValueError:
                 raise GuestInfoError(
                     f"{field} of session {session} is {v!r}, not an integer"

@@ -213,9 +213,15 @@ class TelnetParser:
             else:
                 events.append(Command(code))
                 pos = i + 2
+        return self._finish(data, pos, events, pieces)
+
+    def _finish(
+        self, data: bytes, pos: int, events: list[Event], pieces: list[bytes]
+    ) -> list[Event]:
+        """End a scan at ``pos``: flush the data run, keep the incomplete tail."""
         if pieces:
             events.append(b"".join(pieces))
-        if pos < n:
+        if pos < len(data):
             self._pending = data[pos:]
             if len(self._pending) > self._max + 8:
                 raise TelnetProtocolError(

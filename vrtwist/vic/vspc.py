@@ -73,7 +73,7 @@ class VSPCConfig:
     controlPeekInterval: float = 0.5
     socketBuffer: int = UNIX_SOCKET_BUFFER  # unix sockets only; TCP autotunes
 
-    def backendFor(self, uuid: str, label: str) -> str:
+    def backend_for(self, uuid: str, label: str) -> str:
         return self.backendTemplate.format(uuid=uuid, label=label or "default")
 
 
@@ -114,7 +114,7 @@ class VMPortTable(Service):
                 label=label,
                 peer=connection.peerText,
             )
-        port.attachESX(connection)
+        port.attach_esx(connection)
         return port
 
     def matchPeer(self, sequenceAndSecret: bytes, connection: object) -> SerialPort | None:
@@ -122,7 +122,7 @@ class VMPortTable(Service):
         port = self.pending.get(sequenceAndSecret)
         if port is None:
             return None
-        port.peerArrived(connection)
+        port.peer_arrived(connection)
         return port
 
     def remove(self, port: SerialPort) -> Deferred[None]:

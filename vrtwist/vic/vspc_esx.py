@@ -188,7 +188,7 @@ class VSPCConnection(Protocol):
         self._early = []
         port, self.port = self.port, None
         if port is not None:
-            port.connectionGone(self)
+            port.connection_gone(self)
 
     def dataReceived(self, data: bytes) -> None:
         try:
@@ -226,15 +226,15 @@ class VSPCConnection(Protocol):
         if not self.closed:
             self.transport.write(raw)  # type: ignore[union-attr]
 
-    def sendSerial(self, data: bytes) -> None:
+    def send_serial(self, data: bytes) -> None:
         """Serial bytes toward the VM, IAC doubled."""
         self.send(T.encodeData(data))
 
     def _writeFull(self, full: bool) -> None:
         if self.port is not None:
-            self.port.esxWriteFull(self, full)
+            self.port.esx_write_full(self, full)
 
-    def setPortPaused(self, paused: bool) -> None:
+    def set_port_paused(self, paused: bool) -> None:
         self._portPaused = paused
         self._applyPause()
 
@@ -317,13 +317,13 @@ class VSPCConnection(Protocol):
 
     def _serial(self, data: bytes) -> None:
         if self.port is not None:
-            self.port.fromVM(data)
+            self.port.from_vm(data)
         else:
             self._early.append(data)
             self._earlyLen += len(data)
             self._applyPause()
 
-    def takeEarly(self) -> bytes:
+    def take_early(self) -> bytes:
         data = b"".join(self._early)
         self._early = []
         self._earlyLen = 0
@@ -378,11 +378,11 @@ class VSPCConnection(Protocol):
 
     def _complete(self, params: bytes) -> None:
         if self.port is not None:
-            self.port.completeVMotion(self, params)
+            self.port.complete_vmotion(self, params)
 
     def _abort(self, params: bytes) -> None:
         if self.port is not None:
-            self.port.abortVMotion(self)
+            self.port.abort_vmotion(self)
 
     def _doProxy(self, params: bytes) -> None:
         if self.role is not None:
@@ -446,7 +446,7 @@ class VSPCConnection(Protocol):
             )
             self.send(X.command(X.VMOTION_NOTNOW, seq))
             return
-        self.send(self.port.beginVMotion(self, seq))
+        self.send(self.port.begin_vmotion(self, seq))
 
     def _peer(self, payload: bytes) -> None:
         if self.role is not None:
@@ -469,9 +469,9 @@ class VSPCConnection(Protocol):
             self._setupTimer.cancel()
         self._setupTimer = None
         self.send(X.command(X.VMOTION_PEER_OK, port.handoff.sequence))
-        early = self.takeEarly()
+        early = self.take_early()
         if early:
-            port.fromVM(early)
+            port.from_vm(early)
 
 
 def _recvUpTo(sock: socket.socket, n: int) -> bytes:

@@ -78,16 +78,16 @@ class BackendProtocol(Protocol):
         self.transport.registerProducer(  # type: ignore[union-attr]
             _WritePressure(self._writeFull), True
         )
-        self.serialPort.backendUp(self)
+        self.serialPort.backend_up(self)
 
     def _writeFull(self, full: bool) -> None:
-        self.serialPort.backendWriteFull(self, full)
+        self.serialPort.backend_write_full(self, full)
 
     def dataReceived(self, data: bytes) -> None:
-        self.serialPort.fromBackend(data)
+        self.serialPort.from_backend(data)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
-        self.serialPort.backendDown(self)
+        self.serialPort.backend_down(self)
 
 
 class _BackendFactory(Factory):
@@ -138,7 +138,7 @@ class SerialPort:
         self._backendReadPaused = False
         self._expireTimer: IDelayedCall | None = None
         self._timers: list[IDelayedCall] = []
-        self.backendAddress = self.config.backendFor(uuid, label)
+        self.backendAddress = self.config.backend_for(uuid, label)
         endpoint = clientFromString(table.clock, self.backendAddress)
         self.service = ClientService(
             endpoint,
@@ -161,7 +161,7 @@ class SerialPort:
 
     # ESX attach/detach
 
-    def attachESX(self, conn: VSPCConnection) -> None:
+    def attach_esx(self, conn: VSPCConnection) -> None:
         if self._expireTimer is not None and self._expireTimer.active():
             self._expireTimer.cancel()
         self._expireTimer = None
@@ -181,14 +181,14 @@ class SerialPort:
         self._esxFull = False
         if conn.name:
             self.name = conn.name
-        early = conn.takeEarly()
+        early = conn.take_early()
         if early:
-            self.fromVM(early)
+            self.from_vm(early)
         if self.handoff is None:
             self._flushToVM()
         self._updateFlow()
 
-    def connectionGone(self, conn: VSPCConnection) -> None:
+    def connection_gone(self, conn: VSPCConnection) -> None:
         if conn in self.retiring:
             self.retiring.remove(conn)
         h = self.handoff
@@ -242,7 +242,7 @@ class SerialPort:
 
     # data VM -> backend
 
-    def fromVM(self, data: bytes) -> None:
+    def from_vm(self, data: bytes) -> None:
         self.counters.bytesFromVM += len(data)
         if self.backend is not None and not self._toBackendLen:
             self.backend.transport.write(data)  # type: ignore[union-attr]
@@ -251,7 +251,7 @@ class SerialPort:
         self._toBackendLen += len(data)
         self._updateFlow()
 
-    def backendUp(self, proto: BackendProtocol) -> None:
+    def backend_up(self, proto: BackendProtocol) -> None:
         self.backend = proto
         self._backendFull = False
         self._backendReadPaused = False
@@ -269,24 +269,24 @@ class SerialPort:
             proto.transport.write(data)  # type: ignore[union-attr]
         self._updateFlow()
 
-    def backendDown(self, proto: BackendProtocol) -> None:
+    def backend_down(self, proto: BackendProtocol) -> None:
         if proto is self.backend:
             self.backend = None
             self._backendFull = False
             self._updateFlow()
 
-    def backendWriteFull(self, proto: BackendProtocol, full: bool) -> None:
+    def backend_write_full(self, proto: BackendProtocol, full: bool) -> None:
         if proto is self.backend:
             self._backendFull = full
             self._updateFlow()
 
     # data backend -> VM
 
-    def fromBackend(self, data: bytes) -> None:
+    def from_backend(self, data: bytes) -> None:
         esx = self.esx
         if esx is not None and self.handoff is None and not self._toVMLen:
             self.counters.bytesToVM += len(data)
-            esx.sendSerial(data)
+            esx.send_serial(data)
             return
         self._toVM.append(data)
         self._toVMLen += len(data)
@@ -298,9 +298,9 @@ class SerialPort:
             self._toVM = []
             self._toVMLen = 0
             self.counters.bytesToVM += len(data)
-            self.esx.sendSerial(data)
+            self.esx.send_serial(data)
 
-    def esxWriteFull(self, conn: VSPCConnection, full: bool) -> None:
+    def esx_write_full(self, conn: VSPCConnection, full: bool) -> None:
         if conn is self.esx:
             self._esxFull = full
             self._updateFlow()
@@ -310,7 +310,7 @@ class SerialPort:
     def _updateFlow(self) -> None:
         pauseESX = self._backendFull or self._toBackendLen >= self.config.bufferLimit
         for c in self.connections():
-            c.setPortPaused(pauseESX)
+            c.set_port_paused(pauseESX)
         pauseBackend = self._esxFull or self._toVMLen >= self.config.bufferLimit
         b = self.backend
         if b is not None and pauseBackend != self._backendReadPaused:
@@ -322,7 +322,7 @@ class SerialPort:
 
     # vMotion (spec 1.5)
 
-    def beginVMotion(self, conn: VSPCConnection, sequence: bytes) -> bytes:
+    def begin_vmotion(self, conn: VSPCConnection, sequence: bytes) -> bytes:
         """Answer VMOTION-BEGIN: GOAHEAD(seq+secret), or NOTNOW if one is running."""
         if self.handoff is not None:
             self.counters.notnow += 1
@@ -347,7 +347,7 @@ class SerialPort:
         # backend data from now on is held until COMPLETE or ABORT.
         return X.command(X.VMOTION_GOAHEAD, sequence + secret)
 
-    def peerArrived(self, conn: VSPCConnection) -> None:
+    def peer_arrived(self, conn: VSPCConnection) -> None:
         h = self.handoff
         assert h is not None
         if h.target is not None and h.target is not conn:
@@ -359,7 +359,7 @@ class SerialPort:
         h.target = conn
         self._updateFlow()
 
-    def completeVMotion(self, conn: VSPCConnection, sequence: bytes) -> None:
+    def complete_vmotion(self, conn: VSPCConnection, sequence: bytes) -> None:
         h = self.handoff
         if h is None or conn is not h.target:
             self._log.warn(
@@ -405,7 +405,7 @@ class SerialPort:
         if conn in self.retiring and not conn.closed:
             conn.transport.loseConnection()  # type: ignore[union-attr]
 
-    def abortVMotion(self, conn: VSPCConnection) -> None:
+    def abort_vmotion(self, conn: VSPCConnection) -> None:
         h = self.handoff
         if h is None or conn is not h.source:
             self._log.warn(

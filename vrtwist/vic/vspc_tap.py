@@ -11,7 +11,7 @@ TLS (``telnets://`` in the VM's proxyURI) is a Twisted ``ssl:`` endpoint:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from twisted.application import internet
 from twisted.python import usage
@@ -29,7 +29,7 @@ from vrtwist.vsock.tuning import tuneAllocator
 class Options(usage.Options):
     """Command line of ``twistd vspc``."""
 
-    optParameters = [
+    optParameters: ClassVar[list[list[Any]]] = [
         introspect_option("vspc"),
         [
             "listen",

@@ -22,12 +22,12 @@ from vrtwist._twisted_compat import (
 from vrtwist.logfields import Logger
 
 __all__ = [
-    "send_now",
     "adapt_read_size",
-    "shutdown_now",
-    "read_now",
-    "plain_reads",
     "link_buffers",
+    "plain_reads",
+    "read_now",
+    "send_now",
+    "shutdown_now",
 ]
 
 _log = Logger()
@@ -127,7 +127,7 @@ def read_now(reactor: Any, t: Any) -> None:
         return
     try:
         why = t.doRead()
-    except Exception as e:  # as the reactor does: log, then disconnect
+    except Exception as e:  # noqa: BLE001 - as the reactor does: log, then disconnect
         _log.failure("reading {transport}", transport=repr(t))
         why = e
     if why:

@@ -57,7 +57,7 @@ class LeanStream(tcp.Connection):
         # tcp.Connection.__init__ minus setblocking(): our sockets are non-blocking already.
         abstract.FileDescriptor.__init__(self, reactor=reactor)
         self.socket = skt
-        self.fileno = skt.fileno  # type: ignore[method-assign]
+        self.fileno = skt.fileno
         self.protocol = protocol
         self._family = skt.family
         self._peer = peer
@@ -135,7 +135,7 @@ class LeanTCPPort(tcp.Port):
             skt.setblocking(False)
             try:
                 protocol = factory.buildProtocol(_address(family, addr))
-            except Exception:
+            except Exception:  # noqa: BLE001 - as the reactor does: log, drop this connection only
                 self._log.failure("building a protocol for {addr}", addr=addr)
                 skt.close()
                 continue
@@ -147,7 +147,7 @@ class LeanTCPPort(tcp.Port):
             t.startReading()
             try:
                 protocol.makeConnection(t)
-            except Exception:
+            except Exception:  # noqa: BLE001 - else the listening port closes
                 # Escaping into the reactor would close the listening port itself.
                 self._log.failure("starting the protocol for {addr}", addr=addr)
                 t.abortConnection()

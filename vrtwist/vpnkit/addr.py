@@ -33,7 +33,7 @@ from zope.interface import implementer
 from vrtwist.access import SocketAccess
 from vrtwist.unixlisten import UNIXListenEndpoint, listen_endpoint
 
-__all__ = ["AddressError", "parse_listen_addr", "parse_connect_addr", "VSOCK_HOST_CID"]
+__all__ = ["VSOCK_HOST_CID", "AddressError", "parse_connect_addr", "parse_listen_addr"]
 
 VSOCK_HOST_CID = 2
 _ENDPOINT = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:")

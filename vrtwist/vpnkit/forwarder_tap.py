@@ -8,7 +8,7 @@ channel the peer opens is connected to its destination (TCP, UDP or a unix socke
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from vrtwist.introspect.daemons import vpnkit_app
 from vrtwist.introspect.listen import add_introspect, introspect_option
@@ -20,7 +20,7 @@ __all__ = ["Options", "makeService"]
 class Options(VpnkitOptions):
     """Options of ``twistd vpnkit-forwarder``."""
 
-    optParameters = [introspect_option("vpnkit-forwarder")]
+    optParameters: ClassVar[list[list[Any]]] = [introspect_option("vpnkit-forwarder")]
     synopsis = "[--data-listen ADDR | --data-connect ADDR] [--control-listen ENDPOINT]"
 
 

@@ -17,36 +17,36 @@ from enum import IntEnum
 from typing import TypeAlias
 
 __all__ = [
-    "MAGIC",
     "HANDSHAKE",
+    "MAGIC",
     "MAX_UDP_PAYLOAD",
-    "Command",
-    "Connection",
-    "Proto",
-    "Destination",
-    "Open",
     "BadOpen",
     "Close",
-    "Shutdown",
-    "Window",
+    "Command",
+    "Connection",
     "Data",
     "DataHeader",
-    "Payload",
-    "FrameError",
-    "HandshakeError",
-    "UDPRecordError",
-    "HandshakeDecoder",
+    "Destination",
     "FrameDecoder",
-    "UDPRecord",
+    "FrameError",
+    "HandshakeDecoder",
+    "HandshakeError",
+    "Open",
+    "Payload",
+    "Proto",
+    "Shutdown",
     "UDPDecoder",
-    "encode_handshake",
-    "encode_frame",
-    "encode_open",
+    "UDPRecord",
+    "UDPRecordError",
+    "Window",
     "encode_close",
-    "encode_shutdown",
-    "encode_window",
     "encode_data_header",
+    "encode_frame",
+    "encode_handshake",
+    "encode_open",
+    "encode_shutdown",
     "encode_udp_record",
+    "encode_window",
     "parse_frames",
 ]
 
@@ -132,8 +132,8 @@ class Destination:
             return
         if self.ip is None:
             raise ValueError("a tcp/udp destination needs an ip")
-        if self.ip.version == 6 and self.ip.ipv4_mapped is not None:  # type: ignore[union-attr]
-            object.__setattr__(self, "ip", self.ip.ipv4_mapped)  # type: ignore[union-attr]
+        if self.ip.version == 6 and self.ip.ipv4_mapped is not None:
+            object.__setattr__(self, "ip", self.ip.ipv4_mapped)
             object.__setattr__(self, "ip_len", 16)
         if not 0 <= self.port <= 0xFFFF:
             raise ValueError(f"port {self.port} out of range")
@@ -386,74 +386,86 @@ class FrameDecoder:
         if self._buf:
             data = self._buf + data
             self._buf = b""
+        pos = self._parse(data, events)
+        if pos < len(data) and not self._dead:
+            self._buf = data[pos:]
+        self._consumed += pos
+        return events
+
+    def _parse(self, data: bytes, events: list[Event]) -> int:
+        """Append ``data``'s events; return where parsing stopped (short or malformed).
+
+        Payload and Data headers, the per-packet frames, are handled inline; the rarer
+        control frames go to :meth:`_control`.
+        """
         pos = 0
         end = len(data)
         append = events.append
         view: memoryview | None = None
-        try:
-            while pos < end:
-                left = self._payload_left
-                if left:
-                    avail = end - pos
-                    if view is None:
-                        view = memoryview(data)  # payload slices without copying
-                    if avail <= left:
-                        append(Payload(self._payload_id, data if pos == 0 else view[pos:]))
-                        self._payload_left = left - avail
-                        pos = end
-                        break
-                    append(Payload(self._payload_id, view[pos : pos + left]))
-                    self._payload_left = 0
-                    pos += left
-                    continue
-                if end - pos < 7:
+        while pos < end:
+            left = self._payload_left
+            if left:
+                avail = end - pos
+                if view is None:
+                    view = memoryview(data)  # payload slices without copying
+                if avail <= left:
+                    append(Payload(self._payload_id, data if pos == 0 else view[pos:]))
+                    self._payload_left = left - avail
+                    return end
+                append(Payload(self._payload_id, view[pos : pos + left]))
+                self._payload_left = 0
+                pos += left
+                continue
+            if end - pos < 7:
+                break
+            hdrlen, cmd, cid = _HDR.unpack_from(data, pos)
+            if cmd == Command.DATA:
+                if hdrlen < _DATA_LEN:
+                    self._error(f"Data header length {hdrlen} < {_DATA_LEN}", pos)
                     break
-                hdrlen, cmd, cid = _HDR.unpack_from(data, pos)
-                if cmd == Command.DATA:
-                    if hdrlen < _DATA_LEN:
-                        raise self._error(f"Data header length {hdrlen} < {_DATA_LEN}", pos)
-                    if end - pos < hdrlen:
-                        break
-                    (plen,) = _U32.unpack_from(data, pos + 7)
-                    pos += hdrlen
-                    append(DataHeader(cid, plen))
-                    if plen:
-                        self._payload_id = cid
-                        self._payload_left = plen
-                    continue
-                if cmd == Command.WINDOW:
-                    if hdrlen < _WINDOW_LEN:
-                        raise self._error(f"Window header length {hdrlen} < {_WINDOW_LEN}", pos)
-                    if end - pos < hdrlen:
-                        break
-                    (seq,) = _U64.unpack_from(data, pos + 7)
-                    append(Window(cid, seq))
-                    pos += hdrlen
-                    continue
-                if cmd == Command.CLOSE or cmd == Command.SHUTDOWN:
-                    if hdrlen < _CLOSE_LEN:
-                        raise self._error(f"header length {hdrlen} < {_CLOSE_LEN}", pos)
-                    if end - pos < hdrlen:
-                        break
-                    append(Close(cid) if cmd == Command.CLOSE else Shutdown(cid))
-                    pos += hdrlen
-                    continue
-                if cmd == Command.OPEN:
-                    if hdrlen < _OPEN_MIN:
-                        raise self._error(f"Open header length {hdrlen} < {_OPEN_MIN}", pos)
-                    if end - pos < hdrlen:
-                        break
-                    append(self._open(data, pos, hdrlen, cid))
-                    pos += hdrlen
-                    continue
-                raise self._error(f"unknown command {cmd}", pos)
-        except FrameError:
-            pass
-        finally:
-            if pos < end and not self._dead:
-                self._buf = data[pos:]
-            self._consumed += pos
-        return events
+                if end - pos < hdrlen:
+                    break
+                (plen,) = _U32.unpack_from(data, pos + 7)
+                pos += hdrlen
+                append(DataHeader(cid, plen))
+                if plen:
+                    self._payload_id = cid
+                    self._payload_left = plen
+                continue
+            after = self._control(data, pos, hdrlen, cmd, cid, events)
+            if after == pos:  # incomplete, or malformed (then self._dead is set)
+                break
+            pos = after
+        return pos
+
+    def _control(
+        self, data: bytes, pos: int, hdrlen: int, cmd: int, cid: int, events: list[Event]
+    ) -> int:
+        """Decode the control frame at ``pos``; return the position after it.
+
+        ``pos`` itself means: not all there yet, or malformed (:attr:`error` is set).
+        """
+        if cmd == Command.WINDOW:
+            minimum, what = _WINDOW_LEN, "Window header"
+        elif cmd == Command.CLOSE or cmd == Command.SHUTDOWN:
+            minimum, what = _CLOSE_LEN, "header"
+        elif cmd == Command.OPEN:
+            minimum, what = _OPEN_MIN, "Open header"
+        else:
+            self._error(f"unknown command {cmd}", pos)
+            return pos
+        if hdrlen < minimum:
+            self._error(f"{what} length {hdrlen} < {minimum}", pos)
+            return pos
+        if len(data) - pos < hdrlen:
+            return pos
+        if cmd == Command.WINDOW:
+            events.append(Window(cid, _U64.unpack_from(data, pos + 7)[0]))
+        elif cmd == Command.OPEN:
+            events.append(self._open(data, pos, hdrlen, cid))
+        else:
+            events.append(Close(cid) if cmd == Command.CLOSE else Shutdown(cid))
+        return pos + hdrlen
 
     def _open(self, data: bytes, pos: int, hdrlen: int, cid: int) -> Open | BadOpen:
         conn = data[pos + 7]

@@ -36,7 +36,7 @@ from vrtwist.vpnkit.interfaces import IForwardTable
 from vrtwist.vpnkit.mux import Multiplexer, MuxStats
 from vrtwist.vpnkit.proxy import Splice, send_datagram
 
-__all__ = ["Port", "PortError", "ExposeError", "Links", "ForwardTable", "UDP_CONNTRACK_TIMEOUT"]
+__all__ = ["UDP_CONNTRACK_TIMEOUT", "ExposeError", "ForwardTable", "Links", "Port", "PortError"]
 
 #: Go's ``UDPConnTrackTimeout``: a UDP flow with no traffic for this long is closed.
 UDP_CONNTRACK_TIMEOUT = 90.0
@@ -385,7 +385,7 @@ class ForwardTable:
                 return f
         return None
 
-    async def expose(self, port: Port) -> Port:  # type: ignore[override]
+    async def expose(self, port: Port) -> Port:
         existing = self.forwards.get(port.key()) if port.out_port or port.proto == "unix" else None
         if existing is not None:
             if replace(existing.port, annotation=port.annotation) == replace(
@@ -436,7 +436,7 @@ class ForwardTable:
             ep = TCP4ServerEndpoint(self.reactor, port.out_port, LISTEN_BACKLOG, port.out_ip)
         return await ep.listen(factory)  # type: ignore[no-any-return]
 
-    async def unexpose(self, port: Port, closeConnections: bool = False) -> None:  # type: ignore[override]
+    async def unexpose(self, port: Port, closeConnections: bool = False) -> None:
         fwd = self._find(port)
         if fwd is None:
             return

@@ -7,7 +7,7 @@ ENDPOINT`` for the HTTP/JSON expose API (``vpnkit-expose`` talks to it).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from vrtwist.introspect.daemons import vpnkit_app
 from vrtwist.introspect.listen import add_introspect, introspect_option
@@ -19,7 +19,7 @@ __all__ = ["Options", "makeService"]
 class Options(VpnkitOptions):
     """Options of ``twistd vpnkit-host``."""
 
-    optParameters = [introspect_option("vpnkit-host")]
+    optParameters: ClassVar[list[list[Any]]] = [introspect_option("vpnkit-host")]
     synopsis = "[--data-connect ADDR | --data-listen ADDR] [--expose SPEC ...] [--api ENDPOINT]"
 
 

@@ -139,7 +139,7 @@ class Multiplexer(Protocol):
         self.stats = MuxStats()
         self.channels: dict[int, Channel] = {}
         self.ready = False
-        self.whenReady: defer.Deferred[Multiplexer] = defer.Deferred()
+        self.when_ready: defer.Deferred[Multiplexer] = defer.Deferred()
         #: fires (never fails) with the reason text once the link is gone
         self.whenLost: defer.Deferred[str] = defer.Deferred()
         self.lost_reason: str | None = None
@@ -180,12 +180,12 @@ class Multiplexer(Protocol):
         self.writer.clock = value
 
     @property
-    def onActivity(self) -> Any:
+    def on_activity(self) -> Any:
         """Called on every link read and write (the busy poller's ``kick``)."""
         return self.writer.on_activity
 
-    @onActivity.setter
-    def onActivity(self, value: Any) -> None:
+    @on_activity.setter
+    def on_activity(self, value: Any) -> None:
         self.writer.on_activity = value
 
     # link lifecycle --------------------------------------------------------------------
@@ -212,7 +212,7 @@ class Multiplexer(Protocol):
             "multiplexer online, peer {peer}",
             peer=str(self.transport.getPeer()) if self.transport else "?",
         )
-        self.whenReady.callback(self)
+        self.when_ready.callback(self)
 
     def cork(self) -> None:
         """Gather frames written from now on; :meth:`uncork` sends them in one syscall.
@@ -612,7 +612,7 @@ class MultiplexerFactory(Factory):
         self.onLink = onLink
         self.trace = False
         self.max_channels = DEFAULT_MAX_CHANNELS
-        self.onActivity: Any = None
+        self.on_activity: Any = None
         #: bounds on accepted links (a listening data link; see LINK_LIMITS)
         self.guard: ConnectionGuard | None = None
 
@@ -623,7 +623,7 @@ class MultiplexerFactory(Factory):
         )
         mux.trace = self.trace
         mux.max_channels = self.max_channels
-        mux.onActivity = self.onActivity
+        mux.on_activity = self.on_activity
         mux.guard = self.guard
         if self.onLink is not None:
             self.onLink(mux)

@@ -43,7 +43,7 @@ from vrtwist.vpnkit.interfaces import IChannel, IChannelAcceptor
 from vrtwist.vpnkit.mux import MuxStats
 from vrtwist.vpnkit.policy import DestinationPolicy, DestinationRefused
 
-__all__ = ["Splice", "ForwardingAcceptor", "UDPChannelRelay", "reset_on_close"]
+__all__ = ["ForwardingAcceptor", "Splice", "UDPChannelRelay", "reset_on_close"]
 
 #: Go retries a refused unix destination every 5 s for up to 120 s (a service starting).
 UNIX_RETRY_INTERVAL = 5.0
@@ -142,7 +142,7 @@ class Splice:
         if end is self.local_end and self.opener is not None:
             try:
                 self.opener(self)
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - bad opener: this connection only, logged
                 self._log.info(
                     "cannot open a channel for {peer}: {err}",
                     peer=str(end.transport.getPeer()),  # type: ignore[union-attr]
@@ -201,7 +201,7 @@ class Splice:
                 shutdown_now(other.transport)  # the FIN now, not next iteration
             else:
                 other.transport.loseWriteConnection()  # type: ignore[union-attr]
-        except Exception:
+        except Exception:  # noqa: BLE001 - whatever stops a half-close, close it whole
             other.transport.loseConnection()  # type: ignore[union-attr]
         if end.eof and other.eof:
             # Both directions done: Shutdown went out first (Go sends Shutdown, Close).
@@ -226,7 +226,7 @@ class Splice:
             if abort is not None:
                 abort()
                 return
-        other.transport.loseConnection()  # type: ignore[union-attr]
+        other.transport.loseConnection()
 
     def abandon(self) -> None:
         """The local side could not be connected: close the channel."""
@@ -464,7 +464,7 @@ class ForwardingAcceptor:
                 self.reactor.listenUDP(0, relay, interface="::")
             else:
                 self.reactor.listenUDP(0, relay)
-        except Exception as e:
+        except (error.CannotListenError, OSError) as e:
             channel.refuse(f"udp to {dest}: {e}")
             return
         channel.accept(relay.channel_protocol)
@@ -518,7 +518,7 @@ class UDPChannelRelay(DatagramProtocol):
         ch = self.channel_protocol.transport
         if ch is None:
             return
-        send_datagram(ch, datagram, self.stats)  # type: ignore[arg-type]
+        send_datagram(ch, datagram, self.stats)
 
     def connectionRefused(self) -> None:
         # ICMP port unreachable: keep the flow; the service may come up (Go TestUDPWriteError).
@@ -533,7 +533,7 @@ class UDPChannelRelay(DatagramProtocol):
 
     def channel_lost(self) -> None:
         if self.transport is not None:
-            self.transport.stopListening()  # type: ignore[attr-defined]
+            self.transport.stopListening()
 
 
 def send_datagram(channel: ITransport, datagram: bytes, stats: MuxStats) -> bool:

@@ -12,7 +12,7 @@ import os
 import signal
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 from twisted.application.internet import ClientService, StreamServerEndpointService, backoffPolicy
 from twisted.application.service import Service
@@ -50,7 +50,7 @@ DEFAULT_BUSY_POLL_US = 200
 class VpnkitOptions(usage.Options):
     """Options common to both roles."""
 
-    optParameters: list[Any] = [
+    optParameters: ClassVar[list[Any]] = [
         ["data-listen", None, None, "accept data connections on ADDR. " + _ADDR_HELP],
         [
             "data-connect",
@@ -92,7 +92,7 @@ class VpnkitOptions(usage.Options):
         ],
         SOCKET_GROUP_OPTION,
     ]
-    optFlags: list[Any] = [
+    optFlags: ClassVar[list[Any]] = [
         ["no-handshake", None, "speak to the OCaml multiplexer, which sends no preamble"],
         ["no-reset", None, "close a refused client with FIN (Go's way) instead of RST"],
         ["debug", None, "log every channel event"],
@@ -287,7 +287,7 @@ def makeVpnkitService(
     factory.window_max = options["window-max"]
     if options["busy-poll"] > 0:
         poller = BusyPoll(reactor, options["busy-poll"] / 1e6)
-        factory.onActivity = poller.kick
+        factory.on_activity = poller.kick
         _StopBusyPoll(poller).setServiceParent(svc)
     data.setName("data")
     data.setServiceParent(svc)

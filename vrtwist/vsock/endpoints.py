@@ -165,10 +165,10 @@ class _VSockTransport:
         """No-op: vsock has no TCP keepalive."""
 
 
-class VSockServer(_VSockTransport, tcp.Server):  # type: ignore[misc]
+class VSockServer(_VSockTransport, tcp.Server):
     """Accepted vsock connection: Twisted's TCP server transport with vsock addresses."""
 
-    def getPeer(self) -> VSockAddress:  # type: ignore[override]
+    def getPeer(self) -> VSockAddress:
         return _addr(self.client)
 
 
@@ -203,11 +203,11 @@ class VSockPort(tcp.Port):
     def _buildAddr(self, address: Any) -> VSockAddress:
         return _addr(address)
 
-    def getHost(self) -> VSockAddress:  # type: ignore[override]
+    def getHost(self) -> VSockAddress:
         return _addr(self.socket.getsockname())
 
 
-class VSockClient(_VSockTransport, tcp.BaseClient):  # type: ignore[misc]
+class VSockClient(_VSockTransport, tcp.BaseClient):
     """An outgoing vsock connection: Twisted's TCP client with vsock addresses."""
 
     addressFamily = AF_VSOCK
@@ -226,7 +226,7 @@ class VSockClient(_VSockTransport, tcp.BaseClient):  # type: ignore[misc]
             whenDone = None
         self._finishInit(whenDone, skt, err, reactor)
 
-    def getPeer(self) -> VSockAddress:  # type: ignore[override]
+    def getPeer(self) -> VSockAddress:
         return _addr(self.addr)
 
 
@@ -290,7 +290,7 @@ class VSockClientEndpoint:
             connector = VSockConnector(self._cid, self._port, wf, self._timeout, self._reactor)
             connector.connect()
             return connected
-        except BaseException:
+        except BaseException:  # noqa: BLE001 - endpoint contract: fail the Deferred
             return defer.fail()
 
 

@@ -123,40 +123,8 @@ def decode(buf: bytes, maxHeader: int = MAX_HEADER) -> tuple[ProxyHeader, int] |
     family = famProto >> 4
     if command == CMD_LOCAL:
         return ProxyHeader(command=CMD_LOCAL), 16 + length
-    pos = 0
-    source: Address = None
-    destination: Address = None
-    try:
-        if family == AF_INET:
-            s, d, sp, dp = _V4.unpack_from(body)
-            source = (str(ipaddress.IPv4Address(s)), sp)
-            destination = (str(ipaddress.IPv4Address(d)), dp)
-            pos = _V4.size
-        elif family == AF_INET6:
-            s, d, sp, dp = _V6.unpack_from(body)
-            source = (str(ipaddress.IPv6Address(s)), sp)
-            destination = (str(ipaddress.IPv6Address(d)), dp)
-            pos = _V6.size
-        elif family == AF_UNIX:
-            s, d = _UNIX.unpack_from(body)
-            source = s.rstrip(b"\0").decode("utf-8", "replace")
-            destination = d.rstrip(b"\0").decode("utf-8", "replace")
-            pos = _UNIX.size
-        elif family != AF_UNSPEC:
-            raise ProxyProtocolError(f"PROXY v2 address family {family} is unknown")
-    except struct.error:
-        raise ProxyProtocolError(
-            f"PROXY v2 address block too short for family {family} ({length} bytes)"
-        ) from None
-    tlvs: dict[int, bytes] = {}
-    while pos < len(body):
-        if pos + 3 > len(body):
-            raise ProxyProtocolError(f"truncated TLV header at body offset {pos}")
-        t, tl = _TLV.unpack_from(body, pos)
-        if pos + 3 + tl > len(body):
-            raise ProxyProtocolError(f"TLV type {t:#x} of {tl} bytes overruns the header")
-        tlvs[t] = body[pos + 3 : pos + 3 + tl]
-        pos += 3 + tl
+    source, destination, pos = _addresses(family, body, length)
+    tlvs = _tlvs(body, pos)
     vs = tlvs.pop(PP2_TYPE_VSOCK, None)
     if vs is not None:
         if len(vs) != _VSOCK.size:
@@ -167,3 +135,40 @@ def decode(buf: bytes, maxHeader: int = MAX_HEADER) -> tuple[ProxyHeader, int] |
             16 + length,
         )
     return ProxyHeader(CMD_PROXY, family, source, destination, False, tlvs), 16 + length
+
+
+def _addresses(family: int, body: bytes, length: int) -> tuple[Address, Address, int]:
+    """The address block of ``family`` at the start of ``body``: (source, destination, end)."""
+    try:
+        if family == AF_INET:
+            s, d, sp, dp = _V4.unpack_from(body)
+            return (str(ipaddress.IPv4Address(s)), sp), (str(ipaddress.IPv4Address(d)), dp), _V4.size
+        if family == AF_INET6:
+            s, d, sp, dp = _V6.unpack_from(body)
+            return (str(ipaddress.IPv6Address(s)), sp), (str(ipaddress.IPv6Address(d)), dp), _V6.size
+        if family == AF_UNIX:
+            s, d = _UNIX.unpack_from(body)
+            source = s.rstrip(b"\0").decode("utf-8", "replace")
+            destination = d.rstrip(b"\0").decode("utf-8", "replace")
+            return source, destination, _UNIX.size
+    except struct.error:
+        raise ProxyProtocolError(
+            f"PROXY v2 address block too short for family {family} ({length} bytes)"
+        ) from None
+    if family != AF_UNSPEC:
+        raise ProxyProtocolError(f"PROXY v2 address family {family} is unknown")
+    return None, None, 0
+
+
+def _tlvs(body: bytes, pos: int) -> dict[int, bytes]:
+    """The type-length-value entries from ``pos`` to the end of ``body``."""
+    tlvs: dict[int, bytes] = {}
+    while pos < len(body):
+        if pos + 3 > len(body):
+            raise ProxyProtocolError(f"truncated TLV header at body offset {pos}")
+        t, tl = _TLV.unpack_from(body, pos)
+        if pos + 3 + tl > len(body):
+            raise ProxyProtocolError(f"TLV type {t:#x} of {tl} bytes overruns the header")
+        tlvs[t] = body[pos + 3 : pos + 3 + tl]
+        pos += 3 + tl
+    return tlvs

@@ -250,7 +250,7 @@ class RelayInbound(Protocol):
             return
         try:
             ep = self.relay.endpoint(where)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - peer's bad backend: refused, logged
             self._log.error("backend {where!r} is not a usable endpoint: {e}", where=where, e=e)
             self.transport.loseConnection()  # type: ignore[union-attr]
             return

@@ -14,7 +14,7 @@ Examples::
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from twisted.application import internet
 from twisted.python import usage
@@ -31,7 +31,7 @@ from vrtwist.vsock.tuning import tuneAllocator
 class Options(usage.Options):
     """Command line of ``twistd vsock-relay``."""
 
-    optParameters = [
+    optParameters: ClassVar[list[list[Any]]] = [
         introspect_option("vsock-relay"),
         [
             "listen",
@@ -49,7 +49,7 @@ class Options(usage.Options):
             "seconds a pair may stay half-closed before both sides are closed (0: no limit)",
         ],
     ]
-    optFlags = [
+    optFlags: ClassVar[list[list[Any]]] = [
         ["proxy-protocol", "p", "send a PROXY v2 header naming the caller to each backend"],
         ["no-splice", None, "copy through Python instead of kernel splice(2) for TCP/unix pairs"],
         [

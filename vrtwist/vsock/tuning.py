@@ -77,4 +77,5 @@ def tuneAllocator(
     except (OSError, AttributeError):
         return False
     ok = mallopt(M_MMAP_THRESHOLD, mmapThreshold) == 1
-    return mallopt(M_TRIM_THRESHOLD, trimThreshold) == 1 and ok
+    trimmed: bool = mallopt(M_TRIM_THRESHOLD, trimThreshold) == 1
+    return trimmed and ok

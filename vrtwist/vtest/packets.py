@@ -83,7 +83,7 @@ def _in_netns(netns: str, names: Sequence[str]) -> list[socket.socket]:
                 s.bind((name, ETH_P_ALL))
                 s.setblocking(False)
                 result.append(s)
-        except BaseException as e:  # handed to the caller's thread
+        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread, re-raised there
             errors.append(e)
 
     thread = threading.Thread(target=work, name="vtest-netns")

@@ -32,16 +32,16 @@ from vrtwist.sandesh._schema import (
 )
 
 __all__ = [
+    "MAX_FLOW_COUNT",
+    "MAX_MESSAGES",
+    "VtestFile",
     "VtestFormatError",
     "VtestMessage",
     "VtestPacket",
-    "VtestFile",
-    "parse_file",
-    "parse_bytes",
     "field_value",
     "normalize",
-    "MAX_FLOW_COUNT",
-    "MAX_MESSAGES",
+    "parse_bytes",
+    "parse_file",
 ]
 
 _WIDTH = {T_BYTE: 8, T_I16: 16, T_U16: 16, T_I32: 32, T_U32: 32, T_I64: 64, T_U64: 64}
@@ -129,7 +129,7 @@ def field_value(spec: FieldSpec, elem: ET.Element, where: str) -> Any:
         words = _FLOW_OPS if spec.enum == "flow_op" else _OPS
         low = text.lower()
         for word, number in words.items():
-            if low and word.startswith(low) or low == word:
+            if (low and word.startswith(low)) or low == word:
                 return number
         return normalize(T_I32, _strtoul(text, where))
     if spec.wire == T_STRING:
@@ -160,9 +160,10 @@ def _fields(spec: MessageSpec, elem: ET.Element, where: str) -> dict[str, Any]:
     by_name = {f.name: f for f in spec.fields}
     values: dict[str, Any] = {}
     for child in elem:
-        if not isinstance(child.tag, str):
-            continue  # comments
-        f = by_name.get(child.tag)
+        tag: object = child.tag  # a function, not a str, for comments
+        if not isinstance(tag, str):
+            continue
+        f = by_name.get(tag)
         if f is None:
             continue  # unknown names are ignored, as the driver does
         values[f.name] = field_value(f, child, "%s/%s" % (where, child.tag))
@@ -242,6 +243,31 @@ def _child_text(elem: ET.Element, name: str) -> str:
     return (found.text or "").strip()
 
 
+def _add_messages(
+    messages: list[VtestMessage], parsed: list[VtestMessage], flow_count: int, where: str
+) -> None:
+    """Append one <message>'s requests; a flow request repeats ``flow_count`` times, one
+    source address further each time (as the real vtest's control/flow_count)."""
+    for msg in parsed:
+        repeat = flow_count if msg.name == "vr_flow_req" else 1
+        if len(messages) + repeat > MAX_MESSAGES:
+            raise VtestFormatError(
+                "%s: expands to more than %d requests" % (where, MAX_MESSAGES)
+            )
+        if msg.name == "vr_flow_req" and flow_count > 1:
+            for i in range(flow_count):
+                clone = type(msg.request)(**vars(msg.request))
+                clone.fr_flow_sip_l = normalize(T_U64, clone.fr_flow_sip_l + i)
+                messages.append(
+                    VtestMessage(
+                        msg.index, clone, msg.name, msg.op, msg.expect_return,
+                        msg.expect_name, msg.expect_fields,
+                    )
+                )  # fmt: skip
+        else:
+            messages.append(msg)
+
+
 def parse_bytes(data: bytes, path: str = "<bytes>") -> VtestFile:
     """Parse a vtest description from bytes."""
     if len(data) > MAX_FILE_BYTES:
@@ -258,32 +284,15 @@ def parse_bytes(data: bytes, path: str = "<bytes>") -> VtestFile:
     flow_count = 1
     count = 0
     for child in root:
-        if not isinstance(child.tag, str):
+        tag: object = child.tag  # a function, not a str, for comments
+        if not isinstance(tag, str):
             continue
         if child.tag == "test_name":
             name = (child.text or "").strip()
         elif child.tag == "message":
             count += 1
             where = "%s: message %d" % (path, count)
-            parsed = _message(count, child, where)
-            for msg in parsed:
-                repeat = flow_count if msg.name == "vr_flow_req" else 1
-                if len(messages) + repeat > MAX_MESSAGES:
-                    raise VtestFormatError(
-                        "%s: expands to more than %d requests" % (where, MAX_MESSAGES)
-                    )
-                if msg.name == "vr_flow_req" and flow_count > 1:
-                    for i in range(flow_count):
-                        clone = type(msg.request)(**vars(msg.request))
-                        clone.fr_flow_sip_l = normalize(T_U64, clone.fr_flow_sip_l + i)
-                        messages.append(
-                            VtestMessage(
-                                msg.index, clone, msg.name, msg.op, msg.expect_return,
-                                msg.expect_name, msg.expect_fields,
-                            )
-                        )  # fmt: skip
-                else:
-                    messages.append(msg)
+            _add_messages(messages, _message(count, child, where), flow_count, where)
         elif child.tag == "packet":
             packets.append(
                 VtestPacket(

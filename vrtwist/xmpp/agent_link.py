@@ -71,18 +71,18 @@ from .stanzas import (
 from .tls import mutual_tls_options
 
 __all__ = [
-    "makeControllerLink",
-    "ControllerLink",
+    "DEFAULT_STALE_TIME",
+    "LINK_OPT_PARAMETERS",
+    "MAX_ATTEMPTS",
     "AgentSession",
-    "FailoverEndpoint",
     "ConfigStore",
+    "ControllerLink",
+    "FailoverEndpoint",
     "LocalRoute",
     "LocalRouteInfo",
     "backoff_delay",
-    "MAX_ATTEMPTS",
-    "DEFAULT_STALE_TIME",
-    "LINK_OPT_PARAMETERS",
     "linkKwargsFromOptions",
+    "makeControllerLink",
 ]
 
 #: Failed connection attempts before moving on to the next controller (``kMaxAttempts``).
@@ -386,7 +386,7 @@ class AgentSession(XmppSession):
         with batched():
             super().dataReceived(data)
 
-    def headerReceived(self, header: StreamHeader) -> None:
+    def header_received(self, header: StreamHeader) -> None:
         if self.established:
             raise ProtocolViolation("second stream header on an established stream")
         if header.from_:
@@ -395,9 +395,9 @@ class AgentSession(XmppSession):
             return  # wait for <stream:features>
         self.established = True
         self.start_timers()
-        self.link.sessionReady(self)
+        self.link.session_ready(self)
 
-    def stanzaReceived(self, stanza: Stanza) -> None:
+    def stanza_received(self, stanza: Stanza) -> None:
         if isinstance(stanza, StreamFeatures) and stanza.starttls and self.tls is None:
             raise ProtocolViolation("control node requires TLS; no --xmpp-cert given")
         if not self.established:
@@ -416,9 +416,9 @@ class AgentSession(XmppSession):
                 raise ProtocolViolation("control node refused STARTTLS")
             raise ProtocolViolation(f"{type(stanza).__name__} before the stream is established")
         if isinstance(stanza, RouteUpdate):
-            self.link.routesReceived(stanza)
+            self.link.routes_received(stanza)
         elif isinstance(stanza, EndOfRib):
-            self.link.endOfRibReceived()
+            self.link.end_of_rib_received()
         elif isinstance(stanza, ConfigUpdate):
             self.link.config.apply(stanza)
         elif isinstance(stanza, Subscribe | Unsubscribe | Publish | Collection):
@@ -426,8 +426,8 @@ class AgentSession(XmppSession):
         elif isinstance(stanza, StreamFeatures | StartTls | TlsProceed | TlsFailure):
             raise ProtocolViolation(f"unexpected {type(stanza).__name__} on an established stream")
 
-    def sessionClosed(self, reason: str) -> None:
-        self.link.sessionLost(self, reason)
+    def session_closed(self, reason: str) -> None:
+        self.link.session_lost(self, reason)
 
 
 class _SessionFactory(Factory):
@@ -643,7 +643,7 @@ class ControllerLink(MultiService):
         s = self.session
         return s if s is not None and s.established and not s.closing else None
 
-    def sessionReady(self, session: AgentSession) -> None:
+    def session_ready(self, session: AgentSession) -> None:
         """Established: config subscribe, VM subscribes, VRF subscribes, routes, EoR."""
         self.session = session
         self.sessions_established += 1
@@ -679,7 +679,7 @@ class ControllerLink(MultiService):
         for d in waiters:
             d.callback(None)
 
-    def sessionLost(self, session: AgentSession, reason: str) -> None:
+    def session_lost(self, session: AgentSession, reason: str) -> None:
         if not session.established and session.keepalives_received == 0:
             self.endpoint.session_failed()
         if self.session is not session:
@@ -710,7 +710,7 @@ class ControllerLink(MultiService):
             self._log.info("stale timer expired: {n} learnt routes removed", n=n)
         self._routes_synced()
 
-    def endOfRibReceived(self) -> None:
+    def end_of_rib_received(self) -> None:
         self.end_of_ribs += 1
         if self._stale_call is not None and self._stale_call.active():
             self._stale_call.cancel()
@@ -724,7 +724,7 @@ class ControllerLink(MultiService):
         for fn in list(self.on_routes_synced):
             fn()
 
-    def routesReceived(self, update: RouteUpdate) -> None:
+    def routes_received(self, update: RouteUpdate) -> None:
         vrf = self._from_wire.get(update.vrf, update.vrf)
         if vrf not in self._vrf_ports:
             self._log.warn(
@@ -756,7 +756,7 @@ class ControllerLink(MultiService):
     holdEndOfRib = hold_end_of_rib
     localRoutesReady = local_routes_ready
 
-    def whenReady(self) -> Deferred[None]:
+    def when_ready(self) -> Deferred[None]:
         """Fires when the next (or current) session is established."""
         d: Deferred[None] = Deferred()
         if self._live() is not None:
@@ -765,7 +765,7 @@ class ControllerLink(MultiService):
             self._ready_waiters.append(d)
         return d
 
-    def stopService(self) -> Deferred[None] | None:
+    def stopService(self) -> Deferred[None]:
         for call in self._vrf_release.values():
             if call.active():
                 call.cancel()
@@ -776,7 +776,8 @@ class ControllerLink(MultiService):
         session = self._live()
         if session is not None:
             session.close_session("agent stopping", clean=True)
-        return super().stopService()  # type: ignore[no-any-return]
+        d: Deferred[None] = super().stopService()  # ClientService's: always a Deferred
+        return d
 
     # -- stanza building ------------------------------------------------------------------
 

@@ -53,11 +53,11 @@ from .stanzas import (
 )
 
 __all__ = [
-    "IControlNode",
-    "ControlNode",
-    "ControlSession",
-    "ControlNodeFactory",
     "MAX_ITEMS_PER_MESSAGE",
+    "ControlNode",
+    "ControlNodeFactory",
+    "ControlSession",
+    "IControlNode",
 ]
 
 #: Items per control-node message (the real one also bounds this, ``kMaxReachCount``).
@@ -357,23 +357,11 @@ class ControlNode:
             items = inst.routes[family] = {}
         item_id = entry.item_id
         name = session.peer_name
-        paths = items.get(item_id)
         if add:
-            if paths is None:
-                paths = items[item_id] = {}
-            old = paths.get(name)
-            if old is not None and old.entry == entry:
-                old.stale = False
+            if not self._add_path(items, name, entry, raw):
                 return
-            if old is None:
-                count = self.route_counts.get(name, 0)
-                if count >= self.max_routes:
-                    if not paths:
-                        del items[item_id]
-                    raise ProtocolViolation(f"more than {self.max_routes} routes published")
-                self.route_counts[name] = count + 1
-            paths[name] = _Path(entry, raw or entry_xml(entry))
         else:
+            paths = items.get(item_id)
             if paths is None or name not in paths:
                 return
             del paths[name]
@@ -381,6 +369,28 @@ class ControlNode:
             if not paths:
                 del items[item_id]
         self._changed(inst, family, item_id, name)
+
+    def _add_path(
+        self, items: dict[str, dict[str, _Path]], name: str, entry: RouteEntry, raw: str
+    ) -> bool:
+        """Store ``name``'s path to the entry's item; False when it holds that already."""
+        item_id = entry.item_id
+        paths = items.get(item_id)
+        if paths is None:
+            paths = items[item_id] = {}
+        old = paths.get(name)
+        if old is not None and old.entry == entry:
+            old.stale = False
+            return False
+        if old is None:
+            count = self.route_counts.get(name, 0)
+            if count >= self.max_routes:
+                if not paths:
+                    del items[item_id]
+                raise ProtocolViolation(f"more than {self.max_routes} routes published")
+            self.route_counts[name] = count + 1
+        paths[name] = _Path(entry, raw or entry_xml(entry))
+        return True
 
     def _uncount(self, origin: str) -> None:
         left = self.route_counts.get(origin, 0) - 1
@@ -548,7 +558,7 @@ class ControlSession(XmppSession):
 
     # -- stream -------------------------------------------------------------------------
 
-    def headerReceived(self, header: StreamHeader) -> None:
+    def header_received(self, header: StreamHeader) -> None:
         if self.established:
             raise ProtocolViolation("second stream open on an established stream")
         name = header.from_
@@ -572,15 +582,10 @@ class ControlSession(XmppSession):
         self._log.info("agent {agent} connected from {peer}", agent=name, peer=self.peer_label())
         self.start_timers()
 
-    def stanzaReceived(self, stanza: Stanza) -> None:
+    def stanza_received(self, stanza: Stanza) -> None:
         if not self.established:
-            if isinstance(stanza, StartTls) and self.tls is not None and not self.tls_started:
-                self.send(PROCEED)
-                self.tls_started = True
-                self.restart_framing()
-                self.transport.startTLS(self.tls)  # type: ignore[union-attr]
-                return
-            raise ProtocolViolation(f"{type(stanza).__name__} before the stream is established")
+            self._before_established(stanza)
+            return
         pending = self._pending_publish
         if pending is not None and not isinstance(stanza, Collection):
             raise ProtocolViolation("publish not followed by its collection")
@@ -588,31 +593,11 @@ class ControlSession(XmppSession):
             self._pending_publish = None
             if pending is None:
                 raise ProtocolViolation("collection without a publish before it")
-            if not stanza.node and pending.entry is None:
-                self.node.endOfRib(self)
-                return
-            target = stanza.associate if stanza.associate is not None else stanza.dissociate
-            if pending.entry is None and pending.node and target == pending.node:
-                return  # a family this node does not reflect (multicast, MVPN, ...)
-            if pending.entry is None or target != pending.node:
-                raise ProtocolViolation(
-                    f"collection node {target!r} differs from publish node {pending.node!r}"
-                )
-            self.node.update(
-                self, stanza.node, pending.entry, stanza.associate is not None, pending.raw_entry
-            )
+            self._collection(stanza, pending)
         elif isinstance(stanza, Publish):
             self._pending_publish = stanza
-        elif isinstance(stanza, Subscribe):
-            if stanza.service == "config":
-                self.config_subscriptions.add(stanza.node)
-            else:
-                self.node.subscribe(self, stanza.node, stanza.instance_id)
-        elif isinstance(stanza, Unsubscribe):
-            if stanza.service == "config":
-                self.config_subscriptions.discard(stanza.node)
-            else:
-                self.node.unsubscribe(self, stanza.node)
+        elif isinstance(stanza, Subscribe | Unsubscribe):
+            self._subscription(stanza)
         elif isinstance(stanza, EndOfRib):
             self.node.endOfRib(self)
         elif isinstance(stanza, RouteUpdate | ConfigUpdate):
@@ -620,7 +605,45 @@ class ControlSession(XmppSession):
         elif isinstance(stanza, StreamFeatures | StartTls | TlsProceed | TlsFailure):
             raise ProtocolViolation(f"unexpected {type(stanza).__name__} on an established stream")
 
-    def sessionClosed(self, reason: str) -> None:
+    def _before_established(self, stanza: Stanza) -> None:
+        """Only STARTTLS (when offered) may come before the stream is established."""
+        if isinstance(stanza, StartTls) and self.tls is not None and not self.tls_started:
+            self.send(PROCEED)
+            self.tls_started = True
+            self.restart_framing()
+            self.transport.startTLS(self.tls)  # type: ignore[union-attr]
+            return
+        raise ProtocolViolation(f"{type(stanza).__name__} before the stream is established")
+
+    def _collection(self, stanza: Collection, pending: Publish) -> None:
+        """The collection that completes ``pending``: a route added or withdrawn, or EoR."""
+        if not stanza.node and pending.entry is None:
+            self.node.endOfRib(self)
+            return
+        target = stanza.associate if stanza.associate is not None else stanza.dissociate
+        if pending.entry is None and pending.node and target == pending.node:
+            return  # a family this node does not reflect (multicast, MVPN, ...)
+        if pending.entry is None or target != pending.node:
+            raise ProtocolViolation(
+                f"collection node {target!r} differs from publish node {pending.node!r}"
+            )
+        self.node.update(
+            self, stanza.node, pending.entry, stanza.associate is not None, pending.raw_entry
+        )
+
+    def _subscription(self, stanza: Subscribe | Unsubscribe) -> None:
+        """A routing instance's routes, or a config node, subscribed to or not any more."""
+        if isinstance(stanza, Subscribe):
+            if stanza.service == "config":
+                self.config_subscriptions.add(stanza.node)
+            else:
+                self.node.subscribe(self, stanza.node, stanza.instance_id)
+        elif stanza.service == "config":
+            self.config_subscriptions.discard(stanza.node)
+        else:
+            self.node.unsubscribe(self, stanza.node)
+
+    def session_closed(self, reason: str) -> None:
         for call in (self._open_call, self._eor_call):
             if call is not None and call.active():
                 call.cancel()
@@ -656,9 +679,7 @@ class ControlSession(XmppSession):
             return True
         node = self.node
         assert isinstance(node, ControlNode)
-        me = self.peer_name
-        to = f"{me}/bgp-peer"
-        frm = CONTROL_NODE_JID
+        to = f"{self.peer_name}/bgp-peer"
         while self._dirty:
             if self.paused:
                 return False
@@ -667,56 +688,67 @@ class ControlSession(XmppSession):
             key = next(iter(self._dirty))
             if key[1] != AFI_L2VPN and len(self._dirty) > 1:
                 key = min(self._dirty, key=_evpn_first)
-            item_ids = self._dirty[key]
-            vrf, afi, safi = key
-            family = (afi, safi)
-            node_name = f"{afi}/{safi}/{vrf}"
-            sent = self._sent.setdefault(key, set())
-            reach: list[str] = []
-            retract: list[str] = []
-            inst = node.instances.get(vrf)
-            table = inst.routes.get(family, {}) if inst is not None else {}
-            while item_ids and len(reach) < MAX_ITEMS_PER_MESSAGE:
-                item_id = item_ids.pop()
-                paths = table.get(item_id)
-                path: _Path | None
-                if not paths:
-                    path = None
-                elif len(paths) == 1:  # one origin (the usual case): no best-path choice
-                    ((origin, path),) = paths.items()
-                    if origin == me:
-                        path = None
-                else:
-                    path = node.best_path(vrf, family, item_id, me)
-                eid = _attr(item_id)
-                if path is None:
-                    if item_id in sent:
-                        sent.discard(item_id)
-                        retract.append(f'<retract id="{eid}" />')
-                else:
-                    sent.add(item_id)
-                    reach.append(f'<item id="{eid}">{path.xml}</item>')
-            if not item_ids:
-                del self._dirty[key]
-            head = (
-                f'<message from="{frm}" to="{_attr(to)}">'
-                f'<event xmlns="http://jabber.org/protocol/pubsub"><items node="{_attr(node_name)}">'
-            )
-            tail = "</items></event></message>"
-            if reach:
-                self.send((head + "".join(reach) + tail).encode())
-            for i in range(0, len(retract), MAX_ITEMS_PER_MESSAGE):
-                self.send((head + "".join(retract[i : i + MAX_ITEMS_PER_MESSAGE]) + tail).encode())
+            self._flush_key(node, key, to)
         if self.eor_pending:
-            wait = self.last_subscribe + EOR_QUIET - self.clock.seconds()
-            if wait > 0:
-                if self._eor_call is None or not self._eor_call.active():
-                    self._eor_call = self.clock.callLater(wait, node.resumed, self)
-                return True
-            self.eor_pending = False
-            self.send(build_eor_message(frm, to))
+            self._flush_eor(node, to)
         return True
 
+    def _flush_key(self, node: ControlNode, key: NodeKey, to: str) -> None:
+        """One message of up to MAX_ITEMS_PER_MESSAGE of ``key``'s dirty items (and the
+        retractions among them)."""
+        me = self.peer_name
+        item_ids = self._dirty[key]
+        vrf, afi, safi = key
+        family = (afi, safi)
+        sent = self._sent.setdefault(key, set())
+        reach: list[str] = []
+        retract: list[str] = []
+        inst = node.instances.get(vrf)
+        table = inst.routes.get(family, {}) if inst is not None else {}
+        while item_ids and len(reach) < MAX_ITEMS_PER_MESSAGE:
+            item_id = item_ids.pop()
+            paths = table.get(item_id)
+            path: _Path | None
+            if not paths:
+                path = None
+            elif len(paths) == 1:  # one origin (the usual case): no best-path choice
+                ((origin, path),) = paths.items()
+                if origin == me:
+                    path = None
+            else:
+                path = node.best_path(vrf, family, item_id, me)
+            eid = _attr(item_id)
+            if path is None:
+                if item_id in sent:
+                    sent.discard(item_id)
+                    retract.append(f'<retract id="{eid}" />')
+            else:
+                sent.add(item_id)
+                reach.append(f'<item id="{eid}">{path.xml}</item>')
+        if not item_ids:
+            del self._dirty[key]
+        self._send_items(f"{afi}/{safi}/{vrf}", to, reach, retract)
+
+    def _send_items(self, node_name: str, to: str, reach: list[str], retract: list[str]) -> None:
+        head = (
+            f'<message from="{CONTROL_NODE_JID}" to="{_attr(to)}">'
+            f'<event xmlns="http://jabber.org/protocol/pubsub"><items node="{_attr(node_name)}">'
+        )
+        tail = "</items></event></message>"
+        if reach:
+            self.send((head + "".join(reach) + tail).encode())
+        for i in range(0, len(retract), MAX_ITEMS_PER_MESSAGE):
+            self.send((head + "".join(retract[i : i + MAX_ITEMS_PER_MESSAGE]) + tail).encode())
+
+    def _flush_eor(self, node: ControlNode, to: str) -> None:
+        """End-of-RIB once subscriptions have been quiet for EOR_QUIET (else: later)."""
+        wait = self.last_subscribe + EOR_QUIET - self.clock.seconds()
+        if wait > 0:
+            if self._eor_call is None or not self._eor_call.active():
+                self._eor_call = self.clock.callLater(wait, node.resumed, self)
+            return
+        self.eor_pending = False
+        self.send(build_eor_message(CONTROL_NODE_JID, to))
 
 def _evpn_first(key: NodeKey) -> bool:
     return key[1] != AFI_L2VPN

@@ -7,7 +7,7 @@ endpoint string, default ``tcp:5269``) and the node reflects their routes.
 from __future__ import annotations
 
 import socket
-from typing import Any
+from typing import Any, ClassVar
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
@@ -38,7 +38,7 @@ def _gr_time(value: str) -> float:
 class Options(usage.Options):
     """Command line of ``twistd vrouter-control``."""
 
-    optParameters: list[list[Any]] = [
+    optParameters: ClassVar[list[list[Any]]] = [
         introspect_option("vrouter-control"),
         ["xmpp", None, "tcp:5269", "XMPP listening endpoint (string description)"],
         ["hostname", None, None, "host name announced in the stream header"],

@@ -16,17 +16,17 @@ import re
 from dataclasses import dataclass
 
 __all__ = [
+    "DEFAULT_MAX_STANZA",
     "KEEPALIVE",
     "STREAM_CLOSE",
     "STREAM_NS",
-    "DEFAULT_MAX_STANZA",
     "FramingError",
-    "StreamHeader",
-    "StanzaBytes",
-    "Keepalive",
-    "StreamEnd",
     "FramingEvent",
+    "Keepalive",
+    "StanzaBytes",
     "StanzaSplitter",
+    "StreamEnd",
+    "StreamHeader",
     "build_stream_open",
     "build_stream_response",
     "parse_stream_header",
@@ -260,6 +260,10 @@ class StanzaSplitter:
                 if buf[gt] == 0x3E:  # ">"
                     return self._unit(f_tag, off, gt + 1)
                 break
+        return self._general(buf, off)
+
+    def _general(self, buf: bytearray, off: int) -> FramingEvent | None:
+        """Any unit the fast path did not take: keepalive, header, end, other elements."""
         end = len(buf)
         start = off
         while off < end and buf[off] in _SKIP:
@@ -270,46 +274,9 @@ class StanzaSplitter:
             self._scan_from = off
             return _KEEPALIVE_EVENT
         unit_start = off
-        # Declarations and comments may precede the element; they stay part of the unit.
-        # Those walked already (the unit came in pieces) are not walked again, and the
-        # search for the end of an unfinished one resumes where it stopped.
-        if self._walk > off:
-            off = self._walk
-        while True:
-            while off < end and buf[off] in _SKIP:
-                off += 1
-            self._walk = off
-            if off >= end:
-                return self._need_more(unit_start, end)
-            if buf[off] != 0x3C:  # "<"
-                raise self._error(f"unexpected byte {buf[off]:#04x} outside a stanza", off)
-            if off + 1 >= end:
-                return self._need_more(unit_start, end)
-            nxt = buf[off + 1]
-            if nxt == 0x3F:  # "<?"
-                start = max(off + 2, self._scan_from)
-                close = buf.find(b"?>", start)
-                if close < 0:
-                    self.scanned += end - start
-                    self._scan_from = max(off + 2, end - 1)
-                    return self._need_more(unit_start, end)
-                self.scanned += close - start
-                off = close + 2
-            elif nxt == 0x21:  # "<!"
-                if end - off < 4 and buf[off:end] == b"<!--"[: end - off]:
-                    return self._need_more(unit_start, end)
-                if buf[off : off + 4] != b"<!--":
-                    raise self._error("DTD or markup declaration outside a stanza", off)
-                start = max(off + 4, self._scan_from)
-                close = buf.find(b"-->", start)
-                if close < 0:
-                    self.scanned += end - start
-                    self._scan_from = max(off + 4, end - 2)
-                    return self._need_more(unit_start, end)
-                self.scanned += close - start
-                off = close + 3
-            else:
-                break
+        off = self._prolog(buf, off, end)
+        if off < 0:
+            return self._need_more(unit_start, end)
         m = _OPEN_TAG.match(buf, off)
         if m is None:
             name = _NAME_CHARS.match(buf, off)
@@ -319,25 +286,79 @@ class StanzaSplitter:
             raise self._error(f"unexpected element {partial[:40]!r}", off)
         tag = m.group(1)
         if tag == b"stream:stream":
-            start = max(m.end(), self._scan_from)
-            hm = _HEADER_END.search(buf, start)
-            self.scanned += (hm.start() if hm is not None else end) - start
-            if hm is None:
-                if end - unit_start > _MAX_HEADER:
-                    raise self._error(
-                        "stream header not ended by the xmlns:stream declaration", unit_start
-                    )
-                self._scan_from = max(m.end(), end - 40)
-                return self._need_more(unit_start, end)
-            raw = bytes(buf[unit_start : hm.end()])
-            self._off = self._scan_from = hm.end()
-            return parse_stream_header(raw)
+            return self._stream_header(buf, m, unit_start, end)
         if tag == b"/stream:stream":
             close = buf.find(b">", m.end())
             if close < 0:
                 return self._need_more(unit_start, end)
             self._off = self._scan_from = close + 1
             return _STREAM_END_EVENT
+        return self._element(buf, m, tag, unit_start, end)
+
+    def _prolog(self, buf: bytearray, off: int, end: int) -> int:
+        """Skip the declarations and comments before an element: its "<", or -1 for more.
+
+        They stay part of the unit.  Those walked already (the unit came in pieces) are
+        not walked again, and the search for the end of an unfinished one resumes where
+        it stopped.
+        """
+        if self._walk > off:
+            off = self._walk
+        while True:
+            while off < end and buf[off] in _SKIP:
+                off += 1
+            self._walk = off
+            if off >= end:
+                return -1
+            if buf[off] != 0x3C:  # "<"
+                raise self._error(f"unexpected byte {buf[off]:#04x} outside a stanza", off)
+            if off + 1 >= end:
+                return -1
+            nxt = buf[off + 1]
+            if nxt == 0x3F:  # "<?"
+                off = self._skip_to(buf, off, 2, b"?>", end)
+            elif nxt == 0x21:  # "<!"
+                if end - off < 4 and buf[off:end] == b"<!--"[: end - off]:
+                    return -1
+                if buf[off : off + 4] != b"<!--":
+                    raise self._error("DTD or markup declaration outside a stanza", off)
+                off = self._skip_to(buf, off, 4, b"-->", end)
+            else:
+                return off
+            if off < 0:
+                return -1
+
+    def _skip_to(self, buf: bytearray, off: int, opener: int, closer: bytes, end: int) -> int:
+        """The position after ``closer`` of the declaration/comment at ``off``, or -1."""
+        start = max(off + opener, self._scan_from)
+        close = buf.find(closer, start)
+        if close < 0:
+            self.scanned += end - start
+            self._scan_from = max(off + opener, end - len(closer) + 1)
+            return -1
+        self.scanned += close - start
+        return close + len(closer)
+
+    def _stream_header(
+        self, buf: bytearray, m: re.Match[bytes], unit_start: int, end: int
+    ) -> FramingEvent | None:
+        start = max(m.end(), self._scan_from)
+        hm = _HEADER_END.search(buf, start)
+        self.scanned += (hm.start() if hm is not None else end) - start
+        if hm is None:
+            if end - unit_start > _MAX_HEADER:
+                raise self._error(
+                    "stream header not ended by the xmlns:stream declaration", unit_start
+                )
+            self._scan_from = max(m.end(), end - 40)
+            return self._need_more(unit_start, end)
+        raw = bytes(buf[unit_start : hm.end()])
+        self._off = self._scan_from = hm.end()
+        return parse_stream_header(raw)
+
+    def _element(
+        self, buf: bytearray, m: re.Match[bytes], tag: bytes, unit_start: int, end: int
+    ) -> FramingEvent | None:
         closer = _CLOSE_TAG[tag]
         if tag in (b"starttls", b"proceed", b"failure"):
             gt = buf.find(b">", m.end())

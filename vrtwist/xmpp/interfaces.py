@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from zope.interface import Attribute, Interface
 
-__all__ = ["LocalRoute", "IControllerLink", "IRouteProgrammer"]
+__all__ = ["IControllerLink", "IRouteProgrammer", "LocalRoute"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,7 @@ from vrtwist.logfields import Logger
 from .interfaces import IRouteProgrammer as IRemoteRouteSink
 from .stanzas import AFI_L2VPN, RouteEntry
 
-__all__ = ["IRemoteRouteSink", "RemoteRouteTable", "Programmed", "DEFAULT_ENCAP_PRIORITY"]
+__all__ = ["DEFAULT_ENCAP_PRIORITY", "IRemoteRouteSink", "Programmed", "RemoteRouteTable"]
 
 #: The real agent's default encapsulation priority (global-vrouter-config).
 DEFAULT_ENCAP_PRIORITY = ("udp", "gre", "vxlan")

@@ -21,6 +21,7 @@ from .framing import (
     KEEPALIVE,
     STREAM_CLOSE,
     FramingError,
+    FramingEvent,
     Keepalive,
     StanzaBytes,
     StanzaSplitter,
@@ -29,7 +30,7 @@ from .framing import (
 )
 from .stanzas import Stanza, StanzaError, parse_stanza
 
-__all__ = ["XmppSession", "ProtocolViolation", "DEFAULT_HOLD_TIME", "check_hold_time"]
+__all__ = ["DEFAULT_HOLD_TIME", "ProtocolViolation", "XmppSession", "check_hold_time"]
 
 DEFAULT_HOLD_TIME = 90.0
 _CONNECTION_LOST = Failure(ConnectionError("connection lost"))
@@ -75,16 +76,16 @@ class XmppSession(Protocol):
 
     # -- subclass hooks -------------------------------------------------------------
 
-    def headerReceived(self, header: StreamHeader) -> None:
+    def header_received(self, header: StreamHeader) -> None:
         raise NotImplementedError
 
-    def stanzaReceived(self, stanza: Stanza) -> None:
+    def stanza_received(self, stanza: Stanza) -> None:
         raise NotImplementedError
 
-    def chunkProcessed(self) -> None:
+    def chunk_processed(self) -> None:
         """Called after every received chunk; a place to flush batched output."""
 
-    def sessionClosed(self, reason: str) -> None:
+    def session_closed(self, reason: str) -> None:
         """Called once when the connection is gone."""
 
     # -- Protocol -----------------------------------------------------------------------
@@ -93,7 +94,7 @@ class XmppSession(Protocol):
         try:
             peer = self.transport.getPeer()  # type: ignore[union-attr]
             where = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
-        except Exception:
+        except (AttributeError, OSError):  # no transport yet, or a closed socket
             where = "?"
         return f"{self.peer_name or '<unnamed>'}@{where}"
 
@@ -101,25 +102,31 @@ class XmppSession(Protocol):
         self._last_rx = self.clock.seconds()
         self._arm_hold(self.hold_time)
 
+    def _split(self, data: bytes) -> list[FramingEvent]:
+        """The stream's units in ``data``; none, and the session closing, on a framing error."""
+        try:
+            return self.splitter.feed(data)
+        except FramingError as exc:
+            self.close_session(f"framing error: {exc}")
+            return []
+
     def dataReceived(self, data: bytes) -> None:
         if self.closing:
             return
         self._last_rx = self.clock.seconds()
-        try:
-            events = self.splitter.feed(data)
-        except FramingError as exc:
-            self.close_session(f"framing error: {exc}")
-            return
+        events = self._split(data)
         for event in events:
+            # mypy keeps self.closing narrowed to False from the check above, but handling
+            # a stanza may close the session
             if self.closing:
-                return
+                return  # type: ignore[unreachable]
             try:
                 if isinstance(event, StanzaBytes):
-                    self.stanzaReceived(parse_stanza(event.data))
+                    self.stanza_received(parse_stanza(event.data))
                 elif isinstance(event, Keepalive):
                     self.keepalives_received += 1
                 elif isinstance(event, StreamHeader):
-                    self.headerReceived(event)
+                    self.header_received(event)
                 elif isinstance(event, StreamEnd):
                     # the peer ended its stream first: a clean close, however the
                     # TCP connection then goes (our reply may meet a closed socket)
@@ -131,7 +138,7 @@ class XmppSession(Protocol):
             except ProtocolViolation as exc:
                 self.close_session(f"protocol violation: {exc}")
                 return
-            except Exception:
+            except Exception:  # noqa: BLE001 - last-resort guard per session, logged below
                 # A bug in handling a stanza (the parser itself raises only StanzaError):
                 # the traceback is logged once and this session, not the process, ends.
                 self._log.failure("XMPP session {peer}: error handling a stanza",
@@ -139,7 +146,7 @@ class XmppSession(Protocol):
                 self.close_session("internal error handling a stanza")
                 return
         if not self.closing:
-            self.chunkProcessed()
+            self.chunk_processed()
 
     def connectionLost(self, reason: Failure = _CONNECTION_LOST) -> None:
         self._stop_timers()
@@ -147,7 +154,7 @@ class XmppSession(Protocol):
         self.established = False
         if not self.close_reason:
             self.close_reason = f"connection lost: {reason.getErrorMessage()}"
-        self.sessionClosed(self.close_reason)
+        self.session_closed(self.close_reason)
 
     # -- helpers --------------------------------------------------------------------
 

@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from zope.interface import implementer
@@ -30,7 +32,7 @@ from vrtwist.xmpp.stanzas import (
     parse_stanza,
 )
 
-__all__ = ["MemAgent", "RecordingSink", "inet", "make_node"]
+__all__ = ["MemAgent", "RecordingSink", "inet", "make_node", "sink_of"]
 
 
 def inet(prefix: str, nexthop: str = "192.0.2.1", label: int = 16,
@@ -141,3 +143,10 @@ class RecordingSink:
     def deleteRemoteRoute(self, vrf_name: str, prefix: str, plen: int) -> None:
         self.calls.append(("del", vrf_name, prefix, plen))
         self.table.pop((vrf_name, prefix, plen), None)
+
+
+def sink_of(link: Any) -> RecordingSink:
+    """The recording sink a test gave a controller link (typed as the seam it is there)."""
+    sink = link.remote.sink
+    assert isinstance(sink, RecordingSink), sink
+    return sink

@@ -17,4 +17,5 @@ def mutual_tls_options(cert: str | Path, key: str | Path, ca: str | Path) -> Cer
     """Options that present ``cert``/``key`` and require a peer certificate signed by ``ca``."""
     own = PrivateCertificate.loadPEM(Path(cert).read_bytes() + b"\n" + Path(key).read_bytes())
     authority = Certificate.loadPEM(Path(ca).read_bytes())
-    return own.options(authority)
+    options: CertificateOptions = own.options(authority)
+    return options

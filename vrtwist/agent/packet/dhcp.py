@@ -85,7 +85,7 @@ def lease_for(port: PortLease) -> Lease:
     if port.ip is None or port.ip == "0.0.0.0":
         ip = bytes((169, 254, 0, port.vif_index & 0xFF))
         return Lease(ip, 16, _ZERO, _ZERO, SHORT_LEASE, port.vm_name)
-    if port.plen is None or port.plen == 32 and not port.gateway:
+    if port.plen is None or (port.plen == 32 and not port.gateway):
         return Lease(_a(port.ip), 32, _ZERO, _ZERO, SHORT_LEASE, port.vm_name)
     gw = _a(port.gateway)
     service = _a(port.dns_server) if port.dns_server else gw
