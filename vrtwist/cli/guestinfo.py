@@ -92,19 +92,19 @@ def _parser() -> argparse.ArgumentParser:
 def _publish(info: GuestInfo, args: argparse.Namespace) -> None:
     """``publish started|status|time|ip``: what the tether writes for a session."""
     if args.what == "started":
-        info.publish_started(args.session, args.error, execSession=args.exec)
+        info.publish_started(args.session, args.error, exec_session=args.exec)
     elif args.what == "status":
-        info.publish_status(args.session, args.code, execSession=args.exec)
+        info.publish_status(args.session, args.code, exec_session=args.exec)
     elif args.what == "time":
         when = args.when if args.when is not None else int(time.time())
-        info.publish_time(args.session, args.which, when, execSession=args.exec)
+        info.publish_time(args.session, args.which, when, exec_session=args.exec)
     elif args.what == "ip":
         info.publish_assigned_ip(args.network, args.cidr)
 
 
 def _show(info: GuestInfo, args: argparse.Namespace, out: TextIO) -> None:
     """``show``: a session's state and the networks' addresses, as JSON."""
-    st = info.session(args.session, execSession=args.exec)
+    st = info.session(args.session, exec_session=args.exec)
     body = {
         "session": args.session,
         "started": st.started,
