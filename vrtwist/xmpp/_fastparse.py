@@ -18,6 +18,8 @@ from typing import Any
 from ._records import (
     _FAMILIES,
     _IPV4,
+    _IPV4_PREFIX,
+    AFI_INET,
     AFI_L2VPN,
     AFI_SAFI,
     EOR_NODE,
@@ -184,7 +186,10 @@ def _fast_entry(text: str, pos: int) -> tuple[RouteEntry, int] | None:
     if end < 0:
         return None
     end += len(_END_ENTRY)
-    values = _tail_values(evpn, text[head_end:end])
+    tail = text[head_end:end]
+    values = _TAILS.get((evpn, tail))  # the memo, without a call: the usual case
+    if values is None:
+        values = _tail_values(evpn, tail)
     lab = int(label)
     if values is None or not _fields_valid(evpn, afi, address, nh_addr, lab):
         return None
@@ -209,6 +214,8 @@ def _fields_valid(evpn: bool, afi: int, address: str, nh_addr: str, label: int) 
         if len(_NH_ADDRESSES) >= 4096:
             _NH_ADDRESSES.clear()
         _NH_ADDRESSES.add(nh_addr)
+    if afi == AFI_INET and _IPV4_PREFIX.fullmatch(address):
+        return True  # what _check_prefix accepts first, without the call: the usual case
     try:
         if evpn:
             if address and address != "0.0.0.0/0":
