@@ -141,21 +141,22 @@ class OnlyStanzaErrorTests(SynchronousTestCase):
 
     def test_unexpected_exception_becomes_stanza_error(self) -> None:
         # Whatever a field check misses is still a StanzaError, never a bare ValueError.
-        import vrtwist.xmpp.stanzas as st
+        # (the fast path and the tree parser each call the items-node check)
+        from vrtwist.xmpp import _fastparse, _tree
 
-        saved = st._items_family
+        saved = _tree._items_family
 
         def broken(node: str) -> tuple[int, int] | None:
             raise ValueError("missed")
 
-        st._items_family = broken
+        _tree._items_family = _fastparse._items_family = broken
         try:
             for data in (self.message("1/1/v"), self.message("1/1/v").replace(b"<item ", b"<item  ")):
                 with self.assertRaises(StanzaError) as cm:
                     parse_stanza(data)
                 self.assertIn("stanza not understood (ValueError)", str(cm.exception))
         finally:
-            st._items_family = saved
+            _tree._items_family = _fastparse._items_family = saved
 
     def test_good_stanzas_still_parse(self) -> None:
         self.assertEqual(route_update(self.message("1/1/v")).items, (inet(),))

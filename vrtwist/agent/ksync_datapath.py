@@ -159,7 +159,8 @@ class DatapathSync:
                 return None
             return int(getattr(reply[1], "vifr_intf_status", 0))
         d.addCallbacks(status, lambda f: None)
-        return d
+        out: Deferred[int | None] = d
+        return out
 
     def release_learnt(self) -> None:
         """The controller's routes are back (End-of-RIB, or its stale time passed): what
@@ -396,7 +397,7 @@ class DatapathSync:
         self.flight.sent(len(msgs))
         d: Deferred[Any]
         if IKsyncBunchChannel.providedBy(channel):
-            d = channel.request_bunch(msgs)  # type: ignore[attr-defined]
+            d = channel.request_bunch(msgs)
             d.addBoth(self._bunch_answered, chunk, prevs)
         else:
             many = getattr(channel, "request_many", None)

@@ -148,13 +148,17 @@ class KsyncSynchroniser:
             return  # stop() cancelled its wait between sessions
         self._log.failure("ksync follower failed", f)
 
+    def _is_stopping(self) -> bool:
+        """Whether the agent is stopping (read anew after every await)."""
+        return self._stopping
+
     async def _follow(self) -> None:
         while not self._stopping:
             try:
                 proto: Any = await self.client.whenConnected(failAfterFailures=None)
             except Exception:  # noqa: BLE001 - the client service stopped: nothing to follow
                 return
-            if self._stopping:
+            if self._is_stopping():
                 return
             if proto.lost_d.called:
                 # ClientService still reports the session that just ended: let it notice
@@ -171,7 +175,7 @@ class KsyncSynchroniser:
             self._prepared = None
             await proto.lost_d
             self.sync.attach(None)
-            if self._stopping:
+            if self._is_stopping():
                 return  # our own stop closed it (or the datapath went with us): no news
             self._log.warn("ksync session to the datapath lost; reconnecting")
 

@@ -207,7 +207,8 @@ class FlowStage(PipelineCore):
                 return -1
             if buf[l3 + 9] != 6 or (buf[l3 + 6] & 0x1F) | buf[l3 + 7]:
                 return 0  # not TCP, or a fragment without the TCP header
-            return l3 + (buf[l3] & 0x0F) * 4
+            result: int = l3 + (buf[l3] & 0x0F) * 4
+            return result
         if pkt.type == D.VP_TYPE_IP6:
             if len(buf) - l3 < 40 or buf[l3 + 24] == 0xFF:  # multicast destination
                 return -1

@@ -107,56 +107,15 @@ class TunnelStage(PipelineCore):
         if pkt.outer_src and pkt.outer_src == dip:
             return self._drop(pkt, D.DROP_PKT_LOOP)
         sip = nh.tun_sip.to_bytes(4, "little")
-        buf = pkt.buf
-        if flags & C.NH_FLAG_TUNNEL_VXLAN:
-            overhead = 36
-            payload: Frame = self._data(pkt)
-            if flags & C.NH_FLAG_L3_VXLAN and pkt.off != pkt.start:
-                payload = nh.rw_dst_mac + oif.mac + bytes(buf[pkt.start + 12 :])
-        else:
-            overhead = 32 if flags & C.NH_FLAG_TUNNEL_UDP_MPLS else 28
-            if flags & C.NH_FLAG_L2_CONTROL_DATA and pkt.off == pkt.start:
-                overhead += 4
-            payload = self._data(pkt)
+        overhead, payload = self._tunnel_payload(pkt, nh, oif)
         plen = len(payload)
         mtu = self._mtu(oif)
         fragment = False
         if mtu and plen + overhead > mtu:
             if self._df(pkt):
-                if pkt.flags & D.VP_FLAG_MULTICAST:
-                    return self._drop(pkt, D.DROP_MCAST_DF_BIT)
-                # the room left for the IP packet: the inner Ethernet header of an L3
-                # VXLAN frame (pushed above) counts like one the packet came with
-                l2 = plen - (len(buf) - pkt.l3) if pkt.type == D.VP_TYPE_IP else (
-                    pkt.l3 - pkt.off if pkt.l3 > pkt.off else 0)
-                param = mtu - (overhead + max(l2, 0))
-                return self._trap(pkt, D.TRAP_HANDLE_DF, param=param, param_1=pkt.flow_index)
+                return self._tunnel_df(pkt, overhead, plen, mtu)
             fragment = pkt.type == D.VP_TYPE_IP
-        if flags & C.NH_FLAG_TUNNEL_GRE:
-            self._vrf_count(pkt.dvrf, "gre_mpls_tunnels")
-            mid = GRE_MPLS + self._mpls_word(pkt, nh)
-            proto = 47
-            if pkt.type == D.VP_TYPE_IP:
-                ident = U16.unpack_from(buf, pkt.l3 + 4)[0]
-            else:
-                ident = self._next_ip_id()
-        else:
-            if flags & C.NH_FLAG_TUNNEL_VXLAN:
-                self._vrf_count(pkt.dvrf, "vxlan_tunnels")
-                tail = VXLAN_HDR.pack(VXLAN_I, (pkt.label & 0xFFFFFF) << 8)
-                dport, default_sport = D.VXLAN_PORT, 52000
-            elif flags & C.NH_FLAG_TUNNEL_UDP_MPLS:
-                self._vrf_count(pkt.dvrf, "udp_mpls_tunnels")
-                tail = self._mpls_word(pkt, nh)
-                dport, default_sport = D.MPLS_OVER_UDP_DST_PORT, 51000
-            else:
-                self._vrf_count(pkt.dvrf, "udp_tunnels")
-                tail = b""
-                dport, default_sport = nh.tun_dport & 0xFFFF, nh.tun_sport & 0xFFFF
-            sport = pkt.udp_src_port or self.udp_src_port(pkt) or default_sport
-            mid = UDP_HDR.pack(sport, dport, 8 + len(tail) + plen, 0) + tail
-            proto = 17
-            ident = self._next_ip_id()
+        mid, proto, ident = self._tunnel_header(pkt, nh, plen)
         if fragment:
             return self._tunnel_fragments(pkt, nh, oif, sip, dip, proto, mid, payload, mtu)
         frame = (
@@ -166,6 +125,57 @@ class TunnelStage(PipelineCore):
             + bytes(payload)
         )
         self._vif_tx(pkt, oif, frame)
+
+    def _tunnel_payload(self, pkt: Packet, nh: NextHop, oif: Interface) -> tuple[int, Frame]:
+        """The encapsulation's overhead and the bytes it carries."""
+        flags = nh.flags
+        if flags & C.NH_FLAG_TUNNEL_VXLAN:
+            payload: Frame = self._data(pkt)
+            if flags & C.NH_FLAG_L3_VXLAN and pkt.off != pkt.start:
+                payload = nh.rw_dst_mac + oif.mac + bytes(pkt.buf[pkt.start + 12 :])
+            return 36, payload
+        overhead = 32 if flags & C.NH_FLAG_TUNNEL_UDP_MPLS else 28
+        if flags & C.NH_FLAG_L2_CONTROL_DATA and pkt.off == pkt.start:
+            overhead += 4
+        return overhead, self._data(pkt)
+
+    def _tunnel_df(self, pkt: Packet, overhead: int, plen: int, mtu: int) -> None:
+        """Too big with DF set: trap HANDLE_DF with the room left (multicast: drop)."""
+        if pkt.flags & D.VP_FLAG_MULTICAST:
+            return self._drop(pkt, D.DROP_MCAST_DF_BIT)
+        # the room left for the IP packet: the inner Ethernet header of an L3 VXLAN frame
+        # (pushed by _tunnel_payload) counts like one the packet came with
+        l2 = plen - (len(pkt.buf) - pkt.l3) if pkt.type == D.VP_TYPE_IP else (
+            pkt.l3 - pkt.off if pkt.l3 > pkt.off else 0)
+        param = mtu - (overhead + max(l2, 0))
+        return self._trap(pkt, D.TRAP_HANDLE_DF, param=param, param_1=pkt.flow_index)
+
+    def _tunnel_header(self, pkt: Packet, nh: NextHop, plen: int) -> tuple[bytes, int, int]:
+        """What follows the outer IP header (GRE or UDP, then MPLS/VXLAN), its protocol
+        and the outer IP id."""
+        flags = nh.flags
+        if flags & C.NH_FLAG_TUNNEL_GRE:
+            self._vrf_count(pkt.dvrf, "gre_mpls_tunnels")
+            if pkt.type == D.VP_TYPE_IP:
+                ident = U16.unpack_from(pkt.buf, pkt.l3 + 4)[0]
+            else:
+                ident = self._next_ip_id()
+            return GRE_MPLS + self._mpls_word(pkt, nh), 47, ident
+        if flags & C.NH_FLAG_TUNNEL_VXLAN:
+            self._vrf_count(pkt.dvrf, "vxlan_tunnels")
+            tail = VXLAN_HDR.pack(VXLAN_I, (pkt.label & 0xFFFFFF) << 8)
+            dport, default_sport = D.VXLAN_PORT, 52000
+        elif flags & C.NH_FLAG_TUNNEL_UDP_MPLS:
+            self._vrf_count(pkt.dvrf, "udp_mpls_tunnels")
+            tail = self._mpls_word(pkt, nh)
+            dport, default_sport = D.MPLS_OVER_UDP_DST_PORT, 51000
+        else:
+            self._vrf_count(pkt.dvrf, "udp_tunnels")
+            tail = b""
+            dport, default_sport = nh.tun_dport & 0xFFFF, nh.tun_sport & 0xFFFF
+        sport = pkt.udp_src_port or self.udp_src_port(pkt) or default_sport
+        mid = UDP_HDR.pack(sport, dport, 8 + len(tail) + plen, 0) + tail
+        return mid, 17, self._next_ip_id()
 
     def _mpls_word(self, pkt: Packet, nh: NextHop) -> bytes:
         ttl = pkt.ttl or 64
@@ -299,29 +309,35 @@ class TunnelStage(PipelineCore):
         nh = self.tables.mpls.get(label)
         if nh is None:
             return self._drop(pkt, D.DROP_INVALID_LABEL)
-        at += 4
-        if nh.family == AF_INET:
-            if len(buf) <= at or buf[at] >> 4 not in (4, 6):
-                return self._drop(pkt, D.DROP_INVALID_PROTOCOL)
-            pkt.type = D.VP_TYPE_IP if buf[at] >> 4 == 4 else D.VP_TYPE_IP6
-            pkt.start = pkt.off = pkt.l3 = at
-        elif nh.family == C.AF_BRIDGE:
-            if nh.flags & C.NH_FLAG_L2_CONTROL_DATA or (
-                nh.type == C.NH_COMPOSITE and label >= 1024
-            ):
-                if buf[at : at + 4] != ZERO4:
-                    return self._drop(pkt, D.DROP_INVALID_PACKET)
-                at += 4
-            pkt.start = pkt.off = at
-            pkt.vlan = D.VLAN_ID_INVALID
-            if not self._classify(pkt):
-                return self._drop(pkt, D.DROP_INVALID_PACKET)
-        else:
-            return self._drop(pkt, D.DROP_INVALID_NH)
+        reason = self._mpls_payload(pkt, nh, label, at + 4)
+        if reason:
+            return self._drop(pkt, reason)
         self._decap_vrf(pkt, nh)
         pkt.flags &= ~D.VP_FLAG_MULTICAST
         pkt.vlan = D.VLAN_ID_INVALID
         self._nh_output(pkt, nh)
+
+    def _mpls_payload(self, pkt: Packet, nh: NextHop, label: int, at: int) -> int:
+        """Point ``pkt`` at what the label carries (an IP packet or an Ethernet frame);
+        0, or the drop reason."""
+        buf = pkt.buf
+        if nh.family == AF_INET:
+            if len(buf) <= at or buf[at] >> 4 not in (4, 6):
+                return D.DROP_INVALID_PROTOCOL
+            pkt.type = D.VP_TYPE_IP if buf[at] >> 4 == 4 else D.VP_TYPE_IP6
+            pkt.start = pkt.off = pkt.l3 = at
+            return 0
+        if nh.family != C.AF_BRIDGE:
+            return D.DROP_INVALID_NH
+        if nh.flags & C.NH_FLAG_L2_CONTROL_DATA or (nh.type == C.NH_COMPOSITE and label >= 1024):
+            if buf[at : at + 4] != ZERO4:
+                return D.DROP_INVALID_PACKET
+            at += 4
+        pkt.start = pkt.off = at
+        pkt.vlan = D.VLAN_ID_INVALID
+        if not self._classify(pkt):
+            return D.DROP_INVALID_PACKET
+        return 0
 
     @staticmethod
     def _decap_vrf(pkt: Packet, nh: NextHop) -> None:

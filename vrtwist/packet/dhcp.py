@@ -228,4 +228,5 @@ def build(msg: DhcpMessage, options: list[tuple[int, bytes]]) -> bytes:
 
 def u32(value: int) -> bytes:
     """A 4-byte big-endian option value (lease time)."""
-    return _U32.build(value & 0xFFFFFFFF)
+    result: bytes = _U32.build(value & 0xFFFFFFFF)
+    return result

@@ -31,8 +31,8 @@ from vrtwist.shmem.interfaces import IFlowDatapath, IFlowTable
 from vrtwist.shmem.jhash import jhash_words5
 
 __all__ = [
-    "FlowTable",
     "FlowSetResult",
+    "FlowTable",
     "FlowTableFull",
     "FlowVerdict",
     "fields_of",
@@ -47,7 +47,6 @@ _A = L.FLOW_PART_A
 _B = L.FLOW_PART_B
 _STATS = L.FLOW_STATS
 _BODY = L.FLOW_BODY
-_KEY_PAD = bytes(L.FLOW_KEY_SIZE)
 _I8 = struct.Struct("<b")
 #: fe_ecmp_nh_index and fe_src_info, as placed in FLOW_PART_B
 _OFF_ECMP = L.OFF_FE_PART_B + struct.calcsize("<HHHHBBIIIHB")
@@ -66,23 +65,26 @@ _KEY4 = struct.Struct("<BBHHHIII").pack  # FLOW_KEY4 with the addresses as words
 _TAIL4 = _KEY_TAIL[L.FLOW_KEY4_LEN]
 _BODY_PACK = _BODY.pack_into
 _HASH5 = jhash_words5
-_CREATE_FIELDS = operator.itemgetter(
+#: The fields of the forward key, in one C call.
+_KEY_FIELDS = operator.itemgetter(
     "fr_family",
+    "fr_flow_proto",
     "fr_flow_sport",
     "fr_flow_dport",
     "fr_flow_nh_id",
-    "fr_flow_proto",
     "fr_flow_sip_l",
     "fr_flow_dip_l",
-    "fr_action",
-    "fr_flow_vrf",
-    "fr_ecmp_nh_index",
-    "fr_extflags",
-    "fr_qos_id",
+)
+#: The fields every FLOW_SET copies into its entry (see ``FlowTable._entry_values``).
+_REQ_VALUES = operator.itemgetter(
     "fr_ttl",
+    "fr_qos_id",
     "fr_flags1",
+    "fr_flow_vrf",
     "fr_src_nh_index",
+    "fr_ecmp_nh_index",
     "fr_drop_reason",
+    "fr_extflags",
 )
 _MUDP_START = L.MUDP_PORT_RANGE_START
 _MUDP_RANGE = L.MUDP_PORT_RANGE_END - L.MUDP_PORT_RANGE_START
@@ -198,7 +200,8 @@ def fields_of(req: Any) -> dict[str, Any]:
     """
     d = getattr(req, "__dict__", None)
     if d is not None and len(d) >= len(_REQ_DEFAULTS) and None not in d.values():
-        return d
+        result: dict[str, Any] = d
+        return result
     src = req if isinstance(req, Mapping) else (d or {})
     out = dict(_REQ_DEFAULTS)
     for k, v in src.items():
@@ -302,7 +305,8 @@ class FlowTable(TableOwner):
         )
 
     def _flags(self, index: int) -> int:
-        return _U16.unpack_from(self.buf, index * L.FLOW_ENTRY_SIZE + L.OFF_FE_FLAGS)[0]
+        result: int = _U16.unpack_from(self.buf, index * L.FLOW_ENTRY_SIZE + L.OFF_FE_FLAGS)[0]
+        return result
 
     def _set_flags(self, index: int, flags: int) -> None:
         _U16.pack_into(self.buf, index * L.FLOW_ENTRY_SIZE + L.OFF_FE_FLAGS, flags & 0xFFFF)
@@ -459,7 +463,8 @@ class FlowTable(TableOwner):
         """``fe_src_info``: the vif index (VM) or outer source address (fabric) of the flow."""
         if not self._valid(index):
             return -1
-        return _U32.unpack_from(self.buf, index * L.FLOW_ENTRY_SIZE + _OFF_SRC_INFO)[0]
+        result: int = _U32.unpack_from(self.buf, index * L.FLOW_ENTRY_SIZE + _OFF_SRC_INFO)[0]
+        return result
 
     def set_ecmp_index(self, index: int, ecmp: int) -> None:
         """Store the ECMP member the datapath chose (``fe_ecmp_nh_index``, what ``flow -l`` shows)."""
@@ -467,19 +472,20 @@ class FlowTable(TableOwner):
             _I8.pack_into(self.buf, index * L.FLOW_ENTRY_SIZE + _OFF_ECMP, ecmp)
 
     # -- ksync: vr_flow_req FLOW_SET -------------------------------------------
+    #
+    # Two ways through, sharing every step: the agent's common request (a new flow with
+    # no index and none of VRFT, MIRROR or RFLOW_VALID) goes straight to ``_create``,
+    # which cannot fail ``_check`` and writes the entry in one pack; everything else
+    # takes ``_set``, ``vr_flow_set``'s full sequence.  Both take the new flow's key and
+    # slot with ``_claim`` and read the request (and the source port) with
+    # ``_entry_values``.
+
     def flow_set(self, req: Any) -> FlowSetResult:
         """Apply one vr_flow_req (decoded object or mapping); returns the errno, never raises.
 
         Every successful set is reported to ``set_listeners`` (the packet pipeline replays
         the packets it holds for that flow, as ``vr_flow_work`` does).
         """
-        res = self._flow_set(req)
-        if res.errno == 0 and self.set_listeners:
-            for listener in self.set_listeners:
-                listener(res.index)
-        return res
-
-    def _flow_set(self, req: Any) -> FlowSetResult:
         d = fields_of(req)
         index = _signed32(d["fr_index"])
         rflags = d["fr_flags"] & 0xFFFF
@@ -490,253 +496,170 @@ class FlowTable(TableOwner):
             and not d["fr_extflags"] & 1  # EXT_FLAG_FORCE_EVICT
             and d["fr_action"] & 0xFFFF in _ACTION_SET
         ):
-            return self._create(d, rflags, index)
-        res = FlowSetResult(0, index)
-        if d["fr_op"] != 0:
-            res.errno = -errno.EINVAL
-            return res
-        if d["fr_extflags"] & L.EXT_FLAG_FORCE_EVICT:
-            res.errno = self._force_evict(index)
-            return res
-        valid = index >= 0 and self._valid(index)
-        if valid:
-            cur = self._flags(index)
-            if cur & (L.FLAG_MODIFIED | L.FLAG_EVICTED | L.FLAG_NEW_FLOW):
-                res.errno = -errno.EBUSY
-                return res
-        err = self._check(d, index if valid else -1, index, rflags)
-        if err:
-            res.errno = err
-            return res
-        rindex = self._resolved_rindex
-        action = d["fr_action"] & 0xFFFF
-        if valid:
-            cur_action = _U16.unpack_from(self.buf, index * L.FLOW_ENTRY_SIZE + L.OFF_FE_ACTION)[0]
-            if cur_action == L.ACTION_HOLD and (action != cur_action or not rflags & L.FLAG_ACTIVE):
-                self.counters.action_count += 1
-            else:
-                self.counters.changed += 1
-        if not rflags & L.FLAG_ACTIVE:
-            if not valid:
-                res.errno = -errno.ENOENT
-                return res
-            self.counters.deleted += 1
-            res.flags |= L.RESP_FLAG_DELETED
-            res.gen_id = self.buf[index * L.FLOW_ENTRY_SIZE + L.OFF_FE_GEN_ID]
-            self.delete(index)
-            return res
-        if action not in L.ACTIONS:
-            res.errno = -errno.EINVAL
-            return res
-        if not valid:
-            kt = _key_of(d)
-            if kt is None:
-                res.errno = -errno.EINVAL
-                return res
-            key, etype = kt
-            existing = self._index.get(key, -1)
-            if existing >= 0:
-                res.index = existing
-                res.gen_id = self.buf[existing * L.FLOW_ENTRY_SIZE + L.OFF_FE_GEN_ID]
-                res.errno = -errno.EEXIST
-                return res
-            got = self.ht.allocate(key)
-            if got is None:
-                res.errno = -errno.ENOSPC
-                return res
-            index = got
-            off = index * L.FLOW_ENTRY_SIZE
-            buf = self.buf
-            if buf[off + L.OFF_FE_FLAGS] or buf[off + L.OFF_FE_FLAGS + 1]:
-                _U16.pack_into(buf, off + L.OFF_FE_FLAGS, 0)  # reused (evicted) slot
-            gen = (buf[off + L.OFF_FE_GEN_ID] + 1) & 0xFF
-            klen = len(key)
-            body: list[Any] = [
-                0,
-                0,
-                key + _KEY_TAIL[klen],
-                gen,
-                0,
-                0,
-                0,
-                -1,
-                0,
-                0,
-                L.ACTION_DROP,
-                0,
-                0,
-                _NO_MIRROR,
-                _NO_MIRROR,
-                0,
-                0,
-                0,
-                0,
-                0,
-                -1,
-                0,
-                etype,
-                0,
-                0,
-                0,
-            ]
-            self._index[key] = index
-            self.counters.added += 1
-            new_flow = True
-            old_flags = 0
+            res = self._create(d, rflags, index)
         else:
-            body = list(_BODY.unpack_from(self.buf, index * L.FLOW_ENTRY_SIZE + L.OFF_FE_BODY))
-            gen = body[3]
-            new_flow = False
-            old_flags = body[8]
-        res.index = index
-        res.gen_id = gen
-        self._apply(index, d, rflags, action, rindex, new_flow, old_flags, body)
+            res = self._set(d, index, rflags)
+        if res.errno == 0 and self.set_listeners:
+            for listener in self.set_listeners:
+                listener(res.index)
         return res
 
     def _create(self, d: dict[str, Any], rflags: int, req_index: int) -> FlowSetResult:
-        """FLOW_SET fast path: a new flow (no index) without VRFT, MIRROR or RFLOW_VALID.
+        """A new flow without VRFT, MIRROR or RFLOW_VALID: what ``_set`` would do, in one
+        body write (``_check`` cannot fail for such a request; nothing links to it)."""
+        res, key45, etype = self._claim(d, req_index)
+        if res.errno:
+            return res
+        action = d["fr_action"] & 0xFFFF
+        if action == 1:  # ACTION_HOLD
+            self._count_hold()
+        ttl, qos, flags1, vrf, src_nh, ecmp, drop, udp = self._entry_values(d, key45, etype, 0)
+        off = res.index * 256  # FLOW_ENTRY_SIZE; 88 = OFF_FE_FLAGS, 21 = body
+        _BODY_PACK(
+            self.buf, off + 21, ttl, qos, key45, res.gen_id, 0, 0, 0, -1, 0, flags1, action,
+            vrf, 0, _NO_MIRROR, _NO_MIRROR, src_nh, 0, 0, 0, 0, ecmp,
+            drop if action == 0 else 0, etype, udp, 0, 0,
+        )  # fmt: skip
+        # published last
+        _U16.pack_into(self.buf, off + 88, rflags & _KEEP_REQ_FLAGS)
+        return res
 
-        The same checks, counters, entry contents and publish-last order as the general
-        path (``_check`` cannot fail for such a request and ``_apply`` reduces to one
-        body write), in one frame with local variables: it is the agent's common request.
+    def _set(self, d: dict[str, Any], index: int, rflags: int) -> FlowSetResult:
+        """``vr_flow_set``: checks in its order, then delete, update or create."""
+        if d["fr_op"] != 0:
+            return FlowSetResult(-errno.EINVAL, index)
+        if d["fr_extflags"] & L.EXT_FLAG_FORCE_EVICT:
+            return FlowSetResult(self._force_evict(index), index)
+        valid = index >= 0 and self._valid(index)
+        if valid and self._flags(index) & (L.FLAG_MODIFIED | L.FLAG_EVICTED | L.FLAG_NEW_FLOW):
+            return FlowSetResult(-errno.EBUSY, index)
+        err, rindex = self._check(d, index if valid else -1, index, rflags)
+        if err:
+            return FlowSetResult(err, index)
+        action = d["fr_action"] & 0xFFFF
+        if valid:
+            self._count_change(index, action, rflags)
+        if not rflags & L.FLAG_ACTIVE:
+            return self._delete_request(index) if valid else FlowSetResult(-errno.ENOENT, index)
+        if action not in L.ACTIONS:
+            return FlowSetResult(-errno.EINVAL, index)
+        if valid:
+            body = list(_BODY.unpack_from(self.buf, index * L.FLOW_ENTRY_SIZE + L.OFF_FE_BODY))
+            self._apply(index, d, rflags, action, rindex, False, body[8], body)
+            return FlowSetResult(0, index, body[3])
+        return self._create_linked(d, index, rflags, action, rindex)
+
+    def _create_linked(
+        self, d: dict[str, Any], index: int, rflags: int, action: int, rindex: int
+    ) -> FlowSetResult:
+        """A new flow through the general path (VRFT, MIRROR or a reverse flow)."""
+        res, key45, etype = self._claim(d, index)
+        if res.errno:
+            return res
+        # body: ttl qos key45 gen tcp hold seq rflow flags flags1 action vrf dvrf mir smir
+        #       src_nh bytes packets boflow poflow ecmp drop type udp_sport src_info mme
+        body: list[Any] = [
+            0, 0, key45, res.gen_id, 0, 0, 0, -1, 0, 0, L.ACTION_DROP, 0, 0, _NO_MIRROR,
+            _NO_MIRROR, 0, 0, 0, 0, 0, -1, 0, etype, 0, 0, 0,
+        ]  # fmt: skip
+        self._apply(res.index, d, rflags, action, rindex, True, 0, body)
+        return res
+
+    def _claim(self, d: dict[str, Any], req_index: int) -> tuple[FlowSetResult, bytes, int]:
+        """The slot of a new flow, with the 45 key bytes and entry type it stores.
+
+        -EINVAL (bad family), -EEXIST (with the live flow's index and gen id) or -ENOSPC;
+        else the new index and gen id, the slot unpublished and the key indexed.  IPv4 keys
+        (the agent's usual case) are packed and hashed from their words.
         """
-        (
-            family,
-            sport,
-            dport,
-            nh,
-            proto,
-            sip,
-            dip,
-            action,
-            vrf,
-            ecmp,
-            extflags,
-            qos,
-            ttl,
-            flags1,
-            src_nh,
-            drop_reason,
-        ) = _CREATE_FIELDS(d)  # one C call instead of a subscript per field
-        sport &= 0xFFFF
-        dport &= 0xFFFF
-        nh &= 0xFFFFFFFF
-        proto &= 0xFF
+        family, proto, sport, dport, nh, sip, dip = _KEY_FIELDS(d)
         if family == 2:  # AF_INET
+            proto &= 0xFF
+            sport &= 0xFFFF
+            dport &= 0xFFFF
+            nh &= 0xFFFFFFFF
             sip &= 0xFFFFFFFF
             dip &= 0xFFFFFFFF
             key = _KEY4(2, proto, 0, sport, dport, nh, sip, dip)
-            key45 = key + _TAIL4
-            etype = 2  # VP_TYPE_IP
+            key45, etype = key + _TAIL4, 2
             # the key's five little-endian words, hashed without re-reading the bytes
             hashed = _HASH5(2 | proto << 8, sport | dport << 16, nh, sip, dip)
         else:
             kt = _key_of(d)
             if kt is None:
-                return FlowSetResult(-errno.EINVAL, req_index)
+                return FlowSetResult(-errno.EINVAL, req_index), b"", 0
             key, etype = kt
-            key45 = key + _KEY_TAIL[len(key)]
-            hashed = -1
+            key45, hashed = key + _KEY_TAIL[len(key)], -1
         buf = self.buf
         existing = self._index.get(key, -1)
         if existing >= 0:
-            return FlowSetResult(-errno.EEXIST, existing, buf[existing * 256 + 69])
+            return FlowSetResult(-errno.EEXIST, existing, buf[existing * 256 + 69]), key45, etype
         index = self.ht.allocate(key, hashed)
         if index is None:
-            return FlowSetResult(-errno.ENOSPC, req_index)
-        off = index * 256  # FLOW_ENTRY_SIZE; 88 = OFF_FE_FLAGS, 69 = OFF_FE_GEN_ID, 21 = body
+            return FlowSetResult(-errno.ENOSPC, req_index), key45, etype
+        off = index * 256  # FLOW_ENTRY_SIZE; 88 = OFF_FE_FLAGS, 69 = OFF_FE_GEN_ID
         if buf[off + 88] or buf[off + 89]:
             _U16.pack_into(buf, off + 88, 0)  # reused (evicted) slot: unpublish first
-        gen = (buf[off + 69] + 1) & 0xFF
         self._index[key] = index
-        counters = self.counters
-        counters.added += 1
-        action &= 0xFFFF
-        if action == 1:  # ACTION_HOLD
-            self._count_hold()
-        vrf &= 0xFFFF
-        e = ecmp & 0xFF
-        if extflags & 2:  # EXT_FLAG_MOCK_SRC_UDP
-            udp = L.MOCK_SRC_UDP_PORT
-        elif etype == 2:  # _udp_src_port inlined for IPv4
-            h = hash((vrf, key45[4:8], key45[12:20], self._hashrnd)) & 0xFFFFFFFF
-            udp = _MUDP_START + ((h * _MUDP_RANGE) >> 32)
+        self.counters.added += 1
+        return FlowSetResult(0, index, (buf[off + 69] + 1) & 0xFF), key45, etype
+
+    def _count_change(self, index: int, action: int, rflags: int) -> None:
+        """A set of a live entry: a HOLD given its verdict is "processed", else "changed"."""
+        off = index * L.FLOW_ENTRY_SIZE + L.OFF_FE_ACTION
+        cur_action = _U16.unpack_from(self.buf, off)[0]
+        if cur_action == L.ACTION_HOLD and (action != cur_action or not rflags & L.FLAG_ACTIVE):
+            self.counters.action_count += 1
         else:
-            udp = self._udp_src_port(vrf, key45, etype)
-        qos &= 0xFFFF
-        _BODY_PACK(
-            buf,
-            off + 21,
-            ttl & 0xFF,
-            qos - 0x10000 if qos & 0x8000 else qos,
-            key45,
-            gen,
-            0,
-            0,
-            0,
-            -1,
-            0,
-            flags1 & 0xFFFF,
-            action,
-            vrf,
-            0,
-            _NO_MIRROR,
-            _NO_MIRROR,
-            src_nh & 0xFFFFFFFF,
-            0,
-            0,
-            0,
-            0,
-            e - 256 if e >= 128 else e,
-            drop_reason & 0xFF if action == 0 else 0,
-            etype,
-            udp,
-            0,
-            0,
-        )
-        # published last
-        _U16.pack_into(buf, off + 88, rflags & _KEEP_REQ_FLAGS)
-        return FlowSetResult(0, index, gen)
+            self.counters.changed += 1
 
-    _resolved_rindex = -1
+    def _delete_request(self, index: int) -> FlowSetResult:
+        self.counters.deleted += 1
+        gen = self.buf[index * L.FLOW_ENTRY_SIZE + L.OFF_FE_GEN_ID]
+        self.delete(index)
+        return FlowSetResult(0, index, gen, L.RESP_FLAG_DELETED)
 
-    def _check(self, d: dict[str, Any], fe_index: int, index: int, rflags: int) -> int:
-        """``vr_flow_set_req_is_invalid``: 0 or the negative errno."""
-        self._resolved_rindex = _signed32(d["fr_rindex"])
+    def _check(
+        self, d: dict[str, Any], fe_index: int, index: int, rflags: int
+    ) -> tuple[int, int]:
+        """``vr_flow_set_req_is_invalid``: (0 or the negative errno, the reverse flow's index)."""
         if fe_index >= 0:
-            buf = self.buf
-            eoff = fe_index * L.FLOW_ENTRY_SIZE
-            if _U16.unpack_from(buf, eoff + L.OFF_FE_FLAGS)[0] & L.FLAG_DELETE_MARKED:
-                return -errno.EINVAL
-            if buf[eoff + L.OFF_FE_TYPE] in (L.VP_TYPE_IP, L.VP_TYPE_IP6):
-                if d["fr_gen_id"] & 0xFF != buf[eoff + L.OFF_FE_GEN_ID]:
-                    return -errno.EBADF
-                kt = _key_of(d)
-                off = fe_index * L.FLOW_ENTRY_SIZE + L.OFF_FE_KEY
-                if kt is None:
-                    return -errno.EFAULT
-                key = kt[0]
-                if bytes(self.buf[off : off + len(key)]) != key:
-                    return -errno.EFAULT
+            err = self._check_entry(d, fe_index)
+            if err:
+                return err, -1
         elif rflags & L.FLAG_ACTIVE and index >= 0:
-            return -errno.ENOENT
+            return -errno.ENOENT, -1
         if rflags & L.FLAG_VRFT and (d["fr_flow_dvrf"] & 0xFFFF) >= self.max_vrfs:
+            return -errno.EINVAL, -1
+        if rflags & L.FLAG_MIRROR and (d["fr_mir_id"] & 0xFFFF) >= self.max_mirrors and (
+            d["fr_sec_mir_id"] & 0xFFFF
+        ) >= self.max_mirrors:
+            return -errno.EINVAL, -1
+        rindex = _signed32(d["fr_rindex"])
+        if not rflags & L.RFLOW_VALID:
+            return 0, rindex
+        if rindex != -1:
+            return (0 if self._valid(rindex) else -errno.EINVAL), rindex
+        kt = _rkey_of(d)
+        found = self._index.get(kt[0], -1) if kt else -1
+        return (0 if found >= 0 else -errno.EINVAL), found
+
+    def _check_entry(self, d: dict[str, Any], fe_index: int) -> int:
+        """The checks of a request naming a live entry: not being deleted, same gen, same key."""
+        buf = self.buf
+        eoff = fe_index * L.FLOW_ENTRY_SIZE
+        if _U16.unpack_from(buf, eoff + L.OFF_FE_FLAGS)[0] & L.FLAG_DELETE_MARKED:
             return -errno.EINVAL
-        if rflags & L.FLAG_MIRROR:
-            if (d["fr_mir_id"] & 0xFFFF) >= self.max_mirrors and (
-                d["fr_sec_mir_id"] & 0xFFFF
-            ) >= self.max_mirrors:
-                return -errno.EINVAL
-        if rflags & L.RFLOW_VALID:
-            if self._resolved_rindex != -1:
-                if not self._valid(self._resolved_rindex):
-                    return -errno.EINVAL
-            else:
-                kt = _rkey_of(d)
-                found = self._index.get(kt[0], -1) if kt else -1
-                if found < 0:
-                    return -errno.EINVAL
-                self._resolved_rindex = found
+        if buf[eoff + L.OFF_FE_TYPE] not in (L.VP_TYPE_IP, L.VP_TYPE_IP6):
+            return 0
+        if d["fr_gen_id"] & 0xFF != buf[eoff + L.OFF_FE_GEN_ID]:
+            return -errno.EBADF
+        kt = _key_of(d)
+        if kt is None:
+            return -errno.EFAULT
+        off = eoff + L.OFF_FE_KEY
+        if bytes(buf[off : off + len(kt[0])]) != kt[0]:
+            return -errno.EFAULT
         return 0
 
     def _apply(
@@ -751,10 +674,35 @@ class FlowTable(TableOwner):
         body: list[Any],
     ) -> None:
         """Write the request's fields into ``body`` (fields 21..132), then publish flags."""
+        ttl, qos, flags1, vrf, src_nh, ecmp, drop, udp = self._entry_values(
+            d, body[2], body[22], body[23]
+        )
+        self._apply_links(body, d, rflags, rindex, new_flow)
+        body[11] = vrf
+        if body[20] == -1:
+            body[20] = ecmp
+        body[15] = src_nh
+        body[1] = qos
+        if action == L.ACTION_HOLD and body[10] != L.ACTION_HOLD:
+            self._count_hold()
+        body[10] = action
+        body[0] = ttl
+        if action == L.ACTION_DROP:
+            body[21] = drop
+        body[9] = flags1
+        body[23] = udp
+        body[8] = old_flags  # unchanged inside the body write
         off = index * L.FLOW_ENTRY_SIZE
-        buf = self.buf
-        # body: ttl qos key45 gen tcp hold seq rflow flags flags1 action vrf dvrf mir smir src_nh
-        #       bytes packets boflow poflow ecmp drop type udp_sport src_info mme
+        _BODY.pack_into(self.buf, off + L.OFF_FE_BODY, *body)
+        # published (or re-published) last
+        flags = ((old_flags & L.DP_FLAGS) | (rflags & ~L.DP_FLAGS)) & ~L.FLAG_NEW_FLOW & 0xFFFF
+        _U16.pack_into(self.buf, off + L.OFF_FE_FLAGS, flags)
+
+    def _apply_links(
+        self, body: list[Any], d: dict[str, Any], rflags: int, rindex: int, new_flow: bool
+    ) -> None:
+        """The mirrors, the reverse flow (and the TCP bits a new flow takes from it) and
+        the destination VRF of a request, into ``body``."""
         if rflags & L.FLAG_MIRROR:
             body[13] = d["fr_mir_id"] & 0xFF
             body[14] = d["fr_sec_mir_id"] & 0xFF
@@ -762,44 +710,43 @@ class FlowTable(TableOwner):
             body[13] = body[14] = _NO_MIRROR
         rflow = rindex if rflags & L.RFLOW_VALID else -1
         body[7] = rflow
-        vrf = body[11] = d["fr_flow_vrf"] & 0xFFFF
         if rflags & L.FLAG_VRFT:
             body[12] = d["fr_flow_dvrf"] & 0xFFFF
-        if body[20] == -1:
-            e = d["fr_ecmp_nh_index"] & 0xFF
-            body[20] = e - 256 if e >= 128 else e
-        body[15] = d["fr_src_nh_index"] & 0xFFFFFFFF
-        body[1] = _signed16(d["fr_qos_id"])
-        if action == L.ACTION_HOLD and body[10] != L.ACTION_HOLD:
-            self._count_hold()
-        body[10] = action
-        body[0] = d["fr_ttl"] & 0xFF
-        if action == L.ACTION_DROP:
-            body[21] = d["fr_drop_reason"] & 0xFF
-        flags = ((old_flags & L.DP_FLAGS) | (rflags & ~L.DP_FLAGS)) & ~L.FLAG_NEW_FLOW & 0xFFFF
-        body[9] = d["fr_flags1"] & 0xFFFF
         if new_flow and rflags & L.RFLOW_VALID and self._valid(rflow):
-            rt = _U16.unpack_from(buf, rflow * L.FLOW_ENTRY_SIZE + L.OFF_FE_TCP_FLAGS)[0]
+            rt = _U16.unpack_from(self.buf, rflow * L.FLOW_ENTRY_SIZE + L.OFF_FE_TCP_FLAGS)[0]
             body[4] |= _reverse_tcp(rt)
-        if not body[23]:
-            body[23] = self._udp_src_port(vrf, body[2], body[22])
-        if d["fr_extflags"] & L.EXT_FLAG_MOCK_SRC_UDP:
-            body[23] = L.MOCK_SRC_UDP_PORT
-        body[8] = old_flags  # unchanged inside the body write
-        _BODY.pack_into(buf, off + L.OFF_FE_BODY, *body)
-        # published (or re-published) last
-        _U16.pack_into(buf, off + L.OFF_FE_FLAGS, flags)
 
-    def _udp_src_port(self, vrf: int, key45: bytes, etype: int) -> int:
-        """MPLS-over-UDP source port from the flow tuple (``vr_flow_udp_src_port``).
+    def _entry_values(
+        self, d: dict[str, Any], key45: bytes, etype: int, port: int
+    ) -> tuple[int, int, int, int, int, int, int, int]:
+        """What a FLOW_SET writes into an entry, as the entry stores it: (ttl, qos, flags1,
+        vrf, src_nh, ecmp, drop_reason, udp source port).
 
-        The vRouter hashes (vrf, ports, addresses) with a random seed; Python's keyed
-        string hash (random per process) plays the seed's part.
+        ``port`` is the entry's source port, kept if set; else it is derived from the flow
+        tuple as ``vr_flow_udp_src_port`` does: the vRouter hashes (vrf, ports, addresses)
+        with a random seed, and Python's keyed hash (random per process) plays the seed's
+        part.  EXT_FLAG_MOCK_SRC_UDP asks for the fixed test port instead.
         """
-        alen = 16 if etype == L.VP_TYPE_IP6 else 4
-        h = hash((vrf, key45[4:8], key45[12 : 12 + 2 * alen], self._hashrnd)) & 0xFFFFFFFF
-        rng = L.MUDP_PORT_RANGE_END - L.MUDP_PORT_RANGE_START
-        return L.MUDP_PORT_RANGE_START + ((h * rng) >> 32)
+        ttl, qos, flags1, vrf, src_nh, ecmp, drop, ext = _REQ_VALUES(d)
+        qos &= 0xFFFF
+        ecmp &= 0xFF
+        vrf &= 0xFFFF
+        if ext & 2:  # EXT_FLAG_MOCK_SRC_UDP
+            port = L.MOCK_SRC_UDP_PORT
+        elif not port:
+            span = 32 if etype == 3 else 8  # both addresses: 16 bytes each for VP_TYPE_IP6
+            h = hash((vrf, key45[4:8], key45[12 : 12 + span], self._hashrnd)) & 0xFFFFFFFF
+            port = _MUDP_START + ((h * _MUDP_RANGE) >> 32)
+        return (
+            ttl & 0xFF,
+            qos - 0x10000 if qos & 0x8000 else qos,
+            flags1 & 0xFFFF,
+            vrf,
+            src_nh & 0xFFFFFFFF,
+            ecmp - 256 if ecmp >= 128 else ecmp,
+            drop & 0xFF,
+            port,
+        )
 
     def _count_hold(self) -> None:
         c = self.counters
@@ -809,65 +756,6 @@ class FlowTable(TableOwner):
         c.hold_count[0] += 1
 
     # -- entry lifecycle ---------------------------------------------------------
-    def _allocate(self, key: bytes) -> int:
-        idx = self.ht.allocate(key)
-        if idx is None:
-            raise FlowTableFull(
-                "no free entry in the bucket of this key and no overflow entry left"
-            )
-        return idx
-
-    def _write_new(
-        self,
-        index: int,
-        key: bytes,
-        etype: int,
-        action: int,
-        vrf: int,
-        dvrf: int,
-        rflow: int,
-        src_info: int,
-    ) -> int:
-        """Fill a freshly allocated slot with ACTIVE clear; the caller publishes flags."""
-        off = index * L.FLOW_ENTRY_SIZE
-        buf = self.buf
-        if buf[off + L.OFF_FE_FLAGS] or buf[off + L.OFF_FE_FLAGS + 1]:
-            _U16.pack_into(buf, off + L.OFF_FE_FLAGS, 0)  # a reused (evicted) slot: unpublish first
-        gen = (buf[off + L.OFF_FE_GEN_ID] + 1) & 0xFF
-        key45 = key + _KEY_PAD[len(key) : L.FLOW_KEY_SIZE - 1] + bytes((len(key),))
-        _BODY.pack_into(
-            buf,
-            off + L.OFF_FE_BODY,
-            0,
-            0,
-            key45,
-            gen,
-            0,
-            0,
-            0,
-            rflow,
-            0,
-            0,
-            action,
-            vrf,
-            dvrf,
-            _NO_MIRROR,
-            _NO_MIRROR,
-            0,
-            0,
-            0,
-            0,
-            0,
-            -1,
-            0,
-            etype,
-            0,
-            src_info,
-            0,
-        )
-        self._index[key] = index
-        return gen
-
     def delete(self, index: int) -> None:
         """Remove a flow: clear ACTIVE first, reset the fields, free the slot."""
         off = index * L.FLOW_ENTRY_SIZE
@@ -882,26 +770,26 @@ class FlowTable(TableOwner):
 
     def _reset_fields(self, off: int, keep_stats: bool) -> None:
         buf = self.buf
-        (ttl, qos, key45, gen, tcp_flags, hold, tcp_seq, rflow) = _A.unpack_from(
+        (_ttl, qos, key45, gen, _tcp_flags, _hold, tcp_seq, _rflow) = _A.unpack_from(
             buf, off + L.OFF_FE_PART_A
         )
         (
             flags1,
-            action,
+            _action,
             vrf,
             dvrf,
-            mir,
-            smir,
-            src_nh,
+            _mir,
+            _smir,
+            _src_nh,
             nb,
             npk,
             bo,
             po,
-            ecmp,
+            _ecmp,
             drop,
             etype,
-            udp_sport,
-            src_info,
+            _udp_sport,
+            _src_info,
             mme,
         ) = _B.unpack_from(buf, off + L.OFF_FE_PART_B)
         key45 = key45[:-1] + b"\x00"

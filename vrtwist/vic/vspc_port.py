@@ -354,7 +354,7 @@ class SerialPort:
             self._log.warn("VM {uuid}: second VMOTION-PEER replaces the first", uuid=self.uuid)
             old = h.target
             old.port = None
-            old.transport.loseConnection()  # type: ignore[union-attr]
+            old.transport.loseConnection()
         h.advance(HandoffEvent.PEER)
         h.target = conn
         self._updateFlow()
@@ -444,7 +444,7 @@ class SerialPort:
         self._endHandoff()
         if target is not None and target is not self.esx:
             target.port = None
-            target.transport.loseConnection()  # type: ignore[union-attr]
+            target.transport.loseConnection()
         if self.esx is None:
             self._startExpiry()
         else:

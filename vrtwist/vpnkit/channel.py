@@ -135,7 +135,7 @@ class Channel:
         self.protocol = protocol
         self._raw = bool(getattr(protocol, "acceptsBuffers", False))
         try:
-            protocol.makeConnection(self)  # type: ignore[arg-type]
+            protocol.makeConnection(self)
         except Exception:  # noqa: BLE001 - any protocol bug closes this channel only, logged
             self._log.failure("channel {id:#x} protocol failed to start; closing", id=self.id)
             self.abortConnection()
@@ -385,7 +385,7 @@ class Channel:
 
     def _deliver_eof(self) -> None:
         self._eof_delivered = True
-        proto = self.protocol
+        proto: Any = self.protocol  # None once the channel has finished
         try:
             if IHalfCloseableProtocol.providedBy(proto):
                 proto.readConnectionLost()

@@ -200,9 +200,9 @@ class Multiplexer(Protocol):
         self._adapt = isinstance(getattr(t, "bufferSize", None), int)
         plain_reads(t)
         link_buffers(t)
-        t.registerProducer(self, True)  # type: ignore[union-attr]
+        t.registerProducer(self, True)
         if self.handshake:
-            t.write(HANDSHAKE)  # type: ignore[union-attr]
+            t.write(HANDSHAKE)
         else:
             self._set_ready()
 
