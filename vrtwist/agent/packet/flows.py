@@ -77,7 +77,9 @@ Key = tuple[Any, ...]
 class FlowChannel(Protocol):
     """Applies one FLOW_SET (its ``vr_flow_req`` fields, as :func:`flow_request` makes
     them); fires with ``(resp_code, index, gen_id)`` from the datapath's answer, index -1
-    when the answer carried none."""
+    when the answer carried none. A channel that can answer synchronously (the embedded
+    datapath) also has ``set_now(fields) -> (resp_code, index, gen_id)``; flow setup then
+    calls that and creates no Deferred or coroutine per setup."""
 
     def __call__(self, fields: dict[str, int]) -> Deferred[tuple[int, int, int]]: ...
 
@@ -399,7 +401,15 @@ class FlowSetup:
         policy = self.policy
         if policy is not None and decision.reverse is not None and policy.active:
             decision = policy.apply(decision)
+        set_now = getattr(self.channel, "set_now", None)
         self._pending.add(token)
+        if set_now is not None:
+            # an embedded datapath answers at once: no Deferred, no coroutine per setup
+            try:
+                self._program_now(set_now, hdr.param, hdr.param_5, decision)
+            finally:
+                self._pending.discard(token)
+            return None
         d = Deferred.fromCoroutine(self._program(hdr.param, hdr.param_5, decision))
 
         def done(result: object) -> None:
@@ -409,42 +419,78 @@ class FlowSetup:
         d.addBoth(done)
         return d
 
-    async def _program(self, index: int, gen: int, d: FlowDecision) -> None:
-        c = self.counters
+    def _program_now(self, set_now: Callable[[dict[str, int]], tuple[int, int, int]],
+                     index: int, gen: int, d: FlowDecision) -> None:
+        """:meth:`_program` for a channel that answers synchronously."""
         if d.reverse is None:
-            code, _, _ = await self.channel(flow_request(
-                d.forward, index, gen, L.ACTION_DROP, L.FLAG_ACTIVE,
-                flow_vrf=d.vrf, drop_reason=d.drop_reason))  # fmt: skip
-            if code < 0:
-                self._failed(code)
-            else:
-                c.short_flows += 1
+            self._short_done(set_now(self._short_request(index, gen, d))[0])
             return
+        code, rev_index, rev_gen = set_now(self._reverse_request(index, d))
+        if not self._reverse_ok(code, rev_index):
+            return
+        code = set_now(self._forward_request(index, gen, d, rev_index))[0]
+        self._forward_done(code, index, gen, d, rev_index, rev_gen)
+
+    async def _program(self, index: int, gen: int, d: FlowDecision) -> None:
+        if d.reverse is None:
+            code, _, _ = await self.channel(self._short_request(index, gen, d))
+            self._short_done(code)
+            return
+        code, rev_index, rev_gen = await self.channel(self._reverse_request(index, d))
+        if not self._reverse_ok(code, rev_index):
+            return
+        code, _, _ = await self.channel(self._forward_request(index, gen, d, rev_index))
+        self._forward_done(code, index, gen, d, rev_index, rev_gen)
+
+    @staticmethod
+    def _short_request(index: int, gen: int, d: FlowDecision) -> dict[str, int]:
+        """A short flow (no route one way): the forward entry alone, as DROP."""
+        return flow_request(d.forward, index, gen, L.ACTION_DROP, L.FLAG_ACTIVE,
+                            flow_vrf=d.vrf, drop_reason=d.drop_reason)
+
+    def _short_done(self, code: int) -> None:
+        if code < 0:
+            self._failed(code)
+        else:
+            self.counters.short_flows += 1
+
+    @staticmethod
+    def _reverse_request(index: int, d: FlowDecision) -> dict[str, int]:
+        """The reverse flow, written first at a new index and linked to the trapped one."""
+        assert d.reverse is not None
         rev_action = d.action if d.reverse_action < 0 else d.reverse_action
-        rev_req = flow_request(
+        return flow_request(
             d.reverse, -1, 0, rev_action, L.FLAG_ACTIVE | L.RFLOW_VALID,
             flow_vrf=d.dvrf, src_nh_index=d.reverse_src_nh, rindex=index,
             drop_reason=d.reverse_drop_reason)  # fmt: skip
-        code, rev_index, rev_gen = await self.channel(rev_req)
+
+    def _reverse_ok(self, code: int, rev_index: int) -> bool:
         if code < 0 and -code != _EEXIST:
             self._failed(code)
-            return
+            return False
         if rev_index < 0:
             self._failed(-71)  # EPROTO: no index in the answer
-            return
-        rev_gen &= 0xFF
-        fwd_req = flow_request(
+            return False
+        return True
+
+    @staticmethod
+    def _forward_request(index: int, gen: int, d: FlowDecision, rev_index: int) -> dict[str, int]:
+        """The forward flow at the trapped index and generation, linked to the reverse."""
+        return flow_request(
             d.forward, index, gen, d.action, L.FLAG_ACTIVE | L.RFLOW_VALID,
             flow_vrf=d.vrf, src_nh_index=d.src_nh, rindex=rev_index,
             drop_reason=d.drop_reason)  # fmt: skip
-        code, _, _ = await self.channel(fwd_req)
+
+    def _forward_done(self, code: int, index: int, gen: int, d: FlowDecision,
+                      rev_index: int, rev_gen: int) -> None:
         if code < 0:
             self._failed(code)
             return
+        c = self.counters
         c.pairs += 1
         if d.action == L.ACTION_DROP:
             c.denied += 1
-        self.pairs[index] = _Pair(index, gen, d.forward, rev_index, rev_gen, d.reverse,
+        self.pairs[index] = _Pair(index, gen, d.forward, rev_index, rev_gen & 0xFF, d.reverse,
                                   last_change=self.now(), decision=d)
 
     def revaluate(self) -> list[Deferred[tuple[int, int, int]]]:

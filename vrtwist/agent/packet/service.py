@@ -62,11 +62,15 @@ class LocalFlowChannel:
         self._datapath = datapath
 
     def __call__(self, fields: dict[str, int]) -> Deferred[tuple[int, int, int]]:
+        return succeed(self.set_now(fields))
+
+    def set_now(self, fields: dict[str, int]) -> tuple[int, int, int]:
+        """The datapath's answer at once: flow setup uses this and skips the Deferred."""
         if self._flows is not None:
             r = self._flows.flow_set(fields)
-            return succeed((r.errno, r.index, r.gen_id))
+            return r.errno, r.index, r.gen_id
         reply = self._datapath.handle(schema.vr_flow_req(**fields))
-        return succeed(_answer(int(reply[0][0].resp_code), (o for m in reply for o in m)))
+        return _answer(int(reply[0][0].resp_code), (o for m in reply for o in m))
 
 
 class KsyncFlowChannel:
