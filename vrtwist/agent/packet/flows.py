@@ -104,7 +104,8 @@ class RouteView:
         self._desired = desired
         #: vrf -> plen -> prefix int -> route fields
         self._routes: dict[int, dict[int, dict[int, dict[str, Any]]]] = {}
-        self._plens: dict[int, list[int]] = {}
+        #: vrf -> (mask, that prefix length's table), longest prefix first
+        self._plens: dict[int, list[tuple[int, dict[int, dict[str, Any]]]]] = {}
         self.changed(list(desired))
 
     def changed(self, keys: Iterable[Key]) -> None:
@@ -123,17 +124,14 @@ class RouteView:
             touched.add(vrf)
         for vrf in touched:
             table = self._routes[vrf]
-            self._plens[vrf] = sorted((p for p, t in table.items() if t), reverse=True)
+            self._plens[vrf] = [((0xFFFFFFFF << (32 - p)) & 0xFFFFFFFF, table[p])
+                                for p in sorted((p for p, t in table.items() if t), reverse=True)]
 
     def lookup(self, vrf: int, addr: bytes) -> dict[str, Any] | None:
         """The longest-prefix route to ``addr`` (4 raw bytes) in ``vrf``."""
-        table = self._routes.get(vrf)
-        if not table:
-            return None
         value = int.from_bytes(addr, "big")
-        for plen in self._plens.get(vrf, ()):
-            mask = (0xFFFFFFFF << (32 - plen)) & 0xFFFFFFFF
-            hit = table[plen].get(value & mask)
+        for mask, table in self._plens.get(vrf, ()):
+            hit = table.get(value & mask)
             if hit is not None:
                 return hit
         return None
