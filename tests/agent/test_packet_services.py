@@ -183,6 +183,31 @@ class EndToEndTests(SynchronousTestCase):
         self.assertEqual(n.world.flows.entry(pair.fwd_index).rflow, pair.rev_index)
         self.assertEqual(n.world.flows.entry(pair.rev_index).rflow, pair.fwd_index)
 
+    def test_a_failing_synchronous_channel_is_counted_not_raised(self) -> None:
+        """A bug under the embedded channel does not escape into the pkt0 reader: the
+        setup is counted as failed and logged, and the next trap is handled."""
+        n = self.node
+
+        class Broken:
+            def __call__(self, fields: dict[str, int]) -> Any:
+                raise AssertionError("not used")
+
+            def set_now(self, fields: dict[str, int]) -> tuple[int, int, int]:
+                raise RuntimeError("flow table bug")
+
+        local = n.flows.channel
+        n.flows.channel = Broken()
+        vm1, vm2 = n.vif_of(1), n.vif_of(2)
+        n.world.pipeline.receive(vm1, icmp_echo(bytes.fromhex("020000000001"), "10.1.1.3", "10.1.1.4"))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual((n.flows.counters.failed, n.flows.counters.pairs), (1, 0))
+        self.assertEqual(n.flows._pending, set())
+        n.flows.channel = local
+        n.world.pipeline.receive(vm1, icmp_echo(bytes.fromhex("020000000001"), "10.1.1.3",
+                                                "10.1.1.4", ident=2))
+        self.assertEqual(n.flows.counters.pairs, 1)
+        self.assertEqual(len(n.world.out.on(vm2)), 1, n.world.drops())
+
     def test_ping_gateway(self) -> None:
         """An echo to the gateway is answered by the agent over pkt0."""
         n = self.node

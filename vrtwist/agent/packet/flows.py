@@ -440,6 +440,10 @@ class FlowSetup:
             # an embedded datapath answers at once: no Deferred, no coroutine per setup
             try:
                 self._program_now(set_now, hdr.param, hdr.param_5, decision)
+            except Exception:  # noqa: BLE001 - as a failed Deferred would: logged, and
+                # the pkt0 reader goes on with the next trap
+                c.failed += 1
+                self._log.failure("flow setup of entry {index} failed", index=hdr.param)
             finally:
                 self._pending.discard(token)
             return None
