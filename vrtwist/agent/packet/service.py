@@ -36,6 +36,7 @@ from vrtwist.logfields import Logger
 from vrtwist.pkt0.endpoints import AgentEndpoint
 from vrtwist.pkt0.transport import AGENT_SOCKET, DATAPATH_SOCKET, UnixDatagramTransport
 from vrtwist.sandesh import schema
+from vrtwist.sandesh.constants import FLOW_TABLE_GET
 
 __all__ = ["AgentPacketService", "KsyncFlowChannel", "LocalFlowChannel"]
 
@@ -87,17 +88,39 @@ class KsyncFlowChannel:
         factory = Factory.forProtocol(lambda: KsyncClientProtocol(pid=os.getpid()))
         self.service = ClientService(endpoint, factory, clock=reactor)
         self._client: KsyncClientProtocol | None = None
-        self.service.whenConnected(failAfterFailures=None).addCallback(self._connected)
+        self._waiting = False
+        self._wait()
+
+    def _wait(self) -> None:
+        """Ask the service for its connection (at once when it has one); one ask at a time."""
+        if not self._waiting:
+            self._waiting = True
+            self.service.whenConnected(failAfterFailures=None).addCallback(self._connected)
 
     def _connected(self, client: Any) -> None:
+        self._waiting = False
+        if client is self._client:
+            return
         self._client = client
+        # the flow table's description, as the agent asks when it maps the table; also the
+        # session's first frame, which the datapath wants within 10 s of connecting (an
+        # agent with no flow to set up would otherwise be disconnected again and again)
+        request = schema.vr_flow_table_data(ftable_op=FLOW_TABLE_GET)
+        client.request(request).addErrback(self._probe_failed)
+
+    def _probe_failed(self, f: Failure) -> None:
+        self._log.warn("ksync flow table query failed: {e}", e=f.value)
 
     def __call__(self, fields: dict[str, int]) -> Deferred[tuple[int, int, int]]:
         client = self._client
-        if client is None or client.transport is None:
+        if client is None or client.closed:
+            # the datapath closed the session (restart, or idle ksync sessions closed by
+            # its guard): take the service's new connection when it already has one
             self._client = None
-            self.service.whenConnected(failAfterFailures=None).addCallback(self._connected)
-            return succeed((-errno.ENOTCONN, -1, 0))
+            self._wait()
+            client = self._client
+            if client is None or client.closed:
+                return succeed((-errno.ENOTCONN, -1, 0))
 
         def ok(resp: Any) -> tuple[int, int, int]:
             return _answer(0, resp.objects)
