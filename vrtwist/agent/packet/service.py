@@ -109,7 +109,10 @@ class KsyncFlowChannel:
         client.request(request).addErrback(self._probe_failed)
 
     def _probe_failed(self, f: Failure) -> None:
-        self._log.warn("ksync flow table query failed: {e}", e=f.value)
+        """A refusal is worth a warning; a session closed under the query (the agent or
+        the datapath stopping) is not: the next FLOW_SET takes a new one."""
+        if isinstance(f.value, KsyncError):
+            self._log.warn("ksync flow table query refused: {e}", e=f.value)
 
     def __call__(self, fields: dict[str, int]) -> Deferred[tuple[int, int, int]]:
         client = self._client
