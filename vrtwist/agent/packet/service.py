@@ -86,25 +86,17 @@ class KsyncFlowChannel:
     def __init__(self, reactor: Any, run_dir: str) -> None:
         endpoint = UNIXClientEndpoint(reactor, os.path.join(run_dir, "dpdk_netlink"))
         factory = Factory.forProtocol(lambda: KsyncClientProtocol(pid=os.getpid()))
-        self.service = ClientService(endpoint, factory, clock=reactor)
+        self.service = ClientService(endpoint, factory, clock=reactor,
+                                     prepareConnection=self._connected)
         self._client: KsyncClientProtocol | None = None
-        self._waiting = False
-        self._wait()
-
-    def _wait(self) -> None:
-        """Ask the service for its connection (at once when it has one); one ask at a time."""
-        if not self._waiting:
-            self._waiting = True
-            self.service.whenConnected(failAfterFailures=None).addCallback(self._connected)
 
     def _connected(self, client: Any) -> None:
-        self._waiting = False
-        if client is self._client:
-            return
+        """Each new session (the service reconnects by itself after the datapath closed
+        one) becomes the channel's, and asks for the flow table's description, as the
+        agent does when it maps the table. That is also the session's first frame, which
+        the datapath wants within 10 s of connecting: an agent with no flow to set up
+        would otherwise be disconnected again and again."""
         self._client = client
-        # the flow table's description, as the agent asks when it maps the table; also the
-        # session's first frame, which the datapath wants within 10 s of connecting (an
-        # agent with no flow to set up would otherwise be disconnected again and again)
         request = schema.vr_flow_table_data(ftable_op=FLOW_TABLE_GET)
         client.request(request).addErrback(self._probe_failed)
 
@@ -117,13 +109,7 @@ class KsyncFlowChannel:
     def __call__(self, fields: dict[str, int]) -> Deferred[tuple[int, int, int]]:
         client = self._client
         if client is None or client.closed:
-            # the datapath closed the session (restart, or idle ksync sessions closed by
-            # its guard): take the service's new connection when it already has one
-            self._client = None
-            self._wait()
-            client = self._client
-            if client is None or client.closed:
-                return succeed((-errno.ENOTCONN, -1, 0))
+            return succeed((-errno.ENOTCONN, -1, 0))  # until the service reconnects
 
         def ok(resp: Any) -> tuple[int, int, int]:
             return _answer(0, resp.objects)
