@@ -15,6 +15,12 @@ embedded datapath does) and the release of the held packet to the other VM.
 The baseline printed beside them is the same pipeline forwarding packets of flows that
 already exist (no trap): the ratio says what a new flow costs over a known one.
 
+Then the ladder: each stage of a setup alone, in CPU time of this process (the
+datapath's two FLOW_SETs, the pipeline's miss, the agent's analysis, the release of the
+held SYN, one datagram over a unix socket pair), their sum, all stages chained in one
+process without socket or reactor, and the end-to-end CPU time per pair: where the time
+goes, even on a loaded machine where the wall-clock rate says little.
+
 ``--policy``: ``empty`` (default, as the agent runs with nothing configured: the policy
 step is attached but inactive), ``none`` (no policy step at all), ``sg`` (every port in a
 security group allowing TCP both ways: each setup is matched against it).
@@ -182,6 +188,7 @@ async def bench_flows(node: Node, flows: int, window: int) -> dict[str, float]:
     entered: dict[int, float] = {}
     out = node.out
     start = time.perf_counter()
+    cpu0 = time.process_time()
     sent = 0
     while sent < flows or len(out.left) < flows:
         # keep at most ``window`` setups in flight, as a busy VM would open connections
@@ -193,6 +200,7 @@ async def bench_flows(node: Node, flows: int, window: int) -> dict[str, float]:
         if time.perf_counter() - start > 120:
             break
     wall = time.perf_counter() - start
+    cpu = time.process_time() - cpu0
     done = len(out.left)
     lat = sorted(out.left[p] - entered[p] for p in out.left)
     # baseline: the same SYNs again, now flow hits, no trap
@@ -203,6 +211,7 @@ async def bench_flows(node: Node, flows: int, window: int) -> dict[str, float]:
     return {
         "pairs": done,
         "pairs_per_s": done / wall,
+        "pairs_per_cpu_s": done / cpu if cpu > 0 else 0.0,
         "p50_us": statistics.median(lat) * 1e6 if lat else 0.0,
         "p99_us": lat[int(len(lat) * 0.99) - 1] * 1e6 if lat else 0.0,
         "hits_per_s": hits,
@@ -210,47 +219,108 @@ async def bench_flows(node: Node, flows: int, window: int) -> dict[str, float]:
     }
 
 
+def _rate(n: int, cpu0: float) -> float:
+    return n / max(time.process_time() - cpu0, 1e-9)
+
+
 def floors(node: Node, n: int) -> dict[str, float]:
-    """Same-run floors: what each stage of a flow setup costs on its own, per pair."""
+    """Same-run floors: what each stage of a flow setup costs on its own, per pair.
+
+    In CPU time of this process (``time.process_time``), so that other work on the machine
+    does not count against a stage, as it does against the end-to-end wall-clock figure."""
     vifs = sorted(node.by_vif)
     a, b = node.by_vif[vifs[0]], node.by_vif[vifs[1]]
     # 1. the datapath's FLOW_SETs alone: reverse (new entry) then forward (new entry here)
     keys = [FlowKey(IPv4Addr(a.ip), IPv4Addr(b.ip), IPPROTO_TCP, 20000 + i, 81, 5) for i in range(n)]
     channel = LocalFlowChannel(node.dp)
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     for k in keys:
         rev = FlowKey(k.dip, k.sip, k.proto, k.dport, k.sport, 7)
-        channel(flow_request(rev, -1, 0, 2, 0x1001, rindex=-1))
-        channel(flow_request(k, -1, 0, 2, 0x1))
-    flow_sets = n / (time.perf_counter() - t0)
+        channel.set_now(flow_request(rev, -1, 0, 2, 0x1001, rindex=-1))
+        channel.set_now(flow_request(k, -1, 0, 2, 0x1))
+    flow_sets = _rate(n, t0)
     # 2. the pipeline's miss: HOLD entry, queue, trap framed (to a transport that keeps nothing)
     saved = node.dp_end.transport
     node.dp_end.transport = Nowhere()
     frames = [syn(a, b, 40000 + i % 20000) for i in range(n)]
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     for f in frames:
         node.pipeline.receive(a.vif, f)
-    misses = n / (time.perf_counter() - t0)
-    node.dp_end.transport = saved
+    misses = _rate(n, t0)
     # 3. the agent's analysis and requests, without the datapath answering
     hdr = AgentHeader(a.vif, a.vrf, 6, 1, 5)
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     for f in frames:
         d = analyse(hdr, f, node.flows.routes)
         flow_request(d.forward, 1, 1, 2, 0x1001, rindex=2)
         if d.reverse is not None:
             flow_request(d.reverse, -1, 0, 2, 0x1001, rindex=1)
-    agent = n / (time.perf_counter() - t0)
+    agent = _rate(n, t0)
     # 4. the policy step alone on those decisions (as FlowSetup runs it: only when active)
     decisions = [analyse(hdr, f, node.flows.routes) for f in frames]
     policy = node.flows.policy
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     for d in decisions:
         if policy is not None and d.reverse is not None and policy.active:
             policy.apply(d)
-    policy_rate = n / (time.perf_counter() - t0)
+    policy_rate = _rate(n, t0)
+    # 5. the release: the held SYN forwarded to VM2 once its flow exists (as a flow hit)
+    hits = [syn(a, b, 1024 + i) for i in range(min(n, len(node.out.left)))]
+    t0 = time.process_time()
+    for f in hits:
+        node.pipeline.receive(a.vif, f)
+    release = _rate(len(hits), t0) if hits else 0.0
+    # 6. the socket hop: one trap-sized datagram sent and received, batches of 8
+    hop = _socket_hop(len(syn(a, b, 1)) + 44, n)
+    # 7. every stage in one process, no socket and no reactor: the traps of a batch of
+    #    64 misses handed straight to the agent's end, which writes the pairs and releases
+    node.dp_end.transport = Batch(node.agent_end)
+    frames = [syn(a, b, 50000 + i % 15000) for i in range(n)]
+    t0 = time.process_time()
+    for i in range(0, n, 64):
+        for f in frames[i : i + 64]:
+            node.pipeline.receive(a.vif, f)
+        node.dp_end.transport.flush()
+    chain = _rate(n, t0)
+    node.dp_end.transport = saved
     return {"flow_set_pairs": flow_sets, "misses": misses, "agent": agent,
-            "policy": policy_rate}
+            "policy": policy_rate, "release": release, "hop": hop, "chain": chain}
+
+
+def _socket_hop(size: int, n: int) -> float:
+    import socket
+
+    tx, rx = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        frame, buf = bytes(size), bytearray(9200)
+        t0 = time.process_time()
+        for _ in range(0, n, 8):
+            for _ in range(8):
+                tx.send(frame)
+            for _ in range(8):
+                rx.recv_into(buf)
+        return _rate(n - n % 8 or n, t0)
+    finally:
+        tx.close()
+        rx.close()
+
+
+@implementer(IPkt0Transport)
+class Batch:
+    """Keeps the traps of a batch and hands them to the agent's end on ``flush``."""
+
+    def __init__(self, agent: AgentEndpoint) -> None:
+        self.agent = agent
+        self.frames: list[bytes] = []
+
+    def send(self, frame: bytes) -> bool:
+        self.frames.append(frame)
+        return True
+
+    def flush(self) -> None:
+        frames, self.frames = self.frames, []
+        for f in frames:
+            self.agent.frame_received(f)
 
 
 @implementer(IPkt0Transport)
@@ -310,11 +380,23 @@ async def main(args: argparse.Namespace) -> None:
         )
         fl = floors(node, 3000)
         print(
-            "same-run floors, per flow pair: datapath FLOW_SET pair alone "
+            "same-run floors, per flow pair, in CPU time: datapath FLOW_SET pair alone "
             f"{fl['flow_set_pairs']:,.0f}/s; pipeline miss (HOLD + trap framed) "
             f"{fl['misses']:,.0f}/s; agent analysis + requests built {fl['agent']:,.0f}/s; "
             f"policy step ({args.policy}) {fl['policy']:,.0f}/s "
-            f"(ratio to the analysis {fl['policy'] / fl['agent']:.1f})"
+            f"(ratio to the analysis {fl['policy'] / fl['agent']:.1f}); release of the held "
+            f"SYN (a flow hit) {fl['release']:,.0f}/s; socket hop (one trap datagram sent "
+            f"and received) {fl['hop']:,.0f}/s"
+        )
+        stages = ("flow_set_pairs", "misses", "agent", "release", "hop")
+        total = sum(1e6 / fl[k] for k in stages if fl[k] > 0)
+        print(
+            "ladder, microseconds per pair: "
+            + ", ".join(f"{k} {1e6 / fl[k]:.1f}" for k in stages if fl[k] > 0)
+            + f"; sum {total:.1f} (at most {1e6 / total:,.0f} pairs/s); all stages in one "
+            f"process without socket or reactor {fl['chain']:,.0f} pairs/s "
+            f"({1e6 / fl['chain']:.1f} us); end to end {1e6 / f['pairs_per_cpu_s']:.1f} us "
+            "of CPU per pair"
         )
         d = await bench_dhcp(node)
         print(

@@ -15,7 +15,7 @@ from zope.interface import implementer
 
 from vrtwist.agent.dpstate import AGENT_VIF, VIF, DatapathModel
 from vrtwist.agent.model import Port
-from vrtwist.agent.packet.flows import FlowSetup, RouteView
+from vrtwist.agent.packet.flows import FlowKey, FlowSetup, RouteView, _linked_request, flow_request
 from vrtwist.agent.packet.service import LocalFlowChannel
 from vrtwist.agent.packet.services import Announcer, PacketServices, VmPort
 from vrtwist.datapath import constants as C
@@ -168,6 +168,46 @@ class EndToEndTests(SynchronousTestCase):
         self.assertEqual(fwd.action, L.ACTION_FORWARD)
         self.assertGreater(fwd.packets, 0)
 
+    def test_deferred_channel_sets_up_the_same_pair(self) -> None:
+        """A channel without ``set_now`` (ksync's kind, answering later) goes through the
+        Deferred path and writes the same pair the synchronous one does."""
+        n = self.node
+        local = n.flows.channel
+        n.flows.channel = lambda fields: local(fields)  # no set_now
+        vm1, vm2 = n.vif_of(1), n.vif_of(2)
+        n.world.pipeline.receive(vm1, icmp_echo(bytes.fromhex("020000000001"), "10.1.1.3", "10.1.1.4"))
+        self.assertEqual(len(n.world.out.on(vm2)), 1, n.world.drops())
+        self.assertEqual((n.flows.counters.pairs, n.flows.counters.failed), (1, 0))
+        self.assertEqual(n.flows._pending, set())
+        pair = next(iter(n.flows.pairs.values()))
+        self.assertEqual(n.world.flows.entry(pair.fwd_index).rflow, pair.rev_index)
+        self.assertEqual(n.world.flows.entry(pair.rev_index).rflow, pair.fwd_index)
+
+    def test_a_failing_synchronous_channel_is_counted_not_raised(self) -> None:
+        """A bug under the embedded channel does not escape into the pkt0 reader: the
+        setup is counted as failed and logged, and the next trap is handled."""
+        n = self.node
+
+        class Broken:
+            def __call__(self, fields: dict[str, int]) -> Any:
+                raise AssertionError("not used")
+
+            def set_now(self, fields: dict[str, int]) -> tuple[int, int, int]:
+                raise RuntimeError("flow table bug")
+
+        local = n.flows.channel
+        n.flows.channel = Broken()
+        vm1, vm2 = n.vif_of(1), n.vif_of(2)
+        n.world.pipeline.receive(vm1, icmp_echo(bytes.fromhex("020000000001"), "10.1.1.3", "10.1.1.4"))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual((n.flows.counters.failed, n.flows.counters.pairs), (1, 0))
+        self.assertEqual(n.flows._pending, set())
+        n.flows.channel = local
+        n.world.pipeline.receive(vm1, icmp_echo(bytes.fromhex("020000000001"), "10.1.1.3",
+                                                "10.1.1.4", ident=2))
+        self.assertEqual(n.flows.counters.pairs, 1)
+        self.assertEqual(len(n.world.out.on(vm2)), 1, n.world.drops())
+
     def test_ping_gateway(self) -> None:
         """An echo to the gateway is answered by the agent over pkt0."""
         n = self.node
@@ -235,3 +275,15 @@ class StormTests(SynchronousTestCase):
         n.clock.advance(1)  # the budget refills
         n.world.pipeline.receive(vm1, discover(bytes.fromhex("020000000001"), 5000))
         self.assertEqual(len(n.world.out.on(vm1)), OTHER_BUDGET[1] + 1)
+
+
+class RequestTests(SynchronousTestCase):
+    def test_linked_request_is_flow_request(self) -> None:
+        """The hot path's literal request has exactly flow_request's fields and values."""
+        key = FlowKey(bytes((10, 1, 1, 3)), bytes((10, 1, 1, 4)), 6, 40000, 80, 12)
+        flags = L.FLAG_ACTIVE | L.RFLOW_VALID
+        self.assertEqual(
+            _linked_request(key, 7, 3, L.ACTION_FORWARD, 2, 15, 99, 0),
+            flow_request(key, 7, 3, L.ACTION_FORWARD, flags, flow_vrf=2, src_nh_index=15,
+                         rindex=99, drop_reason=0),
+        )

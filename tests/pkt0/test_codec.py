@@ -15,6 +15,7 @@ from vrtwist.pkt0.codec import (
     decode,
     encode_command,
     encode_trap,
+    encode_trap_fields,
     trap_header,
 )
 
@@ -44,6 +45,37 @@ class GoldenTests(SynchronousTestCase):
         self.assertEqual(frame[:14], AGENT_MAC + AGENT_MAC + b"\x08\x00")
         self.assertEqual(frame[44:], ARP)
         self.assertEqual(len(frame), 44 + len(ARP))
+
+    @given(
+        st.integers(0, 0xFFFF), st.integers(0, 0xFFFF), st.integers(0, 0xFFFF),
+        st.integers(-1, 0xFFFFFFFF), st.integers(-1, 0xFFFFFFFF),
+        st.tuples(st.integers(0, 0xFFFFFFFF), st.integers(0, 0xFFFFFFFF),
+                  st.integers(0, 0xFFFFFFFF), st.integers(0, 0x1FF)),
+    )
+    def test_fast_trap_is_the_same_bytes(
+        self, ifindex: int, vrf: int, code: int, param: int, param_1: int,
+        stats: tuple[int, int, int, int],
+    ) -> None:
+        """The datapath's one-pack trap encoder writes what encode_trap(trap_header) does."""
+        self.assertEqual(
+            encode_trap_fields(AGENT_MAC, ifindex, vrf, code, param, param_1, stats, ARP),
+            encode_trap(AGENT_MAC, trap_header(ifindex, vrf, code, param, param_1, stats), ARP),
+        )
+
+    def test_fast_trap_refuses_what_does_not_fit(self) -> None:
+        """Out-of-range fields, a short MAC or an empty frame are a Pkt0Error, not a
+        struct error or a truncated field."""
+        stats = (0, 0, 0, 0)
+        with self.assertRaises(Pkt0Error):
+            encode_trap_fields(AGENT_MAC, 0x10000, 0, 6, 0, 0, stats, ARP)
+        with self.assertRaises(Pkt0Error):
+            encode_trap_fields(AGENT_MAC, 3, 0, 6, 1 << 32, 0, stats, ARP)
+        with self.assertRaises(Pkt0Error):
+            encode_trap_fields(AGENT_MAC[:5], 3, 0, 6, 0, 0, stats, ARP)
+        with self.assertRaises(Pkt0Error):
+            encode_trap_fields(AGENT_MAC, 3, 0, 6, 0, 0, stats, b"")
+        self.assertEqual(len(encode_trap_fields(AGENT_MAC, 3, 0, 6, 0, 0, stats, ARP)),
+                         HEADER_LEN + len(ARP))
 
     def test_command_as_the_agent_writes_it(self) -> None:
         """A SWITCH command: 00..01 -> 00..02, params 0 (the agent's short form)."""

@@ -436,19 +436,24 @@ class FlowStage(PipelineCore):
             v = flows.verdict(index)
             nbytes, npackets = flows.stats(index)
             oflow = ((nbytes >> 32) & 0xFFFF) | ((npackets >> 32) & 0xFF) << 16
-            copy = pkt.clone()
-            copy.dvrf = v.vrf
-            self._trap(
-                copy,
+            # the trap is a copy of the held packet in the entry's VRF; the held packet is
+            # immutable bytes now, so its bytes are the copy (no Packet clone per miss)
+            buf = pkt.buf
+            vif = pkt.vif
+            # a decapsulated packet is trapped from the start of its frame, outer headers
+            # included (the agent reads the label or VNI from them)
+            whole = pkt.outer_src and vif.type == C.VIF_TYPE_PHYSICAL
+            frame = buf if whole or not pkt.start else buf[pkt.start :]
+            if not self.trapper.trap(
+                vif.idx,
+                v.vrf,
                 D.TRAP_FLOW_MISS if new else D.TRAP_FLOW_ACTION_HOLD,
-                param=index,
-                param_1=pkt.nh.id if pkt.nh is not None else pkt.vif.nh_id,
-                stats=(nbytes & 0xFFFFFFFF, npackets & 0xFFFFFFFF, oflow, v.gen_id),
-                # a decapsulated packet is trapped from the start of its frame, outer
-                # headers included (the agent reads the label or VNI from them)
-                frame=copy.buf if pkt.outer_src and pkt.vif.type == C.VIF_TYPE_PHYSICAL
-                else None,
-            )
+                index,
+                pkt.nh.id if pkt.nh is not None else vif.nh_id,
+                (nbytes & 0xFFFFFFFF, npackets & 0xFFFFFFFF, oflow, v.gen_id),
+                frame,
+            ):
+                self._drop(pkt, D.DROP_TRAP_NO_IF)
         return False
 
     def flow_set(self, index: int) -> None:

@@ -63,6 +63,11 @@ class KsyncClientProtocol(Protocol):
         self.connected_d: Deferred[None] = Deferred()
 
     @property
+    def closed(self) -> bool:
+        """The connection was lost: every request fails now (a new connection is needed)."""
+        return self._lost is not None or self.transport is None
+
+    @property
     def outstanding(self) -> int:
         """Netlink requests sent and not yet fully answered."""
         return len(self._waiting)

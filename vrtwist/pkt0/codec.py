@@ -31,6 +31,7 @@ __all__ = [
     "decode",
     "encode_command",
     "encode_trap",
+    "encode_trap_fields",
     "trap_header",
 ]
 
@@ -120,6 +121,35 @@ def encode_trap(agent_mac: bytes, hdr: AgentHeader, inner: bytes | memoryview) -
     if len(agent_mac) != 6:
         raise Pkt0Error(f"agent vif MAC of {len(agent_mac)} bytes")
     return _pack(agent_mac, agent_mac, hdr, inner)
+
+
+#: outer Ethernet and agent_hdr of a trap in one pack (what :func:`encode_trap` writes)
+_TRAP_HEAD: Final = struct.Struct("!6s6sH" + AGENT_HDR.format[1:])
+
+
+def encode_trap_fields(
+    agent_mac: bytes,
+    ifindex: int,
+    vrf: int,
+    code: int,
+    param: int,
+    param_1: int,
+    stats: tuple[int, int, int, int],
+    inner: bytes,
+) -> bytes:
+    """:func:`encode_trap` of :func:`trap_header`'s header, byte for byte, without the
+    header record: one pack and one concatenation per trap on the datapath's miss path."""
+    nbytes, npackets, oflow, gen = stats
+    try:
+        head = _TRAP_HEAD.pack(agent_mac, agent_mac, ETHERTYPE_PKT0, ifindex, vrf, code,
+                               param & _U32 if param < 0 else param,
+                               param_1 & _U32 if param_1 < 0 else param_1,
+                               nbytes, npackets, oflow, gen & 0xFF)
+    except struct.error as e:
+        raise Pkt0Error(f"trap header field out of range: {e}") from None
+    if len(agent_mac) != 6 or not inner:
+        raise Pkt0Error("agent vif MAC must be 6 bytes and the trapped frame not empty")
+    return head + inner
 
 
 def encode_command(

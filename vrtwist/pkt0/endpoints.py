@@ -27,8 +27,7 @@ from vrtwist.pkt0.codec import (
     Pkt0Error,
     decode,
     encode_command,
-    encode_trap,
-    trap_header,
+    encode_trap_fields,
 )
 from vrtwist.pkt0.interfaces import IPacketTrap
 from vrtwist.pkt0.transport import IPkt0Receiver, IPkt0Transport
@@ -156,8 +155,9 @@ class DatapathEndpoint:
         if self.limiter is not None and not self.limiter.allow(vif_index, code):
             self.counters.rate_limited += 1
             return False
-        hdr = trap_header(vif_index, vrf & 0xFFFF, code, param, param_1, stats)
-        if transport.send(encode_trap(agent[1], hdr, frame)):
+        frame = encode_trap_fields(agent[1], vif_index, vrf & 0xFFFF, code, param, param_1,
+                                   stats, frame)
+        if transport.send(frame):
             self.counters.traps += 1
             return True
         return False

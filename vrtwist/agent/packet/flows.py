@@ -77,7 +77,9 @@ Key = tuple[Any, ...]
 class FlowChannel(Protocol):
     """Applies one FLOW_SET (its ``vr_flow_req`` fields, as :func:`flow_request` makes
     them); fires with ``(resp_code, index, gen_id)`` from the datapath's answer, index -1
-    when the answer carried none."""
+    when the answer carried none. A channel that can answer synchronously (the embedded
+    datapath) also has ``set_now(fields) -> (resp_code, index, gen_id)``; flow setup then
+    calls that and creates no Deferred or coroutine per setup."""
 
     def __call__(self, fields: dict[str, int]) -> Deferred[tuple[int, int, int]]: ...
 
@@ -102,7 +104,8 @@ class RouteView:
         self._desired = desired
         #: vrf -> plen -> prefix int -> route fields
         self._routes: dict[int, dict[int, dict[int, dict[str, Any]]]] = {}
-        self._plens: dict[int, list[int]] = {}
+        #: vrf -> (mask, that prefix length's table), longest prefix first
+        self._plens: dict[int, list[tuple[int, dict[int, dict[str, Any]]]]] = {}
         self.changed(list(desired))
 
     def changed(self, keys: Iterable[Key]) -> None:
@@ -121,17 +124,14 @@ class RouteView:
             touched.add(vrf)
         for vrf in touched:
             table = self._routes[vrf]
-            self._plens[vrf] = sorted((p for p, t in table.items() if t), reverse=True)
+            self._plens[vrf] = [((0xFFFFFFFF << (32 - p)) & 0xFFFFFFFF, table[p])
+                                for p in sorted((p for p, t in table.items() if t), reverse=True)]
 
     def lookup(self, vrf: int, addr: bytes) -> dict[str, Any] | None:
         """The longest-prefix route to ``addr`` (4 raw bytes) in ``vrf``."""
-        table = self._routes.get(vrf)
-        if not table:
-            return None
         value = int.from_bytes(addr, "big")
-        for plen in self._plens.get(vrf, ()):
-            mask = (0xFFFFFFFF << (32 - plen)) & 0xFFFFFFFF
-            hit = table[plen].get(value & mask)
+        for mask, table in self._plens.get(vrf, ()):
+            hit = table.get(value & mask)
             if hit is not None:
                 return hit
         return None
@@ -191,9 +191,36 @@ def flow_request(
     return f
 
 
-@dataclass(frozen=True)
+def _linked_request(key: FlowKey, index: int, gen: int, action: int, vrf: int, src_nh: int,
+                    rindex: int, drop_reason: int) -> dict[str, int]:
+    """:func:`flow_request` of one flow of a pair (active, linked to ``rindex``): the
+    same fields, as one literal instead of a keyword loop, for the setup's hot path."""
+    return {
+        "fr_op": 0,
+        "fr_index": index,
+        "fr_gen_id": gen,
+        "fr_action": action,
+        "fr_flags": L.FLAG_ACTIVE | L.RFLOW_VALID,
+        "fr_ecmp_nh_index": 0xFFFFFFFF,
+        "fr_family": C.AF_INET,
+        "fr_flow_proto": key.proto,
+        "fr_flow_sport": port_to_wire(key.sport),
+        "fr_flow_dport": port_to_wire(key.dport),
+        "fr_flow_nh_id": key.nh_id,
+        "fr_flow_sip_l": int.from_bytes(key.sip, "little"),
+        "fr_flow_dip_l": int.from_bytes(key.dip, "little"),
+        "fr_flow_vrf": vrf,
+        "fr_src_nh_index": src_nh,
+        "fr_rindex": rindex,
+        "fr_drop_reason": drop_reason,
+    }
+
+
+@dataclass(slots=True)
 class FlowDecision:
-    """What the agent writes for one trapped flow."""
+    """What the agent writes for one trapped flow. Treated as immutable (the policy step
+    makes a new one with ``dataclasses.replace``); not frozen, because a frozen
+    dataclass's ``__init__`` costs three times as much, once per flow setup."""
 
     forward: FlowKey
     reverse: FlowKey | None
@@ -277,18 +304,24 @@ def tunnel_payload(frame: bytes | memoryview, l3: int, ip: IPv4) -> int | None:
     return None
 
 
+def _ipv4_of(frame: bytes | memoryview) -> tuple[int, IPv4]:
+    eth = Ethernet.parse(frame)
+    if eth.ethertype != ETH_P_IP:
+        raise PacketError("flow trap of a non-IPv4 packet")
+    return eth.length, IPv4.parse(frame, eth.length)
+
+
 def analyse(hdr: AgentHeader, frame: bytes | memoryview, routes: RouteView,
-            fabric: tuple[int, bytes] | None = None) -> FlowDecision:
+            fabric: tuple[int, bytes] | None = None,
+            parsed: tuple[int, IPv4] | None = None) -> FlowDecision:
     """The flow pair for a trapped IPv4 packet; raises PacketError for what is not one.
 
     ``fabric`` is (fabric vif, this node's fabric address): a packet trapped from the
     fabric to that address is a tunnel packet, trapped with its outer headers; its flow
-    is the inner packet's (in the VRF and with the key next hop the trap names)."""
-    eth = Ethernet.parse(frame)
-    if eth.ethertype != ETH_P_IP:
-        raise PacketError("flow trap of a non-IPv4 packet")
-    l3 = eth.length
-    ip = IPv4.parse(frame, l3)
+    is the inner packet's (in the VRF and with the key next hop the trap names).
+    ``parsed`` is (IPv4 header offset, IPv4 header) when the caller already parsed them
+    (the trap dispatcher does), so the packet is not parsed twice."""
+    l3, ip = _ipv4_of(frame) if parsed is None else parsed
     if fabric is not None and hdr.ifindex == fabric[0] and ip.dst == fabric[1]:
         inner = tunnel_payload(frame, l3, ip)
         if inner is not None:
@@ -345,7 +378,7 @@ class FlowCounters:
     revaluated: int = 0
 
 
-@dataclass
+@dataclass(slots=True)
 class _Pair:
     fwd_index: int
     fwd_gen: int
@@ -379,8 +412,10 @@ class FlowSetup:
 
     _log = Logger()
 
-    def trap_received(self, hdr: AgentHeader, frame: bytes | memoryview) -> Deferred[None] | None:
-        """Handle one FLOW_MISS / FLOW_ACTION_HOLD trap (fire-and-forget)."""
+    def trap_received(self, hdr: AgentHeader, frame: bytes | memoryview,
+                      parsed: tuple[int, IPv4] | None = None) -> Deferred[None] | None:
+        """Handle one FLOW_MISS / FLOW_ACTION_HOLD trap (fire-and-forget); ``parsed`` as
+        for :func:`analyse`. Returns None when it completed at once (or was refused)."""
         c = self.counters
         c.traps += 1
         token = (hdr.param, hdr.param_5)
@@ -392,14 +427,26 @@ class FlowSetup:
             return None
         try:
             decision = analyse(hdr, frame, self.routes,
-                               self.fabric() if self.fabric is not None else None)
+                               self.fabric() if self.fabric is not None else None, parsed)
         except PacketError:
             c.malformed += 1
             return None
         policy = self.policy
         if policy is not None and decision.reverse is not None and policy.active:
             decision = policy.apply(decision)
+        set_now = getattr(self.channel, "set_now", None)
         self._pending.add(token)
+        if set_now is not None:
+            # an embedded datapath answers at once: no Deferred, no coroutine per setup
+            try:
+                self._program_now(set_now, hdr.param, hdr.param_5, decision)
+            except Exception:  # noqa: BLE001 - as a failed Deferred would: logged, and
+                # the pkt0 reader goes on with the next trap
+                c.failed += 1
+                self._log.failure("flow setup of entry {index} failed", index=hdr.param)
+            finally:
+                self._pending.discard(token)
+            return None
         d = Deferred.fromCoroutine(self._program(hdr.param, hdr.param_5, decision))
 
         def done(result: object) -> None:
@@ -409,42 +456,74 @@ class FlowSetup:
         d.addBoth(done)
         return d
 
-    async def _program(self, index: int, gen: int, d: FlowDecision) -> None:
-        c = self.counters
+    def _program_now(self, set_now: Callable[[dict[str, int]], tuple[int, int, int]],
+                     index: int, gen: int, d: FlowDecision) -> None:
+        """:meth:`_program` for a channel that answers synchronously."""
         if d.reverse is None:
-            code, _, _ = await self.channel(flow_request(
-                d.forward, index, gen, L.ACTION_DROP, L.FLAG_ACTIVE,
-                flow_vrf=d.vrf, drop_reason=d.drop_reason))  # fmt: skip
-            if code < 0:
-                self._failed(code)
-            else:
-                c.short_flows += 1
+            self._short_done(set_now(self._short_request(index, gen, d))[0])
             return
+        code, rev_index, rev_gen = set_now(self._reverse_request(index, d))
+        if not self._reverse_ok(code, rev_index):
+            return
+        code = set_now(self._forward_request(index, gen, d, rev_index))[0]
+        self._forward_done(code, index, gen, d, rev_index, rev_gen)
+
+    async def _program(self, index: int, gen: int, d: FlowDecision) -> None:
+        if d.reverse is None:
+            code, _, _ = await self.channel(self._short_request(index, gen, d))
+            self._short_done(code)
+            return
+        code, rev_index, rev_gen = await self.channel(self._reverse_request(index, d))
+        if not self._reverse_ok(code, rev_index):
+            return
+        code, _, _ = await self.channel(self._forward_request(index, gen, d, rev_index))
+        self._forward_done(code, index, gen, d, rev_index, rev_gen)
+
+    @staticmethod
+    def _short_request(index: int, gen: int, d: FlowDecision) -> dict[str, int]:
+        """A short flow (no route one way): the forward entry alone, as DROP."""
+        return flow_request(d.forward, index, gen, L.ACTION_DROP, L.FLAG_ACTIVE,
+                            flow_vrf=d.vrf, drop_reason=d.drop_reason)
+
+    def _short_done(self, code: int) -> None:
+        if code < 0:
+            self._failed(code)
+        else:
+            self.counters.short_flows += 1
+
+    @staticmethod
+    def _reverse_request(index: int, d: FlowDecision) -> dict[str, int]:
+        """The reverse flow, written first at a new index and linked to the trapped one."""
+        assert d.reverse is not None
         rev_action = d.action if d.reverse_action < 0 else d.reverse_action
-        rev_req = flow_request(
-            d.reverse, -1, 0, rev_action, L.FLAG_ACTIVE | L.RFLOW_VALID,
-            flow_vrf=d.dvrf, src_nh_index=d.reverse_src_nh, rindex=index,
-            drop_reason=d.reverse_drop_reason)  # fmt: skip
-        code, rev_index, rev_gen = await self.channel(rev_req)
+        return _linked_request(d.reverse, -1, 0, rev_action, d.dvrf, d.reverse_src_nh, index,
+                               d.reverse_drop_reason)
+
+    def _reverse_ok(self, code: int, rev_index: int) -> bool:
         if code < 0 and -code != _EEXIST:
             self._failed(code)
-            return
+            return False
         if rev_index < 0:
             self._failed(-71)  # EPROTO: no index in the answer
-            return
-        rev_gen &= 0xFF
-        fwd_req = flow_request(
-            d.forward, index, gen, d.action, L.FLAG_ACTIVE | L.RFLOW_VALID,
-            flow_vrf=d.vrf, src_nh_index=d.src_nh, rindex=rev_index,
-            drop_reason=d.drop_reason)  # fmt: skip
-        code, _, _ = await self.channel(fwd_req)
+            return False
+        return True
+
+    @staticmethod
+    def _forward_request(index: int, gen: int, d: FlowDecision, rev_index: int) -> dict[str, int]:
+        """The forward flow at the trapped index and generation, linked to the reverse."""
+        return _linked_request(d.forward, index, gen, d.action, d.vrf, d.src_nh, rev_index,
+                               d.drop_reason)
+
+    def _forward_done(self, code: int, index: int, gen: int, d: FlowDecision,
+                      rev_index: int, rev_gen: int) -> None:
         if code < 0:
             self._failed(code)
             return
+        c = self.counters
         c.pairs += 1
         if d.action == L.ACTION_DROP:
             c.denied += 1
-        self.pairs[index] = _Pair(index, gen, d.forward, rev_index, rev_gen, d.reverse,
+        self.pairs[index] = _Pair(index, gen, d.forward, rev_index, rev_gen & 0xFF, d.reverse,
                                   last_change=self.now(), decision=d)
 
     def revaluate(self) -> list[Deferred[tuple[int, int, int]]]:

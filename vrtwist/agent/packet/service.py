@@ -36,7 +36,7 @@ from vrtwist.logfields import Logger
 from vrtwist.pkt0.endpoints import AgentEndpoint
 from vrtwist.pkt0.transport import AGENT_SOCKET, DATAPATH_SOCKET, UnixDatagramTransport
 from vrtwist.sandesh import schema
-from vrtwist.sandesh.constants import GET as _GET
+from vrtwist.sandesh.constants import FLOW_TABLE_GET
 
 __all__ = ["AgentPacketService", "KsyncFlowChannel", "LocalFlowChannel"]
 
@@ -63,59 +63,54 @@ class LocalFlowChannel:
         self._datapath = datapath
 
     def __call__(self, fields: dict[str, int]) -> Deferred[tuple[int, int, int]]:
+        return succeed(self.set_now(fields))
+
+    def set_now(self, fields: dict[str, int]) -> tuple[int, int, int]:
+        """The datapath's answer at once: flow setup uses this and skips the Deferred."""
         if self._flows is not None:
             r = self._flows.flow_set(fields)
-            return succeed((r.errno, r.index, r.gen_id))
+            return r.errno, r.index, r.gen_id
         reply = self._datapath.handle(schema.vr_flow_req(**fields))
-        return succeed(_answer(int(reply[0][0].resp_code), (o for m in reply for o in m)))
+        return _answer(int(reply[0][0].resp_code), (o for m in reply for o in m))
 
 
 class KsyncFlowChannel:
     """FLOW_SET over the agent's own ksync session to ``<run-dir>/dpdk_netlink``.
 
     Reconnects with back-off; while the datapath is away a request fails at once with
-    ``-ENOTCONN`` (the datapath keeps the HOLD entry and traps again later).  The session
-    is opened with a ``vrouter_ops`` GET and kept with one every :attr:`KEEPALIVE`
-    seconds: the datapath closes a session that sends no complete request within 10 s of
-    connecting, or none for 600 s, and flow misses may be rarer than that.
+    ``-ENOTCONN`` (the datapath keeps the HOLD entry and traps again later).  A session
+    the datapath closes as idle (600 s without a request) is replaced the same way.
     """
 
     _log = Logger()
-    KEEPALIVE = 120.0
 
     def __init__(self, reactor: Any, run_dir: str) -> None:
         endpoint = UNIXClientEndpoint(reactor, os.path.join(run_dir, "dpdk_netlink"))
         factory = Factory.forProtocol(lambda: KsyncClientProtocol(pid=os.getpid()))
-        self.service = ClientService(endpoint, factory, clock=reactor)
+        self.service = ClientService(endpoint, factory, clock=reactor,
+                                     prepareConnection=self._connected)
         self._client: KsyncClientProtocol | None = None
-        self.service.whenConnected(failAfterFailures=None).addCallback(self._connected)
-        self._keepalive = LoopingCall(self._ping)
-        self._keepalive.clock = reactor
 
     def _connected(self, client: Any) -> None:
+        """Each new session (the service reconnects by itself after the datapath closed
+        one) becomes the channel's, and asks for the flow table's description, as the
+        agent does when it maps the table. That is also the session's first frame, which
+        the datapath wants within 10 s of connecting: an agent with no flow to set up
+        would otherwise be disconnected again and again."""
         self._client = client
-        self._ping()
-        if not self._keepalive.running:
-            self._keepalive.start(self.KEEPALIVE, now=False)
+        request = schema.vr_flow_table_data(ftable_op=FLOW_TABLE_GET)
+        client.request(request).addErrback(self._probe_failed)
 
-    def _ping(self) -> None:
-        """One cheap request, so the datapath sees a live session (answer ignored)."""
-        client = self._client
-        if client is None or client.transport is None:
-            return
-        client.request(schema.vrouter_ops(h_op=_GET)).addErrback(lambda _f: None)
-
-    def stop(self) -> None:
-        """Stop the keep-alive (the ClientService is stopped by its parent)."""
-        if self._keepalive.running:
-            self._keepalive.stop()
+    def _probe_failed(self, f: Failure) -> None:
+        """A refusal is worth a warning; a session closed under the query (the agent or
+        the datapath stopping) is not: the next FLOW_SET takes a new one."""
+        if isinstance(f.value, KsyncError):
+            self._log.warn("ksync flow table query refused: {e}", e=f.value)
 
     def __call__(self, fields: dict[str, int]) -> Deferred[tuple[int, int, int]]:
         client = self._client
-        if client is None or client.transport is None:
-            self._client = None
-            self.service.whenConnected(failAfterFailures=None).addCallback(self._connected)
-            return succeed((-errno.ENOTCONN, -1, 0))
+        if client is None or client.closed:
+            return succeed((-errno.ENOTCONN, -1, 0))  # until the service reconnects
 
         def ok(resp: Any) -> tuple[int, int, int]:
             return _answer(0, resp.objects)
@@ -160,13 +155,11 @@ class AgentPacketService(MultiService):
             gid=access.gid if access is not None else None,
         )
         self.endpoint.transport = self.transport
-        self._ksync_channel: KsyncFlowChannel | None = None
         if local_datapath is not None:
             channel: Any = LocalFlowChannel(local_datapath)
         else:
             ksync = KsyncFlowChannel(reactor, run_dir)
             ksync.service.setServiceParent(self)
-            self._ksync_channel = ksync
             channel = ksync
         self.routes = RouteView(model.desired)
         self.flows = FlowSetup(self.routes, channel, reactor.seconds)
@@ -299,8 +292,6 @@ class AgentPacketService(MultiService):
         self.announcer.stop()
         self.prober.stop()
         self.resolver.stop()
-        if self._ksync_channel is not None:
-            self._ksync_channel.stop()
         self.transport.stop()
         if self._view is not None:
             self._view.close()

@@ -129,7 +129,6 @@ class PacketServices:
         except PacketError:
             c.invalid += 1
             return
-        port = self._port_of(header.ifindex)
         flow_trap = cmd in _FLOW_TRAPS
         ip: IPv4 | None = None
         l4 = 0
@@ -140,6 +139,12 @@ class PacketServices:
                 c.invalid += 1
                 return
             l4 = eth.length + ip.header_length
+            if flow_trap and self.flows is not None:
+                # the hot path: no port lookup, and flow setup reuses the parsed header
+                c.flow += 1
+                self.flows.trap_received(header, frame, (eth.length, ip))
+                return
+        port = self._port_of(header.ifindex)
         udp_ports = _udp_ports(frame, ip, l4)
         if not flow_trap and _is_dhcp(port, udp_ports):
             c.dhcp += 1
@@ -148,14 +153,7 @@ class PacketServices:
         if eth.ethertype == ETH_P_ARP:
             self._arp(header, frame, port)
             return
-        if flow_trap:
-            if ip is None or self.flows is None:
-                c.invalid += 1
-                return
-            c.flow += 1
-            self.flows.trap_received(header, frame)
-            return
-        if ip is None:
+        if flow_trap or ip is None:
             c.invalid += 1
             return
         self._ip_service(header, frame, port, ip, udp_ports)

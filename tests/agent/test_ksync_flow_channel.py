@@ -1,0 +1,62 @@
+"""The agent's ksync flow channel against a real ksync listener on a unix socket."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import reactor as _reactor
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import TestCase
+
+from vrtwist.agent.packet.flows import FlowKey, flow_request
+from vrtwist.agent.packet.service import KsyncFlowChannel
+from vrtwist.bounds import ConnectionLimits
+from vrtwist.ksync.server import listen_ksync
+from vrtwist.ksync.testing import MemoryDispatcher
+
+reactor: Any = _reactor
+
+
+async def until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
+    end = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > end:
+            raise AssertionError("condition not met in time")
+        await deferLater(reactor, 0.02, lambda: None)
+
+
+class KsyncFlowChannelTests(TestCase):
+    async def test_survives_the_first_frame_guard_and_a_closed_session(self) -> None:
+        """The channel's first frame (a flow table query) is sent on connecting, so a
+        datapath that closes silent sessions keeps it; after the datapath closes the
+        session, the next FLOW_SET goes over the service's new connection."""
+        run_dir = tempfile.mkdtemp(prefix="fs-ksync-")
+        dispatcher = MemoryDispatcher()
+        port = await listen_ksync(reactor, run_dir, dispatcher,
+                                  limits=ConnectionLimits(first_frame=0.3, partial=1.0))
+        self.addCleanup(port.stopListening)
+        channel = KsyncFlowChannel(reactor, run_dir)
+        channel.service.startService()
+        self.addCleanup(channel.service.stopService)
+
+        def queries() -> int:
+            return sum(type(r).__name__ == "vr_flow_table_data" for r in dispatcher.requests)
+
+        await until(lambda: queries() == 1)
+        await deferLater(reactor, 0.6, lambda: None)  # past the first-frame deadline
+        key = FlowKey(bytes((10, 0, 0, 1)), bytes((10, 0, 0, 2)), 6, 1000, 80, 5)
+        code, index, _ = await channel(flow_request(key, -1, 0, 2, 1))
+        self.assertEqual((code, index), (0, 0))
+        self.assertEqual(queries(), 1)  # still the first session
+
+        old = channel._client
+        assert old is not None and old.transport is not None
+        old.transport.loseConnection()  # as the datapath closing the session
+        await until(lambda: old.closed)
+        await until(lambda: queries() == 2)  # the service reconnected and queried
+        code, index, _ = await channel(flow_request(key, -1, 0, 2, 1))
+        self.assertEqual((code, index), (0, 1))
+        self.assertIsNot(channel._client, old)
