@@ -110,6 +110,20 @@ class DhcpCounters:
     by_vif: dict[int, int] = field(default_factory=dict)
 
 
+
+def _parse_request(frame: bytes | memoryview) -> D.DhcpMessage:
+    """The DHCP message of a trapped frame (Ethernet, IPv4 unfragmented, UDP)."""
+    eth = Ethernet.parse(frame)
+    if eth.ethertype != ETH_P_IP:
+        raise PacketError("not IPv4")
+    ip = IPv4.parse(frame, eth.length)
+    if ip.proto != IPPROTO_UDP or ip.is_fragment:
+        raise PacketError("not an unfragmented UDP packet")
+    l4 = eth.length + ip.header_length
+    udp = UDP.parse(frame, l4)
+    end = min(len(frame), l4 + udp.length, eth.length + ip.total_length)
+    return D.parse(memoryview(frame)[l4 + 8 : end])
+
 class DhcpServer:
     """Answers DHCPv4 requests of VM ports (sans-IO: frames in, frames out)."""
 
@@ -127,16 +141,7 @@ class DhcpServer:
         c = self.counters
         c.received += 1
         try:
-            eth = Ethernet.parse(frame)
-            if eth.ethertype != ETH_P_IP:
-                raise PacketError("not IPv4")
-            ip = IPv4.parse(frame, eth.length)
-            if ip.proto != IPPROTO_UDP or ip.is_fragment:
-                raise PacketError("not an unfragmented UDP packet")
-            l4 = eth.length + ip.header_length
-            udp = UDP.parse(frame, l4)
-            end = min(len(frame), l4 + udp.length, eth.length + ip.total_length)
-            msg = D.parse(memoryview(frame)[l4 + 8 : end])
+            msg = _parse_request(frame)
         except (PacketError, D.DhcpError):
             c.malformed += 1
             return None
@@ -151,6 +156,11 @@ class DhcpServer:
             c.unknown_client += 1
             return None
         c.by_vif[vif_index] = c.by_vif.get(vif_index, 0) + 1
+        return self._answer(port, msg)
+
+    def _answer(self, port: PortLease, msg: D.DhcpMessage) -> bytes | None:
+        """OFFER, ACK or NAK for a known client's message; None for the rest (counted)."""
+        c = self.counters
         kind = msg.message_type
         lease = lease_for(port)
         if kind == D.MSG["discover"]:
