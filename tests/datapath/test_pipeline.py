@@ -612,6 +612,21 @@ class AgentAndHostTests(SynchronousTestCase):
         self.assertEqual((vif, code, frame), (3, D.TRAP_L3_PROTOCOLS, dhcp))
         self.assertEqual(w.out.frames, [])
 
+    def test_dhcp6_solicit_trapped_and_other_ff02_udp_not(self) -> None:
+        w = self.w
+        w.vif(3, mac_="de:ad:be:ef:00:03", flags=C.VIF_FLAG_DHCP_ENABLED)
+
+        def v6(dport: int) -> bytes:
+            ip6 = bytes.fromhex("6000000000081140") + bytes.fromhex("fe80" + "00" * 13 + "03")
+            ip6 += bytes.fromhex("ff02" + "00" * 11 + "010002")
+            eth = bytes.fromhex("333300010002" "deadbeef0003" "86dd")
+            return eth + ip6 + (546).to_bytes(2, "big") + dport.to_bytes(2, "big") + bytes(4)
+        w.pipeline.receive(3, v6(547))
+        ((vif, _vrf, code, *_rest, frame),) = w.trap.traps
+        self.assertEqual((vif, code, frame), (3, D.TRAP_L3_PROTOCOLS, v6(547)))
+        w.pipeline.receive(3, v6(548))  # not DHCPv6: bridged (no route here: dropped)
+        self.assertEqual(len(w.trap.traps), 1)
+
     def test_broadcast_arp_proxied_by_the_flood_composite(self) -> None:
         w = self.w
         w.vif(3, mac_=ROUTER_MAC)

@@ -706,6 +706,11 @@ class DatapathModel:
                 return self._programmed[uuid], self._vrfs[ids.vrf].vrf_id
         return None
 
+    def ports_in_vrf(self, vrf_id: int) -> list[Port]:
+        """The ports (as programmed) of the network behind VRF ``vrf_id``."""
+        return [self._programmed[uuid] for uuid, ids in self._ports.items()
+                if self._vrfs[ids.vrf].vrf_id == vrf_id]
+
     # IGatewayProgrammer ----------------------------------------------------------------
 
     def gatewayAdded(self, gateway: Gateway) -> None:

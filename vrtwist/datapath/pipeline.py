@@ -222,6 +222,8 @@ class Pipeline(FlowStage, TunnelStage, ArpStage):
                 return
         if from_vm and multicast and pkt.type == D.VP_TYPE_IP and self._dhcp_client(pkt):
             return self._trap(pkt, D.TRAP_L3_PROTOCOLS)
+        if from_vm and multicast and pkt.type == D.VP_TYPE_IP6 and self._dhcp6_client(pkt):
+            return self._trap(pkt, D.TRAP_L3_PROTOCOLS)
         if multicast:
             if vif.mcast_vrf != 65535:
                 pkt.dvrf = vif.mcast_vrf
@@ -317,6 +319,18 @@ class Pipeline(FlowStage, TunnelStage, ArpStage):
             return False
         l4 = l3 + (buf[l3] & 0x0F) * 4
         return len(buf) - l4 >= 2 and buf[l4] == 0 and buf[l4 + 1] == 68
+
+    @staticmethod
+    def _dhcp6_client(pkt: Packet) -> bool:
+        """A DHCPv6 client message to ff02::/16 (UDP to port 547) from a vif with
+        DHCP_ENABLED (``vr_ip6_well_known_packet``); no extension headers followed."""
+        if not pkt.vif.flags & C.VIF_FLAG_DHCP_ENABLED:
+            return False
+        buf = pkt.buf
+        l3 = pkt.l3
+        if len(buf) - l3 < 48 or buf[l3 + 6] != 17 or buf[l3 + 24] != 0xFF or buf[l3 + 25] != 2:
+            return False
+        return buf[l3 + 42] == 2 and buf[l3 + 43] == 0x23
 
     def _may_flood(self, pkt: Packet) -> bool:
         if pkt.vif.flags & C.VIF_FLAG_UNKNOWN_UC_FLOOD:

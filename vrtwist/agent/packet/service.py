@@ -26,6 +26,7 @@ from twisted.python.failure import Failure
 from vrtwist.access import SocketAccess
 from vrtwist.agent.dpstate import NH, VIF, DatapathModel
 from vrtwist.agent.packet.arp import FabricResolver, PathProber
+from vrtwist.agent.packet.dns import DnsProxy, VmName
 from vrtwist.agent.packet.flowpolicy import FlowPolicy, LocalPort
 from vrtwist.agent.packet.flows import FlowSetup, RouteView
 from vrtwist.agent.packet.services import Announcer, PacketServices, VmPort
@@ -123,6 +124,8 @@ class AgentPacketService(MultiService):
         flow_age: float | None = None,
         access: SocketAccess | None = None,
         policy: PolicyConfig | None = None,
+        dns_method: str = "default-dns-server",
+        dns_upstream: list[tuple[str, int]] | None = None,
     ) -> None:
         super().__init__()
         self.reactor = reactor
@@ -156,9 +159,10 @@ class AgentPacketService(MultiService):
         self.resolver = FabricResolver(reactor, self._send_fabric, self._fabric_source,
                                        model.setFabricMac)
         self.prober = PathProber(reactor, self.endpoint.send_switch)
+        self.dns = DnsProxy(self._vm_names, _upstream(reactor, dns_upstream), dns_method)
         self.packet_services = PacketServices(self.vm_port, self.endpoint.send_switch, mac,
                                               self.flows, fabric_arp=self._fabric_arp,
-                                              vm_arp=self.prober.received)
+                                              vm_arp=self.prober.received, dns=self.dns)
         self.endpoint.handler = self.packet_services
         self.announcer = Announcer(reactor, self.endpoint.send_switch)
         self._aging = LoopingCall(self._age)
@@ -176,7 +180,13 @@ class AgentPacketService(MultiService):
         return VmPort(
             vif, vrf, bytes.fromhex(port.mac_address.replace(":", "")), port.ip_address,
             port.plen, port.gateway, port.dns_server, port.display_name, port.tx_vlan_id,
+            ip6=port.ip6_address,
         )  # fmt: skip
+
+    def _vm_names(self, vrf: int) -> list[VmName]:
+        """The VMs of the network behind ``vrf``, for the DNS answers."""
+        return [VmName(p.display_name, p.ip_address, p.ip6_address)
+                for p in self.model.ports_in_vrf(vrf)]
 
     def _local_port(self, vif: int) -> LocalPort | None:
         found = self.model.port_on_vif(vif)
@@ -280,6 +290,16 @@ class AgentPacketService(MultiService):
             self._view.close()
             self._view = None
         return super().stopService()  # type: ignore[no-any-return]
+
+
+def _upstream(reactor: Any, servers: list[tuple[str, int]] | None) -> Any:
+    """The resolver queries are forwarded to: the given servers, else the host's
+    (``/etc/resolv.conf``, re-read when it changes)."""
+    from twisted.names import client
+
+    if servers:
+        return client.Resolver(servers=servers, reactor=reactor)
+    return client.Resolver(resolv="/etc/resolv.conf", reactor=reactor)
 
 
 def held_indices(table: Any) -> list[int]:
