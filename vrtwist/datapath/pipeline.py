@@ -220,9 +220,7 @@ class Pipeline(FlowStage, TunnelStage, ArpStage):
         ):
             if self._arp_input(pkt):
                 return
-        if from_vm and multicast and pkt.type == D.VP_TYPE_IP and self._dhcp_client(pkt):
-            return self._trap(pkt, D.TRAP_L3_PROTOCOLS)
-        if from_vm and multicast and pkt.type == D.VP_TYPE_IP6 and self._dhcp6_client(pkt):
+        if from_vm and multicast and self._dhcp_any(pkt):
             return self._trap(pkt, D.TRAP_L3_PROTOCOLS)
         if multicast:
             if vif.mcast_vrf != 65535:
@@ -307,6 +305,12 @@ class Pipeline(FlowStage, TunnelStage, ArpStage):
             if vif.type == C.VIF_TYPE_PHYSICAL:
                 return vif
         return None
+
+    def _dhcp_any(self, pkt: Packet) -> bool:
+        """A DHCP (IPv4) or DHCPv6 client message the agent answers."""
+        if pkt.type == D.VP_TYPE_IP:
+            return self._dhcp_client(pkt)
+        return pkt.type == D.VP_TYPE_IP6 and self._dhcp6_client(pkt)
 
     @staticmethod
     def _dhcp_client(pkt: Packet) -> bool:

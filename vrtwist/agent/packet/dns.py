@@ -146,8 +146,8 @@ class DnsProxy:
             c.malformed += 1
             self._log.debug("dns: malformed query dropped: {e}", e=e)
             return
-        if self.method == "none" or not msg.queries:
-            self._answer(req, msg, send, rcode=dns.ESERVER if self.method == "none" else dns.EFORMAT)
+        if self.method == "none":
+            self._answer(req, msg, send, rcode=dns.ESERVER)
             return
         records = local_answer(msg.queries[0], self._names_of(vrf))
         if records is not None:
@@ -163,9 +163,10 @@ class DnsProxy:
         c.forwarded += 1
         self.outstanding += 1
         d: Deferred[Any] = self.upstream.queryUDP(msg.queries, self.timeouts)
+        d.addBoth(self._release)
         d.addCallbacks(self._relayed, self._failed,
                        callbackArgs=(req, msg, send), errbackArgs=(req, msg, send))
-        d.addBoth(self._done)
+        d.addErrback(self._broken)
 
     def _parse(self, frame: bytes | memoryview, vm_mac: bytes,
                vlan: int) -> tuple[_Request, dns.Message]:
@@ -183,8 +184,8 @@ class DnsProxy:
             raise PacketError(f"DNS message of {len(data)} bytes")
         msg = dns.Message()
         msg.fromStr(data)
-        if msg.answer:
-            raise ValueError("a response, not a query")
+        if msg.answer or not msg.queries:
+            raise ValueError("a response, or no question")
         return _Request(ip, udp.sport, udp.dport, vm_mac, vlan), msg
 
     def _answer(self, req: _Request, query: dns.Message, send: Callable[[bytes], object], *,
@@ -215,8 +216,9 @@ class DnsProxy:
             self._log.info("dns: upstream failed: {f}", f=failure.getErrorMessage())
         self._answer(req, query, send, rcode=dns.ESERVER)
 
-    def _done(self, result: object) -> None:
+    def _broken(self, failure: Failure) -> None:
+        self._log.failure("dns: relaying an answer", failure)
+
+    def _release(self, result: object) -> object:
         self.outstanding -= 1
-        if isinstance(result, Failure):
-            self._log.failure("dns: relaying an answer", result)
-        return None
+        return result

@@ -159,7 +159,8 @@ class AgentPacketService(MultiService):
         self.resolver = FabricResolver(reactor, self._send_fabric, self._fabric_source,
                                        model.setFabricMac)
         self.prober = PathProber(reactor, self.endpoint.send_switch)
-        self.dns = DnsProxy(self._vm_names, _upstream(reactor, dns_upstream), dns_method)
+        self.dns = DnsProxy(self._vm_names, None, dns_method)
+        self._dns_upstream = dns_upstream
         self.packet_services = PacketServices(self.vm_port, self.endpoint.send_switch, mac,
                                               self.flows, fabric_arp=self._fabric_arp,
                                               vm_arp=self.prober.received, dns=self.dns)
@@ -248,6 +249,8 @@ class AgentPacketService(MultiService):
         except OSError as e:
             self._log.error("pkt0: cannot bind {path}: {e}", path=self.transport.local_path, e=e)
             raise
+        if self.dns.method != "none":
+            self.dns.upstream = _upstream(self.reactor, self._dns_upstream)
         self._aging.start(AGE_SCAN_INTERVAL, now=False)
         self._flow_view()  # mapped now, not in the middle of traffic (when it exists)
         self._audit.start(AUDIT_SCAN_INTERVAL, now=False)
@@ -292,14 +295,24 @@ class AgentPacketService(MultiService):
         return super().stopService()  # type: ignore[no-any-return]
 
 
-def _upstream(reactor: Any, servers: list[tuple[str, int]] | None) -> Any:
+def _upstream(reactor: Any, servers: list[tuple[str, int]] | None,
+              resolv_conf: str = "/etc/resolv.conf") -> Any:
     """The resolver queries are forwarded to: the given servers, else the host's
-    (``/etc/resolv.conf``, re-read when it changes)."""
+    (read from ``resolv.conf`` when the agent starts; 127.0.0.1 when it names none)."""
     from twisted.names import client
 
-    if servers:
-        return client.Resolver(servers=servers, reactor=reactor)
-    return client.Resolver(resolv="/etc/resolv.conf", reactor=reactor)
+    if not servers:
+        servers = []
+        try:
+            with open(resolv_conf, encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    words = line.split()
+                    if len(words) >= 2 and words[0] == "nameserver":
+                        servers.append((words[1], 53))
+        except OSError:
+            pass
+        servers = servers or [("127.0.0.1", 53)]
+    return client.Resolver(servers=servers, reactor=reactor)
 
 
 def held_indices(table: Any) -> list[int]:
