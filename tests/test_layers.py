@@ -32,6 +32,7 @@ CODEC_MODULES = (
     "vrtwist.vpnkit.frames",
     "vrtwist.vsock.proxyv2",
     "vrtwist.vic.vmware_ext",
+    "vrtwist.vic.vmotion",
     "vrtwist.shmem.layout",
     "vrtwist.shmem.entries",
     "vrtwist.shmem.jhash",

@@ -655,7 +655,7 @@ class ScheduledKickTests(SynchronousTestCase):
         sync = DatapathSync(model, schedule=lambda f: clock.callLater(0, f))
         sync.attach(LocalChannel(dp))
         clock.advance(0)
-        started, sent = sync._started, sync.requests_sent
+        started, sent = sync.flight.started, sync.requests_sent
         flushed: list[object] = []
         model.portAdded(port_from_json(port_body(1)))
         sync.whenFlushed().addCallback(flushed.append)
@@ -664,7 +664,7 @@ class ScheduledKickTests(SynchronousTestCase):
         idle: list[object] = []
         sync.whenIdle().addCallback(idle.append)
         clock.advance(0)
-        self.assertEqual(sync._started - started, 1)
+        self.assertEqual(sync.flight.started - started, 1)
         self.assertEqual((flushed, idle, sync.errors), ([None], [None], {}))
         self.assertEqual({v.name for v in dp.tables.interfaces.values()} >= {"tapv1", "tapv2"},
                          True)

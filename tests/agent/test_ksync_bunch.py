@@ -145,14 +145,14 @@ class SyncOverBunchesTests(SynchronousTestCase):
                 self.model.addRemoteRoute(vrf, f"10.9.{i >> 8}.{i & 255}", 32, "192.0.2.7",
                                           100 + i)
         # only the window's worth is sent before any answer came back
-        self.assertLessEqual(sync._in_flight, 2 * BUNCH + BUNCH)
+        self.assertLessEqual(sync.flight.in_flight, 2 * BUNCH + BUNCH)
         sent_before = self.channel.bunches
         idle: list[object] = []
         sync.whenIdle().addCallback(idle.append)
         self.loop.pump()
         self.assertEqual(idle, [None])
         self.assertGreater(self.channel.bunches, sent_before)
-        self.assertEqual(sync._in_flight, 0)
+        self.assertEqual(sync.flight.in_flight, 0)
         self.assertEqual(sync.errors, {})
         self.assertEqual(set(sync.applied), set(self.model.desired))
         vrf_id = self.model.vrf_id_of(port.vn_id)
@@ -174,10 +174,10 @@ class SyncOverBunchesTests(SynchronousTestCase):
         sync = DatapathSync(self.model)
         sync.attach(self.channel)
         self.model.portAdded(port_from_json(port_body(1)))
-        self.assertGreater(sync._in_flight, 0)
+        self.assertGreater(sync.flight.in_flight, 0)
         self.proto.connectionLost(Failure(ConnectionError("gone")))
         sync.attach(None)
-        self.assertEqual(sync._in_flight, 0)
+        self.assertEqual(sync.flight.in_flight, 0)
         self.assertTrue(sync.dirty)
 
     def test_session_lost_while_waiting_for_window_room(self) -> None:
@@ -196,4 +196,4 @@ class SyncOverBunchesTests(SynchronousTestCase):
         self.assertTrue(sync._running)  # waiting for room in the window
         self.proto.connectionLost(Failure(ConnectionError("gone")))
         self.assertFalse(sync._running)
-        self.assertEqual(sync._in_flight, 0)
+        self.assertEqual(sync.flight.in_flight, 0)

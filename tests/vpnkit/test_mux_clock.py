@@ -22,7 +22,7 @@ class MuxClockTests(SynchronousTestCase):
         t = StringTransport()
         mux.makeConnection(t)
         before = t.value()
-        mux._write_lazy(b"lazy")
+        mux.writer.write_lazy(b"lazy")
         self.assertEqual(t.value(), before)
         self.assertEqual(len(clock.getDelayedCalls()), 1)
         clock.advance(LAZY_CLOSE_DELAY)
@@ -32,6 +32,6 @@ class MuxClockTests(SynchronousTestCase):
         mux = Multiplexer(None)
         t = StringTransport()
         mux.makeConnection(t)
-        e = self.assertRaises(RuntimeError, mux._write_lazy, b"lazy")
+        e = self.assertRaises(RuntimeError, mux.writer.write_lazy, b"lazy")
         self.assertIn("clock", str(e))
-        self.assertEqual(mux._lazy, [b"lazy"])  # the frame is kept for the next write
+        self.assertEqual(mux.writer.lazy, [b"lazy"])  # the frame is kept for the next write

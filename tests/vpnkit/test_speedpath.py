@@ -289,10 +289,10 @@ class LazyCloseTests(SynchronousTestCase):
         pair, acc, clock, ch = self._pair()
         acc.accepted[0][0].loseConnection()
         pair.pump()
-        self.assertEqual(len(pair.b._lazy), 1)
+        self.assertEqual(len(pair.b.writer.lazy), 1)
         pair.b.connectionLost(Failure_done())
         self.assertEqual(clock.getDelayedCalls(), [])
-        self.assertEqual(pair.b._lazy, [])
+        self.assertEqual(pair.b.writer.lazy, [])
 
     def test_lose_link_sends_it_first(self) -> None:
         pair, acc, clock, ch = self._pair()

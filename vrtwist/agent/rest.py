@@ -346,7 +346,7 @@ class PortApi:
         def get() -> dict[str, Any]:
             g = self.policy.groups.get(_uuid(uuid))
             if g is None:
-                raise ApiError(404, f"security group {uuid.lower()} not found")
+                raise RestApiError(404, f"security group {uuid.lower()} not found")
             return g.to_json()
         return self._call(request, get)
 
@@ -365,10 +365,10 @@ class PortApi:
         def delete() -> dict[str, Any]:
             key = _uuid(uuid)
             if key not in self.policy.groups:
-                raise ApiError(404, f"security group {key} not found")
+                raise RestApiError(404, f"security group {key} not found")
             users = sorted(p for p, gs in self.policy.port_groups.items() if key in gs)
             if users:
-                raise ApiError(409, f"security group {key} is used by port(s) "
+                raise RestApiError(409, f"security group {key} is used by port(s) "
                                     f"{', '.join(users)}")
             return self._change_policy(lambda: self.policy.delete_group(key))
         return self._call(request, delete)
@@ -400,7 +400,7 @@ class PortApi:
         def get() -> dict[str, Any]:
             p = self.policy.policies.get(name)
             if p is None:
-                raise ApiError(404, f"network policy {name!r} not found")
+                raise RestApiError(404, f"network policy {name!r} not found")
             return p.to_json()
         return self._call(request, get)
 
@@ -418,7 +418,7 @@ class PortApi:
         """DELETE /network-policies/<name>: 404 when unknown."""
         def delete() -> dict[str, Any]:
             if name not in self.policy.policies:
-                raise ApiError(404, f"network policy {name!r} not found")
+                raise RestApiError(404, f"network policy {name!r} not found")
             return self._change_policy(lambda: self.policy.delete_policy(name))
         return self._call(request, delete)
 

@@ -150,6 +150,38 @@ class BridgeRoutesInMemory:
         found = self.entries.get((vrf, bytes(mac)))
         return found[0] if found is not None else None
 
+    def learn(self, vrf: int, mac: bytes, nh_id: int) -> int:
+        """A learnt MAC (flag MAC_NEW), bounded like the shared table by its entry count."""
+        config = self.datapath.config
+        if len(self.entries) >= config.bridge_entries + config.oflow_bridge_entries:
+            return -1
+        key = (vrf, bytes(mac))
+        if key in self.entries:
+            return -1
+        nh = self.datapath.tables.hold_nexthop(nh_id)
+        if nh is None:
+            return -1
+        index = self._next_index
+        self._next_index += 1
+        self.entries[key] = (
+            index,
+            {
+                "rtr_family": C.AF_BRIDGE,
+                "rtr_vrf_id": vrf,
+                "rtr_mac": key[1],
+                "rtr_nh_id": nh_id,
+                "rtr_label": 0,
+                "rtr_label_flags": C.VR_BE_VALID_FLAG | C.VR_BE_MAC_NEW_FLAG,
+                "rtr_index": index,
+            },
+        )
+        return index
+
+    def mark_moved(self, vrf: int, mac: bytes) -> None:
+        found = self.entries.get((vrf, bytes(mac)))
+        if found is not None:
+            found[1]["rtr_label_flags"] |= C.VR_BE_MAC_MOVED_FLAG
+
     def reset(self) -> None:
         tables = self.datapath.tables
         for _, fields in self.entries.values():

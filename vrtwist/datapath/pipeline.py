@@ -38,9 +38,11 @@ from vrtwist.datapath.pipeline_flows import FlowStage
 from vrtwist.datapath.pipeline_tunnels import TunnelStage
 from vrtwist.datapath.tables import Interface, NextHop
 from vrtwist.packet.checksum import checksum, checksum_update16
+from vrtwist.shmem.interfaces import IFlowDatapath
 from vrtwist.shmem.jhash import jhash
 
-__all__ = ["Pipeline", "Packet"]
+__all__ = ["Packet", "Pipeline"]
+ZERO_MAC = bytes(6)
 
 
 @implementer(IPacketPipeline)
@@ -73,6 +75,9 @@ class Pipeline(FlowStage, TunnelStage, ArpStage):
         self.flow_last_used.clear()
         self._port_cache.clear()
         self.vrf_stats.clear()
+        self.frag_table.clear()
+        self.frag_assembler.clear()
+        self.frag_release.clear()
 
     def receive(self, vif_index: int, frame: Frame) -> None:
         vif = self.tables.interfaces.get(vif_index)
@@ -105,6 +110,8 @@ class Pipeline(FlowStage, TunnelStage, ArpStage):
             self._vlan_rx(pkt, vif)
         else:
             self._drop(pkt, D.DROP_INVALID_IF)
+        if self.frag_release:
+            self.release_fragments()
 
     def _sub_vif(self, parent: Interface, vlan: int) -> Interface | None:
         """The VIRTUAL_VLAN sub-interface of ``parent`` for ``vlan`` (``vif_sub_interfaces``)."""
@@ -209,19 +216,20 @@ class Pipeline(FlowStage, TunnelStage, ArpStage):
         if pkt.to_me:
             return self._l3_input(pkt)
         vif = pkt.vif
+        if vif.flags & C.VIF_FLAG_MAC_LEARN or (
+            pkt.nh is not None and pkt.nh.flags & C.NH_FLAG_MAC_LEARN
+        ):
+            self._bridge_learn(pkt)
         buf = pkt.buf
         off = pkt.off
         from_vm = vif.type == C.VIF_TYPE_VIRTUAL
         multicast = pkt.flags & D.VP_FLAG_MULTICAST
         if (
             from_vm
-            and pkt.type == D.VP_TYPE_ARP
-            and (not multicast or vif.flags & C.VIF_FLAG_MAC_PROXY)
+            and (multicast or pkt.type == D.VP_TYPE_ARP)
+            and self._vm_bridge_control(pkt, vif, multicast)
         ):
-            if self._arp_input(pkt):
-                return
-        if from_vm and multicast and self._dhcp_any(pkt):
-            return self._trap(pkt, D.TRAP_L3_PROTOCOLS)
+            return
         if multicast:
             if vif.mcast_vrf != 65535:
                 pkt.dvrf = vif.mcast_vrf
@@ -254,6 +262,58 @@ class Pipeline(FlowStage, TunnelStage, ArpStage):
         ):
             return self._drop(pkt, D.DROP_INVALID_SOURCE)
         self._nh_output(pkt, nh)
+
+    def _vm_bridge_control(self, pkt: Packet, vif: Interface, multicast: int) -> bool:
+        """Step 2 of ``vr_bridge_input`` for a VM's ARP and multicast: True if consumed.
+
+        Unicast ARP (any ARP with MAC_PROXY) is answered, a DHCP client's broadcast is
+        trapped, and with MAC_PROXY a multicast neighbour solicitation is answered.
+        """
+        ptype = pkt.type
+        if ptype == D.VP_TYPE_ARP:
+            return (not multicast or bool(vif.flags & C.VIF_FLAG_MAC_PROXY)) and self._arp_input(
+                pkt
+            )
+        if ptype == D.VP_TYPE_IP:
+            if self._dhcp_client(pkt):
+                self._trap(pkt, D.TRAP_L3_PROTOCOLS)
+                return True
+            return False
+        return (
+            ptype == D.VP_TYPE_IP6
+            and bool(vif.flags & C.VIF_FLAG_MAC_PROXY)
+            and self._neighbor_input(pkt)
+        )
+
+    def _bridge_learn(self, pkt: Packet) -> None:
+        """``vr_bridge_learn``: an unknown source MAC gets an entry pointing at the
+        broadcast entry's next hop (MAC_NEW) and is trapped MAC_LEARN; a known one that
+        fails its source check is flagged MAC_MOVED and trapped MAC_MOVE. The frame itself
+        goes on either way. The table's size bounds what a storm of source MACs can take,
+        the per-vif trap budget what it can send to the agent."""
+        buf = pkt.buf
+        at = pkt.off + 6
+        smac = bytes(buf[at : at + 6])
+        if smac[0] & 1 or smac == ZERO_MAC:
+            return
+        vrf = pkt.dvrf
+        hit = self.bridge_lookup(vrf, smac)
+        bridge = self.datapath.bridge
+        if hit is None:
+            flood = self.bridge_lookup(vrf, BCAST)
+            if flood is None:
+                return
+            index = bridge.learn(vrf, smac, flood[1])
+            if index >= 0:
+                self._trap(pkt, D.TRAP_MAC_LEARN, param=index)
+            return
+        if hit[3] & (C.VR_BE_MAC_NEW_FLAG | C.VR_BE_MAC_MOVED_FLAG):
+            return  # the agent has been told already
+        nh = self.tables.nexthops.get(hit[1])
+        if nh is None or self._validate_src(pkt, nh):
+            return
+        bridge.mark_moved(vrf, smac)
+        self._trap(pkt, D.TRAP_MAC_MOVE, param=hit[0])
 
     def _mss_adjust(self, pkt: Packet, overlay: int) -> None:
         """TCP MSS clamp of a SYN from a VM (the DPDK vRouter's ``vr_mss_adjust``).
@@ -306,12 +366,6 @@ class Pipeline(FlowStage, TunnelStage, ArpStage):
                 return vif
         return None
 
-    def _dhcp_any(self, pkt: Packet) -> bool:
-        """A DHCP (IPv4) or DHCPv6 client message the agent answers."""
-        if pkt.type == D.VP_TYPE_IP:
-            return self._dhcp_client(pkt)
-        return pkt.type == D.VP_TYPE_IP6 and self._dhcp6_client(pkt)
-
     @staticmethod
     def _dhcp_client(pkt: Packet) -> bool:
         """A DHCP client packet (UDP source port 68) from a vif with DHCP_ENABLED."""
@@ -323,18 +377,6 @@ class Pipeline(FlowStage, TunnelStage, ArpStage):
             return False
         l4 = l3 + (buf[l3] & 0x0F) * 4
         return len(buf) - l4 >= 2 and buf[l4] == 0 and buf[l4 + 1] == 68
-
-    @staticmethod
-    def _dhcp6_client(pkt: Packet) -> bool:
-        """A DHCPv6 client message to ff02::/16 (UDP to port 547) from a vif with
-        DHCP_ENABLED (``vr_ip6_well_known_packet``); no extension headers followed."""
-        if not pkt.vif.flags & C.VIF_FLAG_DHCP_ENABLED:
-            return False
-        buf = pkt.buf
-        l3 = pkt.l3
-        if len(buf) - l3 < 48 or buf[l3 + 6] != 17 or buf[l3 + 24] != 0xFF or buf[l3 + 25] != 2:
-            return False
-        return buf[l3 + 42] == 2 and buf[l3 + 43] == 0x23
 
     def _may_flood(self, pkt: Packet) -> bool:
         if pkt.vif.flags & C.VIF_FLAG_UNKNOWN_UC_FLOOD:
@@ -348,6 +390,8 @@ class Pipeline(FlowStage, TunnelStage, ArpStage):
         if pkt.type == D.VP_TYPE_IP:
             return self._ip_input(pkt)
         if pkt.type == D.VP_TYPE_IP6:
+            if pkt.buf[pkt.l3 + 6 : pkt.l3 + 7] == b"\x3a" and self._neighbor_input(pkt):
+                return  # a solicitation to the router's MAC answered by proxy
             return self._forward(pkt)
         if pkt.type == D.VP_TYPE_ARP:
             pkt.off = pkt.start
@@ -488,11 +532,10 @@ class Pipeline(FlowStage, TunnelStage, ArpStage):
             return self._ecmp(pkt, nh)
         if (
             nh.flags & C.NH_FLAG_MCAST
-            and pkt.type == D.VP_TYPE_ARP
             and pkt.vif.type == C.VIF_TYPE_VIRTUAL
-            and self._arp_input(pkt)
+            and self._mcast_control(pkt)
         ):
-            return  # nh_handle_mcast_control_pkt: a broadcast ARP answered by proxy
+            return  # nh_handle_mcast_control_pkt: answered by proxy or given to the agent
         members = [(c, label) for c, label in nh.components if c is not None]
         ingress = pkt.vif
         sent = False
@@ -508,6 +551,12 @@ class Pipeline(FlowStage, TunnelStage, ArpStage):
         self._vrf_count(pkt.dvrf, "l2_mcast_composites")
         self._drop(pkt, D.DROP_CLONED_ORIGINAL if sent else D.DROP_DISCARD)
 
+    def _mcast_control(self, pkt: Packet) -> bool:
+        """A VM's ARP or IPv6 control packet in the multicast next hop: True if consumed."""
+        if pkt.type == D.VP_TYPE_ARP:
+            return self._arp_input(pkt)
+        return pkt.type == D.VP_TYPE_IP6 and self._ip6_mcast_control(pkt)
+
     @staticmethod
     def _replica(pkt: Packet, label: int) -> Packet:
         p = pkt.clone()
@@ -522,9 +571,11 @@ class Pipeline(FlowStage, TunnelStage, ArpStage):
             return self._drop(pkt, D.DROP_INVALID_NH)
         index = pkt.ecmp_nh_index
         if not 0 <= index < count:
-            index = self._ecmp_hash(pkt) % count
+            index = self._ecmp_select(pkt, nh, count)
+            if index < 0:
+                return self._drop(pkt, D.DROP_INVALID_NH)
         member, label = nh.components[index]
-        if member is None:
+        if member is None:  # the flow's member went away: an active one instead
             active = [(c, lb) for c, lb in nh.components if c is not None]
             if not active:
                 return self._drop(pkt, D.DROP_INVALID_NH)
@@ -533,6 +584,51 @@ class Pipeline(FlowStage, TunnelStage, ArpStage):
             pkt.label = label
         self._vrf_count(pkt.dvrf, "ecmp_composites")
         self._nh_output(pkt, member)
+
+    def _ecmp_select(self, pkt: Packet, nh: NextHop, count: int) -> int:
+        """``nh_composite_ecmp_select_nh`` without a usable index from the flow.
+
+        A flow's packets first try the member its reverse flow came in on, then the
+        hash; an empty slot falls back to the active members. The choice is written
+        into the flow entry (``fe_ecmp_nh_index``) so later packets skip all this.
+        """
+        components = nh.components
+        flows = self.flows
+        flow_index = pkt.flow_index
+        index = -1
+        if flow_index >= 0 and flows is not None:
+            index = self._ecmp_reverse_member(flows, flow_index, components)
+        if index < 0:
+            index = self._ecmp_hash(pkt) % count
+            if components[index][0] is None:
+                active = [i for i, (c, _lb) in enumerate(components) if c is not None]
+                if not active:
+                    return -1
+                index = active[self._ecmp_hash(pkt) % len(active)]
+        if flow_index >= 0 and flows is not None:
+            flows.set_ecmp_index(flow_index, index)
+            pkt.ecmp_nh_index = index
+        return index
+
+    @staticmethod
+    def _ecmp_reverse_member(
+        flows: IFlowDatapath, flow_index: int, components: list[tuple[NextHop | None, int]]
+    ) -> int:
+        """The member leading back to where the reverse flow's packets came from, or -1."""
+        rflow = flows.verdict(flow_index).rflow
+        if rflow < 0 or rflow == flow_index:
+            return -1
+        src = flows.src_info(rflow)
+        if src < 0:
+            return -1
+        for i, (member, _label) in enumerate(components):
+            if member is None:
+                continue
+            if member.type == C.NH_TUNNEL and member.tun_dip & 0xFFFFFFFF == src:
+                return i
+            if member.type == C.NH_ENCAP and member.oif is not None and member.oif.idx == src:
+                return i
+        return -1
 
     def _ecmp_hash(self, pkt: Packet) -> int:
         key = self._flow_key(pkt)

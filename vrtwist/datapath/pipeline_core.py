@@ -21,6 +21,7 @@ from vrtwist.datapath import pipeline_defs as D
 from vrtwist.datapath.dispatcher import BridgeRoutesInMemory, Datapath
 from vrtwist.datapath.droplog import DropRecord
 from vrtwist.datapath.interfaces import IFrameOutput, IPacketTrap
+from vrtwist.datapath.pipeline_frag import FragKey, FragmentAssembler, FragmentTable
 from vrtwist.datapath.routes import RouteEntry
 from vrtwist.datapath.tables import Interface, NextHop
 from vrtwist.packet.checksum import checksum
@@ -142,6 +143,11 @@ class PipelineCore:
         self.vrf_stats: defaultdict[tuple[int, str], int] = defaultdict(int)
         #: inner 5-tuple + VRF -> UDP source port (the jhash is the costly part)
         self._port_cache: dict[tuple[int, int, int, int, int], int] = {}
+        #: IPv4 fragments: ports by (VRF, addresses, IP id), and those awaiting their first
+        self.frag_table = FragmentTable()
+        self.frag_assembler: FragmentAssembler[Packet] = FragmentAssembler()
+        #: keys whose first fragment has just been seen (released after it went on)
+        self.frag_release: list[FragKey] = []
 
     def _classify(self, pkt: Packet) -> bool:
         """``vr_pkt_type``: multicast flag, 802.1Q tags skipped, type from the EtherType."""
@@ -356,6 +362,22 @@ class PipelineCore:
 
     def _nh_output(self, pkt: Packet, nh: NextHop) -> None:
         raise NotImplementedError
+
+    def _neighbor_input(self, pkt: Packet) -> bool:
+        raise NotImplementedError
+
+    def _validate_src(self, pkt: Packet, nh: NextHop) -> bool:
+        raise NotImplementedError
+
+    def _reinject(self, pkt: Packet) -> None:
+        raise NotImplementedError
+
+    def _fragment_ports(self, pkt: Packet, l4: int, proto: int, lookup: bool) -> bytes | None:
+        raise NotImplementedError
+
+    def _flow_key_ports(self, pkt: Packet, l4: int, proto: int) -> bytes:
+        """Key ports of an IPv4 fragment as the fragment table knows them (read only)."""
+        return self._fragment_ports(pkt, l4, proto, False) or bytes(4)
 
 
 def ip4_header(length: int, ident: int, proto: int, sip: bytes, dip: bytes) -> bytes:

@@ -40,9 +40,11 @@ DROP_INVALID_VNID = 35
 DROP_FRAGMENTS = 36
 DROP_INVALID_SOURCE = 37
 DROP_L2_NO_ROUTE = 38
+DROP_FRAGMENT_QUEUE_FAIL = 39
 DROP_NEW_FLOWS = 42
 DROP_FLOW_EVICT = 43
 DROP_PKT_LOOP = 47
+DROP_NO_FRAG_ENTRY = 50
 DROP_ICMP_ERROR = 51
 
 _SPECIAL = {"FRAGMENTS": "frag_err", "NEW_FLOWS": "drop_new_flow"}
@@ -53,8 +55,16 @@ def _counter(name: str) -> str:
     return _SPECIAL.get(short, short.lower())
 
 
+def _reason_ids() -> list[str]:
+    """Reason names by id: the drop log's name map has no INVALID_HBS_PKT (49), the ids do."""
+    names = list(DROP_REASONS[1:-1])
+    if "VP_DROP_INVALID_HBS_PKT" not in names:
+        names.insert(names.index("VP_DROP_NO_FRAG_ENTRY"), "VP_DROP_INVALID_HBS_PKT")
+    return names
+
+
 #: reason id -> the ``vr_drop_stats_req`` field name without its ``vds_`` prefix
-DROP_COUNTER: tuple[str, ...] = tuple(_counter(n) for n in DROP_REASONS[1:-1])
+DROP_COUNTER: tuple[str, ...] = tuple(_counter(n) for n in _reason_ids())
 
 # AGENT_TRAP_* codes (agent_hdr.hdr_cmd)
 TRAP_ARP = 2
@@ -69,6 +79,8 @@ TRAP_ZERO_TTL = 12
 TRAP_ICMP_ERROR = 13
 TRAP_FLOW_ACTION_HOLD = 15
 TRAP_ROUTER_ALERT = 16
+TRAP_MAC_LEARN = 17
+TRAP_MAC_MOVE = 18
 #: ``VR_AGENT_MIN_PACKET_LEN``: HANDLE_DF and ZERO_TTL copies are cut to this
 AGENT_MIN_PACKET_LEN = 190
 
@@ -88,6 +100,8 @@ VP_FLAG_FLOW_GET = 0x4
 VP_FLAG_FLOW_SET = 0x8
 VP_FLAG_MULTICAST = 0x10
 VP_FLAG_DIAG = 0x100
+#: vrtwist's own: a fragment the assembler let go (not sent back there)
+VP_FLAG_FRAG_RELEASED = 0x10000
 
 VLAN_ID_INVALID = 0xFFFF
 #: ``VR_MAX_FLOW_QUEUE_ENTRIES``: packets held per HOLD flow

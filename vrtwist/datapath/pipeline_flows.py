@@ -41,15 +41,49 @@ __all__ = ["FlowStage"]
 
 _FLOW_KEY6 = struct.Struct("<BBH4sI32s")
 _SEQ_ACK = struct.Struct("!II")
+_ECMP_FLAGS = C.NH_FLAG_COMPOSITE_ECMP | C.NH_FLAG_COMPOSITE_LU_ECMP
 #: ICMP/ICMPv6 types whose identifier makes the source port (echo, timestamp, mask)
 _ICMP_ID_TYPES = frozenset((0, 8, 13, 14, 17, 18, 128, 129))
+
+
+def _icmp_ports(buf: bytes | bytearray | memoryview, l4: int) -> bytes:
+    """ICMP's key ports: the identifier of echo and the like as source, else the type."""
+    itype = buf[l4]
+    if itype in _ICMP_ID_TYPES:
+        return bytes(buf[l4 + 4 : l4 + 6]) + b"\x00\x00"
+    return b"\x00\x00" + bytes((itype, 0))
+
+
+def _l4_ports(buf: bytes | bytearray | memoryview, l4: int, proto: int) -> bytes:
+    """The key ports of an IPv4 first fragment (as ``_flow_key`` reads them)."""
+    if proto in (6, 17, 132):
+        return bytes(buf[l4 : l4 + 4]) if len(buf) - l4 >= 4 else ZERO4
+    if proto == 1 and len(buf) - l4 >= 8:
+        return _icmp_ports(buf, l4)
+    return ZERO4
+
+
+def _tunnelled(buf: bytes | bytearray | memoryview, l3: int) -> bool:
+    """GRE, or UDP to an MPLS or VXLAN port: a fabric packet to decapsulate, not flowed."""
+    proto = buf[l3 + 9]
+    if proto == 47:
+        return True
+    if proto != 17:
+        return False
+    l4 = l3 + (buf[l3] & 0x0F) * 4
+    return len(buf) - l4 >= 4 and U16.unpack_from(buf, l4 + 2)[0] in (6635, 51234, 4789)
 
 
 class FlowStage(PipelineCore):
     """The flow stage and mirroring (``dp-core/vr_flow.c``, ``vr_mirror.c``)."""
 
-    def _flow_key(self, pkt: Packet) -> bytes | None:
-        """The flow key (KS 5.5): 20 bytes for IPv4, 44 for IPv6; None: no flow."""
+    def _flow_key(self, pkt: Packet, lookup: bool = False) -> bytes | None:
+        """The flow key (KS 5.5): 20 bytes for IPv4, 44 for IPv6; None: no flow.
+
+        IPv4 fragments take their ports from the fragment table; with ``lookup`` (the
+        flow stage) the first one fills it and a later one whose first has not been seen
+        is held or dropped, which returns b"" (the packet is consumed).
+        """
         buf = pkt.buf
         l3 = pkt.l3
         if pkt.type == D.VP_TYPE_IP:
@@ -57,26 +91,26 @@ class FlowStage(PipelineCore):
                 return None
             proto = buf[l3 + 9]
             l4 = l3 + (buf[l3] & 0x0F) * 4
-            first = not ((buf[l3 + 6] & 0x1F) << 8) | buf[l3 + 7]
+            frag = ((buf[l3 + 6] & 0x3F) << 8) | buf[l3 + 7]  # MF or an offset
             icmp = 1
         else:
             if len(buf) - l3 < 40:
                 return None
             proto = buf[l3 + 6]
             l4 = l3 + 40
-            first = True
+            frag = 0
             icmp = 58
         ports = ZERO4
-        if first:
-            if proto == 6 or proto == 17 or proto == 132:
-                if len(buf) - l4 >= 4:
-                    ports = bytes(buf[l4 : l4 + 4])
-            elif proto == icmp and len(buf) - l4 >= 8:
-                itype = buf[l4]
-                if itype in _ICMP_ID_TYPES:  # echo and the like: the id is the source port
-                    ports = bytes(buf[l4 + 4 : l4 + 6]) + b"\x00\x00"
-                else:
-                    ports = b"\x00\x00" + bytes((itype, 0))
+        if frag:
+            found = self._fragment_ports(pkt, l4, proto, lookup)
+            if found is None:
+                return b""
+            ports = found
+        elif proto == 6 or proto == 17 or proto == 132:
+            if len(buf) - l4 >= 4:
+                ports = bytes(buf[l4 : l4 + 4])
+        elif proto == icmp and len(buf) - l4 >= 8:
+            ports = _icmp_ports(buf, l4)
         vif = pkt.vif
         nh_id = vif.nh_id
         if vif.type == C.VIF_TYPE_PHYSICAL and pkt.nh is not None:
@@ -95,44 +129,99 @@ class FlowStage(PipelineCore):
             return True
         if not (flags & D.VP_FLAG_FLOW_GET or vif.flags & C.VIF_FLAG_POLICY_ENABLED):
             return True
+        tcp_at = self._flow_l4(pkt)
+        if tcp_at < 0:
+            return True
+        key = self._flow_key(pkt, True)
+        if not key:
+            return key is None  # b"": a fragment held or dropped
+        pkt.flags |= D.VP_FLAG_FLOW_SET
+        index = self.flows.lookup(key)
+        if index < 0:
+            return self._flow_miss(pkt, key)
+        return self._flow_hit(pkt, index, tcp_at)
+
+    def _fragment_ports(self, pkt: Packet, l4: int, proto: int, lookup: bool) -> bytes | None:
+        """Key ports of an IPv4 fragment (``vr_inet_proto_flow`` with ``vr_fragment.c``).
+
+        The first fragment's own ports, recorded in the fragment table for the rest;
+        a later fragment's from there. Without ``lookup`` only the table is read. A later
+        fragment whose first has not been seen waits in the assembler (None: consumed);
+        one released from there that still finds nothing is dropped NO_FRAG_ENTRY.
+        """
+        buf = pkt.buf
+        l3 = pkt.l3
+        key = (pkt.dvrf, bytes(buf[l3 + 12 : l3 + 20]), (buf[l3 + 4] << 8) | buf[l3 + 5])
+        offset = (((buf[l3 + 6] & 0x1F) << 8) | buf[l3 + 7]) * 8
+        if not lookup:
+            if offset:
+                return self.frag_table.peek(key) or ZERO4
+            return _l4_ports(buf, l4, proto)
+        now = self.now()
+        for held in self.frag_assembler.expire(now):
+            self._drop(held, D.DROP_FRAGMENTS)
+        size = ((buf[l3 + 2] << 8) | buf[l3 + 3]) - (l4 - l3)
+        if not offset:  # the first fragment
+            ports = _l4_ports(buf, l4, proto)
+            self.frag_table.add(key, ports, size, now)
+            if key in self.frag_assembler:
+                self.frag_release.append(key)  # after this one has gone on
+            return ports
+        entry = self.frag_table.get(key, now)
+        if entry is not None:
+            self.frag_table.account(key, entry, offset + size, not buf[l3 + 6] & 0x20, size)
+            return entry.ports
+        if pkt.flags & D.VP_FLAG_FRAG_RELEASED:
+            self._drop(pkt, D.DROP_NO_FRAG_ENTRY)
+            return None
+        pkt.buf = bytes(buf)  # the caller may reuse its buffer
+        refused = self.frag_assembler.hold(key, pkt, now)
+        if refused:
+            self._drop(pkt, D.DROP_FRAGMENTS if refused == "fragments" else D.DROP_FRAGMENT_QUEUE_FAIL)
+        return None
+
+    def release_fragments(self) -> None:
+        """Fragments whose first fragment has now been seen go through the flow stage again."""
+        keys = self.frag_release
+        while keys:
+            for pkt in self.frag_assembler.release(keys.pop(0)):
+                pkt.flags = (pkt.flags & ~D.VP_FLAG_FLOW_SET) | D.VP_FLAG_FRAG_RELEASED
+                if self._flow_forward(pkt):
+                    self._reinject(pkt)
+
+    def _flow_l4(self, pkt: Packet) -> int:
+        """Whether the packet gets a flow: -1 if not, else its TCP header's offset (0: none).
+
+        No flow for short headers, IPv4 multicast or broadcast, IPv6 multicast, and
+        tunnel packets on the fabric not yet decapsulated.
+        """
         buf = pkt.buf
         l3 = pkt.l3
         if pkt.type == D.VP_TYPE_IP:
             if len(buf) - l3 < 20:
-                return True
+                return -1
             if buf[l3 + 16] & 0xF0 == 0xE0 or buf[l3 + 16 : l3 + 20] == b"\xff\xff\xff\xff":
-                return True
-            if vif.type == C.VIF_TYPE_PHYSICAL and not pkt.outer_src:
-                proto = buf[l3 + 9]
-                if proto == 47:
-                    return True
-                if proto == 17:
-                    l4 = l3 + (buf[l3] & 0x0F) * 4
-                    if len(buf) - l4 >= 4 and U16.unpack_from(buf, l4 + 2)[0] in (
-                        6635,
-                        51234,
-                        4789,
-                    ):
-                        return True
-            tcp_at = l3 + (buf[l3] & 0x0F) * 4 if buf[l3 + 9] == 6 else 0
-        elif pkt.type == D.VP_TYPE_IP6:
+                return -1
+            if pkt.vif.type == C.VIF_TYPE_PHYSICAL and not pkt.outer_src and _tunnelled(buf, l3):
+                return -1
+            if buf[l3 + 9] != 6 or (buf[l3 + 6] & 0x1F) | buf[l3 + 7]:
+                return 0  # not TCP, or a fragment without the TCP header
+            return l3 + (buf[l3] & 0x0F) * 4
+        if pkt.type == D.VP_TYPE_IP6:
             if len(buf) - l3 < 40 or buf[l3 + 24] == 0xFF:  # multicast destination
-                return True
-            tcp_at = l3 + 40 if buf[l3 + 6] == 6 else 0
-        else:
-            return True
-        key = self._flow_key(pkt)
-        if key is None:
-            return True
-        pkt.flags |= D.VP_FLAG_FLOW_SET
+                return -1
+            return l3 + 40 if buf[l3 + 6] == 6 else 0
+        return -1
+
+    def _flow_hit(self, pkt: Packet, index: int, tcp_at: int) -> bool:
+        """``vr_flow_lookup`` found the flow: statistics, TCP state, hold or action."""
         flows = self.flows
-        index = flows.lookup(key)
-        if index < 0:
-            return self._flow_miss(pkt, key)
+        assert flows is not None
         v: FlowVerdict = flows.verdict(index)
         if v.flags & FE_EVICT_CANDIDATE:
             self._drop(pkt, D.DROP_FLOW_EVICT)
             return False
+        buf = pkt.buf
         pkt.flow_index = index
         if v.ecmp_nh_index >= 0:
             pkt.ecmp_nh_index = v.ecmp_nh_index
@@ -194,13 +283,7 @@ class FlowStage(PipelineCore):
 
     def _flow_action(self, pkt: Packet, v: FlowVerdict) -> bool:
         """``vr_flow_action``: RPF, VRF translate, mirror, then the action."""
-        tables = self.tables
-        src_nh = tables.nexthops.get(v.src_nh_index)
-        if src_nh is None:
-            self._drop(pkt, D.DROP_INVALID_NH)
-            return False
-        if not self._validate_src(pkt, src_nh):
-            self._drop(pkt, D.DROP_INVALID_SOURCE)
+        if not self._rpf(pkt, v):
             return False
         pkt.dvrf = v.vrf
         if v.flags & FE_VRFT:
@@ -233,6 +316,20 @@ class FlowStage(PipelineCore):
             U16.pack_into(b, l3 + 10, checksum_update16(csum, old, (v.ttl << 8) | b[l3 + 9]))
         return True
 
+    def _rpf(self, pkt: Packet, v: FlowVerdict) -> bool:
+        """The flow's source next hop must exist and accept where the packet came from."""
+        src_nh = self.tables.nexthops.get(v.src_nh_index)
+        if src_nh is None:
+            self._drop(pkt, D.DROP_INVALID_NH)
+            return False
+        if src_nh.type == C.NH_COMPOSITE and src_nh.flags & _ECMP_FLAGS:
+            valid = self._validate_ecmp_src(pkt, src_nh, v)
+        else:
+            valid = self._validate_src(pkt, src_nh)
+        if not valid:
+            self._drop(pkt, D.DROP_INVALID_SOURCE)
+        return valid
+
     def _validate_src(self, pkt: Packet, nh: NextHop) -> bool:
         if nh.type == C.NH_ENCAP:
             return nh.oif is pkt.vif
@@ -241,6 +338,17 @@ class FlowStage(PipelineCore):
         if nh.type == C.NH_COMPOSITE:
             return any(c is not None and self._validate_src(pkt, c) for c, _ in nh.components)
         return True
+
+    def _validate_ecmp_src(self, pkt: Packet, nh: NextHop, v: FlowVerdict) -> bool:
+        """``nh_ecmp_validate_src``: any member may be the source; a different member than
+        the reverse flow uses becomes the reverse flow's ECMP index (RPF over ECMP)."""
+        for i, (member, _label) in enumerate(nh.components):
+            if member is not None and self._validate_src(pkt, member):
+                flows = self.flows
+                if v.rflow >= 0 and flows is not None:
+                    flows.set_ecmp_index(v.rflow, i)
+                return True
+        return False
 
     def _nat(self, pkt: Packet, v: FlowVerdict) -> bool:
         """``vr_inet_flow_nat``: addresses and ports from the reverse flow's key."""

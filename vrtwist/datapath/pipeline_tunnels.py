@@ -56,8 +56,10 @@ class TunnelStage(PipelineCore):
             proto = buf[l3 + 9]
             l4 = l3 + (buf[l3] & 0x0F) * 4
             frag = U16.unpack_from(buf, l3 + 6)[0] & 0x1FFF
-            if proto in (6, 17) and not frag and len(buf) - l4 >= 4:
-                sport, dport = struct.unpack_from("<HH", buf, l4)
+            if proto in (6, 17) and len(buf) - l4 >= 4:
+                # a later fragment's ports come from the fragment table
+                ports = self._flow_key_ports(pkt, l4, proto) if frag else buf
+                sport, dport = struct.unpack_from("<HH", ports, 0 if frag else l4)
             key = (sip, dip, pkt.dvrf, sport, dport)
             port = self._port_cache.get(key)
             if port is not None:

@@ -92,6 +92,13 @@ class IBridgeRoutes(IRequestHandler):
     def index_of(vrf: int, mac: bytes) -> int | None:
         """Bridge-table index of (vrf, mac), or None when it has no entry."""
 
+    def learn(vrf: int, mac: bytes, nh_id: int) -> int:
+        """A learnt source MAC (``vr_bridge_learn``): an entry flagged MAC_NEW pointing at
+        ``nh_id``; its index, or -1 when the table has no room."""
+
+    def mark_moved(vrf: int, mac: bytes) -> None:
+        """Flag the entry of (vrf, mac) MAC_MOVED (its source check failed)."""
+
 
 class IDatapath(Interface):
     """The forwarding extension as other packages see it."""

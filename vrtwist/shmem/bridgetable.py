@@ -67,9 +67,16 @@ class BridgeTable(TableOwner):
         return self._index.get(bridge_key(mac, vrf), -1)
 
     def add(
-        self, vrf: int, mac: bytes, nh_id: int, label: int = 0, label_flags: int = 0
+        self,
+        vrf: int,
+        mac: bytes,
+        nh_id: int,
+        label: int = 0,
+        label_flags: int = 0,
+        *,
+        learned: bool = False,
     ) -> tuple[int, int]:
-        """Create or update; return (0 or -errno, index)."""
+        """Create or update; return (0 or -errno, index). ``learned`` publishes MAC_NEW."""
         if len(mac) != 6 or mac == _ZERO_MAC:
             return -errno.EINVAL, -1
         if self.nexthop_exists is not None and not self.nexthop_exists(nh_id):
@@ -99,7 +106,7 @@ class BridgeTable(TableOwner):
             self._index[key] = idx
         else:
             off = idx * L.BRIDGE_ENTRY_SIZE
-            _m, _v, nh, packets, old_label, old_nh, old_flags = _BODY.unpack_from(
+            _m, _v, nh, packets, old_label, _old_nh, old_flags = _BODY.unpack_from(
                 buf, off + L.OFF_BE_BODY
             )
             _BODY.pack_into(
@@ -113,8 +120,17 @@ class BridgeTable(TableOwner):
                 nh_id,
                 old_flags,
             )
+        if learned:
+            label_flags |= L.BE_MAC_NEW
         _U16.pack_into(buf, off + L.OFF_BE_FLAGS, L.BE_VALID | label_flags)
         return 0, idx
+
+    def set_flags(self, index: int, flags: int) -> None:
+        """OR ``flags`` into a valid entry's ``be_flags`` (the datapath's MAC_MOVED)."""
+        off = index * L.BRIDGE_ENTRY_SIZE + L.OFF_BE_FLAGS
+        old = _U16.unpack_from(self.buf, off)[0]
+        if old & L.BE_VALID:
+            _U16.pack_into(self.buf, off, old | flags)
 
     def get(self, vrf: int, mac: bytes | None = None, index: int = -1) -> BridgeEntry | None:
         """By index (if >= 0 and valid) or by key; None when absent."""

@@ -48,6 +48,10 @@ _B = L.FLOW_PART_B
 _STATS = L.FLOW_STATS
 _BODY = L.FLOW_BODY
 _KEY_PAD = bytes(L.FLOW_KEY_SIZE)
+_I8 = struct.Struct("<b")
+#: fe_ecmp_nh_index and fe_src_info, as placed in FLOW_PART_B
+_OFF_ECMP = L.OFF_FE_PART_B + struct.calcsize("<HHHHBBIIIHB")
+_OFF_SRC_INFO = L.OFF_FE_PART_B + struct.calcsize("<HHHHBBIIIHBbBBH")
 # what follows the hashed bytes in the 45-byte key: zero padding, then vr_flow_keylen
 _KEY_TAIL = {
     n: bytes(L.FLOW_KEY_SIZE - 1 - n) + bytes((n,)) for n in (L.FLOW_KEY4_LEN, L.FLOW_KEY6_LEN)
@@ -450,6 +454,17 @@ class FlowTable(TableOwner):
             self._evict(r)
         self._evict(index)
         return True
+
+    def src_info(self, index: int) -> int:
+        """``fe_src_info``: the vif index (VM) or outer source address (fabric) of the flow."""
+        if not self._valid(index):
+            return -1
+        return _U32.unpack_from(self.buf, index * L.FLOW_ENTRY_SIZE + _OFF_SRC_INFO)[0]
+
+    def set_ecmp_index(self, index: int, ecmp: int) -> None:
+        """Store the ECMP member the datapath chose (``fe_ecmp_nh_index``, what ``flow -l`` shows)."""
+        if self._valid(index):
+            _I8.pack_into(self.buf, index * L.FLOW_ENTRY_SIZE + _OFF_ECMP, ecmp)
 
     # -- ksync: vr_flow_req FLOW_SET -------------------------------------------
     def flow_set(self, req: Any) -> FlowSetResult:

@@ -59,6 +59,12 @@ class IFlowDatapath(Interface):
     def mark_evict(index):  # type: ignore[no-untyped-def]
         """Evict a closed flow (and its dead reverse)."""
 
+    def src_info(index):  # type: ignore[no-untyped-def]
+        """fe_src_info of a flow: the vif index or outer source its packets came from."""
+
+    def set_ecmp_index(index, ecmp):  # type: ignore[no-untyped-def]
+        """Write the ECMP member index the datapath chose (fe_ecmp_nh_index)."""
+
 
 class IBridgeTable(Interface):
     """The owner's bridge table (AF_BRIDGE vr_route_req)."""

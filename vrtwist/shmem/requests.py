@@ -213,6 +213,22 @@ class BridgeRoutes:
         idx = self.bridge.lookup(vrf, bytes(mac))
         return idx if idx >= 0 else None
 
+    def learn(self, vrf: int, mac: bytes, nh_id: int) -> int:
+        """A learnt MAC: a MAC_NEW entry holding a reference on ``nh_id``; -1 if full."""
+        tables = self.datapath.tables
+        if tables.get_nexthop(nh_id) is None:
+            return -1
+        code, idx = self.bridge.add(vrf, mac, nh_id, learned=True)
+        if code:
+            return -1
+        tables.hold_nexthop(nh_id)
+        return idx
+
+    def mark_moved(self, vrf: int, mac: bytes) -> None:
+        idx = self.bridge.lookup(vrf, mac)
+        if idx >= 0:
+            self.bridge.set_flags(idx, L.BE_MAC_MOVED)
+
     def _route(self, e: BridgeEntry) -> Any:
         return make(
             "vr_route_req",

@@ -68,7 +68,8 @@ class _End(Protocol):
     acceptsBuffers = True
 
     def __init__(self, splice: Splice, name: str) -> None:
-        self.splice = splice
+        #: dropped (None) once the splice is over: see :meth:`Splice._release`
+        self.splice: Splice | None = splice
         self.name = name
         self.eof = False
         self.lost = False
@@ -76,14 +77,20 @@ class _End(Protocol):
     _adapt = False
 
     def connectionMade(self) -> None:
-        if self is self.splice.local_end:
+        splice = self.splice
+        if splice is None:
+            return
+        if self is splice.local_end:
             self._adapt = isinstance(getattr(self.transport, "bufferSize", None), int)
-        self.splice._connected(self)
+        splice._connected(self)
 
     def dataReceived(self, data: bytes) -> None:
-        other = self.splice._other(self)
+        splice = self.splice
+        if splice is None:
+            return
+        other = splice._other(self)
         if other.transport is not None and not other.lost:
-            if other is self.splice.local_end:
+            if other is splice.local_end:
                 send_now(other.transport, [data])
             else:
                 # Reading the local socket: bulk streams get bigger reads (fewer wake-ups
@@ -94,16 +101,21 @@ class _End(Protocol):
 
     def readConnectionLost(self) -> None:
         self.eof = True
-        self.splice._eof(self)
+        if self.splice is not None:
+            self.splice._eof(self)
 
     def writeConnectionLost(self) -> None:
         pass
 
     def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
         self.lost = True
-        self.splice._lost(self, reason)
-        if self is self.splice.local_end and self.splice.onLocalLost is not None:
-            self.splice.onLocalLost()
+        splice = self.splice
+        if splice is None:
+            return
+        splice._lost(self, reason)
+        if self is splice.local_end and splice.onLocalLost is not None:
+            splice.onLocalLost()
+        splice._release()
 
 
 class Splice:
@@ -222,6 +234,22 @@ class Splice:
         ch = self.channel_end.transport
         if ch is not None and not self.channel_end.lost:
             ch.loseConnection()
+        self._release()
+
+    def _release(self) -> None:
+        """Once both ends are over, drop the references that tie the splice in a cycle.
+
+        The ends point at the splice and the splice at them (and the host's
+        ``onLocalLost`` closes over the splice): left alone, every forwarded connection
+        would stay in memory until the cyclic collector's next full run.  An end whose
+        channel never opened (the host could not open one) counts as over.
+        """
+        ch, local = self.channel_end, self.local_end
+        if not local.lost or not (ch.lost or ch.transport is None):
+            return
+        ch.splice = local.splice = None
+        self.opener = None
+        self.onLocalLost = None
 
 
 class _LocalFactory(Factory):
