@@ -141,6 +141,14 @@ class ProgrammingTests(SynchronousTestCase):
         self.assertEqual((r.nh.type, r.label), (C.NH_TUNNEL, 40))
         self.assertIsNotNone(self.dp.bridge.index_of(vrf, bytes.fromhex("020000000901")))
         self.assertIsNotNone(route(self.dp, vrf, "10.9.1.0", 24))
+        # the EVPN item's L2 label goes into the bridge entry, the inet label into the route
+        m.addRemoteRoute(vrf_name, "10.9.0.3", 32, "192.0.2.2", 43, mac="02:00:00:00:09:03",
+                         l2_label=44)
+        found = self.dp.bridge.entries.get((vrf, bytes.fromhex("020000000903")))
+        assert found is not None
+        self.assertEqual((route(self.dp, vrf, "10.9.0.3", 32).label, found[1]["rtr_label"]),
+                         (43, 44))
+        m.deleteRemoteRoute(vrf_name, "10.9.0.3", 32)
         self.assertRaises(KeyError, m.addRemoteRoute, "no-such-vrf", "10.0.0.0", 8, "1.1.1.1", 5)
         self.assertRaises(ValueError, m.addRemoteRoute, vrf_name, "10.0.0.0", 8, "1.1.1.1", 5,
                           encap="ipip")
