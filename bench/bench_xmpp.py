@@ -122,6 +122,8 @@ class CountingSink:
         label: int,
         encap: str = "udp",
         mac: str | None = None,
+        *,
+        l2_label: int | None = None,
     ) -> None:
         self.routes.add((vrf_name, prefix, plen))
         self.counter[0] = len(self.routes)

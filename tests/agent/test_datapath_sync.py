@@ -11,7 +11,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from tests.agent.helpers import VN, port_body, tempdir
-from vrtwist.agent.dpstate import DatapathModel, IdAllocator
+from vrtwist.agent.dpstate import DatapathModel, IdAllocator, vni_for
 from vrtwist.agent.interfaces import (
     IGatewayProgrammer,
     IKsyncChannel,
@@ -125,7 +125,7 @@ class ProgrammingTests(SynchronousTestCase):
         self.assertEqual(self.agent.call("POST", "/port", port_body(2))[0], 200)
 
     def test_exhausted_ids_answer_503_and_roll_back(self) -> None:
-        self.agent.model.labels = IdAllocator("MPLS label", 16, 17)
+        self.agent.model.labels = IdAllocator("MPLS label", 16, 18)  # one port: L3 and L2 label
         self.assertEqual(self.agent.call("POST", "/port", port_body(1))[0], 200)
         code, body = self.agent.call("POST", "/port", port_body(2))
         self.assertEqual(code, 503)
@@ -152,6 +152,14 @@ class ProgrammingTests(SynchronousTestCase):
         self.assertEqual((r.nh.type, r.label), (C.NH_TUNNEL, 40))
         self.assertIsNotNone(self.dp.bridge.index_of(vrf, bytes.fromhex("020000000901")))
         self.assertIsNotNone(route(self.dp, vrf, "10.9.1.0", 24))
+        # the EVPN item's L2 label goes into the bridge entry, the inet label into the route
+        m.addRemoteRoute(vrf_name, "10.9.0.3", 32, "192.0.2.2", 43, mac="02:00:00:00:09:03",
+                         l2_label=44)
+        found = self.dp.bridge.entries.get((vrf, bytes.fromhex("020000000903")))
+        assert found is not None
+        self.assertEqual((route(self.dp, vrf, "10.9.0.3", 32).label, found[1]["rtr_label"]),
+                         (43, 44))
+        m.deleteRemoteRoute(vrf_name, "10.9.0.3", 32)
         self.assertRaises(KeyError, m.addRemoteRoute, "no-such-vrf", "10.0.0.0", 8, "1.1.1.1", 5)
         self.assertRaises(ValueError, m.addRemoteRoute, vrf_name, "10.0.0.0", 8, "1.1.1.1", 5,
                           encap="ipip")
@@ -164,27 +172,39 @@ class ProgrammingTests(SynchronousTestCase):
         self.assertIsNone(route(self.dp, vrf, "10.9.0.1", 32))
         self.assertIsNotNone(route(self.dp, vrf, a["ip-address"], 32))
 
-    def test_vxlan_vnis_follow_the_ports(self) -> None:
-        """With VXLAN on, each port's label is also a VNI leading to its VRF's translate
-        next hop; the port's delete removes it, the VRF's last port the next hop; a VXLAN
-        tunnel carries routed packets to the VRRP MAC (L3 VXLAN)."""
+    def test_vxlan_vni_per_network_and_l2_labels(self) -> None:
+        """Each port has an L3 label (to its policy-enabled L3 next hop) and an L2 label
+        (to its bridge next hop, also its bridge entry's label); with VXLAN on, the
+        network has one VNI, derived from its name, leading to its VRF's translate next
+        hop; the VRF's last port takes it away; a VXLAN tunnel carries routed packets to
+        the VRRP MAC (L3 VXLAN)."""
         m = self.agent.model
         m.vxlan = True
         m.fabric_ip = "192.0.2.1"
         a, b = port_body(1), port_body(2)
         self.agent.call("POST", "/port", [a, b])
-        ids = port_ids(m, a["id"])
-        nh = self.dp.tables.vxlan[ids["label"]]
+        ids = m.port_ids(a["id"])
+        assert ids is not None
+        self.assertEqual(ids["vni"], vni_for(m.vrfNames()[0]))
+        self.assertEqual(m.port_ids(b["id"])["vni"], ids["vni"])  # one per network
+        self.assertNotEqual(ids["label"], ids["l2_label"])
+        l3 = self.dp.tables.mpls[ids["label"]]
+        l2 = self.dp.tables.mpls[ids["l2_label"]]
+        self.assertEqual((l3.family, l3.flags & C.NH_FLAG_POLICY_ENABLED),
+                         (C.AF_INET, C.NH_FLAG_POLICY_ENABLED))
+        self.assertEqual(l2.family, C.AF_BRIDGE)
+        nh = self.dp.tables.vxlan[ids["vni"]]
         self.assertEqual((nh.type, nh.family, nh.vrf), (C.NH_VRF_TRANSLATE, C.AF_BRIDGE,
                                                          ids["vrf"]))
-        self.assertIs(self.dp.tables.vxlan[port_ids(m, b["id"])["label"]], nh)
+        self.assertEqual(list(self.dp.tables.vxlan), [ids["vni"]])
         m.addRemoteRoute(m.vrfNames()[0], "10.9.0.1", 32, "192.0.2.2", 40, encap="vxlan")
         tunnel = route(self.dp, ids["vrf"], "10.9.0.1", 32).nh
         self.assertTrue(tunnel.flags & C.NH_FLAG_TUNNEL_VXLAN and tunnel.flags & C.NH_FLAG_L3_VXLAN)
         self.assertEqual(bytes(tunnel.rw_dst_mac), bytes.fromhex("00005e000100"))
         m.deleteRemoteRoute(m.vrfNames()[0], "10.9.0.1", 32)
         self.agent.call("DELETE", f"/port/{a['id']}")
-        self.assertNotIn(ids["label"], self.dp.tables.vxlan)
+        self.assertIn(ids["vni"], self.dp.tables.vxlan)  # b is still in the network
+        self.assertNotIn(ids["l2_label"], self.dp.tables.mpls)
         self.agent.call("DELETE", f"/port/{b['id']}")
         self.assertEqual(dict(self.dp.tables.vxlan), {})
         self.assertEqual(self.agent.sync.errors, {})

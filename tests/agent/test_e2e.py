@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import subprocess
 import threading
 import time
@@ -93,9 +94,15 @@ class EmbeddedAgentTests(TestCase):
         self.assertRegex(out, rf"10\.0\.0\.1/32 +32 +LP +{label} +{nh} ")
         out = utility("rt", "--sock-dir", self.run_dir, "--dump", str(vrf), "--family",
                       "bridge")
-        self.assertRegex(out, rf"2:0:0:0:0:1 +L +{label} ")
+        # the bridge entry carries the port's L2 label, which leads to its L2 next hop
+        found = re.search(r"2:0:0:0:0:1 +L +(\d+) ", out)
+        assert found is not None, out
+        l2_label = int(found.group(1))
+        self.assertNotEqual(l2_label, label)
         out = utility("mpls", "--sock-dir", self.run_dir, "--dump")
         self.assertRegex(out, rf" +{label} +{nh}\n")
+        self.assertRegex(out, rf" +{l2_label} +{snap['labels'][l2_label]}\n")
+        self.assertEqual(snap["nhs"][snap["labels"][l2_label]][1:4:2], (7, idx))  # AF_BRIDGE
 
         r = port_control("--oper", "delete", "--uuid", b["id"], "--agent_port", str(self.port),
                          "--port_json_path", json_dir)
@@ -235,7 +242,8 @@ class ExternalRestartTests(TestCase):
         bodies = [port_body(i, plen=24, gateway="10.0.0.254") for i in range(1, 5)]
         bodies.append(port_body(9, vn="77777777-5553-4e6a-b87f-8423afc21e9d"))
         self.assertEqual(http_call(port, "POST", "/port", bodies)[0], 200)
-        before = wait_until(lambda: (s := snapshot(run_dir)) and len(s["labels"]) == 5
+        before = wait_until(lambda: (s := snapshot(run_dir)) and len(s["labels"]) == 10
+                            # an L3 and an L2 label per port
                             # 5 VM MACs, the VRRP and broadcast MACs of each of the 2 VRFs
                             and len(s["bridge"]) == 9 and len(s["routes"]) == 7 and s,
                             "five ports programmed")
@@ -315,7 +323,7 @@ class DatapathRestartTests(TestCase):
         self.assertEqual(http_call(port, "POST", "/port", port_body(3))[0], 200)
         dp2 = Twistd(d, "vrouter-dp", ["--run-dir", run_dir, *SMALL_TABLES], "dp2")
         self.addCleanup(dp2.kill)
-        snap = wait_until(lambda: (s := snapshot(run_dir)) and len(s["labels"]) == 3 and
+        snap = wait_until(lambda: (s := snapshot(run_dir)) and len(s["labels"]) == 6 and
                           # 3 VM MACs and the VRF's VRRP and broadcast MACs
                           len(s["bridge"]) == 5 and s, "three ports refilled", 30)
         self.assertEqual({v[0] for v in snap["vifs"].values()} >= {"tapv1", "tapv2", "tapv3"},

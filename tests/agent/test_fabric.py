@@ -327,8 +327,12 @@ class TwoNodeTests(SynchronousTestCase):
             vrf = here.model.vrfNames()[0]
             ids = there.model.port_ids(there.ports[0].id)
             assert ids is not None
-            here.model.addRemoteRoute(vrf, there.ports[0].ip_address, 32, there.fabric_ip,  # type: ignore[arg-type]
-                                      ids["label"], encap=encap)
+            # as the controller's items give them: the inet route's L3 label and the EVPN
+            # route's L2 label, or over VXLAN the network's VNI for both
+            vxlan = encap == "vxlan"
+            here.model.addRemoteRoute(vrf, there.ports[0].ip_address, 32, there.fabric_ip,
+                                      ids["vni"] if vxlan else ids["label"], encap=encap,
+                                      l2_label=ids["vni"] if vxlan else ids["l2_label"])
             here.resolver.wanted(here.model.tunnel_destinations())
 
     def ping_across(self, encap: str) -> None:
@@ -361,7 +365,7 @@ class TwoNodeTests(SynchronousTestCase):
         self.ping_across("gre")
 
     def test_vxlan(self) -> None:
-        """VXLAN: the label is the VNI; the routed packet travels as a frame to the VRRP
+        """VXLAN: the label is the network's VNI; the routed packet travels as a frame to the VRRP
         MAC (EVPN type 5), is bridged into the VRF by the VNI's VRF-translate next hop and
         routed again to the VM."""
         self.nodes(vxlan=True)

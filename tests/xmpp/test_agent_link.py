@@ -172,6 +172,25 @@ class SessionStartTests(SynchronousTestCase):
         self.assertEqual((evpn.entry.virtual_network, evpn.entry.next_hops[0].virtual_network),
                          ("", ""))
 
+    def test_inet_carries_the_l3_label_evpn_the_l2_label_or_vni(self) -> None:
+        def labels(h: LinkHarness) -> dict[str, int]:
+            out = {}
+            for s in h.sent():
+                if isinstance(s, Publish) and s.entry is not None:
+                    out[s.node.split("/")[0]] = s.entry.next_hops[0].label
+            return out
+        route = LocalRouteInfo("port1", "vm1", "vn1", "blue", "02:00:00:00:00:01", "10.0.0.1",
+                               None, 21, "127.0.0.2", l2_label=70, vni=5000)
+        h = LinkHarness()
+        h.link.localRouteAdded(route)
+        h.establish()
+        self.assertEqual(labels(h), {"1": 21, "25": 70})
+        h = LinkHarness()
+        h.link.encapsulations = ("vxlan", "udp")
+        h.link.localRouteAdded(route)
+        h.establish()
+        self.assertEqual(labels(h), {"1": 21, "25": 5000})
+
     def test_end_of_rib_waits_for_the_replayed_ports(self) -> None:
         """A restarting agent holds End-of-RIB until its ports are replayed: the routes
         go first, so the control node's sweep keeps them."""
@@ -285,6 +304,23 @@ class ReceiveTests(SynchronousTestCase):
         self.update(evpn, node="25/242/blue")
         self.assertEqual(self.h.sink.table[("blue", "10.0.0.7", 32)],
                          ("127.0.0.3", 33, "udp", "02:aa:00:00:00:07"))
+
+    def test_evpn_label_is_the_bridge_entrys(self) -> None:
+        """The inet item's label routes, the EVPN item's (the far port's L2 label)
+        bridges; over VXLAN the EVPN label (the network's VNI) does both."""
+        self.update(inet("10.0.0.7/32", "127.0.0.3", 33))
+        evpn = RouteEntry(25, 242, "10.0.0.7/32", (NextHop("127.0.0.3", 77, ("gre", "udp")),),
+                          mac="02:aa:00:00:00:07")
+        self.update(evpn, node="25/242/blue")
+        key = ("blue", "10.0.0.7", 32)
+        self.assertEqual((self.h.sink.table[key][1], self.h.sink.l2_labels[key]), (33, 77))
+        self.update(inet("10.0.0.8/32", "127.0.0.3", 34, encaps=("vxlan",)))
+        evpn = RouteEntry(25, 242, "10.0.0.8/32", (NextHop("127.0.0.3", 5000, ("vxlan",)),),
+                          mac="02:aa:00:00:00:08")
+        self.update(evpn, node="25/242/blue")
+        key = ("blue", "10.0.0.8", 32)
+        self.assertEqual(self.h.sink.table[key][1:3], (5000, "vxlan"))
+        self.assertIsNone(self.h.sink.l2_labels[key])  # the same label: not passed apart
 
     def test_retract_removes(self) -> None:
         self.update(inet("10.0.0.7/32", "127.0.0.3", 33))

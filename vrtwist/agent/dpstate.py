@@ -14,6 +14,7 @@ reused at once, and they are reserved again when adopted from a datapath dump.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import socket
 import sys
@@ -130,6 +131,8 @@ class _Vrf:
     #: with VXLAN: the VRF-translate next hop every local VNI points at (the inner frame
     #: is bridged in this VRF: to the VRRP MAC, so routed to the VM)
     vxlan_nh: int = 0
+    #: the network's VXLAN id (see :func:`vni_for`); in the VXLAN table with ``vxlan_nh``
+    vni: int = 0
     # VRF-wide route key -> reference count (gateway/DNS/subnet routes shared by ports)
     shared: dict[Key, int] = field(default_factory=dict)
 
@@ -141,6 +144,8 @@ class _PortIds:
     l2_nh: int
     label: int
     vrf: str
+    #: the MPLS label of the L2 next hop (bridged traffic from other nodes)
+    l2_label: int
     keys: list[Key]
     shared: list[tuple[Key, dict[str, Any]]]
     route: LocalRoute
@@ -157,6 +162,7 @@ class Adopted:
     label: int | None
     rcv_nh: int | None = None
     resolve_nh: int | None = None
+    l2_label: int | None = None
 
 
 @implementer(IPortObserver, IRouteProgrammer, IGatewayProgrammer)
@@ -357,14 +363,17 @@ class DatapathModel:
         rcv = self._take_nh(adopted.rcv_nh if adopted else None)
         res = self._take_nh(adopted.resolve_nh if adopted else None)
         v = _Vrf(name, vrf_id, rcv, res, l2rcv_nh=self._take_nh(None),
-                 pkt0_nh=self._take_nh(None), flood_nh=self._flood_id(vrf_id))
+                 pkt0_nh=self._take_nh(None), flood_nh=self._flood_id(vrf_id),
+                 vni=self._vni(name))
         self._vrfs[name] = v
         self._set_flood(v)
-        if self.vxlan:
+        if self.vxlan and v.vni:
             v.vxlan_nh = self._take_nh(None)
             self._set((NH, v.vxlan_nh), "vr_nexthop_req", {
                 "nhr_id": v.vxlan_nh, "nhr_type": C.NH_VRF_TRANSLATE,
                 "nhr_family": C.AF_BRIDGE, "nhr_vrf": vrf_id, "nhr_flags": C.NH_FLAG_VALID})
+            self._set((VXLAN, v.vni), "vr_vxlan_req",
+                      {"vxlanr_vnid": v.vni, "vxlanr_nhid": v.vxlan_nh})
         self._set((NH, v.pkt0_nh), "vr_nexthop_req", {
             "nhr_id": v.pkt0_nh, "nhr_type": C.NH_ENCAP, "nhr_family": C.AF_INET,
             "nhr_vrf": vrf_id, "nhr_encap_oif_id": [AGENT_VIF],
@@ -384,6 +393,16 @@ class DatapathModel:
             "nhr_id": res, "nhr_type": C.NH_RESOLVE, "nhr_family": C.AF_INET,
             "nhr_vrf": vrf_id, "nhr_flags": C.NH_FLAG_VALID})
         return v
+
+    def _vni(self, vrf_name: str) -> int:
+        """The network's VNI, 0 (no VXLAN for it) when another local network has it."""
+        vni = vni_for(vrf_name)
+        clash = next((o.name for o in self._vrfs.values() if o.vni == vni), None)
+        if clash is not None:
+            self._log.error("VNI {vni} of {vrf} is {other}'s too: no VXLAN for {vrf}",
+                            vni=vni, vrf=vrf_name, other=clash)
+            return 0
+        return vni
 
     def _flood_id(self, vrf_id: int) -> int:
         """The flood next hop's id: from the top of the id space, so that it sorts after
@@ -436,7 +455,7 @@ class DatapathModel:
         new_vrf = name not in self._vrfs
         v = self._vrf(name, adopted)
         try:
-            vif, l3, l2, label = self._take_ids(adopted)
+            vif, l3, l2, label, l2_label = self._take_ids(adopted)
         except ResourceExhausted:
             if new_vrf and not v.ports:
                 self._drop_vrf(v)
@@ -465,12 +484,11 @@ class DatapathModel:
             "nhr_vrf": v.vrf_id, "nhr_encap_oif_id": [vif], "nhr_encap": [],
             "nhr_flags": C.NH_FLAG_VALID})
         keys += [(NH, l3), (NH, l2)]
+        # the L3 label to the policy-enabled L3 next hop (inet routes), the L2 label to the
+        # bridge next hop (EVPN routes); with VXLAN the network's VNI replaces the latter
         self._set((MPLS, label), "vr_mpls_req", {"mr_label": label, "mr_nhid": l3})
-        keys.append((MPLS, label))
-        if v.vxlan_nh:
-            self._set((VXLAN, label), "vr_vxlan_req",
-                      {"vxlanr_vnid": label, "vxlanr_nhid": v.vxlan_nh})
-            keys.append((VXLAN, label))
+        self._set((MPLS, l2_label), "vr_mpls_req", {"mr_label": l2_label, "mr_nhid": l2})
+        keys += [(MPLS, label), (MPLS, l2_label)]
         # the route carries the VM's MAC: the datapath answers ARP for it by proxy
         route_flags = C.VR_RT_LABEL_VALID_FLAG | C.VR_RT_ARP_PROXY_FLAG
         for address, plen in ((port.ip_address, 32), (port.ip6_address, 128)):
@@ -481,7 +499,7 @@ class DatapathModel:
         bk: Key = (ROUTE, C.AF_BRIDGE, v.vrf_id, mac)
         self._set(bk, "vr_route_req", {
             "rtr_vrf_id": v.vrf_id, "rtr_family": C.AF_BRIDGE, "rtr_mac": list(mac),
-            "rtr_nh_id": l2, "rtr_label": label,
+            "rtr_nh_id": l2, "rtr_label": l2_label,
             "rtr_label_flags": C.VR_BE_LABEL_VALID_FLAG, "rtr_prefix": [], "rtr_prefix_len": 0})
         keys.append(bk)
         shared = self._shared_routes(port, v)
@@ -493,8 +511,10 @@ class DatapathModel:
         v.ports.add(port.id)
         route = LocalRoute(port_id=port.id, vm_id=port.instance_id, vn_id=port.vn_id,
                            vrf_name=name, mac=port.mac_address, ip4=port.ip_address,
-                           ip6=port.ip6_address, label=label, nexthop=self.fabric_ip)
-        self._ports[port.id] = _PortIds(vif, l3, l2, label, name, keys, shared, route)
+                           ip6=port.ip6_address, label=label, nexthop=self.fabric_ip,
+                           l2_label=l2_label, vni=v.vni)
+        self._ports[port.id] = _PortIds(vif, l3, l2, label, name, l2_label, keys, shared,
+                                        route)
         self._port_of[port.id] = rest
         self._programmed[port.id] = port
         changed = keys + self._set_flood(v)  # the VRF's, not the port's
@@ -504,9 +524,9 @@ class DatapathModel:
         if self.controller is not None:
             self.controller.localRouteAdded(route)
 
-    def _take_ids(self, adopted: Adopted | None) -> tuple[int, int, int, int]:
-        """A new port's vif, L3 and L2 next hops and label (the adopted ones when free);
-        all or none."""
+    def _take_ids(self, adopted: Adopted | None) -> tuple[int, int, int, int, int]:
+        """A new port's vif, L3 and L2 next hops, L3 and L2 labels (the adopted ones when
+        free); all or none."""
         taken: list[tuple[IdAllocator, int]] = []
 
         def take(alloc: IdAllocator, want: int | None) -> int:
@@ -517,9 +537,10 @@ class DatapathModel:
         try:
             if adopted is None:
                 return (take(self.vifs, None), take(self.nhs, None), take(self.nhs, None),
-                        take(self.labels, None))
+                        take(self.labels, None), take(self.labels, None))
             return (take(self.vifs, adopted.vif), take(self.nhs, adopted.l3_nh),
-                    take(self.nhs, adopted.l2_nh), take(self.labels, adopted.label))
+                    take(self.nhs, adopted.l2_nh), take(self.labels, adopted.label),
+                    take(self.labels, adopted.l2_label))
         except ResourceExhausted:
             for alloc, i in taken:
                 alloc.free(i)
@@ -583,6 +604,7 @@ class DatapathModel:
                     l3_nh=ids.l3_nh if keep_ids else -1,
                     l2_nh=ids.l2_nh if keep_ids else None,
                     label=ids.label if keep_ids else None,
+                    l2_label=ids.l2_label if keep_ids else None,
                     rcv_nh=v.rcv_nh, resolve_nh=v.resolve_nh)
                 try:
                     self.portAdded(rest)
@@ -689,6 +711,7 @@ class DatapathModel:
         self.nhs.free(ids.l3_nh)
         self.nhs.free(ids.l2_nh)
         self.labels.free(ids.label)
+        self.labels.free(ids.l2_label)
         if not v.ports and not self._remote_in(v):
             keys += self._drop_vrf(v)
         self._notify(keys)
@@ -710,8 +733,9 @@ class DatapathModel:
         ids = self._ports.get(uuid)
         if ids is None:
             return None
+        v = self._vrfs[ids.vrf]
         return {"vif": ids.vif, "l3_nh": ids.l3_nh, "l2_nh": ids.l2_nh, "label": ids.label,
-                "vrf": self._vrfs[ids.vrf].vrf_id}
+                "l2_label": ids.l2_label, "vni": v.vni, "vrf": v.vrf_id}
 
     def port_on_vif(self, vif: int) -> tuple[Port, int] | None:
         """The port (as programmed) behind VM vif ``vif`` and its VRF id, for the packet
@@ -720,6 +744,11 @@ class DatapathModel:
             if ids.vif == vif:
                 return self._programmed[uuid], self._vrfs[ids.vrf].vrf_id
         return None
+
+    def ports_in_vrf(self, vrf_id: int) -> list[Port]:
+        """The ports (as programmed) of the network behind VRF ``vrf_id``."""
+        return [self._programmed[uuid] for uuid, ids in self._ports.items()
+                if self._vrfs[ids.vrf].vrf_id == vrf_id]
 
     # IGatewayProgrammer ----------------------------------------------------------------
 
@@ -790,7 +819,8 @@ class DatapathModel:
         return sorted(self._vrfs)
 
     def addRemoteRoute(self, vrf_name: str, prefix: str, plen: int, nexthop: str, label: int,
-                       encap: str = "udp", mac: str | None = None) -> None:
+                       encap: str = "udp", mac: str | None = None, *,
+                       l2_label: int | None = None) -> None:
         # Called once per route learnt from the controller (ten thousand in a burst):
         # plain dict and tuple work, no helper objects.
         v = self._vrfs.get(vrf_name)
@@ -799,8 +829,8 @@ class DatapathModel:
         flag = _ENCAP_FLAGS.get(encap)
         if flag is None:
             raise ValueError(f"encap {encap!r} is not udp, gre or vxlan")
-        if not 0 <= label < 1 << 24:
-            raise ValueError(f"label {label} is not a 20/24-bit label")
+        if not 0 <= label < 1 << 24 or (l2_label is not None and not 0 <= l2_label < 1 << 24):
+            raise ValueError(f"label {label}/{l2_label} is not a 20/24-bit label")
         fam, packed, text = parse_prefix(prefix, plen)
         dip = _ipv4_int(nexthop)
         rmac = parse_mac(mac) if mac else None
@@ -845,7 +875,7 @@ class DatapathModel:
             bk: Key = (ROUTE, C.AF_BRIDGE, vrf_id, rmac)
             desired[bk] = ("vr_route_req", {
                 "rtr_vrf_id": vrf_id, "rtr_family": C.AF_BRIDGE, "rtr_mac": list(rmac),
-                "rtr_nh_id": nh, "rtr_label": label,
+                "rtr_nh_id": nh, "rtr_label": label if l2_label is None else l2_label,
                 "rtr_label_flags": C.VR_BE_LABEL_VALID_FLAG, "rtr_prefix": [],
                 "rtr_prefix_len": 0})
             keys.append(bk)
@@ -944,6 +974,14 @@ def _bcast_key(vrf: int) -> Key:
     return (ROUTE, C.AF_BRIDGE, vrf, _BCAST)
 
 
+def vni_for(vrf_name: str) -> int:
+    """A network's VXLAN id when no controller gives one: the same on every node (both
+    ends of a tunnel must agree without talking), from a hash of the routing instance's
+    name (which holds the network's uuid), in 1..2**24-2 (0 and 0xFFFFFF left out)."""
+    digest = hashlib.sha256(vrf_name.encode("utf-8")).digest()
+    return 1 + int.from_bytes(digest[:4], "big") % ((1 << 24) - 2)
+
+
 def _vrrp_key(vrf: int) -> Key:
     return (ROUTE, C.AF_BRIDGE, vrf, VROUTER_MAC)
 
@@ -954,7 +992,7 @@ def _vrf_base_keys(v: _Vrf) -> list[Key]:
     keys: list[Key] = [(NH, v.rcv_nh), (NH, v.resolve_nh), (NH, v.l2rcv_nh), (NH, v.pkt0_nh),
                        (NH, v.flood_nh), _vrrp_key(v.vrf_id), _bcast_key(v.vrf_id)]
     if v.vxlan_nh:
-        keys.append((NH, v.vxlan_nh))
+        keys += [(NH, v.vxlan_nh), (VXLAN, v.vni)]
     return keys
 
 

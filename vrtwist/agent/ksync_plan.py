@@ -270,6 +270,7 @@ def adoptions(present: State) -> list[tuple[str, Adopted]]:
                    and list(n["nhr_encap_oif_id"])[:1] == [idx]), None)
         out.append((str(f["vifr_name"]), Adopted(
             vif=idx, vrf_id=vrf, l3_nh=l3, l2_nh=l2, label=label_of.get(l3),
+            l2_label=label_of.get(l2) if l2 is not None else None,
             rcv_nh=_first_nh(nhs, nhr_type=C.NH_RCV, nhr_vrf=vrf),
             resolve_nh=_first_nh(nhs, nhr_type=C.NH_RESOLVE, nhr_vrf=vrf))))
     return out

@@ -55,8 +55,13 @@ class AgentService(MultiService):
                  fabric: str | None = None, local_datapath: Any = None,
                  link_kwargs: dict[str, Any] | None = None,
                  access: SocketAccess | None = None, introspect: str | None = None,
-                 introspect_datapath: Any = None, introspect_pkt0: Any = None) -> None:
+                 introspect_datapath: Any = None, introspect_pkt0: Any = None,
+                 dns_method: str = "default-dns-server",
+                 dns_upstream: list[tuple[str, int]] | None = None) -> None:
         super().__init__()
+        #: the IPAM DNS method and the servers queries are forwarded to (None: the host's)
+        self.dns_method = dns_method
+        self.dns_upstream = dns_upstream
         self.reactor = reactor
         self.run_dir = run_dir
         self.state_dir = state_dir
@@ -145,7 +150,9 @@ class AgentService(MultiService):
             self._release_learnt_when_synced(sync.sync)
         self.packets = AgentPacketService(self.reactor, self.run_dir, self.model,
                                           local_datapath=self.local_datapath,
-                                          access=self.access, policy=self.policy)
+                                          access=self.access, policy=self.policy,
+                                          dns_method=self.dns_method,
+                                          dns_upstream=self.dns_upstream)
         self.packets.setServiceParent(self)
         table.observe(self.model)
         added, skipped = table.replay()

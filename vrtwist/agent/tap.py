@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 from typing import Any, ClassVar
 
@@ -22,6 +23,7 @@ from vrtwist._process import (
     reactor_and_tunings,
     tune_gc,
 )
+from vrtwist.agent.packet.dns import DNS_METHODS
 from vrtwist.agent.service import DEFAULT_STATE_DIR, AgentService
 
 # the forwarding extension's own options (--flow-entries, --bridge-entries, --fabric)
@@ -47,6 +49,9 @@ class Options(_DatapathOptions, usage.Options):
          float],
         ["ksync", None, "socket", "embedded datapath reached over the ksync socket (socket) "
          "or by direct calls with the same Sandesh objects (inprocess)"],
+        ["dns-method", None, "default-dns-server", "IPAM DNS method for the VMs' queries to "
+         "the DNS address: default-dns-server (VM names answered, the rest forwarded) or "
+         "none (SERVFAIL)"],
         *LINK_OPT_PARAMETERS,
         introspect_option("vrouter"),
     ]
@@ -58,6 +63,16 @@ class Options(_DatapathOptions, usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["controller"] = []
+        self["dns-upstream"] = []
+
+    def opt_dns_upstream(self, server: str) -> None:
+        """A resolver the VMs' DNS queries are forwarded to, host or host:port
+        (repeatable; default: the servers in /etc/resolv.conf)."""
+        host, _, port = server.rpartition(":") if server.count(":") == 1 else (server, "", "53")
+        try:
+            self["dns-upstream"].append((str(ipaddress.ip_address(host.strip("[]"))), int(port)))
+        except ValueError:
+            raise usage.UsageError(f"--dns-upstream {server!r}: an IP address[:port]") from None
 
     def opt_controller(self, endpoint: str) -> None:
         """XMPP endpoint of a control node (repeatable), e.g. tcp:10.0.0.1:5269."""
@@ -74,6 +89,8 @@ class Options(_DatapathOptions, usage.Options):
         if self["ksync"] == "inprocess" and self["datapath"] != "embedded":
             raise usage.UsageError("--ksync inprocess needs --datapath embedded")
         check_endpoint(self["rest"], "rest")
+        if self["dns-method"] not in DNS_METHODS:
+            raise usage.UsageError(f"--dns-method must be one of {', '.join(DNS_METHODS)}")
         for controller in self["controller"]:
             check_endpoint(_controller_description(controller), "controller", client=True)
         if self["stale-timeout"] < 0:
@@ -133,7 +150,8 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         controllers=list(options["controller"]), fabric=options.get("fabric"),
         local_datapath=local, link_kwargs=linkKwargsFromOptions(options),
         access=access_from_options(options), introspect=options.get("introspect"),
-        introspect_datapath=embedded, introspect_pkt0=embedded_pkt0)
+        introspect_datapath=embedded, introspect_pkt0=embedded_pkt0,
+        dns_method=options["dns-method"], dns_upstream=list(options["dns-upstream"]) or None)
     agent.setName("agent")
     agent.setServiceParent(top)
     return top

@@ -836,11 +836,19 @@ class ControllerLink(MultiService):
             out.append(build_route_publish(self.hostname, wire, entry, add, self._seq))
         if info.mac:
             addr = f"{info.ip4}/32" if info.ip4 else "0.0.0.0/32"
-            evpn_nh = NextHop(nexthop, info.label, self.encapsulations)
+            evpn_nh = NextHop(nexthop, self._evpn_label(info), self.encapsulations)
             entry = RouteEntry(AFI_L2VPN, SAFI_ENET, addr, (evpn_nh,), mac=info.mac.lower())
             self._seq += 1
             out.append(build_route_publish(self.hostname, wire, entry, add, self._seq))
         return out
+
+    def _evpn_label(self, info: LocalRoute) -> int:
+        """The EVPN route's label, as the real agent picks it: the network's VNI when
+        VXLAN is the preferred encapsulation, else the port's L2 label (the L3 label
+        for a route made without one)."""
+        if self.encapsulations and self.encapsulations[0] == "vxlan" and info.vni:
+            return info.vni
+        return info.l2_label or info.label
 
     # -- inspection ---------------------------------------------------------------------
 
@@ -862,6 +870,7 @@ def _info(route: Any) -> LocalRoute:
     return LocalRoute(
         route.port_id, route.vm_id or "", route.vn_id, route.vrf_name, route.mac or "",
         route.ip4 or None, route.ip6 or None, int(route.label), route.nexthop or "",
+        int(getattr(route, "l2_label", 0) or 0), int(getattr(route, "vni", 0) or 0),
     )
 
 

@@ -21,7 +21,7 @@ class LocalRoute:
 
     ``vrf_name`` is the routing instance (``default-domain:vrtwist:<vn-uuid>:<vn-uuid>`` when
     no controller config names it), ``label`` the MPLS label that reaches the port's
-    interface next hop on this node, ``nexthop`` the node's fabric address.
+    interface (L3) next hop on this node, ``nexthop`` the node's fabric address.
     """
 
     port_id: str
@@ -33,6 +33,10 @@ class LocalRoute:
     ip6: str | None
     label: int
     nexthop: str
+    #: the MPLS label of the port's L2 (bridge) next hop, advertised in the EVPN route
+    l2_label: int = 0
+    #: the network's VXLAN id, advertised in the EVPN route instead when VXLAN is preferred
+    vni: int = 0
 
 
 class IControllerLink(Interface):
@@ -54,11 +58,14 @@ class IRouteProgrammer(Interface):
         """Names of the routing instances that currently have local ports."""
 
     def addRemoteRoute(vrf_name: str, prefix: str, plen: int, nexthop: str, label: int,
-                       encap: str = "udp", mac: str | None = None) -> None:
+                       encap: str = "udp", mac: str | None = None, *,
+                       l2_label: int | None = None) -> None:
         """Route ``prefix/plen`` in ``vrf_name`` through a tunnel to ``nexthop`` with ``label``.
 
         ``encap`` is ``"udp"`` (MPLS over UDP), ``"gre"`` (MPLS over GRE) or ``"vxlan"``;
-        ``mac`` is the remote VM's MAC: a bridge entry for it is installed too.  Raises
+        ``mac`` is the remote VM's MAC: a bridge entry for it is installed too, with
+        ``l2_label`` (the EVPN route's label: the far node's L2 label or, over VXLAN, the
+        network's VNI; ``label`` when not given).  Raises
         ``KeyError`` for an unknown VRF and ``ValueError`` for a bad prefix or label.
         """
 

@@ -35,6 +35,8 @@ class Programmed(NamedTuple):
     label: int
     encap: str
     mac: str | None
+    #: the EVPN item's label: the far node's L2 label (MPLS) or the network's VNI (VXLAN)
+    l2_label: int | None = None
 
 
 class RemoteRouteTable:
@@ -174,7 +176,11 @@ class RemoteRouteTable:
         best = inet or evpn
         if best is None:
             return None
-        return Programmed(best[0], best[1], best[2], mac)
+        l2 = evpn[1] if evpn is not None else None
+        label = best[1]
+        if best[2] == "vxlan" and l2 is not None:
+            label = l2  # over VXLAN a routed packet, too, is carried with the network's VNI
+        return Programmed(best[0], label, best[2], mac, l2)
 
     def _reprogram(self, pkey: PrefixKey) -> None:
         want = self._wanted(pkey)
@@ -188,7 +194,11 @@ class RemoteRouteTable:
                 del self.programmed[pkey]
                 self.sink.deleteRemoteRoute(vrf, addr, int(plen))
             else:
-                self.sink.addRemoteRoute(vrf, addr, int(plen), *want)
+                if want.l2_label is None or want.l2_label == want.label:
+                    self.sink.addRemoteRoute(vrf, addr, int(plen), *want[:4])
+                else:
+                    self.sink.addRemoteRoute(vrf, addr, int(plen), *want[:4],
+                                             l2_label=want.l2_label)
                 self.programmed[pkey] = want
         except (KeyError, ValueError) as exc:
             self.errors += 1

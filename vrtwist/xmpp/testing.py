@@ -129,15 +129,18 @@ class RecordingSink:
         self.vrfs = vrfs
         self.calls: list[tuple[object, ...]] = []
         self.table: dict[tuple[str, str, int], tuple[str, int, str, str | None]] = {}
+        self.l2_labels: dict[tuple[str, str, int], int | None] = {}
 
     def vrfNames(self) -> list[str]:
         return sorted({k[0] for k in self.table})
 
     def addRemoteRoute(self, vrf_name: str, prefix: str, plen: int, nexthop: str, label: int,
-                       encap: str = "udp", mac: str | None = None) -> None:
+                       encap: str = "udp", mac: str | None = None, *,
+                       l2_label: int | None = None) -> None:
         if self.vrfs is not None and vrf_name not in self.vrfs:
             raise KeyError(f"unknown routing instance {vrf_name!r}")
         self.calls.append(("add", vrf_name, prefix, plen, nexthop, label, encap, mac))
+        self.l2_labels[(vrf_name, prefix, plen)] = l2_label
         self.table[(vrf_name, prefix, plen)] = (nexthop, label, encap, mac)
 
     def deleteRemoteRoute(self, vrf_name: str, prefix: str, plen: int) -> None:

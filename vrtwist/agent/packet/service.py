@@ -26,6 +26,7 @@ from twisted.python.failure import Failure
 from vrtwist.access import SocketAccess
 from vrtwist.agent.dpstate import NH, VIF, DatapathModel
 from vrtwist.agent.packet.arp import FabricResolver, PathProber
+from vrtwist.agent.packet.dns import DnsProxy, VmName
 from vrtwist.agent.packet.flowpolicy import FlowPolicy, LocalPort
 from vrtwist.agent.packet.flows import FlowSetup, RouteView
 from vrtwist.agent.packet.services import Announcer, PacketServices, VmPort
@@ -140,6 +141,8 @@ class AgentPacketService(MultiService):
         flow_age: float | None = None,
         access: SocketAccess | None = None,
         policy: PolicyConfig | None = None,
+        dns_method: str = "default-dns-server",
+        dns_upstream: list[tuple[str, int]] | None = None,
     ) -> None:
         super().__init__()
         self.reactor = reactor
@@ -173,9 +176,11 @@ class AgentPacketService(MultiService):
         self.resolver = FabricResolver(reactor, self._send_fabric, self._fabric_source,
                                        model.set_fabric_mac)
         self.prober = PathProber(reactor, self.endpoint.send_switch)
+        self.dns = DnsProxy(self._vm_names, None, dns_method)
+        self._dns_upstream = dns_upstream
         self.packet_services = PacketServices(self.vm_port, self.endpoint.send_switch, mac,
                                               self.flows, fabric_arp=self._fabric_arp,
-                                              vm_arp=self.prober.received)
+                                              vm_arp=self.prober.received, dns=self.dns)
         self.endpoint.handler = self.packet_services
         self.announcer = Announcer(reactor, self.endpoint.send_switch)
         self._aging = LoopingCall(self._age)
@@ -193,7 +198,13 @@ class AgentPacketService(MultiService):
         return VmPort(
             vif, vrf, bytes.fromhex(port.mac_address.replace(":", "")), port.ip_address,
             port.plen, port.gateway, port.dns_server, port.display_name, port.tx_vlan_id,
+            ip6=port.ip6_address,
         )  # fmt: skip
+
+    def _vm_names(self, vrf: int) -> list[VmName]:
+        """The VMs of the network behind ``vrf``, for the DNS answers."""
+        return [VmName(p.display_name, p.ip_address, p.ip6_address)
+                for p in self.model.ports_in_vrf(vrf)]
 
     def _local_port(self, vif: int) -> LocalPort | None:
         found = self.model.port_on_vif(vif)
@@ -255,6 +266,8 @@ class AgentPacketService(MultiService):
         except OSError as e:
             self._log.error("pkt0: cannot bind {path}: {e}", path=self.transport.local_path, e=e)
             raise
+        if self.dns.method != "none":
+            self.dns.upstream = _upstream(self.reactor, self._dns_upstream)
         self._aging.start(AGE_SCAN_INTERVAL, now=False)
         self._flow_view()  # mapped now, not in the middle of traffic (when it exists)
         self._audit.start(AUDIT_SCAN_INTERVAL, now=False)
@@ -297,6 +310,26 @@ class AgentPacketService(MultiService):
             self._view.close()
             self._view = None
         return super().stopService()  # type: ignore[no-any-return]
+
+
+def _upstream(reactor: Any, servers: list[tuple[str, int]] | None,
+              resolv_conf: str = "/etc/resolv.conf") -> Any:
+    """The resolver queries are forwarded to: the given servers, else the host's
+    (read from ``resolv.conf`` when the agent starts; 127.0.0.1 when it names none)."""
+    from twisted.names import client
+
+    if not servers:
+        servers = []
+        try:
+            with open(resolv_conf, encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    words = line.split()
+                    if len(words) >= 2 and words[0] == "nameserver":
+                        servers.append((words[1], 53))
+        except OSError:
+            pass
+        servers = servers or [("127.0.0.1", 53)]
+    return client.Resolver(servers=servers, reactor=reactor)
 
 
 def held_indices(table: Any) -> list[int]:

@@ -1,8 +1,9 @@
 """The agent's trap dispatcher: each trapped packet to the service the real agent uses.
 
 The order is the real agent's (``PktHandler::ParsePacket``), trimmed to the services
-vrtwist provides: DHCP for DHCP-enabled ports, ARP, flow setup, ICMP errors for
-ZERO_TTL/HANDLE_DF, ICMP echo for the gateway and service addresses. What no service
+vrtwist provides: DHCP and DHCPv6 for DHCP-enabled ports, ARP, flow setup, DNS (UDP 53
+from a DHCP-enabled port), ICMP errors for ZERO_TTL/HANDLE_DF, ICMP echo for the gateway
+and service addresses. What no service
 takes is counted as invalid and dropped. Replies go back as SWITCH commands on the vif
 and VRF of the trap.
 """
@@ -20,14 +21,18 @@ from zope.interface import implementer
 from vrtwist.agent.packet import icmp
 from vrtwist.agent.packet.arp import ANNOUNCE_COUNT, ANNOUNCE_INTERVAL, VRRP_MAC, announcement
 from vrtwist.agent.packet.dhcp import DhcpServer, PortLease
+from vrtwist.agent.packet.dhcp6 import Dhcp6Server, Port6
+from vrtwist.agent.packet.dns import DnsProxy
 from vrtwist.agent.packet.flows import FlowSetup
 from vrtwist.packet.headers import (
     ETH_P_ARP,
     ETH_P_IP,
+    ETH_P_IPV6,
     IPPROTO_ICMP,
     IPPROTO_UDP,
     Ethernet,
     IPv4,
+    IPv6,
     PacketError,
 )
 from vrtwist.pkt0 import constants as K
@@ -54,6 +59,10 @@ class VmPort:
     vm_name: str = ""
     tx_vlan: int = -1
     dhcp_enabled: bool = True
+    ip6: str | None = None
+
+    def lease6(self) -> Port6:
+        return Port6(self.mac, self.ip6, self.dhcp_enabled, self.tx_vlan)
 
     def lease(self) -> PortLease:
         return PortLease(
@@ -69,6 +78,8 @@ class VmPort:
 @dataclass
 class ServiceCounters:
     dhcp: int = 0
+    dhcp6: int = 0
+    dns: int = 0
     arp: int = 0
     flow: int = 0
     icmp: int = 0
@@ -93,6 +104,7 @@ class PacketServices:
         flows: FlowSetup | None = None,
         fabric_arp: Callable[[int, memoryview], object] | None = None,
         vm_arp: Callable[[int, memoryview], object] | None = None,
+        dns: DnsProxy | None = None,
     ) -> None:
         self._port_of = port_of
         #: ARP trapped from a VM vif: the path-preference prober notes the VM's answers
@@ -103,11 +115,18 @@ class PacketServices:
         self._vhost_mac = vhost_mac
         self.flows = flows
         self.dhcp = DhcpServer(self._lease_of, vhost_mac)
+        self.dhcp6 = Dhcp6Server(self._lease6_of, vhost_mac)
+        #: DNS for the ports' queries to the service address (None: not served)
+        self.dns = dns
         self.counters = ServiceCounters()
 
     def _lease_of(self, vif: int) -> PortLease | None:
         port = self._port_of(vif)
         return port.lease() if port is not None else None
+
+    def _lease6_of(self, vif: int) -> Port6 | None:
+        port = self._port_of(vif)
+        return port.lease6() if port is not None else None
 
     def _reply(self, hdr: AgentHeader, frame: bytes | None) -> None:
         if frame is None:
@@ -150,13 +169,30 @@ class PacketServices:
             c.dhcp += 1
             self._reply(header, self.dhcp.handle(header.ifindex, frame))
             return
+        if not flow_trap and eth.ethertype == ETH_P_IPV6 and _is_dhcp6(port, frame, eth.length):
+            c.dhcp6 += 1
+            self._reply(header, self.dhcp6.handle(header.ifindex, frame))
+            return
         if eth.ethertype == ETH_P_ARP:
             self._arp(header, frame, port)
             return
         if flow_trap or ip is None:
             c.invalid += 1
             return
+        if self._dns_query(header, frame, port, udp_ports):
+            return
         self._ip_service(header, frame, port, ip, udp_ports)
+
+    def _dns_query(self, header: AgentHeader, frame: memoryview, port: VmPort | None,
+                   udp_ports: tuple[int, int] | None) -> bool:
+        """A DNS query from a DHCP-enabled port goes to the DNS proxy (True if taken)."""
+        if (self.dns is None or port is None or not port.dhcp_enabled
+                or udp_ports is None or udp_ports[1] != 53):
+            return False
+        self.counters.dns += 1
+        self.dns.handle(header.vrf, frame, port.mac, port.tx_vlan,
+                        lambda reply: self._reply(header, reply))
+        return True
 
     def _arp(self, header: AgentHeader, frame: memoryview, port: VmPort | None) -> None:
         """The datapath answers VMs; the agent only learns from these: the fabric MAC
@@ -204,6 +240,21 @@ def _is_dhcp(port: VmPort | None, udp_ports: tuple[int, int] | None) -> bool:
     """A DHCP request from a DHCP-enabled port (client port 68 or server port 67)."""
     return (port is not None and port.dhcp_enabled and udp_ports is not None
             and (udp_ports[1] == 67 or udp_ports[0] == 68))
+
+
+def _is_dhcp6(port: VmPort | None, frame: memoryview, l3: int) -> bool:
+    """A DHCPv6 client message (UDP to port 547 or from 546) from a DHCP-enabled port."""
+    if port is None or not port.dhcp_enabled:
+        return False
+    try:
+        ip6 = IPv6.parse(frame, l3)
+    except PacketError:
+        return False
+    if ip6.next_header != IPPROTO_UDP or len(frame) < l3 + 44:
+        return False
+    sport = int.from_bytes(frame[l3 + 40 : l3 + 42], "big")
+    dport = int.from_bytes(frame[l3 + 42 : l3 + 44], "big")
+    return dport == 547 or sport == 546
 
 
 def _gateway(port: VmPort | None, fallback: bytes) -> bytes:
