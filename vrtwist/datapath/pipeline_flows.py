@@ -436,6 +436,14 @@ class FlowStage(PipelineCore):
             v = flows.verdict(index)
             nbytes, npackets = flows.stats(index)
             oflow = ((nbytes >> 32) & 0xFFFF) | ((npackets >> 32) & 0xFF) << 16
+            code = D.TRAP_FLOW_MISS if new else D.TRAP_FLOW_ACTION_HOLD
+            nh_id = pkt.nh.id if pkt.nh is not None else pkt.vif.nh_id
+            stats = (nbytes & 0xFFFFFFFF, npackets & 0xFFFFFFFF, oflow, v.gen_id)
+            if pkt.gso is not None:  # a super-frame: the agent gets its first wire segment
+                copy = pkt.clone()
+                copy.dvrf = v.vrf
+                self._trap(copy, code, param=index, param_1=nh_id, stats=stats)
+                return False
             # the trap is a copy of the held packet in the entry's VRF; the held packet is
             # immutable bytes now, so its bytes are the copy (no Packet clone per miss)
             buf = pkt.buf
@@ -444,15 +452,7 @@ class FlowStage(PipelineCore):
             # included (the agent reads the label or VNI from them)
             whole = pkt.outer_src and vif.type == C.VIF_TYPE_PHYSICAL
             frame = buf if whole or not pkt.start else buf[pkt.start :]
-            if not self.trapper.trap(
-                vif.idx,
-                v.vrf,
-                D.TRAP_FLOW_MISS if new else D.TRAP_FLOW_ACTION_HOLD,
-                index,
-                pkt.nh.id if pkt.nh is not None else vif.nh_id,
-                (nbytes & 0xFFFFFFFF, npackets & 0xFFFFFFFF, oflow, v.gen_id),
-                frame,
-            ):
+            if not self.trapper.trap(vif.idx, v.vrf, code, index, nh_id, stats, frame):
                 self._drop(pkt, D.DROP_TRAP_NO_IF)
         return False
 
