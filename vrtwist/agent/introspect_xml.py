@@ -49,15 +49,22 @@ def response(resp: str, list_name: str, struct: str, rows: Iterable[Iterable[Fie
     return body.encode()
 
 
-def agent_pages(agent: Any, datapath: Any, flows: FlowTableSource
-                ) -> dict[str, Callable[[Params], bytes]]:
-    from vrtwist.agent import introspect as A
+class AgentPages:
+    """The agent's ``Snh_*`` requests, one method each (see :func:`agent_pages`)."""
 
-    def itf(params: Params) -> bytes:
+    def __init__(self, agent: Any, datapath: Any, flows: FlowTableSource) -> None:
+        from vrtwist.agent import introspect  # the JSON views these pages reshape
+
+        self.views = introspect
+        self.agent = agent
+        self.datapath = datapath
+        self.flows = flows
+
+    def itf(self, params: Params) -> bytes:
         name = params.get("name", "")
         uuid = params.get("uuid", "")
         rows = []
-        for r in A.interfaces(agent, datapath):
+        for r in self.views.interfaces(self.agent, self.datapath):
             if name and name not in r["name"]:
                 continue
             if uuid and uuid.lower() != r["uuid"]:
@@ -82,23 +89,23 @@ def agent_pages(agent: Any, datapath: Any, flows: FlowTableSource
             ])
         return response("ItfResp", "itf_list", "ItfSandeshData", rows)
 
-    def vrf_list(params: Params) -> bytes:
+    def vrf_list(self, params: Params) -> bytes:
         name = params.get("name", "")
         rows = [[("name", "string", v["name"]), ("ucindex", "u32", v["vrf"]),
                  ("mcindex", "u32", v["vrf"]), ("l2index", "u32", v["vrf"]),
                  ("uc6index", "u32", v["vrf"]), ("vxlan_id", "u32", 0),
-                 ("RD", "string", f"{agent.fabric_ip}:{v['vrf']}"),
+                 ("RD", "string", f"{self.agent.fabric_ip}:{v['vrf']}"),
                  ("vn", "string", v["name"].split(":")[-2] if v["vrf"] else ""),
                  ("route_count", "u32", v["routes"])]
-                for v in A.vrfs(agent) if name in v["name"]]
+                for v in self.views.vrfs(self.agent) if name in v["name"]]
         return response("VrfListResp", "vrf_list", "VrfSandeshData", rows)
 
-    def inet4(params: Params) -> bytes:
+    def inet4(self, params: Params) -> bytes:
         vrf = int_param(params, "vrf_index", 0)
         src = params.get("src_ip", "")
         plen = int_param(params, "prefix_len", -1, -1, 32)
-        listing = A.routes(agent, vrf, 0, 1 << 30)["routes"]
-        nhs = {n["id"]: n for n in A.nexthops(agent)}
+        listing = self.views.routes(self.agent, vrf, 0, 1 << 30)["routes"]
+        nhs = {n["id"]: n for n in self.views.nexthops(self.agent)}
         rows = []
         for r in listing:
             if r["family"] != "inet" or (src and r["prefix"] != src) or (
@@ -119,28 +126,28 @@ def agent_pages(agent: Any, datapath: Any, flows: FlowTableSource
                           Raw(f'<list type="struct" size="1">{path}</list>'))])
         return (response("Inet4UcRouteResp", "route_list", "RouteUcSandeshData", rows))
 
-    def nh_list(params: Params) -> bytes:
+    def nh_list(self, params: Params) -> bytes:
         rows = [[("type", "string", n["type"]), ("ref_count", "u32", 1),
                  ("valid", "string", "true"), ("policy", "string", "disabled"),
                  ("nh_index", "u32", n["id"]), ("vrf", "string", str(n["vrf"])),
                  ("sip", "string", n.get("tun_sip", "")), ("dip", "string", n.get("tun_dip", "")),
                  ("itf", "string", str(n.get("oif", "")))]
-                for n in A.nexthops(agent)]
+                for n in self.views.nexthops(self.agent)]
         return response("NhListResp", "nh_list", "NhSandeshData", rows)
 
-    def xmpp(params: Params) -> bytes:
+    def xmpp(self, params: Params) -> bytes:
         rows = [[("controller_ip", "string", p["controller"]), ("state", "string", p["state"]),
                  ("peer_name", "string", p["peer_name"]),
                  ("peer_address", "string", p["controller"]),
                  ("cfg_controller", "string", "Yes" if p["current"] else "No"),
                  ("xmpp_auth_type", "string", "TLS" if p["tls"] else "NIL"),
                  ("flap_count", "u32", max(0, p["sessions_established"] - 1))]
-                for p in A.xmpp_peers(agent)]
+                for p in self.views.xmpp_peers(self.agent)]
         return response("AgentXmppConnectionStatus", "peer", "AgentXmppData", rows)
 
-    def kflow(params: Params) -> bytes:
+    def kflow(self, params: Params) -> bytes:
         start = int_param(params, "flow_idx", 0)
-        view = flows.view()
+        view = self.flows.view()
         entries, nxt = page(view, start, MAX_PAGE) if view is not None else ([], None)
         rows = [[("index", "i32", e.index), ("rflow", "i32", e.rflow),
                  ("sip", "string", e.sip), ("sport", "u16", e.sport),
@@ -153,7 +160,11 @@ def agent_pages(agent: Any, datapath: Any, flows: FlowTableSource
         return response("KFlowResp", "flow_list", "KFlowInfo", rows,
                         [("flow_handle", "string", str(nxt) if nxt is not None else "0")])
 
-    return {"ItfReq": itf, "VrfListReq": vrf_list, "Inet4UcRouteReq": inet4,
-            "NhListReq": nh_list, "AgentXmppConnectionStatusReq": xmpp, "KFlowReq": kflow,
-            "FetchAllFlowRecords": kflow}
+
+def agent_pages(agent: Any, datapath: Any, flows: FlowTableSource
+                ) -> dict[str, Callable[[Params], bytes]]:
+    pages = AgentPages(agent, datapath, flows)
+    return {"ItfReq": pages.itf, "VrfListReq": pages.vrf_list, "Inet4UcRouteReq": pages.inet4,
+            "NhListReq": pages.nh_list, "AgentXmppConnectionStatusReq": pages.xmpp,
+            "KFlowReq": pages.kflow, "FetchAllFlowRecords": pages.kflow}
 
