@@ -222,7 +222,8 @@ def interfaces(agent: Any, datapath: Any) -> list[dict[str, Any]]:
             "vm_name": port.display_name if port else "", "vn": port.vn_id if port else "",
             "ip": (port.ip_address or "") if port else "",
             "ip6": (port.ip6_address or "") if port else "",
-            "label": ids.label if ids else -1, "l3_nh": ids.l3_nh if ids else 0,
+            "label": ids.label if ids else -1, "l2_label": ids.l2_label if ids else -1,
+            "l3_nh": ids.l3_nh if ids else 0,
             "l2_nh": ids.l2_nh if ids else 0, "os_index": f.get("vifr_os_idx", 0),
         }
         vif = dp_vifs.get(idx) if datapath is not None else None

@@ -79,7 +79,7 @@ class AgentPages:
                 ("ip_addr", "string", r["ip"] or "0.0.0.0"),
                 ("ip6_addr", "string", r["ip6"] or "::"),
                 ("mac_addr", "string", r["mac"]), ("label", "i32", r["label"]),
-                ("l2_label", "i32", r["label"]), ("vm_uuid", "string", r["vm_uuid"]),
+                ("l2_label", "i32", r["l2_label"]), ("vm_uuid", "string", r["vm_uuid"]),
                 ("vm_name", "string", r["vm_name"]), ("vn_name", "string", r["vn"]),
                 ("os_ifindex", "i32", r["os_index"]),
                 ("in_pkts", "i64", r.get("rx_packets", 0)),
