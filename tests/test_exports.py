@@ -22,14 +22,15 @@ from vrtwist._exports import lazy_exports
 ROOT = Path(vrtwist.__file__).resolve().parent
 
 EXPORTS: dict[str, list[str]] = {
-    "agent": ["AgentPacketService", "AgentService", "RestApiError", "DatapathModel",
+    "agent": ["AgentPacketService", "AgentService", "DatapathModel",
         "DatapathRequestError", "DatapathSync", "Gateway", "IControllerLink",
         "IGatewayProgrammer", "IKsyncBunchChannel", "IKsyncChannel", "IPortObserver",
         "IPortStore", "IRouteProgrammer", "KsyncSynchroniser", "LocalChannel", "LocalRoute",
         "LocalSynchroniser", "PacketServices", "Port", "PortApi", "PortFileError",
         "PortNotFound", "PortStore", "PortTable", "PortValidationError", "ProtocolChannel",
-        "ResourceExhausted", "VmPort", "WrongPortType", "make_agent_app", "port_from_json"],
-    "cli": ["APIClient", "ExposeApiError", "DEFAULT_SOCK_DIR", "EXIT_RESPONSE", "EXIT_USAGE",
+        "ResourceExhausted", "RestApiError", "VmPort", "WrongPortType", "make_agent_app",
+        "port_from_json"],
+    "cli": ["APIClient", "DEFAULT_SOCK_DIR", "EXIT_RESPONSE", "EXIT_USAGE", "ExposeApiError",
         "FlowTool", "PortControl", "UsageError", "UsageFailure"],
     "datapath": ["BridgeRoutesInMemory", "DEFAULT_RUN_DIR", "Datapath", "DatapathConfig",
         "DatapathOptionsMixin", "DatapathService", "DropLog", "DropLogError", "DropRecord",
