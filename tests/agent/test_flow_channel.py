@@ -8,9 +8,10 @@ an external datapath may see no flow miss for longer, so it must open its sessio
 from __future__ import annotations
 
 import tempfile
+from typing import cast
 
-from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet import reactor, unix
+from twisted.internet.interfaces import IReactorUNIX
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
@@ -21,14 +22,13 @@ from vrtwist.ksync.testing import MemoryDispatcher
 
 
 class FlowChannelSessionTests(TestCase):
-    @inlineCallbacks
-    def test_session_is_established_before_any_flow(self) -> Deferred[None]:  # type: ignore[misc]
+    async def test_session_is_established_before_any_flow(self) -> None:
         """Connected and idle (no FLOW_SET yet), the session already counts as established."""
         run_dir = tempfile.mkdtemp(prefix="vrtwist-flowchan-")
-        port = yield listen_ksync(reactor, run_dir, MemoryDispatcher())
+        port = await listen_ksync(IReactorUNIX(reactor), run_dir, MemoryDispatcher())
         self.addCleanup(port.stopListening)
-        factory = port.factory
-        self.assertIsInstance(factory, BoundedFactory)
+        factory = cast(unix.Port, port).factory  # the listening port listen_ksync made
+        assert isinstance(factory, BoundedFactory), factory  # and narrowed for its guard
         guard = factory.guard
         channel = KsyncFlowChannel(reactor, run_dir)
         channel.service.startService()
@@ -37,6 +37,6 @@ class FlowChannelSessionTests(TestCase):
         for _ in range(200):
             if guard._live and not guard._new:
                 break
-            yield deferLater(reactor, 0.01, lambda: None)
+            await deferLater(reactor, 0.01, lambda: None)
         self.assertEqual((len(guard._new), len(guard._live)), (0, 1))
         self.assertTrue(channel._keepalive.running)
