@@ -69,9 +69,11 @@ class Twistd:
             m = _REST_RE.search(self.text())
             return int(m.group(1)) if m else None
         try:
-            return int(wait_until(found, "the REST port", timeout))
+            port = wait_until(found, "the REST port", timeout)
         except AssertionError as e:
             raise AssertionError(f"{e}\n{self.text()}") from None
+        assert port is not None  # wait_until returns only a true value
+        return port
 
     def introspect_port(self, timeout: float = 30.0) -> int:
         def found() -> int | None:
@@ -79,7 +81,9 @@ class Twistd:
                 raise AssertionError(f"twistd exited {self.proc.returncode}:\n{self.text()}")
             m = _INTROSPECT_RE.search(self.text())
             return int(m.group(1)) if m else None
-        return int(wait_until(found, "the introspect port", timeout))
+        port = wait_until(found, "the introspect port", timeout)
+        assert port is not None  # wait_until returns only a true value
+        return port
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.proc.poll() is None:

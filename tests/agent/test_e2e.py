@@ -72,6 +72,7 @@ class EmbeddedAgentTests(TestCase):
         snap = wait_until(lambda: (s := snapshot(self.run_dir)) and
                           any(v[0] == "tapv1" for v in s["vifs"].values()) and
                           s["routes"] and s["bridge"] and s, "the port in the datapath")
+        assert snap  # wait_until returns only a true value
         idx = next(i for i, v in snap["vifs"].items() if v[0] == "tapv1")
         _name, vrf, nh = snap["vifs"][idx]
         self.assertEqual(snap["nhs"][nh][3], idx)  # interface NH points at the vif
@@ -247,6 +248,7 @@ class ExternalRestartTests(TestCase):
                             # 5 VM MACs, the VRRP and broadcast MACs of each of the 2 VRFs
                             and len(s["bridge"]) == 9 and len(s["routes"]) == 7 and s,
                             "five ports programmed")
+        assert before  # wait_until returns only a true value
         # a flow set up before the restart must survive it untouched
         flows_before = _add_flow(run_dir, before)
         self.assertIn("10.0.0.1:1000", flows_before)
@@ -326,6 +328,7 @@ class DatapathRestartTests(TestCase):
         snap = wait_until(lambda: (s := snapshot(run_dir)) and len(s["labels"]) == 6 and
                           # 3 VM MACs and the VRF's VRRP and broadcast MACs
                           len(s["bridge"]) == 5 and s, "three ports refilled", 30)
+        assert snap  # wait_until returns only a true value
         self.assertEqual({v[0] for v in snap["vifs"].values()} >= {"tapv1", "tapv2", "tapv3"},
                          True)
         # no busy loop while the datapath was away: the log stays short

@@ -283,15 +283,21 @@ class FabricArpDispatchTests(SynchronousTestCase):
         self.assertEqual(services.counters.arp, 2)
 
 
-def fabric_node(fabric_ip: str, mac: bytes, ports: list[Any], vxlan: bool = False) -> Node:
+class FabricNode(Node):
+    """A ``Node`` with the fabric MAC resolver a real agent runs."""
+
+    resolver: FabricResolver
+
+
+def fabric_node(fabric_ip: str, mac: bytes, ports: list[Any], vxlan: bool = False) -> FabricNode:
     """A packet-service ``Node`` with a fabric address and MAC, a resolver, and flow setup
     that parses tunnel packets; the datapath follows every change of the model."""
-    node = Node(fabric_ip, ports, mac, vxlan)
-    node.resolver = FabricResolver(  # type: ignore[attr-defined]
+    node = FabricNode(fabric_ip, ports, mac, vxlan)
+    node.resolver = FabricResolver(
         node.clock, lambda f: node.agent_end.send_switch(0, 0, f),
         lambda: (mac, _ip(fabric_ip)), node.model.set_fabric_mac)
     node.flows.fabric = lambda: (0, _ip(fabric_ip))
-    node.services._fabric_arp = lambda vif, f: node.resolver.received(f)  # type: ignore[attr-defined]
+    node.services._fabric_arp = lambda vif, f: node.resolver.received(f)
     node.model.listeners.append(lambda keys: node.apply())
     return node
 
@@ -339,8 +345,8 @@ class TwoNodeTests(SynchronousTestCase):
         a, b = self.a, self.b
         self.learn(encap)
         self.pump()  # ARP requests and the datapath's proxy answers
-        self.assertEqual(a.resolver.macs, {"192.0.2.2": MAC_B})  # type: ignore[attr-defined]
-        self.assertEqual(b.resolver.macs, {"192.0.2.1": MAC_A})  # type: ignore[attr-defined]
+        self.assertEqual(a.resolver.macs, {"192.0.2.2": MAC_B})
+        self.assertEqual(b.resolver.macs, {"192.0.2.1": MAC_A})
         vm1 = a.vif_of(1)
         echo = icmp_echo(bytes.fromhex("020000000001"), "10.1.1.3", "10.1.1.5")
         a.world.pipeline.receive(vm1, echo)  # flow miss on A: set up, released

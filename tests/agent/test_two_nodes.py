@@ -64,7 +64,7 @@ class LabCase(TestCase):
             r = vm.plug()
             self.assertEqual(r.returncode, 0, r.stdout + r.stderr + lab.logs())
         for node in (self.n1, self.n2):
-            wait_until(lambda node=node: node.tool("vif", "--list").count("Status: UP") >= 3
+            wait_until(lambda: node.tool("vif", "--list").count("Status: UP") >= 3
                        or None, f"node {node.n}: fabric and VM vifs attached", 30)
         for vm in self.vms:
             addr = vm.dhcp(self.dir)
@@ -72,7 +72,7 @@ class LabCase(TestCase):
             self.assertIn(f"default via {GATEWAY}", vm.run("ip", "-4", "route").stdout)
         # the remote VMs' routes came over XMPP: each node has tunnels to the other
         for node, other in ((self.n1, self.n2), (self.n2, self.n1)):
-            wait_until(lambda node=node, other=other: other.fabric_ip in node.tool(
+            wait_until(lambda: other.fabric_ip in node.tool(
                 "nh", "--list"), f"node {node.n}: a tunnel to {other.fabric_ip}", 30)
 
     def ping(self, src: int, dst: int) -> None:

@@ -22,9 +22,10 @@ from typing import Any
 from twisted.trial.unittest import TestCase
 
 from tests.agent.helpers import port_body
-from tests.agent.procs import BIN, Twistd, agent_args, wait_until
+from tests.agent.procs import BIN, Twistd, agent_args
 from tests.agent.test_vm_traffic import Vm
 from tests.agent.twonodes import sh, skip_reason
+from tests.polling import wait_until
 
 PFX = "po%d" % (os.getpid() % 100000)
 VN = "9b9b9b9b-2222-3333-4444-555555555555"

@@ -19,10 +19,12 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.interfaces import IReactorUNIX
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
-from tests.datapath.ports_world import PFX, Devices, in_netns, sh, skip_reason, wait_for
+from tests.datapath.ports_world import PFX, Devices, in_netns, sh, skip_reason
+from tests.polling import wait_for
 from vrtwist.cli import nh as nh_cli
 from vrtwist.cli import rt as rt_cli
 from vrtwist.cli import vif as vif_cli
@@ -40,7 +42,7 @@ class NeighbourDiscoveryTests(TestCase):
         skip = _SKIP
 
     @inlineCallbacks
-    def setUp(self) -> Any:
+    def setUp(self) -> Any:  # type: ignore[override]  # trial waits for the Deferred
         self.run_dir = tempfile.mkdtemp(prefix=PFX)
         self.addCleanup(shutil.rmtree, self.run_dir, True)
         self.dev = Devices()
@@ -55,7 +57,7 @@ class NeighbourDiscoveryTests(TestCase):
             # the helper turns IPv6 off on test devices; this test is about IPv6
             sh("ip", "netns", "exec", ns, "sysctl", "-qw", f"net.ipv6.conf.{peer}.disable_ipv6=0")
             sh("ip", "-n", ns, "-6", "addr", "add", ip + "/64", "dev", peer, "nodad")
-        self.top = makeDatapathService(self.run_dir, 4096, 4096, reactor=reactor)
+        self.top = makeDatapathService(self.run_dir, 4096, 4096, reactor=IReactorUNIX(reactor))
         self.top.startService()
         self.addCleanup(self.top.stopService)
         for argv in (

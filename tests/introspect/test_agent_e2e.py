@@ -215,8 +215,10 @@ class AgentIntrospectTests(TestCase):
             return result or None
 
         up = wait_until(lambda: query("up"), "prometheus scraping the agent", 60)
+        assert up is not None  # wait_until returns only a true value
         self.assertEqual(up[0]["value"][1], "1")
         ports = wait_until(lambda: query("vrouter_agent_ports"), "vrouter_agent_ports", 30)
+        assert ports is not None
         self.assertEqual(ports[0]["value"][1], "1")
         _code, _, raw = get(web, "/api/v1/targets")
         target = json.loads(raw)["data"]["activeTargets"][0]
@@ -226,6 +228,7 @@ class AgentIntrospectTests(TestCase):
         self.add_port(2)
         time.sleep(2.5)
         after = wait_until(lambda: query("sum(vrouter_agent_rest_requests_total)"), "sum", 10)
+        assert after is not None
         self.assertGreater(float(after[0]["value"][1]), before)
         resets = query("resets(vrouter_agent_ksync_requests_total[1m])") or []
         self.assertTrue(all(r["value"][1] == "0" for r in resets), resets)

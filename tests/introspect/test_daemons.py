@@ -11,6 +11,7 @@ from typing import Any, cast
 import treq
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import defer, reactor
+from twisted.internet.address import IPv4Address
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import TestCase
@@ -257,7 +258,9 @@ class VSPCSessionMetricsTests(VSPCNetTestCase):
         app = vspc_app(self.table)
         listening = await listen_introspect(reactor, LOOP, app.resource())
         self.addCleanup(listening.stopListening)
-        iport = listening.getHost().port
+        host = listening.getHost()
+        assert isinstance(host, IPv4Address), host
+        iport = host.port
         esx.send_serial(b"z" * 3000)
         await esx.wait_for(lambda: len(esx.serial) >= 3000)
         pool = HTTPConnectionPool(reactor, persistent=False)

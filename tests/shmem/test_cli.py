@@ -67,8 +67,12 @@ class FlowUtility(SynchronousTestCase):
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
+        def answers() -> bool:
+            open_ksync(cls.run_dir).close()
+            return True
+
         try:
-            wait_until(lambda: open_ksync(cls.run_dir).close() or True, "vrouter-dp's ksync", 60)
+            wait_until(answers, "vrouter-dp's ksync", 60)
         except PollTimeout:
             cls.tearDownClass()
             raise RuntimeError("vrouter-dp did not start; see %s/log" % cls.run_dir) from None

@@ -144,7 +144,7 @@ class RelayTests(VSPCNetTestCase):
         for e, p in zip(esxs, payloads):
             e.send_serial(p)
         for e, p in zip(esxs, payloads):
-            await e.wait_for(lambda e=e, p=p: len(e.serial) >= len(p))
+            await e.wait_for(lambda: len(e.serial) >= len(p))
             self.assertEqual(bytes(e.serial), p)
         for b, p in zip(backends, payloads):
             self.assertEqual(b.received(), p)

@@ -104,8 +104,10 @@ class ForwardingTests(TestCase):
         data, reason = await c.done
         self.assertEqual(data, b"")
         self.assertTrue(reason.check(error.ConnectionLost), reason)
-        mux = self.pair.host.links.current()  # type: ignore[union-attr]
-        fwd = self.pair.fwd.table.links.current()  # type: ignore[union-attr]
+        assert self.pair.host is not None and self.pair.fwd is not None  # started in setUp
+        mux = self.pair.host.links.current()
+        fwd = self.pair.fwd.table.links.current()
+        assert mux is not None and fwd is not None
         await wait_for(lambda: mux.liveChannels() == fwd.liveChannels() == 0,
                        what="the channel to close on both sides")
         self.assertEqual((mux.liveChannels(), fwd.liveChannels()), (0, 0))

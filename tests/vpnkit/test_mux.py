@@ -6,7 +6,7 @@ import hashlib
 import itertools
 import os
 import random
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet import error
 from twisted.internet.interfaces import IPushProducer
@@ -16,6 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from vrtwist.vpnkit.channel import Channel
 from vrtwist.vpnkit.frames import (
     HANDSHAKE,
     Close,
@@ -350,9 +351,10 @@ class HalfCloseTests(SynchronousTestCase):
             def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
                 self.lost = True
 
+        @implementer(IChannelAcceptor)
         class Acc:
-            def channelOpened(self, channel: object) -> None:
-                channel.accept(plain)  # type: ignore[attr-defined]
+            def channelOpened(self, channel: IChannel) -> None:
+                channel.accept(plain)
 
         plain = Plain()
         pair = LinkPair(Acc())
@@ -454,7 +456,7 @@ class FlowControlTests(SynchronousTestCase):
         pair.pump()
         self.assertEqual(producer.state, "paused")
         self.assertEqual(ch._wr_sent, 65536)  # exactly one window, not a byte more
-        rch = acc.accepted[0][0]
+        rch = cast(Channel, acc.accepted[0][0])  # its receive buffer is looked at
         self.assertLessEqual(rch._recvlen, 65536)  # memory bounded by the window
         self.assertGreaterEqual(pair.b.stats.window_stalls, 1)
         rch.resumeProducing()
@@ -740,14 +742,15 @@ class BrokenProtocolTests(SynchronousTestCase):
             def dataReceived(self, data: bytes) -> None:
                 raise ValueError("application bug")
 
+        @implementer(IChannelAcceptor)
         class Acc:
             def __init__(self) -> None:
                 self.sinks: list[Sink] = []
 
-            def channelOpened(self, channel: object) -> None:
+            def channelOpened(self, channel: IChannel) -> None:
                 s = Broken() if not self.sinks else Sink()
                 self.sinks.append(s)
-                channel.accept(s)  # type: ignore[attr-defined]
+                channel.accept(s)
 
         acc = Acc()
         pair = LinkPair(acc)

@@ -209,7 +209,7 @@ class RelayNetTests(TestCase):
             for p in f.peers:
                 await p.done
         for r in self.relays:
-            await wait_for(lambda r=r: not (r.stats.backendsOpen or r.stats.active),
+            await wait_for(lambda: not (r.stats.backendsOpen or r.stats.active),
                            what="the relay's connections to close")
 
     async def tcpBackend(self, **kw: Any) -> tuple[PeerFactory, int]:

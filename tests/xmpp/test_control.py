@@ -15,6 +15,7 @@ from vrtwist.xmpp.framing import KEEPALIVE, build_stream_response
 from vrtwist.xmpp.stanzas import (
     EndOfRib,
     RouteUpdate,
+    Stanza,
     build_eor_iq_pair,
     build_eor_message,
     build_route_update,
@@ -27,6 +28,15 @@ def messages(logs: Sequence[Any]) -> str:
     from twisted.logger import formatEvent
 
     return "\n".join(formatEvent(e) for e in logs)
+
+
+def updates(stanzas: Sequence[Stanza]) -> list[RouteUpdate]:
+    """The stanzas, each asserted to be a route update (so their items can be read)."""
+    out = []
+    for s in stanzas:
+        assert isinstance(s, RouteUpdate), s
+        out.append(s)
+    return out
 
 
 class SessionSetupTests(SynchronousTestCase):
@@ -135,7 +145,7 @@ class ReflectionTests(SynchronousTestCase):
         self.clock.advance(0)
         [msg] = b.received()
         self.assertIsInstance(msg, RouteUpdate)
-        self.assertEqual(msg.node, "1/1/blue")
+        self.assertEqual(updates([msg])[0].node, "1/1/blue")
 
     def test_withdraw_retracts(self) -> None:
         a, b = self.agents["a"], self.agents["b"]
@@ -158,7 +168,7 @@ class ReflectionTests(SynchronousTestCase):
         self.clock.advance(0.1)  # End-of-RIB waits for a quiet moment after subscribes
         got = d.received()
         self.assertIsInstance(got[-1], EndOfRib)
-        ids = {e.item_id for s in got[:-1] for e in s.items}
+        ids = {e.item_id for s in updates(got[:-1]) for e in s.items}
         self.assertEqual(ids, {f"10.0.0.{i}/32" for i in range(5)})
 
     def test_other_vrf_not_leaked(self) -> None:
@@ -198,7 +208,7 @@ class ReflectionTests(SynchronousTestCase):
         for i in range(300):
             a.publish("blue", inet(f"10.1.{i // 256}.{i % 256}/32"))
         self.clock.advance(0)
-        msgs = b.received()
+        msgs = updates(b.received())
         self.assertEqual(len(msgs), 3)
         self.assertLessEqual(max(len(m.items) for m in msgs), MAX_ITEMS_PER_MESSAGE)
         self.assertEqual(sum(len(m.items) for m in msgs), 300)
@@ -276,8 +286,9 @@ class ViolationTests(SynchronousTestCase):
         self.clock.advance(0)
         items, _, _ = self.b.routes()
         self.assertEqual(list(items), ["10.0.0.3/32"])
-        self.assertEqual(self.node.best_path("blue", (1, 1), "10.0.0.2/32", "c").entry.address,
-                         "10.0.0.2/32")
+        path = self.node.best_path("blue", (1, 1), "10.0.0.2/32", "c")
+        assert path is not None
+        self.assertEqual(path.entry.address, "10.0.0.2/32")
 
     def test_duplicate_subscribe(self) -> None:
         from vrtwist.xmpp.stanzas import build_subscribe
@@ -496,4 +507,4 @@ class OrderingTests(SynchronousTestCase):
         a.publish("blue", RouteEntry(25, 242, "10.0.0.1/32", (NextHop("192.0.2.1", 16),),
                                      mac="02:00:00:00:00:01"))
         clock.advance(0)
-        self.assertEqual([m.node for m in b.received()], ["25/242/blue", "1/1/blue"])
+        self.assertEqual([m.node for m in updates(b.received())], ["25/242/blue", "1/1/blue"])

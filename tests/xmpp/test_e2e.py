@@ -145,7 +145,9 @@ class EndToEndTests(SynchronousTestCase):
              "--introspect", "none"],
             cwd=self.base, stdout=log, stderr=subprocess.STDOUT)
         if not port:
-            port = wait_until(lambda: logged_port(path, CONTROL_PORT_RE), f"{name} to listen", 30)
+            found = wait_until(lambda: logged_port(path, CONTROL_PORT_RE), f"{name} to listen", 30)
+            assert found is not None  # wait_until returns only a true value
+            port = found
         self.cns[port] = proc
         self.addCleanup(self.stop_cn, port)
         return port
