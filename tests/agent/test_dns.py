@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import ipaddress
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet import defer, reactor
 from twisted.internet.defer import Deferred
@@ -61,13 +61,13 @@ class LocalTests(SynchronousTestCase):
     def test_vm_names_forward_and_reverse(self) -> None:
         msg = self.ask("VM2")
         self.assertEqual((msg.id, msg.rCode, msg.auth), (77, dns.OK, 1))
-        self.assertEqual([a.payload.dottedQuad() for a in msg.answers], ["10.1.1.12"])
+        self.assertEqual([cast(dns.Record_A, a.payload).dottedQuad() for a in msg.answers], ["10.1.1.12"])
         msg = self.ask("vm2", dns.AAAA)
         self.assertEqual(len(msg.answers), 1)
         msg = self.ask("vm1", dns.AAAA)  # the name exists, no IPv6 address: empty NOERROR
         self.assertEqual((msg.rCode, msg.answers), (dns.OK, []))
         msg = self.ask("11.1.1.10.in-addr.arpa", dns.PTR)
-        self.assertEqual(msg.answers[0].payload.name.name, b"vm1")
+        self.assertEqual(cast(Any, msg.answers[0].payload).name.name, b"vm1")
         self.assertEqual(self.proxy.counters.local, 4)
 
     def test_other_network_and_no_upstream_servfail(self) -> None:
@@ -85,7 +85,7 @@ class LocalTests(SynchronousTestCase):
         for bad in (good[:30], good[:-4], good[:42] + b"\xff" * 20, b""):
             self.proxy.handle(1, bad, VM_MAC, -1, self.sent.append)
         self.assertEqual((self.proxy.counters.malformed, self.sent), (4, []))
-        self.assertEqual(self.ask("vm1").answers[0].payload.dottedQuad(), "10.1.1.11")
+        self.assertEqual(cast(dns.Record_A, self.ask("vm1").answers[0].payload).dottedQuad(), "10.1.1.11")
 
     def test_vlan_tag(self) -> None:
         self.ask("vm1", vlan=9)
@@ -100,7 +100,7 @@ class UpstreamTests(TestCase):
         with open(path, "w") as f:
             f.write("192.0.2.80 www.example.org\n")
         factory = server.DNSServerFactory(authorities=[hosts.Resolver(path)])
-        self.udp = reactor.listenUDP(0, dns.DNSDatagramProtocol(factory), interface="127.0.0.1")
+        self.udp = cast(Any, reactor).listenUDP(0, dns.DNSDatagramProtocol(factory), interface="127.0.0.1")
         self.addCleanup(self.udp.stopListening)
         port = self.udp.getHost().port
         self.resolver = client.Resolver(servers=[("127.0.0.1", port)], reactor=reactor)
@@ -120,7 +120,7 @@ class UpstreamTests(TestCase):
         yield self.arrived
         msg = answer_of(self.sent[0])[3]
         self.assertEqual((msg.id, msg.rCode), (4242, dns.OK))
-        self.assertEqual([a.payload.dottedQuad() for a in msg.answers], ["192.0.2.80"])
+        self.assertEqual([cast(dns.Record_A, a.payload).dottedQuad() for a in msg.answers], ["192.0.2.80"])
         self.arrived = Deferred()
         proxy.handle(1, query("nope.example.org"), VM_MAC, -1, self._send)
         yield self.arrived
@@ -130,7 +130,7 @@ class UpstreamTests(TestCase):
     @defer.inlineCallbacks
     def test_bounded_and_timeout_servfail(self) -> Any:
         # an upstream that never answers: a bound socket nobody reads
-        silent = reactor.listenUDP(0, dns.DNSDatagramProtocol(None), interface="127.0.0.1")
+        silent = cast(Any, reactor).listenUDP(0, dns.DNSDatagramProtocol(None), interface="127.0.0.1")
         self.addCleanup(silent.stopListening)
         silent.stopReading()
         mute = client.Resolver(servers=[("127.0.0.1", silent.getHost().port)], reactor=reactor)

@@ -336,6 +336,7 @@ class TwoNodeTests(SynchronousTestCase):
             # as the controller's items give them: the inet route's L3 label and the EVPN
             # route's L2 label, or over VXLAN the network's VNI for both
             vxlan = encap == "vxlan"
+            assert there.ports[0].ip_address is not None
             here.model.addRemoteRoute(vrf, there.ports[0].ip_address, 32, there.fabric_ip,
                                       ids["vni"] if vxlan else ids["label"], encap=encap,
                                       l2_label=ids["vni"] if vxlan else ids["l2_label"])

@@ -17,9 +17,10 @@ import tempfile
 from twisted.trial.unittest import TestCase
 
 from tests.agent.helpers import port_body
-from tests.agent.procs import BIN, Twistd, agent_args, wait_until
+from tests.agent.procs import BIN, Twistd, agent_args
 from tests.agent.test_vm_traffic import Vm, rest
 from tests.agent.twonodes import sh, skip_reason
+from tests.polling import wait_until
 
 PFX = "v6%d" % (os.getpid() % 100000)
 VN = "9a9a9a9a-6666-3333-4444-555555555555"

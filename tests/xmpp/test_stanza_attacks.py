@@ -144,19 +144,21 @@ class OnlyStanzaErrorTests(SynchronousTestCase):
         # (the fast path and the tree parser each call the items-node check)
         from vrtwist.xmpp import _fastparse, _tree
 
-        saved = _tree._items_family
+        saved = getattr(_tree, "_items_family")
 
         def broken(node: str) -> tuple[int, int] | None:
             raise ValueError("missed")
 
-        _tree._items_family = _fastparse._items_family = broken
+        setattr(_tree, "_items_family", broken)
+        setattr(_fastparse, "_items_family", broken)
         try:
             for data in (self.message("1/1/v"), self.message("1/1/v").replace(b"<item ", b"<item  ")):
                 with self.assertRaises(StanzaError) as cm:
                     parse_stanza(data)
                 self.assertIn("stanza not understood (ValueError)", str(cm.exception))
         finally:
-            _tree._items_family = _fastparse._items_family = saved
+            setattr(_tree, "_items_family", saved)
+            setattr(_fastparse, "_items_family", saved)
 
     def test_good_stanzas_still_parse(self) -> None:
         self.assertEqual(route_update(self.message("1/1/v")).items, (inet(),))
