@@ -27,6 +27,7 @@ from vrtwist.packet.headers import (
     PacketError,
     header_checksum_ok,
     l4_checksum,
+    parse_udp4,
     vlan_insert,
 )
 
@@ -244,3 +245,22 @@ class PcapTests(SynchronousTestCase):
         header, (r,) = pcap.parse(be)
         self.assertTrue(header.nanoseconds)
         self.assertEqual((r.timestamp, r.data), (2 + 5e-9, b"z"))
+
+
+class UdpPayloadTests(SynchronousTestCase):
+    """``parse_udp4``: the headers and the payload cut to the shortest stated length."""
+
+    def frame(self, payload: bytes, *, proto: int = 17, frag: int = 0, extra: bytes = b"") -> bytes:
+        udp = UDP(68, 67, 8 + len(payload)).pack() + payload
+        ip = IPv4(src=bytes(4), dst=bytes([255] * 4), proto=proto, total_length=20 + len(udp),
+                  frag=frag).pack()
+        return Ethernet(bytes([255] * 6), bytes(6), 0x0800).pack() + ip + udp + extra
+
+    def test_payload_ends_at_the_udp_length(self) -> None:
+        ip, udp, payload = parse_udp4(self.frame(b"hello", extra=b"padding"))
+        self.assertEqual((ip.proto, udp.sport, udp.dport, bytes(payload)), (17, 68, 67, b"hello"))
+
+    def test_refused(self) -> None:
+        for bad in (self.frame(b"x", proto=6), self.frame(b"x", frag=0x2000),
+                    VTEST[:40], b"\x00" * 12 + b"\x86\xdd" + bytes(60)):
+            self.assertRaises(PacketError, parse_udp4, bad)

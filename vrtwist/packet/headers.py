@@ -245,6 +245,22 @@ class UDP(NamedTuple):
         return _UDP.pack(self.sport, self.dport, self.length, self.csum)
 
 
+def parse_udp4(frame: Buffer) -> tuple[IPv4, UDP, memoryview]:
+    """The IPv4 and UDP headers and the payload of an Ethernet frame carrying an
+    unfragmented IPv4 UDP datagram, the payload cut to the shortest of the frame, the UDP
+    length and the IP length (what the agent's DHCP server and DNS proxy read)."""
+    eth = Ethernet.parse(frame)
+    if eth.ethertype != ETH_P_IP:
+        raise PacketError("not IPv4")
+    ip = IPv4.parse(frame, eth.length)
+    if ip.proto != IPPROTO_UDP or ip.is_fragment:
+        raise PacketError("not an unfragmented UDP packet")
+    l4 = eth.length + ip.header_length
+    udp = UDP.parse(frame, l4)
+    end = min(len(frame), l4 + udp.length, eth.length + ip.total_length)
+    return ip, udp, memoryview(frame)[l4 + 8 : end]
+
+
 class TCP(NamedTuple):
     sport: int
     dport: int

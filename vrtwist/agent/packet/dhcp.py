@@ -17,7 +17,15 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from vrtwist.packet import dhcp as D
-from vrtwist.packet.headers import ETH_P_IP, IPPROTO_UDP, UDP, Ethernet, IPv4, PacketError
+from vrtwist.packet.headers import (
+    ETH_P_IP,
+    IPPROTO_UDP,
+    UDP,
+    Ethernet,
+    IPv4,
+    PacketError,
+    parse_udp4,
+)
 
 __all__ = ["DhcpCounters", "DhcpServer", "Lease", "PortLease", "lease_for"]
 
@@ -111,19 +119,6 @@ class DhcpCounters:
 
 
 
-def _parse_request(frame: bytes | memoryview) -> D.DhcpMessage:
-    """The DHCP message of a trapped frame (Ethernet, IPv4 unfragmented, UDP)."""
-    eth = Ethernet.parse(frame)
-    if eth.ethertype != ETH_P_IP:
-        raise PacketError("not IPv4")
-    ip = IPv4.parse(frame, eth.length)
-    if ip.proto != IPPROTO_UDP or ip.is_fragment:
-        raise PacketError("not an unfragmented UDP packet")
-    l4 = eth.length + ip.header_length
-    udp = UDP.parse(frame, l4)
-    end = min(len(frame), l4 + udp.length, eth.length + ip.total_length)
-    return D.parse(memoryview(frame)[l4 + 8 : end])
-
 class DhcpServer:
     """Answers DHCPv4 requests of VM ports (sans-IO: frames in, frames out)."""
 
@@ -141,7 +136,7 @@ class DhcpServer:
         c = self.counters
         c.received += 1
         try:
-            msg = _parse_request(frame)
+            msg = D.parse(parse_udp4(frame)[2])
         except (PacketError, D.DhcpError):
             c.malformed += 1
             return None

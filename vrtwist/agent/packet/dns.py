@@ -30,7 +30,15 @@ from twisted.python.failure import Failure
 
 from vrtwist.agent.packet.arp import VRRP_MAC
 from vrtwist.logfields import Logger
-from vrtwist.packet.headers import ETH_P_IP, IPPROTO_UDP, UDP, Ethernet, IPv4, PacketError
+from vrtwist.packet.headers import (
+    ETH_P_IP,
+    IPPROTO_UDP,
+    UDP,
+    Ethernet,
+    IPv4,
+    PacketError,
+    parse_udp4,
+)
 
 __all__ = ["DNS_METHODS", "DnsCounters", "DnsProxy", "VmName", "reply_frame"]
 
@@ -170,16 +178,8 @@ class DnsProxy:
 
     def _parse(self, frame: bytes | memoryview, vm_mac: bytes,
                vlan: int) -> tuple[_Request, dns.Message]:
-        eth = Ethernet.parse(frame)
-        if eth.ethertype != ETH_P_IP:
-            raise PacketError("not IPv4")
-        ip = IPv4.parse(frame, eth.length)
-        if ip.proto != IPPROTO_UDP or ip.is_fragment:
-            raise PacketError("not an unfragmented UDP packet")
-        l4 = eth.length + ip.header_length
-        udp = UDP.parse(frame, l4)
-        end = min(len(frame), l4 + udp.length, eth.length + ip.total_length)
-        data = bytes(frame[l4 + 8 : end])
+        ip, udp, payload = parse_udp4(frame)
+        data = bytes(payload)
         if not data or len(data) > _MAX_QUERY:
             raise PacketError(f"DNS message of {len(data)} bytes")
         msg = dns.Message()
