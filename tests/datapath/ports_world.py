@@ -6,13 +6,17 @@ collide, and :class:`Devices` removes them all.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import shutil
 import socket
 import subprocess
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThread
 from zope.interface import implementer
 
 from vrtwist.datapath import constants as C
@@ -157,6 +161,20 @@ class Wire:
         else:
             out.counters["oerrors"] += 1
             self.tables.count_drop("interface_tx_discard", vif)
+
+
+def run_tool(run_dir: str, main: Callable[[list[str]], int],
+             *argv: str) -> Deferred[tuple[int, str]]:
+    """Run a utility's ``main`` against ``run_dir`` in a thread (it blocks on ksync while
+    the datapath runs on the reactor); its exit status and what it printed."""
+
+    def run() -> tuple[int, str]:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+            code = main(["--sock-dir", run_dir, *argv])
+        return code, out.getvalue()
+
+    return deferToThread(run)
 
 
 def in_netns(

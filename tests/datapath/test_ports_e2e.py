@@ -10,8 +10,6 @@ super-frames carried whole from one veth to the other.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -20,10 +18,9 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.interfaces import IReactorUNIX
-from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
-from tests.datapath.ports_world import PFX, PING, Devices, in_netns, sh, skip_reason
+from tests.datapath.ports_world import PFX, PING, Devices, in_netns, run_tool, sh, skip_reason
 from tests.polling import wait_for
 from tests.streams import tcp_stream
 from vrtwist.cli import nh as nh_cli
@@ -76,13 +73,7 @@ class TwoNamespacesTests(TestCase):
         yield wait_for(lambda: ports.state(1) == ports.state(2) == "attached")
 
     def tool(self, main: Callable[[list[str]], int], *argv: str) -> Deferred[tuple[int, str]]:
-        def run() -> tuple[int, str]:
-            out = io.StringIO()
-            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-                code = main(["--sock-dir", self.run_dir, *argv])
-            return code, out.getvalue()
-
-        return deferToThread(run)
+        return run_tool(self.run_dir, main, *argv)
 
     @inlineCallbacks
     def test_ping(self) -> Any:

@@ -10,8 +10,6 @@ solicitations with the owner's MAC.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -20,10 +18,9 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.interfaces import IReactorUNIX
-from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
-from tests.datapath.ports_world import PFX, Devices, in_netns, sh, skip_reason
+from tests.datapath.ports_world import PFX, Devices, in_netns, run_tool, sh, skip_reason
 from tests.polling import wait_for
 from vrtwist.cli import nh as nh_cli
 from vrtwist.cli import rt as rt_cli
@@ -83,13 +80,7 @@ class NeighbourDiscoveryTests(TestCase):
         yield wait_for(lambda: ports.state(1) == ports.state(2) == "attached")
 
     def tool(self, main: Callable[[list[str]], int], *argv: str) -> Deferred[tuple[int, str]]:
-        def run() -> tuple[int, str]:
-            out = io.StringIO()
-            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-                code = main(["--sock-dir", self.run_dir, *argv])
-            return code, out.getvalue()
-
-        return deferToThread(run)
+        return run_tool(self.run_dir, main, *argv)
 
     @inlineCallbacks
     def test_ping6_through_answered_solicitations(self) -> Any:
