@@ -86,6 +86,7 @@ class AgentService(MultiService):
         self.link: Any = None
         self.rest_port: IListeningPort | None = None
         self.packets: AgentPacketService | None = None
+        self._routes_settled = False
         #: security groups and network policies, set over REST, kept in the state dir
         self.policy = PolicyConfig()
         self.ready: Deferred[None] = Deferred()
@@ -160,6 +161,8 @@ class AgentService(MultiService):
                        added=added, dir=str(store.ports_dir), skipped=len(skipped))
         if self.link is not None:
             self.link.local_routes_ready()
+        if sync is None or self._routes_settled:
+            self.packets.routes_settled()  # the ports are replayed: their routes are all
         if sync is not None:
             sync.start()
         self.api = PortApi(table, self._programmed if sync is not None else None,
@@ -194,16 +197,22 @@ class AgentService(MultiService):
         """Routes the previous agent learnt stay in the datapath (traffic to other nodes
         keeps flowing) until the controller has sent them again: End-of-RIB, or the
         stale time without one; with no controller, at once."""
-        if self.link is None or not dsync.retained:
+        def settled() -> None:
             dsync.release_learnt()
+            self._routes_settled = True
+            if self.packets is not None:
+                self.packets.routes_settled()
+
+        if self.link is None or not dsync.retained:
+            settled()
             return
-        timer = self.reactor.callLater(self.link.stale_time, dsync.release_learnt)
+        timer = self.reactor.callLater(self.link.stale_time, settled)
         self._release_timer = timer
 
         def synced() -> None:
             if timer.active():
                 timer.cancel()
-            dsync.release_learnt()
+            settled()
         self.link.on_routes_synced.append(synced)
 
     async def _start_introspect(self) -> None:

@@ -27,6 +27,7 @@ from vrtwist.access import SocketAccess
 from vrtwist.agent.dpstate import NH, VIF, DatapathModel
 from vrtwist.agent.packet.arp import FabricResolver, PathProber
 from vrtwist.agent.packet.dns import DnsProxy, VmName
+from vrtwist.agent.packet.flowaudit import FlowAdoption, vm_sources
 from vrtwist.agent.packet.flowpolicy import FlowPolicy, LocalPort
 from vrtwist.agent.packet.flows import FlowSetup, RouteView
 from vrtwist.agent.packet.services import Announcer, PacketServices, VmPort
@@ -171,6 +172,8 @@ class AgentPacketService(MultiService):
         self.policy = policy if policy is not None else PolicyConfig()
         self.flows.policy = FlowPolicy(self.policy, self._local_port, self._network_of)
         self.policy.listeners.append(self._policy_changed)
+        #: the flows a previous agent left (external datapath): adopted or deleted
+        self.adoption = FlowAdoption(self.flows, self._vm_sources)
         mac = vhost_mac or (lambda: bytes(model.desired[(VIF, model.fabric_vif)][1]["vifr_mac"]))
         self.flows.fabric = self._fabric_address
         self.resolver = FabricResolver(reactor, self._send_fabric, self._fabric_source,
@@ -218,6 +221,14 @@ class AgentPacketService(MultiService):
             if self.model.vrf_id_of(vn) == vrf:
                 return vn
         return None
+
+    def _vm_sources(self) -> dict[tuple[int, bytes], int]:
+        return vm_sources(self.model.desired)
+
+    def routes_settled(self) -> None:
+        """The routes are all back (the controller's End-of-RIB or stale time, or no
+        controller): flows of a previous agent that still match nothing can go."""
+        self.adoption.settled = True
 
     def _policy_changed(self) -> None:
         """A policy or a port's security groups changed: flows set up before are
@@ -296,6 +307,8 @@ class AgentPacketService(MultiService):
         if view is None:
             return
         self.flows.audit_pass(held_indices(view.map), view.get)
+        if not self.adoption.finished:
+            self.adoption.adopt_pass(view.active_indices(), view.get)
 
     def stopService(self) -> Deferred[None]:
         if self._aging.running:
