@@ -47,6 +47,9 @@ from vrtwist.agent.packet.flows import (
     RouteView,
     _Pair,
     flow_request,
+    reverse_hop,
+    reverse_key,
+    short_decision,
 )
 from vrtwist.logfields import Logger
 from vrtwist.packet.headers import IPPROTO_ICMP
@@ -76,24 +79,9 @@ def decision_for_key(key: FlowKey, vrf: int, routes: RouteView, in_vif: int) -> 
     src_route = routes.lookup(vrf, key.sip)
     dst_route = routes.lookup(vrf, key.dip)
     if src_route is None or dst_route is None:
-        return FlowDecision(key, None, L.ACTION_DROP, 0x04 if src_route is None else 0x05,
-                            vrf, vrf, 0, 0)
-    out_nh = int(dst_route.get("rtr_nh_id", 0))
-    reverse_nh = key.nh_id
-    out_vif = -1
-    nh = routes.nexthop(out_nh)
-    if nh is not None and nh.get("nhr_type") == C.NH_ENCAP:
-        oifs = nh.get("nhr_encap_oif_id") or [-1]
-        vif = routes.interface(int(oifs[0]))
-        if vif is not None and vif.get("vifr_type") == C.VIF_TYPE_VIRTUAL:
-            reverse_nh = int(vif.get("vifr_nh_id", key.nh_id))
-            out_vif = int(oifs[0])
-    elif nh is not None and nh.get("nhr_type") not in (C.NH_TUNNEL, C.NH_RCV, C.NH_RESOLVE):
-        reverse_nh = out_nh
-    rsport, rdport = (key.sport, key.dport) if key.proto == IPPROTO_ICMP else (
-        key.dport, key.sport)
-    reverse = FlowKey(key.dip, key.sip, key.proto, rsport, rdport, reverse_nh)
-    return FlowDecision(key, reverse, L.ACTION_FORWARD, 0, vrf, vrf,
+        return short_decision(key, vrf, src_route is None, dst_route, routes)
+    reverse_nh, out_nh, out_vif = reverse_hop(key.nh_id, dst_route, routes)
+    return FlowDecision(key, reverse_key(key, reverse_nh), L.ACTION_FORWARD, 0, vrf, vrf,
                         int(src_route.get("rtr_nh_id", 0)), out_nh, in_vif=in_vif,
                         out_vif=out_vif)
 

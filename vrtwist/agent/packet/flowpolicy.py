@@ -36,9 +36,9 @@ class FlowPolicy:
         return self.config.active
 
     def apply(self, d: FlowDecision) -> FlowDecision:
-        """``d`` with the forward and reverse actions the policy gives (short flows, which
-        have no reverse, keep theirs)."""
-        if d.reverse is None:
+        """``d`` with the forward and reverse actions the policy gives (short flows keep
+        their DROP)."""
+        if d.reverse is None or d.short:
             return d
         if not self.config.active:
             return replace(d, action=L.ACTION_FORWARD, drop_reason=0, reverse_action=-1,

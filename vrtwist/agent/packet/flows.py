@@ -6,9 +6,10 @@ The datapath holds the first packets of a new flow in a HOLD entry and traps one
 1. builds the forward key from the trapped packet and the key next hop, and the reverse
    key from the route to the destination (the out next hop decides the reverse key's
    next hop: a local VM's own policy next hop, else the trapped one);
-2. decides the action: no route to the source or the destination is a "short flow"
-   written as DROP (``NoSrcRt``/``NoDstRt``); otherwise the default policy of a network
-   with no ACL, which is to allow (FORWARD);
+2. decides the action: no route to the source or the destination is a "short flow":
+   both flows of the pair written as DROP with that reason (``NoSrcRt``/``NoDstRt``),
+   as the real agent marks a flow and its reverse short together; otherwise the default
+   policy of a network with no ACL, which is to allow (FORWARD);
 3. writes the reverse flow first (``fr_index`` -1, linked to the trapped entry) and then
    the forward flow at the trapped index and generation, linked to the reverse's new
    index; the datapath then releases the held packets. The agent never re-injects them.
@@ -53,6 +54,9 @@ __all__ = [
     "RouteView",
     "analyse",
     "flow_request",
+    "reverse_hop",
+    "reverse_key",
+    "short_decision",
 ]
 
 #: the real agent's default flow idle time (``FlowAgeTime``)
@@ -238,6 +242,8 @@ class FlowDecision:
     in_vif: int = -1
     out_vif: int = -1
     tcp_ack: bool = False
+    #: a short flow (no route one way): both flows DROP with its reason, no policy
+    short: bool = False
 
 
 def _ports(frame: bytes | memoryview, proto: int, l4: int, end: int) -> tuple[int, int]:
@@ -337,8 +343,7 @@ def analyse(hdr: AgentHeader, frame: bytes | memoryview, routes: RouteView,
     src_route = routes.lookup(vrf, ip.src)
     dst_route = routes.lookup(vrf, ip.dst)
     if src_route is None or dst_route is None:
-        reason = DR_NO_SRC_ROUTE if src_route is None else DR_NO_DST_ROUTE
-        return FlowDecision(forward, None, L.ACTION_DROP, reason, vrf, vrf, 0, 0)
+        return short_decision(forward, vrf, src_route is None, dst_route, routes)
     out_nh = int(dst_route.get("rtr_nh_id", 0))
     reverse_nh = key_nh
     out_vif = -1
@@ -359,6 +364,46 @@ def analyse(hdr: AgentHeader, frame: bytes | memoryview, routes: RouteView,
         int(src_route.get("rtr_nh_id", 0)), out_nh, in_vif=hdr.ifindex, out_vif=out_vif,
         tcp_ack=ack,
     )  # fmt: skip
+
+
+def reverse_hop(key_nh: int, dst_route: Mapping[str, Any],
+                routes: RouteView) -> tuple[int, int, int]:
+    """(reverse key next hop, out next hop, out VM vif or -1) of a flow whose destination
+    route is ``dst_route``: a local VM's own flow key next hop, else the out next hop
+    when it is an interface's, else the forward key's (tunnels, receive, resolve)."""
+    out_nh = int(dst_route.get("rtr_nh_id", 0))
+    nh = routes.nexthop(out_nh)
+    if nh is not None and nh.get("nhr_type") == C.NH_ENCAP:
+        oifs = nh.get("nhr_encap_oif_id") or [-1]
+        vif = routes.interface(int(oifs[0]))
+        if vif is not None and vif.get("vifr_type") == C.VIF_TYPE_VIRTUAL:
+            return int(vif.get("vifr_nh_id", key_nh)), out_nh, int(oifs[0])
+    elif nh is not None and nh.get("nhr_type") not in (C.NH_TUNNEL, C.NH_RCV, C.NH_RESOLVE):
+        return out_nh, out_nh, -1
+    return key_nh, out_nh, -1
+
+
+def reverse_key(forward: FlowKey, nh_id: int) -> FlowKey:
+    """The reverse flow's key (an ICMP flow keeps its identifier as the source port)."""
+    if forward.proto == IPPROTO_ICMP:
+        return FlowKey(forward.dip, forward.sip, forward.proto, forward.sport, forward.dport,
+                       nh_id)
+    return FlowKey(forward.dip, forward.sip, forward.proto, forward.dport, forward.sport, nh_id)
+
+
+def short_decision(forward: FlowKey, vrf: int, no_source: bool,
+                   dst_route: Mapping[str, Any] | None, routes: RouteView) -> FlowDecision:
+    """A short flow: the real agent (``PktFlowInfo::Add``) makes the reverse flow too and
+    marks both short with one reason, so both directions are written DROP with
+    ``NoSrcRt``/``NoDstRt``; the reverse key's next hop is the forward key's when there
+    is no destination route to take it from."""
+    reason = DR_NO_SRC_ROUTE if no_source else DR_NO_DST_ROUTE
+    nh_id = forward.nh_id
+    if dst_route is not None:
+        nh_id = reverse_hop(forward.nh_id, dst_route, routes)[0]
+    return FlowDecision(forward, reverse_key(forward, nh_id), L.ACTION_DROP, reason, vrf, vrf,
+                        0, 0, reverse_action=L.ACTION_DROP, reverse_drop_reason=reason,
+                        short=True)
 
 
 @dataclass
@@ -432,7 +477,7 @@ class FlowSetup:
             c.malformed += 1
             return None
         policy = self.policy
-        if policy is not None and decision.reverse is not None and policy.active:
+        if policy is not None and not decision.short and policy.active:
             decision = policy.apply(decision)
         set_now = getattr(self.channel, "set_now", None)
         self._pending.add(token)
@@ -520,9 +565,12 @@ class FlowSetup:
             self._failed(code)
             return
         c = self.counters
-        c.pairs += 1
-        if d.action == L.ACTION_DROP:
-            c.denied += 1
+        if d.short:
+            c.short_flows += 1
+        else:
+            c.pairs += 1
+            if d.action == L.ACTION_DROP:
+                c.denied += 1
         self.pairs[index] = _Pair(index, gen, d.forward, rev_index, rev_gen & 0xFF, d.reverse,
                                   last_change=self.now(), decision=d)
 
@@ -537,7 +585,7 @@ class FlowSetup:
             return out
         for pair in list(self.pairs.values()):
             old = pair.decision
-            if old is None or old.reverse is None or pair.reverse is None:
+            if old is None or old.reverse is None or pair.reverse is None or old.short:
                 continue
             new = policy.apply(old)
             rev_action = new.action if new.reverse_action < 0 else new.reverse_action
