@@ -231,3 +231,15 @@ class AdoptionTests(SynchronousTestCase):
         self.assertEqual(flows.pairs, {own.fwd_index: own})
         self.assertEqual({i: n.world.flows.entry(i) for i in self.active()}, before)
         self.assertIn(single[0], before)
+
+    def test_short_pair_is_adopted_as_it_is(self) -> None:
+        n = self.node
+        n.world.pipeline.receive(n.vif_of(1), icmp_echo(MAC1, "10.1.1.3", "192.0.2.77"))
+        written = {i: n.world.flows.entry(i) for i in self.active()}
+        self.assertEqual(len(written), 2)
+        flows, adoption = self.restart()
+        self.assertEqual(adoption.adopt_pass(self.active(), self.read), [])
+        self.assertEqual(adoption.counters.adopted, 1)
+        self.assertEqual({i: n.world.flows.entry(i) for i in self.active()}, written)
+        (pair,) = flows.pairs.values()
+        self.assertEqual(pair.forward.dip, bytes((192, 0, 2, 77)))

@@ -23,8 +23,8 @@ linked pair of active entries is examined once the agent has its ports and route
 Which entry of a pair is the forward flow (the side that opened it) is not recorded in
 the table. Between two local VMs both readings fit the routes; when the policy gives the
 two entries the same actions either way, the pair is adopted (the reading kept, which
-also picks the drop reasons, is the one going to the lower port: a client to its
-server). When the actions differ (an asymmetric security group, say), the pair is
+also picks the drop reasons, is the one that leaves the entries as written, else the one
+going to the lower port: a client to its server). When the actions differ (an asymmetric security group, say), the pair is
 deleted instead: the flow's next packet is
 trapped and set up from that packet, which says which side it comes from.
 """
@@ -225,7 +225,11 @@ class FlowAdoption:
         if (w1[0], w1[2]) != (w2[2], w2[0]):
             return False
         # each entry gets the same action either way (drop reasons may differ); the
-        # reading kept: the one going to the lower port (a client to its server)
+        # reading kept: the one that leaves what is written, else the one going to the
+        # lower port (a client to its server)
+        for fit in fits:
+            if _wanted(fit[2]) == _written(fit[0], fit[1]):
+                return fit
         return min(fits, key=lambda f: (f[0].proto == IPPROTO_ICMP or f[0].dport > f[0].sport))
 
     def _adopt(self, fwd: Any, rev: Any, d: FlowDecision) -> list[Deferred[tuple[int, int, int]]]:
