@@ -98,7 +98,7 @@ class Node:
         self.agent_end.handler = self.services
 
     def apply(self) -> None:
-        order = {"vif": 0, "nh": 1, "mpls": 2, "vxlan": 2, "route": 3}
+        order = {"vif": 0, "nh": 1, "mpls": 2, "vxlan": 2, "mirror": 2, "route": 3}
         def rank(kv: Any) -> tuple[int, int]:
             key = kv[0]
             return order[key[0]], -key[1] if key[0] == "route" else 0  # bridge entries first

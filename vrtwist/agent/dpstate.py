@@ -49,7 +49,10 @@ VM_VIF_FLAGS = (C.VIF_FLAG_POLICY_ENABLED | C.VIF_FLAG_L3_ENABLED | C.VIF_FLAG_L
 
 # kinds, in the order objects must be added (deletes run in reverse)
 VIF, NH, MPLS, VXLAN, ROUTE = "vif", "nh", "mpls", "vxlan", "route"
-RANK = {VIF: 0, NH: 1, MPLS: 2, VXLAN: 2, ROUTE: 3}
+MIRROR = "mirror"
+RANK = {VIF: 0, NH: 1, MPLS: 2, VXLAN: 2, MIRROR: 2, ROUTE: 3}
+#: UDP source port of the copies sent to an analyzer (the agent's mirror port)
+MIRROR_SPORT = 8097
 
 Key = tuple[Any, ...]
 
@@ -190,6 +193,9 @@ class DatapathModel:
         self.nhs = IdAllocator("next-hop id", 1, max_nhs)
         self.labels = IdAllocator("MPLS label", FIRST_LABEL, max_labels)
         self.vrf_ids = IdAllocator("VRF id", 1, max_vrfs)
+        self.mirror_ids = IdAllocator("mirror index", 0, C.VR_DEF_MIRROR_ENTRIES - 1)
+        #: analyzer name -> (mirror index, next hop, (address, UDP port))
+        self._mirrors: dict[str, tuple[int, int, tuple[str, int]]] = {}
         self.desired: dict[Key, tuple[str, dict[str, Any]]] = {}
         self._vrfs: dict[str, _Vrf] = {}
         self._ports: dict[str, _PortIds] = {}
@@ -728,6 +734,59 @@ class DatapathModel:
         mac = self._if_mac(self.fabric_name) or VROUTER_MAC
         return ":".join("%02x" % b for b in mac)
 
+    # mirrors -----------------------------------------------------------------------------
+
+    def set_mirrors(self, analyzers: dict[str, tuple[str, int]]) -> None:
+        """Keep one datapath mirror entry per analyzer (name -> (address, UDP port)), as
+        the real agent's ``MirrorTable``: a tunnel next hop in plain UDP from this node's
+        fabric address to the analyzer (its Ethernet rewrite resolved by ARP like the other
+        tunnels') and a ``vr_mirror_req`` with the dynamic flag (the copy carries the
+        mirror metadata). Entries of analyzers no longer named are deleted."""
+        keys: list[Key] = []
+        for name, (index, nh, dest) in list(self._mirrors.items()):
+            if analyzers.get(name) == dest:
+                continue
+            del self._mirrors[name]
+            self._tunnels.pop((dest[0], f"mirror:{dest[1]}"), None)
+            for key in ((MIRROR, index), (NH, nh)):
+                self.desired.pop(key, None)
+                keys.append(key)
+            self.mirror_ids.free(index)
+            self.nhs.free(nh)
+        for name, (ip, port) in sorted(analyzers.items()):
+            if name in self._mirrors:
+                continue
+            try:
+                index = self.mirror_ids.alloc()
+            except ResourceExhausted:
+                self._log.error("no mirror index left for analyzer {name}", name=name)
+                continue
+            try:
+                nh = self.nhs.alloc()
+            except ResourceExhausted:
+                self.mirror_ids.free(index)
+                self._log.error("no next-hop id left for analyzer {name}", name=name)
+                continue
+            self._set((NH, nh), "vr_nexthop_req", {
+                "nhr_id": nh, "nhr_type": C.NH_TUNNEL, "nhr_family": C.AF_INET, "nhr_vrf": 0,
+                "nhr_encap_oif_id": [self.fabric_vif], "nhr_encap": list(self._tunnel_encap(ip)),
+                "nhr_tun_sip": host_u32(self.fabric_ip), "nhr_tun_dip": host_u32(ip),
+                "nhr_tun_sport": _wire_port(MIRROR_SPORT), "nhr_tun_dport": _wire_port(port),
+                "nhr_flags": C.NH_FLAG_VALID | C.NH_FLAG_TUNNEL_UDP})
+            self._set((MIRROR, index), "vr_mirror_req", {
+                "mirr_index": index, "mirr_nhid": nh, "mirr_flags": C.VR_MIRROR_FLAG_DYNAMIC,
+                "mirr_vni": 0})
+            self._mirrors[name] = (index, nh, (ip, port))
+            self._tunnels[(ip, f"mirror:{port}")] = (nh, 1)
+            keys += [(NH, nh), (MIRROR, index)]
+        if keys:
+            self._notify(keys)
+
+    def mirror_index(self, name: str) -> int | None:
+        """The datapath mirror index of analyzer ``name`` (None: it has none)."""
+        found = self._mirrors.get(name)
+        return found[0] if found is not None else None
+
     def port_ids(self, uuid: str) -> dict[str, int] | None:
         """The ids a port got (vif, l3_nh, l2_nh, label, vrf), for tests and GET extras."""
         ids = self._ports.get(uuid)
@@ -952,6 +1011,12 @@ def parse_prefix(prefix: str, plen: int) -> tuple[int, bytes, str]:
 
 
 _DIPS: dict[str, int] = {}
+
+
+def _wire_port(port: int) -> int:
+    """A port as the vRouter's messages carry it (``htons`` held in a signed i16)."""
+    value = int.from_bytes(port.to_bytes(2, "big"), sys.byteorder)
+    return value - 0x10000 if value >= 0x8000 else value
 
 
 def _ipv4_int(addr: str) -> int:

@@ -16,6 +16,7 @@ from typing import Any, TypeAlias
 from vrtwist.agent.dpstate import (
     FIRST_LABEL,
     FIRST_VM_VIF,
+    MIRROR,
     MPLS,
     NH,
     RANK,
@@ -41,10 +42,12 @@ COMPARED = {
                        "nhr_tun_dip"),
     "vr_mpls_req": ("mr_nhid",),
     "vr_vxlan_req": ("vxlanr_nhid",),
+    "vr_mirror_req": ("mirr_nhid", "mirr_flags"),
     "vr_route_req": ("rtr_nh_id", "rtr_label"),
 }
 _KEY_FIELD = {"vr_interface_req": "vifr_idx", "vr_nexthop_req": "nhr_id",
-              "vr_mpls_req": "mr_label", "vr_vxlan_req": "vxlanr_vnid", "vr_route_req": None}
+              "vr_mpls_req": "mr_label", "vr_vxlan_req": "vxlanr_vnid",
+              "vr_mirror_req": "mirr_index", "vr_route_req": None}
 _OP_FIELD = "h_op"
 
 
@@ -83,6 +86,8 @@ def key_of(name: str, obj: Any) -> Key:
         return (MPLS, int(obj.mr_label))
     if name == "vr_vxlan_req":
         return (VXLAN, int(obj.vxlanr_vnid))
+    if name == "vr_mirror_req":
+        return (MIRROR, int(obj.mirr_index))
     fam = int(obj.rtr_family)
     if fam == C.AF_BRIDGE:
         return (ROUTE, fam, int(obj.rtr_vrf_id), _norm(obj.rtr_mac))
@@ -115,6 +120,8 @@ def owned(key: Key, name: str, fields: dict[str, Any]) -> bool:
         return bool(fields.get("nhr_vrf", 0) >= 1 or fields.get("nhr_type") == C.NH_TUNNEL)
     if kind == MPLS or kind == VXLAN:
         return bool(key[1] >= FIRST_LABEL)
+    if kind == MIRROR:
+        return True
     return bool(key[2] >= 1)
 
 

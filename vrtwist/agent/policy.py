@@ -37,7 +37,9 @@ __all__ = [
     "ACTION_IMPLICIT_DENY",
     "ACTION_MIRROR",
     "ACTION_PASS",
+    "ANALYZER_PORT",
     "Ace",
+    "Analyzer",
     "FlowHeader",
     "FlowSides",
     "NetworkPolicy",
@@ -48,6 +50,7 @@ __all__ = [
     "Verdict",
     "decide",
     "match_acl",
+    "mirrors_of",
     "network_policy_from_json",
     "security_group_from_json",
     "security_groups_from_json",
@@ -76,6 +79,10 @@ MAX_SECURITY_GROUPS: Final = 1024
 MAX_NETWORK_POLICIES: Final = 1024
 MAX_GROUPS_PER_PORT: Final = 32
 MAX_NETWORKS_PER_POLICY: Final = 256
+#: distinct analyzers the policies may mirror to (each takes a datapath mirror entry)
+MAX_ANALYZERS: Final = 32
+#: the analyzer's UDP port when a rule names none (the controller's default)
+ANALYZER_PORT: Final = 8099
 NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 _UUID_RE: Final = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
@@ -127,6 +134,21 @@ FULL_RANGE: Final = (0, 65535)
 
 
 @dataclass(frozen=True)
+class Analyzer:
+    """Where a mirror rule sends copies (the real policy entry's ``mirror_to``): copies go
+    in UDP to ``ip``:``port``; without an address the MIRROR bit is matched and shown
+    but no copy is sent (a bare ``"mirror": name``)."""
+
+    name: str
+    ip: str | None = None
+    port: int = ANALYZER_PORT
+
+    def to_json(self) -> dict[str, Any]:
+        return {"analyzer-name": self.name, "analyzer-ip-address": self.ip,
+                "udp-port": self.port}
+
+
+@dataclass(frozen=True)
 class Ace:
     """One ACL entry: what it matches and the action bits it adds."""
 
@@ -137,7 +159,7 @@ class Ace:
     sports: tuple[int, int] = FULL_RANGE
     dports: tuple[int, int] = FULL_RANGE
     terminal: bool = False
-    mirror: str | None = None
+    mirror: Analyzer | None = None
 
     def matches(self, h: FlowHeader) -> bool:
         if self.protocol is not None and h.proto != self.protocol:
@@ -252,7 +274,7 @@ class PolicyRule:
     sports: tuple[int, int]
     dports: tuple[int, int]
     terminal: bool = False
-    mirror: str | None = None
+    mirror: Analyzer | None = None
 
     def aces(self) -> list[Ace]:
         bits = ACTION_PASS if self.action == "pass" else ACTION_DENY
@@ -273,8 +295,10 @@ class PolicyRule:
             "src-ports": _range_json(self.sports), "dst-ports": _range_json(self.dports),
             "terminal": self.terminal,
         }
-        if self.mirror is not None:
-            out["mirror"] = self.mirror
+        if self.mirror is not None and self.mirror.ip is None:
+            out["mirror"] = self.mirror.name
+        elif self.mirror is not None:
+            out["mirror-to"] = self.mirror.to_json()
         return out
 
 
@@ -348,6 +372,8 @@ class PolicyConfig:
     def set_policy(self, policy: NetworkPolicy) -> None:
         if policy.name not in self.policies and len(self.policies) >= MAX_NETWORK_POLICIES:
             raise PolicyValidationError([f"network-policies: at most {MAX_NETWORK_POLICIES}"])
+        others = [p for name, p in self.policies.items() if name != policy.name]
+        _analyzers([*others, policy])  # one address per name, at most MAX_ANALYZERS
         self.policies[policy.name] = policy
         self._changed()
 
@@ -391,6 +417,10 @@ class PolicyConfig:
     def networks(self) -> set[str]:
         return {n for p in self.policies.values() for n in p.networks}
 
+    def analyzers(self) -> dict[str, Analyzer]:
+        """The analyzers with an address the policies mirror to, by name."""
+        return _analyzers(self.policies.values())
+
     # persistence ------------------------------------------------------------------------
 
     def to_json(self) -> dict[str, Any]:
@@ -426,8 +456,41 @@ class PolicyConfig:
         if unknown:
             raise PolicyValidationError([f"port-security-groups: unknown group {g}"
                                          for g in unknown])
+        _analyzers(policies.values())
         self.groups, self.policies, self.port_groups = groups, policies, ports
         self._changed()
+
+
+def _analyzers(policies: Iterable[NetworkPolicy]) -> dict[str, Analyzer]:
+    """The analyzers (with an address) of ``policies`` by name; refused when one name has
+    two addresses or there are more than MAX_ANALYZERS."""
+    out: dict[str, Analyzer] = {}
+    for p in policies:
+        for r in p.rules:
+            a = r.mirror
+            if a is None or a.ip is None:
+                continue
+            seen = out.setdefault(a.name, a)
+            if seen != a:
+                raise PolicyValidationError([f"mirror-to: analyzer {a.name!r} is given as "
+                                             f"{seen.ip}:{seen.port} and {a.ip}:{a.port}"])
+    if len(out) > MAX_ANALYZERS:
+        raise PolicyValidationError([f"mirror-to: at most {MAX_ANALYZERS} analyzers"])
+    return out
+
+
+def mirrors_of(h: FlowHeader, acl: Sequence[Ace]) -> list[Analyzer]:
+    """The analyzers of the mirror entries of ``acl`` that ``h`` matches (the walk stops
+    at a matching terminal entry, as in :func:`match_acl`), in ACL order; what the real
+    agent collects into a flow's ``mirror_l``."""
+    out: list[Analyzer] = []
+    for ace in acl:
+        if ace.matches(h):
+            if ace.mirror is not None and ace.mirror not in out:
+                out.append(ace.mirror)
+            if ace.terminal:
+                break
+    return out
 
 
 # flow decision --------------------------------------------------------------------------
@@ -454,6 +517,9 @@ class Verdict:
     forward_reason: int
     reverse: int
     reverse_reason: int
+    #: analyzers each direction's network policy mirrors to (ACTION_MIRROR set)
+    forward_mirrors: tuple[Analyzer, ...] = ()
+    reverse_mirrors: tuple[Analyzer, ...] = ()
 
     @property
     def forward_drops(self) -> bool:
@@ -534,7 +600,20 @@ def decide(cfg: PolicyConfig, h: FlowHeader, s: FlowSides) -> Verdict:
     if should_drop(rev):
         rev = (rev & ~(_DROP_BITS | ACTION_PASS)) | ACTION_DENY
         rreason = _drop_reason((rpol, rout_pol), _REASONS[:2])
-    return Verdict(fwd, reason, rev, rreason)
+    fm = _mirrors(cfg, h, s, False) if (pol | out_pol) & ACTION_MIRROR else ()
+    rm = _mirrors(cfg, h.reversed(), s, True) if (rpol | rout_pol) & ACTION_MIRROR else ()
+    return Verdict(fwd, reason, rev, rreason, fm, rm)
+
+
+def _mirrors(cfg: PolicyConfig, h: FlowHeader, s: FlowSides,
+             reverse: bool) -> tuple[Analyzer, ...]:
+    """The analyzers of one direction: its network's ACL, then (two local VMs) the other
+    network's, as the real agent's policy and out-policy mirror lists."""
+    own, other = (s.dst_vn, s.src_vn) if reverse else (s.src_vn, s.dst_vn)
+    found = mirrors_of(h, cfg.vn_acl(own))
+    if s.src_port is not None and s.dst_port is not None:
+        found += [a for a in mirrors_of(h, cfg.vn_acl(other)) if a not in found]
+    return tuple(found)
 
 
 # JSON -----------------------------------------------------------------------------------
@@ -671,7 +750,29 @@ def security_groups_from_json(body: Any) -> list[str]:
 
 
 _RULE_KEYS: Final = {"action", "direction", "protocol", "ethertype", "src", "dst", "src-ports",
-                     "dst-ports", "terminal", "mirror"}
+                     "dst-ports", "terminal", "mirror", "mirror-to"}
+_MIRROR_KEYS: Final = {"analyzer-name", "analyzer-ip-address", "udp-port"}
+
+
+def _mirror_to(body: Any, what: str) -> Analyzer:
+    """``mirror-to``: ``{"analyzer-name", "analyzer-ip-address", "udp-port"}``."""
+    b = _check_keys(body, what, _MIRROR_KEYS, {"analyzer-name", "analyzer-ip-address"})
+    name, ip, port = b["analyzer-name"], b["analyzer-ip-address"], b.get("udp-port", ANALYZER_PORT)
+    problems = []
+    if not (isinstance(name, str) and NAME_RE.match(name)):
+        problems.append(f"{what}.analyzer-name: {name!r} is not 1-128 of A-Z a-z 0-9 . _ : -")
+    try:
+        addr = ipaddress.IPv4Address(ip) if isinstance(ip, str) else None
+    except ValueError:
+        addr = None
+    if addr is None or addr.is_unspecified or addr.is_multicast or addr.is_loopback \
+            or addr == ipaddress.IPv4Address("255.255.255.255"):
+        problems.append(f"{what}.analyzer-ip-address: {ip!r} is not a unicast IPv4 address")
+    if not (isinstance(port, int) and not isinstance(port, bool) and 1 <= port <= 65535):
+        problems.append(f"{what}.udp-port: {port!r} is not 1-65535")
+    if problems:
+        raise PolicyValidationError(problems)
+    return Analyzer(name, str(addr), port)
 
 
 def _policy_rule(body: Any, what: str) -> PolicyRule:
@@ -687,8 +788,18 @@ def _policy_rule(body: Any, what: str) -> PolicyRule:
     terminal, mirror = b.get("terminal", False), b.get("mirror")
     if not isinstance(terminal, bool):
         problems.append(f"{what}.terminal: expected true/false")
-    if mirror is not None and not (isinstance(mirror, str) and NAME_RE.match(mirror)):
+    analyzer = None
+    if mirror is not None and "mirror-to" in b:
+        problems.append(f"{what}: mirror and mirror-to are exclusive")
+    elif mirror is not None and not (isinstance(mirror, str) and NAME_RE.match(mirror)):
         problems.append(f"{what}.mirror: {mirror!r} is not an analyzer name")
+    elif mirror is not None:
+        analyzer = Analyzer(mirror)
+    elif "mirror-to" in b:
+        try:
+            analyzer = _mirror_to(b["mirror-to"], f"{what}.mirror-to")
+        except PolicyValidationError as e:
+            problems += e.problems
     if problems:
         raise PolicyValidationError(problems)
     return PolicyRule(
@@ -696,7 +807,7 @@ def _policy_rule(body: Any, what: str) -> PolicyRule:
         _endpoint(b.get("src", "any"), f"{what}.src", True),
         _endpoint(b.get("dst", "any"), f"{what}.dst", True),
         _ports(b.get("src-ports", "any"), f"{what}.src-ports"),
-        _ports(b.get("dst-ports", "any"), f"{what}.dst-ports"), terminal, mirror)
+        _ports(b.get("dst-ports", "any"), f"{what}.dst-ports"), terminal, analyzer)
 
 
 def network_policy_from_json(name: str, body: Any) -> NetworkPolicy:
@@ -723,7 +834,9 @@ def network_policy_from_json(name: str, body: Any) -> NetworkPolicy:
         problems += e.problems
     if problems:
         raise PolicyValidationError(problems)
-    return NetworkPolicy(name, tuple(dict.fromkeys(networks)), tuple(rules))
+    policy = NetworkPolicy(name, tuple(dict.fromkeys(networks)), tuple(rules))
+    _analyzers([policy])
+    return policy
 
 
 def gateway_set(addresses: Iterable[str | None]) -> frozenset[int]:

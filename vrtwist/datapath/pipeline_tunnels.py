@@ -29,6 +29,7 @@ from vrtwist.datapath.pipeline_core import (
 )
 from vrtwist.datapath.tables import Interface, NextHop
 from vrtwist.packet.checksum import checksum
+from vrtwist.sandesh.addr import int_to_port
 from vrtwist.shmem.jhash import jhash, jhash_words5
 
 __all__ = ["TunnelStage"]
@@ -170,9 +171,12 @@ class TunnelStage(PipelineCore):
             tail = self._mpls_word(pkt, nh)
             dport, default_sport = D.MPLS_OVER_UDP_DST_PORT, 51000
         else:
+            # plain UDP (an analyzer's mirror next hop): both ports are the next hop's,
+            # given as the vRouter's messages carry ports (network order in the integer)
             self._vrf_count(pkt.dvrf, "udp_tunnels")
-            tail = b""
-            dport, default_sport = nh.tun_dport & 0xFFFF, nh.tun_sport & 0xFFFF
+            sport = int_to_port(nh.tun_sport) or self.udp_src_port(pkt)
+            mid = UDP_HDR.pack(sport, int_to_port(nh.tun_dport), 8 + plen, 0)
+            return mid, 17, self._next_ip_id()
         sport = pkt.udp_src_port or self.udp_src_port(pkt) or default_sport
         mid = UDP_HDR.pack(sport, dport, 8 + len(tail) + plen, 0) + tail
         return mid, 17, self._next_ip_id()

@@ -50,6 +50,7 @@ from vrtwist.agent.packet.flows import (
     reverse_hop,
     reverse_key,
     short_decision,
+    with_mirrors,
 )
 from vrtwist.logfields import Logger
 from vrtwist.packet.headers import IPPROTO_ICMP
@@ -98,13 +99,21 @@ def vm_sources(desired: Mapping[Any, tuple[str, dict[str, Any]]]) -> dict[tuple[
     return out
 
 
-def _written(fwd: Any, rev: Any) -> tuple[int, int, int, int]:
-    return fwd.action, fwd.drop_reason, rev.action, rev.drop_reason
+def _mirrors_of(e: Any) -> tuple[int, ...]:
+    if not e.flags & L.FLAG_MIRROR:
+        return ()
+    return tuple(m for m in (e.mirror_id, e.sec_mirror_id) if m != 0xFF)
 
 
-def _wanted(d: FlowDecision) -> tuple[int, int, int, int]:
+def _written(fwd: Any, rev: Any) -> tuple[Any, ...]:
+    return (fwd.action, fwd.drop_reason, rev.action, rev.drop_reason, _mirrors_of(fwd),
+            _mirrors_of(rev))
+
+
+def _wanted(d: FlowDecision) -> tuple[Any, ...]:
     rev_action = d.action if d.reverse_action < 0 else d.reverse_action
-    return d.action, d.drop_reason, rev_action, d.reverse_drop_reason
+    return (d.action, d.drop_reason, rev_action, d.reverse_drop_reason, d.mirrors,
+            d.reverse_mirrors)
 
 
 @dataclass
@@ -222,7 +231,7 @@ class FlowAdoption:
             return fits[0] if fits else None
         (_, _, d1), (_, _, d2) = fits
         w1, w2 = _wanted(d1), _wanted(d2)
-        if (w1[0], w1[2]) != (w2[2], w2[0]):
+        if (w1[0], w1[2], w1[4], w1[5]) != (w2[2], w2[0], w2[5], w2[4]):
             return False
         # each entry gets the same action either way (drop reasons may differ); the
         # reading kept: the one that leaves what is written, else the one going to the
@@ -242,15 +251,16 @@ class FlowAdoption:
         if _wanted(d) == _written(fwd, rev):
             return []
         self.counters.rewritten += 1
-        action, reason, rev_action, rev_reason = _wanted(d)
+        action, reason, rev_action, rev_reason, _, _ = _wanted(d)
         flags = L.FLAG_ACTIVE | L.RFLOW_VALID
         return [
-            flows.channel(flow_request(d.reverse, rev.index, rev.gen_id, rev_action, flags,
-                                       flow_vrf=d.dvrf, src_nh_index=d.reverse_src_nh,
-                                       rindex=fwd.index, drop_reason=rev_reason)),
-            flows.channel(flow_request(d.forward, fwd.index, fwd.gen_id, action, flags,
-                                       flow_vrf=d.vrf, src_nh_index=d.src_nh,
-                                       rindex=rev.index, drop_reason=reason)),
+            flows.channel(with_mirrors(flow_request(
+                d.reverse, rev.index, rev.gen_id, rev_action, flags, flow_vrf=d.dvrf,
+                src_nh_index=d.reverse_src_nh, rindex=fwd.index, drop_reason=rev_reason),
+                d.reverse_mirrors)),
+            flows.channel(with_mirrors(flow_request(
+                d.forward, fwd.index, fwd.gen_id, action, flags, flow_vrf=d.vrf,
+                src_nh_index=d.src_nh, rindex=rev.index, drop_reason=reason), d.mirrors)),
         ]
 
     def _delete(self, a: Any, b: Any) -> list[Deferred[tuple[int, int, int]]]:

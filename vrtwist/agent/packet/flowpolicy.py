@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from vrtwist.agent.packet.flows import FlowDecision
-from vrtwist.agent.policy import FlowSides, PolicyConfig, decide, header_of
+from vrtwist.agent.policy import Analyzer, FlowSides, PolicyConfig, decide, header_of
 from vrtwist.shmem import layout as L
 
 __all__ = ["FlowPolicy", "LocalPort"]
@@ -30,6 +30,8 @@ class FlowPolicy:
     port_of: Callable[[int], LocalPort | None]
     #: VRF id -> the network uuid it belongs to (None: not a network's VRF)
     vn_of: Callable[[int], str | None]
+    #: analyzer name -> its datapath mirror index (None: none, so no copies)
+    mirror_index: Callable[[str], int | None] = lambda name: None
 
     @property
     def active(self) -> bool:
@@ -59,4 +61,14 @@ class FlowPolicy:
         rev = L.ACTION_DROP if v.reverse_drops else L.ACTION_FORWARD
         return replace(d, action=fwd, drop_reason=v.forward_reason if v.forward_drops else 0,
                        reverse_action=rev,
-                       reverse_drop_reason=v.reverse_reason if v.reverse_drops else 0)
+                       reverse_drop_reason=v.reverse_reason if v.reverse_drops else 0,
+                       mirrors=self._indices(v.forward_mirrors),
+                       reverse_mirrors=self._indices(v.reverse_mirrors))
+
+    def _indices(self, analyzers: tuple[Analyzer, ...]) -> tuple[int, ...]:
+        """The mirror indices of the first two analyzers that have one (the real agent
+        programs at most two mirrors per flow)."""
+        if not analyzers:
+            return ()
+        found = (self.mirror_index(a.name) for a in analyzers if a.ip is not None)
+        return tuple(i for i in found if i is not None)[:2]

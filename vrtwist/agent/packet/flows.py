@@ -57,6 +57,7 @@ __all__ = [
     "reverse_hop",
     "reverse_key",
     "short_decision",
+    "with_mirrors",
 ]
 
 #: the real agent's default flow idle time (``FlowAgeTime``)
@@ -220,6 +221,21 @@ def _linked_request(key: FlowKey, index: int, gen: int, action: int, vrf: int, s
     }
 
 
+#: ``fr_mir_id`` of "no mirror" (the real agent writes -1 in the i16)
+NO_MIRROR: Final = 0xFFFF
+
+
+def with_mirrors(fields: dict[str, int], mirrors: tuple[int, ...]) -> dict[str, int]:
+    """``fields`` of a FLOW_SET with the mirror flag and up to two mirror indices (the
+    real ``FlowTableKSyncEntry::Encode``); the datapath clones each packet of the flow
+    to those mirror entries before the flow's action."""
+    if mirrors:
+        fields["fr_flags"] |= L.FLAG_MIRROR
+        fields["fr_mir_id"] = mirrors[0]
+        fields["fr_sec_mir_id"] = mirrors[1] if len(mirrors) > 1 else NO_MIRROR
+    return fields
+
+
 @dataclass(slots=True)
 class FlowDecision:
     """What the agent writes for one trapped flow. Treated as immutable (the policy step
@@ -244,6 +260,9 @@ class FlowDecision:
     tcp_ack: bool = False
     #: a short flow (no route one way): both flows DROP with its reason, no policy
     short: bool = False
+    #: datapath mirror indices (at most two) each direction sends copies to
+    mirrors: tuple[int, ...] = ()
+    reverse_mirrors: tuple[int, ...] = ()
 
 
 def _ports(frame: bytes | memoryview, proto: int, l4: int, end: int) -> tuple[int, int]:
@@ -541,8 +560,9 @@ class FlowSetup:
         """The reverse flow, written first at a new index and linked to the trapped one."""
         assert d.reverse is not None
         rev_action = d.action if d.reverse_action < 0 else d.reverse_action
-        return _linked_request(d.reverse, -1, 0, rev_action, d.dvrf, d.reverse_src_nh, index,
-                               d.reverse_drop_reason)
+        f = _linked_request(d.reverse, -1, 0, rev_action, d.dvrf, d.reverse_src_nh, index,
+                            d.reverse_drop_reason)
+        return with_mirrors(f, d.reverse_mirrors) if d.reverse_mirrors else f
 
     def _reverse_ok(self, code: int, rev_index: int) -> bool:
         if code < 0 and -code != _EEXIST:
@@ -556,8 +576,9 @@ class FlowSetup:
     @staticmethod
     def _forward_request(index: int, gen: int, d: FlowDecision, rev_index: int) -> dict[str, int]:
         """The forward flow at the trapped index and generation, linked to the reverse."""
-        return _linked_request(d.forward, index, gen, d.action, d.vrf, d.src_nh, rev_index,
-                               d.drop_reason)
+        f = _linked_request(d.forward, index, gen, d.action, d.vrf, d.src_nh, rev_index,
+                            d.drop_reason)
+        return with_mirrors(f, d.mirrors) if d.mirrors else f
 
     def _forward_done(self, code: int, index: int, gen: int, d: FlowDecision,
                       rev_index: int, rev_gen: int) -> None:
@@ -590,20 +611,22 @@ class FlowSetup:
             new = policy.apply(old)
             rev_action = new.action if new.reverse_action < 0 else new.reverse_action
             was = old.action if old.reverse_action < 0 else old.reverse_action
-            if (new.action, new.drop_reason, rev_action, new.reverse_drop_reason) == (
-                    old.action, old.drop_reason, was, old.reverse_drop_reason):
+            if (new.action, new.drop_reason, rev_action, new.reverse_drop_reason,
+                    new.mirrors, new.reverse_mirrors) == (
+                    old.action, old.drop_reason, was, old.reverse_drop_reason, old.mirrors,
+                    old.reverse_mirrors):
                 continue
             self.counters.revaluated += 1
             pair.decision = new
             flags = L.FLAG_ACTIVE | L.RFLOW_VALID
-            out.append(self.channel(flow_request(
+            out.append(self.channel(with_mirrors(flow_request(
                 pair.reverse, pair.rev_index, pair.rev_gen, rev_action, flags,
                 flow_vrf=new.dvrf, src_nh_index=new.reverse_src_nh, rindex=pair.fwd_index,
-                drop_reason=new.reverse_drop_reason)))  # fmt: skip
-            out.append(self.channel(flow_request(
+                drop_reason=new.reverse_drop_reason), new.reverse_mirrors)))  # fmt: skip
+            out.append(self.channel(with_mirrors(flow_request(
                 pair.forward, pair.fwd_index, pair.fwd_gen, new.action, flags,
                 flow_vrf=new.vrf, src_nh_index=new.src_nh, rindex=pair.rev_index,
-                drop_reason=new.drop_reason)))  # fmt: skip
+                drop_reason=new.drop_reason), new.mirrors)))  # fmt: skip
         return out
 
     def _failed(self, code: int) -> None:

@@ -170,8 +170,10 @@ class AgentPacketService(MultiService):
         if flow_age is not None:
             self.flows.age = flow_age
         self.policy = policy if policy is not None else PolicyConfig()
-        self.flows.policy = FlowPolicy(self.policy, self._local_port, self._network_of)
+        self.flows.policy = FlowPolicy(self.policy, self._local_port, self._network_of,
+                                       model.mirror_index)
         self.policy.listeners.append(self._policy_changed)
+        self._set_mirrors()
         #: the flows a previous agent left (external datapath): adopted or deleted
         self.adoption = FlowAdoption(self.flows, self._vm_sources)
         mac = vhost_mac or (lambda: bytes(model.desired[(VIF, model.fabric_vif)][1]["vifr_mac"]))
@@ -230,9 +232,16 @@ class AgentPacketService(MultiService):
         controller): flows of a previous agent that still match nothing can go."""
         self.adoption.settled = True
 
+    def _set_mirrors(self) -> None:
+        """A mirror entry in the datapath for each analyzer the policies name."""
+        self.model.set_mirrors({name: (a.ip, a.port) for name, a in
+                                self.policy.analyzers().items() if a.ip is not None})
+
     def _policy_changed(self) -> None:
         """A policy or a port's security groups changed: flows set up before are
-        re-evaluated and re-written where their action changed."""
+        re-evaluated and re-written where their action changed (and the analyzers the
+        policies name get their mirror entries first)."""
+        self._set_mirrors()
         self.flows.revaluate()
 
     def _send_fabric(self, frame: bytes) -> bool:
