@@ -196,6 +196,8 @@ class DatapathModel:
         self.mirror_ids = IdAllocator("mirror index", 0, C.VR_DEF_MIRROR_ENTRIES - 1)
         #: analyzer name -> (mirror index, next hop, (address, UDP port))
         self._mirrors: dict[str, tuple[int, int, tuple[str, int]]] = {}
+        #: (address, UDP port) -> (mirror index, next hop) found in the datapath at start
+        self._adopted_mirrors: dict[tuple[str, int], tuple[int, int]] = {}
         self.desired: dict[Key, tuple[str, dict[str, Any]]] = {}
         self._vrfs: dict[str, _Vrf] = {}
         self._ports: dict[str, _PortIds] = {}
@@ -753,20 +755,14 @@ class DatapathModel:
                 keys.append(key)
             self.mirror_ids.free(index)
             self.nhs.free(nh)
+        adopted, self._adopted_mirrors = self._adopted_mirrors, {}
         for name, (ip, port) in sorted(analyzers.items()):
             if name in self._mirrors:
                 continue
-            try:
-                index = self.mirror_ids.alloc()
-            except ResourceExhausted:
-                self._log.error("no mirror index left for analyzer {name}", name=name)
+            ids = adopted.pop((ip, port), None) or self._new_mirror_ids(name)
+            if ids is None:
                 continue
-            try:
-                nh = self.nhs.alloc()
-            except ResourceExhausted:
-                self.mirror_ids.free(index)
-                self._log.error("no next-hop id left for analyzer {name}", name=name)
-                continue
+            index, nh = ids
             self._set((NH, nh), "vr_nexthop_req", {
                 "nhr_id": nh, "nhr_type": C.NH_TUNNEL, "nhr_family": C.AF_INET, "nhr_vrf": 0,
                 "nhr_encap_oif_id": [self.fabric_vif], "nhr_encap": list(self._tunnel_encap(ip)),
@@ -779,8 +775,38 @@ class DatapathModel:
             self._mirrors[name] = (index, nh, (ip, port))
             self._tunnels[(ip, f"mirror:{port}")] = (nh, 1)
             keys += [(NH, nh), (MIRROR, index)]
+        for index, nh in adopted.values():  # left by the previous agent, named no more
+            self.mirror_ids.free(index)
+            self.nhs.free(nh)
+            keys += [(MIRROR, index), (NH, nh)]
         if keys:
             self._notify(keys)
+
+    def _new_mirror_ids(self, name: str) -> tuple[int, int] | None:
+        try:
+            index = self.mirror_ids.alloc()
+        except ResourceExhausted:
+            self._log.error("no mirror index left for analyzer {name}", name=name)
+            return None
+        try:
+            return index, self.nhs.alloc()
+        except ResourceExhausted:
+            self.mirror_ids.free(index)
+            self._log.error("no next-hop id left for analyzer {name}", name=name)
+            return None
+
+    def adopt_mirror(self, index: int, nh_id: int, dip: str, port: int, mac: bytes) -> None:
+        """An analyzer's mirror entry found in the datapath at start-up: the next
+        :meth:`set_mirrors` naming the same address and port takes its ids again (so the
+        flows kept through a restart still name the right index); one no policy names
+        any more is deleted then."""
+        if self.mirror_ids.reserve(index):
+            if self.nhs.reserve(nh_id):
+                self._adopted_mirrors[(dip, port)] = (index, nh_id)
+            else:
+                self.mirror_ids.free(index)
+        if len(mac) == 6 and any(mac):
+            self.fabric_macs.setdefault(dip, bytes(mac))
 
     def mirror_index(self, name: str) -> int | None:
         """The datapath mirror index of analyzer ``name`` (None: it has none)."""

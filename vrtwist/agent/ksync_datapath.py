@@ -34,6 +34,7 @@ from vrtwist.agent.ksync_plan import (
     key_of,
     learnt,
     make,
+    mirrors,
     note_route,
     owned_subset,
     plan,
@@ -203,7 +204,8 @@ class DatapathSync:
             req.setdefault("vxlanr_vnid", 0)  # the VNI is the marker, 0 = from the start
         elif name != "vr_route_req":
             req.setdefault({"vr_interface_req": "vifr_marker", "vr_nexthop_req": "nhr_marker",
-                            "vr_mpls_req": "mr_marker"}[name], -1)
+                            "vr_mpls_req": "mr_marker", "vr_mirror_req": "mirr_marker"}[name],
+                           -1)
         pager = DumpPager(make(name, req))
         request: Any = pager.request
         while request is not None:
@@ -261,6 +263,11 @@ class DatapathSync:
                     vrfs.add(int(obj.vifr_vrf))
                 elif name == "vr_nexthop_req":
                     vrfs.add(int(obj.nhr_vrf))
+        try:
+            for obj in await self.dump("vr_mirror_req", {}):
+                present[key_of("vr_mirror_req", obj)] = ("vr_mirror_req", fields_of(obj))
+        except DatapathRequestError as e:
+            self._log.warn("cannot dump the mirror table: {e}", e=e)
         for vrf in sorted(vrfs | {0}):
             for fam in (C.AF_INET, C.AF_INET6, C.AF_BRIDGE):
                 try:
@@ -288,6 +295,9 @@ class DatapathSync:
         for nh, encap, dip, mac in tunnels(present):
             self.model.adopt_tunnel(socket.inet_ntoa(dip.to_bytes(4, sys.byteorder)), encap,
                                     nh, mac)
+        for index, nh, dip, port, mac in mirrors(present):
+            self.model.adopt_mirror(index, nh, socket.inet_ntoa(dip.to_bytes(4, sys.byteorder)),
+                                    port, mac)
         self.applied = owned_subset(present, ((VIF, AGENT_VIF), (VIF, self.model.fabric_vif)))
         self._log.info("datapath holds {n} agent object(s); {vifs} interface(s) adopted",
                        n=len(self.applied), vifs=len(found))

@@ -293,6 +293,27 @@ def learnt(present: State) -> set[Key]:
             or (k[0] == ROUTE and k[2] >= 1 and int(f.get("rtr_nh_id", 0)) in tunnels)}
 
 
+def mirrors(present: State) -> list[tuple[int, int, int, int, bytes]]:
+    """(mirror index, next hop id, analyzer address as the next hop stores it, UDP port,
+    MAC) of every mirror entry whose next hop is a plain UDP tunnel (an analyzer's)."""
+    out = []
+    for key, (_name, f) in present.items():
+        if key[0] != MIRROR:
+            continue
+        nh = present.get((NH, int(f.get("mirr_nhid", -1))))
+        if nh is None or nh[1].get("nhr_type") != C.NH_TUNNEL:
+            continue
+        nf = nh[1]
+        flags = int(nf.get("nhr_flags", 0))
+        if not flags & C.NH_FLAG_TUNNEL_UDP or flags & C.NH_FLAG_TUNNEL_UDP_MPLS:
+            continue
+        port = int.from_bytes((int(nf.get("nhr_tun_dport", 0)) & 0xFFFF).to_bytes(2, "little"),
+                              "big")
+        out.append((key[1], int(nf["nhr_id"]), int(nf.get("nhr_tun_dip", 0)), port,
+                    bytes(list(nf.get("nhr_encap") or [])[:6])))
+    return out
+
+
 def tunnels(present: State) -> list[tuple[int, str, int, bytes]]:
     """(next hop id, encapsulation, destination as the next hop stores it, MAC) of every
     tunnel next hop with a known encapsulation."""
