@@ -18,7 +18,7 @@ import tempfile
 from twisted.trial.unittest import TestCase
 
 from tests.agent.helpers import port_body
-from tests.agent.procs import BIN, Twistd, agent_args
+from tests.agent.procs import BIN, SMALL_TABLES, Twistd, agent_args
 from tests.agent.test_vm_policy import rest
 from tests.agent.test_vm_traffic import Vm
 from tests.agent.twonodes import sh, skip_reason
@@ -61,8 +61,20 @@ class MirrorTests(TestCase):
             vm = Vm(n, f"02:69:00:00:00:0{n}", PFX)
             self.addCleanup(vm.cleanup)
             self.vms.append(vm)
+
+    def start(self, external: bool = False) -> None:
+        """The node: ``twistd vrouter`` (embedded datapath), or ``twistd vrouter-dp`` and
+        an agent with ``--datapath external`` (ksync and pkt0 over their sockets)."""
+        extra: tuple[str, ...] = ()
+        if external:
+            dp = Twistd(self.dir, "vrouter-dp", ["--run-dir", self.run_dir, *SMALL_TABLES,
+                                                 "--fabric", self.fabric], "dp")
+            self.addCleanup(dp.stop)
+            wait_until(lambda: os.path.exists(os.path.join(self.run_dir, "dpdk_netlink")),
+                       "the datapath socket")
+            extra = ("--datapath", "external")
         args = agent_args(self.run_dir, os.path.join(self.dir, "state"),
-                          "--fabric", self.fabric, "--fabric-ip", FABRIC_IP)
+                          "--fabric", self.fabric, "--fabric-ip", FABRIC_IP, *extra)
         self.agent = Twistd(self.dir, "vrouter", args, "agent")
         self.addCleanup(self.agent.stop)
         self.port = self.agent.rest_port()
@@ -81,6 +93,15 @@ class MirrorTests(TestCase):
             vm.run("ip", "addr", "add", f"10.69.1.{10 + n}/24", "dev", vm.guest)
 
     def test_ping_is_copied_to_the_analyzer(self) -> None:
+        self.start()
+        self.copied()
+
+    def test_ping_is_copied_with_an_external_datapath(self) -> None:
+        self.start(external=True)
+        self.copied()
+
+    def copied(self) -> None:
+        """A ping VM1 -> VM2 under a mirror rule: its echo requests reach the analyzer."""
         listener = subprocess.Popen(["ip", "netns", "exec", self.ns, "python3", "-u", "-c",
                                      LISTENER], stdout=subprocess.PIPE, text=True)
         self.addCleanup(listener.kill)
