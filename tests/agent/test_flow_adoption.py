@@ -243,3 +243,19 @@ class AdoptionTests(SynchronousTestCase):
         self.assertEqual({i: n.world.flows.entry(i) for i in self.active()}, written)
         (pair,) = flows.pairs.values()
         self.assertEqual(pair.forward.dip, bytes((192, 0, 2, 77)))
+
+
+class AdoptionMetricsTests(SynchronousTestCase):
+    def test_outcomes_are_counted(self) -> None:
+        from tests.introspect.test_metrics import agent_state, scrape
+        from vrtwist.agent.introspect import AgentCollector
+
+        a = agent_state()
+        n = Node()
+        adoption = FlowAdoption(n.flows, dict)
+        adoption.counters.adopted, adoption.counters.deleted = 3, 1
+        a.packets.adoption = adoption
+        m = scrape(AgentCollector(a))
+        self.assertEqual(m[("vrouter_flows_adopted_total", (("outcome", "adopted"),))], 3)
+        self.assertEqual(m[("vrouter_flows_adopted_total", (("outcome", "rewritten"),))], 0)
+        self.assertEqual(m[("vrouter_flows_adopted_total", (("outcome", "deleted"),))], 1)

@@ -171,6 +171,14 @@ class AgentCollector(Collector):
         yield setup
         yield GaugeMetricFamily("vrouter_agent_flow_pairs", "flow pairs the agent ages",
                                 value=len(packets.flows.pairs))
+        adoption = getattr(packets, "adoption", None)
+        if adoption is not None:
+            left = CounterMetricFamily("vrouter_flows_adopted", "flow pairs a previous "
+                                       "agent left, by what the start-up audit did with them",
+                                       labels=["outcome"])
+            for name in ("adopted", "rewritten", "deleted"):
+                left.add_metric([name], getattr(adoption.counters, name))
+            yield left
 
 
 # -- JSON views ------------------------------------------------------------------------
