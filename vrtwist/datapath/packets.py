@@ -94,8 +94,7 @@ class PacketService(Service):
                 os.path.join(run_dir, DATAPATH_SOCKET),
                 os.path.join(run_dir, AGENT_SOCKET),
                 self.trap,
-                mode=access.mode if access is not None else 0o600,
-                gid=access.gid if access is not None else None,
+                access=access,
             )
             self.trap.transport = self.pkt0
         options: dict[str, Any] = {}
