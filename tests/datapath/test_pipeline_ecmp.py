@@ -14,9 +14,9 @@ import tempfile
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.datapath.pipeline_world import World, ip_int, udp_frame
 from tests.datapath.test_pipeline import ROUTER_MAC, ip_int_of, port_of, tunnel_pair
 from vrtwist.datapath import constants as C
+from vrtwist.datapath.testing import World, ip_int, udp_frame
 from vrtwist.packet.checksum import checksum
 from vrtwist.shmem import layout as L
 from vrtwist.shmem.listing import FlowTableView, format_flow, write_flow_table

@@ -12,11 +12,11 @@ from types import SimpleNamespace
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.datapath.pipeline_world import World, ip_bytes, mac
 from vrtwist.datapath import constants as C
 from vrtwist.datapath.packets import SWEEP_INTERVAL, PacketService
 from vrtwist.datapath.pipeline_core import Packet
 from vrtwist.datapath.pipeline_frag import FragmentAssembler, FragmentTable
+from vrtwist.datapath.testing import World, ip_bytes, mac
 from vrtwist.packet.headers import ETH_P_IP, UDP, Ethernet, IPv4
 from vrtwist.shmem import layout as L
 

@@ -13,8 +13,8 @@ import os
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from tests.datapath.pipeline_world import RecordingOutput, RecordingTrap, World
 from vrtwist.datapath.interfaces import IFrameOutput, IPacketPipeline, IPacketTrap
+from vrtwist.datapath.testing import RecordingOutput, RecordingTrap, World
 from vrtwist.packet import pcap
 from vrtwist.shmem.flowtable import key_from_request
 from vrtwist.vtest.xmlspec import parse_file
