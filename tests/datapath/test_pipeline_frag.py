@@ -44,7 +44,9 @@ class Clock:
         return self.t
 
 
-class FragmentFlowTests(SynchronousTestCase):
+class FragmentWorldCase(SynchronousTestCase):
+    """VM vif 1 (policy) bridged to vif 2, the datagram's flow installed, a test clock."""
+
     def setUp(self) -> None:
         self.clock = Clock()
         w = self.w = World(now=self.clock)
@@ -58,6 +60,8 @@ class FragmentFlowTests(SynchronousTestCase):
     def packets(self) -> int:
         return self.w.flows.entry(self.index).packets
 
+
+class FragmentFlowTests(FragmentWorldCase):
     def test_in_order(self) -> None:
         w = self.w
         frags = [fragment(n) for n in range(3)]
@@ -170,17 +174,8 @@ class FragmentFlowTests(SynchronousTestCase):
         self.assertEqual(w.flows.entry(trap[3]).action, L.ACTION_HOLD)
 
 
-class FragmentSweepTests(SynchronousTestCase):
+class FragmentSweepTests(FragmentWorldCase):
     """Fragment state times out by the service's timer, with no fragment passing."""
-
-    def setUp(self) -> None:
-        self.clock = Clock()
-        w = self.w = World(now=self.clock)
-        w.vif(1, mac_="de:ad:be:ef:00:02", flags=C.VIF_FLAG_POLICY_ENABLED)
-        w.vif(2, mac_="de:ad:be:ef:00:01")
-        w.encap_nh(12, 2)
-        w.bridge_route("de:ad:be:ef:00:01", 12)
-        self.index = int(w.flow(fr_flow_sport=31, fr_flow_dport=31).fresp_index)
 
     def test_sweep_forgets_entries_and_drops_what_waited(self) -> None:
         w = self.w
@@ -201,7 +196,7 @@ class FragmentSweepTests(SynchronousTestCase):
         self.assertEqual(len(p.frag_assembler), 0)
         self.assertEqual(w.drops(), {"vds_frag_err": 3})
         self.assertEqual(w.out.on(2), [fragment(0)])  # only the first ever went on
-        self.assertEqual(w.flows.entry(self.index).packets, 1)
+        self.assertEqual(self.packets(), 1)
         p.receive(1, fragment(0, ident=8))  # its later fragments are gone: nothing released
         self.assertEqual(w.out.on(2), [fragment(0), fragment(0, ident=8)])
         self.assertEqual(w.drops(), {"vds_frag_err": 3})
