@@ -43,7 +43,6 @@ import bench_pipeline as bp
 import bench_vpnkit
 
 from vrtwist.datapath.introspect import DatapathCollector
-from vrtwist.datapath.pipeline import Pipeline
 from vrtwist.introspect.flows import FlowTableSource
 
 CHUNK = 2000
@@ -108,27 +107,12 @@ def ab(name: str, rounds: int, without: Callable[[], float], with_: Callable[[],
 
 def forwarding(args: argparse.Namespace) -> None:
     for label, flows in (("bridged", 0), ("flow hits", args.flows)):
-        dp, ft = bp.world(flows, policy=bool(flows))
+        w, _sink = bp.world(flows, policy=bool(flows))
+        dp, ft = w.dp, w.flows
         frames = [bp.frame64(bp.VM2, dip=b"\x02\x02\x02\x02")]
         if flows:
-            import struct
-
-            from vrtwist.shmem import layout as L
-
-            frames = []
-            for i in range(flows):
-                sport, dport = 1024 + (i & 0x7FFF), 2000 + (i >> 15)
-                ft.flow_set({
-                    "fr_index": -1, "fr_family": 2, "fr_flags": L.FLAG_ACTIVE,
-                    "fr_flow_proto": 17,
-                    "fr_flow_sport": struct.unpack("<H", sport.to_bytes(2, "big"))[0],
-                    "fr_flow_dport": struct.unpack("<H", dport.to_bytes(2, "big"))[0],
-                    "fr_flow_sip_l": 0x01010101, "fr_flow_dip_l": 0x02020202,
-                    "fr_action": L.ACTION_FORWARD,
-                })
-                frames.append(bp.frame64(bp.VM2, sport, dport))
-        sink = bp.Sink()
-        pipe = Pipeline(dp, sink, bp.TrapSink(), flows=ft)
+            frames = bp.install_flows(ft, flows)
+        pipe = w.pipeline
         receive = pipe.receive
         count = len(frames)
         pos = [0]

@@ -18,51 +18,17 @@ import argparse
 import struct
 import time
 from collections.abc import Callable
-from typing import Any
-
-from zope.interface import implementer
 
 from vrtwist.datapath import constants as C
-from vrtwist.datapath.dispatcher import Datapath, make
-from vrtwist.datapath.interfaces import IFrameOutput, IPacketTrap
 from vrtwist.datapath.pipeline import Pipeline
+from vrtwist.datapath.testing import CountingOutput, CountingTrap, World
 from vrtwist.packet.headers import ETH_P_IP, UDP, Ethernet, IPv4
 from vrtwist.shmem import layout as L
 from vrtwist.shmem.flowtable import FlowTable
-from vrtwist.shmem.requests import FlowRequests
 
 VM1 = bytes.fromhex("deadbeef0002")
 VM2 = bytes.fromhex("deadbeef0001")
 ROUTER = bytes.fromhex("00005e000100")
-
-
-@implementer(IFrameOutput)
-class Sink:
-    def __init__(self) -> None:
-        self.sent = 0
-
-    def transmit(self, vif_index: int, frame: bytes | bytearray | memoryview) -> bool:
-        self.sent += 1
-        return True
-
-
-@implementer(IPacketTrap)
-class TrapSink:
-    def __init__(self) -> None:
-        self.traps = 0
-
-    def trap(
-        self,
-        vif_index: int,
-        vrf: int,
-        code: int,
-        param: int,
-        param_1: int,
-        stats: tuple[int, int, int, int],
-        frame: bytes,
-    ) -> bool:
-        self.traps += 1
-        return True
 
 
 def frame64(
@@ -75,40 +41,48 @@ def frame64(
     return Ethernet(dst, VM1, ETH_P_IP).pack() + ip + udp
 
 
-def req(dp: Datapath, name: str, **fields: Any) -> None:
-    code = int(dp.handle(make(name, {"h_op": C.OP_ADD, **fields}))[0][0].resp_code)
-    if code < 0:
-        raise SystemExit(f"{name} {fields}: {code}")
-
-
-def world(flows: int = 0, policy: bool = False) -> tuple[Datapath, FlowTable]:
-    dp = Datapath()
+def world(flows: int = 0, policy: bool = False) -> tuple[World, CountingOutput]:
+    """VMs on vifs 1 and 2, the fabric on vif 0; bridged to VM2, routed to 2.2.2.2/32 and
+    into MPLSoUDP for 3.3.3.3/32; the output counts and keeps nothing."""
     entries = max(1024, flows * 2)
-    ft = FlowTable(bytearray((entries + entries // 4) * L.FLOW_ENTRY_SIZE), entries, entries // 4)
-    dp.register("vr_flow_req", FlowRequests(ft))
+    sink = CountingOutput()
+    w = World(shmem_bridge=False, flow_entries=entries, flow_oentries=entries // 4,
+              output=sink, trap=CountingTrap())  # fmt: skip
     vflags = C.VIF_FLAG_POLICY_ENABLED if policy else 0
-    for idx, mac in ((1, VM1), (2, VM2)):
-        req(dp, "vr_interface_req", vifr_idx=idx, vifr_type=C.VIF_TYPE_VIRTUAL,
-            vifr_name=f"b{idx}", vifr_mac=mac, vifr_mtu=1514, vifr_flags=vflags)  # fmt: skip
-    req(dp, "vr_interface_req", vifr_idx=0, vifr_type=C.VIF_TYPE_PHYSICAL, vifr_name="b0",
-        vifr_mac=bytes.fromhex("001111111111"), vifr_mtu=1514)  # fmt: skip
-    encap = VM2 + ROUTER + b"\x08\x00"
-    req(dp, "vr_nexthop_req", nhr_id=12, nhr_type=C.NH_ENCAP, nhr_family=C.AF_BRIDGE,
-        nhr_flags=C.NH_FLAG_VALID, nhr_encap_oif_id=[2], nhr_encap=encap)  # fmt: skip
-    req(dp, "vr_nexthop_req", nhr_id=13, nhr_type=C.NH_L2_RCV, nhr_flags=C.NH_FLAG_VALID)
-    req(dp, "vr_nexthop_req", nhr_id=14, nhr_type=C.NH_ENCAP, nhr_family=C.AF_INET,
-        nhr_flags=C.NH_FLAG_VALID, nhr_encap_oif_id=[2], nhr_encap=encap)  # fmt: skip
-    req(dp, "vr_nexthop_req", nhr_id=15, nhr_type=C.NH_TUNNEL, nhr_family=C.AF_INET,
-        nhr_flags=C.NH_FLAG_VALID | C.NH_FLAG_TUNNEL_UDP_MPLS, nhr_encap_oif_id=[0],
-        nhr_encap=encap, nhr_tun_sip=0x0100000A, nhr_tun_dip=0x0200000A)  # fmt: skip
-    req(dp, "vr_route_req", rtr_family=C.AF_BRIDGE, rtr_mac=VM2, rtr_nh_id=12)
-    req(dp, "vr_route_req", rtr_family=C.AF_BRIDGE, rtr_mac=ROUTER, rtr_nh_id=13)
-    req(dp, "vr_route_req", rtr_family=C.AF_INET, rtr_prefix=b"\x02\x02\x02\x02",
-        rtr_prefix_len=32, rtr_nh_id=14)  # fmt: skip
-    req(dp, "vr_route_req", rtr_family=C.AF_INET, rtr_prefix=b"\x03\x03\x03\x03",
-        rtr_prefix_len=32, rtr_nh_id=15, rtr_label=48,
-        rtr_label_flags=C.VR_RT_LABEL_VALID_FLAG)  # fmt: skip
-    return dp, ft
+    for idx, mac in ((1, "de:ad:be:ef:00:02"), (2, "de:ad:be:ef:00:01")):
+        w.vif(idx, mac_=mac, flags=vflags)
+    w.vif(0, C.VIF_TYPE_PHYSICAL, mac_="00:11:11:11:11:11")
+    w.encap_nh(12, 2)
+    w.nh(13, C.NH_L2_RCV)
+    w.encap_nh(14, 2, family=C.AF_INET)
+    w.tunnel_nh(15, 0, C.NH_FLAG_TUNNEL_UDP_MPLS, sip="10.0.0.1", dip="10.0.0.2")
+    w.bridge_route("de:ad:be:ef:00:01", 12)
+    w.bridge_route("00:00:5e:00:01:00", 13)
+    w.route("2.2.2.2", 32, 14)
+    w.route("3.3.3.3", 32, 15, label=48)
+    return w, sink
+
+
+def install_flows(ft: FlowTable, n: int) -> list[bytes]:
+    """``n`` forward UDP flows 1.1.1.1 -> 2.2.2.2 installed by FLOW_SET, and a frame of each."""
+    frames = []
+    for i in range(n):
+        sport, dport = 1024 + (i & 0x7FFF), 2000 + (i >> 15)
+        ft.flow_set(
+            {
+                "fr_index": -1,
+                "fr_family": 2,
+                "fr_flags": L.FLAG_ACTIVE,
+                "fr_flow_proto": 17,
+                "fr_flow_sport": struct.unpack("<H", sport.to_bytes(2, "big"))[0],
+                "fr_flow_dport": struct.unpack("<H", dport.to_bytes(2, "big"))[0],
+                "fr_flow_sip_l": 0x01010101,
+                "fr_flow_dip_l": 0x02020202,
+                "fr_action": L.ACTION_FORWARD,
+            }
+        )
+        frames.append(frame64(VM2, sport, dport))
+    return frames
 
 
 def measure(receive: Callable[[int, bytes], None], frames: list[bytes], n: int) -> float:
@@ -128,39 +102,19 @@ def main() -> None:
     parser.add_argument("--flows", type=int, default=100000)
     args = parser.parse_args()
     print("load:", open("/proc/loadavg").read().strip())
-    cases: list[tuple[str, Pipeline, list[bytes], Sink]] = []
+    cases: list[tuple[str, Pipeline, list[bytes], CountingOutput]] = []
     for name, dst, dip in (
         ("bridged", VM2, b"\x02\x02\x02\x02"),
         ("routed", ROUTER, b"\x02\x02\x02\x02"),
         ("mplsoudp", ROUTER, b"\x03\x03\x03\x03"),
     ):
-        dp, ft = world()
-        sink = Sink()
-        cases.append(
-            (name, Pipeline(dp, sink, TrapSink(), flows=ft), [frame64(dst, dip=dip)], sink)
-        )
-    dp, ft = world(args.flows, policy=True)
+        w, sink = world()
+        cases.append((name, w.pipeline, [frame64(dst, dip=dip)], sink))
+    w, sink = world(args.flows, policy=True)
     t0 = time.perf_counter()
-    frames = []
-    for i in range(args.flows):
-        sport, dport = 1024 + (i & 0x7FFF), 2000 + (i >> 15)
-        ft.flow_set(
-            {
-                "fr_index": -1,
-                "fr_family": 2,
-                "fr_flags": L.FLAG_ACTIVE,
-                "fr_flow_proto": 17,
-                "fr_flow_sport": struct.unpack("<H", sport.to_bytes(2, "big"))[0],
-                "fr_flow_dport": struct.unpack("<H", dport.to_bytes(2, "big"))[0],
-                "fr_flow_sip_l": 0x01010101,
-                "fr_flow_dip_l": 0x02020202,
-                "fr_action": L.ACTION_FORWARD,
-            }
-        )
-        frames.append(frame64(VM2, sport, dport))
+    frames = install_flows(w.flows, args.flows)
     print("%d flows installed in %.1f s" % (args.flows, time.perf_counter() - t0))
-    sink = Sink()
-    cases.append(("flow hits", Pipeline(dp, sink, TrapSink(), flows=ft), frames, sink))
+    cases.append(("flow hits", w.pipeline, frames, sink))
     for name, pipeline, frames_, sink in cases:
         rates = [measure(pipeline.receive, frames_, args.packets) for _ in range(args.runs)]
         if sink.sent != args.packets * args.runs:
@@ -171,7 +125,7 @@ def main() -> None:
             "%-10s %8.0f packets/s of CPU time (best of %d; runs %s)"
             % (name, max(rates), args.runs, ", ".join("%.0f" % r for r in rates))
         )
-    drops = {k: v for k, v in dp.tables.drop_stats.items() if v}
+    drops = w.drops()
     print("drops in the flow case:", drops or "none")
     print("load:", open("/proc/loadavg").read().strip())
 

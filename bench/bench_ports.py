@@ -39,6 +39,15 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from vrtwist.datapath.testing import (
+    Vm,
+    build_two_nodes,
+    node_config,
+    program_node,
+    start_vrouter_dp,
+    stop_processes,
+)
+
 MAC_A, MAC_B = "02:78:00:00:00:01", "02:78:00:00:00:02"
 IP_A, IP_B = "10.78.0.1", "10.78.0.2"
 
@@ -197,22 +206,10 @@ def bridge(world: World) -> Iterator[None]:
 def vrtwist(world: World) -> Iterator[int]:
     run_dir = tempfile.mkdtemp(prefix=world.p)
     bindir = os.path.dirname(sys.executable)
-    twistd = os.path.join(bindir, "twistd")
-    log = os.path.join(run_dir, "vrouter-dp.log")
-    proc = subprocess.Popen(
-        ["ip", "netns", "exec", world.node, twistd, "-n", "--pidfile=", "--logfile", log,
-         "vrouter-dp", "--run-dir", run_dir, "--flow-entries", "4096",
-         "--bridge-entries", "4096"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-    )  # fmt: skip
+    proc = None
     try:
-        deadline = time.monotonic() + 30
-        while not os.path.exists(os.path.join(run_dir, "dpdk_netlink")):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("vrouter-dp did not start; see " + log)
-            time.sleep(0.05)
-        sock = ["--sock-dir", run_dir]
-        for tool, *args in (
+        proc = start_vrouter_dp(world.node, run_dir)
+        program_node(None, run_dir, (
             ("vif", "--add", "va", "--type", "virtual", "--id", "1", "--mac", "00:00:5e:00:01:00",
              "--vrf", "0"),
             ("vif", "--add", "vb", "--type", "virtual", "--id", "2", "--mac", "00:00:5e:00:01:00",
@@ -221,21 +218,17 @@ def vrtwist(world: World) -> Iterator[int]:
             ("nh", "--create", "22", "--type", "2", "--oif", "2", "--l2"),
             ("rt", "-c", "-v", "0", "-f", "1", "-e", MAC_A, "-n", "21"),
             ("rt", "-c", "-v", "0", "-f", "1", "-e", MAC_B, "-n", "22"),
-        ):  # fmt: skip
-            sh(os.path.join(bindir, tool), *sock, *args)
+        ))  # fmt: skip
+        sock = ["--sock-dir", run_dir]
         deadline = time.monotonic() + 10
         while "Status: UP" not in sh(os.path.join(bindir, "vif"), *sock, "--get", "2").stdout:
             if time.monotonic() > deadline:
-                raise RuntimeError("vifs did not attach; see " + log)
+                raise RuntimeError("vifs did not attach; see " + run_dir + "/vrouter-dp.log")
             time.sleep(0.05)
         yield proc.pid  # ip netns exec execs twistd: the same process
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if proc is not None:
+            stop_processes([proc])
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
@@ -244,43 +237,17 @@ IPX, IPY = "192.168.79.1", "192.168.79.2"
 
 
 class TwoNodes(World):
-    """VM namespaces A and B on two "nodes" X and Y joined by a fabric veth fx <-> fy."""
+    """VM namespaces A and B on two "nodes" X and Y joined by a fabric veth fx <-> fy
+    (``vrtwist.datapath.testing.build_two_nodes``, fabric MTU 9000, VM MTU 1400)."""
 
     def __init__(self, prefix: str) -> None:
         super().__init__(prefix)
         self.x, self.y = prefix + "x", prefix + "y"
 
     def __enter__(self) -> TwoNodes:
-        for ns in (self.a, self.b, self.x, self.y):
-            sh("ip", "netns", "add", ns)
-            self.made.append(ns)
-            for key in ("all", "default"):
-                sh(
-                    "ip",
-                    "netns",
-                    "exec",
-                    ns,
-                    "sysctl",
-                    "-qw",
-                    f"net.ipv6.conf.{key}.disable_ipv6=1",
-                )
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
-        sh("ip", "-n", self.x, "link", "add", "fx", "mtu", "9000", "type", "veth", "peer", "name",
-           "fy", "mtu", "9000", "netns", self.y)  # fmt: skip
-        for node, dev, mac in ((self.x, "fx", FX), (self.y, "fy", FY)):
-            sh("ip", "-n", node, "link", "set", dev, "address", mac)
-            sh("ip", "-n", node, "link", "set", dev, "up")
-        for ns, node, side, mac, ip, other_ip, other_mac in (
-            (self.a, self.x, "va", MAC_A, IP_A, IP_B, MAC_B),
-            (self.b, self.y, "vb", MAC_B, IP_B, IP_A, MAC_A),
-        ):
-            sh("ip", "-n", node, "link", "add", side, "type", "veth", "peer", "name", "eth0",
-               "netns", ns)  # fmt: skip
-            sh("ip", "-n", node, "link", "set", side, "up")
-            sh("ip", "-n", ns, "link", "set", "eth0", "address", mac, "mtu", "1400")
-            sh("ip", "-n", ns, "addr", "add", ip + "/24", "dev", "eth0")
-            sh("ip", "-n", ns, "link", "set", "eth0", "up")
-            sh("ip", "-n", ns, "neigh", "replace", other_ip, "lladdr", other_mac, "dev", "eth0")
+        nodes = build_two_nodes(self.p, Vm(MAC_A, IP_A), Vm(MAC_B, IP_B), (FX, FY),
+                                fabric_mtu=9000)  # fmt: skip
+        self.made.extend(nodes.namespaces)
         return self
 
 
@@ -305,66 +272,23 @@ def kernel_vxlan(world: TwoNodes) -> Iterator[None]:
             sh("ip", "-n", node, "addr", "flush", "dev", dev, check=False)
 
 
-def _node_config(me_dev: str, me_mac: str, peer_mac: str, me_ip: str, peer_ip: str,
-                 vm_dev: str, vm_mac: str, remote_vm_mac: str) -> list[tuple[str, ...]]:  # fmt: skip
-    """One compute node: fabric vif 0, vhost 1, VM vif 3 in VRF 1, MPLSoUDP label 128."""
-    return [
-        ("vif", "--add", me_dev, "--type", "physical", "--id", "0", "--mac", me_mac),
-        ("vif", "--add", "vhost0", "--type", "vhost", "--id", "1", "--xconnect", me_dev,
-         "--mac", me_mac),
-        ("vif", "--add", vm_dev, "--type", "virtual", "--id", "3", "--vrf", "1", "--mac",
-         "00:00:5e:00:01:00"),
-        ("nh", "--create", "1", "--type", "1", "--oif", "1"),
-        ("rt", "-c", "-v", "0", "-f", "0", "-p", me_ip, "-l", "32", "-n", "1"),
-        ("nh", "--create", "32", "--type", "2", "--oif", "3", "--l2"),
-        ("mpls", "--create", "128", "--nh", "32"),
-        ("rt", "-c", "-v", "1", "-f", "1", "-e", vm_mac, "-n", "32"),
-        ("nh", "--create", "20", "--type", "3", "--oif", "0", "--udp", "--smac", me_mac,
-         "--dmac", peer_mac, "--sip", me_ip, "--dip", peer_ip),
-        # -x 2: VR_BE_LABEL_VALID_FLAG; -t sets only the inet LABEL_VALID bit (0x1), so
-        # the bridge entry gets flags 3, as the vtest bridge tunnel files give it
-        ("rt", "-c", "-v", "1", "-f", "1", "-e", remote_vm_mac, "-n", "20", "-t", "128",
-         "-x", "2"),
-    ]  # fmt: skip
-
-
 @contextmanager
 def vrtwist_nodes(world: TwoNodes) -> Iterator[list[int]]:
-    bindir = os.path.dirname(sys.executable)
-    twistd = os.path.join(bindir, "twistd")
+    """One ``vrouter-dp`` per node bridging its VM over MPLSoUDP, label 128."""
     procs: list[subprocess.Popen[bytes]] = []
     dirs: list[str] = []
     try:
         for node, config in (
-            (world.x, _node_config("fx", FX, FY, IPX, IPY, "va", MAC_A, MAC_B)),
-            (world.y, _node_config("fy", FY, FX, IPY, IPX, "vb", MAC_B, MAC_A)),
+            (world.x, node_config("fx", FX, FY, IPX, IPY, "va", MAC_A, MAC_B)),
+            (world.y, node_config("fy", FY, FX, IPY, IPX, "vb", MAC_B, MAC_A)),
         ):
             run_dir = tempfile.mkdtemp(prefix=world.p)
             dirs.append(run_dir)
-            log = os.path.join(run_dir, "vrouter-dp.log")
-            procs.append(subprocess.Popen(
-                ["ip", "netns", "exec", node, twistd, "-n", "--pidfile=", "--logfile", log,
-                 "vrouter-dp", "--run-dir", run_dir, "--flow-entries", "4096",
-                 "--bridge-entries", "4096"],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            ))  # fmt: skip
-            deadline = time.monotonic() + 30
-            while not os.path.exists(os.path.join(run_dir, "dpdk_netlink")):
-                if procs[-1].poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("vrouter-dp did not start; see " + log)
-                time.sleep(0.05)
-            for tool, *args in config:  # in the node: vif resolves device names there
-                sh("ip", "netns", "exec", node, os.path.join(bindir, tool), "--sock-dir",
-                   run_dir, *args)  # fmt: skip
+            procs.append(start_vrouter_dp(node, run_dir))
+            program_node(node, run_dir, config)  # in the node: vif resolves names there
         yield [p.pid for p in procs]
     finally:
-        for proc in procs:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_processes(procs)
         for run_dir in dirs:
             shutil.rmtree(run_dir, ignore_errors=True)
 

@@ -20,14 +20,13 @@ from vrtwist.agent.packet.service import LocalFlowChannel
 from vrtwist.agent.packet.services import Announcer, PacketServices, VmPort
 from vrtwist.datapath import constants as C
 from vrtwist.datapath.dispatcher import make
+from vrtwist.datapath.testing import World
 from vrtwist.packet import dhcp as D
 from vrtwist.packet.checksum import checksum
 from vrtwist.packet.headers import ETH_P_IP, IPPROTO_ICMP, IPPROTO_UDP, UDP, Ethernet, IPv4
 from vrtwist.pkt0.endpoints import OTHER_BUDGET, AgentEndpoint, DatapathEndpoint, TrapLimiter
 from vrtwist.pkt0.transport import IPkt0Transport
 from vrtwist.shmem import layout as L
-
-from ..datapath.pipeline_world import World
 
 VRRP = bytes.fromhex("00005e000100")
 VHOST = bytes.fromhex("525400123456")

@@ -10,12 +10,12 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from tests.datapath.pipeline_world import RecordingOutput, World, ip_bytes, mac
 from tests.datapath.test_pipeline import ROUTER_MAC, VM_MAC, bridged, routed, tunnel_pair
 from vrtwist.datapath import constants as C
 from vrtwist.datapath import offload
 from vrtwist.datapath import pipeline_defs as D
 from vrtwist.datapath.interfaces import IOffloadOutput, IOffloadPipeline
+from vrtwist.datapath.testing import RecordingOutput, World, ip_bytes, mac
 from vrtwist.shmem import layout as L
 
 PAYLOAD = bytes(range(256)) * 20  # 5120 bytes: 6 segments of 1000 (the last 120)

@@ -8,11 +8,11 @@ import tempfile
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.datapath.pipeline_world import World, ip_bytes, mac, udp_frame
 from vrtwist.datapath import constants as C
 from vrtwist.datapath import pipeline_defs as D
 from vrtwist.datapath.dispatcher import make
 from vrtwist.datapath.droplog import RECORD, DropRecord
+from vrtwist.datapath.testing import World, ip_bytes, mac, udp_frame
 from vrtwist.packet.checksum import checksum, ipv4_ttl_decrement
 from vrtwist.packet.headers import ARP, ETH_P_ARP, Ethernet, IPv4
 from vrtwist.shmem import layout as L

@@ -14,8 +14,10 @@ import tempfile
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.datapath.pipeline_world import World, ip_int, udp_frame
+from tests.datapath.test_pipeline import ROUTER_MAC, ip_int_of, port_of, tunnel_pair
 from vrtwist.datapath import constants as C
+from vrtwist.datapath.testing import World, ip_int, udp_frame
+from vrtwist.packet.checksum import checksum
 from vrtwist.shmem import layout as L
 from vrtwist.shmem.listing import FlowTableView, format_flow, write_flow_table
 from vrtwist.shmem.service import install
@@ -141,3 +143,61 @@ class EcmpWriteBackTests(SynchronousTestCase):
         out = io.StringIO()
         self.assertEqual(write_flow_table(out, view, shared.flows.table_data()), 1)
         self.assertIn("E:%d, " % chosen, out.getvalue())
+
+
+class SourceInfoTests(SynchronousTestCase):
+    """Every packet of a flow records where it came from (``fe_src_info``), as
+    ``vr_flow_lookup`` does, not only the one that made the HOLD entry."""
+
+    def test_a_hit_records_the_vm_vif_and_the_ecmp_choice_follows_it(self) -> None:
+        w = ecmp_world()
+        rindex = reverse_flow(w)  # made by the agent: no packet seen yet
+        self.assertEqual(w.flows.src_info(rindex), 0)
+        w.pipeline.receive(3, REVERSE)
+        self.assertEqual(w.flows.src_info(rindex), 3)
+        self.assertIn(" Sinfo 3.0.0.0)", format_flow(w.flows.entry(rindex)))
+        w.pipeline.receive(2, REVERSE)  # the reverse direction now comes in on vif 2
+        self.assertEqual(w.flows.src_info(rindex), 2)
+        self.assertIn(" Sinfo 2.0.0.0)", format_flow(w.flows.entry(rindex)))
+        index = forward_flow(w, fr_rindex=rindex, fr_flags=L.FLAG_ACTIVE | L.RFLOW_VALID)
+        w.pipeline.receive(1, FORWARD)
+        self.assertEqual(w.flows.entry(index).ecmp_nh_index, 0)  # the member over vif 2
+        self.assertEqual(len(w.out.on(2)), 1)
+        self.assertEqual(w.flows.src_info(index), 1)
+        self.assertEqual(w.flows.stats(rindex)[1], 2)
+        self.assertEqual(w.drops(), {})
+
+    def test_a_hit_from_the_fabric_records_the_outer_source(self) -> None:
+        a, b = tunnel_pair(C.NH_FLAG_TUNNEL_UDP_MPLS)
+        b.encap_nh(30, 4, family=C.AF_INET, flags=C.NH_FLAG_VALID | C.NH_FLAG_POLICY_ENABLED)
+        a.pipeline.receive(3, udp_frame(dst=ROUTER_MAC))
+        (wire,) = a.out.on(0)
+        b.pipeline.receive(0, wire)  # the miss: the HOLD entry records 10.0.0.1
+        index = b.trap.traps[0][3]
+        self.assertEqual(b.flows.src_info(index), ip_int("10.0.0.1") & 0xFFFFFFFF)
+        inner = udp_frame()
+        b.flow(fr_index=index, fr_gen_id=b.flows.entry(index).gen_id, fr_flow_vrf=1,
+               fr_flow_nh_id=30, fr_flow_sip_l=ip_int_of(inner, 26),
+               fr_flow_dip_l=ip_int_of(inner, 30), fr_flow_sport=port_of(inner, 34),
+               fr_flow_dport=port_of(inner, 36))  # fmt: skip
+        moved = bytearray(wire)  # the same flow, now tunnelled from 10.0.0.3
+        moved[29] = 3
+        moved[24:26] = b"\x00\x00"
+        moved[24:26] = checksum(bytes(moved[14:34])).to_bytes(2, "big")
+        b.pipeline.receive(0, bytes(moved))
+        self.assertEqual(len(b.out.on(4)), 2)  # the held packet, then the hit
+        self.assertEqual(b.flows.src_info(index), ip_int("10.0.0.3") & 0xFFFFFFFF)
+        self.assertIn(" Sinfo 10.0.0.3)", format_flow(b.flows.entry(index)))
+        self.assertEqual(b.drops(), {})
+
+    def test_other_vifs_leave_it(self) -> None:
+        """A vhost packet hitting the flow counts in it but leaves its source as it was."""
+        w = ecmp_world()
+        rindex = reverse_flow(w)
+        w.vif(5, C.VIF_TYPE_HOST, mac_="de:ad:be:ef:00:07", flags=POLICY)
+        w.pipeline.receive(3, REVERSE)
+        w.pipeline.receive(5, REVERSE)
+        self.assertEqual(w.flows.stats(rindex)[1], 2)
+        self.assertEqual(len(w.out.on(1)), 2)
+        self.assertEqual(w.flows.src_info(rindex), 3)
+        self.assertEqual(w.drops(), {})

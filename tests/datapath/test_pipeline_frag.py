@@ -7,12 +7,16 @@ the assembler and goes on right after the first one. Time is a test clock.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
+from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.datapath.pipeline_world import World, ip_bytes, mac
 from vrtwist.datapath import constants as C
+from vrtwist.datapath.packets import SWEEP_INTERVAL, PacketService
 from vrtwist.datapath.pipeline_core import Packet
 from vrtwist.datapath.pipeline_frag import FragmentAssembler, FragmentTable
+from vrtwist.datapath.testing import World, ip_bytes, mac
 from vrtwist.packet.headers import ETH_P_IP, UDP, Ethernet, IPv4
 from vrtwist.shmem import layout as L
 
@@ -40,7 +44,9 @@ class Clock:
         return self.t
 
 
-class FragmentFlowTests(SynchronousTestCase):
+class FragmentWorldCase(SynchronousTestCase):
+    """VM vif 1 (policy) bridged to vif 2, the datagram's flow installed, a test clock."""
+
     def setUp(self) -> None:
         self.clock = Clock()
         w = self.w = World(now=self.clock)
@@ -54,6 +60,8 @@ class FragmentFlowTests(SynchronousTestCase):
     def packets(self) -> int:
         return self.w.flows.entry(self.index).packets
 
+
+class FragmentFlowTests(FragmentWorldCase):
     def test_in_order(self) -> None:
         w = self.w
         frags = [fragment(n) for n in range(3)]
@@ -164,6 +172,55 @@ class FragmentFlowTests(SynchronousTestCase):
         held = w.pipeline.held[trap[3]]
         self.assertEqual(len(held), 2)
         self.assertEqual(w.flows.entry(trap[3]).action, L.ACTION_HOLD)
+
+
+class FragmentSweepTests(FragmentWorldCase):
+    """Fragment state times out by the service's timer, with no fragment passing."""
+
+    def test_sweep_forgets_entries_and_drops_what_waited(self) -> None:
+        w = self.w
+        p = w.pipeline
+        p.receive(1, fragment(0))  # a table entry
+        p.receive(1, fragment(1, ident=8))  # two fragments awaiting their first
+        p.receive(1, fragment(2, ident=8))
+        self.clock.t += 1.0
+        p.receive(1, fragment(1, ident=9))  # one more, a second later
+        p.sweep(self.clock.t + 0.9)  # nothing is two seconds old yet
+        self.assertEqual((len(p.frag_table), len(p.frag_assembler)), (1, 3))
+        self.assertEqual(w.drops(), {})
+        p.sweep(self.clock.t + 1.0)  # the first three are
+        self.assertEqual((len(p.frag_table), len(p.frag_assembler)), (0, 1))
+        self.assertEqual(w.drops(), {"vds_frag_err": 2})
+        self.assertEqual(w.dp.tables.interfaces[1].drops, {"vds_frag_err": 2})
+        p.sweep(self.clock.t + 2.0)
+        self.assertEqual(len(p.frag_assembler), 0)
+        self.assertEqual(w.drops(), {"vds_frag_err": 3})
+        self.assertEqual(w.out.on(2), [fragment(0)])  # only the first ever went on
+        self.assertEqual(self.packets(), 1)
+        p.receive(1, fragment(0, ident=8))  # its later fragments are gone: nothing released
+        self.assertEqual(w.out.on(2), [fragment(0), fragment(0, ident=8)])
+        self.assertEqual(w.drops(), {"vds_frag_err": 3})
+
+    def test_the_packet_service_sweeps_on_its_clock(self) -> None:
+        """``PacketService`` runs the sweep every SWEEP_INTERVAL of the reactor's clock,
+        with the pipeline on the same clock; stopping the service stops it."""
+        w = self.w
+        reactor = MemoryReactorClock()
+        service = PacketService(w.dp, reactor, SimpleNamespace(flows=w.flows),
+                                now=reactor.seconds)  # fmt: skip
+        p = service.pipeline
+        p.receive(1, fragment(1))
+        p.receive(1, fragment(2))
+        service.startService()
+        self.addCleanup(service.stopService)
+        reactor.advance(1.0)
+        self.assertEqual(w.drops(), {})
+        self.assertEqual(len(w.pipeline.frag_assembler), 0)  # the service's own pipeline
+        for _ in range(int(1.0 / SWEEP_INTERVAL)):
+            reactor.advance(SWEEP_INTERVAL)  # no traffic at all
+        self.assertEqual(w.drops(), {"vds_frag_err": 2})
+        service.stopService()
+        self.assertFalse([c for c in reactor.getDelayedCalls() if c.active()])
 
 
 class FragmentStateTests(SynchronousTestCase):

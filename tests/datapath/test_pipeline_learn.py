@@ -14,10 +14,10 @@ import random
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from tests.datapath.pipeline_world import RecordingTrap, World, mac, udp_frame
 from vrtwist.datapath import constants as C
 from vrtwist.datapath import pipeline_defs as D
 from vrtwist.datapath.interfaces import IPacketTrap
+from vrtwist.datapath.testing import RecordingTrap, World, mac, udp_frame
 from vrtwist.pkt0.endpoints import TrapLimiter
 from vrtwist.shmem import layout as L
 

@@ -13,9 +13,9 @@ import ipaddress
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.datapath.pipeline_world import World, mac
 from vrtwist.datapath import constants as C
 from vrtwist.datapath import pipeline_defs as D
+from vrtwist.datapath.testing import World, mac
 from vrtwist.packet.checksum import checksum
 from vrtwist.packet.headers import ETH_P_IPV6, ICMP, UDP, Ethernet, IPv6, l4_checksum
 

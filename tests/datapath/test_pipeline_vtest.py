@@ -13,8 +13,22 @@ import os
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from tests.datapath.pipeline_world import RecordingOutput, RecordingTrap, World
-from vrtwist.datapath.interfaces import IFrameOutput, IPacketPipeline, IPacketTrap
+from vrtwist.datapath import constants as C
+from vrtwist.datapath.interfaces import (
+    IFrameOutput,
+    IPacketPipeline,
+    IPacketTrap,
+    IPipelineTimers,
+)
+from vrtwist.datapath.testing import (
+    CountingOutput,
+    CountingTrap,
+    RecordingOutput,
+    RecordingTrap,
+    World,
+    ip_int,
+    udp_frame,
+)
 from vrtwist.packet import pcap
 from vrtwist.shmem.flowtable import key_from_request
 from vrtwist.vtest.xmlspec import parse_file
@@ -78,6 +92,23 @@ class VtestPacketTests(SynchronousTestCase):
         self.assertTrue(verifyObject(IFrameOutput, RecordingOutput()))
         self.assertTrue(verifyObject(IPacketTrap, RecordingTrap()))
         self.assertTrue(verifyObject(IPacketPipeline, world.pipeline))
+        self.assertTrue(verifyObject(IPipelineTimers, world.pipeline))
+
+    def test_counting_doubles_keep_nothing(self) -> None:
+        """A benchmark's doubles: the pipeline runs through them, only counts are kept."""
+        out, trap = CountingOutput(), CountingTrap()
+        self.assertTrue(verifyObject(IFrameOutput, out))
+        self.assertTrue(verifyObject(IPacketTrap, trap))
+        world = World(output=out, trap=trap)
+        world.vif(1, mac_="de:ad:be:ef:00:02", flags=C.VIF_FLAG_POLICY_ENABLED)
+        world.vif(2, mac_="de:ad:be:ef:00:01")
+        world.encap_nh(12, 2)
+        world.bridge_route("de:ad:be:ef:00:01", 12)
+        world.pipeline.receive(1, udp_frame())  # a flow miss: held and trapped
+        world.flow(fr_flow_sport=31, fr_flow_dport=31, fr_flow_sip_l=ip_int("1.1.1.9"))
+        world.pipeline.receive(1, udp_frame(sip="1.1.1.9"))  # a hit: forwarded
+        self.assertEqual((out.sent, trap.traps), (1, 1))
+        self.assertEqual((world.out.frames, world.trap.traps), ([], []))
 
     def test_vm_comm_jumbo_packets(self) -> None:
         world = self.run_vtest("ipv4__complex__VMs__vm_comm_jumbo_packets.xml")

@@ -27,6 +27,7 @@ from vrtwist.datapath import tap as dp_tap
 from vrtwist.datapath.dispatcher import Datapath
 from vrtwist.datapath.links import RTM_DELLINK, RTM_NEWLINK, parse_link_events
 from vrtwist.datapath.packets import PacketService
+from vrtwist.datapath.ports import TP_STATUS_VLAN_TPID_VALID, TP_STATUS_VLAN_VALID, _retag
 from vrtwist.datapath.service import makeDatapathService
 from vrtwist.ksync.blocking import open_ksync
 from vrtwist.sandesh import ADD, DEL, GET, schema
@@ -240,3 +241,20 @@ class OffloadTests(SynchronousTestCase):
         arp[12:14] = b"\x08\x06"
         with self.assertRaises(offload.OffloadError):
             offload.finish(arp, offload.VNET_HDR.pack(1, offload.GSO_TCPV4, 0, 50, 34, 16))
+
+
+class RetagTests(SynchronousTestCase):
+    """The VLAN tag the kernel hands over apart (ring slot or auxdata) goes back in place."""
+
+    def test_tag_after_the_addresses_and_checksum_offsets_moved(self) -> None:
+        frame = mkframe(1)
+        partial = offload.VNET_HDR.pack(offload.F_NEEDS_CSUM, 0, 0, 0, 34, 6)
+        out, vnet = _retag(frame, partial, TP_STATUS_VLAN_VALID, 0x2005, 0)
+        self.assertEqual(out, frame[:12] + b"\x81\x00\x20\x05" + frame[12:])
+        self.assertEqual(offload.VNET_HDR.unpack(vnet), (offload.F_NEEDS_CSUM, 0, 0, 0, 38, 6))
+        status = TP_STATUS_VLAN_VALID | TP_STATUS_VLAN_TPID_VALID
+        plain = bytes(offload.VNET_HDR.size)
+        out, vnet = _retag(frame, plain, status, 7, 0x88A8)  # 802.1ad kept as given
+        self.assertEqual(out[12:16], b"\x88\xa8\x00\x07")
+        self.assertEqual((out[:12], out[16:]), (frame[:12], frame[12:]))
+        self.assertEqual(vnet, plain)  # nothing to move without offload state

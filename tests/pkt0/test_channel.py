@@ -16,6 +16,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from tests.polling import wait_for
+from vrtwist.access import SocketAccess
 from vrtwist.datapath.interfaces import IPacketTrap
 from vrtwist.pkt0 import constants as K
 from vrtwist.pkt0.codec import HEADER_LEN, AgentHeader, decode, encode_command, trap_header
@@ -211,6 +212,17 @@ class SocketTests(TestCase):
             self.assertTrue(stat.S_ISSOCK(st.st_mode))
             self.assertEqual(stat.S_IMODE(st.st_mode), 0o600)
         self.assertEqual([n for n in os.listdir(self.dir) if n.startswith(".")], [])
+
+    def test_socket_group_access(self) -> None:
+        """With a ``--socket-group`` access object the group may use the socket too."""
+        path = os.path.join(self.dir, DATAPATH_SOCKET)
+        gid = os.getgid()
+        t = UnixDatagramTransport(reactor, path, os.path.join(self.dir, AGENT_SOCKET),
+                                  DatapathEndpoint(lambda: AGENT), SocketAccess(gid))  # fmt: skip
+        t.start()
+        self.addCleanup(t.stop)
+        st = os.stat(path)
+        self.assertEqual((stat.S_IMODE(st.st_mode), st.st_gid), (0o660, gid))
 
     def test_no_peer_counted(self) -> None:
         """A datapath whose agent is not running counts the trap as having no peer."""

@@ -22,6 +22,7 @@ __all__ = [
     "IOffloadPipeline",
     "IPacketPipeline",
     "IPacketTrap",
+    "IPipelineTimers",
     "IRequestHandler",
 ]
 
@@ -47,6 +48,17 @@ class IPacketPipeline(Interface):
 
     def receive(vif_index: int, frame: bytes | bytearray | memoryview) -> None:
         """Process one frame received on vif ``vif_index`` (an attached device's read)."""
+
+
+class IPipelineTimers(Interface):
+    """A pipeline with state that ages without traffic (fragments awaiting their first).
+
+    The pipeline is sans-IO and keeps no timer: the service that owns it calls
+    ``sweep`` periodically on the reactor's clock.
+    """
+
+    def sweep(now: float) -> None:
+        """Apply the timeouts as of ``now``, a time of the clock the pipeline was given."""
 
 
 class IOffloadOutput(IFrameOutput):

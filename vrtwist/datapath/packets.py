@@ -13,6 +13,7 @@ the vRouter does without an agent.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -24,7 +25,12 @@ from zope.interface import implementer
 from vrtwist.access import SocketAccess
 from vrtwist.datapath import constants as C
 from vrtwist.datapath.dispatcher import Datapath
-from vrtwist.datapath.interfaces import IPacketPipeline, IPacketTrap, IRequestHandler
+from vrtwist.datapath.interfaces import (
+    IPacketPipeline,
+    IPacketTrap,
+    IPipelineTimers,
+    IRequestHandler,
+)
 from vrtwist.datapath.links import LinkWatcher
 from vrtwist.datapath.pipeline import Pipeline
 from vrtwist.datapath.ports import PortManager
@@ -36,6 +42,9 @@ __all__ = ["PacketService", "make_pipeline"]
 
 #: seconds between two looks for the devices of vifs still waiting (besides link events)
 RETRY_INTERVAL = 1.0
+#: seconds between two sweeps of the pipeline's timers (the vRouter scans its fragment
+#: table every 250 ms: ``VR_FRAG_HASH_TABLE_SCANNER_INTERVAL_MSEC``)
+SWEEP_INTERVAL = 0.25
 
 _log = Logger()
 
@@ -70,7 +79,9 @@ class PacketService(Service):
 
     def __init__(self, datapath: Datapath, reactor: Any, shared: Any = None, *,
                  vlan_tci: int | None = None, vtest_vlan: bool = False,
-                 run_dir: str | None = None, access: SocketAccess | None = None) -> None:  # fmt: skip
+                 run_dir: str | None = None, access: SocketAccess | None = None,
+                 now: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+        """``now``: the pipeline's clock, which the periodic sweep reads too."""
         self.datapath = datapath
         self.reactor: IReactorFDSet = reactor
         self.ports = PortManager(datapath.tables, reactor)
@@ -83,8 +94,7 @@ class PacketService(Service):
                 os.path.join(run_dir, DATAPATH_SOCKET),
                 os.path.join(run_dir, AGENT_SOCKET),
                 self.trap,
-                mode=access.mode if access is not None else 0o600,
-                gid=access.gid if access is not None else None,
+                access=access,
             )
             self.trap.transport = self.pkt0
         options: dict[str, Any] = {}
@@ -93,13 +103,16 @@ class PacketService(Service):
         if vtest_vlan:
             options["vtest_vlan"] = True
         self.pipeline = make_pipeline(
-            datapath, self.ports, self.trap, getattr(shared, "flows", None), **options
+            datapath, self.ports, self.trap, getattr(shared, "flows", None), now=now, **options
         )
         self.ports.pipeline = self.pipeline
         self.trap.deliver = self.pipeline.receive
         self.watcher = LinkWatcher(reactor, self.ports.link_changed, self.ports.resync)
         self._retry = LoopingCall(self.ports.retry_waiting)
         self._retry.clock = reactor
+        self._now = now
+        self._sweep = LoopingCall(self._sweep_timers)
+        self._sweep.clock = reactor
         inner = datapath.handlers["vr_interface_req"]
         datapath.register("vr_interface_req", _InterfaceRequests(inner, self._interfaces_changed))
         datapath.reset_hooks.append(self._interfaces_changed)
@@ -115,6 +128,11 @@ class PacketService(Service):
                 break
         self._agent = agent
 
+    def _sweep_timers(self) -> None:
+        timers = IPipelineTimers(self.pipeline, None)
+        if timers is not None:
+            timers.sweep(self._now())
+
     def startService(self) -> None:
         super().startService()
         try:
@@ -124,12 +142,15 @@ class PacketService(Service):
                       "waiting until their vif is added again", error=e.strerror)  # fmt: skip
         self.ports.start()
         self._retry.start(RETRY_INTERVAL, now=False)
+        self._sweep.start(SWEEP_INTERVAL, now=False)
         if self.pkt0 is not None:
             self.pkt0.start()
 
     def stopService(self) -> Any:
         if self._retry.running:
             self._retry.stop()
+        if self._sweep.running:
+            self._sweep.stop()
         if self.pkt0 is not None:
             self.pkt0.stop()
         self.watcher.stop()

@@ -23,7 +23,12 @@ from zope.interface import implementer
 from vrtwist.datapath import constants as C
 from vrtwist.datapath import pipeline_defs as D
 from vrtwist.datapath.dispatcher import Datapath
-from vrtwist.datapath.interfaces import IFrameOutput, IOffloadPipeline, IPacketTrap
+from vrtwist.datapath.interfaces import (
+    IFrameOutput,
+    IOffloadPipeline,
+    IPacketTrap,
+    IPipelineTimers,
+)
 from vrtwist.datapath.offload import Gso
 from vrtwist.datapath.pipeline_arp import ArpStage
 from vrtwist.datapath.pipeline_core import (
@@ -46,7 +51,7 @@ __all__ = ["Packet", "Pipeline"]
 ZERO_MAC = bytes(6)
 
 
-@implementer(IOffloadPipeline)
+@implementer(IOffloadPipeline, IPipelineTimers)
 class Pipeline(FlowStage, TunnelStage, ArpStage):
     """The vRouter's forwarding path over one :class:`Datapath`'s tables."""
 
@@ -79,6 +84,15 @@ class Pipeline(FlowStage, TunnelStage, ArpStage):
         self.frag_table.clear()
         self.frag_assembler.clear()
         self.frag_release.clear()
+
+    def sweep(self, now: float) -> None:
+        """The fragment timers (``vr_fragment.c``'s table and assembler scanners), so
+        what waits goes after its two seconds even when no fragment passes: table
+        entries are forgotten, fragments still awaiting their first are dropped
+        ``vds_frag_err``."""
+        self.frag_table.expire(now)
+        for held in self.frag_assembler.expire(now):
+            self._drop(held, D.DROP_FRAGMENTS)
 
     def receive(self, vif_index: int, frame: Frame, gso: Gso | None = None) -> None:
         vif = self.tables.interfaces.get(vif_index)

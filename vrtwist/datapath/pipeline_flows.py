@@ -43,6 +43,12 @@ __all__ = ["FlowStage"]
 _FLOW_KEY6 = struct.Struct("<BBH4sI32s")
 _SEQ_ACK = struct.Struct("!II")
 _ECMP_FLAGS = C.NH_FLAG_COMPOSITE_ECMP | C.NH_FLAG_COMPOSITE_LU_ECMP
+_U32_LE = struct.Struct("<I")  # an outer source address as fe_src_info holds it
+_PHYSICAL = C.VIF_TYPE_PHYSICAL
+_VIRTUAL = C.VIF_TYPE_VIRTUAL
+_VIRTUAL_VLAN = C.VIF_TYPE_VIRTUAL_VLAN
+#: fe_src_info's position in a FlowVerdict (an index is the cheapest read of one)
+_SRC_INFO = FlowVerdict._fields.index("src_info")
 #: ICMP/ICMPv6 types whose identifier makes the source port (echo, timestamp, mask)
 _ICMP_ID_TYPES = frozenset((0, 8, 13, 14, 17, 18, 128, 129))
 
@@ -223,6 +229,9 @@ class FlowStage(PipelineCore):
         if v.flags & FE_EVICT_CANDIDATE:
             self._drop(pkt, D.DROP_FLOW_EVICT)
             return False
+        vif = pkt.vif  # a VM's packet from the vif on record costs these two tests only
+        if vif.idx != v[_SRC_INFO] or vif.type == _PHYSICAL:
+            self._record_source(pkt, index, v[_SRC_INFO])
         buf = pkt.buf
         pkt.flow_index = index
         if v.ecmp_nh_index >= 0:
@@ -239,6 +248,24 @@ class FlowStage(PipelineCore):
         if dead:
             flows.mark_evict(index)  # the closed connection's pair is evicted
         return forward
+
+    def _record_source(self, pkt: Packet, index: int, recorded: int) -> None:
+        """``vr_flow_lookup`` keeps ``fe_src_info`` up to date on every packet: the outer
+        source address on the fabric, the vif of a VM; other vifs leave it. The reverse
+        flow's ECMP choice reads it. Written only when it changed."""
+        vif = pkt.vif
+        vtype = vif.type
+        if vtype == _VIRTUAL or vtype == _VIRTUAL_VLAN:
+            src = vif.idx
+        elif vtype == _PHYSICAL:
+            outer = pkt.outer_src
+            src = _U32_LE.unpack(outer)[0] if outer else 0
+        else:
+            return
+        if src != recorded:
+            flows = self.flows
+            assert flows is not None
+            flows.set_src_info(index, src)
 
     def _tcp_digest(self, pkt: Packet, index: int, rflow: int, l4: int) -> bool:
         """``vr_flow_tcp_digest``: connection state of this flow and its reverse.

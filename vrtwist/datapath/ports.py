@@ -79,6 +79,7 @@ TP_STATUS_VLAN_TPID_VALID = 0x40
 ETH_P_ALL = 0x0003
 # struct tpacket_auxdata: status, len, snaplen, mac, net, vlan_tci, vlan_tpid
 _AUXDATA = struct.Struct("=IIIHHHH")
+_TAG = struct.Struct("!HH")  # an 802.1Q/802.1ad tag: TPID, TCI
 _IFREQ = struct.Struct("16sH22x")
 
 #: ``vifr_intf_status`` values the port layer reports (``vif --list`` prints Status)
@@ -499,9 +500,7 @@ class PacketPort(Port):
             off += rings.FRAME_SIZE
             ring.rx = 0 if off == ring.rx_end else off
             if status & TP_STATUS_VLAN_VALID:
-                tpid = tpid if status & TP_STATUS_VLAN_TPID_VALID else 0x8100
-                frame = frame[:12] + struct.pack("!HH", tpid, tci) + frame[12:]
-                vnet = _shift_csum(vnet, 4)
+                frame, vnet = _retag(frame, vnet, status, tci, tpid)
             if vnet == _VNET_ZERO:
                 self.rx_gso = None
                 return frame
@@ -540,15 +539,12 @@ class PacketPort(Port):
             if address[2] == PACKET_OUTGOING:
                 continue
             vnet = bytes(self._vnet)
-            frame: bytes | bytearray = self._view[: n - offload.VNET_HDR_LEN].tobytes()
+            frame = self._view[: n - offload.VNET_HDR_LEN].tobytes()
             for level, kind, value in ancillary:
                 if level == SOL_PACKET and kind == PACKET_AUXDATA:
                     status, _l, _s, _m, _n, tci, tpid = _AUXDATA.unpack_from(value)
                     if status & TP_STATUS_VLAN_VALID:
-                        if not status & TP_STATUS_VLAN_TPID_VALID:
-                            tpid = 0x8100
-                        frame = frame[:12] + struct.pack("!HH", tpid, tci) + frame[12:]
-                        vnet = _shift_csum(vnet, 4)
+                        frame, vnet = _retag(frame, vnet, status, tci, tpid)
             if vnet == _VNET_ZERO:
                 self.rx_gso = None
                 return frame
@@ -608,6 +604,16 @@ class PacketPort(Port):
 
 _RING_SPECIAL = rings.TP_STATUS_COPY | rings.TP_STATUS_LOSING
 _STATUS_KERNEL = bytes(4)
+
+
+def _retag(frame: bytes, vnet: bytes, status: int, tci: int,
+           tpid: int) -> tuple[bytes, bytes]:  # fmt: skip
+    """The VLAN tag the driver stripped (a ring slot's or auxdata's ``tci``/``tpid``) put
+    back after the MAC addresses, and the partial checksum's offsets moved past it; both
+    rx paths call it only for a frame that had one."""
+    if not status & TP_STATUS_VLAN_TPID_VALID:
+        tpid = 0x8100
+    return frame[:12] + _TAG.pack(tpid, tci) + frame[12:], _shift_csum(vnet, 4)
 
 
 def _shift_csum(vnet: bytes, by: int) -> bytes:

@@ -27,7 +27,7 @@ from twisted.internet.interfaces import IReadDescriptor, IWriteDescriptor
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
-from vrtwist.access import bind_unix
+from vrtwist.access import SocketAccess, bind_unix
 from vrtwist.logfields import Logger
 
 __all__ = [
@@ -127,17 +127,16 @@ class UnixDatagramTransport:
         local_path: str,
         peer_path: str,
         receiver: IPkt0Receiver,
-        mode: int = 0o600,
+        access: SocketAccess | None = None,
         batch: int = 256,
-        gid: int | None = None,
         queue_max: int = QUEUE_MAX,
     ) -> None:
+        """``access``: who may use the bound socket file (the owner only by default)."""
         self._reactor = reactor
         self.local_path = local_path
         self.peer_path = peer_path
         self._receiver = receiver
-        self._mode = mode
-        self._gid = gid
+        self._access = access if access is not None else SocketAccess()
         self._batch = batch
         self._buffer = bytearray(MAX_FRAME + 1)
         self._sock: socket.socket | None = None
@@ -154,7 +153,8 @@ class UnixDatagramTransport:
 
     def start(self) -> None:
         """Bind and start reading."""
-        self._sock = bind_datagram(self.local_path, self._mode, self._gid)
+        access = self._access
+        self._sock = bind_datagram(self.local_path, access.mode, access.gid)
         st = os.stat(self.local_path)
         self._identity = (st.st_dev, st.st_ino)
         self._reactor.addReader(self)

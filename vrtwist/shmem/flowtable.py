@@ -105,6 +105,7 @@ class FlowVerdict(NamedTuple):
     ttl: int
     gen_id: int
     rflow: int
+    src_info: int
 
 
 class FlowTableFull(Exception):
@@ -406,7 +407,7 @@ class FlowTable(TableOwner):
         b = _B.unpack_from(buf, off + 90)  # L.OFF_FE_PART_B
         return FlowVerdict(
             _U16.unpack_from(buf, off + 88)[0], b[1], b[2], b[3], b[4], b[5], b[6], b[11],
-            b[14], buf[off + 21], buf[off + 69], _I32.unpack_from(buf, off + 84)[0],
+            b[14], buf[off + 21], buf[off + 69], _I32.unpack_from(buf, off + 84)[0], b[15],
         )  # fmt: skip
 
     def stats(self, index: int) -> tuple[int, int]:
@@ -465,6 +466,10 @@ class FlowTable(TableOwner):
             return -1
         result: int = _U32.unpack_from(self.buf, index * L.FLOW_ENTRY_SIZE + _OFF_SRC_INFO)[0]
         return result
+
+    def set_src_info(self, index: int, src_info: int) -> None:
+        """Write ``fe_src_info`` of a live entry: where its latest packet came from."""
+        _U32.pack_into(self.buf, index * L.FLOW_ENTRY_SIZE + _OFF_SRC_INFO, src_info & 0xFFFFFFFF)
 
     def set_ecmp_index(self, index: int, ecmp: int) -> None:
         """Store the ECMP member the datapath chose (``fe_ecmp_nh_index``, what ``flow -l`` shows)."""

@@ -72,6 +72,9 @@ class IFlowDatapath(Interface):
     def src_info(index):  # type: ignore[no-untyped-def]
         """fe_src_info of a flow: the vif index or outer source its packets came from."""
 
+    def set_src_info(index: int, src_info: int) -> None:
+        """Write fe_src_info (the datapath does on a packet from elsewhere than recorded)."""
+
     def set_ecmp_index(index, ecmp):  # type: ignore[no-untyped-def]
         """Write the ECMP member index the datapath chose (fe_ecmp_nh_index)."""
 

@@ -155,8 +155,7 @@ class AgentPacketService(MultiService):
             os.path.join(run_dir, AGENT_SOCKET),
             os.path.join(run_dir, DATAPATH_SOCKET),
             self.endpoint,
-            mode=access.mode if access is not None else 0o600,
-            gid=access.gid if access is not None else None,
+            access=access,
         )
         self.endpoint.transport = self.transport
         if local_datapath is not None:
