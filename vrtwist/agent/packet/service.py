@@ -26,7 +26,7 @@ from twisted.python.failure import Failure
 from vrtwist.access import SocketAccess
 from vrtwist.agent.dpstate import NH, VIF, DatapathModel
 from vrtwist.agent.packet.arp import FabricResolver, PathProber
-from vrtwist.agent.packet.dns import DnsProxy, VmName
+from vrtwist.agent.packet.dns import DnsProxy, DnsSettings, VmName
 from vrtwist.agent.packet.flowpolicy import FlowPolicy, LocalPort
 from vrtwist.agent.packet.flows import FlowSetup, RouteView
 from vrtwist.agent.packet.services import Announcer, PacketServices, VmPort
@@ -143,8 +143,12 @@ class AgentPacketService(MultiService):
         policy: PolicyConfig | None = None,
         dns_method: str = "default-dns-server",
         dns_upstream: list[tuple[str, int]] | None = None,
+        network_settings: Callable[[str], Any] | None = None,
     ) -> None:
         super().__init__()
+        #: vn-id -> the network's settings (``vrtwist.agent.networks.NetworkSettings``:
+        #: DNS method, tenant servers, virtual DNS), None: ``dns_method`` everywhere
+        self.network_settings = network_settings
         self.reactor = reactor
         self.run_dir = run_dir
         self.model = model
@@ -176,7 +180,8 @@ class AgentPacketService(MultiService):
         self.resolver = FabricResolver(reactor, self._send_fabric, self._fabric_source,
                                        model.set_fabric_mac)
         self.prober = PathProber(reactor, self.endpoint.send_switch)
-        self.dns = DnsProxy(self._vm_names, None, dns_method)
+        self.dns = DnsProxy(self._vm_names, None, dns_method, settings_of=self._dns_settings,
+                            resolver_for=self._resolver_for)
         self._dns_upstream = dns_upstream
         self.packet_services = PacketServices(self.vm_port, self.endpoint.send_switch, mac,
                                               self.flows, fabric_arp=self._fabric_arp,
@@ -195,11 +200,43 @@ class AgentPacketService(MultiService):
         if found is None:
             return None
         port, vrf = found
+        dns = self._network_dns(port.vn_id)
         return VmPort(
             vif, vrf, bytes.fromhex(port.mac_address.replace(":", "")), port.ip_address,
             port.plen, port.gateway, port.dns_server, port.display_name, port.tx_vlan_id,
             ip6=port.ip6_address,
+            dns_servers=tuple(a for a, _ in dns.servers)
+            if dns.method == "tenant-dns-server" else None,
+            domain=dns.domain if dns.method == "virtual-dns-server" else "",
+            ip6_plen=port.ip6_plen, ip6_gateway=port.ip6_gateway,
+            ip6_dns_server=port.ip6_dns_server,
         )  # fmt: skip
+
+    def _network_dns(self, vn_id: str) -> DnsSettings:
+        """The DNS settings of network ``vn_id``: its method (the agent's when it sets
+        none), the servers queries are forwarded to, the virtual DNS's domain and records."""
+        default = self.dns.method
+        found = self.network_settings(vn_id) if self.network_settings is not None else None
+        if found is None:
+            return DnsSettings(default)
+        method = found.dns_method or default
+        vdns = found.virtual_dns
+        if method == "tenant-dns-server":
+            return DnsSettings(method, tuple((a, 53) for a in found.tenant_dns))
+        if method == "virtual-dns-server":
+            if vdns is None:
+                return DnsSettings(method)
+            return DnsSettings(method, tuple((a, 53) for a in vdns.next_servers),
+                               vdns.domain, vdns.records, vdns.ttl)
+        return DnsSettings(method)
+
+    def _dns_settings(self, vrf: int) -> DnsSettings | None:
+        """The DNS settings of the network behind ``vrf`` (its ports name it)."""
+        ports = self.model.ports_in_vrf(vrf)
+        return self._network_dns(ports[0].vn_id) if ports else None
+
+    def _resolver_for(self, servers: tuple[tuple[str, int], ...]) -> Any:
+        return _upstream(self.reactor, list(servers))
 
     def _vm_names(self, vrf: int) -> list[VmName]:
         """The VMs of the network behind ``vrf``, for the DNS answers."""
@@ -266,8 +303,9 @@ class AgentPacketService(MultiService):
         except OSError as e:
             self._log.error("pkt0: cannot bind {path}: {e}", path=self.transport.local_path, e=e)
             raise
-        if self.dns.method != "none":
-            self.dns.upstream = _upstream(self.reactor, self._dns_upstream)
+        # the host's resolvers (or --dns-upstream): default-dns-server networks, and
+        # virtual DNS servers that name no next server
+        self.dns.upstream = _upstream(self.reactor, self._dns_upstream)
         self._aging.start(AGE_SCAN_INTERVAL, now=False)
         self._flow_view()  # mapped now, not in the middle of traffic (when it exists)
         self._audit.start(AUDIT_SCAN_INTERVAL, now=False)

@@ -60,14 +60,24 @@ class VmPort:
     tx_vlan: int = -1
     dhcp_enabled: bool = True
     ip6: str | None = None
+    #: the tenant's DNS servers (``tenant-dns-server``), None for the service address
+    dns_servers: tuple[str, ...] | None = None
+    #: the virtual DNS's domain (``virtual-dns-server``)
+    domain: str = ""
+    ip6_plen: int | None = None
+    ip6_gateway: str | None = None
+    ip6_dns_server: str | None = None
 
     def lease6(self) -> Port6:
-        return Port6(self.mac, self.ip6, self.dhcp_enabled, self.tx_vlan)
+        return Port6(self.mac, self.ip6, self.dhcp_enabled, self.tx_vlan,
+                     domains=(self.domain,) if self.domain else (),
+                     service6=self.ip6_dns_server or self.ip6_gateway,
+                     dns6_list=self.dns_servers)
 
     def lease(self) -> PortLease:
         return PortLease(
             self.mac, self.ip, self.plen, self.gateway, self.dns_server, self.vm_name,
-            self.dhcp_enabled, self.tx_vlan, self.vif,
+            self.dhcp_enabled, self.tx_vlan, self.vif, self.dns_servers, self.domain,
         )  # fmt: skip
 
     def service_addresses(self) -> set[bytes]:
