@@ -748,6 +748,12 @@ class DatapathModel:
             assert addr is not None
             k = _inet_key(v.vrf_id, addr, 32)
             out.append((k, _route_fields(k, v.pkt0_nh, 0, flags, None)))
+        # the IPv6 gateway and DNS addresses likewise: the datapath answers neighbour
+        # solicitations for them with the VRRP MAC, and their packets reach the agent
+        for addr in sorted({port.ip6_gateway, port.ip6_dns_server} - {None}):  # type: ignore[type-var]
+            assert addr is not None
+            k = _inet_key(v.vrf_id, addr, 128)
+            out.append((k, _route_fields(k, v.pkt0_nh, 0, flags, None)))
         if port.ip_address and plen is not None and plen <= 30:
             net = ipaddress.IPv4Network(f"{port.ip_address}/{plen}", strict=False)
             k = _inet_key(v.vrf_id, str(net.network_address), net.prefixlen)
