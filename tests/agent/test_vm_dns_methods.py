@@ -1,0 +1,160 @@
+"""The per-network DNS methods through a real ``twistd vrouter``, with real VM clients.
+
+Two networks, one VM (a network namespace behind a veth) in each. One network's IPAM
+says ``tenant-dns-server``: ``dhclient`` in its VM must be handed the tenant's server, and
+a query that still goes to the service address is answered by that server (a ``twistd
+dns`` on a loopback address, port 53), not by the host's resolver. The other says
+``virtual-dns-server``: ``dhclient`` gets the service address and the virtual DNS's
+domain as search domain, so ``getent hosts vm3`` (a VM of that network) resolves through
+the domain, a configured record resolves, and a name outside the zone is answered by the
+virtual DNS's next server. ``getent`` is the resolver (no ``dig``). Also IPv6: the VM
+of the virtual network gets its DHCPv6 address from the subnet's service address, and
+the datapath answers its neighbour solicitation for the IPv6 gateway with the VRRP MAC.
+Needs root, ``ip`` and ``dhclient``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+from twisted.trial.unittest import TestCase
+
+from tests.agent.helpers import port_body
+from tests.agent.procs import BIN, Twistd, agent_args
+from tests.agent.test_vm_dns_dhcp6 import free_udp_port
+from tests.agent.test_vm_traffic import Vm, rest
+from tests.agent.twonodes import sh, skip_reason
+from tests.polling import wait_until
+
+PFX = "ac%d" % (os.getpid() % 10000)
+VN_T = "7a7a7a7a-1111-2222-3333-000000000001"
+VN_V = "7a7a7a7a-1111-2222-3333-000000000002"
+#: loopback addresses of the tenant's DNS server and the virtual DNS's next server
+LOOP = 64 + os.getpid() % 128
+TENANT_DNS = f"127.{LOOP}.68.1"
+NEXT_DNS = f"127.{LOOP}.68.2"
+
+
+class VmDnsMethodsTests(TestCase):
+    timeout = 240
+    skip = skip_reason()
+
+    def setUp(self) -> None:
+        self.dir = tempfile.mkdtemp(prefix="acdns-")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        up = free_udp_port()
+        self.dns_servers = []
+        for name, args, lines in (
+                ("host", ["-i", "127.0.0.1", "-p", str(up)],
+                 "192.0.2.80 www.example.org\n"),
+                ("tenant", ["-i", TENANT_DNS, "-p", "53"],
+                 "192.0.2.81 www.example.org\n192.0.2.82 intranet.tenant.example\n"),
+                ("next", ["-i", NEXT_DNS, "-p", "53"], "192.0.2.83 outside.example.net\n")):
+            hosts = os.path.join(self.dir, f"{name}.hosts")
+            with open(hosts, "w") as f:
+                f.write(lines)
+            server = Twistd(self.dir, "dns", ["--hosts-file", hosts, *args], name)
+            self.addCleanup(server.stop)
+            self.dns_servers.append(server)
+        run_dir, state = os.path.join(self.dir, "run"), os.path.join(self.dir, "state")
+        self.run_dir = run_dir
+        self.vm_t = Vm(1, "02:68:00:00:00:01", prefix=PFX)
+        self.addCleanup(self.vm_t.cleanup)
+        self.vm_v = Vm(2, "02:68:00:00:00:02", prefix=PFX)
+        self.addCleanup(self.vm_v.cleanup)
+        self.agent = Twistd(self.dir, "vrouter",
+                            agent_args(run_dir, state, "--dns-upstream", f"127.0.0.1:{up}"),
+                            "agent")
+        self.addCleanup(self.agent.stop)
+        port = self.agent.rest_port()
+        self.assertEqual(rest(port, "PUT", f"/network/{VN_T}", {
+            "ipam-dns-method": "tenant-dns-server", "tenant-dns-servers": [TENANT_DNS]}), 200)
+        self.assertEqual(rest(port, "PUT", f"/network/{VN_V}", {
+            "ipam-dns-method": "virtual-dns-server", "virtual-dns": {
+                "domain-name": "lab.example", "next-dns-servers": [NEXT_DNS],
+                "records": [{"name": "db", "type": "A", "data": "10.68.2.20"}]}}), 200)
+        for n, vn, host in ((1, VN_T, self.vm_t.host), (2, VN_V, self.vm_v.host),
+                            (3, VN_V, f"{PFX}nope")):
+            net = 1 if vn == VN_T else 2
+            body = port_body(n, vn=vn, **{
+                "ip-address": f"10.68.{net}.{10 + n}", "mac-address": f"02:68:00:00:00:0{n}",
+                "system-name": host, "display-name": f"vm{n}", "plen": 24,
+                "gateway": f"10.68.{net}.1", "dns-server": f"10.68.{net}.2",
+                "ip6-address": f"fd00:68:{net}::{10 + n}", "v6-plen": 64,
+                "v6-gateway": f"fd00:68:{net}::1", "v6-dns-server": f"fd00:68:{net}::2",
+            })  # fmt: skip
+            self.assertEqual(rest(port, "POST", "/port", body), 200)
+        wait_until(lambda: sh(os.path.join(BIN, "vif"), "--sock-dir", run_dir, "--list",
+                              check=False).stdout.count("Status: UP") >= 2 or None,
+                   "both VM vifs attached", 30)
+        for server in self.dns_servers:  # listening before the first query
+            wait_until(lambda s=server: "Starting protocol" in s.text() or None,
+                       "the DNS servers up", 30)
+
+    def resolv_conf(self, vm: Vm) -> str:
+        with open(f"/etc/netns/{vm.ns}/resolv.conf") as f:
+            return f.read()
+
+    def hosts(self, vm: Vm, name: str) -> str:
+        return vm.run("getent", "ahostsv4", name, check=False, timeout=30).stdout
+
+    def test_tenant_dns_server(self) -> None:
+        vm = self.vm_t
+        self.assertIn("10.68.1.11", vm.dhcp(self.dir))
+        conf = self.resolv_conf(vm)
+        # DHCP option 6 is the tenant's server, not the service address
+        self.assertIn(f"nameserver {TENANT_DNS}", conf, self.agent.text()[-3000:])
+        self.assertNotIn("10.68.1.2", conf)
+        # a query to the service address goes to the tenant's server, not the host's
+        with open(f"/etc/netns/{vm.ns}/resolv.conf", "w") as f:
+            f.write("nameserver 10.68.1.2\noptions timeout:2 attempts:2\n")
+        self.assertIn("192.0.2.81", self.hosts(vm, "www.example.org"),
+                      self.agent.text()[-3000:])
+        self.assertIn("192.0.2.82", self.hosts(vm, "intranet.tenant.example"))
+        # the agent does not answer the network's VM names itself with this method
+        self.assertEqual(self.hosts(vm, "vm1"), "")
+
+    def test_virtual_dns_server(self) -> None:
+        vm = self.vm_v
+        self.assertIn("10.68.2.12", vm.dhcp(self.dir))
+        conf = self.resolv_conf(vm)
+        self.assertIn("nameserver 10.68.2.2", conf, self.agent.text()[-3000:])
+        self.assertIn("lab.example", conf)  # option 15: the search domain
+        with open(f"/etc/netns/{vm.ns}/resolv.conf", "a") as f:
+            f.write("options timeout:2 attempts:2\n")
+        # another VM of the network by its short name, through the search domain
+        self.assertIn("10.68.2.13", self.hosts(vm, "vm3"), self.agent.text()[-3000:])
+        self.assertIn("10.68.2.13", self.hosts(vm, "vm3.lab.example"))
+        self.assertIn("10.68.2.20", self.hosts(vm, "db"))  # a configured record
+        out = vm.run("getent", "hosts", "10.68.2.13", check=False, timeout=30).stdout
+        self.assertIn("vm3.lab.example", out)
+        # outside the zone: the virtual DNS's next server, not the host's resolver
+        self.assertIn("192.0.2.83", self.hosts(vm, "outside.example.net"))
+        self.assertEqual(self.hosts(vm, "www.example.org"), "")
+
+    def test_ipv6_ipam(self) -> None:
+        vm = self.vm_v
+        wait_until(lambda: "tentative" not in vm.run("ip", "-6", "addr", "show", "dev",
+                                                     vm.guest).stdout or None,
+                   "the VM's link-local address usable", 20)
+        lease = os.path.join(self.dir, "v6.leases")
+        pid = os.path.join(self.dir, "v6.pid")
+        r = vm.run("dhclient", "-6", "-1", "-v", "-lf", lease, "-pf", pid, vm.guest,
+                   check=False, timeout=90)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr + self.agent.text()[-3000:])
+        self.assertIn("fd00:68:2::12", vm.run("ip", "-6", "-o", "addr", "show", "dev",
+                                              vm.guest).stdout)
+        with open(lease) as f:
+            text = f.read()
+        self.assertIn("fd00:68:2::2", text)  # the DNS option: the IPv6 service address
+        self.assertIn("lab.example", text)  # the domain list: the virtual DNS's domain
+        # the gateway is answered by neighbour discovery with the VRRP MAC (dhclient
+        # puts the address as a /128: the subnet's route is added by hand)
+        vm.run("ip", "-6", "route", "add", "fd00:68:2::/64", "dev", vm.guest)
+        vm.run("ping", "-6", "-c", "1", "-W", "2", "fd00:68:2::1", check=False, timeout=30)
+        neigh = wait_until(lambda: "00:00:5e:00:01:00" in vm.run(
+            "ip", "-6", "neigh", "show", "fd00:68:2::1").stdout or None,
+            "the IPv6 gateway resolved", 20)
+        self.assertTrue(neigh)
