@@ -45,7 +45,7 @@ class VmDnsMethodsTests(TestCase):
         self.dir = tempfile.mkdtemp(prefix="acdns-")
         self.addCleanup(shutil.rmtree, self.dir, True)
         up = free_udp_port()
-        self.dns_servers = []
+        self.dns_servers: list[Twistd] = []
         for name, args, lines in (
                 ("host", ["-i", "127.0.0.1", "-p", str(up)],
                  "192.0.2.80 www.example.org\n"),
@@ -89,9 +89,9 @@ class VmDnsMethodsTests(TestCase):
         wait_until(lambda: sh(os.path.join(BIN, "vif"), "--sock-dir", run_dir, "--list",
                               check=False).stdout.count("Status: UP") >= 2 or None,
                    "both VM vifs attached", 30)
-        for server in self.dns_servers:  # listening before the first query
-            wait_until(lambda s=server: "Starting protocol" in s.text() or None,
-                       "the DNS servers up", 30)
+        def serving() -> bool | None:
+            return all("Starting protocol" in s.text() for s in self.dns_servers) or None
+        wait_until(serving, "the DNS servers listening", 30)  # before the first query
 
     def resolv_conf(self, vm: Vm) -> str:
         with open(f"/etc/netns/{vm.ns}/resolv.conf") as f:
