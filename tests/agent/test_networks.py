@@ -457,7 +457,7 @@ class Ip6IpamTests(SynchronousTestCase):
         routes = {fields["rtr_prefix"] and bytes(fields["rtr_prefix"]): fields
                   for name, fields in model.desired.values()
                   if name == "vr_route_req" and fields["rtr_family"] == C.AF_INET6}
-        for addr in ("fd00:1::1", "fd00:1::2"):
+        for addr in ("fd00:1::1", "fd00:1::2", "fe80::5e00:100"):
             import ipaddress
 
             got = routes[ipaddress.IPv6Address(addr).packed]
@@ -466,3 +466,70 @@ class Ip6IpamTests(SynchronousTestCase):
         model.portDeleted(port)
         self.assertFalse([f for n, f in model.desired.values()
                           if n == "vr_route_req" and f["rtr_family"] == C.AF_INET6])
+
+
+class RouterAdvertisementTests(SynchronousTestCase):
+    RS = bytes((133, 0, 0, 0, 0, 0, 0, 0, 1, 1)) + bytes.fromhex("026800000002")
+
+    def solicitation(self, src: str = "fe80::1", hop_limit: int = 255) -> bytes:
+        import ipaddress
+
+        from vrtwist.packet.headers import ETH_P_IPV6, Ethernet, IPv6, l4_checksum
+
+        ip = IPv6(ipaddress.IPv6Address(src).packed, ipaddress.IPv6Address("ff02::2").packed,
+                  58, len(self.RS), hop_limit)
+        csum = l4_checksum(ip, self.RS)
+        body = self.RS[:2] + csum.to_bytes(2, "big") + self.RS[4:]
+        return (Ethernet(bytes.fromhex("333300000002"), bytes.fromhex("026800000002"),
+                         ETH_P_IPV6).pack() + ip.pack() + body)
+
+    def test_advertisement_fields(self) -> None:
+        import ipaddress
+        import struct
+
+        from vrtwist.agent.packet.arp import VRRP_MAC
+        from vrtwist.agent.packet.icmp6 import RA_SOURCE, router_advertisement
+        from vrtwist.packet.checksum import checksum
+        from vrtwist.packet.headers import Ethernet, IPv6, PacketError
+
+        out = router_advertisement(self.solicitation(), "fd00:1::11", 64, True)
+        eth = Ethernet.parse(out)
+        self.assertEqual((eth.dst, eth.src), (bytes.fromhex("026800000002"), VRRP_MAC))
+        ip = IPv6.parse(out, eth.length)
+        self.assertEqual((ip.src, ip.dst, ip.hop_limit, ip.next_header),
+                         (RA_SOURCE.packed, ipaddress.IPv6Address("fe80::1").packed, 255, 58))
+        body = out[eth.length + 40:]
+        self.assertEqual(checksum(body, ip.pseudo_sum(len(body))), 0)
+        kind, code, _c, hops, flags, lifetime, reach, retrans = struct.unpack_from(
+            "!BBHBBHII", body)
+        self.assertEqual((kind, code, hops, flags, lifetime, reach, retrans),
+                         (134, 0, 64, 0xC0, 9000, 0, 0))
+        self.assertEqual(body[16:24], b"\x01\x01" + VRRP_MAC)
+        self.assertEqual(body[24:28], bytes((3, 4, 64, 0x80)))
+        self.assertEqual(body[40:56], ipaddress.IPv6Address("fd00:1::").packed)
+        # no gateway: not a default router; a DAD-time solicitation goes to all nodes
+        out = router_advertisement(self.solicitation("::"), "fd00:1::11", 64, False)
+        eth = Ethernet.parse(out)
+        self.assertEqual(eth.dst, bytes.fromhex("333300000001"))
+        self.assertEqual(struct.unpack_from("!H", out, eth.length + 40 + 6)[0], 0)
+        with self.assertRaises(PacketError):
+            router_advertisement(self.solicitation(hop_limit=64), "fd00:1::11", 64, True)
+
+    def test_through_the_packet_services(self) -> None:
+        from vrtwist.agent.packet.services import PacketServices, VmPort
+        from vrtwist.pkt0 import constants as K
+        from vrtwist.pkt0.codec import AgentHeader
+
+        mac = bytes.fromhex("026800000002")
+        ports = {3: VmPort(3, 1, mac, "10.0.0.3", ip6="fd00:1::11", ip6_plen=64,
+                           ip6_gateway="fd00:1::1"),
+                 4: VmPort(4, 1, mac, "10.0.0.4", ip6="fd00:1::12")}
+        sent: list[tuple[int, int, bytes]] = []
+        services = PacketServices(ports.get, lambda i, v, f: sent.append((i, v, f)) or True,
+                                  lambda: bytes(6))
+        for vif in (3, 4):
+            services.trap_received(AgentHeader(ifindex=vif, vrf=1,
+                                               cmd=K.AGENT_TRAP_L3_PROTOCOLS),
+                                   memoryview(self.solicitation()))
+        self.assertEqual(services.counters.router_solicits, 2)
+        self.assertEqual([(i, v) for i, v, _ in sent], [(3, 1)])  # no subnet: no answer

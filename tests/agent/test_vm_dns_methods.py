@@ -8,8 +8,9 @@ dns`` on a loopback address, port 53), not by the host's resolver. The other say
 domain as search domain, so ``getent hosts vm3`` (a VM of that network) resolves through
 the domain, a configured record resolves, and a name outside the zone is answered by the
 virtual DNS's next server. ``getent`` is the resolver (no ``dig``). Also IPv6: the VM
-of the virtual network gets its DHCPv6 address from the subnet's service address, and
-the datapath answers its neighbour solicitation for the IPv6 gateway with the VRRP MAC.
+of the virtual network gets its DHCPv6 address from the subnet's service address, the
+datapath answers its neighbour solicitation for the IPv6 gateway with the VRRP MAC, and
+the agent's router advertisement gives it the on-link prefix and its default router.
 Needs root, ``ip`` and ``dhclient``.
 """
 
@@ -158,3 +159,26 @@ class VmDnsMethodsTests(TestCase):
             "ip", "-6", "neigh", "show", "fd00:68:2::1").stdout or None,
             "the IPv6 gateway resolved", 20)
         self.assertTrue(neigh)
+
+    def test_router_advertisement(self) -> None:
+        vm = self.vm_v
+        # the link comes up again now that the port is there: the kernel solicits routers
+        vm.run("sysctl", "-qw", f"net.ipv6.conf.{vm.guest}.accept_ra=2")
+        vm.run("ip", "link", "set", vm.guest, "down")
+        vm.run("ip", "link", "set", vm.guest, "up")
+
+        def default() -> str | None:
+            out = vm.run("ip", "-6", "route", "show", "default").stdout
+            return out if "fe80::5e00:100" in out else None
+        route = wait_until(default, "a default route from the router advertisement", 30)
+        self.assertIn(f"dev {vm.guest}", route or "")
+        # the on-link prefix (not autonomous: no address made from it)
+        routes = vm.run("ip", "-6", "route").stdout
+        self.assertIn("fd00:68:2::/64", routes)
+        self.assertNotIn("fd00:68:2::", vm.run("ip", "-6", "-o", "addr", "show", "dev",
+                                               vm.guest).stdout)
+        # the default router is answered by neighbour discovery with the VRRP MAC
+        vm.run("ping", "-6", "-c", "1", "-W", "2", "fd00:68:1::11", check=False, timeout=30)
+        self.assertTrue(wait_until(lambda: "00:00:5e:00:01:00" in vm.run(
+            "ip", "-6", "neigh", "show", "fe80::5e00:100", "dev", vm.guest).stdout or None,
+            "the default router resolved", 20))

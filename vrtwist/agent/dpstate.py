@@ -748,9 +748,13 @@ class DatapathModel:
             assert addr is not None
             k = _inet_key(v.vrf_id, addr, 32)
             out.append((k, _route_fields(k, v.pkt0_nh, 0, flags, None)))
-        # the IPv6 gateway and DNS addresses likewise: the datapath answers neighbour
-        # solicitations for them with the VRRP MAC, and their packets reach the agent
-        for addr in sorted({port.ip6_gateway, port.ip6_dns_server} - {None}):  # type: ignore[type-var]
+        # the IPv6 gateway and DNS addresses likewise, and the agent's link-local address
+        # (the source of its router advertisements, a VM's default router): the datapath
+        # answers neighbour solicitations for them with the VRRP MAC
+        six = {port.ip6_gateway, port.ip6_dns_server} - {None}
+        if port.ip6_address and port.ip6_plen is not None:
+            six.add(AGENT_LINK_LOCAL)
+        for addr in sorted(six):  # type: ignore[type-var]
             assert addr is not None
             k = _inet_key(v.vrf_id, addr, 128)
             out.append((k, _route_fields(k, v.pkt0_nh, 0, flags, None)))
@@ -1035,6 +1039,8 @@ def _ipv4_int(addr: str) -> int:
 
 
 _BCAST = b"\xff" * 6
+#: the agent's IPv6 link-local address, source of its router advertisements
+AGENT_LINK_LOCAL = "fe80::5e00:100"
 
 
 def _bcast_key(vrf: int) -> Key:
