@@ -525,8 +525,11 @@ class RouterAdvertisementTests(SynchronousTestCase):
                            ip6_gateway="fd00:1::1"),
                  4: VmPort(4, 1, mac, "10.0.0.4", ip6="fd00:1::12")}
         sent: list[tuple[int, int, bytes]] = []
-        services = PacketServices(ports.get, lambda i, v, f: sent.append((i, v, f)) or True,
-                                  lambda: bytes(6))
+
+        def send(ifindex: int, vrf: int, frame: bytes) -> bool:
+            sent.append((ifindex, vrf, frame))
+            return True
+        services = PacketServices(ports.get, send, lambda: bytes(6))
         for vif in (3, 4):
             services.trap_received(AgentHeader(ifindex=vif, vrf=1,
                                                cmd=K.AGENT_TRAP_L3_PROTOCOLS),
