@@ -161,6 +161,13 @@ class VirtualDnsTests(SynchronousTestCase):
         self.assertEqual((msg.rCode, msg.answers), (dns.OK, []))
         self.assertEqual(self.proxy.counters.local, 5)
 
+    def test_tenant_method_without_servers_is_servfail(self) -> None:
+        host = object()  # never asked: a query would fail on it
+        self.proxy = DnsProxy(lambda vrf: NAMES, host,
+                              settings_of=lambda vrf: DnsSettings("tenant-dns-server"))
+        self.assertEqual(self.ask("www.example.org").rCode, dns.ESERVER)
+        self.assertEqual((self.proxy.counters.forwarded, self.proxy.counters.servfail), (0, 1))
+
     def test_bare_vm_name_not_in_the_zone_and_no_upstream(self) -> None:
         # outside the zone and no resolver at all: SERVFAIL, nothing forwarded
         self.assertEqual(self.ask("vm1").rCode, dns.ESERVER)

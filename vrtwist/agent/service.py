@@ -30,6 +30,7 @@ from vrtwist.agent.introspect import RequestCounter
 from vrtwist.agent.ksync_sync import KsyncSynchroniser, LocalSynchroniser
 from vrtwist.agent.model import Port
 from vrtwist.agent.networks import (
+    MAX_NETWORKS,
     NetworkConfig,
     NetworkSettings,
     NetworkValidationError,
@@ -98,7 +99,10 @@ class AgentService(MultiService):
         #: the networks' DNS settings and VNIs set over REST, kept in the state dir
         self.networks = NetworkConfig()
         self.model.vni_source = lambda vn_id: self.network_settings(vn_id).vni
-        self.networks.listeners.append(self.model.refresh_vnis)
+        self.networks.listeners.append(self._networks_changed)
+        #: vn-id -> merged settings; cleared when REST or the controller's config changes
+        #: (DHCP and DNS ask per packet, the config lookup scans its objects)
+        self._settings: dict[str, NetworkSettings] = {}
         self.ready: Deferred[None] = Deferred()
         self._release_timer: Any = None
         #: ``--introspect`` endpoint (None/"none": off) and the datapath whose live
@@ -138,9 +142,21 @@ class AgentService(MultiService):
             self._log.error("{path}: unusable, no policy loaded: {e}", path=str(loaded.path),
                             e=str(e))
 
+    def _networks_changed(self) -> None:
+        self._settings.clear()
+        self.model.refresh_vnis()
+
     def network_settings(self, vn_id: str) -> NetworkSettings:
         """Network ``vn_id``'s settings: REST's, then the controller's config, field by
         field (unset: the agent's defaults)."""
+        found = self._settings.get(vn_id)
+        if found is None:
+            if len(self._settings) >= 4 * MAX_NETWORKS:
+                self._settings.clear()
+            found = self._settings[vn_id] = self._network_settings(vn_id)
+        return found
+
+    def _network_settings(self, vn_id: str) -> NetworkSettings:
         config = getattr(self.link, "config", None)
         from_config = None
         if config is not None:
@@ -314,7 +330,10 @@ class AgentService(MultiService):
                 return list(config.subnets_of(vn)) if vn else []
             self.model.subnet_source = subnets
             self.model.interface_source = config.interface
-            config.listeners.append(lambda _update: self.model.refresh_config())
+            def changed(_update: Any) -> None:
+                self._settings.clear()
+                self.model.refresh_config()
+            config.listeners.append(changed)
         link.setServiceParent(self)
         self.link = link
 

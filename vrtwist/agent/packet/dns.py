@@ -281,6 +281,9 @@ class DnsProxy:
             c.local += 1
             self._answer(req, msg, send, answers=records)
             return
+        if method == "tenant-dns-server" and not settings.servers:
+            self._answer(req, msg, send, rcode=dns.ESERVER)  # no tenant server to ask
+            return
         servers = settings.servers if method != "default-dns-server" else ()
         self._forward(self._resolver(servers), req, msg, send)
 
