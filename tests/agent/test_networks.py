@@ -46,7 +46,9 @@ VDNS = {"domain-name": "Corp.Example.", "next-dns-servers": ["192.0.2.53"], "def
         "records": [{"name": "db", "type": "A", "data": "10.1.1.20"},
                     {"name": "www.corp.example", "type": "CNAME", "data": "vm1.corp.example",
                      "ttl": 30},
-                    {"name": "v6", "type": "AAAA", "data": "FD00::0020"}]}
+                    {"name": "v6", "type": "AAAA", "data": "FD00::0020"},
+                    {"name": "20.1.1.10.in-addr.arpa", "type": "PTR",
+                     "data": "db.corp.example"}]}
 
 
 class ValidationTests(SynchronousTestCase):
@@ -61,7 +63,8 @@ class ValidationTests(SynchronousTestCase):
         self.assertEqual(s.virtual_dns.records, (
             DnsRecord("db.corp.example", "A", "10.1.1.20"),
             DnsRecord("www.corp.example", "CNAME", "vm1.corp.example", 30),
-            DnsRecord("v6.corp.example", "AAAA", "fd00::20")))
+            DnsRecord("v6.corp.example", "AAAA", "fd00::20"),
+            DnsRecord("20.1.1.10.in-addr.arpa", "PTR", "db.corp.example")))
         self.assertEqual(network_from_json(VN, s.to_json()), s)
 
     def test_every_bad_field_named(self) -> None:
@@ -159,7 +162,9 @@ class VirtualDnsTests(SynchronousTestCase):
         self.assertEqual(cast(Any, msg.answers[0].payload).name.name, b"vm2.corp.example")
         msg = self.ask("v6.corp.example", dns.A)  # the name exists, no A: empty NOERROR
         self.assertEqual((msg.rCode, msg.answers), (dns.OK, []))
-        self.assertEqual(self.proxy.counters.local, 5)
+        msg = self.ask("20.1.1.10.in-addr.arpa", dns.PTR)  # a reverse name stays absolute
+        self.assertEqual(cast(Any, msg.answers[0].payload).name.name, b"db.corp.example")
+        self.assertEqual(self.proxy.counters.local, 6)
 
     def test_tenant_method_without_servers_is_servfail(self) -> None:
         host = object()  # never asked: a query would fail on it

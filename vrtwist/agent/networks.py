@@ -176,7 +176,8 @@ def _record(item: Any, where: str, domain: str, problems: list[str]) -> DnsRecor
     name = domain_name(raw_name) if isinstance(raw_name, str) else None
     if name is None:
         problems.append(f"{where}.name: {raw_name!r} is not a DNS name")
-    elif isinstance(raw_name, str) and not raw_name.endswith(".") and not (name == domain or name.endswith("." + domain)):
+    elif isinstance(raw_name, str) and not raw_name.endswith(".") and \
+            not name.endswith(".arpa") and not (name == domain or name.endswith("." + domain)):
         name = f"{name}.{domain}"  # relative to the zone, as in a zone file
     data = _record_data(item.get("data"), rtype, f"{where}.data", problems)
     ttl = _int(item.get("ttl"), f"{where}.ttl", problems, 0, 2**31 - 1)
