@@ -653,7 +653,7 @@ class DatapathModel:
             if new == v_old:
                 continue
             self._log.info("VNI of {vrf}: {old} -> {new}", vrf=v.name, old=v_old, new=new)
-            if v.vxlan_nh:
+            if v.vxlan_nh and v_old:
                 self.desired.pop((VXLAN, v_old), None)
                 keys.append((VXLAN, v_old))
             v.vni = new
