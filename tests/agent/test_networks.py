@@ -548,3 +548,45 @@ class RouterAdvertisementTests(SynchronousTestCase):
                                    memoryview(self.solicitation()))
         self.assertEqual(services.counters.router_solicits, 2)
         self.assertEqual([(i, v) for i, v, _ in sent], [(3, 1)])  # no subnet: no answer
+
+
+class ModelVniTests(SynchronousTestCase):
+    def test_configured_vni_moves_and_republishes(self) -> None:
+        from tests.agent.test_vmi_config import RecordingLink
+        from vrtwist.agent.dpstate import DatapathModel
+        from vrtwist.agent.model import port_from_json
+
+        configured: dict[str, int] = {}
+        model = DatapathModel(os_index=lambda name: 0)
+        model.vxlan = True
+        model.vni_source = configured.get
+        link = RecordingLink()
+        model.controller = link
+        other = "4e4e4e4e-1111-2222-3333-555555555555"
+        a = port_from_json(port_body(1, vn=VN))
+        b = port_from_json(port_body(2, vn=other))
+        model.portAdded(a)
+        model.portAdded(b)
+        derived_a = vni_for(vrf_name_for(VN))
+        self.assertEqual(model.port_ids(a.id)["vni"], derived_a)  # type: ignore[index]
+        configured[VN] = 4242
+        model.refresh_vnis()
+        self.assertEqual(model.port_ids(a.id)["vni"], 4242)  # type: ignore[index]
+        self.assertIn((VXLAN, 4242), model.desired)
+        self.assertNotIn((VXLAN, derived_a), model.desired)
+        # the port's route published again with the new VNI
+        self.assertEqual(link.events[-1][0], "add")
+        self.assertEqual((link.events[-1][1].port_id, link.events[-1][1].vni), (a.id, 4242))
+        # another network configured with a VNI in use: it gets none (no VXLAN for it)
+        configured[other] = 4242
+        model.refresh_vnis()
+        self.assertEqual(model.port_ids(b.id)["vni"], 0)  # type: ignore[index]
+        self.assertEqual(model.port_ids(a.id)["vni"], 4242)  # type: ignore[index]
+        # config gone: both back to their derived VNIs
+        configured.clear()
+        model.refresh_vnis()
+        self.assertEqual(model.port_ids(a.id)["vni"], derived_a)  # type: ignore[index]
+        self.assertEqual(model.port_ids(b.id)["vni"],  # type: ignore[index]
+                         vni_for(vrf_name_for(other)))
+        self.assertEqual({k[1] for k in model.desired if k[0] == VXLAN},
+                         {derived_a, vni_for(vrf_name_for(other))})
