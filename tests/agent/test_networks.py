@@ -38,7 +38,7 @@ from vrtwist.agent.packet import dhcp6 as D6
 from vrtwist.agent.packet.dhcp import DhcpServer, PortLease
 from vrtwist.agent.packet.dns import DnsProxy, DnsRecord, DnsSettings, VmName
 from vrtwist.packet import dhcp as D
-from vrtwist.xmpp.stanzas import ConfigLink, ConfigNode, ConfigUpdate
+from vrtwist.xmpp.stanzas import ConfigLink, ConfigNode, ConfigUpdate, build_config, parse_stanza
 
 VN = "4e4e4e4e-1111-2222-3333-444444444444"
 NAMES = [VmName("vm1", "10.1.1.11"), VmName("Vm2", "10.1.1.12", "fd00::12")]
@@ -380,7 +380,7 @@ class AgentNetworkTests(TestCase):
         self.assertEqual((await call(agent, "POST", "/port", body))[0], 200)
         vn, ipam, vdns = "default-domain:demo:vn6", "default-domain:demo:ipam", \
             "default-domain:vdns1"
-        agent.link.config.apply(ConfigUpdate((
+        updates = ConfigUpdate((
             ConfigNode("virtual-network", vn, {
                 "id-perms": {"uuid": VN},
                 "virtual-network-properties": {"vxlan-network-identifier": "777"}}),
@@ -400,7 +400,9 @@ class AgentNetworkTests(TestCase):
                                             "record-data": "10.6.0.20"}}),
             ConfigLink(("virtual-DNS", vdns), ("virtual-DNS-record", f"{vdns}:r1"),
                        "virtual-DNS-virtual-DNS-record"),
-        ), ()))
+        ), ())
+        # through the wire format, as the control node sends it
+        agent.link.config.apply(parse_stanza(build_config("host", updates.updates)))
         await wait_for(lambda: agent.model.port_ids(body["id"])["vni"] == 777)
         self.assertIn((VXLAN, 777), agent.model.desired)
         vif = agent.model.port_ids(body["id"])["vif"]
