@@ -6,7 +6,8 @@ the VNI already in its ``networks.json`` (as a restart finds it); node 1 derives
 from the network's name at first and is configured over REST once its VMs are up, so
 its VXLAN entry moves and its routes are published again with the new VNI. Traffic
 across the fabric must then flow with the configured VNI on both sides, and the derived
-one must be gone from both datapaths. Needs root, ``ip``, ``dhclient`` and ``ping``.
+one must be gone from both datapaths (before that, each node sends with the VNI the
+other published, so the two VNIs differing for a while is no outage). Needs root, ``ip``, ``dhclient`` and ``ping``.
 """
 
 from __future__ import annotations
