@@ -50,6 +50,15 @@ class ConfiguredVniTests(LabCase):
                        or None, f"node {node.n}: fabric and VM vifs attached", 30)
         self.assertIn(str(derived), self.n1.tool("vxlan", "--dump"))
         self.assertIn(str(CONFIGURED), self.n2.tool("vxlan", "--dump"))
+        for vm in self.vms:
+            self.assertIn(f"inet {vm.ip}/{PLEN}", vm.dhcp(self.dir))
+            self.assertIn(f"default via {GATEWAY}", vm.run("ip", "-4", "route").stdout)
+        for node, other in ((self.n1, self.n2), (self.n2, self.n1)):
+            wait_until(lambda: other.fabric_ip in node.tool("nh", "--list"),
+                       f"node {node.n}: a tunnel to {other.fabric_ip}", 30)
+        # the VNIs differ (node 1 derived, node 2 configured): each node sends with the
+        # VNI the other published, so traffic flows already
+        self.ping(1, 3)
         # node 1 configured over REST while its network is in use
         put = ("import json,urllib.request as u;r=u.Request('http://127.0.0.1:%d/network/%s',"
                "data=json.dumps({'vxlan-network-identifier':%d}).encode(),method='PUT');"
@@ -59,12 +68,6 @@ class ConfiguredVniTests(LabCase):
             wait_until(lambda: (str(CONFIGURED) in node.tool("vxlan", "--dump")
                                 and str(derived) not in node.tool("vxlan", "--dump")) or None,
                        f"node {node.n}: the configured VNI only", 30)
-        for vm in self.vms:
-            self.assertIn(f"inet {vm.ip}/{PLEN}", vm.dhcp(self.dir))
-            self.assertIn(f"default via {GATEWAY}", vm.run("ip", "-4", "route").stdout)
-        for node, other in ((self.n1, self.n2), (self.n2, self.n1)):
-            wait_until(lambda: other.fabric_ip in node.tool("nh", "--list"),
-                       f"node {node.n}: a tunnel to {other.fabric_ip}", 30)
         self.ping(1, 3)  # across the fabric, both ways
         self.ping(4, 2)
         self.stream(1, 3)
@@ -73,6 +76,9 @@ class ConfiguredVniTests(LabCase):
         self.assertNotIn("MPLSo", nhs)
         # the remote VMs' routes carry the configured VNI as their label
         for node, vm in ((self.n1, self.vms[2]), (self.n2, self.vms[0])):
-            rt = node.tool("rt", "--dump", "1")
-            line = next((x for x in rt.splitlines() if x.startswith(f"{vm.ip}/32")), "")
-            self.assertIn(str(CONFIGURED), line, rt)
+            def labelled(node: twonodes.Node = node, vm: twonodes.Vm = vm) -> str | None:
+                rt = node.tool("rt", "--dump", "1")
+                line = next((x for x in rt.splitlines() if x.startswith(f"{vm.ip}/32")), "")
+                return line if str(CONFIGURED) in line else None
+            self.assertTrue(wait_until(labelled, f"node {node.n}: {vm.ip} with VNI "
+                                       f"{CONFIGURED}", 30))
