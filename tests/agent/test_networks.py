@@ -127,9 +127,14 @@ class ValidationTests(SynchronousTestCase):
         self.assertTrue(table.delete(VN))
         self.assertFalse(table.delete(VN))
         self.assertEqual(len(heard), 2)
-        with self.assertRaises(NetworkValidationError):
-            table.load_json({"networks": [{"vn-id": VN, "ipam-dns-method": "bogus"}]})
+        bads: list[Any] = [{"networks": [{"vn-id": VN, "ipam-dns-method": "bogus"}]},
+                           {"networks": [{"vn-id": "../etc"}]}, {"networks": {}}, []]
+        for bad in bads:
+            with self.assertRaises(NetworkValidationError):
+                table.load_json(bad)
         self.assertEqual(table.networks, {})  # nothing of a refused load
+        table.load_json({"networks": [{"vn-id": VN.upper(), "vxlan-network-identifier": 9}]})
+        self.assertEqual(table.networks, {VN: NetworkSettings(VN, vni=9)})
 
 
 def vdns_settings(servers: tuple[tuple[str, int], ...] = ()) -> DnsSettings:

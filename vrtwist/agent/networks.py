@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from vrtwist.agent.model import normalise_uuid
 from vrtwist.agent.packet.dns import DEFAULT_TTL, DNS_METHODS, RECORD_TYPES, DnsRecord
 
 __all__ = [
@@ -290,12 +291,13 @@ class NetworkConfig:
         loaded: dict[str, NetworkSettings] = {}
         problems: list[str] = []
         for i, item in enumerate(body["networks"][:MAX_NETWORKS + 1]):
-            vn = item.get("vn-id") if isinstance(item, dict) else None
-            if not isinstance(vn, str):
-                problems.append(f"networks[{i}].vn-id: missing")
+            raw = item.get("vn-id") if isinstance(item, dict) else None
+            vn = normalise_uuid(raw) if isinstance(raw, str) else None
+            if vn is None:
+                problems.append(f"networks[{i}].vn-id: {raw!r} is not a uuid")
                 continue
             try:
-                loaded[vn.lower()] = network_from_json(vn.lower(), item)
+                loaded[vn] = network_from_json(vn, item)
             except NetworkValidationError as e:
                 problems += [f"networks[{i}].{p}" for p in e.problems]
         if len(loaded) > MAX_NETWORKS:
