@@ -32,10 +32,8 @@ from tests.polling import wait_until
 PFX = "ac%d" % (os.getpid() % 10000)
 VN_T = "7a7a7a7a-1111-2222-3333-000000000001"
 VN_V = "7a7a7a7a-1111-2222-3333-000000000002"
-#: loopback addresses of the tenant's DNS server and the virtual DNS's next server
+#: the loopback network of the tenant's DNS server and the virtual DNS's next server
 LOOP = 64 + os.getpid() % 128
-TENANT_DNS = f"127.{LOOP}.68.1"
-NEXT_DNS = f"127.{LOOP}.68.2"
 
 
 class VmDnsMethodsTests(TestCase):
@@ -45,20 +43,16 @@ class VmDnsMethodsTests(TestCase):
     def setUp(self) -> None:
         self.dir = tempfile.mkdtemp(prefix="acdns-")
         self.addCleanup(shutil.rmtree, self.dir, True)
-        up = free_udp_port()
-        self.dns_servers: list[Twistd] = []
-        for name, args, lines in (
-                ("host", ["-i", "127.0.0.1", "-p", str(up)],
-                 "192.0.2.80 www.example.org\n"),
-                ("tenant", ["-i", TENANT_DNS, "-p", "53"],
-                 "192.0.2.81 www.example.org\n192.0.2.82 intranet.tenant.example\n"),
-                ("next", ["-i", NEXT_DNS, "-p", "53"], "192.0.2.83 outside.example.net\n")):
-            hosts = os.path.join(self.dir, f"{name}.hosts")
-            with open(hosts, "w") as f:
-                f.write(lines)
-            server = Twistd(self.dir, "dns", ["--hosts-file", hosts, *args], name)
-            self.addCleanup(server.stop)
-            self.dns_servers.append(server)
+        # the host's resolver (--dns-upstream); twistd dns also listens on TCP, where a
+        # port free for UDP may be taken: another one is tried then
+        _, up = self.start_dns("host", "192.0.2.80 www.example.org\n",
+                               [("127.0.0.1", free_udp_port()) for _ in range(5)])
+        self.tenant_dns, _ = self.start_dns(
+            "tenant", "192.0.2.81 www.example.org\n192.0.2.82 intranet.tenant.example\n",
+            [(f"127.{LOOP}.68.{i}", 53) for i in range(1, 10, 2)])
+        self.next_dns, _ = self.start_dns(
+            "next", "192.0.2.83 outside.example.net\n",
+            [(f"127.{LOOP}.68.{i}", 53) for i in range(2, 10, 2)])
         run_dir, state = os.path.join(self.dir, "run"), os.path.join(self.dir, "state")
         self.run_dir = run_dir
         self.vm_t = Vm(1, "02:68:00:00:00:01", prefix=PFX)
@@ -71,10 +65,11 @@ class VmDnsMethodsTests(TestCase):
         self.addCleanup(self.agent.stop)
         port = self.agent.rest_port()
         self.assertEqual(rest(port, "PUT", f"/network/{VN_T}", {
-            "ipam-dns-method": "tenant-dns-server", "tenant-dns-servers": [TENANT_DNS]}), 200)
+            "ipam-dns-method": "tenant-dns-server", "tenant-dns-servers": [self.tenant_dns]}),
+            200)
         self.assertEqual(rest(port, "PUT", f"/network/{VN_V}", {
             "ipam-dns-method": "virtual-dns-server", "virtual-dns": {
-                "domain-name": "lab.example", "next-dns-servers": [NEXT_DNS],
+                "domain-name": "lab.example", "next-dns-servers": [self.next_dns],
                 "records": [{"name": "db", "type": "A", "data": "10.68.2.20"}]}}), 200)
         for n, vn, host in ((1, VN_T, self.vm_t.host), (2, VN_V, self.vm_v.host),
                             (3, VN_V, f"{PFX}nope")):
@@ -90,9 +85,26 @@ class VmDnsMethodsTests(TestCase):
         wait_until(lambda: sh(os.path.join(BIN, "vif"), "--sock-dir", run_dir, "--list",
                               check=False).stdout.count("Status: UP") >= 2 or None,
                    "both VM vifs attached", 30)
-        def serving() -> bool | None:
-            return all("Starting protocol" in s.text() for s in self.dns_servers) or None
-        wait_until(serving, "the DNS servers listening", 30)  # before the first query
+
+    def start_dns(self, name: str, lines: str,
+                  candidates: list[tuple[str, int]]) -> tuple[str, int]:
+        """A ``twistd dns`` answering from ``lines`` on the first of ``candidates``
+        (address, port) it can bind (another process may hold one of them)."""
+        hosts = os.path.join(self.dir, f"{name}.hosts")
+        with open(hosts, "w") as f:
+            f.write(lines)
+        for i, (address, port) in enumerate(candidates):
+            server = Twistd(self.dir, "dns", ["--hosts-file", hosts, "-i", address,
+                                              "-p", str(port)], f"{name}{i}")
+            self.addCleanup(server.stop)
+
+            def state(server: Twistd = server) -> str | None:
+                if "Starting protocol" in server.text():
+                    return "up"
+                return "exited" if server.proc.poll() is not None else None
+            if wait_until(state, f"the {name} DNS server on {address}", 60) == "up":
+                return address, port
+        raise AssertionError(f"no address to run the {name} DNS server on:\n{server.text()}")
 
     def resolv_conf(self, vm: Vm) -> str:
         with open(f"/etc/netns/{vm.ns}/resolv.conf") as f:
@@ -106,7 +118,7 @@ class VmDnsMethodsTests(TestCase):
         self.assertIn("10.68.1.11", vm.dhcp(self.dir))
         conf = self.resolv_conf(vm)
         # DHCP option 6 is the tenant's server, not the service address
-        self.assertIn(f"nameserver {TENANT_DNS}", conf, self.agent.text()[-3000:])
+        self.assertIn(f"nameserver {self.tenant_dns}", conf, self.agent.text()[-3000:])
         self.assertNotIn("10.68.1.2", conf)
         # a query to the service address goes to the tenant's server, not the host's
         with open(f"/etc/netns/{vm.ns}/resolv.conf", "w") as f:
