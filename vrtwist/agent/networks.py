@@ -20,7 +20,13 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from vrtwist.agent.model import normalise_uuid
-from vrtwist.agent.packet.dns import DEFAULT_TTL, DNS_METHODS, RECORD_TYPES, DnsRecord
+from vrtwist.agent.packet.dns import (
+    DEFAULT_TTL,
+    DNS_METHODS,
+    RECORD_TYPES,
+    DnsRecord,
+    DnsSettings,
+)
 
 __all__ = [
     "MAX_NETWORKS",
@@ -28,6 +34,7 @@ __all__ = [
     "NetworkSettings",
     "NetworkValidationError",
     "VirtualDns",
+    "dns_settings",
     "merge_settings",
     "network_from_json",
     "settings_from_config",
@@ -101,6 +108,22 @@ def merge_settings(rest: NetworkSettings | None, config: NetworkSettings | None,
         vn_id, rest.dns_method or config.dns_method, rest.tenant_dns or config.tenant_dns,
         rest.virtual_dns or config.virtual_dns,
         rest.vni if rest.vni is not None else config.vni)
+
+
+def dns_settings(settings: NetworkSettings | None, default_method: str) -> DnsSettings:
+    """What the DNS proxy and DHCP need of a network: its method (``default_method`` when
+    it sets none), the servers its queries are forwarded to (port 53) and, for a virtual
+    DNS, its domain, records and TTL."""
+    if settings is None:
+        return DnsSettings(default_method)
+    method = settings.dns_method or default_method
+    vdns = settings.virtual_dns
+    if method == "tenant-dns-server":
+        return DnsSettings(method, tuple((a, 53) for a in settings.tenant_dns))
+    if method == "virtual-dns-server" and vdns is not None:
+        return DnsSettings(method, tuple((a, 53) for a in vdns.next_servers), vdns.domain,
+                           vdns.records, vdns.ttl)
+    return DnsSettings(method)
 
 
 def domain_name(value: str) -> str | None:

@@ -13,7 +13,7 @@ import errno
 import ipaddress
 import os
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.internet import ClientService
 from twisted.application.service import MultiService
@@ -25,8 +25,9 @@ from twisted.python.failure import Failure
 
 from vrtwist.access import SocketAccess
 from vrtwist.agent.dpstate import NH, VIF, DatapathModel
+from vrtwist.agent.networks import dns_settings
 from vrtwist.agent.packet.arp import FabricResolver, PathProber
-from vrtwist.agent.packet.dns import DnsProxy, DnsSettings, VmName
+from vrtwist.agent.packet.dns import DnsProxy, VmName
 from vrtwist.agent.packet.flowpolicy import FlowPolicy, LocalPort
 from vrtwist.agent.packet.flows import FlowSetup, RouteView
 from vrtwist.agent.packet.services import Announcer, PacketServices, VmPort
@@ -38,6 +39,9 @@ from vrtwist.pkt0.endpoints import AgentEndpoint
 from vrtwist.pkt0.transport import AGENT_SOCKET, DATAPATH_SOCKET, UnixDatagramTransport
 from vrtwist.sandesh import schema
 from vrtwist.sandesh.constants import FLOW_TABLE_GET
+
+if TYPE_CHECKING:
+    from vrtwist.agent.packet.dns import DnsSettings
 
 __all__ = ["AgentPacketService", "KsyncFlowChannel", "LocalFlowChannel"]
 
@@ -213,22 +217,9 @@ class AgentPacketService(MultiService):
         )  # fmt: skip
 
     def _network_dns(self, vn_id: str) -> DnsSettings:
-        """The DNS settings of network ``vn_id``: its method (the agent's when it sets
-        none), the servers queries are forwarded to, the virtual DNS's domain and records."""
-        default = self.dns.method
+        """The DNS settings of network ``vn_id`` (the agent's method when it sets none)."""
         found = self.network_settings(vn_id) if self.network_settings is not None else None
-        if found is None:
-            return DnsSettings(default)
-        method = found.dns_method or default
-        vdns = found.virtual_dns
-        if method == "tenant-dns-server":
-            return DnsSettings(method, tuple((a, 53) for a in found.tenant_dns))
-        if method == "virtual-dns-server":
-            if vdns is None:
-                return DnsSettings(method)
-            return DnsSettings(method, tuple((a, 53) for a in vdns.next_servers),
-                               vdns.domain, vdns.records, vdns.ttl)
-        return DnsSettings(method)
+        return dns_settings(found, self.dns.method)
 
     def _dns_settings(self, vrf: int) -> DnsSettings | None:
         """The DNS settings of the network behind ``vrf`` (its ports name it)."""
