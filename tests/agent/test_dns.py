@@ -78,7 +78,7 @@ class LocalTests(SynchronousTestCase):
     def test_method_none_is_servfail(self) -> None:
         self.proxy = DnsProxy(names_of, None, "none")
         self.assertEqual(self.ask("vm1").rCode, dns.ESERVER)
-        self.assertRaises(ValueError, DnsProxy, names_of, None, "virtual-dns-server")
+        self.assertRaises(ValueError, DnsProxy, names_of, None, "bogus-dns-server")
 
     def test_malformed_dropped_and_counted(self) -> None:
         good = query("vm1")

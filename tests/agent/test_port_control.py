@@ -100,6 +100,30 @@ class PortControlTests(TestCase):
         self.assertIsNone(agent.table.get(bad["id"]))
         self.assertIsNotNone(agent.table.get(b["id"]))
 
+    async def test_ipv6_subnet_options(self) -> None:
+        """--ipv6_plen/--ipv6_gateway/--ipv6_dns_server reach the port and its file."""
+        agent = await self.start_agent()
+        d = tempdir(self)
+        b = port_body(8, **{"ip6-address": "fd00:7::5"})
+        code, out = await self.run_pc(args_for(
+            self.port, d, b, "--ipv6_address", "fd00:7::5", "--ipv6_plen", "64", "--ipv6_gateway", "fd00:7::1",
+            "--ipv6_dns_server", "fd00:7::2"))
+        self.assertEqual(code, 0, out)
+        port = agent.table.get(b["id"])
+        assert port is not None
+        self.assertEqual((port.ip6_address, port.ip6_plen, port.ip6_gateway,
+                          port.ip6_dns_server), ("fd00:7::5", 64, "fd00:7::1", "fd00:7::2"))
+        with open(os.path.join(d, b["id"])) as f:
+            saved = json.load(f)
+        self.assertEqual((saved["v6-plen"], saved["v6-gateway"]), (64, "fd00:7::1"))
+        bad = port_body(9, **{"ip6-address": "fd00:7::6"})
+        code, out = await self.run_pc(args_for(self.port, d, bad, "--ipv6_address",
+                                               "fd00:7::6", "--ipv6_plen", "64",
+                                               "--ipv6_gateway", "fd00:8::1"))
+        self.assertEqual(code, pc.EXIT_AGENT_REFUSED)
+        self.assertIn("v6-gateway", out)
+        self.assertIsNone(agent.table.get(bad["id"]))
+
     async def test_no_persist(self) -> None:
         agent = await self.start_agent()
         d = tempdir(self)
@@ -143,7 +167,8 @@ class ArgumentTests(SynchronousTestCase):
     def test_subnet_options_absent_keep_the_real_body(self) -> None:
         ns = pc.parser().parse_args(["--oper", "add", "--uuid", "u"])
         body = pc.port_body(ns, "u")
-        self.assertFalse({"plen", "gateway", "dns-server"} & set(body))
+        self.assertFalse({"plen", "gateway", "dns-server", "v6-plen", "v6-gateway",
+                          "v6-dns-server"} & set(body))
 
     def test_default_directory_is_the_agents(self) -> None:
         """The script's default --port_json_path is where ``twistd vrouter`` replays from."""

@@ -134,8 +134,11 @@ class _Vrf:
     #: with VXLAN: the VRF-translate next hop every local VNI points at (the inner frame
     #: is bridged in this VRF: to the VRRP MAC, so routed to the VM)
     vxlan_nh: int = 0
-    #: the network's VXLAN id (see :func:`vni_for`); in the VXLAN table with ``vxlan_nh``
+    #: the network's VXLAN id (configured, else :func:`vni_for`); in the VXLAN table
+    #: with ``vxlan_nh``
     vni: int = 0
+    #: the virtual network's uuid (empty for a gateway's routing instance)
+    vn_id: str = ""
     # VRF-wide route key -> reference count (gateway/DNS/subnet routes shared by ports)
     shared: dict[Key, int] = field(default_factory=dict)
 
@@ -231,6 +234,9 @@ class DatapathModel:
         #: what a port's REST data lacks: its addresses, and the MAC of a ``POST /vm`` port
         #: (whose REST MAC is only derived from its uuid)
         self.interface_source: Callable[[str], dict[str, Any] | None] | None = None
+        #: vn-id -> the network's configured VXLAN id (REST network data or controller
+        #: config), None for the one derived from its name (:func:`vni_for`)
+        self.vni_source: Callable[[str], int | None] | None = None
         self._port_of: dict[str, Port] = {}  # port id -> the port as REST gave it
         self._programmed: dict[str, Port] = {}  # port id -> the port as programmed
         self._base()
@@ -359,7 +365,7 @@ class DatapathModel:
 
     # VRFs ------------------------------------------------------------------------------
 
-    def _vrf(self, name: str, adopted: Adopted | None) -> _Vrf:
+    def _vrf(self, name: str, adopted: Adopted | None, vn_id: str = "") -> _Vrf:
         v = self._vrfs.get(name)
         if v is not None:
             return v
@@ -372,7 +378,7 @@ class DatapathModel:
         res = self._take_nh(adopted.resolve_nh if adopted else None)
         v = _Vrf(name, vrf_id, rcv, res, l2rcv_nh=self._take_nh(None),
                  pkt0_nh=self._take_nh(None), flood_nh=self._flood_id(vrf_id),
-                 vni=self._vni(name))
+                 vni=self._vni(name, vn_id), vn_id=vn_id)
         self._vrfs[name] = v
         self._set_flood(v)
         if self.vxlan and v.vni:
@@ -402,10 +408,21 @@ class DatapathModel:
             "nhr_vrf": vrf_id, "nhr_flags": C.NH_FLAG_VALID})
         return v
 
-    def _vni(self, vrf_name: str) -> int:
+    def _wanted_vni(self, vrf_name: str, vn_id: str) -> int:
+        """The configured VNI of network ``vn_id``, else the one derived from the name."""
+        configured = None
+        if vn_id and self.vni_source is not None:
+            try:
+                configured = self.vni_source(vn_id)
+            except Exception as e:  # noqa: BLE001 - bad config source: derived VNI, logged
+                self._log.warn("VNI of {vn} unusable: {e}", vn=vn_id, e=e)
+        return configured if configured else vni_for(vrf_name)
+
+    def _vni(self, vrf_name: str, vn_id: str = "") -> int:
         """The network's VNI, 0 (no VXLAN for it) when another local network has it."""
-        vni = vni_for(vrf_name)
-        clash = next((o.name for o in self._vrfs.values() if o.vni == vni), None)
+        vni = self._wanted_vni(vrf_name, vn_id)
+        clash = next((o.name for o in self._vrfs.values()
+                      if o.vni == vni and o.name != vrf_name), None)
         if clash is not None:
             self._log.error("VNI {vni} of {vrf} is {other}'s too: no VXLAN for {vrf}",
                             vni=vni, vrf=vrf_name, other=clash)
@@ -461,7 +478,7 @@ class DatapathModel:
         adopted = self._adopted.pop(port.system_name, None)
         name = vrf_name_for(port.vn_id)
         new_vrf = name not in self._vrfs
-        v = self._vrf(name, adopted)
+        v = self._vrf(name, adopted, port.vn_id)
         try:
             vif, l3, l2, label, l2_label = self._take_ids(adopted)
         except ResourceExhausted:
@@ -622,10 +639,54 @@ class DatapathModel:
                                     "{e}", uuid=rest.id, e=e)
 
     def refresh_config(self) -> None:
-        """Controller config changed: interfaces first, then IPAM subnets, one batch."""
+        """Controller config changed: interfaces first, then IPAM subnets and VNIs, one
+        batch."""
         with self.batched():
             self.refresh_interfaces()
             self.refresh_subnets()
+            self.refresh_vnis()
+
+    def refresh_vnis(self) -> None:
+        """A network's configured VNI changed: its VXLAN-table entry moves to the new VNI
+        and its ports' routes are published again with it."""
+        keys: list[Key] = []
+        moved: list[_Vrf] = []
+        for v in list(self._vrfs.values()):
+            if not v.vn_id:
+                continue
+            v_old = v.vni
+            v.vni = 0  # not a clash with itself
+            new = self._vni(v.name, v.vn_id)
+            v.vni = v_old
+            if new == v_old:
+                continue
+            self._log.info("VNI of {vrf}: {old} -> {new}", vrf=v.name, old=v_old, new=new)
+            if v.vxlan_nh and v_old:
+                self.desired.pop((VXLAN, v_old), None)
+                keys.append((VXLAN, v_old))
+            v.vni = new
+            if self.vxlan and new:
+                if not v.vxlan_nh:
+                    v.vxlan_nh = self._take_nh(None)
+                    self._set((NH, v.vxlan_nh), "vr_nexthop_req", {
+                        "nhr_id": v.vxlan_nh, "nhr_type": C.NH_VRF_TRANSLATE,
+                        "nhr_family": C.AF_BRIDGE, "nhr_vrf": v.vrf_id,
+                        "nhr_flags": C.NH_FLAG_VALID})
+                    keys.append((NH, v.vxlan_nh))
+                self._set((VXLAN, new), "vr_vxlan_req",
+                          {"vxlanr_vnid": new, "vxlanr_nhid": v.vxlan_nh})
+                keys.append((VXLAN, new))
+            moved.append(v)
+        if keys:
+            self._notify(keys)
+        for v in moved:
+            for pid in sorted(v.ports):
+                ids = self._ports.get(pid)
+                if ids is None:
+                    continue
+                ids.route = replace(ids.route, vni=v.vni)
+                if self.controller is not None:
+                    self.controller.localRouteAdded(ids.route)
 
     def _subnet_of(self, port: Port) -> tuple[int | None, str | None, str | None]:
         """(plen, gateway, dns) of a port: its own REST data, else the IPAM subnet of its
@@ -694,6 +755,16 @@ class DatapathModel:
         for addr in sorted({gateway, dns} - {None, "0.0.0.0"}):  # type: ignore[type-var]
             assert addr is not None
             k = _inet_key(v.vrf_id, addr, 32)
+            out.append((k, _route_fields(k, v.pkt0_nh, 0, flags, None)))
+        # the IPv6 gateway and DNS addresses likewise, and the agent's link-local address
+        # (the source of its router advertisements, a VM's default router): the datapath
+        # answers neighbour solicitations for them with the VRRP MAC
+        six = {port.ip6_gateway, port.ip6_dns_server} - {None}
+        if port.ip6_address and port.ip6_plen is not None:
+            six.add(AGENT_LINK_LOCAL)
+        for addr in sorted(six):  # type: ignore[type-var]
+            assert addr is not None
+            k = _inet_key(v.vrf_id, addr, 128)
             out.append((k, _route_fields(k, v.pkt0_nh, 0, flags, None)))
         if port.ip_address and plen is not None and plen <= 30:
             net = ipaddress.IPv4Network(f"{port.ip_address}/{plen}", strict=False)
@@ -1059,6 +1130,8 @@ def _ipv4_int(addr: str) -> int:
 
 
 _BCAST = b"\xff" * 6
+#: the agent's IPv6 link-local address, source of its router advertisements
+AGENT_LINK_LOCAL = "fe80::5e00:100"
 
 
 def _bcast_key(vrf: int) -> Key:

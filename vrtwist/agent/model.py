@@ -95,6 +95,11 @@ class Port:
     plen: int | None = None
     gateway: str | None = None
     dns_server: str | None = None
+    #: the IPv6 subnet's prefix length, gateway and DNS (service) address (vrtwist's
+    #: ``v6-plen``, ``v6-gateway``, ``v6-dns-server``; the real port data has none)
+    ip6_plen: int | None = None
+    ip6_gateway: str | None = None
+    ip6_dns_server: str | None = None
     author: str = AUTHOR
     time: str = ""
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
@@ -133,13 +138,18 @@ class Port:
             out["gateway"] = self.gateway
         if self.dns_server is not None:
             out["dns-server"] = self.dns_server
+        for name, value in (("v6-plen", self.ip6_plen), ("v6-gateway", self.ip6_gateway),
+                            ("v6-dns-server", self.ip6_dns_server)):
+            if value is not None:
+                out[name] = value
         return out
 
     def to_oper_json(self) -> dict[str, Any]:
         """What ``GET /port/<uuid>`` answers (``MakeJsonFromVmi``).
 
         Without a controller the IPAM comes from the port's own ``plen``/``gateway``/
-        ``dns-server`` (a /32 with no gateway when they were not given).
+        ``dns-server`` (a /32 with no gateway when they were not given), and for IPv6
+        from ``v6-plen``/``v6-gateway``/``v6-dns-server`` (a /128, ``::``).
         """
         out: dict[str, Any] = {
             "id": self.id,
@@ -159,8 +169,9 @@ class Port:
             out["gateway"] = self.gateway or "0.0.0.0"
         if self.ip6_address is not None:
             out["v6-ip-address"] = self.ip6_address
-            out["v6-dns-server"] = "::"
-            out["v6-gateway"] = "::"
+            out["v6-plen"] = self.ip6_plen if self.ip6_plen is not None else 128
+            out["v6-dns-server"] = self.ip6_dns_server or "::"
+            out["v6-gateway"] = self.ip6_gateway or "::"
         out["author"] = self.author
         out["time"] = self.time
         return out
@@ -264,6 +275,34 @@ def _ip6_field(body: dict[str, Any], problems: list[str]) -> str | None:
     return ip6
 
 
+def _ipv6(value: str, name: str, problems: list[str]) -> str | None:
+    if value in ("", "None", "::"):
+        return None
+    try:
+        return str(ipaddress.IPv6Address(value))
+    except ValueError:
+        problems.append(f"{name}: {value!r} is not an IPv6 address")
+        return None
+
+
+def _ip6_ipam(body: dict[str, Any], ip6: str | None,
+              problems: list[str]) -> tuple[int | None, str | None, str | None]:
+    """``v6-plen``, ``v6-gateway``, ``v6-dns-server``: checked, the gateway in the subnet."""
+    plen = _int_field(body, "v6-plen", problems, required=False, lo=0, hi=128)
+    found: list[str | None] = []
+    for name in ("v6-gateway", "v6-dns-server"):
+        raw = _str_field(body, name, problems, required=False)
+        found.append(_ipv6(raw, name, problems) if raw is not None else None)
+    gw, dns = found
+    if ip6 is not None and gw is not None and plen is not None:
+        net = ipaddress.IPv6Network(f"{ip6}/{plen}", strict=False)
+        if ipaddress.IPv6Address(gw) not in net:
+            problems.append(f"v6-gateway: {gw} is outside the port's subnet {net}")
+    if ip6 is None and (plen is not None or gw is not None):
+        problems.append("v6-plen, v6-gateway: need an ip6-address")
+    return plen, gw, dns
+
+
 def _system_name_field(body: dict[str, Any], ptype: int | None, problems: list[str]) -> str | None:
     system_name = _str_field(body, "system-name", problems)
     if ptype == PORT_TYPE_REMOTE and system_name is not None and \
@@ -333,6 +372,7 @@ def port_from_json(body: Any, *, now: float | None = None) -> Port:
     raw_dns = _str_field(body, "dns-server", problems, required=False)
     if raw_dns is not None:
         dns = _ipv4(raw_dns, "dns-server", problems, allow_none=True)
+    plen6, gw6, dns6 = _ip6_ipam(body, ip6, problems)
     author = _str_field(body, "author", problems, required=False) or AUTHOR
     when = _str_field(body, "time", problems, required=False)
     if ip4 is not None and gw is not None and plen is not None:
@@ -347,13 +387,14 @@ def port_from_json(body: Any, *, now: float | None = None) -> Port:
         when = _time.strftime("%a %b %d %H:%M:%S %Y", _time.localtime(now))
     known = {"id", "instance-id", "vn-id", "vm-project-id", "display-name", "ip-address",
              "ip6-address", "type", "system-name", "mac-address", "rx-vlan-id", "tx-vlan-id",
-             "vhostuser-mode", "link-state", "plen", "gateway", "dns-server", "author", "time"}
+             "vhostuser-mode", "link-state", "plen", "gateway", "dns-server", "v6-plen",
+             "v6-gateway", "v6-dns-server", "author", "time"}
     return Port(
         id=port_id, instance_id=instance_id, vn_id=vn_id, vm_project_id=project,
         display_name=display, ip_address=ip4, ip6_address=ip6, type=ptype,
         system_name=system_name, mac_address=mac, rx_vlan_id=rx, tx_vlan_id=tx,
         vhostuser_mode=vhu, link_state=link, plen=plen, gateway=gw, dns_server=dns,
-        author=author, time=when,
+        ip6_plen=plen6, ip6_gateway=gw6, ip6_dns_server=dns6, author=author, time=when,
         extra={k: v for k, v in body.items() if k not in known},
     )
 

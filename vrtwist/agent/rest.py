@@ -31,6 +31,11 @@ from vrtwist.agent.model import (
     port_from_json,
     vm_port_from_json,
 )
+from vrtwist.agent.networks import (
+    NetworkConfig,
+    NetworkValidationError,
+    network_from_json,
+)
 from vrtwist.agent.policy import (
     PolicyConfig,
     PolicyValidationError,
@@ -104,8 +109,13 @@ class PortApi:
                  gateways: IGatewayProgrammer | None = None,
                  attachment: AttachmentProbe | None = None,
                  policy: PolicyConfig | None = None,
-                 save_policy: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 save_policy: Callable[[dict[str, Any]], None] | None = None,
+                 networks: NetworkConfig | None = None,
+                 save_networks: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.table = table
+        #: the networks' DNS method, servers, virtual DNS and VNI (``/network``)
+        self.networks = networks if networks is not None else NetworkConfig()
+        self._save_networks = save_networks
         #: security groups and network policies (what a controller would send)
         self.policy = policy if policy is not None else PolicyConfig()
         self._save_policy = save_policy
@@ -131,7 +141,7 @@ class PortApi:
                 result = await result
         except RestApiError as e:
             return _json(request, e.code, {"error": e.message})
-        except (PortValidationError, PolicyValidationError) as e:
+        except (PortValidationError, PolicyValidationError, NetworkValidationError) as e:
             return _json(request, 400, {"error": str(e)})
         except PortFileError as e:
             self._log.error("port file error: {e}", e=e)
@@ -420,6 +430,56 @@ class PortApi:
             if name not in self.policy.policies:
                 raise RestApiError(404, f"network policy {name!r} not found")
             return self._change_policy(lambda: self.policy.delete_policy(name))
+        return self._call(request, delete)
+
+    # networks --------------------------------------------------------------------------
+
+    def _change_networks(self, change: Callable[[], Any]) -> dict[str, Any]:
+        """Apply ``change`` and persist; undone when it cannot be persisted."""
+        before = dict(self.networks.networks)
+        change()
+        if self._save_networks is not None:
+            try:
+                self._save_networks(self.networks.to_json())
+            except PortFileError:
+                self.networks.set_all(before)
+                raise
+        return {}
+
+    @app.route("/networks", methods=["GET"])
+    def list_networks(self, request: IRequest) -> Any:
+        """GET /networks: the settings of every network given over REST."""
+        return self._call(request, lambda: [n.to_json()
+                                            for n in self.networks.networks.values()])
+
+    @app.route("/network/<string:uuid>", methods=["GET"])
+    def get_network(self, request: IRequest, uuid: str) -> Any:
+        """GET /network/<vn-uuid>: one network's settings (404 when none were given)."""
+        def get() -> dict[str, Any]:
+            found = self.networks.get(_uuid(uuid, "vn-id"))
+            if found is None:
+                raise RestApiError(404, f"network {uuid.lower()} not found")
+            return found.to_json()
+        return self._call(request, get)
+
+    @app.route("/network/<string:uuid>", methods=["PUT"])
+    def put_network(self, request: IRequest, uuid: str) -> Any:
+        """PUT /network/<vn-uuid>: add or replace a network's DNS method, servers, virtual
+        DNS and VNI; ports of the network follow at once."""
+        def put() -> dict[str, Any]:
+            settings = network_from_json(_uuid(uuid, "vn-id"), _read_body(request))
+            return self._change_networks(lambda: self.networks.set(settings))
+        return self._call(request, put)
+
+    @app.route("/network/<string:uuid>", methods=["DELETE"])
+    def delete_network(self, request: IRequest, uuid: str) -> Any:
+        """DELETE /network/<vn-uuid>: back to the controller's settings or the defaults;
+        404 when none were given."""
+        def delete() -> dict[str, Any]:
+            key = _uuid(uuid, "vn-id")
+            if self.networks.get(key) is None:
+                raise RestApiError(404, f"network {key} not found")
+            return self._change_networks(lambda: self.networks.delete(key))
         return self._call(request, delete)
 
     # errors ----------------------------------------------------------------------------

@@ -29,6 +29,14 @@ from vrtwist.agent.dpstate import (
 from vrtwist.agent.introspect import RequestCounter
 from vrtwist.agent.ksync_sync import KsyncSynchroniser, LocalSynchroniser
 from vrtwist.agent.model import Port
+from vrtwist.agent.networks import (
+    MAX_NETWORKS,
+    NetworkConfig,
+    NetworkSettings,
+    NetworkValidationError,
+    merge_settings,
+    settings_from_config,
+)
 from vrtwist.agent.packet.service import AgentPacketService
 from vrtwist.agent.policy import PolicyConfig, PolicyValidationError
 from vrtwist.agent.ports import DEFAULT_STALE_TIMEOUT, PortTable
@@ -89,6 +97,13 @@ class AgentService(MultiService):
         self._routes_settled = False
         #: security groups and network policies, set over REST, kept in the state dir
         self.policy = PolicyConfig()
+        #: the networks' DNS settings and VNIs set over REST, kept in the state dir
+        self.networks = NetworkConfig()
+        self.model.vni_source = lambda vn_id: self.network_settings(vn_id).vni
+        self.networks.listeners.append(self._networks_changed)
+        #: vn-id -> merged settings; cleared when REST or the controller's config changes
+        #: (DHCP and DNS ask per packet, the config lookup scans its objects)
+        self._settings: dict[str, NetworkSettings] = {}
         self.ready: Deferred[None] = Deferred()
         self._release_timer: Any = None
         #: ``--introspect`` endpoint (None/"none": off) and the datapath whose live
@@ -128,11 +143,51 @@ class AgentService(MultiService):
             self._log.error("{path}: unusable, no policy loaded: {e}", path=str(loaded.path),
                             e=str(e))
 
+    def _networks_changed(self) -> None:
+        self._settings.clear()
+        self.model.refresh_vnis()
+
+    def network_settings(self, vn_id: str) -> NetworkSettings:
+        """Network ``vn_id``'s settings: REST's, then the controller's config, field by
+        field (unset: the agent's defaults)."""
+        found = self._settings.get(vn_id)
+        if found is None:
+            if len(self._settings) >= 4 * MAX_NETWORKS:
+                self._settings.clear()
+            found = self._settings[vn_id] = self._network_settings(vn_id)
+        return found
+
+    def _network_settings(self, vn_id: str) -> NetworkSettings:
+        config = getattr(self.link, "config", None)
+        from_config = None
+        if config is not None:
+            vn = config.network_by_uuid(vn_id)
+            if vn is not None:
+                from_config, problems = settings_from_config(vn_id, config.network_settings(vn))
+                for problem in problems:
+                    self._log.warn("config of network {vn}: {problem} (ignored)", vn=vn,
+                                   problem=problem)
+        return merge_settings(self.networks.get(vn_id), from_config, vn_id)
+
+    def _load_networks(self, networks_file: PolicyFile) -> None:
+        loaded = networks_file.load()
+        if loaded is None:
+            return
+        try:
+            if loaded.error is not None:
+                raise NetworkValidationError([loaded.error])
+            self.networks.load_json(loaded.body)
+        except NetworkValidationError as e:
+            self._log.error("{path}: unusable, no network settings loaded: {e}",
+                            path=str(loaded.path), e=str(e))
+
     async def _start(self) -> None:
         state_dir = _usable_state_dir(self.state_dir, self.run_dir)
         store = PortStore(state_dir)
         policy_file = PolicyFile(state_dir)
         self._load_policy(policy_file)
+        networks_file = PolicyFile(state_dir, "networks.json")
+        self._load_networks(networks_file)
         pool = self.reactor.getThreadPool()
 
         def run_io(f: Any, *args: Any) -> Deferred[Any]:
@@ -153,7 +208,8 @@ class AgentService(MultiService):
                                           local_datapath=self.local_datapath,
                                           access=self.access, policy=self.policy,
                                           dns_method=self.dns_method,
-                                          dns_upstream=self.dns_upstream)
+                                          dns_upstream=self.dns_upstream,
+                                          network_settings=self.network_settings)
         self.packets.setServiceParent(self)
         table.observe(self.model)
         added, skipped = table.replay()
@@ -167,7 +223,8 @@ class AgentService(MultiService):
             sync.start()
         self.api = PortApi(table, self._programmed if sync is not None else None,
                            gateways=self.model, attachment=self._attached,
-                           policy=self.policy, save_policy=policy_file.save)
+                           policy=self.policy, save_policy=policy_file.save,
+                           networks=self.networks, save_networks=networks_file.save)
         endpoint = listen_endpoint(self.reactor, self.rest_description, self.access)
         site = Site(self.api.app.resource(), requestFactory=BoundedRequest)
         site.noisy = False
@@ -282,7 +339,10 @@ class AgentService(MultiService):
                 return list(config.subnets_of(vn)) if vn else []
             self.model.subnet_source = subnets
             self.model.interface_source = config.interface
-            config.listeners.append(lambda _update: self.model.refresh_config())
+            def changed(_update: Any) -> None:
+                self._settings.clear()
+                self.model.refresh_config()
+            config.listeners.append(changed)
         link.setServiceParent(self)
         self.link = link
 

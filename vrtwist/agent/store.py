@@ -430,10 +430,11 @@ MAX_POLICY_FILE = 64 * 1024 * 1024
 
 class PolicyFile:
     """``<state>/policy.json``: the security groups, network policies and ports' SG lists
-    set over REST, written whole and atomically on each change (changes are rare)."""
+    set over REST, written whole and atomically on each change (changes are rare); with
+    ``name="networks.json"`` the networks' settings likewise."""
 
-    def __init__(self, state_dir: str | os.PathLike[str]) -> None:
-        self.path = Path(state_dir) / "policy.json"
+    def __init__(self, state_dir: str | os.PathLike[str], name: str = "policy.json") -> None:
+        self.path = Path(state_dir) / name
 
     def load(self) -> LoadedFile | None:
         """The saved configuration, or None when there is none."""

@@ -49,9 +49,9 @@ class Options(_DatapathOptions, usage.Options):
          float],
         ["ksync", None, "socket", "embedded datapath reached over the ksync socket (socket) "
          "or by direct calls with the same Sandesh objects (inprocess)"],
-        ["dns-method", None, "default-dns-server", "IPAM DNS method for the VMs' queries to "
-         "the DNS address: default-dns-server (VM names answered, the rest forwarded) or "
-         "none (SERVFAIL)"],
+        ["dns-method", None, "default-dns-server", "IPAM DNS method of networks that set "
+         "none (PUT /network, controller config): default-dns-server (VM names answered, "
+         "the rest forwarded), none (SERVFAIL), tenant-dns-server or virtual-dns-server"],
         *LINK_OPT_PARAMETERS,
         introspect_option("vrouter"),
     ]

@@ -91,6 +91,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--plen", type=int, help="prefix length of the port's subnet (vrtwist)")
     p.add_argument("--gateway", help="default gateway of the port's subnet (vrtwist)")
     p.add_argument("--dns_server", help="DNS server of the port's subnet (vrtwist)")
+    p.add_argument("--ipv6_plen", type=int,
+                   help="prefix length of the port's IPv6 subnet (vrtwist)")
+    p.add_argument("--ipv6_gateway", help="gateway of the port's IPv6 subnet (vrtwist)")
+    p.add_argument("--ipv6_dns_server",
+                   help="DNS (DHCPv6 server) address of the port's IPv6 subnet (vrtwist)")
     return p
 
 
@@ -124,7 +129,9 @@ def port_body(args: argparse.Namespace, uuid: str) -> dict[str, Any]:
     }
     # vrtwist's subnet extension: only when given, so the real script's body is unchanged
     for key, value in (("plen", args.plen), ("gateway", args.gateway),
-                       ("dns-server", args.dns_server)):
+                       ("dns-server", args.dns_server), ("v6-plen", args.ipv6_plen),
+                       ("v6-gateway", args.ipv6_gateway),
+                       ("v6-dns-server", args.ipv6_dns_server)):
         if value is not None:
             body[key] = value
     return body

@@ -288,6 +288,51 @@ class ConfigStore:
                 })
         return out
 
+    def network_settings(self, vn: str) -> dict[str, Any]:
+        """What the config says of network ``vn`` (fq-name) beyond its subnets, as plain
+        values (unset ones left out): ``vni`` (``virtual-network-properties``'
+        ``vxlan-network-identifier``), and from its first IPAM's ``network-ipam-mgmt``
+        ``dns_method``, ``tenant_dns`` (addresses) and ``virtual_dns`` (the named
+        virtual DNS's ``domain``, ``next`` server, ``ttl`` and ``records``)."""
+        out: dict[str, Any] = {}
+        node = self.get("virtual-network", vn)
+        if node is not None:
+            vni = _dig(node.properties, "virtual-network-properties", "vxlan-network-identifier")
+            if vni not in (None, ""):
+                out["vni"] = vni
+        for _, ipam_name in sorted(self.linked("virtual-network", vn, "network-ipam")):
+            ipam = self.get("network-ipam", ipam_name)
+            mgmt = _dig(ipam.properties, "network-ipam-mgmt") if ipam is not None else None
+            if not isinstance(mgmt, dict):
+                continue
+            if mgmt.get("ipam-dns-method"):
+                out["dns_method"] = str(mgmt["ipam-dns-method"])
+            servers = _dig(mgmt, "ipam-dns-server", "tenant-dns-server-address", "ip-address")
+            out["tenant_dns"] = [str(s) for s in _as_list(servers)]
+            vdns_name = _dig(mgmt, "ipam-dns-server", "virtual-dns-server-name")
+            if vdns_name:
+                vdns = self._virtual_dns(str(vdns_name))
+                if vdns is not None:
+                    out["virtual_dns"] = vdns
+            break
+        return out
+
+    def _virtual_dns(self, name: str) -> dict[str, Any] | None:
+        node = self.get("virtual-DNS", name)
+        data = _dig(node.properties, "virtual-DNS-data") if node is not None else None
+        if not isinstance(data, dict):
+            return None
+        records = []
+        for _, rec_name in sorted(self.linked("virtual-DNS", name, "virtual-DNS-record")):
+            rec = self.get("virtual-DNS-record", rec_name)
+            rd = _dig(rec.properties, "virtual-DNS-record-data") if rec is not None else None
+            if isinstance(rd, dict):
+                records.append({"name": rd.get("record-name"), "type": rd.get("record-type"),
+                                "data": rd.get("record-data"),
+                                "ttl": rd.get("record-ttl-seconds")})
+        return {"domain": data.get("domain-name"), "next": data.get("next-virtual-DNS"),
+                "ttl": data.get("default-ttl-seconds"), "records": records}
+
     # The names before the naming rule (docs/contributing.md, "Names"); docs/xmpp.md
     # documented them.
     networkByUuid = network_by_uuid

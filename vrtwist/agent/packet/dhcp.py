@@ -5,7 +5,9 @@ REQUEST is trapped by the datapath (L3_PROTOCOLS) and comes here with the vif it
 on. The reply is built from what the agent knows of the port (REST ``ip-address``,
 ``plen``, ``gateway``, ``dns-server``, ``display-name``, or the controller's IPAM) with the
 real agent's header fields, option order and server identifier, and goes back to the VM
-with a SWITCH command. Requests from a MAC that is not the port's ("unknown clients"),
+with a SWITCH command. The DNS server (6) and domain name (15) options follow the
+network's DNS method as the real agent's do: the service address, the tenant's servers
+(``tenant-dns-server``), and the virtual DNS's domain (``virtual-dns-server``). Requests from a MAC that is not the port's ("unknown clients"),
 malformed ones and message types the agent ignores get no answer, only a counter.
 """
 
@@ -52,6 +54,12 @@ class PortLease:
     tx_vlan: int = -1
     #: vif index of the port, used for the link-local fallback address
     vif_index: int = 0
+    #: option 6 as the network's DNS method makes it: None for the service address
+    #: (``default-dns-server``, ``virtual-dns-server``, ``none``), else the tenant's
+    #: servers (``tenant-dns-server``; IPv4 ones only, the option dropped when none)
+    dns_servers: tuple[str, ...] | None = None
+    #: option 15: the virtual DNS's domain (``virtual-dns-server`` only)
+    domain: str = ""
 
 
 @dataclass(frozen=True)
@@ -64,6 +72,9 @@ class Lease:
     service: bytes
     lease_time: int
     host_name: str
+    #: option 6's addresses (empty: no option 6) and option 15 (empty: none)
+    dns: bytes = b""
+    domain: str = ""
 
     @property
     def mask(self) -> bytes:
@@ -97,7 +108,13 @@ def lease_for(port: PortLease) -> Lease:
         return Lease(_a(port.ip), 32, _ZERO, _ZERO, SHORT_LEASE, port.vm_name)
     gw = _a(port.gateway)
     service = _a(port.dns_server) if port.dns_server else gw
-    return Lease(_a(port.ip), port.plen, gw, service, INFINITE, port.vm_name)
+    if port.dns_servers is None:
+        dns = service if service != _ZERO else b""
+    else:
+        dns = b"".join(ipaddress.ip_address(a).packed for a in port.dns_servers
+                       if ipaddress.ip_address(a).version == 4)[:252]
+    return Lease(_a(port.ip), port.plen, gw, service, INFINITE, port.vm_name, dns,
+                 port.domain)
 
 
 @dataclass
@@ -202,8 +219,10 @@ class DhcpServer:
             opts.append((opt["router"], lease.gateway))
         if lease.host_name:
             opts.append((opt["host_name"], lease.host_name.encode("utf-8", "replace")[:255]))
-        if lease.service != _ZERO:
-            opts.append((opt["dns"], lease.service))
+        if lease.dns:
+            opts.append((opt["dns"], lease.dns))
+        if lease.domain:
+            opts.append((opt["domain_name"], lease.domain.encode("ascii", "replace")[:255]))
         return opts
 
     def _reply(

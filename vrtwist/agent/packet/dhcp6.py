@@ -6,9 +6,12 @@ SOLICIT gets an ADVERTISE; REQUEST, RENEW, REBIND and CONFIRM a REPLY with the a
 INFORMATION-REQUEST a REPLY with the configuration options only; RELEASE and DECLINE a
 REPLY without addresses. The server identifier is a DUID-LL of hardware type 0 with the
 VRRP MAC, as the real agent's (``tungstenfabric/tf-controller:src/vnsw/agent/services/
-dhcpv6_handler.cc``). The reply comes from the vhost MAC and the service address (the
-link-local address of the VRRP MAC, ``fe80::200:5eff:fe00:100``, since a port has no
-IPv6 IPAM in vrtwist) to the request's source, UDP 547 -> 546 with its checksum.
+dhcpv6_handler.cc``). The reply comes from the vhost MAC and the subnet's IPv6 service
+address (the port's ``v6-dns-server``, else its ``v6-gateway``; the link-local address
+of the VRRP MAC, ``fe80::200:5eff:fe00:100``, when the port has no IPv6 IPAM) to the
+request's source, UDP 547 -> 546 with its checksum. The DNS option carries the service
+address, or the tenant's servers with ``tenant-dns-server``; the domain list the
+virtual DNS's domain.
 """
 
 from __future__ import annotations
@@ -127,6 +130,11 @@ class Port6:
     #: the DNS server option's address (the service address when none is configured)
     dns6: str | None = None
     domains: tuple[str, ...] = ()
+    #: the subnet's IPv6 service address: the source of the replies (the VRRP MAC's
+    #: link-local address when the port has no IPv6 IPAM)
+    service6: str | None = None
+    #: ``tenant-dns-server``: the tenant's servers instead (IPv6 ones; none: no option)
+    dns6_list: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -218,8 +226,14 @@ class Dhcp6Server:
         opts: list[tuple[int, bytes]] = [(OPT_SERVERID, SERVER_DUID), (OPT_CLIENTID, client)]
         if addresses:
             opts += self._ia(port, msg)
-        dns = ipaddress.IPv6Address(port.dns6).packed if port.dns6 else SERVICE_LINK_LOCAL
-        opts.append((OPT_DNS_SERVERS, dns))
+        if port.dns6_list is not None:
+            dns = b"".join(ipaddress.ip_address(a).packed for a in port.dns6_list
+                           if ipaddress.ip_address(a).version == 6)
+        else:
+            dns = ipaddress.IPv6Address(port.dns6 or port.service6 or "::").packed \
+                if (port.dns6 or port.service6) else SERVICE_LINK_LOCAL
+        if dns:
+            opts.append((OPT_DNS_SERVERS, dns))
         if port.domains:
             opts.append((OPT_DOMAIN_LIST, _domain_list(port.domains)))
         return opts
@@ -228,7 +242,9 @@ class Dhcp6Server:
                msg: Dhcp6Message, client: bytes, *, addresses: bool) -> bytes:
         payload = build(kind, msg.xid, self._options(port, msg, client, addresses))
         length = 8 + len(payload)
-        head = IPv6(SERVICE_LINK_LOCAL, ip6.src, IPPROTO_UDP, length, 64)
+        source = ipaddress.IPv6Address(port.service6).packed if port.service6 \
+            else SERVICE_LINK_LOCAL
+        head = IPv6(source, ip6.src, IPPROTO_UDP, length, 64)
         body = UDP(SERVER_PORT, udp.sport, length, 0).pack() + payload
         csum = checksum(body, head.pseudo_sum(length)) or 0xFFFF
         body = body[:6] + csum.to_bytes(2, "big") + body[8:]

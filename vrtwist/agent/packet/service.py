@@ -13,7 +13,7 @@ import errno
 import ipaddress
 import os
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.internet import ClientService
 from twisted.application.service import MultiService
@@ -25,6 +25,7 @@ from twisted.python.failure import Failure
 
 from vrtwist.access import SocketAccess
 from vrtwist.agent.dpstate import NH, VIF, DatapathModel
+from vrtwist.agent.networks import dns_settings
 from vrtwist.agent.packet.arp import FabricResolver, PathProber
 from vrtwist.agent.packet.dns import DnsProxy, VmName
 from vrtwist.agent.packet.flowaudit import FlowAdoption, vm_sources
@@ -39,6 +40,9 @@ from vrtwist.pkt0.endpoints import AgentEndpoint
 from vrtwist.pkt0.transport import AGENT_SOCKET, DATAPATH_SOCKET, UnixDatagramTransport
 from vrtwist.sandesh import schema
 from vrtwist.sandesh.constants import FLOW_TABLE_GET
+
+if TYPE_CHECKING:
+    from vrtwist.agent.packet.dns import DnsSettings
 
 __all__ = ["AgentPacketService", "KsyncFlowChannel", "LocalFlowChannel"]
 
@@ -144,8 +148,12 @@ class AgentPacketService(MultiService):
         policy: PolicyConfig | None = None,
         dns_method: str = "default-dns-server",
         dns_upstream: list[tuple[str, int]] | None = None,
+        network_settings: Callable[[str], Any] | None = None,
     ) -> None:
         super().__init__()
+        #: vn-id -> the network's settings (``vrtwist.agent.networks.NetworkSettings``:
+        #: DNS method, tenant servers, virtual DNS), None: ``dns_method`` everywhere
+        self.network_settings = network_settings
         self.reactor = reactor
         self.run_dir = run_dir
         self.model = model
@@ -180,7 +188,8 @@ class AgentPacketService(MultiService):
         self.resolver = FabricResolver(reactor, self._send_fabric, self._fabric_source,
                                        model.set_fabric_mac)
         self.prober = PathProber(reactor, self.endpoint.send_switch)
-        self.dns = DnsProxy(self._vm_names, None, dns_method)
+        self.dns = DnsProxy(self._vm_names, None, dns_method, settings_of=self._dns_settings,
+                            resolver_for=self._resolver_for)
         self._dns_upstream = dns_upstream
         self.packet_services = PacketServices(self.vm_port, self.endpoint.send_switch, mac,
                                               self.flows, fabric_arp=self._fabric_arp,
@@ -199,11 +208,30 @@ class AgentPacketService(MultiService):
         if found is None:
             return None
         port, vrf = found
+        dns = self._network_dns(port.vn_id)
         return VmPort(
             vif, vrf, bytes.fromhex(port.mac_address.replace(":", "")), port.ip_address,
             port.plen, port.gateway, port.dns_server, port.display_name, port.tx_vlan_id,
             ip6=port.ip6_address,
+            dns_servers=tuple(a for a, _ in dns.servers)
+            if dns.method == "tenant-dns-server" else None,
+            domain=dns.domain if dns.method == "virtual-dns-server" else "",
+            ip6_plen=port.ip6_plen, ip6_gateway=port.ip6_gateway,
+            ip6_dns_server=port.ip6_dns_server,
         )  # fmt: skip
+
+    def _network_dns(self, vn_id: str) -> DnsSettings:
+        """The DNS settings of network ``vn_id`` (the agent's method when it sets none)."""
+        found = self.network_settings(vn_id) if self.network_settings is not None else None
+        return dns_settings(found, self.dns.method)
+
+    def _dns_settings(self, vrf: int) -> DnsSettings | None:
+        """The DNS settings of the network behind ``vrf`` (its ports name it)."""
+        ports = self.model.ports_in_vrf(vrf)
+        return self._network_dns(ports[0].vn_id) if ports else None
+
+    def _resolver_for(self, servers: tuple[tuple[str, int], ...]) -> Any:
+        return _upstream(self.reactor, list(servers))
 
     def _vm_names(self, vrf: int) -> list[VmName]:
         """The VMs of the network behind ``vrf``, for the DNS answers."""
@@ -285,8 +313,9 @@ class AgentPacketService(MultiService):
         except OSError as e:
             self._log.error("pkt0: cannot bind {path}: {e}", path=self.transport.local_path, e=e)
             raise
-        if self.dns.method != "none":
-            self.dns.upstream = _upstream(self.reactor, self._dns_upstream)
+        # the host's resolvers (or --dns-upstream): default-dns-server networks, and
+        # virtual DNS servers that name no next server
+        self.dns.upstream = _upstream(self.reactor, self._dns_upstream)
         self._aging.start(AGE_SCAN_INTERVAL, now=False)
         self._flow_view()  # mapped now, not in the middle of traffic (when it exists)
         self._audit.start(AUDIT_SCAN_INTERVAL, now=False)

@@ -1,7 +1,8 @@
 """The agent's trap dispatcher: each trapped packet to the service the real agent uses.
 
 The order is the real agent's (``PktHandler::ParsePacket``), trimmed to the services
-vrtwist provides: DHCP and DHCPv6 for DHCP-enabled ports, ARP, flow setup, DNS (UDP 53
+vrtwist provides: DHCP and DHCPv6 for DHCP-enabled ports, router solicitations (a router
+advertisement for a port with an IPv6 subnet), ARP, flow setup, DNS (UDP 53
 from a DHCP-enabled port), ICMP errors for ZERO_TTL/HANDLE_DF, ICMP echo for the gateway
 and service addresses. What no service
 takes is counted as invalid and dropped. Replies go back as SWITCH commands on the vif
@@ -24,6 +25,7 @@ from vrtwist.agent.packet.dhcp import DhcpServer, PortLease
 from vrtwist.agent.packet.dhcp6 import Dhcp6Server, Port6
 from vrtwist.agent.packet.dns import DnsProxy
 from vrtwist.agent.packet.flows import FlowSetup
+from vrtwist.agent.packet.icmp6 import is_router_solicitation, router_advertisement
 from vrtwist.packet.headers import (
     ETH_P_ARP,
     ETH_P_IP,
@@ -60,14 +62,24 @@ class VmPort:
     tx_vlan: int = -1
     dhcp_enabled: bool = True
     ip6: str | None = None
+    #: the tenant's DNS servers (``tenant-dns-server``), None for the service address
+    dns_servers: tuple[str, ...] | None = None
+    #: the virtual DNS's domain (``virtual-dns-server``)
+    domain: str = ""
+    ip6_plen: int | None = None
+    ip6_gateway: str | None = None
+    ip6_dns_server: str | None = None
 
     def lease6(self) -> Port6:
-        return Port6(self.mac, self.ip6, self.dhcp_enabled, self.tx_vlan)
+        return Port6(self.mac, self.ip6, self.dhcp_enabled, self.tx_vlan,
+                     domains=(self.domain,) if self.domain else (),
+                     service6=self.ip6_dns_server or self.ip6_gateway,
+                     dns6_list=self.dns_servers)
 
     def lease(self) -> PortLease:
         return PortLease(
             self.mac, self.ip, self.plen, self.gateway, self.dns_server, self.vm_name,
-            self.dhcp_enabled, self.tx_vlan, self.vif,
+            self.dhcp_enabled, self.tx_vlan, self.vif, self.dns_servers, self.domain,
         )  # fmt: skip
 
     def service_addresses(self) -> set[bytes]:
@@ -79,6 +91,7 @@ class VmPort:
 class ServiceCounters:
     dhcp: int = 0
     dhcp6: int = 0
+    router_solicits: int = 0
     dns: int = 0
     arp: int = 0
     flow: int = 0
@@ -173,6 +186,10 @@ class PacketServices:
             c.dhcp6 += 1
             self._reply(header, self.dhcp6.handle(header.ifindex, frame))
             return
+        if (not flow_trap and eth.ethertype == ETH_P_IPV6 and port is not None
+                and is_router_solicitation(frame, eth.length)):
+            self._router_solicitation(header, frame, port)
+            return
         if eth.ethertype == ETH_P_ARP:
             self._arp(header, frame, port)
             return
@@ -182,6 +199,21 @@ class PacketServices:
         if self._dns_query(header, frame, port, udp_ports):
             return
         self._ip_service(header, frame, port, ip, udp_ports)
+
+    def _router_solicitation(self, header: AgentHeader, frame: memoryview,
+                             port: VmPort) -> None:
+        """A router advertisement for a port with an IPv6 subnet (none without one, as
+        the real agent: no prefix to announce)."""
+        self.counters.router_solicits += 1
+        if port.ip6 is None or port.ip6_plen is None:
+            return
+        try:
+            reply = router_advertisement(frame, port.ip6, port.ip6_plen,
+                                         port.ip6_gateway is not None, port.tx_vlan)
+        except PacketError:
+            self.counters.invalid += 1
+            return
+        self._reply(header, reply)
 
     def _dns_query(self, header: AgentHeader, frame: memoryview, port: VmPort | None,
                    udp_ports: tuple[int, int] | None) -> bool:
