@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import errno
 import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import reactor as _reactor
+from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
+from vrtwist.agent.ksync_window import BUNCH
 from vrtwist.agent.packet.flows import FlowKey, flow_request
 from vrtwist.agent.packet.service import KsyncFlowChannel
 from vrtwist.bounds import ConnectionLimits
@@ -60,3 +63,34 @@ class KsyncFlowChannelTests(TestCase):
         code, index, _ = await channel(flow_request(key, -1, 0, 2, 1))
         self.assertEqual((code, index), (0, 1))
         self.assertIsNot(channel._client, old)
+
+    async def test_requests_of_one_turn_are_bunched(self) -> None:
+        """FLOW_SETs asked for in one reactor turn leave together, BUNCH per netlink
+        message, and each caller gets its own answer, in order."""
+        run_dir = tempfile.mkdtemp(prefix="fs-ksync-")
+        dispatcher = MemoryDispatcher()
+        port = await listen_ksync(reactor, run_dir, dispatcher)
+        self.addCleanup(port.stopListening)
+        channel = KsyncFlowChannel(reactor, run_dir)
+        channel.service.startService()
+        self.addCleanup(channel.service.stopService)
+        await until(lambda: channel._client is not None and dispatcher.requests != [])
+        client = channel._client
+        assert client is not None
+        seq = client._core._seq
+        keys = [FlowKey(bytes((10, 0, 0, 1)), bytes((10, 0, 0, 2)), 6, 1000 + i, 80, 5)
+                for i in range(BUNCH + 4)]
+        answers = [channel(flow_request(k, -1, 0, 2, 1)) for k in keys]
+        self.assertEqual(client._core._seq, seq)  # nothing sent before the turn ends
+        got = [await d for d in answers]
+        self.assertEqual([index for _, index, _ in got], list(range(len(keys))))
+        self.assertEqual({code for code, _, _ in got}, {0})
+        self.assertEqual(client._core._seq, seq + 2)  # two netlink messages
+
+    def test_stop_answers_what_is_queued(self) -> None:
+        """A channel stopped with requests not yet sent answers them (not connected)."""
+        channel = KsyncFlowChannel(reactor, tempfile.mkdtemp(prefix="fs-ksync-"))
+        d: Any = Deferred()
+        channel._queue.append(({}, d))
+        channel.stop()
+        self.assertEqual(self.successResultOf(d), (-errno.ENOTCONN, -1, 0))

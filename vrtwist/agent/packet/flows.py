@@ -68,6 +68,8 @@ DR_NO_DST_ROUTE: Final = 0x05
 #: ENOENT/EBADF: the entry is gone or was reused; the agent ignores them
 _STALE: Final = frozenset({2, 9})
 _EEXIST: Final = 17
+#: the flags of each flow of a pair: active, linked to the other
+_LINKED: Final = L.FLAG_ACTIVE | L.RFLOW_VALID
 #: ICMP types whose identifier is the flow's source port (echo, timestamp, mask)
 _ICMP_ECHO_TYPES: Final = frozenset({0, 8, 13, 14, 17, 18})
 
@@ -162,16 +164,18 @@ class FlowKey(NamedTuple):
 
 
 def flow_request(
-    key: FlowKey, index: int, gen: int, action: int, flags: int, **options: int
+    key: FlowKey, index: int, gen: int, action: int, flags: int, *, flow_vrf: int = 0,
+    src_nh_index: int = 0, rindex: int = -1, drop_reason: int = 0,
 ) -> dict[str, int]:
     """The fields of the FLOW_SET ``vr_flow_req`` for ``key`` at ``index``/``gen``.
 
     Addresses and ports go in the "network bytes held in a host integer" form of the
-    vRouter's messages; ``options`` are further fields without their ``fr_`` prefix. A
+    vRouter's messages; the keywords are the further fields the agent sets, without
+    their ``fr_`` prefix (their defaults are the datapath's for an absent field). A
     mapping, not a Sandesh object: the embedded datapath takes it as it is, and only the
-    ksync channel builds the message.
+    ksync channel builds the message. One literal: it is built twice per flow setup.
     """
-    f: dict[str, int] = {
+    return {
         "fr_op": 0,
         "fr_index": index,
         "fr_gen_id": gen,
@@ -185,32 +189,8 @@ def flow_request(
         "fr_flow_nh_id": key.nh_id,
         "fr_flow_sip_l": int.from_bytes(key.sip, "little"),
         "fr_flow_dip_l": int.from_bytes(key.dip, "little"),
-    }
-    for name, value in options.items():
-        f["fr_" + name] = value
-    return f
-
-
-def _linked_request(key: FlowKey, index: int, gen: int, action: int, vrf: int, src_nh: int,
-                    rindex: int, drop_reason: int) -> dict[str, int]:
-    """:func:`flow_request` of one flow of a pair (active, linked to ``rindex``): the
-    same fields, as one literal instead of a keyword loop, for the setup's hot path."""
-    return {
-        "fr_op": 0,
-        "fr_index": index,
-        "fr_gen_id": gen,
-        "fr_action": action,
-        "fr_flags": L.FLAG_ACTIVE | L.RFLOW_VALID,
-        "fr_ecmp_nh_index": 0xFFFFFFFF,
-        "fr_family": C.AF_INET,
-        "fr_flow_proto": key.proto,
-        "fr_flow_sport": port_to_wire(key.sport),
-        "fr_flow_dport": port_to_wire(key.dport),
-        "fr_flow_nh_id": key.nh_id,
-        "fr_flow_sip_l": int.from_bytes(key.sip, "little"),
-        "fr_flow_dip_l": int.from_bytes(key.dip, "little"),
-        "fr_flow_vrf": vrf,
-        "fr_src_nh_index": src_nh,
+        "fr_flow_vrf": flow_vrf,
+        "fr_src_nh_index": src_nh_index,
         "fr_rindex": rindex,
         "fr_drop_reason": drop_reason,
     }
@@ -458,11 +438,21 @@ class FlowSetup:
 
     def _program_now(self, set_now: Callable[[dict[str, int]], tuple[int, int, int]],
                      index: int, gen: int, d: FlowDecision) -> None:
-        """:meth:`_program` for a channel that answers synchronously."""
+        """:meth:`_program` for a channel that answers synchronously. One that can also
+        write both flows in one call (``set_pair_now(reverse, forward)`` -> the reverse's
+        (index, gen), or None when it took neither) is given the pair first."""
         if d.reverse is None:
             self._short_done(set_now(self._short_request(index, gen, d))[0])
             return
-        code, rev_index, rev_gen = set_now(self._reverse_request(index, d))
+        rev = self._reverse_request(index, d)
+        set_pair = getattr(self.channel, "set_pair_now", None)
+        if set_pair is not None:
+            fwd = self._forward_request(index, gen, d, -1)
+            done = set_pair(rev, fwd)
+            if done is not None:
+                self._forward_done(0, index, gen, d, done[0], done[1])
+                return
+        code, rev_index, rev_gen = set_now(rev)
         if not self._reverse_ok(code, rev_index):
             return
         code = set_now(self._forward_request(index, gen, d, rev_index))[0]
@@ -496,8 +486,9 @@ class FlowSetup:
         """The reverse flow, written first at a new index and linked to the trapped one."""
         assert d.reverse is not None
         rev_action = d.action if d.reverse_action < 0 else d.reverse_action
-        return _linked_request(d.reverse, -1, 0, rev_action, d.dvrf, d.reverse_src_nh, index,
-                               d.reverse_drop_reason)
+        return flow_request(d.reverse, -1, 0, rev_action, _LINKED, flow_vrf=d.dvrf,
+                            src_nh_index=d.reverse_src_nh, rindex=index,
+                            drop_reason=d.reverse_drop_reason)
 
     def _reverse_ok(self, code: int, rev_index: int) -> bool:
         if code < 0 and -code != _EEXIST:
@@ -511,8 +502,8 @@ class FlowSetup:
     @staticmethod
     def _forward_request(index: int, gen: int, d: FlowDecision, rev_index: int) -> dict[str, int]:
         """The forward flow at the trapped index and generation, linked to the reverse."""
-        return _linked_request(d.forward, index, gen, d.action, d.vrf, d.src_nh, rev_index,
-                               d.drop_reason)
+        return flow_request(d.forward, index, gen, d.action, _LINKED, flow_vrf=d.vrf,
+                            src_nh_index=d.src_nh, rindex=rev_index, drop_reason=d.drop_reason)
 
     def _forward_done(self, code: int, index: int, gen: int, d: FlowDecision,
                       rev_index: int, rev_gen: int) -> None:
@@ -547,7 +538,7 @@ class FlowSetup:
                 continue
             self.counters.revaluated += 1
             pair.decision = new
-            flags = L.FLAG_ACTIVE | L.RFLOW_VALID
+            flags = _LINKED
             out.append(self.channel(flow_request(
                 pair.reverse, pair.rev_index, pair.rev_gen, rev_action, flags,
                 flow_vrf=new.dvrf, src_nh_index=new.reverse_src_nh, rindex=pair.fwd_index,

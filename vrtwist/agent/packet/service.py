@@ -25,6 +25,7 @@ from twisted.python.failure import Failure
 
 from vrtwist.access import SocketAccess
 from vrtwist.agent.dpstate import NH, VIF, DatapathModel
+from vrtwist.agent.ksync_window import BUNCH
 from vrtwist.agent.packet.arp import FabricResolver, PathProber
 from vrtwist.agent.packet.dns import DnsProxy, VmName
 from vrtwist.agent.packet.flowpolicy import FlowPolicy, LocalPort
@@ -74,6 +75,17 @@ class LocalFlowChannel:
         reply = self._datapath.handle(schema.vr_flow_req(**fields))
         return _answer(int(reply[0][0].resp_code), (o for m in reply for o in m))
 
+    def set_pair_now(self, rev: dict[str, int], fwd: dict[str, int]) -> tuple[int, int] | None:
+        """Both flows of a pair in one call (the table's ``flow_set_pair``): the reverse's
+        (index, gen), or None when the table left the pair to two ``set_now`` calls."""
+        pair = getattr(self._flows, "flow_set_pair", None)
+        if pair is None:
+            return None
+        done = pair(rev, fwd)
+        if done is None:
+            return None
+        return done[0].index, done[0].gen_id
+
 
 class KsyncFlowChannel:
     """FLOW_SET over the agent's own ksync session to ``<run-dir>/dpdk_netlink``.
@@ -81,6 +93,10 @@ class KsyncFlowChannel:
     Reconnects with back-off; while the datapath is away a request fails at once with
     ``-ENOTCONN`` (the datapath keeps the HOLD entry and traps again later).  A session
     the datapath closes as idle (600 s without a request) is replaced the same way.
+
+    Requests made in one turn of the reactor (the traps of one pkt0 read, the forward
+    flows of one batch of answers) leave together at the end of it, up to ``BUNCH`` per
+    netlink message, as the real agent bunches its FLOW_SETs.
     """
 
     _log = Logger()
@@ -91,6 +107,11 @@ class KsyncFlowChannel:
         self.service = ClientService(endpoint, factory, clock=reactor,
                                      prepareConnection=self._connected)
         self._client: KsyncClientProtocol | None = None
+        self._reactor = reactor
+        #: requests of this turn, sent by ``_flush``; bounded by the flow setup's own
+        #: limit of setups in flight
+        self._queue: list[tuple[dict[str, int], Deferred[tuple[int, int, int]]]] = []
+        self._flush_call: Any = None
 
     def _connected(self, client: Any) -> None:
         """Each new session (the service reconnects by itself after the datapath closed
@@ -112,17 +133,46 @@ class KsyncFlowChannel:
         client = self._client
         if client is None or client.closed:
             return succeed((-errno.ENOTCONN, -1, 0))  # until the service reconnects
+        d: Deferred[tuple[int, int, int]] = Deferred()
+        self._queue.append((fields, d))
+        if self._flush_call is None:
+            self._flush_call = self._reactor.callLater(0, self._flush)
+        return d
 
-        def ok(resp: Any) -> tuple[int, int, int]:
-            return _answer(0, resp.objects)
+    def _flush(self) -> None:
+        """Send this turn's requests, ``BUNCH`` per netlink message."""
+        self._flush_call = None
+        queue, self._queue = self._queue, []
+        client = self._client
+        if client is None or client.closed:
+            for _, d in queue:
+                d.callback((-errno.ENOTCONN, -1, 0))
+            return
+        for start in range(0, len(queue), BUNCH):
+            chunk = queue[start : start + BUNCH]
+            sent = client.request_many([schema.vr_flow_req(**f) for f, _ in chunk])
+            for (_, mine), theirs in zip(chunk, sent, strict=True):
+                theirs.addCallbacks(_flow_answer, _flow_refused).chainDeferred(mine)
 
-        def refused(f: Failure) -> tuple[int, int, int]:
-            e = f.value
-            if isinstance(e, KsyncError):
-                return _answer(e.code, e.objects)
-            return -errno.ECONNRESET, -1, 0
+    def stop(self) -> None:
+        """Answer what is still queued as not sent (the channel is going away)."""
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self._flush_call = None
+        queue, self._queue = self._queue, []
+        for _, d in queue:
+            d.callback((-errno.ENOTCONN, -1, 0))
 
-        return client.request(schema.vr_flow_req(**fields)).addCallbacks(ok, refused)
+
+def _flow_answer(resp: Any) -> tuple[int, int, int]:
+    return _answer(0, resp.objects)
+
+
+def _flow_refused(f: Failure) -> tuple[int, int, int]:
+    e = f.value
+    if isinstance(e, KsyncError):
+        return _answer(e.code, e.objects)
+    return -errno.ECONNRESET, -1, 0
 
 
 class AgentPacketService(MultiService):
@@ -158,10 +208,11 @@ class AgentPacketService(MultiService):
             gid=access.gid if access is not None else None,
         )
         self.endpoint.transport = self.transport
+        self._ksync: KsyncFlowChannel | None = None
         if local_datapath is not None:
             channel: Any = LocalFlowChannel(local_datapath)
         else:
-            ksync = KsyncFlowChannel(reactor, run_dir)
+            ksync = self._ksync = KsyncFlowChannel(reactor, run_dir)
             ksync.service.setServiceParent(self)
             channel = ksync
         self.routes = RouteView(model.desired)
@@ -306,6 +357,8 @@ class AgentPacketService(MultiService):
         self.prober.stop()
         self.resolver.stop()
         self.transport.stop()
+        if self._ksync is not None:
+            self._ksync.stop()
         if self._view is not None:
             self._view.close()
             self._view = None
