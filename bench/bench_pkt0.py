@@ -16,17 +16,26 @@ The baseline printed beside them is the same pipeline forwarding packets of flow
 already exist (no trap): the ratio says what a new flow costs over a known one.
 
 Then the ladder: each stage of a setup alone, in CPU time of this process (the
-datapath's two FLOW_SETs, the pipeline's miss, the agent's analysis, the release of the
+pipeline's miss, the datapath's FLOW_SET pair, the agent's analysis, the release of the
 held SYN, one datagram over a unix socket pair), their sum, all stages chained in one
 process without socket or reactor, and the end-to-end CPU time per pair: where the time
 goes, even on a loaded machine where the wall-clock rate says little.
+
+``--split``: the datapath (tables, shared memory, pipeline, its pkt0 socket and its
+ksync server) runs in a child process, the agent here, joined as ``twistd vrouter
+--datapath external`` and ``twistd vrouter-dp`` are: pkt0 over the two unix datagram
+sockets, FLOW_SET over a ksync session (the agent's ``KsyncFlowChannel``, a turn's
+requests bunched 16 per message). The same figures, the CPU time per pair of each
+process, and the ladder of each process's stages (the ksync FLOW_SET pair cut into the
+agent's half and the datapath's). ``BENCH_PKT0_CHILD_PROFILE=<file>`` runs the child
+under cProfile.
 
 ``--policy``: ``empty`` (default, as the agent runs with nothing configured: the policy
 step is attached but inactive), ``none`` (no policy step at all), ``sg`` (every port in a
 security group allowing TCP both ways: each setup is matched against it).
 
 Usage: python bench/bench_pkt0.py [--flows 20000] [--vms 1000] [--window 256]
-       [--policy empty|none|sg]
+       [--policy empty|none|sg] [--split]
 """
 
 from __future__ import annotations
@@ -243,6 +252,7 @@ async def bench_flows(node: DatapathNode, flows: int, window: int) -> dict[str, 
     out = node.out
     start = time.perf_counter()
     cpu0 = time.process_time()
+    sys0 = os.times().system
     sent = 0
     while sent < flows or len(out.left) < flows:
         # keep at most ``window`` setups in flight, as a busy VM would open connections
@@ -255,6 +265,7 @@ async def bench_flows(node: DatapathNode, flows: int, window: int) -> dict[str, 
             break
     wall = time.perf_counter() - start
     cpu = time.process_time() - cpu0
+    sys_cpu = os.times().system - sys0
     done = len(out.left)
     lat = sorted(out.left[p] - entered[p] for p in out.left)
     # baseline: the same SYNs again, now flow hits, no trap
@@ -270,6 +281,7 @@ async def bench_flows(node: DatapathNode, flows: int, window: int) -> dict[str, 
         "p99_us": lat[int(len(lat) * 0.99) - 1] * 1e6 if lat else 0.0,
         "hits_per_s": hits,
         "cpu_us": cpu / done * 1e6 if done else 0.0,
+        "sys_us": sys_cpu / done * 1e6 if done else 0.0,
     }
 
 
@@ -359,6 +371,92 @@ def _pair_floor(node: Node, traps: list[bytes]) -> float:
     for _, fwd in pairs:
         node.pipeline.held.pop(fwd["fr_index"], None)  # those SYNs are not released
     return rate
+
+
+def split_floors(node: DatapathNode, n: int) -> dict[str, float]:
+    """Same-run floors of the two-process setup, per flow pair, in CPU time: the
+    datapath's miss and release as in one process; a pair's two FLOW_SETs over ksync cut
+    into the agent's half (requests built as Sandesh objects and encoded, 16 per netlink
+    message, and the answers parsed) and the datapath's (each message decoded, the
+    FLOW_SETs applied, the replies encoded and framed, as its ksync server does), without
+    the socket between them; the agent's analysis; one trap datagram over a socket."""
+    from vrtwist.agent.packet.service import _answer
+    from vrtwist.ksync.clientcore import ClientCore, KsyncResponse
+    from vrtwist.ksync.netlink import HEADERS_LEN, parse_message
+    from vrtwist.ksync.server import STYLE_DPDK, execute, frame_replies
+    from vrtwist.sandesh import decode as sandesh_decode
+    from vrtwist.sandesh import schema
+
+    vifs = sorted(node.by_vif)
+    a, b = node.by_vif[vifs[0]], node.by_vif[vifs[1]]
+    saved = node.dp_end.transport
+    kept = node.dp_end.transport = Keep()
+    frames = [syn(a, b, 40000 + i % 20000) for i in range(n)]
+    t0 = time.process_time()
+    for f in frames:
+        node.pipeline.receive(a.vif, f)
+    misses = _rate(n, t0)
+    node.dp_end.transport = saved
+    routes = RouteView(node.model.desired)
+    decisions = []
+    t0 = time.process_time()
+    for t in kept.frames:
+        hdr, inner = decode(t)
+        d = analyse(hdr, inner, routes)
+        FlowSetup._reverse_request(hdr.param, d)
+        FlowSetup._forward_request(hdr.param, hdr.param_5, d, -1)
+        decisions.append((hdr, d))
+    agent = _rate(len(decisions), t0)
+    client = ClientCore()
+    cost = {"encode": 0.0, "server": 0.0, "answers": 0.0}
+
+    def round_trip(requests: list[dict[str, int]]) -> list[tuple[int, int, int]]:
+        """One turn of bunched FLOW_SETs, each side timed on its own."""
+        t0 = time.process_time()
+        wire = [client.build([schema.vr_flow_req(**f) for f in requests[i : i + 16]])[1]
+                for i in range(0, len(requests), 16)]
+        t1 = time.process_time()
+        replies = []
+        for frame in wire:
+            msg = parse_message(frame)
+            out: list[bytes] = []
+            for req in sandesh_decode(frame[HEADERS_LEN:]):
+                out.extend(execute(node.dp, req))
+            replies.append(frame_replies(out, msg, STYLE_DPDK))
+        t2 = time.process_time()
+        answers = []
+        for done in client.feed(b"".join(replies)):
+            for r in done[1]:
+                if isinstance(r, KsyncResponse):
+                    answers.append(_answer(0, r.objects))
+                else:
+                    answers.append((-1, -1, 0))
+        t3 = time.process_time()
+        cost["encode"] += t1 - t0
+        cost["server"] += t2 - t1
+        cost["answers"] += t3 - t2
+        return answers
+
+    listeners = node.shared.flows.set_listeners
+    node.shared.flows.set_listeners = []  # the release is a stage of its own
+    try:
+        revs = round_trip([FlowSetup._reverse_request(h.param, d) for h, d in decisions])
+        round_trip([FlowSetup._forward_request(h.param, h.param_5, d, r[1])
+                    for (h, d), r in zip(decisions, revs, strict=True)])
+    finally:
+        node.shared.flows.set_listeners = listeners
+    for h, _ in decisions:
+        node.pipeline.held.pop(h.param, None)
+    pairs = max(len(decisions), 1)
+    hits = [syn(a, b, 1024 + i) for i in range(min(n, len(node.out.left)))]
+    t0 = time.process_time()
+    for f in hits:
+        node.pipeline.receive(a.vif, f)
+    release = _rate(len(hits), t0) if hits else 0.0
+    return {"misses": misses, "release": release, "agent": agent,
+            "ksync_dp": pairs / max(cost["server"], 1e-9),
+            "ksync_agent": pairs / max(cost["encode"] + cost["answers"], 1e-9),
+            "hop": _socket_hop(len(syn(a, b, 1)) + 44, n)}
 
 
 def _socket_hop(size: int, n: int) -> float:
@@ -533,7 +631,7 @@ async def main_split(args: argparse.Namespace, run_dir: str) -> None:
     over the two unix datagram sockets and FLOW_SET over a ksync session, as
     ``twistd vrouter --datapath external`` and ``twistd vrouter-dp`` are joined."""
     child = _Child()
-    prof = ["-m", "cProfile", "-o", os.environ["FS_CHILD_PROF"]] if os.environ.get("FS_CHILD_PROF") else []
+    prof = ["-m", "cProfile", "-o", os.environ["BENCH_PKT0_CHILD_PROFILE"]] if os.environ.get("BENCH_PKT0_CHILD_PROFILE") else []
     argv = [sys.executable, *prof, os.path.abspath(__file__), "--role", "datapath", "--run-dir",
             run_dir, "--vms", str(max(args.vms, 2)), "--flows", str(args.flows),
             "--window", str(args.window)]
@@ -547,15 +645,32 @@ async def main_split(args: argparse.Namespace, run_dir: str) -> None:
     print(f"load before: {load()}; policy: {args.policy}; two processes (datapath with "
           "ksync server, agent with its ksync flow channel)")
     cpu0 = time.process_time()
+    sys0 = os.times().system
     proc.write(b"go\n")
     f = json.loads(await child.line(1))
     agent_cpu = time.process_time() - cpu0
+    agent_sys = os.times().system - sys0
     report_flows(f, agent.flows.counters.failed)
     done = max(f["pairs"], 1)
     print(
         f"CPU per pair: datapath process {f['cpu_us']:.1f} us, agent process "
         f"{agent_cpu / done * 1e6:.1f} us (over the whole run, reactor and sockets "
-        f"included); sum {f['cpu_us'] + agent_cpu / done * 1e6:.1f} us"
+        f"included; in the kernel {f['sys_us']:.1f} and {agent_sys / done * 1e6:.1f} us); "
+        f"sum {f['cpu_us'] + agent_cpu / done * 1e6:.1f} us"
+    )
+    fl = {k[6:]: v for k, v in f.items() if k.startswith("floor_")}
+    dp_stages = ("misses", "ksync_dp", "release", "hop")
+    agent_stages = ("hop", "agent", "ksync_agent")
+    dp_sum = sum(1e6 / fl[k] for k in dp_stages if fl[k] > 0)
+    agent_sum = sum(1e6 / fl[k] for k in agent_stages if fl[k] > 0)
+    print(
+        "same-run ladder, microseconds of CPU per pair (measured in the datapath process, "
+        "ksync without its socket): datapath process: "
+        + ", ".join(f"{k} {1e6 / fl[k]:.1f}" for k in dp_stages if fl[k] > 0)
+        + f", sum {dp_sum:.1f}; agent process: "
+        + ", ".join(f"{k} {1e6 / fl[k]:.1f}" for k in agent_stages if fl[k] > 0)
+        + f", sum {agent_sum:.1f}; at most {1e6 / max(dp_sum, agent_sum):,.0f} pairs/s "
+        "with a core each"
     )
     print(f"load after: {load()}")
     proc.write(b"stop\n")
@@ -593,6 +708,7 @@ async def datapath_role(args: argparse.Namespace) -> None:
     print("ready", flush=True)
     await wait[0]
     f = await bench_flows(node, args.flows, args.window)
+    f.update({"floor_" + k: v for k, v in split_floors(node, 3000).items()})
     print(json.dumps(f), flush=True)
     await wait[1]
     stopped = ksync.stopService()

@@ -9,7 +9,6 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import reactor as _reactor
-from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
@@ -17,6 +16,7 @@ from vrtwist.agent.ksync_window import BUNCH
 from vrtwist.agent.packet.flows import FlowKey, flow_request
 from vrtwist.agent.packet.service import KsyncFlowChannel
 from vrtwist.bounds import ConnectionLimits
+from vrtwist.ksync.client import KsyncClientProtocol
 from vrtwist.ksync.server import listen_ksync
 from vrtwist.ksync.testing import MemoryDispatcher
 
@@ -90,7 +90,9 @@ class KsyncFlowChannelTests(TestCase):
     def test_stop_answers_what_is_queued(self) -> None:
         """A channel stopped with requests not yet sent answers them (not connected)."""
         channel = KsyncFlowChannel(reactor, tempfile.mkdtemp(prefix="fs-ksync-"))
-        d: Any = Deferred()
-        channel._queue.append(({}, d))
+        channel._client = KsyncClientProtocol()  # connected as far as the channel knows
+        channel._client.transport = object()  # type: ignore[assignment]
+        d = channel(flow_request(FlowKey(bytes(4), bytes(4), 6, 1, 2, 3), -1, 0, 2, 1))
         channel.stop()
         self.assertEqual(self.successResultOf(d), (-errno.ENOTCONN, -1, 0))
+        self.assertIsNone(channel._flush_call)

@@ -427,7 +427,7 @@ class FlowSetup:
             finally:
                 self._pending.discard(token)
             return None
-        d = Deferred.fromCoroutine(self._program(hdr.param, hdr.param_5, decision))
+        d = self._program(hdr.param, hdr.param_5, decision)
 
         def done(result: object) -> None:
             self._pending.discard(token)
@@ -458,16 +458,30 @@ class FlowSetup:
         code = set_now(self._forward_request(index, gen, d, rev_index))[0]
         self._forward_done(code, index, gen, d, rev_index, rev_gen)
 
-    async def _program(self, index: int, gen: int, d: FlowDecision) -> None:
+    def _program(self, index: int, gen: int, d: FlowDecision) -> Deferred[None]:
+        """Write the pair over a channel that answers later (ksync): the reverse, then,
+        once its index is known, the forward. Callbacks, not a coroutine: one Deferred
+        per request and none per setup (the agent's hot path over ksync)."""
         if d.reverse is None:
-            code, _, _ = await self.channel(self._short_request(index, gen, d))
-            self._short_done(code)
-            return
-        code, rev_index, rev_gen = await self.channel(self._reverse_request(index, d))
+            return self.channel(self._short_request(index, gen, d)).addCallback(
+                self._short_answered)
+        return self.channel(self._reverse_request(index, d)).addCallback(
+            self._reverse_answered, index, gen, d)
+
+    def _short_answered(self, answer: tuple[int, int, int]) -> None:
+        self._short_done(answer[0])
+
+    def _reverse_answered(self, answer: tuple[int, int, int], index: int, gen: int,
+                          d: FlowDecision) -> Deferred[None] | None:
+        code, rev_index, rev_gen = answer
         if not self._reverse_ok(code, rev_index):
-            return
-        code, _, _ = await self.channel(self._forward_request(index, gen, d, rev_index))
-        self._forward_done(code, index, gen, d, rev_index, rev_gen)
+            return None
+        return self.channel(self._forward_request(index, gen, d, rev_index)).addCallback(
+            self._forward_answered, index, gen, d, rev_index, rev_gen)
+
+    def _forward_answered(self, answer: tuple[int, int, int], index: int, gen: int,
+                          d: FlowDecision, rev_index: int, rev_gen: int) -> None:
+        self._forward_done(answer[0], index, gen, d, rev_index, rev_gen)
 
     @staticmethod
     def _short_request(index: int, gen: int, d: FlowDecision) -> dict[str, int]:

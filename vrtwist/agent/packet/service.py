@@ -110,7 +110,7 @@ class KsyncFlowChannel:
         self._reactor = reactor
         #: requests of this turn, sent by ``_flush``; bounded by the flow setup's own
         #: limit of setups in flight
-        self._queue: list[tuple[dict[str, int], Deferred[tuple[int, int, int]]]] = []
+        self._queue: list[tuple[dict[str, int], Deferred[Any]]] = []
         self._flush_call: Any = None
 
     def _connected(self, client: Any) -> None:
@@ -133,11 +133,12 @@ class KsyncFlowChannel:
         client = self._client
         if client is None or client.closed:
             return succeed((-errno.ENOTCONN, -1, 0))  # until the service reconnects
-        d: Deferred[tuple[int, int, int]] = Deferred()
+        d: Deferred[Any] = Deferred()
         self._queue.append((fields, d))
         if self._flush_call is None:
             self._flush_call = self._reactor.callLater(0, self._flush)
-        return d
+        # fired by the client with its KsyncResponse or failure, read into the answer
+        return d.addCallbacks(_flow_answer, _flow_refused)
 
     def _flush(self) -> None:
         """Send this turn's requests, ``BUNCH`` per netlink message."""
@@ -146,13 +147,12 @@ class KsyncFlowChannel:
         client = self._client
         if client is None or client.closed:
             for _, d in queue:
-                d.callback((-errno.ENOTCONN, -1, 0))
+                d.errback(Failure(_NotSent()))
             return
+        req = schema.vr_flow_req
         for start in range(0, len(queue), BUNCH):
             chunk = queue[start : start + BUNCH]
-            sent = client.request_many([schema.vr_flow_req(**f) for f, _ in chunk])
-            for (_, mine), theirs in zip(chunk, sent, strict=True):
-                theirs.addCallbacks(_flow_answer, _flow_refused).chainDeferred(mine)
+            client.request_many([req(**f) for f, _ in chunk], [d for _, d in chunk])
 
     def stop(self) -> None:
         """Answer what is still queued as not sent (the channel is going away)."""
@@ -161,7 +161,11 @@ class KsyncFlowChannel:
         self._flush_call = None
         queue, self._queue = self._queue, []
         for _, d in queue:
-            d.callback((-errno.ENOTCONN, -1, 0))
+            d.errback(Failure(_NotSent()))
+
+
+class _NotSent(Exception):
+    """A request still queued when the session went away or the channel stopped."""
 
 
 def _flow_answer(resp: Any) -> tuple[int, int, int]:
@@ -172,6 +176,8 @@ def _flow_refused(f: Failure) -> tuple[int, int, int]:
     e = f.value
     if isinstance(e, KsyncError):
         return _answer(e.code, e.objects)
+    if isinstance(e, _NotSent):
+        return -errno.ENOTCONN, -1, 0
     return -errno.ECONNRESET, -1, 0
 
 
