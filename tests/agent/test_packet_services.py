@@ -299,3 +299,24 @@ class RequestTests(SynchronousTestCase):
             (plain["fr_flow_vrf"], plain["fr_src_nh_index"], plain["fr_rindex"],
              plain["fr_drop_reason"]), (0, 0, -1, 0))  # fmt: skip
         self.assertEqual(len(req), 17)
+
+
+class RouteViewOutTests(SynchronousTestCase):
+    def test_out_of_follows_changes(self) -> None:
+        """The reverse key next hop of a route's next hop is kept, and forgotten when the
+        desired objects change: a VM vif given a new policy next hop is seen at once."""
+        desired: dict[Any, tuple[str, dict[str, Any]]] = {
+            ("nh", 20): ("vr_nexthop_req", {"nhr_type": 2, "nhr_encap_oif_id": [4]}),  # ENCAP
+            ("vif", 4): ("vr_interface_req", {"vifr_type": 3, "vifr_nh_id": 21}),  # VIRTUAL
+            ("nh", 30): ("vr_nexthop_req", {"nhr_type": 3}),  # TUNNEL
+            ("nh", 40): ("vr_nexthop_req", {"nhr_type": 6}),  # COMPOSITE
+        }
+        routes = RouteView(desired)
+        self.assertEqual(routes.out_of(20, 5), (21, 4))
+        self.assertEqual(routes.out_of(30, 5), (5, -1))
+        self.assertEqual(routes.out_of(40, 5), (40, -1))
+        self.assertEqual(routes.out_of(99, 5), (5, -1))  # no such next hop
+        desired[("vif", 4)] = ("vr_interface_req", {"vifr_type": 3, "vifr_nh_id": 22})
+        self.assertEqual(routes.out_of(20, 5), (21, 4))  # kept until told
+        routes.changed([("vif", 4)])
+        self.assertEqual(routes.out_of(20, 5), (22, 4))

@@ -74,6 +74,8 @@ _LINKED: Final = L.FLAG_ACTIVE | L.RFLOW_VALID
 _ICMP_ECHO_TYPES: Final = frozenset({0, 8, 13, 14, 17, 18})
 
 Key = tuple[Any, ...]
+#: answers ``RouteView.out_of`` keeps at most (a trap names any key next hop it likes)
+_MAX_OUTS: Final = 4096
 
 
 class FlowChannel(Protocol):
@@ -108,9 +110,12 @@ class RouteView:
         self._routes: dict[int, dict[int, dict[int, dict[str, Any]]]] = {}
         #: vrf -> (mask, that prefix length's table), longest prefix first
         self._plens: dict[int, list[tuple[int, dict[int, dict[str, Any]]]]] = {}
+        #: (route next hop, key next hop) -> ``out_of``'s answer, until the next change
+        self._outs: dict[tuple[int, int], tuple[int, int]] = {}
         self.changed(list(desired))
 
     def changed(self, keys: Iterable[Key]) -> None:
+        self._outs.clear()
         touched: set[int] = set()
         for key in keys:
             if len(key) != 5 or key[1] != C.AF_INET:
@@ -137,6 +142,30 @@ class RouteView:
             if hit is not None:
                 return hit
         return None
+
+    def out_of(self, out_nh: int, key_nh: int) -> tuple[int, int]:
+        """(the reverse flow's key next hop, the local VM vif it leaves by or -1) of a
+        flow whose route's next hop is ``out_nh`` and whose own key next hop is
+        ``key_nh``: a local VM's own policy next hop, else ``out_nh`` itself for a next
+        hop that is not a tunnel, receive or resolve one, else ``key_nh``. Kept until the
+        next change (every change to the desired objects comes through ``changed``)."""
+        found = self._outs.get((out_nh, key_nh))
+        if found is None:
+            if len(self._outs) >= _MAX_OUTS:
+                self._outs.clear()
+            found = self._outs[(out_nh, key_nh)] = self._resolve_out(out_nh, key_nh)
+        return found
+
+    def _resolve_out(self, out_nh: int, key_nh: int) -> tuple[int, int]:
+        nh = self.nexthop(out_nh)
+        if nh is not None and nh.get("nhr_type") == C.NH_ENCAP:
+            oifs = nh.get("nhr_encap_oif_id") or [-1]
+            vif = self.interface(int(oifs[0]))
+            if vif is not None and vif.get("vifr_type") == C.VIF_TYPE_VIRTUAL:
+                return int(vif.get("vifr_nh_id", key_nh)), int(oifs[0])
+        elif nh is not None and nh.get("nhr_type") not in (C.NH_TUNNEL, C.NH_RCV, C.NH_RESOLVE):
+            return out_nh, -1
+        return key_nh, -1
 
     def nexthop(self, nh_id: int) -> dict[str, Any] | None:
         entry = self._desired.get(("nh", nh_id))
@@ -320,17 +349,7 @@ def analyse(hdr: AgentHeader, frame: bytes | memoryview, routes: RouteView,
         reason = DR_NO_SRC_ROUTE if src_route is None else DR_NO_DST_ROUTE
         return FlowDecision(forward, None, L.ACTION_DROP, reason, vrf, vrf, 0, 0)
     out_nh = int(dst_route.get("rtr_nh_id", 0))
-    reverse_nh = key_nh
-    out_vif = -1
-    nh = routes.nexthop(out_nh)
-    if nh is not None and nh.get("nhr_type") == C.NH_ENCAP:
-        oifs = nh.get("nhr_encap_oif_id") or [-1]
-        vif = routes.interface(int(oifs[0]))
-        if vif is not None and vif.get("vifr_type") == C.VIF_TYPE_VIRTUAL:
-            reverse_nh = int(vif.get("vifr_nh_id", key_nh))
-            out_vif = int(oifs[0])
-    elif nh is not None and nh.get("nhr_type") not in (C.NH_TUNNEL, C.NH_RCV, C.NH_RESOLVE):
-        reverse_nh = out_nh
+    reverse_nh, out_vif = routes.out_of(out_nh, key_nh)
     rsport, rdport = (sport, dport) if ip.proto == IPPROTO_ICMP else (dport, sport)
     reverse = FlowKey(forward.dip, forward.sip, ip.proto, rsport, rdport, reverse_nh)
     ack = ip.proto == IPPROTO_TCP and len(frame) > l4 + 13 and bool(frame[l4 + 13] & 0x10)
