@@ -376,16 +376,15 @@ def _pair_floor(node: Node, traps: list[bytes]) -> float:
 def split_floors(node: DatapathNode, n: int) -> dict[str, float]:
     """Same-run floors of the two-process setup, per flow pair, in CPU time: the
     datapath's miss and release as in one process; a pair's two FLOW_SETs over ksync cut
-    into the agent's half (requests built as Sandesh objects and encoded, 16 per netlink
-    message, and the answers parsed) and the datapath's (each message decoded, the
+    into the agent's half (requests encoded as its channel does, 16 per netlink message,
+    and the answers parsed) and the datapath's (each message decoded, the
     FLOW_SETs applied, the replies encoded and framed, as its ksync server does), without
     the socket between them; the agent's analysis; one trap datagram over a socket."""
-    from vrtwist.agent.packet.service import _answer
+    from vrtwist.agent.packet.service import _answer, encode_flow_request
     from vrtwist.ksync.clientcore import ClientCore, KsyncResponse
     from vrtwist.ksync.netlink import HEADERS_LEN, parse_message
     from vrtwist.ksync.server import STYLE_DPDK, execute, frame_replies
     from vrtwist.sandesh import decode as sandesh_decode
-    from vrtwist.sandesh import schema
 
     vifs = sorted(node.by_vif)
     a, b = node.by_vif[vifs[0]], node.by_vif[vifs[1]]
@@ -413,7 +412,7 @@ def split_floors(node: DatapathNode, n: int) -> dict[str, float]:
     def round_trip(requests: list[dict[str, int]]) -> list[tuple[int, int, int]]:
         """One turn of bunched FLOW_SETs, each side timed on its own."""
         t0 = time.process_time()
-        wire = [client.build([schema.vr_flow_req(**f) for f in requests[i : i + 16]])[1]
+        wire = [client.build([encode_flow_request(f) for f in requests[i : i + 16]])[1]
                 for i in range(0, len(requests), 16)]
         t1 = time.process_time()
         replies = []

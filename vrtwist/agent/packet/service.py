@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import os
+import struct
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -37,7 +38,7 @@ from vrtwist.ksync.clientcore import KsyncError
 from vrtwist.logfields import Logger
 from vrtwist.pkt0.endpoints import AgentEndpoint
 from vrtwist.pkt0.transport import AGENT_SOCKET, DATAPATH_SOCKET, UnixDatagramTransport
-from vrtwist.sandesh import schema
+from vrtwist.sandesh import encode, schema
 from vrtwist.sandesh.constants import FLOW_TABLE_GET
 
 __all__ = ["AgentPacketService", "KsyncFlowChannel", "LocalFlowChannel"]
@@ -149,10 +150,10 @@ class KsyncFlowChannel:
             for _, d in queue:
                 d.errback(Failure(_NotSent()))
             return
-        req = schema.vr_flow_req
         for start in range(0, len(queue), BUNCH):
             chunk = queue[start : start + BUNCH]
-            client.request_many([req(**f) for f, _ in chunk], [d for _, d in chunk])
+            client.request_many([encode_flow_request(f) for f, _ in chunk],
+                                [d for _, d in chunk])
 
     def stop(self) -> None:
         """Answer what is still queued as not sent (the channel is going away)."""
@@ -162,6 +163,72 @@ class KsyncFlowChannel:
         queue, self._queue = self._queue, []
         for _, d in queue:
             d.errback(Failure(_NotSent()))
+
+
+#: the fields ``flow_request`` sets, the only ones the agent's FLOW_SETs carry
+_FLOW_FIELDS = (
+    "fr_op", "fr_index", "fr_gen_id", "fr_action", "fr_flags", "fr_ecmp_nh_index",
+    "fr_family", "fr_flow_proto", "fr_flow_sport", "fr_flow_dport", "fr_flow_nh_id",
+    "fr_flow_sip_l", "fr_flow_dip_l", "fr_flow_vrf", "fr_src_nh_index", "fr_rindex",
+    "fr_drop_reason",
+)  # fmt: skip
+_WIDTH_CODES = {1: "B", 2: "H", 4: "I", 8: "Q"}
+
+
+def _flow_req_encoder() -> Callable[[dict[str, int]], bytes] | None:
+    """``fields -> bytes`` of the ``vr_flow_req`` with those of ``_FLOW_FIELDS`` set and
+    the others zero, byte for byte what the Sandesh encoder writes, in one ``struct``
+    pack: the codec's layout (each field's place and width) is read from its own output
+    here and checked against it; None when it does not fit (the codec then encodes)."""
+    blank = encode(schema.vr_flow_req())
+    places: list[tuple[int, int, str]] = []
+    for name in _FLOW_FIELDS:
+        marked = encode(schema.vr_flow_req(**{name: -1}))
+        diff = [i for i in range(min(len(blank), len(marked))) if blank[i] != marked[i]]
+        if len(marked) != len(blank) or len(diff) not in _WIDTH_CODES or (
+            diff != list(range(diff[0], diff[0] + len(diff)))
+        ):
+            return None
+        places.append((diff[0], len(diff), name))
+    places.sort()
+    fmt, args, at = ">", [], 0
+    for offset, width, name in places:
+        if offset < at:
+            return None
+        if offset > at:
+            fmt += "%ds" % (offset - at)
+            args.append(repr(blank[at:offset]))
+        fmt += _WIDTH_CODES[width]
+        args.append("f[%r] & %#x" % (name, (1 << (8 * width)) - 1))
+        at = offset + width
+    source = "def enc(f):\n    return _pack(%s) + _tail\n" % ", ".join(args)
+    namespace: dict[str, Any] = {"_pack": struct.Struct(fmt).pack, "_tail": blank[at:]}
+    exec(source, namespace)  # generated from the codec's output, as the codec's own are
+    enc: Callable[[dict[str, int]], bytes] = namespace["enc"]
+    # a check with a value in every field (and the agent's -1 and all-ones ones)
+    sample = {name: (0x5A3C1E0F2D4B6987 >> (8 * (i % 4))) & ((1 << (8 * width - 1)) - 1)
+              for i, (_, width, name) in enumerate(places)}  # fmt: skip
+    sample["fr_index"] = sample["fr_rindex"] = -1
+    sample["fr_ecmp_nh_index"] = 0xFFFFFFFF
+    try:
+        same = enc(sample) == encode(schema.vr_flow_req(**sample))
+    except (struct.error, ValueError):
+        return None
+    return enc if same else None
+
+
+_ENCODE_FLOW_REQ = _flow_req_encoder()
+
+
+def encode_flow_request(fields: dict[str, int]) -> bytes | Any:
+    """The agent's FLOW_SET ready for the ksync client: encoded at once when it carries
+    only ``flow_request``'s fields (one pack), else the Sandesh object."""
+    if _ENCODE_FLOW_REQ is not None and len(fields) == len(_FLOW_FIELDS):
+        try:
+            return _ENCODE_FLOW_REQ(fields)
+        except KeyError:
+            pass
+    return schema.vr_flow_req(**fields)
 
 
 class _NotSent(Exception):
