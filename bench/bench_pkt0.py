@@ -617,6 +617,9 @@ class _Child(ProcessProtocol):
         os.write(2, data)
 
     def processEnded(self, reason: Any) -> None:
+        last = self.lines[-1]
+        if not last.called:
+            last.callback("")  # a child that died early: the line awaited is empty
         self.ended.callback(None)
 
     async def line(self, n: int) -> str:
@@ -635,7 +638,8 @@ async def main_split(args: argparse.Namespace, run_dir: str) -> None:
             run_dir, "--vms", str(max(args.vms, 2)), "--flows", str(args.flows),
             "--window", str(args.window)]
     proc = reactor.spawnProcess(child, sys.executable, argv, env=os.environ)
-    assert await child.line(0) == "ready"
+    if await child.line(0) != "ready":
+        raise SystemExit("the datapath process did not start (its errors are above)")
     channel = KsyncFlowChannel(reactor, run_dir)
     channel.service.startService()
     agent = AgentNode(max(args.vms, 2), run_dir, channel, args.policy)
@@ -646,7 +650,10 @@ async def main_split(args: argparse.Namespace, run_dir: str) -> None:
     cpu0 = time.process_time()
     sys0 = os.times().system
     proc.write(b"go\n")
-    f = json.loads(await child.line(1))
+    line = await child.line(1)
+    if not line:
+        raise SystemExit("the datapath process ended without its figures")
+    f = json.loads(line)
     agent_cpu = time.process_time() - cpu0
     agent_sys = os.times().system - sys0
     report_flows(f, agent.flows.counters.failed)
