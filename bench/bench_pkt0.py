@@ -16,39 +16,52 @@ The baseline printed beside them is the same pipeline forwarding packets of flow
 already exist (no trap): the ratio says what a new flow costs over a known one.
 
 Then the ladder: each stage of a setup alone, in CPU time of this process (the
-datapath's two FLOW_SETs, the pipeline's miss, the agent's analysis, the release of the
+pipeline's miss, the datapath's FLOW_SET pair, the agent's analysis, the release of the
 held SYN, one datagram over a unix socket pair), their sum, all stages chained in one
 process without socket or reactor, and the end-to-end CPU time per pair: where the time
 goes, even on a loaded machine where the wall-clock rate says little.
+
+``--split``: the datapath (tables, shared memory, pipeline, its pkt0 socket and its
+ksync server) runs in a child process, the agent here, joined as ``twistd vrouter
+--datapath external`` and ``twistd vrouter-dp`` are: pkt0 over the two unix datagram
+sockets, FLOW_SET over a ksync session (the agent's ``KsyncFlowChannel``, a turn's
+requests bunched 16 per message). The same figures, the CPU time per pair of each
+process, and the ladder of each process's stages (the ksync FLOW_SET pair cut into the
+agent's half and the datapath's). ``BENCH_PKT0_CHILD_PROFILE=<file>`` runs the child
+under cProfile.
 
 ``--policy``: ``empty`` (default, as the agent runs with nothing configured: the policy
 step is attached but inactive), ``none`` (no policy step at all), ``sg`` (every port in a
 security group allowing TCP both ways: each setup is matched against it).
 
 Usage: python bench/bench_pkt0.py [--flows 20000] [--vms 1000] [--window 256]
-       [--policy empty|none|sg]
+       [--policy empty|none|sg] [--split]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
 import struct
+import sys
 import tempfile
 import time
 from typing import Any
 
 from twisted.internet import reactor as _reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
 from zope.interface import implementer
 
 from vrtwist.agent.dpstate import AGENT_VIF, DatapathModel
 from vrtwist.agent.model import Port
 from vrtwist.agent.packet.flowpolicy import FlowPolicy, LocalPort
-from vrtwist.agent.packet.flows import FlowKey, FlowSetup, RouteView, analyse, flow_request
-from vrtwist.agent.packet.service import LocalFlowChannel
+from vrtwist.agent.packet.flows import FlowSetup, RouteView, analyse, flow_request
+from vrtwist.agent.packet.service import KsyncFlowChannel, LocalFlowChannel
 from vrtwist.agent.packet.services import PacketServices, VmPort
 from vrtwist.agent.policy import PolicyConfig, gateway_set, security_group_from_json
 from vrtwist.datapath import constants as C
@@ -57,7 +70,7 @@ from vrtwist.datapath.interfaces import IFrameOutput
 from vrtwist.datapath.pipeline import Pipeline
 from vrtwist.packet import dhcp as D
 from vrtwist.packet.headers import ETH_P_IP, IPPROTO_TCP, IPPROTO_UDP, UDP, Ethernet, IPv4
-from vrtwist.pkt0.codec import AgentHeader
+from vrtwist.pkt0.codec import AgentHeader, decode
 from vrtwist.pkt0.endpoints import AgentEndpoint, DatapathEndpoint, TrapLimiter
 from vrtwist.pkt0.transport import (
     AGENT_SOCKET,
@@ -79,12 +92,31 @@ class Sink:
     def __init__(self) -> None:
         self.count: dict[int, int] = {}
         self.left: dict[int, float] = {}
+        self._waiter: Deferred[None] | None = None
+        self._wake: Any = None
 
     def transmit(self, vif_index: int, frame: bytes | bytearray | memoryview) -> bool:
         self.count[vif_index] = self.count.get(vif_index, 0) + 1
         if len(frame) >= 38 and frame[23] == IPPROTO_TCP:
             self.left[struct.unpack_from("!H", frame, 34)[0]] = time.perf_counter()
+            if self._waiter is not None and self._wake is None:
+                # the sender resumes after this turn, never inside the pipeline
+                self._wake = reactor.callLater(0, self._fire)
         return True
+
+    def wait(self, timeout: float = 0.5) -> Deferred[None]:
+        """Fires after the next SYN left (or ``timeout`` passed): the sender waits for
+        room in its window instead of spinning the reactor."""
+        d = self._waiter = Deferred()
+        self._wake = None
+        timer = reactor.callLater(timeout, self._fire)
+        d.addBoth(lambda r: timer.cancel() if timer.active() else None)
+        return d
+
+    def _fire(self) -> None:
+        d, self._waiter = self._waiter, None
+        if d is not None:
+            d.callback(None)
 
 
 def port(n: int) -> Port:
@@ -98,18 +130,13 @@ def port(n: int) -> Port:
     )  # fmt: skip
 
 
-class Node:
-    """Datapath, agent model and services, joined by pkt0 over real sockets."""
+class DatapathNode:
+    """The datapath's part: tables, shared memory, pipeline and its end of pkt0."""
 
-    def __init__(self, vms: int, run_dir: str, policy: str = "empty") -> None:
+    def __init__(self, vms: int, run_dir: str) -> None:
         self.dp = Datapath()
         self.shared = install(self.dp, run_dir, 65536, 4096, flow_oentries=8192, bridge_oentries=1024)
-        self.model = DatapathModel(fabric_ip="192.0.2.1", fabric_name="nonexistent0",
-                                   os_index=lambda name: 0)
-        self.ports = [port(n) for n in range(3, 3 + vms)]
-        with self.model.batched():
-            for p in self.ports:
-                self.model.portAdded(p)
+        self.model, self.ports, self.by_vif = model_of(vms)
         order = {"vif": 0, "nh": 1, "mpls": 2, "route": 3}
         for key, (name, fields) in sorted(
             self.model.desired.items(),
@@ -124,33 +151,69 @@ class Node:
                                        limiter=TrapLimiter(time.monotonic, (1e9, 10**9)))
         self.pipeline = Pipeline(self.dp, self.out, self.dp_end, flows=self.shared.flows)
         self.dp_end.deliver = self.pipeline.receive
-        self.agent_end = AgentEndpoint()
         self.dp_t = UnixDatagramTransport(reactor, os.path.join(run_dir, DATAPATH_SOCKET),
                                           os.path.join(run_dir, AGENT_SOCKET), self.dp_end)
+        self.dp_end.transport = self.dp_t
+        self.dp_t.start()
+
+    def stop(self) -> None:
+        self.dp_t.stop()
+        self.shared.close()
+
+
+class AgentNode:
+    """The agent's part: its model, pkt0 end, packet services and flow setup over
+    ``channel`` (the embedded datapath's, or ksync)."""
+
+    def __init__(self, vms: int, run_dir: str, channel: Any, policy: str = "empty") -> None:
+        self.model, self.ports, self.by_vif = model_of(vms)
+        self.agent_end = AgentEndpoint()
         self.agent_t = UnixDatagramTransport(reactor, os.path.join(run_dir, AGENT_SOCKET),
                                              os.path.join(run_dir, DATAPATH_SOCKET), self.agent_end)
-        self.dp_end.transport, self.agent_end.transport = self.dp_t, self.agent_t
-        self.flows = FlowSetup(RouteView(self.model.desired), LocalFlowChannel(self.dp),
-                               reactor.seconds)
-        self.by_vif = {}
-        for p in self.ports:
-            ids = self.model.port_ids(p.id)
-            assert ids is not None
-            self.by_vif[ids["vif"]] = VmPort(
-                ids["vif"], ids["vrf"], bytes.fromhex(p.mac_address.replace(":", "")),
-                p.ip_address, p.plen, p.gateway, p.dns_server, p.display_name)
+        self.agent_end.transport = self.agent_t
+        self.flows = FlowSetup(RouteView(self.model.desired), channel, reactor.seconds)
         if policy != "none":
             self.flows.policy = _policy(policy, self.ports, self.model)
         self.services = PacketServices(self.by_vif.get, self.agent_end.send_switch,
                                        lambda: VRRP, self.flows)
         self.agent_end.handler = self.services
-        self.dp_t.start()
         self.agent_t.start()
 
     def stop(self) -> None:
-        self.dp_t.stop()
         self.agent_t.stop()
-        self.shared.close()
+
+
+class Node(DatapathNode):
+    """Datapath, agent model and services in one process, joined by pkt0 over real
+    sockets; the agent's FLOW_SETs go straight into the embedded datapath."""
+
+    def __init__(self, vms: int, run_dir: str, policy: str = "empty") -> None:
+        super().__init__(vms, run_dir)
+        self.agent = AgentNode(vms, run_dir, LocalFlowChannel(self.dp), policy)
+        self.agent_end, self.agent_t = self.agent.agent_end, self.agent.agent_t
+        self.flows, self.services = self.agent.flows, self.agent.services
+
+    def stop(self) -> None:
+        self.agent.stop()
+        super().stop()
+
+
+def model_of(vms: int) -> tuple[DatapathModel, list[Port], dict[int, VmPort]]:
+    """The agent's model of ``vms`` VM ports (the same in both processes of ``--split``)."""
+    model = DatapathModel(fabric_ip="192.0.2.1", fabric_name="nonexistent0",
+                          os_index=lambda name: 0)
+    ports = [port(n) for n in range(3, 3 + vms)]
+    with model.batched():
+        for p in ports:
+            model.portAdded(p)
+    by_vif = {}
+    for p in ports:
+        ids = model.port_ids(p.id)
+        assert ids is not None
+        by_vif[ids["vif"]] = VmPort(
+            ids["vif"], ids["vrf"], bytes.fromhex(p.mac_address.replace(":", "")),
+            p.ip_address, p.plen, p.gateway, p.dns_server, p.display_name)
+    return model, ports, by_vif
 
 
 def _policy(kind: str, ports: list[Port], model: DatapathModel) -> FlowPolicy:
@@ -181,7 +244,7 @@ def IPv4Addr(text: str | None) -> bytes:
     return bytes(int(x) for x in text.split("."))
 
 
-async def bench_flows(node: Node, flows: int, window: int) -> dict[str, float]:
+async def bench_flows(node: DatapathNode, flows: int, window: int) -> dict[str, float]:
     vifs = sorted(node.by_vif)
     a, b = node.by_vif[vifs[0]], node.by_vif[vifs[1]]
     frames = [syn(a, b, 1024 + i) for i in range(flows)]
@@ -189,6 +252,7 @@ async def bench_flows(node: Node, flows: int, window: int) -> dict[str, float]:
     out = node.out
     start = time.perf_counter()
     cpu0 = time.process_time()
+    sys0 = os.times().system
     sent = 0
     while sent < flows or len(out.left) < flows:
         # keep at most ``window`` setups in flight, as a busy VM would open connections
@@ -196,11 +260,12 @@ async def bench_flows(node: Node, flows: int, window: int) -> dict[str, float]:
             entered[1024 + sent] = time.perf_counter()
             node.pipeline.receive(a.vif, frames[sent])
             sent += 1
-        await deferLater(reactor, 0, lambda: None)
+        await out.wait()
         if time.perf_counter() - start > 120:
             break
     wall = time.perf_counter() - start
     cpu = time.process_time() - cpu0
+    sys_cpu = os.times().system - sys0
     done = len(out.left)
     lat = sorted(out.left[p] - entered[p] for p in out.left)
     # baseline: the same SYNs again, now flow hits, no trap
@@ -215,7 +280,8 @@ async def bench_flows(node: Node, flows: int, window: int) -> dict[str, float]:
         "p50_us": statistics.median(lat) * 1e6 if lat else 0.0,
         "p99_us": lat[int(len(lat) * 0.99) - 1] * 1e6 if lat else 0.0,
         "hits_per_s": hits,
-        "failed": node.flows.counters.failed,
+        "cpu_us": cpu / done * 1e6 if done else 0.0,
+        "sys_us": sys_cpu / done * 1e6 if done else 0.0,
     }
 
 
@@ -230,23 +296,17 @@ def floors(node: Node, n: int) -> dict[str, float]:
     does not count against a stage, as it does against the end-to-end wall-clock figure."""
     vifs = sorted(node.by_vif)
     a, b = node.by_vif[vifs[0]], node.by_vif[vifs[1]]
-    # 1. the datapath's FLOW_SETs alone: reverse (new entry) then forward (new entry here)
-    keys = [FlowKey(IPv4Addr(a.ip), IPv4Addr(b.ip), IPPROTO_TCP, 20000 + i, 81, 5) for i in range(n)]
-    channel = LocalFlowChannel(node.dp)
-    t0 = time.process_time()
-    for k in keys:
-        rev = FlowKey(k.dip, k.sip, k.proto, k.dport, k.sport, 7)
-        channel.set_now(flow_request(rev, -1, 0, 2, 0x1001, rindex=-1))
-        channel.set_now(flow_request(k, -1, 0, 2, 0x1))
-    flow_sets = _rate(n, t0)
-    # 2. the pipeline's miss: HOLD entry, queue, trap framed (to a transport that keeps nothing)
+    # 1. the pipeline's miss: HOLD entry, queue, trap framed (to a transport that only
+    #    keeps the frame)
     saved = node.dp_end.transport
-    node.dp_end.transport = Nowhere()
+    kept = node.dp_end.transport = Keep()
     frames = [syn(a, b, 40000 + i % 20000) for i in range(n)]
     t0 = time.process_time()
     for f in frames:
         node.pipeline.receive(a.vif, f)
     misses = _rate(n, t0)
+    # 2. the datapath's FLOW_SET pair alone, for those HOLD entries
+    flow_sets = _pair_floor(node, kept.frames)
     # 3. the agent's analysis and requests, without the datapath answering
     hdr = AgentHeader(a.vif, a.vrf, 6, 1, 5)
     t0 = time.process_time()
@@ -287,6 +347,117 @@ def floors(node: Node, n: int) -> dict[str, float]:
             "policy": policy_rate, "release": release, "hop": hop, "chain": chain}
 
 
+def _pair_floor(node: Node, traps: list[bytes]) -> float:
+    """Pairs/s of the FLOW_SET pairs answering ``traps``, as the agent writes them into
+    the embedded datapath (``set_pair_now``); the requests are built before the clock
+    starts and the release of the held SYNs is kept out (each is a stage of its own)."""
+    pairs = []
+    for t in traps:
+        hdr, inner = decode(t)
+        d = analyse(hdr, inner, node.flows.routes)
+        pairs.append((FlowSetup._reverse_request(hdr.param, d),
+                      FlowSetup._forward_request(hdr.param, hdr.param_5, d, -1)))
+    channel = LocalFlowChannel(node.dp)
+    listeners = node.shared.flows.set_listeners
+    node.shared.flows.set_listeners = []
+    try:
+        t0 = time.process_time()
+        for rev, fwd in pairs:
+            if channel.set_pair_now(rev, fwd) is None:
+                raise AssertionError("a pair left to two requests")
+        rate = _rate(len(pairs), t0) if pairs else 0.0
+    finally:
+        node.shared.flows.set_listeners = listeners
+    for _, fwd in pairs:
+        node.pipeline.held.pop(fwd["fr_index"], None)  # those SYNs are not released
+    return rate
+
+
+def split_floors(node: DatapathNode, n: int) -> dict[str, float]:
+    """Same-run floors of the two-process setup, per flow pair, in CPU time: the
+    datapath's miss and release as in one process; a pair's two FLOW_SETs over ksync cut
+    into the agent's half (requests encoded as its channel does, 16 per netlink message,
+    and the answers parsed) and the datapath's (each message decoded, the
+    FLOW_SETs applied, the replies encoded and framed, as its ksync server does), without
+    the socket between them; the agent's analysis; one trap datagram over a socket."""
+    from vrtwist.agent.packet.service import _answer, encode_flow_request
+    from vrtwist.ksync.clientcore import ClientCore, KsyncResponse
+    from vrtwist.ksync.netlink import HEADERS_LEN, parse_message
+    from vrtwist.ksync.server import STYLE_DPDK, execute, frame_replies
+    from vrtwist.sandesh import decode as sandesh_decode
+
+    vifs = sorted(node.by_vif)
+    a, b = node.by_vif[vifs[0]], node.by_vif[vifs[1]]
+    saved = node.dp_end.transport
+    kept = node.dp_end.transport = Keep()
+    frames = [syn(a, b, 40000 + i % 20000) for i in range(n)]
+    t0 = time.process_time()
+    for f in frames:
+        node.pipeline.receive(a.vif, f)
+    misses = _rate(n, t0)
+    node.dp_end.transport = saved
+    routes = RouteView(node.model.desired)
+    decisions = []
+    t0 = time.process_time()
+    for t in kept.frames:
+        hdr, inner = decode(t)
+        d = analyse(hdr, inner, routes)
+        FlowSetup._reverse_request(hdr.param, d)
+        FlowSetup._forward_request(hdr.param, hdr.param_5, d, -1)
+        decisions.append((hdr, d))
+    agent = _rate(len(decisions), t0)
+    client = ClientCore()
+    cost = {"encode": 0.0, "server": 0.0, "answers": 0.0}
+
+    def round_trip(requests: list[dict[str, int]]) -> list[tuple[int, int, int]]:
+        """One turn of bunched FLOW_SETs, each side timed on its own."""
+        t0 = time.process_time()
+        wire = [client.build([encode_flow_request(f) for f in requests[i : i + 16]])[1]
+                for i in range(0, len(requests), 16)]
+        t1 = time.process_time()
+        replies = []
+        for frame in wire:
+            msg = parse_message(frame)
+            out: list[bytes] = []
+            for req in sandesh_decode(frame[HEADERS_LEN:]):
+                out.extend(execute(node.dp, req))
+            replies.append(frame_replies(out, msg, STYLE_DPDK))
+        t2 = time.process_time()
+        answers = []
+        for done in client.feed(b"".join(replies)):
+            for r in done[1]:
+                if isinstance(r, KsyncResponse):
+                    answers.append(_answer(0, r.objects))
+                else:
+                    answers.append((-1, -1, 0))
+        t3 = time.process_time()
+        cost["encode"] += t1 - t0
+        cost["server"] += t2 - t1
+        cost["answers"] += t3 - t2
+        return answers
+
+    listeners = node.shared.flows.set_listeners
+    node.shared.flows.set_listeners = []  # the release is a stage of its own
+    try:
+        revs = round_trip([FlowSetup._reverse_request(h.param, d) for h, d in decisions])
+        round_trip([FlowSetup._forward_request(h.param, h.param_5, d, r[1])
+                    for (h, d), r in zip(decisions, revs, strict=True)])
+    finally:
+        node.shared.flows.set_listeners = listeners
+    for h, _ in decisions:
+        node.pipeline.held.pop(h.param, None)
+    pairs = max(len(decisions), 1)
+    hits = [syn(a, b, 1024 + i) for i in range(min(n, len(node.out.left)))]
+    t0 = time.process_time()
+    for f in hits:
+        node.pipeline.receive(a.vif, f)
+    release = _rate(len(hits), t0) if hits else 0.0
+    return {"misses": misses, "release": release, "agent": agent,
+            "ksync_dp": pairs / max(cost["server"], 1e-9),
+            "ksync_agent": pairs / max(cost["encode"] + cost["answers"], 1e-9),
+            "hop": _socket_hop(len(syn(a, b, 1)) + 44, n)}
+
+
 def _socket_hop(size: int, n: int) -> float:
     import socket
 
@@ -324,8 +495,14 @@ class Batch:
 
 
 @implementer(IPkt0Transport)
-class Nowhere:
+class Keep:
+    """Keeps the traps sent to it."""
+
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+
     def send(self, frame: bytes) -> bool:
+        self.frames.append(frame)
         return True
 
 
@@ -366,47 +543,184 @@ def load() -> str:
     return "%.1f %.1f %.1f" % os.getloadavg()
 
 
+def report_flows(f: dict[str, float], failed: int) -> None:
+    print(
+        f"flow setup through pkt0: {f['pairs']:.0f} pairs, {f['pairs_per_s']:,.0f} pairs/s, "
+        f"first packet p50 {f['p50_us']:.0f} us p99 {f['p99_us']:.0f} us; "
+        f"baseline (same packets as flow hits) {f['hits_per_s']:,.0f} packets/s "
+        f"(ratio {f['pairs_per_s'] / f['hits_per_s']:.2f}); failures {failed}"
+    )
+
+
 async def main(args: argparse.Namespace) -> None:
     run_dir = tempfile.mkdtemp(prefix="bench-pkt0-")
     try:
-        node = Node(max(args.vms, 2), run_dir, args.policy)
-        print(f"load before: {load()}; policy: {args.policy}")
-        f = await bench_flows(node, args.flows, args.window)
-        print(
-            f"flow setup through pkt0: {f['pairs']:.0f} pairs, {f['pairs_per_s']:,.0f} pairs/s, "
-            f"first packet p50 {f['p50_us']:.0f} us p99 {f['p99_us']:.0f} us; "
-            f"baseline (same packets as flow hits) {f['hits_per_s']:,.0f} packets/s "
-            f"(ratio {f['pairs_per_s'] / f['hits_per_s']:.2f}); failures {f['failed']}"
-        )
-        fl = floors(node, 3000)
-        print(
-            "same-run floors, per flow pair, in CPU time: datapath FLOW_SET pair alone "
-            f"{fl['flow_set_pairs']:,.0f}/s; pipeline miss (HOLD + trap framed) "
-            f"{fl['misses']:,.0f}/s; agent analysis + requests built {fl['agent']:,.0f}/s; "
-            f"policy step ({args.policy}) {fl['policy']:,.0f}/s "
-            f"(ratio to the analysis {fl['policy'] / fl['agent']:.1f}); release of the held "
-            f"SYN (a flow hit) {fl['release']:,.0f}/s; socket hop (one trap datagram sent "
-            f"and received) {fl['hop']:,.0f}/s"
-        )
-        stages = ("flow_set_pairs", "misses", "agent", "release", "hop")
-        total = sum(1e6 / fl[k] for k in stages if fl[k] > 0)
-        print(
-            "ladder, microseconds per pair: "
-            + ", ".join(f"{k} {1e6 / fl[k]:.1f}" for k in stages if fl[k] > 0)
-            + f"; sum {total:.1f} (at most {1e6 / total:,.0f} pairs/s); all stages in one "
-            f"process without socket or reactor {fl['chain']:,.0f} pairs/s "
-            f"({1e6 / fl['chain']:.1f} us); end to end {1e6 / f['pairs_per_cpu_s']:.1f} us "
-            "of CPU per pair"
-        )
-        d = await bench_dhcp(node)
-        print(
-            f"DHCP: {d['vms']:.0f} VMs got a lease (DISCOVER+REQUEST) in {d['seconds']:.2f} s, "
-            f"{d['leases_per_s']:,.0f} leases/s (acks {d['acks']:.0f}, offers {d['offers']:.0f})"
-        )
-        print(f"load after: {load()}")
-        node.stop()
+        if args.split:
+            await main_split(args, run_dir)
+        else:
+            await main_one(args, run_dir)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+async def main_one(args: argparse.Namespace, run_dir: str) -> None:
+    node = Node(max(args.vms, 2), run_dir, args.policy)
+    print(f"load before: {load()}; policy: {args.policy}; one process (embedded datapath)")
+    f = await bench_flows(node, args.flows, args.window)
+    report_flows(f, node.flows.counters.failed)
+    fl = floors(node, 3000)
+    print(
+        "same-run floors, per flow pair, in CPU time: datapath FLOW_SET pair alone "
+        f"{fl['flow_set_pairs']:,.0f}/s; pipeline miss (HOLD + trap framed) "
+        f"{fl['misses']:,.0f}/s; agent analysis + requests built {fl['agent']:,.0f}/s; "
+        f"policy step ({args.policy}) {fl['policy']:,.0f}/s "
+        f"(ratio to the analysis {fl['policy'] / fl['agent']:.1f}); release of the held "
+        f"SYN (a flow hit) {fl['release']:,.0f}/s; socket hop (one trap datagram sent "
+        f"and received) {fl['hop']:,.0f}/s"
+    )
+    stages = ("flow_set_pairs", "misses", "agent", "release", "hop")
+    total = sum(1e6 / fl[k] for k in stages if fl[k] > 0)
+    print(
+        "ladder, microseconds per pair: "
+        + ", ".join(f"{k} {1e6 / fl[k]:.1f}" for k in stages if fl[k] > 0)
+        + f"; sum {total:.1f} (at most {1e6 / total:,.0f} pairs/s); all stages in one "
+        f"process without socket or reactor {fl['chain']:,.0f} pairs/s "
+        f"({1e6 / fl['chain']:.1f} us); end to end {1e6 / f['pairs_per_cpu_s']:.1f} us "
+        "of CPU per pair"
+    )
+    d = await bench_dhcp(node)
+    print(
+        f"DHCP: {d['vms']:.0f} VMs got a lease (DISCOVER+REQUEST) in {d['seconds']:.2f} s, "
+        f"{d['leases_per_s']:,.0f} leases/s (acks {d['acks']:.0f}, offers {d['offers']:.0f})"
+    )
+    print(f"load after: {load()}")
+    node.stop()
+
+
+class _Child(ProcessProtocol):
+    """The datapath process of ``--split``: its stdout lines, one Deferred per line."""
+
+    def __init__(self) -> None:
+        self.lines: list[Deferred[str]] = [Deferred()]
+        self._buf = b""
+        self.ended: Deferred[None] = Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        self._buf += data
+        while b"\n" in self._buf:
+            line, self._buf = self._buf.split(b"\n", 1)
+            d = self.lines[-1]
+            self.lines.append(Deferred())
+            d.callback(line.decode())
+
+    def errReceived(self, data: bytes) -> None:
+        os.write(2, data)
+
+    def processEnded(self, reason: Any) -> None:
+        last = self.lines[-1]
+        if not last.called:
+            last.callback("")  # a child that died early: the line awaited is empty
+        self.ended.callback(None)
+
+    async def line(self, n: int) -> str:
+        while len(self.lines) <= n:
+            await self.lines[-1]
+        return await self.lines[n]
+
+
+async def main_split(args: argparse.Namespace, run_dir: str) -> None:
+    """The datapath (with its ksync server) in a child process, the agent here: pkt0
+    over the two unix datagram sockets and FLOW_SET over a ksync session, as
+    ``twistd vrouter --datapath external`` and ``twistd vrouter-dp`` are joined."""
+    child = _Child()
+    prof = ["-m", "cProfile", "-o", os.environ["BENCH_PKT0_CHILD_PROFILE"]] if os.environ.get("BENCH_PKT0_CHILD_PROFILE") else []
+    argv = [sys.executable, *prof, os.path.abspath(__file__), "--role", "datapath", "--run-dir",
+            run_dir, "--vms", str(max(args.vms, 2)), "--flows", str(args.flows),
+            "--window", str(args.window)]
+    proc = reactor.spawnProcess(child, sys.executable, argv, env=os.environ)
+    if await child.line(0) != "ready":
+        raise SystemExit("the datapath process did not start (its errors are above)")
+    channel = KsyncFlowChannel(reactor, run_dir)
+    channel.service.startService()
+    agent = AgentNode(max(args.vms, 2), run_dir, channel, args.policy)
+    while channel._client is None:
+        await deferLater(reactor, 0.01, lambda: None)
+    print(f"load before: {load()}; policy: {args.policy}; two processes (datapath with "
+          "ksync server, agent with its ksync flow channel)")
+    cpu0 = time.process_time()
+    sys0 = os.times().system
+    proc.write(b"go\n")
+    line = await child.line(1)
+    if not line:
+        raise SystemExit("the datapath process ended without its figures")
+    f = json.loads(line)
+    agent_cpu = time.process_time() - cpu0
+    agent_sys = os.times().system - sys0
+    report_flows(f, agent.flows.counters.failed)
+    done = max(f["pairs"], 1)
+    print(
+        f"CPU per pair: datapath process {f['cpu_us']:.1f} us, agent process "
+        f"{agent_cpu / done * 1e6:.1f} us (over the whole run, reactor and sockets "
+        f"included; in the kernel {f['sys_us']:.1f} and {agent_sys / done * 1e6:.1f} us); "
+        f"sum {f['cpu_us'] + agent_cpu / done * 1e6:.1f} us"
+    )
+    fl = {k[6:]: v for k, v in f.items() if k.startswith("floor_")}
+    dp_stages = ("misses", "ksync_dp", "release", "hop")
+    agent_stages = ("hop", "agent", "ksync_agent")
+    dp_sum = sum(1e6 / fl[k] for k in dp_stages if fl[k] > 0)
+    agent_sum = sum(1e6 / fl[k] for k in agent_stages if fl[k] > 0)
+    print(
+        "same-run ladder, microseconds of CPU per pair (measured in the datapath process, "
+        "ksync without its socket): datapath process: "
+        + ", ".join(f"{k} {1e6 / fl[k]:.1f}" for k in dp_stages if fl[k] > 0)
+        + f", sum {dp_sum:.1f}; agent process: "
+        + ", ".join(f"{k} {1e6 / fl[k]:.1f}" for k in agent_stages if fl[k] > 0)
+        + f", sum {agent_sum:.1f}; at most {1e6 / max(dp_sum, agent_sum):,.0f} pairs/s "
+        "with a core each"
+    )
+    print(f"load after: {load()}")
+    proc.write(b"stop\n")
+    await child.ended
+    agent.stop()
+    channel.stop()
+    stopped = channel.service.stopService()
+    if stopped is not None:
+        await stopped
+
+
+async def datapath_role(args: argparse.Namespace) -> None:
+    """The child of ``--split``: datapath, shared memory, pkt0 and the ksync server; it
+    sends the SYNs and reports the setup figures as one JSON line."""
+    from twisted.internet import stdio
+    from twisted.protocols.basic import LineReceiver
+
+    from vrtwist.ksync.server import STYLE_DPDK, KsyncServerService
+
+    node = DatapathNode(args.vms, args.run_dir)
+    ksync = KsyncServerService(reactor, args.run_dir, node.dp, style=STYLE_DPDK)
+    ksync.privilegedStartService()
+    ksync.startService()
+    commands: list[Deferred[str]] = [Deferred(), Deferred()]
+
+    class Commands(LineReceiver):
+        delimiter = b"\n"
+
+        def lineReceived(self, line: bytes) -> None:
+            if commands:
+                commands.pop(0).callback(line.decode())
+
+    stdio.StandardIO(Commands())
+    wait = list(commands)
+    print("ready", flush=True)
+    await wait[0]
+    f = await bench_flows(node, args.flows, args.window)
+    f.update({"floor_" + k: v for k, v in split_floors(node, 3000).items()})
+    print(json.dumps(f), flush=True)
+    await wait[1]
+    stopped = ksync.stopService()
+    if stopped is not None:
+        await stopped
+    node.stop()
 
 
 if __name__ == "__main__":
@@ -415,8 +729,15 @@ if __name__ == "__main__":
     parser.add_argument("--vms", type=int, default=1000)
     parser.add_argument("--window", type=int, default=256)
     parser.add_argument("--policy", choices=("empty", "none", "sg"), default="empty")
+    parser.add_argument("--split", action="store_true",
+                        help="datapath and agent in two processes, FLOW_SET over ksync")
+    parser.add_argument("--role", choices=("datapath",), help=argparse.SUPPRESS)
+    parser.add_argument("--run-dir", help=argparse.SUPPRESS)
     ns = parser.parse_args()
     from twisted.internet.defer import ensureDeferred
     from twisted.internet.task import react
 
-    react(lambda _r: ensureDeferred(main(ns)))
+    if ns.role == "datapath":
+        react(lambda _r: ensureDeferred(datapath_role(ns)))
+    else:
+        react(lambda _r: ensureDeferred(main(ns)))

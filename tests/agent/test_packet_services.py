@@ -15,7 +15,7 @@ from zope.interface import implementer
 
 from vrtwist.agent.dpstate import AGENT_VIF, VIF, DatapathModel
 from vrtwist.agent.model import Port
-from vrtwist.agent.packet.flows import FlowKey, FlowSetup, RouteView, _linked_request, flow_request
+from vrtwist.agent.packet.flows import FlowKey, FlowSetup, RouteView, flow_request
 from vrtwist.agent.packet.service import LocalFlowChannel
 from vrtwist.agent.packet.services import Announcer, PacketServices, VmPort
 from vrtwist.datapath import constants as C
@@ -277,12 +277,45 @@ class StormTests(SynchronousTestCase):
 
 
 class RequestTests(SynchronousTestCase):
-    def test_linked_request_is_flow_request(self) -> None:
-        """The hot path's literal request has exactly flow_request's fields and values."""
+    def test_flow_request_fields(self) -> None:
+        """One literal with every field the agent sets, the others at the datapath's
+        defaults: what the pair's requests and the embedded one-call pair rely on."""
         key = FlowKey(bytes((10, 1, 1, 3)), bytes((10, 1, 1, 4)), 6, 40000, 80, 12)
         flags = L.FLAG_ACTIVE | L.RFLOW_VALID
+        req = flow_request(key, 7, 3, L.ACTION_FORWARD, flags, flow_vrf=2, src_nh_index=15,
+                           rindex=99, drop_reason=4)
+        self.assertEqual(req["fr_flow_sport"], 0x409C)  # 40000 in network byte order
+        self.assertEqual(req["fr_flow_sip_l"], 0x0301010A)
         self.assertEqual(
-            _linked_request(key, 7, 3, L.ACTION_FORWARD, 2, 15, 99, 0),
-            flow_request(key, 7, 3, L.ACTION_FORWARD, flags, flow_vrf=2, src_nh_index=15,
-                         rindex=99, drop_reason=0),
-        )
+            {k: req[k] for k in ("fr_index", "fr_gen_id", "fr_action", "fr_flags",
+                                 "fr_flow_vrf", "fr_src_nh_index", "fr_rindex",
+                                 "fr_drop_reason")},
+            {"fr_index": 7, "fr_gen_id": 3, "fr_action": L.ACTION_FORWARD, "fr_flags": flags,
+             "fr_flow_vrf": 2, "fr_src_nh_index": 15, "fr_rindex": 99, "fr_drop_reason": 4},
+        )  # fmt: skip
+        plain = flow_request(key, -1, 0, L.ACTION_DROP, 0)
+        self.assertEqual(
+            (plain["fr_flow_vrf"], plain["fr_src_nh_index"], plain["fr_rindex"],
+             plain["fr_drop_reason"]), (0, 0, -1, 0))  # fmt: skip
+        self.assertEqual(len(req), 17)
+
+
+class RouteViewOutTests(SynchronousTestCase):
+    def test_out_of_follows_changes(self) -> None:
+        """The reverse key next hop of a route's next hop is kept, and forgotten when the
+        desired objects change: a VM vif given a new policy next hop is seen at once."""
+        desired: dict[Any, tuple[str, dict[str, Any]]] = {
+            ("nh", 20): ("vr_nexthop_req", {"nhr_type": 2, "nhr_encap_oif_id": [4]}),  # ENCAP
+            ("vif", 4): ("vr_interface_req", {"vifr_type": 3, "vifr_nh_id": 21}),  # VIRTUAL
+            ("nh", 30): ("vr_nexthop_req", {"nhr_type": 3}),  # TUNNEL
+            ("nh", 40): ("vr_nexthop_req", {"nhr_type": 6}),  # COMPOSITE
+        }
+        routes = RouteView(desired)
+        self.assertEqual(routes.out_of(20, 5), (21, 4))
+        self.assertEqual(routes.out_of(30, 5), (5, -1))
+        self.assertEqual(routes.out_of(40, 5), (40, -1))
+        self.assertEqual(routes.out_of(99, 5), (5, -1))  # no such next hop
+        desired[("vif", 4)] = ("vr_interface_req", {"vifr_type": 3, "vifr_nh_id": 22})
+        self.assertEqual(routes.out_of(20, 5), (21, 4))  # kept until told
+        routes.changed([("vif", 4)])
+        self.assertEqual(routes.out_of(20, 5), (22, 4))

@@ -435,13 +435,17 @@ class FlowStage(PipelineCore):
         assert self.flows is not None
         src_info = pkt.vif.idx if not pkt.outer_src else struct.unpack("<I", pkt.outer_src)[0]
         try:
-            index, _gen = self.flows.hold_on_miss(key, pkt.dvrf, src_info)
+            index, gen = self.flows.hold_on_miss(key, pkt.dvrf, src_info)
         except FlowTableFull:
             self._drop(pkt, D.DROP_FLOW_TABLE_FULL)
             return False
         pkt.flow_index = index
         nbytes = len(buf) - pkt.off
-        held = self._enqueue(pkt, index)  # the trap carries the new entry's zero counters
+        # the trap carries the new entry's zero counters
+        if pkt.gso is None and index not in self.held:
+            held = self._trap_new(pkt, index, gen)
+        else:
+            held = self._enqueue(pkt, index)
         self.flows.add_stats(index, nbytes, 1)
         self.flow_last_used[index] = self.now()
         return held
@@ -471,16 +475,33 @@ class FlowStage(PipelineCore):
                 copy.dvrf = v.vrf
                 self._trap(copy, code, param=index, param_1=nh_id, stats=stats)
                 return False
-            # the trap is a copy of the held packet in the entry's VRF; the held packet is
-            # immutable bytes now, so its bytes are the copy (no Packet clone per miss)
-            buf = pkt.buf
-            vif = pkt.vif
-            # a decapsulated packet is trapped from the start of its frame, outer headers
-            # included (the agent reads the label or VNI from them)
-            whole = pkt.outer_src and vif.type == C.VIF_TYPE_PHYSICAL
-            frame = buf if whole or not pkt.start else buf[pkt.start :]
-            if not self.trapper.trap(vif.idx, v.vrf, code, index, nh_id, stats, frame):
-                self._drop(pkt, D.DROP_TRAP_NO_IF)
+            self._trap_held(pkt, v.vrf, code, index, nh_id, stats)
+        return False
+
+    def _trap_held(self, pkt: Packet, vrf: int, code: int, index: int, nh_id: int,
+                   stats: tuple[int, int, int, int]) -> None:
+        """The trap is a copy of the held packet in the entry's VRF; the held packet is
+        immutable bytes now, so its bytes are the copy (no Packet clone per miss)."""
+        buf = pkt.buf
+        vif = pkt.vif
+        # a decapsulated packet is trapped from the start of its frame, outer headers
+        # included (the agent reads the label or VNI from them)
+        whole = pkt.outer_src and vif.type == C.VIF_TYPE_PHYSICAL
+        frame = buf if whole or not pkt.start else buf[pkt.start :]
+        if not self.trapper.trap(vif.idx, vrf, code, index, nh_id, stats, frame):
+            self._drop(pkt, D.DROP_TRAP_NO_IF)
+
+    def _trap_new(self, pkt: Packet, index: int, gen: int) -> bool:
+        """``_enqueue`` of the first packet of an entry just created: what the trap says
+        of the entry is known (in the packet's VRF, generation ``gen``, no counters yet),
+        so it is not read back."""
+        flows = self.flows
+        assert flows is not None
+        pkt.buf = bytes(pkt.buf)  # the caller may reuse its buffer
+        self.held[index] = [pkt]
+        code = D.TRAP_FLOW_MISS if flows.take_new_flow(index) else D.TRAP_FLOW_ACTION_HOLD
+        nh_id = pkt.nh.id if pkt.nh is not None else pkt.vif.nh_id
+        self._trap_held(pkt, pkt.dvrf, code, index, nh_id, (0, 0, 0, gen))
         return False
 
     def flow_set(self, index: int) -> None:

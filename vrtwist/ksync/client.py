@@ -80,12 +80,25 @@ class KsyncClientProtocol(Protocol):
         """Send one request; fires with its KsyncResponse, fails with KsyncError (errno < 0)."""
         return self.request_many([msg])[0]
 
-    def request_many(self, msgs: Sequence[Any]) -> list[Deferred[KsyncResponse]]:
-        """Bunch ``msgs`` into one netlink message; one Deferred per request, in order."""
+    def request_many(
+        self, msgs: Sequence[Any], answers: list[Deferred[Any]] | None = None
+    ) -> list[Deferred[KsyncResponse]]:
+        """Bunch ``msgs`` into one netlink message; one Deferred per request, in order.
+
+        ``answers``: the Deferreds to fire (one per request), when the caller made them
+        already, e.g. with its callbacks attached, instead of new ones it would chain."""
+        if answers is not None and len(answers) != len(msgs):
+            raise ValueError("one answer Deferred per request")
         if self._lost is not None or self.transport is None:
-            return [fail(KsyncConnectionLost("ksync connection is closed")) for _ in msgs]
+            if answers is None:
+                return [fail(KsyncConnectionLost("ksync connection is closed")) for _ in msgs]
+            for d in answers:
+                d.errback(Failure(KsyncConnectionLost("ksync connection is closed")))
+            return answers
         seq, data = self._core.build(msgs)
-        ds: list[Deferred[KsyncResponse]] = [Deferred() for _ in msgs]
+        ds: list[Deferred[KsyncResponse]] = (
+            answers if answers is not None else [Deferred() for _ in msgs]
+        )
         self._waiting[seq] = ds
         self.transport.write(data)
         return ds

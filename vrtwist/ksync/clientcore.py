@@ -29,7 +29,7 @@ from vrtwist.sandesh import (
     VR_MESSAGE_DUMP_INCOMPLETE,
     SandeshDecodeError,
     decode,
-    encode_many,
+    encode,
     schema,
 )
 from vrtwist.sandesh.constants import AF_BRIDGE, DUMP
@@ -109,10 +109,13 @@ class ClientCore:
         self.pending: dict[int, _Pending] = {}
 
     def build(self, msgs: Sequence[Any]) -> tuple[int, bytes]:
-        """Encode ``msgs`` (bunched) into one netlink request; remember what to expect."""
+        """Encode ``msgs`` (bunched) into one netlink request; remember what to expect.
+
+        A message given as bytes is taken as already encoded."""
         if not msgs:
             raise ValueError("no messages to send")
-        payload = encode_many(msgs)
+        # a message may come encoded already (bytes): the agent's FLOW_SETs do
+        payload = b"".join([m if m.__class__ is bytes else encode(m) for m in msgs])
         self._seq = (self._seq + 1) & 0xFFFFFFFF
         while self._seq in self.pending or self._seq == 0:
             self._seq = (self._seq + 1) & 0xFFFFFFFF

@@ -59,6 +59,7 @@ _NO_MIRROR = 0xFF  # VR_MAX_MIRROR_INDICES: "no mirror" in fe_mirror_id
 # FLOW_SET fast path: ACTIVE set and none of VRFT, MIRROR, RFLOW_VALID
 _FAST_NEED = L.FLAG_ACTIVE | L.FLAG_VRFT | L.FLAG_MIRROR | L.RFLOW_VALID
 _ACTION_SET = frozenset(L.ACTIONS)
+_PAIR_ACTIONS = frozenset(a for a in L.ACTIONS if a != L.ACTION_HOLD)
 # flags a new entry takes from the request: not the datapath's own, never NEW_FLOW
 _KEEP_REQ_FLAGS = ~L.DP_FLAGS & ~L.FLAG_NEW_FLOW & 0xFFFF
 _KEY4 = struct.Struct("<BBHHHIII").pack  # FLOW_KEY4 with the addresses as words
@@ -86,6 +87,32 @@ _REQ_VALUES = operator.itemgetter(
     "fr_drop_reason",
     "fr_extflags",
 )
+#: The fields of the agent's pair requests (``flow_request``'s), in one C call.
+_PAIR_FIELDS = operator.itemgetter(
+    "fr_op",
+    "fr_index",
+    "fr_gen_id",
+    "fr_action",
+    "fr_flags",
+    "fr_ecmp_nh_index",
+    "fr_family",
+    "fr_flow_proto",
+    "fr_flow_sport",
+    "fr_flow_dport",
+    "fr_flow_nh_id",
+    "fr_flow_sip_l",
+    "fr_flow_dip_l",
+    "fr_flow_vrf",
+    "fr_src_nh_index",
+    "fr_rindex",
+    "fr_drop_reason",
+)
+_PAIR_LEN = 17
+#: the single linked requests' fast path (``FlowTable._linked``); off only in tests
+_LINKED_FAST = True
+_PAIR_FLAGS = L.FLAG_ACTIVE | L.RFLOW_VALID
+#: a live entry with any of these is refused (-EBUSY) or being deleted (-EINVAL)
+_PAIR_BUSY = L.FLAG_MODIFIED | L.FLAG_EVICTED | L.FLAG_NEW_FLOW | L.FLAG_DELETE_MARKED
 _MUDP_START = L.MUDP_PORT_RANGE_START
 _MUDP_RANGE = L.MUDP_PORT_RANGE_END - L.MUDP_PORT_RANGE_START
 
@@ -494,6 +521,7 @@ class FlowTable(TableOwner):
         d = fields_of(req)
         index = _signed32(d["fr_index"])
         rflags = d["fr_flags"] & 0xFFFF
+        res: FlowSetResult | None = None
         if (
             index < 0
             and not d["fr_op"]
@@ -502,12 +530,156 @@ class FlowTable(TableOwner):
             and d["fr_action"] & 0xFFFF in _ACTION_SET
         ):
             res = self._create(d, rflags, index)
-        else:
+        elif rflags == _PAIR_FLAGS and _LINKED_FAST:
+            res = self._linked(d, index)
+        if res is None:
             res = self._set(d, index, rflags)
         if res.errno == 0 and self.set_listeners:
             for listener in self.set_listeners:
                 listener(res.index)
         return res
+
+    def flow_set_pair(
+        self, rev: Mapping[str, int], fwd: Mapping[str, int]
+    ) -> tuple[FlowSetResult, FlowSetResult] | None:
+        """The agent's flow pair in one call, for an embedded datapath: the reverse flow
+        (``fr_index`` -1, linked to the trapped HOLD entry) and then the forward flow at
+        that entry, linked to the reverse's new index.
+
+        The entries, counters and listener calls are those of ``flow_set(rev)`` followed
+        by ``flow_set(fwd)`` with ``fwd``'s ``fr_rindex`` set to the reverse's index; the
+        two requests' full field sets are never built and the forward entry is checked
+        once. Only the common case is taken here: two requests of exactly the fields
+        ``flow_request`` makes, IPv4, ACTIVE|RFLOW_VALID, no HOLD action, the trapped
+        entry live, idle and of the request's generation and key, the reverse key new and
+        a slot free for it. Anything else returns None with nothing written (the caller
+        sends the two requests, which say what is wrong)."""
+        if len(rev) != _PAIR_LEN or len(fwd) != _PAIR_LEN:
+            return None
+        try:
+            r = _PAIR_FIELDS(rev)
+            f = _PAIR_FIELDS(fwd)
+        except KeyError:
+            return None
+        index = f[1]
+        if (
+            r[0] or f[0] or r[1] != -1 or r[15] != index or not 0 <= index < self.ht.total
+            or r[4] != _PAIR_FLAGS or f[4] != _PAIR_FLAGS or r[6] != 2 or f[6] != 2
+            or r[3] not in _PAIR_ACTIONS or f[3] not in _PAIR_ACTIONS
+        ):  # fmt: skip
+            return None
+        old_flags = self._pair_entry(index, f)
+        if old_flags < 0:
+            return None
+        rres = self._pair_reverse(r, index)
+        if rres is None:
+            return None
+        listeners = self.set_listeners
+        for listener in listeners:
+            listener(rres.index)
+        gen = self._pair_forward(f, index, rres.index, old_flags)
+        for listener in listeners:
+            listener(index)
+        return rres, FlowSetResult(0, index, gen)
+
+    def _linked(self, d: dict[str, Any], index: int) -> FlowSetResult | None:
+        """One flow of the agent's pair on its own (as it comes over ksync): ACTIVE and
+        RFLOW_VALID, linked to a live index, nothing else set. A new flow (no index)
+        is written as ``flow_set_pair``'s reverse, a live entry as its forward; None for
+        anything else (``_set`` then does it, or says what is wrong)."""
+        ttl, qos, flags1, _, _, _, _, ext = _REQ_VALUES(d)
+        f = _PAIR_FIELDS(d)
+        rindex = _signed32(f[15])
+        if (
+            ttl or qos or flags1 or ext or f[0] or f[6] != 2 or f[3] not in _PAIR_ACTIONS
+            or rindex < 0 or not self._valid(rindex)
+        ):  # fmt: skip
+            return None
+        if index < 0:
+            return self._pair_reverse(f, rindex)
+        if index >= self.ht.total:
+            return None
+        old_flags = self._pair_entry(index, f)
+        if old_flags < 0:
+            return None
+        return FlowSetResult(0, index, self._pair_forward(f, index, rindex, old_flags))
+
+    def _pair_entry(self, index: int, f: tuple[int, ...]) -> int:
+        """The trapped entry's flags when the forward request may be written over it as
+        it is (live, idle, IPv4, its generation and key); -1 otherwise."""
+        buf = self.buf
+        off = index * 256  # FLOW_ENTRY_SIZE; 88 = flags, 69 = gen, 24 = key
+        flags = buf[off + 88] | buf[off + 89] << 8
+        key = _KEY4(2, f[7] & 0xFF, 0, f[8] & 0xFFFF, f[9] & 0xFFFF, f[10] & 0xFFFFFFFF,
+                    f[11] & 0xFFFFFFFF, f[12] & 0xFFFFFFFF)  # fmt: skip
+        if (
+            not buf[off + L.OFF_HENTRY_FLAGS] & L.HENTRY_FLAG_VALID
+            or flags & _PAIR_BUSY
+            or buf[off + L.OFF_FE_TYPE] != L.VP_TYPE_IP
+            or f[2] & 0xFF != buf[off + 69]
+            or buf[off + 24 : off + 44] != key
+        ):
+            return -1
+        return flags
+
+    def _pair_reverse(self, r: tuple[int, ...], index: int) -> FlowSetResult | None:
+        """The reverse flow as a new entry linked to ``index`` (``_claim`` then
+        ``_create_linked``); None, with nothing written, if its key exists or no slot is
+        free."""
+        buf = self.buf
+        proto, sport, dport = r[7] & 0xFF, r[8] & 0xFFFF, r[9] & 0xFFFF
+        nh, sip, dip = r[10] & 0xFFFFFFFF, r[11] & 0xFFFFFFFF, r[12] & 0xFFFFFFFF
+        key = _KEY4(2, proto, 0, sport, dport, nh, sip, dip)
+        if key in self._index:
+            return None
+        rindex = self.ht.allocate(key, _HASH5(2 | proto << 8, sport | dport << 16, nh, sip, dip))
+        if rindex is None:
+            return None
+        roff = rindex * 256
+        if buf[roff + 88] or buf[roff + 89]:
+            _U16.pack_into(buf, roff + 88, 0)  # reused (evicted) slot: unpublish first
+        self._index[key] = rindex
+        self.counters.added += 1
+        gen = (buf[roff + 69] + 1) & 0xFF
+        key45 = key + _TAIL4
+        vrf = r[13] & 0xFFFF
+        action = r[3]
+        rt = _U16.unpack_from(buf, index * 256 + L.OFF_FE_TCP_FLAGS)[0]
+        _BODY_PACK(
+            buf, roff + 21, 0, 0, key45, gen, _reverse_tcp(rt), 0, 0, index, 0, 0, action, vrf,
+            0, _NO_MIRROR, _NO_MIRROR, r[14] & 0xFFFFFFFF, 0, 0, 0, 0, _ecmp8(r[5]),
+            r[16] & 0xFF if action == 0 else 0, 2, self._udp_port(vrf, key45, 2), 0, 0,
+        )  # fmt: skip
+        _U16.pack_into(buf, roff + 88, _PAIR_FLAGS)  # published last
+        return FlowSetResult(0, rindex, gen)
+
+    def _pair_forward(self, f: tuple[int, ...], index: int, rindex: int, old_flags: int) -> int:
+        """The trapped entry given the forward request's verdict (``_set`` then
+        ``_apply``); returns its generation."""
+        off = index * 256
+        body = list(_BODY.unpack_from(self.buf, off + 21))
+        action = f[3]
+        if body[10] == L.ACTION_HOLD:
+            self.counters.action_count += 1
+        else:
+            self.counters.changed += 1
+        vrf = f[13] & 0xFFFF
+        body[0] = body[1] = body[9] = 0  # ttl, qos, flags1
+        body[7] = rindex
+        body[10] = action
+        body[11] = vrf
+        body[13] = body[14] = _NO_MIRROR
+        body[15] = f[14] & 0xFFFFFFFF
+        if body[20] == -1:
+            body[20] = _ecmp8(f[5])
+        if action == 0:
+            body[21] = f[16] & 0xFF
+        if not body[23]:
+            body[23] = self._udp_port(vrf, body[2], body[22])
+        _BODY.pack_into(self.buf, off + 21, *body)
+        _U16.pack_into(self.buf, off + 88, ((old_flags & L.DP_FLAGS) | _PAIR_FLAGS) & ~L.FLAG_NEW_FLOW)
+        gen: int = body[3]
+        return gen
 
     def _create(self, d: dict[str, Any], rflags: int, req_index: int) -> FlowSetResult:
         """A new flow without VRFT, MIRROR or RFLOW_VALID: what ``_set`` would do, in one
@@ -734,24 +906,27 @@ class FlowTable(TableOwner):
         """
         ttl, qos, flags1, vrf, src_nh, ecmp, drop, ext = _REQ_VALUES(d)
         qos &= 0xFFFF
-        ecmp &= 0xFF
         vrf &= 0xFFFF
         if ext & 2:  # EXT_FLAG_MOCK_SRC_UDP
             port = L.MOCK_SRC_UDP_PORT
         elif not port:
-            span = 32 if etype == 3 else 8  # both addresses: 16 bytes each for VP_TYPE_IP6
-            h = hash((vrf, key45[4:8], key45[12 : 12 + span], self._hashrnd)) & 0xFFFFFFFF
-            port = _MUDP_START + ((h * _MUDP_RANGE) >> 32)
+            port = self._udp_port(vrf, key45, etype)
         return (
             ttl & 0xFF,
             qos - 0x10000 if qos & 0x8000 else qos,
             flags1 & 0xFFFF,
             vrf,
             src_nh & 0xFFFFFFFF,
-            ecmp - 256 if ecmp >= 128 else ecmp,
+            _ecmp8(ecmp),
             drop & 0xFF,
             port,
         )
+
+    def _udp_port(self, vrf: int, key45: bytes, etype: int) -> int:
+        """The entry's tunnel source port from the flow tuple (``vr_flow_udp_src_port``)."""
+        span = 32 if etype == 3 else 8  # both addresses: 16 bytes each for VP_TYPE_IP6
+        h = hash((vrf, key45[4:8], key45[12 : 12 + span], self._hashrnd)) & 0xFFFFFFFF
+        return _MUDP_START + ((h * _MUDP_RANGE) >> 32)
 
     def _count_hold(self) -> None:
         c = self.counters
@@ -872,6 +1047,12 @@ class FlowTable(TableOwner):
             "ftable_burst_free_tokens": 0,
             "ftable_hold_entries": max(0, created - c.action_count),
         }
+
+
+def _ecmp8(v: int) -> int:
+    """A request's ECMP index as the entry's signed byte stores it."""
+    v &= 0xFF
+    return v - 256 if v >= 128 else v
 
 
 def _signed16(v: int) -> int:

@@ -73,10 +73,14 @@ DR_NO_DST_ROUTE: Final = 0x05
 #: ENOENT/EBADF: the entry is gone or was reused; the agent ignores them
 _STALE: Final = frozenset({2, 9})
 _EEXIST: Final = 17
+#: the flags of each flow of a pair: active, linked to the other
+_LINKED: Final = L.FLAG_ACTIVE | L.RFLOW_VALID
 #: ICMP types whose identifier is the flow's source port (echo, timestamp, mask)
 _ICMP_ECHO_TYPES: Final = frozenset({0, 8, 13, 14, 17, 18})
 
 Key = tuple[Any, ...]
+#: answers ``RouteView.out_of`` keeps at most (a trap names any key next hop it likes)
+_MAX_OUTS: Final = 4096
 
 
 class FlowChannel(Protocol):
@@ -111,9 +115,12 @@ class RouteView:
         self._routes: dict[int, dict[int, dict[int, dict[str, Any]]]] = {}
         #: vrf -> (mask, that prefix length's table), longest prefix first
         self._plens: dict[int, list[tuple[int, dict[int, dict[str, Any]]]]] = {}
+        #: (route next hop, key next hop) -> ``out_of``'s answer, until the next change
+        self._outs: dict[tuple[int, int], tuple[int, int]] = {}
         self.changed(list(desired))
 
     def changed(self, keys: Iterable[Key]) -> None:
+        self._outs.clear()
         touched: set[int] = set()
         for key in keys:
             if len(key) != 5 or key[1] != C.AF_INET:
@@ -141,6 +148,30 @@ class RouteView:
                 return hit
         return None
 
+    def out_of(self, out_nh: int, key_nh: int) -> tuple[int, int]:
+        """(the reverse flow's key next hop, the local VM vif it leaves by or -1) of a
+        flow whose route's next hop is ``out_nh`` and whose own key next hop is
+        ``key_nh``: a local VM's own policy next hop, else ``out_nh`` itself for a next
+        hop that is not a tunnel, receive or resolve one, else ``key_nh``. Kept until the
+        next change (every change to the desired objects comes through ``changed``)."""
+        found = self._outs.get((out_nh, key_nh))
+        if found is None:
+            if len(self._outs) >= _MAX_OUTS:
+                self._outs.clear()
+            found = self._outs[(out_nh, key_nh)] = self._resolve_out(out_nh, key_nh)
+        return found
+
+    def _resolve_out(self, out_nh: int, key_nh: int) -> tuple[int, int]:
+        nh = self.nexthop(out_nh)
+        if nh is not None and nh.get("nhr_type") == C.NH_ENCAP:
+            oifs = nh.get("nhr_encap_oif_id") or [-1]
+            vif = self.interface(int(oifs[0]))
+            if vif is not None and vif.get("vifr_type") == C.VIF_TYPE_VIRTUAL:
+                return int(vif.get("vifr_nh_id", key_nh)), int(oifs[0])
+        elif nh is not None and nh.get("nhr_type") not in (C.NH_TUNNEL, C.NH_RCV, C.NH_RESOLVE):
+            return out_nh, -1
+        return key_nh, -1
+
     def nexthop(self, nh_id: int) -> dict[str, Any] | None:
         entry = self._desired.get(("nh", nh_id))
         return entry[1] if entry else None
@@ -167,16 +198,18 @@ class FlowKey(NamedTuple):
 
 
 def flow_request(
-    key: FlowKey, index: int, gen: int, action: int, flags: int, **options: int
+    key: FlowKey, index: int, gen: int, action: int, flags: int, *, flow_vrf: int = 0,
+    src_nh_index: int = 0, rindex: int = -1, drop_reason: int = 0,
 ) -> dict[str, int]:
     """The fields of the FLOW_SET ``vr_flow_req`` for ``key`` at ``index``/``gen``.
 
     Addresses and ports go in the "network bytes held in a host integer" form of the
-    vRouter's messages; ``options`` are further fields without their ``fr_`` prefix. A
+    vRouter's messages; the keywords are the further fields the agent sets, without
+    their ``fr_`` prefix (their defaults are the datapath's for an absent field). A
     mapping, not a Sandesh object: the embedded datapath takes it as it is, and only the
-    ksync channel builds the message.
+    ksync channel builds the message. One literal: it is built twice per flow setup.
     """
-    f: dict[str, int] = {
+    return {
         "fr_op": 0,
         "fr_index": index,
         "fr_gen_id": gen,
@@ -190,32 +223,8 @@ def flow_request(
         "fr_flow_nh_id": key.nh_id,
         "fr_flow_sip_l": int.from_bytes(key.sip, "little"),
         "fr_flow_dip_l": int.from_bytes(key.dip, "little"),
-    }
-    for name, value in options.items():
-        f["fr_" + name] = value
-    return f
-
-
-def _linked_request(key: FlowKey, index: int, gen: int, action: int, vrf: int, src_nh: int,
-                    rindex: int, drop_reason: int) -> dict[str, int]:
-    """:func:`flow_request` of one flow of a pair (active, linked to ``rindex``): the
-    same fields, as one literal instead of a keyword loop, for the setup's hot path."""
-    return {
-        "fr_op": 0,
-        "fr_index": index,
-        "fr_gen_id": gen,
-        "fr_action": action,
-        "fr_flags": L.FLAG_ACTIVE | L.RFLOW_VALID,
-        "fr_ecmp_nh_index": 0xFFFFFFFF,
-        "fr_family": C.AF_INET,
-        "fr_flow_proto": key.proto,
-        "fr_flow_sport": port_to_wire(key.sport),
-        "fr_flow_dport": port_to_wire(key.dport),
-        "fr_flow_nh_id": key.nh_id,
-        "fr_flow_sip_l": int.from_bytes(key.sip, "little"),
-        "fr_flow_dip_l": int.from_bytes(key.dip, "little"),
-        "fr_flow_vrf": vrf,
-        "fr_src_nh_index": src_nh,
+        "fr_flow_vrf": flow_vrf,
+        "fr_src_nh_index": src_nh_index,
         "fr_rindex": rindex,
         "fr_drop_reason": drop_reason,
     }
@@ -364,17 +373,7 @@ def analyse(hdr: AgentHeader, frame: bytes | memoryview, routes: RouteView,
     if src_route is None or dst_route is None:
         return short_decision(forward, vrf, src_route is None, dst_route, routes)
     out_nh = int(dst_route.get("rtr_nh_id", 0))
-    reverse_nh = key_nh
-    out_vif = -1
-    nh = routes.nexthop(out_nh)
-    if nh is not None and nh.get("nhr_type") == C.NH_ENCAP:
-        oifs = nh.get("nhr_encap_oif_id") or [-1]
-        vif = routes.interface(int(oifs[0]))
-        if vif is not None and vif.get("vifr_type") == C.VIF_TYPE_VIRTUAL:
-            reverse_nh = int(vif.get("vifr_nh_id", key_nh))
-            out_vif = int(oifs[0])
-    elif nh is not None and nh.get("nhr_type") not in (C.NH_TUNNEL, C.NH_RCV, C.NH_RESOLVE):
-        reverse_nh = out_nh
+    reverse_nh, out_vif = routes.out_of(out_nh, key_nh)
     rsport, rdport = (sport, dport) if ip.proto == IPPROTO_ICMP else (dport, sport)
     reverse = FlowKey(forward.dip, forward.sip, ip.proto, rsport, rdport, reverse_nh)
     ack = ip.proto == IPPROTO_TCP and len(frame) > l4 + 13 and bool(frame[l4 + 13] & 0x10)
@@ -511,7 +510,7 @@ class FlowSetup:
             finally:
                 self._pending.discard(token)
             return None
-        d = Deferred.fromCoroutine(self._program(hdr.param, hdr.param_5, decision))
+        d = self._program(hdr.param, hdr.param_5, decision)
 
         def done(result: object) -> None:
             self._pending.discard(token)
@@ -522,26 +521,50 @@ class FlowSetup:
 
     def _program_now(self, set_now: Callable[[dict[str, int]], tuple[int, int, int]],
                      index: int, gen: int, d: FlowDecision) -> None:
-        """:meth:`_program` for a channel that answers synchronously."""
+        """:meth:`_program` for a channel that answers synchronously. One that can also
+        write both flows in one call (``set_pair_now(reverse, forward)`` -> the reverse's
+        (index, gen), or None when it took neither) is given the pair first."""
         if d.reverse is None:
             self._short_done(set_now(self._short_request(index, gen, d))[0])
             return
-        code, rev_index, rev_gen = set_now(self._reverse_request(index, d))
+        rev = self._reverse_request(index, d)
+        set_pair = getattr(self.channel, "set_pair_now", None)
+        if set_pair is not None:
+            fwd = self._forward_request(index, gen, d, -1)
+            done = set_pair(rev, fwd)
+            if done is not None:
+                self._forward_done(0, index, gen, d, done[0], done[1])
+                return
+        code, rev_index, rev_gen = set_now(rev)
         if not self._reverse_ok(code, rev_index):
             return
         code = set_now(self._forward_request(index, gen, d, rev_index))[0]
         self._forward_done(code, index, gen, d, rev_index, rev_gen)
 
-    async def _program(self, index: int, gen: int, d: FlowDecision) -> None:
+    def _program(self, index: int, gen: int, d: FlowDecision) -> Deferred[None]:
+        """Write the pair over a channel that answers later (ksync): the reverse, then,
+        once its index is known, the forward. Callbacks, not a coroutine: one Deferred
+        per request and none per setup (the agent's hot path over ksync)."""
         if d.reverse is None:
-            code, _, _ = await self.channel(self._short_request(index, gen, d))
-            self._short_done(code)
-            return
-        code, rev_index, rev_gen = await self.channel(self._reverse_request(index, d))
+            return self.channel(self._short_request(index, gen, d)).addCallback(
+                self._short_answered)
+        return self.channel(self._reverse_request(index, d)).addCallback(
+            self._reverse_answered, index, gen, d)
+
+    def _short_answered(self, answer: tuple[int, int, int]) -> None:
+        self._short_done(answer[0])
+
+    def _reverse_answered(self, answer: tuple[int, int, int], index: int, gen: int,
+                          d: FlowDecision) -> Deferred[None] | None:
+        code, rev_index, rev_gen = answer
         if not self._reverse_ok(code, rev_index):
-            return
-        code, _, _ = await self.channel(self._forward_request(index, gen, d, rev_index))
-        self._forward_done(code, index, gen, d, rev_index, rev_gen)
+            return None
+        return self.channel(self._forward_request(index, gen, d, rev_index)).addCallback(
+            self._forward_answered, index, gen, d, rev_index, rev_gen)
+
+    def _forward_answered(self, answer: tuple[int, int, int], index: int, gen: int,
+                          d: FlowDecision, rev_index: int, rev_gen: int) -> None:
+        self._forward_done(answer[0], index, gen, d, rev_index, rev_gen)
 
     @staticmethod
     def _short_request(index: int, gen: int, d: FlowDecision) -> dict[str, int]:
@@ -560,8 +583,9 @@ class FlowSetup:
         """The reverse flow, written first at a new index and linked to the trapped one."""
         assert d.reverse is not None
         rev_action = d.action if d.reverse_action < 0 else d.reverse_action
-        f = _linked_request(d.reverse, -1, 0, rev_action, d.dvrf, d.reverse_src_nh, index,
-                            d.reverse_drop_reason)
+        f = flow_request(d.reverse, -1, 0, rev_action, _LINKED, flow_vrf=d.dvrf,
+                         src_nh_index=d.reverse_src_nh, rindex=index,
+                         drop_reason=d.reverse_drop_reason)
         return with_mirrors(f, d.reverse_mirrors) if d.reverse_mirrors else f
 
     def _reverse_ok(self, code: int, rev_index: int) -> bool:
@@ -576,8 +600,8 @@ class FlowSetup:
     @staticmethod
     def _forward_request(index: int, gen: int, d: FlowDecision, rev_index: int) -> dict[str, int]:
         """The forward flow at the trapped index and generation, linked to the reverse."""
-        f = _linked_request(d.forward, index, gen, d.action, d.vrf, d.src_nh, rev_index,
-                            d.drop_reason)
+        f = flow_request(d.forward, index, gen, d.action, _LINKED, flow_vrf=d.vrf,
+                         src_nh_index=d.src_nh, rindex=rev_index, drop_reason=d.drop_reason)
         return with_mirrors(f, d.mirrors) if d.mirrors else f
 
     def _forward_done(self, code: int, index: int, gen: int, d: FlowDecision,
@@ -618,7 +642,7 @@ class FlowSetup:
                 continue
             self.counters.revaluated += 1
             pair.decision = new
-            flags = L.FLAG_ACTIVE | L.RFLOW_VALID
+            flags = _LINKED
             out.append(self.channel(with_mirrors(flow_request(
                 pair.reverse, pair.rev_index, pair.rev_gen, rev_action, flags,
                 flow_vrf=new.dvrf, src_nh_index=new.reverse_src_nh, rindex=pair.fwd_index,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import os
+import struct
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,7 @@ from twisted.python.failure import Failure
 
 from vrtwist.access import SocketAccess
 from vrtwist.agent.dpstate import NH, VIF, DatapathModel
+from vrtwist.agent.ksync_window import BUNCH
 from vrtwist.agent.networks import dns_settings
 from vrtwist.agent.packet.arp import FabricResolver, PathProber
 from vrtwist.agent.packet.dns import DnsProxy, VmName
@@ -38,7 +40,7 @@ from vrtwist.ksync.clientcore import KsyncError
 from vrtwist.logfields import Logger
 from vrtwist.pkt0.endpoints import AgentEndpoint
 from vrtwist.pkt0.transport import AGENT_SOCKET, DATAPATH_SOCKET, UnixDatagramTransport
-from vrtwist.sandesh import schema
+from vrtwist.sandesh import encode, schema
 from vrtwist.sandesh.constants import FLOW_TABLE_GET
 
 if TYPE_CHECKING:
@@ -79,6 +81,17 @@ class LocalFlowChannel:
         reply = self._datapath.handle(schema.vr_flow_req(**fields))
         return _answer(int(reply[0][0].resp_code), (o for m in reply for o in m))
 
+    def set_pair_now(self, rev: dict[str, int], fwd: dict[str, int]) -> tuple[int, int] | None:
+        """Both flows of a pair in one call (the table's ``flow_set_pair``): the reverse's
+        (index, gen), or None when the table left the pair to two ``set_now`` calls."""
+        pair = getattr(self._flows, "flow_set_pair", None)
+        if pair is None:
+            return None
+        done = pair(rev, fwd)
+        if done is None:
+            return None
+        return done[0].index, done[0].gen_id
+
 
 class KsyncFlowChannel:
     """FLOW_SET over the agent's own ksync session to ``<run-dir>/dpdk_netlink``.
@@ -86,6 +99,10 @@ class KsyncFlowChannel:
     Reconnects with back-off; while the datapath is away a request fails at once with
     ``-ENOTCONN`` (the datapath keeps the HOLD entry and traps again later).  A session
     the datapath closes as idle (600 s without a request) is replaced the same way.
+
+    Requests made in one turn of the reactor (the traps of one pkt0 read, the forward
+    flows of one batch of answers) leave together at the end of it, up to ``BUNCH`` per
+    netlink message, as the real agent bunches its FLOW_SETs.
     """
 
     _log = Logger()
@@ -96,6 +113,11 @@ class KsyncFlowChannel:
         self.service = ClientService(endpoint, factory, clock=reactor,
                                      prepareConnection=self._connected)
         self._client: KsyncClientProtocol | None = None
+        self._reactor = reactor
+        #: requests of this turn, sent by ``_flush``; bounded by the flow setup's own
+        #: limit of setups in flight
+        self._queue: list[tuple[dict[str, int], Deferred[Any]]] = []
+        self._flush_call: Any = None
 
     def _connected(self, client: Any) -> None:
         """Each new session (the service reconnects by itself after the datapath closed
@@ -117,17 +139,118 @@ class KsyncFlowChannel:
         client = self._client
         if client is None or client.closed:
             return succeed((-errno.ENOTCONN, -1, 0))  # until the service reconnects
+        d: Deferred[Any] = Deferred()
+        self._queue.append((fields, d))
+        if self._flush_call is None:
+            self._flush_call = self._reactor.callLater(0, self._flush)
+        # fired by the client with its KsyncResponse or failure, read into the answer
+        return d.addCallbacks(_flow_answer, _flow_refused)
 
-        def ok(resp: Any) -> tuple[int, int, int]:
-            return _answer(0, resp.objects)
+    def _flush(self) -> None:
+        """Send this turn's requests, ``BUNCH`` per netlink message."""
+        self._flush_call = None
+        queue, self._queue = self._queue, []
+        client = self._client
+        if client is None or client.closed:
+            for _, d in queue:
+                d.errback(Failure(_NotSent()))
+            return
+        for start in range(0, len(queue), BUNCH):
+            chunk = queue[start : start + BUNCH]
+            client.request_many([encode_flow_request(f) for f, _ in chunk],
+                                [d for _, d in chunk])
 
-        def refused(f: Failure) -> tuple[int, int, int]:
-            e = f.value
-            if isinstance(e, KsyncError):
-                return _answer(e.code, e.objects)
-            return -errno.ECONNRESET, -1, 0
+    def stop(self) -> None:
+        """Answer what is still queued as not sent (the channel is going away)."""
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self._flush_call = None
+        queue, self._queue = self._queue, []
+        for _, d in queue:
+            d.errback(Failure(_NotSent()))
 
-        return client.request(schema.vr_flow_req(**fields)).addCallbacks(ok, refused)
+
+#: the fields ``flow_request`` sets, the only ones the agent's FLOW_SETs carry
+_FLOW_FIELDS = (
+    "fr_op", "fr_index", "fr_gen_id", "fr_action", "fr_flags", "fr_ecmp_nh_index",
+    "fr_family", "fr_flow_proto", "fr_flow_sport", "fr_flow_dport", "fr_flow_nh_id",
+    "fr_flow_sip_l", "fr_flow_dip_l", "fr_flow_vrf", "fr_src_nh_index", "fr_rindex",
+    "fr_drop_reason",
+)  # fmt: skip
+_WIDTH_CODES = {1: "B", 2: "H", 4: "I", 8: "Q"}
+
+
+def _flow_req_encoder() -> Callable[[dict[str, int]], bytes] | None:
+    """``fields -> bytes`` of the ``vr_flow_req`` with those of ``_FLOW_FIELDS`` set and
+    the others zero, byte for byte what the Sandesh encoder writes, in one ``struct``
+    pack: the codec's layout (each field's place and width) is read from its own output
+    here and checked against it; None when it does not fit (the codec then encodes)."""
+    blank = encode(schema.vr_flow_req())
+    places: list[tuple[int, int, str]] = []
+    for name in _FLOW_FIELDS:
+        marked = encode(schema.vr_flow_req(**{name: -1}))
+        diff = [i for i in range(min(len(blank), len(marked))) if blank[i] != marked[i]]
+        if len(marked) != len(blank) or len(diff) not in _WIDTH_CODES or (
+            diff != list(range(diff[0], diff[0] + len(diff)))
+        ):
+            return None
+        places.append((diff[0], len(diff), name))
+    places.sort()
+    fmt, args, at = ">", [], 0
+    for offset, width, name in places:
+        if offset < at:
+            return None
+        if offset > at:
+            fmt += "%ds" % (offset - at)
+            args.append(repr(blank[at:offset]))
+        fmt += _WIDTH_CODES[width]
+        args.append("f[%r] & %#x" % (name, (1 << (8 * width)) - 1))
+        at = offset + width
+    source = "def enc(f):\n    return _pack(%s) + _tail\n" % ", ".join(args)
+    namespace: dict[str, Any] = {"_pack": struct.Struct(fmt).pack, "_tail": blank[at:]}
+    exec(source, namespace)  # generated from the codec's output, as the codec's own are
+    enc: Callable[[dict[str, int]], bytes] = namespace["enc"]
+    # a check with a value in every field (and the agent's -1 and all-ones ones)
+    sample = {name: (0x5A3C1E0F2D4B6987 >> (8 * (i % 4))) & ((1 << (8 * width - 1)) - 1)
+              for i, (_, width, name) in enumerate(places)}  # fmt: skip
+    sample["fr_index"] = sample["fr_rindex"] = -1
+    sample["fr_ecmp_nh_index"] = 0xFFFFFFFF
+    try:
+        same = enc(sample) == encode(schema.vr_flow_req(**sample))
+    except (struct.error, ValueError):
+        return None
+    return enc if same else None
+
+
+_ENCODE_FLOW_REQ = _flow_req_encoder()
+
+
+def encode_flow_request(fields: dict[str, int]) -> bytes | Any:
+    """The agent's FLOW_SET ready for the ksync client: encoded at once when it carries
+    only ``flow_request``'s fields (one pack), else the Sandesh object."""
+    if _ENCODE_FLOW_REQ is not None and len(fields) == len(_FLOW_FIELDS):
+        try:
+            return _ENCODE_FLOW_REQ(fields)
+        except KeyError:
+            pass
+    return schema.vr_flow_req(**fields)
+
+
+class _NotSent(Exception):
+    """A request still queued when the session went away or the channel stopped."""
+
+
+def _flow_answer(resp: Any) -> tuple[int, int, int]:
+    return _answer(0, resp.objects)
+
+
+def _flow_refused(f: Failure) -> tuple[int, int, int]:
+    e = f.value
+    if isinstance(e, KsyncError):
+        return _answer(e.code, e.objects)
+    if isinstance(e, _NotSent):
+        return -errno.ENOTCONN, -1, 0
+    return -errno.ECONNRESET, -1, 0
 
 
 class AgentPacketService(MultiService):
@@ -166,10 +289,11 @@ class AgentPacketService(MultiService):
             access=access,
         )
         self.endpoint.transport = self.transport
+        self._ksync: KsyncFlowChannel | None = None
         if local_datapath is not None:
             channel: Any = LocalFlowChannel(local_datapath)
         else:
-            ksync = KsyncFlowChannel(reactor, run_dir)
+            ksync = self._ksync = KsyncFlowChannel(reactor, run_dir)
             ksync.service.setServiceParent(self)
             channel = ksync
         self.routes = RouteView(model.desired)
@@ -356,6 +480,8 @@ class AgentPacketService(MultiService):
         self.prober.stop()
         self.resolver.stop()
         self.transport.stop()
+        if self._ksync is not None:
+            self._ksync.stop()
         if self._view is not None:
             self._view.close()
             self._view = None
