@@ -40,7 +40,8 @@ VM2 = "10.68.1.12"
 
 #: the VM2 side: echoes what it reads on one connection
 SERVER = ("import socket;s=socket.socket();s.setsockopt(socket.SOL_SOCKET,"
-          "socket.SO_REUSEADDR,1);s.bind(('0.0.0.0',5003));s.listen(1);c,_=s.accept()\n"
+          "socket.SO_REUSEADDR,1);s.bind(('0.0.0.0',5003));s.listen(1);print('listening',flush=True)\n"
+          "c,_=s.accept()\n"
           "while True:\n d=c.recv(100)\n if not d: break\n c.sendall(d)")
 #: the VM1 side: a byte every 0.1 s over one connection; "ok" for each echo within 0.5 s,
 #: "no" otherwise, each with the time
@@ -101,6 +102,9 @@ class RestartFlowTests(TestCase):
         server = subprocess.Popen(["ip", "netns", "exec", vm2.ns, "python3", "-c", SERVER],
                                   stdout=subprocess.PIPE, text=True)
         self.addCleanup(server.kill)
+        assert server.stdout is not None
+        # the client connects once: a refused first attempt would leave a second pair
+        self.assertEqual(server.stdout.readline().strip(), "listening")
         client = subprocess.Popen(["ip", "netns", "exec", vm1.ns, "python3", "-u", "-c",
                                    CLIENT], stdout=subprocess.PIPE, text=True)
         self.addCleanup(client.kill)
@@ -145,8 +149,6 @@ class RestartFlowTests(TestCase):
         before = self.stream_flows()
         self.assertEqual(len(before), 2, self.flows())
         agent = self.restart("agent2")
-        # (a first connection attempt, refused before the server listened, may have left
-        # a second pair)
         adopted, rewritten, deleted = map(int, self.audited(agent).groups())
         self.assertEqual((adopted >= 1, rewritten, deleted), (True, 0, 0))
         answers = self.answers(out, time.time(), 30)
