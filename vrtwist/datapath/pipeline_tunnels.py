@@ -10,6 +10,7 @@ from __future__ import annotations
 import struct
 
 from vrtwist.datapath import constants as C
+from vrtwist.datapath import offload
 from vrtwist.datapath import pipeline_defs as D
 from vrtwist.datapath.pipeline_core import (
     AF_INET,
@@ -32,6 +33,11 @@ from vrtwist.packet.checksum import checksum
 from vrtwist.shmem.jhash import jhash, jhash_words5
 
 __all__ = ["TunnelStage"]
+
+
+def _outer_ip4(buf: Frame, l4: int) -> bool:
+    """The UDP header at ``l4`` follows an untagged IPv4 header without options."""
+    return l4 == 34 and buf[12:14] == b"\x08\x00" and buf[14] == 0x45 and buf[23] == 17
 
 
 class TunnelStage(PipelineCore):
@@ -85,12 +91,141 @@ class TunnelStage(PipelineCore):
 
     def _nh_tunnel_offload(self, pkt: Packet, nh: NextHop) -> None:
         """A tunnel next hop: a frame with offload state is encapsulated segment by
-        segment (each then fits the fabric MTU as the sender's MSS meant it to)."""
+        segment (each then fits the fabric MTU as the sender's MSS meant it to); into
+        a UDP tunnel through a port that takes offload, as UDP GSO super-frames."""
         if pkt.gso is None:
             return self._nh_tunnel(pkt, nh)
+        if self._uso_fits(pkt, nh):
+            return self._tunnel_uso(pkt, nh)
         for seg in self._segments(pkt):
             self._nh_tunnel(seg, nh)
         return None
+
+    def _uso_fits(self, pkt: Packet, nh: NextHop) -> bool:
+        """A TCP super-frame into an MPLSoUDP or VXLAN tunnel whose fabric port takes
+        offload, with nothing :meth:`_nh_tunnel` would refuse or treat specially."""
+        gso = pkt.gso
+        oif = nh.oif
+        out = self.offload_output
+        return (
+            gso is not None
+            and gso[1] & ~offload.GSO_ECN in (offload.GSO_TCPV4, offload.GSO_TCPV6)
+            and oif is not None
+            and out is not None
+            and bool(nh.flags & (C.NH_FLAG_TUNNEL_UDP_MPLS | C.NH_FLAG_TUNNEL_VXLAN))
+            and not nh.flags & C.NH_FLAG_L3_VXLAN
+            and nh.family == AF_INET
+            and (pkt.label >= 0 or bool(nh.flags & C.NH_FLAG_TUNNEL_VXLAN))
+            and pkt.outer_src != nh.tun_dip.to_bytes(4, "little")
+            and not oif.flags & C.VIF_FLAG_MIRROR_TX
+            and out.accepts_offload(oif.idx)
+        )
+
+    def _tunnel_uso(self, pkt: Packet, nh: NextHop) -> None:
+        """The segments of a TCP super-frame, each encapsulated as :meth:`_nh_tunnel`
+        would, leave as few UDP GSO super-frames (``VIRTIO_NET_HDR_GSO_UDP_L4``): the
+        port writes each once and the kernel (or the device) cuts it into the very
+        datagrams, giving each its outer IP ID, lengths and UDP checksum. The receiving
+        datapath may merge them back (:meth:`_tunnel_gro`)."""
+        oif = nh.oif
+        assert oif is not None
+        segs = self._segments(pkt)
+        if not segs:
+            return None
+        payloads = [self._tunnel_payload(seg, nh, oif) for seg in segs]
+        overhead, first = payloads[0]
+        mtu = self._mtu(oif)
+        if mtu and len(first) + overhead > mtu:  # DF traps and fragments: one by one
+            for seg in segs:
+                self._nh_tunnel(seg, nh)
+            return None
+        # datagrams per super-frame: its IP length, and the kernel's UDP_MAX_SEGMENTS
+        per = min(64, (0xFFFF - 28) // (overhead - 28 + len(first)))
+        for at in range(0, len(segs), per):
+            group = segs[at : at + per]
+            if len(group) == 1:
+                self._nh_tunnel(group[0], nh)
+            else:
+                self._uso_frame(group, [p for _o, p in payloads[at : at + per]], nh, oif)
+        return None
+
+    def _uso_frame(self, segs: list[Packet], payloads: list[Frame], nh: NextHop,
+                   oif: Interface) -> None:  # fmt: skip
+        """One UDP GSO super-frame: outer headers once, then per segment its tunnel
+        header (the UDP header's tail: MPLS label or VXLAN header) and payload."""
+        parts: list[Frame] = [b"", b""]
+        ident = 0
+        mid = b""
+        for seg, payload in zip(segs, payloads, strict=True):
+            mid, _proto, seg_ident = self._tunnel_header(seg, nh, len(payload))
+            ident = ident or seg_ident
+            parts.append(mid[8:])
+            parts.append(payload)
+        size = len(mid) - 8 + len(payloads[0])
+        total = 8 + sum(len(p) for p in parts[2:])
+        sip = nh.tun_sip.to_bytes(4, "little")
+        dip = nh.tun_dip.to_bytes(4, "little")
+        partial = offload.checksum(sip + dip + U16.pack(17) + U16.pack(total))
+        parts[0] = nh.encap + ip4_header(20 + total, ident, 17, sip, dip)
+        parts[1] = mid[:4] + U16.pack(total) + U16.pack(partial)
+        frame = b"".join(parts)
+        length = len(frame)
+        hdr = len(nh.encap) + 28
+        p = segs[0].sibling(segs[0].buf)
+        p.gso = (offload.F_NEEDS_CSUM, offload.GSO_UDP_L4, length - hdr, size,
+                 length - hdr + 8, 6)  # fmt: skip
+        self._vif_tx(p, oif, frame)
+
+    def _tunnel_gro(self, pkt: Packet) -> bool:
+        """A UDP GSO super-frame from the fabric whose datagrams carry one in-order
+        run of a TCP connection through one tunnel becomes one frame that carries a
+        TCP super-frame (a software GRO, :func:`offload.merge_tcp_chunks`): it is then
+        decapsulated once and leaves whole to a VM port that takes offload. False:
+        not such a frame (the caller segments it)."""
+        gso = pkt.gso
+        if gso is None or gso[1] != offload.GSO_UDP_L4 or pkt.start or not gso[2]:
+            return False
+        buf = pkt.buf
+        length = len(buf)
+        l4 = length - gso[4]
+        if length - gso[2] != l4 + 8 or gso[5] != 6 or not _outer_ip4(buf, l4):
+            return False
+        inner_at = self._tunnel_inner_at(buf, l4 + 8)
+        if inner_at is None:
+            return False
+        merged = offload.merge_tcp_chunks(buf, l4 + 8, gso[3], inner_at)
+        if merged is None:
+            return False
+        pkt.buf, pkt.gso = merged
+        return True
+
+    def _tunnel_inner_at(self, buf: Frame, at: int) -> int | None:
+        """Where the inner IPv4 header starts in a tunnel datagram's payload at ``at``:
+        after the MPLS label (its next hop says IP or Ethernet) or the VXLAN header."""
+        if len(buf) < at + 8:
+            return None
+        dport = U16.unpack_from(buf, at - 6)[0]
+        if dport in D.MPLS_OVER_UDP_PORTS:
+            word = U32.unpack_from(buf, at)[0]
+            label = word >> 12
+            nh = self.tables.mpls.get(label)
+            if not word & 0x100 or nh is None:  # a label stack is not merged
+                return None
+            if nh.family == AF_INET:
+                return 4
+            if nh.family != C.AF_BRIDGE:
+                return None
+            cw = nh.flags & C.NH_FLAG_L2_CONTROL_DATA or (
+                nh.type == C.NH_COMPOSITE and label >= 1024
+            )
+            eth = 8 if cw else 4
+        elif dport == D.VXLAN_PORT:
+            eth = 8
+        else:
+            return None
+        if buf[at + eth + 12 : at + eth + 14] != b"\x08\x00":
+            return None
+        return eth + 14
 
     def _nh_tunnel(self, pkt: Packet, nh: NextHop) -> None:
         oif = nh.oif
