@@ -24,6 +24,7 @@ __all__ = [
     "merge_tcp_chunks",
     "segment_tcp",
     "segment_udp",
+    "tcp_segment_parts",
     "vnet_for",
 ]
 
@@ -104,45 +105,70 @@ def segment_tcp(frame: bytes | bytearray, l4: int, gso_size: int) -> Iterator[by
     numbers advanced; FIN/PSH only on the last segment and CWR only on the first; and a
     full TCP checksum (what ``tcp_gso_segment`` + checksum help do in the kernel).
     """
+    l3, ethertype = _l3_offset(frame)
+    if ethertype not in (0x0800, 0x86DD):
+        raise OffloadError(f"TCP GSO over EtherType {ethertype:#06x}")
+    for head, data in tcp_segment_parts(frame, 0, l3, l4, gso_size):
+        seg = bytearray(head)
+        seg += data
+        yield seg
+
+
+def tcp_segment_parts(
+    frame: bytes | bytearray, start: int, l3: int, l4: int, gso_size: int
+) -> list[tuple[bytes, memoryview]]:
+    """:func:`segment_tcp` without joining: each segment's headers (from ``start``,
+    fixed and checksummed) and its payload (a view into ``frame``, not copied), for a
+    caller that puts more in front of each (a tunnel encapsulation) and joins once."""
     if gso_size <= 0:
         raise OffloadError("GSO size 0")
-    l3, ethertype = _l3_offset(frame)
-    v6 = ethertype == 0x86DD
-    if not v6 and ethertype != 0x0800:
-        raise OffloadError(f"TCP GSO over EtherType {ethertype:#06x}")
-    if l4 + 20 > len(frame) or l4 < l3 + 20:
+    if l3 + 20 > len(frame) or frame[l3] >> 4 not in (4, 6):
+        raise OffloadError("TCP GSO of a packet that is not IP")
+    v6 = frame[l3] >> 4 == 6
+    if l4 + 20 > len(frame) or l4 < l3 + 20 or start > l3:
         raise OffloadError("TCP header outside the frame")
     thl = (frame[l4 + 12] >> 4) * 4
-    headers = bytes(frame[: l4 + thl])
-    payload = memoryview(frame)[l4 + thl :]
+    end = l4 + thl
+    if thl < 20 or end > len(frame):
+        raise OffloadError("TCP header outside the frame")
+    hdr = bytearray(frame[start:end])
+    a3, a4 = l3 - start, l4 - start
+    hdr[a4 + 16 : a4 + 18] = b"\x00\x00"
     seq = _U32.unpack_from(frame, l4 + 4)[0]
     flags = frame[l4 + 13]
-    ip_id = 0 if v6 else _U16.unpack_from(frame, l3 + 4)[0]
+    if v6:
+        ip_id = ihl = 0
+        pseudo = checksum(frame[l3 + 8 : l3 + 40]) + 6
+    else:
+        ip_id = _U16.unpack_from(frame, l3 + 4)[0]
+        ihl = (frame[l3] & 0x0F) * 4
+        pseudo = checksum(frame[l3 + 12 : l3 + 20]) + 6
+    payload = memoryview(frame)[end:]
     count = max(1, -(-len(payload) // gso_size))
+    out = []
+    pack16, pack32 = _U16.pack_into, _U32.pack_into
     for i in range(count):
-        chunk = payload[i * gso_size : (i + 1) * gso_size]
-        seg = bytearray(headers)
-        seg += chunk
+        data = payload[i * gso_size : (i + 1) * gso_size]
+        h = bytearray(hdr)
         seg_flags = flags
         if i != count - 1:
             seg_flags &= ~(_TCP_FIN | _TCP_PSH)
         if i:
             seg_flags &= ~_TCP_CWR
-        seg[l4 + 13] = seg_flags
-        _U32.pack_into(seg, l4 + 4, (seq + i * gso_size) & 0xFFFFFFFF)
+        h[a4 + 13] = seg_flags
+        pack32(h, a4 + 4, (seq + i * gso_size) & 0xFFFFFFFF)
+        tcp_len = thl + len(data)
         if v6:
-            _U16.pack_into(seg, l3 + 4, len(seg) - l3 - 40)
+            pack16(h, a3 + 4, tcp_len)
         else:
-            _U16.pack_into(seg, l3 + 2, len(seg) - l3)
-            _U16.pack_into(seg, l3 + 4, (ip_id + i) & 0xFFFF)
-            ihl = (seg[l3] & 0x0F) * 4
-            seg[l3 + 10 : l3 + 12] = b"\x00\x00"
-            _store_csum(seg, l3 + 10, checksum(memoryview(seg)[l3 : l3 + ihl]), False)
-        seg[l4 + 16 : l4 + 18] = b"\x00\x00"
-        tcp_len = len(seg) - l4
-        folded = checksum(memoryview(seg)[l4:], _pseudo(seg, l3, v6, 6, tcp_len))
-        _store_csum(seg, l4 + 16, folded, False)
-        yield seg
+            pack16(h, a3 + 2, ihl + tcp_len)
+            pack16(h, a3 + 4, (ip_id + i) & 0xFFFF)
+            h[a3 + 10 : a3 + 12] = b"\x00\x00"
+            _store_csum(h, a3 + 10, checksum(memoryview(h)[a3 : a3 + ihl]), False)
+        folded = checksum(data, checksum(memoryview(h)[a4:]) + pseudo + tcp_len)
+        _store_csum(h, a4 + 16, folded, False)
+        out.append((bytes(h), data))
+    return out
 
 
 def segment_udp(frame: bytes | bytearray, l4: int, gso_size: int) -> Iterator[bytearray]:

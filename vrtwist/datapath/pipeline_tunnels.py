@@ -125,54 +125,58 @@ class TunnelStage(PipelineCore):
         """The segments of a TCP super-frame, each encapsulated as :meth:`_nh_tunnel`
         would, leave as few UDP GSO super-frames (``VIRTIO_NET_HDR_GSO_UDP_L4``): the
         port writes each once and the kernel (or the device) cuts it into the very
-        datagrams, giving each its outer IP ID, lengths and UDP checksum. The receiving
-        datapath may merge them back (:meth:`_tunnel_gro`)."""
+        datagrams, giving each its outer IP ID, lengths and UDP checksum. Built in one
+        pass: each segment's headers fixed and checksummed, the payload joined once.
+        The receiving datapath may merge them back (:meth:`_tunnel_gro`)."""
         oif = nh.oif
-        assert oif is not None
-        segs = self._segments(pkt)
-        if not segs:
-            return None
-        payloads = [self._tunnel_payload(seg, nh, oif) for seg in segs]
-        overhead, first = payloads[0]
+        gso = pkt.gso
+        assert oif is not None and gso is not None
+        buf = pkt.buf
+        try:
+            segs = offload.tcp_segment_parts(buf, pkt.off, pkt.l3, len(buf) - gso[4], gso[3])
+        except offload.OffloadError:
+            pkt.gso = None
+            return self._drop(pkt, D.DROP_INVALID_PACKET)
+        overhead, _payload = self._tunnel_payload(pkt, nh, oif)
+        size = len(segs[0][0]) + len(segs[0][1])  # the first (largest) segment
         mtu = self._mtu(oif)
-        if mtu and len(first) + overhead > mtu:  # DF traps and fragments: one by one
-            for seg in segs:
+        if len(segs) < 2 or (mtu and size + overhead > mtu):  # DF traps, fragments
+            for seg in self._segments(pkt):
                 self._nh_tunnel(seg, nh)
             return None
-        # datagrams per super-frame: its IP length, and the kernel's UDP_MAX_SEGMENTS
-        per = min(64, (0xFFFF - 28) // (overhead - 28 + len(first)))
+        # datagrams per super-frame: its IP length, and the kernel's UDP_MAX_SEGMENTS;
+        # as even as can be, so that none is left alone
+        most = min(64, (0xFFFF - 28) // (overhead - 28 + size))
+        per = -(-len(segs) // -(-len(segs) // most))
         for at in range(0, len(segs), per):
-            group = segs[at : at + per]
-            if len(group) == 1:
-                self._nh_tunnel(group[0], nh)
-            else:
-                self._uso_frame(group, [p for _o, p in payloads[at : at + per]], nh, oif)
+            self._uso_frame(pkt, nh, oif, segs[at : at + per], size)
         return None
 
-    def _uso_frame(self, segs: list[Packet], payloads: list[Frame], nh: NextHop,
-                   oif: Interface) -> None:  # fmt: skip
+    def _uso_frame(self, pkt: Packet, nh: NextHop, oif: Interface,
+                   segs: list[tuple[bytes, memoryview]], size: int) -> None:  # fmt: skip
         """One UDP GSO super-frame: outer headers once, then per segment its tunnel
-        header (the UDP header's tail: MPLS label or VXLAN header) and payload."""
-        parts: list[Frame] = [b"", b""]
-        ident = 0
-        mid = b""
-        for seg, payload in zip(segs, payloads, strict=True):
-            mid, _proto, seg_ident = self._tunnel_header(seg, nh, len(payload))
-            ident = ident or seg_ident
-            parts.append(mid[8:])
-            parts.append(payload)
-        size = len(mid) - 8 + len(payloads[0])
-        total = 8 + sum(len(p) for p in parts[2:])
+        header (the UDP header's tail: MPLS label or VXLAN header) and the segment."""
+        mid, _proto, ident = self._tunnel_header(pkt, nh, size, len(segs))
+        tail = mid[8:]
+        parts: list[Frame] = [b""]
+        for head, data in segs:
+            parts += (tail, head, data)
+        total = 8 + sum(len(p) for p in parts)
         sip = nh.tun_sip.to_bytes(4, "little")
         dip = nh.tun_dip.to_bytes(4, "little")
         partial = offload.checksum(sip + dip + U16.pack(17) + U16.pack(total))
-        parts[0] = nh.encap + ip4_header(20 + total, ident, 17, sip, dip)
-        parts[1] = mid[:4] + U16.pack(total) + U16.pack(partial)
+        parts[0] = (
+            nh.encap
+            + ip4_header(20 + total, ident, 17, sip, dip)
+            + mid[:4]
+            + U16.pack(total)
+            + U16.pack(partial)
+        )
         frame = b"".join(parts)
         length = len(frame)
         hdr = len(nh.encap) + 28
-        p = segs[0].sibling(segs[0].buf)
-        p.gso = (offload.F_NEEDS_CSUM, offload.GSO_UDP_L4, length - hdr, size,
+        p = pkt.sibling(pkt.buf)
+        p.gso = (offload.F_NEEDS_CSUM, offload.GSO_UDP_L4, length - hdr, len(tail) + size,
                  length - hdr + 8, 6)  # fmt: skip
         self._vif_tx(p, oif, frame)
 
@@ -285,9 +289,11 @@ class TunnelStage(PipelineCore):
         param = mtu - (overhead + max(l2, 0))
         return self._trap(pkt, D.TRAP_HANDLE_DF, param=param, param_1=pkt.flow_index)
 
-    def _tunnel_header(self, pkt: Packet, nh: NextHop, plen: int) -> tuple[bytes, int, int]:
+    def _tunnel_header(
+        self, pkt: Packet, nh: NextHop, plen: int, count: int = 1
+    ) -> tuple[bytes, int, int]:
         """What follows the outer IP header (GRE or UDP, then MPLS/VXLAN), its protocol
-        and the outer IP id."""
+        and the outer IP id; ``count`` datagrams alike (UDP GSO) take that many IDs."""
         flags = nh.flags
         if flags & C.NH_FLAG_TUNNEL_GRE:
             self._vrf_count(pkt.dvrf, "gre_mpls_tunnels")
@@ -297,20 +303,24 @@ class TunnelStage(PipelineCore):
                 ident = self._next_ip_id()
             return GRE_MPLS + self._mpls_word(pkt, nh), 47, ident
         if flags & C.NH_FLAG_TUNNEL_VXLAN:
-            self._vrf_count(pkt.dvrf, "vxlan_tunnels")
+            name = "vxlan_tunnels"
             tail = VXLAN_HDR.pack(VXLAN_I, (pkt.label & 0xFFFFFF) << 8)
             dport, default_sport = D.VXLAN_PORT, 52000
         elif flags & C.NH_FLAG_TUNNEL_UDP_MPLS:
-            self._vrf_count(pkt.dvrf, "udp_mpls_tunnels")
+            name = "udp_mpls_tunnels"
             tail = self._mpls_word(pkt, nh)
             dport, default_sport = D.MPLS_OVER_UDP_DST_PORT, 51000
         else:
-            self._vrf_count(pkt.dvrf, "udp_tunnels")
+            name = "udp_tunnels"
             tail = b""
             dport, default_sport = nh.tun_dport & 0xFFFF, nh.tun_sport & 0xFFFF
+        self.vrf_stats[(pkt.dvrf, name)] += count
         sport = pkt.udp_src_port or self.udp_src_port(pkt) or default_sport
         mid = UDP_HDR.pack(sport, dport, 8 + len(tail) + plen, 0) + tail
-        return mid, 17, self._next_ip_id()
+        ident = self._next_ip_id()
+        if count > 1:  # the kernel numbers the datagrams on from the first
+            self._ip_id = (ident + count - 1) & 0xFFFF
+        return mid, 17, ident
 
     def _mpls_word(self, pkt: Packet, nh: NextHop) -> bytes:
         ttl = pkt.ttl or 64
