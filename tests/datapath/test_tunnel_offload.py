@@ -173,3 +173,27 @@ class ReceiverTests(SynchronousTestCase):
         changed = uso[:other] + b"\x02" + uso[other + 1 :]
         self.assertIsNone(merge(changed, 42, size, 4 + 14))  # another tunnel header
         self.assertIsNone(merge(uso[:60], 42, size, 4 + 14))
+
+
+class SegmentPartsTests(SynchronousTestCase):
+    def test_every_segment_checksummed_for_odd_sizes_and_flags(self) -> None:
+        for size, mss, flags in ((1, 1000, 0x19), (999, 500, 0x98), (4097, 1337, 0x11),
+                                 (65000, 1348, 0x18)):  # fmt: skip
+            payload = bytes((i * 7 + 3) & 0xFF for i in range(size))
+            frame, vnet = super_frame(payload=payload)
+            frame = frame[:47] + bytes([flags]) + frame[48:]
+            segs = [
+                bytes(s)
+                for s in offload.finish(frame, vnet[:4] + struct.pack("=H", mss) + vnet[6:])
+            ]
+            self.assertEqual(len(segs), -(-size // mss))
+            self.assertTrue(all(valid_tcp(s) for s in segs))
+            self.assertEqual(payload_of(segs), payload)
+            got = [s[47] for s in segs]
+            self.assertEqual(got[-1], flags & ~0x80 if len(segs) > 1 else flags)  # CWR: first only
+            self.assertTrue(all(f == flags & ~0x09 for f in got[:1][: len(segs) - 1]))
+            self.assertTrue(all(f == flags & ~0x89 for f in got[1:-1]))
+            seqs = [struct.unpack_from("!I", s, 38)[0] for s in segs]
+            self.assertEqual(seqs, [1000 + i * mss for i in range(len(segs))])
+            ids = [struct.unpack_from("!H", s, 18)[0] for s in segs]
+            self.assertEqual(ids, [7 + i for i in range(len(segs))])

@@ -38,6 +38,7 @@ GSO_ECN = 0x80
 
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
+_LEN_ID = struct.Struct("!HH")  # IPv4 total length and ID
 
 _VLAN_TPIDS = (0x8100, 0x88A8)
 _TCP_FIN, _TCP_SYN, _TCP_RST, _TCP_PSH, _TCP_URG, _TCP_CWR = 0x01, 0x02, 0x04, 0x08, 0x20, 0x80
@@ -133,20 +134,27 @@ def tcp_segment_parts(
         raise OffloadError("TCP header outside the frame")
     hdr = bytearray(frame[start:end])
     a3, a4 = l3 - start, l4 - start
-    hdr[a4 + 16 : a4 + 18] = b"\x00\x00"
     seq = _U32.unpack_from(frame, l4 + 4)[0]
     flags = frame[l4 + 13]
+    # the headers' sums with what changes per segment zeroed, completed per segment
+    hdr[a4 + 4 : a4 + 8] = bytes(4)
+    hdr[a4 + 13] = 0
+    hdr[a4 + 16 : a4 + 18] = b"\x00\x00"
     if v6:
-        ip_id = ihl = 0
-        pseudo = checksum(frame[l3 + 8 : l3 + 40]) + 6
+        ip_id = ihl = ip_base = 0
+        tcp_base = checksum(frame[l3 + 8 : l3 + 40]) + 6 + checksum(memoryview(hdr)[a4:])
     else:
         ip_id = _U16.unpack_from(frame, l3 + 4)[0]
         ihl = (frame[l3] & 0x0F) * 4
-        pseudo = checksum(frame[l3 + 12 : l3 + 20]) + 6
+        hdr[a3 + 2 : a3 + 6] = bytes(4)
+        hdr[a3 + 10 : a3 + 12] = b"\x00\x00"
+        ip_base = checksum(memoryview(hdr)[a3 : a3 + ihl])
+        tcp_base = checksum(frame[l3 + 12 : l3 + 20]) + 6 + checksum(memoryview(hdr)[a4:])
     payload = memoryview(frame)[end:]
     count = max(1, -(-len(payload) // gso_size))
     out = []
-    pack16, pack32 = _U16.pack_into, _U32.pack_into
+    pack16, pack32, lens = _U16.pack_into, _U32.pack_into, _LEN_ID.pack_into
+    from_bytes = int.from_bytes
     for i in range(count):
         data = payload[i * gso_size : (i + 1) * gso_size]
         h = bytearray(hdr)
@@ -156,17 +164,20 @@ def tcp_segment_parts(
         if i:
             seg_flags &= ~_TCP_CWR
         h[a4 + 13] = seg_flags
-        pack32(h, a4 + 4, (seq + i * gso_size) & 0xFFFFFFFF)
+        seg_seq = (seq + i * gso_size) & 0xFFFFFFFF
+        pack32(h, a4 + 4, seg_seq)
         tcp_len = thl + len(data)
         if v6:
             pack16(h, a3 + 4, tcp_len)
         else:
-            pack16(h, a3 + 2, ihl + tcp_len)
-            pack16(h, a3 + 4, (ip_id + i) & 0xFFFF)
-            h[a3 + 10 : a3 + 12] = b"\x00\x00"
-            _store_csum(h, a3 + 10, checksum(memoryview(h)[a3 : a3 + ihl]), False)
-        folded = checksum(data, checksum(memoryview(h)[a4:]) + pseudo + tcp_len)
-        _store_csum(h, a4 + 16, folded, False)
+            seg_id = (ip_id + i) & 0xFFFF
+            lens(h, a3 + 2, ihl + tcp_len, seg_id)
+            pack16(h, a3 + 10, ~((ip_base + ihl + tcp_len + seg_id) % 0xFFFF) & 0xFFFF)
+        number = from_bytes(data, "big")
+        if len(data) & 1:
+            number <<= 8
+        total = (number + tcp_base + tcp_len + (seg_seq >> 16) + (seg_seq & 0xFFFF) + seg_flags) % 0xFFFF
+        pack16(h, a4 + 16, ~total & 0xFFFF if total else 0)
         out.append((bytes(h), data))
     return out
 
