@@ -265,8 +265,8 @@ class TwoNodes(World):
                     f"net.ipv6.conf.{key}.disable_ipv6=1",
                 )
             sh("ip", "-n", ns, "link", "set", "lo", "up")
-        sh("ip", "-n", self.x, "link", "add", "fx", "mtu", "9000", "type", "veth", "peer", "name",
-           "fy", "mtu", "9000", "netns", self.y)  # fmt: skip
+        sh("ip", "-n", self.x, "link", "add", "fx", "mtu", "1500", "type", "veth", "peer", "name",
+           "fy", "mtu", "1500", "netns", self.y)  # fmt: skip
         for node, dev, mac in ((self.x, "fx", FX), (self.y, "fy", FY)):
             sh("ip", "-n", node, "link", "set", dev, "address", mac)
             sh("ip", "-n", node, "link", "set", dev, "up")

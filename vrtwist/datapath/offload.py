@@ -17,6 +17,7 @@ __all__ = [
     "VNET_HDR_LEN",
     "Gso",
     "OffloadError",
+    "Payload",
     "carried",
     "checksum",
     "finish",
@@ -39,6 +40,8 @@ GSO_ECN = 0x80
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
 _LEN_ID = struct.Struct("!HH")  # IPv4 total length and ID
+#: a segment's payload as :func:`tcp_segment_parts` gives it
+Payload = bytes | bytearray | memoryview
 
 _VLAN_TPIDS = (0x8100, 0x88A8)
 _TCP_FIN, _TCP_SYN, _TCP_RST, _TCP_PSH, _TCP_URG, _TCP_CWR = 0x01, 0x02, 0x04, 0x08, 0x20, 0x80
@@ -117,10 +120,10 @@ def segment_tcp(frame: bytes | bytearray, l4: int, gso_size: int) -> Iterator[by
 
 def tcp_segment_parts(
     frame: bytes | bytearray, start: int, l3: int, l4: int, gso_size: int
-) -> list[tuple[bytes, memoryview]]:
+) -> list[tuple[bytes, Payload]]:
     """:func:`segment_tcp` without joining: each segment's headers (from ``start``,
-    fixed and checksummed) and its payload (a view into ``frame``, not copied), for a
-    caller that puts more in front of each (a tunnel encapsulation) and joins once."""
+    fixed and checksummed) and its payload (a slice of ``frame``), for a caller that
+    puts more in front of each (a tunnel encapsulation) and joins once."""
     if gso_size <= 0:
         raise OffloadError("GSO size 0")
     if l3 + 20 > len(frame) or frame[l3] >> 4 not in (4, 6):
@@ -153,8 +156,9 @@ def tcp_segment_parts(
     payload = memoryview(frame)[end:]
     count = max(1, -(-len(payload) // gso_size))
     if not v6 and ihl == 20:
-        return _ip4_segments(hdr, a3, payload, gso_size, count, ip_base, tcp_base, seq, flags, ip_id)
-    out = []
+        sums = (ip_base, tcp_base)
+        return _ip4_segments(hdr, a3, frame, end, gso_size, count, sums, seq, flags, ip_id)
+    out: list[tuple[bytes, Payload]] = []
     pack16, pack32, lens = _U16.pack_into, _U32.pack_into, _LEN_ID.pack_into
     from_bytes = int.from_bytes
     for i in range(count):
@@ -191,17 +195,21 @@ _IP4_TCP = struct.Struct("!2sHH2s2sH8s4sI4ssB2sH2s")
 def _ip4_segments(
     hdr: bytearray,
     a3: int,
-    payload: memoryview,
+    frame: bytes | bytearray,
+    end: int,
     gso_size: int,
     count: int,
-    ip_base: int,
-    tcp_base: int,
+    sums: tuple[int, int],
     seq: int,
     flags: int,
     ip_id: int,
-) -> list[tuple[bytes, memoryview]]:
+) -> list[tuple[bytes, Payload]]:
     """:func:`tcp_segment_parts` for IPv4 without options: each segment's IP and TCP
-    headers packed at once (the hot path of a TCP stream into a tunnel)."""
+    headers packed at once (the hot path of a TCP stream into a tunnel). Payloads are
+    sliced from ``frame`` itself: ``int.from_bytes`` reads a ``bytes`` slice faster
+    than a view, and the copy is as cheap as the view it replaces."""
+    ip_base, tcp_base = sums
+    out: list[tuple[bytes, Payload]] = []
     prefix = bytes(hdr[:a3])
     options = bytes(hdr[a3 + 40 :])
     thl = 20 + len(options)
@@ -213,10 +221,10 @@ def _ip4_segments(
     )  # fmt: skip
     pack = _IP4_TCP.pack
     from_bytes = int.from_bytes
-    out = []
     last = count - 1
     for i in range(count):
-        data = payload[i * gso_size : (i + 1) * gso_size]
+        at = end + i * gso_size
+        data = frame[at : at + gso_size]
         seg_flags = flags
         if i != last:
             seg_flags &= ~(_TCP_FIN | _TCP_PSH)
@@ -229,7 +237,8 @@ def _ip4_segments(
         number = from_bytes(data, "big")
         if len(data) & 1:
             number <<= 8
-        total = (number + tcp_base + tcp_len + (seg_seq >> 16) + (seg_seq & 0xFFFF) + seg_flags) % 0xFFFF
+        total = (number % 0xFFFF + tcp_base + tcp_len + (seg_seq >> 16) + (seg_seq & 0xFFFF)
+                 + seg_flags) % 0xFFFF  # fmt: skip
         head = pack(vt, 20 + tcp_len, seg_id, frag, ttl_proto, ip_sum, addrs, ports, seg_seq,
                     ack, doff, seg_flags, window, ~total & 0xFFFF if total else 0, urgent)  # fmt: skip
         out.append((prefix + head + options if prefix or options else head, data))

@@ -153,7 +153,7 @@ class TunnelStage(PipelineCore):
         return None
 
     def _uso_frame(self, pkt: Packet, nh: NextHop, oif: Interface,
-                   segs: list[tuple[bytes, memoryview]], size: int) -> None:  # fmt: skip
+                   segs: list[tuple[bytes, offload.Payload]], size: int) -> None:  # fmt: skip
         """One UDP GSO super-frame: outer headers once, then per segment its tunnel
         header (the UDP header's tail: MPLS label or VXLAN header) and the segment."""
         mid, _proto, ident = self._tunnel_header(pkt, nh, size, len(segs))
