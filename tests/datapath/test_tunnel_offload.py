@@ -197,3 +197,34 @@ class SegmentPartsTests(SynchronousTestCase):
             self.assertEqual(seqs, [1000 + i * mss for i in range(len(segs))])
             ids = [struct.unpack_from("!H", s, 18)[0] for s in segs]
             self.assertEqual(ids, [7 + i for i in range(len(segs))])
+
+    def test_ipv6_and_ipv4_with_options_take_the_general_path(self) -> None:
+        payload = bytes((i * 13 + 1) & 0xFF for i in range(3001))
+        tcp = struct.pack("!HHIIBBHHH", 40000, 5201, 7, 0, 0x50, 0x18, 512, 0, 0)
+        sip6, dip6 = bytes(range(16)), bytes(range(16, 32))
+        ip6 = struct.pack("!IHBB16s16s", 0x60000000, 20 + len(payload), 6, 64, sip6, dip6)
+        pseudo6 = offload.checksum(sip6 + dip6 + struct.pack("!IxxxB", 20 + len(payload), 6))
+        tcp6 = tcp[:16] + struct.pack("!H", pseudo6) + tcp[18:]
+        frame6 = bytes(12) + b"\x86\xdd" + ip6 + tcp6 + payload
+        vnet6 = offload.VNET_HDR.pack(offload.F_NEEDS_CSUM, offload.GSO_TCPV6, 74, 1000, 54, 16)
+        segs6 = [bytes(s) for s in offload.finish(frame6, vnet6)]
+        self.assertEqual(len(segs6), 4)
+        for s in segs6:
+            seg_tcp = s[54:]
+            self.assertEqual(struct.unpack_from("!H", s, 18)[0], len(seg_tcp))
+            head = s[22:54] + struct.pack("!IxxxB", len(seg_tcp), 6)
+            self.assertEqual(offload.checksum(head + seg_tcp), 0xFFFF)
+        self.assertEqual(b"".join(s[74:] for s in segs6), payload)
+        frame, _vnet = super_frame(payload=payload)
+        ip = bytearray(frame[14:34])
+        ip[0] = 0x46  # a 4-byte option (end of list): the header grows to 24 bytes
+        ip[2:4] = struct.pack("!H", 24 + 20 + len(payload))
+        ip += bytes(4)
+        ip[10:12] = b"\x00\x00"
+        ip[10:12] = struct.pack("!H", ~offload.checksum(ip) & 0xFFFF)
+        framed = frame[:14] + bytes(ip) + frame[34:]
+        vnet4 = offload.VNET_HDR.pack(offload.F_NEEDS_CSUM, offload.GSO_TCPV4, 58, 1000, 38, 16)
+        segs = [bytes(s) for s in offload.finish(framed, vnet4)]
+        self.assertEqual(len(segs), 4)
+        self.assertTrue(all(valid_tcp(s) for s in segs))
+        self.assertEqual(b"".join(s[58:] for s in segs), payload)
