@@ -274,7 +274,8 @@ def _ip4_segments(
 
 def segment_udp(frame: bytes | bytearray, l4: int, gso_size: int) -> Iterator[bytearray]:
     """Cut one UDP GSO super-frame (``VIRTIO_NET_HDR_GSO_UDP_L4``) into datagrams of
-    ``gso_size`` payload bytes each, as ``__udp_gso_segment`` does: the headers copied,
+    ``gso_size`` payload bytes each, as ``__udp_gso_segment`` does
+    (``torvalds/linux:net/ipv4/udp_offload.c``): the headers copied,
     IPv4 total length, ID (+1 per datagram) and header checksum or the IPv6 payload
     length fixed, UDP length and a full UDP checksum per datagram."""
     if gso_size <= 0:
