@@ -102,7 +102,7 @@ class QueueTests(SynchronousTestCase):
 
 
 class RefusingPort(SocketPort):
-    """A device that refuses UDP GSO with ``EINVAL``, as ``AF_PACKET`` before Linux 6.2."""
+    """A device that refuses UDP GSO with ``EINVAL``, as an older kernel's ``AF_PACKET``."""
 
     kind = "refusing"
     vnet_hdr = True

@@ -277,7 +277,7 @@ class Port:
 
     def _transmit_finished(self, frame: Frame, vnet: bytes) -> bool:
         """What the kernel refused to take whole (a GSO type its ``AF_PACKET`` or TAP
-        does not know, as UDP GSO before Linux 6.2), segmented here instead."""
+        does not know: UDP GSO on an older kernel), segmented here instead."""
         try:
             frames = offload.finish(bytes(frame), vnet)
         except offload.OffloadError:
