@@ -67,7 +67,7 @@ class SenderTests(SynchronousTestCase):
         for kind, dst, tail in ((C.NH_FLAG_TUNNEL_UDP_MPLS, ROUTER_MAC, 4),
                                 (C.NH_FLAG_TUNNEL_UDP_MPLS, L2_DST, 4 + 14),
                                 (C.NH_FLAG_TUNNEL_VXLAN, L2_DST, 8 + 14)):  # fmt: skip
-            _a, _b, uso, vnet = self.send(kind, dst)
+            sender, _b, uso, vnet = self.send(kind, dst)
             flags, gso_type, hdr_len, size, start, off = offload.VNET_HDR.unpack(vnet)
             self.assertEqual((flags, gso_type, hdr_len, start, off),
                              (offload.F_NEEDS_CSUM, offload.GSO_UDP_L4, 42, 34, 6))  # fmt: skip
@@ -85,6 +85,9 @@ class SenderTests(SynchronousTestCase):
             self.assertTrue(all(valid_udp(w) for w in wires))
             # but for the UDP checksum, which UDP GSO always computes
             self.assertEqual([zero_udp_checksum(w) for w in wires], one_by_one)
+            # the per-VRF tunnel counters count datagrams either way
+            self.assertEqual(dict(sender.pipeline.vrf_stats), dict(a.pipeline.vrf_stats))
+            self.assertIn(6, dict(a.pipeline.vrf_stats).values())
 
     def test_more_than_64_kib_of_datagrams_is_cut_into_several(self) -> None:
         payload = bytes(range(256)) * 255  # 65280 bytes: 66 segments, 70 KiB encapsulated
