@@ -16,7 +16,9 @@ bridge route per MAC; static neighbours in A and B). Measured in the same run:
 A behind X, B behind Y): one ``vrouter-dp`` per node bridging over MPLSoUDP (fabric vif,
 vhost vif, RCV next hop for the node's address, label 128 -> L2 ENCAP to the VM vif, a
 tunnel next hop and a labelled bridge route to the other VM), against the kernel's own
-VXLAN device + bridge on the same veths; TCP only, VM MTU 1400 in both.
+VXLAN device + bridge on the same veths; TCP only, fabric MTU 1500 and VM MTU 1400 in
+both. The datapaths write the tunnel's datagrams as UDP GSO super-frames and merge them
+back on the receiving node (see docs/datapath.md).
 
 Goals: TCP >= 1/4 of the bridge; >= 100,000 small packets/s through one datapath
 process; across two nodes TCP >= 1/8 of the kernel's VXLAN. Needs root and ``ip``;
@@ -246,7 +248,7 @@ class TwoNodes(World):
 
     def __enter__(self) -> TwoNodes:
         nodes = build_two_nodes(self.p, Vm(MAC_A, IP_A), Vm(MAC_B, IP_B), (FX, FY),
-                                fabric_mtu=9000)  # fmt: skip
+                                fabric_mtu=1500)  # fmt: skip
         self.made.extend(nodes.namespaces)
         return self
 

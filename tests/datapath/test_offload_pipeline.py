@@ -168,7 +168,8 @@ class SegmentedTests(SynchronousTestCase):
     def test_tunnel_segments_before_encapsulation(self) -> None:
         """MPLSoUDP with a 1500-byte fabric: every segment fits, crosses, arrives."""
         a, b = tunnel_pair(C.NH_FLAG_TUNNEL_UDP_MPLS)
-        out = OffloadOutput()  # even when the fabric port takes vnet headers
+        out = OffloadOutput()  # a fabric port without vnet headers
+        out.plain.add(0)
         a.pipeline = type(a.pipeline)(a.dp, out, a.trap, flows=a.flows)
         frame, vnet = super_frame(dst=ROUTER_MAC)
         a.pipeline.receive(3, frame, carried(frame, vnet))
@@ -254,6 +255,9 @@ class CarriedStateTests(SynchronousTestCase):
                          offload.VNET_HDR.pack(1, 1, 58, MSS, 38, 16)[4:])  # fmt: skip
         self.assertIsNone(offload.carried(bytes(10), len(frame)))
         udp_gso = offload.VNET_HDR.pack(1, offload.GSO_UDP_L4, 42, 100, 34, 6)
-        self.assertIsNone(offload.carried(udp_gso, len(frame)))  # not carried: refused at the port
+        self.assertEqual(offload.carried(udp_gso, len(frame)),
+                         (1, offload.GSO_UDP_L4, len(frame) - 42, 100, len(frame) - 34, 6))  # fmt: skip
+        ufo = offload.VNET_HDR.pack(1, offload.GSO_UDP, 42, 100, 34, 6)
+        self.assertIsNone(offload.carried(ufo, len(frame)))  # not carried: refused at the port
         outside = offload.VNET_HDR.pack(1, 0, 0, 0, len(frame), 16)
         self.assertIsNone(offload.carried(outside, len(frame)))

@@ -13,6 +13,7 @@ bridge entry for the remote VM. ICMP echo and a TCP stream checked byte for byte
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -91,6 +92,15 @@ class OverlayTests(TestCase):
         vif0 = run("ip", "netns", "exec", self.x, os.path.join(BIN, "vif"), "--sock-dir",
                   run_dirs[0], "--get", "0").stdout  # fmt: skip
         self.assertNotIn("TX packets:0 ", vif0)
+        vm = run("ip", "netns", "exec", self.y, os.path.join(BIN, "vif"), "--sock-dir",
+                 run_dirs[1], "--get", "3").stdout  # fmt: skip
+        # the veths hand over TCP super-frames: into a UDP tunnel they leave node X as
+        # UDP GSO super-frames (larger than the fabric MTU on average; GRE: one by one)
+        # and node Y merges them back into TCP super-frames for VM B
+        for counters, gso in ((vif0, encap != "gre"), (vm, encap != "gre")):
+            packets, size = (int(n) for n in re.findall(r"TX packets:(\d+)\s+bytes:(\d+)",
+                                                        counters)[0])  # fmt: skip
+            self.assertEqual(size / packets > 1514, gso, counters)
 
     def test_mplsoudp(self) -> None:
         self.crosses("udp")

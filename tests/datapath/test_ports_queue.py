@@ -6,11 +6,14 @@ one end, the other end left unread until it is full, so ``EAGAIN`` is real.
 
 from __future__ import annotations
 
+import errno
 import socket
+import struct
 
 from twisted.internet.testing import MemoryReactor
 from twisted.trial.unittest import SynchronousTestCase
 
+from vrtwist.datapath import offload
 from vrtwist.datapath import ports as P
 from vrtwist.datapath.dispatcher import Datapath, make
 from vrtwist.datapath.ports import Frame, Port, PortManager
@@ -96,3 +99,58 @@ class QueueTests(SynchronousTestCase):
         self.assertNotIn(4, self.manager.ports)
         self.assertFalse(self.manager.transmit(4, b"z"))
         self.assertNotIn(self.port, self.reactor.readers)
+
+
+class RefusingPort(SocketPort):
+    """A device that refuses UDP GSO with ``EINVAL``, as an older kernel's ``AF_PACKET``."""
+
+    kind = "refusing"
+    vnet_hdr = True
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.refusals = 0
+
+    def _write(self, frame: Frame, vnet: bytes) -> None:
+        if vnet[1] == offload.GSO_UDP_L4:
+            self.refusals += 1
+            raise OSError(errno.EINVAL, "Invalid argument")
+        self.sock.send(frame)
+
+
+def udp_gso_frame(chunks: int, size: int) -> tuple[bytes, bytes]:
+    payload = bytes(i & 0xFF for i in range(chunks * size))
+    length = 28 + len(payload)
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, length, 9, 0, 64, 17, 0,
+                     b"\xc0\x00\x02\x01", b"\xc0\x00\x02\x02")  # fmt: skip
+    ip = ip[:10] + struct.pack("!H", ~offload.checksum(ip) & 0xFFFF) + ip[12:]
+    partial = offload.checksum(ip[12:20] + struct.pack("!HH", 17, length - 20))
+    udp = struct.pack("!HHHH", 50000, 6635, length - 20, partial)
+    frame = b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00" + ip + udp + payload
+    vnet = offload.VNET_HDR.pack(offload.F_NEEDS_CSUM, offload.GSO_UDP_L4, 42, size, 34, 6)
+    return frame, vnet
+
+
+class RefusedGsoTests(SynchronousTestCase):
+    def test_a_refused_gso_type_is_segmented_by_the_port_from_then_on(self) -> None:
+        dp = Datapath()
+        req = {"h_op": ADD, "vifr_idx": 4, "vifr_type": 3, "vifr_name": "r", "vifr_mac": bytes(6)}
+        dp.handle(make("vr_interface_req", req))
+        manager = PortManager(dp.tables, MemoryReactor())
+        port = RefusingPort(4, "r", 99, b"\x02" * 6, manager._deliver, manager._lost)
+        self.addCleanup(port._close)
+        manager.ports[4] = port
+        frame, vnet = udp_gso_frame(3, 500)
+        for _ in range(2):
+            self.assertTrue(manager.transmit_offload(4, frame, vnet))
+        self.assertEqual(port.refusals, 1)  # asked once, then remembered
+        self.assertEqual(port.refused_gso, {offload.GSO_UDP_L4})
+        got = [port.peer.recv(2048) for _ in range(6)]
+        self.assertEqual([len(g) for g in got], [42 + 500] * 6)
+        for g in got:  # each a datagram with its own lengths and a valid UDP checksum
+            self.assertEqual(struct.unpack_from("!H", g, 38)[0], 508)
+            udp = g[34:]
+            pseudo = g[26:34] + struct.pack("!BBH", 0, 17, len(udp))
+            self.assertEqual(offload.checksum(pseudo + udp), 0xFFFF)
+        self.assertEqual(port.stats["tx"], 6)
+        self.assertEqual(port.stats["tx_errors"], 0)

@@ -231,8 +231,10 @@ class OffloadTests(SynchronousTestCase):
 
     def test_refusals(self) -> None:
         frame = _tcp4(b"x" * 100)
-        with self.assertRaises(offload.OffloadError):
+        with self.assertRaises(offload.OffloadError):  # UDP GSO of a TCP packet
             offload.finish(frame, offload.VNET_HDR.pack(0, offload.GSO_UDP_L4, 0, 50, 34, 6))
+        with self.assertRaises(offload.OffloadError):  # UFO: not segmented here
+            offload.finish(frame, offload.VNET_HDR.pack(0, offload.GSO_UDP, 0, 50, 34, 6))
         with self.assertRaises(offload.OffloadError):
             offload.finish(frame, offload.VNET_HDR.pack(1, 0, 0, 0, 500, 16))
         with self.assertRaises(offload.OffloadError):

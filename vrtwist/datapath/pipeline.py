@@ -166,9 +166,10 @@ class Pipeline(FlowStage, TunnelStage, ArpStage):
         self._fabric_input(pkt)
 
     def _eth_rx(self, pkt: Packet, vif: Interface) -> None:
-        if pkt.gso is not None:
+        if pkt.gso is not None and (vif.flags & C.VIF_FLAG_MIRROR_RX or not self._tunnel_gro(pkt)):
             # from the fabric: what is decapsulated loses the headers the offload
-            # points into, so its frames are finished first
+            # points into, so its frames are finished first (but a tunnel's run of
+            # TCP segments, merged into one super-frame that decapsulates whole)
             for seg in self._segments(pkt):
                 self._eth_rx(seg, vif)
             return None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import struct
 
 from vrtwist.datapath import constants as C
+from vrtwist.datapath import offload
 from vrtwist.datapath import pipeline_defs as D
 from vrtwist.datapath.pipeline_core import (
     AF_INET,
@@ -33,6 +34,11 @@ from vrtwist.sandesh.addr import int_to_port
 from vrtwist.shmem.jhash import jhash, jhash_words5
 
 __all__ = ["TunnelStage"]
+
+
+def _outer_ip4(buf: Frame, l4: int) -> bool:
+    """The UDP header at ``l4`` follows an untagged IPv4 header without options."""
+    return l4 == 34 and buf[12:14] == b"\x08\x00" and buf[14] == 0x45 and buf[23] == 17
 
 
 class TunnelStage(PipelineCore):
@@ -86,12 +92,145 @@ class TunnelStage(PipelineCore):
 
     def _nh_tunnel_offload(self, pkt: Packet, nh: NextHop) -> None:
         """A tunnel next hop: a frame with offload state is encapsulated segment by
-        segment (each then fits the fabric MTU as the sender's MSS meant it to)."""
+        segment (each then fits the fabric MTU as the sender's MSS meant it to); into
+        a UDP tunnel through a port that takes offload, as UDP GSO super-frames."""
         if pkt.gso is None:
             return self._nh_tunnel(pkt, nh)
+        if self._uso_fits(pkt, nh):
+            return self._tunnel_uso(pkt, nh)
         for seg in self._segments(pkt):
             self._nh_tunnel(seg, nh)
         return None
+
+    def _uso_fits(self, pkt: Packet, nh: NextHop) -> bool:
+        """A TCP super-frame into an MPLSoUDP or VXLAN tunnel whose fabric port takes
+        offload, with nothing :meth:`_nh_tunnel` would refuse or treat specially."""
+        gso = pkt.gso
+        oif = nh.oif
+        out = self.offload_output
+        return (
+            gso is not None
+            and gso[1] & ~offload.GSO_ECN in (offload.GSO_TCPV4, offload.GSO_TCPV6)
+            and oif is not None
+            and out is not None
+            and bool(nh.flags & (C.NH_FLAG_TUNNEL_UDP_MPLS | C.NH_FLAG_TUNNEL_VXLAN))
+            and not nh.flags & C.NH_FLAG_L3_VXLAN
+            and nh.family == AF_INET
+            and (pkt.label >= 0 or bool(nh.flags & C.NH_FLAG_TUNNEL_VXLAN))
+            and pkt.outer_src != nh.tun_dip.to_bytes(4, "little")
+            and not oif.flags & C.VIF_FLAG_MIRROR_TX
+            and out.accepts_offload(oif.idx)
+        )
+
+    def _tunnel_uso(self, pkt: Packet, nh: NextHop) -> None:
+        """The segments of a TCP super-frame, each encapsulated as :meth:`_nh_tunnel`
+        would, leave as few UDP GSO super-frames (``VIRTIO_NET_HDR_GSO_UDP_L4``): the
+        port writes each once and the kernel (or the device) cuts it into the very
+        datagrams, giving each its outer IP ID, lengths and UDP checksum. Built in one
+        pass: each segment's headers fixed and checksummed, the payload joined once.
+        The receiving datapath may merge them back (:meth:`_tunnel_gro`)."""
+        oif = nh.oif
+        gso = pkt.gso
+        assert oif is not None and gso is not None
+        buf = pkt.buf
+        try:
+            segs = offload.tcp_segment_parts(buf, pkt.off, pkt.l3, len(buf) - gso[4], gso[3])
+        except offload.OffloadError:
+            pkt.gso = None
+            return self._drop(pkt, D.DROP_INVALID_PACKET)
+        overhead, _payload = self._tunnel_payload(pkt, nh, oif)
+        size = len(segs[0][0]) + len(segs[0][1])  # the first (largest) segment
+        mtu = self._mtu(oif)
+        if len(segs) < 2 or (mtu and size + overhead > mtu):  # DF traps, fragments
+            for seg in self._segments(pkt):
+                self._nh_tunnel(seg, nh)
+            return None
+        # datagrams per super-frame: its IP length, and the kernel's UDP_MAX_SEGMENTS;
+        # as even as can be, so that none is left alone
+        most = min(64, (0xFFFF - 28) // (overhead - 28 + size))
+        per = -(-len(segs) // -(-len(segs) // most))
+        for at in range(0, len(segs), per):
+            self._uso_frame(pkt, nh, oif, segs[at : at + per], size)
+        return None
+
+    def _uso_frame(self, pkt: Packet, nh: NextHop, oif: Interface,
+                   segs: list[tuple[bytes, offload.Payload]], size: int) -> None:  # fmt: skip
+        """One UDP GSO super-frame: outer headers once, then per segment its tunnel
+        header (the UDP header's tail: MPLS label or VXLAN header) and the segment."""
+        mid, _proto, ident = self._tunnel_header(pkt, nh, size, len(segs))
+        tail = mid[8:]
+        parts: list[Frame] = [b""]
+        for head, data in segs:
+            parts += (tail, head, data)
+        total = 8 + sum(len(p) for p in parts)
+        sip = nh.tun_sip.to_bytes(4, "little")
+        dip = nh.tun_dip.to_bytes(4, "little")
+        partial = offload.checksum(sip + dip + U16.pack(17) + U16.pack(total))
+        parts[0] = (
+            nh.encap
+            + ip4_header(20 + total, ident, 17, sip, dip)
+            + mid[:4]
+            + U16.pack(total)
+            + U16.pack(partial)
+        )
+        frame = b"".join(parts)
+        length = len(frame)
+        hdr = len(nh.encap) + 28
+        p = pkt.sibling(pkt.buf)
+        p.gso = (offload.F_NEEDS_CSUM, offload.GSO_UDP_L4, length - hdr, len(tail) + size,
+                 length - hdr + 8, 6)  # fmt: skip
+        self._vif_tx(p, oif, frame)
+
+    def _tunnel_gro(self, pkt: Packet) -> bool:
+        """A UDP GSO super-frame from the fabric whose datagrams carry one in-order
+        run of a TCP connection through one tunnel becomes one frame that carries a
+        TCP super-frame (a software GRO, :func:`offload.merge_tcp_chunks`): it is then
+        decapsulated once and leaves whole to a VM port that takes offload. False:
+        not such a frame (the caller segments it)."""
+        gso = pkt.gso
+        if gso is None or gso[1] != offload.GSO_UDP_L4 or pkt.start or not gso[2]:
+            return False
+        buf = pkt.buf
+        length = len(buf)
+        l4 = length - gso[4]
+        if length - gso[2] != l4 + 8 or gso[5] != 6 or not _outer_ip4(buf, l4):
+            return False
+        inner_at = self._tunnel_inner_at(buf, l4 + 8)
+        if inner_at is None:
+            return False
+        merged = offload.merge_tcp_chunks(buf, l4 + 8, gso[3], inner_at)
+        if merged is None:
+            return False
+        pkt.buf, pkt.gso = merged
+        return True
+
+    def _tunnel_inner_at(self, buf: Frame, at: int) -> int | None:
+        """Where the inner IPv4 header starts in a tunnel datagram's payload at ``at``:
+        after the MPLS label (its next hop says IP or Ethernet) or the VXLAN header."""
+        if len(buf) < at + 8:
+            return None
+        dport = U16.unpack_from(buf, at - 6)[0]
+        if dport in D.MPLS_OVER_UDP_PORTS:
+            word = U32.unpack_from(buf, at)[0]
+            label = word >> 12
+            nh = self.tables.mpls.get(label)
+            if not word & 0x100 or nh is None:  # a label stack is not merged
+                return None
+            if nh.family == AF_INET:
+                return 4
+            if nh.family != C.AF_BRIDGE:
+                return None
+            cw = nh.flags & C.NH_FLAG_L2_CONTROL_DATA or (
+                nh.type == C.NH_COMPOSITE and label >= 1024
+            )
+            eth = 8 if cw else 4
+        elif dport == D.VXLAN_PORT:
+            eth = 8
+        else:
+            return None
+        if buf[at + eth + 12 : at + eth + 14] != b"\x08\x00":
+            return None
+        return eth + 14
 
     def _nh_tunnel(self, pkt: Packet, nh: NextHop) -> None:
         oif = nh.oif
@@ -151,9 +290,11 @@ class TunnelStage(PipelineCore):
         param = mtu - (overhead + max(l2, 0))
         return self._trap(pkt, D.TRAP_HANDLE_DF, param=param, param_1=pkt.flow_index)
 
-    def _tunnel_header(self, pkt: Packet, nh: NextHop, plen: int) -> tuple[bytes, int, int]:
+    def _tunnel_header(
+        self, pkt: Packet, nh: NextHop, plen: int, count: int = 1
+    ) -> tuple[bytes, int, int]:
         """What follows the outer IP header (GRE or UDP, then MPLS/VXLAN), its protocol
-        and the outer IP id."""
+        and the outer IP id; ``count`` datagrams alike (UDP GSO) take that many IDs."""
         flags = nh.flags
         if flags & C.NH_FLAG_TUNNEL_GRE:
             self._vrf_count(pkt.dvrf, "gre_mpls_tunnels")
@@ -163,23 +304,29 @@ class TunnelStage(PipelineCore):
                 ident = self._next_ip_id()
             return GRE_MPLS + self._mpls_word(pkt, nh), 47, ident
         if flags & C.NH_FLAG_TUNNEL_VXLAN:
-            self._vrf_count(pkt.dvrf, "vxlan_tunnels")
+            name = "vxlan_tunnels"
             tail = VXLAN_HDR.pack(VXLAN_I, (pkt.label & 0xFFFFFF) << 8)
             dport, default_sport = D.VXLAN_PORT, 52000
         elif flags & C.NH_FLAG_TUNNEL_UDP_MPLS:
-            self._vrf_count(pkt.dvrf, "udp_mpls_tunnels")
+            name = "udp_mpls_tunnels"
             tail = self._mpls_word(pkt, nh)
             dport, default_sport = D.MPLS_OVER_UDP_DST_PORT, 51000
         else:
             # plain UDP (an analyzer's mirror next hop): both ports are the next hop's,
             # given as the vRouter's messages carry ports (network order in the integer)
-            self._vrf_count(pkt.dvrf, "udp_tunnels")
-            sport = int_to_port(nh.tun_sport) or self.udp_src_port(pkt)
-            mid = UDP_HDR.pack(sport, int_to_port(nh.tun_dport), 8 + plen, 0)
-            return mid, 17, self._next_ip_id()
-        sport = pkt.udp_src_port or self.udp_src_port(pkt) or default_sport
+            name = "udp_tunnels"
+            tail = b""
+            dport, default_sport = int_to_port(nh.tun_dport), int_to_port(nh.tun_sport)
+        self.vrf_stats[(pkt.dvrf, name)] += count
+        if tail:
+            sport = pkt.udp_src_port or self.udp_src_port(pkt) or default_sport
+        else:
+            sport = default_sport or self.udp_src_port(pkt)
         mid = UDP_HDR.pack(sport, dport, 8 + len(tail) + plen, 0) + tail
-        return mid, 17, self._next_ip_id()
+        ident = self._next_ip_id()
+        if count > 1:  # the kernel numbers the datagrams on from the first
+            self._ip_id = (ident + count - 1) & 0xFFFF
+        return mid, 17, ident
 
     def _mpls_word(self, pkt: Packet, nh: NextHop) -> bytes:
         ttl = pkt.ttl or 64

@@ -158,6 +158,8 @@ class Port:
                       "rx_offload": 0, "tx_offload": 0, "gso": 0, "csum": 0,
                       "rx_dropped": 0, "tx_errors": 0}  # fmt: skip
         self._pending: deque[Frame] = deque()
+        #: GSO types the device refused (EINVAL): frames of them are segmented here
+        self.refused_gso: set[int] = set()
         #: frames drained per wake-up
         self.read_batch = READ_BATCH
         #: called around each drained batch (the manager flushes the tx rings after)
@@ -256,6 +258,8 @@ class Port:
             return False
         if self.queue:
             return self._enqueue(frame, vnet)
+        if self.refused_gso and vnet[1] in self.refused_gso:
+            return self._transmit_finished(frame, vnet)
         try:
             self._write(frame, vnet)
         except BlockingIOError:
@@ -263,11 +267,25 @@ class Port:
         except OSError as e:
             if e.errno == errno.ENOBUFS:
                 return self._enqueue(frame, vnet)
+            if e.errno == errno.EINVAL and vnet[1]:
+                self.refused_gso.add(vnet[1])
+                return self._transmit_finished(frame, vnet)
             return False  # device down or gone: the pipeline counts the drop
         self.stats["tx"] += 1
         if vnet is not _VNET_ZERO:
             self.stats["tx_offload"] += 1
         return True
+
+    def _transmit_finished(self, frame: Frame, vnet: bytes) -> bool:
+        """What the kernel refused to take whole (a GSO type its ``AF_PACKET`` or TAP
+        does not know: UDP GSO on an older kernel), segmented here instead."""
+        try:
+            frames = offload.finish(bytes(frame), vnet)
+        except offload.OffloadError:
+            self.stats["tx_errors"] += 1
+            return False
+        self.stats["gso"] += 1
+        return all([self.transmit(f) for f in frames])
 
     def _enqueue(self, frame: Frame, vnet: bytes) -> bool:
         if len(self.queue) >= TX_QUEUE:
@@ -291,6 +309,10 @@ class Port:
             except OSError as e:
                 if e.errno == errno.ENOBUFS:
                     return None
+                if e.errno == errno.EINVAL and queue[0][1][1]:  # see transmit: lost
+                    self.refused_gso.add(queue.popleft()[1][1])
+                    self.stats["tx_errors"] += 1
+                    continue
                 self._gone(e)
                 return None
             queue.popleft()
