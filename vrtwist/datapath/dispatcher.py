@@ -264,6 +264,9 @@ class Datapath:
         self.drop_log = DropLog(self.config.cores, self.ops["vo_pkt_droplog_bufsz"])
         self.usage_sources: list[UsageSource] = []
         self.reset_hooks: list[Callable[[], None]] = []
+        #: bumped on every ksync request (any table, any op) and by the packet path's
+        #: own table writes (MAC learning): what caches a forwarding decision checks
+        self.generation = 0
         self.bridge: IBridgeRoutes = BridgeRoutesInMemory(self)
         self.routes.bridge_index = self._bridge_index
         self.handlers: dict[str, IRequestHandler] = {}
@@ -351,6 +354,7 @@ class Datapath:
         return [[self.response(0), make(name, fields)]]
 
     def _answer(self, request: Any) -> Reply:
+        self.generation += 1
         spec = SPECS_BY_CLASS.get(type(request))
         name = spec.name if spec is not None else "unknown"
         counts = self.request_counts
@@ -377,6 +381,7 @@ class Datapath:
 
     def dispatch(self, request: Any) -> KsyncReply:
         """:class:`IKsyncDispatcher`: the same answer for the ksync server to frame."""
+        self.generation += 1
         direct = self._direct.get(request.__class__)
         if direct is not None:
             counts = self.direct_counts
