@@ -381,9 +381,9 @@ class Datapath:
 
     def dispatch(self, request: Any) -> KsyncReply:
         """:class:`IKsyncDispatcher`: the same answer for the ksync server to frame."""
-        self.generation += 1
         direct = self._direct.get(request.__class__)
         if direct is not None:
+            self.generation += 1
             counts = self.direct_counts
             counts[request.__class__] = counts.get(request.__class__, 0) + 1
             try:

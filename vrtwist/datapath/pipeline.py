@@ -49,10 +49,7 @@ ZERO_MAC = bytes(6)
 FAST_ENTRIES = 4096
 #: vif flags under which a VM's frame takes more than the bridged fast path's steps
 _FAST_VIF_FLAGS = (
-    C.VIF_FLAG_MIRROR_RX
-    | C.VIF_FLAG_SERVICE_IF
-    | C.VIF_FLAG_POLICY_ENABLED
-    | C.VIF_FLAG_MAC_LEARN
+    C.VIF_FLAG_MIRROR_RX | C.VIF_FLAG_SERVICE_IF | C.VIF_FLAG_POLICY_ENABLED | C.VIF_FLAG_MAC_LEARN
 )
 #: (rx vif, tx vif, next hop, bridge index, bridge counter, VRF counter key, TCP slow)
 FastEntry = tuple[
@@ -65,10 +62,18 @@ class Pipeline(FlowStage, TunnelStage, ArpStage):
     """The vRouter's forwarding path over one :class:`Datapath`'s tables."""
 
     def __init__(
-        self, datapath: Datapath, output: IFrameOutput, trap: IPacketTrap, **options: Any
+        self,
+        datapath: Datapath,
+        output: IFrameOutput,
+        trap: IPacketTrap,
+        *,
+        fast_path: bool = True,
+        **options: Any,
     ) -> None:
-        """``options`` are :class:`PipelineCore`'s (``flows``, ``now``, ``vlan_tci``, ...)."""
+        """``options`` are :class:`PipelineCore`'s (``flows``, ``now``, ``vlan_tci``, ...);
+        ``fast_path=False`` takes every frame through the stages (the tests compare)."""
         super().__init__(datapath, output, trap, **options)
+        self.fast_path = fast_path
         flows = self.flows
         if flows is not None:
             flows.set_listeners.append(self.flow_set)
@@ -98,7 +103,7 @@ class Pipeline(FlowStage, TunnelStage, ArpStage):
         self.frag_release.clear()
 
     def receive(self, vif_index: int, frame: Frame, gso: Gso | None = None) -> None:
-        if type(frame) is bytes:
+        if type(frame) is bytes and self.fast_path:
             gen = self.datapath.generation
             fast = self._fast
             if self._fast_gen != gen:
