@@ -164,6 +164,10 @@ class Port:
         self.batch_done: Callable[[], None] = _nothing
         #: called when a first frame waits in the tx ring since the last flush
         self.wants_flush: Callable[[Port], None] = _flush_now
+        #: the pipeline's own ``receive`` and what to call when it raises, for the ring
+        #: drain's loop (set by the manager; without them frames go through ``deliver``)
+        self.receive: Callable[..., None] | None = None
+        self.receive_failed: Callable[[int, Frame], None] = _nothing_failed
 
     # -- device specifics ------------------------------------------------------
     def fileno(self) -> int:
@@ -448,6 +452,8 @@ class PacketPort(Port):
         self._vnet = bytearray(offload.VNET_HDR_LEN)
         self._buf = bytearray(_MAX_FRAME)
         self._view = memoryview(self._buf)
+        #: (vnet header, length) -> the offload state to carry (a handful of shapes)
+        self._carried: dict[tuple[bytes, int], Gso | None] = {}
 
     def _rings(self, sock: socket.socket) -> rings.Rings | None:
         try:
@@ -474,6 +480,80 @@ class PacketPort(Port):
         if self.rings is not None and not self.closed:
             self.stats["rx_dropped"] += self.rings.drops()
         return self.stats["rx_dropped"]
+
+    def _drain(self) -> None:
+        """The rx ring's plain slots read and handed to the pipeline in one loop.
+
+        A slot that is not a plain frame (a copy, a loss mark, a VLAN tag to put
+        back, offload state the pipeline does not take) goes through ``_read`` as one
+        frame at a time; counters are added once per batch.
+        """
+        ring = self.rings
+        receive = self.receive
+        if ring is None or receive is None or self._pending:
+            return super()._drain()
+        failed = self.receive_failed
+        vif = self.vif_index
+        m = ring.map
+        unpack = rings.HDR.unpack_from
+        end = ring.rx_end
+        n = offloaded = 0
+        limit = self.read_batch
+        while n < limit:
+            off = ring.rx
+            status, length, snaplen, mac, _n, _s, _ns, _t, _p = unpack(m, off)
+            if not status & rings.TP_STATUS_USER:
+                break
+            at = off + mac
+            vnet = m[at - 10 : at]
+            gso: Gso | None = None
+            if (
+                status & _RING_NOT_PLAIN
+                or snaplen < length
+                or (vnet != _VNET_ZERO and (gso := self._carry(vnet, snaplen)) is None)
+            ):
+                frame = self._read()  # this slot, the general way
+                if frame is None:
+                    break
+                gso = self.rx_gso
+            else:
+                frame = m[at : at + snaplen]
+                m[off : off + 4] = _STATUS_KERNEL
+                off += rings.FRAME_SIZE
+                ring.rx = 0 if off == end else off
+                if gso is not None:
+                    offloaded += 1
+            n += 1
+            try:
+                if gso is None:
+                    receive(vif, frame)
+                else:
+                    receive(vif, frame, gso)
+            except Exception:  # noqa: BLE001 - the manager counts and logs it
+                failed(vif, frame)
+            if self.closed:  # the pipeline's work detached us (vif deleted)
+                break
+            while self._pending and not self.closed:  # a segmented burst whole
+                n += 1
+                self.deliver(vif, self._pending.popleft(), None)
+        stats = self.stats
+        stats["rx"] += n
+        if offloaded:
+            stats["rx_offload"] += offloaded
+
+    def _carry(self, vnet: bytes, length: int) -> Gso | None:
+        """The offload state the pipeline takes with a frame, or None (then finished
+        here), remembered for the few shapes a stream of frames comes in."""
+        if not self.gso:
+            return None
+        memo = self._carried
+        key = (vnet, length)
+        gso = memo.get(key, _UNKNOWN)
+        if gso is _UNKNOWN:
+            if len(memo) >= 64:
+                memo.clear()
+            gso = memo[key] = offload.carried(vnet, length)
+        return gso  # type: ignore[no-any-return]
 
     def _read_ring(self, ring: rings.Rings) -> Frame | None:
         """The next frame from the rx ring (a larger one, marked COPY, from the socket).
@@ -556,6 +636,25 @@ class PacketPort(Port):
             if out is not None:
                 return out
 
+    def transmit(self, frame: Frame, vnet: bytes = _VNET_ZERO) -> bool:
+        """Straight into the tx ring when it has room; else as :meth:`Port.transmit`."""
+        ring = self.rings
+        if (
+            ring is not None
+            and not self.queue
+            and not self.closed
+            and len(frame) + offload.VNET_HDR_LEN <= ring.tx_room
+            and ring.put(vnet, frame)
+        ):
+            if ring.tx_pending == 1:
+                self.wants_flush(self)
+            stats = self.stats
+            stats["tx"] += 1
+            if vnet is not _VNET_ZERO:
+                stats["tx_offload"] += 1
+            return True
+        return super().transmit(frame, vnet)
+
     def _write(self, frame: Frame, vnet: bytes) -> None:
         ring = self.rings
         if ring is None:
@@ -607,7 +706,9 @@ class PacketPort(Port):
 
 
 _RING_SPECIAL = rings.TP_STATUS_COPY | rings.TP_STATUS_LOSING
+_RING_NOT_PLAIN = _RING_SPECIAL | TP_STATUS_VLAN_VALID
 _STATUS_KERNEL = bytes(4)
+_UNKNOWN: Any = object()
 
 
 def _shift_csum(vnet: bytes, by: int) -> bytes:
@@ -619,6 +720,10 @@ def _shift_csum(vnet: bytes, by: int) -> bytes:
 
 
 def _nothing() -> None:
+    pass
+
+
+def _nothing_failed(vif_index: int, frame: Frame) -> None:
     pass
 
 
@@ -674,6 +779,7 @@ class PortManager:
         self._offloading = IOffloadPipeline.providedBy(pipeline)
         for port in self.ports.values():
             port.gso = self._offloading
+            port.receive = pipeline.receive
 
     # -- IFrameOutput -----------------------------------------------------------
     def transmit(self, vif_index: int, frame: Frame) -> bool:
@@ -717,13 +823,17 @@ class PortManager:
                 offloading: Any = self.pipeline  # an IOffloadPipeline (the ports ask)
                 offloading.receive(vif_index, frame, gso)
         except Exception:  # noqa: BLE001 - last-resort guard, counted and logged below
-            # a pipeline bug must cost one frame, not the port (a port closed by the
-            # reactor would wait for a link event that never comes)
-            self.pipeline_errors += 1
-            n = self.pipeline_errors
-            if n & (n - 1) == 0:  # 1, 2, 4, 8 ...: bounded logging
-                _log.failure("vif {idx}: pipeline error {n} on a frame of {length} bytes",
-                             idx=vif_index, n=n, length=len(frame))  # fmt: skip
+            self._pipeline_failed(vif_index, frame)
+
+    def _pipeline_failed(self, vif_index: int, frame: Frame) -> None:
+        """Called in the handler of what the pipeline raised on one frame: a pipeline
+        bug must cost one frame, not the port (a port closed by the reactor would wait
+        for a link event that never comes)."""
+        self.pipeline_errors += 1
+        n = self.pipeline_errors
+        if n & (n - 1) == 0:  # 1, 2, 4, 8 ...: bounded logging
+            _log.failure("vif {idx}: pipeline error {n} on a frame of {length} bytes",
+                         idx=vif_index, n=n, length=len(frame))  # fmt: skip
 
     # -- life cycle -------------------------------------------------------------
     def start(self) -> None:
@@ -823,6 +933,8 @@ class PortManager:
         port.batch_begin = self._batch_begin
         port.batch_done = self._batch_done
         port.wants_flush = self._flush_later
+        port.receive = self.pipeline.receive
+        port.receive_failed = self._pipeline_failed
         self.errors.pop(vif.idx, None)
         self.ports[vif.idx] = port
         vif.os_idx = ifindex
