@@ -24,7 +24,10 @@ Goals: TCP >= 1/4 of the bridge; >= 100,000 small packets/s through one datapath
 process; across two nodes TCP >= 1/8 of the kernel's VXLAN. Needs root and ``ip``;
 every name starts with ``--prefix``; all is removed after.
 
-Usage: python bench/bench_ports.py [--seconds S] [--runs N] [--prefix P] [--two-nodes]
+``--floor`` adds UDP64 through a bare Python forwarder between the two veths'
+``PACKET_MMAP`` rings (no pipeline, no reactor), the floor of Python plus the kernel.
+
+Usage: python bench/bench_ports.py [--seconds S] [--runs N] [--prefix P] [--two-nodes] [--floor]
 """
 
 from __future__ import annotations
@@ -130,6 +133,44 @@ UDP_CLIENT = MMSG + textwrap.dedent("""
             if k > 0:
                 sent += k
     print(sent)
+""")
+
+
+# the floor: a bare Python forwarder between the two veths' PACKET_MMAP rings (the same
+# Rings as the ports), no pipeline, no reactor: what Python and the kernel cost per frame
+FORWARDER = textwrap.dedent("""
+    import select, socket, sys
+    from vrtwist.datapath import rings
+    def port(name):
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+        s.setsockopt(263, 15, 1)  # PACKET_VNET_HDR
+        s.setsockopt(263, 23, 1)  # PACKET_IGNORE_OUTGOING
+        r = rings.Rings(s, 10)
+        s.bind((name, 3))
+        s.setblocking(False)
+        return s, r
+    (sa, ra), (sb, rb) = port("va"), port("vb")
+    poll = select.poll()
+    poll.register(sa, select.POLLIN)
+    pairs = {{sa.fileno(): (ra, rb), sb.fileno(): (rb, ra)}}
+    poll.register(sb, select.POLLIN)
+    unpack = rings.HDR.unpack_from
+    print("ready", flush=True)
+    while True:
+        for fd, _ in poll.poll():
+            rx, tx = pairs[fd]
+            m = rx.map
+            while True:
+                off = rx.rx
+                status, length, snaplen, mac = unpack(m, off)[:4]
+                if not status & 1:
+                    break
+                at = off + mac
+                if not tx.put(m[at - 10 : at], m[at : at + snaplen]):
+                    tx.flush()
+                    tx.put(m[at - 10 : at], m[at : at + snaplen])
+                rx.release_rx(off)
+            tx.flush()
 """)
 
 
@@ -433,6 +474,29 @@ def vrtwist_nodes(world: TwoNodes) -> Iterator[list[int]]:
             shutil.rmtree(run_dir, ignore_errors=True)
 
 
+@contextmanager
+def forwarder(world: World) -> Iterator[int]:
+    proc = world.in_ns(world.node, FORWARDER.format())
+    assert proc.stdout is not None
+    if proc.stdout.readline().strip() != "ready":
+        proc.kill()
+        raise RuntimeError("forwarder did not start: " + (proc.stderr.read() if proc.stderr else ""))
+    try:
+        yield proc.pid
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def floor(world: World, seconds: float) -> tuple[float, float, int, float]:
+    """UDP64 through the bare ring forwarder: (pps received, its CPU s, sent, load)."""
+    with forwarder(world) as pid:
+        c0 = cpu_seconds(pid)
+        got, span, sent = _pair(world, UDP_SERVER, UDP_CLIENT, seconds)
+        cpu = (cpu_seconds(pid) - c0) / seconds
+    return (got / span if span > 0 else 0.0), cpu, int(sent or 0), os.getloadavg()[0]
+
+
 def measure_tcp(world: World, seconds: float) -> float:
     n, span, _ = _pair(world, TCP_SERVER, TCP_CLIENT, seconds)
     return n * 8 / span / 1e6 if span > 0 else 0.0
@@ -466,6 +530,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also: two nodes over MPLSoUDP vs the kernel's VXLAN device (TCP)",
     )
+    p.add_argument(
+        "--floor",
+        action="store_true",
+        help="also: UDP64 through a bare Python ring forwarder (no pipeline, no reactor)",
+    )
     args = p.parse_args(argv)
     if os.geteuid() != 0:
         print("bench_ports: needs root (network namespaces and veths)")
@@ -473,8 +542,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.two_nodes:
         two_nodes(args.prefix + "t", args.seconds, args.runs)
     rows: dict[str, list[Row]] = {"bridge": [], "vrtwist": []}
+    floors: list[tuple[float, float, int, float]] = []
     with World(args.prefix) as world:
         for _ in range(args.runs):
+            if args.floor:
+                floors.append(floor(world, args.seconds))
             with bridge(world):
                 rows["bridge"].append(measure(world, args.seconds))
             with vrtwist(world) as pid:
@@ -491,6 +563,10 @@ def main(argv: list[str] | None = None) -> int:
     for name, (mbps, pps, sent, ctcp, cudp) in med.items():
         cpu = "%.2f/%.2f" % (ctcp, cudp) if name == "vrtwist" else "(kernel)"
         print("%-8s %12.0f %14.0f %14.0f %18s" % (name, mbps, pps, sent / args.seconds, cpu))
+    for f_pps, f_cpu, f_sent, f_load in floors:
+        print("floor    %12s %14.0f %14.0f %18s  (bare ring forwarder, %.0f per CPU-s, load %.2f)"
+              % ("", f_pps, f_sent / args.seconds, "%.2f" % f_cpu,
+                 f_pps / f_cpu if f_cpu else 0.0, f_load))  # fmt: skip
     b, v = med["bridge"], med["vrtwist"]
     if v[4] > 0:
         print("UDP64 through vrtwist per datapath CPU-second: %.0f packets" % (v[1] / v[4]))
