@@ -240,3 +240,10 @@ class GenerationTests(SynchronousTestCase):
             w.dp.dispatch(make(name, fields))
             with self.subTest(request=name):
                 self.assertEqual(w.dp.generation, before + 2)
+
+    def test_a_new_bridge_table_or_handler_bumps_it_too(self) -> None:
+        w = World()
+        before = w.dp.generation
+        w.dp.register_bridge(w.dp.bridge)
+        w.dp.register("vr_flow_req", w.dp.handlers["vr_flow_req"])
+        self.assertEqual(w.dp.generation, before + 2)

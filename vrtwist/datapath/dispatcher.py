@@ -305,6 +305,7 @@ class Datapath:
         if name not in SPECS_BY_NAME:
             raise KeyError(f"no Sandesh message named {name!r}")
         self.handlers[name] = handler
+        self.generation += 1
         cls = SPECS_BY_NAME[name].cls
         if IKsyncDispatcher.providedBy(handler):
             self._direct[cls] = handler.dispatch  # answers the ksync server itself
@@ -314,6 +315,7 @@ class Datapath:
 
     def register_bridge(self, handler: IBridgeRoutes) -> None:
         self.bridge = handler
+        self.generation += 1
 
     def add_usage_source(self, source: UsageSource) -> None:
         """Add used-entry counters (``vo_flow_used_entries`` ...) to vrouter_ops GET."""
