@@ -497,13 +497,16 @@ class PacketPort(Port):
         m = ring.map
         unpack = rings.HDR.unpack_from
         end = ring.rx_end
-        n = offloaded = 0
+        n = offloaded = losing = 0
         limit = self.read_batch
         while n < limit:
             off = ring.rx
             status, length, snaplen, mac, _n, _s, _ns, _t, _p = unpack(m, off)
             if not status & rings.TP_STATUS_USER:
                 break
+            # a full ring marks every frame after a drop LOSING: its drops are read
+            # once for the batch, not once per frame
+            losing |= status & rings.TP_STATUS_LOSING
             at = off + mac
             vnet = m[at - 10 : at]
             gso: Gso | None = None
@@ -536,10 +539,16 @@ class PacketPort(Port):
             while self._pending and not self.closed:  # a segmented burst whole
                 n += 1
                 self.deliver(vif, self._pending.popleft(), None)
+        self._count_batch(n, offloaded, losing)
+
+    def _count_batch(self, frames: int, offloaded: int, losing: int) -> None:
+        """The ring drain's counters, once per batch (the kernel's drops if it lost any)."""
         stats = self.stats
-        stats["rx"] += n
+        stats["rx"] += frames
         if offloaded:
             stats["rx_offload"] += offloaded
+        if losing and self.rings is not None and not self.closed:
+            stats["rx_dropped"] += self.rings.drops()
 
     def _carry(self, vnet: bytes, length: int) -> Gso | None:
         """The offload state the pipeline takes with a frame, or None (then finished
@@ -706,7 +715,8 @@ class PacketPort(Port):
 
 
 _RING_SPECIAL = rings.TP_STATUS_COPY | rings.TP_STATUS_LOSING
-_RING_NOT_PLAIN = _RING_SPECIAL | TP_STATUS_VLAN_VALID
+#: slots the ring drain's loop leaves to ``_read`` (LOSING alone is a plain frame)
+_RING_NOT_PLAIN = rings.TP_STATUS_COPY | TP_STATUS_VLAN_VALID
 _STATUS_KERNEL = bytes(4)
 _UNKNOWN: Any = object()
 
