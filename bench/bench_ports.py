@@ -9,8 +9,10 @@ bridge route per MAC; static neighbours in A and B). Measured in the same run:
 * TCP: one Python stream A -> B for ``--seconds`` (64 KiB writes; the veths in A and B
   keep TSO and checksum offload, so the datapath reads GSO super-frames and, bridging
   veth to veth, writes them whole with their vnet header), throughput in Mbit/s;
-* UDP: 64-byte frames (18-byte payload) A -> B as fast as one Python sender can, packets
-  per second received in B.
+* UDP: 64-byte frames (18-byte payload) A -> B as fast as one sender can (64 datagrams
+  per ``sendmmsg``), packets per second received by B's socket (64 per ``recvmmsg``;
+  the receiver's count over its first to last datagram); B's eth0 ``rx_packets`` and
+  the vrtwist tx vif's counter are printed as cross-checks.
 
 ``--two-nodes`` adds two "compute nodes" X and Y (namespaces joined by a fabric veth,
 A behind X, B behind Y): one ``vrouter-dp`` per node bridging over MPLSoUDP (fabric vif,
@@ -24,7 +26,13 @@ Goals: TCP >= 1/4 of the bridge; >= 100,000 small packets/s through one datapath
 process; across two nodes TCP >= 1/8 of the kernel's VXLAN. Needs root and ``ip``;
 every name starts with ``--prefix``; all is removed after.
 
-Usage: python bench/bench_ports.py [--seconds S] [--runs N] [--prefix P] [--two-nodes]
+``--dp-nice N`` starts ``vrouter-dp`` at nice value N (say -10: the datapath then gets the
+core it asks for ahead of the sender and receiver, what a deployment with a forwarding
+core of its own gives it; not the default figure). ``--floor`` adds UDP64 through a bare Python forwarder between the two veths'
+``PACKET_MMAP`` rings (no pipeline, no reactor), the floor of Python plus the kernel.
+
+Usage: python bench/bench_ports.py [--seconds S] [--runs N] [--prefix P] [--two-nodes] [--floor]
+                                  [--dp-nice N]
 """
 
 from __future__ import annotations
@@ -80,35 +88,103 @@ TCP_CLIENT = textwrap.dedent("""
         c.sendall(data)
     c.close()
 """)
-UDP_SERVER = textwrap.dedent("""
-    import socket, time
+MMSG = textwrap.dedent("""
+    import ctypes, socket, struct, time
+    libc = ctypes.CDLL(None, use_errno=True)
+    class Iovec(ctypes.Structure):
+        _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+    class Msghdr(ctypes.Structure):
+        _fields_ = [("name", ctypes.c_void_p), ("namelen", ctypes.c_uint32),
+                    ("iov", ctypes.POINTER(Iovec)), ("iovlen", ctypes.c_size_t),
+                    ("control", ctypes.c_void_p), ("controllen", ctypes.c_size_t),
+                    ("flags", ctypes.c_int)]
+    class Mmsghdr(ctypes.Structure):
+        _fields_ = [("hdr", Msghdr), ("len", ctypes.c_uint)]
+    VLEN = 64
+    def vectors(bufs):
+        iovs = (Iovec * VLEN)()
+        msgs = (Mmsghdr * VLEN)()
+        for i, buf in enumerate(bufs):
+            iovs[i].base = ctypes.addressof(buf)
+            iovs[i].len = ctypes.sizeof(buf)
+            msgs[i].hdr.iov = ctypes.pointer(iovs[i])
+            msgs[i].hdr.iovlen = 1
+        return iovs, msgs
+""")
+# the receiver counts datagrams its socket delivered, 64 per recvmmsg at most
+UDP_SERVER = MMSG + textwrap.dedent("""
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 24)
-    s.bind(("{ip}", 5302)); s.settimeout({seconds} + 5)
+    s.bind(("{ip}", 5302))
+    bufs = [ctypes.create_string_buffer(2048) for _ in range(VLEN)]
+    iovs, msgs = vectors(bufs)
+    wait = lambda sec: s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
+                                    struct.pack("ll", sec, 0))
+    wait(int({seconds}) + 5)
     print("ready", flush=True)
     n, first, last = 0, None, None
-    try:
-        while True:
-            s.recv(2048)
-            now = time.monotonic(); first = first or now; last = now; n += 1
-            s.settimeout(1.0)
-    except socket.timeout:
-        pass
+    while True:
+        # MSG_WAITFORONE: wait for the first datagram (SO_RCVTIMEO), then take what is there
+        k = libc.recvmmsg(s.fileno(), msgs, VLEN, 0x10000, None)
+        if k <= 0:
+            break
+        now = time.monotonic()
+        if first is None:
+            first = now; wait(1)
+        last = now; n += k
     print(n, (last or 0) - (first or 0))
 """)
-UDP_CLIENT = textwrap.dedent("""
-    import socket, time
+# the sender: 64 datagrams per sendmmsg, as fast as it can
+UDP_CLIENT = MMSG + textwrap.dedent("""
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.connect(("{ip}", 5302))
-    payload = bytes(18)  # 14 + 20 + 8 + 18 = 60 bytes + FCS = a 64-byte frame
-    sent, end = 0, time.monotonic() + {seconds}
+    payload = ctypes.create_string_buffer(18)  # 14 + 20 + 8 + 18 = 60 bytes + FCS = 64
+    iovs, msgs = vectors([payload] * VLEN)
+    sent, end, fd = 0, time.monotonic() + {seconds}, s.fileno()
     while time.monotonic() < end:
-        for _ in range(256):
-            try:
-                s.send(payload); sent += 1
-            except OSError:
-                pass
+        for _ in range(16):
+            k = libc.sendmmsg(fd, msgs, VLEN, 0)
+            if k > 0:
+                sent += k
     print(sent)
+""")
+
+
+# the floor: a bare Python forwarder between the two veths' PACKET_MMAP rings (the same
+# Rings as the ports), no pipeline, no reactor: what Python and the kernel cost per frame
+FORWARDER = textwrap.dedent("""
+    import select, socket, sys
+    from vrtwist.datapath import rings
+    def port(name):
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+        s.setsockopt(263, 15, 1)  # PACKET_VNET_HDR
+        s.setsockopt(263, 23, 1)  # PACKET_IGNORE_OUTGOING
+        r = rings.Rings(s, 10)
+        s.bind((name, 3))
+        s.setblocking(False)
+        return s, r
+    (sa, ra), (sb, rb) = port("va"), port("vb")
+    poll = select.poll()
+    poll.register(sa, select.POLLIN)
+    pairs = {{sa.fileno(): (ra, rb), sb.fileno(): (rb, ra)}}
+    poll.register(sb, select.POLLIN)
+    unpack = rings.HDR.unpack_from
+    print("ready", flush=True)
+    while True:
+        for fd, _ in poll.poll():
+            rx, tx = pairs[fd]
+            m = rx.map
+            while True:
+                off = rx.rx
+                status, length, snaplen, mac = unpack(m, off)[:4]
+                if not status & 1:
+                    break
+                at = off + mac
+                if not tx.put(m[at - 10 : at], m[at : at + snaplen]):
+                    tx.flush()
+                    tx.put(m[at - 10 : at], m[at : at + snaplen])
+                rx.release_rx(off)
+            tx.flush()
 """)
 
 
@@ -123,6 +199,8 @@ class World:
         self.p = prefix
         self.a, self.b, self.node = prefix + "a", prefix + "b", prefix + "n"
         self.made: list[str] = []
+        #: the running vrouter-dp's socket directory
+        self.run_dir: str | None = None
 
     def __enter__(self) -> World:
         for ns in (self.a, self.b, self.node):
@@ -180,14 +258,44 @@ def cpu_seconds(pid: int | None) -> float:
 Row = tuple[float, float, int, float, float]
 
 
-def measure(world: World, seconds: float, pid: int | None = None) -> Row:
-    """(TCP Mbit/s, UDP pps received, UDP sent, datapath CPU s in TCP, in UDP)."""
+def rx_packets(world: World) -> int:
+    """``rx_packets`` of B's eth0 (sysfs as ``ip netns exec`` mounts it for B)."""
+    out = sh("ip", "netns", "exec", world.b, "cat", "/sys/class/net/eth0/statistics/rx_packets")
+    return int(out.stdout)
+
+
+def vif_tx_packets(run_dir: str | None, vif: int = 2) -> int:
+    """The datapath's own count of packets sent on ``vif`` (``vif --get``), 0 without one."""
+    if run_dir is None:
+        return 0
+    tool = os.path.join(os.path.dirname(sys.executable), "vif")
+    out = sh(tool, "--sock-dir", run_dir, "--get", str(vif)).stdout
+    for line in out.splitlines():
+        if "TX packets:" in line:
+            return int(line.split("TX packets:")[1].split()[0])
+    return 0
+
+
+def measure(world: World, seconds: float, pid: int | None = None,
+            run_dir: str | None = None) -> Row:  # fmt: skip
+    """(TCP Mbit/s, UDP pps received, UDP sent, datapath CPU s in TCP, in UDP).
+
+    The UDP figure is what B's socket received (the receiver's count) over the time
+    from its first to its last datagram; B's eth0 ``rx_packets`` and, for vrtwist, the
+    tx vif's packet counter are printed beside it as cross-checks.
+    """
     c0 = cpu_seconds(pid)
     n, span, _ = _pair(world, TCP_SERVER, TCP_CLIENT, seconds)
     c1 = cpu_seconds(pid)
     mbps = n * 8 / span / 1e6 if span > 0 else 0.0
+    dev0, vif0 = rx_packets(world), vif_tx_packets(run_dir)
     got, span, sent = _pair(world, UDP_SERVER, UDP_CLIENT, seconds)
     c2 = cpu_seconds(pid)
+    dev, vif = rx_packets(world) - dev0, vif_tx_packets(run_dir) - vif0
+    print("  UDP64 %s: socket received %d, B eth0 rx_packets %d%s, sent %s; load %.2f"
+          % ("vrtwist" if pid else "bridge", got, dev,
+             ", tx vif counted %d" % vif if run_dir else "", sent,
+             os.getloadavg()[0]))  # fmt: skip
     pps = got / span if span > 0 else 0.0
     return mbps, pps, int(sent or 0), (c1 - c0) / seconds, (c2 - c1) / seconds
 
@@ -205,12 +313,12 @@ def bridge(world: World) -> Iterator[None]:
 
 
 @contextmanager
-def vrtwist(world: World) -> Iterator[int]:
-    run_dir = tempfile.mkdtemp(prefix=world.p)
+def vrtwist(world: World, nice: int = 0) -> Iterator[int]:
+    run_dir = world.run_dir = tempfile.mkdtemp(prefix=world.p)
     bindir = os.path.dirname(sys.executable)
     proc = None
     try:
-        proc = start_vrouter_dp(world.node, run_dir)
+        proc = start_vrouter_dp(world.node, run_dir, nice=nice)
         program_node(None, run_dir, (
             ("vif", "--add", "va", "--type", "virtual", "--id", "1", "--mac", "00:00:5e:00:01:00",
              "--vrf", "0"),
@@ -295,6 +403,29 @@ def vrtwist_nodes(world: TwoNodes) -> Iterator[list[int]]:
             shutil.rmtree(run_dir, ignore_errors=True)
 
 
+@contextmanager
+def forwarder(world: World) -> Iterator[int]:
+    proc = world.in_ns(world.node, FORWARDER.format())
+    assert proc.stdout is not None
+    if proc.stdout.readline().strip() != "ready":
+        proc.kill()
+        raise RuntimeError("forwarder did not start: " + (proc.stderr.read() if proc.stderr else ""))
+    try:
+        yield proc.pid
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def floor(world: World, seconds: float) -> tuple[float, float, int, float]:
+    """UDP64 through the bare ring forwarder: (pps received, its CPU s, sent, load)."""
+    with forwarder(world) as pid:
+        c0 = cpu_seconds(pid)
+        got, span, sent = _pair(world, UDP_SERVER, UDP_CLIENT, seconds)
+        cpu = (cpu_seconds(pid) - c0) / seconds
+    return (got / span if span > 0 else 0.0), cpu, int(sent or 0), os.getloadavg()[0]
+
+
 def measure_tcp(world: World, seconds: float) -> float:
     n, span, _ = _pair(world, TCP_SERVER, TCP_CLIENT, seconds)
     return n * 8 / span / 1e6 if span > 0 else 0.0
@@ -328,6 +459,17 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also: two nodes over MPLSoUDP vs the kernel's VXLAN device (TCP)",
     )
+    p.add_argument(
+        "--dp-nice",
+        type=int,
+        default=0,
+        help="run vrouter-dp at this nice value (e.g. -10: ahead of the sender and receiver)",
+    )
+    p.add_argument(
+        "--floor",
+        action="store_true",
+        help="also: UDP64 through a bare Python ring forwarder (no pipeline, no reactor)",
+    )
     args = p.parse_args(argv)
     if os.geteuid() != 0:
         print("bench_ports: needs root (network namespaces and veths)")
@@ -335,13 +477,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.two_nodes:
         two_nodes(args.prefix + "t", args.seconds, args.runs)
     rows: dict[str, list[Row]] = {"bridge": [], "vrtwist": []}
+    floors: list[tuple[float, float, int, float]] = []
     with World(args.prefix) as world:
         for _ in range(args.runs):
+            if args.floor:
+                floors.append(floor(world, args.seconds))
             with bridge(world):
                 rows["bridge"].append(measure(world, args.seconds))
-            with vrtwist(world) as pid:
+            with vrtwist(world, args.dp_nice) as pid:
                 try:
-                    rows["vrtwist"].append(measure(world, args.seconds, pid))
+                    rows["vrtwist"].append(measure(world, args.seconds, pid, world.run_dir))
                 except RuntimeError as e:  # no pipeline: nothing arrives
                     print("vrtwist run failed:", e)
                     rows["vrtwist"].append((0.0, 0.0, 0, 0.0, 0.0))
@@ -353,6 +498,10 @@ def main(argv: list[str] | None = None) -> int:
     for name, (mbps, pps, sent, ctcp, cudp) in med.items():
         cpu = "%.2f/%.2f" % (ctcp, cudp) if name == "vrtwist" else "(kernel)"
         print("%-8s %12.0f %14.0f %14.0f %18s" % (name, mbps, pps, sent / args.seconds, cpu))
+    for f_pps, f_cpu, f_sent, f_load in floors:
+        print("floor    %12s %14.0f %14.0f %18s  (bare ring forwarder, %.0f per CPU-s, load %.2f)"
+              % ("", f_pps, f_sent / args.seconds, "%.2f" % f_cpu,
+                 f_pps / f_cpu if f_cpu else 0.0, f_load))  # fmt: skip
     b, v = med["bridge"], med["vrtwist"]
     if v[4] > 0:
         print("UDP64 through vrtwist per datapath CPU-second: %.0f packets" % (v[1] / v[4]))

@@ -302,6 +302,21 @@ class RingTests(PortTestCase):
         self.assertEqual(sy.got, [big])
 
     @inlineCallbacks
+    def test_a_raising_pipeline_costs_one_frame_of_the_ring_batch(self) -> Any:
+        """The ring's drain loop calls the pipeline itself: the same guard as ``deliver``."""
+        _a, pa, _b, pb = self.veth_pair("e")
+        self.ports.pipeline = _Flaky(self.datapath, self.ports, (1, 2))
+        sx, sy = self.sniff(pa), self.sniff(pb)
+        frames = [mkframe(n) for n in range(20)]
+        for n, f in enumerate(frames):
+            sx.send(f[:-4] + b"boom" if n == 7 else f)
+        yield wait_for(lambda: len(sy.collect()) >= 19)
+        self.assertEqual(sy.got, frames[:7] + frames[8:])
+        self.assertEqual(self.ports.pipeline_errors, 1)
+        self.assertEqual(self.ports.ports[1].stats["rx"], 20)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    @inlineCallbacks
     def test_without_rings_one_system_call_per_frame(self) -> Any:
         self.ports.use_rings = False
         _a, pa, _b, pb = self.veth_pair("f")

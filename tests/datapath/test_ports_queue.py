@@ -154,3 +154,51 @@ class RefusedGsoTests(SynchronousTestCase):
             self.assertEqual(offload.checksum(pseudo + udp), 0xFFFF)
         self.assertEqual(port.stats["tx"], 6)
         self.assertEqual(port.stats["tx_errors"], 0)
+
+
+class DrainRoundTests(SynchronousTestCase):
+    """A wake-up drains again while frames keep coming (each round flushed), boundedly."""
+
+    def setUp(self) -> None:
+        self.got: list[bytes] = []
+        self.flushes = 0
+        self.arrivals = 0
+        self.port = SocketPort(4, "q", 99, b"\x02" * 6, self.deliver, lambda port, n: None)
+        self.port.batch_done = self.flushed
+        self.addCleanup(self.port.sock.close)
+        self.addCleanup(self.port.peer.close)
+
+    def deliver(self, vif: int, frame: Frame, gso: object) -> None:
+        self.got.append(bytes(frame))
+
+    def flushed(self) -> None:
+        """The end of a round: what arrives now is for the next round."""
+        self.flushes += 1
+        if self.arrivals:
+            self.arrivals -= 1
+            self.port.peer.send(b"late %d" % self.flushes)
+
+    def test_frames_arriving_during_a_round_are_read_before_the_reactor_turns(self) -> None:
+        for n in range(3):
+            self.port.peer.send(b"first %d" % n)
+        self.arrivals = 3
+        self.port.doRead()
+        self.assertEqual(len(self.got), 6)
+        self.assertEqual(self.got[3:], [b"late 1", b"late 2", b"late 3"])
+        self.assertEqual(self.flushes, 5)  # the last round found nothing
+        self.assertEqual(self.port.stats["rx"], 6)
+
+    def test_the_rounds_are_bounded(self) -> None:
+        self.port.peer.send(b"first")
+        self.arrivals = 100
+        self.port.doRead()
+        self.assertEqual(self.flushes, P.DRAIN_ROUNDS)
+        self.assertEqual(len(self.got), P.DRAIN_ROUNDS)
+        self.assertEqual(self.port.sock.recv(100), b"late %d" % P.DRAIN_ROUNDS)  # waits
+
+    def test_a_whole_batch_returns_to_the_reactor_for_the_other_ports(self) -> None:
+        self.port.read_batch = 2
+        for n in range(5):
+            self.port.peer.send(b"first %d" % n)
+        self.port.doRead()
+        self.assertEqual((len(self.got), self.flushes), (2, 1))

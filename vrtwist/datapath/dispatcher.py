@@ -264,6 +264,9 @@ class Datapath:
         self.drop_log = DropLog(self.config.cores, self.ops["vo_pkt_droplog_bufsz"])
         self.usage_sources: list[UsageSource] = []
         self.reset_hooks: list[Callable[[], None]] = []
+        #: bumped on every ksync request (any table, any op) and by the packet path's
+        #: own table writes (MAC learning): what caches a forwarding decision checks
+        self.generation = 0
         self.bridge: IBridgeRoutes = BridgeRoutesInMemory(self)
         self.routes.bridge_index = self._bridge_index
         self.handlers: dict[str, IRequestHandler] = {}
@@ -302,6 +305,7 @@ class Datapath:
         if name not in SPECS_BY_NAME:
             raise KeyError(f"no Sandesh message named {name!r}")
         self.handlers[name] = handler
+        self.generation += 1
         cls = SPECS_BY_NAME[name].cls
         if IKsyncDispatcher.providedBy(handler):
             self._direct[cls] = handler.dispatch  # answers the ksync server itself
@@ -311,6 +315,7 @@ class Datapath:
 
     def register_bridge(self, handler: IBridgeRoutes) -> None:
         self.bridge = handler
+        self.generation += 1
 
     def add_usage_source(self, source: UsageSource) -> None:
         """Add used-entry counters (``vo_flow_used_entries`` ...) to vrouter_ops GET."""
@@ -351,6 +356,7 @@ class Datapath:
         return [[self.response(0), make(name, fields)]]
 
     def _answer(self, request: Any) -> Reply:
+        self.generation += 1
         spec = SPECS_BY_CLASS.get(type(request))
         name = spec.name if spec is not None else "unknown"
         counts = self.request_counts
@@ -379,6 +385,7 @@ class Datapath:
         """:class:`IKsyncDispatcher`: the same answer for the ksync server to frame."""
         direct = self._direct.get(request.__class__)
         if direct is not None:
+            self.generation += 1
             counts = self.direct_counts
             counts[request.__class__] = counts.get(request.__class__, 0) + 1
             try:

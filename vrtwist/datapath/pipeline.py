@@ -21,6 +21,7 @@ from typing import Any
 from zope.interface import implementer
 
 from vrtwist.datapath import constants as C
+from vrtwist.datapath import offload
 from vrtwist.datapath import pipeline_defs as D
 from vrtwist.datapath.dispatcher import Datapath
 from vrtwist.datapath.interfaces import (
@@ -49,6 +50,16 @@ from vrtwist.shmem.jhash import jhash
 
 __all__ = ["Packet", "Pipeline"]
 ZERO_MAC = bytes(6)
+#: decisions the bridged fast path keeps (cleared whole when full)
+FAST_ENTRIES = 4096
+#: vif flags under which a VM's frame takes more than the bridged fast path's steps
+_FAST_VIF_FLAGS = (
+    C.VIF_FLAG_MIRROR_RX | C.VIF_FLAG_SERVICE_IF | C.VIF_FLAG_POLICY_ENABLED | C.VIF_FLAG_MAC_LEARN
+)
+#: (rx vif, tx vif, next hop, bridge index, bridge counter, VRF counter key, TCP slow)
+FastEntry = tuple[
+    Interface, Interface, NextHop, int, Callable[[int], None] | None, tuple[int, str], bool
+]
 
 
 @implementer(IOffloadPipeline, IPipelineTimers)
@@ -56,14 +67,25 @@ class Pipeline(FlowStage, TunnelStage, ArpStage):
     """The vRouter's forwarding path over one :class:`Datapath`'s tables."""
 
     def __init__(
-        self, datapath: Datapath, output: IFrameOutput, trap: IPacketTrap, **options: Any
+        self,
+        datapath: Datapath,
+        output: IFrameOutput,
+        trap: IPacketTrap,
+        *,
+        fast_path: bool = True,
+        **options: Any,
     ) -> None:
-        """``options`` are :class:`PipelineCore`'s (``flows``, ``now``, ``vlan_tci``, ...)."""
+        """``options`` are :class:`PipelineCore`'s (``flows``, ``now``, ``vlan_tci``, ...);
+        ``fast_path=False`` takes every frame through the stages (the tests compare)."""
         super().__init__(datapath, output, trap, **options)
+        self.fast_path = fast_path
         flows = self.flows
         if flows is not None:
             flows.set_listeners.append(self.flow_set)
         datapath.reset_hooks.append(self.reset)
+        #: (rx vif, Ethernet header) -> the bridged fast path's decision, or None
+        self._fast: dict[tuple[int, bytes], FastEntry | None] = {}
+        self._fast_gen = -1
         self._nh_handlers: dict[int, Callable[[Packet, NextHop], None]] = {
             C.NH_DISCARD: self._nh_discard,
             C.NH_RESOLVE: self._nh_resolve,
@@ -95,6 +117,103 @@ class Pipeline(FlowStage, TunnelStage, ArpStage):
             self._drop(held, D.DROP_FRAGMENTS)
 
     def receive(self, vif_index: int, frame: Frame, gso: Gso | None = None) -> None:
+        if type(frame) is bytes and self.fast_path:
+            gen = self.datapath.generation
+            fast = self._fast
+            if self._fast_gen != gen:
+                fast.clear()
+                self._fast_gen = gen
+            key = (vif_index, frame[:14])
+            hit = fast.get(key)
+            if hit is not None and not (hit[6] and len(frame) > 23 and frame[23] == 6):
+                return self._fast_forward(hit, frame, gso)
+            self._receive(vif_index, frame, gso)
+            if hit is None and key not in fast:  # first of its kind (None: does not qualify)
+                if len(fast) >= FAST_ENTRIES:
+                    fast.clear()
+                fast[key] = self._fast_entry(vif_index, key[1])
+            return None
+        return self._receive(vif_index, frame, gso)
+
+    # -- the bridged fast path -----------------------------------------------------
+    def _fast_entry(self, vif_index: int, head: bytes) -> FastEntry | None:
+        """The decision the bridge stage takes for a unicast IP frame from a plain VM vif
+        to a plain vif through an L2 ENCAP next hop, or None where it takes more.
+
+        Each condition below is one the slow path tests; where all hold, that path
+        only counts (vif rx, bridge entry, VRF ``l2_encaps``, vif tx) and transmits the
+        frame as received, whatever follows the Ethernet header. The entry is valid
+        while ``datapath.generation`` is unchanged (any ksync request, MAC learning).
+        """
+        vif = self.tables.interfaces.get(vif_index)
+        if (
+            vif is None
+            or vif.type != C.VIF_TYPE_VIRTUAL
+            or vif.flags & _FAST_VIF_FLAGS
+            or len(head) < 14
+            or head[0] & 1
+            or head[12:14] not in (b"\x08\x00", b"\x86\xdd")
+            or self.vlan_tci is not None
+        ):
+            return None
+        hit = self.bridge_lookup(vif.vrf, head[:6])
+        nh = self.tables.nexthops.get(hit[1]) if hit is not None else None
+        if (
+            hit is None
+            or nh is None
+            or nh.type != C.NH_ENCAP
+            or nh.family != C.AF_BRIDGE
+            or not nh.flags & C.NH_FLAG_VALID
+            or nh.flags & (C.NH_FLAG_POLICY_ENABLED | C.NH_FLAG_FLOW_LOOKUP)
+            or self._nh_handlers.get(C.NH_ENCAP) != self._nh_encap
+        ):
+            return None
+        oif = nh.oif
+        if (
+            oif is None
+            or oif.type not in (C.VIF_TYPE_VIRTUAL, C.VIF_TYPE_PHYSICAL)
+            or oif.flags & C.VIF_FLAG_MIRROR_TX
+        ):
+            return None
+        table = getattr(self.datapath.bridge, "bridge", None)
+        count = table.add_packets if table is not None else None
+        # the TCP MSS clamp looks into TCP frames: those take the slow path
+        mss = head[12] == 0x08 and bool(self.datapath.ops.get("vo_from_vm_mss_adj"))
+        return vif, oif, nh, hit[0], count, (vif.vrf, "l2_encaps"), mss
+
+    def _fast_forward(self, entry: FastEntry, frame: bytes, gso: Gso | None) -> None:
+        """What the slow path does for a frame ``_fast_entry`` said yes to."""
+        vif, oif, nh, index, count, vrf_key, _mss = entry
+        n = len(frame)
+        counters = vif.counters
+        counters["ipackets"] += 1
+        counters["ibytes"] += n
+        if count is not None:
+            count(index)
+        self.vrf_stats[vrf_key] += 1
+        counters = oif.counters
+        counters["opackets"] += 1
+        counters["obytes"] += n
+        if gso is None:
+            if self.output.transmit(oif.idx, frame):
+                return
+        else:
+            out = self.offload_output
+            if out is None or not out.accepts_offload(oif.idx):
+                return self._port_tx_offload(self._fast_packet(vif, nh, frame), oif, frame, gso)
+            if out.transmit_offload(oif.idx, frame, offload.vnet_for(gso, len(frame))):
+                return
+        counters["oerrors"] += 1
+        self._drop(self._fast_packet(vif, nh, frame), D.DROP_INTERFACE_TX_DISCARD, oif)
+
+    def _fast_packet(self, vif: Interface, nh: NextHop, frame: bytes) -> Packet:
+        """The packet as the slow path has it at the tx step (for the drop log)."""
+        pkt = Packet(frame, vif)
+        self._classify(pkt)
+        pkt.nh = nh
+        return pkt
+
+    def _receive(self, vif_index: int, frame: Frame, gso: Gso | None) -> None:
         vif = self.tables.interfaces.get(vif_index)
         if vif is None:
             self.tables.count_drop(D.DROP_COUNTER[D.DROP_INVALID_IF])
@@ -327,6 +446,7 @@ class Pipeline(FlowStage, TunnelStage, ArpStage):
             if flood is None:
                 return
             index = bridge.learn(vrf, smac, flood[1])
+            self.datapath.generation += 1
             if index >= 0:
                 self._trap(pkt, D.TRAP_MAC_LEARN, param=index)
             return
@@ -336,6 +456,7 @@ class Pipeline(FlowStage, TunnelStage, ArpStage):
         if nh is None or self._validate_src(pkt, nh):
             return
         bridge.mark_moved(vrf, smac)
+        self.datapath.generation += 1
         self._trap(pkt, D.TRAP_MAC_MOVE, param=hit[0])
 
     def _mss_adjust(self, pkt: Packet, overlay: int) -> None:

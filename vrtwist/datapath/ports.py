@@ -92,6 +92,8 @@ ATTACHABLE_TYPES = frozenset(
 )
 #: frames drained per wake-up and port, so one busy port cannot starve the others
 READ_BATCH = 64
+#: drain rounds per wake-up at most (each after the previous one found frames)
+DRAIN_ROUNDS = 8
 #: frames queued per port while its device refuses more (EAGAIN/ENOBUFS)
 TX_QUEUE = 256
 _MAX_FRAME = 65536 + 14 + 8
@@ -167,6 +169,10 @@ class Port:
         self.batch_done: Callable[[], None] = _nothing
         #: called when a first frame waits in the tx ring since the last flush
         self.wants_flush: Callable[[Port], None] = _flush_now
+        #: the pipeline's own ``receive`` and what to call when it raises, for the ring
+        #: drain's loop (set by the manager; without them frames go through ``deliver``)
+        self.receive: Callable[..., None] | None = None
+        self.receive_failed: Callable[[int, Frame], None] = _nothing_failed
 
     # -- device specifics ------------------------------------------------------
     def fileno(self) -> int:
@@ -223,11 +229,20 @@ class Port:
         return f"{self.kind}:{self.name}"
 
     def doRead(self) -> None:
-        self.batch_begin()
-        try:
-            self._drain()
-        finally:
-            self.batch_done()
+        """Drain and flush, again while frames keep coming: a round that finds any (but
+        less than a whole batch) is followed by another before the reactor's turn, whose
+        own cost per wake-up is that of dozens of frames."""
+        stats = self.stats
+        for _ in range(DRAIN_ROUNDS):
+            before = stats["rx"]
+            self.batch_begin()
+            try:
+                self._drain()
+            finally:
+                self.batch_done()
+            got = stats["rx"] - before
+            if not got or got >= self.read_batch or self.closed:
+                return
 
     def _drain(self) -> None:
         deliver, vif, read, stats = self.deliver, self.vif_index, self._read, self.stats
@@ -471,6 +486,8 @@ class PacketPort(Port):
         self._vnet = bytearray(offload.VNET_HDR_LEN)
         self._buf = bytearray(_MAX_FRAME)
         self._view = memoryview(self._buf)
+        #: (vnet header, length) -> the offload state to carry (a handful of shapes)
+        self._carried: dict[tuple[bytes, int], Gso | None] = {}
 
     def _rings(self, sock: socket.socket) -> rings.Rings | None:
         try:
@@ -497,6 +514,89 @@ class PacketPort(Port):
         if self.rings is not None and not self.closed:
             self.stats["rx_dropped"] += self.rings.drops()
         return self.stats["rx_dropped"]
+
+    def _drain(self) -> None:
+        """The rx ring's plain slots read and handed to the pipeline in one loop.
+
+        A slot that is not a plain frame (a copy, a loss mark, a VLAN tag to put
+        back, offload state the pipeline does not take) goes through ``_read`` as one
+        frame at a time; counters are added once per batch.
+        """
+        ring = self.rings
+        receive = self.receive
+        if ring is None or receive is None or self._pending:
+            return super()._drain()
+        failed = self.receive_failed
+        vif = self.vif_index
+        m = ring.map
+        unpack = rings.HDR.unpack_from
+        end = ring.rx_end
+        n = offloaded = losing = 0
+        limit = self.read_batch
+        while n < limit:
+            off = ring.rx
+            status, length, snaplen, mac, _n, _s, _ns, _t, _p = unpack(m, off)
+            if not status & rings.TP_STATUS_USER:
+                break
+            # a full ring marks every frame after a drop LOSING: its drops are read
+            # once for the batch, not once per frame
+            losing |= status & rings.TP_STATUS_LOSING
+            at = off + mac
+            vnet = m[at - 10 : at]
+            gso: Gso | None = None
+            if (
+                status & _RING_NOT_PLAIN
+                or snaplen < length
+                or (vnet != _VNET_ZERO and (gso := self._carry(vnet, snaplen)) is None)
+            ):
+                frame = self._read()  # this slot, the general way
+                if frame is None:
+                    break
+                gso = self.rx_gso
+            else:
+                frame = m[at : at + snaplen]
+                m[off : off + 4] = _STATUS_KERNEL
+                off += rings.FRAME_SIZE
+                ring.rx = 0 if off == end else off
+                if gso is not None:
+                    offloaded += 1
+            n += 1
+            try:
+                if gso is None:
+                    receive(vif, frame)
+                else:
+                    receive(vif, frame, gso)
+            except Exception:  # noqa: BLE001 - the manager counts and logs it
+                failed(vif, frame)
+            if self.closed:  # the pipeline's work detached us (vif deleted)
+                break
+            while self._pending and not self.closed:  # a segmented burst whole
+                n += 1
+                self.deliver(vif, self._pending.popleft(), None)
+        self._count_batch(n, offloaded, losing)
+
+    def _count_batch(self, frames: int, offloaded: int, losing: int) -> None:
+        """The ring drain's counters, once per batch (the kernel's drops if it lost any)."""
+        stats = self.stats
+        stats["rx"] += frames
+        if offloaded:
+            stats["rx_offload"] += offloaded
+        if losing and self.rings is not None and not self.closed:
+            stats["rx_dropped"] += self.rings.drops()
+
+    def _carry(self, vnet: bytes, length: int) -> Gso | None:
+        """The offload state the pipeline takes with a frame, or None (then finished
+        here), remembered for the few shapes a stream of frames comes in."""
+        if not self.gso:
+            return None
+        memo = self._carried
+        key = (vnet, length)
+        gso = memo.get(key, _UNKNOWN)
+        if gso is _UNKNOWN:
+            if len(memo) >= 64:
+                memo.clear()
+            gso = memo[key] = offload.carried(vnet, length)
+        return gso  # type: ignore[no-any-return]
 
     def _read_ring(self, ring: rings.Rings) -> Frame | None:
         """The next frame from the rx ring (a larger one, marked COPY, from the socket).
@@ -574,6 +674,25 @@ class PacketPort(Port):
             if out is not None:
                 return out
 
+    def transmit(self, frame: Frame, vnet: bytes = _VNET_ZERO) -> bool:
+        """Straight into the tx ring when it has room; else as :meth:`Port.transmit`."""
+        ring = self.rings
+        if (
+            ring is not None
+            and not self.queue
+            and not self.closed
+            and len(frame) + offload.VNET_HDR_LEN <= ring.tx_room
+            and ring.put(vnet, frame)
+        ):
+            if ring.tx_pending == 1:
+                self.wants_flush(self)
+            stats = self.stats
+            stats["tx"] += 1
+            if vnet is not _VNET_ZERO:
+                stats["tx_offload"] += 1
+            return True
+        return super().transmit(frame, vnet)
+
     def _write(self, frame: Frame, vnet: bytes) -> None:
         ring = self.rings
         if ring is None:
@@ -625,7 +744,10 @@ class PacketPort(Port):
 
 
 _RING_SPECIAL = rings.TP_STATUS_COPY | rings.TP_STATUS_LOSING
+#: slots the ring drain's loop leaves to ``_read`` (LOSING alone is a plain frame)
+_RING_NOT_PLAIN = rings.TP_STATUS_COPY | TP_STATUS_VLAN_VALID
 _STATUS_KERNEL = bytes(4)
+_UNKNOWN: Any = object()
 
 
 def _retag(frame: bytes, vnet: bytes, status: int, tci: int,
@@ -647,6 +769,10 @@ def _shift_csum(vnet: bytes, by: int) -> bytes:
 
 
 def _nothing() -> None:
+    pass
+
+
+def _nothing_failed(vif_index: int, frame: Frame) -> None:
     pass
 
 
@@ -702,6 +828,7 @@ class PortManager:
         self._offloading = IOffloadPipeline.providedBy(pipeline)
         for port in self.ports.values():
             port.gso = self._offloading
+            port.receive = pipeline.receive
 
     # -- IFrameOutput -----------------------------------------------------------
     def transmit(self, vif_index: int, frame: Frame) -> bool:
@@ -745,13 +872,17 @@ class PortManager:
                 offloading: Any = self.pipeline  # an IOffloadPipeline (the ports ask)
                 offloading.receive(vif_index, frame, gso)
         except Exception:  # noqa: BLE001 - last-resort guard, counted and logged below
-            # a pipeline bug must cost one frame, not the port (a port closed by the
-            # reactor would wait for a link event that never comes)
-            self.pipeline_errors += 1
-            n = self.pipeline_errors
-            if n & (n - 1) == 0:  # 1, 2, 4, 8 ...: bounded logging
-                _log.failure("vif {idx}: pipeline error {n} on a frame of {length} bytes",
-                             idx=vif_index, n=n, length=len(frame))  # fmt: skip
+            self._pipeline_failed(vif_index, frame)
+
+    def _pipeline_failed(self, vif_index: int, frame: Frame) -> None:
+        """Called in the handler of what the pipeline raised on one frame: a pipeline
+        bug must cost one frame, not the port (a port closed by the reactor would wait
+        for a link event that never comes)."""
+        self.pipeline_errors += 1
+        n = self.pipeline_errors
+        if n & (n - 1) == 0:  # 1, 2, 4, 8 ...: bounded logging
+            _log.failure("vif {idx}: pipeline error {n} on a frame of {length} bytes",
+                         idx=vif_index, n=n, length=len(frame))  # fmt: skip
 
     # -- life cycle -------------------------------------------------------------
     def start(self) -> None:
@@ -851,6 +982,8 @@ class PortManager:
         port.batch_begin = self._batch_begin
         port.batch_done = self._batch_done
         port.wants_flush = self._flush_later
+        port.receive = self.pipeline.receive
+        port.receive_failed = self._pipeline_failed
         self.errors.pop(vif.idx, None)
         self.ports[vif.idx] = port
         vif.os_idx = ifindex

@@ -433,13 +433,14 @@ def _tool(name: str) -> str:
 
 
 def start_vrouter_dp(namespace: str, run_dir: str, entries: int = 4096,
-                     timeout: float = 30) -> subprocess.Popen[bytes]:  # fmt: skip
+                     timeout: float = 30, nice: int = 0) -> subprocess.Popen[bytes]:  # fmt: skip
     """``twistd -n vrouter-dp`` in ``namespace`` on ``run_dir`` (log ``vrouter-dp.log``
     there), once its ksync socket exists; RuntimeError naming the log if it does not
-    come up (the process is stopped then)."""
+    come up (the process is stopped then). ``nice``: run it at that niceness."""
     log = os.path.join(run_dir, "vrouter-dp.log")
+    niced = ["nice", "-n", str(nice)] if nice else []
     proc = subprocess.Popen(
-        ["ip", "netns", "exec", namespace, _tool("twistd"), "-n", "--pidfile=", "--logfile",
+        [*niced, "ip", "netns", "exec", namespace, _tool("twistd"), "-n", "--pidfile=", "--logfile",
          log, "vrouter-dp", "--run-dir", run_dir, "--flow-entries", str(entries),
          "--bridge-entries", str(entries)],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
