@@ -32,6 +32,8 @@ from contextlib import AbstractContextManager, contextmanager
 
 import bench_ports as B
 
+from vrtwist.datapath.testing import stop_processes
+
 FORWARDER = textwrap.dedent("""
     import select, socket, struct, sys
     from vrtwist.datapath import offload
@@ -136,13 +138,7 @@ def bare_nodes(world: B.TwoNodes) -> Iterator[list[int]]:
                 raise RuntimeError("forwarder: " + (proc.stderr.read() if proc.stderr else ""))
         yield [p.pid for p in procs]
     finally:
-        for proc in procs:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_processes(procs)
 
 
 def main(argv: list[str] | None = None) -> int:

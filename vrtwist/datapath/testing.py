@@ -465,7 +465,7 @@ def program_node(namespace: str | None, run_dir: str, config: Iterable[Sequence[
             raise RuntimeError(f"{tool} {' '.join(args)}: {r.returncode}\n{r.stdout}{r.stderr}")
 
 
-def stop_processes(procs: Iterable[subprocess.Popen[bytes]]) -> None:
+def stop_processes(procs: Iterable[subprocess.Popen[Any]]) -> None:
     """Terminate each process, killed when it has not gone within ten seconds."""
     for proc in procs:
         proc.terminate()
