@@ -50,6 +50,8 @@ from vrtwist.shmem.jhash import jhash
 
 __all__ = ["Packet", "Pipeline"]
 ZERO_MAC = bytes(6)
+#: what the fast path's table gives for a header it has not seen yet
+_UNSEEN: Any = object()
 #: decisions the bridged fast path keeps (cleared whole when full)
 FAST_ENTRIES = 4096
 #: vif flags under which a VM's frame takes more than the bridged fast path's steps
@@ -124,11 +126,13 @@ class Pipeline(FlowStage, TunnelStage, ArpStage):
                 fast.clear()
                 self._fast_gen = gen
             key = (vif_index, frame[:14])
-            hit = fast.get(key)
-            if hit is not None and not (hit[6] and len(frame) > 23 and frame[23] == 6):
+            hit = fast.get(key, _UNSEEN)
+            if hit is None:  # does not qualify: the stages, without a second lookup
+                return self._receive(vif_index, frame, gso)
+            if hit is not _UNSEEN and not (hit[6] and len(frame) > 23 and frame[23] == 6):
                 return self._fast_forward(hit, frame, gso)
             self._receive(vif_index, frame, gso)
-            if hit is None and key not in fast:  # first of its kind (None: does not qualify)
+            if hit is _UNSEEN:  # first of its kind
                 if len(fast) >= FAST_ENTRIES:
                     fast.clear()
                 fast[key] = self._fast_entry(vif_index, key[1])
