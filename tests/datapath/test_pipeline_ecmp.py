@@ -201,3 +201,14 @@ class SourceInfoTests(SynchronousTestCase):
         self.assertEqual(len(w.out.on(1)), 2)
         self.assertEqual(w.flows.src_info(rindex), 3)
         self.assertEqual(w.drops(), {})
+
+    def test_a_miss_from_another_vif_records_nothing(self) -> None:
+        """The HOLD entry a vhost packet makes keeps ``fe_src_info`` 0, as the
+        vRouter's does; a VM's records its vif."""
+        w = ecmp_world()
+        w.vif(5, C.VIF_TYPE_HOST, mac_="de:ad:be:ef:00:07", flags=POLICY)
+        w.pipeline.receive(5, REVERSE)
+        w.pipeline.receive(3, FORWARD)
+        (_, _, _, vhost_index, *_), (_, _, _, vm_index, *_) = w.trap.traps
+        self.assertEqual(w.flows.src_info(vhost_index), 0)
+        self.assertEqual(w.flows.src_info(vm_index), 3)

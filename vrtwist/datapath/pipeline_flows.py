@@ -253,16 +253,8 @@ class FlowStage(PipelineCore):
         """``vr_flow_lookup`` keeps ``fe_src_info`` up to date on every packet: the outer
         source address on the fabric, the vif of a VM; other vifs leave it. The reverse
         flow's ECMP choice reads it. Written only when it changed."""
-        vif = pkt.vif
-        vtype = vif.type
-        if vtype == _VIRTUAL or vtype == _VIRTUAL_VLAN:
-            src = vif.idx
-        elif vtype == _PHYSICAL:
-            outer = pkt.outer_src
-            src = _U32_LE.unpack(outer)[0] if outer else 0
-        else:
-            return
-        if src != recorded:
+        src = _source_of(pkt)
+        if src is not None and src != recorded:
             flows = self.flows
             assert flows is not None
             flows.set_src_info(index, src)
@@ -433,7 +425,7 @@ class FlowStage(PipelineCore):
             self._drop(pkt, D.DROP_NEW_FLOWS)
             return False
         assert self.flows is not None
-        src_info = pkt.vif.idx if not pkt.outer_src else struct.unpack("<I", pkt.outer_src)[0]
+        src_info = _source_of(pkt) or 0  # another vif's packet leaves it 0, as made
         try:
             index, gen = self.flows.hold_on_miss(key, pkt.dvrf, src_info)
         except FlowTableFull:
@@ -580,3 +572,16 @@ def _rewrite16(b: bytearray, l3: int, l4: int, l4_csum: int,
                 c = U16.unpack_from(b, l4_csum)[0]
                 U16.pack_into(b, l4_csum, checksum_update16(c, old, nw))
             U16.pack_into(b, at + i, nw)
+
+
+def _source_of(pkt: Packet) -> int | None:
+    """What ``vr_flow_lookup`` writes into ``fe_src_info`` for ``pkt``: the vif of a VM,
+    the outer source address on the fabric; None for other vifs, which leave it."""
+    vif = pkt.vif
+    vtype = vif.type
+    if vtype == _VIRTUAL or vtype == _VIRTUAL_VLAN:
+        return vif.idx
+    if vtype == _PHYSICAL:
+        outer = pkt.outer_src
+        return _U32_LE.unpack(outer)[0] if outer else 0
+    return None
