@@ -13,6 +13,7 @@ import os
 import shutil
 import socket
 import tempfile
+from collections.abc import Callable
 
 from twisted.trial.unittest import TestCase
 
@@ -40,6 +41,21 @@ def free_udp_port() -> int:
                 except OSError:
                     continue
                 return port
+
+
+def dhclient6(test: TestCase, vm: Vm, directory: str, log: Callable[[], str]) -> str:
+    """Run ``dhclient -6`` once in ``vm`` (after its link-local address passed DAD, which
+    dhclient needs to bind it), assert it got a lease, and return the lease file's path;
+    ``log`` gives the agent's log for the failure message."""
+    wait_until(lambda: "tentative" not in vm.run("ip", "-6", "addr", "show", "dev",
+                                                 vm.guest).stdout or None,
+               "the VM's link-local address usable", 20)
+    lease = os.path.join(directory, "v6.leases")
+    pid = os.path.join(directory, "v6.pid")
+    r = vm.run("dhclient", "-6", "-1", "-v", "-lf", lease, "-pf", pid, vm.guest,
+               check=False, timeout=90)
+    test.assertEqual(r.returncode, 0, r.stdout + r.stderr + log()[-3000:])
+    return lease
 
 
 class VmServicesTests(TestCase):
@@ -99,15 +115,7 @@ class VmServicesTests(TestCase):
 
     def test_dhcpv6_with_dhclient(self) -> None:
         vm = self.vm
-        # the link-local address must have passed DAD before dhclient can bind it
-        wait_until(lambda: "tentative" not in vm.run("ip", "-6", "addr", "show", "dev",
-                                                     vm.guest).stdout or None,
-                   "the VM's link-local address usable", 20)
-        lease = os.path.join(self.dir, "v6.leases")
-        pid = os.path.join(self.dir, "v6.pid")
-        r = vm.run("dhclient", "-6", "-1", "-v", "-lf", lease, "-pf", pid, vm.guest,
-                   check=False, timeout=90)
-        self.assertEqual(r.returncode, 0, r.stdout + r.stderr + self.agent.text()[-3000:])
+        lease = dhclient6(self, vm, self.dir, self.agent.text)
         addrs = vm.run("ip", "-6", "-o", "addr", "show", "dev", vm.guest).stdout
         self.assertIn(IP6, addrs)
         with open(lease) as f:

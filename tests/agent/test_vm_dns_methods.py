@@ -24,7 +24,7 @@ from twisted.trial.unittest import TestCase
 
 from tests.agent.helpers import port_body
 from tests.agent.procs import BIN, Twistd, agent_args
-from tests.agent.test_vm_dns_dhcp6 import free_udp_port
+from tests.agent.test_vm_dns_dhcp6 import dhclient6, free_udp_port
 from tests.agent.test_vm_traffic import Vm, rest
 from tests.agent.twonodes import sh, skip_reason
 from tests.polling import wait_until
@@ -149,14 +149,7 @@ class VmDnsMethodsTests(TestCase):
 
     def test_ipv6_ipam(self) -> None:
         vm = self.vm_v
-        wait_until(lambda: "tentative" not in vm.run("ip", "-6", "addr", "show", "dev",
-                                                     vm.guest).stdout or None,
-                   "the VM's link-local address usable", 20)
-        lease = os.path.join(self.dir, "v6.leases")
-        pid = os.path.join(self.dir, "v6.pid")
-        r = vm.run("dhclient", "-6", "-1", "-v", "-lf", lease, "-pf", pid, vm.guest,
-                   check=False, timeout=90)
-        self.assertEqual(r.returncode, 0, r.stdout + r.stderr + self.agent.text()[-3000:])
+        lease = dhclient6(self, vm, self.dir, self.agent.text)
         self.assertIn("fd00:68:2::12", vm.run("ip", "-6", "-o", "addr", "show", "dev",
                                               vm.guest).stdout)
         with open(lease) as f:
