@@ -34,8 +34,13 @@ under cProfile.
 step is attached but inactive), ``none`` (no policy step at all), ``sg`` (every port in a
 security group allowing TCP both ways: each setup is matched against it).
 
+``--dgram-qlen``: the run re-executes itself in a private network namespace whose
+``net.unix.max_dgram_qlen`` is this (default 512, what systemd sets on the hosts it boots;
+the kernel's own default is 10), as root; ``0`` runs with the host's value. The value in
+force is printed with the load.
+
 Usage: python bench/bench_pkt0.py [--flows 20000] [--vms 1000] [--window 256]
-       [--policy empty|none|sg] [--split]
+       [--policy empty|none|sg] [--split] [--dgram-qlen 512]
 """
 
 from __future__ import annotations
@@ -75,8 +80,10 @@ from vrtwist.pkt0.endpoints import AgentEndpoint, DatapathEndpoint, TrapLimiter
 from vrtwist.pkt0.transport import (
     AGENT_SOCKET,
     DATAPATH_SOCKET,
+    RECOMMENDED_DGRAM_QLEN,
     IPkt0Transport,
     UnixDatagramTransport,
+    dgram_qlen,
 )
 from vrtwist.shmem.service import install
 
@@ -540,7 +547,31 @@ async def bench_dhcp(node: Node) -> dict[str, float]:
 
 
 def load() -> str:
-    return "%.1f %.1f %.1f" % os.getloadavg()
+    qlen = dgram_qlen()
+    return "%.1f %.1f %.1f" % os.getloadavg() + f"; net.unix.max_dgram_qlen {qlen}"
+
+
+_IN_NETNS = "BENCH_PKT0_NETNS"
+
+
+def with_dgram_qlen(qlen: int) -> None:
+    """Run this benchmark again in a private network namespace whose
+    ``net.unix.max_dgram_qlen`` is ``qlen`` (the value is per namespace, and a unix
+    socket keeps the one of the namespace it was made in), leaving the host's alone.
+    Returns when the value is already right; exits with the child's status otherwise."""
+    if os.environ.get(_IN_NETNS):
+        with open("/proc/sys/net/unix/max_dgram_qlen", "w") as f:
+            f.write(str(qlen))
+        return
+    if qlen <= 0 or dgram_qlen() == qlen:
+        return
+    unshare = shutil.which("unshare")
+    if os.geteuid() != 0 or unshare is None:
+        print(f"(--dgram-qlen {qlen} needs root and unshare(1); running with the host's "
+              f"{dgram_qlen()})")
+        return
+    env = dict(os.environ, **{_IN_NETNS: "1"})
+    os.execve(unshare, [unshare, "--net", "--", sys.executable, *sys.argv], env)
 
 
 def report_flows(f: dict[str, float], failed: int) -> None:
@@ -731,9 +762,15 @@ if __name__ == "__main__":
     parser.add_argument("--policy", choices=("empty", "none", "sg"), default="empty")
     parser.add_argument("--split", action="store_true",
                         help="datapath and agent in two processes, FLOW_SET over ksync")
+    parser.add_argument(
+        "--dgram-qlen", type=int, default=RECOMMENDED_DGRAM_QLEN,
+        help="net.unix.max_dgram_qlen to run with, in a private network namespace (as root; "
+             "default: %(default)s, what systemd sets on its hosts; 0: the host's own)")
     parser.add_argument("--role", choices=("datapath",), help=argparse.SUPPRESS)
     parser.add_argument("--run-dir", help=argparse.SUPPRESS)
     ns = parser.parse_args()
+    if ns.role is None:
+        with_dgram_qlen(ns.dgram_qlen)
     from twisted.internet.defer import ensureDeferred
     from twisted.internet.task import react
 

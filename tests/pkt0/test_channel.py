@@ -7,18 +7,21 @@ import shutil
 import socket
 import stat
 import tempfile
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet import reactor as _reactor
 from twisted.internet.task import Clock, deferLater
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.logger import ILogObserver, formatEvent
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from tests.polling import wait_for
 from vrtwist.access import SocketAccess
 from vrtwist.datapath.interfaces import IPacketTrap
+from vrtwist.logfields import Logger
 from vrtwist.pkt0 import constants as K
+from vrtwist.pkt0 import transport
 from vrtwist.pkt0.codec import HEADER_LEN, AgentHeader, decode, encode_command, trap_header
 from vrtwist.pkt0.endpoints import (
     AgentEndpoint,
@@ -30,9 +33,11 @@ from vrtwist.pkt0.transport import (
     AGENT_SOCKET,
     DATAPATH_SOCKET,
     QUEUE_MAX,
+    RECOMMENDED_DGRAM_QLEN,
     IPkt0Transport,
     UnixDatagramTransport,
     bind_datagram,
+    dgram_qlen,
 )
 
 reactor: Any = _reactor
@@ -327,3 +332,55 @@ class NobodyTests(TestCase):
         t.doRead()
         self.assertEqual(t.counters.received, 1)
         self.assertEqual(agent.counters.malformed, 1)
+
+
+class QueueLengthTests(SynchronousTestCase):
+    """``net.unix.max_dgram_qlen`` read and warned about once per process when low."""
+
+    def setUp(self) -> None:
+        self.dir = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.dir)
+        self.path = os.path.join(self.dir, "max_dgram_qlen")
+        self.patch(transport, "_qlen_warned", False)
+        self.events: list[dict[str, Any]] = []
+        self.log = Logger(observer=cast(ILogObserver, self.events.append))
+
+    def write(self, text: str) -> None:
+        with open(self.path, "w") as f:
+            f.write(text)
+
+    def test_read(self) -> None:
+        self.write("512\n")
+        self.assertEqual(dgram_qlen(self.path), 512)
+
+    def test_unreadable_is_unknown(self) -> None:
+        self.assertIsNone(dgram_qlen(self.path))  # absent
+        self.write("many\n")
+        self.assertIsNone(dgram_qlen(self.path))
+        self.write("")
+        self.assertIsNone(dgram_qlen(self.path))
+        self.assertFalse(transport._warn_low_qlen(self.log, self.path))
+        self.assertEqual(self.events, [])
+
+    def test_low_warned_once(self) -> None:
+        self.write("10\n")
+        self.assertTrue(transport._warn_low_qlen(self.log, self.path))
+        self.assertFalse(transport._warn_low_qlen(self.log, self.path))
+        self.assertEqual(len(self.events), 1)
+        self.assertEqual(self.events[0]["qlen"], 10)
+        self.assertEqual(self.events[0]["recommended"], RECOMMENDED_DGRAM_QLEN)
+        text = formatEvent(self.events[0])
+        self.assertIn("max_dgram_qlen is 10", text)
+        self.assertIn("sysctl -w net.unix.max_dgram_qlen=512", text)
+
+    def test_enough_not_warned(self) -> None:
+        self.write(f"{RECOMMENDED_DGRAM_QLEN}\n")
+        self.assertFalse(transport._warn_low_qlen(self.log, self.path))
+        self.assertEqual(self.events, [])
+
+    def test_this_host_read(self) -> None:
+        if not os.path.exists("/proc/sys/net/unix/max_dgram_qlen"):
+            raise SkipTest("no /proc/sys/net/unix here")
+        qlen = dgram_qlen()
+        assert qlen is not None
+        self.assertGreater(qlen, 0)

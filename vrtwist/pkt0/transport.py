@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.interfaces import IReadDescriptor, IWriteDescriptor
+from twisted.logger import Logger as _TwistedLogger
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
@@ -34,11 +35,13 @@ __all__ = [
     "AGENT_SOCKET",
     "DATAPATH_SOCKET",
     "MAX_FRAME",
+    "RECOMMENDED_DGRAM_QLEN",
     "IPkt0Receiver",
     "IPkt0Transport",
     "Pkt0Counters",
     "UnixDatagramTransport",
     "bind_datagram",
+    "dgram_qlen",
 ]
 
 #: socket names in the run directory (the DPDK vRouter's ``VR_PKT0_UNIX_NAME`` and the
@@ -54,6 +57,15 @@ MAX_FRAME = 9060 + 44 + 64
 QUEUE_MAX = 1024
 #: seconds between attempts to reach a peer that is not bound
 RECONNECT = 0.2
+
+#: ``net.unix.max_dgram_qlen`` as systemd sets it on the hosts it boots (the kernel's own
+#: default is 10). The kernel queues at most that many datagrams per unix socket: with 10,
+#: a burst of traps waits in the datapath's own queue and the two ends trade a handful per
+#: wake-up, which costs about a third more CPU per flow setup (docs/benchmarks.md).
+RECOMMENDED_DGRAM_QLEN = 512
+_QLEN_PATH = "/proc/sys/net/unix/max_dgram_qlen"
+#: whether the low-queue warning was logged by this process already
+_qlen_warned = False
 
 _SOCKET_BUFFER = 4 * 1024 * 1024
 _DROP_ERRNOS = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS})
@@ -115,6 +127,33 @@ def bind_datagram(path: str, mode: int = 0o600, gid: int | None = None) -> socke
     return sock
 
 
+def dgram_qlen(path: str = _QLEN_PATH) -> int | None:
+    """``net.unix.max_dgram_qlen`` of this process's network namespace (None: unknown)."""
+    try:
+        with open(path) as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _warn_low_qlen(log: _TwistedLogger, path: str = _QLEN_PATH) -> bool:
+    """Log once per process when the kernel queues fewer pkt0 datagrams than systemd
+    hosts do; True when this call logged."""
+    global _qlen_warned
+    qlen = dgram_qlen(path)
+    if _qlen_warned or qlen is None or qlen >= RECOMMENDED_DGRAM_QLEN:
+        return False
+    _qlen_warned = True
+    log.warn(
+        "pkt0: net.unix.max_dgram_qlen is {qlen} (systemd hosts set {recommended}): traps "
+        "queue in the datapath and flow setup costs more CPU; "
+        "sysctl -w net.unix.max_dgram_qlen={recommended}",
+        qlen=qlen,
+        recommended=RECOMMENDED_DGRAM_QLEN,
+    )
+    return True
+
+
 @implementer(IReadDescriptor, IWriteDescriptor, IPkt0Transport)
 class UnixDatagramTransport:
     """One end of pkt0: bound at ``local_path``, sending to ``peer_path``."""
@@ -157,6 +196,7 @@ class UnixDatagramTransport:
         self._sock = bind_datagram(self.local_path, access.mode, access.gid)
         st = os.stat(self.local_path)
         self._identity = (st.st_dev, st.st_ino)
+        _warn_low_qlen(self._log)
         self._reactor.addReader(self)
 
     def stop(self) -> None:
