@@ -1,0 +1,304 @@
+"""The agent's FLOW_SET and the datapath's answer to it at their known layouts, sans-IO.
+
+The agent writes every FLOW_SET as the Sandesh encoder lays out a ``vr_flow_req``: every
+field present, in order, the one list empty; the datapath answers each with a
+``vr_response`` and a ``vr_flow_response``, every field present too. Those bytes are
+the ksync hot path of flow setup (two FLOW_SETs per flow pair), so both ends read them
+with one ``struct`` unpack instead of the general decoder: the layout (where each
+scalar field sits, how wide and signed it is, and the bytes between the fields: message
+names, field headers, the empty list, the stop byte) is read from the codec's own
+output at import and checked against the codec's decoder there. Bytes that differ
+anywhere between the fields are not of this layout and take the general decoder, so a
+utility's request, a padded payload or an unusual answer is read as before.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+from vrtwist.sandesh import (
+    RESPONSE,
+    SPECS_BY_NAME,
+    SandeshDecodeError,
+    SandeshEncodeError,
+    decode,
+    encode,
+)
+
+__all__ = [
+    "ANSWER_LAYOUT",
+    "REQUEST_LAYOUT",
+    "Layout",
+    "decode_flow_sets",
+    "flow_answers",
+    "scalar_layout",
+]
+
+_CODES = {1: "b", 2: "h", 4: "i", 8: "q"}
+
+
+class Layout(NamedTuple):
+    """One fixed layout of one or more Sandesh messages.
+
+    ``unpack`` yields, alternately, the constant bytes before each scalar field and the
+    field's value, then the constant bytes after the last one (``gaps``, checked whole
+    with one tuple comparison); ``names`` are the scalar fields in the order they come.
+    """
+
+    struct: struct.Struct
+    gaps: tuple[bytes, ...]
+    names: tuple[str, ...]
+    #: each field's width in bytes, negative for a signed one
+    widths: tuple[int, ...]
+
+    @property
+    def size(self) -> int:
+        return self.struct.size
+
+
+def _scalars(message: str) -> list[str]:
+    """Names of the integer fields of ``message`` (not its strings and lists)."""
+    spec = SPECS_BY_NAME[message]
+    blank = encode(spec.cls())
+    out = []
+    for f in spec.fields:
+        if isinstance(getattr(decode(blank)[0], f.name), int):
+            out.append(f.name)
+    return out
+
+
+def scalar_layout(
+    build: Callable[[dict[str, int]], bytes], messages: Sequence[str]
+) -> Layout | None:
+    """The layout of ``build(values)``: messages ``messages`` concatenated, each with its
+    integer fields set from ``values`` (0 when absent). Each field's place, width and
+    sign are found by setting it to -1 alone; None when a field does not show up as one
+    run of 1, 2, 4 or 8 bytes, or fields overlap (then the codec must be used)."""
+    blank = build({})
+    places: list[tuple[int, int, str, bool]] = []
+    for message in messages:
+        for name in _scalars(message):
+            marked = build({name: -1})
+            diff = [i for i in range(min(len(blank), len(marked))) if blank[i] != marked[i]]
+            if len(marked) != len(blank) or len(diff) not in _CODES or (
+                diff != list(range(diff[0], diff[0] + len(diff)))
+            ):
+                return None
+            signed = _decoded(marked, name) == -1
+            places.append((diff[0], len(diff), name, signed))
+    places.sort()
+    fmt = ">"
+    gaps: list[bytes] = []
+    at = 0
+    for offset, width, _, signed in places:
+        if offset < at:
+            return None
+        fmt += "%ds%s" % (offset - at, _CODES[width] if signed else _CODES[width].upper())
+        gaps.append(blank[at:offset])
+        at = offset + width
+    fmt += "%ds" % (len(blank) - at)
+    gaps.append(blank[at:])
+    return Layout(struct.Struct(fmt), tuple(gaps), tuple(p[2] for p in places),
+                  tuple(-p[1] if p[3] else p[1] for p in places))
+
+
+def _decoded(data: bytes, name: str) -> Any:
+    """The value of field ``name`` in the first decoded message that has it."""
+    for m in decode(data):
+        if hasattr(m, name):
+            return getattr(m, name)
+    raise KeyError(name)
+
+
+def _sample(layout: Layout, salt: int) -> dict[str, int]:
+    """A value in every field, each different, the top bit set in every other one."""
+    out = {}
+    for i, (name, width) in enumerate(zip(layout.names, layout.widths, strict=True)):
+        bits = 8 * abs(width)
+        v = (0xA5C3E1F0D2B49687 * (i + salt)) & ((1 << bits) - 1)
+        v |= (i & 1) << (bits - 1)
+        out[name] = v - (1 << bits) if width < 0 and v >> (bits - 1) else v
+    return out
+
+
+# -- the agent's FLOW_SET ---------------------------------------------------------------
+
+_FLOW_REQ = SPECS_BY_NAME["vr_flow_req"].cls
+
+
+def _build_request(values: dict[str, int]) -> bytes:
+    return encode(_FLOW_REQ(**values))
+
+
+def _request_maker(layout: Layout) -> Callable[[tuple[int, ...]], Any]:
+    """``values -> vr_flow_req``: the object the codec's decoder makes from the scalar
+    fields' values (in the layout's order), every field set in declaration order
+    (strings and lists empty, as the layout's constant bytes say)."""
+    place = {name: i for i, name in enumerate(layout.names)}
+    fields = SPECS_BY_NAME["vr_flow_req"].fields
+    lines = []
+    run: list[str] = []
+    at = 0
+    for f in (*fields, None):
+        if f is not None and f.name in place and place[f.name] == at + len(run):
+            run.append("ob.%s" % f.name)
+            continue
+        if run:  # consecutive fields: one tuple assignment
+            lines.append("    (%s,) = v[%d:%d]\n" % (", ".join(run), at, at + len(run)))
+            at += len(run)
+            run = []
+        if f is None:
+            break
+        if f.name in place:
+            if place[f.name] != at:
+                raise ValueError("vr_flow_req fields out of order")
+            run.append("ob.%s" % f.name)
+            continue
+        empty = _decoded(_build_request({}), f.name)
+        lines.append("    ob.%s = %s\n" % (f.name, "[]" if isinstance(empty, list) else "''"))
+    source = "def make(v):\n    ob = _new(_cls)\n%s    return ob\n" % "".join(lines)
+    namespace: dict[str, Any] = {"_new": object.__new__, "_cls": _FLOW_REQ}
+    exec(source, namespace)  # generated from the codec's layout, as the codec's own are
+    make: Callable[[tuple[int, ...]], Any] = namespace["make"]
+    return make
+
+
+def _request_layout() -> tuple[Layout, Callable[[tuple[Any, ...]], Any]] | None:
+    layout = scalar_layout(_build_request, ["vr_flow_req"])
+    if layout is None:
+        return None
+    try:
+        make = _request_maker(layout)
+    except ValueError:
+        return None
+    for salt in (1, 7):
+        try:
+            values = _sample(layout, salt)
+            data = _build_request(values)
+            t = layout.struct.unpack(data)
+            if t[::2] != layout.gaps:
+                return None
+            ours = make(t[1::2])
+            theirs = decode(data)[0]
+        except (SandeshEncodeError, SandeshDecodeError, struct.error):
+            return None
+        if list(vars(ours).items()) != list(vars(theirs).items()):
+            return None
+    return layout, make
+
+
+_REQUEST = _request_layout()
+#: The agent's FLOW_SET, or None when the codec's output does not fit one struct.
+REQUEST_LAYOUT: Layout | None = _REQUEST[0] if _REQUEST is not None else None
+
+
+class _Bunch(NamedTuple):
+    """``count`` FLOW_SETs back to back: the bytes between the values as one big integer
+    (``mask`` selects them, ``expect`` is what they must be), the values in one unpack."""
+
+    mask: int
+    expect: int
+    unpack: Callable[[bytes], tuple[int, ...]]
+
+
+_BUNCHES: dict[int, _Bunch] = {}
+
+
+def _bunch(count: int) -> _Bunch:
+    b = _BUNCHES.get(count)
+    if b is None:
+        assert REQUEST_LAYOUT is not None
+        fmt = REQUEST_LAYOUT.struct.format
+        runs = list(zip(REQUEST_LAYOUT.gaps, (*REQUEST_LAYOUT.widths, 0), strict=True))
+        one_mask = b"".join(b"\xff" * len(g) + b"\x00" * abs(w) for g, w in runs)
+        one_expect = b"".join(g + b"\x00" * abs(w) for g, w in runs)
+        # the same layout with the constant runs skipped ("x") instead of read ("s")
+        one = fmt[1:].replace("s", "x")
+        b = _Bunch(int.from_bytes(one_mask * count, "big"),
+                   int.from_bytes(one_expect * count, "big"),
+                   struct.Struct(">" + one * count).unpack)
+        if len(_BUNCHES) < 256:
+            _BUNCHES[count] = b
+    return b
+
+
+def decode_flow_sets(payload: bytes) -> list[Any] | None:
+    """The FLOW_SETs of one bunched request, as ``decode`` would give them; None when
+    ``payload`` is not wholly FLOW_SETs of the agent's layout (then decode it)."""
+    if _REQUEST is None:
+        return None
+    layout, make = _REQUEST
+    size = layout.struct.size
+    count = len(payload) // size
+    if not count or len(payload) != count * size:
+        return None
+    b = _bunch(count)
+    if int.from_bytes(payload, "big") & b.mask != b.expect:
+        return None
+    v = b.unpack(payload)
+    n = len(layout.names)
+    return [make(v[o : o + n]) for o in range(0, len(v), n)]
+
+
+# -- the datapath's answer ------------------------------------------------------------------
+
+_RESPONSE = SPECS_BY_NAME["vr_response"].cls
+_FLOW_RESPONSE = SPECS_BY_NAME["vr_flow_response"].cls
+_RESPONSE_FIELDS = frozenset(_scalars("vr_response"))
+
+
+def _build_answer(values: dict[str, int]) -> bytes:
+    head = {k: v for k, v in values.items() if k in _RESPONSE_FIELDS}
+    tail = {k: v for k, v in values.items() if k not in _RESPONSE_FIELDS}
+    head.setdefault("h_op", RESPONSE)
+    return encode(_RESPONSE(**head)) + encode(_FLOW_RESPONSE(**tail))
+
+
+def _answer_layout() -> tuple[Layout, int, int, int] | None:
+    layout = scalar_layout(_build_answer, ["vr_response", "vr_flow_response"])
+    if layout is None:
+        return None
+    names = layout.names
+    try:
+        where = tuple(2 * names.index(n) + 1 for n in ("resp_code", "fresp_index", "fresp_gen_id"))
+    except ValueError:
+        return None
+    for values in ({"resp_code": -22, "fresp_index": 0xFFFFFFFF, "fresp_gen_id": 0xFF},
+                   _sample(layout, 3)):  # fmt: skip
+        try:
+            data = _build_answer(values)
+            t = layout.struct.unpack(data)
+            resp, fresp = decode(data)
+        except (SandeshEncodeError, SandeshDecodeError, struct.error, ValueError):
+            return None
+        if t[::2] != layout.gaps or (t[where[0]], t[where[1]], t[where[2]]) != (
+            resp.resp_code, fresp.fresp_index, fresp.fresp_gen_id
+        ):
+            return None
+    return layout, where[0], where[1], where[2]
+
+
+_ANSWER = _answer_layout()
+#: One answer to a FLOW_SET (vr_response then vr_flow_response), or None.
+ANSWER_LAYOUT: Layout | None = _ANSWER[0] if _ANSWER is not None else None
+
+
+def flow_answers(payload: bytes, count: int) -> list[tuple[int, int, int]] | None:
+    """``(resp_code, fresp_index, fresp_gen_id)`` of each of ``count`` answers in
+    ``payload``, a non-negative code read as 0 (the channel's reading); None when the
+    payload is not exactly ``count`` answers of the datapath's layout."""
+    if _ANSWER is None:
+        return None
+    layout, code_at, index_at, gen_at = _ANSWER
+    if len(payload) != count * layout.struct.size:
+        return None
+    gaps = layout.gaps
+    out = []
+    for t in layout.struct.iter_unpack(payload):
+        if t[::2] != gaps:
+            return None
+        code = t[code_at]
+        out.append((code if code < 0 else 0, t[index_at], t[gen_at]))
+    return out
