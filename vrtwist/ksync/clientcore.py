@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno as _errno
 import os
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +21,10 @@ from typing import Any
 from vrtwist.ksync.flowset import flow_answers
 from vrtwist.ksync.netlink import (
     GENL_ID_VROUTER,
+    HEADERS_LEN,
+    NLM_F_MULTI,
     NLMSG_ERROR,
+    NLMSG_HDRLEN,
     FrameReader,
     NetlinkFrameError,
     build_request,
@@ -47,6 +51,8 @@ __all__ = [
     "flow_result",
     "next_dump_request",
 ]
+
+_NLMSGHDR = struct.Struct("<IHHI")
 
 #: Largest reply frame a client accepts (servers send at most 4096; be lenient, but bounded).
 CLIENT_MAX_FRAME = 65536
@@ -161,23 +167,27 @@ class ClientCore:
         except NetlinkFrameError as e:
             raise KsyncProtocolError(str(e)) from e
         done: list[tuple[int, list[Any]]] = []
+        pending = self.pending
         for frame in frames:
-            try:
-                m = parse_message(frame)
-            except NetlinkFrameError as e:
-                raise KsyncProtocolError(str(e)) from e
-            p = self.pending.get(m.seq)
+            if len(frame) < HEADERS_LEN:  # NLMSG_DONE, or impossible
+                try:
+                    m = parse_message(frame)
+                except NetlinkFrameError as e:
+                    raise KsyncProtocolError(str(e)) from e
+                nl_type, flags, seq = m.nl_type, m.flags, m.seq
+            else:  # the headers alone (parse_message's, without the message object)
+                _, nl_type, flags, seq = _NLMSGHDR.unpack_from(frame)
+            p = pending.get(seq)
             if p is None:
                 continue  # not ours (e.g. a multicast notification): ignore
-            if m.nl_type == NLMSG_ERROR and self.nl_type != NLMSG_ERROR and len(frame) >= 20:
+            if nl_type == NLMSG_ERROR and self.nl_type != NLMSG_ERROR and len(frame) >= 20:
                 # A kernel netlink error ack: payload starts with the negative errno.
                 p.error = int.from_bytes(frame[16:20], "little", signed=True) or -_errno.EINVAL
-                m = parse_message(frame[:16])
-            elif not m.is_done:
-                p.payloads.append(m.payload)
-            if not m.is_multi:
-                del self.pending[m.seq]
-                done.append((m.seq, _flow_split(p) if p.flow else _split(p)))
+            elif len(frame) != NLMSG_HDRLEN:  # not a bare NLMSG_DONE
+                p.payloads.append(frame[HEADERS_LEN:])
+            if not flags & NLM_F_MULTI:
+                del pending[seq]
+                done.append((seq, _flow_split(p) if p.flow else _split(p)))
         return done
 
 

@@ -195,33 +195,36 @@ REQUEST_LAYOUT: Layout | None = _REQUEST[0] if _REQUEST is not None else None
 
 
 class _Bunch(NamedTuple):
-    """``count`` FLOW_SETs back to back: the bytes between the values as one big integer
-    (``mask`` selects them, ``expect`` is what they must be), the values in one unpack."""
+    """``count`` messages of one layout back to back: the bytes between the values as one
+    big integer (``mask`` selects them, ``expect`` is what they must be), the values
+    kept in one unpack."""
 
     mask: int
     expect: int
     unpack: Callable[[bytes], tuple[int, ...]]
 
 
+def _bunch(layout: Layout, count: int, keep: frozenset[str] | None = None) -> _Bunch:
+    """The bunch of ``count`` messages of ``layout``, unpacking the fields in ``keep``
+    (all when None), in the layout's order."""
+    codes = [c for c in layout.struct.format[1:] if c.isalpha() and c != "s"]
+    mask = bytearray()
+    expect = bytearray()
+    fmt = ""
+    for gap, width, name, code in zip(layout.gaps, layout.widths, layout.names, codes,
+                                      strict=False):
+        mask += b"\xff" * len(gap) + bytes(abs(width))
+        expect += gap + bytes(abs(width))
+        fmt += "%dx%s" % (len(gap), code if keep is None or name in keep else "%dx" % abs(width))
+    mask += b"\xff" * len(layout.gaps[-1])
+    expect += layout.gaps[-1]
+    fmt += "%dx" % len(layout.gaps[-1])
+    return _Bunch(int.from_bytes(bytes(mask) * count, "big"),
+                  int.from_bytes(bytes(expect) * count, "big"),
+                  struct.Struct(">" + fmt * count).unpack)
+
+
 _BUNCHES: dict[int, _Bunch] = {}
-
-
-def _bunch(count: int) -> _Bunch:
-    b = _BUNCHES.get(count)
-    if b is None:
-        assert REQUEST_LAYOUT is not None
-        fmt = REQUEST_LAYOUT.struct.format
-        runs = list(zip(REQUEST_LAYOUT.gaps, (*REQUEST_LAYOUT.widths, 0), strict=True))
-        one_mask = b"".join(b"\xff" * len(g) + b"\x00" * abs(w) for g, w in runs)
-        one_expect = b"".join(g + b"\x00" * abs(w) for g, w in runs)
-        # the same layout with the constant runs skipped ("x") instead of read ("s")
-        one = fmt[1:].replace("s", "x")
-        b = _Bunch(int.from_bytes(one_mask * count, "big"),
-                   int.from_bytes(one_expect * count, "big"),
-                   struct.Struct(">" + one * count).unpack)
-        if len(_BUNCHES) < 256:
-            _BUNCHES[count] = b
-    return b
 
 
 def decode_flow_sets(payload: bytes) -> list[Any] | None:
@@ -234,7 +237,11 @@ def decode_flow_sets(payload: bytes) -> list[Any] | None:
     count = len(payload) // size
     if not count or len(payload) != count * size:
         return None
-    b = _bunch(count)
+    b = _BUNCHES.get(count)
+    if b is None:
+        b = _bunch(layout, count)
+        if len(_BUNCHES) < 256:
+            _BUNCHES[count] = b
     if int.from_bytes(payload, "big") & b.mask != b.expect:
         return None
     v = b.unpack(payload)
@@ -265,6 +272,8 @@ def _answer_layout() -> tuple[Layout, int, int, int] | None:
         where = tuple(2 * names.index(n) + 1 for n in ("resp_code", "fresp_index", "fresp_gen_id"))
     except ValueError:
         return None
+    if list(where) != sorted(where):  # flow_answers reads them in this order
+        return None
     for values in ({"resp_code": -22, "fresp_index": 0xFFFFFFFF, "fresp_gen_id": 0xFF},
                    _sample(layout, 3)):  # fmt: skip
         try:
@@ -285,20 +294,25 @@ _ANSWER = _answer_layout()
 ANSWER_LAYOUT: Layout | None = _ANSWER[0] if _ANSWER is not None else None
 
 
+_ANSWER_BUNCHES: dict[int, _Bunch] = {}
+_ANSWER_KEEP = frozenset(("resp_code", "fresp_index", "fresp_gen_id"))
+
+
 def flow_answers(payload: bytes, count: int) -> list[tuple[int, int, int]] | None:
     """``(resp_code, fresp_index, fresp_gen_id)`` of each of ``count`` answers in
     ``payload``, a non-negative code read as 0 (the channel's reading); None when the
     payload is not exactly ``count`` answers of the datapath's layout."""
     if _ANSWER is None:
         return None
-    layout, code_at, index_at, gen_at = _ANSWER
-    if len(payload) != count * layout.struct.size:
+    layout = _ANSWER[0]
+    if len(payload) != count * layout.struct.size or not count:
         return None
-    gaps = layout.gaps
-    out = []
-    for t in layout.struct.iter_unpack(payload):
-        if t[::2] != gaps:
-            return None
-        code = t[code_at]
-        out.append((code if code < 0 else 0, t[index_at], t[gen_at]))
-    return out
+    b = _ANSWER_BUNCHES.get(count)
+    if b is None:
+        b = _bunch(layout, count, _ANSWER_KEEP)
+        if len(_ANSWER_BUNCHES) < 256:
+            _ANSWER_BUNCHES[count] = b
+    if int.from_bytes(payload, "big") & b.mask != b.expect:
+        return None
+    v = b.unpack(payload)
+    return [(c if c < 0 else 0, i, g) for c, i, g in zip(v[::3], v[1::3], v[2::3], strict=True)]
