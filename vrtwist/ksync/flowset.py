@@ -4,12 +4,14 @@ The agent writes every FLOW_SET as the Sandesh encoder lays out a ``vr_flow_req`
 field present, in order, the one list empty; the datapath answers each with a
 ``vr_response`` and a ``vr_flow_response``, every field present too. Those bytes are
 the ksync hot path of flow setup (two FLOW_SETs per flow pair), so both ends read them
-with one ``struct`` unpack instead of the general decoder: the layout (where each
-scalar field sits, how wide and signed it is, and the bytes between the fields: message
-names, field headers, the empty list, the stop byte) is read from the codec's own
-output at import and checked against the codec's decoder there. Bytes that differ
-anywhere between the fields are not of this layout and take the general decoder, so a
-utility's request, a padded payload or an unusual answer is read as before.
+without the general decoder: the bytes between the values (message names, field
+headers, the empty list, the stop bytes) of all the messages of one netlink message are
+compared in one big-integer operation, and the values taken in one ``struct`` unpack.
+The layout (where each integer field sits, how wide and signed it is, and the bytes
+between) is read from the codec's own output at import and checked against the codec's
+decoder there; when it does not fit, everything takes the decoder. Bytes that differ
+anywhere between the values are not of this layout and take the general decoder too, so
+a utility's request, a padded payload or an unusual answer is read as before.
 """
 
 from __future__ import annotations
@@ -42,9 +44,9 @@ _CODES = {1: "b", 2: "h", 4: "i", 8: "q"}
 class Layout(NamedTuple):
     """One fixed layout of one or more Sandesh messages.
 
-    ``unpack`` yields, alternately, the constant bytes before each scalar field and the
-    field's value, then the constant bytes after the last one (``gaps``, checked whole
-    with one tuple comparison); ``names`` are the scalar fields in the order they come.
+    ``struct`` unpacks, alternately, the constant bytes before each integer field and
+    the field's value, then the constant bytes after the last one (what they must be:
+    ``gaps``); ``names`` are the integer fields in the order they come.
     """
 
     struct: struct.Struct
@@ -61,12 +63,8 @@ class Layout(NamedTuple):
 def _scalars(message: str) -> list[str]:
     """Names of the integer fields of ``message`` (not its strings and lists)."""
     spec = SPECS_BY_NAME[message]
-    blank = encode(spec.cls())
-    out = []
-    for f in spec.fields:
-        if isinstance(getattr(decode(blank)[0], f.name), int):
-            out.append(f.name)
-    return out
+    blank = decode(encode(spec.cls()))[0]
+    return [f.name for f in spec.fields if isinstance(getattr(blank, f.name), int)]
 
 
 def scalar_layout(
