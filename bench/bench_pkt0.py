@@ -387,11 +387,9 @@ def split_floors(node: DatapathNode, n: int) -> dict[str, float]:
     and the answers parsed) and the datapath's (each message decoded, the
     FLOW_SETs applied, the replies encoded and framed, as its ksync server does), without
     the socket between them; the agent's analysis; one trap datagram over a socket."""
-    from vrtwist.agent.packet.service import _answer, encode_flow_request
-    from vrtwist.ksync.clientcore import ClientCore, KsyncResponse
-    from vrtwist.ksync.netlink import HEADERS_LEN, parse_message
-    from vrtwist.ksync.server import STYLE_DPDK, execute, frame_replies
-    from vrtwist.sandesh import decode as sandesh_decode
+    from vrtwist.agent.packet.service import encode_flow_request
+    from vrtwist.ksync.clientcore import ClientCore
+    from vrtwist.ksync.server import STYLE_DPDK, KsyncServerProtocol
 
     vifs = sorted(node.by_vif)
     a, b = node.by_vif[vifs[0]], node.by_vif[vifs[1]]
@@ -414,29 +412,21 @@ def split_floors(node: DatapathNode, n: int) -> dict[str, float]:
         decisions.append((hdr, d))
     agent = _rate(len(decisions), t0)
     client = ClientCore()
+    server = KsyncServerProtocol(node.dp, STYLE_DPDK)
     cost = {"encode": 0.0, "server": 0.0, "answers": 0.0}
 
     def round_trip(requests: list[dict[str, int]]) -> list[tuple[int, int, int]]:
-        """One turn of bunched FLOW_SETs, each side timed on its own."""
+        """One turn of bunched FLOW_SETs, each side timed on its own: the channel's
+        requests (``request_flow_sets``), the server's ``answer`` to each frame, and the
+        answers read as the channel's client reads them."""
         t0 = time.process_time()
-        wire = [client.build([encode_flow_request(f) for f in requests[i : i + 16]])[1]
+        wire = [client.build([encode_flow_request(f) for f in requests[i : i + 16]],
+                             flow=True)[1]
                 for i in range(0, len(requests), 16)]
         t1 = time.process_time()
-        replies = []
-        for frame in wire:
-            msg = parse_message(frame)
-            out: list[bytes] = []
-            for req in sandesh_decode(frame[HEADERS_LEN:]):
-                out.extend(execute(node.dp, req))
-            replies.append(frame_replies(out, msg, STYLE_DPDK))
+        replies = [server.answer(frame) for frame in wire]
         t2 = time.process_time()
-        answers = []
-        for done in client.feed(b"".join(replies)):
-            for r in done[1]:
-                if isinstance(r, KsyncResponse):
-                    answers.append(_answer(0, r.objects))
-                else:
-                    answers.append((-1, -1, 0))
+        answers = [a for done in client.feed(b"".join(replies)) for a in done[1]]
         t3 = time.process_time()
         cost["encode"] += t1 - t0
         cost["server"] += t2 - t1

@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 
 from vrtwist.ksync.clientcore import (
     CLIENT_MAX_FRAME,
+    FLOW_RESET,
     ClientCore,
     DumpPager,
     KsyncError,
@@ -58,7 +59,7 @@ class KsyncClientProtocol(Protocol):
         self, nl_type: int = GENL_ID_VROUTER, pid: int = 0, max_frame: int = CLIENT_MAX_FRAME
     ) -> None:
         self._core = ClientCore(nl_type, pid, max_frame)
-        self._waiting: dict[int, list[Deferred[KsyncResponse]]] = {}
+        self._waiting: dict[int, list[Deferred[Any]]] = {}
         self._lost: Failure | None = None
         self.connected_d: Deferred[None] = Deferred()
 
@@ -103,6 +104,21 @@ class KsyncClientProtocol(Protocol):
         self.transport.write(data)
         return ds
 
+    def request_flow_sets(self, msgs: Sequence[Any], answers: Sequence[Deferred[Any]]) -> None:
+        """Bunch FLOW_SETs ``msgs`` (encoded, or objects) into one netlink message; each
+        of ``answers`` fires with its ``(resp_code, index, gen_id)`` (``flow_result``),
+        never with a failure: a closed or broken session answers ``FLOW_RESET``. No
+        response object, callback or Deferred of the client's own per request."""
+        if len(answers) != len(msgs):
+            raise ValueError("one answer Deferred per request")
+        if self._lost is not None or self.transport is None:
+            for d in answers:
+                d.callback(FLOW_RESET)
+            return
+        seq, data = self._core.build(msgs, flow=True)
+        self._waiting[seq] = list(answers)
+        self.transport.write(data)
+
     def dump(self, req: Any) -> Deferred[list[Any]]:
         """All objects of a DUMP, following the marker page by page."""
         return Deferred.fromCoroutine(self._dump(DumpPager(req, MAX_DUMP_PAGES)))
@@ -143,10 +159,15 @@ class KsyncClientProtocol(Protocol):
 
     def _fail_all(self, f: Failure) -> None:
         waiting, self._waiting = self._waiting, {}
-        self._core.pending.clear()
-        for ds in waiting.values():
+        pending = self._core.pending
+        flows = {seq for seq, p in pending.items() if p.flow}
+        pending.clear()
+        for seq, ds in waiting.items():
             for d in ds:
-                d.errback(f)
+                if seq in flows:
+                    d.callback(FLOW_RESET)
+                else:
+                    d.errback(f)
 
 
 def connect_ksync(

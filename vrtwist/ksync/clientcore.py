@@ -13,13 +13,18 @@ from __future__ import annotations
 
 import errno as _errno
 import os
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from vrtwist.ksync.flowset import flow_answers
 from vrtwist.ksync.netlink import (
     GENL_ID_VROUTER,
+    HEADERS_LEN,
+    NLM_F_MULTI,
     NLMSG_ERROR,
+    NLMSG_HDRLEN,
     FrameReader,
     NetlinkFrameError,
     build_request,
@@ -36,14 +41,18 @@ from vrtwist.sandesh.constants import AF_BRIDGE, DUMP
 
 __all__ = [
     "CLIENT_MAX_FRAME",
+    "FLOW_RESET",
     "MAX_DUMP_PAGES",
     "ClientCore",
     "DumpPager",
     "KsyncError",
     "KsyncProtocolError",
     "KsyncResponse",
+    "flow_result",
     "next_dump_request",
 ]
+
+_NLMSGHDR = struct.Struct("<IHHI")
 
 #: Largest reply frame a client accepts (servers send at most 4096; be lenient, but bounded).
 CLIENT_MAX_FRAME = 65536
@@ -91,9 +100,30 @@ class _Pending:
     count: int
     payloads: list[bytes] = field(default_factory=list)
     error: int | None = None
+    #: FLOW_SETs: answered as ``(resp_code, index, gen_id)`` (see ``flow_result``)
+    flow: bool = False
 
 
 Result = KsyncResponse | KsyncError | KsyncProtocolError
+#: A FLOW_SET's answer: ``(resp_code, fresp_index, fresp_gen_id)``.
+FlowAnswer = tuple[int, int, int]
+#: The answer of a FLOW_SET whose session broke (closed, or replies that make no sense).
+FLOW_RESET: FlowAnswer = (-_errno.ECONNRESET, -1, 0)
+
+
+def flow_result(r: Result) -> FlowAnswer:
+    """A FLOW_SET's result as the agent reads it: the code (0 when not negative), and the
+    index and generation of the vr_flow_response after it (-1 and 0 when none came)."""
+    if isinstance(r, KsyncResponse):
+        code, objects = 0, r.objects
+    elif isinstance(r, KsyncError):
+        code, objects = r.code, r.objects
+    else:
+        return FLOW_RESET
+    fr = next((o for o in objects if type(o) is schema.vr_flow_response), None)
+    if fr is None:
+        return code, -1, 0
+    return code, int(fr.fresp_index), int(fr.fresp_gen_id)
 
 
 class ClientCore:
@@ -108,10 +138,11 @@ class ClientCore:
         self._reader = FrameReader(max_frame=max_frame)
         self.pending: dict[int, _Pending] = {}
 
-    def build(self, msgs: Sequence[Any]) -> tuple[int, bytes]:
+    def build(self, msgs: Sequence[Any], flow: bool = False) -> tuple[int, bytes]:
         """Encode ``msgs`` (bunched) into one netlink request; remember what to expect.
 
-        A message given as bytes is taken as already encoded."""
+        A message given as bytes is taken as already encoded. With ``flow`` (the
+        messages are FLOW_SETs) each result is the ``flow_result`` tuple."""
         if not msgs:
             raise ValueError("no messages to send")
         # a message may come encoded already (bytes): the agent's FLOW_SETs do
@@ -120,11 +151,13 @@ class ClientCore:
         while self._seq in self.pending or self._seq == 0:
             self._seq = (self._seq + 1) & 0xFFFFFFFF
         seq = self._seq
-        self.pending[seq] = _Pending(len(msgs))
+        self.pending[seq] = _Pending(len(msgs), flow=flow)
         return seq, build_request(payload, seq, self.nl_type, self.pid)
 
-    def feed(self, data: bytes) -> list[tuple[int, list[Result]]]:
+    def feed(self, data: bytes) -> list[tuple[int, list[Any]]]:
         """Consume received bytes; return (seq, one result per bunched request) when complete.
+
+        A result is a ``Result``, or for a request built with ``flow`` a ``FlowAnswer``.
 
         Raises ``KsyncProtocolError`` when the stream itself is broken (the connection
         must then be dropped and every pending request failed).
@@ -133,25 +166,40 @@ class ClientCore:
             frames = self._reader.feed(data)
         except NetlinkFrameError as e:
             raise KsyncProtocolError(str(e)) from e
-        done: list[tuple[int, list[Result]]] = []
+        done: list[tuple[int, list[Any]]] = []
+        pending = self.pending
         for frame in frames:
-            try:
-                m = parse_message(frame)
-            except NetlinkFrameError as e:
-                raise KsyncProtocolError(str(e)) from e
-            p = self.pending.get(m.seq)
+            if len(frame) < HEADERS_LEN:  # NLMSG_DONE, or impossible
+                try:
+                    m = parse_message(frame)
+                except NetlinkFrameError as e:
+                    raise KsyncProtocolError(str(e)) from e
+                nl_type, flags, seq = m.nl_type, m.flags, m.seq
+            else:  # the headers alone (parse_message's, without the message object)
+                _, nl_type, flags, seq = _NLMSGHDR.unpack_from(frame)
+            p = pending.get(seq)
             if p is None:
                 continue  # not ours (e.g. a multicast notification): ignore
-            if m.nl_type == NLMSG_ERROR and self.nl_type != NLMSG_ERROR and len(frame) >= 20:
+            if nl_type == NLMSG_ERROR and self.nl_type != NLMSG_ERROR and len(frame) >= 20:
                 # A kernel netlink error ack: payload starts with the negative errno.
                 p.error = int.from_bytes(frame[16:20], "little", signed=True) or -_errno.EINVAL
-                m = parse_message(frame[:16])
-            elif not m.is_done:
-                p.payloads.append(m.payload)
-            if not m.is_multi:
-                del self.pending[m.seq]
-                done.append((m.seq, _split(p)))
+            elif len(frame) != NLMSG_HDRLEN:  # not a bare NLMSG_DONE
+                p.payloads.append(frame[HEADERS_LEN:])
+            if not flags & NLM_F_MULTI:
+                del pending[seq]
+                done.append((seq, _flow_split(p) if p.flow else _split(p)))
         return done
+
+
+def _flow_split(p: _Pending) -> list[FlowAnswer]:
+    """The answers to bunched FLOW_SETs: read at the datapath's layout when they are
+    exactly that (``vrtwist.ksync.flowset``), else decoded and read as ``flow_result``."""
+    if p.error is None:
+        fast = flow_answers(p.payloads[0] if len(p.payloads) == 1 else b"".join(p.payloads),
+                            p.count)
+        if fast is not None:
+            return fast
+    return [flow_result(r) for r in _split(p)]
 
 
 def _split(p: _Pending) -> list[Result]:

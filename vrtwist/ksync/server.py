@@ -33,6 +33,7 @@ from zope.interface import implementer
 
 from vrtwist.access import SocketAccess
 from vrtwist.bounds import BoundedFactory, ConnectionLimits, IFrameProgress
+from vrtwist.ksync.flowset import decode_flow_sets
 from vrtwist.ksync.interfaces import IKsyncDispatcher, IKsyncSession, KsyncReply
 from vrtwist.ksync.netlink import (
     HEADERS_LEN,
@@ -220,14 +221,18 @@ class KsyncServerProtocol(Protocol):
         self._run()
 
     def _handle(self, frame: bytes) -> None:
+        data = self.answer(frame)
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def answer(self, frame: bytes) -> bytes:
+        """The framed reply to one whole request frame (all of its messages dispatched)."""
         if len(frame) < HEADERS_LEN:  # the reader's minimum makes this impossible
             msg = parse_message(frame)
         else:
             h = _HEADERS.unpack_from(frame)
             msg = NetlinkMessage(h[1], h[2], h[3], h[4], h[5], h[6], h[7], h[8], h[9], b"", h[0])
-        replies = self.process(frame[HEADERS_LEN:])
-        assert self.transport is not None
-        self.transport.write(frame_replies(replies, msg, self.style))
+        return frame_replies(self.process(frame[HEADERS_LEN:]), msg, self.style)
 
     def process(self, payload: bytes) -> list[bytes]:
         """Decode and dispatch every Sandesh message of one request; return reply payloads.
@@ -236,6 +241,11 @@ class KsyncServerProtocol(Protocol):
         decoding error have been dispatched and answered, as the C decoder does; the error
         itself is answered with one vr_response of -1.
         """
+        # The agent's bunched FLOW_SETs: one struct unpack (vrtwist.ksync.flowset).
+        requests = decode_flow_sets(payload)
+        if requests is not None:
+            self.requests += len(requests)
+            return _flow_sets(self.dispatcher, requests)
         try:
             # Usually every message decodes: decode them in one call.
             requests = decode(payload)
@@ -273,16 +283,47 @@ class KsyncServerProtocol(Protocol):
         return out
 
 
+def _flow_sets(dispatcher: IKsyncDispatcher, requests: list[Any]) -> list[bytes]:
+    """``execute`` of each of the agent's bunched FLOW_SETs, the usual answer (the
+    vr_flow_response pre-encoded by the handler) laid out here without a call."""
+    out: list[bytes] = []
+    dispatch = dispatcher.dispatch
+    for request in requests:
+        try:
+            reply = dispatch(request)
+        except Exception:  # noqa: BLE001 - as in execute: logged, answered EINVAL
+            _LOG.failure("ksync: dispatcher failed on {request}", request=request)
+            out.append(_response(-errno.EINVAL))
+            continue
+        encoded = reply.encoded if reply.__class__ is KsyncReply else None
+        if encoded and not reply.dump and len(encoded) < _FLOW_REPLY_MAX:
+            out.append(_response(reply.code) + encoded)
+        else:
+            out.extend(_lay_out(reply, request, _LOG))
+    return out
+
+
+#: An encoded answer shorter than this fits one message with any vr_response.
+_FLOW_REPLY_MAX = _REPLY_PAYLOAD_MAX - 64
+
+
 def execute(dispatcher: IKsyncDispatcher, request: Any, log: Logger | None = None) -> list[bytes]:
     """Run one request through ``dispatcher`` and lay out the reply payloads (docs/protocols/ksync.md, "Replies")."""
     if log is None:
         log = _LOG
     try:
         reply = dispatcher.dispatch(request)
-        if not isinstance(reply, KsyncReply):
-            raise TypeError("dispatch returned %r, not a KsyncReply" % (reply,))
     except Exception:  # noqa: BLE001 - a dispatcher bug (logged) answers EINVAL, the channel lives
         log.failure("ksync: dispatcher failed on {request}", request=request)
+        return [_response(-errno.EINVAL)]
+    return _lay_out(reply, request, log)
+
+
+def _lay_out(reply: Any, request: Any, log: Logger) -> list[bytes]:
+    """The reply payloads of ``reply`` (what ``dispatch`` returned for ``request``)."""
+    if not isinstance(reply, KsyncReply):
+        log.failure("ksync: dispatcher failed on {request}", request=request,
+                    failure=Failure(TypeError("dispatch returned %r, not a KsyncReply" % (reply,))))
         return [_response(-errno.EINVAL)]
     try:
         if reply.dump and reply.code >= 0:

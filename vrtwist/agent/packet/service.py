@@ -116,7 +116,7 @@ class KsyncFlowChannel:
         self._reactor = reactor
         #: requests of this turn, sent by ``_flush``; bounded by the flow setup's own
         #: limit of setups in flight
-        self._queue: list[tuple[dict[str, int], Deferred[Any]]] = []
+        self._queue: list[tuple[dict[str, int], Deferred[tuple[int, int, int]]]] = []
         self._flush_call: Any = None
 
     def _connected(self, client: Any) -> None:
@@ -139,12 +139,12 @@ class KsyncFlowChannel:
         client = self._client
         if client is None or client.closed:
             return succeed((-errno.ENOTCONN, -1, 0))  # until the service reconnects
-        d: Deferred[Any] = Deferred()
+        # fired by the client with the answer itself (no callback of the channel's own)
+        d: Deferred[tuple[int, int, int]] = Deferred()
         self._queue.append((fields, d))
         if self._flush_call is None:
             self._flush_call = self._reactor.callLater(0, self._flush)
-        # fired by the client with its KsyncResponse or failure, read into the answer
-        return d.addCallbacks(_flow_answer, _flow_refused)
+        return d
 
     def _flush(self) -> None:
         """Send this turn's requests, ``BUNCH`` per netlink message."""
@@ -152,13 +152,12 @@ class KsyncFlowChannel:
         queue, self._queue = self._queue, []
         client = self._client
         if client is None or client.closed:
-            for _, d in queue:
-                d.errback(Failure(_NotSent()))
+            _not_sent(queue)
             return
         for start in range(0, len(queue), BUNCH):
             chunk = queue[start : start + BUNCH]
-            client.request_many([encode_flow_request(f) for f, _ in chunk],
-                                [d for _, d in chunk])
+            client.request_flow_sets([encode_flow_request(f) for f, _ in chunk],
+                                     [d for _, d in chunk])
 
     def stop(self) -> None:
         """Answer what is still queued as not sent (the channel is going away)."""
@@ -166,8 +165,13 @@ class KsyncFlowChannel:
             self._flush_call.cancel()
         self._flush_call = None
         queue, self._queue = self._queue, []
-        for _, d in queue:
-            d.errback(Failure(_NotSent()))
+        _not_sent(queue)
+
+
+def _not_sent(queue: list[tuple[dict[str, int], Deferred[tuple[int, int, int]]]]) -> None:
+    """Requests still queued when the session went away or the channel stopped."""
+    for _, d in queue:
+        d.callback((-errno.ENOTCONN, -1, 0))
 
 
 #: the fields ``flow_request`` sets, the only ones the agent's FLOW_SETs carry
@@ -234,23 +238,6 @@ def encode_flow_request(fields: dict[str, int]) -> bytes | Any:
         except KeyError:
             pass
     return schema.vr_flow_req(**fields)
-
-
-class _NotSent(Exception):
-    """A request still queued when the session went away or the channel stopped."""
-
-
-def _flow_answer(resp: Any) -> tuple[int, int, int]:
-    return _answer(0, resp.objects)
-
-
-def _flow_refused(f: Failure) -> tuple[int, int, int]:
-    e = f.value
-    if isinstance(e, KsyncError):
-        return _answer(e.code, e.objects)
-    if isinstance(e, _NotSent):
-        return -errno.ENOTCONN, -1, 0
-    return -errno.ECONNRESET, -1, 0
 
 
 class AgentPacketService(MultiService):
