@@ -152,8 +152,15 @@ class PacketServices:
     def trap_received(self, header: AgentHeader, frame: memoryview) -> None:
         c = self.counters
         cmd = header.cmd
-        c.by_trap[cmd] = c.by_trap.get(cmd, 0) + 1
-        if cmd in _MAC_TRAPS:
+        by_trap = c.by_trap
+        by_trap[cmd] = by_trap.get(cmd, 0) + 1
+        if cmd in _FLOW_TRAPS:
+            flows = self.flows
+            if flows is not None and flows.trap_ipv4(header, frame):
+                # the hot path: a plain IPv4 TCP/UDP packet, read once by flow setup
+                c.flow += 1
+                return
+        elif cmd in _MAC_TRAPS:
             c.mac_learning += 1
             return
         try:
