@@ -561,6 +561,18 @@ class FlowTable(TableOwner):
             f = _PAIR_FIELDS(fwd)
         except KeyError:
             return None
+        done = self.flow_set_pair_values(r, f)
+        if done is None:
+            return None
+        return FlowSetResult(0, done[0], done[1]), FlowSetResult(0, f[1], done[2])
+
+    def flow_set_pair_values(
+        self, r: tuple[int, ...], f: tuple[int, ...]
+    ) -> tuple[int, int, int] | None:
+        """:meth:`flow_set_pair` of the two requests' values, each the 17 fields of
+        ``flow_request`` in its order (``fr_op`` .. ``fr_drop_reason``), so the agent
+        need not build the mappings: (the reverse's index, its gen id, the forward's gen
+        id), or None with nothing written."""
         index = f[1]
         if (
             r[0] or f[0] or r[1] != -1 or r[15] != index or not 0 <= index < self.ht.total
@@ -571,16 +583,17 @@ class FlowTable(TableOwner):
         old_flags = self._pair_entry(index, f)
         if old_flags < 0:
             return None
-        rres = self._pair_reverse(r, index)
-        if rres is None:
+        rdone = self._pair_reverse(r, index)
+        if rdone is None:
             return None
+        rindex = rdone[0]
         listeners = self.set_listeners
         for listener in listeners:
-            listener(rres.index)
-        gen = self._pair_forward(f, index, rres.index, old_flags)
+            listener(rindex)
+        gen = self._pair_forward(f, index, rindex, old_flags)
         for listener in listeners:
             listener(index)
-        return rres, FlowSetResult(0, index, gen)
+        return rindex, rdone[1], gen
 
     def _linked(self, d: dict[str, Any], index: int) -> FlowSetResult | None:
         """One flow of the agent's pair on its own (as it comes over ksync): ACTIVE and
@@ -596,7 +609,8 @@ class FlowTable(TableOwner):
         ):  # fmt: skip
             return None
         if index < 0:
-            return self._pair_reverse(f, rindex)
+            rdone = self._pair_reverse(f, rindex)
+            return None if rdone is None else FlowSetResult(0, rdone[0], rdone[1])
         if index >= self.ht.total:
             return None
         old_flags = self._pair_entry(index, f)
@@ -622,10 +636,10 @@ class FlowTable(TableOwner):
             return -1
         return flags
 
-    def _pair_reverse(self, r: tuple[int, ...], index: int) -> FlowSetResult | None:
+    def _pair_reverse(self, r: tuple[int, ...], index: int) -> tuple[int, int] | None:
         """The reverse flow as a new entry linked to ``index`` (``_claim`` then
-        ``_create_linked``); None, with nothing written, if its key exists or no slot is
-        free."""
+        ``_create_linked``): its index and gen id; None, with nothing written, if its key
+        exists or no slot is free."""
         buf = self.buf
         proto, sport, dport = r[7] & 0xFF, r[8] & 0xFFFF, r[9] & 0xFFFF
         nh, sip, dip = r[10] & 0xFFFFFFFF, r[11] & 0xFFFFFFFF, r[12] & 0xFFFFFFFF
@@ -651,7 +665,7 @@ class FlowTable(TableOwner):
             r[16] & 0xFF if action == 0 else 0, 2, self._udp_port(vrf, key45, 2), 0, 0,
         )  # fmt: skip
         _U16.pack_into(buf, roff + 88, _PAIR_FLAGS)  # published last
-        return FlowSetResult(0, rindex, gen)
+        return rindex, gen
 
     def _pair_forward(self, f: tuple[int, ...], index: int, rindex: int, old_flags: int) -> int:
         """The trapped entry given the forward request's verdict (``_set`` then

@@ -522,7 +522,8 @@ class FlowSetup:
         IPv4 packet with a plain 20-byte header, TCP or UDP, not a later fragment, not a
         tunnel packet to this node. False, with nothing done or counted, for any other
         frame (the dispatcher then parses it and calls :meth:`trap_received`)."""
-        if len(frame) < 48 or frame[12] != 8 or frame[13] or frame[14] != 0x45:
+        size = len(frame)
+        if size < 38 or frame[12] != 8 or frame[13] or frame[14] != 0x45:
             return False
         _, _, tlen, _, frag, _, proto, _, sip, dip, sport, dport = _IP4_PORTS(frame, 14)
         if tlen < 24 or frag & 0x1FFF or (proto != IPPROTO_TCP and proto != IPPROTO_UDP):
@@ -542,7 +543,7 @@ class FlowSetup:
         if len(pending) >= MAX_IN_FLIGHT:
             c.busy += 1
             return True
-        ack = proto == IPPROTO_TCP and bool(frame[47] & 0x10)  # 34 + 13: TCP flags
+        ack = proto == IPPROTO_TCP and size > 47 and bool(frame[47] & 0x10)  # 34 + 13: flags
         self._setup(hdr, token, _decide(hdr, self.routes, sip, dip, proto, sport, dport, ack))
         return True
 

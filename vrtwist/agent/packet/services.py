@@ -163,6 +163,11 @@ class PacketServices:
         elif cmd in _MAC_TRAPS:
             c.mac_learning += 1
             return
+        self._dispatch(header, frame, cmd)
+
+    def _dispatch(self, header: AgentHeader, frame: memoryview, cmd: int) -> None:
+        """Any trap but a MAC one and a plain IPv4 flow trap: parsed, then to its service."""
+        c = self.counters
         try:
             eth = Ethernet.parse(frame)
         except PacketError:
@@ -179,7 +184,7 @@ class PacketServices:
                 return
             l4 = eth.length + ip.header_length
             if flow_trap and self.flows is not None:
-                # the hot path: no port lookup, and flow setup reuses the parsed header
+                # no port lookup, and flow setup reuses the parsed header
                 c.flow += 1
                 self.flows.trap_received(header, frame, (eth.length, ip))
                 return
