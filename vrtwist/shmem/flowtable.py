@@ -108,6 +108,9 @@ _PAIR_FIELDS = operator.itemgetter(
     "fr_drop_reason",
 )
 _PAIR_LEN = 17
+#: FLOW_BODY from fe_rflow to fe_src_nh_index (offset 84 of an entry)
+_LINKS_PACK = struct.Struct("<iHHHHHBBI").pack_into
+assert struct.calcsize("<Bh45sBHQIi") + L.OFF_FE_BODY == 88 and L.OFF_FE_RFLOW == 84
 #: the single linked requests' fast path (``FlowTable._linked``); off only in tests
 _LINKED_FAST = True
 _PAIR_FLAGS = L.FLAG_ACTIVE | L.RFLOW_VALID
@@ -669,30 +672,32 @@ class FlowTable(TableOwner):
 
     def _pair_forward(self, f: tuple[int, ...], index: int, rindex: int, old_flags: int) -> int:
         """The trapped entry given the forward request's verdict (``_set`` then
-        ``_apply``); returns its generation."""
-        off = index * 256
-        body = list(_BODY.unpack_from(self.buf, off + 21))
-        action = f[3]
-        if body[10] == L.ACTION_HOLD:
+        ``_apply``); returns its generation. Only the fields the verdict changes are
+        written (what a full body write would leave): TTL and QoS, then the reverse
+        index to the source next hop in one pack, the ECMP index, drop reason and tunnel
+        source port where the request sets them, and ``fe_flags`` last."""
+        buf = self.buf
+        off = index * 256  # FLOW_ENTRY_SIZE; the offsets below are FLOW_BODY's fields
+        if buf[off + 92] == L.ACTION_HOLD and not buf[off + 93]:
             self.counters.action_count += 1
         else:
             self.counters.changed += 1
+        action = f[3]
         vrf = f[13] & 0xFFFF
-        body[0] = body[1] = body[9] = 0  # ttl, qos, flags1
-        body[7] = rindex
-        body[10] = action
-        body[11] = vrf
-        body[13] = body[14] = _NO_MIRROR
-        body[15] = f[14] & 0xFFFFFFFF
-        if body[20] == -1:
-            body[20] = _ecmp8(f[5])
+        buf[off + 21 : off + 24] = b"\x00\x00\x00"  # ttl, qos
+        # rflow, flags (as they are), flags1, action, vrf, dvrf (kept), mirrors, src nh
+        _LINKS_PACK(buf, off + 84, rindex, buf[off + 88] | buf[off + 89] << 8, 0, action, vrf,
+                    buf[off + 96] | buf[off + 97] << 8, _NO_MIRROR, _NO_MIRROR,
+                    f[14] & 0xFFFFFFFF)  # fmt: skip
+        if buf[off + 115] == 0xFF:  # fe_ecmp_nh_index -1
+            buf[off + 115] = f[5] & 0xFF
         if action == 0:
-            body[21] = f[16] & 0xFF
-        if not body[23]:
-            body[23] = self._udp_port(vrf, body[2], body[22])
-        _BODY.pack_into(self.buf, off + 21, *body)
-        _U16.pack_into(self.buf, off + 88, ((old_flags & L.DP_FLAGS) | _PAIR_FLAGS) & ~L.FLAG_NEW_FLOW)
-        gen: int = body[3]
+            buf[off + 116] = f[16] & 0xFF
+        if not (buf[off + 118] or buf[off + 119]):
+            _U16.pack_into(buf, off + 118,
+                           self._udp_port(vrf, bytes(buf[off + 24 : off + 69]), buf[off + 117]))
+        _U16.pack_into(buf, off + 88, ((old_flags & L.DP_FLAGS) | _PAIR_FLAGS) & ~L.FLAG_NEW_FLOW)
+        gen: int = buf[off + 69]
         return gen
 
     def _create(self, d: dict[str, Any], rflags: int, req_index: int) -> FlowSetResult:
