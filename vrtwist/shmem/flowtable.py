@@ -661,9 +661,11 @@ class FlowTable(TableOwner):
         key45 = key + _TAIL4
         vrf = r[13] & 0xFFFF
         action = r[3]
-        rt = _U16.unpack_from(buf, index * 256 + L.OFF_FE_TCP_FLAGS)[0]
+        toff = index * 256 + L.OFF_FE_TCP_FLAGS
+        rt = buf[toff] | buf[toff + 1] << 8
         _BODY_PACK(
-            buf, roff + 21, 0, 0, key45, gen, _reverse_tcp(rt), 0, 0, index, 0, 0, action, vrf,
+            buf, roff + 21, 0, 0, key45, gen, _reverse_tcp(rt) if rt else 0, 0, 0, index, 0, 0,
+            action, vrf,
             0, _NO_MIRROR, _NO_MIRROR, r[14] & 0xFFFFFFFF, 0, 0, 0, 0, _ecmp8(r[5]),
             r[16] & 0xFF if action == 0 else 0, 2, self._udp_port(vrf, key45, 2), 0, 0,
         )  # fmt: skip

@@ -551,10 +551,9 @@ class FlowSetup:
         """The channel's ``set_now`` and ``set_pair_values`` (None: it has none), looked
         up once per channel rather than once per trap."""
         channel = self.channel
-        if channel is not self._calls_of:
-            self._calls_of = channel
-            self._calls = (getattr(channel, "set_now", None),
-                           getattr(channel, "set_pair_values", None))
+        self._calls_of = channel
+        self._calls = (getattr(channel, "set_now", None),
+                       getattr(channel, "set_pair_values", None))
         return self._calls
 
     def _setup(self, hdr: AgentHeader, token: tuple[int, int],
@@ -563,7 +562,10 @@ class FlowSetup:
         policy = self.policy
         if policy is not None and not decision.short and policy.active:
             decision = policy.apply(decision)
-        set_now, set_values = self._channel_calls()
+        if self.channel is self._calls_of:
+            set_now, set_values = self._calls
+        else:
+            set_now, set_values = self._channel_calls()
         self._pending.add(token)
         if set_now is not None:
             # an embedded datapath answers at once: no Deferred, no coroutine per setup
