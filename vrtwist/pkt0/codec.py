@@ -73,6 +73,10 @@ class AgentHeader(NamedTuple):
     param_5: int = 0
 
 
+_unpack_header: Final = AGENT_HDR.unpack_from
+_new_header: Final = tuple.__new__
+
+
 def decode(frame: bytes | bytearray | memoryview) -> tuple[AgentHeader, memoryview]:
     """Split one pkt0 frame into its header and the inner frame (a view, not a copy).
 
@@ -80,11 +84,13 @@ def decode(frame: bytes | bytearray | memoryview) -> tuple[AgentHeader, memoryvi
     does this decoder, in both directions.
     """
     view = memoryview(frame)
-    if view.ndim != 1 or view.itemsize != 1:
+    if type(frame) is not bytes and (view.ndim != 1 or view.itemsize != 1):
         view = view.cast("B")
     if len(view) <= HEADER_LEN:
         raise Pkt0Error(f"pkt0 frame of {len(view)} bytes: need more than {HEADER_LEN}")
-    return AgentHeader._make(AGENT_HDR.unpack_from(view, _ETH.size)), view[HEADER_LEN:]
+    # the record straight from the unpacked fields (nine, always): ``_make`` would check
+    # their number in a Python call on every trap
+    return _new_header(AgentHeader, _unpack_header(view, _ETH.size)), view[HEADER_LEN:]
 
 
 def _u32(name: str, value: int) -> int:

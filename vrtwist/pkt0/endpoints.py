@@ -194,13 +194,16 @@ class AgentEndpoint:
         except Pkt0Error:
             self.counters.malformed += 1
             return
-        if hdr.cmd >= K.MAX_AGENT_HDR_COMMANDS or hdr.cmd < K.AGENT_TRAP_ARP:
+        cmd = hdr.cmd
+        if cmd >= K.MAX_AGENT_HDR_COMMANDS or cmd < K.AGENT_TRAP_ARP:
             self.counters.unknown_command += 1
             return
         self.counters.traps += 1
-        self.by_code[hdr.cmd] = self.by_code.get(hdr.cmd, 0) + 1
-        if self.handler is not None:
-            self.handler.trap_received(hdr, inner)
+        by_code = self.by_code
+        by_code[cmd] = by_code.get(cmd, 0) + 1
+        handler = self.handler
+        if handler is not None:
+            handler.trap_received(hdr, inner)
 
     def send_switch(self, vif_index: int, vrf: int, frame: bytes) -> bool:
         """Have the datapath transmit ``frame`` on ``vif_index`` (DHCP, ICMP, ARP replies)."""

@@ -108,6 +108,9 @@ _PAIR_FIELDS = operator.itemgetter(
     "fr_drop_reason",
 )
 _PAIR_LEN = 17
+#: FLOW_BODY from fe_rflow to fe_src_nh_index (offset 84 of an entry)
+_LINKS_PACK = struct.Struct("<iHHHHHBBI").pack_into
+assert struct.calcsize("<Bh45sBHQIi") + L.OFF_FE_BODY == 88 and L.OFF_FE_RFLOW == 84
 #: the single linked requests' fast path (``FlowTable._linked``); off only in tests
 _LINKED_FAST = True
 _PAIR_FLAGS = L.FLAG_ACTIVE | L.RFLOW_VALID
@@ -561,6 +564,18 @@ class FlowTable(TableOwner):
             f = _PAIR_FIELDS(fwd)
         except KeyError:
             return None
+        done = self.flow_set_pair_values(r, f)
+        if done is None:
+            return None
+        return FlowSetResult(0, done[0], done[1]), FlowSetResult(0, f[1], done[2])
+
+    def flow_set_pair_values(
+        self, r: tuple[int, ...], f: tuple[int, ...]
+    ) -> tuple[int, int, int] | None:
+        """:meth:`flow_set_pair` of the two requests' values, each the 17 fields of
+        ``flow_request`` in its order (``fr_op`` .. ``fr_drop_reason``), so the agent
+        need not build the mappings: (the reverse's index, its gen id, the forward's gen
+        id), or None with nothing written."""
         index = f[1]
         if (
             r[0] or f[0] or r[1] != -1 or r[15] != index or not 0 <= index < self.ht.total
@@ -571,16 +586,17 @@ class FlowTable(TableOwner):
         old_flags = self._pair_entry(index, f)
         if old_flags < 0:
             return None
-        rres = self._pair_reverse(r, index)
-        if rres is None:
+        rdone = self._pair_reverse(r, index)
+        if rdone is None:
             return None
+        rindex = rdone[0]
         listeners = self.set_listeners
         for listener in listeners:
-            listener(rres.index)
-        gen = self._pair_forward(f, index, rres.index, old_flags)
+            listener(rindex)
+        gen = self._pair_forward(f, index, rindex, old_flags)
         for listener in listeners:
             listener(index)
-        return rres, FlowSetResult(0, index, gen)
+        return rindex, rdone[1], gen
 
     def _linked(self, d: dict[str, Any], index: int) -> FlowSetResult | None:
         """One flow of the agent's pair on its own (as it comes over ksync): ACTIVE and
@@ -596,7 +612,8 @@ class FlowTable(TableOwner):
         ):  # fmt: skip
             return None
         if index < 0:
-            return self._pair_reverse(f, rindex)
+            rdone = self._pair_reverse(f, rindex)
+            return None if rdone is None else FlowSetResult(0, rdone[0], rdone[1])
         if index >= self.ht.total:
             return None
         old_flags = self._pair_entry(index, f)
@@ -622,10 +639,10 @@ class FlowTable(TableOwner):
             return -1
         return flags
 
-    def _pair_reverse(self, r: tuple[int, ...], index: int) -> FlowSetResult | None:
+    def _pair_reverse(self, r: tuple[int, ...], index: int) -> tuple[int, int] | None:
         """The reverse flow as a new entry linked to ``index`` (``_claim`` then
-        ``_create_linked``); None, with nothing written, if its key exists or no slot is
-        free."""
+        ``_create_linked``): its index and gen id; None, with nothing written, if its key
+        exists or no slot is free."""
         buf = self.buf
         proto, sport, dport = r[7] & 0xFF, r[8] & 0xFFFF, r[9] & 0xFFFF
         nh, sip, dip = r[10] & 0xFFFFFFFF, r[11] & 0xFFFFFFFF, r[12] & 0xFFFFFFFF
@@ -644,41 +661,45 @@ class FlowTable(TableOwner):
         key45 = key + _TAIL4
         vrf = r[13] & 0xFFFF
         action = r[3]
-        rt = _U16.unpack_from(buf, index * 256 + L.OFF_FE_TCP_FLAGS)[0]
+        toff = index * 256 + L.OFF_FE_TCP_FLAGS
+        rt = buf[toff] | buf[toff + 1] << 8
         _BODY_PACK(
-            buf, roff + 21, 0, 0, key45, gen, _reverse_tcp(rt), 0, 0, index, 0, 0, action, vrf,
+            buf, roff + 21, 0, 0, key45, gen, _reverse_tcp(rt) if rt else 0, 0, 0, index, 0, 0,
+            action, vrf,
             0, _NO_MIRROR, _NO_MIRROR, r[14] & 0xFFFFFFFF, 0, 0, 0, 0, _ecmp8(r[5]),
             r[16] & 0xFF if action == 0 else 0, 2, self._udp_port(vrf, key45, 2), 0, 0,
         )  # fmt: skip
         _U16.pack_into(buf, roff + 88, _PAIR_FLAGS)  # published last
-        return FlowSetResult(0, rindex, gen)
+        return rindex, gen
 
     def _pair_forward(self, f: tuple[int, ...], index: int, rindex: int, old_flags: int) -> int:
         """The trapped entry given the forward request's verdict (``_set`` then
-        ``_apply``); returns its generation."""
-        off = index * 256
-        body = list(_BODY.unpack_from(self.buf, off + 21))
-        action = f[3]
-        if body[10] == L.ACTION_HOLD:
+        ``_apply``); returns its generation. Only the fields the verdict changes are
+        written (what a full body write would leave): TTL and QoS, then the reverse
+        index to the source next hop in one pack, the ECMP index, drop reason and tunnel
+        source port where the request sets them, and ``fe_flags`` last."""
+        buf = self.buf
+        off = index * 256  # FLOW_ENTRY_SIZE; the offsets below are FLOW_BODY's fields
+        if buf[off + 92] == L.ACTION_HOLD and not buf[off + 93]:
             self.counters.action_count += 1
         else:
             self.counters.changed += 1
+        action = f[3]
         vrf = f[13] & 0xFFFF
-        body[0] = body[1] = body[9] = 0  # ttl, qos, flags1
-        body[7] = rindex
-        body[10] = action
-        body[11] = vrf
-        body[13] = body[14] = _NO_MIRROR
-        body[15] = f[14] & 0xFFFFFFFF
-        if body[20] == -1:
-            body[20] = _ecmp8(f[5])
+        buf[off + 21 : off + 24] = b"\x00\x00\x00"  # ttl, qos
+        # rflow, flags (as they are), flags1, action, vrf, dvrf (kept), mirrors, src nh
+        _LINKS_PACK(buf, off + 84, rindex, buf[off + 88] | buf[off + 89] << 8, 0, action, vrf,
+                    buf[off + 96] | buf[off + 97] << 8, _NO_MIRROR, _NO_MIRROR,
+                    f[14] & 0xFFFFFFFF)  # fmt: skip
+        if buf[off + 115] == 0xFF:  # fe_ecmp_nh_index -1
+            buf[off + 115] = f[5] & 0xFF
         if action == 0:
-            body[21] = f[16] & 0xFF
-        if not body[23]:
-            body[23] = self._udp_port(vrf, body[2], body[22])
-        _BODY.pack_into(self.buf, off + 21, *body)
-        _U16.pack_into(self.buf, off + 88, ((old_flags & L.DP_FLAGS) | _PAIR_FLAGS) & ~L.FLAG_NEW_FLOW)
-        gen: int = body[3]
+            buf[off + 116] = f[16] & 0xFF
+        if not (buf[off + 118] or buf[off + 119]):
+            _U16.pack_into(buf, off + 118,
+                           self._udp_port(vrf, bytes(buf[off + 24 : off + 69]), buf[off + 117]))
+        _U16.pack_into(buf, off + 88, ((old_flags & L.DP_FLAGS) | _PAIR_FLAGS) & ~L.FLAG_NEW_FLOW)
+        gen: int = buf[off + 69]
         return gen
 
     def _create(self, d: dict[str, Any], rflags: int, req_index: int) -> FlowSetResult:

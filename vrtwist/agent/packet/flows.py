@@ -24,6 +24,7 @@ The route view and the flow channel are injected; nothing here does I/O of its o
 from __future__ import annotations
 
 import ipaddress
+import struct
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple, Protocol
@@ -197,6 +198,13 @@ class FlowKey(NamedTuple):
             self.dport, self.proto, self.nh_id)  # fmt: skip
 
 
+#: the IPv4 header without options and the two L4 ports after it
+_IP4_PORTS: Final = struct.Struct("!BBHHHBBH4s4sHH").unpack_from
+_AF_INET: Final = C.AF_INET
+#: a key record straight from its six fields (``FlowKey(...)`` is a Python call)
+_new_key: Final = tuple.__new__
+
+
 def flow_request(
     key: FlowKey, index: int, gen: int, action: int, flags: int, *, flow_vrf: int = 0,
     src_nh_index: int = 0, rindex: int = -1, drop_reason: int = 0,
@@ -361,26 +369,35 @@ def analyse(hdr: AgentHeader, frame: bytes | memoryview, routes: RouteView,
         if inner is not None:
             l3 = inner
             ip = IPv4.parse(frame, l3)
-    if ip.is_fragment and ip.frag & 0x1FFF:
+    if ip.frag & 0x1FFF:  # a fragment, and not the first
         raise PacketError("non-first fragment")
-    l4 = l3 + ip.header_length
-    sport, dport = _ports(frame, ip.proto, l4, min(len(frame), l3 + ip.total_length))
+    l4 = l3 + 20 + len(ip.options)
+    proto = ip.proto
+    sport, dport = _ports(frame, proto, l4, min(len(frame), l3 + ip.total_length))
+    ack = proto == IPPROTO_TCP and len(frame) > l4 + 13 and bool(frame[l4 + 13] & 0x10)
+    return _decide(hdr, routes, ip.src, ip.dst, proto, sport, dport, ack)
+
+
+def _decide(hdr: AgentHeader, routes: RouteView, sip: bytes, dip: bytes, proto: int,
+            sport: int, dport: int, ack: bool) -> FlowDecision:
+    """:func:`analyse` once the packet's 5-tuple is read (TCP ACK flag included)."""
     key_nh = hdr.param_1
     vrf = hdr.vrf
-    forward = FlowKey(ip.src, ip.dst, ip.proto, sport, dport, key_nh)
-    src_route = routes.lookup(vrf, ip.src)
-    dst_route = routes.lookup(vrf, ip.dst)
+    forward = _new_key(FlowKey, (sip, dip, proto, sport, dport, key_nh))
+    lookup = routes.lookup
+    src_route = lookup(vrf, sip)
+    dst_route = lookup(vrf, dip)
     if src_route is None or dst_route is None:
         return short_decision(forward, vrf, src_route is None, dst_route, routes)
     out_nh = int(dst_route.get("rtr_nh_id", 0))
     reverse_nh, out_vif = routes.out_of(out_nh, key_nh)
-    rsport, rdport = (sport, dport) if ip.proto == IPPROTO_ICMP else (dport, sport)
-    reverse = FlowKey(forward.dip, forward.sip, ip.proto, rsport, rdport, reverse_nh)
-    ack = ip.proto == IPPROTO_TCP and len(frame) > l4 + 13 and bool(frame[l4 + 13] & 0x10)
+    if proto == IPPROTO_ICMP:
+        reverse = _new_key(FlowKey, (dip, sip, proto, sport, dport, reverse_nh))
+    else:
+        reverse = _new_key(FlowKey, (dip, sip, proto, dport, sport, reverse_nh))
     return FlowDecision(
         forward, reverse, L.ACTION_FORWARD, 0, vrf, vrf,
-        int(src_route.get("rtr_nh_id", 0)), out_nh, in_vif=hdr.ifindex, out_vif=out_vif,
-        tcp_ack=ack,
+        int(src_route.get("rtr_nh_id", 0)), out_nh, -1, 0, hdr.ifindex, out_vif, ack,
     )  # fmt: skip
 
 
@@ -472,6 +489,10 @@ class FlowSetup:
     _holds: dict[int, tuple[int, float]] = field(default_factory=dict)
     #: network policies and security groups; None or inactive: every routed flow passes
     policy: PolicyStep | None = None
+    #: the channel ``_calls`` were looked up on, and its (set_now, set_pair_values)
+    _calls_of: Any = field(default=None, init=False, repr=False, compare=False)
+    _calls: tuple[Any, Any] = field(default=(None, None), init=False, repr=False,
+                                    compare=False)
 
     _log = Logger()
 
@@ -494,18 +515,70 @@ class FlowSetup:
         except PacketError:
             c.malformed += 1
             return None
+        return self._setup(hdr, token, decision)
+
+    def trap_ipv4(self, hdr: AgentHeader, frame: bytes | memoryview) -> bool:
+        """:meth:`trap_received` of the common trap, read in one unpack: an untagged
+        IPv4 packet with a plain 20-byte header, TCP or UDP, not a later fragment, not a
+        tunnel packet to this node. False, with nothing done or counted, for any other
+        frame (the dispatcher then parses it and calls :meth:`trap_received`)."""
+        size = len(frame)
+        if size < 38 or frame[12] != 8 or frame[13] or frame[14] != 0x45:
+            return False
+        _, _, tlen, _, frag, _, proto, _, sip, dip, sport, dport = _IP4_PORTS(frame, 14)
+        if tlen < 24 or frag & 0x1FFF or (proto != IPPROTO_TCP and proto != IPPROTO_UDP):
+            return False
+        fabric = self.fabric
+        if fabric is not None:
+            fab = fabric()
+            if fab is not None and hdr.ifindex == fab[0] and dip == fab[1]:
+                return False
+        c = self.counters
+        c.traps += 1
+        token = (hdr.param, hdr.param_5)
+        pending = self._pending
+        if token in pending:
+            c.duplicates += 1
+            return True
+        if len(pending) >= MAX_IN_FLIGHT:
+            c.busy += 1
+            return True
+        ack = proto == IPPROTO_TCP and size > 47 and bool(frame[47] & 0x10)  # 34 + 13: flags
+        self._setup(hdr, token, _decide(hdr, self.routes, sip, dip, proto, sport, dport, ack))
+        return True
+
+    def _channel_calls(self) -> tuple[Any, Any]:
+        """The channel's ``set_now`` and ``set_pair_values`` (None: it has none), looked
+        up once per channel rather than once per trap."""
+        channel = self.channel
+        self._calls_of = channel
+        self._calls = (getattr(channel, "set_now", None),
+                       getattr(channel, "set_pair_values", None))
+        return self._calls
+
+    def _setup(self, hdr: AgentHeader, token: tuple[int, int],
+               decision: FlowDecision) -> Deferred[None] | None:
+        """The policy step, then the pair written over the channel."""
         policy = self.policy
         if policy is not None and not decision.short and policy.active:
             decision = policy.apply(decision)
-        set_now = getattr(self.channel, "set_now", None)
+        if self.channel is self._calls_of:
+            set_now, set_values = self._calls
+        else:
+            set_now, set_values = self._channel_calls()
         self._pending.add(token)
         if set_now is not None:
             # an embedded datapath answers at once: no Deferred, no coroutine per setup
             try:
-                self._program_now(set_now, hdr.param, hdr.param_5, decision)
+                if (set_values is None or decision.reverse is None or decision.mirrors
+                        or decision.reverse_mirrors):
+                    self._program_now(set_now, hdr.param, hdr.param_5, decision)
+                else:
+                    self._program_values(set_now, set_values, hdr.param, hdr.param_5,
+                                         decision)
             except Exception:  # noqa: BLE001 - as a failed Deferred would: logged, and
                 # the pkt0 reader goes on with the next trap
-                c.failed += 1
+                self.counters.failed += 1
                 self._log.failure("flow setup of entry {index} failed", index=hdr.param)
             finally:
                 self._pending.discard(token)
@@ -518,6 +591,52 @@ class FlowSetup:
 
         d.addBoth(done)
         return d
+
+    def _program_values(self, set_now: Callable[[dict[str, int]], tuple[int, int, int]],
+                        set_values: Callable[[tuple[int, ...], tuple[int, ...]],
+                                             tuple[int, ...] | None],
+                        index: int, gen: int, d: FlowDecision) -> None:
+        """:meth:`_program_now` of a pair without mirrors for a channel that takes the
+        two requests' values (``set_pair_values``, the values of :func:`flow_request`'s
+        mapping in its order): no mapping is built unless the pair is refused, when the
+        two requests go one by one and say what is wrong."""
+        done = set_values(*self.pair_values(index, gen, d))
+        if done is not None:
+            self._forward_done(0, index, gen, d, done[0], done[1])
+            return
+        code, rev_index, rev_gen = set_now(self._reverse_request(index, d))
+        if not self._reverse_ok(code, rev_index):
+            return
+        code = set_now(self._forward_request(index, gen, d, rev_index))[0]
+        self._forward_done(code, index, gen, d, rev_index, rev_gen)
+
+    @staticmethod
+    def pair_values(index: int, gen: int,
+                    d: FlowDecision) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """The values of :meth:`_reverse_request` and of :meth:`_forward_request` (with
+        ``fr_rindex`` -1) in :func:`flow_request`'s order, for a pair without mirrors;
+        the reverse shares the forward's converted addresses when it has them."""
+        assert d.reverse is not None
+        sip, dip, proto, sport, dport, nh = d.forward
+        rsip, rdip, rproto, rsport, rdport, rnh = d.reverse
+        sip_l = int.from_bytes(sip, "little")
+        dip_l = int.from_bytes(dip, "little")
+        if rsip is dip and rdip is sip:
+            rsip_l, rdip_l = dip_l, sip_l
+        else:
+            rsip_l, rdip_l = int.from_bytes(rsip, "little"), int.from_bytes(rdip, "little")
+        action = d.action
+        rev_action = action if d.reverse_action < 0 else d.reverse_action
+        return (
+            (0, -1, 0, rev_action, _LINKED, 0xFFFFFFFF, _AF_INET, rproto,
+             ((rsport & 0xFF) << 8) | ((rsport >> 8) & 0xFF),
+             ((rdport & 0xFF) << 8) | ((rdport >> 8) & 0xFF),
+             rnh, rsip_l, rdip_l, d.dvrf, d.reverse_src_nh, index, d.reverse_drop_reason),
+            (0, index, gen, action, _LINKED, 0xFFFFFFFF, _AF_INET, proto,
+             ((sport & 0xFF) << 8) | ((sport >> 8) & 0xFF),
+             ((dport & 0xFF) << 8) | ((dport >> 8) & 0xFF),
+             nh, sip_l, dip_l, d.vrf, d.src_nh, -1, d.drop_reason),
+        )  # fmt: skip
 
     def _program_now(self, set_now: Callable[[dict[str, int]], tuple[int, int, int]],
                      index: int, gen: int, d: FlowDecision) -> None:
@@ -617,7 +736,7 @@ class FlowSetup:
             if d.action == L.ACTION_DROP:
                 c.denied += 1
         self.pairs[index] = _Pair(index, gen, d.forward, rev_index, rev_gen & 0xFF, d.reverse,
-                                  last_change=self.now(), decision=d)
+                                  -1, self.now(), d)
 
     def revaluate(self) -> list[Deferred[tuple[int, int, int]]]:
         """Apply the policy again to every pair this agent set up (after a policy or a

@@ -69,6 +69,13 @@ class LocalFlowChannel:
         handler = datapath.handlers.get("vr_flow_req") if hasattr(datapath, "handlers") else None
         self._flows = getattr(handler, "flows", None)
         self._datapath = datapath
+        values = getattr(self._flows, "flow_set_pair_values", None)
+        if values is not None:
+            #: both flows of a pair from the two requests' values, ``flow_request``'s
+            #: order (flow setup's hot path): (the reverse's index, its gen id, ...), or
+            #: None when the table left the pair to two ``set_now`` calls
+            self.set_pair_values: Callable[[tuple[int, ...], tuple[int, ...]],
+                                           tuple[int, ...] | None] = values
 
     def __call__(self, fields: dict[str, int]) -> Deferred[tuple[int, int, int]]:
         return succeed(self.set_now(fields))

@@ -152,10 +152,22 @@ class PacketServices:
     def trap_received(self, header: AgentHeader, frame: memoryview) -> None:
         c = self.counters
         cmd = header.cmd
-        c.by_trap[cmd] = c.by_trap.get(cmd, 0) + 1
-        if cmd in _MAC_TRAPS:
+        by_trap = c.by_trap
+        by_trap[cmd] = by_trap.get(cmd, 0) + 1
+        if cmd in _FLOW_TRAPS:
+            flows = self.flows
+            if flows is not None and flows.trap_ipv4(header, frame):
+                # the hot path: a plain IPv4 TCP/UDP packet, read once by flow setup
+                c.flow += 1
+                return
+        elif cmd in _MAC_TRAPS:
             c.mac_learning += 1
             return
+        self._dispatch(header, frame, cmd)
+
+    def _dispatch(self, header: AgentHeader, frame: memoryview, cmd: int) -> None:
+        """Any trap but a MAC one and a plain IPv4 flow trap: parsed, then to its service."""
+        c = self.counters
         try:
             eth = Ethernet.parse(frame)
         except PacketError:
@@ -172,7 +184,7 @@ class PacketServices:
                 return
             l4 = eth.length + ip.header_length
             if flow_trap and self.flows is not None:
-                # the hot path: no port lookup, and flow setup reuses the parsed header
+                # no port lookup, and flow setup reuses the parsed header
                 c.flow += 1
                 self.flows.trap_received(header, frame, (eth.length, ip))
                 return
