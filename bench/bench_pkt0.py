@@ -65,7 +65,7 @@ from zope.interface import implementer
 from vrtwist.agent.dpstate import AGENT_VIF, DatapathModel
 from vrtwist.agent.model import Port
 from vrtwist.agent.packet.flowpolicy import FlowPolicy, LocalPort
-from vrtwist.agent.packet.flows import FlowSetup, RouteView, analyse, flow_request
+from vrtwist.agent.packet.flows import FlowSetup, RouteView, analyse
 from vrtwist.agent.packet.service import KsyncFlowChannel, LocalFlowChannel
 from vrtwist.agent.packet.services import PacketServices, VmPort
 from vrtwist.agent.policy import PolicyConfig, gateway_set, security_group_from_json
@@ -312,17 +312,21 @@ def floors(node: Node, n: int) -> dict[str, float]:
     for f in frames:
         node.pipeline.receive(a.vif, f)
     misses = _rate(n, t0)
-    # 2. the datapath's FLOW_SET pair alone, for those HOLD entries
-    flow_sets = _pair_floor(node, kept.frames)
-    # 3. the agent's analysis and requests, without the datapath answering
-    hdr = AgentHeader(a.vif, a.vrf, 6, 1, 5)
+    # 2. the datapath's FLOW_SET pair alone, for those HOLD entries, then 5. the release
+    #    of each held SYN (the pipeline's own replay of the packet its flow now passes)
+    flow_sets, release = _pair_floor(node, kept.frames)
+    # 3. the agent's share without the datapath's write: each trap decoded, analysed and
+    #    the pair's values built (what the embedded channel hands the table)
+    traps = kept.frames
+    routes = node.flows.routes
     t0 = time.process_time()
-    for f in frames:
-        d = analyse(hdr, f, node.flows.routes)
-        flow_request(d.forward, 1, 1, 2, 0x1001, rindex=2)
+    for t in traps:
+        hdr, inner = decode(t)
+        d = analyse(hdr, inner, routes)
         if d.reverse is not None:
-            flow_request(d.reverse, -1, 0, 2, 0x1001, rindex=1)
-    agent = _rate(n, t0)
+            FlowSetup.pair_values(hdr.param, hdr.param_5, d)
+    agent = _rate(len(traps), t0) if traps else 0.0
+    hdr = AgentHeader(a.vif, a.vrf, 6, 1, 5)
     # 4. the policy step alone on those decisions (as FlowSetup runs it: only when active)
     decisions = [analyse(hdr, f, node.flows.routes) for f in frames]
     policy = node.flows.policy
@@ -331,12 +335,6 @@ def floors(node: Node, n: int) -> dict[str, float]:
         if policy is not None and d.reverse is not None and policy.active:
             policy.apply(d)
     policy_rate = _rate(n, t0)
-    # 5. the release: the held SYN forwarded to VM2 once its flow exists (as a flow hit)
-    hits = [syn(a, b, 1024 + i) for i in range(min(n, len(node.out.left)))]
-    t0 = time.process_time()
-    for f in hits:
-        node.pipeline.receive(a.vif, f)
-    release = _rate(len(hits), t0) if hits else 0.0
     # 6. the socket hop: one trap-sized datagram sent and received, batches of 8
     hop = _socket_hop(len(syn(a, b, 1)) + 44, n)
     # 7. every stage in one process, no socket and no reactor: the traps of a batch of
@@ -354,30 +352,37 @@ def floors(node: Node, n: int) -> dict[str, float]:
             "policy": policy_rate, "release": release, "hop": hop, "chain": chain}
 
 
-def _pair_floor(node: Node, traps: list[bytes]) -> float:
-    """Pairs/s of the FLOW_SET pairs answering ``traps``, as the agent writes them into
-    the embedded datapath (``set_pair_now``); the requests are built before the clock
-    starts and the release of the held SYNs is kept out (each is a stage of its own)."""
+def _pair_floor(node: Node, traps: list[bytes]) -> tuple[float, float]:
+    """Pairs/s of the flow pairs answering ``traps``, as the agent writes them into the
+    embedded datapath (``set_pair_values``, from the decision's values; built before the
+    clock starts), and then of the release of the held SYNs, timed apart (the table's
+    set listener, ``Pipeline.flow_set``, called after the writes)."""
     pairs = []
     for t in traps:
         hdr, inner = decode(t)
         d = analyse(hdr, inner, node.flows.routes)
-        pairs.append((FlowSetup._reverse_request(hdr.param, d),
-                      FlowSetup._forward_request(hdr.param, hdr.param_5, d, -1)))
+        pairs.append(FlowSetup.pair_values(hdr.param, hdr.param_5, d))
     channel = LocalFlowChannel(node.dp)
     listeners = node.shared.flows.set_listeners
     node.shared.flows.set_listeners = []
     try:
         t0 = time.process_time()
         for rev, fwd in pairs:
-            if channel.set_pair_now(rev, fwd) is None:
+            if channel.set_pair_values(rev, fwd) is None:
                 raise AssertionError("a pair left to two requests")
         rate = _rate(len(pairs), t0) if pairs else 0.0
     finally:
         node.shared.flows.set_listeners = listeners
+    before = sum(node.out.count.values())
+    replay = node.pipeline.flow_set
+    t0 = time.process_time()
     for _, fwd in pairs:
-        node.pipeline.held.pop(fwd["fr_index"], None)  # those SYNs are not released
-    return rate
+        replay(fwd[1])
+    release = _rate(len(pairs), t0) if pairs else 0.0
+    released = sum(node.out.count.values()) - before
+    if released != len(pairs):
+        raise AssertionError(f"{released} of {len(pairs)} held SYNs released")
+    return rate, release
 
 
 def split_floors(node: DatapathNode, n: int) -> dict[str, float]:
@@ -441,14 +446,16 @@ def split_floors(node: DatapathNode, n: int) -> dict[str, float]:
                     for (h, d), r in zip(decisions, revs, strict=True)])
     finally:
         node.shared.flows.set_listeners = listeners
-    for h, _ in decisions:
-        node.pipeline.held.pop(h.param, None)
     pairs = max(len(decisions), 1)
-    hits = [syn(a, b, 1024 + i) for i in range(min(n, len(node.out.left)))]
+    # the release: each held SYN replayed by the pipeline, as the table's set listener does
+    before = sum(node.out.count.values())
+    replay = node.pipeline.flow_set
     t0 = time.process_time()
-    for f in hits:
-        node.pipeline.receive(a.vif, f)
-    release = _rate(len(hits), t0) if hits else 0.0
+    for h, _ in decisions:
+        replay(h.param)
+    release = _rate(len(decisions), t0) if decisions else 0.0
+    if sum(node.out.count.values()) - before != len(decisions):
+        raise AssertionError("a held SYN was not released")
     return {"misses": misses, "release": release, "agent": agent,
             "ksync_dp": pairs / max(cost["server"], 1e-9),
             "ksync_agent": pairs / max(cost["encode"] + cost["answers"], 1e-9),
@@ -593,10 +600,10 @@ async def main_one(args: argparse.Namespace, run_dir: str) -> None:
     print(
         "same-run floors, per flow pair, in CPU time: datapath FLOW_SET pair alone "
         f"{fl['flow_set_pairs']:,.0f}/s; pipeline miss (HOLD + trap framed) "
-        f"{fl['misses']:,.0f}/s; agent analysis + requests built {fl['agent']:,.0f}/s; "
+        f"{fl['misses']:,.0f}/s; agent's trap decode, analysis and pair values {fl['agent']:,.0f}/s; "
         f"policy step ({args.policy}) {fl['policy']:,.0f}/s "
         f"(ratio to the analysis {fl['policy'] / fl['agent']:.1f}); release of the held "
-        f"SYN (a flow hit) {fl['release']:,.0f}/s; socket hop (one trap datagram sent "
+        f"SYN (replayed by the pipeline) {fl['release']:,.0f}/s; socket hop (one trap datagram sent "
         f"and received) {fl['hop']:,.0f}/s"
     )
     stages = ("flow_set_pairs", "misses", "agent", "release", "hop")
