@@ -421,24 +421,33 @@ class FlowStage(PipelineCore):
         if pkt.type == D.VP_TYPE_IP and ((buf[pkt.l3 + 6] & 0x1F) << 8) | buf[pkt.l3 + 7]:
             self._drop(pkt, D.DROP_FLOW_UNUSABLE)
             return False
-        if pkt.vif.flags & C.VIF_FLAG_DROP_NEW_FLOWS:
+        vif = pkt.vif
+        if vif.flags & C.VIF_FLAG_DROP_NEW_FLOWS:
             self._drop(pkt, D.DROP_NEW_FLOWS)
             return False
-        assert self.flows is not None
-        src_info = _source_of(pkt) or 0  # another vif's packet leaves it 0, as made
+        flows = self.flows
+        assert flows is not None
+        vtype = vif.type
+        # another vif's packet leaves fe_src_info 0, as made
+        src_info = vif.idx if vtype == _VIRTUAL or vtype == _VIRTUAL_VLAN else _source_of(pkt) or 0
+        nbytes = len(buf) - pkt.off
+        # the packet is counted as the entry is made, but for a super-frame: its trap
+        # reads the counters back, and carries them as they were before it
+        whole = pkt.gso is None
         try:
-            index, gen = self.flows.hold_on_miss(key, pkt.dvrf, src_info)
+            index, gen = flows.hold_on_miss(
+                key, pkt.dvrf, src_info, nbytes if whole else 0, 1 if whole else 0
+            )
         except FlowTableFull:
             self._drop(pkt, D.DROP_FLOW_TABLE_FULL)
             return False
         pkt.flow_index = index
-        nbytes = len(buf) - pkt.off
-        # the trap carries the new entry's zero counters
-        if pkt.gso is None and index not in self.held:
-            held = self._trap_new(pkt, index, gen)
-        else:
+        if whole and index not in self.held:
+            held = self._trap_new(pkt, index, gen)  # the trap carries zero counters
+        else:  # a queue there already traps nothing: the counters are read by nobody
             held = self._enqueue(pkt, index)
-        self.flows.add_stats(index, nbytes, 1)
+            if not whole:
+                flows.add_stats(index, nbytes, 1)
         self.flow_last_used[index] = self.now()
         return held
 
@@ -486,14 +495,20 @@ class FlowStage(PipelineCore):
     def _trap_new(self, pkt: Packet, index: int, gen: int) -> bool:
         """``_enqueue`` of the first packet of an entry just created: what the trap says
         of the entry is known (in the packet's VRF, generation ``gen``, no counters yet),
-        so it is not read back."""
+        so it is not read back (``_trap_held`` inline)."""
         flows = self.flows
         assert flows is not None
-        pkt.buf = bytes(pkt.buf)  # the caller may reuse its buffer
+        buf = pkt.buf = bytes(pkt.buf)  # the caller may reuse its buffer
         self.held[index] = [pkt]
         code = D.TRAP_FLOW_MISS if flows.take_new_flow(index) else D.TRAP_FLOW_ACTION_HOLD
-        nh_id = pkt.nh.id if pkt.nh is not None else pkt.vif.nh_id
-        self._trap_held(pkt, pkt.dvrf, code, index, nh_id, (0, 0, 0, gen))
+        vif = pkt.vif
+        nh = pkt.nh
+        nh_id = nh.id if nh is not None else vif.nh_id
+        start = pkt.start
+        if start and not (pkt.outer_src and vif.type == _PHYSICAL):
+            buf = buf[start:]
+        if not self.trapper.trap(vif.idx, pkt.dvrf, code, index, nh_id, (0, 0, 0, gen), buf):
+            self._drop(pkt, D.DROP_TRAP_NO_IF)
         return False
 
     def flow_set(self, index: int) -> None:
