@@ -477,6 +477,8 @@ class Pipeline(FlowStage, TunnelStage, ArpStage):
         l4 = l3 + ihl
         if len(buf) - l4 < 20 or not buf[l4 + 13] & 0x02:
             return
+        if buf[l4 + 12] < 0x60 and pkt.gso is None:
+            return  # no TCP options: no MSS to clamp (and no checksum to settle)
         phys = self._physical_vif()
         if phys is None or not self._settle(pkt):
             return
@@ -556,9 +558,11 @@ class Pipeline(FlowStage, TunnelStage, ArpStage):
         l3 = pkt.l3
         if len(buf) - l3 < 20 or buf[l3] & 0x0F < 5 or buf[l3] >> 4 != 4:
             return self._drop(pkt, D.DROP_INVALID_PROTOCOL)
-        if pkt.flags & D.VP_FLAG_TO_ME:
+        flags = pkt.flags
+        if flags & D.VP_FLAG_TO_ME:
             return self._ip_rcv(pkt, None)
-        if not self._flow_forward(pkt):
+        # a packet the flow stage has passed (FLOW_SET) goes on without asking it again
+        if not flags & D.VP_FLAG_FLOW_SET and not self._flow_forward(pkt):
             return
         self._forward(pkt)
 
@@ -572,7 +576,8 @@ class Pipeline(FlowStage, TunnelStage, ArpStage):
             ttl = buf[l3 + 8]
             if ttl == 0:
                 return self._drop(pkt, D.DROP_TTL_EXCEEDED)
-            entry = self._route(AF_INET, pkt.dvrf, U32.unpack_from(buf, l3 + 16)[0])
+            table = self.datapath.routes.vrfs.get((AF_INET, pkt.dvrf))  # ``_route`` inline
+            entry = table.lookup(U32.unpack_from(buf, l3 + 16)[0]) if table is not None else None
         elif pkt.type == D.VP_TYPE_IP6:
             if len(buf) - l3 < 40:
                 return self._drop(pkt, D.DROP_INVALID_PROTOCOL)
@@ -596,7 +601,7 @@ class Pipeline(FlowStage, TunnelStage, ArpStage):
             if (nh.type == C.NH_VRF_TRANSLATE and nh.family == AF_INET) or gateway:
                 pkt.ttl = ttl
             else:
-                b = pkt.writable()
+                b = buf if type(buf) is bytearray else pkt.writable()
                 b[l3 + 8] = ttl - 1
                 old = (ttl << 8) | b[l3 + 9]
                 csum = (b[l3 + 10] << 8) | b[l3 + 11]
@@ -642,7 +647,7 @@ class Pipeline(FlowStage, TunnelStage, ArpStage):
 
     def _nh_l2_rcv(self, pkt: Packet, nh: NextHop) -> None:
         """``nh_l2_rcv``: the frame is for the router: route it (fmd_to_me)."""
-        self._vrf_count(pkt.dvrf, "l2_receives")
+        self.vrf_stats[(pkt.dvrf, "l2_receives")] += 1
         pkt.to_me = True
         self._l3_input(pkt)
 
@@ -672,7 +677,7 @@ class Pipeline(FlowStage, TunnelStage, ArpStage):
             return self._vif_tx(pkt, oif, frame)
         version = buf[off] >> 4 if len(buf) > off else 4
         etype = b"\x86\xdd" if version == 6 else b"\x08\x00"
-        self._vrf_count(pkt.dvrf, "encaps")
+        self.vrf_stats[(pkt.dvrf, "encaps")] += 1
         frame = nh.encap[:-2] + etype + bytes(buf[off:])
         if pkt.flags & D.VP_FLAG_DIAG:
             return self._trap(pkt, D.TRAP_DIAG, param=oif.idx)

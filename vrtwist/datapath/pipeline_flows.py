@@ -45,6 +45,7 @@ _SEQ_ACK = struct.Struct("!II")
 _ECMP_FLAGS = C.NH_FLAG_COMPOSITE_ECMP | C.NH_FLAG_COMPOSITE_LU_ECMP
 _U32_LE = struct.Struct("<I")  # an outer source address as fe_src_info holds it
 _PHYSICAL = C.VIF_TYPE_PHYSICAL
+_NH_ENCAP = C.NH_ENCAP
 _VIRTUAL = C.VIF_TYPE_VIRTUAL
 _VIRTUAL_VLAN = C.VIF_TYPE_VIRTUAL_VLAN
 #: fe_src_info's position in a FlowVerdict (an index is the cheapest read of one)
@@ -343,7 +344,10 @@ class FlowStage(PipelineCore):
         if src_nh is None:
             self._drop(pkt, D.DROP_INVALID_NH)
             return False
-        if src_nh.type == C.NH_COMPOSITE and src_nh.flags & _ECMP_FLAGS:
+        stype = src_nh.type
+        if stype == _NH_ENCAP:  # a VM's own next hop: ``_validate_src`` without its call
+            valid = src_nh.oif is pkt.vif
+        elif stype == C.NH_COMPOSITE and src_nh.flags & _ECMP_FLAGS:
             valid = self._validate_ecmp_src(pkt, src_nh, v)
         else:
             valid = self._validate_src(pkt, src_nh)
