@@ -58,6 +58,8 @@ FAST_ENTRIES = 4096
 _FAST_VIF_FLAGS = (
     C.VIF_FLAG_MIRROR_RX | C.VIF_FLAG_SERVICE_IF | C.VIF_FLAG_POLICY_ENABLED | C.VIF_FLAG_MAC_LEARN
 )
+#: vif flags under which a VM's frame takes ``_vm_rx``'s steps before ``_virtual_input``
+_VM_RX_FLAGS = C.VIF_FLAG_MIRROR_RX | C.VIF_FLAG_SERVICE_IF
 #: (rx vif, tx vif, next hop, bridge index, bridge counter, VRF counter key, TCP slow)
 FastEntry = tuple[
     Interface, Interface, NextHop, int, Callable[[int], None] | None, tuple[int, str], bool
@@ -238,7 +240,10 @@ class Pipeline(FlowStage, TunnelStage, ArpStage):
         counters["ipackets"] += 1
         counters["ibytes"] += len(frame)
         if vtype == C.VIF_TYPE_VIRTUAL:
-            self._vm_rx(pkt, vif)
+            if vif.flags & _VM_RX_FLAGS:
+                self._vm_rx(pkt, vif)
+            else:  # what ``_vm_rx`` does for a plain VM vif, without its call
+                self._virtual_input(pkt, vif.vrf, D.VLAN_ID_INVALID)
         elif vtype == C.VIF_TYPE_PHYSICAL:
             self._eth_rx(pkt, vif)
         elif vtype in VHOST_TYPES:
@@ -394,7 +399,9 @@ class Pipeline(FlowStage, TunnelStage, ArpStage):
             pkt.flags |= D.VP_FLAG_MULTICAST
             self._vrf_count(pkt.dvrf, "uuc_floods")
         assert hit is not None
-        self._bridge_count(hit[0])
+        table = getattr(self.datapath.bridge, "bridge", None)  # ``_bridge_count`` inline
+        if table is not None:
+            table.add_packets(hit[0])
         if hit[3] & C.VR_BE_LABEL_VALID_FLAG:
             pkt.label = hit[2]
         if from_vm and pkt.type == D.VP_TYPE_IP and self.datapath.ops.get("vo_from_vm_mss_adj"):
