@@ -66,6 +66,17 @@ FastEntry = tuple[
 ]
 
 
+class VmInput:
+    """The fast path's entry for a unicast, untagged IP header from a VM vif without
+    mirror or service flags: what ``_receive`` up to the flow stage would find out."""
+
+    __slots__ = ("ptype", "vif")
+
+    def __init__(self, vif: Interface, ptype: int) -> None:
+        self.vif = vif
+        self.ptype = ptype
+
+
 @implementer(IOffloadPipeline, IPipelineTimers)
 class Pipeline(FlowStage, TunnelStage, ArpStage):
     """The vRouter's forwarding path over one :class:`Datapath`'s tables."""
@@ -88,7 +99,7 @@ class Pipeline(FlowStage, TunnelStage, ArpStage):
             flows.set_listeners.append(self.flow_set)
         datapath.reset_hooks.append(self.reset)
         #: (rx vif, Ethernet header) -> the bridged fast path's decision, or None
-        self._fast: dict[tuple[int, bytes], FastEntry | None] = {}
+        self._fast: dict[tuple[int, bytes], FastEntry | VmInput | None] = {}
         self._fast_gen = -1
         self._nh_handlers: dict[int, Callable[[Packet, NextHop], None]] = {
             C.NH_DISCARD: self._nh_discard,
@@ -131,8 +142,11 @@ class Pipeline(FlowStage, TunnelStage, ArpStage):
             hit = fast.get(key, _UNSEEN)
             if hit is None:  # does not qualify: the stages, without a second lookup
                 return self._receive(vif_index, frame, gso)
-            if hit is not _UNSEEN and not (hit[6] and len(frame) > 23 and frame[23] == 6):
-                return self._fast_forward(hit, frame, gso)
+            if hit is not _UNSEEN:
+                if type(hit) is VmInput:
+                    return self._vm_input(hit, frame, gso)
+                if not (hit[6] and len(frame) > 23 and frame[23] == 6):
+                    return self._fast_forward(hit, frame, gso)
             self._receive(vif_index, frame, gso)
             if hit is _UNSEEN:  # first of its kind
                 if len(fast) >= FAST_ENTRIES:
@@ -142,7 +156,7 @@ class Pipeline(FlowStage, TunnelStage, ArpStage):
         return self._receive(vif_index, frame, gso)
 
     # -- the bridged fast path -----------------------------------------------------
-    def _fast_entry(self, vif_index: int, head: bytes) -> FastEntry | None:
+    def _fast_entry(self, vif_index: int, head: bytes) -> FastEntry | VmInput | None:
         """The decision the bridge stage takes for a unicast IP frame from a plain VM vif
         to a plain vif through an L2 ENCAP next hop, or None where it takes more.
 
@@ -150,17 +164,28 @@ class Pipeline(FlowStage, TunnelStage, ArpStage):
         only counts (vif rx, bridge entry, VRF ``l2_encaps``, vif tx) and transmits the
         frame as received, whatever follows the Ethernet header. The entry is valid
         while ``datapath.generation`` is unchanged (any ksync request, MAC learning).
+        Where the bridge stage takes more but the frame is still a unicast IP frame of
+        a VM vif without mirror or service flags, a :class:`VmInput` skips the steps
+        before the flow stage.
         """
         vif = self.tables.interfaces.get(vif_index)
         if (
             vif is None
             or vif.type != C.VIF_TYPE_VIRTUAL
-            or vif.flags & _FAST_VIF_FLAGS
+            or vif.flags & _VM_RX_FLAGS
             or len(head) < 14
             or head[0] & 1
             or head[12:14] not in (b"\x08\x00", b"\x86\xdd")
-            or self.vlan_tci is not None
         ):
+            return None
+        bridged = self._fast_bridged(vif, head)
+        if bridged is not None:
+            return bridged
+        return VmInput(vif, D.VP_TYPE_IP if head[12] == 0x08 else D.VP_TYPE_IP6)
+
+    def _fast_bridged(self, vif: Interface, head: bytes) -> FastEntry | None:
+        """``_fast_entry``'s bridged decision for a unicast IP frame of a VM vif."""
+        if vif.flags & _FAST_VIF_FLAGS or self.vlan_tci is not None:
             return None
         hit = self.bridge_lookup(vif.vrf, head[:6])
         nh = self.tables.nexthops.get(hit[1]) if hit is not None else None
@@ -211,6 +236,24 @@ class Pipeline(FlowStage, TunnelStage, ArpStage):
                 return
         counters["oerrors"] += 1
         self._drop(self._fast_packet(vif, nh, frame), D.DROP_INTERFACE_TX_DISCARD, oif)
+
+    def _vm_input(self, entry: VmInput, frame: bytes, gso: Gso | None) -> None:
+        """What ``_receive`` does for a frame ``_fast_entry`` found a :class:`VmInput`
+        for: rx counted, the packet classified as its header was, then the flow stage
+        and the bridge stage as ``_virtual_input`` takes them (in the vif's VRF, no VLAN,
+        which a new packet has already)."""
+        vif = entry.vif
+        pkt = Packet(frame, vif)
+        pkt.gso = gso
+        counters = vif.counters
+        counters["ipackets"] += 1
+        counters["ibytes"] += len(frame)
+        pkt.type = entry.ptype
+        pkt.l3 = 14
+        if self._flow_forward(pkt):
+            self._bridge_input(pkt)
+        if self.frag_release:
+            self.release_fragments()
 
     def _fast_packet(self, vif: Interface, nh: NextHop, frame: bytes) -> Packet:
         """The packet as the slow path has it at the tx step (for the drop log)."""
@@ -399,9 +442,7 @@ class Pipeline(FlowStage, TunnelStage, ArpStage):
             pkt.flags |= D.VP_FLAG_MULTICAST
             self._vrf_count(pkt.dvrf, "uuc_floods")
         assert hit is not None
-        table = getattr(self.datapath.bridge, "bridge", None)  # ``_bridge_count`` inline
-        if table is not None:
-            table.add_packets(hit[0])
+        self._bridge_count(hit[0])
         if hit[3] & C.VR_BE_LABEL_VALID_FLAG:
             pkt.label = hit[2]
         if from_vm and pkt.type == D.VP_TYPE_IP and self.datapath.ops.get("vo_from_vm_mss_adj"):
@@ -656,6 +697,9 @@ class Pipeline(FlowStage, TunnelStage, ArpStage):
         """``nh_l2_rcv``: the frame is for the router: route it (fmd_to_me)."""
         self.vrf_stats[(pkt.dvrf, "l2_receives")] += 1
         pkt.to_me = True
+        if pkt.type == D.VP_TYPE_IP:  # ``_l3_input``'s first step, without its call
+            pkt.off = pkt.l3
+            return self._ip_input(pkt)
         self._l3_input(pkt)
 
     def _nh_vrf_translate(self, pkt: Packet, nh: NextHop) -> None:
