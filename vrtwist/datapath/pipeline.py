@@ -649,11 +649,14 @@ class Pipeline(FlowStage, TunnelStage, ArpStage):
             if (nh.type == C.NH_VRF_TRANSLATE and nh.family == AF_INET) or gateway:
                 pkt.ttl = ttl
             else:
-                b = buf if type(buf) is bytearray else pkt.writable()
-                b[l3 + 8] = ttl - 1
-                old = (ttl << 8) | b[l3 + 9]
-                csum = (b[l3 + 10] << 8) | b[l3 + 11]
-                U16.pack_into(b, l3 + 10, checksum_update16(csum, old, old - 0x100))
+                if type(buf) is not bytearray:  # ``pkt.writable()`` inline
+                    buf = pkt.buf = bytearray(buf)
+                buf[l3 + 8] = ttl - 1
+                # RFC 1624 for the TTL/protocol word less 0x100: ~old + new is 0xFEFF
+                # whatever the word, and one fold is enough for the sum below
+                s = ((buf[l3 + 10] << 8) | buf[l3 + 11]) ^ 0xFFFF
+                s += 0xFEFF
+                U16.pack_into(buf, l3 + 10, ((s & 0xFFFF) + (s >> 16)) ^ 0xFFFF)
                 pkt.ttl = ttl - 1
         else:
             pkt.ttl = ttl

@@ -137,10 +137,9 @@ class FlowStage(PipelineCore):
             return True
         if not (flags & D.VP_FLAG_FLOW_GET or vif.flags & C.VIF_FLAG_POLICY_ENABLED):
             return True
-        tcp_at = self._flow_l4(pkt)
+        tcp_at, key = self._flow_l4_key(pkt)
         if tcp_at < 0:
             return True
-        key = self._flow_key(pkt, True)
         if not key:
             return key is None  # b"": a fragment held or dropped
         pkt.flags |= D.VP_FLAG_FLOW_SET
@@ -148,6 +147,34 @@ class FlowStage(PipelineCore):
         if index < 0:
             return self._flow_miss(pkt, key)
         return self._flow_hit(pkt, index, tcp_at)
+
+    def _flow_l4_key(self, pkt: Packet) -> tuple[int, bytes | None]:
+        """``_flow_l4``, then ``_flow_key`` of the flow stage when there is a flow: one
+        pass over the header of an unfragmented IPv4 packet from a vif other than the
+        fabric (a VM's, the common case), the two calls for any other."""
+        buf = pkt.buf
+        l3 = pkt.l3
+        vif = pkt.vif
+        if (
+            pkt.type != D.VP_TYPE_IP
+            or vif.type == _PHYSICAL
+            or len(buf) - l3 < 20
+            or (buf[l3 + 6] & 0x3F) | buf[l3 + 7]  # MF or an offset
+        ):
+            tcp_at = self._flow_l4(pkt)
+            return tcp_at, self._flow_key(pkt, True) if tcp_at >= 0 else None
+        if buf[l3 + 16] & 0xF0 == 0xE0 or buf[l3 + 16 : l3 + 20] == b"\xff\xff\xff\xff":
+            return -1, None
+        proto = buf[l3 + 9]
+        l4 = l3 + (buf[l3] & 0x0F) * 4
+        ports = ZERO4
+        if proto == 6 or proto == 17 or proto == 132:
+            if len(buf) - l4 >= 4:
+                ports = bytes(buf[l4 : l4 + 4])
+        elif proto == 1 and len(buf) - l4 >= 8:
+            ports = _icmp_ports(buf, l4)
+        key = FLOW_KEY4.pack(AF_INET, proto, 0, ports, vif.nh_id, bytes(buf[l3 + 12 : l3 + 20]))
+        return l4 if proto == 6 else 0, key
 
     def _fragment_ports(self, pkt: Packet, l4: int, proto: int, lookup: bool) -> bytes | None:
         """Key ports of an IPv4 fragment (``vr_inet_proto_flow`` with ``vr_fragment.c``).
@@ -530,7 +557,11 @@ class FlowStage(PipelineCore):
                 continue
             if not self._flow_action(pkt, v):
                 continue
-            self._reinject(pkt)
+            if pkt.nh is None and pkt.vif.type == _VIRTUAL and not pkt.to_me:
+                pkt.off = pkt.start  # ``_reinject`` of a VM's packet, without its call
+                self._bridge_input(pkt)
+            else:
+                self._reinject(pkt)
 
     def _reinject(self, pkt: Packet) -> None:
         """``vr_reinject_packet``: continue where the flow stage stopped it."""
