@@ -670,9 +670,9 @@ class Pipeline(FlowStage, TunnelStage, ArpStage):
         if not nh.flags & C.NH_FLAG_VALID:
             return self._drop(pkt, D.DROP_INVALID_NH)
         if (
-            pkt.type in (D.VP_TYPE_IP, D.VP_TYPE_IP6)
-            and not pkt.flags & D.VP_FLAG_FLOW_SET
+            not pkt.flags & D.VP_FLAG_FLOW_SET  # first: a released packet has it
             and nh.flags & (C.NH_FLAG_POLICY_ENABLED | C.NH_FLAG_FLOW_LOOKUP)
+            and pkt.type in (D.VP_TYPE_IP, D.VP_TYPE_IP6)
         ):
             pkt.flags |= D.VP_FLAG_FLOW_GET
             if not self._flow_forward(pkt):

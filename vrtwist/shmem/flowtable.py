@@ -137,6 +137,9 @@ class FlowVerdict(NamedTuple):
     src_info: int
 
 
+_new_tuple = tuple.__new__
+
+
 class FlowTableFull(Exception):
     """No free main or overflow entry for the key's bucket (the vRouter's -ENOSPC)."""
 
@@ -444,10 +447,11 @@ class FlowTable(TableOwner):
         off = index * 256  # L.FLOW_ENTRY_SIZE
         buf = self.buf
         b = _B.unpack_from(buf, off + 90)  # L.OFF_FE_PART_B
-        return FlowVerdict(
+        # tuple.__new__ straight: the NamedTuple's own __new__ is a Python function
+        return _new_tuple(FlowVerdict, (
             _U16.unpack_from(buf, off + 88)[0], b[1], b[2], b[3], b[4], b[5], b[6], b[11],
             b[14], buf[off + 21], buf[off + 69], _I32.unpack_from(buf, off + 84)[0], b[15],
-        )  # fmt: skip
+        ))  # fmt: skip
 
     def stats(self, index: int) -> tuple[int, int]:
         """(bytes, packets) of entry ``index`` including the overflow bits."""
