@@ -332,7 +332,11 @@ class FlowStage(PipelineCore):
 
     def _flow_action(self, pkt: Packet, v: FlowVerdict) -> bool:
         """``vr_flow_action``: RPF, VRF translate, mirror, then the action."""
-        if not self._rpf(pkt, v):
+        src_nh = self.tables.nexthops.get(v.src_nh_index)
+        # a VM's own next hop passes RPF without ``_rpf``'s call; anything else takes it
+        if (src_nh is None or src_nh.type != _NH_ENCAP or src_nh.oif is not pkt.vif) and not (
+            self._rpf(pkt, v)
+        ):
             return False
         pkt.dvrf = v.vrf
         if v.flags & FE_VRFT:
@@ -371,10 +375,7 @@ class FlowStage(PipelineCore):
         if src_nh is None:
             self._drop(pkt, D.DROP_INVALID_NH)
             return False
-        stype = src_nh.type
-        if stype == _NH_ENCAP:  # a VM's own next hop: ``_validate_src`` without its call
-            valid = src_nh.oif is pkt.vif
-        elif stype == C.NH_COMPOSITE and src_nh.flags & _ECMP_FLAGS:
+        if src_nh.type == C.NH_COMPOSITE and src_nh.flags & _ECMP_FLAGS:
             valid = self._validate_ecmp_src(pkt, src_nh, v)
         else:
             valid = self._validate_src(pkt, src_nh)
