@@ -530,7 +530,9 @@ class FlowStage(PipelineCore):
         so it is not read back (``_trap_held`` inline)."""
         flows = self.flows
         assert flows is not None
-        buf = pkt.buf = bytes(pkt.buf)  # the caller may reuse its buffer
+        buf = pkt.buf
+        if type(buf) is not bytes:
+            buf = pkt.buf = bytes(buf)  # the caller may reuse its buffer
         self.held[index] = [pkt]
         code = D.TRAP_FLOW_MISS if flows.take_new_flow(index) else D.TRAP_FLOW_ACTION_HOLD
         vif = pkt.vif

@@ -138,6 +138,10 @@ class FlowVerdict(NamedTuple):
 
 
 _new_tuple = tuple.__new__
+#: what ``FlowTable.verdict`` reads in one unpack from fe_rflow (84) to fe_src_info (124):
+#: rflow, flags, (flags1), action, vrf, dvrf, mirror, sec_mirror, src_nh, (counters),
+#: ecmp, (drop_reason, type), udp_src_port, src_info
+_VERDICT = struct.Struct("<iH2xHHHBBI11xb2xHI")
 
 
 class FlowTableFull(Exception):
@@ -446,11 +450,13 @@ class FlowTable(TableOwner):
         """What the pipeline needs of a live entry, read in two unpacks (the hit path)."""
         off = index * 256  # L.FLOW_ENTRY_SIZE
         buf = self.buf
-        b = _B.unpack_from(buf, off + 90)  # L.OFF_FE_PART_B
+        rflow, flags, action, vrf, dvrf, mirror, sec_mirror, src_nh, ecmp, port, src = (
+            _VERDICT.unpack_from(buf, off + 84)
+        )
         # tuple.__new__ straight: the NamedTuple's own __new__ is a Python function
         return _new_tuple(FlowVerdict, (
-            _U16.unpack_from(buf, off + 88)[0], b[1], b[2], b[3], b[4], b[5], b[6], b[11],
-            b[14], buf[off + 21], buf[off + 69], _I32.unpack_from(buf, off + 84)[0], b[15],
+            flags, action, vrf, dvrf, mirror, sec_mirror, src_nh, ecmp, port,
+            buf[off + 21], buf[off + 69], rflow, src,
         ))  # fmt: skip
 
     def stats(self, index: int) -> tuple[int, int]:
