@@ -732,7 +732,7 @@ class Pipeline(FlowStage, TunnelStage, ArpStage):
         version = buf[off] >> 4 if len(buf) > off else 4
         etype = b"\x86\xdd" if version == 6 else b"\x08\x00"
         self.vrf_stats[(pkt.dvrf, "encaps")] += 1
-        frame = nh.encap[:-2] + etype + bytes(buf[off:])
+        frame = nh.encap[:-2] + etype + buf[off:]  # bytes: the encap is bytes
         if pkt.flags & D.VP_FLAG_DIAG:
             return self._trap(pkt, D.TRAP_DIAG, param=oif.idx)
         self._vif_tx(pkt, oif, frame)

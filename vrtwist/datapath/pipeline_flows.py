@@ -339,10 +339,11 @@ class FlowStage(PipelineCore):
         ):
             return False
         pkt.dvrf = v.vrf
-        if v.flags & FE_VRFT:
+        flags = v.flags
+        if flags & FE_VRFT:
             pkt.dvrf = v.dvrf
             pkt.to_me = True
-        if v.flags & FE_MIRROR:
+        if flags & FE_MIRROR:
             if v.mirror_id < D.MAX_MIRROR:
                 self._mirror(pkt, v.mirror_id)
             if v.sec_mirror_id < D.MAX_MIRROR:
