@@ -20,6 +20,7 @@ from vrtwist.datapath import constants as C
 from vrtwist.datapath import offload
 from vrtwist.datapath import pipeline_defs as D
 from vrtwist.datapath.dispatcher import make
+from vrtwist.datapath.pipeline import VmInput
 from vrtwist.packet.headers import ETH_P_ARP, ETH_P_IP, Ethernet
 
 VM_MAC = "de:ad:be:ef:00:02"  # source of udp_frame()
@@ -247,3 +248,88 @@ class GenerationTests(SynchronousTestCase):
         w.dp.register_bridge(w.dp.bridge)
         w.dp.register("vr_flow_req", w.dp.handlers["vr_flow_req"])
         self.assertEqual(w.dp.generation, before + 2)
+
+
+def first_trap_index(w: World, frame: bytes) -> tuple[int, int]:
+    """(flow index, gen id) of the flow trap of ``frame``."""
+    for _vif, _vrf, code, index, _nh, stats, trapped in w.trap.traps:
+        if code == D.TRAP_FLOW_MISS and bytes(trapped) == frame:
+            return index, stats[3]
+    raise AssertionError("no flow trap of that frame")
+
+
+class VmInputTests(SynchronousTestCase):
+    """The fast path's entry for a VM vif whose IP frames take the flow stage (policy):
+    rx counted and the flow stage entered without ``_receive``, the same as the stages."""
+
+    def setUp(self) -> None:
+        self.t = Twins()
+        # the source port FLOW_SET writes hashes with the table's random seed: one seed
+        self.t.slow.flows._hashrnd = self.t.fast.flows._hashrnd
+        self.t.both(bridged)
+        self.t.both(self.policy)
+
+    @staticmethod
+    def policy(w: World) -> None:
+        w.vif(1, mac_=VM_MAC, flags=C.VIF_FLAG_POLICY_ENABLED)
+
+    def check(self) -> None:
+        t = self.t
+        t.check(self)
+        # the same HOLD entries, counters and TCP state in shared memory, byte for byte
+        self.assertEqual(bytes(t.fast.flows.buf), bytes(t.slow.flows.buf))
+        self.assertEqual(sorted(t.fast.pipeline.held), sorted(t.slow.pipeline.held))
+
+    def entry(self, frame: bytes) -> object:
+        return self.t.fast.pipeline._fast.get((1, frame[:14]))
+
+    def test_flow_stage_frames_skip_receive_and_count_the_same(self) -> None:
+        t = self.t
+        t.send(1, *MIX)
+        self.assertIsInstance(self.entry(F), VmInput)
+        self.assertIsInstance(self.entry(IP6), VmInput)
+        self.assertIsNone(self.entry(ARP))
+        self.assertIsNone(self.entry(BCAST))
+        before = t.slow_calls
+        t.send(1, F, TCP, IP6, udp_frame(ident=5))
+        self.assertEqual(t.slow_calls, before)  # no stage before the flow stage ran
+        self.check()
+        self.assertNotIn(F, [bytes(f) for f in t.fast.out.on(2)])  # held
+        self.assertEqual(t.fast.counters(1)["ipackets"], len(MIX) + 4)
+        sent = len(t.fast.out.on(2))
+        # the agent forwards F's flow: what was held leaves, later frames hit it
+        t.both(lambda w: w.flow(fr_index=(f := first_trap_index(w, F))[0], fr_gen_id=f[1]))
+        t.send(1, F, udp_frame(ident=6, payload=b"y" * 200))
+        self.check()
+        self.assertEqual(len(t.fast.out.on(2)) - sent, 3 + 2)  # three held, then two hits
+        # the FLOW_SET was a ksync request: the header is learnt again, once
+        self.assertEqual(t.slow_calls, before + 1)
+
+    def test_a_vif_change_drops_the_entry(self) -> None:
+        t = self.t
+        t.send(1, *MIX)
+        self.assertIsInstance(self.entry(F), VmInput)
+        changes: list[tuple[str, Callable[[World], Any], type | None]] = [
+            ("mirror rx", do(lambda w: w.request("vr_mirror_req", mirr_index=2, mirr_nhid=13),
+                             lambda w: w.vif(1, mac_=VM_MAC, vifr_mir_id=2, flags=C.VIF_FLAG_MIRROR_RX
+                                             | C.VIF_FLAG_POLICY_ENABLED)), type(None)),
+            ("policy again", self.policy, VmInput),
+            ("service vif", lambda w: w.vif(1, mac_=VM_MAC, flags=C.VIF_FLAG_SERVICE_IF
+                                            | C.VIF_FLAG_POLICY_ENABLED), type(None)),
+            ("policy off: bridged", lambda w: w.vif(1, mac_=VM_MAC), tuple),
+            ("policy in another VRF", lambda w: w.vif(1, mac_=VM_MAC, vrf=1,
+                                                      flags=C.VIF_FLAG_POLICY_ENABLED), VmInput),
+            ("drop new flows", lambda w: w.vif(1, mac_=VM_MAC, flags=C.VIF_FLAG_POLICY_ENABLED
+                                               | C.VIF_FLAG_DROP_NEW_FLOWS), VmInput),
+            ("vif deleted", lambda w: w.dp.handle(make("vr_interface_req", {
+                "h_op": C.OP_DEL, "vifr_idx": 1})), type(None)),
+            ("vif back", self.policy, VmInput),
+        ]  # fmt: skip
+        for what, change, kind in changes:
+            t.both(change)
+            t.send(1, *MIX, udp_frame(sport=len(t.fast.trap.traps) + 100))
+            t.send(1, *MIX)
+            with self.subTest(change=what):
+                self.check()
+                self.assertIs(type(self.entry(F)), kind)
+        self.assertGreater(len(t.fast.trap.traps), 5)

@@ -326,6 +326,27 @@ class FlowSet(SynchronousTestCase):
         self.assertEqual(self.t.entry(idx).action, L.ACTION_FORWARD)
         self.assertEqual(self.t.lookup(key), idx)
 
+    def test_hold_on_miss_counts_the_packet_that_missed(self) -> None:
+        """The counters a HOLD entry is made with are those ``add_stats`` would give it,
+        overflow fields included; an existing entry gets them added; NEW_FLOW is taken
+        once, by a one-byte write that leaves the other flags."""
+        t = self.t
+        key = spec_key("1.1.1.1", "2.2.2.2", 5, 6, 17, 3)
+        idx, _gen = t.hold_on_miss(key, 3, 7, 54, 1)
+        self.assertEqual(t.stats(idx), (54, 1))
+        self.assertEqual(t.verdict(idx).src_info, 7)
+        self.assertEqual(t.hold_on_miss(key, 3, 7, 60, 1)[0], idx)  # existing: added
+        self.assertEqual(t.stats(idx), (114, 2))
+        big = spec_key("1.1.1.1", "2.2.2.2", 9, 6, 17, 3)
+        other, _gen = t.hold_on_miss(big, 3, 7, (1 << 32) + 5, (1 << 32) + 2)
+        self.assertEqual(t.stats(other), ((1 << 32) + 5, (1 << 32) + 2))
+        self.assertEqual(t.entry(other).flags, L.FLAG_ACTIVE | L.FLAG_NEW_FLOW)
+        self.assertTrue(t.take_new_flow(other))
+        self.assertEqual(t.entry(other).flags, L.FLAG_ACTIVE)
+        self.assertFalse(t.take_new_flow(other))
+        self.assertFalse(t.take_new_flow(-1))
+        self.assertFalse(t.take_new_flow(t.ht.total))
+
     def test_hold_on_miss_full_and_bad_key(self) -> None:
         buf, t = make_table(4, 0)
         keys = [spec_key("1.1.1.1", "2.2.2.2", p, 6, 17, 3) for p in range(5)]

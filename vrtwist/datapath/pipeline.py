@@ -58,10 +58,23 @@ FAST_ENTRIES = 4096
 _FAST_VIF_FLAGS = (
     C.VIF_FLAG_MIRROR_RX | C.VIF_FLAG_SERVICE_IF | C.VIF_FLAG_POLICY_ENABLED | C.VIF_FLAG_MAC_LEARN
 )
+#: vif flags under which a VM's frame takes ``_vm_rx``'s steps before ``_virtual_input``
+_VM_RX_FLAGS = C.VIF_FLAG_MIRROR_RX | C.VIF_FLAG_SERVICE_IF
 #: (rx vif, tx vif, next hop, bridge index, bridge counter, VRF counter key, TCP slow)
 FastEntry = tuple[
     Interface, Interface, NextHop, int, Callable[[int], None] | None, tuple[int, str], bool
 ]
+
+
+class VmInput:
+    """The fast path's entry for a unicast, untagged IP header from a VM vif without
+    mirror or service flags: what ``_receive`` up to the flow stage would find out."""
+
+    __slots__ = ("ptype", "vif")
+
+    def __init__(self, vif: Interface, ptype: int) -> None:
+        self.vif = vif
+        self.ptype = ptype
 
 
 @implementer(IOffloadPipeline, IPipelineTimers)
@@ -86,7 +99,7 @@ class Pipeline(FlowStage, TunnelStage, ArpStage):
             flows.set_listeners.append(self.flow_set)
         datapath.reset_hooks.append(self.reset)
         #: (rx vif, Ethernet header) -> the bridged fast path's decision, or None
-        self._fast: dict[tuple[int, bytes], FastEntry | None] = {}
+        self._fast: dict[tuple[int, bytes], FastEntry | VmInput | None] = {}
         self._fast_gen = -1
         self._nh_handlers: dict[int, Callable[[Packet, NextHop], None]] = {
             C.NH_DISCARD: self._nh_discard,
@@ -129,8 +142,11 @@ class Pipeline(FlowStage, TunnelStage, ArpStage):
             hit = fast.get(key, _UNSEEN)
             if hit is None:  # does not qualify: the stages, without a second lookup
                 return self._receive(vif_index, frame, gso)
-            if hit is not _UNSEEN and not (hit[6] and len(frame) > 23 and frame[23] == 6):
-                return self._fast_forward(hit, frame, gso)
+            if hit is not _UNSEEN:
+                if type(hit) is VmInput:
+                    return self._vm_input(hit, frame, gso)
+                if not (hit[6] and len(frame) > 23 and frame[23] == 6):
+                    return self._fast_forward(hit, frame, gso)
             self._receive(vif_index, frame, gso)
             if hit is _UNSEEN:  # first of its kind
                 if len(fast) >= FAST_ENTRIES:
@@ -140,7 +156,7 @@ class Pipeline(FlowStage, TunnelStage, ArpStage):
         return self._receive(vif_index, frame, gso)
 
     # -- the bridged fast path -----------------------------------------------------
-    def _fast_entry(self, vif_index: int, head: bytes) -> FastEntry | None:
+    def _fast_entry(self, vif_index: int, head: bytes) -> FastEntry | VmInput | None:
         """The decision the bridge stage takes for a unicast IP frame from a plain VM vif
         to a plain vif through an L2 ENCAP next hop, or None where it takes more.
 
@@ -148,17 +164,28 @@ class Pipeline(FlowStage, TunnelStage, ArpStage):
         only counts (vif rx, bridge entry, VRF ``l2_encaps``, vif tx) and transmits the
         frame as received, whatever follows the Ethernet header. The entry is valid
         while ``datapath.generation`` is unchanged (any ksync request, MAC learning).
+        Where the bridge stage takes more but the frame is still a unicast IP frame of
+        a VM vif without mirror or service flags, a :class:`VmInput` skips the steps
+        before the flow stage.
         """
         vif = self.tables.interfaces.get(vif_index)
         if (
             vif is None
             or vif.type != C.VIF_TYPE_VIRTUAL
-            or vif.flags & _FAST_VIF_FLAGS
+            or vif.flags & _VM_RX_FLAGS
             or len(head) < 14
             or head[0] & 1
             or head[12:14] not in (b"\x08\x00", b"\x86\xdd")
-            or self.vlan_tci is not None
         ):
+            return None
+        bridged = self._fast_bridged(vif, head)
+        if bridged is not None:
+            return bridged
+        return VmInput(vif, D.VP_TYPE_IP if head[12] == 0x08 else D.VP_TYPE_IP6)
+
+    def _fast_bridged(self, vif: Interface, head: bytes) -> FastEntry | None:
+        """``_fast_entry``'s bridged decision for a unicast IP frame of a VM vif."""
+        if vif.flags & _FAST_VIF_FLAGS or self.vlan_tci is not None:
             return None
         hit = self.bridge_lookup(vif.vrf, head[:6])
         nh = self.tables.nexthops.get(hit[1]) if hit is not None else None
@@ -210,6 +237,24 @@ class Pipeline(FlowStage, TunnelStage, ArpStage):
         counters["oerrors"] += 1
         self._drop(self._fast_packet(vif, nh, frame), D.DROP_INTERFACE_TX_DISCARD, oif)
 
+    def _vm_input(self, entry: VmInput, frame: bytes, gso: Gso | None) -> None:
+        """What ``_receive`` does for a frame ``_fast_entry`` found a :class:`VmInput`
+        for: rx counted, the packet classified as its header was, then the flow stage
+        and the bridge stage as ``_virtual_input`` takes them (in the vif's VRF, no VLAN,
+        which a new packet has already)."""
+        vif = entry.vif
+        pkt = Packet(frame, vif)
+        pkt.gso = gso
+        counters = vif.counters
+        counters["ipackets"] += 1
+        counters["ibytes"] += len(frame)
+        pkt.type = entry.ptype
+        pkt.l3 = 14
+        if self._flow_forward(pkt):
+            self._bridge_input(pkt)
+        if self.frag_release:
+            self.release_fragments()
+
     def _fast_packet(self, vif: Interface, nh: NextHop, frame: bytes) -> Packet:
         """The packet as the slow path has it at the tx step (for the drop log)."""
         pkt = Packet(frame, vif)
@@ -238,7 +283,10 @@ class Pipeline(FlowStage, TunnelStage, ArpStage):
         counters["ipackets"] += 1
         counters["ibytes"] += len(frame)
         if vtype == C.VIF_TYPE_VIRTUAL:
-            self._vm_rx(pkt, vif)
+            if vif.flags & _VM_RX_FLAGS:
+                self._vm_rx(pkt, vif)
+            else:  # what ``_vm_rx`` does for a plain VM vif, without its call
+                self._virtual_input(pkt, vif.vrf, D.VLAN_ID_INVALID)
         elif vtype == C.VIF_TYPE_PHYSICAL:
             self._eth_rx(pkt, vif)
         elif vtype in VHOST_TYPES:
@@ -477,6 +525,8 @@ class Pipeline(FlowStage, TunnelStage, ArpStage):
         l4 = l3 + ihl
         if len(buf) - l4 < 20 or not buf[l4 + 13] & 0x02:
             return
+        if buf[l4 + 12] < 0x60 and pkt.gso is None:
+            return  # no TCP options: no MSS to clamp (and no checksum to settle)
         phys = self._physical_vif()
         if phys is None or not self._settle(pkt):
             return
@@ -556,9 +606,11 @@ class Pipeline(FlowStage, TunnelStage, ArpStage):
         l3 = pkt.l3
         if len(buf) - l3 < 20 or buf[l3] & 0x0F < 5 or buf[l3] >> 4 != 4:
             return self._drop(pkt, D.DROP_INVALID_PROTOCOL)
-        if pkt.flags & D.VP_FLAG_TO_ME:
+        flags = pkt.flags
+        if flags & D.VP_FLAG_TO_ME:
             return self._ip_rcv(pkt, None)
-        if not self._flow_forward(pkt):
+        # a packet the flow stage has passed (FLOW_SET) goes on without asking it again
+        if not flags & D.VP_FLAG_FLOW_SET and not self._flow_forward(pkt):
             return
         self._forward(pkt)
 
@@ -572,7 +624,8 @@ class Pipeline(FlowStage, TunnelStage, ArpStage):
             ttl = buf[l3 + 8]
             if ttl == 0:
                 return self._drop(pkt, D.DROP_TTL_EXCEEDED)
-            entry = self._route(AF_INET, pkt.dvrf, U32.unpack_from(buf, l3 + 16)[0])
+            table = self.datapath.routes.vrfs.get((AF_INET, pkt.dvrf))  # ``_route`` inline
+            entry = table.lookup(U32.unpack_from(buf, l3 + 16)[0]) if table is not None else None
         elif pkt.type == D.VP_TYPE_IP6:
             if len(buf) - l3 < 40:
                 return self._drop(pkt, D.DROP_INVALID_PROTOCOL)
@@ -596,11 +649,14 @@ class Pipeline(FlowStage, TunnelStage, ArpStage):
             if (nh.type == C.NH_VRF_TRANSLATE and nh.family == AF_INET) or gateway:
                 pkt.ttl = ttl
             else:
-                b = pkt.writable()
-                b[l3 + 8] = ttl - 1
-                old = (ttl << 8) | b[l3 + 9]
-                csum = (b[l3 + 10] << 8) | b[l3 + 11]
-                U16.pack_into(b, l3 + 10, checksum_update16(csum, old, old - 0x100))
+                if type(buf) is not bytearray:  # ``pkt.writable()`` inline
+                    buf = pkt.buf = bytearray(buf)
+                buf[l3 + 8] = ttl - 1
+                # RFC 1624 for the TTL/protocol word less 0x100: ~old + new is 0xFEFF
+                # whatever the word, and one fold is enough for the sum below
+                s = ((buf[l3 + 10] << 8) | buf[l3 + 11]) ^ 0xFFFF
+                s += 0xFEFF
+                U16.pack_into(buf, l3 + 10, ((s & 0xFFFF) + (s >> 16)) ^ 0xFFFF)
                 pkt.ttl = ttl - 1
         else:
             pkt.ttl = ttl
@@ -614,9 +670,9 @@ class Pipeline(FlowStage, TunnelStage, ArpStage):
         if not nh.flags & C.NH_FLAG_VALID:
             return self._drop(pkt, D.DROP_INVALID_NH)
         if (
-            pkt.type in (D.VP_TYPE_IP, D.VP_TYPE_IP6)
-            and not pkt.flags & D.VP_FLAG_FLOW_SET
+            not pkt.flags & D.VP_FLAG_FLOW_SET  # first: a released packet has it
             and nh.flags & (C.NH_FLAG_POLICY_ENABLED | C.NH_FLAG_FLOW_LOOKUP)
+            and pkt.type in (D.VP_TYPE_IP, D.VP_TYPE_IP6)
         ):
             pkt.flags |= D.VP_FLAG_FLOW_GET
             if not self._flow_forward(pkt):
@@ -642,8 +698,11 @@ class Pipeline(FlowStage, TunnelStage, ArpStage):
 
     def _nh_l2_rcv(self, pkt: Packet, nh: NextHop) -> None:
         """``nh_l2_rcv``: the frame is for the router: route it (fmd_to_me)."""
-        self._vrf_count(pkt.dvrf, "l2_receives")
+        self.vrf_stats[(pkt.dvrf, "l2_receives")] += 1
         pkt.to_me = True
+        if pkt.type == D.VP_TYPE_IP:  # ``_l3_input``'s first step, without its call
+            pkt.off = pkt.l3
+            return self._ip_input(pkt)
         self._l3_input(pkt)
 
     def _nh_vrf_translate(self, pkt: Packet, nh: NextHop) -> None:
@@ -672,8 +731,8 @@ class Pipeline(FlowStage, TunnelStage, ArpStage):
             return self._vif_tx(pkt, oif, frame)
         version = buf[off] >> 4 if len(buf) > off else 4
         etype = b"\x86\xdd" if version == 6 else b"\x08\x00"
-        self._vrf_count(pkt.dvrf, "encaps")
-        frame = nh.encap[:-2] + etype + bytes(buf[off:])
+        self.vrf_stats[(pkt.dvrf, "encaps")] += 1
+        frame = nh.encap[:-2] + etype + buf[off:]  # bytes: the encap is bytes
         if pkt.flags & D.VP_FLAG_DIAG:
             return self._trap(pkt, D.TRAP_DIAG, param=oif.idx)
         self._vif_tx(pkt, oif, frame)

@@ -298,7 +298,11 @@ class PipelineCore:
             m = Packet(frame, pkt.vif)
             m.flags = pkt.flags
             self._mirror(m, vif.mir_id)
-        self._port_tx(pkt, vif, frame)
+        if self.vlan_tci is not None or pkt.gso is not None:
+            return self._port_tx(pkt, vif, frame)
+        if not self.output.transmit(vif.idx, frame):  # ``_port_tx`` inline: no tag, no offload
+            counters["oerrors"] += 1
+            self._drop(pkt, D.DROP_INTERFACE_TX_DISCARD, vif)
 
     def _port_tx(self, pkt: Packet, vif: Interface, frame: Frame) -> None:
         tci = self.vlan_tci

@@ -45,6 +45,7 @@ _SEQ_ACK = struct.Struct("!II")
 _ECMP_FLAGS = C.NH_FLAG_COMPOSITE_ECMP | C.NH_FLAG_COMPOSITE_LU_ECMP
 _U32_LE = struct.Struct("<I")  # an outer source address as fe_src_info holds it
 _PHYSICAL = C.VIF_TYPE_PHYSICAL
+_NH_ENCAP = C.NH_ENCAP
 _VIRTUAL = C.VIF_TYPE_VIRTUAL
 _VIRTUAL_VLAN = C.VIF_TYPE_VIRTUAL_VLAN
 #: fe_src_info's position in a FlowVerdict (an index is the cheapest read of one)
@@ -136,10 +137,9 @@ class FlowStage(PipelineCore):
             return True
         if not (flags & D.VP_FLAG_FLOW_GET or vif.flags & C.VIF_FLAG_POLICY_ENABLED):
             return True
-        tcp_at = self._flow_l4(pkt)
+        tcp_at, key = self._flow_l4_key(pkt)
         if tcp_at < 0:
             return True
-        key = self._flow_key(pkt, True)
         if not key:
             return key is None  # b"": a fragment held or dropped
         pkt.flags |= D.VP_FLAG_FLOW_SET
@@ -147,6 +147,34 @@ class FlowStage(PipelineCore):
         if index < 0:
             return self._flow_miss(pkt, key)
         return self._flow_hit(pkt, index, tcp_at)
+
+    def _flow_l4_key(self, pkt: Packet) -> tuple[int, bytes | None]:
+        """``_flow_l4``, then ``_flow_key`` of the flow stage when there is a flow: one
+        pass over the header of an unfragmented IPv4 packet from a vif other than the
+        fabric (a VM's, the common case), the two calls for any other."""
+        buf = pkt.buf
+        l3 = pkt.l3
+        vif = pkt.vif
+        if (
+            pkt.type != D.VP_TYPE_IP
+            or vif.type == _PHYSICAL
+            or len(buf) - l3 < 20
+            or (buf[l3 + 6] & 0x3F) | buf[l3 + 7]  # MF or an offset
+        ):
+            tcp_at = self._flow_l4(pkt)
+            return tcp_at, self._flow_key(pkt, True) if tcp_at >= 0 else None
+        if buf[l3 + 16] & 0xF0 == 0xE0 or buf[l3 + 16 : l3 + 20] == b"\xff\xff\xff\xff":
+            return -1, None
+        proto = buf[l3 + 9]
+        l4 = l3 + (buf[l3] & 0x0F) * 4
+        ports = ZERO4
+        if proto == 6 or proto == 17 or proto == 132:
+            if len(buf) - l4 >= 4:
+                ports = bytes(buf[l4 : l4 + 4])
+        elif proto == 1 and len(buf) - l4 >= 8:
+            ports = _icmp_ports(buf, l4)
+        key = FLOW_KEY4.pack(AF_INET, proto, 0, ports, vif.nh_id, bytes(buf[l3 + 12 : l3 + 20]))
+        return l4 if proto == 6 else 0, key
 
     def _fragment_ports(self, pkt: Packet, l4: int, proto: int, lookup: bool) -> bytes | None:
         """Key ports of an IPv4 fragment (``vr_inet_proto_flow`` with ``vr_fragment.c``).
@@ -304,13 +332,18 @@ class FlowStage(PipelineCore):
 
     def _flow_action(self, pkt: Packet, v: FlowVerdict) -> bool:
         """``vr_flow_action``: RPF, VRF translate, mirror, then the action."""
-        if not self._rpf(pkt, v):
+        src_nh = self.tables.nexthops.get(v.src_nh_index)
+        # a VM's own next hop passes RPF without ``_rpf``'s call; anything else takes it
+        if (src_nh is None or src_nh.type != _NH_ENCAP or src_nh.oif is not pkt.vif) and not (
+            self._rpf(pkt, v)
+        ):
             return False
         pkt.dvrf = v.vrf
-        if v.flags & FE_VRFT:
+        flags = v.flags
+        if flags & FE_VRFT:
             pkt.dvrf = v.dvrf
             pkt.to_me = True
-        if v.flags & FE_MIRROR:
+        if flags & FE_MIRROR:
             if v.mirror_id < D.MAX_MIRROR:
                 self._mirror(pkt, v.mirror_id)
             if v.sec_mirror_id < D.MAX_MIRROR:
@@ -421,24 +454,33 @@ class FlowStage(PipelineCore):
         if pkt.type == D.VP_TYPE_IP and ((buf[pkt.l3 + 6] & 0x1F) << 8) | buf[pkt.l3 + 7]:
             self._drop(pkt, D.DROP_FLOW_UNUSABLE)
             return False
-        if pkt.vif.flags & C.VIF_FLAG_DROP_NEW_FLOWS:
+        vif = pkt.vif
+        if vif.flags & C.VIF_FLAG_DROP_NEW_FLOWS:
             self._drop(pkt, D.DROP_NEW_FLOWS)
             return False
-        assert self.flows is not None
-        src_info = _source_of(pkt) or 0  # another vif's packet leaves it 0, as made
+        flows = self.flows
+        assert flows is not None
+        vtype = vif.type
+        # another vif's packet leaves fe_src_info 0, as made
+        src_info = vif.idx if vtype == _VIRTUAL or vtype == _VIRTUAL_VLAN else _source_of(pkt) or 0
+        nbytes = len(buf) - pkt.off
+        # the packet is counted as the entry is made, but for a super-frame: its trap
+        # reads the counters back, and carries them as they were before it
+        whole = pkt.gso is None
         try:
-            index, gen = self.flows.hold_on_miss(key, pkt.dvrf, src_info)
+            index, gen = flows.hold_on_miss(
+                key, pkt.dvrf, src_info, nbytes if whole else 0, 1 if whole else 0
+            )
         except FlowTableFull:
             self._drop(pkt, D.DROP_FLOW_TABLE_FULL)
             return False
         pkt.flow_index = index
-        nbytes = len(buf) - pkt.off
-        # the trap carries the new entry's zero counters
-        if pkt.gso is None and index not in self.held:
-            held = self._trap_new(pkt, index, gen)
-        else:
+        if whole and index not in self.held:
+            held = self._trap_new(pkt, index, gen)  # the trap carries zero counters
+        else:  # a queue there already traps nothing: the counters are read by nobody
             held = self._enqueue(pkt, index)
-        self.flows.add_stats(index, nbytes, 1)
+            if not whole:
+                flows.add_stats(index, nbytes, 1)
         self.flow_last_used[index] = self.now()
         return held
 
@@ -486,14 +528,22 @@ class FlowStage(PipelineCore):
     def _trap_new(self, pkt: Packet, index: int, gen: int) -> bool:
         """``_enqueue`` of the first packet of an entry just created: what the trap says
         of the entry is known (in the packet's VRF, generation ``gen``, no counters yet),
-        so it is not read back."""
+        so it is not read back (``_trap_held`` inline)."""
         flows = self.flows
         assert flows is not None
-        pkt.buf = bytes(pkt.buf)  # the caller may reuse its buffer
+        buf = pkt.buf
+        if type(buf) is not bytes:
+            buf = pkt.buf = bytes(buf)  # the caller may reuse its buffer
         self.held[index] = [pkt]
         code = D.TRAP_FLOW_MISS if flows.take_new_flow(index) else D.TRAP_FLOW_ACTION_HOLD
-        nh_id = pkt.nh.id if pkt.nh is not None else pkt.vif.nh_id
-        self._trap_held(pkt, pkt.dvrf, code, index, nh_id, (0, 0, 0, gen))
+        vif = pkt.vif
+        nh = pkt.nh
+        nh_id = nh.id if nh is not None else vif.nh_id
+        start = pkt.start
+        if start and not (pkt.outer_src and vif.type == _PHYSICAL):
+            buf = buf[start:]
+        if not self.trapper.trap(vif.idx, pkt.dvrf, code, index, nh_id, (0, 0, 0, gen), buf):
+            self._drop(pkt, D.DROP_TRAP_NO_IF)
         return False
 
     def flow_set(self, index: int) -> None:
@@ -511,7 +561,11 @@ class FlowStage(PipelineCore):
                 continue
             if not self._flow_action(pkt, v):
                 continue
-            self._reinject(pkt)
+            if pkt.nh is None and pkt.vif.type == _VIRTUAL and not pkt.to_me:
+                pkt.off = pkt.start  # ``_reinject`` of a VM's packet, without its call
+                self._bridge_input(pkt)
+            else:
+                self._reinject(pkt)
 
     def _reinject(self, pkt: Packet) -> None:
         """``vr_reinject_packet``: continue where the flow stage stopped it."""

@@ -99,7 +99,9 @@ class TrapLimiter:
         if bucket is None:
             self._buckets[(vif_index, kind)] = [burst - 1.0, now]
             return True
-        tokens = min(burst, bucket[0] + (now - bucket[1]) * rate)
+        tokens = bucket[0] + (now - bucket[1]) * rate
+        if tokens > burst:  # min() without its call: this is on every trap
+            tokens = burst
         bucket[1] = now
         if tokens < 1.0:
             bucket[0] = tokens

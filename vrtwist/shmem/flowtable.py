@@ -116,6 +116,8 @@ _LINKED_FAST = True
 _PAIR_FLAGS = L.FLAG_ACTIVE | L.RFLOW_VALID
 #: a live entry with any of these is refused (-EBUSY) or being deleted (-EINVAL)
 _PAIR_BUSY = L.FLAG_MODIFIED | L.FLAG_EVICTED | L.FLAG_NEW_FLOW | L.FLAG_DELETE_MARKED
+#: FLAG_NEW_FLOW within the high byte of fe_flags
+_NEW_FLOW_HIGH = L.FLAG_NEW_FLOW >> 8
 _MUDP_START = L.MUDP_PORT_RANGE_START
 _MUDP_RANGE = L.MUDP_PORT_RANGE_END - L.MUDP_PORT_RANGE_START
 
@@ -136,6 +138,13 @@ class FlowVerdict(NamedTuple):
     gen_id: int
     rflow: int
     src_info: int
+
+
+_new_tuple = tuple.__new__
+#: what ``FlowTable.verdict`` reads in one unpack from fe_rflow (84) to fe_src_info (124):
+#: rflow, flags, (flags1), action, vrf, dvrf, mirror, sec_mirror, src_nh, (counters),
+#: ecmp, (drop_reason, type), udp_src_port, src_info
+_VERDICT = struct.Struct("<iH2xHHHBBI11xb2xHI")
 
 
 class FlowTableFull(Exception):
@@ -347,15 +356,21 @@ class FlowTable(TableOwner):
         """Index of the live flow with hashed key ``key``, or -1."""
         return self._index.get(key, -1)
 
-    def hold_on_miss(self, key: bytes, vrf: int = 0, src_info: int = 0) -> tuple[int, int]:
+    def hold_on_miss(
+        self, key: bytes, vrf: int = 0, src_info: int = 0, nbytes: int = 0, npackets: int = 0
+    ) -> tuple[int, int]:
         """Create a HOLD entry for a packet that missed (ACTIVE|NEW_FLOW); return (index, gen).
 
+        ``nbytes``/``npackets`` are added to its counters (the packet that missed): a new
+        entry is written with them, which saves the pipeline an ``add_stats`` per miss.
         Raises FlowTableFull.  An existing entry for the key is returned as is.
         """
         buf = self.buf
         index = self._index
         idx = index.get(key, -1)
         if idx >= 0:
+            if nbytes or npackets:
+                self.add_stats(idx, nbytes, npackets)
             return idx, buf[idx * 256 + 69]
         tail = _KEY_TAIL.get(len(key))
         if tail is None:
@@ -389,10 +404,10 @@ class FlowTable(TableOwner):
             _NO_MIRROR,
             _NO_MIRROR,
             0,
-            0,
-            0,
-            0,
-            0,
+            nbytes & 0xFFFFFFFF,
+            npackets & 0xFFFFFFFF,
+            (nbytes >> 32) & 0xFFFF,
+            (npackets >> 32) & 0xFF,
             -1,
             0,
             L.VP_TYPE_IP6 if klen == 44 else L.VP_TYPE_IP,
@@ -412,13 +427,17 @@ class FlowTable(TableOwner):
 
     def take_new_flow(self, index: int) -> bool:
         """Clear NEW_FLOW when the first packet is trapped; True if it was a new flow."""
-        if not self._valid(index):
+        # one byte of fe_flags (little-endian: NEW_FLOW is bit 1 of the high byte), read
+        # and written in place: this is on every miss
+        if not 0 <= index < self.ht.total:
             return False
-        flags = self._flags(index)
-        if flags & L.FLAG_NEW_FLOW:
-            self._set_flags(index, flags & ~L.FLAG_NEW_FLOW)
-            return True
-        return False
+        buf = self.buf
+        off = index * 256  # L.FLOW_ENTRY_SIZE; 20 = OFF_HENTRY_FLAGS, 89 = OFF_FE_FLAGS + 1
+        high = buf[off + 89]
+        if not (buf[off + 20] & 1 and high & _NEW_FLOW_HIGH):
+            return False
+        buf[off + 89] = high & ~_NEW_FLOW_HIGH
+        return True
 
     def add_stats(self, index: int, nbytes: int, npackets: int = 1) -> None:
         """Account packets to a flow; 32-bit counters carry into the overflow fields."""
@@ -434,11 +453,14 @@ class FlowTable(TableOwner):
         """What the pipeline needs of a live entry, read in two unpacks (the hit path)."""
         off = index * 256  # L.FLOW_ENTRY_SIZE
         buf = self.buf
-        b = _B.unpack_from(buf, off + 90)  # L.OFF_FE_PART_B
-        return FlowVerdict(
-            _U16.unpack_from(buf, off + 88)[0], b[1], b[2], b[3], b[4], b[5], b[6], b[11],
-            b[14], buf[off + 21], buf[off + 69], _I32.unpack_from(buf, off + 84)[0], b[15],
-        )  # fmt: skip
+        rflow, flags, action, vrf, dvrf, mirror, sec_mirror, src_nh, ecmp, port, src = (
+            _VERDICT.unpack_from(buf, off + 84)
+        )
+        # tuple.__new__ straight: the NamedTuple's own __new__ is a Python function
+        return _new_tuple(FlowVerdict, (
+            flags, action, vrf, dvrf, mirror, sec_mirror, src_nh, ecmp, port,
+            buf[off + 21], buf[off + 69], rflow, src,
+        ))  # fmt: skip
 
     def stats(self, index: int) -> tuple[int, int]:
         """(bytes, packets) of entry ``index`` including the overflow bits."""

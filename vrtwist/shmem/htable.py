@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import array
 import mmap
+import struct
 from collections.abc import Iterator
 
 from vrtwist.access import SocketAccess, create_private
 from vrtwist.shmem import layout as L
-from vrtwist.shmem.jhash import jhash, jhash_flow4
+from vrtwist.shmem.jhash import jhash, jhash_words5
 
 __all__ = ["HashTable", "create_file", "map_file"]
 
 Buffer = mmap.mmap | bytearray
+#: an IPv4 flow key's five little-endian words (``jhash_flow4`` without its call)
+_W5 = struct.Struct("<5I").unpack
 
 
 class HashTable:
@@ -111,7 +114,7 @@ class HashTable:
         buf = self.buf
         size = self.entry_size
         if hashed < 0:
-            hashed = jhash_flow4(key) if len(key) == 20 else jhash(key)
+            hashed = jhash_words5(*_W5(key)) if len(key) == 20 else jhash(key)
         b = (hashed % self.entries) & ~3
         off = b * size + L.OFF_HENTRY_FLAGS
         for ind in range(b, b + 4):

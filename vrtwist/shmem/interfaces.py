@@ -45,8 +45,11 @@ class IFlowDatapath(Interface):
     def verdict(index: int) -> FlowVerdict:
         """FlowVerdict of a live entry: flags, action, VRFs, mirrors, RPF NH, ports, TTL."""
 
-    def hold_on_miss(key: bytes, vrf: int, src_info: int) -> tuple[int, int]:
-        """Create a HOLD entry (ACTIVE|NEW_FLOW); return (index, gen_id)."""
+    def hold_on_miss(
+        key: bytes, vrf: int, src_info: int, nbytes: int, npackets: int
+    ) -> tuple[int, int]:
+        """Create a HOLD entry (ACTIVE|NEW_FLOW) counting the packet that missed
+        (``nbytes``, ``npackets``); return (index, gen_id)."""
 
     def take_new_flow(index: int) -> bool:
         """Clear NEW_FLOW when the miss is trapped to the agent."""
