@@ -88,6 +88,9 @@ _OPS_KNOBS: dict[str, int] = {
     "vo_uncond_close_flow_on_tcp_rst": 0,
 }
 
+#: the flow table's request: it leaves ``Datapath.generation`` alone
+_FLOW_REQ = SPECS_BY_NAME["vr_flow_req"].cls
+
 _BYTE_KNOBS = frozenset(
     {
         "vo_pkt_droplog_buf_en",
@@ -264,8 +267,11 @@ class Datapath:
         self.drop_log = DropLog(self.config.cores, self.ops["vo_pkt_droplog_bufsz"])
         self.usage_sources: list[UsageSource] = []
         self.reset_hooks: list[Callable[[], None]] = []
-        #: bumped on every ksync request (any table, any op) and by the packet path's
-        #: own table writes (MAC learning): what caches a forwarding decision checks
+        #: bumped on every ksync request but a flow table's (any other table, any op)
+        #: and by the packet path's own table writes (MAC learning): what caches a
+        #: forwarding decision checks. No cached decision reads the flow table (a packet
+        #: that takes the flow stage looks its flow up each time), so FLOW_SETs, one per
+        #: new flow over ksync, leave the caches alone
         self.generation = 0
         self.bridge: IBridgeRoutes = BridgeRoutesInMemory(self)
         self.routes.bridge_index = self._bridge_index
@@ -356,7 +362,8 @@ class Datapath:
         return [[self.response(0), make(name, fields)]]
 
     def _answer(self, request: Any) -> Reply:
-        self.generation += 1
+        if request.__class__ is not _FLOW_REQ:
+            self.generation += 1
         spec = SPECS_BY_CLASS.get(type(request))
         name = spec.name if spec is not None else "unknown"
         counts = self.request_counts
@@ -385,7 +392,8 @@ class Datapath:
         """:class:`IKsyncDispatcher`: the same answer for the ksync server to frame."""
         direct = self._direct.get(request.__class__)
         if direct is not None:
-            self.generation += 1
+            if request.__class__ is not _FLOW_REQ:
+                self.generation += 1
             counts = self.direct_counts
             counts[request.__class__] = counts.get(request.__class__, 0) + 1
             try:

@@ -163,7 +163,8 @@ class Pipeline(FlowStage, TunnelStage, ArpStage):
         Each condition below is one the slow path tests; where all hold, that path
         only counts (vif rx, bridge entry, VRF ``l2_encaps``, vif tx) and transmits the
         frame as received, whatever follows the Ethernet header. The entry is valid
-        while ``datapath.generation`` is unchanged (any ksync request, MAC learning).
+        while ``datapath.generation`` is unchanged (any ksync request but a flow's, MAC
+        learning).
         Where the bridge stage takes more but the frame is still a unicast IP frame of
         a VM vif without mirror or service flags, a :class:`VmInput` skips the steps
         before the flow stage.
