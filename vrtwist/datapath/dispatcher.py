@@ -27,7 +27,7 @@ from vrtwist.datapath.droplog import DropLog
 from vrtwist.datapath.interfaces import IBridgeRoutes, IDatapath, IRequestHandler
 from vrtwist.datapath.routes import RouteTables
 from vrtwist.datapath.tables import DatapathConfig, Fields, TableError, Tables
-from vrtwist.ksync.interfaces import IKsyncDispatcher, KsyncReply
+from vrtwist.ksync.interfaces import IFlowSetValues, IKsyncDispatcher, KsyncReply
 from vrtwist.logfields import Logger
 from vrtwist.sandesh import SPECS_BY_CLASS, SPECS_BY_NAME, encode, schema
 
@@ -246,7 +246,10 @@ class BridgeRoutesInMemory:
             yield make("vr_route_req", fields)
 
 
-@implementer(IDatapath, IKsyncDispatcher)
+_FLOW_REQ = SPECS_BY_NAME["vr_flow_req"].cls
+
+
+@implementer(IDatapath, IKsyncDispatcher, IFlowSetValues)
 class Datapath:
     """All tables of one forwarding extension behind one ``handle(request)`` call."""
 
@@ -277,6 +280,8 @@ class Datapath:
         self.request_counts: dict[str, int] = {}
         self.error_counts: dict[str, int] = {}
         self.direct_counts: dict[type, int] = {}
+        #: the vr_flow_req handler when it takes FLOW_SETs from their values
+        self._flow_values: Any = None
         builtin: dict[str, Callable[[Any], Reply]] = {
             "vr_interface_req": self._interface,
             "vr_nexthop_req": self._nexthop,
@@ -311,6 +316,9 @@ class Datapath:
             self._direct[cls] = handler.dispatch  # answers the ksync server itself
         else:
             self._direct.pop(cls, None)
+        if cls is _FLOW_REQ:
+            direct = IKsyncDispatcher.providedBy(handler)
+            self._flow_values = handler if direct and IFlowSetValues.providedBy(handler) else None
         self._log.info("datapath: {name} answered by {handler!r}", name=name, handler=handler)
 
     def register_bridge(self, handler: IBridgeRoutes) -> None:
@@ -399,6 +407,38 @@ class Datapath:
         first = reply[0]
         objects = [obj for message in reply for obj in message][1:]
         return KsyncReply(code=int(first[0].resp_code), objects=objects)
+
+    def flow_set_reader(self) -> Any:
+        """:class:`IFlowSetValues`: the FLOW_SET handler's reader, if it has one."""
+        handler = self._flow_values
+        return None if handler is None else handler.flow_set_reader()
+
+    def flow_sets_at(
+        self, values: tuple[int, ...], start: int, out: list[tuple[int, int]]
+    ) -> int:
+        """:class:`IFlowSetValues`: the FLOW_SET handler's, one request at a time, each
+        counted as ``dispatch`` counts it (the generation moves first, as there)."""
+        handler = self._flow_values
+        if handler is None:
+            return start
+        at = handler.flow_set_at
+        width = handler.flow_set_reader().width
+        end = len(values)
+        o = start
+        try:
+            while o < end:
+                self.generation += 1
+                done = at(values, o)
+                if done is None:
+                    self.generation -= 1  # nothing happened: dispatch will count it
+                    break
+                out.append(done)
+                o += width
+        finally:
+            if o != start:
+                counts = self.direct_counts
+                counts[_FLOW_REQ] = counts.get(_FLOW_REQ, 0) + (o - start) // width
+        return o
 
     def ksync_counts(self) -> tuple[dict[str, int], dict[str, int]]:
         """(requests, errors) per message name, for the metrics collectors."""

@@ -108,6 +108,15 @@ _PAIR_FIELDS = operator.itemgetter(
     "fr_drop_reason",
 )
 _PAIR_LEN = 17
+#: The values ``FlowTable.flow_set_linked`` takes: the pair's, then the fields its
+#: requests leave 0.
+LINKED_FIELDS = (
+    "fr_op", "fr_index", "fr_gen_id", "fr_action", "fr_flags", "fr_ecmp_nh_index",
+    "fr_family", "fr_flow_proto", "fr_flow_sport", "fr_flow_dport", "fr_flow_nh_id",
+    "fr_flow_sip_l", "fr_flow_dip_l", "fr_flow_vrf", "fr_src_nh_index", "fr_rindex",
+    "fr_drop_reason", "fr_ttl", "fr_qos_id", "fr_flags1", "fr_extflags",
+)  # fmt: skip
+assert _PAIR_FIELDS(dict(zip(LINKED_FIELDS, range(21), strict=True))) == tuple(range(17))
 #: FLOW_BODY from fe_rflow to fe_src_nh_index (offset 84 of an entry)
 _LINKS_PACK = struct.Struct("<iHHHHHBBI").pack_into
 assert struct.calcsize("<Bh45sBHQIi") + L.OFF_FE_BODY == 88 and L.OFF_FE_RFLOW == 84
@@ -604,22 +613,55 @@ class FlowTable(TableOwner):
         is written as ``flow_set_pair``'s reverse, a live entry as its forward; None for
         anything else (``_set`` then does it, or says what is wrong)."""
         ttl, qos, flags1, _, _, _, _, ext = _REQ_VALUES(d)
-        f = _PAIR_FIELDS(d)
-        rindex = _signed32(f[15])
+        if ttl or qos or flags1 or ext:
+            return None
+        done = self._linked_pair(_PAIR_FIELDS(d), index)
+        return None if done is None else FlowSetResult(0, done[0], done[1])
+
+    def flow_set_linked(self, f: tuple[int, ...]) -> tuple[int, int] | None:
+        """``flow_set`` of a request given as its values, ``LINKED_FIELDS`` in that
+        order, when it is one of the agent's pair (``_linked``): the entry's index and
+        generation, the listeners told; None, with nothing written or told, for any
+        other request (``flow_set`` it whole). For the ksync server, which then needs no
+        object per request."""
         if (
-            ttl or qos or flags1 or ext or f[0] or f[6] != 2 or f[3] not in _PAIR_ACTIONS
-            or rindex < 0 or not self._valid(rindex)
+            f[4] & 0xFFFF != _PAIR_FLAGS or f[17] or f[18] or f[19] or f[20]
+            or not _LINKED_FAST
         ):  # fmt: skip
             return None
-        if index < 0:
-            rdone = self._pair_reverse(f, rindex)
-            return None if rdone is None else FlowSetResult(0, rdone[0], rdone[1])
+        done = self._linked_pair(f, f[1])
+        if done is not None:
+            for listener in self.set_listeners:
+                listener(done[0])
+        return done
+
+    def flow_set_values(
+        self, get: Callable[[tuple[int, ...]], tuple[int, ...]], width: int,
+        values: tuple[int, ...], offset: int,
+    ) -> tuple[int, int] | None:
+        """:meth:`flow_set_linked` of ``get(values[offset : offset + width])``: one of a
+        run of requests read together."""
+        return self.flow_set_linked(get(values[offset : offset + width]))
+
+    def _linked_pair(self, f: tuple[int, ...], index: int) -> tuple[int, int] | None:
+        """``_linked`` of the request's pair values (``_PAIR_FIELDS``'s order) and index
+        (read as a signed 32-bit one): the entry's index and generation, or None with
+        nothing written."""
+        rindex = f[15] & 0xFFFFFFFF  # as _signed32 reads it, a negative one >= total
+        if (
+            f[0] or f[6] != 2 or f[3] not in _PAIR_ACTIONS or rindex >= self.ht.total
+            or not self.buf[rindex * 256 + L.OFF_HENTRY_FLAGS] & L.HENTRY_FLAG_VALID
+        ):  # fmt: skip
+            return None
+        index &= 0xFFFFFFFF
+        if index & 0x80000000:  # negative: a new flow
+            return self._pair_reverse(f, rindex)
         if index >= self.ht.total:
             return None
         old_flags = self._pair_entry(index, f)
         if old_flags < 0:
             return None
-        return FlowSetResult(0, index, self._pair_forward(f, index, rindex, old_flags))
+        return index, self._pair_forward(f, index, rindex, old_flags)
 
     def _pair_entry(self, index: int, f: tuple[int, ...]) -> int:
         """The trapped entry's flags when the forward request may be written over it as

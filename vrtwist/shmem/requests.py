@@ -9,15 +9,19 @@ one ``vr_response`` first, the object (if any) in the same transport message.
 from __future__ import annotations
 
 import errno
+import functools
+import operator
 import struct
 from collections.abc import Iterator
 from typing import Any
 
 from zope.interface import implementer
 
+from vrtwist.ksync.flowset import FlowSetValues
 from vrtwist.ksync.interfaces import (
     IBridgeRoutes,
     IDatapath,
+    IFlowSetValues,
     IKsyncDispatcher,
     IRequestHandler,
     KsyncReply,
@@ -32,7 +36,7 @@ from vrtwist.sandesh.constants import RESPONSE as _OP_RESPONSE
 from vrtwist.shmem import layout as L
 from vrtwist.shmem.bridgetable import BridgeTable
 from vrtwist.shmem.entries import BridgeEntry
-from vrtwist.shmem.flowtable import FlowSetResult, FlowTable
+from vrtwist.shmem.flowtable import LINKED_FIELDS, FlowSetResult, FlowTable
 
 __all__ = ["BridgeRoutes", "BridgeTableData", "FlowRequests", "FlowTableData", "make"]
 
@@ -103,19 +107,66 @@ def _fresp_encoder() -> Any:
 _ENCODE_FRESP = _fresp_encoder()
 
 
-@implementer(IRequestHandler, IKsyncDispatcher)
+def _linked_reader() -> tuple[FlowSetValues, Any] | None:
+    """The reader of ``LINKED_FIELDS`` and the getter that puts one request's values in
+    that order; None when the codec's FLOW_SET has no fixed layout."""
+    try:
+        reader = FlowSetValues(LINKED_FIELDS)
+    except ValueError:
+        return None
+    where = {name: i for i, name in enumerate(reader.names)}
+    return reader, operator.itemgetter(*(where[name] for name in LINKED_FIELDS))
+
+
+_LINKED_READER = _linked_reader()
+
+
+@implementer(IRequestHandler, IKsyncDispatcher, IFlowSetValues)
 class FlowRequests:
     """``vr_flow_req``: FLOW_SET only; the reply is vr_response + vr_flow_response, always.
 
     As an ``IKsyncDispatcher`` it answers the ksync server directly with the
     vr_flow_response already encoded (no response object per request): FLOW_SET is the
-    agent's hot path.
+    agent's hot path. As an ``IFlowSetValues`` it takes the two requests of the agent's
+    flow pair from their values alone (``FlowTable.flow_set_linked``).
     """
 
     _log = Logger()
 
     def __init__(self, flows: FlowTable) -> None:
         self.flows = flows
+        self._reader: FlowSetValues | None = None
+        values = getattr(flows, "flow_set_values", None)  # a table that takes values
+        if _LINKED_READER is not None and values is not None:
+            self._reader = _LINKED_READER[0]
+            # the table reads the request's values itself: no frame of ours per request
+            self.flow_set_at = functools.partial(  # type: ignore[method-assign]
+                values, _LINKED_READER[1], _LINKED_READER[0].width
+            )
+
+    def flow_set_reader(self) -> FlowSetValues | None:
+        """The reader of ``LINKED_FIELDS`` (None: the codec's FLOW_SET has no layout)."""
+        return self._reader
+
+    def flow_set_at(self, values: tuple[int, ...], offset: int) -> tuple[int, int] | None:
+        """``FlowTable.flow_set_linked`` of the request at ``offset`` of ``values`` (as
+        the reader gives them); replaced per instance by the table's own call."""
+        return None
+
+    def flow_sets_at(
+        self, values: tuple[int, ...], start: int, out: list[tuple[int, int]]
+    ) -> int:
+        """``IFlowSetValues``: ``flow_set_at`` of each request from ``start`` while it
+        takes them."""
+        width = self._reader.width if self._reader is not None else len(values)
+        o = start
+        while o < len(values):
+            done = self.flow_set_at(values, o)
+            if done is None:
+                break
+            out.append(done)
+            o += width
+        return o
 
     def handle(self, request: Any) -> Reply:
         op = int(getattr(request, "fr_op", 0) or 0)
