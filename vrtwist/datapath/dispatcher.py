@@ -413,6 +413,15 @@ class Datapath:
         handler = self._flow_values
         return None if handler is None else handler.flow_set_reader()
 
+    def flow_set_at(self, values: tuple[int, ...], offset: int) -> tuple[int, int] | None:
+        """:class:`IFlowSetValues`: :meth:`flow_sets_at` of the one request."""
+        reader = self.flow_set_reader()
+        if reader is None:
+            return None
+        out: list[tuple[int, int]] = []
+        self.flow_sets_at(values[offset : offset + reader.width], 0, out)
+        return out[0] if out else None
+
     def flow_sets_at(
         self, values: tuple[int, ...], start: int, out: list[tuple[int, int]]
     ) -> int:
@@ -421,8 +430,11 @@ class Datapath:
         handler = self._flow_values
         if handler is None:
             return start
+        reader = handler.flow_set_reader()
+        if reader is None:
+            return start
         at = handler.flow_set_at
-        width = handler.flow_set_reader().width
+        width = reader.width
         end = len(values)
         o = start
         try:

@@ -285,8 +285,7 @@ class FlowSetValues:
         layout = _REQUEST[0]
         return _read(payload, layout.struct.size, self._bunches, layout, self._keep)
 
-    @staticmethod
-    def request(payload: bytes, i: int) -> Any:
+    def request(self, payload: bytes, i: int) -> Any:
         """Request ``i`` of a payload ``read`` accepted, as ``decode`` gives it."""
         assert _REQUEST is not None
         layout, make = _REQUEST

@@ -81,6 +81,10 @@ class IFlowSetValues(Interface):
         """The ``vrtwist.ksync.flowset.FlowSetValues`` whose values ``flow_set_at``
         takes; None when there is none now (then send the objects to ``dispatch``)."""
 
+    def flow_set_at(values: tuple[int, ...], offset: int) -> tuple[int, int] | None:
+        """Apply the one request whose values start at ``offset``: its entry's index and
+        generation; None, with nothing done, when this path does not take it."""
+
     def flow_sets_at(
         values: tuple[int, ...], start: int, out: list[tuple[int, int]]
     ) -> int:

@@ -421,6 +421,15 @@ def frame_replies(replies: list[bytes], request: NetlinkMessage, style: str = ST
     """Frame reply payloads for ``request``: one message, or a multi-part sequence."""
     if len(replies) == 1:
         return build_response(replies[0], request, 0)
+    body = replies if style != STYLE_DPDK else replies[:-1]
+    n = len(body[0])
+    if len(set(map(len, body))) == 1:  # 16 answers to bunched FLOW_SETs: one header
+        head = _HEADERS.pack(HEADERS_LEN + n, request.nl_type, NLM_F_MULTI, request.seq, 0,
+                             request.genl_cmd, request.genl_version, request.genl_reserved,
+                             n & 0xFFFF, 1)  # fmt: skip
+        last = (build_response(replies[-1], request, 0) if style == STYLE_DPDK
+                else build_done(request))  # fmt: skip
+        return b"".join((head, head.join(body), last))
     # One join for the whole reply; replies of equal size (16 bunched FLOW_SETs) share
     # one packed header.
     parts: list[bytes] = []

@@ -108,7 +108,7 @@ _PAIR_FIELDS = operator.itemgetter(
     "fr_drop_reason",
 )
 _PAIR_LEN = 17
-#: The values ``FlowTable.flow_set_linked`` takes: the pair's, then the fields its
+#: The values ``FlowTable.flow_set_values`` takes: the pair's, then the fields its
 #: requests leave 0.
 LINKED_FIELDS = (
     "fr_op", "fr_index", "fr_gen_id", "fr_action", "fr_flags", "fr_ecmp_nh_index",
@@ -618,12 +618,16 @@ class FlowTable(TableOwner):
         done = self._linked_pair(_PAIR_FIELDS(d), index)
         return None if done is None else FlowSetResult(0, done[0], done[1])
 
-    def flow_set_linked(self, f: tuple[int, ...]) -> tuple[int, int] | None:
-        """``flow_set`` of a request given as its values, ``LINKED_FIELDS`` in that
-        order, when it is one of the agent's pair (``_linked``): the entry's index and
-        generation, the listeners told; None, with nothing written or told, for any
-        other request (``flow_set`` it whole). For the ksync server, which then needs no
-        object per request."""
+    def flow_set_values(
+        self, get: Callable[[tuple[int, ...]], tuple[int, ...]], width: int,
+        values: tuple[int, ...], offset: int,
+    ) -> tuple[int, int] | None:
+        """``flow_set`` of the request whose values are ``values[offset : offset +
+        width]``, ``get`` putting them in ``LINKED_FIELDS``'s order, when it is one of
+        the agent's pair (``_linked``): the entry's index and generation, the listeners
+        told; None, with nothing written or told, for any other request (``flow_set``
+        it whole). For the ksync server, which then needs no object per request."""
+        f = get(values[offset : offset + width])
         if (
             f[4] & 0xFFFF != _PAIR_FLAGS or f[17] or f[18] or f[19] or f[20]
             or not _LINKED_FAST
@@ -634,14 +638,6 @@ class FlowTable(TableOwner):
             for listener in self.set_listeners:
                 listener(done[0])
         return done
-
-    def flow_set_values(
-        self, get: Callable[[tuple[int, ...]], tuple[int, ...]], width: int,
-        values: tuple[int, ...], offset: int,
-    ) -> tuple[int, int] | None:
-        """:meth:`flow_set_linked` of ``get(values[offset : offset + width])``: one of a
-        run of requests read together."""
-        return self.flow_set_linked(get(values[offset : offset + width]))
 
     def _linked_pair(self, f: tuple[int, ...], index: int) -> tuple[int, int] | None:
         """``_linked`` of the request's pair values (``_PAIR_FIELDS``'s order) and index

@@ -128,7 +128,7 @@ class FlowRequests:
     As an ``IKsyncDispatcher`` it answers the ksync server directly with the
     vr_flow_response already encoded (no response object per request): FLOW_SET is the
     agent's hot path. As an ``IFlowSetValues`` it takes the two requests of the agent's
-    flow pair from their values alone (``FlowTable.flow_set_linked``).
+    flow pair from their values alone (``FlowTable.flow_set_values``).
     """
 
     _log = Logger()
@@ -149,7 +149,7 @@ class FlowRequests:
         return self._reader
 
     def flow_set_at(self, values: tuple[int, ...], offset: int) -> tuple[int, int] | None:
-        """``FlowTable.flow_set_linked`` of the request at ``offset`` of ``values`` (as
+        """``FlowTable.flow_set_values`` of the request at ``offset`` of ``values`` (as
         the reader gives them); replaced per instance by the table's own call."""
         return None
 
