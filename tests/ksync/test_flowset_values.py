@@ -13,6 +13,7 @@ from __future__ import annotations
 import shutil
 import struct
 import tempfile
+from collections.abc import Callable
 from typing import Any
 
 from hypothesis import given, settings
@@ -226,11 +227,8 @@ class _Failing:
     def flow_set_reader(self) -> FlowSetValues:
         return self.reader
 
-    def flow_set_at(self, values: tuple[int, ...], offset: int) -> tuple[int, int] | None:
-        raise RuntimeError("broken table")
-
-    def flow_sets_at(self, values: tuple[int, ...], start: int,
-                     out: list[tuple[int, int]]) -> int:  # fmt: skip
+    def flow_sets_at(self, values: tuple[int, ...], start: int, out: list[tuple[int, int]],
+                     taken: Callable[[], None] | None = None) -> int:  # fmt: skip
         if start == 0:
             out.append((5, 1))
         raise RuntimeError("broken table")
@@ -271,7 +269,6 @@ class FailureTests(SynchronousTestCase):
         dp.register("vr_flow_req", handler)
         self.assertIsNone(dp.flow_set_reader())
         self.assertEqual(dp.flow_sets_at((0,), 0, []), 0)
-        self.assertIsNone(dp.flow_set_at((0,), 0))
 
     def test_refused_leaves_no_count(self) -> None:
         """A request the values path refuses moves neither the generation nor a count
@@ -291,9 +288,14 @@ class FailureTests(SynchronousTestCase):
             assert isinstance(payload, bytes)
             values = reader.read(payload)
             assert values is not None
-            self.assertEqual(twin.dp.flow_set_at(values, 0), expect)
+            out: list[tuple[int, int]] = []
+            ticks: list[int] = []
+            stop = twin.dp.flow_sets_at(values, 0, out, lambda: ticks.append(twin.dp.generation))
+            self.assertEqual((stop, out, len(ticks)),
+                             (0, [], 0) if expect is None else (len(values), [expect], 1))
             if expect is None:
                 self.assertEqual((twin.dp.generation, twin.dp.ksync_counts()), before)
         self.assertEqual(twin.dp.generation, before[0] + 1)
         self.assertEqual(twin.dp.ksync_counts()[0], {"vr_flow_req": 1})
         self.assertEqual(twin.seen, [(index, before[0] + 1)])
+        self.assertEqual(ticks, [before[0] + 1])

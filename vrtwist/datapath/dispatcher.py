@@ -413,44 +413,38 @@ class Datapath:
         handler = self._flow_values
         return None if handler is None else handler.flow_set_reader()
 
-    def flow_set_at(self, values: tuple[int, ...], offset: int) -> tuple[int, int] | None:
-        """:class:`IFlowSetValues`: :meth:`flow_sets_at` of the one request."""
-        reader = self.flow_set_reader()
-        if reader is None:
-            return None
-        out: list[tuple[int, int]] = []
-        self.flow_sets_at(values[offset : offset + reader.width], 0, out)
-        return out[0] if out else None
-
     def flow_sets_at(
-        self, values: tuple[int, ...], start: int, out: list[tuple[int, int]]
+        self,
+        values: tuple[int, ...],
+        start: int,
+        out: list[tuple[int, int]],
+        taken: Callable[[], None] | None = None,
     ) -> int:
-        """:class:`IFlowSetValues`: the FLOW_SET handler's, one request at a time, each
-        counted as ``dispatch`` counts it (the generation moves first, as there)."""
+        """:class:`IFlowSetValues`: the FLOW_SET handler's, each request it takes
+        counted as ``dispatch`` counts it (the generation moves before the listeners
+        learn of the request, as there)."""
         handler = self._flow_values
         if handler is None:
             return start
-        reader = handler.flow_set_reader()
-        if reader is None:
-            return start
-        at = handler.flow_set_at
-        width = reader.width
-        end = len(values)
-        o = start
-        try:
-            while o < end:
+        before = len(out)
+        tick = self._taken
+        if taken is not None:
+
+            def tick() -> None:
                 self.generation += 1
-                done = at(values, o)
-                if done is None:
-                    self.generation -= 1  # nothing happened: dispatch will count it
-                    break
-                out.append(done)
-                o += width
+                taken()
+
+        try:
+            stop: int = handler.flow_sets_at(values, start, out, tick)
         finally:
-            if o != start:
+            done = len(out) - before
+            if done:
                 counts = self.direct_counts
-                counts[_FLOW_REQ] = counts.get(_FLOW_REQ, 0) + (o - start) // width
-        return o
+                counts[_FLOW_REQ] = counts.get(_FLOW_REQ, 0) + done
+        return stop
+
+    def _taken(self) -> None:
+        self.generation += 1
 
     def ksync_counts(self) -> tuple[dict[str, int], dict[str, int]]:
         """(requests, errors) per message name, for the metrics collectors."""

@@ -12,7 +12,7 @@ The datapath's request-handler seams (:class:`IRequestHandler`, :class:`IBridgeR
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,21 +78,21 @@ class IFlowSetValues(Interface):
     """
 
     def flow_set_reader() -> Any:
-        """The ``vrtwist.ksync.flowset.FlowSetValues`` whose values ``flow_set_at``
+        """The ``vrtwist.ksync.flowset.FlowSetValues`` whose values ``flow_sets_at``
         takes; None when there is none now (then send the objects to ``dispatch``)."""
 
-    def flow_set_at(values: tuple[int, ...], offset: int) -> tuple[int, int] | None:
-        """Apply the one request whose values start at ``offset``: its entry's index and
-        generation; None, with nothing done, when this path does not take it."""
-
     def flow_sets_at(
-        values: tuple[int, ...], start: int, out: list[tuple[int, int]]
+        values: tuple[int, ...],
+        start: int,
+        out: list[tuple[int, int]],
+        taken: Callable[[], None] | None = None,
     ) -> int:
         """Apply, in order from offset ``start`` of ``values`` (as the reader gave them),
         each request this path takes, appending its entry's index and generation to
         ``out``; stop at the first it does not take, with nothing done for that one
         (then ``dispatch`` its object). Returns where it stopped (``len(values)`` when
-        it took them all)."""
+        it took them all). ``taken`` is called for each request taken, once its entry
+        is written and before anything learns of it (the table's listeners)."""
 
 
 class IKsyncSession(Interface):

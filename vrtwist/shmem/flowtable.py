@@ -17,7 +17,7 @@ import errno
 import operator
 import os
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -108,7 +108,7 @@ _PAIR_FIELDS = operator.itemgetter(
     "fr_drop_reason",
 )
 _PAIR_LEN = 17
-#: The values ``FlowTable.flow_set_values`` takes: the pair's, then the fields its
+#: The values ``FlowTable.flow_sets_values`` takes: the pair's, then the fields its
 #: requests leave 0.
 LINKED_FIELDS = (
     "fr_op", "fr_index", "fr_gen_id", "fr_action", "fr_flags", "fr_ecmp_nh_index",
@@ -618,26 +618,44 @@ class FlowTable(TableOwner):
         done = self._linked_pair(_PAIR_FIELDS(d), index)
         return None if done is None else FlowSetResult(0, done[0], done[1])
 
-    def flow_set_values(
-        self, get: Callable[[tuple[int, ...]], tuple[int, ...]], width: int,
-        values: tuple[int, ...], offset: int,
-    ) -> tuple[int, int] | None:
-        """``flow_set`` of the request whose values are ``values[offset : offset +
-        width]``, ``get`` putting them in ``LINKED_FIELDS``'s order, when it is one of
-        the agent's pair (``_linked``): the entry's index and generation, the listeners
-        told; None, with nothing written or told, for any other request (``flow_set``
-        it whole). For the ksync server, which then needs no object per request."""
-        f = get(values[offset : offset + width])
-        if (
-            f[4] & 0xFFFF != _PAIR_FLAGS or f[17] or f[18] or f[19] or f[20]
-            or not _LINKED_FAST
-        ):  # fmt: skip
-            return None
-        done = self._linked_pair(f, f[1])
-        if done is not None:
-            for listener in self.set_listeners:
+    def flow_sets_values(
+        self,
+        getters: Sequence[Callable[[tuple[int, ...]], tuple[int, ...]]],
+        width: int,
+        values: tuple[int, ...],
+        start: int,
+        out: list[tuple[int, int]],
+        taken: Callable[[], None] | None = None,
+    ) -> int:
+        """``flow_set`` of requests given as their values, ``width`` each from offset
+        ``start`` of ``values`` (``getters[k]`` takes request ``k``'s from ``values``
+        in ``LINKED_FIELDS``'s order), while each is one of the agent's pair
+        (``_linked``): each one's index and generation appended to ``out``, ``taken``
+        called and then the listeners told. Stops at the first other request, with
+        nothing written or told for it (``flow_set`` it whole); returns its offset,
+        ``len(values)`` after the last. For the ksync server, which then needs no
+        object per request."""
+        listeners = self.set_listeners
+        linked = self._linked_pair
+        end = len(values)
+        o = start
+        while o < end:
+            f = getters[o // width](values)
+            if (
+                f[4] & 0xFFFF != _PAIR_FLAGS or f[17] or f[18] or f[19] or f[20]
+                or not _LINKED_FAST
+            ):  # fmt: skip
+                return o
+            done = linked(f, f[1])
+            if done is None:
+                return o
+            out.append(done)
+            if taken is not None:
+                taken()
+            for listener in listeners:
                 listener(done[0])
-        return done
+            o += width
+        return o
 
     def _linked_pair(self, f: tuple[int, ...], index: int) -> tuple[int, int] | None:
         """``_linked`` of the request's pair values (``_PAIR_FIELDS``'s order) and index

@@ -9,10 +9,9 @@ one ``vr_response`` first, the object (if any) in the same transport message.
 from __future__ import annotations
 
 import errno
-import functools
 import operator
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from zope.interface import implementer
@@ -107,15 +106,32 @@ def _fresp_encoder() -> Any:
 _ENCODE_FRESP = _fresp_encoder()
 
 
-def _linked_reader() -> tuple[FlowSetValues, Any] | None:
-    """The reader of ``LINKED_FIELDS`` and the getter that puts one request's values in
-    that order; None when the codec's FLOW_SET has no fixed layout."""
+class _Getters(list[Any]):
+    """``self[k]``: request ``k``'s values of a reader's tuple, in ``LINKED_FIELDS``'s
+    order (one C call, no slice), made as longer bunches come."""
+
+    def __init__(self, reader: FlowSetValues) -> None:
+        super().__init__()
+        where = {name: i for i, name in enumerate(reader.names)}
+        self.width = reader.width
+        self.places = [where[name] for name in LINKED_FIELDS]
+
+    def upto(self, count: int) -> _Getters:
+        """Itself, with a getter for each of ``count`` requests."""
+        while len(self) < count:
+            base = len(self) * self.width
+            self.append(operator.itemgetter(*(base + p for p in self.places)))
+        return self
+
+
+def _linked_reader() -> tuple[FlowSetValues, _Getters] | None:
+    """The reader of ``LINKED_FIELDS`` and the getters that put each request's values
+    in that order; None when the codec's FLOW_SET has no fixed layout."""
     try:
         reader = FlowSetValues(LINKED_FIELDS)
     except ValueError:
         return None
-    where = {name: i for i, name in enumerate(reader.names)}
-    return reader, operator.itemgetter(*(where[name] for name in LINKED_FIELDS))
+    return reader, _Getters(reader)
 
 
 _LINKED_READER = _linked_reader()
@@ -128,7 +144,7 @@ class FlowRequests:
     As an ``IKsyncDispatcher`` it answers the ksync server directly with the
     vr_flow_response already encoded (no response object per request): FLOW_SET is the
     agent's hot path. As an ``IFlowSetValues`` it takes the two requests of the agent's
-    flow pair from their values alone (``FlowTable.flow_set_values``).
+    flow pair from their values alone (``FlowTable.flow_sets_values``).
     """
 
     _log = Logger()
@@ -136,37 +152,27 @@ class FlowRequests:
     def __init__(self, flows: FlowTable) -> None:
         self.flows = flows
         self._reader: FlowSetValues | None = None
-        values = getattr(flows, "flow_set_values", None)  # a table that takes values
-        if _LINKED_READER is not None and values is not None:
+        if _LINKED_READER is not None and hasattr(flows, "flow_sets_values"):
             self._reader = _LINKED_READER[0]
-            # the table reads the request's values itself: no frame of ours per request
-            self.flow_set_at = functools.partial(  # type: ignore[method-assign]
-                values, _LINKED_READER[1], _LINKED_READER[0].width
-            )
 
     def flow_set_reader(self) -> FlowSetValues | None:
-        """The reader of ``LINKED_FIELDS`` (None: the codec's FLOW_SET has no layout)."""
+        """The reader of ``LINKED_FIELDS`` (None: the codec's FLOW_SET has no layout, or
+        the table takes no values)."""
         return self._reader
 
-    def flow_set_at(self, values: tuple[int, ...], offset: int) -> tuple[int, int] | None:
-        """``FlowTable.flow_set_values`` of the request at ``offset`` of ``values`` (as
-        the reader gives them); replaced per instance by the table's own call."""
-        return None
-
     def flow_sets_at(
-        self, values: tuple[int, ...], start: int, out: list[tuple[int, int]]
+        self,
+        values: tuple[int, ...],
+        start: int,
+        out: list[tuple[int, int]],
+        taken: Callable[[], None] | None = None,
     ) -> int:
-        """``IFlowSetValues``: ``flow_set_at`` of each request from ``start`` while it
-        takes them."""
-        width = self._reader.width if self._reader is not None else len(values)
-        o = start
-        while o < len(values):
-            done = self.flow_set_at(values, o)
-            if done is None:
-                break
-            out.append(done)
-            o += width
-        return o
+        """``IFlowSetValues``: ``FlowTable.flow_sets_values``."""
+        if self._reader is None or _LINKED_READER is None:
+            return start
+        width = self._reader.width
+        getters = _LINKED_READER[1].upto(len(values) // width)
+        return self.flows.flow_sets_values(getters, width, values, start, out, taken)
 
     def handle(self, request: Any) -> Reply:
         op = int(getattr(request, "fr_op", 0) or 0)
