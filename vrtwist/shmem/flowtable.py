@@ -720,7 +720,7 @@ class FlowTable(TableOwner):
         toff = index * 256 + L.OFF_FE_TCP_FLAGS
         rt = buf[toff] | buf[toff + 1] << 8
         _BODY_PACK(
-            buf, roff + 21, 0, 0, key45, gen, _reverse_tcp(rt) if rt else 0, 0, 0, index, 0, 0,
+            buf, roff + 21, 0, 0, key45, gen, _REVERSE_TCP[rt & _REVERSE_BITS], 0, 0, index, 0, 0,
             action, vrf,
             0, _NO_MIRROR, _NO_MIRROR, r[14] & 0xFFFFFFFF, 0, 0, 0, 0, _ecmp8(r[5]),
             r[16] & 0xFF if action == 0 else 0, 2, self._udp_port(vrf, key45, 2), 0, 0,
@@ -1151,3 +1151,10 @@ def _reverse_tcp(rt: int) -> int:
     if rt & L.TCP_ESTABLISHED:
         f |= L.TCP_ESTABLISHED | L.TCP_ESTABLISHED_R
     return f
+
+
+#: the TCP bits ``_reverse_tcp`` reads, and its answer for each combination of them
+_REVERSE_BITS = L.TCP_SYN | L.TCP_RST | L.TCP_DEAD | L.TCP_FIN | L.TCP_ESTABLISHED
+_REVERSE_TCP = {
+    m: _reverse_tcp(m) for m in range(_REVERSE_BITS + 1) if m & _REVERSE_BITS == m
+}
