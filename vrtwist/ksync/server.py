@@ -14,6 +14,7 @@ import stat
 import struct
 from collections import deque
 from collections.abc import Iterator
+from itertools import starmap
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
@@ -288,20 +289,21 @@ class KsyncServerProtocol(Protocol):
         done: list[tuple[int, int]] = []
         o = 0
         while o < end:
-            whole = True  # the request ``o`` stops at goes the general way
             try:
                 o = apply(values, o, done)
             except Exception:  # noqa: BLE001 - as in execute: logged, answered EINVAL
                 o += len(done) * width  # the one that failed, after those done
                 _LOG.failure("ksync: dispatcher failed on FLOW_SET {n}", n=o // width)
-                done.append((-1, 0))
-                whole = False
-            for index, gen in done:
-                out.append(answer(index, gen) if index >= 0 else _response(-errno.EINVAL))
+                out.extend(starmap(answer, done))
+                done.clear()
+                out.append(_response(-errno.EINVAL))
+                o += width
+                continue
+            out.extend(starmap(answer, done))
             done.clear()
-            if whole and o < end:
+            if o < end:  # one the dispatcher does not take from its values
                 out.extend(_flow_sets(dispatcher, [reader.request(payload, o // width)]))
-            o += width
+                o += width
         self.requests += end // width
         return out
 
