@@ -26,7 +26,8 @@ from vrtwist.datapath.dispatcher import Datapath
 from vrtwist.ksync.clientcore import ClientCore
 from vrtwist.ksync.flowset import FlowSetValues, flow_answer, flow_answers
 from vrtwist.ksync.interfaces import IFlowSetValues, IKsyncDispatcher, KsyncReply
-from vrtwist.ksync.server import STYLE_DPDK, STYLE_LINUX, KsyncServerProtocol
+from vrtwist.ksync.netlink import NLM_F_MULTI, NetlinkMessage, build_done, build_response
+from vrtwist.ksync.server import STYLE_DPDK, STYLE_LINUX, KsyncServerProtocol, frame_replies
 from vrtwist.sandesh import RESPONSE, encode, schema
 from vrtwist.shmem import layout as L
 from vrtwist.shmem.flowtable import LINKED_FIELDS, FlowTable
@@ -299,3 +300,19 @@ class FailureTests(SynchronousTestCase):
         self.assertEqual(twin.dp.ksync_counts()[0], {"vr_flow_req": 1})
         self.assertEqual(twin.seen, [(index, before[0] + 1)])
         self.assertEqual(ticks, [before[0] + 1])
+
+
+class FramingTests(SynchronousTestCase):
+    @settings(max_examples=100, deadline=None)
+    @given(st.lists(st.sampled_from([b"", b"a" * 100, b"b" * 100, b"c" * 37]), min_size=2,
+                    max_size=17), st.sampled_from([STYLE_DPDK, STYLE_LINUX]))  # fmt: skip
+    def test_as_one_message_each(self, replies: list[bytes], style: str) -> None:
+        """Replies framed under one shared header (equal sizes) or one each: every
+        message as ``build_response`` frames it, the last as the style says."""
+        request = NetlinkMessage(0x21, 0, 77, 0, 1, 2, 3)
+        last = len(replies) - 1
+        expected = b"".join(
+            build_response(p, request, 0 if style == STYLE_DPDK and i == last else NLM_F_MULTI)
+            for i, p in enumerate(replies)
+        ) + (build_done(request) if style == STYLE_LINUX else b"")
+        self.assertEqual(frame_replies(replies, request, style), expected)
