@@ -27,7 +27,7 @@ from vrtwist.datapath.droplog import DropLog
 from vrtwist.datapath.interfaces import IBridgeRoutes, IDatapath, IRequestHandler
 from vrtwist.datapath.routes import RouteTables
 from vrtwist.datapath.tables import DatapathConfig, Fields, TableError, Tables
-from vrtwist.ksync.interfaces import IKsyncDispatcher, KsyncReply
+from vrtwist.ksync.interfaces import IFlowSetValues, IKsyncDispatcher, KsyncReply
 from vrtwist.logfields import Logger
 from vrtwist.sandesh import SPECS_BY_CLASS, SPECS_BY_NAME, encode, schema
 
@@ -249,7 +249,10 @@ class BridgeRoutesInMemory:
             yield make("vr_route_req", fields)
 
 
-@implementer(IDatapath, IKsyncDispatcher)
+_FLOW_REQ = SPECS_BY_NAME["vr_flow_req"].cls
+
+
+@implementer(IDatapath, IKsyncDispatcher, IFlowSetValues)
 class Datapath:
     """All tables of one forwarding extension behind one ``handle(request)`` call."""
 
@@ -283,6 +286,8 @@ class Datapath:
         self.request_counts: dict[str, int] = {}
         self.error_counts: dict[str, int] = {}
         self.direct_counts: dict[type, int] = {}
+        #: the vr_flow_req handler when it takes FLOW_SETs from their values
+        self._flow_values: Any = None
         builtin: dict[str, Callable[[Any], Reply]] = {
             "vr_interface_req": self._interface,
             "vr_nexthop_req": self._nexthop,
@@ -317,6 +322,9 @@ class Datapath:
             self._direct[cls] = handler.dispatch  # answers the ksync server itself
         else:
             self._direct.pop(cls, None)
+        if cls is _FLOW_REQ:
+            direct = IKsyncDispatcher.providedBy(handler)
+            self._flow_values = handler if direct and IFlowSetValues.providedBy(handler) else None
         self._log.info("datapath: {name} answered by {handler!r}", name=name, handler=handler)
 
     def register_bridge(self, handler: IBridgeRoutes) -> None:
@@ -407,6 +415,44 @@ class Datapath:
         first = reply[0]
         objects = [obj for message in reply for obj in message][1:]
         return KsyncReply(code=int(first[0].resp_code), objects=objects)
+
+    def flow_set_reader(self) -> Any:
+        """:class:`IFlowSetValues`: the FLOW_SET handler's reader, if it has one."""
+        handler = self._flow_values
+        return None if handler is None else handler.flow_set_reader()
+
+    def flow_sets_at(
+        self,
+        values: tuple[int, ...],
+        start: int,
+        out: list[tuple[int, int]],
+        taken: Callable[[], None] | None = None,
+    ) -> int:
+        """:class:`IFlowSetValues`: the FLOW_SET handler's, each request it takes
+        counted as ``dispatch`` counts it (the generation moves before the listeners
+        learn of the request, as there)."""
+        handler = self._flow_values
+        if handler is None:
+            return start
+        before = len(out)
+        tick = self._taken
+        if taken is not None:
+
+            def tick() -> None:
+                self.generation += 1
+                taken()
+
+        try:
+            stop: int = handler.flow_sets_at(values, start, out, tick)
+        finally:
+            done = len(out) - before
+            if done:
+                counts = self.direct_counts
+                counts[_FLOW_REQ] = counts.get(_FLOW_REQ, 0) + done
+        return stop
+
+    def _taken(self) -> None:
+        self.generation += 1
 
     def ksync_counts(self) -> tuple[dict[str, int], dict[str, int]]:
         """(requests, errors) per message name, for the metrics collectors."""

@@ -32,8 +32,10 @@ from vrtwist.sandesh import (
 __all__ = [
     "ANSWER_LAYOUT",
     "REQUEST_LAYOUT",
+    "FlowSetValues",
     "Layout",
     "decode_flow_sets",
+    "flow_answer",
     "flow_answers",
     "scalar_layout",
 ]
@@ -225,26 +227,69 @@ def _bunch(layout: Layout, count: int, keep: frozenset[str] | None = None) -> _B
 _BUNCHES: dict[int, _Bunch] = {}
 
 
+def _read(payload: bytes, size: int, bunches: dict[int, _Bunch], layout: Layout,
+          keep: frozenset[str] | None) -> tuple[int, ...] | None:
+    """The kept values of every request of ``payload`` (``size`` bytes each), in order;
+    None when it is not wholly FLOW_SETs of the agent's layout."""
+    count = len(payload) // size
+    if not count or len(payload) != count * size:
+        return None
+    b = bunches.get(count)
+    if b is None:
+        b = _bunch(layout, count, keep)
+        if len(bunches) < 256:
+            bunches[count] = b
+    if int.from_bytes(payload, "big") & b.mask != b.expect:
+        return None
+    return b.unpack(payload)
+
+
 def decode_flow_sets(payload: bytes) -> list[Any] | None:
     """The FLOW_SETs of one bunched request, as ``decode`` would give them; None when
     ``payload`` is not wholly FLOW_SETs of the agent's layout (then decode it)."""
     if _REQUEST is None:
         return None
     layout, make = _REQUEST
-    size = layout.struct.size
-    count = len(payload) // size
-    if not count or len(payload) != count * size:
+    v = _read(payload, layout.struct.size, _BUNCHES, layout, None)
+    if v is None:
         return None
-    b = _BUNCHES.get(count)
-    if b is None:
-        b = _bunch(layout, count)
-        if len(_BUNCHES) < 256:
-            _BUNCHES[count] = b
-    if int.from_bytes(payload, "big") & b.mask != b.expect:
-        return None
-    v = b.unpack(payload)
     n = len(layout.names)
     return [make(v[o : o + n]) for o in range(0, len(v), n)]
+
+
+class FlowSetValues:
+    """Some integer fields of each of the agent's bunched FLOW_SETs, without an object
+    per request: what a table that applies the common requests from their values reads.
+
+    ``names`` are the fields read, in the order their values come (the layout's);
+    ``read`` gives them for every request of a payload, ``width`` values each, and
+    ``request`` the whole object of one of them, for the general way.
+    """
+
+    def __init__(self, keep: Sequence[str]) -> None:
+        if _REQUEST is None:
+            raise ValueError("the codec's FLOW_SET does not fit one struct")
+        layout = _REQUEST[0]
+        unknown = set(keep) - set(layout.names)
+        if unknown:
+            raise ValueError("not integer fields of vr_flow_req: %s" % sorted(unknown))
+        self._keep = frozenset(keep)
+        self.names: tuple[str, ...] = tuple(n for n in layout.names if n in self._keep)
+        self.width = len(self.names)
+        self._bunches: dict[int, _Bunch] = {}
+
+    def read(self, payload: bytes) -> tuple[int, ...] | None:
+        """The values of every request of ``payload``, ``width`` per request; None when
+        it is not wholly FLOW_SETs of the agent's layout (then decode it)."""
+        assert _REQUEST is not None
+        layout = _REQUEST[0]
+        return _read(payload, layout.struct.size, self._bunches, layout, self._keep)
+
+    def request(self, payload: bytes, i: int) -> Any:
+        """Request ``i`` of a payload ``read`` accepted, as ``decode`` gives it."""
+        assert _REQUEST is not None
+        layout, make = _REQUEST
+        return make(layout.struct.unpack_from(payload, i * layout.struct.size)[1::2])
 
 
 # -- the datapath's answer ------------------------------------------------------------------
@@ -314,3 +359,44 @@ def flow_answers(payload: bytes, count: int) -> list[tuple[int, int, int]] | Non
         return None
     v = b.unpack(payload)
     return [(c if c < 0 else 0, i, g) for c, i, g in zip(v[::3], v[1::3], v[2::3], strict=True)]
+
+
+def _answer_packer() -> Callable[[int, int], bytes] | None:
+    """``(index, gen_id) -> bytes``: the answer to a FLOW_SET that succeeded (resp_code
+    0, every other field 0 but the index and generation), byte for byte the codec's;
+    None when the layout does not allow it (then encode the answer)."""
+    if _ANSWER is None:
+        return None
+    layout = _ANSWER[0]
+    offsets: dict[str, int] = {}
+    at = 0
+    for gap, width, name in zip(layout.gaps, layout.widths, layout.names, strict=False):
+        at += len(gap)
+        offsets[name] = at
+        at += abs(width)
+    ix, gx = offsets["fresp_index"], offsets["fresp_gen_id"]
+    if (abs(layout.widths[layout.names.index("fresp_index")]) != 4
+            or abs(layout.widths[layout.names.index("fresp_gen_id")]) != 1 or gx < ix + 4):
+        return None
+    blank = _build_answer({})
+    s = struct.Struct(">%dsI%dsB%ds" % (ix, gx - ix - 4, len(blank) - gx - 1))
+    head, mid, tail = blank[:ix], blank[ix + 4 : gx], blank[gx + 1 :]
+    pack = s.pack
+
+    def answer(index: int, gen: int) -> bytes:
+        return pack(head, index, mid, gen, tail)
+
+    for index, gen in ((0, 0), (0xFFFFFFFF, 0xFF), (0x89ABCDEF, 0xA5)):
+        try:
+            ok = answer(index, gen) == _build_answer(
+                {"fresp_index": index, "fresp_gen_id": gen})
+        except (SandeshEncodeError, struct.error):
+            return None
+        if not ok:
+            return None
+    return answer
+
+
+#: The answer to a FLOW_SET that succeeded, from the entry's index and generation, or
+#: None when the codec's answer does not fit (then encode it).
+flow_answer: Callable[[int, int], bytes] | None = _answer_packer()

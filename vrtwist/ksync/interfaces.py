@@ -12,7 +12,7 @@ The datapath's request-handler seams (:class:`IRequestHandler`, :class:`IBridgeR
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +21,7 @@ from zope.interface import Attribute, Interface
 __all__ = [
     "IBridgeRoutes",
     "IDatapath",
+    "IFlowSetValues",
     "IKsyncDispatcher",
     "IKsyncSession",
     "IRequestHandler",
@@ -65,6 +66,33 @@ class IKsyncDispatcher(Interface):
         An exception is logged and answered with ``-EINVAL`` so one bad handler cannot take
         down the channel.
         """
+
+
+class IFlowSetValues(Interface):
+    """A dispatcher that applies the agent's common FLOW_SETs from their values, with no
+    request object each: the ksync server's side of flow setup.
+
+    Each request so applied has every effect ``dispatch`` of its object would have (the
+    tables, counters and listeners), and its answer is the usual one to a FLOW_SET that
+    succeeded, from the entry's index and generation.
+    """
+
+    def flow_set_reader() -> Any:
+        """The ``vrtwist.ksync.flowset.FlowSetValues`` whose values ``flow_sets_at``
+        takes; None when there is none now (then send the objects to ``dispatch``)."""
+
+    def flow_sets_at(
+        values: tuple[int, ...],
+        start: int,
+        out: list[tuple[int, int]],
+        taken: Callable[[], None] | None = None,
+    ) -> int:
+        """Apply, in order from offset ``start`` of ``values`` (as the reader gave them),
+        each request this path takes, appending its entry's index and generation to
+        ``out``; stop at the first it does not take, with nothing done for that one
+        (then ``dispatch`` its object). Returns where it stopped (``len(values)`` when
+        it took them all). ``taken`` is called for each request taken, once its entry
+        is written and before anything learns of it (the table's listeners)."""
 
 
 class IKsyncSession(Interface):

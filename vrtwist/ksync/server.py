@@ -14,6 +14,7 @@ import stat
 import struct
 from collections import deque
 from collections.abc import Iterator
+from itertools import starmap
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
@@ -33,8 +34,13 @@ from zope.interface import implementer
 
 from vrtwist.access import SocketAccess
 from vrtwist.bounds import BoundedFactory, ConnectionLimits, IFrameProgress
-from vrtwist.ksync.flowset import decode_flow_sets
-from vrtwist.ksync.interfaces import IKsyncDispatcher, IKsyncSession, KsyncReply
+from vrtwist.ksync.flowset import decode_flow_sets, flow_answer
+from vrtwist.ksync.interfaces import (
+    IFlowSetValues,
+    IKsyncDispatcher,
+    IKsyncSession,
+    KsyncReply,
+)
 from vrtwist.ksync.netlink import (
     HEADERS_LEN,
     NL_REPLY_MAX,
@@ -123,6 +129,8 @@ class KsyncServerProtocol(Protocol):
         batch: int = 64,
     ) -> None:
         self.dispatcher = dispatcher
+        #: the dispatcher takes the agent's FLOW_SETs from their values
+        self._values = flow_answer is not None and IFlowSetValues.providedBy(dispatcher)
         self.style = style
         self.requests = 0
         self.peer: IAddress | None = None
@@ -241,7 +249,14 @@ class KsyncServerProtocol(Protocol):
         decoding error have been dispatched and answered, as the C decoder does; the error
         itself is answered with one vr_response of -1.
         """
-        # The agent's bunched FLOW_SETs: one struct unpack (vrtwist.ksync.flowset).
+        # The agent's bunched FLOW_SETs: one struct unpack (vrtwist.ksync.flowset), the
+        # values straight to the table when the dispatcher takes them so.
+        if self._values:
+            reader = self.dispatcher.flow_set_reader()  # type: ignore[attr-defined]
+            if reader is not None:
+                values = reader.read(payload)
+                if values is not None:
+                    return self._flow_values(reader, values, payload)
         requests = decode_flow_sets(payload)
         if requests is not None:
             self.requests += len(requests)
@@ -258,6 +273,38 @@ class KsyncServerProtocol(Protocol):
         for req in requests:
             self.requests += 1
             out.extend(execute(dispatcher, req, _LOG))
+        return out
+
+    def _flow_values(self, reader: Any, values: tuple[int, ...], payload: bytes) -> list[bytes]:
+        """``process`` of bunched FLOW_SETs from their values (``IFlowSetValues``): each
+        the dispatcher takes is answered from its index and generation, any other is
+        decoded and dispatched whole, in order."""
+        assert flow_answer is not None
+        answer = flow_answer
+        dispatcher = self.dispatcher
+        apply = dispatcher.flow_sets_at  # type: ignore[attr-defined]
+        width = reader.width
+        end = len(values)
+        out: list[bytes] = []
+        done: list[tuple[int, int]] = []
+        o = 0
+        while o < end:
+            try:
+                o = apply(values, o, done)
+            except Exception:  # noqa: BLE001 - as in execute: logged, answered EINVAL
+                o += len(done) * width  # the one that failed, after those done
+                _LOG.failure("ksync: dispatcher failed on FLOW_SET {n}", n=o // width)
+                out.extend(starmap(answer, done))
+                done.clear()
+                out.append(_response(-errno.EINVAL))
+                o += width
+                continue
+            out.extend(starmap(answer, done))
+            done.clear()
+            if o < end:  # one the dispatcher does not take from its values
+                out.extend(_flow_sets(dispatcher, [reader.request(payload, o // width)]))
+                o += width
+        self.requests += end // width
         return out
 
     def _process_each(self, payload: bytes) -> list[bytes]:
@@ -376,6 +423,15 @@ def frame_replies(replies: list[bytes], request: NetlinkMessage, style: str = ST
     """Frame reply payloads for ``request``: one message, or a multi-part sequence."""
     if len(replies) == 1:
         return build_response(replies[0], request, 0)
+    body = replies if style != STYLE_DPDK else replies[:-1]
+    n = len(body[0])
+    if len(set(map(len, body))) == 1:  # 16 answers to bunched FLOW_SETs: one header
+        head = _HEADERS.pack(HEADERS_LEN + n, request.nl_type, NLM_F_MULTI, request.seq, 0,
+                             request.genl_cmd, request.genl_version, request.genl_reserved,
+                             n & 0xFFFF, 1)  # fmt: skip
+        last = (build_response(replies[-1], request, 0) if style == STYLE_DPDK
+                else build_done(request))  # fmt: skip
+        return b"".join((head, head.join(body), last))
     # One join for the whole reply; replies of equal size (16 bunched FLOW_SETs) share
     # one packed header.
     parts: list[bytes] = []

@@ -17,7 +17,7 @@ import errno
 import operator
 import os
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -108,6 +108,15 @@ _PAIR_FIELDS = operator.itemgetter(
     "fr_drop_reason",
 )
 _PAIR_LEN = 17
+#: The values ``FlowTable.flow_sets_values`` takes: the pair's, then the fields its
+#: requests leave 0.
+LINKED_FIELDS = (
+    "fr_op", "fr_index", "fr_gen_id", "fr_action", "fr_flags", "fr_ecmp_nh_index",
+    "fr_family", "fr_flow_proto", "fr_flow_sport", "fr_flow_dport", "fr_flow_nh_id",
+    "fr_flow_sip_l", "fr_flow_dip_l", "fr_flow_vrf", "fr_src_nh_index", "fr_rindex",
+    "fr_drop_reason", "fr_ttl", "fr_qos_id", "fr_flags1", "fr_extflags",
+)  # fmt: skip
+assert _PAIR_FIELDS(dict(zip(LINKED_FIELDS, range(21), strict=True))) == tuple(range(17))
 #: FLOW_BODY from fe_rflow to fe_src_nh_index (offset 84 of an entry)
 _LINKS_PACK = struct.Struct("<iHHHHHBBI").pack_into
 assert struct.calcsize("<Bh45sBHQIi") + L.OFF_FE_BODY == 88 and L.OFF_FE_RFLOW == 84
@@ -626,22 +635,69 @@ class FlowTable(TableOwner):
         is written as ``flow_set_pair``'s reverse, a live entry as its forward; None for
         anything else (``_set`` then does it, or says what is wrong)."""
         ttl, qos, flags1, _, _, _, _, ext = _REQ_VALUES(d)
-        f = _PAIR_FIELDS(d)
-        rindex = _signed32(f[15])
+        if ttl or qos or flags1 or ext:
+            return None
+        done = self._linked_pair(_PAIR_FIELDS(d), index)
+        return None if done is None else FlowSetResult(0, done[0], done[1])
+
+    def flow_sets_values(
+        self,
+        getters: Sequence[Callable[[tuple[int, ...]], tuple[int, ...]]],
+        width: int,
+        values: tuple[int, ...],
+        start: int,
+        out: list[tuple[int, int]],
+        taken: Callable[[], None] | None = None,
+    ) -> int:
+        """``flow_set`` of requests given as their values, ``width`` each from offset
+        ``start`` of ``values`` (``getters[k]`` takes request ``k``'s from ``values``
+        in ``LINKED_FIELDS``'s order), while each is one of the agent's pair
+        (``_linked``): each one's index and generation appended to ``out``, ``taken``
+        called and then the listeners told. Stops at the first other request, with
+        nothing written or told for it (``flow_set`` it whole); returns its offset,
+        ``len(values)`` after the last. For the ksync server, which then needs no
+        object per request."""
+        listeners = self.set_listeners
+        linked = self._linked_pair
+        end = len(values)
+        o = start
+        while o < end:
+            f = getters[o // width](values)
+            if (
+                f[4] & 0xFFFF != _PAIR_FLAGS or f[17] or f[18] or f[19] or f[20]
+                or not _LINKED_FAST
+            ):  # fmt: skip
+                return o
+            done = linked(f, f[1])
+            if done is None:
+                return o
+            out.append(done)
+            if taken is not None:
+                taken()
+            for listener in listeners:
+                listener(done[0])
+            o += width
+        return o
+
+    def _linked_pair(self, f: tuple[int, ...], index: int) -> tuple[int, int] | None:
+        """``_linked`` of the request's pair values (``_PAIR_FIELDS``'s order) and index
+        (read as a signed 32-bit one): the entry's index and generation, or None with
+        nothing written."""
+        rindex = f[15] & 0xFFFFFFFF  # as _signed32 reads it, a negative one >= total
         if (
-            ttl or qos or flags1 or ext or f[0] or f[6] != 2 or f[3] not in _PAIR_ACTIONS
-            or rindex < 0 or not self._valid(rindex)
+            f[0] or f[6] != 2 or f[3] not in _PAIR_ACTIONS or rindex >= self.ht.total
+            or not self.buf[rindex * 256 + L.OFF_HENTRY_FLAGS] & L.HENTRY_FLAG_VALID
         ):  # fmt: skip
             return None
-        if index < 0:
-            rdone = self._pair_reverse(f, rindex)
-            return None if rdone is None else FlowSetResult(0, rdone[0], rdone[1])
+        index &= 0xFFFFFFFF
+        if index & 0x80000000:  # negative: a new flow
+            return self._pair_reverse(f, rindex)
         if index >= self.ht.total:
             return None
         old_flags = self._pair_entry(index, f)
         if old_flags < 0:
             return None
-        return FlowSetResult(0, index, self._pair_forward(f, index, rindex, old_flags))
+        return index, self._pair_forward(f, index, rindex, old_flags)
 
     def _pair_entry(self, index: int, f: tuple[int, ...]) -> int:
         """The trapped entry's flags when the forward request may be written over it as
@@ -686,7 +742,7 @@ class FlowTable(TableOwner):
         toff = index * 256 + L.OFF_FE_TCP_FLAGS
         rt = buf[toff] | buf[toff + 1] << 8
         _BODY_PACK(
-            buf, roff + 21, 0, 0, key45, gen, _reverse_tcp(rt) if rt else 0, 0, 0, index, 0, 0,
+            buf, roff + 21, 0, 0, key45, gen, _REVERSE_TCP[rt & _REVERSE_BITS], 0, 0, index, 0, 0,
             action, vrf,
             0, _NO_MIRROR, _NO_MIRROR, r[14] & 0xFFFFFFFF, 0, 0, 0, 0, _ecmp8(r[5]),
             r[16] & 0xFF if action == 0 else 0, 2, self._udp_port(vrf, key45, 2), 0, 0,
@@ -1117,3 +1173,10 @@ def _reverse_tcp(rt: int) -> int:
     if rt & L.TCP_ESTABLISHED:
         f |= L.TCP_ESTABLISHED | L.TCP_ESTABLISHED_R
     return f
+
+
+#: the TCP bits ``_reverse_tcp`` reads, and its answer for each combination of them
+_REVERSE_BITS = L.TCP_SYN | L.TCP_RST | L.TCP_DEAD | L.TCP_FIN | L.TCP_ESTABLISHED
+_REVERSE_TCP = {
+    m: _reverse_tcp(m) for m in range(_REVERSE_BITS + 1) if m & _REVERSE_BITS == m
+}

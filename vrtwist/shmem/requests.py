@@ -9,15 +9,18 @@ one ``vr_response`` first, the object (if any) in the same transport message.
 from __future__ import annotations
 
 import errno
+import operator
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from zope.interface import implementer
 
+from vrtwist.ksync.flowset import FlowSetValues
 from vrtwist.ksync.interfaces import (
     IBridgeRoutes,
     IDatapath,
+    IFlowSetValues,
     IKsyncDispatcher,
     IRequestHandler,
     KsyncReply,
@@ -32,7 +35,7 @@ from vrtwist.sandesh.constants import RESPONSE as _OP_RESPONSE
 from vrtwist.shmem import layout as L
 from vrtwist.shmem.bridgetable import BridgeTable
 from vrtwist.shmem.entries import BridgeEntry
-from vrtwist.shmem.flowtable import FlowSetResult, FlowTable
+from vrtwist.shmem.flowtable import LINKED_FIELDS, FlowSetResult, FlowTable
 
 __all__ = ["BridgeRoutes", "BridgeTableData", "FlowRequests", "FlowTableData", "make"]
 
@@ -103,19 +106,73 @@ def _fresp_encoder() -> Any:
 _ENCODE_FRESP = _fresp_encoder()
 
 
-@implementer(IRequestHandler, IKsyncDispatcher)
+class _Getters(list[Any]):
+    """``self[k]``: request ``k``'s values of a reader's tuple, in ``LINKED_FIELDS``'s
+    order (one C call, no slice), made as longer bunches come."""
+
+    def __init__(self, reader: FlowSetValues) -> None:
+        super().__init__()
+        where = {name: i for i, name in enumerate(reader.names)}
+        self.width = reader.width
+        self.places = [where[name] for name in LINKED_FIELDS]
+
+    def upto(self, count: int) -> _Getters:
+        """Itself, with a getter for each of ``count`` requests."""
+        while len(self) < count:
+            base = len(self) * self.width
+            self.append(operator.itemgetter(*(base + p for p in self.places)))
+        return self
+
+
+def _linked_reader() -> tuple[FlowSetValues, _Getters] | None:
+    """The reader of ``LINKED_FIELDS`` and the getters that put each request's values
+    in that order; None when the codec's FLOW_SET has no fixed layout."""
+    try:
+        reader = FlowSetValues(LINKED_FIELDS)
+    except ValueError:
+        return None
+    return reader, _Getters(reader)
+
+
+_LINKED_READER = _linked_reader()
+
+
+@implementer(IRequestHandler, IKsyncDispatcher, IFlowSetValues)
 class FlowRequests:
     """``vr_flow_req``: FLOW_SET only; the reply is vr_response + vr_flow_response, always.
 
     As an ``IKsyncDispatcher`` it answers the ksync server directly with the
     vr_flow_response already encoded (no response object per request): FLOW_SET is the
-    agent's hot path.
+    agent's hot path. As an ``IFlowSetValues`` it takes the two requests of the agent's
+    flow pair from their values alone (``FlowTable.flow_sets_values``).
     """
 
     _log = Logger()
 
     def __init__(self, flows: FlowTable) -> None:
         self.flows = flows
+        self._reader: FlowSetValues | None = None
+        if _LINKED_READER is not None and hasattr(flows, "flow_sets_values"):
+            self._reader = _LINKED_READER[0]
+
+    def flow_set_reader(self) -> FlowSetValues | None:
+        """The reader of ``LINKED_FIELDS`` (None: the codec's FLOW_SET has no layout, or
+        the table takes no values)."""
+        return self._reader
+
+    def flow_sets_at(
+        self,
+        values: tuple[int, ...],
+        start: int,
+        out: list[tuple[int, int]],
+        taken: Callable[[], None] | None = None,
+    ) -> int:
+        """``IFlowSetValues``: ``FlowTable.flow_sets_values``."""
+        if self._reader is None or _LINKED_READER is None:
+            return start
+        width = self._reader.width
+        getters = _LINKED_READER[1].upto(len(values) // width)
+        return self.flows.flow_sets_values(getters, width, values, start, out, taken)
 
     def handle(self, request: Any) -> Reply:
         op = int(getattr(request, "fr_op", 0) or 0)
