@@ -429,30 +429,19 @@ class Datapath:
         taken: Callable[[], None] | None = None,
     ) -> int:
         """:class:`IFlowSetValues`: the FLOW_SET handler's, each request it takes
-        counted as ``dispatch`` counts it (the generation moves before the listeners
-        learn of the request, as there)."""
+        counted as ``dispatch`` counts it (and, as there, the generation left alone)."""
         handler = self._flow_values
         if handler is None:
             return start
         before = len(out)
-        tick = self._taken
-        if taken is not None:
-
-            def tick() -> None:
-                self.generation += 1
-                taken()
-
         try:
-            stop: int = handler.flow_sets_at(values, start, out, tick)
+            stop: int = handler.flow_sets_at(values, start, out, taken)
         finally:
             done = len(out) - before
             if done:
                 counts = self.direct_counts
                 counts[_FLOW_REQ] = counts.get(_FLOW_REQ, 0) + done
         return stop
-
-    def _taken(self) -> None:
-        self.generation += 1
 
     def ksync_counts(self) -> tuple[dict[str, int], dict[str, int]]:
         """(requests, errors) per message name, for the metrics collectors."""
