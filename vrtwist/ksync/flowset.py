@@ -234,6 +234,14 @@ def _read(payload: bytes, size: int, bunches: dict[int, _Bunch], layout: Layout,
     count = len(payload) // size
     if not count or len(payload) != count * size:
         return None
+    return _matched(payload, count, bunches, layout, keep)
+
+
+def _matched(payload: bytes, count: int, bunches: dict[int, _Bunch], layout: Layout,
+             keep: frozenset[str] | None) -> tuple[int, ...] | None:
+    """The kept values of ``payload`` read as ``count`` records of ``layout``, every
+    constant byte between them checked in one comparison; None when one differs. The
+    bunch of each count is made once (at most 256 kept)."""
     b = bunches.get(count)
     if b is None:
         b = _bunch(layout, count, keep)
@@ -350,14 +358,9 @@ def flow_answers(payload: bytes, count: int) -> list[tuple[int, int, int]] | Non
     layout = _ANSWER[0]
     if len(payload) != count * layout.struct.size or not count:
         return None
-    b = _ANSWER_BUNCHES.get(count)
-    if b is None:
-        b = _bunch(layout, count, _ANSWER_KEEP)
-        if len(_ANSWER_BUNCHES) < 256:
-            _ANSWER_BUNCHES[count] = b
-    if int.from_bytes(payload, "big") & b.mask != b.expect:
+    v = _matched(payload, count, _ANSWER_BUNCHES, layout, _ANSWER_KEEP)
+    if v is None:
         return None
-    v = b.unpack(payload)
     return [(c if c < 0 else 0, i, g) for c, i, g in zip(v[::3], v[1::3], v[2::3], strict=True)]
 
 
