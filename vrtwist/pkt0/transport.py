@@ -61,7 +61,7 @@ RECONNECT = 0.2
 #: ``net.unix.max_dgram_qlen`` as systemd sets it on the hosts it boots (the kernel's own
 #: default is 10). The kernel queues at most that many datagrams per unix socket: with 10,
 #: a burst of traps waits in the datapath's own queue and the two ends trade a handful per
-#: wake-up, which costs about a third more CPU per flow setup (docs/benchmarks.md).
+#: wake-up, which costs 10-20 % more CPU per flow setup (docs/benchmarks.md).
 RECOMMENDED_DGRAM_QLEN = 512
 _QLEN_PATH = "/proc/sys/net/unix/max_dgram_qlen"
 #: whether the low-queue warning was logged by this process already
