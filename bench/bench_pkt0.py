@@ -303,21 +303,13 @@ def floors(node: Node, n: int) -> dict[str, float]:
     does not count against a stage, as it does against the end-to-end wall-clock figure."""
     vifs = sorted(node.by_vif)
     a, b = node.by_vif[vifs[0]], node.by_vif[vifs[1]]
-    # 1. the pipeline's miss: HOLD entry, queue, trap framed (to a transport that only
-    #    keeps the frame)
-    saved = node.dp_end.transport
-    kept = node.dp_end.transport = Keep()
-    frames = [syn(a, b, 40000 + i % 20000) for i in range(n)]
-    t0 = time.process_time()
-    for f in frames:
-        node.pipeline.receive(a.vif, f)
-    misses = _rate(n, t0)
+    # 1. the pipeline's miss: HOLD entry, queue, trap framed
+    misses, traps, frames = _miss_floor(node, a, b, n)
     # 2. the datapath's FLOW_SET pair alone, for those HOLD entries, then 5. the release
     #    of each held SYN (the pipeline's own replay of the packet its flow now passes)
-    flow_sets, release = _pair_floor(node, kept.frames)
+    flow_sets, release = _pair_floor(node, traps)
     # 3. the agent's share without the datapath's write: each trap decoded, analysed and
     #    the pair's values built (what the embedded channel hands the table)
-    traps = kept.frames
     routes = node.flows.routes
     t0 = time.process_time()
     for t in traps:
@@ -339,17 +331,35 @@ def floors(node: Node, n: int) -> dict[str, float]:
     hop = _socket_hop(len(syn(a, b, 1)) + 44, n)
     # 7. every stage in one process, no socket and no reactor: the traps of a batch of
     #    64 misses handed straight to the agent's end, which writes the pairs and releases
-    node.dp_end.transport = Batch(node.agent_end)
+    saved = node.dp_end.transport
+    batch = node.dp_end.transport = Batch(node.agent_end)
     frames = [syn(a, b, 50000 + i % 15000) for i in range(n)]
     t0 = time.process_time()
     for i in range(0, n, 64):
         for f in frames[i : i + 64]:
             node.pipeline.receive(a.vif, f)
-        node.dp_end.transport.flush()
+        batch.flush()
     chain = _rate(n, t0)
     node.dp_end.transport = saved
     return {"flow_set_pairs": flow_sets, "misses": misses, "agent": agent,
             "policy": policy_rate, "release": release, "hop": hop, "chain": chain}
+
+
+def _miss_floor(node: DatapathNode, a: VmPort, b: VmPort,
+                n: int) -> tuple[float, list[bytes], list[bytes]]:
+    """Misses/s of ``n`` SYNs from ``a`` to ``b`` (HOLD entry, queue, trap framed, to a
+    transport that only keeps the trap), the traps, and the SYNs sent."""
+    saved = node.dp_end.transport
+    kept = node.dp_end.transport = Keep()
+    frames = [syn(a, b, 40000 + i % 20000) for i in range(n)]
+    try:
+        t0 = time.process_time()
+        for f in frames:
+            node.pipeline.receive(a.vif, f)
+        rate = _rate(n, t0)
+    finally:
+        node.dp_end.transport = saved
+    return rate, kept.frames, frames
 
 
 def _pair_floor(node: Node, traps: list[bytes]) -> tuple[float, float]:
@@ -398,18 +408,11 @@ def split_floors(node: DatapathNode, n: int) -> dict[str, float]:
 
     vifs = sorted(node.by_vif)
     a, b = node.by_vif[vifs[0]], node.by_vif[vifs[1]]
-    saved = node.dp_end.transport
-    kept = node.dp_end.transport = Keep()
-    frames = [syn(a, b, 40000 + i % 20000) for i in range(n)]
-    t0 = time.process_time()
-    for f in frames:
-        node.pipeline.receive(a.vif, f)
-    misses = _rate(n, t0)
-    node.dp_end.transport = saved
+    misses, traps, _ = _miss_floor(node, a, b, n)
     routes = RouteView(node.model.desired)
     decisions = []
     t0 = time.process_time()
-    for t in kept.frames:
+    for t in traps:
         hdr, inner = decode(t)
         d = analyse(hdr, inner, routes)
         FlowSetup._reverse_request(hdr.param, d)
